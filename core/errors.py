@@ -1,0 +1,53 @@
+"""Errors a user can cause. The CLI prints one line and exits 2; the UI shows a notification."""
+
+from __future__ import annotations
+
+
+class StemError(Exception):
+    """An error with a message a person can act on."""
+
+    exit_code = 2
+
+
+class BadName(StemError):
+    """A colony name that is not a short DNS label."""
+
+
+class NameTaken(StemError):
+    """A colony of that name already exists in this hive."""
+
+
+class NoSuchColony(StemError):
+    """No colony of that name in this hive."""
+
+
+class NotARepository(StemError):
+    """A path that is not inside a git repository."""
+
+
+class BadRef(StemError):
+    """A git ref that does not resolve to a commit."""
+
+
+class ConfigError(StemError):
+    """A malformed or mistyped config file (colony.toml, config.toml). The message names file, line and key."""
+
+
+class PoolExhausted(StemError):
+    """Every address of the colony pool is in use."""
+
+
+class NeedsPrivilege(StemError):
+    """The caller lacks a capability Stem needs (CAP_NET_ADMIN, CAP_SYS_ADMIN)."""
+
+
+class WrongState(StemError):
+    """The colony is not in a state that allows the operation."""
+
+
+class StepFailed(StemError):
+    """A lifecycle step failed; the message names the step and the cause."""
+
+
+class CoreBusy(StemError):
+    """Another long-lived core (the UI or `stem serve`) already owns this hive."""
