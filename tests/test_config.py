@@ -337,8 +337,17 @@ def test_unknown_table_and_top_level_key() -> None:
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("web", True), ("a-b_c9", True), ("9lives", True), ("x" * 32, True), ("x" * 33, False)]
-    + [("Web", False), ("-web", False), ("web.app", False), ("", False)],
+    [
+        ("web", True),
+        ("a-b_c9", True),
+        ("9lives", True),
+        ("x" * 32, True),
+        ("x" * 33, False),
+        ("Web", False),
+        ("-web", False),
+        ("web.app", False),
+        ("", False),
+    ],
 )
 def test_service_names(name: str, ok: bool) -> None:
     text = f'[services."{name}"]\ncommand = "x"\n'
@@ -369,8 +378,15 @@ def test_working_dir_is_normalised() -> None:
 
 @pytest.mark.parametrize(
     ("given", "normal"),
-    [("tcp", "tcp"), ("TCP", "tcp"), ("http:/health", "http:/health"), ("http", "http:/")]
-    + [("http:/", "http:/"), ("http:health", "http:/health"), ("http:/a/b?x=1", "http:/a/b?x=1")],
+    [
+        ("tcp", "tcp"),
+        ("TCP", "tcp"),
+        ("http:/health", "http:/health"),
+        ("http", "http:/"),
+        ("http:/", "http:/"),
+        ("http:health", "http:/health"),
+        ("http:/a/b?x=1", "http:/a/b?x=1"),
+    ],
 )
 def test_ready_is_normalised(given: str, normal: str) -> None:
     cfg = parse(f'[services.web]\ncommand = "x"\nport = 80\nready = "{given}"\n')
