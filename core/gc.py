@@ -1,0 +1,142 @@
+"""`stem gc`: reconcile the registry with the kernel and the disk after crashes.
+
+Spawns claim every object in the registry *before* making it, so an object that exists but is unclaimed when gc
+looks at it was left behind by someone who died. gc checks each object's claim after listing it, never from an
+earlier snapshot, so a spawn running at the same time is never harmed. Colonies whose lock another process
+holds are busy and left alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core import lifecycle as lc
+from core import netns, procs, worktree
+from core.locks import file_lock
+from core.names import netns_pattern, veth_pattern
+
+if TYPE_CHECKING:
+    from core.hive import GcReport, Hive
+
+
+def collect(hive: Hive) -> GcReport:
+    from core.hive import GcReport
+
+    report = GcReport()
+    with file_lock(hive.layout.locks / "gc.lock"):
+        _colonies(hive, report)
+        _orphan_resources(hive, report)
+        _orphan_processes(hive, report)
+        _kernel(hive, report)
+        _disk(hive, report)
+    procs.reap_orphans()
+    return report
+
+
+def _colonies(hive: Hive, report: GcReport) -> None:
+    reg = hive.registry
+    for listed in reg.colonies():
+        with file_lock(hive.layout.colony_lock(listed.name), blocking=False) as got:
+            if not got:
+                report.kept.append(f"colony {listed.name}: busy, another stem command holds it")
+                continue
+            rec = reg.find(listed.name)
+            if rec is None:
+                continue
+            ever_up = any(t.state in (lc.RUNNING, lc.STOPPED) for t in reg.transitions(rec.name))
+            if rec.state in lc.IN_FLIGHT and not ever_up:
+                hive._end_processes(rec)
+                hive._remove_parts(rec.name, keep_unmerged=False)
+                reg.delete_colony(rec.name)
+                report.removed.append(f"colony {rec.name}: spawn was interrupted while {rec.state}; rolled back")
+            elif not Path(rec.worktree).exists():
+                hive._end_processes(rec)
+                branch, _ = hive._remove_parts(rec.name, keep_unmerged=True)
+                reg.delete_colony(rec.name)
+                if branch:
+                    reg.claim(f"~{rec.name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
+                report.removed.append(f"colony {rec.name}: its worktree {rec.worktree} vanished; removed the rest")
+            elif rec.state in lc.IN_FLIGHT or (rec.state == lc.RUNNING and not netns.exists(rec.netns)):
+                why = f"{rec.state} was interrupted" if rec.state in lc.IN_FLIGHT else "its network namespace vanished"
+                hive._end_processes(rec)
+                hive._remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+                hive._state(rec.name, lc.STOPPED, rec.state, why)
+                report.removed.append(f"colony {rec.name}: {why}; now stopped (stem start brings it back)")
+
+
+def _orphan_resources(hive: Hive, report: GcReport) -> None:
+    reg = hive.registry
+    names = {c.name for c in reg.colonies()}
+    for res in reg.resources():
+        if res.colony in names:
+            continue
+        if res.kind == "branch":
+            repo, branch = res.ident.split("#", 1)
+            if Path(repo).exists() and worktree.branch_exists(Path(repo), branch):
+                unmerged = worktree.unmerged_commits(Path(repo), branch)
+                if unmerged:
+                    report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
+                    continue
+                worktree.delete_branch(Path(repo), branch, hive.layout.locks)
+                report.removed.append(f"branch {branch} in {repo} (merged)")
+            reg.release(res.kind, res.ident)
+            continue
+        if res.kind == "netns":
+            procs.terminate([], netns.pids_in(res.ident), grace=hive.stop_grace)
+            netns.destroy(res.ident, "")
+        elif res.kind == "veth":
+            netns.delete_link(res.ident)
+        elif res.kind == "worktree":
+            remove_worktree(hive, Path(res.ident), Path(res.extra))
+        elif res.kind == "dir":
+            shutil.rmtree(res.ident, ignore_errors=True)
+        reg.release(res.kind, res.ident)
+        report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
+
+
+def _orphan_processes(hive: Hive, report: GcReport) -> None:
+    reg = hive.registry
+    names = {c.name for c in reg.colonies()}
+    for p in reg.processes():
+        if procs.alive(p.pid, p.starttime):
+            if p.colony in names:
+                continue
+            procs.terminate([p.pid], grace=hive.stop_grace)
+            report.removed.append(f"process {p.pid} ({' '.join(p.argv)[:60]}) of vanished colony {p.colony}")
+        reg.remove_process(p.pid, p.starttime)
+
+
+def _kernel(hive: Hive, report: GcReport) -> None:
+    reg = hive.registry
+    ns_re, veth_re = netns_pattern(hive.prefix), veth_pattern(hive.prefix)
+    for name in netns.list_namespaces():
+        if ns_re.match(name) and not reg.owns("netns", name):
+            procs.terminate([], netns.pids_in(name), grace=hive.stop_grace)
+            netns.destroy(name, "")
+            report.removed.append(f"network namespace {name} (not in the registry)")
+    for link in netns.list_links():
+        if veth_re.match(link) and not reg.owns("veth", link):
+            netns.delete_link(link)
+            report.removed.append(f"interface {link} (not in the registry)")
+
+
+def _disk(hive: Hive, report: GcReport) -> None:
+    reg = hive.registry
+    for path in sorted(hive.layout.worktrees.iterdir()):
+        if not reg.owns("worktree", str(path)):
+            remove_worktree(hive, path, worktree.repo_of_worktree(path))
+            report.removed.append(f"worktree {path} (not in the registry)")
+    for path in sorted(hive.layout.colonies.iterdir()):
+        if not reg.owns("dir", str(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            report.removed.append(f"colony folder {path} (not in the registry)")
+
+
+def remove_worktree(hive: Hive, path: Path, repo: Path | None) -> None:
+    """Through git when the repository is still there (so it forgets the worktree), else from the disk."""
+    if repo is not None and (repo / ".git").exists():
+        worktree.remove(repo, path, hive.layout.locks)
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,524 @@
+"""The Hive: the one object the UI and the CLI talk to. It owns the registry, the actors and the event stream.
+
+Every operation on a colony runs in that colony's actor and holds the colony's file lock, so stem processes in
+several shells serialise per colony. Blocking work (netlink, git, SQLite writes, waiting for processes) runs in
+worker threads; the event loop only coordinates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core import lifecycle as lc
+from core import netns, procs, worktree
+from core.actor import Supervisor, describe
+from core.colony_log import ColonyLog
+from core.config import ColonyConfig, load_colony_config, parse_colony_config
+from core.errors import NoSuchColony, StemError, StepFailed, WrongState
+from core.events import ColonyRemoved, Event, LogLine, Notice, StateChanged
+from core.locations import HiveLayout, stem_home
+from core.locks import file_lock
+from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
+from core.privileges import become_subreaper, require_netns_privileges
+from core.registry import ColonyRecord, Registry
+
+T = TypeVar("T")
+DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
+STOP_GRACE = 5.0
+
+
+def _checkpoint(step: str) -> None:
+    """Test hook: `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step, to prove gc recovers."""
+    if os.environ.get("STEM_FAULT_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class ColonyProcess:
+    """A process Stem started inside a colony; (pid, starttime) is its identity in the registry."""
+
+    colony: str
+    proc: subprocess.Popen[bytes]
+    starttime: int
+
+
+@dataclass(slots=True)
+class DestroyReport:
+    name: str
+    kept_branch: str | None = None
+    unmerged: int = 0
+
+
+@dataclass(slots=True)
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+class Hive:
+    """All colonies of one STEM_HOME."""
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        prefix: str | None = None,
+        pool: ipaddress.IPv4Network | None = None,
+        stop_grace: float = STOP_GRACE,
+    ) -> None:
+        self.layout = HiveLayout(home or stem_home())
+        self.layout.ensure()
+        self.prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
+        self.pool = pool or DEFAULT_POOL
+        self.stop_grace = stop_grace
+        self.registry = Registry(self.layout.registry)
+        self.supervisor = Supervisor(self._on_actor_crash)
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._logs: dict[str, ColonyLog] = {}
+        become_subreaper()
+
+    # events -----------------------------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(queue)
+
+    def _publish(self, event: Event) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def _publish_threadsafe(self, loop: asyncio.AbstractEventLoop, event: Event) -> None:
+        loop.call_soon_threadsafe(self._publish, event)
+
+    def log(self, name: str) -> ColonyLog:
+        if name not in self._logs:
+            self._logs[name] = ColonyLog(self.layout.colony_log(name))
+        return self._logs[name]
+
+    # queries ----------------------------------------------------------------------------------------------
+
+    def colonies(self) -> list[ColonyRecord]:
+        return self.registry.colonies()
+
+    def get(self, name: str) -> ColonyRecord:
+        return self.registry.get(name)
+
+    def env_for(self, rec: ColonyRecord, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment every process in the colony sees."""
+        env = dict(os.environ)
+        env.update(extra or {})
+        env.update(
+            COLONY_NAME=rec.name,
+            COLONY_IP=rec.ip,
+            COLONY_HOST_IP=rec.host_ip,
+            COLONY_WORKTREE=rec.worktree,
+            COLONY_DB=rec.db_path,
+            DATABASE_URL=f"sqlite:///{rec.db_path}",
+        )
+        return env
+
+    def config_for(self, rec: ColonyRecord) -> ColonyConfig:
+        return load_colony_config(Path(rec.worktree))
+
+    # plumbing ---------------------------------------------------------------------------------------------
+
+    async def _call(self, name: str, fn: Callable[[], T]) -> T:
+        """Run blocking `fn` in a thread inside `name`'s actor while holding the colony's file lock."""
+
+        async def handler() -> T:
+            return await asyncio.to_thread(self._locked, name, fn)
+
+        result: T = await self.supervisor.call(name, handler)
+        return result
+
+    def _locked(self, name: str, fn: Callable[[], T]) -> T:
+        with file_lock(self.layout.colony_lock(name)):
+            return fn()
+
+    def _state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+        self.registry.set_state(name, state, stage, reason)
+        self._emit(StateChanged(name, state, stage, reason))
+
+    def _emit(self, event: Event) -> None:
+        loop = self._loop
+        if loop is not None:
+            self._publish_threadsafe(loop, event)
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return getattr(self, "_bound_loop", None)
+
+    def bind_loop(self) -> None:
+        self._bound_loop = asyncio.get_running_loop()
+
+    async def _on_actor_crash(self, name: str, exc: BaseException, exhausted: bool) -> None:
+        reason = describe(exc)
+        await asyncio.to_thread(self.registry.add_event, name, "actor-crash", reason)
+        if exhausted and self.registry.find(name) is not None:
+            await asyncio.to_thread(self._state, name, lc.FAILED, "actor", f"too many actor restarts: {reason}")
+            self._publish(Notice(name, "error", f"{name}: actor keeps crashing, marked failed ({reason})"))
+        else:
+            self._publish(Notice(name, "warning", f"{name}: actor restarted after {reason}"))
+
+    async def inject_fault(self, name: str) -> None:
+        """Crash `name`'s actor with an unexpected exception, as a bug would (used by tests and `stem debug`)."""
+
+        async def boom() -> None:
+            raise RuntimeError(f"injected fault in {name}'s actor")
+
+        await self.supervisor.call(name, boom)
+
+    # spawn ------------------------------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        name: str,
+        repo: Path,
+        base: str = "HEAD",
+        *,
+        agent: str | None = None,
+        task: str | None = None,
+    ) -> ColonyRecord:
+        """Make a colony: registry row, folder, SQLite file, network, worktree, setup, build. All or nothing."""
+        self.bind_loop()
+        check_name(name)
+        require_netns_privileges("stem spawn")
+        root, commit, config = await asyncio.to_thread(self._preflight, repo, base)
+        return await self._call(name, lambda: self._spawn(name, root, base, commit, config, agent, task))
+
+    def _preflight(self, repo: Path, base: str) -> tuple[Path, str, ColonyConfig]:
+        root = worktree.repo_root(repo.expanduser().absolute())
+        commit = worktree.resolve_ref(root, base)
+        # The colony's worktree holds colony.toml as of the base commit: check that one before making anything.
+        shown = worktree.git(["show", f"{commit}:colony.toml"], root, check=False)
+        config = parse_colony_config(shown.stdout if shown.returncode == 0 else "", root / "colony.toml")
+        return root, commit, config
+
+    def _make_row(
+        self, name: str, root: Path, base: str, commit: str, agent: str | None, task: str | None
+    ) -> Callable[[int], dict[str, Any]]:
+        def make(slot: int) -> dict[str, Any]:
+            host_ip, ip, prefixlen = netns.slot_addresses(self.pool, slot)
+            return {
+                "repo": str(root),
+                "base_ref": base,
+                "base_commit": commit,
+                "branch": branch_name(name),
+                "worktree": str(self.layout.worktree(name)),
+                "db_path": str(self.layout.colony_db(name)),
+                "netns": netns_name(self.prefix, name),
+                "veth": veth_name(self.prefix, slot),
+                "ip": ip,
+                "host_ip": host_ip,
+                "prefixlen": prefixlen,
+                "agent": agent or "",
+                "task": task or "",
+            }
+
+        return make
+
+    def _spawn(
+        self,
+        name: str,
+        root: Path,
+        base: str,
+        commit: str,
+        config: ColonyConfig,
+        agent: str | None,
+        task: str | None,
+    ) -> ColonyRecord:
+        rec = self.registry.reserve(
+            name, netns.pool_slots(self.pool), self._make_row(name, root, base, commit, agent, task)
+        )
+        self._emit(StateChanged(name, lc.SPAWNING))
+        _checkpoint("reserved")
+        stage = lc.PROVISIONING
+        try:
+            self._state(name, lc.PROVISIONING)
+            self._make_dir_and_db(rec)
+            self._make_network(rec)
+            self._make_worktree(rec)
+            self._run_commands(rec, config, "setup", config.setup)
+            stage = lc.BUILDING
+            self._state(name, lc.BUILDING)
+            self._run_commands(rec, config, "build", config.build)
+            stage = lc.STARTING
+            self._state(name, lc.STARTING)
+            _checkpoint("starting")
+            self._state(name, lc.RUNNING)
+        except BaseException as exc:
+            self._rollback(rec)
+            if isinstance(exc, StepFailed):
+                raise
+            cause = str(exc) if isinstance(exc, StemError) else describe(exc)
+            raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
+        return self.registry.get(name)
+
+    def _make_dir_and_db(self, rec: ColonyRecord) -> None:
+        folder = self.layout.colony_dir(rec.name)
+        self.registry.claim(rec.name, "dir", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(rec.db_path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        _checkpoint("dir")
+
+    def _make_network(self, rec: ColonyRecord) -> None:
+        self.registry.claim(rec.name, "netns", rec.netns)
+        self.registry.claim(rec.name, "veth", rec.veth)
+        _checkpoint("network-claimed")
+        netns.create(netns.ColonyNet(rec.netns, rec.veth, rec.host_ip, rec.ip, rec.prefixlen))
+        _checkpoint("network")
+
+    def _make_worktree(self, rec: ColonyRecord) -> None:
+        # Claimed branch first: parts are removed newest first, and git cannot delete a checked-out branch.
+        self.registry.claim(rec.name, "branch", f"{rec.repo}#{rec.branch}", extra=rec.repo)
+        self.registry.claim(rec.name, "worktree", rec.worktree, extra=rec.repo)
+        _checkpoint("worktree-claimed")
+        worktree.add(Path(rec.repo), Path(rec.worktree), rec.branch, rec.base_commit, self.layout.locks)
+        _checkpoint("worktree")
+
+    def _run_commands(self, rec: ColonyRecord, config: ColonyConfig, source: str, commands: tuple[str, ...]) -> None:
+        """Run setup/build commands one by one inside the colony; their output goes to the colony's log."""
+        log = self.log(rec.name)
+        env = self.env_for(rec, dict(config.env))
+        for command in commands:
+            entry = log.append(source, f"$ {command}")
+            self._emit(LogLine(rec.name, entry.seq, entry.at, source, entry.text))
+            proc = procs.spawn(
+                ["/bin/sh", "-c", command],
+                netns_name=rec.netns,
+                cwd=Path(rec.worktree),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            start = procs.starttime(proc.pid) or 0
+            self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
+            last: list[str] = []
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                entry = log.append(source, text)
+                self._emit(LogLine(rec.name, entry.seq, entry.at, source, text))
+                last = [*last[-2:], text]
+            code = proc.wait()
+            procs.forget_child(proc.pid)
+            self.registry.remove_process(proc.pid, start)
+            _checkpoint(source)
+            if code != 0:
+                tail = " | ".join(line for line in last if line.strip())
+                raise StepFailed(f"{source} command `{command}` exited with {code}" + (f": {tail}" if tail else ""))
+
+    def _rollback(self, rec: ColonyRecord) -> None:
+        """Undo a spawn that failed: everything the colony claimed, then its row."""
+        self._end_processes(rec)
+        self._remove_parts(rec.name, keep_unmerged=False)
+        self.registry.delete_colony(rec.name)
+        self._logs.pop(rec.name, None)
+        self._emit(ColonyRemoved(rec.name))
+
+    # parts ------------------------------------------------------------------------------------------------
+
+    def _remove_parts(
+        self, name: str, keep_unmerged: bool, only: tuple[str, ...] | None = None
+    ) -> tuple[str | None, int]:
+        """Remove what `name` owns per the registry, newest first. Returns a kept branch and its commit count."""
+        kept: tuple[str | None, int] = (None, 0)
+        for res in reversed(self.registry.resources(name)):
+            if only is not None and res.kind not in only:
+                continue
+            if res.kind == "netns":
+                netns.destroy(res.ident, "")
+            elif res.kind == "veth":
+                netns.delete_link(res.ident)
+            elif res.kind == "worktree":
+                from core.gc import remove_worktree
+
+                remove_worktree(self, Path(res.ident), Path(res.extra))
+            elif res.kind == "branch":
+                repo_text, branch = res.ident.split("#", 1)
+                repo = Path(repo_text)
+                if repo.exists() and worktree.branch_exists(repo, branch):
+                    unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
+                    if unmerged:
+                        kept = (branch, unmerged)
+                        continue  # the row stays, so gc can delete the branch once it is merged
+                    worktree.delete_branch(repo, branch, self.layout.locks)
+            elif res.kind == "dir":
+                shutil.rmtree(res.ident, ignore_errors=True)
+            self.registry.release(res.kind, res.ident)
+        return kept
+
+    def _end_processes(self, rec: ColonyRecord) -> list[int]:
+        """End every process of the colony: recorded groups, then anything else inside its namespace."""
+        records = self.registry.processes(rec.name)
+        groups = [p.pid for p in records if procs.alive(p.pid, p.starttime)]
+        stray = netns.pids_in(rec.netns)
+        killed = procs.terminate(groups, stray, grace=self.stop_grace)
+        for p in records:
+            self.registry.remove_process(p.pid, p.starttime)
+        return killed
+
+    # stop / start / destroy -------------------------------------------------------------------------------
+
+    async def stop(self, name: str) -> ColonyRecord:
+        """End the colony's processes and take down its network; keep its address, worktree and database."""
+        self.bind_loop()
+        return await self._call(name, lambda: self._stop(name))
+
+    def _stop(self, name: str) -> ColonyRecord:
+        rec = self.registry.get(name)
+        if rec.state == lc.STOPPED:
+            return rec
+        self._state(name, lc.STOPPING)
+        _checkpoint("stopping")
+        self._end_processes(rec)
+        self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+        self._state(name, lc.STOPPED)
+        return self.registry.get(name)
+
+    async def start(self, name: str) -> ColonyRecord:
+        """Bring a stopped (or failed) colony back: network, build, then running."""
+        self.bind_loop()
+        require_netns_privileges("stem start")
+        return await self._call(name, lambda: self._start(name))
+
+    def _start(self, name: str) -> ColonyRecord:
+        rec = self.registry.get(name)
+        if rec.state == lc.RUNNING:
+            return rec
+        if rec.state not in lc.STARTABLE:
+            raise WrongState(f"{name} is {rec.state}: only a stopped or failed colony can be started")
+        if not Path(rec.worktree).exists():
+            raise WrongState(f"{name}'s worktree {rec.worktree} is gone: destroy the colony (or run `stem gc`)")
+        stage = lc.PROVISIONING
+        try:
+            self._state(name, lc.PROVISIONING)
+            self._end_processes(rec)
+            self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+            self._make_network(rec)
+            config = self.config_for(rec)
+            stage = lc.BUILDING
+            self._state(name, lc.BUILDING)
+            self._run_commands(rec, config, "build", config.build)
+            stage = lc.STARTING
+            self._state(name, lc.STARTING)
+            self._state(name, lc.RUNNING)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, StemError) else describe(exc)
+            self._end_processes(rec)
+            self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+            self._state(name, lc.FAILED, stage, reason)
+            raise StepFailed(f"start {name} failed while {stage}: {reason}") from exc
+        return self.registry.get(name)
+
+    async def destroy(self, name: str, force: bool = False) -> DestroyReport:
+        """Remove everything of the colony. Uncommitted work stops it unless `force`; unmerged commits keep
+        the branch."""
+        self.bind_loop()
+        report = await self._call(name, lambda: self._destroy(name, force))
+        self.supervisor.forget(name)
+        return report
+
+    def _destroy(self, name: str, force: bool) -> DestroyReport:
+        rec = self.registry.get(name)
+        if not force:
+            dirty = worktree.dirty_files(Path(rec.worktree))
+            if dirty:
+                listed = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+                raise WrongState(
+                    f"{name} has uncommitted changes ({listed}) in {rec.worktree}: commit them, "
+                    "or destroy with --force to lose them"
+                )
+        self._state(name, lc.STOPPING)
+        self._end_processes(rec)
+        branch, unmerged = self._remove_parts(name, keep_unmerged=True)
+        self.registry.delete_colony(name)
+        if branch:
+            # Keep the branch's resource row without its colony: gc deletes the branch once it is merged.
+            self.registry.claim(f"~{name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
+        self._logs.pop(name, None)
+        self._emit(ColonyRemoved(name))
+        return DestroyReport(name, branch, unmerged)
+
+    # exec -------------------------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> ColonyProcess:
+        """Start `argv` inside a running colony and record it, so a stop from any shell ends it."""
+        self.bind_loop()
+
+        def start() -> ColonyProcess:
+            rec = self.registry.get(name)
+            if rec.state != lc.RUNNING:
+                raise WrongState(f"{name} is {rec.state}, not running: start it first (stem start {name})")
+            config = self.config_for(rec)
+            where = Path(rec.worktree) / cwd if cwd else Path(rec.worktree)
+            try:
+                proc = procs.spawn(
+                    argv,
+                    netns_name=rec.netns,
+                    cwd=where,
+                    env=self.env_for(rec, {**config.env, **(env or {})}),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
+            except FileNotFoundError:
+                raise StemError(f"command not found in {name}: {argv[0]}") from None
+            except PermissionError:
+                raise StemError(f"command not executable in {name}: {argv[0]}") from None
+            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0)
+            self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
+            return started
+
+        return await self._call(name, start)
+
+    def exec_finished(self, running: ColonyProcess) -> None:
+        procs.forget_child(running.proc.pid)
+        self.registry.remove_process(running.proc.pid, running.starttime)
+
+    # gc ---------------------------------------------------------------------------------------------------
+
+    async def gc(self) -> GcReport:
+        """Reconcile the registry with the kernel and the disk: remove what a crash left behind."""
+        self.bind_loop()
+        from core.gc import collect
+
+        return await asyncio.to_thread(collect, self)
+
+    async def close(self) -> None:
+        await self.supervisor.close()
+        self.registry.close()
+
+
+__all__ = ["DEFAULT_POOL", "DestroyReport", "GcReport", "Hive", "NoSuchColony"]

@@ -1,0 +1,45 @@
+"""Where Stem keeps its state: STEM_HOME (registry, colony folders, worktrees, locks) and the config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def stem_home() -> Path:
+    """`STEM_HOME`, else `$XDG_DATA_HOME/stem`, else ~/.local/share/stem."""
+    env = os.environ.get("STEM_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "stem"
+
+
+class HiveLayout:
+    """The paths inside one STEM_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.registry = home / "hive.db"
+        self.colonies = home / "colonies"
+        self.worktrees = home / "worktrees"
+        self.locks = home / "locks"
+
+    def ensure(self) -> None:
+        for path in (self.home, self.colonies, self.worktrees, self.locks):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def colony_dir(self, name: str) -> Path:
+        return self.colonies / name
+
+    def colony_db(self, name: str) -> Path:
+        return self.colonies / name / "colony.db"
+
+    def colony_log(self, name: str) -> Path:
+        return self.colonies / name / "colony.log"
+
+    def worktree(self, name: str) -> Path:
+        return self.worktrees / name
+
+    def colony_lock(self, name: str) -> Path:
+        return self.locks / f"colony-{name}.lock"

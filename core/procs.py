@@ -1,0 +1,180 @@
+"""Processes inside colonies: start them in the colony's namespace, worktree and environment; end them all.
+
+Every process starts in its own session (so its process group is its pid). Stopping a colony signals the
+recorded groups *and* every process still inside the colony's network namespace, which also catches daemons
+that left their group. SIGTERM first, SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from core import netns
+
+# Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
+# orphan reaper must leave them alone. Held while spawning so a quick exit cannot race the registration.
+_spawn_lock = threading.Lock()
+_children: set[int] = set()
+
+
+def starttime(pid: int) -> int | None:
+    """Field 22 of /proc/pid/stat: with the pid, it identifies a process across pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[19])
+
+
+def _state(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()[0]
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """True if `pid` runs (zombies do not count) and, if given, started at `start`."""
+    state = _state(pid)
+    if state is None or state in (b"Z", b"X"):
+        return False
+    return start is None or starttime(pid) == start
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
+def spawn(
+    argv: list[str],
+    *,
+    netns_name: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` inside the colony: its network namespace, `cwd`, `env`, a new session."""
+    fd = netns.open_netns(netns_name)
+    try:
+        with _spawn_lock:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                preexec_fn=enter_netns(fd),
+            )
+            _children.add(proc.pid)
+    finally:
+        os.close(fd)
+    return proc
+
+
+def enter_netns(fd: int) -> Callable[[], None]:
+    """A preexec_fn that moves the child into a namespace; runs after fork, so it only makes a syscall."""
+
+    def preexec() -> None:
+        netns.enter(fd)
+
+    return preexec
+
+
+def register_child(pid: int) -> None:
+    with _spawn_lock:
+        _children.add(pid)
+
+
+def forget_child(pid: int) -> None:
+    with _spawn_lock:
+        _children.discard(pid)
+
+
+def reap_orphans() -> list[int]:
+    """Reap zombies we adopted as subreaper: our zombie children that nobody else waits for."""
+    me = os.getpid()
+    reaped = []
+    with _spawn_lock:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in _children:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if fields[0] == b"Z" and int(fields[1]) == me:
+                try:
+                    if os.waitpid(int(entry), os.WNOHANG)[0]:
+                        reaped.append(int(entry))
+                except ChildProcessError:
+                    pass
+    return reaped
+
+
+def terminate(groups: Iterable[int], pids: Iterable[int] = (), grace: float = 5.0) -> list[int]:
+    """SIGTERM the process groups and pids, wait up to `grace`, SIGKILL what is left. Returns what was killed."""
+    groups, pids = set(groups), set(pids)
+
+    def remaining() -> set[int]:
+        left = {p for p in pids if alive(p)}
+        for g in groups:
+            left.update(group_members(g))
+        return left
+
+    def signal_all(sig: int) -> None:
+        for g in groups:
+            try:
+                os.killpg(g, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    left = remaining()
+    while left and time.monotonic() < deadline:
+        reap_orphans()
+        time.sleep(0.02)
+        left = remaining()
+    killed = sorted(left)
+    if left:
+        pids |= left
+        signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while remaining() and time.monotonic() < deadline:
+            reap_orphans()
+            time.sleep(0.01)
+    reap_orphans()
+    return killed

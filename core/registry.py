@@ -1,0 +1,302 @@
+"""The hive registry: colonies, the kernel objects and paths each owns, processes, transitions and events.
+
+SQLite in WAL mode, shared by every stem process on the machine. Every kernel object or path is recorded as an
+intent *before* it is made and forgotten only *after* it is gone, so a kill -9 at any moment leaves rows that
+`gc` can reconcile against what really exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import NameTaken, NoSuchColony, PoolExhausted
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS colonies(
+    name TEXT PRIMARY KEY,
+    slot INTEGER NOT NULL UNIQUE,
+    repo TEXT NOT NULL,
+    base_ref TEXT NOT NULL,
+    base_commit TEXT NOT NULL DEFAULT '',
+    branch TEXT NOT NULL,
+    worktree TEXT NOT NULL,
+    db_path TEXT NOT NULL,
+    netns TEXT NOT NULL,
+    veth TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    host_ip TEXT NOT NULL,
+    prefixlen INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    agent TEXT NOT NULL DEFAULT '',
+    task TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transitions(
+    id INTEGER PRIMARY KEY,
+    colony TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_colony ON transitions(colony, id);
+CREATE TABLE IF NOT EXISTS resources(
+    kind TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    colony TEXT NOT NULL,
+    extra TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    PRIMARY KEY(kind, ident)
+);
+CREATE TABLE IF NOT EXISTS processes(
+    pid INTEGER NOT NULL,
+    starttime INTEGER NOT NULL,
+    colony TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    PRIMARY KEY(pid, starttime)
+);
+CREATE TABLE IF NOT EXISTS events(
+    id INTEGER PRIMARY KEY,
+    colony TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ColonyRecord:
+    """One colony as the registry knows it."""
+
+    name: str
+    slot: int
+    repo: str
+    base_ref: str
+    base_commit: str
+    branch: str
+    worktree: str
+    db_path: str
+    netns: str
+    veth: str
+    ip: str
+    host_ip: str
+    prefixlen: int
+    state: str
+    stage: str
+    reason: str
+    agent: str
+    task: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    state: str
+    stage: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    kind: str
+    ident: str
+    colony: str
+    extra: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    pid: int
+    starttime: int
+    colony: str
+    kind: str
+    argv: list[str]
+    started_at: float
+
+
+_COLONY_FIELDS = ", ".join(ColonyRecord.__slots__)
+
+
+class Registry:
+    """Thread-safe access to hive.db. Writes are short transactions; callers run them off the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self.transaction() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front, so read-then-write (slot allocation) cannot race."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # colonies ---------------------------------------------------------------------------------------------
+
+    def reserve(self, name: str, slots: int, make_row: Callable[[int], dict[str, Any]]) -> ColonyRecord:
+        """Insert colony `name` in state `spawning` on the lowest free address slot below `slots`.
+
+        `make_row(slot)` derives the slot-dependent fields (addresses, veth name) inside the same transaction.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM colonies WHERE name=?", (name,)).fetchone():
+                raise NameTaken(f"a colony named {name!r} already exists: pick another name")
+            used = {row[0] for row in db.execute("SELECT slot FROM colonies")}
+            slot = next((s for s in range(slots) if s not in used), None)
+            if slot is None:
+                raise PoolExhausted(
+                    f"the address pool is full ({slots} colonies): destroy a colony or widen [hive] pool"
+                )
+            row = dict(make_row(slot), name=name, slot=slot, state="spawning", created_at=now, updated_at=now)
+            cols = ", ".join(row)
+            db.execute(f"INSERT INTO colonies({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+            db.execute("INSERT INTO transitions(colony, state, at) VALUES (?, 'spawning', ?)", (name, now))
+        return self.get(name)
+
+    def get(self, name: str) -> ColonyRecord:
+        rows = self._query(f"SELECT {_COLONY_FIELDS} FROM colonies WHERE name=?", (name,))
+        if not rows:
+            raise NoSuchColony(f"no colony named {name!r} in this hive (see `stem ls`)")
+        return ColonyRecord(*rows[0])
+
+    def find(self, name: str) -> ColonyRecord | None:
+        rows = self._query(f"SELECT {_COLONY_FIELDS} FROM colonies WHERE name=?", (name,))
+        return ColonyRecord(*rows[0]) if rows else None
+
+    def colonies(self) -> list[ColonyRecord]:
+        return [ColonyRecord(*r) for r in self._query(f"SELECT {_COLONY_FIELDS} FROM colonies ORDER BY created_at")]
+
+    def set_state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE colonies SET state=?, stage=?, reason=?, updated_at=? WHERE name=?",
+                (state, stage, reason, now, name),
+            )
+            db.execute(
+                "INSERT INTO transitions(colony, state, stage, reason, at) VALUES (?, ?, ?, ?, ?)",
+                (name, state, stage, reason, now),
+            )
+
+    def update(self, name: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE colonies SET {sets}, updated_at=? WHERE name=?",
+                (*fields.values(), time.time(), name),
+            )
+
+    def delete_colony(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM colonies WHERE name=?", (name,))
+            for table in ("transitions", "resources", "processes", "events"):
+                db.execute(f"DELETE FROM {table} WHERE colony=?", (name,))
+
+    def transitions(self, name: str) -> list[Transition]:
+        rows = self._query("SELECT state, stage, reason, at FROM transitions WHERE colony=? ORDER BY id", (name,))
+        return [Transition(*r) for r in rows]
+
+    # resources --------------------------------------------------------------------------------------------
+
+    def claim(self, colony: str, kind: str, ident: str, extra: str = "") -> None:
+        """Record that `colony` is about to own `kind:ident` (called before the object is made)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO resources(kind, ident, colony, extra, created_at) VALUES (?, ?, ?, ?, ?)",
+                (kind, ident, colony, extra, time.time()),
+            )
+
+    def release(self, kind: str, ident: str) -> None:
+        """Forget `kind:ident` (called after the object is gone)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM resources WHERE kind=? AND ident=?", (kind, ident))
+
+    def owns(self, kind: str, ident: str) -> bool:
+        return bool(self._query("SELECT 1 FROM resources WHERE kind=? AND ident=?", (kind, ident)))
+
+    def resources(self, colony: str | None = None) -> list[Resource]:
+        if colony is None:
+            rows = self._query("SELECT kind, ident, colony, extra FROM resources ORDER BY created_at")
+        else:
+            rows = self._query(
+                "SELECT kind, ident, colony, extra FROM resources WHERE colony=? ORDER BY created_at",
+                (colony,),
+            )
+        return [Resource(*r) for r in rows]
+
+    # processes --------------------------------------------------------------------------------------------
+
+    def add_process(self, colony: str, pid: int, starttime: int, kind: str, argv: list[str]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO processes(pid, starttime, colony, kind, argv, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (pid, starttime, colony, kind, json.dumps(argv), time.time()),
+            )
+
+    def remove_process(self, pid: int, starttime: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM processes WHERE pid=? AND starttime=?", (pid, starttime))
+
+    def processes(self, colony: str | None = None) -> list[ProcessRecord]:
+        sql = "SELECT pid, starttime, colony, kind, argv, started_at FROM processes"
+        rows = self._query(sql + " WHERE colony=?", (colony,)) if colony else self._query(sql)
+        return [ProcessRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    # events -----------------------------------------------------------------------------------------------
+
+    def add_event(self, colony: str, kind: str, message: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events(colony, at, kind, message) VALUES (?, ?, ?, ?)",
+                (colony, time.time(), kind, message),
+            )
+
+    def events(self, colony: str | None = None, limit: int = 200) -> list[tuple[str, float, str, str]]:
+        if colony is None:
+            rows = self._query("SELECT colony, at, kind, message FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT colony, at, kind, message FROM events WHERE colony=? ORDER BY id DESC LIMIT ?",
+                (colony, limit),
+            )
+        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]

@@ -1,0 +1,147 @@
+"""Git worktrees: one per colony on branch `colony/<name>`, sharing the repository's objects.
+
+git takes its own lock files (index.lock, config.lock, packed-refs.lock) and fails rather than waits when two
+commands meet; calls that change the repository's shared state hold a per-repository flock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import BadRef, NotARepository, StemError
+from core.locks import file_lock, repo_lock_path
+
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+
+def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **_GIT_ENV)
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise StemError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def repo_root(path: Path) -> Path:
+    """The top of the (main) work tree that contains `path`."""
+    if not path.is_dir():
+        raise NotARepository(f"{path} is not a directory, so not a git repository")
+    proc = git(["rev-parse", "--path-format=absolute", "--git-common-dir"], path, check=False)
+    if proc.returncode != 0:
+        raise NotARepository(f"{path} is not inside a git repository (run `git init` there, or pass --repo)")
+    common = Path(proc.stdout.strip())
+    if common.name == ".git":
+        return common.parent
+    top = git(["rev-parse", "--show-toplevel"], path, check=False)
+    if top.returncode != 0:
+        raise NotARepository(f"{path} is a bare git repository: Stem needs one with a work tree")
+    return Path(top.stdout.strip())
+
+
+def common_dir(repo: Path) -> Path:
+    return Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], repo).stdout.strip())
+
+
+def resolve_ref(repo: Path, ref: str) -> str:
+    """The commit `ref` names, or BadRef saying so."""
+    proc = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo, check=False)
+    if proc.returncode != 0:
+        if ref == "HEAD":
+            raise BadRef(f"{repo} has no commits yet: commit something first, Stem branches colonies from it")
+        raise BadRef(f"base ref {ref!r} does not name a commit in {repo} (try a branch, tag or sha)")
+    return proc.stdout.strip()
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    return git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], repo, check=False).returncode == 0
+
+
+def add(repo: Path, path: Path, branch: str, commit: str, lock_dir: Path) -> None:
+    """Create the worktree at `path` on a new branch `branch` starting at `commit`."""
+    with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
+        if branch_exists(repo, branch):
+            raise StemError(
+                f"branch {branch} already exists in {repo}: a destroyed colony kept it for its unmerged work; "
+                f"merge or delete it (git branch -D {branch}), or pick another colony name"
+            )
+        git(["worktree", "add", "--quiet", "-b", branch, str(path), commit], repo)
+
+
+def remove(repo: Path, path: Path, lock_dir: Path) -> None:
+    """Remove the worktree at `path` (uncommitted changes included) and prune git's record of it."""
+    with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
+        if path.exists():
+            proc = git(["worktree", "remove", "--force", "--force", str(path)], repo, check=False)
+            if proc.returncode != 0 and path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+        git(["worktree", "prune"], repo, check=False)
+
+
+def unmerged_commits(repo: Path, branch: str) -> int:
+    """Commits on `branch` that no other branch or tag contains: work that deleting the branch would lose."""
+    proc = git(
+        # --exclude patterns for --branches are relative to refs/heads/.
+        [
+            "rev-list",
+            "--count",
+            f"refs/heads/{branch}",
+            "--not",
+            f"--exclude={branch}",
+            "--branches",
+            "--tags",
+        ],
+        repo,
+        check=False,
+    )
+    return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
+
+
+def delete_branch(repo: Path, branch: str, lock_dir: Path) -> None:
+    with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
+        if branch_exists(repo, branch):
+            git(["branch", "-D", branch], repo)
+
+
+def dirty_files(path: Path) -> list[str]:
+    """Uncommitted changes (tracked or untracked, not ignored) in the worktree at `path`."""
+    if not path.exists():
+        return []
+    proc = git(["status", "--porcelain", "--untracked-files=all"], path, check=False)
+    return [line[3:] for line in proc.stdout.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class WorktreeInfo:
+    path: Path
+    branch: str
+
+
+def worktrees(repo: Path) -> list[WorktreeInfo]:
+    proc = git(["worktree", "list", "--porcelain"], repo, check=False)
+    found: list[WorktreeInfo] = []
+    path: Path | None = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("worktree "):
+            path = Path(line[len("worktree ") :])
+        elif line.startswith("branch ") and path is not None:
+            found.append(WorktreeInfo(path, line[len("branch refs/heads/") :]))
+    return found
+
+
+def repo_of_worktree(path: Path) -> Path | None:
+    """The main repository a linked worktree belongs to, read from its `.git` file, even if git lost track."""
+    gitfile = path / ".git"
+    try:
+        text = gitfile.read_text().strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir: "):
+        return None
+    gitdir = Path(text[len("gitdir: ") :])  # <repo>/.git/worktrees/<name>
+    common = gitdir.parent.parent
+    return common.parent if common.name == ".git" else None

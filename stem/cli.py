@@ -1,0 +1,249 @@
+"""The `stem` command line: headless control of the hive. Errors a user can cause print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from core.errors import StemError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command, like every other Stem error."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stem",
+        description="Run AI coding agents in parallel, each in its own colony: a network namespace, "
+        "a git worktree on colony/<name>, a SQLite database, its services and its agent.",
+        epilog="With no command, stem opens the terminal UI. State lives in $STEM_HOME (default $XDG_DATA_HOME/stem).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "spawn",
+        help="create a colony and bring it up",
+        description="Create colony NAME: namespace, worktree on colony/NAME, SQLite file; "
+        "run [colony] setup and build from colony.toml.",
+    )
+    p.add_argument("name", help="colony name: a DNS label, at most 32 characters")
+    p.add_argument("--repo", default=".", help="git repository to branch from (default: current directory)")
+    p.add_argument("--base", default="HEAD", help="ref to branch from (default: HEAD)")
+    p.add_argument("--agent", help="agent preset or command")
+    p.add_argument("--task", help="task text handed to the agent")
+
+    p = sub.add_parser("ls", help="list colonies", description="List the hive's colonies.")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "exec",
+        help="run a command inside a colony",
+        description="Run COMMAND inside colony NAME (its namespace, worktree and environment); "
+        "stdin and stdout pass through and its exit code is returned.",
+    )
+    p.add_argument("name")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+    for verb, text in (
+        ("stop", "end a colony's processes and take its network down"),
+        ("start", "bring a stopped colony back"),
+    ):
+        p = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = sub.add_parser(
+        "destroy",
+        help="remove a colony and everything it made",
+        description="Remove a colony: processes, namespace, worktree, database, registry rows. "
+        "A branch with unmerged commits is kept.",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="also when the worktree has uncommitted changes")
+
+    sub.add_parser(
+        "gc",
+        help="remove what crashes left behind",
+        description="Find and remove namespaces, interfaces, worktrees, folders, processes and "
+        "registry rows that no longer belong together.",
+    )
+    return parser
+
+
+def _hive() -> Any:
+    from core.hive import Hive
+
+    pool_text = os.environ.get("STEM_POOL")
+    pool = None
+    if pool_text:
+        try:
+            pool = ipaddress.IPv4Network(pool_text)
+        except ValueError as exc:
+            raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
+    return Hive(pool=pool)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+async def cmd_spawn(hive: Any, args: argparse.Namespace) -> int:
+    rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
+    print(f"{rec.name}  {rec.state}  {rec.ip}  {rec.branch}  {rec.worktree}")
+    return 0
+
+
+async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
+    rows = hive.colonies()
+    now = time.time()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "state": r.state,
+                        "stage": r.stage,
+                        "reason": r.reason,
+                        "ip": r.ip,
+                        "host_ip": r.host_ip,
+                        "branch": r.branch,
+                        "base": r.base_ref,
+                        "worktree": r.worktree,
+                        "db": r.db_path,
+                        "repo": r.repo,
+                        "created_at": r.created_at,
+                        "age": round(now - r.created_at, 1),
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not rows:
+        print("no colonies yet: stem spawn NAME --repo PATH")
+        return 0
+    table = [("NAME", "STATE", "IP", "BRANCH", "AGE", "REPO")]
+    for r in rows:
+        state = r.state if r.state != "failed" else f"failed ({r.stage})"
+        table.append((r.name, state, r.ip, r.branch, _age(now - r.created_at), r.repo))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return 0
+
+
+async def cmd_exec(hive: Any, args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise StemError("stem exec: no command given (stem exec NAME -- COMMAND ...)")
+    running = await hive.exec(args.name, argv)
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: int) -> None:
+        # The child has its own session, so the terminal's signals reach only us: pass them on.
+        try:
+            os.killpg(running.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        loop.add_signal_handler(sig, forward, sig)
+    try:
+        code: int = await asyncio.to_thread(running.proc.wait)
+    finally:
+        await asyncio.to_thread(hive.exec_finished, running)
+    return code if code >= 0 else 128 - code
+
+
+async def cmd_stop(hive: Any, args: argparse.Namespace) -> int:
+    for name in args.names:
+        rec = await hive.stop(name)
+        print(f"{rec.name}  {rec.state}")
+    return 0
+
+
+async def cmd_start(hive: Any, args: argparse.Namespace) -> int:
+    for name in args.names:
+        rec = await hive.start(name)
+        print(f"{rec.name}  {rec.state}  {rec.ip}")
+    return 0
+
+
+async def cmd_destroy(hive: Any, args: argparse.Namespace) -> int:
+    for name in args.names:
+        report = await hive.destroy(name, force=args.force)
+        print(f"destroyed {report.name}")
+        if report.kept_branch:
+            print(
+                f"kept branch {report.kept_branch}: {report.unmerged} commit(s) not merged anywhere "
+                f"(merge it, or drop it with git branch -D {report.kept_branch})"
+            )
+    return 0
+
+
+async def cmd_gc(hive: Any, args: argparse.Namespace) -> int:
+    report = await hive.gc()
+    for line in report.removed:
+        print(f"removed {line}")
+    for line in report.kept:
+        print(f"kept {line}")
+    if not report.removed and not report.kept:
+        print("nothing to clean")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
+    "spawn": cmd_spawn,
+    "ls": cmd_ls,
+    "exec": cmd_exec,
+    "stop": cmd_stop,
+    "start": cmd_start,
+    "destroy": cmd_destroy,
+    "gc": cmd_gc,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    hive = _hive()
+    try:
+        return await COMMANDS[args.command](hive, args)
+    finally:
+        await hive.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return asyncio.run(_run(args))
+    except StemError as exc:
+        print(f"stem: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
