@@ -263,8 +263,7 @@ def _agents(doc: TomlDoc, raw: dict[str, Any], base: Mapping[str, AgentPreset]) 
             doc.fail(
                 ("agents",),
                 (name,),
-                "invalid preset name: use a-z, 0-9, '_' and '-', start with a letter or digit, "
-                "at most 32 characters",
+                "invalid preset name: use a-z, 0-9, '_' and '-', start with a letter or digit, at most 32 characters",
             )
         t: KeyPath = ("agents", name)
         table = doc.table(("agents",), (name,), value)
@@ -332,11 +331,17 @@ def _lookup(data: Mapping[str, Any], path: KeyPath) -> Any:
 
 
 def _without(data: dict[str, Any], path: KeyPath) -> dict[str, Any]:
+    """`data` minus the key at `path`, and minus empty tables (saving may have created the key's table)."""
     out = copy.deepcopy(data)
     parent = _lookup(out, path[:-1])
     if isinstance(parent, dict):
         parent.pop(path[-1], None)
-    return out
+
+    def prune(table: dict[str, Any]) -> dict[str, Any]:
+        pruned = {k: prune(v) if isinstance(v, dict) else v for k, v in table.items()}
+        return {k: v for k, v in pruned.items() if v != {}}
+
+    return prune(out)
 
 
 def _write_atomically(path: Path, text: str) -> None:
