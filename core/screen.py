@@ -1,0 +1,563 @@
+"""Stem's terminal screen: pyte's emulator with fast paths for floods, an alternate screen and scrollback.
+
+`StemScreen` is a `pyte.Screen`; everything it does not recognise goes through pyte's own parser and
+methods, so correctness never depends on a fast path being complete. The fast paths are:
+
+- a tokenizer that hands whole runs of text and complete, common escape sequences to the screen methods
+  instead of pyte's one-character-at-a-time parser generator;
+- `draw` writing runs of one-cell characters straight into the row dict with shared `Char` instances;
+- cached SGR transitions;
+- batches of lines ("printable ASCII and SGR, then CR LF") applied at once: the buffer is rotated once per
+  batch rather than once per line, and lines that scroll away inside the batch are never drawn, only kept
+  in the scrollback in a compact form.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pyte
+from pyte import charsets as cs
+from pyte import modes as mo
+from pyte.screens import Char, Savepoint, StaticDefaultDict
+
+from core.screen_cells import (
+    SGR_SPLIT,
+    Row,
+    all_narrow,
+    chars_for,
+    draw_line,
+    parse_params,
+    row_text,
+    sgr_apply,
+)
+from core.screen_scrollback import Scrollback
+
+__all__ = ["Scrollback", "StemScreen"]
+
+# Private modes, shifted the way pyte stores them in `Screen.mode`.
+_DECCKM = 1 << 5
+_BRACKETED_PASTE = 2004 << 5
+_ALT_MODES = frozenset({47, 1047, 1049})
+
+# Modes under which a line batch would not behave like plain "draw, CR, LF".
+_NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
+
+# One token in the ground state. Group numbers are used as token kinds (see `_feed_text`); anything that
+# does not match (C1 controls, SO/SI, unusual or incomplete sequences) goes to pyte's parser.
+_TOKEN = re.compile(
+    "(" + pyte.Stream._text_pattern.pattern + ")"  # 1: text, exactly pyte's notion of it
+    r"|(\r\n)"  # 2: the commonest pair of controls
+    r"|\x1b\[(\??)([0-9;]*)([@-~])"  # 3-5: CSI with plain parameters
+    r"|\x1b([^\[\]#%()])"  # 6: two-character escape
+    r"|\x1b([()][\s\S])"  # 7: G0/G1 charset designation
+    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 8-9: OSC (title)
+    r"|([\x00\x07-\x0d\x7f])"  # 10: C0 controls pyte acts on or ignores
+)
+_T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 5, 6, 7, 9, 10
+
+# A batch of whole lines: printable ASCII and SGR sequences, each line ended by CR LF.
+_BATCH = re.compile(r"(?:[ -~]*+(?:\x1b\[[0-9;]*+m[ -~]*+)*+\r\n)++")
+
+
+class StemScreen(pyte.Screen):
+    """A pyte screen that ingests bytes fast, tracks changed rows, keeps scrollback and an alternate screen."""
+
+    def __init__(self, columns: int, lines: int, scrollback: int = 10_000) -> None:
+        # pyte's constructor calls `reset`, which reads these.
+        self._alt_active = False
+        self._main_buffer: dict[int, Row] | None = None
+        self._alt_savepoint: Savepoint | None = None
+        self.scrollback = Scrollback(scrollback, columns)
+        self.bells = 0
+        self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
+        self.version = 0
+        self._row_versions = [0] * lines
+        self._dirty: set[int] = set(range(lines))
+        self._responder: Callable[[bytes], None] | None = None
+        super().__init__(columns, lines)
+        self._stream = pyte.ByteStream(self)
+        self._csi: dict[str, Callable[..., None]] = {
+            final: getattr(self, name) for final, name in pyte.Stream.csi.items()
+        }
+        self._esc: dict[str, Callable[[], None]] = {
+            char: getattr(self, name) for char, name in pyte.Stream.escape.items()
+        }
+        self._params_cache: dict[str, tuple[int, ...]] = {}
+        self._seen = self._cursor_state()
+
+    # ----------------------------------------------------------------------------------------- public API
+
+    def feed(self, data: bytes) -> None:
+        """Consume bytes from the child. UTF-8 sequences split across calls are joined, as in `ByteStream`."""
+        stream = self._stream
+        text = stream.utf8_decoder.decode(data) if stream.use_utf8 else data.decode("latin-1")
+        if text:
+            self._feed_text(text)
+        self._commit()
+
+    def take_dirty(self) -> set[int]:
+        """Rows changed since the last call (all of them after a scroll), then forget them."""
+        self._commit()
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def row_version(self, y: int) -> int:
+        """A number that changes whenever row `y` changes, so rendered rows can be cached by (row, version)."""
+        return self._row_versions[y]
+
+    def text(self) -> list[str]:
+        """The visible screen as strings, like pyte's `display`."""
+        buffer = self.buffer
+        blank = " " * self.columns
+        return [row_text(buffer[y], self.columns) if y in buffer else blank for y in range(self.lines)]
+
+    def set_responder(self, fn: Callable[[bytes], None] | None) -> None:
+        """Where answers to terminal queries (DA, DSR) go; normally the PTY's input."""
+        self._responder = fn
+
+    @property
+    def app_cursor_keys(self) -> bool:
+        """DECCKM: cursor keys should send ESC O A rather than ESC [ A."""
+        return _DECCKM in self.mode
+
+    @property
+    def bracketed_paste(self) -> bool:
+        """Mode 2004: pasted text should be wrapped in ESC [ 200 ~ / ESC [ 201 ~."""
+        return _BRACKETED_PASTE in self.mode
+
+    @property
+    def alternate_screen(self) -> bool:
+        """True while a full-screen program has switched to the alternate buffer."""
+        return self._alt_active
+
+    # ------------------------------------------------------------------------------------ pyte overrides
+
+    def reset(self) -> None:
+        if getattr(self, "_alt_active", False) and self._main_buffer is not None:
+            self.buffer = self._main_buffer
+        self._alt_active = False
+        self._main_buffer = None
+        self._alt_savepoint = None
+        super().reset()
+
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """Resize like a terminal rather than like pyte: rows that must leave to keep the cursor on screen go
+        from the top into the scrollback, other rows are dropped from the bottom."""
+        lines = lines or self.lines
+        columns = columns or self.columns
+        if lines == self.lines and columns == self.columns:
+            return
+        cursor = self.cursor
+        drop = max(0, cursor.y - (lines - 1))
+        buffers: list[tuple[dict[int, Row], int, bool]] = [(self.buffer, drop, not self._alt_active)]
+        if self._main_buffer is not None:
+            saved = self._alt_savepoint
+            main_drop = max(0, saved.cursor.y - (lines - 1)) if saved is not None else 0
+            buffers.append((self._main_buffer, main_drop, True))
+            if saved is not None:
+                saved.cursor.y -= main_drop
+        for buffer, count, keep in buffers:
+            if count and keep:
+                for y in range(count):
+                    self.scrollback.append_row(buffer.get(y))
+            moved = {y - count: row for y, row in buffer.items() if count <= y < count + lines}
+            buffer.clear()
+            buffer.update(moved)
+            if columns < self.columns:
+                for row in moved.values():
+                    for x in [x for x in row if x >= columns]:
+                        del row[x]
+        if columns > self.columns:
+            self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
+        self.lines, self.columns = lines, columns
+        self.scrollback.columns = columns
+        self._row_versions = (self._row_versions + [0] * lines)[:lines]
+        cursor.y = min(cursor.y - drop, lines - 1)
+        cursor.x = min(cursor.x, columns - 1)
+        self._dirty = {y for y in self._dirty if y < lines}
+        self.dirty.update(range(lines))
+        self.set_margins()
+        self._commit()
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            for mode in modes:
+                if mode in _ALT_MODES:
+                    self._enter_alternate(mode)
+            modes = tuple(m for m in modes if m not in _ALT_MODES)
+        super().set_mode(*modes, **kwargs)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        if kwargs.get("private"):
+            for mode in modes:
+                if mode in _ALT_MODES:
+                    self._leave_alternate(mode)
+            modes = tuple(m for m in modes if m not in _ALT_MODES)
+        super().reset_mode(*modes, **kwargs)
+
+    def draw(self, data: str) -> None:
+        cursor = self.cursor
+        columns = self.columns
+        x = cursor.x
+        mode = self.mode
+        if not (
+            data
+            and x <= columns
+            and mo.DECAWM in mode
+            and mo.IRM not in mode
+            and self.charset == 0
+            and self.g0_charset is cs.LAT1_MAP
+            and ((data.isascii() and data.isprintable()) or all_narrow(data))
+        ):
+            # Wide, combining or unprintable characters, insert mode, no autowrap, other charsets: pyte.
+            y = cursor.y
+            super().draw(data)
+            # pyte combines a leading zero-width character into the previous row without marking it.
+            self.dirty.update((y - 1, y))
+            return
+        buffer = self.buffer
+        get = chars_for(cursor.attrs).__getitem__
+        dirty = self.dirty
+        i, n = 0, len(data)
+        while True:
+            if x == columns:  # pending wrap, as pyte's draw: CR then LF, then draw
+                dirty.add(cursor.y)
+                cursor.x = 0
+                self.linefeed()
+                cursor = self.cursor
+                x = 0
+            room = columns - x
+            if n - i <= room:
+                part = data[i:] if i else data
+                end = x + len(part)
+                buffer[cursor.y].update(zip(range(x, end), map(get, part), strict=True))
+                x = end
+                break
+            buffer[cursor.y].update(zip(range(x, columns), map(get, data[i : i + room]), strict=True))
+            x = columns
+            i += room
+        cursor.x = x
+        dirty.add(cursor.y)
+
+    def index(self) -> None:
+        margins = self.margins
+        top, bottom = (0, self.lines - 1) if margins is None else margins
+        cursor = self.cursor
+        if cursor.y == bottom:
+            self._scroll_up(top, bottom)
+        else:
+            cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
+
+    def select_graphic_rendition(self, *attrs: int) -> None:
+        self.cursor.attrs = sgr_apply(self.cursor.attrs, attrs, mo.DECSCNM in self.mode)
+
+    def erase_in_line(self, how: int = 0, private: bool = False) -> None:
+        cursor = self.cursor
+        self.dirty.add(cursor.y)
+        if how == 0:
+            interval = range(cursor.x, self.columns)
+        elif how == 1:
+            interval = range(cursor.x + 1)
+        elif how == 2:
+            interval = range(self.columns)
+        else:
+            return  # pyte raises; an unknown erase is a no-op in real terminals
+        self.buffer[cursor.y].update(dict.fromkeys(interval, cursor.attrs))
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        cursor = self.cursor
+        if how == 0:
+            interval = range(cursor.y + 1, self.lines)
+        elif how == 1:
+            interval = range(cursor.y)
+        elif how in (2, 3):
+            interval = range(self.lines)
+        else:
+            return
+        self.dirty.update(interval)
+        attrs = cursor.attrs
+        buffer = self.buffer
+        for y in interval:
+            # Like pyte, only cells that exist are erased: the sparse rows stay sparse.
+            line = buffer[y]
+            line.update(dict.fromkeys(line, attrs))
+        if how in (0, 1):
+            self.erase_in_line(how)
+        if how == 3 and not self._alt_active:
+            self.scrollback.clear()
+
+    def bell(self, *args: Any) -> None:
+        self.bells += 1
+
+    def write_process_input(self, data: str) -> None:
+        if self._responder is not None:
+            self._responder(data.encode("utf-8"))
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    def _cursor_state(self) -> tuple[int, int, bool, str, bool]:
+        cursor = self.cursor
+        return (cursor.x, cursor.y, cursor.hidden, self.title, self._alt_active)
+
+    def _commit(self) -> None:
+        """Turn pyte's `dirty` rows into row versions and pending dirty rows; bump `version` on any change."""
+        dirty = self.dirty
+        state = self._cursor_state()
+        if not dirty and state == self._seen:
+            return
+        self._seen = state
+        self.version += 1
+        version = self.version
+        versions = self._row_versions
+        lines = self.lines
+        for y in dirty:
+            if 0 <= y < lines:
+                versions[y] = version
+                self._dirty.add(y)
+        dirty.clear()
+
+    def _new_buffer(self) -> dict[int, Row]:
+        return defaultdict(lambda: StaticDefaultDict[int, Char](self.default_char))
+
+    def _enter_alternate(self, mode: int) -> None:
+        if self._alt_active:
+            return
+        if mode == 1049:
+            self.save_cursor()
+            self._alt_savepoint = self.savepoints.pop()
+        self._main_buffer = self.buffer
+        self.buffer = self._new_buffer()  # the alternate screen always starts clear
+        self._alt_active = True
+        self.dirty.update(range(self.lines))
+
+    def _leave_alternate(self, mode: int) -> None:
+        if not self._alt_active or self._main_buffer is None:
+            return
+        self.buffer = self._main_buffer
+        self._main_buffer = None
+        self._alt_active = False
+        self.dirty.update(range(self.lines))
+        savepoint, self._alt_savepoint = self._alt_savepoint, None
+        if mode == 1049 and savepoint is not None:
+            # DECRC as xterm does it: cursor visibility (DECTCEM) is not part of the saved state.
+            hidden = self.cursor.hidden
+            self.savepoints.append(savepoint)
+            self.restore_cursor()
+            self.cursor.hidden = hidden
+
+    def _scroll_up(self, top: int, bottom: int) -> None:
+        """Scroll the region `top..bottom` up one row; what leaves the top of the screen is kept."""
+        buffer = self.buffer
+        if top == 0 and not self._alt_active:
+            self.scrollback.append_row(buffer.get(0))
+        self.dirty.update(range(self.lines))
+        if top == 0 and bottom == self.lines - 1:
+            moved = [(y - 1, row) for y, row in buffer.items() if 0 < y <= bottom]
+            buffer.clear()
+            buffer.update(moved)
+            return
+        for y in range(top, bottom):
+            row = buffer.get(y + 1)
+            if row is None:
+                buffer.pop(y, None)
+            else:
+                buffer[y] = row
+        buffer.pop(bottom, None)
+
+    def _feed_text(self, text: str) -> None:
+        stream = self._stream
+        pos, n = 0, len(text)
+        if not stream._taking_plain_text:
+            pos = self._feed_slow(text, pos)  # finish a sequence split across feeds
+        if pos < n and self.cursor.x == 0:
+            pos = self._try_batch(text, pos)
+        match = _TOKEN.match
+        draw = self.draw
+        csi = self._csi
+        while pos < n:
+            m = match(text, pos)
+            if m is None:
+                pos = self._feed_slow(text, pos)
+                continue
+            kind = m.lastindex
+            pos = m.end()
+            if kind == _T_TEXT:
+                draw(m.group(1))
+            elif kind == _T_CRLF:
+                self.cursor.x = 0
+                self.linefeed()
+                if pos < n and self.cursor.x == 0:
+                    pos = self._try_batch(text, pos)
+            elif kind == _T_CSI:
+                private, params, final = m.group(3, 4, 5)
+                if final == "m" and not private:
+                    cursor = self.cursor
+                    cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
+                    continue
+                handler = csi.get(final)
+                if handler is None:
+                    continue  # pyte's `debug`: unknown sequences are ignored
+                args = self._params_cache.get(params)
+                if args is None:
+                    if len(self._params_cache) > 4096:
+                        self._params_cache.clear()
+                    args = self._params_cache[params] = parse_params(params)
+                try:
+                    if private:
+                        handler(*args, private=True)
+                    else:
+                        handler(*args)
+                except (TypeError, ValueError, LookupError, NameError):
+                    self.errors += 1  # pyte raises on e.g. ESC[?5A; a terminal ignores it
+            elif kind == _T_CTL:
+                char = text[pos - 1]
+                if char == "\r":
+                    self.cursor.x = 0
+                elif char in "\n\x0b\x0c":
+                    self.linefeed()
+                    if char == "\n" and pos < n and self.cursor.x == 0:
+                        pos = self._try_batch(text, pos)
+                elif char == "\x08":
+                    self.backspace()
+                elif char == "\t":
+                    self.tab()
+                elif char == "\x07":
+                    self.bell()
+                # NUL and DEL are ignored, as by pyte.
+            elif kind == _T_ESC:
+                handler0 = self._esc.get(m.group(6))
+                if handler0 is not None:
+                    handler0()
+            elif kind == _T_OSC:
+                code, param = m.group(8), m.group(9)[1:]  # pyte drops the ";"
+                if code in "01":
+                    self.set_icon_name(param)
+                if code in "02":
+                    self.set_title(param)
+            elif kind == _T_CHARSET:
+                designation = m.group(7)
+                if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
+                    self.define_charset(designation[1], mode=designation[0])
+
+    def _feed_slow(self, text: str, pos: int) -> int:
+        """Give characters to pyte's own parser until it is back in its ground state; returns the new pos."""
+        stream = self._stream
+        n = len(text)
+        while pos < n:
+            char = text[pos]
+            pos += 1
+            try:
+                pyte.Stream.feed(stream, char)
+            except (TypeError, ValueError, LookupError, NameError, AssertionError):
+                self.errors += 1  # pyte has already reset its parser
+            if stream._taking_plain_text:
+                break
+        return pos
+
+    def _batch_allowed(self) -> bool:
+        margins = self.margins
+        mode = self.mode
+        return (
+            (margins is None or (margins.top == 0 and margins.bottom == self.lines - 1))
+            and mo.DECAWM in mode
+            and mode.isdisjoint(_NO_BATCH_MODES)
+            and self.charset == 0
+            and self.g0_charset is cs.LAT1_MAP
+            and self.cursor.x == 0
+        )
+
+    def _try_batch(self, text: str, pos: int) -> int:
+        """Apply the whole lines starting at `pos` in one go, if they are simple; returns the new pos."""
+        m = _BATCH.match(text, pos)
+        if m is None or not self._batch_allowed():
+            return pos
+        end = m.end()
+        segment = text[pos : end - 2]
+        lines = segment.split("\r\n")
+        columns = self.columns
+        if "\x1b" not in segment:
+            if max(map(len, lines)) > columns:
+                # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF.
+                rows: list[str] = []
+                for line in lines:
+                    if len(line) <= columns:
+                        rows.append(line)
+                    else:
+                        rows.extend(line[i : i + columns] for i in range(0, len(line), columns))
+                lines = rows
+            self._apply_lines(lines, self.cursor.attrs)
+            return end
+        attrs = self.cursor.attrs
+        starts: list[Char] = []
+        for line in lines:
+            if "\x1b" in line:
+                parts = SGR_SPLIT.split(line)
+                if sum(map(len, parts[::2])) > columns:
+                    break  # wrapping a coloured line is left to the general path
+                starts.append(attrs)
+                for params in parts[1::2]:
+                    attrs = sgr_apply(attrs, params, False)
+            else:
+                if len(line) > columns:
+                    break
+                starts.append(attrs)
+        count = len(starts)
+        if count == 0:
+            return pos
+        if count < len(lines):
+            lines = lines[:count]
+            end = pos + sum(map(len, lines)) + 2 * count
+        self._apply_lines(lines, starts)
+        self.cursor.attrs = attrs
+        return end
+
+    def _apply_lines(self, rows: list[str], starts: list[Char] | Char) -> None:
+        """The effect of drawing each of `rows` from column 0 and then CR LF, with the cursor at column 0 and
+        the scroll region the whole screen; `starts` are the attributes each row begins with (or one for
+        all). Rows are numbered virtually: existing rows 0..bottom, then row y+i for line i; the screen
+        ends up showing virtual rows s..s+bottom, where s is the number of scrolls, and virtual rows below
+        s leave through the top. Lines that leave inside the batch are never drawn."""
+        n = len(rows)
+        buffer = self.buffer
+        cursor = self.cursor
+        y = cursor.y
+        bottom = self.lines - 1
+
+        def start(i: int) -> Char:
+            return starts if isinstance(starts, Char) else starts[i]
+
+        # Lines that land on existing rows are drawn over what is there (pyte overwrites only those cells).
+        for i in range(min(n, bottom - y + 1)):
+            draw_line(buffer[y + i], rows[i], start(i))
+        scrolls = max(0, y + n - bottom)
+        if scrolls == 0:
+            cursor.y = y + n
+            self.dirty.update(range(y, y + n))
+            return
+        if not self._alt_active:
+            scrollback = self.scrollback
+            for v in range(min(scrolls, bottom + 1)):
+                scrollback.append_row(buffer.get(v))
+            if scrolls > bottom + 1:
+                hi = scrolls - y
+                lo = max(bottom + 1 - y, hi - scrollback.maxlen)
+                scrollback.extend_drawn(rows[lo:hi], starts if isinstance(starts, Char) else starts[lo:hi])
+        moved: dict[int, Row] = {}
+        for r in range(bottom + 1):
+            v = r + scrolls
+            if v <= bottom:
+                row = buffer.get(v)
+                if row is not None:
+                    moved[r] = row
+            elif v - y < n:
+                fresh = StaticDefaultDict[int, Char](self.default_char)
+                draw_line(fresh, rows[v - y], start(v - y))
+                moved[r] = fresh
+        buffer.clear()
+        buffer.update(moved)
+        cursor.y = bottom
+        self.dirty.update(range(self.lines))
