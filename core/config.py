@@ -13,6 +13,7 @@ import difflib
 import os
 import posixpath
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from core.errors import ConfigError
 __all__ = [
     "COLONY_FILE",
     "ColonyConfig",
+    "KeyPath",
     "Limits",
     "NetworkSpec",
     "PeeringSpec",
@@ -33,9 +35,12 @@ __all__ = [
     "TerminalSpec",
     "TomlDoc",
     "TomlLocator",
+    "display_path",
+    "format_key",
     "load_colony_config",
     "parse_colony_config",
     "service_start_order",
+    "toml_string",
 ]
 
 COLONY_FILE = "colony.toml"
@@ -556,36 +561,7 @@ _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 def parse_colony_config(text: str, path: Path) -> ColonyConfig:
     """Parse and validate a colony.toml's text; `path` is named in errors and kept in the result."""
-    doc = TomlDoc(text, path)
-    data = doc.data
-    for name, value in data.items():
-        if name not in _TABLES:
-            close = difflib.get_close_matches(name, _TABLES, n=1)
-            hint = f"; did you mean [{close[0]}]?" if close else ""
-            known = f"(known tables: {', '.join(_TABLES)})"
-            if isinstance(value, dict):
-                doc.fail((name,), (), f"unknown table{hint} {known}")
-            doc.fail((), (name,), f"unknown key at top level{hint} {known}")
-        doc.table((), (name,), value)
-
-    colony = data.get("colony", {})
-    t: KeyPath = ("colony",)
-    doc.check_keys(t, colony, _COLONY_KEYS)
-    agent = doc.string(t, ("agent",), colony["agent"]).strip() if "agent" in colony else None
-
-    services = _services(doc, data.get("services", {}))
-    return ColonyConfig(
-        path=path,
-        agent=agent,
-        setup=doc.strings(t, ("setup",), colony.get("setup", [])),
-        build=doc.strings(t, ("build",), colony.get("build", [])),
-        env=doc.string_map(t, ("env",), colony.get("env", {})),
-        services=services,
-        limits=_limits(doc, data.get("limits", {})),
-        network=_network(doc, data.get("network", {})),
-        peering=_peering(doc, data.get("peering", {})),
-        terminal=_terminal(doc, data.get("terminal", {})),
-    )
+    return _colony_config(TomlDoc(text, path))
 
 
 def load_colony_config(root: Path) -> ColonyConfig:
@@ -593,8 +569,7 @@ def load_colony_config(root: Path) -> ColonyConfig:
     path = root / COLONY_FILE
     if not path.exists():
         return ColonyConfig()
-    doc = TomlDoc.read(path)
-    return parse_colony_config(doc.text, path)
+    return _colony_config(TomlDoc.read(path))
 
 
 def service_start_order(cfg: ColonyConfig) -> list[list[str]]:
@@ -614,6 +589,44 @@ def service_start_order(cfg: ColonyConfig) -> list[list[str]]:
     return waves
 
 
+def _colony_config(doc: TomlDoc) -> ColonyConfig:
+    data = doc.data
+    for name, value in data.items():
+        if name not in _TABLES:
+            close = difflib.get_close_matches(name, _TABLES, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            known = f"(known tables: {', '.join(_TABLES)})"
+            if isinstance(value, dict):
+                doc.fail((name,), (), f"unknown table{hint} {known}")
+            doc.fail((), (name,), f"unknown key at top level{hint} {known}")
+        doc.table((), (name,), value)
+
+    colony = data.get("colony", {})
+    t: KeyPath = ("colony",)
+    doc.check_keys(t, colony, _COLONY_KEYS)
+    agent = None
+    if "agent" in colony:
+        agent = doc.string(t, ("agent",), colony["agent"]).strip()
+        try:
+            shlex.split(agent)  # resolved later, far from the file: catch a broken command line here
+        except ValueError as e:
+            doc.fail(t, ("agent",), f"cannot split into words: {e}")
+
+    services = _services(doc, data.get("services", {}))
+    return ColonyConfig(
+        path=doc.path,
+        agent=agent,
+        setup=doc.strings(t, ("setup",), colony.get("setup", [])),
+        build=doc.strings(t, ("build",), colony.get("build", [])),
+        env=doc.string_map(t, ("env",), colony.get("env", {})),
+        services=services,
+        limits=_limits(doc, data.get("limits", {})),
+        network=_network(doc, data.get("network", {})),
+        peering=_peering(doc, data.get("peering", {})),
+        terminal=_terminal(doc, data.get("terminal", {})),
+    )
+
+
 def _services(doc: TomlDoc, value: dict[str, Any]) -> Mapping[str, ServiceSpec]:
     specs: dict[str, ServiceSpec] = {}
     ports: dict[int, str] = {}
@@ -622,8 +635,7 @@ def _services(doc: TomlDoc, value: dict[str, Any]) -> Mapping[str, ServiceSpec]:
             doc.fail(
                 ("services",),
                 (name,),
-                "invalid service name: use a-z, 0-9, '_' and '-', start with a letter or digit, "
-                "at most 32 characters",
+                "invalid service name: use a-z, 0-9, '_' and '-', start with a letter or digit, at most 32 characters",
             )
         spec = _service(doc, name, doc.table(("services",), (name,), raw))
         if spec.port is not None:

@@ -161,9 +161,7 @@ def test_unknown_key_suggests_close_match() -> None:
         command = "x"
         restat = "no"
         """)
-    assert msg.startswith(
-        "colony.toml:3: [services.web] restat: unknown key; did you mean 'restart'? (known:"
-    )
+    assert msg.startswith("colony.toml:3: [services.web] restat: unknown key; did you mean 'restart'? (known:")
 
 
 def test_bad_restart_policy() -> None:
@@ -445,9 +443,7 @@ def test_bad_memory(given: str) -> None:
 
 @pytest.mark.parametrize("given", ["0", "-1", '"2"', "nan", "inf"])
 def test_bad_cpus(given: str) -> None:
-    assert error_of(f"[limits]\ncpus = {given}\n").startswith(
-        "colony.toml:2: [limits] cpus: must be a number"
-    )
+    assert error_of(f"[limits]\ncpus = {given}\n").startswith("colony.toml:2: [limits] cpus: must be a number")
 
 
 def test_env_values_must_be_strings_and_may_be_empty() -> None:
@@ -460,9 +456,7 @@ def test_env_values_must_be_strings_and_may_be_empty() -> None:
 
 def test_agent_must_be_non_empty_string() -> None:
     assert error_of('[colony]\nagent = "  "\n') == "colony.toml:2: [colony] agent: must not be empty"
-    assert error_of("[colony]\nagent = ['claude']\n") == (
-        "colony.toml:2: [colony] agent: must be a string (got array)"
-    )
+    assert error_of("[colony]\nagent = ['claude']\n") == ("colony.toml:2: [colony] agent: must be a string (got array)")
 
 
 # -- start order -------------------------------------------------------------------------------------------
@@ -527,3 +521,17 @@ def test_locator_lines_for_headers_keys_and_elements() -> None:
     assert loc.line_of(("a", "b", "missing")) == 2
     assert loc.line_of(("arr", 1, "h")) == 11
     assert loc.line_of(("nowhere",)) == 1
+
+
+def test_crlf_line_endings_keep_line_numbers() -> None:
+    text = '[colony]\r\nagent = "a"\r\n\r\n[services.web]\r\ncommand = "x"\r\nport = "80"\r\n'
+    with pytest.raises(ConfigError) as info:
+        parse_colony_config(text, Path("colony.toml"))
+    assert str(info.value) == "colony.toml:6: [services.web] port: must be an integer (got string '80')"
+
+
+def test_agent_command_line_must_split() -> None:
+    assert parse("[colony]\nagent = \"aider --model 'x y'\"\n").agent == "aider --model 'x y'"
+    assert error_of('[colony]\nagent = "aider \'oops"\n') == (
+        "colony.toml:2: [colony] agent: cannot split into words: No closing quotation"
+    )
