@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tomli
 
 from core.config import (
     ColonyConfig,
@@ -535,3 +536,67 @@ def test_agent_command_line_must_split() -> None:
     assert error_of('[colony]\nagent = "aider \'oops"\n') == (
         "colony.toml:2: [colony] agent: cannot split into words: No closing quotation"
     )
+
+
+TRICKY = '''\
+title = "TOML \\"Example\\" [not a table]"   # comment ]
+"quoted key" = 'literal \\ no escape'
+'lit.key' = 1979-05-27 07:32:00Z
+dotted . "a b" . c = 0x1F
+[ owner ]
+name = """
+multi [fake]
+x = 1
+"""""
+lit = \'\'\'
+it's \'\'ok\'\' \'\'\'
+nums = [ 1, 2,
+  # comment ]
+  3, ]
+points = [ { x = 1, y = 2 },
+           { x = 7, z = { deep = "q" } } ]
+"" = "empty key"
+[[products]]
+name = "Hammer"
+[[products]]
+sku = 284758393
+[owner.sub]
+k = true
+'''
+
+
+def test_locator_finds_every_value_tomli_reads() -> None:
+    loc = TomlLocator(TRICKY)
+    leaves: dict[tuple[str | int, ...], int] = {}
+
+    def walk(path: tuple[str | int, ...], node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk((*path, key), value)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk((*path, i), value)
+        else:
+            assert path in loc.values, path
+            leaves[path] = loc.line_of(path)
+
+    walk((), tomli.loads(TRICKY))
+    assert leaves == {
+        ("title",): 1,
+        ("quoted key",): 2,
+        ("lit.key",): 3,
+        ("dotted", "a b", "c"): 4,
+        ("owner", "name"): 6,
+        ("owner", "lit"): 10,
+        ("owner", "nums", 0): 12,
+        ("owner", "nums", 1): 12,
+        ("owner", "nums", 2): 14,
+        ("owner", "points", 0, "x"): 15,
+        ("owner", "points", 0, "y"): 15,
+        ("owner", "points", 1, "x"): 16,
+        ("owner", "points", 1, "z", "deep"): 16,
+        ("owner", ""): 17,
+        ("products", 0, "name"): 19,
+        ("products", 1, "sku"): 21,
+        ("owner", "sub", "k"): 23,
+    }
