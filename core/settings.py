@@ -122,8 +122,9 @@ def save_setting(section: str, key: str, value: str, path: Path | None = None) -
     The result is validated before it replaces the file: a bad value raises ConfigError and changes nothing.
     """
     path = path if path is not None else config_path()
-    text = TomlDoc.read(path).text if path.exists() else ""
-    before = TomlDoc(text, path)  # refuses to edit a file that is already broken
+    # Reading parses too, so a file that is already broken is refused rather than edited.
+    before = TomlDoc.read(path) if path.exists() else TomlDoc("", path)
+    text = before.text
     table: KeyPath = tuple(section.split("."))
     if not all(table) or not key:
         raise ConfigError(f"cannot save setting [{section}] {key!r}: empty section or key name")
