@@ -1,0 +1,84 @@
+"""Fixtures: every test gets its own STEM_HOME, hive prefix and address pool, and is cleaned up by name and pid."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import link_names, make_repo, netns_names  # noqa: E402
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "root: needs root (network namespaces); fails, never skips, without it")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.fail("this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces): run as root")
+
+
+class HiveEnv:
+    """An isolated hive for one test: its home, prefix, pool and the environment the CLI runs with."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.home = tmp / "stem-home"
+        self.prefix = "t" + secrets.token_hex(3)[:5]
+        self.pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
+        self.env = dict(
+            os.environ,
+            STEM_HOME=str(self.home),
+            STEM_PREFIX=self.prefix,
+            STEM_POOL=str(self.pool),
+            XDG_CONFIG_HOME=str(tmp / "config"),
+        )
+        self.env.pop("STEM_FAULT_KILL_AT", None)
+
+    def registry_pids(self) -> list[int]:
+        db = self.home / "hive.db"
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as conn:
+            return [row[0] for row in conn.execute("SELECT pid FROM processes")]
+
+    def cleanup(self) -> None:
+        """Remove whatever the test left: processes by pid, namespaces and links by this test's prefix."""
+        for pid in self.registry_pids():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for name in netns_names(self.prefix):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        for link in link_names(self.prefix):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
+@pytest.fixture
+def hive_env(tmp_path: Path):
+    env = HiveEnv(tmp_path)
+    yield env
+    env.cleanup()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")

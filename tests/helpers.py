@@ -1,0 +1,80 @@
+"""Shared test helpers: wait on conditions (never sleep to synchronise), run the real CLI, make repositories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+GIT_ID = ["-c", "user.email=test@stem.invalid", "-c", "user.name=Stem Test"]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # polling interval, not synchronisation: the predicate decides
+        delay = min(delay * 2, 0.1)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(path: Path, files: int = 3, colony_toml: str | None = None) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for i in range(files):
+        sub = path / f"dir{i % 10}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"file{i}.txt").write_text(f"file {i}\n" * 5)
+    (path / "README.md").write_text("test repo\n")
+    if colony_toml is not None:
+        (path / "colony.toml").write_text(colony_toml)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def stem_cmd() -> list[str]:
+    return [sys.executable, "-m", "stem.cli"]
+
+
+def run_stem(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*stem_cmd(), *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def netns_names(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(prefix + "-"))
+    except FileNotFoundError:
+        return []
+
+
+def link_names(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return sorted(n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())

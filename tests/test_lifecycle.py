@@ -1,0 +1,332 @@
+"""Colonies for real: namespaces, worktrees, SQLite, processes, through the `stem` command a user types."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
+
+pytestmark = pytest.mark.root
+
+
+def spawn(hive_env, name: str, repo: Path, *extra: str) -> dict:
+    result = run_stem(hive_env.env, "spawn", name, "--repo", str(repo), *extra)
+    assert result.returncode == 0, result.stderr
+    return colony(hive_env, name)
+
+
+def colony(hive_env, name: str) -> dict:
+    rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    return next(r for r in rows if r["name"] == name)
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def registry_rows(hive_env) -> dict[str, int]:
+    with sqlite3.connect(hive_env.home / "hive.db") as db:
+        return {
+            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("colonies", "resources", "processes")
+        }
+
+
+def background_exec(hive_env, name: str, command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*stem_cmd(), "exec", name, "--", "sh", "-c", command],
+        env=hive_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_two_colonies_serve_port_3000_and_the_host_reaches_each(hive_env, repo):
+    alpha = spawn(hive_env, "alpha", repo)
+    beta = spawn(hive_env, "beta", repo, "--base", "main")
+    assert alpha["ip"] != beta["ip"]
+    servers = [
+        background_exec(hive_env, name, 'echo "I am $COLONY_NAME" > whoami.txt; exec python3 -m http.server 3000')
+        for name in ("alpha", "beta")
+    ]
+    try:
+        for rec in (alpha, beta):
+            url = f"http://{rec['ip']}:3000/whoami.txt"
+            body = wait_for(lambda url=url: http_get(url), timeout=15, what=f"{url} to answer")
+            assert body == f"I am {rec['name']}\n"
+        # Port 3000 is free on the host: the servers live only inside their namespaces.
+        assert http_get("http://127.0.0.1:3000/whoami.txt") is None
+    finally:
+        for name in ("alpha", "beta"):
+            assert run_stem(hive_env.env, "stop", name).returncode == 0
+    for server in servers:
+        assert server.wait(timeout=10) == 128 + signal.SIGTERM  # the exec ends with its child, killed by stop
+
+
+def test_exec_passes_stdin_stdout_env_and_exit_code(hive_env, repo):
+    rec = spawn(hive_env, "gamma", repo)
+    result = run_stem(
+        hive_env.env,
+        "exec",
+        "gamma",
+        "--",
+        "sh",
+        "-c",
+        'read line; echo "got $line"; echo "$COLONY_NAME $COLONY_IP $COLONY_WORKTREE $COLONY_DB $DATABASE_URL"; '
+        "pwd; cat /proc/net/dev | grep -c eth0; exit 3",
+        input="hello\n",
+    )
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "got hello"
+    assert lines[1] == (f"gamma {rec['ip']} {rec['worktree']} {rec['db']} sqlite:///{rec['db']}")
+    assert lines[2] == rec["worktree"]
+    assert lines[3] == "1"  # the colony sees its own eth0, not the host's interfaces
+    assert Path(rec["db"]).exists()
+    # The colony's SQLite file is a real database, usable from inside.
+    result = run_stem(
+        hive_env.env,
+        "exec",
+        "gamma",
+        "--",
+        sys_python(),
+        "-c",
+        "import os, sqlite3; db = sqlite3.connect(os.environ['COLONY_DB']); "
+        "db.execute('create table t(x)'); db.execute('insert into t values (42)'); db.commit()",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sqlite3.connect(rec["db"]).execute("select x from t").fetchone() == (42,)
+
+
+def sys_python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def test_stop_from_another_shell_ends_exec_processes_and_start_brings_it_back(hive_env, repo):
+    rec = spawn(hive_env, "delta", repo)
+    # A daemon that escapes its process group (setsid) must still die with the colony.
+    runner = background_exec(hive_env, "delta", "setsid sleep 1000 & echo started; exec sleep 1000")
+    assert runner.stdout is not None
+    assert runner.stdout.readline().strip() == "started"
+    pids = wait_for(
+        lambda: _pids_in_netns(rec["name"], hive_env) if len(_pids_in_netns(rec["name"], hive_env)) >= 2 else None,
+        what="both sleeps inside the namespace",
+    )
+    result = run_stem(hive_env.env, "stop", "delta")
+    assert result.returncode == 0, result.stderr
+    assert colony(hive_env, "delta")["state"] == "stopped"
+    assert runner.wait(timeout=10) == 128 + signal.SIGTERM
+    for pid in pids:
+        assert not _running(pid), f"process {pid} survived stop"
+    assert netns_names(hive_env.prefix) == []
+    assert link_names(hive_env.prefix) == []
+    # exec refuses on a stopped colony, with one line and exit 2
+    result = run_stem(hive_env.env, "exec", "delta", "--", "true")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "stem: delta is stopped, not running: start it first (stem start delta)"
+    result = run_stem(hive_env.env, "start", "delta")
+    assert result.returncode == 0, result.stderr
+    again = colony(hive_env, "delta")
+    assert again["state"] == "running" and again["ip"] == rec["ip"]
+    assert run_stem(hive_env.env, "exec", "delta", "--", "true").returncode == 0
+
+
+def _pids_in_netns(name: str, hive_env) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", f"{hive_env.prefix}-{name}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_destroy_leaves_nothing_but_keeps_an_unmerged_branch(hive_env, repo):
+    spawn(hive_env, "kept", repo)
+    rec = spawn(hive_env, "gone", repo)
+    wt = Path(colony(hive_env, "kept")["worktree"])
+    (wt / "work.txt").write_text("agent work\n")
+    # Uncommitted work stops a plain destroy, and says where it is.
+    result = run_stem(hive_env.env, "destroy", "kept")
+    assert result.returncode == 2
+    assert "uncommitted changes (work.txt)" in result.stderr and str(wt) in result.stderr
+    git(wt, "add", "-A")
+    git(wt, "commit", "-q", "-m", "agent work")
+    result = run_stem(hive_env.env, "destroy", "kept", "gone")
+    assert result.returncode == 0, result.stderr
+    assert "kept branch colony/kept: 1 commit(s) not merged anywhere" in result.stdout
+    branches = git(repo, "branch", "--format=%(refname:short)").split()
+    assert branches == ["colony/kept", "main"]
+    assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
+    assert not wt.exists() and not Path(rec["worktree"]).exists() and not Path(rec["db"]).exists()
+    assert list((hive_env.home / "colonies").iterdir()) == []
+    assert git(repo, "worktree", "list").count("\n") == 1
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 1, "processes": 0}  # the kept branch
+    # Once merged, gc deletes the kept branch.
+    git(repo, "merge", "-q", "colony/kept")
+    result = run_stem(hive_env.env, "gc")
+    assert "removed branch colony/kept" in result.stdout
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["main"]
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
+
+
+COLONY_TOML = """\
+[colony]
+setup = ["echo setting up > setup.txt"]
+build = ["echo building"]
+"""
+
+KILL_STEPS = [
+    "reserved",
+    "dir",
+    "network-claimed",
+    "network",
+    "worktree-claimed",
+    "worktree",
+    "setup",
+    "build",
+    "starting",
+]
+
+
+@pytest.mark.parametrize("step", KILL_STEPS)
+def test_spawn_killed_at_each_step_then_gc_leaves_nothing(hive_env, tmp_path, step):
+    repo = make_repo(tmp_path / "killrepo", colony_toml=COLONY_TOML)
+    env = dict(hive_env.env, STEM_FAULT_KILL_AT=step)
+    result = run_stem(env, "spawn", "victim", "--repo", str(repo))
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr)
+    result = run_stem(hive_env.env, "gc")
+    assert result.returncode == 0, result.stderr
+    assert "victim" in result.stdout
+    assert netns_names(hive_env.prefix) == []
+    assert link_names(hive_env.prefix) == []
+    assert list((hive_env.home / "worktrees").iterdir()) == []
+    assert list((hive_env.home / "colonies").iterdir()) == []
+    assert git(repo, "worktree", "list").count("\n") == 1
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["main"]
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
+    assert run_stem(hive_env.env, "gc").stdout.strip() == "nothing to clean"
+    # The name is free again and a fresh spawn works.
+    rec = spawn(hive_env, "victim", repo)
+    assert rec["state"] == "running"
+    assert (Path(rec["worktree"]) / "setup.txt").read_text() == "setting up\n"
+
+
+def test_gc_removes_prefixed_objects_the_registry_does_not_own_and_nothing_else(hive_env, repo):
+    foreign = f"{hive_env.prefix}x-other"  # a different prefix: not ours to touch
+    stray = f"{hive_env.prefix}-stray"
+    subprocess.run(["ip", "netns", "add", stray], check=True)
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    subprocess.run(
+        ["ip", "link", "add", f"{hive_env.prefix}77", "type", "veth", "peer", "name", "straypeer"], check=True
+    )
+    try:
+        rec = spawn(hive_env, "live", repo)
+        result = run_stem(hive_env.env, "gc")
+        assert result.returncode == 0, result.stderr
+        assert f"network namespace {stray}" in result.stdout
+        assert f"interface {hive_env.prefix}77" in result.stdout
+        assert netns_names(hive_env.prefix) == [f"{hive_env.prefix}-live"]
+        assert os.path.exists(f"/run/netns/{foreign}")
+        assert link_names(hive_env.prefix) == [f"{hive_env.prefix}0"]
+        assert rec["state"] == "running"
+        assert colony(hive_env, "live")["state"] == "running"
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], capture_output=True)
+
+
+def test_four_concurrent_spawns_on_one_repository_all_succeed(hive_env, repo):
+    procs = [
+        subprocess.Popen(
+            [*stem_cmd(), "spawn", f"c{i}", "--repo", str(repo)],
+            env=hive_env.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert [code for code, _ in outcomes] == [0, 0, 0, 0], outcomes
+    rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert sorted(r["name"] for r in rows) == ["c0", "c1", "c2", "c3"]
+    assert len({r["ip"] for r in rows}) == 4
+    assert len({r["worktree"] for r in rows}) == 4
+    assert all(r["state"] == "running" for r in rows)
+    listed = git(repo, "worktree", "list", "--porcelain")
+    for r in rows:
+        assert f"worktree {r['worktree']}" in listed
+        assert f"branch refs/heads/colony/{r['name']}" in listed
+
+
+def _host_snapshot(hive_env, repo: Path) -> dict:
+    """What this hive could have left on the host. Other runs may share the machine, so scope by prefix,
+    by routes through our interfaces, by the test repository, and by processes carrying our STEM_HOME."""
+    ours = f"STEM_HOME={hive_env.home}".encode()
+    carrying = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if ours in f.read().split(b"\0"):
+                        carrying.append(int(entry))
+            except OSError:
+                continue
+    prefix = hive_env.prefix
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {
+        "netns": [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if n.startswith(prefix)],
+        "links": [line for line in links.splitlines() if f": {prefix}" in line],
+        "routes": [
+            r
+            for r in subprocess.run(["ip", "route"], capture_output=True, text=True).stdout.splitlines()
+            if f"dev {prefix}" in r
+        ],
+        "worktrees": git(repo, "worktree", "list"),
+        "branches": git(repo, "branch"),
+        "processes": carrying,
+        "zombie_children": [p for p in _children_of(os.getpid()) if not _running(p)],
+    }
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_twenty_spawn_destroy_cycles_leave_the_host_as_it_was(hive_env, repo):
+    before = _host_snapshot(hive_env, repo)
+    for i in range(20):
+        assert run_stem(hive_env.env, "spawn", f"cycle{i % 3}", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "exec", f"cycle{i % 3}", "--", "true").returncode == 0
+        assert run_stem(hive_env.env, "destroy", f"cycle{i % 3}").returncode == 0
+    after = _host_snapshot(hive_env, repo)
+    assert after == before
+    assert before["netns"] == [] and before["processes"] == []
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
