@@ -207,7 +207,7 @@ class Hive:
         commit = worktree.resolve_ref(root, base)
         # The colony's worktree holds colony.toml as of the base commit: check that one before making anything.
         shown = worktree.git(["show", f"{commit}:colony.toml"], root, check=False)
-        config = parse_colony_config(shown.stdout if shown.returncode == 0 else "", root / "colony.toml")
+        config = parse_colony_config(shown.stdout, root / "colony.toml") if shown.returncode == 0 else ColonyConfig()
         return root, commit, config
 
     def _make_row(

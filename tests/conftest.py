@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import link_names, make_repo, netns_names  # noqa: E402
+from helpers import link_names, make_repo, netns_names
 
 IN_CI = os.environ.get("CI") == "true"
 
