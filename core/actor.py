@@ -41,6 +41,13 @@ class _Slot:
     generation: int = 0
 
 
+class _Crash(Exception):
+    def __init__(self, error: Exception, future: asyncio.Future[Any]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.future = future
+
+
 class Supervisor:
     """Owns the colony actors of one Hive."""
 
@@ -76,19 +83,20 @@ class Supervisor:
             try:
                 await self._run(slot)
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except _Crash as crash:
                 now = time.monotonic()
                 slot.restarts.append(now)
                 while slot.restarts and now - slot.restarts[0] > self.window:
                     slot.restarts.popleft()
                 exhausted = len(slot.restarts) > self.max_restarts
-                log.warning("actor for %s crashed (%s); restarting", colony, exc)
+                log.warning("actor for %s crashed (%s); restarting", colony, crash.error)
                 try:
-                    await self._on_crash(colony, exc, exhausted)
+                    await self._on_crash(colony, crash.error, exhausted)
                 except Exception:
                     log.exception("crash handler for %s failed", colony)
+                # The caller hears of the crash only once it is recorded, so what it reads next is consistent.
+                if not crash.future.done():
+                    crash.future.set_exception(crash.error)
 
     async def _run(self, slot: _Slot) -> None:
         while True:
@@ -105,10 +113,8 @@ class Supervisor:
                     message.future.cancel()
                 raise
             except Exception as exc:
-                # A bug: the caller hears about it, and this actor dies so a clean one replaces it.
-                if not message.future.done():
-                    message.future.set_exception(exc)
-                raise
+                # A bug: this actor dies so a clean one replaces it.
+                raise _Crash(exc, message.future) from exc
             else:
                 if not message.future.done():
                     message.future.set_result(result)

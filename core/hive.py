@@ -264,8 +264,6 @@ class Hive:
             self._state(name, lc.RUNNING)
         except BaseException as exc:
             self._rollback(rec)
-            if isinstance(exc, StepFailed):
-                raise
             cause = str(exc) if isinstance(exc, StemError) else describe(exc)
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)

@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hive() -> Any:
     from core.hive import Hive
+    from core.settings import load_settings
 
+    settings = load_settings()
+    pool = settings.pool
     pool_text = os.environ.get("STEM_POOL")
-    pool = None
     if pool_text:
         try:
             pool = ipaddress.IPv4Network(pool_text)

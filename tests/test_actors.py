@@ -1,0 +1,90 @@
+"""Actors and their supervisor, in-process: a crash in one colony's actor touches no other colony."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+from helpers import wait_for
+
+from core.events import Notice, StateChanged
+from core.hive import Hive
+
+pytestmark = pytest.mark.root
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_fault_in_one_actor_leaves_other_colonies_running(hive_env, repo):
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+        try:
+            await hive.spawn("alpha", repo)
+            await hive.spawn("beta", repo)
+            sleepers = {
+                name: await hive.exec(name, ["sleep", "1000"], stdin=subprocess.DEVNULL) for name in ("alpha", "beta")
+            }
+            assert hive.supervisor.generation("alpha") == 1
+
+            with pytest.raises(RuntimeError, match="injected fault in alpha's actor"):
+                await hive.inject_fault("alpha")
+            # The crashed actor was replaced; both colonies' processes still run; beta's actor never restarted.
+            assert all(alive(p.proc.pid) for p in sleepers.values())
+            assert hive.supervisor.generation("beta") == 1
+            rec = await hive.stop("alpha")  # the fresh actor serves, with state reloaded from the registry
+            assert rec.state == "stopped"
+            assert hive.supervisor.generation("alpha") == 2
+            assert not alive(sleepers["alpha"].proc.pid)
+            assert alive(sleepers["beta"].proc.pid)
+            assert hive.get("beta").state == "running"
+
+            # Too many crashes in the window mark alpha failed, and still leave beta alone.
+            for _ in range(hive.supervisor.max_restarts):
+                with pytest.raises(RuntimeError):
+                    await hive.inject_fault("alpha")
+            assert hive.get("alpha").state == "failed"
+            assert hive.get("alpha").stage == "actor"
+            assert "too many actor restarts" in hive.get("alpha").reason
+            assert hive.get("beta").state == "running" and alive(sleepers["beta"].proc.pid)
+            # A failed colony can still be destroyed through its actor.
+            await hive.destroy("alpha", force=True)
+            assert [c.name for c in hive.colonies()] == ["beta"]
+
+            seen = []
+            while not events.empty():
+                seen.append(events.get_nowait())
+            assert any(isinstance(e, Notice) and "actor restarted" in e.message for e in seen)
+            assert any(isinstance(e, StateChanged) and e.colony == "alpha" and e.state == "failed" for e in seen)
+            await hive.stop("beta")
+            for p in sleepers.values():
+                wait_for(lambda p=p: p.proc.poll() is not None, what="sleeper to be reaped")
+                hive.exec_finished(p)
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+def test_operations_on_one_colony_run_in_order_and_others_in_parallel(hive_env, repo):
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await asyncio.gather(hive.spawn("one", repo), hive.spawn("two", repo))
+            # stop, start, stop queued at once on the same colony: applied in order, ending stopped.
+            results = await asyncio.gather(hive.stop("one"), hive.start("one"), hive.stop("one"))
+            assert [r.state for r in results] == ["stopped", "running", "stopped"]
+            states = [t.state for t in hive.registry.transitions("one")]
+            assert states[-3:] == ["running", "stopping", "stopped"]
+            assert hive.get("two").state == "running"
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())

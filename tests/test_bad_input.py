@@ -1,0 +1,179 @@
+"""Every bad input gets one clear line on stderr, exit code 2, and leaves nothing half-made."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import git, link_names, make_repo, netns_names, run_stem
+
+pytestmark = pytest.mark.root
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    line = result.stderr.strip()
+    assert "\n" not in line, f"more than one line: {line!r}"
+    assert "Traceback" not in line
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+    return line
+
+
+def assert_nothing_made(hive_env, repo: Path | None = None, colonies: int = 0) -> None:
+    assert len(netns_names(hive_env.prefix)) == colonies
+    assert len(link_names(hive_env.prefix)) == colonies
+    if (hive_env.home / "hive.db").exists():
+        with sqlite3.connect(hive_env.home / "hive.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM colonies").fetchone()[0] == colonies
+    worktrees = hive_env.home / "worktrees"
+    assert len(list(worktrees.iterdir()) if worktrees.exists() else []) == colonies
+    if repo is not None:
+        assert git(repo, "worktree", "list").count("\n") == 1 + colonies
+        assert len(git(repo, "branch").split("\n")) - 1 == 1 + colonies
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Alpha", "not a DNS label"),
+        ("-alpha", "not a DNS label"),
+        ("alpha-", "not a DNS label"),
+        ("al_pha", "not a DNS label"),
+        ("al.pha", "not a DNS label"),
+        ("a" * 33, "33 characters long: the limit is 32"),
+        ("", "colony name is empty"),
+    ],
+)
+def test_invalid_names(hive_env, repo, name, why):
+    assert_refused(run_stem(hive_env.env, "spawn", "--repo", str(repo), "--", name), why)
+    assert_nothing_made(hive_env, repo)
+
+
+def test_name_already_used(hive_env, repo):
+    assert run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)).returncode == 0
+    assert_refused(run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)), "a colony named 'dup' already exists")
+    assert_nothing_made(hive_env, repo, colonies=1)
+
+
+def test_path_that_is_not_a_git_repository(hive_env, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert_refused(
+        run_stem(hive_env.env, "spawn", "x", "--repo", str(plain)), str(plain), "is not inside a git repository"
+    )
+    assert_refused(run_stem(hive_env.env, "spawn", "x", "--repo", str(tmp_path / "missing")), "is not a directory")
+    assert_nothing_made(hive_env)
+
+
+def test_repository_without_commits(hive_env, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    assert_refused(run_stem(hive_env.env, "spawn", "x", "--repo", str(empty)), "has no commits yet")
+    assert_nothing_made(hive_env)
+
+
+def test_base_ref_that_does_not_exist(hive_env, repo):
+    assert_refused(
+        run_stem(hive_env.env, "spawn", "x", "--repo", str(repo), "--base", "nope"),
+        "base ref 'nope' does not name a commit",
+    )
+    assert_nothing_made(hive_env, repo)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[colony]\nsetup = [\n", "colony.toml:"),
+        ("[colony]\nsetup = 'npm ci'\n", "colony.toml:2: [colony] setup"),
+        ("[colony]\nbogus = 1\n", "colony.toml:2: [colony] bogus: unknown key"),
+        ("[services.web]\ncommand = 'x'\nrestart = 'sometimes'\n", "colony.toml:3: [services.web] restart"),
+        ("[services.web]\nport = 3000\n", "[services.web] command"),
+        ("[services.web]\ncommand = 'x'\ndepends_on = ['db']\n", "colony.toml:3: [services.web] depends_on"),
+    ],
+)
+def test_malformed_colony_toml_names_file_line_and_key(hive_env, tmp_path, toml, expected):
+    repo = make_repo(tmp_path / "badtoml", colony_toml=toml)
+    assert_refused(run_stem(hive_env.env, "spawn", "x", "--repo", str(repo)), expected)
+    assert_nothing_made(hive_env, repo)
+
+
+def test_failing_setup_command_rolls_back_and_names_the_step(hive_env, tmp_path):
+    repo = make_repo(
+        tmp_path / "failsetup", colony_toml='[colony]\nsetup = ["echo preparing; echo broken >&2; exit 4"]\n'
+    )
+    line = assert_refused(run_stem(hive_env.env, "spawn", "x", "--repo", str(repo)))
+    assert line == (
+        "stem: spawn x failed while provisioning: setup command `echo preparing; echo broken >&2; exit 4` "
+        "exited with 4: preparing | broken (everything made was removed)"
+    )
+    assert_nothing_made(hive_env, repo)
+    assert list((hive_env.home / "colonies").iterdir()) == []
+
+
+def test_full_address_pool(hive_env, repo):
+    env = dict(hive_env.env, STEM_POOL=str(hive_env.pool.network_address) + "/29")  # two /30 slots
+    assert run_stem(env, "spawn", "one", "--repo", str(repo)).returncode == 0
+    assert run_stem(env, "spawn", "two", "--repo", str(repo)).returncode == 0
+    assert_refused(run_stem(env, "spawn", "three", "--repo", str(repo)), "address pool is full (2 colonies)")
+    assert_nothing_made(hive_env, repo, colonies=2)
+    assert_refused(run_stem(dict(hive_env.env, STEM_POOL="10.300.0.0/16"), "ls"), "STEM_POOL '10.300.0.0/16'")
+
+
+def test_bad_pool_in_config_file(hive_env, repo, tmp_path):
+    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[hive]\npool = "10.0.0.0/31"\n')
+    env = dict(hive_env.env)
+    env.pop("STEM_POOL")
+    assert_refused(run_stem(env, "spawn", "x", "--repo", str(repo)), "config.toml:2: [hive] pool")
+    assert_nothing_made(hive_env, repo)
+
+
+def test_missing_capabilities_says_exactly_what_is_needed(hive_env, repo):
+    result = subprocess.run(
+        [
+            shutil.which("setpriv") or "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-net_admin,-sys_admin",
+            "--",
+            *_stem(),
+            "spawn",
+            "x",
+            "--repo",
+            str(repo),
+        ],
+        env=hive_env.env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert_refused(result, "stem spawn needs CAP_NET_ADMIN and CAP_SYS_ADMIN", "run it as root")
+    assert_nothing_made(hive_env, repo)
+
+
+def _stem() -> list[str]:
+    from helpers import stem_cmd
+
+    return stem_cmd()
+
+
+def test_unknown_colony_and_wrong_states(hive_env, repo):
+    for verb in ("stop", "start", "destroy"):
+        assert_refused(run_stem(hive_env.env, verb, "ghost"), "no colony named 'ghost'")
+    assert_refused(run_stem(hive_env.env, "exec", "ghost", "--", "true"), "no colony named 'ghost'")
+    assert run_stem(hive_env.env, "spawn", "live", "--repo", str(repo)).returncode == 0
+    assert_refused(run_stem(hive_env.env, "exec", "live"), "no command given")
+    assert_refused(
+        run_stem(hive_env.env, "exec", "live", "--", "no-such-program-xyz"),
+        "command not found in live: no-such-program-xyz",
+    )
+
+
+def test_usage_errors_are_one_line(hive_env):
+    assert_refused(run_stem(hive_env.env, "spawn"), "the following arguments are required: name")
+    assert_refused(run_stem(hive_env.env, "frobnicate"), "invalid choice: 'frobnicate'")
