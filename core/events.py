@@ -36,4 +36,49 @@ class Notice:
     message: str
 
 
-Event = StateChanged | LogLine | ColonyRemoved | Notice
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """A service's state: starting, ready, running, crashed (with `code`), stopped; `detail` holds last lines."""
+
+    colony: str
+    service: str
+    state: str
+    code: int | None = None
+    restarts: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentActivity:
+    """working (output recently), idle (quiet), attention (bell or an approval prompt), exited (with `code`)."""
+
+    colony: str
+    activity: str
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenChanged:
+    """Rows of the colony agent's screen that changed since the last event (one event per output batch)."""
+
+    colony: str
+    rows: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    path: str
+    status: str  # added, modified, deleted, renamed
+    added: int  # lines; 0 for binary files
+    removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesUpdated:
+    """The colony's changed-file list against its base commit."""
+
+    colony: str
+    files: tuple[FileChange, ...]
+
+
+Event = StateChanged | LogLine | ColonyRemoved | Notice | ServiceState | AgentActivity | ScreenChanged | ChangesUpdated
