@@ -25,6 +25,7 @@ from pyte import modes as mo
 from pyte.screens import Char, Savepoint, StaticDefaultDict
 
 from core.screen_cells import (
+    DEFAULT_CHAR,
     SGR_SPLIT,
     Row,
     all_narrow,
@@ -42,6 +43,8 @@ __all__ = ["Scrollback", "StemScreen"]
 _DECCKM = 1 << 5
 _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
+
+_REVERSE_BLANK = DEFAULT_CHAR._replace(reverse=True)
 
 # Modes under which a line batch would not behave like plain "draw, CR, LF".
 _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
@@ -135,6 +138,11 @@ class StemScreen(pyte.Screen):
         return self._alt_active
 
     # ------------------------------------------------------------------------------------ pyte overrides
+
+    @property
+    def default_char(self) -> Char:
+        """pyte's blank cell, without building a new `Char` for every row created."""
+        return _REVERSE_BLANK if mo.DECSCNM in self.mode else DEFAULT_CHAR
 
     def reset(self) -> None:
         if getattr(self, "_alt_active", False) and self._main_buffer is not None:
@@ -252,8 +260,10 @@ class StemScreen(pyte.Screen):
         else:
             cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
 
-    def select_graphic_rendition(self, *attrs: int) -> None:
-        self.cursor.attrs = sgr_apply(self.cursor.attrs, attrs, mo.DECSCNM in self.mode)
+    def select_graphic_rendition(self, *attrs: int, **kwargs: Any) -> None:
+        # CSI ? Ps m is a query (xterm's XTQMODKEYS, sent by vim), not SGR; pyte raises on it.
+        if not kwargs.get("private"):
+            self.cursor.attrs = sgr_apply(self.cursor.attrs, attrs, mo.DECSCNM in self.mode)
 
     def erase_in_line(self, how: int = 0, private: bool = False) -> None:
         cursor = self.cursor
@@ -312,12 +322,17 @@ class StemScreen(pyte.Screen):
         self._seen = state
         self.version += 1
         version = self.version
-        versions = self._row_versions
         lines = self.lines
-        for y in dirty:
-            if 0 <= y < lines:
-                versions[y] = version
-                self._dirty.add(y)
+        if len(dirty) >= lines and dirty.issuperset(range(lines)):
+            # After a scroll every row is dirty: replace rather than loop.
+            self._row_versions = [version] * lines
+            self._dirty = set(range(lines))
+        else:
+            versions = self._row_versions
+            for y in dirty:
+                if 0 <= y < lines:
+                    versions[y] = version
+                    self._dirty.add(y)
         dirty.clear()
 
     def _new_buffer(self) -> dict[int, Row]:
@@ -394,9 +409,10 @@ class StemScreen(pyte.Screen):
                     pos = self._try_batch(text, pos)
             elif kind == _T_CSI:
                 private, params, final = m.group(3, 4, 5)
-                if final == "m" and not private:
-                    cursor = self.cursor
-                    cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
+                if final == "m":
+                    if not private:  # see select_graphic_rendition
+                        cursor = self.cursor
+                        cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
                     continue
                 handler = csi.get(final)
                 if handler is None:

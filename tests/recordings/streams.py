@@ -1,0 +1,265 @@
+"""Deterministic terminal byte streams for the screen tests and the terminal benchmark.
+
+Each function returns the bytes a program would write to a 120x40 PTY (so lines end in CR LF, as the tty's
+`onlcr` makes them). They are generated rather than committed because they are large and cheap to make;
+the same arguments always give the same bytes. Captures of real programs live beside this file (*.bin,
+made by capture.py).
+"""
+
+from __future__ import annotations
+
+import random
+
+ESC = "\x1b"
+CSI = ESC + "["
+
+_WORDS = (
+    "alpha beta gamma delta colony agent worktree commit rebase merge namespace socket tmux pyte screen "
+    "scroll buffer render widget terminal cursor flood token stream parser escape sequence request "
+    "response timeout retry cache index shard replica quorum leader follower"
+).split()
+
+
+def flood(count: int, start: int = 1) -> bytes:
+    """`seq start start+count-1` as it arrives from a PTY."""
+    return "".join(f"{i}\r\n" for i in range(start, start + count)).encode()
+
+
+def _sgr_random(rng: random.Random) -> str:
+    """One SGR sequence from the whole palette pyte understands: 16, 256 and truecolour, every attribute."""
+    kind = rng.randrange(10)
+    if kind == 0:
+        return CSI + "0m"
+    if kind == 1:
+        return CSI + "m"
+    if kind == 2:
+        return f"{CSI}{rng.choice([30, 31, 32, 33, 34, 35, 36, 37, 39, 90, 91, 92, 93, 94, 95, 96, 97])}m"
+    if kind == 3:
+        return f"{CSI}{rng.choice([40, 41, 42, 43, 44, 45, 46, 47, 49, 100, 101, 102, 103, 104, 105, 106, 107])}m"
+    if kind == 4:
+        return f"{CSI}38;5;{rng.randrange(256)}m"
+    if kind == 5:
+        return f"{CSI}48;5;{rng.randrange(256)}m"
+    if kind == 6:
+        return f"{CSI}38;2;{rng.randrange(256)};{rng.randrange(256)};{rng.randrange(256)}m"
+    if kind == 7:
+        return f"{CSI}48;2;{rng.randrange(256)};{rng.randrange(256)};{rng.randrange(256)}m"
+    if kind == 8:
+        return f"{CSI}{rng.choice([1, 3, 4, 5, 7, 9])}m"
+    return f"{CSI}{rng.choice([22, 23, 24, 25, 27, 29])};{rng.choice([1, 4, 7, 31, 42])}m"
+
+
+def colored_logs(count: int, seed: int = 1) -> bytes:
+    """Log lines in colour: a timestamp, a coloured level, a module in 256 colours, a message with the odd
+    truecolour or attribute span; some lines wrap, some leave attributes set for the next line."""
+    rng = random.Random(seed)
+    levels = [
+        (CSI + "32m", "INFO "),
+        (CSI + "33m", "WARN "),
+        (CSI + "1;31m", "ERROR"),
+        (CSI + "90m", "DEBUG"),
+    ]
+    out = []
+    for i in range(count):
+        colour, level = levels[rng.randrange(len(levels))]
+        ts = f"2024-05-01T12:{i // 60 % 60:02d}:{i % 60:02d}.{i * 7 % 1000:03d}Z"
+        module = f"{CSI}38;5;{16 + i % 216}m{rng.choice(_WORDS)}.{rng.choice(_WORDS)}{CSI}0m"
+        words = [rng.choice(_WORDS) for _ in range(rng.randrange(3, 30 if i % 17 else 40))]
+        if rng.random() < 0.5:
+            k = rng.randrange(len(words))
+            words[k] = _sgr_random(rng) + words[k] + CSI + "0m"
+        if rng.random() < 0.2:
+            words.insert(rng.randrange(len(words)), f"{CSI}38;2;{i % 256};{i * 3 % 256};200m<rgb>{CSI}39m")
+        tail = "" if rng.random() < 0.9 else _sgr_random(rng)  # attributes left on for the next line
+        out.append(f"{CSI}2m{ts}{CSI}22m {colour}{level}{CSI}0m {module} {' '.join(words)}{tail}\r\n")
+    out.append(CSI + "0m")
+    return "".join(out).encode()
+
+
+def fullscreen_redraw(frames: int, seed: int = 2) -> bytes:
+    """A full-screen program repainting: home, then 40 cursor-addressed rows of coloured text, each ended
+    with erase-to-end-of-line, and a status line in reverse video; the cursor parks on the status line."""
+    rng = random.Random(seed)
+    out = []
+    for f in range(frames):
+        out.append(CSI + "?25l" + CSI + "H")
+        for y in range(39):
+            cells = []
+            width = 0
+            while width < 100:
+                word = rng.choice(_WORDS)
+                cells.append(f"{CSI}38;5;{(y * 7 + f + width) % 256}m{word} ")
+                width += len(word) + 1
+            out.append(f"{CSI}{y + 1};1H{CSI}{y % 2 and 1 or 22}m{''.join(cells)}{CSI}0m{CSI}K")
+        out.append(f"{CSI}40;1H{CSI}7m frame {f:6d} {CSI}K{CSI}0m{CSI}40;20H{CSI}?25h")
+    return "".join(out).encode()
+
+
+def cursor_movement() -> bytes:
+    """Cursor addressing and editing: CUP/HVP, CUU/CUD/CUF/CUB/CNL/CPL/CHA/VPA/HPR/VPR (including zero
+    and out-of-range counts), ED/EL in all forms with coloured backgrounds (pyte erases only cells that
+    exist), DECSC/DECRC, DECSTBM regions scrolled by LF, IND and RI, IL/DL, ICH/DCH/ECH, DECOM, NEL, BS."""
+    out = []
+    for y in range(40):
+        out.append(f"{CSI}{y + 1};1H{CSI}3{y % 8}mrow {y:02d} " + "abcdefghij" * (y % 12))
+    out.append(CSI + "0m")
+    out.append(f"{CSI}10;10Hhere{CSI}3Aup3{CSI}2Bdown2{CSI}5Cright5{CSI}7Dleft7{CSI}0Azero{CSI}99Bfloor")
+    out.append(f"{CSI}1;1H{CSI}99Dclamp{CSI}999Cedge{CSI}2Enext2{CSI}Fprev{CSI}30Gcol30{CSI}12dline12")
+    out.append(f"{CSI}5;5fhvp{CSI}4anine{CSI}3evpr3\bBS\b\bbs")
+    out.append(f"{CSI}44m{CSI}20;50H{CSI}K{CSI}21;50H{CSI}1K{CSI}22;50H{CSI}2K{CSI}0m")
+    out.append(f"{CSI}7;7H{ESC}7{CSI}1;33msaved{CSI}0m{CSI}30;3Hmoved{ESC}8after-restore")
+    out.append(f"{CSI}41m{CSI}25;60H{CSI}J{CSI}0m")
+    out.append(f"{CSI}42m{CSI}3;40H{CSI}1J{CSI}0m")
+    out.append(f"{CSI}8;1H" + "".join(f"{CSI}{8 + i};1Hline {i} of the region" for i in range(12)))
+    out.append(f"{CSI}8;19r")  # scroll region rows 8..19
+    out.append(f"{CSI}19;1H" + "".join(f"scrolled in {i}\r\n" for i in range(6)))
+    out.append(f"{CSI}8;1H{ESC}Mreverse-index-at-top{ESC}M{ESC}Mtwice")
+    out.append(f"{CSI}19;1H{ESC}Dindex-at-bottom{ESC}D")
+    out.append(f"{CSI}10;1H{CSI}3Linserted3{CSI}14;1H{CSI}2Mdeleted2{CSI}L{CSI}M")
+    out.append(f"{CSI}?6h{CSI}1;1Horigin-home{CSI}3;3Horigin-3-3{CSI}?6l")
+    out.append(f"{CSI}r{CSI}30;1H{CSI}45m")
+    out.append(f"{CSI}30;10H{CSI}4@ins{CSI}31;10H{CSI}3Pdel{CSI}32;10H{CSI}5Xech{CSI}@{CSI}P{CSI}X")
+    out.append(f"{CSI}0m{CSI}35;1Hnel{ESC}Enext-line{ESC}E\r\n")
+    out.append(f"{CSI}2;1H{CSI}1;4;7mstyled{CSI}27;24mplain-bold{CSI}m")
+    out.append(f"{CSI}38;5;208m{CSI}48;2;10;20;30m{CSI}36;1Hcolours{CSI}0m")
+    out.append(f"{CSI}40;1H" + "".join(f"bottom {i}\r\n" for i in range(3)))  # scroll the whole screen
+    out.append(f"{CSI}?25l{CSI}20;20H")
+    return "".join(out).encode()
+
+
+def clear_redraws(frames: int = 30) -> bytes:
+    """`clear` then a screenful, repeatedly, with some frames only homing the cursor and overwriting."""
+    out = []
+    for f in range(frames):
+        out.append(CSI + "H" + CSI + "2J" if f % 3 else CSI + "H")
+        if f % 5 == 0:
+            out.append(CSI + "3J")
+        for y in range(40 if f % 2 else 25):
+            out.append(f"{CSI}3{(f + y) % 8}mframe {f} row {y} " + "=" * ((f * 7 + y * 3) % 90))
+            out.append(CSI + "0m")
+            if y < 39:
+                out.append("\r\n")
+    out.append("\r\nprompt$ ")
+    return "".join(out).encode()
+
+
+def alternate_screen() -> bytes:
+    """Main-screen output, then 1049 (save cursor, alternate, clear), a full-screen UI that scrolls, and
+    back; the same with 1047 and 47; set twice and reset twice, as careless programs do."""
+    out = ["".join(f"shell line {i}\r\n" for i in range(50)), "prompt$ vim file"]
+    out.append(f"{CSI}31m{CSI}?1049h{CSI}H{CSI}2J")
+    out.append("".join(f"{CSI}{y + 1};1H{CSI}3{y % 8}m~ editor row {y}" for y in range(40)))
+    out.append(f"{CSI}40;1H" + "".join(f"alt scroll {i}\r\n" for i in range(45)))
+    out.append(f"{CSI}?1049h{CSI}5;5Hstill alt")
+    out.append(f"{CSI}?1049l{CSI}?1049l after-1049")
+    out.append("\r\n" + f"{CSI}?1047hin 1047{CSI}10;10H{CSI}1m bold{CSI}?1047l back from 1047")
+    out.append("\r\n" + f"{CSI}?47h{CSI}Hin 47\r\nline2{CSI}?47l back from 47")
+    out.append(f"{CSI}?1049h{CSI}?25l{CSI}Halt, cursor hidden{CSI}?25h{CSI}?1049l\r\n")
+    return "".join(out).encode()
+
+
+def wide_and_combining() -> bytes:
+    """CJK and emoji (two cells), combining accents (joined into the previous cell, also across a line
+    start), wide characters at the right margin, overwriting halves of wide characters."""
+    out = []
+    out.append("中文字符测试 日本語のテキスト 한국어 텍스트\r\n")
+    out.append("emoji: 😀 🎉 🚀 ✨ 👍 end\r\n")
+    out.append("combining: e\u0301 a\u0308 n\u0303 o\u0302\u0323 cafe\u0301\r\n")
+    out.append("narrow non-ASCII: é ü ñ ─│┌┐└┘ ±×÷ αβγ\r\n")
+    out.append("x" * 119 + "中" + "after\r\n")  # wide character does not fit in the last column
+    out.append("y" * 118 + "中" + "z\r\n")  # wide character exactly fills the line
+    out.append("中" * 70 + "\r\n")  # wraps in the middle of a run of wide characters
+    out.append(f"{CSI}20;1H中文中文{CSI}20;2HA{CSI}20;5HB")  # overwrite stub and first half
+    out.append(f"{CSI}21;120H\u0301{CSI}22;1H\u0301start")  # combining at the edge and at column 0
+    out.append(f"{CSI}23;1H{CSI}1;35m粗体紫色 bold{CSI}0m\r\n")
+    out.append("x" * 120 + "\u0301next\r\n")  # combining after a pending wrap joins the last cell
+    for i in range(45):
+        out.append(f"scroll {i} 中文 ✓ é\r\n")
+    return "".join(out).encode()
+
+
+def tabs() -> bytes:
+    """Default tab stops, tabs past the last stop, HTS to set and TBC to clear one and all."""
+    out = ["a\tb\tc\td\te\tf\tg\th\ti\tj\tk\tl\tm\tn\to\tp\tend\r\n"]
+    out.append("\t" * 20 + "far\r\n")
+    out.append(f"{CSI}5G{ESC}H{CSI}13G{ESC}H\r\tat5?\t\r\n")
+    out.append(f"{CSI}9G{CSI}g\r\ttab\r\n")
+    out.append(f"{CSI}3g\r\tno stops\r\n")
+    out.append("col\ttabs\tin\ta\tlog\tline\r\n" * 5)
+    return "".join(out).encode()
+
+
+def autowrap() -> bytes:
+    """DECAWM on: long lines wrap (also exactly 120 and 240 characters, and a pending wrap cancelled by
+    CR). DECAWM off: the last column is overwritten. Then on again."""
+    out = []
+    out.append("A" * 120 + "\r\n")
+    out.append("B" * 121 + "\r\n")
+    out.append("C" * 240 + "\r\n")
+    out.append("D" * 300 + "\r\n")
+    out.append("E" * 120 + "\rcr-after-pending-wrap\r\n")
+    out.append("F" * 120 + f"{CSI}Kel-at-pending{CSI}1K\r\n")
+    out.append(f"{CSI}?7l" + "G" * 130 + "|last\r\n" + "H" * 119 + "中\r\n")
+    out.append(f"{CSI}?7h" + "I" * 125 + "\r\n")
+    for i in range(60):
+        out.append(f"{CSI}3{i % 8}m" + "wrapped line %03d " % i * 9 + f"{CSI}0m\r\n")
+    out.append("no newline at the end " * 9)
+    return "".join(out).encode()
+
+
+_FUZZ_TEXT = ["hello", "x", " ", "中文", "é", "a\u0301", "─", "😀", "0123456789" * 13, "word " * 30]
+
+
+def fuzz(seed: int, count: int = 400) -> bytes:
+    """Random mixes of text, controls and sequences, biased to the fast paths' edges (line batches meeting
+    escapes, wraps, scroll regions, insert mode, DECAWM off, the alternate screen). Avoids sequences on
+    which stock pyte raises (e.g. VPA with DECOM and no margins)."""
+    rng = random.Random(seed)
+    out = []
+    margins = False
+    for _ in range(count):
+        k = rng.randrange(24)
+        if k < 6:
+            out.append(rng.choice(_FUZZ_TEXT))
+        elif k < 9:
+            out.append("".join(f"{rng.choice(_WORDS)} {i}\r\n" for i in range(rng.randrange(1, 60))))
+        elif k == 9:
+            out.append(rng.choice(["\r\n", "\n", "\r", "\t", "\b", "\x07", "\x0b", "\x00"]))
+        elif k == 10:
+            out.append(_sgr_random(rng))
+        elif k == 11:
+            out.append(f"{CSI}{rng.randrange(0, 45)};{rng.randrange(0, 130)}H")
+        elif k == 12:
+            out.append(f"{CSI}{rng.choice('ABCDEFGdaeP@XLM')}")
+        elif k == 13:
+            out.append(f"{CSI}{rng.randrange(0, 50)}{rng.choice('ABCDEFGdaeP@XLM')}")
+        elif k == 14:
+            out.append(f"{CSI}{rng.choice(['', '0', '1', '2'])}{rng.choice('JK')}")
+        elif k == 15:
+            if margins or rng.random() < 0.5:
+                out.append(f"{CSI}r")
+                margins = False
+            else:
+                top = rng.randrange(1, 30)
+                out.append(f"{CSI}{top};{top + rng.randrange(2, 12)}r")
+                margins = True
+        elif k == 16:
+            out.append(rng.choice([f"{ESC}D", f"{ESC}M", f"{ESC}E", f"{ESC}7", f"{ESC}8"]))
+        elif k == 17:
+            # insert mode is short-lived: pyte's insert_characters costs a whole row per character
+            out.append(rng.choice([f"{CSI}?7l", f"{CSI}?7h", f"{CSI}4hins{CSI}4l", f"{CSI}4h中{CSI}4l"]))
+        elif k == 18:
+            out.append(rng.choice([f"{CSI}?1049h", f"{CSI}?1049l", f"{CSI}?47h", f"{CSI}?47l"]))
+        elif k == 19:
+            out.append(rng.choice([f"{CSI}?25l", f"{CSI}?25h", f"{ESC}]0;title {rng.random():.3f}\x07"]))
+        elif k == 20:
+            # a coloured batch whose lines sometimes wrap
+            for _ in range(rng.randrange(1, 40)):
+                out.append(_sgr_random(rng) + rng.choice(_WORDS) * rng.randrange(1, 30) + "\r\n")
+        elif k == 21:
+            out.append(f"{CSI}{rng.randrange(1, 41)};1H")
+        elif k == 22:
+            out.append(rng.choice([f"{CSI}1;31m", f"{CSI}?4m", f"{CSI}>4;2m", f"{ESC}P", f"{CSI}>c", f"{CSI}!p"]))
+        else:
+            out.append(f"{ESC}(B{ESC}(0{CSI}?1h{CSI}?2004h{CSI}?1l{CSI}?2004l")
+    return "".join(out).encode()
