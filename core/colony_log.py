@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +62,60 @@ class ColonyLog:
     def tail(self, n: int) -> list[Entry]:
         with self._lock:
             return list(self._ring)[-n:]
+
+
+_LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
+
+
+def parse_line(line: str) -> tuple[str, str, str]:
+    """(timestamp, source, text) of a line of the log file; unparsable lines have an empty source."""
+    match = _LINE_RE.match(line)
+    return (match.group(1), match.group(2), match.group(3)) if match else ("", "", line)
+
+
+def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str]:
+    """The last `count` wanted lines of the log, looking into the rotated generation when needed."""
+    lines: list[str] = []
+    for part in (path.with_suffix(".log.1"), path):
+        try:
+            lines.extend(line for line in part.read_text(errors="replace").splitlines() if wanted(line))
+        except FileNotFoundError:
+            continue
+    return lines[-count:] if count > 0 else []
+
+
+async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[str]:
+    """New lines appended to `path`, following rotation, until cancelled (like tail -F)."""
+    handle = None
+    inode = None
+    from_start = False  # after a rotation the new file is read from its start, at first open from its end
+    pending = ""
+    try:
+        while True:
+            if handle is None:
+                try:
+                    handle = path.open("r", errors="replace")
+                except FileNotFoundError:
+                    await asyncio.sleep(interval)
+                    continue
+                inode = os.fstat(handle.fileno()).st_ino
+                if not from_start:
+                    handle.seek(0, os.SEEK_END)
+            chunk = handle.read()
+            if chunk:
+                *complete, pending = (pending + chunk).split("\n")
+                for line in complete:
+                    yield line
+                continue
+            try:
+                rotated = os.stat(path).st_ino != inode
+            except FileNotFoundError:
+                rotated = True
+            if rotated:
+                handle.close()
+                handle, from_start = None, True
+                continue
+            await asyncio.sleep(interval)
+    finally:
+        if handle is not None:
+            handle.close()

@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="also when the worktree has uncommitted changes")
 
+    p = sub.add_parser(
+        "logs",
+        help="show a colony's log",
+        description="Show colony NAME's log: setup and build output, and its services' output, kept on disk.",
+    )
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-s", "--service", help="only lines from this service (or setup, build)")
+    p.add_argument("-n", "--lines", type=int, default=200, help="how many past lines (default 200)")
+
     sub.add_parser(
         "gc",
         help="remove what crashes left behind",
@@ -202,6 +212,25 @@ async def cmd_destroy(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_logs(hive: Any, args: argparse.Namespace) -> int:
+    from core.colony_log import follow_file, parse_line, read_tail
+
+    hive.get(args.name)  # an unknown colony is an error, not an empty log
+    path = hive.layout.colony_log(args.name)
+
+    def wanted(line: str) -> bool:
+        return args.service is None or parse_line(line)[1] in (args.service, f"{args.service}!")
+
+    for line in await asyncio.to_thread(read_tail, path, args.lines, wanted):
+        print(line)
+    if args.follow:
+        sys.stdout.flush()
+        async for line in follow_file(path):
+            if wanted(line):
+                print(line, flush=True)
+    return 0
+
+
 async def cmd_gc(hive: Any, args: argparse.Namespace) -> int:
     report = await hive.gc()
     for line in report.removed:
@@ -221,6 +250,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "start": cmd_start,
     "destroy": cmd_destroy,
     "gc": cmd_gc,
+    "logs": cmd_logs,
 }
 
 
