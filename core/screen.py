@@ -34,6 +34,7 @@ from core.screen_cells import (
     parse_params,
     row_text,
     sgr_apply,
+    wrap_sgr_line,
 )
 from core.screen_scrollback import Scrollback
 
@@ -52,15 +53,16 @@ _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
 # One token in the ground state. Group numbers are used as token kinds (see `_feed_text`); anything that
 # does not match (C1 controls, SO/SI, unusual or incomplete sequences) goes to pyte's parser.
 _TOKEN = re.compile(
-    "(" + pyte.Stream._text_pattern.pattern + ")"  # 1: text, exactly pyte's notion of it
-    r"|(\r\n)"  # 2: the commonest pair of controls
-    r"|\x1b\[(\??)([0-9;]*)([@-~])"  # 3-5: CSI with plain parameters
-    r"|\x1b([^\[\]#%()])"  # 6: two-character escape
-    r"|\x1b([()][\s\S])"  # 7: G0/G1 charset designation
-    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 8-9: OSC (title)
-    r"|([\x00\x07-\x0d\x7f])"  # 10: C0 controls pyte acts on or ignores
+    r"((?:[ -~]++|\x1b\[[0-9;]*+m)++)"  # 1: printable ASCII and SGR: styled text
+    "|(" + pyte.Stream._text_pattern.pattern + ")"  # 2: any other text, exactly pyte's notion of it
+    r"|(\r\n)"  # 3: the commonest pair of controls
+    r"|\x1b\[(\??)([0-9;]*)([@-~])"  # 4-6: CSI with plain parameters
+    r"|\x1b([^\[\]#%()])"  # 7: two-character escape
+    r"|\x1b([()][\s\S])"  # 8: G0/G1 charset designation
+    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 9-10: OSC (title)
+    r"|([\x00\x07-\x0d\x7f])"  # 11: C0 controls pyte acts on or ignores
 )
-_T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 5, 6, 7, 9, 10
+_T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 3, 6, 7, 8, 10, 11
 
 # A batch of whole lines: printable ASCII and SGR sequences, each line ended by CR LF.
 _BATCH = re.compile(r"(?:[ -~]*+(?:\x1b\[[0-9;]*+m[ -~]*+)*+\r\n)++")
@@ -400,15 +402,21 @@ class StemScreen(pyte.Screen):
                 continue
             kind = m.lastindex
             pos = m.end()
-            if kind == _T_TEXT:
-                draw(m.group(1))
+            if kind == _T_STYLED:
+                run = m.group(1)
+                if "\x1b" in run:
+                    self._draw_styled(run)
+                else:
+                    draw(run)
+            elif kind == _T_TEXT:
+                draw(m.group(2))
             elif kind == _T_CRLF:
                 self.cursor.x = 0
                 self.linefeed()
                 if pos < n and self.cursor.x == 0:
                     pos = self._try_batch(text, pos)
             elif kind == _T_CSI:
-                private, params, final = m.group(3, 4, 5)
+                private, params, final = m.group(4, 5, 6)
                 if final == "m":
                     if not private:  # see select_graphic_rendition
                         cursor = self.cursor
@@ -445,19 +453,60 @@ class StemScreen(pyte.Screen):
                     self.bell()
                 # NUL and DEL are ignored, as by pyte.
             elif kind == _T_ESC:
-                handler0 = self._esc.get(m.group(6))
+                handler0 = self._esc.get(m.group(7))
                 if handler0 is not None:
                     handler0()
             elif kind == _T_OSC:
-                code, param = m.group(8), m.group(9)[1:]  # pyte drops the ";"
+                code, param = m.group(9), m.group(10)[1:]  # pyte drops the ";"
                 if code in "01":
                     self.set_icon_name(param)
                 if code in "02":
                     self.set_title(param)
             elif kind == _T_CHARSET:
-                designation = m.group(7)
+                designation = m.group(8)
                 if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
                     self.define_charset(designation[1], mode=designation[0])
+
+    def _draw_styled(self, run: str) -> None:
+        """Draw printable ASCII interleaved with SGR sequences: what `draw` and `select_graphic_rendition`
+        would do part by part, without a token dispatch per part. Parts that would wrap go to `draw`."""
+        mode = self.mode
+        parts = SGR_SPLIT.split(run)
+        if not (
+            mo.DECAWM in mode
+            and mode.isdisjoint(_NO_BATCH_MODES)
+            and self.charset == 0
+            and self.g0_charset is cs.LAT1_MAP
+        ):
+            for i, part in enumerate(parts):
+                if i & 1:
+                    self.select_graphic_rendition(*parse_params(part))
+                elif part:
+                    self.draw(part)
+            return
+        cursor = self.cursor
+        attrs = cursor.attrs
+        x = cursor.x
+        columns = self.columns
+        row = self.buffer[cursor.y]
+        for i, part in enumerate(parts):
+            if i & 1:
+                attrs = sgr_apply(attrs, part, False)
+            elif part:
+                end = x + len(part)
+                if end <= columns:
+                    row.update(zip(range(x, end), map(chars_for(attrs).__getitem__, part)))  # noqa: B905
+                    x = end
+                else:
+                    cursor.attrs = attrs
+                    cursor.x = x
+                    self.draw(part)  # autowrap, possibly scrolling
+                    cursor = self.cursor
+                    x = cursor.x
+                    row = self.buffer[cursor.y]
+        cursor.attrs = attrs
+        cursor.x = x
+        self.dirty.add(cursor.y)
 
     def _feed_slow(self, text: str, pos: int) -> int:
         """Give characters to pyte's own parser until it is back in its ground state; returns the new pos."""
@@ -508,26 +557,27 @@ class StemScreen(pyte.Screen):
             self._apply_lines(lines, self.cursor.attrs)
             return end
         attrs = self.cursor.attrs
+        rows = []
         starts: list[Char] = []
         for line in lines:
-            if "\x1b" in line:
-                parts = SGR_SPLIT.split(line)
-                if sum(map(len, parts[::2])) > columns:
-                    break  # wrapping a coloured line is left to the general path
+            if "\x1b" not in line:
+                if len(line) <= columns:
+                    rows.append(line)
+                    starts.append(attrs)
+                else:
+                    pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
+                    rows.extend(pieces)
+                    starts.extend([attrs] * len(pieces))
+                continue
+            parts = SGR_SPLIT.split(line)
+            if sum(map(len, parts[::2])) <= columns:
+                rows.append(line)
                 starts.append(attrs)
                 for params in parts[1::2]:
                     attrs = sgr_apply(attrs, params, False)
             else:
-                if len(line) > columns:
-                    break
-                starts.append(attrs)
-        count = len(starts)
-        if count == 0:
-            return pos
-        if count < len(lines):
-            lines = lines[:count]
-            end = pos + sum(map(len, lines)) + 2 * count
-        self._apply_lines(lines, starts)
+                attrs = wrap_sgr_line(parts, attrs, columns, rows, starts)
+        self._apply_lines(rows, starts)
         self.cursor.attrs = attrs
         return end
 

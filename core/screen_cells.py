@@ -105,6 +105,35 @@ def draw_line(row: dict[int, Char], raw: str, attrs: Char) -> Char:
     return attrs
 
 
+def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], starts: list[Char]) -> Char:
+    """Cut a line (`SGR_SPLIT.split` of it) wider than the screen into the rows autowrap makes of it,
+    appending each row and the attributes it starts with to `rows` and `starts`; returns the attributes
+    after the line. A row breaks only when a visible character no longer fits, so SGR sequences right
+    after a full row stay on it and change only the next row's starting attributes, as in pyte."""
+    current: list[str] = []
+    width = 0
+    row_start = attrs
+    for i, part in enumerate(parts):
+        if i & 1:
+            current.append(f"\x1b[{part}m")
+            attrs = sgr_apply(attrs, part, False)
+            continue
+        while part:
+            room = columns - width
+            if len(part) <= room:
+                current.append(part)
+                width += len(part)
+                break
+            current.append(part[:room])
+            part = part[room:]
+            rows.append("".join(current))
+            starts.append(row_start)
+            current, width, row_start = [], 0, attrs
+    rows.append("".join(current))
+    starts.append(row_start)
+    return attrs
+
+
 def strip_sgr(raw: str) -> str:
     """The visible text of a line stored with its SGR sequences."""
     return SGR_SPLIT.sub("", raw) if "\x1b" in raw else raw
