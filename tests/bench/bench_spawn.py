@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Spawn/destroy benchmark: Stem's colonies beside the same work done with `ip` commands and `git worktree add`.
+
+Run as root: `python3 tests/bench/bench_spawn.py [--runs 20] [--sizes 100,5000]`. It generates one repository per
+size (files of 1-4 KB in nested folders, one commit), uses a throwaway hive (temporary STEM_HOME, a random prefix
+`b????`, a random pool 10.2XX.0.0/16) and removes everything it made, even on failure or Ctrl-C. Each step is run
+once untimed to warm caches, then `--runs` times; Stem and reference take turns going first. Progress goes to
+stderr; stdout is a table and, as its last line, one JSON object.
+
+What is timed (Stem | reference):
+  net          core.netns.create (pyroute2, peer made inside the namespace) | 8 `ip` commands doing the same
+  net_destroy  core.netns.destroy | `ip link del` + `ip netns del`
+  worktree_N   core.worktree.add | `git worktree add -b <branch> <path> HEAD`
+  spawn_N      Hive.spawn | ip network + git worktree add + SQLite file (WAL), one after the other
+  destroy_N    Hive.destroy(force=True) | git worktree remove --force + git branch -D + ip link/netns del + rm
+
+JSON keys, N being each repository size in files: for each timed row R above, `{R}_median_ms` and `{R}_p90_ms`
+(Stem), `ref_{R}_median_ms` and `ref_{R}_p90_ms` (reference), `ratio_{R}_median` and `ratio_{R}_p90` (Stem divided
+by reference: below 1 means Stem is faster). Also `runs`, `files` (the sizes), `cpus`, `prefix`, `pool`,
+`leftovers` (namespaces or links with the run's prefix still present after cleanup; should be empty) and, only if
+the run failed, `error`. p90 is `statistics.quantiles(n=10, method="inclusive")[-1]` of the samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from core import netns, worktree
+from core.hive import Hive
+from core.netns import ColonyNet
+from core.privileges import require_netns_privileges
+
+_GIT_ENV = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+FILES_PER_DIR = 25
+# Address slots of the pool: the hive takes the lowest free one (0); the network-only rows use their own.
+SLOT_NET_STEM, SLOT_NET_IP, SLOT_REF_COLONY = 1, 2, 3
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(argv, cwd=cwd, env=_GIT_ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}: {proc.stderr.strip()}")
+
+
+def make_repo(path: Path, files: int, seed: int) -> None:
+    """`files` text files of 1-4 KB, 25 to a folder, two levels deep, in one commit."""
+    rng = random.Random(seed)
+    for k in range(files):
+        folder = k // FILES_PER_DIR
+        target = path / "src" / f"g{folder // 10}" / f"d{folder % 10}" / f"file{k}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lines = (f"value_{rng.getrandbits(64):016x} = {rng.randrange(10**9)}" for _ in range(rng.randrange(25, 100)))
+        target.write_text("\n".join(lines) + "\n")
+    run(["git", "init", "--quiet", "-b", "main", str(path)])
+    run(["git", "add", "-A"], cwd=path)
+    ident = ["-c", "user.email=bench@stem.invalid", "-c", "user.name=Stem bench"]
+    run(["git", *ident, "commit", "--quiet", "-m", f"{files} generated files"], cwd=path)
+
+
+def ip_up(net: ColonyNet) -> None:
+    """What core.netns.create does, with the `ip` command line."""
+    ns, veth, cidr = net.netns, net.veth, f"/{net.prefixlen}"
+    run(["ip", "netns", "add", ns])
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run(["ip", "addr", "add", net.host_ip + cidr, "dev", veth])
+    run(["ip", "link", "set", veth, "up"])
+    run(["ip", "-n", ns, "addr", "add", net.ip + cidr, "dev", "eth0"])
+    run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    run(["ip", "-n", ns, "route", "add", "default", "via", net.host_ip])
+
+
+def ip_down(net: ColonyNet) -> None:
+    run(["ip", "link", "del", net.veth])
+    run(["ip", "netns", "del", net.netns])
+
+
+def make_db(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+    finally:
+        db.close()
+
+
+def summary(samples: list[float]) -> tuple[float, float]:
+    """(median, p90) in milliseconds."""
+    ms = [s * 1000 for s in samples]
+    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
+    return statistics.median(ms), p90
+
+
+def pick_prefix() -> str:
+    taken = set(netns.list_namespaces()) | set(netns.list_links())
+    while True:
+        prefix = "b" + secrets.token_hex(2)
+        if not any(name.startswith(prefix) for name in taken):
+            return prefix
+
+
+def threaded(step: Callable[[int, bool], None]) -> Callable[[int, bool], Awaitable[None]]:
+    """pyroute2's blocking API cannot run on a thread with a running event loop; Hive uses worker threads too."""
+    return lambda i, timed: asyncio.to_thread(step, i, timed)
+
+
+class Bench:
+    """One benchmark run: its temporary files, its hive, its kernel objects and its samples."""
+
+    def __init__(self, runs: int, sizes: list[int]) -> None:
+        self.runs = runs
+        self.sizes = sizes
+        self.prefix = pick_prefix()
+        self.pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.0.0/16")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"stem-bench-{self.prefix}-"))
+        self.home = self.tmp / "home"
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self._link_re = re.compile(rf"^{self.prefix}r?\d+$")
+
+    def net(self, slot: int, tag: str) -> ColonyNet:
+        host_ip, ip, prefixlen = netns.slot_addresses(self.pool, slot)
+        veth = f"{self.prefix}{slot}" if tag == "stem" else f"{self.prefix}r{slot}"
+        return ColonyNet(f"{self.prefix}-{tag}{slot}", veth, host_ip, ip, prefixlen)
+
+    def record(self, key: str, seconds: float, timed: bool) -> None:
+        if timed:
+            self.samples[key].append(seconds)
+
+    # measuring ------------------------------------------------------------------------------------------------
+
+    async def measure(self) -> None:
+        repos = {}
+        for size in self.sizes:
+            log(f"generating a {size}-file repository")
+            repos[size] = self.tmp / f"repo{size}"
+            make_repo(repos[size], size, seed=size)
+        hive = Hive(self.home, prefix=self.prefix, pool=self.pool)
+        try:
+            log(f"network: {self.runs} runs")
+            await self._rounds([threaded(self._net_stem), threaded(self._net_ip)])
+            for size, repo in repos.items():
+                log(f"{size} files: {self.runs} runs")
+                commit = worktree.resolve_ref(repo, "HEAD")
+                await self._rounds(
+                    [
+                        lambda i, timed, s=size, r=repo: self._colony_stem(hive, s, r, i, timed),
+                        threaded(lambda i, timed, s=size, r=repo: self._colony_ref(s, r, i, timed)),
+                        threaded(
+                            lambda i, timed, s=size, r=repo, c=commit: self._worktree_stem(hive, s, r, c, i, timed)
+                        ),
+                    ]
+                )
+        finally:
+            await hive.close()
+
+    async def _rounds(self, steps: list[Callable[[int, bool], Awaitable[None]]]) -> None:
+        """One untimed round, then `runs` timed ones; the step that goes first rotates, so none always gets the
+        warmest caches."""
+        for i in range(-1, self.runs):
+            shift = i % len(steps)
+            for step in steps[shift:] + steps[:shift]:
+                await step(i, i >= 0)
+
+    def _net_stem(self, i: int, timed: bool) -> None:
+        net = self.net(SLOT_NET_STEM, "stem")
+        t0 = time.perf_counter()
+        netns.create(net)
+        t1 = time.perf_counter()
+        netns.destroy(net.netns, net.veth)
+        t2 = time.perf_counter()
+        self.record("net", t1 - t0, timed)
+        self.record("net_destroy", t2 - t1, timed)
+
+    def _net_ip(self, i: int, timed: bool) -> None:
+        net = self.net(SLOT_NET_IP, "ip")
+        t0 = time.perf_counter()
+        ip_up(net)
+        t1 = time.perf_counter()
+        ip_down(net)
+        t2 = time.perf_counter()
+        self.record("ref_net", t1 - t0, timed)
+        self.record("ref_net_destroy", t2 - t1, timed)
+
+    async def _colony_stem(self, hive: Hive, size: int, repo: Path, i: int, timed: bool) -> None:
+        name = f"s{size}-{i + 1}"
+        t0 = time.perf_counter()
+        await hive.spawn(name, repo)
+        t1 = time.perf_counter()
+        await hive.destroy(name, force=True)
+        t2 = time.perf_counter()
+        self.record(f"spawn_{size}", t1 - t0, timed)
+        self.record(f"destroy_{size}", t2 - t1, timed)
+
+    def _colony_ref(self, size: int, repo: Path, i: int, timed: bool) -> None:
+        net = self.net(SLOT_REF_COLONY, "ref")
+        path = self.tmp / "ref-worktrees" / f"r{size}-{i + 1}"
+        folder = self.tmp / "ref-colonies" / f"r{size}-{i + 1}"
+        branch = f"bench/r{size}-{i + 1}"
+        t0 = time.perf_counter()
+        ip_up(net)
+        t1 = time.perf_counter()
+        run(["git", "worktree", "add", "-b", branch, str(path), "HEAD"], cwd=repo)
+        t2 = time.perf_counter()
+        make_db(folder / "colony.db")
+        t3 = time.perf_counter()
+        run(["git", "worktree", "remove", "--force", str(path)], cwd=repo)
+        run(["git", "branch", "-D", branch], cwd=repo)
+        ip_down(net)
+        shutil.rmtree(folder)
+        t4 = time.perf_counter()
+        self.record(f"ref_spawn_{size}", t3 - t0, timed)
+        self.record(f"ref_worktree_{size}", t2 - t1, timed)
+        self.record(f"ref_destroy_{size}", t4 - t3, timed)
+
+    def _worktree_stem(self, hive: Hive, size: int, repo: Path, commit: str, i: int, timed: bool) -> None:
+        path = self.tmp / "stem-worktrees" / f"w{size}-{i + 1}"
+        branch = f"bench/w{size}-{i + 1}"
+        locks = hive.layout.locks
+        t0 = time.perf_counter()
+        worktree.add(repo, path, branch, commit, locks)
+        t1 = time.perf_counter()
+        worktree.remove(repo, path, locks)
+        worktree.delete_branch(repo, branch, locks)
+        self.record(f"worktree_{size}", t1 - t0, timed)
+
+    # cleaning up ----------------------------------------------------------------------------------------------
+
+    def leftovers(self) -> list[str]:
+        spaces = [n for n in netns.list_namespaces() if n.startswith(f"{self.prefix}-")]
+        return spaces + [n for n in netns.list_links() if self._link_re.match(n)]
+
+    def cleanup(self) -> list[str]:
+        """Remove everything this run made; returns what could not be removed. Ctrl-C is ignored meanwhile."""
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if (self.home / "hive.db").exists():
+                try:
+                    asyncio.run(self._cleanup_hive())
+                except Exception as exc:
+                    log(f"warning: cleaning the hive failed: {type(exc).__name__}: {exc}")
+            for name in self.leftovers():
+                try:
+                    if name.startswith(f"{self.prefix}-"):
+                        netns.destroy(name, "")
+                    else:
+                        netns.delete_link(name)
+                except Exception as exc:
+                    log(f"warning: could not remove {name}: {type(exc).__name__}: {exc}")
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return self.leftovers()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    async def _cleanup_hive(self) -> None:
+        hive = Hive(self.home, prefix=self.prefix, pool=self.pool)
+        try:
+            for rec in hive.colonies():
+                try:
+                    await hive.destroy(rec.name, force=True)
+                except Exception as exc:
+                    log(f"warning: destroying {rec.name} failed: {type(exc).__name__}: {exc}")
+            report = await hive.gc()
+            for line in report.removed:
+                log(f"gc removed {line}")
+        finally:
+            await hive.close()
+
+    # reporting ------------------------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ["net", "net_destroy"] + [f"{r}_{n}" for n in self.sizes for r in ("worktree", "spawn", "destroy")]:
+            stem, ref = self.samples.get(key), self.samples.get(f"ref_{key}")
+            if not stem or not ref:
+                continue
+            (sm, sp), (rm, rp) = summary(stem), summary(ref)
+            out.update(
+                {
+                    f"{key}_median_ms": round(sm, 2),
+                    f"{key}_p90_ms": round(sp, 2),
+                    f"ref_{key}_median_ms": round(rm, 2),
+                    f"ref_{key}_p90_ms": round(rp, 2),
+                    f"ratio_{key}_median": round(sm / rm, 3),
+                    f"ratio_{key}_p90": round(sp / rp, 3),
+                }
+            )
+        return out
+
+    def table(self, figures: dict[str, Any]) -> list[str]:
+        rows = [("network up", "net", "8 ip commands"), ("network down", "net_destroy", "ip link del, ip netns del")]
+        for n in self.sizes:
+            rows += [
+                (f"worktree add, {n} files", f"worktree_{n}", "git worktree add -b"),
+                (f"spawn, {n} files", f"spawn_{n}", "ip + git worktree add + sqlite"),
+                (f"destroy, {n} files", f"destroy_{n}", "git worktree remove, branch -D, ip del"),
+            ]
+        lines = [
+            f"Stem spawn/destroy benchmark: {self.runs} runs per row, {os.cpu_count()} CPUs, prefix {self.prefix}, "
+            f"pool {self.pool}",
+            "times in ms; ratio = Stem / reference (below 1: Stem is faster)",
+            "",
+            f"{'':26}{'Stem':>17}   {'reference':>17}   {'ratio':>13}",
+            f"{'what':26}{'median':>9}{'p90':>8}   {'median':>9}{'p90':>8}   {'median':>7}{'p90':>6}   reference is",
+        ]
+        for label, key, ref_label in rows:
+            if f"{key}_median_ms" not in figures:
+                continue
+            lines.append(
+                f"{label:26}{figures[f'{key}_median_ms']:9.1f}{figures[f'{key}_p90_ms']:8.1f}   "
+                f"{figures[f'ref_{key}_median_ms']:9.1f}{figures[f'ref_{key}_p90_ms']:8.1f}   "
+                f"{figures[f'ratio_{key}_median']:7.2f}{figures[f'ratio_{key}_p90']:6.2f}   {ref_label}"
+            )
+        return lines
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per row (default 20)")
+    parser.add_argument("--sizes", default="100,5000", help="repository sizes in files (default 100,5000)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    require_netns_privileges("the spawn benchmark")
+    signal.signal(signal.SIGTERM, _interrupt)  # so `kill` cleans up like Ctrl-C does
+
+    bench = Bench(args.runs, sizes)
+    error = None
+    try:
+        asyncio.run(bench.measure())
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        log("cleaning up")
+        leftovers = bench.cleanup()
+
+    figures = bench.figures()
+    for line in bench.table(figures):
+        print(line)
+    if error:
+        print(f"error: {error}" + ("" if leftovers else " (everything the run made was removed)"))
+    if leftovers:
+        print(f"warning: still present after cleanup: {', '.join(leftovers)}")
+    result: dict[str, Any] = {
+        "runs": bench.runs,
+        "files": sizes,
+        "cpus": os.cpu_count(),
+        "prefix": bench.prefix,
+        "pool": str(bench.pool),
+        **figures,
+        "leftovers": leftovers,
+    }
+    if error:
+        result["error"] = error
+    print(json.dumps(result), flush=True)
+    return 1 if error or leftovers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
