@@ -1,0 +1,717 @@
+"""Service supervision: each `[services.NAME]` of colony.toml runs under an owner task on the event loop.
+
+A `ServiceRunner` starts its service inside the colony (namespace, worktree, environment) in a process group of
+its own, reads stdout and stderr line by line into the colony's log, checks readiness, restarts it by its policy
+with exponential backoff and reports every state as a `ServiceState` event. A `ServiceSet` starts a colony's
+services in `depends_on` waves, stops them in reverse, and applies an edited colony.toml by restarting only the
+services whose definition changed.
+
+Nothing here blocks the loop: exits are seen through a pidfd, pipes through `loop.add_reader`, readiness through
+asyncio streams; registry writes, log-file appends and /proc scans go to worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO
+
+from core import procs
+from core.colony_log import ColonyLog, Entry
+from core.config import ColonyConfig, ServiceSpec, service_start_order
+from core.errors import StemError, StepFailed
+from core.events import Event, LogLine, ServiceState
+
+__all__ = [
+    "CRASHED",
+    "READY",
+    "STARTING",
+    "STOPPED",
+    "ProcessHook",
+    "ServiceChanges",
+    "ServiceRunner",
+    "ServiceSet",
+    "Timing",
+    "probe",
+]
+
+log = logging.getLogger("stem.services")
+
+STARTING = "starting"
+READY = "ready"
+CRASHED = "crashed"
+STOPPED = "stopped"
+
+LAST_LINES = 20
+MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cannot grow a buffer without end
+READ_CHUNK = 64 * 1024
+READS_PER_WAKEUP = 4  # bounds one wakeup's work, so one chatty service cannot starve the loop
+MAX_PENDING = 10_000  # lines waiting for the log writer; beyond it the pipes are left unread (backpressure)
+
+# (pid, starttime, kind, argv): called in a worker thread, so a registry write never runs on the loop.
+ProcessHook = Callable[[int, int, str, list[str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How a runner paces itself; tests pass small values."""
+
+    backoff_initial: float = 0.5  # first wait before a restart; doubles after each quick crash
+    backoff_max: float = 30.0
+    backoff_reset: float = 10.0  # a service that stayed up this long starts again from backoff_initial
+    stop_grace: float = 5.0  # SIGTERM to SIGKILL
+    probe_interval: float = 0.1
+    probe_timeout: float = 1.0  # one readiness attempt
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceChanges:
+    """What `ServiceSet.apply` did. `not_ready` lists started services that did not get ready in time."""
+
+    restarted: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+    not_ready: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Readiness
+
+
+async def probe(ready: str | None, ip: str, port: int | None, timeout: float = 1.0) -> bool:
+    """One readiness attempt: "tcp" connects, "http:/path" needs a status below 500, None is always ready."""
+    if ready is None:
+        return True
+    if port is None:
+        return False
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        if ready == "tcp":
+            return True
+        path = ready.removeprefix("http:") or "/"
+        request = f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: stem-ready\r\n\r\n"
+        writer.write(request.encode("latin-1", "replace"))
+        await asyncio.wait_for(writer.drain(), timeout)
+        status = (await asyncio.wait_for(reader.readline(), timeout)).split()
+        return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1].isdigit() and int(status[1]) < 500
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+class _LineSplitter:
+    """Bytes from one pipe in, complete text lines out; a partial line waits for the rest (or EOF)."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        lines = [_decode(raw[i : i + MAX_LINE]) for raw in complete for i in range(0, max(len(raw), 1), MAX_LINE)]
+        while len(self._partial) > MAX_LINE:
+            lines.append(_decode(self._partial[:MAX_LINE]))
+            self._partial = self._partial[MAX_LINE:]
+        return lines
+
+    def flush(self) -> list[str]:
+        rest, self._partial = self._partial, b""
+        return [_decode(rest)] if rest else []
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def _group(pgid: int) -> list[tuple[int, bytes, int]]:
+    """(pid, state, parent) of every process in group `pgid`, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            found.append((int(entry), fields[0], int(fields[1])))
+    return found
+
+
+def _end_group(pgid: int, grace: float) -> None:
+    """Blocking, for a worker thread, once the group's leader has exited but is not yet reaped: SIGTERM what is
+    left of the group, SIGKILL it after `grace`, and reap the group's zombies that were re-parented to us (Stem
+    is a subreaper). Only this group's zombies: a blanket reap could steal another child's exit code."""
+    me = os.getpid()
+
+    def busy() -> bool:
+        """Reap the group's zombies that are ours; True while something of the group may still need reaping."""
+        waiting = False
+        for pid, state, parent in _group(pgid):
+            if pid == pgid:
+                continue  # the leader is its Popen's to reap
+            if state in (b"Z", b"X"):
+                if parent == me:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+                    waiting = True  # its own zombie children come to us next
+                continue
+            waiting = True
+        return waiting
+
+    if not busy():
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(0.02)  # polling interval: processes that are not our children cannot be waited for
+            if not busy():
+                return
+
+
+def _tail(lines: Iterable[str], n: int = 3) -> str:
+    """The last `n` non-blank lines on one line, for a failure reason."""
+    return " | ".join([line.strip() for line in lines if line.strip()][-n:])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One service
+
+
+class ServiceRunner:
+    """The owner task of one service: start, watch, restart by policy, report. `start()` then `stop()`.
+
+    `state` is starting, ready, crashed (ended without stop(); also a clean exit that restart="always" will
+    restart) or stopped (by stop(), or a clean exit that is not restarted); `code` is the last exit code
+    (negative: killed by that signal); `pid` is the running process (its process group has the same id) or None.
+    A service that is not ready within its ready_timeout is ended, and that counts as a failed attempt.
+    """
+
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        *,
+        colony: str,
+        netns: str,
+        worktree: Path,
+        env: Mapping[str, str],
+        ip: str,
+        log: ColonyLog,
+        emit: Callable[[Event], None],
+        record_process: ProcessHook,
+        forget_process: Callable[[int, int], None],
+        timing: Timing | None = None,
+    ) -> None:
+        self.spec = spec
+        self.colony = colony
+        self.netns = netns
+        self.cwd = worktree / spec.working_dir if spec.working_dir else worktree
+        self.env = dict(env)
+        self.ip = ip
+        self.log = log
+        self.timing = timing or Timing()
+        self._emit = emit
+        self._record_process = record_process
+        self._forget_process = forget_process
+
+        self.state = STOPPED
+        self.code: int | None = None
+        self.detail = ""
+        self.restarts = 0
+        self.timed_out = False  # the last attempt never got ready and was ended for it
+        self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
+
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._grace = self.timing.stop_grace
+        self._wake = asyncio.Event()  # cuts a backoff wait short when stop() is called
+        self._ever_ready = asyncio.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._starttime = 0
+        self._pidfd = -1
+        self._exited = asyncio.Event()
+        self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
+        self._paused = False
+        self._pending: list[str] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def finished(self) -> bool:
+        """The owner task has ended: stopped, or crashed with no restart to come."""
+        return self._task is not None and self._task.done()
+
+    def start(self) -> None:
+        """Start the owner task; the service goes starting → ready, and on by its restart policy."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"service-{self.colony}-{self.name}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once the service has been ready (since start()); False if it gave up or `timeout` passed."""
+        if self._ever_ready.is_set():
+            return True
+        if self._task is None or self._task.done():
+            return False
+        ready = asyncio.ensure_future(self._ever_ready.wait())
+        try:
+            await asyncio.wait({ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        return self._ever_ready.is_set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """SIGTERM the process group, SIGKILL after `grace`; no restart follows. Ends in state stopped."""
+        self._stopping = True
+        if grace is not None:
+            self._grace = grace
+        self._wake.set()
+        if self._task is None:
+            self._set(STOPPED)
+            return
+        if self.pid is not None:
+            await self._end(self._grace)
+        await asyncio.shield(self._task)
+        if self.state != STOPPED:
+            self._set(STOPPED, self.code)
+
+    # owner task ---------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.timing.backoff_initial
+        try:
+            while not self._stopping:
+                self._set(STARTING)
+                try:
+                    await self._launch()
+                except (StemError, OSError) as exc:
+                    # The namespace or the working directory is gone: a restart cannot fix that.
+                    self._abandon()
+                    self._set(CRASHED, None, f"could not start: {exc}")
+                    return
+                started = time.monotonic()
+                not_ready = self.timed_out = await self._watch_readiness()
+                code = await self._reap()
+                if self._stopping:
+                    break
+                failed = code != 0 or not_ready
+                restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
+                lines = list(self.last_lines)[-5:]
+                if not_ready:
+                    lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s, ended")
+                lines.append(_exit_text(code))
+                self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
+                if not restart:
+                    return
+                if time.monotonic() - started >= self.timing.backoff_reset:
+                    delay = self.timing.backoff_initial
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                delay = min(delay * 2, self.timing.backoff_max)
+                if not self._stopping:
+                    self.restarts += 1
+            self._set(STOPPED, self.code)
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        except Exception as exc:  # a bug here must not leave the service running unsupervised
+            log.exception("supervisor of %s/%s failed", self.colony, self.name)
+            self._abandon()
+            self._set(CRASHED, self.code, f"supervisor error: {exc!r}")
+
+    async def _launch(self) -> None:
+        """Spawn the service; everything that must exist before the first await is set up synchronously."""
+        self.code = None
+        self._exited = asyncio.Event()
+        proc = procs.spawn(
+            ["/bin/sh", "-c", self.spec.command],
+            netns_name=self.netns,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._proc = proc
+        self._starttime = procs.starttime(proc.pid) or 0
+        loop = asyncio.get_running_loop()
+        self._pidfd = os.pidfd_open(proc.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+        self._paused = False
+        for pipe in (proc.stdout, proc.stderr):
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self._pipes[fd] = (pipe, _LineSplitter())
+            loop.add_reader(fd, self._on_output, fd)
+        argv = ["/bin/sh", "-c", self.spec.command]
+        await asyncio.to_thread(self._record_process, proc.pid, self._starttime, f"service:{self.name}", argv)
+
+    async def _watch_readiness(self) -> bool:
+        """Report ready when the check passes, then wait for the exit. True if the service never got ready in
+        time (it is then ended, and the exit counts as a failure)."""
+        if self.spec.ready is None:
+            self._ready()
+            await self._exited.wait()
+            return False
+        exited = asyncio.ensure_future(self._exited.wait())
+        ready = asyncio.ensure_future(self._until_ready())
+        try:
+            await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            exited.cancel()
+            raise
+        finally:
+            ready.cancel()
+        if exited.done():
+            await asyncio.gather(ready, return_exceptions=True)
+            return False
+        if ready.result():
+            self._ready()
+            await exited
+            return False
+        if not self._stopping:
+            await self._end(self._grace)
+        await exited
+        return not self._stopping
+
+    def _ready(self) -> None:
+        self._set(READY)
+        self._ever_ready.set()
+
+    async def _until_ready(self) -> bool:
+        spec = self.spec
+        if spec.ready is None:
+            return True
+        deadline = time.monotonic() + spec.ready_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if await probe(spec.ready, self.ip, spec.port, min(self.timing.probe_timeout, left)):
+                return True
+            await asyncio.sleep(min(self.timing.probe_interval, max(deadline - time.monotonic(), 0)))
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        self._exited.set()
+
+    async def _end(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it after `grace`. The leader is unreaped while we signal, so the group id
+        cannot have been reused."""
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited.wait(), grace)
+        except TimeoutError:
+            self._signal(signal.SIGKILL)
+            await self._exited.wait()
+
+    def _signal(self, sig: int) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+
+    async def _reap(self) -> int:
+        """After the leader exited: end what is left of its group, reap it, drain and close its pipes."""
+        proc = self._proc
+        assert proc is not None
+        # Before reaping: while the leader is a zombie its pid (= the group id) cannot be handed out again.
+        await asyncio.to_thread(_end_group, proc.pid, self._grace)
+        code = proc.poll()
+        if code is None:  # cannot happen after the pidfd fired; never block the loop on it
+            code = await asyncio.to_thread(proc.wait)
+        procs.forget_child(proc.pid)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        loop = asyncio.get_running_loop()
+        for fd in list(self._pipes):
+            self._drain(fd)
+        for fd, (pipe, _) in self._pipes.items():
+            loop.remove_reader(fd)
+            pipe.close()
+        self._pipes.clear()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        self.code = code
+        await asyncio.to_thread(self._forget_process, proc.pid, self._starttime)
+        return code
+
+    def _abandon(self) -> None:
+        """Teardown without awaiting (cancelled or a bug): kill the group and drop the loop's watchers."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._signal(signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        if self._pidfd >= 0:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        for fd, (pipe, _) in self._pipes.items():
+            loop.remove_reader(fd)
+            pipe.close()
+        self._pipes.clear()
+        if proc.returncode is None:
+            # Killed but not awaited: forgotten, so the next procs.reap_orphans may reap the zombie.
+            procs.forget_child(proc.pid)
+
+    # output -------------------------------------------------------------------------------------------------
+
+    def _on_output(self, fd: int) -> None:
+        for _ in range(READS_PER_WAKEUP):
+            if not self._read_once(fd):
+                return
+
+    def _drain(self, fd: int) -> None:
+        # Bounded: a daemon that left the group may still hold the pipe and keep writing.
+        for _ in range(64):
+            if not self._read_once(fd):
+                return
+
+    def _read_once(self, fd: int) -> bool:
+        """Read one chunk; False when nothing more is there for now (or ever)."""
+        entry = self._pipes.get(fd)
+        if entry is None:
+            return False
+        splitter = entry[1]
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            asyncio.get_running_loop().remove_reader(fd)
+            self._lines(splitter.flush())
+            return False
+        self._lines(splitter.feed(chunk))
+        return True
+
+    def _lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self.last_lines.extend(lines)
+        self._pending.extend(lines)
+        if len(self._pending) > MAX_PENDING and not self._paused:
+            self._pause(True)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_log())
+
+    def _pause(self, paused: bool) -> None:
+        """Stop reading while the log writer is behind: the pipe fills and the service waits on its writes."""
+        self._paused = paused
+        loop = asyncio.get_running_loop()
+        for fd in self._pipes:
+            if paused:
+                loop.remove_reader(fd)
+            else:
+                loop.add_reader(fd, self._on_output, fd)
+
+    async def _write_log(self) -> None:
+        """One writer per runner keeps lines in order; the file appends run in a worker thread."""
+        while self._pending:
+            batch, self._pending = self._pending, []
+            entries = await asyncio.to_thread(self._append, batch)
+            for e in entries:
+                self._emit(LogLine(self.colony, e.seq, e.at, e.source, e.text))
+            if self._paused and len(self._pending) <= MAX_PENDING and self._pipes:
+                self._pause(False)
+
+    def _append(self, lines: list[str]) -> list[Entry]:
+        return [self.log.append(self.name, line) for line in lines]
+
+    # state --------------------------------------------------------------------------------------------------
+
+    def _set(self, state: str, code: int | None = None, detail: str = "") -> None:
+        self.state = state
+        self.code = code
+        self.detail = detail
+        self._emit(ServiceState(self.colony, self.name, state, code, self.restarts, detail))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# All services of a colony
+
+
+class ServiceSet:
+    """A colony's services: started in `depends_on` waves, stopped in reverse, re-applied after an edit.
+
+    `env` is the colony's environment without colony.toml's `[colony] env` (Hive.env_for(rec)): the set adds
+    the config's env and each service's env itself, so an edit of either restarts exactly the affected services.
+    """
+
+    def __init__(
+        self,
+        config: ColonyConfig,
+        *,
+        colony: str,
+        netns: str,
+        worktree: Path,
+        ip: str,
+        env: Mapping[str, str],
+        log: ColonyLog,
+        emit: Callable[[Event], None],
+        record_process: ProcessHook,
+        forget_process: Callable[[int, int], None],
+        timing: Timing | None = None,
+    ) -> None:
+        self.config = config
+        self.colony = colony
+        self.netns = netns
+        self.worktree = worktree
+        self.ip = ip
+        self.env = dict(env)
+        self.log = log
+        self.timing = timing or Timing()
+        self._emit = emit
+        self._record_process = record_process
+        self._forget_process = forget_process
+        self._runners: dict[str, ServiceRunner] = {}
+        self._envs: dict[str, dict[str, str]] = {}  # what each runner was started with, to spot changes
+        self._lock = asyncio.Lock()
+        self._active = False  # between start_all and stop_all: only then does apply start anything
+
+    @property
+    def services(self) -> Mapping[str, ServiceRunner]:
+        """The supervised services by name; a stopped or removed service leaves this mapping."""
+        return MappingProxyType(self._runners)
+
+    async def start_all(self) -> None:
+        """Start every service, each wave once the previous one is ready. If one never gets ready, stop all
+        that were started and raise StepFailed naming it with its last output."""
+        async with self._lock:
+            waves = service_start_order(self.config)
+            self._active = True
+            for wave in waves:
+                runners = [self._start_runner(self.config.services[name]) for name in wave if name not in self._runners]
+                results = await asyncio.gather(*(r.wait_ready(r.spec.ready_timeout) for r in runners))
+                failed = [r for r, ok in zip(runners, results, strict=True) if not ok]
+                if failed:
+                    reason = self._not_ready_reason(failed[0])
+                    self._active = False
+                    await self._stop(list(self._runners), waves)
+                    raise StepFailed(reason)
+
+    async def stop_all(self, grace: float | None = None) -> None:
+        """Stop every service, dependents before what they depend on."""
+        async with self._lock:
+            self._active = False
+            await self._stop(list(self._runners), service_start_order(self.config), grace)
+
+    async def apply(self, config: ColonyConfig) -> ServiceChanges:
+        """Bring the running services in line with an edited colony.toml.
+
+        Removed services stop; services whose definition or environment changed restart; added ones start;
+        the rest keep running untouched. A service that depends on a restarted one keeps running: it was
+        written to survive its dependency restarting (it must, since crashes restart it too), and restarting
+        it as well would widen every edit to a whole chain. An invalid config (a dependency cycle) raises
+        before anything is touched. While the services are not running (before start_all, after stop_all) the
+        config is only remembered for the next start.
+        """
+        async with self._lock:
+            new_waves = service_start_order(config)
+            if not self._active:
+                self.config = config
+                return ServiceChanges()
+            old_waves = service_start_order(self.config)
+            removed = [name for name in self._runners if name not in config.services]
+            changed = [
+                name
+                for name, runner in self._runners.items()
+                if name in config.services
+                and (runner.spec != config.services[name] or self._envs[name] != self._env_for(config, name))
+            ]
+            added = [name for name in config.services if name not in self._runners]
+            await self._stop([*removed, *changed], old_waves)
+            self.config = config
+            not_ready: list[str] = []
+            for wave in new_waves:
+                runners = [self._start_runner(config.services[n]) for n in wave if n in changed or n in added]
+                results = await asyncio.gather(*(r.wait_ready(r.spec.ready_timeout) for r in runners))
+                not_ready += [r.name for r, ok in zip(runners, results, strict=True) if not ok]
+            return ServiceChanges(tuple(changed), tuple(added), tuple(removed), tuple(not_ready))
+
+    # helpers --------------------------------------------------------------------------------------------------
+
+    def _env_for(self, config: ColonyConfig, name: str) -> dict[str, str]:
+        return {**self.env, **config.env, **config.services[name].env}
+
+    def _start_runner(self, spec: ServiceSpec) -> ServiceRunner:
+        env = self._env_for(self.config, spec.name)
+        runner = ServiceRunner(
+            spec,
+            colony=self.colony,
+            netns=self.netns,
+            worktree=self.worktree,
+            env=env,
+            ip=self.ip,
+            log=self.log,
+            emit=self._emit,
+            record_process=self._record_process,
+            forget_process=self._forget_process,
+            timing=self.timing,
+        )
+        self._runners[spec.name] = runner
+        self._envs[spec.name] = env
+        runner.start()
+        return runner
+
+    async def _stop(self, names: list[str], waves: list[list[str]], grace: float | None = None) -> None:
+        """Stop `names` wave by wave from the last wave back; names outside the waves go first."""
+        known = {name for wave in waves for name in wave}
+        for group in [[n for n in names if n not in known], *([n for n in w if n in names] for w in reversed(waves))]:
+            runners = [self._runners.pop(name) for name in group if name in self._runners]
+            for name in group:
+                self._envs.pop(name, None)
+            await asyncio.gather(*(r.stop(grace) for r in runners))
+
+    def _not_ready_reason(self, runner: ServiceRunner) -> str:
+        tail = _tail(runner.last_lines)
+        if runner.finished and runner.code is not None and not runner.timed_out:
+            what = f"service {runner.name} {_exit_text(runner.code)} before it was ready"
+        elif runner.finished and not runner.timed_out:
+            what = f"service {runner.name} {runner.detail}"
+        else:
+            what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s"
+        return f"{what}: {tail}" if tail else what

@@ -1,0 +1,367 @@
+"""Service supervision in real colonies: readiness, output into the log, restart policies, live edits, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+
+import pytest
+
+from core import procs
+from core.config import ColonyConfig, ServiceSpec, parse_colony_config
+from core.errors import ConfigError, StepFailed
+from core.events import Event, LogLine, ServiceState
+from core.hive import Hive
+from core.services import ServiceSet, Timing
+
+pytestmark = pytest.mark.root
+
+T = TypeVar("T")
+FAST = Timing(backoff_initial=0.05, backoff_max=0.2, backoff_reset=5.0, stop_grace=2.0, probe_interval=0.05)
+
+
+async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `predicate` on the loop until it is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)  # polling interval, not synchronisation: the predicate decides
+
+
+def alive(pid: int) -> bool:
+    return procs.alive(pid)
+
+
+def my_zombies() -> list[int]:
+    """Zombie children of this test process: what a supervisor that forgets to reap leaves behind."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == b"Z" and int(fields[1]) == me:
+                found.append(int(entry))
+    return found
+
+
+class Colony:
+    """A spawned colony plus a ServiceSet wired the way the Hive wires it, with its events collected."""
+
+    def __init__(self, hive: Hive, name: str, toml: str) -> None:
+        self.hive = hive
+        self.name = name
+        self.rec = hive.get(name)
+        self.events: list[Event] = []
+        self.recorded: list[int] = []
+        self.services = ServiceSet(
+            self.config(toml),
+            colony=name,
+            netns=self.rec.netns,
+            worktree=Path(self.rec.worktree),
+            ip=self.rec.ip,
+            env=hive.env_for(self.rec),
+            log=hive.log(name),
+            emit=self.events.append,
+            record_process=self._record,
+            forget_process=hive.registry.remove_process,
+            timing=FAST,
+        )
+
+    def config(self, toml: str) -> ColonyConfig:
+        return parse_colony_config(toml, Path(self.rec.worktree) / "colony.toml")
+
+    def _record(self, pid: int, starttime: int, kind: str, argv: list[str]) -> None:
+        self.recorded.append(pid)
+        self.hive.registry.add_process(self.name, pid, starttime, kind, argv)
+
+    def states(self, service: str) -> list[tuple[str, int | None]]:
+        return [(e.state, e.code) for e in self.events if isinstance(e, ServiceState) and e.service == service]
+
+    def registry_pids(self) -> list[int]:
+        return [p.pid for p in self.hive.registry.processes(self.name)]
+
+
+def fetch(url: str) -> str:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy from the env
+    with opener.open(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def run(hive_env, scenario: Callable[[Hive], Awaitable[None]]) -> None:
+    async def main() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await scenario(hive)
+        finally:
+            for rec in hive.colonies():
+                await hive.destroy(rec.name, force=True)
+            await hive.close()
+
+    asyncio.run(main())
+
+
+WEB = """
+[services.web]
+command = "exec python3 -u -m http.server 3000"
+port = 3000
+working_dir = "www"
+ready = "http:/"
+ready_timeout = 20
+"""
+
+
+def test_two_colonies_serve_port_3000_and_log_their_output(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await asyncio.gather(hive.spawn("red", repo), hive.spawn("blue", repo))
+        colonies = {}
+        for name in ("red", "blue"):
+            www = Path(hive.get(name).worktree) / "www"
+            www.mkdir()
+            (www / "index.html").write_text(f"this is {name}\n")
+            colonies[name] = Colony(hive, name, WEB)
+        try:
+            await asyncio.gather(*(c.services.start_all() for c in colonies.values()))
+            for name, colony in colonies.items():
+                web = colony.services.services["web"]
+                assert web.state == "ready"
+                assert colony.states("web")[:2] == [("starting", None), ("ready", None)]
+                assert colony.registry_pids() == [web.pid]
+                body = await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/")
+                assert body == f"this is {name}\n"
+                # stdout (the banner) and stderr (access lines, including the readiness probe's GET) both land
+                # in the colony's log with the service as source, and as LogLine events.
+                log = hive.log(name)
+                await until(lambda log=log: any("GET / HTTP/1.1" in e.text for e in log.after(0)), what="access")
+                lines = [e for e in log.after(0) if e.source == "web"]
+                assert any("Serving HTTP on" in e.text and "port 3000" in e.text for e in lines)
+                assert any('"GET / HTTP/1.0" 200' in e.text for e in lines)
+                assert all(e.at > 0 for e in lines)
+                logged = {e.text for e in colony.events if isinstance(e, LogLine) and e.source == "web"}
+                assert any("Serving HTTP on" in text for text in logged)
+        finally:
+            for colony in colonies.values():
+                await colony.services.stop_all()
+        for colony in colonies.values():
+            assert colony.states("web")[-1] == ("stopped", -15)
+            assert colony.registry_pids() == []
+            assert not any(alive(pid) for pid in colony.recorded)
+
+    run(hive_env, scenario)
+
+
+CRASHY = """
+[services.flaky]
+command = "echo boom; exit 1"
+restart = "on-failure"
+
+[services.fragile]
+command = "echo boom; exit 1"
+restart = "no"
+
+[services.oneshot]
+command = "echo done; exit 0"
+restart = "on-failure"
+"""
+
+
+def test_restart_policies(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("crashy", repo)
+        colony = Colony(hive, "crashy", CRASHY)
+        services = colony.services.services
+        try:
+            await colony.services.start_all()
+            flaky, fragile, oneshot = services["flaky"], services["fragile"], services["oneshot"]
+
+            # on-failure: every exit 1 is a crash followed by a fresh start that gets ready again.
+            await until(lambda: flaky.restarts >= 3, what="flaky to be restarted three times")
+            states = colony.states("flaky")
+            assert states[:3] == [("starting", None), ("ready", None), ("crashed", 1)]
+            assert states[3:5] == [("starting", None), ("ready", None)]
+            assert "boom" in flaky.last_lines
+
+            # no: stays crashed with its exit code and its output.
+            await until(lambda: fragile.finished, what="fragile's supervisor to give up")
+            assert (fragile.state, fragile.code, fragile.restarts) == ("crashed", 1, 0)
+            assert "boom" in fragile.detail and "exited with 1" in fragile.detail
+            assert colony.states("fragile")[-1] == ("crashed", 1)
+
+            # on-failure and a clean exit: finished, not restarted.
+            await until(lambda: oneshot.finished, what="oneshot to finish")
+            assert (oneshot.state, oneshot.code, oneshot.restarts) == ("stopped", 0, 0)
+            assert [e.text for e in hive.log("crashy").after(0) if e.source == "oneshot"] == ["done"]
+        finally:
+            await colony.services.stop_all()
+        assert colony.states("flaky")[-1][0] == "stopped"
+        count = flaky.restarts
+        assert flaky.finished and flaky.pid is None
+        assert colony.registry_pids() == []
+        assert not any(alive(pid) for pid in colony.recorded)
+        assert my_zombies() == []
+        assert flaky.restarts == count  # stop means no restart, even from a backoff wait
+
+    run(hive_env, scenario)
+
+
+NEVER_READY = """
+[services.db]
+command = "exec python3 -u -m http.server 3001"
+port = 3001
+ready = "tcp"
+
+[services.api]
+command = "echo waiting for the database; echo still waiting; exec sleep 1000"
+port = 3000
+ready = "tcp"
+ready_timeout = 1
+depends_on = ["db"]
+"""
+
+
+def test_a_service_that_never_gets_ready_fails_start_all_and_nothing_is_left(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("stuck", repo)
+        colony = Colony(hive, "stuck", NEVER_READY)
+        with pytest.raises(StepFailed) as failure:
+            await colony.services.start_all()
+        message = str(failure.value)
+        assert message.startswith("service api not ready after 1s: ")
+        assert "still waiting" in message
+        # api started only once db was ready; everything started was stopped again.
+        order = [(e.service, e.state) for e in colony.events if isinstance(e, ServiceState)]
+        assert order.index(("db", "ready")) < order.index(("api", "starting"))
+        assert len(colony.recorded) == 2
+        assert not any(alive(pid) for pid in colony.recorded)
+        assert colony.services.services == {}
+        assert colony.registry_pids() == []
+        assert my_zombies() == []
+
+        # With restart = "no" the supervisor ends the unready service itself; the reason still says why.
+        again = Colony(hive, "stuck", NEVER_READY.replace("ready_timeout = 1", 'ready_timeout = 1\nrestart = "no"'))
+        with pytest.raises(StepFailed, match=r"^service api not ready after 1s: .*still waiting"):
+            await again.services.start_all()
+        assert not any(alive(pid) for pid in again.recorded)
+
+    run(hive_env, scenario)
+
+
+TWO = """
+[colony]
+env = {{ MODE = "{mode}" }}
+
+[services.a]
+command = "echo a is {a}; exec sleep 1000"
+
+[services.b]
+command = "echo b; exec sleep 1000"
+"""
+
+
+def test_apply_restarts_only_what_changed(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("edit", repo)
+        colony = Colony(hive, "edit", TWO.format(mode="dev", a="one"))
+        services = colony.services.services
+        try:
+            await colony.services.start_all()
+            a1, b1 = services["a"].pid, services["b"].pid
+            assert a1 and b1
+
+            changes = await colony.services.apply(colony.config(TWO.format(mode="dev", a="two")))
+            assert (changes.restarted, changes.started, changes.stopped) == (("a",), (), ())
+            a2 = services["a"].pid
+            assert a2 and a2 != a1 and not alive(a1)
+            assert services["b"].pid == b1 and alive(b1)
+            await until(lambda: "a is two" in services["a"].last_lines, what="the new a's output")
+
+            # Removing b and adding c: b stops, c starts, a is left alone.
+            edited = TWO.format(mode="dev", a="two").replace("[services.b]", "[services.c]")
+            changes = await colony.services.apply(colony.config(edited))
+            assert (changes.restarted, changes.started, changes.stopped) == ((), ("c",), ("b",))
+            assert sorted(services) == ["a", "c"]
+            assert not alive(b1)
+            assert services["a"].pid == a2 and services["c"].state == "ready"
+
+            # A dependency cycle (a hand-built config; the parser rejects it) changes nothing.
+            a_spec = ServiceSpec("a", "sleep 1", depends_on=("c",))
+            c_spec = ServiceSpec("c", "sleep 1", depends_on=("a",))
+            with pytest.raises(ConfigError):
+                await colony.services.apply(ColonyConfig(services=MappingProxyType({"a": a_spec, "c": c_spec})))
+            assert services["a"].pid == a2 and alive(a2)
+
+            # The colony-wide env reaches every service: changing it restarts them all.
+            c1 = services["c"].pid
+            changes = await colony.services.apply(colony.config(edited.replace("dev", "prod")))
+            assert sorted(changes.restarted) == ["a", "c"]
+            assert services["a"].pid not in (None, a2) and services["c"].pid not in (None, c1)
+            assert sorted(colony.registry_pids()) == sorted(p for p in (services["a"].pid, services["c"].pid) if p)
+        finally:
+            await colony.services.stop_all()
+        assert not any(alive(pid) for pid in colony.recorded)
+
+    run(hive_env, scenario)
+
+
+FORKING = """
+[services.web]
+command = "sleep 1000 & exec python3 -u -m http.server 3000"
+port = 3000
+ready = "tcp"
+"""
+
+
+def test_stop_all_ends_the_whole_process_group_and_reaps_it(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("forky", repo)
+        colony = Colony(hive, "forky", FORKING)
+        await colony.services.start_all()
+        web = colony.services.services["web"]
+        assert web.pid is not None
+        group = await until(lambda: len(procs.group_members(web.pid)) == 2 and procs.group_members(web.pid))
+        await colony.services.stop_all()
+        assert web.state == "stopped"
+        assert not any(alive(pid) for pid in group)
+        assert colony.registry_pids() == []
+        assert my_zombies() == []
+
+    run(hive_env, scenario)
+
+
+def test_output_lines_partial_long_and_undecodable(hive_env, repo):
+    toml = r"""
+[services.talk]
+command = '''printf 'first\nlong:'; head -c 40000 /dev/zero | tr '\0' x;
+             printf '\nbad \377 byte\r\nno newline at end'; exit 0'''
+restart = "no"
+"""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("talk", repo)
+        colony = Colony(hive, "talk", toml)
+        await colony.services.start_all()
+        talk = colony.services.services["talk"]
+        await until(lambda: talk.finished, what="talk to exit")
+        texts = [e.text for e in hive.log("talk").after(0) if e.source == "talk"]
+        assert texts[0] == "first"
+        assert texts[-2:] == ["bad \ufffd byte", "no newline at end"]
+        long = texts[1:-2]
+        assert len(long) > 1  # a 40 kB line is logged in pieces, none of them huge
+        assert "".join(long) == "long:" + "x" * 40000
+        assert (talk.state, talk.code) == ("stopped", 0)
+        await colony.services.stop_all()
+
+    run(hive_env, scenario)
