@@ -9,13 +9,16 @@ does the same in ~12 ms without forking.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import ipaddress
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -30,6 +33,7 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 SLOT_SIZE = 4  # a /30 per colony: network, host end, colony end, broadcast
 
+T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 _rundir_lock = threading.Lock()
 
@@ -90,41 +94,64 @@ def create(net: ColonyNet) -> None:
     failure: list[BaseException] = []
 
     def inside() -> None:
-        # This thread alone moves into the new namespace; it ends afterwards, so no thread is left there.
+        # This thread alone moves into the new namespace and then ends, so no other thread is ever left there.
+        # pyroute2's sync API refuses to run on a thread with a running asyncio loop; a fresh thread has none.
         try:
-            _check(_libc.unshare(CLONE_NEWNET), "unshare")
-            _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none", MS_BIND, None), "mount")
-            with IPRoute() as ns:
-                ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-                ns.link("add", ifname="eth0", kind="veth", peer={"ifname": net.veth, "net_ns_fd": host_ns})
-                eth0 = ns.link_lookup(ifname="eth0")[0]
-                ns.addr("add", index=eth0, address=net.ip, prefixlen=net.prefixlen)
-                ns.link("set", index=eth0, state="up")
-                ns.route("add", dst="0.0.0.0/0", gateway=net.host_ip)
+            with IPRoute() as host:  # opened before unshare: its socket stays bound to the host namespace
+                _check(_libc.unshare(CLONE_NEWNET), "unshare")
+                _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none", MS_BIND, None), "mount")
+                with IPRoute() as ns:
+                    ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+                    ns.link("add", ifname="eth0", kind="veth", peer={"ifname": net.veth, "net_ns_fd": host_ns})
+                    eth0 = ns.link_lookup(ifname="eth0")[0]
+                    ns.addr("add", index=eth0, address=net.ip, prefixlen=net.prefixlen)
+                    ns.link("set", index=eth0, state="up")
+                    ns.route("add", dst="0.0.0.0/0", gateway=net.host_ip)
+                index = host.link_lookup(ifname=net.veth)[0]
+                host.addr("add", index=index, address=net.host_ip, prefixlen=net.prefixlen)
+                host.link("set", index=index, state="up")
         except BaseException as exc:  # handed to the calling thread
             failure.append(exc)
 
     try:
-        worker = threading.Thread(target=inside, name=f"netns-{net.netns}")
-        worker.start()
-        worker.join()
+        _in_fresh_thread(inside, f"netns-{net.netns}")
     finally:
         os.close(host_ns)
     if failure:
-        raise _explain(failure[0], net)
+        raise _explain(failure[0], net) from failure[0]
+
+
+def _in_fresh_thread(fn: Callable[[], None], name: str) -> None:
+    worker = threading.Thread(target=fn, name=name)
+    worker.start()
+    worker.join()
+
+
+def _off_loop(fn: Callable[[], T]) -> T:
+    """Run a pyroute2 call where it works: directly, or on a fresh thread if this one runs an asyncio loop."""
     try:
-        with IPRoute() as host:
-            index = host.link_lookup(ifname=net.veth)[0]
-            host.addr("add", index=index, address=net.host_ip, prefixlen=net.prefixlen)
-            host.link("set", index=index, state="up")
-    except (NetlinkError, OSError, IndexError) as exc:
-        raise _explain(exc, net) from exc
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            failure.append(exc)
+
+    _in_fresh_thread(call, "netlink")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _explain(exc: BaseException, net: ColonyNet) -> BaseException:
     if isinstance(exc, NetlinkError) and exc.code == errno.EEXIST:
         return StemError(f"interface {net.veth} or address {net.host_ip} already exists: run `stem gc`")
-    if isinstance(exc, (NetlinkError, OSError)):
+    if isinstance(exc, (NetlinkError, OSError, IndexError, RuntimeError)):
         return StemError(f"network setup for {net.netns} failed: {exc}")
     return exc
 
@@ -143,14 +170,18 @@ def destroy(netns: str, veth: str) -> None:
 
 def delete_link(ifname: str) -> None:
     """Deleting one end of a veth deletes both, even while the namespace is still held by a process."""
-    with IPRoute() as host:
-        found = host.link_lookup(ifname=ifname)
-        if found:
-            try:
-                host.link("del", index=found[0])
-            except NetlinkError as exc:
-                if exc.code != errno.ENODEV:
-                    raise
+
+    def delete() -> None:
+        with IPRoute() as host:
+            found = host.link_lookup(ifname=ifname)
+            if found:
+                try:
+                    host.link("del", index=found[0])
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:
+                        raise
+
+    _off_loop(delete)
 
 
 def list_namespaces() -> list[str]:
@@ -161,8 +192,11 @@ def list_namespaces() -> list[str]:
 
 
 def list_links() -> list[str]:
-    with IPRoute() as host:
-        return [str(link.get("ifname")) for link in host.get_links()]
+    def names() -> list[str]:
+        with IPRoute() as host:
+            return [str(link.get("ifname")) for link in host.get_links()]
+
+    return _off_loop(names)
 
 
 def open_netns(netns: str) -> int:

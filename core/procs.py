@@ -117,8 +117,14 @@ def forget_child(pid: int) -> None:
 
 
 def reap_orphans() -> list[int]:
-    """Reap zombies we adopted as subreaper: our zombie children that nobody else waits for."""
+    """Reap zombies we adopted as subreaper, and only those.
+
+    Our own short-lived helpers (git via subprocess.run in another thread) share our session and have waiters
+    that need their exit codes; everything started inside a colony has a session of its own, and so do its
+    orphans. So: zombie children from another session that no waiter registered.
+    """
     me = os.getpid()
+    my_session = os.getsid(0)
     reaped = []
     with _spawn_lock:
         for entry in os.listdir("/proc"):
@@ -130,7 +136,7 @@ def reap_orphans() -> list[int]:
             except OSError:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] == b"Z" and int(fields[1]) == me:
+            if fields[0] == b"Z" and int(fields[1]) == me and int(fields[3]) != my_session:
                 try:
                     if os.waitpid(int(entry), os.WNOHANG)[0]:
                         reaped.append(int(entry))

@@ -6,6 +6,7 @@ commands meet; calls that change the repository's shared state hold a per-reposi
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -43,7 +44,9 @@ def repo_root(path: Path) -> Path:
     return Path(top.stdout.strip())
 
 
+@functools.lru_cache(maxsize=64)
 def common_dir(repo: Path) -> Path:
+    """The repository's shared git dir (cached: it never changes for a repository path)."""
     return Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], repo).stdout.strip())
 
 
@@ -77,9 +80,10 @@ def remove(repo: Path, path: Path, lock_dir: Path) -> None:
     with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
         if path.exists():
             proc = git(["worktree", "remove", "--force", "--force", str(path)], repo, check=False)
-            if proc.returncode != 0 and path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-        git(["worktree", "prune"], repo, check=False)
+            if proc.returncode == 0:
+                return
+            shutil.rmtree(path, ignore_errors=True)
+        git(["worktree", "prune"], repo, check=False)  # only needed when git did not remove it itself
 
 
 def unmerged_commits(repo: Path, branch: str) -> int:

@@ -88,3 +88,39 @@ def test_operations_on_one_colony_run_in_order_and_others_in_parallel(hive_env, 
             await hive.close()
 
     asyncio.run(scenario())
+
+
+def test_stem_is_a_subreaper_and_reaps_adopted_orphans(hive_env, repo):
+    """A colony process that exits leaving a child behind: the child is re-parented to Stem, not PID 1, and reaped."""
+    import os
+
+    from core import procs
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.spawn("parent", repo)
+            running = await hive.exec(
+                "parent", ["sh", "-c", "sleep 0.3 & echo $!"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+            )
+            assert running.proc.stdout is not None
+            orphan = int(running.proc.stdout.readline())
+            assert running.proc.wait(timeout=10) == 0
+            hive.exec_finished(running)
+
+            def parent_of(pid: int) -> int | None:
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        return int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    return None
+
+            assert parent_of(orphan) == os.getpid()  # adopted by us, the subreaper
+            wait_for(lambda: not alive(orphan), what="the orphan to exit")
+            assert parent_of(orphan) == os.getpid()  # a zombie now, until we reap it
+            assert orphan in procs.reap_orphans()
+            assert parent_of(orphan) is None
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
