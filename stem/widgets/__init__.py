@@ -1,0 +1,1 @@
+"""Widgets of the Stem app, one module per panel or dialog."""

@@ -1,0 +1,301 @@
+"""The terminal widget with a real agent session (core.agent.AgentSession, a real PTY, the scripted fake agent):
+what is typed reaches the program, what it prints is drawn with its colours, and only changed rows are redrawn.
+
+The sessions run in the test's own network namespace (entering it needs root), so no colony is needed here; the
+app tests run the same widget inside real colonies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from rich.color import Color
+from textual.app import App, ComposeResult
+from textual.widgets import Input
+
+from core import netns
+from core.agent import AgentSession
+from core.events import Event, ScreenChanged
+from stem.widgets.terminal import TerminalView
+
+pytestmark = [pytest.mark.root, pytest.mark.anyio]
+
+T = TypeVar("T")
+HERE = Path(__file__).parent
+FAKE_AGENT = [sys.executable, str(HERE / "fake_agent.py")]
+# Prints what it reads, byte by byte, in raw mode, after asking for application cursor keys and bracketed paste.
+KEY_ECHO = [
+    sys.executable,
+    "-c",
+    "import os,sys,tty;tty.setraw(0);os.write(1,b'\\x1b[?1h\\x1b[?2004hready\\r\\n')\n"
+    "while True:\n d=os.read(0,1024)\n os.write(1,(repr(d)+'\\r\\n').encode())\n"
+    " if d==b'q': break",
+]
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def host_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions enter this process's own namespace instead of a colony's."""
+    monkeypatch.setattr(netns, "open_netns", lambda _name: os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+
+class TermApp(App[None]):
+    """A terminal and an input beside it, the way the Stem app holds it."""
+
+    CSS = "TerminalView { height: 1fr; } Input { height: 3; }"
+
+    def __init__(self, argv: list[str]) -> None:
+        super().__init__()
+        self.argv = argv
+        self.session: AgentSession | None = None
+        self.events: list[Event] = []
+        self.released = 0
+
+    def compose(self) -> ComposeResult:
+        yield TerminalView(id="term")
+        yield Input(id="other")
+
+    def on_mount(self) -> None:
+        view = self.query_one(TerminalView)
+        self.session = AgentSession(
+            self.argv, netns_name="host", cwd=HERE, env=dict(os.environ), colony="t", emit=self.on_core_event
+        )
+        self.session.start()
+        view.show("t", self.session)
+        view.focus()
+
+    def on_core_event(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, ScreenChanged):
+            self.query_one(TerminalView).screen_changed(event.rows)
+
+    def on_terminal_view_released(self, _message: TerminalView.Released) -> None:
+        self.released += 1
+        self.query_one(Input).focus()
+
+    async def on_unmount(self) -> None:
+        if self.session is not None:
+            await self.session.stop(grace=1.0)
+
+
+async def until(pilot, predicate: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """Let the app run until `predicate` is truthy (checked after each pause); fail naming `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await pilot.pause()
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)  # polling interval; the predicate decides
+
+
+def drawn(app: TermApp) -> list[str]:
+    """What the widget draws now, row by row (its own render, as the compositor asks for it)."""
+    view = app.query_one(TerminalView)
+    return [view.render_line(y).text for y in range(view.scrollable_content_region.height)]
+
+
+def shows(app: TermApp, text: str) -> bool:
+    return any(text in line for line in drawn(app))
+
+
+async def test_typing_reaches_the_agent_and_its_echo_is_drawn() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        await pilot.press(*"hello", "enter")
+        await until(pilot, lambda: shows(app, "echo: hello"), "the echo")
+        # Keys the app would otherwise take ("q", tab) went to the agent too.
+        await pilot.press("q", "tab", "x", "enter")
+        # The tab reaches the program as a tab: its echo jumps to the next tab stop.
+        await until(pilot, lambda: any(line.startswith("echo: q x") for line in drawn(app)), "q, tab, x echoed")
+        assert app.query_one(TerminalView).has_focus
+
+
+async def test_ctrl_c_interrupts_the_agent_not_the_app() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        await pilot.press(*"sleep 30", "enter")
+        await until(pilot, lambda: shows(app, "echo: sleep 30"), "the command to start")
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: shows(app, "interrupted"), "the agent to be interrupted")
+        assert app.is_running
+
+
+async def test_the_release_chord_gives_focus_back() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        await pilot.press("ctrl+right_square_bracket")
+        await pilot.pause()
+        assert app.released == 1
+        assert app.query_one(Input).has_focus
+        await pilot.press(*"abc")
+        assert app.query_one(Input).value == "abc"
+        await pilot.pause()
+        assert not shows(app, "abc"), "keys typed after the release went to the agent"
+
+
+async def test_keys_are_encoded_for_the_mode_the_program_asked_for() -> None:
+    app = TermApp(KEY_ECHO)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "ready"), "the key echo program")
+        assert app.session is not None and app.session.screen.app_cursor_keys
+        await pilot.press("up")
+        await until(pilot, lambda: shows(app, r"b'\x1bOA'"), "up in application cursor mode")
+        await pilot.press("ctrl+left")
+        await until(pilot, lambda: shows(app, r"b'\x1b[1;5D'"), "ctrl+left")
+        await pilot.press("f5")
+        await until(pilot, lambda: shows(app, r"b'\x1b[15~'"), "f5")
+        await pilot.press("alt+b")
+        await until(pilot, lambda: shows(app, r"b'\x1bb'"), "alt+b")
+        app.query_one(TerminalView).post_message(_paste("one\ntwo"))
+        await until(pilot, lambda: shows(app, r"b'\x1b[200~one\rtwo\x1b[201~'"), "a bracketed paste")
+
+
+def _paste(text: str):
+    from textual import events
+
+    return events.Paste(text)
+
+
+async def test_colours_attributes_and_wide_characters() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        await pilot.press(*"color", "enter")
+        await until(pilot, lambda: shows(app, "pink-truecolor"), "the colour line")
+        view = app.query_one(TerminalView)
+        row = next(y for y, line in enumerate(drawn(app)) if "pink-truecolor" in line and "echo" not in line)
+        styles = {seg.text.strip(): seg.style for seg in view.render_line(row) if seg.text.strip()}
+        assert styles["red"].color == Color.from_ansi(1)
+        assert styles["bright-green"].color == Color.from_ansi(10)
+        assert styles["orange-256"].color is not None and styles["orange-256"].color.triplet == (255, 135, 0)
+        assert styles["blue-bg-256"].bgcolor is not None and styles["blue-bg-256"].bgcolor.triplet == (0, 95, 135)
+        assert styles["pink-truecolor"].color is not None
+        assert styles["pink-truecolor"].color.triplet == (255, 105, 180)
+        assert styles["bold-underline"].bold and styles["bold-underline"].underline
+
+        await pilot.press(*"unicode", "enter")
+        await until(pilot, lambda: shows(app, "wide: 你好世界"), "wide characters")
+        width = view.scrollable_content_region.width
+        assert all(view.render_line(y).cell_length == width for y in range(10)), "a row is not the widget's width"
+
+
+async def test_the_cursor_is_drawn_reversed() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        view = app.query_one(TerminalView)
+        assert app.session is not None
+        cursor = app.session.screen.cursor
+        strip = view.render_line(cursor.y)
+        cell = strip.crop(cursor.x, cursor.x + 1)
+        base = view.rich_style
+        style = next(iter(cell)).style
+        assert style is not None and style.bgcolor == base.color, "the cursor cell is not in the reverse colours"
+
+
+async def test_only_changed_rows_are_rendered_again() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        view = app.query_one(TerminalView)
+        rendered: list[int] = []
+        original = view._render_row
+
+        def counting(screen, y, cursor_x, base):
+            rendered.append(y)
+            return original(screen, y, cursor_x, base)
+
+        view._render_row = counting  # type: ignore[method-assign]
+        asked: list[int] = []
+        view.on_rendered = lambda row, strip: asked.append(row)
+        assert app.session is not None
+        screen = app.session.screen
+        await pilot.press("z")
+        await until(pilot, lambda: shows(app, "fake-agent> z"), "the echo of z")
+        rendered.clear()
+        asked.clear()
+        # A full repaint asks for every row, but only the cursor's row is built again: the rest is cached.
+        view.refresh()
+        await until(pilot, lambda: len(asked) >= screen.lines, "a full repaint")
+        assert set(rendered) == {screen.cursor.y}, f"rows rebuilt: {sorted(set(rendered))}"
+        # Output that changes other rows rebuilds exactly those rows.
+        rendered.clear()
+        await pilot.press("enter")
+        await until(pilot, lambda: shows(app, "echo: z"), "the echo line")
+        await pilot.pause()
+        assert 0 < len(set(rendered)) <= 4, f"rows rebuilt for one line of output: {sorted(set(rendered))}"
+
+
+async def test_a_hidden_terminal_is_not_redrawn() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        view = app.query_one(TerminalView)
+        calls: list[int] = []
+        view.on_rendered = lambda row, strip: calls.append(row)
+        view.display = False
+        await pilot.pause()
+        calls.clear()
+        assert app.session is not None
+        app.session.write(b"flood 300\r")
+        await until(pilot, lambda: any("line 000300" in r for r in app.session.screen.text()), "the flood to end")
+        await pilot.pause()
+        assert calls == [], f"a hidden terminal rendered {len(calls)} rows"
+        view.display = True
+        await until(pilot, lambda: calls, "a repaint once shown")
+        assert shows(app, "line 000300")
+
+
+async def test_resizing_the_window_resizes_the_pty() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        view = app.query_one(TerminalView)
+        assert app.session is not None
+        screen = app.session.screen
+        assert (screen.columns, screen.lines) == (view.scrollable_content_region.width, 27)
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: screen.columns == view.scrollable_content_region.width, "the PTY to resize")
+        assert screen.lines == 21
+        await pilot.press(*"size", "enter")
+        await until(pilot, lambda: shows(app, f"size: {screen.columns}x21"), "the program to see the new size")
+
+
+async def test_the_mouse_wheel_scrolls_back_and_typing_returns_to_the_bottom() -> None:
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        await pilot.press(*"flood 200", "enter")
+        await until(pilot, lambda: shows(app, "line 000200"), "the flood")
+        view = app.query_one(TerminalView)
+        from textual.events import MouseScrollUp
+
+        for _ in range(20):
+            # The wheel, as the driver reports it over the widget.
+            await pilot._post_mouse_events([MouseScrollUp], view, offset=(10, 10))
+        await pilot.pause()
+        assert view.scrolled_back >= 50
+        assert not shows(app, "line 000200")
+        assert shows(app, "line 0001")
+        await pilot.press("x")
+        await until(pilot, lambda: view.scrolled_back == 0, "the view to follow the bottom again")
+        assert shows(app, "fake-agent> x")
