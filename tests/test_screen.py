@@ -296,6 +296,9 @@ def test_take_dirty_and_versions() -> None:
     assert screen.take_dirty() == {0}
     assert screen.row_version(0) == screen.version and screen.row_version(5) == untouched
 
+    screen.feed(b"\x1b[2;1H\x1b[J")  # erase below row 1: all rows but the first changed
+    assert screen.take_dirty() == set(range(1, ROWS))
+
     screen.feed(streams.flood(50))  # scrolled: every row changed
     assert screen.take_dirty() == set(range(ROWS))
     assert {screen.row_version(y) for y in range(ROWS)} == {screen.version}

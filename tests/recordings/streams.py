@@ -201,6 +201,12 @@ def autowrap() -> bytes:
     out.append("F" * 120 + f"{CSI}Kel-at-pending{CSI}1K\r\n")
     out.append(f"{CSI}?7l" + "G" * 130 + "|last\r\n" + "H" * 119 + "中\r\n")
     out.append(f"{CSI}?7h" + "I" * 125 + "\r\n")
+    # coloured text crossing the right margin by 0, 1 and 2 cells, from column 1 and from column 100,
+    # not followed by CR LF (so not a line batch)
+    for k, width in enumerate((119, 120, 121, 122)):
+        out.append(f"{CSI}{10 + k};1H{CSI}3{k}m" + "s" * (width - 5) + f"{CSI}1m" + "t" * 5 + f"{CSI}0m{CSI}K")
+        out.append(f"{CSI}{20 + k};100H{CSI}4{k}m" + "u" * (width - 99) + f"{CSI}0mv{CSI}K")
+    out.append(f"{CSI}30;1H")
     for i in range(60):
         out.append(f"{CSI}3{i % 8}m" + "wrapped line %03d " % i * 9 + f"{CSI}0m\r\n")
     out.append("no newline at the end " * 9)
