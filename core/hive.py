@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,14 +29,18 @@ from core.config import ColonyConfig, load_colony_config, parse_colony_config
 from core.errors import NoSuchColony, StemError, StepFailed, WrongState
 from core.events import ColonyRemoved, Event, LogLine, Notice, StateChanged
 from core.locations import HiveLayout, stem_home
-from core.locks import file_lock
+from core.locks import FileLock
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
+from core.owner import Ownership
 from core.privileges import become_subreaper, require_netns_privileges
 from core.registry import ColonyRecord, Registry
+from core.runtime import ColonyRuntime
+from core.services import ServiceRunner
 
 T = TypeVar("T")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
+RECONCILE_INTERVAL = 1.0
 
 
 def _checkpoint(step: str) -> None:
@@ -86,6 +91,12 @@ class Hive:
         self.supervisor = Supervisor(self._on_actor_crash)
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._logs: dict[str, ColonyLog] = {}
+        self._owner: Ownership | None = None
+        self._runtimes: dict[str, ColonyRuntime] = {}
+        self._pending: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconciler: asyncio.Task[None] | None = None
+        self._reap_timer: asyncio.TimerHandle | None = None
         become_subreaper()
 
     # events -----------------------------------------------------------------------------------------------
@@ -142,14 +153,21 @@ class Hive:
         """Run blocking `fn` in a thread inside `name`'s actor while holding the colony's file lock."""
 
         async def handler() -> T:
-            return await asyncio.to_thread(self._locked, name, fn)
+            async with self._holding(name):
+                return await asyncio.to_thread(fn)
 
         result: T = await self.supervisor.call(name, handler)
         return result
 
-    def _locked(self, name: str, fn: Callable[[], T]) -> T:
-        with file_lock(self.layout.colony_lock(name)):
-            return fn()
+    @contextlib.asynccontextmanager
+    async def _holding(self, name: str) -> AsyncIterator[None]:
+        """The colony's file lock for a whole operation, awaits included, so other stem processes wait."""
+        lock = FileLock(self.layout.colony_lock(name))
+        await asyncio.to_thread(lock.acquire)
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
         self.registry.set_state(name, state, stage, reason)
@@ -200,7 +218,24 @@ class Hive:
         check_name(name)
         require_netns_privileges("stem spawn")
         root, commit, config = await asyncio.to_thread(self._preflight, repo, base)
-        return await self._call(name, lambda: self._spawn(name, root, base, commit, config, agent, task))
+
+        async def handler() -> ColonyRecord:
+            async with self._holding(name):
+                rec = await asyncio.to_thread(self._spawn, name, root, base, commit, config, agent, task)
+                try:
+                    await self._start_runtime(rec, config)
+                except BaseException as exc:
+                    await self._stop_runtime(name)
+                    await asyncio.to_thread(self._rollback, rec)
+                    cause = str(exc) if isinstance(exc, StemError) else describe(exc)
+                    raise StepFailed(
+                        f"spawn {name} failed while starting: {cause} (everything made was removed)"
+                    ) from exc
+                await asyncio.to_thread(self._state, name, lc.RUNNING)
+                return await asyncio.to_thread(self.registry.get, name)
+
+        result: ColonyRecord = await self.supervisor.call(name, handler)
+        return result
 
     def _preflight(self, repo: Path, base: str) -> tuple[Path, str, ColonyConfig]:
         root = worktree.repo_root(repo.expanduser().absolute())
@@ -261,7 +296,6 @@ class Hive:
             stage = lc.STARTING
             self._state(name, lc.STARTING)
             _checkpoint("starting")
-            self._state(name, lc.RUNNING)
         except BaseException as exc:
             self._rollback(rec)
             cause = str(exc) if isinstance(exc, StemError) else describe(exc)
@@ -382,13 +416,21 @@ class Hive:
     async def stop(self, name: str) -> ColonyRecord:
         """End the colony's processes and take down its network; keep its address, worktree and database."""
         self.bind_loop()
-        return await self._call(name, lambda: self._stop(name))
+
+        async def handler() -> ColonyRecord:
+            async with self._holding(name):
+                rec = await asyncio.to_thread(self.registry.get, name)
+                if rec.state == lc.STOPPED:
+                    return rec
+                await asyncio.to_thread(self._state, name, lc.STOPPING)
+                await self._stop_runtime(name)
+                return await asyncio.to_thread(self._stop, name)
+
+        result: ColonyRecord = await self.supervisor.call(name, handler)
+        return result
 
     def _stop(self, name: str) -> ColonyRecord:
         rec = self.registry.get(name)
-        if rec.state == lc.STOPPED:
-            return rec
-        self._state(name, lc.STOPPING)
         _checkpoint("stopping")
         self._end_processes(rec)
         self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
@@ -399,12 +441,34 @@ class Hive:
         """Bring a stopped (or failed) colony back: network, build, then running."""
         self.bind_loop()
         require_netns_privileges("stem start")
-        return await self._call(name, lambda: self._start(name))
 
-    def _start(self, name: str) -> ColonyRecord:
+        async def handler() -> ColonyRecord:
+            async with self._holding(name):
+                rec, config = await asyncio.to_thread(self._start, name)
+                if rec.state == lc.RUNNING:
+                    return rec
+                try:
+                    await self._start_runtime(rec, config)
+                except BaseException as exc:
+                    await self._stop_runtime(name)
+                    reason = str(exc) if isinstance(exc, StemError) else describe(exc)
+                    await asyncio.to_thread(self._fail_start, rec, lc.STARTING, reason)
+                    raise StepFailed(f"start {name} failed while starting: {reason}") from exc
+                await asyncio.to_thread(self._state, name, lc.RUNNING)
+                return await asyncio.to_thread(self.registry.get, name)
+
+        result: ColonyRecord = await self.supervisor.call(name, handler)
+        return result
+
+    def _fail_start(self, rec: ColonyRecord, stage: str, reason: str) -> None:
+        self._end_processes(rec)
+        self._remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+        self._state(rec.name, lc.FAILED, stage, reason)
+
+    def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)
         if rec.state == lc.RUNNING:
-            return rec
+            return rec, ColonyConfig()
         if rec.state not in lc.STARTABLE:
             raise WrongState(f"{name} is {rec.state}: only a stopped or failed colony can be started")
         if not Path(rec.worktree).exists():
@@ -421,24 +485,28 @@ class Hive:
             self._run_commands(rec, config, "build", config.build)
             stage = lc.STARTING
             self._state(name, lc.STARTING)
-            self._state(name, lc.RUNNING)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StemError) else describe(exc)
-            self._end_processes(rec)
-            self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
-            self._state(name, lc.FAILED, stage, reason)
+            self._fail_start(rec, stage, reason)
             raise StepFailed(f"start {name} failed while {stage}: {reason}") from exc
-        return self.registry.get(name)
+        return self.registry.get(name), config
 
     async def destroy(self, name: str, force: bool = False) -> DestroyReport:
         """Remove everything of the colony. Uncommitted work stops it unless `force`; unmerged commits keep
         the branch."""
         self.bind_loop()
-        report = await self._call(name, lambda: self._destroy(name, force))
+
+        async def handler() -> DestroyReport:
+            async with self._holding(name):
+                await asyncio.to_thread(self._check_destroyable, name, force)
+                await self._stop_runtime(name)
+                return await asyncio.to_thread(self._destroy, name)
+
+        report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)
         return report
 
-    def _destroy(self, name: str, force: bool) -> DestroyReport:
+    def _check_destroyable(self, name: str, force: bool) -> None:
         rec = self.registry.get(name)
         if not force:
             dirty = worktree.dirty_files(Path(rec.worktree))
@@ -448,6 +516,9 @@ class Hive:
                     f"{name} has uncommitted changes ({listed}) in {rec.worktree}: commit them, "
                     "or destroy with --force to lose them"
                 )
+
+    def _destroy(self, name: str) -> DestroyReport:
+        rec = self.registry.get(name)
         self._state(name, lc.STOPPING)
         self._end_processes(rec)
         branch, unmerged = self._remove_parts(name, keep_unmerged=True)
@@ -505,6 +576,156 @@ class Hive:
         procs.forget_child(running.proc.pid)
         self.registry.remove_process(running.proc.pid, running.starttime)
 
+    # runtime: services, agent and watchers, under the hive's one long-lived owner ------------------------
+
+    @property
+    def owned(self) -> bool:
+        return self._owner is not None
+
+    async def own(self, what: str) -> None:
+        """Become the hive's long-lived core (CoreBusy if another is): run running colonies' services and agents,
+        and follow what other stem processes change in the registry."""
+        self.bind_loop()
+        owner = Ownership(self.layout.home, what)
+        await asyncio.to_thread(owner.acquire)
+        self._owner = owner
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError):  # only the main thread may own signals
+            loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        await self.reconcile()
+        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconcile")
+
+    async def disown(self) -> None:
+        """Stop every service and agent this core runs (their colonies stay provisioned) and let go of the hive."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+            self._reconciler = None
+        for name in list(self._runtimes):
+            await self.supervisor.call(name, functools.partial(self._stop_runtime, name))
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_timer = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        await asyncio.to_thread(procs.reap_orphans)
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
+
+    def runtime(self, name: str) -> ColonyRuntime | None:
+        return self._runtimes.get(name)
+
+    def services(self, name: str) -> dict[str, ServiceRunner]:
+        runtime = self._runtimes.get(name)
+        return dict(runtime.services.services) if runtime else {}
+
+    async def restart_service(self, name: str, service: str) -> None:
+        """Stop and start one service of a running colony (through the colony's actor)."""
+
+        async def handler() -> None:
+            runtime = self._runtimes.get(name)
+            if runtime is None:
+                raise WrongState(f"{name} has no running services: is the colony running, and this core its owner?")
+            await runtime.restart_service(service)
+
+        await self.supervisor.call(name, handler)
+
+    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig) -> None:
+        if self._owner is None:
+            return  # a short-lived command: the owner (UI or stem serve) starts services when it sees `running`
+        name = rec.name
+
+        async def reload() -> None:
+            async def handler() -> None:
+                async with self._holding(name):
+                    runtime = self._runtimes.get(name)
+                    if runtime is not None:
+                        await runtime.reload_config()
+
+            await self.supervisor.call(name, handler)
+
+        runtime = ColonyRuntime(
+            rec,
+            config,
+            env=self.env_for(rec),
+            colony_log=self.log(name),
+            registry=self.registry,
+            emit=self._publish,
+            on_config_change=reload,
+        )
+        self._runtimes[name] = runtime
+        await runtime.start()
+
+    async def _stop_runtime(self, name: str) -> None:
+        runtime = self._runtimes.pop(name, None)
+        if runtime is not None:
+            await runtime.stop(self.stop_grace)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            try:
+                await self.reconcile()
+            except Exception as exc:  # keep following the registry whatever one pass hit
+                self._publish(Notice("", "error", f"reconciling the hive failed: {describe(exc)}"))
+
+    async def reconcile(self) -> None:
+        """Start runtimes for running colonies that have none; stop those whose colony stopped or vanished.
+
+        Other stem processes (spawn, stop, destroy from a shell) change the registry; this follows them.
+        """
+        records = {r.name: r for r in await asyncio.to_thread(self.registry.colonies)}
+        for name in list(self._runtimes):
+            rec = records.get(name)
+            if (rec is None or rec.state not in (lc.RUNNING, lc.STARTING)) and name not in self._pending:
+                await self.supervisor.call(name, functools.partial(self._stop_runtime, name))
+                if rec is None:
+                    self.supervisor.forget(name)
+        for rec in records.values():
+            if rec.state == lc.RUNNING and rec.name not in self._runtimes and rec.name not in self._pending:
+                self._pending.add(rec.name)
+                task = asyncio.create_task(self._adopt(rec.name), name=f"adopt-{rec.name}")
+                self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-flight
+                task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, name: str) -> None:
+        """Start the runtime of a colony some other stem process brought to `running`."""
+
+        async def handler() -> None:
+            async with self._holding(name):
+                rec = await asyncio.to_thread(self.registry.find, name)
+                if rec is None or rec.state != lc.RUNNING or name in self._runtimes:
+                    return
+                try:
+                    config = await asyncio.to_thread(self.config_for, rec)
+                    await self._start_runtime(rec, config)
+                except Exception as exc:
+                    await self._stop_runtime(name)
+                    reason = str(exc) if isinstance(exc, StemError) else describe(exc)
+                    await asyncio.to_thread(self._fail_start, rec, lc.STARTING, reason)
+                    self._publish(Notice(name, "error", f"{name} failed while starting: {reason}"))
+
+        try:
+            with contextlib.suppress(StemError):
+                await self.supervisor.call(name, handler)
+        finally:
+            self._pending.discard(name)
+
+    def _on_sigchld(self) -> None:
+        # Coalesce a burst of SIGCHLDs into one /proc scan, off the loop.
+        if self._reap_timer is None:
+            self._reap_timer = asyncio.get_running_loop().call_later(0.05, self._reap)
+
+    def _reap(self) -> None:
+        self._reap_timer = None
+        task = asyncio.create_task(asyncio.to_thread(procs.reap_orphans))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # gc ---------------------------------------------------------------------------------------------------
 
     async def gc(self) -> GcReport:
@@ -515,6 +736,8 @@ class Hive:
         return await asyncio.to_thread(collect, self)
 
     async def close(self) -> None:
+        if self._owner is not None:
+            await self.disown()
         await self.supervisor.close()
         self.registry.close()
 

@@ -37,3 +37,22 @@ def is_locked(path: Path) -> bool:
 def repo_lock_path(lock_dir: Path, git_common_dir: Path) -> Path:
     digest = hashlib.sha1(str(git_common_dir).encode()).hexdigest()[:16]
     return lock_dir / f"repo-{digest}.lock"
+
+
+class FileLock:
+    """An flock held across awaits: acquire in a worker thread (it may block), release from anywhere."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -234,6 +234,7 @@ class ServiceRunner:
         record_process: ProcessHook,
         forget_process: Callable[[int, int], None],
         timing: Timing | None = None,
+        may_restart: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.spec = spec
         self.colony = colony
@@ -256,6 +257,8 @@ class ServiceRunner:
 
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Asked before every restart: a colony stopped from another shell must not see its services come back.
+        self._may_restart = may_restart
         self._grace = self.timing.stop_grace
         self._wake = asyncio.Event()  # cuts a backoff wait short when stop() is called
         self._ever_ready = asyncio.Event()
@@ -342,6 +345,8 @@ class ServiceRunner:
                 lines.append(_exit_text(code))
                 self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
                 if not restart:
+                    return
+                if self._may_restart is not None and not await self._may_restart():
                     return
                 if time.monotonic() - started >= self.timing.backoff_reset:
                     delay = self.timing.backoff_initial
@@ -595,6 +600,7 @@ class ServiceSet:
         record_process: ProcessHook,
         forget_process: Callable[[int, int], None],
         timing: Timing | None = None,
+        may_restart: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.config = config
         self.colony = colony
@@ -604,6 +610,7 @@ class ServiceSet:
         self.env = dict(env)
         self.log = log
         self.timing = timing or Timing()
+        self._may_restart = may_restart
         self._emit = emit
         self._record_process = record_process
         self._forget_process = forget_process
@@ -672,6 +679,15 @@ class ServiceSet:
                 not_ready += [r.name for r, ok in zip(runners, results, strict=True) if not ok]
             return ServiceChanges(tuple(changed), tuple(added), tuple(removed), tuple(not_ready))
 
+    async def restart(self, name: str) -> None:
+        """Stop one service and start it afresh, as the user asked (its dependents keep running)."""
+        async with self._lock:
+            runner = self._runners.get(name)
+            if runner is None or name not in self.config.services:
+                raise StemError(f"{self.colony} has no service {name!r} (see colony.toml)")
+            await runner.stop()
+            self._start_runner(self.config.services[name])
+
     # helpers --------------------------------------------------------------------------------------------------
 
     def _env_for(self, config: ColonyConfig, name: str) -> dict[str, str]:
@@ -691,6 +707,7 @@ class ServiceSet:
             record_process=self._record_process,
             forget_process=self._forget_process,
             timing=self.timing,
+            may_restart=self._may_restart,
         )
         self._runners[spec.name] = runner
         self._envs[spec.name] = env

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="also when the worktree has uncommitted changes")
 
+    sub.add_parser(
+        "serve",
+        help="run the hive's services and agents without a UI",
+        description="Run the core in the foreground without a UI: start the services and agents of running "
+        "colonies, print state changes and log lines, and stop them all cleanly on Ctrl-C or SIGTERM.",
+    )
+
     p = sub.add_parser(
         "logs",
         help="show a colony's log",
@@ -231,6 +238,55 @@ async def cmd_logs(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
+    from core.events import AgentActivity, ColonyRemoved, LogLine, Notice, ServiceState, StateChanged
+
+    events = hive.subscribe()
+    await hive.own("stem serve")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"stem serve: owning {hive.layout.home} with {len(hive.colonies())} colonies (Ctrl-C stops)", flush=True)
+
+    def show(event: Any) -> str | None:
+        stamp = time.strftime("%H:%M:%S")
+        if isinstance(event, StateChanged):
+            extra = f" ({event.stage}: {event.reason})" if event.reason else ""
+            return f"{stamp} {event.colony} {event.state}{extra}"
+        if isinstance(event, LogLine):
+            return f"{stamp} {event.colony} [{event.source}] {event.text}"
+        if isinstance(event, ServiceState):
+            code = f" ({event.code})" if event.code is not None else ""
+            return f"{stamp} {event.colony} service {event.service} {event.state}{code}"
+        if isinstance(event, AgentActivity):
+            code = f" ({event.code})" if event.code is not None else ""
+            return f"{stamp} {event.colony} agent {event.activity}{code}"
+        if isinstance(event, Notice):
+            return f"{stamp} {event.level}: {event.message}"
+        if isinstance(event, ColonyRemoved):
+            return f"{stamp} {event.colony} removed"
+        return None
+
+    async def printer() -> None:
+        while True:
+            line = show(await events.get())
+            if line:
+                print(line, flush=True)
+
+    printing = asyncio.create_task(printer())
+    await stop.wait()
+    print("stem serve: stopping services and agents", flush=True)
+    await hive.disown()
+    while not events.empty():
+        line = show(events.get_nowait())
+        if line:
+            print(line, flush=True)
+    printing.cancel()
+    print("stem serve: stopped", flush=True)
+    return 0
+
+
 async def cmd_gc(hive: Any, args: argparse.Namespace) -> int:
     report = await hive.gc()
     for line in report.removed:
@@ -251,6 +307,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "destroy": cmd_destroy,
     "gc": cmd_gc,
     "logs": cmd_logs,
+    "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,130 @@
+"""What runs in a colony while a long-lived core owns the hive: its services, its agent, its watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import watchfiles
+
+from core.colony_log import ColonyLog
+from core.config import ColonyConfig, load_colony_config
+from core.errors import ConfigError
+from core.events import Event, Notice
+from core.registry import ColonyRecord, Registry
+from core.services import ServiceChanges, ServiceSet, Timing
+
+log = logging.getLogger("stem.runtime")
+
+
+class ColonyRuntime:
+    """Owned by the Hive's owner for one running colony; started and stopped through the colony's actor."""
+
+    def __init__(
+        self,
+        rec: ColonyRecord,
+        config: ColonyConfig,
+        *,
+        env: dict[str, str],
+        colony_log: ColonyLog,
+        registry: Registry,
+        emit: Callable[[Event], None],
+        on_config_change: Callable[[], Awaitable[None]] | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        self.rec = rec
+        self.config = config
+        self._emit = emit
+        self._registry = registry
+        self.services = ServiceSet(
+            config,
+            colony=rec.name,
+            netns=rec.netns,
+            worktree=Path(rec.worktree),
+            ip=rec.ip,
+            env=env,
+            log=colony_log,
+            emit=emit,
+            record_process=lambda pid, start, kind, argv: registry.add_process(rec.name, pid, start, kind, argv),
+            forget_process=registry.remove_process,
+            timing=timing,
+            may_restart=self._colony_running,
+        )
+        # The hive routes config reloads through the colony's actor (one writer per colony).
+        self._on_config_change = on_config_change or self._reload_ignoring_result
+        self._watch_stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start services in dependency waves (raises StepFailed if one never gets ready), then the watchers."""
+        await self.services.start_all()
+        self._watch_task = asyncio.create_task(self._watch_config(), name=f"config-{self.rec.name}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        self._watch_stop.set()
+        if self._watch_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._watch_task, timeout=5)
+        await self.services.stop_all(grace)
+
+    async def _colony_running(self) -> bool:
+        rec = await asyncio.to_thread(self._registry.find, self.rec.name)
+        return rec is not None and rec.state == "running"
+
+    async def _reload_ignoring_result(self) -> None:
+        await self.reload_config()
+
+    async def restart_service(self, service: str) -> None:
+        await self.services.restart(service)
+
+    async def reload_config(self) -> ServiceChanges | None:
+        """Apply the worktree's colony.toml: restart only what changed; a bad file keeps what runs."""
+        name = self.rec.name
+        try:
+            config = await asyncio.to_thread(load_colony_config, Path(self.rec.worktree))
+        except ConfigError as exc:
+            self._emit(Notice(name, "error", f"{name}: colony.toml not applied, services kept: {exc}"))
+            await asyncio.to_thread(self._registry.add_event, name, "config-error", str(exc))
+            return None
+        try:
+            changes = await self.services.apply(config)
+        except ConfigError as exc:
+            self._emit(Notice(name, "error", f"{name}: colony.toml not applied, services kept: {exc}"))
+            return None
+        self.config = config
+        parts = [
+            f"{what} {', '.join(names)}"
+            for what, names in (
+                ("restarted", changes.restarted),
+                ("started", changes.started),
+                ("stopped", changes.stopped),
+                ("not ready", changes.not_ready),
+            )
+            if names
+        ]
+        if parts:
+            message = f"{name}: colony.toml changed: {'; '.join(parts)}"
+            self._emit(Notice(name, "warning" if changes.not_ready else "info", message))
+            await asyncio.to_thread(self._registry.add_event, name, "config", message)
+        return changes
+
+    async def _watch_config(self) -> None:
+        target = Path(self.rec.worktree) / "colony.toml"
+
+        def is_config(_change: watchfiles.Change, path: str) -> bool:
+            return Path(path) == target
+
+        try:
+            async for _ in watchfiles.awatch(
+                self.rec.worktree,
+                watch_filter=is_config,
+                recursive=False,
+                stop_event=self._watch_stop,
+                debounce=200,
+            ):
+                await self._on_config_change()
+        except Exception:
+            log.exception("watching %s failed", target)
