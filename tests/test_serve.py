@@ -1,0 +1,199 @@
+"""The long-lived core: `stem serve` runs colonies' services, follows other shells, and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import signal
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import make_repo, run_stem, stem_cmd, wait_for
+
+from core.events import Notice, ServiceState
+from core.hive import Hive
+
+pytestmark = pytest.mark.root
+
+SERVICES = """\
+[services.web]
+command = "echo \\"I am $COLONY_NAME\\" > whoami.txt; exec python3 -m http.server 3000"
+port = 3000
+ready = "http:/whoami.txt"
+
+[services.worker]
+command = "echo worker up; exec sleep 1000"
+"""
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+class Serve:
+    """`stem serve` in the background, its output collected line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [*stem_cmd(), "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        stream = self.proc.stdout
+        threading.Thread(target=lambda: [self._queue.put(line.rstrip("\n")) for line in stream], daemon=True).start()
+
+    def saw(self, text: str) -> bool:
+        while not self._queue.empty():
+            self.lines.append(self._queue.get_nowait())
+        return any(text in line for line in self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 20) -> None:
+        wait_for(lambda: self.saw(text), timeout=timeout, what=f"stem serve to print {text!r}; got {self.lines}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def netns_pids(prefix: str, name: str) -> list[str]:
+    return subprocess.run(["ip", "netns", "pids", f"{prefix}-{name}"], capture_output=True, text=True).stdout.split()
+
+
+def test_serve_runs_services_of_two_colonies_on_port_3000_and_stops_cleanly(hive_env, tmp_path):
+    repo = make_repo(tmp_path / "svcrepo", colony_toml=SERVICES)
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    serve = Serve(hive_env.env)
+    try:
+        serve.wait_for_line("alpha service web ready")
+        # A second long-lived core is refused, in one line, exit 2.
+        second = run_stem(hive_env.env, "serve")
+        assert second.returncode == 2
+        assert second.stderr.strip().startswith(f"stem: this hive ({hive_env.home}) is already run by stem serve (pid")
+        # A colony spawned from another shell is adopted: its services start too.
+        assert run_stem(hive_env.env, "spawn", "beta", "--repo", str(repo)).returncode == 0
+        serve.wait_for_line("beta service web ready")
+        rows = {r["name"]: r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout)}
+        for name in ("alpha", "beta"):
+            body = wait_for(lambda name=name: http_get(f"http://{rows[name]['ip']}:3000/whoami.txt"), what=name)
+            assert body == f"I am {name}\n"
+        assert serve.saw("alpha [worker] worker up")
+        logs = run_stem(hive_env.env, "logs", "beta", "--service", "worker").stdout
+        assert logs.rstrip().endswith("[worker] worker up")
+
+        # Stopping alpha from another shell: its services end and do not come back.
+        assert run_stem(hive_env.env, "stop", "alpha").returncode == 0
+        serve.wait_for_line("alpha service web stopped")
+        assert netns_pids(hive_env.prefix, "alpha") == []
+        assert http_get(f"http://{rows['beta']['ip']}:3000/whoami.txt") == "I am beta\n"
+    finally:
+        code = serve.stop()
+    assert code == 0
+    assert serve.saw("stem serve: stopped")
+    # Every service process is gone; the colony itself stays provisioned for the next owner.
+    assert netns_pids(hive_env.prefix, "beta") == []
+    rows = {r["name"]: r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout)}
+    assert rows["beta"]["state"] == "running" and rows["alpha"]["state"] == "stopped"
+    # A new owner picks the running colony up again.
+    serve = Serve(hive_env.env)
+    try:
+        serve.wait_for_line("beta service web ready")
+    finally:
+        assert serve.stop() == 0
+
+
+def test_a_service_that_never_gets_ready_fails_the_spawn_with_its_last_lines(hive_env, tmp_path):
+    toml = (
+        '[services.api]\ncommand = "echo connecting to db; echo db refused; exec sleep 1000"\nport = 4000\n'
+        'ready = "tcp"\nready_timeout = 1\nrestart = "no"\n'
+    )
+    repo = make_repo(tmp_path / "notready", colony_toml=toml)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.own("test")
+            with pytest.raises(Exception) as caught:
+                await hive.spawn("slow", repo)
+            message = str(caught.value)
+            assert message.startswith("spawn slow failed while starting: service api not ready after 1s")
+            assert "db refused" in message and message.endswith("(everything made was removed)")
+            assert hive.colonies() == []
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+    assert not (hive_env.home / "worktrees" / "slow").exists()
+
+
+def test_colony_toml_edit_restarts_only_the_changed_service_and_a_broken_edit_keeps_them(hive_env, tmp_path):
+    repo = make_repo(tmp_path / "editrepo", colony_toml=SERVICES)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+        try:
+            await hive.own("test")
+            rec = await hive.spawn("edit", repo)
+            services = hive.services("edit")
+            assert {n: s.state for n, s in services.items()} == {"web": "ready", "worker": "ready"}
+            web_pid, worker_pid = services["web"].pid, services["worker"].pid
+            toml = Path(rec.worktree) / "colony.toml"
+
+            async def notice(containing: str) -> Notice:
+                async def find() -> Notice:
+                    while True:
+                        event = await events.get()
+                        if isinstance(event, Notice) and containing in event.message:
+                            return event
+
+                return await asyncio.wait_for(find(), timeout=15)
+
+            toml.write_text(SERVICES.replace("echo worker up", "echo worker v2"))
+            await notice("colony.toml changed: restarted worker")
+            services = hive.services("edit")
+            assert services["web"].pid == web_pid
+            assert services["worker"].pid != worker_pid
+            await _until(lambda: hive.services("edit")["worker"].state == "ready")
+
+            worker_pid = hive.services("edit")["worker"].pid
+            toml.write_text(SERVICES + "\n[services.broken]\nrestart = 'sometimes'\n")
+            bad = await notice("colony.toml not applied, services kept")
+            assert "colony.toml:" in bad.message and "restart" in bad.message
+            services = hive.services("edit")
+            assert services["web"].pid == web_pid and services["worker"].pid == worker_pid
+            assert all(s.state == "ready" for s in services.values())
+            assert not any(isinstance(e, ServiceState) and e.state == "stopped" for e in _drain(events))
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+async def _until(predicate, timeout: float = 10) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def _drain(events: asyncio.Queue) -> list:
+    seen = []
+    while not events.empty():
+        seen.append(events.get_nowait())
+    return seen
