@@ -27,9 +27,9 @@ from core.actor import Supervisor, describe
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
 from core.errors import NoSuchColony, StemError, StepFailed, WrongState
-from core.events import ColonyRemoved, Event, LogLine, Notice, StateChanged
+from core.events import AgentActivity, ColonyRemoved, Event, LogLine, Notice, ServiceState, StateChanged
 from core.locations import HiveLayout, stem_home
-from core.locks import FileLock
+from core.locks import FileLock, is_locked
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
 from core.owner import Ownership
 from core.privileges import become_subreaper, require_netns_privileges
@@ -113,6 +113,24 @@ class Hive:
     def _publish(self, event: Event) -> None:
         for queue in self._subscribers:
             queue.put_nowait(event)
+        if self._owner is not None and isinstance(event, (ServiceState, AgentActivity)):
+            self._persist_runtime(event)
+
+    def _persist_runtime(self, event: ServiceState | AgentActivity) -> None:
+        """Write service and agent states where `stem ls` in another shell can read them (off the loop)."""
+        if isinstance(event, ServiceState):
+            code = f"({event.code})" if event.code is not None and event.state == "crashed" else ""
+            args = (event.colony, "service", event.service, event.state + code, event.detail)
+        else:
+            code = f"({event.code})" if event.code is not None else ""
+            args = (event.colony, "agent", "agent", event.activity + code, "")
+        task = asyncio.create_task(asyncio.to_thread(self.registry.set_runtime, *args))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def owner_running(self) -> bool:
+        """Whether some long-lived core (this process or another) owns the hive right now."""
+        return self._owner is not None or is_locked(self.layout.home / "core.lock")
 
     def _publish_threadsafe(self, loop: asyncio.AbstractEventLoop, event: Event) -> None:
         loop.call_soon_threadsafe(self._publish, event)

@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS processes(
     started_at REAL NOT NULL,
     PRIMARY KEY(pid, starttime)
 );
+CREATE TABLE IF NOT EXISTS runtime(
+    colony TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY(colony, kind, name)
+);
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY,
     colony TEXT NOT NULL,
@@ -228,7 +237,7 @@ class Registry:
     def delete_colony(self, name: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM colonies WHERE name=?", (name,))
-            for table in ("transitions", "resources", "processes", "events"):
+            for table in ("transitions", "resources", "processes", "events", "runtime"):
                 db.execute(f"DELETE FROM {table} WHERE colony=?", (name,))
 
     def transitions(self, name: str) -> list[Transition]:
@@ -281,6 +290,27 @@ class Registry:
         sql = "SELECT pid, starttime, colony, kind, argv, started_at FROM processes"
         rows = self._query(sql + " WHERE colony=?", (colony,)) if colony else self._query(sql)
         return [ProcessRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    # runtime states (services, agent) written by the hive's owner for other processes to read ------------
+
+    def set_runtime(self, colony: str, kind: str, name: str, state: str, detail: str = "") -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runtime(colony, kind, name, state, detail, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (colony, kind, name, state, detail, time.time()),
+            )
+
+    def runtime(self, colony: str) -> list[tuple[str, str, str, str]]:
+        """(kind, name, state, detail) rows of a colony, services by name then the agent."""
+        rows = self._query(
+            "SELECT kind, name, state, detail FROM runtime WHERE colony=? ORDER BY kind DESC, name", (colony,)
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def clear_runtime(self, colony: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM runtime WHERE colony=?", (colony,))
 
     # events -----------------------------------------------------------------------------------------------
 

@@ -132,38 +132,55 @@ async def cmd_spawn(hive: Any, args: argparse.Namespace) -> int:
 async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
     rows = hive.colonies()
     now = time.time()
+    owned = hive.owner_running()
+
+    def runtime(name: str) -> tuple[dict[str, str], str]:
+        services, agent = {}, ""
+        for kind, key, state, _detail in hive.registry.runtime(name):
+            if kind == "service":
+                services[key] = state
+            else:
+                agent = state
+        return services, agent
+
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "name": r.name,
-                        "state": r.state,
-                        "stage": r.stage,
-                        "reason": r.reason,
-                        "ip": r.ip,
-                        "host_ip": r.host_ip,
-                        "branch": r.branch,
-                        "base": r.base_ref,
-                        "worktree": r.worktree,
-                        "db": r.db_path,
-                        "repo": r.repo,
-                        "created_at": r.created_at,
-                        "age": round(now - r.created_at, 1),
-                    }
-                    for r in rows
-                ],
-                indent=2,
+        out = []
+        for r in rows:
+            services, agent = runtime(r.name)
+            out.append(
+                {
+                    "name": r.name,
+                    "state": r.state,
+                    "stage": r.stage,
+                    "reason": r.reason,
+                    "ip": r.ip,
+                    "host_ip": r.host_ip,
+                    "branch": r.branch,
+                    "base": r.base_ref,
+                    "worktree": r.worktree,
+                    "db": r.db_path,
+                    "repo": r.repo,
+                    "created_at": r.created_at,
+                    "age": round(now - r.created_at, 1),
+                    "services": services if owned else {},
+                    "agent": agent if owned else "",
+                    "owned": owned,
+                }
             )
-        )
+        print(json.dumps(out, indent=2))
         return 0
     if not rows:
         print("no colonies yet: stem spawn NAME --repo PATH")
         return 0
-    table = [("NAME", "STATE", "IP", "BRANCH", "AGE", "REPO")]
+    table = [("NAME", "STATE", "AGENT", "SERVICES", "IP", "BRANCH", "AGE", "REPO")]
     for r in rows:
         state = r.state if r.state != "failed" else f"failed ({r.stage})"
-        table.append((r.name, state, r.ip, r.branch, _age(now - r.created_at), r.repo))
+        services, agent = runtime(r.name)
+        if not owned:
+            summary, agent = ("-" if r.state != "running" else "not run (no stem serve or UI)"), "-"
+        else:
+            summary = " ".join(f"{k}:{v}" for k, v in services.items()) or "-"
+        table.append((r.name, state, agent or "-", summary, r.ip, r.branch, _age(now - r.created_at), r.repo))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

@@ -92,6 +92,14 @@ def test_serve_runs_services_of_two_colonies_on_port_3000_and_stops_cleanly(hive
             body = wait_for(lambda name=name: http_get(f"http://{rows[name]['ip']}:3000/whoami.txt"), what=name)
             assert body == f"I am {name}\n"
         assert serve.saw("alpha [worker] worker up")
+
+        # `stem ls` in another shell shows the services' states as the owner reports them.
+        def listing_when_ready() -> str | None:
+            out = run_stem(hive_env.env, "ls").stdout
+            return out if out.count("web:ready worker:ready") == 2 else None
+
+        listing = wait_for(listing_when_ready, what="stem ls to show both colonies' services ready")
+        assert listing.splitlines()[0].split() == ["NAME", "STATE", "AGENT", "SERVICES", "IP", "BRANCH", "AGE", "REPO"]
         logs = run_stem(hive_env.env, "logs", "beta", "--service", "worker").stdout
         assert logs.rstrip().endswith("[worker] worker up")
 
@@ -108,6 +116,8 @@ def test_serve_runs_services_of_two_colonies_on_port_3000_and_stops_cleanly(hive
     assert netns_pids(hive_env.prefix, "beta") == []
     rows = {r["name"]: r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout)}
     assert rows["beta"]["state"] == "running" and rows["alpha"]["state"] == "stopped"
+    assert rows["beta"]["owned"] is False and rows["beta"]["services"] == {}
+    assert "not run (no stem serve or UI)" in run_stem(hive_env.env, "ls").stdout
     # A new owner picks the running colony up again.
     serve = Serve(hive_env.env)
     try:
