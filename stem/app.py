@@ -1,0 +1,756 @@
+"""The Stem terminal UI: `stem` with no arguments. The core runs in the same process and event loop.
+
+Left, numbered panels (1 colonies, 2 services, 3 changes); right, the main view (0) with the Terminal, Logs, Diff
+and Info tabs of the selected colony; at the bottom, the keys that work where the focus is. The app listens to
+the hive's event stream and never polls the agents: screens, states, logs and file changes arrive as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import Command as PaletteCommand
+from textual.command import CommandPalette
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.theme import Theme
+from textual.widgets import Static, TabbedContent
+from textual.worker import Worker, WorkerState
+
+from core import lifecycle as lc
+from core.errors import CoreBusy, StemError
+from core.events import (
+    AgentActivity,
+    ChangesUpdated,
+    ColonyRemoved,
+    LogLine,
+    Notice,
+    ScreenChanged,
+    ServiceState,
+    StateChanged,
+)
+from core.settings import Settings, load_settings, save_setting
+from core.worktree import dirty_files, repo_root, unmerged_commits
+from stem import hive_view
+from stem.commands import StemCommands, ThemeCommands
+from stem.hive_view import Clock, age
+from stem.keys import bind, keymap
+from stem.messages import ColonySelected, FileSelected, OpenTerminal
+from stem.themes import load_themes, theme_dirs
+from stem.widgets.colonies import ColoniesList, ColoniesPanel, ColonyRow
+from stem.widgets.dialogs import ConfirmScreen, HelpScreen
+from stem.widgets.diff import DiffView
+from stem.widgets.hint_bar import HintBar
+from stem.widgets.info import InfoView
+from stem.widgets.logs import LogsView
+from stem.widgets.main_view import MainView
+from stem.widgets.side_panels import ChangesList, ServicesList
+from stem.widgets.spawn_form import SpawnForm, SpawnRequest
+from stem.widgets.terminal import TerminalView
+
+__all__ = ["StemApp", "run"]
+
+EXIT_USAGE = 2
+AGE_REFRESH = 30.0
+_SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+
+
+@dataclass(slots=True)
+class ColonyErrors:
+    """What went wrong in a colony, newest last, for its Info tab."""
+
+    items: list[tuple[float, str]]
+
+
+class StemApp(App[int], inherit_bindings=False):
+    """The app. `hive` is a core.hive.Hive (or anything with its API); `own` makes this process the hive's owner
+    (it then runs the agents and services); `clock` is injected for deterministic snapshots."""
+
+    CSS_PATH = "stem.tcss"
+    TITLE = "Stem"
+    COMMANDS: ClassVar[set[Any]] = {StemCommands}
+    BINDINGS = [
+        bind("app.quit"),
+        bind("app.help"),
+        bind("app.palette"),
+        bind("app.new"),
+        Binding("s", "stop_start", "stop/start", id="colony.stop_start.app", show=False),
+        Binding("d", "destroy", "destroy", id="colony.destroy.app", show=False),
+        bind("app.focus_colonies"),
+        bind("app.focus_services"),
+        bind("app.focus_changes"),
+        bind("app.focus_main"),
+        bind("app.next_tab"),
+        bind("app.prev_tab"),
+        bind("app.focus_next"),
+        bind("app.focus_previous"),
+    ]
+
+    def __init__(
+        self,
+        hive: Any,
+        settings: Settings | None = None,
+        *,
+        themes: dict[str, Theme] | None = None,
+        clock: Clock | None = None,
+        cwd: Path | None = None,
+        own: bool = True,
+        close_hive: bool = False,
+    ) -> None:
+        super().__init__()
+        self.hive = hive
+        self.settings = settings or Settings(path=Path(os.devnull))
+        self.clock = clock or Clock()
+        self.own_hive = own
+        self.close_hive = close_hive
+        self.failure: str | None = None  # a one-line reason the app could not run (exit code 2)
+        self.records: list[Any] = []
+        self.selected: str | None = None
+        self.selected_file: str | None = None
+        self.activity: dict[str, str] = {}
+        self.changes: dict[str, tuple[Any, ...]] = {}
+        self.errors: dict[str, list[tuple[float, str]]] = {}
+        self.default_repo = _repo_of(cwd if cwd is not None else Path.cwd())
+        self.cwd = cwd if cwd is not None else Path.cwd()
+        self._theme_before_preview: str | None = None
+        self._worker_colony: dict[Worker[Any], str] = {}
+        self._loaded = False
+        for theme in (themes or {}).values():
+            self.register_theme(theme)
+        if self.settings.theme in self.available_themes:
+            self.theme = self.settings.theme
+        self.set_keymap(keymap(self.settings.keys))
+
+    # ------------------------------------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            with Vertical(id="sidebar"):
+                yield ColoniesPanel(id="colonies")
+                yield ServicesList(id="services")
+                yield ChangesList(id="changes")
+            yield MainView(self.clock, id="main")
+        yield Static(self._welcome_text(), id="welcome")
+        yield HintBar(id="hints")
+
+    def _welcome_text(self) -> Content:
+        if self.default_repo is not None:
+            where = Content.assemble(
+                "Press ",
+                Content.styled(" n ", "reverse $accent"),
+                " to spawn the first colony from the repository\n\n    ",
+                Content.styled(str(self.default_repo), "bold"),
+            )
+        else:
+            where = Content.assemble(
+                "Press ",
+                Content.styled(" n ", "reverse $accent"),
+                " to spawn the first colony. ",
+                Content.styled(str(self.cwd), "bold"),
+                " is not a git repository,\nso the form asks which repository to branch from.",
+            )
+        return Content.assemble(
+            Content.styled("Welcome to Stem\n\n", "bold $primary"),
+            "No colonies yet. A colony is one agent with its own network namespace,\n"
+            "git worktree on colony/<name> and SQLite database.\n\n",
+            where,
+            "\n\n",
+            Content.styled("?", "bold $accent"),
+            Content.styled(" every key   ", "$text-muted"),
+            Content.styled(":", "bold $accent"),
+            Content.styled(" commands   ", "$text-muted"),
+            Content.styled("q", "bold $accent"),
+            Content.styled(" quit", "$text-muted"),
+        )
+
+    async def on_mount(self) -> None:
+        bind_loop = getattr(self.hive, "bind_loop", None)
+        if bind_loop is not None:
+            bind_loop()
+        self._pump_events()
+        if self.own_hive:
+            try:
+                await hive_view.own(self.hive)
+            except CoreBusy as exc:
+                self.failure = str(exc)
+                if self.close_hive:
+                    await self.hive.close()
+                self.exit(EXIT_USAGE)
+                return
+        self.refresh_colonies()
+        self.set_interval(AGE_REFRESH, self.refresh_colonies)
+        self.query_one("#colony-list", ColoniesList).focus()
+
+    # ---------------------------------------------------------------------------------------- core events
+
+    @work(group="events", exit_on_error=False)
+    async def _pump_events(self) -> None:
+        queue = self.hive.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                try:
+                    self.on_core_event(event)
+                except Exception as exc:  # one bad event must not stop the stream
+                    self.notify(f"could not show an update: {exc!r}", severity="error")
+        finally:
+            unsubscribe = getattr(self.hive, "unsubscribe", None)
+            if unsubscribe is not None:
+                unsubscribe(queue)
+
+    def on_core_event(self, event: Any) -> None:
+        """Route one core event to the panels that show it."""
+        if isinstance(event, ScreenChanged):
+            terminal = self.query_one(TerminalView)
+            if event.colony == self.selected:
+                if terminal.session is None:
+                    self._attach_terminal()
+                terminal.screen_changed(event.rows)
+        elif isinstance(event, LogLine):
+            if event.colony == self.selected:
+                self.query_one(LogsView).add(event)
+        elif isinstance(event, StateChanged):
+            if event.state == lc.FAILED and event.reason:
+                self._problem(event.colony, f"{event.colony} failed while {event.stage}: {event.reason}")
+            self.refresh_colonies()
+        elif isinstance(event, ColonyRemoved):
+            self.activity.pop(event.colony, None)
+            self.changes.pop(event.colony, None)
+            self.refresh_colonies()
+        elif isinstance(event, Notice):
+            self.notify(event.message, severity=_SEVERITY.get(event.level, "information"))  # type: ignore[arg-type]
+            if event.level in ("warning", "error") and event.colony:
+                self._record(event.colony, event.message)
+        elif isinstance(event, ServiceState):
+            if event.state == "crashed":
+                detail = f": {event.detail}" if event.detail else ""
+                code = f" (exit {event.code})" if event.code is not None else ""
+                self._problem(event.colony, f"{event.colony}: service {event.service} crashed{code}{detail}")
+            if event.colony == self.selected:
+                self._show_services()
+                self._show_info()
+            self._redraw_rows()
+        elif isinstance(event, AgentActivity):
+            self.activity[event.colony] = event.activity
+            if event.colony == self.selected:
+                self._attach_terminal()
+            self._redraw_rows()
+        elif isinstance(event, ChangesUpdated):
+            self.changes[event.colony] = event.files
+            if event.colony == self.selected:
+                self._show_changes()
+                if self.query_one(MainView).tab == "diff":
+                    self._load_diff()
+
+    def _problem(self, colony: str, message: str) -> None:
+        self.notify(message, severity="error", timeout=10)
+        self._record(colony, message)
+
+    def _record(self, colony: str, message: str) -> None:
+        self.errors.setdefault(colony, []).append((self.clock.now(), message))
+        if colony == self.selected:
+            self._show_info()
+
+    # ------------------------------------------------------------------------------------------ colonies
+
+    @work(group="colonies", exclusive=True, exit_on_error=False)
+    async def refresh_colonies(self) -> None:
+        self.records = await asyncio.to_thread(self.hive.colonies)
+        self._loaded = True
+        self.set_class(not self.records, "-empty")
+        self._redraw_rows()
+        if self.selected is not None and self.selected not in {r.name for r in self.records}:
+            self.selected = None
+        if self.selected is None and self.records:
+            self.select_colony(self.records[0].name)
+        elif self.selected is not None:
+            self._show_info()
+            self._show_services()
+            self._attach_terminal()
+        if not self.records:
+            self._show_selected()
+
+    def _redraw_rows(self) -> None:
+        now = self.clock.now()
+        rows = []
+        for rec in self.records:
+            services = hive_view.services_of(self.hive, rec.name)
+            states = [str(getattr(r, "state", "")) for r in services.values()]
+            rows.append(
+                ColonyRow(
+                    name=rec.name,
+                    state=rec.state,
+                    stage=rec.stage,
+                    branch=rec.branch,
+                    age=age(now - rec.created_at),
+                    activity=self.activity.get(rec.name) if rec.state == lc.RUNNING else None,
+                    services=len(services),
+                    services_up=sum(s in ("ready", "running") for s in states),
+                    services_failed=sum(s in ("crashed", "failed") for s in states),
+                )
+            )
+        self.query_one(ColoniesList).set_rows(rows)
+
+    def selected_record(self) -> Any | None:
+        return next((r for r in self.records if r.name == self.selected), None)
+
+    def selected_service(self) -> str | None:
+        return self.query_one(ServicesList).selected
+
+    def select_colony(self, name: str) -> None:
+        colonies = self.query_one(ColoniesList)
+        for index in range(colonies.option_count):
+            if colonies.get_option_at_index(index).id == name:
+                colonies.highlighted = index
+                break
+        if self.selected != name:
+            self.selected = name
+            self.selected_file = None
+            self._show_selected()
+
+    @on(ColonySelected)
+    def _colony_selected(self, message: ColonySelected) -> None:
+        if message.name != self.selected:
+            self.selected = message.name
+            self.selected_file = None
+            self._show_selected()
+
+    def _show_selected(self) -> None:
+        """Everything on the right and in panels 2 and 3 follows the selected colony."""
+        name = self.selected
+        self._show_services()
+        changes = hive_view.changes_of(self.hive, name) if name else None
+        if name and changes is not None:
+            self.changes[name] = changes
+        self._show_changes()
+        self._attach_terminal()
+        entries: list[Any] = []
+        if name:
+            try:
+                entries = self.hive.log(name).tail(5000)
+            except StemError:
+                entries = []
+        self.query_one(LogsView).show(name, entries)
+        self._show_info()
+        if self.query_one(MainView).tab == "diff":
+            self._load_diff()
+
+    def _show_services(self) -> None:
+        name = self.selected
+        services = hive_view.services_of(self.hive, name) if name else {}
+        note = "no colony selected" if name is None else "no services in colony.toml"
+        rec = self.selected_record()
+        if rec is not None and rec.state != lc.RUNNING:
+            note = f"none running ({rec.state})"
+        self.query_one(ServicesList).show(services, note)
+
+    def _show_changes(self) -> None:
+        name = self.selected
+        if name is None:
+            self.query_one(ChangesList).show(None, "no colony selected")
+            return
+        files = self.changes.get(name)
+        self.query_one(ChangesList).show(files, "no changes yet" if files is not None else "not watched yet")
+
+    def _attach_terminal(self) -> None:
+        name = self.selected
+        terminal = self.query_one(TerminalView)
+        session = hive_view.agent_of(self.hive, name) if name else None
+        terminal.show(name if session else None, session)
+        terminal.display = session is not None
+        note = self.query_one("#no-agent", Static)
+        note.display = session is None
+        if session is None:
+            rec = self.selected_record()
+            if rec is None:
+                note.update(Content.styled("no colony selected", "$text-muted"))
+            elif rec.state != lc.RUNNING:
+                note.update(
+                    Content.assemble(
+                        Content.styled(rec.name, "bold"),
+                        f" is {rec.state}: no agent runs. ",
+                        Content.styled("s", "bold $accent"),
+                        " starts it." if rec.state in lc.STARTABLE else "",
+                    )
+                )
+            else:
+                note.update(Content.assemble(Content.styled(rec.name, "bold"), "'s agent is starting…"))
+
+    def _show_info(self) -> None:
+        self._load_info(self.selected)
+
+    @work(group="info", exclusive=True, exit_on_error=False)
+    async def _load_info(self, name: str | None) -> None:
+        rec = self.selected_record()
+        transitions = await asyncio.to_thread(hive_view.transitions_of, self.hive, name) if name else []
+        services = hive_view.services_of(self.hive, name) if name else {}
+        self.query_one(InfoView).show(rec, transitions, services, self.errors.get(name or "", []))
+
+    @on(FileSelected)
+    def _file_selected(self, message: FileSelected) -> None:
+        self.selected_file = message.path
+        if message.show:
+            self.show_tab("diff")
+        elif self.query_one(MainView).tab == "diff":
+            self._load_diff()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-diff":
+            self._load_diff()
+        self.query_one(HintBar).update_hints()
+
+    def _load_diff(self) -> None:
+        rec = self.selected_record()
+        if rec is None:
+            self.query_one(DiffView).show("", "")
+            return
+        self._diff_worker(rec.name, rec.worktree, rec.base_commit, self.selected_file)
+
+    @work(thread=True, group="diff", exclusive=True, exit_on_error=False)
+    def _diff_worker(self, name: str, worktree: str, base: str, path: str | None) -> None:
+        text = hive_view.diff_of(worktree, base, path)
+        title = f"{name}: {path}" if path else f"{name}: every change against {base[:10]}"
+        self.call_from_thread(self.query_one(DiffView).show, title, text)
+
+    # -------------------------------------------------------------------------------------------- focus
+
+    def action_focus_panel(self, panel: str) -> None:
+        if panel == "colonies":
+            self.query_one(ColoniesList).focus()
+        elif panel == "services":
+            self.query_one(ServicesList).focus()
+        elif panel == "changes":
+            self.query_one(ChangesList).focus()
+        else:
+            self.query_one(MainView).focus_target().focus()
+
+    def action_next_tab(self) -> None:
+        self._step_tab(1)
+
+    def action_prev_tab(self) -> None:
+        self._step_tab(-1)
+
+    def _step_tab(self, delta: int) -> None:
+        main = self.query_one(MainView)
+        inside = self.focused is not None and main in self.focused.ancestors_with_self
+        main.step(delta)
+        if inside:
+            self.call_after_refresh(lambda: main.focus_target().focus())
+
+    def show_tab(self, tab: str) -> None:
+        self.query_one(MainView).switch(tab)
+
+    @on(OpenTerminal)
+    def _open_terminal(self, message: OpenTerminal) -> None:
+        self.open_terminal(message.name)
+
+    def open_terminal(self, name: str) -> None:
+        self.select_colony(name)
+        self.show_tab("terminal")
+        self._attach_terminal()
+        terminal = self.query_one(TerminalView)
+
+        def focus() -> None:
+            if terminal.session is not None:
+                terminal.focus()
+            else:
+                self.notify(f"{name} has no agent running", severity="warning")
+
+        self.call_after_refresh(focus)
+
+    @on(TerminalView.Released)
+    def _terminal_released(self, _message: TerminalView.Released) -> None:
+        self.query_one(ColoniesList).focus()
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def action_new_colony(self) -> None:
+        taken = [r.name for r in self.records]
+        self.push_screen(SpawnForm(taken=taken, repo=self.default_repo, settings=self.settings), self._spawn)
+
+    def _spawn(self, request: SpawnRequest | None) -> None:
+        if request is None:
+            return
+
+        async def spawn() -> None:
+            self.notify(f"spawning {request.name} from {request.repo} at {request.base}…")
+            rec = await self.hive.spawn(
+                request.name, request.repo, request.base, agent=request.agent, task=request.task
+            )
+            self.notify(f"{rec.name} is {rec.state} at {rec.ip}")
+            self.refresh_colonies()
+            self.select_colony(rec.name)
+
+        self._colony_work(request.name, spawn(), f"spawn {request.name}")
+
+    def action_stop_start(self) -> None:
+        rec = self.selected_record()
+        if rec is None:
+            self.notify("no colony selected", severity="warning")
+            return
+        name = rec.name
+        if rec.state == lc.RUNNING:
+
+            async def stop() -> None:
+                await self.hive.stop(name)
+                self.notify(f"{name} stopped")
+
+            self._colony_work(name, stop(), f"stop {name}")
+        elif rec.state in lc.STARTABLE:
+
+            async def start() -> None:
+                await self.hive.start(name)
+                self.notify(f"{name} is running again")
+
+            self._colony_work(name, start(), f"start {name}")
+        else:
+            self.notify(f"{name} is {rec.state}: wait until it is running or stopped", severity="warning")
+
+    def action_restart_service(self) -> None:
+        name, service = self.selected, self.selected_service()
+        if name is None or service is None:
+            self.notify("select a service first (2)", severity="warning")
+            return
+
+        async def restart() -> None:
+            await hive_view.restart_service(self.hive, name, service)
+            self.notify(f"{name}: restarted {service}")
+
+        self._colony_work(name, restart(), f"restart {name}/{service}")
+
+    def action_destroy(self) -> None:
+        rec = self.selected_record()
+        if rec is None:
+            self.notify("no colony selected", severity="warning")
+            return
+        self._prepare_destroy(rec)
+
+    @work(thread=True, group="destroy-check", exclusive=True, exit_on_error=False)
+    def _prepare_destroy(self, rec: Any) -> None:
+        dirty = dirty_files(Path(rec.worktree))
+        try:
+            unmerged = unmerged_commits(Path(rec.repo), rec.branch)
+        except StemError:
+            unmerged = 0
+        self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged)
+
+    def _confirm_destroy(self, rec: Any, dirty: list[str], unmerged: int) -> None:
+        lines: list[Content] = [
+            Content.assemble("This removes ", Content.styled(rec.name, "bold"), ":"),
+            Content("  • its agent, services and every process inside it"),
+            Content(f"  • its network namespace and address {rec.ip}"),
+            Content(f"  • its worktree {rec.worktree}"),
+            Content(f"  • its database {rec.db_path} and its log"),
+        ]
+        if unmerged:
+            lines.append(
+                Content.styled(
+                    f"  • branch {rec.branch} is KEPT: {unmerged} commit{'s' if unmerged != 1 else ''} "
+                    "not merged anywhere",
+                    "$warning",
+                )
+            )
+        else:
+            lines.append(Content(f"  • branch {rec.branch} (nothing on it is unmerged)"))
+        if dirty:
+            listed = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+            lines += [
+                Content(""),
+                Content.styled(
+                    f"Uncommitted work is LOST: {len(dirty)} file{'s' if len(dirty) != 1 else ''} ({listed})",
+                    "bold $error",
+                ),
+            ]
+        body = Content("\n").join(lines)
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._destroy(rec.name, force=bool(dirty))
+
+        self.push_screen(ConfirmScreen(f"Destroy {rec.name}?", body, "Destroy", id="confirm-destroy"), confirmed)
+
+    def _destroy(self, name: str, force: bool) -> None:
+        async def destroy() -> None:
+            report = await self.hive.destroy(name, force=force)
+            if report.kept_branch:
+                self.notify(
+                    f"destroyed {name}; kept branch {report.kept_branch} ({report.unmerged} unmerged commit(s))",
+                    severity="warning",
+                    timeout=10,
+                )
+            else:
+                self.notify(f"destroyed {name}")
+            self.refresh_colonies()
+
+        self._colony_work(name, destroy(), f"destroy {name}")
+
+    def _colony_work(self, colony: str, coro: Any, title: str) -> None:
+        worker: Worker[Any] = self.run_worker(coro, name=title, group=f"colony-{colony}", exit_on_error=False)
+        self._worker_colony[worker] = colony
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker failures become visible: a notification (and the colony's Info tab)."""
+        worker = event.worker
+        if event.state == WorkerState.ERROR:
+            error = worker.error
+            message = str(error) if isinstance(error, StemError) else f"{worker.name} failed: {error!r}"
+            colony = self._worker_colony.get(worker)
+            if colony is not None:
+                self._problem(colony, message)
+            else:
+                self.notify(message, severity="error", timeout=10)
+        if event.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            self._worker_colony.pop(worker, None)
+
+    # --------------------------------------------------------------------------------------- help, quit
+
+    def action_help(self) -> None:
+        rows: list[tuple[str, str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        for key, active in self.screen.active_bindings.items():
+            binding = active.binding
+            entry = (self.get_key_display(binding.with_key(key)), binding.description or binding.action)
+            if entry in seen or not binding.description:
+                continue
+            seen.add(entry)
+            rows.append((*entry, binding.id or ""))
+        focused = self.focused
+        context = "terminal" if isinstance(focused, TerminalView) else (focused.id if focused else "app") or "app"
+        if isinstance(focused, TerminalView):
+            release = self._keymap.get("terminal.release", "ctrl+right_square_bracket").split(",")[0]
+            rows.insert(0, (self.get_key_display(Binding(release, "")), "back to panels", "terminal.release"))
+        self.push_screen(HelpScreen(context.replace("-", " "), rows))
+
+    async def action_quit(self) -> None:
+        running = [r.name for r in self.records if r.state == lc.RUNNING]
+        if not running:
+            await self._shutdown()
+            return
+        names = ", ".join(running[:6]) + (f" and {len(running) - 6} more" if len(running) > 6 else "")
+        count = len(running)
+        body = Content("\n").join(
+            [
+                Content.assemble(
+                    Content.styled(f"{count} colon{'ies are' if count != 1 else 'y is'} running", "bold"),
+                    f": {names}.",
+                ),
+                Content(""),
+                Content("Quitting stops their agents and services now (this process runs them)."),
+                Content("Their network, worktree, database and branch stay as they are;"),
+                Content("the next `stem` starts their agents and services again."),
+            ]
+        )
+
+        async def confirmed(yes: bool | None) -> None:
+            if yes:
+                await self._shutdown()
+
+        self.push_screen(ConfirmScreen("Quit Stem?", body, "Quit", danger=False, id="confirm-quit"), confirmed)
+
+    async def _shutdown(self) -> None:
+        self.notify("stopping agents and services…")
+        try:
+            if self.own_hive:
+                await hive_view.disown(self.hive)
+            if self.close_hive:
+                await self.hive.close()
+        finally:
+            self.exit(0)
+
+    # ------------------------------------------------------------------------------------------- themes
+
+    def action_pick_theme(self) -> None:
+        self._theme_before_preview = self.theme
+        self.push_screen(CommandPalette(providers=[ThemeCommands], placeholder="Theme… (previewed as you move)"))
+
+    def on_command_palette_option_highlighted(self, event: CommandPalette.OptionHighlighted) -> None:
+        if self._theme_before_preview is None:
+            return
+        option = event.highlighted_event.option
+        if isinstance(option, PaletteCommand) and option.hit.text in self.available_themes:
+            self.theme = option.hit.text
+
+    def on_command_palette_closed(self, event: CommandPalette.Closed) -> None:
+        before, self._theme_before_preview = self._theme_before_preview, None
+        if before is not None and not event.option_selected:
+            self.theme = before
+
+    def choose_theme(self, name: str) -> None:
+        self._theme_before_preview = None
+        self.theme = name
+        self._save_theme(name)
+
+    @work(thread=True, group="settings", exit_on_error=False)
+    def _save_theme(self, name: str) -> None:
+        if self.settings.path == Path(os.devnull):
+            return
+        save_setting("hive", "theme", name, path=self.settings.path)
+        self.call_from_thread(self.notify, f"theme {name} saved in {self.settings.path}")
+
+    def get_key_display(self, binding: Binding) -> str:
+        """Keys as people write them: ctrl+] rather than ^]."""
+        shown = super().get_key_display(binding)
+        return f"ctrl+{shown[1:]}" if shown.startswith("^") and len(shown) > 1 else shown
+
+
+def _repo_of(path: Path) -> Path | None:
+    try:
+        return repo_root(path)
+    except (StemError, OSError):
+        return None
+
+
+def _default_hive(settings: Settings) -> Any:
+    from core.hive import Hive
+
+    pool = settings.pool
+    pool_text = os.environ.get("STEM_POOL")
+    if pool_text:
+        try:
+            pool = ipaddress.IPv4Network(pool_text)
+        except ValueError as exc:
+            raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
+    return Hive(pool=pool)
+
+
+def run(hive_factory: Callable[[Settings], Any] | None = None) -> int:
+    """Run the app until the user quits; the exit code. A bad config or theme, or a hive another process owns,
+    is one line on stderr and exit code 2."""
+    try:
+        settings = load_settings()
+        themes = load_themes(theme_dirs(settings.path))
+        if settings.theme not in themes and settings.theme not in _builtin_themes():
+            known = ", ".join(sorted({*themes, *_builtin_themes()}))
+            raise StemError(f"{settings.path}: [hive] theme: no theme named {settings.theme!r} (known: {known})")
+        keymap(settings.keys)
+        hive = (hive_factory or _default_hive)(settings)
+    except StemError as exc:
+        print(f"stem: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    app = StemApp(hive, settings, themes=themes, close_hive=True)
+    app.run()
+    if app.failure:
+        print(f"stem: {app.failure}", file=sys.stderr)
+        return EXIT_USAGE
+    return app.return_code or 0
+
+
+def _builtin_themes() -> set[str]:
+    from textual.theme import BUILTIN_THEMES
+
+    return set(BUILTIN_THEMES)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,136 @@
+"""What the UI asks the core, in one place: the Hive API plus a clock.
+
+Some of the Hive API (agents, services, changes, ownership) is newer than the rest; where a Hive does not offer a
+call yet, these helpers answer "nothing" instead of failing, so the UI degrades to showing less.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from core.errors import StemError
+
+__all__ = [
+    "Clock",
+    "FixedClock",
+    "age",
+    "agent_of",
+    "changes_of",
+    "diff_of",
+    "disown",
+    "own",
+    "restart_service",
+    "services_of",
+    "transitions_of",
+]
+
+
+class Clock:
+    """Wall-clock time for ages and timestamps; tests inject a fixed one."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def stamp(self, at: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(at))
+
+    def when(self, at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+class FixedClock(Clock):
+    """A clock that always says the same time, and shows every timestamp as that time (for snapshots)."""
+
+    def __init__(self, now: float = 1_767_225_600.0) -> None:
+        self._now = now
+
+    def now(self) -> float:
+        return self._now
+
+    def stamp(self, at: float) -> str:
+        return time.strftime("%H:%M:%S", time.gmtime(self._now))
+
+    def when(self, at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._now))
+
+
+def age(seconds: float) -> str:
+    """A short age: 45s, 12m, 3h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def agent_of(hive: Any, name: str) -> Any | None:
+    """The colony's agent session (screen, write, paste, resize), or None."""
+    fn = getattr(hive, "agent", None)
+    if fn is None:
+        return None
+    try:
+        return fn(name)
+    except StemError:
+        return None
+
+
+def services_of(hive: Any, name: str) -> Mapping[str, Any]:
+    """The colony's service runners by name (empty when it has none or the core does not run services)."""
+    fn = getattr(hive, "services", None)
+    if fn is None:
+        return {}
+    try:
+        return dict(fn(name))
+    except StemError:
+        return {}
+
+
+def changes_of(hive: Any, name: str) -> tuple[Any, ...] | None:
+    """The colony's changed files as the watcher last saw them, or None when the core does not watch."""
+    fn = getattr(hive, "changes", None)
+    if fn is None:
+        return None
+    try:
+        return tuple(fn(name))
+    except StemError:
+        return None
+
+
+def transitions_of(hive: Any, name: str) -> list[Any]:
+    try:
+        return list(hive.registry.transitions(name))
+    except (StemError, AttributeError):
+        return []
+
+
+def diff_of(worktree: str, base_commit: str, path: str | None) -> str:
+    """The colony's diff against its base (one file, or all); blocking, so call it from a worker thread."""
+    from core.changes import diff_text
+
+    return diff_text(Path(worktree), base_commit, path)
+
+
+async def restart_service(hive: Any, name: str, service: str) -> None:
+    fn = getattr(hive, "restart_service", None)
+    if fn is None:
+        raise StemError("this version of the core cannot restart services")
+    await fn(name, service)
+
+
+async def own(hive: Any) -> bool:
+    """Make this process the hive's owner (it runs the agents and services); False if the core has no owners."""
+    fn = getattr(hive, "own", None)
+    if fn is None:
+        return False
+    await fn(f"the stem UI (pid {os.getpid()})")
+    return True
+
+
+async def disown(hive: Any) -> None:
+    fn = getattr(hive, "disown", None)
+    if fn is not None:
+        await fn()

@@ -1,0 +1,89 @@
+"""Every key of the app by binding id. Users remap them in config.toml, e.g. `[keys] colony.destroy = "x"`, and
+the app applies that with `App.set_keymap`. `?` in the app lists the keys active where the focus is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+from core.errors import ConfigError
+
+__all__ = ["KEYS", "RELEASE_KEY_DISPLAY", "KeySpec", "bind", "keymap"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    keys: str  # Textual key names, comma separated
+    action: str
+    description: str
+    show: bool = True  # in the hint bar
+    key_display: str | None = None
+    priority: bool = False
+
+
+KEYS: dict[str, KeySpec] = {
+    # the whole app
+    "app.quit": KeySpec("q", "quit", "quit"),
+    "app.help": KeySpec("question_mark", "help", "keys"),
+    "app.palette": KeySpec("colon,ctrl+p", "command_palette", "commands"),
+    "app.new": KeySpec("n", "new_colony", "new"),
+    "app.focus_colonies": KeySpec("1", "focus_panel('colonies')", "colonies", show=False),
+    "app.focus_services": KeySpec("2", "focus_panel('services')", "services", show=False),
+    "app.focus_changes": KeySpec("3", "focus_panel('changes')", "changes", show=False),
+    "app.focus_main": KeySpec("0", "focus_panel('main')", "main view", show=False),
+    "app.next_tab": KeySpec("right_square_bracket", "next_tab", "next tab", show=False),
+    "app.prev_tab": KeySpec("left_square_bracket", "prev_tab", "previous tab", show=False),
+    "app.focus_next": KeySpec("tab", "app.focus_next", "next panel", show=False),
+    "app.focus_previous": KeySpec("shift+tab", "app.focus_previous", "previous panel", show=False),
+    # lists
+    "list.down": KeySpec("j", "cursor_down", "down", show=False),
+    "list.up": KeySpec("k", "cursor_up", "up", show=False),
+    # the colonies panel
+    "colony.terminal": KeySpec("enter", "open_terminal", "terminal"),
+    "colony.stop_start": KeySpec("s", "stop_start", "stop/start"),
+    "colony.destroy": KeySpec("d", "destroy", "destroy"),
+    "colony.filter": KeySpec("slash", "filter", "filter"),
+    # the services panel
+    "service.restart": KeySpec("r", "restart_service", "restart"),
+    # the changes panel
+    "changes.diff": KeySpec("enter", "show_diff", "diff"),
+    # the logs tab
+    "logs.follow": KeySpec("f", "toggle_follow", "follow"),
+    "logs.service": KeySpec("v", "next_source", "service"),
+    "logs.search": KeySpec("slash", "search", "search"),
+    # the terminal tab: the one key a focused terminal keeps for itself
+    "terminal.release": KeySpec("ctrl+right_square_bracket", "release", "back to panels"),
+    # dialogs
+    "dialog.cancel": KeySpec("escape", "cancel", "cancel"),
+}
+
+RELEASE_KEY_DISPLAY = "ctrl+]"
+
+
+def bind(
+    binding_id: str, action: str | None = None, *, priority: bool | None = None, show: bool | None = None
+) -> Binding:
+    """The Binding for `binding_id` (its default keys; the keymap remaps them)."""
+    spec = KEYS[binding_id]
+    return Binding(
+        spec.keys,
+        action or spec.action,
+        spec.description,
+        show=spec.show if show is None else show,
+        key_display=spec.key_display,
+        priority=spec.priority if priority is None else priority,
+        id=binding_id,
+    )
+
+
+def keymap(remaps: Mapping[str, str]) -> dict[str, str]:
+    """The user's [keys] table as a Textual keymap; an unknown binding id is a config error."""
+    for binding_id in remaps:
+        if binding_id not in KEYS:
+            close = [k for k in KEYS if k.split(".")[-1] == binding_id.split(".")[-1]]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"config.toml: [keys] {binding_id}: no such binding{hint}; `?` in stem lists them")
+    return {binding_id: keys for binding_id, keys in remaps.items() if keys}

@@ -1,0 +1,91 @@
+"""The Info tab: where the colony lives (IP, worktree, database, preview URLs), its state timeline, its errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import Static
+
+from stem.hive_view import Clock
+from stem.keys import bind
+
+__all__ = ["InfoView"]
+
+
+class InfoView(VerticalScroll, can_focus=True):
+    BINDINGS = [bind("list.down", "scroll_down"), bind("list.up", "scroll_up")]
+
+    def __init__(self, clock: Clock, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.clock = clock
+        self.body = Static(id="info-body")
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield self.body
+
+    def show(
+        self,
+        rec: Any | None,
+        transitions: Iterable[Any] = (),
+        services: Mapping[str, Any] | None = None,
+        errors: Iterable[tuple[float, str]] = (),
+    ) -> None:
+        if rec is None:
+            self.body.update(Content.styled("no colony selected", "$text-muted"))
+            return
+        rows: list[tuple[str, str]] = [
+            ("state", rec.state + (f" (while {rec.stage})" if rec.stage else "")),
+            ("ip", f"{rec.ip}  (host side {rec.host_ip})"),
+            ("branch", f"{rec.branch}  from {rec.base_ref} {rec.base_commit[:10]}"),
+            ("repository", rec.repo),
+            ("worktree", rec.worktree),
+            ("database", rec.db_path),
+            ("agent", rec.agent or "default"),
+        ]
+        if rec.task:
+            rows.append(("task", rec.task))
+        rows.append(("created", self.clock.when(rec.created_at)))
+        parts: list[Content] = [Content.styled(rec.name, "bold $primary"), Content("")]
+        for label, value in rows:
+            parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
+        if rec.reason:
+            parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (rec.reason, "$error")))
+
+        urls = [
+            f"http://{rec.ip}:{getattr(getattr(runner, 'spec', None), 'port', None)}/  ({name})"
+            for name, runner in (services or {}).items()
+            if getattr(getattr(runner, "spec", None), "port", None)
+        ]
+        parts += [Content(""), Content.styled("Preview", "bold")]
+        if urls:
+            parts += [Content(f"  {url}") for url in urls]
+        else:
+            parts.append(Content.styled("  no service with a port", "$text-muted"))
+
+        parts += [Content(""), Content.styled("Timeline", "bold")]
+        listed = list(transitions)
+        for t in listed:
+            style = "$error" if t.state == "failed" else ("$success" if t.state == "running" else "")
+            line = Content.assemble(
+                Content.styled(f"  {self.clock.when(t.at)}  ", "$text-muted"),
+                Content.styled(t.state, style) if style else t.state,
+                Content.styled(f"  {t.stage}" if t.stage else "", "$text-muted"),
+                Content.styled(f"  {t.reason}" if t.reason else "", "$error"),
+            )
+            parts.append(line)
+        if not listed:
+            parts.append(Content.styled("  (none recorded)", "$text-muted"))
+
+        problems = list(errors)
+        parts += [Content(""), Content.styled("Errors", "bold")]
+        if problems:
+            for at, message in problems[-20:]:
+                parts.append(
+                    Content.assemble(Content.styled(f"  {self.clock.when(at)}  ", "$text-muted"), (message, "$error"))
+                )
+        else:
+            parts.append(Content.styled("  none", "$text-muted"))
+        self.body.update(Content("\n").join(parts))

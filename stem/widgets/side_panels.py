@@ -1,0 +1,143 @@
+"""Panels 2 and 3: the selected colony's services (state, port, restarts) and changed files (+/- lines)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from textual import on
+from textual.content import Content
+from textual.widgets import OptionList
+from textual.widgets.option_list import Option
+
+from stem.keys import bind
+from stem.messages import FileSelected
+
+__all__ = ["ChangesList", "ServicesList"]
+
+_SERVICE_STYLE = {
+    "ready": "$success",
+    "running": "$success",
+    "starting": "$warning",
+    "crashed": "$error",
+    "failed": "$error",
+    "stopped": "$text-muted",
+}
+_STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R"}
+_STATUS_STYLE = {"added": "$success", "modified": "$warning", "deleted": "$error", "renamed": "$accent"}
+
+
+class ServicesList(OptionList):
+    """Panel 2."""
+
+    BINDINGS = [bind("list.down"), bind("list.up"), bind("service.restart", "app.restart_service")]
+
+    def on_mount(self) -> None:
+        self.border_title = "[2] Services"
+
+    @property
+    def selected(self) -> str | None:
+        index = self.highlighted
+        if index is None or index >= self.option_count:
+            return None
+        return self.get_option_at_index(index).id
+
+    def show(self, services: Mapping[str, Any], note: str | None = None) -> None:
+        """`services`: runner-like objects (name, state, restarts, spec.port) by name."""
+        keep = self.selected
+        options: list[Option] = []
+        for name, runner in services.items():
+            state = str(getattr(runner, "state", "?"))
+            port = getattr(getattr(runner, "spec", None), "port", None)
+            restarts = int(getattr(runner, "restarts", 0) or 0)
+            style = _SERVICE_STYLE.get(state, "$text-muted")
+            prompt = Content.assemble(
+                Content.styled(f"{name:<12}", "bold"),
+                " ",
+                Content.styled(f"{state:<9}", style),
+                Content.styled(f":{port}" if port else "  -", "$text-muted"),
+                Content.styled(f"  ↻{restarts}" if restarts else "", "$warning"),
+            )
+            options.append(Option(prompt, id=name))
+        if not options:
+            options.append(Option(Content.styled(note or "no services", "$text-muted"), disabled=True))
+        self.clear_options()
+        self.add_options(options)
+        ids = [o.id for o in options]
+        if keep in ids:
+            self.highlighted = ids.index(keep)
+
+
+class ChangesList(OptionList):
+    """Panel 3: the first entry is the whole colony, then one per file."""
+
+    BINDINGS = [bind("list.down"), bind("list.up"), bind("changes.diff")]
+
+    def on_mount(self) -> None:
+        self.border_title = "[3] Changes"
+
+    @property
+    def selected(self) -> str | None:
+        index = self.highlighted
+        if index is None or index >= self.option_count:
+            return None
+        option_id = self.get_option_at_index(index).id
+        return None if option_id in (None, "*") else option_id
+
+    def show(self, files: Iterable[Any] | None, note: str | None = None) -> None:
+        """`files`: FileChange-like (path, status, added, removed); None when the core does not watch."""
+        keep = self.selected
+        options: list[Option] = []
+        listed = list(files or ())
+        if listed:
+            added = sum(f.added for f in listed)
+            removed = sum(f.removed for f in listed)
+            options.append(
+                Option(
+                    Content.assemble(
+                        Content.styled(f"all {len(listed)} file{'s' if len(listed) != 1 else ''}", "bold"),
+                        "  ",
+                        Content.styled(f"+{added}", "$success"),
+                        " ",
+                        Content.styled(f"-{removed}", "$error"),
+                    ),
+                    id="*",
+                )
+            )
+        for change in listed:
+            letter = _STATUS_LETTER.get(change.status, "?")
+            options.append(
+                Option(
+                    Content.assemble(
+                        Content.styled(letter, _STATUS_STYLE.get(change.status, "$text-muted")),
+                        " ",
+                        change.path,
+                        "  ",
+                        Content.styled(f"+{change.added}", "$success"),
+                        " ",
+                        Content.styled(f"-{change.removed}", "$error"),
+                    ),
+                    id=change.path,
+                )
+            )
+        if not options:
+            options.append(Option(Content.styled(note or "no changes", "$text-muted"), disabled=True))
+        self.clear_options()
+        self.add_options(options)
+        ids = [o.id for o in options]
+        if keep in ids:
+            self.highlighted = ids.index(keep)
+        self.border_title = f"[3] Changes ({len(listed)})" if listed else "[3] Changes"
+
+    @on(OptionList.OptionHighlighted)
+    def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        self.post_message(FileSelected(self.selected))
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.post_message(FileSelected(self.selected, show=True))
+
+    def action_show_diff(self) -> None:
+        self.post_message(FileSelected(self.selected, show=True))

@@ -1,0 +1,213 @@
+"""The new-colony form: name (with a suggestion), repository, base ref, agent, task; each field says what is wrong
+with it right under it, before anything is made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Input, Label, Static
+from textual.worker import get_current_worker
+
+from core.errors import StemError
+from core.names import check_name
+from core.settings import Settings, resolve_agent
+from core.worktree import repo_root, resolve_ref
+from stem.keys import bind
+
+__all__ = ["NAME_POOL", "SpawnForm", "SpawnRequest", "suggest_name", "validate"]
+
+# Suggested names: short, distinct on the first letters, and easy to say out loud.
+NAME_POOL = (
+    "alder", "birch", "cedar", "dogwood", "elm", "fir", "ginkgo", "hazel", "ivy", "juniper", "kauri", "larch",
+    "maple", "nutmeg", "oak", "pine", "quince", "rowan", "spruce", "teak", "umbra", "willow", "yew", "zelkova",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRequest:
+    name: str
+    repo: Path
+    base: str
+    agent: str | None
+    task: str | None
+
+
+def suggest_name(taken: Iterable[str]) -> str:
+    used = set(taken)
+    for name in NAME_POOL:
+        if name not in used:
+            return name
+    n = 2
+    while True:
+        for name in NAME_POOL:
+            if f"{name}-{n}" not in used:
+                return f"{name}-{n}"
+        n += 1
+
+
+def validate(
+    name: str, repo: str, base: str, agent: str, task: str, taken: Iterable[str], settings: Settings
+) -> tuple[dict[str, str], dict[str, str], SpawnRequest | None]:
+    """Check every field (blocking: runs git). Returns errors and warnings by field, and the request if valid."""
+    errors: dict[str, str] = {}
+    warnings: dict[str, str] = {}
+    name = name.strip()
+    try:
+        check_name(name)
+        if name in set(taken):
+            errors["name"] = f"a colony named {name!r} already exists: pick another name"
+    except StemError as exc:
+        errors["name"] = str(exc)
+    root: Path | None = None
+    if not repo.strip():
+        errors["repo"] = "repository is empty: give the path of a git repository"
+    else:
+        try:
+            root = repo_root(Path(repo.strip()).expanduser().absolute())
+        except StemError as exc:
+            errors["repo"] = str(exc)
+    base = base.strip() or "HEAD"
+    if root is not None:
+        try:
+            resolve_ref(root, base)
+        except StemError as exc:
+            errors["base"] = str(exc)
+    agent_spec = agent.strip() or None
+    task_text = task.strip() or None
+    try:
+        resolved = resolve_agent(agent_spec, settings, task_text)
+        if not resolved.available:
+            warnings["agent"] = f"{resolved.argv[0]} is not installed here: the colony gets a shell instead"
+    except StemError as exc:
+        errors["agent"] = str(exc)
+    if errors or root is None:
+        return errors, warnings, None
+    return errors, warnings, SpawnRequest(name, root, base, agent_spec, task_text)
+
+
+class SpawnForm(ModalScreen[SpawnRequest | None]):
+    """Returns the request, or None when cancelled."""
+
+    BINDINGS = [
+        bind("dialog.cancel"),
+        Binding("ctrl+s", "submit", "spawn", id="dialog.submit"),
+    ]
+
+    FIELDS = ("name", "repo", "base", "agent", "task")
+
+    def __init__(self, *, taken: Iterable[str], repo: Path | None, settings: Settings) -> None:
+        super().__init__()
+        self.taken = list(taken)
+        self.default_repo = repo
+        self.settings = settings
+        self.request: SpawnRequest | None = None
+
+    def compose(self) -> ComposeResult:
+        presets = sorted(self.settings.agents)
+        with Vertical(id="spawn-form", classes="dialog"):
+            yield Static("New colony", classes="dialog-title")
+            yield from self._field("name", "Name", suggest_name(self.taken), "a DNS label: lowercase, digits, -")
+            yield from self._field("repo", "Repository", str(self.default_repo or ""), "path to a git repository")
+            yield from self._field("base", "Base ref", "HEAD", "branch, tag or commit to start from")
+            yield from self._field(
+                "agent",
+                "Agent",
+                self.settings.default_agent,
+                f"preset ({', '.join(presets)}) or a command",
+                SuggestFromList(presets),
+            )
+            yield from self._field("task", "Task", "", "what the agent should do (optional)")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Spawn", variant="primary", id="spawn-submit")
+                yield Button("Cancel", id="spawn-cancel")
+
+    def _field(
+        self, key: str, label: str, value: str, placeholder: str, suggester: SuggestFromList | None = None
+    ) -> Iterable[Label | Input]:
+        yield Label(label, classes="field-label")
+        yield Input(value=value, placeholder=placeholder, id=f"spawn-{key}", suggester=suggester)
+        yield Label("", id=f"spawn-{key}-error", classes="field-error hidden")
+
+    def value(self, key: str) -> str:
+        return self.query_one(f"#spawn-{key}", Input).value
+
+    def set_message(self, key: str, text: str, warning: bool = False) -> None:
+        label = self.query_one(f"#spawn-{key}-error", Label)
+        label.update(text)
+        label.set_class(not text, "hidden")
+        label.set_class(warning, "-warning")
+
+    def shown_errors(self) -> dict[str, str]:
+        """Field -> message, for each field showing an error now."""
+        out: dict[str, str] = {}
+        for key in self.FIELDS:
+            label = self.query_one(f"#spawn-{key}-error", Label)
+            if not label.has_class("hidden") and not label.has_class("-warning"):
+                out[key] = str(label.content)
+        return out
+
+    @on(Input.Changed, "#spawn-name")
+    def _name_changed(self, event: Input.Changed) -> None:
+        # The name is checked as it is typed; the rest needs git, so it is checked on submit.
+        try:
+            check_name(event.value.strip())
+            message = (
+                f"a colony named {event.value.strip()!r} already exists" if event.value.strip() in self.taken else ""
+            )
+        except StemError as exc:
+            message = str(exc)
+        self.set_message("name", message)
+
+    @on(Input.Submitted)
+    def _enter(self, event: Input.Submitted) -> None:
+        event.stop()
+        inputs = list(self.query(Input))
+        index = inputs.index(event.input)
+        if index + 1 < len(inputs):
+            inputs[index + 1].focus()
+        else:
+            self.action_submit()
+
+    @on(Button.Pressed, "#spawn-submit")
+    def _pressed_submit(self) -> None:
+        self.action_submit()
+
+    @on(Button.Pressed, "#spawn-cancel")
+    def _pressed_cancel(self) -> None:
+        self.action_cancel()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def action_submit(self) -> None:
+        self.query_one("#spawn-submit", Button).disabled = True
+        values = {key: self.value(key) for key in self.FIELDS}
+        self._check(values, self.finish)
+
+    @work(thread=True, exclusive=True, group="spawn-form", exit_on_error=False)
+    def _check(self, values: dict[str, str], then: Callable[..., None]) -> None:
+        result = validate(**values, taken=self.taken, settings=self.settings)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(then, *result)
+
+    def finish(self, errors: dict[str, str], warnings: dict[str, str], request: SpawnRequest | None) -> None:
+        self.query_one("#spawn-submit", Button).disabled = False
+        for key in self.FIELDS:
+            if key in errors:
+                self.set_message(key, errors[key])
+            else:
+                self.set_message(key, warnings.get(key, ""), warning=key in warnings)
+        if request is None:
+            first = next(key for key in self.FIELDS if key in errors)
+            self.query_one(f"#spawn-{first}", Input).focus()
+            return
+        self.request = request
+        self.dismiss(request)
