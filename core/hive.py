@@ -24,10 +24,20 @@ from typing import Any, TypeVar
 from core import lifecycle as lc
 from core import netns, procs, worktree
 from core.actor import Supervisor, describe
+from core.changes import changed_files, diff_text
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
 from core.errors import NoSuchColony, StemError, StepFailed, WrongState
-from core.events import AgentActivity, ColonyRemoved, Event, LogLine, Notice, ServiceState, StateChanged
+from core.events import (
+    AgentActivity,
+    ColonyRemoved,
+    Event,
+    FileChange,
+    LogLine,
+    Notice,
+    ServiceState,
+    StateChanged,
+)
 from core.locations import HiveLayout, stem_home
 from core.locks import FileLock, is_locked
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
@@ -640,6 +650,21 @@ class Hive:
     def services(self, name: str) -> dict[str, ServiceRunner]:
         runtime = self._runtimes.get(name)
         return dict(runtime.services.services) if runtime else {}
+
+    async def changes(self, name: str) -> tuple[FileChange, ...]:
+        """The colony's changed files against its base: live from its watcher, else computed now."""
+        runtime = self._runtimes.get(name)
+        if runtime is not None and runtime.changes is not None:
+            return runtime.changes.files
+        rec = await asyncio.to_thread(self.registry.get, name)
+        if not Path(rec.worktree).exists():
+            return ()
+        return await asyncio.to_thread(changed_files, Path(rec.worktree), rec.base_commit)
+
+    async def diff(self, name: str, path: str | None = None) -> str:
+        """Unified diff of one file, or the whole colony, against its base (untracked files included)."""
+        rec = await asyncio.to_thread(self.registry.get, name)
+        return await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, path)
 
     async def restart_service(self, name: str, service: str) -> None:
         """Stop and start one service of a running colony (through the colony's actor)."""

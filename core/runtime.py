@@ -10,9 +10,10 @@ from pathlib import Path
 
 import watchfiles
 
+from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config
-from core.errors import ConfigError
+from core.errors import ConfigError, StemError
 from core.events import Event, Notice
 from core.registry import ColonyRecord, Registry
 from core.services import ServiceChanges, ServiceSet, Timing
@@ -55,6 +56,7 @@ class ColonyRuntime:
         )
         # The hive routes config reloads through the colony's actor (one writer per colony).
         self._on_config_change = on_config_change or self._reload_ignoring_result
+        self.changes: ChangeWatcher | None = None
         self._watch_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -62,8 +64,18 @@ class ColonyRuntime:
         """Start services in dependency waves (raises StepFailed if one never gets ready), then the watchers."""
         await self.services.start_all()
         self._watch_task = asyncio.create_task(self._watch_config(), name=f"config-{self.rec.name}")
+        watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
+        try:
+            await watcher.start()
+        except StemError as exc:  # the colony works without it; say why the Changes panel stays empty
+            self._emit(Notice(self.rec.name, "warning", f"{self.rec.name}: not watching file changes: {exc}"))
+        else:
+            self.changes = watcher
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.changes is not None:
+            await self.changes.stop()
+            self.changes = None
         self._watch_stop.set()
         if self._watch_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -207,3 +207,33 @@ def _drain(events: asyncio.Queue) -> list:
     while not events.empty():
         seen.append(events.get_nowait())
     return seen
+
+
+def test_changed_files_are_live_under_the_owner(hive_env, repo):
+    from core.events import ChangesUpdated
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+        try:
+            await hive.own("test")
+            rec = await hive.spawn("watched", repo)
+            (Path(rec.worktree) / "new.txt").write_text("one\ntwo\n")
+
+            async def update_with_new_file() -> ChangesUpdated:
+                while True:
+                    event = await events.get()
+                    if isinstance(event, ChangesUpdated) and any(f.path == "new.txt" for f in event.files):
+                        return event
+
+            event = await asyncio.wait_for(update_with_new_file(), timeout=15)
+            assert [(f.path, f.status, f.added, f.removed) for f in event.files] == [("new.txt", "added", 2, 0)]
+            assert await hive.changes("watched") == event.files
+            assert "+two" in await hive.diff("watched", "new.txt")
+            await hive.stop("watched")
+            # Without a watcher, the list is computed on demand.
+            assert [f.path for f in await hive.changes("watched")] == ["new.txt"]
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
