@@ -77,6 +77,7 @@ class StemApp(App[int], inherit_bindings=False):
     (it then runs the agents and services); `clock` is injected for deterministic snapshots."""
 
     CSS_PATH = "stem.tcss"
+    AUTO_FOCUS = "#colony-list"
     TITLE = "Stem"
     COMMANDS: ClassVar[set[Any]] = {StemCommands}
     BINDINGS = [
@@ -189,7 +190,6 @@ class StemApp(App[int], inherit_bindings=False):
                 return
         self.refresh_colonies()
         self.set_interval(AGE_REFRESH, self.refresh_colonies)
-        self.query_one("#colony-list", ColoniesList).focus()
 
     # ---------------------------------------------------------------------------------------- core events
 
@@ -279,6 +279,9 @@ class StemApp(App[int], inherit_bindings=False):
             self._attach_terminal()
         if not self.records:
             self._show_selected()
+        elif self.focused is None and self.screen is self.screen_stack[0]:
+            # The panels were hidden while the hive was empty; the colonies list takes the focus when they show.
+            self.query_one(ColoniesList).focus()
 
     def _redraw_rows(self) -> None:
         now = self.clock.now()
@@ -329,10 +332,9 @@ class StemApp(App[int], inherit_bindings=False):
         """Everything on the right and in panels 2 and 3 follows the selected colony."""
         name = self.selected
         self._show_services()
-        changes = hive_view.changes_of(self.hive, name) if name else None
-        if name and changes is not None:
-            self.changes[name] = changes
         self._show_changes()
+        if name is not None:
+            self._load_changes(name)
         self._attach_terminal()
         entries: list[Any] = []
         if name:
@@ -361,6 +363,15 @@ class StemApp(App[int], inherit_bindings=False):
             return
         files = self.changes.get(name)
         self.query_one(ChangesList).show(files, "no changes yet" if files is not None else "not watched yet")
+
+    @work(group="changes", exclusive=True, exit_on_error=False)
+    async def _load_changes(self, name: str) -> None:
+        files = await hive_view.changes_of(self.hive, name)
+        if files is not None and name not in self.changes:
+            # A ChangesUpdated event that arrived meanwhile is newer than this answer.
+            self.changes[name] = files
+        if name == self.selected:
+            self._show_changes()
 
     def _attach_terminal(self) -> None:
         name = self.selected
@@ -415,13 +426,13 @@ class StemApp(App[int], inherit_bindings=False):
         if rec is None:
             self.query_one(DiffView).show("", "")
             return
-        self._diff_worker(rec.name, rec.worktree, rec.base_commit, self.selected_file)
+        self._diff_worker(rec, self.selected_file)
 
-    @work(thread=True, group="diff", exclusive=True, exit_on_error=False)
-    def _diff_worker(self, name: str, worktree: str, base: str, path: str | None) -> None:
-        text = hive_view.diff_of(worktree, base, path)
-        title = f"{name}: {path}" if path else f"{name}: every change against {base[:10]}"
-        self.call_from_thread(self.query_one(DiffView).show, title, text)
+    @work(group="diff", exclusive=True, exit_on_error=False)
+    async def _diff_worker(self, rec: Any, path: str | None) -> None:
+        text = await hive_view.diff_of(self.hive, rec, path)
+        title = f"{rec.name}: {path}" if path else f"{rec.name}: every change against {rec.base_ref}"
+        self.query_one(DiffView).show(title, text)
 
     # -------------------------------------------------------------------------------------------- focus
 
@@ -617,14 +628,15 @@ class StemApp(App[int], inherit_bindings=False):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str, str]] = []
-        seen: set[tuple[str, str]] = set()
+        seen: set[str] = set()
         for key, active in self.screen.active_bindings.items():
             binding = active.binding
-            entry = (self.get_key_display(binding.with_key(key)), binding.description or binding.action)
-            if entry in seen or not binding.description:
+            # Stem's own keys (they have binding ids, so they can be remapped); the widgets' built-in
+            # navigation keys (arrows, page keys) work as everywhere and would only bury them.
+            if binding.id is None or not binding.description or key in seen:
                 continue
-            seen.add(entry)
-            rows.append((*entry, binding.id or ""))
+            seen.add(key)
+            rows.append((self.get_key_display(binding.with_key(key)), binding.description, binding.id))
         focused = self.focused
         context = "terminal" if isinstance(focused, TerminalView) else (focused.id if focused else "app") or "app"
         if isinstance(focused, TerminalView):

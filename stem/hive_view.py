@@ -6,6 +6,8 @@ call yet, these helpers answer "nothing" instead of failing, so the UI degrades 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import time
 from collections.abc import Mapping
@@ -89,13 +91,16 @@ def services_of(hive: Any, name: str) -> Mapping[str, Any]:
         return {}
 
 
-def changes_of(hive: Any, name: str) -> tuple[Any, ...] | None:
-    """The colony's changed files as the watcher last saw them, or None when the core does not watch."""
+async def changes_of(hive: Any, name: str) -> tuple[Any, ...] | None:
+    """The colony's changed files (FileChange: path, status, added, removed), or None when the core cannot say."""
     fn = getattr(hive, "changes", None)
     if fn is None:
         return None
     try:
-        return tuple(fn(name))
+        result = fn(name)
+        if inspect.isawaitable(result):
+            result = await result
+        return tuple(result)
     except StemError:
         return None
 
@@ -107,11 +112,14 @@ def transitions_of(hive: Any, name: str) -> list[Any]:
         return []
 
 
-def diff_of(worktree: str, base_commit: str, path: str | None) -> str:
-    """The colony's diff against its base (one file, or all); blocking, so call it from a worker thread."""
+async def diff_of(hive: Any, rec: Any, path: str | None) -> str:
+    """The colony's unified diff against its base, of one file or of everything."""
+    fn = getattr(hive, "diff", None)
+    if fn is not None:
+        return str(await fn(rec.name, path))
     from core.changes import diff_text
 
-    return diff_text(Path(worktree), base_commit, path)
+    return await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, path)
 
 
 async def restart_service(hive: Any, name: str, service: str) -> None:

@@ -147,7 +147,7 @@ class ColoniesPanel(Vertical):
     """Panel 1, titled with its number; `/` opens the filter line above the list."""
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter colonies…", id="colony-filter", classes="hidden")
+        yield Input(placeholder="filter colonies…", id="colony-filter", classes="hidden", disabled=True)
         yield ColoniesList(id="colony-list")
 
     def on_mount(self) -> None:
@@ -156,6 +156,7 @@ class ColoniesPanel(Vertical):
     def open_filter(self) -> None:
         box = self.query_one("#colony-filter", Input)
         box.remove_class("hidden")
+        box.disabled = False
         box.focus()
 
     @on(Input.Changed, "#colony-filter")
@@ -169,6 +170,7 @@ class ColoniesPanel(Vertical):
         event.stop()
         if not event.value.strip():
             event.input.add_class("hidden")
+            event.input.disabled = True
         self.query_one(ColoniesList).focus()
 
     def key_escape(self) -> None:
@@ -177,6 +179,7 @@ class ColoniesPanel(Vertical):
         if box.has_focus or box.value:
             box.value = ""
             box.add_class("hidden")
+            box.disabled = True
             self.query_one(ColoniesList).set_filter("")
             self.query_one(ColoniesList).focus()
             self._title()

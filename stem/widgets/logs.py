@@ -66,7 +66,7 @@ class LogsView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="logs-status")
-        yield Input(placeholder="search the log…", id="logs-search", classes="hidden")
+        yield Input(placeholder="search the log…", id="logs-search", classes="hidden", disabled=True)
         yield LogLines(id="logs-lines", max_lines=RING_LINES, wrap=False, markup=False, highlight=False)
 
     def on_mount(self) -> None:
@@ -122,6 +122,7 @@ class LogsView(Vertical):
     def open_search(self) -> None:
         box = self.query_one("#logs-search", Input)
         box.remove_class("hidden")
+        box.disabled = False
         box.focus()
 
     @on(Input.Changed, "#logs-search")
@@ -135,6 +136,7 @@ class LogsView(Vertical):
         event.stop()
         if not event.value:
             event.input.add_class("hidden")
+            event.input.disabled = True
         self.query_one(LogLines).focus()
 
     def key_escape(self) -> None:
@@ -142,6 +144,7 @@ class LogsView(Vertical):
         if box.has_focus or box.value:
             box.value = ""
             box.add_class("hidden")
+            box.disabled = True
             self.search = ""
             self._redraw()
             self.query_one(LogLines).focus()
