@@ -175,7 +175,7 @@ class AgentSession:
         try:
             # The orphan reaper must not take this child's exit status: spawn and register under its lock, so
             # even a program that exits at once is never reaped by it. (pty.fork already calls setsid.)
-            with procs._spawn_lock:
+            with procs.spawning() as register:
                 try:
                     proc = PtyProcess.spawn(
                         self.argv,
@@ -189,7 +189,7 @@ class AgentSession:
                     raise StemError(f"{self.colony}: agent program not found: {self.argv[0]}") from None
                 except OSError as exc:
                     raise StemError(f"{self.colony}: cannot start agent {self.argv[0]}: {exc}") from exc
-                procs._children.add(proc.pid)
+                register(proc.pid)
         finally:
             os.close(fd)
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from core import lifecycle as lc
 from core import netns, procs, worktree
 from core.actor import Supervisor, describe
+from core.agent import AgentSession
 from core.changes import changed_files, diff_text
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
@@ -46,6 +47,7 @@ from core.privileges import become_subreaper, require_netns_privileges
 from core.registry import ColonyRecord, Registry
 from core.runtime import ColonyRuntime
 from core.services import ServiceRunner
+from core.settings import Settings, load_settings
 
 T = TypeVar("T")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
@@ -91,11 +93,13 @@ class Hive:
         prefix: str | None = None,
         pool: ipaddress.IPv4Network | None = None,
         stop_grace: float = STOP_GRACE,
+        settings: Settings | None = None,
     ) -> None:
         self.layout = HiveLayout(home or stem_home())
         self.layout.ensure()
         self.prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
-        self.pool = pool or DEFAULT_POOL
+        self.settings = settings or load_settings()
+        self.pool = pool or self.settings.pool
         self.stop_grace = stop_grace
         self.registry = Registry(self.layout.registry)
         self.supervisor = Supervisor(self._on_actor_crash)
@@ -474,6 +478,7 @@ class Hive:
             async with self._holding(name):
                 rec, config = await asyncio.to_thread(self._start, name)
                 if rec.state == lc.RUNNING:
+                    await self._restart_exited_agent(name)
                     return rec
                 try:
                     await self._start_runtime(rec, config)
@@ -647,6 +652,11 @@ class Hive:
     def runtime(self, name: str) -> ColonyRuntime | None:
         return self._runtimes.get(name)
 
+    def agent(self, name: str) -> AgentSession | None:
+        """The colony's live agent session (screen, input, resize), when this process owns the hive."""
+        runtime = self._runtimes.get(name)
+        return runtime.agent if runtime else None
+
     def services(self, name: str) -> dict[str, ServiceRunner]:
         runtime = self._runtimes.get(name)
         return dict(runtime.services.services) if runtime else {}
@@ -677,6 +687,16 @@ class Hive:
 
         await self.supervisor.call(name, handler)
 
+    async def _restart_exited_agent(self, name: str) -> None:
+        """`start` on a running colony whose agent exited brings the agent back in its resume form. Without the
+        runtime here (a short-lived command), leave a request for the owner."""
+        runtime = self._runtimes.get(name)
+        if runtime is not None:
+            if runtime.agent_exited:
+                await runtime.restart_agent(resume=True)
+        elif self._owner is None:
+            await asyncio.to_thread(self.registry.add_event, name, "agent-restart", "requested by stem start")
+
     async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         if self._owner is None:
             return  # a short-lived command: the owner (UI or stem serve) starts services when it sees `running`
@@ -691,6 +711,7 @@ class Hive:
 
             await self.supervisor.call(name, handler)
 
+        history = await asyncio.to_thread(self.registry.events, name)
         runtime = ColonyRuntime(
             rec,
             config,
@@ -699,6 +720,8 @@ class Hive:
             registry=self.registry,
             emit=self._publish,
             on_config_change=reload,
+            settings=self.settings,
+            resume=any(kind == "agent-started" for _c, _at, kind, _m in history),
         )
         self._runtimes[name] = runtime
         await runtime.start()
@@ -728,12 +751,22 @@ class Hive:
                 await self.supervisor.call(name, functools.partial(self._stop_runtime, name))
                 if rec is None:
                     self.supervisor.forget(name)
+        for name, runtime in list(self._runtimes.items()):
+            if runtime.agent_exited and await asyncio.to_thread(self._agent_restart_requested, name):
+                await self.supervisor.call(name, functools.partial(runtime.restart_agent, True))
         for rec in records.values():
             if rec.state == lc.RUNNING and rec.name not in self._runtimes and rec.name not in self._pending:
                 self._pending.add(rec.name)
                 task = asyncio.create_task(self._adopt(rec.name), name=f"adopt-{rec.name}")
                 self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-flight
                 task.add_done_callback(self._tasks.discard)
+
+    def _agent_restart_requested(self, name: str) -> bool:
+        """A `stem start` from another shell asked for the agent after it last started."""
+        last: dict[str, float] = {}
+        for _colony, at, kind, _message in self.registry.events(name):
+            last[kind] = at
+        return last.get("agent-restart", 0.0) > last.get("agent-started", 0.0)
 
     async def _adopt(self, name: str) -> None:
         """Start the runtime of a colony some other stem process brought to `running`."""

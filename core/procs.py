@@ -7,12 +7,13 @@ that left their group. SIGTERM first, SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +68,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+@contextlib.contextmanager
+def spawning() -> Iterator[Callable[[int], None]]:
+    """Hold the spawn lock while starting a child; call the yielded function with its pid to register it.
+
+    Registering under the same lock the orphan reaper takes means even a child that exits at once is never
+    reaped by it, so its real waiter always gets its exit status.
+    """
+    with _spawn_lock:
+        yield _children.add
+
+
 def spawn(
     argv: list[str],
     *,
@@ -80,7 +92,7 @@ def spawn(
     """Start `argv` inside the colony: its network namespace, `cwd`, `env`, a new session."""
     fd = netns.open_netns(netns_name)
     try:
-        with _spawn_lock:
+        with spawning() as register:
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
@@ -91,7 +103,7 @@ def spawn(
                 start_new_session=True,
                 preexec_fn=enter_netns(fd),
             )
-            _children.add(proc.pid)
+            register(proc.pid)
     finally:
         os.close(fd)
     return proc

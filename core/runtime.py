@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import watchfiles
 
+from core.agent import EXITED, AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config
@@ -17,6 +19,7 @@ from core.errors import ConfigError, StemError
 from core.events import Event, Notice
 from core.registry import ColonyRecord, Registry
 from core.services import ServiceChanges, ServiceSet, Timing
+from core.settings import Settings, resolve_agent
 
 log = logging.getLogger("stem.runtime")
 
@@ -35,8 +38,14 @@ class ColonyRuntime:
         emit: Callable[[Event], None],
         on_config_change: Callable[[], Awaitable[None]] | None = None,
         timing: Timing | None = None,
+        settings: Settings,
+        resume: bool = False,
     ) -> None:
         self.rec = rec
+        self.settings = settings
+        self.env = env
+        self.resume = resume
+        self.agent: AgentSession | None = None
         self.config = config
         self._emit = emit
         self._registry = registry
@@ -61,8 +70,10 @@ class ColonyRuntime:
         self._watch_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start services in dependency waves (raises StepFailed if one never gets ready), then the watchers."""
+        """Start services in dependency waves (raises StepFailed if one never gets ready), the agent, then the
+        watchers."""
         await self.services.start_all()
+        await self.start_agent(self.resume)
         self._watch_task = asyncio.create_task(self._watch_config(), name=f"config-{self.rec.name}")
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
         try:
@@ -72,7 +83,49 @@ class ColonyRuntime:
         else:
             self.changes = watcher
 
+    async def start_agent(self, resume: bool) -> None:
+        """The agent from --agent, [colony] agent or the default preset, in a PTY inside the colony. A missing
+        program gets the user's shell in its place, with a notice; `resume` uses the preset's resume form."""
+        rec = self.rec
+        spec = rec.agent or self.config.agent or None
+        resolved = resolve_agent(spec, self.settings, rec.task or None)
+        argv, notice = choose_argv(resolved, resume)
+        session = AgentSession(
+            argv,
+            netns_name=rec.netns,
+            cwd=Path(rec.worktree),
+            env={**self.env, **self.config.env},
+            colony=rec.name,
+            emit=self._emit,
+            attention=resolved.preset.attention if resolved.preset else (),
+            record_process=lambda pid, start: self._registry.add_process(rec.name, pid, start, "agent", argv),
+            forget_process=self._registry.remove_process,
+            notice=notice,
+        )
+        session.start()
+        self.agent = session
+        if notice:
+            self._emit(Notice(rec.name, "warning", f"{rec.name}: {notice}"))
+        await asyncio.to_thread(self._registry.add_event, rec.name, "agent-started", shlex.join(argv))
+        if rec.task and not resolved.task_passed and not resume:
+            # The preset cannot take the task on its command line: type it in, as a person would.
+            session.paste(rec.task)
+            session.write(b"\r")
+
+    async def restart_agent(self, resume: bool = True) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+        await self.start_agent(resume)
+
+    @property
+    def agent_exited(self) -> bool:
+        return self.agent is not None and self.agent.activity == EXITED
+
     async def stop(self, grace: float | None = None) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
         if self.changes is not None:
             await self.changes.stop()
             self.changes = None

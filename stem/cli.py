@@ -113,7 +113,7 @@ def _hive() -> Any:
             pool = ipaddress.IPv4Network(pool_text)
         except ValueError as exc:
             raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
-    return Hive(pool=pool)
+    return Hive(pool=pool, settings=settings)
 
 
 def _age(seconds: float) -> str:

@@ -1,0 +1,120 @@
+"""The agent inside a colony, through the Hive: preset, task, screen, input, exit code, resume on start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_stem
+
+from core.events import AgentActivity
+from core.hive import Hive
+from core.settings import load_settings
+
+pytestmark = pytest.mark.root
+
+FAKE = Path(__file__).parent / "fake_agent.py"
+
+
+def fake_preset(tmp_path: Path) -> Path:
+    agent = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agents.fake]\ncommand = "{agent} --task {{task}}"\nresume = "{agent} --continue"\n'
+        'attention = ["Do you want to proceed"]\n'
+    )
+    return config
+
+
+async def screen_shows(hive: Hive, name: str, text: str, timeout: float = 10) -> list[str]:
+    async def poll() -> list[str]:
+        while True:
+            session = hive.agent(name)
+            if session is not None and any(text in row for row in session.screen.text()):
+                return session.screen.text()
+            await asyncio.sleep(0.02)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+def test_agent_runs_with_its_task_takes_input_exits_and_resumes_on_start(hive_env, repo, tmp_path):
+    settings = load_settings(fake_preset(tmp_path))
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, settings=settings)
+        events = hive.subscribe()
+        try:
+            await hive.own("test")
+            rec = await hive.spawn("agent1", repo, agent="fake", task="fix the login bug")
+            await screen_shows(hive, "agent1", "task: fix the login bug")
+            await screen_shows(hive, "agent1", "fake-agent>")
+            session = hive.agent("agent1")
+            assert session is not None
+            session.write(b"env COLONY_NAME\r")
+            await screen_shows(hive, "agent1", "env COLONY_NAME=agent1")
+            session.write(b"write made-by-agent.txt hi\r")
+            await screen_shows(hive, "agent1", "wrote made-by-agent.txt")
+            assert (Path(rec.worktree) / "made-by-agent.txt").read_text().strip() == "hi"
+            session.write(b"ask\r")
+
+            async def activity(state: str) -> AgentActivity:
+                while True:
+                    event = await events.get()
+                    if isinstance(event, AgentActivity) and event.colony == "agent1" and event.activity == state:
+                        return event
+
+            await asyncio.wait_for(activity("attention"), 10)
+            session.write(b"y\r")
+            session.write(b"exit 3\r")
+            exited = await asyncio.wait_for(activity("exited"), 10)
+            assert exited.code == 3
+            # `stem ls` in another shell sees what the owner reports.
+            rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+            assert rows[0]["agent"] == "exited(3)"
+            # start on the running colony brings the agent back in its resume form.
+            await hive.start("agent1")
+            await screen_shows(hive, "agent1", "resumed")
+            assert hive.agent("agent1") is not session
+            pid = hive.agent("agent1").pid
+            await hive.stop("agent1")
+            assert hive.agent("agent1") is None
+            with pytest.raises(ProcessLookupError):
+                import os
+
+                os.kill(pid, 0)
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+def test_missing_agent_program_starts_the_shell_with_a_notice(hive_env, repo, tmp_path):
+    from core.events import Notice
+
+    config = tmp_path / "config.toml"
+    config.write_text('[agents.ghost]\ncommand = "no-such-agent-cli {task}"\n')
+    settings = load_settings(config)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, settings=settings)
+        events = hive.subscribe()
+        try:
+            await hive.own("test")
+            await hive.spawn("bare", repo, agent="ghost")
+            session = hive.agent("bare")
+            assert session is not None and session.argv[0] != "no-such-agent-cli"
+            seen = []
+            while not events.empty():
+                seen.append(events.get_nowait())
+            notices = [e.message for e in seen if isinstance(e, Notice)]
+            assert any("no-such-agent-cli" in m and "instead" in m for m in notices), notices
+            session.write(b"echo shell-$COLONY_NAME\r")
+            await screen_shows(hive, "bare", "shell-bare")
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
