@@ -22,6 +22,8 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The `shell` agent preset runs $SHELL: keep the developer's shell startup files out of the tests.
+    os.environ["SHELL"] = "/bin/sh"
     config.addinivalue_line("markers", "root: needs root (network namespaces); fails, never skips, without it")
 
 
