@@ -340,8 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            print(
+                "stem: the UI needs a terminal; for scripts see `stem --help` (stem ls, stem serve, ...)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        from stem.app import run
+
+        return run()
     try:
         return asyncio.run(_run(args))
     except StemError as exc:
