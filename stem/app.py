@@ -43,7 +43,7 @@ from core.settings import Settings, load_settings, save_setting
 from core.worktree import dirty_files, repo_root, unmerged_commits
 from stem import hive_view
 from stem.commands import StemCommands, ThemeCommands
-from stem.hive_view import Clock, age
+from stem.hive_view import Clock
 from stem.keys import bind, keymap
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
 from stem.themes import load_themes, theme_dirs
@@ -107,8 +107,10 @@ class StemApp(App[int], inherit_bindings=False):
         cwd: Path | None = None,
         own: bool = True,
         close_hive: bool = False,
+        blink: bool = True,
     ) -> None:
         super().__init__()
+        self.blink = blink  # cursor blink in text fields; snapshots turn it off
         self.hive = hive
         self.settings = settings or Settings(path=Path(os.devnull))
         self.clock = clock or Clock()
@@ -156,9 +158,9 @@ class StemApp(App[int], inherit_bindings=False):
             where = Content.assemble(
                 "Press ",
                 Content.styled(" n ", "reverse $accent"),
-                " to spawn the first colony. ",
+                " to spawn the first colony. The current directory\n\n    ",
                 Content.styled(str(self.cwd), "bold"),
-                " is not a git repository,\nso the form asks which repository to branch from.",
+                "\n\nis not a git repository: the form asks which repository to branch from.",
             )
         return Content.assemble(
             Content.styled("Welcome to Stem\n\n", "bold $primary"),
@@ -184,8 +186,7 @@ class StemApp(App[int], inherit_bindings=False):
                 await hive_view.own(self.hive)
             except CoreBusy as exc:
                 self.failure = str(exc)
-                if self.close_hive:
-                    await self.hive.close()
+                self.own_hive = False  # someone else's: nothing of it to stop here
                 self.exit(EXIT_USAGE)
                 return
         self.refresh_colonies()
@@ -284,7 +285,6 @@ class StemApp(App[int], inherit_bindings=False):
             self.query_one(ColoniesList).focus()
 
     def _redraw_rows(self) -> None:
-        now = self.clock.now()
         rows = []
         for rec in self.records:
             services = hive_view.services_of(self.hive, rec.name)
@@ -295,7 +295,7 @@ class StemApp(App[int], inherit_bindings=False):
                     state=rec.state,
                     stage=rec.stage,
                     branch=rec.branch,
-                    age=age(now - rec.created_at),
+                    age=self.clock.age(rec.created_at),
                     activity=self.activity.get(rec.name) if rec.state == lc.RUNNING else None,
                     services=len(services),
                     services_up=sum(s in ("ready", "running") for s in states),
@@ -424,6 +424,7 @@ class StemApp(App[int], inherit_bindings=False):
     def _load_diff(self) -> None:
         rec = self.selected_record()
         if rec is None:
+            self.query_one("#diff-title", Static).update("")
             self.query_one(DiffView).show("", "")
             return
         self._diff_worker(rec, self.selected_file)
@@ -432,6 +433,7 @@ class StemApp(App[int], inherit_bindings=False):
     async def _diff_worker(self, rec: Any, path: str | None) -> None:
         text = await hive_view.diff_of(self.hive, rec, path)
         title = f"{rec.name}: {path}" if path else f"{rec.name}: every change against {rec.base_ref}"
+        self.query_one("#diff-title", Static).update(Content.styled(title, "bold"))
         self.query_one(DiffView).show(title, text)
 
     # -------------------------------------------------------------------------------------------- focus
@@ -673,12 +675,20 @@ class StemApp(App[int], inherit_bindings=False):
     async def _shutdown(self) -> None:
         self.notify("stopping agents and services…")
         try:
-            if self.own_hive:
-                await hive_view.disown(self.hive)
-            if self.close_hive:
-                await self.hive.close()
+            await self._release_hive()
         finally:
             self.exit(0)
+
+    async def _release_hive(self) -> None:
+        if self.own_hive and getattr(self.hive, "owned", True):
+            await hive_view.disown(self.hive)
+
+    async def on_unmount(self) -> None:
+        # However the app ends, the agents and services it ran stop with it, and a hive it was given to run
+        # (`stem` itself) is closed in the loop it ran in.
+        await self._release_hive()
+        if self.close_hive:
+            await self.hive.close()
 
     # ------------------------------------------------------------------------------------------- themes
 

@@ -43,6 +43,9 @@ class Clock:
     def when(self, at: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
+    def age(self, since: float) -> str:
+        return age(self.now() - since)
+
 
 class FixedClock(Clock):
     """A clock that always says the same time, and shows every timestamp as that time (for snapshots)."""
@@ -58,6 +61,9 @@ class FixedClock(Clock):
 
     def when(self, at: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._now))
+
+    def age(self, since: float) -> str:
+        return "3m"
 
 
 def age(seconds: float) -> str:

@@ -127,3 +127,8 @@ def screen_text(app: Any) -> str:
 def shows(app: Any, *texts: str) -> bool:
     text = screen_text(app)
     return all(t in text for t in texts)
+
+
+def notified(app: Any, text: str) -> bool:
+    """A notification (toast) containing `text` is showing."""
+    return any(text in note.message for note in app._notifications)

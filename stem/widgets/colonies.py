@@ -152,6 +152,7 @@ class ColoniesPanel(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "[1] Colonies"
+        self.query_one(Input).cursor_blink = getattr(self.app, "blink", True)
 
     def open_filter(self) -> None:
         box = self.query_one("#colony-filter", Input)

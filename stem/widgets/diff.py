@@ -36,7 +36,6 @@ class DiffView(RichLog):
 
     def _draw(self) -> None:
         self.clear()
-        self.border_title = self.title
         if not self.text.strip():
             self.write(Text("no changes against the base commit", self._style("diff--note")))
             return

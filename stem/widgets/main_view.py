@@ -33,6 +33,7 @@ class MainView(Vertical):
             with TabPane("Logs", id="tab-logs"):
                 yield LogsView(self.clock, id="logs")
             with TabPane("Diff", id="tab-diff"):
+                yield Static("", id="diff-title")
                 yield DiffView(id="diff")
             with TabPane("Info", id="tab-info"):
                 yield InfoView(self.clock, id="info")

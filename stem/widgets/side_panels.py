@@ -66,6 +66,8 @@ class ServicesList(OptionList):
         ids = [o.id for o in options]
         if keep in ids:
             self.highlighted = ids.index(keep)
+        elif not options[0].disabled:
+            self.highlighted = 0
 
 
 class ChangesList(OptionList):
@@ -127,6 +129,8 @@ class ChangesList(OptionList):
         ids = [o.id for o in options]
         if keep in ids:
             self.highlighted = ids.index(keep)
+        elif not options[0].disabled:
+            self.highlighted = 0
         self.border_title = f"[3] Changes ({len(listed)})" if listed else "[3] Changes"
 
     @on(OptionList.OptionHighlighted)

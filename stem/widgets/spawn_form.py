@@ -129,6 +129,11 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
                 yield Button("Spawn", variant="primary", id="spawn-submit")
                 yield Button("Cancel", id="spawn-cancel")
 
+    def on_mount(self) -> None:
+        blink = getattr(self.app, "blink", True)
+        for box in self.query(Input):
+            box.cursor_blink = blink
+
     def _field(
         self, key: str, label: str, value: str, placeholder: str, suggester: SuggestFromList | None = None
     ) -> Iterable[Label | Input]:

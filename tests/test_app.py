@@ -1,0 +1,370 @@
+"""The Textual app driven with Pilot as a user would: real colonies (namespaces, worktrees), the scripted fake
+agent in each, keys pressed, and what the screen shows checked."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Input
+from ui_support import FAKE_AGENT, notified, screen_text, shows, test_hive, until
+
+from core.settings import Settings, load_settings
+from stem.app import StemApp
+from stem.themes import SHIPPED_THEMES, load_themes
+from stem.widgets.colonies import ColoniesList
+from stem.widgets.dialogs import ConfirmScreen, HelpScreen
+from stem.widgets.spawn_form import SpawnForm
+from stem.widgets.terminal import TerminalView
+
+pytestmark = [pytest.mark.root, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def stem_app(
+    hive_env: Any, repo: Path, *colonies: str, settings: Settings | None = None, size: tuple[int, int] = (140, 40)
+) -> AsyncIterator[tuple[StemApp, Any, Any]]:
+    """The app on a fresh hive with `colonies` spawned (running the fake agent); everything ends with the test."""
+    hive = test_hive(hive_env)
+    app = StemApp(hive, settings, themes=load_themes([SHIPPED_THEMES]), cwd=repo, blink=False)
+    try:
+        async with app.run_test(size=size) as pilot:
+            for name in colonies:
+                await hive.spawn(name, repo, agent=FAKE_AGENT)
+            if colonies:
+                await until(pilot, lambda: shows(app, "fake-agent> "), "the fake agent's prompt")
+            yield app, pilot, hive
+    finally:
+        if getattr(hive, "owned", False):
+            await hive.disown()
+        await hive.close()
+
+
+def listed(app: StemApp) -> list[str]:
+    colonies = app.query_one(ColoniesList)
+    return [str(colonies.get_option_at_index(i).id) for i in range(colonies.option_count)]
+
+
+def state_of(hive: Any, name: str) -> str | None:
+    found = hive.registry.find(name)
+    return found.state if found else None
+
+
+async def fill_form(pilot: Any, app: StemApp, **values: str) -> SpawnForm:
+    await pilot.press("n")
+    form = await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen, "the spawn form")
+    for key, value in values.items():
+        form.query_one(f"#spawn-{key}", Input).value = value
+    await pilot.pause()
+    return form
+
+
+# ------------------------------------------------------------------------------------------------ first screen
+
+
+async def test_an_empty_hive_says_how_to_spawn_and_from_where(hive_env, repo):
+    async with stem_app(hive_env, repo) as (app, pilot, _hive):
+        await until(pilot, lambda: shows(app, "Welcome to Stem", "Press  n  to spawn", str(repo)), "the welcome")
+        assert "n new" in screen_text(app)
+
+
+async def test_outside_a_repository_the_welcome_says_the_form_will_ask(hive_env, tmp_path):
+    plain = tmp_path / "not-a-repo"
+    plain.mkdir()
+    async with stem_app(hive_env, plain) as (app, pilot, _hive):
+        await until(pilot, lambda: shows(app, "is not a git repository"), "the note about the directory")
+
+
+# ------------------------------------------------------------------------------------------------------ spawn
+
+
+async def test_spawn_from_the_form_shows_the_colony_and_its_agent(hive_env, repo):
+    async with stem_app(hive_env, repo) as (app, pilot, hive):
+        form = await fill_form(pilot, app, agent=FAKE_AGENT + " --task {task}", task="fix the login page")
+        name = form.query_one("#spawn-name", Input).value
+        assert name == "alder", "the form suggests a free name"
+        assert form.query_one("#spawn-repo", Input).value == str(repo)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: state_of(hive, "alder") == "running", "alder to run", timeout=30)
+        await until(pilot, lambda: "alder" in listed(app), "alder in the list")
+        await until(pilot, lambda: shows(app, "fake-agent> ", "task: fix the login page"), "alder's agent")
+        assert not isinstance(app.screen, SpawnForm)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "Bad_Name", "is not a DNS label"),
+        ("name", "", "colony name is empty"),
+        ("name", "taken", "already exists"),
+        ("repo", "/nonexistent/place", "is not a directory"),
+        ("repo", "NOT_A_REPO", "is not inside a git repository"),
+        ("base", "no-such-branch", "does not name a commit"),
+        ("agent", 'broken "quote', "cannot split"),
+    ],
+)
+async def test_the_form_shows_each_error_under_its_field(hive_env, repo, tmp_path, field, value, message):
+    if value == "NOT_A_REPO":
+        value = str(tmp_path / "plain")
+        Path(value).mkdir()
+    colonies = ("taken",) if value == "taken" else ()
+    async with stem_app(hive_env, repo, *colonies) as (app, pilot, hive):
+        before = [r.name for r in hive.colonies()]
+        form = await fill_form(pilot, app, **{field: value, "agent": FAKE_AGENT if field != "agent" else value})
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: field in form.shown_errors(), f"an error under {field}")
+        assert message in form.shown_errors()[field]
+        assert set(form.shown_errors()) == {field}, f"other fields complain too: {form.shown_errors()}"
+        assert shows(app, *message.split()), screen_text(app)
+        assert isinstance(app.screen, SpawnForm), "the form closed on an error"
+        assert [r.name for r in hive.colonies()] == before, "something was spawned"
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, SpawnForm), "escape to close the form")
+
+
+async def test_a_failed_spawn_is_a_notification_naming_the_stage(hive_env, tmp_path):
+    from helpers import make_repo
+
+    broken = make_repo(tmp_path / "broken", colony_toml='[colony]\nsetup = ["echo oh no; exit 3"]\n')
+    async with stem_app(hive_env, broken) as (app, pilot, hive):
+        await fill_form(pilot, app, name="doomed", agent=FAKE_AGENT)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: notified(app, "failed while provisioning"), "the failure notification", timeout=30)
+        assert app.is_running
+        assert hive.registry.find("doomed") is None, "the failed colony was not rolled back"
+        assert any("exited with 3" in message for _, message in app.errors["doomed"])
+
+
+# --------------------------------------------------------------------------------------------------- terminal
+
+
+async def test_type_into_the_agent_then_leave_with_the_chord(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        terminal = app.query_one(TerminalView)
+        await pilot.press("enter")
+        await until(pilot, lambda: terminal.has_focus, "enter to focus alpha's terminal")
+        assert shows(app, "ctrl+]", "back to panels"), "the hint bar names the way out"
+        await pilot.press(*"hello there", "enter")
+        await until(pilot, lambda: shows(app, "echo: hello there"), "the agent's echo")
+        # q, n, d and the panel keys are the agent's while the terminal has the focus.
+        await pilot.press("q", "2", "enter")
+        await until(pilot, lambda: shows(app, "echo: q2"), "q and 2 typed into the agent")
+        assert app.is_running and not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("ctrl+right_square_bracket")
+        await until(pilot, lambda: app.query_one(ColoniesList).has_focus, "focus back on the colonies")
+        await pilot.press("2")
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "services", "2 to reach panel 2")
+
+
+async def test_the_terminal_follows_the_selected_colony(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha", "beta") as (app, pilot, hive):
+        session = hive.agent("beta")
+        await pilot.press("j")
+        await until(pilot, lambda: app.query_one(TerminalView).session is session, "beta's terminal shown")
+        session.write(b"colony-beta-here\r")
+        await until(pilot, lambda: shows(app, "echo: colony-beta-here"), "beta's screen")
+
+
+# ------------------------------------------------------------------------------------------ stop, start, destroy
+
+
+async def test_stop_and_start_from_the_list(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await pilot.press("s")
+        await until(pilot, lambda: state_of(hive, "alpha") == "stopped", "alpha to stop", timeout=30)
+        await until(pilot, lambda: shows(app, "○", "stopped"), "alpha shown stopped")
+        await until(pilot, lambda: shows(app, "alpha is stopped: no agent runs"), "the terminal tab says why")
+        await pilot.press("s")
+        await until(pilot, lambda: state_of(hive, "alpha") == "running", "alpha to run again", timeout=30)
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the agent back")
+
+
+async def test_destroy_asks_naming_what_is_lost_and_cancel_keeps_it(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        rec = hive.get("alpha")
+        (Path(rec.worktree) / "notes.txt").write_text("unsaved thoughts\n")
+        await pilot.press("d")
+        dialog = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, "the confirmation")
+        assert shows(app, "Destroy alpha?")
+        text = dialog.body.plain  # long paths wrap on screen
+        assert rec.worktree in text and rec.ip in text and rec.db_path in text
+        assert "Uncommitted work is LOST: 1 file (notes.txt)" in text
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is not dialog, "the dialog to close")
+        assert state_of(hive, "alpha") == "running"
+
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation again")
+        await pilot.press("y")
+        await until(pilot, lambda: state_of(hive, "alpha") is None, "alpha destroyed", timeout=30)
+        await until(pilot, lambda: shows(app, "Welcome to Stem"), "the empty hive again")
+        assert not Path(rec.worktree).exists()
+
+
+async def test_destroy_warns_about_unmerged_commits_and_keeps_the_branch(hive_env, repo):
+    from helpers import git
+
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        rec = hive.get("alpha")
+        (Path(rec.worktree) / "feature.txt").write_text("done\n")
+        git(Path(rec.worktree), "add", "feature.txt")
+        git(Path(rec.worktree), "commit", "-q", "-m", "feature")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        assert shows(app, "branch colony/alpha is KEPT: 1 commit not merged anywhere")
+        await pilot.press("y")
+        await until(pilot, lambda: state_of(hive, "alpha") is None, "alpha destroyed", timeout=30)
+        await until(pilot, lambda: notified(app, "kept branch colony/alpha"), "the kept-branch notification")
+
+
+# --------------------------------------------------------------------------------------------- list and tabs
+
+
+async def test_filter_the_list(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha", "beta", "gamma") as (app, pilot, _hive):
+        await until(pilot, lambda: listed(app) == ["alpha", "beta", "gamma"], "three colonies")
+        await pilot.press("slash", "b", "e")
+        await until(pilot, lambda: listed(app) == ["beta"], "the filter to leave beta")
+        assert shows(app, "Colonies /be")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.query_one(ColoniesList).has_focus, "enter to go back to the list")
+        assert app.selected == "beta"
+        await pilot.press("slash", "escape")
+        await until(pilot, lambda: listed(app) == ["alpha", "beta", "gamma"], "escape to clear the filter")
+
+
+async def test_tabs_logs_diff_info(hive_env, tmp_path):
+    from helpers import make_repo
+
+    repo = make_repo(tmp_path / "withsetup", colony_toml='[colony]\nsetup = ["echo installing the deps"]\n')
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        session = hive.agent("alpha")
+        session.write(b"write notes.txt hello from the agent\r")
+        await until(pilot, lambda: shows(app, "wrote notes.txt"), "the agent to write a file")
+        await until(pilot, lambda: shows(app, "notes.txt", "+1"), "the change in panel 3", timeout=15)
+
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: shows(app, "installing the deps", "following"), "the Logs tab")
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: shows(app, "+hello from the agent"), "the Diff tab")
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: shows(app, "Timeline", "provisioning", hive.get("alpha").worktree), "Info")
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await until(pilot, lambda: shows(app, "installing the deps"), "[ back to Logs")
+
+        # A file chosen in panel 3 shows its own diff.
+        await pilot.press("3", "j", "enter")
+        await until(pilot, lambda: shows(app, "alpha: notes.txt"), "the diff of notes.txt")
+
+
+async def test_logs_follow_filter_and_search(hive_env, tmp_path):
+    from helpers import make_repo
+
+    toml = '[colony]\nsetup = ["echo apple", "echo banana"]\nbuild = ["echo cherry"]\n'
+    repo = make_repo(tmp_path / "logs", colony_toml=toml)
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        await pilot.press("right_square_bracket", "0")
+        await until(pilot, lambda: shows(app, "apple", "banana", "cherry"), "every line")
+        await pilot.press("v")
+        await until(pilot, lambda: shows(app, "source build") and not shows(app, "apple"), "only the build lines")
+        await pilot.press("v")
+        await until(pilot, lambda: shows(app, "source setup", "apple") and not shows(app, "cherry"), "setup lines")
+        await pilot.press("v", "slash", *"nan", "enter")
+        await until(pilot, lambda: shows(app, "banana", "search nan: 2 lines") and not shows(app, "apple"), "search")
+        await pilot.press("f")
+        await until(pilot, lambda: shows(app, "paused"), "follow off")
+
+
+# ------------------------------------------------------------------------------------ palette, theme, help, keys
+
+
+async def test_theme_switch_previews_and_is_saved(hive_env, repo, tmp_path):
+    config = tmp_path / "config.toml"
+    async with stem_app(hive_env, repo, settings=Settings(path=config)) as (app, pilot, _hive):
+        app.theme = "stem-dark"
+        app.action_pick_theme()
+        await pilot.pause()
+        await pilot.press(*"stem-light")
+        await until(pilot, lambda: app.theme == "stem-light", "the highlighted theme previewed")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.theme == "stem-dark", "escape to restore the theme")
+        assert not config.exists()
+
+        await pilot.press("colon")
+        await pilot.pause()
+        await pilot.press(*"Theme")
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press(*"stem-light", "enter")
+        await until(pilot, lambda: config.exists() and load_settings(config).theme == "stem-light", "the choice saved")
+        assert app.theme == "stem-light"
+        assert app.current_theme.dark is False
+
+
+async def test_help_lists_the_keys_active_here_with_their_ids(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        assert shows(app, "colony.destroy", "colony.stop_start", "app.quit", "colony.filter")
+        await pilot.press("escape")
+        await pilot.press("3", "question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen for panel 3")
+        assert shows(app, "changes.diff") and not shows(app, "colony.filter")
+
+
+async def test_keys_are_remapped_from_config(hive_env, repo, tmp_path):
+    settings = Settings(path=tmp_path / "config.toml", keys={"app.new": "a", "colony.destroy": "x"})
+    async with stem_app(hive_env, repo, "alpha", settings=settings) as (app, pilot, _hive):
+        await until(pilot, lambda: shows(app, "a new", "x destroy"), "the hint bar with the new keys")
+        await pilot.press("n")
+        await pilot.pause()
+        assert not isinstance(app.screen, SpawnForm)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, SpawnForm), "a to open the form")
+
+
+async def test_a_failing_action_is_a_notification_not_a_crash(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        await pilot.press("2", "r")  # no service to restart
+        await until(pilot, lambda: notified(app, "select a service first"), "the warning")
+        app.action_focus_panel("colonies")
+        app._colony_work("alpha", _boom(), "boom")
+        await until(pilot, lambda: notified(app, "boom failed"), "the worker's failure shown")
+        assert app.is_running
+        await until(pilot, lambda: any("boom" in m for _, m in app.errors["alpha"]), "the error in alpha's Info")
+
+
+async def _boom() -> None:
+    raise RuntimeError("kaboom")
+
+
+# ------------------------------------------------------------------------------------------------------- quit
+
+
+async def test_quit_asks_when_colonies_run_and_says_what_happens(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        session = hive.agent("alpha")
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the quit confirmation")
+        assert shows(app, "1 colony is running: alpha", "stops their agents and services")
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "cancel")
+        assert app.is_running
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running, "the app to quit")
+        assert session.exit_code is not None or not session.running, "the agent outlived the app"
+        assert state_of(hive, "alpha") == "running", "quitting must not stop the colony itself"
+
+
+async def test_quit_without_running_colonies_does_not_ask(hive_env, repo):
+    async with stem_app(hive_env, repo) as (app, pilot, _hive):
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "the app to quit at once")
