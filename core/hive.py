@@ -113,6 +113,19 @@ class Hive:
         self._reap_timer: asyncio.TimerHandle | None = None
         become_subreaper()
 
+    @classmethod
+    def from_environment(cls, settings: Settings | None = None) -> Hive:
+        """The hive the environment names: STEM_HOME, STEM_PREFIX, and STEM_POOL over the config's pool."""
+        settings = settings or load_settings()
+        pool = settings.pool
+        pool_text = os.environ.get("STEM_POOL")
+        if pool_text:
+            try:
+                pool = ipaddress.IPv4Network(pool_text)
+            except ValueError as exc:
+                raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
+        return cls(pool=pool, settings=settings)
+
     # events -----------------------------------------------------------------------------------------------
 
     def subscribe(self) -> asyncio.Queue[Event]:

@@ -25,47 +25,44 @@ _spawn_lock = threading.Lock()
 _children: set[int] = set()
 
 
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...), or None.
+
+    The name is in parentheses and may itself hold spaces and parentheses, so split after the last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def all_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, stat fields) of every process, skipping those that vanish while we look."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = proc_stat(entry)
+            if fields is not None:
+                yield int(entry), fields
+
+
 def starttime(pid: int) -> int | None:
     """Field 22 of /proc/pid/stat: with the pid, it identifies a process across pid reuse."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[19])
-
-
-def _state(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2 :].split()[0]
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def alive(pid: int, start: int | None = None) -> bool:
     """True if `pid` runs (zombies do not count) and, if given, started at `start`."""
-    state = _state(pid)
-    if state is None or state in (b"Z", b"X"):
+    fields = proc_stat(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
         return False
-    return start is None or starttime(pid) == start
+    return start is None or int(fields[19]) == start
 
 
 def group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            members.append(int(entry))
-    return members
+    return [pid for pid, fields in all_stats() if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")]
 
 
 @contextlib.contextmanager
@@ -139,21 +136,14 @@ def reap_orphans() -> list[int]:
     my_session = os.getsid(0)
     reaped = []
     with _spawn_lock:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in _children:
+        for pid, fields in all_stats():
+            if pid in _children or fields[0] != b"Z" or int(fields[1]) != me or int(fields[3]) == my_session:
                 continue
             try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] == b"Z" and int(fields[1]) == me and int(fields[3]) != my_session:
-                try:
-                    if os.waitpid(int(entry), os.WNOHANG)[0]:
-                        reaped.append(int(entry))
-                except ChildProcessError:
-                    pass
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    reaped.append(pid)
+            except ChildProcessError:
+                pass
     return reaped
 
 

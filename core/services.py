@@ -154,19 +154,7 @@ def _exit_text(code: int) -> str:
 
 def _group(pgid: int) -> list[tuple[int, bytes, int]]:
     """(pid, state, parent) of every process in group `pgid`, zombies included."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            found.append((int(entry), fields[0], int(fields[1])))
-    return found
+    return [(pid, fields[0], int(fields[1])) for pid, fields in procs.all_stats() if int(fields[2]) == pgid]
 
 
 def _end_group(pgid: int, grace: float) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
 import signal
@@ -103,17 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hive() -> Any:
     from core.hive import Hive
-    from core.settings import load_settings
 
-    settings = load_settings()
-    pool = settings.pool
-    pool_text = os.environ.get("STEM_POOL")
-    if pool_text:
-        try:
-            pool = ipaddress.IPv4Network(pool_text)
-        except ValueError as exc:
-            raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
-    return Hive(pool=pool, settings=settings)
+    return Hive.from_environment()
 
 
 def _age(seconds: float) -> str:
