@@ -15,6 +15,7 @@ methods, so correctness never depends on a fast path being complete. The fast pa
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -22,18 +23,22 @@ from typing import Any
 import pyte
 from pyte import charsets as cs
 from pyte import modes as mo
-from pyte.screens import Char, Savepoint, StaticDefaultDict
+from pyte.screens import Char, Savepoint, StaticDefaultDict, wcwidth
 
 from core.screen_cells import (
     DEFAULT_CHAR,
+    NARROW,
     SGR_SPLIT,
+    SGR_STEPS,
     Row,
-    all_narrow,
     chars_for,
     draw_line,
+    narrow_text,
     parse_params,
     row_text,
     sgr_apply,
+    sgr_step,
+    text_width,
     wrap_sgr_line,
 )
 from core.screen_scrollback import Scrollback
@@ -52,8 +57,8 @@ _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
 
 # One token in the ground state. Group numbers are used as token kinds (see `_feed_text`); anything that
 # does not match (C1 controls, SO/SI, unusual or incomplete sequences) goes to pyte's parser.
-_TOKEN = re.compile(
-    r"((?:[ -~]++|\x1b\[[0-9;]*+m)++)"  # 1: printable ASCII and SGR: styled text
+_TOKEN_PATTERN = (
+    r"((?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m)++)"  # 1: printable text and SGR: styled text
     "|(" + pyte.Stream._text_pattern.pattern + ")"  # 2: any other text, exactly pyte's notion of it
     r"|(\r\n)"  # 3: the commonest pair of controls
     r"|\x1b\[(\??)([0-9;]*)([@-~])"  # 4-6: CSI with plain parameters
@@ -62,10 +67,19 @@ _TOKEN = re.compile(
     r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 9-10: OSC (title)
     r"|([\x00\x07-\x0d\x7f])"  # 11: C0 controls pyte acts on or ignores
 )
+_TOKEN = re.compile(_TOKEN_PATTERN)
+# The same for a feed that is all ASCII (an O(1) test): a plain range is faster for the regex engine.
+_TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]", 1))
+
 _T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 3, 6, 7, 8, 10, 11
 
-# A batch of whole lines: printable ASCII and SGR sequences, each line ended by CR LF.
-_BATCH = re.compile(r"(?:[ -~]*+(?:\x1b\[[0-9;]*+m[ -~]*+)*+\r\n)++")
+# Where to look for characters that may not take exactly one cell.
+_NOT_ASCII = re.compile(r"[^ -~]")
+
+# A batch of whole lines: printable text and SGR sequences, each line ended by CR LF. The ASCII-only form
+# is half again as fast for the regex engine and is used when the whole feed is ASCII (an O(1) test).
+_BATCH = re.compile(r"(?:[^\x00-\x1f\x7f-\x9f]*+(?:\x1b\[[0-9;]*+m[^\x00-\x1f\x7f-\x9f]*+)*+\r\n)++")
+_BATCH_ASCII = re.compile(r"(?:[ -~]*+(?:\x1b\[[0-9;]*+m[ -~]*+)*+\r\n)++")
 
 
 class StemScreen(pyte.Screen):
@@ -211,24 +225,51 @@ class StemScreen(pyte.Screen):
 
     def draw(self, data: str) -> None:
         cursor = self.cursor
-        columns = self.columns
-        x = cursor.x
         mode = self.mode
         if not (
             data
-            and x <= columns
+            and cursor.x <= self.columns
             and mo.DECAWM in mode
             and mo.IRM not in mode
             and self.charset == 0
             and self.g0_charset is cs.LAT1_MAP
-            and ((data.isascii() and data.isprintable()) or all_narrow(data))
         ):
-            # Wide, combining or unprintable characters, insert mode, no autowrap, other charsets: pyte.
+            # Insert mode, no autowrap, other charsets, odd cursor positions: pyte itself.
             y = cursor.y
             super().draw(data)
             # pyte combines a leading zero-width character into the previous row without marking it.
             self.dirty.update((y - 1, y))
             return
+        if data.isascii() and data.isprintable():
+            self._draw_narrow(data)
+            return
+        # Runs of one-cell characters go in bulk; each other character exactly as pyte's `draw` treats it.
+        narrow = NARROW
+        start = pos = 0
+        search = _NOT_ASCII.search
+        while m := search(data, pos):
+            i = m.start()
+            pos = i + 1
+            char = data[i]
+            if char in narrow:
+                continue
+            width = wcwidth(char)
+            if width == 1:
+                narrow.add(char)
+                continue
+            if i > start:
+                self._draw_narrow(data[start:i])
+            start = pos
+            if not self._draw_other(char, width):
+                return  # pyte stops at an unprintable character and drops the rest of the text
+        if start < len(data):
+            self._draw_narrow(data[start:] if start else data)
+
+    def _draw_narrow(self, data: str) -> None:
+        """`draw` for characters that each take one cell, with autowrap on and insert mode off."""
+        cursor = self.cursor
+        columns = self.columns
+        x = cursor.x
         buffer = self.buffer
         get = chars_for(cursor.attrs).__getitem__
         dirty = self.dirty
@@ -244,14 +285,48 @@ class StemScreen(pyte.Screen):
             if n - i <= room:
                 part = data[i:] if i else data
                 end = x + len(part)
-                buffer[cursor.y].update(zip(range(x, end), map(get, part), strict=True))
+                buffer[cursor.y].update(zip(range(x, end), map(get, part)))  # noqa: B905 - same length
                 x = end
                 break
-            buffer[cursor.y].update(zip(range(x, columns), map(get, data[i : i + room]), strict=True))
+            buffer[cursor.y].update(zip(range(x, columns), map(get, data[i : i + room])))  # noqa: B905
             x = columns
             i += room
         cursor.x = x
         dirty.add(cursor.y)
+
+    def _draw_other(self, char: str, width: int) -> bool:
+        """pyte's `draw` for one character that is not one cell wide (autowrap on, insert mode off); False
+        where pyte stops drawing."""
+        cursor = self.cursor
+        columns = self.columns
+        dirty = self.dirty
+        if cursor.x == columns:  # pyte wraps first, whatever the width
+            dirty.add(cursor.y)
+            cursor.x = 0
+            self.linefeed()
+            cursor = self.cursor
+        x, y = cursor.x, cursor.y
+        line = self.buffer[y]
+        if width == 2:
+            get = chars_for(cursor.attrs).__getitem__
+            line[x] = get(char)
+            if x + 1 < columns:
+                line[x + 1] = get("")  # the stub pyte puts after a wide character
+            cursor.x = min(x + 2, columns)
+        elif width == 0 and unicodedata.combining(char):
+            if x:
+                last = line[x - 1]
+                line[x - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
+            elif y:
+                above = self.buffer[y - 1]
+                last = above[columns - 1]
+                above[columns - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
+                dirty.add(y - 1)
+        else:
+            dirty.add(y)
+            return False
+        dirty.add(y)
+        return True
 
     def index(self) -> None:
         margins = self.margins
@@ -385,14 +460,14 @@ class StemScreen(pyte.Screen):
                 buffer[y] = row
         buffer.pop(bottom, None)
 
-    def _feed_text(self, text: str) -> None:
+    def _feed_text(self, text: str, batch: bool = True) -> None:
         stream = self._stream
         pos, n = 0, len(text)
         if not stream._taking_plain_text:
             pos = self._feed_slow(text, pos)  # finish a sequence split across feeds
-        if pos < n and self.cursor.x == 0:
+        if batch and pos < n and self.cursor.x == 0:
             pos = self._try_batch(text, pos)
-        match = _TOKEN.match
+        match = (_TOKEN_ASCII if text.isascii() else _TOKEN).match
         draw = self.draw
         csi = self._csi
         while pos < n:
@@ -413,7 +488,7 @@ class StemScreen(pyte.Screen):
             elif kind == _T_CRLF:
                 self.cursor.x = 0
                 self.linefeed()
-                if pos < n and self.cursor.x == 0:
+                if batch and pos < n and self.cursor.x == 0:
                     pos = self._try_batch(text, pos)
             elif kind == _T_CSI:
                 private, params, final = m.group(4, 5, 6)
@@ -443,7 +518,7 @@ class StemScreen(pyte.Screen):
                     self.cursor.x = 0
                 elif char in "\n\x0b\x0c":
                     self.linefeed()
-                    if char == "\n" and pos < n and self.cursor.x == 0:
+                    if batch and char == "\n" and pos < n and self.cursor.x == 0:
                         pos = self._try_batch(text, pos)
                 elif char == "\x08":
                     self.backspace()
@@ -486,24 +561,31 @@ class StemScreen(pyte.Screen):
             return
         cursor = self.cursor
         attrs = cursor.attrs
+        get = chars_for(attrs).__getitem__
         x = cursor.x
         columns = self.columns
         row = self.buffer[cursor.y]
-        for i, part in enumerate(parts):
-            if i & 1:
-                attrs = sgr_apply(attrs, part, False)
-            elif part:
-                end = x + len(part)
-                if end <= columns:
-                    row.update(zip(range(x, end), map(chars_for(attrs).__getitem__, part)))  # noqa: B905
-                    x = end
-                else:
-                    cursor.attrs = attrs
-                    cursor.x = x
-                    self.draw(part)  # autowrap, possibly scrolling
-                    cursor = self.cursor
-                    x = cursor.x
-                    row = self.buffer[cursor.y]
+        steps = SGR_STEPS
+        # parts alternate text and SGR parameters: text, params, text, params, ..., text
+        for k in range(0, len(parts), 2):
+            if k:
+                params = parts[k - 1]
+                step = steps.get((attrs, params))
+                attrs, get = step if step is not None else sgr_step(attrs, params)
+            part = parts[k]
+            if not part:
+                continue
+            end = x + len(part)
+            if end <= columns and (part.isascii() or narrow_text(part)):
+                row.update(zip(range(x, end), map(get, part)))  # noqa: B905 - same length by construction
+                x = end
+            else:
+                cursor.attrs = attrs
+                cursor.x = x
+                self.draw(part)  # autowrap, possibly scrolling
+                cursor = self.cursor
+                x = cursor.x
+                row = self.buffer[cursor.y]
         cursor.attrs = attrs
         cursor.x = x
         self.dirty.add(cursor.y)
@@ -537,14 +619,14 @@ class StemScreen(pyte.Screen):
 
     def _try_batch(self, text: str, pos: int) -> int:
         """Apply the whole lines starting at `pos` in one go, if they are simple; returns the new pos."""
-        m = _BATCH.match(text, pos)
+        m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
         if m is None or not self._batch_allowed():
             return pos
         end = m.end()
         segment = text[pos : end - 2]
         lines = segment.split("\r\n")
         columns = self.columns
-        if "\x1b" not in segment:
+        if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
             if max(map(len, lines)) > columns:
                 # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF.
                 rows: list[str] = []
@@ -560,24 +642,32 @@ class StemScreen(pyte.Screen):
         rows = []
         starts: list[Char] = []
         for line in lines:
-            if "\x1b" not in line:
-                if len(line) <= columns:
-                    rows.append(line)
-                    starts.append(attrs)
-                else:
-                    pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
-                    rows.extend(pieces)
-                    starts.extend([attrs] * len(pieces))
-                continue
-            parts = SGR_SPLIT.split(line)
-            if sum(map(len, parts[::2])) <= columns:
+            parts = SGR_SPLIT.split(line) if "\x1b" in line else None
+            visible = line if parts is None else "".join(parts[::2])
+            width = text_width(visible)
+            narrow = width == len(visible)
+            if not narrow and (width is None or width > columns):
+                # Zero-width or unprintable characters, or wide ones wrapping: the general path.
+                if rows:
+                    self._apply_lines(rows, starts)
+                    rows, starts = [], []
+                self.cursor.attrs = attrs
+                self._feed_text(line + "\r\n", batch=False)
+                attrs = self.cursor.attrs
+            elif not narrow or len(visible) <= columns:
                 rows.append(line)
                 starts.append(attrs)
-                for params in parts[1::2]:
-                    attrs = sgr_apply(attrs, params, False)
+                if parts is not None:
+                    for params in parts[1::2]:
+                        attrs = sgr_apply(attrs, params, False)
+            elif parts is None:
+                pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
+                rows.extend(pieces)
+                starts.extend([attrs] * len(pieces))
             else:
                 attrs = wrap_sgr_line(parts, attrs, columns, rows, starts)
-        self._apply_lines(rows, starts)
+        if rows:
+            self._apply_lines(rows, starts)
         self.cursor.attrs = attrs
         return end
 

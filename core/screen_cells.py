@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 
 import pyte
 from pyte import modes as mo
@@ -87,22 +88,54 @@ def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) 
     return out
 
 
+# Cached `sgr_step` results; the styled-text loop reads it directly to skip a call per SGR.
+SGR_STEPS: dict[tuple[Char, str], tuple[Char, Callable[[str], Char]]] = {}
+
+
+def sgr_step(attrs: Char, params: str) -> tuple[Char, Callable[[str], Char]]:
+    """`sgr_apply` on a normal screen, together with the cell getter for the new attributes: the inner
+    loops of styled text need both, once per SGR."""
+    key = (attrs, params)
+    step = SGR_STEPS.get(key)
+    if step is None:
+        new = sgr_apply(attrs, params, False)
+        step = (new, chars_for(new).__getitem__)
+        if len(SGR_STEPS) >= _CACHE_LIMIT:
+            SGR_STEPS.clear()
+        SGR_STEPS[key] = step
+    return step
+
+
 def draw_line(row: dict[int, Char], raw: str, attrs: Char) -> Char:
-    """Draw `raw` (printable ASCII with SGR sequences, no wider than the screen) into `row` from column 0,
-    exactly as pyte's `draw` would; returns the attributes in force after it."""
+    """Draw `raw` (text of one- and two-cell characters with SGR sequences, no wider than the screen) into
+    `row` from column 0, exactly as pyte's `draw` would; returns the attributes in force after it."""
     if "\x1b" not in raw:
-        if raw:
-            row.update(zip(range(len(raw)), map(chars_for(attrs).__getitem__, raw), strict=True))
+        _draw_part(row, 0, raw, attrs)
         return attrs
     x = 0
     for i, part in enumerate(SGR_SPLIT.split(raw)):
         if i & 1:
             attrs = sgr_apply(attrs, part, False)
         elif part:
-            end = x + len(part)
-            row.update(zip(range(x, end), map(chars_for(attrs).__getitem__, part), strict=True))
-            x = end
+            x = _draw_part(row, x, part, attrs)
     return attrs
+
+
+def _draw_part(row: dict[int, Char], x: int, text: str, attrs: Char) -> int:
+    get = chars_for(attrs).__getitem__
+    if text.isascii() or NARROW.issuperset(text):
+        end = x + len(text)
+        row.update(zip(range(x, end), map(get, text), strict=True))
+        return end
+    for char in text:
+        row[x] = get(char)
+        if WIDTHS[char] == 2:
+            # The stub pyte puts after a wide character; the line fits, so there is always room for it.
+            row[x + 1] = get("")
+            x += 2
+        else:
+            x += 1
+    return x
 
 
 def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], starts: list[Char]) -> Char:
@@ -142,7 +175,11 @@ def strip_sgr(raw: str) -> str:
 def row_text(row: dict[int, Char], columns: int) -> str:
     """A row as a string the way pyte's `display` renders it: the cell after a wide character is skipped."""
     get = row.__getitem__
-    datas = [get(x).data for x in range(columns)]
+    return cells_text([get(x).data for x in range(columns)])
+
+
+def cells_text(datas: list[str] | tuple[str, ...]) -> str:
+    """Cell characters joined the way pyte's `display` does it (the cell after a wide character skipped)."""
     text = "".join(datas)
     if text.isascii():
         return text  # no wide characters, so nothing to skip
@@ -158,25 +195,41 @@ def row_text(row: dict[int, Char], columns: int) -> str:
     return "".join(out)
 
 
-# Characters pyte draws as exactly one cell; a text run made only of these can skip per-character width
-# lookups. Grown lazily from pyte's own `wcwidth`, so it always agrees with pyte.
-_narrow: set[str] = {chr(c) for c in range(0x20, 0x7F)}
-_not_narrow: set[str] = set()
+# Characters pyte draws as exactly one cell (its `wcwidth` is 1), so runs of them can be drawn in bulk.
+# Grown as characters are met, from pyte's own `wcwidth`, so it always agrees with pyte.
+NARROW: set[str] = {chr(c) for c in range(0x20, 0x7F)}
 
 
-def all_narrow(text: str) -> bool:
-    """True if every character of `text` takes exactly one cell in pyte."""
-    chars = set(text)
-    if chars <= _narrow:
+class _Widths(dict[str, int]):
+    """pyte's `wcwidth` as a dict, so that `map(WIDTHS.__getitem__, text)` runs in C for known characters."""
+
+    def __missing__(self, char: str) -> int:
+        width = self[char] = wcwidth(char)
+        return width
+
+
+WIDTHS = _Widths()
+
+_NOT_TEXT = frozenset("\r\n\x1b")  # line ends and SGR introducers met when checking whole batches
+
+
+def narrow_text(text: str) -> bool:
+    """True if every character of `text` (ignoring CR, LF and ESC) takes exactly one cell in pyte."""
+    if NARROW.issuperset(text):
         return True
-    unknown = chars - _narrow
-    if not unknown.isdisjoint(_not_narrow):
-        return False
-    result = True
-    for char in unknown:
-        if wcwidth(char) == 1:
-            _narrow.add(char)
-        else:
-            _not_narrow.add(char)
-            result = False
-    return result
+    for char in set(text) - NARROW - _NOT_TEXT:
+        if wcwidth(char) != 1:
+            return False
+        NARROW.add(char)
+    return True
+
+
+def text_width(text: str) -> int | None:
+    """The cells `text` takes when drawn from column 0 without wrapping, if every character takes one or
+    two cells; None if any is zero-width or unprintable (those need pyte's character-by-character rules)."""
+    if text.isascii() or NARROW.issuperset(text):
+        return len(text)
+    widths = list(map(WIDTHS.__getitem__, text))
+    if not set(widths) <= {1, 2}:
+        return None
+    return sum(widths)
