@@ -649,7 +649,7 @@ class StemApp(App[int], inherit_bindings=False):
     async def action_quit(self) -> None:
         running = [r.name for r in self.records if r.state == lc.RUNNING]
         if not running:
-            await self._shutdown()
+            await self._quit_now()
             return
         names = ", ".join(running[:6]) + (f" and {len(running) - 6} more" if len(running) > 6 else "")
         count = len(running)
@@ -668,11 +668,11 @@ class StemApp(App[int], inherit_bindings=False):
 
         async def confirmed(yes: bool | None) -> None:
             if yes:
-                await self._shutdown()
+                await self._quit_now()
 
         self.push_screen(ConfirmScreen("Quit Stem?", body, "Quit", danger=False, id="confirm-quit"), confirmed)
 
-    async def _shutdown(self) -> None:
+    async def _quit_now(self) -> None:
         self.notify("stopping agents and services…")
         try:
             await self._release_hive()
