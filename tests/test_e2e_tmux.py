@@ -1,0 +1,118 @@
+"""End to end: the real `stem` command in a tmux pane, driven with send-keys and read with capture-pane, as a user
+would: spawn a colony from the form, see the fake agent's prompt, type into it, see the echo, quit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+pytestmark = pytest.mark.root
+
+HERE = Path(__file__).parent
+COLS, ROWS = 140, 40
+
+
+class Tmux:
+    """A private tmux server (its own socket, no user config), killed by its socket name at the end."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.socket = f"stem-e2e-{os.getpid()}"
+        self.env = env
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", "stem")
+
+    def shows(self, *texts: str) -> str | None:
+        screen = self.screen()
+        return screen if all(t in screen for t in texts) else None
+
+    def wait(self, *texts: str, timeout: float = 30.0) -> str:
+        try:
+            return wait_for(lambda: self.shows(*texts), timeout, f"{texts} in the tmux pane")
+        except AssertionError:
+            raise AssertionError(f"timed out waiting for {texts}; the pane shows:\n{self.screen()}") from None
+
+    def keys(self, *keys: str) -> None:
+        self("send-keys", "-t", "stem", *keys)
+
+    def kill(self) -> None:
+        self("kill-server", check=False)
+
+
+def stem_command() -> str:
+    found = shutil.which("stem")
+    return found if found else f"{sys.executable} -m stem.cli"
+
+
+@pytest.fixture
+def tmux(hive_env, repo, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed: apt-get install tmux")
+    config = tmp_path / "config" / "stem" / "config.toml"
+    config.parent.mkdir(parents=True)
+    # The fake agent is the default agent, so the form needs no typing to run it.
+    config.write_text(
+        f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{sys.executable} {HERE / "fake_agent.py"}"\n'
+    )
+    env = dict(hive_env.env, TERM="xterm-256color")
+    server = Tmux(env)
+    server("set-option", "-g", "remain-on-exit", "on", check=False)
+    server(
+        "new-session", "-d", "-s", "stem", "-x", str(COLS), "-y", str(ROWS), "-c", str(repo),
+        f"cd {repo} && exec {stem_command()}",
+    )  # fmt: skip
+    server("set-option", "-t", "stem", "remain-on-exit", "on")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_spawn_type_and_quit_in_tmux(tmux, hive_env, repo):
+    tmux.wait("Welcome to Stem", str(repo))
+    tmux.keys("n")
+    tmux.wait("New colony", "alder")
+    tmux.keys("C-s")
+    tmux.wait("alder", "running", "fake-agent> ", timeout=60)
+
+    tmux.keys("Enter")  # on the colony: focus its terminal
+    tmux.wait("back to panels")
+    tmux.keys("-l", "hello from tmux")
+    tmux.keys("Enter")
+    tmux.wait("echo: hello from tmux")
+
+    tmux.keys("C-]")  # the release chord
+    tmux.wait("stop/start", "destroy")
+    tmux.keys("q")
+    tmux.wait("Quit Stem?", "1 colony is running: alder")
+    tmux.keys("y")
+
+    def exited() -> str | None:
+        out = tmux("display-message", "-p", "-t", "stem", "#{pane_dead} #{pane_dead_status}").split()
+        return out[1] if out and out[0] == "1" else None
+
+    status = wait_for(exited, 30, "stem to exit")
+    assert status == "0", f"stem exited with {status}:\n{tmux.screen()}"
+    # The colony outlives the UI; only its agent stopped.
+    listed = subprocess.run(
+        [sys.executable, "-m", "stem.cli", "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60
+    )
+    assert "alder" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
