@@ -19,6 +19,7 @@ from core.names import netns_pattern, veth_pattern
 
 if TYPE_CHECKING:
     from core.hive import GcReport, Hive
+    from core.registry import Resource
 
 
 def collect(hive: Hive) -> GcReport:
@@ -72,28 +73,42 @@ def _orphan_resources(hive: Hive, report: GcReport) -> None:
     for res in reg.resources():
         if res.colony in names:
             continue
-        if res.kind == "branch":
-            repo, branch = res.ident.split("#", 1)
-            if Path(repo).exists() and worktree.branch_exists(Path(repo), branch):
-                unmerged = worktree.unmerged_commits(Path(repo), branch)
-                if unmerged:
-                    report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
-                    continue
-                worktree.delete_branch(Path(repo), branch, hive.layout.locks)
-                report.removed.append(f"branch {branch} in {repo} (merged)")
-            reg.release(res.kind, res.ident)
+        unmerged = remove_resource(hive, res, keep_unmerged=True)
+        if res.kind != "branch":
+            report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
             continue
-        if res.kind == "netns":
-            procs.terminate([], netns.pids_in(res.ident), grace=hive.stop_grace)
-            netns.destroy(res.ident, "")
-        elif res.kind == "veth":
-            netns.delete_link(res.ident)
-        elif res.kind == "worktree":
-            remove_worktree(hive, Path(res.ident), Path(res.extra))
-        elif res.kind == "dir":
-            shutil.rmtree(res.ident, ignore_errors=True)
-        reg.release(res.kind, res.ident)
-        report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
+        repo, branch = res.ident.split("#", 1)
+        if unmerged:
+            report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
+        else:
+            report.removed.append(f"branch {branch} in {repo} (merged)")
+
+
+def remove_resource(hive: Hive, res: Resource, keep_unmerged: bool) -> int:
+    """Remove the object behind a registry claim and release the claim; each object may already be gone.
+
+    A branch with commits no other branch or tag has is kept when `keep_unmerged`: returns how many, and the
+    claim stays so a later gc can delete the branch once it is merged. Otherwise returns 0.
+    """
+    if res.kind == "netns":
+        procs.terminate([], netns.pids_in(res.ident), grace=hive.stop_grace)
+        netns.destroy(res.ident, "")
+    elif res.kind == "veth":
+        netns.delete_link(res.ident)
+    elif res.kind == "worktree":
+        remove_worktree(hive, Path(res.ident), Path(res.extra))
+    elif res.kind == "dir":
+        shutil.rmtree(res.ident, ignore_errors=True)
+    elif res.kind == "branch":
+        repo_text, branch = res.ident.split("#", 1)
+        repo = Path(repo_text)
+        if repo.exists() and worktree.branch_exists(repo, branch):
+            unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
+            if unmerged:
+                return unmerged
+            worktree.delete_branch(repo, branch, hive.layout.locks)
+    hive.registry.release(res.kind, res.ident)
+    return 0
 
 
 def _orphan_processes(hive: Hive, report: GcReport) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import ipaddress
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -420,30 +419,14 @@ class Hive:
         self, name: str, keep_unmerged: bool, only: tuple[str, ...] | None = None
     ) -> tuple[str | None, int]:
         """Remove what `name` owns per the registry, newest first. Returns a kept branch and its commit count."""
+        from core.gc import remove_resource
+
         kept: tuple[str | None, int] = (None, 0)
         for res in reversed(self.registry.resources(name)):
-            if only is not None and res.kind not in only:
-                continue
-            if res.kind == "netns":
-                netns.destroy(res.ident, "")
-            elif res.kind == "veth":
-                netns.delete_link(res.ident)
-            elif res.kind == "worktree":
-                from core.gc import remove_worktree
-
-                remove_worktree(self, Path(res.ident), Path(res.extra))
-            elif res.kind == "branch":
-                repo_text, branch = res.ident.split("#", 1)
-                repo = Path(repo_text)
-                if repo.exists() and worktree.branch_exists(repo, branch):
-                    unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
-                    if unmerged:
-                        kept = (branch, unmerged)
-                        continue  # the row stays, so gc can delete the branch once it is merged
-                    worktree.delete_branch(repo, branch, self.layout.locks)
-            elif res.kind == "dir":
-                shutil.rmtree(res.ident, ignore_errors=True)
-            self.registry.release(res.kind, res.ident)
+            if only is None or res.kind in only:
+                unmerged = remove_resource(self, res, keep_unmerged)
+                if unmerged:
+                    kept = (res.ident.split("#", 1)[1], unmerged)
         return kept
 
     def _end_processes(self, rec: ColonyRecord) -> list[int]:
