@@ -232,6 +232,28 @@ def test_scrollback_cells_equal_history_screen(make: Any) -> None:
             assert screen.scrollback.line(i) == want, f"scrollback line {i}, chunk {size}"
 
 
+def pyte_display_row(cells: list[Char]) -> str | None:
+    """pyte's own `display` of one row of cells; None where pyte cannot render it (an orphaned stub)."""
+    screen = pyte.Screen(len(cells), 1)
+    screen.buffer[0].update(enumerate(cells))
+    try:
+        return screen.display[0]
+    except IndexError:
+        return None
+
+
+def test_scrollback_text_is_pyte_display_of_the_line() -> None:
+    data = streams.wide_and_combining() + streams.tabs() + streams.colored_logs(60)
+    screen = stem(data, 7)
+    checked = 0
+    for i in range(len(screen.scrollback)):
+        expected = pyte_display_row(screen.scrollback.line(i))
+        if expected is not None:
+            assert screen.scrollback.text(i) == expected, f"scrollback line {i}"
+            checked += 1
+    assert checked > 100
+
+
 def test_alternate_screen_lines_do_not_reach_scrollback() -> None:
     screen = stem(streams.alternate_screen(), 7)
     texts = [screen.scrollback.text(i).rstrip() for i in range(len(screen.scrollback))]
@@ -298,6 +320,9 @@ def test_take_dirty_and_versions() -> None:
 
     screen.feed(b"\x1b[2;1H\x1b[J")  # erase below row 1: all rows but the first changed
     assert screen.take_dirty() == set(range(1, ROWS))
+
+    screen.feed("\x1b[5;1H\u0301".encode())  # a combining mark at column 0 changes the row above
+    assert screen.take_dirty() == {3, 4}
 
     screen.feed(streams.flood(50))  # scrolled: every row changed
     assert screen.take_dirty() == set(range(ROWS))

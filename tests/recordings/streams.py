@@ -161,7 +161,7 @@ def alternate_screen() -> bytes:
 def wide_and_combining() -> bytes:
     """CJK and emoji (two cells), combining accents (joined into the previous cell, also across a line
     start), wide characters at the right margin, overwriting halves of wide characters."""
-    out = []
+    out = [f"中文 stubs{CSI}1;2HA{CSI}1;4HB\r\n"]  # stubs overwritten: pyte's display skips A and B
     out.append("中文字符测试 日本語のテキスト 한국어 텍스트\r\n")
     out.append("emoji: 😀 🎉 🚀 ✨ 👍 end\r\n")
     out.append("combining: e\u0301 a\u0308 n\u0303 o\u0302\u0323 cafe\u0301\r\n")
@@ -173,6 +173,9 @@ def wide_and_combining() -> bytes:
     out.append(f"{CSI}21;120H\u0301{CSI}22;1H\u0301start")  # combining at the edge and at column 0
     out.append(f"{CSI}23;1H{CSI}1;35m粗体紫色 bold{CSI}0m\r\n")
     out.append("x" * 120 + "\u0301next\r\n")  # combining after a pending wrap joins the last cell
+    out.append("w" * 120 + "\u0301\r\nafter a combining wrap\r\n")  # ... and still wraps first
+    out.append(f"{CSI}35mmagenta left on\r\ncombined e\u0301 stays magenta\r\n{CSI}0m")  # one line batch
+    out.append(f"{CSI}1;31m中文 bold red, 中文 wide\r\n{CSI}4m" + "全角" * 31 + f"\r\n{CSI}0m")
     for i in range(45):
         out.append(f"scroll {i} 中文 ✓ é\r\n")
     return "".join(out).encode()
