@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import Command as PaletteCommand
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.screen import ModalScreen
 from textual.theme import Theme
 from textual.widgets import Static, TabbedContent
 from textual.worker import Worker, WorkerState
@@ -191,6 +192,17 @@ class StemApp(App[int], inherit_bindings=False):
                 return
         self.refresh_colonies()
         self.set_interval(AGE_REFRESH, self.refresh_colonies)
+
+    async def on_event(self, event: events.Event) -> None:
+        # A key for a focused terminal goes straight to its agent (after the priority bindings, which hold the
+        # release chord): one hop fewer on the path every keystroke takes.
+        if isinstance(event, events.Key) and self._screen_stack:
+            focused = self.screen.focused
+            if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
+                if not await self._check_bindings(event.key, priority=True):
+                    focused.send_key(event)
+                return
+        await super().on_event(event)
 
     # ---------------------------------------------------------------------------------------- core events
 

@@ -35,6 +35,9 @@ __all__ = ["FRAME", "AgentLike", "TerminalView", "cell_style"]
 
 # The terminal repaints at most this often; bursts of output within one frame become one repaint.
 FRAME = 1 / 60
+# Output this soon after a key is probably its echo: it is painted at once rather than at Textual's next frame,
+# which under load (other colonies flooding) is several event-loop turns away.
+ECHO_WINDOW = 0.25
 # Rows kept rendered; two screens' worth covers a full screen plus rows that changed back and forth.
 CACHE_ROWS = 256
 WHEEL_LINES = 3
@@ -162,6 +165,7 @@ class TerminalView(ScrollView, can_focus=True):
         self._follow = True
         self._cursor_row = -1
         self._scrollback_seen = 0
+        self._typed_at = float("-inf")
         self.on_rendered: Callable[[int, Strip], None] | None = None  # benchmark hook: (row, strip)
 
     # ------------------------------------------------------------------------------------------ session
@@ -222,6 +226,25 @@ class TerminalView(ScrollView, can_focus=True):
         for y in rows:
             if first <= top + y < last:
                 self.refresh_line(top + y)
+        if time.monotonic() - self._typed_at < ECHO_WINDOW:
+            self._paint_now()
+
+    def _paint_now(self) -> None:
+        """Put the changed rows on the terminal now, without waiting for the screen's update timer.
+
+        Textual's normal path takes several turns of the event loop (widget idle, screen update message, update
+        timer), and a turn is long while other colonies flood; an echo should not wait for them. This uses the
+        screen's compositor as its own update timer does; if that ever changes, the normal path still paints.
+        """
+        app = self.app
+        screen = self.screen
+        if screen is not app.screen or app._batch_count:
+            return
+        try:
+            screen._compositor.update_widgets({self})
+            screen._compositor_refresh()
+        except AttributeError:  # a Textual without these internals: the regular repaint follows anyway
+            pass
 
     def _sync_size(self) -> bool:
         """Set the virtual size to scrollback + screen, keep following the bottom (or keep the view where the user
@@ -271,6 +294,11 @@ class TerminalView(ScrollView, can_focus=True):
 
     async def _on_key(self, event: events.Key) -> None:
         # Every key belongs to the agent: stop it before bindings or the app can see it.
+        self.send_key(event)
+
+    def send_key(self, event: events.Key) -> None:
+        """Send `event` to the agent and stop it. The app calls this directly for a focused terminal, which
+        saves the key a trip through this widget's message queue."""
         event.stop()
         event.prevent_default()
         session = self.session
@@ -281,6 +309,7 @@ class TerminalView(ScrollView, can_focus=True):
             data = event.character.encode("utf-8", "surrogateescape")
         if data:
             self._follow_bottom()
+            self._typed_at = time.monotonic()
             session.write(data)
 
     def on_paste(self, event: events.Paste) -> None:
