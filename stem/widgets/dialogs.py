@@ -82,7 +82,7 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(Content("\n").join(lines))
             yield Static(
                 Content.from_markup(
-                    "[$text-muted]Remap any key in config.toml:[/] [b][keys][/b] [$text-muted]binding id =[/] "
+                    "[$text-muted]Remap any key in config.toml:[/] [b]\\[keys][/b] [$text-muted]binding id =[/] "
                     '[b]"key"[/b]   [$text-muted]esc closes[/]'
                 ),
                 classes="help-foot",
