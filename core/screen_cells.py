@@ -109,33 +109,28 @@ def sgr_step(attrs: Char, params: str) -> tuple[Char, Callable[[str], Char]]:
 def draw_line(row: dict[int, Char], raw: str, attrs: Char) -> Char:
     """Draw `raw` (text of one- and two-cell characters with SGR sequences, no wider than the screen) into
     `row` from column 0, exactly as pyte's `draw` would; returns the attributes in force after it."""
+    cells: list[Char] = []
     if "\x1b" not in raw:
-        _draw_part(row, 0, raw, attrs)
-        return attrs
-    x = 0
-    for i, part in enumerate(SGR_SPLIT.split(raw)):
-        if i & 1:
-            attrs = sgr_apply(attrs, part, False)
-        elif part:
-            x = _draw_part(row, x, part, attrs)
+        _add_cells(cells, raw, chars_for(attrs).__getitem__)
+    else:
+        for i, part in enumerate(SGR_SPLIT.split(raw)):
+            if i & 1:
+                attrs = sgr_apply(attrs, part, False)
+            elif part:
+                _add_cells(cells, part, chars_for(attrs).__getitem__)
+    row.update(enumerate(cells))
     return attrs
 
 
-def _draw_part(row: dict[int, Char], x: int, text: str, attrs: Char) -> int:
-    get = chars_for(attrs).__getitem__
+def _add_cells(cells: list[Char], text: str, get: Callable[[str], Char]) -> None:
     if text.isascii() or NARROW.issuperset(text):
-        end = x + len(text)
-        row.update(zip(range(x, end), map(get, text), strict=True))
-        return end
+        cells += map(get, text)
+        return
     for char in text:
-        row[x] = get(char)
+        cells.append(get(char))
         if WIDTHS[char] == 2:
             # The stub pyte puts after a wide character; the line fits, so there is always room for it.
-            row[x + 1] = get("")
-            x += 2
-        else:
-            x += 1
-    return x
+            cells.append(get(""))
 
 
 def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], starts: list[Char]) -> Char:

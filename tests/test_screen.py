@@ -293,6 +293,18 @@ def test_erase_scrollback_and_resize() -> None:
     assert screen.take_dirty() == set(range(30))
 
 
+def test_resize_in_alternate_screen_and_reset() -> None:
+    screen = stem(streams.flood(60), None)  # 1..60 on screen rows 0..39 after 21 scrolled away
+    screen.feed(b"\x1b[?1049h\x1b[40;1Hvim")
+    screen.resize(20, 120)  # the cursor is on the last row: the main screen loses its top 20 rows too
+    screen.feed(b"\x1b[?1049l")
+    assert [screen.scrollback.text(i).strip() for i in range(21, 41)] == [str(i) for i in range(22, 42)]
+    assert screen.text()[0].strip() == "42" and (screen.cursor.x, screen.cursor.y) == (0, 19)
+    screen.feed(b"\x1b[?1049h\x1bc")  # RIS inside the alternate screen: back to a clear main screen
+    assert not screen.alternate_screen and screen.text() == [" " * 120] * 20
+    assert (screen.cursor.x, screen.cursor.y) == (0, 0)
+
+
 # --------------------------------------------------------------------------------------- dirty and version
 
 

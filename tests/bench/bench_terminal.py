@@ -61,15 +61,15 @@ MB = 1_000_000
 
 
 def make_streams(mb: float) -> dict[str, bytes]:
-    """Each stream a little over `mb` MB, built from whole lines or frames."""
+    """Each stream about `mb` MB of whole lines or frames, none repeated: repeating a short stream would
+    let Stem's caches (cells per attribute, SGR transitions) look better than on real output."""
     target = int(mb * MB)
-    flood = streams.flood(int(target / 7.2))
-    logs_unit = streams.colored_logs(2000)
-    redraw_unit = streams.fullscreen_redraw(50)
+    line = len(streams.colored_logs(1000)) / 1000
+    frame = len(streams.fullscreen_redraw(10)) / 10
     return {
-        "flood": flood,
-        "logs": logs_unit * (target // len(logs_unit) + 1),
-        "redraw": redraw_unit * (target // len(redraw_unit) + 1),
+        "flood": streams.flood(int(target / 7.2)),
+        "logs": streams.colored_logs(int(target / line)),
+        "redraw": streams.fullscreen_redraw(int(target / frame)),
     }
 
 
