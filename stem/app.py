@@ -758,9 +758,10 @@ def _default_hive(settings: Settings) -> Any:
     return Hive(pool=pool)
 
 
-def run(hive_factory: Callable[[Settings], Any] | None = None) -> int:
+def run(hive_factory: Callable[[Settings], Any] | None = None, *, headless: bool = False) -> int:
     """Run the app until the user quits; the exit code. A bad config or theme, or a hive another process owns,
-    is one line on stderr and exit code 2."""
+    is one line on stderr and exit code 2. `hive_factory(settings)` makes the hive (default: from the
+    environment, as the CLI does); `headless` runs without a terminal (tests)."""
     try:
         settings = load_settings()
         themes = load_themes(theme_dirs(settings.path))
@@ -773,7 +774,7 @@ def run(hive_factory: Callable[[Settings], Any] | None = None) -> int:
         print(f"stem: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = StemApp(hive, settings, themes=themes, close_hive=True)
-    app.run()
+    app.run(headless=headless)
     if app.failure:
         print(f"stem: {app.failure}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,7 @@ agent in each, keys pressed, and what the screen shows checked."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,30 @@ async def test_quit_without_running_colonies_does_not_ask(hive_env, repo):
     async with stem_app(hive_env, repo) as (app, pilot, _hive):
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, "the app to quit at once")
+
+
+async def test_restart_a_service_from_panel_2(hive_env, tmp_path):
+    from helpers import make_repo
+
+    toml = f'[services.web]\ncommand = "{sys.executable} -u -m http.server 3000"\nport = 3000\nready = "tcp"\n'
+    repo = make_repo(tmp_path / "web", colony_toml=toml)
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await until(pilot, lambda: shows(app, "web", "ready", ":3000", "svc 1/1"), "web ready in panels 1 and 2")
+        before = hive.services("alpha")["web"].pid
+        await pilot.press("2", "r")
+        await until(pilot, lambda: notified(app, "alpha: restarted web"), "the restart notification", timeout=30)
+        await until(pilot, lambda: hive.services("alpha")["web"].pid not in (None, before), "a new web process")
+        await until(pilot, lambda: shows(app, "ready", ":3000"), "web ready again")
+        await pilot.press("left_square_bracket")  # from panel 2: the tabs wrap round to Info
+        rec = hive.get("alpha")
+        await until(pilot, lambda: shows(app, f"http://{rec.ip}:3000/"), "the preview URL in Info")
+
+
+async def test_the_palette_runs_actions_on_the_selected_colony(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await pilot.press("colon")
+        await pilot.pause()
+        await pilot.press(*"Stop alpha")
+        await until(pilot, lambda: shows(app, "Stop alpha"), "the command listed")
+        await pilot.press("enter")
+        await until(pilot, lambda: state_of(hive, "alpha") == "stopped", "alpha stopped from the palette", timeout=30)

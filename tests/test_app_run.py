@@ -1,0 +1,87 @@
+"""`stem.app.run`, what bare `stem` calls: a bad config, theme or keymap, or a hive another process owns, is one
+line on stderr and exit code 2, before or instead of a screen."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.hive import Hive
+from core.owner import Ownership
+from stem.app import run
+from stem.themes import SHIPPED_THEMES, load_theme, load_themes
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    path = tmp_path / "config" / "stem" / "config.toml"
+    path.parent.mkdir(parents=True)
+    monkeypatch.setenv("STEM_CONFIG", str(path))
+    return path
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, f"expected one line, got: {err!r}"
+    return err
+
+
+def test_an_unknown_theme_is_one_line_and_exit_2(config, capsys):
+    config.write_text('[hive]\ntheme = "neon"\n')
+    assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
+    line = one_line(capsys)
+    assert "no theme named 'neon'" in line and "stem-light" in line
+
+
+def test_a_broken_user_theme_names_its_file(config, capsys):
+    themes = config.parent / "themes"
+    themes.mkdir()
+    (themes / "mine.toml").write_text('name = "mine"\nprimary = "not a colour"\n')
+    assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
+    line = one_line(capsys)
+    assert str(themes / "mine.toml") in line
+
+
+def test_an_unknown_binding_id_is_one_line_and_exit_2(config, capsys):
+    config.write_text('[keys]\n"colony.nuke" = "x"\n')
+    assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
+    assert "colony.nuke: no such binding" in one_line(capsys)
+
+
+def test_a_hive_owned_by_another_process_is_exit_2(config, hive_env, capsys):
+    holder = Ownership(hive_env.home, "stem serve (test)")
+    hive_env.home.mkdir(parents=True, exist_ok=True)
+    holder.acquire()
+    try:
+        code = run(lambda _settings: Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool), headless=True)
+    finally:
+        holder.release()
+    assert code == 2
+    assert "already run by stem serve (test)" in one_line(capsys)
+
+
+def test_the_shipped_themes_are_a_dark_and_a_light_one():
+    themes = load_themes([SHIPPED_THEMES])
+    assert themes["stem-dark"].dark is True
+    assert themes["stem-light"].dark is False
+
+
+def test_a_theme_file_missing_a_colour_is_refused(tmp_path):
+    path = tmp_path / "half.toml"
+    path.write_text('name = "half"\nprimary = "#123456"\n')
+    with pytest.raises(Exception, match=r"half.toml: secondary: missing"):
+        load_theme(path)
+
+
+def test_the_css_has_no_hex_colours():
+    import re
+    from pathlib import Path
+
+    import stem
+
+    root = Path(stem.__file__).parent
+    for source in [*root.glob("*.tcss"), *root.rglob("*.py")]:
+        text = source.read_text()
+        css = text if source.suffix == ".tcss" else "\n".join(re.findall(r'CSS = """(.*?)"""', text, re.S))
+        assert not re.search(r"#[0-9a-fA-F]{3,8}\b", css), f"{source} has a hex colour: use theme variables"
