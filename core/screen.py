@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import pyte
 from pyte import charsets as cs
@@ -28,18 +28,20 @@ from pyte.screens import Char, Savepoint, StaticDefaultDict, wcwidth
 from core.screen_cells import (
     DEFAULT_CHAR,
     NARROW,
+    SGR_CACHE,
     SGR_SPLIT,
     SGR_STEPS,
+    Piece,
     Row,
     chars_for,
     draw_line,
     narrow_text,
     parse_params,
+    resolve_row,
     row_text,
     sgr_apply,
     sgr_step,
     text_width,
-    wrap_sgr_line,
 )
 from core.screen_scrollback import Scrollback
 
@@ -634,18 +636,19 @@ class StemScreen(pyte.Screen):
         if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
             if max(map(len, lines)) > columns:
                 # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF.
-                rows: list[str] = []
+                wrapped: list[str] = []
                 for line in lines:
                     if len(line) <= columns:
-                        rows.append(line)
+                        wrapped.append(line)
                     else:
-                        rows.extend(line[i : i + columns] for i in range(0, len(line), columns))
-                lines = rows
+                        wrapped.extend(line[i : i + columns] for i in range(0, len(line), columns))
+                lines = wrapped
             self._apply_lines(lines, self.cursor.attrs)
             return end
         attrs = self.cursor.attrs
-        rows = []
+        rows: list[str | Piece] = []
         starts: list[Char] = []
+        cache = SGR_CACHE
         for line in lines:
             parts = SGR_SPLIT.split(line) if "\x1b" in line else None
             visible = line if parts is None else "".join(parts[::2])
@@ -659,24 +662,30 @@ class StemScreen(pyte.Screen):
                 self.cursor.attrs = attrs
                 self._feed_text(line + "\r\n", batch=False)
                 attrs = self.cursor.attrs
-            elif not narrow or len(visible) <= columns:
-                rows.append(line)
-                starts.append(attrs)
-                if parts is not None:
-                    for params in parts[1::2]:
-                        attrs = sgr_apply(attrs, params, False)
             elif parts is None:
-                pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
-                rows.extend(pieces)
-                starts.extend([attrs] * len(pieces))
+                if len(line) <= columns:
+                    rows.append(line)
+                    starts.append(attrs)
+                else:
+                    pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
+                    rows.extend(pieces)
+                    starts.extend([attrs] * len(pieces))
             else:
-                attrs = wrap_sgr_line(parts, attrs, columns, rows, starts)
+                if not narrow or len(visible) <= columns:
+                    rows.append(line)
+                    starts.append(attrs)
+                else:  # wraps: one row per screen width, cut out only if it is ever drawn
+                    count = -(-len(visible) // columns)
+                    rows.extend([(line, k, columns) for k in range(count)])
+                    starts.extend([attrs] * count)
+                for params in parts[1::2]:
+                    attrs = cache.get((attrs, params, False)) or sgr_apply(attrs, params, False)
         if rows:
             self._apply_lines(rows, starts)
         self.cursor.attrs = attrs
         return end
 
-    def _apply_lines(self, rows: list[str], starts: list[Char] | Char) -> None:
+    def _apply_lines(self, rows: Sequence[str | Piece], starts: list[Char] | Char) -> None:
         """The effect of drawing each of `rows` from column 0 and then CR LF, with the cursor at column 0 and
         the scroll region the whole screen; `starts` are the attributes each row begins with (or one for
         all). Rows are numbered virtually: existing rows 0..bottom, then row y+i for line i; the screen
@@ -688,12 +697,12 @@ class StemScreen(pyte.Screen):
         y = cursor.y
         bottom = self.lines - 1
 
-        def start(i: int) -> Char:
-            return starts if isinstance(starts, Char) else starts[i]
+        def draw(row: Row, i: int) -> None:
+            draw_line(row, *resolve_row(rows[i], starts if isinstance(starts, Char) else starts[i]))
 
         # Lines that land on existing rows are drawn over what is there (pyte overwrites only those cells).
         for i in range(min(n, bottom - y + 1)):
-            draw_line(buffer[y + i], rows[i], start(i))
+            draw(buffer[y + i], i)
         scrolls = max(0, y + n - bottom)
         if scrolls == 0:
             cursor.y = y + n
@@ -706,7 +715,10 @@ class StemScreen(pyte.Screen):
             if scrolls > bottom + 1:
                 hi = scrolls - y
                 lo = max(bottom + 1 - y, hi - scrollback.maxlen)
-                scrollback.extend_drawn(rows[lo:hi], starts if isinstance(starts, Char) else starts[lo:hi])
+                if isinstance(starts, Char):
+                    scrollback.extend_plain(cast("list[str]", rows[lo:hi]), starts)  # no SGR, no pieces
+                else:
+                    scrollback.extend_drawn(rows[lo:hi], starts[lo:hi])
         moved: dict[int, Row] = {}
         for r in range(bottom + 1):
             v = r + scrolls
@@ -716,7 +728,7 @@ class StemScreen(pyte.Screen):
                     moved[r] = row
             elif v - y < n:
                 fresh = StaticDefaultDict[int, Char](self.default_char)
-                draw_line(fresh, rows[v - y], start(v - y))
+                draw(fresh, v - y)
                 moved[r] = fresh
         buffer.clear()
         buffer.update(moved)

@@ -52,8 +52,10 @@ def chars_for(attrs: Char) -> CharCache:
     return cache
 
 
-_sgr_cache: dict[tuple[Char, str | tuple[int, ...], bool], Char] = {}
+# Cached `sgr_apply` results; the line batch reads it directly to skip a call per SGR.
+SGR_CACHE: dict[tuple[Char, str | tuple[int, ...], bool], Char] = {}
 _scratch = threading.local()
+_RESETS: frozenset[str | tuple[int, ...]] = frozenset({"", "0", (), (0,)})
 
 
 def parse_params(params: str) -> tuple[int, ...]:
@@ -67,8 +69,10 @@ def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) 
     Misses are computed by pyte's own `select_graphic_rendition` on a per-thread scratch screen, so the
     result is pyte's by construction; `reverse_screen` is DECSCNM, which changes what "reset" means.
     """
+    if not reverse_screen and params in _RESETS:
+        return DEFAULT_CHAR  # a reset does not depend on what came before: no cache entry per state
     key = (attrs, params, reverse_screen)
-    out = _sgr_cache.get(key)
+    out = SGR_CACHE.get(key)
     if out is None:
         screens: dict[bool, pyte.Screen] | None = getattr(_scratch, "screens", None)
         if screens is None:
@@ -82,9 +86,9 @@ def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) 
         ints = parse_params(params) if isinstance(params, str) else params
         pyte.Screen.select_graphic_rendition(scratch, *ints)
         out = scratch.cursor.attrs
-        if len(_sgr_cache) >= _CACHE_LIMIT:
-            _sgr_cache.clear()
-        _sgr_cache[key] = out
+        if len(SGR_CACHE) >= _CACHE_LIMIT:
+            SGR_CACHE.clear()
+        SGR_CACHE[key] = out
     return out
 
 
@@ -160,6 +164,23 @@ def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], 
     rows.append("".join(current))
     starts.append(row_start)
     return attrs
+
+
+# A row of a line too wide for the screen, not cut out yet: the line, which row of it, at what width.
+Piece = tuple[str, int, int]
+
+
+def resolve_row(row: str | Piece, attrs: Char) -> tuple[str, Char]:
+    """The text and starting attributes of a batch row: `row` itself, or the piece of a wide line (which
+    started with `attrs`) that autowrap puts on that row. Pieces are cut only when a row is drawn or a
+    scrollback line is asked for, since most rows of a flood scroll away unseen."""
+    if isinstance(row, str):
+        return row, attrs
+    line, k, width = row
+    rows: list[str] = []
+    starts: list[Char] = []
+    wrap_sgr_line(SGR_SPLIT.split(line), attrs, width, rows, starts)
+    return rows[k], starts[k]
 
 
 def strip_sgr(raw: str) -> str:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from itertools import repeat
 
 from pyte.screens import Char
 
-from core.screen_cells import DEFAULT_CHAR, Row, cells_text, chars_for, draw_line, strip_sgr
+from core.screen_cells import DEFAULT_CHAR, Piece, Row, cells_text, chars_for, draw_line, resolve_row, strip_sgr
 
 # A line is kept in the cheapest form that still reproduces it exactly:
 # - str: plain text drawn with default attributes (a `seq` flood costs one string per line);
 # - (raw, attrs): text with SGR sequences, drawn from column 0 starting with `attrs`; both forms are lines
-#   that scrolled away inside a line batch without ever being drawn;
+#   that scrolled away inside a line batch without ever being drawn
 # - tuple of Char: a row that was on screen, its cells up to the last one written (a quarter of the dict's
 #   size, and made in one pass: this is on the path of every line that scrolls one at a time).
-Entry = str | tuple[str, Char] | tuple[Char, ...]
+#   (a Piece in place of raw is one row of a line that autowrap splits, cut out when asked for);
+Entry = str | tuple[str | Piece, Char] | tuple[Char, ...]
 
 
 def compact_row(row: Row | None) -> Entry:
@@ -55,12 +56,12 @@ class Scrollback:
         width = self.columns
         if isinstance(entry, str):
             cells = list(map(chars_for(DEFAULT_CHAR).__getitem__, entry[:width]))
-        elif isinstance(entry[0], str):
-            row: dict[int, Char] = {}
-            draw_line(row, entry[0], entry[1])
-            cells = [row.get(x, DEFAULT_CHAR) for x in range(min(width, len(row)))]
-        else:
+        elif isinstance(entry[0], Char):
             cells = list(entry[:width])
+        else:
+            row: dict[int, Char] = {}
+            draw_line(row, *resolve_row(entry[0], entry[1]))
+            cells = [row.get(x, DEFAULT_CHAR) for x in range(min(width, len(row)))]
         cells.extend(repeat(DEFAULT_CHAR, width - len(cells)))
         return cells
 
@@ -70,8 +71,10 @@ class Scrollback:
         width = self.columns
         if isinstance(entry, str) and entry.isascii():
             return entry[:width].ljust(width)
-        if isinstance(entry, tuple) and isinstance(entry[0], str) and entry[0].isascii():
-            return strip_sgr(entry[0])[:width].ljust(width)
+        if isinstance(entry, tuple) and not isinstance(entry[0], Char):
+            raw = resolve_row(entry[0], entry[1])[0]
+            if raw.isascii():
+                return strip_sgr(raw)[:width].ljust(width)
         # Cells, as pyte's `display` joins them (the stub after a wide character skipped).
         return cells_text([cell.data for cell in self.line(i)])
 
@@ -83,14 +86,15 @@ class Scrollback:
         """Keep a row that just left the screen; `None` is a row that was never written."""
         self._lines.append(compact_row(row))
 
-    def extend_drawn(self, raws: list[str], starts: list[Char] | Char) -> None:
-        """Keep lines that were drawn on fresh rows and scrolled away before anyone needed their cells:
-        `raws[i]` drawn from column 0 starting with attributes `starts[i]` (or one `starts` for all)."""
-        entries: Iterable[Entry]
-        if isinstance(starts, list):
-            entries = zip(raws, starts, strict=True)
-        elif starts == DEFAULT_CHAR:
-            entries = raws
+    def extend_plain(self, raws: list[str], attrs: Char) -> None:
+        """Keep lines of text without SGR, all drawn with `attrs`, that scrolled away inside a batch
+        before anyone needed their cells."""
+        if attrs == DEFAULT_CHAR:
+            self._lines.extend(raws)
         else:
-            entries = zip(raws, repeat(starts))
-        self._lines.extend(entries)
+            self._lines.extend(zip(raws, repeat(attrs)))
+
+    def extend_drawn(self, raws: Sequence[str | Piece], starts: list[Char]) -> None:
+        """Keep lines that scrolled away inside a batch before anyone needed their cells: `raws[i]`
+        (text with SGR, or a piece of a wrapped line) drawn from column 0 starting with `starts[i]`."""
+        self._lines.extend(zip(raws, starts, strict=True))
