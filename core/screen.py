@@ -1,15 +1,23 @@
 """Stem's terminal screen: pyte's emulator with fast paths for floods, an alternate screen and scrollback.
 
-`StemScreen` is a `pyte.Screen`; everything it does not recognise goes through pyte's own parser and
-methods, so correctness never depends on a fast path being complete. The fast paths are:
+`StemScreen` is a `pyte.Screen`; whatever its fast paths do not recognise goes to pyte's own parser and
+methods, so correctness never depends on a fast path being complete. The fast paths:
 
-- a tokenizer that hands whole runs of text and complete, common escape sequences to the screen methods
-  instead of pyte's one-character-at-a-time parser generator;
-- `draw` writing runs of one-cell characters straight into the row dict with shared `Char` instances;
-- cached SGR transitions;
-- batches of lines ("printable ASCII and SGR, then CR LF") applied at once: the buffer is rotated once per
-  batch rather than once per line, and lines that scroll away inside the batch are never drawn, only kept
-  in the scrollback in a compact form.
+- a tokenizer that hands whole runs of text and complete common sequences to the screen methods, instead of
+  pyte's one-character-at-a-time parser generator;
+- text drawn straight into the row dicts with one shared `Char` per (character, attributes); runs mixing
+  text and SGR drawn in one loop; SGR transitions cached;
+- line batches: consecutive lines of text and SGR ended by CR LF are applied at once. The buffer is rotated
+  once per batch rather than once per line, and lines that scroll away inside the batch are never drawn:
+  they go to the scrollback as text, materialised to cells only when asked for.
+
+Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
+answers to queries through a responder, a bell counter, per-row versions for render caches. pyte's quirks are
+kept where they change what is drawn (so the screen equals stock pyte's on the same bytes), except that
+sequences on which pyte raises are ignored and counted in `errors`.
+
+Relies on two pyte internals: `Stream._text_pattern` (what counts as text) and `Stream._taking_plain_text`
+(whether its parser is between sequences). Not thread-safe: feed and read from one thread.
 """
 
 from __future__ import annotations

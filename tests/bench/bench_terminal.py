@@ -11,8 +11,8 @@ What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs
   pyte      pyte.Screen + pyte.ByteStream, fed 64 KiB chunks from memory. Stock pyte is slow, so it gets only
             the first --pyte-kb KiB of each stream; the streams are uniform, so the rate carries over.
   stem      core.screen.StemScreen.feed, 64 KiB chunks from memory (scrollback 10,000 lines).
-  stem_pty  `cat file` in a raw 120x40 PTY; the master is read in batches of up to 64 KiB (whatever is ready)
-            and fed to StemScreen: the same job tmux does below, PTY included.
+  stem_pty  `cat file` in a raw 120x40 PTY, read as Stem's reader does (a batch is what arrives within 1/60 s,
+            at most 64 KiB) and fed to StemScreen: the same job tmux does below, PTY included.
   tmux      a 120x40 tmux pane (history-limit --tmux-history, default tmux's own 2000; Stem keeps 10,000 lines,
             which costs tmux about 20% when it does too) runs `cat file` with output post-processing off; timed
             from the start signal (`tmux wait-for`) until the marker printed after the file shows in the pane.
@@ -91,7 +91,8 @@ def time_stem(data: bytes) -> float:
 
 
 def time_pty(path: Path, feed: Callable[[bytes], None] | None) -> float:
-    """`cat path` in a raw 120x40 PTY; read in batches of up to 64 KiB and give each batch to `feed`."""
+    """`cat path` in a raw 120x40 PTY, read the way Stem's reader does it: a batch is what arrives within
+    1/60 s of its first byte, at most 64 KiB; each batch goes to `feed`."""
     master, slave = pty.openpty()
     tty.setraw(slave)  # no output post-processing: the bytes arrive as they are in the file
     os.set_blocking(master, False)
@@ -100,23 +101,28 @@ def time_pty(path: Path, feed: Callable[[bytes], None] | None) -> float:
     proc = subprocess.Popen(["cat", str(path)], stdout=slave, stdin=subprocess.DEVNULL, close_fds=True)
     os.close(slave)
     batch = bytearray()
+    deadline = 0.0
+    eof = False
     try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 0 if batch else 10)
+        while not eof:
+            timeout = max(0.0, deadline - time.perf_counter()) if batch else 10.0
+            ready, _, _ = select.select([master], [], [], timeout)
             if ready:
                 try:
-                    chunk = os.read(master, CHUNK)
+                    chunk = os.read(master, CHUNK - len(batch))
                 except OSError:  # EIO: the writer has gone and everything is read
                     chunk = b""
                 if chunk:
+                    if not batch:
+                        deadline = time.perf_counter() + 1 / 60
                     batch += chunk
                     if len(batch) < CHUNK:
                         continue
-                elif not batch:
-                    break
+                else:
+                    eof = True
             elif not batch:
                 raise TimeoutError("cat in a PTY produced nothing for 10 s")
-            if feed is not None:
+            if batch and feed is not None:
                 feed(bytes(batch))
             batch.clear()
         elapsed = time.perf_counter() - start
