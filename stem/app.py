@@ -12,7 +12,6 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +28,7 @@ from textual.widgets import Static, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from core import lifecycle as lc
-from core.errors import CoreBusy, StemError
+from core.errors import StemError
 from core.events import (
     AgentActivity,
     ChangesUpdated,
@@ -64,13 +63,6 @@ __all__ = ["StemApp", "run"]
 EXIT_USAGE = 2
 AGE_REFRESH = 30.0
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
-
-
-@dataclass(slots=True)
-class ColonyErrors:
-    """What went wrong in a colony, newest last, for its Info tab."""
-
-    items: list[tuple[float, str]]
 
 
 class StemApp(App[int], inherit_bindings=False):
@@ -185,9 +177,9 @@ class StemApp(App[int], inherit_bindings=False):
         if self.own_hive:
             try:
                 await hive_view.own(self.hive)
-            except CoreBusy as exc:
+            except StemError as exc:  # CoreBusy above all: another stem or stem serve runs this hive
                 self.failure = str(exc)
-                self.own_hive = False  # someone else's: nothing of it to stop here
+                self.own_hive = False  # not ours: nothing of it to stop here
                 self.exit(EXIT_USAGE)
                 return
         self.refresh_colonies()
@@ -254,7 +246,12 @@ class StemApp(App[int], inherit_bindings=False):
                 self._show_info()
             self._redraw_rows()
         elif isinstance(event, AgentActivity):
+            before = self.activity.get(event.colony)
             self.activity[event.colony] = event.activity
+            terminal = self.query_one(TerminalView)
+            watching = terminal.has_focus and terminal.colony == event.colony
+            if event.activity == "attention" and before != "attention" and not watching:
+                self.notify(f"{event.colony}'s agent is waiting for you (enter on it to answer)", severity="warning")
             if event.colony == self.selected:
                 self._attach_terminal()
             self._redraw_rows()
@@ -660,13 +657,15 @@ class StemApp(App[int], inherit_bindings=False):
 
     async def action_quit(self) -> None:
         running = [r.name for r in self.records if r.state == lc.RUNNING]
-        if not running:
+        busy = [f"{r.name} ({r.state})" for r in self.records if r.state in lc.IN_FLIGHT]
+        if not running and not busy:
             await self._quit_now()
             return
         names = ", ".join(running[:6]) + (f" and {len(running) - 6} more" if len(running) > 6 else "")
         count = len(running)
-        body = Content("\n").join(
-            [
+        lines: list[Content] = []
+        if running:
+            lines += [
                 Content.assemble(
                     Content.styled(f"{count} colon{'ies are' if count != 1 else 'y is'} running", "bold"),
                     f": {names}.",
@@ -676,7 +675,16 @@ class StemApp(App[int], inherit_bindings=False):
                 Content("Their network, worktree, database and branch stay as they are;"),
                 Content("the next `stem` starts their agents and services again."),
             ]
-        )
+        if busy:
+            lines += [
+                Content(""),
+                Content.styled(
+                    f"In the middle of a change: {', '.join(busy)}. Quitting interrupts it; "
+                    "the next stem (or stem gc) finishes or rolls it back.",
+                    "$warning",
+                ),
+            ]
+        body = Content("\n").join(lines)
 
         async def confirmed(yes: bool | None) -> None:
             if yes:

@@ -396,3 +396,10 @@ async def test_the_palette_runs_actions_on_the_selected_colony(hive_env, repo):
         await until(pilot, lambda: shows(app, "Stop alpha"), "the command listed")
         await pilot.press("enter")
         await until(pilot, lambda: state_of(hive, "alpha") == "stopped", "alpha stopped from the palette", timeout=30)
+
+
+async def test_an_agent_waiting_for_the_user_is_announced(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        hive.agent("alpha").write(b"bell\r")
+        await until(pilot, lambda: notified(app, "alpha's agent is waiting for you"), "the attention notification")
+        await until(pilot, lambda: shows(app, "colony/alpha · attention"), "attention in panel 1")
