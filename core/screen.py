@@ -461,14 +461,20 @@ class StemScreen(pyte.Screen):
             moved = [(y - 1, row) for y, row in buffer.items() if 0 < y <= bottom]
             buffer.clear()
             buffer.update(moved)
+            self._create_rows(bottom)
             return
         for y in range(top, bottom):
-            row = buffer.get(y + 1)
-            if row is None:
-                buffer.pop(y, None)
-            else:
-                buffer[y] = row
+            buffer[y] = buffer[y + 1]
         buffer.pop(bottom, None)
+
+    def _create_rows(self, bottom: int) -> None:
+        """Create rows 0..bottom-1 where missing, as pyte's scroll does. A row's blank cell is fixed when
+        the row is created (reversed under DECSCNM), so rows must come into being when pyte's would."""
+        buffer = self.buffer
+        if len(buffer) < bottom:
+            for y in range(bottom):
+                if y not in buffer:
+                    buffer[y] = StaticDefaultDict[int, Char](self.default_char)
 
     def _feed_text(self, text: str, batch: bool = True) -> None:
         stream = self._stream
@@ -710,7 +716,8 @@ class StemScreen(pyte.Screen):
 
         # Lines that land on existing rows are drawn over what is there (pyte overwrites only those cells).
         for i in range(min(n, bottom - y + 1)):
-            draw(buffer[y + i], i)
+            if rows[i]:  # pyte creates no row for an empty line
+                draw(buffer[y + i], i)
         scrolls = max(0, y + n - bottom)
         if scrolls == 0:
             cursor.y = y + n
@@ -740,5 +747,6 @@ class StemScreen(pyte.Screen):
                 moved[r] = fresh
         buffer.clear()
         buffer.update(moved)
+        self._create_rows(bottom)
         cursor.y = bottom
         self.dirty.update(range(self.lines))

@@ -227,7 +227,7 @@ def fuzz(seed: int, count: int = 400) -> bytes:
     out = []
     margins = False
     for _ in range(count):
-        k = rng.randrange(24)
+        k = rng.randrange(25)
         if k < 6:
             out.append(rng.choice(_FUZZ_TEXT))
         elif k < 9:
@@ -269,6 +269,11 @@ def fuzz(seed: int, count: int = 400) -> bytes:
             out.append(f"{CSI}{rng.randrange(1, 41)};1H")
         elif k == 22:
             out.append(rng.choice([f"{CSI}1;31m", f"{CSI}?4m", f"{CSI}>4;2m", f"{ESC}P", f"{CSI}>c", f"{CSI}!p"]))
-        else:
+        elif k == 23:
             out.append(f"{ESC}(B{ESC}(0{CSI}?1h{CSI}?2004h{CSI}?1l{CSI}?2004l")
+        else:
+            # modes that switch fast paths off: reverse screen, new-line mode; and explicit full margins,
+            # which must not
+            out.append(rng.choice([f"{CSI}?5h", f"{CSI}?5l", f"{CSI}20h", f"{CSI}20l", f"{CSI}1;40r"]))
+            margins = False
     return "".join(out).encode()
