@@ -347,6 +347,22 @@ class StemScreen(pyte.Screen):
         else:
             cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
 
+    def cursor_position(self, line: int | None = None, column: int | None = None) -> None:
+        # pyte's, with its bounds checks inlined: full-screen programs send one per row they paint.
+        column = (column or 1) - 1
+        line = (line or 1) - 1
+        margins = self.margins
+        if margins is not None and mo.DECOM in self.mode:
+            line += margins.top
+            if not margins.top <= line <= margins.bottom:
+                return  # pyte: the cursor may not leave the scroll region in origin mode
+            top, bottom = margins
+        else:
+            top, bottom = 0, self.lines - 1
+        cursor = self.cursor
+        cursor.x = min(max(0, column), self.columns - 1)
+        cursor.y = min(max(top, line), bottom)
+
     def select_graphic_rendition(self, *attrs: int, **kwargs: Any) -> None:
         # CSI ? Ps m is a query (xterm's XTQMODKEYS, sent by vim), not SGR; pyte raises on it.
         if not kwargs.get("private"):
@@ -499,13 +515,6 @@ class StemScreen(pyte.Screen):
                     self._draw_styled(run)
                 else:
                     draw(run)
-            elif kind == _T_TEXT:
-                draw(m.group(2))
-            elif kind == _T_CRLF:
-                self.cursor.x = 0
-                self.linefeed()
-                if batch and pos < n and self.cursor.x == 0:
-                    pos = self._try_batch(text, pos)
             elif kind == _T_CSI:
                 private, params, final = m.group(4, 5, 6)
                 if final == "m":
@@ -528,6 +537,13 @@ class StemScreen(pyte.Screen):
                         handler(*args)
                 except (TypeError, ValueError, LookupError, NameError):
                     self.errors += 1  # pyte raises on e.g. ESC[?5A; a terminal ignores it
+            elif kind == _T_TEXT:
+                draw(m.group(2))
+            elif kind == _T_CRLF:
+                self.cursor.x = 0
+                self.linefeed()
+                if batch and pos < n and self.cursor.x == 0:
+                    pos = self._try_batch(text, pos)
             elif kind == _T_CTL:
                 char = text[pos - 1]
                 if char == "\r":
