@@ -11,6 +11,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Static
@@ -114,6 +115,12 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         presets = sorted(self.settings.agents)
         with Vertical(id="spawn-form", classes="dialog"):
             yield Static("New colony", classes="dialog-title")
+            yield Static(
+                Content.from_markup(
+                    "[b $accent]enter[/] next field   [b $accent]ctrl+s[/] spawn   [b $accent]esc[/] cancel"
+                ),
+                classes="dialog-hint",
+            )
             yield from self._field("name", "Name", suggest_name(self.taken), "a DNS label: lowercase, digits, -")
             yield from self._field("repo", "Repository", str(self.default_repo or ""), "path to a git repository")
             yield from self._field("base", "Base ref", "HEAD", "branch, tag or commit to start from")
