@@ -8,7 +8,6 @@ the hive's event stream and never polls the agents: screens, states, logs and fi
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -756,14 +755,7 @@ def _repo_of(path: Path) -> Path | None:
 def _default_hive(settings: Settings) -> Any:
     from core.hive import Hive
 
-    pool = settings.pool
-    pool_text = os.environ.get("STEM_POOL")
-    if pool_text:
-        try:
-            pool = ipaddress.IPv4Network(pool_text)
-        except ValueError as exc:
-            raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
-    return Hive(pool=pool)
+    return Hive.from_environment(settings)
 
 
 def run(hive_factory: Callable[[Settings], Any] | None = None, *, headless: bool = False) -> int:
