@@ -54,6 +54,20 @@ READ_BUDGET = 0.004
 # program prints (plain lines take the screen's fast path, cursor-addressed redraws do not). The byte cap
 # adapts so that one feed takes about FEED_BUDGET, which bounds how long one callback holds the loop.
 FEED_BUDGET = 0.006
+# Sessions that flood at once share one loop turn: each one's read and feed budgets are divided by how many
+# flooded within the last FLOOD_WINDOW, so a turn stays about one budget long however many colonies flood, and a
+# keystroke's echo is not queued behind several full batches.
+FLOOD_WINDOW = 0.05
+_flooding: dict[int, float] = {}  # id(session) -> when it last filled a whole batch
+
+
+def _flood_share(now: float) -> int:
+    for key, at in list(_flooding.items()):
+        if now - at > FLOOD_WINDOW:
+            del _flooding[key]
+    return max(1, len(_flooding))
+
+
 # At most one ScreenChanged per session per frame (~60 Hz): the UI cannot show more, and a flood would
 # otherwise make it re-render for every batch.
 FRAME = 1 / 60
@@ -331,8 +345,10 @@ class AgentSession:
             return
         chunks: list[bytes] = []
         size = 0
-        cap = self._batch_cap
         started = time.monotonic()
+        share = _flood_share(started)
+        cap = max(BATCH_MIN, self._batch_cap // share)
+        budget = READ_BUDGET / share
         eof = False
         caught_up = False
         while True:
@@ -350,12 +366,15 @@ class AgentSession:
                 break
             chunks.append(data)
             size += len(data)
-            if size >= cap or time.monotonic() - started >= READ_BUDGET:
+            if size >= cap or time.monotonic() - started >= budget:
+                _flooding[id(self)] = started  # more is waiting: this session floods
                 break
         if chunks:
             # A batch cut short by the budget may have taken the last byte: ask the kernel what is left.
             self._caught_up = caught_up or eof or _pending(fd) == 0
             self._feed(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        if caught_up or eof:
+            _flooding.pop(id(self), None)
         if eof:
             self._on_eof()
 
