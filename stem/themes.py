@@ -12,6 +12,7 @@ A theme file:
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from core.errors import ConfigError
 
 __all__ = ["SHIPPED_THEMES", "load_theme", "load_themes", "theme_dirs"]
 
-SHIPPED_THEMES = Path(__file__).resolve().parent.parent / "themes"
+
+def _shipped_themes() -> Path:
+    """themes/ beside the package in a checkout (editable install), else where the wheel put it as data."""
+    beside = Path(__file__).resolve().parent.parent / "themes"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "stem" / "themes"
+
+
+SHIPPED_THEMES = _shipped_themes()
 _COLOURS = ("primary", "secondary", "accent", "warning", "error", "success", "foreground", "background", "surface")
 _OPTIONAL = ("panel", "boost")
 _KEYS = frozenset(("name", "dark", "variables", *_COLOURS, *_OPTIONAL))
