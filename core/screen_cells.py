@@ -19,8 +19,8 @@ SGR_SPLIT = re.compile(r"\x1b\[([0-9;]*)m")
 Row = StaticDefaultDict[int, Char]
 
 # Caches are bounded by wiping them when full: entries are cheap to recompute and a truecolor rainbow
-# must not grow memory without limit.
-_CACHE_LIMIT = 4096
+# must not grow memory without limit (16k entries are a few MB).
+_CACHE_LIMIT = 16384
 
 
 class CharCache(dict[str, Char]):
@@ -249,3 +249,10 @@ def text_width(text: str) -> int | None:
     if not set(widths) <= {1, 2}:
         return None
     return sum(widths)
+
+
+def clear_caches() -> None:
+    """Forget every cached `Char` and SGR transition, so that a benchmark run sees its stream cold."""
+    _char_caches.clear()
+    SGR_CACHE.clear()
+    SGR_STEPS.clear()
