@@ -83,6 +83,8 @@ _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~
 
 _T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 3, 6, 7, 8, 10, 11
 
+_SGR_RESETS = frozenset({"", "0"})
+
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
 
@@ -680,10 +682,19 @@ class StemScreen(pyte.Screen):
         starts: list[Char] = []
         cache = SGR_CACHE
         for line in lines:
-            parts = SGR_SPLIT.split(line) if "\x1b" in line else None
-            visible = line if parts is None else "".join(parts[::2])
-            width = text_width(visible)
-            narrow = width == len(visible)
+            if "\x1b" not in line:
+                parts = None
+                visible_len = len(line)
+                width = visible_len if line.isascii() else text_width(line)
+            else:
+                parts = SGR_SPLIT.split(line)
+                if line.isascii():  # SGR is ASCII, so the text is too: one cell per character
+                    width = visible_len = sum(map(len, parts[::2]))
+                else:
+                    visible = "".join(parts[::2])
+                    visible_len = len(visible)
+                    width = text_width(visible)
+            narrow = width == visible_len
             if not narrow and (width is None or width > columns):
                 # Zero-width or unprintable characters, or wide ones wrapping: the general path.
                 if rows:
@@ -701,15 +712,18 @@ class StemScreen(pyte.Screen):
                     rows.extend(pieces)
                     starts.extend([attrs] * len(pieces))
             else:
-                if not narrow or len(visible) <= columns:
+                if not narrow or visible_len <= columns:
                     rows.append(line)
                     starts.append(attrs)
                 else:  # wraps: one row per screen width, cut out only if it is ever drawn
-                    count = -(-len(visible) // columns)
+                    count = -(-visible_len // columns)
                     rows.extend([(line, k, columns) for k in range(count)])
                     starts.extend([attrs] * count)
                 for params in parts[1::2]:
-                    attrs = cache.get((attrs, params, False)) or sgr_apply(attrs, params, False)
+                    if params in _SGR_RESETS:  # the commonest SGR; batches never run reversed (DECSCNM)
+                        attrs = DEFAULT_CHAR
+                    else:
+                        attrs = cache.get((attrs, params, False)) or sgr_apply(attrs, params, False)
         if rows:
             self._apply_lines(rows, starts)
         self.cursor.attrs = attrs
