@@ -365,6 +365,13 @@ class Hive:
         _checkpoint("network")
 
     def _make_worktree(self, rec: ColonyRecord) -> None:
+        repo = Path(rec.repo)
+        if worktree.branch_exists(repo, rec.branch):
+            # Checked before the claim: a branch Stem did not make here is never Stem's to remove on rollback.
+            raise StemError(
+                f"branch {rec.branch} already exists in {rec.repo}: merge or delete it "
+                f"(git branch -D {rec.branch}), or pick another colony name"
+            )
         # Claimed branch first: parts are removed newest first, and git cannot delete a checked-out branch.
         self.registry.claim(rec.name, "branch", f"{rec.repo}#{rec.branch}", extra=rec.repo)
         self.registry.claim(rec.name, "worktree", rec.worktree, extra=rec.repo)

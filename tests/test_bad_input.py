@@ -177,3 +177,16 @@ def test_unknown_colony_and_wrong_states(hive_env, repo):
 def test_usage_errors_are_one_line(hive_env):
     assert_refused(run_stem(hive_env.env, "spawn"), "the following arguments are required: name")
     assert_refused(run_stem(hive_env.env, "frobnicate"), "invalid choice: 'frobnicate'")
+
+
+def test_existing_branch_refuses_spawn_and_rollback_leaves_it_alone(hive_env, repo):
+    git(repo, "branch", "colony/taken")
+    before = git(repo, "rev-parse", "colony/taken")
+    assert_refused(
+        run_stem(hive_env.env, "spawn", "taken", "--repo", str(repo)),
+        "branch colony/taken already exists",
+        "git branch -D colony/taken",
+    )
+    assert git(repo, "rev-parse", "colony/taken") == before  # not Stem's: untouched
+    assert netns_names(hive_env.prefix) == []
+    assert list((hive_env.home / "worktrees").iterdir()) == []
