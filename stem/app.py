@@ -384,6 +384,8 @@ class StemApp(App[int], inherit_bindings=False):
     def _attach_terminal(self) -> None:
         name = self.selected
         terminal = self.query_one(TerminalView)
+        if terminal.awaiting is not None and name != terminal.awaiting:
+            return  # keep the terminal that waits for a spawning colony's agent where the user types
         session = hive_view.agent_of(self.hive, name) if name else None
         terminal.show(name if session else None, session)
         terminal.display = session is not None
@@ -504,14 +506,31 @@ class StemApp(App[int], inherit_bindings=False):
         if request is None:
             return
 
+        # Focus goes to the new colony's terminal at once, before the spawn is done: what the user types next is
+        # meant for the agent, and must neither be lost nor land on the colony list as commands.
+        terminal = self.query_one(TerminalView)
+        self.show_tab("terminal")
+        terminal.expect(request.name)
+        terminal.display = True
+        self.query_one("#no-agent", Static).display = False
+        terminal.focus()
+
         async def spawn() -> None:
             self.notify(f"spawning {request.name} from {request.repo} at {request.base}…")
-            rec = await self.hive.spawn(
-                request.name, request.repo, request.base, agent=request.agent, task=request.task
-            )
+            try:
+                rec = await self.hive.spawn(
+                    request.name, request.repo, request.base, agent=request.agent, task=request.task
+                )
+            except BaseException:
+                terminal.cancel_expect()
+                self._attach_terminal()
+                self.query_one(ColoniesList).focus()
+                raise
             self.notify(f"{rec.name} is {rec.state} at {rec.ip}")
             self.refresh_colonies()
             self.select_colony(rec.name)
+            if terminal.awaiting == rec.name:
+                self.open_terminal(rec.name)
 
         self._colony_work(request.name, spawn(), f"spawn {request.name}")
 

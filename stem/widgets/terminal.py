@@ -155,6 +155,8 @@ class TerminalView(ScrollView, can_focus=True):
         super().__init__(name=name, id=id, classes=classes)
         self.session: AgentLike | None = None
         self.colony: str | None = None
+        self.awaiting: str | None = None  # a colony whose agent is being spawned; keys wait for it
+        self._typeahead: list[tuple[str, str | None] | str] = []  # keys (name, character) and pastes
         self._cache: OrderedDict[tuple[int, int], Strip] = OrderedDict()
         self._styles: dict[tuple[Any, ...], Style] = {}
         self._base: Style | None = None
@@ -170,8 +172,33 @@ class TerminalView(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------------------------------ session
 
+    def expect(self, colony: str) -> None:
+        """The agent of `colony` is on its way (a spawn is running): keys typed until it is shown are kept, then
+        sent to it in order, so nothing typed right after the form closes is lost or taken as a command."""
+        self.show(None, None)
+        self.awaiting = colony
+        self._typeahead.clear()
+
+    def cancel_expect(self) -> None:
+        """The awaited agent will not come (the spawn failed): drop what was typed for it."""
+        self.awaiting = None
+        self._typeahead.clear()
+
     def show(self, colony: str | None, session: AgentLike | None) -> None:
         """Display `session` (the agent of `colony`), or nothing."""
+        if session is not None and colony is not None and colony == self.awaiting:
+            self.awaiting = None
+            typed, self._typeahead = self._typeahead, []
+            self._show(colony, session)
+            for item in typed:
+                if isinstance(item, str):
+                    session.paste(item)
+                else:
+                    self._write_key(session, *item)
+            return
+        self._show(colony, session)
+
+    def _show(self, colony: str | None, session: AgentLike | None) -> None:
         if session is self.session and colony == self.colony:
             return
         self.session = session
@@ -303,10 +330,15 @@ class TerminalView(ScrollView, can_focus=True):
         event.prevent_default()
         session = self.session
         if session is None:
+            if self.awaiting is not None:
+                self._typeahead.append((event.key, event.character))
             return
-        data = encode_key(event.key, session.screen.app_cursor_keys) if encode_key is not None else b""
-        if not data and event.character:
-            data = event.character.encode("utf-8", "surrogateescape")
+        self._write_key(session, event.key, event.character)
+
+    def _write_key(self, session: AgentLike, key: str, character: str | None) -> None:
+        data = encode_key(key, session.screen.app_cursor_keys) if encode_key is not None else b""
+        if not data and character:
+            data = character.encode("utf-8", "surrogateescape")
         if data:
             self._follow_bottom()
             self._typed_at = time.monotonic()
@@ -314,7 +346,9 @@ class TerminalView(ScrollView, can_focus=True):
 
     def on_paste(self, event: events.Paste) -> None:
         event.stop()
-        if self.session is not None and event.text:
+        if self.session is None and self.awaiting is not None and event.text:
+            self._typeahead.append(event.text)
+        elif self.session is not None and event.text:
             self._follow_bottom()
             self.session.paste(event.text)
 
