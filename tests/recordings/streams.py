@@ -13,11 +13,46 @@ import random
 ESC = "\x1b"
 CSI = ESC + "["
 
-_WORDS = (
-    "alpha beta gamma delta colony agent worktree commit rebase merge namespace socket tmux pyte screen "
-    "scroll buffer render widget terminal cursor flood token stream parser escape sequence request "
-    "response timeout retry cache index shard replica quorum leader follower"
-).split()
+_WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "colony",
+    "agent",
+    "worktree",
+    "commit",
+    "rebase",
+    "merge",
+    "namespace",
+    "socket",
+    "tmux",
+    "pyte",
+    "screen",
+    "scroll",
+    "buffer",
+    "render",
+    "widget",
+    "terminal",
+    "cursor",
+    "flood",
+    "token",
+    "stream",
+    "parser",
+    "escape",
+    "sequence",
+    "request",
+    "response",
+    "timeout",
+    "retry",
+    "cache",
+    "index",
+    "shard",
+    "replica",
+    "quorum",
+    "leader",
+    "follower",
+]
 
 
 def flood(count: int, start: int = 1) -> bytes:
@@ -90,7 +125,7 @@ def fullscreen_redraw(frames: int, seed: int = 2) -> bytes:
                 word = rng.choice(_WORDS)
                 cells.append(f"{CSI}38;5;{(y * 7 + f + width) % 256}m{word} ")
                 width += len(word) + 1
-            out.append(f"{CSI}{y + 1};1H{CSI}{y % 2 and 1 or 22}m{''.join(cells)}{CSI}0m{CSI}K")
+            out.append(f"{CSI}{y + 1};1H{CSI}{1 if y % 2 else 22}m{''.join(cells)}{CSI}0m{CSI}K")
         out.append(f"{CSI}40;1H{CSI}7m frame {f:6d} {CSI}K{CSI}0m{CSI}40;20H{CSI}?25h")
     return "".join(out).encode()
 
@@ -165,7 +200,7 @@ def wide_and_combining() -> bytes:
     out.append("中文字符测试 日本語のテキスト 한국어 텍스트\r\n")
     out.append("emoji: 😀 🎉 🚀 ✨ 👍 end\r\n")
     out.append("combining: e\u0301 a\u0308 n\u0303 o\u0302\u0323 cafe\u0301\r\n")
-    out.append("narrow non-ASCII: é ü ñ ─│┌┐└┘ ±×÷ αβγ\r\n")
+    out.append("narrow non-ASCII: é ü ñ ─│┌┐└┘ ±\u00d7÷ αβγ\r\n")
     out.append("x" * 119 + "中" + "after\r\n")  # wide character does not fit in the last column
     out.append("y" * 118 + "中" + "z\r\n")  # wide character exactly fills the line
     out.append("中" * 70 + "\r\n")  # wraps in the middle of a run of wide characters
@@ -211,7 +246,7 @@ def autowrap() -> bytes:
         out.append(f"{CSI}{20 + k};100H{CSI}4{k}m" + "u" * (width - 99) + f"{CSI}0mv{CSI}K")
     out.append(f"{CSI}30;1H")
     for i in range(60):
-        out.append(f"{CSI}3{i % 8}m" + "wrapped line %03d " % i * 9 + f"{CSI}0m\r\n")
+        out.append(f"{CSI}3{i % 8}m" + f"wrapped line {i:03d} " * 9 + f"{CSI}0m\r\n")
     out.append("no newline at the end " * 9)
     return "".join(out).encode()
 
