@@ -147,6 +147,7 @@ class Tmux:
     def __init__(self, history: int) -> None:
         self.history = history
         self.socket = ""
+        self.socket_path = ""
         self.runs = 0
 
     def cmd(self, *args: str, timeout: float = 60) -> str:
@@ -171,6 +172,7 @@ class Tmux:
             "start-server", ";", "set-option", "-g", "history-limit", str(self.history), ";",
             "new-session", "-d", "-x", str(COLS), "-y", str(ROWS), "sh", "-c", script,
         )  # fmt: skip
+        self.socket_path = self.cmd("display-message", "-p", "#{socket_path}").strip()
         start = time.perf_counter()
         self.cmd("wait-for", "-S", go)
         self.cmd("wait-for", done, timeout=600)
@@ -184,7 +186,9 @@ class Tmux:
     def close(self) -> None:
         if self.socket:
             subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
-            self.socket = ""
+            if self.socket_path:
+                Path(self.socket_path).unlink(missing_ok=True)  # a killed server leaves its socket file
+            self.socket = self.socket_path = ""
 
 
 def median_time(runs: int, fn: Callable[[], float]) -> float:
