@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -107,6 +107,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.settings = settings or Settings(path=Path(os.devnull))
         self.clock = clock or Clock()
         self.own_hive = own
+        self._spawn_form: SpawnForm | None = None  # open, or dismissed with a request the app has not taken yet
         self.close_hive = close_hive
         self.failure: str | None = None  # a one-line reason the app could not run (exit code 2)
         self.records: list[Any] = []
@@ -188,6 +189,11 @@ class StemApp(App[int], inherit_bindings=False):
         # A key for a focused terminal goes straight to its agent (after the priority bindings, which hold the
         # release chord): one hop fewer on the path every keystroke takes.
         if isinstance(event, events.Key) and self._screen_stack:
+            form = self._spawn_form
+            if form is not None and form.validating:  # typed after ctrl+s: for the agent of the colony to come
+                form.typeahead.append((event.key, event.character))
+                event.stop()
+                return
             focused = self.screen.focused
             if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
                 if not await self._check_bindings(event.key, priority=True):
@@ -500,9 +506,18 @@ class StemApp(App[int], inherit_bindings=False):
 
     def action_new_colony(self) -> None:
         taken = [r.name for r in self.records]
-        self.push_screen(SpawnForm(taken=taken, repo=self.default_repo, settings=self.settings), self._spawn)
+        form = self._spawn_form = SpawnForm(taken=taken, repo=self.default_repo, settings=self.settings)
 
-    def _spawn(self, request: SpawnRequest | None) -> None:
+        def spawn(request: SpawnRequest | None) -> None:
+            # The result callback runs a message or two after the form is gone: until then the form still catches
+            # what is typed, so no key slips onto the colony list in between.
+            self._spawn_form = None
+            form.validating = False
+            self._spawn(request, typed=form.typeahead)
+
+        self.push_screen(form, spawn)
+
+    def _spawn(self, request: SpawnRequest | None, typed: Iterable[tuple[str, str | None]] = ()) -> None:
         if request is None:
             return
 
@@ -510,7 +525,7 @@ class StemApp(App[int], inherit_bindings=False):
         # meant for the agent, and must neither be lost nor land on the colony list as commands.
         terminal = self.query_one(TerminalView)
         self.show_tab("terminal")
-        terminal.expect(request.name)
+        terminal.expect(request.name, typed=typed)
         terminal.display = True
         self.query_one("#no-agent", Static).display = False
         terminal.focus()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ui_support import FAKE_AGENT, notified, screen_text, shows, test_hive, unti
 from core.settings import Settings, load_settings
 from stem.app import StemApp
 from stem.themes import SHIPPED_THEMES, load_themes
+from stem.widgets import spawn_form
 from stem.widgets.colonies import ColoniesList
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
 from stem.widgets.spawn_form import SpawnForm
@@ -87,17 +89,32 @@ async def test_outside_a_repository_the_welcome_says_the_form_will_ask(hive_env,
 # ------------------------------------------------------------------------------------------------------ spawn
 
 
-async def test_spawn_from_the_form_shows_the_colony_and_its_agent(hive_env, repo):
+async def test_spawn_from_the_form_shows_the_colony_and_its_agent(hive_env, repo, monkeypatch):
+    # The form's check (git, in a thread) is held until the test has typed: a slow disk or a big repository.
+    checked = threading.Event()
+    check = spawn_form.validate
+
+    def slow_validate(*args: Any, **kwargs: Any) -> Any:
+        checked.wait(30)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(spawn_form, "validate", slow_validate)
     async with stem_app(hive_env, repo) as (app, pilot, hive):
         form = await fill_form(pilot, app, agent=FAKE_AGENT + " --task {task}", task="fix the login page")
         name = form.query_one("#spawn-name", Input).value
         assert name == "alder", "the form suggests a free name"
         assert form.query_one("#spawn-repo", Input).value == str(repo)
-        await pilot.press("ctrl+s")
+        # Typed at once, while the form still checks its fields and the colony is still being made: the keys are
+        # for the agent (on the colony list `s` would be stop), and none is lost.
+        await pilot.press("ctrl+s", "s", "t", "o", "p", "enter")
+        checked.set()
         await until(pilot, lambda: state_of(hive, "alder") == "running", "alder to run", timeout=30)
         await until(pilot, lambda: "alder" in listed(app), "alder in the list")
         await until(pilot, lambda: shows(app, "fake-agent> ", "task: fix the login page"), "alder's agent")
+        await until(pilot, lambda: shows(app, "echo: stop"), "the keys typed early, echoed by the agent")
         assert not isinstance(app.screen, SpawnForm)
+        assert isinstance(app.focused, TerminalView)
+        assert state_of(hive, "alder") == "running"
 
 
 @pytest.mark.parametrize(

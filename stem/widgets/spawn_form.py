@@ -99,7 +99,9 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
 
     BINDINGS = [
         bind("dialog.cancel"),
-        Binding("ctrl+s", "submit", "spawn", id="dialog.submit"),
+        # A priority binding runs as the key arrives (not after the focused field's queue), so the keys typed right
+        # after it are already caught as typeahead for the new colony's agent.
+        Binding("ctrl+s", "submit", "spawn", id="dialog.submit", priority=True),
     ]
 
     FIELDS = ("name", "repo", "base", "agent", "task")
@@ -110,6 +112,11 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         self.default_repo = repo
         self.settings = settings
         self.request: SpawnRequest | None = None
+        # Keys typed from ctrl+s until the app has the new colony's terminal ready were meant for its agent: the app
+        # collects them here (before any field sees them) and hands them on with the request. `validating` stays
+        # set after a good check, through the dismissal, until the app takes the keys.
+        self.validating = False
+        self.typeahead: list[tuple[str, str | None]] = []
 
     def compose(self) -> ComposeResult:
         presets = sorted(self.settings.agents)
@@ -201,6 +208,8 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
 
     def action_submit(self) -> None:
         self.query_one("#spawn-submit", Button).disabled = True
+        self.validating = True
+        self.typeahead.clear()
         values = {key: self.value(key) for key in self.FIELDS}
         self._check(values, self.finish)
 
@@ -218,6 +227,8 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
             else:
                 self.set_message(key, warnings.get(key, ""), warning=key in warnings)
         if request is None:
+            self.validating = False
+            self.typeahead.clear()  # typed for an agent that will not come: the user reads the errors instead
             first = next(key for key in self.FIELDS if key in errors)
             self.query_one(f"#spawn-{first}", Input).focus()
             return

@@ -172,12 +172,12 @@ class TerminalView(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------------------------------ session
 
-    def expect(self, colony: str) -> None:
+    def expect(self, colony: str, typed: Iterable[tuple[str, str | None]] = ()) -> None:
         """The agent of `colony` is on its way (a spawn is running): keys typed until it is shown are kept, then
         sent to it in order, so nothing typed right after the form closes is lost or taken as a command."""
         self.show(None, None)
         self.awaiting = colony
-        self._typeahead.clear()
+        self._typeahead = list(typed)
 
     def cancel_expect(self) -> None:
         """The awaited agent will not come (the spawn failed): drop what was typed for it."""
