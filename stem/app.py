@@ -38,11 +38,12 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
+from core.registry import Transition
 from core.settings import Settings, load_settings, save_setting
 from core.worktree import dirty_files, repo_root, unmerged_commits
 from stem import hive_view
 from stem.commands import StemCommands, ThemeCommands
-from stem.hive_view import Clock
+from stem.hive_view import Clock, FailedSpawn
 from stem.keys import bind, keymap
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
 from stem.themes import load_themes, theme_dirs
@@ -116,6 +117,9 @@ class StemApp(App[int], inherit_bindings=False):
         self.activity: dict[str, str] = {}
         self.changes: dict[str, tuple[Any, ...]] = {}
         self.errors: dict[str, list[tuple[float, str]]] = {}
+        # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
+        self._tracing: dict[str, FailedSpawn] = {}
+        self.failed_spawns: dict[str, FailedSpawn] = {}
         self.default_repo = _repo_of(cwd if cwd is not None else Path.cwd())
         self.cwd = cwd if cwd is not None else Path.cwd()
         self._theme_before_preview: str | None = None
@@ -227,9 +231,14 @@ class StemApp(App[int], inherit_bindings=False):
                     self._attach_terminal()
                 terminal.screen_changed(event.rows)
         elif isinstance(event, LogLine):
+            if event.colony in self._tracing:
+                self._tracing[event.colony].logs.append(event)
             if event.colony == self.selected:
                 self.query_one(LogsView).add(event)
         elif isinstance(event, StateChanged):
+            if event.colony in self._tracing:
+                change = Transition(event.state, event.stage, event.reason, self.clock.now())
+                self._tracing[event.colony].transitions.append(change)
             if event.state == lc.FAILED and event.reason:
                 self._problem(event.colony, f"{event.colony} failed while {event.stage}: {event.reason}")
             self.refresh_colonies()
@@ -282,17 +291,19 @@ class StemApp(App[int], inherit_bindings=False):
     async def refresh_colonies(self) -> None:
         self.records = await asyncio.to_thread(self.hive.colonies)
         self._loaded = True
-        self.set_class(not self.records, "-empty")
+        listed = [r.name for r in self.records] + [n for n in self.failed_spawns if n not in self._names()]
+        self.set_class(not listed, "-empty")
         self._redraw_rows()
-        if self.selected is not None and self.selected not in {r.name for r in self.records}:
+        if self.selected is not None and self.selected not in listed:
             self.selected = None
-        if self.selected is None and self.records:
-            self.select_colony(self.records[0].name)
+        if self.selected is None and listed:
+            self.select_colony(listed[0])
         elif self.selected is not None:
             self._show_info()
             self._show_services()
+            self._show_changes()
             self._attach_terminal()
-        if not self.records:
+        if not listed:
             self._show_selected()
         elif self.focused is None and self.screen is self.screen_stack[0]:
             # The panels were hidden while the hive was empty; the colonies list takes the focus when they show.
@@ -316,10 +327,31 @@ class StemApp(App[int], inherit_bindings=False):
                     services_failed=sum(s in ("crashed", "failed") for s in states),
                 )
             )
+        names = self._names()
+        for failed in self.failed_spawns.values():
+            if failed.name not in names:
+                rows.append(
+                    ColonyRow(
+                        name=failed.name,
+                        state=lc.FAILED,
+                        stage=failed.stage,
+                        branch="",
+                        age=self.clock.age(failed.at),
+                        note="spawn rolled back · n again · d dismiss",
+                    )
+                )
         self.query_one(ColoniesList).set_rows(rows)
+
+    def _names(self) -> set[str]:
+        return {r.name for r in self.records}
 
     def selected_record(self) -> Any | None:
         return next((r for r in self.records if r.name == self.selected), None)
+
+    def selected_failure(self) -> FailedSpawn | None:
+        """The selected entry when it is a spawn that failed (nothing of it exists any more)."""
+        name = self.selected
+        return self.failed_spawns.get(name) if name is not None and name not in self._names() else None
 
     def selected_service(self) -> str | None:
         return self.query_one(ServicesList).selected
@@ -351,7 +383,10 @@ class StemApp(App[int], inherit_bindings=False):
             self._load_changes(name)
         self._attach_terminal()
         entries: list[Any] = []
-        if name:
+        failed = self.selected_failure()
+        if failed is not None:
+            entries = list(failed.logs)
+        elif name:
             try:
                 entries = self.hive.log(name).tail(5000)
             except StemError:
@@ -368,6 +403,8 @@ class StemApp(App[int], inherit_bindings=False):
         rec = self.selected_record()
         if rec is not None and rec.state != lc.RUNNING:
             note = f"none running ({rec.state})"
+        elif self.selected_failure() is not None:
+            note = "none: the spawn failed"
         self.query_one(ServicesList).show(services, note)
 
     def _show_changes(self) -> None:
@@ -376,6 +413,9 @@ class StemApp(App[int], inherit_bindings=False):
             self.query_one(ChangesList).show(None, "no colony selected")
             return
         files = self.changes.get(name)
+        if self.selected_failure() is not None:
+            self.query_one(ChangesList).show(None, "none: the spawn failed")
+            return
         self.query_one(ChangesList).show(files, "no changes yet" if files is not None else "not watched yet")
 
     @work(group="changes", exclusive=True, exit_on_error=False)
@@ -399,7 +439,20 @@ class StemApp(App[int], inherit_bindings=False):
         note.display = session is None
         if session is None:
             rec = self.selected_record()
-            if rec is None:
+            failed = self.selected_failure()
+            if failed is not None:
+                note.update(
+                    Content.assemble(
+                        Content.styled(failed.name, "bold"),
+                        f"'s spawn failed while {failed.stage} and was rolled back: nothing of it is left. ",
+                        "Info and Logs tell why; ",
+                        Content.styled("n", "bold $accent"),
+                        " spawns it again, ",
+                        Content.styled("d", "bold $accent"),
+                        " dismisses it.",
+                    )
+                )
+            elif rec is None:
                 note.update(Content.styled("no colony selected", "$text-muted"))
             elif rec.state != lc.RUNNING:
                 note.update(
@@ -419,6 +472,10 @@ class StemApp(App[int], inherit_bindings=False):
     @work(group="info", exclusive=True, exit_on_error=False)
     async def _load_info(self, name: str | None) -> None:
         rec = self.selected_record()
+        failed = self.selected_failure()
+        if failed is not None:
+            self.query_one(InfoView).show_failed(failed, self.errors.get(failed.name, []))
+            return
         transitions = await asyncio.to_thread(hive_view.transitions_of, self.hive, name) if name else []
         services = hive_view.services_of(self.hive, name) if name else {}
         self.query_one(InfoView).show(rec, transitions, services, self.errors.get(name or "", []))
@@ -484,8 +541,20 @@ class StemApp(App[int], inherit_bindings=False):
     def _open_terminal(self, message: OpenTerminal) -> None:
         self.open_terminal(message.name)
 
+    def _failed_hint(self) -> bool:
+        """On a failed spawn's entry, say what can be done with it instead of acting; whether it was one."""
+        failed = self.selected_failure()
+        if failed is not None:
+            self.notify(
+                f"{failed.name}'s spawn failed and was rolled back: n spawns it again, d dismisses it",
+                severity="warning",
+            )
+        return failed is not None
+
     def open_terminal(self, name: str) -> None:
         self.select_colony(name)
+        if self._failed_hint():
+            return
         self.show_tab("terminal")
         self._attach_terminal()
         terminal = self.query_one(TerminalView)
@@ -506,7 +575,10 @@ class StemApp(App[int], inherit_bindings=False):
 
     def action_new_colony(self) -> None:
         taken = [r.name for r in self.records]
-        form = self._spawn_form = SpawnForm(taken=taken, repo=self.default_repo, settings=self.settings)
+        failed = self.selected_failure()
+        again = SpawnRequest(failed.name, Path(failed.repo), failed.base, failed.agent, failed.task) if failed else None
+        form = SpawnForm(taken=taken, repo=self.default_repo, settings=self.settings, again=again)
+        self._spawn_form = form
 
         def spawn(request: SpawnRequest | None) -> None:
             # The result callback runs a message or two after the form is gone: until then the form still catches
@@ -520,6 +592,14 @@ class StemApp(App[int], inherit_bindings=False):
     def _spawn(self, request: SpawnRequest | None, typed: Iterable[tuple[str, str | None]] = ()) -> None:
         if request is None:
             return
+        name = request.name
+        trace = FailedSpawn(
+            name, str(request.repo), request.base, request.agent, request.task, started=self.clock.now()
+        )
+        self._tracing[name] = trace
+        if self.failed_spawns.pop(name, None) is not None:  # tried again: the old failure gives way
+            self.errors.pop(name, None)
+            self._redraw_rows()
 
         # Focus goes to the new colony's terminal at once, before the spawn is done: what the user types next is
         # meant for the agent, and must neither be lost nor land on the colony list as commands.
@@ -536,11 +616,20 @@ class StemApp(App[int], inherit_bindings=False):
                 rec = await self.hive.spawn(
                     request.name, request.repo, request.base, agent=request.agent, task=request.task
                 )
-            except BaseException:
+            except BaseException as exc:
+                self._tracing.pop(name, None)
                 terminal.cancel_expect()
+                if isinstance(exc, Exception):
+                    # Listed until dismissed, selected, with its stage, reason and output in Info and Logs.
+                    trace.at = self.clock.now()
+                    trace.reason = str(exc) if isinstance(exc, StemError) else f"{exc!r}"
+                    self.failed_spawns[name] = trace
+                    self.refresh_colonies()
+                    self.select_colony(name)
                 self._attach_terminal()
                 self.query_one(ColoniesList).focus()
                 raise
+            self._tracing.pop(name, None)
             self.notify(f"{rec.name} is {rec.state} at {rec.ip}")
             self.refresh_colonies()
             self.select_colony(rec.name)
@@ -551,6 +640,8 @@ class StemApp(App[int], inherit_bindings=False):
 
     def action_stop_start(self) -> None:
         rec = self.selected_record()
+        if rec is None and self._failed_hint():
+            return
         if rec is None:
             self.notify("no colony selected", severity="warning")
             return
@@ -586,6 +677,13 @@ class StemApp(App[int], inherit_bindings=False):
 
     def action_destroy(self) -> None:
         rec = self.selected_record()
+        failed = self.selected_failure()
+        if failed is not None:  # nothing exists to remove: only the entry goes
+            self.failed_spawns.pop(failed.name, None)
+            self.errors.pop(failed.name, None)
+            self.notify(f"dismissed the failed spawn of {failed.name}")
+            self.refresh_colonies()
+            return
         if rec is None:
             self.notify("no colony selected", severity="warning")
             return

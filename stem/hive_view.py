@@ -10,7 +10,9 @@ import asyncio
 import inspect
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from core.errors import StemError
 
 __all__ = [
     "Clock",
+    "FailedSpawn",
     "FixedClock",
     "age",
     "agent_of",
@@ -29,6 +32,30 @@ __all__ = [
     "services_of",
     "transitions_of",
 ]
+
+
+@dataclass(slots=True)
+class FailedSpawn:
+    """A spawn the UI started, traced while it runs: its states and log lines. The core rolls a failed spawn back
+    (no row, no log ring is left), so this trace is what the list, the Info and the Logs tabs show of it after."""
+
+    name: str
+    repo: str
+    base: str
+    agent: str | None
+    task: str | None
+    started: float
+    at: float = 0.0  # when it failed
+    reason: str = ""
+    transitions: list[Any] = field(default_factory=list)
+    logs: deque[Any] = field(default_factory=lambda: deque(maxlen=2000))
+
+    @property
+    def stage(self) -> str:
+        """The stage it failed in, or "spawn" when it failed before one was recorded."""
+        failed = [t.stage for t in self.transitions if t.state == "failed" and t.stage]
+        staged = [t.state for t in self.transitions if t.state != "failed"]
+        return failed[-1] if failed else (staged[-1] if staged else "spawn")
 
 
 class Clock:

@@ -160,6 +160,30 @@ async def test_a_failed_spawn_is_a_notification_naming_the_stage(hive_env, tmp_p
         assert hive.registry.find("doomed") is None, "the failed colony was not rolled back"
         assert any("exited with 3" in message for _, message in app.errors["doomed"])
 
+        # Nothing of it exists, yet it stays listed (selected) until dismissed, with why in Info and its output in
+        # Logs: a toast alone is gone before it is read.
+        await until(pilot, lambda: "doomed" in listed(app) and app.selected == "doomed", "the failed entry")
+        assert shows(app, "failed: provisioning", "spawn rolled back"), screen_text(app)
+        assert shows(app, "spawn failed while provisioning and was rolled back")
+        await until(pilot, lambda: shows(app, "none: the spawn failed"), "panels 2 and 3 saying why they are empty")
+        await pilot.press("]", "]", "]")  # terminal → logs → diff → info
+        await until(pilot, lambda: shows(app, "reason", "exited with 3", "Timeline"), "the failure in Info")
+        await pilot.press("[", "[")
+        await until(pilot, lambda: shows(app, "oh no"), "the setup's output in Logs")
+
+        await pilot.press("s")  # nothing to start: says what can be done instead
+        await until(pilot, lambda: notified(app, "n spawns it again, d dismisses it"), "the hint")
+        await pilot.press("n")  # the form comes back filled in, to try again after a fix
+        form = await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen, "the form")
+        assert form.value("name") == "doomed" and form.value("repo") == str(broken)
+        assert form.value("agent") == FAKE_AGENT
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, SpawnForm), "the form to close")
+
+        await pilot.press("d")  # dismissed at once: there is nothing to confirm
+        await until(pilot, lambda: "doomed" not in listed(app), "the entry to go")
+        await until(pilot, lambda: shows(app, "Welcome to Stem"), "the empty hive's welcome again")
+
 
 # --------------------------------------------------------------------------------------------------- terminal
 

@@ -42,6 +42,7 @@ class ColonyRow:
     services_up: int = 0
     services: int = 0
     services_failed: int = 0
+    note: str = ""  # in place of the second line's details (a failed spawn: nothing of it is left)
 
 
 def state_badge(state: str) -> Content:
@@ -63,6 +64,8 @@ def _prompt(row: ColonyRow, width: int) -> Content:
         " " * max(1, width - 2 - len(name) - len(right)),
         Content.from_markup(f"[{glyph_style}]$state[/] [$text-muted]$age[/]", state=state, age=row.age),
     )
+    if row.note:
+        return Content("\n").join([first, Content("  ").append(Content.styled(row.note, "$text-muted"))])
     parts: list[Content] = [Content.styled(row.branch, "$text-muted")]
     if row.activity:
         style = _ACTIVITY_STYLE.get(row.activity, "$text-muted")

@@ -65,27 +65,62 @@ class InfoView(VerticalScroll, can_focus=True):
         else:
             parts.append(Content.styled("  no service with a port", "$text-muted"))
 
-        parts += [Content(""), Content.styled("Timeline", "bold")]
+        parts += self._timeline(transitions)
+        parts += self._errors(errors)
+        self.body.update(Content("\n").join(parts))
+
+    def show_failed(self, failed: Any, errors: Iterable[tuple[float, str]] = ()) -> None:
+        """A spawn that failed and was rolled back: what was asked, where it failed, and why."""
+        rows: list[tuple[str, str]] = [
+            ("state", f"failed while {failed.stage}; everything made was removed"),
+            ("repository", failed.repo),
+            ("base", failed.base),
+            ("agent", failed.agent or "default"),
+        ]
+        if failed.task:
+            rows.append(("task", failed.task))
+        rows.append(("started", self.clock.when(failed.started)))
+        parts: list[Content] = [Content.styled(failed.name, "bold $primary"), Content("")]
+        for label, value in rows:
+            parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
+        parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (failed.reason, "$error")))
+        parts += [
+            Content(""),
+            Content.assemble(
+                Content.styled("n", "bold $accent"),
+                " spawns it again (same name), ",
+                Content.styled("d", "bold $accent"),
+                " dismisses this entry; its output is in the Logs tab.",
+            ),
+        ]
+        parts += self._timeline(failed.transitions)
+        parts += self._errors(errors)
+        self.body.update(Content("\n").join(parts))
+
+    def _timeline(self, transitions: Iterable[Any]) -> list[Content]:
+        parts = [Content(""), Content.styled("Timeline", "bold")]
         listed = list(transitions)
         for t in listed:
             style = "$error" if t.state == "failed" else ("$success" if t.state == "running" else "")
-            line = Content.assemble(
-                Content.styled(f"  {self.clock.when(t.at)}  ", "$text-muted"),
-                Content.styled(t.state, style) if style else t.state,
-                Content.styled(f"  {t.stage}" if t.stage else "", "$text-muted"),
-                Content.styled(f"  {t.reason}" if t.reason else "", "$error"),
+            parts.append(
+                Content.assemble(
+                    Content.styled(f"  {self.clock.when(t.at)}  ", "$text-muted"),
+                    Content.styled(t.state, style) if style else t.state,
+                    Content.styled(f"  {t.stage}" if t.stage else "", "$text-muted"),
+                    Content.styled(f"  {t.reason}" if t.reason else "", "$error"),
+                )
             )
-            parts.append(line)
         if not listed:
             parts.append(Content.styled("  (none recorded)", "$text-muted"))
+        return parts
 
+    def _errors(self, errors: Iterable[tuple[float, str]]) -> list[Content]:
+        parts = [Content(""), Content.styled("Errors", "bold")]
         problems = list(errors)
-        parts += [Content(""), Content.styled("Errors", "bold")]
-        if problems:
-            for at, message in problems[-20:]:
-                parts.append(
-                    Content.assemble(Content.styled(f"  {self.clock.when(at)}  ", "$text-muted"), (message, "$error"))
-                )
-        else:
+        for at, message in problems[-20:]:
+            parts.append(
+                Content.assemble(Content.styled(f"  {self.clock.when(at)}  ", "$text-muted"), (message, "$error"))
+            )
+        if not problems:
             parts.append(Content.styled("  none", "$text-muted"))
-        self.body.update(Content("\n").join(parts))
+        return parts

@@ -106,8 +106,12 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
 
     FIELDS = ("name", "repo", "base", "agent", "task")
 
-    def __init__(self, *, taken: Iterable[str], repo: Path | None, settings: Settings) -> None:
+    def __init__(
+        self, *, taken: Iterable[str], repo: Path | None, settings: Settings, again: SpawnRequest | None = None
+    ) -> None:
+        """`again`: a request to fill the form with (a failed spawn, to try once more after a fix)."""
         super().__init__()
+        self.again = again
         self.taken = list(taken)
         self.default_repo = repo
         self.settings = settings
@@ -121,24 +125,29 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
     def compose(self) -> ComposeResult:
         presets = sorted(self.settings.agents)
         with Vertical(id="spawn-form", classes="dialog"):
-            yield Static("New colony", classes="dialog-title")
+            yield Static("New colony" if self.again is None else "Spawn again", classes="dialog-title")
             yield Static(
                 Content.from_markup(
                     "[b $accent]enter[/] next field   [b $accent]ctrl+s[/] spawn   [b $accent]esc[/] cancel"
                 ),
                 classes="dialog-hint",
             )
-            yield from self._field("name", "Name", suggest_name(self.taken), "a DNS label: lowercase, digits, -")
-            yield from self._field("repo", "Repository", str(self.default_repo or ""), "path to a git repository")
-            yield from self._field("base", "Base ref", "HEAD", "branch, tag or commit to start from")
+            again = self.again
+            name = again.name if again else suggest_name(self.taken)
+            repo = str(again.repo if again else self.default_repo or "")
+            yield from self._field("name", "Name", name, "a DNS label: lowercase, digits, -")
+            yield from self._field("repo", "Repository", repo, "path to a git repository")
+            base = again.base if again else "HEAD"
+            yield from self._field("base", "Base ref", base, "branch, tag or commit to start from")
             yield from self._field(
                 "agent",
                 "Agent",
-                self.settings.default_agent,
+                (again.agent if again else None) or self.settings.default_agent,
                 f"preset ({', '.join(presets)}) or a command",
                 SuggestFromList(presets),
             )
-            yield from self._field("task", "Task", "", "what the agent should do (optional)")
+            task = (again.task if again else None) or ""
+            yield from self._field("task", "Task", task, "what the agent should do (optional)")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Spawn", variant="primary", id="spawn-submit")
                 yield Button("Cancel", id="spawn-cancel")
