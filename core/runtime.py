@@ -18,7 +18,7 @@ from core.config import ColonyConfig, load_colony_config
 from core.errors import ConfigError, StemError
 from core.events import Event, Notice
 from core.registry import ColonyRecord, Registry
-from core.services import ServiceChanges, ServiceSet, Timing
+from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
 
 log = logging.getLogger("stem.runtime")
@@ -49,20 +49,19 @@ class ColonyRuntime:
         self.config = config
         self._emit = emit
         self._registry = registry
-        self.services = ServiceSet(
-            config,
+        host = ServiceHost(
             colony=rec.name,
             netns=rec.netns,
             worktree=Path(rec.worktree),
             ip=rec.ip,
-            env=env,
             log=colony_log,
             emit=emit,
             record_process=lambda pid, start, kind, argv: registry.add_process(rec.name, pid, start, kind, argv),
             forget_process=registry.remove_process,
-            timing=timing,
+            timing=timing or Timing(),
             may_restart=self._colony_running,
         )
+        self.services = ServiceSet(config, host, env)
         # The hive routes config reloads through the colony's actor (one writer per colony).
         self._on_config_change = on_config_change or self._reload_ignoring_result
         self.changes: ChangeWatcher | None = None

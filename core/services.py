@@ -39,6 +39,7 @@ __all__ = [
     "STOPPED",
     "ProcessHook",
     "ServiceChanges",
+    "ServiceHost",
     "ServiceRunner",
     "ServiceSet",
     "Timing",
@@ -72,6 +73,25 @@ class Timing:
     stop_grace: float = 5.0  # SIGTERM to SIGKILL
     probe_interval: float = 0.1
     probe_timeout: float = 1.0  # one readiness attempt
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHost:
+    """Where a colony's services run and whom they tell: shared by its ServiceSet and every runner in it.
+
+    `record_process`/`forget_process` keep the registry's process table (run in worker threads); `may_restart`
+    is asked before every restart (a colony stopped from another shell must not see its services come back)."""
+
+    colony: str
+    netns: str
+    worktree: Path
+    ip: str
+    log: ColonyLog
+    emit: Callable[[Event], None]
+    record_process: ProcessHook
+    forget_process: Callable[[int, int], None]
+    timing: Timing = Timing()
+    may_restart: Callable[[], Awaitable[bool]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,33 +228,19 @@ class ServiceRunner:
     A service that is not ready within its ready_timeout is ended, and that counts as a failed attempt.
     """
 
-    def __init__(
-        self,
-        spec: ServiceSpec,
-        *,
-        colony: str,
-        netns: str,
-        worktree: Path,
-        env: Mapping[str, str],
-        ip: str,
-        log: ColonyLog,
-        emit: Callable[[Event], None],
-        record_process: ProcessHook,
-        forget_process: Callable[[int, int], None],
-        timing: Timing | None = None,
-        may_restart: Callable[[], Awaitable[bool]] | None = None,
-    ) -> None:
+    def __init__(self, spec: ServiceSpec, host: ServiceHost, env: Mapping[str, str]) -> None:
         self.spec = spec
-        self.colony = colony
-        self.netns = netns
-        self.cwd = worktree / spec.working_dir if spec.working_dir else worktree
+        self.host = host
+        self.colony = host.colony
+        self.netns = host.netns
+        self.cwd = host.worktree / spec.working_dir if spec.working_dir else host.worktree
         self.env = dict(env)
-        self.ip = ip
-        self.log = log
-        self.timing = timing or Timing()
-        self._emit = emit
-        self._record_process = record_process
-        self._forget_process = forget_process
+        self.ip = host.ip
+        self.log = host.log
+        self.timing = host.timing
+        self._emit = host.emit
+        self._record_process = host.record_process
+        self._forget_process = host.forget_process
 
         self.state = STOPPED
         self.code: int | None = None
@@ -245,8 +251,7 @@ class ServiceRunner:
 
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        # Asked before every restart: a colony stopped from another shell must not see its services come back.
-        self._may_restart = may_restart
+        self._may_restart = host.may_restart
         self._grace = self.timing.stop_grace
         self._wake = asyncio.Event()  # cuts a backoff wait short when stop() is called
         self._ever_ready = asyncio.Event()
@@ -574,34 +579,14 @@ class ServiceSet:
     the config's env and each service's env itself, so an edit of either restarts exactly the affected services.
     """
 
-    def __init__(
-        self,
-        config: ColonyConfig,
-        *,
-        colony: str,
-        netns: str,
-        worktree: Path,
-        ip: str,
-        env: Mapping[str, str],
-        log: ColonyLog,
-        emit: Callable[[Event], None],
-        record_process: ProcessHook,
-        forget_process: Callable[[int, int], None],
-        timing: Timing | None = None,
-        may_restart: Callable[[], Awaitable[bool]] | None = None,
-    ) -> None:
+    def __init__(self, config: ColonyConfig, host: ServiceHost, env: Mapping[str, str]) -> None:
         self.config = config
-        self.colony = colony
-        self.netns = netns
-        self.worktree = worktree
-        self.ip = ip
+        self.host = host
+        self.colony = host.colony
         self.env = dict(env)
-        self.log = log
-        self.timing = timing or Timing()
-        self._may_restart = may_restart
-        self._emit = emit
-        self._record_process = record_process
-        self._forget_process = forget_process
+        self.log = host.log
+        self.timing = host.timing
+        self._emit = host.emit
         self._runners: dict[str, ServiceRunner] = {}
         self._envs: dict[str, dict[str, str]] = {}  # what each runner was started with, to spot changes
         self._lock = asyncio.Lock()
@@ -683,20 +668,7 @@ class ServiceSet:
 
     def _start_runner(self, spec: ServiceSpec) -> ServiceRunner:
         env = self._env_for(self.config, spec.name)
-        runner = ServiceRunner(
-            spec,
-            colony=self.colony,
-            netns=self.netns,
-            worktree=self.worktree,
-            env=env,
-            ip=self.ip,
-            log=self.log,
-            emit=self._emit,
-            record_process=self._record_process,
-            forget_process=self._forget_process,
-            timing=self.timing,
-            may_restart=self._may_restart,
-        )
+        runner = ServiceRunner(spec, self.host, env)
         self._runners[spec.name] = runner
         self._envs[spec.name] = env
         runner.start()

@@ -18,7 +18,7 @@ from core.config import ColonyConfig, ServiceSpec, parse_colony_config
 from core.errors import ConfigError, StepFailed
 from core.events import Event, LogLine, ServiceState
 from core.hive import Hive
-from core.services import ServiceSet, Timing
+from core.services import ServiceHost, ServiceSet, Timing
 
 pytestmark = pytest.mark.root
 
@@ -66,19 +66,18 @@ class Colony:
         self.rec = hive.get(name)
         self.events: list[Event] = []
         self.recorded: list[int] = []
-        self.services = ServiceSet(
-            self.config(toml),
+        host = ServiceHost(
             colony=name,
             netns=self.rec.netns,
             worktree=Path(self.rec.worktree),
             ip=self.rec.ip,
-            env=hive.env_for(self.rec),
             log=hive.log(name),
             emit=self.events.append,
             record_process=self._record,
             forget_process=hive.registry.remove_process,
             timing=FAST,
         )
+        self.services = ServiceSet(self.config(toml), host, hive.env_for(self.rec))
 
     def config(self, toml: str) -> ColonyConfig:
         return parse_colony_config(toml, Path(self.rec.worktree) / "colony.toml")

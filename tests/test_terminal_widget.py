@@ -7,17 +7,18 @@ app tests run the same widget inside real colonies.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import pytest
 from rich.color import Color
 from textual.app import App, ComposeResult
 from textual.widgets import Input
+from ui_support import until
 
 from core import netns
 from core.agent import AgentSession
@@ -26,7 +27,6 @@ from stem.widgets.terminal import TerminalView
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
-T = TypeVar("T")
 HERE = Path(__file__).parent
 FAKE_AGENT = [sys.executable, str(HERE / "fake_agent.py")]
 # Prints what it reads, byte by byte, in raw mode, after asking for application cursor keys and bracketed paste.
@@ -37,7 +37,6 @@ KEY_ECHO = [
     "while True:\n d=os.read(0,1024)\n os.write(1,(repr(d)+'\\r\\n').encode())\n"
     " if d==b'q': break",
 ]
-TIMEOUT = 10.0
 
 
 @pytest.fixture
@@ -90,18 +89,13 @@ class TermApp(App[None]):
             await self.session.stop(grace=1.0)
 
 
-async def until(pilot, predicate: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
-    """Let the app run until `predicate` is truthy (checked after each pause); fail naming `what`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        await pilot.pause()
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)  # polling interval; the predicate decides
+@contextlib.asynccontextmanager
+async def at_prompt() -> AsyncIterator[tuple[TermApp, Any]]:
+    """The app with the fake agent in its terminal, once the agent's prompt is drawn."""
+    app = TermApp(FAKE_AGENT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+        yield app, pilot
 
 
 def drawn(app: TermApp) -> list[str]:
@@ -115,9 +109,7 @@ def shows(app: TermApp, text: str) -> bool:
 
 
 async def test_typing_reaches_the_agent_and_its_echo_is_drawn() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         await pilot.press(*"hello", "enter")
         await until(pilot, lambda: shows(app, "echo: hello"), "the echo")
         # Keys the app would otherwise take ("q", tab) went to the agent too.
@@ -128,9 +120,7 @@ async def test_typing_reaches_the_agent_and_its_echo_is_drawn() -> None:
 
 
 async def test_ctrl_c_interrupts_the_agent_not_the_app() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         await pilot.press(*"sleep 30", "enter")
         await until(pilot, lambda: shows(app, "echo: sleep 30"), "the command to start")
         await pilot.press("ctrl+c")
@@ -139,9 +129,7 @@ async def test_ctrl_c_interrupts_the_agent_not_the_app() -> None:
 
 
 async def test_the_release_chord_gives_focus_back() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         await pilot.press("ctrl+right_square_bracket")
         await pilot.pause()
         assert app.released == 1
@@ -176,9 +164,7 @@ def _paste(text: str):
 
 
 async def test_colours_attributes_and_wide_characters() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         await pilot.press(*"color", "enter")
         await until(pilot, lambda: shows(app, "pink-truecolor"), "the colour line")
         view = app.query_one(TerminalView)
@@ -199,9 +185,7 @@ async def test_colours_attributes_and_wide_characters() -> None:
 
 
 async def test_the_cursor_is_drawn_reversed() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, _pilot):
         view = app.query_one(TerminalView)
         assert app.session is not None
         cursor = app.session.screen.cursor
@@ -213,9 +197,7 @@ async def test_the_cursor_is_drawn_reversed() -> None:
 
 
 async def test_only_changed_rows_are_rendered_again() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         view = app.query_one(TerminalView)
         rendered: list[int] = []
         original = view._render_row
@@ -246,9 +228,7 @@ async def test_only_changed_rows_are_rendered_again() -> None:
 
 
 async def test_a_hidden_terminal_is_not_redrawn() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         view = app.query_one(TerminalView)
         calls: list[int] = []
         view.on_rendered = lambda row, strip: calls.append(row)
@@ -266,9 +246,7 @@ async def test_a_hidden_terminal_is_not_redrawn() -> None:
 
 
 async def test_resizing_the_window_resizes_the_pty() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         view = app.query_one(TerminalView)
         assert app.session is not None
         screen = app.session.screen
@@ -281,9 +259,7 @@ async def test_resizing_the_window_resizes_the_pty() -> None:
 
 
 async def test_the_mouse_wheel_scrolls_back_and_typing_returns_to_the_bottom() -> None:
-    app = TermApp(FAKE_AGENT)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
+    async with at_prompt() as (app, pilot):
         await pilot.press(*"flood 200", "enter")
         await until(pilot, lambda: shows(app, "line 000200"), "the flood")
         view = app.query_one(TerminalView)

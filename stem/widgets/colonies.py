@@ -13,6 +13,7 @@ from textual.widgets.option_list import Option
 
 from stem.keys import bind
 from stem.messages import ColonySelected, OpenTerminal
+from stem.widgets.side_panels import PanelList
 
 __all__ = ["ColoniesList", "ColoniesPanel", "ColonyRow", "state_badge"]
 
@@ -77,7 +78,7 @@ def _prompt(row: ColonyRow, width: int) -> Content:
     return Content("\n").join([first, second])
 
 
-class ColoniesList(OptionList):
+class ColoniesList(PanelList):
     """The list itself; the panel around it holds the filter."""
 
     BINDINGS = [
@@ -93,13 +94,6 @@ class ColoniesList(OptionList):
         super().__init__(id=id)
         self.rows: list[ColonyRow] = []
         self.filter_text = ""
-
-    @property
-    def selected(self) -> str | None:
-        index = self.highlighted
-        if index is None or index >= self.option_count:
-            return None
-        return self.get_option_at_index(index).id
 
     def set_rows(self, rows: list[ColonyRow]) -> None:
         """Show `rows` (filtered), keeping the highlighted colony highlighted."""

@@ -15,6 +15,16 @@ from stem.keys import bind
 __all__ = ["InfoView"]
 
 
+def _facts(name: str, rows: Iterable[tuple[str, str]], reason: str) -> list[Content]:
+    """The name, then one labelled line a fact, then the reason (in the error colour) if there is one."""
+    parts = [Content.styled(name, "bold $primary"), Content("")]
+    for label, value in rows:
+        parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
+    if reason:
+        parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (reason, "$error")))
+    return parts
+
+
 class InfoView(VerticalScroll, can_focus=True):
     BINDINGS = [bind("list.down", "scroll_down"), bind("list.up", "scroll_up")]
 
@@ -48,11 +58,7 @@ class InfoView(VerticalScroll, can_focus=True):
         if rec.task:
             rows.append(("task", rec.task))
         rows.append(("created", self.clock.when(rec.created_at)))
-        parts: list[Content] = [Content.styled(rec.name, "bold $primary"), Content("")]
-        for label, value in rows:
-            parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
-        if rec.reason:
-            parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (rec.reason, "$error")))
+        parts = _facts(rec.name, rows, rec.reason)
 
         urls = [
             f"http://{rec.ip}:{getattr(getattr(runner, 'spec', None), 'port', None)}/  ({name})"
@@ -80,10 +86,7 @@ class InfoView(VerticalScroll, can_focus=True):
         if failed.task:
             rows.append(("task", failed.task))
         rows.append(("started", self.clock.when(failed.started)))
-        parts: list[Content] = [Content.styled(failed.name, "bold $primary"), Content("")]
-        for label, value in rows:
-            parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
-        parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (failed.reason, "$error")))
+        parts = _facts(failed.name, rows, failed.reason)
         parts += [
             Content(""),
             Content.assemble(

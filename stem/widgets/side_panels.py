@@ -13,7 +13,7 @@ from textual.widgets.option_list import Option
 from stem.keys import bind
 from stem.messages import FileSelected
 
-__all__ = ["ChangesList", "ServicesList"]
+__all__ = ["ChangesList", "PanelList", "ServicesList"]
 
 _SERVICE_STYLE = {
     "ready": "$success",
@@ -27,7 +27,32 @@ _STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R"}
 _STATUS_STYLE = {"added": "$success", "modified": "$warning", "deleted": "$error", "renamed": "$accent"}
 
 
-class ServicesList(OptionList):
+class PanelList(OptionList):
+    """A panel's list: entries by id, replaced wholesale as the core reports, the highlighted one kept."""
+
+    @property
+    def selected(self) -> str | None:
+        """The highlighted entry's id."""
+        index = self.highlighted
+        if index is None or index >= self.option_count:
+            return None
+        return self.get_option_at_index(index).id
+
+    def replace(self, options: list[Option], empty: str) -> None:
+        """Show `options` (or `empty`, greyed, when there are none), keeping the highlighted id highlighted."""
+        keep = self.selected
+        if not options:
+            options = [Option(Content.styled(empty, "$text-muted"), disabled=True)]
+        self.clear_options()
+        self.add_options(options)
+        ids = [o.id for o in options]
+        if keep in ids:
+            self.highlighted = ids.index(keep)
+        elif not options[0].disabled:
+            self.highlighted = 0
+
+
+class ServicesList(PanelList):
     """Panel 2."""
 
     BINDINGS = [bind("list.down"), bind("list.up"), bind("service.restart", "app.restart_service")]
@@ -35,16 +60,8 @@ class ServicesList(OptionList):
     def on_mount(self) -> None:
         self.border_title = "[2] Services"
 
-    @property
-    def selected(self) -> str | None:
-        index = self.highlighted
-        if index is None or index >= self.option_count:
-            return None
-        return self.get_option_at_index(index).id
-
     def show(self, services: Mapping[str, Any], note: str | None = None) -> None:
         """`services`: runner-like objects (name, state, restarts, spec.port) by name."""
-        keep = self.selected
         options: list[Option] = []
         for name, runner in services.items():
             state = str(getattr(runner, "state", "?"))
@@ -59,18 +76,10 @@ class ServicesList(OptionList):
                 Content.styled(f"  ↻{restarts}" if restarts else "", "$warning"),
             )
             options.append(Option(prompt, id=name))
-        if not options:
-            options.append(Option(Content.styled(note or "no services", "$text-muted"), disabled=True))
-        self.clear_options()
-        self.add_options(options)
-        ids = [o.id for o in options]
-        if keep in ids:
-            self.highlighted = ids.index(keep)
-        elif not options[0].disabled:
-            self.highlighted = 0
+        self.replace(options, note or "no services")
 
 
-class ChangesList(OptionList):
+class ChangesList(PanelList):
     """Panel 3: the first entry is the whole colony, then one per file."""
 
     BINDINGS = [bind("list.down"), bind("list.up"), bind("changes.diff")]
@@ -80,15 +89,12 @@ class ChangesList(OptionList):
 
     @property
     def selected(self) -> str | None:
-        index = self.highlighted
-        if index is None or index >= self.option_count:
-            return None
-        option_id = self.get_option_at_index(index).id
-        return None if option_id in (None, "*") else option_id
+        """The highlighted file's path; None on the "all files" entry."""
+        option_id = super().selected
+        return None if option_id == "*" else option_id
 
     def show(self, files: Iterable[Any] | None, note: str | None = None) -> None:
         """`files`: FileChange-like (path, status, added, removed); None when the core does not watch."""
-        keep = self.selected
         options: list[Option] = []
         listed = list(files or ())
         if listed:
@@ -122,15 +128,7 @@ class ChangesList(OptionList):
                     id=change.path,
                 )
             )
-        if not options:
-            options.append(Option(Content.styled(note or "no changes", "$text-muted"), disabled=True))
-        self.clear_options()
-        self.add_options(options)
-        ids = [o.id for o in options]
-        if keep in ids:
-            self.highlighted = ids.index(keep)
-        elif not options[0].disabled:
-            self.highlighted = 0
+        self.replace(options, note or "no changes")
         self.border_title = f"[3] Changes ({len(listed)})" if listed else "[3] Changes"
 
     @on(OptionList.OptionHighlighted)
