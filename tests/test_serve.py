@@ -94,11 +94,17 @@ def test_serve_runs_services_of_two_colonies_on_port_3000_and_stops_cleanly(hive
         assert serve.saw("alpha [worker] worker up")
 
         # `stem ls` in another shell shows the services' states as the owner reports them.
-        def listing_when_ready() -> str | None:
-            out = run_stem(hive_env.env, "ls").stdout
-            return out if out.count("web:ready worker:ready") == 2 else None
+        seen: list[str] = []
 
-        listing = wait_for(listing_when_ready, what="stem ls to show both colonies' services ready")
+        def listing_when_ready() -> str | None:
+            seen.append(run_stem(hive_env.env, "ls").stdout)
+            return seen[-1] if seen[-1].count("web:ready worker:ready") == 2 else None
+
+        # Each try is a whole `stem` process (a second or more on a loaded 2-core machine): give it room.
+        try:
+            listing = wait_for(listing_when_ready, 30, "stem ls to show both colonies' services ready")
+        except AssertionError:
+            raise AssertionError(f"stem ls never showed both ready; it last showed:\n{seen[-1]}") from None
         assert listing.splitlines()[0].split() == ["NAME", "STATE", "AGENT", "SERVICES", "IP", "BRANCH", "AGE", "REPO"]
         logs = run_stem(hive_env.env, "logs", "beta", "--service", "worker").stdout
         assert logs.rstrip().endswith("[worker] worker up")
