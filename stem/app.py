@@ -129,7 +129,8 @@ class StemApp(App[int], inherit_bindings=False):
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
             self.theme = self.settings.theme
-        self.set_keymap(keymap(self.settings.keys))
+        self.key_remaps = keymap(self.settings.keys)  # binding id -> keys, as remapped by config
+        self.set_keymap(self.key_remaps)
 
     # ------------------------------------------------------------------------------------------- layout
 
@@ -782,7 +783,7 @@ class StemApp(App[int], inherit_bindings=False):
         focused = self.focused
         context = "terminal" if isinstance(focused, TerminalView) else (focused.id if focused else "app") or "app"
         if isinstance(focused, TerminalView):
-            release = self._keymap.get("terminal.release", "ctrl+right_square_bracket").split(",")[0]
+            release = self.key_remaps.get("terminal.release", "ctrl+right_square_bracket").split(",")[0]
             rows.insert(0, (self.get_key_display(Binding(release, "")), "back to panels", "terminal.release"))
         self.push_screen(HelpScreen(context.replace("-", " "), rows))
 

@@ -49,7 +49,7 @@ class HintBar(Static):
         self.update(Content("  ").join(parts))
 
     def _key_for(self, binding_id: str) -> str | None:
-        keys = self.app._keymap.get(binding_id)
+        keys = getattr(self.app, "key_remaps", {}).get(binding_id)
         if not keys:
             return None
         from textual.binding import Binding
