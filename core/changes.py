@@ -22,7 +22,7 @@ from watchfiles._rust_notify import WatchfilesRustInternalError
 from core.actor import describe
 from core.errors import StemError
 from core.events import ChangesUpdated, Event, FileChange, Notice
-from core.worktree import _GIT_ENV
+from core.worktree import git_env
 
 ADDED = "added"
 MODIFIED = "modified"
@@ -36,16 +36,13 @@ _STATUS = {"A": ADDED, "C": ADDED, "D": DELETED, "M": MODIFIED, "R": RENAMED, "T
 _BINARY_PROBE = 8000
 # core.bigFileThreshold's default: git diffs files larger than this as binary, so counting their lines is moot.
 _BIG_FILE = 512 * 1024 * 1024
-# Variables that would point git at another repository or index (a git hook sets them, for one).
-_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
 # Restarts of the file watcher in a row that fail before it watches again, before it gives up.
 _MAX_RESTARTS = 3
 
 
 def _git(args: list[str], cwd: Path, *, input: bytes | None = None, ok: Iterable[int] = (0,)) -> bytes:
     """Run git for its raw stdout: paths come NUL-separated and need not be UTF-8."""
-    env = {key: value for key, value in os.environ.items() if key not in _REPO_ENV}
-    env.update(_GIT_ENV)
+    env = git_env()
     argv = ["git", "--no-optional-locks", "-c", "core.quotePath=false", *args]
     try:
         proc = subprocess.run(

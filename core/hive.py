@@ -175,8 +175,8 @@ class Hive:
         return self.registry.get(name)
 
     def env_for(self, rec: ColonyRecord, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment every process in the colony sees."""
-        env = dict(os.environ)
+        """The environment every process in the colony sees (git inside finds the colony's worktree)."""
+        env = worktree.without_repo_vars(os.environ)
         env.update(extra or {})
         env.update(
             COLONY_NAME=rec.name,

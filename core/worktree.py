@@ -10,6 +10,7 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,25 @@ from core.errors import BadRef, NotARepository, StemError
 from core.locks import file_lock, repo_lock_path
 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+# Variables that would point git at another repository or index (a git hook sets them, for one).
+_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
+
+
+def without_repo_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without GIT_DIR and friends, so git finds the repository from the directory it runs in: what a
+    caller exported (a git hook does) must not point Stem, or a colony's agent, at another repository."""
+    return {key: value for key, value in env.items() if key not in _REPO_ENV}
+
+
+def git_env() -> dict[str, str]:
+    """The environment Stem runs git in: never prompts, C messages, the repository of the directory."""
+    env = without_repo_vars(os.environ)
+    env.update(_GIT_ENV)
+    return env
 
 
 def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, **_GIT_ENV)
+    env = git_env()
     proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()

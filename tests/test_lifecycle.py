@@ -229,6 +229,28 @@ def test_spawn_killed_at_each_step_then_gc_leaves_nothing(hive_env, tmp_path, st
     assert (Path(rec["worktree"]) / "setup.txt").read_text() == "setting up\n"
 
 
+def test_git_variables_of_the_caller_do_not_point_stem_at_another_repository(hive_env, repo, tmp_path):
+    # As when stem is run from a git hook or a script that exported GIT_DIR: the colony still comes from --repo.
+    other = make_repo(tmp_path / "other", files=1)
+    env = dict(
+        hive_env.env, GIT_DIR=str(other / ".git"), GIT_WORK_TREE=str(other), GIT_INDEX_FILE=str(other / ".git/index")
+    )
+    result = run_stem(env, "spawn", "hooked", "--repo", str(repo))
+    assert result.returncode == 0, result.stderr
+    wt = Path(colony(hive_env, "hooked")["worktree"])
+    assert (wt / "dir2" / "file2.txt").is_file(), "the worktree is not a checkout of --repo"
+    assert "colony/hooked" in git(repo, "branch", "--format=%(refname:short)").split()
+    assert "colony/hooked" not in git(other, "branch", "--format=%(refname:short)").split()
+    # Nor does git inside the colony (the agent's commits) reach the other repository.
+    inside = run_stem(env, "exec", "hooked", "--", "git", "rev-parse", "--show-toplevel", cwd=wt)
+    assert inside.returncode == 0 and inside.stdout.strip() == str(wt), inside.stdout + inside.stderr
+    (wt / "new.txt").write_text("x\n")
+    result = run_stem(env, "destroy", "hooked")
+    assert result.returncode == 2 and "uncommitted changes (new.txt)" in result.stderr, result.stderr
+    assert run_stem(env, "destroy", "--force", "hooked").returncode == 0
+    assert git(repo, "worktree", "list").count("\n") == 1
+
+
 def test_gc_removes_prefixed_objects_the_registry_does_not_own_and_nothing_else(hive_env, repo):
     foreign = f"{hive_env.prefix}x-other"  # a different prefix: not ours to touch
     stray = f"{hive_env.prefix}-stray"
