@@ -29,6 +29,10 @@ class BadRef(StemError):
     """A git ref that does not resolve to a commit."""
 
 
+class BranchExists(StemError):
+    """The branch a colony would be made on is there already (not Stem's to touch)."""
+
+
 class ConfigError(StemError):
     """A malformed or mistyped config file (colony.toml, config.toml). The message names file, line and key."""
 

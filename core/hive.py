@@ -27,7 +27,7 @@ from core.agent import AgentSession
 from core.changes import changed_files, diff_text
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
-from core.errors import NoSuchColony, StemError, StepFailed, WrongState
+from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState
 from core.events import (
     AgentActivity,
     ColonyRemoved,
@@ -283,11 +283,11 @@ class Hive:
 
     def _preflight(self, repo: Path, base: str) -> tuple[Path, str, ColonyConfig]:
         root = worktree.repo_root(repo.expanduser().absolute())
-        commit = worktree.resolve_ref(root, base)
         # The colony's worktree holds colony.toml as of the base commit: check that one before making anything.
-        shown = worktree.git(["show", f"{commit}:colony.toml"], root, check=False)
-        config = parse_colony_config(shown.stdout, root / "colony.toml") if shown.returncode == 0 else ColonyConfig()
-        return root, commit, config
+        commit, toml = worktree.resolve_with_file(root, base, "colony.toml")
+        if toml is None:
+            return root, commit, ColonyConfig()
+        return root, commit, parse_colony_config(toml.decode("utf-8", "replace"), root / "colony.toml")
 
     def _make_row(
         self, name: str, root: Path, base: str, commit: str, agent: str | None, task: str | None
@@ -365,18 +365,21 @@ class Hive:
         _checkpoint("network")
 
     def _make_worktree(self, rec: ColonyRecord) -> None:
-        repo = Path(rec.repo)
-        if worktree.branch_exists(repo, rec.branch):
-            # Checked before the claim: a branch Stem did not make here is never Stem's to remove on rollback.
-            raise StemError(
-                f"branch {rec.branch} already exists in {rec.repo}: merge or delete it "
-                f"(git branch -D {rec.branch}), or pick another colony name"
-            )
-        # Claimed branch first: parts are removed newest first, and git cannot delete a checked-out branch.
-        self.registry.claim(rec.name, "branch", f"{rec.repo}#{rec.branch}", extra=rec.repo)
-        self.registry.claim(rec.name, "worktree", rec.worktree, extra=rec.repo)
-        _checkpoint("worktree-claimed")
-        worktree.add(Path(rec.repo), Path(rec.worktree), rec.branch, rec.base_commit, self.layout.locks)
+        branch = f"{rec.repo}#{rec.branch}"
+
+        def claim() -> None:
+            # Claimed branch first: parts are removed newest first, and git cannot delete a checked-out branch.
+            self.registry.claim(rec.name, "branch", branch, extra=rec.repo)
+            self.registry.claim(rec.name, "worktree", rec.worktree, extra=rec.repo)
+            _checkpoint("worktree-claimed")
+
+        try:
+            worktree.add(Path(rec.repo), Path(rec.worktree), rec.branch, rec.base_commit, self.layout.locks, claim)
+        except BranchExists:
+            # Nothing was made, and a branch Stem did not make is never Stem's to remove on rollback.
+            self.registry.release("worktree", rec.worktree)
+            self.registry.release("branch", branch)
+            raise
         _checkpoint("worktree")
 
     def _run_commands(self, rec: ColonyRecord, config: ColonyConfig, source: str, commands: tuple[str, ...]) -> None:

@@ -10,11 +10,11 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import BadRef, NotARepository, StemError
+from core.errors import BadRef, BranchExists, NotARepository, StemError
 from core.locks import file_lock, repo_lock_path
 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
@@ -66,29 +66,77 @@ def common_dir(repo: Path) -> Path:
     return Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], repo).stdout.strip())
 
 
+def _bad_ref(repo: Path, ref: str) -> BadRef:
+    if ref == "HEAD":
+        return BadRef(f"{repo} has no commits yet: commit something first, Stem branches colonies from it")
+    return BadRef(f"base ref {ref!r} does not name a commit in {repo} (try a branch, tag or sha)")
+
+
 def resolve_ref(repo: Path, ref: str) -> str:
     """The commit `ref` names, or BadRef saying so."""
     proc = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo, check=False)
     if proc.returncode != 0:
-        if ref == "HEAD":
-            raise BadRef(f"{repo} has no commits yet: commit something first, Stem branches colonies from it")
-        raise BadRef(f"base ref {ref!r} does not name a commit in {repo} (try a branch, tag or sha)")
+        raise _bad_ref(repo, ref)
     return proc.stdout.strip()
+
+
+def resolve_with_file(repo: Path, ref: str, path: str) -> tuple[str, bytes | None]:
+    """The commit `ref` names and the file at `path` in it (None if it has none), from one git process; BadRef
+    if `ref` names no commit."""
+    if not ref or "\n" in ref:
+        raise _bad_ref(repo, ref)
+    names = [f"{ref}^{{commit}}", f"{ref}^{{commit}}:{path}"]
+    proc = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        cwd=repo,
+        env=git_env(),
+        input="".join(f"{name}\n" for name in names).encode(),
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise StemError(f"git cat-file failed in {repo}: {detail[-1] if detail else proc.returncode}")
+    out = proc.stdout
+    found: list[tuple[str, bytes] | None] = []
+    at = 0
+    for _ in names:
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        at = end + 1
+        if len(header) == 3 and header[2].isdigit():  # <oid> <type> <size>, then the content and a newline
+            size = int(header[2])
+            found.append((header[0].decode(), out[at : at + size]))
+            at += size + 1
+        else:  # <name> missing | ambiguous
+            found.append(None)
+    commit, blob = found
+    if commit is None:
+        raise _bad_ref(repo, ref)
+    return commit[0], blob[1] if blob is not None else None
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
     return git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], repo, check=False).returncode == 0
 
 
-def add(repo: Path, path: Path, branch: str, commit: str, lock_dir: Path) -> None:
-    """Create the worktree at `path` on a new branch `branch` starting at `commit`."""
+def add(
+    repo: Path, path: Path, branch: str, commit: str, lock_dir: Path, claim: Callable[[], None] | None = None
+) -> None:
+    """Create the worktree at `path` on a new branch `branch` starting at `commit`, under the repository's lock;
+    `claim()` runs first, under the lock too. BranchExists (nothing made) if the branch is there already."""
     with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
-        if branch_exists(repo, branch):
-            raise StemError(
-                f"branch {branch} already exists in {repo}: a destroyed colony kept it for its unmerged work; "
-                f"merge or delete it (git branch -D {branch}), or pick another colony name"
-            )
-        git(["worktree", "add", "--quiet", "-b", branch, str(path), commit], repo)
+        if claim is not None:
+            claim()
+        # No separate check: git refuses an existing branch before it makes anything, and says so.
+        proc = git(["worktree", "add", "--quiet", "-b", branch, str(path), commit], repo, check=False)
+        if proc.returncode != 0:
+            if f"a branch named '{branch}' already exists" in proc.stderr:
+                raise BranchExists(
+                    f"branch {branch} already exists in {repo}: merge or delete it (git branch -D {branch}), "
+                    "or pick another colony name"
+                )
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise StemError(f"git worktree add failed in {repo}: {detail[-1] if detail else proc.returncode}")
 
 
 def remove(repo: Path, path: Path, lock_dir: Path) -> None:
