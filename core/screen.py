@@ -26,6 +26,8 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from itertools import accumulate, chain
+from operator import attrgetter, getitem
 from typing import Any, cast
 
 import pyte
@@ -37,8 +39,8 @@ from core.screen_cells import (
     DEFAULT_CHAR,
     NARROW,
     SGR_CACHE,
+    SGR_SEQ_SPLIT,
     SGR_SPLIT,
-    SGR_STEPS,
     Piece,
     Row,
     chars_for,
@@ -48,7 +50,6 @@ from core.screen_cells import (
     resolve_row,
     row_text,
     sgr_apply,
-    sgr_step,
     text_width,
 )
 from core.screen_scrollback import Scrollback
@@ -82,6 +83,9 @@ _TOKEN = re.compile(_TOKEN_PATTERN)
 _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]", 1))
 
 _T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 3, 6, 7, 8, 10, 11
+
+# The `TextCells` of an `SgrMoves` node.
+_TEXTS = attrgetter("chars.texts")
 
 _SGR_RESETS = frozenset({"", "0"})
 
@@ -577,10 +581,10 @@ class StemScreen(pyte.Screen):
                     self.define_charset(designation[1], mode=designation[0])
 
     def _draw_styled(self, run: str) -> None:
-        """Draw printable ASCII interleaved with SGR sequences: what `draw` and `select_graphic_rendition`
+        """Draw printable text interleaved with SGR sequences: what `draw` and `select_graphic_rendition`
         would do part by part, without a token dispatch per part. Parts that would wrap go to `draw`."""
         mode = self.mode
-        parts = SGR_SPLIT.split(run)
+        parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
         if not (
             mo.DECAWM in mode
             and mode.isdisjoint(_NO_BATCH_MODES)
@@ -589,24 +593,37 @@ class StemScreen(pyte.Screen):
         ):
             for i, part in enumerate(parts):
                 if i & 1:
-                    self.select_graphic_rendition(*parse_params(part))
+                    self.select_graphic_rendition(*parse_params(part[2:-1]))
                 elif part:
                     self.draw(part)
             return
         cursor = self.cursor
-        attrs = cursor.attrs
-        get = chars_for(attrs).__getitem__
-        x = start = cursor.x
+        x = cursor.x
+        if run.isascii() or narrow_text(run):
+            # One cell per character: if the whole run fits on the row, the attributes in force for each
+            # text part and its cells are all found in C, and the row is written once.
+            moves = list(accumulate(parts[1::2], getitem, initial=chars_for(cursor.attrs).moves))
+            texts = parts[::2]
+            cells = list(chain.from_iterable(map(getitem, map(_TEXTS, moves), texts)))
+            end = x + len(cells)
+            if end <= self.columns:
+                if cells:
+                    self.buffer[cursor.y].update(zip(range(x, end), cells))  # noqa: B905 - same length
+                cursor.attrs = moves[-1].chars.attrs
+                cursor.x = end
+                self.dirty.add(cursor.y)
+                return
+        chars = chars_for(cursor.attrs)
+        get = chars.__getitem__
+        start = x
         columns = self.columns
-        steps = SGR_STEPS
         # Cells are collected and written to the row once: one dict update per part costs a third more.
-        cells: list[Char] = []
-        # parts alternate text and SGR parameters: text, params, text, params, ..., text
+        cells = []
+        # parts alternate text and SGR sequences: text, SGR, text, SGR, ..., text
         for k in range(0, len(parts), 2):
             if k:
-                params = parts[k - 1]
-                step = steps.get((attrs, params))
-                attrs, get = step if step is not None else sgr_step(attrs, params)
+                chars = chars.moves[parts[k - 1]].chars
+                get = chars.__getitem__
             part = parts[k]
             if not part:
                 continue
@@ -618,14 +635,14 @@ class StemScreen(pyte.Screen):
                 if cells:
                     self.buffer[cursor.y].update(zip(range(start, x), cells))  # noqa: B905 - same length
                     cells = []
-                cursor.attrs = attrs
+                cursor.attrs = chars.attrs
                 cursor.x = x
                 self.draw(part)  # autowrap (possibly scrolling), wide or zero-width characters
                 cursor = self.cursor
                 x = start = cursor.x
         if cells:
             self.buffer[cursor.y].update(zip(range(start, x), cells))  # noqa: B905 - same length
-        cursor.attrs = attrs
+        cursor.attrs = chars.attrs
         cursor.x = x
         self.dirty.add(cursor.y)
 

@@ -25,18 +25,82 @@ _CACHE_LIMIT = 16384
 
 class CharCache(dict[str, Char]):
     """Maps a character to the one shared `Char` with these attributes; a namedtuple per cell is the
-    dominant cost of pyte's `draw`, and `Char` is immutable so sharing is safe."""
+    dominant cost of pyte's `draw`, and `Char` is immutable so sharing is safe. `moves` are the SGR
+    transitions out of these attributes."""
 
-    __slots__ = ("attrs",)
+    __slots__ = ("attrs", "moves", "texts")
 
     def __init__(self, attrs: Char) -> None:
         super().__init__()
         self.attrs = attrs
+        self.moves = SgrMoves(self)
+        self.texts = TextCells(self)
 
     def __missing__(self, data: str) -> Char:
         char = self.attrs._replace(data=data)
         self[data] = char
         return char
+
+
+class SgrMoves(dict[str, "SgrMoves"]):
+    """Maps a whole SGR sequence (ESC [ params m, as `SGR_SEQ_SPLIT` cuts them out) to the moves of the
+    attributes it leads to from `chars.attrs`, on a normal (not DECSCNM) screen. Being a mapping to its own
+    kind, a run of SGR sequences is followed in C: `accumulate(seqs, getitem, initial=moves)`. Entries come
+    from `sgr_apply`, so they are pyte's by construction."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: CharCache) -> None:
+        super().__init__()
+        self.chars = chars
+
+    def __missing__(self, seq: str) -> SgrMoves:
+        moves = chars_for(sgr_apply(self.chars.attrs, seq[2:-1], False)).moves
+        _spend(1)
+        self[seq] = moves
+        return moves
+
+
+class TextCells(dict[str, tuple[Char, ...]]):
+    """Maps a piece of text whose characters each take one cell to its cells with `chars.attrs`: the words
+    of coloured output recur under the same attributes, and one lookup per piece is cheaper than one per
+    character. Only short pieces are kept."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: CharCache) -> None:
+        super().__init__()
+        self.chars = chars
+
+    def __missing__(self, text: str) -> tuple[Char, ...]:
+        cells = tuple(map(self.chars.__getitem__, text))
+        if len(text) <= _TEXT_KEEP:
+            _spend(1 + len(text))
+            self[text] = cells
+        return cells
+
+
+# The longest piece of text `TextCells` keeps.
+_TEXT_KEEP = 32
+
+# What `SgrMoves` and `TextCells` entries hold since the cells were last forgotten (an entry, plus a
+# reference per cell), and the budget (a few MB).
+_spent = [0]
+_BUDGET_PER_LIMIT = 16
+
+
+def _spend(cost: int) -> None:
+    """Count entries made for `SgrMoves` and `TextCells`; past the budget, forget every `CharCache` (with
+    its moves and texts), as the other caches are forgotten when full. Nodes still in use stay valid:
+    what a node holds depends only on its attributes."""
+    _spent[0] += cost
+    if _spent[0] >= _CACHE_LIMIT * _BUDGET_PER_LIMIT:
+        _spent[0] = 0
+        _char_caches.clear()
+
+
+# Cuts text with SGR sequences into text, whole sequence, text, ..., text (the keys of `SgrMoves`).
+SGR_SEQ_SPLIT = re.compile(r"(\x1b\[[0-9;]*m)")
 
 
 _char_caches: dict[Char, CharCache] = {}
@@ -90,24 +154,6 @@ def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) 
             SGR_CACHE.clear()
         SGR_CACHE[key] = out
     return out
-
-
-# Cached `sgr_step` results; the styled-text loop reads it directly to skip a call per SGR.
-SGR_STEPS: dict[tuple[Char, str], tuple[Char, Callable[[str], Char]]] = {}
-
-
-def sgr_step(attrs: Char, params: str) -> tuple[Char, Callable[[str], Char]]:
-    """`sgr_apply` on a normal screen, together with the cell getter for the new attributes: the inner
-    loops of styled text need both, once per SGR."""
-    key = (attrs, params)
-    step = SGR_STEPS.get(key)
-    if step is None:
-        new = sgr_apply(attrs, params, False)
-        step = (new, chars_for(new).__getitem__)
-        if len(SGR_STEPS) >= _CACHE_LIMIT:
-            SGR_STEPS.clear()
-        SGR_STEPS[key] = step
-    return step
 
 
 def draw_line(row: dict[int, Char], raw: str, attrs: Char) -> Char:
@@ -255,4 +301,4 @@ def clear_caches() -> None:
     """Forget every cached `Char` and SGR transition, so that a benchmark run sees its stream cold."""
     _char_caches.clear()
     SGR_CACHE.clear()
-    SGR_STEPS.clear()
+    _spent[0] = 0

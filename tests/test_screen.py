@@ -14,6 +14,7 @@ import pytest
 from pyte.screens import Char, StaticDefaultDict, wcwidth
 from recordings import streams
 
+from core import screen_cells
 from core.screen import StemScreen
 
 COLS, ROWS = 120, 40
@@ -149,6 +150,7 @@ STREAMS = {
     "tabs": streams.tabs,
     "autowrap": streams.autowrap,
     "fullscreen-redraw": lambda: streams.fullscreen_redraw(12),
+    "styled-runs": streams.styled_runs,
     "vim": lambda: recorded("vim.bin"),
     "vim-in-session-vs-stock": _vim_in_session,
     "less": lambda: recorded("less.bin"),
@@ -191,6 +193,18 @@ def test_fuzz_equals_reference(seed: int) -> None:
     data = streams.fuzz(seed)
     size = (1, 3, 7, 64, 4096)[seed % 5]
     assert_same_screen(reference(data, size), stem(data, size))
+
+
+def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SGR transition and cell caches are bounded by forgetting everything; results must not change
+    when that happens in the middle of a run (here every few entries)."""
+    monkeypatch.setattr(screen_cells, "_CACHE_LIMIT", 2)
+    screen_cells.clear_caches()
+    try:
+        for data in (streams.styled_runs(), streams.fullscreen_redraw(3), streams.colored_logs(80)):
+            assert_same_screen(reference(data, None), stem(data, 7))
+    finally:
+        screen_cells.clear_caches()
 
 
 def test_screen_text_matches_pyte_display() -> None:

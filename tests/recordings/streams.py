@@ -312,3 +312,33 @@ def fuzz(seed: int, count: int = 400) -> bytes:
             out.append(rng.choice([f"{CSI}?5h", f"{CSI}?5l", f"{CSI}20h", f"{CSI}20l", f"{CSI}1;40r"]))
             margins = False
     return "".join(out).encode()
+
+
+def styled_runs() -> bytes:
+    """Runs of text and SGR drawn at cursor-addressed positions, the fast path of full-screen programs: runs
+    ending exactly at the right margin and one cell past it, SGR only after a pending wrap, resets in the
+    middle, the same words under many attributes (so cached cells are reused) and long unique text, narrow
+    non-ASCII and wide characters, EL with a coloured background; then the same under DECAWM off, insert
+    mode and a reversed screen (DECSCNM), where the fast path must stand aside."""
+    words = ["ab", "word ", "x", "", "─é ", "long unique text " * 3]
+    out = []
+    for y in range(38):
+        x = 1 + (y * 37) % 110
+        cells = []
+        for i in range(6 + y % 5):
+            cells.append(f"{CSI}{31 + (y + i) % 7}m{words[(y + i) % len(words)]}")
+            if i % 3 == 2:
+                cells.append(f"{CSI}0m{CSI}1;4m")  # a reset and attributes mid-run
+        out.append(f"{CSI}{y + 1};{x}H{''.join(cells)}{CSI}4{y % 8}m{CSI}K{CSI}0m")
+    # exactly to the margin (pending wrap), then only SGR, then text that wraps
+    out.append(f"{CSI}5;111H{CSI}32mfive{CSI}1m-six{CSI}33m{CSI}0m{CSI}35mwrapped")
+    out.append(f"{CSI}6;111H{CSI}32mfive{CSI}1m-sixx{CSI}0m")  # one cell past the margin
+    out.append(f"{CSI}7;119H{CSI}36m中{CSI}0m{CSI}7;1H{CSI}36mab中cd{CSI}0m")  # wide: not the fast path
+    out.append(f"{CSI}8;117H{CSI}33m{CSI}44m{CSI}7mrev{CSI}27m")  # fills the last three cells
+    out.append(f"{CSI}8;120H{CSI}m{CSI}31m")  # SGR only at the last column
+    out.append(f"{CSI}?7l{CSI}9;110H{CSI}31mno autowrap {CSI}1mover the edge{CSI}0m{CSI}?7h")
+    out.append(f"{CSI}10;5H{CSI}4h{CSI}32minserted {CSI}1mbold{CSI}0m{CSI}4l")
+    out.append(f"{CSI}?5h{CSI}11;3H{CSI}31mreversed {CSI}0mscreen {CSI}mreset{CSI}?5l")
+    out.append(f"{CSI}12;1H{CSI}38;2;1;2;3mtrue{CSI}48;5;200mcolour{CSI}22;24m{CSI}K")
+    out.append(f"{CSI}40;1H{CSI}7m status {CSI}K{CSI}0m{CSI}40;20H")
+    return "".join(out).encode()
