@@ -27,7 +27,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from itertools import accumulate, chain
-from operator import attrgetter, getitem
+from operator import attrgetter
 from typing import Any, cast
 
 import pyte
@@ -86,6 +86,10 @@ _T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 
 
 # The `TextCells` of an `SgrMoves` node.
 _TEXTS = attrgetter("chars.texts")
+
+# `d[key]` for the cache dicts: dict subclasses get a generic subscript slot that looks `__getitem__` up on
+# every call, while dict's own method goes straight to the lookup (and still calls `__missing__`).
+_LOOKUP: Any = dict.__getitem__
 
 _SGR_RESETS = frozenset({"", "0"})
 
@@ -602,9 +606,9 @@ class StemScreen(pyte.Screen):
         if run.isascii() or narrow_text(run):
             # One cell per character: if the whole run fits on the row, the attributes in force for each
             # text part and its cells are all found in C, and the row is written once.
-            moves = list(accumulate(parts[1::2], getitem, initial=chars_for(cursor.attrs).moves))
+            moves = list(accumulate(parts[1::2], _LOOKUP, initial=chars_for(cursor.attrs).moves))
             texts = parts[::2]
-            cells = list(chain.from_iterable(map(getitem, map(_TEXTS, moves), texts)))
+            cells = list(chain.from_iterable(map(_LOOKUP, map(_TEXTS, moves), texts)))
             end = x + len(cells)
             if end <= self.columns:
                 if cells:

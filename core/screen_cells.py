@@ -45,7 +45,7 @@ class CharCache(dict[str, Char]):
 class SgrMoves(dict[str, "SgrMoves"]):
     """Maps a whole SGR sequence (ESC [ params m, as `SGR_SEQ_SPLIT` cuts them out) to the moves of the
     attributes it leads to from `chars.attrs`, on a normal (not DECSCNM) screen. Being a mapping to its own
-    kind, a run of SGR sequences is followed in C: `accumulate(seqs, getitem, initial=moves)`. Entries come
+    kind, a run of SGR sequences is followed in C: `accumulate(seqs, dict.__getitem__, initial=moves)`. Entries come
     from `sgr_apply`, so they are pyte's by construction."""
 
     __slots__ = ("chars",)
