@@ -96,7 +96,18 @@ def _spend(cost: int) -> None:
     _spent[0] += cost
     if _spent[0] >= _CACHE_LIMIT * _BUDGET_PER_LIMIT:
         _spent[0] = 0
-        _char_caches.clear()
+        _forget_cells()
+
+
+def _forget_cells() -> None:
+    """Forget every `CharCache` with its moves and texts. They are emptied, not just dropped: each holds
+    its moves and texts in a reference cycle, and emptied they leave the garbage collector a few small
+    dicts rather than every cell they hold. A node still in use stays valid, refilled as it is used."""
+    for chars in _char_caches.values():
+        chars.moves.clear()
+        chars.texts.clear()
+        chars.clear()
+    _char_caches.clear()
 
 
 # Cuts text with SGR sequences into text, whole sequence, text, ..., text (the keys of `SgrMoves`).
@@ -111,7 +122,7 @@ def chars_for(attrs: Char) -> CharCache:
     cache = _char_caches.get(attrs)
     if cache is None:
         if len(_char_caches) >= _CACHE_LIMIT:
-            _char_caches.clear()
+            _forget_cells()
         cache = _char_caches[attrs] = CharCache(attrs)
     return cache
 
@@ -299,6 +310,6 @@ def text_width(text: str) -> int | None:
 
 def clear_caches() -> None:
     """Forget every cached `Char` and SGR transition, so that a benchmark run sees its stream cold."""
-    _char_caches.clear()
+    _forget_cells()
     SGR_CACHE.clear()
     _spent[0] = 0
