@@ -72,7 +72,8 @@ def tmux(hive_env, repo, tmp_path):
     config.write_text(
         f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{sys.executable} {HERE / "fake_agent.py"}"\n'
     )
-    env = dict(hive_env.env, TERM="xterm-256color")
+    # The server's socket lives in the test's own folder, so nothing of it outlives the test.
+    env = dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path))
     server = Tmux(env)
     server("set-option", "-g", "remain-on-exit", "on", check=False)
     server(
