@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +29,28 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "con
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)  # polling interval, not synchronisation: the predicate decides
         delay = min(delay * 2, 0.1)
+
+
+async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """`wait_for` on the event loop: poll `predicate` between loop turns; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)  # polling interval, not synchronisation: the predicate decides
+
+
+def http_get(url: str) -> str | None:
+    """The body at `url`, or None while nothing answers there."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy from the env
+    try:
+        with opener.open(url, timeout=1) as response:
+            return response.read().decode()
+    except OSError:
+        return None
 
 
 def git(repo: Path, *args: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import git, make_repo
+from helpers import git, make_repo, until
 
 from core.changes import ChangeWatcher, changed_files, diff_text
 from core.errors import StemError
@@ -249,15 +249,6 @@ async def next_change(
                 raise AssertionError(f"unexpected event {event}")
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)  # polling interval, not synchronisation: the predicate decides
-
-
 async def assert_quiet(queue: asyncio.Queue[Event], seconds: float) -> None:
     """Nothing arrives for `seconds` (a bounded wait: this asserts an absence)."""
     with pytest.raises(TimeoutError):
@@ -291,7 +282,7 @@ def test_watcher_follows_the_worktree_and_ignores_what_git_ignores(colony: tuple
                 folder = wt / "node_modules" / f"pkg{i % 10}"
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"f{i}.js").write_text(f"module.exports = {i}\n")
-            await until(lambda: watcher.batches > batches, "the watcher to see the node_modules burst")
+            await until(lambda: watcher.batches > batches, what="the watcher to see the node_modules burst")
             await assert_quiet(queue, 1.5)
             assert watcher.recomputes == recomputes, "ignored paths made the watcher recount"
             assert watcher.files == expected

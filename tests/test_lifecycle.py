@@ -7,11 +7,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import git, http_get, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -25,14 +24,6 @@ def spawn(hive_env, name: str, repo: Path, *extra: str) -> dict:
 def colony(hive_env, name: str) -> dict:
     rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
     return next(r for r in rows if r["name"] == name)
-
-
-def http_get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 def registry_rows(hive_env) -> dict[str, int]:

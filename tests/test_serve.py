@@ -8,11 +8,10 @@ import queue
 import signal
 import subprocess
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, stem_cmd, wait_for
+from helpers import http_get, make_repo, run_stem, stem_cmd, wait_for
 
 from core.events import Notice, ServiceState
 from core.hive import Hive
@@ -28,14 +27,6 @@ ready = "http:/whoami.txt"
 [services.worker]
 command = "echo worker up; exec sleep 1000"
 """
-
-
-def http_get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 class Serve:

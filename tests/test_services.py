@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
 
 import pytest
+from helpers import until
 
 from core import procs
 from core.config import ColonyConfig, ServiceSpec, parse_colony_config
@@ -22,20 +21,7 @@ from core.services import ServiceHost, ServiceSet, Timing
 
 pytestmark = pytest.mark.root
 
-T = TypeVar("T")
 FAST = Timing(backoff_initial=0.05, backoff_max=0.2, backoff_reset=5.0, stop_grace=2.0, probe_interval=0.05)
-
-
-async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `predicate` on the loop until it is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)  # polling interval, not synchronisation: the predicate decides
 
 
 def alive(pid: int) -> bool:
