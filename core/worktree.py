@@ -35,12 +35,17 @@ def git_env() -> dict[str, str]:
     return env
 
 
+def _failed(what: str, cwd: Path, said: str | bytes, code: int) -> StemError:
+    """`what` failed in `cwd`: the last line of what git `said` (or its exit code)."""
+    detail = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip().splitlines()
+    return StemError(f"{what} failed in {cwd}: {detail[-1] if detail else code}")
+
+
 def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = git_env()
     proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise StemError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
+        raise _failed(f"git {' '.join(args)}", cwd, proc.stderr or proc.stdout, proc.returncode)
     return proc
 
 
@@ -94,8 +99,7 @@ def resolve_with_file(repo: Path, ref: str, path: str) -> tuple[str, bytes | Non
         capture_output=True,
     )
     if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise StemError(f"git cat-file failed in {repo}: {detail[-1] if detail else proc.returncode}")
+        raise _failed("git cat-file", repo, proc.stderr, proc.returncode)
     out = proc.stdout
     found: list[tuple[str, bytes] | None] = []
     at = 0
@@ -135,8 +139,7 @@ def add(
                     f"branch {branch} already exists in {repo}: merge or delete it (git branch -D {branch}), "
                     "or pick another colony name"
                 )
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise StemError(f"git worktree add failed in {repo}: {detail[-1] if detail else proc.returncode}")
+            raise _failed("git worktree add", repo, proc.stderr or proc.stdout, proc.returncode)
 
 
 def remove(repo: Path, path: Path, lock_dir: Path) -> None:

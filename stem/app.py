@@ -292,7 +292,7 @@ class StemApp(App[int], inherit_bindings=False):
     async def refresh_colonies(self) -> None:
         self.records = await asyncio.to_thread(self.hive.colonies)
         self._loaded = True
-        listed = [r.name for r in self.records] + [n for n in self.failed_spawns if n not in self._names()]
+        listed = [r.name for r in self.records] + [f.name for f in self._listed_failures()]
         self.set_class(not listed, "-empty")
         self._redraw_rows()
         if self.selected is not None and self.selected not in listed:
@@ -328,31 +328,30 @@ class StemApp(App[int], inherit_bindings=False):
                     services_failed=sum(s in ("crashed", "failed") for s in states),
                 )
             )
-        names = self._names()
-        for failed in self.failed_spawns.values():
-            if failed.name not in names:
-                rows.append(
-                    ColonyRow(
-                        name=failed.name,
-                        state=lc.FAILED,
-                        stage=failed.stage,
-                        branch="",
-                        age=self.clock.age(failed.at),
-                        note="spawn rolled back · n again · d dismiss",
-                    )
+        for failed in self._listed_failures():
+            rows.append(
+                ColonyRow(
+                    name=failed.name,
+                    state=lc.FAILED,
+                    stage=failed.stage,
+                    branch="",
+                    age=self.clock.age(failed.at),
+                    note="spawn rolled back · n again · d dismiss",
                 )
+            )
         self.query_one(ColoniesList).set_rows(rows)
 
-    def _names(self) -> set[str]:
-        return {r.name for r in self.records}
+    def _listed_failures(self) -> list[FailedSpawn]:
+        """The failed spawns the list shows: those whose name no colony has taken since (from another shell)."""
+        names = {r.name for r in self.records}
+        return [f for f in self.failed_spawns.values() if f.name not in names]
 
     def selected_record(self) -> Any | None:
         return next((r for r in self.records if r.name == self.selected), None)
 
     def selected_failure(self) -> FailedSpawn | None:
         """The selected entry when it is a spawn that failed (nothing of it exists any more)."""
-        name = self.selected
-        return self.failed_spawns.get(name) if name is not None and name not in self._names() else None
+        return next((f for f in self._listed_failures() if f.name == self.selected), None)
 
     def selected_service(self) -> str | None:
         return self.query_one(ServicesList).selected
@@ -378,13 +377,13 @@ class StemApp(App[int], inherit_bindings=False):
     def _show_selected(self) -> None:
         """Everything on the right and in panels 2 and 3 follows the selected colony."""
         name = self.selected
+        failed = self.selected_failure()
         self._show_services()
         self._show_changes()
-        if name is not None:
+        if name is not None and failed is None:  # a failed spawn has no worktree to ask about
             self._load_changes(name)
         self._attach_terminal()
         entries: list[Any] = []
-        failed = self.selected_failure()
         if failed is not None:
             entries = list(failed.logs)
         elif name:
@@ -413,10 +412,10 @@ class StemApp(App[int], inherit_bindings=False):
         if name is None:
             self.query_one(ChangesList).show(None, "no colony selected")
             return
-        files = self.changes.get(name)
         if self.selected_failure() is not None:
             self.query_one(ChangesList).show(None, "none: the spawn failed")
             return
+        files = self.changes.get(name)
         self.query_one(ChangesList).show(files, "no changes yet" if files is not None else "not watched yet")
 
     @work(group="changes", exclusive=True, exit_on_error=False)
