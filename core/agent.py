@@ -196,7 +196,7 @@ class AgentSession:
                         cwd=str(self.cwd),
                         env=env,
                         dimensions=(self.screen.lines, self.screen.columns),
-                        preexec_fn=_child_setup(fd),
+                        preexec_fn=_child_setup(fd, netns.child_files(self.netns_name)),
                         pass_fds=(fd,),  # ptyprocess closes every other fd before preexec_fn runs
                     )
                 except FileNotFoundError:
@@ -572,11 +572,12 @@ class AgentSession:
             self._emit(AgentActivity(self.colony, new, self.exit_code if new == EXITED else None))
 
 
-def _child_setup(netns_fd: int) -> Callable[[], None]:
+def _child_setup(netns_fd: int, resolv: bytes | None) -> Callable[[], None]:
     """The preexec_fn: runs in the child between fork and exec."""
 
     def setup() -> None:
         netns.enter(netns_fd)
+        netns.enter_mounts(resolv)
         # Python ignores these; an ignored signal stays ignored across exec (subprocess restores them too).
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 import tomli
 
+from core.egress import Egress, EgressError, parse_egress
 from core.errors import ConfigError
 
 __all__ = [
@@ -82,9 +83,10 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
-    """`[network]`: whether the colony may reach beyond the host."""
+    """`[network]`: where the colony's traffic may go. `egress` None means the user's default (config.toml)."""
 
-    egress: bool = True
+    egress: Egress | None = None
+    host_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +535,12 @@ class TomlDoc:
             self.fail(table, key, f"must be a number greater than 0 (got {value})")
         return float(value)
 
+    def egress(self, table: KeyPath, key: KeyPath, value: object) -> Egress:
+        try:
+            return parse_egress(value)
+        except EgressError as exc:
+            self.fail(table, key, str(exc))
+
     def boolean(self, table: KeyPath, key: KeyPath, value: object) -> bool:
         if not isinstance(value, bool):
             self.fail(table, key, f"must be true or false (got {describe(value)})")
@@ -766,8 +774,15 @@ def _limits(doc: TomlDoc, raw: dict[str, Any]) -> Limits:
 
 
 def _network(doc: TomlDoc, raw: dict[str, Any]) -> NetworkSpec:
-    doc.check_keys(("network",), raw, ("egress",))
-    return NetworkSpec(egress=doc.boolean(("network",), ("egress",), raw.get("egress", True)))
+    t: KeyPath = ("network",)
+    doc.check_keys(t, raw, ("egress", "host_ports"))
+    egress = doc.egress(t, ("egress",), raw["egress"]) if "egress" in raw else None
+    ports: list[int] = []
+    if "host_ports" in raw:
+        if not isinstance(raw["host_ports"], list):
+            doc.fail(t, ("host_ports",), f"must be an array of port numbers (got {describe(raw['host_ports'])})")
+        ports = [doc.integer(t, ("host_ports", i), p, 1, 65535) for i, p in enumerate(raw["host_ports"])]
+    return NetworkSpec(egress=egress, host_ports=tuple(sorted(set(ports))))
 
 
 def _peering(doc: TomlDoc, raw: dict[str, Any]) -> PeeringSpec:

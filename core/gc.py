@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import firewall, netns, procs, worktree
 from core import lifecycle as lc
-from core import netns, procs, worktree
 from core.locks import file_lock
 from core.names import netns_pattern, veth_pattern
 
@@ -31,6 +31,7 @@ def collect(hive: Hive) -> GcReport:
         _orphan_resources(hive, report)
         _orphan_processes(hive, report)
         _kernel(hive, report)
+        _firewall(hive, report)
         _disk(hive, report)
     procs.reap_orphans()
     return report
@@ -135,6 +136,19 @@ def _kernel(hive: Hive, report: GcReport) -> None:
         if veth_re.match(link) and not reg.owns("veth", link):
             netns.delete_link(link)
             report.removed.append(f"interface {link} (not in the registry)")
+
+
+def _firewall(hive: Hive, report: GcReport) -> None:
+    """The hive's nftables table matches the colonies whose network is up; with none, it and the hold on IP
+    forwarding go."""
+    had = firewall.table_exists(hive.prefix) or firewall.holds_forwarding(hive.prefix)
+    try:
+        hive.sync_firewall()
+    except firewall.FirewallError as exc:
+        report.kept.append(f"nftables table ip {firewall.table_name(hive.prefix)}: {exc}")
+        return
+    if had and not firewall.table_exists(hive.prefix):
+        report.removed.append(f"nftables table ip {firewall.table_name(hive.prefix)} (no colony needs it)")
 
 
 def _disk(hive: Hive, report: GcReport) -> None:

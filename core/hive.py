@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core import dns, firewall, netns, procs, worktree
 from core import lifecycle as lc
-from core import netns, procs, worktree
 from core.actor import Supervisor, describe
 from core.agent import AgentSession
 from core.changes import changed_files, diff_text
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
+from core.egress import NAT, EgressInForce, proxy_env, proxy_forwards
 from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState
 from core.events import (
     AgentActivity,
@@ -38,6 +39,7 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
+from core.firewall import FirewallError
 from core.locations import HiveLayout, stem_home
 from core.locks import FileLock, is_locked
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
@@ -177,6 +179,8 @@ class Hive:
     def env_for(self, rec: ColonyRecord, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment every process in the colony sees (git inside finds the colony's worktree)."""
         env = worktree.without_repo_vars(os.environ)
+        # A proxy on the host's loopback is reached at the colony's host address (the firewall forwards it).
+        env.update(proxy_env(os.environ, rec.host_ip))
         env.update(extra or {})
         env.update(
             COLONY_NAME=rec.name,
@@ -331,7 +335,7 @@ class Hive:
         try:
             self._state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
-            self._make_network(rec)
+            self._make_network(rec, config)
             self._make_worktree(rec)
             self._run_commands(rec, config, "setup", config.setup)
             stage = lc.BUILDING
@@ -357,12 +361,87 @@ class Hive:
             db.close()
         _checkpoint("dir")
 
-    def _make_network(self, rec: ColonyRecord) -> None:
+    def _make_network(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         self.registry.claim(rec.name, "netns", rec.netns)
         self.registry.claim(rec.name, "veth", rec.veth)
         _checkpoint("network-claimed")
         netns.create(netns.ColonyNet(rec.netns, rec.veth, rec.host_ip, rec.ip, rec.prefixlen))
         _checkpoint("network")
+        self._apply_egress(rec, config)
+
+    def _dns_plan(self) -> dns.DnsPlan:
+        return dns.plan(self.settings.dns, self.settings.resolv_conf)
+
+    def _apply_egress(self, rec: ColonyRecord, config: ColonyConfig) -> EgressInForce:
+        """Give the colony its resolv.conf and its egress policy in the hive's firewall table (no restart)."""
+        plan = self._dns_plan()
+        netns.write_resolv_conf(rec.netns, dns.resolv_conf_text(plan, rec.host_ip, rec.name))
+        policy = config.network.egress or self.settings.egress
+        addresses, unresolved = list(policy.networks), []
+        for host in policy.names:
+            found = dns.resolve_a(host, plan.servers or ((plan.stub,) if plan.stub else ()))
+            addresses += [a for a in found if a not in addresses]
+            if not found:
+                unresolved.append(host)
+        in_force = EgressInForce(
+            policy,
+            tuple(addresses),
+            tuple(unresolved),
+            config.network.host_ports,
+            proxy_forwards(os.environ),
+        )
+        self.registry.update(rec.name, egress=in_force.to_json())
+        warnings = (
+            [f"egress: {', '.join(unresolved)} did not resolve: nothing is allowed for them"] if unresolved else []
+        )
+        try:
+            warnings += self.sync_firewall()
+        except FirewallError as exc:
+            if policy.mode != NAT:
+                raise  # a restriction that does not hold must not look as if it did
+            warnings.append(f"egress: {exc}")
+        log = self.log(rec.name)
+        for note in [f"egress: {in_force.describe()}", *warnings]:
+            entry = log.append("network", note)
+            self._emit(LogLine(rec.name, entry.seq, entry.at, "network", note))
+        for warning in warnings:
+            self._emit(Notice(rec.name, "warning", warning))
+        return in_force
+
+    def sync_firewall(self) -> list[str]:
+        """Rebuild the hive's nftables table from the registry: the colonies whose network is up."""
+        rules = tuple(
+            firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress))
+            for rec in self.registry.colonies()
+            if self.registry.owns("veth", rec.veth)
+        )
+        plan = self._dns_plan()
+        return firewall.apply(firewall.TablePlan(self.prefix, self.pool, rules, plan.servers, plan.stub))
+
+    def egress_in_force(self, rec: ColonyRecord) -> EgressInForce:
+        return EgressInForce.from_json(rec.egress)
+
+    async def apply_network(self, name: str) -> EgressInForce:
+        """Apply the `[network]` of the colony's colony.toml now, without restarting anything."""
+        self.bind_loop()
+
+        def apply() -> EgressInForce:
+            rec = self.registry.get(name)
+            if not self.registry.owns("veth", rec.veth):
+                raise WrongState(f"{name} is {rec.state}: its network is down, the policy applies at start")
+            return self._apply_egress(rec, self.config_for(rec))
+
+        return await self._call(name, apply)
+
+    async def _reapply_egress(self, name: str, config: ColonyConfig) -> None:
+        """Hot reload: the colony's lock is held by the caller."""
+        try:
+            rec = await asyncio.to_thread(self.registry.get, name)
+            in_force = await asyncio.to_thread(self._apply_egress, rec, config)
+        except StemError as exc:
+            self._publish(Notice(name, "error", f"{name}: [network] not applied: {exc}"))
+            return
+        self._publish(Notice(name, "info", f"{name}: egress now {in_force.describe()}"))
 
     def _make_worktree(self, rec: ColonyRecord) -> None:
         branch = f"{rec.repo}#{rec.branch}"
@@ -432,12 +511,23 @@ class Hive:
         from core.gc import remove_resource
 
         kept: tuple[str | None, int] = (None, 0)
+        network_gone = False
         for res in reversed(self.registry.resources(name)):
             if only is None or res.kind in only:
                 unmerged = remove_resource(self, res, keep_unmerged)
+                network_gone |= res.kind == "veth"
                 if unmerged:
                     kept = (res.ident.split("#", 1)[1], unmerged)
+        if network_gone:
+            self._sync_firewall_quietly(name)
         return kept
+
+    def _sync_firewall_quietly(self, name: str) -> None:
+        """After a colony's network went: its rules go too; a failure is reported, never stops the removal."""
+        try:
+            self.sync_firewall()
+        except StemError as exc:
+            self._emit(Notice(name, "warning", f"firewall table {self.prefix}: {exc}"))
 
     def _end_processes(self, rec: ColonyRecord) -> list[int]:
         """End every process of the colony: recorded groups, then anything else inside its namespace."""
@@ -517,8 +607,8 @@ class Hive:
             self._state(name, lc.PROVISIONING)
             self._end_processes(rec)
             self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
-            self._make_network(rec)
             config = self.config_for(rec)
+            self._make_network(rec, config)
             stage = lc.BUILDING
             self._state(name, lc.BUILDING)
             self._run_commands(rec, config, "build", config.build)
@@ -713,7 +803,10 @@ class Hive:
                 async with self._holding(name):
                     runtime = self._runtimes.get(name)
                     if runtime is not None:
+                        before = runtime.config.network
                         await runtime.reload_config()
+                        if runtime.config.network != before:
+                            await self._reapply_egress(name, runtime.config)
 
             await self.supervisor.call(name, handler)
 

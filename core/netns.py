@@ -14,6 +14,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 from core.errors import StemError
 
 NETNS_DIR = Path("/run/netns")
+# iproute2's convention: files here are bind-mounted over /etc/<file> by `ip netns exec`, and by Stem's children.
+ETC_NETNS = Path("/etc/netns")
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 MS_REC = 16384
 MS_BIND = 4096
+MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 SLOT_SIZE = 4  # a /30 per colony: network, host end, colony end, broadcast
@@ -157,8 +162,9 @@ def _explain(exc: BaseException, net: ColonyNet) -> BaseException:
 
 
 def destroy(netns: str, veth: str) -> None:
-    """Remove the veth pair and the namespace; each part may already be gone."""
+    """Remove the veth pair, the namespace and its /etc/netns files; each part may already be gone."""
     delete_link(veth)
+    shutil.rmtree(ETC_NETNS / netns, ignore_errors=True)
     path = NETNS_DIR / netns
     if path.exists() or os.path.islink(path):
         _libc.umount2(str(path).encode(), MNT_DETACH)
@@ -211,6 +217,41 @@ def enter(fd: int) -> None:
     """setns() into the namespace behind `fd`; meant for a child between fork and exec."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "setns")
+
+
+def resolv_conf(netns: str) -> Path:
+    """The namespace's own resolv.conf (as `ip netns exec` finds it)."""
+    return ETC_NETNS / netns / "resolv.conf"
+
+
+def write_resolv_conf(netns: str, text: str) -> None:
+    path = resolv_conf(netns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("resolv.conf.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+def child_files(netns: str) -> bytes | None:
+    """The resolv.conf to bind in a child of `netns`, looked up before fork (the child only makes syscalls)."""
+    path = resolv_conf(netns)
+    return str(path).encode() if path.exists() else None
+
+
+def enter_mounts(resolv: bytes | None) -> None:
+    """In a child between fork and exec: a private mount namespace where /etc/resolv.conf is the colony's.
+
+    Like `ip netns exec`: mounts made here never propagate back to the host (the root is made a slave).
+    """
+    if resolv is None:
+        return
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rslave /")
+    # No /etc/resolv.conf on the host (or a dangling link): nothing to cover, the colony resolves as the host does.
+    _libc.mount(resolv, b"/etc/resolv.conf", None, MS_BIND, None)
 
 
 def inode(netns: str) -> int | None:

@@ -98,7 +98,7 @@ def spawn(
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,
-                preexec_fn=enter_netns(fd),
+                preexec_fn=enter_colony(fd, netns_name),
             )
             register(proc.pid)
     finally:
@@ -106,11 +106,14 @@ def spawn(
     return proc
 
 
-def enter_netns(fd: int) -> Callable[[], None]:
-    """A preexec_fn that moves the child into a namespace; runs after fork, so it only makes a syscall."""
+def enter_colony(fd: int, netns_name: str) -> Callable[[], None]:
+    """A preexec_fn that moves the child into the colony's network namespace and gives it the colony's
+    resolv.conf; runs after fork, so it only makes syscalls (the path is looked up before)."""
+    resolv = netns.child_files(netns_name)
 
     def preexec() -> None:
         netns.enter(fd)
+        netns.enter_mounts(resolv)
 
     return preexec
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS colonies(
     agent TEXT NOT NULL DEFAULT '',
     task TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    egress TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS transitions(
     id INTEGER PRIMARY KEY,
@@ -111,6 +112,7 @@ class ColonyRecord:
     task: str
     created_at: float
     updated_at: float
+    egress: str = ""  # core.egress.EgressInForce as JSON, set when the network comes up
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ class ProcessRecord:
 
 
 _COLONY_FIELDS = ", ".join(ColonyRecord.__slots__)
+_ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class Registry:
@@ -157,6 +160,11 @@ class Registry:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # Columns added since the first schema: an older hive.db gets them in place.
+            have = {row[1] for row in db.execute("PRAGMA table_info(colonies)")}
+            for column, decl in _ADDED_COLUMNS:
+                if column not in have:
+                    db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:

@@ -24,6 +24,8 @@ from types import MappingProxyType
 from typing import Any
 
 from core.config import KeyPath, TomlDoc, TomlLocator, format_key, toml_string
+from core.dns import HOST_RESOLV_CONF
+from core.egress import Egress
 from core.errors import ConfigError
 
 __all__ = [
@@ -48,7 +50,8 @@ PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 TASK = "{task}"
 SHELL = "{shell}"
 
-_TABLES = ("hive", "agents", "keys")
+_TABLES = ("hive", "network", "agents", "keys")
+_NETWORK_KEYS = ("egress", "dns", "resolv_conf")
 _HIVE_KEYS = ("pool", "theme", "default_agent")
 _AGENT_KEYS = ("command", "task_command", "resume", "attention")
 
@@ -83,6 +86,9 @@ class Settings:
     default_agent: str = DEFAULT_AGENT
     agents: Mapping[str, AgentPreset] = field(default_factory=lambda: shipped_presets())
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    egress: Egress = field(default_factory=Egress)  # for colonies whose colony.toml does not say
+    dns: tuple[str, ...] = ()  # resolvers for colonies instead of the host's
+    resolv_conf: Path = HOST_RESOLV_CONF  # where the host's resolvers are read from
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,14 +253,37 @@ def _settings(doc: TomlDoc) -> Settings:
     if "default_agent" in hive:
         default_agent = doc.string(t, ("default_agent",), hive["default_agent"]).strip()
 
+    egress, dns, resolv_conf = _network(doc, data.get("network", {}))
     return Settings(
         path=doc.path,
         pool=pool,
         theme=theme,
         default_agent=default_agent,
+        egress=egress,
+        dns=dns,
+        resolv_conf=resolv_conf,
         agents=_agents(doc, data.get("agents", {}), shipped_presets()),
         keys=_keys(doc, data.get("keys", {})),
     )
+
+
+def _network(doc: TomlDoc, raw: dict[str, Any]) -> tuple[Egress, tuple[str, ...], Path]:
+    t: KeyPath = ("network",)
+    doc.check_keys(t, raw, _NETWORK_KEYS)
+    egress = doc.egress(t, ("egress",), raw["egress"]) if "egress" in raw else Egress()
+    dns: list[str] = []
+    for i, item in enumerate(doc.strings(t, ("dns",), raw.get("dns", []))):
+        try:
+            address = ipaddress.IPv4Address(item.strip())
+        except ValueError:
+            doc.fail(t, ("dns", i), f"must be an IPv4 address (got '{item}')")
+        if address.is_loopback:
+            doc.fail(t, ("dns", i), f"{item} is loopback: a colony's loopback is its own; give a reachable server")
+        dns.append(str(address))
+    resolv_conf = HOST_RESOLV_CONF
+    if "resolv_conf" in raw:
+        resolv_conf = Path(doc.string(t, ("resolv_conf",), raw["resolv_conf"])).expanduser()
+    return egress, tuple(dns), resolv_conf
 
 
 def _agents(doc: TomlDoc, raw: dict[str, Any], base: Mapping[str, AgentPreset]) -> Mapping[str, AgentPreset]:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from core.egress import EgressInForce
 from core.errors import StemError
 
 EXIT_USAGE = 2
@@ -145,6 +146,7 @@ async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
                     "reason": r.reason,
                     "ip": r.ip,
                     "host_ip": r.host_ip,
+                    "egress": EgressInForce.from_json(r.egress).as_dict() if r.egress else None,
                     "branch": r.branch,
                     "base": r.base_ref,
                     "worktree": r.worktree,

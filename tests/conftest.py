@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import link_names, make_repo, netns_names
 
+from core import firewall
+
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -72,6 +74,7 @@ class HiveEnv:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         for link in link_names(self.prefix):
             subprocess.run(["ip", "link", "del", link], capture_output=True)
+        firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
 
 
 @pytest.fixture

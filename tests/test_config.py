@@ -18,6 +18,7 @@ from core.config import (
     parse_colony_config,
     service_start_order,
 )
+from core.egress import Egress
 from core.errors import ConfigError
 
 FULL = """\
@@ -53,7 +54,8 @@ cpus = 1.5
 pids = 512
 
 [network]
-egress = false
+egress = "none"
+host_ports = [5432, 6379]
 
 [peering]
 exclude = ["node_modules", ".env"]
@@ -93,7 +95,8 @@ def test_full_example_parses_into_every_field() -> None:
     worker = cfg.services["worker"]
     assert (worker.port, worker.ready, worker.restart) == (None, None, "no")
     assert cfg.limits == Limits(memory=2 * 1024**3, cpus=1.5, pids=512)
-    assert cfg.network.egress is False
+    assert cfg.network.egress == Egress("none")
+    assert cfg.network.host_ports == (5432, 6379)
     assert cfg.peering.exclude == ("node_modules", ".env")
     assert cfg.terminal.command == "bash"
 
@@ -101,7 +104,7 @@ def test_full_example_parses_into_every_field() -> None:
 def test_empty_file_gives_defaults_but_keeps_path() -> None:
     cfg = parse("")
     assert cfg == dataclasses.replace(ColonyConfig(), path=Path("colony.toml"))
-    assert cfg.agent is None and cfg.services == {} and cfg.network.egress is True
+    assert cfg.agent is None and cfg.services == {} and cfg.network.egress is None
     assert cfg.limits == Limits(None, None, None)
 
 
@@ -237,7 +240,7 @@ def test_wrong_type_says_expected_and_found() -> None:
         "colony.toml:2: [colony] setup: must be an array of strings (got string 'npm ci')"
     )
     assert error_of("[network]\negress = 'yes'\n") == (
-        "colony.toml:2: [network] egress: must be true or false (got string 'yes')"
+        "colony.toml:2: [network] egress: must be 'nat', 'none' or a list of addresses and host names (got 'yes')"
     )
     assert error_of("[limits]\npids = true\n") == (
         "colony.toml:2: [limits] pids: must be an integer (got boolean true)"

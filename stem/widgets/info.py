@@ -9,6 +9,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
+from core.egress import EgressInForce
 from stem.hive_view import Clock
 from stem.keys import bind
 
@@ -49,6 +50,7 @@ class InfoView(VerticalScroll, can_focus=True):
         rows: list[tuple[str, str]] = [
             ("state", rec.state + (f" (while {rec.stage})" if rec.stage else "")),
             ("ip", f"{rec.ip}  (host side {rec.host_ip})"),
+            ("egress", EgressInForce.from_json(rec.egress).describe() if rec.egress else "set when the network is up"),
             ("branch", f"{rec.branch}  from {rec.base_ref} {rec.base_commit[:10]}"),
             ("repository", rec.repo),
             ("worktree", rec.worktree),
