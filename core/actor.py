@@ -29,6 +29,7 @@ Handler = Callable[[], Awaitable[Any]]
 class _Message:
     handler: Handler
     future: asyncio.Future[Any]
+    task: asyncio.Future[Any] | None = None  # the handler while it runs, so a cancelled caller can cancel it
 
 
 @dataclass(slots=True)
@@ -69,8 +70,17 @@ class Supervisor:
             slot = self._slots.setdefault(colony, _Slot())
             slot.task = asyncio.create_task(self._supervise(colony, slot), name=f"actor-{colony}")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await slot.mailbox.put(_Message(handler, future))
-        return await future
+        message = _Message(handler, future)
+        await slot.mailbox.put(message)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller gave up (a UI closing, ctrl+c): the handler is cancelled too, or never starts.
+            if message.task is not None:
+                message.task.cancel()
+                # Return once it has undone its work, so the caller sees a consistent hive.
+                await asyncio.wait([message.task])
+            raise
 
     def generation(self, colony: str) -> int:
         """How many times the colony's actor has been (re)started: 1 after the first start."""
@@ -103,15 +113,22 @@ class Supervisor:
             message = await slot.mailbox.get()
             if message is None:
                 return
+            if message.future.done():
+                continue  # its caller was cancelled while it waited in the mailbox
+            message.task = asyncio.ensure_future(message.handler())
             try:
-                result = await message.handler()
+                result = await message.task
             except StemError as exc:
                 if not message.future.done():
                     message.future.set_exception(exc)
             except asyncio.CancelledError:
                 if not message.future.done():
                     message.future.cancel()
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    message.task.cancel()
+                    raise  # the actor itself is being cancelled
+                # Only the handler was cancelled, by its caller: the actor serves the next message.
             except Exception as exc:
                 # A bug: this actor dies so a clean one replaces it.
                 raise _Crash(exc, message.future) from exc

@@ -109,6 +109,7 @@ class Hive:
         self._owner: Ownership | None = None
         self._runtimes: dict[str, ColonyRuntime] = {}
         self._pending: set[str] = set()
+        self._commands: dict[str, subprocess.Popen[bytes]] = {}  # the setup/build command each colony waits on
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconciler: asyncio.Task[None] | None = None
         self._reap_timer: asyncio.TimerHandle | None = None
@@ -211,7 +212,13 @@ class Hive:
     async def _holding(self, name: str) -> AsyncIterator[None]:
         """The colony's file lock for a whole operation, awaits included, so other stem processes wait."""
         lock = FileLock(self.layout.colony_lock(name))
-        await asyncio.to_thread(lock.acquire)
+        acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread goes on and may still get the lock: let it go as soon as it does, never hold it forever.
+            acquiring.add_done_callback(lambda done: lock.release())
+            raise
         try:
             yield
         finally:
@@ -236,7 +243,7 @@ class Hive:
     async def _on_actor_crash(self, name: str, exc: BaseException, exhausted: bool) -> None:
         reason = describe(exc)
         await asyncio.to_thread(self.registry.add_event, name, "actor-crash", reason)
-        if exhausted and self.registry.find(name) is not None:
+        if exhausted and await asyncio.to_thread(self.registry.find, name) is not None:
             await asyncio.to_thread(self._state, name, lc.FAILED, "actor", f"too many actor restarts: {reason}")
             self._publish(Notice(name, "error", f"{name}: actor keeps crashing, marked failed ({reason})"))
         else:
@@ -269,12 +276,29 @@ class Hive:
 
         async def handler() -> ColonyRecord:
             async with self._holding(name):
-                rec = await asyncio.to_thread(self._spawn, name, root, base, commit, config, agent, task)
+                making = asyncio.ensure_future(
+                    asyncio.to_thread(self._spawn, name, root, base, commit, config, agent, task)
+                )
+                try:
+                    rec = await asyncio.shield(making)
+                except asyncio.CancelledError:
+                    # The thread cannot be interrupted: end the command it waits on, let it finish (it rolls back
+                    # on failure), undo what it made otherwise, and stay cancelled.
+                    running = self._commands.get(name)
+                    if running is not None:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(running.pid, signal.SIGKILL)
+                    with contextlib.suppress(BaseException):
+                        made = await making
+                        await asyncio.to_thread(self._rollback, made)
+                    raise
                 try:
                     await self._start_runtime(rec, config)
                 except BaseException as exc:
                     await self._stop_runtime(name)
                     await asyncio.to_thread(self._rollback, rec)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise  # a cancelled spawn is undone and cancelled, not a failure to report
                     cause = str(exc) if isinstance(exc, StemError) else describe(exc)
                     raise StepFailed(
                         f"spawn {name} failed while starting: {cause} (everything made was removed)"
@@ -481,12 +505,16 @@ class Hive:
             self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
             last: list[str] = []
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                entry = log.append(source, text)
-                self._emit(LogLine(rec.name, entry.seq, entry.at, source, text))
-                last = [*last[-2:], text]
-            code = proc.wait()
+            self._commands[rec.name] = proc
+            try:
+                for raw in proc.stdout:
+                    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    entry = log.append(source, text)
+                    self._emit(LogLine(rec.name, entry.seq, entry.at, source, text))
+                    last = [*last[-2:], text]
+                code = proc.wait()
+            finally:
+                self._commands.pop(rec.name, None)
             procs.forget_child(proc.pid)
             self.registry.remove_process(proc.pid, start)
             _checkpoint(source)

@@ -6,10 +6,11 @@ import asyncio
 import subprocess
 
 import pytest
-from helpers import wait_for
+from helpers import make_repo, netns_names, until, wait_for
 
 from core.events import Notice, StateChanged
 from core.hive import Hive
+from core.locks import is_locked
 
 pytestmark = pytest.mark.root
 
@@ -120,6 +121,29 @@ def test_stem_is_a_subreaper_and_reaps_adopted_orphans(hive_env, repo):
             assert parent_of(orphan) == os.getpid()  # a zombie now, until we reap it
             assert orphan in procs.reap_orphans()
             assert parent_of(orphan) is None
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.root
+def test_a_cancelled_spawn_is_undone_and_stays_cancelled(hive_env, tmp_path):
+    """Cancelling a spawn mid-setup (a UI closing, a ctrl+c) raises CancelledError, not a failure, and leaves
+    nothing: no row, no namespace, no lock held."""
+    repo = make_repo(tmp_path / "slow", colony_toml='[colony]\nsetup = ["echo setting up; sleep 3"]\n')
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            spawning = asyncio.ensure_future(hive.spawn("slow", repo))
+            await until(lambda: any(e.text == "setting up" for e in hive.log("slow").after(0)), what="setup output")
+            spawning.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await spawning
+            assert hive.registry.find("slow") is None
+            assert not netns_names(hive_env.prefix)
+            assert not is_locked(hive.layout.colony_lock("slow"))
         finally:
             await hive.close()
 
