@@ -1,0 +1,1 @@
+"""The colony host: one detached process per running colony that owns its runtime; clients speak `protocol`."""
