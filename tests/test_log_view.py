@@ -1,0 +1,265 @@
+"""The Logs tab's view (stem/widgets/logs.py) in a small app, driven with Pilot: what a user reads after a burst of
+lines, scrolling up, `f`, `v`, `/`, a service's own colours, history from the host, and a mouse selection.
+
+No colony is needed: the lines are what the core would send (seq, at, source, text); tests/test_app.py runs the same
+view inside real colonies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rich.color import Color
+from textual import events
+from textual.app import App, ComposeResult
+from textual.containers import Vertical
+from ui_support import screen_text, shows, until
+
+from stem.hive_view import FixedClock
+from stem.widgets.logs import LogLines, LogsView
+
+pytestmark = pytest.mark.anyio
+
+STEM_TCSS = Path(__file__).resolve().parents[1] / "stem" / "stem.tcss"
+SIZE = (80, 16)  # a border, the status line, 13 log rows (12 while searching), a border
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    seq: int
+    at: float
+    source: str
+    text: str
+
+
+class LogsApp(App[None]):
+    """The view inside a bordered panel, as in the main view, with Stem's stylesheet."""
+
+    CSS_PATH = STEM_TCSS
+    CSS = "#panel { border: round $primary; }"
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="panel"):
+            yield LogsView(FixedClock(), id="logs")
+
+    def on_mount(self) -> None:
+        self.query_one(LogLines).focus()
+
+
+def lines(count: int, source: str = "web", start: int = 1, text: str = "line {n}") -> list[Line]:
+    return [Line(n, 0.0, source, text.format(n=n)) for n in range(start, start + count)]
+
+
+def rows(app: App[None]) -> list[str]:
+    """The log rows on screen (the lines widget's region but its scrollbars), trailing spaces removed."""
+    region = app.query_one(LogLines).scrollable_content_region
+    screen = screen_text(app).splitlines()
+    return [line[region.x : region.right].rstrip() for line in screen[region.y : region.bottom]]
+
+
+def colours(app: App[None], y: int) -> dict[str, Color | None]:
+    """The colour of each piece of text in log row `y` as the screen draws it."""
+    strip = app.screen._compositor.render_strips()[app.query_one(LogLines).region.y + y]
+    return {segment.text: segment.style.color if segment.style else None for segment in strip}
+
+
+def ansi(app: App[None], number: int) -> Color:
+    """What the app draws for ANSI colour `number` (Textual maps them to its ANSI theme)."""
+    return Color.from_triplet(app.ansi_theme.ansi_colors[number])
+
+
+def row(n: int, source: str = "web", text: str = "line {n}") -> str:
+    return f"00:00:00 {source:>8} {text.format(n=n)}"
+
+
+def view(app: App[None]) -> LogsView:
+    return app.query_one(LogsView)
+
+
+async def test_a_burst_of_ten_thousand_lines_ends_with_the_last_in_view():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show("alpha", lines(5))
+        for entry in lines(10_000, start=6):
+            logs.add(entry)
+        await until(pilot, lambda: rows(app)[-1] == row(10_005), "the last line at the bottom")
+        assert rows(app) == [row(n) for n in range(9_993, 10_006)]
+        assert shows(app, "following (f)")
+
+
+async def test_scrolling_up_stops_following_until_f():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show("alpha", lines(100))
+        await until(pilot, lambda: rows(app)[-1] == row(100), "the end of the log")
+        await pilot.press("k", "k", "k")
+        await until(pilot, lambda: shows(app, "paused (f)"), "scrolling up to pause")
+        before = rows(app)
+        assert before[-1] == row(97)
+        for entry in lines(50, start=101):
+            logs.add(entry)
+        await pilot.pause()
+        assert rows(app) == before  # what the user reads stays put
+        await pilot.press("f")
+        await until(pilot, lambda: rows(app)[-1] == row(150), "f to go back to the end")
+        assert shows(app, "following (f)")
+        logs.add(Line(151, 0.0, "web", "line 151"))
+        await until(pilot, lambda: rows(app)[-1] == row(151), "new lines followed again")
+
+        # The mouse wheel too (Pilot has no public wheel).
+        await pilot._post_mouse_events([events.MouseScrollUp], app.query_one(LogLines), offset=(10, 5))
+        await until(pilot, lambda: shows(app, "paused (f)"), "the wheel to pause")
+        assert rows(app)[-1] != row(151)
+
+
+async def test_search_highlights_matches_and_jumps_to_the_next_from_where_the_user_was():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show(
+            "alpha", [Line(n, 0.0, "web", f"line {n}" + (" Needle" if n % 10 == 0 else "")) for n in range(1, 301)]
+        )
+        await pilot.press("f", "home")
+        await until(pilot, lambda: rows(app)[0] == row(1), "the top of the log")
+        await pilot.press(*"jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj")  # line 36 at the top
+        await until(pilot, lambda: rows(app)[0] == row(36), "line 36 at the top")
+
+        await pilot.press("slash", *"need")
+        await until(pilot, lambda: shows(app, "search need: 30 lines"), "the count of matching lines")
+        assert rows(app)[0] == row(40, text="line {n} Needle")  # the first match after line 36
+        assert rows(app)[11] == row(150, text="line {n} Needle")
+        strip = app.screen._compositor.render_strips()[app.query_one(LogLines).region.y]
+        marked = [segment.text for segment in strip if segment.style and segment.style.bold]
+        assert marked == ["Need"]
+
+        await pilot.press("enter", "escape")
+        await until(pilot, lambda: shows(app, "/ search"), "escape to clear the search")
+        assert rows(app)[0] == row(40, text="line {n} Needle")  # still where the search left it
+
+
+async def test_v_filters_by_source_and_the_count_follows_new_lines():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show(
+            "alpha",
+            [Line(1, 0.0, "setup", "apple"), Line(2, 0.0, "build", "banana"), Line(3, 0.0, "web!", "cherry")],
+        )
+        every = [row(0, "setup", "apple"), row(0, "build", "banana"), row(0, "web", "cherry")]
+        await until(pilot, lambda: rows(app)[:3] == every, "every line")
+        await pilot.press("v")
+        await until(pilot, lambda: shows(app, "source build (v)"), "the build filter")
+        assert rows(app)[:2] == [row(0, "build", "banana"), ""]
+        await pilot.press("v", "v")
+        await until(pilot, lambda: shows(app, "source web (v)"), "the web filter")
+        assert rows(app)[:2] == [row(0, "web", "cherry"), ""]  # its stderr too
+        logs.add(Line(4, 0.0, "setup", "date"))
+        logs.add(Line(5, 0.0, "web", "elder"))
+        await until(pilot, lambda: rows(app)[:3] == [row(0, "web", "cherry"), row(0, "web", "elder"), ""], "web")
+
+        await pilot.press("slash", "e")
+        await until(pilot, lambda: shows(app, "search e: 2 lines"), "the web lines with an e")
+        logs.add(Line(6, 0.0, "web", "fed"))
+        logs.add(Line(7, 0.0, "setup", "eel"))
+        await until(pilot, lambda: shows(app, "search e: 3 lines"), "the count to follow the new lines")
+        await pilot.press("escape")
+        await until(pilot, lambda: shows(app, "/ search"), "escape to clear the search")
+
+        await pilot.press("v")
+        await until(pilot, lambda: shows(app, "all sources (v)"), "back to all sources")
+        assert rows(app)[:8] == [
+            *every,
+            row(0, "setup", "date"),
+            row(0, "web", "elder"),
+            row(0, "web", "fed"),
+            row(0, "setup", "eel"),
+            "",
+        ]
+
+
+async def test_a_services_own_colours_show_without_stray_characters():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        view(app).show(
+            "alpha",
+            [
+                Line(1, 0.0, "web", "\x1b[32mGET /\x1b[0m 200 \x1b[1;31m12ms\x1b[0m"),
+                Line(2, 0.0, "web!", "\x1b[33mwarning\x1b[0m: slow\ttab"),
+                Line(3, 0.0, "build", "10%\r\x1b[2K100% done\x07"),
+            ],
+        )
+        await until(pilot, lambda: "GET /" in screen_text(app), "the coloured line")
+        screen = screen_text(app).splitlines()
+        # The whole row, border included: an escape sequence left in it moved the right border 7 columns left.
+        assert screen[2] == "│" + row(0, "web", "GET / 200 12ms").ljust(SIZE[0] - 2) + "│"
+        assert screen[3] == "│" + row(0, "web", "warning: slow   tab").ljust(SIZE[0] - 2) + "│"
+        assert screen[4] == "│" + row(0, "build", "100% done").ljust(SIZE[0] - 2) + "│"
+        first, second = colours(app, 0), colours(app, 1)
+        assert first["GET /"] == ansi(app, 2)
+        assert first["12ms"] == ansi(app, 1)
+        assert first[" 200 "] not in (ansi(app, 1), ansi(app, 2))
+        assert second["warning"] == ansi(app, 3)  # the service's colour wins over the stderr colour
+        assert second[": slow   tab"] == second["     web "]  # the rest in the stderr colour
+
+
+async def test_history_joins_before_the_live_lines_once():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show("alpha", lines(5, start=101))
+        logs.add(Line(106, 0.0, "web", "line 106"))
+        logs.load_history("beta", lines(3))  # an answer for a colony no longer shown
+        logs.load_history("alpha", [*lines(104, source="setup"), Line(104, 0.0, "web", "line 104")])
+        await until(pilot, lambda: rows(app)[-1] == row(106), "the history and the live lines")
+        assert rows(app) == [row(n, "setup") for n in range(94, 101)] + [row(n) for n in range(101, 107)]
+        assert logs.last_seq == 106
+        assert shows(app, "all sources (v)")
+        await pilot.press("v", "v")
+        await until(pilot, lambda: shows(app, "source web (v)"), "the sources of the history in the filter")
+
+        # Paused, the line at the top stays there when more history arrives.
+        await pilot.press("v", "k")
+        await until(pilot, lambda: shows(app, "paused"), "paused")
+        top = rows(app)[0]
+        logs.load_history("alpha", lines(10, source="older", start=-20))
+        await pilot.pause()
+        assert rows(app)[0] == top
+
+
+async def test_trimming_the_oldest_lines_keeps_a_paused_view_in_place():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        app.query_one(LogLines).max_lines = 100
+        logs.show("alpha", lines(100))
+        await pilot.press("k")
+        await until(pilot, lambda: shows(app, "paused"), "paused")
+        before = rows(app)
+        for entry in lines(60, start=101):
+            logs.add(entry)
+        await pilot.pause()
+        assert app.query_one(LogLines).line_count <= 112
+        assert rows(app) == before
+        await pilot.press("f")
+        await until(pilot, lambda: rows(app)[-1] == row(160), "the end")
+
+
+async def test_selecting_with_the_mouse_copies_the_rows():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        view(app).show("alpha", lines(3))
+        await until(pilot, lambda: rows(app)[2] == row(3), "the lines")
+        log_lines = app.query_one(LogLines)
+        await pilot.mouse_down(log_lines, offset=(9, 0))
+        await pilot.hover(log_lines, offset=(20, 1))
+        await pilot.mouse_up(log_lines, offset=(20, 1))
+        assert app.screen.get_selected_text() == "     web line 1\n00:00:00      web lin"
