@@ -32,6 +32,7 @@ from core.host.protocol import (
     PROTOCOL_VERSION,
     Accepted,
     AgentInfo,
+    AwaitStart,
     Bye,
     ColonyInfo,
     Connection,
@@ -46,6 +47,8 @@ from core.host.protocol import (
     LogHistory,
     LogPage,
     Message,
+    NoticeMessage,
+    Output,
     Paste,
     ProtocolError,
     Reply,
@@ -60,6 +63,7 @@ from core.host.protocol import (
     ServiceInfo,
     Snapshot,
     State,
+    Stop,
     Subscribe,
     VersionMismatch,
     Welcome,
@@ -181,7 +185,11 @@ def samples() -> list[Message]:
         Diff(None, 12),
         RestartService("web", 13),
         RestartAgent(14),
-        Subscribe(frozenset({"screen", "logs", "states"}), 15),
+        Subscribe(frozenset({"screen", "logs", "states", "output"}), 15),
+        AwaitStart(16),
+        Stop(2.5, 17),
+        NoticeMessage("warning", "colony.toml not applied"),
+        Output(b"\x1b[31mred\x1b[0m\r\n"),
     ]
 
 

@@ -22,10 +22,17 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 | diff            | client | id, path str|nil                                     | one path's diff or all; result   |
 | restart_service | client | id, name                                             | restart a service                |
 | restart_agent   | client | id                                                   | restart the agent program        |
+| await_start     | client | id                                                   | answered once services are up    |
+|                 |        |                                                      | and the agent started, or why not|
+| stop            | client | id, grace                                            | end all the colony runs, then    |
+|                 |        |                                                      | the host; answered when done     |
 | snapshot        | host   | screen, colony, agent, services, files, log, log_seq | all of the subscribed streams    |
 | rows            | host   | the fields of a screen, with changed rows only       | screen changes since last `rows` |
 | state           | host   | colony, agent, services (changed ones), files|nil    | colony, agent, service changes   |
 | log             | host   | entries                                              | new log entries                  |
+| notice          | host   | level, message                                       | something a person should see    |
+| output          | host   | data bin                                             | the agent's raw output (stream   |
+|                 |        |                                                      | `output`, for `stem attach`)     |
 | reply           | host   | id, error str, result                                | answer to request `id`           |
 | bye             | host   | reason                                               | the host closes the connection   |
 
@@ -92,7 +99,7 @@ _HEADER = struct.Struct(">I")
 MAX_SIZE: Final = 4096
 
 ClientKind = Literal["ui", "attach", "logs", "script"]
-Stream = Literal["screen", "logs", "states"]
+Stream = Literal["screen", "logs", "states", "output"]
 _KINDS: frozenset[str] = frozenset(get_args(ClientKind))
 _STREAMS: frozenset[str] = frozenset(get_args(Stream))
 
@@ -996,8 +1003,82 @@ class Subscribe(_Wire):
         return cls(cast("frozenset[Stream]", frozenset(streams)), f.integer("id"))
 
 
-Request = Keys | Paste | Resize | ScrollbackRequest | LogHistory | Diff | RestartService | RestartAgent | Subscribe
-Update = Snapshot | Rows | State | Log | Bye
+@dataclass(frozen=True, slots=True)
+class AwaitStart(_Wire):
+    """Answered once the colony's services are up and its agent started (or with why they could not be)."""
+
+    T: ClassVar[str] = "await_start"
+    id: int = 0
+
+    def encode(self) -> dict[str, object]:
+        return {"t": self.T, "id": self.id}
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Self:
+        return cls(f.integer("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(_Wire):
+    """End everything the colony runs, then the host itself; answered once it is all gone."""
+
+    T: ClassVar[str] = "stop"
+    grace: float = 5.0
+    id: int = 0
+
+    def encode(self) -> dict[str, object]:
+        return {"t": self.T, "id": self.id, "grace": self.grace}
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Self:
+        return cls(f.number("grace"), f.integer("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeMessage(_Wire):
+    """Something a person should see (a colony.toml not applied, a missing agent program)."""
+
+    T: ClassVar[str] = "notice"
+    level: str
+    message: str
+
+    def encode(self) -> dict[str, object]:
+        return {"t": self.T, "level": self.level, "message": self.message}
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Self:
+        return cls(f.text("level"), f.text("message"))
+
+
+@dataclass(frozen=True, slots=True)
+class Output(_Wire):
+    """The agent's output bytes as it wrote them (the `output` stream, for `stem attach`)."""
+
+    T: ClassVar[str] = "output"
+    data: bytes
+
+    def encode(self) -> dict[str, object]:
+        return {"t": self.T, "data": self.data}
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Self:
+        return cls(f.blob("data"))
+
+
+Request = (
+    Keys
+    | Paste
+    | Resize
+    | ScrollbackRequest
+    | LogHistory
+    | Diff
+    | RestartService
+    | RestartAgent
+    | Subscribe
+    | AwaitStart
+    | Stop
+)
+Update = Snapshot | Rows | State | Log | NoticeMessage | Output | Bye
 ServerMessage = Welcome | Reply | Update
 ClientMessage = Hello | Request
 Message = ServerMessage | ClientMessage
@@ -1020,6 +1101,10 @@ _MESSAGES: tuple[type[Message], ...] = (
     RestartService,
     RestartAgent,
     Subscribe,
+    AwaitStart,
+    Stop,
+    NoticeMessage,
+    Output,
 )
 _DECODERS: dict[str, Callable[[_Fields], Message]] = {cls.T: cls._read for cls in _MESSAGES}
 MESSAGE_TYPES: Final = frozenset(_DECODERS)
@@ -1438,6 +1523,19 @@ class Connection:
     async def send_keys(self, data: bytes) -> None:
         await self.request(Keys(data))
 
+    def post(self, req: Request) -> None:
+        """Send `req` without waiting for its reply (keys typed: order is kept, the reply is not needed)."""
+        if self._ended is not None:
+            raise self._ended
+        self._next_id += 1
+        write_message(self._writer, dataclasses.replace(req, id=self._next_id))
+
+    async def await_start(self) -> None:
+        await self.request(AwaitStart())
+
+    async def stop(self, grace: float) -> None:
+        await self.request(Stop(grace))
+
     async def paste(self, text: str) -> None:
         await self.request(Paste(text))
 
@@ -1483,7 +1581,7 @@ class Connection:
                     if future is not None and not future.done():
                         future.set_result(msg)
                     continue  # a reply nobody waits for any more: its request was cancelled
-                if not isinstance(msg, Snapshot | Rows | State | Log | Bye):
+                if not isinstance(msg, Snapshot | Rows | State | Log | NoticeMessage | Output | Bye):
                     raise ProtocolError(
                         f"the colony host of {self.colony} sent a {msg.T} message, which hosts never send"
                     )
