@@ -133,6 +133,8 @@ class AgentSession:
         self.screen = StemScreen(columns, lines, scrollback=scrollback)
         self.screen.set_responder(self._send)
         self._emit = emit
+        # Called with each batch of output as the program wrote it, before the screen parses it (stem attach).
+        self.output_taps: list[Callable[[bytes], None]] = []
         self._record_process = record_process
         self._forget_process = forget_process
 
@@ -379,6 +381,8 @@ class AgentSession:
             self._on_eof()
 
     def _feed(self, data: bytes) -> None:
+        for tap in self.output_taps:
+            tap(data)
         started = time.monotonic()
         self.screen.feed(data)
         elapsed = time.monotonic() - started

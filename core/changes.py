@@ -8,20 +8,18 @@ effect (even with --no-optional-locks, as of git 2.39), so the list comes from p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import watchfiles
-from watchfiles._rust_notify import WatchfilesRustInternalError
-
 from core.actor import describe
 from core.errors import StemError
 from core.events import ChangesUpdated, Event, FileChange, Notice
+from core.inotify import Changes, FileWatcher
 from core.worktree import git_env
 
 ADDED = "added"
@@ -36,8 +34,8 @@ _STATUS = {"A": ADDED, "C": ADDED, "D": DELETED, "M": MODIFIED, "R": RENAMED, "T
 _BINARY_PROBE = 8000
 # core.bigFileThreshold's default: git diffs files larger than this as binary, so counting their lines is moot.
 _BIG_FILE = 512 * 1024 * 1024
-# Restarts of the file watcher in a row that fail before it watches again, before it gives up.
-_MAX_RESTARTS = 3
+# Quiet time that ends a batch of file events (the debounce is the most a batch waits for it).
+_QUIET = 0.05
 
 
 def _git(args: list[str], cwd: Path, *, input: bytes | None = None, ok: Iterable[int] = (0,)) -> bytes:
@@ -257,46 +255,97 @@ def _index_file(worktree: Path) -> str:
     return os.path.realpath(os.fsdecode(out).strip())
 
 
-class _StopFlag:
-    """The `stop_event` watchfiles polls every `step` ms from inside its watch loop. That loop only runs on a watcher
-    whose inotify watches exist, so a poll also proves no later change can be missed: `when_watching` uses that."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._pending: Callable[[], None] | None = None
-
-    def set(self) -> None:
-        self._event.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._event.is_set()
-
-    def when_watching(self, callback: Callable[[], None]) -> None:
-        """Run `callback` (in the watching thread) at the next poll."""
-        self._pending = callback
-
-    def is_set(self) -> bool:
-        callback, self._pending = self._pending, None
-        if callback is not None:
-            callback()
-        return self._event.is_set()
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        pass  # the loop is closed: nobody is listening any more
+# Directory names that are often ignored and heavy (dependencies, build output, caches). A directory with such a name
+# that appears while the colony runs is asked about (git) before it is watched; any other new one is simply watched.
+_OFTEN_IGNORED = frozenset(
+    {
+        "node_modules",
+        ".venv",
+        "venv",
+        "target",
+        "build",
+        "dist",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+        ".nox",
+        ".next",
+        ".nuxt",
+        ".cache",
+        ".gradle",
+        ".terraform",
+        "coverage",
+    }
+)
 
 
-def _resolve(future: asyncio.Future[str | None], value: str | None) -> None:
-    if not future.done():
-        future.set_result(value)
+def _ignored_dirs(worktree: Path, paths: list[str] | None = None) -> set[str]:
+    """Directories (relative) that git ignores whole and that hold no tracked file: nothing in them can ever show
+    in the list, so they need no watch. Only `paths` (and what is below them), if given."""
+    args = ["--literal-pathspecs", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory", "-z"]
+    out = _git([*args, "--", *paths] if paths else args, worktree)
+    # --directory also collapses an untracked directory whose every file happens to be ignored; a file added there
+    # later would not be, so keep only directories an ignore pattern names.
+    listed = [os.fsdecode(token)[:-1] for token in out.split(b"\0") if token.endswith(b"/")]
+    if not listed:
+        return set()
+    data = b"".join(os.fsencode(p) + b"\0" for p in listed)
+    out = _git(["check-ignore", "--stdin", "-z", "--verbose", "--non-matching"], worktree, input=data, ok=(0, 1))
+    fields = out.split(b"\0")
+    return {
+        os.fsdecode(fields[i + 1])
+        for i in range(2, len(fields) - 1, 4)  # records: source, line number, pattern, path
+        if fields[i] and not fields[i].startswith(b"!")
+    }
+
+
+class _WatchedDirs:
+    """The `skip_dir` of a colony's file watcher: `.git` (and nested repositories' own), and directories git ignores
+    whole, such as node_modules or target: watching them would cost inotify watches (a per-user budget shared by
+    every colony) and wake-ups for changes that can never reach the list."""
+
+    def __init__(self, worktree: Path) -> None:
+        self.worktree = worktree
+        self._ignored: set[str] = set()
+        self._asked: dict[str, bool] = {}
+
+    def refresh(self) -> None:
+        """Learn the ignored directories afresh (at start, and after an ignore rule changed). Blocking."""
+        try:
+            ignored = _ignored_dirs(self.worktree)
+        except StemError:
+            ignored = set()  # cannot tell: watching everything is always correct
+        self._ignored = ignored
+        self._asked = {}
+
+    def skip(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if name == ".git":
+            return True
+        if path in self._ignored:
+            return True
+        if name not in _OFTEN_IGNORED:
+            return False
+        # Made after the last refresh (npm install, a first build): ask once; worker threads call this.
+        verdict = self._asked.get(path)
+        if verdict is None:
+            try:
+                verdict = path in _ignored_dirs(self.worktree, [path])
+            except StemError:
+                verdict = False
+            self._asked[path] = verdict
+        return verdict
 
 
 class ChangeWatcher:
-    """Keeps one colony's changed-file list (`files`) current and emits ChangesUpdated whenever it changes."""
+    """Keeps one colony's changed-file list (`files`) current and emits ChangesUpdated whenever it changes.
+
+    One inotify instance per colony (core.inotify.FileWatcher) watches the worktree, minus what git ignores whole,
+    and the worktree's index; others in the colony (the colony.toml watcher) `subscribe` to the same events. Without
+    inotify it polls, says so in a Notice, and `mode` tells which.
+    """
 
     def __init__(
         self,
@@ -310,138 +359,141 @@ class ChangeWatcher:
         self.worktree = worktree
         self.base_commit = base_commit
         self.files: tuple[FileChange, ...] = ()
+        self.root = ""  # the worktree's real path, once started: subscribers get paths under it
+        self.mode = ""  # "inotify", or "polling: <why>" (for the Info tab)
         # Counters for tests and diagnostics: change batches seen, and how many of them led to a recount.
         self.batches = 0
         self.recomputes = 0
         self._emit = emit
         self._debounce_ms = debounce_ms
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flag: _StopFlag | None = None
-        self._done: asyncio.Future[str | None] | None = None
-        self._lock = threading.Lock()  # one recount at a time, so results reach the loop in the order computed
+        self._watcher: FileWatcher | None = None
+        self._dirs: _WatchedDirs | None = None
+        self._index = ""
+        self._pending: set[str] = set()  # relative paths changed since the last recount
+        self._everything = False  # the index changed or events were lost: recount without asking git
+        self._rules_changed = False
+        self._worker: asyncio.Task[None] | None = None
+        self._started = False
         self._published = False
         self._stopped = False
         self._errors: set[str] = set()
 
     async def start(self) -> None:
         """Start watching, then emit the initial list. Raises StemError if the worktree cannot be watched or read."""
-        if self._flag is not None:
+        if self._started:
             raise RuntimeError(f"the change watcher of {self.colony} is already started")
-        loop = self._loop = asyncio.get_running_loop()
-        root = Path(await asyncio.to_thread(os.path.realpath, self.worktree))
-        index = await asyncio.to_thread(_index_file, root)
-        ready: asyncio.Future[str | None] = loop.create_future()
-        done: asyncio.Future[str | None] = loop.create_future()
-        self._done = done
-        self._flag = _StopFlag()
-        self._flag.when_watching(lambda: _call_soon(loop, _resolve, ready, None))
-        # A thread of its own rather than awatch: building the inotify watches walks the whole tree (about 170 ms
-        # for 5,000 directories) and awatch does that on the event loop; a thread also reports when it is ready.
-        thread = threading.Thread(
-            target=self._watch, args=(root, index, loop), name=f"changes-{self.colony}", daemon=True
+        self._started = True
+        root = await asyncio.to_thread(os.path.realpath, self.worktree)
+        # Real paths, as the watched roots are: events name paths under the root they were given.
+        self._index = await asyncio.to_thread(_index_file, Path(root))
+        self.root = root
+        dirs = self._dirs = _WatchedDirs(Path(root))
+        await asyncio.to_thread(dirs.refresh)
+        watcher = self._watcher = FileWatcher(
+            quiet=_QUIET, max_delay=self._debounce_ms / 1000, on_fallback=self._fell_back
         )
-        thread.start()
-        await asyncio.wait([ready, done], return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            raise StemError(f"cannot watch {root} for changes ({self.colony}): {done.result()}")
+        try:
+            await watcher.watch_tree(root, skip_dir=dirs.skip)
+            # Staging (a rename, git rm --cached) changes only the index: in <repo>/.git/worktrees/<name>/ for a
+            # linked worktree, in the skipped .git/ of a main one. Only that file of its directory.
+            await watcher.watch_dir(os.path.dirname(self._index), names=[os.path.basename(self._index)])
+        except OSError as exc:
+            await self.stop()
+            raise StemError(f"cannot watch {root} for changes ({self.colony}): {exc.strerror or exc}") from exc
+        self.mode = watcher.mode
+        watcher.subscribe(self._on_changes)
         # Counted only now that the watches exist: a change made during the count still produces an event.
         try:
-            await asyncio.to_thread(self._recount, root, True)
+            await self._recount(initial=True)
         except BaseException:
             await self.stop()
             raise
 
+    def subscribe(self, callback: Callable[[Changes], None]) -> Callable[[], None]:
+        """Every batch of raw changes under the worktree (absolute paths, nothing filtered by git), through the same
+        inotify instance; returns the function that unsubscribes. Only once started."""
+        if self._watcher is None:
+            raise RuntimeError(f"the change watcher of {self.colony} is not running")
+        return self._watcher.subscribe(callback)
+
     async def stop(self) -> None:
         """Stop watching; no event is emitted after this returns."""
         self._stopped = True
-        if self._flag is None or self._done is None:
-            return
-        self._flag.set()
-        # watchfiles polls the flag every 50 ms; a recount in progress is not waited for beyond a second, and
-        # its result is dropped (`_stopped`).
-        await asyncio.wait([self._done], timeout=1.0)
-
-    # the watcher thread -------------------------------------------------------------------------------------
-
-    def _watch(self, root: Path, index: str, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._flag is not None and self._done is not None
-        prefix = str(root) + os.sep
-        roots = [str(root)]
-        if not index.startswith(prefix):
-            roots.append(os.path.dirname(index))  # staging (a rename, git rm --cached) changes only the index
-
-        def may_matter(_change: watchfiles.Change, path: str) -> bool:
-            if path == index:
-                return True
-            # Cheap first cut, per path: nothing inside .git (ours or a nested repository's) is work-tree content.
-            return path.startswith(prefix) and ".git" not in path[len(prefix) :].split(os.sep)
-
-        error: str | None = None
-        failed_starts = 0  # restarts in a row that never got as far as watching
-
-        def watching_again() -> None:
-            nonlocal failed_starts
-            failed_starts = 0
-            self._recount(root, False)
-
-        try:
-            while not self._flag.stopped:
-                try:
-                    for batch in watchfiles.watch(
-                        *roots,
-                        watch_filter=may_matter,
-                        debounce=self._debounce_ms,
-                        stop_event=self._flag,
-                        ignore_permission_denied=True,
-                    ):
-                        self.batches += 1
-                        if self._matters(root, index, prefix, batch):
-                            self._recount(root, False)
-                except WatchfilesRustInternalError as exc:
-                    # watchfiles drops the whole batch on an event it cannot report (a file name that is not
-                    # UTF-8, for one) and ends the watch: watch afresh, and recount once the new watches exist,
-                    # as the batch is lost and a change made before then would be too.
-                    failed_starts += 1
-                    if failed_starts > _MAX_RESTARTS:
-                        raise
-                    self._warn(f"file watcher restarted: {exc}")
-                    self._flag.when_watching(watching_again)
-        except Exception as exc:  # a bug or a vanished worktree: say so, since the list stops being current
-            error = str(exc) if isinstance(exc, (StemError, OSError)) else describe(exc)
-            if not self._stopped:
-                _call_soon(loop, self._emit_notice, "error", f"changed-file list stopped updating: {error}")
-        finally:
-            _call_soon(loop, _resolve, self._done, error or "stopped")
-
-    def _matters(self, root: Path, index: str, prefix: str, batch: set[tuple[watchfiles.Change, str]]) -> bool:
-        if self._flag is None or self._flag.stopped:
-            return False
-        paths: set[str] = set()
-        for _change, path in batch:
-            if path == index:
-                return True
-            paths.add(path[len(prefix) :])
-        return _any_not_ignored(root, sorted(paths))
-
-    def _recount(self, root: Path, initial: bool) -> None:
-        with self._lock:
-            self.recomputes += 1
-            try:
-                files = changed_files(root, self.base_commit)
-            except (StemError, OSError) as exc:
-                if initial:
-                    raise
-                self._warn(f"could not list changed files: {exc}")
-                return
-            if self._loop is not None:
-                _call_soon(self._loop, self._publish, files)
-
-    def _warn(self, message: str) -> None:
-        if message not in self._errors and self._loop is not None:  # once per distinct problem, not per batch
-            self._errors.add(message)
-            _call_soon(self._loop, self._emit_notice, "warning", message)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.close()
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.done():
+            # A recount in progress finishes in its thread; its result is dropped (`_stopped`).
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
 
     # on the loop ---------------------------------------------------------------------------------------------
+
+    def _on_changes(self, changes: Changes) -> None:
+        if self._stopped:
+            return
+        prefix = self.root + os.sep
+        relevant = False
+        for path in changes.paths:
+            if path == self._index or path == self.root:
+                self._everything = relevant = True
+            elif path.startswith(prefix):
+                parts = path[len(prefix) :].split(os.sep)
+                # Nothing inside .git (a nested repository's, or this one's .git file) is work-tree content.
+                if ".git" in parts:
+                    continue
+                if parts[-1] == ".gitignore":
+                    self._rules_changed = True
+                self._pending.add(path[len(prefix) :])
+                relevant = True
+        if changes.overflow:
+            self._everything = relevant = True
+        if not relevant:
+            return
+        self.batches += 1
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"changes-{self.colony}")
+
+    async def _work(self) -> None:
+        """Recount for the batches that matter, one recount at a time, so results are published in the order they
+        were computed; batches arriving meanwhile are taken together on the next round."""
+        assert self._watcher is not None and self._dirs is not None
+        watcher, dirs, root = self._watcher, self._dirs, Path(self.root)
+        while (self._pending or self._everything) and not self._stopped:
+            paths, everything = sorted(self._pending), self._everything
+            self._pending, self._everything = set(), False
+            try:
+                if self._rules_changed:
+                    # An ignore rule changed: a skipped directory may now hold listed files, so look again.
+                    self._rules_changed = False
+                    await asyncio.to_thread(dirs.refresh)
+                    await watcher.rescan()
+                if everything or await asyncio.to_thread(_any_not_ignored, root, paths):
+                    await self._recount(initial=False)
+            except Exception as exc:  # a bug: say so, as the list may be stale until the next change
+                self._warn(f"changed-file list may be out of date: {describe(exc)}")
+
+    async def _recount(self, initial: bool) -> None:
+        self.recomputes += 1
+        try:
+            files = await asyncio.to_thread(changed_files, Path(self.root), self.base_commit)
+        except (StemError, OSError) as exc:
+            if initial:
+                raise
+            self._warn(f"could not list changed files: {exc}")
+            return
+        self._publish(files)
+
+    def _fell_back(self, reason: str) -> None:
+        self.mode = f"polling: {reason}"
+        self._emit_notice("warning", f"watching by polling: {reason}")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._errors:  # once per distinct problem, not per batch
+            self._errors.add(message)
+            self._emit_notice("warning", message)
 
     def _publish(self, files: tuple[FileChange, ...]) -> None:
         if self._stopped or (self._published and files == self.files):

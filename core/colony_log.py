@@ -63,8 +63,25 @@ class ColonyLog:
         with self._lock:
             return list(self._ring)[-n:]
 
+    def load(self) -> int:
+        """Fill the ring from the file (what setup and build wrote before this process took over); how many."""
+        lines = read_tail(self.path, self._ring.maxlen or 0, lambda _line: True)
+        with self._lock:
+            for line in lines:
+                stamp, source, text = parse_line(line)
+                self._seq += 1
+                self._ring.append(Entry(self._seq, _parse_stamp(stamp), source, text))
+        return len(lines)
+
 
 _LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
+
+
+def _parse_stamp(stamp: str) -> float:
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0.0
 
 
 def parse_line(line: str) -> tuple[str, str, str]:

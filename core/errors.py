@@ -51,7 +51,3 @@ class WrongState(StemError):
 
 class StepFailed(StemError):
     """A lifecycle step failed; the message names the step and the cause."""
-
-
-class CoreBusy(StemError):
-    """Another long-lived core (the UI or `stem serve`) already owns this hive."""

@@ -66,6 +66,25 @@ class ScreenChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrollbackLoaded:
+    """Scrollback lines of the colony's agent arrived from its host: what shows them can redraw."""
+
+    colony: str
+
+
+@dataclass(frozen=True, slots=True)
+class HiveChanged:
+    """Another stem process changed the registry (a spawn, stop, start or destroy from a shell or another UI)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogsLoaded:
+    """The colony's whole log arrived from its host (on connect): what shows it can reload."""
+
+    colony: str
+
+
+@dataclass(frozen=True, slots=True)
 class FileChange:
     path: str
     status: str  # added, modified, deleted, renamed
@@ -81,4 +100,16 @@ class ChangesUpdated:
     files: tuple[FileChange, ...]
 
 
-Event = StateChanged | LogLine | ColonyRemoved | Notice | ServiceState | AgentActivity | ScreenChanged | ChangesUpdated
+Event = (
+    StateChanged
+    | LogLine
+    | ColonyRemoved
+    | Notice
+    | ServiceState
+    | AgentActivity
+    | ScreenChanged
+    | ScrollbackLoaded
+    | LogsLoaded
+    | HiveChanged
+    | ChangesUpdated
+)

@@ -132,6 +132,10 @@ def _kernel(hive: Hive, report: GcReport) -> None:
             procs.terminate([], netns.pids_in(name), grace=hive.stop_grace)
             netns.destroy(name, "")
             report.removed.append(f"network namespace {name} (not in the registry)")
+    for name in netns.etc_dirs():
+        if ns_re.match(name) and not reg.owns("netns", name) and not netns.exists(name):
+            netns.destroy(name, "")  # what `ip netns del` by hand leaves: /etc/netns/<name>/resolv.conf
+            report.removed.append(f"/etc/netns/{name} (not in the registry)")
     for link in netns.list_links():
         if veth_re.match(link) and not reg.owns("veth", link):
             netns.delete_link(link)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
+import logging
 import os
 import signal
 import sqlite3
@@ -18,42 +18,42 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core import dns, firewall, netns, procs, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
-from core.agent import AgentSession
-from core.changes import changed_files, diff_text
-from core.colony_log import ColonyLog
+from core.colony_env import colony_env
+from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, load_colony_config, parse_colony_config
-from core.egress import NAT, EgressInForce, proxy_env, proxy_forwards
+from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState
 from core.events import (
-    AgentActivity,
     ColonyRemoved,
     Event,
     FileChange,
+    HiveChanged,
     LogLine,
     Notice,
-    ServiceState,
     StateChanged,
 )
 from core.firewall import FirewallError
+from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
-from core.locks import FileLock, is_locked
+from core.locks import FileLock
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
-from core.owner import Ownership
 from core.privileges import become_subreaper, require_netns_privileges
 from core.registry import ColonyRecord, Registry
-from core.runtime import ColonyRuntime
-from core.services import ServiceRunner
 from core.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from core.host.client import HostLink, RemoteAgent, ServiceView
+
 T = TypeVar("T")
+log = logging.getLogger("stem.hive")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
-RECONCILE_INTERVAL = 1.0
+REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
 
 
 def _checkpoint(step: str) -> None:
@@ -95,23 +95,27 @@ class Hive:
         pool: ipaddress.IPv4Network | None = None,
         stop_grace: float = STOP_GRACE,
         settings: Settings | None = None,
+        hosts: bool = True,
     ) -> None:
+        """`hosts=False` provisions colonies without starting their hosts: nothing runs in them but what the
+        caller starts itself (tools and tests that drive an AgentSession or a ServiceSet directly)."""
         self.layout = HiveLayout(home or stem_home())
         self.layout.ensure()
         self.prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
         self.settings = settings or load_settings()
         self.pool = pool or self.settings.pool
         self.stop_grace = stop_grace
+        self.hosts = hosts
         self.registry = Registry(self.layout.registry)
         self.supervisor = Supervisor(self._on_actor_crash)
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._logs: dict[str, ColonyLog] = {}
-        self._owner: Ownership | None = None
-        self._runtimes: dict[str, ColonyRuntime] = {}
-        self._pending: set[str] = set()
+        self._links: dict[str, HostLink] = {}
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self._follower: asyncio.Task[None] | None = None
+        self._seen: set[tuple[str, str, str]] | None = None  # the registry's colonies at the last reconcile
         self._commands: dict[str, subprocess.Popen[bytes]] = {}  # the setup/build command each colony waits on
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reconciler: asyncio.Task[None] | None = None
         self._reap_timer: asyncio.TimerHandle | None = None
         become_subreaper()
 
@@ -142,24 +146,6 @@ class Hive:
     def _publish(self, event: Event) -> None:
         for queue in self._subscribers:
             queue.put_nowait(event)
-        if self._owner is not None and isinstance(event, (ServiceState, AgentActivity)):
-            self._persist_runtime(event)
-
-    def _persist_runtime(self, event: ServiceState | AgentActivity) -> None:
-        """Write service and agent states where `stem ls` in another shell can read them (off the loop)."""
-        if isinstance(event, ServiceState):
-            code = f"({event.code})" if event.code is not None and event.state == "crashed" else ""
-            args = (event.colony, "service", event.service, event.state + code, event.detail)
-        else:
-            code = f"({event.code})" if event.code is not None else ""
-            args = (event.colony, "agent", "agent", event.activity + code, "")
-        task = asyncio.create_task(asyncio.to_thread(self.registry.set_runtime, *args))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def owner_running(self) -> bool:
-        """Whether some long-lived core (this process or another) owns the hive right now."""
-        return self._owner is not None or is_locked(self.layout.home / "core.lock")
 
     def _publish_threadsafe(self, loop: asyncio.AbstractEventLoop, event: Event) -> None:
         loop.call_soon_threadsafe(self._publish, event)
@@ -179,19 +165,7 @@ class Hive:
 
     def env_for(self, rec: ColonyRecord, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment every process in the colony sees (git inside finds the colony's worktree)."""
-        env = worktree.without_repo_vars(os.environ)
-        # A proxy on the host's loopback is reached at the colony's host address (the firewall forwards it).
-        env.update(proxy_env(os.environ, rec.host_ip))
-        env.update(extra or {})
-        env.update(
-            COLONY_NAME=rec.name,
-            COLONY_IP=rec.ip,
-            COLONY_HOST_IP=rec.host_ip,
-            COLONY_WORKTREE=rec.worktree,
-            COLONY_DB=rec.db_path,
-            DATABASE_URL=f"sqlite:///{rec.db_path}",
-        )
-        return env
+        return colony_env(rec, extra)
 
     def config_for(self, rec: ColonyRecord) -> ColonyConfig:
         return load_colony_config(Path(rec.worktree))
@@ -733,63 +707,235 @@ class Hive:
         procs.forget_child(running.proc.pid)
         self.registry.remove_process(running.proc.pid, running.starttime)
 
-    # runtime: services, agent and watchers, under the hive's one long-lived owner ------------------------
+    # runtime: what a running colony runs lives in its colony host ------------------------------------------
+
+    def host_paths(self, name: str) -> HostPaths:
+        return HostPaths(self.layout.colony_dir(name))
+
+    def host_running(self, name: str) -> bool:
+        return self.host_paths(name).running()
+
+    def _host_env(self) -> dict[str, str]:
+        """The host sees this hive as this process does, whatever the environment said."""
+        return {
+            **os.environ,
+            "STEM_HOME": str(self.layout.home),
+            "STEM_PREFIX": self.prefix,
+            "STEM_POOL": str(self.pool),
+            "STEM_CONFIG": str(self.settings.path),
+        }
+
+    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig) -> None:
+        """Start the colony's host (detached: it outlives this process) and wait until it has started the
+        services and the agent; StepFailed-worthy HostFailed with the reason if it could not."""
+        from core.host import launch  # the host machinery (protocol, msgpack) only when a colony starts
+
+        paths = self.host_paths(rec.name)
+        if not self.hosts or paths.running():
+            return
+        await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, self._host_env())
+        if self.attached and rec.name not in self._link_tasks:
+            # Follow it from its first moment, so what it says while starting (notices, states) is seen here.
+            self._link_tasks[rec.name] = asyncio.create_task(self._follow_host(rec.name), name=f"link-{rec.name}")
+        await launch.await_start(paths, rec.name)
+
+    async def _stop_runtime(self, name: str) -> None:
+        """End what the colony runs: its host stops the agent, the services and the watchers, then exits."""
+        from core.host import launch
+
+        link = self._links.get(name)
+        if link is not None:
+            link.stopping = True
+        await launch.stop(self.host_paths(name), self.stop_grace)
+
+    async def _restart_exited_agent(self, name: str) -> None:
+        """`start` on a running colony whose agent exited brings the agent back in its resume form."""
+        from core.host.protocol import Connection
+
+        with contextlib.suppress(StemError):
+            async with await Connection.open(self.host_paths(name).socket, "script", client="stem start") as conn:
+                await conn.restart_agent()
 
     @property
-    def owned(self) -> bool:
-        return self._owner is not None
+    def attached(self) -> bool:
+        return self._follower is not None
 
-    async def own(self, what: str) -> None:
-        """Become the hive's long-lived core (CoreBusy if another is): run running colonies' services and agents,
-        and follow what other stem processes change in the registry."""
+    async def attach(self) -> None:
+        """Follow the hive from this process (a UI, `stem serve`): a link to the host of every running colony,
+        whose screens, states and logs arrive as events; a host that dies is replaced. Any number of processes
+        may attach to one hive at once."""
         self.bind_loop()
-        owner = Ownership(self.layout.home, what)
-        await asyncio.to_thread(owner.acquire)
-        self._owner = owner
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError):  # only the main thread may own signals
             loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         await self.reconcile()
-        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconcile")
+        self._follower = asyncio.create_task(self._follow_registry(), name="follow-hive")
 
-    async def disown(self) -> None:
-        """Stop every service and agent this core runs (their colonies stay provisioned) and let go of the hive."""
-        if self._reconciler is not None:
-            self._reconciler.cancel()
+    async def detach(self) -> None:
+        """Stop following: the colonies and their hosts go on running."""
+        if self._follower is not None:
+            self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
-            self._reconciler = None
-        for name in list(self._runtimes):
-            await self.supervisor.call(name, functools.partial(self._stop_runtime, name))
+                await self._follower
+            self._follower = None
+        for task in list(self._link_tasks.values()):
+            task.cancel()
+        if self._link_tasks:
+            await asyncio.wait(list(self._link_tasks.values()), timeout=5)
+        self._link_tasks.clear()
+        self._links.clear()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
         if self._reap_timer is not None:
             self._reap_timer.cancel()
             self._reap_timer = None
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
-        await asyncio.to_thread(procs.reap_orphans)
-        if self._owner is not None:
-            self._owner.release()
-            self._owner = None
 
-    def runtime(self, name: str) -> ColonyRuntime | None:
-        return self._runtimes.get(name)
+    async def stop_all(self) -> list[str]:
+        """Stop every running colony (the palette's "Stop all colonies"); the names stopped."""
+        names = [
+            rec.name
+            for rec in await asyncio.to_thread(self.registry.colonies)
+            if rec.state in (lc.RUNNING, lc.FAILED) and self.registry.owns("veth", rec.veth)
+        ]
+        # One actor and one lock per colony: they stop side by side.
+        results = await asyncio.gather(*(self.stop(name) for name in names), return_exceptions=True)
+        return [name for name, result in zip(names, results, strict=True) if not isinstance(result, BaseException)]
 
-    def agent(self, name: str) -> AgentSession | None:
-        """The colony's live agent session (screen, input, resize), when this process owns the hive."""
-        runtime = self._runtimes.get(name)
-        return runtime.agent if runtime else None
+    async def _follow_registry(self) -> None:
+        """Reconcile whenever any stem process writes the registry (inotify on hive.db and its WAL, polling if
+        inotify is unavailable): nothing wakes while nothing changes."""
+        from core.hive_watch import HiveWatch
 
-    def services(self, name: str) -> dict[str, ServiceRunner]:
-        runtime = self._runtimes.get(name)
-        return dict(runtime.services.services) if runtime else {}
+        def fallback(why: str) -> None:
+            self._publish(Notice("", "warning", f"following the hive by polling: {why}"))
+
+        async with HiveWatch(self.layout.home, on_fallback=fallback) as watch:
+            async for _ in watch.changes():
+                try:
+                    await self.reconcile()
+                except Exception as exc:  # keep following the registry whatever one pass hit
+                    self._publish(Notice("", "error", f"following the hive failed: {describe(exc)}"))
+
+    async def reconcile(self) -> None:
+        """A link for every colony whose host should run; none for the others. Other stem processes (spawn,
+        stop, destroy from a shell, another UI) change the registry; this follows them."""
+        records = {r.name: r for r in await asyncio.to_thread(self.registry.colonies)}
+        seen = {(r.name, r.state, r.stage) for r in records.values()}
+        if self._seen is not None and seen != self._seen:
+            self._publish(HiveChanged())
+        self._seen = seen
+        for name, task in list(self._link_tasks.items()):
+            rec = records.get(name)
+            if task.done() or rec is None or rec.state not in (lc.RUNNING, lc.STARTING):
+                task.cancel()
+                self._link_tasks.pop(name, None)
+                self._links.pop(name, None)
+        for rec in records.values():
+            if rec.state in (lc.RUNNING, lc.STARTING) and rec.name not in self._link_tasks:
+                if rec.state == lc.STARTING and not self.host_running(rec.name):
+                    continue  # its starter launches the host; the next pass links to it
+                task = asyncio.create_task(self._follow_host(rec.name), name=f"link-{rec.name}")
+                self._link_tasks[rec.name] = task
+
+    async def _follow_host(self, name: str) -> None:
+        """Stay linked to the colony's host; when it goes while the colony should run, start a new one."""
+        from core.host.client import HostLink
+
+        while True:
+            rec = await asyncio.to_thread(self.registry.find, name)
+            if rec is None or rec.state not in (lc.RUNNING, lc.STARTING):
+                return
+            if not self.host_running(name):
+                if rec.state != lc.RUNNING:
+                    return
+                await self.revive(name)
+                if not self.host_running(name):
+                    return
+            link = HostLink(name, self.host_paths(name), self._publish)
+            self._links[name] = link
+            why = await link.run()
+            if link.stopping:
+                return
+            log.info("link to %s ended: %s", name, why)
+
+    async def revive(self, name: str) -> bool:
+        """A running colony whose host died (kill -9, a crash): end what the host left behind (the colony's
+        processes, by its namespace and process groups), start a new host, the agent in its resume form. True
+        if a new host was started here."""
+
+        from core.host import launch
+
+        async def handler() -> bool:
+            async with self._holding(name):
+                rec = await asyncio.to_thread(self.registry.find, name)
+                if rec is None or rec.state != lc.RUNNING or self.host_running(name):
+                    return False
+                self._publish(Notice(name, "warning", f"{name}: its colony host died; restarting the colony"))
+                await asyncio.to_thread(self.registry.add_event, name, "host-died", "its colony host died")
+                await asyncio.to_thread(self.log(name).append, "host", "its colony host died; restarting the colony")
+                try:
+                    config = await asyncio.to_thread(self.config_for, rec)
+                    for attempt in range(REVIVE_ATTEMPTS):
+                        await asyncio.to_thread(self._end_processes, rec)
+                        try:
+                            await self._start_runtime(rec, config)
+                            break
+                        except launch.HostGone:
+                            if attempt == REVIVE_ATTEMPTS - 1:
+                                raise
+                except Exception as exc:
+                    await self._stop_runtime(name)
+                    reason = str(exc) if isinstance(exc, StemError) else describe(exc)
+                    await asyncio.to_thread(self._fail_start, rec, "host", reason)
+                    self._publish(Notice(name, "error", f"{name} failed while restarting: {reason}"))
+                    return False
+                return True
+
+        try:
+            result: bool = await self.supervisor.call(name, handler)
+        except StemError:
+            return False
+        return result
+
+    async def revive_dead_hosts(self) -> list[str]:
+        """What a short command does on its way: revive the hosts of running colonies that died."""
+        revived = []
+        for rec in await asyncio.to_thread(self.registry.colonies):
+            if rec.state == lc.RUNNING and not self.host_running(rec.name) and await self.revive(rec.name):
+                revived.append(rec.name)
+        return revived
+
+    def agent(self, name: str) -> RemoteAgent | None:
+        """The colony's agent as its host shows it (screen, keys, paste, resize), while this process follows it."""
+        link = self._links.get(name)
+        return link.agent if link is not None and link.connected.is_set() else None
+
+    def services(self, name: str) -> dict[str, ServiceView]:
+        link = self._links.get(name)
+        return dict(link.services) if link is not None else {}
+
+    def link(self, name: str) -> HostLink | None:
+        return self._links.get(name)
+
+    def log_entries(self, name: str) -> list[Entry]:
+        """The colony's log: as its host keeps it when this process follows it, else from the file (blocking)."""
+        link = self._links.get(name)
+        if link is not None and link.connected.is_set():
+            return list(link.log)
+        entries = list(self._logs[name].tail(5000)) if name in self._logs else []
+        if entries:
+            return entries  # written by this process (a spawn or start in progress here)
+        disk = ColonyLog(self.layout.colony_log(name))
+        disk.load()
+        return disk.tail(5000)
 
     async def changes(self, name: str) -> tuple[FileChange, ...]:
-        """The colony's changed files against its base: live from its watcher, else computed now."""
-        runtime = self._runtimes.get(name)
-        if runtime is not None and runtime.changes is not None:
-            return runtime.changes.files
+        """The colony's changed files against its base: live from its host's watcher, else computed now."""
+        from core.changes import changed_files
+
+        link = self._links.get(name)
+        if link is not None and link.files is not None:
+            return link.files
         rec = await asyncio.to_thread(self.registry.get, name)
         if not Path(rec.worktree).exists():
             return ()
@@ -797,126 +943,20 @@ class Hive:
 
     async def diff(self, name: str, path: str | None = None) -> str:
         """Unified diff of one file, or the whole colony, against its base (untracked files included)."""
+        from core.changes import diff_text
+
         rec = await asyncio.to_thread(self.registry.get, name)
         return await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, path)
 
     async def restart_service(self, name: str, service: str) -> None:
-        """Stop and start one service of a running colony (through the colony's actor)."""
-
-        async def handler() -> None:
-            runtime = self._runtimes.get(name)
-            if runtime is None:
-                raise WrongState(f"{name} has no running services: is the colony running, and this core its owner?")
-            await runtime.restart_service(service)
-
-        await self.supervisor.call(name, handler)
-
-    async def _restart_exited_agent(self, name: str) -> None:
-        """`start` on a running colony whose agent exited brings the agent back in its resume form. Without the
-        runtime here (a short-lived command), leave a request for the owner."""
-        runtime = self._runtimes.get(name)
-        if runtime is not None:
-            if runtime.agent_exited:
-                await runtime.restart_agent(resume=True)
-        elif self._owner is None:
-            await asyncio.to_thread(self.registry.add_event, name, "agent-restart", "requested by stem start")
-
-    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig) -> None:
-        if self._owner is None:
-            return  # a short-lived command: the owner (UI or stem serve) starts services when it sees `running`
-        name = rec.name
-
-        async def reload() -> None:
-            async def handler() -> None:
-                async with self._holding(name):
-                    runtime = self._runtimes.get(name)
-                    if runtime is not None:
-                        before = runtime.config.network
-                        await runtime.reload_config()
-                        if runtime.config.network != before:
-                            await self._reapply_egress(name, runtime.config)
-
-            await self.supervisor.call(name, handler)
-
-        history = await asyncio.to_thread(self.registry.events, name)
-        runtime = ColonyRuntime(
-            rec,
-            config,
-            env=self.env_for(rec),
-            colony_log=self.log(name),
-            registry=self.registry,
-            emit=self._publish,
-            on_config_change=reload,
-            settings=self.settings,
-            resume=any(kind == "agent-started" for _c, _at, kind, _m in history),
-        )
-        self._runtimes[name] = runtime
-        await runtime.start()
-
-    async def _stop_runtime(self, name: str) -> None:
-        runtime = self._runtimes.pop(name, None)
-        if runtime is not None:
-            await runtime.stop(self.stop_grace)
-
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RECONCILE_INTERVAL)
-            try:
-                await self.reconcile()
-            except Exception as exc:  # keep following the registry whatever one pass hit
-                self._publish(Notice("", "error", f"reconciling the hive failed: {describe(exc)}"))
-
-    async def reconcile(self) -> None:
-        """Start runtimes for running colonies that have none; stop those whose colony stopped or vanished.
-
-        Other stem processes (spawn, stop, destroy from a shell) change the registry; this follows them.
-        """
-        records = {r.name: r for r in await asyncio.to_thread(self.registry.colonies)}
-        for name in list(self._runtimes):
-            rec = records.get(name)
-            if (rec is None or rec.state not in (lc.RUNNING, lc.STARTING)) and name not in self._pending:
-                await self.supervisor.call(name, functools.partial(self._stop_runtime, name))
-                if rec is None:
-                    self.supervisor.forget(name)
-        for name, runtime in list(self._runtimes.items()):
-            if runtime.agent_exited and await asyncio.to_thread(self._agent_restart_requested, name):
-                await self.supervisor.call(name, functools.partial(runtime.restart_agent, True))
-        for rec in records.values():
-            if rec.state == lc.RUNNING and rec.name not in self._runtimes and rec.name not in self._pending:
-                self._pending.add(rec.name)
-                task = asyncio.create_task(self._adopt(rec.name), name=f"adopt-{rec.name}")
-                self._tasks.add(task)  # a reference, so the task is not garbage-collected mid-flight
-                task.add_done_callback(self._tasks.discard)
-
-    def _agent_restart_requested(self, name: str) -> bool:
-        """A `stem start` from another shell asked for the agent after it last started."""
-        last: dict[str, float] = {}
-        for _colony, at, kind, _message in self.registry.events(name):
-            last[kind] = at
-        return last.get("agent-restart", 0.0) > last.get("agent-started", 0.0)
-
-    async def _adopt(self, name: str) -> None:
-        """Start the runtime of a colony some other stem process brought to `running`."""
-
-        async def handler() -> None:
-            async with self._holding(name):
-                rec = await asyncio.to_thread(self.registry.find, name)
-                if rec is None or rec.state != lc.RUNNING or name in self._runtimes:
-                    return
-                try:
-                    config = await asyncio.to_thread(self.config_for, rec)
-                    await self._start_runtime(rec, config)
-                except Exception as exc:
-                    await self._stop_runtime(name)
-                    reason = str(exc) if isinstance(exc, StemError) else describe(exc)
-                    await asyncio.to_thread(self._fail_start, rec, lc.STARTING, reason)
-                    self._publish(Notice(name, "error", f"{name} failed while starting: {reason}"))
+        """Stop and start one service of a running colony (its host does it)."""
+        from core.host.protocol import Connection, HostUnreachable
 
         try:
-            with contextlib.suppress(StemError):
-                await self.supervisor.call(name, handler)
-        finally:
-            self._pending.discard(name)
+            async with await Connection.open(self.host_paths(name).socket, "script", client="stem") as conn:
+                await conn.restart_service(service)
+        except HostUnreachable:
+            raise WrongState(f"{name} has no running services: is the colony running?") from None
 
     def _on_sigchld(self) -> None:
         # Coalesce a burst of SIGCHLDs into one /proc scan, off the loop.
@@ -939,8 +979,8 @@ class Hive:
         return await asyncio.to_thread(collect, self)
 
     async def close(self) -> None:
-        if self._owner is not None:
-            await self.disown()
+        if self._follower is not None:
+            await self.detach()
         await self.supervisor.close()
         self.registry.close()
 

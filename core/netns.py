@@ -19,10 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import Any, TypeVar
 
 from core.errors import StemError
 
@@ -39,6 +36,17 @@ MNT_DETACH = 2
 SLOT_SIZE = 4  # a /30 per colony: network, host end, colony end, broadcast
 
 T = TypeVar("T")
+
+
+def _pyroute2() -> tuple[type[Any], type[Exception]]:
+    """IPRoute and NetlinkError, imported when netlink is first needed: pyroute2 takes ~50 ms to import, which
+    short commands that never touch the network (`stem ls`) should not pay."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return IPRoute, NetlinkError
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _rundir_lock = threading.Lock()
 
@@ -98,6 +106,8 @@ def create(net: ColonyNet) -> None:
     host_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     failure: list[BaseException] = []
 
+    IPRoute, _ = _pyroute2()
+
     def inside() -> None:
         # This thread alone moves into the new namespace and then ends, so no other thread is ever left there.
         # pyroute2's sync API refuses to run on a thread with a running asyncio loop; a fresh thread has none.
@@ -154,7 +164,8 @@ def _off_loop(fn: Callable[[], T]) -> T:
 
 
 def _explain(exc: BaseException, net: ColonyNet) -> BaseException:
-    if isinstance(exc, NetlinkError) and exc.code == errno.EEXIST:
+    _, NetlinkError = _pyroute2()
+    if isinstance(exc, NetlinkError) and getattr(exc, "code", None) == errno.EEXIST:
         return StemError(f"interface {net.veth} or address {net.host_ip} already exists: run `stem gc`")
     if isinstance(exc, (NetlinkError, OSError, IndexError, RuntimeError)):
         return StemError(f"network setup for {net.netns} failed: {exc}")
@@ -177,6 +188,8 @@ def destroy(netns: str, veth: str) -> None:
 def delete_link(ifname: str) -> None:
     """Deleting one end of a veth deletes both, even while the namespace is still held by a process."""
 
+    IPRoute, NetlinkError = _pyroute2()
+
     def delete() -> None:
         with IPRoute() as host:
             found = host.link_lookup(ifname=ifname)
@@ -184,7 +197,7 @@ def delete_link(ifname: str) -> None:
                 try:
                     host.link("del", index=found[0])
                 except NetlinkError as exc:
-                    if exc.code != errno.ENODEV:
+                    if getattr(exc, "code", None) != errno.ENODEV:
                         raise
 
     _off_loop(delete)
@@ -197,7 +210,16 @@ def list_namespaces() -> list[str]:
         return []
 
 
+def etc_dirs() -> list[str]:
+    try:
+        return sorted(os.listdir(ETC_NETNS))
+    except FileNotFoundError:
+        return []
+
+
 def list_links() -> list[str]:
+    IPRoute, _ = _pyroute2()
+
     def names() -> list[str]:
         with IPRoute() as host:
             return [str(link.get("ifname")) for link in host.get_links()]

@@ -299,7 +299,7 @@ class Registry:
         rows = self._query(sql + " WHERE colony=?", (colony,)) if colony else self._query(sql)
         return [ProcessRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
-    # runtime states (services, agent) written by the hive's owner for other processes to read ------------
+    # runtime states (services, agent) written by each colony's host for other processes to read ------------
 
     def set_runtime(self, colony: str, kind: str, name: str, state: str, detail: str = "") -> None:
         with self.transaction() as db:

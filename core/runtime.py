@@ -1,15 +1,14 @@
-"""What runs in a colony while a long-lived core owns the hive: its services, its agent, its watchers."""
+"""What runs in a colony, inside its colony host: its services, its agent, its watchers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import watchfiles
 
 from core.agent import EXITED, AgentSession, choose_argv
 from core.changes import ChangeWatcher
@@ -17,6 +16,7 @@ from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config
 from core.errors import ConfigError, StemError
 from core.events import Event, Notice
+from core.inotify import Changes, FileWatcher
 from core.registry import ColonyRecord, Registry
 from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
@@ -24,8 +24,12 @@ from core.settings import Settings, resolve_agent
 log = logging.getLogger("stem.runtime")
 
 
+def _write_now(write: Callable[[], object]) -> None:
+    write()
+
+
 class ColonyRuntime:
-    """Owned by the Hive's owner for one running colony; started and stopped through the colony's actor."""
+    """What one running colony runs, inside its colony host (core.host.server): services, agent, watchers."""
 
     def __init__(
         self,
@@ -40,12 +44,17 @@ class ColonyRuntime:
         timing: Timing | None = None,
         settings: Settings,
         resume: bool = False,
+        defer: Callable[[Callable[[], object]], None] | None = None,
     ) -> None:
         self.rec = rec
+        # Registry writes made from the loop (process rows) go through `defer` (the host's one ordered writer
+        # thread) so SQLite never blocks the loop; without it they are made at once.
+        self._defer: Callable[[Callable[[], object]], None] = defer or _write_now
         self.settings = settings
         self.env = env
         self.resume = resume
         self.agent: AgentSession | None = None
+        self.agent_size = (120, 40)  # what the agent's PTY starts at: the size a client asked for, if any
         self.config = config
         self._emit = emit
         self._registry = registry
@@ -56,8 +65,10 @@ class ColonyRuntime:
             ip=rec.ip,
             log=colony_log,
             emit=emit,
-            record_process=lambda pid, start, kind, argv: registry.add_process(rec.name, pid, start, kind, argv),
-            forget_process=registry.remove_process,
+            record_process=lambda pid, start, kind, argv: self._defer(
+                lambda: registry.add_process(rec.name, pid, start, kind, argv)
+            ),
+            forget_process=lambda pid, start: self._defer(lambda: registry.remove_process(pid, start)),
             timing=timing or Timing(),
             may_restart=self._colony_running,
         )
@@ -73,7 +84,6 @@ class ColonyRuntime:
         watchers."""
         await self.services.start_all()
         await self.start_agent(self.resume)
-        self._watch_task = asyncio.create_task(self._watch_config(), name=f"config-{self.rec.name}")
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
         try:
             await watcher.start()
@@ -81,6 +91,9 @@ class ColonyRuntime:
             self._emit(Notice(self.rec.name, "warning", f"{self.rec.name}: not watching file changes: {exc}"))
         else:
             self.changes = watcher
+        # colony.toml is in the worktree: its watcher listens to the change watcher's events (one inotify instance
+        # per colony, against a per-user budget of 128) rather than watching on its own.
+        self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
 
     async def start_agent(self, resume: bool) -> None:
         """The agent from --agent, [colony] agent or the default preset, in a PTY inside the colony. A missing
@@ -97,9 +110,13 @@ class ColonyRuntime:
             colony=rec.name,
             emit=self._emit,
             attention=resolved.preset.attention if resolved.preset else (),
-            record_process=lambda pid, start: self._registry.add_process(rec.name, pid, start, "agent", argv),
-            forget_process=self._registry.remove_process,
+            record_process=lambda pid, start: self._defer(
+                lambda: self._registry.add_process(rec.name, pid, start, "agent", argv)
+            ),
+            forget_process=lambda pid, start: self._defer(lambda: self._registry.remove_process(pid, start)),
             notice=notice,
+            columns=self.agent_size[0],
+            lines=self.agent_size[1],
         )
         session.start()
         self.agent = session
@@ -175,20 +192,46 @@ class ColonyRuntime:
             await asyncio.to_thread(self._registry.add_event, name, "config", message)
         return changes
 
-    async def _watch_config(self) -> None:
-        target = Path(self.rec.worktree) / "colony.toml"
+    async def _watch_config(self, changes: ChangeWatcher | None) -> None:
+        """Reload colony.toml whenever it changes, until `stop`: from the events of the colony's change watcher, or,
+        when that could not start, from a watcher of the worktree's top directory of its own."""
+        own: FileWatcher | None = None
+        unsubscribe: Callable[[], None] | None = None
+        stopping = asyncio.ensure_future(self._watch_stop.wait())
+        changed = asyncio.Event()
+        target = ""
 
-        def is_config(_change: watchfiles.Change, path: str) -> bool:
-            return Path(path) == target
+        def on_changes(batch: Changes) -> None:
+            # An overflow may have swallowed the event: reloading an unchanged file restarts nothing.
+            if batch.overflow or target in batch.paths:
+                changed.set()
 
         try:
-            async for _ in watchfiles.awatch(
-                self.rec.worktree,
-                watch_filter=is_config,
-                recursive=False,
-                stop_event=self._watch_stop,
-                debounce=200,
-            ):
-                await self._on_config_change()
+            if changes is not None:
+                target = os.path.join(changes.root, "colony.toml")
+                unsubscribe = changes.subscribe(on_changes)
+            else:
+                worktree = await asyncio.to_thread(os.path.realpath, self.rec.worktree)
+                target = os.path.join(worktree, "colony.toml")
+                own = FileWatcher(quiet=0.2)
+                await own.watch_dir(worktree, names=["colony.toml"])
+                unsubscribe = own.subscribe(on_changes)
+            while True:
+                waiting = asyncio.ensure_future(changed.wait())
+                await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if stopping.done():
+                    waiting.cancel()
+                    return
+                changed.clear()  # edits made while a reload runs bring one more reload
+                try:
+                    await self._on_config_change()
+                except Exception:  # one failed reload must not end the watching
+                    log.exception("reloading %s failed", target)
         except Exception:
-            log.exception("watching %s failed", target)
+            log.exception("watching %s/colony.toml failed", self.rec.worktree)
+        finally:
+            stopping.cancel()
+            if unsubscribe is not None:
+                unsubscribe()
+            if own is not None:
+                await own.close()

@@ -32,9 +32,12 @@ from core.events import (
     AgentActivity,
     ChangesUpdated,
     ColonyRemoved,
+    HiveChanged,
     LogLine,
+    LogsLoaded,
     Notice,
     ScreenChanged,
+    ScrollbackLoaded,
     ServiceState,
     StateChanged,
 )
@@ -66,8 +69,8 @@ _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
 class StemApp(App[int], inherit_bindings=False):
-    """The app. `hive` is a core.hive.Hive (or anything with its API); `own` makes this process the hive's owner
-    (it then runs the agents and services); `clock` is injected for deterministic snapshots."""
+    """The app. `hive` is a core.hive.Hive (or anything with its API); `own` makes this process follow the hive's
+    colony hosts (screens, states, logs); `clock` is injected for deterministic snapshots."""
 
     CSS_PATH = "stem.tcss"
     AUTO_FOCUS = "#colony-list"
@@ -181,10 +184,10 @@ class StemApp(App[int], inherit_bindings=False):
         self._pump_events()
         if self.own_hive:
             try:
-                await hive_view.own(self.hive)
-            except StemError as exc:  # CoreBusy above all: another stem or stem serve runs this hive
+                await hive_view.attach(self.hive)
+            except StemError as exc:
                 self.failure = str(exc)
-                self.own_hive = False  # not ours: nothing of it to stop here
+                self.own_hive = False
                 self.exit(EXIT_USAGE)
                 return
         self.refresh_colonies()
@@ -231,6 +234,15 @@ class StemApp(App[int], inherit_bindings=False):
                 if terminal.session is None:
                     self._attach_terminal()
                 terminal.screen_changed(event.rows)
+        elif isinstance(event, HiveChanged):
+            self.refresh_colonies()
+        elif isinstance(event, LogsLoaded):
+            if event.colony == self.selected and event.colony not in self._tracing:
+                self.query_one(LogsView).show(event.colony, hive_view.log_entries(self.hive, event.colony))
+        elif isinstance(event, ScrollbackLoaded):
+            terminal = self.query_one(TerminalView)
+            if event.colony == self.selected and terminal.session is not None:
+                terminal.refresh()
         elif isinstance(event, LogLine):
             if event.colony in self._tracing:
                 self._tracing[event.colony].logs.append(event)
@@ -294,6 +306,10 @@ class StemApp(App[int], inherit_bindings=False):
         self._loaded = True
         listed = [r.name for r in self.records] + [f.name for f in self._listed_failures()]
         self.set_class(not listed, "-empty")
+        if listed:
+            # Shown again after the empty hive, the tabs get their resize before their tabs get a layout, which
+            # leaves the active tab's underline zero-wide: put it back once laid out (a no-op when it is right).
+            self.call_after_refresh(self.query_one(MainView).realign_tabs)
         self._redraw_rows()
         if self.selected is not None and self.selected not in listed:
             self.selected = None
@@ -388,7 +404,7 @@ class StemApp(App[int], inherit_bindings=False):
             entries = list(failed.logs)
         elif name:
             try:
-                entries = self.hive.log(name).tail(5000)
+                entries = hive_view.log_entries(self.hive, name)
             except StemError:
                 entries = []
         self.query_one(LogsView).show(name, entries)
@@ -802,9 +818,9 @@ class StemApp(App[int], inherit_bindings=False):
                     f": {names}.",
                 ),
                 Content(""),
-                Content("Quitting stops their agents and services now (this process runs them)."),
-                Content("Their network, worktree, database and branch stay as they are;"),
-                Content("the next `stem` starts their agents and services again."),
+                Content("They keep running after you quit: each colony's host runs its agent and services,"),
+                Content("and the next `stem` (or `stem attach NAME`) shows them again."),
+                Content('To end them: `stem stop NAME`, or "Stop all colonies" in the palette (:).'),
             ]
         if busy:
             lines += [
@@ -824,19 +840,42 @@ class StemApp(App[int], inherit_bindings=False):
         self.push_screen(ConfirmScreen("Quit Stem?", body, "Quit", danger=False, id="confirm-quit"), confirmed)
 
     async def _quit_now(self) -> None:
-        self.notify("stopping agents and services…")
         try:
             await self._release_hive()
         finally:
             self.exit(0)
 
     async def _release_hive(self) -> None:
-        if self.own_hive and getattr(self.hive, "owned", True):
-            await hive_view.disown(self.hive)
+        if self.own_hive:
+            await hive_view.detach(self.hive)
+
+    async def action_stop_all(self) -> None:
+        """Stop every running colony (asks first): their agents and services end; worktrees and data stay."""
+        running = [r.name for r in self.records if r.state == lc.RUNNING]
+        if not running:
+            self.notify("no colony is running")
+            return
+        body = Content(
+            f"Stop {len(running)} colon{'ies' if len(running) != 1 else 'y'} ({', '.join(running[:6])}"
+            f"{' and more' if len(running) > 6 else ''})? Their agents and services end now; their worktree,"
+            " database and branch stay, and `s` (or stem start) brings each back."
+        )
+
+        async def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._stop_all()
+
+        self.push_screen(ConfirmScreen("Stop all colonies?", body, "Stop all", danger=True), confirmed)
+
+    @work(group="stop-all", exclusive=True, exit_on_error=False)
+    async def _stop_all(self) -> None:
+        stopped = await self.hive.stop_all()
+        self.notify(f"stopped {len(stopped)} colon{'ies' if len(stopped) != 1 else 'y'}")
+        self.refresh_colonies()
 
     async def on_unmount(self) -> None:
-        # However the app ends, the agents and services it ran stop with it, and a hive it was given to run
-        # (`stem` itself) is closed in the loop it ran in.
+        # However the app ends (q, SIGHUP of an SSH drop, SIGTERM) it only detaches: the colonies' hosts run on.
+        # A hive it was given to run (`stem` itself) is closed in the loop it ran in.
         await self._release_hive()
         if self.close_hive:
             await self.hive.close()

@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
+    p = sub.add_parser(
+        "attach",
+        help="a colony's agent full-screen in this terminal",
+        description="Show colony NAME's agent full-screen in this terminal, without Stem's panels (like tmux attach: "
+        "the quickest way to one agent over a slow link). Keys go to the agent; ctrl+] detaches "
+        "([keys] terminal.release in config.toml remaps it). The colony keeps running.",
+    )
+    p.add_argument("name")
+
     for verb, text in (
         ("stop", "end a colony's processes and take its network down"),
         ("start", "bring a stopped colony back"),
@@ -77,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "serve",
-        help="run the hive's services and agents without a UI",
-        description="Run the core in the foreground without a UI: start the services and agents of running "
-        "colonies, print state changes and log lines, and stop them all cleanly on Ctrl-C or SIGTERM.",
+        help="watch the hive without a UI: print what happens, restart colony hosts that die",
+        description="Follow every running colony's host in the foreground without a UI: print state changes, "
+        "notices and log lines, and replace a colony host that dies. Ctrl-C or SIGTERM detaches: the colonies "
+        "keep running (their hosts do not depend on any stem process).",
     )
 
     p = sub.add_parser(
@@ -121,9 +131,10 @@ async def cmd_spawn(hive: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
+    await hive.revive_dead_hosts()  # a host that died (kill -9) is noticed by the next stem command
     rows = hive.colonies()
     now = time.time()
-    owned = hive.owner_running()
+    hosted = {r.name: hive.host_running(r.name) for r in rows}
 
     def runtime(name: str) -> tuple[dict[str, str], str]:
         services, agent = {}, ""
@@ -154,9 +165,9 @@ async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
                     "repo": r.repo,
                     "created_at": r.created_at,
                     "age": round(now - r.created_at, 1),
-                    "services": services if owned else {},
-                    "agent": agent if owned else "",
-                    "owned": owned,
+                    "services": services if hosted[r.name] else {},
+                    "agent": agent if hosted[r.name] else "",
+                    "host": hosted[r.name],
                 }
             )
         print(json.dumps(out, indent=2))
@@ -168,8 +179,8 @@ async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
     for r in rows:
         state = r.state if r.state != "failed" else f"failed ({r.stage})"
         services, agent = runtime(r.name)
-        if not owned:
-            summary, agent = ("-" if r.state != "running" else "not run (no stem serve or UI)"), "-"
+        if not hosted[r.name]:
+            summary, agent = ("-" if r.state != "running" else "its host is down: stem start " + r.name), "-"
         else:
             summary = " ".join(f"{k}:{v}" for k, v in services.items()) or "-"
         table.append((r.name, state, agent or "-", summary, r.ip, r.branch, _age(now - r.created_at), r.repo))
@@ -202,10 +213,34 @@ async def cmd_exec(hive: Any, args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
+async def cmd_attach(hive: Any, args: argparse.Namespace) -> int:
+    from core import lifecycle as lc
+    from core.errors import WrongState
+    from core.host.paths import HostPaths
+    from stem.attach import RELEASE_BINDING, attach, release_key
+
+    rec = hive.get(args.name)
+    if rec.state != lc.RUNNING:
+        hint = f"stem start {rec.name}" if rec.state in lc.STARTABLE else "wait until it is running (stem ls)"
+        raise WrongState(f"{rec.name} is {rec.state}, not running: {hint}")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise StemError("stem attach needs a terminal")
+    socket = HostPaths(hive.layout.colony_dir(rec.name)).socket
+    if not socket.exists():
+        raise StemError(f"{rec.name} has no running host: stem start {rec.name}")
+    key, warning = release_key(hive.settings.keys.get(RELEASE_BINDING))
+    if warning:
+        print(f"stem: {warning}", file=sys.stderr)
+    return await attach(socket, rec.name, key, sys.stdin.fileno(), sys.stdout.fileno())
+
+
 async def cmd_stop(hive: Any, args: argparse.Namespace) -> int:
-    for name in args.names:
-        rec = await hive.stop(name)
-        print(f"{rec.name}  {rec.state}")
+    # Each colony has its own actor and lock: stopping several at once takes about as long as stopping one.
+    results = await asyncio.gather(*(hive.stop(name) for name in args.names), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        print(f"{result.name}  {result.state}")
     return 0
 
 
@@ -251,12 +286,16 @@ async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
     from core.events import AgentActivity, ColonyRemoved, LogLine, Notice, ServiceState, StateChanged
 
     events = hive.subscribe()
-    await hive.own("stem serve")
+    await hive.attach()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    print(f"stem serve: owning {hive.layout.home} with {len(hive.colonies())} colonies (Ctrl-C stops)", flush=True)
+    print(
+        f"stem serve: watching {hive.layout.home} with {len(hive.colonies())} colonies "
+        "(Ctrl-C detaches; colonies keep running)",
+        flush=True,
+    )
 
     def show(event: Any) -> str | None:
         stamp = time.strftime("%H:%M:%S")
@@ -285,14 +324,13 @@ async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
 
     printing = asyncio.create_task(printer())
     await stop.wait()
-    print("stem serve: stopping services and agents", flush=True)
-    await hive.disown()
+    await hive.detach()
     while not events.empty():
         line = show(events.get_nowait())
         if line:
             print(line, flush=True)
     printing.cancel()
-    print("stem serve: stopped", flush=True)
+    print("stem serve: detached (colonies keep running; stem stop NAME ends one)", flush=True)
     return 0
 
 
@@ -311,6 +349,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "spawn": cmd_spawn,
     "ls": cmd_ls,
     "exec": cmd_exec,
+    "attach": cmd_attach,
     "stop": cmd_stop,
     "start": cmd_start,
     "destroy": cmd_destroy,

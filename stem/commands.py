@@ -37,11 +37,13 @@ class StemCommands(Provider):
         for rec in app.records:
             if selected is None or rec.name != selected.name:
                 yield (f"Select {rec.name}", partial(app.select_colony, rec.name), f"{rec.state} · {rec.branch}")
+        if any(r.state == "running" for r in app.records):
+            yield ("Stop all colonies", app.action_stop_all, "end every running colony's agent and services (asks)")
         for tab in ("terminal", "logs", "diff", "info"):
             yield (f"Show {tab.title()} tab", partial(app.show_tab, tab), "the main view")
         yield ("Theme…", app.action_pick_theme, "switch the colour theme, previewed as you move")
         yield ("Keys", app.action_help, "every key active here, with its binding id")
-        yield ("Quit", app.action_quit, "leave Stem (asks when colonies are running)")
+        yield ("Quit", app.action_quit, "leave Stem; colonies keep running")
 
     async def discover(self) -> Hits:
         for title, callback, help_text in self._commands():

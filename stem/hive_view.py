@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -24,10 +23,11 @@ __all__ = [
     "FixedClock",
     "age",
     "agent_of",
+    "attach",
     "changes_of",
+    "detach",
     "diff_of",
-    "disown",
-    "own",
+    "log_entries",
     "restart_service",
     "services_of",
     "transitions_of",
@@ -138,6 +138,14 @@ async def changes_of(hive: Any, name: str) -> tuple[Any, ...] | None:
         return None
 
 
+def log_entries(hive: Any, name: str) -> list[Any]:
+    """The colony's log entries (seq, at, source, text): from its host when followed, else from the disk."""
+    fn = getattr(hive, "log_entries", None)
+    if fn is not None:
+        return list(fn(name))
+    return list(hive.log(name).tail(5000))
+
+
 def transitions_of(hive: Any, name: str) -> list[Any]:
     try:
         return list(hive.registry.transitions(name))
@@ -162,16 +170,16 @@ async def restart_service(hive: Any, name: str, service: str) -> None:
     await fn(name, service)
 
 
-async def own(hive: Any) -> bool:
-    """Make this process the hive's owner (it runs the agents and services); False if the core has no owners."""
-    fn = getattr(hive, "own", None)
+async def attach(hive: Any) -> bool:
+    """Follow the hive's colony hosts from this process; False if the core has no hosts to follow."""
+    fn = getattr(hive, "attach", None)
     if fn is None:
         return False
-    await fn(f"the stem UI (pid {os.getpid()})")
+    await fn()
     return True
 
 
-async def disown(hive: Any) -> None:
-    fn = getattr(hive, "disown", None)
+async def detach(hive: Any) -> None:
+    fn = getattr(hive, "detach", None)
     if fn is not None:
         await fn()

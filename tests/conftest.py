@@ -6,6 +6,7 @@ import ipaddress
 import os
 import random
 import secrets
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import link_names, make_repo, netns_names
 
 from core import firewall
+from core.host import launch
+from core.host.paths import HostPaths
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -57,8 +60,22 @@ class HiveEnv:
         with sqlite3.connect(db) as conn:
             return [row[0] for row in conn.execute("SELECT pid FROM processes")]
 
+    def host_pids(self) -> list[int]:
+        """The colony hosts this test's hive started (they outlive every stem process on purpose)."""
+        pids = []
+        for pid_file in (self.home / "colonies").glob("*/host.pid"):
+            found = launch.host_process(HostPaths(pid_file.parent))
+            if found is not None:
+                pids.append(found[0])
+        return pids
+
     def cleanup(self) -> None:
-        """Remove whatever the test left: processes by pid, namespaces and links by this test's prefix."""
+        """Remove whatever the test left: hosts and processes by pid, namespaces and links by this test's prefix."""
+        for pid in self.host_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in self.registry_pids():
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -74,6 +91,8 @@ class HiveEnv:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         for link in link_names(self.prefix):
             subprocess.run(["ip", "link", "del", link], capture_output=True)
+        for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
+            shutil.rmtree(etc, ignore_errors=True)
         firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
 
 

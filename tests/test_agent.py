@@ -116,7 +116,7 @@ class Colonies:
 
 @contextlib.asynccontextmanager
 async def colonies(hive_env, repo: Path, *names: str) -> AsyncIterator[Colonies]:
-    hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+    hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, hosts=False)
     world = Colonies(hive)
     try:
         for name in names:

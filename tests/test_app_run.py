@@ -1,12 +1,10 @@
-"""`stem.app.run`, what bare `stem` calls: a bad config, theme or keymap, or a hive another process owns, is one
-line on stderr and exit code 2, before or instead of a screen."""
+"""`stem.app.run`, what bare `stem` calls: a bad config, theme or keymap is one line on stderr and exit code 2,
+before or instead of a screen."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.hive import Hive
-from core.owner import Ownership
 from stem.app import run
 from stem.themes import SHIPPED_THEMES, load_theme, load_themes
 
@@ -47,18 +45,6 @@ def test_an_unknown_binding_id_is_one_line_and_exit_2(config, capsys):
     config.write_text('[keys]\n"colony.nuke" = "x"\n')
     assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
     assert "colony.nuke: no such binding" in one_line(capsys)
-
-
-def test_a_hive_owned_by_another_process_is_exit_2(config, hive_env, capsys):
-    holder = Ownership(hive_env.home, "stem serve (test)")
-    hive_env.home.mkdir(parents=True, exist_ok=True)
-    holder.acquire()
-    try:
-        code = run(lambda _settings: Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool), headless=True)
-    finally:
-        holder.release()
-    assert code == 2
-    assert "already run by stem serve (test)" in one_line(capsys)
 
 
 def test_the_shipped_themes_are_a_dark_and_a_light_one():

@@ -88,7 +88,7 @@ def fetch(url: str) -> str:
 
 def run(hive_env, scenario: Callable[[Hive], Awaitable[None]]) -> None:
     async def main() -> None:
-        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, hosts=False)
         try:
             await scenario(hive)
         finally:

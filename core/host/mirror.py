@@ -9,6 +9,7 @@ the host: the mirror holds the pages it was given, reads a missing line as blank
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -40,6 +41,7 @@ class MirrorScrollback:
         self.columns = columns
         self.keep = keep
         self.wanted: set[int] = set()  # numbers of lines read while missing, for the client to fetch
+        self.on_want: Callable[[], None] | None = None  # told when a first missing line is read
         self._length = 0
         self._scrolled = 0
         self._lines: OrderedDict[int, list[Char]] = OrderedDict()
@@ -61,6 +63,8 @@ class MirrorScrollback:
         number = self.first + i
         cells = self._lines.get(number)
         if cells is None:
+            if not self.wanted and self.on_want is not None:
+                self.on_want()
             self.wanted.add(number)
             return [DEFAULT_CHAR] * self.columns
         self._lines.move_to_end(number)

@@ -48,7 +48,8 @@ Values inside messages:
   underscore 4, strikethrough 8, reverse 16, blink 32. Style indices point into the message's own `styles`.
 - scrollback line numbers: the n-th line ever to enter the scrollback is number n (from 0), so a number stays
   valid while older lines are dropped; the oldest line still held is `scrolled - scrollback`.
-- colony {state, stage, reason}; agent {activity, code}; service {name, state, port, restarts, code, detail};
+- colony {state, stage, reason}; agent {activity, code, pid}; service {name, state, port, restarts, code, detail,
+  pid};
   file {path, status, added, removed}; log entry {seq, at, source, text}.
 - result: {k: "scrollback", start, columns, styles, lines [row]} | {k: "log", entries, more} | {k: "diff", text}.
 
@@ -62,13 +63,14 @@ as root) with `bye`, never parsing what that peer sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import struct
 from asyncio.trsock import TransportSocket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, islice, repeat
 from operator import getitem, itemgetter, ne
@@ -545,13 +547,14 @@ class AgentInfo(_Wire):
 
     activity: str
     code: int | None = None
+    pid: int | None = None  # the agent program's process, while it runs
 
     def encode(self) -> dict[str, object]:
-        return {"activity": self.activity, "code": self.code}
+        return {"activity": self.activity, "code": self.code, "pid": self.pid}
 
     @classmethod
     def _read(cls, f: _Fields) -> Self:
-        return cls(f.text("activity"), f.optional_integer("code"))
+        return cls(f.text("activity"), f.optional_integer("code"), f.optional_integer("pid"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,6 +567,7 @@ class ServiceInfo(_Wire):
     restarts: int = 0
     code: int | None = None
     detail: str = ""
+    pid: int | None = None  # the service's process (group leader), while it runs
 
     def encode(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -577,6 +581,7 @@ class ServiceInfo(_Wire):
             f.integer("restarts", 0),
             f.optional_integer("code"),
             f.text("detail", ""),
+            f.optional_integer("pid"),
         )
 
 
@@ -1298,7 +1303,8 @@ async def listen(
     caller decides whether it is a stale socket (nothing answers there) before removing it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
+        with socket_address(path) as address:
+            sock.bind(address)
         # Before listen(): until then nobody can connect, so the mode is right before anyone could use it, and
         # no process-wide umask is changed under other threads' feet.
         os.chmod(path, 0o600)
@@ -1306,6 +1312,25 @@ async def listen(
         sock.close()
         raise
     return await asyncio.start_unix_server(handler, sock=sock)
+
+
+# sun_path holds 108 bytes; a STEM_HOME deep in a home directory or a test's tmp folder makes longer paths.
+_SUN_PATH = 100
+
+
+@contextlib.contextmanager
+def socket_address(path: Path | str) -> Iterator[str]:
+    """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
+    through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
+    text = str(path)
+    if len(text.encode()) < _SUN_PATH:
+        yield text
+        return
+    folder = os.open(os.path.dirname(text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{folder}/{os.path.basename(text)}"
+    finally:
+        os.close(folder)
 
 
 class CountingScrollback(Scrollback):
@@ -1432,7 +1457,8 @@ class Connection:
     ) -> Connection:
         """Connect to the host socket at `path` and shake hands."""
         try:
-            reader, writer = await asyncio.open_unix_connection(str(path))
+            with socket_address(path) as address:
+                reader, writer = await asyncio.open_unix_connection(address)
         except (FileNotFoundError, ConnectionRefusedError):
             raise HostUnreachable(f"no colony host answers at {path} (is the colony running?)") from None
         except PermissionError:

@@ -62,11 +62,7 @@ class InfoView(VerticalScroll, can_focus=True):
         rows.append(("created", self.clock.when(rec.created_at)))
         parts = _facts(rec.name, rows, rec.reason)
 
-        urls = [
-            f"http://{rec.ip}:{getattr(getattr(runner, 'spec', None), 'port', None)}/  ({name})"
-            for name, runner in (services or {}).items()
-            if getattr(getattr(runner, "spec", None), "port", None)
-        ]
+        urls = [f"http://{rec.ip}:{view.port}/  ({name})" for name, view in (services or {}).items() if view.port]
         parts += [Content(""), Content.styled("Preview", "bold")]
         if urls:
             parts += [Content(f"  {url}") for url in urls]

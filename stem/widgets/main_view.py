@@ -48,6 +48,11 @@ class MainView(Vertical):
         active = self.query_one(TabbedContent).active
         return active.removeprefix("tab-") if active else "terminal"
 
+    def realign_tabs(self) -> None:
+        """Put the active tab's underline under it. Private Textual API (its own resize handler calls it), bounded
+        by the textual<9 pin in pyproject.toml."""
+        self.query_one(Tabs)._highlight_active(animate=False)
+
     def switch(self, tab: str) -> None:
         self.query_one(TabbedContent).active = f"tab-{tab}"
 

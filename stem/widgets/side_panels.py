@@ -61,12 +61,12 @@ class ServicesList(PanelList):
         self.border_title = "[2] Services"
 
     def show(self, services: Mapping[str, Any], note: str | None = None) -> None:
-        """`services`: runner-like objects (name, state, restarts, spec.port) by name."""
+        """`services`: core.host.client.ServiceView (name, state, port, restarts) by name."""
         options: list[Option] = []
         for name, runner in services.items():
-            state = str(getattr(runner, "state", "?"))
-            port = getattr(getattr(runner, "spec", None), "port", None)
-            restarts = int(getattr(runner, "restarts", 0) or 0)
+            state = runner.state
+            port = runner.port
+            restarts = runner.restarts
             style = _SERVICE_STYLE.get(state, "$text-muted")
             prompt = Content.assemble(
                 Content.styled(f"{name:<12}", "bold"),

@@ -1,0 +1,29 @@
+"""The environment every process of a colony sees: the caller's (less git's repository variables), its proxies
+pointed at the colony's host address, and the COLONY_* facts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from core import worktree
+from core.egress import proxy_env
+from core.registry import ColonyRecord
+
+
+def colony_env(
+    rec: ColonyRecord, extra: Mapping[str, str] | None = None, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """git inside finds the colony's worktree; a proxy on the host's loopback is reached at the host address."""
+    env = worktree.without_repo_vars(environ)
+    env.update(proxy_env(environ, rec.host_ip))
+    env.update(extra or {})
+    env.update(
+        COLONY_NAME=rec.name,
+        COLONY_IP=rec.ip,
+        COLONY_HOST_IP=rec.host_ip,
+        COLONY_WORKTREE=rec.worktree,
+        COLONY_DB=rec.db_path,
+        DATABASE_URL=f"sqlite:///{rec.db_path}",
+    )
+    return env

@@ -1,0 +1,198 @@
+"""A stem process's live view of one colony host: the agent's screen, services, activity, changed files.
+
+A `HostLink` keeps a connection to the host, applies its snapshot and updates to a `ScreenMirror` and to plain
+records, and republishes them as the core's usual events (ScreenChanged, ServiceState, AgentActivity,
+ChangesUpdated, LogLine, Notice), so a UI shows a colony the same way whether its runtime lives here or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.colony_log import Entry
+from core.errors import StemError
+from core.events import (
+    AgentActivity,
+    ChangesUpdated,
+    Event,
+    FileChange,
+    LogLine,
+    LogsLoaded,
+    Notice,
+    ScreenChanged,
+    ScrollbackLoaded,
+    ServiceState,
+)
+from core.host import protocol as p
+from core.host.mirror import ScreenMirror
+from core.host.paths import HostPaths
+
+log = logging.getLogger("stem.link")
+SCROLLBACK_PAGE = 500
+LOG_KEPT = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """A service as its host last reported it."""
+
+    name: str
+    state: str
+    port: int | None
+    restarts: int
+    code: int | None = None
+    detail: str = ""
+    pid: int | None = None
+
+
+class RemoteAgent:
+    """The agent of a colony host, as the terminal widget uses an agent session: a screen, keys, paste, resize.
+
+    Keys and pastes are posted in order without waiting for a reply, so typing never waits on the host.
+    """
+
+    def __init__(self, link: HostLink) -> None:
+        self._link = link
+        self.screen = link.mirror
+        self.activity: str | None = None
+        self.exit_code: int | None = None
+        self.pid: int | None = None
+
+    def write(self, data: bytes) -> None:
+        self._link.post(p.Keys(data))
+
+    def paste(self, text: str) -> None:
+        self._link.post(p.Paste(text))
+
+    def resize(self, columns: int, lines: int) -> None:
+        if (columns, lines) != (self.screen.columns, self.screen.lines):
+            self._link.post(p.Resize(columns, lines))
+
+
+class HostLink:
+    """One colony host, followed: reconnects are the caller's business (`run` returns when the host goes)."""
+
+    def __init__(self, colony: str, paths: HostPaths, publish: Callable[[Event], None]) -> None:
+        self.colony = colony
+        self.paths = paths
+        self._publish = publish
+        self.mirror = ScreenMirror()
+        self.agent = RemoteAgent(self)
+        self.services: dict[str, ServiceView] = {}
+        self.files: tuple[FileChange, ...] | None = None
+        self.log: deque[Entry] = deque(maxlen=LOG_KEPT)  # the colony's log as its host numbers it
+        self.mirror.scrollback.on_want = self._want_scrollback
+        self._fetching: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.stopping = False  # this process is stopping the colony: the host going away is expected
+        self._conn: p.Connection | None = None
+
+    async def run(self) -> str:
+        """Follow the host until it goes away; returns why."""
+        try:
+            conn = await p.Connection.open(self.paths.socket, "ui", client="stem")
+        except StemError as exc:
+            return str(exc)
+        self._conn = conn
+        try:
+            await conn.subscribe("screen", "logs", "states")
+            self.connected.set()
+            async for msg in conn.updates():
+                self._apply(msg)
+            return f"the colony host of {self.colony} closed the connection"
+        except StemError as exc:
+            return str(exc)
+        finally:
+            self._conn = None
+            self.connected.clear()
+            await conn.close()
+
+    def post(self, req: p.Request) -> None:
+        conn = self._conn
+        if conn is None:
+            return  # between hosts: what is typed now has no agent to go to
+        with contextlib.suppress(StemError, ConnectionError, RuntimeError):
+            conn.post(req)
+
+    async def request(self, req: p.Request) -> p.Reply:
+        conn = self._conn
+        if conn is None:
+            raise StemError(f"{self.colony} has no colony host running")
+        return await conn.request(req)
+
+    async def diff(self, path: str | None) -> str:
+        conn = self._conn
+        if conn is None:
+            raise StemError(f"{self.colony} has no colony host running")
+        return await conn.diff(path)
+
+    async def log_history(self, after: int = 0, limit: int = 0) -> list[Entry]:
+        conn = self._conn
+        if conn is None:
+            return []
+        return list((await conn.log_history(after, limit)).entries)
+
+    def _want_scrollback(self) -> None:
+        if self._fetching is None or self._fetching.done():
+            self._fetching = asyncio.get_running_loop().create_task(self._fetch_scrollback())
+
+    async def _fetch_scrollback(self) -> None:
+        """Fetch the scrollback lines the terminal read while they were missing, a page at a time."""
+        await asyncio.sleep(0)  # let the render pass that found them missing note them all
+        scrollback = self.mirror.scrollback
+        while scrollback.wanted and self._conn is not None:
+            low = min(scrollback.wanted)
+            high = min(max(scrollback.wanted), low + SCROLLBACK_PAGE - 1)
+            try:
+                page = await self._conn.scrollback(low, high - low + 1)
+            except StemError:
+                return
+            scrollback.store(page)
+            scrollback.wanted -= set(range(low, high + 1))
+            self._publish(ScrollbackLoaded(self.colony))
+
+    # --------------------------------------------------------------------------------------------- updates
+
+    def _apply(self, msg: p.Update) -> None:
+        colony = self.colony
+        if isinstance(msg, p.Snapshot | p.Rows):
+            rows = self.mirror.apply(msg)
+            self.agent.screen = self.mirror
+            if isinstance(msg, p.Snapshot):
+                self._state(msg.agent, msg.services, tuple(msg.files))
+                self.log.clear()
+                self.log.extend(msg.log)
+                self._publish(LogsLoaded(colony))
+            self._publish(ScreenChanged(colony, frozenset(rows)))
+        elif isinstance(msg, p.State):
+            self._state(msg.agent, msg.services, msg.files)
+        elif isinstance(msg, p.Log):
+            self.log.extend(msg.entries)
+            for e in msg.entries:
+                self._publish(LogLine(colony, e.seq, e.at, e.source, e.text))
+        elif isinstance(msg, p.NoticeMessage):
+            self._publish(Notice(colony, msg.level, msg.message))
+
+    def _state(
+        self,
+        agent: p.AgentInfo | None,
+        services: tuple[p.ServiceInfo, ...],
+        files: tuple[FileChange, ...] | None,
+    ) -> None:
+        colony = self.colony
+        if agent is not None:
+            self.agent.pid = agent.pid
+            if (agent.activity, agent.code) != (self.agent.activity, self.agent.exit_code):
+                self.agent.activity, self.agent.exit_code = agent.activity, agent.code
+                self._publish(AgentActivity(colony, agent.activity, agent.code))
+        for s in services:
+            self.services[s.name] = ServiceView(s.name, s.state, s.port, s.restarts, s.code, s.detail, s.pid)
+            self._publish(ServiceState(colony, s.name, s.state, s.code, s.restarts, s.detail))
+        if files is not None:
+            self.files = files
+            self._publish(ChangesUpdated(colony, files))

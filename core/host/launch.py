@@ -1,0 +1,132 @@
+"""Starting, finding and stopping colony hosts, from whichever stem process brings a colony up or down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from core import procs
+from core.errors import StemError
+from core.host.paths import HostPaths
+from core.host.protocol import Connection, HostUnreachable, RequestFailed
+
+# The host's own log is for its few lines and a traceback if it has a bug; a runaway one is cut at launch.
+HOST_LOG_CAP = 1 << 20
+
+
+class HostFailed(StemError):
+    """A colony host could not start, or its colony could not."""
+
+
+class HostGone(HostFailed):
+    """The host died while starting the colony (killed, crashed): trying again may well work."""
+
+
+def running(paths: HostPaths) -> bool:
+    return paths.running()
+
+
+def host_process(paths: HostPaths) -> tuple[int, int] | None:
+    return paths.process()
+
+
+def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None = None) -> int:
+    """Start the host of `name`, detached (own session, no terminal, output to host.log). Blocks until it listens
+    on its socket, or raises with what it printed. Returns its pid."""
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if paths.log.stat().st_size > HOST_LOG_CAP:
+            paths.log.replace(paths.log.with_suffix(".log.1"))
+    ready_r, ready_w = os.pipe()
+    try:
+        with paths.log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "core.host", str(home), name, "--ready-fd", str(ready_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(ready_w,),
+                cwd="/",
+                env=env,
+            )
+            # Not registered as a waited-for child: when it ends, whichever stem process is its parent then reaps
+            # it as a child of another session (procs.reap_orphans).
+        os.close(ready_w)
+        ready_w = -1
+        ready = os.read(ready_r, 1)
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    if ready != b"1":
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        raise HostFailed(f"the colony host of {name} did not start: {_log_tail(paths)}")
+    # The Popen object is dropped on purpose: the host must outlive this process, which never waits for it.
+    proc.returncode = 0  # keeps subprocess from polling (and reaping) it behind our back
+    return proc.pid
+
+
+def _log_tail(paths: HostPaths) -> str:
+    try:
+        lines = [line for line in paths.log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    return " | ".join(lines[-3:]) or "no output"
+
+
+async def await_start(paths: HostPaths, name: str) -> None:
+    """Wait until the host has started the colony's services and agent; HostFailed with the reason if not."""
+    try:
+        async with await Connection.open(paths.socket, "script", client="stem start") as conn:
+            await conn.await_start()
+    except RequestFailed as exc:
+        raise HostFailed(str(exc).split(": ", 1)[-1]) from None
+    except (HostUnreachable, StemError) as exc:
+        raise HostGone(f"the colony host of {name} went away while starting: {exc}; {_log_tail(paths)}") from None
+
+
+async def stop(paths: HostPaths, grace: float) -> bool:
+    """Ask the host to end everything the colony runs and exit; wait until it has. False if no host ran."""
+    found = host_process(paths)
+    if found is None:
+        return False
+    try:
+        async with await Connection.open(paths.socket, "script", client="stem stop") as conn:
+            await asyncio.wait_for(conn.stop(grace), timeout=grace + 15)
+    except (StemError, TimeoutError, OSError):
+        pass  # it does not answer: it is ended below
+    if not await asyncio.to_thread(wait_exit, found[0], 5.0):
+        kill(paths)
+    return True
+
+
+def kill(paths: HostPaths) -> None:
+    """SIGKILL the host (a hung one); the caller sweeps the colony's processes after."""
+    found = host_process(paths)
+    if found is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found[0], signal.SIGKILL)
+        wait_exit(found[0], 5.0)
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait on a pidfd (no polling) until `pid` ends; False on timeout. It need not be our child."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        if readable:
+            procs.reap_orphans()
+        return bool(readable)
+    finally:
+        os.close(fd)

@@ -1,0 +1,47 @@
+"""Where a colony host keeps its files: all in the colony's folder, so destroy and gc remove them with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import procs
+from core.locks import is_locked
+
+
+@dataclass(frozen=True, slots=True)
+class HostPaths:
+    folder: Path
+
+    @property
+    def socket(self) -> Path:
+        """The protocol's Unix socket (mode 0600)."""
+        return self.folder / "host.sock"
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by the host for its whole life: free means no host runs."""
+        return self.folder / "host.lock"
+
+    @property
+    def pid(self) -> Path:
+        """`<pid> <starttime>` of the running host."""
+        return self.folder / "host.pid"
+
+    @property
+    def log(self) -> Path:
+        """The host's own stdout and stderr (its logging, a traceback if it ever has a bug)."""
+        return self.folder / "host.log"
+
+    def running(self) -> bool:
+        """Whether a host holds the colony's host lock right now (the kernel drops it when the host dies)."""
+        return self.lock.exists() and is_locked(self.lock)
+
+    def process(self) -> tuple[int, int] | None:
+        """(pid, starttime) of the colony's host if it is alive."""
+        try:
+            pid_text, start_text = self.pid.read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            return None
+        return (pid, start) if procs.alive(pid, start) else None

@@ -1,0 +1,502 @@
+"""The colony host: one detached process per running colony that owns everything the colony runs.
+
+It holds the agent's PTY and screen, the services and their supervision, the watchers and the log ring; it
+writes the colony's runtime states to the registry, in order, from one writer thread; and it serves any number
+of clients (UIs, `stem attach`, `stem logs -f`, scripts) on `host.sock` in the colony's folder. It outlives the
+stem process that started it: its own session, no terminal, output in `host.log`. `host.lock` is held for its
+whole life (the kernel lets go when it dies, so anyone can tell at once whether it still runs) and `host.pid`
+says which process it is.
+
+Run as `python3 -m core.host HOME NAME`; `core.host.launch` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import fcntl
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core import procs
+from core.changes import diff_text
+from core.colony_env import colony_env
+from core.colony_log import ColonyLog, Entry
+from core.config import ColonyConfig, load_colony_config
+from core.errors import StemError
+from core.events import (
+    AgentActivity,
+    ChangesUpdated,
+    Event,
+    FileChange,
+    LogLine,
+    Notice,
+    ScreenChanged,
+    ServiceState,
+)
+from core.host import protocol as p
+from core.host.paths import HostPaths
+
+if TYPE_CHECKING:
+    from core.hive import Hive
+from core.locations import HiveLayout
+from core.privileges import become_subreaper
+from core.registry import ColonyRecord, Registry
+from core.runtime import ColonyRuntime
+from core.settings import load_settings
+
+log = logging.getLogger("stem.host")
+
+# A client whose socket has this much unsent is slow (an SSH link): its screen rows are merged until it drains.
+SLOW_CLIENT = 256 << 10
+LOG_PAGE = 5000
+GUARD_INTERVAL = 10.0
+
+
+class _Deferred(Exception):
+    """A request answered later, not by its handler."""
+
+
+class Client:
+    """One connection: what it subscribed to, and screen rows waiting for it to drain."""
+
+    def __init__(self, writer: asyncio.StreamWriter, kind: str) -> None:
+        self.writer = writer
+        self.kind = kind
+        self.streams: frozenset[str] = frozenset()
+        self.pending_rows: set[int] = set()
+        self.flushing = False
+
+    def send(self, msg: p.Message) -> None:
+        if not self.writer.is_closing():
+            p.write_message(self.writer, msg)
+
+    @property
+    def slow(self) -> bool:
+        transport = self.writer.transport
+        return transport is not None and transport.get_write_buffer_size() > SLOW_CLIENT
+
+
+class ColonyHost:
+    """Runs one colony's runtime and serves it to clients."""
+
+    def __init__(self, layout: HiveLayout, name: str, ready_fd: int | None = None) -> None:
+        self.layout = layout
+        self.name = name
+        self.ready_fd = ready_fd
+        self.paths = HostPaths(layout.colony_dir(name))
+        self.registry = Registry(layout.registry)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")  # one ordered writer
+        self.colony_log = ColonyLog(layout.colony_log(name))
+        self.runtime: ColonyRuntime | None = None
+        self.clients: set[Client] = set()
+        self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # "" or why it failed
+        self.done = asyncio.Event()
+        self.stop_grace = 5.0
+        self.services: dict[str, p.ServiceInfo] = {}
+        self.files: tuple[FileChange, ...] = ()
+        self.agent = p.AgentInfo("starting")
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._hive: Hive | None = None
+        self._stop_waiters: list[tuple[Client, int]] = []
+        self.size: tuple[int, int] | None = None  # the last size a client asked for
+        self._early: list[p.Keys | p.Paste] = []  # input that arrived before the agent started
+
+    # ---------------------------------------------------------------------------------------------- life
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._request_stop, f"signal {signal.Signals(sig).name}")
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        self.colony_log.load()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.socket.unlink()  # ours: we hold host.lock, so whoever made it is gone
+        server = await p.listen(self.paths.socket, self._serve_client)
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, b"1")  # the launcher waits for this: from now on clients can connect
+            os.close(self.ready_fd)
+            self.ready_fd = None
+        guard = asyncio.create_task(self._guard(), name="guard")
+        try:
+            await self._start()
+            await self.done.wait()
+        finally:
+            guard.cancel()
+            await self._stop_runtime()
+            for client, request_id in self._stop_waiters:
+                client.send(p.Reply(request_id))
+            for client in list(self.clients):
+                client.send(p.Bye(f"the colony host of {self.name} stopped"))
+                with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+                    await asyncio.wait_for(client.writer.drain(), 2)
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    client.writer.close()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+            await asyncio.to_thread(self._write_runtime_cleared)
+            self.writer.shutdown(wait=True)
+            self.registry.close()
+        return 0
+
+    async def _start(self) -> None:
+        try:
+            rec, config = await asyncio.to_thread(self._load)
+            settings = await asyncio.to_thread(load_settings)
+            # An agent that ran before (a stop, a crash of the previous host) comes back in its resume form.
+            history = await asyncio.to_thread(self.registry.events, self.name)
+            resume = any(kind == "agent-started" for _c, _at, kind, _m in history)
+            runtime = ColonyRuntime(
+                rec,
+                config,
+                env=colony_env(rec),
+                colony_log=self.colony_log,
+                registry=self.registry,
+                emit=self._on_event,
+                settings=settings,
+                resume=resume,
+                defer=self._defer,
+                on_config_change=self._config_changed,
+            )
+            self.runtime = runtime
+            if self.size is not None:
+                runtime.agent_size = self.size
+            self.services = {name: p.ServiceInfo(name, "starting", spec.port) for name, spec in config.services.items()}
+            await runtime.start()
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, StemError) else f"{type(exc).__name__}: {exc}"
+            log.warning("start of %s failed: %s", self.name, reason)
+            if not self.started.done():
+                self.started.set_result(reason)
+            self._request_stop("its start failed")
+            return
+        if runtime.agent is not None:
+            runtime.agent.output_taps.append(self._on_output)
+            if self.size is not None and self.size != (runtime.agent.screen.columns, runtime.agent.screen.lines):
+                runtime.agent.resize(*self.size)
+            for early in self._early:
+                if isinstance(early, p.Keys):
+                    runtime.agent.write(early.data)
+                else:
+                    runtime.agent.paste(early.text)
+            self._early.clear()
+            self.agent = p.AgentInfo(runtime.agent.activity or "idle", runtime.agent.exit_code, runtime.agent.pid)
+            self._broadcast("states", p.State(agent=self.agent))
+        if not self.started.done():
+            self.started.set_result("")
+        log.info("%s started", self.name)
+
+    async def _config_changed(self) -> None:
+        """colony.toml was edited: services whose definition changed restart; a new [network] applies at once."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        before = runtime.config.network
+        await runtime.reload_config()
+        if runtime.config.network == before:
+            return
+        from core.hive import Hive  # only now: the firewall and netlink are not needed to run a colony
+
+        try:
+            if self._hive is None:
+                self._hive = await asyncio.to_thread(Hive.from_environment)
+            in_force = await self._hive.apply_network(self.name)
+        except StemError as exc:
+            self._on_event(Notice(self.name, "error", f"{self.name}: [network] not applied: {exc}"))
+            return
+        self._on_event(Notice(self.name, "info", f"{self.name}: egress now {in_force.describe()}"))
+
+    def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
+        rec = self.registry.get(self.name)
+        return rec, load_colony_config(Path(rec.worktree))
+
+    async def _guard(self) -> None:
+        """A host whose colony vanished under it (its folder deleted, its row gone, STEM_HOME removed) ends what
+        it runs and exits instead of running on for nobody. A check every GUARD_INTERVAL s: a stat and a read."""
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            gone = not self.paths.lock.exists()
+            if not gone:
+                try:
+                    gone = await asyncio.to_thread(self.registry.find, self.name) is None
+                except Exception:  # an unreadable registry (a deleted STEM_HOME) is gone too
+                    gone = True
+            if gone:
+                self._request_stop("its colony is gone")
+                return
+
+    def _request_stop(self, why: str) -> None:
+        if not self.done.is_set():
+            log.info("stopping %s: %s", self.name, why)
+            self.done.set()
+
+    async def _stop_runtime(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            await runtime.stop(self.stop_grace)
+        procs.reap_orphans()
+
+    def _on_sigchld(self) -> None:
+        # As the colony's subreaper we adopt its orphans (a daemonised dev server): reap them, never our waiters'.
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(procs.reap_orphans))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _defer(self, write: object) -> None:
+        assert callable(write)
+        self.writer.submit(write)
+
+    def _write_runtime_cleared(self) -> None:
+        with contextlib.suppress(Exception):
+            self.registry.clear_runtime(self.name)
+
+    # -------------------------------------------------------------------------------------------- events
+
+    def _on_event(self, event: Event) -> None:
+        """The runtime's events: into the registry (in order) and out to the clients that want them."""
+        if isinstance(event, ScreenChanged):
+            for client in self.clients:
+                if "screen" in client.streams:
+                    client.pending_rows |= event.rows
+                    self._flush_rows(client)
+            return
+        if isinstance(event, LogLine):
+            entry = Entry(event.seq, event.at, event.source, event.text)
+            self._broadcast("logs", p.Log((entry,)))
+            return
+        if isinstance(event, Notice):
+            self._broadcast("states", p.NoticeMessage(event.level, event.message))
+            return
+        if isinstance(event, ServiceState):
+            port = self.services[event.service].port if event.service in self.services else None
+            runner = self.runtime.services.services.get(event.service) if self.runtime is not None else None
+            pid = runner.pid if runner is not None else None
+            info = p.ServiceInfo(event.service, event.state, port, event.restarts, event.code, event.detail, pid)
+            self.services[event.service] = info
+            code = f"({event.code})" if event.code is not None and event.state == "crashed" else ""
+            self._defer(
+                lambda: self.registry.set_runtime(self.name, "service", event.service, event.state + code, event.detail)
+            )
+            self._broadcast("states", p.State(services=(info,)))
+            return
+        if isinstance(event, AgentActivity):
+            self.agent = p.AgentInfo(event.activity, event.code, self._agent_pid())
+            code = f"({event.code})" if event.code is not None else ""
+            self._defer(lambda: self.registry.set_runtime(self.name, "agent", "agent", event.activity + code, ""))
+            self._broadcast("states", p.State(agent=self.agent))
+            return
+        if isinstance(event, ChangesUpdated):
+            self.files = event.files
+            self._broadcast("states", p.State(files=event.files))
+
+    def _agent_pid(self) -> int | None:
+        agent = self.runtime.agent if self.runtime is not None else None
+        return agent.pid if agent is not None and agent.running else None
+
+    def _broadcast(self, stream: str, msg: p.Message) -> None:
+        for client in self.clients:
+            if stream in client.streams:
+                client.send(msg)
+
+    def _flush_rows(self, client: Client) -> None:
+        """Send the client's dirty rows now, or, while its socket is backed up, once it has drained."""
+        runtime = self.runtime
+        if runtime is None or runtime.agent is None or not client.pending_rows or client.writer.is_closing():
+            return
+        if client.slow:
+            if not client.flushing:
+                client.flushing = True
+                task = asyncio.get_running_loop().create_task(self._drain_then_flush(client))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
+        screen = runtime.agent.screen
+        rows = {y for y in client.pending_rows if 0 <= y < screen.lines}
+        client.pending_rows.clear()
+        client.send(p.Rows(p.screen_state(screen, rows)))
+
+    async def _drain_then_flush(self, client: Client) -> None:
+        try:
+            await client.writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            client.flushing = False
+        self._flush_rows(client)
+
+    def _on_output(self, data: bytes) -> None:
+        for client in self.clients:
+            if "output" in client.streams:
+                client.send(p.Output(data))
+
+    # ------------------------------------------------------------------------------------------- clients
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted = await p.accept_client(reader, writer, self.name)
+        if accepted is None:
+            return
+        client = Client(writer, accepted.kind)
+        self.clients.add(client)
+        try:
+            while True:
+                try:
+                    msg = await p.read_message(reader)
+                except (p.ConnectionClosed, ConnectionError, asyncio.IncompleteReadError):
+                    return
+                except p.ProtocolError as exc:
+                    client.send(p.Bye(f"protocol error: {exc}"))
+                    return
+                await self._answer(client, msg)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+        finally:
+            self.clients.discard(client)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.close()
+
+    async def _answer(self, client: Client, msg: p.Message) -> None:
+        request_id = getattr(msg, "id", 0)
+        try:
+            result = await self._handle(client, msg)
+        except _Deferred:
+            return
+        except StemError as exc:
+            client.send(p.Reply(request_id, str(exc) or type(exc).__name__))
+            return
+        except Exception as exc:  # a bug: say so to this client, keep serving the others
+            log.exception("request %s of a %s client failed", type(msg).__name__, client.kind)
+            client.send(p.Reply(request_id, f"{type(exc).__name__}: {exc}"))
+            return
+        client.send(p.Reply(request_id, "", result))
+
+    async def _handle(self, client: Client, msg: p.Message) -> p.Result | None:
+        runtime = self.runtime
+        agent = runtime.agent if runtime is not None else None
+        if isinstance(msg, p.Keys):
+            if agent is not None:
+                agent.write(msg.data)
+            else:
+                self._early.append(msg)  # typed before the agent is up (right after a spawn): kept for it
+            return None
+        if isinstance(msg, p.Paste):
+            if agent is not None:
+                agent.paste(msg.text)
+            else:
+                self._early.append(msg)
+            return None
+        if isinstance(msg, p.Resize):
+            self.size = (msg.columns, msg.lines)  # also for an agent still to start (or restart)
+            if runtime is not None:
+                runtime.agent_size = self.size
+            if agent is not None:
+                agent.resize(msg.columns, msg.lines)
+            return None
+        if isinstance(msg, p.Subscribe):
+            client.streams = frozenset(msg.streams)
+            client.pending_rows.clear()
+            client.send(self._snapshot(client.streams))
+            return None
+        if isinstance(msg, p.AwaitStart):
+            reason = await asyncio.shield(self.started)
+            if reason:
+                raise StemError(reason)
+            return None
+        if isinstance(msg, p.Stop):
+            # Answered by `run` once everything the colony ran has ended, right before the host exits.
+            self.stop_grace = msg.grace
+            self._stop_waiters.append((client, msg.id))
+            self._request_stop(f"asked by a {client.kind} client")
+            raise _Deferred
+        if isinstance(msg, p.ScrollbackRequest):
+            if agent is None:
+                raise StemError(f"{self.name} has no agent running")
+            return p.scrollback_page(agent.screen, msg.start, msg.count)
+        if isinstance(msg, p.LogHistory):
+            entries = [e for e in self.colony_log.after(msg.after)]
+            page = entries[: msg.limit] if msg.limit else entries
+            return p.LogPage(tuple(page), more=len(page) < len(entries))
+        if isinstance(msg, p.Diff):
+            rec = await asyncio.to_thread(self.registry.get, self.name)
+            return p.DiffText(await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, msg.path))
+        if isinstance(msg, p.RestartService):
+            if runtime is None:
+                raise StemError(f"{self.name} is not running")
+            await runtime.restart_service(msg.name)
+            return None
+        if isinstance(msg, p.RestartAgent):
+            if runtime is None:
+                raise StemError(f"{self.name} is not running")
+            await runtime.restart_agent(resume=True)
+            if runtime.agent is not None:
+                runtime.agent.output_taps.append(self._on_output)
+                if self.size is not None and self.size != (runtime.agent.screen.columns, runtime.agent.screen.lines):
+                    runtime.agent.resize(*self.size)
+                self.agent = p.AgentInfo(runtime.agent.activity or "idle", None, self._agent_pid())
+                self._broadcast("states", p.State(agent=self.agent))
+            return None
+        raise StemError(f"a {msg.T} message is not a request a colony host answers")
+
+    def _snapshot(self, streams: frozenset[str]) -> p.Snapshot:
+        runtime = self.runtime
+        agent = runtime.agent if runtime is not None else None
+        screen = p.screen_state(agent.screen) if agent is not None and streams & {"screen", "output"} else None
+        tail = self.colony_log.tail(LOG_PAGE) if "logs" in streams else []
+        return p.Snapshot(
+            screen=screen,
+            colony=None,
+            agent=self.agent,
+            services=tuple(self.services.values()),
+            files=self.files,
+            log=tuple(tail),
+            log_seq=self.colony_log.last_seq,
+        )
+
+
+def _hold_lock(paths: HostPaths) -> int | None:
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+async def _main(home: Path, name: str, ready_fd: int | None) -> int:
+    layout = HiveLayout(home)
+    paths = HostPaths(layout.colony_dir(name))
+    lock = _hold_lock(paths)
+    if lock is None:
+        print(f"stem host: a colony host of {name} runs already", file=sys.stderr)
+        return 3
+    try:
+        paths.pid.write_text(f"{os.getpid()} {procs.starttime(os.getpid()) or 0}\n")
+        host = ColonyHost(layout, name, ready_fd)
+        return await host.run()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid.unlink()
+        os.close(lock)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    ready_fd = None
+    if "--ready-fd" in args:
+        at = args.index("--ready-fd")
+        ready_fd = int(args[at + 1])
+        del args[at : at + 2]
+    if len(args) != 2:
+        print("usage: python3 -m core.host HOME NAME [--ready-fd FD]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s host[%(process)d] %(levelname)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` writes every thread's stack to host.log
+    become_subreaper()
+    return asyncio.run(_main(Path(args[0]), args[1], ready_fd))

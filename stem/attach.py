@@ -1,0 +1,483 @@
+"""`stem attach NAME`: one colony's agent full-screen in the user's own terminal, like `tmux attach`.
+
+The colony host sends a snapshot of the agent's screen, drawn once, then the agent's output bytes exactly as it
+wrote them, passed straight through: the user's terminal does the emulating, so nothing is parsed on the way and
+a slow link carries only what the agent wrote. Typed bytes go the other way untouched, except the release chord
+(`terminal.release`, ctrl+] by default), which detaches.
+
+What a snapshot cannot carry (the pen colours in force, scroll margins, character sets) starts from the
+terminal's defaults, so output right after attaching that relies on them can look off until the agent redraws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import select
+import signal
+import termios
+import tty
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, cast
+
+from pyte.screens import Char
+
+from core import lifecycle as lc
+from core.agent import EXITED, encode_key
+from core.errors import StemError
+from core.host.protocol import (
+    AgentInfo,
+    Bye,
+    ColonyInfo,
+    Connection,
+    Keys,
+    Output,
+    Resize,
+    ScreenState,
+    Snapshot,
+    State,
+    Stream,
+    Subscribe,
+    Update,
+)
+
+__all__ = ["DEFAULT_RELEASE", "RELEASE_BINDING", "ReleaseKey", "attach", "release_key", "render_snapshot"]
+
+RELEASE_BINDING: Final = "terminal.release"
+DEFAULT_RELEASE: Final = b"\x1d"  # ctrl+]
+STREAMS: Final[frozenset[Stream]] = frozenset({"output", "states"})
+READ_SIZE: Final = 65536
+
+EXIT_DETACHED: Final = 0
+EXIT_HOST_GONE: Final = 1
+
+_CSI = "\x1b["
+
+# Entering: push the terminal's title (xterm's title stack) so the agent's title can be undone, then the
+# alternate screen, so the user's shell and its scrollback are left as they were.
+_ENTER: Final = f"{_CSI}22;0t{_CSI}?1049h".encode()
+
+# Leaving: undo whatever the agent may have turned on through the passed-through output, then the alternate
+# screen (its own kitty keyboard stack is popped before it is left) and the title. Mouse reports, focus events,
+# bracketed paste or application keys left on would make the user's shell receive escape sequences as input.
+_LEAVE: Final = (
+    "\x18"  # CAN: ends any sequence the agent's output left half written when the user detached
+    f"{_CSI}?9l{_CSI}?1000l{_CSI}?1002l{_CSI}?1003l{_CSI}?1005l{_CSI}?1006l{_CSI}?1015l"  # mouse reports off
+    f"{_CSI}?1004l{_CSI}?2004l"  # focus events, bracketed paste
+    f"{_CSI}?1l\x1b>"  # cursor keys and keypad back to normal
+    f"{_CSI}<99u"  # the kitty keyboard flags the agent pushed
+    f"{_CSI}0m{_CSI}r{_CSI}?6l{_CSI}?7h{_CSI}4l\x1b(B"  # pen, margins, origin, autowrap, insert, charset
+    f"{_CSI}?5l{_CSI}0 q{_CSI}?25h"  # normal video, the default cursor shape, a visible cursor
+    f"{_CSI}?1049l{_CSI}23;0t"  # the user's screen and title
+).encode()
+
+# SGR numbers of pyte's 16 colour names: 0-7 are 30+n / 40+n, 8-15 are 90+n / 100+n. pyte names yellow
+# "brown", and its bright magenta background is spelled "bfightmagenta" (a typo in pyte.graphics.BG_AIXTERM).
+_ANSI_NAMES: Final = ("black", "red", "green", "brown", "blue", "magenta", "cyan", "white")
+_ANSI: Final = {
+    **{name: i for i, name in enumerate(_ANSI_NAMES)},
+    **{f"bright{name}": i + 8 for i, name in enumerate(_ANSI_NAMES)},
+    "yellow": 3,
+    "brightyellow": 11,
+    "bfightmagenta": 13,
+}
+_HEX = frozenset("0123456789abcdefABCDEF")
+# bold, italics, underscore, strikethrough, reverse, blink: the order of a Char's flags after fg and bg.
+_FLAG_SGR: Final = ("1", "3", "4", "9", "7", "5")
+# What must not reach the terminal inside a title: it would end the OSC early and run the rest as a sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+# ------------------------------------------------------------------------------------------------ the release key
+
+
+def release_key(spec: str | None) -> tuple[bytes, str | None]:
+    """The byte a terminal sends for the user's release chord (their `[keys] terminal.release`, Textual key names,
+    comma separated: the first with a one-byte form wins), and a warning when none has one (ctrl+] then)."""
+    if not spec:
+        return DEFAULT_RELEASE, None
+    for name in spec.split(","):
+        data = _key_byte(name.strip())
+        if data is not None:
+            return data, None
+    return DEFAULT_RELEASE, (
+        f"config.toml: [keys] {RELEASE_BINDING} = {spec!r} is not a key a terminal sends as one byte: "
+        f"stem attach detaches with ctrl+] instead"
+    )
+
+
+def _key_byte(name: str) -> bytes | None:
+    data = encode_key(name)
+    if not data:
+        # Textual spells ctrl+] "ctrl+right_square_bracket", which encode_key knows; users may write the character.
+        *mods, base = name.split("+")
+        if mods == ["ctrl"] and len(base) == 1 and base in "@[\\]^_?":
+            data = bytes([ord(base) ^ 0x40])
+    # ESC begins every escape sequence the terminal sends (arrows, mouse, paste): it cannot mean "detach".
+    if len(data) == 1 and data != b"\x1b":
+        return data
+    return None
+
+
+def key_name(byte: int) -> str:
+    """How a person names the key that sends `byte` ("ctrl+]", "ctrl+g", "q")."""
+    if byte < 0x20 or byte == 0x7F:
+        return "ctrl+" + chr(byte ^ 0x40).lower()
+    return chr(byte)
+
+
+class ReleaseKey:
+    """Finds the release chord in typed bytes: its byte, or the same chord as a terminal reports it once the agent
+    turned on the kitty keyboard protocol (`CSI 93;5u`) or xterm's modifyOtherKeys (`CSI 27;5;93~`)."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) != 1:
+            raise ValueError(f"the release key is one byte, not {data!r}")
+        self.byte = data[0]
+        self.name = key_name(self.byte)
+        alternatives = [re.escape(data)]
+        self._chord = self.byte < 0x20
+        if self._chord:
+            code = ord(chr(self.byte ^ 0x40).lower())  # the key's own code point: ctrl+] is 93, ctrl+g is 103
+            # Kitty: CSI code[:alternates] ; modifiers[:event] u, press (1) or repeat (2) only.
+            alternatives.append(rb"\x1b\[%d(?::\d*)*;(\d+)(?::[12])?u" % code)
+            alternatives.append(rb"\x1b\[27;(\d+);%d~" % code)
+        self._pattern = re.compile(b"|".join(alternatives))
+
+    def find(self, data: bytes) -> int:
+        """Where the first release chord in `data` starts, or -1."""
+        for match in self._pattern.finditer(data):
+            modifiers = (match.group(1) or match.group(2)) if self._chord else None
+            # 1 + bits: shift 1, alt 2, ctrl 4, super 8, hyper 16, meta 32, caps lock 64, num lock 128.
+            if modifiers is None or (int(modifiers) - 1) & 0x3F == 4:
+                return match.start()
+        return -1
+
+
+# --------------------------------------------------------------------------------------------- drawing a screen
+
+
+def _colour(name: str, base: int) -> str:
+    """SGR parameters for a pyte colour name; `base` is 30 (foreground) or 40 (background)."""
+    index = _ANSI.get(name)
+    if index is not None:
+        return str(base + index if index < 8 else base + 60 + index - 8)
+    if len(name) == 6 and _HEX.issuperset(name):  # pyte gives 256-colour and truecolour cells as hex
+        return f"{base + 8};2;{int(name[0:2], 16)};{int(name[2:4], 16)};{int(name[4:6], 16)}"
+    return str(base + 9)  # "default", or a name this stem does not know
+
+
+_SGR_CACHE: dict[tuple[object, ...], str] = {}
+
+
+def _sgr(style: tuple[object, ...]) -> str:
+    """The SGR sequence that sets exactly `style` (a Char's fields after its data), from any pen."""
+    found = _SGR_CACHE.get(style)
+    if found is None:
+        fg, bg, *flags = style
+        params = ["0", *(sgr for sgr, on in zip(_FLAG_SGR, flags, strict=True) if on)]
+        if fg != "default":
+            params.append(_colour(str(fg), 30))
+        if bg != "default":
+            params.append(_colour(str(bg), 40))
+        if len(_SGR_CACHE) > 4096:  # a truecolour rainbow must not grow it without limit
+            _SGR_CACHE.clear()
+        found = _SGR_CACHE[style] = f"{_CSI}{';'.join(params)}m"
+    return found
+
+
+def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> bytes:
+    """What draws `screen` on a terminal of `columns` x `lines` already on its alternate screen: cleared, every
+    row with its colours and attributes, the agent's key and mouse modes, its title, the cursor. A screen larger
+    than the terminal is cut at its right and bottom."""
+    out = [f"{_CSI}0m{_CSI}r{_CSI}H{_CSI}2J"]  # a known pen and whole-screen margins before clearing
+    if screen is None:
+        return "".join(out).encode()
+    modes = screen.modes
+    # On a DECSCNM screen pyte stores every cell reversed; the terminal reverses them itself once told to.
+    flip = modes.reverse_screen
+    out.append(f"{_CSI}?5{'h' if flip else 'l'}")
+    width, height = min(columns, screen.columns), min(lines, screen.lines)
+    pen: tuple[object, ...] = Char(" ")[1:]
+    for y in range(height):
+        cells = screen.rows.get(y)
+        if cells is None:
+            continue
+        end = len(cells)
+        blank = screen.blank
+        while end and cells[end - 1] == blank:  # the clear drew those already
+            end -= 1
+        if not end:
+            continue
+        out.append(f"{_CSI}{y + 1}H")
+        for x in range(min(end, width)):
+            cell = cells[x]
+            data = cell.data
+            if not data:
+                continue  # the empty cell pyte puts after a wide character: that character covers it
+            if x + 1 >= width and x + 1 < len(cells) and not cells[x + 1].data:
+                break  # a wide character with one column left would wrap onto the next row
+            style = cell[1:]
+            if flip:
+                style = (*style[:6], not style[6], style[7])
+            if style != pen:
+                out.append(_sgr(style))
+                pen = style
+            out.append(data)
+    out.append(f"{_CSI}0m")
+    out.append(f"{_CSI}?1{'h' if modes.app_cursor_keys else 'l'}")
+    out.append(f"{_CSI}?2004{'h' if modes.bracketed_paste else 'l'}")
+    out.append(f"{_CSI}?9l{_CSI}?1000l{_CSI}?1002l{_CSI}?1003l")
+    if modes.mouse:
+        out.append(f"{_CSI}?{modes.mouse}h")
+    out.append(f"{_CSI}?1006{'h' if modes.mouse_sgr else 'l'}")
+    if screen.title:
+        out.append(f"\x1b]2;{_CONTROL.sub('', screen.title)}\x07")
+    x = min(screen.cursor_x, width - 1)  # pyte's x is `columns` while a wrap is pending
+    y = min(screen.cursor_y, height - 1)
+    out.append(f"{_CSI}{y + 1};{x + 1}H{_CSI}?25{'h' if screen.cursor_visible else 'l'}")
+    return "".join(out).encode()
+
+
+# -------------------------------------------------------------------------------------------------- the terminal
+
+
+def _terminal_size(*fds: int) -> tuple[int, int] | None:
+    """(columns, lines) of the first of `fds` that is a terminal with a size."""
+    for fd in fds:
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`, waiting if `fd` is non-blocking and full: for entering and leaving, off the loop."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+@contextlib.contextmanager
+def _raw_terminal(stdin_fd: int, stdout_fd: int) -> Iterator[None]:
+    """The terminal in raw mode on its alternate screen, with stdin non-blocking; all undone on the way out,
+    whatever ended it."""
+    saved = termios.tcgetattr(stdin_fd)
+    blocking = os.get_blocking(stdin_fd)
+    try:
+        # TCSANOW, not setraw's TCSAFLUSH: keys typed while connecting reach the agent rather than vanish.
+        tty.setraw(stdin_fd, termios.TCSANOW)
+        # stdin and stdout are often one open file, so stdout is non-blocking now too: writes handle EAGAIN.
+        os.set_blocking(stdin_fd, False)
+        _write_all(stdout_fd, _ENTER)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.set_blocking(stdin_fd, blocking)  # the shell would otherwise inherit a non-blocking terminal
+        with contextlib.suppress(OSError):  # a terminal that hung up takes nothing more
+            _write_all(stdout_fd, _LEAVE)
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+
+
+# ------------------------------------------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """How an attachment ended: the exit code and the line to print (none when the terminal is gone)."""
+
+    code: int
+    line: str | None
+
+
+class _Attachment:
+    """One attached terminal: stdin to the host as keys, the host's output to stdout, resizes both ways."""
+
+    def __init__(self, conn: Connection, colony: str, release: ReleaseKey, stdin_fd: int, stdout_fd: int) -> None:
+        self.conn = conn
+        self.colony = colony
+        self.release = release
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self.loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[_End] = self.loop.create_future()
+        self.asked: tuple[int, int] | None = None  # the size last asked of the host
+        # Output only makes sense on top of a drawn snapshot: none is drawn yet, and after asking for a size the
+        # output is for a screen about to be replaced. Dropped until the next snapshot.
+        self.stale = True
+        self.colony_info: ColonyInfo | None = None
+        self.agent: AgentInfo | None = None
+
+    async def run(self, updates: AsyncIterator[Update]) -> _End:
+        loop = self.loop
+        loop.add_reader(self.stdin_fd, self._on_input)
+        loop.add_signal_handler(signal.SIGWINCH, self._on_resize)
+        loop.add_signal_handler(signal.SIGHUP, self._end, _End(128 + signal.SIGHUP, None))
+        loop.add_signal_handler(
+            signal.SIGTERM, self._end, _End(128 + signal.SIGTERM, f"detached from {self.colony}: terminated")
+        )
+        follower = loop.create_task(self._follow(updates), name=f"stem-attach-{self.colony}")
+        follower.add_done_callback(self._follower_done)
+        try:
+            return await self.ended
+        finally:
+            loop.remove_reader(self.stdin_fd)
+            for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    def _end(self, end: _End) -> None:
+        if not self.ended.done():
+            self.ended.set_result(end)
+
+    def _follower_done(self, task: asyncio.Task[None]) -> None:
+        # A bug in following must end the attachment with its traceback, not leave the terminal raw and waiting.
+        if not task.cancelled() and task.exception() is not None and not self.ended.done():
+            self.ended.set_exception(cast(BaseException, task.exception()))
+
+    # ----------------------------------------------------------------------------------------- user to host
+
+    def _on_input(self) -> None:
+        if self.ended.done():
+            return  # detaching: what follows the release key is not the agent's
+        try:
+            data = os.read(self.stdin_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the terminal hung up
+            data = b""
+        if not data:
+            self._end(_End(128 + signal.SIGHUP, None))
+            return
+        at = self.release.find(data)
+        if at < 0:
+            self._send(data)
+            return
+        if at:
+            self._send(data[:at])  # typed before the chord in the same read: the agent still gets it
+        self._end(
+            _End(EXIT_DETACHED, f"detached from {self.colony} ({self.release.name} again: stem attach {self.colony})")
+        )
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.conn.post(Keys(data))
+        except StemError:
+            pass  # the connection ended: the follower reports why
+
+    def _on_resize(self) -> None:
+        size = _terminal_size(self.stdout_fd, self.stdin_fd)
+        if size is not None:
+            self._ask_size(size)
+
+    def _ask_size(self, size: tuple[int, int]) -> None:
+        """Resize the agent to `size`, then subscribe again: the host answers with a snapshot of the resized
+        screen, drawn whole, rather than leaving the terminal's own reflow of the old one."""
+        self.asked = size
+        self.stale = True
+        try:
+            self.conn.post(Resize(*size))
+            self.conn.post(Subscribe(STREAMS))
+        except StemError:
+            pass
+
+    # ----------------------------------------------------------------------------------------- host to user
+
+    async def _follow(self, updates: AsyncIterator[Update]) -> None:
+        bye: str | None = None
+        try:
+            async for msg in updates:
+                if isinstance(msg, Output):
+                    if not self.stale:
+                        await self._write(msg.data)
+                elif isinstance(msg, Snapshot):
+                    self._note(msg.colony, msg.agent)
+                    await self._snapshot(msg.screen)
+                elif isinstance(msg, State):
+                    self._note(msg.colony, msg.agent)
+                elif isinstance(msg, Bye):
+                    bye = msg.reason
+        except StemError as e:  # the connection broke, or the host sent something broken
+            bye = bye or str(e)
+        except OSError:  # stdout is gone
+            self._end(_End(128 + signal.SIGHUP, None))
+            return
+        self._end(_End(EXIT_HOST_GONE, f"{self.colony}'s agent ended: {bye or self._why_gone()}"))
+
+    async def _snapshot(self, screen: ScreenState | None) -> None:
+        size = _terminal_size(self.stdout_fd, self.stdin_fd)
+        if screen is not None and size is not None and (screen.columns, screen.lines) != size and self.asked != size:
+            self._ask_size(size)  # what follows this snapshot would not fit: draw the one that answers
+            return
+        self.stale = False
+        columns, lines = size or ((screen.columns, screen.lines) if screen is not None else (80, 24))
+        await self._write(render_snapshot(screen, columns, lines))
+
+    def _note(self, colony: ColonyInfo | None, agent: AgentInfo | None) -> None:
+        self.colony_info = colony or self.colony_info
+        self.agent = agent or self.agent
+
+    def _why_gone(self) -> str:
+        agent, colony = self.agent, self.colony_info
+        if agent is not None and agent.activity == EXITED and agent.code is not None:
+            return f"it was killed by signal {-agent.code}" if agent.code < 0 else f"it exited with code {agent.code}"
+        if colony is not None and colony.state != lc.RUNNING:
+            return f"the colony is {colony.state}" + (f" ({colony.reason})" if colony.reason else "")
+        return "its colony host went away"
+
+    async def _write(self, data: bytes) -> None:
+        """Write all of `data` to stdout; when the terminal is slower than the agent, wait for it without holding
+        the loop, so the release key still works."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.stdout_fd, view) :]
+            except BlockingIOError:
+                await self._writable()
+
+    async def _writable(self) -> None:
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_writer(self.stdout_fd, wake)
+        try:
+            await ready
+        finally:
+            self.loop.remove_writer(self.stdout_fd)
+
+
+async def attach(socket_path: Path | str, colony: str, release_key_bytes: bytes, stdin_fd: int, stdout_fd: int) -> int:
+    """Show `colony`'s agent full-screen on the terminal at `stdin_fd`/`stdout_fd` until the release key (exit 0),
+    its host goes away (exit 1) or SIGHUP/SIGTERM (128 + the signal). Connection errors are raised before the
+    terminal is touched."""
+    release = ReleaseKey(release_key_bytes)
+    conn = await Connection.open(socket_path, "attach", client=f"stem attach pid {os.getpid()}")
+    try:
+        updates = conn.updates()
+        await conn.subscribe(*STREAMS)  # the snapshot now waits first in `updates`
+        with _raw_terminal(stdin_fd, stdout_fd):
+            end = await _Attachment(conn, colony, release, stdin_fd, stdout_fd).run(updates)
+    finally:
+        # Bounded: keys typed before the release key are flushed, but a host that stopped reading holds nobody.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.close(), 2.0)
+    if end.line is not None:
+        with contextlib.suppress(OSError):
+            _write_all(stdout_fd, f"{end.line}\n".encode())
+    return end.code

@@ -1,0 +1,146 @@
+"""Colony hosts for real: agents and services outlive every UI, survive a host's kill -9, and any number of UIs
+attach at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import http_get, make_repo, run_stem, wait_for
+
+from core.hive import Hive
+from core.host import launch
+from core.host.paths import HostPaths
+from core.procs import alive
+
+pytestmark = pytest.mark.root
+
+FAKE = Path(__file__).parent / "fake_agent.py"
+SERVICE = """\
+[services.web]
+command = "echo \\"I am $COLONY_NAME\\" > whoami.txt; exec python3 -m http.server 3000"
+port = 3000
+ready = "http:/whoami.txt"
+"""
+
+
+def fake_agent_config(hive_env) -> None:
+    agent = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
+    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{agent}"\nresume = "{agent} --continue"\n'
+    )
+
+
+def listed(hive_env) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout)}
+
+
+def host_pid(hive_env, name: str) -> int | None:
+    found = launch.host_process(HostPaths(hive_env.home / "colonies" / name))
+    return found[0] if found else None
+
+
+def netns_pids(hive_env, name: str) -> set[int]:
+    out = subprocess.run(["ip", "netns", "pids", f"{hive_env.prefix}-{name}"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def test_a_spawn_from_a_shell_runs_at_once_and_its_host_is_detached(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "solo", "--repo", str(repo)).returncode == 0
+    rec = listed(hive_env)["solo"]
+    assert rec["host"] and rec["services"] == {"web": "ready"}
+    assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am solo\n"
+    wait_for(lambda: listed(hive_env)["solo"]["agent"] in ("idle", "working"), what="the agent's activity in ls")
+    pid = host_pid(hive_env, "solo")
+    assert pid is not None
+    # Detached: its own session, no controlling terminal, not a child of anything stem left running.
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[3]) == pid  # session id
+    assert stat[4] == "0"  # tty_nr
+    socket = HostPaths(hive_env.home / "colonies" / "solo").socket
+    assert oct(socket.stat().st_mode & 0o777) == "0o600"
+    assert run_stem(hive_env.env, "stop", "solo").returncode == 0
+    assert not alive(pid) and netns_pids(hive_env, "solo") == set()
+
+
+def test_kill_9_of_a_host_brings_the_colony_back_and_touches_no_other(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    for name in ("victim", "bystander"):
+        assert run_stem(hive_env.env, "spawn", name, "--repo", str(repo)).returncode == 0
+    ip = listed(hive_env)["victim"]["ip"]
+    bystander = netns_pids(hive_env, "bystander") | {host_pid(hive_env, "bystander")}
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()  # a UI-like follower: it notices the death and revives the host
+            for cycle in range(20):
+                old_host = host_pid(hive_env, "victim")
+                old = netns_pids(hive_env, "victim")
+                assert old_host is not None and old
+                os.kill(old_host, signal.SIGKILL)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+
+                def back(old_host: int = old_host, old: set[int] = old) -> bool:
+                    # A new host, none of the old processes, and the agent running again (resumed).
+                    new = host_pid(hive_env, "victim")
+                    agent = hive.agent("victim")
+                    return (
+                        new not in (None, old_host)
+                        and not (netns_pids(hive_env, "victim") & old)
+                        and agent is not None
+                        and agent.pid is not None
+                        and agent.pid not in old
+                        and agent.activity in ("idle", "working")
+                    )
+
+                while not back():
+                    assert loop.time() - started < 5, f"cycle {cycle}: not back within 5 s"
+                    await asyncio.sleep(0.02)
+                body = await asyncio.to_thread(
+                    lambda: wait_for(lambda: http_get(f"http://{ip}:3000/whoami.txt"), 5, "victim's web")
+                )
+                assert body == "I am victim\n"
+                assert not any(alive(p) for p in old), f"cycle {cycle}: old processes survived"
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+    assert netns_pids(hive_env, "bystander") | {host_pid(hive_env, "bystander")} == bystander
+    log = run_stem(hive_env.env, "logs", "victim").stdout
+    assert log.count("[web] ") >= 1
+    agent = listed(hive_env)["victim"]["agent"]
+    assert agent in ("idle", "working"), agent
+    for name in ("victim", "bystander"):
+        assert run_stem(hive_env.env, "stop", name).returncode == 0
+    # No orphan: nothing of either colony is left anywhere.
+    assert netns_pids(hive_env, "victim") == set() and netns_pids(hive_env, "bystander") == set()
+
+
+def test_a_dead_host_is_noticed_by_the_next_stem_command(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "lone", "--repo", str(repo)).returncode == 0
+    old = host_pid(hive_env, "lone")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), what="the host to die")
+    rec = listed(hive_env)["lone"]  # `stem ls` revives it on its way
+    assert rec["host"] and rec["services"] == {"web": "ready"}
+    assert host_pid(hive_env, "lone") not in (None, old)
+    assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am lone\n"
+    assert "[host] its colony host died; restarting the colony" in run_stem(hive_env.env, "logs", "lone").stdout
+    assert run_stem(hive_env.env, "stop", "lone").returncode == 0
