@@ -220,6 +220,8 @@ async def cmd_attach(hive: Any, args: argparse.Namespace) -> int:
     from stem.attach import RELEASE_BINDING, attach, release_key
 
     rec = hive.get(args.name)
+    if rec.state == lc.RUNNING and not hive.host_running(rec.name):
+        await hive.revive(rec.name)  # its host died: the next stem command brings it back
     if rec.state != lc.RUNNING:
         hint = f"stem start {rec.name}" if rec.state in lc.STARTABLE else "wait until it is running (stem ls)"
         raise WrongState(f"{rec.name} is {rec.state}, not running: {hint}")
@@ -266,7 +268,9 @@ async def cmd_destroy(hive: Any, args: argparse.Namespace) -> int:
 async def cmd_logs(hive: Any, args: argparse.Namespace) -> int:
     from core.colony_log import follow_file, parse_line, read_tail
 
-    hive.get(args.name)  # an unknown colony is an error, not an empty log
+    rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
+    if args.follow and rec.state == "running" and not hive.host_running(rec.name):
+        await hive.revive(rec.name)  # following a colony whose host died: bring it back first
     path = hive.layout.colony_log(args.name)
 
     def wanted(line: str) -> bool:

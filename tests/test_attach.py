@@ -5,6 +5,7 @@ protocol's own server helpers), read back with capture-pane as a user would see 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import select
@@ -163,6 +164,9 @@ class FakeHost:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fake-host", daemon=True)
         self.thread.start()
+        # Like a real host, it holds the colony's host lock while it serves, so stem sees a host running.
+        self.lock = os.open(path.with_name("host.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.server = self.call(listen(path, self.handle))
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -228,6 +232,9 @@ class FakeHost:
             self.path.unlink(missing_ok=True)
 
         self.call(end())
+        if self.lock >= 0:
+            os.close(self.lock)  # the host is gone: its lock with it
+            self.lock = -1
 
     def close(self) -> None:
         if self.server.is_serving():

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import git, http_get, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
+from core import procs
+
 pytestmark = pytest.mark.root
 
 
@@ -305,6 +307,9 @@ def _host_snapshot(hive_env, repo: Path) -> dict:
                 continue
     prefix = hive_env.prefix
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    # Colony hosts started by the `stem` commands this test runs outlive those commands; this process, a child
+    # subreaper since an earlier test made a Hive in it, adopts them and their exit is its to reap, as a UI's would be.
+    procs.reap_orphans()
     return {
         "netns": [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []) if n.startswith(prefix)],
         "links": [line for line in links.splitlines() if f": {prefix}" in line],

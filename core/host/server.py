@@ -105,6 +105,7 @@ class ColonyHost:
         self._tasks: set[asyncio.Task[object]] = set()
         self._hive: Hive | None = None
         self._stop_waiters: list[tuple[Client, int]] = []
+        self._start_waiters: list[tuple[Client, int]] = []
         self.size: tuple[int, int] | None = None  # the last size a client asked for
         self._early: list[p.Keys | p.Paste] = []  # input that arrived before the agent started
 
@@ -173,8 +174,7 @@ class ColonyHost:
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StemError) else f"{type(exc).__name__}: {exc}"
             log.warning("start of %s failed: %s", self.name, reason)
-            if not self.started.done():
-                self.started.set_result(reason)
+            self._answer_start(reason)
             self._request_stop("its start failed")
             return
         if runtime.agent is not None:
@@ -189,9 +189,16 @@ class ColonyHost:
             self._early.clear()
             self.agent = p.AgentInfo(runtime.agent.activity or "idle", runtime.agent.exit_code, runtime.agent.pid)
             self._broadcast("states", p.State(agent=self.agent))
-        if not self.started.done():
-            self.started.set_result("")
+        self._answer_start("")
         log.info("%s started", self.name)
+
+    def _answer_start(self, reason: str) -> None:
+        """Record how the start ended and tell everyone waiting for it: "" when it worked, else why not."""
+        if not self.started.done():
+            self.started.set_result(reason)
+        for client, request_id in self._start_waiters:
+            client.send(p.Reply(request_id, reason))
+        self._start_waiters.clear()
 
     async def _config_changed(self) -> None:
         """colony.toml was edited: services whose definition changed restart; a new [network] applies at once."""
@@ -404,9 +411,12 @@ class ColonyHost:
             client.send(self._snapshot(client.streams))
             return None
         if isinstance(msg, p.AwaitStart):
-            reason = await asyncio.shield(self.started)
-            if reason:
-                raise StemError(reason)
+            if not self.started.done():
+                # Answered by `_answer_start` the moment the start ends, before a failed start closes anything.
+                self._start_waiters.append((client, msg.id))
+                raise _Deferred
+            if self.started.result():
+                raise StemError(self.started.result())
             return None
         if isinstance(msg, p.Stop):
             # Answered by `run` once everything the colony ran has ended, right before the host exits.

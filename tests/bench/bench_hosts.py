@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import destroy_hive  # noqa: E402
 from helpers import make_repo, wait_for  # noqa: E402
 
 from core import firewall, netns, procs  # noqa: E402
@@ -895,20 +896,7 @@ class Bench:
                 signal.signal(sig, handler)
 
     async def _cleanup_hive(self) -> None:
-        from core.hive import Hive
-
-        hive = Hive(self.home, prefix=self.prefix, pool=self.pool, stop_grace=2.0)
-        try:
-            for rec in hive.colonies():
-                try:
-                    await hive.destroy(rec.name, force=True)
-                except Exception as exc:
-                    log(f"warning: destroying {rec.name} failed: {type(exc).__name__}: {exc}")
-            report = await hive.gc()
-            for line in report.removed:
-                log(f"gc removed {line}")
-        finally:
-            await hive.close()
+        await destroy_hive(self.home, self.prefix, self.pool, log)
 
     def _kill_leftover_processes(self) -> None:
         """Hosts by the pids seen, the registry's process groups, anything still in the run's namespaces."""

@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import print_table  # noqa: E402
 from rich.style import Style  # noqa: E402
 from rich.text import Text  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
@@ -284,10 +285,11 @@ def main() -> int:
     except Exception as exc:  # the JSON line must still come out, saying what went wrong
         result["error"] = f"{type(exc).__name__}: {exc}"
     header = ("operation", "new ms", "RichLog ms", "RichLog/new")
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    print(f"Logs view at {SIZE[0]}x{SIZE[1]} over {args.lines} lines, median of {args.runs} runs")
-    for line in (header, *table):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(
+        f"Logs view at {SIZE[0]}x{SIZE[1]} over {args.lines} lines, median of {args.runs} runs",
+        header,
+        table,
+    )
     print(json.dumps(result))
     return 1 if "error" in result else 0
 

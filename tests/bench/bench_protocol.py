@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import print_table  # noqa: E402
 from recordings import streams  # noqa: E402
 
 from core.host.protocol import Rows, Snapshot, pack, screen_state, unpack  # noqa: E402
@@ -114,10 +115,11 @@ def main() -> int:
     except Exception as exc:  # the JSON line must still come out, saying what went wrong
         result["error"] = f"{type(exc).__name__}: {exc}"
     header = ("case", "encode", "decode", "json_dumps", "json_cells", "enc/dumps", "frame B", "json B", "cells B")
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    print(f"microseconds per message at {COLS}x{ROWS}, median of {args.runs} runs; sizes in bytes")
-    for line in (header, *table):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(
+        f"microseconds per message at {COLS}x{ROWS}, median of {args.runs} runs; sizes in bytes",
+        header,
+        table,
+    )
     print(json.dumps(result))
     return 1 if "error" in result else 0
 

@@ -44,6 +44,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchlib import destroy_hive
+
 from core import netns, worktree
 from core.hive import Hive
 from core.netns import ColonyNet
@@ -276,18 +278,7 @@ class Bench:
                 signal.signal(sig, handler)
 
     async def _cleanup_hive(self) -> None:
-        hive = Hive(self.home, prefix=self.prefix, pool=self.pool)
-        try:
-            for rec in hive.colonies():
-                try:
-                    await hive.destroy(rec.name, force=True)
-                except Exception as exc:
-                    log(f"warning: destroying {rec.name} failed: {type(exc).__name__}: {exc}")
-            report = await hive.gc()
-            for line in report.removed:
-                log(f"gc removed {line}")
-        finally:
-            await hive.close()
+        await destroy_hive(self.home, self.prefix, self.pool, log)
 
     # reporting ------------------------------------------------------------------------------------------------
 

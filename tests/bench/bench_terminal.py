@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pyte  # noqa: E402
+from benchlib import print_table  # noqa: E402
 from recordings import streams  # noqa: E402
 
 from core.screen import StemScreen  # noqa: E402
@@ -255,11 +256,12 @@ def main() -> int:
     finally:
         tmux.close()
     header = ("stream", "MB", "pyte", "stem", "stem_pty", "tmux", "pty", "stem/pyte", "stem/tmux", "stem_pty/tmux")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"MB/s at {COLS}x{ROWS}, {CHUNK // 1024} KiB feeds, median of {args.runs} runs "
-          f"(stock pyte: first {args.pyte_kb} KiB of each stream, one run)")  # fmt: skip
-    for line in (header, *rows):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(
+        f"MB/s at {COLS}x{ROWS}, {CHUNK // 1024} KiB feeds, median of {args.runs} runs "
+        f"(stock pyte: first {args.pyte_kb} KiB of each stream, one run)",
+        header,
+        rows,
+    )
     print(json.dumps(result))
     return 1 if "error" in result else 0
 

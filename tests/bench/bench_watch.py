@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import watchfiles  # noqa: E402
+from benchlib import print_table  # noqa: E402
 from watchfiles._rust_notify import WatchfilesRustInternalError  # noqa: E402
 
 from core.actor import describe  # noqa: E402
@@ -504,10 +505,11 @@ def main() -> int:
     finally:
         shutil.rmtree(top, ignore_errors=True)
     header = ("watcher", "watching", "inotify", "threads", "CPU % idle", "wake-ups/s", "per colony", "change ms")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(f"{args.colonies} colonies idle for {args.seconds:g} s (inotify instances per user: {limit})")
-    for line in (header, *rows):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+    print_table(
+        f"{args.colonies} colonies idle for {args.seconds:g} s (inotify instances per user: {limit})",
+        header,
+        rows,
+    )
     if result.get("watchfiles_failed"):
         print(f"watchfiles: {result['watchfiles_failed']}")
     if result.get("new_failed"):
