@@ -8,7 +8,9 @@ the hive's event stream and never polls the agents: screens, states, logs and fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -181,6 +183,9 @@ class StemApp(App[int], inherit_bindings=False):
         bind_loop = getattr(self.hive, "bind_loop", None)
         if bind_loop is not None:
             bind_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
+            # SIGTERM (a service manager, `kill`) is a quit: the terminal is restored and the colonies run on.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 0)
         self._pump_events()
         if self.own_hive:
             try:
