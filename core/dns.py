@@ -10,7 +10,6 @@ DNATs to that loopback resolver (see core/firewall.py).
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import socket
 import struct
@@ -100,13 +99,6 @@ def resolv_conf_text(dns: DnsPlan, host_ip: str, colony: str) -> str:
     if options:
         lines.append("options " + " ".join(options))
     return "\n".join(lines) + "\n"
-
-
-def write_resolv_conf(path: Path, dns: DnsPlan, host_ip: str, colony: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(resolv_conf_text(dns, host_ip, colony), encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
 
 
 def resolve_a(name: str, servers: Sequence[str], timeout: float = 2.0) -> tuple[str, ...]:

@@ -416,9 +416,6 @@ class Hive:
         plan = self._dns_plan()
         return firewall.apply(firewall.TablePlan(self.prefix, self.pool, rules, plan.servers, plan.stub))
 
-    def egress_in_force(self, rec: ColonyRecord) -> EgressInForce:
-        return EgressInForce.from_json(rec.egress)
-
     async def apply_network(self, name: str) -> EgressInForce:
         """Apply the `[network]` of the colony's colony.toml now, without restarting anything."""
         self.bind_loop()

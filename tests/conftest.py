@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import link_names, make_repo, netns_names
 
 from core import firewall
-from core.host import launch
 from core.host.paths import HostPaths
 
 IN_CI = os.environ.get("CI") == "true"
@@ -64,7 +63,7 @@ class HiveEnv:
         """The colony hosts this test's hive started (they outlive every stem process on purpose)."""
         pids = []
         for pid_file in (self.home / "colonies").glob("*/host.pid"):
-            found = launch.host_process(HostPaths(pid_file.parent))
+            found = HostPaths(pid_file.parent).process()
             if found is not None:
                 pids.append(found[0])
         return pids

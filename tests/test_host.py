@@ -16,7 +16,6 @@ import pytest
 from helpers import http_get, make_repo, run_stem, wait_for
 
 from core.hive import Hive
-from core.host import launch
 from core.host.paths import HostPaths
 from core.procs import alive
 
@@ -45,7 +44,7 @@ def listed(hive_env) -> dict[str, dict]:
 
 
 def host_pid(hive_env, name: str) -> int | None:
-    found = launch.host_process(HostPaths(hive_env.home / "colonies" / name))
+    found = HostPaths(hive_env.home / "colonies" / name).process()
     return found[0] if found else None
 
 

@@ -425,10 +425,9 @@ command = "echo worker up; exec sleep 1000"
 
 def host_inotify_instances(home: Path, name: str) -> int:
     """The inotify instances of the colony's host process, as the kernel lists its descriptors."""
-    from core.host.launch import host_process
     from core.host.paths import HostPaths
 
-    host = host_process(HostPaths(home / "colonies" / name))
+    host = HostPaths(home / "colonies" / name).process()
     assert host is not None, f"no host runs {name}"
     links = []
     for fd in os.listdir(f"/proc/{host[0]}/fd"):

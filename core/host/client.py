@@ -119,24 +119,6 @@ class HostLink:
         with contextlib.suppress(StemError, ConnectionError, RuntimeError):
             conn.post(req)
 
-    async def request(self, req: p.Request) -> p.Reply:
-        conn = self._conn
-        if conn is None:
-            raise StemError(f"{self.colony} has no colony host running")
-        return await conn.request(req)
-
-    async def diff(self, path: str | None) -> str:
-        conn = self._conn
-        if conn is None:
-            raise StemError(f"{self.colony} has no colony host running")
-        return await conn.diff(path)
-
-    async def log_history(self, after: int = 0, limit: int = 0) -> list[Entry]:
-        conn = self._conn
-        if conn is None:
-            return []
-        return list((await conn.log_history(after, limit)).entries)
-
     def _want_scrollback(self) -> None:
         if self._fetching is None or self._fetching.done():
             self._fetching = asyncio.get_running_loop().create_task(self._fetch_scrollback())

@@ -28,14 +28,6 @@ class HostGone(HostFailed):
     """The host died while starting the colony (killed, crashed): trying again may well work."""
 
 
-def running(paths: HostPaths) -> bool:
-    return paths.running()
-
-
-def host_process(paths: HostPaths) -> tuple[int, int] | None:
-    return paths.process()
-
-
 def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None = None) -> int:
     """Start the host of `name`, detached (own session, no terminal, output to host.log). Blocks until it listens
     on its socket, or raises with what it printed. Returns its pid."""
@@ -95,7 +87,7 @@ async def await_start(paths: HostPaths, name: str) -> None:
 
 async def stop(paths: HostPaths, grace: float) -> bool:
     """Ask the host to end everything the colony runs and exit; wait until it has. False if no host ran."""
-    found = host_process(paths)
+    found = paths.process()
     if found is None:
         return False
     try:
@@ -110,7 +102,7 @@ async def stop(paths: HostPaths, grace: float) -> bool:
 
 def kill(paths: HostPaths) -> None:
     """SIGKILL the host (a hung one); the caller sweeps the colony's processes after."""
-    found = host_process(paths)
+    found = paths.process()
     if found is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found[0], signal.SIGKILL)

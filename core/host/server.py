@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -256,8 +257,7 @@ class ColonyHost:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _defer(self, write: object) -> None:
-        assert callable(write)
+    def _defer(self, write: Callable[[], object]) -> None:
         self.writer.submit(write)
 
     def _write_runtime_cleared(self) -> None:

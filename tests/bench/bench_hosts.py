@@ -358,7 +358,7 @@ class Bench:
         return HostPaths(self.home / "colonies" / name)
 
     def host_pid(self, name: str) -> int | None:
-        found = launch.host_process(self.paths(name))
+        found = self.paths(name).process()
         if found is None:
             return None
         self.host_pids[found[0]] = found[1]
