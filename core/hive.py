@@ -914,17 +914,22 @@ class Hive:
     def link(self, name: str) -> HostLink | None:
         return self._links.get(name)
 
-    def log_entries(self, name: str) -> list[Entry]:
-        """The colony's log: as its host keeps it when this process follows it, else from the file (blocking)."""
+    async def log_entries(self, name: str) -> list[Entry]:
+        """The colony's log: as its host keeps it when this process follows it, else from the file (read off the
+        loop: it can hold megabytes)."""
         link = self._links.get(name)
         if link is not None and link.connected.is_set():
             return list(link.log)
         entries = list(self._logs[name].tail(5000)) if name in self._logs else []
         if entries:
             return entries  # written by this process (a spawn or start in progress here)
-        disk = ColonyLog(self.layout.colony_log(name))
-        disk.load()
-        return disk.tail(5000)
+
+        def from_disk() -> list[Entry]:
+            disk = ColonyLog(self.layout.colony_log(name))
+            disk.load()
+            return disk.tail(5000)
+
+        return await asyncio.to_thread(from_disk)
 
     async def changes(self, name: str) -> tuple[FileChange, ...]:
         """The colony's changed files against its base: live from its host's watcher, else computed now."""

@@ -243,7 +243,7 @@ class StemApp(App[int], inherit_bindings=False):
             self.refresh_colonies()
         elif isinstance(event, LogsLoaded):
             if event.colony == self.selected and event.colony not in self._tracing:
-                self.query_one(LogsView).show(event.colony, hive_view.log_entries(self.hive, event.colony))
+                self._load_logs(event.colony)
         elif isinstance(event, ScrollbackLoaded):
             terminal = self.query_one(TerminalView)
             if event.colony == self.selected and terminal.session is not None:
@@ -404,18 +404,25 @@ class StemApp(App[int], inherit_bindings=False):
         if name is not None and failed is None:  # a failed spawn has no worktree to ask about
             self._load_changes(name)
         self._attach_terminal()
-        entries: list[Any] = []
         if failed is not None:
-            entries = list(failed.logs)
+            self.query_one(LogsView).show(name, list(failed.logs))
         elif name:
-            try:
-                entries = hive_view.log_entries(self.hive, name)
-            except StemError:
-                entries = []
-        self.query_one(LogsView).show(name, entries)
+            self._load_logs(name)
+        else:
+            self.query_one(LogsView).show(None, [])
         self._show_info()
         if self.query_one(MainView).tab == "diff":
             self._load_diff()
+
+    @work(group="logs", exclusive=True, exit_on_error=False)
+    async def _load_logs(self, name: str) -> None:
+        """The colony's log into the Logs tab: from its host, or from the disk off the loop."""
+        try:
+            entries = await hive_view.log_entries(self.hive, name)
+        except StemError:
+            entries = []
+        if name == self.selected:
+            self.query_one(LogsView).show(name, entries)
 
     def _show_services(self) -> None:
         name = self.selected

@@ -138,11 +138,11 @@ async def changes_of(hive: Any, name: str) -> tuple[Any, ...] | None:
         return None
 
 
-def log_entries(hive: Any, name: str) -> list[Any]:
+async def log_entries(hive: Any, name: str) -> list[Any]:
     """The colony's log entries (seq, at, source, text): from its host when followed, else from the disk."""
     fn = getattr(hive, "log_entries", None)
     if fn is not None:
-        return list(fn(name))
+        return list(await fn(name))
     return list(hive.log(name).tail(5000))
 
 
