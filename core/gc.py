@@ -32,6 +32,7 @@ def collect(hive: Hive) -> GcReport:
         _orphan_processes(hive, report)
         _kernel(hive, report)
         _firewall(hive, report)
+        _forker(hive, report)
         _disk(hive, report)
     procs.reap_orphans()
     return report
@@ -153,6 +154,16 @@ def _firewall(hive: Hive, report: GcReport) -> None:
         return
     if had and not firewall.table_exists(hive.prefix):
         report.removed.append(f"nftables table ip {firewall.table_name(hive.prefix)} (no colony needs it)")
+
+
+def _forker(hive: Hive, report: GcReport) -> None:
+    """The hive's host forker goes when no colony host runs (it would exit by itself a little later)."""
+    from core.host import forker
+
+    if any(hive.host_running(rec.name) for rec in hive.registry.colonies()):
+        return
+    if forker.stop(hive.layout.home):
+        report.removed.append("the host forker (no colony host runs)")
 
 
 def _disk(hive: Hive, report: GcReport) -> None:

@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ T = TypeVar("T")
 log = logging.getLogger("stem.hive")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
+LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before asking it to start
 REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
 
 
@@ -60,6 +62,26 @@ def _checkpoint(step: str) -> None:
     """Test hook: `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step, to prove gc recovers."""
     if os.environ.get("STEM_FAULT_KILL_AT") == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Background(threading.Thread):
+    """A step run beside the calling thread; `reraise` (after `join`) raises what it raised."""
+
+    def __init__(self, fn: Callable[..., None], *args: Any, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn, self._args = fn, args
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._fn(*self._args)
+        except BaseException as exc:  # handed to the thread that joins
+            self._error = exc
+
+    def reraise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +355,14 @@ class Hive:
         try:
             self._state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
-            self._make_network(rec, config)
-            self._make_worktree(rec)
+            # The checkout (a git process) and the network (netlink, and pyroute2's import, in this process) do
+            # not depend on each other: made at the same time, a spawn waits for the longer one, not the sum.
+            checkout = _Background(self._make_worktree, rec, name=f"worktree-{name}")
+            try:
+                self._make_network(rec, config)
+            finally:
+                checkout.join()  # before anything is rolled back: it may be making the worktree right now
+            checkout.reraise()
             self._run_commands(rec, config, "setup", config.setup)
             stage = lc.BUILDING
             self._state(name, lc.BUILDING)
@@ -562,7 +590,17 @@ class Hive:
         self._end_processes(rec)
         self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
         self._state(name, lc.STOPPED)
+        self._retire_forker()
         return self.registry.get(name)
+
+    def _retire_forker(self) -> None:
+        """With the hive's last colony host gone, its host forker goes too: nothing of Stem's outlives a stop."""
+        from core.host.forker import ForkerPaths, stop
+
+        if ForkerPaths.of(self.layout.home).process() is None:
+            return
+        if not any(self.host_running(rec.name) for rec in self.registry.colonies()):
+            stop(self.layout.home)
 
     async def start(self, name: str) -> ColonyRecord:
         """Bring a stopped (or failed) colony back: network, build, then running."""
@@ -656,6 +694,7 @@ class Hive:
             self.registry.claim(f"~{name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
         self._logs.pop(name, None)
         self._emit(ColonyRemoved(name))
+        self._retire_forker()
         return DestroyReport(name, branch, unmerged)
 
     # exec -------------------------------------------------------------------------------------------------
@@ -732,8 +771,14 @@ class Hive:
             return
         await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, self._host_env())
         if self.attached and rec.name not in self._link_tasks:
-            # Follow it from its first moment, so what it says while starting (notices, states) is seen here.
-            self._link_tasks[rec.name] = asyncio.create_task(self._follow_host(rec.name), name=f"link-{rec.name}")
+            from core.host.client import HostLink
+
+            # Follow it from its first moment: the host starts the colony once asked to (await_start below), so
+            # what it says while starting (notices, states) reaches this link.
+            link = HostLink(rec.name, paths, self._publish)
+            self._link_tasks[rec.name] = asyncio.create_task(self._follow_host(rec.name, link), name=f"link-{rec.name}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.connected.wait(), LINK_WAIT)
         await launch.await_start(paths, rec.name)
 
     async def _stop_runtime(self, name: str) -> None:
@@ -834,7 +879,7 @@ class Hive:
                 task = asyncio.create_task(self._follow_host(rec.name), name=f"link-{rec.name}")
                 self._link_tasks[rec.name] = task
 
-    async def _follow_host(self, name: str) -> None:
+    async def _follow_host(self, name: str, first: HostLink | None = None) -> None:
         """Stay linked to the colony's host; when it goes while the colony should run, start a new one."""
         from core.host.client import HostLink
 
@@ -848,7 +893,8 @@ class Hive:
                 await self.revive(name)
                 if not self.host_running(name):
                     return
-            link = HostLink(name, self.host_paths(name), self._publish)
+            link = first or HostLink(name, self.host_paths(name), self._publish)
+            first = None
             self._links[name] = link
             why = await link.run()
             if link.stopping:

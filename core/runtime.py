@@ -80,20 +80,31 @@ class ColonyRuntime:
         self._watch_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start services in dependency waves (raises StepFailed if one never gets ready), the agent, then the
-        watchers."""
-        await self.services.start_all()
-        await self.start_agent(self.resume)
+        """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent, and the
+        watchers beside them."""
+        # The watchers' first scan does not depend on the services: it runs while they get ready.
+        watching = asyncio.ensure_future(self._start_change_watcher())
+        try:
+            await self.services.start_all()
+            await self.start_agent(self.resume)
+        finally:
+            await watching
+        # colony.toml is in the worktree: its watcher listens to the change watcher's events (one inotify instance
+        # per colony, against a per-user budget of 128) rather than watching on its own. It starts once the
+        # services have, so an edit never restarts one that is still starting.
+        self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
+
+    async def _start_change_watcher(self) -> None:
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
         try:
             await watcher.start()
         except StemError as exc:  # the colony works without it; say why the Changes panel stays empty
             self._emit(Notice(self.rec.name, "warning", f"{self.rec.name}: not watching file changes: {exc}"))
         else:
+            if self._watch_stop.is_set():  # stopped while the watcher was starting
+                await watcher.stop()
+                return
             self.changes = watcher
-        # colony.toml is in the worktree: its watcher listens to the change watcher's events (one inotify instance
-        # per colony, against a per-user budget of 128) rather than watching on its own.
-        self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
 
     async def start_agent(self, resume: bool) -> None:
         """The agent from --agent, [colony] agent or the default preset, in a PTY inside the colony. A missing

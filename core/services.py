@@ -422,13 +422,15 @@ class ServiceRunner:
         if spec.ready is None:
             return True
         deadline = time.monotonic() + spec.ready_timeout
+        interval = 0.01  # most services are up within a few tens of ms: probe often at first, then every interval
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             if await probe(spec.ready, self.ip, spec.port, min(self.timing.probe_timeout, left)):
                 return True
-            await asyncio.sleep(min(self.timing.probe_interval, max(deadline - time.monotonic(), 0)))
+            await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+            interval = min(interval * 2, self.timing.probe_interval)
 
     def _on_exit(self) -> None:
         asyncio.get_running_loop().remove_reader(self._pidfd)

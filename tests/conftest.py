@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -20,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import link_names, make_repo, netns_names
 
 from core import firewall
+from core.host.forker import ForkerPaths
+from core.host.launch import wait_exit
 from core.host.paths import HostPaths
 
 IN_CI = os.environ.get("CI") == "true"
@@ -70,11 +73,14 @@ class HiveEnv:
 
     def cleanup(self) -> None:
         """Remove whatever the test left: hosts and processes by pid, namespaces and links by this test's prefix."""
-        for pid in self.host_pids():
-            try:
+        forker = ForkerPaths.of(self.home).process()
+        ended = [forker[0]] if forker is not None else []
+        ended += self.host_pids()
+        for pid in ended:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in ended:
+            wait_exit(pid, 5.0)  # and reaped, when this process started it (an in-process Hive's launch)
         for pid in self.registry_pids():
             try:
                 os.killpg(pid, signal.SIGKILL)

@@ -318,7 +318,7 @@ def test_a_host_firewall_that_drops_forwarding_is_named(hive_env, tmp_path, worl
 def test_gc_removes_the_table_of_a_crashed_spawn_and_restores_forwarding(hive_env, tmp_path, world, forwarding):
     configure(hive_env, tmp_path, f"nameserver {world.ip}\n")
     repo = make_repo(tmp_path / "repo")
-    crashed = run_stem({**hive_env.env, "STEM_FAULT_KILL_AT": "worktree"}, "spawn", "crash", "--repo", str(repo))
+    crashed = run_stem({**hive_env.env, "STEM_FAULT_KILL_AT": "starting"}, "spawn", "crash", "--repo", str(repo))
     assert crashed.returncode == -signal.SIGKILL
     assert firewall.table_exists(hive_env.prefix)
     report = run_stem(hive_env.env, "gc")

@@ -29,12 +29,22 @@ class HostGone(HostFailed):
 
 
 def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None = None) -> int:
-    """Start the host of `name`, detached (own session, no terminal, output to host.log). Blocks until it listens
-    on its socket, or raises with what it printed. Returns its pid."""
+    """Start the host of `name`, detached (own session, no terminal, output to host.log): forked by the hive's
+    forker (core.host.forker), else as a fresh interpreter. Blocks until it listens on its socket, or raises with
+    what it printed. Returns its pid."""
     paths.folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if paths.log.stat().st_size > HOST_LOG_CAP:
             paths.log.replace(paths.log.with_suffix(".log.1"))
+    from core.host import forker
+
+    try:
+        if forker.request_host(home, name, env if env is not None else dict(os.environ)):
+            found = paths.process()
+            return found[0] if found is not None else 0
+    except forker.HostStartFailed:
+        raise HostFailed(f"the colony host of {name} did not start: {_log_tail(paths)}") from None
+    # No forker could be used: the host starts as a fresh interpreter.
     ready_r, ready_w = os.pipe()
     try:
         with paths.log.open("ab") as out:

@@ -57,6 +57,7 @@ log = logging.getLogger("stem.host")
 # A client whose socket has this much unsent is slow (an SSH link): its screen rows are merged until it drains.
 SLOW_CLIENT = 256 << 10
 LOG_PAGE = 5000
+START_HOLD = 2.0  # seconds a new host waits for its starter's AwaitStart before it starts the colony
 GUARD_INTERVAL = 10.0
 
 
@@ -99,6 +100,7 @@ class ColonyHost:
         self.clients: set[Client] = set()
         self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # "" or why it failed
         self.done = asyncio.Event()
+        self._go = asyncio.Event()  # set by the first AwaitStart
         self.stop_grace = 5.0
         self.services: dict[str, p.ServiceInfo] = {}
         self.files: tuple[FileChange, ...] = ()
@@ -127,7 +129,14 @@ class ColonyHost:
             self.ready_fd = None
         guard = asyncio.create_task(self._guard(), name="guard")
         try:
-            await self._start()
+            # The colony starts when its starter asks (AwaitStart): by then the starter's UI, if any, has linked
+            # and sees every notice and state of the start. A starter that never asks does not hold it long.
+            held = [asyncio.ensure_future(self._go.wait()), asyncio.ensure_future(self.done.wait())]
+            await asyncio.wait(held, timeout=START_HOLD, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in held:
+                waiting.cancel()
+            if not self.done.is_set():
+                await self._start()
             await self.done.wait()
         finally:
             guard.cancel()
@@ -411,6 +420,7 @@ class ColonyHost:
             client.send(self._snapshot(client.streams))
             return None
         if isinstance(msg, p.AwaitStart):
+            self._go.set()
             if not self.started.done():
                 # Answered by `_answer_start` the moment the start ends, before a failed start closes anything.
                 self._start_waiters.append((client, msg.id))

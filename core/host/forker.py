@@ -1,0 +1,435 @@
+"""The host forker: one small process per hive that has imported everything a colony host runs and forks each new
+host from that state.
+
+A host started as a fresh interpreter pays ~0.3 s of start-up and imports before it listens, and each one holds its
+own copy of every imported module (~8 MB). Forked from the forker, a host listens a few milliseconds after it is
+asked for, and the imported code (frozen out of the cyclic GC, so collections do not dirty it) stays shared
+copy-on-write between the forker and every host it made.
+
+The forker is an optimisation, never a dependency: `launch` falls back to a fresh interpreter when it cannot reach
+or start one. It serves one request at a time on `forker.sock` (mode 0600, peers of another uid refused), is
+replaced when the code on disk changed since it started (each request carries the launcher's fingerprint), reaps
+the hosts it forked, and exits once none of them has run for `IDLE_EXIT` seconds (or its hive is gone).
+
+Request (client → forker): a 4-byte big-endian length, then a msgpack map {"fingerprint", "name", "env"}.
+Answer: b"F" from the forker right before it forks, then b"1" from the forked host on the same connection once it
+listens on its socket. b"S" instead of b"F" means "stale: start a new forker"; the stream ending before b"F" means
+the forker went away (it is exiting: ask a new one), after b"F" that the host died while starting (host.log says
+why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import gc
+import hashlib
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+IDLE_EXIT = 120.0  # seconds with no host of ours alive before the forker exits (STEM_FORKER_IDLE overrides)
+READY_TIMEOUT = 30.0  # how long a launcher waits for a forked host to listen
+_MAX_REQUEST = 1 << 20
+PR_SET_NAME = 15
+
+
+@dataclass(frozen=True, slots=True)
+class ForkerPaths:
+    folder: Path
+
+    @classmethod
+    def of(cls, home: Path) -> ForkerPaths:
+        return cls(home / "forker")
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "forker.sock"
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by the forker for its whole life."""
+        return self.folder / "forker.lock"
+
+    @property
+    def start_lock(self) -> Path:
+        """flock'ed by a launcher while it starts a forker, so two launchers do not start two."""
+        return self.folder / "start.lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / "forker.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "forker.log"
+
+    def process(self) -> tuple[int, int] | None:
+        """(pid, starttime) of the hive's forker if it is alive."""
+        from core import procs
+
+        try:
+            pid_text, start_text = self.pid.read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            return None
+        return (pid, start) if procs.alive(pid, start) else None
+
+
+def fingerprint() -> str:
+    """What the forker's preloaded code is: the interpreter and every source file of `core` (path, size, mtime).
+    A launcher whose fingerprint differs asks for a new forker, so an upgrade never runs old code in a new host."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.blake2b(f"{os.path.realpath(sys.executable)} {sys.version}".encode(), digest_size=16)
+    for path in sorted(root.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- the launcher's side ------------------------------------------------------------------------------------------
+
+
+class Stale(Exception):
+    """The forker runs older code than the launcher's: it exits, a new one is started."""
+
+
+class Gone(Exception):
+    """The forker went away before it forked (it was exiting): a new one is started."""
+
+
+def request_host(home: Path, name: str, env: dict[str, str]) -> bool:
+    """Have the hive's forker (started if need be) fork the host of `name`. True once the host listens on its
+    socket; False if no forker could be used (the caller starts the host as a fresh interpreter). Raises
+    HostStartFailed (with no message) if the forked host died before it listened."""
+    paths = ForkerPaths.of(home)
+    mark = fingerprint()
+    for _ in range(4):  # a stale or exiting forker, then a new one
+        try:
+            sock = _connect(paths.socket)
+        except OSError:
+            if not _start(paths, home, env):
+                return False
+            continue
+        with sock:
+            try:
+                return _ask(sock, mark, name, env)
+            except (Stale, Gone):
+                _wait_gone(paths)
+                continue
+            except OSError:
+                return False
+    return False
+
+
+class HostStartFailed(Exception):
+    """The forked host ended before it listened (its host.log says why)."""
+
+
+def _connect(path: Path) -> socket.socket:
+    from core.host.protocol import socket_address
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with socket_address(path) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _ask(sock: socket.socket, mark: str, name: str, env: dict[str, str]) -> bool:
+    import msgpack
+
+    body = msgpack.packb({"fingerprint": mark, "name": name, "env": env})
+    sock.sendall(struct.pack(">I", len(body)) + body)
+    sock.settimeout(READY_TIMEOUT)
+    try:
+        answer = sock.recv(1)
+        if answer == b"S":
+            raise Stale
+        if answer != b"F":
+            raise Gone
+        answer = sock.recv(1)
+    except TimeoutError:
+        raise HostStartFailed from None
+    except ConnectionError:
+        raise Gone from None
+    if answer == b"1":
+        return True
+    raise HostStartFailed
+
+
+def _start(paths: ForkerPaths, home: Path, env: dict[str, str]) -> bool:
+    """Start the hive's forker unless another launcher just did; True if one should now answer."""
+    try:
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(paths.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            _connect(paths.socket).close()
+            return True  # another launcher started it meanwhile
+        ready_r, ready_w = os.pipe()
+        try:
+            with paths.log.open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "core.host.forker", str(home), "--ready-fd", str(ready_w)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(ready_w,),
+                    cwd="/",
+                    env=env,
+                )
+            # It may outlive this process (then whoever adopts it reaps it); while this one lives, a thread blocked
+            # in waitpid reaps it the moment it exits, so a long-lived UI never keeps its zombie.
+            threading.Thread(target=proc.wait, name="forker-reaper", daemon=True).start()
+            os.close(ready_w)
+            ready_w = -1
+            readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+            return bool(readable) and os.read(ready_r, 1) == b"1"
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+    except OSError:
+        return False
+    finally:
+        os.close(lock)
+
+
+def _wait_gone(paths: ForkerPaths, timeout: float = 5.0) -> None:
+    """A stale forker exits right after answering; wait for its socket to stop answering."""
+    deadline = time.monotonic() + timeout
+    found = paths.process()
+    if found is not None:
+        from core.host.launch import wait_exit
+
+        wait_exit(found[0], timeout)
+    while time.monotonic() < deadline:
+        try:
+            _connect(paths.socket).close()
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
+def stop(home: Path) -> bool:
+    """End the hive's forker (gc, a test's cleanup). Its hosts are not touched. True if one ran."""
+    found = ForkerPaths.of(home).process()
+    if found is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(found[0], signal.SIGTERM)
+    from core.host.launch import wait_exit
+
+    if not wait_exit(found[0], 5.0):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found[0], signal.SIGKILL)
+    return True
+
+
+# --- the forker ---------------------------------------------------------------------------------------------------
+
+
+def _preload() -> None:
+    """Import everything a host runs, then keep those objects out of the cyclic GC: a collection in a host would
+    otherwise write to every page of them and unshare it."""
+    import core.host.server
+    import core.netns
+
+    core.netns._pyroute2()  # a restarted service's namespace work
+    gc.collect()
+    gc.freeze()
+
+
+def serve(home: Path, ready_fd: int | None) -> int:
+    paths = ForkerPaths.of(home)
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("stem forker: one runs already for this hive", file=sys.stderr, flush=True)
+        return 3
+    mark = fingerprint()
+    _preload()
+    from core import procs
+    from core.host.protocol import peer_uid, socket_address
+
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()  # ours: we hold forker.lock, so whoever made it is gone
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with socket_address(paths.socket) as address:
+        listener.bind(address)
+    os.chmod(paths.socket, 0o600)
+    listener.listen(16)
+    paths.pid.write_text(f"{os.getpid()} {procs.starttime(os.getpid()) or 0}\n")
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    children: set[int] = set()
+    idle_since = time.monotonic()
+    idle_exit = float(os.environ.get("STEM_FORKER_IDLE", IDLE_EXIT))
+    try:
+        while not stopping:
+            _reap(children)
+            if children:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > idle_exit or not home.is_dir():
+                break
+            readable, _, _ = select.select([listener.fileno(), wake_r], [], [], min(10.0, max(idle_exit, 0.05)))
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+            if listener.fileno() not in readable:
+                continue
+            conn, _ = listener.accept()
+            try:
+                if peer_uid(conn) != os.getuid():
+                    continue
+                request = _read_request(conn)
+                if request is None:
+                    continue
+                if request.get("fingerprint") != mark:
+                    conn.sendall(b"S")
+                    break
+                conn.sendall(b"F")  # before the fork, so it always comes before the host's b"1"
+                pid = os.fork()
+                if pid == 0:
+                    _be_host(home, request, conn, (listener.fileno(), wake_r, wake_w, lock))
+                children.add(pid)
+            except OSError as exc:
+                print(f"stem forker: a request failed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                conn.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid.unlink()
+    return 0
+
+
+def _read_request(conn: socket.socket) -> dict[str, object] | None:
+    import msgpack
+
+    conn.settimeout(2.0)
+    try:
+        head = _recv_exact(conn, 4)
+        (size,) = struct.unpack(">I", head)
+        if size > _MAX_REQUEST:
+            return None
+        request = msgpack.unpackb(_recv_exact(conn, size))
+    except (OSError, ValueError, msgpack.UnpackException):
+        return None
+    return request if isinstance(request, dict) and isinstance(request.get("name"), str) else None
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the launcher hung up")
+        data += chunk
+    return data
+
+
+def _reap(children: set[int]) -> None:
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                continue
+        children.discard(pid)
+
+
+def _be_host(home: Path, request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
+    """In the forked child: become the host of the requested colony. Never returns."""
+    code = 1
+    try:
+        for fd in close:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        name = str(request["name"])
+        env = request.get("env")
+        if isinstance(env, dict):
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in env.items()})
+        from core.host.paths import HostPaths
+        from core.locations import HiveLayout
+
+        log = HostPaths(HiveLayout(home).colony_dir(name)).log
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        os.close(out)
+        os.chdir("/")
+        random.seed()
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None).prctl(PR_SET_NAME, f"stem-host {name}"[:15].encode(), 0, 0, 0)
+        sys.argv = ["stem-host", str(home), name]
+        ready = conn.detach()
+        os.set_inheritable(ready, False)
+        from core.host.server import main
+
+        code = main([str(home), name, "--ready-fd", str(ready)])
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    ready_fd = None
+    if "--ready-fd" in args:
+        at = args.index("--ready-fd")
+        ready_fd = int(args[at + 1])
+        del args[at : at + 2]
+    if len(args) != 1:
+        print("usage: python3 -m core.host.forker HOME [--ready-fd FD]", file=sys.stderr)
+        return 2
+    return serve(Path(args[0]), ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

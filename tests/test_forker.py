@@ -1,0 +1,99 @@
+"""The host forker: colony hosts are forked from one preloaded process per hive, which is replaced when the code
+changes, goes when no host needs it, and is never needed (a host starts as a fresh interpreter without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import make_repo, run_stem, wait_for
+from test_host import SERVICE, fake_agent_config, host_pid
+
+from core.host import forker as forker_module
+from core.host.forker import ForkerPaths
+from core.procs import alive
+
+pytestmark = pytest.mark.root
+
+CORE_FILE = Path(__file__).resolve().parents[1] / "core" / "names.py"
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def forker_pid(hive_env) -> int | None:
+    found = ForkerPaths.of(hive_env.home).process()
+    return found[0] if found else None
+
+
+def test_hosts_are_forked_from_one_forker_that_goes_with_the_last_host(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    for name in ("one", "two"):
+        assert run_stem(hive_env.env, "spawn", name, "--repo", str(repo)).returncode == 0
+    forker = forker_pid(hive_env)
+    assert forker is not None
+    hosts = [host_pid(hive_env, name) for name in ("one", "two")]
+    assert all(pid is not None and parent_of(pid) == forker for pid in hosts)
+    for pid in hosts:  # each its own session, no terminal, named for its colony
+        assert os.getsid(pid) == pid
+    assert Path(f"/proc/{hosts[0]}/comm").read_text().strip() == "stem-host one"
+    assert oct(ForkerPaths.of(hive_env.home).socket.stat().st_mode & 0o777) == "0o600"
+    assert run_stem(hive_env.env, "stop", "one").returncode == 0
+    assert forker_pid(hive_env) == forker  # "two" still runs
+    assert run_stem(hive_env.env, "destroy", "--force", "two").returncode == 0
+    assert not alive(forker)
+
+
+def test_gc_removes_a_forker_that_no_host_needs(hive_env):
+    hive_env.home.mkdir(parents=True, exist_ok=True)
+    assert forker_module._start(ForkerPaths.of(hive_env.home), hive_env.home, hive_env.env)
+    forker = forker_pid(hive_env)
+    assert forker is not None
+    gc = run_stem(hive_env.env, "gc")
+    assert "the host forker (no colony host runs)" in gc.stdout, gc.stdout
+    assert not alive(forker)
+
+
+def test_the_forker_exits_by_itself_when_no_host_of_its_own_runs(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    env = {**hive_env.env, "STEM_FORKER_IDLE": "0.5"}
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(env, "spawn", "brief", "--repo", str(repo)).returncode == 0
+    forker = forker_pid(hive_env)
+    assert forker is not None
+    assert run_stem(env, "stop", "brief").returncode == 0
+    wait_for(lambda: not alive(forker), timeout=10, what="the idle forker to exit")
+    assert not ForkerPaths.of(hive_env.home).socket.exists()
+
+
+def test_a_forker_that_runs_older_code_is_replaced(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "before", "--repo", str(repo)).returncode == 0
+    old = forker_pid(hive_env)
+    assert old is not None
+    st = CORE_FILE.stat()
+    try:
+        os.utime(CORE_FILE, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # as an upgrade would
+        assert run_stem(hive_env.env, "spawn", "after", "--repo", str(repo)).returncode == 0
+    finally:
+        os.utime(CORE_FILE, ns=(st.st_atime_ns, st.st_mtime_ns))
+    new = forker_pid(hive_env)
+    assert new is not None and new != old
+    wait_for(lambda: not alive(old), what="the stale forker to exit")
+    assert parent_of(host_pid(hive_env, "after")) == new
+    assert alive(host_pid(hive_env, "before"))  # its hosts are not touched
+
+
+def test_without_a_forker_a_host_starts_as_a_fresh_interpreter(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    hive_env.home.mkdir(parents=True, exist_ok=True)
+    (hive_env.home / "forker").write_text("not a folder\n")  # no forker can start here
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "plain", "--repo", str(repo)).returncode == 0
+    pid = host_pid(hive_env, "plain")
+    assert pid is not None and forker_pid(hive_env) is None
+    assert b"core.host" in Path(f"/proc/{pid}/cmdline").read_bytes()
