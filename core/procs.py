@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -189,3 +191,25 @@ def terminate(groups: Iterable[int], pids: Iterable[int] = (), grace: float = 5.
             time.sleep(0.01)
     reap_orphans()
     return killed
+
+
+# Anything the shell itself would interpret: expansions, redirections, pipes, lists, globs, comments, escapes.
+_SHELL_SYNTAX = frozenset("$`;&|<>()*?[]{}~#\\\n!")
+
+
+def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
+    """How to run a colony.toml command: exec'd directly when it is a plain program and its arguments (so the
+    service's pid is the program's own, not a `/bin/sh -c` wrapper's that lingers as its parent), else through
+    `/bin/sh -c`. A leading `exec ` is the shell's and is dropped; a program not on PATH goes through the shell,
+    whose "not found" and exit 127 the service's log then shows."""
+    if _SHELL_SYNTAX.intersection(command):
+        return ["/bin/sh", "-c", command]
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return ["/bin/sh", "-c", command]
+    if words and words[0] == "exec":
+        words = words[1:]
+    if not words or "=" in words[0] or shutil.which(words[0], path=env.get("PATH", os.defpath)) is None:
+        return ["/bin/sh", "-c", command]
+    return words

@@ -153,9 +153,9 @@ class Registry:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._wal()
+        self._db.execute("PRAGMA synchronous=NORMAL")
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -165,6 +165,20 @@ class Registry:
             for column, decl in _ADDED_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
+
+    def _wal(self) -> None:
+        """WAL mode, set once per file. Switching takes an exclusive lock and SQLite answers "database is locked"
+        at once (no busy handler) while another process opens the file: retried, and skipped when already set."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)  # another process holds the lock for a moment: nothing to wait on but time
 
     def close(self) -> None:
         with self._lock:

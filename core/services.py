@@ -361,8 +361,9 @@ class ServiceRunner:
         """Spawn the service; everything that must exist before the first await is set up synchronously."""
         self.code = None
         self._exited = asyncio.Event()
+        argv = procs.command_argv(self.spec.command, self.env)
         proc = procs.spawn(
-            ["/bin/sh", "-c", self.spec.command],
+            argv,
             netns_name=self.netns,
             cwd=self.cwd,
             env=self.env,
@@ -382,7 +383,6 @@ class ServiceRunner:
             os.set_blocking(fd, False)
             self._pipes[fd] = (pipe, _LineSplitter())
             loop.add_reader(fd, self._on_output, fd)
-        argv = ["/bin/sh", "-c", self.spec.command]
         await asyncio.to_thread(self._record_process, proc.pid, self._starttime, f"service:{self.name}", argv)
 
     async def _watch_readiness(self) -> bool:

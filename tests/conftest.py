@@ -99,6 +99,25 @@ class HiveEnv:
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
         firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
+        reap_adopted()
+
+
+def reap_adopted() -> None:
+    """Reap what this process adopted as a child subreaper (a Hive made in it earlier made it one): orphans of
+    the stem commands a test killed on purpose (a git a spawn ran when it was SIGKILLed). The test is over, so
+    no waiter of ours is left to want their exit status."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
 
 
 @pytest.fixture

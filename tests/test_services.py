@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -101,7 +102,7 @@ def run(hive_env, scenario: Callable[[Hive], Awaitable[None]]) -> None:
 
 WEB = """
 [services.web]
-command = "exec python3 -u -m http.server 3000"
+command = "python3 -u -m http.server 3000"
 port = 3000
 working_dir = "www"
 ready = "http:/"
@@ -125,6 +126,8 @@ def test_two_colonies_serve_port_3000_and_log_their_output(hive_env, repo):
                 assert web.state == "ready"
                 assert colony.states("web")[:2] == [("starting", None), ("ready", None)]
                 assert colony.registry_pids() == [web.pid]
+                # A plain command is exec'd as is: the service's pid is python's own, no `/bin/sh -c` above it.
+                assert Path(f"/proc/{web.pid}/comm").read_text().startswith("python")
                 body = await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/")
                 assert body == f"this is {name}\n"
                 # stdout (the banner) and stderr (access lines, including the readiness probe's GET) both land
@@ -350,3 +353,21 @@ restart = "no"
         await colony.services.stop_all()
 
     run(hive_env, scenario)
+
+
+def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_it():
+    env = {"PATH": os.defpath + ":" + os.path.dirname(sys.executable)}
+    python = Path(sys.executable).name
+    assert procs.command_argv(f"{python} -m http.server 3000", env) == [python, "-m", "http.server", "3000"]
+    assert procs.command_argv(f"exec {python} 'a b'", env) == [python, "a b"]
+    for command in (
+        "echo hi > out; exec python3 x",  # a list and a redirection
+        f"{python} x | tee log",
+        "PORT=1 node server.js",  # an assignment
+        "cd www && npm start",
+        "ls *.txt",  # a glob
+        "echo $HOME",  # an expansion
+        "no-such-program --flag",  # not found: the shell says so, exit 127
+        "echo 'unterminated",
+    ):
+        assert procs.command_argv(command, env) == ["/bin/sh", "-c", command], command
