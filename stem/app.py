@@ -124,6 +124,9 @@ class StemApp(App[int], inherit_bindings=False):
         self.errors: dict[str, list[tuple[float, str]]] = {}
         # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
         self._tracing: dict[str, FailedSpawn] = {}
+        self._rows_pending = False  # a rebuild of the colonies list is scheduled
+        self._events: asyncio.Queue[Any] | None = None  # the core's events, subscribed to on load
+        self._attaching: asyncio.Future[bool] | None = None
         self.failed_spawns: dict[str, FailedSpawn] = {}
         self.default_repo = _repo_of(cwd if cwd is not None else Path.cwd())
         self.cwd = cwd if cwd is not None else Path.cwd()
@@ -179,17 +182,24 @@ class StemApp(App[int], inherit_bindings=False):
             Content.styled(" quit", "$text-muted"),
         )
 
-    async def on_mount(self) -> None:
+    def on_load(self) -> None:
+        """Before the first screen is composed: subscribe, and start linking to the colony hosts, so that their
+        snapshots are on their way (made in the hosts, on other cores) while Textual builds the screen."""
         bind_loop = getattr(self.hive, "bind_loop", None)
         if bind_loop is not None:
             bind_loop()
+        self._events = self.hive.subscribe()
+        if self.own_hive:
+            self._attaching = asyncio.ensure_future(hive_view.attach(self.hive))
+
+    async def on_mount(self) -> None:
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
             # SIGTERM (a service manager, `kill`) is a quit: the terminal is restored and the colonies run on.
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 0)
         self._pump_events()
-        if self.own_hive:
+        if self._attaching is not None:
             try:
-                await hive_view.attach(self.hive)
+                await self._attaching
             except StemError as exc:
                 self.failure = str(exc)
                 self.own_hive = False
@@ -218,7 +228,7 @@ class StemApp(App[int], inherit_bindings=False):
 
     @work(group="events", exit_on_error=False)
     async def _pump_events(self) -> None:
-        queue = self.hive.subscribe()
+        queue = self._events if self._events is not None else self.hive.subscribe()
         try:
             while True:
                 event = await queue.get()
@@ -332,6 +342,14 @@ class StemApp(App[int], inherit_bindings=False):
             self.query_one(ColoniesList).focus()
 
     def _redraw_rows(self) -> None:
+        """Rebuild the colonies list soon: the events of one batch (ten hosts' snapshots arriving at once) share
+        one rebuild."""
+        if not self._rows_pending:
+            self._rows_pending = True
+            self.call_later(self._redraw_rows_now)
+
+    def _redraw_rows_now(self) -> None:
+        self._rows_pending = False
         rows = []
         for rec in self.records:
             services = hive_view.services_of(self.hive, rec.name)

@@ -94,9 +94,12 @@ class ColoniesList(PanelList):
         super().__init__(id=id)
         self.rows: list[ColonyRow] = []
         self.filter_text = ""
+        self._prompts: dict[tuple[ColonyRow, int], Content] = {}
 
     def set_rows(self, rows: list[ColonyRow]) -> None:
-        """Show `rows` (filtered), keeping the highlighted colony highlighted."""
+        """Show `rows` (filtered), keeping the highlighted colony highlighted. Rows as shown already are kept."""
+        if rows == self.rows and self.option_count:
+            return
         self.rows = rows
         self._rebuild()
 
@@ -110,12 +113,22 @@ class ColoniesList(PanelList):
         shown = [r for r in self.rows if self.filter_text in r.name.lower() or self.filter_text in r.branch.lower()]
         with self.app.batch_update():
             self.clear_options()
-            self.add_options([Option(_prompt(row, width), id=row.name) for row in shown])
+            self.add_options([Option(self._prompt(row, width), id=row.name) for row in shown])
             if shown:
                 names = [r.name for r in shown]
                 self.highlighted = names.index(keep) if keep in names else 0
         if self.selected != keep:
             self.post_message(ColonySelected(self.selected))
+
+    def _prompt(self, row: ColonyRow, width: int) -> Content:
+        """A row's two lines, built once per (row, width): markup is parsed only for rows that changed."""
+        key = (row, width)
+        prompt = self._prompts.get(key)
+        if prompt is None:
+            prompt = self._prompts[key] = _prompt(row, width)
+            if len(self._prompts) > 4 * max(len(self.rows), 64):
+                self._prompts = {key: prompt}
+        return prompt
 
     def on_resize(self) -> None:
         if self.rows:
