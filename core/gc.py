@@ -9,6 +9,7 @@ holds are busy and left alone.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,13 +19,16 @@ from core.locks import file_lock
 from core.names import netns_pattern, veth_pattern
 
 if TYPE_CHECKING:
-    from core.hive import GcReport, Hive
-    from core.registry import Resource
+    from core.hive import Hive
+
+
+@dataclass(slots=True)
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
 
 def collect(hive: Hive) -> GcReport:
-    from core.hive import GcReport
-
     report = GcReport()
     with file_lock(hive.layout.locks / "gc.lock"):
         _colonies(hive, report)
@@ -50,22 +54,22 @@ def _colonies(hive: Hive, report: GcReport) -> None:
                 continue
             ever_up = any(t.state in (lc.RUNNING, lc.STOPPED) for t in reg.transitions(rec.name))
             if rec.state in lc.IN_FLIGHT and not ever_up:
-                hive._end_processes(rec)
-                hive._remove_parts(rec.name, keep_unmerged=False)
+                hive.end_processes(rec)
+                hive.remove_parts(rec.name, keep_unmerged=False)
                 reg.delete_colony(rec.name)
                 report.removed.append(f"colony {rec.name}: spawn was interrupted while {rec.state}; rolled back")
             elif not Path(rec.worktree).exists():
-                hive._end_processes(rec)
-                branch, _ = hive._remove_parts(rec.name, keep_unmerged=True)
+                hive.end_processes(rec)
+                branch, _ = hive.remove_parts(rec.name, keep_unmerged=True)
                 reg.delete_colony(rec.name)
                 if branch:
                     reg.claim(f"~{rec.name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
                 report.removed.append(f"colony {rec.name}: its worktree {rec.worktree} vanished; removed the rest")
             elif rec.state in lc.IN_FLIGHT or (rec.state == lc.RUNNING and not netns.exists(rec.netns)):
                 why = f"{rec.state} was interrupted" if rec.state in lc.IN_FLIGHT else "its network namespace vanished"
-                hive._end_processes(rec)
-                hive._remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
-                hive._state(rec.name, lc.STOPPED, rec.state, why)
+                hive.end_processes(rec)
+                hive.remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+                hive.set_state(rec.name, lc.STOPPED, rec.state, why)
                 report.removed.append(f"colony {rec.name}: {why}; now stopped (stem start brings it back)")
 
 
@@ -75,7 +79,7 @@ def _orphan_resources(hive: Hive, report: GcReport) -> None:
     for res in reg.resources():
         if res.colony in names:
             continue
-        unmerged = remove_resource(hive, res, keep_unmerged=True)
+        unmerged = hive.teardown.remove_resource(res, keep_unmerged=True)
         if res.kind != "branch":
             report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
             continue
@@ -84,33 +88,6 @@ def _orphan_resources(hive: Hive, report: GcReport) -> None:
             report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
         else:
             report.removed.append(f"branch {branch} in {repo} (merged)")
-
-
-def remove_resource(hive: Hive, res: Resource, keep_unmerged: bool) -> int:
-    """Remove the object behind a registry claim and release the claim; each object may already be gone.
-
-    A branch with commits no other branch or tag has is kept when `keep_unmerged`: returns how many, and the
-    claim stays so a later gc can delete the branch once it is merged. Otherwise returns 0.
-    """
-    if res.kind == "netns":
-        procs.terminate([], netns.pids_in(res.ident), grace=hive.stop_grace)
-        netns.destroy(res.ident, "")
-    elif res.kind == "veth":
-        netns.delete_link(res.ident)
-    elif res.kind == "worktree":
-        remove_worktree(hive, Path(res.ident), Path(res.extra))
-    elif res.kind == "dir":
-        shutil.rmtree(res.ident, ignore_errors=True)
-    elif res.kind == "branch":
-        repo_text, branch = res.ident.split("#", 1)
-        repo = Path(repo_text)
-        if repo.exists() and worktree.branch_exists(repo, branch):
-            unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
-            if unmerged:
-                return unmerged
-            worktree.delete_branch(repo, branch, hive.layout.locks)
-    hive.registry.release(res.kind, res.ident)
-    return 0
 
 
 def _orphan_processes(hive: Hive, report: GcReport) -> None:
@@ -170,17 +147,9 @@ def _disk(hive: Hive, report: GcReport) -> None:
     reg = hive.registry
     for path in sorted(hive.layout.worktrees.iterdir()):
         if not reg.owns("worktree", str(path)):
-            remove_worktree(hive, path, worktree.repo_of_worktree(path))
+            hive.teardown.remove_worktree(path, worktree.repo_of_worktree(path))
             report.removed.append(f"worktree {path} (not in the registry)")
     for path in sorted(hive.layout.colonies.iterdir()):
         if not reg.owns("dir", str(path)):
             shutil.rmtree(path, ignore_errors=True)
             report.removed.append(f"colony folder {path} (not in the registry)")
-
-
-def remove_worktree(hive: Hive, path: Path, repo: Path | None) -> None:
-    """Through git when the repository is still there (so it forgets the worktree), else from the disk."""
-    if repo is not None and (repo / ".git").exists():
-        worktree.remove(repo, path, hive.layout.locks)
-    else:
-        shutil.rmtree(path, ignore_errors=True)

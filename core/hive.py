@@ -17,9 +17,9 @@ import sqlite3
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from core import dns, firewall, netns, procs, worktree
 from core import lifecycle as lc
@@ -44,10 +44,12 @@ from core.locations import HiveLayout, stem_home
 from core.locks import FileLock
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
 from core.privileges import become_subreaper, require_netns_privileges
-from core.registry import ColonyRecord, Registry
+from core.provision import Teardown
+from core.registry import ColonyRecord, Registry, Transition
 from core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from core.gc import GcReport
     from core.host.client import HostLink, RemoteAgent, ServiceView
 
 T = TypeVar("T")
@@ -98,12 +100,6 @@ class DestroyReport:
     name: str
     kept_branch: str | None = None
     unmerged: int = 0
-
-
-@dataclass(slots=True)
-class GcReport:
-    removed: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
 
 
 class Hive:
@@ -196,6 +192,41 @@ class Hive:
     def config_for(self, rec: ColonyRecord) -> ColonyConfig:
         return load_colony_config(Path(rec.worktree))
 
+    @property
+    def home(self) -> Path:
+        return self.layout.home
+
+    def transitions(self, name: str) -> list[Transition]:
+        """The colony's lifecycle history, oldest first (empty for an unknown colony)."""
+        return self.registry.transitions(name)
+
+    def runtime_states(self, name: str) -> list[tuple[str, str, str, str]]:
+        """(kind, name, state, detail) of the colony's services and agent, as its host last wrote them."""
+        return self.registry.runtime(name)
+
+    def host_socket(self, name: str) -> Path:
+        """Where the colony's host answers (`stem attach` connects there)."""
+        return self.host_paths(name).socket
+
+    def log_path(self, name: str) -> Path:
+        """The colony's on-disk log (`stem logs -f` follows it)."""
+        return self.layout.colony_log(name)
+
+    def pending_work(self, rec: ColonyRecord) -> tuple[list[str], int]:
+        """What destroying the colony would lose: its uncommitted files, and its commits merged nowhere."""
+        dirty = worktree.dirty_files(Path(rec.worktree)) if Path(rec.worktree).exists() else []
+        unmerged = worktree.unmerged_commits(Path(rec.repo), rec.branch) if Path(rec.repo).exists() else 0
+        return dirty, unmerged
+
+    @staticmethod
+    def check_source(repo: Path, base: str | None) -> Path:
+        """The repository root of `repo` (and `base` resolves in it, when given); StemError naming what is wrong
+        otherwise."""
+        root = worktree.repo_root(repo.expanduser().absolute())
+        if base is not None:
+            worktree.resolve_ref(root, base)
+        return root
+
     # plumbing ---------------------------------------------------------------------------------------------
 
     async def _call(self, name: str, fn: Callable[[], T]) -> T:
@@ -224,7 +255,8 @@ class Hive:
         finally:
             lock.release()
 
-    def _state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+    def set_state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+        """Record the colony's lifecycle state and tell every subscriber."""
         self.registry.set_state(name, state, stage, reason)
         self._emit(StateChanged(name, state, stage, reason))
 
@@ -244,7 +276,7 @@ class Hive:
         reason = describe(exc)
         await asyncio.to_thread(self.registry.add_event, name, "actor-crash", reason)
         if exhausted and await asyncio.to_thread(self.registry.find, name) is not None:
-            await asyncio.to_thread(self._state, name, lc.FAILED, "actor", f"too many actor restarts: {reason}")
+            await asyncio.to_thread(self.set_state, name, lc.FAILED, "actor", f"too many actor restarts: {reason}")
             self._publish(Notice(name, "error", f"{name}: actor keeps crashing, marked failed ({reason})"))
         else:
             self._publish(Notice(name, "warning", f"{name}: actor restarted after {reason}"))
@@ -303,7 +335,7 @@ class Hive:
                     raise StepFailed(
                         f"spawn {name} failed while starting: {cause} (everything made was removed)"
                     ) from exc
-                await asyncio.to_thread(self._state, name, lc.RUNNING)
+                await asyncio.to_thread(self.set_state, name, lc.RUNNING)
                 return await asyncio.to_thread(self.registry.get, name)
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
@@ -357,7 +389,7 @@ class Hive:
         _checkpoint("reserved")
         stage = lc.PROVISIONING
         try:
-            self._state(name, lc.PROVISIONING)
+            self.set_state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
             # The checkout (a git process) and the network (netlink, and pyroute2's import, in this process) do
             # not depend on each other: made at the same time, a spawn waits for the longer one, not the sum.
@@ -369,10 +401,10 @@ class Hive:
             checkout.reraise()
             self._run_commands(rec, config, "setup", config.setup)
             stage = lc.BUILDING
-            self._state(name, lc.BUILDING)
+            self.set_state(name, lc.BUILDING)
             self._run_commands(rec, config, "build", config.build)
             stage = lc.STARTING
-            self._state(name, lc.STARTING)
+            self.set_state(name, lc.STARTING)
             _checkpoint("starting")
         except BaseException as exc:
             self._rollback(rec)
@@ -556,31 +588,28 @@ class Hive:
 
     def _rollback(self, rec: ColonyRecord) -> None:
         """Undo a spawn that failed: everything the colony claimed, then its row."""
-        self._end_processes(rec)
-        self._remove_parts(rec.name, keep_unmerged=False)
+        self.end_processes(rec)
+        self.remove_parts(rec.name, keep_unmerged=False)
         self.registry.delete_colony(rec.name)
         self._logs.pop(rec.name, None)
         self._emit(ColonyRemoved(rec.name))
 
     # parts ------------------------------------------------------------------------------------------------
 
-    def _remove_parts(
+    @property
+    def teardown(self) -> Teardown:
+        """Ending a colony's processes and removing its parts (shared with gc)."""
+        return Teardown(self.registry, self.layout, self.stop_grace)
+
+    def remove_parts(
         self, name: str, keep_unmerged: bool, only: tuple[str, ...] | None = None
     ) -> tuple[str | None, int]:
-        """Remove what `name` owns per the registry, newest first. Returns a kept branch and its commit count."""
-        from core.gc import remove_resource
-
-        kept: tuple[str | None, int] = (None, 0)
-        network_gone = False
-        for res in reversed(self.registry.resources(name)):
-            if only is None or res.kind in only:
-                unmerged = remove_resource(self, res, keep_unmerged)
-                network_gone |= res.kind == "veth"
-                if unmerged:
-                    kept = (res.ident.split("#", 1)[1], unmerged)
+        """Remove what `name` owns per the registry, newest first; the firewall table follows when its network
+        went. Returns a kept branch and its unmerged commit count."""
+        branch, unmerged, network_gone = self.teardown.remove_parts(name, keep_unmerged, only)
         if network_gone:
             self._sync_firewall_quietly(name)
-        return kept
+        return branch, unmerged
 
     def _sync_firewall_quietly(self, name: str) -> None:
         """After a colony's network went: its rules go too; a failure is reported, never stops the removal."""
@@ -589,15 +618,9 @@ class Hive:
         except StemError as exc:
             self._emit(Notice(name, "warning", f"firewall table {self.prefix}: {exc}"))
 
-    def _end_processes(self, rec: ColonyRecord) -> list[int]:
+    def end_processes(self, rec: ColonyRecord) -> list[int]:
         """End every process of the colony: recorded groups, then anything else inside its namespace."""
-        records = self.registry.processes(rec.name)
-        groups = [p.pid for p in records if procs.alive(p.pid, p.starttime)]
-        stray = netns.pids_in(rec.netns)
-        killed = procs.terminate(groups, stray, grace=self.stop_grace)
-        for p in records:
-            self.registry.remove_process(p.pid, p.starttime)
-        return killed
+        return self.teardown.end_processes(rec)
 
     # stop / start / destroy -------------------------------------------------------------------------------
 
@@ -610,7 +633,7 @@ class Hive:
                 rec = await asyncio.to_thread(self.registry.get, name)
                 if rec.state == lc.STOPPED:
                     return rec
-                await asyncio.to_thread(self._state, name, lc.STOPPING)
+                await asyncio.to_thread(self.set_state, name, lc.STOPPING)
                 await self._stop_runtime(name)
                 return await asyncio.to_thread(self._stop, name)
 
@@ -620,9 +643,9 @@ class Hive:
     def _stop(self, name: str) -> ColonyRecord:
         rec = self.registry.get(name)
         _checkpoint("stopping")
-        self._end_processes(rec)
-        self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
-        self._state(name, lc.STOPPED)
+        self.end_processes(rec)
+        self.remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+        self.set_state(name, lc.STOPPED)
         self._retire_forker()
         return self.registry.get(name)
 
@@ -653,16 +676,16 @@ class Hive:
                     reason = str(exc) if isinstance(exc, StemError) else describe(exc)
                     await asyncio.to_thread(self._fail_start, rec, lc.STARTING, reason)
                     raise StepFailed(f"start {name} failed while starting: {reason}") from exc
-                await asyncio.to_thread(self._state, name, lc.RUNNING)
+                await asyncio.to_thread(self.set_state, name, lc.RUNNING)
                 return await asyncio.to_thread(self.registry.get, name)
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
         return result
 
     def _fail_start(self, rec: ColonyRecord, stage: str, reason: str) -> None:
-        self._end_processes(rec)
-        self._remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
-        self._state(rec.name, lc.FAILED, stage, reason)
+        self.end_processes(rec)
+        self.remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+        self.set_state(rec.name, lc.FAILED, stage, reason)
 
     def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)
@@ -674,16 +697,16 @@ class Hive:
             raise WrongState(f"{name}'s worktree {rec.worktree} is gone: destroy the colony (or run `stem gc`)")
         stage = lc.PROVISIONING
         try:
-            self._state(name, lc.PROVISIONING)
-            self._end_processes(rec)
-            self._remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+            self.set_state(name, lc.PROVISIONING)
+            self.end_processes(rec)
+            self.remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
             config = self.config_for(rec)
             self._make_network(rec, config)
             stage = lc.BUILDING
-            self._state(name, lc.BUILDING)
+            self.set_state(name, lc.BUILDING)
             self._run_commands(rec, config, "build", config.build)
             stage = lc.STARTING
-            self._state(name, lc.STARTING)
+            self.set_state(name, lc.STARTING)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StemError) else describe(exc)
             self._fail_start(rec, stage, reason)
@@ -718,9 +741,9 @@ class Hive:
 
     def _destroy(self, name: str) -> DestroyReport:
         rec = self.registry.get(name)
-        self._state(name, lc.STOPPING)
-        self._end_processes(rec)
-        branch, unmerged = self._remove_parts(name, keep_unmerged=True)
+        self.set_state(name, lc.STOPPING)
+        self.end_processes(rec)
+        branch, unmerged = self.remove_parts(name, keep_unmerged=True)
         self.registry.delete_colony(name)
         if branch:
             # Keep the branch's resource row without its colony: gc deletes the branch once it is merged.
@@ -739,9 +762,9 @@ class Hive:
         *,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
+        stdin: int | IO[bytes] | None = None,
+        stdout: int | IO[bytes] | None = None,
+        stderr: int | IO[bytes] | None = None,
     ) -> ColonyProcess:
         """Start `argv` inside a running colony and record it, so a stop from any shell ends it."""
         self.bind_loop()
@@ -952,7 +975,7 @@ class Hive:
                 try:
                     config = await asyncio.to_thread(self.config_for, rec)
                     for attempt in range(REVIVE_ATTEMPTS):
-                        await asyncio.to_thread(self._end_processes, rec)
+                        await asyncio.to_thread(self.end_processes, rec)
                         try:
                             await self._start_runtime(rec, config)
                             break
@@ -1066,4 +1089,11 @@ class Hive:
         self.registry.close()
 
 
-__all__ = ["DEFAULT_POOL", "DestroyReport", "GcReport", "Hive", "NoSuchColony"]
+__all__ = ["DEFAULT_POOL", "DestroyReport", "Hive", "NoSuchColony"]
+
+
+if TYPE_CHECKING:
+    from core.api import HiveAPI
+
+    def _implements(hive: Hive) -> HiveAPI:
+        return hive  # mypy checks that the Hive is everything the UI and the CLI may ask of it

@@ -29,11 +29,14 @@ from textual.widgets import Static, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from core import lifecycle as lc
+from core.api import HiveAPI
 from core.errors import StemError
 from core.events import (
     AgentActivity,
     ChangesUpdated,
     ColonyRemoved,
+    Event,
+    FileChange,
     HiveChanged,
     LogLine,
     LogsLoaded,
@@ -43,10 +46,8 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
-from core.registry import Transition
+from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
-from core.worktree import dirty_files, repo_root, unmerged_commits
-from stem import hive_view
 from stem.commands import StemCommands, ThemeCommands
 from stem.hive_view import Clock, FailedSpawn
 from stem.keys import bind, keymap
@@ -97,7 +98,7 @@ class StemApp(App[int], inherit_bindings=False):
 
     def __init__(
         self,
-        hive: Any,
+        hive: HiveAPI,
         settings: Settings | None = None,
         *,
         themes: dict[str, Theme] | None = None,
@@ -116,17 +117,17 @@ class StemApp(App[int], inherit_bindings=False):
         self._spawn_form: SpawnForm | None = None  # open, or dismissed with a request the app has not taken yet
         self.close_hive = close_hive
         self.failure: str | None = None  # a one-line reason the app could not run (exit code 2)
-        self.records: list[Any] = []
+        self.records: list[ColonyRecord] = []
         self.selected: str | None = None
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
-        self.changes: dict[str, tuple[Any, ...]] = {}
+        self.changes: dict[str, tuple[FileChange, ...]] = {}
         self.errors: dict[str, list[tuple[float, str]]] = {}
         # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
         self._tracing: dict[str, FailedSpawn] = {}
         self._rows_pending = False  # a rebuild of the colonies list is scheduled
-        self._events: asyncio.Queue[Any] | None = None  # the core's events, subscribed to on load
-        self._attaching: asyncio.Future[bool] | None = None
+        self._events: asyncio.Queue[Event] | None = None  # the core's events, subscribed to on load
+        self._attaching: asyncio.Future[None] | None = None
         self.failed_spawns: dict[str, FailedSpawn] = {}
         self.default_repo = _repo_of(cwd if cwd is not None else Path.cwd())
         self.cwd = cwd if cwd is not None else Path.cwd()
@@ -185,12 +186,10 @@ class StemApp(App[int], inherit_bindings=False):
     def on_load(self) -> None:
         """Before the first screen is composed: subscribe, and start linking to the colony hosts, so that their
         snapshots are on their way (made in the hosts, on other cores) while Textual builds the screen."""
-        bind_loop = getattr(self.hive, "bind_loop", None)
-        if bind_loop is not None:
-            bind_loop()
+        self.hive.bind_loop()
         self._events = self.hive.subscribe()
         if self.own_hive:
-            self._attaching = asyncio.ensure_future(hive_view.attach(self.hive))
+            self._attaching = asyncio.ensure_future(self.hive.attach())
 
     async def on_mount(self) -> None:
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
@@ -237,11 +236,9 @@ class StemApp(App[int], inherit_bindings=False):
                 except Exception as exc:  # one bad event must not stop the stream
                     self.notify(f"could not show an update: {exc!r}", severity="error")
         finally:
-            unsubscribe = getattr(self.hive, "unsubscribe", None)
-            if unsubscribe is not None:
-                unsubscribe(queue)
+            self.hive.unsubscribe(queue)
 
-    def on_core_event(self, event: Any) -> None:
+    def on_core_event(self, event: Event) -> None:
         """Route one core event to the panels that show it."""
         if isinstance(event, ScreenChanged):
             terminal = self.query_one(TerminalView)
@@ -352,7 +349,7 @@ class StemApp(App[int], inherit_bindings=False):
         self._rows_pending = False
         rows = []
         for rec in self.records:
-            services = hive_view.services_of(self.hive, rec.name)
+            services = self.hive.services(rec.name)
             states = [str(getattr(r, "state", "")) for r in services.values()]
             rows.append(
                 ColonyRow(
@@ -385,7 +382,7 @@ class StemApp(App[int], inherit_bindings=False):
         names = {r.name for r in self.records}
         return [f for f in self.failed_spawns.values() if f.name not in names]
 
-    def selected_record(self) -> Any | None:
+    def selected_record(self) -> ColonyRecord | None:
         return next((r for r in self.records if r.name == self.selected), None)
 
     def selected_failure(self) -> FailedSpawn | None:
@@ -436,7 +433,7 @@ class StemApp(App[int], inherit_bindings=False):
     async def _load_logs(self, name: str) -> None:
         """The colony's log into the Logs tab: from its host, or from the disk off the loop."""
         try:
-            entries = await hive_view.log_entries(self.hive, name)
+            entries = await self.hive.log_entries(name)
         except StemError:
             entries = []
         if name == self.selected:
@@ -444,7 +441,7 @@ class StemApp(App[int], inherit_bindings=False):
 
     def _show_services(self) -> None:
         name = self.selected
-        services = hive_view.services_of(self.hive, name) if name else {}
+        services = self.hive.services(name) if name else {}
         note = "no colony selected" if name is None else "no services in colony.toml"
         rec = self.selected_record()
         if rec is not None and rec.state != lc.RUNNING:
@@ -466,7 +463,10 @@ class StemApp(App[int], inherit_bindings=False):
 
     @work(group="changes", exclusive=True, exit_on_error=False)
     async def _load_changes(self, name: str) -> None:
-        files = await hive_view.changes_of(self.hive, name)
+        try:
+            files: tuple[FileChange, ...] | None = await self.hive.changes(name)
+        except StemError:
+            files = None
         if files is not None and name not in self.changes:
             # A ChangesUpdated event that arrived meanwhile is newer than this answer.
             self.changes[name] = files
@@ -478,7 +478,7 @@ class StemApp(App[int], inherit_bindings=False):
         terminal = self.query_one(TerminalView)
         if terminal.awaiting is not None and name != terminal.awaiting:
             return  # keep the terminal that waits for a spawning colony's agent where the user types
-        session = hive_view.agent_of(self.hive, name) if name else None
+        session = self.hive.agent(name) if name else None
         terminal.show(name if session else None, session)
         terminal.display = session is not None
         note = self.query_one("#no-agent", Static)
@@ -522,8 +522,8 @@ class StemApp(App[int], inherit_bindings=False):
         if failed is not None:
             self.query_one(InfoView).show_failed(failed, self.errors.get(failed.name, []))
             return
-        transitions = await asyncio.to_thread(hive_view.transitions_of, self.hive, name) if name else []
-        services = hive_view.services_of(self.hive, name) if name else {}
+        transitions = await asyncio.to_thread(self.hive.transitions, name) if name else []
+        services = self.hive.services(name) if name else {}
         self.query_one(InfoView).show(rec, transitions, services, self.errors.get(name or "", []))
 
     @on(FileSelected)
@@ -549,8 +549,8 @@ class StemApp(App[int], inherit_bindings=False):
         self._diff_worker(rec, self.selected_file)
 
     @work(group="diff", exclusive=True, exit_on_error=False)
-    async def _diff_worker(self, rec: Any, path: str | None) -> None:
-        text = await hive_view.diff_of(self.hive, rec, path)
+    async def _diff_worker(self, rec: ColonyRecord, path: str | None) -> None:
+        text = await self.hive.diff(rec.name, path)
         title = f"{rec.name}: {path}" if path else f"{rec.name}: every change against {rec.base_ref}"
         self.query_one("#diff-title", Static).update(Content.styled(title, "bold"))
         self.query_one(DiffView).show(title, text)
@@ -716,7 +716,7 @@ class StemApp(App[int], inherit_bindings=False):
             return
 
         async def restart() -> None:
-            await hive_view.restart_service(self.hive, name, service)
+            await self.hive.restart_service(name, service)
             self.notify(f"{name}: restarted {service}")
 
         self._colony_work(name, restart(), f"restart {name}/{service}")
@@ -736,15 +736,14 @@ class StemApp(App[int], inherit_bindings=False):
         self._prepare_destroy(rec)
 
     @work(thread=True, group="destroy-check", exclusive=True, exit_on_error=False)
-    def _prepare_destroy(self, rec: Any) -> None:
-        dirty = dirty_files(Path(rec.worktree))
+    def _prepare_destroy(self, rec: ColonyRecord) -> None:
         try:
-            unmerged = unmerged_commits(Path(rec.repo), rec.branch)
+            dirty, unmerged = self.hive.pending_work(rec)
         except StemError:
-            unmerged = 0
+            dirty, unmerged = [], 0
         self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged)
 
-    def _confirm_destroy(self, rec: Any, dirty: list[str], unmerged: int) -> None:
+    def _confirm_destroy(self, rec: ColonyRecord, dirty: list[str], unmerged: int) -> None:
         lines: list[Content] = [
             Content.assemble("This removes ", Content.styled(rec.name, "bold"), ":"),
             Content("  • its agent, services and every process inside it"),
@@ -877,7 +876,7 @@ class StemApp(App[int], inherit_bindings=False):
 
     async def _release_hive(self) -> None:
         if self.own_hive:
-            await hive_view.detach(self.hive)
+            await self.hive.detach()
 
     async def action_stop_all(self) -> None:
         """Stop every running colony (asks first): their agents and services end; worktrees and data stay."""
@@ -947,19 +946,21 @@ class StemApp(App[int], inherit_bindings=False):
 
 
 def _repo_of(path: Path) -> Path | None:
+    from core.hive import Hive
+
     try:
-        return repo_root(path)
+        return Hive.check_source(path, None)
     except (StemError, OSError):
         return None
 
 
-def _default_hive(settings: Settings) -> Any:
+def _default_hive(settings: Settings) -> HiveAPI:
     from core.hive import Hive
 
     return Hive.from_environment(settings)
 
 
-def run(hive_factory: Callable[[Settings], Any] | None = None, *, headless: bool = False) -> int:
+def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: bool = False) -> int:
     """Run the app until the user quits; the exit code. A bad config or theme, or a hive another process owns,
     is one line on stderr and exit code 2. `hive_factory(settings)` makes the hive (default: from the
     environment, as the CLI does); `headless` runs without a terminal (tests)."""

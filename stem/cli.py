@@ -11,10 +11,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn
 
 from core.egress import EgressInForce
 from core.errors import StemError
+
+if TYPE_CHECKING:
+    from core.api import HiveAPI
+    from core.events import Event
 
 EXIT_USAGE = 2
 
@@ -22,7 +26,7 @@ EXIT_USAGE = 2
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the command, like every other Stem error."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hive() -> Any:
+def _hive() -> HiveAPI:
     from core.hive import Hive
 
     return Hive.from_environment()
@@ -124,13 +128,13 @@ def _age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-async def cmd_spawn(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:
     rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
     print(f"{rec.name}  {rec.state}  {rec.ip}  {rec.branch}  {rec.worktree}")
     return 0
 
 
-async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
     await hive.revive_dead_hosts()  # a host that died (kill -9) is noticed by the next stem command
     rows = hive.colonies()
     now = time.time()
@@ -138,7 +142,7 @@ async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
 
     def runtime(name: str) -> tuple[dict[str, str], str]:
         services, agent = {}, ""
-        for kind, key, state, _detail in hive.registry.runtime(name):
+        for kind, key, state, _detail in hive.runtime_states(name):
             if kind == "service":
                 services[key] = state
             else:
@@ -190,7 +194,7 @@ async def cmd_ls(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_exec(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise StemError("stem exec: no command given (stem exec NAME -- COMMAND ...)")
@@ -213,10 +217,9 @@ async def cmd_exec(hive: Any, args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
-async def cmd_attach(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_attach(hive: HiveAPI, args: argparse.Namespace) -> int:
     from core import lifecycle as lc
     from core.errors import WrongState
-    from core.host.paths import HostPaths
     from stem.attach import RELEASE_BINDING, attach, release_key
 
     rec = hive.get(args.name)
@@ -227,7 +230,7 @@ async def cmd_attach(hive: Any, args: argparse.Namespace) -> int:
         raise WrongState(f"{rec.name} is {rec.state}, not running: {hint}")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise StemError("stem attach needs a terminal")
-    socket = HostPaths(hive.layout.colony_dir(rec.name)).socket
+    socket = hive.host_socket(rec.name)
     if not socket.exists():
         raise StemError(f"{rec.name} has no running host: stem start {rec.name}")
     key, warning = release_key(hive.settings.keys.get(RELEASE_BINDING))
@@ -236,7 +239,7 @@ async def cmd_attach(hive: Any, args: argparse.Namespace) -> int:
     return await attach(socket, rec.name, key, sys.stdin.fileno(), sys.stdout.fileno())
 
 
-async def cmd_stop(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_stop(hive: HiveAPI, args: argparse.Namespace) -> int:
     # Each colony has its own actor and lock: stopping several at once takes about as long as stopping one.
     results = await asyncio.gather(*(hive.stop(name) for name in args.names), return_exceptions=True)
     for result in results:
@@ -246,14 +249,14 @@ async def cmd_stop(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_start(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_start(hive: HiveAPI, args: argparse.Namespace) -> int:
     for name in args.names:
         rec = await hive.start(name)
         print(f"{rec.name}  {rec.state}  {rec.ip}")
     return 0
 
 
-async def cmd_destroy(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
     for name in args.names:
         report = await hive.destroy(name, force=args.force)
         print(f"destroyed {report.name}")
@@ -265,13 +268,13 @@ async def cmd_destroy(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_logs(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     from core.colony_log import follow_file, parse_line, read_tail
 
     rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
     if args.follow and rec.state == "running" and not hive.host_running(rec.name):
         await hive.revive(rec.name)  # following a colony whose host died: bring it back first
-    path = hive.layout.colony_log(args.name)
+    path = hive.log_path(args.name)
 
     def wanted(line: str) -> bool:
         return args.service is None or parse_line(line)[1] in (args.service, f"{args.service}!")
@@ -286,7 +289,7 @@ async def cmd_logs(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
     from core.events import AgentActivity, ColonyRemoved, LogLine, Notice, ServiceState, StateChanged
 
     events = hive.subscribe()
@@ -296,12 +299,12 @@ async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"stem serve: watching {hive.layout.home} with {len(hive.colonies())} colonies "
+        f"stem serve: watching {hive.home} with {len(hive.colonies())} colonies "
         "(Ctrl-C detaches; colonies keep running)",
         flush=True,
     )
 
-    def show(event: Any) -> str | None:
+    def show(event: Event) -> str | None:
         stamp = time.strftime("%H:%M:%S")
         if isinstance(event, StateChanged):
             extra = f" ({event.stage}: {event.reason})" if event.reason else ""
@@ -338,7 +341,7 @@ async def cmd_serve(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_gc(hive: Any, args: argparse.Namespace) -> int:
+async def cmd_gc(hive: HiveAPI, args: argparse.Namespace) -> int:
     report = await hive.gc()
     for line in report.removed:
         print(f"removed {line}")
@@ -349,7 +352,7 @@ async def cmd_gc(hive: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
     "spawn": cmd_spawn,
     "ls": cmd_ls,
     "exec": cmd_exec,

@@ -70,7 +70,22 @@ def load_theme(path: Path) -> Theme:
     variables = data.get("variables", {})
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         raise ConfigError(f"{path}: [variables]: every value must be a string")
-    return Theme(name=name.strip(), dark=dark, variables=dict(variables), **colours)
+    return Theme(
+        name=name.strip(),
+        primary=colours["primary"],
+        secondary=colours["secondary"],
+        accent=colours["accent"],
+        warning=colours["warning"],
+        error=colours["error"],
+        success=colours["success"],
+        foreground=colours["foreground"],
+        background=colours["background"],
+        surface=colours["surface"],
+        panel=colours.get("panel"),
+        boost=colours.get("boost"),
+        dark=dark,
+        variables=dict(variables),
+    )
 
 
 def load_themes(dirs: list[Path]) -> dict[str, Theme]:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
 from core.egress import EgressInForce
-from stem.hive_view import Clock
+from stem.hive_view import Clock, FailedSpawn
 from stem.keys import bind
+
+if TYPE_CHECKING:
+    from core.host.client import ServiceView
+    from core.registry import ColonyRecord, Transition
 
 __all__ = ["InfoView"]
 
@@ -39,9 +43,9 @@ class InfoView(VerticalScroll, can_focus=True):
 
     def show(
         self,
-        rec: Any | None,
-        transitions: Iterable[Any] = (),
-        services: Mapping[str, Any] | None = None,
+        rec: ColonyRecord | None,
+        transitions: Iterable[Transition] = (),
+        services: Mapping[str, ServiceView] | None = None,
         errors: Iterable[tuple[float, str]] = (),
     ) -> None:
         if rec is None:
@@ -73,7 +77,7 @@ class InfoView(VerticalScroll, can_focus=True):
         parts += self._errors(errors)
         self.body.update(Content("\n").join(parts))
 
-    def show_failed(self, failed: Any, errors: Iterable[tuple[float, str]] = ()) -> None:
+    def show_failed(self, failed: FailedSpawn, errors: Iterable[tuple[float, str]] = ()) -> None:
         """A spawn that failed and was rolled back: what was asked, where it failed, and why."""
         rows: list[tuple[str, str]] = [
             ("state", f"failed while {failed.stage}; everything made was removed"),
@@ -98,7 +102,7 @@ class InfoView(VerticalScroll, can_focus=True):
         parts += self._errors(errors)
         self.body.update(Content("\n").join(parts))
 
-    def _timeline(self, transitions: Iterable[Any]) -> list[Content]:
+    def _timeline(self, transitions: Iterable[Transition]) -> list[Content]:
         parts = [Content(""), Content.styled("Timeline", "bold")]
         listed = list(transitions)
         for t in listed:

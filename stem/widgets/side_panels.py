@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.content import Content
@@ -12,6 +12,10 @@ from textual.widgets.option_list import Option
 
 from stem.keys import bind
 from stem.messages import FileSelected
+
+if TYPE_CHECKING:
+    from core.events import FileChange
+    from core.host.client import ServiceView
 
 __all__ = ["ChangesList", "PanelList", "ServicesList"]
 
@@ -60,7 +64,7 @@ class ServicesList(PanelList):
     def on_mount(self) -> None:
         self.border_title = "[2] Services"
 
-    def show(self, services: Mapping[str, Any], note: str | None = None) -> None:
+    def show(self, services: Mapping[str, ServiceView], note: str | None = None) -> None:
         """`services`: core.host.client.ServiceView (name, state, port, restarts) by name."""
         options: list[Option] = []
         for name, runner in services.items():
@@ -93,7 +97,7 @@ class ChangesList(PanelList):
         option_id = super().selected
         return None if option_id == "*" else option_id
 
-    def show(self, files: Iterable[Any] | None, note: str | None = None) -> None:
+    def show(self, files: Iterable[FileChange] | None, note: str | None = None) -> None:
         """`files`: FileChange-like (path, status, added, removed); None when the core does not watch."""
         options: list[Option] = []
         listed = list(files or ())

@@ -18,9 +18,9 @@ from textual.widgets import Button, Input, Label, Static
 from textual.worker import get_current_worker
 
 from core.errors import StemError
+from core.hive import Hive
 from core.names import check_name
 from core.settings import Settings, resolve_agent
-from core.worktree import repo_root, resolve_ref
 from stem.keys import bind
 
 __all__ = ["NAME_POOL", "SpawnForm", "SpawnRequest", "suggest_name", "validate"]
@@ -72,13 +72,13 @@ def validate(
         errors["repo"] = "repository is empty: give the path of a git repository"
     else:
         try:
-            root = repo_root(Path(repo.strip()).expanduser().absolute())
+            root = Hive.check_source(Path(repo.strip()), None)
         except StemError as exc:
             errors["repo"] = str(exc)
     base = base.strip() or "HEAD"
     if root is not None:
         try:
-            resolve_ref(root, base)
+            Hive.check_source(root, base)
         except StemError as exc:
             errors["base"] = str(exc)
     agent_spec = agent.strip() or None

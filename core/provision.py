@@ -1,0 +1,80 @@
+"""Taking a colony apart: ending its processes and removing what the registry says it owns.
+
+Shared by the Hive (stop, destroy, a rolled-back spawn) and gc (what a crash left behind), so neither reaches into
+the other: gc never calls a private Hive method, and this module imports neither of them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import netns, procs, worktree
+from core.locations import HiveLayout
+from core.registry import ColonyRecord, Registry, Resource
+
+
+@dataclass(frozen=True, slots=True)
+class Teardown:
+    registry: Registry
+    layout: HiveLayout
+    stop_grace: float
+
+    def end_processes(self, rec: ColonyRecord) -> list[int]:
+        """End every process of the colony: recorded groups, then anything else inside its namespace."""
+        records = self.registry.processes(rec.name)
+        groups = [p.pid for p in records if procs.alive(p.pid, p.starttime)]
+        stray = netns.pids_in(rec.netns)
+        killed = procs.terminate(groups, stray, grace=self.stop_grace)
+        for p in records:
+            self.registry.remove_process(p.pid, p.starttime)
+        return killed
+
+    def remove_parts(
+        self, name: str, keep_unmerged: bool, only: tuple[str, ...] | None = None
+    ) -> tuple[str | None, int, bool]:
+        """Remove what `name` owns per the registry, newest first. Returns a kept branch, its unmerged commit
+        count, and whether the colony's network went (the hive's firewall table then needs a rebuild)."""
+        kept: tuple[str | None, int] = (None, 0)
+        network_gone = False
+        for res in reversed(self.registry.resources(name)):
+            if only is None or res.kind in only:
+                unmerged = self.remove_resource(res, keep_unmerged)
+                network_gone |= res.kind == "veth"
+                if unmerged:
+                    kept = (res.ident.split("#", 1)[1], unmerged)
+        return kept[0], kept[1], network_gone
+
+    def remove_resource(self, res: Resource, keep_unmerged: bool) -> int:
+        """Remove the object behind a registry claim and release the claim; each object may already be gone.
+
+        A branch with commits no other branch or tag has is kept when `keep_unmerged`: returns how many, and the
+        claim stays so a later gc can delete the branch once it is merged. Otherwise returns 0.
+        """
+        if res.kind == "netns":
+            procs.terminate([], netns.pids_in(res.ident), grace=self.stop_grace)
+            netns.destroy(res.ident, "")
+        elif res.kind == "veth":
+            netns.delete_link(res.ident)
+        elif res.kind == "worktree":
+            self.remove_worktree(Path(res.ident), Path(res.extra))
+        elif res.kind == "dir":
+            shutil.rmtree(res.ident, ignore_errors=True)
+        elif res.kind == "branch":
+            repo_text, branch = res.ident.split("#", 1)
+            repo = Path(repo_text)
+            if repo.exists() and worktree.branch_exists(repo, branch):
+                unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
+                if unmerged:
+                    return unmerged
+                worktree.delete_branch(repo, branch, self.layout.locks)
+        self.registry.release(res.kind, res.ident)
+        return 0
+
+    def remove_worktree(self, path: Path, repo: Path | None) -> None:
+        """Through git when the repository is still there (so it forgets the worktree), else from the disk."""
+        if repo is not None and (repo / ".git").exists():
+            worktree.remove(repo, path, self.layout.locks)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
