@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -153,10 +154,12 @@ def reap_orphans() -> list[int]:
 
 
 def terminate(groups: Iterable[int], pids: Iterable[int] = (), grace: float = 5.0) -> list[int]:
-    """SIGTERM the process groups and pids, wait up to `grace`, SIGKILL what is left. Returns what was killed."""
+    """SIGTERM the process groups and pids, wait up to `grace`, SIGKILL what is left. Returns what was killed.
+
+    The wait is on the processes' pidfds, not a polling loop: it ends the moment the last one exits."""
     groups, pids = set(groups), set(pids)
 
-    def remaining() -> set[int]:
+    def members() -> set[int]:
         left = {p for p in pids if alive(p)}
         for g in groups:
             left.update(group_members(g))
@@ -175,22 +178,48 @@ def terminate(groups: Iterable[int], pids: Iterable[int] = (), grace: float = 5.
                 pass
 
     signal_all(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    left = remaining()
-    while left and time.monotonic() < deadline:
-        reap_orphans()
-        time.sleep(0.02)
-        left = remaining()
+    left = wait_gone(members, grace)
     killed = sorted(left)
     if left:
         pids |= left
         signal_all(signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while remaining() and time.monotonic() < deadline:
-            reap_orphans()
-            time.sleep(0.01)
+        wait_gone(members, 5.0)
     reap_orphans()
     return killed
+
+
+def wait_gone(members: Callable[[], set[int]], timeout: float) -> set[int]:
+    """Wait until no process `members()` names is alive, or `timeout`: blocked on their pidfds, so each exit wakes
+    it at once and nothing polls. A process that appears meanwhile (one of them forked) is found by one more look
+    once the known ones are gone. Returns the ones still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = members()
+        if not left:
+            return left
+        fds: dict[int, int] = {}
+        for pid in left:
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                continue
+        try:
+            waiting = select.poll()
+            for fd in fds:
+                waiting.register(fd, select.POLLIN)
+            pending = len(fds)
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return members()
+                ready = waiting.poll(remaining * 1000)
+                for fd, _ in ready:
+                    waiting.unregister(fd)
+                    pending -= 1
+                reap_orphans()
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 # Anything the shell itself would interpret: expansions, redirections, pipes, lists, globs, comments, escapes.

@@ -183,9 +183,10 @@ def _end_group(pgid: int, grace: float) -> None:
     is a subreaper). Only this group's zombies: a blanket reap could steal another child's exit code."""
     me = os.getpid()
 
-    def busy() -> bool:
-        """Reap the group's zombies that are ours; True while something of the group may still need reaping."""
-        waiting = False
+    def members() -> set[int]:
+        """Reap the group's zombies that are ours (their own children come to us next); the group's live
+        processes other than the leader."""
+        live = set()
         for pid, state, parent in _group(pgid):
             if pid == pgid:
                 continue  # the leader is its Popen's to reap
@@ -193,21 +194,17 @@ def _end_group(pgid: int, grace: float) -> None:
                 if parent == me:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
-                    waiting = True  # its own zombie children come to us next
                 continue
-            waiting = True
-        return waiting
+            live.add(pid)
+        return live
 
-    if not busy():
+    if not members():
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(0.02)  # polling interval: processes that are not our children cannot be waited for
-            if not busy():
-                return
+        if not procs.wait_gone(members, wait):  # on pidfds: no polling interval
+            return
 
 
 def _tail(lines: Iterable[str], n: int = 3) -> str:
