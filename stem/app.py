@@ -137,9 +137,25 @@ class StemApp(App[int], inherit_bindings=False):
         for theme in (themes or {}).values():
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
-            self.theme = self.settings.theme
+            self._set_initial_theme(self.settings.theme)
         self.key_remaps = keymap(self.settings.keys)  # binding id -> keys, as remapped by config
         self.set_keymap(self.key_remaps)
+
+    def _set_initial_theme(self, name: str) -> None:
+        """The configured theme, before the stylesheet is first parsed. Assigning `self.theme` here would have
+        its watcher parse the whole stylesheet a second time once the app runs (~30 ms of every start): set the
+        value and what the watcher would (the theme classes, the ANSI colour filter) without it."""
+        refresh_filter = getattr(self, "_refresh_truecolor_filter", None)
+        if refresh_filter is None:  # another Textual: the public way
+            self.theme = name
+            return
+        self.set_reactive(StemApp.theme, name)
+        dark = self.current_theme.dark
+        classes = {c: False for c in self.classes if c.startswith("-theme-")}
+        classes.update({f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark})
+        self.update_classes(classes, update=False)
+        refresh_filter(self.ansi_theme)
+        self.stylesheet.set_variables(self.get_css_variables())  # the first parse then uses the theme's colours
 
     # ------------------------------------------------------------------------------------------- layout
 
