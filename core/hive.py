@@ -1017,11 +1017,8 @@ class Hive:
         return self._links.get(name)
 
     async def log_entries(self, name: str) -> list[Entry]:
-        """The colony's log: as its host keeps it when this process follows it, else from the file (read off the
-        loop: it can hold megabytes)."""
-        link = self._links.get(name)
-        if link is not None and link.connected.is_set():
-            return list(link.log)
+        """The colony's log, its last 5,000 entries: the file its host writes (read off the loop: it can hold
+        megabytes), then what the followed host pushed since that the file does not hold yet."""
         entries = list(self._logs[name].tail(5000)) if name in self._logs else []
         if entries:
             return entries  # written by this process (a spawn or start in progress here)
@@ -1031,7 +1028,12 @@ class Hive:
             disk.load()
             return disk.tail(5000)
 
-        return await asyncio.to_thread(from_disk)
+        entries = await asyncio.to_thread(from_disk)
+        link = self._links.get(name)
+        if link is not None:
+            last = entries[-1].seq if entries else 0
+            entries += [e for e in link.log if e.seq > last]
+        return entries[-5000:]
 
     async def changes(self, name: str) -> tuple[FileChange, ...]:
         """The colony's changed files against its base: live from its host's watcher, else computed now."""

@@ -100,7 +100,9 @@ class HostLink:
             return str(exc)
         self._conn = conn
         try:
-            await conn.subscribe("screen", "logs", "states")
+            # The log's history is read when the colony is shown (Hive.log_entries), not carried in every host's
+            # snapshot: a UI attaching to 100 colonies would otherwise decode 100 log tails before its first frame.
+            await conn.subscribe("screen", "log-live", "states")
             self.connected.set()
             async for msg in conn.updates():
                 self._apply(msg)

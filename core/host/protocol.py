@@ -13,7 +13,7 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 | hello           | client | versions [int], kind, client str                     | first frame; kind: ui, attach,   |
 |                 |        |                                                      | logs or script                   |
 | welcome         | host   | colony, versions [int], version int|nil, error str   | the version chosen, or nil + why |
-| subscribe       | client | id, streams [screen|logs|states]                     | a `snapshot`, then the `reply`   |
+| subscribe       | client | id, streams [screen|logs|log-live|states|output]     | a `snapshot`, then the `reply`   |
 | keys            | client | id, data bin                                         | bytes for the agent's PTY        |
 | paste           | client | id, text                                             | pasted text (bracketed if asked) |
 | resize          | client | id, columns, lines                                   | size of the agent's PTY, screen  |
@@ -52,6 +52,10 @@ Values inside messages:
   pid};
   file {path, status, added, removed}; log entry {seq, at, source, text}.
 - result: {k: "scrollback", start, columns, styles, lines [row]} | {k: "log", entries, more} | {k: "diff", text}.
+
+Streams: `logs` puts the log's tail (up to 5,000 entries) in the snapshot and pushes new entries; `log-live` pushes
+new entries only (a UI following 100 colonies reads a colony's history when it shows it, from `log_history` or the
+log file); `output` pushes the agent's raw bytes.
 
 Order: on one connection messages arrive in the order sent; a `rows` applies to the snapshot or rows before it.
 A host that falls behind on a client may drop the rows it owes it and send a fresh snapshot instead.
@@ -101,7 +105,7 @@ _HEADER = struct.Struct(">I")
 MAX_SIZE: Final = 4096
 
 ClientKind = Literal["ui", "attach", "logs", "script"]
-Stream = Literal["screen", "logs", "states", "output"]
+Stream = Literal["screen", "logs", "log-live", "states", "output"]
 _KINDS: frozenset[str] = frozenset(get_args(ClientKind))
 _STREAMS: frozenset[str] = frozenset(get_args(Stream))
 

@@ -318,7 +318,7 @@ class ColonyHost:
 
     def _broadcast(self, stream: str, msg: p.Message) -> None:
         for client in self.clients:
-            if stream in client.streams:
+            if stream in client.streams or (stream == "logs" and "log-live" in client.streams):
                 client.send(msg)
 
     def _flush_rows(self, client: Client) -> None:
