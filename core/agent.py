@@ -9,6 +9,7 @@ approval prompts and user input, and published as events only when it changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -23,12 +24,15 @@ from typing import Any
 
 from ptyprocess import PtyProcess
 
-from core import netns, procs
+from core import cgroups, netns, procs
 from core.errors import StemError
 from core.events import AgentActivity, Event, ScreenChanged
+from core.host.protocol import ScreenModes, screen_modes
 from core.screen import StemScreen
 from core.screen_cells import row_text
+from core.screen_queries import FRAME_TIMEOUT, Link, Palette
 from core.settings import ResolvedAgent, user_shell
+from core.xterm_input import encode_key
 
 __all__ = [
     "ATTENTION",
@@ -135,6 +139,9 @@ class AgentSession:
         self._emit = emit
         # Called with each batch of output as the program wrote it, before the screen parses it (stem attach).
         self.output_taps: list[Callable[[bytes], None]] = []
+        # Called with the program's clipboard writes (OSC 52 "selection;base64"), for the user's terminal.
+        self.clipboard_taps: list[Callable[[list[str]], None]] = []
+        self._clipboard: list[str] = []  # writes not yet taken by a terminal widget showing this session
         self._record_process = record_process
         self._forget_process = forget_process
 
@@ -169,6 +176,11 @@ class AgentSession:
         self._last_flush = float("-inf")
         self._cursor_seen = (-1, -1, False)
         self._version_seen = -1
+        # Synchronized output (2026): rows changed inside a frame go out when it ends, never half drawn.
+        self._held = False  # a flush waits for the frame being drawn
+        self._held_all = False
+        self._settled = asyncio.Event()  # set while no frame holds the screen back
+        self._settled.set()
 
         if notice:
             # Shown in the terminal itself, where the user looks, above whatever the replacement prints.
@@ -188,6 +200,7 @@ class AgentSession:
         loop = asyncio.get_running_loop()
         env = {**self.env, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         fd = netns.open_netns(self.netns_name)
+        joins = cgroups.open_join(self.netns_name)  # the colony's cgroup has its namespace's name
         try:
             # The orphan reaper must not take this child's exit status: spawn and register under its lock, so
             # even a program that exits at once is never reaped by it. (pty.fork already calls setsid.)
@@ -198,8 +211,8 @@ class AgentSession:
                         cwd=str(self.cwd),
                         env=env,
                         dimensions=(self.screen.lines, self.screen.columns),
-                        preexec_fn=_child_setup(fd, netns.child_files(self.netns_name)),
-                        pass_fds=(fd,),  # ptyprocess closes every other fd before preexec_fn runs
+                        preexec_fn=_child_setup(fd, netns.child_files(self.netns_name), joins),
+                        pass_fds=(fd, *joins),  # ptyprocess closes every other fd before preexec_fn runs
                     )
                 except FileNotFoundError:
                     raise StemError(f"{self.colony}: agent program not found: {self.argv[0]}") from None
@@ -208,6 +221,8 @@ class AgentSession:
                 register(proc.pid)
         finally:
             os.close(fd)
+            for join in joins:
+                os.close(join)
 
         self._loop = loop
         self._proc = proc
@@ -290,6 +305,30 @@ class AgentSession:
             # Text that contains the end marker must not end the paste early and be run as typed input.
             data = BRACKET_OPEN + data.replace(BRACKET_CLOSE, b"") + BRACKET_CLOSE
         self.write(data)
+
+    @property
+    def modes(self) -> ScreenModes:
+        """The terminal modes the program asked for (keys, pastes, mouse and focus reports are encoded for them)."""
+        return screen_modes(self.screen)
+
+    def row_links(self, y: int) -> list[Link]:
+        """The OSC 8 hyperlinks on row `y` of the screen."""
+        return self.screen.queries.row_links(y)
+
+    def take_clipboard(self) -> list[str]:
+        """The program's clipboard writes (OSC 52 "selection;base64") since the last call."""
+        taken, self._clipboard = self._clipboard, []
+        return taken
+
+    def set_palette(self, palette: Palette) -> None:
+        """The colours the program is shown in: what it is told when it asks (OSC 10, 11, 4)."""
+        self.screen.queries.palette = palette
+
+    async def frame_settled(self) -> None:
+        """Return once no synchronized-output frame is being drawn (at most its timeout later)."""
+        if not self._settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), FRAME_TIMEOUT * 2)
 
     def resize(self, columns: int, lines: int) -> None:
         """Resize the screen and the PTY; the kernel sends the program SIGWINCH."""
@@ -384,7 +423,8 @@ class AgentSession:
         for tap in self.output_taps:
             tap(data)
         started = time.monotonic()
-        self.screen.feed(data)
+        screen = self.screen
+        screen.queries.feed(data, screen.feed)  # answers queries in order, keeps clipboard writes and links
         elapsed = time.monotonic() - started
         if len(data) >= BATCH_MIN and elapsed > 0:
             # Smoothed, so one odd batch does not swing the cap.
@@ -400,8 +440,13 @@ class AgentSession:
     def _request_flush(self) -> None:
         """The first change after a quiet frame goes out at once (typing echoes stay instant); changes within
         a frame of the last event are merged into one event at the end of that frame."""
-        if self._flush_handle is not None or self._loop is None:
+        if self._loop is None:
             return
+        if self._flush_handle is not None:
+            if not (self._held and self.screen.queries.frame_remaining() == 0):
+                return
+            self._flush_handle.cancel()  # the frame it waited for has ended: its rows go out now
+            self._flush_handle = None
         wait = self._last_flush + FRAME - self._loop.time()
         if wait <= 0:
             self._flush()
@@ -412,9 +457,27 @@ class AgentSession:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        screen = self.screen
+        writes = screen.queries.take_clipboard()
+        if writes:
+            self._clipboard = (self._clipboard + writes)[-8:]
+            for tap in self.clipboard_taps:
+                tap(writes)
+        wait = screen.queries.frame_remaining()
+        if wait > 0 and not self._finished and self._loop is not None:
+            # A synchronized-output frame is being drawn: its rows go out whole when it ends (the feed that ends
+            # it asks for a flush) or when it times out.
+            self._held = True
+            self._held_all |= all_rows
+            self._settled.clear()
+            self._flush_handle = self._loop.call_later(wait, self._flush)
+            return
+        held, self._held = self._held, False
+        all_rows |= self._held_all
+        self._held_all = False
+        self._settled.set()
         if self._loop is not None:
             self._last_flush = self._loop.time()
-        screen = self.screen
         rows = screen.take_dirty()
         if all_rows:
             rows = set(range(screen.lines))
@@ -428,7 +491,7 @@ class AgentSession:
             self._unscanned |= rows
             if self._caught_up:
                 self._scan_prompts()
-        if rows or screen.version != self._version_seen:
+        if rows or screen.version != self._version_seen or held:
             self._version_seen = screen.version
             self._emit(ScreenChanged(self.colony, frozenset(rows)))
 
@@ -576,10 +639,11 @@ class AgentSession:
             self._emit(AgentActivity(self.colony, new, self.exit_code if new == EXITED else None))
 
 
-def _child_setup(netns_fd: int, resolv: bytes | None) -> Callable[[], None]:
+def _child_setup(netns_fd: int, resolv: bytes | None, joins: Sequence[int] = ()) -> Callable[[], None]:
     """The preexec_fn: runs in the child between fork and exec."""
 
     def setup() -> None:
+        cgroups.join(joins)  # before anything runs: the agent is held to the colony's limits from its first byte
         netns.enter(netns_fd)
         netns.enter_mounts(resolv)
         # Python ignores these; an ignored signal stays ignored across exec (subprocess restores them too).
@@ -604,84 +668,3 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-# ------------------------------------------------------------------------------------------------- keys
-
-_CSI = "\x1b["
-_SS3 = "\x1bO"
-# Cursor and home/end keys: final byte; SS3 form in application cursor mode, CSI 1;m form with modifiers.
-_CURSOR_KEYS = {"up": "A", "down": "B", "right": "C", "left": "D", "home": "H", "end": "F"}
-# Keys sent as CSI n ~.
-_TILDE_KEYS = {
-    "insert": 2,
-    "delete": 3,
-    "pageup": 5,
-    "pagedown": 6,
-    "f5": 15,
-    "f6": 17,
-    "f7": 18,
-    "f8": 19,
-    "f9": 20,
-    "f10": 21,
-    "f11": 23,
-    "f12": 24,
-}
-_SS3_KEYS = {"f1": "P", "f2": "Q", "f3": "R", "f4": "S"}
-_PLAIN_KEYS = {
-    "enter": "\r",
-    "tab": "\t",
-    "shift+tab": _CSI + "Z",
-    "escape": "\x1b",
-    "backspace": "\x7f",
-    "space": " ",
-    "ctrl+space": "\x00",
-    "ctrl+@": "\x00",
-    "ctrl+backslash": "\x1c",
-    "ctrl+right_square_bracket": "\x1d",
-    "ctrl+circumflex_accent": "\x1e",
-    "ctrl+underscore": "\x1f",
-}
-_MODIFIER_BITS = {"shift": 1, "alt": 2, "meta": 2, "ctrl": 4}
-
-
-def encode_key(key: str, app_cursor: bool = False) -> bytes:
-    """The bytes an xterm sends for a Textual key name ("up", "ctrl+c", "shift+tab", "f5", "alt+b").
-
-    `app_cursor` is the screen's DECCKM mode (`StemScreen.app_cursor_keys`). Returns b"" for names this
-    does not know; the caller then sends the key's character, if it has one.
-    """
-    if key in _PLAIN_KEYS:
-        return _PLAIN_KEYS[key].encode()
-    if len(key) == 1:
-        return key.encode()
-    *mods, base = key.split("+")
-    if not base:  # "ctrl++" and the like: the key is "+"
-        mods, base = mods[:-1], "+"
-    if any(m not in _MODIFIER_BITS for m in mods):
-        return b""
-    bits = 0
-    for mod in mods:
-        bits |= _MODIFIER_BITS[mod]
-
-    if base in _CURSOR_KEYS:
-        final = _CURSOR_KEYS[base]
-        if bits:
-            return f"{_CSI}1;{bits + 1}{final}".encode()
-        return ((_SS3 if app_cursor else _CSI) + final).encode()
-    if base in _TILDE_KEYS:
-        number = _TILDE_KEYS[base]
-        return (f"{_CSI}{number};{bits + 1}~" if bits else f"{_CSI}{number}~").encode()
-    if base in _SS3_KEYS:
-        final = _SS3_KEYS[base]
-        return (f"{_CSI}1;{bits + 1}{final}" if bits else _SS3 + final).encode()
-
-    if mods == ["ctrl"] and len(base) == 1 and base.isascii() and base.isalpha():
-        return bytes([ord(base.lower()) & 0x1F])
-    if "alt" in mods or "meta" in mods:
-        # Alt (meta) sends ESC before what the key sends without it.
-        inner = encode_key("+".join([*(m for m in mods if m not in ("alt", "meta")), base]), app_cursor)
-        return b"\x1b" + inner if inner else b""
-    if mods == ["shift"] and len(base) == 1:
-        return base.upper().encode()
-    return b""

@@ -23,7 +23,8 @@ from typing import Any, NoReturn
 import tomli
 
 from core.egress import Egress, EgressError, parse_egress
-from core.errors import ConfigError
+from core.errors import ConfigError, StemError
+from core.names import check_name
 
 __all__ = [
     "COLONY_FILE",
@@ -40,6 +41,7 @@ __all__ = [
     "format_key",
     "load_colony_config",
     "parse_colony_config",
+    "parse_limits",
     "service_start_order",
     "toml_string",
 ]
@@ -74,11 +76,21 @@ class ServiceSpec:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """`[limits]`: the colony's cgroup. None means no limit."""
+    """`[limits]`: the colony's cgroup. None means no limit (in config.toml: the default for colonies)."""
 
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = None
+    swap: int | None = None  # bytes of swap on top of memory
+
+    def over(self, defaults: Limits) -> Limits:
+        """These limits, each one not set taken from `defaults` (the user's config.toml)."""
+        return Limits(
+            memory=self.memory if self.memory is not None else defaults.memory,
+            cpus=self.cpus if self.cpus is not None else defaults.cpus,
+            pids=self.pids if self.pids is not None else defaults.pids,
+            swap=self.swap if self.swap is not None else defaults.swap,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,7 @@ class NetworkSpec:
 
     egress: Egress | None = None
     host_ports: tuple[int, ...] = ()
+    peers: tuple[str, ...] = ()  # colonies this one may connect to (both must list each other)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,7 +641,7 @@ def _colony_config(doc: TomlDoc) -> ColonyConfig:
         build=doc.strings(t, ("build",), colony.get("build", [])),
         env=doc.string_map(t, ("env",), colony.get("env", {})),
         services=services,
-        limits=_limits(doc, data.get("limits", {})),
+        limits=parse_limits(doc, data.get("limits", {})),
         network=_network(doc, data.get("network", {})),
         peering=_peering(doc, data.get("peering", {})),
         terminal=_terminal(doc, data.get("terminal", {})),
@@ -751,46 +764,63 @@ def _find_cycle(specs: Mapping[str, ServiceSpec]) -> list[str] | None:
     return None
 
 
-def _limits(doc: TomlDoc, raw: dict[str, Any]) -> Limits:
+def parse_limits(doc: TomlDoc, raw: dict[str, Any]) -> Limits:
+    """A `[limits]` table: of colony.toml, or of config.toml (the defaults for every colony)."""
     t: KeyPath = ("limits",)
-    doc.check_keys(t, raw, ("memory", "cpus", "pids"))
-    memory = None
-    if "memory" in raw:
-        value = raw["memory"]
-        if isinstance(value, str):
-            m = _MEMORY.fullmatch(value.strip())
-            if m is None:
-                doc.fail(t, ("memory",), f"must be bytes or a size like '512M' or '2G' (got '{value}')")
-            memory = int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
-            if memory < 1:
-                doc.fail(t, ("memory",), f"must be more than 0 bytes (got '{value}')")
-        elif isinstance(value, int) and not isinstance(value, bool):
-            memory = doc.integer(t, ("memory",), value, 1)
-        else:
-            doc.fail(t, ("memory",), f"must be bytes or a size like '2G' (got {describe(value)})")
+    doc.check_keys(t, raw, ("memory", "cpus", "pids", "swap"))
+    memory = _size(doc, t, "memory", raw["memory"], 1) if "memory" in raw else None
+    swap = _size(doc, t, "swap", raw["swap"], 0) if "swap" in raw else None
     cpus = doc.positive_number(t, ("cpus",), raw["cpus"]) if "cpus" in raw else None
+    if cpus is not None and cpus < 0.01:
+        doc.fail(t, ("cpus",), f"must be at least 0.01 (1% of one CPU; got {cpus:g})")
     pids = doc.integer(t, ("pids",), raw["pids"], 1) if "pids" in raw else None
-    return Limits(memory=memory, cpus=cpus, pids=pids)
+    return Limits(memory=memory, cpus=cpus, pids=pids, swap=swap)
+
+
+def _size(doc: TomlDoc, t: KeyPath, key: str, value: object, low: int) -> int:
+    """Bytes, or a size like '512M' or '2G' (binary units), at least `low`."""
+    if isinstance(value, str):
+        m = _MEMORY.fullmatch(value.strip())
+        if m is None:
+            doc.fail(t, (key,), f"must be bytes or a size like '512M' or '2G' (got '{value}')")
+        size = int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
+        if size < low:
+            doc.fail(t, (key,), f"must be more than 0 bytes (got '{value}')")
+        return size
+    if isinstance(value, int) and not isinstance(value, bool):
+        return doc.integer(t, (key,), value, low)
+    doc.fail(t, (key,), f"must be bytes or a size like '2G' (got {describe(value)})")
 
 
 def _network(doc: TomlDoc, raw: dict[str, Any]) -> NetworkSpec:
     t: KeyPath = ("network",)
-    doc.check_keys(t, raw, ("egress", "host_ports"))
+    doc.check_keys(t, raw, ("egress", "host_ports", "peers"))
     egress = doc.egress(t, ("egress",), raw["egress"]) if "egress" in raw else None
     ports: list[int] = []
     if "host_ports" in raw:
         if not isinstance(raw["host_ports"], list):
             doc.fail(t, ("host_ports",), f"must be an array of port numbers (got {describe(raw['host_ports'])})")
         ports = [doc.integer(t, ("host_ports", i), p, 1, 65535) for i, p in enumerate(raw["host_ports"])]
-    return NetworkSpec(egress=egress, host_ports=tuple(sorted(set(ports))))
+    peers = doc.strings(t, ("peers",), raw.get("peers", []))
+    for i, peer in enumerate(peers):
+        try:
+            check_name(peer)
+        except StemError as exc:
+            doc.fail(t, ("peers", i), f"{peer!r} is not a colony name: {exc}")
+    return NetworkSpec(egress=egress, host_ports=tuple(sorted(set(ports))), peers=tuple(sorted(set(peers))))
+
+
+def _not_applied(doc: TomlDoc, table: str, raw: dict[str, Any], why: str) -> None:
+    """A table Stem parses but does not apply yet is refused: accepted and ignored, a user would believe it holds."""
+    if raw:
+        doc.fail((table,), (next(iter(raw)),), f"is not applied by this version of Stem ({why}): remove [{table}]")
 
 
 def _peering(doc: TomlDoc, raw: dict[str, Any]) -> PeeringSpec:
-    doc.check_keys(("peering",), raw, ("exclude",))
-    return PeeringSpec(exclude=doc.strings(("peering",), ("exclude",), raw.get("exclude", [])))
+    _not_applied(doc, "peering", raw, "read-only peering is not built yet")
+    return PeeringSpec()
 
 
 def _terminal(doc: TomlDoc, raw: dict[str, Any]) -> TerminalSpec:
-    doc.check_keys(("terminal",), raw, ("command",))
-    command = doc.string(("terminal",), ("command",), raw["command"]) if "command" in raw else None
-    return TerminalSpec(command=command)
+    _not_applied(doc, "terminal", raw, "Stem opens no extra shell in a colony yet")
+    return TerminalSpec()

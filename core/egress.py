@@ -98,6 +98,7 @@ class EgressInForce:
     unresolved: tuple[str, ...] = ()  # names that resolved to nothing (reported, and allow nothing)
     host_ports: tuple[int, ...] = ()  # ports on the host the colony may reach when its egress is restricted
     forwards: tuple[int, ...] = ()  # host loopback TCP ports reachable at the colony's host address (proxies)
+    peers: tuple[str, ...] = ()  # colonies it may connect to, if they list it too
 
     def to_json(self) -> str:
         return json.dumps(
@@ -108,6 +109,7 @@ class EgressInForce:
                 "unresolved": list(self.unresolved),
                 "host_ports": list(self.host_ports),
                 "forwards": list(self.forwards),
+                "peers": list(self.peers),
             }
         )
 
@@ -122,6 +124,7 @@ class EgressInForce:
                 tuple(raw.get("unresolved", ())),
                 tuple(int(p) for p in raw.get("host_ports", ())),
                 tuple(int(p) for p in raw.get("forwards", ())),
+                tuple(str(p) for p in raw.get("peers", ())),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -132,8 +135,9 @@ class EgressInForce:
             text += f" ({', '.join(self.addresses)})"
         if self.unresolved:
             text += f"; unresolved: {', '.join(self.unresolved)}"
-        if self.host_ports and self.policy.mode != NAT:
-            text += f"; host ports {', '.join(map(str, self.host_ports))}"
+        text += f"; host ports {', '.join(map(str, self.host_ports))}" if self.host_ports else "; no host ports"
+        if self.peers:
+            text += f"; peers {', '.join(self.peers)}"
         return text
 
     def as_dict(self) -> dict[str, object]:
@@ -143,6 +147,7 @@ class EgressInForce:
             "addresses": list(self.addresses),
             "unresolved": list(self.unresolved),
             "host_ports": list(self.host_ports),
+            "peers": list(self.peers),
         }
 
 

@@ -35,6 +35,7 @@ class ColonyRules:
     ip: str
     host_ip: str
     egress: EgressInForce
+    name: str = ""  # the colony's name, which other colonies' `peers` use
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +72,28 @@ def _set(items: Sequence[str | int]) -> str:
     return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
+def peer_pairs(colonies: Sequence[ColonyRules]) -> list[tuple[str, str]]:
+    """(ip, ip) of the colonies that may connect to each other: both list the other in `[network] peers`."""
+    by_name = {c.name: c for c in colonies if c.name}
+    pairs = []
+    for a in colonies:
+        for peer in a.egress.peers:
+            b = by_name.get(peer)
+            if b is not None and b is not a and a.name in b.egress.peers:
+                pairs.append((a.ip, b.ip))
+    return sorted(pairs)
+
+
 def render(plan: TablePlan) -> str:
-    """The whole table as an nft script that replaces any earlier version of it atomically."""
+    """The whole table as an nft script that replaces any earlier version of it atomically.
+
+    Forward: a colony reaches the outside per its egress policy; another colony only when both list each other
+    as peers (everything else between colonies is dropped). Input: a colony reaches the host only on its
+    `host_ports`, the resolver it is given and its proxies; everything else it sends the host is dropped."""
     t = table_name(plan.prefix)
     forward: list[str] = ["ct state established,related accept"]
+    forward += [f"ip saddr {a} ip daddr {b} accept" for a, b in peer_pairs(plan.colonies)]
+    forward.append(f"ip saddr {plan.pool} ip daddr {plan.pool} counter drop")
     inputs: list[str] = []
     chains: list[str] = []
     prerouting: list[str] = []
@@ -87,6 +106,20 @@ def render(plan: TablePlan) -> str:
             )
         for port in e.forwards:
             prerouting.append(f"{iif} ip daddr {c.host_ip} tcp dport {port} dnat to 127.0.0.1:{port}")
+        host = [f"chain host{n} {{", "  ct state established,related accept"]
+        if plan.dns_stub:
+            host.append("  meta l4proto { tcp, udp } th dport 53 accept")  # DNAT'ed to the loopback resolver
+        if plan.dns_servers:
+            host.append(f"  ip daddr {_set(plan.dns_servers)} meta l4proto {{ tcp, udp }} th dport 53 accept")
+        if e.forwards:
+            host.append(f"  tcp dport {_set(e.forwards)} accept")
+        if e.host_ports:
+            host.append(f"  meta l4proto {{ tcp, udp }} th dport {_set(e.host_ports)} accept")
+        if e.policy.mode == ALLOW and e.addresses:
+            host.append(f"  ip daddr {_set(e.addresses)} accept")
+        host += ["  counter drop", "}"]
+        chains += host
+        inputs.append(f"{iif} jump host{n}")
         if e.policy.mode == NAT:
             continue
         out = [f"chain egress{n} {{"]
@@ -95,19 +128,8 @@ def render(plan: TablePlan) -> str:
         if e.policy.mode == ALLOW and plan.dns_servers:
             out.append(f"  ip daddr {_set(plan.dns_servers)} meta l4proto {{ tcp, udp }} th dport 53 accept")
         out += ["  counter drop", "}"]
-        host = [f"chain host{n} {{", "  ct state established,related accept"]
-        if plan.dns_stub and e.policy.mode == ALLOW:
-            host.append("  meta l4proto { tcp, udp } th dport 53 accept")
-        if e.forwards:
-            host.append(f"  tcp dport {_set(e.forwards)} accept")
-        if e.host_ports:
-            host.append(f"  meta l4proto {{ tcp, udp }} th dport {_set(e.host_ports)} accept")
-        if e.policy.mode == ALLOW and e.addresses:
-            host.append(f"  ip daddr {_set(e.addresses)} accept")
-        host += ["  counter drop", "}"]
-        chains += out + host
+        chains += out
         forward.append(f"{iif} jump egress{n}")
-        inputs.append(f"{iif} jump host{n}")
 
     lines = [
         f"table ip {t}",

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import firewall, netns, procs, worktree
+from core import cgroups, firewall, netns, procs, worktree
 from core import lifecycle as lc
-from core.locks import file_lock
+from core.locks import file_lock, remove_unused
 from core.names import netns_pattern, veth_pattern
+from core.provision import RUNTIME_PARTS
 
 if TYPE_CHECKING:
     from core.hive import Hive
@@ -37,7 +38,9 @@ def collect(hive: Hive) -> GcReport:
         _kernel(hive, report)
         _firewall(hive, report)
         _forker(hive, report)
+        _preview(hive, report)
         _disk(hive, report)
+        _registry(hive, report)
     procs.reap_orphans()
     return report
 
@@ -53,7 +56,11 @@ def _colonies(hive: Hive, report: GcReport) -> None:
             if rec is None:
                 continue
             ever_up = any(t.state in (lc.RUNNING, lc.STOPPED) for t in reg.transitions(rec.name))
-            if rec.state in lc.IN_FLIGHT and not ever_up:
+            if rec.state == lc.DESTROYING:
+                done = hive.finish_destroy(rec.name)
+                kept = f"; kept its branch {done.kept_branch} ({done.unmerged} unmerged)" if done.kept_branch else ""
+                report.removed.append(f"colony {rec.name}: its destroy was interrupted; finished it{kept}")
+            elif rec.state in lc.IN_FLIGHT and not ever_up:
                 hive.end_processes(rec)
                 hive.remove_parts(rec.name, keep_unmerged=False)
                 reg.delete_colony(rec.name)
@@ -68,7 +75,7 @@ def _colonies(hive: Hive, report: GcReport) -> None:
             elif rec.state in lc.IN_FLIGHT or (rec.state == lc.RUNNING and not netns.exists(rec.netns)):
                 why = f"{rec.state} was interrupted" if rec.state in lc.IN_FLIGHT else "its network namespace vanished"
                 hive.end_processes(rec)
-                hive.remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+                hive.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
                 hive.set_state(rec.name, lc.STOPPED, rec.state, why)
                 report.removed.append(f"colony {rec.name}: {why}; now stopped (stem start brings it back)")
 
@@ -118,6 +125,12 @@ def _kernel(hive: Hive, report: GcReport) -> None:
         if veth_re.match(link) and not reg.owns("veth", link):
             netns.delete_link(link)
             report.removed.append(f"interface {link} (not in the registry)")
+    for name in cgroups.names(hive.prefix):
+        if not reg.owns("cgroup", name):
+            if cgroups.remove(name, timeout=hive.stop_grace):
+                report.removed.append(f"cgroup {name} and what ran in it (not in the registry)")
+            else:
+                report.kept.append(f"cgroup {name}: the kernel would not remove it (a process stuck in it)")
 
 
 def _firewall(hive: Hive, report: GcReport) -> None:
@@ -141,6 +154,44 @@ def _forker(hive: Hive, report: GcReport) -> None:
         return
     if forker.stop(hive.layout.home):
         report.removed.append("the host forker (no colony host runs)")
+
+
+def _preview(hive: Hive, report: GcReport) -> None:
+    """The hive's Caddy goes when no colony host runs; while one does, routes of colonies without a host go."""
+    from core import preview
+
+    home = hive.layout.home
+    if not preview.PreviewPaths.of(home).running():
+        return
+
+    def hosted() -> set[str]:
+        return {rec.name for rec in hive.registry.colonies() if hive.host_running(rec.name)}
+
+    if not hosted():
+        if preview.stop(home, unless=lambda: bool(hosted())):
+            report.removed.append("the preview proxy (caddy; no colony host runs)")
+        return
+    running = hosted()
+    try:
+        gone = preview.remove_routes(home, lambda route: route.colony not in running)
+    except OSError as exc:
+        report.kept.append(f"preview routes: the preview proxy does not answer: {exc}")
+        return
+    report.removed += [f"preview route {route.host} ({route.colony} has no running host)" for route in gone]
+
+
+def _registry(hive: Hive, report: GcReport) -> None:
+    """Rows of colonies that are gone (a host's last write racing a destroy), and their lock files."""
+    gone = hive.registry.forget_orphans()
+    if gone:
+        report.removed.append(f"{gone} registry row(s) of colonies that no longer exist")
+    names = {c.name for c in hive.registry.colonies()}
+    stale = 0
+    for path in hive.layout.locks.glob("colony-*.lock"):
+        if path.name[len("colony-") : -len(".lock")] not in names and remove_unused(path):
+            stale += 1
+    if stale:
+        report.removed.append(f"{stale} lock file(s) of colonies that no longer exist")
 
 
 def _disk(hive: Hive, report: GcReport) -> None:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from core import dns, firewall, netns, procs, worktree
+from core import cgroups, claims, dns, firewall, netns, procs, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
-from core.config import ColonyConfig, load_colony_config, parse_colony_config
+from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState
 from core.events import (
@@ -41,16 +41,18 @@ from core.events import (
 from core.firewall import FirewallError
 from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
-from core.locks import FileLock
+from core.locks import FileLock, remove_unused
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
 from core.privileges import become_subreaper, require_netns_privileges
-from core.provision import Teardown
+from core.provision import RUNTIME_PARTS, Teardown
 from core.registry import ColonyRecord, Registry, Transition
 from core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from core.gc import GcReport
     from core.host.client import HostLink, RemoteAgent, ServiceView
+    from core.merge import ColonyDiff, CommitResult, MergeResult, MergeStatus, SyncResult
+    from core.overlap import OverlapReport
 
 T = TypeVar("T")
 log = logging.getLogger("stem.hive")
@@ -122,6 +124,8 @@ class Hive:
         self.prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
         self.settings = settings or load_settings()
         self.pool = pool or self.settings.pool
+        # Before anything is made: this hive's prefix and pool are its own on this machine (core/claims.py).
+        claims.claim(self.prefix, self.layout.home, self.pool)
         self.stop_grace = stop_grace
         self.hosts = hosts
         self.registry = Registry(self.layout.registry)
@@ -204,6 +208,14 @@ class Hive:
         """(kind, name, state, detail) of the colony's services and agent, as its host last wrote them."""
         return self.registry.runtime(name)
 
+    def service_names(self, name: str) -> list[str]:
+        """The services of the colony's colony.toml (as its worktree has it), else those its host last ran."""
+        rec = self.registry.get(name)
+        try:
+            return list(self.config_for(rec).services)
+        except StemError:
+            return [key for kind, key, _state, _detail in self.registry.runtime(name) if kind == "service"]
+
     def host_socket(self, name: str) -> Path:
         """Where the colony's host answers (`stem attach` connects there)."""
         return self.host_paths(name).socket
@@ -211,6 +223,16 @@ class Hive:
     def log_path(self, name: str) -> Path:
         """The colony's on-disk log (`stem logs -f` follows it)."""
         return self.layout.colony_log(name)
+
+    def usage(self, name: str) -> cgroups.Usage | None:
+        """(memory bytes, CPU seconds) the colony uses now, from its cgroup; None without one (a stopped colony).
+        A few small file reads: fine to call every second for every colony, off the event loop."""
+        return cgroups.usage(netns_name(self.prefix, name))
+
+    def limits(self, name: str) -> cgroups.ColonyLimits:
+        """The limits the kernel holds the colony to now, its usage, and its OOM kills and refused forks so far."""
+        events = [(at, kind, text) for _c, at, kind, text in self.registry.events(name) if kind in cgroups.EVENT_KINDS]
+        return cgroups.status(netns_name(self.prefix, name), events)
 
     def pending_work(self, rec: ColonyRecord) -> tuple[list[str], int]:
         """What destroying the colony would lose: its uncommitted files, and its commits merged nowhere."""
@@ -342,9 +364,11 @@ class Hive:
         return result
 
     def _preflight(self, repo: Path, base: str) -> tuple[Path, str, ColonyConfig]:
-        root = worktree.repo_root(repo.expanduser().absolute())
+        given = repo.expanduser().absolute()
+        root = worktree.repo_root(given)
         # The colony's worktree holds colony.toml as of the base commit: check that one before making anything.
-        commit, toml = worktree.resolve_with_file(root, base, "colony.toml")
+        # Resolved where the user pointed: in a linked worktree, HEAD is that worktree's, not the main checkout's.
+        commit, toml = worktree.resolve_with_file(given, base, "colony.toml")
         if toml is None:
             return root, commit, ColonyConfig()
         return root, commit, parse_colony_config(toml.decode("utf-8", "replace"), root / "colony.toml")
@@ -352,12 +376,15 @@ class Hive:
     def _make_row(
         self, name: str, root: Path, base: str, commit: str, agent: str | None, task: str | None
     ) -> Callable[[int], dict[str, Any]]:
+        target = worktree.branch_of(root, base)  # where `stem merge` goes: resolved now, HEAD moves later
+
         def make(slot: int) -> dict[str, Any]:
             host_ip, ip, prefixlen = netns.slot_addresses(self.pool, slot)
             return {
                 "repo": str(root),
                 "base_ref": base,
                 "base_commit": commit,
+                "target": target,
                 "branch": branch_name(name),
                 "worktree": str(self.layout.worktree(name)),
                 "db_path": str(self.layout.colony_db(name)),
@@ -391,6 +418,7 @@ class Hive:
         try:
             self.set_state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
+            self._make_cgroup(rec, config)
             # The checkout (a git process) and the network (netlink, and pyroute2's import, in this process) do
             # not depend on each other: made at the same time, a spawn waits for the longer one, not the sum.
             checkout = _Background(self._make_worktree, rec, name=f"worktree-{name}")
@@ -423,6 +451,20 @@ class Hive:
             db.close()
         _checkpoint("dir")
 
+    def _make_cgroup(self, rec: ColonyRecord, config: ColonyConfig) -> None:
+        """The colony's cgroup and its limits (colony.toml's [limits] over config.toml's), before anything runs in
+        it. None where cgroups do not work, unless limits were asked for: then the spawn or start is refused."""
+        limits = config.limits.over(self.settings.limits)
+        if not cgroups.needed(limits):
+            return
+        self.registry.claim(rec.name, "cgroup", rec.netns)
+        _checkpoint("cgroup-claimed")
+        cgroups.create(rec.netns, limits)
+        if limits != Limits():
+            note = f"limits: {cgroups.describe(limits)}"
+            entry = self.log(rec.name).append("limits", note)
+            self._emit(LogLine(rec.name, entry.seq, entry.at, "limits", note))
+
     def _make_network(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         self.registry.claim(rec.name, "netns", rec.netns)
         self.registry.claim(rec.name, "veth", rec.veth)
@@ -451,6 +493,7 @@ class Hive:
             tuple(unresolved),
             config.network.host_ports,
             proxy_forwards(os.environ),
+            config.network.peers,
         )
         self.registry.update(rec.name, egress=in_force.to_json())
         warnings = (
@@ -502,7 +545,7 @@ class Hive:
 
     def _rebuild_firewall(self) -> list[str]:
         rules = tuple(
-            firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress))
+            firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress), rec.name)
             for rec in self.registry.colonies()
             if self.registry.owns("veth", rec.veth)
         )
@@ -593,6 +636,7 @@ class Hive:
         self.registry.delete_colony(rec.name)
         self._logs.pop(rec.name, None)
         self._emit(ColonyRemoved(rec.name))
+        self._retire_preview(rec.name)
 
     # parts ------------------------------------------------------------------------------------------------
 
@@ -644,9 +688,10 @@ class Hive:
         rec = self.registry.get(name)
         _checkpoint("stopping")
         self.end_processes(rec)
-        self.remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+        self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS)
         self.set_state(name, lc.STOPPED)
         self._retire_forker()
+        self._retire_preview(name)
         return self.registry.get(name)
 
     def _retire_forker(self) -> None:
@@ -657,6 +702,15 @@ class Hive:
             return
         if not any(self.host_running(rec.name) for rec in self.registry.colonies()):
             stop(self.layout.home)
+
+    def _retire_preview(self, name: str) -> None:
+        """The colony's preview routes go (a host killed -9 could not remove them); with the hive's last colony host
+        gone, the hive's Caddy goes too."""
+        from core import preview
+
+        preview.retire(
+            self.layout.home, name, lambda: any(self.host_running(rec.name) for rec in self.registry.colonies())
+        )
 
     async def start(self, name: str) -> ColonyRecord:
         """Bring a stopped (or failed) colony back: network, build, then running."""
@@ -684,8 +738,9 @@ class Hive:
 
     def _fail_start(self, rec: ColonyRecord, stage: str, reason: str) -> None:
         self.end_processes(rec)
-        self.remove_parts(rec.name, keep_unmerged=True, only=("netns", "veth"))
+        self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
         self.set_state(rec.name, lc.FAILED, stage, reason)
+        self._retire_preview(rec.name)
 
     def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)
@@ -699,8 +754,9 @@ class Hive:
         try:
             self.set_state(name, lc.PROVISIONING)
             self.end_processes(rec)
-            self.remove_parts(name, keep_unmerged=True, only=("netns", "veth"))
+            self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS)
             config = self.config_for(rec)
+            self._make_cgroup(rec, config)
             self._make_network(rec, config)
             stage = lc.BUILDING
             self.set_state(name, lc.BUILDING)
@@ -721,11 +777,15 @@ class Hive:
         async def handler() -> DestroyReport:
             async with self._holding(name):
                 await asyncio.to_thread(self._check_destroyable, name, force)
+                # The intent first: a destroy killed from here on is finished by the next gc, never undone.
+                await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
+                _checkpoint("destroying")
                 await self._stop_runtime(name)
-                return await asyncio.to_thread(self._destroy, name)
+                return await asyncio.to_thread(self.finish_destroy, name)
 
         report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)
+        await asyncio.to_thread(remove_unused, self.layout.colony_lock(name))  # locks/ keeps no file per name ever used
         return report
 
     def _check_destroyable(self, name: str, force: bool) -> None:
@@ -739,10 +799,11 @@ class Hive:
                     "or destroy with --force to lose them"
                 )
 
-    def _destroy(self, name: str) -> DestroyReport:
+    def finish_destroy(self, name: str) -> DestroyReport:
+        """Remove everything of the colony (its state says DESTROYING); gc calls it for an interrupted destroy."""
         rec = self.registry.get(name)
-        self.set_state(name, lc.STOPPING)
         self.end_processes(rec)
+        _checkpoint("destroy-parts")
         branch, unmerged = self.remove_parts(name, keep_unmerged=True)
         self.registry.delete_colony(name)
         if branch:
@@ -751,6 +812,7 @@ class Hive:
         self._logs.pop(name, None)
         self._emit(ColonyRemoved(name))
         self._retire_forker()
+        self._retire_preview(name)
         return DestroyReport(name, branch, unmerged)
 
     # exec -------------------------------------------------------------------------------------------------
@@ -924,7 +986,8 @@ class Hive:
         self._seen = seen
         for name, task in list(self._link_tasks.items()):
             rec = records.get(name)
-            if task.done() or rec is None or rec.state not in (lc.RUNNING, lc.STARTING):
+            # A stopping colony's link stays until its host goes: the host says what it ends on its way out.
+            if task.done() or rec is None or rec.state not in (lc.RUNNING, lc.STARTING, lc.STOPPING, lc.DESTROYING):
                 task.cancel()
                 self._link_tasks.pop(name, None)
                 self._links.pop(name, None)
@@ -1083,6 +1146,54 @@ class Hive:
         from core.gc import collect
 
         return await asyncio.to_thread(collect, self)
+
+    # getting the work back: diff, commit, merge, sync against the colony's target (core/merge.py) -------------
+
+    async def target_diff(self, name: str, into: str | None = None, *, text: bool = True) -> ColonyDiff:
+        """The colony's work against its target branch (or `into`), committed and uncommitted."""
+        from core.merge import colony_diff
+
+        rec = await asyncio.to_thread(self.registry.get, name)
+        return await asyncio.to_thread(colony_diff, rec, into, text=text)
+
+    async def commit(self, name: str, message: str) -> CommitResult:
+        """Commit the colony's uncommitted work on its branch, under its lock."""
+        from core.merge import commit_colony
+
+        return await self._call(name, lambda: commit_colony(self.registry.get(name), message))
+
+    async def merge(
+        self, name: str, *, into: str | None = None, squash: bool = False, message: str | None = None
+    ) -> MergeResult:
+        """Merge the colony's branch into its target (or `into`) under its lock; only the target's checkout moves."""
+        from core.merge import merge_colony
+
+        def run() -> MergeResult:
+            return merge_colony(self.registry.get(name), self.layout.locks, into=into, squash=squash, message=message)
+
+        return await self._call(name, run)
+
+    async def sync(self, name: str, into: str | None = None) -> SyncResult:
+        """Merge the target's new commits into the colony's worktree under its lock; conflicts stay there."""
+        from core.merge import sync_colony
+
+        return await self._call(name, lambda: sync_colony(self.registry.get(name), into))
+
+    async def merge_statuses(self, names: list[str] | None = None) -> list[MergeStatus]:
+        """Ahead/behind and "merges clean" / "conflicts" of colonies (all, or `names`), computed off the loop."""
+        from core.merge import merge_statuses
+
+        def run() -> list[MergeStatus]:
+            records = self.registry.colonies()
+            return merge_statuses([r for r in records if names is None or r.name in names])
+
+        return await asyncio.to_thread(run)
+
+    async def overlaps(self) -> OverlapReport:
+        """Colonies that change the same files, and the same lines, computed off the loop."""
+        from core.overlap import find_overlaps, overlap_work
+
+        return await asyncio.to_thread(lambda: find_overlaps(overlap_work(self.registry.colonies())))
 
     async def close(self) -> None:
         if self._follower is not None:

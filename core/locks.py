@@ -16,15 +16,44 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
 
     flock is released by the kernel when the process dies, so a kill -9 never leaves a stale lock.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
+        fd = _locked(path, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        yield False
+        return
+    try:
         yield True
+    finally:
+        os.close(fd)
+
+
+def _locked(path: Path, how: int) -> int:
+    """An fd of `path` holding the flock. Lock files are removed once unused (`remove_unused`): a lock taken on a
+    file that was unlinked meanwhile is no lock, so it is taken again on the file the path names now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def remove_unused(path: Path) -> bool:
+    """Remove the lock file `path` if nobody holds it (taken, then unlinked while held); True if removed."""
+    try:
+        fd = _locked(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    try:
+        path.unlink()
+        return True
     finally:
         os.close(fd)
 
@@ -47,10 +76,7 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
+        self._fd = _locked(self.path, fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self._fd is not None:

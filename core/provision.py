@@ -10,9 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import netns, procs, worktree
+from core import cgroups, netns, procs, worktree
 from core.locations import HiveLayout
 from core.registry import ColonyRecord, Registry, Resource
+
+# What a running colony has and a stopped one has not: stop removes them, start makes them again.
+RUNTIME_PARTS = ("netns", "veth", "cgroup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +25,20 @@ class Teardown:
     stop_grace: float
 
     def end_processes(self, rec: ColonyRecord) -> list[int]:
-        """End every process of the colony: recorded groups, then anything else inside its namespace."""
+        """End every process of the colony: SIGTERM to the recorded groups (what Stem started and still runs; a
+        colony host has ended its own gracefully already), then its cgroup (freeze, SIGKILL, wait until empty:
+        nothing escapes by setsid, double fork or setns), then, as a fallback, anything inside its namespace that is
+        not in the cgroup (a colony without one)."""
         records = self.registry.processes(rec.name)
         groups = [p.pid for p in records if procs.alive(p.pid, p.starttime)]
-        stray = netns.pids_in(rec.netns)
-        killed = procs.terminate(groups, stray, grace=self.stop_grace)
+        if cgroups.procs(rec.netns):
+            killed = procs.terminate(groups, grace=self.stop_grace) if groups else []
+            killed += cgroups.end(rec.netns, timeout=self.stop_grace)
+            stray = netns.pids_in(rec.netns)
+            if stray:
+                killed += procs.terminate([], stray, grace=self.stop_grace)
+        else:
+            killed = procs.terminate(groups, netns.pids_in(rec.netns), grace=self.stop_grace)
         for p in records:
             self.registry.remove_process(p.pid, p.starttime)
         return killed
@@ -57,6 +69,9 @@ class Teardown:
             netns.destroy(res.ident, "")
         elif res.kind == "veth":
             netns.delete_link(res.ident)
+        elif res.kind == "cgroup":
+            if not cgroups.remove(res.ident, timeout=self.stop_grace):
+                return 0  # the kernel kept it (a process stuck in it): the claim stays, so gc tries again
         elif res.kind == "worktree":
             self.remove_worktree(Path(res.ident), Path(res.extra))
         elif res.kind == "dir":

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS colonies(
     task TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    egress TEXT NOT NULL DEFAULT ''
+    egress TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS transitions(
     id INTEGER PRIMARY KEY,
@@ -113,6 +114,7 @@ class ColonyRecord:
     created_at: float
     updated_at: float
     egress: str = ""  # core.egress.EgressInForce as JSON, set when the network comes up
+    target: str = ""  # the branch `base_ref` named at spawn (HEAD: the one checked out), where merges go; "" if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,7 @@ class ProcessRecord:
 
 
 _COLONY_FIELDS = ", ".join(ColonyRecord.__slots__)
-_ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"),)
+_ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"), ("target", "TEXT NOT NULL DEFAULT ''"))
 
 
 class Registry:
@@ -256,6 +258,15 @@ class Registry:
                 (*fields.values(), time.time(), name),
             )
 
+    def forget_orphans(self) -> int:
+        """Delete the rows of colonies that no longer exist (written by a process that lost a race with a
+        destroy); how many went."""
+        with self.transaction() as db:
+            gone = 0
+            for table in ("transitions", "events", "runtime"):  # processes: gc ends them first (by pid)
+                gone += db.execute(f"DELETE FROM {table} WHERE colony NOT IN (SELECT name FROM colonies)").rowcount
+            return gone
+
     def delete_colony(self, name: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM colonies WHERE name=?", (name,))
@@ -317,10 +328,11 @@ class Registry:
 
     def set_runtime(self, colony: str, kind: str, name: str, state: str, detail: str = "") -> None:
         with self.transaction() as db:
+            # Only for a colony that exists: a host's last writes may land after a destroy deleted its colony.
             db.execute(
                 "INSERT OR REPLACE INTO runtime(colony, kind, name, state, detail, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (colony, kind, name, state, detail, time.time()),
+                "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM colonies WHERE name=?)",
+                (colony, kind, name, state, detail, time.time(), colony),
             )
 
     def runtime(self, colony: str) -> list[tuple[str, str, str, str]]:

@@ -10,13 +10,15 @@ import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from core import cgroups
 from core.agent import EXITED, AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config
 from core.errors import ConfigError, StemError
-from core.events import Event, Notice
+from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
+from core.preview import PreviewError, PreviewRoutes, listen_port
 from core.registry import ColonyRecord, Registry
 from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
@@ -45,6 +47,7 @@ class ColonyRuntime:
         settings: Settings,
         resume: bool = False,
         defer: Callable[[Callable[[], object]], None] | None = None,
+        home: Path | None = None,
     ) -> None:
         self.rec = rec
         # Registry writes made from the loop (process rows) go through `defer` (the host's one ordered writer
@@ -58,13 +61,20 @@ class ColonyRuntime:
         self.config = config
         self._emit = emit
         self._registry = registry
+        # With the hive's home (a colony host), ready services get a route through the hive's preview port.
+        self.preview: PreviewRoutes | None = None
+        if home is not None:
+            try:
+                self.preview = PreviewRoutes(home, rec.name, rec.ip, listen_port(settings), emit, colony_log)
+            except PreviewError as exc:
+                emit(Notice(rec.name, "warning", f"{rec.name}: no preview URLs: {exc}"))
         host = ServiceHost(
             colony=rec.name,
             netns=rec.netns,
             worktree=Path(rec.worktree),
             ip=rec.ip,
             log=colony_log,
-            emit=emit,
+            emit=self._relay,
             record_process=lambda pid, start, kind, argv: self._defer(
                 lambda: registry.add_process(rec.name, pid, start, kind, argv)
             ),
@@ -78,14 +88,21 @@ class ColonyRuntime:
         self.changes: ChangeWatcher | None = None
         self._watch_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        # OOM kills and refused forks in the colony's cgroup: into the log, to the clients, into the registry.
+        self._log = colony_log
+        self._limits = cgroups.LimitWatch(rec.netns, self._limit_held, self._owner_of)
+        self._reports: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent, and the
         watchers beside them."""
+        self._limits.start()
         # The watchers' first scan does not depend on the services: it runs while they get ready.
         watching = asyncio.ensure_future(self._start_change_watcher())
         try:
             await self.services.start_all()
+            if self.preview is not None:
+                await self.preview.settled()  # the start returns with the services' preview URLs in place
             await self.start_agent(self.resume)
         finally:
             await watching
@@ -150,6 +167,7 @@ class ColonyRuntime:
         return self.agent is not None and self.agent.activity == EXITED
 
     async def stop(self, grace: float | None = None) -> None:
+        self._limits.close()  # what stopping kills is no limit held
         if self.agent is not None:
             await self.agent.stop()
             self.agent = None
@@ -161,6 +179,15 @@ class ColonyRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._watch_task, timeout=5)
         await self.services.stop_all(grace)
+        if self.preview is not None:
+            await self.preview.close()
+
+    def _relay(self, event: Event) -> None:
+        """The services' events, on to the host; a service's state also adds or removes its preview route."""
+        self._emit(event)
+        if self.preview is not None and isinstance(event, ServiceState):
+            runner = self.services.services.get(event.service)
+            self.preview.service_state(event.service, event.state, runner.spec.port if runner is not None else None)
 
     async def _colony_running(self) -> bool:
         rec = await asyncio.to_thread(self._registry.find, self.rec.name)
@@ -186,7 +213,9 @@ class ColonyRuntime:
         except ConfigError as exc:
             self._emit(Notice(name, "error", f"{name}: colony.toml not applied, services kept: {exc}"))
             return None
-        self.config = config
+        before, self.config = self.config, config
+        if config.limits != before.limits:
+            await self._apply_limits(config)
         parts = [
             f"{what} {', '.join(names)}"
             for what, names in (
@@ -202,6 +231,42 @@ class ColonyRuntime:
             self._emit(Notice(name, "warning" if changes.not_ready else "info", message))
             await asyncio.to_thread(self._registry.add_event, name, "config", message)
         return changes
+
+    async def _apply_limits(self, config: ColonyConfig) -> None:
+        """colony.toml's [limits] changed: the cgroup holds the new ones at once, nothing restarts."""
+        name = self.rec.name
+        limits = config.limits.over(self.settings.limits)
+        try:
+            await asyncio.to_thread(cgroups.apply, self.rec.netns, limits)
+        except StemError as exc:
+            self._emit(Notice(name, "error", f"{name}: limits not applied: {exc}"))
+            return
+        message = f"{name}: limits now {cgroups.describe(limits)}"
+        self._emit(Notice(name, "info", message))
+        await asyncio.to_thread(self._registry.add_event, name, "config", message)
+
+    def _owner_of(self, pid: int) -> str | None:
+        """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim."""
+        for service, runner in self.services.services.items():
+            if runner.pid == pid:
+                return service
+        if self.agent is not None and self.agent.pid == pid:
+            return "the agent"
+        return None
+
+    def _limit_held(self, event: cgroups.LimitEvent) -> None:
+        task = asyncio.get_running_loop().create_task(self._report_limit(event))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_limit(self, event: cgroups.LimitEvent) -> None:
+        """The kernel held a limit ("web killed: out of memory (256 MiB)"): in the colony's log, to every client
+        (an error notice: the UI shows it and keeps it in Info), and in the registry (`stem ls --json`)."""
+        name = self.rec.name
+        entry = await asyncio.to_thread(self._log.append, "limits", event.message)
+        self._emit(LogLine(name, entry.seq, entry.at, "limits", event.message))
+        self._emit(Notice(name, "error", f"{name}: {event.message}"))
+        self._defer(lambda: self._registry.add_event(name, event.kind, event.message))
 
     async def _watch_config(self, changes: ChangeWatcher | None) -> None:
         """Reload colony.toml whenever it changes, until `stop`: from the events of the colony's change watcher, or,

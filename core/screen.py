@@ -52,6 +52,7 @@ from core.screen_cells import (
     sgr_apply,
     text_width,
 )
+from core.screen_queries import TerminalQueries
 from core.screen_scrollback import Scrollback
 
 __all__ = ["Scrollback", "StemScreen"]
@@ -117,6 +118,7 @@ class StemScreen(pyte.Screen):
         self._row_versions = [0] * lines
         self._dirty: set[int] = set(range(lines))
         self._responder: Callable[[bytes], None] | None = None
+        self.queries = TerminalQueries(self)  # keypad mode and 2026 frames; answers and OSC 52/8 when fed through it
         super().__init__(columns, lines)
         self._stream = pyte.ByteStream(self)
         self._csi: dict[str, Callable[..., None]] = {
@@ -125,6 +127,7 @@ class StemScreen(pyte.Screen):
         self._esc: dict[str, Callable[[], None]] = {
             char: getattr(self, name) for char, name in pyte.Stream.escape.items()
         }
+        self._esc.update(self.queries.escapes())  # DECKPAM, DECKPNM (pyte has neither)
         self._params_cache: dict[str, tuple[int, ...]] = {}
         self._seen = self._cursor_state()
 
@@ -229,6 +232,7 @@ class StemScreen(pyte.Screen):
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
         if kwargs.get("private"):
+            self.queries.set_modes(modes, True)
             for mode in modes:
                 if mode in _ALT_MODES:
                     self._enter_alternate(mode)
@@ -237,6 +241,7 @@ class StemScreen(pyte.Screen):
 
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
         if kwargs.get("private"):
+            self.queries.set_modes(modes, False)
             for mode in modes:
                 if mode in _ALT_MODES:
                     self._leave_alternate(mode)

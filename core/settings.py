@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from core.config import KeyPath, TomlDoc, TomlLocator, format_key, toml_string
+from core.config import KeyPath, Limits, TomlDoc, TomlLocator, format_key, parse_limits, toml_string
 from core.dns import HOST_RESOLV_CONF
 from core.egress import Egress
 from core.errors import ConfigError
@@ -43,6 +43,7 @@ __all__ = [
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 DEFAULT_THEME = "stem-dark"
 DEFAULT_AGENT = "shell"
+DEFAULT_PREVIEW_PORT = 8900  # the hive's preview proxy, on 127.0.0.1 only
 # A colony needs a /30 at least (network, two hosts, broadcast); anything narrower cannot hold one.
 MAX_POOL_PREFIX = 29
 
@@ -50,10 +51,11 @@ PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 TASK = "{task}"
 SHELL = "{shell}"
 
-_TABLES = ("hive", "network", "agents", "keys")
+_TABLES = ("hive", "network", "agents", "keys", "preview", "limits")
 _NETWORK_KEYS = ("egress", "dns", "resolv_conf")
 _HIVE_KEYS = ("pool", "theme", "default_agent")
 _AGENT_KEYS = ("command", "task_command", "resume", "attention")
+_PREVIEW_KEYS = ("port",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class Settings:
     egress: Egress = field(default_factory=Egress)  # for colonies whose colony.toml does not say
     dns: tuple[str, ...] = ()  # resolvers for colonies instead of the host's
     resolv_conf: Path = HOST_RESOLV_CONF  # where the host's resolvers are read from
+    preview_port: int = DEFAULT_PREVIEW_PORT  # `[preview] port`: every colony's services through it; 0 turns it off
+    limits: Limits = field(default_factory=Limits)  # `[limits]`: for colonies whose colony.toml does not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,11 @@ def _settings(doc: TomlDoc) -> Settings:
         default_agent = doc.string(t, ("default_agent",), hive["default_agent"]).strip()
 
     egress, dns, resolv_conf = _network(doc, data.get("network", {}))
+    preview = data.get("preview", {})
+    doc.check_keys(("preview",), preview, _PREVIEW_KEYS)
+    preview_port = DEFAULT_PREVIEW_PORT
+    if "port" in preview:
+        preview_port = doc.integer(("preview",), ("port",), preview["port"], 0, 65535)
     return Settings(
         path=doc.path,
         pool=pool,
@@ -262,8 +271,10 @@ def _settings(doc: TomlDoc) -> Settings:
         egress=egress,
         dns=dns,
         resolv_conf=resolv_conf,
+        preview_port=preview_port,
         agents=_agents(doc, data.get("agents", {}), shipped_presets()),
         keys=_keys(doc, data.get("keys", {})),
+        limits=parse_limits(doc, data.get("limits", {})),
     )
 
 

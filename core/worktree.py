@@ -49,6 +49,28 @@ def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+def git_bytes(
+    args: list[str], cwd: Path, *, input: bytes | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """git for its raw output (NUL-separated paths need not be UTF-8; core.quotePath off), not checked; `env` is
+    added to Stem's git environment. StemError if `cwd` is gone (a colony's worktree removed meanwhile)."""
+    full = git_env()
+    full.update(env or {})
+    try:
+        return subprocess.run(
+            ["git", "-c", "core.quotePath=false", *args],
+            cwd=cwd,
+            env=full,
+            input=input,
+            capture_output=True,
+            stdin=subprocess.DEVNULL if input is None else None,
+        )
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not cwd.is_dir():
+            raise StemError(f"{cwd} is gone (a colony's worktree? destroy it, or run `stem gc`)") from exc
+        raise
+
+
 def repo_root(path: Path) -> Path:
     """The top of the (main) work tree that contains `path`."""
     if not path.is_dir():
@@ -153,8 +175,14 @@ def remove(repo: Path, path: Path, lock_dir: Path) -> None:
         git(["worktree", "prune"], repo, check=False)  # only needed when git did not remove it itself
 
 
+# `stem merge --squash` records the colony tip it squashed here: the content of those commits is on the target, so
+# they do not count as unmerged work (the ref goes with the branch).
+SQUASHED_REFS = "refs/stem/squashed/"
+
+
 def unmerged_commits(repo: Path, branch: str) -> int:
-    """Commits on `branch` that no other branch or tag contains: work that deleting the branch would lose."""
+    """Commits on `branch` that no other branch or tag contains, nor a squash merge took: work that deleting the
+    branch would lose."""
     proc = git(
         # --exclude patterns for --branches are relative to refs/heads/.
         [
@@ -165,6 +193,7 @@ def unmerged_commits(repo: Path, branch: str) -> int:
             f"--exclude={branch}",
             "--branches",
             "--tags",
+            f"--glob={SQUASHED_REFS}*",
         ],
         repo,
         check=False,
@@ -176,6 +205,17 @@ def delete_branch(repo: Path, branch: str, lock_dir: Path) -> None:
     with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
         if branch_exists(repo, branch):
             git(["branch", "-D", branch], repo)
+        git(["update-ref", "-d", f"{SQUASHED_REFS}{branch}"], repo, check=False)
+
+
+def branch_of(repo: Path, ref: str) -> str:
+    """The local branch `ref` names (for HEAD, the branch `repo` has checked out), or "" for a tag, a commit, a
+    remote branch or a detached HEAD: the branch a colony spawned from `ref` merges into by default."""
+    if not ref or ref.startswith("-"):
+        return ""
+    proc = git(["rev-parse", "--symbolic-full-name", ref], repo, check=False)
+    full = proc.stdout.strip()
+    return full[len("refs/heads/") :] if proc.returncode == 0 and full.startswith("refs/heads/") else ""
 
 
 def dirty_files(path: Path) -> list[str]:

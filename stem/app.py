@@ -23,6 +23,7 @@ from textual.command import Command as PaletteCommand
 from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.driver import Driver
 from textual.screen import ModalScreen
 from textual.theme import Theme
 from textual.widgets import Static, TabbedContent
@@ -50,6 +51,7 @@ from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
 from stem.hive_view import Clock, FailedSpawn
+from stem.input_parser import StemDriver
 from stem.keys import bind, keymap
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
 from stem.themes import load_themes, theme_dirs
@@ -121,6 +123,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.selected: str | None = None
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
+        self.titles: dict[str, str] = {}  # each colony's agent's window title
         self.changes: dict[str, tuple[FileChange, ...]] = {}
         self.errors: dict[str, list[tuple[float, str]]] = {}
         # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
@@ -262,6 +265,11 @@ class StemApp(App[int], inherit_bindings=False):
                 if terminal.session is None:
                     self._attach_terminal()
                 terminal.screen_changed(event.rows)
+            session = self.hive.agent(event.colony)
+            title = session.screen.title if session is not None else ""
+            if self.titles.get(event.colony, "") != title:  # the agent's window title (OSC 0/2), in its row
+                self.titles[event.colony] = title
+                self._redraw_rows()
         elif isinstance(event, HiveChanged):
             self.refresh_colonies()
         elif isinstance(event, LogsLoaded):
@@ -375,6 +383,7 @@ class StemApp(App[int], inherit_bindings=False):
                     branch=rec.branch,
                     age=self.clock.age(rec.created_at),
                     activity=self.activity.get(rec.name) if rec.state == lc.RUNNING else None,
+                    title=self.titles.get(rec.name, "") if rec.state == lc.RUNNING else "",
                     services=len(services),
                     services_up=sum(s in ("ready", "running") for s in states),
                     services_failed=sum(s in ("crashed", "failed") for s in states),
@@ -954,6 +963,10 @@ class StemApp(App[int], inherit_bindings=False):
             return
         save_setting("hive", "theme", name, path=self.settings.path)
         self.call_from_thread(self.notify, f"theme {name} saved in {self.settings.path}")
+
+    def get_driver_class(self) -> type[Driver]:
+        """Stem's driver: keys reach agents exactly as the user's terminal sent them (stem.input_parser)."""
+        return StemDriver
 
     def get_key_display(self, binding: Binding) -> str:
         """Keys as people write them: ctrl+] rather than ^]."""

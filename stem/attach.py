@@ -27,7 +27,7 @@ from typing import Final, cast
 from pyte.screens import Char
 
 from core import lifecycle as lc
-from core.agent import EXITED, encode_key
+from core.agent import EXITED
 from core.errors import StemError
 from core.host.protocol import (
     AgentInfo,
@@ -44,6 +44,7 @@ from core.host.protocol import (
     Subscribe,
     Update,
 )
+from core.xterm_input import encode_key
 
 __all__ = ["DEFAULT_RELEASE", "RELEASE_BINDING", "ReleaseKey", "attach", "release_key", "render_snapshot"]
 
@@ -192,8 +193,8 @@ def _sgr(style: tuple[object, ...]) -> str:
 
 def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> bytes:
     """What draws `screen` on a terminal of `columns` x `lines` already on its alternate screen: cleared, every
-    row with its colours and attributes, the agent's key and mouse modes, its title, the cursor. A screen larger
-    than the terminal is cut at its right and bottom."""
+    row with its colours and attributes, the agent's key, keypad, mouse and focus modes, its title, the cursor. A
+    screen larger than the terminal is cut at its right and bottom."""
     out = [f"{_CSI}0m{_CSI}r{_CSI}H{_CSI}2J"]  # a known pen and whole-screen margins before clearing
     if screen is None:
         return "".join(out).encode()
@@ -235,6 +236,8 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
     if modes.mouse:
         out.append(f"{_CSI}?{modes.mouse}h")
     out.append(f"{_CSI}?1006{'h' if modes.mouse_sgr else 'l'}")
+    out.append("\x1b=" if modes.app_keypad else "\x1b>")
+    out.append(f"{_CSI}?1004{'h' if modes.focus_reports else 'l'}")
     if screen.title:
         out.append(f"\x1b]2;{_CONTROL.sub('', screen.title)}\x07")
     x = min(screen.cursor_x, width - 1)  # pyte's x is `columns` while a wrap is pending

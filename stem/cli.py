@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +21,12 @@ from core.errors import StemError
 if TYPE_CHECKING:
     from core.api import HiveAPI
     from core.events import Event
+    from core.merge import ColonyDiff, Conflict, MergeResult
 
 EXIT_USAGE = 2
+# What writes to a colony's log besides its services (`stem logs -s` takes these too).
+LOG_SOURCES = ("setup", "build", "network", "host", "agent", "limits", "preview")
+EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +94,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--force", action="store_true", help="also when the worktree has uncommitted changes")
 
+    p = sub.add_parser(
+        "diff",
+        help="a colony's work against its target branch",
+        description="Show colony NAME's work against its target (the branch it was spawned from, or --into): "
+        "committed and uncommitted changes and untracked files, from the merge base, so the target's own later "
+        "commits are not shown.",
+    )
+    p.add_argument("name")
+    p.add_argument("--stat", action="store_true", help="changed files with +/- line counts instead of the diff")
+    p.add_argument("--into", metavar="BRANCH", help="compare with this branch instead of the target")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "commit",
+        help="commit a colony's uncommitted work on its branch",
+        description="Commit everything uncommitted in colony NAME's worktree (untracked files too, ignored ones "
+        "not) on its branch, for agents that do not commit. No hook runs; the agent's git sees a normal commit.",
+    )
+    p.add_argument("name")
+    p.add_argument("-m", "--message", required=True, help="the commit message")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "merge",
+        help="merge a colony's branch into its target branch",
+        description="Merge colony NAME's branch into its target (the branch it was spawned from, or --into) "
+        "without touching any checkout: the merge is computed with git merge-tree, written as a commit and the "
+        "branch moved by compare-and-swap. A fast-forward when possible (unless --squash). A worktree that has "
+        "the target checked out follows, as git merge --ff-only would, unless it has uncommitted changes in "
+        "files the merge changes (refused). A conflict changes nothing and exits 2, listing the files and lines.",
+    )
+    p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--all", action="store_true", help="every colony, in spawn order, stopping at the first that does not merge"
+    )
+    p.add_argument("--into", metavar="BRANCH", help="merge into this branch instead of the target")
+    p.add_argument("--squash", action="store_true", help="one single-parent commit with the colony's changes")
+    p.add_argument("-m", "--message", help="the commit message (default: names the colony and its branch)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "sync",
+        help="merge a colony's target into its branch, in its worktree",
+        description="Merge the new commits of colony NAME's target (or --from) into its branch, inside its "
+        "worktree, so that a conflict is left where its agent works: conflict markers in the files, exit 1 with "
+        "the files and lines. Uncommitted changes to files the merge changes refuse it (exit 2, nothing changed).",
+    )
+    p.add_argument("name")
+    p.add_argument("--from", dest="source", metavar="BRANCH", help="merge this branch instead of the target")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     sub.add_parser(
         "serve",
         help="watch the hive without a UI: print what happens, restart colony hosts that die",
@@ -150,6 +207,10 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
         return services, agent
 
     if args.json:
+        from core.preview import urls as preview_urls
+
+        merging = {status.colony: status.as_dict() for status in await hive.merge_statuses()}
+        preview = await asyncio.to_thread(preview_urls, hive.home)  # service -> URL through the preview port
         out = []
         for r in rows:
             services, agent = runtime(r.name)
@@ -172,6 +233,9 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
                     "services": services if hosted[r.name] else {},
                     "agent": agent if hosted[r.name] else "",
                     "host": hosted[r.name],
+                    "preview": preview.get(r.name, {}),
+                    **hive.limits(r.name).as_dict(),  # limits in force, usage now, OOM kills and refused forks
+                    **merging.get(r.name, {}),
                 }
             )
         print(json.dumps(out, indent=2))
@@ -268,6 +332,161 @@ async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(text: str) -> None:
+    if text:
+        print(f"stem: note: {text}", file=sys.stderr)
+
+
+def _stat(diff: ColonyDiff) -> list[str]:
+    """git's --stat, with uncommitted files marked."""
+    width = max(len(f.path) for f in diff.files)
+    most = max(f.added + f.removed for f in diff.files) or 1
+    scale = min(1.0, 40 / most)
+    lines = []
+    for f in diff.files:
+        bar = "+" * round(f.added * scale) + "-" * round(f.removed * scale)
+        mark = "  (uncommitted)" if f.path in diff.uncommitted else ""
+        lines.append(f" {f.path.ljust(width)} | {f.added + f.removed:>5} {bar}{mark}")
+    added, removed = sum(f.added for f in diff.files), sum(f.removed for f in diff.files)
+    against = f"against {diff.target}" if diff.target else f"since {diff.base[:12]}"
+    summary = f" {len(diff.files)} file(s) changed, {added} insertion(s)(+), {removed} deletion(s)(-) {against}"
+    uncommitted = sum(1 for f in diff.files if f.path in diff.uncommitted)
+    return [*lines, summary + (f"; {uncommitted} uncommitted" if uncommitted else "")]
+
+
+async def cmd_diff(hive: HiveAPI, args: argparse.Namespace) -> int:
+    diff = await hive.target_diff(args.name, args.into, text=not args.stat)
+    if args.json:
+        print(json.dumps(diff.as_dict(), indent=2))
+        return 0
+    _note(diff.note)
+    if not diff.files:
+        print(f"{diff.colony} has no changes against {diff.target or diff.base[:12]}", file=sys.stderr)
+    elif args.stat:
+        print("\n".join(_stat(diff)))
+    else:
+        sys.stdout.write(diff.text)
+    return 0
+
+
+async def cmd_commit(hive: HiveAPI, args: argparse.Namespace) -> int:
+    result = await hive.commit(args.name, args.message)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"committed {len(result.files)} file(s) of {result.colony} on {result.branch} as {result.commit[:12]}")
+    return 0
+
+
+def _conflicts(conflicts: tuple[Conflict, ...], target: str, colony: str) -> None:
+    for conflict in conflicts:
+        print(f"  {conflict.describe(target, colony)}", file=sys.stderr)
+
+
+def _merged(result: MergeResult) -> None:
+    verb = "squashed" if result.how == "squash" else "merged"
+    what = {"fast-forward": "fast-forward to", "merge": "merge commit", "squash": "commit"}[result.how]
+    print(
+        f"{verb} {result.colony} into {result.target}: {what} {result.new[:12]} "
+        f"({result.commits} commit(s), {len(result.files)} file(s))"
+    )
+    if result.checkout:
+        print(f"  {result.checkout} has {result.target} checked out: brought to {result.new[:12]}")
+    if result.retries:
+        print(f"  {result.target} moved meanwhile: merged onto its new tip ({result.retries} retry)")
+    _note(result.note)
+    if result.uncommitted:
+        _note(
+            f"{result.colony} has {len(result.uncommitted)} uncommitted file(s), not part of the merge "
+            f"(stem commit {result.colony} -m MESSAGE, then merge again)"
+        )
+
+
+async def cmd_merge(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core.merge import MergeConflict
+
+    if args.all == (args.name is not None):
+        raise StemError("stem merge: name a colony, or --all for every colony (not both)")
+    if args.all:
+        return await _merge_all(hive, args)
+    try:
+        result = await hive.merge(args.name, into=args.into, squash=args.squash, message=args.message)
+    except MergeConflict as exc:
+        if args.json:
+            print(json.dumps(exc.as_dict(), indent=2))
+        print(f"stem: {exc}", file=sys.stderr)
+        _conflicts(exc.conflicts, exc.target, exc.colony)
+        return exc.exit_code
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        _merged(result)
+        print(f"{result.colony}'s branch is merged: stem destroy {result.colony} removes the colony and the branch")
+    return 0
+
+
+async def _merge_all(hive: HiveAPI, args: argparse.Namespace) -> int:
+    """Each colony in spawn order, each merge atomic; the first that fails (a conflict, a dirty checkout of its
+    target) stops the run with the earlier ones merged."""
+    from core.merge import MergeConflict, NothingToMerge
+
+    if args.message:
+        raise StemError("stem merge --all: -m would give every merge the same message; merge one by one for that")
+    names = [rec.name for rec in await asyncio.to_thread(hive.colonies)]
+    merged: list[MergeResult] = []
+    skipped: list[dict[str, str]] = []
+    stopped: dict[str, object] | None = None
+    for i, name in enumerate(names):
+        try:
+            result = await hive.merge(name, into=args.into, squash=args.squash)
+        except NothingToMerge as exc:
+            skipped.append({"colony": name, "reason": str(exc)})
+            if not args.json:
+                print(f"nothing to merge from {name}")
+            continue
+        except StemError as exc:
+            stopped = exc.as_dict() if isinstance(exc, MergeConflict) else {"colony": name, "error": str(exc)}
+            stopped["not_tried"] = names[i + 1 :]
+            print(f"stem: {exc}", file=sys.stderr)
+            if isinstance(exc, MergeConflict):
+                _conflicts(exc.conflicts, exc.target, exc.colony)
+            if names[i + 1 :]:
+                print(f"stem: stopped at {name}; not tried: {', '.join(names[i + 1 :])}", file=sys.stderr)
+            break
+        merged.append(result)
+        if not args.json:
+            _merged(result)
+    if args.json:
+        out = {"merged": [r.as_dict() for r in merged], "skipped": skipped, "stopped": stopped}
+        print(json.dumps(out, indent=2))
+    return EXIT_USAGE if stopped is not None else 0
+
+
+async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
+    result = await hive.sync(args.name, args.source)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.how == "up to date":
+        print(f"{result.colony} is up to date with {result.target}")
+    elif result.how != "conflicts":
+        print(
+            f"synced {result.colony} with {result.target}: {result.commits} commit(s) brought in "
+            f"({result.how}, now at {result.new[:12]})"
+        )
+    if not args.json:
+        _note(result.note)
+    if result.how != "conflicts":
+        return 0
+    if not args.json:
+        print(
+            f"stem: merging {result.target} into {result.colony} left {len(result.conflicts)} file(s) in conflict "
+            "in its worktree, for its agent to resolve (then commit)",
+            file=sys.stderr,
+        )
+        _conflicts(result.conflicts, result.target, result.colony)
+    return EXIT_CONFLICTS_LEFT
+
+
 async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     from core.colony_log import follow_file, parse_line, read_tail
 
@@ -275,6 +494,14 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     if args.follow and rec.state == "running" and not hive.host_running(rec.name):
         await hive.revive(rec.name)  # following a colony whose host died: bring it back first
     path = hive.log_path(args.name)
+    if args.service is not None and args.service not in LOG_SOURCES:
+        known = await asyncio.to_thread(hive.service_names, args.name)
+        if args.service not in known:
+            listed = ", ".join(known) if known else "none"
+            raise StemError(
+                f"{args.name} has no service named {args.service!r} (its services: {listed}; and Stem's own: "
+                f"{', '.join(LOG_SOURCES)})"
+            )
 
     def wanted(line: str) -> bool:
         return args.service is None or parse_line(line)[1] in (args.service, f"{args.service}!")
@@ -360,6 +587,10 @@ COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
     "stop": cmd_stop,
     "start": cmd_start,
     "destroy": cmd_destroy,
+    "diff": cmd_diff,
+    "commit": cmd_commit,
+    "merge": cmd_merge,
+    "sync": cmd_sync,
     "gc": cmd_gc,
     "logs": cmd_logs,
     "serve": cmd_serve,
@@ -394,6 +625,29 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`stem ls | head`): what it did not read is nobody's error. Later writes (the
+        # interpreter's last flush) go nowhere instead of printing a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, sqlite3.Error) as exc:
+        line = _disk_trouble(exc)
+        if line is None:
+            raise
+        print(f"stem: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _disk_trouble(exc: BaseException) -> str | None:
+    """One line for what the disk refused (full, over quota, read-only), or None for anything else."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{os.strerror(exc.errno)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
+    text = str(exc)
+    if isinstance(exc, sqlite3.Error) and ("disk is full" in text or "disk I/O error" in text or "readonly" in text):
+        home = os.environ.get("STEM_HOME", "STEM_HOME")
+        return f"the hive's registry in {home} cannot be written ({text}): free some space and try again"
+    return None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import link_names, make_repo, netns_names
 
-from core import firewall
+from core import cgroups, claims, firewall
 from core.host.forker import ForkerPaths
 from core.host.launch import wait_exit
 from core.host.paths import HostPaths
+from core.preview import PreviewPaths
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -52,6 +54,7 @@ class HiveEnv:
             STEM_PREFIX=self.prefix,
             STEM_POOL=str(self.pool),
             XDG_CONFIG_HOME=str(tmp / "config"),
+            STEM_PREVIEW_PORT=str(free_port()),  # the hive's own Caddy, never on a port a real hive uses
         )
         self.env.pop("STEM_FAULT_KILL_AT", None)
 
@@ -72,9 +75,12 @@ class HiveEnv:
         return pids
 
     def cleanup(self) -> None:
-        """Remove whatever the test left: hosts and processes by pid, namespaces and links by this test's prefix."""
+        """Remove whatever the test left: hosts and processes by pid, cgroups, namespaces and links by this test's
+        prefix."""
         forker = ForkerPaths.of(self.home).process()
         ended = [forker[0]] if forker is not None else []
+        caddy = PreviewPaths.of(self.home).process()
+        ended += [caddy[0]] if caddy is not None else []
         ended += self.host_pids()
         for pid in ended:
             with contextlib.suppress(ProcessLookupError):
@@ -86,6 +92,8 @@ class HiveEnv:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        for group in cgroups.names(self.prefix):  # its cgroups, and whatever still runs in them
+            cgroups.remove(group, timeout=5.0)
         for name in netns_names(self.prefix):
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
             for pid in pids:
@@ -99,7 +107,15 @@ class HiveEnv:
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
         firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
+        claims.release(self.prefix)  # its claim on the prefix and pool (core/claims.py)
         reap_adopted()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def reap_adopted() -> None:

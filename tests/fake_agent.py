@@ -5,11 +5,16 @@ It prints a coloured banner and the prompt `fake-agent> `, then reads lines (can
 what is typed). Every line is answered with `echo: <line>`, then run if it is a command (type `help`).
 Arguments: --task TEXT prints `task: TEXT`; --continue prints `resumed`; --exit-after-banner N exits with N.
 SIGWINCH prints `resized: <cols>x<rows>`; Ctrl-C interrupts the current command; EOF exits 0. Stdlib only.
+
+--hex: a key echo instead. The terminal is put in raw mode and every read is printed as `hex: 1b 3a 77` and
+appended, as it came, to `.stem-keys.bin` in the working directory. Whenever `.stem-modes` there changes, its
+bytes are written to the terminal (mode sequences: `ESC [ ? 1 h` ...), followed by `modes N` (N counts changes).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import sys
@@ -32,6 +37,9 @@ commands:
   cursor          save the cursor, write at row 5 col 10, restore it
   unicode         wide characters, emoji and a combining accent
   title TEXT      set the window title (OSC 0)
+  copy TEXT       put TEXT on the clipboard (OSC 52)
+  link URL TEXT   print TEXT as a hyperlink to URL (OSC 8)
+  frames N        draw N screens in synchronized output (2026), each with a pause halfway
   spin S          show a busy spinner for S seconds
   env NAME        print env NAME=<value>
   pwd             print cwd: <directory>
@@ -153,6 +161,22 @@ def run(line: str) -> int | None:
     elif word == "title":
         out(f"{ESC}]0;{rest}\a")
         say(f"title: {rest}")
+    elif word == "copy":
+        out(f"{ESC}]52;c;{base64.b64encode(rest.encode()).decode()}\a")
+        say("copied")
+    elif word == "link":
+        url, _, text = rest.partition(" ")
+        say(f"see {ESC}]8;;{url}{ESC}\\{text}{ESC}]8;;{ESC}\\ here")
+    elif word == "frames":
+        count = number(rest or "1", int)
+        if count is None:
+            return None
+        for i in range(1, int(count) + 1):
+            # A terminal must show each frame whole: "begins" never without "ends".
+            out(f"{ESC}[?2026h{ESC}[2J{ESC}[Hframe {i} begins\r\n")
+            time.sleep(0.03)
+            out(f"frame {i} ends\r\n{ESC}[?2026l")
+        say("frames done")
     elif word == "spin":
         seconds = number(rest or "1", float)
         if seconds is None:
@@ -184,12 +208,50 @@ def run(line: str) -> int | None:
     return None
 
 
+KEYS_LOG = ".stem-keys.bin"
+MODES_FILE = ".stem-modes"
+
+
+def hex_echo() -> int:
+    """The --hex mode: print what is read as hex, log it, apply mode changes asked for through MODES_FILE."""
+    import select
+    import tty
+
+    tty.setraw(0)
+    changes = 0
+    applied: bytes | None = None
+    out("hex agent ready\r\n")
+    with open(KEYS_LOG, "ab", buffering=0) as log:
+        while True:
+            # The timeout is how often the modes file is looked at, not a wait for anything.
+            readable, _, _ = select.select([0], [], [], 0.02)
+            if readable:
+                data = os.read(0, 4096)
+                if not data:
+                    return 0
+                log.write(data)
+                out(f"hex: {data.hex(' ')}\r\n")
+                continue
+            try:
+                wanted = Path(MODES_FILE).read_bytes()
+            except FileNotFoundError:
+                continue
+            if wanted != applied:
+                applied = wanted
+                changes += 1
+                os.write(1, wanted)
+                out(f"modes {changes}\r\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fake-agent", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--task", help="the task to start with")
     parser.add_argument("--continue", dest="resume", action="store_true", help="resume the last session")
     parser.add_argument("--exit-after-banner", type=int, metavar="N", help="print the banner, then exit with N")
+    parser.add_argument("--hex", action="store_true", help="print every byte read as hex (see the docstring)")
     args = parser.parse_args(argv)
+    if args.hex:
+        return hex_echo()
 
     signal.signal(signal.SIGWINCH, on_winch)
     # Python only installs its Ctrl-C handler when SIGINT is not ignored at start; a launcher may ignore it.

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import random
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -23,6 +25,7 @@ import pytest
 from helpers import run_stem, until, wait_for
 from recordings import streams
 
+from core import claims
 from core.host.paths import HostPaths
 from core.host.protocol import (
     AgentInfo,
@@ -102,7 +105,7 @@ def styled_modes() -> bytes:
         f"{CSI}31;42mansi{CSI}93;105mbright{CSI}38;5;208;48;5;17m256{CSI}38;2;1;2;3;48;2;250;128;0mtrue{CSI}0m\r\n"
     )
     out.append(f"x\u0301 q\u0308\u0323 combining {CSI}33m中文{CSI}0m wide\r\n")
-    out.append(f"{CSI}?1h{CSI}?2004h{CSI}?1002h{CSI}?1006h\x1b]2;a title\x07{CSI}12;30H{CSI}?25l")
+    out.append(f"{CSI}?1h{CSI}?2004h{CSI}?1002h{CSI}?1006h\x1b={CSI}?1004h\x1b]2;a title\x07{CSI}12;30H{CSI}?25l")
     return "".join(out).encode()
 
 
@@ -449,7 +452,7 @@ def register(home: Path, name: str, state: str) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A hive of its own (colonies alpha, running, beta, stopped, and delta, starting) and a config folder."""
     home = tmp_path / "h"
     register(home, "alpha", "running")
@@ -457,7 +460,11 @@ def env(tmp_path: Path) -> dict[str, str]:
     register(home, "delta", "starting")
     (tmp_path / "config" / "stem").mkdir(parents=True)
     environ = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "STEM_CONFIG")}
-    return dict(environ, STEM_HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    prefix, pool = "a" + secrets.token_hex(2), f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20"
+    yield dict(
+        environ, STEM_HOME=str(home), STEM_PREFIX=prefix, STEM_POOL=pool, XDG_CONFIG_HOME=str(tmp_path / "config")
+    )
+    claims.release(prefix)  # the hive's claim on its prefix and pool (core/claims.py)
 
 
 @pytest.fixture

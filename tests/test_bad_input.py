@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import git, link_names, make_repo, netns_names, run_stem
+from helpers import git, link_names, make_repo, netns_names, run_stem, stem_cmd
 
 pytestmark = pytest.mark.root
 
@@ -190,3 +190,46 @@ def test_existing_branch_refuses_spawn_and_rollback_leaves_it_alone(hive_env, re
     assert git(repo, "rev-parse", "colony/taken") == before  # not Stem's: untouched
     assert netns_names(hive_env.prefix) == []
     assert list((hive_env.home / "worktrees").iterdir()) == []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(hive_env, repo):
+    """`stem logs NAME -n 1000 | head -1` and `stem ls | head`: the writer sees EPIPE; that is not an error."""
+    assert run_stem(hive_env.env, "spawn", "chatty", "--repo", str(repo)).returncode == 0
+    log = hive_env.home / "colonies" / "chatty" / "colony.log"
+    with log.open("a") as f:  # enough lines to outgrow the pipe's buffer
+        f.writelines(f"12:00:00.000 [agent] line {i} {'x' * 200}\n" for i in range(2000))
+    for args in (("logs", "chatty", "-n", "2000"), ("ls",)):
+        reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        result = subprocess.run(
+            [*stem_cmd(), *args], env=hive_env.env, stdout=reader.stdin, stderr=subprocess.PIPE, text=True
+        )
+        reader.stdin.close()
+        reader.wait()
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_logs_of_a_service_the_colony_does_not_have(hive_env, tmp_path):
+    repo = make_repo(tmp_path / "svc", colony_toml='[services.web]\ncommand = "sleep 600"\n')
+    assert run_stem(hive_env.env, "spawn", "one", "--repo", str(repo)).returncode == 0
+    assert_refused(run_stem(hive_env.env, "logs", "one", "-s", "nosuch"), "one has no service named 'nosuch'", "web")
+    assert run_stem(hive_env.env, "logs", "one", "-s", "web").returncode == 0
+
+
+def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], check=True)
+    try:
+        env = {**hive_env.env, "STEM_HOME": str(disk / "home")}
+        assert run_stem(env, "ls").returncode == 0  # the hive is made while there is room
+        with (disk / "filler").open("wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        for args in (("ls",), ("gc",), ("spawn", "nospace", "--repo", str(repo))):
+            line = assert_refused(run_stem(env, *args), "free some space")
+            assert "cannot be written" in line or "No space left" in line
+        assert netns_names(hive_env.prefix) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

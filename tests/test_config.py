@@ -56,12 +56,7 @@ pids = 512
 [network]
 egress = "none"
 host_ports = [5432, 6379]
-
-[peering]
-exclude = ["node_modules", ".env"]
-
-[terminal]
-command = "bash"
+peers = ["beta", "alpha", "beta"]
 """
 
 
@@ -97,8 +92,24 @@ def test_full_example_parses_into_every_field() -> None:
     assert cfg.limits == Limits(memory=2 * 1024**3, cpus=1.5, pids=512)
     assert cfg.network.egress == Egress("none")
     assert cfg.network.host_ports == (5432, 6379)
-    assert cfg.peering.exclude == ("node_modules", ".env")
-    assert cfg.terminal.command == "bash"
+    assert cfg.network.peers == ("alpha", "beta")
+
+
+@pytest.mark.parametrize(
+    ("table", "why"),
+    [
+        ('[peering]\nexclude = ["node_modules"]', "read-only peering is not built yet"),
+        ('[terminal]\ncommand = "bash"', "Stem opens no extra shell in a colony yet"),
+    ],
+)
+def test_tables_stem_does_not_apply_yet_are_refused_not_ignored(table: str, why: str) -> None:
+    message = error_of(table)
+    assert "is not applied by this version of Stem" in message and why in message
+    assert message.startswith("colony.toml:2:")
+
+
+def test_peers_must_be_colony_names() -> None:
+    assert "'Not A Name' is not a colony name" in error_of('[network]\npeers = ["Not A Name"]')
 
 
 def test_empty_file_gives_defaults_but_keeps_path() -> None:

@@ -358,5 +358,6 @@ def test_the_egress_in_force_shows_in_ls(hive_env, tmp_path, world, forwarding):
         "addresses": ["10.99.0.0/16"],
         "unresolved": ["nowhere.test"],
         "host_ports": [],
+        "peers": [],
     }
     assert "nowhere.test did not resolve" in run_stem(hive_env.env, "logs", "shown").stdout

@@ -14,7 +14,7 @@ from core import dns
 from core.config import parse_colony_config
 from core.egress import ALLOW, NAT, NONE, Egress, EgressError, EgressInForce, parse_egress, proxy_env, proxy_forwards
 from core.errors import ConfigError
-from core.firewall import ColonyRules, TablePlan, render
+from core.firewall import ColonyRules, TablePlan, peer_pairs, render
 from core.settings import load_settings
 
 RESPONDER = str(Path(__file__).parent / "dns_responder.py")
@@ -149,7 +149,7 @@ def test_proxy_variables_pass_and_a_loopback_proxy_moves_to_the_host_address() -
     assert proxy_forwards({"HTTP_PROXY": "http://127.0.0.1"}) == (80,)
 
 
-def test_the_table_has_nat_for_the_pool_and_a_chain_per_restricted_colony() -> None:
+def test_the_table_has_nat_for_the_pool_and_chains_per_colony() -> None:
     pool = ipaddress.IPv4Network("10.200.0.0/16")
     listed = EgressInForce(parse_egress(["pypi.org"]), ("151.101.0.223",), (), (5432,), (3128,))
     plan = TablePlan(
@@ -166,9 +166,35 @@ def test_the_table_has_nat_for_the_pool_and_a_chain_per_restricted_colony() -> N
     script = render(plan)
     assert script.startswith("table ip stem\ndelete table ip stem\n")  # replaces the old table atomically
     assert "ip saddr 10.200.0.0/16 ip daddr != 10.200.0.0/16 masquerade" in script
-    assert 'iifname "stem0"' not in script  # nat: nothing to restrict
+    assert 'iifname "stem0" jump egress' not in script  # nat: its egress is not restricted
+    assert 'iifname "stem0" jump host0' in script  # but what it may reach on the host is, as for every colony
     assert 'iifname "stem1" jump egress1' in script and 'iifname "stem1" jump host1' in script
     assert "ip daddr { 151.101.0.223 } accept" in script
     assert "ip daddr { 10.0.0.2 } meta l4proto { tcp, udp } th dport 53 accept" in script
     assert 'iifname "stem2" ip daddr 10.200.0.9 tcp dport 3128 dnat to 127.0.0.1:3128' in script
     assert "th dport { 5432 } accept" in script
+
+
+def test_colonies_reach_each_other_only_when_both_list_the_other_as_peers() -> None:
+    def colony(name: str, ip: str, *peers: str) -> ColonyRules:
+        return ColonyRules(f"v{name}", ip, "10.200.0.1", EgressInForce(peers=peers), name)
+
+    a, b, c, d = (
+        colony("a", "10.200.0.2", "b", "c"),
+        colony("b", "10.200.0.6", "a"),
+        colony("c", "10.200.0.10"),
+        colony("d", "10.200.0.14", "d"),
+    )
+    assert peer_pairs((a, b, c, d)) == [("10.200.0.2", "10.200.0.6"), ("10.200.0.6", "10.200.0.2")]  # c did not agree
+    script = render(TablePlan("stem", ipaddress.IPv4Network("10.200.0.0/16"), (a, b, c, d), (), None))
+    forward = script.split("chain forward {", 1)[1].split("}", 1)[0]
+    lines = [line.strip() for line in forward.splitlines() if line.strip()]
+    # Replies first, then the agreed pairs, then every other colony-to-colony packet dropped.
+    assert lines[1:5] == [
+        "ct state established,related accept",
+        "ip saddr 10.200.0.2 ip daddr 10.200.0.6 accept",
+        "ip saddr 10.200.0.6 ip daddr 10.200.0.2 accept",
+        "ip saddr 10.200.0.0/16 ip daddr 10.200.0.0/16 counter drop",
+    ]
+    host0 = script.split("chain host0 {", 1)[1].split("}", 1)[0]
+    assert "counter drop" in host0 and "dport" not in host0  # no host ports, no resolver on the host: nothing

@@ -348,3 +348,46 @@ def test_twenty_spawn_destroy_cycles_leave_the_host_as_it_was(hive_env, repo):
     assert after == before
     assert before["netns"] == [] and before["processes"] == []
     assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
+
+
+def test_spawn_from_a_linked_worktree_starts_from_that_worktrees_head(hive_env, repo, tmp_path):
+    linked = tmp_path / "feature-checkout"
+    git(repo, "worktree", "add", "-q", "-b", "feature", str(linked))
+    (linked / "feature.txt").write_text("only on the feature branch\n")
+    git(linked, "add", "feature.txt")
+    git(linked, "commit", "-q", "-m", "feature work")
+    head = git(linked, "rev-parse", "HEAD")
+    assert head != git(repo, "rev-parse", "HEAD")
+    assert run_stem(hive_env.env, "spawn", "feat", "--repo", str(linked)).returncode == 0
+    rec = {r["name"]: r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout)}["feat"]
+    assert git(Path(rec["worktree"]), "rev-parse", "HEAD") == head
+    assert (Path(rec["worktree"]) / "feature.txt").read_text() == "only on the feature branch\n"
+    assert rec["repo"] == str(repo)  # the colony's worktree belongs to the repository, not to the linked checkout
+
+
+@pytest.mark.parametrize("step", ["destroying", "destroy-parts"])
+def test_a_destroy_killed_midway_is_finished_by_gc_not_undone(hive_env, tmp_path, step):
+    repo = make_repo(tmp_path / "killrepo", colony_toml=COLONY_TOML)
+    rec = spawn(hive_env, "doomed", repo)
+    (Path(rec["worktree"]) / "work.txt").write_text("committed work\n")
+    git(Path(rec["worktree"]), "add", "work.txt")
+    git(Path(rec["worktree"]), "commit", "-q", "-m", "work worth keeping")
+    result = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT=step), "destroy", "doomed", "--force")
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr)
+    report = run_stem(hive_env.env, "gc")
+    assert report.returncode == 0, report.stderr
+    finished = "doomed: its destroy was interrupted; finished it; kept its branch colony/doomed (1 unmerged)"
+    assert finished in report.stdout
+    assert json.loads(run_stem(hive_env.env, "ls", "--json").stdout) == []  # not turned into a stopped colony
+    assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["colony/doomed", "main"]
+
+
+def test_spawn_and_destroy_cycles_leave_no_rows_or_lock_files(hive_env, repo):
+    for i in range(6):
+        assert run_stem(hive_env.env, "spawn", f"cycle{i}", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "destroy", f"cycle{i}").returncode == 0
+    with sqlite3.connect(hive_env.home / "hive.db") as db:
+        for table in ("colonies", "transitions", "processes", "events", "runtime"):
+            assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    assert sorted(p.name for p in (hive_env.home / "locks").glob("colony-*.lock")) == []

@@ -35,7 +35,7 @@ def test_logs_show_setup_and_build_output_by_source_and_follow(hive_env, tmp_pat
     assert run_stem(hive_env.env, "spawn", "loud", "--repo", str(repo)).returncode == 0
     lines = run_stem(hive_env.env, "logs", "loud").stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == [
-        "[network] egress: nat (everything, through the host)",
+        "[network] egress: nat (everything, through the host); no host ports",
         "[setup] $ echo hello from setup",
         "[setup] hello from setup",
         "[build] $ echo built; echo warned >&2",
@@ -58,7 +58,7 @@ def test_logs_show_setup_and_build_output_by_source_and_follow(hive_env, tmp_pat
         # A restart runs the build again; the follower sees its lines as they are written.
         assert run_stem(hive_env.env, "stop", "loud").returncode == 0
         assert run_stem(hive_env.env, "start", "loud").returncode == 0
-        assert reader.next(10).endswith("[network] egress: nat (everything, through the host)")
+        assert reader.next(10).endswith("[network] egress: nat (everything, through the host); no host ports")
         assert reader.next(10).endswith("[build] $ echo built; echo warned >&2")
         assert reader.next(10).endswith("[build] built")
     finally:

@@ -4,6 +4,7 @@ runs of real screens, and a `ScreenMirror` kept in step with a real `StemScreen`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from core.host.mirror import ScreenMirror
 from core.host.protocol import (
     MAX_FRAME,
     MESSAGE_TYPES,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Accepted,
     AgentInfo,
     AwaitStart,
@@ -61,6 +62,7 @@ from core.host.protocol import (
     ScrollbackPage,
     ScrollbackRequest,
     ServiceInfo,
+    SetPalette,
     Snapshot,
     State,
     Stop,
@@ -79,6 +81,7 @@ from core.host.protocol import (
 )
 from core.screen import StemScreen
 from core.screen_cells import DEFAULT_CHAR
+from core.screen_queries import Palette
 
 ROOT = Path(__file__).resolve().parents[1]
 CSI = "\x1b["
@@ -149,6 +152,8 @@ def sample_screen() -> StemScreen:
     screen.feed(b"line 1\r\nline 2\r\n" * 5)
     screen.feed(f"{CSI}1;31mred{CSI}0m \xe4\xb8\xad\xe6\x96\x87 x\u0301{CSI}?1h{CSI}?2004h{CSI}?1002h".encode())
     screen.feed(b"\x1b]2;the title\x07\x07")
+    # Fed as an agent session feeds it: through the screen's queries, which keep the hyperlink.
+    screen.queries.feed(b"\x1b]8;;https://example.com/\x1b\\link\x1b]8;;\x1b\\\x1b=\x1b[?1004h", screen.feed)
     return screen
 
 
@@ -156,7 +161,8 @@ def samples() -> list[Message]:
     """One of each message type (and each reply result), with every field away from its default."""
     screen = sample_screen()
     state = screen_state(screen)
-    partial = screen_state(screen, {0, 5})
+    partial = dataclasses.replace(screen_state(screen, {0, 5}), clipboard=("c;aGk=", "p;dGhlcmU="))
+    assert partial.links, "the sample's row 5 has a hyperlink"
     entries = (Entry(7, 1700000000.25, "web", "listening on :3000"), Entry(8, 1700000001.0, "setup", "ok é"))
     services = (ServiceInfo("web", "ready", 3000, 2, None, ""), ServiceInfo("worker", "crashed", None, 5, 1, "boom"))
     files = (FileChange("src/a.py", "modified", 3, 1), FileChange("logo.png", "added", 0, 0))
@@ -179,6 +185,7 @@ def samples() -> list[Message]:
         Keys(b"\x03\xff\x00", 6),
         Paste("two\nlines", 7),
         Resize(132, 50, 8),
+        SetPalette(Palette((1, 2, 3), (250, 251, 252), tuple((i, 2 * i, 255 - i) for i in range(16))), 18),
         ScrollbackRequest(100, 40, 9),
         LogHistory(8, 500, 10),
         Diff("src/a.py", 11),
@@ -290,15 +297,15 @@ def test_a_version_mismatch_is_one_clear_line(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         newer = tmp_path / "newer.sock"
-        async with serving(newer, host((2,))):
+        async with serving(newer, host((3,))):
             with pytest.raises(VersionMismatch) as caught:
                 await Connection.open(newer, "ui")
         assert str(caught.value) == (
-            "colony host of alpha speaks protocol 2, this stem speaks 1: "
+            "colony host of alpha speaks protocol 3, this stem speaks 1 or 2: "
             "restart the colony (stem stop alpha && stem start alpha) or upgrade stem"
         )
         older = tmp_path / "older.sock"
-        async with serving(older, host((PROTOCOL_VERSION,))):
+        async with serving(older, host((1,))):
             with pytest.raises(VersionMismatch) as caught:
                 await Connection.open(older, "attach", versions=(2, 3))
             assert str(caught.value).startswith("colony host of alpha speaks protocol 1, this stem speaks 2 or 3: ")
@@ -645,7 +652,7 @@ def test_a_host_refusing_a_bad_hello_says_why(tmp_path: Path) -> None:
             reader, writer = await asyncio.open_unix_connection(str(path))
             write_message(writer, Keys(b"x", 1))  # no hello first
             answer = await read_message(reader)
-            assert answer == Welcome("alpha", (1,), None, "expected hello, got keys")
+            assert answer == Welcome("alpha", SUPPORTED_VERSIONS, None, "expected hello, got keys")
             assert await reader.read() == b""
             writer.close()
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from core.colony_log import Entry
 from core.errors import StemError
@@ -31,6 +33,7 @@ from core.events import (
 from core.host import protocol as p
 from core.host.mirror import ScreenMirror
 from core.host.paths import HostPaths
+from core.screen_queries import Link, Palette
 
 log = logging.getLogger("stem.link")
 SCROLLBACK_PAGE = 500
@@ -73,9 +76,27 @@ class RemoteAgent:
         if (columns, lines) != (self.screen.columns, self.screen.lines):
             self._link.post(p.Resize(columns, lines))
 
+    @property
+    def modes(self) -> p.ScreenModes:
+        return self.screen.modes
+
+    def row_links(self, y: int) -> tuple[Link, ...]:
+        return self.screen.row_links(y)
+
+    def take_clipboard(self) -> list[str]:
+        return self.screen.take_clipboard()
+
+    def set_palette(self, palette: Palette) -> None:
+        # One UI shows every colony in the same colours: all its hosts are told, not only this one's.
+        HostLink.set_palette_everywhere(palette)
+
 
 class HostLink:
     """One colony host, followed: reconnects are the caller's business (`run` returns when the host goes)."""
+
+    # The colours this process shows agents in, and the links to tell (a process has one UI and one theme).
+    _palette: ClassVar[Palette | None] = None
+    _live: ClassVar[weakref.WeakSet[HostLink]] = weakref.WeakSet()
 
     def __init__(self, colony: str, paths: HostPaths, publish: Callable[[Event], None]) -> None:
         self.colony = colony
@@ -91,6 +112,7 @@ class HostLink:
         self.connected = asyncio.Event()
         self.stopping = False  # this process is stopping the colony: the host going away is expected
         self._conn: p.Connection | None = None
+        HostLink._live.add(self)
 
     async def run(self) -> str:
         """Follow the host until it goes away; returns why."""
@@ -103,6 +125,8 @@ class HostLink:
             # The log's history is read when the colony is shown (Hive.log_entries), not carried in every host's
             # snapshot: a UI attaching to 100 colonies would otherwise decode 100 log tails before its first frame.
             await conn.subscribe("screen", "log-live", "states")
+            if HostLink._palette is not None and conn.version >= 2:
+                conn.post(p.SetPalette(HostLink._palette))  # a new host starts from its default colours
             self.connected.set()
             async for msg in conn.updates():
                 self._apply(msg)
@@ -113,6 +137,17 @@ class HostLink:
             self._conn = None
             self.connected.clear()
             await conn.close()
+
+    @classmethod
+    def set_palette_everywhere(cls, palette: Palette) -> None:
+        """Tell every followed host (and every later one) the colours agents are shown in: what they answer an
+        agent that asks (OSC 10, 11, 4), also for colonies not on screen."""
+        if palette == cls._palette:
+            return
+        cls._palette = palette
+        for link in cls._live:
+            if link._conn is not None and link._conn.version >= 2:
+                link.post(p.SetPalette(palette))
 
     def post(self, req: p.Request) -> None:
         conn = self._conn

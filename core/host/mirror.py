@@ -1,7 +1,8 @@
 """A client's copy of a colony host's screen, kept from `snapshot` and `rows` messages.
 
 `ScreenMirror` offers what the terminal widget reads from a `StemScreen` (buffer rows, size, cursor, scrollback
-lines, row versions, the blank cell, the key modes), so the widget can draw from either. Scrollback lines live on
+lines, row versions, the blank cell, the key modes, the title, hyperlinks), so the widget can draw from either; the
+agent's clipboard writes wait in it for the widget to pass them on. Scrollback lines live on
 the host: the mirror holds the pages it was given, reads a missing line as blank and notes its number in
 `scrollback.wanted` for the client to fetch (`Connection.scrollback`) and `store`.
 """
@@ -17,6 +18,7 @@ from pyte.screens import Char
 
 from core.host.protocol import Rows, ScreenModes, ScreenState, ScrollbackPage, Snapshot
 from core.screen_cells import DEFAULT_CHAR, cells_text
+from core.screen_queries import Link
 
 _REVERSE_BLANK = DEFAULT_CHAR._replace(reverse=True)
 
@@ -119,6 +121,8 @@ class ScreenMirror:
         self.bells = 0
         self.version = 0  # the host screen's version last applied
         self.scrollback = MirrorScrollback(columns, keep_scrollback)
+        self.links: dict[int, tuple[Link, ...]] = {}  # the OSC 8 hyperlinks of each row that has some
+        self.clipboard: list[str] = []  # the agent's OSC 52 writes ("selection;base64") not yet taken
         self._stamp = 0
         self._row_versions = [0] * lines
         self._dirty: set[int] = set()
@@ -145,6 +149,15 @@ class ScreenMirror:
     def row_version(self, y: int) -> int:
         """A number that changes whenever row `y` changes."""
         return self._row_versions[y]
+
+    def row_links(self, y: int) -> tuple[Link, ...]:
+        """The hyperlinks on row `y`."""
+        return self.links.get(y, ())
+
+    def take_clipboard(self) -> list[str]:
+        """The agent's clipboard writes since the last call."""
+        taken, self.clipboard = self.clipboard, []
+        return taken
 
     def take_dirty(self) -> set[int]:
         """Rows changed since the last call, then forget them."""
@@ -178,6 +191,7 @@ class ScreenMirror:
         ):
             # Every row may look different: a new screen, a new size or new blanks. Rows the message lacks keep
             # what they had, cut or padded to the new width (the host sends every row after a resize anyway).
+            self.links = {y: links for y, links in self.links.items() if y < lines and not whole}
             if whole:
                 self.buffer = {}
             else:
@@ -189,9 +203,18 @@ class ScreenMirror:
             changed = set(state.rows)
         self.columns, self.lines = columns, lines
         versions = self._row_versions
+        links = self.links
         for y, cells in state.rows.items():
             self.buffer[y] = cells if isinstance(cells, list) else list(cells)  # the widget tells rows by list
             versions[y] = stamp
+            found = state.links.get(y)
+            if found:
+                links[y] = tuple(found)
+            else:
+                links.pop(y, None)
+        if state.clipboard:
+            self.clipboard.extend(state.clipboard)
+            del self.clipboard[:-8]
         self.cursor = MirrorCursor(state.cursor_x, state.cursor_y, not state.cursor_visible)
         self.title = state.title
         self.modes = state.modes

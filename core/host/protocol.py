@@ -17,6 +17,8 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 | keys            | client | id, data bin                                         | bytes for the agent's PTY        |
 | paste           | client | id, text                                             | pasted text (bracketed if asked) |
 | resize          | client | id, columns, lines                                   | size of the agent's PTY, screen  |
+| palette         | client | id, foreground, background, colors [16] (v2)         | the colours the agent is shown   |
+|                 |        |                                                      | in: answers to OSC 10/11/12/4    |
 | scrollback      | client | id, start, count                                     | lines by number; result: page    |
 | log_history     | client | id, after, limit                                     | entries seq > after; result: log |
 | diff            | client | id, path str|nil                                     | one path's diff or all; result   |
@@ -37,9 +39,13 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 | bye             | host   | reason                                               | the host closes the connection   |
 
 Values inside messages:
-- screen: version, columns, lines, cursor [x, y, visible], title, modes {app_cursor_keys, bracketed_paste, mouse
-  (0, 9, 1000, 1002 or 1003), mouse_sgr, alternate_screen, reverse_screen}, scrollback (lines held), scrolled
-  (lines that ever entered it), bells, styles [style], rows {y: row}. A snapshot holds every row.
+- screen: version, columns, lines, cursor [x, y, visible], title (OSC 0/2), modes {app_cursor_keys, bracketed_paste,
+  mouse (0, 9, 1000, 1002 or 1003), mouse_sgr, alternate_screen, reverse_screen, app_keypad (DECKPAM),
+  focus_reports (1004)}, scrollback (lines held), scrolled (lines that ever entered it), bells, styles [style],
+  rows {y: row}, links {y: [[start, end, uri], ...]} (OSC 8 hyperlinks on the rows sent; left out when none),
+  clipboard ["selection;base64", ...] (the agent's OSC 52 writes since the last message; left out when none).
+  A snapshot holds every row.
+- colors: "#rrggbb" strings.
 - row: [segment, style index, segment, style index, ...] of cells, trailing cells equal to the screen's blank
   left out. A str segment is one cell per code point, "\\0" standing for the empty cell pyte puts after a wide
   character; a list segment is one cell per string (cells of several code points: a letter with a combining
@@ -56,6 +62,9 @@ Values inside messages:
 Streams: `logs` puts the log's tail (up to 5,000 entries) in the snapshot and pushes new entries; `log-live` pushes
 new entries only (a UI following 100 colonies reads a colony's history when it shows it, from `log_history` or the
 log file); `output` pushes the agent's raw bytes.
+
+Versions: 2 added `palette` (a client sends it only on a connection at version 2) and the screen's links, clipboard,
+app_keypad and focus_reports, which version 1 decoders ignore. A host speaks both.
 
 Order: on one connection messages arrive in the order sent; a `rows` applies to the snapshot or rows before it.
 A host that falls behind on a client may drop the rows it owes it and send a fresh snapshot instead.
@@ -89,13 +98,14 @@ from core.colony_log import Entry
 from core.errors import StemError
 from core.events import FileChange
 from core.screen_cells import DEFAULT_CHAR, Piece, Row, chars_for
+from core.screen_queries import Link, Palette
 from core.screen_scrollback import Scrollback
 
 if TYPE_CHECKING:
     from core.screen import StemScreen
 
-PROTOCOL_VERSION: Final = 1
-SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (PROTOCOL_VERSION,)
+PROTOCOL_VERSION: Final = 2
+SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (1, PROTOCOL_VERSION)
 
 # Big enough for a snapshot of a huge screen with its log tail, small enough that a corrupt length is caught.
 MAX_FRAME: Final = 16 << 20
@@ -442,6 +452,8 @@ class ScreenModes(_Wire):
     mouse_sgr: bool = False  # 1006: mouse reports in SGR form
     alternate_screen: bool = False
     reverse_screen: bool = False  # DECSCNM: blanks are reversed
+    app_keypad: bool = False  # DECKPAM (or DECNKM): the keypad sends application sequences
+    focus_reports: bool = False  # 1004: the agent wants CSI I / CSI O when it gains or loses the focus
 
     def encode(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -455,6 +467,8 @@ class ScreenModes(_Wire):
             mouse_sgr=f.flag("mouse_sgr", False),
             alternate_screen=f.flag("alternate_screen", False),
             reverse_screen=f.flag("reverse_screen", False),
+            app_keypad=f.flag("app_keypad", False),
+            focus_reports=f.flag("focus_reports", False),
         )
 
 
@@ -474,6 +488,8 @@ class ScreenState(_Wire):
     scrollback: int = 0  # lines held in the scrollback
     scrolled: int = 0  # lines that ever entered the scrollback (see "scrollback line numbers")
     bells: int = 0
+    links: Mapping[int, tuple[Link, ...]] = dataclasses.field(default_factory=dict)  # of the rows sent, y -> links
+    clipboard: tuple[str, ...] = ()  # OSC 52 writes ("selection;base64") since the last message
 
     @property
     def blank(self) -> Char:
@@ -496,6 +512,12 @@ class ScreenState(_Wire):
             "bells": self.bells,
             "styles": styles.wire,
             "rows": rows,
+            **(
+                {"links": {y: [[k.start, k.end, k.uri] for k in ks] for y, ks in self.links.items()}}
+                if self.links
+                else {}
+            ),
+            **({"clipboard": list(self.clipboard)} if self.clipboard else {}),
         }
 
     @classmethod
@@ -513,6 +535,14 @@ class ScreenState(_Wire):
             if type(y) is not int or not 0 <= y < lines:
                 raise ProtocolError(f"{f.what} has a row {y!r} on a screen of {lines} lines")
             rows[y] = _decode_row(wire, makers, columns, blank, f"row {y} of {f.what}")
+        links: dict[int, tuple[Link, ...]] = {}
+        for y, items in (f.mapping("links") if f.data.get("links") is not None else {}).items():
+            if type(y) is not int or not isinstance(items, list):
+                raise ProtocolError(f"{f.what} has links {items!r} for a row {y!r}")
+            links[y] = tuple(_read_link(item, f.what) for item in items)
+        clipboard = f.items("clipboard", [])
+        if not all(isinstance(c, str) for c in clipboard):
+            raise ProtocolError(f"field 'clipboard' of {f.what} should be a list of strings")
         return cls(
             version=f.integer("version"),
             columns=columns,
@@ -526,7 +556,21 @@ class ScreenState(_Wire):
             scrollback=f.integer("scrollback", 0, low=0),
             scrolled=f.integer("scrolled", 0, low=0),
             bells=f.integer("bells", 0),
+            links=links,
+            clipboard=tuple(cast("list[str]", clipboard)),
         )
+
+
+def _read_link(item: object, what: str) -> Link:
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and type(item[0]) is int
+        and type(item[1]) is int
+        and isinstance(item[2], str)
+    ):
+        raise ProtocolError(f"a link of {what} should be [start, end, uri], not {item!r}")
+    return Link(item[0], item[1], item[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -892,6 +936,50 @@ class Paste(_Wire):
         return cls(f.text("text"), f.integer("id"))
 
 
+def _rgb_text(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _rgb(text: object, what: str) -> tuple[int, int, int]:
+    if not (isinstance(text, str) and len(text) == 7 and text[0] == "#"):
+        raise ProtocolError(f"a colour of {what} should be #rrggbb, not {text!r}")
+    try:
+        return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+    except ValueError:
+        raise ProtocolError(f"a colour of {what} should be #rrggbb, not {text!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SetPalette(_Wire):
+    """The colours the client shows the agent in: what the agent is told when it asks (OSC 10, 11, 4). Version 2."""
+
+    T: ClassVar[str] = "palette"
+    palette: Palette
+    id: int = 0
+
+    def encode(self) -> dict[str, object]:
+        palette = self.palette
+        return {
+            "t": self.T,
+            "id": self.id,
+            "foreground": _rgb_text(palette.foreground),
+            "background": _rgb_text(palette.background),
+            "colors": [_rgb_text(c) for c in palette.ansi],
+        }
+
+    @classmethod
+    def _read(cls, f: _Fields) -> Self:
+        colors = f.items("colors")
+        if len(colors) != 16:
+            raise ProtocolError(f"field 'colors' of {f.what} should hold 16 colours, not {len(colors)}")
+        palette = Palette(
+            _rgb(f.data.get("foreground"), f.what),
+            _rgb(f.data.get("background"), f.what),
+            tuple(_rgb(c, f.what) for c in colors),
+        )
+        return cls(palette, f.integer("id"))
+
+
 @dataclass(frozen=True, slots=True)
 class Resize(_Wire):
     """Resize the agent's PTY and screen."""
@@ -1078,6 +1166,7 @@ Request = (
     Keys
     | Paste
     | Resize
+    | SetPalette
     | ScrollbackRequest
     | LogHistory
     | Diff
@@ -1104,6 +1193,7 @@ _MESSAGES: tuple[type[Message], ...] = (
     Keys,
     Paste,
     Resize,
+    SetPalette,
     ScrollbackRequest,
     LogHistory,
     Diff,
@@ -1378,6 +1468,7 @@ def _scrolled(screen: StemScreen) -> int:
 
 _MOUSE_TRACKING = tuple(m << 5 for m in (1003, 1002, 1000, 9))  # most to least reporting; pyte shifts private modes
 _MOUSE_SGR = 1006 << 5
+_FOCUS_REPORTS = 1004 << 5
 
 
 def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> ScreenState:
@@ -1393,15 +1484,9 @@ def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> Scree
         row = buffer.get(y)  # not buffer[y]: reading must not create rows in pyte's defaultdict
         # row[x], not row.get(x): an unwritten cell is the row's default, as pyte and the terminal widget show it.
         cells[y] = list(map(row.__getitem__, span)) if row is not None else [blank] * columns
-    mode = screen.mode
-    modes = ScreenModes(
-        app_cursor_keys=screen.app_cursor_keys,
-        bracketed_paste=screen.bracketed_paste,
-        mouse=next((m >> 5 for m in _MOUSE_TRACKING if m in mode), 0),
-        mouse_sgr=_MOUSE_SGR in mode,
-        alternate_screen=screen.alternate_screen,
-        reverse_screen=mo.DECSCNM in mode,
-    )
+    modes = screen_modes(screen)
+    row_links = screen.queries.row_links
+    links = {y: tuple(found) for y in cells if (found := row_links(y))}
     cursor = screen.cursor
     return ScreenState(
         version=screen.version,
@@ -1416,6 +1501,22 @@ def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> Scree
         scrollback=len(screen.scrollback),
         scrolled=_scrolled(screen),
         bells=screen.bells,
+        links=links,
+    )
+
+
+def screen_modes(screen: StemScreen) -> ScreenModes:
+    """The modes of `screen` that tell a client how to encode keys, pastes, mouse and focus reports."""
+    mode = screen.mode
+    return ScreenModes(
+        app_cursor_keys=screen.app_cursor_keys,
+        bracketed_paste=screen.bracketed_paste,
+        mouse=next((m >> 5 for m in _MOUSE_TRACKING if m in mode), 0),
+        mouse_sgr=_MOUSE_SGR in mode,
+        alternate_screen=screen.alternate_screen,
+        reverse_screen=mo.DECSCNM in mode,
+        app_keypad=screen.queries.app_keypad,
+        focus_reports=_FOCUS_REPORTS in mode,
     )
 
 
@@ -1571,6 +1672,11 @@ class Connection:
 
     async def resize(self, columns: int, lines: int) -> None:
         await self.request(Resize(columns, lines))
+
+    async def set_palette(self, palette: Palette) -> None:
+        """Tell the host the colours this client shows the agent in (a version 1 host is not told)."""
+        if self.version >= 2:
+            await self.request(SetPalette(palette))
 
     async def scrollback(self, start: int, count: int) -> ScrollbackPage:
         return _result(await self.request(ScrollbackRequest(start, count)), ScrollbackPage)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import fcntl
 import logging
@@ -45,11 +46,13 @@ from core.host import protocol as p
 from core.host.paths import HostPaths
 
 if TYPE_CHECKING:
+    from core.agent import AgentSession
     from core.hive import Hive
 from core.locations import HiveLayout
 from core.privileges import become_subreaper
 from core.registry import ColonyRecord, Registry
 from core.runtime import ColonyRuntime
+from core.screen_queries import Palette
 from core.settings import load_settings
 
 log = logging.getLogger("stem.host")
@@ -73,6 +76,7 @@ class Client:
         self.kind = kind
         self.streams: frozenset[str] = frozenset()
         self.pending_rows: set[int] = set()
+        self.pending_clipboard: list[str] = []  # the agent's OSC 52 writes, sent with the next rows
         self.flushing = False
 
     def send(self, msg: p.Message) -> None:
@@ -111,6 +115,7 @@ class ColonyHost:
         self._start_waiters: list[tuple[Client, int]] = []
         self.size: tuple[int, int] | None = None  # the last size a client asked for
         self._early: list[p.Keys | p.Paste] = []  # input that arrived before the agent started
+        self.palette: Palette | None = None  # the colours the last client to say so shows the agent in
 
     # ---------------------------------------------------------------------------------------------- life
 
@@ -175,6 +180,7 @@ class ColonyHost:
                 resume=resume,
                 defer=self._defer,
                 on_config_change=self._config_changed,
+                home=self.layout.home,  # ready services get a route through the hive's preview port
             )
             self.runtime = runtime
             if self.size is not None:
@@ -188,7 +194,7 @@ class ColonyHost:
             self._request_stop("its start failed")
             return
         if runtime.agent is not None:
-            runtime.agent.output_taps.append(self._on_output)
+            self._tap(runtime.agent)
             if self.size is not None and self.size != (runtime.agent.screen.columns, runtime.agent.screen.lines):
                 runtime.agent.resize(*self.size)
             for early in self._early:
@@ -321,10 +327,29 @@ class ColonyHost:
             if stream in client.streams or (stream == "logs" and "log-live" in client.streams):
                 client.send(msg)
 
+    def _tap(self, agent: AgentSession) -> None:
+        """Follow a new agent session's output and clipboard writes, and tell it the clients' colours."""
+        agent.output_taps.append(self._on_output)
+        agent.clipboard_taps.append(self._on_clipboard)
+        if self.palette is not None:
+            agent.set_palette(self.palette)
+
+    def _on_clipboard(self, writes: list[str]) -> None:
+        for client in self.clients:
+            if "screen" in client.streams:
+                client.pending_clipboard = (client.pending_clipboard + writes)[-8:]
+                self._flush_rows(client)
+
     def _flush_rows(self, client: Client) -> None:
-        """Send the client's dirty rows now, or, while its socket is backed up, once it has drained."""
+        """Send the client's dirty rows now, or, while its socket is backed up, once it has drained. Never while
+        the agent draws a synchronized-output frame: the rows go when it ends (its agent session then announces
+        them), so no client shows a frame half drawn."""
         runtime = self.runtime
-        if runtime is None or runtime.agent is None or not client.pending_rows or client.writer.is_closing():
+        if runtime is None or runtime.agent is None or client.writer.is_closing():
+            return
+        if not client.pending_rows and not client.pending_clipboard:
+            return
+        if runtime.agent.screen.queries.frame_remaining() > 0:
             return
         if client.slow:
             if not client.flushing:
@@ -336,7 +361,11 @@ class ColonyHost:
         screen = runtime.agent.screen
         rows = {y for y in client.pending_rows if 0 <= y < screen.lines}
         client.pending_rows.clear()
-        client.send(p.Rows(p.screen_state(screen, rows)))
+        state = p.screen_state(screen, rows)
+        if client.pending_clipboard:
+            state = dataclasses.replace(state, clipboard=tuple(client.pending_clipboard))
+            client.pending_clipboard = []
+        client.send(p.Rows(state))
 
     async def _drain_then_flush(self, client: Client) -> None:
         try:
@@ -414,7 +443,14 @@ class ColonyHost:
             if agent is not None:
                 agent.resize(msg.columns, msg.lines)
             return None
+        if isinstance(msg, p.SetPalette):
+            self.palette = msg.palette
+            if agent is not None:
+                agent.set_palette(msg.palette)
+            return None
         if isinstance(msg, p.Subscribe):
+            if agent is not None:
+                await agent.frame_settled()  # a snapshot shows whole frames only
             client.streams = frozenset(msg.streams)
             client.pending_rows.clear()
             client.send(self._snapshot(client.streams))
@@ -455,7 +491,7 @@ class ColonyHost:
                 raise StemError(f"{self.name} is not running")
             await runtime.restart_agent(resume=True)
             if runtime.agent is not None:
-                runtime.agent.output_taps.append(self._on_output)
+                self._tap(runtime.agent)
                 if self.size is not None and self.size != (runtime.agent.screen.columns, runtime.agent.screen.lines):
                     runtime.agent.resize(*self.size)
                 self.agent = p.AgentInfo(runtime.agent.activity or "idle", None, self._agent_pid())

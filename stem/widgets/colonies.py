@@ -40,6 +40,7 @@ class ColonyRow:
     branch: str
     age: str
     activity: str | None = None  # None: no agent
+    title: str = ""  # the agent's window title (OSC 0/2)
     services_up: int = 0
     services: int = 0
     services_failed: int = 0
@@ -75,6 +76,10 @@ def _prompt(row: ColonyRow, width: int) -> Content:
         style = "$error" if row.services_failed else ("$success" if row.services_up == row.services else "$warning")
         parts.append(Content.styled(f"svc {row.services_up}/{row.services}", style))
     second = Content("  ").append(Content(" · ").join(parts))
+    if row.title:
+        room = max(1, width - 2 - second.cell_length - 3)
+        title = row.title if len(row.title) <= room else row.title[: room - 1] + "…"
+        second = Content(" · ").join([second, Content.styled(title, "italic $text-muted")])
     return Content("\n").join([first, second])
 
 

@@ -4,13 +4,21 @@ Rows are rendered to `Strip`s and cached by (row, row version), so an unchanged 
 row is never cached. Changed rows arrive as `ScreenChanged` events and are refreshed at most ~60 times a second,
 and only while the widget is on screen. Focused, the widget sends every key to the agent and stops it, except the
 release chord (binding id `terminal.release`, ctrl+] by default), which hands focus back to the panels.
+
+Keys reach the agent as xterm sends them (`core.xterm_input.key_bytes`, from the bytes the user's terminal sent);
+so do focus reports (mode 1004) and mouse reports while the agent asks for them (1000/1002/1003, SGR 1006), the
+keypad in the agent's keypad mode (mirrored to the user's terminal while focused). Without mouse reporting the
+wheel scrolls the history and a drag selects text, copied to the user's clipboard (OSC 52) on release; the agent's
+own clipboard writes and hyperlinks (OSC 8) reach the user's terminal too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from pyte.screens import Char
@@ -23,13 +31,14 @@ from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 from textual.timer import Timer
 
-try:  # the core's key encoder; the UI still renders (and cannot type) without it
-    from core.agent import encode_key
-except ImportError:  # pragma: no cover - only while the core is being assembled
-    encode_key = None  # type: ignore[assignment]
+from core.host.protocol import ScreenModes
+from core.screen_queries import Link, Palette
+from core.xterm_input import FOCUS_IN, FOCUS_OUT, MouseAction, key_bytes, mouse_report
+from stem.input_parser import TerminalKey, outer_terminal
 
 __all__ = ["FRAME", "AgentLike", "TerminalView", "cell_style"]
 
@@ -49,11 +58,20 @@ class AgentLike(Protocol):
     @property
     def screen(self) -> Any: ...
 
+    @property
+    def modes(self) -> ScreenModes: ...
+
     def write(self, data: bytes) -> None: ...
 
     def paste(self, text: str) -> None: ...
 
     def resize(self, columns: int, lines: int) -> None: ...
+
+    def row_links(self, y: int) -> Sequence[Link]: ...
+
+    def take_clipboard(self) -> list[str]: ...
+
+    def set_palette(self, palette: Palette) -> None: ...
 
 
 # pyte's names for the 16 ANSI colours ("brown" is its name for yellow); 256-colour and truecolour cells carry
@@ -168,6 +186,10 @@ class TerminalView(ScrollView, can_focus=True):
         self._cursor_row = -1
         self._scrollback_seen = 0
         self._typed_at = float("-inf")
+        self._outer_keypad = False  # the user's terminal's keypad is in application mode for the agent
+        self._focused = False  # the agent's terminal has the focus (as last reported under mode 1004)
+        self._widget_focused = False
+        self._mouse_held = False  # a button went down here while the agent reported the mouse
         self.on_rendered: Callable[[int, Strip], None] | None = None  # benchmark hook: (row, strip)
 
     # ------------------------------------------------------------------------------------------ session
@@ -211,9 +233,17 @@ class TerminalView(ScrollView, can_focus=True):
         self._sync_size()
         self.scroll_end(animate=False, immediate=True)
         self.refresh()
+        if session is not None:
+            session.take_clipboard()  # what it wrote before it was shown is not the user's to get now
+            self._send_palette()
+        self._sync_keypad()
 
     def screen_changed(self, rows: Iterable[int]) -> None:
         """Rows of the shown session's screen changed; repaint them within a frame."""
+        session = self.session
+        if session is not None:
+            for payload in session.take_clipboard():
+                self._agent_copied(payload)
         self._pending.update(rows)
         if self._timer is not None:
             return
@@ -235,6 +265,7 @@ class TerminalView(ScrollView, can_focus=True):
             self._stale = True
             self._pending.clear()
             return
+        self._sync_keypad()
         screen = session.screen
         rows = self._pending
         self._pending = set()
@@ -333,12 +364,11 @@ class TerminalView(ScrollView, can_focus=True):
             if self.awaiting is not None:
                 self._typeahead.append((event.key, event.character))
             return
-        self._write_key(session, event.key, event.character)
+        self._write_key(session, event.key, event.character, event.sent if isinstance(event, TerminalKey) else None)
 
-    def _write_key(self, session: AgentLike, key: str, character: str | None) -> None:
-        data = encode_key(key, session.screen.app_cursor_keys) if encode_key is not None else b""
-        if not data and character:
-            data = character.encode("utf-8", "surrogateescape")
+    def _write_key(self, session: AgentLike, key: str, character: str | None, sent: str | None = None) -> None:
+        modes = session.modes
+        data = key_bytes(key, character, sent, app_cursor=modes.app_cursor_keys, app_keypad=modes.app_keypad)
         if data:
             self._follow_bottom()
             self._typed_at = time.monotonic()
@@ -360,11 +390,69 @@ class TerminalView(ScrollView, can_focus=True):
     def action_release(self) -> None:
         self.post_message(self.Released())
 
+    def on_mount(self) -> None:
+        self.watch(self.app, "app_focus", self._sync_focus, init=False)
+
     def on_focus(self) -> None:
         self._refresh_cursor()
+        self._widget_focused = True  # `has_focus` is set after this handler (by Widget's own)
+        self._sync_focus()
+        self._sync_keypad()
 
     def on_blur(self) -> None:
         self._refresh_cursor()
+        self._widget_focused = False
+        self._sync_focus()
+        self._sync_keypad()
+
+    def _sync_focus(self) -> None:
+        """Mode 1004: the agent is told when its terminal gains or loses the focus, which it has while this widget
+        is focused in a focused Stem (the user's terminal reports its own focus to Stem)."""
+        focused = self._widget_focused and self.app.app_focus
+        if focused == self._focused:
+            return
+        self._focused = focused
+        session = self.session
+        if session is not None and session.modes.focus_reports:
+            session.write(FOCUS_IN if focused else FOCUS_OUT)
+
+    def _sync_keypad(self) -> None:
+        """While focused, the user's terminal's keypad is in the mode the agent asked for, so that its keys arrive
+        as the agent expects them; otherwise numeric, for the panels."""
+        session = self.session
+        want = self._widget_focused and session is not None and session.modes.app_keypad
+        if want != self._outer_keypad:
+            self._outer_keypad = want
+            outer = outer_terminal(self.app)
+            if outer is not None:
+                outer.set_keypad(want)
+
+    def _send_palette(self) -> None:
+        """Tell the session the colours it is shown in: agents ask (OSC 10, 11, 4) to pick dark or light."""
+        session = self.session
+        if session is None or not self.is_mounted:
+            return
+        style = self.rich_style
+        theme = self.app.ansi_theme
+        foreground = style.color.get_truecolor(theme) if style.color else theme.foreground_color
+        background = style.bgcolor.get_truecolor(theme, foreground=False) if style.bgcolor else theme.background_color
+        ansi = tuple((c.red, c.green, c.blue) for c in (theme.ansi_colors[i] for i in range(16)))
+        session.set_palette(
+            Palette(
+                (foreground.red, foreground.green, foreground.blue),
+                (background.red, background.green, background.blue),
+                ansi,
+            )
+        )
+
+    def _agent_copied(self, payload: str) -> None:
+        """The agent wrote the clipboard (OSC 52 "selection;base64"): so does the user's terminal."""
+        _selection, _, data = payload.partition(";")
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return
+        self.app.copy_to_clipboard(text)
 
     def _refresh_cursor(self) -> None:
         if self.session is not None:
@@ -378,11 +466,116 @@ class TerminalView(ScrollView, can_focus=True):
 
     def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         event.stop()
-        self.scroll_to(y=max(0, self.scroll_offset.y - WHEEL_LINES), animate=False)
+        if not self._report_mouse(event, "wheel_up"):
+            self.scroll_to(y=max(0, self.scroll_offset.y - WHEEL_LINES), animate=False)
 
     def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
         event.stop()
-        self.scroll_to(y=min(self.max_scroll_y, self.scroll_offset.y + WHEEL_LINES), animate=False)
+        if not self._report_mouse(event, "wheel_down"):
+            self.scroll_to(y=min(self.max_scroll_y, self.scroll_offset.y + WHEEL_LINES), animate=False)
+
+    def on_mouse_down(self, event: events.MouseDown) -> None:
+        if self._report_mouse(event, "press"):
+            self._mouse_held = True
+            self.capture_mouse()  # a drag that leaves the widget still reports to the agent
+
+    def on_mouse_up(self, event: events.MouseUp) -> None:
+        if self._mouse_held:
+            self._mouse_held = False
+            self.release_mouse()
+            self._report_mouse(event, "release")
+            return
+        self._copy_selection()
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self._report_mouse(event, "motion")
+
+    def _report_mouse(self, event: events.MouseEvent, action: MouseAction) -> bool:
+        """Send the agent a report of `event` if it asked for mouse reports; False if it did not (the event is
+        then Stem's: the wheel scrolls the history). Reports describe the live screen: a view scrolled into the
+        history keeps the mouse for itself."""
+        session = self.session
+        if session is None or not self._follow:
+            return False
+        modes = session.modes
+        if not modes.mouse:
+            return False
+        event.stop()
+        region = self.scrollable_content_region
+        x = min(max(0, event.screen_x - region.x), region.width - 1)
+        y = min(max(0, event.screen_y - region.y), region.height - 1)
+        data = mouse_report(
+            action,
+            event.button,
+            int(x),
+            int(y),
+            tracking=modes.mouse,
+            sgr=modes.mouse_sgr,
+            shift=event.shift,
+            meta=event.meta,
+            ctrl=event.ctrl,
+        )
+        if data:
+            session.write(data)
+        return True
+
+    # ---------------------------------------------------------------------------------------- selection
+
+    @property
+    def allow_select(self) -> bool:
+        """Text can be selected with the mouse unless the agent takes the mouse for itself."""
+        return self.session is not None and not self.session.modes.mouse
+
+    def selection_updated(self, selection: Selection | None) -> None:
+        self.refresh()
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected text: lines as drawn (a wide character is one character), trailing blanks dropped."""
+        session = self.session
+        if session is None:
+            return None
+        screen = session.screen
+        total = len(screen.scrollback) + screen.lines
+        last = total - 1 if selection.end is None else min(selection.end.y, total - 1)
+        first = 0 if selection.start is None else selection.start.y
+        lines = [""] * first + [self._line_text(screen, row) for row in range(first, last + 1)]
+        text = selection.extract("\n".join(lines))
+        return "\n".join(line.rstrip() for line in text.split("\n")), "\n"
+
+    def _line_text(self, screen: Any, row: int) -> str:
+        """Line `row` of the history and screen as `render_line` draws its characters."""
+        top = len(screen.scrollback)
+        cells: Any = screen.scrollback.line(row) if row < top else screen.buffer.get(row - top)
+        blank = screen.default_char
+        listed = isinstance(cells, list)
+        out: list[str] = []
+        previous = ""
+        for x in range(screen.columns):
+            if cells is None:
+                data = " "
+            elif listed:
+                data = cells[x].data if x < len(cells) else " "
+            else:
+                data = cells.get(x, blank).data
+            if not data:
+                if previous and not previous.isascii() and cell_len(previous) == 2:
+                    previous = ""
+                    continue
+                data = " "
+            previous = data
+            out.append(data)
+        return "".join(out)
+
+    def _copy_selection(self) -> None:
+        """A drag over the terminal ended: what it selected goes to the user's clipboard (OSC 52, which works
+        over SSH and through tmux)."""
+        selection = self.text_selection
+        if selection is None:
+            return
+        found = self.get_selection(selection)
+        if found and found[0]:
+            self.app.copy_to_clipboard(found[0])
+            self.notify(f"copied {len(found[0])} characters", timeout=2)
 
     @property
     def scrolled_back(self) -> int:
@@ -396,6 +589,7 @@ class TerminalView(ScrollView, can_focus=True):
         self._base = None
         self._styles.clear()
         self._cache.clear()
+        self._send_palette()
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width or self.size.width
@@ -415,14 +609,15 @@ class TerminalView(ScrollView, can_focus=True):
             sy = row - top
             if sy >= screen.lines:
                 return Strip.blank(width, base)
+            links = session.row_links(sy)
             cursor = screen.cursor
             if sy == cursor.y and not cursor.hidden:
-                strip = self._render_row(screen, sy, cursor.x, base)
+                strip = _linked(self._render_row(screen, sy, cursor.x, base), links)
             else:
-                key = (sy, screen.row_version(sy))
+                key = (sy, screen.row_version(sy), *links)
                 cached = self._cache.get(key)
                 if cached is None:
-                    cached = self._render_row(screen, sy, -1, base)
+                    cached = _linked(self._render_row(screen, sy, -1, base), links)
                     self._cache[key] = cached
                     if len(self._cache) > CACHE_ROWS:
                         self._cache.popitem(last=False)
@@ -432,13 +627,27 @@ class TerminalView(ScrollView, can_focus=True):
         strip = strip.adjust_cell_length(width, base)
         if self.on_rendered is not None:
             self.on_rendered(row - top, strip)
-        return strip
+        selection = self.text_selection
+        if selection is not None:
+            strip = self._highlight(strip, selection, row)
+        # Offsets tell Textual's selection which character is where (see `get_selection`).
+        return strip.apply_offsets(0, row) if self.allow_select else strip
+
+    def _highlight(self, strip: Strip, selection: Selection, row: int) -> Strip:
+        """`strip` with the selected part of line `row` in the selection's style."""
+        span = selection.get_span(row)
+        if span is None:
+            return strip
+        start, end = span
+        first = strip.index_to_cell_position(start)
+        last = strip.cell_length if end == -1 else strip.index_to_cell_position(end)
+        if last <= first:
+            return strip
+        return _restyle(strip, first, last, self.screen.get_component_rich_style("screen--selection"))
 
     def _render_row(self, screen: Any, y: int, cursor_x: int, base: Style) -> Strip:
         row = screen.buffer.get(y)
-        if row is None:
-            return self._render_cells((), screen.columns, cursor_x, base, default=screen.default_char)
-        return self._render_cells(row, screen.columns, cursor_x, base, default=screen.default_char)
+        return self._render_cells(() if row is None else row, screen.columns, cursor_x, base, screen.default_char)
 
     def _render_cells(self, row: Any, columns: int, cursor_x: int, base: Style, default: Char | None = None) -> Strip:
         """One row of cells as a Strip: runs of cells with the same attributes become one segment."""
@@ -484,6 +693,25 @@ class TerminalView(ScrollView, can_focus=True):
         if run:
             segments.append(Segment("".join(run), _style(styles, run_key, base)))
         return Strip(segments)
+
+
+def _linked(strip: Strip, links: Sequence[Link]) -> Strip:
+    """`strip` with its cells under OSC 8 hyperlinks carrying them: Textual writes them to the user's terminal as
+    OSC 8, where they can be clicked."""
+    for link in links:
+        strip = _restyle(strip, link.start, link.end, Style(link=link.uri))
+    return strip
+
+
+def _restyle(strip: Strip, start: int, end: int, style: Style) -> Strip:
+    """`strip` with `style` laid over cells `start` .. `end - 1`."""
+    length = strip.cell_length
+    start, end = max(0, start), min(end, length)
+    if end <= start:
+        return strip
+    before, middle, after = strip.crop(0, start), strip.crop(start, end), strip.crop(end, length)
+    styled = Strip(Segment.apply_style(middle, post_style=style), end - start)
+    return Strip.join([before, styled, after])
 
 
 def _style(cache: dict[tuple[Any, ...], Style], key: tuple[Any, ...] | None, base: Style) -> Style:

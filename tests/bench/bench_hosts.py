@@ -29,10 +29,11 @@ last line, one JSON object with every figure.
    (ptyprocess running `cat`) until its echo is read, in the same conditions. `keystroke_slowest_*` lists the
    four slowest keys as [index, ms].
 4. Stop all: `stem stop name1 ... nameN` in one command, beside N times the median single `stem stop` of (1).
-5. Reattach: the UI (`stem`) started in a tmux pane (a private server: `tmux -L`, no config, its socket in the
-   temporary folder) until the pane shows the colony names that fit in it (up to 10 of the N listed) and the fake
-   agent's prompt, polled with
-   capture-pane. Reference: a minimal Textual app until the pane shows its "ready". `--ui-runs` each.
+5. Reattach and quit: the UI (`stem`) started in a tmux pane (a private server: `tmux -L`, no config, its socket in
+   the temporary folder) until the pane shows the colony names that fit in it (up to 10 of the N listed) and the
+   fake agent's prompt, polled with capture-pane; then `q` (its dialog) and `y`, timed from the `y` until the
+   process has exited (a pidfd). Reference: a minimal Textual app until the pane shows its "ready", then ctrl+q.
+   `--ui-runs` each. The stem commands run without PYTHONDONTWRITEBYTECODE (as a user's would: bytecode cached).
 
 JSON keys: times in ms, sizes in MB, CPU in % of one core; `ratio_*` is Stem divided by its reference (above 1:
 Stem is slower or bigger). p90 is `statistics.quantiles(n=10, method="inclusive")[-1]`; p99 is the sample at rank
@@ -329,7 +330,8 @@ class Bench:
             TERM="xterm-256color",
             TMUX_TMPDIR=str(self.tmp / "tmux"),
         )
-        for key in ("STEM_CONFIG", "STEM_FAULT_KILL_AT", "TMUX", "TMUX_PANE"):
+        # PYTHONDONTWRITEBYTECODE (set on some machines) would have every stem command compile its sources again.
+        for key in ("STEM_CONFIG", "STEM_FAULT_KILL_AT", "TMUX", "TMUX_PANE", "PYTHONDONTWRITEBYTECODE"):
             self.env.pop(key, None)
         os.environ.clear()
         os.environ.update(self.env)  # this process's own Hive and links see the same hive
@@ -758,8 +760,12 @@ class Bench:
             raise RuntimeError(f"tmux {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
-    def first_frame(self, session: str, command: str, texts: list[str]) -> float:
-        """Seconds from the Enter that execs `command` in a fresh pane until the pane shows every one of `texts`."""
+    def first_frame(
+        self, session: str, command: str, texts: list[str], quit_keys: Sequence[tuple[str, str | None]] = ()
+    ) -> tuple[float, float | None]:
+        """Seconds from the Enter that execs `command` in a fresh pane until the pane shows every one of `texts`;
+        then, with `quit_keys` ((key, text the pane shows before the next key)...), seconds from the last key
+        until the program has exited (None without `quit_keys`)."""
         self.tmux(
             "new-session", "-d", "-s", session, "-x", str(COLS), "-y", str(ROWS), "-c", str(self.tmp),
             f"printf armed; read _ && exec {command}",
@@ -773,10 +779,21 @@ class Bench:
             while True:
                 screen = self.tmux("capture-pane", "-p", "-t", session)
                 if all(t in screen for t in texts):
-                    return time.perf_counter() - started
+                    break
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"{command} never showed {texts}; the pane shows:\n{screen}")
                 time.sleep(0.01)  # polling interval: capture-pane decides
+            shown = time.perf_counter() - started
+            if not quit_keys:
+                return shown, None
+            for key, then in quit_keys:
+                pressed = time.perf_counter()
+                self.tmux("send-keys", "-t", session, key)
+                if then is not None:
+                    wait_for(lambda then=then: then in self.tmux("capture-pane", "-p", "-t", session), 10, then)
+            if not launch.wait_exit(pid, 30):
+                raise RuntimeError(f"{command} did not exit within 30 s of {quit_keys[-1][0]}")
+            return shown, time.perf_counter() - pressed
         finally:
             self.tmux("kill-session", "-t", session, check=False)  # SIGHUP to the UI, as a closed terminal does
             if not launch.wait_exit(pid, 10):
@@ -795,16 +812,20 @@ class Bench:
         self.tmux_server = (server, procs.starttime(server) or 0)
         stem_cmd = shlex.join(self.stem)
         ref_cmd = shlex.join([sys.executable, str(app)])
-        samples: dict[str, list[float]] = {"stem": [], "ref": []}
+        samples: dict[str, list[float]] = {"stem": [], "ref": [], "stem_quit": [], "ref_quit": []}
+        # q asks (the colonies keep running), y quits: timed from the y. The bare app quits on ctrl+q.
+        quits = {"stem": [("q", "Quit Stem?"), ("y", None)], "ref": [("C-q", None)]}
         try:
             for i in range(-1, self.ui_runs):
                 log(f"reattach: round {i + 1} of {self.ui_runs}" + (" (warm-up)" if i < 0 else ""))
                 # The colonies panel of a 45-row pane shows the first ~10 colonies: wait for those that fit.
                 pair = [("ref", ref_cmd, ["ready"]), ("stem", stem_cmd, [*self.names[:VISIBLE_COLONIES], PROMPT])]
                 for key, command, texts in pair[i % 2 :] + pair[: i % 2]:
-                    took = self.first_frame(f"{key}{i + 1}", command, texts)
+                    took, quit_took = self.first_frame(f"{key}{i + 1}", command, texts, quits[key])
                     if i >= 0:
                         samples[key].append(took)
+                        if quit_took is not None:
+                            samples[f"{key}_quit"].append(quit_took)
         finally:
             self.tmux("kill-server", check=False)
         after = {n: self.host_pid(n) for n in self.names}
@@ -813,6 +834,9 @@ class Bench:
         stem_median, stem_p90 = self.record("reattach", samples["stem"])
         ref_median, ref_p90 = self.record("ref_textual_first_frame", samples["ref"])
         self.figures["ratio_reattach_median"] = ratio(stem_median, ref_median)
+        quit_median, quit_p90 = self.record("ui_quit", samples["stem_quit"])
+        ref_quit_median, ref_quit_p90 = self.record("ref_textual_quit", samples["ref_quit"])
+        self.figures["ratio_ui_quit_median"] = ratio(quit_median, ref_quit_median)
         self.tables.append(
             [
                 f"5. reattach: `stem` exec'd in a {COLS}x{ROWS} tmux pane with {self.n} colonies until it shows the "
@@ -822,6 +846,9 @@ class Bench:
                 f"   {'stem UI, first full frame':44}{fmt(stem_median, 9)}{fmt(stem_p90, 9)}"
                 f"{fmt(self.figures['ratio_reattach_median'], 9, 2)}",
                 f"   {'minimal Textual app, first frame':44}{fmt(ref_median, 9)}{fmt(ref_p90, 9)}{'1.00':>9}",
+                f"   {'stem UI quit (q, y) until the process exits':44}{fmt(quit_median, 9)}{fmt(quit_p90, 9)}"
+                f"{fmt(self.figures['ratio_ui_quit_median'], 9, 2)}",
+                f"   {'bare Textual app quit (ctrl+q)':44}{fmt(ref_quit_median, 9)}{fmt(ref_quit_p90, 9)}{'1.00':>9}",
             ]
         )
 

@@ -13,12 +13,17 @@ What is timed (Stem | reference):
   worktree_N   core.worktree.add | `git worktree add -b <branch> <path> HEAD`
   spawn_N      Hive.spawn | ip network + git worktree add + SQLite file (WAL), one after the other
   destroy_N    Hive.destroy(force=True) | git worktree remove --force + git branch -D + ip link/netns del + rm
+  limits_spawn_N    Hive.spawn of a colony.toml with [limits] (memory, cpus, pids: its cgroup made, limited, every
+               process joining it) | the same spawn without them and with no cgroup at all (STEM_CGROUPS=0);
+               N is the smallest size only
+  limits_destroy_N  Hive.destroy of that colony (its cgroup ended and removed) | the same without a cgroup
 
 JSON keys, N being each repository size in files: for each timed row R above, `{R}_median_ms` and `{R}_p90_ms`
 (Stem), `ref_{R}_median_ms` and `ref_{R}_p90_ms` (reference), `ratio_{R}_median` and `ratio_{R}_p90` (Stem divided
-by reference: below 1 means Stem is faster). Also `runs`, `files` (the sizes), `cpus`, `prefix`, `pool`,
-`leftovers` (namespaces or links with the run's prefix still present after cleanup; should be empty) and, only if
-the run failed, `error`. p90 is `statistics.quantiles(n=10, method="inclusive")[-1]` of the samples.
+by reference: below 1 means Stem is faster; for the limits rows, limits on divided by off: the goal is <= 1.1). Also
+`runs`, `files` (the sizes), `cpus`, `prefix`, `pool`, `cgroup` (the cgroup backend, v1 or v2), `leftovers`
+(namespaces, links or cgroups with the run's prefix still present after cleanup; should be empty) and, only if the
+run failed, `error`. p90 is `statistics.quantiles(n=10, method="inclusive")[-1]` of the samples.
 """
 
 from __future__ import annotations
@@ -46,13 +51,16 @@ from typing import Any
 
 from benchlib import destroy_hive
 
-from core import netns, worktree
+from core import cgroups, netns, worktree
 from core.hive import Hive
 from core.netns import ColonyNet
 from core.privileges import require_netns_privileges
 
 _GIT_ENV = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
 FILES_PER_DIR = 25
+# The two colony.toml of the limits row: the same but for [limits].
+PLAIN_TOML = '[colony]\nenv = { BENCH = "1" }\n'
+LIMITS_TOML = PLAIN_TOML + '\n[limits]\nmemory = "512M"\ncpus = 1.5\npids = 1000\n'
 # Address slots of the pool: the hive takes the lowest free one (0); the network-only rows use their own.
 SLOT_NET_STEM, SLOT_NET_IP, SLOT_REF_COLONY = 1, 2, 3
 
@@ -67,8 +75,8 @@ def run(argv: list[str], cwd: Path | None = None) -> None:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}: {proc.stderr.strip()}")
 
 
-def make_repo(path: Path, files: int, seed: int) -> None:
-    """`files` text files of 1-4 KB, 25 to a folder, two levels deep, in one commit."""
+def make_repo(path: Path, files: int, seed: int, colony_toml: str | None = None) -> None:
+    """`files` text files of 1-4 KB, 25 to a folder, two levels deep, in one commit (with `colony_toml`)."""
     rng = random.Random(seed)
     for k in range(files):
         folder = k // FILES_PER_DIR
@@ -76,6 +84,8 @@ def make_repo(path: Path, files: int, seed: int) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         lines = (f"value_{rng.getrandbits(64):016x} = {rng.randrange(10**9)}" for _ in range(rng.randrange(25, 100)))
         target.write_text("\n".join(lines) + "\n")
+    if colony_toml is not None:
+        (path / "colony.toml").write_text(colony_toml)
     run(["git", "init", "--quiet", "-b", "main", str(path)])
     run(["git", "add", "-A"], cwd=path)
     ident = ["-c", "user.email=bench@stem.invalid", "-c", "user.name=Stem bench"]
@@ -163,6 +173,17 @@ class Bench:
         try:
             log(f"network: {self.runs} runs")
             await self._rounds([threaded(self._net_stem), threaded(self._net_ip)])
+            size = min(self.sizes)
+            plain, limited = self.tmp / f"plain{size}", self.tmp / f"limited{size}"
+            make_repo(plain, size, seed=size, colony_toml=PLAIN_TOML)
+            make_repo(limited, size, seed=size, colony_toml=LIMITS_TOML)
+            log(f"{size} files, limits on and off: {self.runs} runs")
+            await self._rounds(
+                [
+                    lambda i, timed: self._colony_limits(hive, size, limited, True, i, timed),
+                    lambda i, timed: self._colony_limits(hive, size, plain, False, i, timed),
+                ]
+            )
             for size, repo in repos.items():
                 log(f"{size} files: {self.runs} runs")
                 commit = worktree.resolve_ref(repo, "HEAD")
@@ -216,6 +237,21 @@ class Bench:
         self.record(f"spawn_{size}", t1 - t0, timed)
         self.record(f"destroy_{size}", t2 - t1, timed)
 
+    async def _colony_limits(self, hive: Hive, size: int, repo: Path, on: bool, i: int, timed: bool) -> None:
+        """A spawn and destroy with [limits] and a cgroup (`on`), or without either (the reference)."""
+        name, key = (f"l{size}-{i + 1}", "limits") if on else (f"n{size}-{i + 1}", "ref_limits")
+        os.environ["STEM_CGROUPS"] = "1" if on else "0"
+        try:
+            t0 = time.perf_counter()
+            await hive.spawn(name, repo)
+            t1 = time.perf_counter()
+            await hive.destroy(name, force=True)
+            t2 = time.perf_counter()
+        finally:
+            os.environ.pop("STEM_CGROUPS", None)
+        self.record(f"{key}_spawn_{size}", t1 - t0, timed)
+        self.record(f"{key}_destroy_{size}", t2 - t1, timed)
+
     def _colony_ref(self, size: int, repo: Path, i: int, timed: bool) -> None:
         net = self.net(SLOT_REF_COLONY, "ref")
         path = self.tmp / "ref-worktrees" / f"r{size}-{i + 1}"
@@ -252,7 +288,8 @@ class Bench:
 
     def leftovers(self) -> list[str]:
         spaces = [n for n in netns.list_namespaces() if n.startswith(f"{self.prefix}-")]
-        return spaces + [n for n in netns.list_links() if self._link_re.match(n)]
+        groups = [f"cgroup {n}" for n in cgroups.names(self.prefix)]
+        return spaces + [n for n in netns.list_links() if self._link_re.match(n)] + groups
 
     def cleanup(self) -> list[str]:
         """Remove everything this run made; returns what could not be removed. Ctrl-C is ignored meanwhile."""
@@ -265,7 +302,9 @@ class Bench:
                     log(f"warning: cleaning the hive failed: {type(exc).__name__}: {exc}")
             for name in self.leftovers():
                 try:
-                    if name.startswith(f"{self.prefix}-"):
+                    if name.startswith("cgroup "):
+                        cgroups.remove(name.split(" ", 1)[1])
+                    elif name.startswith(f"{self.prefix}-"):
                         netns.destroy(name, "")
                     else:
                         netns.delete_link(name)
@@ -284,7 +323,9 @@ class Bench:
 
     def figures(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key in ["net", "net_destroy"] + [f"{r}_{n}" for n in self.sizes for r in ("worktree", "spawn", "destroy")]:
+        keys = ["net", "net_destroy"] + [f"{r}_{n}" for n in self.sizes for r in ("worktree", "spawn", "destroy")]
+        keys += [f"limits_{r}_{min(self.sizes)}" for r in ("spawn", "destroy")]
+        for key in keys:
             stem, ref = self.samples.get(key), self.samples.get(f"ref_{key}")
             if not stem or not ref:
                 continue
@@ -309,6 +350,11 @@ class Bench:
                 (f"spawn, {n} files", f"spawn_{n}", "ip + git worktree add + sqlite"),
                 (f"destroy, {n} files", f"destroy_{n}", "git worktree remove, branch -D, ip del"),
             ]
+        n = min(self.sizes)
+        rows += [
+            (f"spawn with limits, {n} f.", f"limits_spawn_{n}", "same spawn, no limits, no cgroup"),
+            (f"destroy with limits, {n} f.", f"limits_destroy_{n}", "same destroy, no cgroup"),
+        ]
         lines = [
             f"Stem spawn/destroy benchmark: {self.runs} runs per row, {os.cpu_count()} CPUs, prefix {self.prefix}, "
             f"pool {self.pool}",
@@ -366,6 +412,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "prefix": bench.prefix,
         "pool": str(bench.pool),
+        "cgroup": be.version if (be := cgroups.backend()) is not None else None,
         **figures,
         "leftovers": leftovers,
     }

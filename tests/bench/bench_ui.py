@@ -47,7 +47,9 @@ from textual import events  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 
 from core.hive import Hive  # noqa: E402
+from core.host.protocol import ScreenModes, screen_modes  # noqa: E402
 from core.screen import StemScreen  # noqa: E402
+from core.screen_queries import Link, Palette  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from stem.app import StemApp  # noqa: E402
 from stem.widgets.terminal import TerminalView  # noqa: E402
@@ -177,6 +179,19 @@ class Frozen:
 
     def resize(self, columns: int, lines: int) -> None:
         self.screen.resize(lines, columns)
+
+    @property
+    def modes(self) -> ScreenModes:
+        return screen_modes(self.screen)
+
+    def row_links(self, y: int) -> list[Link]:
+        return []
+
+    def take_clipboard(self) -> list[str]:
+        return []
+
+    def set_palette(self, palette: Palette) -> None:
+        pass
 
 
 def coloured_screen(columns: int = 120, lines: int = 40) -> StemScreen:

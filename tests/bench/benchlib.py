@@ -17,6 +17,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
 
 async def destroy_hive(home: Path, prefix: str, pool: IPv4Network, log: Callable[[str], None]) -> None:
     """Destroy every colony of the benchmark's hive (hosts included), then gc what is left."""
+    from core import claims
     from core.hive import Hive
 
     hive = Hive(home, prefix=prefix, pool=pool, stop_grace=2.0)
@@ -31,3 +32,4 @@ async def destroy_hive(home: Path, prefix: str, pool: IPv4Network, log: Callable
             log(f"gc removed {line}")
     finally:
         await hive.close()
+        claims.release(prefix)  # the run's prefix and pool are free for the next one

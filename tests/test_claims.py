@@ -1,0 +1,100 @@
+"""Two hives on one machine never harm each other: a prefix or an overlapping pool another hive has is refused with
+one line, before anything is made or removed; pools no colony should use are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from conftest import HiveEnv
+from helpers import make_repo, netns_names, run_stem
+
+from core import claims
+
+pytestmark = pytest.mark.root
+
+
+def refused(result: subprocess.CompletedProcess[str], *expected: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+    return line
+
+
+@pytest.fixture
+def other(tmp_path):
+    """A second hive on the machine (its own STEM_HOME), cleaned up like the test's own."""
+    env = HiveEnv(tmp_path / "other")
+    yield env
+    env.cleanup()
+
+
+def test_a_second_hive_with_the_same_prefix_is_refused_and_touches_nothing(hive_env, other, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "mine", "--repo", str(repo)).returncode == 0
+    before = netns_names(hive_env.prefix)
+    other.prefix = hive_env.prefix  # STEM_HOME set in one shell and not in another: same prefix, two hives
+    other.env["STEM_PREFIX"] = hive_env.prefix
+    for args in (("spawn", "theirs", "--repo", str(repo)), ("gc",), ("ls",)):
+        refused(run_stem(other.env, *args), f"prefix {hive_env.prefix!r} belongs to the hive at", str(hive_env.home))
+    assert netns_names(hive_env.prefix) == before
+    listed = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in listed] == [("mine", "running")]
+    other.prefix = "z" + other.prefix[1:]  # its cleanup must not touch the first hive's objects
+
+
+def test_a_second_hive_whose_pool_overlaps_is_refused(hive_env, other, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "mine", "--repo", str(repo)).returncode == 0
+    other.env["STEM_POOL"] = str(hive_env.pool.supernet(new_prefix=16))
+    refused(run_stem(other.env, "spawn", "theirs", "--repo", str(repo)), "overlaps", str(hive_env.home))
+    assert netns_names(other.prefix) == []
+
+
+def test_the_claim_of_a_hive_that_is_gone_is_taken_over(hive_env, other, tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    shutil.rmtree(hive_env.home)  # that hive is gone for good
+    other.prefix = hive_env.prefix
+    other.env["STEM_PREFIX"] = hive_env.prefix
+    assert run_stem(other.env, "spawn", "heir", "--repo", str(repo)).returncode == 0
+    claim = json.loads((claims.CLAIMS_DIR / hive_env.prefix).read_text())
+    assert claim["home"] == str(other.home.resolve())
+
+
+@pytest.mark.parametrize(
+    ("pool", "why"),
+    [
+        ("0.0.0.0/0", "is wider than a /8"),
+        ("127.0.0.0/16", "is not a range for hosts"),
+        ("224.1.0.0/16", "is not a range for hosts"),
+        ("169.254.0.0/16", "is not a range for hosts"),
+        ("8.8.0.0/16", "is not a private range"),
+    ],
+)
+def test_pools_no_colony_should_use_are_refused(hive_env, pool, why):
+    env = {**hive_env.env, "STEM_POOL": pool}
+    refused(run_stem(env, "ls"), f"the pool {pool} {why}", "STEM_POOL")
+
+
+def test_a_pool_over_the_hosts_own_network_is_refused(hive_env):
+    lan = f"{hive_env.prefix}l"  # a network of the host's own, as a LAN would be (no dummy module here: a veth)
+    subprocess.run(["ip", "link", "add", lan, "type", "veth", "peer", "name", f"{lan}2"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "10.177.3.1/24", "dev", lan], check=True)
+        subprocess.run(["ip", "link", "set", lan, "up"], check=True)
+        env = {**hive_env.env, "STEM_POOL": "10.177.0.0/16"}
+        refused(run_stem(env, "ls"), f"overlaps the host's network 10.177.3.0/24 on {lan}")
+    finally:
+        subprocess.run(["ip", "link", "del", lan], check=False)
+
+
+def test_claims_do_not_outlive_a_cleanup(hive_env):
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    assert (claims.CLAIMS_DIR / hive_env.prefix).exists()
+    hive_env.cleanup()
+    assert not (claims.CLAIMS_DIR / hive_env.prefix).exists()

@@ -1,0 +1,596 @@
+"""Getting the work back, with real git: `stem diff`, `stem commit`, `stem merge`, `stem sync`, the merge status of
+`stem ls --json`, and the overlap analysis between colonies. A merge never touches a checkout but the target's."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import git, run_stem
+
+from core import merge, overlap
+from core.hive import Hive
+from core.registry import ColonyRecord
+
+root = pytest.mark.root
+LINES = 30
+
+
+def numbered(**changed: str) -> str:
+    """app.txt: `line 1` .. `line 30`, with some lines replaced (`l3="x"` puts x on line 3)."""
+    lines = [f"line {i}" for i in range(1, LINES + 1)]
+    for key, text in changed.items():
+        lines[int(key[1:]) - 1] = text
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A repository on main: app.txt (numbered lines), other.txt, notes.txt, *.log ignored; its own identity."""
+    path = tmp_path / "project"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "Stem Test")
+    git(path, "config", "user.email", "test@stem.invalid")
+    (path / "app.txt").write_text(numbered())
+    (path / "other.txt").write_text("other\n")
+    (path / "notes.txt").write_text("notes\n")
+    (path / ".gitignore").write_text("*.log\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def stem(hive_env, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_stem(hive_env.env, *args)
+
+
+def spawn(hive_env, name: str, repo: Path, *extra: str) -> Path:
+    result = stem(hive_env, "spawn", name, "--repo", str(repo), *extra)
+    assert result.returncode == 0, result.stderr
+    return hive_env.home / "worktrees" / name
+
+
+def commit(worktree: Path, message: str, **files: str) -> str:
+    for name, text in files.items():
+        (worktree / name.replace("__", ".")).write_text(text)
+    git(worktree, "add", "-A")
+    git(worktree, "commit", "-q", "-m", message)
+    return git(worktree, "rev-parse", "HEAD").strip()
+
+
+def rev(repo: Path, ref: str) -> str:
+    return git(repo, "rev-parse", ref).strip()
+
+
+def snapshot(repo: Path, *worktrees: Path) -> dict[str, str]:
+    """Every ref, and for each checkout its HEAD, its index and every file (hashed): what "nothing changed" means."""
+    state = {"refs": git(repo, "for-each-ref", "--format=%(objectname) %(refname)")}
+    for tree in (repo, *worktrees):
+        gitdir = Path(git(tree, "rev-parse", "--absolute-git-dir").strip())
+        state[f"{tree}:HEAD"] = (gitdir / "HEAD").read_text()
+        state[f"{tree}:index"] = hashlib.sha256((gitdir / "index").read_bytes()).hexdigest()
+        state[f"{tree}:MERGE_HEAD"] = str((gitdir / "MERGE_HEAD").exists())
+        for path in sorted(tree.rglob("*")):
+            if path.relative_to(tree).parts[0] != ".git" and path.is_file():
+                state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def status(tree: Path) -> list[str]:
+    return git(tree, "status", "--porcelain", "--untracked-files=all").splitlines()
+
+
+# merge ----------------------------------------------------------------------------------------------------------------
+
+
+@root
+def test_fast_forward_then_true_merge_and_destroy_sees_them_merged(hive_env, project):
+    git(project, "checkout", "-q", "-b", "feature")  # the user works elsewhere, with an edit of their own
+    (project / "notes.txt").write_text("the user's own uncommitted edit\n")
+    alpha, beta = (
+        spawn(hive_env, "alpha", project, "--base", "main"),
+        spawn(hive_env, "beta", project, "--base", "main"),
+    )
+    alpha_tip = commit(alpha, "alpha: top of app", app__txt=numbered(l2="alpha"))
+    commit(beta, "beta: other", other__txt="beta\n")
+    before = snapshot(project)
+
+    first = stem(hive_env, "merge", "alpha", "--json")
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert (out["result"], out["target"], out["new"], out["commits"], out["files"]) == (
+        "fast-forward",
+        "main",
+        alpha_tip,
+        1,
+        ["app.txt"],
+    )
+    assert out["checkout"] is None  # main is checked out nowhere
+    assert rev(project, "main") == alpha_tip
+
+    second = stem(hive_env, "merge", "beta")
+    assert second.returncode == 0, second.stderr
+    assert "merged beta into main: merge commit" in second.stdout
+    parents = git(project, "rev-list", "--parents", "-n", "1", "main").split()
+    assert parents[1:] == [alpha_tip, rev(project, "colony/beta")]
+    assert git(project, "show", "main:app.txt") == numbered(l2="alpha")
+    assert git(project, "show", "main:other.txt") == "beta\n"
+    assert snapshot(project) | {"refs": ""} == before | {"refs": ""}  # the user's checkout: byte for byte
+
+    for name in ("alpha", "beta"):
+        destroyed = stem(hive_env, "destroy", name)
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert "kept branch" not in destroyed.stdout
+    assert git(project, "branch", "--list", "colony/*") == ""
+
+
+@root
+def test_squash_is_one_commit_and_the_branch_counts_as_merged(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    commit(alpha, "first step", app__txt=numbered(l5="five"))
+    commit(alpha, "second step", other__txt="squashed\n")
+    old = rev(project, "main")
+
+    result = stem(hive_env, "merge", "alpha", "--squash", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["result"], out["commits"], sorted(out["files"])) == ("squash", 2, ["app.txt", "other.txt"])
+    assert git(project, "rev-list", "--parents", "-n", "1", "main").split()[1:] == [old]
+    message = git(project, "log", "-1", "--format=%B", "main")
+    assert "* first step" in message and "* second step" in message
+    assert git(project, "show", "main:other.txt") == "squashed\n"
+    assert status(project) == []  # main was checked out and clean: it followed
+
+    again = stem(hive_env, "merge", "alpha")
+    assert again.returncode == 2
+    assert "already has every change of alpha" in again.stderr
+
+    destroyed = stem(hive_env, "destroy", "alpha")
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert "kept branch" not in destroyed.stdout
+    assert git(project, "for-each-ref", "refs/heads/colony/", "refs/stem/") == ""
+
+
+@root
+def test_a_conflict_is_reported_with_files_and_lines_and_changes_nothing(hive_env, project):
+    git(project, "checkout", "-q", "-b", "feature")
+    (project / "notes.txt").write_text("the user's own uncommitted edit\n")
+    (project / "scratch.txt").write_text("untracked\n")
+    worktrees = [spawn(hive_env, name, project, "--base", "main") for name in ("alpha", "beta", "gamma")]
+    alpha, beta, gamma = worktrees
+    commit(alpha, "alpha", app__txt=numbered(l10="alpha ten", l11="alpha eleven"))
+    commit(beta, "beta", other__txt="beta\n")
+    commit(gamma, "gamma", app__txt=numbered(l11="gamma eleven", l12="gamma twelve"))
+    (gamma / "wip.txt").write_text("the agent's uncommitted work\n")
+    for name in ("alpha", "beta"):
+        assert stem(hive_env, "merge", name).returncode == 0
+
+    before = snapshot(project, *worktrees)
+    result = stem(hive_env, "merge", "gamma")
+    assert result.returncode == 2
+    first, *details = result.stderr.splitlines()
+    assert first.startswith("stem: gamma does not merge cleanly into main: 1 file in conflict (app.txt)")
+    assert "nothing was changed" in first
+    # git's conflict hunk spans both changes (10-11 and 11-12): lines 10-12 of each side.
+    assert details == ["  app.txt: content: lines 10-12 on main, lines 10-12 on gamma"]
+    as_json = stem(hive_env, "merge", "gamma", "--json")
+    assert as_json.returncode == 2
+    out = json.loads(as_json.stdout)
+    assert out["result"] == "conflict"
+    assert out["conflicts"] == [
+        {
+            "path": "app.txt",
+            "kind": "content",
+            "message": "CONFLICT (content): Merge conflict in app.txt",
+            "regions": [{"target": [10, 12], "colony": [10, 12]}],
+        }
+    ]
+    squashed = stem(hive_env, "merge", "gamma", "--squash")
+    assert squashed.returncode == 2
+    assert snapshot(project, *worktrees) == before
+
+
+@root
+def test_the_target_checked_out_and_clean_follows_keeping_local_files(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    commit(alpha, "alpha", app__txt=numbered(l1="alpha"), added__txt="new file\n")
+    commit(project, "the user's commit", other__txt="user\n")  # main moved: a true merge
+    (project / "notes.txt").write_text("an uncommitted edit the merge does not touch\n")
+    (project / "scratch.txt").write_text("untracked\n")
+    (project / "build.log").write_text("ignored\n")
+
+    result = stem(hive_env, "merge", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert f"{project} has main checked out: brought to" in result.stdout
+    assert git(project, "rev-parse", "HEAD").strip() == rev(project, "main")
+    assert (project / "app.txt").read_text() == numbered(l1="alpha")
+    assert (project / "added.txt").read_text() == "new file\n"
+    assert (project / "notes.txt").read_text() == "an uncommitted edit the merge does not touch\n"
+    assert (project / "scratch.txt").read_text() == "untracked\n"
+    assert (project / "build.log").read_text() == "ignored\n"
+    assert sorted(status(project)) == [" M notes.txt", "?? scratch.txt"]
+
+
+@root
+def test_the_target_checked_out_with_an_edit_in_a_touched_file_is_refused(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    commit(alpha, "alpha", app__txt=numbered(l1="alpha"), fresh__txt="alpha\n")
+    (project / "app.txt").write_text(numbered(l30="the user's edit"))
+    (project / "fresh.txt").write_text("the user's untracked file of the same name\n")
+    before = snapshot(project, alpha)
+
+    result = stem(hive_env, "merge", "alpha")
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert f"main is checked out in {project} with uncommitted changes to files the merge changes" in result.stderr
+    assert "(app.txt, fresh.txt)" in result.stderr
+    assert snapshot(project, alpha) == before
+
+
+def test_a_target_that_moves_meanwhile_is_merged_again_and_loses_no_commit(tmp_path, project):
+    alpha = tmp_path / "alpha"
+    git(project, "worktree", "add", "-q", "-b", "colony/alpha", str(alpha), "main")
+    commit(alpha, "alpha", app__txt=numbered(l1="alpha"))
+    rec = record("alpha", project, alpha)
+    landed: list[str] = []
+
+    def meanwhile(attempt: int) -> None:
+        if attempt == 0:  # after the merge was computed, before the ref moves: the user commits on main
+            landed.append(commit(project, "the user's commit", other__txt="landed meanwhile\n"))
+
+    result = merge.merge_colony(rec, tmp_path / "locks", before_update=meanwhile)
+    assert result.retries == 1
+    assert result.how == merge.MergeKind.MERGE  # it was a fast-forward before main moved
+    assert result.old == landed[0]
+    tip = rev(project, "main")
+    assert git(project, "rev-list", "--parents", "-n", "1", tip).split()[1:] == [
+        landed[0],
+        rev(project, "colony/alpha"),
+    ]
+    assert git(project, "show", "main:other.txt") == "landed meanwhile\n"
+    assert git(project, "show", "main:app.txt") == numbered(l1="alpha")
+    assert status(project) == []  # the checkout of main followed
+
+
+@root
+def test_merge_all_stops_at_the_first_conflict_with_the_earlier_ones_merged(hive_env, project):
+    alpha, beta, gamma = (spawn(hive_env, name, project) for name in ("alpha", "beta", "gamma"))
+    commit(alpha, "alpha", app__txt=numbered(l3="alpha"))
+    commit(beta, "beta", app__txt=numbered(l3="beta"))
+    commit(gamma, "gamma", other__txt="gamma\n")
+    after_alpha: list[str] = []
+
+    result = stem(hive_env, "merge", "--all", "--json")
+    assert result.returncode == 2
+    out = json.loads(result.stdout)
+    assert [m["colony"] for m in out["merged"]] == ["alpha"]
+    after_alpha.append(out["merged"][0]["new"])
+    assert out["stopped"]["colony"] == "beta"
+    assert out["stopped"]["conflicts"][0]["path"] == "app.txt"
+    assert out["stopped"]["not_tried"] == ["gamma"]
+    assert rev(project, "main") == after_alpha[0] == rev(project, "colony/alpha")
+    assert "stopped at beta; not tried: gamma" in result.stderr
+
+    assert stem(hive_env, "destroy", "beta", "--force").returncode == 0
+    rest = stem(hive_env, "merge", "--all")
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.splitlines()[0] == "nothing to merge from alpha"
+    assert "merged gamma into main" in rest.stdout
+
+
+# sync, commit, diff ---------------------------------------------------------------------------------------------------
+
+
+@root
+def test_sync_brings_the_target_into_the_colony_and_leaves_a_conflict_for_its_agent(hive_env, project):
+    alpha, beta = spawn(hive_env, "alpha", project), spawn(hive_env, "beta", project)
+    commit(alpha, "alpha", app__txt=numbered(l7="alpha"))
+    beta_before = commit(beta, "beta", app__txt=numbered(l7="beta"), other__txt="beta\n")
+    commit(project, "main moves", notes__txt="main\n")
+
+    synced = stem(hive_env, "sync", "alpha", "--json")
+    assert synced.returncode == 0, synced.stderr
+    out = json.loads(synced.stdout)
+    assert (out["result"], out["commits"]) == ("merge", 1)
+    assert (alpha / "notes.txt").read_text() == "main\n"
+    assert len(git(alpha, "rev-list", "--parents", "-n", "1", "HEAD").split()) == 3
+    assert stem(hive_env, "sync", "alpha").stdout == "alpha is up to date with main\n"
+
+    assert stem(hive_env, "merge", "alpha").returncode == 0
+    main_before = rev(project, "main")
+    conflicted = stem(hive_env, "sync", "beta")
+    assert conflicted.returncode == 1
+    assert "left 1 file(s) in conflict in its worktree" in conflicted.stderr
+    assert "  app.txt: content: line 7 on main, line 7 on beta" in conflicted.stderr.splitlines()
+    text = (beta / "app.txt").read_text()
+    assert "<<<<<<< HEAD\nbeta\n=======\nalpha\n>>>>>>> main\n" in text  # markers the agent can read
+    assert "UU app.txt" in status(beta)
+    assert rev(project, "colony/beta") == beta_before  # the merge waits in the worktree for the agent
+    assert rev(project, "main") == main_before
+
+    # An agent that does not commit resolves the file; stem commit concludes the merge, and beta merges.
+    early = stem(hive_env, "commit", "beta", "-m", "too early")
+    assert early.returncode == 2
+    assert "still has conflict markers in app.txt" in early.stderr
+    (beta / "app.txt").write_text(numbered(l7="alpha and beta"))
+    concluded = stem(hive_env, "commit", "beta", "-m", "merge main, both edits kept")
+    assert concluded.returncode == 0, concluded.stderr
+    assert git(beta, "rev-list", "--parents", "-n", "1", "HEAD").split()[1:] == [beta_before, main_before]
+    assert status(beta) == []
+    merged = stem(hive_env, "merge", "beta", "--json")
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["result"] == "fast-forward"
+    assert (project / "app.txt").read_text() == numbered(l7="alpha and beta")
+
+
+@root
+def test_sync_refuses_when_uncommitted_changes_are_in_the_way(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    commit(project, "main moves", app__txt=numbered(l1="main"))
+    (alpha / "app.txt").write_text(numbered(l20="uncommitted"))
+    before = snapshot(project, alpha)
+    result = stem(hive_env, "sync", "alpha")
+    assert result.returncode == 2
+    assert "uncommitted changes to files main changes (app.txt)" in result.stderr
+    assert snapshot(project, alpha) == before
+
+
+@root
+def test_commit_takes_every_uncommitted_change_but_ignored_files(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    (alpha / "app.txt").write_text(numbered(l4="edited"))
+    (alpha / "other.txt").unlink()
+    (alpha / "sub").mkdir()
+    (alpha / "sub" / "new.txt").write_text("new\n")
+    (alpha / "debug.log").write_text("ignored\n")
+    parent = rev(alpha, "HEAD")
+
+    result = stem(hive_env, "commit", "alpha", "-m", "the agent's work", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["branch"], out["parent"], sorted(out["files"])) == (
+        "colony/alpha",
+        parent,
+        ["app.txt", "other.txt", "sub/new.txt"],
+    )
+    assert rev(project, "colony/alpha") == out["commit"]
+    assert git(alpha, "log", "-1", "--format=%s") == "the agent's work\n"
+    assert status(alpha) == []  # index and files agree with the new commit, as after git commit -a
+    assert (alpha / "debug.log").exists()
+    assert "debug.log" not in git(alpha, "ls-tree", "-r", "--name-only", "HEAD")
+    assert not list(Path(git(alpha, "rev-parse", "--absolute-git-dir").strip()).glob("*.lock"))
+
+    again = stem(hive_env, "commit", "alpha", "-m", "again")
+    assert (again.returncode, again.stderr) == (2, "stem: alpha has no uncommitted changes to commit\n")
+
+
+@root
+def test_diff_shows_committed_and_uncommitted_work_against_the_target(hive_env, project):
+    alpha = spawn(hive_env, "alpha", project)
+    commit(alpha, "alpha", app__txt=numbered(l2="committed"))
+    (alpha / "other.txt").write_text("uncommitted\n")
+    (alpha / "brand-new.txt").write_text("untracked\none more\n")
+    commit(project, "main's own later work", notes__txt="main only\n")
+
+    text = stem(hive_env, "diff", "alpha")
+    assert text.returncode == 0, text.stderr
+    assert "+committed" in text.stdout and "+uncommitted" in text.stdout and "+untracked" in text.stdout
+    assert "notes.txt" not in text.stdout  # the target's own commit is not the colony's work
+
+    stat = stem(hive_env, "diff", "alpha", "--stat")
+    assert stat.stdout.splitlines() == [
+        " app.txt       |     2 +-",
+        " brand-new.txt |     2 ++  (uncommitted)",
+        " other.txt     |     2 +-  (uncommitted)",
+        " 3 file(s) changed, 4 insertion(s)(+), 2 deletion(s)(-) against main; 2 uncommitted",
+    ]
+    out = json.loads(stem(hive_env, "diff", "alpha", "--json").stdout)
+    assert out["target"] == "main"
+    assert out["base"] == git(project, "merge-base", "main", "colony/alpha").strip()
+    assert [(f["path"], f["status"], f["added"], f["removed"], f["uncommitted"]) for f in out["files"]] == [
+        ("app.txt", "modified", 1, 1, False),
+        ("brand-new.txt", "added", 2, 0, True),
+        ("other.txt", "modified", 1, 1, True),
+    ]
+    assert "+committed" in out["diff"]
+
+
+# status for the live view and overlaps --------------------------------------------------------------------------------
+
+
+@root
+def test_ls_json_has_ahead_behind_and_merge_status(hive_env, project):
+    alpha, beta, _gamma = (spawn(hive_env, name, project) for name in ("alpha", "beta", "gamma"))
+    commit(alpha, "alpha", app__txt=numbered(l3="alpha"))
+    commit(beta, "beta 1", app__txt=numbered(l3="beta"))
+    commit(beta, "beta 2", other__txt="beta\n")
+    assert stem(hive_env, "merge", "alpha").returncode == 0
+
+    rows = {r["name"]: r for r in json.loads(stem(hive_env, "ls", "--json").stdout)}
+    fields = ("target", "ahead", "behind", "merge", "merge_summary", "conflicts")
+    assert {name: tuple(rows[name][f] for f in fields) for name in rows} == {
+        "alpha": ("main", 0, 0, "nothing", "nothing to merge", []),
+        "beta": ("main", 2, 1, "conflicts", "conflicts: 1 file", ["app.txt"]),
+        "gamma": ("main", 0, 1, "nothing", "nothing to merge", []),
+    }
+    commit(_gamma, "gamma", notes__txt="gamma\n")
+    rows = {r["name"]: r for r in json.loads(stem(hive_env, "ls", "--json").stdout)}
+    assert (rows["gamma"]["merge"], rows["gamma"]["merge_summary"]) == ("clean", "merges clean")
+
+
+@root
+def test_overlaps_tell_the_same_file_from_the_same_lines(hive_env, project):
+    names = ("alpha", "beta", "gamma")
+    trees = [spawn(hive_env, name, project) for name in names]
+    commit(trees[0], "alpha", app__txt=numbered(l5="alpha"))
+    (trees[1] / "app.txt").write_text(numbered(l25="beta"))  # uncommitted: counts too
+    (trees[2] / "app.txt").write_text(numbered(l6="gamma"))  # next to alpha's line: the same hunk to git
+
+    async def scenario() -> overlap.OverlapReport:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            return await hive.overlaps()
+        finally:
+            await hive.close()
+
+    report = asyncio.run(scenario())
+    found = {(o.colonies, o.path): (o.level, o.lines) for o in report.overlaps}
+    assert found == {
+        (("alpha", "beta"), "app.txt"): (overlap.OverlapLevel.FILE, ()),
+        (("alpha", "gamma"), "app.txt"): (overlap.OverlapLevel.HUNK, (((5, 5), (6, 6)),)),
+        (("beta", "gamma"), "app.txt"): (overlap.OverlapLevel.FILE, ()),
+    }
+    assert report.level("alpha") == report.level("gamma") == overlap.OverlapLevel.HUNK
+    assert report.level("beta") == overlap.OverlapLevel.FILE
+    assert json.loads(json.dumps(report.as_dict()))["overlaps"][1]["lines"] == [[[5, 5], [6, 6]]]
+
+
+def test_overlaps_between_colonies_of_different_bases_compare_the_same_lines(tmp_path, project):
+    """A colony spawned after main gained lines at the top: its line 15 is the other's line 10."""
+    early = tmp_path / "early"
+    git(project, "worktree", "add", "-q", "-b", "colony/early", str(early), "main")
+    commit(project, "main grows", app__txt="\n".join(f"new {i}" for i in range(5)) + "\n" + numbered())
+    late = tmp_path / "late"
+    git(project, "worktree", "add", "-q", "-b", "colony/late", str(late), "main")
+    (early / "app.txt").write_text(numbered(l10="early"))
+    late_text = (late / "app.txt").read_text().splitlines()
+    late_text[14] = "late"  # line 15 now, line 10 of the early base
+    late_text[29] = "late too"  # line 30 now, line 25 then: nothing of early's there
+    (late / "app.txt").write_text("\n".join(late_text) + "\n")
+    (late / "fresh.txt").write_text("only late\n")
+
+    works = overlap.overlap_work([record("early", project, early), record("late", project, late)])
+    report = overlap.find_overlaps(works)
+    assert [(o.path, o.level, o.lines) for o in report.overlaps] == [
+        ("app.txt", overlap.OverlapLevel.HUNK, (((10, 10), (15, 15)),)),
+    ]
+    (early / "app.txt").write_text(numbered(l2="early"))  # now far from both of late's lines
+    report = overlap.find_overlaps(
+        overlap.overlap_work([record("early", project, early), record("late", project, late)])
+    )
+    assert [(o.path, o.level) for o in report.overlaps] == [("app.txt", overlap.OverlapLevel.FILE)]
+
+
+def test_status_of_many_colonies_batches_merge_tree(tmp_path, project):
+    records = []
+    for i in range(6):
+        tree = tmp_path / f"c{i}"
+        git(project, "worktree", "add", "-q", "-b", f"colony/c{i}", str(tree), "main")
+        if i % 3 == 0:
+            commit(tree, "touches line 1", app__txt=numbered(l1=f"c{i}"))
+        elif i % 3 == 1:
+            commit(tree, "its own file", **{f"c{i}__txt": "x\n"})
+        records.append(record(f"c{i}", project, tree))
+    commit(project, "main changes line 1", app__txt=numbered(l1="main"))
+    found = [(s.colony, s.state, s.ahead, s.behind, s.conflicts) for s in merge.merge_statuses(records)]
+    assert found == [
+        ("c0", "conflicts", 1, 1, ("app.txt",)),
+        ("c1", "clean", 1, 1, ()),
+        ("c2", "nothing", 0, 1, ()),
+        ("c3", "conflicts", 1, 1, ("app.txt",)),
+        ("c4", "clean", 1, 1, ()),
+        ("c5", "nothing", 0, 1, ()),
+    ]
+
+
+def test_conflict_regions_are_read_from_the_markers_in_each_sides_lines():
+    text = (
+        b"a\n<<<<<<< main\nx\ny\n||||||| base\nb\n=======\n>>>>>>> colony/alpha\n"  # the colony removed b
+        b"c\n<<<<<<< main\n=======\nz\n>>>>>>> colony/alpha\n"  # the colony added z where main has nothing
+        b"======= not a marker outside a conflict\n"
+    )
+    regions = merge._regions(text, ours_is_target=True)
+    assert regions == (merge.Region((2, 3), (2, 1)), merge.Region((5, 4), (3, 3)))
+    assert [r.describe("main", "alpha") for r in regions] == [
+        "lines 2-3 on main, nothing (at line 2) on alpha",
+        "nothing (at line 5) on main, line 3 on alpha",
+    ]
+    # stem sync: the colony's worktree is "ours"
+    assert merge._regions(text, ours_is_target=False)[0] == merge.Region((2, 1), (2, 3))
+
+
+# bad input, targets ---------------------------------------------------------------------------------------------------
+
+
+@root
+def test_bad_input_is_one_line_and_exit_2(hive_env, project):
+    spawn(hive_env, "alpha", project)
+    tag = spawn(hive_env, "tagged", project, "--base", rev(project, "main"))
+    commit(tag, "work", other__txt="x\n")
+    before = snapshot(project)
+    cases = {
+        ("merge", "nope"): "no colony named 'nope'",
+        ("merge", "alpha", "--into", "no-such-branch"): "no branch 'no-such-branch'",
+        ("merge", "alpha"): "main already has every change of alpha",
+        ("merge", "alpha", "--into", "colony/alpha"): "is alpha's own branch",
+        ("merge", "tagged"): "was spawned from",
+        ("merge",): "name a colony, or --all",
+        ("merge", "alpha", "--all"): "name a colony, or --all",
+        ("sync", "tagged"): "not a branch: name one with --from BRANCH",
+        ("diff", "alpha", "--into", "nope"): "no branch 'nope'",
+        ("commit", "alpha", "-m", "x"): "alpha has no uncommitted changes",
+    }
+    for args, expected in cases.items():
+        result = stem(hive_env, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+    assert snapshot(project) == before
+    merged = stem(hive_env, "merge", "tagged", "--into", "main")
+    assert merged.returncode == 0, merged.stderr
+
+
+@root
+def test_the_target_is_the_branch_checked_out_at_spawn(hive_env, project):
+    git(project, "checkout", "-q", "-b", "release")
+    alpha = spawn(hive_env, "alpha", project)  # --base HEAD: release
+    git(project, "checkout", "-q", "main")
+    commit(alpha, "alpha", other__txt="for release\n")
+    result = stem(hive_env, "merge", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "merged alpha into release" in result.stdout
+    assert git(project, "show", "release:other.txt") == "for release\n"
+    assert git(project, "show", "main:other.txt") == "other\n"
+
+    # A colony recorded before targets were: its base (HEAD) read now, and said so.
+    with sqlite3.connect(hive_env.home / "hive.db") as db:
+        db.execute("UPDATE colonies SET target='' WHERE name='alpha'")
+    commit(alpha, "more", notes__txt="more\n")
+    old = stem(hive_env, "merge", "alpha")
+    assert old.returncode == 0, old.stderr
+    assert "merged alpha into main" in old.stdout
+    assert "target was not recorded at spawn (an older colony): using main, the branch" in old.stderr
+
+
+def record(name: str, repo: Path, worktree: Path, target: str = "main") -> ColonyRecord:
+    """The registry row of a colony made by hand (a worktree without a namespace), for the pure-git tests."""
+    base = git(worktree, "merge-base", "HEAD", target).strip()
+    return ColonyRecord(
+        name=name,
+        slot=0,
+        repo=str(repo),
+        base_ref=target,
+        base_commit=base,
+        branch=f"colony/{name}",
+        worktree=str(worktree),
+        db_path="",
+        netns="",
+        veth="",
+        ip="",
+        host_ip="",
+        prefixlen=30,
+        state="running",
+        stage="",
+        reason="",
+        agent="",
+        task="",
+        created_at=0.0,
+        updated_at=0.0,
+        target=target,
+    )

@@ -1,0 +1,256 @@
+"""Preview routing for real: the hive's Caddy on one loopback port, a route per ready service of every colony,
+following the services as they stop and start, and gone with the hive's last colony."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import http_get, make_repo, run_stem, wait_for
+from test_host import fake_agent_config, host_pid, listed
+
+from core import preview
+from core.errors import ConfigError
+from core.hive import Hive
+from core.preview import PreviewPaths
+from core.procs import alive
+from core.settings import load_settings
+
+# The service waits while `hold` exists in its worktree: a restart then leaves it not ready for as long as the
+# test needs to look, and never because of timing.
+SERVICE = """\
+[services.web]
+command = '''while [ -e hold ]; do sleep 0.05; done
+echo "I am $COLONY_NAME" > whoami.txt; exec python3 -m http.server 3000'''
+port = 3000
+ready = "http:/whoami.txt"
+"""
+
+
+def preview_port(hive_env) -> int:
+    return int(hive_env.env["STEM_PREVIEW_PORT"])
+
+
+def through(port: int, host: str, path: str = "/whoami.txt") -> tuple[int, str] | None:
+    """(status, body) of a request to the preview port for `host` (as a browser sends it), or None if nothing
+    listens there."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": f"{host}:{port}"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def caddy_pid(hive_env) -> int | None:
+    found = PreviewPaths.of(hive_env.home).process()
+    return found[0] if found else None
+
+
+def listening(pid: int) -> set[str]:
+    """The TCP addresses `pid` listens on."""
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3] for line in out.splitlines() if f"pid={pid}," in line}
+
+
+def spawn(hive_env, repo: Path, *names: str) -> None:
+    for name in names:
+        done = run_stem(hive_env.env, "spawn", name, "--repo", str(repo))
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.root
+def test_two_colonies_on_port_3000_are_each_reached_by_name_through_the_one_port(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b")
+    port = preview_port(hive_env)
+    rows = listed(hive_env)
+    # A spawn returns with its URLs in place.
+    assert rows["a"]["preview"] == {"web": f"http://web-a.localhost:{port}/"}
+    assert rows["b"]["preview"] == {"web": f"http://web-b.localhost:{port}/"}
+    assert through(port, "web-a.localhost") == (200, "I am a\n")
+    assert through(port, "web-b.localhost") == (200, "I am b\n")
+    status, body = through(port, "web-c.localhost") or (0, "")
+    assert status == 404 and "stem ls --json" in body
+    # One Caddy for the hive, detached, on the loopback port only: its admin API is a 0600 Unix socket.
+    pid = caddy_pid(hive_env)
+    assert pid is not None
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[3]) == pid and stat[4] == "0"  # its own session, no terminal
+    assert listening(pid) == {f"127.0.0.1:{port}"}
+    paths = PreviewPaths.of(hive_env.home)
+    assert oct(paths.admin.stat().st_mode & 0o777) == "0o600"
+    assert oct(paths.folder.stat().st_mode & 0o777) == "0o700"
+    assert f"web at http://web-a.localhost:{port}/" in run_stem(hive_env.env, "logs", "a").stdout
+    assert preview.urls(hive_env.home, "b") == {"b": {"web": f"http://web-b.localhost:{port}/"}}
+
+
+@pytest.mark.root
+def test_the_route_goes_when_the_service_stops_and_returns_when_it_starts(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b")
+    port = preview_port(hive_env)
+    worktree = Path(listed(hive_env)["a"]["worktree"])
+
+    # A restart: the route goes with the old process and comes back once the new one is ready.
+    async def restart() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.restart_service("a", "web")
+        finally:
+            await hive.close()
+
+    (worktree / "hold").write_text("")
+    asyncio.run(restart())
+    wait_for(lambda: "a" not in preview.urls(hive_env.home), what="a's route to go while web restarts")
+    assert (through(port, "web-a.localhost") or (0, ""))[0] == 404
+    assert through(port, "web-b.localhost") == (200, "I am b\n")  # the other colony's route is untouched
+    (worktree / "hold").unlink()
+    wait_for(lambda: through(port, "web-a.localhost") == (200, "I am a\n"), what="a's route back after the restart")
+
+    # A stop: the route goes at once; the other colony keeps its route and the hive keeps its Caddy.
+    caddy = caddy_pid(hive_env)
+    assert run_stem(hive_env.env, "stop", "a").returncode == 0
+    assert listed(hive_env)["a"]["preview"] == {}
+    assert (through(port, "web-a.localhost") or (0, ""))[0] == 404
+    assert through(port, "web-b.localhost") == (200, "I am b\n")
+    assert caddy_pid(hive_env) == caddy
+    assert run_stem(hive_env.env, "start", "a").returncode == 0
+    assert listed(hive_env)["a"]["preview"] == {"web": f"http://web-a.localhost:{port}/"}
+    assert through(port, "web-a.localhost") == (200, "I am a\n")
+
+    # The last colony to stop takes the hive's Caddy with it; a start brings both back.
+    for name in ("a", "b"):
+        assert run_stem(hive_env.env, "stop", name).returncode == 0
+    assert caddy is not None and not alive(caddy) and caddy_pid(hive_env) is None
+    assert through(port, "web-b.localhost") is None
+    assert run_stem(hive_env.env, "start", "b").returncode == 0
+    assert through(port, "web-b.localhost") == (200, "I am b\n")
+
+
+@pytest.mark.root
+def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b")
+    port = preview_port(hive_env)
+    caddy = caddy_pid(hive_env)
+    assert caddy is not None
+    os.kill(caddy, signal.SIGKILL)
+    wait_for(lambda: not alive(caddy), what="Caddy to die")
+    assert through(port, "web-a.localhost") is None
+
+    async def restart() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.restart_service("b", "web")
+        finally:
+            await hive.close()
+
+    asyncio.run(restart())  # b's web gets ready again: its host starts a new Caddy
+    wait_for(lambda: through(port, "web-b.localhost") == (200, "I am b\n"), what="b's route on a new Caddy")
+    assert through(port, "web-a.localhost") == (200, "I am a\n")  # a's route came back with it
+    assert caddy_pid(hive_env) not in (None, caddy)
+
+
+@pytest.mark.root
+def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b", "c")
+    port = preview_port(hive_env)
+    caddy = caddy_pid(hive_env)
+    assert caddy is not None
+
+    assert run_stem(hive_env.env, "destroy", "--force", "a").returncode == 0
+    assert set(preview.urls(hive_env.home)) == {"b", "c"}
+
+    # A host killed -9 cannot remove its routes: gc removes the routes of a colony without a running host.
+    host = host_pid(hive_env, "b")
+    assert host is not None
+    os.kill(host, signal.SIGKILL)
+    wait_for(lambda: not alive(host), what="b's host to die")
+    gc = run_stem(hive_env.env, "gc")
+    assert gc.returncode == 0, gc.stderr
+    assert "removed preview route web-b.localhost (b has no running host)" in gc.stdout
+    assert set(preview.urls(hive_env.home)) == {"c"}
+
+    # Destroying the last colony with a host takes the hive's Caddy with it.
+    assert run_stem(hive_env.env, "destroy", "--force", "c").returncode == 0
+    assert not alive(caddy) and caddy_pid(hive_env) is None
+    assert through(port, "web-c.localhost") is None
+
+    # A Caddy left without any colony host (its starter died right after starting it) goes with `stem gc`.
+    preview.ensure_running(hive_env.home, port)
+    left = caddy_pid(hive_env)
+    assert left is not None
+    gc = run_stem(hive_env.env, "gc")
+    assert "removed the preview proxy (caddy; no colony host runs)" in gc.stdout
+    assert not alive(left) and not PreviewPaths.of(hive_env.home).running()
+
+
+@pytest.mark.root
+def test_a_caddy_that_cannot_start_leaves_the_services_running_and_says_why(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    port = preview_port(hive_env)
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        spawn(hive_env, repo, "a")
+        rec = listed(hive_env)["a"]
+        assert rec["services"] == {"web": "ready"} and rec["preview"] == {}
+        assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am a\n"
+        why = f"port {port} on 127.0.0.1 is in use by another program"
+        assert why in run_stem(hive_env.env, "logs", "a").stdout
+        assert why in (preview.problem(hive_env.home) or "")
+        assert caddy_pid(hive_env) is None
+    finally:
+        taken.close()
+    # Once the port is free, the next service to get ready starts Caddy.
+    assert run_stem(hive_env.env, "stop", "a").returncode == 0
+    assert run_stem(hive_env.env, "start", "a").returncode == 0
+    assert through(port, "web-a.localhost") == (200, "I am a\n")
+    assert preview.problem(hive_env.home) is None
+
+
+@pytest.mark.root
+def test_preview_port_zero_turns_preview_off(hive_env, tmp_path):
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    env = {**hive_env.env, "STEM_PREVIEW_PORT": "0"}
+    done = run_stem(env, "spawn", "a", "--repo", str(repo))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(run_stem(env, "ls", "--json").stdout)
+    assert rows[0]["services"] == {"web": "ready"} and rows[0]["preview"] == {}
+    assert caddy_pid(hive_env) is None and not PreviewPaths.of(hive_env.home).folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[preview]\nport = 70000\n", "config.toml:2: [preview] port: must be between 0 and 65535 (got 70000)"),
+        ("[preview]\nhost = 'x'\n", "[preview] host"),
+    ],
+)
+def test_the_preview_port_setting_is_checked(tmp_path, text, error):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert error in str(caught.value)
+    path.write_text("[preview]\nport = 8901\n")
+    assert load_settings(path).preview_port == 8901
