@@ -261,6 +261,8 @@ class AgentSession:
             # while they exist, so it cannot name anyone else).
             if await asyncio.to_thread(procs.group_members, pgid):
                 _killpg(pgid, signal.SIGKILL)
+                # Delivered, not yet done: stop returns once they are gone, as its caller expects.
+                await asyncio.to_thread(procs.wait_gone, lambda: set(procs.group_members(pgid)), 5.0)
         if self._reaped is not None and not self._finished:
             self._finish_exit()
         self.close()

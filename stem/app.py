@@ -358,6 +358,8 @@ class StemApp(App[int], inherit_bindings=False):
             self._attach_terminal()
         if not listed:
             self._show_selected()
+            if isinstance(self.focused, ColoniesList):
+                self.set_focus(None)  # the list is hidden while the hive is empty: its keys are not there to use
         elif self.focused is None and self.screen is self.screen_stack[0]:
             # The panels were hidden while the hive was empty; the colonies list takes the focus when they show.
             self.query_one(ColoniesList).focus()
