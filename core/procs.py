@@ -62,6 +62,21 @@ def starttime(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def write_pid_file(path: Path) -> None:
+    """`<pid> <starttime>` of this process: who holds a role (a colony's host, the hive's forker)."""
+    path.write_text(f"{os.getpid()} {starttime(os.getpid()) or 0}\n")
+
+
+def read_pid_file(path: Path) -> tuple[int, int] | None:
+    """(pid, starttime) a `write_pid_file` recorded, if that very process is still alive (not a reused pid)."""
+    try:
+        pid_text, start_text = path.read_text().split()[:2]
+        pid, start = int(pid_text), int(start_text)
+    except (OSError, ValueError):
+        return None
+    return (pid, start) if alive(pid, start) else None
+
+
 def alive(pid: int, start: int | None = None) -> bool:
     """True if `pid` runs (zombies do not count) and, if given, started at `start`."""
     fields = proc_stat(pid)

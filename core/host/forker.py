@@ -79,12 +79,7 @@ class ForkerPaths:
         """(pid, starttime) of the hive's forker if it is alive."""
         from core import procs
 
-        try:
-            pid_text, start_text = self.pid.read_text().split()
-            pid, start = int(pid_text), int(start_text)
-        except (OSError, ValueError):
-            return None
-        return (pid, start) if procs.alive(pid, start) else None
+        return procs.read_pid_file(self.pid)
 
 
 def fingerprint() -> str:
@@ -281,7 +276,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
         listener.bind(address)
     os.chmod(paths.socket, 0o600)
     listener.listen(16)
-    paths.pid.write_text(f"{os.getpid()} {procs.starttime(os.getpid()) or 0}\n")
+    procs.write_pid_file(paths.pid)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -419,12 +414,9 @@ def _be_host(home: Path, request: dict[str, object], conn: socket.socket, close:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    ready_fd = None
-    if "--ready-fd" in args:
-        at = args.index("--ready-fd")
-        ready_fd = int(args[at + 1])
-        del args[at : at + 2]
+    from core.host.paths import take_ready_fd
+
+    args, ready_fd = take_ready_fd(list(sys.argv[1:] if argv is None else argv))
     if len(args) != 1:
         print("usage: python3 -m core.host.forker HOME [--ready-fd FD]", file=sys.stderr)
         return 2

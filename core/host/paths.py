@@ -39,9 +39,12 @@ class HostPaths:
 
     def process(self) -> tuple[int, int] | None:
         """(pid, starttime) of the colony's host if it is alive."""
-        try:
-            pid_text, start_text = self.pid.read_text().split()
-            pid, start = int(pid_text), int(start_text)
-        except (OSError, ValueError):
-            return None
-        return (pid, start) if procs.alive(pid, start) else None
+        return procs.read_pid_file(self.pid)
+
+
+def take_ready_fd(args: list[str]) -> tuple[list[str], int | None]:
+    """The arguments without `--ready-fd FD`, and FD: where a host or the forker says it listens (b"1")."""
+    if "--ready-fd" not in args:
+        return args, None
+    at = args.index("--ready-fd")
+    return args[:at] + args[at + 2 :], int(args[at + 1])

@@ -43,7 +43,7 @@ from core.events import (
     ServiceState,
 )
 from core.host import protocol as p
-from core.host.paths import HostPaths
+from core.host.paths import HostPaths, take_ready_fd
 
 if TYPE_CHECKING:
     from core.agent import AgentSession
@@ -533,7 +533,7 @@ async def _main(home: Path, name: str, ready_fd: int | None) -> int:
         print(f"stem host: a colony host of {name} runs already", file=sys.stderr)
         return 3
     try:
-        paths.pid.write_text(f"{os.getpid()} {procs.starttime(os.getpid()) or 0}\n")
+        procs.write_pid_file(paths.pid)
         host = ColonyHost(layout, name, ready_fd)
         return await host.run()
     finally:
@@ -543,12 +543,7 @@ async def _main(home: Path, name: str, ready_fd: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    ready_fd = None
-    if "--ready-fd" in args:
-        at = args.index("--ready-fd")
-        ready_fd = int(args[at + 1])
-        del args[at : at + 2]
+    args, ready_fd = take_ready_fd(list(sys.argv[1:] if argv is None else argv))
     if len(args) != 2:
         print("usage: python3 -m core.host HOME NAME [--ready-fd FD]", file=sys.stderr)
         return 2
