@@ -43,8 +43,6 @@ class HintBar(Static):
             binding = active.binding
             if not binding.show or not active.enabled or binding.description in seen:
                 continue
-            if not all(node.display for node in active.node.ancestors_with_self):
-                continue  # a hidden panel's keys (the colonies list while the hive is empty) are not offered
             seen.add(binding.description)
             display = self.app.get_key_display(binding.with_key(key))
             parts.append(Content.assemble(Content.styled(display, "bold $accent"), " ", binding.description))
