@@ -78,7 +78,7 @@ class StemApp(App[int], inherit_bindings=False):
     colony hosts (screens, states, logs); `clock` is injected for deterministic snapshots."""
 
     CSS_PATH = "stem.tcss"
-    AUTO_FOCUS = "#colony-list"
+    AUTO_FOCUS = None  # refresh_colonies focuses the list once it has colonies: a hidden list never holds the focus
     TITLE = "Stem"
     COMMANDS: ClassVar[set[Any]] = {StemCommands}
     BINDINGS = [
