@@ -62,6 +62,36 @@ def starttime(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def start_detached(
+    argv: list[str], log: Path, env: Mapping[str, str] | None, timeout: float | None
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start `argv` (a colony host, the hive's forker) in a session of its own: no terminal, stdin from /dev/null,
+    its output appended to `log`, cwd /, and `--ready-fd FD` added, a pipe it writes one byte to once it serves.
+    Waits up to `timeout` (None: for as long as it takes) for that byte. Returns the process, never waited for here
+    (it is meant to outlive this one), and the byte: b"" if it ended or the time ran out first."""
+    ready_r, ready_w = os.pipe()
+    try:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [*argv, "--ready-fd", str(ready_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(ready_w,),
+                cwd="/",
+                env=env,
+            )
+        os.close(ready_w)
+        ready_w = -1
+        readable, _, _ = select.select([ready_r], [], [], timeout)
+        return proc, os.read(ready_r, 1) if readable else b""
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+
+
 def write_pid_file(path: Path) -> None:
     """`<pid> <starttime>` of this process: who holds a role (a colony's host, the hive's forker)."""
     path.write_text(f"{os.getpid()} {starttime(os.getpid()) or 0}\n")

@@ -31,7 +31,6 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -180,30 +179,15 @@ def _start(paths: ForkerPaths, home: Path, env: dict[str, str]) -> bool:
         with contextlib.suppress(OSError):
             _connect(paths.socket).close()
             return True  # another launcher started it meanwhile
-        ready_r, ready_w = os.pipe()
-        try:
-            with paths.log.open("ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "core.host.forker", str(home), "--ready-fd", str(ready_w)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=(ready_w,),
-                    cwd="/",
-                    env=env,
-                )
-            # It may outlive this process (then whoever adopts it reaps it); while this one lives, a thread blocked
-            # in waitpid reaps it the moment it exits, so a long-lived UI never keeps its zombie.
-            threading.Thread(target=proc.wait, name="forker-reaper", daemon=True).start()
-            os.close(ready_w)
-            ready_w = -1
-            readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            return bool(readable) and os.read(ready_r, 1) == b"1"
-        finally:
-            os.close(ready_r)
-            if ready_w >= 0:
-                os.close(ready_w)
+        from core import procs
+
+        proc, ready = procs.start_detached(
+            [sys.executable, "-m", "core.host.forker", str(home)], paths.log, env, READY_TIMEOUT
+        )
+        # It may outlive this process (then whoever adopts it reaps it); while this one lives, a thread blocked in
+        # waitpid reaps it the moment it exits, so a long-lived UI never keeps its zombie.
+        threading.Thread(target=proc.wait, name="forker-reaper", daemon=True).start()
+        return ready == b"1"
     except OSError:
         return False
     finally:

@@ -44,29 +44,9 @@ def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None =
             return found[0] if found is not None else 0
     except forker.HostStartFailed:
         raise HostFailed(f"the colony host of {name} did not start: {_log_tail(paths)}") from None
-    # No forker could be used: the host starts as a fresh interpreter.
-    ready_r, ready_w = os.pipe()
-    try:
-        with paths.log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "core.host", str(home), name, "--ready-fd", str(ready_w)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=(ready_w,),
-                cwd="/",
-                env=env,
-            )
-            # Not registered as a waited-for child: when it ends, whichever stem process is its parent then reaps
-            # it as a child of another session (procs.reap_orphans).
-        os.close(ready_w)
-        ready_w = -1
-        ready = os.read(ready_r, 1)
-    finally:
-        os.close(ready_r)
-        if ready_w >= 0:
-            os.close(ready_w)
+    # No forker could be used: the host starts as a fresh interpreter. Not registered as a waited-for child: when
+    # it ends, whichever stem process is its parent then reaps it as a child of another session (reap_orphans).
+    proc, ready = procs.start_detached([sys.executable, "-m", "core.host", str(home), name], paths.log, env, None)
     if ready != b"1":
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
