@@ -150,7 +150,7 @@ def _forker(hive: Hive, report: GcReport) -> None:
     """The hive's host forker goes when no colony host runs (it would exit by itself a little later)."""
     from core.host import forker
 
-    if any(hive.host_running(rec.name) for rec in hive.registry.colonies()):
+    if hive.any_host_running():
         return
     if forker.stop(hive.layout.home):
         report.removed.append("the host forker (no colony host runs)")
@@ -164,14 +164,11 @@ def _preview(hive: Hive, report: GcReport) -> None:
     if not preview.PreviewPaths.of(home).running():
         return
 
-    def hosted() -> set[str]:
-        return {rec.name for rec in hive.registry.colonies() if hive.host_running(rec.name)}
-
-    if not hosted():
-        if preview.stop(home, unless=lambda: bool(hosted())):
+    if not hive.any_host_running():
+        if preview.stop(home, unless=hive.any_host_running):
             report.removed.append("the preview proxy (caddy; no colony host runs)")
         return
-    running = hosted()
+    running = hive.hosted()
     try:
         gone = preview.remove_routes(home, lambda route: route.colony not in running)
     except OSError as exc:

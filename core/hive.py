@@ -700,7 +700,7 @@ class Hive:
 
         if ForkerPaths.of(self.layout.home).process() is None:
             return
-        if not any(self.host_running(rec.name) for rec in self.registry.colonies()):
+        if not self.any_host_running():
             stop(self.layout.home)
 
     def _retire_preview(self, name: str) -> None:
@@ -708,9 +708,7 @@ class Hive:
         gone, the hive's Caddy goes too."""
         from core import preview
 
-        preview.retire(
-            self.layout.home, name, lambda: any(self.host_running(rec.name) for rec in self.registry.colonies())
-        )
+        preview.retire(self.layout.home, name, self.any_host_running)
 
     async def start(self, name: str) -> ColonyRecord:
         """Bring a stopped (or failed) colony back: network, build, then running."""
@@ -868,6 +866,14 @@ class Hive:
 
     def host_running(self, name: str) -> bool:
         return self.host_paths(name).running()
+
+    def hosted(self) -> set[str]:
+        """The colonies whose host runs now."""
+        return {rec.name for rec in self.registry.colonies() if self.host_running(rec.name)}
+
+    def any_host_running(self) -> bool:
+        """Whether any colony host of the hive runs (stops looking at the first)."""
+        return any(self.host_running(rec.name) for rec in self.registry.colonies())
 
     def _host_env(self) -> dict[str, str]:
         """The host sees this hive as this process does, whatever the environment said."""
