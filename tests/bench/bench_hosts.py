@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import destroy_hive  # noqa: E402
+from benchlib import destroy_hive, run_sections  # noqa: E402
 from helpers import make_repo, wait_for  # noqa: E402
 
 from core import firewall, netns, procs  # noqa: E402
@@ -965,23 +965,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # so `kill` cleans up like Ctrl-C does
 
     bench = Bench(args)
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    error = None
-    try:
+
+    def sections() -> None:
         bench.setup()
         bench.short_commands()
         bench.host_cost()
         asyncio.run(bench.keystrokes())
         bench.reattach()
         bench.stop_all()
-    except KeyboardInterrupt:
-        error = "interrupted"
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    finally:
-        log("cleaning up")
-        load_end = [round(x, 2) for x in os.getloadavg()]
-        leftovers = bench.cleanup()
+
+    run = run_sections(sections, bench.cleanup, log)
+    load_start, load_end, error, leftovers = run.load_start, run.load_end, run.error, run.leftovers
 
     print(
         f"Stem colony host benchmark: {bench.n} colonies, {os.cpu_count()} CPUs, load average {load_start} at start, "

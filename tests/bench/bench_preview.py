@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchlib import destroy_hive, print_table  # noqa: E402
+from benchlib import destroy_hive, print_table, run_sections  # noqa: E402
 from helpers import git, make_repo  # noqa: E402
 
 from core import firewall, netns, preview, procs  # noqa: E402
@@ -414,21 +414,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     bench = Bench(args)
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    error = None
-    try:
+
+    def sections() -> None:
         ip = bench.setup()
         asyncio.run(bench.throughput(ip))
         bench.routes()
         bench.cold_start()
-    except KeyboardInterrupt:
-        error = "interrupted"
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    finally:
-        log("cleaning up")
-        load_end = [round(x, 2) for x in os.getloadavg()]
-        leftovers = bench.cleanup()
+
+    run = run_sections(sections, bench.cleanup, log)
+    load_start, load_end, error, leftovers = run.load_start, run.load_end, run.error, run.leftovers
 
     print(
         f"Stem preview routing benchmark: {os.cpu_count()} CPUs, load average {load_start} at start, {load_end} at "

@@ -1,10 +1,40 @@
-"""What the benchmarks share: the figures table they print, and ending a benchmark's hive."""
+"""What the benchmarks share: running their sections, the figures table they print, and ending their hive."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """How a benchmark's run went: the load around it, why it stopped early (None if it did not), and what of it
+    was still there after its cleanup (should be nothing)."""
+
+    load_start: list[float]
+    load_end: list[float]
+    error: str | None
+    leftovers: list[str]
+
+
+def run_sections(sections: Callable[[], None], cleanup: Callable[[], list[str]], log: Callable[[str], None]) -> Run:
+    """Run the benchmark's `sections`; whatever happens (an error, Ctrl-C), `cleanup` after, and say how it went."""
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    error = None
+    try:
+        sections()
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        log("cleaning up")
+        load_end = [round(x, 2) for x in os.getloadavg()]
+        leftovers = cleanup()
+    return Run(load_start, load_end, error, leftovers)
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
