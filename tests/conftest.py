@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import link_names, make_repo, netns_names
 
-from core import cgroups, claims, firewall
+from core import cgroups, claims, firewall, procs
 from core.host.forker import ForkerPaths
 from core.host.launch import wait_exit
 from core.host.paths import HostPaths
@@ -123,17 +123,10 @@ def reap_adopted() -> None:
     the stem commands a test killed on purpose (a git a spawn ran when it was SIGKILLed). The test is over, so
     no waiter of ours is left to want their exit status."""
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
+    for pid, fields in procs.all_stats():
         if fields[0] == b"Z" and int(fields[1]) == me:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture
