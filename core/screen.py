@@ -1,15 +1,26 @@
-"""Stem's terminal screen: pyte's emulator with fast paths for floods, an alternate screen and scrollback.
+"""Stem's terminal screen: pyte's emulator with fast paths for floods and full-screen programs, an alternate screen
+and scrollback.
 
-`StemScreen` is a `pyte.Screen`; whatever its fast paths do not recognise goes to pyte's own parser and
-methods, so correctness never depends on a fast path being complete. The fast paths:
+`StemScreen` is a `pyte.Screen`; whatever its fast paths do not recognise goes to pyte's own parser and methods (the
+last alternative of `_TOKEN`, in `_feed_text`), so correctness never depends on a fast path being complete, and
+every fast path is checked against stock pyte's screen (tests/test_screen.py). The fast paths:
 
-- a tokenizer that hands whole runs of text and complete common sequences to the screen methods, instead of
-  pyte's one-character-at-a-time parser generator;
-- text drawn straight into the row dicts with one shared `Char` per (character, attributes); runs mixing
-  text and SGR drawn in one loop; SGR transitions cached;
-- line batches: consecutive lines of text and SGR ended by CR LF are applied at once. The buffer is rotated
-  once per batch rather than once per line, and lines that scroll away inside the batch are never drawn:
-  they go to the scrollback as text, materialised to cells only when asked for.
+- a tokenizer (one regex, `finditer`) that hands whole runs of text and complete common sequences to the screen
+  methods, instead of pyte's one-character-at-a-time parser generator. Its commonest token is what full-screen
+  programs paint a row with: CUP (perhaps after CR LF), a run of text, SGR sequences and ESC ( B, then EL;
+- cells: one shared `Char` per (character, attributes), found through a node per attributes (`CharCache`) whose
+  SGR moves, texts and runs are cached dicts, so a run is drawn with its attributes followed in C; a run met
+  twice is one lookup (its cells and the attributes after it); SGR is worked out once per parameter list (so
+  truecolour costs no pyte call); rows are written with `dict.update`;
+- line batches: consecutive lines of text, SGR and a closing EL, each ended by CR LF, are applied at once, their
+  attributes followed for the whole batch in one pass. The buffer is rotated once per batch rather than once per
+  line, and lines that scroll away inside the batch are never drawn: they go to the scrollback as text,
+  materialised to cells only when asked for. A batch that ends a feed is held (`_hold`): if the next feed goes on
+  with more lines (the next read of a flood), both are applied as one, so reads of any size cost what one large
+  read does. Held lines are applied before anything else happens to the screen and before anyone reads its cells,
+  cursor or scrollback (`buffer`, `cursor` and `scrollback` are properties); `take_dirty` and the versions count
+  them without applying them;
+- a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
 answers to queries through a responder, a bell counter, per-row versions for render caches. pyte's quirks are
@@ -26,29 +37,33 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from itertools import accumulate, chain
-from operator import attrgetter
+from itertools import accumulate, chain, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 import pyte
 from pyte import charsets as cs
 from pyte import modes as mo
-from pyte.screens import Char, Savepoint, StaticDefaultDict, wcwidth
+from pyte.screens import Char, Cursor, Savepoint, StaticDefaultDict, wcwidth
 
 from core.screen_cells import (
     DEFAULT_CHAR,
+    LOOKUP,
     NARROW,
-    SGR_CACHE,
+    REVERSE_CHAR,
+    SGR_SEQ_FINDALL,
     SGR_SEQ_SPLIT,
-    SGR_SPLIT,
+    SGR_SEQ_SUB,
+    TEXTS,
+    CharCache,
     Piece,
     Row,
+    cells_ok,
     chars_for,
-    draw_line,
     narrow_text,
     parse_params,
-    resolve_row,
     row_text,
+    seen_twice,
     sgr_apply,
     text_width,
 )
@@ -62,45 +77,96 @@ _DECCKM = 1 << 5
 _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
 
-_REVERSE_BLANK = DEFAULT_CHAR._replace(reverse=True)
+_REVERSE_BLANK = REVERSE_CHAR
 
 # Modes under which a line batch would not behave like plain "draw, CR, LF".
 _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
 
-# One token in the ground state. Group numbers are used as token kinds (see `_feed_text`); anything that
-# does not match (C1 controls, SO/SI, unusual or incomplete sequences) goes to pyte's parser.
+# A run of printable text, SGR sequences and designations of ASCII as G0 (`ESC ( B`, which pyte ignores in UTF-8
+# mode and programs drawn with ncurses send before every attribute change).
+_RUN = r"(?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m|\x1b\(B)++"
+
+# One token in the ground state; `_feed_text` tells them apart by `lastindex`. Anything that does not match
+# (C1 controls, SO/SI, unusual or incomplete sequences) is the last alternative: pyte's parser.
 _TOKEN_PATTERN = (
-    r"((?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m)++)"  # 1: printable text and SGR: styled text
-    "|(" + pyte.Stream._text_pattern.pattern + ")"  # 2: any other text, exactly pyte's notion of it
-    r"|(\r\n)"  # 3: the commonest pair of controls
-    r"|\x1b\[(\??)([0-9;]*)([@-~])"  # 4-6: CSI with plain parameters
-    r"|\x1b([^\[\]#%()])"  # 7: two-character escape
-    r"|\x1b([()][\s\S])"  # 8: G0/G1 charset designation
-    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 9-10: OSC (title)
-    r"|([\x00\x07-\x0d\x7f])"  # 11: C0 controls pyte acts on or ignores
+    # 1-5: what full-screen programs send most: a run, with the cursor placed (CUP, perhaps after a CR LF) before
+    # it and the rest of the row erased (EL) after it, each optional
+    r"(?:(\r\n)?\x1b\[(\d{0,4}+)(?:;(\d{0,4}+))?H)?(" + _RUN + r")(?:\x1b\[([012]?)K)?"
+    r"|(\r\n)"  # 6: the commonest pair of controls
+    r"|((?:\x1b\[2K\x1b\[1A)++)"  # 7: erase the row and go up, again and again (rich's Live redraw)
+    r"|\x1b\[(\??)([0-9;]*+)([@-~])"  # 8-10: CSI with plain parameters
+    "|(" + pyte.Stream._text_pattern.pattern + ")"  # 11: any other text, exactly pyte's notion of it
+    r"|\x1b([^\[\]#%()])"  # 12: two-character escape
+    r"|\x1b([()][\s\S])"  # 13: G0/G1 charset designation
+    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 14-15: OSC (title)
+    r"|([\x00\x07-\x0d\x7f])"  # 16: C0 controls pyte acts on or ignores
+    r"|[\s\S]"  # no group: pyte's parser
 )
 _TOKEN = re.compile(_TOKEN_PATTERN)
 # The same for a feed that is all ASCII (an O(1) test): a plain range is faster for the regex engine.
 _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]", 1))
 
-_T_STYLED, _T_TEXT, _T_CRLF, _T_CSI, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 1, 2, 3, 6, 7, 8, 10, 11
-
-# The `TextCells` of an `SgrMoves` node.
-_TEXTS = attrgetter("chars.texts")
-
-# `d[key]` for the cache dicts: dict subclasses get a generic subscript slot that looks `__getitem__` up on
-# every call, while dict's own method goes straight to the lookup (and still calls `__missing__`).
-_LOOKUP: Any = dict.__getitem__
-
-_SGR_RESETS = frozenset({"", "0"})
+_T_RUN = frozenset({4, 5})
+_T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 6, 7, 10, 11, 12, 13, 15, 16
 
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
 
-# A batch of whole lines: printable text and SGR sequences, each line ended by CR LF. The ASCII-only form
-# is half again as fast for the regex engine and is used when the whole feed is ASCII (an O(1) test).
-_BATCH = re.compile(r"(?:[^\x00-\x1f\x7f-\x9f]*+(?:\x1b\[[0-9;]*+m[^\x00-\x1f\x7f-\x9f]*+)*+\r\n)++")
-_BATCH_ASCII = re.compile(r"(?:[ -~]*+(?:\x1b\[[0-9;]*+m[ -~]*+)*+\r\n)++")
+# A batch of whole lines: printable text, SGR sequences and ESC ( B, each line ended by CR LF, with an EL
+# (to its right) just before the CR LF allowed. The ASCII-only form is half again as fast for the regex engine
+# and is used when the whole feed is ASCII (an O(1) test).
+_BATCH_PATTERN = r"(?:T*+(?:(?:\x1b\[[0-9;]*+m|\x1b\(B)T*+)*+(?:\x1b\[0?K)?\r\n)++"
+_BATCH = re.compile(_BATCH_PATTERN.replace("T", r"[^\x00-\x1f\x7f-\x9f]"))
+_BATCH_ASCII = re.compile(_BATCH_PATTERN.replace("T", "[ -~]"))
+_EL_TAILS = ("\x1b[K", "\x1b[0K")
+# The start of a line left at the end of a feed after a batch (see `_after_batch`): a run, perhaps cut in an SGR
+# sequence, an EL or a CR LF by the end of the read.
+_TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
+# The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
+_UNFINISHED = re.compile(r"\x1b(?:\[[?0-9;]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
+_MAX_UNFINISHED = 4096
+# A whole batch line.
+_BATCH_LINE = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K)?\r\n")
+
+_CHARS = attrgetter("chars")
+_RUNS = attrgetter("runs")
+_ATTRS = attrgetter("attrs")
+_SPEC_LINE, _SPEC_START, _SPEC_PIECE, _SPEC_ERASE = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
+
+# A batch row: the line, the attributes it starts with, which screen-wide piece of it (-1: all of it, which
+# fits), whether an EL follows (on its last piece), and the attributes after it.
+Spec = tuple[str, CharCache, int, bool, CharCache]
+
+
+class LineRows:
+    """Batch rows that are whole lines, each fitting on a row (the common case), kept as columns rather than a
+    `Spec` per row: a flood held across feeds makes no object per line for the garbage collector to look at.
+    `nodes[i]` is the attributes line i starts with, `nodes[i + 1]` those after it; `erases` (or None: none)
+    whether an EL ends it. Indexing gives the row's `Spec`."""
+
+    __slots__ = ("erases", "lines", "nodes")
+
+    def __init__(self, lines: list[str], nodes: list[CharCache], erases: list[bool] | None) -> None:
+        self.lines = lines
+        self.nodes = nodes
+        self.erases = erases
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i: int) -> Spec:
+        erases = self.erases
+        return (self.lines[i], self.nodes[i], -1, erases[i] if erases is not None else False, self.nodes[i + 1])
+
+    def extend(self, more: LineRows) -> None:
+        """Append the rows of a batch that starts where these end (nothing changed the attributes between)."""
+        if more.erases is not None or self.erases is not None:
+            self.erases = (self.erases or [False] * len(self.lines)) + (more.erases or [False] * len(more.lines))
+        self.lines += more.lines
+        self.nodes += more.nodes[1:]
+
+
+Held = list[str] | list[Spec] | LineRows
 
 
 class StemScreen(pyte.Screen):
@@ -112,6 +178,11 @@ class StemScreen(pyte.Screen):
         self._main_buffer: dict[int, Row] | None = None
         self._alt_savepoint: Savepoint | None = None
         self.scrollback = Scrollback(scrollback, columns)
+        # Line batches not applied yet, and text after them not parsed yet (see `_hold`).
+        self._held: Held = []
+        self._held_plain: CharCache | None = None
+        self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
+        self._tail = ""
         self.bells = 0
         self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
         self.version = 0
@@ -129,6 +200,7 @@ class StemScreen(pyte.Screen):
         }
         self._esc.update(self.queries.escapes())  # DECKPAM, DECKPNM (pyte has neither)
         self._params_cache: dict[str, tuple[int, ...]] = {}
+        self._chars = chars_for(DEFAULT_CHAR)  # the node of the cursor's attributes when last looked up
         self._seen = self._cursor_state()
 
     # ----------------------------------------------------------------------------------------- public API
@@ -137,6 +209,13 @@ class StemScreen(pyte.Screen):
         """Consume bytes from the child. UTF-8 sequences split across calls are joined, as in `ByteStream`."""
         stream = self._stream
         text = stream.utf8_decoder.decode(data) if stream.use_utf8 else data.decode("latin-1")
+        if self._tail:
+            # Text kept unparsed at the end of the last feed (see `_after_batch` and `_feed_text`). After held
+            # batch rows, the start of a line: if this feed ends the line, it goes on as a batch; if not, the held
+            # rows and it are applied now (an unfinished sequence at its end stays unparsed).
+            if self._held and not _BATCH_LINE.match(self._tail + text):
+                self._release()
+            text, self._tail = self._tail + text, ""
         if text:
             self._feed_text(text)
         self._commit()
@@ -176,6 +255,39 @@ class StemScreen(pyte.Screen):
         """True while a full-screen program has switched to the alternate buffer."""
         return self._alt_active
 
+    # Whoever reads the cells, the cursor or the scrollback first gets the held line batches applied (`_hold`).
+
+    @property  # type: ignore[override]
+    def buffer(self) -> dict[int, Row]:
+        if self._held:
+            self._release()
+        return self._buf
+
+    @buffer.setter
+    def buffer(self, value: dict[int, Row]) -> None:
+        self._buf = value
+
+    @property  # type: ignore[override]
+    def cursor(self) -> Cursor:
+        if self._held:
+            self._release()
+        return self._cur
+
+    @cursor.setter
+    def cursor(self, value: Cursor) -> None:
+        self._cur = value
+
+    @property
+    def scrollback(self) -> Scrollback:
+        """Lines that left the top of the main screen, oldest first."""
+        if self._held:
+            self._release()
+        return self._sb
+
+    @scrollback.setter
+    def scrollback(self, value: Scrollback) -> None:
+        self._sb = value
+
     # ------------------------------------------------------------------------------------ pyte overrides
 
     @property
@@ -184,6 +296,9 @@ class StemScreen(pyte.Screen):
         return _REVERSE_BLANK if mo.DECSCNM in self.mode else DEFAULT_CHAR
 
     def reset(self) -> None:
+        if self._held:
+            self._release()
+        self._tail = ""
         if getattr(self, "_alt_active", False) and self._main_buffer is not None:
             self.buffer = self._main_buffer
         self._alt_active = False
@@ -194,6 +309,8 @@ class StemScreen(pyte.Screen):
     def resize(self, lines: int | None = None, columns: int | None = None) -> None:
         """Resize like a terminal rather than like pyte: rows that must leave to keep the cursor on screen go
         from the top into the scrollback, other rows are dropped from the bottom."""
+        if self._held:
+            self._release()
         lines = lines or self.lines
         columns = columns or self.columns
         if lines == self.lines and columns == self.columns:
@@ -231,6 +348,8 @@ class StemScreen(pyte.Screen):
         self._commit()
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        if self._held:
+            self._release()
         if kwargs.get("private"):
             self.queries.set_modes(modes, True)
             for mode in modes:
@@ -240,6 +359,8 @@ class StemScreen(pyte.Screen):
         super().set_mode(*modes, **kwargs)
 
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        if self._held:
+            self._release()
         if kwargs.get("private"):
             self.queries.set_modes(modes, False)
             for mode in modes:
@@ -249,17 +370,18 @@ class StemScreen(pyte.Screen):
         super().reset_mode(*modes, **kwargs)
 
     def draw(self, data: str) -> None:
-        cursor = self.cursor
+        if self._held:
+            self._release()
+        cursor = self._cur
         mode = self.mode
         if not (
             data
             and cursor.x <= self.columns
-            and mo.DECAWM in mode
             and mo.IRM not in mode
             and self.charset == 0
             and self.g0_charset is cs.LAT1_MAP
         ):
-            # Insert mode, no autowrap, other charsets, odd cursor positions: pyte itself.
+            # Insert mode, other charsets, odd cursor positions: pyte itself.
             y = cursor.y
             super().draw(data)
             # pyte combines a leading zero-width character into the previous row without marking it.
@@ -291,47 +413,66 @@ class StemScreen(pyte.Screen):
             self._draw_narrow(data[start:] if start else data)
 
     def _draw_narrow(self, data: str) -> None:
-        """`draw` for characters that each take one cell, with autowrap on and insert mode off."""
-        cursor = self.cursor
+        """`draw` for characters that each take one cell, with insert mode off."""
+        cursor = self._cur
         columns = self.columns
         x = cursor.x
-        buffer = self.buffer
+        buffer = self._buf
         get = chars_for(cursor.attrs).__getitem__
         dirty = self.dirty
+        if mo.DECAWM not in self.mode:
+            # No autowrap: what does not fit is drawn over the last column in turn (pyte moves the cursor back
+            # one cell per character), so the last character stays there, with the cursor past it.
+            n = len(data)
+            room = columns - x
+            row = buffer[cursor.y]
+            if n <= room:
+                row.update(enumerate(map(get, data), x))
+                cursor.x = x + n
+            else:
+                if room > 0:
+                    row.update(enumerate(map(get, data[:room]), x))
+                row[columns - 1] = get(data[-1])
+                cursor.x = columns
+            dirty.add(cursor.y)
+            return
         i, n = 0, len(data)
         while True:
             if x == columns:  # pending wrap, as pyte's draw: CR then LF, then draw
                 dirty.add(cursor.y)
                 cursor.x = 0
                 self.linefeed()
-                cursor = self.cursor
+                cursor = self._cur
                 x = 0
             room = columns - x
             if n - i <= room:
                 part = data[i:] if i else data
                 end = x + len(part)
-                buffer[cursor.y].update(zip(range(x, end), map(get, part)))  # noqa: B905 - same length
+                buffer[cursor.y].update(enumerate(map(get, part), x))
                 x = end
                 break
-            buffer[cursor.y].update(zip(range(x, columns), map(get, data[i : i + room])))  # noqa: B905
+            buffer[cursor.y].update(enumerate(map(get, data[i : i + room]), x))
             x = columns
             i += room
         cursor.x = x
         dirty.add(cursor.y)
 
     def _draw_other(self, char: str, width: int) -> bool:
-        """pyte's `draw` for one character that is not one cell wide (autowrap on, insert mode off); False
-        where pyte stops drawing."""
-        cursor = self.cursor
+        """pyte's `draw` for one character that is not one cell wide (insert mode off); False where pyte stops
+        drawing."""
+        cursor = self._cur
         columns = self.columns
         dirty = self.dirty
-        if cursor.x == columns:  # pyte wraps first, whatever the width
-            dirty.add(cursor.y)
-            cursor.x = 0
-            self.linefeed()
-            cursor = self.cursor
+        if cursor.x == columns:
+            if mo.DECAWM in self.mode:  # pyte wraps first, whatever the width
+                dirty.add(cursor.y)
+                cursor.x = 0
+                self.linefeed()
+                cursor = self._cur
+            elif width > 0:
+                cursor.x -= width  # no autowrap: drawn over the last cells
         x, y = cursor.x, cursor.y
-        line = self.buffer[y]
+        line = self._buf[y]
         if width == 2:
             get = chars_for(cursor.attrs).__getitem__
             line[x] = get(char)
@@ -343,7 +484,7 @@ class StemScreen(pyte.Screen):
                 last = line[x - 1]
                 line[x - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
             elif y:
-                above = self.buffer[y - 1]
+                above = self._buf[y - 1]
                 last = above[columns - 1]
                 above[columns - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
                 dirty.add(y - 1)
@@ -354,15 +495,19 @@ class StemScreen(pyte.Screen):
         return True
 
     def index(self) -> None:
+        if self._held:
+            self._release()
         margins = self.margins
         top, bottom = (0, self.lines - 1) if margins is None else margins
-        cursor = self.cursor
+        cursor = self._cur
         if cursor.y == bottom:
             self._scroll_up(top, bottom)
         else:
             cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
 
     def cursor_position(self, line: int | None = None, column: int | None = None) -> None:
+        if self._held:
+            self._release()
         # pyte's, with its bounds checks inlined: full-screen programs send one per row they paint.
         column = (column or 1) - 1
         line = (line or 1) - 1
@@ -374,17 +519,21 @@ class StemScreen(pyte.Screen):
             top, bottom = margins
         else:
             top, bottom = 0, self.lines - 1
-        cursor = self.cursor
+        cursor = self._cur
         cursor.x = min(max(0, column), self.columns - 1)
         cursor.y = min(max(top, line), bottom)
 
     def select_graphic_rendition(self, *attrs: int, **kwargs: Any) -> None:
+        if self._held:
+            self._release()
         # CSI ? Ps m is a query (xterm's XTQMODKEYS, sent by vim), not SGR; pyte raises on it.
         if not kwargs.get("private"):
-            self.cursor.attrs = sgr_apply(self.cursor.attrs, attrs, mo.DECSCNM in self.mode)
+            self._cur.attrs = sgr_apply(self._cur.attrs, attrs, mo.DECSCNM in self.mode)
 
     def erase_in_line(self, how: int = 0, private: bool = False) -> None:
-        cursor = self.cursor
+        if self._held:
+            self._release()
+        cursor = self._cur
         self.dirty.add(cursor.y)
         if how == 0:
             interval = range(cursor.x, self.columns)
@@ -394,10 +543,13 @@ class StemScreen(pyte.Screen):
             interval = range(self.columns)
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
-        self.buffer[cursor.y].update(dict.fromkeys(interval, cursor.attrs))
+        # Every cell is written, even to the blank the row shows anyway: a later ED erases only cells that exist.
+        self._buf[cursor.y].update(enumerate(repeat(cursor.attrs, len(interval)), interval.start))
 
     def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
-        cursor = self.cursor
+        if self._held:
+            self._release()
+        cursor = self._cur
         if how == 0:
             interval = range(cursor.y + 1, self.lines)
         elif how == 1:
@@ -408,7 +560,7 @@ class StemScreen(pyte.Screen):
             return
         self.dirty.update(interval)
         attrs = cursor.attrs
-        buffer = self.buffer
+        buffer = self._buf
         for y in interval:
             # Like pyte, only cells that exist are erased: the sparse rows stay sparse.
             line = buffer[y]
@@ -416,7 +568,7 @@ class StemScreen(pyte.Screen):
         if how in (0, 1):
             self.erase_in_line(how)
         if how == 3 and not self._alt_active:
-            self.scrollback.clear()
+            self._sb.clear()
 
     def bell(self, *args: Any) -> None:
         self.bells += 1
@@ -428,12 +580,19 @@ class StemScreen(pyte.Screen):
     # ---------------------------------------------------------------------------------------- internals
 
     def _cursor_state(self) -> tuple[int, int, bool, str, bool]:
-        cursor = self.cursor
+        cursor = self._cur
         return (cursor.x, cursor.y, cursor.hidden, self.title, self._alt_active)
 
     def _commit(self) -> None:
         """Turn pyte's `dirty` rows into row versions and pending dirty rows; bump `version` on any change."""
         dirty = self.dirty
+        if self._held and not self._held_counted:
+            # Held batch rows (and the text after them) change the rows from the cursor's down, or every row
+            # if they scroll. Counted now, they are not counted again when they are applied.
+            y = self._cur.y
+            end = y + len(self._held) + 1
+            dirty.update(range(self.lines) if end > self.lines else range(y, end))
+            self._held_counted = True
         state = self._cursor_state()
         if not dirty and state == self._seen:
             return
@@ -484,9 +643,9 @@ class StemScreen(pyte.Screen):
 
     def _scroll_up(self, top: int, bottom: int) -> None:
         """Scroll the region `top..bottom` up one row; what leaves the top of the screen is kept."""
-        buffer = self.buffer
+        buffer = self._buf
         if top == 0 and not self._alt_active:
-            self.scrollback.append_row(buffer.get(0))
+            self._sb.append_row(buffer.get(0))
         self.dirty.update(range(self.lines))
         if top == 0 and bottom == self.lines - 1:
             moved = [(y - 1, row) for y, row in buffer.items() if 0 < y <= bottom]
@@ -501,134 +660,235 @@ class StemScreen(pyte.Screen):
     def _create_rows(self, bottom: int) -> None:
         """Create rows 0..bottom-1 where missing, as pyte's scroll does. A row's blank cell is fixed when
         the row is created (reversed under DECSCNM), so rows must come into being when pyte's would."""
-        buffer = self.buffer
+        buffer = self._buf
         if len(buffer) < bottom:
             for y in range(bottom):
                 if y not in buffer:
                     buffer[y] = StaticDefaultDict[int, Char](self.default_char)
+
+    def _node(self) -> CharCache:
+        """The shared cells (and their SGR moves, texts and runs) of the cursor's attributes."""
+        attrs = self._cur.attrs
+        node = self._chars
+        if node.attrs is not attrs:
+            node = self._chars = chars_for(attrs)
+        return node
 
     def _feed_text(self, text: str, batch: bool = True) -> None:
         stream = self._stream
         pos, n = 0, len(text)
         if not stream._taking_plain_text:
             pos = self._feed_slow(text, pos)  # finish a sequence split across feeds
-        if batch and pos < n and self.cursor.x == 0:
+        if batch and pos < n and self._cur.x == 0:
             pos = self._try_batch(text, pos)
-        match = (_TOKEN_ASCII if text.isascii() else _TOKEN).match
-        draw = self.draw
+            if self._held:
+                pos = self._after_batch(text, pos)
+        finditer = (_TOKEN_ASCII if text.isascii() else _TOKEN).finditer
         csi = self._csi
         while pos < n:
-            m = match(text, pos)
-            if m is None:
-                pos = self._feed_slow(text, pos)
-                continue
-            kind = m.lastindex
-            pos = m.end()
-            if kind == _T_STYLED:
-                run = m.group(1)
-                if "\x1b" in run:
-                    self._draw_styled(run)
-                else:
-                    draw(run)
-            elif kind == _T_CSI:
-                private, params, final = m.group(4, 5, 6)
-                if final == "m":
-                    if not private:  # see select_graphic_rendition
-                        cursor = self.cursor
-                        cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
-                    continue
-                handler = csi.get(final)
-                if handler is None:
-                    continue  # pyte's `debug`: unknown sequences are ignored
-                args = self._params_cache.get(params)
-                if args is None:
-                    if len(self._params_cache) > 4096:
-                        self._params_cache.clear()
-                    args = self._params_cache[params] = parse_params(params)
-                try:
-                    if private:
-                        handler(*args, private=True)
-                    else:
-                        handler(*args)
-                except (TypeError, ValueError, LookupError, NameError):
-                    self.errors += 1  # pyte raises on e.g. ESC[?5A; a terminal ignores it
-            elif kind == _T_TEXT:
-                draw(m.group(2))
-            elif kind == _T_CRLF:
-                self.cursor.x = 0
-                self.linefeed()
-                if batch and pos < n and self.cursor.x == 0:
-                    pos = self._try_batch(text, pos)
-            elif kind == _T_CTL:
-                char = text[pos - 1]
-                if char == "\r":
-                    self.cursor.x = 0
-                elif char in "\n\x0b\x0c":
+            # Every position matches some alternative, so the matches are back to back; the loop is left to
+            # go on from elsewhere after a line batch or pyte's parser.
+            for m in finditer(text, pos):
+                kind = m.lastindex
+                if kind in _T_RUN:
+                    crlf, row, column, run, erase = m.group(1, 2, 3, 4, 5)
+                    if row is not None:
+                        if crlf is not None:
+                            self._cur.x = 0
+                            self.linefeed()
+                        self._cursor_to(row, column)
+                    self._draw_run(run)
+                    if erase is not None:
+                        if erase == "" or erase == "0":  # EL to the end of the row, the usual one: inlined
+                            cursor = self._cur
+                            x, y = cursor.x, cursor.y
+                            columns = self.columns
+                            self.dirty.add(y)
+                            if x < columns:
+                                self._buf[y].update(enumerate(repeat(cursor.attrs, columns - x), x))
+                            else:
+                                self._buf[y]  # the row comes into being, as in pyte
+                        else:
+                            self.erase_in_line(int(erase))
+                elif kind == _T_CRLF:
+                    self._cur.x = 0
                     self.linefeed()
-                    if batch and char == "\n" and pos < n and self.cursor.x == 0:
-                        pos = self._try_batch(text, pos)
-                elif char == "\x08":
-                    self.backspace()
-                elif char == "\t":
-                    self.tab()
-                elif char == "\x07":
-                    self.bell()
-                # NUL and DEL are ignored, as by pyte.
-            elif kind == _T_ESC:
-                handler0 = self._esc.get(m.group(7))
-                if handler0 is not None:
-                    handler0()
-            elif kind == _T_OSC:
-                code, param = m.group(9), m.group(10)[1:]  # pyte drops the ";"
-                if code in "01":
-                    self.set_icon_name(param)
-                if code in "02":
-                    self.set_title(param)
-            elif kind == _T_CHARSET:
-                designation = m.group(8)
-                if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
-                    self.define_charset(designation[1], mode=designation[0])
+                    end = m.end()
+                    if batch and end < n and self._cur.x == 0:
+                        pos = self._try_batch(text, end)
+                        if pos != end:
+                            if self._held:
+                                pos = self._after_batch(text, pos)
+                            break
+                elif kind == _T_ERASE_UP:
+                    self._erase_up(len(m.group(7)) // 8)
+                elif kind == _T_CSI:
+                    private, params, final = m.group(8, 9, 10)
+                    if final == "m":
+                        if not private:  # see select_graphic_rendition
+                            cursor = self._cur
+                            cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
+                        continue
+                    handler = csi.get(final)
+                    if handler is None:
+                        continue  # pyte's `debug`: unknown sequences are ignored
+                    args = self._params_cache.get(params)
+                    if args is None:
+                        if len(self._params_cache) > 4096:
+                            self._params_cache.clear()
+                        args = self._params_cache[params] = parse_params(params)
+                    try:
+                        if private:
+                            handler(*args, private=True)
+                        else:
+                            handler(*args)
+                    except (TypeError, ValueError, LookupError, NameError):
+                        self.errors += 1  # pyte raises on e.g. ESC[?5A; a terminal ignores it
+                elif kind == _T_CTL:
+                    char = m.group(16)
+                    if char == "\r":
+                        self._cur.x = 0
+                    elif char in "\n\x0b\x0c":
+                        self.linefeed()
+                        end = m.end()
+                        if batch and char == "\n" and end < n and self._cur.x == 0:
+                            pos = self._try_batch(text, end)
+                            if pos != end:
+                                if self._held:
+                                    pos = self._after_batch(text, pos)
+                                break
+                    elif char == "\x08":
+                        self.backspace()
+                    elif char == "\t":
+                        self.tab()
+                    elif char == "\x07":
+                        self.bell()
+                    # NUL and DEL are ignored, as by pyte.
+                elif kind == _T_TEXT:
+                    self.draw(m.group(11))
+                elif kind == _T_ESC:
+                    handler0 = self._esc.get(m.group(12))
+                    if handler0 is not None:
+                        handler0()
+                elif kind == _T_OSC:
+                    code, param = m.group(14), m.group(15)[1:]  # pyte drops the ";"
+                    if code in "01":
+                        self.set_icon_name(param)
+                    if code in "02":
+                        self.set_title(param)
+                elif kind == _T_CHARSET:
+                    designation = m.group(13)
+                    if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
+                        self.define_charset(designation[1], mode=designation[0])
+                else:  # anything else: pyte's parser, from here until it is back in its ground state
+                    start = m.start()
+                    if n - start <= _MAX_UNFINISHED and _UNFINISHED.fullmatch(text, start):
+                        # A sequence cut by the end of the read: kept as text and parsed with the next feed (it
+                        # has no effect before it is whole), rather than given to pyte's parser byte by byte.
+                        self._tail = text[start:]
+                        pos = n
+                    else:
+                        pos = self._feed_slow(text, start)
+                    break
+            else:
+                pos = n
 
-    def _draw_styled(self, run: str) -> None:
-        """Draw printable text interleaved with SGR sequences: what `draw` and `select_graphic_rendition`
-        would do part by part, without a token dispatch per part. Parts that would wrap go to `draw`."""
+    def _erase_up(self, count: int) -> None:
+        """`count` times EL 2 then CUU 1: each row erased (every cell written, as pyte does), then the cursor up
+        one row, not past the top margin."""
+        cursor = self._cur
+        y = cursor.y
+        top = self.margins.top if self.margins is not None else 0
+        buffer = self._buf
+        dirty = self.dirty
+        erased = dict.fromkeys(range(self.columns), cursor.attrs)
+        for _ in range(count):
+            buffer[y].update(erased)
+            dirty.add(y)
+            y = y - 1 if y > top else top
+        cursor.y = y
+
+    def _cursor_to(self, row: str, column: str | None) -> None:
+        """CUP from its parameter strings (at most 4 digits each), inlined for the common case."""
+        if self.margins is not None and mo.DECOM in self.mode:
+            self.cursor_position(int(row or 0), int(column or 0))
+            return
+        cursor = self._cur
+        y = int(row) - 1 if row else 0
+        x = int(column) - 1 if column else 0
+        last = self.lines - 1
+        cursor.y = y if 0 <= y <= last else (0 if y < 0 else last)
+        last = self.columns - 1
+        cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
+
+    def _draw_run(self, run: str) -> None:
+        """Draw printable text interleaved with SGR sequences (and ESC ( B): what `draw` and
+        `select_graphic_rendition` would do part by part, without a token dispatch per part. A run that fits on
+        the row is written in one go, its cells and the attributes after it found with one lookup once the run
+        has been seen with these attributes; parts that wrap go to `draw`."""
+        if "\x1b" not in run:
+            self.draw(run)
+            return
+        if "\x1b(" in run:
+            if not self._stream.use_utf8:
+                self._feed_pyte(run)  # ESC ( B designates a charset: pyte's parser, in order
+                return
+            run = run.replace("\x1b(B", "")
+            if "\x1b" not in run:
+                if run:
+                    self.draw(run)
+                return
         mode = self.mode
-        parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
-        if not (
-            mo.DECAWM in mode
-            and mode.isdisjoint(_NO_BATCH_MODES)
-            and self.charset == 0
-            and self.g0_charset is cs.LAT1_MAP
-        ):
-            for i, part in enumerate(parts):
+        if not (mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP):
+            for i, part in enumerate(SGR_SEQ_SPLIT.split(run)):
                 if i & 1:
                     self.select_graphic_rendition(*parse_params(part[2:-1]))
                 elif part:
                     self.draw(part)
             return
-        cursor = self.cursor
-        x = cursor.x
-        if run.isascii() or narrow_text(run):
-            # One cell per character: if the whole run fits on the row, the attributes in force for each
-            # text part and its cells are all found in C, and the row is written once.
-            moves = list(accumulate(parts[1::2], _LOOKUP, initial=chars_for(cursor.attrs).moves))
-            texts = parts[::2]
-            cells = list(chain.from_iterable(map(_LOOKUP, map(_TEXTS, moves), texts)))
-            end = x + len(cells)
+        cursor = self._cur
+        attrs = cursor.attrs
+        node = self._chars
+        if node.attrs is not attrs:
+            node = self._chars = chars_for(attrs)
+        found = node.runs.get(run)
+        if found is None and (run.isascii() or cells_ok(run)):
+            if not seen_twice(run):
+                # Met for the first time (as most runs are): written to the row straight from the cells of its
+                # parts, found in C, with no tuple of its own.
+                parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
+                moves = list(accumulate(parts[1::2], LOOKUP, initial=node.moves))
+                cells = list(map(LOOKUP, map(TEXTS, moves), parts[::2]))
+                x = cursor.x
+                end = x + sum(map(len, cells))
+                if end <= self.columns:
+                    if end > x:
+                        self._buf[cursor.y].update(enumerate(chain.from_iterable(cells), x))
+                        self.dirty.add(cursor.y)
+                    cursor.attrs = moves[-1].chars.attrs
+                    cursor.x = end
+                    return
+            found = node.runs[run]
+        if found is not None:
+            cells_t, after = found
+            x = cursor.x
+            end = x + len(cells_t)
             if end <= self.columns:
-                if cells:
-                    self.buffer[cursor.y].update(zip(range(x, end), cells))  # noqa: B905 - same length
-                cursor.attrs = moves[-1].chars.attrs
+                if cells_t:
+                    self._buf[cursor.y].update(enumerate(cells_t, x))
+                    self.dirty.add(cursor.y)
+                cursor.attrs = after.attrs
                 cursor.x = end
-                self.dirty.add(cursor.y)
                 return
-        chars = chars_for(cursor.attrs)
+        # Wraps, or has characters that do not take one or two cells: part by part, the text that fits in
+        # one go, the rest through `draw`.
+        chars = node
         get = chars.__getitem__
-        start = x
+        x = start = cursor.x
         columns = self.columns
         # Cells are collected and written to the row once: one dict update per part costs a third more.
-        cells = []
-        # parts alternate text and SGR sequences: text, SGR, text, SGR, ..., text
+        cells_: list[Char] = []
+        parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
         for k in range(0, len(parts), 2):
             if k:
                 chars = chars.moves[parts[k - 1]].chars
@@ -638,22 +898,28 @@ class StemScreen(pyte.Screen):
                 continue
             end = x + len(part)
             if end <= columns and (part.isascii() or narrow_text(part)):
-                cells += map(get, part)
+                cells_ += map(get, part)
                 x = end
             else:
-                if cells:
-                    self.buffer[cursor.y].update(zip(range(start, x), cells))  # noqa: B905 - same length
-                    cells = []
+                if cells_:
+                    self._buf[cursor.y].update(enumerate(cells_, start))
+                    cells_ = []
                 cursor.attrs = chars.attrs
                 cursor.x = x
                 self.draw(part)  # autowrap (possibly scrolling), wide or zero-width characters
-                cursor = self.cursor
+                cursor = self._cur
                 x = start = cursor.x
-        if cells:
-            self.buffer[cursor.y].update(zip(range(start, x), cells))  # noqa: B905 - same length
+        if cells_:
+            self._buf[cursor.y].update(enumerate(cells_, start))
         cursor.attrs = chars.attrs
         cursor.x = x
         self.dirty.add(cursor.y)
+
+    def _feed_pyte(self, text: str) -> None:
+        """All of `text` through pyte's parser."""
+        pos = 0
+        while pos < len(text):
+            pos = self._feed_slow(text, pos)
 
     def _feed_slow(self, text: str, pos: int) -> int:
         """Give characters to pyte's own parser until it is back in its ground state; returns the new pos."""
@@ -679,7 +945,7 @@ class StemScreen(pyte.Screen):
             and mode.isdisjoint(_NO_BATCH_MODES)
             and self.charset == 0
             and self.g0_charset is cs.LAT1_MAP
-            and self.cursor.x == 0
+            and self._cur.x == 0
         )
 
     def _try_batch(self, text: str, pos: int) -> int:
@@ -689,6 +955,10 @@ class StemScreen(pyte.Screen):
             return pos
         end = m.end()
         segment = text[pos : end - 2]
+        if "\x1b(" in segment:
+            if not self._stream.use_utf8:
+                return pos  # ESC ( B designates a charset: not a batch
+            segment = segment.replace("\x1b(B", "")
         lines = segment.split("\r\n")
         columns = self.columns
         if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
@@ -701,95 +971,186 @@ class StemScreen(pyte.Screen):
                     else:
                         wrapped.extend(line[i : i + columns] for i in range(0, len(line), columns))
                 lines = wrapped
-            self._apply_lines(lines, self.cursor.attrs)
+            self._hold(lines, self._node())
             return end
-        attrs = self.cursor.attrs
-        rows: list[str | Piece] = []
-        starts: list[Char] = []
-        cache = SGR_CACHE
-        for line in lines:
-            if "\x1b" not in line:
-                parts = None
-                visible_len = len(line)
-                width = visible_len if line.isascii() else text_width(line)
-            else:
-                parts = SGR_SPLIT.split(line)
-                if line.isascii():  # SGR is ASCII, so the text is too: one cell per character
-                    width = visible_len = sum(map(len, parts[::2]))
-                else:
-                    visible = "".join(parts[::2])
-                    visible_len = len(visible)
-                    width = text_width(visible)
-            narrow = width == visible_len
-            if not narrow and (width is None or width > columns):
+        # Lines with SGR (and EL at their ends). What each line starts and ends with, how many cells it takes
+        # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
+        # batch are followed in one pass, and each line's attributes are read off at its first sequence.
+        ascii_ = segment.isascii()
+        erases: list[bool] | None = None
+        if "\x1b[K" in segment or "\x1b[0K" in segment:
+            erases = [line.endswith(_EL_TAILS) for line in lines]
+            lines = [line[: line.rindex("\x1b[")] if erase else line for line, erase in zip(lines, erases, strict=True)]
+            segment = "\r\n".join(lines)
+        # Every ESC [ left in a line starts an SGR sequence: each line's count of them says where its attributes
+        # are read off the moves of the whole batch.
+        moves = list(accumulate(SGR_SEQ_FINDALL(segment), LOOKUP, initial=self._node().moves))
+        starts = accumulate(map(str.count, lines, repeat("\x1b[")), initial=0)
+        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, starts)))
+        texts = SGR_SEQ_SUB("", segment).split("\r\n")  # what each line shows
+        visible = list(map(len, texts))
+        widths: list[int | None] = list(visible)
+        if not ascii_:
+            for i in [i for i, text in enumerate(texts) if not text.isascii()]:
+                # A line drawn before from the same attributes takes as many cells as its cells (a spinner and
+                # bars repainted); others are measured character by character.
+                found = nodes[i].runs.get(lines[i])
+                widths[i] = text_width(texts[i]) if found is None else len(found[0])
+        if None not in widths and max(cast("list[int]", widths)) <= columns:
+            # The common case: every line fits on a row.
+            self._hold(LineRows(lines, nodes, erases), None)
+            self._cur.attrs = nodes[-1].attrs
+            return end
+        rows: list[Spec] = []
+        for i, line in enumerate(lines):
+            width = widths[i]
+            node, after = nodes[i], nodes[i + 1]
+            erase = erases[i] if erases is not None else False
+            if width is None or (width > columns and width != visible[i]):
                 # Zero-width or unprintable characters, or wide ones wrapping: the general path.
                 if rows:
-                    self._apply_lines(rows, starts)
-                    rows, starts = [], []
-                self.cursor.attrs = attrs
-                self._feed_text(line + "\r\n", batch=False)
-                attrs = self.cursor.attrs
-            elif parts is None:
-                if len(line) <= columns:
-                    rows.append(line)
-                    starts.append(attrs)
-                else:
-                    pieces = [line[i : i + columns] for i in range(0, len(line), columns)]
-                    rows.extend(pieces)
-                    starts.extend([attrs] * len(pieces))
-            else:
-                if not narrow or visible_len <= columns:
-                    rows.append(line)
-                    starts.append(attrs)
-                else:  # wraps: one row per screen width, cut out only if it is ever drawn
-                    count = -(-visible_len // columns)
-                    rows.extend([(line, k, columns) for k in range(count)])
-                    starts.extend([attrs] * count)
-                for params in parts[1::2]:
-                    if params in _SGR_RESETS:  # the commonest SGR; batches never run reversed (DECSCNM)
-                        attrs = DEFAULT_CHAR
-                    else:
-                        attrs = cache.get((attrs, params, False)) or sgr_apply(attrs, params, False)
+                    self._hold(rows, None)
+                    rows = []
+                self._release()
+                self._cur.attrs = node.attrs
+                self._feed_text(line + ("\x1b[K\r\n" if erase else "\r\n"), batch=False)
+            elif width <= columns:
+                rows.append((line, node, -1, erase, after))
+            else:  # wraps: one row per screen width
+                count = -(-width // columns)
+                rows.extend([(line, node, k, erase and k == count - 1, after) for k in range(count)])
         if rows:
-            self._apply_lines(rows, starts)
-        self.cursor.attrs = attrs
+            self._hold(rows, None)
+        self._cur.attrs = nodes[-1].attrs
         return end
 
-    def _apply_lines(self, rows: Sequence[str | Piece], starts: list[Char] | Char) -> None:
+    def _hold(self, rows: Held, plain: CharCache | None) -> None:
+        """Keep the rows of a line batch instead of applying them (`_apply_rows`) now: if the next thing to
+        happen is another batch (the next read of a flood), the two are applied as one, and lines that scroll
+        away in between are never drawn. Held rows are applied before anything else changes the screen and
+        before anyone reads the cells, the cursor or the scrollback (`buffer`, `cursor` and `scrollback` are
+        properties); `take_dirty` and versions count them without applying them."""
+        held = self._held
+        if held and (plain is not self._held_plain or type(held) is not type(rows) or len(held) >= self._hold_limit):
+            self._release()
+            held = self._held
+        if not held:
+            self._held = rows
+            self._held_plain = plain
+        elif isinstance(held, LineRows):
+            held.extend(cast("LineRows", rows))
+        else:
+            held += rows  # type: ignore[operator]  # both lists of the same kind
+        self._held_counted = False
+
+    @property
+    def _hold_limit(self) -> int:
+        # Past this many rows, held ones are applied: memory stays bounded, and a release never has more rows
+        # scrolling away than the scrollback keeps (every one of them reaches it, as it would one by one).
+        return max(self._sb.maxlen, self.lines)
+
+    def _release(self) -> None:
+        """Apply the held batch rows, then draw the text held after them."""
+        rows, plain = self._held, self._held_plain
+        if not rows:
+            return
+        self._held = []
+        self._held_plain = None
+        counted, self._held_counted = self._held_counted, False
+        reported = set(self.dirty) if counted else None
+        self._apply_rows(rows, plain)
+        if self._tail:
+            tail, self._tail = self._tail, ""
+            self._feed_text(tail, batch=False)
+        if reported is not None:
+            # Nothing else changed since they were counted: the rows they changed, and the cursor they moved, have
+            # been reported (with the version they bumped).
+            self.dirty.clear()
+            self.dirty.update(reported)
+            self._seen = self._cursor_state()
+
+    def _after_batch(self, text: str, pos: int) -> int:
+        """With batch rows held and `text` parsed up to `pos`: keep them held if the rest of the feed is
+        nothing (the feed ended with a line) or only the start of the next line (text and SGR, kept unparsed
+        for the next feed, which usually goes on with more whole lines); otherwise apply them now. Returns
+        where parsing goes on."""
+        n = len(text)
+        if pos < n:
+            if _TAIL.fullmatch(text, pos) is None:
+                self._release()
+                return pos
+            self._tail = text[pos:]
+        return n
+
+    def _draw_spec(self, buffer: dict[int, Row], y: int, spec: Spec) -> None:
+        """Draw a batch row on row `y` from column 0, then its EL. Like pyte, a row is not created for a line
+        that draws nothing (no text, no EL)."""
+        line, start, k, erase, after = spec
+        cells: Sequence[Char] | dict[int, Char]
+        if k < 0:
+            cells = start.rows[line]  # {column: cell}: written faster than pairs
+        else:
+            columns = self.columns
+            cells = start.runs[line][0][k * columns : (k + 1) * columns]
+        if cells:
+            row = buffer[y]
+            row.update(cells if isinstance(cells, dict) else enumerate(cells))
+        elif not erase:
+            return
+        else:
+            row = buffer[y]
+        if erase and len(cells) < self.columns:
+            row.update(enumerate(repeat(after.attrs, self.columns - len(cells)), len(cells)))
+
+    def _apply_rows(self, rows: Held, plain: CharCache | None) -> None:
         """The effect of drawing each of `rows` from column 0 and then CR LF, with the cursor at column 0 and
-        the scroll region the whole screen; `starts` are the attributes each row begins with (or one for
-        all). Rows are numbered virtually: existing rows 0..bottom, then row y+i for line i; the screen
-        ends up showing virtual rows s..s+bottom, where s is the number of scrolls, and virtual rows below
-        s leave through the top. Lines that leave inside the batch are never drawn."""
+        the scroll region the whole screen. Rows are text without SGR all drawn with `plain`, or (`plain`
+        None) batch rows (`Spec`). Rows are numbered virtually: existing rows 0..bottom, then row y+i for
+        row i; the screen ends up showing virtual rows s..s+bottom, where s is the number of scrolls, and
+        virtual rows below s leave through the top. Rows that leave inside the batch are never drawn."""
         n = len(rows)
-        buffer = self.buffer
-        cursor = self.cursor
+        buffer = self._buf
+        cursor = self._cur
         y = cursor.y
         bottom = self.lines - 1
 
-        def draw(row: Row, i: int) -> None:
-            draw_line(row, *resolve_row(rows[i], starts if isinstance(starts, Char) else starts[i]))
+        if plain is not None:
+            get = plain.__getitem__
+            texts = plain.texts
+
+            def draw(rows_: dict[int, Row], at: int, i: int) -> None:
+                line = cast("str", rows[i])
+                if line:  # pyte creates no row for an empty line
+                    rows_[at].update(enumerate(texts[line] if len(line) <= 32 else map(get, line)))
+        else:
+            specs = cast("Sequence[Spec]", rows)
+
+            def draw(rows_: dict[int, Row], at: int, i: int) -> None:
+                spec = specs[i]
+                if spec[0] or spec[3]:  # an empty line without EL draws nothing
+                    self._draw_spec(rows_, at, spec)
 
         # Lines that land on existing rows are drawn over what is there (pyte overwrites only those cells).
         for i in range(min(n, bottom - y + 1)):
-            if rows[i]:  # pyte creates no row for an empty line
-                draw(buffer[y + i], i)
+            draw(buffer, y + i, i)
         scrolls = max(0, y + n - bottom)
         if scrolls == 0:
             cursor.y = y + n
             self.dirty.update(range(y, y + n))
             return
         if not self._alt_active:
-            scrollback = self.scrollback
+            scrollback = self._sb
             for v in range(min(scrolls, bottom + 1)):
                 scrollback.append_row(buffer.get(v))
             if scrolls > bottom + 1:
                 hi = scrolls - y
                 lo = max(bottom + 1 - y, hi - scrollback.maxlen)
-                if isinstance(starts, Char):
-                    scrollback.extend_plain(cast("list[str]", rows[lo:hi]), starts)  # no SGR, no pieces
+                if isinstance(rows, LineRows):
+                    self._scroll_away_lines(rows, lo, hi)
+                elif plain is not None:
+                    scrollback.extend_plain(cast("list[str]", rows[lo:hi]), plain.attrs)
                 else:
-                    scrollback.extend_drawn(rows[lo:hi], starts[lo:hi])
+                    self._scroll_away(cast("list[Spec]", rows[lo:hi]))
         moved: dict[int, Row] = {}
         for r in range(bottom + 1):
             v = r + scrolls
@@ -798,11 +1159,49 @@ class StemScreen(pyte.Screen):
                 if row is not None:
                     moved[r] = row
             elif v - y < n:
-                fresh = StaticDefaultDict[int, Char](self.default_char)
-                draw(fresh, v - y)
-                moved[r] = fresh
+                moved[r] = StaticDefaultDict[int, Char](self.default_char)
+                draw(moved, r, v - y)
         buffer.clear()
         buffer.update(moved)
         self._create_rows(bottom)
         cursor.y = bottom
         self.dirty.update(range(self.lines))
+
+    def _scroll_away_lines(self, rows: LineRows, lo: int, hi: int) -> None:
+        """`_scroll_away` for rows `lo`..`hi - 1` of `LineRows`."""
+        erases = rows.erases
+        if erases is None or not any(erases[lo:hi]):
+            self._sb.extend_drawn(rows.lines[lo:hi], list(map(_ATTRS, rows.nodes[lo:hi])))
+        else:
+            self._scroll_away([rows[i] for i in range(lo, hi)])
+
+    def _scroll_away(self, specs: Sequence[Spec]) -> None:
+        """Keep batch rows that scrolled away before they were drawn: in their compact form (the line, or the
+        piece of a wrapped line, and the attributes it starts with), unless an EL drew a visible background on
+        them, which only cells can keep."""
+        scrollback = self._sb
+        columns = self.columns
+        if not any(map(_SPEC_ERASE, specs)):
+            # No EL: the lines as they are (or the pieces of wrapped ones), with the attributes each starts with.
+            attrs = list(map(_ATTRS, map(_SPEC_START, specs)))
+            if max(map(_SPEC_PIECE, specs)) < 0:
+                scrollback.extend_drawn(list(map(_SPEC_LINE, specs)), attrs)
+            else:
+                scrollback.extend_drawn([s[0] if s[2] < 0 else (s[0], s[2], columns) for s in specs], attrs)
+            return
+        raws: list[str | Piece] = []
+        starts: list[Char] = []
+        for spec in specs:
+            line, start, k, erase, after = spec
+            if erase and after.attrs != DEFAULT_CHAR:
+                if raws:
+                    scrollback.extend_drawn(raws, starts)
+                    raws, starts = [], []
+                row = StaticDefaultDict[int, Char](DEFAULT_CHAR)
+                self._draw_spec({0: row}, 0, spec)
+                scrollback.append_row(row)
+                continue
+            raws.append(line if k < 0 else (line, k, columns))
+            starts.append(start.attrs)
+        if raws:
+            scrollback.extend_drawn(raws, starts)

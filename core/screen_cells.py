@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
+from itertools import accumulate, chain
+from operator import attrgetter
+from typing import Any
 
-import pyte
-from pyte import modes as mo
+from pyte import graphics as g
 from pyte.screens import Char, StaticDefaultDict, wcwidth
 
-# The attributes of a blank cell on a normal (not DECSCNM-reversed) screen, as pyte's `default_char`.
+# The attributes of a blank cell on a normal (not DECSCNM-reversed) screen, as pyte's `default_char`, and on a
+# reversed one.
 DEFAULT_CHAR = Char(" ")
+REVERSE_CHAR = DEFAULT_CHAR._replace(reverse=True)
 
 # One SGR sequence; `split` on it alternates text and parameter strings.
 SGR_SPLIT = re.compile(r"\x1b\[([0-9;]*)m")
@@ -26,18 +29,28 @@ _CACHE_LIMIT = 16384
 class CharCache(dict[str, Char]):
     """Maps a character to the one shared `Char` with these attributes; a namedtuple per cell is the
     dominant cost of pyte's `draw`, and `Char` is immutable so sharing is safe. `moves` are the SGR
-    transitions out of these attributes."""
+    transitions out of these attributes, `texts` and `runs` the cells of pieces of text drawn from them."""
 
-    __slots__ = ("attrs", "moves", "texts")
+    __slots__ = ("_rest", "attrs", "moves", "rows", "runs", "texts")
 
     def __init__(self, attrs: Char) -> None:
         super().__init__()
         self.attrs = attrs
         self.moves = SgrMoves(self)
-        self.texts = TextCells(self)
+        self._rest = attrs[1:]
+
+    def __getattr__(self, name: str) -> Any:
+        # `texts`, `runs` and `rows` are made when first used: most attributes a log line passes through only
+        # lead on to the next (`moves`), and never draw a cell.
+        kind = _LAZY.get(name)
+        if kind is None:
+            raise AttributeError(name)
+        made = kind(self)
+        setattr(self, name, made)
+        return made
 
     def __missing__(self, data: str) -> Char:
-        char = self.attrs._replace(data=data)
+        char: Char = _new_char(Char, (data, *self._rest))  # `_replace(data=...)`, without its Python
         self[data] = char
         return char
 
@@ -55,16 +68,17 @@ class SgrMoves(dict[str, "SgrMoves"]):
         self.chars = chars
 
     def __missing__(self, seq: str) -> SgrMoves:
-        moves = chars_for(sgr_apply(self.chars.attrs, seq[2:-1], False)).moves
-        _spend(1)
+        moves = chars_for(_sgr_result(self.chars.attrs, seq[2:-1], False)).moves
+        _spend(_MOVES, 1)
         self[seq] = moves
         return moves
 
 
 class TextCells(dict[str, tuple[Char, ...]]):
-    """Maps a piece of text whose characters each take one cell to its cells with `chars.attrs`: the words
-    of coloured output recur under the same attributes, and one lookup per piece is cheaper than one per
-    character. Only short pieces are kept."""
+    """Maps a piece of text whose characters each take one or two cells (callers check: `cells_width`) to its
+    cells with `chars.attrs`, a two-cell character followed by the empty stub pyte puts after it: the words of
+    coloured output recur under the same attributes, and one lookup per piece is cheaper than one per
+    character. Short pieces are kept, longer ones (up to `_RUN_KEEP`) the second time they are met."""
 
     __slots__ = ("chars",)
 
@@ -73,30 +87,132 @@ class TextCells(dict[str, tuple[Char, ...]]):
         self.chars = chars
 
     def __missing__(self, text: str) -> tuple[Char, ...]:
-        cells = tuple(map(self.chars.__getitem__, text))
-        if len(text) <= _TEXT_KEEP:
-            _spend(1 + len(text))
+        get = self.chars.__getitem__
+        if text.isascii() or NARROW.issuperset(text):
+            cells = tuple(map(get, text))
+        else:
+            out: list[Char] = []
+            _add_cells(out, text, get)
+            cells = tuple(out)
+        if len(text) <= _TEXT_KEEP or seen_twice(text):
+            _spend(_TEXTS_KIND, 1 + len(text))
             self[text] = cells
         return cells
 
 
-# The longest piece of text `TextCells` keeps.
-_TEXT_KEEP = 32
+# The `TextCells` of an `SgrMoves` node.
+TEXTS = attrgetter("chars.texts")
 
-# What `SgrMoves` and `TextCells` entries hold since the cells were last forgotten (an entry, plus a
-# reference per cell), and the budget (a few MB).
-_spent = [0]
+# `d[key]` for the cache dicts: dict subclasses get a generic subscript slot that looks `__getitem__` up on
+# every call, while dict's own method goes straight to the lookup (and still calls `__missing__`).
+LOOKUP: Any = dict.__getitem__
+
+Run = tuple[tuple[Char, ...], CharCache]
+
+
+class RunCells(dict[str, Run]):
+    """Maps a run of text and SGR sequences (ESC [ params m), whose characters each take one or two cells, to
+    the cells drawing it from `chars.attrs` makes and the node of the attributes in force after it: full-screen
+    programs repaint the same runs (a table cell, a status line) over and over, and then a run costs one
+    lookup. A run is kept the second time it is met (most runs of a log or of a repaint in new colours are met
+    once), and only runs up to `_RUN_KEEP` characters."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: CharCache) -> None:
+        super().__init__()
+        self.chars = chars
+
+    def __missing__(self, run: str) -> Run:
+        found = run_cells(self.chars, run)
+        if seen_twice(run):
+            _spend(_RUNS_KIND, 1 + len(found[0]))
+            self[run] = found
+        return found
+
+
+class RowCells(dict[str, dict[int, Char]]):
+    """A run drawn from column 0 as the cells of a row, {column: cell}: a row is written from a dict about twice as
+    fast as from pairs. Kept for the runs `RunCells` keeps."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: CharCache) -> None:
+        super().__init__()
+        self.chars = chars
+
+    def __missing__(self, run: str) -> dict[int, Char]:
+        runs = self.chars.runs
+        cells = dict(enumerate(runs[run][0]))
+        if run in runs:
+            _spend(_RUNS_KIND, 1 + len(cells))
+            self[run] = cells
+        return cells
+
+
+_LAZY: dict[str, Callable[[CharCache], Any]] = {"texts": TextCells, "runs": RunCells, "rows": RowCells}
+_PARTS: dict[str, Any] = {name: CharCache.__dict__[name] for name in _LAZY}
+
+
+def run_cells(chars: CharCache, run: str) -> Run:
+    """What `RunCells` maps `run` to, worked out."""
+    if "\x1b" not in run:
+        return chars.texts[run], chars
+    parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
+    moves = list(accumulate(parts[1::2], LOOKUP, initial=chars.moves))
+    return tuple(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2]))), moves[-1].chars
+
+
+# Runs met once since the set was last emptied; bounded like the other caches.
+_seen: set[str] = set()
+
+
+def seen_twice(run: str) -> bool:
+    """Whether `run` (short enough to keep) was met before; if not, remember it."""
+    if run in _seen:
+        return True
+    if len(run) <= _RUN_KEEP:
+        if len(_seen) >= _CACHE_LIMIT:
+            _seen.clear()
+        _seen.add(run)
+    return False
+
+
+# The longest piece of text `TextCells` keeps, and the longest run `RunCells` keeps.
+_TEXT_KEEP = 32
+_RUN_KEEP = 1024
+
+# What the entries of `SgrMoves`, `TextCells` and `RunCells` hold since each kind was last forgotten (an entry,
+# plus a reference per cell), and the budget of each (a few MB). Each kind is forgotten on its own: unique text (a
+# log line, a repaint in new colours) must not cost the cells and SGR moves of every node.
+_MOVES, _TEXTS_KIND, _RUNS_KIND = 0, 1, 2
+_spent = [0, 0, 0]
 _BUDGET_PER_LIMIT = 16
 
 
-def _spend(cost: int) -> None:
-    """Count entries made for `SgrMoves` and `TextCells`; past the budget, forget every `CharCache` (with
-    its moves and texts), as the other caches are forgotten when full. Nodes still in use stay valid:
-    what a node holds depends only on its attributes."""
-    _spent[0] += cost
-    if _spent[0] >= _CACHE_LIMIT * _BUDGET_PER_LIMIT:
-        _spent[0] = 0
-        _forget_cells()
+def _spend(kind: int, cost: int) -> None:
+    """Count entries made for one kind of cache; past its budget, forget that kind in every node (for moves,
+    every `CharCache`), as the other caches are forgotten when full. Nodes still in use stay valid: what a
+    node holds depends only on its attributes."""
+    _spent[kind] += cost
+    if _spent[kind] >= _CACHE_LIMIT * _BUDGET_PER_LIMIT:
+        _spent[kind] = 0
+        if kind == _MOVES:
+            _forget_cells()
+        else:
+            names = ("texts",) if kind == _TEXTS_KIND else ("runs", "rows")
+            for chars in _char_caches.values():
+                _clear_made(chars, names)
+
+
+def _clear_made(chars: CharCache, names: tuple[str, ...]) -> None:
+    """Empty the named parts of a node that have been made (without making the others)."""
+    for name in names:
+        try:
+            made = _PARTS[name].__get__(chars, CharCache)  # the slot itself: `chars.name` would make it
+        except AttributeError:
+            continue
+        made.clear()
 
 
 def _forget_cells() -> None:
@@ -105,13 +221,15 @@ def _forget_cells() -> None:
     dicts rather than every cell they hold. A node still in use stays valid, refilled as it is used."""
     for chars in _char_caches.values():
         chars.moves.clear()
-        chars.texts.clear()
+        _clear_made(chars, ("texts", "runs", "rows"))
         chars.clear()
     _char_caches.clear()
 
 
 # Cuts text with SGR sequences into text, whole sequence, text, ..., text (the keys of `SgrMoves`).
 SGR_SEQ_SPLIT = re.compile(r"(\x1b\[[0-9;]*m)")
+SGR_SEQ_FINDALL = re.compile(r"\x1b\[[0-9;]*m").findall
+SGR_SEQ_SUB = re.compile(r"\x1b\[[0-9;]*m").sub
 
 
 _char_caches: dict[Char, CharCache] = {}
@@ -127,44 +245,92 @@ def chars_for(attrs: Char) -> CharCache:
     return cache
 
 
-# Cached `sgr_apply` results; the line batch reads it directly to skip a call per SGR.
+# Cached `sgr_apply` results.
 SGR_CACHE: dict[tuple[Char, str | tuple[int, ...], bool], Char] = {}
-_scratch = threading.local()
 _RESETS: frozenset[str | tuple[int, ...]] = frozenset({"", "0", (), (0,)})
+# A `Char` from its fields, as namedtuple's own `_make` builds it, without a Python-level call.
+_new_char: Any = tuple.__new__
+_FIELDS = Char._fields
+
+# What each SGR parameter list sets (pyte's `replace`), by parameters (as text or parsed) and whether the screen
+# is reversed.
+_EFFECTS: dict[tuple[str | tuple[int, ...], bool], dict[str, Any]] = {}
+_RESET: dict[str, Any] = {}  # the effect of a reset alone
 
 
 def parse_params(params: str) -> tuple[int, ...]:
     """CSI parameters as pyte's parser reads them: empty means 0, values are capped at 9999."""
-    return tuple(min(int(p), 9999) if p else 0 for p in params.split(";"))
+    parts = params.split(";")
+    if "" not in parts and max(map(len, parts)) <= 4:  # no part longer than 4 digits: nothing to cap
+        return tuple(map(int, parts))
+    return tuple(min(int(p), 9999) if p else 0 for p in parts)
 
 
 def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) -> Char:
-    """The cursor attributes after SGR `params` (a parameter string or parsed ints) starting from `attrs`.
-
-    Misses are computed by pyte's own `select_graphic_rendition` on a per-thread scratch screen, so the
-    result is pyte's by construction; `reverse_screen` is DECSCNM, which changes what "reset" means.
-    """
+    """The cursor attributes after SGR `params` (a parameter string or parsed ints) starting from `attrs`, as
+    pyte's `select_graphic_rendition` leaves them; `reverse_screen` is DECSCNM, which changes what "reset"
+    means. What a parameter list sets does not depend on the attributes it starts from, so it is worked out
+    once per list (`_sgr_effect`) and applied to each new starting point."""
     if not reverse_screen and params in _RESETS:
         return DEFAULT_CHAR  # a reset does not depend on what came before: no cache entry per state
     key = (attrs, params, reverse_screen)
     out = SGR_CACHE.get(key)
     if out is None:
-        screens: dict[bool, pyte.Screen] | None = getattr(_scratch, "screens", None)
-        if screens is None:
-            screens = _scratch.screens = {}
-        scratch = screens.get(reverse_screen)
-        if scratch is None:
-            scratch = screens[reverse_screen] = pyte.Screen(1, 1)
-            if reverse_screen:
-                scratch.mode.add(mo.DECSCNM)
-        scratch.cursor.attrs = attrs
-        ints = parse_params(params) if isinstance(params, str) else params
-        pyte.Screen.select_graphic_rendition(scratch, *ints)
-        out = scratch.cursor.attrs
+        out = _sgr_result(attrs, params, reverse_screen)
         if len(SGR_CACHE) >= _CACHE_LIMIT:
             SGR_CACHE.clear()
         SGR_CACHE[key] = out
     return out
+
+
+def _sgr_result(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) -> Char:
+    """`sgr_apply` worked out: `attrs` with what `params` sets replaced."""
+    effect = _EFFECTS.get((params, reverse_screen))
+    if effect is None:
+        ints = parse_params(params) if isinstance(params, str) else params
+        if len(_EFFECTS) >= _CACHE_LIMIT:
+            _EFFECTS.clear()
+        # A reset alone (no parameter, or 0) gives pyte's default cell as it is.
+        reset = not ints or ints == (0,)
+        effect = _EFFECTS[params, reverse_screen] = _RESET if reset else _sgr_effect(ints, reverse_screen)
+    if effect is _RESET:
+        return REVERSE_CHAR if reverse_screen else DEFAULT_CHAR
+    out: Char = _new_char(Char, map(effect.get, _FIELDS, attrs))  # `attrs._replace(**effect)`, in C
+    return out
+
+
+def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
+    """The fields SGR `ints` sets: pyte's `select_graphic_rendition` (0.8), step for step, quirks included (a
+    bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too)."""
+    default = (REVERSE_CHAR if reverse_screen else DEFAULT_CHAR)._asdict()
+    replace: dict[str, Any] = {}
+    attrs_list = list(reversed(ints))
+    while attrs_list:
+        attr = attrs_list.pop()
+        if attr == 0:
+            replace.update(default)
+        elif attr in g.FG_ANSI:
+            replace["fg"] = g.FG_ANSI[attr]
+        elif attr in g.BG:
+            replace["bg"] = g.BG_ANSI[attr]
+        elif attr in g.TEXT:
+            attr_str = g.TEXT[attr]
+            replace[attr_str[1:]] = attr_str.startswith("+")
+        elif attr in g.FG_AIXTERM:
+            replace["fg"] = g.FG_AIXTERM[attr]
+        elif attr in g.BG_AIXTERM:
+            replace["bg"] = g.BG_AIXTERM[attr]
+        elif attr in (g.FG_256, g.BG_256):
+            key = "fg" if attr == g.FG_256 else "bg"
+            try:
+                n = attrs_list.pop()
+                if n == 5:
+                    replace[key] = g.FG_BG_256[attrs_list.pop()]
+                elif n == 2:
+                    replace[key] = f"{attrs_list.pop():02x}{attrs_list.pop():02x}{attrs_list.pop():02x}"
+            except IndexError:
+                pass
+    return replace
 
 
 def draw_line(row: dict[int, Char], raw: str, attrs: Char) -> Char:
@@ -297,6 +463,20 @@ def narrow_text(text: str) -> bool:
     return True
 
 
+def cells_ok(text: str) -> bool:
+    """True if every character of `text` (ignoring CR, LF and ESC) takes one or two cells in pyte: such text is
+    drawn as `TextCells` draws it, as long as it fits on the row."""
+    if NARROW.issuperset(text):
+        return True
+    for char in set(text) - NARROW - _NOT_TEXT:
+        width = WIDTHS[char]
+        if width == 1:
+            NARROW.add(char)
+        elif width != 2:
+            return False
+    return True
+
+
 def text_width(text: str) -> int | None:
     """The cells `text` takes when drawn from column 0 without wrapping, if every character takes one or
     two cells; None if any is zero-width or unprintable (those need pyte's character-by-character rules)."""
@@ -312,4 +492,6 @@ def clear_caches() -> None:
     """Forget every cached `Char` and SGR transition, so that a benchmark run sees its stream cold."""
     _forget_cells()
     SGR_CACHE.clear()
-    _spent[0] = 0
+    _EFFECTS.clear()
+    _spent[:] = [0, 0, 0]
+    _seen.clear()

@@ -11,7 +11,8 @@ from pyte.screens import Char
 from core.screen_cells import DEFAULT_CHAR, Piece, Row, cells_text, chars_for, draw_line, resolve_row, strip_sgr
 
 # A line is kept in the cheapest form that still reproduces it exactly:
-# - str: plain text drawn with default attributes (a `seq` flood costs one string per line);
+# - str: text (with SGR sequences, if it has an ESC) drawn from column 0 with default attributes (a `seq` flood, or
+#   a log whose lines start after a reset, costs one string per line: no tuple for the collector to look at);
 # - (raw, attrs): text with SGR sequences, drawn from column 0 starting with `attrs`; both forms are lines
 #   that scrolled away inside a line batch without ever being drawn
 # - tuple of Char: a row that was on screen, its cells up to the last one written (a quarter of the dict's
@@ -54,12 +55,16 @@ class Scrollback:
         """Line `i` (negative counts from the newest) as exactly `columns` cells."""
         entry = self._lines[i]
         width = self.columns
-        if isinstance(entry, str):
+        if isinstance(entry, str) and "\x1b" not in entry:
             cells = list(map(chars_for(DEFAULT_CHAR).__getitem__, entry[:width]))
+        elif isinstance(entry, str):
+            row: dict[int, Char] = {}
+            draw_line(row, entry, DEFAULT_CHAR)
+            cells = [row.get(x, DEFAULT_CHAR) for x in range(min(width, len(row)))]
         elif isinstance(entry[0], Char):
             cells = list(entry[:width])
         else:
-            row: dict[int, Char] = {}
+            row = {}
             draw_line(row, *resolve_row(entry[0], entry[1]))
             cells = [row.get(x, DEFAULT_CHAR) for x in range(min(width, len(row)))]
         cells.extend(repeat(DEFAULT_CHAR, width - len(cells)))
@@ -70,7 +75,7 @@ class Scrollback:
         entry = self._lines[i]
         width = self.columns
         if isinstance(entry, str) and entry.isascii():
-            return entry[:width].ljust(width)
+            return strip_sgr(entry)[:width].ljust(width)
         if isinstance(entry, tuple) and not isinstance(entry[0], Char):
             raw = resolve_row(entry[0], entry[1])[0]
             if raw.isascii():
@@ -97,4 +102,9 @@ class Scrollback:
     def extend_drawn(self, raws: Sequence[str | Piece], starts: list[Char]) -> None:
         """Keep lines that scrolled away inside a batch before anyone needed their cells: `raws[i]`
         (text with SGR, or a piece of a wrapped line) drawn from column 0 starting with `starts[i]`."""
-        self._lines.extend(zip(raws, starts, strict=True))
+        self._lines.extend(
+            [
+                raw if type(raw) is str and (start is DEFAULT_CHAR or start == DEFAULT_CHAR) else (raw, start)
+                for raw, start in zip(raws, starts, strict=True)
+            ]
+        )

@@ -4,6 +4,7 @@ the same cells, cursor and title; plus scrollback, dirty rows, responder, modes 
 from __future__ import annotations
 
 import codecs
+import random
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pyte
 import pytest
+from pyte import modes as mo
 from pyte.screens import Char, StaticDefaultDict, wcwidth
 from recordings import streams
 
@@ -126,6 +128,7 @@ def assert_same_screen(expected: pyte.Screen, actual: StemScreen) -> None:
     got_cursor = (actual.cursor.x, actual.cursor.y, actual.cursor.hidden, actual.cursor.attrs)
     assert got_cursor == want_cursor
     assert actual.title == expected.title
+    assert (actual.mode, actual.margins, actual.charset) == (expected.mode, expected.margins, expected.charset)
     assert actual.errors == 0
 
 
@@ -155,7 +158,16 @@ STREAMS = {
     "vim-in-session-vs-stock": _vim_in_session,
     "less": lambda: recorded("less.bin"),
     "curses": lambda: recorded("curses.bin"),
+    "textual": lambda: recorded("textual.bin"),
+    "rich-live": lambda: recorded("rich_live.bin"),
+    "rich-demo": lambda: recorded("rich_demo.bin"),
+    "git-log": lambda: recorded("git_log.bin"),
+    "ls": lambda: recorded("ls.bin"),
+    "top": lambda: recorded("top.bin"),
 }
+# Fed a few bytes at a time, the large recordings are checked on this much of their start (all of them at the
+# other sizes).
+SMALL_CHUNK_PREFIX = {1: 100_000, 7: 300_000}
 _cache: dict[str, tuple[bytes, dict[int | None, pyte.Screen]]] = {}
 
 
@@ -163,7 +175,10 @@ def stream_and_reference(name: str, size: int | None) -> tuple[bytes, pyte.Scree
     if name not in _cache:
         _cache[name] = (STREAMS[name](), {})
     data, refs = _cache[name]
-    key = size if chunk_sensitive(data) else None
+    key: int | str | None = size if chunk_sensitive(data) else None
+    prefix = SMALL_CHUNK_PREFIX.get(size or 0)
+    if prefix is not None and len(data) > prefix:
+        data, key = data[:prefix], f"prefix-{size}"
     if key not in refs:
         refs[key] = reference(data, size)
     return data, refs[key]
@@ -185,6 +200,13 @@ def test_recordings_cover_what_they_claim() -> None:
     assert b"\x1b[38;5;" in logs and b"\x1b[38;2;" in logs and b"\x1b[48;2;" in logs
     assert "中".encode() in streams.wide_and_combining() and "\u0301".encode() in streams.wide_and_combining()
     assert b"\x1b[?7l" in streams.autowrap() and b"\x1b[8;19r" in streams.cursor_movement()
+    # Textual: autowrap off, truecolour foreground and background in one SGR, rows placed with CUP
+    textual = recorded("textual.bin")
+    assert b"\x1b[?7l" in textual and b";48;2;" in textual and textual.count(b"H\x1b[38;2;") > 1000
+    assert recorded("top.bin").count(b"\x1b(B\x1b[m") > 500 and b"\x1b[K\r\n" in recorded("top.bin")
+    assert recorded("rich_live.bin").count(b"\x1b[2K\x1b[1A") > 500
+    assert b"\x1b[38;2;" in recorded("rich_demo.bin") and recorded("git_log.bin").count(b"\x1b[32m+") > 1000
+    assert recorded("ls.bin").count(b"\x1b[01;34m") > 100
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -195,16 +217,101 @@ def test_fuzz_equals_reference(seed: int) -> None:
     assert_same_screen(reference(data, size), stem(data, size))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_fuzz_full_screen_output_equals_reference(seed: int) -> None:
+    """Random full-screen output (cursor-addressed truecolour runs with EL, EL-ended lines, erase-and-up
+    redraws, autowrap off, origin mode), in a chunk size that cuts sequences, characters and lines."""
+    data = streams.fuzz_tui(seed)
+    size = (1, 3, 7, 64, 4096, None)[seed % 6]
+    assert_same_screen(reference(data, size), stem(data, size))
+
+
 def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SGR transition and cell caches are bounded by forgetting everything; results must not change
-    when that happens in the middle of a run (here every few entries)."""
+    """The SGR transition and cell caches are bounded by forgetting them; results must not change when that
+    happens in the middle of a run (here every few entries)."""
     monkeypatch.setattr(screen_cells, "_CACHE_LIMIT", 2)
     screen_cells.clear_caches()
     try:
-        for data in (streams.styled_runs(), streams.fullscreen_redraw(3), streams.colored_logs(80)):
-            assert_same_screen(reference(data, None), stem(data, 7))
+        textual = recorded("textual.bin")[:150_000]
+        for data in (streams.styled_runs(), streams.fullscreen_redraw(3), streams.colored_logs(80), textual):
+            for size in (7, 4096):
+                assert_same_screen(reference(data, None), stem(data, size))
     finally:
         screen_cells.clear_caches()
+
+
+def test_sgr_is_pyte_s() -> None:
+    """Stem works SGR out itself (once per parameter list, applied to each starting point); it must be what
+    pyte's `select_graphic_rendition` leaves, on a normal and a reversed screen, quirks included."""
+    rng = random.Random(3)
+    values = [0, 1, 2, 3, 4, 5, 7, 9, 22, 23, 24, 25, 27, 29, 30, 31, 37, 38, 39, 40, 47, 48, 49, 90, 97, 100, 107, 256]
+    starts = [Char(" "), Char(" ", "red", "blue", True, False, True), Char(" ", "00ff00", reverse=True)]
+    screen_cells.clear_caches()
+    for _ in range(3000):
+        params = [rng.choice(values) for _ in range(rng.randrange(0, 7))]
+        if rng.random() < 0.5:
+            params[rng.randrange(len(params) + 1) :] = [rng.choice([38, 48]), rng.choice([2, 5, 7]), *params[:3]]
+        for reverse in (False, True):
+            for start in starts:
+                scratch = pyte.Screen(1, 1)
+                if reverse:
+                    scratch.mode.add(mo.DECSCNM)
+                scratch.cursor.attrs = start
+                scratch.select_graphic_rendition(*params)
+                as_text = ";".join(map(str, params))
+                assert screen_cells.sgr_apply(start, as_text, reverse) == scratch.cursor.attrs, (params, reverse)
+                assert screen_cells.sgr_apply(start, tuple(params), reverse) == scratch.cursor.attrs
+
+
+READ_STREAMS = {
+    "seq-flood": lambda: recorded("seq.bin"),
+    "coloured-logs": lambda: streams.colored_logs(700),
+    "git-log": lambda: recorded("git_log.bin")[:200_000],
+    "ls": lambda: recorded("ls.bin"),
+    "top": lambda: recorded("top.bin"),
+    "rich-live": lambda: recorded("rich_live.bin"),
+    "textual": lambda: recorded("textual.bin")[:300_000],
+    "fuzz-full-screen": lambda: streams.fuzz_tui(5),
+}
+
+
+@pytest.mark.parametrize("size", [7, 4096])
+@pytest.mark.parametrize("name", list(READ_STREAMS))
+def test_reads_between_feeds_see_what_pyte_shows(name: str, size: int) -> None:
+    """Stem may hold the lines of a flood unapplied from one feed to the next (so that lines scrolled away before
+    anyone looks are never drawn); whoever looks in between must see what stock pyte shows after the same bytes,
+    and the rows reported dirty must cover every row whose cells changed. Here the screen is looked at after a
+    varying number of feeds, and `take_dirty` called after every feed (it must not need to apply held lines)."""
+    data = READ_STREAMS[name]()
+    if size < 100:
+        data = data[:30_000]  # enough lines and frames cut every few bytes; the whole stream is read in 4 KiB
+    assert not chunk_sensitive(data)
+    expected = AltRef(COLS, ROWS) if uses_alternate_screen(data) else StockRef(COLS, ROWS)
+    ref_stream = pyte.ByteStream(expected)
+    screen = StemScreen(COLS, ROWS)
+    rng = random.Random(size)
+    shown = [row_cells(screen, y) for y in range(ROWS)]
+    versions = [screen.row_version(y) for y in range(ROWS)]
+    dirty: set[int] = set()
+    looks = 0
+    pieces = chunks(data, size)
+    for i, chunk in enumerate(pieces):
+        ref_stream.feed(chunk)
+        screen.feed(chunk)
+        dirty |= screen.take_dirty()
+        if rng.random() < max(0.15, 8 / len(pieces)) or i == len(pieces) - 1:
+            looks += 1
+            assert_same_screen(expected, screen)
+            now = [row_cells(screen, y) for y in range(ROWS)]
+            changed = {y for y in range(ROWS) if now[y] != shown[y]}
+            assert changed <= dirty, f"rows {sorted(changed - dirty)} changed but were not reported dirty"
+            assert dirty <= {y for y in range(ROWS) if screen.row_version(y) != versions[y]}
+            # Looking changes nothing: no row is dirty again and the version stays (a UI would redraw otherwise).
+            version = screen.version
+            assert screen.take_dirty() == set() and screen.version == version
+            shown, dirty = now, set()
+            versions = [screen.row_version(y) for y in range(ROWS)]
+    assert looks > 3
 
 
 def test_screen_text_matches_pyte_display() -> None:
@@ -230,8 +337,14 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: streams.colored_logs(150), streams.wide_and_combining, streams.autowrap],
-    ids=["coloured-logs", "wide", "autowrap"],
+    [
+        lambda: streams.colored_logs(150),
+        streams.wide_and_combining,
+        streams.autowrap,
+        streams.erased_lines,
+        lambda: recorded("git_log.bin")[:150_000],
+    ],
+    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log"],
 )
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""
@@ -239,7 +352,7 @@ def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
     pyte.ByteStream(history).feed(data)
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
-    for size in (7, None):
+    for size in (7, 4096, None):
         screen = stem(data, size)
         assert len(screen.scrollback) == len(expected) > 0
         for i, want in enumerate(expected):

@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
 """Capture what real programs write to a 120x40 PTY, for the screen tests: `python tests/recordings/capture.py`.
 
-Writes, next to this file:
-  seq.bin     `seq 1 20000`
-  vim.bin     vim (no vimrc, no swap, no viminfo) on a generated file: move, search, set number, edit, undo, quit
-  less.bin    `less -R` on generated coloured text: page down, search, go to end, quit
-  curses.bin  a small Python curses program (curses_demo.py): boxes, colours, a scroll region, a counter
+Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capture.py top.bin`):
+  seq.bin       `seq 1 20000`
+  vim.bin       vim (no vimrc, no swap, no viminfo) on a generated file: move, search, set number, edit, undo, quit
+  less.bin      `less -R` on generated coloured text: page down, search, go to end, quit
+  curses.bin    a small Python curses program (curses_demo.py): boxes, colours, a scroll region, a counter
+  textual.bin   a full-screen Textual app (textual_demo.py): a table, a log and progress bars repainting on a
+                timer for 120 ticks, in truecolour
+  rich_live.bin rich Live progress bars (rich_live_demo.py): eight bars redrawn in place, lines printed above
+  rich_demo.bin rich's own demo, `python3 -m rich`, in truecolour
+  git_log.bin   `git log -p --color=always` on this repository: 12 commits back from a fixed commit
+  ls.bin        `ls -laR --color=always` on a generated tree (fixed names, sizes, modes and times, TZ=UTC)
+  top.bin       `top` refreshing 25 times, 0.2 s apart
 
-The capture is made deterministic by fixed inputs: a fixed environment (TERM=xterm-256color, LANG=C.UTF-8, an
-empty HOME), generated files, and keys sent only once the program has gone quiet. Queries the programs send
-(DA, DSR) are answered the way xterm would, so they do not wait on timeouts. The bytes are committed; rerun
-only to refresh them.
+The capture is made deterministic by fixed inputs: a fixed environment (TERM=xterm-256color, COLORTERM=truecolor,
+LANG=C.UTF-8, TZ=UTC, an empty HOME), generated files, and keys sent only once the program has gone quiet. Queries
+the programs send (DA, DSR) are answered the way xterm would, so they do not wait on timeouts. What the timed
+programs (Textual, rich Live, top) draw between refreshes depends on timing, and top shows the machine's
+processes, so their bytes differ from one capture to the next. The bytes are committed; rerun only to refresh them.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import select
 import sys
@@ -26,6 +35,9 @@ from pathlib import Path
 from ptyprocess import PtyProcess
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+# The newest commit of the git log capture; if it is ever gone from the history, pick another.
+GIT_LOG_TIP = "e361af33d63cfb5d6d9e9a733a8ff4725246600b"
 ROWS, COLS = 40, 120
 QUIET = 0.4  # seconds without output that count as "the program is waiting for a key"
 
@@ -60,6 +72,8 @@ def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path) -> bytes:
     """Run `argv` under a 120x40 PTY, send each of `keys` once output is quiet, return everything written."""
     env = {
         "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+        "TZ": "UTC",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "HOME": str(home),
@@ -67,6 +81,7 @@ def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path) -> bytes:
         "LINES": str(ROWS),
         "COLUMNS": str(COLS),
         "LESSHISTFILE": "-",
+        "GIT_CONFIG_NOSYSTEM": "1",
     }
     proc = PtyProcess.spawn(argv, cwd=str(cwd), env=env, dimensions=(ROWS, COLS))
     out = bytearray()
@@ -107,34 +122,90 @@ def _coloured_file(path: Path) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
+def _file_tree(root: Path) -> None:
+    """A tree for `ls -laR`: directories, plain and executable files, symlinks (also dangling), a sticky
+    world-writable directory and a FIFO, with fixed names, sizes, modes and times."""
+    rng = random.Random(5)
+    stamp = 1_700_000_000  # 2023-11-14, so ls shows a year rather than a time of day
+    paths: list[Path] = []
+    for a in range(12):
+        for b in range(14):
+            folder = root / f"pkg_{a:02d}" / f"module_{b:02d}"
+            folder.mkdir(parents=True)
+            paths.append(folder)
+            for c in range(rng.randrange(8, 22)):
+                kind = rng.randrange(10)
+                name = f"{rng.choice(['alpha', 'beta', 'colony', 'agent', 'render'])}_{c:02d}"
+                if kind < 6:
+                    path = folder / f"{name}.{rng.choice(['py', 'txt', 'md', 'json', 'tar.gz', 'png'])}"
+                    path.write_bytes(b"x" * rng.randrange(0, 50_000))
+                    path.chmod(0o644)
+                elif kind < 8:
+                    path = folder / f"{name}.sh"
+                    path.write_bytes(b"#!/bin/sh\n" * rng.randrange(1, 40))
+                    path.chmod(0o755)
+                elif kind == 8:
+                    path = folder / f"{name}.link"
+                    path.symlink_to(f"../module_{rng.randrange(20):02d}")  # some point nowhere
+                else:
+                    path = folder / f"{name}.tmp"
+                    path.mkdir(mode=0o777)
+                    path.chmod(0o1777)
+                paths.append(path)
+        fifo = root / f"pkg_{a:02d}" / "events.fifo"
+        os.mkfifo(fifo)
+        paths.append(fifo)
+        paths.append(root / f"pkg_{a:02d}")
+    paths.append(root)
+    for i, path in enumerate(sorted(paths, reverse=True)):  # children before parents: listing does not touch
+        os.utime(path, (stamp + i * 3607, stamp + i * 3607), follow_symlinks=False)
+
+
 def main() -> int:
+    wanted = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         home = work / "home"
         home.mkdir()
         _source_file(work / "colonies.py")
         _coloured_file(work / "coloured.txt")
-        results = {
-            "seq.bin": capture(["seq", "1", "20000"], [], work, home),
-            "vim.bin": capture(
+        tree = work / "tree"
+        tree.mkdir()
+        _file_tree(tree)
+        jobs = {
+            "seq.bin": lambda: capture(["seq", "1", "20000"], [], work, home),
+            "vim.bin": lambda: capture(
                 ["vim", "-u", "NONE", "-i", "NONE", "-n", "-N", "colonies.py"],
                 [b"20j", b":set number\r", b"/worktree\r", b"n", b"G", b"ggdd", b"ihello \x1b", b"u", b"50%", b":q!\r"],
                 work,
                 home,
             ),
-            "less.bin": capture(
+            "less.bin": lambda: capture(
                 ["less", "-R", "coloured.txt"],
                 [b" ", b" ", b"/line 99\r", b"G", b"g", b"q"],
                 work,
                 home,
             ),
-            "curses.bin": capture(
+            "curses.bin": lambda: capture(
                 [sys.executable, str(HERE / "curses_demo.py")],
                 [b"a", b"b", b"c", b"q"],
                 work,
                 home,
             ),
+            "textual.bin": lambda: capture([sys.executable, str(HERE / "textual_demo.py")], [], work, home),
+            "rich_live.bin": lambda: capture([sys.executable, str(HERE / "rich_live_demo.py")], [], work, home),
+            "rich_demo.bin": lambda: capture([sys.executable, "-m", "rich"], [], work, home),
+            "git_log.bin": lambda: capture(
+                ["git", "--no-pager", "log", "-p", "--color=always", "-n", "12", GIT_LOG_TIP], [], ROOT, home
+            ),
+            "ls.bin": lambda: capture(["ls", "-laR", "--color=always", "tree"], [], work, home),
+            "top.bin": lambda: capture(["top", "-d", "0.2", "-n", "25"], [], work, home),
         }
+        unknown = wanted - set(jobs)
+        if unknown:
+            print(f"unknown recordings: {', '.join(sorted(unknown))}; known: {', '.join(jobs)}", file=sys.stderr)
+            return 2
+        results = {name: job() for name, job in jobs.items() if not wanted or name in wanted}
     for name, data in results.items():
         (HERE / name).write_bytes(data)
         escapes = len(re.findall(rb"\x1b", data))

@@ -342,3 +342,103 @@ def styled_runs() -> bytes:
     out.append(f"{CSI}12;1H{CSI}38;2;1;2;3mtrue{CSI}48;5;200mcolour{CSI}22;24m{CSI}K")
     out.append(f"{CSI}40;1H{CSI}7m status {CSI}K{CSI}0m{CSI}40;20H")
     return "".join(out).encode()
+
+
+_TUI_TEXT = ["ok", " idle     ", "colony-07 ", "━" * 17, "╺━━", "│", "中文", "😀", "é", "a\u0301", "x" * 130, " " * 40]
+
+
+def _sgr_tui(rng: random.Random) -> str:
+    """SGR as full-screen programs send it: resets, truecolour foreground and background in one sequence,
+    attributes with colours, ncurses' ESC ( B before a reset, and the odd parameter pyte skips."""
+    kind = rng.randrange(8)
+    rgb = f"{rng.randrange(256)};{rng.randrange(256)};{rng.randrange(256)}"
+    if kind == 0:
+        return CSI + "0m"
+    if kind == 1:
+        return f"{CSI}38;2;{rgb};48;2;{rng.randrange(256)};{rng.randrange(256)};{rng.randrange(256)}m"
+    if kind == 2:
+        return f"{CSI}{rng.choice(['1;', '7;', '3;4;', ''])}38;2;{rgb}m"
+    if kind == 3:
+        return f"{ESC}(B{CSI}m{CSI}39;49m"
+    if kind == 4:
+        return f"{CSI}38;5;{rng.randrange(256)}m"
+    if kind == 5:
+        return rng.choice([f"{CSI}38;5;300m", f"{CSI}38;2;1;2m", f"{CSI}48;5m", f"{CSI}1;38;2;9;9;9;22m"])
+    return _sgr_random(rng)
+
+
+def _tui_run(rng: random.Random) -> str:
+    return "".join(
+        (_sgr_tui(rng) if rng.random() < 0.7 else "") + rng.choice(_TUI_TEXT) for _ in range(rng.randrange(1, 6))
+    )
+
+
+def fuzz_tui(seed: int, count: int = 300) -> bytes:
+    """Random full-screen output: cursor-addressed runs of truecolour text with EL (as Textual and ncurses paint
+    rows), also at and past the right margin and with autowrap off; rows of lines ended by EL and CR LF (top);
+    erase-and-up redraws (rich Live); scrolling batches whose EL paints a background; CUP parameters out of range;
+    origin mode in a scroll region; the alternate screen."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        k = rng.randrange(16)
+        if k < 5:
+            row = rng.choice(["", "0", "1", str(rng.randrange(1, 42)), "99999"])
+            col = rng.choice([None, "", "1", str(rng.randrange(1, 125)), "120"])
+            cup = f"{CSI}{row}H" if col is None else f"{CSI}{row};{col}H"
+            out.append(cup + _tui_run(rng) + rng.choice(["", f"{CSI}K", f"{CSI}0K", f"{CSI}1K", f"{CSI}2K"]))
+        elif k < 7:
+            lines = [
+                _tui_run(rng) + rng.choice(["", f"{CSI}K", f"{ESC}(B{CSI}m{CSI}K"]) for _ in range(rng.randrange(1, 50))
+            ]
+            out.append("\r\n".join(lines) + rng.choice(["\r\n", ""]))
+        elif k == 7:
+            region = rng.choice(
+                ["", "", f"{CSI}{rng.randrange(1, 20)};{rng.randrange(21, 40)}r{CSI}{rng.randrange(1, 41)};1H"]
+            )
+            out.append(
+                region + "\r" + f"{CSI}2K{CSI}1A" * rng.randrange(1, 9) + f"{CSI}2K" + (f"{CSI}r" if region else "")
+            )
+        elif k == 8:
+            out.append(rng.choice([f"{CSI}?7l", f"{CSI}?7h", f"{CSI}?7h"]))
+        elif k == 9:
+            out.append(f"{CSI}{rng.randrange(1, 41)};1H")
+        elif k == 10:
+            # a scrolling batch whose EL paints a background on lines that leave the screen unseen
+            out.append(
+                f"{CSI}40;1H" + "".join(f"{CSI}4{i % 8}mline {i}{CSI}K\r\n" for i in range(rng.randrange(1, 90)))
+            )
+            out.append(CSI + "0m")
+        elif k == 11:
+            top = rng.randrange(1, 30)
+            out.append(f"{CSI}{top};{top + rng.randrange(2, 10)}r{CSI}?6h{CSI}2;3H{_tui_run(rng)}{CSI}?6l{CSI}r")
+        elif k == 12:
+            out.append(rng.choice([f"{CSI}?1049h", f"{CSI}?1049l", f"{CSI}?2026h", f"{CSI}?2026l", f"{CSI}?25l"]))
+        elif k == 13:
+            out.append(rng.choice(["\r\n", "\n", "\r", "\b", "\t", f"{CSI}H{CSI}2J", f"{CSI}J"]))
+        elif k == 14:
+            out.append(rng.choice([f"{CSI}4hins{CSI}4l", f"{CSI}?5h{_tui_run(rng)}{CSI}?5l", f"{ESC}(0lqk{ESC}(B"]))
+        else:
+            out.append(_tui_run(rng))
+    return "".join(out).encode()
+
+
+def erased_lines(count: int = 300) -> bytes:
+    """Scrolling lines ended by EL (as top and ncurses programs end them): with a background left on, so that the
+    erased cells show it, also on lines that leave the screen before they are drawn; with the background reset
+    first, so that EL erases to blanks; lines that wrap before their EL; ncurses' ESC ( B."""
+    out = []
+    for i in range(count):
+        k = i // 60 % 5  # blocks of one kind, longer than the screen: a batch scrolls lines away unseen
+        if k == 0:
+            out.append(f"{CSI}4{i % 8}mbackground {i}{CSI}K\r\n{CSI}0m")
+        elif k == 1:
+            out.append(f"{CSI}3{i % 8}mreset first {i}{CSI}0m{CSI}K\r\n")
+        elif k == 2:
+            out.append(f"{CSI}44m" + f"wraps {i} " * 20 + f"{CSI}K{CSI}0m\r\n")
+        elif k == 3:
+            out.append(f"{ESC}(B{CSI}m{CSI}1m{i:6d} root{ESC}(B{CSI}m{CSI}39;49m{CSI}K\r\n")
+        else:
+            out.append(f"{CSI}48;2;{i % 256};40;40mtruecolour background {i}{CSI}0K\r\n")
+    out.append(CSI + "0m")
+    return "".join(out).encode()
