@@ -57,6 +57,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -358,6 +359,28 @@ class Bench:
             raise RuntimeError(f"{shlex.join(argv[-4:])} exited with {proc.returncode}: {proc.stderr.strip()}")
         return took, proc.stdout
 
+    def service_alone(self) -> float:
+        """Seconds from exec of the colony.toml's service command (on the host, a free loopback port) until it
+        accepts a TCP connection: the part of a spawn that is the service's own start."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp)
+        try:
+            deadline = started + 30
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        return time.perf_counter() - started
+                if time.perf_counter() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{shlex.join(command)} did not accept connections")
+                time.sleep(0.005)  # polling interval, as the colony's readiness probe polls
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
     def paths(self, name: str) -> HostPaths:
         return HostPaths(self.home / "colonies" / name)
 
@@ -397,13 +420,15 @@ class Bench:
     # 1. short commands ------------------------------------------------------------------------------------
 
     def short_commands(self) -> None:
-        samples: dict[str, list[float]] = {k: [] for k in ("pass", "import", "ls", "spawn", "stop", "destroy")}
+        keys = ("pass", "import", "service", "ls", "spawn", "stop", "destroy")
+        samples: dict[str, list[float]] = {k: [] for k in keys}
         for i in range(-1, self.runs):
             log(f"short commands: round {i + 1} of {self.runs}" + (" (warm-up)" if i < 0 else ""))
             name = f"sp{i + 2:02d}"
             took = {
                 "pass": self.timed([sys.executable, "-c", "pass"])[0],
                 "import": self.timed([sys.executable, "-c", "import stem.cli"])[0],
+                "service": self.service_alone(),
             }
             took["ls"], out = self.stem_run("ls")
             missing = [n for n in self.names if not re.search(rf"^{n}\s+running\s", out, re.M)]
@@ -426,6 +451,7 @@ class Bench:
         imp, _ = self.record("import_stem_cli", samples["import"])
         rows = [("python3 -c 'import stem.cli'", "import_stem_cli")]
         rows += [
+            ("the service alone, until it accepts", "service"),
             (f"stem ls ({self.n} running)", "ls"),
             ("stem spawn (100 files)", "spawn"),
             ("stem stop (1 colony)", "stop"),
@@ -446,6 +472,10 @@ class Bench:
                 f"   {label:34}{fmt(median, 9)}{fmt(self.figures[f'{key}_p90_ms'], 9)}"
                 f"{fmt(self.figures[f'ratio_{key}_median'], 9, 2)}"
             )
+        # What spawn itself costs: its time less the time the colony's service takes to start on its own.
+        own = self.figures["spawn_median_ms"] - self.figures["service_median_ms"]
+        self.figures["spawn_less_service_median_ms"] = round(own, 1)
+        lines.append(f"   stem spawn less the service's own start: {own:.1f} ms (median less median)")
         lines.append(
             f"   import stem.cli per -X importtime: {total:.1f} ms (wall, minus `pass`: {imp - ref:.1f} ms); heaviest "
             "direct imports: " + ", ".join(f"{n} {ms:.1f}" for n, ms in heaviest)
