@@ -20,6 +20,9 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   read does. Held lines are applied before anything else happens to the screen and before anyone reads its cells,
   cursor or scrollback (`buffer`, `cursor` and `scrollback` are properties); `take_dirty` and the versions count
   them without applying them;
+- deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
+  cursor and takes its attributes at once, but its cells are written only when something next reads or writes
+  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`);
 - a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
@@ -58,6 +61,7 @@ from core.screen_cells import (
     CharCache,
     Piece,
     Row,
+    SgrMoves,
     cells_ok,
     chars_for,
     narrow_text,
@@ -78,6 +82,8 @@ _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
 
 _REVERSE_BLANK = REVERSE_CHAR
+# Deferred paints kept per row before the row is written (see `StemScreen._paint`).
+_MAX_PAINTS = 32
 
 # Modes under which a line batch would not behave like plain "draw, CR, LF".
 _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
@@ -100,6 +106,7 @@ _TOKEN_PATTERN = (
     r"|\x1b([()][\s\S])"  # 13: G0/G1 charset designation
     r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 14-15: OSC (title)
     r"|([\x00\x07-\x0d\x7f])"  # 16: C0 controls pyte acts on or ignores
+    r"|\x1b\[>(0?)c"  # 17: DA2 (pyte would take it for DA)
     r"|[\s\S]"  # no group: pyte's parser
 )
 _TOKEN = re.compile(_TOKEN_PATTERN)
@@ -107,7 +114,7 @@ _TOKEN = re.compile(_TOKEN_PATTERN)
 _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]", 1))
 
 _T_RUN = frozenset({4, 5})
-_T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL = 6, 7, 10, 11, 12, 13, 15, 16
+_T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA2 = 6, 7, 10, 11, 12, 13, 15, 16, 17
 
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
@@ -123,7 +130,7 @@ _EL_TAILS = ("\x1b[K", "\x1b[0K")
 # sequence, an EL or a CR LF by the end of the read.
 _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
 # The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
-_UNFINISHED = re.compile(r"\x1b(?:\[[?0-9;]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
+_UNFINISHED = re.compile(r"\x1b(?:\[[?>0-9;]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
 _MAX_UNFINISHED = 4096
 # A whole batch line.
 _BATCH_LINE = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K)?\r\n")
@@ -168,6 +175,11 @@ class LineRows:
 
 Held = list[str] | list[Spec] | LineRows
 
+# A deferred paint (`StemScreen._paint`): the column it starts at; its cells if known, else the run cut into text
+# and SGR sequences with the SGR moves of each text; how many cells it takes; the attributes of an EL after it
+# (None: no EL).
+Paint = tuple[int, "tuple[Char, ...] | None", "list[str] | None", "list[SgrMoves] | None", int, "Char | None"]
+
 
 class StemScreen(pyte.Screen):
     """A pyte screen that ingests bytes fast, tracks changed rows, keeps scrollback and an alternate screen."""
@@ -182,6 +194,8 @@ class StemScreen(pyte.Screen):
         self._held: Held = []
         self._held_plain: CharCache | None = None
         self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
+        # Runs drawn but not written to their rows yet (see `_paint`): per row, the row and its paints in order.
+        self._paints: dict[int, tuple[Row, list[Paint]]] = {}
         self._tail = ""
         self.bells = 0
         self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
@@ -265,7 +279,17 @@ class StemScreen(pyte.Screen):
 
     @buffer.setter
     def buffer(self, value: dict[int, Row]) -> None:
-        self._buf = value
+        if self._paints:
+            self._flush_paints()
+        self._rows = value
+
+    @property
+    def _buf(self) -> dict[int, Row]:
+        # The rows with every deferred paint (`_paint`) applied: whatever reads or writes cells, or moves rows,
+        # inside Stem goes through here; only `_paint` itself uses `_rows`.
+        if self._paints:
+            self._flush_paints()
+        return self._rows
 
     @property  # type: ignore[override]
     def cursor(self) -> Cursor:
@@ -570,6 +594,12 @@ class StemScreen(pyte.Screen):
         if how == 3 and not self._alt_active:
             self._sb.clear()
 
+    def report_device_status(self, mode: int = 0, **kwargs: Any) -> None:
+        if not kwargs.get("private"):
+            super().report_device_status(mode)
+        elif mode == 6:
+            self.queries.extended_cursor_position()  # DECXCPR; pyte raises on any private DSR
+
     def bell(self, *args: Any) -> None:
         self.bells += 1
 
@@ -697,6 +727,8 @@ class StemScreen(pyte.Screen):
                             self._cur.x = 0
                             self.linefeed()
                         self._cursor_to(row, column)
+                    if (erase is None or erase == "" or erase == "0") and self._paint(run, erase is not None):
+                        continue
                     self._draw_run(run)
                     if erase is not None:
                         if erase == "" or erase == "0":  # EL to the end of the row, the usual one: inlined
@@ -776,6 +808,8 @@ class StemScreen(pyte.Screen):
                         self.set_icon_name(param)
                     if code in "02":
                         self.set_title(param)
+                elif kind == _T_DA2:
+                    self.queries.secondary_device_attributes()
                 elif kind == _T_CHARSET:
                     designation = m.group(13)
                     if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
@@ -820,6 +854,85 @@ class StemScreen(pyte.Screen):
         cursor.y = y if 0 <= y <= last else (0 if y < 0 else last)
         last = self.columns - 1
         cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
+
+    def _paint(self, run: str, erase: bool) -> bool:
+        """Draw `run` (and EL to the end of the row if `erase`) if it fits on the cursor's row, deferred: the
+        cursor moves and takes the attributes after the run now, while the cells are written when someone next
+        reads or writes cells (`_buf`, `buffer`), so a row repainted before anyone looks (a full-screen program
+        redrawing) is never drawn in between, and a run met once is not turned into cells twice. A paint that
+        covers the whole row (from column 0, with EL) replaces the row's earlier paints. Returns False, having
+        done nothing, where the run needs `_draw_run` (it wraps, a mode or charset applies, or it has characters
+        that do not take one or two cells)."""
+        if "\x1b(" in run:
+            if not self._stream.use_utf8:
+                return False
+            run = run.replace("\x1b(B", "")
+        if self._held or not (
+            self.mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP
+        ):
+            return False
+        cursor = self._cur
+        attrs = cursor.attrs
+        node = self._chars
+        if node.attrs is not attrs:
+            node = self._chars = chars_for(attrs)
+        found = node.runs.get(run)
+        if found is None:
+            if not (run.isascii() or cells_ok(run)):
+                return False
+            if seen_twice(run):
+                found = node.runs[run]  # met before: worked out once and kept
+        parts: list[str] | None = None
+        moves: list[SgrMoves] | None = None
+        if found is not None:
+            cells, after = found
+            width = len(cells)
+        else:
+            # Met for the first time (as most runs are): the attributes it leaves and the cells it takes are
+            # worked out now, its cells only when the row is written (if it has not been painted over by then).
+            cells = None
+            parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
+            texts = parts[::2]
+            # Every character takes one or two cells (`cells_ok`).
+            width = sum(map(len if run.isascii() else cast("Callable[[str], int]", text_width), texts))
+            moves = list(accumulate(parts[1::2], LOOKUP, initial=node.moves))
+            after = moves[-1].chars
+        x = cursor.x
+        end = x + width
+        if end > self.columns:
+            return False
+        cursor.attrs = after.attrs
+        cursor.x = end
+        if not (width or erase):
+            return True
+        y = cursor.y
+        self.dirty.add(y)
+        op: Paint = (x, cells, parts, moves, width, after.attrs if erase else None)
+        entry = self._paints.get(y)
+        if entry is None:
+            self._paints[y] = (self._rows[y], [op])  # the row comes into being now, as it would in pyte
+        elif x == 0 and (erase or end == self.columns):
+            entry[1][:] = [op]  # covers the whole row: earlier paints would be overwritten
+        elif len(entry[1]) < _MAX_PAINTS:
+            entry[1].append(op)
+        else:
+            self._flush_paints()
+            self._paints[y] = (self._rows[y], [op])
+        return True
+
+    def _flush_paints(self) -> None:
+        """Write the deferred paints (`_paint`) to their rows, in order."""
+        paints, self._paints = self._paints, {}
+        columns = self.columns
+        for row, ops in paints.values():
+            for x, cells, parts, moves, width, erase in ops:
+                if width:
+                    if cells is not None:
+                        row.update(enumerate(cells, x))
+                    elif parts is not None and moves is not None:  # always, when there are no cells
+                        row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
+                if erase is not None and x + width < columns:
+                    row.update(enumerate(repeat(erase, columns - x - width), x + width))
 
     def _draw_run(self, run: str) -> None:
         """Draw printable text interleaved with SGR sequences (and ESC ( B): what `draw` and

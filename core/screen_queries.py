@@ -8,8 +8,8 @@ after a DECSET in the same read reports the mode set). A sequence cut by the end
 next. The screen sees every byte; `StemScreen.feed` itself stays free of this scan.
 
 Answered: DECRQM (`CSI ? Ps $ p`, `CSI Ps $ p`) for the modes Stem implements (0, "not recognised", for others);
-OSC 10/11/12 and OSC 4 colour queries, with the palette of whoever shows the terminal (`palette`). DA and DSR are
-pyte's own.
+OSC 10/11/12 and OSC 4 colour queries, with the palette of whoever shows the terminal (`palette`); through the
+screen's hooks, DA2 (`CSI > c`) and DECXCPR (`CSI ? 6 n`), as xterm answers them. DA and DSR are pyte's own.
 Kept: clipboard writes (OSC 52) for the user's terminal and hyperlinks (OSC 8) as spans of cells; through the
 screen's hooks, the keypad mode (DECKPAM `ESC =`, DECKPNM `ESC >`, DECNKM) and the synchronized-output frame in
 progress (mode 2026).
@@ -137,6 +137,7 @@ _ANSI_MODES: Final = frozenset({mo.IRM, mo.LNM})
 _ALT_MODES: Final = frozenset({47, 1047, 1049})
 _KEYPAD_MODE: Final = 66  # DECNKM: the keypad mode as a private mode
 _SYNC_MODE: Final = 2026
+_XTERM_PATCH: Final = 379  # the xterm DA2 reports (Debian 12's); programs read features off it, as from xterm's
 
 
 def _hex16(rgb: Rgb) -> str:
@@ -268,6 +269,20 @@ class TerminalQueries:
                     palette = self.palette
                     rgb = palette.background if which == 11 else palette.foreground  # 12: the cursor's colour
                     self._write(f"\x1b]{which};{_hex16(rgb)}{terminator}")
+
+    def secondary_device_attributes(self) -> None:
+        """DA2 (`CSI > c`): xterm's answer, a VT420 (41) at xterm's patch level, no ROM cartridge (0)."""
+        self._write(f"\x1b[>41;{_XTERM_PATCH};0c")
+
+    def extended_cursor_position(self) -> None:
+        """DECXCPR (`CSI ? 6 n`): the cursor's row and column as xterm reports them, `CSI ? row ; column R`; rows
+        count from the top margin in origin mode, and a cursor past the last column (a wrap pending) is on it."""
+        screen = self.screen
+        cursor = screen.cursor
+        y = cursor.y + 1
+        if mo.DECOM in screen.mode and screen.margins is not None:
+            y -= screen.margins.top
+        self._write(f"\x1b[?{y};{min(cursor.x, screen.columns - 1) + 1}R")
 
     # ------------------------------------------------------------------------------------------ modes
 

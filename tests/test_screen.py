@@ -314,6 +314,36 @@ def test_reads_between_feeds_see_what_pyte_shows(name: str, size: int) -> None:
     assert looks > 3
 
 
+def test_painted_rows_are_written_before_anything_reads_or_edits_them() -> None:
+    """Cursor-addressed runs are written to their rows only when someone next reads or edits cells, so a row
+    repainted in between is drawn once. Whatever comes next (a read, an edit of the row, a scroll into the
+    scrollback, a screen switch, a resize) must see the cells stock pyte shows, and the painted rows are dirty
+    at once."""
+    paint = b"".join(
+        b"\x1b[%d;%dH\x1b[3%dmrow %d frame %d \xe2\x94\x81\xe4\xb8\xad\x1b[0m%s"
+        % (y, 1 + (f % 2) * y, y % 8, y, f, b"\x1b[K" if f != 1 else b"")
+        for f in range(3)
+        for y in range(1, ROWS + 1)
+    )
+    edits = [b"", b"\x1b[2L", b"\x1b[3M", b"\x1b[5;5H\x1b[4P", b"\x1b[7;3H\x1b[2@", b"\x1b[3X", b"\x1b[?5h"]
+    edits += [b"\x1b[?1049h", b"\x1b[40;1H\r\n\n", b"\x1bM\x1bD", b"\x1b[2J", b"\x1b[5;9r\x1b[3S", b"\x1bc"]
+    for then in edits:
+        screen = StemScreen(COLS, ROWS)
+        screen.feed(paint)
+        assert screen.take_dirty() == set(range(ROWS))
+        screen.feed(then)
+        assert_same_screen(reference(paint + then, None), screen)
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(paint + b"\x1b[40;1H" + b"\n" * 3)
+    assert [screen.scrollback.text(i).rstrip() for i in range(3)] == [
+        f"row {y} frame 2 \u2501\u4e2d" for y in (1, 2, 3)
+    ]
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(paint)
+    screen.resize(ROWS, 60)
+    assert screen.text()[4] == "row 5 frame 2 \u2501\u4e2d".ljust(59)
+
+
 def test_screen_text_matches_pyte_display() -> None:
     data = streams.wide_and_combining() + streams.tabs()
     expected = reference(data, None)

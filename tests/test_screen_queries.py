@@ -97,6 +97,20 @@ def test_no_kitty_keyboard_and_no_clipboard_reads() -> None:
     assert asked(f"{CSI}c{CSI}?25$p{CSI}2;3H{CSI}6n") == f"{CSI}?6c{CSI}?25;1$y{CSI}2;3R".encode()
 
 
+@pytest.mark.parametrize("chunk", [1, 2, None])
+def test_secondary_da_and_extended_cursor_position_as_xterm_answers(chunk: int | None) -> None:
+    # DA2 is not DA: xterm says it is a VT420 (41) at its patch level; a DA2 with a parameter other than 0 is ignored.
+    assert asked(f"{CSI}>c{CSI}>0c{CSI}>1c", chunk) == f"{CSI}>41;379;0c{CSI}>41;379;0c".encode()
+    # DECXCPR: CPR marked private; rows from the top margin in origin mode; a pending wrap reports the last column.
+    assert asked(f"{CSI}3;7H{CSI}?6n{CSI}2;5r{CSI}?6h{CSI}2;4H{CSI}?6n{CSI}6n", chunk) == (
+        f"{CSI}?3;7R{CSI}?2;4R{CSI}2;4R".encode()
+    )
+    assert asked(f"{CSI}1;38H ab{CSI}?6n{CSI}?5n", chunk) == f"{CSI}?1;40R".encode()
+    screen, _ = screen_with_answers()
+    feed(screen, f"{CSI}?6n{CSI}>c", chunk)
+    assert screen.errors == 0 and screen.text()[0].strip() == ""
+
+
 def test_the_queries_leave_the_screen_as_it_would_be_without_them() -> None:
     text = f"before{CSI}?2004$p{OSC}11;?\x07{ESC}=mid{OSC}52;c;aGk={ST}{CSI}2;1Hafter{OSC}8;;u\x07link{OSC}8;;\x07"
     plain = StemScreen(40, 6)

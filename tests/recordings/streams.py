@@ -381,8 +381,42 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        k = rng.randrange(16)
-        if k < 5:
+        k = rng.randrange(19)
+        if k >= 16:
+            # rows painted again and again, then edited or read by what is not a paint (deferred paints are
+            # written first): insert/delete lines and characters, scrolls, index/reverse index, DECALN, save/restore
+            y = rng.randrange(1, 41)
+            out.append(
+                "".join(
+                    f"{CSI}{y};{rng.choice(['1', '', str(rng.randrange(1, 121))])}H"
+                    + _tui_run(rng)
+                    + rng.choice(["", f"{CSI}K"])
+                    for _ in range(rng.randrange(1, 6))
+                )
+            )
+            out.append(
+                rng.choice(
+                    [
+                        f"{CSI}{rng.randrange(0, 4)}L",
+                        f"{CSI}{rng.randrange(0, 4)}M",
+                        f"{CSI}3@",
+                        f"{CSI}2P",
+                        f"{CSI}5X",
+                        f"{CSI}2S",
+                        f"{CSI}T",
+                        f"{ESC}M",
+                        f"{ESC}D",
+                        f"{ESC}E",
+                        f"{ESC}#8",
+                        f"{ESC}7{CSI}5;5Hsaved{ESC}8",
+                        f"{CSI}?5h",
+                        f"{CSI}?5l",
+                        "x",
+                        "",
+                    ]
+                )
+            )
+        elif k < 5:
             row = rng.choice(["", "0", "1", str(rng.randrange(1, 42)), "99999"])
             col = rng.choice([None, "", "1", str(rng.randrange(1, 125)), "120"])
             cup = f"{CSI}{row}H" if col is None else f"{CSI}{row};{col}H"
