@@ -28,6 +28,7 @@ from core import cgroups, netns, procs
 from core.errors import StemError
 from core.events import AgentActivity, Event, ScreenChanged
 from core.host.protocol import ScreenModes, screen_modes
+from core.sandbox import Sandbox, confine, in_pid_namespace
 from core.screen import StemScreen
 from core.screen_cells import row_text
 from core.screen_queries import FRAME_TIMEOUT, Link, Palette
@@ -123,6 +124,7 @@ class AgentSession:
         notice: str | None = None,
         idle_after: float = IDLE_AFTER,
         scrollback: int = 10_000,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if not argv:
             raise ValueError("AgentSession needs a program to run")
@@ -131,6 +133,7 @@ class AgentSession:
         self.cwd = Path(cwd)
         self.env = dict(env)
         self.colony = colony
+        self.sandbox = sandbox
         self.attention_patterns = tuple(p for p in attention if p)
         self.notice = notice
         self.idle_after = idle_after
@@ -206,13 +209,18 @@ class AgentSession:
             # even a program that exits at once is never reaped by it. (pty.fork already calls setsid.)
             with procs.spawning() as register:
                 try:
-                    proc = PtyProcess.spawn(
-                        self.argv,
-                        cwd=str(self.cwd),
-                        env=env,
-                        dimensions=(self.screen.lines, self.screen.columns),
-                        preexec_fn=_child_setup(fd, netns.child_files(self.netns_name), joins),
-                        pass_fds=(fd, *joins),  # ptyprocess closes every other fd before preexec_fn runs
+                    proc = in_pid_namespace(
+                        self.sandbox,
+                        lambda: PtyProcess.spawn(
+                            self.argv,
+                            cwd=str(self.cwd),
+                            env=env,
+                            dimensions=(self.screen.lines, self.screen.columns),
+                            preexec_fn=_child_setup(
+                                fd, netns.child_files(self.netns_name), joins, self.sandbox, str(self.cwd)
+                            ),
+                            pass_fds=(fd, *joins),  # ptyprocess closes every other fd before preexec_fn runs
+                        ),
                     )
                 except FileNotFoundError:
                     raise StemError(f"{self.colony}: agent program not found: {self.argv[0]}") from None
@@ -641,16 +649,25 @@ class AgentSession:
             self._emit(AgentActivity(self.colony, new, self.exit_code if new == EXITED else None))
 
 
-def _child_setup(netns_fd: int, resolv: bytes | None, joins: Sequence[int] = ()) -> Callable[[], None]:
+def _child_setup(
+    netns_fd: int,
+    resolv: bytes | None,
+    joins: Sequence[int] = (),
+    sandbox: Sandbox | None = None,
+    cwd: str = "/",
+) -> Callable[[], None]:
     """The preexec_fn: runs in the child between fork and exec."""
 
     def setup() -> None:
         cgroups.join(joins)  # before anything runs: the agent is held to the colony's limits from its first byte
         netns.enter(netns_fd)
-        netns.enter_mounts(resolv)
         # Python ignores these; an ignored signal stays ignored across exec (subprocess restores them too).
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
+        if sandbox is None:
+            netns.enter_mounts(resolv)
+        else:
+            confine(sandbox, cwd, resolv)
 
     return setup
 

@@ -26,6 +26,7 @@ ADDED = "added"
 MODIFIED = "modified"
 DELETED = "deleted"
 RENAMED = "renamed"
+UNTRACKED = "untracked"  # new in the worktree, never added: distinct from a file added to the index or committed
 
 # diff-index's one-letter statuses; T (type change), U (unmerged) and X read as "modified" to a person.
 _STATUS = {"A": ADDED, "C": ADDED, "D": DELETED, "M": MODIFIED, "R": RENAMED, "T": MODIFIED, "U": MODIFIED}
@@ -185,7 +186,7 @@ def _changes(worktree: Path, base: str) -> list[_Entry]:
             # "all of base out, all of the file in", an upper bound, since comparing needs a blob in the index.
             entries[path] = _Entry(path, MODIFIED, lines, known.removed, tracked=True, untracked=True)
         else:
-            entries[path] = _Entry(path, ADDED, lines, 0, tracked=False, untracked=True)
+            entries[path] = _Entry(path, UNTRACKED, lines, 0, tracked=False, untracked=True)
     return sorted(entries.values(), key=lambda entry: entry.path)
 
 
@@ -260,6 +261,7 @@ def _index_file(worktree: Path) -> str:
 _OFTEN_IGNORED = frozenset(
     {
         "node_modules",
+        ".shared",  # read-only peer snapshots (core/peering.py), in the repository's info/exclude
         ".venv",
         "venv",
         "target",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.lifecycle import ColonyState
+
 
 @dataclass(frozen=True, slots=True)
 class StateChanged:
     colony: str
-    state: str
+    state: ColonyState
     stage: str = ""
     reason: str = ""
 
@@ -87,7 +89,7 @@ class LogsLoaded:
 @dataclass(frozen=True, slots=True)
 class FileChange:
     path: str
-    status: str  # added, modified, deleted, renamed
+    status: str  # added, modified, deleted, renamed, untracked (new in the worktree, never added)
     added: int  # lines; 0 for binary files
     removed: int
 

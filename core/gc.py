@@ -34,6 +34,7 @@ def collect(hive: Hive) -> GcReport:
     with file_lock(hive.layout.locks / "gc.lock"):
         _colonies(hive, report)
         _orphan_resources(hive, report)
+        report.removed += hive.peering.collect()  # peerings of gone colonies, snapshot mounts nobody claims
         _orphan_processes(hive, report)
         _kernel(hive, report)
         _firewall(hive, report)

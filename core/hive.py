@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from core import cgroups, claims, dns, firewall, netns, procs, worktree
+from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.colony_env import colony_env
@@ -43,9 +43,11 @@ from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
 from core.locks import FileLock, remove_unused
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
+from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
 from core.registry import ColonyRecord, Registry, Transition
+from core.sandbox import Sandbox
 from core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -129,13 +131,14 @@ class Hive:
         self.stop_grace = stop_grace
         self.hosts = hosts
         self.registry = Registry(self.layout.registry)
+        self.peering = Peers(self.registry, self.layout, self.settings)
         self.supervisor = Supervisor(self._on_actor_crash)
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._logs: dict[str, ColonyLog] = {}
         self._links: dict[str, HostLink] = {}
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self._follower: asyncio.Task[None] | None = None
-        self._seen: set[tuple[str, str, str]] | None = None  # the registry's colonies at the last reconcile
+        self._seen: set[tuple[str, lc.ColonyState, str]] | None = None  # the registry's colonies at the last reconcile
         self._fw_cond = threading.Condition()  # sync_firewall's coalescing
         self._fw_asked = self._fw_served = 0
         self._fw_running = False
@@ -189,12 +192,38 @@ class Hive:
     def get(self, name: str) -> ColonyRecord:
         return self.registry.get(name)
 
-    def env_for(self, rec: ColonyRecord, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment every process in the colony sees (git inside finds the colony's worktree)."""
-        return colony_env(rec, extra)
+    def env_for(
+        self,
+        rec: ColonyRecord,
+        extra: dict[str, str] | None = None,
+        box: Sandbox | None = None,
+        pass_env: tuple[str, ...] = (),
+    ) -> dict[str, str]:
+        """The environment every process in the colony sees (git inside finds the colony's worktree); with a
+        sandbox, only the safe part of ours and `pass_env`."""
+        return colony_env(rec, extra, sandbox=box, pass_env=pass_env)
+
+    def sandbox_for(self, rec: ColonyRecord) -> Sandbox | None:
+        """What confines the colony's processes (None with isolation off)."""
+        return sandbox.for_colony(rec, self.settings, self.layout.home)
 
     def config_for(self, rec: ColonyRecord) -> ColonyConfig:
         return load_colony_config(Path(rec.worktree))
+
+    def agent_choice(self, name: str) -> tuple[str, str, str]:
+        """(the agent, where it was chosen: "--agent", "colony.toml" or "default_agent", the command line its host
+        last started or ""), chosen as the colony's runtime chooses it."""
+        rec = self.registry.get(name)
+        spec, source = rec.agent, "--agent"
+        if not spec:
+            try:
+                spec, source = self.config_for(rec).agent or "", "colony.toml"
+            except (StemError, OSError):
+                spec = ""
+        if not spec:
+            spec, source = self.settings.default_agent, "default_agent"
+        started = [text for _c, _at, kind, text in self.registry.events(name) if kind == "agent-started"]
+        return spec, source, started[-1] if started else ""
 
     @property
     def home(self) -> Path:
@@ -233,6 +262,35 @@ class Hive:
         """The limits the kernel holds the colony to now, its usage, and its OOM kills and refused forks so far."""
         events = [(at, kind, text) for _c, at, kind, text in self.registry.events(name) if kind in cgroups.EVENT_KINDS]
         return cgroups.status(netns_name(self.prefix, name), events)
+
+    def preview_urls(self, name: str | None = None) -> dict[str, dict[str, str]]:
+        """{colony: {service: URL}} through the hive's preview port, of the services routed now (or only `name`'s).
+        One request to Caddy's admin socket (~1 ms, nothing when it does not run): off the event loop."""
+        from core import preview
+
+        return preview.urls(self.layout.home, name)
+
+    def preview_problem(self) -> str | None:
+        """Why the hive's preview proxy could not be started the last time, while none runs."""
+        from core import preview
+
+        return preview.problem(self.layout.home)
+
+    def branch_tips(self) -> dict[str, str]:
+        """{repository: its branch tips} of the repositories the colonies come from: it changes when a colony
+        commits or a target moves (the moments its merge status changes). One git per repository: off the loop."""
+        tips: dict[str, str] = {}
+        for repo in sorted({rec.repo for rec in self.registry.colonies()}):
+            if not Path(repo).is_dir():
+                continue
+            try:
+                proc = worktree.git_bytes(
+                    ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads"], Path(repo)
+                )
+            except StemError:
+                continue
+            tips[repo] = os.fsdecode(proc.stdout)
+        return tips
 
     def pending_work(self, rec: ColonyRecord) -> tuple[list[str], int]:
         """What destroying the colony would lose: its uncommitted files, and its commits merged nowhere."""
@@ -277,7 +335,7 @@ class Hive:
         finally:
             lock.release()
 
-    def set_state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+    def set_state(self, name: str, state: lc.ColonyState, stage: str = "", reason: str = "") -> None:
         """Record the colony's lifecycle state and tell every subscriber."""
         self.registry.set_state(name, state, stage, reason)
         self._emit(StateChanged(name, state, stage, reason))
@@ -297,7 +355,8 @@ class Hive:
     async def _on_actor_crash(self, name: str, exc: BaseException, exhausted: bool) -> None:
         reason = describe(exc)
         await asyncio.to_thread(self.registry.add_event, name, "actor-crash", reason)
-        if exhausted and await asyncio.to_thread(self.registry.find, name) is not None:
+        rec = await asyncio.to_thread(self.registry.find, name) if exhausted else None
+        if rec is not None and lc.allowed(rec.state, lc.FAILED):  # a destroy under way stays one
             await asyncio.to_thread(self.set_state, name, lc.FAILED, "actor", f"too many actor restarts: {reason}")
             self._publish(Notice(name, "error", f"{name}: actor keeps crashing, marked failed ({reason})"))
         else:
@@ -427,6 +486,8 @@ class Hive:
             finally:
                 checkout.join()  # before anything is rolled back: it may be making the worktree right now
             checkout.reraise()
+            self._prepare_sandbox(rec)
+            self._apply_peering(rec, config)
             self._run_commands(rec, config, "setup", config.setup)
             stage = lc.BUILDING
             self.set_state(name, lc.BUILDING)
@@ -444,12 +505,20 @@ class Hive:
         folder = self.layout.colony_dir(rec.name)
         self.registry.claim(rec.name, "dir", str(folder))
         folder.mkdir(parents=True, exist_ok=True)
+        Path(rec.db_path).parent.mkdir(exist_ok=True)
         db = sqlite3.connect(rec.db_path)
         try:
             db.execute("PRAGMA journal_mode=WAL")
         finally:
             db.close()
         _checkpoint("dir")
+
+    def _prepare_sandbox(self, rec: ColonyRecord) -> None:
+        """Give the colony's uid its files (core.sandbox.prepare), and say in its log what is not enforced."""
+        sandbox.prepare_colony(rec, self.settings, self.layout.home)
+        for note in sandbox.status(self.settings.isolation):
+            entry = self.log(rec.name).append("isolation", note)
+            self._emit(LogLine(rec.name, entry.seq, entry.at, "isolation", note))
 
     def _make_cgroup(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         """The colony's cgroup and its limits (colony.toml's [limits] over config.toml's), before anything runs in
@@ -564,16 +633,6 @@ class Hive:
 
         return await self._call(name, apply)
 
-    async def _reapply_egress(self, name: str, config: ColonyConfig) -> None:
-        """Hot reload: the colony's lock is held by the caller."""
-        try:
-            rec = await asyncio.to_thread(self.registry.get, name)
-            in_force = await asyncio.to_thread(self._apply_egress, rec, config)
-        except StemError as exc:
-            self._publish(Notice(name, "error", f"{name}: [network] not applied: {exc}"))
-            return
-        self._publish(Notice(name, "info", f"{name}: egress now {in_force.describe()}"))
-
     def _make_worktree(self, rec: ColonyRecord) -> None:
         branch = f"{rec.repo}#{rec.branch}"
 
@@ -592,10 +651,20 @@ class Hive:
             raise
         _checkpoint("worktree")
 
+    def _apply_peering(self, rec: ColonyRecord, config: ColonyConfig) -> None:
+        """The colony's read-only peer snapshots (`.shared/NAME/`, core/peering.py), once its worktree and network
+        are there; one that cannot be made is a warning in its log, the colony runs without it."""
+        log = self.log(rec.name)
+        for warning in self.peering.apply(rec, config):
+            entry = log.append("peering", warning)
+            self._emit(LogLine(rec.name, entry.seq, entry.at, "peering", warning))
+            self._emit(Notice(rec.name, "warning", f"{rec.name}: {warning}"))
+
     def _run_commands(self, rec: ColonyRecord, config: ColonyConfig, source: str, commands: tuple[str, ...]) -> None:
         """Run setup/build commands one by one inside the colony; their output goes to the colony's log."""
         log = self.log(rec.name)
-        env = self.env_for(rec, dict(config.env))
+        box = self.sandbox_for(rec)
+        env = self.env_for(rec, dict(config.env), box, config.pass_env)
         for command in commands:
             entry = log.append(source, f"$ {command}")
             self._emit(LogLine(rec.name, entry.seq, entry.at, source, entry.text))
@@ -607,6 +676,7 @@ class Hive:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                sandbox=box,
             )
             start = procs.starttime(proc.pid) or 0
             self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
@@ -633,6 +703,7 @@ class Hive:
         """Undo a spawn that failed: everything the colony claimed, then its row."""
         self.end_processes(rec)
         self.remove_parts(rec.name, keep_unmerged=False)
+        self.peering.forget(rec.name)
         self.registry.delete_colony(rec.name)
         self._logs.pop(rec.name, None)
         self._emit(ColonyRemoved(rec.name))
@@ -756,6 +827,8 @@ class Hive:
             config = self.config_for(rec)
             self._make_cgroup(rec, config)
             self._make_network(rec, config)
+            self._apply_peering(rec, config)
+            self._prepare_sandbox(rec)
             stage = lc.BUILDING
             self.set_state(name, lc.BUILDING)
             self._run_commands(rec, config, "build", config.build)
@@ -803,6 +876,7 @@ class Hive:
         self.end_processes(rec)
         _checkpoint("destroy-parts")
         branch, unmerged = self.remove_parts(name, keep_unmerged=True)
+        self.peering.forget(name)  # the snapshots of it that other colonies hold, and its peering rows
         self.registry.delete_colony(name)
         if branch:
             # Keep the branch's resource row without its colony: gc deletes the branch once it is merged.
@@ -812,6 +886,29 @@ class Hive:
         self._retire_forker()
         self._retire_preview(name)
         return DestroyReport(name, branch, unmerged)
+
+    # read-only peering (core/peering.py) ----------------------------------------------------------------------
+
+    def peers(self, name: str) -> PeerInfo:
+        """Whom colony `name` reads (snapshots at `.shared/NAME/` in its worktree) and who reads it."""
+        self.registry.get(name)
+        return self.peering.info(name)
+
+    async def peer(self, name: str, source: str, *, follow: bool = False) -> Peering:
+        """Colony `name` reads `source` through a filtered read-only snapshot, made now if it runs (else at start);
+        `follow` refreshes it whenever `source`'s changes settle."""
+        self.bind_loop()
+        return await self._call(name, lambda: self.peering.add(name, source, follow=follow))
+
+    async def unpeer(self, name: str, source: str) -> None:
+        """Colony `name` no longer reads `source`: the snapshot and its mount go."""
+        self.bind_loop()
+        await self._call(name, lambda: self.peering.remove(name, source))
+
+    async def refresh_peers(self, name: str) -> list[Peering]:
+        """Refresh every snapshot colony `name` reads (copies only what changed)."""
+        self.bind_loop()
+        return await self._call(name, lambda: self.peering.refresh(name))
 
     # exec -------------------------------------------------------------------------------------------------
 
@@ -835,15 +932,17 @@ class Hive:
                 raise WrongState(f"{name} is {rec.state}, not running: start it first (stem start {name})")
             config = self.config_for(rec)
             where = Path(rec.worktree) / cwd if cwd else Path(rec.worktree)
+            box = self.sandbox_for(rec)
             try:
                 proc = procs.spawn(
                     argv,
                     netns_name=rec.netns,
                     cwd=where,
-                    env=self.env_for(rec, {**config.env, **(env or {})}),
+                    env=self.env_for(rec, {**config.env, **(env or {})}, box, config.pass_env),
                     stdin=stdin,
                     stdout=stdout,
                     stderr=stderr,
+                    sandbox=box,
                 )
             except FileNotFoundError:
                 raise StemError(f"command not found in {name}: {argv[0]}") from None

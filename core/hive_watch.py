@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import TracebackType
 
 from core.errors import StemError
 from core.inotify import IN_CREATE, IN_MODIFY, IN_MOVED_TO, Changes, FileWatcher
@@ -90,7 +89,5 @@ class HiveWatch:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.close()

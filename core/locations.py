@@ -33,7 +33,13 @@ class HiveLayout:
         return self.colonies / name
 
     def colony_db(self, name: str) -> Path:
-        return self.colonies / name / "colony.db"
+        """In a folder of its own: the colony writes it (and SQLite its -wal and -shm beside it), never the
+        colony folder, which holds its host's files."""
+        return self.colonies / name / "data" / "colony.db"
+
+    def colony_home(self, name: str) -> Path:
+        """HOME for the colony's processes, instead of the user's."""
+        return self.colonies / name / "home"
 
     def colony_log(self, name: str) -> Path:
         return self.colonies / name / "colony.log"

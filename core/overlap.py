@@ -131,6 +131,10 @@ def _parse_hunks(patch: str, paths: Iterable[str]) -> dict[str, _Hunks]:
 def _work_paths(work: ColonyWork) -> set[str]:
     if work.paths is not None:
         return set(work.paths)
+    # diff-index trusts the index's stat data: files whose inode data changed but not their content (a chown of the
+    # worktree for the colony's user, a checkout by another process) would read as changed. Refresh it first, as
+    # `git status` does; a refresh that cannot take the index lock (the agent runs git) only leaves it as it was.
+    git_bytes(["update-index", "-q", "--refresh"], work.worktree)
     tracked = git_bytes(["diff-index", "--name-only", "-z", "--no-renames", work.base, "--"], work.worktree)
     if tracked.returncode != 0:
         said = os.fsdecode(tracked.stderr).strip().splitlines()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core import cgroups, netns
+from core.sandbox import Sandbox, confine, in_pid_namespace
 
 # Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
 # orphan reaper must leave them alone. Held while spawning so a quick exit cannot race the registration.
@@ -139,22 +140,26 @@ def spawn(
     stdin: int | IO[Any] | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
+    sandbox: Sandbox | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` inside the colony: its cgroup (named as its network namespace), its network namespace, `cwd`,
-    `env`, a new session."""
+    `env`, a new session; confined by `sandbox` (core.sandbox) when given."""
     fd = netns.open_netns(netns_name)
     joins = cgroups.open_join(netns_name)
     try:
         with spawning() as register:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-                preexec_fn=enter_colony(fd, netns_name, joins),
+            proc = in_pid_namespace(
+                sandbox,
+                lambda: subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                    preexec_fn=enter_colony(fd, netns_name, joins, sandbox, cwd),
+                ),
             )
             register(proc.pid)
     finally:
@@ -164,24 +169,25 @@ def spawn(
     return proc
 
 
-def enter_colony(fd: int, netns_name: str, joins: Iterable[int] = ()) -> Callable[[], None]:
+def enter_colony(
+    fd: int, netns_name: str, joins: Iterable[int] = (), sandbox: Sandbox | None = None, cwd: Path | None = None
+) -> Callable[[], None]:
     """A preexec_fn that moves the child into the colony's cgroup (`joins`: from cgroups.open_join) and network
-    namespace and gives it the colony's resolv.conf; runs after fork, so it only makes syscalls (the paths are
-    looked up before)."""
+    namespace and gives it the colony's resolv.conf, then confines it (`sandbox`); runs after fork, so it only
+    makes syscalls (the paths are looked up before)."""
     resolv = netns.child_files(netns_name)
     joins = tuple(joins)
+    where = str(cwd or "/")
 
     def preexec() -> None:
         cgroups.join(joins)
         netns.enter(fd)
-        netns.enter_mounts(resolv)
+        if sandbox is None:
+            netns.enter_mounts(resolv)
+        else:
+            confine(sandbox, where, resolv)
 
     return preexec
-
-
-def register_child(pid: int) -> None:
-    with _spawn_lock:
-        _children.add(pid)
 
 
 def forget_child(pid: int) -> None:

@@ -10,12 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import cgroups, netns, procs, worktree
+from core import cgroups, netns, peering, procs, worktree
 from core.locations import HiveLayout
 from core.registry import ColonyRecord, Registry, Resource
 
 # What a running colony has and a stopped one has not: stop removes them, start makes them again.
-RUNTIME_PARTS = ("netns", "veth", "cgroup")
+RUNTIME_PARTS = ("netns", "veth", "cgroup", peering.KIND)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,9 @@ class Teardown:
             netns.destroy(res.ident, "")
         elif res.kind == "veth":
             netns.delete_link(res.ident)
+        elif res.kind == peering.KIND:
+            peering.remove_resource(self.registry, self.layout, res)  # releases the claim under the peering lock
+            return 0
         elif res.kind == "cgroup":
             if not cgroups.remove(res.ident, timeout=self.stop_grace):
                 return 0  # the kernel kept it (a process stuck in it): the claim stays, so gc tries again

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import NameTaken, NoSuchColony, PoolExhausted
+from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState
+from core.lifecycle import ColonyState, allowed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS colonies(
@@ -106,7 +107,7 @@ class ColonyRecord:
     ip: str
     host_ip: str
     prefixlen: int
-    state: str
+    state: ColonyState
     stage: str
     reason: str
     agent: str
@@ -119,7 +120,7 @@ class ColonyRecord:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    state: str
+    state: ColonyState
     stage: str
     reason: str
     at: float
@@ -144,6 +145,15 @@ class ProcessRecord:
 
 
 _COLONY_FIELDS = ", ".join(ColonyRecord.__slots__)
+_STATE = ColonyRecord.__slots__.index("state")
+
+
+def _record(row: sqlite3.Row) -> ColonyRecord:
+    values = list(row)
+    values[_STATE] = ColonyState(values[_STATE])
+    return ColonyRecord(*values)
+
+
 _ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"), ("target", "TEXT NOT NULL DEFAULT ''"))
 
 
@@ -219,28 +229,36 @@ class Registry:
                 raise PoolExhausted(
                     f"the address pool is full ({slots} colonies): destroy a colony or widen [hive] pool"
                 )
-            row = dict(make_row(slot), name=name, slot=slot, state="spawning", created_at=now, updated_at=now)
+            row = dict(make_row(slot), name=name, slot=slot, state=ColonyState.SPAWNING, created_at=now, updated_at=now)
             cols = ", ".join(row)
             db.execute(f"INSERT INTO colonies({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
-            db.execute("INSERT INTO transitions(colony, state, at) VALUES (?, 'spawning', ?)", (name, now))
+            db.execute("INSERT INTO transitions(colony, state, at) VALUES (?, ?, ?)", (name, ColonyState.SPAWNING, now))
         return self.get(name)
 
     def get(self, name: str) -> ColonyRecord:
         rows = self._query(f"SELECT {_COLONY_FIELDS} FROM colonies WHERE name=?", (name,))
         if not rows:
             raise NoSuchColony(f"no colony named {name!r} in this hive (see `stem ls`)")
-        return ColonyRecord(*rows[0])
+        return _record(rows[0])
 
     def find(self, name: str) -> ColonyRecord | None:
         rows = self._query(f"SELECT {_COLONY_FIELDS} FROM colonies WHERE name=?", (name,))
-        return ColonyRecord(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
     def colonies(self) -> list[ColonyRecord]:
-        return [ColonyRecord(*r) for r in self._query(f"SELECT {_COLONY_FIELDS} FROM colonies ORDER BY created_at")]
+        return [_record(r) for r in self._query(f"SELECT {_COLONY_FIELDS} FROM colonies ORDER BY created_at")]
 
-    def set_state(self, name: str, state: str, stage: str = "", reason: str = "") -> None:
+    def set_state(self, name: str, state: ColonyState, stage: str = "", reason: str = "") -> None:
+        """Move the colony to `state`, if core.lifecycle allows it from the state it is in (else WrongState);
+        a colony that is gone (a destroy won the race) stays gone."""
         now = time.time()
         with self.transaction() as db:
+            row = db.execute("SELECT state FROM colonies WHERE name=?", (name,)).fetchone()
+            if row is None:
+                return
+            if not allowed(row[0], state):
+                hint = " (stem gc finishes an interrupted destroy)" if row[0] == ColonyState.DESTROYING else ""
+                raise WrongState(f"{name} is {row[0]}: it cannot become {state} from there{hint}")
             db.execute(
                 "UPDATE colonies SET state=?, stage=?, reason=?, updated_at=? WHERE name=?",
                 (state, stage, reason, now, name),
@@ -275,7 +293,7 @@ class Registry:
 
     def transitions(self, name: str) -> list[Transition]:
         rows = self._query("SELECT state, stage, reason, at FROM transitions WHERE colony=? ORDER BY id", (name,))
-        return [Transition(*r) for r in rows]
+        return [Transition(ColonyState(r[0]), r[1], r[2], r[3]) for r in rows]
 
     # resources --------------------------------------------------------------------------------------------
 

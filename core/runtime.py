@@ -10,16 +10,19 @@ import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from core import cgroups
-from core.agent import EXITED, AgentSession, choose_argv
+from core import cgroups, procs
+from core.agent import AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, load_colony_config
 from core.errors import ConfigError, StemError
 from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
+from core.locations import HiveLayout
+from core.peering import PeerFollower, Peers
 from core.preview import PreviewError, PreviewRoutes, listen_port
 from core.registry import ColonyRecord, Registry
+from core.sandbox import Sandbox
 from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
 
@@ -48,8 +51,10 @@ class ColonyRuntime:
         resume: bool = False,
         defer: Callable[[Callable[[], object]], None] | None = None,
         home: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.rec = rec
+        self.sandbox = sandbox
         # Registry writes made from the loop (process rows) go through `defer` (the host's one ordered writer
         # thread) so SQLite never blocks the loop; without it they are made at once.
         self._defer: Callable[[Callable[[], object]], None] = defer or _write_now
@@ -81,11 +86,14 @@ class ColonyRuntime:
             forget_process=lambda pid, start: self._defer(lambda: registry.remove_process(pid, start)),
             timing=timing or Timing(),
             may_restart=self._colony_running,
+            sandbox=sandbox,
         )
         self.services = ServiceSet(config, host, env)
         # The hive routes config reloads through the colony's actor (one writer per colony).
         self._on_config_change = on_config_change or self._reload_ignoring_result
         self.changes: ChangeWatcher | None = None
+        self._home = home
+        self.peer_follower: PeerFollower | None = None  # refreshes the snapshots of this colony that follow it
         self._watch_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         # OOM kills and refused forks in the colony's cgroup: into the log, to the clients, into the registry.
@@ -110,6 +118,9 @@ class ColonyRuntime:
         # per colony, against a per-user budget of 128) rather than watching on its own. It starts once the
         # services have, so an edit never restarts one that is still starting.
         self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
+        if self.changes is not None and self._home is not None:
+            peers = await asyncio.to_thread(Peers, self._registry, HiveLayout(self._home), self.settings)
+            self.peer_follower = PeerFollower(peers, self.rec.name, self.changes, self._emit)
 
     async def _start_change_watcher(self) -> None:
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
@@ -145,6 +156,7 @@ class ColonyRuntime:
             notice=notice,
             columns=self.agent_size[0],
             lines=self.agent_size[1],
+            sandbox=self.sandbox,
         )
         session.start()
         self.agent = session
@@ -162,15 +174,14 @@ class ColonyRuntime:
             self.agent = None
         await self.start_agent(resume)
 
-    @property
-    def agent_exited(self) -> bool:
-        return self.agent is not None and self.agent.activity == EXITED
-
     async def stop(self, grace: float | None = None) -> None:
         self._limits.close()  # what stopping kills is no limit held
         if self.agent is not None:
             await self.agent.stop()
             self.agent = None
+        if self.peer_follower is not None:
+            await self.peer_follower.close()
+            self.peer_follower = None
         if self.changes is not None:
             await self.changes.stop()
             self.changes = None
@@ -246,11 +257,14 @@ class ColonyRuntime:
         await asyncio.to_thread(self._registry.add_event, name, "config", message)
 
     def _owner_of(self, pid: int) -> str | None:
-        """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim."""
+        """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim. A confined
+        program is the child of its PID namespace's init (core.sandbox), which is the pid Stem started."""
+        fields = procs.proc_stat(pid) if self.sandbox is not None else None
+        candidates = (pid, int(fields[1])) if fields else (pid,)
         for service, runner in self.services.services.items():
-            if runner.pid == pid:
+            if runner.pid in candidates:
                 return service
-        if self.agent is not None and self.agent.pid == pid:
+        if self.agent is not None and self.agent.pid in candidates:
             return "the agent"
         return None
 

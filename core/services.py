@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
+from core.sandbox import Sandbox
 
 __all__ = [
     "CRASHED",
@@ -42,16 +44,27 @@ __all__ = [
     "ServiceHost",
     "ServiceRunner",
     "ServiceSet",
+    "ServiceStatus",
     "Timing",
     "probe",
 ]
 
 log = logging.getLogger("stem.services")
 
-STARTING = "starting"
-READY = "ready"
-CRASHED = "crashed"
-STOPPED = "stopped"
+
+class ServiceStatus(enum.StrEnum):
+    """A service's state as its runner reports it (in events, `stem ls` and the registry's runtime rows)."""
+
+    STARTING = "starting"
+    READY = "ready"
+    CRASHED = "crashed"
+    STOPPED = "stopped"
+
+
+STARTING = ServiceStatus.STARTING
+READY = ServiceStatus.READY
+CRASHED = ServiceStatus.CRASHED
+STOPPED = ServiceStatus.STOPPED
 
 LAST_LINES = 20
 MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cannot grow a buffer without end
@@ -92,6 +105,7 @@ class ServiceHost:
     forget_process: Callable[[int, int], None]
     timing: Timing = Timing()
     may_restart: Callable[[], Awaitable[bool]] | None = None
+    sandbox: Sandbox | None = None  # what confines the colony's processes (core.sandbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +253,7 @@ class ServiceRunner:
         self._record_process = host.record_process
         self._forget_process = host.forget_process
 
-        self.state = STOPPED
+        self.state: ServiceStatus = STOPPED
         self.code: int | None = None
         self.detail = ""
         self.restarts = 0
@@ -367,6 +381,7 @@ class ServiceRunner:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            sandbox=self.host.sandbox,
         )
         self._proc = proc
         self._starttime = procs.starttime(proc.pid) or 0
@@ -560,7 +575,7 @@ class ServiceRunner:
 
     # state --------------------------------------------------------------------------------------------------
 
-    def _set(self, state: str, code: int | None = None, detail: str = "") -> None:
+    def _set(self, state: ServiceStatus, code: int | None = None, detail: str = "") -> None:
         self.state = state
         self.code = code
         self.detail = detail
@@ -658,16 +673,18 @@ class ServiceSet:
             if runner is None or name not in self.config.services:
                 raise StemError(f"{self.colony} has no service {name!r} (see colony.toml)")
             await runner.stop()
-            self._start_runner(self.config.services[name])
+            # A restart the user asked for counts as one: the count the UI shows carries over to the new runner.
+            self._start_runner(self.config.services[name], restarts=runner.restarts + 1)
 
     # helpers --------------------------------------------------------------------------------------------------
 
     def _env_for(self, config: ColonyConfig, name: str) -> dict[str, str]:
         return {**self.env, **config.env, **config.services[name].env}
 
-    def _start_runner(self, spec: ServiceSpec) -> ServiceRunner:
+    def _start_runner(self, spec: ServiceSpec, restarts: int = 0) -> ServiceRunner:
         env = self._env_for(self.config, spec.name)
         runner = ServiceRunner(spec, self.host, env)
+        runner.restarts = restarts
         self._runners[spec.name] = runner
         self._envs[spec.name] = env
         runner.start()

@@ -9,6 +9,7 @@ task) and `{shell}` becomes the user's shell.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -23,10 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from core.config import KeyPath, Limits, TomlDoc, TomlLocator, format_key, parse_limits, toml_string
+from core.config import NOT_IN_FILE, Limits, in_file, known_keys, parse_limits
 from core.dns import HOST_RESOLV_CONF
 from core.egress import Egress
 from core.errors import ConfigError
+from core.toml_doc import KeyPath, TomlDoc, TomlLocator, format_key, toml_string
 
 __all__ = [
     "AgentPreset",
@@ -51,18 +53,12 @@ PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 TASK = "{task}"
 SHELL = "{shell}"
 
-_TABLES = ("hive", "network", "agents", "keys", "preview", "limits")
-_NETWORK_KEYS = ("egress", "dns", "resolv_conf")
-_HIVE_KEYS = ("pool", "theme", "default_agent")
-_AGENT_KEYS = ("command", "task_command", "resume", "attention")
-_PREVIEW_KEYS = ("port",)
-
 
 @dataclass(frozen=True, slots=True)
 class AgentPreset:
     """A named way to start an agent CLI, how to resume it, and how to tell it is waiting for approval."""
 
-    name: str
+    name: str = field(metadata=NOT_IN_FILE)  # the table's name
     command: str
     resume: str | None = None
     attention: tuple[str, ...] = ()
@@ -82,17 +78,36 @@ def shipped_presets() -> Mapping[str, AgentPreset]:
 class Settings:
     """The user's settings over the defaults. `path` is the file they belong to, which may not exist."""
 
-    path: Path
-    pool: ipaddress.IPv4Network = DEFAULT_POOL
-    theme: str = DEFAULT_THEME
-    default_agent: str = DEFAULT_AGENT
+    path: Path = field(metadata=NOT_IN_FILE)
+    pool: ipaddress.IPv4Network = field(default=DEFAULT_POOL, metadata=in_file("hive", "pool"))
+    theme: str = field(default=DEFAULT_THEME, metadata=in_file("hive", "theme"))
+    default_agent: str = field(default=DEFAULT_AGENT, metadata=in_file("hive", "default_agent"))
+    # paths never copied into a peer snapshot, on top of core/peering.py's DEFAULT_EXCLUDE
+    peer_exclude: tuple[str, ...] = field(default=(), metadata=in_file("hive", "peer_exclude"))
+    # colony processes confined (core/sandbox.py): off only to debug
+    isolation: bool = field(default=True, metadata=in_file("hive", "isolation"))
+    # the uid colony processes run as when Stem does not run through sudo (None: Stem's dedicated uid)
+    colony_uid: int | None = field(default=None, metadata=in_file("hive", "colony_uid"))
+    # files of the user's home an agent needs (its login), bound read-only into each colony's home
+    agent_files: tuple[str, ...] = field(default=(), metadata=in_file("hive", "agent_files"))
+    # for colonies whose colony.toml does not say
+    egress: Egress = field(default_factory=Egress, metadata=in_file("network", "egress"))
+    # resolvers for colonies instead of the host's
+    dns: tuple[str, ...] = field(default=(), metadata=in_file("network", "dns"))
+    # where the host's resolvers are read from
+    resolv_conf: Path = field(default=HOST_RESOLV_CONF, metadata=in_file("network", "resolv_conf"))
     agents: Mapping[str, AgentPreset] = field(default_factory=lambda: shipped_presets())
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    egress: Egress = field(default_factory=Egress)  # for colonies whose colony.toml does not say
-    dns: tuple[str, ...] = ()  # resolvers for colonies instead of the host's
-    resolv_conf: Path = HOST_RESOLV_CONF  # where the host's resolvers are read from
-    preview_port: int = DEFAULT_PREVIEW_PORT  # `[preview] port`: every colony's services through it; 0 turns it off
-    limits: Limits = field(default_factory=Limits)  # `[limits]`: for colonies whose colony.toml does not say
+    # every colony's services through the hive's preview proxy; 0 turns it off
+    preview_port: int = field(default=DEFAULT_PREVIEW_PORT, metadata=in_file("preview", "port"))
+    limits: Limits = field(default_factory=Limits)  # for colonies whose colony.toml does not say
+
+
+_TABLES = known_keys(Settings)
+_HIVE_KEYS = known_keys(Settings, ("hive",))
+_NETWORK_KEYS = known_keys(Settings, ("network",))
+_PREVIEW_KEYS = known_keys(Settings, ("preview",))
+_AGENT_KEYS = known_keys(AgentPreset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +271,12 @@ def _settings(doc: TomlDoc) -> Settings:
     default_agent = DEFAULT_AGENT
     if "default_agent" in hive:
         default_agent = doc.string(t, ("default_agent",), hive["default_agent"]).strip()
+    peer_exclude = doc.strings(t, ("peer_exclude",), hive.get("peer_exclude", []))
+    isolation = doc.boolean(t, ("isolation",), hive["isolation"]) if "isolation" in hive else True
+    colony_uid = None
+    if "colony_uid" in hive:
+        colony_uid = doc.integer(t, ("colony_uid",), hive["colony_uid"], 1, 2**32 - 2)
+    agent_files = doc.strings(t, ("agent_files",), hive.get("agent_files", []))
 
     egress, dns, resolv_conf = _network(doc, data.get("network", {}))
     preview = data.get("preview", {})
@@ -268,6 +289,10 @@ def _settings(doc: TomlDoc) -> Settings:
         pool=pool,
         theme=theme,
         default_agent=default_agent,
+        peer_exclude=peer_exclude,
+        isolation=isolation,
+        colony_uid=colony_uid,
+        agent_files=agent_files,
         egress=egress,
         dns=dns,
         resolv_conf=resolv_conf,
@@ -325,22 +350,12 @@ def _agents(doc: TomlDoc, raw: dict[str, Any], base: Mapping[str, AgentPreset]) 
         if "attention" in table:
             fields["attention"] = doc.strings(t, ("attention",), table["attention"])
         if name in agents:
-            agents[name] = AgentPreset(**{**_preset_fields(agents[name]), **fields})
+            agents[name] = dataclasses.replace(agents[name], **fields)
         elif "command" not in fields:
             doc.fail(t, ("command",), 'missing (how to start this agent, e.g. "my-agent {task}")')
         else:
             agents[name] = AgentPreset(name=name, **fields)
     return MappingProxyType(agents)
-
-
-def _preset_fields(preset: AgentPreset) -> dict[str, Any]:
-    return {
-        "name": preset.name,
-        "command": preset.command,
-        "resume": preset.resume,
-        "attention": preset.attention,
-        "task_command": preset.task_command,
-    }
 
 
 def _keys(doc: TomlDoc, raw: dict[str, Any]) -> Mapping[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import random
 import secrets
 import shutil
@@ -30,7 +31,8 @@ OUT = ROOT / "screenshots"
 
 
 async def shoot(scene: Scene, home: Path) -> Path:
-    repo = demo_repo()
+    os.environ["HOME"] = str(home / "user")  # the app shows the repository as ~/shop
+    repo = demo_repo(home / "user")
     pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
     hive = Hive(home, prefix="s" + secrets.token_hex(2), pool=pool, stop_grace=2.0)
     app = scene_app(hive, repo, theme=scene.theme)

@@ -50,10 +50,12 @@ from core.events import (
 from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
-from stem.hive_view import Clock, FailedSpawn
+from stem.hive_view import Clock, FailedSpawn, shown_path
 from stem.input_parser import StemDriver
 from stem.keys import bind, keymap
+from stem.live_work import LiveWork, file_section
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
+from stem.textual_private import check_priority_bindings, has_screen, refresh_truecolor_filter
 from stem.themes import load_themes, theme_dirs
 from stem.widgets.colonies import ColoniesList, ColoniesPanel, ColonyRow
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
@@ -69,7 +71,8 @@ from stem.widgets.terminal import TerminalView
 __all__ = ["StemApp", "run"]
 
 EXIT_USAGE = 2
-AGE_REFRESH = 30.0
+AGE_REFRESH = 30.0  # the list read from the registry again (colonies changed by other processes)
+AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
@@ -86,8 +89,10 @@ class StemApp(App[int], inherit_bindings=False):
         bind("app.help"),
         bind("app.palette"),
         bind("app.new"),
-        Binding("s", "stop_start", "stop/start", id="colony.stop_start.app", show=False),
-        Binding("d", "destroy", "destroy", id="colony.destroy.app", show=False),
+        # The selected colony's keys work from every panel; the colonies list shows them in the hint bar. The same
+        # binding ids as the list's, so a remap moves both.
+        bind("colony.stop_start", show=False),
+        bind("colony.destroy", show=False),
         bind("app.focus_colonies"),
         bind("app.focus_services"),
         bind("app.focus_changes"),
@@ -109,8 +114,12 @@ class StemApp(App[int], inherit_bindings=False):
         own: bool = True,
         close_hive: bool = False,
         blink: bool = True,
+        live_figures: bool = True,
     ) -> None:
         super().__init__()
+        # Merge status, overlaps and cgroup usage of the colonies; `live_figures` off (snapshots) leaves out the
+        # figures that vary run to run (usage, preview routes).
+        self.live = LiveWork(self, figures=live_figures)
         self.blink = blink  # cursor blink in text fields; snapshots turn it off
         self.hive = hive
         self.settings = settings or Settings(path=Path(os.devnull))
@@ -136,6 +145,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.cwd = cwd if cwd is not None else Path.cwd()
         self._theme_before_preview: str | None = None
         self._worker_colony: dict[Worker[Any], str] = {}
+        self._restarting: dict[tuple[str, str], int] = {}  # (colony, service) -> its restarts before `r`
         self._loaded = False
         for theme in (themes or {}).values():
             self.register_theme(theme)
@@ -148,16 +158,12 @@ class StemApp(App[int], inherit_bindings=False):
         """The configured theme, before the stylesheet is first parsed. Assigning `self.theme` here would have
         its watcher parse the whole stylesheet a second time once the app runs (~30 ms of every start): set the
         value and what the watcher would (the theme classes, the ANSI colour filter) without it."""
-        refresh_filter = getattr(self, "_refresh_truecolor_filter", None)
-        if refresh_filter is None:  # another Textual: the public way
-            self.theme = name
-            return
         self.set_reactive(StemApp.theme, name)
         dark = self.current_theme.dark
         classes = {c: False for c in self.classes if c.startswith("-theme-")}
         classes.update({f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark})
         self.update_classes(classes, update=False)
-        refresh_filter(self.ansi_theme)
+        refresh_truecolor_filter(self, self.ansi_theme)
         self.stylesheet.set_variables(self.get_css_variables())  # the first parse then uses the theme's colours
 
     # ------------------------------------------------------------------------------------------- layout
@@ -178,14 +184,14 @@ class StemApp(App[int], inherit_bindings=False):
                 "Press ",
                 Content.styled(" n ", "reverse $accent"),
                 " to spawn the first colony from the repository\n\n    ",
-                Content.styled(str(self.default_repo), "bold"),
+                Content.styled(shown_path(self.default_repo), "bold"),
             )
         else:
             where = Content.assemble(
                 "Press ",
                 Content.styled(" n ", "reverse $accent"),
                 " to spawn the first colony. The current directory\n\n    ",
-                Content.styled(str(self.cwd), "bold"),
+                Content.styled(shown_path(self.cwd), "bold"),
                 "\n\nis not a git repository: the form asks which repository to branch from.",
             )
         return Content.assemble(
@@ -225,11 +231,13 @@ class StemApp(App[int], inherit_bindings=False):
                 return
         self.refresh_colonies()
         self.set_interval(AGE_REFRESH, self.refresh_colonies)
+        self.set_interval(AGE_TICK, self._tick_ages)
+        self.live.start()
 
     async def on_event(self, event: events.Event) -> None:
         # A key for a focused terminal goes straight to its agent (after the priority bindings, which hold the
         # release chord): one hop fewer on the path every keystroke takes.
-        if isinstance(event, events.Key) and self._screen_stack:
+        if isinstance(event, events.Key) and has_screen(self):
             form = self._spawn_form
             if form is not None and form.validating:  # typed after ctrl+s: for the agent of the colony to come
                 form.typeahead.append((event.key, event.character))
@@ -237,7 +245,7 @@ class StemApp(App[int], inherit_bindings=False):
                 return
             focused = self.screen.focused
             if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
-                if not await self._check_bindings(event.key, priority=True):
+                if not await check_priority_bindings(self, event.key):
                     focused.send_key(event)
                 return
         await super().on_event(event)
@@ -259,6 +267,7 @@ class StemApp(App[int], inherit_bindings=False):
 
     def on_core_event(self, event: Event) -> None:
         """Route one core event to the panels that show it."""
+        self.live.on_event(event)
         if isinstance(event, ScreenChanged):
             terminal = self.query_one(TerminalView)
             if event.colony == self.selected:
@@ -300,6 +309,10 @@ class StemApp(App[int], inherit_bindings=False):
             if event.level in ("warning", "error") and event.colony:
                 self._record(event.colony, event.message)
         elif isinstance(event, ServiceState):
+            count = self._restarting.get((event.colony, event.service))
+            if count is not None and event.restarts > count:
+                del self._restarting[(event.colony, event.service)]
+                self.notify(f"{event.colony}: restarted {event.service} ({_restarts(event.restarts)})")
             if event.state == "crashed":
                 detail = f": {event.detail}" if event.detail else ""
                 code = f" (exit {event.code})" if event.code is not None else ""
@@ -389,6 +402,7 @@ class StemApp(App[int], inherit_bindings=False):
                     services=len(services),
                     services_up=sum(s in ("ready", "running") for s in states),
                     services_failed=sum(s in ("crashed", "failed") for s in states),
+                    work=self.live.badge(rec.name),
                 )
             )
         for failed in self._listed_failures():
@@ -403,6 +417,12 @@ class StemApp(App[int], inherit_bindings=False):
                 )
             )
         self.query_one(ColoniesList).set_rows(rows)
+
+    def _tick_ages(self) -> None:
+        ages = {rec.name: self.clock.age(rec.created_at) for rec in self.records}
+        ages.update((failed.name, self.clock.age(failed.at)) for failed in self._listed_failures())
+        for colonies in self.query(ColoniesList):  # none while the app ends
+            colonies.set_ages(ages)
 
     def _listed_failures(self) -> list[FailedSpawn]:
         """The failed spawns the list shows: those whose name no colony has taken since (from another shell)."""
@@ -486,7 +506,9 @@ class StemApp(App[int], inherit_bindings=False):
             self.query_one(ChangesList).show(None, "none: the spawn failed")
             return
         files = self.changes.get(name)
-        self.query_one(ChangesList).show(files, "no changes yet" if files is not None else "not watched yet")
+        self.query_one(ChangesList).show(
+            files, "no changes yet" if files is not None else "not watched yet", overlaps=self.live.file_overlaps(name)
+        )
 
     @work(group="changes", exclusive=True, exit_on_error=False)
     async def _load_changes(self, name: str) -> None:
@@ -550,8 +572,19 @@ class StemApp(App[int], inherit_bindings=False):
             self.query_one(InfoView).show_failed(failed, self.errors.get(failed.name, []))
             return
         transitions = await asyncio.to_thread(self.hive.transitions, name) if name else []
+        agent = await asyncio.to_thread(self.hive.agent_choice, name) if name and rec is not None else None
         services = self.hive.services(name) if name else {}
-        self.query_one(InfoView).show(rec, transitions, services, self.errors.get(name or "", []))
+        extras = await self.live.info_extras(name) if name and rec is not None else None
+        self.query_one(InfoView).show(
+            rec,
+            transitions,
+            services,
+            self.errors.get(name or "", []),
+            sections=extras.sections if extras else (),
+            preview=extras.preview if extras and self.live.figures else None,
+            preview_note=extras.preview_note if extras else "",
+            agent=agent,
+        )
 
     @on(FileSelected)
     def _file_selected(self, message: FileSelected) -> None:
@@ -577,8 +610,14 @@ class StemApp(App[int], inherit_bindings=False):
 
     @work(group="diff", exclusive=True, exit_on_error=False)
     async def _diff_worker(self, rec: ColonyRecord, path: str | None) -> None:
-        text = await self.hive.diff(rec.name, path)
-        title = f"{rec.name}: {path}" if path else f"{rec.name}: every change against {rec.base_ref}"
+        if self.live.diff_vs_target:  # `t`: against the target, from its merge base with the colony
+            found = await self.hive.target_diff(rec.name)
+            text = file_section(found.text, path) if path else found.text
+            against = f"{found.target or rec.base_ref} (merge base {found.base[:10]})"
+            title = f"{rec.name}: {path} against {against}" if path else f"{rec.name}: every change against {against}"
+        else:
+            text = await self.hive.diff(rec.name, path)
+            title = f"{rec.name}: {path}" if path else f"{rec.name}: every change against {rec.base_ref}"
         self.query_one("#diff-title", Static).update(Content.styled(title, "bold"))
         self.query_one(DiffView).show(title, text)
 
@@ -605,7 +644,8 @@ class StemApp(App[int], inherit_bindings=False):
         inside = self.focused is not None and main in self.focused.ancestors_with_self
         main.step(delta)
         if inside:
-            self.call_after_refresh(lambda: main.focus_target().focus())
+            # Never into the terminal itself: the next `]` would be typed into the agent.
+            self.call_after_refresh(lambda: main.focus_target(enter=False).focus())
 
     def show_tab(self, tab: str) -> None:
         self.query_one(MainView).switch(tab)
@@ -613,6 +653,11 @@ class StemApp(App[int], inherit_bindings=False):
     @on(OpenTerminal)
     def _open_terminal(self, message: OpenTerminal) -> None:
         self.open_terminal(message.name)
+
+    def action_enter_terminal(self) -> None:
+        """enter on the Terminal tab: its keys go to the selected colony's agent from now on."""
+        if self.selected is not None:
+            self.open_terminal(self.selected)
 
     def _failed_hint(self) -> bool:
         """On a failed spawn's entry, say what can be done with it instead of acting; whether it was one."""
@@ -736,15 +781,43 @@ class StemApp(App[int], inherit_bindings=False):
         else:
             self.notify(f"{name} is {rec.state}: wait until it is running or stopped", severity="warning")
 
+    def action_merge(self) -> None:
+        """`m`: the merge dialog of the selected colony (files, +/-, conflicts, target, squash)."""
+        if not self._failed_hint():
+            self.live.merge_selected()
+
+    def action_commit(self) -> None:
+        """`c`: commit the selected colony's uncommitted work on its branch (asks for the message)."""
+        if not self._failed_hint():
+            self.live.commit_selected()
+
+    def action_sync(self) -> None:
+        """`u`: merge the target's new commits into the selected colony's worktree."""
+        if not self._failed_hint():
+            self.live.sync_selected()
+
+    def action_toggle_diff_target(self) -> None:
+        """`t` in the Diff tab or panel 3: the diff against the colony's target, or against its spawn's base."""
+        self.live.toggle_diff_target()
+
     def action_restart_service(self) -> None:
         name, service = self.selected, self.selected_service()
         if name is None or service is None:
             self.notify("select a service first (2)", severity="warning")
             return
 
+        view = self.hive.services(name).get(service)
+        key = (name, service)
+        # Announced when the host reports the new runner with its count (ServiceState), which may come before or
+        # after the answer to the request: the two travel on different connections.
+        self._restarting[key] = view.restarts if view is not None else 0
+
         async def restart() -> None:
-            await self.hive.restart_service(name, service)
-            self.notify(f"{name}: restarted {service}")
+            try:
+                await self.hive.restart_service(name, service)
+            except BaseException:
+                self._restarting.pop(key, None)
+                raise
 
         self._colony_work(name, restart(), f"restart {name}/{service}")
 
@@ -763,15 +836,16 @@ class StemApp(App[int], inherit_bindings=False):
         self._prepare_destroy(rec)
 
     @work(thread=True, group="destroy-check", exclusive=True, exit_on_error=False)
-    def _prepare_destroy(self, rec: ColonyRecord) -> None:
+    def _prepare_destroy(self, rec: ColonyRecord, note: str = "") -> None:
         try:
             dirty, unmerged = self.hive.pending_work(rec)
         except StemError:
             dirty, unmerged = [], 0
-        self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged)
+        self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged, note)
 
-    def _confirm_destroy(self, rec: ColonyRecord, dirty: list[str], unmerged: int) -> None:
-        lines: list[Content] = [
+    def _confirm_destroy(self, rec: ColonyRecord, dirty: list[str], unmerged: int, note: str = "") -> None:
+        lines: list[Content] = [Content.styled(note, "$success"), Content("")] if note else []
+        lines += [
             Content.assemble("This removes ", Content.styled(rec.name, "bold"), ":"),
             Content("  • its agent, services and every process inside it"),
             Content(f"  • its network namespace and address {rec.ip}"),
@@ -974,6 +1048,10 @@ class StemApp(App[int], inherit_bindings=False):
         """Keys as people write them: ctrl+] rather than ^]."""
         shown = super().get_key_display(binding)
         return f"ctrl+{shown[1:]}" if shown.startswith("^") and len(shown) > 1 else shown
+
+
+def _restarts(count: int) -> str:
+    return f"{count} restart{'s' if count != 1 else ''}"
 
 
 def _repo_of(path: Path) -> Path | None:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 # What writes to a colony's log besides its services (`stem logs -s` takes these too).
-LOG_SOURCES = ("setup", "build", "network", "host", "agent", "limits", "preview")
+LOG_SOURCES = ("setup", "build", "network", "host", "agent", "limits", "preview", "peering")
 EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 
 
@@ -36,6 +37,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+DISTRIBUTION = "stem-hive"  # the name on the package index (`stem` there is the Tor controller library)
+
+
+class _Version(argparse.Action):
+    """`--version`: looked up only when asked, so no other command pays for reading the package metadata."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version(DISTRIBUTION)
+        except metadata.PackageNotFoundError:
+            version = "(not installed: run from a source tree)"
+        print(f"stem {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stem",
@@ -43,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a git worktree on colony/<name>, a SQLite database, its services and its agent.",
         epilog="With no command, stem opens the terminal UI. State lives in $STEM_HOME (default $XDG_DATA_HOME/stem).",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser(
@@ -163,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--service", help="only lines from this service (or setup, build)")
     p.add_argument("-n", "--lines", type=int, default=200, help="how many past lines (default 200)")
 
+    p = sub.add_parser(
+        "peer",
+        help="let a colony read another's worktree through a read-only snapshot",
+        description="Colony NAME reads colony --from's worktree at .shared/FROM/ in its own: a filtered copy "
+        "(no secrets, agent or editor state, dependencies, .git or symlinks), read-only inside NAME (a read-only "
+        "mount), kept out of git status. Made now if NAME runs, else when it starts. With --refresh: bring every "
+        "snapshot NAME reads up to date. With neither: list NAME's peerings.",
+    )
+    p.add_argument("name")
+    p.add_argument("--from", dest="source", metavar="OTHER", help="the colony to read")
+    p.add_argument("--follow", action="store_true", help="refresh the snapshot whenever OTHER's changes settle")
+    p.add_argument("--refresh", action="store_true", help="refresh every snapshot NAME reads")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = sub.add_parser(
+        "unpeer",
+        help="stop a colony reading another's worktree",
+        description="Colony NAME no longer reads colony --from: its snapshot .shared/FROM/ and the mount go.",
+    )
+    p.add_argument("name")
+    p.add_argument("--from", dest="source", metavar="OTHER", required=True, help="the colony it reads")
+
     sub.add_parser(
         "gc",
         help="remove what crashes left behind",
@@ -207,10 +248,11 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
         return services, agent
 
     if args.json:
-        from core.preview import urls as preview_urls
-
         merging = {status.colony: status.as_dict() for status in await hive.merge_statuses()}
-        preview = await asyncio.to_thread(preview_urls, hive.home)  # service -> URL through the preview port
+        preview = await asyncio.to_thread(hive.preview_urls)  # service -> URL through the preview port
+        from core import sandbox
+
+        isolation = list(sandbox.status(hive.settings.isolation))  # what is not enforced, one line each
         out = []
         for r in rows:
             services, agent = runtime(r.name)
@@ -234,8 +276,10 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
                     "agent": agent if hosted[r.name] else "",
                     "host": hosted[r.name],
                     "preview": preview.get(r.name, {}),
+                    "isolation": isolation,
                     **hive.limits(r.name).as_dict(),  # limits in force, usage now, OOM kills and refused forks
                     **merging.get(r.name, {}),
+                    **hive.peers(r.name).as_dict(),  # whom it reads (.shared/NAME/) and who reads it
                 }
             )
         print(json.dumps(out, indent=2))
@@ -568,6 +612,39 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_peer(hive: HiveAPI, args: argparse.Namespace) -> int:
+    if args.refresh and args.source is not None:
+        raise StemError("stem peer: --from OTHER adds a peering, --refresh refreshes them all: not both")
+    if args.follow and args.source is None:
+        raise StemError("stem peer: --follow needs --from OTHER (the colony whose changes to follow)")
+    if args.refresh:
+        rows = await hive.refresh_peers(args.name)
+    elif args.source is not None:
+        rows = [await hive.peer(args.name, args.source, follow=args.follow)]
+    else:
+        info = await asyncio.to_thread(hive.peers, args.name)
+        if args.json:
+            print(json.dumps(info.as_dict(), indent=2))
+        elif not info.peers and not info.peered_by:
+            print(f"{args.name} reads no colony and none reads it (stem peer {args.name} --from OTHER)")
+        for row in (*info.peers, *info.peered_by):
+            if not args.json:
+                print(row.describe())
+        return 0
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        for row in rows:
+            print(f"{row.describe()}: .shared/{row.source}/ in {row.colony}'s worktree")
+    return 0
+
+
+async def cmd_unpeer(hive: HiveAPI, args: argparse.Namespace) -> int:
+    await hive.unpeer(args.name, args.source)
+    print(f"{args.name} no longer reads {args.source}: .shared/{args.source}/ removed")
+    return 0
+
+
 async def cmd_gc(hive: HiveAPI, args: argparse.Namespace) -> int:
     report = await hive.gc()
     for line in report.removed:
@@ -592,6 +669,8 @@ COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
     "merge": cmd_merge,
     "sync": cmd_sync,
     "gc": cmd_gc,
+    "peer": cmd_peer,
+    "unpeer": cmd_unpeer,
     "logs": cmd_logs,
     "serve": cmd_serve,
 }
@@ -619,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run()
     try:
-        return asyncio.run(_run(args))
+        code = asyncio.run(_run(args))
+        sys.stdout.flush()  # here, not in the interpreter's last flush, where an error is printed, not caught
+        return code
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -631,11 +712,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (OSError, sqlite3.Error) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO and _terminal_gone(sys.stdout.fileno()):
+            # The terminal hung up (an SSH drop, then SIGHUP): nobody is left to read an error either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         line = _disk_trouble(exc)
         if line is None:
             raise
         print(f"stem: {line}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _terminal_gone(fd: int) -> bool:
+    """Whether `fd` is a terminal that has hung up: an empty write fails with EIO there and nowhere else."""
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            return False
+        os.write(fd, b"")
+    except OSError as exc:
+        return exc.errno == errno.EIO
+    return False
 
 
 def _disk_trouble(exc: BaseException) -> str | None:

@@ -30,6 +30,10 @@ class StemCommands(Provider):
             elif selected.state in ("stopped", "failed"):
                 yield (f"Start {name}", app.action_stop_start, "bring its network, services and agent back")
             yield (f"Destroy {name}", app.action_destroy, "remove it (asks first, says what is lost)")
+            yield (f"Merge {name}", app.action_merge, "into its target: files, +/-, conflicts, squash (asks first)")
+            yield (f"Commit {name}", app.action_commit, "its uncommitted work, on its branch (asks the message)")
+            yield (f"Sync {name}", app.action_sync, "merge its target's new commits into its worktree")
+            yield ("Diff against the target", app.action_toggle_diff_target, "or against the spawn's base (toggle)")
             yield (f"Terminal of {name}", partial(app.open_terminal, name), "focus its agent's terminal")
             service = app.selected_service()
             if service:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.events import LogLine
 from core.registry import Transition
 
-__all__ = ["Clock", "FailedSpawn", "FixedClock", "age"]
+__all__ = ["Clock", "FailedSpawn", "FixedClock", "age", "shown_path"]
 
 
 @dataclass(slots=True)
@@ -78,3 +80,12 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as the user reads it: under their home as `~/...` (shorter, and what they would type)."""
+    text = str(path)
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (text == home or text.startswith(home + "/")):
+        return "~" + text[len(home) :]
+    return text

@@ -29,13 +29,23 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Final
 
 from textual import constants, events, messages
-from textual._loop import loop_last
-from textual._parser import ParseEOF, ParseError, ParseTimeout, Peek1, Read1
-from textual._xterm_parser import XTermParser
 from textual.app import App
 from textual.drivers.linux_driver import LinuxDriver
 from textual.keys import Keys
 from textual.message import Message
+
+from stem.textual_private import (
+    ParseEOF,
+    ParseError,
+    ParseTimeout,
+    Peek1,
+    Read1,
+    XTermParser,
+    driver_debug,
+    driver_of,
+    loop_last,
+    sequence_to_key_events,
+)
 
 __all__ = ["UNKNOWN_KEY", "StemDriver", "StemParser", "TerminalKey", "outer_terminal"]
 
@@ -89,7 +99,7 @@ class StemParser(XTermParser):
             """The key events of `sequence` as Textual names them, each carrying `sequence` (ESC-prefixed with
             alt)."""
             sent = ESC + sequence if alt else sequence
-            found = [k for k in self._sequence_to_key_events(sequence) if k.key != Keys.Ignore]
+            found = [k for k in sequence_to_key_events(self, sequence) if k.key != Keys.Ignore]
             if not found:
                 emit(TerminalKey(UNKNOWN_KEY, None, sent))
                 return
@@ -236,7 +246,7 @@ class StemDriver(LinuxDriver):
         selector = selectors.SelectSelector()
         selector.register(self.fileno, selectors.EVENT_READ)
         fileno = self.fileno
-        parser = StemParser(self._debug)
+        parser = StemParser(driver_debug(self))
         feed = parser.feed
         tick = parser.tick
         decode = getincrementaldecoder("utf-8")().decode
@@ -269,5 +279,5 @@ class StemDriver(LinuxDriver):
 def outer_terminal(app: App[object]) -> StemDriver | None:
     """The driver of the user's terminal when it is Stem's (not in a headless test). Textual 8 has no public
     accessor for an app's driver."""
-    driver = app._driver
+    driver = driver_of(app)
     return driver if isinstance(driver, StemDriver) else None

@@ -46,18 +46,34 @@ KEYS: dict[str, KeySpec] = {
     "colony.stop_start": KeySpec("s", "stop_start", "stop/start"),
     "colony.destroy": KeySpec("d", "destroy", "destroy"),
     "colony.filter": KeySpec("slash", "filter", "filter"),
+    "colony.filter_clear": KeySpec("escape", "clear_filter", "clear filter", show=False),
+    "colony.merge": KeySpec("m", "merge", "merge"),
+    "colony.commit": KeySpec("c", "commit", "commit"),
+    "colony.sync": KeySpec("u", "sync", "sync"),
     # the services panel
     "service.restart": KeySpec("r", "restart_service", "restart"),
     # the changes panel
     "changes.diff": KeySpec("enter", "show_diff", "diff"),
+    "diff.target": KeySpec("t", "toggle_diff_target", "vs target"),
     # the logs tab
     "logs.follow": KeySpec("f", "toggle_follow", "follow"),
     "logs.service": KeySpec("v", "next_source", "service"),
     "logs.search": KeySpec("slash", "search", "search"),
+    "logs.search_clear": KeySpec("escape", "clear_search", "clear search", show=False),
     # the terminal tab: the one key a focused terminal keeps for itself
-    "terminal.release": KeySpec("ctrl+right_square_bracket", "release", "back to panels"),
+    "terminal.release": KeySpec(
+        "ctrl+right_square_bracket", "release", "back to panels", key_display="ctrl+]", priority=True
+    ),
+    # the terminal tab while the terminal is not entered: enter gives it the keys
+    "terminal.enter": KeySpec("enter", "enter_terminal", "enter terminal"),
     # dialogs
     "dialog.cancel": KeySpec("escape", "cancel", "cancel"),
+    "dialog.confirm": KeySpec("y", "confirm", "yes"),
+    "dialog.no": KeySpec("n", "cancel", "no", show=False),
+    "dialog.submit": KeySpec("ctrl+s", "submit", "spawn", priority=True),
+    "help.close": KeySpec("question_mark,q", "close", "close", show=False),
+    "merge.confirm": KeySpec("y", "confirm", "merge"),
+    "merge.squash": KeySpec("s", "toggle_squash", "squash"),
 }
 
 RELEASE_KEY_DISPLAY = "ctrl+]"

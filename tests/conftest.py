@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import random
 import secrets
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import link_names, make_repo, netns_names
 
-from core import cgroups, claims, firewall, procs
+from core import cgroups, claims, firewall, peering, procs
 from core.host.forker import ForkerPaths
 from core.host.launch import wait_exit
 from core.host.paths import HostPaths
@@ -47,7 +48,7 @@ class HiveEnv:
     def __init__(self, tmp: Path) -> None:
         self.home = tmp / "stem-home"
         self.prefix = "t" + secrets.token_hex(3)[:5]
-        self.pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
+        self.pool = free_pool()
         self.env = dict(
             os.environ,
             STEM_HOME=str(self.home),
@@ -106,9 +107,29 @@ class HiveEnv:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
+        home = f"{self.home.resolve()}/"
+        for point in sorted(peering.mount_points(), reverse=True):  # peers' read-only `.shared` mounts
+            if point.startswith(home):
+                peering.unmount(point)
         firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
         claims.release(self.prefix)  # its claim on the prefix and pool (core/claims.py)
         reap_adopted()
+
+
+def free_pool() -> ipaddress.IPv4Network:
+    """A /20 for one test's hive that no other hive on this machine has claimed (other test sessions, a killed
+    run's leftovers) and that is not the snapshot tests' fixed pool."""
+    from ui_support import SNAPSHOT_POOL
+
+    taken = [SNAPSHOT_POOL]
+    with contextlib.suppress(OSError):
+        for path in claims.CLAIMS_DIR.iterdir():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                taken.append(ipaddress.IPv4Network(json.loads(path.read_text())["pool"]))
+    while True:
+        pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
+        if not any(pool.overlaps(other) for other in taken):
+            return pool
 
 
 def free_port() -> int:

@@ -102,3 +102,25 @@ def link_names(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
     return sorted(n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> str:
+    """A CLI refusal as a user must see it: exit 2, one line on stderr holding each of `expected`, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    line = result.stderr.strip()
+    assert "\n" not in line, f"more than one line: {line!r}"
+    assert "Traceback" not in line
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+    return line
+
+
+def use_fake_agent(env: dict[str, str]) -> Path:
+    """Make the fake agent the default agent of the hive `env` runs with (its config.toml); the file's path."""
+    fake = f"{sys.executable} {Path(__file__).parent / 'fake_agent.py'}"
+    config = Path(env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{fake}"\nresume = "{fake} --continue"\n'
+    )
+    return config

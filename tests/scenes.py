@@ -8,7 +8,6 @@ idle at its prompt, services ready) before the picture is taken.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from stem.widgets.spawn_form import SpawnForm
 from stem.widgets.terminal import TerminalView
 
 SIZE = (140, 40)
-DEMO_REPO = Path("/tmp/stem-demo/shop")
 DEMO_TOML = f"""\
 [colony]
 setup = ["echo installing dependencies", "echo 42 packages installed"]
@@ -43,11 +41,10 @@ README_AFTER = "# shop\n\nA small web shop.\n\n## Login\n\nUsers sign in with a 
 Step = Callable[[Any, StemApp, Hive], Awaitable[None]]
 
 
-def demo_repo(path: Path = DEMO_REPO) -> Path:
-    """The repository every scene branches from, at a fixed path with fixed content."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return make_repo(path, files=3, colony_toml=DEMO_TOML)
+def demo_repo(home: Path) -> Path:
+    """The repository every scene branches from, with fixed content, at `~/shop` of a throwaway home: the caller
+    points HOME at `home`, so the app shows the path as `~/shop` whatever folder the run got."""
+    return make_repo(home / "shop", files=3, colony_toml=DEMO_TOML)
 
 
 def scene_app(hive: Hive, repo: Path, theme: str = "stem-dark") -> StemApp:
@@ -60,6 +57,7 @@ def scene_app(hive: Hive, repo: Path, theme: str = "stem-dark") -> StemApp:
         cwd=repo,
         blink=False,
         close_hive=True,
+        live_figures=False,  # usage and preview routes vary run to run
     )
 
 

@@ -91,14 +91,17 @@ def test_operations_on_one_colony_run_in_order_and_others_in_parallel(hive_env, 
     asyncio.run(scenario())
 
 
-def test_stem_is_a_subreaper_and_reaps_adopted_orphans(hive_env, repo):
-    """A colony process that exits leaving a child behind: the child is re-parented to Stem, not PID 1, and reaped."""
+def test_stem_is_a_subreaper_and_reaps_adopted_orphans(hive_env, repo, tmp_path):
+    """A colony process that exits leaving a child behind: the child is re-parented to Stem, not PID 1, and reaped.
+    (Isolated colonies have their own PID namespace, whose init adopts and reaps: isolation is off here.)"""
     import os
 
     from core import procs
+    from core.settings import Settings
 
     async def scenario() -> None:
-        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        settings = Settings(path=tmp_path / "config.toml", isolation=False)
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, settings=settings)
         try:
             await hive.spawn("parent", repo)
             running = await hive.exec(

@@ -17,10 +17,13 @@ from ui_support import FAKE_AGENT, notified, screen_text, shows, test_hive, unti
 from core.procs import alive
 from core.settings import Settings, load_settings
 from stem.app import StemApp
+from stem.hive_view import Clock
 from stem.themes import SHIPPED_THEMES, load_themes
 from stem.widgets import spawn_form
 from stem.widgets.colonies import ColoniesList
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
+from stem.widgets.logs import LogLines
+from stem.widgets.main_view import MainView, TerminalPane
 from stem.widgets.spawn_form import SpawnForm
 from stem.widgets.terminal import TerminalView
 
@@ -34,11 +37,16 @@ def anyio_backend() -> str:
 
 @contextlib.asynccontextmanager
 async def stem_app(
-    hive_env: Any, repo: Path, *colonies: str, settings: Settings | None = None, size: tuple[int, int] = (140, 40)
+    hive_env: Any,
+    repo: Path,
+    *colonies: str,
+    settings: Settings | None = None,
+    size: tuple[int, int] = (140, 40),
+    clock: Clock | None = None,
 ) -> AsyncIterator[tuple[StemApp, Any, Any]]:
     """The app on a fresh hive with `colonies` spawned (running the fake agent); everything ends with the test."""
     hive = test_hive(hive_env)
-    app = StemApp(hive, settings, themes=load_themes([SHIPPED_THEMES]), cwd=repo, blink=False)
+    app = StemApp(hive, settings, themes=load_themes([SHIPPED_THEMES]), cwd=repo, blink=False, clock=clock)
     try:
         async with app.run_test(size=size) as pilot:
             for name in colonies:
@@ -384,7 +392,16 @@ async def test_keys_are_remapped_from_config(hive_env, repo, tmp_path):
         await pilot.press("n")
         await pilot.pause()
         assert not isinstance(app.screen, SpawnForm)
-        await pilot.press("a")
+        # The old key of a remapped binding does nothing anywhere: not on the list, not in another panel. Keys are
+        # handled in order, so once x has asked to destroy, every d before it has had its chance to.
+        asked: list[str] = []
+        app._prepare_destroy = lambda rec: asked.append(rec.name)  # type: ignore[method-assign]
+        await pilot.press("1", "d", "2", "d", "3", "d", "1", "x")
+        await until(pilot, lambda: asked, "x to ask to destroy")
+        assert asked == ["alpha"], "d still destroys after colony.destroy was remapped to x"
+        await pilot.press("2", "x")
+        await until(pilot, lambda: asked == ["alpha", "alpha"], "x to destroy from panel 2 as well")
+        await pilot.press("1", "a")
         await until(pilot, lambda: isinstance(app.screen, SpawnForm), "a to open the form")
 
 
@@ -438,12 +455,14 @@ async def test_restart_a_service_from_panel_2(hive_env, tmp_path):
         await until(pilot, lambda: shows(app, "web", "ready", ":3000", "svc 1/1"), "web ready in panels 1 and 2")
         before = hive.services("alpha")["web"].pid
         await pilot.press("2", "r")
-        await until(pilot, lambda: notified(app, "alpha: restarted web"), "the restart notification", timeout=30)
+        await until(pilot, lambda: notified(app, "alpha: restarted web (1 restart)"), "the notification", timeout=30)
         await until(pilot, lambda: hive.services("alpha")["web"].pid not in (None, before), "a new web process")
-        await until(pilot, lambda: shows(app, "ready", ":3000"), "web ready again")
+        await until(pilot, lambda: shows(app, "ready", ":3000", "↻1"), "web ready again, its restart counted")
+        await pilot.press("r")  # each restart the user asks for counts, as the supervisor's own do
+        await until(pilot, lambda: notified(app, "alpha: restarted web (2 restarts)"), "the count again", timeout=30)
+        await until(pilot, lambda: shows(app, "ready", ":3000", "↻2"), "two restarts in panel 2")
         await pilot.press("left_square_bracket")  # from panel 2: the tabs wrap round to Info
-        rec = hive.get("alpha")
-        await until(pilot, lambda: shows(app, f"http://{rec.ip}:3000/"), "the preview URL in Info")
+        await until(pilot, lambda: shows(app, "http://web-alpha.localhost:"), "the preview URL in Info")
 
 
 async def test_the_palette_runs_actions_on_the_selected_colony(hive_env, repo):
@@ -461,3 +480,89 @@ async def test_an_agent_waiting_for_the_user_is_announced(hive_env, repo):
         hive.agent("alpha").write(b"bell\r")
         await until(pilot, lambda: notified(app, "alpha's agent is waiting for you"), "the attention notification")
         await until(pilot, lambda: shows(app, "colony/alpha · attention"), "attention in panel 1")
+
+
+# ---------------------------------------------------------------------------------- first-day defects (issue 14)
+
+
+def hint_bar(app: StemApp) -> str:
+    """The bottom line: the key hints."""
+    return screen_text(app).splitlines()[-1]
+
+
+async def test_the_spawn_form_takes_the_keys_typed_after_n_and_the_hint_bar_shows_its_keys(hive_env, repo):
+    async with stem_app(hive_env, repo) as (app, pilot, _hive):
+        await until(pilot, lambda: shows(app, "Welcome to Stem"), "the welcome")
+        await pilot.press("n", *"fern")  # typed at once, as a user does: the name, in place of the suggested one
+        form = await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen, "the spawn form")
+        await until(pilot, lambda: form.value("name") == "fern", "the keys in the name field")
+        assert isinstance(app.focused, Input) and app.focused.id == "spawn-name"
+        await until(pilot, lambda: "spawn" in hint_bar(app) and "cancel" in hint_bar(app), "the form's keys")
+        assert "new" not in hint_bar(app) and "quit" not in hint_bar(app), hint_bar(app)
+        await pilot.press("escape")
+        await until(pilot, lambda: "n new" in hint_bar(app), "the list's keys back once the form is gone")
+
+
+async def test_cycling_tabs_never_types_into_the_agent(hive_env, repo):
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        main = app.query_one(MainView)
+        await pilot.press("right_square_bracket", "0")  # Logs, and into the main view
+        await until(pilot, lambda: main.tab == "logs" and isinstance(app.focused, LogLines), "the Logs tab focused")
+        # Round the tabs twice from inside the main view, past the Terminal tab each time.
+        for tab in ("diff", "info", "terminal", "logs", "diff", "info", "terminal"):
+            await pilot.press("right_square_bracket")
+            await until(pilot, lambda tab=tab: main.tab == tab, f"] to reach {tab}")
+            await pilot.pause()
+            assert not isinstance(app.focused, TerminalView), f"the terminal took the focus on the way to {tab}"
+        await until(pilot, lambda: isinstance(app.focused, TerminalPane), "the Terminal tab focused, not entered")
+        await until(pilot, lambda: "enter terminal" in hint_bar(app), "the hint to enter it")
+        await pilot.press("enter")  # entering is explicit
+        await until(pilot, lambda: isinstance(app.focused, TerminalView), "enter to give the agent the keys")
+        await pilot.press(*"typed", "enter")
+        await until(pilot, lambda: shows(app, "echo: "), "the agent's echo")
+        assert shows(app, "echo: typed"), f"keys other than the typed ones reached the agent:\n{screen_text(app)}"
+        assert hive.agent("alpha") is not None
+
+
+async def test_an_untracked_file_is_not_shown_as_added(hive_env, repo):
+    from helpers import git
+
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        worktree = Path(hive.get("alpha").worktree)
+        (worktree / "staged.txt").write_text("one\n")
+        git(worktree, "add", "staged.txt")
+        (worktree / "scratch.txt").write_text("two\n")
+        await until(pilot, lambda: shows(app, "A staged.txt", "? scratch.txt"), "the two kinds apart in panel 3")
+
+
+async def test_info_names_the_agent_colony_toml_chose(hive_env, tmp_path):
+    from helpers import make_repo
+
+    repo = make_repo(tmp_path / "withagent", colony_toml='[colony]\nagent = "shell"\n')
+    async with stem_app(hive_env, repo) as (app, pilot, hive):
+        await hive.spawn("alpha", repo)  # no --agent: colony.toml's agent
+        await until(pilot, lambda: "alpha" in listed(app), "alpha listed")
+        await pilot.press("left_square_bracket")  # the tabs wrap round to Info
+        await until(pilot, lambda: shows(app, "agent  shell  (colony.toml)"), "the agent colony.toml chose")
+        assert not shows(app, "agent  default")
+
+
+class SteppedClock(Clock):
+    """Real time, plus whatever the test adds."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.ahead
+
+
+async def test_ages_tick_without_rebuilding_the_list(hive_env, repo):
+    clock = SteppedClock()
+    async with stem_app(hive_env, repo, "alpha", clock=clock) as (app, pilot, _hive):
+        # No rebuild of the list from here on: an age that moves is the timer's update of the age cells alone.
+        app.query_one(ColoniesList).set_rows = lambda rows: None  # type: ignore[method-assign]
+        clock.ahead = 7 * 60
+        await until(pilot, lambda: shows(app, "running 7m"), "the age to move on", timeout=5)
+        clock.ahead = 3 * 3600
+        await until(pilot, lambda: shows(app, "running 3h"), "the age to move on again", timeout=5)

@@ -48,6 +48,7 @@ from core.host.protocol import (
     unpack,
     write_message,
 )
+from core.lifecycle import ColonyState
 from core.locations import HiveLayout
 from core.registry import Registry
 from core.screen import StemScreen
@@ -444,7 +445,11 @@ def register(home: Path, name: str, state: str) -> Path:
                 "prefixlen": 30,
             },
         )
-        registry.set_state(name, state)
+        # The way a colony gets there: the registry refuses a jump the lifecycle does not make.
+        steps = ("provisioning", "building", "starting", "running")
+        path = {"running": steps, "starting": steps[:3]}.get(state, (state,))
+        for step in path:
+            registry.set_state(name, ColonyState(step))
     finally:
         registry.close()
     layout.colony_dir(name).mkdir(parents=True, exist_ok=True)

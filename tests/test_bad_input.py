@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import shutil
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from helpers import git, link_names, make_repo, netns_names, run_stem, stem_cmd
+from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd
 
 pytestmark = pytest.mark.root
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    line = result.stderr.strip()
-    assert "\n" not in line, f"more than one line: {line!r}"
-    assert "Traceback" not in line
-    for text in expected:
-        assert text in line, f"{text!r} not in {line!r}"
-    return line
 
 
 def assert_nothing_made(hive_env, repo: Path | None = None, colonies: int = 0) -> None:
@@ -94,6 +89,8 @@ def test_base_ref_that_does_not_exist(hive_env, repo):
         ("[services.web]\ncommand = 'x'\nrestart = 'sometimes'\n", "colony.toml:3: [services.web] restart"),
         ("[services.web]\nport = 3000\n", "[services.web] command"),
         ("[services.web]\ncommand = 'x'\ndepends_on = ['db']\n", "colony.toml:3: [services.web] depends_on"),
+        ("a = " + "[" * 10_000 + "]" * 10_000, "colony.toml: invalid TOML: arrays, tables or keys nested too deeply"),
+        ("[colony]\nenv = " + "{a = " * 10_000 + "'x'" + "}" * 10_000, "colony.toml: invalid TOML: arrays, tables"),
     ],
 )
 def test_malformed_colony_toml_names_file_line_and_key(hive_env, tmp_path, toml, expected):
@@ -132,6 +129,15 @@ def test_bad_pool_in_config_file(hive_env, repo, tmp_path):
     env.pop("STEM_POOL")
     assert_refused(run_stem(env, "spawn", "x", "--repo", str(repo)), "config.toml:2: [hive] pool")
     assert_nothing_made(hive_env, repo)
+
+
+def test_deeply_nested_config_toml_is_one_line(hive_env, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[keys]\nx = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    env = {**hive_env.env, "STEM_CONFIG": str(config)}
+    assert_refused(run_stem(env, "ls"), f"{config}: invalid TOML: arrays, tables or keys nested too deeply")
+    config.write_text("[keys]\n" + "a." * 200 + "b = 'x'\n")
+    assert_refused(run_stem(env, "ls"), f"{config}:2: tables or arrays nested more than 32 deep")
 
 
 def test_missing_capabilities_says_exactly_what_is_needed(hive_env, repo):
@@ -233,3 +239,39 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         assert netns_names(hive_env.prefix) == []
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("command", ["serve", "logs"])
+def test_a_dead_terminal_gets_no_traceback(hive_env, repo, tmp_path, command):
+    """An SSH drop: stdout is a terminal whose other end is gone (EIO on every write), then SIGHUP."""
+    args = ["serve"]
+    if command == "logs":
+        assert run_stem(hive_env.env, "spawn", "tty", "--repo", str(repo)).returncode == 0
+        args = ["logs", "tty", "-f"]
+    master, slave = pty.openpty()
+    with (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen(
+            [*stem_cmd(), *args], env=hive_env.env, stdin=slave, stdout=slave, stderr=stderr, start_new_session=True
+        )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"\n" not in seen and time.monotonic() < deadline:  # the first line: it is up and has written
+        if select.select([master], [], [], 1)[0]:
+            seen += os.read(master, 4096)
+    assert b"\n" in seen, seen
+    os.close(master)  # the terminal is gone: the next write fails with EIO
+    if command == "logs":
+        # Lines it follows and writes; it may start following after the first ones, so a few.
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            with (hive_env.home / "colonies" / "tty" / "colony.log").open("a") as f:
+                f.write("12:00:00.000 [agent] written after the terminal went away\n")
+            time.sleep(0.2)
+        assert proc.poll() is not None  # the write failed (EIO) and it ended
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGHUP)
+    code = proc.wait(timeout=30)
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err and "Errno 5" not in err, err
+    assert code in (0, -signal.SIGHUP), (code, err)

@@ -206,6 +206,10 @@ def test_colony_toml_limits_apply_on_reload_without_restarting_and_config_toml_g
 @root
 def test_stop_ends_2000_processes_that_left_their_session_and_namespace(hive_env, tmp_path):
     fake_agent_config(hive_env)
+    # Leaving the colony's namespace needs privilege that an isolated colony lacks (tests/test_isolation.py): the
+    # stop is proved on a colony without isolation, where nothing but its cgroup holds what it started.
+    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.write_text(config.read_text().replace("[hive]\n", "[hive]\nisolation = false\n", 1))
     toml = (
         f'[colony]\nenv = {{ HOST_NET = "/proc/{os.getpid()}/ns/net" }}\n\n[services.swarm]\ncommand = "sh swarm.sh"\n'
     )

@@ -57,8 +57,19 @@ def test_untracked_files_count_as_added_lines(colony: tuple[Path, str]) -> None:
     (wt / "src").mkdir()
     (wt / "src/empty.py").write_text("")
     assert changed_files(wt, base) == (
-        FileChange("notes.md", "added", 3, 0),
-        FileChange("src/empty.py", "added", 0, 0),
+        FileChange("notes.md", "untracked", 3, 0),
+        FileChange("src/empty.py", "untracked", 0, 0),
+    )
+
+
+def test_an_untracked_file_reads_apart_from_a_staged_new_one(colony: tuple[Path, str]) -> None:
+    wt, base = colony
+    (wt / "staged.txt").write_text("one\n")
+    (wt / "untracked.txt").write_text("two\n")
+    git(wt, "add", "staged.txt")
+    assert changed_files(wt, base) == (
+        FileChange("staged.txt", "added", 1, 0),
+        FileChange("untracked.txt", "untracked", 1, 0),
     )
 
 
@@ -93,7 +104,7 @@ def test_an_unstaged_move_is_a_delete_and_an_add_until_staged(colony: tuple[Path
     wt, base = colony
     (wt / "numbers.txt").rename(wt / "moved.txt")
     assert changed_files(wt, base) == (
-        FileChange("moved.txt", "added", 20, 0),
+        FileChange("moved.txt", "untracked", 20, 0),
         FileChange("numbers.txt", "deleted", 0, 20),
     )
     git(wt, "add", "-A")
@@ -105,7 +116,7 @@ def test_binary_files_have_no_line_counts(colony: tuple[Path, str]) -> None:
     (wt / "image.bin").write_bytes(bytes(range(256)) * 5)
     (wt / "blob.dat").write_bytes(b"text first\n\0 then a NUL")
     assert changed_files(wt, base) == (
-        FileChange("blob.dat", "added", 0, 0),
+        FileChange("blob.dat", "untracked", 0, 0),
         FileChange("image.bin", "modified", 0, 0),
     )
 
@@ -138,9 +149,9 @@ def test_paths_with_spaces_unicode_and_control_characters(colony: tuple[Path, st
     (wt / "line\nbreak.txt").write_text("x\n")
     git(wt, "mv", "dir0/file0.txt", "dir0/fïle 0.txt")
     assert changed_files(wt, base) == (
-        FileChange("dir with space/ünï cødé файл.txt", "added", 2, 0),
+        FileChange("dir with space/ünï cødé файл.txt", "untracked", 2, 0),
         FileChange("dir0/fïle 0.txt", "renamed", 0, 0),
-        FileChange("line\nbreak.txt", "added", 1, 0),
+        FileChange("line\nbreak.txt", "untracked", 1, 0),
         FileChange(odd, "added", 2, 0),
     )
 
@@ -273,7 +284,7 @@ def test_watcher_follows_the_worktree_and_ignores_what_git_ignores(colony: tuple
             assert queue.get_nowait() == ChangesUpdated("x", ())
 
             (wt / "hello.txt").write_text("one\ntwo\n")
-            expected = (FileChange("hello.txt", "added", 2, 0),)
+            expected = (FileChange("hello.txt", "untracked", 2, 0),)
             event = await next_change(queue, lambda files: files == expected)
             assert event.colony == "x" and watcher.files == expected
 
@@ -338,7 +349,7 @@ def test_watcher_survives_a_file_name_that_is_not_utf8(colony: tuple[Path, str])
             for lines in range(1, 6):
                 with open(os.path.join(os.fsencode(wt), b"latin-\xe9.txt"), "ab") as handle:
                     handle.write(b"caf\xe9\n")
-                expected = FileChange(bad, "added", lines, 0)
+                expected = FileChange(bad, "untracked", lines, 0)
                 await next_change(queue, lambda files, e=expected: by_path(files).get(bad) == e, others)
             assert not [e for e in others if isinstance(e, Notice)]
 

@@ -9,20 +9,11 @@ import subprocess
 
 import pytest
 from conftest import HiveEnv
-from helpers import make_repo, netns_names, run_stem
+from helpers import assert_refused, make_repo, netns_names, run_stem
 
 from core import claims
 
 pytestmark = pytest.mark.root
-
-
-def refused(result: subprocess.CompletedProcess[str], *expected: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    line = result.stderr.strip()
-    assert "\n" not in line and "Traceback" not in line, line
-    for text in expected:
-        assert text in line, f"{text!r} not in {line!r}"
-    return line
 
 
 @pytest.fixture
@@ -40,7 +31,9 @@ def test_a_second_hive_with_the_same_prefix_is_refused_and_touches_nothing(hive_
     other.prefix = hive_env.prefix  # STEM_HOME set in one shell and not in another: same prefix, two hives
     other.env["STEM_PREFIX"] = hive_env.prefix
     for args in (("spawn", "theirs", "--repo", str(repo)), ("gc",), ("ls",)):
-        refused(run_stem(other.env, *args), f"prefix {hive_env.prefix!r} belongs to the hive at", str(hive_env.home))
+        assert_refused(
+            run_stem(other.env, *args), f"prefix {hive_env.prefix!r} belongs to the hive at", str(hive_env.home)
+        )
     assert netns_names(hive_env.prefix) == before
     listed = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listed] == [("mine", "running")]
@@ -51,7 +44,7 @@ def test_a_second_hive_whose_pool_overlaps_is_refused(hive_env, other, tmp_path)
     repo = make_repo(tmp_path / "repo")
     assert run_stem(hive_env.env, "spawn", "mine", "--repo", str(repo)).returncode == 0
     other.env["STEM_POOL"] = str(hive_env.pool.supernet(new_prefix=16))
-    refused(run_stem(other.env, "spawn", "theirs", "--repo", str(repo)), "overlaps", str(hive_env.home))
+    assert_refused(run_stem(other.env, "spawn", "theirs", "--repo", str(repo)), "overlaps", str(hive_env.home))
     assert netns_names(other.prefix) == []
 
 
@@ -78,7 +71,7 @@ def test_the_claim_of_a_hive_that_is_gone_is_taken_over(hive_env, other, tmp_pat
 )
 def test_pools_no_colony_should_use_are_refused(hive_env, pool, why):
     env = {**hive_env.env, "STEM_POOL": pool}
-    refused(run_stem(env, "ls"), f"the pool {pool} {why}", "STEM_POOL")
+    assert_refused(run_stem(env, "ls"), f"the pool {pool} {why}", "STEM_POOL")
 
 
 def test_a_pool_over_the_hosts_own_network_is_refused(hive_env):
@@ -88,7 +81,7 @@ def test_a_pool_over_the_hosts_own_network_is_refused(hive_env):
         subprocess.run(["ip", "addr", "add", "10.177.3.1/24", "dev", lan], check=True)
         subprocess.run(["ip", "link", "set", lan, "up"], check=True)
         env = {**hive_env.env, "STEM_POOL": "10.177.0.0/16"}
-        refused(run_stem(env, "ls"), f"overlaps the host's network 10.177.3.0/24 on {lan}")
+        assert_refused(run_stem(env, "ls"), f"overlaps the host's network 10.177.3.0/24 on {lan}")
     finally:
         subprocess.run(["ip", "link", "del", lan], check=False)
 

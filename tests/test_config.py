@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import textwrap
 from pathlib import Path
 
@@ -10,16 +11,19 @@ import pytest
 import tomli
 
 from core.config import (
+    NOT_IN_FILE,
     ColonyConfig,
     Limits,
     ServiceSpec,
-    TomlLocator,
+    in_file,
+    known_keys,
     load_colony_config,
     parse_colony_config,
     service_start_order,
 )
 from core.egress import Egress
 from core.errors import ConfigError
+from core.toml_doc import TomlLocator
 
 FULL = """\
 [colony]
@@ -98,7 +102,6 @@ def test_full_example_parses_into_every_field() -> None:
 @pytest.mark.parametrize(
     ("table", "why"),
     [
-        ('[peering]\nexclude = ["node_modules"]', "read-only peering is not built yet"),
         ('[terminal]\ncommand = "bash"', "Stem opens no extra shell in a colony yet"),
     ],
 )
@@ -166,7 +169,7 @@ def test_unknown_key_names_line_and_known_keys() -> None:
         agent = "claude"
         bogus = 1
         """)
-        == "colony.toml:3: [colony] bogus: unknown key (known: agent, setup, build, env)"
+        == "colony.toml:3: [colony] bogus: unknown key (known: agent, setup, build, env, pass_env)"
     )
 
 
@@ -614,3 +617,76 @@ def test_locator_finds_every_value_tomli_reads() -> None:
         ("products", 1, "sku"): 21,
         ("owner", "sub", "k"): 23,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x = " + "[" * 10_000 + "]" * 10_000, "colony.toml: invalid TOML: arrays, tables or keys nested too deeply"),
+        ("x = " + "{a = " * 10_000 + "1" + "}" * 10_000, "colony.toml: invalid TOML: arrays, tables or keys nested"),
+        ("[colony]\n" + "a." * 5_000 + "b = 1", "colony.toml: invalid TOML: arrays, tables or keys nested"),
+        ("\n[colony]\nsetup = " + "[" * 300 + "]" * 300, "colony.toml:3: tables or arrays nested more than 32 deep"),
+        ("[colony]\n" + "a." * 100 + "b = 1", "colony.toml:2: tables or arrays nested more than 32 deep"),
+    ],
+)
+def test_deep_nesting_is_one_line_naming_the_file(text: str, expected: str) -> None:
+    assert error_of(text).startswith(expected)
+
+
+def test_a_value_with_a_line_break_stays_on_one_line_in_the_error() -> None:
+    assert error_of('[services.x]\ncommand = "a"\nrestart = """no\nx"""\n') == (
+        "colony.toml:3: [services.x] restart: must be one of no, on-failure, always (got 'no\\nx')"
+    )
+
+
+def test_fuzzed_files_give_one_line_errors_or_a_config(tmp_path: Path) -> None:
+    """200 mutations of valid files (random bytes in, bytes out, truncation, openers repeated): each one either
+    parses or is refused with a one-line ConfigError naming the file; nothing else escapes."""
+    rng = random.Random(14)
+    seeds = [FULL.encode(), b'[colony]\nagent = "shell"\nenv = { A = "1", B = "" }\n[services.w]\ncommand = "x"\n']
+    openers = [b"[", b"{a=", b'"', b"\n", b"'''", b"=", b"a."]
+    snippets = [b"[services.z]\n", b"port = 99999\n", b"x.y.z = [[1]]\n", b"\\u0000", b'restart = "a\\nb"\n']
+    path = tmp_path / "colony.toml"
+    refused = 0
+    for _ in range(200):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data) + 1)
+            move = rng.randrange(5)
+            if move == 0:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            elif move == 1:
+                del data[at : at + rng.randint(1, 16)]
+            elif move == 2:
+                del data[at:]
+            elif move == 3:
+                data[at:at] = rng.choice(openers) * rng.randint(1, 2_000)
+            else:
+                data[at:at] = rng.choice(snippets)
+        path.write_bytes(bytes(data))
+        try:
+            load_colony_config(tmp_path)
+        except ConfigError as exc:
+            refused += 1
+            message = str(exc)
+            assert "\n" not in message and "\r" not in message, message
+            assert message.startswith(str(path)), message
+    assert refused > 100  # the mutations do break most files
+
+
+def test_known_keys_come_from_the_schema() -> None:
+    @dataclasses.dataclass
+    class Schema:
+        path: str = dataclasses.field(default="", metadata=NOT_IN_FILE)
+        alpha: int = 0
+        beta: int = dataclasses.field(default=0, metadata=in_file("table", "b"))
+        gamma: int = dataclasses.field(default=0, metadata=in_file("table", "inner", "g"))
+        delta: int = dataclasses.field(default=0, metadata=in_file("other"))
+
+    assert known_keys(Schema) == ("alpha", "table", "other")
+    assert known_keys(Schema, ("table",)) == ("b", "inner")
+    assert known_keys(Schema, ("table", "inner")) == ("g",)
+    assert known_keys(ColonyConfig)[:2] == ("colony", "services")
+    assert {"agent", "setup", "build", "env"} <= set(known_keys(ColonyConfig, ("colony",)))
+    assert "name" not in known_keys(ServiceSpec)
+    assert "ready_timeout" in known_keys(ServiceSpec)

@@ -8,12 +8,11 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, make_repo, run_stem, wait_for
+from helpers import http_get, make_repo, run_stem, use_fake_agent, wait_for
 from test_e2e_tmux import COLS, ROWS, Tmux, stem_command
 
 from core.host.paths import HostPaths
@@ -21,7 +20,6 @@ from core.host.protocol import Connection, Keys
 
 pytestmark = pytest.mark.root
 
-HERE = Path(__file__).parent
 TOML = """\
 [colony]
 setup = ["echo setup-ran-for-$COLONY_NAME"]
@@ -62,12 +60,7 @@ class Panes(Tmux):
 
 @pytest.fixture
 def setup(hive_env, tmp_path):
-    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{sys.executable} {HERE / "fake_agent.py"}"\n'
-        f'resume = "{sys.executable} {HERE / "fake_agent.py"} --continue"\n'
-    )
+    use_fake_agent(hive_env.env)
     repo = make_repo(tmp_path / "repo", colony_toml=TOML)
     env = dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path))
     panes = Panes(env)

@@ -7,14 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import use_fake_agent, wait_for
 
 pytestmark = pytest.mark.root
 
-HERE = Path(__file__).parent
 COLS, ROWS = 140, 40
 
 
@@ -66,12 +64,7 @@ def stem_command() -> str:
 def tmux(hive_env, repo, tmp_path):
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: apt-get install tmux")
-    config = tmp_path / "config" / "stem" / "config.toml"
-    config.parent.mkdir(parents=True)
-    # The fake agent is the default agent, so the form needs no typing to run it.
-    config.write_text(
-        f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{sys.executable} {HERE / "fake_agent.py"}"\n'
-    )
+    use_fake_agent(hive_env.env)  # the default agent, so the form needs no typing to run it
     # The server's socket lives in the test's own folder, so nothing of it outlives the test.
     env = dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path))
     server = Tmux(env)

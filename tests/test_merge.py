@@ -395,7 +395,7 @@ def test_diff_shows_committed_and_uncommitted_work_against_the_target(hive_env, 
     assert out["base"] == git(project, "merge-base", "main", "colony/alpha").strip()
     assert [(f["path"], f["status"], f["added"], f["removed"], f["uncommitted"]) for f in out["files"]] == [
         ("app.txt", "modified", 1, 1, False),
-        ("brand-new.txt", "added", 2, 0, True),
+        ("brand-new.txt", "untracked", 2, 0, True),
         ("other.txt", "modified", 1, 1, True),
     ]
     assert "+committed" in out["diff"]

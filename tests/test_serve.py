@@ -211,7 +211,7 @@ def test_changed_files_are_live_under_the_owner(hive_env, repo):
                         return event
 
             event = await asyncio.wait_for(update_with_new_file(), timeout=15)
-            assert [(f.path, f.status, f.added, f.removed) for f in event.files] == [("new.txt", "added", 2, 0)]
+            assert [(f.path, f.status, f.added, f.removed) for f in event.files] == [("new.txt", "untracked", 2, 0)]
             assert await hive.changes("watched") == event.files
             assert "+two" in await hive.diff("watched", "new.txt")
             await hive.stop("watched")

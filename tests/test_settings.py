@@ -118,7 +118,11 @@ colony.new = "N"
         ('[hive]\npool = "10.0.0.0/30"\n', "2: [hive] pool: must be /29 or wider to hold a colony (got "),
         ("[hive]\npool = 10\n", "2: [hive] pool: must be a string (got integer 10)"),
         ('[hive]\ntheme = ""\n', "2: [hive] theme: must not be empty"),
-        ("[hive]\ncolour = 1\n", "2: [hive] colour: unknown key (known: pool, theme, default_agent)"),
+        (
+            "[hive]\ncolour = 1\n",
+            "2: [hive] colour: unknown key; did you mean 'colony_uid'? (known: pool, theme, default_agent, "
+            "peer_exclude, isolation, colony_uid, agent_files)",
+        ),
         ('\n[hivve]\ntheme = "x"\n', "2: [hivve]: unknown table (known tables: hive, network, agents, keys"),
         ('theme = "x"\n', "1: theme: unknown key at top level (known tables: hive, network, agents, keys"),
         ('[agents.new]\nresume = "x"\n', '1: [agents.new] command: missing (how to start this agent, e.g. "my-'),

@@ -14,9 +14,10 @@ pytestmark = pytest.mark.root
 
 
 @pytest.mark.parametrize("name", list(SCENES))
-def test_snapshot(name, hive_env, snap_compare):
+def test_snapshot(name, hive_env, snap_compare, tmp_path, monkeypatch):
     scene = SCENES[name]
-    repo = demo_repo()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the app shows the repository as ~/shop
+    repo = demo_repo(tmp_path / "home")
     hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=SNAPSHOT_POOL, stop_grace=2.0)
     app = scene_app(hive, repo, theme=scene.theme)
 

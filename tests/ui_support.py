@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.hive import Hive
+from stem.textual_private import notifications, screen_strips
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -43,7 +44,7 @@ async def until(pilot: Any, predicate: Callable[[], T], what: str, timeout: floa
 
 def screen_text(app: Any) -> str:
     """Everything on the app's active screen now, as plain text: what a user would read."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+    return "\n".join(strip.text for strip in screen_strips(app.screen))
 
 
 def shows(app: Any, *texts: str) -> bool:
@@ -53,4 +54,4 @@ def shows(app: Any, *texts: str) -> bool:
 
 def notified(app: Any, text: str) -> bool:
     """A notification (toast) containing `text` is showing."""
-    return any(text in note.message for note in app._notifications)
+    return any(text in note.message for note in notifications(app))

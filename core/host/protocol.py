@@ -394,12 +394,6 @@ def _general_runs(datas: list[str], keys: list[StyleKey], styles: StyleTable) ->
     return out
 
 
-def decode_row(wire: object, styles: list[object], columns: int, blank: Char, what: str = "a row") -> list[Char]:
-    """The cells of an encoded row, padded with `blank` to exactly `columns`; `styles` is the `wire` of the
-    `StyleTable` it was encoded with."""
-    return _decode_row(wire, _decode_styles(styles, what), columns, blank, what)
-
-
 def _decode_row(wire: object, makers: list[CellMaker], columns: int, blank: Char, what: str) -> list[Char]:
     if not isinstance(wire, list) or len(wire) % 2:
         raise ProtocolError(f"{what} should be a list of segment and style pairs")

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import procs
+from core import procs, sandbox
 from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
@@ -169,10 +169,12 @@ class ColonyHost:
             # An agent that ran before (a stop, a crash of the previous host) comes back in its resume form.
             history = await asyncio.to_thread(self.registry.events, self.name)
             resume = any(kind == "agent-started" for _c, _at, kind, _m in history)
+            box = await asyncio.to_thread(sandbox.for_colony, rec, settings, self.layout.home)
             runtime = ColonyRuntime(
                 rec,
                 config,
-                env=colony_env(rec),
+                env=colony_env(rec, sandbox=box, pass_env=config.pass_env),
+                sandbox=box,
                 colony_log=self.colony_log,
                 registry=self.registry,
                 emit=self._on_event,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from textual import on
 from textual.app import ComposeResult
@@ -14,6 +15,7 @@ from textual.widgets.option_list import Option
 from stem.keys import bind
 from stem.messages import ColonySelected, OpenTerminal
 from stem.widgets.side_panels import PanelList
+from stem.widgets.work_badges import WorkBadge, merge_parts, overlap_part, usage_part
 
 __all__ = ["ColoniesList", "ColoniesPanel", "ColonyRow", "state_badge"]
 
@@ -45,6 +47,7 @@ class ColonyRow:
     services: int = 0
     services_failed: int = 0
     note: str = ""  # in place of the second line's details (a failed spawn: nothing of it is left)
+    work: WorkBadge | None = None  # ahead/behind, merges clean or conflicts, overlaps, usage
 
 
 def state_badge(state: str) -> Content:
@@ -69,6 +72,11 @@ def _prompt(row: ColonyRow, width: int) -> Content:
     if row.note:
         return Content("\n").join([first, Content("  ").append(Content.styled(row.note, "$text-muted"))])
     parts: list[Content] = [Content.styled(row.branch, "$text-muted")]
+    work = row.work or WorkBadge()
+    parts += merge_parts(work)
+    overlap = overlap_part(work)
+    if overlap is not None:
+        parts.append(overlap)
     if row.activity:
         style = _ACTIVITY_STYLE.get(row.activity, "$text-muted")
         parts.append(Content.styled(row.activity, style))
@@ -76,10 +84,13 @@ def _prompt(row: ColonyRow, width: int) -> Content:
         style = "$error" if row.services_failed else ("$success" if row.services_up == row.services else "$warning")
         parts.append(Content.styled(f"svc {row.services_up}/{row.services}", style))
     second = Content("  ").append(Content(" · ").join(parts))
-    if row.title:
+    if row.title:  # what the agent says it does, before the usage figures (Info has those too)
         room = max(1, width - 2 - second.cell_length - 3)
         title = row.title if len(row.title) <= room else row.title[: room - 1] + "…"
         second = Content(" · ").join([second, Content.styled(title, "italic $text-muted")])
+    usage = usage_part(work)
+    if usage is not None and second.cell_length + 3 + usage.cell_length <= width - 2:
+        second = Content(" · ").join([second, usage])
     return Content("\n").join([first, second])
 
 
@@ -93,6 +104,9 @@ class ColoniesList(PanelList):
         bind("colony.stop_start", "app.stop_start"),
         bind("colony.destroy", "app.destroy"),
         bind("colony.filter"),
+        bind("colony.merge", "app.merge"),
+        bind("colony.commit", "app.commit"),
+        bind("colony.sync", "app.sync"),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -105,8 +119,37 @@ class ColoniesList(PanelList):
         """Show `rows` (filtered), keeping the highlighted colony highlighted. Rows as shown already are kept."""
         if rows == self.rows and self.option_count:
             return
-        self.rows = rows
+        before, self.rows = self.rows, rows
+        if self.option_count and [r.name for r in rows] == [r.name for r in before]:
+            # The same colonies: only the rows that read differently get a new prompt (a usage tick or a merge
+            # status changes a few rows; a rebuild of the whole list would cost a frame of every row).
+            changed = {new.name: new for old, new in zip(before, rows, strict=True) if old != new}
+            width = self._width()
+            for index in range(self.option_count):
+                row = changed.get(str(self.get_option_at_index(index).id))
+                if row is not None:
+                    self.replace_option_prompt_at_index(index, self._prompt(row, width))
+            return
         self._rebuild()
+
+    def set_ages(self, ages: Mapping[str, str]) -> None:
+        """The colonies' ages now, by name: only the rows whose age reads differently get a new prompt; the list is
+        not rebuilt (a timer calls this every second)."""
+        changed: dict[str, ColonyRow] = {}
+        for index, row in enumerate(self.rows):
+            age = ages.get(row.name)
+            if age is not None and age != row.age:
+                self.rows[index] = changed[row.name] = replace(row, age=age)
+        if not changed:
+            return
+        width = self._width()
+        for index in range(self.option_count):
+            aged = changed.get(str(self.get_option_at_index(index).id))
+            if aged is not None:
+                self.replace_option_prompt_at_index(index, self._prompt(aged, width))
+
+    def _width(self) -> int:
+        return max(20, self.scrollable_content_region.width or 36)
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text.strip().lower()
@@ -114,7 +157,7 @@ class ColoniesList(PanelList):
 
     def _rebuild(self) -> None:
         keep = self.selected
-        width = max(20, self.scrollable_content_region.width or 36)
+        width = self._width()
         shown = [r for r in self.rows if self.filter_text in r.name.lower() or self.filter_text in r.branch.lower()]
         with self.app.batch_update():
             self.clear_options()
@@ -161,6 +204,8 @@ class ColoniesList(PanelList):
 class ColoniesPanel(Vertical):
     """Panel 1, titled with its number; `/` opens the filter line above the list."""
 
+    BINDINGS = [bind("colony.filter_clear")]
+
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter colonies…", id="colony-filter", classes="hidden", disabled=True)
         yield ColoniesList(id="colony-list")
@@ -189,7 +234,7 @@ class ColoniesPanel(Vertical):
             event.input.disabled = True
         self.query_one(ColoniesList).focus()
 
-    def key_escape(self) -> None:
+    def action_clear_filter(self) -> None:
         """Escape in the filter clears it."""
         box = self.query_one("#colony-filter", Input)
         if box.has_focus or box.value:

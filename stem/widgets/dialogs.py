@@ -6,7 +6,6 @@ from collections.abc import Iterable
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
@@ -22,8 +21,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     BINDINGS = [
         bind("dialog.cancel"),
-        Binding("n", "cancel", "no", show=False),
-        Binding("y", "confirm", "yes", id="dialog.confirm"),
+        bind("dialog.no"),
+        bind("dialog.confirm"),
     ]
 
     def __init__(self, title: str, body: Content | str, confirm: str, *, danger: bool = True, id: str | None = None):
@@ -58,7 +57,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class HelpScreen(ModalScreen[None]):
     """The keys active where the focus was when `?` was pressed, with their binding ids for config.toml."""
 
-    BINDINGS = [bind("dialog.cancel", "close"), Binding("question_mark,q", "close", "close", show=False)]
+    BINDINGS = [bind("dialog.cancel", "close"), bind("help.close")]
 
     def __init__(self, context: str, rows: Iterable[tuple[str, str, str]]) -> None:
         super().__init__()

@@ -14,7 +14,11 @@ __all__ = ["DiffView"]
 class DiffView(RichLog):
     """A unified diff; colours come from the theme (component classes), so it restyles with the theme."""
 
-    BINDINGS = [bind("list.down", "scroll_down"), bind("list.up", "scroll_up")]
+    BINDINGS = [
+        bind("list.down", "scroll_down"),
+        bind("list.up", "scroll_up"),
+        bind("diff.target", "app.toggle_diff_target"),
+    ]
 
     COMPONENT_CLASSES = {"diff--added", "diff--removed", "diff--hunk", "diff--header", "diff--note"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.content import Content
+from textual.screen import Screen
 from textual.widgets import Static
 
 from stem.keys import RELEASE_KEY_DISPLAY
@@ -11,14 +12,26 @@ __all__ = ["HintBar"]
 
 
 class HintBar(Static):
-    """Rebuilt whenever the screen's active bindings change (focus moves, a panel appears)."""
+    """Rebuilt whenever the active screen's bindings change (focus moves, a panel appears, a dialog opens): the
+    keys shown are those of the screen on top (the spawn form's while it is open), not of the screen beneath."""
 
     def on_mount(self) -> None:
-        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
-        self.call_after_refresh(self.update_hints)
+        self._watched: Screen[object] | None = None
+        self.app.screen_change_signal.subscribe(self, self._screen_changed)
+        self._screen_changed(self.app.screen)
 
     def on_unmount(self) -> None:
-        self.screen.bindings_updated_signal.unsubscribe(self)
+        self.app.screen_change_signal.unsubscribe(self)
+        if self._watched is not None:
+            self._watched.bindings_updated_signal.unsubscribe(self)
+
+    def _screen_changed(self, screen: Screen[object]) -> None:
+        if screen is not self._watched:
+            if self._watched is not None:
+                self._watched.bindings_updated_signal.unsubscribe(self)
+            self._watched = screen
+            screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+        self.call_after_refresh(self.update_hints)
 
     def _bindings_changed(self, _screen: object) -> None:
         self.update_hints()
@@ -39,7 +52,7 @@ class HintBar(Static):
             return
         parts: list[Content] = []
         seen: set[str] = set()
-        for key, active in self.screen.active_bindings.items():
+        for key, active in self.app.screen.active_bindings.items():
             binding = active.binding
             if not binding.show or not active.enabled or binding.description in seen:
                 continue

@@ -30,6 +30,12 @@ def _facts(name: str, rows: Iterable[tuple[str, str]], reason: str) -> list[Cont
     return parts
 
 
+def _agent(choice: tuple[str, str, str]) -> str:
+    """shell (colony.toml) · runs /bin/bash: the agent, where it was chosen, and what its host started."""
+    spec, source, command = choice
+    return f"{spec}  ({source})" + (f"  · runs {command}" if command and command != spec else "")
+
+
 class InfoView(VerticalScroll, can_focus=True):
     BINDINGS = [bind("list.down", "scroll_down"), bind("list.up", "scroll_up")]
 
@@ -47,7 +53,14 @@ class InfoView(VerticalScroll, can_focus=True):
         transitions: Iterable[Transition] = (),
         services: Mapping[str, ServiceView] | None = None,
         errors: Iterable[tuple[float, str]] = (),
+        *,
+        sections: Iterable[Content] = (),
+        preview: Mapping[str, str] | None = None,
+        preview_note: str = "",
+        agent: tuple[str, str, str] | None = None,
     ) -> None:
+        """`sections`: lines shown after the facts (work, resources); `preview`: service -> URL through the hive's
+        preview port (None: not looked up, the colony's own address is shown); `agent`: the hive's agent_choice."""
         if rec is None:
             self.body.update(Content.styled("no colony selected", "$text-muted"))
             return
@@ -59,19 +72,32 @@ class InfoView(VerticalScroll, can_focus=True):
             ("repository", rec.repo),
             ("worktree", rec.worktree),
             ("database", rec.db_path),
-            ("agent", rec.agent or "default"),
+            ("agent", _agent(agent) if agent is not None else rec.agent or "default"),
         ]
         if rec.task:
             rows.append(("task", rec.task))
         rows.append(("created", self.clock.when(rec.created_at)))
         parts = _facts(rec.name, rows, rec.reason)
 
-        urls = [f"http://{rec.ip}:{view.port}/  ({name})" for name, view in (services or {}).items() if view.port]
+        parts += list(sections)
         parts += [Content(""), Content.styled("Preview", "bold")]
-        if urls:
-            parts += [Content(f"  {url}") for url in urls]
-        else:
+        ported = [(name, view.port) for name, view in (services or {}).items() if view.port]
+        for name, url in sorted((preview or {}).items()):
+            parts.append(
+                Content.assemble(
+                    "  ", Content.styled(url, "bold $accent"), Content.styled(f"  ({name})", "$text-muted")
+                )
+            )
+        for name, port in ported:
+            if preview is not None and name in preview:
+                continue
+            direct = Content.assemble(f"  http://{rec.ip}:{port}/", Content.styled(f"  ({name}", "$text-muted"))
+            waiting = " · no route yet" if preview is not None and rec.state == "running" else ""
+            parts.append(direct.append(Content.styled(f"{waiting})", "$text-muted")))
+        if not ported and not preview:
             parts.append(Content.styled("  no service with a port", "$text-muted"))
+        if preview_note:
+            parts.append(Content.styled(f"  {preview_note}", "$warning"))
 
         parts += self._timeline(transitions)
         parts += self._errors(errors)

@@ -447,6 +447,8 @@ def _seq(line: _Line) -> int:
 class LogsView(Vertical):
     """Status line (colony, source filter, follow, search), a search box, and the lines."""
 
+    BINDINGS = [bind("logs.search_clear")]
+
     def __init__(self, clock: Clock, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.clock = clock
@@ -546,7 +548,7 @@ class LogsView(Vertical):
             event.input.disabled = True
         self._lines.focus()
 
-    def key_escape(self) -> None:
+    def action_clear_search(self) -> None:
         box = self.query_one("#logs-search", Input)
         if box.has_focus or box.value:
             box.value = ""

@@ -8,14 +8,23 @@ from textual.widget import Widget
 from textual.widgets import Static, TabbedContent, TabPane, Tabs
 
 from stem.hive_view import Clock
+from stem.keys import bind
+from stem.textual_private import realign_tabs
 from stem.widgets.diff import DiffView
 from stem.widgets.info import InfoView
 from stem.widgets.logs import LogLines, LogsView
 from stem.widgets.terminal import TerminalView
 
-__all__ = ["TABS", "MainView"]
+__all__ = ["TABS", "MainView", "TerminalPane"]
 
 TABS = ("terminal", "logs", "diff", "info")
+
+
+class TerminalPane(TabPane, can_focus=True):
+    """The Terminal tab. Focused (by `[`/`]` or tab), it shows the agent and keeps the panels' keys: the terminal
+    takes the keys only when entered, so a user cycling tabs never types into the agent."""
+
+    BINDINGS = [bind("terminal.enter", "app.enter_terminal")]
 
 
 class MainView(Vertical):
@@ -27,7 +36,7 @@ class MainView(Vertical):
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabs", initial="tab-terminal"):
-            with TabPane("Terminal", id="tab-terminal"):
+            with TerminalPane("Terminal", id="tab-terminal"):
                 yield Static("", id="no-agent")
                 yield TerminalView(id="terminal")
             with TabPane("Logs", id="tab-logs"):
@@ -49,9 +58,8 @@ class MainView(Vertical):
         return active.removeprefix("tab-") if active else "terminal"
 
     def realign_tabs(self) -> None:
-        """Put the active tab's underline under it. Private Textual API (its own resize handler calls it), bounded
-        by the textual<9 pin in pyproject.toml."""
-        self.query_one(Tabs)._highlight_active(animate=False)
+        """Put the active tab's underline under it."""
+        realign_tabs(self.query_one(Tabs))
 
     def switch(self, tab: str) -> None:
         self.query_one(TabbedContent).active = f"tab-{tab}"
@@ -61,12 +69,13 @@ class MainView(Vertical):
         self.switch(tab)
         return tab
 
-    def focus_target(self) -> Widget:
-        """What gets the focus when the user jumps to the main view."""
+    def focus_target(self, enter: bool = True) -> Widget:
+        """What gets the focus when the user jumps to the main view (`enter`: the terminal itself, which then
+        takes every key; else its pane, where enter goes in)."""
         tab = self.tab
         if tab == "terminal":
             terminal = self.query_one(TerminalView)
-            return terminal if terminal.display else self.query_one("#no-agent", Static)
+            return terminal if enter and terminal.display else self.query_one(TerminalPane)
         if tab == "logs":
             return self.query_one(LogLines)
         if tab == "diff":

@@ -10,6 +10,7 @@ from textual.content import Content
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
+from core.overlap import OverlapLevel
 from stem.keys import bind
 from stem.messages import FileSelected
 
@@ -27,8 +28,25 @@ _SERVICE_STYLE = {
     "failed": "$error",
     "stopped": "$text-muted",
 }
-_STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R"}
-_STATUS_STYLE = {"added": "$success", "modified": "$warning", "deleted": "$error", "renamed": "$accent"}
+# An untracked file (never added: git status's `??`) reads apart from one added to the index or committed (A).
+_STATUS_LETTER = {"added": "A", "modified": "M", "deleted": "D", "renamed": "R", "untracked": "?"}
+_STATUS_STYLE = {
+    "added": "$success",
+    "modified": "$warning",
+    "deleted": "$error",
+    "renamed": "$accent",
+    "untracked": "$text-muted",
+}
+
+
+def _overlap_mark(found: tuple[OverlapLevel, tuple[str, ...]] | None) -> Content:
+    """`  ⚠ beech` (beech changes the file too) or `  ‼ beech` (the same lines: the merges will conflict)."""
+    if found is None:
+        return Content("")
+    level, others = found
+    if level == OverlapLevel.HUNK:
+        return Content.styled(f"  ‼ same lines as {', '.join(others)}", "bold $error")
+    return Content.styled(f"  ⚠ also {', '.join(others)}", "$warning")
 
 
 class PanelList(OptionList):
@@ -86,7 +104,7 @@ class ServicesList(PanelList):
 class ChangesList(PanelList):
     """Panel 3: the first entry is the whole colony, then one per file."""
 
-    BINDINGS = [bind("list.down"), bind("list.up"), bind("changes.diff")]
+    BINDINGS = [bind("list.down"), bind("list.up"), bind("changes.diff"), bind("diff.target", "app.toggle_diff_target")]
 
     def on_mount(self) -> None:
         self.border_title = "[3] Changes"
@@ -97,8 +115,15 @@ class ChangesList(PanelList):
         option_id = super().selected
         return None if option_id == "*" else option_id
 
-    def show(self, files: Iterable[FileChange] | None, note: str | None = None) -> None:
-        """`files`: FileChange-like (path, status, added, removed); None when the core does not watch."""
+    def show(
+        self,
+        files: Iterable[FileChange] | None,
+        note: str | None = None,
+        overlaps: Mapping[str, tuple[OverlapLevel, tuple[str, ...]]] | None = None,
+    ) -> None:
+        """`files`: FileChange-like (path, status, added, removed); None when the core does not watch. `overlaps`:
+        the files other colonies change too (path -> level, colonies), flagged on their entries."""
+        overlaps = overlaps or {}
         options: list[Option] = []
         listed = list(files or ())
         if listed:
@@ -117,7 +142,7 @@ class ChangesList(PanelList):
                 )
             )
         for change in listed:
-            letter = _STATUS_LETTER.get(change.status, "?")
+            letter = _STATUS_LETTER.get(change.status, "·")
             options.append(
                 Option(
                     Content.assemble(
@@ -128,12 +153,17 @@ class ChangesList(PanelList):
                         Content.styled(f"+{change.added}", "$success"),
                         " ",
                         Content.styled(f"-{change.removed}", "$error"),
+                        _overlap_mark(overlaps.get(change.path)),
                     ),
                     id=change.path,
                 )
             )
         self.replace(options, note or "no changes")
         self.border_title = f"[3] Changes ({len(listed)})" if listed else "[3] Changes"
+        shared = [overlaps[f.path][0] for f in listed if f.path in overlaps]
+        if shared:
+            mark = "‼" if OverlapLevel.HUNK in shared else "⚠"
+            self.border_title += f" {mark} {len(shared)} shared"
 
     @on(OptionList.OptionHighlighted)
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import ModalScreen
@@ -21,6 +20,7 @@ from core.errors import StemError
 from core.hive import Hive
 from core.names import check_name
 from core.settings import Settings, resolve_agent
+from stem.hive_view import shown_path
 from stem.keys import bind
 
 __all__ = ["NAME_POOL", "SpawnForm", "SpawnRequest", "suggest_name", "validate"]
@@ -72,7 +72,7 @@ def validate(
         errors["repo"] = "repository is empty: give the path of a git repository"
     else:
         try:
-            root = Hive.check_source(Path(repo.strip()), None)
+            root = Hive.check_source(Path(repo.strip()).expanduser(), None)
         except StemError as exc:
             errors["repo"] = str(exc)
     base = base.strip() or "HEAD"
@@ -101,8 +101,11 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         bind("dialog.cancel"),
         # A priority binding runs as the key arrives (not after the focused field's queue), so the keys typed right
         # after it are already caught as typeahead for the new colony's agent.
-        Binding("ctrl+s", "submit", "spawn", id="dialog.submit", priority=True),
+        bind("dialog.submit"),
     ]
+    # Keys typed right after `n` are the name's: the form must have the focus before the first one arrives (the
+    # app's AUTO_FOCUS is None, so a screen focuses nothing unless it says so).
+    AUTO_FOCUS = "#spawn-name"
 
     FIELDS = ("name", "repo", "base", "agent", "task")
 
@@ -134,7 +137,7 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
             )
             again = self.again
             name = again.name if again else suggest_name(self.taken)
-            repo = str(again.repo if again else self.default_repo or "")
+            repo = shown_path(again.repo) if again else shown_path(self.default_repo) if self.default_repo else ""
             yield from self._field("name", "Name", name, "a DNS label: lowercase, digits, -")
             yield from self._field("repo", "Repository", repo, "path to a git repository")
             base = again.base if again else "HEAD"

@@ -27,7 +27,6 @@ from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
@@ -39,6 +38,8 @@ from core.host.protocol import ScreenModes
 from core.screen_queries import Link, Palette
 from core.xterm_input import FOCUS_IN, FOCUS_OUT, MouseAction, key_bytes, mouse_report
 from stem.input_parser import TerminalKey, outer_terminal
+from stem.keys import bind
+from stem.textual_private import in_batch, paint_now
 
 __all__ = ["FRAME", "AgentLike", "TerminalView", "cell_style"]
 
@@ -135,16 +136,7 @@ def cell_style(attrs: tuple[Any, ...], base: Style) -> Style:
 class TerminalView(ScrollView, can_focus=True):
     """Shows one agent session at a time; scroll up (mouse wheel, or shift+pageup when not focused) for history."""
 
-    BINDINGS = [
-        Binding(
-            "ctrl+right_square_bracket",
-            "release",
-            "back to panels",
-            id="terminal.release",
-            key_display="ctrl+]",
-            priority=True,
-        ),
-    ]
+    BINDINGS = [bind("terminal.release")]
 
     COMPONENT_CLASSES = {"terminal--cursor", "terminal--cursor-blurred"}
 
@@ -292,17 +284,13 @@ class TerminalView(ScrollView, can_focus=True):
 
         Textual's normal path takes several turns of the event loop (widget idle, screen update message, update
         timer), and a turn is long while other colonies flood; an echo should not wait for them. This uses the
-        screen's compositor as its own update timer does; if that ever changes, the normal path still paints.
+        screen's compositor as its own update timer does (stem.textual_private).
         """
         app = self.app
         screen = self.screen
-        if screen is not app.screen or app._batch_count:
+        if screen is not app.screen or in_batch(app):
             return
-        try:
-            screen._compositor.update_widgets({self})
-            screen._compositor_refresh()
-        except AttributeError:  # a Textual without these internals: the regular repaint follows anyway
-            pass
+        paint_now(screen, (self,))
 
     def _sync_size(self) -> bool:
         """Set the virtual size to scrollback + screen, keep following the bottom (or keep the view where the user

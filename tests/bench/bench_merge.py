@@ -13,10 +13,16 @@ untimed warm-up, `--runs` times each:
 With `--ls N` (as root) it also spawns N colonies through `stem spawn` in a throwaway hive (some with commits, one in
 conflict) and times `stem ls --json` end to end, beside the same command with the merge status left out (the
 reference: Hive.merge_statuses patched to return nothing), `--runs` times each, then destroys the hive.
+With `--ui N` (as root) it runs the Stem app (headless) on a throwaway hive of N colonies (same shape, the fake
+agent in each) and times keystrokes in the colonies list (`j`/`k`, `--keys` of them: from posting the key to the
+highlight moving): first while idle, then while the app recomputes every colony's merge status and overlaps back
+to back (asked every 20 ms: the debounced recompute runs in threads, its results redraw the rows).
 
 Progress goes to stderr; stdout is a table and, as its last line, one JSON object: for each timed row R,
 `{R}_p50_ms` and `{R}_p90_ms`; with --ls, `ls_json_p50_ms`, `ls_json_p90_ms`, `ls_json_ref_p50_ms`,
-`ls_json_ref_p90_ms` and `ls_colonies`; and `colonies`, `files`, `runs`, `cpus`. p90 is
+`ls_json_ref_p90_ms` and `ls_colonies`; with --ui, `ui_colonies`, `key_idle_p50_ms`, `key_idle_p99_ms`,
+`key_recompute_p50_ms`, `key_recompute_p99_ms`, `key_recompute_max_ms`, `ui_recomputes_per_s` and
+`ui_recompute_ms` (one recompute of every colony, as the app runs it); and `colonies`, `files`, `runs`, `cpus`. p90 is
 `statistics.quantiles(n=10, method="inclusive")[-1]`.
 """
 
@@ -178,12 +184,115 @@ def ls_json(count: int, runs: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+async def _ui_latency(count: int, keys: int, tmp: Path) -> dict[str, Any]:
+    from textual import events
+
+    from core.hive import Hive
+    from core.settings import Settings
+    from stem.app import StemApp
+    from stem.widgets.colonies import ColoniesList
+
+    repo = tmp / "ui-repo"
+    make_repo(repo, 100)
+    home = tmp / "ui-home"
+    prefix = "b" + secrets.token_hex(2)
+    pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.0.0/16")
+    agent = f"{sys.executable} {Path(__file__).resolve().parents[1] / 'fake_agent.py'}"
+    out: dict[str, Any] = {"ui_colonies": count}
+    hive = Hive(home, prefix=prefix, pool=pool, stop_grace=2.0)
+    app = StemApp(hive, Settings(path=Path(os.devnull)), cwd=repo, blink=False)
+    try:
+        async with app.run_test(size=(160, 45)) as pilot:
+            for i in range(count):
+                rec = await hive.spawn(f"c{i}", repo, agent=agent)
+                tree = Path(rec.worktree)
+                if i % 3 != 2:
+                    (tree / f"c{i}.txt").write_text("work\n")
+                    if i % 3 == 0:
+                        (tree / "dir0" / "file0.txt").write_text(f"c{i}'s version\n")
+                    git(tree, "add", "-A")
+                    git(tree, "commit", "-q", "-m", f"c{i}")
+                (tree / "dir1" / "file1.txt").write_text(f"uncommitted by c{i}\n")
+                log(f"spawned c{i}")
+            (repo / "dir0" / "file0.txt").write_text("main's version\n")
+            git(repo, "commit", "-q", "-am", "main moves")
+            colonies = app.query_one(ColoniesList)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not (colonies.option_count == count and len(app.live.merge) == count):
+                if loop.time() > deadline:
+                    raise TimeoutError("the list and its merge status")
+                await pilot.pause(0.05)
+            colonies.focus()
+            await pilot.pause(0.1)
+            moved: dict[str, float] = {}
+
+            def highlighted(value: int | None) -> None:
+                moved.setdefault(f"{value}", time.perf_counter())
+
+            app.watch(colonies, "highlighted", highlighted, init=False)
+
+            async def type_keys() -> list[float]:
+                samples = []
+                for n in range(keys):
+                    now = colonies.highlighted or 0
+                    key, want = ("j", now + 1) if now + 1 < count and n % 2 == 0 else ("k", max(0, now - 1))
+                    if want == now:
+                        key, want = "j", now + 1
+                    moved.clear()
+                    started = time.perf_counter()
+                    app.post_message(events.Key(key, key))
+                    while f"{want}" not in moved:
+                        if time.perf_counter() - started > 10:
+                            raise TimeoutError(f"key {key} to move the highlight to {want}")
+                        await asyncio.sleep(0.0005)
+                    samples.append((moved[f"{want}"] - started) * 1000)
+                    await asyncio.sleep(random.uniform(0.02, 0.04))
+                return samples
+
+            log(f"typing {keys} keys, idle")
+            idle = await type_keys()
+            before, started = app.live.recomputes, time.perf_counter()
+            busy = True
+
+            async def keep_recomputing() -> None:
+                while busy:
+                    app.live.changed()
+                    await asyncio.sleep(0.02)
+
+            driver = asyncio.ensure_future(keep_recomputing())
+            log(f"typing {keys} keys while the list recomputes")
+            try:
+                recomputing = await type_keys()
+            finally:
+                busy = False
+                await driver
+            elapsed = time.perf_counter() - started
+            done = app.live.recomputes - before
+            ms = sorted(recomputing)
+            out.update(
+                key_idle_p50_ms=round(statistics.median(idle), 2),
+                key_idle_p99_ms=round(sorted(idle)[min(len(idle) - 1, round(0.99 * (len(idle) - 1)))], 2),
+                key_recompute_p50_ms=round(statistics.median(ms), 2),
+                key_recompute_p99_ms=round(ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))], 2),
+                key_recompute_max_ms=round(ms[-1], 2),
+                ui_recomputes_per_s=round(done / elapsed, 1),
+                ui_recompute_ms=round(elapsed * 1000 / max(1, done), 1),
+            )
+    finally:
+        await hive.close()
+        await destroy_hive(home, prefix, pool, log)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--colonies", type=int, default=20)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--ls", type=int, default=0, metavar="N", help="also time `stem ls --json` with N colonies")
+    parser.add_argument("--ui", type=int, default=0, metavar="N", help="also time keys in the app with N colonies")
+    parser.add_argument("--keys", type=int, default=200, help="keys typed for --ui, idle and while recomputing")
     args = parser.parse_args()
     out: dict[str, Any] = {"colonies": args.colonies, "files": args.files, "runs": args.runs, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
@@ -198,6 +307,15 @@ def main() -> int:
             print(
                 f"stem ls --json, {args.ls} colonies: p50 {found['ls_json_p50_ms']} ms, p90 {found['ls_json_p90_ms']} "
                 f"ms; without the merge status: p50 {found['ls_json_ref_p50_ms']} ms, p90 {found['ls_json_ref_p90_ms']}"
+            )
+        if args.ui:
+            found = asyncio.run(_ui_latency(args.ui, args.keys, Path(tmp)))
+            out.update(found)
+            print(
+                f"keys in the list, {args.ui} colonies: idle p50 {found['key_idle_p50_ms']} ms, p99 "
+                f"{found['key_idle_p99_ms']} ms; while recomputing p50 {found['key_recompute_p50_ms']} ms, p99 "
+                f"{found['key_recompute_p99_ms']} ms ({found['ui_recomputes_per_s']} recomputes/s, "
+                f"{found['ui_recompute_ms']} ms each)"
             )
     print(json.dumps(out))
     return 0

@@ -47,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 
 import watchfiles  # noqa: E402
 from benchlib import print_table  # noqa: E402
-from watchfiles._rust_notify import WatchfilesRustInternalError  # noqa: E402
 
 from core.actor import describe  # noqa: E402
 from core.changes import ChangeWatcher, _any_not_ignored, _index_file, changed_files  # noqa: E402
@@ -175,9 +174,10 @@ class WatchfilesChangeWatcher:
                         paths = sorted(path[len(prefix) :] for _change, path in batch)
                         if any(path == index for _change, path in batch) or _any_not_ignored(root, paths):
                             self._recount(root)
-                except WatchfilesRustInternalError:
-                    # What watchfiles raises for a name that is not UTF-8, and also when the kernel refuses an
-                    # instance: restart, up to _MAX_RESTARTS in a row that never get to watch.
+                except RuntimeError:
+                    # What watchfiles raises (its WatchfilesRustInternalError, private, is one) for a name that is
+                    # not UTF-8, and also when the kernel refuses an instance: restart, up to _MAX_RESTARTS in a row
+                    # that never get to watch.
                     failed_starts += 1
                     if failed_starts > _MAX_RESTARTS:
                         raise

@@ -1,0 +1,749 @@
+"""Least privilege and a private filesystem view for every process of a colony (agent, services, exec, steps).
+
+A colony process is confined between fork and exec (a preexec_fn, no helper program to start):
+- **its own mount namespace** (recursively private): tmpfs over `STEM_HOME`, the users' homes, the repository's
+  main checkout, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/user`; then only what is the colony's is bound back at its
+  own path: its worktree, its database folder, its home (HOME points there), the repository's `.git` (with `config`
+  and `hooks` read-only, so nothing planted there runs later as the user), and `[hive] agent_files` read-only in
+  its home. Other colonies' worktrees and databases, `hive.db`, the logs and the user's secrets are not there.
+- **its own PID and IPC namespaces**: the child is forked from a thread that unshared CLONE_NEWPID, so it is pid 1
+  of a new namespace: it mounts a /proc of that namespace, drops privilege, forks the program and reaps until the
+  program ends, then ends as it did (a signal death as 128 + the signal, as a shell says it: an init cannot die
+  of a signal it sends itself). Signals sent to the group reach the program as before; the init passes them on
+  only to a program that left the group (a shell's job control).
+- **no privilege**: an unprivileged uid (see `choose_identity`), no supplementary groups, an empty capability
+  bounding set, no_new_privs. Without CAP_SYS_ADMIN it cannot setns into another namespace or mount; without
+  CAP_NET_ADMIN it cannot change its network. Ports below 1024 still bind: `ip_unprivileged_port_start` is 0 in
+  the colony's network namespace (a per-namespace sysctl).
+
+Git needs the worktree and parts of the shared repository to be writable by that uid without letting it redirect
+Stem's own git (run as root) at a config it wrote: see `prepare`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import os
+import pwd
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from core.locations import HiveLayout
+
+if TYPE_CHECKING:
+    from core.registry import ColonyRecord
+    from core.settings import Settings
+
+
+T = TypeVar("T")
+
+# In 1879048192-2147352575: above systemd's container range (524288-1879048191), below its "foreign" range and
+# 2^31 (signedness bugs); no passwd entry, so it owns nothing on the host but what Stem gives it.
+DEDICATED_UID = 0x71000000
+DEDICATED_NAME = "colony"
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+# The new mount API (same numbers on every architecture), for binds made read-only before they are attached.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+UNPRIVILEGED_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+# What a colony process may learn of the caller's environment, besides `pass_env` (prefixes end in "_"): the
+# locale and terminal, and flags and CA bundle paths (never credentials) that change how output and TLS behave.
+SAFE_ENV = (
+    *("PATH", "LANG", "LANGUAGE", "LC_", "TERM", "COLORTERM", "TZ", "SHELL", "PYTHONUNBUFFERED", "NO_COLOR"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"),
+)
+# Signals the init passes on to the program when it left the process group they were sent to (job control).
+_FORWARD = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCONT,
+)
+# Directories no cover may hide (the system the colony runs on).
+_SYSTEM = tuple(Path(p) for p in ("/usr", "/etc", "/bin", "/lib", "/lib64", "/sbin", "/opt", "/proc", "/dev", "/sys"))
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# fork(2) holding the GIL, without os.fork's at-fork hooks (a few ms in a big process, twice per spawn): used only in
+# the forked child, which has a single thread, so no lock can be left held by a thread that is not there.
+_raw_fork = ctypes.PyDLL(None, use_errno=True).fork
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a colony's processes are: `why` says how that was chosen."""
+
+    uid: int
+    gid: int
+    user: str
+    why: str
+
+
+def choose_identity(configured: int | None, environ: Mapping[str, str] = os.environ) -> Identity:
+    """The invoking user when Stem runs through sudo; else `[hive] colony_uid`; else a dedicated uid.
+
+    Root is never chosen: sudo from root, or a configured 0, falls through to the next."""
+    sudo_uid = environ.get("SUDO_UID", "")
+    if sudo_uid.isdigit() and int(sudo_uid) != 0:
+        uid = int(sudo_uid)
+        gid_text = environ.get("SUDO_GID", "")
+        gid = int(gid_text) if gid_text.isdigit() else uid
+        return Identity(uid, gid, _user_name(uid), "the user who ran sudo")
+    if configured:
+        try:
+            gid = pwd.getpwuid(configured).pw_gid
+        except KeyError:
+            gid = configured
+        return Identity(configured, gid, _user_name(configured), "[hive] colony_uid")
+    return Identity(DEDICATED_UID, DEDICATED_UID, DEDICATED_NAME, "Stem's dedicated colony uid")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return DEDICATED_NAME
+
+
+def identity_of(data_dir: Path, configured: int | None) -> Identity:
+    """The identity a colony was prepared for (the owner of its database folder), else a fresh choice: a colony
+    keeps its uid whoever starts it later (sudo or not), so its files stay its own."""
+    try:
+        st = os.stat(data_dir)
+    except OSError:
+        return choose_identity(configured)
+    if st.st_uid == 0:
+        return choose_identity(configured)
+    fresh = choose_identity(configured)
+    if fresh.uid == st.st_uid:
+        return fresh
+    return Identity(st.st_uid, st.st_gid, _user_name(st.st_uid), "the owner of the colony's files")
+
+
+# ------------------------------------------------------------------------------------------------ support
+
+
+@dataclass(frozen=True, slots=True)
+class Support:
+    """Which mechanisms this kernel and this process have; `missing` says, one line each, what is not enforced."""
+
+    mount_ns: bool
+    pid_ns: bool
+    ipc_ns: bool
+    privileged: bool  # CAP_SYS_ADMIN and CAP_SETUID: able to unshare, mount and change uid
+    port_sysctl: bool
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        lines = []
+        if not self.privileged:
+            lines.append("no least privilege: Stem is not root, colony processes run as the caller")
+        if not self.mount_ns:
+            lines.append("no private filesystem view: mount namespaces unavailable, the host's files are visible")
+        if not self.pid_ns:
+            lines.append("no PID namespace: colony processes see the host's processes")
+        if not self.ipc_ns:
+            lines.append("no IPC namespace: System V IPC is shared with the host")
+        if not self.port_sysctl:
+            lines.append("ports below 1024 cannot be bound (no ip_unprivileged_port_start on this kernel)")
+        return tuple(lines)
+
+
+@functools.cache
+def support() -> Support:
+    caps = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+    except OSError:
+        pass
+    privileged = bool(caps & (1 << 21)) and bool(caps & (1 << 7)) and bool(caps & (1 << 6))
+    return Support(
+        mount_ns=os.path.exists("/proc/self/ns/mnt"),
+        pid_ns=os.path.exists("/proc/self/ns/pid_for_children"),
+        ipc_ns=os.path.exists("/proc/self/ns/ipc"),
+        privileged=privileged,
+        port_sysctl=os.path.exists(UNPRIVILEGED_PORTS),
+    )
+
+
+def status(enabled: bool) -> tuple[str, ...]:
+    """What the colonies of this hive lack, one line each: empty when every guarantee holds."""
+    if not enabled:
+        return ("isolation off ([hive] isolation = false): colony processes run as root and see the host",)
+    return support().missing
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """What confines one colony's processes, worked out before fork; `confine` applies it in the child."""
+
+    identity: Identity
+    home: Path  # the colony's own, HOME inside
+    covers: tuple[Path, ...]  # hidden under a fresh tmpfs, outermost first
+    # (source, target, read-only), bound back in this order; a source None is an empty tmpfs at the target
+    binds: tuple[tuple[Path | None, Path, bool], ...]
+    use_pid_ns: bool = True
+    use_ipc_ns: bool = True
+    world_writable: frozenset[Path] = field(default_factory=frozenset)  # covers that get mode 1777
+
+
+def plan(
+    *,
+    identity: Identity,
+    stem_home: Path,
+    worktree: Path,
+    data_dir: Path,
+    home: Path,
+    repo: Path,
+    agent_files: Iterable[Path] = (),
+    environ: Mapping[str, str] = os.environ,
+) -> Sandbox:
+    """The covers and binds for one colony: made from paths only (a few stats), cheap enough for every spawn.
+
+    The colony's home is bound over the user's home path (HOME keeps its value, absolute paths into it keep
+    working for what `agent_files` passes); every other home, STEM_HOME, the main checkout and the shared
+    temporary folders get an empty tmpfs."""
+    user_home = _user_home(environ)
+    if not _coverable(user_home):  # HOME=/ (a service account) or missing: HOME is the colony home's own path
+        user_home = home
+    homes = {Path("/root"), Path(environ.get("HOME") or "/root")}
+    shared = ("/tmp", "/var/tmp", "/dev/shm")
+    wanted = [*map(Path, shared), Path("/run/user"), stem_home, repo, *homes]
+    covers = _outermost(p for p in wanted if _coverable(p) and not _under(p, user_home))
+    common = _git_common_dir(worktree) or repo / ".git"
+    binds: list[tuple[Path | None, Path, bool]] = [(home, user_home, False), (common, common, False)]
+    for protected in ("config", "hooks"):
+        binds.append((common / protected, common / protected, True))
+    # Other colonies' gitdirs (their HEAD and index) are not there either: nor can a `git worktree prune` inside,
+    # which would take every worktree it cannot see for gone, empty them.
+    gitdir = _gitdir(worktree)
+    if gitdir is not None and gitdir.parent == common / "worktrees":
+        binds += [(None, gitdir.parent, False), (gitdir, gitdir, False)]
+    binds += [(worktree, worktree, False), (data_dir, data_dir, False)]
+    passed = {Path(str(user_home) + str(f)[1:]) if str(f).startswith("~") else Path(f) for f in agent_files}
+    passed.update(_toolchains({user_home, *homes}, environ))
+    binds += [(source, source, True) for source in _outermost(passed) if not _under(source, stem_home)]
+    # Parents before what is inside them: a bind inside the home lands on the colony's home, not under it.
+    binds.sort(key=lambda b: len(b[1].parts))
+    return Sandbox(
+        identity=identity,
+        home=user_home,
+        covers=covers,
+        binds=tuple(binds),
+        use_pid_ns=support().pid_ns,
+        use_ipc_ns=support().ipc_ns,
+        world_writable=frozenset(Path(p) for p in shared),
+    )
+
+
+def _toolchains(homes: Iterable[Path], environ: Mapping[str, str]) -> set[Path]:
+    """What of the hidden homes PATH needs, read-only: each PATH folder inside one (~/.cargo/bin, not the rest of
+    ~/.cargo), and the install of the Python Stem runs on when it is in one (~/.pyenv: its shims need all of it),
+    since colony.toml's commands often run python3."""
+    homes = [h for h in homes if h != Path("/")]
+    found = set()
+    for entry in environ.get("PATH", "").split(os.pathsep):
+        if entry and os.path.isabs(entry) and any(_under(Path(entry), h) and Path(entry) != h for h in homes):
+            found.add(Path(entry))
+    base = Path(sys.base_prefix)
+    for home in homes:
+        if _under(base, home) and base != home:
+            found.add(home / base.relative_to(home).parts[0])
+    return {p for p in found if p.exists()}
+
+
+def _user_home(environ: Mapping[str, str]) -> Path:
+    """The home of whom the colony acts for: the sudo user's, else ours."""
+    sudo_uid = environ.get("SUDO_UID", "")
+    if sudo_uid.isdigit() and int(sudo_uid) != 0:
+        try:
+            return Path(pwd.getpwuid(int(sudo_uid)).pw_dir)
+        except KeyError:
+            pass
+    return Path(environ.get("HOME") or "/root")
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return folder == path or folder in path.parents
+
+
+def _coverable(path: Path) -> bool:
+    if path == Path("/") or not path.is_dir():
+        return False
+    return not any(path == s or path in s.parents for s in _SYSTEM)
+
+
+def _outermost(paths: Iterable[Path]) -> tuple[Path, ...]:
+    unique = sorted({p.absolute() for p in paths}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for p in unique:
+        if not any(k == p or k in p.parents for k in kept):
+            kept.append(p)
+    return tuple(kept)
+
+
+def _gitdir(worktree: Path) -> Path | None:
+    """The worktree's own folder in the repository's .git (what its .git file names)."""
+    try:
+        text = (worktree / ".git").read_text().strip()
+    except OSError:
+        return None
+    return Path(text.split(":", 1)[1].strip()) if text.startswith("gitdir:") else None
+
+
+def _git_common_dir(worktree: Path) -> Path | None:
+    """The repository's .git a linked worktree points to (its .git file, then the gitdir's `commondir`)."""
+    try:
+        text = (worktree / ".git").read_text().strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    gitdir = Path(text.split(":", 1)[1].strip())
+    try:
+        common = (gitdir / "commondir").read_text().strip()
+    except OSError:
+        return gitdir.parent.parent
+    return (gitdir / common).resolve()
+
+
+def env_for_colony(
+    environ: Mapping[str, str], identity: Identity | None, home: Path | None, pass_env: Iterable[str]
+) -> dict[str, str]:
+    """The caller's environment a colony process may see: the safe set, `pass_env`, and who it is."""
+    env = {k: v for k, v in environ.items() if k in SAFE_ENV or any(k.startswith(p) for p in SAFE_ENV if p[-1] == "_")}
+    for name in pass_env:
+        if name in environ:
+            env[name] = environ[name]
+    env.setdefault("PATH", os.defpath)
+    if identity is not None:
+        env["USER"] = env["LOGNAME"] = identity.user
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbox | None:
+    """The sandbox of a colony's processes; None when isolation is off or Stem lacks the privilege for it."""
+    if not settings.isolation or not support().privileged or not support().mount_ns:
+        return None
+    layout = HiveLayout(stem_home)
+    data = Path(rec.db_path).parent
+    return plan(
+        identity=identity_of(data, settings.colony_uid),
+        stem_home=stem_home,
+        worktree=Path(rec.worktree),
+        data_dir=data,
+        home=layout.colony_home(rec.name),
+        repo=Path(rec.repo),
+        agent_files=[Path(p) for p in settings.agent_files],
+    )
+
+
+def prepare_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> None:
+    """`prepare` for a colony's paths (blocking: call it from a worker thread)."""
+    box = for_colony(rec, settings, stem_home)
+    if box is None:
+        return
+    layout = HiveLayout(stem_home)
+    db = Path(rec.db_path)
+    # A colony made before databases had a folder of their own: that folder holds its host's files too, which the
+    # colony must never write, so its database stays root's.
+    legacy = db.parent == layout.colony_dir(rec.name)
+    home = layout.colony_home(rec.name)
+    if layout.colonies not in home.parents:  # never the user's home: only what Stem made for the colony
+        raise ValueError(f"refusing to give {home} to a colony")
+    prepare(
+        box.identity,
+        worktree=Path(rec.worktree),
+        data_dir=None if legacy else db.parent,
+        home=home,  # not box.home: that is the user's home path, the bind's target
+        db_files=[db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")],
+        user_gitconfig=box.home / ".gitconfig",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def prepare(
+    identity: Identity,
+    *,
+    worktree: Path,
+    data_dir: Path | None,
+    home: Path,
+    db_files: Iterable[Path],
+    user_gitconfig: Path | None = None,
+) -> None:
+    """Give the colony's uid what it must write, off the event loop (at spawn, and at start for older colonies).
+
+    - its database folder and home: its own (0700);
+    - its worktree: every file its own, but the top folder and the `.git` file stay root's (root:gid, sticky and
+      group-writable), and so do the worktree's gitdir and its `commondir`/`gitdir` pointers: git run by Stem as
+      root then trusts the worktree (safe.directory) and the colony cannot point that git at a config it wrote;
+    - in the shared repository: the object fan-out folders (all 256, made now, so none is later made by root
+      without group write) and refs/heads/colony/ with its reflogs: group-writable and sticky where root owns
+      them, so the colony adds objects and colony/* branches but cannot remove what root made; its own branch
+      and reflog its own. The user's branches stay root's or theirs.
+    """
+    uid, gid = identity.uid, identity.gid
+    for folder in (home,) if data_dir is None else (data_dir, home):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chown(folder, uid, gid)
+        os.chmod(folder, 0o700)
+    for f in db_files:
+        if data_dir is not None and f.exists():
+            os.chown(f, uid, gid)
+    _write_gitconfig(home / ".gitconfig", uid, gid, user_gitconfig)
+    top = os.stat(worktree)
+    if top.st_gid != gid or top.st_mode & 0o3070 != 0o3070:
+        # `.shared` holds read-only peer snapshots (core.peering): never the colony's.
+        _chown_tree(worktree, uid, gid, keep={worktree / ".git", worktree / ".shared"})
+        os.chown(worktree, 0, gid)
+        os.chmod(worktree, 0o3775)
+    try:
+        gitdir = Path((worktree / ".git").read_text().split(":", 1)[1].strip())
+    except (OSError, IndexError):
+        return
+    _chown_tree(gitdir, uid, gid, keep={gitdir / "commondir", gitdir / "gitdir"})
+    os.chown(gitdir, 0, gid)
+    os.chmod(gitdir, 0o1775)
+    common = _git_common_dir(worktree)
+    if common is None:
+        return
+    objects = common / "objects"
+    shared = [objects, objects / "pack", objects / "info", *(objects / f"{i:02x}" for i in range(256))]
+    # Branches under colony/ only: the user's own branches (main, ...) stay out of a colony's reach.
+    shared += [common / "refs" / "heads" / "colony", common / "logs" / "refs" / "heads" / "colony"]
+    branch = _head_ref(gitdir)
+    for folder in shared:
+        folder.mkdir(parents=True, exist_ok=True)
+        st = os.stat(folder)
+        if st.st_uid == 0 and (st.st_gid != gid or st.st_mode & 0o3070 != 0o3070):
+            os.chown(folder, 0, gid)
+            os.chmod(folder, (st.st_mode & 0o777) | 0o3070)
+    if branch:
+        for own in (common / branch, common / "logs" / branch):
+            if own.exists():
+                os.chown(own, uid, gid)
+
+
+def _write_gitconfig(path: Path, uid: int, gid: int, user_gitconfig: Path | None) -> None:
+    """The colony home's ~/.gitconfig, once: the user's name and email (commits are theirs), and safe.directory,
+    since the worktree's top folder is root's (see `prepare`) and git inside would otherwise refuse it."""
+    if path.exists():
+        return
+    lines = ["[safe]", "\tdirectory = *"]
+    if user_gitconfig is not None and user_gitconfig.exists():
+        found = []
+        for key in ("user.name", "user.email"):
+            got = subprocess.run(
+                ["git", "config", "--file", str(user_gitconfig), "--get", key], capture_output=True, text=True
+            )
+            if got.returncode == 0 and got.stdout.strip():
+                found.append(f"\t{key.split('.')[1]} = {got.stdout.strip()}")
+        if found:
+            lines += ["[user]", *found]
+    if "[user]" not in lines:  # the colony's uid may have no passwd entry for git to make a name from
+        lines += ["[user]", "\tname = Stem colony", "\temail = colony@stem.invalid"]
+    path.write_text("\n".join(lines) + "\n")
+    os.chown(path, uid, gid)
+
+
+def _head_ref(gitdir: Path) -> str | None:
+    try:
+        head = (gitdir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    return head[5:].strip() if head.startswith("ref: refs/") else None
+
+
+def _chown_tree(root: Path, uid: int, gid: int, keep: set[Path]) -> None:
+    """lchown everything under `root` (not `root` itself) not in `keep`; symlinks are never followed, and nothing
+    mounted inside (a peer snapshot, anything bound there) is entered or touched."""
+    stack = [str(root)]
+    kept = {str(k) for k in keep} | _mount_points()
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.path in kept:
+                    continue
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+
+
+def _mount_points() -> set[str]:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            fields = [line.split(" ", 5)[4] for line in f]
+    except OSError:
+        return set()
+    return {p.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") for p in fields}
+
+
+# --------------------------------------------------------------------------------- in the child, after fork
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: bytes | None, target: str, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
+    _check(_libc.mount(source, target.encode(), fstype, flags, data), f"mount {target}")
+
+
+def in_pid_namespace(box: Sandbox | None, start: Callable[[], T]) -> T:
+    """Call `start` (which forks the colony process) where that process becomes pid 1 of a new PID namespace:
+    on a fresh thread that unshared CLONE_NEWPID (its children's namespace; the thread then ends). So the forked
+    child is the namespace's init itself, and no second process has to wait in the host's namespace."""
+    if box is None or not box.use_pid_ns:
+        return start()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+            result.append(start())
+        except BaseException as exc:  # handed to the calling thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="colony-pid-ns")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def confine(box: Sandbox, cwd: str, resolv: bytes | None) -> None:
+    """In the forked child (pid 1 of its PID namespace, see `in_pid_namespace`), as root, inside the colony's
+    network: its mount namespace (with the colony's resolv.conf), no privilege, then the program forked from this
+    init. Returns only in the program's process, which then execs."""
+    # Python's own handlers (and an asyncio loop's wakeup fd, shared with the parent) must not run in the init,
+    # which never execs.
+    signal.set_wakeup_fd(-1)
+    try:
+        with open(UNPRIVILEGED_PORTS, "w") as f:  # this network namespace's own sysctl
+            f.write("0")
+    except OSError:
+        pass
+    _check(_libc.unshare(CLONE_NEWNS | (CLONE_NEWIPC if box.use_ipc_ns else 0)), "unshare")
+    _mount(b"none", "/", None, MS_REC | MS_PRIVATE)
+    if resolv is not None:  # no /etc/resolv.conf on the host: nothing to cover
+        _libc.mount(resolv, b"/etc/resolv.conf", None, MS_BIND, None)
+    # Opened in this namespace (a bind's source must be a mount of the caller's own), before the covers hide them.
+    binds = [
+        (-1 if src is None else os.open(src, os.O_PATH | os.O_CLOEXEC), src, target, ro)
+        for src, target, ro in box.binds
+        if src is None or src.exists()
+    ]
+    for cover in box.covers:
+        mode = b"mode=1777" if cover in box.world_writable else b"mode=755"
+        _mount(b"tmpfs", str(cover), b"tmpfs", MS_NOSUID | MS_NODEV, mode)
+    for fd, src, target, read_only in binds:
+        if src is None:  # reached without following links, as a bind's target is
+            at = _open_mountpoint(target, True)
+            if at is not None:
+                _mount(b"tmpfs", f"/proc/self/fd/{at}", b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755")
+                os.close(at)
+            continue
+        _bind(fd, src, target, read_only)
+        os.close(fd)
+    if box.use_pid_ns and os.getpid() == 1:
+        _mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this namespace's processes only
+    _drop(box.identity)
+    if not box.use_pid_ns:
+        os.chdir(cwd)
+        return
+    if os.getpid() != 1:  # a bug: the spawn did not go through in_pid_namespace
+        raise OSError(errno.EINVAL, "a confined process must be forked through sandbox.in_pid_namespace")
+    _be_init(cwd)
+
+
+def _bind(fd: int, src: Path | None, target: Path, read_only: bool) -> None:
+    """Bind the source behind `fd` onto `target`, made if missing. The target may sit in a folder the colony
+    writes (its home): it is reached one component at a time without following links, and the mount goes onto
+    that very inode, so a link planted on the way cannot redirect it."""
+    is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)  # the source's path may be covered by now
+    at = _open_mountpoint(target, is_dir)
+    if at is None:
+        return  # a link or a file of the other kind is in the way: that one bind is simply not made
+    try:
+        if _attach_tree(fd, at, read_only):
+            return
+        # Kernels before 5.12 (no mount_setattr): bind, then remount read-only by path.
+        _mount(f"/proc/self/fd/{fd}".encode(), f"/proc/self/fd/{at}", None, MS_BIND | MS_REC)
+        if read_only:
+            _mount(None, str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    finally:
+        os.close(at)
+
+
+def _attach_tree(fd: int, at: int, read_only: bool) -> bool:
+    """open_tree + mount_setattr + move_mount: a copy of the source's mounts, made read-only before it is
+    attached, so no moment exists where it is there and writable, and no path is looked up twice. False where the
+    kernel lacks these calls."""
+    tree = _libc.syscall(SYS_OPEN_TREE, fd, b"", OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE)
+    if tree < 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):
+            return False
+        _check(-1, "open_tree")
+    try:
+        if read_only:
+            attr = struct.pack("=QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+            done = _libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, len(attr))
+            if done != 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL):
+                return False
+            _check(done, "mount_setattr")
+        flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", at, b"", flags), "move_mount")
+    finally:
+        os.close(tree)
+    return True
+
+
+def _open_mountpoint(target: Path, is_dir: bool) -> int | None:
+    walk = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+    fd = os.open("/", walk)
+    parts = target.parts[1:]
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last and not is_dir:
+                with _suppress_exists():
+                    os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd))
+                nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                if not stat.S_ISREG(os.fstat(nxt).st_mode):
+                    os.close(nxt)
+                    return None
+            else:
+                with _suppress_exists():
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, walk, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _suppress_exists() -> contextlib.AbstractContextManager[None]:
+    return contextlib.suppress(FileExistsError)
+
+
+def _drop(identity: Identity) -> None:
+    """No capabilities (bounding set emptied while we still may), the colony's uid and gid, no_new_privs."""
+    try:
+        with open(CAP_LAST_CAP_FILE) as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 40
+    for cap in range(last + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    os.setgroups([identity.gid])
+    os.setresgid(identity.gid, identity.gid, identity.gid)
+    os.setresuid(identity.uid, identity.uid, identity.uid)
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _fork() -> int:
+    pid = int(_raw_fork())
+    if pid < 0:
+        _check(-1, "fork")
+    return pid
+
+
+def _be_init(cwd: str) -> None:
+    """Pid 1 of the colony process's namespace: fork the program, then reap until it ends and end as it did.
+    Returns only in the program's process."""
+    waiting = {signal.SIGCHLD, *_FORWARD}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waiting)
+    program = _fork()
+    if program == 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.chdir(cwd)
+        return  # into exec
+    try:
+        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # it holds a copy of the host process's memory
+        # Nothing of the parent's stays open here (the pipes of the program's output, the spawner's error pipe):
+        # whoever reads them sees their end when the program's side closes.
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        while True:
+            info = signal.sigwaitinfo(waiting)
+            if info.si_signo != signal.SIGCHLD:
+                _forward(program, info.si_signo)
+                continue
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid == program:
+                    # An init cannot die of a signal it sends itself: a program killed by one ends this with
+                    # 128 + its number, as a shell reports it.
+                    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    finally:
+        os._exit(127)
+
+
+def _forward(program: int, sig: int) -> None:
+    """A signal sent to the group reached the program already, unless it left the group (a shell's job control)."""
+    try:
+        if os.getpgid(program) != os.getpgid(0):
+            os.kill(program, sig)
+    except OSError:
+        pass

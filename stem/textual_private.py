@@ -1,0 +1,103 @@
+"""Every private Textual API Stem uses, in this one module. Each is bounded by the `textual<9` pin in pyproject.toml
+and exercised by tests/test_textual_private.py, which fails when a Textual upgrade removes or changes one.
+
+Why each is needed (Textual 8 has no public way):
+- the key parser and its helpers: Stem's driver parses the user's keys itself, to hand agents the exact bytes;
+- `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only;
+- the compositor: a keystroke's echo is painted at once, not after the screen's update timer;
+- `App._refresh_truecolor_filter`: the configured theme is applied before the stylesheet is first parsed;
+- `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.terminal_theme import TerminalTheme
+from textual._loop import loop_last
+from textual._parser import ParseEOF, ParseError, ParseTimeout, Peek1, Read1
+from textual._xterm_parser import XTermParser
+from textual.app import App
+from textual.driver import Driver
+from textual.events import Key
+from textual.screen import Screen
+from textual.strip import Strip
+from textual.widget import Widget
+from textual.widgets import Tabs
+
+__all__ = [
+    "ParseEOF",
+    "ParseError",
+    "ParseTimeout",
+    "Peek1",
+    "Read1",
+    "XTermParser",
+    "check_priority_bindings",
+    "driver_debug",
+    "driver_of",
+    "has_screen",
+    "in_batch",
+    "loop_last",
+    "notifications",
+    "paint_now",
+    "realign_tabs",
+    "refresh_truecolor_filter",
+    "screen_strips",
+    "sequence_to_key_events",
+]
+
+
+def has_screen(app: App[Any]) -> bool:
+    """Whether the app has a screen yet (the public `screen_stack` copies the stack on every call)."""
+    return bool(app._screen_stack)
+
+
+async def check_priority_bindings(app: App[Any], key: str) -> bool:
+    """Run the priority binding for `key`, if any; whether one ran."""
+    return await app._check_bindings(key, priority=True)
+
+
+def refresh_truecolor_filter(app: App[Any], theme: TerminalTheme) -> None:
+    """What `App.watch_theme` does to the ANSI colour filter, without its full stylesheet parse."""
+    app._refresh_truecolor_filter(theme)
+
+
+def in_batch(app: App[Any]) -> bool:
+    """Inside `App.batch_update()`: painting now would show a half-made frame."""
+    return app._batch_count > 0
+
+
+def paint_now(screen: Screen[Any], widgets: Iterable[Widget]) -> None:
+    """Put `widgets`' changed rows on the terminal now, as the screen's own update timer would."""
+    screen._compositor.update_widgets(set(widgets))
+    screen._compositor_refresh()
+
+
+def realign_tabs(tabs: Tabs) -> None:
+    """Put the active tab's underline under it (Tabs' own resize handler calls this)."""
+    tabs._highlight_active(animate=False)
+
+
+def driver_of(app: App[Any]) -> Driver | None:
+    return app._driver
+
+
+def driver_debug(driver: Driver) -> bool:
+    """The debug flag a driver passes to its key parser."""
+    return driver._debug
+
+
+def sequence_to_key_events(parser: XTermParser, sequence: str) -> Iterable[Key]:
+    """The key events Textual makes of an input `sequence`."""
+    return parser._sequence_to_key_events(sequence)
+
+
+def screen_strips(screen: Screen[Any]) -> list[Strip]:
+    """The screen's rows as the compositor would draw them now (what a user would read)."""
+    return list(screen._compositor.render_strips())
+
+
+def notifications(app: App[Any]) -> list[Any]:
+    """The notifications (toasts) showing now."""
+    return list(app._notifications)

@@ -1,0 +1,83 @@
+"""Colony states: an enum whose values are what hive.db holds, and transitions the registry checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from core import lifecycle as lc
+from core.errors import WrongState
+from core.lifecycle import ColonyState
+from core.registry import Registry
+
+
+def registry_with(tmp_path: Path, name: str = "a") -> Registry:
+    registry = Registry(tmp_path / "hive.db")
+    registry.reserve(
+        name,
+        4,
+        lambda slot: {
+            "repo": "/r",
+            "base_ref": "HEAD",
+            "branch": f"colony/{name}",
+            "worktree": "/w",
+            "db_path": "/d",
+            "netns": "n",
+            "veth": f"v{slot}",
+            "ip": "10.9.0.2",
+            "host_ip": "10.9.0.1",
+            "prefixlen": 30,
+        },
+    )
+    return registry
+
+
+def test_a_spawn_then_a_stop_and_a_destroy_pass_and_are_stored_as_plain_strings(tmp_path: Path) -> None:
+    registry = registry_with(tmp_path)
+    for state in (lc.PROVISIONING, lc.BUILDING, lc.STARTING, lc.RUNNING, lc.STOPPING, lc.STOPPED, lc.DESTROYING):
+        registry.set_state("a", state)
+    rec = registry.get("a")
+    assert rec.state is ColonyState.DESTROYING
+    assert [t.state for t in registry.transitions("a")][-2:] == [lc.STOPPED, lc.DESTROYING]
+    with sqlite3.connect(tmp_path / "hive.db") as db:
+        assert db.execute("SELECT state FROM colonies").fetchone() == ("destroying",)
+        assert db.execute("SELECT state FROM transitions ORDER BY id").fetchone() == ("spawning",)
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        ((lc.PROVISIONING, lc.BUILDING, lc.STARTING, lc.RUNNING, lc.STOPPING, lc.STOPPED), lc.RUNNING),
+        ((), lc.RUNNING),  # spawning straight to running skips the build
+        ((lc.DESTROYING,), lc.STOPPED),  # an interrupted destroy is never revived as stopped
+        ((lc.DESTROYING,), lc.FAILED),
+    ],
+)
+def test_a_jump_the_lifecycle_does_not_make_is_refused_and_changes_nothing(
+    tmp_path: Path, path: tuple[ColonyState, ...], refused: ColonyState
+) -> None:
+    registry = registry_with(tmp_path)
+    for state in path:
+        registry.set_state("a", state)
+    before = registry.get("a").state
+    with pytest.raises(WrongState, match=f"a is {before}: it cannot become {refused}"):
+        registry.set_state("a", refused)
+    assert registry.get("a").state == before
+    assert len(registry.transitions("a")) == 1 + len(path)
+
+
+def test_every_state_has_its_transitions_and_destroying_leads_nowhere_else() -> None:
+    assert set(lc.TRANSITIONS) == set(ColonyState)
+    assert lc.TRANSITIONS[lc.DESTROYING] == {lc.DESTROYING}
+    assert all(lc.DESTROYING in after for state, after in lc.TRANSITIONS.items())
+    assert not lc.allowed("running", "nonsense") and not lc.allowed("nonsense", "running")
+
+
+def test_a_colony_that_is_gone_stays_gone(tmp_path: Path) -> None:
+    registry = registry_with(tmp_path)
+    registry.delete_colony("a")
+    registry.set_state("a", lc.FAILED)  # a late write after a destroy: no row, no orphan transition
+    assert registry.find("a") is None
+    assert registry.transitions("a") == []
