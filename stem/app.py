@@ -796,6 +796,30 @@ class StemApp(App[int], inherit_bindings=False):
         if not self._failed_hint():
             self.live.sync_selected()
 
+    def peer_selected(self, source: str | None) -> None:
+        """The palette's peering: the selected colony reads `source` through a read-only snapshot at
+        .shared/SOURCE (None: refresh every snapshot it reads). Off the loop; the outcome is a notification."""
+        name = self.selected
+        if name is None:
+            return
+
+        async def run() -> None:
+            try:
+                if source is None:
+                    done = await self.hive.refresh_peers(name)
+                    text = f"{name}: refreshed {len(done)} peer snapshot{'s' if len(done) != 1 else ''}"
+                else:
+                    peering = await self.hive.peer(name, source)
+                    text = f"{name} reads {source} at .shared/{source}/ ({peering.files} files, read-only)"
+            except StemError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.notify(text)
+            if self.selected == name:
+                self._show_info()
+
+        self.run_worker(run(), group="peer", exit_on_error=False)
+
     def action_toggle_diff_target(self) -> None:
         """`t` in the Diff tab or panel 3: the diff against the colony's target, or against its spawn's base."""
         self.live.toggle_diff_target()

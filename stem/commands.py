@@ -35,6 +35,14 @@ class StemCommands(Provider):
             yield (f"Sync {name}", app.action_sync, "merge its target's new commits into its worktree")
             yield ("Diff against the target", app.action_toggle_diff_target, "or against the spawn's base (toggle)")
             yield (f"Terminal of {name}", partial(app.open_terminal, name), "focus its agent's terminal")
+            for rec in app.records:
+                if rec.name != name:
+                    yield (
+                        f"Peer: {name} reads {rec.name}",
+                        partial(app.peer_selected, rec.name),
+                        f"a filtered read-only snapshot of {rec.name}'s worktree at .shared/{rec.name}/",
+                    )
+            yield (f"Refresh {name}'s peer snapshots", partial(app.peer_selected, None), "copies what changed")
             service = app.selected_service()
             if service:
                 yield (f"Restart service {service} of {name}", app.action_restart_service, "stop and start it")

@@ -268,15 +268,18 @@ class LiveWork:
         """The Info tab's work and resources sections and preview URLs; the reads run in a thread."""
         hive = self.app.hive
 
-        def read() -> tuple[ColonyLimits | None, dict[str, str], str]:
+        def read() -> tuple[ColonyLimits | None, dict[str, str], str, str]:
+            peers = hive.peers(name).line()
             if not self.figures:
-                return None, {}, ""
+                return None, {}, "", peers
             limits = hive.limits(name)
             preview = hive.preview_urls(name).get(name, {})
-            return limits, preview, hive.preview_problem() or ""
+            return limits, preview, hive.preview_problem() or "", peers
 
-        limits, preview, problem = await asyncio.to_thread(read)
+        limits, preview, problem, peers = await asyncio.to_thread(read)
         sections = self._work_section(name)
+        if peers:  # read-only peering (`stem peer`): whom this colony reads at .shared/, and who reads it
+            sections.append(Content.assemble(Content.styled(f"{'peers':>11}  ", "$text-muted"), peers))
         if self.figures:
             sections += self._resources_section(name, limits)
         note = f"the preview proxy is not running: {problem}" if problem else ""

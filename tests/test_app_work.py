@@ -195,3 +195,20 @@ async def test_info_shows_the_preview_url_of_a_ready_service(hive_env, tmp_path,
         app.show_tab("info")
         url = f"http://web-alder.localhost:{port}/"
         await until(pilot, lambda: shows(app, "Preview", url), "the preview URL in Info", timeout=30)
+
+
+async def test_the_palette_peers_the_selected_colony_and_info_shows_both_sides(hive_env, repo):
+    async with stem_app(hive_env, repo, "alder", "beech") as (app, pilot, hive):
+        (worktree(hive, "beech") / "notes.txt").write_text("beech's work\n")
+        app.select_colony("alder")
+        await pilot.press("colon")
+        await pilot.pause()
+        await pilot.press(*"Peer: alder reads beech")
+        await until(pilot, lambda: shows(app, "Peer: alder reads beech"), "the command listed")
+        await pilot.press("enter")
+        await until(pilot, lambda: notified(app, "alder reads beech at .shared/beech/"), "the peering's notification")
+        assert (worktree(hive, "alder") / ".shared" / "beech" / "notes.txt").read_text() == "beech's work\n"
+        app.show_tab("info")
+        await until(pilot, lambda: shows(app, "peers", "reads beech"), "alder's Info: whom it reads")
+        app.select_colony("beech")
+        await until(pilot, lambda: shows(app, "read by alder"), "beech's Info: who reads it")
