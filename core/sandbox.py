@@ -282,13 +282,16 @@ def plan(
 
 def _toolchains(homes: Iterable[Path], environ: Mapping[str, str]) -> set[Path]:
     """What of the hidden homes PATH needs, read-only: each PATH folder inside one (~/.cargo/bin, not the rest of
-    ~/.cargo), and the install of the Python Stem runs on when it is in one (~/.pyenv: its shims need all of it),
-    since colony.toml's commands often run python3."""
+    ~/.cargo) and, for a prefix's bin, its lib (npm's and pip's packages that bin links into); and the install of
+    the Python Stem runs on when it is in one (~/.pyenv: its shims need all of it), since colony.toml's commands
+    often run python3."""
     homes = [h for h in homes if h != Path("/")]
     found = set()
     for entry in environ.get("PATH", "").split(os.pathsep):
         if entry and os.path.isabs(entry) and any(_under(Path(entry), h) and Path(entry) != h for h in homes):
             found.add(Path(entry))
+            if Path(entry).name == "bin":  # a prefix (~/.local, nvm's node): its programs link into its lib
+                found.update(Path(entry).parent / lib for lib in ("lib", "lib64"))
     base = Path(sys.base_prefix)
     for home in homes:
         if _under(base, home) and base != home:

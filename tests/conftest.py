@@ -37,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "root: needs root (network namespaces); fails, never skips, without it")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from helpers import FAKE_AGENT_PATH
+
+    if FAKE_AGENT_PATH.parent.name.startswith("stem-tests-"):  # the session's visible copy (tests/helpers.py)
+        shutil.rmtree(FAKE_AGENT_PATH.parent, ignore_errors=True)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and os.geteuid() != 0:
         pytest.fail("this test needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces): run as root")

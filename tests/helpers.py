@@ -17,6 +17,26 @@ T = TypeVar("T")
 GIT_ID = ["-c", "user.email=test@stem.invalid", "-c", "user.name=Stem Test"]
 
 
+def _visible_fake_agent() -> Path:
+    """The fake agent at a path an isolated colony sees: its processes see neither /tmp nor the homes (where a clone
+    of this repository may well be), so the tests run a copy under /usr/local/lib, one per test session (removed
+    by conftest at the end). Without root (no write there) the file itself."""
+    source = Path(__file__).parent / "fake_agent.py"
+    folder = Path(f"/usr/local/lib/stem-tests-{os.getpid()}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "fake_agent.py"
+        target.write_bytes(source.read_bytes())
+        target.chmod(0o755)
+        folder.chmod(0o755)
+    except OSError:
+        return source
+    return target
+
+
+FAKE_AGENT_PATH = _visible_fake_agent()
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -117,7 +137,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> 
 
 def use_fake_agent(env: dict[str, str]) -> Path:
     """Make the fake agent the default agent of the hive `env` runs with (its config.toml); the file's path."""
-    fake = f"{sys.executable} {Path(__file__).parent / 'fake_agent.py'}"
+    fake = f"{sys.executable} {FAKE_AGENT_PATH}"
     config = Path(env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(

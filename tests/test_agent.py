@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from helpers import FAKE_AGENT_PATH
 
 from core import netns, procs
 from core.agent import AgentSession, choose_argv, encode_key
@@ -25,7 +26,7 @@ from core.settings import AgentPreset, Settings, resolve_agent, user_shell
 pytestmark = pytest.mark.root
 
 T = TypeVar("T")
-FAKE_AGENT = [sys.executable, str(Path(__file__).parent / "fake_agent.py")]
+FAKE_AGENT = [sys.executable, str(FAKE_AGENT_PATH)]
 PROMPT = "fake-agent> "
 TIMEOUT = 10.0
 

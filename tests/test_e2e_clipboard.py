@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, wait_for
+from helpers import FAKE_AGENT_PATH, make_repo, run_stem, wait_for
 from test_e2e_hosts import Panes
 from test_e2e_tmux import stem_command
 
@@ -21,7 +21,7 @@ CSI = "\x1b["
 @pytest.fixture
 def ui(hive_env, tmp_path):
     repo = make_repo(tmp_path / "repo")
-    agent = f"{sys.executable} {HERE / 'fake_agent.py'}"
+    agent = f"{sys.executable} {FAKE_AGENT_PATH}"
     spawned = run_stem(hive_env.env, "spawn", "clip", "--repo", str(repo), "--agent", agent)
     assert spawned.returncode == 0, spawned.stderr
     panes = Panes(dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path)))

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, wait_for
+from helpers import FAKE_AGENT_PATH, make_repo, run_stem, wait_for
 from test_e2e_hosts import Panes
 from test_e2e_tmux import stem_command
 
 pytestmark = pytest.mark.root
 
 HERE = Path(__file__).parent
-KEYS_AGENT = f"{sys.executable} {HERE / 'fake_agent.py'} --hex"
+KEYS_AGENT = f"{sys.executable} {FAKE_AGENT_PATH} --hex"
 ESC = "\x1b"
 CSI = ESC + "["
 SS3 = ESC + "O"

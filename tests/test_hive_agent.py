@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_stem
+from helpers import FAKE_AGENT_PATH, run_stem
 
 from core.events import AgentActivity
 from core.hive import Hive
@@ -18,7 +18,7 @@ from core.settings import load_settings
 
 pytestmark = pytest.mark.root
 
-FAKE = Path(__file__).parent / "fake_agent.py"
+FAKE = FAKE_AGENT_PATH
 
 
 def fake_preset(tmp_path: Path) -> Path:

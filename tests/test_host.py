@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import http_get, make_repo, run_stem, wait_for
+from helpers import FAKE_AGENT_PATH, http_get, make_repo, run_stem, wait_for
 
 from core.hive import Hive
 from core.host.paths import HostPaths
@@ -21,7 +21,7 @@ from core.procs import alive
 
 pytestmark = pytest.mark.root
 
-FAKE = Path(__file__).parent / "fake_agent.py"
+FAKE = FAKE_AGENT_PATH
 SERVICE = """\
 [services.web]
 command = "echo \\"I am $COLONY_NAME\\" > whoami.txt; exec python3 -m http.server 3000"

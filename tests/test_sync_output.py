@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, until
+from helpers import FAKE_AGENT_PATH, make_repo, run_stem, until
 
 from core import netns, screen_queries
 from core.agent import AgentSession
@@ -22,7 +22,7 @@ from core.host.protocol import Connection, Keys, Rows, Snapshot
 pytestmark = pytest.mark.root
 
 HERE = Path(__file__).parent
-FAKE_AGENT = [sys.executable, str(HERE / "fake_agent.py")]
+FAKE_AGENT = [sys.executable, str(FAKE_AGENT_PATH)]
 # Begins a frame and never ends it.
 STUCK = [sys.executable, "-c", "import os,sys;os.write(1,b'\\x1b[?2026hstuck frame\\r\\n');sys.stdin.read()"]
 
@@ -89,7 +89,7 @@ def test_a_frame_that_never_ends_is_shown_after_its_timeout(host_namespace) -> N
 
 def test_a_hosts_clients_never_get_a_frame_half_drawn(hive_env, tmp_path) -> None:
     repo = make_repo(tmp_path / "repo")
-    agent = f"{sys.executable} {HERE / 'fake_agent.py'}"
+    agent = f"{sys.executable} {FAKE_AGENT_PATH}"
     assert run_stem(hive_env.env, "spawn", "frames", "--repo", str(repo), "--agent", agent).returncode == 0
 
     async def scenario() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import FAKE_AGENT_PATH
 from rich.color import Color
 from textual.app import App, ComposeResult
 from textual.widgets import Input
@@ -28,7 +29,7 @@ from stem.widgets.terminal import TerminalView
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
 HERE = Path(__file__).parent
-FAKE_AGENT = [sys.executable, str(HERE / "fake_agent.py")]
+FAKE_AGENT = [sys.executable, str(FAKE_AGENT_PATH)]
 # Prints what it reads, byte by byte, in raw mode, after asking for application cursor keys and bracketed paste.
 KEY_ECHO = [
     sys.executable,

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from helpers import FAKE_AGENT_PATH
+
 from core.hive import Hive
 from stem.textual_private import notifications, screen_strips
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
-FAKE_AGENT = f"{sys.executable} {HERE / 'fake_agent.py'}"
+FAKE_AGENT = f"{sys.executable} {FAKE_AGENT_PATH}"
 # Fixed per test so that snapshots show the same addresses: slot 0 is .2 of the pool.
 SNAPSHOT_POOL = ipaddress.IPv4Network("10.231.0.0/20")
 TIMEOUT = 20.0
