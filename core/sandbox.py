@@ -117,8 +117,12 @@ class Identity:
     why: str
 
 
-def choose_identity(configured: int | None, environ: Mapping[str, str] = os.environ) -> Identity:
-    """The invoking user when Stem runs through sudo; else `[hive] colony_uid`; else a dedicated uid.
+def choose_identity(
+    configured: int | None, environ: Mapping[str, str] = os.environ, slot: int | None = None
+) -> Identity:
+    """The invoking user when Stem runs through sudo; else `[hive] colony_uid`; else a dedicated uid: one per
+    colony (`slot`), all in one group, so a colony writes the shared object store but cannot replace another
+    colony's branch (refs/heads/colony/ is sticky: only a ref's owner may rename over it).
 
     Root is never chosen: sudo from root, or a configured 0, falls through to the next."""
     sudo_uid = environ.get("SUDO_UID", "")
@@ -133,7 +137,8 @@ def choose_identity(configured: int | None, environ: Mapping[str, str] = os.envi
         except KeyError:
             gid = configured
         return Identity(configured, gid, _user_name(configured), "[hive] colony_uid")
-    return Identity(DEDICATED_UID, DEDICATED_UID, DEDICATED_NAME, "Stem's dedicated colony uid")
+    uid = DEDICATED_UID if slot is None else DEDICATED_UID + 1 + slot
+    return Identity(uid, DEDICATED_UID, DEDICATED_NAME, "Stem's dedicated colony uid")
 
 
 def _user_name(uid: int) -> str:
@@ -143,16 +148,16 @@ def _user_name(uid: int) -> str:
         return DEDICATED_NAME
 
 
-def identity_of(data_dir: Path, configured: int | None) -> Identity:
+def identity_of(data_dir: Path, configured: int | None, slot: int | None = None) -> Identity:
     """The identity a colony was prepared for (the owner of its database folder), else a fresh choice: a colony
     keeps its uid whoever starts it later (sudo or not), so its files stay its own."""
+    fresh = choose_identity(configured, slot=slot)
     try:
         st = os.stat(data_dir)
     except OSError:
-        return choose_identity(configured)
+        return fresh
     if st.st_uid == 0:
-        return choose_identity(configured)
-    fresh = choose_identity(configured)
+        return fresh
     if fresh.uid == st.st_uid:
         return fresh
     return Identity(st.st_uid, st.st_gid, _user_name(st.st_uid), "the owner of the colony's files")
@@ -377,7 +382,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
     layout = HiveLayout(stem_home)
     data = Path(rec.db_path).parent
     return plan(
-        identity=identity_of(data, settings.colony_uid),
+        identity=identity_of(data, settings.colony_uid, rec.slot),
         stem_home=stem_home,
         worktree=Path(rec.worktree),
         data_dir=data,

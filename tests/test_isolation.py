@@ -135,6 +135,12 @@ def test_the_agent_commits_on_its_branch_and_its_service_serves_port_80(hive_env
     )
     assert out.returncode == 0, out.stderr + out.stdout
     assert "from inside" in git(repo, "log", "--oneline", "-1", "colony/a")
+    # Another colony of the repository cannot move or delete that branch (a uid per colony, a sticky refs folder).
+    tip = git(repo, "rev-parse", "colony/a").strip()
+    for attempt in ("git update-ref refs/heads/colony/a HEAD", "git update-ref -d refs/heads/colony/a"):
+        out = inside(hive_env, "b", f"{attempt} && echo moved")
+        assert "moved" not in out.stdout, (attempt, out.stdout, out.stderr)
+        assert git(repo, "rev-parse", "colony/a").strip() == tip
     # The hooks and config of the shared repository are read-only inside: nothing planted there runs later.
     out = inside(hive_env, "a", f"echo evil >> {repo}/.git/config || echo refused")
     assert "refused" in out.stdout
