@@ -43,6 +43,7 @@ from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
 from core.locks import FileLock, remove_unused
 from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
+from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
@@ -1292,13 +1293,13 @@ class Hive:
             records = self.registry.colonies()
             return merge_statuses([r for r in records if names is None or r.name in names])
 
-        return await asyncio.to_thread(run)
+        return await read_off_loop(run, "merge-status")  # read-only: a quitting UI does not wait for it
 
     async def overlaps(self) -> OverlapReport:
         """Colonies that change the same files, and the same lines, computed off the loop."""
         from core.overlap import find_overlaps, overlap_work
 
-        return await asyncio.to_thread(lambda: find_overlaps(overlap_work(self.registry.colonies())))
+        return await read_off_loop(lambda: find_overlaps(overlap_work(self.registry.colonies())), "overlaps")
 
     async def close(self) -> None:
         if self._follower is not None:

@@ -22,6 +22,7 @@ from core.cgroups import ColonyLimits, Usage, size_text
 from core.errors import StemError
 from core.events import ChangesUpdated, ColonyRemoved, Event, HiveChanged, StateChanged
 from core.merge import MergeConflict, MergeState, MergeStatus
+from core.offload import read_off_loop
 from core.overlap import Overlap, OverlapLevel, OverlapReport
 from stem.widgets.merge_dialog import CommitDialog, MergeChoice, MergeDialog
 from stem.widgets.work_badges import WorkBadge, cpu_text, merge_parts
@@ -184,16 +185,15 @@ class LiveWork:
 
     def _poll(self) -> None:
         running = [r.name for r in self.app.records if r.state == lc.RUNNING] if self.figures else []
-        self.app.run_worker(
-            lambda: self._look(running),
-            name="usage",
-            group="live-poll",
-            thread=True,
-            exclusive=True,
-            exit_on_error=False,
-        )
 
-    def _look(self, running: list[str]) -> None:
+        async def look() -> None:
+            # A daemon thread, not a thread worker: quitting never waits for 100 colonies' usage to be read.
+            tips, usages, now = await read_off_loop(lambda: self._look(running), "usage")
+            self._looked(tips, usages, now)
+
+        self.app.run_worker(look(), name="usage", group="live-poll", exclusive=True, exit_on_error=False)
+
+    def _look(self, running: list[str]) -> tuple[dict[str, str], dict[str, Usage | None], float]:
         """In a thread: the repositories' branch tips, and each running colony's usage."""
         hive = self.app.hive
         tips = hive.branch_tips()
@@ -203,7 +203,7 @@ class LiveWork:
                 usages[name] = hive.usage(name)
             except (StemError, OSError):
                 usages[name] = None
-        self.app.call_from_thread(self._looked, tips, usages, time.monotonic())
+        return tips, usages, time.monotonic()
 
     def _looked(self, tips: dict[str, str], usages: dict[str, Usage | None], now: float) -> None:
         if tips != self._tips:  # the first look too: a branch may have moved since the first recompute began
@@ -276,7 +276,7 @@ class LiveWork:
             preview = hive.preview_urls(name).get(name, {})
             return limits, preview, hive.preview_problem() or "", peers
 
-        limits, preview, problem, peers = await asyncio.to_thread(read)
+        limits, preview, problem, peers = await read_off_loop(read, "info")
         sections = self._work_section(name)
         if peers:  # read-only peering (`stem peer`): whom this colony reads at .shared/, and who reads it
             sections.append(Content.assemble(Content.styled(f"{'peers':>11}  ", "$text-muted"), peers))
