@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import helpers
 from helpers import link_names, make_repo, netns_names
 
 from core import cgroups, claims, firewall, peering, procs
@@ -35,13 +36,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # The `shell` agent preset runs $SHELL: keep the developer's shell startup files out of the tests.
     os.environ["SHELL"] = "/bin/sh"
     config.addinivalue_line("markers", "root: needs root (network namespaces); fails, never skips, without it")
+    for stale in Path("/usr/local/lib").glob("stem-tests-*"):  # copies of sessions that were killed
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    helpers.FAKE_AGENT_PATH = helpers.visible_fake_agent()  # before any test module imports it
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from helpers import FAKE_AGENT_PATH
-
-    if FAKE_AGENT_PATH.parent.name.startswith("stem-tests-"):  # the session's visible copy (tests/helpers.py)
-        shutil.rmtree(FAKE_AGENT_PATH.parent, ignore_errors=True)
+    if helpers.FAKE_AGENT_PATH.parent.name.startswith("stem-tests-"):  # the session's copy (tests/helpers.py)
+        shutil.rmtree(helpers.FAKE_AGENT_PATH.parent, ignore_errors=True)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -17,10 +17,10 @@ T = TypeVar("T")
 GIT_ID = ["-c", "user.email=test@stem.invalid", "-c", "user.name=Stem Test"]
 
 
-def _visible_fake_agent() -> Path:
-    """The fake agent at a path an isolated colony sees: its processes see neither /tmp nor the homes (where a clone
-    of this repository may well be), so the tests run a copy under /usr/local/lib, one per test session (removed
-    by conftest at the end). Without root (no write there) the file itself."""
+def visible_fake_agent() -> Path:
+    """A copy of the fake agent at a path an isolated colony sees: its processes see neither /tmp nor the homes
+    (where a clone of this repository may well be), so a test session runs a copy under /usr/local/lib, its own
+    (conftest makes it and removes it, and any a killed session left). Without root, the file itself."""
     source = Path(__file__).parent / "fake_agent.py"
     folder = Path(f"/usr/local/lib/stem-tests-{os.getpid()}")
     try:
@@ -34,7 +34,9 @@ def _visible_fake_agent() -> Path:
     return target
 
 
-FAKE_AGENT_PATH = _visible_fake_agent()
+# The fake agent the tests run: conftest points this at the session's visible copy before any test module is
+# imported; benchmarks, run from a checkout outside /tmp and the homes, use the file itself.
+FAKE_AGENT_PATH = Path(__file__).parent / "fake_agent.py"
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
