@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from scenes import SCENES, SIZE, Scene, demo_repo, play, scene_app  # noqa: E402
 
+from core import claims  # noqa: E402
 from core.hive import Hive  # noqa: E402
 
 OUT = ROOT / "screenshots"
@@ -34,7 +35,8 @@ async def shoot(scene: Scene, home: Path) -> Path:
     os.environ["HOME"] = str(home / "user")  # the app shows the repository as ~/shop
     repo = demo_repo(home / "user")
     pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
-    hive = Hive(home, prefix="s" + secrets.token_hex(2), pool=pool, stop_grace=2.0)
+    prefix = "s" + secrets.token_hex(2)
+    hive = Hive(home, prefix=prefix, pool=pool, stop_grace=2.0)
     app = scene_app(hive, repo, theme=scene.theme)
     target = OUT / f"{scene.name}.svg"
     async with app.run_test(size=SIZE) as pilot:
@@ -45,6 +47,8 @@ async def shoot(scene: Scene, home: Path) -> Path:
         finally:
             for rec in hive.colonies():
                 await hive.destroy(rec.name, force=True)
+            await hive.close()
+            claims.release(prefix)  # the throwaway hive's claim on its prefix and pool
     return target
 
 
