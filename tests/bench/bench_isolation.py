@@ -33,7 +33,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchlib import destroy_hive, run_sections
+from benchlib import destroy_hive, paired_figures, run_sections
 
 from core import netns, sandbox
 from core.privileges import require_netns_privileges
@@ -77,12 +76,6 @@ def make_repo(path: Path, files: int, seed: int) -> None:
     ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     subprocess.run(["git", "add", "-A"], cwd=path, check=True, env=env)
     subprocess.run(["git", *ident, "commit", "-q", "-m", "bench"], cwd=path, check=True, env=env)
-
-
-def summary(samples: list[float]) -> tuple[float, float]:
-    ms = [s * 1000 for s in samples]
-    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
-    return statistics.median(ms), p90
 
 
 def free_port() -> int:
@@ -175,24 +168,8 @@ class Bench:
         return self.leftovers()
 
     def figures(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
         keys = [f"{r}_{n}" for n in self.sizes for r in ("spawn", "destroy")] + ["exec"]
-        for key in keys:
-            on, off = self.samples.get(key), self.samples.get(f"ref_{key}")
-            if not on or not off:
-                continue
-            (om, op), (fm, fp) = summary(on), summary(off)
-            out.update(
-                {
-                    f"{key}_median_ms": round(om, 2),
-                    f"{key}_p90_ms": round(op, 2),
-                    f"ref_{key}_median_ms": round(fm, 2),
-                    f"ref_{key}_p90_ms": round(fp, 2),
-                    f"ratio_{key}_median": round(om / fm, 3),
-                    f"ratio_{key}_p90": round(op / fp, 3),
-                }
-            )
-        return out
+        return paired_figures(self.samples, keys)
 
     def table(self, figures: dict[str, Any]) -> list[str]:
         rows = [(f"{r} {n} files", f"{r}_{n}") for n in self.sizes for r in ("spawn", "destroy")]

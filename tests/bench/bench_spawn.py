@@ -39,7 +39,6 @@ import secrets
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib import destroy_hive
+from benchlib import destroy_hive, paired_figures
 
 from core import cgroups, netns, worktree
 from core.hive import Hive
@@ -117,13 +116,6 @@ def make_db(path: Path) -> None:
         db.execute("PRAGMA journal_mode=WAL")
     finally:
         db.close()
-
-
-def summary(samples: list[float]) -> tuple[float, float]:
-    """(median, p90) in milliseconds."""
-    ms = [s * 1000 for s in samples]
-    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
-    return statistics.median(ms), p90
 
 
 def pick_prefix() -> str:
@@ -322,25 +314,9 @@ class Bench:
     # reporting ------------------------------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
         keys = ["net", "net_destroy"] + [f"{r}_{n}" for n in self.sizes for r in ("worktree", "spawn", "destroy")]
         keys += [f"limits_{r}_{min(self.sizes)}" for r in ("spawn", "destroy")]
-        for key in keys:
-            stem, ref = self.samples.get(key), self.samples.get(f"ref_{key}")
-            if not stem or not ref:
-                continue
-            (sm, sp), (rm, rp) = summary(stem), summary(ref)
-            out.update(
-                {
-                    f"{key}_median_ms": round(sm, 2),
-                    f"{key}_p90_ms": round(sp, 2),
-                    f"ref_{key}_median_ms": round(rm, 2),
-                    f"ref_{key}_p90_ms": round(rp, 2),
-                    f"ratio_{key}_median": round(sm / rm, 3),
-                    f"ratio_{key}_p90": round(sp / rp, 3),
-                }
-            )
-        return out
+        return paired_figures(self.samples, keys)
 
     def table(self, figures: dict[str, Any]) -> list[str]:
         rows = [("network up", "net", "8 ip commands"), ("network down", "net_destroy", "ip link del, ip netns del")]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,32 @@ async def destroy_hive(home: Path, prefix: str, pool: IPv4Network, log: Callable
     finally:
         await hive.close()
         claims.release(prefix)  # the run's prefix and pool are free for the next one
+
+
+def summary(samples: Sequence[float]) -> tuple[float, float]:
+    """(median, p90) in milliseconds of samples in seconds."""
+    ms = [s * 1000 for s in samples]
+    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
+    return statistics.median(ms), p90
+
+
+def paired_figures(samples: Mapping[str, Sequence[float]], keys: Sequence[str]) -> dict[str, Any]:
+    """For each key with samples under `key` and its reference under `ref_key`: median and p90 of both (ms) and
+    their ratios, as the JSON figures name them."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        mine, ref = samples.get(key), samples.get(f"ref_{key}")
+        if not mine or not ref:
+            continue
+        (mm, mp), (rm, rp) = summary(mine), summary(ref)
+        out.update(
+            {
+                f"{key}_median_ms": round(mm, 2),
+                f"{key}_p90_ms": round(mp, 2),
+                f"ref_{key}_median_ms": round(rm, 2),
+                f"ref_{key}_p90_ms": round(rp, 2),
+                f"ratio_{key}_median": round(mm / rm, 3),
+                f"ratio_{key}_p90": round(mp / rp, 3),
+            }
+        )
+    return out
