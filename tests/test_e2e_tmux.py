@@ -3,10 +3,13 @@ would: spawn a colony from the form, see the fake agent's prompt, type into it, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import use_fake_agent, wait_for
@@ -60,8 +63,10 @@ def stem_command() -> str:
     return found if found else f"{sys.executable} -m stem.cli"
 
 
-@pytest.fixture
-def tmux(hive_env, repo, tmp_path):
+@contextlib.contextmanager
+def stem_in_tmux(hive_env, repo: Path, tmp_path: Path) -> Iterator[Tmux]:
+    """The real `stem` (the fake agent its default) in session "stem" of a private tmux server, started in `repo`;
+    the pane stays after it exits, saying its exit status."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: apt-get install tmux")
     use_fake_agent(hive_env.env)  # the default agent, so the form needs no typing to run it
@@ -78,6 +83,12 @@ def tmux(hive_env, repo, tmp_path):
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def tmux(hive_env, repo, tmp_path):
+    with stem_in_tmux(hive_env, repo, tmp_path) as server:
+        yield server
 
 
 def test_spawn_type_and_quit_in_tmux(tmux, hive_env, repo):

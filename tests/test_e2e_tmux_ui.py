@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import git, make_repo, use_fake_agent, wait_for
-from test_e2e_tmux import COLS, ROWS, Tmux, stem_command
+from helpers import git, make_repo, wait_for
+from test_e2e_tmux import COLS, Tmux, stem_in_tmux
 
 pytestmark = pytest.mark.root
 
@@ -32,18 +32,8 @@ def pane(hive_env, tmp_path):
     (repo / "coloured.py").write_text(COLOURED)
     git(repo, "add", "coloured.py")
     git(repo, "commit", "-q", "-m", "a coloured service")
-    use_fake_agent(hive_env.env)
-    env = dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path))
-    server = Tmux(env)
-    server(
-        "new-session", "-d", "-s", "stem", "-x", str(COLS), "-y", str(ROWS), "-c", str(repo),
-        f"cd {repo} && {stem_command()}; echo stem exited with status $?",
-    )  # fmt: skip
-    server("set-option", "-t", "stem", "remain-on-exit", "on")
-    try:
+    with stem_in_tmux(hive_env, repo, tmp_path) as server:
         yield server, repo
-    finally:
-        server.kill()
 
 
 def stem_pid(tmux: Tmux) -> int:
