@@ -123,6 +123,14 @@ def release(prefix: str) -> None:
         (CLAIMS_DIR / prefix).unlink()
 
 
+def held() -> list[Claim]:
+    """Every hive's claim on this machine (none where /run/stem cannot be read)."""
+    try:
+        return list(_read_all().values())
+    except OSError:
+        return []
+
+
 def _read_all() -> dict[str, Claim]:
     claims = {}
     for path in CLAIMS_DIR.iterdir():

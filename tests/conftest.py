@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import random
 import secrets
@@ -132,11 +131,7 @@ def free_pool() -> ipaddress.IPv4Network:
     run's leftovers) and that is not the snapshot tests' fixed pool."""
     from ui_support import SNAPSHOT_POOL
 
-    taken = [SNAPSHOT_POOL]
-    with contextlib.suppress(OSError):
-        for path in claims.CLAIMS_DIR.iterdir():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                taken.append(ipaddress.IPv4Network(json.loads(path.read_text())["pool"]))
+    taken = [SNAPSHOT_POOL, *(claim.pool for claim in claims.held())]
     while True:
         pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
         if not any(pool.overlaps(other) for other in taken):
