@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
+from core.coalesce import Coalesced
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
@@ -140,10 +141,7 @@ class Hive:
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self._follower: asyncio.Task[None] | None = None
         self._seen: set[tuple[str, lc.ColonyState, str]] | None = None  # the registry's colonies at the last reconcile
-        self._fw_cond = threading.Condition()  # sync_firewall's coalescing
-        self._fw_asked = self._fw_served = 0
-        self._fw_running = False
-        self._fw_result: list[str] | BaseException = []
+        self._sync_firewall = Coalesced(self._rebuild_firewall)  # sync_firewall's coalescing
         self._commands: dict[str, subprocess.Popen[bytes]] = {}  # the setup/build command each colony waits on
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reap_timer: asyncio.TimerHandle | None = None
@@ -589,29 +587,7 @@ class Hive:
         Coalesced: callers that arrive while a rebuild runs wait for it, and the one rebuild that follows, which
         reads the registry after all their changes, serves them all (stopping 100 colonies at once rebuilds the
         table a few times, not 100). Returns the warnings of the rebuild that served this call."""
-        with self._fw_cond:
-            self._fw_asked += 1
-            ticket = self._fw_asked
-            while self._fw_running:
-                self._fw_cond.wait()
-            if self._fw_served >= ticket:
-                if isinstance(self._fw_result, BaseException):
-                    raise self._fw_result
-                return list(self._fw_result)
-            self._fw_running = True
-            covers = self._fw_asked  # everything asked so far was written before this rebuild reads the registry
-        result: list[str] | BaseException = []
-        try:
-            result = self._rebuild_firewall()
-            return list(result)
-        except BaseException as exc:
-            result = exc
-            raise
-        finally:
-            with self._fw_cond:
-                self._fw_running = False
-                self._fw_served, self._fw_result = covers, result
-                self._fw_cond.notify_all()
+        return list(self._sync_firewall())
 
     def _rebuild_firewall(self) -> list[str]:
         rules = tuple(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core import cgroups, netns
+from core.coalesce import Coalesced
 from core.sandbox import Sandbox, confine, in_pid_namespace
 
 # Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
@@ -195,41 +196,15 @@ def forget_child(pid: int) -> None:
         _children.discard(pid)
 
 
-class _Reaps:
-    """Coalescing for reap_orphans: callers that arrive while a scan runs wait for it, and the one scan that follows
-    (it starts after they asked) serves them all, so a burst of SIGCHLDs costs two /proc scans, not one each."""
-
-    cond = threading.Condition()
-    asked = served = 0
-    running = False
-    last: list[int] = []
-
-
 def reap_orphans() -> list[int]:
     """Reap zombies we adopted as subreaper, and only those; the pids reaped (by the scan that served this call).
 
     Our own short-lived helpers (git via subprocess.run in another thread) share our session and have waiters
     that need their exit codes; everything started inside a colony has a session of its own, and so do its
-    orphans. So: zombie children from another session that no waiter registered.
+    orphans. So: zombie children from another session that no waiter registered. Coalesced: a burst of SIGCHLDs
+    costs two /proc scans, not one each.
     """
-    with _Reaps.cond:
-        _Reaps.asked += 1
-        ticket = _Reaps.asked
-        while _Reaps.running:
-            _Reaps.cond.wait()
-        if _Reaps.served >= ticket:
-            return list(_Reaps.last)
-        _Reaps.running = True
-        covers = _Reaps.asked  # everyone who asked so far asked before this scan starts
-    reaped: list[int] = []
-    try:
-        reaped = _reap_scan()
-    finally:
-        with _Reaps.cond:
-            _Reaps.running = False
-            _Reaps.served, _Reaps.last = covers, reaped
-            _Reaps.cond.notify_all()
-    return reaped
+    return list(_reaps())
 
 
 def _reap_scan() -> list[int]:
@@ -339,3 +314,6 @@ def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
     if not words or "=" in words[0] or shutil.which(words[0], path=env.get("PATH", os.defpath)) is None:
         return ["/bin/sh", "-c", command]
     return words
+
+
+_reaps = Coalesced(_reap_scan)
