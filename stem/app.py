@@ -803,22 +803,18 @@ class StemApp(App[int], inherit_bindings=False):
         if name is None:
             return
 
-        async def run() -> None:
-            try:
-                if source is None:
-                    done = await self.hive.refresh_peers(name)
-                    text = f"{name}: refreshed {len(done)} peer snapshot{'s' if len(done) != 1 else ''}"
-                else:
-                    peering = await self.hive.peer(name, source)
-                    text = f"{name} reads {source} at .shared/{source}/ ({peering.files} files, read-only)"
-            except StemError as exc:
-                self.notify(str(exc), severity="error")
-                return
+        async def run() -> None:  # a refusal is shown where every colony worker's is (on_worker_state_changed)
+            if source is None:
+                done = await self.hive.refresh_peers(name)
+                text = f"{name}: refreshed {len(done)} peer snapshot{'s' if len(done) != 1 else ''}"
+            else:
+                peering = await self.hive.peer(name, source)
+                text = f"{name} reads {source} at .shared/{source}/ ({peering.files} files, read-only)"
             self.notify(text)
             if self.selected == name:
                 self._show_info()
 
-        self.run_worker(run(), group="peer", exit_on_error=False)
+        self._colony_work(name, run(), f"peer {name}")
 
     def action_toggle_diff_target(self) -> None:
         """`t` in the Diff tab or panel 3: the diff against the colony's target, or against its spawn's base."""

@@ -385,7 +385,6 @@ class LiveWork:
             except MergeConflict as exc:
                 files = ", ".join(c.path for c in exc.conflicts[:5])
                 self.app.notify(f"{exc}: {files}" if files else str(exc), severity="error", timeout=10)
-                self.changed()
                 return
             finally:
                 self.changed()
