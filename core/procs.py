@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,6 +63,19 @@ def starttime(pid: int) -> int | None:
     """Field 22 of /proc/pid/stat: with the pid, it identifies a process across pid reuse."""
     fields = proc_stat(pid)
     return int(fields[19]) if fields else None
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv that runs `module` as `python -m` would, with this interpreter and this very copy of Stem's code first on
+    the path. A detached helper (the forker, a host) starts in /, where `-m` would import whichever install of Stem
+    the interpreter finds first: a stale editable install of an older name, another checkout's. It must run the
+    launcher's code, or the forker's fingerprint never matches and hosts run code the launcher never shipped."""
+    root = str(Path(__file__).resolve().parents[1])
+    boot = (
+        f"import runpy, sys; sys.path.insert(0, {root!r}); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", boot, *args]
 
 
 def start_detached(

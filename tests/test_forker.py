@@ -97,3 +97,25 @@ def test_without_a_forker_a_host_starts_as_a_fresh_interpreter(hive_env, tmp_pat
     pid = host_pid(hive_env, "plain")
     assert pid is not None and forker_pid(hive_env) is None
     assert b"core.host" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
+def test_hosts_run_the_launchers_code_when_another_install_is_found_first(hive_env, tmp_path, forked):
+    """A machine with another install of Stem (a stale editable install of an older name, another checkout) that the
+    interpreter finds first from /: the forker and the hosts still run the code of the stem that launched them."""
+    fake_agent_config(hive_env)
+    decoy = tmp_path / "decoy"
+    (decoy / "core").mkdir(parents=True)
+    (decoy / "core" / "__init__.py").write_text("raise SystemExit('the decoy core was imported')\n")
+    env = {**hive_env.env, "PYTHONPATH": str(decoy)}
+    if not forked:
+        hive_env.home.mkdir(parents=True, exist_ok=True)
+        (hive_env.home / "forker").write_text("not a folder\n")
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn = run_stem(env, "spawn", "mine", "--repo", str(repo), cwd=Path(__file__).resolve().parents[1])
+    assert spawn.returncode == 0, spawn.stderr
+    pid = host_pid(hive_env, "mine")
+    assert pid is not None
+    if forked:
+        assert parent_of(pid) == forker_pid(hive_env)
+    assert "decoy" not in (hive_env.home / "colonies" / "mine" / "host.log").read_text()

@@ -182,7 +182,7 @@ def _start(paths: ForkerPaths, home: Path, env: dict[str, str]) -> bool:
         from core import procs
 
         proc, ready = procs.start_detached(
-            [sys.executable, "-m", "core.host.forker", str(home)], paths.log, env, READY_TIMEOUT
+            procs.python_module("core.host.forker", str(home)), paths.log, env, READY_TIMEOUT
         )
         # It may outlive this process (then whoever adopts it reaps it); while this one lives, a thread blocked in
         # waitpid reaps it the moment it exits, so a long-lived UI never keeps its zombie.

@@ -8,7 +8,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from core import procs
@@ -46,7 +45,7 @@ def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None =
         raise HostFailed(f"the colony host of {name} did not start: {_log_tail(paths)}") from None
     # No forker could be used: the host starts as a fresh interpreter. Not registered as a waited-for child: when
     # it ends, whichever stem process is its parent then reaps it as a child of another session (reap_orphans).
-    proc, ready = procs.start_detached([sys.executable, "-m", "core.host", str(home), name], paths.log, env, None)
+    proc, ready = procs.start_detached(procs.python_module("core.host", str(home), name), paths.log, env, None)
     if ready != b"1":
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
