@@ -95,7 +95,11 @@ def make_repo(path: Path, files: int = 3, colony_toml: str | None = None) -> Pat
 
 
 def stem_cmd() -> list[str]:
-    return [sys.executable, "-m", "stem.cli"]
+    """The stem under test, run from any folder: this checkout's code, never another install the interpreter would
+    find first (a stale editable install, say)."""
+    from core.procs import python_module
+
+    return python_module("stem.cli")
 
 
 def run_stem(

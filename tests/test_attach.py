@@ -11,10 +11,10 @@ import random
 import re
 import secrets
 import select
+import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import termios
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import run_stem, until, wait_for
+from helpers import run_stem, stem_cmd, until, wait_for
 from recordings import streams
 
 from core import claims
@@ -536,7 +536,7 @@ class Pane:
         self.keys("Enter")
 
     def attach(self, name: str = "alpha") -> None:
-        self.run(f"{sys.executable} -m stem.cli attach {name}; echo attach exited $?")
+        self.run(f"{shlex.join(stem_cmd())} attach {name}; echo attach exited $?")
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", "stem-attach", "kill-server"], env=self.env, capture_output=True, timeout=30)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import use_fake_agent, wait_for
+from helpers import stem_cmd, use_fake_agent, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -59,8 +59,7 @@ class Tmux:
 
 
 def stem_command() -> str:
-    found = shutil.which("stem")
-    return found if found else f"{sys.executable} -m stem.cli"
+    return shlex.join(stem_cmd())
 
 
 @contextlib.contextmanager
@@ -117,7 +116,5 @@ def test_spawn_type_and_quit_in_tmux(tmux, hive_env, repo):
     screen = tmux.wait("stem exited with status", history=True)
     assert "stem exited with status 0" in screen, screen
     # The colony outlives the UI; only its agent stopped.
-    listed = subprocess.run(
-        [sys.executable, "-m", "stem.cli", "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60
-    )
+    listed = subprocess.run([*stem_cmd(), "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60)
     assert "alder" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr

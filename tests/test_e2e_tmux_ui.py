@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import git, make_repo, wait_for
+from helpers import git, make_repo, stem_cmd, wait_for
 from test_e2e_tmux import COLS, Tmux, stem_in_tmux
 
 pytestmark = pytest.mark.root
@@ -70,7 +70,5 @@ def test_coloured_service_lines_keep_the_border_in_place_and_sigterm_restores_th
     assert "stem exited with status 0" in screen, screen
     assert "Traceback" not in screen, screen
     wait_for(lambda: tmux("display", "-p", "-t", "stem", "#{alternate_on}").strip() == "0", 10, "the main screen")
-    listed = subprocess.run(
-        [sys.executable, "-m", "stem.cli", "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60
-    )
+    listed = subprocess.run([*stem_cmd(), "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60)
     assert "alder" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import git, http_get, make_repo, run_stem, wait_for
+from helpers import git, http_get, make_repo, run_stem, stem_cmd, wait_for
 
 from core import sandbox
 
@@ -164,7 +164,7 @@ def test_stem_says_what_is_not_enforced(hive_env, two):
 
 def test_stop_ends_a_confined_process_promptly_with_its_own_status(hive_env, two):
     proc = subprocess.Popen(
-        ["python3", "-m", "stem.cli", "exec", "a", "--", "sh", "-c", "sleep 300"],
+        [*stem_cmd(), "exec", "a", "--", "sh", "-c", "sleep 300"],
         env=hive_env.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
