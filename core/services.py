@@ -70,6 +70,11 @@ LAST_LINES = 20
 MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cannot grow a buffer without end
 READ_CHUNK = 64 * 1024
 READS_PER_WAKEUP = 4  # bounds one wakeup's work, so one chatty service cannot starve the loop
+# Most services listen within a few hundred ms of their start: probed every FAST_PROBE for the first FAST_PROBING
+# seconds (a connect in the colony's namespace costs microseconds), so a spawn waits at most 10 ms past the moment
+# they are up; then backing off to `probe_interval` for the slow starters.
+FAST_PROBE = 0.01
+FAST_PROBING = 2.0
 MAX_PENDING = 10_000  # lines waiting for the log writer; beyond it the pipes are left unread (backpressure)
 
 # (pid, starttime, kind, argv): called in a worker thread, so a registry write never runs on the loop.
@@ -433,8 +438,9 @@ class ServiceRunner:
         spec = self.spec
         if spec.ready is None:
             return True
-        deadline = time.monotonic() + spec.ready_timeout
-        interval = 0.01  # most services are up within a few tens of ms: probe often at first, then every interval
+        started = time.monotonic()
+        deadline = started + spec.ready_timeout
+        interval = FAST_PROBE
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -442,7 +448,8 @@ class ServiceRunner:
             if await probe(spec.ready, self.ip, spec.port, min(self.timing.probe_timeout, left)):
                 return True
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
-            interval = min(interval * 2, self.timing.probe_interval)
+            if time.monotonic() - started > FAST_PROBING:
+                interval = min(interval * 2, self.timing.probe_interval)
 
     def _on_exit(self) -> None:
         asyncio.get_running_loop().remove_reader(self._pidfd)

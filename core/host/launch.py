@@ -84,7 +84,7 @@ async def stop(paths: HostPaths, grace: float) -> bool:
             await asyncio.wait_for(conn.stop(grace), timeout=grace + 15)
     except (StemError, TimeoutError, OSError):
         pass  # it does not answer: it is ended below
-    if not await asyncio.to_thread(wait_exit, found[0], 5.0):
+    if not await exited(found[0], 5.0):
         kill(paths)
     return True
 
@@ -96,6 +96,28 @@ def kill(paths: HostPaths) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(found[0], signal.SIGKILL)
         wait_exit(found[0], 5.0)
+
+
+async def exited(pid: int, timeout: float) -> bool:
+    """`wait_exit` on the event loop: its pidfd is watched by the loop, so stopping 100 colonies at once parks no
+    thread per host (the default executor has a handful, which everything else of the stop then queues behind)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await asyncio.wait_for(gone, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    with contextlib.suppress(ChildProcessError):  # a host started as a fresh interpreter is our child: reap it
+        os.waitpid(pid, os.WNOHANG)
+    return True
 
 
 def wait_exit(pid: int, timeout: float) -> bool:
