@@ -18,6 +18,7 @@ import shutil
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,18 @@ def delete_link(ifname: str) -> None:
         (error,) = struct.unpack_from("=i", reply, 16)
         if error and -error != errno.ENODEV:
             raise OSError(-error, f"deleting interface {ifname}: {os.strerror(-error)}")
+
+
+def wait_link_gone(ifname: str, timeout: float) -> bool:
+    """Wait until the interface `ifname` no longer exists (a namespace's cleanup takes its veth with it); False if
+    it is still there after `timeout`. Polls sysfs: a stat every 5 ms, for the few ms the kernel usually takes."""
+    path = f"/sys/class/net/{ifname}"
+    deadline = time.monotonic() + timeout
+    while os.path.lexists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def list_namespaces() -> list[str]:

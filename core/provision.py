@@ -16,6 +16,9 @@ from core.registry import ColonyRecord, Registry, Resource
 
 # What a running colony has and a stopped one has not: stop removes them, start makes them again.
 RUNTIME_PARTS = ("netns", "veth", "cgroup", peering.KIND)
+# How long a colony's veth may take to go with its namespace (the kernel's cleanup runs a few ms after the last
+# reference goes) before it is deleted by itself.
+VETH_GONE_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +53,19 @@ class Teardown:
         count, and whether the colony's network went (the hive's firewall table then needs a rebuild)."""
         kept: tuple[str | None, int] = (None, 0)
         network_gone = False
-        for res in reversed(self.registry.resources(name)):
-            if only is None or res.kind in only:
-                unmerged = self.remove_resource(res, keep_unmerged)
-                network_gone |= res.kind == "veth"
-                if unmerged:
-                    kept = (res.ident.split("#", 1)[1], unmerged)
+        parts = [res for res in reversed(self.registry.resources(name)) if only is None or res.kind in only]
+        # The veth goes with its namespace: once the namespace is unmounted and empty, the kernel destroys both
+        # ends, batched with every other namespace going at the same moment. A veth deleted by itself costs ~30 ms
+        # of the kernel's RCU waits under the one rtnl lock, so stopping 100 colonies would wait 3 s for that alone.
+        if any(res.kind == "netns" for res in parts):
+            parts.sort(key=lambda res: res.kind == "veth")
+        for res in parts:
+            if res.kind == "veth" and any(p.kind == "netns" for p in parts):
+                netns.wait_link_gone(res.ident, VETH_GONE_TIMEOUT)  # deleted below if the namespace lives on
+            unmerged = self.remove_resource(res, keep_unmerged)
+            network_gone |= res.kind == "veth"
+            if unmerged:
+                kept = (res.ident.split("#", 1)[1], unmerged)
         return kept[0], kept[1], network_gone
 
     def remove_resource(self, res: Resource, keep_unmerged: bool) -> int:
