@@ -293,6 +293,8 @@ class StemApp(App[int], inherit_bindings=False):
                 self._tracing[event.colony].logs.append(event)
             if event.colony == self.selected:
                 self.query_one(LogsView).add(event)
+                if event.source == "preview":  # a route came (it is added after the service's "ready")
+                    self._show_info()
         elif isinstance(event, StateChanged):
             if event.colony in self._tracing:
                 change = Transition(event.state, event.stage, event.reason, self.clock.now())
