@@ -40,6 +40,7 @@ from core.events import (
     StateChanged,
 )
 from core.firewall import FirewallError
+from core.host import forker
 from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
 from core.locks import FileLock, remove_unused
@@ -537,7 +538,9 @@ class Hive:
         self.registry.claim(rec.name, "netns", rec.netns)
         self.registry.claim(rec.name, "veth", rec.veth)
         _checkpoint("network-claimed")
-        netns.create(netns.ColonyNet(rec.netns, rec.veth, rec.host_ip, rec.ip, rec.prefixlen))
+        net = netns.ColonyNet(rec.netns, rec.veth, rec.host_ip, rec.ip, rec.prefixlen)
+        if not self.hosts or not forker.create_network(self.layout.home, net):  # its pyroute2 is imported already
+            netns.create(net)
         _checkpoint("network")
         self._apply_egress(rec, config)
 

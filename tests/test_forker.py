@@ -4,6 +4,7 @@ changes, goes when no host needs it, and is never needed (a host starts as a fre
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,28 @@ def test_hosts_run_the_launchers_code_when_another_install_is_found_first(hive_e
     if forked:
         assert parent_of(pid) == forker_pid(hive_env)
     assert "decoy" not in (hive_env.home / "colonies" / "mine" / "host.log").read_text()
+
+
+def test_a_running_forker_makes_colony_networks_and_says_why_it_could_not(hive_env):
+    """`stem spawn` and `stem start` have the forker (pyroute2 preloaded) make the colony's network when one runs."""
+    from core import netns
+    from core.errors import StemError
+    from core.host.forker import create_network
+
+    host_ip, ip, prefixlen = netns.slot_addresses(hive_env.pool, 0)  # the test's own pool
+    net = netns.ColonyNet(f"{hive_env.prefix}-viaforker", f"{hive_env.prefix}-vf0", host_ip, ip, prefixlen)
+    hive_env.home.mkdir(parents=True, exist_ok=True)
+    assert not create_network(hive_env.home, net)  # no forker runs: the caller makes it itself
+    assert not netns.exists(net.netns)
+    assert forker_module._start(ForkerPaths.of(hive_env.home), hive_env.home, hive_env.env)
+    try:
+        assert create_network(hive_env.home, net)
+        inside = subprocess.run(["ip", "-n", net.netns, "-o", "addr"], capture_output=True, text=True).stdout
+        assert "eth0" in inside and f"{net.ip}/{prefixlen}" in inside, inside
+        host_side = subprocess.run(["ip", "-o", "addr", "show", net.veth], capture_output=True, text=True).stdout
+        assert f"{net.host_ip}/{prefixlen}" in host_side, host_side
+        with pytest.raises(StemError, match="already exists: run `stem gc`"):
+            create_network(hive_env.home, net)
+    finally:
+        netns.destroy(net.netns, net.veth)
+        forker_module.stop(hive_env.home)

@@ -11,11 +11,16 @@ or start one. It serves one request at a time on `forker.sock` (mode 0600, peers
 replaced when the code on disk changed since it started (each request carries the launcher's fingerprint), reaps
 the hosts it forked, and exits once none of them has run for `IDLE_EXIT` seconds (or its hive is gone).
 
-Request (client → forker): a 4-byte big-endian length, then a msgpack map {"fingerprint", "name", "env"}.
+It also makes colony networks for the short commands that start a colony: pyroute2 is preloaded here, and its
+import (~70 ms) would otherwise be a large part of a `stem spawn` or `stem start`. Only a forker that already runs is
+asked (starting one would cost more than the import), and a child forked for the one request does the netlink work.
+
+Request (client → forker): a 4-byte big-endian length, then a msgpack map {"fingerprint", "name", "env"} (a host)
+or {"fingerprint", "name", "network": [netns, veth, host_ip, ip, prefixlen]} (a network).
 Answer: b"F" from the forker right before it forks, then b"1" from the forked host on the same connection once it
-listens on its socket. b"S" instead of b"F" means "stale: start a new forker"; the stream ending before b"F" means
-the forker went away (it is exiting: ask a new one), after b"F" that the host died while starting (host.log says
-why).
+listens on its socket (for a network: b"1" once it is made, or b"E" and the error's one line). b"S" instead of
+b"F" means "stale: start a new forker"; the stream ending before b"F" means the forker went away (it is exiting: ask
+a new one), after b"F" that the host died while starting (host.log says why).
 """
 
 from __future__ import annotations
@@ -35,8 +40,12 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.netns import ColonyNet
 
 IDLE_EXIT = 120.0  # seconds with no host of ours alive before the forker exits (STEM_FORKER_IDLE overrides)
 READY_TIMEOUT = 30.0  # how long a launcher waits for a forked host to listen
@@ -128,6 +137,38 @@ def request_host(home: Path, name: str, env: dict[str, str]) -> bool:
     return False
 
 
+def create_network(home: Path, net: ColonyNet) -> bool:
+    """Have the hive's forker, if one runs, make the colony's network (netns.create in a child of it). True once
+    made; False if no forker could be used (the caller makes it itself). Raises StemError with the child's reason
+    if the network could not be made."""
+    from core.errors import StemError
+
+    try:
+        sock = _connect(ForkerPaths.of(home).socket)
+    except OSError:
+        return False
+    with sock:
+        try:
+            answer = _send(sock, {"fingerprint": fingerprint(), "name": net.netns, "network": list(astuple(net))})
+        except OSError:
+            return False
+        if answer != b"F":
+            return False  # stale or exiting: this one is made here, the next host launch replaces it
+        reply = b""
+        try:
+            while chunk := sock.recv(4096):
+                reply += chunk
+        except OSError as exc:
+            raise StemError(
+                f"network setup for {net.netns} failed: no answer from the forker's child ({exc})"
+            ) from None
+    if reply == b"1":
+        return True
+    if reply.startswith(b"E"):
+        raise StemError(reply[1:].decode(errors="replace"))
+    raise StemError(f"network setup for {net.netns} failed: the forker's child ended without an answer")
+
+
 class HostStartFailed(Exception):
     """The forked host ended before it listened (its host.log says why)."""
 
@@ -145,14 +186,19 @@ def _connect(path: Path) -> socket.socket:
     return sock
 
 
-def _ask(sock: socket.socket, mark: str, name: str, env: dict[str, str]) -> bool:
+def _send(sock: socket.socket, request: dict[str, object]) -> bytes:
+    """Send one request; the forker's first byte (b"" if it hung up)."""
     import msgpack
 
-    body = msgpack.packb({"fingerprint": mark, "name": name, "env": env})
+    body = msgpack.packb(request)
     sock.sendall(struct.pack(">I", len(body)) + body)
     sock.settimeout(READY_TIMEOUT)
+    return sock.recv(1)
+
+
+def _ask(sock: socket.socket, mark: str, name: str, env: dict[str, str]) -> bool:
     try:
-        answer = sock.recv(1)
+        answer = _send(sock, {"fingerprint": mark, "name": name, "env": env})
         if answer == b"S":
             raise Stale
         if answer != b"F":
@@ -304,7 +350,10 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 conn.sendall(b"F")  # before the fork, so it always comes before the host's b"1"
                 pid = os.fork()
                 if pid == 0:
-                    _be_host(home, request, conn, (listener.fileno(), wake_r, wake_w, lock))
+                    close = (listener.fileno(), wake_r, wake_w, lock)
+                    if "network" in request:
+                        _make_network(request, conn, close)
+                    _be_host(home, request, conn, close)
                 children.add(pid)
             except OSError as exc:
                 print(f"stem forker: a request failed: {exc}", file=sys.stderr, flush=True)
@@ -350,6 +399,36 @@ def _reap(children: set[int]) -> None:
             if done == 0:
                 continue
         children.discard(pid)
+
+
+def _make_network(request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
+    """In the forked child: make the requested colony network, answer b"1" or b"E" and why. Never returns."""
+    code = 1
+    try:
+        for fd in close:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        from core import netns
+        from core.errors import StemError
+
+        try:
+            fields = request["network"]
+            if not isinstance(fields, list) or len(fields) != 5:
+                raise StemError("a network request needs netns, veth, host_ip, ip and prefixlen")
+            netns.create(netns.ColonyNet(*fields))
+        except StemError as exc:
+            conn.sendall(b"E" + str(exc).encode())
+        else:
+            conn.sendall(b"1")
+            code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _be_host(home: Path, request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
