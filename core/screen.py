@@ -13,16 +13,20 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   twice is one lookup (its cells and the attributes after it); SGR is worked out once per parameter list (so
   truecolour costs no pyte call); rows are written with `dict.update`;
 - line batches: consecutive lines of text, SGR and a closing EL, each ended by CR LF, are applied at once, their
-  attributes followed for the whole batch in one pass. The buffer is rotated once per batch rather than once per
-  line, and lines that scroll away inside the batch are never drawn: they go to the scrollback as text,
-  materialised to cells only when asked for. A batch that ends a feed is held (`_hold`): if the next feed goes on
-  with more lines (the next read of a flood), both are applied as one, so reads of any size cost what one large
-  read does. Held lines are applied before anything else happens to the screen and before anyone reads its cells,
-  cursor or scrollback (`buffer`, `cursor` and `scrollback` are properties); `take_dirty` and the versions count
-  them without applying them;
+  attributes followed for the whole batch in one pass (one regex split). Lines wider than the screen are a row
+  per piece autowrap cuts them into (`LineRows.pieces`; wide characters in the last column as pyte wraps them).
+  The buffer is rotated once per batch rather than once per line, and lines that scroll away inside the batch
+  are never drawn: they go to the scrollback as text, materialised to cells only when asked for. A batch that
+  ends a feed is held (`_hold`), with the start of the next line after it kept unparsed (also over several
+  reads, for a long line): if the next feed goes on with more lines (the next read of a flood), both are applied
+  as one, so reads of any size cost what one large read does. Held lines are applied before anything else
+  happens to the screen and before anyone reads its cells, cursor or scrollback (`buffer`, `cursor` and
+  `scrollback` are properties); `take_dirty` and the versions count them without applying them;
 - deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
   cursor and takes its attributes at once, but its cells are written only when something next reads or writes
-  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`);
+  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`). Batch lines that land on the
+  screen without scrolling (top's frames, rich's Live redraws: `_paint_rows`), EL 0 and 2 (`erase_in_line`)
+  and erase-and-up runs (`_erase_up`) are deferred paints too;
 - a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
@@ -40,7 +44,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, cast
 
@@ -54,9 +58,7 @@ from core.screen_cells import (
     LOOKUP,
     NARROW,
     REVERSE_CHAR,
-    SGR_SEQ_FINDALL,
     SGR_SEQ_SPLIT,
-    SGR_SEQ_SUB,
     TEXTS,
     CharCache,
     Piece,
@@ -70,6 +72,7 @@ from core.screen_cells import (
     seen_twice,
     sgr_apply,
     text_width,
+    wrap_cells,
 )
 from core.screen_queries import TerminalQueries
 from core.screen_scrollback import Scrollback
@@ -132,6 +135,8 @@ _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)
 # The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
 _UNFINISHED = re.compile(r"\x1b(?:\[[?>0-9;]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
 _MAX_UNFINISHED = 4096
+# The longest start of a line kept unparsed after held batch rows while reads go on with it (see `feed`).
+_MAX_LINE = 65536
 # A whole batch line.
 _BATCH_LINE = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K)?\r\n")
 
@@ -139,6 +144,7 @@ _CHARS = attrgetter("chars")
 _RUNS = attrgetter("runs")
 _ATTRS = attrgetter("attrs")
 _SPEC_LINE, _SPEC_START, _SPEC_PIECE, _SPEC_ERASE = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
+_WHOLE = (-1,)  # the piece of a line that fits on its row: all of it
 
 # A batch row: the line, the attributes it starts with, which screen-wide piece of it (-1: all of it, which
 # fits), whether an EL follows (on its last piece), and the attributes after it.
@@ -146,29 +152,46 @@ Spec = tuple[str, CharCache, int, bool, CharCache]
 
 
 class LineRows:
-    """Batch rows that are whole lines, each fitting on a row (the common case), kept as columns rather than a
-    `Spec` per row: a flood held across feeds makes no object per line for the garbage collector to look at.
-    `nodes[i]` is the attributes line i starts with, `nodes[i + 1]` those after it; `erases` (or None: none)
-    whether an EL ends it. Indexing gives the row's `Spec`."""
+    """Batch rows kept as columns rather than a `Spec` per row: a flood held across feeds makes no object per line
+    for the garbage collector to look at. Row i shows `lines[i]`, drawn from the attributes `nodes[i]`, whole or
+    (`pieces`, None: all whole) the piece `pieces[i]` of it that autowrap puts on a row: a line wider than the
+    screen is a row per piece, each with the line and the attributes it starts with. `nodes[i + 1]` is the
+    attributes after row i (after the line, on its last piece); `erases` (None: none) whether an EL ends it.
+    Indexing gives the row's `Spec`."""
 
-    __slots__ = ("erases", "lines", "nodes")
+    __slots__ = ("erases", "lines", "nodes", "pieces")
 
-    def __init__(self, lines: list[str], nodes: list[CharCache], erases: list[bool] | None) -> None:
+    def __init__(
+        self, lines: list[str], nodes: list[CharCache], erases: list[bool] | None, pieces: list[int] | None = None
+    ) -> None:
         self.lines = lines
         self.nodes = nodes
         self.erases = erases
+        self.pieces = pieces
 
     def __len__(self) -> int:
         return len(self.lines)
 
     def __getitem__(self, i: int) -> Spec:
-        erases = self.erases
-        return (self.lines[i], self.nodes[i], -1, erases[i] if erases is not None else False, self.nodes[i + 1])
+        erases, pieces = self.erases, self.pieces
+        return (
+            self.lines[i],
+            self.nodes[i],
+            pieces[i] if pieces is not None else -1,
+            erases[i] if erases is not None else False,
+            self.nodes[i + 1],
+        )
 
     def extend(self, more: LineRows) -> None:
         """Append the rows of a batch that starts where these end (nothing changed the attributes between)."""
         if more.erases is not None or self.erases is not None:
-            self.erases = (self.erases or [False] * len(self.lines)) + (more.erases or [False] * len(more.lines))
+            if self.erases is None:
+                self.erases = [False] * len(self.lines)
+            self.erases += more.erases or [False] * len(more.lines)
+        if more.pieces is not None or self.pieces is not None:
+            if self.pieces is None:
+                self.pieces = [-1] * len(self.lines)
+            self.pieces += more.pieces or [-1] * len(more.lines)
         self.lines += more.lines
         self.nodes += more.nodes[1:]
 
@@ -177,8 +200,13 @@ Held = list[str] | list[Spec] | LineRows
 
 # A deferred paint (`StemScreen._paint`): the column it starts at; its cells if known, else the run cut into text
 # and SGR sequences with the SGR moves of each text; how many cells it takes; the attributes of an EL after it
-# (None: no EL).
-Paint = tuple[int, "tuple[Char, ...] | None", "list[str] | None", "list[SgrMoves] | None", int, "Char | None"]
+# (None: no EL). A batch row (`_paint_rows`) is the line and the node it starts from in place of the parts and
+# moves, with no cells and a width of -1 (its cells, and so its width, are found when it is written).
+Paint = tuple[
+    int, "tuple[Char, ...] | None", "list[str] | str | None", "list[SgrMoves] | CharCache | None", int, "Char | None"
+]
+# A batch line of SGR sequences alone: it draws nothing, so no row comes into being for it.
+_SGR_ONLY = re.compile(r"(?:\x1b\[[0-9;]*+m)*+")
 
 
 class StemScreen(pyte.Screen):
@@ -196,6 +224,8 @@ class StemScreen(pyte.Screen):
         self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
         # Runs drawn but not written to their rows yet (see `_paint`): per row, the row and its paints in order.
         self._paints: dict[int, tuple[Row, list[Paint]]] = {}
+        # The last batch line cut into rows by `_draw_spec`: the line, the attributes it starts with, its rows.
+        self._pieces: tuple[str, CharCache, list[Sequence[Char]]] | None = None
         self._tail = ""
         self.bells = 0
         self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
@@ -225,11 +255,21 @@ class StemScreen(pyte.Screen):
         text = stream.utf8_decoder.decode(data) if stream.use_utf8 else data.decode("latin-1")
         if self._tail:
             # Text kept unparsed at the end of the last feed (see `_after_batch` and `_feed_text`). After held
-            # batch rows, the start of a line: if this feed ends the line, it goes on as a batch; if not, the held
-            # rows and it are applied now (an unfinished sequence at its end stays unparsed).
-            if self._held and not _BATCH_LINE.match(self._tail + text):
-                self._release()
-            text, self._tail = self._tail + text, ""
+            # batch rows, the start of a line: if this feed ends the line, it goes on as a batch; if it only makes
+            # the line longer (a line of many reads), it is kept too, as long as the reads are not small beside it
+            # (each read is looked at with the kept text, so the kept text is never many times what was read);
+            # otherwise the held rows and it are applied now (an unfinished sequence at its end stays unparsed).
+            joined = self._tail + text
+            if not self._held or _BATCH_LINE.match(joined):
+                text, self._tail = joined, ""
+            elif len(joined) <= _MAX_LINE and len(text) * 8 >= len(self._tail) and _TAIL.fullmatch(joined):
+                self._tail = joined
+                self._held_counted = False  # the line may reach more rows
+                self._commit()
+                return
+            else:
+                self._release()  # the held rows, then the tail (an unfinished sequence at its end stays unparsed)
+                text, self._tail = self._tail + text, ""
         if text:
             self._feed_text(text)
         self._commit()
@@ -559,12 +599,13 @@ class StemScreen(pyte.Screen):
             self._release()
         cursor = self._cur
         self.dirty.add(cursor.y)
-        if how == 0:
-            interval = range(cursor.x, self.columns)
-        elif how == 1:
+        if how == 0 or how == 2:
+            # To the end of the row: deferred like a paint (`_paint`), which the row's next paint may cover.
+            x = cursor.x if how == 0 else 0
+            self._add_paint(cursor.y, (x, (), None, None, 0, cursor.attrs), x == 0)
+            return
+        if how == 1:
             interval = range(cursor.x + 1)
-        elif how == 2:
-            interval = range(self.columns)
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
         # Every cell is written, even to the blank the row shows anyway: a later ED erases only cells that exist.
@@ -620,7 +661,7 @@ class StemScreen(pyte.Screen):
             # Held batch rows (and the text after them) change the rows from the cursor's down, or every row
             # if they scroll. Counted now, they are not counted again when they are applied.
             y = self._cur.y
-            end = y + len(self._held) + 1
+            end = y + len(self._held) + 1 + len(self._tail) // self.columns  # the tail may wrap
             dirty.update(range(self.lines) if end > self.lines else range(y, end))
             self._held_counted = True
         state = self._cursor_state()
@@ -828,16 +869,16 @@ class StemScreen(pyte.Screen):
                 pos = n
 
     def _erase_up(self, count: int) -> None:
-        """`count` times EL 2 then CUU 1: each row erased (every cell written, as pyte does), then the cursor up
-        one row, not past the top margin."""
+        """`count` times EL 2 then CUU 1: each row erased (every cell written when the paint is, as pyte does), then
+        the cursor up one row, not past the top margin."""
         cursor = self._cur
         y = cursor.y
         top = self.margins.top if self.margins is not None else 0
-        buffer = self._buf
         dirty = self.dirty
-        erased = dict.fromkeys(range(self.columns), cursor.attrs)
+        # Deferred like a paint (`_paint`): the lines redrawn after it usually cover the rows again.
+        erase: Paint = (0, (), None, None, 0, cursor.attrs)
         for _ in range(count):
-            buffer[y].update(erased)
+            self._add_paint(y, erase, True)
             dirty.add(y)
             y = y - 1 if y > top else top
         cursor.y = y
@@ -907,18 +948,38 @@ class StemScreen(pyte.Screen):
             return True
         y = cursor.y
         self.dirty.add(y)
-        op: Paint = (x, cells, parts, moves, width, after.attrs if erase else None)
+        self._add_paint(
+            y,
+            (x, cells, parts, moves, width, after.attrs if erase else None),
+            x == 0 and (erase or end == self.columns),
+        )
+        return True
+
+    def _add_paint(self, y: int, op: Paint, whole: bool) -> None:
+        """Defer `op` on row `y`; `whole`: it covers the whole row, so the row's earlier paints are dropped."""
         entry = self._paints.get(y)
         if entry is None:
             self._paints[y] = (self._rows[y], [op])  # the row comes into being now, as it would in pyte
-        elif x == 0 and (erase or end == self.columns):
-            entry[1][:] = [op]  # covers the whole row: earlier paints would be overwritten
+        elif whole:
+            entry[1][:] = [op]
         elif len(entry[1]) < _MAX_PAINTS:
             entry[1].append(op)
         else:
             self._flush_paints()
             self._paints[y] = (self._rows[y], [op])
-        return True
+
+    def _paint_rows(self, rows: LineRows, y: int) -> None:
+        """Batch rows that land on the screen without scrolling, each a whole line from column 0, as deferred
+        paints (`_paint`): a full-screen program that paints its rows with CR LF (top) repaints them before
+        anyone looks, and then they are never drawn."""
+        lines, nodes, erases = rows.lines, rows.nodes, rows.erases
+        add = self._add_paint
+        for i, line in enumerate(lines):
+            erase = erases is not None and erases[i]
+            if erase:
+                add(y + i, (0, None, line, nodes[i], -1, nodes[i + 1].attrs), True)
+            elif line and not (line[-1] == "m" and _SGR_ONLY.fullmatch(line)):  # a line that draws nothing makes no row
+                add(y + i, (0, None, line, nodes[i], -1, None), False)
 
     def _flush_paints(self) -> None:
         """Write the deferred paints (`_paint`) to their rows, in order."""
@@ -926,10 +987,14 @@ class StemScreen(pyte.Screen):
         columns = self.columns
         for row, ops in paints.values():
             for x, cells, parts, moves, width, erase in ops:
-                if width:
+                if width < 0:  # a batch row: a line drawn from column 0
+                    drawn = moves.rows[parts]  # type: ignore[union-attr,index]  # a line and its node (no cast: hot)
+                    row.update(drawn)
+                    width = len(drawn)
+                elif width:
                     if cells is not None:
                         row.update(enumerate(cells, x))
-                    elif parts is not None and moves is not None:  # always, when there are no cells
+                    elif type(parts) is list and type(moves) is list:  # always, when there are no cells
                         row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
                 if erase is not None and x + width < columns:
                     row.update(enumerate(repeat(erase, columns - x - width), x + width))
@@ -1090,17 +1155,19 @@ class StemScreen(pyte.Screen):
         # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
         # batch are followed in one pass, and each line's attributes are read off at its first sequence.
         ascii_ = segment.isascii()
+        parts = SGR_SEQ_SPLIT.split(segment)  # text, SGR sequence, text, ..., text
+        shown = "".join(parts[::2])
         erases: list[bool] | None = None
-        if "\x1b[K" in segment or "\x1b[0K" in segment:
+        if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
             erases = [line.endswith(_EL_TAILS) for line in lines]
             lines = [line[: line.rindex("\x1b[")] if erase else line for line, erase in zip(lines, erases, strict=True)]
-            segment = "\r\n".join(lines)
-        # Every ESC [ left in a line starts an SGR sequence: each line's count of them says where its attributes
-        # are read off the moves of the whole batch.
-        moves = list(accumulate(SGR_SEQ_FINDALL(segment), LOOKUP, initial=self._node().moves))
-        starts = accumulate(map(str.count, lines, repeat("\x1b[")), initial=0)
+            shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
+        # Every ESC left in a line starts an SGR sequence: each line's count of them says where its attributes are
+        # read off the moves of the whole batch.
+        moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
+        starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
         nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, starts)))
-        texts = SGR_SEQ_SUB("", segment).split("\r\n")  # what each line shows
+        texts = shown.split("\r\n")  # what each line shows
         visible = list(map(len, texts))
         widths: list[int | None] = list(visible)
         if not ascii_:
@@ -1109,9 +1176,12 @@ class StemScreen(pyte.Screen):
                 # bars repainted); others are measured character by character.
                 found = nodes[i].runs.get(lines[i])
                 widths[i] = text_width(texts[i]) if found is None else len(found[0])
-        if None not in widths and max(cast("list[int]", widths)) <= columns:
-            # The common case: every line fits on a row.
-            self._hold(LineRows(lines, nodes, erases), None)
+        if None not in widths:
+            if max(cast("list[int]", widths)) <= columns:
+                # The common case: every line fits on a row.
+                self._hold(LineRows(lines, nodes, erases), None)
+            else:
+                self._hold(self._wrapped_rows(lines, nodes, erases, cast("list[int]", widths), visible), None)
             self._cur.attrs = nodes[-1].attrs
             return end
         rows: list[Spec] = []
@@ -1119,8 +1189,8 @@ class StemScreen(pyte.Screen):
             width = widths[i]
             node, after = nodes[i], nodes[i + 1]
             erase = erases[i] if erases is not None else False
-            if width is None or (width > columns and width != visible[i]):
-                # Zero-width or unprintable characters, or wide ones wrapping: the general path.
+            if width is None:
+                # Zero-width or unprintable characters: the general path.
                 if rows:
                     self._hold(rows, None)
                     rows = []
@@ -1129,13 +1199,42 @@ class StemScreen(pyte.Screen):
                 self._feed_text(line + ("\x1b[K\r\n" if erase else "\r\n"), batch=False)
             elif width <= columns:
                 rows.append((line, node, -1, erase, after))
-            else:  # wraps: one row per screen width
-                count = -(-width // columns)
+            else:
+                count = self._piece_count(line, node, width, visible[i])
                 rows.extend([(line, node, k, erase and k == count - 1, after) for k in range(count)])
         if rows:
             self._hold(rows, None)
         self._cur.attrs = nodes[-1].attrs
         return end
+
+    def _piece_count(self, line: str, node: CharCache, width: int, visible: int) -> int:
+        """How many rows autowrap cuts a line wider than the screen into."""
+        if width == visible:  # one cell per character: a row per screen width
+            return -(-width // self.columns)
+        return len(wrap_cells(node.runs[line][0], self.columns))
+
+    def _wrapped_rows(
+        self, lines: list[str], nodes: list[CharCache], erases: list[bool] | None, widths: list[int], visible: list[int]
+    ) -> LineRows:
+        """`LineRows` for lines some of which are wider than the screen: each of those is a row per piece, all
+        with the line and the attributes it starts with, the EL (if any) on the last."""
+        columns = self.columns
+        counts = [1] * len(lines)
+        wrapped = [i for i, width in enumerate(widths) if width > columns]
+        for i in wrapped:
+            counts[i] = self._piece_count(lines[i], nodes[i], widths[i], visible[i])
+        out_nodes = list(chain.from_iterable(map(repeat, nodes, counts)))
+        out_nodes.append(nodes[-1])  # the attributes after the last line
+        pieces = list(
+            chain.from_iterable([range(c) if w > columns else _WHOLE for c, w in zip(counts, widths, strict=True)])
+        )
+        out_erases = None
+        if erases is not None:
+            out_erases = list(chain.from_iterable(map(repeat, erases, counts)))
+            ends = list(accumulate(counts))
+            for i in wrapped:
+                out_erases[ends[i] - counts[i] : ends[i] - 1] = repeat(False, counts[i] - 1)
+        return LineRows(list(chain.from_iterable(map(repeat, lines, counts))), out_nodes, out_erases, pieces)
 
     def _hold(self, rows: Held, plain: CharCache | None) -> None:
         """Keep the rows of a line batch instead of applying them (`_apply_rows`) now: if the next thing to
@@ -1203,8 +1302,12 @@ class StemScreen(pyte.Screen):
         if k < 0:
             cells = start.rows[line]  # {column: cell}: written faster than pairs
         else:
-            columns = self.columns
-            cells = start.runs[line][0][k * columns : (k + 1) * columns]
+            # The pieces of a line are drawn one after the other: the line is cut into rows once for all of them
+            # (a line of many reads can be thousands of cells).
+            memo = self._pieces
+            if memo is None or memo[0] is not line or memo[1] is not start:
+                memo = self._pieces = (line, start, wrap_cells(start.runs[line][0], self.columns))
+            cells = memo[2][k]
         if cells:
             row = buffer[y]
             row.update(cells if isinstance(cells, dict) else enumerate(cells))
@@ -1222,17 +1325,22 @@ class StemScreen(pyte.Screen):
         row i; the screen ends up showing virtual rows s..s+bottom, where s is the number of scrolls, and
         virtual rows below s leave through the top. Rows that leave inside the batch are never drawn."""
         n = len(rows)
-        buffer = self._buf
         cursor = self._cur
         y = cursor.y
         bottom = self.lines - 1
+        if y + n <= bottom and isinstance(rows, LineRows) and rows.pieces is None:
+            self._paint_rows(rows, y)
+            cursor.y = y + n
+            self.dirty.update(range(y, y + n))
+            return
+        buffer = self._buf
 
         if plain is not None:
             get = plain.__getitem__
             texts = plain.texts
 
             def draw(rows_: dict[int, Row], at: int, i: int) -> None:
-                line = cast("str", rows[i])
+                line: str = rows[i]  # type: ignore[assignment]  # rows of text (no cast: called per row)
                 if line:  # pyte creates no row for an empty line
                     rows_[at].update(enumerate(texts[line] if len(line) <= 32 else map(get, line)))
         else:
@@ -1250,6 +1358,7 @@ class StemScreen(pyte.Screen):
         if scrolls == 0:
             cursor.y = y + n
             self.dirty.update(range(y, y + n))
+            self._pieces = None
             return
         if not self._alt_active:
             scrollback = self._sb
@@ -1279,22 +1388,42 @@ class StemScreen(pyte.Screen):
         self._create_rows(bottom)
         cursor.y = bottom
         self.dirty.update(range(self.lines))
+        self._pieces = None
 
     def _scroll_away_lines(self, rows: LineRows, lo: int, hi: int) -> None:
-        """`_scroll_away` for rows `lo`..`hi - 1` of `LineRows`."""
-        erases = rows.erases
-        if erases is None or not any(erases[lo:hi]):
-            self._sb.extend_drawn(rows.lines[lo:hi], list(map(_ATTRS, rows.nodes[lo:hi])))
-        else:
-            self._scroll_away([rows[i] for i in range(lo, hi)])
+        """`_scroll_away` for rows `lo`..`hi - 1` of `LineRows`, column by column: only rows that must be kept as
+        cells take a step each."""
+        texts = rows.lines[lo:hi]
+        lines: list[str] | list[str | Piece] = texts
+        starts = list(map(_ATTRS, rows.nodes[lo:hi]))
+        erases, pieces = rows.erases, rows.pieces
+        as_cells: list[int] = []
+        if erases is not None and True in (erased := erases[lo:hi]):
+            after = rows.nodes[lo + 1 : hi + 1]
+            as_cells = [j for j in compress(range(len(erased)), erased) if after[j].attrs != DEFAULT_CHAR]
+        if pieces is not None and max(ks := pieces[lo:hi]) >= 0:
+            columns = self.columns
+            as_cells += [j for j, k in enumerate(ks) if k >= 0 and not texts[j].isascii() and not narrow_text(texts[j])]
+            lines = [line if k < 0 else (line, k, columns) for line, k in zip(texts, ks, strict=True)]
+        scrollback = self._sb
+        done = 0
+        for j in sorted(set(as_cells)):
+            if j > done:
+                scrollback.extend_drawn(lines[done:j], starts[done:j])
+            row = StaticDefaultDict[int, Char](DEFAULT_CHAR)
+            self._draw_spec({0: row}, 0, rows[lo + j])
+            scrollback.append_row(row)
+            done = j + 1
+        if done < len(lines):
+            scrollback.extend_drawn(lines[done:], starts[done:])
 
     def _scroll_away(self, specs: Sequence[Spec]) -> None:
         """Keep batch rows that scrolled away before they were drawn: in their compact form (the line, or the
         piece of a wrapped line, and the attributes it starts with), unless an EL drew a visible background on
-        them, which only cells can keep."""
+        them or they are pieces of a line with wide characters, which only cells can keep."""
         scrollback = self._sb
         columns = self.columns
-        if not any(map(_SPEC_ERASE, specs)):
+        if not any(map(_SPEC_ERASE, specs)) and all(narrow_text(s[0]) for s in specs if s[2] >= 0):
             # No EL: the lines as they are (or the pieces of wrapped ones), with the attributes each starts with.
             attrs = list(map(_ATTRS, map(_SPEC_START, specs)))
             if max(map(_SPEC_PIECE, specs)) < 0:
@@ -1306,7 +1435,7 @@ class StemScreen(pyte.Screen):
         starts: list[Char] = []
         for spec in specs:
             line, start, k, erase, after = spec
-            if erase and after.attrs != DEFAULT_CHAR:
+            if (erase and after.attrs != DEFAULT_CHAR) or (k >= 0 and not narrow_text(line)):
                 if raws:
                     scrollback.extend_drawn(raws, starts)
                     raws, starts = [], []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import accumulate, chain
 from operator import attrgetter
 from typing import Any
@@ -228,8 +228,6 @@ def _forget_cells() -> None:
 
 # Cuts text with SGR sequences into text, whole sequence, text, ..., text (the keys of `SgrMoves`).
 SGR_SEQ_SPLIT = re.compile(r"(\x1b\[[0-9;]*m)")
-SGR_SEQ_FINDALL = re.compile(r"\x1b\[[0-9;]*m").findall
-SGR_SEQ_SUB = re.compile(r"\x1b\[[0-9;]*m").sub
 
 
 _char_caches: dict[Char, CharCache] = {}
@@ -387,6 +385,19 @@ def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], 
     rows.append("".join(current))
     starts.append(row_start)
     return attrs
+
+
+def wrap_cells(cells: Sequence[Char], columns: int) -> list[Sequence[Char]]:
+    """The rows autowrap cuts the cells of a line drawn from column 0 into: `columns` cells each, except that a
+    two-cell character landing in the last column loses the stub after it (pyte has no room for it), so the next
+    row starts after the stub."""
+    rows: list[Sequence[Char]] = []
+    pos, n = 0, len(cells)
+    while pos < n:
+        end = pos + columns
+        rows.append(cells[pos:end])
+        pos = end + 1 if end < n and cells[end].data == "" else end
+    return rows
 
 
 # A row of a line too wide for the screen, not cut out yet: the line, which row of it, at what width.

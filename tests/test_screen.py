@@ -150,6 +150,7 @@ STREAMS = {
     "clear-redraws": streams.clear_redraws,
     "alternate-screen": streams.alternate_screen,
     "wide-and-combining": streams.wide_and_combining,
+    "wide-wrapping-lines": streams.wide_wrapping_lines,
     "tabs": streams.tabs,
     "autowrap": streams.autowrap,
     "fullscreen-redraw": lambda: streams.fullscreen_redraw(12),
@@ -373,8 +374,10 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
         streams.autowrap,
         streams.erased_lines,
         lambda: recorded("git_log.bin")[:150_000],
+        lambda: recorded("rich_demo.bin") * 2,
+        streams.wide_wrapping_lines,
     ],
-    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log"],
+    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log", "rich-demo", "wide-wrapping"],
 )
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""
@@ -496,6 +499,29 @@ def test_take_dirty_and_versions() -> None:
     screen.feed(streams.flood(50))  # scrolled: every row changed
     assert screen.take_dirty() == set(range(ROWS))
     assert {screen.row_version(y) for y in range(ROWS)} == {screen.version}
+
+
+def test_dirty_rows_cover_an_unfinished_line_that_wraps() -> None:
+    """The start of a line left at the end of a read after whole lines is kept unparsed (the next read usually
+    ends it); the rows it will cover when drawn are dirty at once, also when it wraps."""
+    screen = StemScreen(COLS, ROWS)
+    screen.take_dirty()
+    screen.feed(b"one\r\ntwo\r\n" + b"x" * 300)
+    assert set(range(5)) <= screen.take_dirty()
+    assert screen.text()[4] == "x" * 60 + " " * 60
+
+
+def test_a_line_of_many_reads_after_whole_lines() -> None:
+    """A long line arriving over many reads after whole lines is kept unparsed while reads are not small beside
+    it, and drawn as pyte draws it whether it ends in a later read or someone looks first."""
+    data = b"one\r\ntwo\r\n" + b"\x1b[32mword \x1b[0m" * 3000 + b"\r\nthree\r\n"
+    for size in (3, 4096):
+        screen = StemScreen(COLS, ROWS)
+        for i, chunk in enumerate(chunks(data, size)):
+            screen.feed(chunk)
+            if i == 5:
+                assert_same_screen(reference(data[: 6 * size], None), screen)
+        assert_same_screen(reference(data, None), screen)
 
 
 # ------------------------------------------------------------------------------------ queries and modes

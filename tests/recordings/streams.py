@@ -381,8 +381,27 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        k = rng.randrange(19)
-        if k >= 16:
+        k = rng.randrange(22)
+        if k == 19:
+            # top's frames: home, then rows ended by CR LF (EL on some, empty ones, SGR alone) that do not scroll,
+            # painted again before anyone looks
+            for _ in range(rng.randrange(1, 4)):
+                rows = [
+                    rng.choice(["", f"{CSI}K", f"{CSI}31m", _tui_run(rng) + f"{ESC}(B{CSI}m{CSI}K", _tui_run(rng)])
+                    for _ in range(rng.randrange(1, 39))
+                ]
+                out.append(f"{CSI}H" + "\r\n".join(rows))
+        elif k == 20:
+            # lines wider than the screen in a batch: a wide character in the last column, lines of many reads
+            line = rng.choice(["x" * 119 + "中文" + _tui_run(rng), "é" * 118 + "中" * 3, "中" * 61, "word " * 1500])
+            out.append(line + rng.choice(["", f"{CSI}K", f"{CSI}44m{CSI}K"]) + "\r\n" + _tui_run(rng) + "\r\n")
+        elif k == 21:
+            # EL after a run, to its right or the whole row, also at the pending wrap, then more on the row
+            cup = f"{CSI}{rng.randrange(1, 41)};{rng.choice(['1', '60', '120'])}H"
+            out.append(
+                cup + _tui_run(rng) + rng.choice([f"{CSI}K", f"{CSI}2K", f"{CSI}0K", f"{CSI}1K"]) + _tui_run(rng)
+            )
+        elif k >= 16:
             # rows painted again and again, then edited or read by what is not a paint (deferred paints are
             # written first): insert/delete lines and characters, scrolls, index/reverse index, DECALN, save/restore
             y = rng.randrange(1, 41)
@@ -454,6 +473,24 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
             out.append(rng.choice([f"{CSI}4hins{CSI}4l", f"{CSI}?5h{_tui_run(rng)}{CSI}?5l", f"{ESC}(0lqk{ESC}(B"]))
         else:
             out.append(_tui_run(rng))
+    return "".join(out).encode()
+
+
+def wide_wrapping_lines(count: int = 120) -> bytes:
+    """Lines wider than the screen with wide characters, as a batch: a wide character landing in the last column
+    (pyte drops its stub there and the next row starts after it), lines of wide characters alone, EL with a
+    background after them; enough to scroll most away unseen."""
+    out = []
+    for i in range(count):
+        k = i % 4
+        if k == 0:
+            out.append(f"{CSI}3{i % 8}m" + "x" * 119 + f"中文{CSI}0m {i}\r\n")
+        elif k == 1:
+            out.append("中" * (60 + i % 3) + f"{CSI}44m{CSI}K{CSI}0m\r\n")
+        elif k == 2:
+            out.append("é" * 118 + f"{CSI}1m中中{CSI}22m 中 {i}\r\n")
+        else:
+            out.append(f"narrow {i}\r\n")
     return "".join(out).encode()
 
 
