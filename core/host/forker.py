@@ -401,15 +401,20 @@ def _reap(children: set[int]) -> None:
         children.discard(pid)
 
 
+def _leave_forker(close: tuple[int, ...]) -> None:
+    """In a forked child: none of the forker's descriptors (its listener, wakeup pipe, lock) or handlers."""
+    for fd in close:
+        os.close(fd)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _make_network(request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
     """In the forked child: make the requested colony network, answer b"1" or b"E" and why. Never returns."""
     code = 1
     try:
-        for fd in close:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        _leave_forker(close)
         from core import netns
         from core.errors import StemError
 
@@ -435,11 +440,7 @@ def _be_host(home: Path, request: dict[str, object], conn: socket.socket, close:
     """In the forked child: become the host of the requested colony. Never returns."""
     code = 1
     try:
-        for fd in close:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        _leave_forker(close)
         os.setsid()
         name = str(request["name"])
         env = request.get("env")
