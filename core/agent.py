@@ -28,7 +28,7 @@ from core import cgroups, netns, procs
 from core.errors import StemError
 from core.events import AgentActivity, Event, ScreenChanged
 from core.host.protocol import ScreenModes, screen_modes
-from core.sandbox import Sandbox, confine, in_pid_namespace
+from core.sandbox import ColonyInit
 from core.screen import StemScreen
 from core.screen_cells import row_text
 from core.screen_queries import FRAME_TIMEOUT, Link, Palette
@@ -124,7 +124,7 @@ class AgentSession:
         notice: str | None = None,
         idle_after: float = IDLE_AFTER,
         scrollback: int = 10_000,
-        sandbox: Sandbox | None = None,
+        init: ColonyInit | None = None,
     ) -> None:
         if not argv:
             raise ValueError("AgentSession needs a program to run")
@@ -133,7 +133,7 @@ class AgentSession:
         self.cwd = Path(cwd)
         self.env = dict(env)
         self.colony = colony
-        self.sandbox = sandbox
+        self.init = init  # the colony's namespaces (core.sandbox), confined; None: isolation off
         self.attention_patterns = tuple(p for p in attention if p)
         self.notice = notice
         self.idle_after = idle_after
@@ -204,24 +204,24 @@ class AgentSession:
         env = {**self.env, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         fd = netns.open_netns(self.netns_name)
         joins = cgroups.open_join(self.netns_name)  # the colony's cgroup has its namespace's name
+        pass_fds = (fd, *joins) if self.init is None else (fd, self.init.pidfd, *joins)
+
+        def start() -> PtyProcess:
+            return PtyProcess.spawn(
+                self.argv,
+                cwd=str(self.cwd),
+                env=env,
+                dimensions=(self.screen.lines, self.screen.columns),
+                preexec_fn=_child_setup(fd, netns.child_files(self.netns_name), joins, self.init, str(self.cwd)),
+                pass_fds=pass_fds,  # ptyprocess closes every other fd before preexec_fn runs
+            )
+
         try:
             # The orphan reaper must not take this child's exit status: spawn and register under its lock, so
             # even a program that exits at once is never reaped by it. (pty.fork already calls setsid.)
             with procs.spawning() as register:
                 try:
-                    proc = in_pid_namespace(
-                        self.sandbox,
-                        lambda: PtyProcess.spawn(
-                            self.argv,
-                            cwd=str(self.cwd),
-                            env=env,
-                            dimensions=(self.screen.lines, self.screen.columns),
-                            preexec_fn=_child_setup(
-                                fd, netns.child_files(self.netns_name), joins, self.sandbox, str(self.cwd)
-                            ),
-                            pass_fds=(fd, *joins),  # ptyprocess closes every other fd before preexec_fn runs
-                        ),
-                    )
+                    proc = start() if self.init is None else self.init.fork_inside(start)
                 except FileNotFoundError:
                     raise StemError(f"{self.colony}: agent program not found: {self.argv[0]}") from None
                 except OSError as exc:
@@ -653,7 +653,7 @@ def _child_setup(
     netns_fd: int,
     resolv: bytes | None,
     joins: Sequence[int] = (),
-    sandbox: Sandbox | None = None,
+    init: ColonyInit | None = None,
     cwd: str = "/",
 ) -> Callable[[], None]:
     """The preexec_fn: runs in the child between fork and exec."""
@@ -664,10 +664,10 @@ def _child_setup(
         # Python ignores these; an ignored signal stays ignored across exec (subprocess restores them too).
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
-        if sandbox is None:
+        if init is None:
             netns.enter_mounts(resolv)
         else:
-            confine(sandbox, cwd, resolv)
+            init.enter(cwd)
 
     return setup
 

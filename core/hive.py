@@ -50,7 +50,7 @@ from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
 from core.registry import ColonyRecord, Registry, Transition
-from core.sandbox import Sandbox
+from core.sandbox import ColonyInit, Sandbox
 from core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class ColonyProcess:
     colony: str
     proc: subprocess.Popen[bytes]
     starttime: int
+    init: ColonyInit | None = None  # the namespaces it joined (its own when no host ran): let go when it ends
 
 
 @dataclass(slots=True)
@@ -642,9 +643,27 @@ class Hive:
 
     def _run_commands(self, rec: ColonyRecord, config: ColonyConfig, source: str, commands: tuple[str, ...]) -> None:
         """Run setup/build commands one by one inside the colony; their output goes to the colony's log."""
-        log = self.log(rec.name)
+        if not commands:
+            return
         box = self.sandbox_for(rec)
         env = self.env_for(rec, dict(config.env), box, config.pass_env)
+        # Steps run before the colony's host exists: namespaces of their own, shared by the run's commands and
+        # ended with them (nothing a build leaves running outlives it).
+        init = procs.colony_init(box, rec.netns)
+        try:
+            self._run_steps(rec, source, commands, env, init)
+        finally:
+            procs.release_init(init, self.stop_grace)
+
+    def _run_steps(
+        self,
+        rec: ColonyRecord,
+        source: str,
+        commands: tuple[str, ...],
+        env: dict[str, str],
+        init: ColonyInit | None,
+    ) -> None:
+        log = self.log(rec.name)
         for command in commands:
             entry = log.append(source, f"$ {command}")
             self._emit(LogLine(rec.name, entry.seq, entry.at, source, entry.text))
@@ -656,7 +675,7 @@ class Hive:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                sandbox=box,
+                init=init,
             )
             start = procs.starttime(proc.pid) or 0
             self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
@@ -913,6 +932,7 @@ class Hive:
             config = self.config_for(rec)
             where = Path(rec.worktree) / cwd if cwd else Path(rec.worktree)
             box = self.sandbox_for(rec)
+            init = procs.colony_init(box, rec.netns)  # the host's namespaces: the colony's processes are there
             try:
                 proc = procs.spawn(
                     argv,
@@ -922,13 +942,16 @@ class Hive:
                     stdin=stdin,
                     stdout=stdout,
                     stderr=stderr,
-                    sandbox=box,
+                    init=init,
                 )
-            except FileNotFoundError:
-                raise StemError(f"command not found in {name}: {argv[0]}") from None
-            except PermissionError:
-                raise StemError(f"command not executable in {name}: {argv[0]}") from None
-            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0)
+            except BaseException as exc:
+                procs.release_init(init)
+                if isinstance(exc, FileNotFoundError):
+                    raise StemError(f"command not found in {name}: {argv[0]}") from None
+                if isinstance(exc, PermissionError):
+                    raise StemError(f"command not executable in {name}: {argv[0]}") from None
+                raise
+            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init)
             self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
             return started
 
@@ -936,6 +959,7 @@ class Hive:
 
     def exec_finished(self, running: ColonyProcess) -> None:
         procs.forget_child(running.proc.pid)
+        procs.release_init(running.init, self.stop_grace)
         self.registry.remove_process(running.proc.pid, running.starttime)
 
     # runtime: what a running colony runs lives in its colony host ------------------------------------------

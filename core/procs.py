@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from core import cgroups, netns
 from core.coalesce import Coalesced
-from core.sandbox import Sandbox, confine, in_pid_namespace
+from core.sandbox import ColonyInit, Sandbox
 
 # Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
 # orphan reaper must leave them alone. Held while spawning so a quick exit cannot race the registration.
@@ -155,27 +155,28 @@ def spawn(
     stdin: int | IO[Any] | None = None,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
-    sandbox: Sandbox | None = None,
+    init: ColonyInit | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` inside the colony: its cgroup (named as its network namespace), its network namespace, `cwd`,
-    `env`, a new session; confined by `sandbox` (core.sandbox) when given."""
+    `env`, a new session; in the namespaces of its `init` (core.sandbox), confined, when given."""
     fd = netns.open_netns(netns_name)
     joins = cgroups.open_join(netns_name)
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=enter_colony(fd, netns_name, joins, init, cwd),
+        )
+
     try:
         with spawning() as register:
-            proc = in_pid_namespace(
-                sandbox,
-                lambda: subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=dict(env),
-                    stdin=stdin,
-                    stdout=stdout,
-                    stderr=stderr,
-                    start_new_session=True,
-                    preexec_fn=enter_colony(fd, netns_name, joins, sandbox, cwd),
-                ),
-            )
+            proc = start() if init is None else init.fork_inside(start)
             register(proc.pid)
     finally:
         os.close(fd)
@@ -185,24 +186,116 @@ def spawn(
 
 
 def enter_colony(
-    fd: int, netns_name: str, joins: Iterable[int] = (), sandbox: Sandbox | None = None, cwd: Path | None = None
+    fd: int, netns_name: str, joins: Iterable[int] = (), init: ColonyInit | None = None, cwd: Path | None = None
 ) -> Callable[[], None]:
     """A preexec_fn that moves the child into the colony's cgroup (`joins`: from cgroups.open_join) and network
-    namespace and gives it the colony's resolv.conf, then confines it (`sandbox`); runs after fork, so it only
-    makes syscalls (the paths are looked up before)."""
-    resolv = netns.child_files(netns_name)
+    namespace, then into the namespaces of its `init` (confined), or else gives it the colony's resolv.conf; runs
+    after fork, so it only makes syscalls (the paths are looked up before)."""
+    resolv = netns.child_files(netns_name) if init is None else None
     joins = tuple(joins)
     where = str(cwd or "/")
 
     def preexec() -> None:
         cgroups.join(joins)
         netns.enter(fd)
-        if sandbox is None:
+        if init is None:
             netns.enter_mounts(resolv)
         else:
-            confine(sandbox, where, resolv)
+            init.enter(where)
 
     return preexec
+
+
+# ------------------------------------------------------------------------------------- a colony's namespaces
+
+
+def start_init(init: ColonyInit, netns_name: str, *, publish: bool = False) -> None:
+    """Start the colony's init (core.sandbox.ColonyInit) in its cgroup and network namespace, owned by this process
+    (end it with `release_init`); `publish` writes its pid where `stem exec` of another process finds it
+    (`Sandbox.init_file`). Blocking (a few ms): call it off the event loop."""
+    fd = netns.open_netns(netns_name)
+    joins = cgroups.open_join(netns_name)
+
+    def enter() -> None:
+        cgroups.join(joins)  # the init too: a stop through the cgroup ends it with the rest
+        netns.enter(fd)
+
+    try:
+        # Registered as ours under the spawn lock: the orphan reaper never takes its exit status.
+        with spawning() as register:
+            init.start(enter, netns.child_files(netns_name))
+            register(init.pid)
+    finally:
+        os.close(fd)
+        for join in joins:
+            os.close(join)
+    file = init.box.init_file
+    if publish and file is not None:
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(f"{init.pid} {starttime(init.pid) or 0}\n")
+        tmp.replace(file)
+
+
+def running_init(sandbox: Sandbox) -> ColonyInit | None:
+    """The colony's running init, if its owner published one (a colony host): to join, not to end."""
+    if sandbox.init_file is None:
+        return None
+    found = read_pid_file(sandbox.init_file)
+    if found is None:
+        return None
+    pid, start = found
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    # Checked after the pidfd holds it: the pid was not reused meanwhile.
+    if not alive(pid, start):
+        os.close(pidfd)
+        return None
+    init = ColonyInit(sandbox)
+    try:
+        init.attach(pid, pidfd)
+    except OSError:
+        os.close(pidfd)
+        return None
+    return init
+
+
+def colony_init(sandbox: Sandbox | None, netns_name: str) -> ColonyInit | None:
+    """The namespaces a colony process started now joins: its running init's (its host's), else a new init that
+    this process owns (its setup and build steps, run before a host exists; `stem exec` while none runs). None
+    without a sandbox. Hand it to `release_init` when done."""
+    if sandbox is None:
+        return None
+    found = running_init(sandbox)
+    if found is None:
+        found = ColonyInit(sandbox)
+        start_init(found, netns_name)
+    return found
+
+
+def release_init(init: ColonyInit | None, grace: float = 5.0) -> None:
+    """Done with `init`. One this process owns ends: SIGTERM to every process left in its namespace, SIGKILL to the
+    init after `grace` (the kernel kills what is still there with it), then reaped; one it joined is let go."""
+    if init is None or init.pid == 0:
+        return
+    if init.owned and init.pidfd >= 0:
+        left = init.members()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        if left:
+            wait_gone(init.members, grace)
+        # The init's exit waits until every process of its namespace is reaped: this process's own children
+        # there are reaped by their waiters meanwhile, hence a bound, not a blocking waitpid.
+        if init.kill(max(grace, 5.0)):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(init.pid, 0)
+        forget_child(init.pid)  # if it did not end in time, the orphan reaper takes it later
+        file = init.box.init_file
+        if file is not None and read_pid_file(file) is None:
+            file.unlink(missing_ok=True)
+    init.close()
 
 
 def forget_child(pid: int) -> None:

@@ -22,7 +22,7 @@ from core.locations import HiveLayout
 from core.peering import PeerFollower, Peers
 from core.preview import PreviewError, PreviewRoutes, listen_port
 from core.registry import ColonyRecord, Registry
-from core.sandbox import Sandbox
+from core.sandbox import ColonyInit, Sandbox
 from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
 
@@ -52,9 +52,14 @@ class ColonyRuntime:
         defer: Callable[[Callable[[], object]], None] | None = None,
         home: Path | None = None,
         sandbox: Sandbox | None = None,
+        on_init_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.rec = rec
         self.sandbox = sandbox
+        # The colony's PID, mount and IPC namespaces, which all its processes join; started with the runtime.
+        self.init = ColonyInit(sandbox) if sandbox is not None else None
+        self._on_init_lost = on_init_lost  # told why, should the init end before the runtime stops
+        self._watching_init = False
         # Registry writes made from the loop (process rows) go through `defer` (the host's one ordered writer
         # thread) so SQLite never blocks the loop; without it they are made at once.
         self._defer: Callable[[Callable[[], object]], None] = defer or _write_now
@@ -86,7 +91,7 @@ class ColonyRuntime:
             forget_process=lambda pid, start: self._defer(lambda: registry.remove_process(pid, start)),
             timing=timing or Timing(),
             may_restart=self._colony_running,
-            sandbox=sandbox,
+            init=self.init,
         )
         self.services = ServiceSet(config, host, env)
         # The hive routes config reloads through the colony's actor (one writer per colony).
@@ -104,6 +109,12 @@ class ColonyRuntime:
     async def start(self) -> None:
         """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent, and the
         watchers beside them."""
+        if self.init is not None:
+            # Published: `stem exec` from any shell joins these namespaces too.
+            await asyncio.to_thread(procs.start_init, self.init, self.rec.netns, publish=True)
+            if self._on_init_lost is not None:
+                asyncio.get_running_loop().add_reader(self.init.pidfd, self._init_lost)
+                self._watching_init = True
         self._limits.start()
         # The watchers' first scan does not depend on the services: it runs while they get ready.
         watching = asyncio.ensure_future(self._start_change_watcher())
@@ -156,7 +167,7 @@ class ColonyRuntime:
             notice=notice,
             columns=self.agent_size[0],
             lines=self.agent_size[1],
-            sandbox=self.sandbox,
+            init=self.init,
         )
         session.start()
         self.agent = session
@@ -190,8 +201,34 @@ class ColonyRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._watch_task, timeout=5)
         await self.services.stop_all(grace)
+        self._unwatch_init()
+        if self.init is not None:
+            # What is left (`stem exec`s, orphans) gets SIGTERM, then the init goes and the kernel kills the rest.
+            await asyncio.to_thread(procs.release_init, self.init, 5.0 if grace is None else grace)
         if self.preview is not None:
             await self.preview.close()
+
+    def _unwatch_init(self) -> None:
+        if self._watching_init and self.init is not None:
+            asyncio.get_running_loop().remove_reader(self.init.pidfd)
+            self._watching_init = False
+
+    def _init_lost(self) -> None:
+        """The init ended under a running colony (killed by root on the host): the kernel ended every process of
+        the colony with it, and none can start again in its namespaces."""
+        self._unwatch_init()
+        why = "its init (pid 1 of its namespaces) ended, and every process of the colony with it"
+        task = asyncio.get_running_loop().create_task(self._report_init_lost(why))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report_init_lost(self, why: str) -> None:
+        name = self.rec.name
+        entry = await asyncio.to_thread(self._log.append, "sandbox", why)
+        self._emit(LogLine(name, entry.seq, entry.at, "sandbox", why))
+        self._emit(Notice(name, "error", f"{name}: {why}"))
+        if self._on_init_lost is not None:
+            self._on_init_lost(why)
 
     def _relay(self, event: Event) -> None:
         """The services' events, on to the host; a service's state also adds or removes its preview route."""
@@ -257,14 +294,11 @@ class ColonyRuntime:
         await asyncio.to_thread(self._registry.add_event, name, "config", message)
 
     def _owner_of(self, pid: int) -> str | None:
-        """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim. A confined
-        program is the child of its PID namespace's init (core.sandbox), which is the pid Stem started."""
-        fields = procs.proc_stat(pid) if self.sandbox is not None else None
-        candidates = (pid, int(fields[1])) if fields else (pid,)
+        """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim."""
         for service, runner in self.services.services.items():
-            if runner.pid in candidates:
+            if runner.pid == pid:
                 return service
-        if self.agent is not None and self.agent.pid in candidates:
+        if self.agent is not None and self.agent.pid == pid:
             return "the agent"
         return None
 

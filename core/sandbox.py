@@ -1,16 +1,22 @@
 """Least privilege and a private filesystem view for every process of a colony (agent, services, exec, steps).
 
-A colony process is confined between fork and exec (a preexec_fn, no helper program to start):
-- **its own mount namespace** (recursively private): tmpfs over `STEM_HOME`, the users' homes, the repository's
-  main checkout, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/user`; then only what is the colony's is bound back at its
-  own path: its worktree, its database folder, its home (HOME points there), the repository's `.git` (with `config`
-  and `hooks` read-only, so nothing planted there runs later as the user), and `[hive] agent_files` read-only in
-  its home. Other colonies' worktrees and databases, `hive.db`, the logs and the user's secrets are not there.
-- **its own PID and IPC namespaces**: the child is forked from a thread that unshared CLONE_NEWPID, so it is pid 1
-  of a new namespace: it mounts a /proc of that namespace, drops privilege, forks the program and reaps until the
-  program ends, then ends as it did (a signal death as 128 + the signal, as a shell says it: an init cannot die
-  of a signal it sends itself). Signals sent to the group reach the program as before; the init passes them on
-  only to a program that left the group (a shell's job control).
+A running colony has one set of namespaces that all its processes share, held by its init (`ColonyInit`):
+- **its own PID namespace**: the init is pid 1 of it, forked from a thread that unshared CLONE_NEWPID. Each
+  colony process is forked from a thread that joined it (setns), so its parent is still whoever started it (the
+  host waits for its services and agent itself) while the colony's processes see and signal one another, and
+  nothing outside. What is orphaned goes to the init, which the kernel reaps for (SIGCHLD ignored); when the init
+  ends (its owner stops the colony, or dies) the kernel kills everything left in the namespace.
+- **its own mount namespace** (recursively private), made once by the init: tmpfs over `STEM_HOME`, the users'
+  homes, the repository's main checkout, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/user` (one private /tmp for the
+  whole colony); then only what is the colony's is bound back at its own path: its worktree, its database folder,
+  its home (HOME points there), the repository's `.git` (with `config` and `hooks` read-only, so nothing planted
+  there runs later as the user), and `[hive] agent_files` read-only in its home; /proc of its PID namespace and the
+  colony's resolv.conf. Other colonies' worktrees and databases, `hive.db`, the logs and the user's secrets are not
+  there. A colony process joins it (and the IPC namespace) in the forked child, single-threaded, before exec.
+- **its own IPC namespace**, made and joined with the mount namespace.
+The init belongs to the colony's host, which publishes it (`Sandbox.init_file`) so `stem exec` from any shell joins
+it. Setup and build commands run in the starter's process before any host exists: their run gets an init of its
+own, ended with it (nothing a build leaves running outlives it), as does a `stem exec` while no host runs.
 - **no privilege**: an unprivileged uid (see `choose_identity`), no supplementary groups, an empty capability
   bounding set, no_new_privs. Without CAP_SYS_ADMIN it cannot setns into another namespace or mount; without
   CAP_NET_ADMIN it cannot change its network. Ports below 1024 still bind: `ip_unprivileged_port_start` is 0 in
@@ -28,6 +34,7 @@ import errno
 import functools
 import os
 import pwd
+import select
 import signal
 import stat
 import struct
@@ -77,6 +84,7 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
@@ -88,23 +96,10 @@ SAFE_ENV = (
     *("PATH", "LANG", "LANGUAGE", "LC_", "TERM", "COLORTERM", "TZ", "SHELL", "PYTHONUNBUFFERED", "NO_COLOR"),
     *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"),
 )
-# Signals the init passes on to the program when it left the process group they were sent to (job control).
-_FORWARD = (
-    signal.SIGHUP,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCONT,
-)
 # Directories no cover may hide (the system the colony runs on).
 _SYSTEM = tuple(Path(p) for p in ("/usr", "/etc", "/bin", "/lib", "/lib64", "/sbin", "/opt", "/proc", "/dev", "/sys"))
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# fork(2) holding the GIL, without os.fork's at-fork hooks (a few ms in a big process, twice per spawn): used only in
-# the forked child, which has a single thread, so no lock can be left held by a thread that is not there.
-_raw_fork = ctypes.PyDLL(None, use_errno=True).fork
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +229,7 @@ class Sandbox:
     use_pid_ns: bool = True
     use_ipc_ns: bool = True
     world_writable: frozenset[Path] = field(default_factory=frozenset)  # covers that get mode 1777
+    init_file: Path | None = None  # where the colony's running init is published (`pid starttime`), for joiners
 
 
 def plan(
@@ -246,6 +242,7 @@ def plan(
     repo: Path,
     agent_files: Iterable[Path] = (),
     environ: Mapping[str, str] = os.environ,
+    init_file: Path | None = None,
 ) -> Sandbox:
     """The covers and binds for one colony: made from paths only (a few stats), cheap enough for every spawn.
 
@@ -282,6 +279,7 @@ def plan(
         use_pid_ns=support().pid_ns,
         use_ipc_ns=support().ipc_ns,
         world_writable=frozenset(Path(p) for p in shared),
+        init_file=init_file,
     )
 
 
@@ -389,6 +387,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
         home=layout.colony_home(rec.name),
         repo=Path(rec.repo),
         agent_files=[Path(p) for p in settings.agent_files],
+        init_file=layout.colony_dir(rec.name) / "init.pid",
     )
 
 
@@ -547,18 +546,109 @@ def _mount(source: bytes | None, target: str, fstype: bytes | None, flags: int, 
     _check(_libc.mount(source, target.encode(), fstype, flags, data), f"mount {target}")
 
 
-def in_pid_namespace(box: Sandbox | None, start: Callable[[], T]) -> T:
-    """Call `start` (which forks the colony process) where that process becomes pid 1 of a new PID namespace:
-    on a fresh thread that unshared CLONE_NEWPID (its children's namespace; the thread then ends). So the forked
-    child is the namespace's init itself, and no second process has to wait in the host's namespace."""
-    if box is None or not box.use_pid_ns:
-        return start()
+class ColonyInit:
+    """Pid 1 of a colony's PID namespace, holding the colony's mount and IPC namespaces: the private view of a
+    `Sandbox`, made once. Every process of the colony is forked into them (`fork_inside`, then `enter` in the
+    child), so the agent, the services and `stem exec` see and signal one another, share /tmp, and see nothing else.
+
+    Whoever runs the colony makes it (`start`) and owns it: its host, or a spawn for its setup and build steps. It
+    runs as the colony's uid with no capability, reaps nothing itself (SIGCHLD ignored: the kernel reaps what is
+    orphaned to it) and ends when its owner kills it or dies; its end makes the kernel kill whatever is left in the
+    namespace. Others join the running one by its pid (`attach`: `stem exec` in another process)."""
+
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.pid = 0  # 0 until started or attached
+        self.pidfd = -1
+        self.owned = False
+        self.inode = 0  # of its PID namespace (its mount namespace without one): who is a member
+
+    def start(self, enter: Callable[[], None], resolv: bytes | None) -> None:
+        """Fork the init (a thread that unshared CLONE_NEWPID forks it, so it is pid 1 of a new namespace), let it
+        make the colony's view, and wait until it has. `enter` runs first in the child (the colony's cgroup and
+        network namespace); `resolv` is bound over /etc/resolv.conf. Blocking for a few ms: off the event loop."""
+        owner = os.pidfd_open(os.getpid())  # the child's way to see its owner go
+        ready_r, ready_w = os.pipe()
+        try:
+            pid = _forked_in_new_pid_namespace(self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w))
+            os.close(ready_w)
+            ready_w = -1
+            answer = b""
+            while chunk := os.read(ready_r, 4096):
+                answer += chunk
+        finally:
+            for fd in (owner, ready_r, ready_w):
+                if fd >= 0:
+                    os.close(fd)
+        self.pid, self.owned = pid, True
+        self.pidfd = os.pidfd_open(pid)
+        if answer != b"1":
+            self.kill(5.0)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self.close()
+            raise OSError(errno.EIO, "the colony's init failed: " + (answer.decode(errors="replace") or "it died"))
+        self.inode = os.stat(f"/proc/{pid}/ns/{self._kind}").st_ino
+
+    def attach(self, pid: int, pidfd: int) -> None:
+        """Join a running init (started by another process) through a pidfd of it."""
+        self.pid, self.pidfd, self.owned = pid, pidfd, False
+        self.inode = os.stat(f"/proc/{pid}/ns/{self._kind}").st_ino
+
+    @property
+    def _kind(self) -> str:
+        return "pid" if self.box.use_pid_ns else "mnt"
+
+    def fork_inside(self, start: Callable[[], T]) -> T:
+        """Call `start` (which forks a colony process) on a fresh thread that joined the init's PID namespace
+        (setns of a PID namespace applies to the children of the calling thread only; the thread then ends)."""
+        if self.pidfd < 0:
+            raise OSError(errno.ESRCH, "the colony's init is not running")
+        if not self.box.use_pid_ns:
+            return start()
+        return _on_thread(lambda: _check(_libc.setns(self.pidfd, CLONE_NEWPID), "setns(CLONE_NEWPID)"), start)
+
+    def enter(self, cwd: str) -> None:
+        """In the forked child (single-threaded, as joining a mount namespace requires), as root: the init's mount
+        and IPC namespaces, no privilege, `cwd`. Runs after the child entered the colony's network namespace."""
+        flags = CLONE_NEWNS | (CLONE_NEWIPC if self.box.use_ipc_ns else 0)
+        _check(_libc.setns(self.pidfd, flags), "setns")
+        _drop(self.box.identity)
+        os.chdir(cwd)
+
+    def members(self) -> set[int]:
+        """Every live process in the namespace but the init (pids as the caller sees them)."""
+        found = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != self.pid:
+                try:
+                    if os.stat(f"/proc/{entry}/ns/{self._kind}").st_ino == self.inode:
+                        found.add(int(entry))
+                except OSError:  # gone, or a zombie (no namespaces left)
+                    continue
+        return found
+
+    def kill(self, timeout: float) -> bool:
+        """SIGKILL the init (the kernel kills every process of the namespace with it) and wait up to `timeout` until
+        all of them are gone: the init's own exit waits for that. True if it ended in time."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        return bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _on_thread(prepare: Callable[[], None], start: Callable[[], T]) -> T:
+    """`prepare` then `start` on a fresh thread (for per-thread namespace state that must not stay behind)."""
     result: list[T] = []
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+            prepare()
             result.append(start())
         except BaseException as exc:  # handed to the calling thread
             failure.append(exc)
@@ -571,18 +661,81 @@ def in_pid_namespace(box: Sandbox | None, start: Callable[[], T]) -> T:
     return result[0]
 
 
-def confine(box: Sandbox, cwd: str, resolv: bytes | None) -> None:
-    """In the forked child (pid 1 of its PID namespace, see `in_pid_namespace`), as root, inside the colony's
-    network: its mount namespace (with the colony's resolv.conf), no privilege, then the program forked from this
-    init. Returns only in the program's process, which then execs."""
-    # Python's own handlers (and an asyncio loop's wakeup fd, shared with the parent) must not run in the init,
-    # which never execs.
+def _forked_in_new_pid_namespace(box: Sandbox, fork: Callable[[], int]) -> int:
+    if not box.use_pid_ns:
+        return fork()
+    return _on_thread(lambda: _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)"), fork)
+
+
+def _fork_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int) -> int:
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    try:  # the child: never returns into the caller's code
+        _be_init(box, enter, resolv, owner, ready)
+        os._exit(0)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(ready, f"{type(exc).__name__}: {exc}".encode())
+    finally:
+        os._exit(1)
+
+
+def _be_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int) -> None:
+    """The init, as root in its new PID namespace: into the colony's cgroup and network, the colony's view, no
+    privilege; then wait for its owner to go. SIGCHLD is ignored, so the kernel reaps the orphans that come to it."""
+    # Nothing of the owner's signal handling stays (an asyncio loop's wakeup fd, faulthandler's SIGUSR1): a pid 1
+    # gets from its own namespace only the signals it handles, and it handles none.
     signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    os.setsid()  # no terminal, and not in its owner's session
+    _retitle(b"colony-init")
+    enter()
+    _make_view(box, resolv)
     try:
         with open(UNPRIVILEGED_PORTS, "w") as f:  # this network namespace's own sysctl
             f.write("0")
     except OSError:
         pass
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")  # never the victim of the colony's memory limit: its pages are mostly its owner's
+    _drop(box.identity)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # it holds a copy of its owner's memory: no ptrace, no /proc/1/mem
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Nothing of the owner's stays open (a pipe a reader waits on to end, a socket): only `owner` and `ready`.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    keep = sorted({owner, ready})
+    for low, high in zip([2, *keep], [*keep, 65536], strict=True):
+        os.closerange(low + 1, high)
+    os.write(ready, b"1")
+    os.close(ready)
+    waiting = select.poll()
+    waiting.register(owner, select.POLLIN)
+    while not waiting.poll():
+        pass
+
+
+def _retitle(title: bytes) -> None:
+    """What `ps` shows of the init inside the colony: its own name, not its owner's name and command line (which
+    name Stem's paths). The command line is overwritten in place, where the kernel reads it from."""
+    _libc.prctl(PR_SET_NAME, title[:15], 0, 0, 0)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end (fields 48 and 49)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(title[: end - start - 1].ljust(end - start, b"\0"))
+
+
+def _make_view(box: Sandbox, resolv: bytes | None) -> None:
+    """The colony's mount (and IPC) namespace: covers, then what is the colony's bound back, the colony's
+    resolv.conf, and a /proc of the calling init's PID namespace."""
     _check(_libc.unshare(CLONE_NEWNS | (CLONE_NEWIPC if box.use_ipc_ns else 0)), "unshare")
     _mount(b"none", "/", None, MS_REC | MS_PRIVATE)
     if resolv is not None:  # no /etc/resolv.conf on the host: nothing to cover
@@ -605,15 +758,8 @@ def confine(box: Sandbox, cwd: str, resolv: bytes | None) -> None:
             continue
         _bind(fd, src, target, read_only)
         os.close(fd)
-    if box.use_pid_ns and os.getpid() == 1:
+    if box.use_pid_ns:
         _mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this namespace's processes only
-    _drop(box.identity)
-    if not box.use_pid_ns:
-        os.chdir(cwd)
-        return
-    if os.getpid() != 1:  # a bug: the spawn did not go through in_pid_namespace
-        raise OSError(errno.EINVAL, "a confined process must be forked through sandbox.in_pid_namespace")
-    _be_init(cwd)
 
 
 def _bind(fd: int, src: Path | None, target: Path, read_only: bool) -> None:
@@ -701,57 +847,3 @@ def _drop(identity: Identity) -> None:
     os.setresgid(identity.gid, identity.gid, identity.gid)
     os.setresuid(identity.uid, identity.uid, identity.uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-
-
-def _fork() -> int:
-    pid = int(_raw_fork())
-    if pid < 0:
-        _check(-1, "fork")
-    return pid
-
-
-def _be_init(cwd: str) -> None:
-    """Pid 1 of the colony process's namespace: fork the program, then reap until it ends and end as it did.
-    Returns only in the program's process."""
-    waiting = {signal.SIGCHLD, *_FORWARD}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, waiting)
-    program = _fork()
-    if program == 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.chdir(cwd)
-        return  # into exec
-    try:
-        _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # it holds a copy of the host process's memory
-        # Nothing of the parent's stays open here (the pipes of the program's output, the spawner's error pipe):
-        # whoever reads them sees their end when the program's side closes.
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, 65536)
-        while True:
-            info = signal.sigwaitinfo(waiting)
-            if info.si_signo != signal.SIGCHLD:
-                _forward(program, info.si_signo)
-                continue
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if pid == program:
-                    # An init cannot die of a signal it sends itself: a program killed by one ends this with
-                    # 128 + its number, as a shell reports it.
-                    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-    finally:
-        os._exit(127)
-
-
-def _forward(program: int, sig: int) -> None:
-    """A signal sent to the group reached the program already, unless it left the group (a shell's job control)."""
-    try:
-        if os.getpgid(program) != os.getpgid(0):
-            os.kill(program, sig)
-    except OSError:
-        pass

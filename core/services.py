@@ -32,7 +32,7 @@ from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
-from core.sandbox import Sandbox
+from core.sandbox import ColonyInit
 
 __all__ = [
     "CRASHED",
@@ -110,7 +110,7 @@ class ServiceHost:
     forget_process: Callable[[int, int], None]
     timing: Timing = Timing()
     may_restart: Callable[[], Awaitable[bool]] | None = None
-    sandbox: Sandbox | None = None  # what confines the colony's processes (core.sandbox)
+    init: ColonyInit | None = None  # the colony's namespaces, confined (core.sandbox); None: isolation off
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +386,7 @@ class ServiceRunner:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            sandbox=self.host.sandbox,
+            init=self.host.init,
         )
         self._proc = proc
         self._starttime = procs.starttime(proc.pid) or 0

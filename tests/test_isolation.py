@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import git, http_get, make_repo, run_stem, stem_cmd, wait_for
 
-from core import sandbox
+from core import procs, sandbox
+from core.host.paths import HostPaths
+from core.host.protocol import Connection, Keys
 
 pytestmark = pytest.mark.root
 
@@ -55,14 +58,13 @@ def test_a_colony_runs_without_privilege_in_its_own_pid_namespace(hive_env, two)
     assert int(uid) != 0 and "0" not in groups.split()
     assert int(cap_eff.split()[1], 16) == 0 and int(cap_bnd.split()[1], 16) == 0
     assert nnp.split()[1] == "1"
-    assert int(pid) < 10  # a fresh PID namespace: the shell is one of its first processes
+    assert int(pid) < 50  # the colony's own PID namespace: its processes are few and numbered from 1
 
     # `ps` shows only the colony's own processes; a host process cannot be signalled (it does not exist here).
     host_child = subprocess.Popen(["sleep", "60"])
     try:
-        out = inside(hive_env, "a", f"ls /proc | grep -c '^[0-9]'; kill -0 {host_child.pid} && echo reached")
+        out = inside(hive_env, "a", f"kill -0 {host_child.pid} && echo reached")
         assert out.returncode != 0 or "reached" not in out.stdout
-        assert int(out.stdout.split()[0]) <= 5, out.stdout
         ps = inside(hive_env, "a", "ps -e -o pid=,comm=")
         assert ps.returncode == 0, ps.stderr
         assert "sleep" not in ps.stdout and "stem" not in ps.stdout, ps.stdout
@@ -200,3 +202,150 @@ def test_the_keys_parse_and_a_root_colony_uid_is_refused(tmp_path):
     assert parse_colony_config('[colony]\npass_env = ["A_KEY"]\n', tmp_path / "c.toml").pass_env == ("A_KEY",)
     with pytest.raises(ConfigError, match="pass_env"):
         parse_colony_config('[colony]\npass_env = ["A=B"]\n', tmp_path / "c.toml")
+
+
+# A service that says who it is in the colony's /tmp and in its worktree, and notes every SIGUSR1 it gets.
+SERVICE = """
+import os, signal
+def noted(*_):
+    with open("signalled.txt", "a") as f:
+        f.write("usr1\\n")
+signal.signal(signal.SIGUSR1, noted)
+with open("/tmp/from-service.txt", "w") as f:
+    f.write(f"{os.environ['COLONY_NAME']} {os.getpid()}\\n")
+with open("svc.pid.tmp", "w") as f:
+    f.write(f"{os.getpid()}\\n")
+os.rename("svc.pid.tmp", "svc.pid")
+while True:
+    signal.pause()
+"""
+SERVICE_TOML = '[services.svc]\ncommand = "exec python3 svc.py"\n'
+
+
+@pytest.fixture
+def shared(hive_env, tmp_path):
+    """Colonies a and b, each with the service above and a shell as its agent (a person's typing reaches it)."""
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE_TOML)
+    (repo / "svc.py").write_text(SERVICE)
+    git(repo, "add", "svc.py")
+    git(repo, "commit", "-qm", "service")
+    rows = {}
+    for name in ("a", "b"):
+        result = run_stem(hive_env.env, "spawn", name, "--repo", str(repo), "--agent", "shell")
+        assert result.returncode == 0, result.stderr
+        rows[name] = next(r for r in json.loads(run_stem(hive_env.env, "ls", "--json").stdout) if r["name"] == name)
+        pid_file = Path(rows[name]["worktree"]) / "svc.pid"
+        wait_for(pid_file.exists, timeout=15, what=f"{name}'s service to start")
+    return rows
+
+
+def type_into_agent(hive_env, name: str, line: str) -> None:
+    """Type a line into the colony's agent (a shell), as the user does through any client."""
+
+    async def send() -> None:
+        async with await Connection.open(HostPaths(hive_env.home / "colonies" / name).socket, "script") as conn:
+            await conn.request(Keys(line.encode() + b"\r"))
+
+    asyncio.run(send())
+
+
+def colony_processes(hive_env, name: str) -> tuple[int, set[int]]:
+    """The colony's init and every other process in its PID namespace, as pids of the host."""
+    init = int((hive_env.home / "colonies" / name / "init.pid").read_text().split()[0])
+    inode = os.stat(f"/proc/{init}/ns/pid").st_ino
+    members = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != init:
+            try:
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == inode:
+                    members.add(int(entry))
+            except OSError:
+                continue
+    return init, members
+
+
+def test_a_colonys_processes_see_and_signal_one_another_and_share_one_tmp(hive_env, shared):
+    a_tree = Path(shared["a"]["worktree"])
+    service = int((a_tree / "svc.pid").read_text())  # its pid in the colony's namespace
+    host = HostPaths(hive_env.home / "colonies" / "a").process()
+    assert host is not None
+
+    # `stem exec`: the service is in `ps`, its /tmp file is there, and a signal reaches it.
+    out = inside(hive_env, "a", f"ps -e -o pid=,args=; cat /tmp/from-service.txt; kill -USR1 {service} && echo sent")
+    assert out.returncode == 0, out.stderr
+    assert any(line.split(None, 1) == [str(service), "python3 svc.py"] for line in out.stdout.splitlines()), out.stdout
+    assert f"a {service}" in out.stdout and "sent" in out.stdout
+    wait_for(lambda: (a_tree / "signalled.txt").exists(), what="the service to get the exec's signal")
+    # Not the host's processes (the colony host, its forker), nor another colony's service.
+    assert "runpy" not in out.stdout and out.stdout.count("svc.py") == 1, out.stdout
+
+    # The agent, typed into by the user: the same.
+    type_into_agent(
+        hive_env,
+        "a",
+        f"ps -e -o pid=,args= > agent-ps.txt; cat /tmp/from-service.txt > agent-tmp.txt; "
+        f"kill -USR1 {service}; kill -0 {host[0]} && echo reached > agent-kill.txt || echo refused > agent-kill.txt",
+    )
+    wait_for(lambda: (a_tree / "agent-kill.txt").exists(), what="the agent's commands to run")
+    assert (a_tree / "agent-kill.txt").read_text() == "refused\n"  # the host's pid names nothing in the colony
+    agent_ps = (a_tree / "agent-ps.txt").read_text()
+    assert any(line.split(None, 1) == [str(service), "python3 svc.py"] for line in agent_ps.splitlines()), agent_ps
+    assert "runpy" not in agent_ps and agent_ps.count("svc.py") == 1, agent_ps
+    assert (a_tree / "agent-tmp.txt").read_text() == f"a {service}\n"
+    wait_for(lambda: (a_tree / "signalled.txt").read_text().count("usr1") == 2, what="the agent's signal")
+
+    # Colony b has a /tmp of its own, with its own service's file; a's service is not there.
+    out = inside(hive_env, "b", "cat /tmp/from-service.txt; pgrep -cf '^python3 svc.py'")
+    b_service = int((Path(shared["b"]["worktree"]) / "svc.pid").read_text())
+    assert out.stdout.split() == ["b", str(b_service), "1"], out.stdout
+
+
+def test_stop_leaves_no_process_of_the_colony_and_its_init_goes(hive_env, shared):
+    init, members = colony_processes(hive_env, "a")
+    assert len(members) >= 2  # the service and the agent, at least
+    leftover = subprocess.Popen(
+        [*stem_cmd(), "exec", "a", "--", "sh", "-c", "setsid sleep 1000 & echo started; exec sleep 1000"],
+        env=hive_env.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert leftover.stdout is not None and leftover.stdout.readline().strip() == "started"
+        _, members = colony_processes(hive_env, "a")
+        others = colony_processes(hive_env, "b")
+        assert run_stem(hive_env.env, "stop", "a").returncode == 0
+        assert leftover.wait(timeout=15) == 128 + signal.SIGTERM
+    finally:
+        leftover.kill()
+        leftover.wait()
+    assert not procs.alive(init) and not any(procs.alive(pid) for pid in members), members
+    assert not (hive_env.home / "colonies" / "a" / "init.pid").exists()
+    assert procs.alive(others[0]) and all(procs.alive(pid) for pid in others[1])  # b runs on untouched
+
+
+def test_the_colony_host_killed_leaves_no_process_of_its_colony(hive_env, shared):
+    init, members = colony_processes(hive_env, "a")
+    host = HostPaths(hive_env.home / "colonies" / "a").process()
+    assert host is not None and host[0] not in members
+    others = colony_processes(hive_env, "b")
+    os.kill(host[0], signal.SIGKILL)
+    gone = wait_for(
+        lambda: not procs.alive(init) and not any(procs.alive(pid) for pid in members),
+        timeout=10,
+        what="the colony's processes to end with its host",
+    )
+    assert gone
+    assert procs.alive(others[0]) and all(procs.alive(pid) for pid in others[1])
+
+
+def test_the_init_killed_ends_the_colony_and_its_host_stops(hive_env, shared):
+    init, members = colony_processes(hive_env, "a")
+    host = HostPaths(hive_env.home / "colonies" / "a").process()
+    assert host is not None
+    os.kill(init, signal.SIGKILL)  # root on the host can: every process of the colony ends with it
+    wait_for(
+        lambda: not procs.alive(host[0]) and not any(procs.alive(pid) for pid in (init, *members)),
+        timeout=15,
+        what="the colony's processes and its host to end",
+    )
+    assert "init (pid 1 of its namespaces) ended" in run_stem(hive_env.env, "logs", "a").stdout

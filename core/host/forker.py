@@ -298,6 +298,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
     _preload()
     from core import procs
     from core.host.protocol import peer_uid, socket_address
+    from core.privileges import become_subreaper
 
     with contextlib.suppress(FileNotFoundError):
         paths.socket.unlink()  # ours: we hold forker.lock, so whoever made it is gone
@@ -310,6 +311,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    become_subreaper()  # what a host killed -9 leaves comes here, to be reaped at once (`_reap`)
     stopping = False
 
     def on_term(*_: object) -> None:
@@ -393,11 +395,15 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
 
 
 def _reap(children: set[int]) -> None:
-    for pid in list(children):
-        with contextlib.suppress(ChildProcessError):
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == 0:
-                continue
+    """Reap every child that ended: hosts, and (a subreaper) the processes a host killed -9 left behind. Those are
+    in their colony's PID namespace, whose init ends only once they are reaped (core/sandbox.py)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid = 0
+        if pid == 0:
+            break
         children.discard(pid)
 
 

@@ -183,6 +183,7 @@ class ColonyHost:
                 defer=self._defer,
                 on_config_change=self._config_changed,
                 home=self.layout.home,  # ready services get a route through the hive's preview port
+                on_init_lost=self._request_stop,
             )
             self.runtime = runtime
             if self.size is not None:
