@@ -157,8 +157,11 @@ def reap_adopted() -> None:
 
 
 @pytest.fixture
-def hive_env(tmp_path: Path):
+def hive_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     env = HiveEnv(tmp_path)
+    # A hive made in this process (the UI's tests) starts its hosts with this process's environment: they get the
+    # test's own preview port too, never the default one a real hive on this machine may hold.
+    monkeypatch.setenv("STEM_PREVIEW_PORT", env.env["STEM_PREVIEW_PORT"])
     yield env
     env.cleanup()
 
