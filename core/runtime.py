@@ -120,9 +120,14 @@ class ColonyRuntime:
         watching = asyncio.ensure_future(self._start_change_watcher())
         try:
             await self.services.start_all()
-            if self.preview is not None:
-                await self.preview.settled()  # the start returns with the services' preview URLs in place
-            await self.start_agent(self.resume)
+            # The agent does not wait for the preview routes (Caddy's work, in the preview worker's thread): it
+            # starts while they are added, and the start returns with both in place.
+            agent = asyncio.ensure_future(self.start_agent(self.resume))
+            try:
+                if self.preview is not None:
+                    await self.preview.settled()
+            finally:
+                await agent
         finally:
             await watching
         # colony.toml is in the worktree: its watcher listens to the change watcher's events (one inotify instance
