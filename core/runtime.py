@@ -192,9 +192,29 @@ class ColonyRuntime:
 
     async def stop(self, grace: float | None = None) -> None:
         self._limits.close()  # what stopping kills is no limit held
+        # The agent, the services, the watchers and the preview routes go side by side: a stop takes as long as the
+        # slowest of them (an agent that ignores SIGTERM waits out its grace), not their sum.
+        ended = await asyncio.gather(
+            self._stop_agent(),
+            self._stop_watchers(),
+            self.services.stop_all(grace),
+            self.preview.close() if self.preview is not None else asyncio.sleep(0),
+            return_exceptions=True,
+        )
+        self._unwatch_init()
+        if self.init is not None:
+            # What is left (`stem exec`s, orphans) gets SIGTERM, then the init goes and the kernel kills the rest.
+            await asyncio.to_thread(procs.release_init, self.init, 5.0 if grace is None else grace)
+        for failure in ended:
+            if isinstance(failure, BaseException):
+                raise failure
+
+    async def _stop_agent(self) -> None:
         if self.agent is not None:
             await self.agent.stop()
             self.agent = None
+
+    async def _stop_watchers(self) -> None:
         if self.peer_follower is not None:
             await self.peer_follower.close()
             self.peer_follower = None
@@ -205,13 +225,6 @@ class ColonyRuntime:
         if self._watch_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._watch_task, timeout=5)
-        await self.services.stop_all(grace)
-        self._unwatch_init()
-        if self.init is not None:
-            # What is left (`stem exec`s, orphans) gets SIGTERM, then the init goes and the kernel kills the rest.
-            await asyncio.to_thread(procs.release_init, self.init, 5.0 if grace is None else grace)
-        if self.preview is not None:
-            await self.preview.close()
 
     def _unwatch_init(self) -> None:
         if self._watching_init and self.init is not None:

@@ -349,7 +349,7 @@ async def cmd_attach(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 async def cmd_stop(hive: HiveAPI, args: argparse.Namespace) -> int:
     # Each colony has its own actor and lock: stopping several at once takes about as long as stopping one.
-    results = await asyncio.gather(*(hive.stop(name) for name in args.names), return_exceptions=True)
+    results = await hive.stop_many(args.names)
     for result in results:
         if isinstance(result, BaseException):
             raise result
