@@ -44,6 +44,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import reduce
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, cast
@@ -55,11 +56,13 @@ from pyte.screens import Char, Cursor, Savepoint, StaticDefaultDict, wcwidth
 
 from core.screen_cells import (
     DEFAULT_CHAR,
+    LINES_SEEN,
     LOOKUP,
     NARROW,
     REVERSE_CHAR,
     SGR_SEQ_SPLIT,
     TEXTS,
+    BatchLine,
     CharCache,
     Piece,
     Row,
@@ -69,8 +72,10 @@ from core.screen_cells import (
     narrow_text,
     parse_params,
     row_text,
+    run_cells,
     seen_twice,
     sgr_apply,
+    spend_runs,
     text_width,
     wrap_cells,
 )
@@ -199,14 +204,40 @@ class LineRows:
 Held = list[str] | list[Spec] | LineRows
 
 # A deferred paint (`StemScreen._paint`): the column it starts at; its cells if known, else the run cut into text
-# and SGR sequences with the SGR moves of each text; how many cells it takes; the attributes of an EL after it
+# and SGR sequences with the SGR moves of each text (an ASCII run: the run and the node it starts from); how many
+# cells it takes; the attributes of an EL after it
 # (None: no EL). A batch row (`_paint_rows`) is the line and the node it starts from in place of the parts and
 # moves, with no cells and a width of -1 (its cells, and so its width, are found when it is written).
 Paint = tuple[
     int, "tuple[Char, ...] | None", "list[str] | str | None", "list[SgrMoves] | CharCache | None", int, "Char | None"
 ]
+# One SGR sequence, whole (the keys of `SgrMoves`).
+_SGR_SEQ = re.compile(r"\x1b\[[0-9;]*+m")
 # A batch line of SGR sequences alone: it draws nothing, so no row comes into being for it.
 _SGR_ONLY = re.compile(r"(?:\x1b\[[0-9;]*+m)*+")
+
+
+_LINES_SEEN_LIMIT = 16384
+
+
+def _batch_line(line: str, node: CharCache) -> BatchLine | None:
+    """A batch line (perhaps ending in EL) drawn from `node`'s attributes, worked out; None if a character in it is
+    zero-width or unprintable (the general path)."""
+    erase = line.endswith(_EL_TAILS)
+    body = line[: line.rindex("\x1b[")] if erase else line
+    if "\x1b" in body:
+        parts = SGR_SEQ_SPLIT.split(body)  # text, SGR sequence, text, ..., text
+        after: CharCache = reduce(LOOKUP, parts[1::2], node.moves).chars
+        shown = "".join(parts[::2])
+    else:
+        after, shown = node, body
+    if shown.isascii():
+        return body, erase, after, len(shown), len(shown)
+    found = node.runs.get(body)
+    width = text_width(shown) if found is None else len(found[0])
+    if width is None:
+        return None
+    return body, erase, after, width, len(shown)
 
 
 class StemScreen(pyte.Screen):
@@ -925,6 +956,7 @@ class StemScreen(pyte.Screen):
                 found = node.runs[run]  # met before: worked out once and kept
         parts: list[str] | None = None
         moves: list[SgrMoves] | None = None
+        lazy: tuple[str, CharCache] | None = None
         if found is not None:
             cells, after = found
             width = len(cells)
@@ -932,12 +964,19 @@ class StemScreen(pyte.Screen):
             # Met for the first time (as most runs are): the attributes it leaves and the cells it takes are
             # worked out now, its cells only when the row is written (if it has not been painted over by then).
             cells = None
-            parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
-            texts = parts[::2]
-            # Every character takes one or two cells (`cells_ok`).
-            width = sum(map(len if run.isascii() else cast("Callable[[str], int]", text_width), texts))
-            moves = list(accumulate(parts[1::2], LOOKUP, initial=node.moves))
-            after = moves[-1].chars
+            if run.isascii():
+                # Its SGR sequences alone say how many cells it takes and the attributes it leaves; its cells come
+                # from the run and the node it starts from (`RunCells`) if it is ever written.
+                seqs = _SGR_SEQ.findall(run)
+                width = len(run) - len("".join(seqs))
+                after = reduce(LOOKUP, seqs, node.moves).chars
+                lazy = (run, node)
+            else:
+                parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
+                # Every character takes one or two cells (`cells_ok`).
+                width = sum(map(cast("Callable[[str], int]", text_width), parts[::2]))
+                moves = list(accumulate(parts[1::2], LOOKUP, initial=node.moves))
+                after = moves[-1].chars
         x = cursor.x
         end = x + width
         if end > self.columns:
@@ -950,7 +989,9 @@ class StemScreen(pyte.Screen):
         self.dirty.add(y)
         self._add_paint(
             y,
-            (x, cells, parts, moves, width, after.attrs if erase else None),
+            (x, cells, parts, moves, width, after.attrs if erase else None)
+            if lazy is None
+            else (x, None, lazy[0], lazy[1], width, after.attrs if erase else None),
             x == 0 and (erase or end == self.columns),
         )
         return True
@@ -994,8 +1035,10 @@ class StemScreen(pyte.Screen):
                 elif width:
                     if cells is not None:
                         row.update(enumerate(cells, x))
-                    elif type(parts) is list and type(moves) is list:  # always, when there are no cells
+                    elif type(parts) is list and type(moves) is list:
                         row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
+                    else:  # an ASCII run and the node it starts from
+                        row.update(enumerate(run_cells(moves, parts)[0], x))  # type: ignore[arg-type]
                 if erase is not None and x + width < columns:
                     row.update(enumerate(repeat(erase, columns - x - width), x + width))
 
@@ -1151,7 +1194,20 @@ class StemScreen(pyte.Screen):
                 lines = wrapped
             self._hold(lines, self._node())
             return end
-        # Lines with SGR (and EL at their ends). What each line starts and ends with, how many cells it takes
+        # Lines with SGR (and EL at their ends). In a batch that lands on the screen without scrolling (a full-screen
+        # program repainting its rows, as top does) lines met before (told by the middle and last lines, as a first
+        # line is often a clock) are each one lookup; the first time, a line is remembered only. A flood's lines,
+        # which scroll, are not looked at one by one.
+        if self._cur.y + len(self._held) + len(lines) < self.lines:  # the rows held land before these
+            seen = LINES_SEEN
+            if lines[-1] in seen and lines[len(lines) // 2] in seen:
+                if self._known_batch(lines):
+                    return end
+            else:
+                if len(seen) >= _LINES_SEEN_LIMIT:
+                    seen.clear()
+                seen.update(lines)
+        # Otherwise what each line starts and ends with, how many cells it takes
         # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
         # batch are followed in one pass, and each line's attributes are read off at its first sequence.
         ascii_ = segment.isascii()
@@ -1159,8 +1215,11 @@ class StemScreen(pyte.Screen):
         shown = "".join(parts[::2])
         erases: list[bool] | None = None
         if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
-            erases = [line.endswith(_EL_TAILS) for line in lines]
-            lines = [line[: line.rindex("\x1b[")] if erase else line for line, erase in zip(lines, erases, strict=True)]
+            erases = list(map(str.endswith, lines, repeat(_EL_TAILS)))
+            # The ELs dropped from the whole segment at once (each ends its line), the last line's by hand.
+            lines = segment.replace("\x1b[K\r\n", "\r\n").replace("\x1b[0K\r\n", "\r\n").split("\r\n")
+            if erases[-1]:
+                lines[-1] = lines[-1][: lines[-1].rindex("\x1b[")]
             shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
         # Every ESC left in a line starts an SGR sequence: each line's count of them says where its attributes are
         # read off the moves of the whole batch.
@@ -1206,6 +1265,42 @@ class StemScreen(pyte.Screen):
             self._hold(rows, None)
         self._cur.attrs = nodes[-1].attrs
         return end
+
+    def _known_batch(self, lines: list[str]) -> bool:
+        """`_try_batch` for lines with SGR most of which were met before: each line worked out from the attributes
+        it starts with is kept in that node (`CharCache.lines`) the second time it is met, so a line repainted
+        costs one lookup. False, having changed nothing, if a line needs the general path."""
+        node = self._node()
+        out: list[str] = []
+        nodes = [node]
+        erases: list[bool] = []
+        widths: list[int] = []
+        visible: list[int] = []
+        seen = LINES_SEEN
+        for line in lines:
+            known = node.lines.get(line)
+            if known is None:
+                known = _batch_line(line, node)
+                if known is None:
+                    return False
+                if line in seen:
+                    spend_runs(1 + len(line) // 8)
+                    node.lines[line] = known
+                else:
+                    seen.add(line)
+            body, erase, node, width, shown = known
+            out.append(body)
+            nodes.append(node)
+            erases.append(erase)
+            widths.append(width)
+            visible.append(shown)
+        erased = erases if True in erases else None
+        if max(widths) <= self.columns:
+            self._hold(LineRows(out, nodes, erased), None)
+        else:
+            self._hold(self._wrapped_rows(out, nodes, erased, widths, visible), None)
+        self._cur.attrs = node.attrs
+        return True
 
     def _piece_count(self, line: str, node: CharCache, width: int, visible: int) -> int:
         """How many rows autowrap cuts a line wider than the screen into."""

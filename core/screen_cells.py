@@ -29,12 +29,13 @@ _CACHE_LIMIT = 16384
 class CharCache(dict[str, Char]):
     """Maps a character to the one shared `Char` with these attributes; a namedtuple per cell is the
     dominant cost of pyte's `draw`, and `Char` is immutable so sharing is safe. `moves` are the SGR
-    transitions out of these attributes, `texts` and `runs` the cells of pieces of text drawn from them."""
+    transitions out of these attributes, `texts` and `runs` the cells of pieces of text drawn from them, `lines`
+    the batch lines met from them (`BatchLine`)."""
 
-    __slots__ = ("_rest", "attrs", "moves", "rows", "runs", "texts")
+    __slots__ = ("_rest", "attrs", "lines", "moves", "rows", "runs", "texts")
 
     def __init__(self, attrs: Char) -> None:
-        super().__init__()
+        # No `dict.__init__`: it would only make the empty dict that `dict.__new__` has made.
         self.attrs = attrs
         self.moves = SgrMoves(self)
         self._rest = attrs[1:]
@@ -64,12 +65,18 @@ class SgrMoves(dict[str, "SgrMoves"]):
     __slots__ = ("chars",)
 
     def __init__(self, chars: CharCache) -> None:
-        super().__init__()
         self.chars = chars
 
     def __missing__(self, seq: str) -> SgrMoves:
-        moves = chars_for(_sgr_result(self.chars.attrs, seq[2:-1], False)).moves
-        _spend(_MOVES, 1)
+        # Met once per node for most sequences (a log's truecolour spans make a node each, then reset it): a reset
+        # skips working out SGR, and the node is looked up inline.
+        attrs = DEFAULT_CHAR if seq in _RESET_SEQS else _sgr_result(self.chars.attrs, seq[2:-1], False)
+        chars = _char_caches.get(attrs)
+        moves = (chars if chars is not None else chars_for(attrs)).moves
+        if _spent[_MOVES] < _MOVES_BUDGET:
+            _spent[_MOVES] += 1
+        else:
+            _spend(_MOVES, 1)
         self[seq] = moves
         return moves
 
@@ -150,7 +157,21 @@ class RowCells(dict[str, dict[int, Char]]):
         return cells
 
 
-_LAZY: dict[str, Callable[[CharCache], Any]] = {"texts": TextCells, "runs": RunCells, "rows": RowCells}
+# A batch line worked out (see `StemScreen._try_batch`): the line without its EL, whether an EL ended it, the node
+# of the attributes after it, the cells it takes and the characters it shows.
+BatchLine = tuple[str, bool, CharCache, int, int]
+
+
+def _batch_lines(chars: CharCache) -> dict[str, BatchLine]:
+    return {}
+
+
+_LAZY: dict[str, Callable[[CharCache], Any]] = {
+    "texts": TextCells,
+    "runs": RunCells,
+    "rows": RowCells,
+    "lines": _batch_lines,
+}
 _PARTS: dict[str, Any] = {name: CharCache.__dict__[name] for name in _LAZY}
 
 
@@ -165,6 +186,10 @@ def run_cells(chars: CharCache, run: str) -> Run:
 
 # Runs met once since the set was last emptied; bounded like the other caches.
 _seen: set[str] = set()
+
+
+# Batch lines met since the set was last emptied (see `StemScreen._try_batch`); bounded like the other caches.
+LINES_SEEN: set[str] = set()
 
 
 def seen_twice(run: str) -> bool:
@@ -188,6 +213,8 @@ _RUN_KEEP = 1024
 _MOVES, _TEXTS_KIND, _RUNS_KIND = 0, 1, 2
 _spent = [0, 0, 0]
 _BUDGET_PER_LIMIT = 16
+_MOVES_BUDGET = _CACHE_LIMIT * _BUDGET_PER_LIMIT - 1  # below it, an entry only counts (`_spend`)
+_RESET_SEQS = frozenset({"\x1b[m", "\x1b[0m"})
 
 
 def _spend(kind: int, cost: int) -> None:
@@ -200,9 +227,14 @@ def _spend(kind: int, cost: int) -> None:
         if kind == _MOVES:
             _forget_cells()
         else:
-            names = ("texts",) if kind == _TEXTS_KIND else ("runs", "rows")
+            names = ("texts",) if kind == _TEXTS_KIND else ("runs", "rows", "lines")
             for chars in _char_caches.values():
                 _clear_made(chars, names)
+
+
+def spend_runs(cost: int) -> None:
+    """Count an entry made outside this module in a cache forgotten with the runs (`CharCache.lines`)."""
+    _spend(_RUNS_KIND, cost)
 
 
 def _clear_made(chars: CharCache, names: tuple[str, ...]) -> None:
@@ -221,7 +253,7 @@ def _forget_cells() -> None:
     dicts rather than every cell they hold. A node still in use stays valid, refilled as it is used."""
     for chars in _char_caches.values():
         chars.moves.clear()
-        _clear_made(chars, ("texts", "runs", "rows"))
+        _clear_made(chars, ("texts", "runs", "rows", "lines"))
         chars.clear()
     _char_caches.clear()
 
@@ -254,6 +286,11 @@ _FIELDS = Char._fields
 # is reversed.
 _EFFECTS: dict[tuple[str | tuple[int, ...], bool], dict[str, Any]] = {}
 _RESET: dict[str, Any] = {}  # the effect of a reset alone
+# SGR parameters that set one truecolour foreground or background and nothing else.
+_TRUECOLOUR = re.compile(r"([34])8;2;([0-9]{1,4});([0-9]{1,4});([0-9]{1,4})")
+# What a reset sets, on a normal and on a reversed screen (read only).
+_DEFAULT_FIELDS = DEFAULT_CHAR._asdict()
+_REVERSE_FIELDS = REVERSE_CHAR._asdict()
 
 
 def parse_params(params: str) -> tuple[int, ...]:
@@ -285,12 +322,19 @@ def _sgr_result(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool
     """`sgr_apply` worked out: `attrs` with what `params` sets replaced."""
     effect = _EFFECTS.get((params, reverse_screen))
     if effect is None:
-        ints = parse_params(params) if isinstance(params, str) else params
         if len(_EFFECTS) >= _CACHE_LIMIT:
             _EFFECTS.clear()
-        # A reset alone (no parameter, or 0) gives pyte's default cell as it is.
-        reset = not ints or ints == (0,)
-        effect = _EFFECTS[params, reverse_screen] = _RESET if reset else _sgr_effect(ints, reverse_screen)
+        truecolour = _TRUECOLOUR.fullmatch(params) if isinstance(params, str) else None
+        if truecolour is not None:
+            # One truecolour colour alone, as most are sent (and most are met once): what `_sgr_effect` gives.
+            kind, r, g, b = truecolour.groups()
+            effect = {"fg" if kind == "3" else "bg": f"{int(r):02x}{int(g):02x}{int(b):02x}"}
+        else:
+            ints = parse_params(params) if isinstance(params, str) else params
+            # A reset alone (no parameter, or 0) gives pyte's default cell as it is.
+            reset = not ints or ints == (0,)
+            effect = _RESET if reset else _sgr_effect(ints, reverse_screen)
+        _EFFECTS[params, reverse_screen] = effect
     if effect is _RESET:
         return REVERSE_CHAR if reverse_screen else DEFAULT_CHAR
     out: Char = _new_char(Char, map(effect.get, _FIELDS, attrs))  # `attrs._replace(**effect)`, in C
@@ -300,7 +344,7 @@ def _sgr_result(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool
 def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
     """The fields SGR `ints` sets: pyte's `select_graphic_rendition` (0.8), step for step, quirks included (a
     bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too)."""
-    default = (REVERSE_CHAR if reverse_screen else DEFAULT_CHAR)._asdict()
+    default = _REVERSE_FIELDS if reverse_screen else _DEFAULT_FIELDS
     replace: dict[str, Any] = {}
     attrs_list = list(reversed(ints))
     while attrs_list:
@@ -506,3 +550,4 @@ def clear_caches() -> None:
     _EFFECTS.clear()
     _spent[:] = [0, 0, 0]
     _seen.clear()
+    LINES_SEEN.clear()

@@ -227,6 +227,16 @@ def test_fuzz_full_screen_output_equals_reference(seed: int) -> None:
     assert_same_screen(reference(data, size), stem(data, size))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_repeated_lines_equal_reference(seed: int) -> None:
+    """Batch lines met again are each one lookup (`CharCache.lines`): lines repeated from the same and from other
+    attributes, in a chunk size that cuts sequences, characters and lines, must leave pyte's screen."""
+    screen_cells.clear_caches()
+    data = streams.repeated_lines(seed)
+    size = (1, 7, 64, 4096, None)[seed % 5]
+    assert_same_screen(reference(data, size), stem(data, size))
+
+
 def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SGR transition and cell caches are bounded by forgetting them; results must not change when that
     happens in the middle of a run (here every few entries)."""
@@ -234,7 +244,13 @@ def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.Monkey
     screen_cells.clear_caches()
     try:
         textual = recorded("textual.bin")[:150_000]
-        for data in (streams.styled_runs(), streams.fullscreen_redraw(3), streams.colored_logs(80), textual):
+        for data in (
+            streams.styled_runs(),
+            streams.fullscreen_redraw(3),
+            streams.colored_logs(80),
+            streams.repeated_lines(1, 40),
+            textual,
+        ):
             for size in (7, 4096):
                 assert_same_screen(reference(data, None), stem(data, size))
     finally:
@@ -376,8 +392,9 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
         lambda: recorded("git_log.bin")[:150_000],
         lambda: recorded("rich_demo.bin") * 2,
         streams.wide_wrapping_lines,
+        lambda: streams.repeated_lines(2),
     ],
-    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log", "rich-demo", "wide-wrapping"],
+    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log", "rich-demo", "wide-wrapping", "repeated"],
 )
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""

@@ -513,3 +513,32 @@ def erased_lines(count: int = 300) -> bytes:
             out.append(f"{CSI}48;2;{i % 256};40;40mtruecolour background {i}{CSI}0K\r\n")
     out.append(CSI + "0m")
     return "".join(out).encode()
+
+
+def repeated_lines(seed: int, count: int = 120) -> bytes:
+    """Batches of lines drawn from a small pool, so most are met again, as top repaints its rows frame to frame:
+    from home or further down, so that some scroll; lines that leave attributes set for the next (a line met again
+    from other attributes), EL after a run or with a background, wide, zero-width and unprintable characters,
+    lines wider than the screen, SGR alone, empty lines; cut anywhere by the reads."""
+    rng = random.Random(seed)
+    tails = ["", f"{CSI}K", f"{ESC}(B{CSI}m{CSI}K", f"{CSI}4{rng.randrange(8)}m{CSI}K", f"{CSI}0K"]
+    pool = [_tui_run(rng) + rng.choice(tails) for _ in range(10)]
+    pool += [
+        "",
+        f"{CSI}K",
+        f"{CSI}31m",
+        f"{CSI}1mbold left on",
+        f"{CSI}0mreset first{CSI}K",
+        "中文 wide",
+        "e\u0301 combining",
+        "x" * 119 + "中",
+        "word " * 30 + f"{CSI}K",
+        f"{CSI}7m" + "y" * 130 + f"{CSI}44m{CSI}K",
+        "tab\there",
+    ]
+    out = []
+    for _ in range(count):
+        lines = [rng.choice(pool) for _ in range(rng.randrange(1, 45))]
+        start = rng.choice([f"{CSI}H", f"{CSI}H", f"{CSI}{rng.randrange(1, 41)};1H", "", f"{CSI}0m", f"{CSI}45m"])
+        out.append(start + "\r\n".join(lines) + rng.choice(["\r\n", "\r\n", ""]))
+    return "".join(out).encode()
