@@ -267,10 +267,11 @@ class AgentSession:
                 await asyncio.wait_for(self._reaped.wait(), 10.0)
             # Members of the group that outlived the leader (it is reaped, but the group id stays in use
             # while they exist, so it cannot name anyone else).
-            if await asyncio.to_thread(procs.group_members, pgid):
+            within = await asyncio.to_thread(procs.colony_pids, self.netns_name)
+            if await asyncio.to_thread(procs.group_members, pgid, within):
                 _killpg(pgid, signal.SIGKILL)
                 # Delivered, not yet done: stop returns once they are gone, as its caller expects.
-                await asyncio.to_thread(procs.wait_gone, lambda: set(procs.group_members(pgid)), 5.0)
+                await asyncio.to_thread(procs.wait_gone, lambda: set(procs.group_members(pgid, within)), 5.0)
         if self._reaped is not None and not self._finished:
             self._finish_exit()
         self.close()

@@ -131,8 +131,27 @@ def alive(pid: int, start: int | None = None) -> bool:
     return start is None or int(fields[19]) == start
 
 
-def group_members(pgid: int) -> list[int]:
-    return [pid for pid, fields in all_stats() if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")]
+def stats_of(pids: Iterable[int] | None) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, stat fields) of `pids` that still exist, or of every process (None)."""
+    if pids is None:
+        yield from all_stats()
+        return
+    for pid in pids:
+        fields = proc_stat(pid)
+        if fields is not None:
+            yield pid, fields
+
+
+def colony_pids(netns_name: str) -> set[int] | None:
+    """Every process of the colony, from its cgroup (which all of them join and none can leave), or None where it
+    has none (then a caller looks at every process). A stop looks for what is left of a process group among these:
+    100 hosts stopping at once each read a few /proc files instead of every process on the machine."""
+    return cgroups.procs(netns_name) or None
+
+
+def group_members(pgid: int, within: Iterable[int] | None = None) -> list[int]:
+    """The live processes of group `pgid`, looked for among `within` (None: every process)."""
+    return [pid for pid, fields in stats_of(within) if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")]
 
 
 @contextlib.contextmanager

@@ -191,22 +191,26 @@ def _exit_text(code: int) -> str:
     return f"exited with {code}"
 
 
-def _group(pgid: int) -> list[tuple[int, bytes, int]]:
-    """(pid, state, parent) of every process in group `pgid`, zombies included."""
-    return [(pid, fields[0], int(fields[1])) for pid, fields in procs.all_stats() if int(fields[2]) == pgid]
+def _group(pgid: int, within: set[int] | None) -> list[tuple[int, bytes, int]]:
+    """(pid, state, parent) of every process in group `pgid`, zombies included, looked for among `within` (the
+    colony's processes; None: every process)."""
+    return [(pid, fields[0], int(fields[1])) for pid, fields in procs.stats_of(within) if int(fields[2]) == pgid]
 
 
-def _end_group(pgid: int, grace: float) -> None:
+def _end_group(pgid: int, grace: float, netns_name: str) -> None:
     """Blocking, for a worker thread, once the group's leader has exited but is not yet reaped: SIGTERM what is
     left of the group, SIGKILL it after `grace`, and reap the group's zombies that were re-parented to us (Stem
     is a subreaper). Only this group's zombies: a blanket reap could steal another child's exit code."""
     me = os.getpid()
+    # Looked for among the colony's processes (its cgroup), not every process on the machine. A zombie has left its
+    # cgroup: one of the group's re-parented to us (a colony without a PID namespace) is then the orphan reaper's.
+    within = procs.colony_pids(netns_name)
 
     def members() -> set[int]:
         """Reap the group's zombies that are ours (their own children come to us next); the group's live
         processes other than the leader."""
         live = set()
-        for pid, state, parent in _group(pgid):
+        for pid, state, parent in _group(pgid, within):
             if pid == pgid:
                 continue  # the leader is its Popen's to reap
             if state in (b"Z", b"X"):
@@ -476,7 +480,7 @@ class ServiceRunner:
         proc = self._proc
         assert proc is not None
         # Before reaping: while the leader is a zombie its pid (= the group id) cannot be handed out again.
-        await asyncio.to_thread(_end_group, proc.pid, self._grace)
+        await asyncio.to_thread(_end_group, proc.pid, self._grace, self.netns)
         code = proc.poll()
         if code is None:  # cannot happen after the pidfd fired; never block the loop on it
             code = await asyncio.to_thread(proc.wait)
