@@ -751,7 +751,7 @@ class Hive:
         What each stop does in threads (namespaces, cgroups, waits for the kernel) runs on a pool of its own sized
         for the batch, not the loop's default handful, behind which 100 stops would queue; and the hive's firewall
         table is rebuilt once at the end instead of for every colony (a stopped colony's rules name a veth that is
-        gone, so they match nothing meanwhile)."""
+        gone, so they match nothing meanwhile); the preview routes too (the hosts leave them to the batch)."""
         if not names:
             return []
         pool = ThreadPoolExecutor(max_workers=min(len(names), STOP_WORKERS), thread_name_prefix="stop")
@@ -759,7 +759,14 @@ class Hive:
             results = await asyncio.gather(*(self._stop_one(name, pool) for name in names), return_exceptions=True)
         finally:
             pool.shutdown(wait=False)  # its threads are idle by now: they end on their own, the loop never waits
-        await asyncio.to_thread(self._sync_firewall_quietly, "")
+
+        def after() -> None:
+            self._sync_firewall_quietly("")
+            from core import preview
+
+            preview.retire_many(self.layout.home, set(names), self.any_host_running)
+
+        await asyncio.to_thread(after)
         return list(results)
 
     async def _stop_one(self, name: str, pool: ThreadPoolExecutor | None) -> ColonyRecord:
@@ -772,21 +779,24 @@ class Hive:
                 if rec.state == lc.STOPPED:
                     return rec
                 await asyncio.to_thread(self.set_state, name, lc.STOPPING)
-                await self._stop_runtime(name)
+                await self._stop_runtime(name, routes=pool is None)
                 stopped: ColonyRecord = await loop.run_in_executor(pool, self._stop, name, pool is None)
                 return stopped
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
         return result
 
-    def _stop(self, name: str, firewall: bool = True) -> ColonyRecord:
+    def _stop(self, name: str, alone: bool = True) -> ColonyRecord:
+        """The stop's blocking part. Not `alone` (one of a batch): the firewall table and the preview routes are
+        the batch's to update, once for all of it."""
         rec = self.registry.get(name)
         _checkpoint("stopping")
         self.end_processes(rec)
-        self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS, firewall=firewall)
+        self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS, firewall=alone)
         self.set_state(name, lc.STOPPED)
         self._retire_forker()
-        self._retire_preview(name)
+        if alone:
+            self._retire_preview(name)
         return self.registry.get(name)
 
     def _retire_forker(self) -> None:
@@ -1033,14 +1043,15 @@ class Hive:
                 await asyncio.wait_for(link.connected.wait(), LINK_WAIT)
         await launch.await_start(paths, rec.name)
 
-    async def _stop_runtime(self, name: str) -> None:
-        """End what the colony runs: its host stops the agent, the services and the watchers, then exits."""
+    async def _stop_runtime(self, name: str, routes: bool = True) -> None:
+        """End what the colony runs: its host stops the agent, the services and the watchers, then exits (and
+        removes its preview routes, unless `routes` is false: a batch's stopper removes them all at once)."""
         from core.host import launch
 
         link = self._links.get(name)
         if link is not None:
             link.stopping = True
-        await launch.stop(self.host_paths(name), self.stop_grace)
+        await launch.stop(self.host_paths(name), self.stop_grace, routes)
 
     async def _restart_exited_agent(self, name: str) -> None:
         """`start` on a running colony whose agent exited brings the agent back in its resume form."""

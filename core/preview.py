@@ -32,7 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -638,13 +638,22 @@ def remove_routes(home: Path, drop: Callable[[Route], bool]) -> list[Route]:
 def retire(home: Path, colony: str, hosts_running: Callable[[], bool]) -> None:
     """A colony stopped or was destroyed: its routes go (its host removes them as its services stop, but a host
     killed -9 could not), and with the hive's last colony host gone, Caddy goes too."""
+    retire_many(home, {colony}, hosts_running)
+
+
+def retire_many(home: Path, colonies: Collection[str], hosts_running: Callable[[], bool]) -> None:
+    """`retire` for a batch of colonies: their routes go, and with the hive's last colony host gone, Caddy goes
+    too. Each route removed is a reload of Caddy's whole config: when no colony host is left, Caddy simply goes,
+    routes and all (stopping 100 colonies at once would otherwise wait for 100 reloads)."""
     paths = PreviewPaths.of(home)
-    if not paths.running():
+    if not paths.running() or not colonies:
+        return
+    if not hosts_running() and stop(home, unless=hosts_running):
         return
     try:
-        remove_routes(home, lambda route: route.colony == colony)
+        remove_routes(home, lambda route: route.colony in colonies)
     except OSError as exc:
-        log.warning("removing the preview routes of %s failed: %s", colony, exc)
+        log.warning("removing the preview routes of %s failed: %s", ", ".join(sorted(colonies)), exc)
     stop(home, unless=hosts_running)
 
 
@@ -705,9 +714,10 @@ class PreviewRoutes:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._last)), timeout)
 
-    async def close(self, timeout: float = REQUEST_TIMEOUT) -> None:
-        """Remove every route of the colony (bounded wait) and end the worker."""
-        if self.port:
+    async def close(self, timeout: float = REQUEST_TIMEOUT, routes: bool = True) -> None:
+        """Remove every route of the colony (bounded wait; not with `routes` false: its stopper does) and end the
+        worker."""
+        if self.port and routes:
             self._routed.clear()
             self._submit(self._remove_all)
             await self.settled(timeout)

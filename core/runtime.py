@@ -190,7 +190,9 @@ class ColonyRuntime:
             self.agent = None
         await self.start_agent(resume)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, routes: bool = True) -> None:
+        """End everything the colony runs. `routes`: remove its preview routes too (false: whoever stops many
+        colonies removes all their routes in one change of Caddy's config instead of one each)."""
         self._limits.close()  # what stopping kills is no limit held
         # The agent, the services, the watchers and the preview routes go side by side: a stop takes as long as the
         # slowest of them (an agent that ignores SIGTERM waits out its grace), not their sum.
@@ -198,7 +200,7 @@ class ColonyRuntime:
             self._stop_agent(),
             self._stop_watchers(),
             self.services.stop_all(grace),
-            self.preview.close() if self.preview is not None else asyncio.sleep(0),
+            self.preview.close(routes=routes) if self.preview is not None else asyncio.sleep(0),
             return_exceptions=True,
         )
         self._unwatch_init()

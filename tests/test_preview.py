@@ -202,6 +202,27 @@ def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
 
 
 @pytest.mark.root
+def test_stopping_several_colonies_at_once_removes_their_routes_and_the_last_takes_caddy(hive_env, tmp_path):
+    """One `stem stop` of several names removes their routes in one change of Caddy's config (the hosts leave
+    them to it); the colony still running keeps its route, and stopping it too takes Caddy along."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b", "c")
+    port = preview_port(hive_env)
+    caddy = caddy_pid(hive_env)
+    assert caddy is not None
+    stopped = run_stem(hive_env.env, "stop", "a", "b")
+    assert stopped.returncode == 0, stopped.stderr
+    assert set(preview.urls(hive_env.home)) == {"c"}
+    assert through(port, "web-a.localhost")[0] == 404
+    assert through(port, "web-c.localhost") == (200, "I am c\n")
+    assert caddy_pid(hive_env) == caddy
+    assert run_stem(hive_env.env, "stop", "c").returncode == 0
+    wait_for(lambda: not alive(caddy), what="Caddy to go with the last colony host")
+    assert caddy_pid(hive_env) is None
+
+
+@pytest.mark.root
 def test_a_caddy_that_cannot_start_leaves_the_services_running_and_says_why(hive_env, tmp_path):
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)

@@ -195,6 +195,7 @@ def samples() -> list[Message]:
         Subscribe(frozenset({"screen", "logs", "states", "output"}), 15),
         AwaitStart(16),
         Stop(2.5, 17),
+        Stop(1.0, 18, routes=False),
         NoticeMessage("warning", "colony.toml not applied"),
         Output(b"\x1b[31mred\x1b[0m\r\n"),
     ]

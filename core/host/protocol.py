@@ -26,8 +26,10 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 | restart_agent   | client | id                                                   | restart the agent program        |
 | await_start     | client | id                                                   | answered once services are up    |
 |                 |        |                                                      | and the agent started, or why not|
-| stop            | client | id, grace                                            | end all the colony runs, then    |
-|                 |        |                                                      | the host; answered when done     |
+| stop            | client | id, grace, routes bool (default true)                | end all the colony runs, then    |
+|                 |        |                                                      | the host; answered when done;    |
+|                 |        |                                                      | routes false: its preview routes |
+|                 |        |                                                      | are left to the stopper          |
 | snapshot        | host   | screen, colony, agent, services, files, log, log_seq | all of the subscribed streams    |
 | rows            | host   | the fields of a screen, with changed rows only       | screen changes since last `rows` |
 | state           | host   | colony, agent, services (changed ones), files|nil    | colony, agent, service changes   |
@@ -1116,13 +1118,14 @@ class Stop(_Wire):
     T: ClassVar[str] = "stop"
     grace: float = 5.0
     id: int = 0
+    routes: bool = True  # remove the colony's preview routes (false: the stopper removes many at once)
 
     def encode(self) -> dict[str, object]:
-        return {"t": self.T, "id": self.id, "grace": self.grace}
+        return {"t": self.T, "id": self.id, "grace": self.grace, "routes": self.routes}
 
     @classmethod
     def _read(cls, f: _Fields) -> Self:
-        return cls(f.number("grace"), f.integer("id"))
+        return cls(f.number("grace"), f.integer("id"), f.flag("routes", True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1658,8 +1661,8 @@ class Connection:
     async def await_start(self) -> None:
         await self.request(AwaitStart())
 
-    async def stop(self, grace: float) -> None:
-        await self.request(Stop(grace))
+    async def stop(self, grace: float, routes: bool = True) -> None:
+        await self.request(Stop(grace, routes=routes))
 
     async def paste(self, text: str) -> None:
         await self.request(Paste(text))

@@ -106,6 +106,7 @@ class ColonyHost:
         self.done = asyncio.Event()
         self._go = asyncio.Event()  # set by the first AwaitStart
         self.stop_grace = 5.0
+        self.stop_routes = True  # remove the preview routes on the way out (a batch's stopper may take them)
         self.services: dict[str, p.ServiceInfo] = {}
         self.files: tuple[FileChange, ...] = ()
         self.agent = p.AgentInfo("starting")
@@ -266,7 +267,7 @@ class ColonyHost:
     async def _stop_runtime(self) -> None:
         runtime, self.runtime = self.runtime, None
         if runtime is not None:
-            await runtime.stop(self.stop_grace)
+            await runtime.stop(self.stop_grace, routes=self.stop_routes)
         procs.reap_orphans()
 
     def _on_sigchld(self) -> None:
@@ -470,6 +471,7 @@ class ColonyHost:
         if isinstance(msg, p.Stop):
             # Answered by `run` once everything the colony ran has ended, right before the host exits.
             self.stop_grace = msg.grace
+            self.stop_routes = msg.routes
             self._stop_waiters.append((client, msg.id))
             self._request_stop(f"asked by a {client.kind} client")
             raise _Deferred
