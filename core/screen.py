@@ -46,7 +46,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import reduce
 from itertools import accumulate, chain, compress, repeat
-from operator import attrgetter, itemgetter
+from operator import add, attrgetter, floordiv, itemgetter
 from typing import Any, cast
 
 import pyte
@@ -1211,8 +1211,7 @@ class StemScreen(pyte.Screen):
         # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
         # batch are followed in one pass, and each line's attributes are read off at its first sequence.
         ascii_ = segment.isascii()
-        parts = SGR_SEQ_SPLIT.split(segment)  # text, SGR sequence, text, ..., text
-        shown = "".join(parts[::2])
+        shown = _SGR_SEQ.sub("", segment)
         erases: list[bool] | None = None
         if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
             erases = list(map(str.endswith, lines, repeat(_EL_TAILS)))
@@ -1221,11 +1220,13 @@ class StemScreen(pyte.Screen):
             if erases[-1]:
                 lines[-1] = lines[-1][: lines[-1].rindex("\x1b[")]
             shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
-        # Every ESC left in a line starts an SGR sequence: each line's count of them says where its attributes are
-        # read off the moves of the whole batch.
-        moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
-        starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
-        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, starts)))
+        # A line starts with the attributes the line before left. A reset forgets every attribute before it, so
+        # only the SGR sequences from a line's last reset on are followed (most lines of a flood are never drawn,
+        # and the attributes inside them are worked out only if they are); each line's count of them says where its
+        # attributes are read off the moves of the whole batch.
+        seqs = list(map(_SGR_SEQ.findall, lines, map(max, map(str.rfind, lines, repeat("\x1b[0m")), repeat(0))))
+        moves = list(accumulate(chain.from_iterable(seqs), LOOKUP, initial=self._node().moves))
+        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, accumulate(map(len, seqs), initial=0))))
         texts = shown.split("\r\n")  # what each line shows
         visible = list(map(len, texts))
         widths: list[int | None] = list(visible)
@@ -1314,20 +1315,20 @@ class StemScreen(pyte.Screen):
         """`LineRows` for lines some of which are wider than the screen: each of those is a row per piece, all
         with the line and the attributes it starts with, the EL (if any) on the last."""
         columns = self.columns
-        counts = [1] * len(lines)
-        wrapped = [i for i, width in enumerate(widths) if width > columns]
-        for i in wrapped:
-            counts[i] = self._piece_count(lines[i], nodes[i], widths[i], visible[i])
+        if widths == visible:  # one cell per character: a row per screen width (one for an empty line)
+            counts = list(map(max, map(floordiv, map(add, widths, repeat(columns - 1)), repeat(columns)), repeat(1)))
+        else:
+            counts = [1] * len(lines)
+            for i in [i for i, width in enumerate(widths) if width > columns]:
+                counts[i] = self._piece_count(lines[i], nodes[i], widths[i], visible[i])
         out_nodes = list(chain.from_iterable(map(repeat, nodes, counts)))
         out_nodes.append(nodes[-1])  # the attributes after the last line
-        pieces = list(
-            chain.from_iterable([range(c) if w > columns else _WHOLE for c, w in zip(counts, widths, strict=True)])
-        )
+        pieces = list(chain.from_iterable([range(c) if c > 1 else _WHOLE for c in counts]))  # c > 1: wider
         out_erases = None
         if erases is not None:
             out_erases = list(chain.from_iterable(map(repeat, erases, counts)))
             ends = list(accumulate(counts))
-            for i in wrapped:
+            for i in [i for i, count in enumerate(counts) if count > 1]:
                 out_erases[ends[i] - counts[i] : ends[i] - 1] = repeat(False, counts[i] - 1)
         return LineRows(list(chain.from_iterable(map(repeat, lines, counts))), out_nodes, out_erases, pieces)
 
@@ -1498,7 +1499,10 @@ class StemScreen(pyte.Screen):
             as_cells = [j for j in compress(range(len(erased)), erased) if after[j].attrs != DEFAULT_CHAR]
         if pieces is not None and max(ks := pieces[lo:hi]) >= 0:
             columns = self.columns
-            as_cells += [j for j, k in enumerate(ks) if k >= 0 and not texts[j].isascii() and not narrow_text(texts[j])]
+            if not all(map(str.isascii, texts)):
+                as_cells += [
+                    j for j, k in enumerate(ks) if k >= 0 and not texts[j].isascii() and not narrow_text(texts[j])
+                ]
             lines = [line if k < 0 else (line, k, columns) for line, k in zip(texts, ks, strict=True)]
         scrollback = self._sb
         done = 0

@@ -237,6 +237,24 @@ def test_repeated_lines_equal_reference(seed: int) -> None:
     assert_same_screen(reference(data, size), stem(data, size))
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None:
+    """A flood's line starts with what the line before left, worked out from that line's last reset only: resets
+    anywhere or nowhere in a line, attributes carried over lines, EL with a background, wrapping, must leave pyte's
+    screen and, for the lines that scrolled away, HistoryScreen's."""
+    screen_cells.clear_caches()
+    data = streams.reset_lines(seed)
+    size = (1, 7, 64, 4096, None)[seed % 5]
+    assert_same_screen(reference(data, size), stem(data, size))
+    history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
+    pyte.ByteStream(history).feed(data)
+    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    screen = stem(data, size)
+    assert len(screen.scrollback) == len(expected) > 0
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
 def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SGR transition and cell caches are bounded by forgetting them; results must not change when that
     happens in the middle of a run (here every few entries)."""

@@ -542,3 +542,27 @@ def repeated_lines(seed: int, count: int = 120) -> bytes:
         start = rng.choice([f"{CSI}H", f"{CSI}H", f"{CSI}{rng.randrange(1, 41)};1H", "", f"{CSI}0m", f"{CSI}45m"])
         out.append(start + "\r\n".join(lines) + rng.choice(["\r\n", "\r\n", ""]))
     return "".join(out).encode()
+
+
+def reset_lines(seed: int, count: int = 400) -> bytes:
+    """A flood of lines whose attributes are followed only from each line's last reset: resets (ESC [ 0 m, ESC [ m,
+    and ones written otherwise: 00, 0;1) at the start, middle and end of lines or nowhere, attributes left on after
+    the last reset or carried over lines without one, EL with a background, ESC ( B, lines wider than the screen, SGR
+    alone, empty lines; cut anywhere by the reads."""
+    rng = random.Random(seed)
+    resets = [f"{CSI}0m", f"{CSI}m", f"{CSI}00m", f"{CSI}0;1m", f"{ESC}(B{CSI}m"]
+    out = []
+    for _ in range(count):
+        parts = []
+        for _ in range(rng.randrange(0, 6)):
+            kind = rng.randrange(4)
+            if kind == 0:
+                parts.append(rng.choice(resets))
+            elif kind == 1:
+                parts.append(_sgr_random(rng))
+            else:
+                parts.append(rng.choice(_WORDS) * rng.choice([1, 1, 1, 9]))
+        line = "".join(parts)
+        end = rng.choice(["", "", "", f"{CSI}K", f"{CSI}4{rng.randrange(8)}m{CSI}K", f"{CSI}0m{CSI}0K"])
+        out.append(line + end + "\r\n")
+    return "".join(out).encode()
