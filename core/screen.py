@@ -1211,7 +1211,14 @@ class StemScreen(pyte.Screen):
         # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
         # batch are followed in one pass, and each line's attributes are read off at its first sequence.
         ascii_ = segment.isascii()
-        shown = _SGR_SEQ.sub("", segment)
+        # With resets in the batch, each line's attributes are followed from its last reset only (below); without,
+        # one split of the whole batch gives both what it shows and every SGR sequence, in order.
+        resets = "\x1b[0m" in segment
+        if resets:
+            shown = _SGR_SEQ.sub("", segment)
+        else:
+            parts = SGR_SEQ_SPLIT.split(segment)  # text, SGR sequence, text, ..., text
+            shown = "".join(parts[::2])
         erases: list[bool] | None = None
         if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
             erases = list(map(str.endswith, lines, repeat(_EL_TAILS)))
@@ -1224,9 +1231,14 @@ class StemScreen(pyte.Screen):
         # only the SGR sequences from a line's last reset on are followed (most lines of a flood are never drawn,
         # and the attributes inside them are worked out only if they are); each line's count of them says where its
         # attributes are read off the moves of the whole batch.
-        seqs = list(map(_SGR_SEQ.findall, lines, map(max, map(str.rfind, lines, repeat("\x1b[0m")), repeat(0))))
-        moves = list(accumulate(chain.from_iterable(seqs), LOOKUP, initial=self._node().moves))
-        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, accumulate(map(len, seqs), initial=0))))
+        if resets:
+            seqs = list(map(_SGR_SEQ.findall, lines, map(max, map(str.rfind, lines, repeat("\x1b[0m")), repeat(0))))
+            moves = list(accumulate(chain.from_iterable(seqs), LOOKUP, initial=self._node().moves))
+            starts = accumulate(map(len, seqs), initial=0)
+        else:  # every ESC left in a line starts an SGR sequence: counted, they say where each line starts
+            moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
+            starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
+        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, starts)))
         texts = shown.split("\r\n")  # what each line shows
         visible = list(map(len, texts))
         widths: list[int | None] = list(visible)
