@@ -45,8 +45,8 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import reduce
-from itertools import accumulate, chain, compress, repeat
-from operator import add, attrgetter, floordiv, itemgetter
+from itertools import accumulate, chain, compress, filterfalse, repeat
+from operator import add, attrgetter, floordiv, ge, itemgetter
 from typing import Any, cast
 
 import pyte
@@ -1512,9 +1512,14 @@ class StemScreen(pyte.Screen):
         if pieces is not None and max(ks := pieces[lo:hi]) >= 0:
             columns = self.columns
             if not all(map(str.isascii, texts)):
-                as_cells += [
-                    j for j, k in enumerate(ks) if k >= 0 and not texts[j].isascii() and not narrow_text(texts[j])
-                ]
+                # Pieces of a line with wide characters are kept as cells; a line is looked at once for all its
+                # pieces, and only if it is not ASCII (found in C).
+                is_cut = list(map(ge, ks, repeat(0)))
+                wide = {
+                    line for line in set(filterfalse(str.isascii, compress(texts, is_cut))) if not narrow_text(line)
+                }
+                if wide:
+                    as_cells += [j for j in compress(range(len(ks)), is_cut) if texts[j] in wide]
             lines = [line if k < 0 else (line, k, columns) for line, k in zip(texts, ks, strict=True)]
         scrollback = self._sb
         done = 0

@@ -8,7 +8,17 @@ from itertools import repeat
 
 from pyte.screens import Char
 
-from core.screen_cells import DEFAULT_CHAR, Piece, Row, cells_text, chars_for, draw_line, resolve_row, strip_sgr
+from core.screen_cells import (
+    DEFAULT_CHAR,
+    Piece,
+    Row,
+    cells_text,
+    chars_for,
+    draw_line,
+    narrow_text,
+    resolve_row,
+    strip_sgr,
+)
 
 # A line is kept in the cheapest form that still reproduces it exactly:
 # - str: text (with SGR sequences, if it has an ESC) drawn from column 0 with default attributes (a `seq` flood, or
@@ -55,7 +65,7 @@ class Scrollback:
         """Line `i` (negative counts from the newest) as exactly `columns` cells."""
         entry = self._lines[i]
         width = self.columns
-        if isinstance(entry, str) and "\x1b" not in entry:
+        if isinstance(entry, str) and "\x1b" not in entry and (entry.isascii() or narrow_text(entry)):
             cells = list(map(chars_for(DEFAULT_CHAR).__getitem__, entry[:width]))
         elif isinstance(entry, str):
             row: dict[int, Char] = {}

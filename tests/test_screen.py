@@ -255,6 +255,25 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
         assert screen.scrollback.line(i) == want, f"scrollback line {i}"
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_wrapped_lines_scrolled_away_in_a_batch_equal_history_screen(seed: int) -> None:
+    """Lines that scroll away inside a batch are kept as text and cut into pieces only when asked for: wrapped lines
+    (ASCII, narrow and wide non-ASCII, the same line several times), each starting from what the line before left,
+    must materialise to what HistoryScreen kept, with the screen pyte's; scrollback small enough that held rows are
+    applied several times."""
+    screen_cells.clear_caches()
+    data = streams.wrapping_flood(seed)
+    size = (7, 64, 4096, None)[seed % 4]
+    history = pyte.HistoryScreen(COLS, ROWS, history=300)
+    pyte.ByteStream(history).feed(data)
+    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    screen = stem(data, size, scrollback=300)
+    assert_same_screen(reference(data, size), screen)
+    assert len(screen.scrollback) == len(expected) == 300
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
 def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SGR transition and cell caches are bounded by forgetting them; results must not change when that
     happens in the middle of a run (here every few entries)."""

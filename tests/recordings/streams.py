@@ -566,3 +566,24 @@ def reset_lines(seed: int, count: int = 400) -> bytes:
         end = rng.choice(["", "", "", f"{CSI}K", f"{CSI}4{rng.randrange(8)}m{CSI}K", f"{CSI}0m{CSI}0K"])
         out.append(line + end + "\r\n")
     return "".join(out).encode()
+
+
+def wrapping_flood(seed: int, count: int = 600) -> bytes:
+    """A flood of lines most of which scroll away inside a batch, as `git log -p` makes: lines wider than the screen
+    (ASCII, narrow non-ASCII, or with wide characters; the same line often twice in a row), lines starting from the
+    attributes the line before left on or from a reset, pieces that start after an SGR, empty lines."""
+    rng = random.Random(seed)
+    texts = ["x", "é", "─", "中", "ab", "━│"]
+    out = []
+    line = ""
+    for _ in range(count):
+        if not line or rng.random() < 0.6:  # the line before, again
+            parts = []
+            for _ in range(rng.randrange(0, 5)):
+                if rng.random() < 0.4:
+                    parts.append(rng.choice([f"{CSI}m", f"{CSI}32m", f"{CSI}1m", f"{CSI}33m", _sgr_random(rng)]))
+                else:
+                    parts.append(rng.choice(texts) * rng.choice([1, 7, 60, 119, 130, 250]))
+            line = "".join(parts) + rng.choice(["", f"{CSI}m", f"{CSI}m", f"{CSI}31m"])
+        out.append(line + "\r\n")
+    return "".join(out).encode()
