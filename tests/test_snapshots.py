@@ -17,6 +17,8 @@ pytestmark = pytest.mark.root
 def test_snapshot(name, hive_env, snap_compare, tmp_path, monkeypatch):
     scene = SCENES[name]
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the app shows the repository as ~/shop
+    # The Logs scene shows the preview URL, port included: the default one, not the test's random free port.
+    monkeypatch.setenv("STEM_PREVIEW_PORT", "8900")
     repo = demo_repo(tmp_path / "home")
     hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=SNAPSHOT_POOL, stop_grace=2.0)
     app = scene_app(hive, repo, theme=scene.theme)
