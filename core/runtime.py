@@ -316,7 +316,7 @@ class ColonyRuntime:
     def _owner_of(self, pid: int) -> str | None:
         """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim."""
         for service, runner in self.services.services.items():
-            if runner.pid == pid:
+            if runner.last_pid == pid:  # also once reaped: an OOM kill is often reaped before the kernel's log is read
                 return service
         if self.agent is not None and self.agent.pid == pid:
             return "the agent"

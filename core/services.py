@@ -294,6 +294,12 @@ class ServiceRunner:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     @property
+    def last_pid(self) -> int | None:
+        """The pid of its latest process, running or not: who the kernel's log names when it killed that process
+        (the report may come after the exit was reaped)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def finished(self) -> bool:
         """The owner task has ended: stopped, or crashed with no restart to come."""
         return self._task is not None and self._task.done()

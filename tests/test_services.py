@@ -187,6 +187,8 @@ def test_restart_policies(hive_env, repo):
             assert (fragile.state, fragile.code, fragile.restarts) == ("crashed", 1, 0)
             assert "boom" in fragile.detail and "exited with 1" in fragile.detail
             assert colony.states("fragile")[-1] == ("crashed", 1)
+            # Its pid is still known once it is reaped: the kernel's log may name it as an OOM victim only then.
+            assert fragile.pid is None and fragile.last_pid is not None and not alive(fragile.last_pid)
 
             # on-failure and a clean exit: finished, not restarted.
             await until(lambda: oneshot.finished, what="oneshot to finish")
