@@ -161,7 +161,16 @@ def test_a_memory_hog_is_killed_named_with_its_limit_and_another_colony_is_untou
     with fifo.open("w") as go:
         go.write("eat\n")
     message = "hog killed: out of memory (64 MiB)"
-    wait_for(lambda: message in events_of(hive_env, "hungry", "oom"), timeout=20, what="the OOM kill event")
+    try:
+        wait_for(lambda: message in events_of(hive_env, "hungry", "oom"), timeout=20, what="the OOM kill event")
+    except AssertionError:  # seen in full CI runs only: say what was there instead
+        folder = hive_env.home / "colonies" / "hungry"
+        kernel = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+        raise AssertionError(
+            f"no {message!r}; oom events {events_of(hive_env, 'hungry', 'oom')}\n"
+            f"colony log:\n{(folder / 'colony.log').read_text()[-2000:]}\nhost log:\n"
+            f"{(folder / 'host.log').read_text()[-2000:]}\nkernel log:\n{kernel[-3000:]}"
+        ) from None
     assert f"[limits] {message}" in run_stem(hive_env.env, "logs", "hungry").stdout
     rows = listed(hive_env)
     assert rows["hungry"]["services"]["hog"].startswith("crashed")
