@@ -878,8 +878,13 @@ class LimitWatch:
         for text in self._kmsg_records():
             if "oom-kill:" in text:
                 self._victim(text)
-            elif (found := _KILLED.search(text)) and int(found.group(1)) in self._victims:
-                killed = True
+            elif found := _KILLED.search(text):
+                pid = int(found.group(1))
+                if pid not in self._victims and (who := self._owner(pid)) is not None:
+                    # The kernel prints the "oom-kill:" summary at most 10 times in 5 s (its OOM reports are rate
+                    # limited), but "Killed process" always: a victim it names is ours if it is one of our own.
+                    self._victims[pid] = who
+                killed |= pid in self._victims
             elif (found := _FORK_REFUSED.search(text)) and self.name in found.group(1).split("/"):
                 refused = True
         return killed, refused

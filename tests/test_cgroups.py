@@ -440,3 +440,16 @@ def test_mountinfo_gives_each_hierarchy_once_with_its_controllers(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def test_a_victim_is_named_when_the_kernel_left_out_its_rate_limited_oom_summary():
+    """The kernel prints the "oom-kill:" summary line at most 10 times in 5 s, "Killed process" every time: a victim
+    that only the latter names is still named after its service when it is one of the colony's own."""
+    watch = cgroups.LimitWatch("stem-x", lambda event: None, owner={4242: "hog"}.get)
+    watch._kmsg_records = lambda limit=512: [  # type: ignore[method-assign]
+        "Memory cgroup out of memory: Killed process 4242 (python3) total-vm:90000kB, anon-rss:65000kB",
+        "Memory cgroup out of memory: Killed process 777 (other) total-vm:1000kB, anon-rss:500kB",
+    ]
+    killed, refused = watch._take_kmsg()
+    assert (killed, refused) == (True, False)
+    assert dict(watch._victims) == {4242: "hog"}  # not 777: not one of this colony's
