@@ -73,6 +73,8 @@ PIDS_WINDOW = 2.0  # refused forks come in bursts (a fork loop): one report per 
 V1_PIDS_LOOK = 5.0  # v1's pids.events notifies nobody: a look this often (the kernel log says the first at once)
 POLL_FALLBACK = 2.0  # without inotify (the per-user instances used up): a look at the counters this often
 OOM_RECHECK = (0.05, 0.5, 2.0)  # v1 notifies *before* the OOM killer picks its victim: looks after a wake-up
+OOM_NAME_WAIT = 1.0  # the kill is counted before the kernel logs "Killed process": how long a kill waits for its name
+OOM_NAME_LOOK = 0.05  # and how often the kernel's log is read meanwhile
 
 
 class CgroupError(StemError):
@@ -746,6 +748,9 @@ class LimitWatch:
         self._inotify: Inotify | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._oom_seen = 0
+        self._oom_unreported = 0  # counted kills not reported yet: waiting for the kernel's log to name them
+        self._oom_name_deadline: float | None = None
+        self._oom_name_timer = False
         self._refused_seen = 0
         self._refused_reported = float("-inf")
         self._refused_timer = False
@@ -929,22 +934,43 @@ class LimitWatch:
     # counting and reporting -------------------------------------------------------------------------------------
 
     def _check_oom(self) -> bool:
-        """Report the OOM kills not reported yet; True if there were any."""
+        """Report the OOM kills not reported yet; True if there were any.
+
+        The kernel counts a kill before it logs "Killed process N": a kill counted with no victim read yet waits up
+        to OOM_NAME_WAIT for the log to name it (reading it every OOM_NAME_LOOK), then goes out as "a process"."""
         be = self._be
         if be is None:
             return False
         if self._kmsg is not None and self._take_kmsg()[1]:
             self._later(0, self._check_forks)
         count = be.oom_kills(self.name)
-        if count is None or count <= self._oom_seen:
+        if count is not None and count > self._oom_seen:
+            self._oom_unreported += count - self._oom_seen
+            self._oom_seen = count
+        elif not self._oom_unreported:
             return False
-        new, self._oom_seen = count - self._oom_seen, count
         limit = be.in_force(self.name).memory
         held = f" ({size_text(limit)})" if limit is not None else ""
-        for _ in range(new):
-            who = self._victims.popitem(last=False)[1] if self._victims else "a process"
-            self._report(LimitEvent("oom", f"{who} killed: out of memory{held}"))
+        while self._oom_unreported and self._victims:
+            self._oom_unreported -= 1
+            self._report(LimitEvent("oom", f"{self._victims.popitem(last=False)[1]} killed: out of memory{held}"))
+        if self._oom_unreported and self._kmsg is not None:
+            now = time.monotonic()
+            if self._oom_name_deadline is None:
+                self._oom_name_deadline = now + OOM_NAME_WAIT
+            if now < self._oom_name_deadline:
+                if not self._oom_name_timer:
+                    self._oom_name_timer = True
+                    self._later(OOM_NAME_LOOK, self._oom_name_look)
+                return True
+        for _ in range(self._oom_unreported):
+            self._report(LimitEvent("oom", f"a process killed: out of memory{held}"))
+        self._oom_unreported, self._oom_name_deadline = 0, None
         return True
+
+    def _oom_name_look(self) -> None:
+        self._oom_name_timer = False
+        self._check_oom()
 
     def _check_forks(self) -> None:
         be = self._be

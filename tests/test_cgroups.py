@@ -438,10 +438,6 @@ def test_mountinfo_gives_each_hierarchy_once_with_its_controllers(tmp_path):
     assert [sorted(h.controllers) for h in found[:2]] == [["cpu", "cpuacct"], ["memory"]]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-v", "-s"]))
-
-
 def test_a_victim_is_named_when_the_kernel_left_out_its_rate_limited_oom_summary():
     """The kernel prints the "oom-kill:" summary line at most 10 times in 5 s, "Killed process" every time: a victim
     that only the latter names is still named after its service when it is one of the colony's own."""
@@ -453,3 +449,49 @@ def test_a_victim_is_named_when_the_kernel_left_out_its_rate_limited_oom_summary
     killed, refused = watch._take_kmsg()
     assert (killed, refused) == (True, False)
     assert dict(watch._victims) == {4242: "hog"}  # not 777: not one of this colony's
+
+
+class _Counted:
+    """A backend that only counts OOM kills: what LimitWatch reads of it."""
+
+    version = "v1"
+
+    def __init__(self) -> None:
+        self.kills = 0
+
+    def oom_kills(self, name: str) -> int:
+        return self.kills
+
+    def in_force(self, name: str) -> Limits:
+        return Limits(memory=64 << 20)
+
+
+def test_a_kill_counted_before_the_kernel_logs_its_victim_waits_for_the_name():
+    """The kernel counts an OOM kill before it prints "Killed process N": a check between the two must not report
+    the kill as "a process" but wait (bounded) for the name; with no name in time it still reports the kill."""
+    events: list[cgroups.LimitEvent] = []
+    kernel: list[str] = []
+
+    async def scenario() -> None:
+        watch = cgroups.LimitWatch("stem-x", events.append, owner={4242: "hog"}.get)
+        backend = _Counted()
+        watch._be, watch._loop, watch._kmsg = backend, asyncio.get_running_loop(), -1  # type: ignore[assignment]
+        watch._kmsg_records = lambda limit=512: [kernel.pop() for _ in range(len(kernel))]  # type: ignore[method-assign]
+        backend.kills = 1
+        assert watch._check_oom()
+        assert events == []  # counted, not named yet: nothing said
+        kernel.append("Memory cgroup out of memory: Killed process 4242 (python3) total-vm:90000kB")
+        await until(lambda: events, 2, "the named kill")
+        assert events == [cgroups.LimitEvent("oom", "hog killed: out of memory (64 MiB)")]
+        backend.kills = 2  # a kill the log never names: reported unnamed once the wait is over
+        assert watch._check_oom()
+        await until(lambda: len(events) == 2, 2 * cgroups.OOM_NAME_WAIT + 1, "the unnamed kill")
+        assert events[1] == cgroups.LimitEvent("oom", "a process killed: out of memory (64 MiB)")
+        watch._kmsg = None
+        watch.close()
+
+    asyncio.run(scenario())
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
