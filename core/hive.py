@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
+from core import cgroups, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
@@ -43,14 +43,14 @@ from core.events import (
 from core.firewall import FirewallError
 from core.host import forker
 from core.host.paths import HostPaths
-from core.locations import HiveLayout, stem_home
+from core.listing import Listed, listing, open_hive, pool_from_environment
 from core.locks import FileLock, remove_unused
-from core.names import DEFAULT_PREFIX, branch_name, check_name, check_prefix, netns_name, veth_name
+from core.names import branch_name, check_name, netns_name, veth_name
 from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
-from core.registry import ColonyRecord, Registry, Transition
+from core.registry import ColonyRecord, Transition
 from core.sandbox import ColonyInit, Sandbox
 from core.settings import Settings, load_settings
 
@@ -127,16 +127,12 @@ class Hive:
     ) -> None:
         """`hosts=False` provisions colonies without starting their hosts: nothing runs in them but what the
         caller starts itself (tools and tests that drive an AgentSession or a ServiceSet directly)."""
-        self.layout = HiveLayout(home or stem_home())
-        self.layout.ensure()
-        self.prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
-        self.settings = settings or load_settings()
-        self.pool = pool or self.settings.pool
         # Before anything is made: this hive's prefix and pool are its own on this machine (core/claims.py).
-        claims.claim(self.prefix, self.layout.home, self.pool)
+        opened = open_hive(home, prefix=prefix, pool=pool, settings=settings)
+        self.layout, self.prefix, self.settings = opened.layout, opened.prefix, opened.settings
+        self.pool, self.registry = opened.pool, opened.registry
         self.stop_grace = stop_grace
         self.hosts = hosts
-        self.registry = Registry(self.layout.registry)
         self.peering = Peers(self.registry, self.layout, self.settings)
         self.supervisor = Supervisor(self._on_actor_crash)
         self._subscribers: list[asyncio.Queue[Event]] = []
@@ -155,14 +151,7 @@ class Hive:
     def from_environment(cls, settings: Settings | None = None) -> Hive:
         """The hive the environment names: STEM_HOME, STEM_PREFIX, and STEM_POOL over the config's pool."""
         settings = settings or load_settings()
-        pool = settings.pool
-        pool_text = os.environ.get("STEM_POOL")
-        if pool_text:
-            try:
-                pool = ipaddress.IPv4Network(pool_text)
-            except ValueError as exc:
-                raise StemError(f"STEM_POOL {pool_text!r} is not an IPv4 network: {exc}") from None
-        return cls(pool=pool, settings=settings)
+        return cls(pool=pool_from_environment(settings), settings=settings)
 
     # events -----------------------------------------------------------------------------------------------
 
@@ -191,6 +180,10 @@ class Hive:
 
     def colonies(self) -> list[ColonyRecord]:
         return self.registry.colonies()
+
+    def listing(self) -> list[Listed]:
+        """Every colony as `stem ls` shows it: its row, whether its host runs, what its host last wrote."""
+        return listing(self.layout, self.registry)
 
     def get(self, name: str) -> ColonyRecord:
         return self.registry.get(name)

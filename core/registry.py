@@ -360,6 +360,11 @@ class Registry:
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    def all_runtime(self) -> list[tuple[str, str, str, str]]:
+        """(colony, kind, name, state) rows of every colony, each colony's services by name then its agent."""
+        rows = self._query("SELECT colony, kind, name, state FROM runtime ORDER BY colony, kind DESC, name")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
     def clear_runtime(self, colony: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM runtime WHERE colony=?", (colony,))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -137,9 +138,28 @@ def test_a_dead_host_is_noticed_by_the_next_stem_command(hive_env, tmp_path):
     assert old is not None
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: not alive(old), what="the host to die")
-    rec = listed(hive_env)["lone"]  # `stem ls` revives it on its way
+    table = run_stem(hive_env.env, "ls").stdout  # `stem ls` revives it on its way (the quick path cannot)
+    assert re.search(r"^lone +running +(idle|working) +web:ready ", table, re.M), table
+    rec = listed(hive_env)["lone"]
     assert rec["host"] and rec["services"] == {"web": "ready"}
     assert host_pid(hive_env, "lone") not in (None, old)
     assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am lone\n"
     assert "[host] its colony host died; restarting the colony" in run_stem(hive_env.env, "logs", "lone").stdout
     assert run_stem(hive_env.env, "stop", "lone").returncode == 0
+
+
+def test_a_plain_stem_ls_reads_the_hive_without_the_orchestration_core(hive_env, tmp_path):
+    """`stem ls` is what a user types most: it reads the registry and the hosts' locks without importing the core
+    (asyncio, netlink, cgroups: most of a short command's start-up), and shows what the hosts wrote."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "quick", "--repo", str(repo)).returncode == 0
+    try:
+        result = run_stem(dict(hive_env.env, PYTHONPROFILEIMPORTTIME="1"), "ls")
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"^quick +running +(idle|working) +web:ready ", result.stdout, re.M), result.stdout
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import")}
+        assert "core.listing" in imported
+        assert not imported & {"asyncio", "core.hive", "pyroute2", "core.cgroups", "core.sandbox"}
+    finally:
+        assert run_stem(hive_env.env, "stop", "quick").returncode == 0

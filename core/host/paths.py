@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import procs
 from core.locks import is_locked
 
 
@@ -39,6 +38,8 @@ class HostPaths:
 
     def process(self) -> tuple[int, int] | None:
         """(pid, starttime) of the colony's host if it is alive."""
+        from core import procs  # not for `running()`, which `stem ls` asks without the process machinery
+
         return procs.read_pid_file(self.pid)
 
 

@@ -1,0 +1,475 @@
+"""The stem commands that need the orchestration core: each runs against the environment's `Hive` in an event loop.
+
+`stem.cli` parses the command line and turns errors into one line; it imports this module (and with it asyncio and
+the core) only for a command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.egress import EgressInForce
+from core.errors import StemError
+from stem.cli import EXIT_USAGE, print_listing
+
+if TYPE_CHECKING:
+    from core.api import HiveAPI
+    from core.events import Event
+    from core.merge import ColonyDiff, Conflict, MergeResult
+
+# What writes to a colony's log besides its services (`stem logs -s` takes these too).
+LOG_SOURCES = ("setup", "build", "network", "host", "agent", "limits", "preview", "peering")
+EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
+
+
+def _hive() -> HiveAPI:
+    from core.hive import Hive
+
+    return Hive.from_environment()
+
+
+async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:
+    rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
+    print(f"{rec.name}  {rec.state}  {rec.ip}  {rec.branch}  {rec.worktree}")
+    return 0
+
+
+async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
+    await hive.revive_dead_hosts()  # a host that died (kill -9) is noticed by the next stem command
+    listed = await asyncio.to_thread(hive.listing)
+    if not args.json:
+        print_listing(listed)
+        return 0
+    now = time.time()
+    merging = {status.colony: status.as_dict() for status in await hive.merge_statuses()}
+    preview = await asyncio.to_thread(hive.preview_urls)  # service -> URL through the preview port
+    from core import sandbox
+
+    isolation = list(sandbox.status(hive.settings.isolation))  # what is not enforced, one line each
+    out = []
+    for row in listed:
+        r = row.rec
+        out.append(
+            {
+                "name": r.name,
+                "state": r.state,
+                "stage": r.stage,
+                "reason": r.reason,
+                "ip": r.ip,
+                "host_ip": r.host_ip,
+                "egress": EgressInForce.from_json(r.egress).as_dict() if r.egress else None,
+                "branch": r.branch,
+                "base": r.base_ref,
+                "worktree": r.worktree,
+                "db": r.db_path,
+                "repo": r.repo,
+                "created_at": r.created_at,
+                "age": round(now - r.created_at, 1),
+                "services": row.services,
+                "agent": row.agent,
+                "host": row.hosted,
+                "preview": preview.get(r.name, {}),
+                "isolation": isolation,
+                **hive.limits(r.name).as_dict(),  # limits in force, usage now, OOM kills and refused forks
+                **merging.get(r.name, {}),
+                **hive.peers(r.name).as_dict(),  # whom it reads (.shared/NAME/) and who reads it
+            }
+        )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise StemError("stem exec: no command given (stem exec NAME -- COMMAND ...)")
+    running = await hive.exec(args.name, argv)
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: int) -> None:
+        # The child has its own session, so the terminal's signals reach only us: pass them on.
+        try:
+            os.killpg(running.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        loop.add_signal_handler(sig, forward, sig)
+    try:
+        code: int = await asyncio.to_thread(running.proc.wait)
+    finally:
+        await asyncio.to_thread(hive.exec_finished, running)
+    return code if code >= 0 else 128 - code
+
+
+async def cmd_attach(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core import lifecycle as lc
+    from core.errors import WrongState
+    from stem.attach import RELEASE_BINDING, attach, release_key
+
+    rec = hive.get(args.name)
+    if rec.state == lc.RUNNING and not hive.host_running(rec.name):
+        await hive.revive(rec.name)  # its host died: the next stem command brings it back
+    if rec.state != lc.RUNNING:
+        hint = f"stem start {rec.name}" if rec.state in lc.STARTABLE else "wait until it is running (stem ls)"
+        raise WrongState(f"{rec.name} is {rec.state}, not running: {hint}")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise StemError("stem attach needs a terminal")
+    socket = hive.host_socket(rec.name)
+    if not socket.exists():
+        raise StemError(f"{rec.name} has no running host: stem start {rec.name}")
+    key, warning = release_key(hive.settings.keys.get(RELEASE_BINDING))
+    if warning:
+        print(f"stem: {warning}", file=sys.stderr)
+    return await attach(socket, rec.name, key, sys.stdin.fileno(), sys.stdout.fileno())
+
+
+async def cmd_stop(hive: HiveAPI, args: argparse.Namespace) -> int:
+    # Each colony has its own actor and lock: stopping several at once takes about as long as stopping one.
+    results = await hive.stop_many(args.names)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        print(f"{result.name}  {result.state}")
+    return 0
+
+
+async def cmd_start(hive: HiveAPI, args: argparse.Namespace) -> int:
+    for name in args.names:
+        rec = await hive.start(name)
+        print(f"{rec.name}  {rec.state}  {rec.ip}")
+    return 0
+
+
+async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
+    for name in args.names:
+        report = await hive.destroy(name, force=args.force)
+        print(f"destroyed {report.name}")
+        if report.kept_branch:
+            print(
+                f"kept branch {report.kept_branch}: {report.unmerged} commit(s) not merged anywhere "
+                f"(merge it, or drop it with git branch -D {report.kept_branch})"
+            )
+    return 0
+
+
+def _note(text: str) -> None:
+    if text:
+        print(f"stem: note: {text}", file=sys.stderr)
+
+
+def _stat(diff: ColonyDiff) -> list[str]:
+    """git's --stat, with uncommitted files marked."""
+    width = max(len(f.path) for f in diff.files)
+    most = max(f.added + f.removed for f in diff.files) or 1
+    scale = min(1.0, 40 / most)
+    lines = []
+    for f in diff.files:
+        bar = "+" * round(f.added * scale) + "-" * round(f.removed * scale)
+        mark = "  (uncommitted)" if f.path in diff.uncommitted else ""
+        lines.append(f" {f.path.ljust(width)} | {f.added + f.removed:>5} {bar}{mark}")
+    added, removed = sum(f.added for f in diff.files), sum(f.removed for f in diff.files)
+    against = f"against {diff.target}" if diff.target else f"since {diff.base[:12]}"
+    summary = f" {len(diff.files)} file(s) changed, {added} insertion(s)(+), {removed} deletion(s)(-) {against}"
+    uncommitted = sum(1 for f in diff.files if f.path in diff.uncommitted)
+    return [*lines, summary + (f"; {uncommitted} uncommitted" if uncommitted else "")]
+
+
+async def cmd_diff(hive: HiveAPI, args: argparse.Namespace) -> int:
+    diff = await hive.target_diff(args.name, args.into, text=not args.stat)
+    if args.json:
+        print(json.dumps(diff.as_dict(), indent=2))
+        return 0
+    _note(diff.note)
+    if not diff.files:
+        print(f"{diff.colony} has no changes against {diff.target or diff.base[:12]}", file=sys.stderr)
+    elif args.stat:
+        print("\n".join(_stat(diff)))
+    else:
+        sys.stdout.write(diff.text)
+    return 0
+
+
+async def cmd_commit(hive: HiveAPI, args: argparse.Namespace) -> int:
+    result = await hive.commit(args.name, args.message)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"committed {len(result.files)} file(s) of {result.colony} on {result.branch} as {result.commit[:12]}")
+    return 0
+
+
+def _conflicts(conflicts: tuple[Conflict, ...], target: str, colony: str) -> None:
+    for conflict in conflicts:
+        print(f"  {conflict.describe(target, colony)}", file=sys.stderr)
+
+
+def _merged(result: MergeResult) -> None:
+    verb = "squashed" if result.how == "squash" else "merged"
+    what = {"fast-forward": "fast-forward to", "merge": "merge commit", "squash": "commit"}[result.how]
+    print(
+        f"{verb} {result.colony} into {result.target}: {what} {result.new[:12]} "
+        f"({result.commits} commit(s), {len(result.files)} file(s))"
+    )
+    if result.checkout:
+        print(f"  {result.checkout} has {result.target} checked out: brought to {result.new[:12]}")
+    if result.retries:
+        print(f"  {result.target} moved meanwhile: merged onto its new tip ({result.retries} retry)")
+    _note(result.note)
+    if result.uncommitted:
+        _note(
+            f"{result.colony} has {len(result.uncommitted)} uncommitted file(s), not part of the merge "
+            f"(stem commit {result.colony} -m MESSAGE, then merge again)"
+        )
+
+
+async def cmd_merge(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core.merge import MergeConflict
+
+    if args.all == (args.name is not None):
+        raise StemError("stem merge: name a colony, or --all for every colony (not both)")
+    if args.all:
+        return await _merge_all(hive, args)
+    try:
+        result = await hive.merge(args.name, into=args.into, squash=args.squash, message=args.message)
+    except MergeConflict as exc:
+        if args.json:
+            print(json.dumps(exc.as_dict(), indent=2))
+        print(f"stem: {exc}", file=sys.stderr)
+        _conflicts(exc.conflicts, exc.target, exc.colony)
+        return exc.exit_code
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        _merged(result)
+        print(f"{result.colony}'s branch is merged: stem destroy {result.colony} removes the colony and the branch")
+    return 0
+
+
+async def _merge_all(hive: HiveAPI, args: argparse.Namespace) -> int:
+    """Each colony in spawn order, each merge atomic; the first that fails (a conflict, a dirty checkout of its
+    target) stops the run with the earlier ones merged."""
+    from core.merge import MergeConflict, NothingToMerge
+
+    if args.message:
+        raise StemError("stem merge --all: -m would give every merge the same message; merge one by one for that")
+    names = [rec.name for rec in await asyncio.to_thread(hive.colonies)]
+    merged: list[MergeResult] = []
+    skipped: list[dict[str, str]] = []
+    stopped: dict[str, object] | None = None
+    for i, name in enumerate(names):
+        try:
+            result = await hive.merge(name, into=args.into, squash=args.squash)
+        except NothingToMerge as exc:
+            skipped.append({"colony": name, "reason": str(exc)})
+            if not args.json:
+                print(f"nothing to merge from {name}")
+            continue
+        except StemError as exc:
+            stopped = exc.as_dict() if isinstance(exc, MergeConflict) else {"colony": name, "error": str(exc)}
+            stopped["not_tried"] = names[i + 1 :]
+            print(f"stem: {exc}", file=sys.stderr)
+            if isinstance(exc, MergeConflict):
+                _conflicts(exc.conflicts, exc.target, exc.colony)
+            if names[i + 1 :]:
+                print(f"stem: stopped at {name}; not tried: {', '.join(names[i + 1 :])}", file=sys.stderr)
+            break
+        merged.append(result)
+        if not args.json:
+            _merged(result)
+    if args.json:
+        out = {"merged": [r.as_dict() for r in merged], "skipped": skipped, "stopped": stopped}
+        print(json.dumps(out, indent=2))
+    return EXIT_USAGE if stopped is not None else 0
+
+
+async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
+    result = await hive.sync(args.name, args.source)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.how == "up to date":
+        print(f"{result.colony} is up to date with {result.target}")
+    elif result.how != "conflicts":
+        print(
+            f"synced {result.colony} with {result.target}: {result.commits} commit(s) brought in "
+            f"({result.how}, now at {result.new[:12]})"
+        )
+    if not args.json:
+        _note(result.note)
+    if result.how != "conflicts":
+        return 0
+    if not args.json:
+        print(
+            f"stem: merging {result.target} into {result.colony} left {len(result.conflicts)} file(s) in conflict "
+            "in its worktree, for its agent to resolve (then commit)",
+            file=sys.stderr,
+        )
+        _conflicts(result.conflicts, result.target, result.colony)
+    return EXIT_CONFLICTS_LEFT
+
+
+async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core.colony_log import follow_file, parse_line, read_tail
+
+    rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
+    if args.follow and rec.state == "running" and not hive.host_running(rec.name):
+        await hive.revive(rec.name)  # following a colony whose host died: bring it back first
+    path = hive.log_path(args.name)
+    if args.service is not None and args.service not in LOG_SOURCES:
+        known = await asyncio.to_thread(hive.service_names, args.name)
+        if args.service not in known:
+            listed = ", ".join(known) if known else "none"
+            raise StemError(
+                f"{args.name} has no service named {args.service!r} (its services: {listed}; and Stem's own: "
+                f"{', '.join(LOG_SOURCES)})"
+            )
+
+    def wanted(line: str) -> bool:
+        return args.service is None or parse_line(line)[1] in (args.service, f"{args.service}!")
+
+    for line in await asyncio.to_thread(read_tail, path, args.lines, wanted):
+        print(line)
+    if args.follow:
+        sys.stdout.flush()
+        async for line in follow_file(path):
+            if wanted(line):
+                print(line, flush=True)
+    return 0
+
+
+async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core.events import AgentActivity, ColonyRemoved, LogLine, Notice, ServiceState, StateChanged
+
+    events = hive.subscribe()
+    await hive.attach()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"stem serve: watching {hive.home} with {len(hive.colonies())} colonies "
+        "(Ctrl-C detaches; colonies keep running)",
+        flush=True,
+    )
+
+    def show(event: Event) -> str | None:
+        stamp = time.strftime("%H:%M:%S")
+        if isinstance(event, StateChanged):
+            extra = f" ({event.stage}: {event.reason})" if event.reason else ""
+            return f"{stamp} {event.colony} {event.state}{extra}"
+        if isinstance(event, LogLine):
+            return f"{stamp} {event.colony} [{event.source}] {event.text}"
+        if isinstance(event, ServiceState):
+            code = f" ({event.code})" if event.code is not None else ""
+            return f"{stamp} {event.colony} service {event.service} {event.state}{code}"
+        if isinstance(event, AgentActivity):
+            code = f" ({event.code})" if event.code is not None else ""
+            return f"{stamp} {event.colony} agent {event.activity}{code}"
+        if isinstance(event, Notice):
+            return f"{stamp} {event.level}: {event.message}"
+        if isinstance(event, ColonyRemoved):
+            return f"{stamp} {event.colony} removed"
+        return None
+
+    async def printer() -> None:
+        while True:
+            line = show(await events.get())
+            if line:
+                print(line, flush=True)
+
+    printing = asyncio.create_task(printer())
+    await stop.wait()
+    await hive.detach()
+    while not events.empty():
+        line = show(events.get_nowait())
+        if line:
+            print(line, flush=True)
+    printing.cancel()
+    print("stem serve: detached (colonies keep running; stem stop NAME ends one)", flush=True)
+    return 0
+
+
+async def cmd_peer(hive: HiveAPI, args: argparse.Namespace) -> int:
+    if args.refresh and args.source is not None:
+        raise StemError("stem peer: --from OTHER adds a peering, --refresh refreshes them all: not both")
+    if args.follow and args.source is None:
+        raise StemError("stem peer: --follow needs --from OTHER (the colony whose changes to follow)")
+    if args.refresh:
+        rows = await hive.refresh_peers(args.name)
+    elif args.source is not None:
+        rows = [await hive.peer(args.name, args.source, follow=args.follow)]
+    else:
+        info = await asyncio.to_thread(hive.peers, args.name)
+        if args.json:
+            print(json.dumps(info.as_dict(), indent=2))
+        elif not info.peers and not info.peered_by:
+            print(f"{args.name} reads no colony and none reads it (stem peer {args.name} --from OTHER)")
+        for row in (*info.peers, *info.peered_by):
+            if not args.json:
+                print(row.describe())
+        return 0
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        for row in rows:
+            print(f"{row.describe()}: .shared/{row.source}/ in {row.colony}'s worktree")
+    return 0
+
+
+async def cmd_unpeer(hive: HiveAPI, args: argparse.Namespace) -> int:
+    await hive.unpeer(args.name, args.source)
+    print(f"{args.name} no longer reads {args.source}: .shared/{args.source}/ removed")
+    return 0
+
+
+async def cmd_gc(hive: HiveAPI, args: argparse.Namespace) -> int:
+    report = await hive.gc()
+    for line in report.removed:
+        print(f"removed {line}")
+    for line in report.kept:
+        print(f"kept {line}")
+    if not report.removed and not report.kept:
+        print("nothing to clean")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
+    "spawn": cmd_spawn,
+    "ls": cmd_ls,
+    "exec": cmd_exec,
+    "attach": cmd_attach,
+    "stop": cmd_stop,
+    "start": cmd_start,
+    "destroy": cmd_destroy,
+    "diff": cmd_diff,
+    "commit": cmd_commit,
+    "merge": cmd_merge,
+    "sync": cmd_sync,
+    "gc": cmd_gc,
+    "peer": cmd_peer,
+    "unpeer": cmd_unpeer,
+    "logs": cmd_logs,
+    "serve": cmd_serve,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    hive = _hive()
+    try:
+        return await COMMANDS[args.command](hive, args)
+    finally:
+        await hive.close()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command `args` against the environment's hive, in an event loop of its own."""
+    return asyncio.run(_run(args))
