@@ -70,7 +70,7 @@ CPU_PERIOD = 100_000  # µs: `cpus = 1.5` is 150 ms of CPU time every 100 ms
 V1_UNLIMITED = 1 << 62  # v1 shows "no limit" as the page counter's maximum (9223372036854771712 bytes)
 EVENT_KINDS = ("oom", "pids")  # the registry's event kinds for a kill by the OOM killer and a refused fork
 PIDS_WINDOW = 2.0  # refused forks come in bursts (a fork loop): one report per window, with the count
-V1_PIDS_LOOK = 5.0  # v1's pids.events notifies nobody: a look this often (the kernel log says the first at once)
+V1_PIDS_LOOK = 5.0  # v1's pids.events notifies nobody: a look this often once the kernel log said the first
 POLL_FALLBACK = 2.0  # without inotify (the per-user instances used up): a look at the counters this often
 OOM_RECHECK = (0.05, 0.5, 2.0)  # v1 notifies *before* the OOM killer picks its victim: looks after a wake-up
 OOM_NAME_WAIT = 1.0  # the kill is counted before the kernel logs "Killed process": how long a kill waits for its name
@@ -732,8 +732,9 @@ class LimitWatch:
     What wakes it: on v2, inotify on memory.events and pids.events; on v1, an eventfd the kernel signals on each OOM
     (memory.oom_control through cgroup.event_control). The kernel's log (/dev/kmsg, root only) names each victim
     (pid and command; `owner` turns a pid into "web" or "the agent"); without it a victim is "a process". v1's
-    pids.events notifies nobody: the kernel's log says the first refusal at once, and a look every V1_PIDS_LOOK s
-    finds later ones. Without inotify (the per-user instances used up) the counters are read every POLL_FALLBACK s.
+    pids.events notifies nobody: the kernel's log says the first refusal at once, and from then on a look every
+    V1_PIDS_LOOK s finds later ones. Without inotify (the per-user instances used up) the counters are read every
+    POLL_FALLBACK s.
     """
 
     def __init__(
@@ -757,6 +758,8 @@ class LimitWatch:
         self._victims: OrderedDict[int, str] = OrderedDict()  # pid -> who, from the kernel log, until counted
         self._eventfd: int | None = None
         self._kmsg: int | None = None
+        self._v1_pids = False
+        self._pids_looking = False
         self.polling = False
 
     def start(self) -> bool:
@@ -786,9 +789,17 @@ class LimitWatch:
             else:
                 self._read_on_loop(self._inotify.fd, self._on_inotify, close=False)
         self._open_kmsg()
-        if be.version == "v1" and be.controller("pids", self.name) is not None:
-            self._every(V1_PIDS_LOOK, self._check_forks)
+        self._v1_pids = be.version == "v1" and be.controller("pids", self.name) is not None
+        if self._v1_pids and (self._kmsg is None or self._refused_seen):
+            self._look_at_forks()  # no kernel log to say the first refusal, or it was said before this host
         return True
+
+    def _look_at_forks(self) -> None:
+        """v1: look at the refused forks every V1_PIDS_LOOK s from now on. Only from the first refusal on when the
+        kernel's log is read (it says that one, and no later one): an idle colony is not woken for it."""
+        if not self._pids_looking:
+            self._pids_looking = True
+            self._every(V1_PIDS_LOOK, self._check_forks)
 
     def close(self) -> None:
         loop = self._loop
@@ -979,6 +990,8 @@ class LimitWatch:
         count = be.forks_refused(self.name)
         if count is None or count <= self._refused_seen:
             return
+        if self._v1_pids:
+            self._look_at_forks()
         wait = self._refused_reported + PIDS_WINDOW - time.monotonic()
         if wait > 0:  # one report per window: a fork loop is refused thousands of times
             if not self._refused_timer:

@@ -407,6 +407,48 @@ def test_limit_watch_without_the_kernel_log_still_counts_oom_kills_and_refused_f
     assert events[1].kind == "pids" and events[1].message.startswith("fork refused: pids limit (20) reached, ")
 
 
+@root
+def test_an_idle_colony_s_limit_watch_wakes_for_nothing_until_a_fork_is_refused(hive_env, monkeypatch):
+    """100 idle colonies must cost next to nothing: with the kernel's log read (it says a cgroup's first refused
+    fork), v1's pids counter is not looked at on a timer until that first refusal; from then on it is, and every
+    later refusal is reported."""
+    monkeypatch.setattr(cgroups, "V1_PIDS_LOOK", 0.2)
+    name = f"{hive_env.prefix}-idle"
+    cgroups.create(name, Limits(pids=20))
+    events: list[cgroups.LimitEvent] = []
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+        fds = cgroups.open_join(name)
+        try:
+            return subprocess.run(argv, preexec_fn=lambda: cgroups.join(fds), capture_output=True, check=False)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    async def scenario() -> None:
+        watch = cgroups.LimitWatch(name, events.append)
+        assert watch.start()
+        try:
+            assert watch._kmsg is not None  # as root: the kernel's log is read
+            await asyncio.sleep(0)
+            assert not watch._timers  # idle: no timer of any kind
+            forks = await asyncio.to_thread(run, ["python3", "-c", FORK_LOOP.replace("300", "40")])
+            assert forks.returncode == 0, forks.stderr
+            await until(lambda: [e for e in events if e.kind == "pids"], 10, "the first refused-fork event")
+            if cgroups.backend().version == "v1":
+                assert watch._timers  # from now on the counter is looked at
+            await asyncio.to_thread(run, ["python3", "-c", FORK_LOOP.replace("300", "40")])
+            await until(lambda: len([e for e in events if e.kind == "pids"]) == 2, 10, "the later refusals")
+        finally:
+            watch.close()
+
+    monkeypatch.setattr(cgroups, "PIDS_WINDOW", 0.1)
+    try:
+        asyncio.run(scenario())
+    finally:
+        assert cgroups.remove(name)
+
+
 def test_limits_parse_with_swap_and_take_config_toml_defaults():
     parsed = parse_colony_config('[limits]\nmemory = "512M"\nswap = 0\ncpus = 1.5\n', Path("colony.toml")).limits
     assert parsed == Limits(memory=512 << 20, cpus=1.5, pids=None, swap=0)

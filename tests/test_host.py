@@ -163,3 +163,24 @@ def test_a_plain_stem_ls_reads_the_hive_without_the_orchestration_core(hive_env,
         assert not imported & {"asyncio", "core.hive", "pyroute2", "core.cgroups", "core.sandbox"}
     finally:
         assert run_stem(hive_env.env, "stop", "quick").returncode == 0
+
+
+def test_a_host_whose_colony_folder_vanished_ends_what_it_runs(hive_env, tmp_path):
+    """`rm -rf` of a colony's folder (or of STEM_HOME) under a running host: within its guard's look (every
+    GUARD_INTERVAL s, a stat on its loop) the host ends the agent and the services and exits; destroy then finishes
+    the colony off."""
+    from core.host.server import GUARD_INTERVAL
+
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "vanish", "--repo", str(repo)).returncode == 0
+    host = host_pid(hive_env, "vanish")
+    assert host is not None
+    inside = netns_pids(hive_env, "vanish")
+    assert inside  # the service and the agent
+    folder = hive_env.home / "colonies" / "vanish"
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    wait_for(lambda: not alive(host), timeout=GUARD_INTERVAL + 5, what="the host to notice and exit")
+    wait_for(lambda: not netns_pids(hive_env, "vanish"), timeout=10, what="its agent and service to be ended")
+    result = run_stem(hive_env.env, "destroy", "vanish", "--force")
+    assert result.returncode == 0, result.stderr

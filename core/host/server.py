@@ -62,6 +62,7 @@ SLOW_CLIENT = 256 << 10
 LOG_PAGE = 5000
 START_HOLD = 2.0  # seconds a new host waits for its starter's AwaitStart before it starts the colony
 GUARD_INTERVAL = 10.0
+GUARD_REGISTRY_EVERY = 6  # the registry row is looked for once a minute
 
 
 class _Deferred(Exception):
@@ -245,12 +246,15 @@ class ColonyHost:
         return rec, load_colony_config(Path(rec.worktree))
 
     async def _guard(self) -> None:
-        """A host whose colony vanished under it (its folder deleted, its row gone, STEM_HOME removed) ends what
-        it runs and exits instead of running on for nobody. A check every GUARD_INTERVAL s: a stat and a read."""
+        """A host whose colony vanished under it (its folder deleted, STEM_HOME removed, its row gone) ends what it
+        runs and exits instead of running on for nobody. A stat every GUARD_INTERVAL s, on the loop; the registry
+        (a read in a thread) every GUARD_REGISTRY_EVERY-th time: an idle host wakes for little else."""
+        looks = 0
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
+            looks += 1
             gone = not self.paths.lock.exists()
-            if not gone:
+            if not gone and looks % GUARD_REGISTRY_EVERY == 0:
                 try:
                     gone = await asyncio.to_thread(self.registry.find, self.name) is None
                 except Exception:  # an unreadable registry (a deleted STEM_HOME) is gone too
