@@ -229,10 +229,6 @@ class Hive:
         """The colony's lifecycle history, oldest first (empty for an unknown colony)."""
         return self.registry.transitions(name)
 
-    def runtime_states(self, name: str) -> list[tuple[str, str, str, str]]:
-        """(kind, name, state, detail) of the colony's services and agent, as its host last wrote them."""
-        return self.registry.runtime(name)
-
     def service_names(self, name: str) -> list[str]:
         """The services of the colony's colony.toml (as its worktree has it), else those its host last ran."""
         rec = self.registry.get(name)

@@ -81,16 +81,17 @@ class Listed:
 
 def listing(layout: HiveLayout, registry: Registry) -> list[Listed]:
     """Every colony, oldest first: its row, whether its host runs, and its host's last states (one query)."""
-    states: dict[str, tuple[dict[str, str], str]] = {}
+    services: dict[str, dict[str, str]] = {}
+    agents: dict[str, str] = {}
     for colony, kind, key, state in registry.all_runtime():
-        services, agent = states.setdefault(colony, ({}, ""))
         if kind == "service":
-            services[key] = state
+            services.setdefault(colony, {})[key] = state
         else:
-            states[colony] = (services, state)
+            agents[colony] = state
     out = []
     for rec in registry.colonies():
-        hosted = HostPaths(layout.colony_dir(rec.name)).running()
-        services, agent = states.get(rec.name, ({}, "")) if hosted else ({}, "")
-        out.append(Listed(rec, hosted, services, agent))
+        if HostPaths(layout.colony_dir(rec.name)).running():
+            out.append(Listed(rec, True, services.get(rec.name, {}), agents.get(rec.name, "")))
+        else:
+            out.append(Listed(rec, False, {}, ""))
     return out

@@ -368,6 +368,16 @@ def test_the_v2_code_path_on_a_unified_hierarchy_without_controllers(hive_env, m
     assert not unified.dir(name).exists()
 
 
+def run_in_cgroup(name: str, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv` to its end inside cgroup `name` (joined before it execs), its output captured."""
+    fds = cgroups.open_join(name)
+    try:
+        return subprocess.run(argv, preexec_fn=lambda: cgroups.join(fds), capture_output=True, check=False)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @root
 def test_limit_watch_without_the_kernel_log_still_counts_oom_kills_and_refused_forks(hive_env, monkeypatch):
     """Where /dev/kmsg cannot be read: the OOM eventfd (v1) or memory.events (v2) and the counters still report
@@ -378,22 +388,14 @@ def test_limit_watch_without_the_kernel_log_still_counts_oom_kills_and_refused_f
     cgroups.create(name, Limits(memory=32 << 20, pids=20))
     events: list[cgroups.LimitEvent] = []
 
-    def run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
-        fds = cgroups.open_join(name)
-        try:
-            return subprocess.run(argv, preexec_fn=lambda: cgroups.join(fds), capture_output=True, check=False)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
     async def scenario() -> None:
         watch = cgroups.LimitWatch(name, events.append)
         assert watch.start()
         try:
-            hog = await asyncio.to_thread(run, ["python3", "-c", "x = b'x' * (256 << 20)"])
+            hog = await asyncio.to_thread(run_in_cgroup, name, ["python3", "-c", "x = b'x' * (256 << 20)"])
             assert hog.returncode == -signal.SIGKILL
             await until(lambda: [e for e in events if e.kind == "oom"], 10, "the OOM event")
-            forks = await asyncio.to_thread(run, ["python3", "-c", FORK_LOOP.replace("300", "40")])
+            forks = await asyncio.to_thread(run_in_cgroup, name, ["python3", "-c", FORK_LOOP.replace("300", "40")])
             assert forks.returncode == 0, forks.stderr
             await until(lambda: [e for e in events if e.kind == "pids"], 10, "the refused-fork event")
         finally:
@@ -417,27 +419,18 @@ def test_an_idle_colony_s_limit_watch_wakes_for_nothing_until_a_fork_is_refused(
     cgroups.create(name, Limits(pids=20))
     events: list[cgroups.LimitEvent] = []
 
-    def run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
-        fds = cgroups.open_join(name)
-        try:
-            return subprocess.run(argv, preexec_fn=lambda: cgroups.join(fds), capture_output=True, check=False)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
     async def scenario() -> None:
         watch = cgroups.LimitWatch(name, events.append)
         assert watch.start()
         try:
             assert watch._kmsg is not None  # as root: the kernel's log is read
-            await asyncio.sleep(0)
             assert not watch._timers  # idle: no timer of any kind
-            forks = await asyncio.to_thread(run, ["python3", "-c", FORK_LOOP.replace("300", "40")])
+            forks = await asyncio.to_thread(run_in_cgroup, name, ["python3", "-c", FORK_LOOP.replace("300", "40")])
             assert forks.returncode == 0, forks.stderr
             await until(lambda: [e for e in events if e.kind == "pids"], 10, "the first refused-fork event")
             if cgroups.backend().version == "v1":
                 assert watch._timers  # from now on the counter is looked at
-            await asyncio.to_thread(run, ["python3", "-c", FORK_LOOP.replace("300", "40")])
+            await asyncio.to_thread(run_in_cgroup, name, ["python3", "-c", FORK_LOOP.replace("300", "40")])
             await until(lambda: len([e for e in events if e.kind == "pids"]) == 2, 10, "the later refusals")
         finally:
             watch.close()
