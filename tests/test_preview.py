@@ -165,14 +165,18 @@ def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive
     assert caddy_pid(hive_env) not in (None, caddy)
 
 
-@pytest.mark.root
-def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
+def three_routed_colonies(hive_env, tmp_path) -> tuple[int, int]:
+    """Colonies a, b and c, each with a routed web service: the preview port and the hive's Caddy's pid."""
     fake_agent_config(hive_env)
-    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
-    spawn(hive_env, repo, "a", "b", "c")
-    port = preview_port(hive_env)
+    spawn(hive_env, make_repo(tmp_path / "repo", colony_toml=SERVICE), "a", "b", "c")
     caddy = caddy_pid(hive_env)
     assert caddy is not None
+    return preview_port(hive_env), caddy
+
+
+@pytest.mark.root
+def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
+    port, caddy = three_routed_colonies(hive_env, tmp_path)
 
     assert run_stem(hive_env.env, "destroy", "--force", "a").returncode == 0
     assert set(preview.urls(hive_env.home)) == {"b", "c"}
@@ -205,12 +209,7 @@ def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
 def test_stopping_several_colonies_at_once_removes_their_routes_and_the_last_takes_caddy(hive_env, tmp_path):
     """One `stem stop` of several names removes their routes in one change of Caddy's config (the hosts leave
     them to it); the colony still running keeps its route, and stopping it too takes Caddy along."""
-    fake_agent_config(hive_env)
-    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
-    spawn(hive_env, repo, "a", "b", "c")
-    port = preview_port(hive_env)
-    caddy = caddy_pid(hive_env)
-    assert caddy is not None
+    port, caddy = three_routed_colonies(hive_env, tmp_path)
     stopped = run_stem(hive_env.env, "stop", "a", "b")
     assert stopped.returncode == 0, stopped.stderr
     assert set(preview.urls(hive_env.home)) == {"c"}
