@@ -148,13 +148,17 @@ def _firewall(hive: Hive, report: GcReport) -> None:
 
 
 def _forker(hive: Hive, report: GcReport) -> None:
-    """The hive's host forker goes when no colony host runs (it would exit by itself a little later)."""
+    """The hive's host forker and warm UI process go when no colony host runs (they would exit by themselves a
+    little later)."""
+    from core import warm
     from core.host import forker
 
     if hive.any_host_running():
         return
     if forker.stop(hive.layout.home):
         report.removed.append("the host forker (no colony host runs)")
+    if warm.stop(hive.layout.home):
+        report.removed.append("the warm UI process (no colony host runs)")
 
 
 def _preview(hive: Hive, report: GcReport) -> None:

@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -789,13 +789,17 @@ class Hive:
         return self.registry.get(name)
 
     def _retire_forker(self) -> None:
-        """With the hive's last colony host gone, its host forker goes too: nothing of Stem's outlives a stop."""
+        """With the hive's last colony host gone, its host forker and warm UI process go too: nothing of Stem's
+        outlives a stop (a UI the warm process started runs on until its user quits it)."""
+        from core import warm
         from core.host.forker import ForkerPaths, stop
 
-        if ForkerPaths.of(self.layout.home).process() is None:
+        home = self.layout.home
+        if ForkerPaths.of(home).process() is None and warm.WarmPaths.of(home).process() is None:
             return
         if not self.any_host_running():
-            stop(self.layout.home)
+            stop(home)
+            warm.stop(home)
 
     def _retire_preview(self, name: str) -> None:
         """The colony's preview routes go (a host killed -9 could not remove them); with the hive's last colony host
@@ -1054,15 +1058,16 @@ class Hive:
     def attached(self) -> bool:
         return self._follower is not None
 
-    async def attach(self) -> None:
+    async def attach(self, records: Sequence[ColonyRecord] | None = None) -> None:
         """Follow the hive from this process (a UI, `stem serve`): a link to the host of every running colony,
         whose screens, states and logs arrive as events; a host that dies is replaced. Any number of processes
-        may attach to one hive at once."""
+        may attach to one hive at once. `records`: the colonies as just read (the UI's first frame lists them),
+        so that the links start without reading them again."""
         self.bind_loop()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError):  # only the main thread may own signals
             loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        await self.reconcile()
+        await self.reconcile(records)
         self._follower = asyncio.create_task(self._follow_registry(), name="follow-hive")
 
     async def detach(self) -> None:
@@ -1109,10 +1114,12 @@ class Hive:
                 except Exception as exc:  # keep following the registry whatever one pass hit
                     self._publish(Notice("", "error", f"following the hive failed: {describe(exc)}"))
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, fresh: Sequence[ColonyRecord] | None = None) -> None:
         """A link for every colony whose host should run; none for the others. Other stem processes (spawn,
-        stop, destroy from a shell, another UI) change the registry; this follows them."""
-        records = {r.name: r for r in await asyncio.to_thread(self.registry.colonies)}
+        stop, destroy from a shell, another UI) change the registry; this follows them. `fresh`: the registry's
+        rows as just read by the caller."""
+        rows = fresh if fresh is not None else await asyncio.to_thread(self.registry.colonies)
+        records = {r.name: r for r in rows}
         seen = {(r.name, r.state, r.stage) for r in records.values()}
         if self._seen is not None and seen != self._seen:
             self._publish(HiveChanged())
@@ -1128,15 +1135,18 @@ class Hive:
             if rec.state in (lc.RUNNING, lc.STARTING) and rec.name not in self._link_tasks:
                 if rec.state == lc.STARTING and not self.host_running(rec.name):
                     continue  # its starter launches the host; the next pass links to it
-                task = asyncio.create_task(self._follow_host(rec.name), name=f"link-{rec.name}")
+                follow = self._follow_host(rec.name, rec=rec if fresh is not None else None)
+                task = asyncio.create_task(follow, name=f"link-{rec.name}")
                 self._link_tasks[rec.name] = task
 
-    async def _follow_host(self, name: str, first: HostLink | None = None) -> None:
-        """Stay linked to the colony's host; when it goes while the colony should run, start a new one."""
+    async def _follow_host(self, name: str, first: HostLink | None = None, rec: ColonyRecord | None = None) -> None:
+        """Stay linked to the colony's host; when it goes while the colony should run, start a new one. `rec`:
+        the colony's row as just read, for the first round."""
         from core.host.client import HostLink
 
         while True:
-            rec = await asyncio.to_thread(self.registry.find, name)
+            if rec is None:
+                rec = await asyncio.to_thread(self.registry.find, name)
             if rec is None or rec.state not in (lc.RUNNING, lc.STARTING):
                 return
             if not self.host_running(name):
@@ -1146,7 +1156,7 @@ class Hive:
                 if not self.host_running(name):
                     return
             link = first or HostLink(name, self.host_paths(name), self._publish)
-            first = None
+            first = rec = None
             self._links[name] = link
             why = await link.run()
             if link.stopping:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +48,7 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
+from core.locations import stem_home
 from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
@@ -55,7 +57,7 @@ from stem.input_parser import StemDriver
 from stem.keys import bind, keymap
 from stem.live_work import LiveWork, file_section
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
-from stem.textual_private import check_priority_bindings, has_screen, refresh_truecolor_filter
+from stem.textual_private import HoldingScreen, check_priority_bindings, has_screen, refresh_truecolor_filter
 from stem.themes import load_themes, theme_dirs
 from stem.widgets.colonies import ColoniesList, ColoniesPanel, ColonyRow
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
@@ -73,6 +75,9 @@ __all__ = ["StemApp", "run"]
 EXIT_USAGE = 2
 AGE_REFRESH = 30.0  # the list read from the registry again (colonies changed by other processes)
 AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
+# The first frame waits (at most this long) for the selected colony's agent screen from its host, so that it is
+# drawn once, whole, instead of in three partial frames that each hold up the snapshots still to come.
+FIRST_FRAME_WAIT = 0.3
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
@@ -115,6 +120,8 @@ class StemApp(App[int], inherit_bindings=False):
         close_hive: bool = False,
         blink: bool = True,
         live_figures: bool = True,
+        keep_warm: bool = False,
+        records: list[ColonyRecord] | None = None,
     ) -> None:
         super().__init__()
         # Merge status, overlaps and cgroup usage of the colonies; `live_figures` off (snapshots) leaves out the
@@ -128,7 +135,9 @@ class StemApp(App[int], inherit_bindings=False):
         self._spawn_form: SpawnForm | None = None  # open, or dismissed with a request the app has not taken yet
         self.close_hive = close_hive
         self.failure: str | None = None  # a one-line reason the app could not run (exit code 2)
-        self.records: list[ColonyRecord] = []
+        self.records: list[ColonyRecord] = records or []
+        self._preloaded = records is not None  # the colonies were read before the app ran: listed at mount
+        self._holding_frame = False  # repaints held until the first frame is whole (FIRST_FRAME_WAIT)
         self.selected: str | None = None
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
@@ -147,6 +156,7 @@ class StemApp(App[int], inherit_bindings=False):
         self._worker_colony: dict[Worker[Any], str] = {}
         self._restarting: dict[tuple[str, str], int] = {}  # (colony, service) -> its restarts before `r`
         self._loaded = False
+        self.keep_warm = keep_warm  # start the hive's warm UI process (stem/warm.py) once the first frame is up
         for theme in (themes or {}).values():
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
@@ -214,13 +224,18 @@ class StemApp(App[int], inherit_bindings=False):
         self.hive.bind_loop()
         self._events = self.hive.subscribe()
         if self.own_hive:
-            self._attaching = asyncio.ensure_future(self.hive.attach())
+            self._attaching = asyncio.ensure_future(self.hive.attach(self.records if self._preloaded else None))
+            if self.records and self.records[0].state == lc.RUNNING:  # the colony selected first
+                self._holding_frame = True
+                self.set_timer(FIRST_FRAME_WAIT, self._release_first_frame)
 
     async def on_mount(self) -> None:
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
             # SIGTERM (a service manager, `kill`) is a quit: the terminal is restored and the colonies run on.
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 0)
         self._pump_events()
+        if self._preloaded:
+            self._show_colonies()  # listed before the hosts are linked: their screens fill in as they come
         if self._attaching is not None:
             try:
                 await self._attaching
@@ -229,7 +244,8 @@ class StemApp(App[int], inherit_bindings=False):
                 self.own_hive = False
                 self.exit(EXIT_USAGE)
                 return
-        self.refresh_colonies()
+        if not self._preloaded:
+            self.refresh_colonies()
         self.set_interval(AGE_REFRESH, self.refresh_colonies)
         self.set_interval(AGE_TICK, self._tick_ages)
         self.live.start()
@@ -265,6 +281,20 @@ class StemApp(App[int], inherit_bindings=False):
         finally:
             self.hive.unsubscribe(queue)
 
+    def get_default_screen(self) -> HoldingScreen:
+        screen = HoldingScreen(id="_default")
+        if self._holding_frame:
+            screen.hold()
+        return screen
+
+    def _release_first_frame(self) -> None:
+        """Draw the first frame: the selected agent's screen is here, or FIRST_FRAME_WAIT has passed."""
+        if self._holding_frame:
+            self._holding_frame = False
+            screen = self.screen_stack[0]
+            if isinstance(screen, HoldingScreen):
+                screen.release()
+
     def on_core_event(self, event: Event) -> None:
         """Route one core event to the panels that show it."""
         self.live.on_event(event)
@@ -274,6 +304,8 @@ class StemApp(App[int], inherit_bindings=False):
                 if terminal.session is None:
                     self._attach_terminal()
                 terminal.screen_changed(event.rows)
+                if self._holding_frame:
+                    self.call_later(self._release_first_frame)  # after the rest of this batch of events
             session = self.hive.agent(event.colony)
             title = session.screen.title if session is not None else ""
             if self.titles.get(event.colony, "") != title:  # the agent's window title (OSC 0/2), in its row
@@ -354,6 +386,12 @@ class StemApp(App[int], inherit_bindings=False):
     @work(group="colonies", exclusive=True, exit_on_error=False)
     async def refresh_colonies(self) -> None:
         self.records = await asyncio.to_thread(self.hive.colonies)
+        self._show_colonies()
+
+    def _show_colonies(self) -> None:
+        """Show `self.records` (and the failed spawns) in the list and the selected colony's panels."""
+        if not self._loaded and self.keep_warm:
+            self.call_after_refresh(self._start_warm)
         self._loaded = True
         listed = [r.name for r in self.records] + [f.name for f in self._listed_failures()]
         self.set_class(not listed, "-empty")
@@ -378,6 +416,12 @@ class StemApp(App[int], inherit_bindings=False):
         elif self.focused is None and self.screen is self.screen_stack[0]:
             # The panels were hidden while the hive was empty; the colonies list takes the focus when they show.
             self.query_one(ColoniesList).focus()
+
+    def _start_warm(self) -> None:
+        """The next `stem` on this hive starts warm: forked, imports done, by the hive's warm UI process."""
+        from stem.warm import keep_warm
+
+        threading.Thread(target=keep_warm, args=(stem_home(), dict(os.environ)), name="keep-warm", daemon=True).start()
 
     def _redraw_rows(self) -> None:
         """Rebuild the colonies list soon: the events of one batch (ten hosts' snapshots arriving at once) share
@@ -1106,7 +1150,12 @@ def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: 
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    app = StemApp(hive, settings, themes=themes, close_hive=True)
+    from stem import warm
+
+    keep = not headless and not warm.SERVING and os.environ.get("STEM_WARM") != "0"
+    # Read before the app runs (no event loop to hold up yet), so that the first frame lists them.
+    records = hive.colonies()
+    app = StemApp(hive, settings, themes=themes, close_hive=True, keep_warm=keep, records=records)
     app.run(headless=headless)
     if app.failure:
         print(f"stem: {app.failure}", file=sys.stderr)

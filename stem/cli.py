@@ -262,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        from stem.warm import run_warm
+
+        code = run_warm([])  # forked, ready to draw, by the hive's warm UI process if one runs
+        if code is not None:
+            return code
         from stem.app import run
 
         return run()

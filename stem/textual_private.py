@@ -6,7 +6,9 @@ Why each is needed (Textual 8 has no public way):
 - `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only;
 - the compositor: a keystroke's echo is painted at once, not after the screen's update timer;
 - `App._refresh_truecolor_filter`: the configured theme is applied before the stylesheet is first parsed;
-- `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden.
+- `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden;
+- `App._begin_batch`/`_end_batch`, `Screen._compositor_refresh` and `_on_timer_update`: the first frame is drawn
+  once, whole, as soon as it is (`HoldingScreen`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from textual.widget import Widget
 from textual.widgets import Tabs
 
 __all__ = [
+    "HoldingScreen",
     "ParseEOF",
     "ParseError",
     "ParseTimeout",
@@ -72,6 +75,33 @@ def paint_now(screen: Screen[Any], widgets: Iterable[Widget]) -> None:
     """Put `widgets`' changed rows on the terminal now, as the screen's own update timer would."""
     screen._compositor.update_widgets(set(widgets))
     screen._compositor_refresh()
+
+
+class HoldingScreen(Screen[Any]):
+    """A screen that can hold its first frame until what it shows is there (`hold`, then `release`).
+
+    An app batch alone stops frames from reaching the terminal, but Textual still renders every layout made during
+    it (only to drop the result): ~15-25 ms of the event loop each, at start-up, while the hosts' snapshots wait.
+    Held, this screen renders nothing; released, it lays out and draws everything at once, without waiting for
+    its update timer."""
+
+    held = False
+
+    def hold(self) -> None:
+        if not self.held:
+            self.held = True
+            self.app._begin_batch()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.app._end_batch()
+            self.refresh(layout=True)
+            self._on_timer_update()
+
+    def _compositor_refresh(self) -> None:
+        if not self.held:
+            super()._compositor_refresh()
 
 
 def realign_tabs(tabs: Tabs) -> None:

@@ -27,6 +27,7 @@ from core.host.forker import ForkerPaths
 from core.host.launch import wait_exit
 from core.host.paths import HostPaths
 from core.preview import PreviewPaths
+from core.warm import WarmPaths
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -90,6 +91,8 @@ class HiveEnv:
         prefix."""
         forker = ForkerPaths.of(self.home).process()
         ended = [forker[0]] if forker is not None else []
+        warm = WarmPaths.of(self.home).process()
+        ended += [warm[0]] if warm is not None else []
         caddy = PreviewPaths.of(self.home).process()
         ended += [caddy[0]] if caddy is not None else []
         ended += self.host_pids()

@@ -29,7 +29,6 @@ import contextlib
 import ctypes
 import fcntl
 import gc
-import hashlib
 import os
 import random
 import select
@@ -43,6 +42,8 @@ import traceback
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.host.paths import connect, fingerprint, socket_address
 
 if TYPE_CHECKING:
     from core.netns import ColonyNet
@@ -90,18 +91,6 @@ class ForkerPaths:
         return procs.read_pid_file(self.pid)
 
 
-def fingerprint() -> str:
-    """What the forker's preloaded code is: the interpreter and every source file of `core` (path, size, mtime).
-    A launcher whose fingerprint differs asks for a new forker, so an upgrade never runs old code in a new host."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.blake2b(f"{os.path.realpath(sys.executable)} {sys.version}".encode(), digest_size=16)
-    for path in sorted(root.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 # --- the launcher's side ------------------------------------------------------------------------------------------
 
 
@@ -121,7 +110,7 @@ def request_host(home: Path, name: str, env: dict[str, str]) -> bool:
     mark = fingerprint()
     for _ in range(4):  # a stale or exiting forker, then a new one
         try:
-            sock = _connect(paths.socket)
+            sock = connect(paths.socket)
         except OSError:
             if not _start(paths, home, env):
                 return False
@@ -144,7 +133,7 @@ def create_network(home: Path, net: ColonyNet) -> bool:
     from core.errors import StemError
 
     try:
-        sock = _connect(ForkerPaths.of(home).socket)
+        sock = connect(ForkerPaths.of(home).socket)
     except OSError:
         return False
     with sock:
@@ -171,19 +160,6 @@ def create_network(home: Path, net: ColonyNet) -> bool:
 
 class HostStartFailed(Exception):
     """The forked host ended before it listened (its host.log says why)."""
-
-
-def _connect(path: Path) -> socket.socket:
-    from core.host.protocol import socket_address
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        with socket_address(path) as address:
-            sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _send(sock: socket.socket, request: dict[str, object]) -> bytes:
@@ -223,7 +199,7 @@ def _start(paths: ForkerPaths, home: Path, env: dict[str, str]) -> bool:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(OSError):
-            _connect(paths.socket).close()
+            connect(paths.socket).close()
             return True  # another launcher started it meanwhile
         from core import procs
 
@@ -250,7 +226,7 @@ def _wait_gone(paths: ForkerPaths, timeout: float = 5.0) -> None:
         wait_exit(found[0], timeout)
     while time.monotonic() < deadline:
         try:
-            _connect(paths.socket).close()
+            connect(paths.socket).close()
         except OSError:
             return
         time.sleep(0.01)
@@ -297,7 +273,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
     mark = fingerprint()
     _preload()
     from core import procs
-    from core.host.protocol import peer_uid, socket_address
+    from core.host.protocol import peer_uid
     from core.privileges import become_subreaper
 
     with contextlib.suppress(FileNotFoundError):

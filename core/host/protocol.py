@@ -78,14 +78,13 @@ as root) with `bye`, never parsing what that peer sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import struct
 from asyncio.trsock import TransportSocket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, islice, repeat
 from operator import getitem, itemgetter, ne
@@ -99,6 +98,7 @@ from pyte.screens import Char
 from core.colony_log import Entry
 from core.errors import StemError
 from core.events import FileChange
+from core.host.paths import socket_address
 from core.screen_cells import DEFAULT_CHAR, Piece, Row, chars_for
 from core.screen_queries import Link, Palette
 from core.screen_scrollback import Scrollback
@@ -1403,25 +1403,6 @@ async def listen(
         sock.close()
         raise
     return await asyncio.start_unix_server(handler, sock=sock)
-
-
-# sun_path holds 108 bytes; a STEM_HOME deep in a home directory or a test's tmp folder makes longer paths.
-_SUN_PATH = 100
-
-
-@contextlib.contextmanager
-def socket_address(path: Path | str) -> Iterator[str]:
-    """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
-    through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
-    text = str(path)
-    if len(text.encode()) < _SUN_PATH:
-        yield text
-        return
-    folder = os.open(os.path.dirname(text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{folder}/{os.path.basename(text)}"
-    finally:
-        os.close(folder)
 
 
 class CountingScrollback(Scrollback):

@@ -1,0 +1,456 @@
+"""The warm start of the UI: `stem` on a terminal gets a UI forked from a process that has imported it already.
+
+A cold `stem` spends most of its first half second importing (Textual, the panels, the core) before it draws
+anything. The hive's warm UI process (`python3 -m stem.warm HOME`, started in the background by a cold UI once that
+UI shows its first frame) pays that once: each `stem` then runs as a thin client that passes its terminal (its
+stdin, stdout and stderr, as descriptors over the socket), its environment, working directory, umask and arguments
+to the warm process, which forks a child that becomes the UI on that terminal. The client relays the signals a
+terminal sends it (window size, hang-up, interrupt, terminate) to the child and exits with the child's exit status;
+should the child vanish without one, the client restores the terminal itself.
+
+Nothing depends on it. The client goes cold (imports and runs the UI itself) when no warm process answers, when the
+warm process runs older code (its fingerprint: the interpreter, the source files of `stem` and `core`, Textual's
+version file; it then exits), or when the environment differs in what Textual read once at import (TEXTUAL_*,
+ESCDELAY) or in the encodings Python chose at start-up. `STEM_WARM=0` turns it off. The child is in a session of
+its own, so the terminal is not its controlling terminal: no job-control signal stops it, and it ends as a
+hung-up UI does when its client goes away (a kill -9 of `stem` included).
+
+Request (client → warm process), with the three descriptors attached: a 4-byte big-endian length, then a msgpack
+map {"fingerprint", "argv", "env", "cwd", "umask", "encodings"}. Answer: b"P" and the child's pid (4 bytes), later
+b"X" and its exit status (4 bytes, signed; 128 + N for a signal), then the end of the stream. b"S" (stale: it exits)
+or b"E" (environment differs) instead of b"P": start cold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+
+from core.host.paths import connect, fingerprint, socket_address
+from core.locations import stem_home
+from core.warm import WarmPaths, hosts_running
+
+WARM_IDLE = 30.0  # seconds with no UI of its own and no colony host running before the warm process exits
+CHECK_EVERY = 30.0  # how often an idle warm process looks at the hive's colony hosts
+START_TIMEOUT = 10.0  # how long a client waits for its UI's pid
+FORWARDED = (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCONT)
+# What Textual reads from the environment once, when it is imported: a UI with other values starts cold.
+_IMPORT_TIME_ENV = ("TEXTUAL_", "ESCDELAY")
+# What a UI that died without restoring the terminal leaves on: the alternate screen, a hidden cursor, mouse,
+# bracketed paste, focus reports and the kitty keyboard protocol.
+_TERMINAL_RESET = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1004l"
+_MAX_REQUEST = 4 << 20
+PR_SET_NAME = 15
+
+SERVING = False  # this process is a UI forked by the warm process (it does not start another)
+
+
+def _packages() -> tuple[Path, ...]:
+    root = Path(__file__).resolve().parents[1]
+    return (root / "stem", root / "core")
+
+
+def code_fingerprint() -> str:
+    """The fingerprint of the UI's code: Stem's sources, the interpreter and Textual's `__init__.py` (rewritten by
+    any install of Textual)."""
+    spec = importlib.util.find_spec("textual")
+    textual = [Path(spec.origin)] if spec is not None and spec.origin else []
+    return fingerprint(*_packages(), *textual)
+
+
+def _encodings() -> list[str]:
+    return [sys.getfilesystemencoding(), getattr(sys.stdout, "encoding", None) or ""]
+
+
+def _import_time_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(_IMPORT_TIME_ENV)}
+
+
+# --- the client ---------------------------------------------------------------------------------------------------
+
+
+def run_warm(argv: list[str]) -> int | None:
+    """Run the UI forked by the hive's warm process, on this terminal; its exit status, or None if there is no warm
+    process to use (the caller starts the UI itself)."""
+    if os.environ.get("STEM_WARM") == "0" or SERVING:
+        return None
+    try:
+        sock = connect(WarmPaths.of(stem_home()).socket)
+    except OSError:
+        return None
+    with sock:
+        return _run_with(sock, argv)
+
+
+def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
+    import termios
+
+    import msgpack
+
+    try:
+        saved = termios.tcgetattr(0)
+    except termios.error:
+        saved = None
+    body = msgpack.packb(
+        {
+            "fingerprint": code_fingerprint(),
+            "argv": argv,
+            "env": dict(os.environ),
+            "cwd": os.getcwd(),
+            "umask": _umask(),
+            "encodings": _encodings(),
+        }
+    )
+    try:
+        socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [0, 1, 2])
+        sock.settimeout(START_TIMEOUT)
+        if _recv_exact(sock, 1) != b"P":
+            return None  # stale (it exits now; the next UI starts a new one) or another environment
+        (pid,) = struct.unpack(">I", _recv_exact(sock, 4))
+    except OSError:
+        return None
+    # From here on the UI runs on this terminal: the signals the terminal sends this process are the UI's.
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+    sock.settimeout(None)
+    try:
+        answer = _recv_exact(sock, 5)
+    except OSError:
+        answer = b""
+    if answer[:1] == b"X":
+        return int(struct.unpack(">i", answer[1:])[0])
+    # The UI went away without its status (the warm process was killed): give the terminal back as it was.
+    _forward(pid, signal.SIGTERM)
+    with contextlib.suppress(OSError, termios.error):
+        os.write(1, _TERMINAL_RESET)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSANOW, saved)
+    print("stem: the UI ended without an exit status (its warm process went away); run stem again", file=sys.stderr)
+    return 1
+
+
+def _forward(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other end hung up")
+        data += chunk
+    return data
+
+
+# --- starting one -------------------------------------------------------------------------------------------------
+
+
+def keep_warm(home: Path, env: dict[str, str]) -> bool:
+    """Start the hive's warm UI process unless one runs (or another UI is starting one); True if one now answers.
+    Blocks until it is ready or START_TIMEOUT: call it from a thread."""
+    paths = WarmPaths.of(home)
+    with contextlib.suppress(OSError):
+        connect(paths.socket).close()
+        return True
+    try:
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(paths.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another UI is starting it
+        with contextlib.suppress(OSError):
+            connect(paths.socket).close()
+            return True
+        if paths.process() is not None:
+            return False  # one is finishing its last UI before it exits (stale, or stopped): not ours to replace yet
+        from core import procs
+
+        proc, ready = procs.start_detached(procs.python_module("stem.warm", str(home)), paths.log, env, START_TIMEOUT)
+        import threading
+
+        threading.Thread(target=proc.wait, name="warm-reaper", daemon=True).start()
+        return ready == b"1"
+    except OSError:
+        return False
+    finally:
+        os.close(lock)
+
+
+# --- the warm process ---------------------------------------------------------------------------------------------
+
+
+def _preload() -> None:
+    """Import everything a UI runs up to its first frame, then keep those objects out of the cyclic GC (no
+    collection in a UI walks them, and their pages stay shared with the warm process)."""
+    import gc
+
+    import textual.drivers.linux_driver
+    import textual.widgets._tabbed_content  # noqa: F401
+
+    import core.hive  # noqa: F401
+    import stem.app  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
+def serve(home: Path, ready_fd: int | None) -> int:
+    import select
+    import time
+
+    paths = WarmPaths.of(home)
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("stem warm: one runs already for this hive", file=sys.stderr, flush=True)
+        return 3
+    mark = code_fingerprint()
+    own_env = _import_time_env(dict(os.environ))
+    encodings = _encodings()
+    _preload()
+    from core import procs
+    from core.host.protocol import peer_uid
+    from core.privileges import become_subreaper
+
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()  # ours: we hold warm.lock, so whoever made it is gone
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with socket_address(paths.socket) as address:
+        bound.bind(address)
+    os.chmod(paths.socket, 0o600)
+    bound.listen(16)
+    listener: socket.socket | None = bound  # None once it stops taking requests
+    procs.write_pid_file(paths.pid)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    become_subreaper()  # what a UI's children leave when it dies comes here, to be reaped
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):  # the UI that started it may have quit meanwhile
+            os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    children: dict[int, socket.socket] = {}  # each UI's pid -> its client's connection
+    idle_since = time.monotonic()
+    try:
+        while True:
+            _reap(children)
+            if children:
+                idle_since = time.monotonic()
+            if stopping or not home.is_dir():
+                if listener is not None:  # no new UI from here on; the running ones end as their users quit
+                    listener.close()
+                    listener = None
+                    with contextlib.suppress(FileNotFoundError):
+                        paths.socket.unlink()
+                if not children:
+                    break
+            elif not children and time.monotonic() - idle_since > WARM_IDLE and not hosts_running(home):
+                break
+            waiting = [wake_r] + ([listener.fileno()] if listener is not None else [])
+            readable, _, _ = select.select(waiting, [], [], CHECK_EVERY)
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+            if listener is None or listener.fileno() not in readable:
+                continue
+            conn, _ = listener.accept()
+            fds: list[int] = []
+            try:
+                if peer_uid(conn) != os.getuid():
+                    conn.close()
+                    continue
+                request, fds = _read_request(conn)
+                if request is None or len(fds) != 3:
+                    conn.close()
+                    continue
+                if request.get("fingerprint") != mark:
+                    conn.sendall(b"S")
+                    conn.close()
+                    stopping = True
+                    continue
+                env = request.get("env")
+                if (
+                    not isinstance(env, dict)
+                    or _import_time_env(env) != own_env
+                    or request.get("encodings") != encodings
+                ):
+                    conn.sendall(b"E")
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:
+                    _be_ui(request, fds, conn, (listener.fileno(), wake_r, wake_w, lock))
+                conn.sendall(b"P" + struct.pack(">I", pid))
+                children[pid] = conn
+            except OSError as exc:
+                print(f"stem warm: a request failed: {exc}", file=sys.stderr, flush=True)
+                conn.close()
+            finally:
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid.unlink()
+    return 0
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
+    """The request and the descriptors that came with it (always returned, to be closed by the caller)."""
+    import msgpack
+
+    conn.settimeout(2.0)
+    fds: list[int] = []
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+        if len(data) < 4:
+            data += _recv_exact(conn, 4 - len(data))
+        (size,) = struct.unpack(">I", data[:4])
+        if size > _MAX_REQUEST:
+            return None, fds
+        body = data[4:]
+        if len(body) < size:
+            body += _recv_exact(conn, size - len(body))
+        request = msgpack.unpackb(body)
+    except (OSError, ValueError, msgpack.UnpackException):
+        return None, fds
+    return (request if isinstance(request, dict) else None), fds
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Reap every child that ended; a UI's status goes to its client."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue  # a UI's orphan, reaped as a subreaper
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(OSError):
+            conn.sendall(b"X" + struct.pack(">i", 128 - code if code < 0 else code))
+        conn.close()
+
+
+def _be_ui(request: dict[str, object], fds: list[int], conn: socket.socket, close: tuple[int, ...]) -> None:
+    """In the forked child: become the UI on the client's terminal. Never returns."""
+    global SERVING
+    import ctypes
+    import random
+    import threading
+    import traceback
+
+    code = 1
+    try:
+        for fd in close:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        env = request["env"]
+        assert isinstance(env, dict)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        _std_streams()
+        try:
+            os.chdir(str(request.get("cwd") or "/"))
+        except OSError:
+            os.chdir("/")
+        umask = request.get("umask")
+        if isinstance(umask, int):
+            os.umask(umask)
+        random.seed()
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None).prctl(PR_SET_NAME, b"stem", 0, 0, 0)
+        argv = [str(a) for a in request.get("argv") or []]  # type: ignore[attr-defined]
+        sys.argv = ["stem", *argv]
+        SERVING = True
+        conn.settimeout(None)
+        threading.Thread(target=_watch_client, args=(conn,), name="warm-client", daemon=True).start()
+        from stem.app import run
+
+        code = run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _std_streams() -> None:
+    """sys.stdin, stdout and stderr on the client's terminal, buffered as Python sets them up for a terminal."""
+    import io
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        old = getattr(sys, f"__{name}__")
+        stream = io.TextIOWrapper(
+            open(fd, "rb" if fd == 0 else "wb", closefd=False),  # noqa: SIM115 (open until the process exits)
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=fd == 2 or os.isatty(fd),
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _watch_client(conn: socket.socket) -> None:
+    """The client went away (killed, its terminal gone): the UI ends as on SIGTERM, detaching from the hive."""
+    with contextlib.suppress(OSError):
+        while conn.recv(64):
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.host.paths import take_ready_fd
+
+    args, ready_fd = take_ready_fd(list(sys.argv[1:] if argv is None else argv))
+    if len(args) != 1:
+        print("usage: python3 -m stem.warm HOME [--ready-fd FD]", file=sys.stderr)
+        return 2
+    return serve(Path(args[0]), ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The warm start (stem/warm.py): `stem` on a terminal runs as a UI forked by the hive's warm UI process, on the
+user's own terminal, in the user's folder and environment, and behaves as a cold one does: keys, resize, quit
+and its exit status, SIGTERM; its client killed -9 takes the UI with it; stale code or another environment
+starts cold; a cold UI starts the warm process for the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+from pathlib import Path
+
+import msgpack
+import pytest
+from helpers import make_repo, wait_for
+from test_e2e_tmux import COLS, ROWS, stem_in_tmux
+
+from core.host.launch import wait_exit
+from core.host.paths import connect
+from core.warm import WarmPaths
+from core.warm import stop as stop_warm
+from stem.warm import code_fingerprint, keep_warm
+
+pytestmark = pytest.mark.root
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def warm_pid(home: Path) -> int:
+    found = WarmPaths.of(home).process()
+    assert found is not None, "no warm UI process runs"
+    return found[0]
+
+
+def pane_command_pid(tmux) -> int:
+    """The process the pane's shell runs: `stem` itself (the warm client, or a cold UI)."""
+    shell = int(tmux("display", "-p", "-t", "stem", "#{pane_pid}").strip())
+    found = wait_for(lambda: children(shell), 10, "the pane's stem process")
+    assert len(found) == 1, found
+    return found[0]
+
+
+def welcome_column(screen: str) -> int:
+    return next(line.index("Welcome to Stem") for line in screen.splitlines() if "Welcome to Stem" in line)
+
+
+@pytest.fixture
+def warm(hive_env):
+    assert keep_warm(hive_env.home, hive_env.env), WarmPaths.of(hive_env.home).log.read_text() or "no log"
+    pid = warm_pid(hive_env.home)
+    yield pid
+    stop_warm(hive_env.home)
+    wait_exit(pid, 10)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path / "the-repo")
+
+
+def test_stem_runs_forked_by_the_warm_process_in_the_users_folder_and_quits_with_its_status(
+    warm, hive_env, repo, tmp_path
+):
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        tmux.wait("Welcome to Stem", str(repo))  # the UI saw the user's working directory
+        client = pane_command_pid(tmux)
+        ui = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+        assert len(ui) == 1, ui
+        assert Path(f"/proc/{ui[0]}/cwd").resolve() == repo.resolve()
+        assert ui[0] not in children(client)  # not a cold UI of the client's own
+        # A resize of the terminal reaches the UI (the client relays SIGWINCH): it centres its welcome again.
+        before = welcome_column(tmux.screen())
+        tmux("resize-window", "-t", "stem", "-x", str(COLS - 40), "-y", str(ROWS))
+        wait_for(lambda: welcome_column(tmux.screen()) == before - 20, 10, "the welcome centred in 40 columns less")
+        tmux.keys("q")  # no colony runs: it quits without asking
+        screen = tmux.wait("stem exited with status", history=True)
+        assert "stem exited with status 0" in screen and "Traceback" not in screen, screen
+        assert wait_exit(ui[0], 10)
+        assert tmux("display", "-p", "-t", "stem", "#{alternate_on}").strip() == "0"
+    assert WarmPaths.of(hive_env.home).process() is not None  # it stays for the next UI
+
+
+def test_sigterm_to_stem_reaches_the_forked_ui_and_its_exit_status_comes_back(warm, hive_env, repo, tmp_path):
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        tmux.wait("Welcome to Stem")
+        client = pane_command_pid(tmux)
+        (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+        os.kill(client, signal.SIGTERM)
+        screen = tmux.wait("stem exited with status", history=True)
+        assert "stem exited with status 0" in screen, screen
+        assert wait_exit(ui, 10)
+        wait_for(lambda: tmux("display", "-p", "-t", "stem", "#{alternate_on}").strip() == "0", 10, "main screen")
+
+
+def test_a_client_killed_9_takes_its_ui_with_it(warm, hive_env, repo, tmp_path):
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        tmux.wait("Welcome to Stem")
+        client = pane_command_pid(tmux)
+        (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+        os.kill(client, signal.SIGKILL)
+        assert wait_exit(ui, 10), "the UI outlived its client"
+    assert WarmPaths.of(hive_env.home).process() is not None
+
+
+def test_another_textual_environment_starts_cold(warm, hive_env, repo, tmp_path):
+    hive_env.env["TEXTUAL_FPS"] = "30"  # read by Textual once, at import: the warm process's copy would not see it
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        tmux.wait("Welcome to Stem")
+        pane_command_pid(tmux)
+        assert children(warm) == []  # the client runs the UI itself
+
+
+def request(home: Path, fingerprint: str) -> bytes:
+    """Ask the warm process for a UI on /dev/null; its first answer byte."""
+    body = msgpack.packb(
+        {
+            "fingerprint": fingerprint,
+            "argv": [],
+            "env": dict(os.environ),
+            "cwd": "/",
+            "umask": 0o022,
+            "encodings": [],
+        }
+    )
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        with connect(WarmPaths.of(home).socket) as sock:
+            socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [null, null, null])
+            sock.settimeout(10)
+            return sock.recv(1)
+    finally:
+        os.close(null)
+
+
+def test_a_client_with_other_code_is_told_stale_and_the_warm_process_exits(warm, hive_env):
+    assert request(hive_env.home, "not-" + code_fingerprint()) == b"S"
+    assert wait_exit(warm, 10)
+    assert not WarmPaths.of(hive_env.home).socket.exists()
+
+
+def test_a_cold_ui_starts_the_warm_process_once_it_shows(hive_env, repo, tmp_path):
+    assert WarmPaths.of(hive_env.home).process() is None
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        tmux.wait("Welcome to Stem")
+        wait_for(lambda: WarmPaths.of(hive_env.home).process(), 30, "the warm UI process")
+        pid = warm_pid(hive_env.home)
+        assert oct(WarmPaths.of(hive_env.home).socket.stat().st_mode & 0o777) == "0o600"
+    assert stop_warm(hive_env.home)
+    assert wait_exit(pid, 10)
