@@ -84,6 +84,7 @@ from core.host.mirror import ScreenMirror  # noqa: E402
 from core.host.paths import HostPaths  # noqa: E402
 from core.privileges import require_netns_privileges  # noqa: E402
 from core.screen_cells import cells_text  # noqa: E402
+from core.warm import WarmPaths  # noqa: E402
 
 FAKE_AGENT = ROOT / "tests" / "fake_agent.py"
 COLONY_TOML = """\
@@ -841,29 +842,43 @@ class Bench:
         server = int(self.tmux("display-message", "-p", "#{pid}").strip())
         self.tmux_server = (server, procs.starttime(server) or 0)
         stem_cmd = shlex.join(self.stem)
+        cold_cmd = shlex.join(["env", "STEM_WARM=0", *self.stem])
         ref_cmd = shlex.join([sys.executable, str(app)])
-        samples: dict[str, list[float]] = {"stem": [], "ref": [], "stem_quit": [], "ref_quit": []}
+        samples: dict[str, list[float]] = {
+            "stem": [], "cold": [], "ref": [], "stem_quit": [], "cold_quit": [], "ref_quit": []
+        }  # fmt: skip
         # q asks (the colonies keep running), y quits: timed from the y. The bare app quits on ctrl+q.
-        quits = {"stem": [("q", "Quit Stem?"), ("y", None)], "ref": [("C-q", None)]}
+        quit_stem = [("q", "Quit Stem?"), ("y", None)]
+        quits = {"stem": quit_stem, "cold": quit_stem, "ref": [("C-q", None)]}
+        # The colonies panel of a 45-row pane shows the first ~10 colonies: wait for those that fit.
+        shown = [*self.names[:VISIBLE_COLONIES], PROMPT]
+        runs = [("ref", ref_cmd, ["ready"]), ("stem", stem_cmd, shown), ("cold", cold_cmd, shown)]
         try:
+            # The warm-up round's UI starts the hive's warm UI process (stem/warm.py): from then on `stem` is a
+            # reattach as a user makes it, forked warm; `STEM_WARM=0 stem` is the cold start beside it.
             for i in range(-1, self.ui_runs):
                 log(f"reattach: round {i + 1} of {self.ui_runs}" + (" (warm-up)" if i < 0 else ""))
-                # The colonies panel of a 45-row pane shows the first ~10 colonies: wait for those that fit.
-                pair = [("ref", ref_cmd, ["ready"]), ("stem", stem_cmd, [*self.names[:VISIBLE_COLONIES], PROMPT])]
-                for key, command, texts in pair[i % 2 :] + pair[: i % 2]:
+                at = i % len(runs)
+                for key, command, texts in runs[at:] + runs[:at]:
                     took, quit_took = self.first_frame(f"{key}{i + 1}", command, texts, quits[key])
                     if i >= 0:
                         samples[key].append(took)
                         if quit_took is not None:
                             samples[f"{key}_quit"].append(quit_took)
+                if i < 0:
+                    warm = WarmPaths.of(self.home).socket
+                    wait_for(warm.exists, 30, "the warm UI process the first UI starts")
         finally:
             self.tmux("kill-server", check=False)
         after = {n: self.host_pid(n) for n in self.names}
         if after != before:
             self.notes.append(f"hosts changed while UIs came and went: {before} -> {after}")
         stem_median, stem_p90 = self.record("reattach", samples["stem"])
+        cold_median, cold_p90 = self.record("cold_first_frame", samples["cold"])
         ref_median, ref_p90 = self.record("ref_textual_first_frame", samples["ref"])
         self.figures["ratio_reattach_median"] = ratio(stem_median, ref_median)
+        self.figures["ratio_cold_first_frame_median"] = ratio(cold_median, ref_median)
+        self.figures["warm_process"] = WarmPaths.of(self.home).process() is not None
         quit_median, quit_p90 = self.record("ui_quit", samples["stem_quit"])
         ref_quit_median, ref_quit_p90 = self.record("ref_textual_quit", samples["ref_quit"])
         self.figures["ratio_ui_quit_median"] = ratio(quit_median, ref_quit_median)
@@ -873,8 +888,10 @@ class Bench:
                 f"first {min(self.n, VISIBLE_COLONIES)} colony names and the agent's prompt; {self.ui_runs} runs",
                 "   reference: a minimal Textual app until its 'ready' shows, measured the same way",
                 f"   {'':44}{'median':>9}{'p90':>9}{'ratio':>9}",
-                f"   {'stem UI, first full frame':44}{fmt(stem_median, 9)}{fmt(stem_p90, 9)}"
+                f"   {'stem UI, first full frame (warm start)':44}{fmt(stem_median, 9)}{fmt(stem_p90, 9)}"
                 f"{fmt(self.figures['ratio_reattach_median'], 9, 2)}",
+                f"   {'STEM_WARM=0 stem (cold start)':44}{fmt(cold_median, 9)}{fmt(cold_p90, 9)}"
+                f"{fmt(self.figures['ratio_cold_first_frame_median'], 9, 2)}",
                 f"   {'minimal Textual app, first frame':44}{fmt(ref_median, 9)}{fmt(ref_p90, 9)}{'1.00':>9}",
                 f"   {'stem UI quit (q, y) until the process exits':44}{fmt(quit_median, 9)}{fmt(quit_p90, 9)}"
                 f"{fmt(self.figures['ratio_ui_quit_median'], 9, 2)}",
@@ -959,7 +976,13 @@ class Bench:
         await destroy_hive(self.home, self.prefix, self.pool, log)
 
     def _kill_leftover_processes(self) -> None:
-        """Hosts by the pids seen, the registry's process groups, anything still in the run's namespaces."""
+        """Hosts by the pids seen, the warm UI process, the registry's process groups, anything still in the run's
+        namespaces."""
+        warm = WarmPaths.of(self.home).process()
+        if warm is not None:
+            log(f"warning: killing the warm UI process {warm[0]}, still alive after the hive's cleanup")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(warm[0], signal.SIGKILL)
         for pid, start in self.host_pids.items():
             if procs.alive(pid, start):
                 log(f"warning: killing host {pid}, still alive after the hive's cleanup")
