@@ -33,7 +33,7 @@ import struct
 import sys
 from pathlib import Path
 
-from core.host.paths import connect, fingerprint, socket_address
+from core.host.paths import connect, fingerprint, recv_exact, socket_address
 from core.locations import stem_home
 from core.warm import WarmPaths, hosts_running
 
@@ -111,9 +111,9 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
     try:
         socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [0, 1, 2])
         sock.settimeout(START_TIMEOUT)
-        if _recv_exact(sock, 1) != b"P":
+        if recv_exact(sock, 1) != b"P":
             return None  # stale (it exits now; the next UI starts a new one) or another environment
-        (pid,) = struct.unpack(">I", _recv_exact(sock, 4))
+        (pid,) = struct.unpack(">I", recv_exact(sock, 4))
     except OSError:
         return None
     # From here on the UI runs on this terminal: the signals the terminal sends this process are the UI's.
@@ -121,7 +121,7 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
         signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
     sock.settimeout(None)
     try:
-        answer = _recv_exact(sock, 5)
+        answer = recv_exact(sock, 5)
     except OSError:
         answer = b""
     if answer[:1] == b"X":
@@ -145,16 +145,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the other end hung up")
-        data += chunk
-    return data
 
 
 # --- starting one -------------------------------------------------------------------------------------------------
@@ -334,13 +324,13 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, object] | None, list[i
     try:
         data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
         if len(data) < 4:
-            data += _recv_exact(conn, 4 - len(data))
+            data += recv_exact(conn, 4 - len(data))
         (size,) = struct.unpack(">I", data[:4])
         if size > _MAX_REQUEST:
             return None, fds
         body = data[4:]
         if len(body) < size:
-            body += _recv_exact(conn, size - len(body))
+            body += recv_exact(conn, size - len(body))
         request = msgpack.unpackb(body)
     except (OSError, ValueError, msgpack.UnpackException):
         return None, fds

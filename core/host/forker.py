@@ -43,7 +43,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.host.paths import connect, fingerprint, socket_address
+from core.host.paths import connect, fingerprint, recv_exact, socket_address
 
 if TYPE_CHECKING:
     from core.netns import ColonyNet
@@ -350,24 +350,14 @@ def _read_request(conn: socket.socket) -> dict[str, object] | None:
 
     conn.settimeout(2.0)
     try:
-        head = _recv_exact(conn, 4)
+        head = recv_exact(conn, 4)
         (size,) = struct.unpack(">I", head)
         if size > _MAX_REQUEST:
             return None
-        request = msgpack.unpackb(_recv_exact(conn, size))
+        request = msgpack.unpackb(recv_exact(conn, size))
     except (OSError, ValueError, msgpack.UnpackException):
         return None
     return request if isinstance(request, dict) and isinstance(request.get("name"), str) else None
-
-
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the launcher hung up")
-        data += chunk
-    return data
 
 
 def _reap(children: set[int]) -> None:

@@ -88,6 +88,17 @@ def connect(path: Path) -> socket.socket:
     return sock
 
 
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Exactly `size` bytes from `sock`; ConnectionError if the other end hangs up first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other end hung up")
+        data += chunk
+    return data
+
+
 def fingerprint(*sources: Path) -> str:
     """What a preloaded process's code is: the interpreter and every source file in `sources` (files, or folders
     of them; default: `core`), each by path, size and mtime. A launcher whose fingerprint differs asks for a new
