@@ -174,8 +174,7 @@ def apply(plan: TablePlan) -> list[str]:
         if result.returncode != 0:
             raise FirewallError(f"nft refused the table {table_name(plan.prefix)}: {_first_line(result.stderr)}")
         for c in plan.colonies:
-            if plan.dns_stub or c.egress.forwards:
-                _route_localnet(c.veth)
+            loopback_for(c, plan.dns_stub)
         _hold_forwarding(plan.prefix)
         return forward_blockers(plan.prefix, plan.pool)
 
@@ -203,10 +202,12 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "no reason given"
 
 
-def _route_localnet(veth: str) -> None:
-    # Lets the prerouting DNAT send a colony's packet to a loopback address (a stub resolver, a local proxy).
-    with contextlib.suppress(OSError):
-        Path(f"/proc/sys/net/ipv4/conf/{veth}/route_localnet").write_text("1\n")
+def loopback_for(colony: ColonyRules, dns_stub: str | None) -> None:
+    """Let the prerouting DNAT send the colony's packets to a loopback address (a stub resolver, a local proxy) if
+    its rules do: a setting of its veth, so made again by whoever makes the veth after the table."""
+    if dns_stub or colony.egress.forwards:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv4/conf/{colony.veth}/route_localnet").write_text("1\n")
 
 
 def _hold_forwarding(holder: str) -> None:

@@ -78,7 +78,7 @@ def _checkpoint(step: str) -> None:
 class _Background(threading.Thread):
     """A step run beside the calling thread; `reraise` (after `join`) raises what it raised."""
 
-    def __init__(self, fn: Callable[..., None], *args: Any, name: str) -> None:
+    def __init__(self, fn: Callable[..., object], *args: Any, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self._fn, self._args = fn, args
         self._error: BaseException | None = None
@@ -531,10 +531,19 @@ class Hive:
         self.registry.claim(rec.name, "veth", rec.veth)
         _checkpoint("network-claimed")
         net = netns.ColonyNet(rec.netns, rec.veth, rec.host_ip, rec.ip, rec.prefixlen)
-        if not self.hosts or not forker.create_network(self.layout.home, net):  # its pyroute2 is imported already
-            netns.create(net)
-        _checkpoint("network")
-        self._apply_egress(rec, config)
+        # The egress policy (its resolv.conf, and the hive's firewall table rebuilt by nft: ~20-30 ms) does not need
+        # the namespace to be there (the rules name the veth): made beside it, a spawn waits for the longer one.
+        egress = _Background(self._apply_egress, rec, config, name=f"egress-{rec.name}")
+        try:
+            if not self.hosts or not forker.create_network(self.layout.home, net):  # its pyroute2 is imported
+                netns.create(net)
+            _checkpoint("network")
+        finally:
+            egress.join()  # before anything is rolled back: it may be rebuilding the table right now
+        egress.reraise()
+        # The one part of the table's rebuild that needs the veth itself.
+        rules = self._colony_rules(self.registry.get(rec.name))
+        firewall.loopback_for(rules, self._dns_plan().stub)
 
     def _dns_plan(self) -> dns.DnsPlan:
         return dns.plan(self.settings.dns, self.settings.resolv_conf)
@@ -584,11 +593,13 @@ class Hive:
         table a few times, not 100). Returns the warnings of the rebuild that served this call."""
         return list(self._sync_firewall())
 
+    @staticmethod
+    def _colony_rules(rec: ColonyRecord) -> firewall.ColonyRules:
+        return firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress), rec.name)
+
     def _rebuild_firewall(self) -> list[str]:
         rules = tuple(
-            firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress), rec.name)
-            for rec in self.registry.colonies()
-            if self.registry.owns("veth", rec.veth)
+            self._colony_rules(rec) for rec in self.registry.colonies() if self.registry.owns("veth", rec.veth)
         )
         plan = self._dns_plan()
         return firewall.apply(firewall.TablePlan(self.prefix, self.pool, rules, plan.servers, plan.stub))
