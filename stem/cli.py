@@ -253,7 +253,9 @@ def _quick_ls() -> int | None:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
+    """`stem ARGV` (default: this process's arguments). `warm`: run it forked by the hive's warm process if one
+    runs (stem/warm.py); its children run what they are given here (warm=False)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -263,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        from stem.warm import run_warm
+        if warm:
+            from stem.warm import run_warm
 
-        code = run_warm([])  # forked, ready to draw, by the hive's warm UI process if one runs
-        if code is not None:
-            return code
+            code = run_warm([])  # forked, ready to draw, by the hive's warm process if one runs
+            if code is not None:
+                return code
         # Importing the UI makes half a million objects that live as long as the process: with the collector off
         # meanwhile no collection walks them (~30 ms of a cold start), and frozen after it none ever will.
         gc.disable()
@@ -276,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         gc.enable()
         return run()
+    if warm and argv is None:  # run as the program: forked, nothing to import, by the hive's warm process
+        from stem.warm import run_warm
+
+        code = run_warm(sys.argv[1:])
+        if code is not None:
+            return code
     try:
         code = _quick_ls() if args.command == "ls" and not args.json else None
         if code is None:

@@ -1,24 +1,25 @@
-"""The warm start of the UI: `stem` on a terminal gets a UI forked from a process that has imported it already.
+"""The warm start: `stem` runs forked from a process that has imported the UI and the core already.
 
 A cold `stem` spends most of its first half second importing (Textual, the panels, the core) before it draws
-anything. The hive's warm UI process (`python3 -m stem.warm HOME`, started in the background by a cold UI once that
-UI shows its first frame) pays that once: each `stem` then runs as a thin client that passes its terminal (its
-stdin, stdout and stderr, as descriptors over the socket), its environment, working directory, umask and arguments
-to the warm process, which forks a child that becomes the UI on that terminal. The client relays the signals a
-terminal sends it (window size, hang-up, interrupt, terminate) to the child and exits with the child's exit status;
-should the child vanish without one, the client restores the terminal itself.
+anything, and a short command like `stem spawn` ~80 ms before it does anything. The hive's warm process (`python3 -m
+stem.warm HOME`, started in the background by a cold UI once that UI shows its first frame) pays that once: while it
+runs, each `stem` is a thin client that passes its stdin, stdout and stderr (as descriptors over the socket: the
+terminal, or a script's pipes), its environment, working directory, umask and arguments to the warm process, which
+forks a child that runs the command (no arguments: the UI) on them. The client relays the signals it gets (window
+size, hang-up, interrupt, terminate, quit) to the child and exits with the child's status (killed by a signal, it
+kills itself with the same one); should the child vanish without one, the client restores a UI's terminal itself.
 
-Nothing depends on it. The client goes cold (imports and runs the UI itself) when no warm process answers, when the
-warm process runs older code (its fingerprint: the interpreter, the source files of `stem` and `core`, Textual's
-version file; it then exits), or when the environment differs in what Textual read once at import (TEXTUAL_*,
-ESCDELAY) or in the encodings Python chose at start-up. `STEM_WARM=0` turns it off. The child is in a session of
-its own, so the terminal is not its controlling terminal: no job-control signal stops it, and it ends as a
-hung-up UI does when its client goes away (a kill -9 of `stem` included).
+Nothing depends on it. The client goes cold (imports and runs the command itself) when no warm process answers,
+when the warm process runs older code (its fingerprint: the interpreter, the source files of `stem` and `core`,
+Textual's `__init__.py`; it then exits), or when the environment differs in what Textual read once at import
+(TEXTUAL_*, ESCDELAY) or in the encodings Python chose at start-up. `STEM_WARM=0` turns it off. The child is in a
+session of its own, so the terminal is not its controlling terminal: no job-control signal stops it, and when its
+client goes away (a kill -9 of `stem` included) it gets SIGTERM, as a command whose caller gave up.
 
 Request (client → warm process), with the three descriptors attached: a 4-byte big-endian length, then a msgpack
 map {"fingerprint", "argv", "env", "cwd", "umask", "encodings"}. Answer: b"P" and the child's pid (4 bytes), later
-b"X" and its exit status (4 bytes, signed; 128 + N for a signal), then the end of the stream. b"S" (stale: it exits)
-or b"E" (environment differs) instead of b"P": start cold.
+b"X" and its exit status (4 bytes, signed: -N when a signal N ended it), then the end of the stream. b"S" (stale:
+it exits) or b"E" (environment differs) instead of b"P": run cold.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _TERMINAL_RESET = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l
 _MAX_REQUEST = 4 << 20
 PR_SET_NAME = 15
 
-SERVING = False  # this process is a UI forked by the warm process (it does not start another)
+SERVING = False  # this process was forked by the warm process (it does not start another)
 
 
 def _packages() -> tuple[Path, ...]:
@@ -77,8 +78,8 @@ def _import_time_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def run_warm(argv: list[str]) -> int | None:
-    """Run the UI forked by the hive's warm process, on this terminal; its exit status, or None if there is no warm
-    process to use (the caller starts the UI itself)."""
+    """Run `stem ARGV` (no arguments: the UI) forked by the hive's warm process, on this process's stdin, stdout
+    and stderr; its exit status, or None if there is no warm process to use (the caller runs it itself)."""
     if os.environ.get("STEM_WARM") == "0" or SERVING:
         return None
     try:
@@ -125,14 +126,22 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
     except OSError:
         answer = b""
     if answer[:1] == b"X":
-        return int(struct.unpack(">i", answer[1:])[0])
-    # The UI went away without its status (the warm process was killed): give the terminal back as it was.
+        (code,) = struct.unpack(">i", answer[1:])
+        if code < 0:  # killed by a signal: so is this process, so that its caller sees what it would have
+            with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
+                signal.signal(-code, signal.SIG_DFL)
+            with contextlib.suppress(OSError):
+                os.kill(os.getpid(), -code)
+            return 128 - int(code)
+        return int(code)
+    # It went away without its status (the warm process was killed): a UI's terminal is given back as it was.
     _forward(pid, signal.SIGTERM)
-    with contextlib.suppress(OSError, termios.error):
-        os.write(1, _TERMINAL_RESET)
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSANOW, saved)
-    print("stem: the UI ended without an exit status (its warm process went away); run stem again", file=sys.stderr)
+    if not argv:
+        with contextlib.suppress(OSError, termios.error):
+            os.write(1, _TERMINAL_RESET)
+            if saved is not None:
+                termios.tcsetattr(0, termios.TCSANOW, saved)
+    print("stem: the command ended without an exit status (its warm process went away); run it again", file=sys.stderr)
     return 1
 
 
@@ -189,15 +198,20 @@ def keep_warm(home: Path, env: dict[str, str]) -> bool:
 
 
 def _preload() -> None:
-    """Import everything a UI runs up to its first frame, then keep those objects out of the cyclic GC (no
-    collection in a UI walks them, and their pages stay shared with the warm process)."""
+    """Import everything a UI runs up to its first frame and what the commands import, then keep those objects out
+    of the cyclic GC (no collection in a child walks them, and their pages stay shared with the warm process)."""
     import gc
 
     import textual.drivers.linux_driver
     import textual.widgets._tabbed_content  # noqa: F401
 
-    import core.hive  # noqa: F401
-    import stem.app  # noqa: F401
+    import core.gc
+    import core.hive
+    import core.host.client
+    import core.host.launch  # noqa: F401
+    import stem.app
+    import stem.attach
+    import stem.subcommands  # noqa: F401
 
     gc.collect()
     gc.freeze()
@@ -220,7 +234,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
     encodings = _encodings()
     _preload()
     from core import procs
-    from core.host.protocol import peer_uid
+    from core.host.protocol import peer_credentials
     from core.privileges import become_subreaper
 
     with contextlib.suppress(FileNotFoundError):
@@ -275,7 +289,8 @@ def serve(home: Path, ready_fd: int | None) -> int:
             conn, _ = listener.accept()
             fds: list[int] = []
             try:
-                if peer_uid(conn) != os.getuid():
+                peer_pid, uid, _gid = peer_credentials(conn)
+                if uid != os.getuid() or peer_pid in children:  # another user; or one of ours asking again
                     conn.close()
                     continue
                 request, fds = _read_request(conn)
@@ -298,7 +313,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                     continue
                 pid = os.fork()
                 if pid == 0:
-                    _be_ui(request, fds, conn, (listener.fileno(), wake_r, wake_w, lock))
+                    _be_stem(request, fds, conn, (listener.fileno(), wake_r, wake_w, lock))
                 conn.sendall(b"P" + struct.pack(">I", pid))
                 children[pid] = conn
             except OSError as exc:
@@ -349,14 +364,14 @@ def _reap(children: dict[int, socket.socket]) -> None:
         conn = children.pop(pid, None)
         if conn is None:
             continue  # a UI's orphan, reaped as a subreaper
-        code = os.waitstatus_to_exitcode(status)
         with contextlib.suppress(OSError):
-            conn.sendall(b"X" + struct.pack(">i", 128 - code if code < 0 else code))
+            conn.sendall(b"X" + struct.pack(">i", os.waitstatus_to_exitcode(status)))
         conn.close()
 
 
-def _be_ui(request: dict[str, object], fds: list[int], conn: socket.socket, close: tuple[int, ...]) -> None:
-    """In the forked child: become the UI on the client's terminal. Never returns."""
+def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, close: tuple[int, ...]) -> None:
+    """In the forked child: run the client's stem command (the UI, or any other) on its terminal or pipes, in its
+    folder and environment. Never returns."""
     global SERVING
     import ctypes
     import random
@@ -394,9 +409,9 @@ def _be_ui(request: dict[str, object], fds: list[int], conn: socket.socket, clos
         SERVING = True
         conn.settimeout(None)
         threading.Thread(target=_watch_client, args=(conn,), name="warm-client", daemon=True).start()
-        from stem.app import run
+        from stem.cli import main
 
-        code = run()
+        code = main(argv, warm=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -425,7 +440,7 @@ def _std_streams() -> None:
 
 
 def _watch_client(conn: socket.socket) -> None:
-    """The client went away (killed, its terminal gone): the UI ends as on SIGTERM, detaching from the hive."""
+    """The client went away (killed, its terminal gone): the command ends as on SIGTERM (a UI detaches)."""
     with contextlib.suppress(OSError):
         while conn.recv(64):
             pass
@@ -443,4 +458,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from stem.warm import main as _main  # the module the rest of Stem imports, not a second copy as __main__
+
+    sys.exit(_main())

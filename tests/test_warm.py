@@ -1,7 +1,7 @@
-"""The warm start (stem/warm.py): `stem` on a terminal runs as a UI forked by the hive's warm UI process, on the
-user's own terminal, in the user's folder and environment, and behaves as a cold one does: keys, resize, quit
-and its exit status, SIGTERM; its client killed -9 takes the UI with it; stale code or another environment
-starts cold; a cold UI starts the warm process for the next one."""
+"""The warm start (stem/warm.py): `stem` runs forked by the hive's warm process, on the user's own terminal (or a
+script's pipes), in the user's folder and environment, and behaves as a cold one does: keys, resize, quit and its
+exit status, SIGTERM, Ctrl-C, death by a signal; its client killed -9 takes the command with it; stale code or
+another environment runs cold; a cold UI starts the warm process for the next one."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import msgpack
 import pytest
-from helpers import make_repo, wait_for
+from helpers import make_repo, stem_cmd, wait_for
 from test_e2e_tmux import COLS, ROWS, stem_in_tmux
 
 from core.host.launch import wait_exit
@@ -153,3 +154,55 @@ def test_a_cold_ui_starts_the_warm_process_once_it_shows(hive_env, repo, tmp_pat
         assert oct(WarmPaths.of(hive_env.home).socket.stat().st_mode & 0o777) == "0o600"
     assert stop_warm(hive_env.home)
     assert wait_exit(pid, 10)
+
+
+def test_a_command_runs_forked_on_its_callers_pipes_and_folder_and_ctrl_c_ends_it(warm, hive_env, tmp_path):
+    folder = tmp_path / "here"
+    folder.mkdir()
+    serve = subprocess.Popen(
+        [*stem_cmd(), "serve"],
+        env=hive_env.env,
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        assert serve.stdout.readline().startswith("stem serve: watching")  # through the caller's own pipe
+        (child,) = wait_for(lambda: children(warm), 10, "the command forked by the warm process")
+        assert Path(f"/proc/{child}/cwd").resolve() == folder.resolve()
+        assert child not in children(serve.pid)
+        serve.send_signal(signal.SIGINT)  # relayed: serve detaches as on Ctrl-C
+        assert serve.wait(timeout=10) == 0
+        assert wait_exit(child, 10)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_a_command_killed_by_a_signal_is_reported_as_killed_by_it(warm, hive_env, tmp_path):
+    serve = subprocess.Popen(
+        [*stem_cmd(), "serve"], env=hive_env.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None and serve.stdout.readline().startswith("stem serve")
+        (child,) = wait_for(lambda: children(warm), 10, "the command forked by the warm process")
+        os.kill(child, signal.SIGKILL)
+        assert serve.wait(timeout=10) == -signal.SIGKILL  # as if the caller's own process had been killed
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_a_command_outlives_nothing_its_client_took_with_it(warm, hive_env):
+    serve = subprocess.Popen(
+        [*stem_cmd(), "serve"], env=hive_env.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+    )
+    assert serve.stdout is not None and serve.stdout.readline().startswith("stem serve")
+    (child,) = wait_for(lambda: children(warm), 10, "the command forked by the warm process")
+    serve.kill()  # kill -9 of the client: its command ends as on SIGTERM
+    serve.wait()
+    assert wait_exit(child, 10), "the command outlived its client"
