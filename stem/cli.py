@@ -279,14 +279,15 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
         gc.freeze()
         gc.enable()
         return run()
-    if warm and argv is None:  # run as the program: forked, nothing to import, by the hive's warm process
+    quick_ls = args.command == "ls" and not args.json  # lighter than a fork of the warm process
+    if warm and argv is None and not quick_ls:  # as the program: forked, nothing to import, by the warm process
         from stem.warm import run_warm
 
         code = run_warm(sys.argv[1:])
         if code is not None:
             return code
     try:
-        code = _quick_ls() if args.command == "ls" and not args.json else None
+        code = _quick_ls() if quick_ls else None
         if code is None:
             from stem.subcommands import run_command
 

@@ -85,6 +85,7 @@ from core.host.paths import HostPaths  # noqa: E402
 from core.privileges import require_netns_privileges  # noqa: E402
 from core.screen_cells import cells_text  # noqa: E402
 from core.warm import WarmPaths  # noqa: E402
+from stem.warm import keep_warm  # noqa: E402
 
 FAKE_AGENT = ROOT / "tests" / "fake_agent.py"
 COLONY_TOML = """\
@@ -346,14 +347,15 @@ class Bench:
 
     # helpers ----------------------------------------------------------------------------------------------
 
-    def stem_run(self, *args: str, check: bool = True, timeout: float = 180) -> tuple[float, str]:
-        """Run the `stem` entry point; (seconds, stdout)."""
-        return self.timed([*self.stem, *args], check=check, timeout=timeout)
+    def stem_run(self, *args: str, check: bool = True, timeout: float = 180, cold: bool = False) -> tuple[float, str]:
+        """Run the `stem` entry point (`cold`: with STEM_WARM=0); (seconds, stdout)."""
+        return self.timed([*self.stem, *args], check=check, timeout=timeout, cold=cold)
 
-    def timed(self, argv: list[str], check: bool = True, timeout: float = 180) -> tuple[float, str]:
+    def timed(self, argv: list[str], check: bool = True, timeout: float = 180, cold: bool = False) -> tuple[float, str]:
+        env = dict(self.env, STEM_WARM="0") if cold else self.env
         started = time.perf_counter()
         proc = subprocess.run(
-            argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=self.tmp
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=self.tmp
         )
         took = time.perf_counter() - started
         if check and proc.returncode != 0:
@@ -421,27 +423,36 @@ class Bench:
     # 1. short commands ------------------------------------------------------------------------------------
 
     def short_commands(self) -> None:
-        keys = ("pass", "import", "service", "ls", "spawn", "stop", "destroy")
+        commands = ("ls", "spawn", "stop", "destroy")
+        keys = ("pass", "import", "service", *commands, *(f"{c}_warm" for c in commands))
         samples: dict[str, list[float]] = {k: [] for k in keys}
+        # Each command cold (STEM_WARM=0: it imports what it runs) and warm (forked by the hive's warm process, as
+        # every command is while a UI has left one running), in alternating order.
+        if not keep_warm(self.home, self.env):
+            raise RuntimeError(f"the warm process did not start: {WarmPaths.of(self.home).log}")
         for i in range(-1, self.runs):
             log(f"short commands: round {i + 1} of {self.runs}" + (" (warm-up)" if i < 0 else ""))
-            name = f"sp{i + 2:02d}"
             took = {
                 "pass": self.timed([sys.executable, "-c", "pass"])[0],
                 "import": self.timed([sys.executable, "-c", "import stem.cli"])[0],
                 "service": self.service_alone(),
             }
-            took["ls"], out = self.stem_run("ls")
-            missing = [n for n in self.names if not re.search(rf"^{n}\s+running\s", out, re.M)]
-            if missing:
-                raise RuntimeError(f"stem ls does not show {missing} running:\n{out}")
-            took["spawn"], _ = self.stem_run("spawn", name, "--repo", str(self.repo))
-            self.host_pid(name)
-            took["stop"], _ = self.stem_run("stop", name)
-            took["destroy"], _ = self.stem_run("destroy", "--force", name)
+            for cold in (i % 2 == 0, i % 2 != 0):
+                suffix = "" if cold else "_warm"
+                name = f"sp{i + 2:02d}{suffix.replace('_', '')}"
+                took[f"ls{suffix}"], out = self.stem_run("ls", cold=cold)
+                missing = [n for n in self.names if not re.search(rf"^{n}\s+running\s", out, re.M)]
+                if missing:
+                    raise RuntimeError(f"stem ls does not show {missing} running:\n{out}")
+                took[f"spawn{suffix}"], _ = self.stem_run("spawn", name, "--repo", str(self.repo), cold=cold)
+                self.host_pid(name)
+                took[f"stop{suffix}"], _ = self.stem_run("stop", name, cold=cold)
+                took[f"destroy{suffix}"], _ = self.stem_run("destroy", "--force", name, cold=cold)
             if i >= 0:
                 for key, value in took.items():
                     samples[key].append(value)
+        if WarmPaths.of(self.home).process() is None:
+            raise RuntimeError("the warm process went away during the short commands: their warm figures are not")
         argv = [sys.executable, "-X", "importtime", "-c", "import stem.cli"]
         profile = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=True)
         total, heaviest = importtime(profile.stderr)
@@ -453,10 +464,14 @@ class Bench:
         rows = [("python3 -c 'import stem.cli'", "import_stem_cli")]
         rows += [
             ("the service alone, until it accepts", "service"),
-            (f"stem ls ({self.n} running)", "ls"),
-            ("stem spawn (100 files)", "spawn"),
-            ("stem stop (1 colony)", "stop"),
-            ("stem destroy --force", "destroy"),
+            (f"stem ls ({self.n} running), cold", "ls"),
+            ("stem spawn (100 files), cold", "spawn"),
+            ("stem stop (1 colony), cold", "stop"),
+            ("stem destroy --force, cold", "destroy"),
+            (f"stem ls ({self.n} running), warm", "ls_warm"),
+            ("stem spawn (100 files), warm", "spawn_warm"),
+            ("stem stop (1 colony), warm", "stop_warm"),
+            ("stem destroy --force, warm", "destroy_warm"),
         ]
         for _, key in rows[1:]:
             self.record(key, samples[key])
@@ -474,9 +489,11 @@ class Bench:
                 f"{fmt(self.figures[f'ratio_{key}_median'], 9, 2)}"
             )
         # What spawn itself costs: its time less the time the colony's service takes to start on its own.
-        own = self.figures["spawn_median_ms"] - self.figures["service_median_ms"]
-        self.figures["spawn_less_service_median_ms"] = round(own, 1)
-        lines.append(f"   stem spawn less the service's own start: {own:.1f} ms (median less median)")
+        for suffix in ("", "_warm"):
+            own = self.figures[f"spawn{suffix}_median_ms"] - self.figures["service_median_ms"]
+            self.figures[f"spawn{suffix}_less_service_median_ms"] = round(own, 1)
+            how = "warm" if suffix else "cold"
+            lines.append(f"   stem spawn ({how}) less the service's own start: {own:.1f} ms (median less median)")
         lines.append(
             f"   import stem.cli per -X importtime: {total:.1f} ms (wall, minus `pass`: {imp - ref:.1f} ms); heaviest "
             "direct imports: " + ", ".join(f"{n} {ms:.1f}" for n, ms in heaviest)
