@@ -258,6 +258,13 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     runs (stem/warm.py); its children run what they are given here (warm=False)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for arg in sys.argv[1:] if argv is None else argv:
+        if not arg.isascii():
+            try:
+                arg.encode()
+            except UnicodeEncodeError:  # bytes the locale could not decode: no name, path or command of Stem's
+                print(f"stem: argument {arg!r} is not valid UTF-8", file=sys.stderr)
+                return EXIT_USAGE
     if args.command is None:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             print(

@@ -99,16 +99,19 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
         saved = termios.tcgetattr(0)
     except termios.error:
         saved = None
-    body = msgpack.packb(
-        {
-            "fingerprint": code_fingerprint(),
-            "argv": argv,
-            "env": dict(os.environ),
-            "cwd": os.getcwd(),
-            "umask": _umask(),
-            "encodings": _encodings(),
-        }
-    )
+    try:
+        body = msgpack.packb(
+            {
+                "fingerprint": code_fingerprint(),
+                "argv": argv,
+                "env": dict(os.environ),
+                "cwd": os.getcwd(),
+                "umask": _umask(),
+                "encodings": _encodings(),
+            }
+        )
+    except (OSError, ValueError):  # a folder that is gone, bytes that are no UTF-8: the command runs cold
+        return None
     try:
         socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [0, 1, 2])
         sock.settimeout(START_TIMEOUT)
@@ -117,7 +120,7 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
         (pid,) = struct.unpack(">I", recv_exact(sock, 4))
     except OSError:
         return None
-    # From here on the UI runs on this terminal: the signals the terminal sends this process are the UI's.
+    # From here on the command runs on this process's descriptors: the signals this process gets are its.
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
     sock.settimeout(None)

@@ -206,3 +206,10 @@ def test_a_command_outlives_nothing_its_client_took_with_it(warm, hive_env):
     serve.kill()  # kill -9 of the client: its command ends as on SIGTERM
     serve.wait()
     assert wait_exit(child, 10), "the command outlived its client"
+
+
+def test_an_argument_that_is_no_utf8_is_one_clear_line(warm, hive_env):
+    bad = os.fsencode("caf") + b"\xe9"  # as a shell passes bytes the locale cannot decode
+    result = subprocess.run([*map(os.fsencode, stem_cmd()), b"stop", bad], env=hive_env.env, capture_output=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == b"stem: argument 'caf\\udce9' is not valid UTF-8\n"
