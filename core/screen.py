@@ -7,15 +7,19 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
 
 - a tokenizer (one regex, `finditer`) that hands whole runs of text and complete common sequences to the screen
   methods, instead of pyte's one-character-at-a-time parser generator. Its commonest token is what full-screen
-  programs paint a row with: CUP (perhaps after CR LF), a run of text, SGR sequences and ESC ( B, then EL;
+  programs paint a row with: a move (CUP, perhaps after CR LF; CHA, VPA or CUF, as ncurses places runs), a run of
+  text, SGR sequences and ESC ( B or ESC ( 0, then EL, each but one optional;
 - cells: one shared `Char` per (character, attributes), found through a node per attributes (`CharCache`) whose
   SGR moves, texts and runs are cached dicts, so a run is drawn with its attributes followed in C; a run met
   twice is one lookup (its cells and the attributes after it); SGR is worked out once per parameter list (so
-  truecolour costs no pyte call); rows are written with `dict.update`;
+  truecolour costs no pyte call); rows are written with `dict.update`, runs of one cell (EL, ED) from cached dicts
+  (`fill`);
 - line batches: consecutive lines of text, SGR and a closing EL, each ended by CR LF, are applied at once, their
-  attributes followed for the whole batch in one pass (one regex split). Lines wider than the screen are a row
-  per piece autowrap cuts them into (`LineRows.pieces`; wide characters in the last column as pyte wraps them).
-  The buffer is rotated once per batch rather than once per line, and lines that scroll away inside the batch
+  attributes followed for the whole batch in one pass (one regex split), or not at all where every line that has
+  SGR ends reset (as git's and ls's do). In a flood, a read is taken for whole lines up to its last CR LF and
+  checked with string methods once its SGR sequences are out, rather than by a regex. Lines wider than the screen
+  are a row per piece autowrap cuts them into (`LineRows.pieces`; wide characters in the last column as pyte wraps
+  them). The buffer is rotated once per batch rather than once per line, and lines that scroll away inside the batch
   are never drawn: they go to the scrollback as text, materialised to cells only when asked for. A batch that
   ends a feed is held (`_hold`), with the start of the next line after it kept unparsed (also over several
   reads, for a long line): if the next feed goes on with more lines (the next read of a flood), both are applied
@@ -25,8 +29,10 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
 - deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
   cursor and takes its attributes at once, but its cells are written only when something next reads or writes
   cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`). Batch lines that land on the
-  screen without scrolling (top's frames, rich's Live redraws: `_paint_rows`), EL 0 and 2 (`erase_in_line`)
-  and erase-and-up runs (`_erase_up`) are deferred paints too;
+  screen without scrolling (top's frames, rich's Live redraws: `_paint_rows`), EL 0 and 2 (`erase_in_line`), ECH
+  and erase-and-up runs (`_erase_up`) are deferred paints too. A paint that covers the row's last paint at the same
+  column drops it (Textual repaints the same pieces of its rows), and the alternate screen's paints are dropped
+  with it;
 - a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
@@ -52,13 +58,14 @@ from typing import Any, cast
 import pyte
 from pyte import charsets as cs
 from pyte import modes as mo
-from pyte.screens import Char, Cursor, Savepoint, StaticDefaultDict, wcwidth
+from pyte.screens import Char, Cursor, Savepoint, wcwidth
 
 from core.screen_cells import (
     DEFAULT_CHAR,
     LINES_SEEN,
     LOOKUP,
     NARROW,
+    RESET_SEQS,
     REVERSE_CHAR,
     SGR_SEQ_SPLIT,
     TEXTS,
@@ -69,7 +76,9 @@ from core.screen_cells import (
     SgrMoves,
     cells_ok,
     chars_for,
+    fill,
     narrow_text,
+    new_row,
     parse_params,
     row_text,
     run_cells,
@@ -99,30 +108,38 @@ _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
 # A run of printable text, SGR sequences and designations of ASCII as G0 (`ESC ( B`, which pyte ignores in UTF-8
 # mode and programs drawn with ncurses send before every attribute change).
 _RUN = r"(?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m|\x1b\(B)++"
+# The run a paint token draws: line drawing designated as G0 (`ESC ( 0`, ncurses' boxes; also ignored in UTF-8 mode)
+# is part of it too.
+_PAINT_RUN = r"(?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m|\x1b\([0B])++"
 
 # One token in the ground state; `_feed_text` tells them apart by `lastindex`. Anything that does not match
 # (C1 controls, SO/SI, unusual or incomplete sequences) is the last alternative: pyte's parser.
 _TOKEN_PATTERN = (
-    # 1-5: what full-screen programs send most: a run, with the cursor placed (CUP, perhaps after a CR LF) before
-    # it and the rest of the row erased (EL) after it, each optional
-    r"(?:(\r\n)?\x1b\[(\d{0,4}+)(?:;(\d{0,4}+))?H)?(" + _RUN + r")(?:\x1b\[([012]?)K)?"
-    r"|(\r\n)"  # 6: the commonest pair of controls
-    r"|((?:\x1b\[2K\x1b\[1A)++)"  # 7: erase the row and go up, again and again (rich's Live redraw)
-    r"|\x1b\[(\??)([0-9;]*+)([@-~])"  # 8-10: CSI with plain parameters
-    "|(" + pyte.Stream._text_pattern.pattern + ")"  # 11: any other text, exactly pyte's notion of it
-    r"|\x1b([^\[\]#%()])"  # 12: two-character escape
-    r"|\x1b([()][\s\S])"  # 13: G0/G1 charset designation
-    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 14-15: OSC (title)
-    r"|([\x00\x07-\x0d\x7f])"  # 16: C0 controls pyte acts on or ignores
-    r"|\x1b\[>(0?)c"  # 17: DA2 (pyte would take it for DA)
+    # 1-8, a paint: what full-screen programs send most. The cursor placed (CUP, perhaps after a CR LF: group 3 is its
+    # column, if given, else group 4 is H; or CHA, VPA or CUF: group 4 is G, d or C), then perhaps a run (5) and
+    # perhaps the rest of the row erased (EL, 6); or a run (7) without a move before it, perhaps with an EL (8)
+    r"(?:(\r\n)?\x1b\[(\d{0,4}+)(?:;(\d{0,4}+)H|([HGdC])))(" + _PAINT_RUN + r")?(?:\x1b\[([012]?)K)?"
+    r"|(" + _PAINT_RUN + r")(?:\x1b\[([012]?)K)?"
+    r"|(\r\n)"  # 9: the commonest pair of controls
+    r"|((?:\x1b\[2K\x1b\[1A)++)"  # 10: erase the row and go up, again and again (rich's Live redraw)
+    r"|\x1b\[(\??)([0-9;]*+)([@-~])"  # 11-13: CSI with plain parameters
+    "|(" + pyte.Stream._text_pattern.pattern + ")"  # 14: any other text, exactly pyte's notion of it
+    r"|\x1b([^\[\]#%()])"  # 15: two-character escape
+    r"|\x1b([()][\s\S])"  # 16: G0/G1 charset designation
+    r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 17-18: OSC (title)
+    r"|([\x00\x07-\x0d\x7f])"  # 19: C0 controls pyte acts on or ignores
+    r"|\x1b\[>(0?)c"  # 20: DA2 (pyte would take it for DA)
     r"|[\s\S]"  # no group: pyte's parser
 )
 _TOKEN = re.compile(_TOKEN_PATTERN)
 # The same for a feed that is all ASCII (an O(1) test): a plain range is faster for the regex engine.
-_TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]", 1))
+_TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(_PAINT_RUN, _PAINT_RUN.replace(r"[^\x00-\x1f\x7f-\x9f]", "[ -~]")))
 
-_T_RUN = frozenset({4, 5})
-_T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA2 = 6, 7, 10, 11, 12, 13, 15, 16, 17
+_T_PAINT = frozenset(range(3, 9))  # the last group of a paint that matched: a move alone ends with group 3 or 4
+_T_PLAIN_RUN = 7  # the last group of a paint without a move is 7 or 8
+_T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA2 = 9, 10, 13, 14, 15, 16, 18, 19, 20
+# Designations a paint token's run may hold (`_PAINT_RUN`).
+_DESIGNATIONS = ("\x1b(B", "\x1b(0")
 
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
@@ -134,6 +151,10 @@ _BATCH_PATTERN = r"(?:T*+(?:(?:\x1b\[[0-9;]*+m|\x1b\(B)T*+)*+(?:\x1b\[0?K)?\r\n)
 _BATCH = re.compile(_BATCH_PATTERN.replace("T", r"[^\x00-\x1f\x7f-\x9f]"))
 _BATCH_ASCII = re.compile(_BATCH_PATTERN.replace("T", "[ -~]"))
 _EL_TAILS = ("\x1b[K", "\x1b[0K")
+_RESETS = tuple(RESET_SEQS)
+# The SGR sequences followed for a line that ends reset, and for one without SGR (`_try_batch`).
+_RESET_ONLY = ["\x1b[0m"]
+_NO_SEQS: list[str] = []
 # The start of a line left at the end of a feed after a batch (see `_after_batch`): a run, perhaps cut in an SGR
 # sequence, an EL or a CR LF by the end of the read.
 _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
@@ -150,6 +171,17 @@ _RUNS = attrgetter("runs")
 _ATTRS = attrgetter("attrs")
 _SPEC_LINE, _SPEC_START, _SPEC_PIECE, _SPEC_ERASE = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(3)
 _WHOLE = (-1,)  # the piece of a line that fits on its row: all of it
+
+
+class _Pieces(dict[int, tuple[int, ...]]):
+    """The pieces of a line that takes so many rows: all of it (`_WHOLE`) on one, else 0, 1, ... (looked up in C)."""
+
+    def __missing__(self, count: int) -> tuple[int, ...]:
+        pieces = self[count] = tuple(range(count)) if count > 1 else _WHOLE
+        return pieces
+
+
+_PIECES = _Pieces()
 
 # A batch row: the line, the attributes it starts with, which screen-wide piece of it (-1: all of it, which
 # fits), whether an EL follows (on its last piece), and the attributes after it.
@@ -220,11 +252,22 @@ _SGR_ONLY = re.compile(r"(?:\x1b\[[0-9;]*+m)*+")
 _LINES_SEEN_LIMIT = 16384
 
 
+# The controls of ASCII, as bytes (`_line_ends_only`).
+_CONTROLS = bytes([*range(0x20), 0x7F])
+
+
+def _line_ends_only(text: str, count: int) -> bool:
+    """Whether ASCII `text`, with `count` CR LF pairs in it, has no other controls (ESC included)."""
+    return len(text) - len(text.encode("ascii").translate(None, _CONTROLS)) == 2 * count
+
+
 def _batch_line(line: str, node: CharCache) -> BatchLine | None:
     """A batch line (perhaps ending in EL) drawn from `node`'s attributes, worked out; None if a character in it is
     zero-width or unprintable (the general path)."""
     erase = line.endswith(_EL_TAILS)
     body = line[: line.rindex("\x1b[")] if erase else line
+    if "\x1b(" in body:
+        body = body.replace("\x1b(B", "")  # pyte ignores it in UTF-8 mode (a batch is never in another)
     if "\x1b" in body:
         parts = SGR_SEQ_SPLIT.split(body)  # text, SGR sequence, text, ..., text
         after: CharCache = reduce(LOOKUP, parts[1::2], node.moves).chars
@@ -253,8 +296,10 @@ class StemScreen(pyte.Screen):
         self._held: Held = []
         self._held_plain: CharCache | None = None
         self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
-        # Runs drawn but not written to their rows yet (see `_paint`): per row, the row and its paints in order.
-        self._paints: dict[int, tuple[Row, list[Paint]]] = {}
+        self._plain_flood = True  # the last batch's lines had no EL or ESC ( B (see `_try_batch`)
+        # Runs drawn but not written to their rows yet (see `_paint`): per row, the row, its paints in order (None: one
+        # painted over before it was written) and where in them the last paint at each column is.
+        self._paints: dict[int, tuple[Row, list[Paint | None], dict[int, int]]] = {}
         # The last batch line cut into rows by `_draw_spec`: the line, the attributes it starts with, its rows.
         self._pieces: tuple[str, CharCache, list[Sequence[Char]]] | None = None
         self._tail = ""
@@ -275,6 +320,12 @@ class StemScreen(pyte.Screen):
         }
         self._esc.update(self.queries.escapes())  # DECKPAM, DECKPNM (pyte has neither)
         self._params_cache: dict[str, tuple[int, ...]] = {}
+        # The moves a paint token may place its run with besides CUP: CHA, VPA, CUF (see `_TOKEN_PATTERN`).
+        self._move: dict[str, Callable[[int], None]] = {
+            "G": self.cursor_to_column,
+            "d": self.cursor_to_line,
+            "C": self.cursor_forward,
+        }
         self._chars = chars_for(DEFAULT_CHAR)  # the node of the cursor's attributes when last looked up
         self._seen = self._cursor_state()
 
@@ -290,10 +341,20 @@ class StemScreen(pyte.Screen):
             # the line longer (a line of many reads), it is kept too, as long as the reads are not small beside it
             # (each read is looked at with the kept text, so the kept text is never many times what was read);
             # otherwise the held rows and it are applied now (an unfinished sequence at its end stays unparsed).
-            joined = self._tail + text
-            if not self._held or _BATCH_LINE.match(joined):
+            # The kept text is a line's start (`_TAIL`): whole runs, then perhaps a sequence cut by the end of the
+            # read, or a CR. It is looked at again only from where that may begin (after its last whole SGR
+            # sequence), so that a line of many reads is not read again and again.
+            tail = self._tail
+            joined = tail + text
+            redo = tail.rfind("\x1b")
+            whole = _SGR_SEQ.match(tail, redo) if redo >= 0 else None
+            if redo < 0 or whole is not None:
+                redo = tail.find("\r", whole.end() if whole is not None else 0)
+                if redo < 0:
+                    redo = len(tail)
+            if not self._held or _BATCH_LINE.match(joined, redo):
                 text, self._tail = joined, ""
-            elif len(joined) <= _MAX_LINE and len(text) * 8 >= len(self._tail) and _TAIL.fullmatch(joined):
+            elif len(joined) <= _MAX_LINE and len(text) * 8 >= len(tail) and _TAIL.fullmatch(joined, redo):
                 self._tail = joined
                 self._held_counted = False  # the line may reach more rows
                 self._commit()
@@ -589,16 +650,34 @@ class StemScreen(pyte.Screen):
         dirty.add(y)
         return True
 
-    def index(self) -> None:
+    def _region(self) -> tuple[Cursor, int, int]:
+        """What a line feed or reverse index works on: the cursor and the scroll region's top and bottom rows (held
+        rows are put on the screen first)."""
         if self._held:
             self._release()
         margins = self.margins
         top, bottom = (0, self.lines - 1) if margins is None else margins
-        cursor = self._cur
+        return self._cur, top, bottom
+
+    def index(self) -> None:
+        cursor, top, bottom = self._region()
         if cursor.y == bottom:
             self._scroll_up(top, bottom)
         else:
             cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
+
+    def reverse_index(self) -> None:
+        cursor, top, bottom = self._region()
+        if cursor.y == top:
+            # pyte's, with the rows looked up once: rows top..bottom-1 move down one (missing ones come into being,
+            # as pyte's lookups make them), the bottom one is dropped, the top one is new.
+            self.dirty.update(range(self.lines))
+            buffer = self._buf
+            for y in range(bottom, top, -1):
+                buffer[y] = buffer[y - 1]
+            buffer.pop(top, None)
+        else:
+            cursor.y = max(cursor.y - 1, top)  # pyte's cursor_up(1)
 
     def cursor_position(self, line: int | None = None, column: int | None = None) -> None:
         if self._held:
@@ -617,6 +696,38 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         cursor.x = min(max(0, column), self.columns - 1)
         cursor.y = min(max(top, line), bottom)
+
+    # pyte's cursor moves that paint tokens place runs with (`_TOKEN_PATTERN`), with its bounds checks inlined.
+
+    def cursor_forward(self, count: int | None = None) -> None:
+        if self._held:
+            self._release()
+        cursor = self._cur
+        x = cursor.x + (count or 1)
+        last = self.columns - 1
+        cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
+
+    def cursor_to_column(self, column: int | None = None) -> None:
+        if self._held:
+            self._release()
+        x = (column or 1) - 1
+        last = self.columns - 1
+        self._cur.x = x if 0 <= x <= last else (0 if x < 0 else last)
+
+    def cursor_to_line(self, line: int | None = None) -> None:
+        if self._held:
+            self._release()
+        y = (line or 1) - 1
+        margins = self.margins
+        if mo.DECOM in self.mode:
+            if margins is None:
+                self.errors += 1  # pyte fails an assertion: ignored, as sequences pyte raises on are
+                return
+            y += margins.top
+            top, bottom = margins
+        else:
+            top, bottom = 0, self.lines - 1
+        self._cur.y = y if top <= y <= bottom else (top if y < top else bottom)
 
     def select_graphic_rendition(self, *attrs: int, **kwargs: Any) -> None:
         if self._held:
@@ -640,7 +751,18 @@ class StemScreen(pyte.Screen):
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
         # Every cell is written, even to the blank the row shows anyway: a later ED erases only cells that exist.
-        self._buf[cursor.y].update(enumerate(repeat(cursor.attrs, len(interval)), interval.start))
+        self._buf[cursor.y].update(fill(cursor.attrs, interval.start, interval.stop))
+
+    def erase_characters(self, count: int | None = None) -> None:
+        if self._held:
+            self._release()
+        # ECH (ncurses clears with it): cells of the cursor's attributes from the cursor on, deferred like a paint.
+        cursor = self._cur
+        x, y = cursor.x, cursor.y
+        end = min(x + (count or 1), self.columns)
+        width = max(0, end - x)
+        self.dirty.add(y)
+        self._add_paint(y, (x, (cursor.attrs,) * width, None, None, width, None), x == 0 and end == self.columns)
 
     def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
         if self._held:
@@ -657,10 +779,14 @@ class StemScreen(pyte.Screen):
         self.dirty.update(interval)
         attrs = cursor.attrs
         buffer = self._buf
+        columns = self.columns
+        whole = fill(attrs, 0, columns)
         for y in interval:
-            # Like pyte, only cells that exist are erased: the sparse rows stay sparse.
+            # Like pyte, only cells that exist are erased: the sparse rows stay sparse. A row's cells are in columns
+            # 0..columns (pyte's ICH writes the one past the last), so a row of `columns` cells without that one
+            # has them all.
             line = buffer[y]
-            line.update(dict.fromkeys(line, attrs))
+            line.update(whole if len(line) == columns and columns not in line else dict.fromkeys(line, attrs))
         if how in (0, 1):
             self.erase_in_line(how)
         if how == 3 and not self._alt_active:
@@ -715,7 +841,7 @@ class StemScreen(pyte.Screen):
         dirty.clear()
 
     def _new_buffer(self) -> dict[int, Row]:
-        return defaultdict(lambda: StaticDefaultDict[int, Char](self.default_char))
+        return defaultdict(lambda: new_row(self.default_char))
 
     def _enter_alternate(self, mode: int) -> None:
         if self._alt_active:
@@ -731,6 +857,9 @@ class StemScreen(pyte.Screen):
     def _leave_alternate(self, mode: int) -> None:
         if not self._alt_active or self._main_buffer is None:
             return
+        # The alternate screen's rows are dropped: their deferred paints (a whole frame of a full-screen program,
+        # often) are never written.
+        self._paints = {}
         self.buffer = self._main_buffer
         self._main_buffer = None
         self._alt_active = False
@@ -766,7 +895,7 @@ class StemScreen(pyte.Screen):
         if len(buffer) < bottom:
             for y in range(bottom):
                 if y not in buffer:
-                    buffer[y] = StaticDefaultDict[int, Char](self.default_char)
+                    buffer[y] = new_row(self.default_char)
 
     def _node(self) -> CharCache:
         """The shared cells (and their SGR moves, texts and runs) of the cursor's attributes."""
@@ -792,13 +921,30 @@ class StemScreen(pyte.Screen):
             # go on from elsewhere after a line batch or pyte's parser.
             for m in finditer(text, pos):
                 kind = m.lastindex
-                if kind in _T_RUN:
-                    crlf, row, column, run, erase = m.group(1, 2, 3, 4, 5)
-                    if row is not None:
+                if kind in _T_PAINT:
+                    if kind >= _T_PLAIN_RUN:
+                        run, erase = m.group(7, 8)
+                    else:
+                        crlf, first, column, final, run, erase = m.group(1, 2, 3, 4, 5, 6)
                         if crlf is not None:
                             self._cur.x = 0
                             self.linefeed()
-                        self._cursor_to(row, column)
+                        if final is not None and final != "H":
+                            self._move[final](int(first) if first else 0)
+                        elif self.margins is not None and mo.DECOM in self.mode:
+                            self.cursor_position(int(first or 0), int(column or 0))
+                        else:  # CUP, pyte's `cursor_position` inlined (at most 4 digits each)
+                            cursor = self._cur
+                            y = int(first) - 1 if first else 0
+                            x = int(column) - 1 if column else 0
+                            last = self.lines - 1
+                            cursor.y = y if 0 <= y <= last else (0 if y < 0 else last)
+                            last = self.columns - 1
+                            cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
+                        if run is None:
+                            if erase is not None:
+                                self.erase_in_line(int(erase) if erase else 0)
+                            continue
                     if (erase is None or erase == "" or erase == "0") and self._paint(run, erase is not None):
                         continue
                     self._draw_run(run)
@@ -809,7 +955,7 @@ class StemScreen(pyte.Screen):
                             columns = self.columns
                             self.dirty.add(y)
                             if x < columns:
-                                self._buf[y].update(enumerate(repeat(cursor.attrs, columns - x), x))
+                                self._buf[y].update(fill(cursor.attrs, x, columns))
                             else:
                                 self._buf[y]  # the row comes into being, as in pyte
                         else:
@@ -825,9 +971,9 @@ class StemScreen(pyte.Screen):
                                 pos = self._after_batch(text, pos)
                             break
                 elif kind == _T_ERASE_UP:
-                    self._erase_up(len(m.group(7)) // 8)
+                    self._erase_up(len(m.group(10)) // 8)
                 elif kind == _T_CSI:
-                    private, params, final = m.group(8, 9, 10)
+                    private, params, final = m.group(11, 12, 13)
                     if final == "m":
                         if not private:  # see select_graphic_rendition
                             cursor = self._cur
@@ -849,7 +995,7 @@ class StemScreen(pyte.Screen):
                     except (TypeError, ValueError, LookupError, NameError):
                         self.errors += 1  # pyte raises on e.g. ESC[?5A; a terminal ignores it
                 elif kind == _T_CTL:
-                    char = m.group(16)
+                    char = m.group(19)
                     if char == "\r":
                         self._cur.x = 0
                     elif char in "\n\x0b\x0c":
@@ -869,13 +1015,13 @@ class StemScreen(pyte.Screen):
                         self.bell()
                     # NUL and DEL are ignored, as by pyte.
                 elif kind == _T_TEXT:
-                    self.draw(m.group(11))
+                    self.draw(m.group(14))
                 elif kind == _T_ESC:
-                    handler0 = self._esc.get(m.group(12))
+                    handler0 = self._esc.get(m.group(15))
                     if handler0 is not None:
                         handler0()
                 elif kind == _T_OSC:
-                    code, param = m.group(14), m.group(15)[1:]  # pyte drops the ";"
+                    code, param = m.group(17), m.group(18)[1:]  # pyte drops the ";"
                     if code in "01":
                         self.set_icon_name(param)
                     if code in "02":
@@ -883,7 +1029,7 @@ class StemScreen(pyte.Screen):
                 elif kind == _T_DA2:
                     self.queries.secondary_device_attributes()
                 elif kind == _T_CHARSET:
-                    designation = m.group(13)
+                    designation = m.group(16)
                     if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
                         self.define_charset(designation[1], mode=designation[0])
                 else:  # anything else: pyte's parser, from here until it is back in its ground state
@@ -914,19 +1060,6 @@ class StemScreen(pyte.Screen):
             y = y - 1 if y > top else top
         cursor.y = y
 
-    def _cursor_to(self, row: str, column: str | None) -> None:
-        """CUP from its parameter strings (at most 4 digits each), inlined for the common case."""
-        if self.margins is not None and mo.DECOM in self.mode:
-            self.cursor_position(int(row or 0), int(column or 0))
-            return
-        cursor = self._cur
-        y = int(row) - 1 if row else 0
-        x = int(column) - 1 if column else 0
-        last = self.lines - 1
-        cursor.y = y if 0 <= y <= last else (0 if y < 0 else last)
-        last = self.columns - 1
-        cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
-
     def _paint(self, run: str, erase: bool) -> bool:
         """Draw `run` (and EL to the end of the row if `erase`) if it fits on the cursor's row, deferred: the
         cursor moves and takes the attributes after the run now, while the cells are written when someone next
@@ -935,10 +1068,10 @@ class StemScreen(pyte.Screen):
         covers the whole row (from column 0, with EL) replaces the row's earlier paints. Returns False, having
         done nothing, where the run needs `_draw_run` (it wraps, a mode or charset applies, or it has characters
         that do not take one or two cells)."""
-        if "\x1b(" in run:
+        if "(" in run and "\x1b(" in run:  # the first test is the quicker one (a single character)
             if not self._stream.use_utf8:
                 return False
-            run = run.replace("\x1b(B", "")
+            run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
         if self._held or not (
             self.mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP
         ):
@@ -969,7 +1102,10 @@ class StemScreen(pyte.Screen):
                 # from the run and the node it starts from (`RunCells`) if it is ever written.
                 seqs = _SGR_SEQ.findall(run)
                 width = len(run) - len("".join(seqs))
-                after = reduce(LOOKUP, seqs, node.moves).chars
+                if seqs and seqs[-1] in RESET_SEQS:
+                    after = LOOKUP(node.moves, seqs[-1]).chars  # a repaint that ends with a reset: nothing to follow
+                else:
+                    after = reduce(LOOKUP, seqs, node.moves).chars
                 lazy = (run, node)
             else:
                 parts = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
@@ -997,17 +1133,37 @@ class StemScreen(pyte.Screen):
         return True
 
     def _add_paint(self, y: int, op: Paint, whole: bool) -> None:
-        """Defer `op` on row `y`; `whole`: it covers the whole row, so the row's earlier paints are dropped."""
+        """Defer `op` on row `y`; `whole`: it covers the whole row, so the row's earlier paints are dropped. So is the
+        last paint at the same column if `op` covers it (a program repainting the same pieces of a row, as Textual
+        does)."""
         entry = self._paints.get(y)
+        x = op[0]
         if entry is None:
-            self._paints[y] = (self._rows[y], [op])  # the row comes into being now, as it would in pyte
-        elif whole:
-            entry[1][:] = [op]
-        elif len(entry[1]) < _MAX_PAINTS:
-            entry[1].append(op)
-        else:
-            self._flush_paints()
-            self._paints[y] = (self._rows[y], [op])
+            self._paints[y] = (self._rows[y], [op], {x: 0})  # the row comes into being now, as it would in pyte
+            return
+        row, ops, at = entry
+        if whole:
+            ops[:] = [op]
+            at.clear()
+            at[x] = 0
+            return
+        i = at.get(x)
+        if i is not None:
+            old: Paint = ops[i]  # type: ignore[assignment]  # the last paint at a column is never None
+            # `op` covers it: `op` erases to the end of the row, or the earlier paint does not and takes no more cells
+            # (a batch row's width is not known before it is written: -1).
+            if op[5] is not None or (old[5] is None and 0 <= old[4] <= op[4]):
+                ops[i] = None
+        if len(ops) >= _MAX_PAINTS:
+            live: list[Paint | None] = list(filter(None, ops))
+            if len(live) >= _MAX_PAINTS // 2:
+                self._write_paints(row, live)
+                live.clear()
+            ops[:] = live
+            at.clear()
+            at.update((paint[0], j) for j, paint in enumerate(live) if paint is not None)
+        at[x] = len(ops)
+        ops.append(op)
 
     def _paint_rows(self, rows: LineRows, y: int) -> None:
         """Batch rows that land on the screen without scrolling, each a whole line from column 0, as deferred
@@ -1025,25 +1181,29 @@ class StemScreen(pyte.Screen):
     def _flush_paints(self) -> None:
         """Write the deferred paints (`_paint`) to their rows, in order."""
         paints, self._paints = self._paints, {}
+        for row, ops, _ in paints.values():
+            self._write_paints(row, ops)
+
+    def _write_paints(self, row: Row, ops: list[Paint | None]) -> None:
+        """Write a row's deferred paints to it, in order (those painted over are None)."""
         columns = self.columns
-        for row, ops in paints.values():
-            for x, cells, parts, moves, width, erase in ops:
-                if width < 0:  # a batch row: a line drawn from column 0
-                    drawn = moves.rows[parts]  # type: ignore[union-attr,index]  # a line and its node (no cast: hot)
-                    row.update(drawn)
-                    width = len(drawn)
-                elif width:
-                    if cells is not None:
-                        row.update(enumerate(cells, x))
-                    elif type(parts) is list and type(moves) is list:
-                        row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
-                    else:  # an ASCII run and the node it starts from
-                        row.update(enumerate(run_cells(moves, parts)[0], x))  # type: ignore[arg-type]
-                if erase is not None and x + width < columns:
-                    row.update(enumerate(repeat(erase, columns - x - width), x + width))
+        for x, cells, parts, moves, width, erase in filter(None, ops):
+            if width < 0:  # a batch row: a line drawn from column 0
+                drawn = moves.rows[parts]  # type: ignore[union-attr,index]  # a line and its node (no cast: hot)
+                row.update(drawn)
+                width = len(drawn)
+            elif width:
+                if cells is not None:
+                    row.update(enumerate(cells, x))
+                elif type(parts) is list and type(moves) is list:
+                    row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
+                else:  # an ASCII run and the node it starts from
+                    row.update(enumerate(run_cells(moves, parts)[0], x))  # type: ignore[arg-type]
+            if erase is not None and x + width < columns:
+                row.update(fill(erase, x + width, columns))
 
     def _draw_run(self, run: str) -> None:
-        """Draw printable text interleaved with SGR sequences (and ESC ( B): what `draw` and
+        """Draw printable text interleaved with SGR sequences (and designations of G0): what `draw` and
         `select_graphic_rendition` would do part by part, without a token dispatch per part. A run that fits on
         the row is written in one go, its cells and the attributes after it found with one lookup once the run
         has been seen with these attributes; parts that wrap go to `draw`."""
@@ -1052,9 +1212,9 @@ class StemScreen(pyte.Screen):
             return
         if "\x1b(" in run:
             if not self._stream.use_utf8:
-                self._feed_pyte(run)  # ESC ( B designates a charset: pyte's parser, in order
+                self._feed_pyte(run)  # ESC ( B or ESC ( 0 designates a charset: pyte's parser, in order
                 return
-            run = run.replace("\x1b(B", "")
+            run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
             if "\x1b" not in run:
                 if run:
                     self.draw(run)
@@ -1169,20 +1329,36 @@ class StemScreen(pyte.Screen):
             and self._cur.x == 0
         )
 
-    def _try_batch(self, text: str, pos: int) -> int:
-        """Apply the whole lines starting at `pos` in one go, if they are simple; returns the new pos."""
-        m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
-        if m is None or not self._batch_allowed():
-            return pos
-        end = m.end()
+    def _try_batch(self, text: str, pos: int, check: bool = False) -> int:
+        """Apply the whole lines starting at `pos` in one go, if they are simple; returns the new pos. In a flood
+        (lines held from the reads before) of ASCII whose lines had no EL or ESC ( B so far (`_plain_flood`), the
+        rest of the read up to its last CR LF is taken for lines and checked only once its SGR sequences are out
+        (`_line_ends_only`), which costs less than the regex; if that check fails (or `check`), the regex finds
+        where the simple lines end, and so it does for the reads after, until a flood (a screenful of lines or
+        more) is simple again."""
+        checked = check or not (self._plain_flood and self._held and text.isascii())
+        if checked:
+            m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
+            if m is None or not self._batch_allowed():
+                return pos
+            end = m.end()
+        else:
+            end = text.rfind("\r\n", pos) + 2
+            if end < pos + 2 or not self._batch_allowed():
+                return pos
+            y = self._cur.y + len(self._held)
+            if y < self.lines and y + text.count("\r\n", pos, end) < self.lines:
+                return self._try_batch(text, pos, check=True)  # a few lines, that land without scrolling (below)
         segment = text[pos : end - 2]
-        if "\x1b(" in segment:
-            if not self._stream.use_utf8:
-                return pos  # ESC ( B designates a charset: not a batch
-            segment = segment.replace("\x1b(B", "")
+        designated = checked and "\x1b(" in segment  # unchecked, ESC ( B is left in what the lines show
+        if designated and not self._stream.use_utf8:
+            return pos  # ESC ( B designates a charset: not a batch
         lines = segment.split("\r\n")
         columns = self.columns
         if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
+            if not (checked or _line_ends_only(segment, len(lines) - 1)):
+                return self._check_batch(text, pos)
+            self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
             if max(map(len, lines)) > columns:
                 # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF.
                 wrapped: list[str] = []
@@ -1207,18 +1383,33 @@ class StemScreen(pyte.Screen):
                 if len(seen) >= _LINES_SEEN_LIMIT:
                     seen.clear()
                 seen.update(lines)
+        if designated:  # ESC ( B, which pyte ignores in UTF-8 mode: out (`_known_batch` takes the lines with it)
+            segment = segment.replace("\x1b(B", "")
+            lines = segment.split("\r\n")
         # Otherwise what each line starts and ends with, how many cells it takes
         # and whether it fits are worked out for all lines at once, mostly in C: the SGR sequences of the whole
         # batch are followed in one pass, and each line's attributes are read off at its first sequence.
         ascii_ = segment.isascii()
-        # With resets in the batch, each line's attributes are followed from its last reset only (below); without,
-        # one split of the whole batch gives both what it shows and every SGR sequence, in order.
-        resets = "\x1b[0m" in segment
-        if resets:
+        # Most tools end every line they colour with a reset (git, ls, grep): then nothing needs following (below).
+        # Otherwise, where some lines end reset, each line's attributes are followed from its last reset only (a line
+        # that ends reset needs nothing followed); where none does, one split of the whole batch gives both what it
+        # shows and every SGR sequence, in order.
+        last = list(map(str.rfind, lines, repeat("\x1b[")))  # where each line's last SGR sequence (or EL) starts
+        ended = list(map(str.startswith, lines, repeat(_RESETS), last))  # that sequence is a reset
+        reset_ended = len(lines) - last.count(-1) == sum(ended)
+        resets = not reset_ended and True in ended
+        if reset_ended or resets:
             shown = _SGR_SEQ.sub("", segment)
         else:
             parts = SGR_SEQ_SPLIT.split(segment)  # text, SGR sequence, text, ..., text
             shown = "".join(parts[::2])
+        if not checked:
+            if not _line_ends_only(shown, len(lines) - 1):
+                return self._check_batch(text, pos)  # EL, ESC ( B, other sequences or controls
+        elif not designated and "\x1b" not in shown:  # no EL either
+            self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
+        else:
+            self._plain_flood = False
         erases: list[bool] | None = None
         if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
             erases = list(map(str.endswith, lines, repeat(_EL_TAILS)))
@@ -1227,18 +1418,34 @@ class StemScreen(pyte.Screen):
             if erases[-1]:
                 lines[-1] = lines[-1][: lines[-1].rindex("\x1b[")]
             shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
-        # A line starts with the attributes the line before left. A reset forgets every attribute before it, so
-        # only the SGR sequences from a line's last reset on are followed (most lines of a flood are never drawn,
-        # and the attributes inside them are worked out only if they are); each line's count of them says where its
-        # attributes are read off the moves of the whole batch.
-        if resets:
-            seqs = list(map(_SGR_SEQ.findall, lines, map(max, map(str.rfind, lines, repeat("\x1b[0m")), repeat(0))))
-            moves = list(accumulate(chain.from_iterable(seqs), LOOKUP, initial=self._node().moves))
-            starts = accumulate(map(len, seqs), initial=0)
-        else:  # every ESC left in a line starts an SGR sequence: counted, they say where each line starts
-            moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
-            starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
-        nodes: list[CharCache] = list(map(_CHARS, map(moves.__getitem__, starts)))
+        # A line starts with the attributes the line before left.
+        nodes: list[CharCache]
+        if reset_ended:
+            # Each line that has SGR leaves the default attributes; lines without carry those before them: the lines
+            # up to the first coloured one start with the batch's attributes, the rest with the default ones.
+            first = next(compress(range(len(lines)), map(ge, last, repeat(0))), len(lines))
+            nodes = [self._node()] * (first + 1) + [chars_for(DEFAULT_CHAR)] * (len(lines) - first)
+        else:
+            # A reset forgets every attribute before it, so only the SGR sequences from a line's last reset on are
+            # followed (most lines of a flood are never drawn, and the attributes inside them are worked out only if
+            # they are); each line's count of them says where its attributes are read off the moves of the batch.
+            if resets:
+                # A line that ends reset or has no SGR needs no looking at (the lines found with EL, changed since,
+                # are neither).
+                seqs = [
+                    _RESET_ONLY
+                    if end
+                    else _NO_SEQS
+                    if at < 0
+                    else _SGR_SEQ.findall(line, max(line.rfind("\x1b[0m"), 0))
+                    for line, end, at in zip(lines, ended, last, strict=True)
+                ]
+                moves = list(accumulate(chain.from_iterable(seqs), LOOKUP, initial=self._node().moves))
+                starts = accumulate(map(len, seqs), initial=0)
+            else:  # every ESC left in a line starts an SGR sequence: counted, they say where each line starts
+                moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
+                starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
+            nodes = list(map(_CHARS, map(moves.__getitem__, starts)))
         texts = shown.split("\r\n")  # what each line shows
         visible = list(map(len, texts))
         widths: list[int | None] = list(visible)
@@ -1279,10 +1486,15 @@ class StemScreen(pyte.Screen):
         self._cur.attrs = nodes[-1].attrs
         return end
 
+    def _check_batch(self, text: str, pos: int) -> int:
+        """`_try_batch` with the regex, for lines taken unchecked that a check found not simple."""
+        self._plain_flood = False
+        return self._try_batch(text, pos, check=True)
+
     def _known_batch(self, lines: list[str]) -> bool:
-        """`_try_batch` for lines with SGR most of which were met before: each line worked out from the attributes
-        it starts with is kept in that node (`CharCache.lines`) the second time it is met, so a line repainted
-        costs one lookup. False, having changed nothing, if a line needs the general path."""
+        """`_try_batch` for lines with SGR (and perhaps ESC ( B) most of which were met before: each line worked out
+        from the attributes it starts with is kept in that node (`CharCache.lines`) the second time it is met, so a
+        line repainted costs one lookup. False, having changed nothing, if a line needs the general path."""
         node = self._node()
         out: list[str] = []
         nodes = [node]
@@ -1335,7 +1547,7 @@ class StemScreen(pyte.Screen):
                 counts[i] = self._piece_count(lines[i], nodes[i], widths[i], visible[i])
         out_nodes = list(chain.from_iterable(map(repeat, nodes, counts)))
         out_nodes.append(nodes[-1])  # the attributes after the last line
-        pieces = list(chain.from_iterable([range(c) if c > 1 else _WHOLE for c in counts]))  # c > 1: wider
+        pieces = list(chain.from_iterable(map(LOOKUP, repeat(_PIECES), counts)))
         out_erases = None
         if erases is not None:
             out_erases = list(chain.from_iterable(map(repeat, erases, counts)))
@@ -1424,7 +1636,7 @@ class StemScreen(pyte.Screen):
         else:
             row = buffer[y]
         if erase and len(cells) < self.columns:
-            row.update(enumerate(repeat(after.attrs, self.columns - len(cells)), len(cells)))
+            row.update(fill(after.attrs, len(cells), self.columns))
 
     def _apply_rows(self, rows: Held, plain: CharCache | None) -> None:
         """The effect of drawing each of `rows` from column 0 and then CR LF, with the cursor at column 0 and
@@ -1489,7 +1701,7 @@ class StemScreen(pyte.Screen):
                 if row is not None:
                     moved[r] = row
             elif v - y < n:
-                moved[r] = StaticDefaultDict[int, Char](self.default_char)
+                moved[r] = new_row(self.default_char)
                 draw(moved, r, v - y)
         buffer.clear()
         buffer.update(moved)
@@ -1511,22 +1723,25 @@ class StemScreen(pyte.Screen):
             as_cells = [j for j in compress(range(len(erased)), erased) if after[j].attrs != DEFAULT_CHAR]
         if pieces is not None and max(ks := pieces[lo:hi]) >= 0:
             columns = self.columns
+            cut = list(compress(range(len(ks)), map(ge, ks, repeat(0))))  # the rows that are pieces (found in C)
             if not all(map(str.isascii, texts)):
                 # Pieces of a line with wide characters are kept as cells; a line is looked at once for all its
-                # pieces, and only if it is not ASCII (found in C).
-                is_cut = list(map(ge, ks, repeat(0)))
+                # pieces, and only if it is not ASCII.
                 wide = {
-                    line for line in set(filterfalse(str.isascii, compress(texts, is_cut))) if not narrow_text(line)
+                    line for line in set(filterfalse(str.isascii, map(texts.__getitem__, cut))) if not narrow_text(line)
                 }
                 if wide:
-                    as_cells += [j for j in compress(range(len(ks)), is_cut) if texts[j] in wide]
-            lines = [line if k < 0 else (line, k, columns) for line, k in zip(texts, ks, strict=True)]
+                    as_cells += [j for j in cut if texts[j] in wide]
+            cut_lines: list[str | Piece] = list(texts)
+            for j in cut:
+                cut_lines[j] = (texts[j], ks[j], columns)
+            lines = cut_lines
         scrollback = self._sb
         done = 0
         for j in sorted(set(as_cells)):
             if j > done:
                 scrollback.extend_drawn(lines[done:j], starts[done:j])
-            row = StaticDefaultDict[int, Char](DEFAULT_CHAR)
+            row = new_row(DEFAULT_CHAR)
             self._draw_spec({0: row}, 0, rows[lo + j])
             scrollback.append_row(row)
             done = j + 1
@@ -1555,7 +1770,7 @@ class StemScreen(pyte.Screen):
                 if raws:
                     scrollback.extend_drawn(raws, starts)
                     raws, starts = [], []
-                row = StaticDefaultDict[int, Char](DEFAULT_CHAR)
+                row = new_row(DEFAULT_CHAR)
                 self._draw_spec({0: row}, 0, spec)
                 scrollback.append_row(row)
                 continue

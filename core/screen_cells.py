@@ -20,6 +20,9 @@ REVERSE_CHAR = DEFAULT_CHAR._replace(reverse=True)
 SGR_SPLIT = re.compile(r"\x1b\[([0-9;]*)m")
 
 Row = StaticDefaultDict[int, Char]
+# A new row showing `default` where nothing is written: the class itself, since calling the subscripted generic
+# (`Row(...)`) costs twice as much and leaves an `__orig_class__` on every row.
+new_row: Callable[[Char], Row] = StaticDefaultDict
 
 # Caches are bounded by wiping them when full: entries are cheap to recompute and a truecolor rainbow
 # must not grow memory without limit (16k entries are a few MB).
@@ -70,7 +73,7 @@ class SgrMoves(dict[str, "SgrMoves"]):
     def __missing__(self, seq: str) -> SgrMoves:
         # Met once per node for most sequences (a log's truecolour spans make a node each, then reset it): a reset
         # skips working out SGR, and the node is looked up inline.
-        attrs = DEFAULT_CHAR if seq in _RESET_SEQS else _sgr_result(self.chars.attrs, seq[2:-1], False)
+        attrs = DEFAULT_CHAR if seq in RESET_SEQS else _sgr_result(self.chars.attrs, seq[2:-1], False)
         chars = _char_caches.get(attrs)
         moves = (chars if chars is not None else chars_for(attrs)).moves
         if _spent[_MOVES] < _MOVES_BUDGET:
@@ -157,6 +160,24 @@ class RowCells(dict[str, dict[int, Char]]):
         return cells
 
 
+# Runs of one cell written by EL and ED, by (id of the cell, first column, column after the last); an entry keeps
+# its cell alive, so the id is not reused while the entry is there. Bounded like the other caches.
+_FILLS: dict[tuple[int, int, int], dict[int, Char]] = {}
+_FILL_LIMIT = 1024
+
+
+def fill(cell: Char, start: int, end: int) -> dict[int, Char]:
+    """{column: cell} for columns `start`..`end - 1`: a row is written from a dict twice as fast as from pairs, and
+    EL and ED write the same runs (to the end of the row, the whole row) again and again."""
+    key = (id(cell), start, end)
+    cells = _FILLS.get(key)
+    if cells is None:
+        if len(_FILLS) >= _FILL_LIMIT:
+            _FILLS.clear()
+        cells = _FILLS[key] = dict.fromkeys(range(start, end), cell)
+    return cells
+
+
 # A batch line worked out (see `StemScreen._try_batch`): the line without its EL, whether an EL ended it, the node
 # of the attributes after it, the cells it takes and the characters it shows.
 BatchLine = tuple[str, bool, CharCache, int, int]
@@ -214,7 +235,8 @@ _MOVES, _TEXTS_KIND, _RUNS_KIND = 0, 1, 2
 _spent = [0, 0, 0]
 _BUDGET_PER_LIMIT = 16
 _MOVES_BUDGET = _CACHE_LIMIT * _BUDGET_PER_LIMIT - 1  # below it, an entry only counts (`_spend`)
-_RESET_SEQS = frozenset({"\x1b[m", "\x1b[0m"})
+# The SGR sequences that reset every attribute (to pyte's default cell, on a screen that is not reversed).
+RESET_SEQS = frozenset({"\x1b[m", "\x1b[0m"})
 
 
 def _spend(kind: int, cost: int) -> None:
@@ -521,15 +543,20 @@ def narrow_text(text: str) -> bool:
 def cells_ok(text: str) -> bool:
     """True if every character of `text` (ignoring CR, LF and ESC) takes one or two cells in pyte: such text is
     drawn as `TextCells` draws it, as long as it fits on the row."""
-    if NARROW.issuperset(text):
+    if _CELLS_OK.issuperset(text):
         return True
-    for char in set(text) - NARROW - _NOT_TEXT:
+    for char in set(text) - _CELLS_OK:
         width = WIDTHS[char]
         if width == 1:
             NARROW.add(char)
         elif width != 2:
             return False
+        _CELLS_OK.add(char)
     return True
+
+
+# Characters known to take one or two cells, and CR, LF and ESC (which `cells_ok` ignores): grown as they are met.
+_CELLS_OK: set[str] = NARROW | _NOT_TEXT
 
 
 def text_width(text: str) -> int | None:
@@ -551,3 +578,4 @@ def clear_caches() -> None:
     _spent[:] = [0, 0, 0]
     _seen.clear()
     LINES_SEEN.clear()
+    _FILLS.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 from itertools import repeat
+from typing import cast
 
 from pyte.screens import Char
 
@@ -23,12 +24,13 @@ from core.screen_cells import (
 # A line is kept in the cheapest form that still reproduces it exactly:
 # - str: text (with SGR sequences, if it has an ESC) drawn from column 0 with default attributes (a `seq` flood, or
 #   a log whose lines start after a reset, costs one string per line: no tuple for the collector to look at);
-# - (raw, attrs): text with SGR sequences, drawn from column 0 starting with `attrs`; both forms are lines
-#   that scrolled away inside a line batch without ever being drawn
+# - Piece: one row of a line that autowrap splits (cut out when asked for), the line drawn with default attributes
+#   (a tuple of a string and ints, which the collector stops looking at once it has seen it);
+# - (raw, attrs): text with SGR sequences, or a Piece, drawn from column 0 starting with `attrs`; these three forms
+#   are lines that scrolled away inside a line batch without ever being drawn
 # - tuple of Char: a row that was on screen, its cells up to the last one written (a quarter of the dict's
 #   size, and made in one pass: this is on the path of every line that scrolls one at a time).
-#   (a Piece in place of raw is one row of a line that autowrap splits, cut out when asked for);
-Entry = str | tuple[str | Piece, Char] | tuple[Char, ...]
+Entry = str | Piece | tuple[str | Piece, Char] | tuple[Char, ...]
 
 
 def compact_row(row: Row | None) -> Entry:
@@ -75,7 +77,7 @@ class Scrollback:
             cells = list(entry[:width])
         else:
             row = {}
-            draw_line(row, *resolve_row(entry[0], entry[1]))
+            draw_line(row, *resolve_row(*_drawn(entry)))
             cells = [row.get(x, DEFAULT_CHAR) for x in range(min(width, len(row)))]
         cells.extend(repeat(DEFAULT_CHAR, width - len(cells)))
         return cells
@@ -87,7 +89,7 @@ class Scrollback:
         if isinstance(entry, str) and entry.isascii():
             return strip_sgr(entry)[:width].ljust(width)
         if isinstance(entry, tuple) and not isinstance(entry[0], Char):
-            raw = resolve_row(entry[0], entry[1])[0]
+            raw = resolve_row(*_drawn(entry))[0]
             if raw.isascii():
                 return strip_sgr(raw)[:width].ljust(width)
         # Cells, as pyte's `display` joins them (the stub after a wide character skipped).
@@ -114,7 +116,16 @@ class Scrollback:
         (text with SGR, or a piece of a wrapped line) drawn from column 0 starting with `starts[i]`."""
         self._lines.extend(
             [
-                raw if type(raw) is str and (start is DEFAULT_CHAR or start == DEFAULT_CHAR) else (raw, start)
+                raw if start is DEFAULT_CHAR or start == DEFAULT_CHAR else (raw, start)
                 for raw, start in zip(raws, starts, strict=True)
             ]
         )
+
+
+def _drawn(entry: Entry) -> tuple[str | Piece, Char]:
+    """A line kept as text or a piece of one (not as cells), and the attributes it starts with."""
+    if isinstance(entry, str):
+        return entry, DEFAULT_CHAR
+    if len(entry) == 3 and type(entry[1]) is int:  # a Piece: (line, k, width)
+        return entry, DEFAULT_CHAR
+    return cast("tuple[str | Piece, Char]", entry)

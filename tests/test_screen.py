@@ -165,6 +165,9 @@ STREAMS = {
     "git-log": lambda: recorded("git_log.bin"),
     "ls": lambda: recorded("ls.bin"),
     "top": lambda: recorded("top.bin"),
+    # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
+    # frame's paints not written yet, again and again.
+    "vim-less-curses-repeated": lambda: (recorded("vim.bin") + recorded("less.bin") + recorded("curses.bin")) * 3,
 }
 # Fed a few bytes at a time, the large recordings are checked on this much of their start (all of them at the
 # other sizes).
@@ -197,6 +200,11 @@ def test_recordings_cover_what_they_claim() -> None:
     assert recorded("seq.bin").startswith(b"1\r\n2\r\n") and recorded("seq.bin").endswith(b"20000\r\n")
     assert b"\x1b[?1049h" in recorded("vim.bin") and b"\x1b[?1049h" in recorded("less.bin")
     assert b"\x1b[?1049h" in recorded("curses.bin")
+    # ncurses places runs with CHA and VPA, draws boxes in line drawing (ESC ( 0) and clears with ECH; vim moves
+    # along a row with CUF
+    curses = recorded("curses.bin")
+    assert curses.count(b"G\x1b(0") > 20 and b"d\x1b[" in curses and b"X\x1b[" in curses
+    assert recorded("vim.bin").count(b"\x1b[1C") > 20
     logs = streams.colored_logs(700)
     assert b"\x1b[38;5;" in logs and b"\x1b[38;2;" in logs and b"\x1b[48;2;" in logs
     assert "中".encode() in streams.wide_and_combining() and "\u0301".encode() in streams.wide_and_combining()
@@ -227,6 +235,18 @@ def test_fuzz_full_screen_output_equals_reference(seed: int) -> None:
     assert_same_screen(reference(data, size), stem(data, size))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_runs_placed_by_cursor_moves_equal_reference(seed: int) -> None:
+    """A paint token places its run by CUP, CHA, VPA or CUF (as ncurses does): each placement, to and past the
+    margins, in origin mode and with autowrap off, fed on its own (so that nothing painted later hides a wrong one),
+    in a chunk size that cuts sequences, must leave pyte's screen."""
+    rng = random.Random(seed)
+    for _ in range(150):
+        data = streams.placed_run(rng)
+        size = rng.choice([1, 7, None])
+        assert_same_screen(reference(data, size), stem(data, size))
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_repeated_lines_equal_reference(seed: int) -> None:
     """Batch lines met again are each one lookup (`CharCache.lines`): lines repeated from the same and from other
@@ -251,6 +271,24 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
     screen = stem(data, size)
     assert len(screen.scrollback) == len(expected) > 0
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flood_lines_with_controls_equal_history_screen(seed: int) -> None:
+    """In a flood, a read is taken for whole lines and checked only once its SGR sequences are out; a line the batch
+    does not take (a control, EL or ESC ( B inside it, a move, a CR LF cut by SGR) in the middle of a read must leave
+    pyte's screen and what HistoryScreen keeps."""
+    screen_cells.clear_caches()
+    data = streams.flood_with_controls(seed, colour=seed % 3 != 0)
+    size = (64, 257, 1000, 4096, 4096, 9000)[seed]
+    history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
+    pyte.ByteStream(history).feed(data)
+    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    assert len(screen.scrollback) == len(expected) > 1000
     for i, want in enumerate(expected):
         assert screen.scrollback.line(i) == want, f"scrollback line {i}"
 
@@ -325,6 +363,9 @@ READ_STREAMS = {
     "top": lambda: recorded("top.bin"),
     "rich-live": lambda: recorded("rich_live.bin"),
     "textual": lambda: recorded("textual.bin")[:300_000],
+    "vim": lambda: recorded("vim.bin") * 2,
+    "less": lambda: recorded("less.bin") * 2,
+    "curses": lambda: recorded("curses.bin") * 3,
     "fuzz-full-screen": lambda: streams.fuzz_tui(5),
 }
 
@@ -380,6 +421,7 @@ def test_painted_rows_are_written_before_anything_reads_or_edits_them() -> None:
         for y in range(1, ROWS + 1)
     )
     edits = [b"", b"\x1b[2L", b"\x1b[3M", b"\x1b[5;5H\x1b[4P", b"\x1b[7;3H\x1b[2@", b"\x1b[3X", b"\x1b[?5h"]
+    edits += [b"\x1b[5;1H\x1b[7X", b"\x1b[6;1H\x1b[200X"]
     edits += [b"\x1b[?1049h", b"\x1b[40;1H\r\n\n", b"\x1bM\x1bD", b"\x1b[2J", b"\x1b[5;9r\x1b[3S", b"\x1bc"]
     for then in edits:
         screen = StemScreen(COLS, ROWS)
@@ -396,6 +438,16 @@ def test_painted_rows_are_written_before_anything_reads_or_edits_them() -> None:
     screen.feed(paint)
     screen.resize(ROWS, 60)
     assert screen.text()[4] == "row 5 frame 2 \u2501\u4e2d".ljust(59)
+
+
+def test_erase_in_display_erases_only_the_cells_a_row_has() -> None:
+    """ED writes its attributes only to the cells a row has (pyte's rows are sparse), also on a row with as many cells
+    as the screen is wide, one of them past the last column (pushed there by ICH) and one before it missing."""
+    row = b"\x1b[3;1Habcde\x1b[3;7H" + b"x" * 114 + b"\x1b[3;11H\x1b[@y"
+    screen = stem(row, None)
+    assert len(screen.buffer[2]) == COLS and COLS in screen.buffer[2] and 5 not in screen.buffer[2]
+    data = row + b"\x1b[44m\x1b[2J\x1b[3;1H\x1b[2@"
+    assert_same_screen(reference(data, None), stem(data, None))
 
 
 def test_screen_text_matches_pyte_display() -> None:

@@ -15,11 +15,15 @@ about --rec-mb MB, so that tmux's fixed cost per run (start, marker polling) doe
   git_log    `git log -p --color=always` on this repository
   ls         `ls -laR --color=always` on a generated tree
   top        `top`, 25 refreshes
+  vim        vim on a generated file: move, search, set number, edit, undo, quit (alternate screen)
+  less       `less -R` on coloured text: page down, search, go to the end, quit (alternate screen)
+  curses     a small Python curses program: boxes, colours, a scroll region, a counter (alternate screen)
 
 What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs. "4k" paths are fed 4 KiB
 reads (what a PTY read usually returns), the others 64 KiB chunks, from memory:
   pyte, pyte_4k      pyte.Screen + pyte.ByteStream. Stock pyte is slow, so it gets only the first --pyte-kb KiB
-                     of each stream, one run; the streams are uniform, so the rate carries over.
+                     of each stream, one run; the streams are uniform, so the rate carries over. Its screen
+                     ignores CSI ? Ps m (a query vim sends), on which stock pyte raises out of `feed`.
   bittty, bittty_4k  bittty's `Board` (a pure-Python emulator; a reference only, not a Stem dependency), its
                      parser fed text decoded incrementally from the same reads, in a fresh process per run (so it
                      starts cold like Stem), on the first --bittty-mb MB. Its interpreter is --bittty-python
@@ -94,7 +98,7 @@ READ = 4096
 FRAME = 1 / 60  # core.agent.FRAME: a session's screen changes go out at most this often
 MB = 1_000_000
 RECORDINGS = ROOT / "tests" / "recordings"
-RECORDED = ("textual", "rich_live", "rich_demo", "git_log", "ls", "top")
+RECORDED = ("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "curses")
 SYNTHETIC = ("flood", "logs", "redraw")
 
 # Run by bittty's interpreter, which need not have pyte or Stem: time bittty's parser on the first `limit` bytes
@@ -138,8 +142,17 @@ def make_streams(mb: float, rec_mb: float, names: list[str]) -> tuple[dict[str, 
     return out, copies
 
 
+class StockScreen(pyte.Screen):
+    """Stock pyte, except that CSI ? Ps m (xterm's XTQMODKEYS query, which vim sends) is ignored as terminals do:
+    stock pyte raises on it out of `feed`, which would end the run (tests/test_screen.py's reference does the same)."""
+
+    def select_graphic_rendition(self, *attrs: int, **kwargs: object) -> None:
+        if not kwargs.get("private"):
+            super().select_graphic_rendition(*attrs)
+
+
 def time_pyte(data: bytes, chunk: int) -> float:
-    feed = pyte.ByteStream(pyte.Screen(COLS, ROWS)).feed
+    feed = pyte.ByteStream(StockScreen(COLS, ROWS)).feed
     start = time.perf_counter()
     for i in range(0, len(data), chunk):
         feed(data[i : i + chunk])

@@ -377,12 +377,26 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
     """Random full-screen output: cursor-addressed runs of truecolour text with EL (as Textual and ncurses paint
     rows), also at and past the right margin and with autowrap off; rows of lines ended by EL and CR LF (top);
     erase-and-up redraws (rich Live); scrolling batches whose EL paints a background; CUP parameters out of range;
-    origin mode in a scroll region; the alternate screen."""
+    origin mode in a scroll region; the alternate screen; runs placed as ncurses places them (CHA, VPA, CUF, line
+    drawing designated around them)."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        k = rng.randrange(22)
-        if k == 19:
+        k = rng.randrange(23)
+        if k == 22:
+            # ncurses: a run placed by CHA, VPA or CUF (perhaps after CR LF, out of range, in origin mode in a scroll
+            # region), with line drawing designated in and around it, then perhaps EL
+            n = rng.choice(["", "0", "1", str(rng.randrange(1, 45)), str(rng.randrange(118, 130))])
+            a = rng.randrange(100, 121)
+            move = rng.choice([f"{CSI}{n}{rng.choice('GdC')}", f"{CSI}{a}G{CSI}{120 - a + rng.randrange(-1, 3)}C"])
+            run = rng.choice(["", f"{ESC}(0"]) + _tui_run(rng) + rng.choice(["", f"{ESC}(B", f"{ESC}(0x{ESC}(B"])
+            paint = rng.choice(["", "\r\n"]) + move + run + rng.choice(["", f"{CSI}K", f"{CSI}2K"])
+            if rng.random() < 0.3:
+                top, height = rng.randrange(1, 30), rng.randrange(2, 10)
+                moves = f"{CSI}{rng.randrange(1, height + 3)}d{run}\r\n{move}{run}"
+                paint = f"{CSI}{top};{top + height}r{CSI}?6h{moves}{CSI}?6l{CSI}r"
+            out.append(paint)
+        elif k == 19:
             # top's frames: home, then rows ended by CR LF (EL on some, empty ones, SGR alone) that do not scroll,
             # painted again before anyone looks
             for _ in range(rng.randrange(1, 4)):
@@ -421,6 +435,7 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
                         f"{CSI}3@",
                         f"{CSI}2P",
                         f"{CSI}5X",
+                        f"\r{CSI}{rng.choice(['', '0', '7', '119', '120', '200'])}X",
                         f"{CSI}2S",
                         f"{CSI}T",
                         f"{ESC}M",
@@ -473,6 +488,64 @@ def fuzz_tui(seed: int, count: int = 300) -> bytes:
             out.append(rng.choice([f"{CSI}4hins{CSI}4l", f"{CSI}?5h{_tui_run(rng)}{CSI}?5l", f"{ESC}(0lqk{ESC}(B"]))
         else:
             out.append(_tui_run(rng))
+    return "".join(out).encode()
+
+
+def flood_with_controls(seed: int, count: int = 1500, colour: bool = True) -> bytes:
+    """A flood of lines (some wrapping; coloured, or with no sequence at all) with, here and there, a line a batch
+    does not take: a tab, BS, BEL or DEL, a lone CR or LF; and if coloured, EL or ESC ( B inside the line, a move, a
+    CR LF cut by SGR, a cut sequence."""
+    rng = random.Random(seed)
+    odd = ["a\tb", "back\bspace", "bell\x07", "del\x7f", "lone\rcr", "lone\nlf"]
+    if colour:
+        odd += [
+            f"mid{CSI}Kline",
+            f"{CSI}0Kfirst",
+            f"{ESC}(Bdesignated",
+            f"{CSI}{rng.randrange(1, 41)};5Hmoved",
+            f"{CSI}2Kall",
+            f"cut\r{CSI}31m\nlf",
+            f"{CSI}3{CSI}1mm",
+            f"{ESC}7saved{ESC}8",
+            f"{CSI}1;2m{CSI}K",
+        ]
+    lines = []
+    for i in range(count):
+        line = f"{_sgr_random(rng)}{i}{CSI}0m " if colour and rng.random() < 0.8 else f"{i} "
+        line += " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(0, 30)))
+        if rng.random() < 0.05:
+            line += rng.choice(odd) + (f"{CSI}1mtail" if colour else "tail")
+        lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def placed_run(rng: random.Random) -> bytes:
+    """One run placed as ncurses places runs, after a run painted somewhere: by CHA, VPA, CUF or CUP (perhaps after
+    CR LF), to and past the margins, in origin mode in a scroll region or with autowrap off, with line drawing
+    designated in and around it, then perhaps EL."""
+    out = [f"{CSI}{rng.randrange(1, 41)};{rng.randrange(1, 121)}H", _tui_run(rng)]
+    edges = [39, 40, 41, 119, 120, 121]  # the last row and column, and one past each
+    if rng.random() < 0.3:
+        top, height = rng.randrange(1, 30), rng.randrange(2, 10)
+        out.append(f"{CSI}{top};{top + height}r{CSI}?6h")
+        edges = [height, height + 1, height + 2]  # the region's last row, and past it
+    if rng.random() < 0.2:
+        out.append(f"{CSI}?7l")
+    n = rng.choice(["", "0", "1", "2", str(rng.randrange(1, 45)), str(rng.choice(edges)), str(rng.choice(edges))])
+    out.append(rng.choice(["", "", "\r\n"]))
+    out.append(
+        rng.choice(
+            [
+                f"{CSI}{n}G",
+                f"{CSI}{n}d",
+                f"{CSI}{n}C",
+                f"{CSI}{n};{rng.choice(['', '1', str(rng.randrange(1, 125))])}H",
+                f"{CSI}{rng.randrange(100, 122)}G{CSI}{rng.randrange(0, 22)}C",
+            ]
+        )
+    )
+    out.append(rng.choice(["", f"{ESC}(0"]) + _tui_run(rng) + rng.choice(["", f"{ESC}(B", f"{ESC}(0x{ESC}(B"]))
+    out.append(rng.choice(["", f"{CSI}K", f"{CSI}0K", f"{CSI}2K"]))
     return "".join(out).encode()
 
 
