@@ -26,6 +26,8 @@ from helpers import run_stem, stem_cmd, until, wait_for
 from recordings import streams
 
 from core import claims
+from core.host.forker import ForkerPaths
+from core.host.launch import wait_exit
 from core.host.paths import HostPaths
 from core.host.protocol import (
     AgentInfo,
@@ -469,6 +471,11 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield dict(
         environ, STEM_HOME=str(home), STEM_PREFIX=prefix, STEM_POOL=pool, XDG_CONFIG_HOME=str(tmp_path / "config")
     )
+    # A revive of alpha's missing host may have started the hive's host forker: it goes with the test, by pid.
+    found = ForkerPaths.of(home).process()
+    if found is not None:
+        os.kill(found[0], signal.SIGKILL)
+        wait_exit(found[0], 5)
     claims.release(prefix)  # the hive's claim on its prefix and pool (core/claims.py)
 
 
