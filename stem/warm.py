@@ -49,6 +49,19 @@ _IMPORT_TIME_ENV = ("TEXTUAL_", "ESCDELAY")
 _TERMINAL_RESET = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1004l"
 _MAX_REQUEST = 4 << 20
 PR_SET_NAME = 15
+# What the warm process imports before it serves: the UI up to its first frame (Textual's driver and tabs are imported
+# only when an app runs) and the commands with the core they run.
+PRELOADED = (
+    "textual.drivers.linux_driver",
+    "textual.widgets._tabbed_content",
+    "stem.app",
+    "stem.attach",
+    "stem.subcommands",
+    "core.gc",
+    "core.hive",
+    "core.host.client",
+    "core.host.launch",
+)
 
 SERVING = False  # this process was forked by the warm process (it does not start another)
 
@@ -204,18 +217,10 @@ def _preload() -> None:
     """Import everything a UI runs up to its first frame and what the commands import, then keep those objects out
     of the cyclic GC (no collection in a child walks them, and their pages stay shared with the warm process)."""
     import gc
+    import importlib
 
-    import textual.drivers.linux_driver
-    import textual.widgets._tabbed_content  # noqa: F401
-
-    import core.gc
-    import core.hive
-    import core.host.client
-    import core.host.launch  # noqa: F401
-    import stem.app
-    import stem.attach
-    import stem.subcommands  # noqa: F401
-
+    for module in PRELOADED:
+        importlib.import_module(module)
     gc.collect()
     gc.freeze()
 

@@ -213,3 +213,12 @@ def test_an_argument_that_is_no_utf8_is_one_clear_line(warm, hive_env):
     result = subprocess.run([*map(os.fsencode, stem_cmd()), b"stop", bad], env=hive_env.env, capture_output=True)
     assert result.returncode == 2, result.stderr
     assert result.stderr == b"stem: argument 'caf\\udce9' is not valid UTF-8\n"
+
+
+def test_every_module_the_warm_process_preloads_exists():
+    # One that went missing would end the warm process at its start, and every stem would then run cold, silently.
+    import importlib.util
+
+    from stem.warm import PRELOADED
+
+    assert [m for m in PRELOADED if importlib.util.find_spec(m) is None] == []
