@@ -1157,6 +1157,11 @@ def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: 
     records = hive.colonies()
     app = StemApp(hive, settings, themes=themes, close_hive=True, keep_warm=keep, records=records)
     app.run(headless=headless)
+    if not headless:
+        from core import warm as warm_process
+
+        if not warm_process.hosts_running(hive.home):  # nothing runs in the hive: nothing of Stem's stays after it
+            warm_process.stop(hive.home)
     if app.failure:
         print(f"stem: {app.failure}", file=sys.stderr)
         return EXIT_USAGE

@@ -84,7 +84,7 @@ def test_stem_runs_forked_by_the_warm_process_in_the_users_folder_and_quits_with
         assert "stem exited with status 0" in screen and "Traceback" not in screen, screen
         assert wait_exit(ui[0], 10)
         assert tmux("display", "-p", "-t", "stem", "#{alternate_on}").strip() == "0"
-    assert WarmPaths.of(hive_env.home).process() is not None  # it stays for the next UI
+    assert wait_exit(warm, 10)  # nothing runs in the hive: the warm process goes with its last UI
 
 
 def test_sigterm_to_stem_reaches_the_forked_ui_and_its_exit_status_comes_back(warm, hive_env, repo, tmp_path):
@@ -106,7 +106,6 @@ def test_a_client_killed_9_takes_its_ui_with_it(warm, hive_env, repo, tmp_path):
         (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
         os.kill(client, signal.SIGKILL)
         assert wait_exit(ui, 10), "the UI outlived its client"
-    assert WarmPaths.of(hive_env.home).process() is not None
 
 
 def test_another_textual_environment_starts_cold(warm, hive_env, repo, tmp_path):
@@ -152,7 +151,7 @@ def test_a_cold_ui_starts_the_warm_process_once_it_shows(hive_env, repo, tmp_pat
         wait_for(lambda: WarmPaths.of(hive_env.home).process(), 30, "the warm UI process")
         pid = warm_pid(hive_env.home)
         assert oct(WarmPaths.of(hive_env.home).socket.stat().st_mode & 0o777) == "0o600"
-    assert stop_warm(hive_env.home)
+    stop_warm(hive_env.home)  # (the UI's end may have ended it already: nothing runs in the hive)
     assert wait_exit(pid, 10)
 
 
