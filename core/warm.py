@@ -14,47 +14,18 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from core.host.paths import HostPaths
+from core.host.paths import HostPaths, ServerPaths
 
 
 @dataclass(frozen=True, slots=True)
-class WarmPaths:
-    folder: Path
+class WarmPaths(ServerPaths):
+    NAME: ClassVar[str] = "warm"
 
     @classmethod
     def of(cls, home: Path) -> WarmPaths:
         return cls(home / "ui")
-
-    @property
-    def socket(self) -> Path:
-        """Where `stem` asks for a UI (mode 0600; peers of another uid are refused)."""
-        return self.folder / "warm.sock"
-
-    @property
-    def lock(self) -> Path:
-        """flock'ed by the warm process for its whole life."""
-        return self.folder / "warm.lock"
-
-    @property
-    def start_lock(self) -> Path:
-        """flock'ed by a UI while it starts one, so two UIs do not start two."""
-        return self.folder / "start.lock"
-
-    @property
-    def pid(self) -> Path:
-        return self.folder / "warm.pid"
-
-    @property
-    def log(self) -> Path:
-        """The warm process's own output (a traceback if it ever has a bug); its UIs write to their terminals."""
-        return self.folder / "warm.log"
-
-    def process(self) -> tuple[int, int] | None:
-        """(pid, starttime) of the hive's warm UI process if it is alive."""
-        from core import procs
-
-        return procs.read_pid_file(self.pid)
 
 
 def hosts_running(home: Path) -> bool:

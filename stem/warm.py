@@ -25,7 +25,6 @@ it exits) or b"E" (environment differs) instead of b"P": run cold.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import os
 import signal
@@ -33,10 +32,14 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.host.paths import connect, fingerprint, recv_exact, socket_address
+from core.host.paths import connect, fingerprint, recv_exact
 from core.locations import stem_home
 from core.warm import WarmPaths, hosts_running
+
+if TYPE_CHECKING:
+    from core.host.forker import Serving
 
 WARM_IDLE = 30.0  # seconds with no UI of its own and no colony host running before the warm process exits
 CHECK_EVERY = 30.0  # how often an idle warm process looks at the hive's colony hosts
@@ -176,38 +179,11 @@ def _umask() -> int:
 
 
 def keep_warm(home: Path, env: dict[str, str]) -> bool:
-    """Start the hive's warm UI process unless one runs (or another UI is starting one); True if one now answers.
+    """Start the hive's warm process unless one runs (or another UI is starting one); True if one now answers.
     Blocks until it is ready or START_TIMEOUT: call it from a thread."""
-    paths = WarmPaths.of(home)
-    with contextlib.suppress(OSError):
-        connect(paths.socket).close()
-        return True
-    try:
-        paths.folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(paths.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # another UI is starting it
-        with contextlib.suppress(OSError):
-            connect(paths.socket).close()
-            return True
-        if paths.process() is not None:
-            return False  # one is finishing its last UI before it exits (stale, or stopped): not ours to replace yet
-        from core import procs
+    from core.host.forker import start_server
 
-        proc, ready = procs.start_detached(procs.python_module("stem.warm", str(home)), paths.log, env, START_TIMEOUT)
-        import threading
-
-        threading.Thread(target=proc.wait, name="warm-reaper", daemon=True).start()
-        return ready == b"1"
-    except OSError:
-        return False
-    finally:
-        os.close(lock)
+    return start_server(WarmPaths.of(home), "stem.warm", home, env, START_TIMEOUT, wait=False)
 
 
 # --- the warm process ---------------------------------------------------------------------------------------------
@@ -226,75 +202,37 @@ def _preload() -> None:
 
 
 def serve(home: Path, ready_fd: int | None) -> int:
-    import select
     import time
 
+    from core.host.forker import Serving, hold_lock
+
     paths = WarmPaths.of(home)
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print("stem warm: one runs already for this hive", file=sys.stderr, flush=True)
+    lock = hold_lock(paths, "warm")
+    if lock is None:
         return 3
     mark = code_fingerprint()
     own_env = _import_time_env(dict(os.environ))
     encodings = _encodings()
     _preload()
-    from core import procs
     from core.host.protocol import peer_credentials
-    from core.privileges import become_subreaper
 
-    with contextlib.suppress(FileNotFoundError):
-        paths.socket.unlink()  # ours: we hold warm.lock, so whoever made it is gone
-    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    with socket_address(paths.socket) as address:
-        bound.bind(address)
-    os.chmod(paths.socket, 0o600)
-    bound.listen(16)
-    listener: socket.socket | None = bound  # None once it stops taking requests
-    procs.write_pid_file(paths.pid)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    become_subreaper()  # what a UI's children leave when it dies comes here, to be reaped
-    stopping = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if ready_fd is not None:
-        with contextlib.suppress(OSError):  # the UI that started it may have quit meanwhile
-            os.write(ready_fd, b"1")
-        os.close(ready_fd)
-    children: dict[int, socket.socket] = {}  # each UI's pid -> its client's connection
+    serving = Serving(paths, lock, ready_fd)  # what a child's children leave when it dies is reaped by `_reap`
+    children: dict[int, socket.socket] = {}  # each child's pid -> its client's connection
     idle_since = time.monotonic()
     try:
         while True:
             _reap(children)
             if children:
                 idle_since = time.monotonic()
-            if stopping or not home.is_dir():
-                if listener is not None:  # no new UI from here on; the running ones end as their users quit
-                    listener.close()
-                    listener = None
-                    with contextlib.suppress(FileNotFoundError):
-                        paths.socket.unlink()
+            if serving.stopping or not home.is_dir():
+                serving.stop_listening()  # no new command from here on; the running ones end as they do
                 if not children:
                     break
             elif not children and time.monotonic() - idle_since > WARM_IDLE and not hosts_running(home):
                 break
-            waiting = [wake_r] + ([listener.fileno()] if listener is not None else [])
-            readable, _, _ = select.select(waiting, [], [], CHECK_EVERY)
-            if wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 512)
-            if listener is None or listener.fileno() not in readable:
+            conn = serving.accept(CHECK_EVERY)
+            if conn is None:
                 continue
-            conn, _ = listener.accept()
             fds: list[int] = []
             try:
                 peer_pid, uid, _gid = peer_credentials(conn)
@@ -308,7 +246,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 if request.get("fingerprint") != mark:
                     conn.sendall(b"S")
                     conn.close()
-                    stopping = True
+                    serving.stopping = True
                     continue
                 env = request.get("env")
                 if (
@@ -321,7 +259,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                     continue
                 pid = os.fork()
                 if pid == 0:
-                    _be_stem(request, fds, conn, (listener.fileno(), wake_r, wake_w, lock))
+                    _be_stem(request, fds, conn, serving)
                 conn.sendall(b"P" + struct.pack(">I", pid))
                 children[pid] = conn
             except OSError as exc:
@@ -331,10 +269,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 for fd in fds:
                     os.close(fd)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            paths.pid.unlink()
+        serving.leave()
     return 0
 
 
@@ -377,7 +312,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
         conn.close()
 
 
-def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, close: tuple[int, ...]) -> None:
+def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, serving: Serving) -> None:
     """In the forked child: run the client's stem command (the UI, or any other) on its terminal or pipes, in its
     folder and environment. Never returns."""
     global SERVING
@@ -388,11 +323,7 @@ def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, cl
 
     code = 1
     try:
-        for fd in close:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        serving.close_in_child()
         os.setsid()
         env = request["env"]
         assert isinstance(env, dict)

@@ -41,9 +41,9 @@ import time
 import traceback
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from core.host.paths import connect, fingerprint, recv_exact, socket_address
+from core.host.paths import ServerPaths, connect, fingerprint, recv_exact, socket_address
 
 if TYPE_CHECKING:
     from core.netns import ColonyNet
@@ -55,40 +55,12 @@ PR_SET_NAME = 15
 
 
 @dataclass(frozen=True, slots=True)
-class ForkerPaths:
-    folder: Path
+class ForkerPaths(ServerPaths):
+    NAME: ClassVar[str] = "forker"
 
     @classmethod
     def of(cls, home: Path) -> ForkerPaths:
         return cls(home / "forker")
-
-    @property
-    def socket(self) -> Path:
-        return self.folder / "forker.sock"
-
-    @property
-    def lock(self) -> Path:
-        """flock'ed by the forker for its whole life."""
-        return self.folder / "forker.lock"
-
-    @property
-    def start_lock(self) -> Path:
-        """flock'ed by a launcher while it starts a forker, so two launchers do not start two."""
-        return self.folder / "start.lock"
-
-    @property
-    def pid(self) -> Path:
-        return self.folder / "forker.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "forker.log"
-
-    def process(self) -> tuple[int, int] | None:
-        """(pid, starttime) of the hive's forker if it is alive."""
-        from core import procs
-
-        return procs.read_pid_file(self.pid)
 
 
 # --- the launcher's side ------------------------------------------------------------------------------------------
@@ -191,24 +163,39 @@ def _ask(sock: socket.socket, mark: str, name: str, env: dict[str, str]) -> bool
 
 def _start(paths: ForkerPaths, home: Path, env: dict[str, str]) -> bool:
     """Start the hive's forker unless another launcher just did; True if one should now answer."""
+    return start_server(paths, "core.host.forker", home, env, READY_TIMEOUT, wait=True)
+
+
+def start_server(
+    paths: ServerPaths, module: str, home: Path, env: dict[str, str], timeout: float, *, wait: bool
+) -> bool:
+    """Start the hive's preloaded server (`python3 -m MODULE HOME`, detached) unless one answers; True if one answers
+    now. Another starter at work is waited for (`wait`) or left to it. Blocks until the new one is ready or
+    `timeout` has passed."""
+    with contextlib.suppress(OSError):
+        connect(paths.socket).close()
+        return True
     try:
         paths.folder.mkdir(parents=True, exist_ok=True)
         lock = os.open(paths.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         return False
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another starter is at it
         with contextlib.suppress(OSError):
             connect(paths.socket).close()
-            return True  # another launcher started it meanwhile
+            return True  # another starter started it meanwhile
+        if paths.process() is not None:
+            return False  # one is ending (stale, or stopped) and still holds its lock: a new one could not take it
         from core import procs
 
-        proc, ready = procs.start_detached(
-            procs.python_module("core.host.forker", str(home)), paths.log, env, READY_TIMEOUT
-        )
+        proc, ready = procs.start_detached(procs.python_module(module, str(home)), paths.log, env, timeout)
         # It may outlive this process (then whoever adopts it reaps it); while this one lives, a thread blocked in
         # waitpid reaps it the moment it exits, so a long-lived UI never keeps its zombie.
-        threading.Thread(target=proc.wait, name="forker-reaper", daemon=True).start()
+        threading.Thread(target=proc.wait, name=f"{paths.NAME}-reaper", daemon=True).start()
         return ready == b"1"
     except OSError:
         return False
@@ -247,6 +234,91 @@ def stop(home: Path) -> bool:
     return True
 
 
+# --- what the forker and the warm process (stem/warm.py) share ---------------------------------------------------
+
+
+def hold_lock(paths: ServerPaths, what: str) -> int | None:
+    """Take the server's lock for its whole life; None (and a line on stderr) if one runs already for this hive."""
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        print(f"stem {what}: one runs already for this hive", file=sys.stderr, flush=True)
+        return None
+    return lock
+
+
+class Serving:
+    """A preloaded server that has taken its lock, listens on its socket (mode 0600), has written its pid file and
+    said it is ready on `ready_fd`: it wakes for a request, a child's exit (it is a subreaper, so a killed child's
+    leftovers come to it too) or SIGTERM (`stopping`); SIGHUP is ignored."""
+
+    def __init__(self, paths: ServerPaths, lock: int, ready_fd: int | None) -> None:
+        from core import procs
+        from core.privileges import become_subreaper
+
+        self.paths, self.lock = paths, lock
+        with contextlib.suppress(FileNotFoundError):
+            paths.socket.unlink()  # ours: we hold the lock, so whoever made it is gone
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        with socket_address(paths.socket) as address:
+            listener.bind(address)
+        os.chmod(paths.socket, 0o600)
+        listener.listen(16)
+        self.listener: socket.socket | None = listener  # None once it stops taking requests
+        procs.write_pid_file(paths.pid)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        become_subreaper()
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):  # whoever started it may have given up waiting meanwhile
+                os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+    def _on_term(self, *_: object) -> None:
+        self.stopping = True
+
+    def accept(self, timeout: float) -> socket.socket | None:
+        """The next request's connection, or None when something else woke it (or `timeout` passed)."""
+        waiting = [self.wake_r] + ([self.listener.fileno()] if self.listener is not None else [])
+        readable, _, _ = select.select(waiting, [], [], timeout)
+        if self.wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 512)
+        if self.listener is None or self.listener.fileno() not in readable:
+            return None
+        return self.listener.accept()[0]
+
+    def stop_listening(self) -> None:
+        """No request from here on (a client then finds nothing and runs without it)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+
+    def close_in_child(self) -> None:
+        """In a forked child: none of the server's descriptors (listener, wakeup pipe, lock) or handlers."""
+        for fd in (self.listener.fileno() if self.listener is not None else -1, self.wake_r, self.wake_w, self.lock):
+            if fd >= 0:
+                os.close(fd)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
+    def leave(self) -> None:
+        """The server ends: its socket and pid file go (the lock goes with the process)."""
+        self.stop_listening()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.pid.unlink()
+
+
 # --- the forker ---------------------------------------------------------------------------------------------------
 
 
@@ -263,59 +335,27 @@ def _preload() -> None:
 
 def serve(home: Path, ready_fd: int | None) -> int:
     paths = ForkerPaths.of(home)
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print("stem forker: one runs already for this hive", file=sys.stderr, flush=True)
+    lock = hold_lock(paths, "forker")
+    if lock is None:
         return 3
     mark = fingerprint()
     _preload()
-    from core import procs
     from core.host.protocol import peer_uid
-    from core.privileges import become_subreaper
 
-    with contextlib.suppress(FileNotFoundError):
-        paths.socket.unlink()  # ours: we hold forker.lock, so whoever made it is gone
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    with socket_address(paths.socket) as address:
-        listener.bind(address)
-    os.chmod(paths.socket, 0o600)
-    listener.listen(16)
-    procs.write_pid_file(paths.pid)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    become_subreaper()  # what a host killed -9 leaves comes here, to be reaped at once (`_reap`)
-    stopping = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if ready_fd is not None:
-        os.write(ready_fd, b"1")
-        os.close(ready_fd)
+    serving = Serving(paths, lock, ready_fd)  # its children's leftovers (a host killed -9's) are reaped by `_reap`
     children: set[int] = set()
     idle_since = time.monotonic()
     idle_exit = float(os.environ.get("STEM_FORKER_IDLE", IDLE_EXIT))
     try:
-        while not stopping:
+        while not serving.stopping:
             _reap(children)
             if children:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_exit or not home.is_dir():
                 break
-            readable, _, _ = select.select([listener.fileno(), wake_r], [], [], min(10.0, max(idle_exit, 0.05)))
-            if wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 512)
-            if listener.fileno() not in readable:
+            conn = serving.accept(min(10.0, max(idle_exit, 0.05)))
+            if conn is None:
                 continue
-            conn, _ = listener.accept()
             try:
                 if peer_uid(conn) != os.getuid():
                     continue
@@ -328,20 +368,16 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 conn.sendall(b"F")  # before the fork, so it always comes before the host's b"1"
                 pid = os.fork()
                 if pid == 0:
-                    close = (listener.fileno(), wake_r, wake_w, lock)
                     if "network" in request:
-                        _make_network(request, conn, close)
-                    _be_host(home, request, conn, close)
+                        _make_network(request, conn, serving)
+                    _be_host(home, request, conn, serving)
                 children.add(pid)
             except OSError as exc:
                 print(f"stem forker: a request failed: {exc}", file=sys.stderr, flush=True)
             finally:
                 conn.close()
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            paths.pid.unlink()
+        serving.leave()
     return 0
 
 
@@ -373,20 +409,11 @@ def _reap(children: set[int]) -> None:
         children.discard(pid)
 
 
-def _leave_forker(close: tuple[int, ...]) -> None:
-    """In a forked child: none of the forker's descriptors (its listener, wakeup pipe, lock) or handlers."""
-    for fd in close:
-        os.close(fd)
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-
-
-def _make_network(request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
+def _make_network(request: dict[str, object], conn: socket.socket, serving: Serving) -> None:
     """In the forked child: make the requested colony network, answer b"1" or b"E" and why. Never returns."""
     code = 1
     try:
-        _leave_forker(close)
+        serving.close_in_child()
         from core import netns
         from core.errors import StemError
 
@@ -408,11 +435,11 @@ def _make_network(request: dict[str, object], conn: socket.socket, close: tuple[
         os._exit(code)
 
 
-def _be_host(home: Path, request: dict[str, object], conn: socket.socket, close: tuple[int, ...]) -> None:
+def _be_host(home: Path, request: dict[str, object], conn: socket.socket, serving: Serving) -> None:
     """In the forked child: become the host of the requested colony. Never returns."""
     code = 1
     try:
-        _leave_forker(close)
+        serving.close_in_child()
         os.setsid()
         name = str(request["name"])
         env = request.get("env")

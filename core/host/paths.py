@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from core.locks import is_locked
 
@@ -45,6 +46,45 @@ class HostPaths:
     def process(self) -> tuple[int, int] | None:
         """(pid, starttime) of the colony's host if it is alive."""
         from core import procs  # not for `running()`, which `stem ls` asks without the process machinery
+
+        return procs.read_pid_file(self.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPaths:
+    """Where one of a hive's preloaded servers (the host forker, the warm process) keeps its files: `NAME.sock`,
+    `NAME.lock`, `NAME.pid`, `NAME.log` and `start.lock` in its folder."""
+
+    folder: Path
+    NAME: ClassVar[str] = ""
+
+    @property
+    def socket(self) -> Path:
+        """Where it is asked (mode 0600; peers of another uid are refused)."""
+        return self.folder / f"{self.NAME}.sock"
+
+    @property
+    def lock(self) -> Path:
+        """flock'ed by the server for its whole life."""
+        return self.folder / f"{self.NAME}.lock"
+
+    @property
+    def start_lock(self) -> Path:
+        """flock'ed by whoever starts one, so two starters do not start two."""
+        return self.folder / "start.lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / f"{self.NAME}.pid"
+
+    @property
+    def log(self) -> Path:
+        """Its own output (a traceback if it ever has a bug)."""
+        return self.folder / f"{self.NAME}.log"
+
+    def process(self) -> tuple[int, int] | None:
+        """(pid, starttime) of the server if it is alive."""
+        from core import procs
 
         return procs.read_pid_file(self.pid)
 
