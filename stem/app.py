@@ -48,7 +48,6 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
-from core.locations import stem_home
 from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
@@ -421,7 +420,8 @@ class StemApp(App[int], inherit_bindings=False):
         """The next `stem` on this hive starts warm: forked, imports done, by the hive's warm UI process."""
         from stem.warm import keep_warm
 
-        threading.Thread(target=keep_warm, args=(stem_home(), dict(os.environ)), name="keep-warm", daemon=True).start()
+        env = dict(os.environ)
+        threading.Thread(target=keep_warm, args=(self.hive.home, env), name="keep-warm", daemon=True).start()
 
     def _redraw_rows(self) -> None:
         """Rebuild the colonies list soon: the events of one batch (ten hosts' snapshots arriving at once) share

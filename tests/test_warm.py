@@ -51,6 +51,14 @@ def welcome_column(screen: str) -> int:
     return next(line.index("Welcome to Stem") for line in screen.splitlines() if "Welcome to Stem" in line)
 
 
+def forked_ui(tmux, warm: int) -> tuple[int, int]:
+    """Once the UI shows: the pane's `stem` (the client) and the UI the warm process forked for it."""
+    tmux.wait("Welcome to Stem")
+    client = pane_command_pid(tmux)
+    (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+    return client, ui
+
+
 @pytest.fixture
 def warm(hive_env):
     assert keep_warm(hive_env.home, hive_env.env), WarmPaths.of(hive_env.home).log.read_text() or "no log"
@@ -89,9 +97,7 @@ def test_stem_runs_forked_by_the_warm_process_in_the_users_folder_and_quits_with
 
 def test_sigterm_to_stem_reaches_the_forked_ui_and_its_exit_status_comes_back(warm, hive_env, repo, tmp_path):
     with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
-        tmux.wait("Welcome to Stem")
-        client = pane_command_pid(tmux)
-        (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+        client, ui = forked_ui(tmux, warm)
         os.kill(client, signal.SIGTERM)
         screen = tmux.wait("stem exited with status", history=True)
         assert "stem exited with status 0" in screen, screen
@@ -101,9 +107,7 @@ def test_sigterm_to_stem_reaches_the_forked_ui_and_its_exit_status_comes_back(wa
 
 def test_a_client_killed_9_takes_its_ui_with_it(warm, hive_env, repo, tmp_path):
     with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
-        tmux.wait("Welcome to Stem")
-        client = pane_command_pid(tmux)
-        (ui,) = wait_for(lambda: children(warm), 10, "a UI forked by the warm process")
+        client, ui = forked_ui(tmux, warm)
         os.kill(client, signal.SIGKILL)
         assert wait_exit(ui, 10), "the UI outlived its client"
 
