@@ -27,10 +27,11 @@ import os
 import re
 import select
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +55,7 @@ __all__ = [
     "describe",
     "end",
     "join",
+    "migrations_kept_fast",
     "names",
     "open_join",
     "procs",
@@ -75,6 +77,8 @@ POLL_FALLBACK = 2.0  # without inotify (the per-user instances used up): a look 
 OOM_RECHECK = (0.05, 0.5, 2.0)  # v1 notifies *before* the OOM killer picks its victim: looks after a wake-up
 OOM_NAME_WAIT = 1.0  # the kill is counted before the kernel logs "Killed process": how long a kill waits for its name
 OOM_NAME_LOOK = 0.05  # and how often the kernel's log is read meanwhile
+KEEP_FAST_EVERY = 0.002  # below an RCU grace period (10-17 ms measured here): see `migrations_kept_fast`
+KEEP_FAST_FOR = 2.0  # at most this long: past it, the ~15 ms of a migration is little beside a start so slow
 
 
 class CgroupError(StemError):
@@ -578,6 +582,69 @@ def join(fds: Iterable[int]) -> None:
     kernel refuses, so nothing runs outside its colony's limits."""
     for fd in fds:
         os.write(fd, b"0")
+
+
+@contextlib.contextmanager
+def migrations_kept_fast() -> Iterator[None]:
+    """While a colony starts, keep the kernel's cgroup migrations quick.
+
+    Moving a process into a cgroup (`join`) takes the kernel's cgroup_threadgroup_rwsem for writing; when no
+    migration took it within the last RCU grace period, the writer first waits a whole grace period (10-17 ms
+    measured on this kernel), while right after another one it takes ~0.1 ms. A colony's start moves its init,
+    then each service, then its agent, each past that window of the one before: ~15 ms apiece on the way to a
+    spawn's end. Inside this block (for KEEP_FAST_FOR at most), a thread moves itself to the cgroup it is already
+    in (nothing changes, but the lock is taken) every KEEP_FAST_EVERY, so each of them finds it warm. Costs ~15 µs
+    a time, and meanwhile forks and exits on the machine take the lock's slower path, as they always do where
+    cgroups are mounted with `favordynmods` (the kernel's own trade for this; there this block changes nothing).
+    Where its own cgroup cannot be written it does nothing."""
+    target = _own_cgroup_file()
+    stop = threading.Event()
+    if target is not None:
+        until = time.monotonic() + KEEP_FAST_FOR
+        threading.Thread(target=_keep_fast, args=(target, stop, until), name="cgroup-warm", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()  # not joined: its first write may still wait out a grace period, nothing depends on it
+
+
+def _own_cgroup_file() -> tuple[Path, int] | None:
+    """The file that moves a thread (v1: `tasks`, with the thread's id) or this process (v2: `cgroup.procs`) into
+    the cgroup it is in now, in the first hierarchy Stem uses."""
+    be = backend()
+    if be is None or not be.hierarchies:
+        return None
+    first = be.hierarchies[0]
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        number, controllers, where = [*line.split(":", 2), "", ""][:3]
+        mine = number == "0" if first.unified else first.controllers <= set(controllers.split(","))
+        if mine:
+            folder = first.mount / where.lstrip("/")
+            return (folder / "cgroup.procs", 0) if first.unified else (folder / "tasks", -1)
+    return None
+
+
+def _keep_fast(target: tuple[Path, int], stop: threading.Event, until: float) -> None:
+    path, who = target
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        me = str(threading.get_native_id() if who < 0 else os.getpid()).encode()  # "0" would not take the lock
+        while True:
+            os.write(fd, me)
+            if stop.wait(KEEP_FAST_EVERY) or time.monotonic() > until:
+                return
+    except OSError:
+        return  # refused (a cgroup of another owner, a v2 rule): migrations are merely slow
+    finally:
+        os.close(fd)
 
 
 def procs(name: str) -> set[int]:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -376,6 +377,31 @@ def run_in_cgroup(name: str, argv: list[str]) -> subprocess.CompletedProcess[byt
     finally:
         for fd in fds:
             os.close(fd)
+
+
+@root
+def test_migrations_kept_fast_move_nothing_and_end_with_their_block(hive_env):
+    """A colony's start keeps cgroup migrations quick (`migrations_kept_fast`): its thread takes the migration lock by
+    moving itself where it already is, so no thread of this process changes cgroup, a child still joins the colony's
+    cgroup inside the block, and the thread ends with the block."""
+    before = Path("/proc/self/cgroup").read_text()
+    name = f"{hive_env.prefix}-warm"
+    be = cgroups.backend()
+    assert be is not None
+    be.make(name)
+    try:
+        with cgroups.migrations_kept_fast():
+            keeper = wait_for(
+                lambda: next((t for t in threading.enumerate() if t.name == "cgroup-warm"), None), 5, "its thread"
+            )
+            inside = run_in_cgroup(name, ["cat", "/proc/self/cgroup"])
+            assert inside.returncode == 0 and f"/{name}" in inside.stdout.decode()
+            assert keeper.is_alive()  # its writes were taken: it stops on the first one the kernel refuses
+            assert Path(f"/proc/self/task/{keeper.native_id}/cgroup").read_text() == before
+        wait_for(lambda: not keeper.is_alive(), 5, "its thread to end with the block")
+        assert Path("/proc/self/cgroup").read_text() == before
+    finally:
+        assert cgroups.remove(name)
 
 
 @root

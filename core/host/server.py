@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import procs, sandbox
+from core import cgroups, procs, sandbox
 from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
@@ -138,12 +138,15 @@ class ColonyHost:
         try:
             # The colony starts when its starter asks (AwaitStart): by then the starter's UI, if any, has linked
             # and sees every notice and state of the start. A starter that never asks does not hold it long.
-            held = [asyncio.ensure_future(self._go.wait()), asyncio.ensure_future(self.done.wait())]
-            await asyncio.wait(held, timeout=START_HOLD, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in held:
-                waiting.cancel()
-            if not self.done.is_set():
-                await self._start()
+            # Its init, services and agent each join the colony's cgroup: quick while this lasts (from the host's
+            # first moment, so that its first, slow turn is over by the time the init is forked).
+            with cgroups.migrations_kept_fast():
+                held = [asyncio.ensure_future(self._go.wait()), asyncio.ensure_future(self.done.wait())]
+                await asyncio.wait(held, timeout=START_HOLD, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in held:
+                    waiting.cancel()
+                if not self.done.is_set():
+                    await self._start()
             await self.done.wait()
         finally:
             guard.cancel()
