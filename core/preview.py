@@ -595,17 +595,30 @@ def add_route(home: Path, port: int, route: Route) -> tuple[str, list[Route]]:
     """Route `route.host` to `route.upstream`, starting the hive's Caddy if need be. Returns the URL and the
     other colonies' routes that answer to the same host name (`web-a-b` is service web-a of b, or web of a-b)."""
     paths = PreviewPaths.of(home)
-    serving = ensure_running(home, port)
     body = route.as_caddy()
-    status, data = _admin(paths, "GET", f"/id/{ROUTES_ID}/handle/0/routes")
-    others = [r for r in (Route.from_caddy(item) for item in data or ()) if r is not None and r.id != route.id]
-    clashes = [r for r in others if r.host == route.host]
+    # The routes Caddy has: also the check that it runs (as `ensure_running` would ask), one request fewer.
+    try:
+        status, data = _admin(paths, "GET", f"/id/{ROUTES_ID}/handle/0/routes")
+    except OSError:
+        status, data = 0, None
+    found = paths.process() if status == 200 else None
+    if found is not None:
+        serving = found[2]
+    else:
+        serving = ensure_running(home, port)
+        status, data = _admin(paths, "GET", f"/id/{ROUTES_ID}/handle/0/routes")
+    known = [r for r in (Route.from_caddy(item) for item in data or ()) if r is not None]
+    clashes = [r for r in known if r.host == route.host and r.id != route.id]
+    present = any(r.id == route.id for r in known)
     for attempt in range(3):
-        status, data = _admin(paths, "PATCH", f"/id/{route.id}", body)  # replaces the route where it is
-        if status == 404:
-            status, data = _admin(paths, "POST", f"/id/{ROUTES_ID}/handle/0/routes", body)
-            if status == 400 and "duplicate ID" in _error_text(data) and attempt < 2:
-                continue  # added meanwhile by someone else: replace that one
+        if present:
+            status, data = _admin(paths, "PATCH", f"/id/{route.id}", body)  # replaces the route where it is
+            if status != 404:
+                break
+        status, data = _admin(paths, "POST", f"/id/{ROUTES_ID}/handle/0/routes", body)
+        if status == 400 and "duplicate ID" in _error_text(data) and attempt < 2:
+            present = True  # added meanwhile by someone else: replace that one
+            continue
         break
     if status != 200:
         raise PreviewError(f"the preview proxy refused the route {route.host}: {_error_text(data)}")

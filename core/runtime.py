@@ -109,6 +109,20 @@ class ColonyRuntime:
     async def start(self) -> None:
         """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent, and the
         watchers beside them."""
+        # The peers' table is looked at while the colony starts (its first registry transaction: a few ms), for
+        # the follower made at the end.
+        peers = (
+            asyncio.ensure_future(asyncio.to_thread(Peers, self._registry, HiveLayout(self._home), self.settings))
+            if self._home is not None
+            else None
+        )
+        try:
+            await self._start(peers)
+        finally:
+            if peers is not None and not peers.done():
+                await asyncio.wait([peers])  # its thread runs on: never left with an exception nobody took
+
+    async def _start(self, peers: asyncio.Future[Peers] | None) -> None:
         if self.init is not None:
             # Published: `stem exec` from any shell joins these namespaces too.
             await asyncio.to_thread(procs.start_init, self.init, self.rec.netns, publish=True)
@@ -134,9 +148,8 @@ class ColonyRuntime:
         # per colony, against a per-user budget of 128) rather than watching on its own. It starts once the
         # services have, so an edit never restarts one that is still starting.
         self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
-        if self.changes is not None and self._home is not None:
-            peers = await asyncio.to_thread(Peers, self._registry, HiveLayout(self._home), self.settings)
-            self.peer_follower = PeerFollower(peers, self.rec.name, self.changes, self._emit)
+        if self.changes is not None and peers is not None:
+            self.peer_follower = PeerFollower(await peers, self.rec.name, self.changes, self._emit)
 
     async def _start_change_watcher(self) -> None:
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)

@@ -71,9 +71,9 @@ MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cann
 READ_CHUNK = 64 * 1024
 READS_PER_WAKEUP = 4  # bounds one wakeup's work, so one chatty service cannot starve the loop
 # Most services listen within a few hundred ms of their start: probed every FAST_PROBE for the first FAST_PROBING
-# seconds (a connect in the colony's namespace costs microseconds), so a spawn waits at most 10 ms past the moment
-# they are up; then backing off to `probe_interval` for the slow starters.
-FAST_PROBE = 0.01
+# seconds (a refused connect in the colony's namespace costs ~0.1 ms of this process), so a spawn waits at most 5 ms
+# past the moment they are up; then backing off to `probe_interval` for the slow starters.
+FAST_PROBE = 0.005
 FAST_PROBING = 2.0
 MAX_PENDING = 10_000  # lines waiting for the log writer; beyond it the pipes are left unread (backpressure)
 

@@ -325,6 +325,8 @@ class Serving:
 def _preload() -> None:
     """Import everything a host runs, then keep those objects out of the cyclic GC: a collection in a host would
     otherwise write to every page of them and unshare it."""
+    import http.client  # noqa: F401  # core.preview's admin client: ~14 ms a host would pay on its first route
+
     import core.host.server
     import core.netns
 
