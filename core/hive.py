@@ -137,6 +137,7 @@ class Hive:
         self.supervisor = Supervisor(self._on_actor_crash)
         self._subscribers: list[asyncio.Queue[Event]] = []
         self._logs: dict[str, ColonyLog] = {}
+        self._logs_lock = threading.Lock()  # a spawn's steps log from several threads: one ColonyLog per colony
         self._links: dict[str, HostLink] = {}
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self._follower: asyncio.Task[None] | None = None
@@ -172,9 +173,13 @@ class Hive:
         loop.call_soon_threadsafe(self._publish, event)
 
     def log(self, name: str) -> ColonyLog:
-        if name not in self._logs:
-            self._logs[name] = ColonyLog(self.layout.colony_log(name))
-        return self._logs[name]
+        found = self._logs.get(name)
+        if found is None:
+            with self._logs_lock:
+                found = self._logs.get(name)
+                if found is None:
+                    found = self._logs[name] = ColonyLog(self.layout.colony_log(name))
+        return found
 
     # queries ----------------------------------------------------------------------------------------------
 
@@ -470,16 +475,15 @@ class Hive:
             self.set_state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
             self._make_cgroup(rec, config)
-            # The checkout (a git process) and the network (netlink, and pyroute2's import, in this process) do
-            # not depend on each other: made at the same time, a spawn waits for the longer one, not the sum.
-            checkout = _Background(self._make_worktree, rec, name=f"worktree-{name}")
+            # The checkout (a git process; then its files given to the colony's uid and its peers' snapshots) and
+            # the network (netlink, the firewall table) do not depend on each other: made at the same time, a
+            # spawn waits for the longer one, not the sum.
+            checkout = _Background(self._make_checkout, rec, config, name=f"worktree-{name}")
             try:
                 self._make_network(rec, config)
             finally:
                 checkout.join()  # before anything is rolled back: it may be making the worktree right now
             checkout.reraise()
-            self._prepare_sandbox(rec)
-            self._apply_peering(rec, config)
             self._run_commands(rec, config, "setup", config.setup)
             stage = lc.BUILDING
             self.set_state(name, lc.BUILDING)
@@ -492,6 +496,12 @@ class Hive:
             cause = str(exc) if isinstance(exc, StemError) else describe(exc)
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)
+
+    def _make_checkout(self, rec: ColonyRecord, config: ColonyConfig) -> None:
+        """The colony's worktree, what of it the colony's uid owns, and its peers' snapshots in it."""
+        self._make_worktree(rec)
+        self._prepare_sandbox(rec)
+        self._apply_peering(rec, config)
 
     def _make_dir_and_db(self, rec: ColonyRecord) -> None:
         folder = self.layout.colony_dir(rec.name)
