@@ -776,7 +776,8 @@ class Hive:
 
             preview.retire_many(self.layout.home, set(names), self.any_host_running)
 
-        await asyncio.to_thread(after)
+        if any(not isinstance(result, NoSuchColony) for result in results):  # nothing changed for names unknown
+            await asyncio.to_thread(after)
         return list(results)
 
     async def _stop_one(self, name: str, pool: ThreadPoolExecutor | None) -> ColonyRecord:

@@ -1150,9 +1150,9 @@ def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: 
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from stem import warm
+    from stem import warm_client
 
-    keep = not headless and not warm.SERVING and os.environ.get("STEM_WARM") != "0"
+    keep = not headless and not warm_client.SERVING and os.environ.get("STEM_WARM") != "0"
     # Read before the app runs (no event loop to hold up yet), so that the first frame lists them.
     records = hive.colonies()
     app = StemApp(hive, settings, themes=themes, close_hive=True, keep_warm=keep, records=records)

@@ -10,7 +10,6 @@ import argparse
 import errno
 import gc
 import os
-import sqlite3
 import stat
 import sys
 import time
@@ -256,28 +255,29 @@ def _quick_ls() -> int | None:
 def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     """`stem ARGV` (default: this process's arguments). `warm`: run it forked by the hive's warm process if one
     runs (stem/warm.py); its children run what they are given here (warm=False)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for arg in sys.argv[1:] if argv is None else argv:
+    given = sys.argv[1:] if argv is None else argv
+    for arg in given:
         if not arg.isascii():
             try:
                 arg.encode()
             except UnicodeEncodeError:  # bytes the locale could not decode: no name, path or command of Stem's
                 print(f"stem: argument {arg!r} is not valid UTF-8", file=sys.stderr)
                 return EXIT_USAGE
-    if args.command is None:
-        if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            print(
-                "stem: the UI needs a terminal; for scripts see `stem --help` (stem ls, stem serve, ...)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        if warm:
-            from stem.warm import run_warm
+    if not given and not _on_terminal():
+        return EXIT_USAGE
+    # As the program: forked, nothing to import, by the warm process, which parses the arguments itself (so the
+    # client does not build the parser). A plain `stem ls` stays here: it is lighter than a fork.
+    quick_ls = given[:1] == ["ls"] and "--json" not in given
+    if warm and argv is None and not quick_ls:
+        from stem.warm_client import run_warm
 
-            code = run_warm([])  # forked, ready to draw, by the hive's warm process if one runs
-            if code is not None:
-                return code
+        code = run_warm(given)  # no arguments: the UI, forked ready to draw
+        if code is not None:
+            return code
+    args = build_parser().parse_args(given)
+    if args.command is None:
+        if not _on_terminal():
+            return EXIT_USAGE
         # Importing the UI makes half a million objects that live as long as the process: with the collector off
         # meanwhile no collection walks them (~30 ms of a cold start), and frozen after it none ever will.
         gc.disable()
@@ -286,13 +286,7 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
         gc.freeze()
         gc.enable()
         return run()
-    quick_ls = args.command == "ls" and not args.json  # lighter than a fork of the warm process
-    if warm and argv is None and not quick_ls:  # as the program: forked, nothing to import, by the warm process
-        from stem.warm import run_warm
-
-        code = run_warm(sys.argv[1:])
-        if code is not None:
-            return code
+    quick_ls = args.command == "ls" and not args.json
     try:
         code = _quick_ls() if quick_ls else None
         if code is None:
@@ -311,7 +305,7 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
         # interpreter's last flush) go nowhere instead of printing a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, _sqlite_error()) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.EIO and _terminal_gone(sys.stdout.fileno()):
             # The terminal hung up (an SSH drop, then SIGHUP): nobody is left to read an error either.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -321,6 +315,20 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
             raise
         print(f"stem: {line}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _sqlite_error() -> type[Exception]:
+    """sqlite3.Error if a command imported sqlite3 (none but the registry's users do: the warm client does not)."""
+    module = sys.modules.get("sqlite3")
+    return module.Error if module is not None else OSError
+
+
+def _on_terminal() -> bool:
+    """Whether the UI can run here; if not, says so."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return True
+    print("stem: the UI needs a terminal; for scripts see `stem --help` (stem ls, stem serve, ...)", file=sys.stderr)
+    return False
 
 
 def _terminal_gone(fd: int) -> bool:
@@ -340,7 +348,7 @@ def _disk_trouble(exc: BaseException) -> str | None:
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"{os.strerror(exc.errno)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
     text = str(exc)
-    if isinstance(exc, sqlite3.Error) and ("disk is full" in text or "disk I/O error" in text or "readonly" in text):
+    if isinstance(exc, _sqlite_error()) and ("disk is full" in text or "disk I/O error" in text or "readonly" in text):
         home = os.environ.get("STEM_HOME", "STEM_HOME")
         return f"the hive's registry in {home} cannot be written ({text}): free some space and try again"
     return None

@@ -25,7 +25,6 @@ it exits) or b"E" (environment differs) instead of b"P": run cold.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
@@ -34,22 +33,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.host.paths import connect, fingerprint, recv_exact
-from core.locations import stem_home
+from core.host.paths import recv_exact
 from core.warm import WarmPaths, hosts_running
+from stem import warm_client
+from stem.warm_client import START_TIMEOUT, code_fingerprint, encodings
 
 if TYPE_CHECKING:
     from core.host.forker import Serving
 
 WARM_IDLE = 30.0  # seconds with no UI of its own and no colony host running before the warm process exits
 CHECK_EVERY = 30.0  # how often an idle warm process looks at the hive's colony hosts
-START_TIMEOUT = 10.0  # how long a client waits for its UI's pid
-FORWARDED = (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCONT)
 # What Textual reads from the environment once, when it is imported: a UI with other values starts cold.
 _IMPORT_TIME_ENV = ("TEXTUAL_", "ESCDELAY")
-# What a UI that died without restoring the terminal leaves on: the alternate screen, a hidden cursor, mouse,
-# bracketed paste, focus reports and the kitty keyboard protocol.
-_TERMINAL_RESET = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1004l"
 _MAX_REQUEST = 4 << 20
 PR_SET_NAME = 15
 # What the warm process imports before it serves: the UI up to its first frame (Textual's driver and tabs are imported
@@ -66,113 +61,9 @@ PRELOADED = (
     "core.host.launch",
 )
 
-SERVING = False  # this process was forked by the warm process (it does not start another)
-
-
-def _packages() -> tuple[Path, ...]:
-    root = Path(__file__).resolve().parents[1]
-    return (root / "stem", root / "core")
-
-
-def code_fingerprint() -> str:
-    """The fingerprint of the UI's code: Stem's sources, the interpreter and Textual's `__init__.py` (rewritten by
-    any install of Textual)."""
-    spec = importlib.util.find_spec("textual")
-    textual = [Path(spec.origin)] if spec is not None and spec.origin else []
-    return fingerprint(*_packages(), *textual)
-
-
-def _encodings() -> list[str]:
-    return [sys.getfilesystemencoding(), getattr(sys.stdout, "encoding", None) or ""]
-
 
 def _import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(_IMPORT_TIME_ENV)}
-
-
-# --- the client ---------------------------------------------------------------------------------------------------
-
-
-def run_warm(argv: list[str]) -> int | None:
-    """Run `stem ARGV` (no arguments: the UI) forked by the hive's warm process, on this process's stdin, stdout
-    and stderr; its exit status, or None if there is no warm process to use (the caller runs it itself)."""
-    if os.environ.get("STEM_WARM") == "0" or SERVING:
-        return None
-    try:
-        sock = connect(WarmPaths.of(stem_home()).socket)
-    except OSError:
-        return None
-    with sock:
-        return _run_with(sock, argv)
-
-
-def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
-    import termios
-
-    import msgpack
-
-    try:
-        saved = termios.tcgetattr(0)
-    except termios.error:
-        saved = None
-    try:
-        body = msgpack.packb(
-            {
-                "fingerprint": code_fingerprint(),
-                "argv": argv,
-                "env": dict(os.environ),
-                "cwd": os.getcwd(),
-                "umask": _umask(),
-                "encodings": _encodings(),
-            }
-        )
-    except (OSError, ValueError):  # a folder that is gone, bytes that are no UTF-8: the command runs cold
-        return None
-    try:
-        socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [0, 1, 2])
-        sock.settimeout(START_TIMEOUT)
-        if recv_exact(sock, 1) != b"P":
-            return None  # stale (it exits now; the next UI starts a new one) or another environment
-        (pid,) = struct.unpack(">I", recv_exact(sock, 4))
-    except OSError:
-        return None
-    # From here on the command runs on this process's descriptors: the signals this process gets are its.
-    for sig in FORWARDED:
-        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
-    sock.settimeout(None)
-    try:
-        answer = recv_exact(sock, 5)
-    except OSError:
-        answer = b""
-    if answer[:1] == b"X":
-        (code,) = struct.unpack(">i", answer[1:])
-        if code < 0:  # killed by a signal: so is this process, so that its caller sees what it would have
-            with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
-                signal.signal(-code, signal.SIG_DFL)
-            with contextlib.suppress(OSError):
-                os.kill(os.getpid(), -code)
-            return 128 - int(code)
-        return int(code)
-    # It went away without its status (the warm process was killed): a UI's terminal is given back as it was.
-    _forward(pid, signal.SIGTERM)
-    if not argv:
-        with contextlib.suppress(OSError, termios.error):
-            os.write(1, _TERMINAL_RESET)
-            if saved is not None:
-                termios.tcsetattr(0, termios.TCSANOW, saved)
-    print("stem: the command ended without an exit status (its warm process went away); run it again", file=sys.stderr)
-    return 1
-
-
-def _forward(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signum)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --- starting one -------------------------------------------------------------------------------------------------
@@ -212,7 +103,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
         return 3
     mark = code_fingerprint()
     own_env = _import_time_env(dict(os.environ))
-    encodings = _encodings()
+    own_encodings = encodings()
     _preload()
     from core.host.protocol import peer_credentials
 
@@ -252,7 +143,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 if (
                     not isinstance(env, dict)
                     or _import_time_env(env) != own_env
-                    or request.get("encodings") != encodings
+                    or request.get("encodings") != own_encodings
                 ):
                     conn.sendall(b"E")
                     conn.close()
@@ -315,7 +206,6 @@ def _reap(children: dict[int, socket.socket]) -> None:
 def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, serving: Serving) -> None:
     """In the forked child: run the client's stem command (the UI, or any other) on its terminal or pipes, in its
     folder and environment. Never returns."""
-    global SERVING
     import ctypes
     import random
     import threading
@@ -345,7 +235,7 @@ def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, se
             ctypes.CDLL(None).prctl(PR_SET_NAME, b"stem", 0, 0, 0)
         argv = [str(a) for a in request.get("argv") or []]  # type: ignore[attr-defined]
         sys.argv = ["stem", *argv]
-        SERVING = True
+        warm_client.SERVING = True
         conn.settimeout(None)
         threading.Thread(target=_watch_client, args=(conn,), name="warm-client", daemon=True).start()
         from stem.cli import main

@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
@@ -225,3 +226,15 @@ def test_every_module_the_warm_process_preloads_exists():
     from stem.warm import PRELOADED
 
     assert [m for m in PRELOADED if importlib.util.find_spec(m) is None] == []
+
+
+def test_the_client_finds_the_warm_socket_and_imports_nothing_heavy(tmp_path):
+    # What every `stem` imports before it is forked warm: none of the UI, asyncio, argparse or the core's dataclasses
+    # (they cost a short command ~15 ms). It reaches the warm process where the warm process listens.
+    from stem.warm_client import warm_socket
+
+    assert warm_socket(tmp_path) == WarmPaths.of(tmp_path).socket
+    probe = "import sys, stem.cli, stem.warm_client; print(sorted(set(sys.modules) & set(sys.argv[1:])))"
+    heavy = ["argparse", "asyncio", "dataclasses", "textual", "core.host.paths", "core.warm", "sqlite3", "_hashlib"]
+    out = subprocess.run([sys.executable, "-c", probe, *heavy], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['argparse']"  # stem.cli's own (its parser is built only when the command runs here)

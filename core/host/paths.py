@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import socket
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from core.ipc import connect, fingerprint, recv_exact, socket_address
 from core.locks import is_locked
+
+__all__ = ["HostPaths", "ServerPaths", "connect", "fingerprint", "recv_exact", "socket_address", "take_ready_fd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,58 +92,3 @@ def take_ready_fd(args: list[str]) -> tuple[list[str], int | None]:
         return args, None
     at = args.index("--ready-fd")
     return args[:at] + args[at + 2 :], int(args[at + 1])
-
-
-# sun_path holds 108 bytes; a STEM_HOME deep in a home directory or a test's tmp folder makes longer paths.
-_SUN_PATH = 100
-
-
-@contextlib.contextmanager
-def socket_address(path: Path | str) -> Iterator[str]:
-    """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
-    through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
-    text = str(path)
-    if len(text.encode()) < _SUN_PATH:
-        yield text
-        return
-    folder = os.open(os.path.dirname(text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{folder}/{os.path.basename(text)}"
-    finally:
-        os.close(folder)
-
-
-def connect(path: Path) -> socket.socket:
-    """A Unix stream socket connected to `path` (close-on-exec); OSError if nothing listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        with socket_address(path) as address:
-            sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    """Exactly `size` bytes from `sock`; ConnectionError if the other end hangs up first."""
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the other end hung up")
-        data += chunk
-    return data
-
-
-def fingerprint(*sources: Path) -> str:
-    """What a preloaded process's code is: the interpreter and every source file in `sources` (files, or folders
-    of them; default: `core`), each by path, size and mtime. A launcher whose fingerprint differs asks for a new
-    process, so an upgrade never runs old code."""
-    digest = hashlib.blake2b(f"{os.path.realpath(sys.executable)} {sys.version}".encode(), digest_size=16)
-    for root in sources or (Path(__file__).resolve().parents[1],):
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()

@@ -1,0 +1,72 @@
+"""The lightest pieces of Stem's local sockets: reaching a socket by a path of any length, reading exactly N bytes,
+and the fingerprint of a preloaded process's code. The warm start's client (stem/warm_client.py), which every
+`stem` runs first, imports this and nothing heavier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+try:  # hashlib's own blake2b, without the ~2 ms of loading OpenSSL that importing hashlib costs
+    from _blake2 import blake2b
+except ImportError:  # another interpreter
+    from hashlib import blake2b
+
+# sun_path holds 108 bytes; a STEM_HOME deep in a home directory or a test's tmp folder makes longer paths.
+_SUN_PATH = 100
+
+
+@contextlib.contextmanager
+def socket_address(path: Path | str) -> Iterator[str]:
+    """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
+    through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
+    text = str(path)
+    if len(text.encode()) < _SUN_PATH:
+        yield text
+        return
+    folder = os.open(os.path.dirname(text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{folder}/{os.path.basename(text)}"
+    finally:
+        os.close(folder)
+
+
+def connect(path: Path) -> socket.socket:
+    """A Unix stream socket connected to `path` (close-on-exec); OSError if nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with socket_address(path) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Exactly `size` bytes from `sock`; ConnectionError if the other end hangs up first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the other end hung up")
+        data += chunk
+    return data
+
+
+def fingerprint(*sources: Path) -> str:
+    """What a preloaded process's code is: the interpreter and every source file in `sources` (files, or folders
+    of them; default: `core`), each by path, size and mtime. A launcher whose fingerprint differs asks for a new
+    process, so an upgrade never runs old code."""
+    digest = blake2b(f"{os.path.realpath(sys.executable)} {sys.version}".encode(), digest_size=16)
+    for root in sources or (Path(__file__).resolve().parent,):
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
