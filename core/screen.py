@@ -33,6 +33,13 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   and erase-and-up runs (`_erase_up`) are deferred paints too. A paint that covers the row's last paint at the same
   column drops it (Textual repaints the same pieces of its rows), and the alternate screen's paints are dropped
   with it;
+- the commonest tokens of full-screen programs handled in `_feed_text` itself, without calls: a paint of a run met
+  before (one lookup gives its cells and the node after it, which is kept for the next run; while only paints, text
+  and controls come, the modes and charsets it depends on are looked at once, `_plain_paints`), CUP (its parameters
+  looked up, `_Place`, rather than parsed), CHA and CUF, and the private modes pyte only records (DECTCEM: vim hides
+  and shows the cursor around every repaint). A deferred paint of a run met before, from column 0, is written from
+  the run's cached row of cells (`RowCells`); ED replaces a row whose cells are a prefix of the row (or all of it)
+  with a copy of cached cells rather than writing over each;
 - a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
@@ -97,6 +104,10 @@ __all__ = ["Scrollback", "StemScreen"]
 _DECCKM = 1 << 5
 _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
+# Private modes (by their parameter, shifted as pyte stores them) that pyte's `set_mode` and `reset_mode` only record
+# (DECTCEM also shows or hides the cursor) and Stem does not act on: set or reset in place (`_feed_text`). Not
+# DECCOLM, DECSCNM or DECOM (pyte acts on them), the alternate screens or 2026 (`TerminalQueries.set_modes`).
+_PLAIN_PRIVATE_MODES = {str(m): m << 5 for m in (1, 7, 12, 25, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 2004)}
 
 _REVERSE_BLANK = REVERSE_CHAR
 # Deferred paints kept per row before the row is written (see `StemScreen._paint`).
@@ -182,6 +193,26 @@ class _Pieces(dict[int, tuple[int, ...]]):
 
 
 _PIECES = _Pieces()
+
+
+class _Place(dict[str | None, int]):
+    """CUP's row or column parameter (as the tokenizer cuts it out, None if absent) to the 0-based row or column it
+    places the cursor in, clamped to the screen as pyte's `cursor_position` does: full-screen programs place the
+    cursor with the same few parameters again and again, and a lookup costs less than parsing them."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.last = count - 1
+
+    def __missing__(self, param: str | None) -> int:
+        at = int(param) - 1 if param else 0
+        at = at if 0 <= at <= self.last else (0 if at < 0 else self.last)
+        if len(self) < 10_002:  # every parameter of up to 4 digits, and none
+            self[param] = at
+        return at
+
 
 # A batch row: the line, the attributes it starts with, which screen-wide piece of it (-1: all of it, which
 # fits), whether an EL follows (on its last piece), and the attributes after it.
@@ -327,6 +358,7 @@ class StemScreen(pyte.Screen):
             "C": self.cursor_forward,
         }
         self._chars = chars_for(DEFAULT_CHAR)  # the node of the cursor's attributes when last looked up
+        self._places()
         self._seen = self._cursor_state()
 
     # ----------------------------------------------------------------------------------------- public API
@@ -494,6 +526,7 @@ class StemScreen(pyte.Screen):
         if columns > self.columns:
             self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
         self.lines, self.columns = lines, columns
+        self._places()
         self.scrollback.columns = columns
         self._row_versions = (self._row_versions + [0] * lines)[:lines]
         cursor.y = min(cursor.y - drop, lines - 1)
@@ -784,9 +817,21 @@ class StemScreen(pyte.Screen):
         for y in interval:
             # Like pyte, only cells that exist are erased: the sparse rows stay sparse. A row's cells are in columns
             # 0..columns (pyte's ICH writes the one past the last), so a row of `columns` cells without that one
-            # has them all.
+            # has them all; a row of n cells the last of which is in column n - 1 has columns 0..n-1 (a row painted
+            # from column 0, as most are). Such a row is replaced by a new one made from the cached cells rather
+            # than written over: an empty dict takes another's cells in one copy (no deferred paint holds it: `_buf`
+            # wrote them all).
             line = buffer[y]
-            line.update(whole if len(line) == columns and columns not in line else dict.fromkeys(line, attrs))
+            count = len(line)
+            if count == columns and columns not in line:
+                cells = whole
+            elif count and count - 1 in line and max(line) == count - 1:
+                cells = fill(attrs, 0, count)
+            else:
+                line.update(dict.fromkeys(line, attrs))
+                continue
+            row = buffer[y] = new_row(line.default)
+            row.update(cells)
         if how in (0, 1):
             self.erase_in_line(how)
         if how == 3 and not self._alt_active:
@@ -917,6 +962,9 @@ class StemScreen(pyte.Screen):
         finditer = (_TOKEN_ASCII if text.isascii() else _TOKEN).finditer
         csi = self._csi
         while pos < n:
+            # Whether runs may be painted without looking at modes and charsets (`_plain_paints`): None is not known
+            # yet. Only a sequence (not a paint, not text or a control) can change that, and each sets it back.
+            plain: bool | None = None
             # Every position matches some alternative, so the matches are back to back; the loop is left to
             # go on from elsewhere after a line batch or pyte's parser.
             for m in finditer(text, pos):
@@ -930,23 +978,60 @@ class StemScreen(pyte.Screen):
                             self._cur.x = 0
                             self.linefeed()
                         if final is not None and final != "H":
-                            self._move[final](int(first) if first else 0)
+                            if final == "G":
+                                # CHA (ncurses places runs with it), pyte's `cursor_to_column` inlined: its parameter
+                                # places the cursor as CUP's column does.
+                                self._cur.x = LOOKUP(self._place_column, first)
+                            elif final == "C":
+                                # CUF (vim moves along a row with it), pyte's `cursor_forward` inlined.
+                                cursor = self._cur
+                                x = cursor.x + ((int(first) if first else 0) or 1)
+                                last = self.columns - 1
+                                cursor.x = x if x <= last else last
+                            else:
+                                self._move[final](int(first) if first else 0)
                         elif self.margins is not None and mo.DECOM in self.mode:
                             self.cursor_position(int(first or 0), int(column or 0))
-                        else:  # CUP, pyte's `cursor_position` inlined (at most 4 digits each)
+                        else:  # CUP, pyte's `cursor_position` inlined (at most 4 digits each), parameters looked up
                             cursor = self._cur
-                            y = int(first) - 1 if first else 0
-                            x = int(column) - 1 if column else 0
-                            last = self.lines - 1
-                            cursor.y = y if 0 <= y <= last else (0 if y < 0 else last)
-                            last = self.columns - 1
-                            cursor.x = x if 0 <= x <= last else (0 if x < 0 else last)
+                            cursor.y = LOOKUP(self._place_row, first)
+                            cursor.x = LOOKUP(self._place_column, column)
                         if run is None:
                             if erase is not None:
                                 self.erase_in_line(int(erase) if erase else 0)
                             continue
-                    if (erase is None or erase == "" or erase == "0") and self._paint(run, erase is not None):
-                        continue
+                    if erase is None or erase == "" or erase == "0":
+                        if plain is None:
+                            plain = self._plain_paints()
+                        if plain:
+                            # `_paint` for a run met before (a program repainting its rows), inlined: one lookup
+                            # gives its cells and the attributes after it (see `_plain_paints` for what holds).
+                            if "(" in run and "\x1b(" in run:
+                                run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
+                            cursor = self._cur
+                            node = self._chars
+                            if node.attrs is not cursor.attrs:
+                                node = self._chars = chars_for(cursor.attrs)
+                            found = node.runs.get(run)
+                            if found is not None:
+                                cells, after = found
+                                x = cursor.x
+                                end = x + len(cells)
+                                if end <= self.columns:
+                                    cursor.attrs = after.attrs
+                                    self._chars = after  # the node of the cursor's attributes, for the next run
+                                    cursor.x = end
+                                    if end > x or erase is not None:
+                                        y = cursor.y
+                                        self.dirty.add(y)
+                                        self._add_paint(
+                                            y,
+                                            (x, cells, run, node, end - x, None if erase is None else after.attrs),
+                                            x == 0 and (erase is not None or end == self.columns),
+                                        )
+                                    continue
+                        if self._paint(run, erase is not None):
+                            continue
                     self._draw_run(run)
                     if erase is not None:
                         if erase == "" or erase == "0":  # EL to the end of the row, the usual one: inlined
@@ -979,6 +1064,19 @@ class StemScreen(pyte.Screen):
                             cursor = self._cur
                             cursor.attrs = sgr_apply(cursor.attrs, params, mo.DECSCNM in self.mode)
                         continue
+                    if private and (final == "h" or final == "l"):
+                        shifted = _PLAIN_PRIVATE_MODES.get(params)
+                        if shifted is not None:
+                            # DECTCEM and other private modes pyte only records (vim hides and shows the cursor
+                            # around every repaint): pyte's `set_mode`/`reset_mode` without the calls.
+                            if final == "h":
+                                self.mode.add(shifted)
+                            else:
+                                self.mode.discard(shifted)
+                            if shifted == mo.DECTCEM:
+                                self._cur.hidden = final == "l"
+                            continue
+                    plain = None
                     handler = csi.get(final)
                     if handler is None:
                         continue  # pyte's `debug`: unknown sequences are ignored
@@ -1017,6 +1115,7 @@ class StemScreen(pyte.Screen):
                 elif kind == _T_TEXT:
                     self.draw(m.group(14))
                 elif kind == _T_ESC:
+                    plain = None
                     handler0 = self._esc.get(m.group(15))
                     if handler0 is not None:
                         handler0()
@@ -1029,6 +1128,7 @@ class StemScreen(pyte.Screen):
                 elif kind == _T_DA2:
                     self.queries.secondary_device_attributes()
                 elif kind == _T_CHARSET:
+                    plain = None
                     designation = m.group(16)
                     if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
                         self.define_charset(designation[1], mode=designation[0])
@@ -1059,6 +1159,23 @@ class StemScreen(pyte.Screen):
             dirty.add(y)
             y = y - 1 if y > top else top
         cursor.y = y
+
+    def _places(self) -> None:
+        """CUP's parameters to rows and columns (`_Place`), for the screen's size."""
+        self._place_row = _Place(self.lines)
+        self._place_column = _Place(self.columns)
+
+    def _plain_paints(self) -> bool:
+        """Whether a paint may skip `_paint`'s checks of modes and charsets: no batch rows held, no mode under which a
+        run is not drawn as plain text (insert, DECSCNM, LNM), G0 as pyte's default and UTF-8 (so that `ESC ( B` and
+        `ESC ( 0` in a run are ignored, as pyte ignores them). Only sequences change any of it (`_feed_text`)."""
+        return (
+            not self._held
+            and self.mode.isdisjoint(_NO_BATCH_MODES)
+            and self.charset == 0
+            and self.g0_charset is cs.LAT1_MAP
+            and self._stream.use_utf8
+        )
 
     def _paint(self, run: str, erase: bool) -> bool:
         """Draw `run` (and EL to the end of the row if `erase`) if it fits on the cursor's row, deferred: the
@@ -1118,6 +1235,7 @@ class StemScreen(pyte.Screen):
         if end > self.columns:
             return False
         cursor.attrs = after.attrs
+        self._chars = after
         cursor.x = end
         if not (width or erase):
             return True
@@ -1194,7 +1312,12 @@ class StemScreen(pyte.Screen):
                 width = len(drawn)
             elif width:
                 if cells is not None:
-                    row.update(enumerate(cells, x))
+                    if x == 0 and type(parts) is str:
+                        # A run met before (`_feed_text`) from column 0: its cells as a row ({column: cell}, kept
+                        # with the run: `RowCells`), which is written twice as fast as pairs.
+                        row.update(moves.rows[parts])  # type: ignore[union-attr]
+                    else:
+                        row.update(enumerate(cells, x))
                 elif type(parts) is list and type(moves) is list:
                     row.update(enumerate(chain.from_iterable(map(LOOKUP, map(TEXTS, moves), parts[::2])), x))
                 else:  # an ASCII run and the node it starts from

@@ -450,6 +450,95 @@ def test_erase_in_display_erases_only_the_cells_a_row_has() -> None:
     assert_same_screen(reference(data, None), stem(data, None))
 
 
+def test_erase_in_display_keeps_which_cells_a_row_has() -> None:
+    """ED replaces a row whose cells are columns 0..n-1 (painted from column 0) or the whole width by a new row of the
+    cached cells: the new row must have exactly the cells the old one had, so that a later ED in another colour (which
+    writes only cells that exist) leaves what pyte leaves. Rows painted from column 0, with a gap, from a later
+    column, full, and with the cell ICH pushes past the last column; erased whole, below and above the cursor."""
+    rows = [
+        b"\x1b[2;1Habcde",
+        b"\x1b[3;1Hab\x1b[3;5Hcd",
+        b"\x1b[4;9Hxyz",
+        b"\x1b[5;1H" + b"w" * COLS,
+        b"\x1b[6;1H" + b"v" * (COLS - 1) + b"\x1b[6;3H\x1b[@",
+        b"\x1b[7;1H\x1b[41mred\x1b[K\x1b[m",
+    ]
+    for erase in (b"\x1b[2J", b"\x1b[4;1H\x1b[J", b"\x1b[4;3H\x1b[1J"):
+        data = b"".join(rows) + b"\x1b[44m" + erase + b"\x1b[45m\x1b[2J\x1b[m\x1b[3;2Hq"
+        expected, actual = reference(data, None), stem(data, 7)
+        assert_same_screen(expected, actual)
+        for y in range(ROWS):
+            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+
+
+def _repaints(seed: int) -> bytes:
+    """A full-screen program repainting a few runs again and again (so that they are met before, and taken from the
+    caches): placed by CUP (parameters empty, 0, at and past the edges), CHA and CUF, with SGR and line drawing
+    designated in them, EL after them; between the frames, what vim, less and ncurses send: the cursor hidden and
+    shown, other private modes, a scroll region with IL/DL, SU/SD and reverse index, ICH/DCH, ECH, EL and ED variants,
+    the alternate screen."""
+    rng = random.Random(seed)
+    texts = ["colony", "  12 ", "def f(x):", "中文 é", "qqqq", "", "│ ok │"]
+    runs = [
+        "".join(
+            rng.choice(["", "\x1b[m", "\x1b[1m", "\x1b[38;5;130m", "\x1b[0;7m", "\x1b[44m", "\x1b(0", "\x1b(B"])
+            + rng.choice(texts)
+            for _ in range(rng.randrange(1, 4))
+        )
+        for _ in range(6)
+    ]
+    between = [
+        "\x1b[?25l",
+        "\x1b[?25h",
+        "\x1b[?12h\x1b[?12l",
+        "\x1b[?7l",
+        "\x1b[?7h",
+        "\x1b[?1h\x1b[?2004h",
+        "\x1b[?1l\x1b[?2004l",
+        "\x1b[?1049h",
+        "\x1b[?1049l",
+        "\x1b[5;20r\x1b[5;1H\x1b[2L\x1b[r",
+        "\x1b[8;30r\x1b[10;1H\x1b[3M\x1b[1;40r",
+        "\x1b[3;12r\x1b[2S\x1b[T\x1b[r",
+        "\x1b[H\x1bM\x1bM",
+        "\x1b[40;1H\r\n",
+        "\x1b[6;4H\x1b[3@\x1b[2P",
+        "\x1b[7;1H\x1b[5X",
+        "\x1b[43m\x1b[1K\x1b[2K\x1b[m",
+        "\x1b[45m\x1b[2J\x1b[m",
+        "\x1b[20;5H\x1b[J",
+        "\x1b[20;5H\x1b[46m\x1b[1J\x1b[m",
+    ]
+    edges = ["", "0", "1", "39", "40", "41", "119", "120", "121", "9999"]
+    out = []
+    for _ in range(60):
+        for _ in range(rng.randrange(4, 12)):
+            y, x = rng.choice([str(rng.randrange(1, 41)), rng.choice(edges)]), rng.choice([*edges, "1", "5", "60"])
+            move = rng.choice([f"\x1b[{y};{x}H", f"\x1b[{y}H", f"\x1b[{x}G", f"\x1b[{rng.choice(edges)}C", "\r\n"])
+            out.append(move + rng.choice(runs) + rng.choice(["", "", "\x1b[K", "\x1b[0K"]))
+        out.append(rng.choice(between))
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_repainted_runs_equal_reference(seed: int) -> None:
+    """Runs met before are painted by `_feed_text` itself, placed by cached CUP parameters, and private modes pyte
+    only records are set in place: frames of repainted runs with what full-screen programs send between them, in a
+    chunk size that cuts sequences, characters and lines, must leave pyte's screen (modes included), also when it is
+    looked at between reads."""
+    screen_cells.clear_caches()
+    data = _repaints(seed)
+    size = (1, 7, 64, 4096)[seed % 4]
+    assert_same_screen(reference(data, size), stem(data, size))
+    screen = StemScreen(COLS, ROWS)
+    for i, chunk in enumerate(chunks(data, 512)):
+        screen.feed(chunk)
+        if i % 3 == 0:
+            screen.take_dirty()
+            _ = screen.buffer[0][0], screen.cursor.x
+    assert_same_screen(reference(data, 512), screen)
+
+
 def test_screen_text_matches_pyte_display() -> None:
     data = streams.wide_and_combining() + streams.tabs()
     expected = reference(data, None)
