@@ -42,7 +42,7 @@ from core.events import (
 )
 from core.firewall import FirewallError
 from core.host import forker
-from core.host.paths import HostPaths
+from core.host.paths import STARTER_ENV, HostPaths
 from core.listing import Listed, listing, open_hive, pool_from_environment
 from core.locks import FileLock, remove_unused
 from core.names import branch_name, check_name, netns_name, veth_name
@@ -403,7 +403,7 @@ class Hive:
                         await asyncio.to_thread(self._rollback, made)
                     raise
                 try:
-                    await self._start_runtime(rec, config)
+                    await self._start_runtime(rec, config, launched=True)
                 except BaseException as exc:
                     await self._stop_runtime(name)
                     await asyncio.to_thread(self._rollback, rec)
@@ -471,10 +471,15 @@ class Hive:
         self._emit(StateChanged(name, lc.SPAWNING))
         _checkpoint("reserved")
         stage = lc.PROVISIONING
+        host: _Background | None = None
         try:
             self.set_state(name, lc.PROVISIONING)
             self._make_dir_and_db(rec)
             self._make_cgroup(rec, config)
+            if self.hosts:
+                # The colony's host is forked and listening while the rest is made (it waits for this process to
+                # ask for the start, and exits should this process die first): not after it.
+                host = _Background(self._launch_host, rec, name=f"host-{name}")
             # The checkout (a git process; then its files given to the colony's uid and its peers' snapshots) and
             # the network (netlink, the firewall table) do not depend on each other: made at the same time, a
             # spawn waits for the longer one, not the sum.
@@ -490,12 +495,23 @@ class Hive:
             self._run_commands(rec, config, "build", config.build)
             stage = lc.STARTING
             self.set_state(name, lc.STARTING)
+            if host is not None:
+                host.join()
+                host.reraise()
             _checkpoint("starting")
         except BaseException as exc:
+            if host is not None:
+                host.join()  # before the rollback ends it
             self._rollback(rec)
             cause = str(exc) if isinstance(exc, StemError) else describe(exc)
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)
+
+    def _launch_host(self, rec: ColonyRecord) -> None:
+        from core.host import launch
+
+        env = {**self._host_env(), STARTER_ENV: str(os.getpid())}
+        launch.launch(self.host_paths(rec.name), self.layout.home, rec.name, env)
 
     def _make_checkout(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         """The colony's worktree, what of it the colony's uid owns, and its peers' snapshots in it."""
@@ -711,7 +727,11 @@ class Hive:
                 raise StepFailed(f"{source} command `{command}` exited with {code}" + (f": {tail}" if tail else ""))
 
     def _rollback(self, rec: ColonyRecord) -> None:
-        """Undo a spawn that failed: everything the colony claimed, then its row."""
+        """Undo a spawn that failed: its host (launched while the colony was made), everything the colony claimed,
+        then its row."""
+        from core.host import launch
+
+        launch.kill(self.host_paths(rec.name))
         self.end_processes(rec)
         self.remove_parts(rec.name, keep_unmerged=False)
         self.peering.forget(rec.name)
@@ -1038,15 +1058,19 @@ class Hive:
             "STEM_CONFIG": str(self.settings.path),
         }
 
-    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig) -> None:
-        """Start the colony's host (detached: it outlives this process) and wait until it has started the
-        services and the agent; StepFailed-worthy HostFailed with the reason if it could not."""
+    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig, launched: bool = False) -> None:
+        """Start the colony's host (detached: it outlives this process; `launched`: a spawn has started it already)
+        and wait until it has started the services and the agent; StepFailed-worthy HostFailed with the reason if
+        it could not."""
         from core.host import launch  # the host machinery (protocol, msgpack) only when a colony starts
 
         paths = self.host_paths(rec.name)
-        if not self.hosts or paths.running():
+        if not self.hosts:
             return
-        await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, self._host_env())
+        if not launched:
+            if paths.running():
+                return
+            await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, self._host_env())
         if self.attached and rec.name not in self._link_tasks:
             from core.host.client import HostLink
 

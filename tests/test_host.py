@@ -74,6 +74,23 @@ def test_a_spawn_from_a_shell_runs_at_once_and_its_host_is_detached(hive_env, tm
     assert not alive(pid) and netns_pids(hive_env, "solo") == set()
 
 
+def test_a_spawn_killed_while_it_makes_the_colony_leaves_no_host_and_starts_nothing(hive_env, tmp_path):
+    """A spawn launches the colony's host while it makes the rest of the colony; killed before it asked for the
+    start, it leaves a host that exits by itself, having started no service or agent; gc removes what is left."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    killed = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="starting"), "spawn", "cut", "--repo", str(repo))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    paths = HostPaths(hive_env.home / "colonies" / "cut")
+    wait_for(lambda: paths.log.exists() and "went away before starting it" in paths.log.read_text(), 10, "its word")
+    wait_for(lambda: paths.process() is None, 10, "the host to exit with its starter")
+    assert not (Path(hive_env.home / "worktrees" / "cut") / "whoami.txt").exists()  # the service never ran
+    assert hive_env.registry_pids() == []  # nor did the agent
+    report = run_stem(hive_env.env, "gc")
+    assert report.returncode == 0, report.stderr
+    assert "cut" not in listed(hive_env)
+
+
 def test_kill_9_of_a_host_brings_the_colony_back_and_touches_no_other(hive_env, tmp_path):
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)

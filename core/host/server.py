@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core import cgroups, procs, sandbox
 from core.changes import diff_text
@@ -43,7 +43,7 @@ from core.events import (
     ServiceState,
 )
 from core.host import protocol as p
-from core.host.paths import HostPaths, take_ready_fd
+from core.host.paths import STARTER_ENV, HostPaths, take_ready_fd
 
 if TYPE_CHECKING:
     from core.agent import AgentSession
@@ -137,16 +137,29 @@ class ColonyHost:
         guard = asyncio.create_task(self._guard(), name="guard")
         try:
             # The colony starts when its starter asks (AwaitStart): by then the starter's UI, if any, has linked
-            # and sees every notice and state of the start. A starter that never asks does not hold it long.
-            # Its init, services and agent each join the colony's cgroup: quick while this lasts (from the host's
-            # first moment, so that its first, slow turn is over by the time the init is forked).
+            # and sees every notice and state of the start. A starter that never asks does not hold it long, unless
+            # it started this host while it still makes the colony (a spawn: STARTER_ENV): then the host waits for
+            # as long as that process lives, and exits without starting anything if it dies first.
+            # The init, services and agent each join the colony's cgroup: quick while `migrations_kept_fast` lasts
+            # (from the host's first moment, so that its first, slow turn is over by the time the init is forked).
             with cgroups.migrations_kept_fast():
-                held = [asyncio.ensure_future(self._go.wait()), asyncio.ensure_future(self.done.wait())]
-                await asyncio.wait(held, timeout=START_HOLD, return_when=asyncio.FIRST_COMPLETED)
+                held: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(self._go.wait()),
+                    asyncio.ensure_future(self.done.wait()),
+                ]
+                starter = _watch_starter()
+                if starter is not None:
+                    held.append(starter)
+                await asyncio.wait(
+                    held, timeout=None if starter is not None else START_HOLD, return_when=asyncio.FIRST_COMPLETED
+                )
                 for waiting in held:
                     waiting.cancel()
+                if not self._go.is_set() and starter is not None and not self.done.is_set():
+                    self._request_stop("the process that was making its colony went away before starting it")
                 if not self.done.is_set():
-                    await self._start()
+                    with cgroups.migrations_kept_fast():  # again: the colony may have taken long to make
+                        await self._start()
             await self.done.wait()
         finally:
             guard.cancel()
@@ -525,6 +538,37 @@ class ColonyHost:
             log=tuple(tail),
             log_seq=self.colony_log.last_seq,
         )
+
+
+def _watch_starter() -> asyncio.Future[None] | None:
+    """Done when the process named by STARTER_ENV ends (None without one). The variable is taken out of this
+    process's environment: nothing the host starts inherits it."""
+    text = os.environ.pop(STARTER_ENV, "")
+    if not text.isdigit():
+        return None
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    try:
+        fd = os.pidfd_open(int(text))
+    except OSError:  # gone already
+        gone.set_result(None)
+        return gone
+    loop = asyncio.get_running_loop()
+
+    def ended() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, ended)
+
+    def forget(_: asyncio.Future[None]) -> None:  # cancelled once the start was asked for
+        if gone.cancelled():
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    gone.add_done_callback(forget)
+    return gone
 
 
 def _hold_lock(paths: HostPaths) -> int | None:
