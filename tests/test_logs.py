@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import subprocess
 import threading
 
 import pytest
 from helpers import make_repo, run_stem, stem_cmd
+
+from core.events import LogLine
+from core.hive import Hive
 
 pytestmark = pytest.mark.root
 
@@ -70,3 +74,32 @@ def test_logs_of_unknown_colony_is_an_error(hive_env):
     result = run_stem(hive_env.env, "logs", "nobody")
     assert result.returncode == 2
     assert result.stderr.strip() == "stem: no colony named 'nobody' in this hive (see `stem ls`)"
+
+
+def test_the_hosts_log_lines_are_numbered_after_the_spawns_own(hive_env, tmp_path):
+    """A spawn writes the colony's making (network, setup, build) to its log while the host it launched waits; the
+    host numbers its own lines (a service's output) after those, so a UI, which drops log lines it has seen by
+    their number, shows them too."""
+    toml = TOML + '\n[services.talk]\ncommand = "echo the service says hi; exec sleep 1000"\n'
+    repo = make_repo(tmp_path / "numbered", colony_toml=toml)
+
+    async def scenario() -> list[LogLine]:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+        seen: list[LogLine] = []
+        try:
+            await hive.attach()
+            await hive.spawn("first", make_repo(tmp_path / "first"))  # the hive's host forker runs from here on
+            await hive.spawn("num", repo)
+            while not any("the service says hi" in line.text for line in seen):
+                event = await asyncio.wait_for(events.get(), 10)
+                if isinstance(event, LogLine) and event.colony == "num":
+                    seen.append(event)
+            return seen
+        finally:
+            await hive.close()
+
+    seen = asyncio.run(scenario())
+    making = [line.seq for line in seen if line.source in ("network", "setup", "build")]
+    said = next(line for line in seen if "the service says hi" in line.text)
+    assert making and said.seq > max(making), [(line.seq, line.source, line.text) for line in seen]

@@ -52,8 +52,9 @@ from core.locations import HiveLayout
 from core.privileges import become_subreaper
 from core.registry import ColonyRecord, Registry
 from core.runtime import ColonyRuntime
+from core.sandbox import Sandbox
 from core.screen_queries import Palette
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 
 log = logging.getLogger("stem.host")
 
@@ -126,7 +127,6 @@ class ColonyHost:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._request_stop, f"signal {signal.Signals(sig).name}")
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        self.colony_log.load()
         with contextlib.suppress(FileNotFoundError):
             self.paths.socket.unlink()  # ours: we hold host.lock, so whoever made it is gone
         server = await p.listen(self.paths.socket, self._serve_client)
@@ -182,12 +182,7 @@ class ColonyHost:
 
     async def _start(self) -> None:
         try:
-            rec, config = await asyncio.to_thread(self._load)
-            settings = await asyncio.to_thread(load_settings)
-            # An agent that ran before (a stop, a crash of the previous host) comes back in its resume form.
-            history = await asyncio.to_thread(self.registry.events, self.name)
-            resume = any(kind == "agent-started" for _c, _at, kind, _m in history)
-            box = await asyncio.to_thread(sandbox.for_colony, rec, settings, self.layout.home)
+            rec, config, settings, resume, box = await asyncio.to_thread(self._read_colony)
             runtime = ColonyRuntime(
                 rec,
                 config,
@@ -260,6 +255,18 @@ class ColonyHost:
     def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(self.name)
         return rec, load_colony_config(Path(rec.worktree))
+
+    def _read_colony(self) -> tuple[ColonyRecord, ColonyConfig, Settings, bool, Sandbox | None]:
+        """What a start reads (one trip to a thread): the colony's record and colony.toml, the user's settings,
+        whether its agent ran before (then it comes back in its resume form: a stop, a crash of the previous
+        host) and its sandbox. Also the colony's log so far: read now, not when the host was launched, since a spawn
+        launches it while it still writes the colony's making to that log (numbered after those lines, its own
+        entries are new to every client)."""
+        self.colony_log.load()
+        rec, config = self._load()
+        settings = load_settings()
+        resume = any(kind == "agent-started" for _c, _at, kind, _m in self.registry.events(self.name))
+        return rec, config, settings, resume, sandbox.for_colony(rec, settings, self.layout.home)
 
     async def _guard(self) -> None:
         """A host whose colony vanished under it (its folder deleted, STEM_HOME removed, its row gone) ends what it
