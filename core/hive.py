@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +66,19 @@ DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
 STOP_WORKERS = 32  # threads a batch of stops runs its blocking work on (namespaces, cgroups, waits on the kernel)
 LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before asking it to start
+FIRST_LINK_WAIT = 0.5  # seconds at most a UI's other links wait for the colony it shows first (see `attach`)
 REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
+
+
+async def _after(gate: asyncio.Event, most: float, then: Coroutine[Any, Any, None]) -> None:
+    """`then`, once `gate` is set or `most` seconds have passed (closed, never run, if cancelled before)."""
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.wait(), most)
+    except BaseException:
+        then.close()
+        raise
+    await then
 
 
 def _checkpoint(step: str) -> None:
@@ -1104,16 +1116,20 @@ class Hive:
     def attached(self) -> bool:
         return self._follower is not None
 
-    async def attach(self, records: Sequence[ColonyRecord] | None = None) -> None:
+    async def attach(
+        self, records: Sequence[ColonyRecord] | None = None, rest_after: asyncio.Event | None = None
+    ) -> None:
         """Follow the hive from this process (a UI, `stem serve`): a link to the host of every running colony,
         whose screens, states and logs arrive as events; a host that dies is replaced. Any number of processes
         may attach to one hive at once. `records`: the colonies as just read (the UI's first frame lists them),
-        so that the links start without reading them again."""
+        so that the links start without reading them again; the first of them is linked first, the others once
+        `rest_after` is set (the UI's first frame is drawn; FIRST_LINK_WAIT at most), else once that link has its
+        snapshot."""
         self.bind_loop()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError):  # only the main thread may own signals
             loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        await self.reconcile(records)
+        await self.reconcile(records, rest_after)
         self._follower = asyncio.create_task(self._follow_registry(), name="follow-hive")
 
     async def detach(self) -> None:
@@ -1160,10 +1176,12 @@ class Hive:
                 except Exception as exc:  # keep following the registry whatever one pass hit
                     self._publish(Notice("", "error", f"following the hive failed: {describe(exc)}"))
 
-    async def reconcile(self, fresh: Sequence[ColonyRecord] | None = None) -> None:
+    async def reconcile(
+        self, fresh: Sequence[ColonyRecord] | None = None, rest_after: asyncio.Event | None = None
+    ) -> None:
         """A link for every colony whose host should run; none for the others. Other stem processes (spawn,
         stop, destroy from a shell, another UI) change the registry; this follows them. `fresh`: the registry's
-        rows as just read by the caller."""
+        rows as just read by the caller (see `attach` for `rest_after`)."""
         rows = fresh if fresh is not None else await asyncio.to_thread(self.registry.colonies)
         records = {r.name: r for r in rows}
         seen = {(r.name, r.state, r.stage) for r in records.values()}
@@ -1177,11 +1195,25 @@ class Hive:
                 task.cancel()
                 self._link_tasks.pop(name, None)
                 self._links.pop(name, None)
+        # Given the rows a UI lists (`fresh`, on attaching), the first one listed, the colony it shows first, is
+        # linked first: the others wait until the UI has drawn it (`rest_after`), or else until its snapshot is in
+        # (FIRST_LINK_WAIT at most), so that at 100 colonies its first frame is not queued behind 99 hellos and
+        # snapshots on this loop.
+        gate: asyncio.Event | None = None
         for rec in records.values():
             if rec.state in (lc.RUNNING, lc.STARTING) and rec.name not in self._link_tasks:
                 if rec.state == lc.STARTING and not self.host_running(rec.name):
                     continue  # its starter launches the host; the next pass links to it
-                follow = self._follow_host(rec.name, rec=rec if fresh is not None else None)
+                first = None
+                if fresh is not None and gate is None and len(records) > 1:
+                    from core.host.client import HostLink
+
+                    first = HostLink(rec.name, self.host_paths(rec.name), self._publish)
+                follow = self._follow_host(rec.name, first, rec=rec if fresh is not None else None)
+                if gate is not None:
+                    follow = _after(gate, FIRST_LINK_WAIT, follow)
+                elif first is not None:
+                    gate = rest_after or first.connected
                 task = asyncio.create_task(follow, name=f"link-{rec.name}")
                 self._link_tasks[rec.name] = task
 

@@ -137,6 +137,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.records: list[ColonyRecord] = records or []
         self._preloaded = records is not None  # the colonies were read before the app ran: listed at mount
         self._holding_frame = False  # repaints held until the first frame is whole (FIRST_FRAME_WAIT)
+        self._first_frame = asyncio.Event()  # set once it is drawn: the hive links the other colonies then
         self.selected: str | None = None
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
@@ -223,7 +224,10 @@ class StemApp(App[int], inherit_bindings=False):
         self.hive.bind_loop()
         self._events = self.hive.subscribe()
         if self.own_hive:
-            self._attaching = asyncio.ensure_future(self.hive.attach(self.records if self._preloaded else None))
+            # The colony selected first is linked first; the others once the first frame is drawn.
+            self._attaching = asyncio.ensure_future(
+                self.hive.attach(self.records if self._preloaded else None, rest_after=self._first_frame)
+            )
             if self.records and self.records[0].state == lc.RUNNING:  # the colony selected first
                 self._holding_frame = True
                 self.set_timer(FIRST_FRAME_WAIT, self._release_first_frame)
@@ -233,6 +237,8 @@ class StemApp(App[int], inherit_bindings=False):
             # SIGTERM (a service manager, `kill`) is a quit: the terminal is restored and the colonies run on.
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 0)
         self._pump_events()
+        if not self._holding_frame:
+            self.call_after_refresh(self._first_frame.set)
         if self._preloaded:
             self._show_colonies()  # listed before the hosts are linked: their screens fill in as they come
         if self._attaching is not None:
@@ -293,6 +299,7 @@ class StemApp(App[int], inherit_bindings=False):
             screen = self.screen_stack[0]
             if isinstance(screen, HoldingScreen):
                 screen.release()
+            self.call_after_refresh(self._first_frame.set)
 
     def on_core_event(self, event: Event) -> None:
         """Route one core event to the panels that show it."""

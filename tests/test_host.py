@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,45 @@ def test_a_host_whose_colony_folder_vanished_ends_what_it_runs(hive_env, tmp_pat
     wait_for(lambda: not netns_pids(hive_env, "vanish"), timeout=10, what="its agent and service to be ended")
     result = run_stem(hive_env.env, "destroy", "vanish", "--force")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_ui_links_the_colony_it_shows_first_and_the_others_once_it_is_drawn(hive_env, tmp_path, monkeypatch):
+    """At 100 colonies a UI's first frame waited behind 99 hellos and snapshots: attaching with the rows it lists,
+    it links the first (the colony it shows) at once and the others only once told its first frame is drawn."""
+    monkeypatch.setattr("core.hive.FIRST_LINK_WAIT", 60.0)  # here only the UI's word lets the others link
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    for name in ("one", "two", "three"):
+        assert run_stem(hive_env.env, "spawn", name, "--repo", str(repo)).returncode == 0
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        drawn = asyncio.Event()
+        try:
+            records = hive.colonies()
+            first, others = records[0].name, [r.name for r in records[1:]]
+
+            def linked(name: str) -> bool:
+                link = hive.link(name)
+                return link is not None and link.connected.is_set()
+
+            async def until(what: str, check: Callable[[], bool]) -> None:
+                async def poll() -> None:
+                    while not check():
+                        await asyncio.sleep(0.01)
+
+                try:
+                    await asyncio.wait_for(poll(), 10)
+                except TimeoutError:
+                    raise AssertionError(f"timed out waiting for {what}") from None
+
+            await hive.attach(records, rest_after=drawn)
+            await until(f"{first} linked", lambda: linked(first))
+            # Not held, the others' links would exist by now: they start beside the first.
+            assert [n for n in others if hive.link(n) is not None] == []
+            drawn.set()
+            await until("the others linked", lambda: all(linked(n) for n in others))
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
