@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import gc
 import os
 import stat
@@ -47,7 +48,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: built once per process (the warm process builds it before it forks, so that the
+    commands it forks only parse)."""
     parser = _Parser(
         prog="stem",
         description="Run AI coding agents in parallel, each in its own colony: a network namespace, "
