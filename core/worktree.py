@@ -6,7 +6,6 @@ commands meet; calls that change the repository's shared state hold a per-reposi
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -80,6 +79,7 @@ def repo_root(path: Path) -> Path:
         raise NotARepository(f"{path} is not inside a git repository (run `git init` there, or pass --repo)")
     common = Path(proc.stdout.strip())
     if common.name == ".git":
+        _COMMON_DIRS[common.parent] = common  # what `common_dir` of the top would ask git again
         return common.parent
     top = git(["rev-parse", "--show-toplevel"], path, check=False)
     if top.returncode != 0:
@@ -87,10 +87,18 @@ def repo_root(path: Path) -> Path:
     return Path(top.stdout.strip())
 
 
-@functools.lru_cache(maxsize=64)
+_COMMON_DIRS: dict[Path, Path] = {}
+
+
 def common_dir(repo: Path) -> Path:
-    """The repository's shared git dir (cached: it never changes for a repository path)."""
-    return Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], repo).stdout.strip())
+    """The repository's shared git dir (cached: it never changes for a repository path; `repo_root` fills the
+    cache too, so a spawn asks git once)."""
+    found = _COMMON_DIRS.get(repo)
+    if found is None:
+        found = Path(git(["rev-parse", "--path-format=absolute", "--git-common-dir"], repo).stdout.strip())
+        if len(_COMMON_DIRS) < 256:
+            _COMMON_DIRS[repo] = found
+    return found
 
 
 def _bad_ref(repo: Path, ref: str) -> BadRef:
