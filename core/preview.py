@@ -596,18 +596,11 @@ def add_route(home: Path, port: int, route: Route) -> tuple[str, list[Route]]:
     other colonies' routes that answer to the same host name (`web-a-b` is service web-a of b, or web of a-b)."""
     paths = PreviewPaths.of(home)
     body = route.as_caddy()
-    # The routes Caddy has: also the check that it runs (as `ensure_running` would ask), one request fewer.
-    try:
-        status, data = _admin(paths, "GET", f"/id/{ROUTES_ID}/handle/0/routes")
-    except OSError:
-        status, data = 0, None
-    found = paths.process() if status == 200 else None
-    if found is not None:
-        serving = found[2]
-    else:
+    # The routes Caddy has and its port: also the check that it runs (as `ensure_running` would ask).
+    known, serving = routes(home)
+    if not serving:
         serving = ensure_running(home, port)
-        status, data = _admin(paths, "GET", f"/id/{ROUTES_ID}/handle/0/routes")
-    known = [r for r in (Route.from_caddy(item) for item in data or ()) if r is not None]
+        known, _ = routes(home)
     clashes = [r for r in known if r.host == route.host and r.id != route.id]
     present = any(r.id == route.id for r in known)
     for attempt in range(3):
