@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from core import cgroups, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
@@ -94,11 +94,12 @@ class _Background(threading.Thread):
         super().__init__(name=name, daemon=True)
         self._fn, self._args = fn, args
         self._error: BaseException | None = None
+        self.result: object = None  # what it returned, once joined
         self.start()
 
     def run(self) -> None:
         try:
-            self._fn(*self._args)
+            self.result = self._fn(*self._args)
         except BaseException as exc:  # handed to the thread that joins
             self._error = exc
 
@@ -579,8 +580,8 @@ class Hive:
         finally:
             egress.join()  # before anything is rolled back: it may be rebuilding the table right now
         egress.reraise()
-        # The one part of the table's rebuild that needs the veth itself.
-        rules = self._colony_rules(self.registry.get(rec.name))
+        # The one part of the table's rebuild that needs the veth itself: the policy just put in force.
+        rules = self._colony_rules(rec, cast(EgressInForce, egress.result))
         firewall.loopback_for(rules, self._dns_plan().stub)
 
     def _dns_plan(self) -> dns.DnsPlan:
@@ -632,8 +633,11 @@ class Hive:
         return list(self._sync_firewall())
 
     @staticmethod
-    def _colony_rules(rec: ColonyRecord) -> firewall.ColonyRules:
-        return firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, EgressInForce.from_json(rec.egress), rec.name)
+    def _colony_rules(rec: ColonyRecord, egress: EgressInForce | None = None) -> firewall.ColonyRules:
+        """The colony's rules in the hive's table: its policy as the row records it, or `egress` (just put in force,
+        the row's copy not read again)."""
+        policy = egress if egress is not None else EgressInForce.from_json(rec.egress)
+        return firewall.ColonyRules(rec.veth, rec.ip, rec.host_ip, policy, rec.name)
 
     def _rebuild_firewall(self) -> list[str]:
         rules = tuple(
