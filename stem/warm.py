@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.host.paths import recv_exact
+from core.ipc import recv_exact
 from core.warm import WarmPaths, hosts_running
 from stem import warm_client
 from stem.warm_client import START_TIMEOUT, code_fingerprint, encodings

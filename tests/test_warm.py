@@ -19,7 +19,7 @@ from helpers import make_repo, stem_cmd, wait_for
 from test_e2e_tmux import COLS, ROWS, stem_in_tmux
 
 from core.host.launch import wait_exit
-from core.host.paths import connect
+from core.ipc import connect
 from core.warm import WarmPaths
 from core.warm import stop as stop_warm
 from stem.warm import code_fingerprint, keep_warm

@@ -43,7 +43,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from core.host.paths import ServerPaths, connect, fingerprint, recv_exact, socket_address
+from core.host.paths import ServerPaths
+from core.ipc import connect, fingerprint, recv_exact, socket_address
 
 if TYPE_CHECKING:
     from core.netns import ColonyNet

@@ -6,23 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from core.ipc import connect, fingerprint, recv_exact, socket_address
 from core.locks import is_locked
 
 # The pid of the process that launched a host while it still makes the host's colony (a spawn): the host waits for
 # that process to ask for the start, however long it takes, and exits without starting anything if it dies first.
 STARTER_ENV = "STEM_HOST_STARTER"
 
-__all__ = [
-    "STARTER_ENV",
-    "HostPaths",
-    "ServerPaths",
-    "connect",
-    "fingerprint",
-    "recv_exact",
-    "socket_address",
-    "take_ready_fd",
-]
+__all__ = ["STARTER_ENV", "HostPaths", "ServerPaths", "take_ready_fd"]
 
 
 @dataclass(frozen=True, slots=True)

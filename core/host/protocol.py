@@ -98,7 +98,7 @@ from pyte.screens import Char
 from core.colony_log import Entry
 from core.errors import StemError
 from core.events import FileChange
-from core.host.paths import socket_address
+from core.ipc import socket_address
 from core.screen_cells import DEFAULT_CHAR, Piece, Row, chars_for
 from core.screen_queries import Link, Palette
 from core.screen_scrollback import Scrollback
