@@ -351,12 +351,6 @@ class StemScreen(pyte.Screen):
         }
         self._esc.update(self.queries.escapes())  # DECKPAM, DECKPNM (pyte has neither)
         self._params_cache: dict[str, tuple[int, ...]] = {}
-        # The moves a paint token may place its run with besides CUP: CHA, VPA, CUF (see `_TOKEN_PATTERN`).
-        self._move: dict[str, Callable[[int], None]] = {
-            "G": self.cursor_to_column,
-            "d": self.cursor_to_line,
-            "C": self.cursor_forward,
-        }
         self._chars = chars_for(DEFAULT_CHAR)  # the node of the cursor's attributes when last looked up
         self._places()
         self._seen = self._cursor_state()
@@ -988,8 +982,8 @@ class StemScreen(pyte.Screen):
                                 x = cursor.x + ((int(first) if first else 0) or 1)
                                 last = self.columns - 1
                                 cursor.x = x if x <= last else last
-                            else:
-                                self._move[final](int(first) if first else 0)
+                            else:  # VPA, the paint token's last move (see `_TOKEN_PATTERN`)
+                                self.cursor_to_line(int(first) if first else 0)
                         elif self.margins is not None and mo.DECOM in self.mode:
                             self.cursor_position(int(first or 0), int(column or 0))
                         else:  # CUP, pyte's `cursor_position` inlined (at most 4 digits each), parameters looked up
