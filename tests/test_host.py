@@ -11,11 +11,10 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_AGENT_PATH, http_get, make_repo, run_stem, wait_for
+from helpers import FAKE_AGENT_PATH, http_get, make_repo, run_stem, until, wait_for
 
 from core.hive import Hive
 from core.host.paths import HostPaths
@@ -224,22 +223,12 @@ def test_a_ui_links_the_colony_it_shows_first_and_the_others_once_it_is_drawn(hi
                 link = hive.link(name)
                 return link is not None and link.connected.is_set()
 
-            async def until(what: str, check: Callable[[], bool]) -> None:
-                async def poll() -> None:
-                    while not check():
-                        await asyncio.sleep(0.01)
-
-                try:
-                    await asyncio.wait_for(poll(), 10)
-                except TimeoutError:
-                    raise AssertionError(f"timed out waiting for {what}") from None
-
             await hive.attach(records, rest_after=drawn)
-            await until(f"{first} linked", lambda: linked(first))
+            await until(lambda: linked(first), what=f"{first} linked")
             # Not held, the others' links would exist by now: they start beside the first.
             assert [n for n in others if hive.link(n) is not None] == []
             drawn.set()
-            await until("the others linked", lambda: all(linked(n) for n in others))
+            await until(lambda: all(linked(n) for n in others), what="the others linked")
         finally:
             await hive.close()
 
