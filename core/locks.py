@@ -58,6 +58,18 @@ def remove_unused(path: Path) -> bool:
         os.close(fd)
 
 
+def hold(path: Path) -> int | None:
+    """An fd holding `path`'s flock for as long as it stays open (a server's lock for its whole life, the kernel's
+    to drop when it dies); None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def is_locked(path: Path) -> bool:
     with file_lock(path, blocking=False) as got:
         return not got

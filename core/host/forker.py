@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from core.host.paths import ServerPaths
 from core.ipc import connect, fingerprint, recv_exact, socket_address
+from core.locks import hold
 
 if TYPE_CHECKING:
     from core.netns import ColonyNet
@@ -241,13 +242,9 @@ def stop(home: Path) -> bool:
 def hold_lock(paths: ServerPaths, what: str) -> int | None:
     """Take the server's lock for its whole life; None (and a line on stderr) if one runs already for this hive."""
     paths.folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
+    lock = hold(paths.lock)
+    if lock is None:
         print(f"stem {what}: one runs already for this hive", file=sys.stderr, flush=True)
-        return None
     return lock
 
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
-import fcntl
 import logging
 import os
 import signal
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
     from core.agent import AgentSession
     from core.hive import Hive
 from core.locations import HiveLayout
+from core.locks import hold
 from core.privileges import become_subreaper
 from core.registry import ColonyRecord, Registry
 from core.runtime import ColonyRuntime
@@ -578,20 +578,10 @@ def _watch_starter() -> asyncio.Future[None] | None:
     return gone
 
 
-def _hold_lock(paths: HostPaths) -> int | None:
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 async def _main(home: Path, name: str, ready_fd: int | None) -> int:
     layout = HiveLayout(home)
     paths = HostPaths(layout.colony_dir(name))
-    lock = _hold_lock(paths)
+    lock = hold(paths.lock)
     if lock is None:
         print(f"stem host: a colony host of {name} runs already", file=sys.stderr)
         return 3
