@@ -154,6 +154,8 @@ class AgentSession:
         self.starttime = 0
 
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting = False  # `start` or `launch` was called: once only
+        self._spawned_size = (0, 0)  # the terminal's size the program was started with (lines, columns)
         self._proc: Any = None  # ptyprocess.PtyProcess; untyped library
         self._fd: int | None = None  # PTY master; None once closed
         self._pidfd: int | None = None
@@ -198,20 +200,35 @@ class AgentSession:
 
     def start(self) -> None:
         """Spawn the program in a new session inside the colony's namespace and start reading its output."""
-        if self._loop is not None:
+        loop = self._claim_start()
+        self._adopt(loop, self._spawn())
+
+    async def launch(self) -> None:
+        """`start`, with the spawn (a fork and the child's way into the colony: ~10 ms) in a thread, so that the
+        loop goes on meanwhile (a colony host starts the agent beside its services)."""
+        loop = self._claim_start()
+        self._adopt(loop, await asyncio.to_thread(self._spawn))
+
+    def _claim_start(self) -> asyncio.AbstractEventLoop:
+        if self._starting:
             raise RuntimeError(f"the agent of {self.colony} was already started")
-        loop = asyncio.get_running_loop()
+        self._starting = True
+        return asyncio.get_running_loop()
+
+    def _spawn(self) -> PtyProcess:
+        """Fork the program into the colony (blocking); registered as ours before the orphan reaper can see it."""
         env = {**self.env, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         fd = netns.open_netns(self.netns_name)
         joins = cgroups.open_join(self.netns_name)  # the colony's cgroup has its namespace's name
         pass_fds = (fd, *joins) if self.init is None else (fd, self.init.pidfd, *joins)
+        self._spawned_size = dimensions = (self.screen.lines, self.screen.columns)
 
         def start() -> PtyProcess:
             return PtyProcess.spawn(
                 self.argv,
                 cwd=str(self.cwd),
                 env=env,
-                dimensions=(self.screen.lines, self.screen.columns),
+                dimensions=dimensions,
                 preexec_fn=_child_setup(fd, netns.child_files(self.netns_name), joins, self.init, str(self.cwd)),
                 pass_fds=pass_fds,  # ptyprocess closes every other fd before preexec_fn runs
             )
@@ -231,7 +248,10 @@ class AgentSession:
             os.close(fd)
             for join in joins:
                 os.close(join)
+        return proc
 
+    def _adopt(self, loop: asyncio.AbstractEventLoop, proc: PtyProcess) -> None:
+        """On the loop: read the started program's output, and watch for its exit."""
         self._loop = loop
         self._proc = proc
         self.pid = pid = int(proc.pid)
@@ -241,6 +261,8 @@ class AgentSession:
         self._exited = asyncio.Event()
         if self._record_process is not None:
             self._record_process(pid, self.starttime)
+        if self._spawned_size != (self.screen.lines, self.screen.columns):  # resized while `launch` spawned it
+            proc.setwinsize(self.screen.lines, self.screen.columns)
         os.set_blocking(master, False)
         loop.add_reader(master, self._on_readable)
         # A pidfd becomes readable when the program exits, whoever still holds the terminal open.

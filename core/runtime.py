@@ -107,8 +107,8 @@ class ColonyRuntime:
         self._reports: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent, and the
-        watchers beside them."""
+        """Start services in dependency waves (raises StepFailed if one never gets ready), then the agent; the
+        watchers start after it returns."""
         # The peers' table is looked at while the colony starts (its first registry transaction: a few ms), for
         # the follower made at the end.
         peers = (
@@ -130,26 +130,28 @@ class ColonyRuntime:
                 asyncio.get_running_loop().add_reader(self.init.pidfd, self._init_lost)
                 self._watching_init = True
         self._limits.start()
-        # The watchers' first scan does not depend on the services: it runs while they get ready.
-        watching = asyncio.ensure_future(self._start_change_watcher())
+        await self.services.start_all()
+        # The agent does not wait for the preview routes (Caddy's work, in the preview worker's thread): it
+        # starts while they are added (its spawn in a thread), and the start returns with both in place.
+        agent = asyncio.ensure_future(self.start_agent(self.resume))
         try:
-            await self.services.start_all()
-            # The agent does not wait for the preview routes (Caddy's work, in the preview worker's thread): it
-            # starts while they are added, and the start returns with both in place.
-            agent = asyncio.ensure_future(self.start_agent(self.resume))
-            try:
-                if self.preview is not None:
-                    await self.preview.settled()
-            finally:
-                await agent
+            if self.preview is not None:
+                await self.preview.settled()
         finally:
-            await watching
-        # colony.toml is in the worktree: its watcher listens to the change watcher's events (one inotify instance
-        # per colony, against a per-user budget of 128) rather than watching on its own. It starts once the
-        # services have, so an edit never restarts one that is still starting.
-        self._watch_task = asyncio.create_task(self._watch_config(self.changes), name=f"config-{self.rec.name}")
+            await agent
+        # The watchers come after: the change watcher's first scan of the worktree (git processes) would take the
+        # CPU the services' own start needs on a small machine, and nothing of the start waits for it.
+        self._watch_task = asyncio.create_task(self._watch(peers), name=f"watch-{self.rec.name}")
+
+    async def _watch(self, peers: asyncio.Future[Peers] | None) -> None:
+        """The change watcher, then what follows its events until `stop`: the peers' snapshots of this colony and
+        colony.toml (one inotify instance per colony, against a per-user budget of 128)."""
+        await self._start_change_watcher()
+        if self._watch_stop.is_set():
+            return
         if self.changes is not None and peers is not None:
             self.peer_follower = PeerFollower(await peers, self.rec.name, self.changes, self._emit)
+        await self._watch_config(self.changes)
 
     async def _start_change_watcher(self) -> None:
         watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
@@ -187,7 +189,7 @@ class ColonyRuntime:
             lines=self.agent_size[1],
             init=self.init,
         )
-        session.start()
+        await session.launch()
         self.agent = session
         if notice:
             self._emit(Notice(rec.name, "warning", f"{rec.name}: {notice}"))
@@ -373,6 +375,9 @@ class ColonyRuntime:
                 own = FileWatcher(quiet=0.2)
                 await own.watch_dir(worktree, names=["colony.toml"])
                 unsubscribe = own.subscribe(on_changes)
+            # An edit made since the start read the file (while the watchers started) has no event here: one look
+            # now, which restarts nothing if the file is as the start read it.
+            changed.set()
             while True:
                 waiting = asyncio.ensure_future(changed.wait())
                 await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)

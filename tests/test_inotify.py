@@ -448,10 +448,10 @@ def test_a_colony_watches_files_and_colony_toml_with_one_inotify_instance(hive_e
         try:
             await hive.attach()
             rec = await hive.spawn("one", repo)
-            # Both watchers run in the colony host, started before spawn returns.
-            assert host_inotify_instances(hive_env.home, "one") == 1
-
+            # An edit right away (before the watchers, which start once the colony runs, are up) is not missed.
             (Path(rec.worktree) / "colony.toml").write_text(COLONY_TOML.replace("worker up", "worker v2"))
+            # Both watchers run in the colony host, on one inotify instance.
+            await until(lambda: host_inotify_instances(hive_env.home, "one") == 1, what="the host's inotify instance")
 
             async def notice(containing: str) -> Notice:
                 while True:

@@ -143,6 +143,7 @@ class ColonyHost:
             # The init, services and agent each join the colony's cgroup: quick while `migrations_kept_fast` lasts
             # (from the host's first moment, so that its first, slow turn is over by the time the init is forked).
             with cgroups.migrations_kept_fast():
+                warming = asyncio.ensure_future(asyncio.to_thread(self._warm_up))
                 held: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(self._go.wait()),
                     asyncio.ensure_future(self.done.wait()),
@@ -157,6 +158,7 @@ class ColonyHost:
                     waiting.cancel()
                 if not self._go.is_set() and starter is not None and not self.done.is_set():
                     self._request_stop("the process that was making its colony went away before starting it")
+                await warming
                 if not self.done.is_set():
                     with cgroups.migrations_kept_fast():  # again: the colony may have taken long to make
                         await self._start()
@@ -255,6 +257,13 @@ class ColonyHost:
     def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(self.name)
         return rec, load_colony_config(Path(rec.worktree))
+
+    def _warm_up(self) -> None:
+        """While a spawn still makes the colony: what its start will read and plan the first time (the user's
+        settings, the colony's sandbox), read once now, results dropped, and the thread the start reads in made."""
+        with contextlib.suppress(Exception):  # nothing here matters to the start, which reads it all again
+            rec = self.registry.get(self.name)
+            sandbox.for_colony(rec, load_settings(), self.layout.home)
 
     def _read_colony(self) -> tuple[ColonyRecord, ColonyConfig, Settings, bool, Sandbox | None]:
         """What a start reads (one trip to a thread): the colony's record and colony.toml, the user's settings,
