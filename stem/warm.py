@@ -18,8 +18,9 @@ client goes away (a kill -9 of `stem` included) it gets SIGTERM, as a command wh
 
 Request (client → warm process), with the three descriptors attached: a 4-byte big-endian length, then a msgpack
 map {"fingerprint", "argv", "env", "cwd", "umask", "encodings"}. Answer: b"P" and the child's pid (4 bytes), later
-b"X" and its exit status (4 bytes, signed: -N when a signal N ended it), then the end of the stream. b"S" (stale:
-it exits) or b"E" (environment differs) instead of b"P": run cold.
+b"X" and its exit status (4 bytes, signed: -N when a signal N ended it; sent by the child as it exits, else by the
+warm process once it has reaped the child), then the end of the stream. b"S" (stale: it exits) or b"E" (environment
+differs) instead of b"P": run cold.
 """
 
 from __future__ import annotations
@@ -252,6 +253,11 @@ def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, se
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        # The status goes to the client now, not once this process has exited and been reaped: tearing down a
+        # copy of the warm process's memory takes a few ms that the user's shell need not wait for.
+        code &= 0xFF
+        with contextlib.suppress(OSError):
+            conn.sendall(b"X" + struct.pack(">i", code))
         os._exit(code)
 
 
