@@ -486,13 +486,17 @@ def _write_gitconfig(path: Path, uid: int, gid: int, user_gitconfig: Path | None
         return
     lines = ["[safe]", "\tdirectory = *"]
     if user_gitconfig is not None and user_gitconfig.exists():
-        found = []
-        for key in ("user.name", "user.email"):
-            got = subprocess.run(
-                ["git", "config", "--file", str(user_gitconfig), "--get", key], capture_output=True, text=True
-            )
-            if got.returncode == 0 and got.stdout.strip():
-                found.append(f"\t{key.split('.')[1]} = {got.stdout.strip()}")
+        got = subprocess.run(  # one git for both keys (the last of each wins, as git's own lookup does)
+            ["git", "config", "--file", str(user_gitconfig), "--get-regexp", r"^user\.(name|email)$"],
+            capture_output=True,
+            text=True,
+        )
+        values: dict[str, str] = {}
+        for line in got.stdout.splitlines() if got.returncode == 0 else []:
+            key, _, value = line.partition(" ")
+            if value.strip():
+                values[key.split(".")[1]] = value.strip()
+        found = [f"\t{key} = {values[key]}" for key in ("name", "email") if key in values]
         if found:
             lines += ["[user]", *found]
     if "[user]" not in lines:  # the colony's uid may have no passwd entry for git to make a name from

@@ -187,6 +187,23 @@ def test_each_missing_mechanism_is_named_in_one_line():
     assert full.missing == ()
 
 
+def test_a_colony_commits_as_the_user_whose_gitconfig_names_them(tmp_path):
+    user = tmp_path / "user.gitconfig"
+    # Set twice: the last value wins, as in git's own lookup.
+    user.write_text("[user]\n\tname = Old Name\n\temail = ada@example.org\n[user]\n\tname = Ada Lovelace\n")
+    made = tmp_path / "colony-home" / ".gitconfig"
+    made.parent.mkdir()
+    sandbox._write_gitconfig(made, os.getuid(), os.getgid(), user)
+    assert git(tmp_path, "config", "--file", str(made), "user.name").strip() == "Ada Lovelace"
+    assert git(tmp_path, "config", "--file", str(made), "user.email").strip() == "ada@example.org"
+    assert git(tmp_path, "config", "--file", str(made), "safe.directory").strip() == "*"
+    # No user config: a name and an address git accepts, since the colony's uid has no passwd entry.
+    bare = tmp_path / "bare-home" / ".gitconfig"
+    bare.parent.mkdir()
+    sandbox._write_gitconfig(bare, os.getuid(), os.getgid(), tmp_path / "missing")
+    assert git(tmp_path, "config", "--file", str(bare), "user.email").strip() == "colony@stem.invalid"
+
+
 def test_the_keys_parse_and_a_root_colony_uid_is_refused(tmp_path):
     from core.config import parse_colony_config
     from core.errors import ConfigError
