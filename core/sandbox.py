@@ -462,14 +462,17 @@ def prepare(
     common = _git_common_dir(worktree)
     if common is None:
         return
-    objects = common / "objects"
-    shared = [objects, objects / "pack", objects / "info", *(objects / f"{i:02x}" for i in range(256))]
+    objects = os.path.join(common, "objects")
+    shared = [objects, *(os.path.join(objects, name) for name in ("pack", "info", *(f"{i:02x}" for i in range(256))))]
     # Branches under colony/ only: the user's own branches (main, ...) stay out of a colony's reach.
-    shared += [common / "refs" / "heads" / "colony", common / "logs" / "refs" / "heads" / "colony"]
+    shared += [os.path.join(common, "refs", "heads", "colony"), os.path.join(common, "logs", "refs", "heads", "colony")]
     branch = _head_ref(gitdir)
-    for folder in shared:
-        folder.mkdir(parents=True, exist_ok=True)
-        st = os.stat(folder)
+    for folder in shared:  # strings and a stat first: 260 of them at every spawn, nearly all there already
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            st = os.stat(folder)
         if st.st_uid == 0 and (st.st_gid != gid or st.st_mode & 0o3070 != 0o3070):
             os.chown(folder, 0, gid)
             os.chmod(folder, (st.st_mode & 0o777) | 0o3070)
