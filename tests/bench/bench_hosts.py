@@ -5,10 +5,10 @@ beside a reference measured in the same run.
 Run as root: `python3 tests/bench/bench_hosts.py [--colonies N]` (default 10). It makes a throwaway hive (its own
 STEM_HOME in a temporary folder, a prefix `bh????`, a pool 10.24X.0.0/16 that no route covers, a config whose
 default agent is tests/fake_agent.py), spawns N colonies from a generated 100-file repository whose colony.toml
-runs one tiny service (`python3 -m http.server 3000`, ready on tcp), and removes everything it made at the end,
-also on failure or Ctrl-C: colonies through core.hive.Hive, then hosts and colony processes by pid, then
-namespaces and links by the run's prefix. Progress goes to stderr; stdout is one table per section and, as its
-last line, one JSON object with every figure.
+runs one tiny service (`python3 -m http.server 3000`, this interpreter named in full; ready on tcp), and removes
+everything it made at the end, also on failure or Ctrl-C: colonies through core.hive.Hive, then hosts and colony
+processes by pid, then namespaces and links by the run's prefix. Progress goes to stderr; stdout is one table per
+section and, as its last line, one JSON object with every figure.
 
 1. Short commands, as a user runs them: the installed `stem` entry point in a subprocess, `--runs` times each (after
    one untimed round): `stem ls` with N colonies running; `stem spawn` of the 100-file repository, then `stem stop`
@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -69,7 +70,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+# Run by an interpreter Stem is installed in (`scripts/install`'s venv, as a user has it), the bench uses that copy,
+# as the `stem` it times does: the warm process it starts must run the same files as that `stem` (its fingerprint).
+if importlib.util.find_spec("stem.cli") is None:
+    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from benchlib import destroy_hive, run_sections  # noqa: E402
@@ -88,9 +92,11 @@ from core.warm import WarmPaths  # noqa: E402
 from stem.warm import keep_warm  # noqa: E402
 
 FAKE_AGENT = ROOT / "tests" / "fake_agent.py"
-COLONY_TOML = """\
+# The service's interpreter named in full, as the agent's is: a `python3` found on PATH may be a version manager's
+# shim (pyenv's is a bash script: ~70 ms more per start), which would be the shim's figure, not Stem's.
+COLONY_TOML = f"""\
 [services.web]
-command = "exec python3 -m http.server 3000"
+command = "exec {sys.executable} -m http.server 3000"
 port = 3000
 ready = "tcp"
 """
@@ -368,7 +374,7 @@ class Bench:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        command = ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.tmp)
         try:
