@@ -467,15 +467,15 @@ def prepare(
     # Branches under colony/ only: the user's own branches (main, ...) stay out of a colony's reach.
     shared += [os.path.join(common, "refs", "heads", "colony"), os.path.join(common, "logs", "refs", "heads", "colony")]
     branch = _head_ref(gitdir)
-    for folder in shared:  # strings and a stat first: 260 of them at every spawn, nearly all there already
+    for shared_dir in shared:  # strings and a stat first: 260 of them at every spawn, nearly all there already
         try:
-            st = os.stat(folder)
+            st = os.stat(shared_dir)
         except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            st = os.stat(folder)
+            os.makedirs(shared_dir, exist_ok=True)
+            st = os.stat(shared_dir)
         if st.st_uid == 0 and (st.st_gid != gid or st.st_mode & 0o3070 != 0o3070):
-            os.chown(folder, 0, gid)
-            os.chmod(folder, (st.st_mode & 0o777) | 0o3070)
+            os.chown(shared_dir, 0, gid)
+            os.chmod(shared_dir, (st.st_mode & 0o777) | 0o3070)
     if branch:
         for own in (common / branch, common / "logs" / branch):
             if own.exists():
