@@ -103,3 +103,57 @@ def test_the_hosts_log_lines_are_numbered_after_the_spawns_own(hive_env, tmp_pat
     making = [line.seq for line in seen if line.source in ("network", "setup", "build")]
     said = next(line for line in seen if "the service says hi" in line.text)
     assert making and said.seq > max(making), [(line.seq, line.source, line.text) for line in seen]
+
+
+def test_a_full_disk_keeps_a_colony_running_and_its_log_in_memory_until_there_is_room(hive_env, tmp_path):
+    """The disk under STEM_HOME fills while a colony runs: its service runs on and its lines still reach every client
+    (from memory), each client is told once that the file is not written, and is told again once there is room,
+    when the file takes lines again."""
+    from core.events import Notice
+
+    toml = '[services.talk]\ncommand = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"\n'
+    repo = make_repo(tmp_path / "fullrepo", colony_toml=toml)
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+
+        async def next_of(kind: type, containing: str) -> LogLine | Notice:
+            async def find() -> LogLine | Notice:
+                while True:
+                    event = await events.get()
+                    text = event.text if isinstance(event, LogLine) else getattr(event, "message", "")
+                    if isinstance(event, kind) and containing in text:
+                        return event
+
+            return await asyncio.wait_for(find(), timeout=15)
+
+        try:
+            await hive.attach()
+            rec = await hive.spawn("full", repo)
+            await next_of(LogLine, "tick")
+            filler = hive_env.home / "filler"
+            with filler.open("wb") as f, pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            told = await next_of(Notice, "its log file cannot be written")
+            assert "No space left" in told.message and told.level == "error"
+            after = await next_of(LogLine, "tick")  # still said, and still reaching this client
+            assert hive.services("full")["talk"].state == "ready"
+            filler.unlink()
+            await next_of(Notice, "its log file is written again")
+            written = await next_of(LogLine, "tick")
+            log_file = hive_env.home / "colonies" / "full" / "colony.log"
+            assert f"tick {written.text.split()[-1]}" in log_file.read_text()
+            assert written.seq > after.seq
+            await hive.destroy(rec.name, force=True)
+        finally:
+            await hive.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)

@@ -102,6 +102,12 @@ class ColonyHost:
         self.registry = Registry(layout.registry)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")  # one ordered writer
         self.colony_log = ColonyLog(layout.colony_log(name))
+        loop = asyncio.get_running_loop()
+
+        def trouble(why: str | None) -> None:  # from whichever thread appended
+            loop.call_soon_threadsafe(self._log_trouble, why)
+
+        self.colony_log.on_trouble = trouble
         self.runtime: ColonyRuntime | None = None
         self.clients: set[Client] = set()
         self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()  # "" or why it failed
@@ -314,6 +320,15 @@ class ColonyHost:
 
     def _defer(self, write: Callable[[], object]) -> None:
         self.writer.submit(write)
+
+    def _log_trouble(self, why: str | None) -> None:
+        """The colony's log file stopped (or started again) taking lines: every client is told once."""
+        if why is not None:
+            message = f"{self.name}: its log file cannot be written ({why}): new lines stay in memory (the last 5,000)"
+            log.warning("%s", message)
+            self._on_event(Notice(self.name, "error", message))
+        else:
+            self._on_event(Notice(self.name, "info", f"{self.name}: its log file is written again"))
 
     def _write_runtime_cleared(self) -> None:
         with contextlib.suppress(Exception):
