@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import StemError
+from core.errors import StemError, refused_by_disk
 
 log = logging.getLogger("stem.actor")
 
@@ -130,6 +130,10 @@ class Supervisor:
                     raise  # the actor itself is being cancelled
                 # Only the handler was cancelled, by its caller: the actor serves the next message.
             except Exception as exc:
+                if refused_by_disk(exc):  # the disk's trouble (full, read-only): the caller says so, no crash
+                    if not message.future.done():
+                        message.future.set_exception(exc)
+                    continue
                 # A bug: this actor dies so a clean one replaces it.
                 raise _Crash(exc, message.future) from exc
             else:

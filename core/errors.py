@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import sys
+
 
 class StemError(Exception):
     """An error with a message a person can act on."""
@@ -51,3 +54,15 @@ class WrongState(StemError):
 
 class StepFailed(StemError):
     """A lifecycle step failed; the message names the step and the cause."""
+
+
+def refused_by_disk(exc: BaseException) -> bool:
+    """Whether `exc` is the disk refusing a write (full, over quota, read-only; SQLite's own words for those): the
+    machine's trouble, said in one line, never a bug of Stem's."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    sqlite3 = sys.modules.get("sqlite3")  # only if something imported it
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        return "disk is full" in text or "disk I/O error" in text or "readonly" in text
+    return False

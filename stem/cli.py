@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, NoReturn
 
-from core.errors import StemError
+from core.errors import StemError, refused_by_disk
 
 if TYPE_CHECKING:
     from core.listing import Listed
@@ -348,14 +348,13 @@ def _terminal_gone(fd: int) -> bool:
 
 def _disk_trouble(exc: BaseException) -> str | None:
     """One line for what the disk refused (full, over quota, read-only), or None for anything else."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if not refused_by_disk(exc):
+        return None
+    if isinstance(exc, OSError):
         where = f" writing {exc.filename}" if exc.filename else ""
-        return f"{os.strerror(exc.errno)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
-    text = str(exc)
-    if isinstance(exc, _sqlite_error()) and ("disk is full" in text or "disk I/O error" in text or "readonly" in text):
-        home = os.environ.get("STEM_HOME", "STEM_HOME")
-        return f"the hive's registry in {home} cannot be written ({text}): free some space and try again"
-    return None
+        return f"{os.strerror(exc.errno or 0)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
+    home = os.environ.get("STEM_HOME", "STEM_HOME")
+    return f"the hive's registry in {home} cannot be written ({exc}): free some space and try again"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -225,17 +226,27 @@ def test_logs_of_a_service_the_colony_does_not_have(hive_env, tmp_path):
 def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)], check=True)
     try:
         env = {**hive_env.env, "STEM_HOME": str(disk / "home")}
-        assert run_stem(env, "ls").returncode == 0  # the hive is made while there is room
+        assert run_stem(env, "spawn", "kept", "--repo", str(repo)).returncode == 0  # made while there is room
         with (disk / "filler").open("wb") as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        for args in (("ls",), ("gc",), ("spawn", "nospace", "--repo", str(repo))):
+        # Reading needs no room: the listing shows the colony as it runs, gc finds nothing to remove.
+        assert re.search(r"^kept\s+running\s", run_stem(env, "ls").stdout, re.M)
+        assert run_stem(env, "gc").stdout.strip() == "nothing to clean"
+        for args in (
+            ("spawn", "nospace", "--repo", str(repo)),
+            ("stop", "kept"),  # its registry row cannot change: the colony runs on, nothing half-stopped
+            ("destroy", "--force", "kept"),
+        ):
             line = assert_refused(run_stem(env, *args), "free some space")
             assert "cannot be written" in line or "No space left" in line
+        (disk / "filler").unlink()
+        assert re.search(r"^kept\s+running\s", run_stem(env, "ls").stdout, re.M)
+        assert run_stem(env, "destroy", "--force", "kept").returncode == 0
         assert netns_names(hive_env.prefix) == []
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
