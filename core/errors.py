@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 
@@ -66,3 +67,14 @@ def refused_by_disk(exc: BaseException) -> bool:
         text = str(exc)
         return "disk is full" in text or "disk I/O error" in text or "readonly" in text
     return False
+
+
+def disk_trouble(exc: BaseException) -> str | None:
+    """One line for what the disk refused (see `refused_by_disk`), or None for anything else."""
+    if not refused_by_disk(exc):
+        return None
+    if isinstance(exc, OSError):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{os.strerror(exc.errno or 0)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
+    home = os.environ.get("STEM_HOME", "STEM_HOME")
+    return f"the hive's registry in {home} cannot be written ({exc}): free some space and try again"

@@ -32,7 +32,7 @@ from textual.worker import Worker, WorkerState
 
 from core import lifecycle as lc
 from core.api import HiveAPI
-from core.errors import StemError
+from core.errors import StemError, disk_trouble
 from core.events import (
     AgentActivity,
     ChangesUpdated,
@@ -976,7 +976,10 @@ class StemApp(App[int], inherit_bindings=False):
         worker = event.worker
         if event.state == WorkerState.ERROR:
             error = worker.error
-            message = str(error) if isinstance(error, StemError) else f"{worker.name} failed: {error!r}"
+            if isinstance(error, StemError):
+                message = str(error)
+            else:
+                message = (disk_trouble(error) if error is not None else None) or f"{worker.name} failed: {error!r}"
             colony = self._worker_colony.get(worker)
             if colony is not None:
                 self._problem(colony, message)

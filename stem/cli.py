@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, NoReturn
 
-from core.errors import StemError, refused_by_disk
+from core.errors import StemError, disk_trouble
 
 if TYPE_CHECKING:
     from core.listing import Listed
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
             # The terminal hung up (an SSH drop, then SIGHUP): nobody is left to read an error either.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        line = _disk_trouble(exc)
+        line = disk_trouble(exc)
         if line is None:
             raise
         print(f"stem: {line}", file=sys.stderr)
@@ -344,17 +344,6 @@ def _terminal_gone(fd: int) -> bool:
     except OSError as exc:
         return exc.errno == errno.EIO
     return False
-
-
-def _disk_trouble(exc: BaseException) -> str | None:
-    """One line for what the disk refused (full, over quota, read-only), or None for anything else."""
-    if not refused_by_disk(exc):
-        return None
-    if isinstance(exc, OSError):
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return f"{os.strerror(exc.errno or 0)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
-    home = os.environ.get("STEM_HOME", "STEM_HOME")
-    return f"the hive's registry in {home} cannot be written ({exc}): free some space and try again"
 
 
 if __name__ == "__main__":

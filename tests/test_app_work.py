@@ -212,3 +212,27 @@ async def test_the_palette_peers_the_selected_colony_and_info_shows_both_sides(h
         await until(pilot, lambda: shows(app, "peers", "reads beech"), "alder's Info: whom it reads")
         app.select_colony("beech")
         await until(pilot, lambda: shows(app, "read by alder"), "beech's Info: who reads it")
+
+
+async def test_stopping_on_a_full_disk_is_one_line_and_the_colony_runs_on(hive_env, repo):
+    """`s` on a running colony when the disk under STEM_HOME is full: the notification says what to do in one line
+    (not a worker's exception), and the colony is left running, not half-stopped."""
+    import subprocess
+
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
+    filler = hive_env.home / "filler"
+    try:
+        async with stem_app(hive_env, repo, "full") as (app, pilot, hive):
+            with filler.open("wb") as f, pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            await pilot.press("s")
+            await until(pilot, lambda: notified(app, "free some space"), "the full disk's notification")
+            assert not notified(app, "OperationalError") and not notified(app, "full stopped")
+            assert hive.get("full").state == "running"
+            filler.unlink()  # room again: the fixture's stop works
+    finally:
+        filler.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
