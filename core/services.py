@@ -32,6 +32,7 @@ from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
+from core.forward import LoopbackForward, loopback_listener
 from core.sandbox import ColonyInit
 
 __all__ = [
@@ -267,6 +268,9 @@ class ServiceRunner:
         self.detail = ""
         self.restarts = 0
         self.timed_out = False  # the last attempt never got ready and was ended for it
+        # <colony ip>:<port> relayed to the service's loopback-only listener (core.forward), while its process runs.
+        self._forward: LoopbackForward | None = None
+        self._forward_tried = False
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
 
         self._task: asyncio.Task[None] | None = None
@@ -354,6 +358,7 @@ class ServiceRunner:
                 started = time.monotonic()
                 not_ready = self.timed_out = await self._watch_readiness()
                 code = await self._reap()
+                await self._close_forward()
                 if self._stopping:
                     break
                 failed = code != 0 or not_ready
@@ -457,9 +462,46 @@ class ServiceRunner:
                 return False
             if await probe(spec.ready, self.ip, spec.port, min(self.timing.probe_timeout, left)):
                 return True
+            if await self._forward_loopback():
+                continue  # probed again at once, through the forward
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
             if time.monotonic() - started > FAST_PROBING:
                 interval = min(interval * 2, self.timing.probe_interval)
+
+    async def _forward_loopback(self) -> bool:
+        """The service listens on the colony's loopback only (a dev server's default): forward its port from the
+        colony's address, once per run of its process, and say so in the colony's log. True if it now is."""
+        port, pid = self.spec.port, self.pid
+        if self._forward_tried or port is None or pid is None:
+            return False
+        target = loopback_listener(pid, port)
+        if target is None:
+            return False
+        self._forward_tried = True
+        forward = LoopbackForward(self.netns, self.ip, port, target)
+        try:
+            await forward.start()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            await self._note(f"{self.name} listens on {target} port {port} only; forwarding {self.ip}:{port}: {why}")
+            return False
+        self._forward = forward
+        shown = f"[{target}]" if ":" in target else target
+        await self._note(
+            f"{self.name} listens on {shown}:{port} only (the colony's own loopback): {self.ip}:{port} is forwarded "
+            f"to it (or have it listen on 0.0.0.0)"
+        )
+        return True
+
+    async def _note(self, text: str) -> None:
+        entry = await asyncio.to_thread(self.log.append, "network", text)
+        self._emit(LogLine(self.colony, entry.seq, entry.at, entry.source, entry.text))
+
+    async def _close_forward(self) -> None:
+        forward, self._forward = self._forward, None
+        self._forward_tried = False
+        if forward is not None:
+            await forward.close()
 
     def _on_exit(self) -> None:
         asyncio.get_running_loop().remove_reader(self._pidfd)
@@ -508,6 +550,9 @@ class ServiceRunner:
 
     def _abandon(self) -> None:
         """Teardown without awaiting (cancelled or a bug): kill the group and drop the loop's watchers."""
+        if self._forward is not None:
+            self._forward.abandon()
+            self._forward = None
         proc = self._proc
         if proc is None:
             return

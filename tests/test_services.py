@@ -151,6 +151,60 @@ def test_two_colonies_serve_port_3000_and_log_their_output(hive_env, repo):
     run(hive_env, scenario)
 
 
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_a_service_on_its_colonys_loopback_only_is_reached_at_the_colonys_address(hive_env, repo, loopback):
+    """Dev servers listen on localhost unless told otherwise (runserver, flask run, Vite): the colony's own loopback.
+    Its readiness probe, the preview port and the user reach it at <colony ip>:<port> anyway, through a forward that
+    the colony's log names and that ends with the service's process."""
+    toml = WEB.replace("http.server 3000", f"http.server 3000 --bind {loopback}")
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("local", repo)
+        www = Path(hive.get("local").worktree) / "www"
+        www.mkdir()
+        (www / "index.html").write_text("only on my loopback\n")
+        colony = Colony(hive, "local", toml)
+        try:
+            await colony.services.start_all()
+            web = colony.services.services["web"]
+            assert web.state == "ready"
+            for _ in range(2):  # two connections, one after the other: the forward serves each
+                assert await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/") == "only on my loopback\n"
+            noted = [e.text for e in hive.log("local").after(0) if e.source == "network"]
+            assert any(f"listens on {'[::1]' if ':' in loopback else loopback}:3000 only" in t for t in noted), noted
+            pid = web.pid
+        finally:
+            await colony.services.stop_all()
+        assert pid is not None and not alive(pid)
+        # The forward ended with the process: nothing answers at the colony's address any more.
+        with pytest.raises(OSError):
+            await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/")
+
+    run(hive_env, scenario)
+
+
+def test_a_loopback_only_listener_is_told_apart_from_one_on_every_address():
+    import socket
+
+    from core.forward import loopback_listener
+
+    def listening(family: socket.AddressFamily, address: str) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((address, 0))
+        sock.listen()
+        return sock
+
+    with listening(socket.AF_INET, "127.0.0.1") as v4, listening(socket.AF_INET6, "::1") as v6:
+        assert loopback_listener(os.getpid(), v4.getsockname()[1]) == "127.0.0.1"
+        assert loopback_listener(os.getpid(), v6.getsockname()[1]) == "::1"
+    with listening(socket.AF_INET, "0.0.0.0") as anywhere:
+        assert loopback_listener(os.getpid(), anywhere.getsockname()[1]) is None
+    with listening(socket.AF_INET, "127.0.0.1") as closed:
+        port = closed.getsockname()[1]
+    assert loopback_listener(os.getpid(), port) is None  # nothing listens
+    assert loopback_listener(2**22 + 1, 80) is None  # no such process
+
+
 CRASHY = """
 [services.flaky]
 command = "echo boom; exit 1"
