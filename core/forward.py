@@ -22,38 +22,38 @@ from core import netns
 log = logging.getLogger(__name__)
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
-_ANY_V4 = "00000000"
 _LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (host byte order, little-endian here)
-_ANY_V6 = "0" * 32
 _LOOPBACK_V6 = "00000000000000000000000001000000"  # ::1 likewise
 CHUNK = 65536
 
 
-def loopback_listener(pid: int, port: int) -> str | None:
-    """The loopback address ("127.0.0.1" or "::1") a process in `pid`'s network namespace listens on at `port`
-    when none listens there on every address or on another one (which the colony's address would reach); else
-    None. Read from /proc (a few µs): the namespace's own TCP tables."""
+def listeners(pid: int, port: int) -> set[str] | None:
+    """The addresses (as /proc/net/tcp writes them) on which a process in `pid`'s network namespace listens at
+    `port`; None if `pid` is gone. Read from /proc (a few µs): the namespace's own TCP tables."""
     found: set[str] = set()
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
                 lines = f.read().splitlines()[1:]
-        except OSError:  # the process is gone
+        except OSError:
             return None
         for line in lines:
             fields = line.split()
-            if len(fields) < 4 or fields[3] != _LISTEN:
-                continue
-            address, _, hex_port = fields[1].rpartition(":")
-            if int(hex_port, 16) != port:
-                continue
-            if address in (_LOOPBACK_V4, _LOOPBACK_V6):
-                found.add(address)
-            else:  # every address, or one that is not the loopback: reachable without a forward
-                return None
-    if _LOOPBACK_V4 in found:
-        return "127.0.0.1"
-    return "::1" if found else None
+            if len(fields) >= 4 and fields[3] == _LISTEN:
+                address, _, hex_port = fields[1].rpartition(":")
+                if int(hex_port, 16) == port:
+                    found.add(address)
+    return found
+
+
+def loopback_listener(pid: int, port: int) -> str | None:
+    """The loopback address ("127.0.0.1" or "::1") a process in `pid`'s network namespace listens on at `port`
+    when none listens there on every address or on another one (which the colony's address would reach); else
+    None."""
+    found = listeners(pid, port)
+    if not found or found - {_LOOPBACK_V4, _LOOPBACK_V6}:
+        return None
+    return "127.0.0.1" if _LOOPBACK_V4 in found else "::1"
 
 
 class LoopbackForward:

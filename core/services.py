@@ -32,7 +32,7 @@ from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
-from core.forward import LoopbackForward, loopback_listener
+from core.forward import LoopbackForward, listeners, loopback_listener
 from core.sandbox import ColonyInit
 
 __all__ = [
@@ -422,7 +422,13 @@ class ServiceRunner:
         time (it is then ended, and the exit counts as a failure)."""
         if self.spec.ready is None:
             self._ready()
-            await self._exited.wait()
+            seeking = asyncio.ensure_future(self._seek_loopback()) if self.spec.port is not None else None
+            try:
+                await self._exited.wait()
+            finally:
+                if seeking is not None:
+                    seeking.cancel()
+                    await asyncio.gather(seeking, return_exceptions=True)
             return False
         exited = asyncio.ensure_future(self._exited.wait())
         ready = asyncio.ensure_future(self._until_ready())
@@ -467,6 +473,22 @@ class ServiceRunner:
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
             if time.monotonic() - started > FAST_PROBING:
                 interval = min(interval * 2, self.timing.probe_interval)
+
+    async def _seek_loopback(self) -> None:
+        """A service with a port and no readiness check: look for where it listens while it starts (its ready
+        timeout at most, more rarely as time goes), and forward its port if that is the loopback only."""
+        started = time.monotonic()
+        interval = FAST_PROBE
+        while time.monotonic() - started < self.spec.ready_timeout:
+            pid, port = self.pid, self.spec.port
+            found = listeners(pid, port) if pid is not None and port is not None else None
+            if found is None:
+                return  # the process is gone
+            if found:  # forwarded if on the loopback only; else the colony's address reaches it already
+                await self._forward_loopback()
+                return
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self.timing.probe_interval)
 
     async def _forward_loopback(self) -> bool:
         """The service listens on the colony's loopback only (a dev server's default): forward its port from the

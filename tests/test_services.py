@@ -151,12 +151,15 @@ def test_two_colonies_serve_port_3000_and_log_their_output(hive_env, repo):
     run(hive_env, scenario)
 
 
-@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
-def test_a_service_on_its_colonys_loopback_only_is_reached_at_the_colonys_address(hive_env, repo, loopback):
+@pytest.mark.parametrize(("loopback", "check"), [("127.0.0.1", "http"), ("::1", "http"), ("127.0.0.1", "none")])
+def test_a_service_on_its_colonys_loopback_only_is_reached_at_the_colonys_address(hive_env, repo, loopback, check):
     """Dev servers listen on localhost unless told otherwise (runserver, flask run, Vite): the colony's own loopback.
     Its readiness probe, the preview port and the user reach it at <colony ip>:<port> anyway, through a forward that
-    the colony's log names and that ends with the service's process."""
+    the colony's log names and that ends with the service's process; a service with a port and no readiness check
+    too, once it listens."""
     toml = WEB.replace("http.server 3000", f"http.server 3000 --bind {loopback}")
+    if check == "none":
+        toml = toml.replace('ready = "http:/"\n', "")
 
     async def scenario(hive: Hive) -> None:
         await hive.spawn("local", repo)
@@ -168,9 +171,12 @@ def test_a_service_on_its_colonys_loopback_only_is_reached_at_the_colonys_addres
             await colony.services.start_all()
             web = colony.services.services["web"]
             assert web.state == "ready"
+            log = hive.log("local")
+            forwarded = lambda: any(e.source == "network" and "forwarded" in e.text for e in log.after(0))  # noqa: E731
+            await until(forwarded, what="the forward named in the colony's log")
             for _ in range(2):  # two connections, one after the other: the forward serves each
                 assert await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/") == "only on my loopback\n"
-            noted = [e.text for e in hive.log("local").after(0) if e.source == "network"]
+            noted = [e.text for e in log.after(0) if e.source == "network"]
             assert any(f"listens on {'[::1]' if ':' in loopback else loopback}:3000 only" in t for t in noted), noted
             pid = web.pid
         finally:
