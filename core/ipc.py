@@ -10,7 +10,6 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 try:  # hashlib's own blake2b, without the ~2 ms of loading OpenSSL that importing hashlib costs
     from _blake2 import blake2b
@@ -22,10 +21,10 @@ _SUN_PATH = 100
 
 
 @contextlib.contextmanager
-def socket_address(path: Path | str) -> Iterator[str]:
+def socket_address(path: str | os.PathLike[str]) -> Iterator[str]:
     """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
     through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
-    text = str(path)
+    text = os.fspath(path)
     if len(text.encode()) < _SUN_PATH:
         yield text
         return
@@ -36,7 +35,7 @@ def socket_address(path: Path | str) -> Iterator[str]:
         os.close(folder)
 
 
-def connect(path: Path) -> socket.socket:
+def connect(path: str | os.PathLike[str]) -> socket.socket:
     """A Unix stream socket connected to `path` (close-on-exec); OSError if nothing listens there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -59,14 +58,23 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def fingerprint(*sources: Path) -> str:
+def fingerprint(*sources: str | os.PathLike[str]) -> str:
     """What a preloaded process's code is: the interpreter and every source file in `sources` (files, or folders
     of them; default: `core`), each by path, size and mtime. A launcher whose fingerprint differs asks for a new
-    process, so an upgrade never runs old code."""
+    process, so an upgrade never runs old code. Strings and os.walk, not pathlib: the warm client computes it."""
     digest = blake2b(f"{os.path.realpath(sys.executable)} {sys.version}".encode(), digest_size=16)
-    for root in sources or (Path(__file__).resolve().parent,):
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+    for root in [os.fspath(source) for source in sources] or [os.path.dirname(os.path.realpath(__file__))]:
+        if os.path.isdir(root):
+            files = sorted(
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(root)
+                for name in names
+                if name.endswith(".py")
+            )
+        else:
+            files = [root]
+        for path in files:
             with contextlib.suppress(OSError):
-                st = path.stat()
+                st = os.stat(path)
                 digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from core.home import home_text
 
 
 def stem_home() -> Path:
     """`STEM_HOME`, else `$XDG_DATA_HOME/stem`, else ~/.local/share/stem."""
-    env = os.environ.get("STEM_HOME")
-    if env:
-        return Path(env).expanduser().absolute()
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "stem"
+    return Path(home_text())
 
 
 class HiveLayout:

@@ -89,7 +89,7 @@ def _preload() -> None:
 
     for module in PRELOADED:
         importlib.import_module(module)
-    from stem.cli import build_parser
+    from stem.parser import build_parser
 
     build_parser()  # cached: a forked command only parses
     gc.collect()

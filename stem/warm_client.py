@@ -7,16 +7,14 @@ standard library, msgpack and core.ipc; nothing of the UI, the core's dataclasse
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
 import struct
 import sys
-from pathlib import Path
 
+from core.home import home_text
 from core.ipc import connect, fingerprint, recv_exact
-from core.locations import stem_home
 
 START_TIMEOUT = 10.0  # how long a client waits for its command's pid
 FORWARDED = (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCONT)
@@ -26,22 +24,33 @@ _TERMINAL_RESET = b"\x1b[<u\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l
 SERVING = False  # this process was forked by the warm process (it does not start another)
 
 
-def warm_socket(home: Path) -> Path:
+def warm_socket(home: str | os.PathLike[str]) -> str:
     """Where the hive's warm process listens: `WarmPaths.of(home).socket` (core/warm.py), without its imports."""
-    return home / "ui" / "warm.sock"
+    return os.path.join(home, "ui", "warm.sock")
 
 
-def _packages() -> tuple[Path, ...]:
-    root = Path(__file__).resolve().parents[1]
-    return (root / "stem", root / "core")
+def _packages() -> tuple[str, ...]:
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    return (os.path.join(root, "stem"), os.path.join(root, "core"))
+
+
+def _textual_init() -> list[str]:
+    """Textual's `__init__.py` where an import would find it (the first sys.path entry holding it), without
+    importlib's machinery; importlib.util.find_spec for an install a path entry does not hold (an import hook)."""
+    for entry in sys.path:
+        candidate = os.path.join(entry or os.getcwd(), "textual", "__init__.py")
+        if os.path.isfile(candidate):
+            return [candidate]
+    import importlib.util
+
+    spec = importlib.util.find_spec("textual")
+    return [spec.origin] if spec is not None and spec.origin else []
 
 
 def code_fingerprint() -> str:
     """The fingerprint of the UI's code: Stem's sources, the interpreter and Textual's `__init__.py` (rewritten by
     any install of Textual)."""
-    spec = importlib.util.find_spec("textual")
-    textual = [Path(spec.origin)] if spec is not None and spec.origin else []
-    return fingerprint(*_packages(), *textual)
+    return fingerprint(*_packages(), *_textual_init())
 
 
 def encodings() -> list[str]:
@@ -54,7 +63,7 @@ def run_warm(argv: list[str]) -> int | None:
     if os.environ.get("STEM_WARM") == "0" or SERVING:
         return None
     try:
-        sock = connect(warm_socket(stem_home()))
+        sock = connect(warm_socket(home_text()))
     except OSError:
         return None
     with sock:
