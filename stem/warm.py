@@ -60,6 +60,8 @@ PRELOADED = (
     "core.hive",
     "core.host.client",
     "core.host.launch",
+    "core.listing",
+    "core.settings",
 )
 
 

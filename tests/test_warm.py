@@ -261,3 +261,15 @@ def test_the_code_fingerprint_follows_every_source_file_at_any_depth_and_nothing
     nested.write_text("b = 22\n")
     assert fingerprint(package) != first
     assert fingerprint(package) != fingerprint(package / "a.py")  # a file alone is its own source
+
+
+def test_a_plain_ls_runs_forked_and_lists_what_a_cold_one_does(warm, hive_env):
+    """`stem ls` goes warm like every other command: the client imports none of the listing's modules (the forked
+    child has them already), and prints what the cold path prints."""
+    cold = subprocess.run([*stem_cmd(), "ls"], env={**hive_env.env, "STEM_WARM": "0"}, capture_output=True, text=True)
+    argv = [sys.executable, "-X", "importtime", *stem_cmd()[1:], "ls"]
+    forked = subprocess.run(argv, env=hive_env.env, capture_output=True, text=True)
+    assert forked.returncode == cold.returncode == 0, (forked.stderr, cold.stderr)
+    assert forked.stdout == cold.stdout and forked.stdout.strip()
+    imported = [line.rsplit("|", 1)[-1].strip() for line in forked.stderr.splitlines() if "|" in line]
+    assert "stem.warm_client" in imported and "core.listing" not in imported and "sqlite3" not in imported
