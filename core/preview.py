@@ -702,6 +702,7 @@ class PreviewRoutes:
         self._routed: set[str] = set()  # services that have (or may have) a route: what a stop must remove
         self._said = ""  # the last problem told, so a crash-looping service does not repeat it every time
         self._caddy: tuple[int, int, int] | None = None  # the hive's Caddy, as last seen
+        self._closed = False  # `close` ran: the routes are gone (or the stopper's to remove), nothing more is asked
 
     def service_state(self, service: str, state: str, service_port: int | None) -> None:
         """A service's new state: ready with a port adds its route; anything else removes it."""
@@ -727,10 +728,15 @@ class PreviewRoutes:
             self._routed.clear()
             self._submit(self._remove_all)
             await self.settled(timeout)
+        # The services stop beside this (a colony's stop does all at once): their last states come after it and
+        # ask for nothing more.
+        self._closed = True
+        self._routed.clear()
         self._worker.shutdown(wait=False)
 
     def _submit(self, job: Callable[..., None], *args: object) -> None:
-        self._last = self._worker.submit(self._run, job, *args)
+        if not self._closed:
+            self._last = self._worker.submit(self._run, job, *args)
 
     def _run(self, job: Callable[..., None], *args: object) -> None:
         try:

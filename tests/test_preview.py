@@ -219,6 +219,11 @@ def test_stopping_several_colonies_at_once_removes_their_routes_and_the_last_tak
     assert run_stem(hive_env.env, "stop", "c").returncode == 0
     wait_for(lambda: not alive(caddy), what="Caddy to go with the last colony host")
     assert caddy_pid(hive_env) is None
+    # Each host ended its service as stopped: the service's last state asked its closed preview for nothing (it
+    # raised there, and the service was reported crashed with a supervisor error at every stop).
+    for name in ("a", "b", "c"):
+        host_log = (hive_env.home / "colonies" / name / "host.log").read_text()
+        assert "supervisor of" not in host_log and "Traceback" not in host_log, host_log
 
 
 @pytest.mark.root
