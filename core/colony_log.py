@@ -32,7 +32,7 @@ class ColonyLog:
         self._lock = threading.Lock()
         # Why the file cannot be written now (a full disk, a read-only or failing one), None while it can. The
         # lines stay in the ring meanwhile; `on_trouble` hears each change (from the appending thread, lock held).
-        self.write_error: str | None = None
+        self._write_error: str | None = None
         self.on_trouble: Callable[[str | None], None] | None = None
 
     def append(self, source: str, text: str) -> Entry:
@@ -57,12 +57,12 @@ class ColonyLog:
         except OSError as exc:  # no space, a quota, a read-only or failing disk: the log goes on in memory
             self._trouble(exc.strerror or str(exc))
             return
-        if self.write_error is not None:
+        if self._write_error is not None:
             self._trouble(None)
 
     def _trouble(self, why: str | None) -> None:
-        if why != self.write_error:
-            self.write_error = why
+        if why != self._write_error:
+            self._write_error = why
             if self.on_trouble is not None:
                 self.on_trouble(why)
 

@@ -62,11 +62,17 @@ def refused_by_disk(exc: BaseException) -> bool:
     machine's trouble, said in one line, never a bug of Stem's."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-    sqlite3 = sys.modules.get("sqlite3")  # only if something imported it
-    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite_error()):
         text = str(exc)
         return "disk is full" in text or "disk I/O error" in text or "readonly" in text
     return False
+
+
+def sqlite_error() -> type[Exception]:
+    """sqlite3.Error if something imported sqlite3 (only the registry's users do: the warm client does not), else
+    OSError (which stands for it harmlessly where sqlite3 was never used)."""
+    module = sys.modules.get("sqlite3")
+    return module.Error if module is not None else OSError
 
 
 def disk_trouble(exc: BaseException) -> str | None:

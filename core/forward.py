@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from core import netns
-
-log = logging.getLogger(__name__)
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 _LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (host byte order, little-endian here)
@@ -50,7 +47,11 @@ def loopback_listener(pid: int, port: int) -> str | None:
     """The loopback address ("127.0.0.1" or "::1") a process in `pid`'s network namespace listens on at `port`
     when none listens there on every address or on another one (which the colony's address would reach); else
     None."""
-    found = listeners(pid, port)
+    return loopback_only(listeners(pid, port))
+
+
+def loopback_only(found: set[str] | None) -> str | None:
+    """`loopback_listener` of addresses `listeners` has read."""
     if not found or found - {_LOOPBACK_V4, _LOOPBACK_V6}:
         return None
     return "127.0.0.1" if _LOOPBACK_V4 in found else "::1"
@@ -137,17 +138,11 @@ class LoopbackForward:
             writer.close()
 
     async def close(self) -> None:
-        """Stop listening and end every relayed connection."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._relays):
-            task.cancel()
-        if self._relays:
-            await asyncio.gather(*self._relays, return_exceptions=True)
-        if self._maker is not None:
-            self._maker.shutdown(wait=False)
-            self._maker = None
+        """Stop listening and end every relayed connection (awaited)."""
+        relays = list(self._relays)
+        self.abandon()
+        if relays:
+            await asyncio.gather(*relays, return_exceptions=True)
 
     def abandon(self) -> None:
         """`close` without awaiting (a runner torn down by a cancellation)."""

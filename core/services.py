@@ -32,7 +32,7 @@ from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
-from core.forward import LoopbackForward, listeners, loopback_listener
+from core.forward import LoopbackForward, listeners, loopback_only
 from core.sandbox import ColonyInit
 
 __all__ = [
@@ -485,18 +485,19 @@ class ServiceRunner:
             if found is None:
                 return  # the process is gone
             if found:  # forwarded if on the loopback only; else the colony's address reaches it already
-                await self._forward_loopback()
+                await self._forward_loopback(found)
                 return
             await asyncio.sleep(interval)
             interval = min(interval * 2, self.timing.probe_interval)
 
-    async def _forward_loopback(self) -> bool:
+    async def _forward_loopback(self, found: set[str] | None = None) -> bool:
         """The service listens on the colony's loopback only (a dev server's default): forward its port from the
-        colony's address, once per run of its process, and say so in the colony's log. True if it now is."""
+        colony's address, once per run of its process, and say so in the colony's log. True if it now is.
+        `found`: where it listens, if the caller has just read that (core.forward.listeners)."""
         port, pid = self.spec.port, self.pid
         if self._forward_tried or port is None or pid is None:
             return False
-        target = loopback_listener(pid, port)
+        target = loopback_only(listeners(pid, port) if found is None else found)
         if target is None:
             return False
         self._forward_tried = True

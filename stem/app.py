@@ -976,10 +976,8 @@ class StemApp(App[int], inherit_bindings=False):
         worker = event.worker
         if event.state == WorkerState.ERROR:
             error = worker.error
-            if isinstance(error, StemError):
-                message = str(error)
-            else:
-                message = (disk_trouble(error) if error is not None else None) or f"{worker.name} failed: {error!r}"
+            line = disk_trouble(error) if error is not None else None  # a full disk: the CLI's one line
+            message = str(error) if isinstance(error, StemError) else line or f"{worker.name} failed: {error!r}"
             colony = self._worker_colony.get(worker)
             if colony is not None:
                 self._problem(colony, message)

@@ -13,7 +13,7 @@ import stat
 import sys
 import time
 
-from core.errors import StemError, disk_trouble
+from core.errors import StemError, disk_trouble, sqlite_error
 
 TYPE_CHECKING = False  # typing's own costs every command ~2 ms of start-up; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
         # interpreter's last flush) go nowhere instead of printing a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (OSError, _sqlite_error()) as exc:
+    except (OSError, sqlite_error()) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.EIO and _terminal_gone(sys.stdout.fileno()):
             # The terminal hung up (an SSH drop, then SIGHUP): nobody is left to read an error either.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -133,12 +133,6 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
             raise
         print(f"stem: {line}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _sqlite_error() -> type[Exception]:
-    """sqlite3.Error if a command imported sqlite3 (none but the registry's users do: the warm client does not)."""
-    module = sys.modules.get("sqlite3")
-    return module.Error if module is not None else OSError
 
 
 def _on_terminal() -> bool:
