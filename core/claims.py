@@ -6,6 +6,11 @@ other's namespaces and interfaces for their own (a rollback or a gc of one destr
 whose pools overlap would hand out the same address twice. So every hive claims its prefix and pool under
 /run/stem/hives before it does anything; a second hive asking for a taken prefix, or an overlapping pool, is refused
 with one line that says which hive has it. A claim whose hive is gone (its STEM_HOME deleted) is taken over.
+
+A hive that names neither (no STEM_PREFIX, no STEM_POOL, no pool in its config) gets them by itself: the defaults
+(`stem`, 10.200.0.0/16) when no other hive has them, else the first free ones (`stemb`, `stemc`, ...; 10.201.0.0/16,
+...), remembered in its home (`claim.json`) so that it keeps them: a second STEM_HOME just works. Prefixes that
+could name the same interface (`stem` + slot 23 and `stem2` + slot 3 are both `stem23`) count as the same.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from pathlib import Path
 
 from core.errors import StemError
 from core.locks import file_lock
-from core.names import veth_pattern
+from core.names import DEFAULT_PREFIX, veth_pattern
 
 CLAIMS_DIR = Path("/run/stem/hives")
+REMEMBERED = "claim.json"  # in the hive's home: the prefix and pool it chose for itself
+_SPARE_PREFIXES = [DEFAULT_PREFIX, *(DEFAULT_PREFIX + chr(c) for c in range(ord("b"), ord("z") + 1))]
+_SPARE_POOLS = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(200, 255)]
 
 
 class HiveConflict(StemError):
@@ -55,13 +63,22 @@ def check_pool(pool: ipaddress.IPv4Network, source: str = "the pool") -> None:
 
 def _check_routes(pool: ipaddress.IPv4Network, prefixes: list[str]) -> None:
     """Not the host's own networks (its LAN, a docker bridge): the colonies' veths of the hives are not those."""
+    found = _route_over(pool, prefixes)
+    if found is not None:
+        iface, net = found
+        raise BadPool(
+            f"the pool {pool} overlaps the host's network {net} on {iface}: choose another (STEM_POOL, or "
+            "[hive] pool in config.toml)"
+        )
+
+
+def _route_over(pool: ipaddress.IPv4Network, prefixes: list[str]) -> tuple[str, ipaddress.IPv4Network] | None:
+    """A host route into `pool` that is not one of these hives' colony veths."""
     hives = [veth_pattern(p) for p in prefixes]
     for iface, net in host_routes():
         if net.prefixlen > 0 and net.overlaps(pool) and not any(h.match(iface) for h in hives):
-            raise BadPool(
-                f"the pool {pool} overlaps the host's network {net} on {iface}: choose another (STEM_POOL, or "
-                "[hive] pool in config.toml)"
-            )
+            return iface, net
+    return None
 
 
 def host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
@@ -82,39 +99,102 @@ def host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
     return routes
 
 
-def claim(prefix: str, home: Path, pool: ipaddress.IPv4Network) -> None:
-    """Record that `prefix` and `pool` are this hive's, or refuse naming the hive that has them, or the host
-    network the pool would shadow."""
-    check_pool(pool)
+def clash(a: str, b: str) -> bool:
+    """Whether two prefixes could name the same kernel object: equal, or one is the other plus digits (the
+    interface of slot 23 of `stem` and of slot 3 of `stem2` are both `stem23`)."""
+    short, long = sorted((a, b), key=len)
+    return a == b or (long.startswith(short) and long[len(short) :].isdigit())
+
+
+def claim(
+    prefix: str | None, home: Path, pool: ipaddress.IPv4Network, *, pool_given: bool = True
+) -> tuple[str, ipaddress.IPv4Network]:
+    """Record that this hive's prefix and pool are its own and return them, or refuse naming the hive that has
+    them, or the host network the pool would shadow. A `prefix` of None (none given) and a pool not given are
+    the ones this hive chose before, else the defaults or the first free ones (see the module's docstring)."""
+    remembered = _remembered(home)
+    default_pool = pool
     home_text = str(home.resolve())
     try:
         CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except OSError:  # no /run/stem to record in (not root): nothing this process could make in the kernel anyway
+        prefix = prefix or remembered.get("prefix") or DEFAULT_PREFIX
+        pool = pool if pool_given else ipaddress.IPv4Network(remembered.get("pool") or pool)
+        check_pool(pool)
         _check_routes(pool, [prefix])
-        return  # no /run/stem to record in (not root): nothing this process could make in the kernel anyway
+        return prefix, pool
     with file_lock(CLAIMS_DIR / ".lock"):
         claims = _read_all()
-        held = claims.pop(prefix, None)
-        if held is not None and held.home != home_text and _exists(held.home):
-            raise HiveConflict(
-                f"prefix {prefix!r} belongs to the hive at {held.home}: give this hive (STEM_HOME {home_text}) "
-                "its own STEM_PREFIX and STEM_POOL"
-            )
-        for other in claims.values():
-            overlaps = other.home != home_text and other.pool.overlaps(pool)
-            if overlaps and _exists(other.home) and _has_colonies(other.home):
+        others = [c for c in claims.values() if c.home != home_text and _exists(c.home)]
+        chose: dict[str, str] = {}
+        if prefix is None:
+            prefix = remembered.get("prefix") or _free_prefix(others)
+            chose["prefix"] = prefix
+        if not pool_given:
+            if "pool" in remembered:
+                pool = ipaddress.IPv4Network(remembered["pool"])
+            else:
+                pool = _free_pool(default_pool, others, claims)
+            chose["pool"] = str(pool)
+        check_pool(pool)
+        for other in others:
+            if other.prefix == prefix:
+                raise HiveConflict(
+                    f"prefix {prefix!r} belongs to the hive at {other.home}: give this hive (STEM_HOME {home_text}) "
+                    "its own STEM_PREFIX and STEM_POOL"
+                )
+            if clash(other.prefix, prefix):
+                raise HiveConflict(
+                    f"prefix {prefix!r} would name interfaces as the hive at {other.home} (prefix {other.prefix!r}) "
+                    "does: choose a STEM_PREFIX that is not the other plus digits"
+                )
+            if other.pool.overlaps(pool) and _has_colonies(other.home):
                 raise HiveConflict(
                     f"pool {pool} overlaps {other.pool} of the hive at {other.home} (prefix {other.prefix!r}): "
                     "give this hive another STEM_POOL"
                 )
         _check_routes(pool, [prefix, *claims])
-        if held == Claim(prefix, home_text, pool):
-            return
-        record = {"prefix": prefix, "home": home_text, "pool": str(pool)}
-        path = CLAIMS_DIR / prefix
-        partial = path.with_suffix(f".{os.getpid()}")
-        partial.write_text(json.dumps(record) + "\n")
-        partial.replace(path)
+        if chose and any(remembered.get(key) != value for key, value in chose.items()):
+            _write(home / REMEMBERED, {**remembered, **chose})
+        if claims.get(prefix) != Claim(prefix, home_text, pool):
+            _write(CLAIMS_DIR / prefix, {"prefix": prefix, "home": home_text, "pool": str(pool)})
+    return prefix, pool
+
+
+def _free_prefix(others: list[Claim]) -> str:
+    for prefix in _SPARE_PREFIXES:
+        if not any(clash(other.prefix, prefix) for other in others):
+            return prefix
+    raise HiveConflict(f"{len(others)} other hives on this machine have every spare prefix: set STEM_PREFIX")
+
+
+def _free_pool(default: ipaddress.IPv4Network, others: list[Claim], claims: dict[str, Claim]) -> ipaddress.IPv4Network:
+    """The default, or the first spare /16 no other hive's pool and no host network overlaps."""
+    for pool in [default, *_SPARE_POOLS]:
+        taken = any(other.pool.overlaps(pool) for other in others)
+        if not taken and _route_over(pool, list(claims)) is None:
+            return pool
+    raise HiveConflict("every spare pool overlaps another hive's or the host's network: set STEM_POOL")
+
+
+def _remembered(home: Path) -> dict[str, str]:
+    """What this hive chose for itself before ({} if nothing)."""
+    try:
+        raw = json.loads((home / REMEMBERED).read_text())
+    except (OSError, ValueError):
+        return {}
+    found = {key: str(raw[key]) for key in ("prefix", "pool") if isinstance(raw, dict) and key in raw}
+    try:
+        ipaddress.IPv4Network(found.get("pool", "10.200.0.0/16"))
+    except ValueError:
+        del found["pool"]  # edited by hand into something else: chosen again
+    return found
+
+
+def _write(path: Path, record: dict[str, str]) -> None:
+    partial = path.with_suffix(f".{os.getpid()}")
+    partial.write_text(json.dumps(record) + "\n")
+    partial.replace(path)
 
 
 def release(prefix: str) -> None:

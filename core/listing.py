@@ -19,9 +19,9 @@ from core import lifecycle as lc
 from core.errors import StemError
 from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
-from core.names import DEFAULT_PREFIX, check_prefix
+from core.names import check_prefix
 from core.registry import ColonyRecord, Registry
-from core.settings import Settings, load_settings
+from core.settings import DEFAULT_POOL, Settings, load_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +57,15 @@ def open_hive(
     this machine before anything else is made, its registry open."""
     layout = HiveLayout(home or stem_home())
     layout.ensure()
-    prefix = check_prefix(prefix or os.environ.get("STEM_PREFIX") or DEFAULT_PREFIX)
+    given = prefix or os.environ.get("STEM_PREFIX")
+    if given:
+        check_prefix(given)
     settings = settings or load_settings()
     pool = pool or settings.pool
-    claims.claim(prefix, layout.home, pool)
+    # Neither STEM_POOL nor a pool in config.toml: the hive may take a free one if another hive has the default.
+    pool_given = pool != DEFAULT_POOL or bool(os.environ.get("STEM_POOL"))
+    prefix, pool = claims.claim(given or None, layout.home, pool, pool_given=pool_given)
+    check_prefix(prefix)  # one this hive remembered may have been edited by hand
     return OpenHive(layout, prefix, settings, pool, Registry(layout.registry))
 
 

@@ -3,6 +3,7 @@ one line, before anything is made or removed; pools no colony should use are ref
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -91,3 +92,51 @@ def test_claims_do_not_outlive_a_cleanup(hive_env):
     assert (claims.CLAIMS_DIR / hive_env.prefix).exists()
     hive_env.cleanup()
     assert not (claims.CLAIMS_DIR / hive_env.prefix).exists()
+
+
+def test_hives_that_name_no_prefix_or_pool_get_free_ones_and_keep_them(hive_env, tmp_path):
+    """STEM_HOME set in two shells and nothing else: each hive gets a prefix and a pool no other hive has (the
+    defaults for the first, when free), keeps them from one command to the next, and each colony gets an address
+    in its hive's pool."""
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "mine", "--repo", str(repo)).returncode == 0
+    hives = [HiveEnv(tmp_path / "first"), HiveEnv(tmp_path / "second")]
+    try:
+        chosen = []
+        for hive, name in zip(hives, ("one", "two"), strict=True):
+            del hive.env["STEM_PREFIX"], hive.env["STEM_POOL"]
+            result = run_stem(hive.env, "spawn", name, "--repo", str(repo))
+            remembered = json.loads((hive.home / claims.REMEMBERED).read_text())
+            hive.prefix, hive.pool = remembered["prefix"], ipaddress.IPv4Network(remembered["pool"])
+            assert result.returncode == 0, result.stderr
+            assert netns_names(hive.prefix) == [f"{hive.prefix}-{name}"]
+            (row,) = json.loads(run_stem(hive.env, "ls", "--json").stdout)
+            assert ipaddress.IPv4Address(row["ip"]) in hive.pool
+            chosen.append((hive.prefix, hive.pool))
+        everyone = [*chosen, (hive_env.prefix, hive_env.pool)]
+        for i, (prefix, pool) in enumerate(everyone):
+            for other_prefix, other_pool in everyone[i + 1 :]:
+                assert not claims.clash(prefix, other_prefix)
+                assert not pool.overlaps(other_pool)
+        for hive in hives:  # the next command keeps what the hive chose, and gc touches no other hive's
+            assert run_stem(hive.env, "gc").returncode == 0
+        assert [netns_names(hive.prefix) for hive in hives] == [[f"{hives[0].prefix}-one"], [f"{hives[1].prefix}-two"]]
+        assert [json.loads(run_stem(h.env, "ls", "--json").stdout)[0]["state"] for h in hives] == ["running"] * 2
+    finally:
+        for hive in hives:
+            hive.cleanup()
+
+
+def test_a_prefix_that_is_another_plus_digits_is_refused(hive_env, tmp_path):
+    """Interface names would meet: `t123` + slot 45 and `t1234` + slot 5 are both `t12345`."""
+    assert claims.clash("stem", "stem2") and claims.clash("stem2", "stem") and claims.clash("stem", "stem")
+    assert not claims.clash("stem", "stemb") and not claims.clash("stem", "ste")
+    shorter = HiveEnv(tmp_path / "shorter")
+    try:
+        shorter.prefix = hive_env.prefix[:4]
+        hive_env.prefix = hive_env.prefix[:4] + "7"
+        hive_env.env["STEM_PREFIX"], shorter.env["STEM_PREFIX"] = hive_env.prefix, shorter.prefix
+        assert run_stem(hive_env.env, "ls").returncode == 0
+        assert_refused(run_stem(shorter.env, "ls"), f"prefix {shorter.prefix!r} would name interfaces as the hive at")
+    finally:
+        shorter.cleanup()
