@@ -317,6 +317,17 @@ def release_init(init: ColonyInit | None, grace: float = 5.0) -> None:
     init.close()
 
 
+def adopt_child(pid: int) -> None:
+    """A process re-parented to us that a waiter will reap itself (a service's daemon): the orphan reaper leaves
+    it alone, so that waiter gets its exit status."""
+    with _spawn_lock:
+        _children.add(pid)
+
+
+def known_child(pid: int) -> bool:
+    return pid in _children
+
+
 def forget_child(pid: int) -> None:
     with _spawn_lock:
         _children.discard(pid)

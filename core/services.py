@@ -183,7 +183,16 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r")
 
 
+# The exit status of a service's daemon that was the colony's init's child (the kernel reaped it, unread).
+EXIT_UNKNOWN = -1000
+BACKGROUND_HOPS = 4  # a daemon that forks twice (fork, setsid, fork) is followed through each hop
+BACKGROUND_LOOKS = 40  # each 5 ms apart while a hop of its start is still exiting
+INTERMEDIATE = 1.0  # seconds: a followed process that ends sooner was a hop of its daemon's start
+
+
 def _exit_text(code: int) -> str:
+    if code == EXIT_UNKNOWN:
+        return "ended (its exit status went to the colony's init)"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -231,6 +240,96 @@ def _end_group(pgid: int, grace: float, netns_name: str) -> None:
             return
 
 
+class _Background:
+    """Stands in for a service's Popen once its command went to the background and exited 0 (a daemon: nginx,
+    `redis-server --daemonize yes`, `memcached -d`): the process it left, orphaned to the host (a subreaper, when
+    the colony has no PID namespace: our child now, its exit status ours to read) or to the colony's init."""
+
+    def __init__(self, pid: int, ours: bool) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._ours = ours
+        self.since = time.monotonic()
+
+    def poll(self) -> int | None:
+        """Its exit status, once its pidfd said it ended (None before, for one of ours)."""
+        if self.returncode is None:
+            code = EXIT_UNKNOWN
+            if self._ours:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = self.pid, -1
+                if pid == 0:
+                    return None
+                if status >= 0:
+                    code = os.waitstatus_to_exitcode(status)
+            self.returncode = code
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None and self._ours:
+            try:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.returncode = EXIT_UNKNOWN
+        return self.returncode if self.returncode is not None else EXIT_UNKNOWN
+
+
+def _clean_exit(proc: subprocess.Popen[bytes] | _Background) -> bool:
+    """Whether the exited, unreaped leader exited 0 (read without reaping it: its pid stays its own meanwhile). A
+    daemon orphaned to the colony's init has no status to read: one that ended at once counts (the first of a
+    double fork), not one that served for a while (its workers left behind are not the service)."""
+    if isinstance(proc, _Background):
+        code = proc.poll()
+        return code == 0 or (code == EXIT_UNKNOWN and time.monotonic() - proc.since < INTERMEDIATE)
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return info is not None and info.si_code == os.CLD_EXITED and info.si_status == 0
+
+
+def _group_of(proc: subprocess.Popen[bytes] | _Background) -> int:
+    """The process group a service's process leads: its own pid for a command (a new session), whatever the daemon
+    is in for one that went to the background (asked while it is unreaped or just gone)."""
+    if isinstance(proc, _Background):
+        with contextlib.suppress(OSError):
+            return os.getpgid(proc.pid)
+    return proc.pid
+
+
+def _left_in_background(
+    service: str, since: int, parents: set[int], within: set[int] | None
+) -> tuple[int, int, int] | bool:
+    """Blocking: (pid, parent, starttime) of the process a service's command left running as it exited: orphaned
+    (its parent is now the host or the colony's init) and started after the command. One that carries the command's
+    STEM_SERVICE first (a daemon that set its process title, as nginx does, has written over its environment: then
+    the oldest that names no other service). Else True while a process that could be one is exiting (a hop of a
+    double fork, its child not yet orphaned: look again), False."""
+    marker = f"\0STEM_SERVICE={service}\0".encode()
+    found: list[tuple[bool, int, int, int]] = []
+    unsettled = False
+    for pid, fields in procs.stats_of(within):
+        if int(fields[1]) not in parents or procs.known_child(pid) or int(fields[19]) < since:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = b"\0" + f.read()
+        except OSError:
+            environ = b""
+        if fields[0] in (b"Z", b"X") or not environ:
+            unsettled = True  # exiting: its memory (and environment) already gone
+            continue
+        ours = marker in environ
+        if ours or b"\0STEM_SERVICE=" not in environ:
+            found.append((not ours, int(fields[19]), pid, int(fields[1])))
+    if not found:
+        return unsettled
+    _, start, pid, parent = min(found)
+    return pid, parent, start
+
+
 def _tail(lines: Iterable[str], n: int = 3) -> str:
     """The last `n` non-blank lines on one line, for a failure reason."""
     return " | ".join([line.strip() for line in lines if line.strip()][-n:])
@@ -255,7 +354,8 @@ class ServiceRunner:
         self.colony = host.colony
         self.netns = host.netns
         self.cwd = host.worktree / spec.working_dir if spec.working_dir else host.worktree
-        self.env = dict(env)
+        # STEM_SERVICE: what the service sees of itself, and how its daemon is told from other processes.
+        self.env = {**env, "STEM_SERVICE": spec.name}
         self.ip = host.ip
         self.log = host.log
         self.timing = host.timing
@@ -279,7 +379,7 @@ class ServiceRunner:
         self._grace = self.timing.stop_grace
         self._wake = asyncio.Event()  # cuts a backoff wait short when stop() is called
         self._ever_ready = asyncio.Event()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | _Background | None = None
         self._starttime = 0
         self._pidfd = -1
         self._exited = asyncio.Event()
@@ -357,7 +457,12 @@ class ServiceRunner:
                     return
                 started = time.monotonic()
                 not_ready = self.timed_out = await self._watch_readiness()
-                code = await self._reap()
+                code = await self._reap(follow=True)
+                hops = 1
+                while code is None:  # it went to the background: its daemon is watched as its process
+                    not_ready = self.timed_out = await self._watch_readiness()
+                    code = await self._reap(follow=hops < BACKGROUND_HOPS)
+                    hops += 1
                 await self._close_forward()
                 if self._stopping:
                     break
@@ -452,7 +557,8 @@ class ServiceRunner:
         return not self._stopping
 
     def _ready(self) -> None:
-        self._set(READY)
+        if self.state != READY:  # a daemon followed after its command was ready already
+            self._set(READY)
         self._ever_ready.set()
 
     async def _until_ready(self) -> bool:
@@ -516,8 +622,8 @@ class ServiceRunner:
         )
         return True
 
-    async def _note(self, text: str) -> None:
-        entry = await asyncio.to_thread(self.log.append, "network", text)
+    async def _note(self, text: str, source: str = "network") -> None:
+        entry = await asyncio.to_thread(self.log.append, source, text)
         self._emit(LogLine(self.colony, entry.seq, entry.at, entry.source, entry.text))
 
     async def _close_forward(self) -> None:
@@ -544,14 +650,18 @@ class ServiceRunner:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
+                os.killpg(_group_of(proc), sig)
 
-    async def _reap(self) -> int:
-        """After the leader exited: end what is left of its group, reap it, drain and close its pipes."""
+    async def _reap(self, follow: bool = False) -> int | None:
+        """After the leader exited: end what is left of its group, reap it, drain and close its pipes. With
+        `follow`, a leader that exited 0 leaving a daemon behind is reaped and the daemon becomes the service's
+        process (nothing else is ended or closed: it may still be in the group and hold the pipes); None then."""
         proc = self._proc
         assert proc is not None
+        if follow and not self._stopping and _clean_exit(proc) and await self._follow_background(proc):
+            return None
         # Before reaping: while the leader is a zombie its pid (= the group id) cannot be handed out again.
-        await asyncio.to_thread(_end_group, proc.pid, self._grace, self.netns)
+        await asyncio.to_thread(_end_group, _group_of(proc), self._grace, self.netns)
         code = proc.poll()
         if code is None:  # cannot happen after the pidfd fired; never block the loop on it
             code = await asyncio.to_thread(proc.wait)
@@ -570,6 +680,56 @@ class ServiceRunner:
         self.code = code
         await asyncio.to_thread(self._forget_process, proc.pid, self._starttime)
         return code
+
+    async def _follow_background(self, proc: subprocess.Popen[bytes] | _Background) -> bool:
+        """The service's command exited 0: if it left a daemon (see `_left_in_background`), reap the command and
+        watch the daemon as the service's process from now on. True if it did."""
+        me = os.getpid()
+        init = self.host.init
+        parents = {me} if init is None or not init.pid else {me, init.pid}
+        for _ in range(BACKGROUND_LOOKS):
+            found = await asyncio.to_thread(
+                _left_in_background, self.name, self._starttime, parents, procs.colony_pids(self.netns)
+            )
+            if found is False:
+                return False
+            if found is True:
+                await asyncio.sleep(0.005)
+                continue
+            pid, parent, start = found
+            ours = parent == me
+            if ours:
+                procs.adopt_child(pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+                break
+            except OSError:  # gone (and reaped) meanwhile: a hop of a double fork; look again
+                procs.forget_child(pid)
+        else:
+            return False
+        proc.poll()  # the command itself, reaped
+        procs.forget_child(proc.pid)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        await asyncio.to_thread(self._forget_process, proc.pid, self._starttime)
+        self._proc, self._starttime, self._pidfd = _Background(pid, ours), start, pidfd
+        self._exited = asyncio.Event()
+        loop.add_reader(pidfd, self._on_exit)
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+        except OSError:
+            argv = []
+        await asyncio.to_thread(self._record_process, pid, start, f"service:{self.name}", argv)
+        if ours:  # the daemon's start may have left an intermediate that exited before we looked: ours to reap
+            await asyncio.to_thread(procs.reap_orphans)
+        shown = " ".join(argv)[:80] or "?"
+        await self._note(
+            f"{self.name} went to the background as pid {pid} ({shown}) and exited 0: that process is the service "
+            "now (or have it run in the foreground)",
+            self.name,
+        )
+        return True
 
     def _abandon(self) -> None:
         """Teardown without awaiting (cancelled or a bug): kill the group and drop the loop's watchers."""

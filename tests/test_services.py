@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -11,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
-from helpers import until
+from helpers import git, make_repo, run_stem, until
 
 from core import procs
 from core.config import ColonyConfig, ServiceSpec, parse_colony_config
@@ -389,6 +392,93 @@ def test_stop_all_ends_the_whole_process_group_and_reaps_it(hive_env, repo):
         assert my_zombies() == []
 
     run(hive_env, scenario)
+
+
+# A server that goes to the background as nginx, redis-server --daemonize yes and memcached -d do: it forks, the
+# child leaves the session (and with "twice" forks again and exits), and the command exits 0 at once.
+DAEMON = r"""
+import http.server, os, sys
+if os.fork():
+    os._exit(0)
+os.setsid()
+if sys.argv[1] == "twice" and os.fork():
+    os._exit(0)
+print("daemon serving", flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", 3000), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+DAEMONIZING = """
+[services.web]
+command = "python3 -u daemon.py {forks}"
+port = 3000
+ready = "http:/"
+"""
+
+
+@pytest.mark.parametrize("forks", ["once", "twice"])
+def test_a_service_that_goes_to_the_background_is_followed(hive_env, repo, forks):
+    """Its command's clean exit leaves its daemon as the service's process: ready, answering, its output in the log
+    (it still holds the pipes), restarted by its policy when killed, and ended and reaped by stop."""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("daemon", repo)
+        colony = Colony(hive, "daemon", DAEMONIZING.format(forks=forks))
+        (Path(colony.rec.worktree) / "daemon.py").write_text(DAEMON)
+        (Path(colony.rec.worktree) / "index.html").write_text("served by the daemon\n")
+        try:
+            await colony.services.start_all()
+            web = colony.services.services["web"]
+            assert web.state == "ready" and web.pid is not None
+            first = web.pid
+            assert "daemon serving" in web.last_lines
+            assert await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/") == "served by the daemon\n"
+            log = [e.text for e in hive.log("daemon").after(0) if e.source == "web"]
+            assert any(f"went to the background as pid {first}" in line for line in log), log
+            assert colony.registry_pids() == [first]
+            os.kill(first, 9)  # the daemon dies: a failure, restarted by the default policy, followed again
+            await until(lambda: web.pid not in (None, first) and web.state == "ready", what="a new daemon, ready")
+            assert await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/") == "served by the daemon\n"
+            assert ("crashed", -9) in colony.states("web")
+            second = web.pid
+        finally:
+            await colony.services.stop_all()
+        assert web.state == "stopped"
+        assert not alive(first) and not alive(second)
+        assert colony.registry_pids() == []
+        assert my_zombies() == []
+
+    run(hive_env, scenario)
+
+
+def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_path):
+    """The same through `stem spawn`, where the colony has its own PID namespace (the daemon is orphaned to the
+    colony's init, not to the host): it answers, and `stem stop` ends it."""
+    repo = make_repo(tmp_path / "repo", colony_toml=DAEMONIZING.format(forks="twice"))
+    (repo / "daemon.py").write_text(DAEMON)
+    (repo / "index.html").write_text("served by the daemon\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a daemon")
+    result = run_stem(hive_env.env, "spawn", "bg", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert row["services"] == {"web": "ready"}
+    assert fetch(f"http://{row['ip']}:3000/") == "served by the daemon\n"
+    logs = run_stem(hive_env.env, "logs", "bg").stdout
+    assert "went to the background as pid" in logs and "daemon serving" in logs
+    served = [int(pid) for pid in procs_serving(hive_env.prefix + "-bg")]
+    assert served
+    assert run_stem(hive_env.env, "stop", "bg").returncode == 0
+    assert not any(alive(pid) for pid in served)
+
+
+def procs_serving(netns_name: str) -> list[str]:
+    """Pids of the daemon.py processes in the colony's network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", netns_name], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"daemon.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
 
 
 def test_output_lines_partial_long_and_undecodable(hive_env, repo):
