@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -299,34 +300,49 @@ def _group_of(proc: subprocess.Popen[bytes] | _Background) -> int:
     return proc.pid
 
 
+_background_lock = threading.Lock()  # one look-and-take at a time: two daemons started at once are told apart
+
+
+def _exe(pid: int) -> tuple[int, int] | None:
+    """Which program a process runs (device and inode of its executable), or None once it is exiting."""
+    try:
+        found = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _left_in_background(
-    service: str, since: int, parents: set[int], within: set[int] | None
+    service: str, since: int, parents: set[int], within: set[int] | None, program: tuple[int, int] | None
 ) -> tuple[int, int, int] | bool:
-    """Blocking: (pid, parent, starttime) of the process a service's command left running as it exited: orphaned
-    (its parent is now the host or the colony's init) and started after the command. One that carries the command's
-    STEM_SERVICE first (a daemon that set its process title, as nginx does, has written over its environment: then
-    the oldest that names no other service). Else True while a process that could be one is exiting (a hop of a
-    double fork, its child not yet orphaned: look again), False."""
+    """Blocking: (pid, parent, starttime) of the process a service's command left running as it exited, taken for it
+    (`procs.adopt_child`: no other service's look takes it): orphaned (its parent is now the host or the colony's
+    init), started after the command, naming no other service in STEM_SERVICE. Best one that carries the command's
+    STEM_SERVICE, then one that runs the command's `program` (a daemon that set its process title, as nginx and
+    redis do, has written over its environment), then the oldest. Else True while a process that could be one is
+    exiting (a hop of a double fork, its child not yet orphaned: look again), False."""
     marker = f"\0STEM_SERVICE={service}\0".encode()
-    found: list[tuple[bool, int, int, int]] = []
+    found: list[tuple[bool, bool, int, int, int]] = []
     unsettled = False
-    for pid, fields in procs.stats_of(within):
-        if int(fields[1]) not in parents or procs.known_child(pid) or int(fields[19]) < since:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = b"\0" + f.read()
-        except OSError:
-            environ = b""
-        if fields[0] in (b"Z", b"X") or not environ:
-            unsettled = True  # exiting: its memory (and environment) already gone
-            continue
-        ours = marker in environ
-        if ours or b"\0STEM_SERVICE=" not in environ:
-            found.append((not ours, int(fields[19]), pid, int(fields[1])))
-    if not found:
-        return unsettled
-    _, start, pid, parent = min(found)
+    with _background_lock:
+        for pid, fields in procs.stats_of(within):
+            if int(fields[1]) not in parents or procs.known_child(pid) or int(fields[19]) < since:
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    environ = b"\0" + f.read()
+            except OSError:
+                environ = b""
+            if fields[0] in (b"Z", b"X") or not environ:
+                unsettled = True  # exiting: its memory (and environment) already gone
+                continue
+            ours = marker in environ
+            if ours or b"\0STEM_SERVICE=" not in environ:
+                found.append((not ours, _exe(pid) != program, int(fields[19]), pid, int(fields[1])))
+        if not found:
+            return unsettled
+        *_, start, pid, parent = min(found)
+        procs.adopt_child(pid)
     return pid, parent, start
 
 
@@ -381,6 +397,7 @@ class ServiceRunner:
         self._ever_ready = asyncio.Event()
         self._proc: subprocess.Popen[bytes] | _Background | None = None
         self._starttime = 0
+        self._program: tuple[int, int] | None = None
         self._pidfd = -1
         self._exited = asyncio.Event()
         self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
@@ -510,6 +527,7 @@ class ServiceRunner:
         )
         self._proc = proc
         self._starttime = procs.starttime(proc.pid) or 0
+        self._program = _exe(proc.pid)  # exec'd already: Popen returns once it has
         loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(proc.pid)
         loop.add_reader(self._pidfd, self._on_exit)
@@ -689,7 +707,7 @@ class ServiceRunner:
         parents = {me} if init is None or not init.pid else {me, init.pid}
         for _ in range(BACKGROUND_LOOKS):
             found = await asyncio.to_thread(
-                _left_in_background, self.name, self._starttime, parents, procs.colony_pids(self.netns)
+                _left_in_background, self.name, self._starttime, parents, procs.colony_pids(self.netns), self._program
             )
             if found is False:
                 return False
@@ -698,8 +716,6 @@ class ServiceRunner:
                 continue
             pid, parent, start = found
             ours = parent == me
-            if ours:
-                procs.adopt_child(pid)
             try:
                 pidfd = os.pidfd_open(pid)
                 break

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +22,7 @@ from core.config import ColonyConfig, ServiceSpec, parse_colony_config
 from core.errors import ConfigError, StepFailed
 from core.events import Event, LogLine, ServiceState
 from core.hive import Hive
-from core.services import ServiceHost, ServiceSet, Timing
+from core.services import ServiceHost, ServiceRunner, ServiceSet, Timing
 
 pytestmark = pytest.mark.root
 
@@ -395,21 +396,48 @@ def test_stop_all_ends_the_whole_process_group_and_reaps_it(hive_env, repo):
 
 
 # A server that goes to the background as nginx, redis-server --daemonize yes and memcached -d do: it forks, the
-# child leaves the session (and with "twice" forks again and exits), and the command exits 0 at once.
+# child leaves the session (and with "twice" forks again and exits), and the command exits 0 at once. With "wipe" it
+# writes over its environment as a daemon that sets its process title does (nginx, redis).
 DAEMON = r"""
-import http.server, os, sys
+import ctypes, http.server, os, sys, time
+forks, port, wipe, when = sys.argv[1], int(sys.argv[2]), "wipe" in sys.argv, sys.argv[-1]
+deadline = time.monotonic() + 10
+while when == "late" and not os.path.exists("early.orphaned") and time.monotonic() < deadline:
+    time.sleep(0.01)  # forks only once the "early" one's daemon, older than its own, is orphaned too
+parent = os.getpid()
 if os.fork():
     os._exit(0)
+while when == "early" and os.getppid() == parent and time.monotonic() < deadline:
+    time.sleep(0.01)
+if when == "early":
+    open("early.orphaned", "w").close()
 os.setsid()
-if sys.argv[1] == "twice" and os.fork():
+if forks == "twice" and os.fork():
     os._exit(0)
-print("daemon serving", flush=True)
-http.server.ThreadingHTTPServer(("0.0.0.0", 3000), http.server.SimpleHTTPRequestHandler).serve_forever()
+if wipe:
+    fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])  # env_start, env_end
+    ctypes.memset(start, 0, end - start)
+print("daemon serving", port, flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", port), http.server.SimpleHTTPRequestHandler).serve_forever()
 """
 DAEMONIZING = """
 [services.web]
-command = "python3 -u daemon.py {forks}"
+command = "python3 -u daemon.py {forks} 3000"
 port = 3000
+ready = "http:/"
+"""
+# Two at once, both with their environment written over, the older daemon not web's although web's command exits
+# first or with it: each is followed to its own, told apart by the program it runs (this interpreter, a copy of it).
+TWO_DAEMONS = """
+[services.web]
+command = "{python} -u daemon.py once 3000 wipe late"
+port = 3000
+ready = "http:/"
+
+[services.api]
+command = "{copy} -u daemon.py once 3001 wipe early"
+port = 3001
 ready = "http:/"
 """
 
@@ -429,7 +457,7 @@ def test_a_service_that_goes_to_the_background_is_followed(hive_env, repo, forks
             web = colony.services.services["web"]
             assert web.state == "ready" and web.pid is not None
             first = web.pid
-            assert "daemon serving" in web.last_lines
+            assert "daemon serving 3000" in web.last_lines
             assert await asyncio.to_thread(fetch, f"http://{colony.rec.ip}:3000/") == "served by the daemon\n"
             log = [e.text for e in hive.log("daemon").after(0) if e.source == "web"]
             assert any(f"went to the background as pid {first}" in line for line in log), log
@@ -449,6 +477,35 @@ def test_a_service_that_goes_to_the_background_is_followed(hive_env, repo, forks
     run(hive_env, scenario)
 
 
+def test_two_services_that_go_to_the_background_at_once_are_each_followed_to_their_own(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("daemons", repo)
+        python, copy = os.path.realpath(sys.executable), Path(hive.get("daemons").worktree) / "python-copy"
+        shutil.copy(python, copy)
+        colony = Colony(hive, "daemons", TWO_DAEMONS.format(python=python, copy=copy))
+        (Path(colony.rec.worktree) / "daemon.py").write_text(DAEMON)
+
+        def serves(runner: ServiceRunner, port: int) -> bool:
+            """Its process is its own daemon (a command that is ready before it exits is its process until then)."""
+            with contextlib.suppress(OSError, TypeError):
+                return Path(f"/proc/{runner.pid}/cmdline").read_bytes().split(b"\0")[-5:-3] == [b"once", b"%d" % port]
+            return False
+
+        try:
+            await colony.services.start_all()
+            web, api = colony.services.services["web"], colony.services.services["api"]
+            await until(lambda: serves(web, 3000) and serves(api, 3001), what="each service to follow its daemon")
+            assert (web.state, api.state) == ("ready", "ready")
+            assert "daemon serving 3000" in web.last_lines and "daemon serving 3001" in api.last_lines
+            pids = (web.pid, api.pid)
+        finally:
+            await colony.services.stop_all()
+        assert not any(alive(pid) for pid in pids)
+        assert my_zombies() == []
+
+    run(hive_env, scenario)
+
+
 def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_path):
     """The same through `stem spawn`, where the colony has its own PID namespace (the daemon is orphaned to the
     colony's init, not to the host): it answers, and `stem stop` ends it."""
@@ -463,7 +520,7 @@ def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_p
     assert row["services"] == {"web": "ready"}
     assert fetch(f"http://{row['ip']}:3000/") == "served by the daemon\n"
     logs = run_stem(hive_env.env, "logs", "bg").stdout
-    assert "went to the background as pid" in logs and "daemon serving" in logs
+    assert "went to the background as pid" in logs and "daemon serving 3000" in logs
     served = [int(pid) for pid in procs_serving(hive_env.prefix + "-bg")]
     assert served
     assert run_stem(hive_env.env, "stop", "bg").returncode == 0
