@@ -846,6 +846,9 @@ class PeerFollower:
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._unsubscribe: Callable[[], None] | None = changes.subscribe(self._on_changes)
+        # What changed between the colony's start (or a `stem peer --follow` since) and its watches being up made no
+        # event: one refresh once settled, as after a change (nothing is copied if nothing follows it).
+        self._timer = asyncio.get_running_loop().call_later(self._settle, self._settled)
 
     def _on_changes(self, batch: Changes) -> None:
         paths = [p[len(self._root) :] for p in batch.paths if p.startswith(self._root)]

@@ -27,6 +27,7 @@ from core.services import ServiceChanges, ServiceHost, ServiceSet, Timing
 from core.settings import Settings, resolve_agent
 
 log = logging.getLogger("stem.runtime")
+WATCH_AFTER = 0.3  # seconds from a colony's start until its worktree watchers start (see `_watch`)
 
 
 def _write_now(write: Callable[[], object]) -> None:
@@ -146,6 +147,12 @@ class ColonyRuntime:
     async def _watch(self, peers: asyncio.Future[Peers] | None) -> None:
         """The change watcher, then what follows its events until `stop`: the peers' snapshots of this colony and
         colony.toml (one inotify instance per colony, against a per-user budget of 128)."""
+        # Not at once: the command that started the colony is still exiting (and its agent starting), and nothing
+        # needs the worktree's first scan within a blink. A stop meanwhile ends it here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._watch_stop.wait(), WATCH_AFTER)
+        if self._watch_stop.is_set():
+            return
         await self._start_change_watcher()
         if self._watch_stop.is_set():
             return

@@ -89,7 +89,12 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
 
         code = run_warm(given)  # no arguments: the UI, forked ready to draw
         if code is not None:
-            return code
+            # The command ran in the warm process's child, on this process's descriptors: nothing of this process
+            # needs tearing down, and its interpreter's finalization (a few ms, more with import hooks installed, as
+            # an editable install's) would only hold the shell's prompt back.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     from stem.parser import build_parser
 
     args = build_parser().parse_args(given)

@@ -12,7 +12,9 @@ section and, as its last line, one JSON object with every figure.
 
 1. Short commands, as a user runs them: the installed `stem` entry point in a subprocess, `--runs` times each (after
    one untimed round): `stem ls` with N colonies running; `stem spawn` of the 100-file repository, then `stem stop`
-   and `stem destroy --force` of that colony. Reference: `python3 -c pass`, in the same rounds. Also the wall time
+   and `stem destroy --force` of that colony; `stem spawn` of the same 100 files without a colony.toml (the colony
+   runs its agent only: what a spawn costs apart from a service's own start, measured rather than subtracted).
+   Reference: `python3 -c pass`, in the same rounds. Also the wall time
    of `python3 -c "import stem.cli"` and `-X importtime`'s total for `import stem.cli`.
 2. Cost of a host, with N colonies idle: the PSS (smaps_rollup) of each host, and the CPU all hosts use over an
    `--idle-seconds` window (utime+stime from /proc/PID/stat, and the same from the scheduler's nanosecond counts
@@ -318,6 +320,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"stem-bench-{self.prefix}-"))
         self.home = self.tmp / "home"
         self.repo = self.tmp / "repo"
+        self.plain_repo = self.tmp / "plain-repo"  # the same 100 files, no colony.toml: a spawn runs its agent only
         self.names = [f"h{i + 1:02d}" for i in range(self.n)]
         self.stem = stem_entry()
         self.figures: dict[str, Any] = {}
@@ -414,6 +417,7 @@ class Bench:
     def setup(self) -> None:
         log(f"hive: home {self.home}, prefix {self.prefix}, pool {self.pool}; stem is {shlex.join(self.stem)}")
         make_repo(self.repo, files=100, colony_toml=COLONY_TOML)
+        make_repo(self.plain_repo, files=100)
         for name in self.names:
             log(f"spawning {name}")
             self.stem_run("spawn", name, "--repo", str(self.repo))
@@ -429,7 +433,7 @@ class Bench:
     # 1. short commands ------------------------------------------------------------------------------------
 
     def short_commands(self) -> None:
-        commands = ("ls", "spawn", "stop", "destroy")
+        commands = ("ls", "spawn", "spawn_plain", "stop", "destroy")
         keys = ("pass", "import", "service", *commands, *(f"{c}_warm" for c in commands))
         samples: dict[str, list[float]] = {k: [] for k in keys}
         # Each command cold (STEM_WARM=0: it imports what it runs) and warm (forked by the hive's warm process, as
@@ -454,6 +458,11 @@ class Bench:
                 self.host_pid(name)
                 took[f"stop{suffix}"], _ = self.stem_run("stop", name, cold=cold)
                 took[f"destroy{suffix}"], _ = self.stem_run("destroy", "--force", name, cold=cold)
+                plain = f"pl{i + 2:02d}{suffix.replace('_', '')}"
+                repo = str(self.plain_repo)
+                took[f"spawn_plain{suffix}"], _ = self.stem_run("spawn", plain, "--repo", repo, cold=cold)
+                self.host_pid(plain)
+                self.stem_run("destroy", "--force", plain, cold=cold)
             if i >= 0:
                 for key, value in took.items():
                     samples[key].append(value)
@@ -472,10 +481,12 @@ class Bench:
             ("the service alone, until it accepts", "service"),
             (f"stem ls ({self.n} running), cold", "ls"),
             ("stem spawn (100 files), cold", "spawn"),
+            ("stem spawn, no colony.toml, cold", "spawn_plain"),
             ("stem stop (1 colony), cold", "stop"),
             ("stem destroy --force, cold", "destroy"),
             (f"stem ls ({self.n} running), warm", "ls_warm"),
             ("stem spawn (100 files), warm", "spawn_warm"),
+            ("stem spawn, no colony.toml, warm", "spawn_plain_warm"),
             ("stem stop (1 colony), warm", "stop_warm"),
             ("stem destroy --force, warm", "destroy_warm"),
         ]
