@@ -165,6 +165,16 @@ STREAMS = {
     "git-log": lambda: recorded("git_log.bin"),
     "ls": lambda: recorded("ls.bin"),
     "top": lambda: recorded("top.bin"),
+    "htop": lambda: recorded("htop.bin"),
+    "nano": lambda: recorded("nano.bin"),
+    "mc": lambda: recorded("mc.bin"),
+    "ncdu": lambda: recorded("ncdu.bin"),
+    "dialog": lambda: recorded("dialog.bin"),
+    "vim-syntax-splits": lambda: recorded("vim_syntax.bin"),
+    "less-chopped": lambda: recorded("less_chop.bin"),
+    "man": lambda: recorded("man.bin"),
+    "top-colour": lambda: recorded("top_colour.bin"),
+    "tmux": lambda: recorded("tmux.bin"),
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
     "vim-less-curses-repeated": lambda: (recorded("vim.bin") + recorded("less.bin") + recorded("curses.bin")) * 3,
@@ -216,6 +226,12 @@ def test_recordings_cover_what_they_claim() -> None:
     assert recorded("rich_live.bin").count(b"\x1b[2K\x1b[1A") > 500
     assert b"\x1b[38;2;" in recorded("rich_demo.bin") and recorded("git_log.bin").count(b"\x1b[32m+") > 1000
     assert recorded("ls.bin").count(b"\x1b[01;34m") > 100
+    # The full-screen programs as users run them: each on the alternate screen (top on the main one), tmux with its
+    # panes' scroll regions, vim with syntax colours
+    for name in ("htop", "nano", "mc", "ncdu", "dialog", "vim_syntax", "less_chop", "man", "tmux"):
+        assert b"\x1b[?1049h" in recorded(f"{name}.bin"), name
+    assert recorded("tmux.bin").count(b"r\x1b[") > 5 and recorded("vim_syntax.bin").count(b"\x1b[38;5;") > 20
+    assert recorded("top_colour.bin").count(b"\x1b[1m") > 100
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -367,6 +383,13 @@ READ_STREAMS = {
     "less": lambda: recorded("less.bin") * 2,
     "curses": lambda: recorded("curses.bin") * 3,
     "fuzz-full-screen": lambda: streams.fuzz_tui(5),
+    # Small: repeated, for enough looks at 4 KiB reads (each run starts by clearing its screen)
+    "htop": lambda: recorded("htop.bin") * 2,
+    "nano": lambda: recorded("nano.bin") * 3,
+    "mc": lambda: recorded("mc.bin") * 4,
+    "vim-syntax-splits": lambda: recorded("vim_syntax.bin") * 2,
+    "man": lambda: recorded("man.bin") * 2,
+    "tmux": lambda: recorded("tmux.bin") * 2,
 }
 
 

@@ -18,6 +18,8 @@ about --rec-mb MB, so that tmux's fixed cost per run (start, marker polling) doe
   vim        vim on a generated file: move, search, set number, edit, undo, quit (alternate screen)
   less       `less -R` on coloured text: page down, search, go to the end, quit (alternate screen)
   curses     a small Python curses program: boxes, colours, a scroll region, a counter (alternate screen)
+  htop, nano, mc, vim_syntax (syntax colours, split windows), man, tmux (tmux itself running vim and a shell in
+             split panes): full-screen programs as users run them beside an agent (capture.py says how)
 
 What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs. "4k" paths are fed 4 KiB
 reads (what a PTY read usually returns), the others 64 KiB chunks, from memory:
@@ -98,7 +100,10 @@ READ = 4096
 FRAME = 1 / 60  # core.agent.FRAME: a session's screen changes go out at most this often
 MB = 1_000_000
 RECORDINGS = ROOT / "tests" / "recordings"
-RECORDED = ("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "curses")
+RECORDED = (
+    *("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "curses"),
+    *("htop", "nano", "mc", "vim_syntax", "man", "tmux"),
+)
 SYNTHETIC = ("flood", "logs", "redraw")
 
 # Run by bittty's interpreter, which need not have pyte or Stem: time bittty's parser on the first `limit` bytes

@@ -13,6 +13,9 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   git_log.bin   `git log -p --color=always` on this repository: 12 commits back from a fixed commit
   ls.bin        `ls -laR --color=always` on a generated tree (fixed names, sizes, modes and times, TZ=UTC)
   top.bin       `top` refreshing 25 times, 0.2 s apart
+  htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
+  sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
+                full-screen programs as users run them beside an agent, checked against pyte by the screen tests
 
 The capture is made deterministic by fixed inputs: a fixed environment (TERM=xterm-256color, COLORTERM=truecolor,
 LANG=C.UTF-8, TZ=UTC, an empty HOME), generated files, and keys sent only once the program has gone quiet. Queries
@@ -39,6 +42,7 @@ ROOT = HERE.parents[1]
 # The newest commit of the git log capture; if it is ever gone from the history, pick another.
 GIT_LOG_TIP = "e361af33d63cfb5d6d9e9a733a8ff4725246600b"
 ROWS, COLS = 40, 120
+TMUX_VIM = "vim -u NONE -N colonies.py"
 QUIET = 0.4  # seconds without output that count as "the program is waiting for a key"
 
 
@@ -200,6 +204,62 @@ def main() -> int:
             ),
             "ls.bin": lambda: capture(["ls", "-laR", "--color=always", "tree"], [], work, home),
             "top.bin": lambda: capture(["top", "-d", "0.2", "-n", "25"], [], work, home),
+            # Full-screen programs as users run them beside an agent (htop, nano, mc, ncdu and dialog from Debian's
+            # packages of those names; what they show of the machine differs from one capture to the next).
+            "htop.bin": lambda: capture(["htop"], [b"t", b"\x1bOQ", b"\x1b", b"\x1b[B" * 5, b"q"], work, home),
+            "nano.bin": lambda: capture(
+                ["nano", "colonies.py"],
+                [b"\x1b[B" * 30, b"hello world", b"\x17colony_050\r", b"\x0b", b"\x15", b"\x1b[6~", b"\x18", b"n"],
+                work,
+                home,
+            ),
+            "mc.bin": lambda: capture(
+                ["mc"], [b"\x1b[B" * 3, b"\t", b"\x1b[B" * 2, b"\x1bOS", b"\x1b", b"\x1b0"], work, home
+            ),
+            "ncdu.bin": lambda: capture(
+                ["ncdu", "/usr/share/doc"], [b"\x1b[B" * 5, b"\r", b"\x1b[B" * 3, b"?", b"q", b"q"], work, home
+            ),
+            "dialog.bin": lambda: capture(
+                ["dialog", "--menu", "Pick one", "20", "60", "10"]
+                + [word for i in range(30) for word in (str(i), f"item {i} with text")],
+                [b"\r"],
+                work,
+                home,
+            ),
+            "vim_syntax.bin": lambda: capture(
+                ["vim", "-u", "NONE", "-i", "NONE", "-n", "-N", "colonies.py"],
+                [
+                    b":syntax on\r",
+                    b":set cursorline number\r",
+                    b"30j",
+                    b":vsplit\r",
+                    b"\x17l",
+                    b"50j",
+                    b":split coloured.txt\r",
+                    b"G",
+                    b"ihello\x1b",
+                    b"\x1b[5~",
+                    b":qa!\r",
+                ],
+                work,
+                home,
+            ),
+            "less_chop.bin": lambda: capture(
+                ["less", "-RS", "coloured.txt"],
+                [b"\x1b[C" * 3, b"/line 2\r", b"n", b"N", b"\x1b[D", b"50%", b"q"],
+                work,
+                home,
+            ),
+            "man.bin": lambda: capture(["man", "git-log"], [b" ", b" ", b"/--stat\r", b"n", b"G", b"q"], work, home),
+            "top_colour.bin": lambda: capture(["top", "-d", "1"], [b"z", b"x", b"b", b"1", b"c", b"q"], work, home),
+            # tmux itself inside the PTY: vim, a split running ls and seq, pane switches (tmux's own redraws)
+            "tmux.bin": lambda: capture(
+                ["tmux", "-L", f"stemcapture{os.getpid()}", "-f", "/dev/null", "new-session", TMUX_VIM],
+                [b"20j", b'\x02"', b"ls -la /usr/bin | head -100\r", b"\x02%", b"seq 1 200\r", b"\x02o", b":q!\r"]
+                + [b"exit\r"] * 2,
+                work,
+                home,
+            ),
         }
         unknown = wanted - set(jobs)
         if unknown:
