@@ -25,7 +25,7 @@ from pathlib import Path
 
 from core.errors import StemError
 from core.locks import file_lock
-from core.names import DEFAULT_PREFIX, veth_pattern
+from core.names import DEFAULT_PREFIX, PREFIX_RE, veth_pattern
 
 CLAIMS_DIR = Path("/run/stem/hives")
 REMEMBERED = "claim.json"  # in the hive's home: the prefix and pool it chose for itself
@@ -184,10 +184,13 @@ def _remembered(home: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     found = {key: str(raw[key]) for key in ("prefix", "pool") if isinstance(raw, dict) and key in raw}
+    # Edited by hand into something else: chosen again.
+    if "prefix" in found and not PREFIX_RE.match(found["prefix"]):
+        del found["prefix"]
     try:
         ipaddress.IPv4Network(found.get("pool", "10.200.0.0/16"))
     except ValueError:
-        del found["pool"]  # edited by hand into something else: chosen again
+        del found["pool"]
     return found
 
 

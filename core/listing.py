@@ -65,7 +65,6 @@ def open_hive(
     # Neither STEM_POOL nor a pool in config.toml: the hive may take a free one if another hive has the default.
     pool_given = pool != DEFAULT_POOL or bool(os.environ.get("STEM_POOL"))
     prefix, pool = claims.claim(given or None, layout.home, pool, pool_given=pool_given)
-    check_prefix(prefix)  # one this hive remembered may have been edited by hand
     return OpenHive(layout, prefix, settings, pool, Registry(layout.registry))
 
 

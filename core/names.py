@@ -12,7 +12,7 @@ from core.errors import BadName, StemError
 
 MAX_NAME = 32
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 DEFAULT_PREFIX = "stem"
 
 
@@ -32,7 +32,7 @@ def check_name(name: str) -> str:
 
 def check_prefix(prefix: str) -> str:
     """The hive prefix becomes part of interface names, so it must stay short and plain."""
-    if not _PREFIX_RE.match(prefix):
+    if not PREFIX_RE.match(prefix):
         raise StemError(f"STEM_PREFIX {prefix!r} must be 1-6 lowercase letters or digits, starting with a letter")
     return prefix
 

@@ -13,6 +13,7 @@ from conftest import HiveEnv
 from helpers import assert_refused, make_repo, netns_names, run_stem
 
 from core import claims
+from core.names import PREFIX_RE
 
 pytestmark = pytest.mark.root
 
@@ -140,3 +141,18 @@ def test_a_prefix_that_is_another_plus_digits_is_refused(hive_env, tmp_path):
         assert_refused(run_stem(shorter.env, "ls"), f"prefix {shorter.prefix!r} would name interfaces as the hive at")
     finally:
         shorter.cleanup()
+
+
+def test_a_hand_edited_claim_file_is_chosen_again(tmp_path):
+    hive = HiveEnv(tmp_path / "edited")
+    try:
+        del hive.env["STEM_PREFIX"], hive.env["STEM_POOL"]
+        hive.home.mkdir(parents=True)
+        (hive.home / claims.REMEMBERED).write_text('{"prefix": "Not Valid!", "pool": "nonsense"}')
+        result = run_stem(hive.env, "ls")
+        remembered = json.loads((hive.home / claims.REMEMBERED).read_text())
+        hive.prefix = remembered["prefix"]
+        assert result.returncode == 0, result.stderr
+        assert PREFIX_RE.match(hive.prefix) and ipaddress.IPv4Network(remembered["pool"]).is_private
+    finally:
+        hive.cleanup()
