@@ -157,6 +157,9 @@ class Hive:
         self._seen: set[tuple[str, lc.ColonyState, str]] | None = None  # the registry's colonies at the last reconcile
         self._sync_firewall = Coalesced(self._rebuild_firewall)  # sync_firewall's coalescing
         self._commands: dict[str, subprocess.Popen[bytes]] = {}  # the setup/build command each colony waits on
+        # Colonies whose spawn or start was cancelled while its thread runs: it starts no further command.
+        self._abandoned: set[str] = set()
+        self._commands_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reap_timer: asyncio.TimerHandle | None = None
         become_subreaper()
@@ -344,6 +347,13 @@ class Hive:
             yield
         finally:
             lock.release()
+            # locks/ keeps no file for a name that is no colony now: destroyed, rolled back, or never one (a command
+            # given a name that does not exist leaves nothing behind).
+            await asyncio.shield(asyncio.to_thread(self._forget_lock, name))
+
+    def _forget_lock(self, name: str) -> None:
+        if self.registry.find(name) is None:
+            remove_unused(self.layout.colony_lock(name))
 
     def set_state(self, name: str, state: lc.ColonyState, stage: str = "", reason: str = "") -> None:
         """Record the colony's lifecycle state and tell every subscriber."""
@@ -405,15 +415,15 @@ class Hive:
                 try:
                     rec = await asyncio.shield(making)
                 except asyncio.CancelledError:
-                    # The thread cannot be interrupted: end the command it waits on, let it finish (it rolls back
-                    # on failure), undo what it made otherwise, and stay cancelled.
-                    running = self._commands.get(name)
-                    if running is not None:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.killpg(running.pid, signal.SIGKILL)
-                    with contextlib.suppress(BaseException):
-                        made = await making
-                        await asyncio.to_thread(self._rollback, made)
+                    # The thread cannot be interrupted: end the command it waits on and let it start no other, let
+                    # it finish (it rolls back on failure), undo what it made otherwise, and stay cancelled.
+                    self._abandon(name)
+                    try:
+                        with contextlib.suppress(BaseException):
+                            made = await making
+                            await asyncio.to_thread(self._rollback, made)
+                    finally:
+                        self._abandoned.discard(name)
                     raise
                 try:
                     await self._start_runtime(rec, config, launched=True)
@@ -685,6 +695,15 @@ class Hive:
             self._emit(LogLine(rec.name, entry.seq, entry.at, "peering", warning))
             self._emit(Notice(rec.name, "warning", f"{rec.name}: {warning}"))
 
+    def _abandon(self, name: str) -> None:
+        """The spawn or start of `name` was cancelled: end the command its thread waits on, and start no other."""
+        with self._commands_lock:
+            self._abandoned.add(name)
+            running = self._commands.get(name)
+        if running is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(running.pid, signal.SIGKILL)
+
     def _run_commands(self, rec: ColonyRecord, config: ColonyConfig, source: str, commands: tuple[str, ...]) -> None:
         """Run setup/build commands one by one inside the colony; their output goes to the colony's log."""
         if not commands:
@@ -709,6 +728,8 @@ class Hive:
     ) -> None:
         log = self.log(rec.name)
         for command in commands:
+            if rec.name in self._abandoned:
+                raise StepFailed(f"{source} interrupted before `{command}`")
             entry = log.append(source, f"$ {command}")
             self._emit(LogLine(rec.name, entry.seq, entry.at, source, entry.text))
             proc = procs.spawn(
@@ -725,7 +746,12 @@ class Hive:
             self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
             last: list[str] = []
             assert proc.stdout is not None
-            self._commands[rec.name] = proc
+            with self._commands_lock:
+                self._commands[rec.name] = proc
+                abandoned = rec.name in self._abandoned
+            if abandoned:  # cancelled while it was being started
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             try:
                 for raw in proc.stdout:
                     text = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -734,7 +760,8 @@ class Hive:
                     last = [*last[-2:], text]
                 code = proc.wait()
             finally:
-                self._commands.pop(rec.name, None)
+                with self._commands_lock:
+                    self._commands.pop(rec.name, None)
             procs.forget_child(proc.pid)
             self.registry.remove_process(proc.pid, start)
             _checkpoint(source)
@@ -755,6 +782,7 @@ class Hive:
         self._logs.pop(rec.name, None)
         self._emit(ColonyRemoved(rec.name))
         self._retire_preview(rec.name)
+        self._retire_forker()  # started for this colony's host: not left running for nothing
 
     # parts ------------------------------------------------------------------------------------------------
 
@@ -873,7 +901,21 @@ class Hive:
 
         async def handler() -> ColonyRecord:
             async with self._holding(name):
-                rec, config = await asyncio.to_thread(self._start, name)
+                starting = asyncio.ensure_future(asyncio.to_thread(self._start, name))
+                try:
+                    rec, config = await asyncio.shield(starting)
+                except asyncio.CancelledError:
+                    # As a cancelled spawn: its build ended, the colony left failed, never half started.
+                    self._abandon(name)
+                    try:
+                        with contextlib.suppress(BaseException):
+                            made, _ = await starting
+                            if made.state != lc.RUNNING:
+                                why = "its start was interrupted"
+                                await asyncio.to_thread(self._fail_start, made, lc.STARTING, why)
+                    finally:
+                        self._abandoned.discard(name)
+                    raise
                 if rec.state == lc.RUNNING:
                     await self._restart_exited_agent(name)
                     return rec
@@ -941,7 +983,6 @@ class Hive:
 
         report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)
-        await asyncio.to_thread(remove_unused, self.layout.colony_lock(name))  # locks/ keeps no file per name ever used
         return report
 
     def _check_destroyable(self, name: str, force: bool) -> None:

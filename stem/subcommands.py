@@ -464,9 +464,29 @@ COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
 
 async def _run(args: argparse.Namespace) -> int:
     hive = _hive()
+    # SIGHUP (the SSH connection dropped) and SIGTERM end a command as Ctrl-C does: cancelled, so that what it was
+    # making is undone (a spawn rolls back) instead of left half made until the next gc. Commands that handle them
+    # otherwise (exec and attach forward them, serve detaches) set their own handlers over these.
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    ended: list[int] = []
+
+    def end(signum: int) -> None:
+        if not ended and task is not None:
+            ended.append(signum)
+            task.cancel()
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        loop.add_signal_handler(signum, end, signum)
     try:
         return await COMMANDS[args.command](hive, args)
+    except asyncio.CancelledError:
+        if not ended:
+            raise
+        return 128 + ended[0]
     finally:
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         await hive.close()
 
 

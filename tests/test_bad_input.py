@@ -27,6 +27,7 @@ def assert_nothing_made(hive_env, repo: Path | None = None, colonies: int = 0) -
             assert db.execute("SELECT COUNT(*) FROM colonies").fetchone()[0] == colonies
     worktrees = hive_env.home / "worktrees"
     assert len(list(worktrees.iterdir()) if worktrees.exists() else []) == colonies
+    assert len(list((hive_env.home / "locks").glob("colony-*.lock"))) <= colonies  # none for a name that is no colony
     if repo is not None:
         assert git(repo, "worktree", "list").count("\n") == 1 + colonies
         assert len(git(repo, "branch").split("\n")) - 1 == 1 + colonies
@@ -173,6 +174,9 @@ def test_unknown_colony_and_wrong_states(hive_env, repo):
     for verb in ("stop", "start", "destroy"):
         assert_refused(run_stem(hive_env.env, verb, "ghost"), "no colony named 'ghost'")
     assert_refused(run_stem(hive_env.env, "exec", "ghost", "--", "true"), "no colony named 'ghost'")
+    for args in (("commit", "ghost", "-m", "x"), ("merge", "ghost"), ("sync", "ghost")):
+        assert_refused(run_stem(hive_env.env, *args), "no colony named 'ghost'")
+    assert list((hive_env.home / "locks").glob("colony-*.lock")) == []  # a name that is no colony leaves nothing
     assert run_stem(hive_env.env, "spawn", "live", "--repo", str(repo)).returncode == 0
     assert_refused(run_stem(hive_env.env, "exec", "live"), "no command given")
     assert_refused(

@@ -222,6 +222,38 @@ def test_spawn_killed_at_each_step_then_gc_leaves_nothing(hive_env, tmp_path, st
     assert (Path(rec["worktree"]) / "setup.txt").read_text() == "setting up\n"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_spawn_ended_by_a_hangup_or_sigterm_is_rolled_back_at_once(hive_env, tmp_path, sig):
+    """An SSH connection that drops (SIGHUP) or a kill (SIGTERM) while a spawn runs its setup: it ends as Ctrl-C
+    ends it, undone before it exits, with no gc needed (it used to die and leave the colony provisioning)."""
+    repo = make_repo(tmp_path / "slowrepo", colony_toml='[colony]\nsetup = ["exec sleep 60"]\n')
+    proc = subprocess.Popen(
+        [*stem_cmd(), "spawn", "slow", "--repo", str(repo)],
+        env=hive_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: "provisioning" in run_stem(hive_env.env, "ls").stdout, 30, "the spawn to run its setup")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+    assert "Traceback" not in err
+    assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
+    assert list((hive_env.home / "worktrees").iterdir()) == []
+    assert list((hive_env.home / "colonies").iterdir()) == []
+    assert list((hive_env.home / "locks").glob("colony-*.lock")) == []
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["main"]
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
+    assert run_stem(hive_env.env, "gc").stdout.strip() == "nothing to clean"
+
+
 def test_git_variables_of_the_caller_do_not_point_stem_at_another_repository(hive_env, repo, tmp_path):
     # As when stem is run from a git hook or a script that exported GIT_DIR: the colony still comes from --repo.
     other = make_repo(tmp_path / "other", files=1)
