@@ -854,9 +854,21 @@ class Hive:
                 if rec.state == lc.STOPPED:
                     return rec
                 await asyncio.to_thread(self.set_state, name, lc.STOPPING)
-                await self._stop_runtime(name, routes=pool is None)
-                stopped: ColonyRecord = await loop.run_in_executor(pool, self._stop, name, pool is None)
-                return stopped
+
+                async def finish() -> ColonyRecord:
+                    await self._stop_runtime(name, routes=pool is None)
+                    stopped: ColonyRecord = await loop.run_in_executor(pool, self._stop, name, pool is None)
+                    return stopped
+
+                # A stop once begun is finished even if its command is ended meanwhile (Ctrl-C, SIGTERM, a dropped
+                # SSH connection): never a colony left `stopping`, half down, that start refuses.
+                finishing = asyncio.ensure_future(finish())
+                try:
+                    return await asyncio.shield(finishing)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await finishing
+                    raise
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
         return result
@@ -901,6 +913,10 @@ class Hive:
 
         async def handler() -> ColonyRecord:
             async with self._holding(name):
+                found = await asyncio.to_thread(self.registry.get, name)
+                if found.state == lc.STOPPING:  # a stop that did not finish (its process was killed -9): finished now
+                    await self._stop_runtime(name)
+                    await asyncio.to_thread(self._stop, name)
                 starting = asyncio.ensure_future(asyncio.to_thread(self._start, name))
                 try:
                     rec, config = await asyncio.shield(starting)

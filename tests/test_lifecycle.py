@@ -254,6 +254,56 @@ def test_a_spawn_ended_by_a_hangup_or_sigterm_is_rolled_back_at_once(hive_env, t
     assert run_stem(hive_env.env, "gc").stdout.strip() == "nothing to clean"
 
 
+STUBBORN = """\
+[services.web]
+command = "trap '' TERM; exec python3 -m http.server 3000"
+port = 3000
+ready = "tcp"
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_ended_by_a_signal_is_finished_before_it_exits(hive_env, tmp_path, sig):
+    """A stop waits out a service that ignores SIGTERM (its grace, then SIGKILL); Ctrl-C or SIGTERM meanwhile still
+    ends with the colony stopped, never left `stopping` for `start` to refuse."""
+    repo = make_repo(tmp_path / "stubborn", colony_toml=STUBBORN)
+    spawn(hive_env, "stub", repo)
+    pid = service_pid(hive_env, "stub")
+    proc = subprocess.Popen(
+        [*stem_cmd(), "stop", "stub"], env=hive_env.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: colony(hive_env, "stub")["state"] == "stopping", 30, "the stop to begin")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert colony(hive_env, "stub")["state"] == "stopped"
+    assert not procs.alive(pid)
+    assert netns_names(hive_env.prefix) == []
+
+
+def test_a_start_finishes_a_stop_that_was_killed(hive_env, repo):
+    spawn(hive_env, "halted", repo)
+    result = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="stopping"), "stop", "halted")
+    assert result.returncode == -signal.SIGKILL
+    assert colony(hive_env, "halted")["state"] == "stopping"
+    result = run_stem(hive_env.env, "start", "halted")
+    assert result.returncode == 0, result.stderr
+    assert colony(hive_env, "halted")["state"] == "running"
+
+
+def service_pid(hive_env, name: str) -> int:
+    """The pid of the colony's service process, from the registry's process table."""
+    with sqlite3.connect(hive_env.home / "hive.db") as db:
+        (pid,) = db.execute("SELECT pid FROM processes WHERE colony=? AND kind LIKE 'service:%'", (name,)).fetchone()
+    return int(pid)
+
+
 def test_git_variables_of_the_caller_do_not_point_stem_at_another_repository(hive_env, repo, tmp_path):
     # As when stem is run from a git hook or a script that exported GIT_DIR: the colony still comes from --repo.
     other = make_repo(tmp_path / "other", files=1)
