@@ -991,11 +991,22 @@ class Hive:
         async def handler() -> DestroyReport:
             async with self._holding(name):
                 await asyncio.to_thread(self._check_destroyable, name, force)
-                # The intent first: a destroy killed from here on is finished by the next gc, never undone.
+                # The intent first: a destroy killed from here on is finished by the next gc, never undone; one ended
+                # by a signal (Ctrl-C, SIGTERM, SIGHUP) is finished before its command exits, as a stop is.
                 await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
                 _checkpoint("destroying")
-                await self._stop_runtime(name)
-                return await asyncio.to_thread(self.finish_destroy, name)
+
+                async def finish() -> DestroyReport:
+                    await self._stop_runtime(name)
+                    return await asyncio.to_thread(self.finish_destroy, name)
+
+                finishing = asyncio.ensure_future(finish())
+                try:
+                    return await asyncio.shield(finishing)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await finishing
+                    raise
 
         report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)

@@ -262,18 +262,21 @@ ready = "tcp"
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_ended_by_a_signal_is_finished_before_it_exits(hive_env, tmp_path, sig):
-    """A stop waits out a service that ignores SIGTERM (its grace, then SIGKILL); Ctrl-C or SIGTERM meanwhile still
-    ends with the colony stopped, never left `stopping` for `start` to refuse."""
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [(("stop",), signal.SIGINT), (("stop",), signal.SIGTERM), (("destroy", "--force"), signal.SIGHUP)],
+)
+def test_a_stop_or_destroy_ended_by_a_signal_is_finished_before_it_exits(hive_env, tmp_path, command, sig):
+    """A stop waits out a service that ignores SIGTERM (its grace, then SIGKILL); Ctrl-C, SIGTERM or a hangup
+    meanwhile still ends with the colony stopped (or destroyed), never left `stopping` for `start` to refuse."""
     repo = make_repo(tmp_path / "stubborn", colony_toml=STUBBORN)
     spawn(hive_env, "stub", repo)
     pid = service_pid(hive_env, "stub")
     proc = subprocess.Popen(
-        [*stem_cmd(), "stop", "stub"], env=hive_env.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*stem_cmd(), *command, "stub"], env=hive_env.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_for(lambda: colony(hive_env, "stub")["state"] == "stopping", 30, "the stop to begin")
+        wait_for(lambda: colony(hive_env, "stub")["state"] in ("stopping", "destroying"), 30, "it to begin")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -282,7 +285,8 @@ def test_a_stop_ended_by_a_signal_is_finished_before_it_exits(hive_env, tmp_path
             proc.wait()
     assert proc.returncode == 128 + sig, (proc.returncode, err)
     assert "Traceback" not in err
-    assert colony(hive_env, "stub")["state"] == "stopped"
+    listed = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in listed] == ([("stub", "stopped")] if command == ("stop",) else [])
     assert not procs.alive(pid)
     assert netns_names(hive_env.prefix) == []
 
