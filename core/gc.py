@@ -21,6 +21,7 @@ from core.provision import RUNTIME_PARTS
 
 if TYPE_CHECKING:
     from core.hive import Hive
+    from core.registry import ColonyRecord
 
 
 @dataclass(slots=True)
@@ -56,29 +57,48 @@ def _colonies(hive: Hive, report: GcReport) -> None:
             rec = reg.find(listed.name)
             if rec is None:
                 continue
-            ever_up = any(t.state in (lc.RUNNING, lc.STOPPED) for t in reg.transitions(rec.name))
-            if rec.state == lc.DESTROYING:
-                done = hive.finish_destroy(rec.name)
-                kept = f"; kept its branch {done.kept_branch} ({done.unmerged} unmerged)" if done.kept_branch else ""
-                report.removed.append(f"colony {rec.name}: its destroy was interrupted; finished it{kept}")
-            elif rec.state in lc.IN_FLIGHT and not ever_up:
-                hive.end_processes(rec)
-                hive.remove_parts(rec.name, keep_unmerged=False)
-                reg.delete_colony(rec.name)
-                report.removed.append(f"colony {rec.name}: spawn was interrupted while {rec.state}; rolled back")
-            elif not Path(rec.worktree).exists():
+            line = finish_interrupted(hive, rec)
+            if line is None and not Path(rec.worktree).exists():
                 hive.end_processes(rec)
                 branch, _ = hive.remove_parts(rec.name, keep_unmerged=True)
                 reg.delete_colony(rec.name)
                 if branch:
                     reg.claim(f"~{rec.name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
-                report.removed.append(f"colony {rec.name}: its worktree {rec.worktree} vanished; removed the rest")
-            elif rec.state in lc.IN_FLIGHT or (rec.state == lc.RUNNING and not netns.exists(rec.netns)):
-                why = f"{rec.state} was interrupted" if rec.state in lc.IN_FLIGHT else "its network namespace vanished"
+                line = f"colony {rec.name}: its worktree {rec.worktree} vanished; removed the rest"
+            elif line is None and rec.state == lc.RUNNING and not netns.exists(rec.netns):
+                why = "its network namespace vanished"
                 hive.end_processes(rec)
                 hive.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
                 hive.set_state(rec.name, lc.STOPPED, rec.state, why)
-                report.removed.append(f"colony {rec.name}: {why}; now stopped (stem start brings it back)")
+                line = f"colony {rec.name}: {why}; now stopped (stem start brings it back)"
+            if line is not None:
+                report.removed.append(line)
+
+
+def finish_interrupted(hive: Hive, rec: ColonyRecord) -> str | None:
+    """Finish what a stem process that died left a colony in the middle of (the caller holds the colony's lock, so
+    nobody is doing it now): a destroy is finished, a spawn that never got the colony up is rolled back, any other
+    step (a start, a build, a stop) leaves it stopped. What was done, or None if the colony was at rest (or its
+    worktree is gone: gc's to handle)."""
+    if rec.state == lc.DESTROYING:
+        done = hive.finish_destroy(rec.name)
+        kept = f"; kept its branch {done.kept_branch} ({done.unmerged} unmerged)" if done.kept_branch else ""
+        return f"colony {rec.name}: its destroy was interrupted; finished it{kept}"
+    if rec.state not in lc.IN_FLIGHT:
+        return None
+    reg = hive.registry
+    if not any(t.state in (lc.RUNNING, lc.STOPPED) for t in reg.transitions(rec.name)):
+        hive.end_processes(rec)
+        hive.remove_parts(rec.name, keep_unmerged=False)
+        reg.delete_colony(rec.name)
+        return f"colony {rec.name}: spawn was interrupted while {rec.state}; rolled back"
+    if not Path(rec.worktree).exists():
+        return None
+    why = f"{rec.state} was interrupted"
+    hive.end_processes(rec)
+    hive.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
+    hive.set_state(rec.name, lc.STOPPED, rec.state, why)
+    return f"colony {rec.name}: {why}; now stopped (stem start brings it back)"
 
 
 def _orphan_resources(hive: Hive, report: GcReport) -> None:

@@ -44,7 +44,7 @@ from core.firewall import FirewallError
 from core.host import forker
 from core.host.paths import STARTER_ENV, HostPaths
 from core.listing import Listed, listing, open_hive, pool_from_environment
-from core.locks import FileLock, remove_unused
+from core.locks import FileLock, file_lock, remove_unused
 from core.names import branch_name, check_name, netns_name, veth_name
 from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
@@ -1203,6 +1203,10 @@ class Hive:
             loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         await self.reconcile(records, rest_after)
         self._follower = asyncio.create_task(self._follow_registry(), name="follow-hive")
+        # Colonies a dead stem process left mid-way (a UI gone while it spawned): finished off the first frame's path.
+        finishing = asyncio.create_task(self.finish_interrupted(), name="finish-interrupted")
+        self._tasks.add(finishing)
+        finishing.add_done_callback(self._tasks.discard)
 
     async def detach(self) -> None:
         """Stop following: the colonies and their hosts go on running."""
@@ -1352,8 +1356,34 @@ class Hive:
             return False
         return result
 
+    async def finish_interrupted(self) -> list[str]:
+        """Finish what stem processes that died left colonies in the middle of (a spawn, start, stop or destroy
+        killed -9, a UI gone while it spawned), as gc would: for each colony in such a state whose lock nobody
+        holds. What was done, one line each."""
+        from core.gc import finish_interrupted
+
+        def work() -> list[str]:
+            done = []
+            for rec in self.registry.colonies():
+                if rec.state not in lc.IN_FLIGHT:
+                    continue
+                with file_lock(self.layout.colony_lock(rec.name), blocking=False) as got:
+                    fresh = self.registry.find(rec.name) if got else None
+                    line = finish_interrupted(self, fresh) if fresh is not None else None
+                if line is not None:
+                    done.append(line)
+                    self._forget_lock(rec.name)
+            return done
+
+        lines = await asyncio.to_thread(work)
+        for line in lines:
+            self._publish(Notice(line.split(":", 1)[0].removeprefix("colony "), "warning", line))
+        return lines
+
     async def revive_dead_hosts(self) -> list[str]:
-        """What a short command does on its way: revive the hosts of running colonies that died."""
+        """What a short command does on its way: finish what dead stem processes left half done, revive the hosts of
+        running colonies that died."""
+        await self.finish_interrupted()
         revived = []
         for rec in await asyncio.to_thread(self.registry.colonies):
             if rec.state == lc.RUNNING and not self.host_running(rec.name) and await self.revive(rec.name):

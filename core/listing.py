@@ -19,6 +19,7 @@ from core import lifecycle as lc
 from core.errors import StemError
 from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
+from core.locks import held
 from core.names import check_prefix
 from core.registry import ColonyRecord, Registry
 from core.settings import DEFAULT_POOL, Settings, load_settings
@@ -76,6 +77,7 @@ class Listed:
     hosted: bool  # a host runs it now
     services: dict[str, str]  # service -> state, as its host last wrote them ({} without a host)
     agent: str  # the agent's activity, likewise ("" without a host)
+    interrupted: bool = False  # mid-way (spawning, stopping, ...) with nobody holding its lock: its stem process died
 
     @property
     def orphaned(self) -> bool:
@@ -94,8 +96,9 @@ def listing(layout: HiveLayout, registry: Registry) -> list[Listed]:
             agents[colony] = state
     out = []
     for rec in registry.colonies():
+        interrupted = rec.state in lc.IN_FLIGHT and not held(layout.colony_lock(rec.name))
         if HostPaths(layout.colony_dir(rec.name)).running():
-            out.append(Listed(rec, True, services.get(rec.name, {}), agents.get(rec.name, "")))
+            out.append(Listed(rec, True, services.get(rec.name, {}), agents.get(rec.name, ""), interrupted))
         else:
-            out.append(Listed(rec, False, {}, ""))
+            out.append(Listed(rec, False, {}, "", interrupted))
     return out

@@ -45,6 +45,21 @@ def _locked(path: Path, how: int) -> int:
         os.close(fd)
 
 
+def held(path: Path) -> bool:
+    """Whether some process holds `path`'s flock now (a lock file that is not there is held by nobody)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def remove_unused(path: Path) -> bool:
     """Remove the lock file `path` if nobody holds it (taken, then unlinked while held); True if removed."""
     try:

@@ -52,7 +52,8 @@ def print_listing(listed: list[Listed]) -> None:
 
 def _quick_ls() -> int | None:
     """A plain `stem ls` without the orchestration core: the same checks of the hive, then the registry. None when
-    a running colony's host is down: reviving it is the core's job (`stem.subcommands.cmd_ls`)."""
+    a running colony's host is down, or a colony was left mid-way by a stem process that died: reviving it, or
+    finishing that, is the core's job (`stem.subcommands.cmd_ls`)."""
     from core.listing import listing, open_hive, pool_from_environment
     from core.settings import load_settings
 
@@ -62,7 +63,7 @@ def _quick_ls() -> int | None:
         listed = listing(hive.layout, hive.registry)
     finally:
         hive.registry.close()
-    if any(row.orphaned for row in listed):
+    if any(row.orphaned or row.interrupted for row in listed):
         return None
     print_listing(listed)
     return 0

@@ -295,7 +295,8 @@ def test_a_start_finishes_a_stop_that_was_killed(hive_env, repo):
     spawn(hive_env, "halted", repo)
     result = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="stopping"), "stop", "halted")
     assert result.returncode == -signal.SIGKILL
-    assert colony(hive_env, "halted")["state"] == "stopping"
+    with sqlite3.connect(hive_env.home / "hive.db") as db:  # not through `stem ls`, which would finish the stop
+        assert db.execute("SELECT state FROM colonies WHERE name='halted'").fetchone() == ("stopping",)
     result = run_stem(hive_env.env, "start", "halted")
     assert result.returncode == 0, result.stderr
     assert colony(hive_env, "halted")["state"] == "running"
@@ -306,6 +307,23 @@ def service_pid(hive_env, name: str) -> int:
     with sqlite3.connect(hive_env.home / "hive.db") as db:
         (pid,) = db.execute("SELECT pid FROM processes WHERE colony=? AND kind LIKE 'service:%'", (name,)).fetchone()
     return int(pid)
+
+
+@pytest.mark.parametrize("step", ["network", "setup", "starting"])
+def test_the_next_stem_ls_finishes_a_spawn_that_was_killed(hive_env, tmp_path, step):
+    """A spawn killed -9 (or a UI gone while it spawned) leaves its colony mid-way with nobody holding its lock: the
+    next `stem ls` rolls it back as gc would, instead of listing it `provisioning` until someone runs gc."""
+    repo = make_repo(tmp_path / "killrepo", colony_toml=COLONY_TOML)
+    result = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT=step), "spawn", "victim", "--repo", str(repo))
+    assert result.returncode == -signal.SIGKILL
+    result = run_stem(hive_env.env, "ls")
+    assert result.returncode == 0, result.stderr
+    assert "victim" not in result.stdout
+    assert registry_rows(hive_env) == {"colonies": 0, "resources": 0, "processes": 0}
+    assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
+    assert list((hive_env.home / "worktrees").iterdir()) == []
+    assert list((hive_env.home / "locks").glob("colony-*.lock")) == []
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["main"]
 
 
 def test_git_variables_of_the_caller_do_not_point_stem_at_another_repository(hive_env, repo, tmp_path):
