@@ -126,7 +126,12 @@ class HiveEnv:
                 peering.unmount(point)
         firewall.remove(self.prefix)  # the hive's nftables table and its hold on IP forwarding
         claims.release(self.prefix)  # its claim on the prefix and pool (core/claims.py)
+        with contextlib.suppress(ValueError):
+            _HANDED_OUT.remove(self.pool)
         reap_adopted()
+
+
+_HANDED_OUT: list[ipaddress.IPv4Network] = []
 
 
 def free_pool() -> ipaddress.IPv4Network:
@@ -134,10 +139,11 @@ def free_pool() -> ipaddress.IPv4Network:
     run's leftovers) and that is not the snapshot tests' fixed pool."""
     from ui_support import SNAPSHOT_POOL
 
-    taken = [SNAPSHOT_POOL, *(claim.pool for claim in claims.held())]
+    taken = [SNAPSHOT_POOL, *_HANDED_OUT, *(claim.pool for claim in claims.held())]
     while True:
         pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20")
         if not any(pool.overlaps(other) for other in taken):
+            _HANDED_OUT.append(pool)  # a hive claims its pool only at its first command: not again meanwhile
             return pool
 
 

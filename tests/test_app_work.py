@@ -224,7 +224,7 @@ async def test_stopping_on_a_full_disk_is_one_line_and_the_colony_runs_on(hive_e
     filler = hive_env.home / "filler"
     try:
         async with stem_app(hive_env, repo, "full") as (app, pilot, hive):
-            with filler.open("wb") as f, pytest.raises(OSError):
+            with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
                 while True:
                     f.write(b"\0" * 65536)
                     f.flush()

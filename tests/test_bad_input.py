@@ -234,7 +234,7 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
     try:
         env = {**hive_env.env, "STEM_HOME": str(disk / "home")}
         assert run_stem(env, "spawn", "kept", "--repo", str(repo)).returncode == 0  # made while there is room
-        with (disk / "filler").open("wb") as f, pytest.raises(OSError):
+        with (disk / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()

@@ -135,7 +135,7 @@ def test_a_full_disk_keeps_a_colony_running_and_its_log_in_memory_until_there_is
             rec = await hive.spawn("full", repo)
             await next_of(LogLine, "tick")
             filler = hive_env.home / "filler"
-            with filler.open("wb") as f, pytest.raises(OSError):
+            with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
                 while True:
                     f.write(b"\0" * 65536)
                     f.flush()
