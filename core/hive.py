@@ -125,6 +125,18 @@ class DestroyReport:
     unmerged: int = 0
 
 
+async def _finished_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; if the caller is cancelled meanwhile (its command ended by Ctrl-C, SIGTERM, SIGHUP), finish it
+    all the same, then stay cancelled: a stop or destroy once begun is never left half done."""
+    finishing = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(finishing)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await finishing
+        raise
+
+
 class Hive:
     """All colonies of one STEM_HOME."""
 
@@ -862,13 +874,7 @@ class Hive:
 
                 # A stop once begun is finished even if its command is ended meanwhile (Ctrl-C, SIGTERM, a dropped
                 # SSH connection): never a colony left `stopping`, half down, that start refuses.
-                finishing = asyncio.ensure_future(finish())
-                try:
-                    return await asyncio.shield(finishing)
-                except asyncio.CancelledError:
-                    with contextlib.suppress(Exception):
-                        await finishing
-                    raise
+                return await _finished_even_if_cancelled(finish())
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
         return result
@@ -1000,13 +1006,7 @@ class Hive:
                     await self._stop_runtime(name)
                     return await asyncio.to_thread(self.finish_destroy, name)
 
-                finishing = asyncio.ensure_future(finish())
-                try:
-                    return await asyncio.shield(finishing)
-                except asyncio.CancelledError:
-                    with contextlib.suppress(Exception):
-                        await finishing
-                    raise
+                return await _finished_even_if_cancelled(finish())
 
         report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)

@@ -40,7 +40,7 @@ def hosts_running(home: Path) -> bool:
 def stop(home: Path) -> bool:
     """Have the hive's warm UI process stop taking requests and exit (once the UIs it started have ended; they run
     on). True if one ran."""
-    found = WarmPaths.of(home).process()
+    found = WarmPaths.of(home).started_process()
     if found is None:
         return False
     with contextlib.suppress(ProcessLookupError):

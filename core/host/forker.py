@@ -223,7 +223,7 @@ def _wait_gone(paths: ForkerPaths, timeout: float = 5.0) -> None:
 
 def stop(home: Path) -> bool:
     """End the hive's forker (gc, a test's cleanup). Its hosts are not touched. True if one ran."""
-    found = ForkerPaths.of(home).process()
+    found = ForkerPaths.of(home).started_process()
     if found is None:
         return False
     with contextlib.suppress(ProcessLookupError):

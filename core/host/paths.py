@@ -88,6 +88,21 @@ class ServerPaths:
 
         return procs.read_pid_file(self.pid)
 
+    def started_process(self, timeout: float = 10.0) -> tuple[int, int] | None:
+        """`process()`, waiting for one that is starting (its lock taken, its imports and pid file not done yet: a
+        spawn killed -9 right after launching it leaves one so) for up to `timeout`: whoever stops the server
+        must not miss one that comes up a moment later."""
+        import time
+
+        from core.locks import held
+
+        deadline = time.monotonic() + timeout
+        found = self.process()
+        while found is None and held(self.lock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            found = self.process()
+        return found
+
 
 def take_ready_fd(args: list[str]) -> tuple[list[str], int | None]:
     """The arguments without `--ready-fd FD`, and FD: where a host or the forker says it listens (b"1")."""
