@@ -187,10 +187,11 @@ def _remembered(home: Path) -> dict[str, str]:
     # Edited by hand into something else: chosen again.
     if "prefix" in found and not PREFIX_RE.match(found["prefix"]):
         del found["prefix"]
-    try:
-        ipaddress.IPv4Network(found.get("pool", "10.200.0.0/16"))
-    except ValueError:
-        del found["pool"]
+    if "pool" in found:
+        try:
+            ipaddress.IPv4Network(found["pool"])
+        except ValueError:
+            del found["pool"]
     return found
 
 

@@ -725,20 +725,12 @@ class ServiceRunner:
             return False
         proc.poll()  # the command itself, reaped
         procs.forget_child(proc.pid)
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
+        os.close(self._pidfd)  # its reader went when it fired (`_on_exit`)
         await asyncio.to_thread(self._forget_process, proc.pid, self._starttime)
         self._proc, self._starttime, self._pidfd = _Background(pid, ours), start, pidfd
         self._exited = asyncio.Event()
-        loop.add_reader(pidfd, self._on_exit)
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
-        except OSError:
-            argv = []
-        await asyncio.to_thread(self._record_process, pid, start, f"service:{self.name}", argv)
-        if ours:  # the daemon's start may have left an intermediate that exited before we looked: ours to reap
-            await asyncio.to_thread(procs.reap_orphans)
+        asyncio.get_running_loop().add_reader(pidfd, self._on_exit)
+        argv = await asyncio.to_thread(self._record_background, pid, start, ours)
         shown = " ".join(argv)[:80] or "?"
         await self._note(
             f"{self.name} went to the background as pid {pid} ({shown}) and exited 0: that process is the service "
@@ -746,6 +738,18 @@ class ServiceRunner:
             self.name,
         )
         return True
+
+    def _record_background(self, pid: int, start: int, ours: bool) -> list[str]:
+        """Blocking: the followed daemon into the registry's process table (its argv, returned); with `ours`, reap
+        an intermediate of its start that exited before we looked (it was re-parented to us too)."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
+        except OSError:
+            argv = []
+        self._record_process(pid, start, f"service:{self.name}", argv)
+        if ours:
+            procs.reap_orphans()
+        return argv
 
     def _abandon(self) -> None:
         """Teardown without awaiting (cancelled or a bug): kill the group and drop the loop's watchers."""

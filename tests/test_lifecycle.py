@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,13 +223,10 @@ def test_spawn_killed_at_each_step_then_gc_leaves_nothing(hive_env, tmp_path, st
     assert (Path(rec["worktree"]) / "setup.txt").read_text() == "setting up\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
-def test_a_spawn_ended_by_a_hangup_or_sigterm_is_rolled_back_at_once(hive_env, tmp_path, sig):
-    """An SSH connection that drops (SIGHUP) or a kill (SIGTERM) while a spawn runs its setup: it ends as Ctrl-C
-    ends it, undone before it exits, with no gc needed (it used to die and leave the colony provisioning)."""
-    repo = make_repo(tmp_path / "slowrepo", colony_toml='[colony]\nsetup = ["exec sleep 60"]\n')
+def interrupted(hive_env, args: list[str], begun: Callable[[], bool], sig: int) -> tuple[int, str, str]:
+    """`stem ARGS`, sent `sig` once `begun()` holds: its exit code, stdout and stderr (it is killed if it hangs)."""
     proc = subprocess.Popen(
-        [*stem_cmd(), "spawn", "slow", "--repo", str(repo)],
+        [*stem_cmd(), *args],
         env=hive_env.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -236,14 +234,28 @@ def test_a_spawn_ended_by_a_hangup_or_sigterm_is_rolled_back_at_once(hive_env, t
         text=True,
     )
     try:
-        wait_for(lambda: "provisioning" in run_stem(hive_env.env, "ls").stdout, 30, "the spawn to run its setup")
+        wait_for(begun, 30, f"stem {args[0]} to be under way")
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 128 + sig, (proc.returncode, out, err)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_spawn_ended_by_a_hangup_or_sigterm_is_rolled_back_at_once(hive_env, tmp_path, sig):
+    """An SSH connection that drops (SIGHUP) or a kill (SIGTERM) while a spawn runs its setup: it ends as Ctrl-C
+    ends it, undone before it exits, with no gc needed (it used to die and leave the colony provisioning)."""
+    repo = make_repo(tmp_path / "slowrepo", colony_toml='[colony]\nsetup = ["exec sleep 60"]\n')
+    code, out, err = interrupted(
+        hive_env,
+        ["spawn", "slow", "--repo", str(repo)],
+        lambda: "provisioning" in run_stem(hive_env.env, "ls").stdout,
+        sig,
+    )
+    assert code == 128 + sig, (code, out, err)
     assert "Traceback" not in err
     assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
     assert list((hive_env.home / "worktrees").iterdir()) == []
@@ -272,18 +284,9 @@ def test_a_stop_or_destroy_ended_by_a_signal_is_finished_before_it_exits(hive_en
     repo = make_repo(tmp_path / "stubborn", colony_toml=STUBBORN)
     spawn(hive_env, "stub", repo)
     pid = service_pid(hive_env, "stub")
-    proc = subprocess.Popen(
-        [*stem_cmd(), *command, "stub"], env=hive_env.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for(lambda: colony(hive_env, "stub")["state"] in ("stopping", "destroying"), 30, "it to begin")
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    begun = lambda: colony(hive_env, "stub")["state"] in ("stopping", "destroying")  # noqa: E731
+    code, out, err = interrupted(hive_env, [*command, "stub"], begun, sig)
+    assert code == 128 + sig, (code, out, err)
     assert "Traceback" not in err
     listed = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
     assert [(r["name"], r["state"]) for r in listed] == ([("stub", "stopped")] if command == ("stop",) else [])
