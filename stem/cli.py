@@ -69,6 +69,24 @@ def _quick_ls() -> int | None:
     return 0
 
 
+def _warm_up() -> None:
+    """This command ran cold: if the hive's colonies run, start its warm process (stem/warm.py) for the next `stem`,
+    as a UI's first frame does, so that a shell user who never opens the UI runs warm from the second command on."""
+    from stem import warm_client
+
+    if warm_client.SERVING or os.environ.get("STEM_WARM") == "0":
+        return
+    from pathlib import Path
+
+    from core.home import home_text
+    from stem.warm import warm_up
+
+    try:
+        warm_up(Path(home_text()), dict(os.environ))
+    except OSError:
+        pass  # an optimisation: the command itself succeeded
+
+
 def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     """`stem ARGV` (default: this process's arguments). `warm`: run it forked by the hive's warm process if one
     runs (stem/warm.py); its children run what they are given here (warm=False)."""
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
 
             code = run_command(args)
         sys.stdout.flush()  # here, not in the interpreter's last flush, where an error is printed, not caught
+        if warm and argv is None:
+            _warm_up()
         return code
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 A cold `stem` spends most of its first half second importing (Textual, the panels, the core) before it draws
 anything, and a short command like `stem spawn` ~80 ms before it does anything. The hive's warm process (`python3 -m
-stem.warm HOME`, started in the background by a cold UI once that UI shows its first frame) pays that once: while it
+stem.warm HOME`, started in the background by a cold UI once that UI shows its first frame, and by a cold command that
+leaves colonies running, a shell's `stem spawn` say, on its way out) pays that once: while it
 runs, each `stem` is a thin client that passes its stdin, stdout and stderr (as descriptors over the socket: the
 terminal, or a script's pipes), its environment, working directory, umask and arguments to the warm process, which
 forks a child that runs the command (no arguments: the UI) on them. The client relays the signals it gets (window
@@ -78,6 +79,19 @@ def keep_warm(home: Path, env: dict[str, str]) -> bool:
     from core.host.forker import start_server
 
     return start_server(WarmPaths.of(home), "stem.warm", home, env, START_TIMEOUT, wait=False)
+
+
+def warm_up(home: Path, env: dict[str, str]) -> None:
+    """Start the hive's warm process in the background, not waited for (a cold command about to exit), when colony
+    hosts run (none running, it would soon exit again) and none runs or is starting (its lock is taken)."""
+    from core.locks import held
+
+    paths = WarmPaths.of(home)
+    if held(paths.lock) or not hosts_running(home):
+        return
+    from core.host.forker import start_server
+
+    start_server(paths, "stem.warm", home, env, 0, wait=False)
 
 
 # --- the warm process ---------------------------------------------------------------------------------------------

@@ -281,6 +281,13 @@ def colony_processes(hive_env, name: str) -> tuple[int, set[int]]:
     return init, members
 
 
+def lists_service(ps: str, service: int) -> bool:
+    """Whether `ps -e -o pid=,args=` shows the service as `python3 svc.py` (python3 as PATH found it: a version
+    manager's shim runs it by its whole path)."""
+    rows = [line.split() for line in ps.splitlines()]
+    return any(row[:1] == [str(service)] and row[1].endswith("python3") and row[2:] == ["svc.py"] for row in rows)
+
+
 def test_a_colonys_processes_see_and_signal_one_another_and_share_one_tmp(hive_env, shared):
     a_tree = Path(shared["a"]["worktree"])
     service = int((a_tree / "svc.pid").read_text())  # its pid in the colony's namespace
@@ -290,7 +297,7 @@ def test_a_colonys_processes_see_and_signal_one_another_and_share_one_tmp(hive_e
     # `stem exec`: the service is in `ps`, its /tmp file is there, and a signal reaches it.
     out = inside(hive_env, "a", f"ps -e -o pid=,args=; cat /tmp/from-service.txt; kill -USR1 {service} && echo sent")
     assert out.returncode == 0, out.stderr
-    assert any(line.split(None, 1) == [str(service), "python3 svc.py"] for line in out.stdout.splitlines()), out.stdout
+    assert lists_service(out.stdout, service), out.stdout
     assert f"a {service}" in out.stdout and "sent" in out.stdout
     wait_for(lambda: (a_tree / "signalled.txt").exists(), what="the service to get the exec's signal")
     # Not the host's processes (the colony host, its forker), nor another colony's service.
@@ -306,13 +313,13 @@ def test_a_colonys_processes_see_and_signal_one_another_and_share_one_tmp(hive_e
     wait_for(lambda: (a_tree / "agent-kill.txt").exists(), what="the agent's commands to run")
     assert (a_tree / "agent-kill.txt").read_text() == "refused\n"  # the host's pid names nothing in the colony
     agent_ps = (a_tree / "agent-ps.txt").read_text()
-    assert any(line.split(None, 1) == [str(service), "python3 svc.py"] for line in agent_ps.splitlines()), agent_ps
+    assert lists_service(agent_ps, service), agent_ps
     assert "runpy" not in agent_ps and agent_ps.count("svc.py") == 1, agent_ps
     assert (a_tree / "agent-tmp.txt").read_text() == f"a {service}\n"
     wait_for(lambda: (a_tree / "signalled.txt").read_text().count("usr1") == 2, what="the agent's signal")
 
     # Colony b has a /tmp of its own, with its own service's file; a's service is not there.
-    out = inside(hive_env, "b", "cat /tmp/from-service.txt; pgrep -cf '^python3 svc.py'")
+    out = inside(hive_env, "b", "cat /tmp/from-service.txt; pgrep -cf 'python3 svc.py$'")
     b_service = int((Path(shared["b"]["worktree"]) / "svc.pid").read_text())
     assert out.stdout.split() == ["b", str(b_service), "1"], out.stdout
 

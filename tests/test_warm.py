@@ -15,9 +15,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from helpers import make_repo, stem_cmd, wait_for
+from helpers import make_repo, run_stem, stem_cmd, wait_for
 from test_e2e_tmux import COLS, ROWS, stem_in_tmux
 
+from core import locks
 from core.host.launch import wait_exit
 from core.ipc import connect
 from core.warm import WarmPaths
@@ -273,3 +274,26 @@ def test_a_plain_ls_runs_forked_and_lists_what_a_cold_one_does(warm, hive_env):
     assert forked.stdout == cold.stdout and forked.stdout.strip()
     imported = [line.rsplit("|", 1)[-1].strip() for line in forked.stderr.splitlines() if "|" in line]
     assert "stem.warm_client" in imported and "core.listing" not in imported and "sqlite3" not in imported
+
+
+def test_a_spawn_from_a_shell_starts_the_warm_process_and_the_next_command_runs_forked(hive_env, repo):
+    """A user who never opens the UI runs warm too: the cold spawn that leaves a colony running starts the hive's
+    warm process on its way out; the next `stem` is forked by it; the stop of the last colony ends it."""
+    quiet = {**hive_env.env, "STEM_WARM": "0"}
+    assert run_stem(quiet, "spawn", "off", "--repo", str(repo)).returncode == 0
+    assert run_stem(quiet, "ls").returncode == 0
+    assert run_stem(quiet, "destroy", "--force", "off").returncode == 0
+    assert not locks.held(WarmPaths.of(hive_env.home).lock)  # STEM_WARM=0 started none
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    assert not locks.held(WarmPaths.of(hive_env.home).lock)  # nor a command with no colony running
+
+    spawned = run_stem(hive_env.env, "spawn", "one", "--repo", str(repo))
+    assert spawned.returncode == 0, spawned.stderr
+    found = wait_for(lambda: WarmPaths.of(hive_env.home).process(), 30, "the warm process the spawn started")
+    argv = [sys.executable, "-X", "importtime", *stem_cmd()[1:], "ls"]
+    forked = subprocess.run(argv, env=hive_env.env, capture_output=True, text=True)
+    assert forked.returncode == 0 and "one" in forked.stdout, forked.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in forked.stderr.splitlines() if "|" in line]
+    assert "core.listing" not in imported  # run by the warm process's child
+    assert run_stem(hive_env.env, "stop", "one").returncode == 0
+    assert wait_exit(found[0], 10), "the warm process outlived the hive's last colony"

@@ -91,7 +91,6 @@ from core.host.paths import HostPaths  # noqa: E402
 from core.privileges import require_netns_privileges  # noqa: E402
 from core.screen_cells import cells_text  # noqa: E402
 from core.warm import WarmPaths  # noqa: E402
-from stem.warm import keep_warm  # noqa: E402
 
 FAKE_AGENT = ROOT / "tests" / "fake_agent.py"
 # The service's interpreter named in full, as the agent's is: a `python3` found on PATH may be a version manager's
@@ -436,10 +435,10 @@ class Bench:
         commands = ("ls", "spawn", "spawn_plain", "stop", "destroy")
         keys = ("pass", "import", "service", *commands, *(f"{c}_warm" for c in commands))
         samples: dict[str, list[float]] = {k: [] for k in keys}
-        # Each command cold (STEM_WARM=0: it imports what it runs) and warm (forked by the hive's warm process, as
-        # every command is while a UI has left one running), in alternating order.
-        if not keep_warm(self.home, self.env):
-            raise RuntimeError(f"the warm process did not start: {WarmPaths.of(self.home).log}")
+        # Each command cold (STEM_WARM=0: it imports what it runs) and warm (forked by the hive's warm process, which
+        # the setup's first `stem spawn` started, as a shell user's does), in alternating order.
+        if WarmPaths.of(self.home).started_process() is None:
+            raise RuntimeError(f"the setup's spawns started no warm process: {WarmPaths.of(self.home).log}")
         for i in range(-1, self.runs):
             log(f"short commands: round {i + 1} of {self.runs}" + (" (warm-up)" if i < 0 else ""))
             took = {
