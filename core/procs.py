@@ -344,12 +344,31 @@ def reap_orphans() -> list[int]:
     return list(_reaps())
 
 
+def own_children() -> list[int] | None:
+    """This process's children, as the kernel lists them per thread (/proc/self/task/*/children: an adopted orphan
+    may be any thread's); None where the kernel does not offer the list (CONFIG_PROC_CHILDREN off)."""
+    me = os.getpid()
+    if not os.path.exists(f"/proc/{me}/task/{me}/children"):
+        return None
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{me}/task"):
+        try:
+            with open(f"/proc/{me}/task/{task}/children", "rb") as f:
+                found += [int(pid) for pid in f.read().split()]
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return found
+
+
 def _reap_scan() -> list[int]:
+    """Zombie children of ours from another session, among our children (every process on the machine where the
+    kernel lists none: 100 colony hosts stopping at once each read their few children's stat files, not all of
+    them)."""
     me = os.getpid()
     my_session = os.getsid(0)
     reaped = []
     with _spawn_lock:
-        for pid, fields in all_stats():
+        for pid, fields in stats_of(own_children()):
             if pid in _children or fields[0] != b"Z" or int(fields[1]) != me or int(fields[3]) == my_session:
                 continue
             try:

@@ -42,8 +42,7 @@ class Teardown:
                 killed += procs.terminate([], stray, grace=self.stop_grace)
         else:
             killed = procs.terminate(groups, netns.pids_in(rec.netns), grace=self.stop_grace)
-        for p in records:
-            self.registry.remove_process(p.pid, p.starttime)
+        self.registry.remove_processes([(p.pid, p.starttime) for p in records])
         return killed
 
     def remove_parts(
@@ -59,17 +58,24 @@ class Teardown:
         # of the kernel's RCU waits under the one rtnl lock, so stopping 100 colonies would wait 3 s for that alone.
         if any(res.kind == "netns" for res in parts):
             parts.sort(key=lambda res: res.kind == "veth")
-        for res in parts:
-            if res.kind == "veth" and any(p.kind == "netns" for p in parts):
-                netns.wait_link_gone(res.ident, VETH_GONE_TIMEOUT)  # deleted below if the namespace lives on
-            unmerged = self.remove_resource(res, keep_unmerged)
-            network_gone |= res.kind == "veth"
-            if unmerged:
-                kept = (res.ident.split("#", 1)[1], unmerged)
+        # The claims of what is gone are released together at the end (or at the first failure): one registry write
+        # per colony. A stem process killed before then leaves claims of objects already gone: gc finds them gone.
+        released: list[tuple[str, str]] = []
+        try:
+            for res in parts:
+                if res.kind == "veth" and any(p.kind == "netns" for p in parts):
+                    netns.wait_link_gone(res.ident, VETH_GONE_TIMEOUT)  # deleted below if the namespace lives on
+                unmerged = self.remove_resource(res, keep_unmerged, released)
+                network_gone |= res.kind == "veth"
+                if unmerged:
+                    kept = (res.ident.split("#", 1)[1], unmerged)
+        finally:
+            self.registry.release_many(released)
         return kept[0], kept[1], network_gone
 
-    def remove_resource(self, res: Resource, keep_unmerged: bool) -> int:
-        """Remove the object behind a registry claim and release the claim; each object may already be gone.
+    def remove_resource(self, res: Resource, keep_unmerged: bool, released: list[tuple[str, str]] | None = None) -> int:
+        """Remove the object behind a registry claim and release the claim (or add it to `released`, for the caller
+        to release with others); each object may already be gone.
 
         A branch with commits no other branch or tag has is kept when `keep_unmerged`: returns how many, and the
         claim stays so a later gc can delete the branch once it is merged. Otherwise returns 0.
@@ -97,7 +103,10 @@ class Teardown:
                 if unmerged:
                     return unmerged
                 worktree.delete_branch(repo, branch, self.layout.locks)
-        self.registry.release(res.kind, res.ident)
+        if released is None:
+            self.registry.release(res.kind, res.ident)
+        else:
+            released.append((res.kind, res.ident))
         return 0
 
     def remove_worktree(self, path: Path, repo: Path | None) -> None:

@@ -336,3 +336,22 @@ def test_sync_tree_copies_only_what_changed_and_never_follows_a_symlink(tmp_path
     finally:
         os.close(fd)
     assert not any(p.is_symlink() for p in dest.rglob("*"))
+
+
+def test_unmount_takes_every_stacked_mount_and_is_quiet_where_there_is_none(tmp_path):
+    from core.peering import mount_points, unmount
+
+    target = tmp_path / "shared"
+    target.mkdir()
+    for source in ("one", "two"):  # two binds stacked on one point, as a remount over a live one leaves
+        (tmp_path / source).mkdir()
+        subprocess.run(["mount", "--bind", str(tmp_path / source), str(target)], check=True)
+    try:
+        assert mount_points().count(str(target)) == 2
+        unmount(str(target))
+        assert str(target) not in mount_points()
+        unmount(str(target))  # not a mount point (any more)
+        unmount(str(tmp_path / "missing"))  # no such path
+    finally:
+        while str(target) in mount_points():
+            subprocess.run(["umount", "-l", str(target)], check=False)

@@ -183,7 +183,8 @@ class ColonyHost:
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.socket.unlink()
-            await asyncio.to_thread(self._write_runtime_cleared)
+            # Through the ordered writer, after what it still holds: never a state written over the cleared rows.
+            await asyncio.wrap_future(self.writer.submit(self._write_runtime_cleared))
             self.writer.shutdown(wait=True)
             self.registry.close()
         return 0
@@ -358,15 +359,19 @@ class ColonyHost:
             info = p.ServiceInfo(event.service, event.state, port, event.restarts, event.code, event.detail, pid)
             self.services[event.service] = info
             code = f"({event.code})" if event.code is not None and event.state == "crashed" else ""
-            self._defer(
-                lambda: self.registry.set_runtime(self.name, "service", event.service, event.state + code, event.detail)
-            )
+            if not self.done.is_set():  # stopping: the rows are cleared as it exits (no write to contend for)
+                self._defer(
+                    lambda: self.registry.set_runtime(
+                        self.name, "service", event.service, event.state + code, event.detail
+                    )
+                )
             self._broadcast("states", p.State(services=(info,)))
             return
         if isinstance(event, AgentActivity):
             self.agent = p.AgentInfo(event.activity, event.code, self._agent_pid())
             code = f"({event.code})" if event.code is not None else ""
-            self._defer(lambda: self.registry.set_runtime(self.name, "agent", "agent", event.activity + code, ""))
+            if not self.done.is_set():
+                self._defer(lambda: self.registry.set_runtime(self.name, "agent", "agent", event.activity + code, ""))
             self._broadcast("states", p.State(agent=self.agent))
             return
         if isinstance(event, ChangesUpdated):
