@@ -5,11 +5,14 @@ and the fingerprint of a preloaded process's code. The warm start's client (stem
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import sys
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # typing, socket.py, contextlib and collections would cost every `stem` a few ms: none here
+if TYPE_CHECKING:
+    import _socket
+    import socket
+    from types import TracebackType
 
 try:  # hashlib's own blake2b, without the ~2 ms of loading OpenSSL that importing hashlib costs
     from _blake2 import blake2b
@@ -20,24 +23,41 @@ except ImportError:  # another interpreter
 _SUN_PATH = 100
 
 
-@contextlib.contextmanager
-def socket_address(path: str | os.PathLike[str]) -> Iterator[str]:
+class socket_address:  # lower case: used as the function it was, `with socket_address(path) as address`
     """An address for bind/connect that reaches `path`: itself, or when too long for sun_path, the same file
     through /proc/self/fd/<its folder> (the kernel resolves the magic link; nothing is renamed or moved)."""
-    text = os.fspath(path)
-    if len(text.encode()) < _SUN_PATH:
-        yield text
-        return
-    folder = os.open(os.path.dirname(text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{folder}/{os.path.basename(text)}"
-    finally:
-        os.close(folder)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._text = os.fspath(path)
+        self._folder = -1
+
+    def __enter__(self) -> str:
+        if len(self._text.encode()) < _SUN_PATH:
+            return self._text
+        self._folder = os.open(os.path.dirname(self._text) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._folder}/{os.path.basename(self._text)}"
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._folder >= 0:
+            os.close(self._folder)
+            self._folder = -1
 
 
 def connect(path: str | os.PathLike[str]) -> socket.socket:
     """A Unix stream socket connected to `path` (close-on-exec); OSError if nothing listens there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    import socket
+
+    return socket.socket(fileno=connect_raw(path).detach())
+
+
+def connect_raw(path: str | os.PathLike[str]) -> _socket.socket:
+    """`connect`'s socket as the C module makes it (no socket.py, whose enums every `stem` would import): what the
+    warm client needs, sendmsg, recv and settimeout, and nothing of socket.socket's (no `with`, no makefile)."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         with socket_address(path) as address:
             sock.connect(address)
@@ -47,7 +67,7 @@ def connect(path: str | os.PathLike[str]) -> socket.socket:
     return sock
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket | _socket.socket, size: int) -> bytes:
     """Exactly `size` bytes from `sock`; ConnectionError if the other end hangs up first."""
     data = b""
     while len(data) < size:
@@ -74,7 +94,9 @@ def fingerprint(*sources: str | os.PathLike[str]) -> str:
         else:
             files = [root]
         for path in files:
-            with contextlib.suppress(OSError):
+            try:
                 st = os.stat(path)
-                digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+            except OSError:
+                continue
+            digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -1,20 +1,26 @@
 """The warm start's client: what every `stem` runs before anything else (see stem/warm.py for the whole design).
 
 It asks the hive's warm process to run the command, so what it imports every command pays for: the lightest of the
-standard library, msgpack and core.ipc; nothing of the UI, the core's dataclasses or argparse.
+standard library's C modules (_socket, _signal), struct and core.ipc; nothing of the UI, the core's dataclasses or
+argparse; not even msgpack (its request is packed here) or socket.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import struct
 import sys
 
 from core.home import home_text
-from core.ipc import connect, fingerprint, recv_exact
+from core.ipc import connect_raw, fingerprint, recv_exact
+
+TYPE_CHECKING = False  # typing's own costs every command ~2 ms of start-up; mypy reads this name as typing's
+if TYPE_CHECKING:
+    import _socket
+    import signal
+else:
+    import _signal as signal  # the C module: signal.py's enums (and the re, collections, functools they pull in) cost
+    # every `stem` a few ms, and the client needs only numbers
 
 START_TIMEOUT = 10.0  # how long a client waits for its command's pid
 FORWARDED = (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCONT)
@@ -63,24 +69,24 @@ def run_warm(argv: list[str]) -> int | None:
     if os.environ.get("STEM_WARM") == "0" or SERVING:
         return None
     try:
-        sock = connect(warm_socket(home_text()))
+        sock = connect_raw(warm_socket(home_text()))
     except OSError:
         return None
-    with sock:
+    try:
         return _run_with(sock, argv)
+    finally:
+        sock.close()
 
 
-def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
+def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
     import termios
-
-    import msgpack
 
     try:
         saved = termios.tcgetattr(0)
     except termios.error:
         saved = None
     try:
-        body = msgpack.packb(
+        body = pack(
             {
                 "fingerprint": code_fingerprint(),
                 "argv": argv,
@@ -93,7 +99,10 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
     except (OSError, ValueError):  # a folder that is gone, bytes that are no UTF-8: the command runs cold
         return None
     try:
-        socket.send_fds(sock, [struct.pack(">I", len(body)) + body], [0, 1, 2])
+        import _socket
+
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))]
+        sock.sendmsg([struct.pack(">I", len(body)) + body], rights)  # socket.send_fds, without socket.py
         sock.settimeout(START_TIMEOUT)
         if recv_exact(sock, 1) != b"P":
             return None  # stale (it exits now; the next UI starts a new one) or another environment
@@ -111,26 +120,77 @@ def _run_with(sock: socket.socket, argv: list[str]) -> int | None:
     if answer[:1] == b"X":
         (code,) = struct.unpack(">i", answer[1:])
         if code < 0:  # killed by a signal: so is this process, so that its caller sees what it would have
-            with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
+            try:
                 signal.signal(-code, signal.SIG_DFL)
-            with contextlib.suppress(OSError):
+            except (OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
+                pass
+            try:
                 os.kill(os.getpid(), -code)
+            except OSError:
+                pass
             return 128 - int(code)
         return int(code)
     # It went away without its status (the warm process was killed): a UI's terminal is given back as it was.
     _forward(pid, signal.SIGTERM)
     if not argv:
-        with contextlib.suppress(OSError, termios.error):
+        try:
             os.write(1, _TERMINAL_RESET)
             if saved is not None:
                 termios.tcsetattr(0, termios.TCSANOW, saved)
+        except (OSError, termios.error):
+            pass
     print("stem: the command ended without an exit status (its warm process went away); run it again", file=sys.stderr)
     return 1
 
 
+def pack(value: object) -> bytes:
+    """`value` (None, bool, int, str, list, tuple, dict of them) as msgpack.packb writes it, without importing msgpack
+    (~3 ms of every `stem`: its extension, datetime and collections). ValueError for what msgpack would refuse,
+    a string that is not UTF-8 included."""
+    if value is None:
+        return b"\xc0"
+    if isinstance(value, bool):
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        if 0 <= value < 0x80 or -32 <= value < 0:
+            return struct.pack("b" if value < 0 else "B", value)
+        for marker, form in _INT_FORMS[value < 0]:
+            try:
+                return marker + struct.pack(form, value)
+            except struct.error:
+                continue
+        raise ValueError(f"integer out of msgpack's range: {value}")
+    if isinstance(value, str):
+        data = value.encode()
+        n = len(data)
+        if n < 32:
+            return bytes((0xA0 | n,)) + data
+        return (b"\xd9" + bytes((n,)) if n < 0x100 else _sized(n, b"\xda", b"\xdb")) + data
+    if isinstance(value, (list, tuple)):
+        head = bytes((0x90 | len(value),)) if len(value) < 16 else _sized(len(value), b"\xdc", b"\xdd")
+        return head + b"".join(pack(item) for item in value)
+    if isinstance(value, dict):
+        head = bytes((0x80 | len(value),)) if len(value) < 16 else _sized(len(value), b"\xde", b"\xdf")
+        return head + b"".join(pack(k) + pack(v) for k, v in value.items())
+    raise ValueError(f"cannot pack {type(value).__name__}")
+
+
+# msgpack's integer forms, smallest first: unsigned for 0 and above, signed below.
+_INT_FORMS = (
+    ((b"\xcc", ">B"), (b"\xcd", ">H"), (b"\xce", ">I"), (b"\xcf", ">Q")),
+    ((b"\xd0", ">b"), (b"\xd1", ">h"), (b"\xd2", ">i"), (b"\xd3", ">q")),
+)
+
+
+def _sized(n: int, marker16: bytes, marker32: bytes) -> bytes:
+    return marker16 + struct.pack(">H", n) if n < 0x10000 else marker32 + struct.pack(">I", n)
+
+
 def _forward(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _umask() -> int:

@@ -242,6 +242,9 @@ def test_the_client_finds_the_warm_socket_and_imports_nothing_heavy(tmp_path):
     )
     heavy = ["argparse", "asyncio", "dataclasses", "textual", "core.host.paths", "core.warm", "sqlite3", "_hashlib"]
     heavy += ["pathlib", "typing", "importlib.util"]  # ~8, ~2 and ~1 ms of every command's start
+    # socket.py and signal.py (their enums, and with them re, collections, functools), contextlib, msgpack (its
+    # extension, datetime): ~10 ms together; the client uses _socket, _signal and packs its request itself.
+    heavy += ["socket", "signal", "enum", "re", "contextlib", "collections", "functools", "msgpack", "datetime"]
     out = subprocess.run([sys.executable, "-c", probe, *heavy], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -297,3 +300,21 @@ def test_a_spawn_from_a_shell_starts_the_warm_process_and_the_next_command_runs_
     assert "core.listing" not in imported  # run by the warm process's child
     assert run_stem(hive_env.env, "stop", "one").returncode == 0
     assert wait_exit(found[0], 10), "the warm process outlived the hive's last colony"
+
+
+def test_the_clients_request_is_packed_as_msgpack_packs_it():
+    """The client packs its request itself (stem.warm_client.pack): byte for byte what msgpack.packb writes, for
+    every size form of each type, and refused (the command then runs cold) where msgpack refuses."""
+    from stem.warm_client import pack
+
+    ints = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+    ints += [-1, -32, -33, -128, -129, -(2**15), -(2**15) - 1, -(2**31), -(2**31) - 1, -(2**63)]
+    texts = ["", "a" * 31, "a" * 32, "é" * 200, "x" * 70000]
+    request = {"argv": ["spawn", "x"], "umask": 0o022, "env": dict(os.environ), "cwd": "/", "encodings": ["utf-8"]}
+    cases = [None, True, False, *ints, *texts, [], list(range(20)), ["a"] * 70000, {}, {str(i): i for i in range(20)}]
+    for value in [*cases, request]:
+        assert pack(value) == msgpack.packb(value), repr(value)[:80]
+    assert pack((1, 2)) == msgpack.packb([1, 2])
+    for refused in ["\udcff", 2**64, -(2**63) - 1, object()]:
+        with pytest.raises(ValueError):
+            pack(refused)
