@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,14 @@ class Entry:
 
 
 class ColonyLog:
-    """Thread-safe: setup commands and service readers append from worker threads."""
+    """Thread-safe: setup commands and service readers append from worker threads.
+
+    The file is kept open between appends (O_APPEND: other processes appending to the same log, a spawn's setup
+    steps, interleave whole writes) and each batch of lines is one write, after one stat of the path: a service
+    printing thousands of lines a second cost its colony's host a core when every line opened, stat'ed and closed
+    the file. While the file cannot be written (a full disk), a new try is made at most once a second."""
+
+    RETRY_SECONDS = 1.0
 
     def __init__(self, path: Path, ring_size: int = 5000, max_bytes: int = 4 << 20) -> None:
         self.path = path
@@ -33,28 +40,70 @@ class ColonyLog:
         # Why the file cannot be written now (a full disk, a read-only or failing one), None while it can. The
         # lines stay in the ring meanwhile; `on_trouble` hears each change (from the appending thread, lock held).
         self._write_error: str | None = None
+        self._retry_at = 0.0
+        self._fd = -1
+        self._inode = -1
         self.on_trouble: Callable[[str | None], None] | None = None
 
     def append(self, source: str, text: str) -> Entry:
-        with self._lock:
-            self._seq += 1
-            entry = Entry(self._seq, time.time(), source, text.rstrip("\r\n"))
-            self._ring.append(entry)
-            self._write(entry)
-        return entry
+        return self.extend(source, (text,))[0]
 
-    def _write(self, entry: Entry) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry.at))
-        line = f"{stamp} [{entry.source}] {entry.text}\n"
+    def extend(self, source: str, texts: Iterable[str]) -> list[Entry]:
+        """Append lines of one source, in order, as one write to the file."""
+        with self._lock:
+            now = time.time()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+            entries = []
+            for text in texts:
+                self._seq += 1
+                entries.append(Entry(self._seq, now, source, text.rstrip("\r\n")))
+            self._ring.extend(entries)
+            self._write("".join(f"{stamp} [{source}] {e.text}\n" for e in entries).encode("utf-8", "replace"))
+        return entries
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _open(self) -> int:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.fstat(self._fd)
+        self._inode = st.st_ino
+        return st.st_size
+
+    def _write(self, data: bytes) -> None:
+        if self._write_error is not None and time.monotonic() < self._retry_at:
+            return  # the lines are in the ring; the file is tried again in a moment
         try:
-            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                if not self.path.parent.is_dir():
+                    self._close()
+                    return  # the colony is being destroyed
+                self._close()
+                size = self._open()
+            else:
+                if self._fd < 0 or st.st_ino != self._inode:  # first write, or rotated by another process
+                    self._close()
+                    size = self._open()
+                else:
+                    size = st.st_size
+            if size and size + len(data) > self.max_bytes:
                 # One rotated generation keeps the disk bounded at twice the cap.
-                self.path.replace(self.path.with_suffix(".log.1"))
-            with self.path.open("a", encoding="utf-8", errors="replace") as f:
-                f.write(line)
-        except FileNotFoundError:
-            return  # the colony is being destroyed
+                os.replace(self.path, self.path.with_suffix(".log.1"))
+                self._close()
+                self._open()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:  # no space, a quota, a read-only or failing disk: the log goes on in memory
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
             self._trouble(exc.strerror or str(exc))
             return
         if self._write_error is not None:

@@ -836,7 +836,7 @@ class ServiceRunner:
                 self._pause(False)
 
     def _append(self, lines: list[str]) -> list[Entry]:
-        return [self.log.append(self.name, line) for line in lines]
+        return self.log.extend(self.name, lines)
 
     # state --------------------------------------------------------------------------------------------------
 

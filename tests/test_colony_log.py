@@ -1,0 +1,99 @@
+"""A colony's log file: one write per batch of lines, capped with one rotated generation, following a rotation or
+removal done by another process, and cheap while the disk is full."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from core.colony_log import ColonyLog, read_tail
+
+
+def lines_of(path):
+    return [line.split("] ", 1)[1] for line in path.read_text().splitlines()]
+
+
+def test_a_batch_of_lines_is_one_write_in_order_and_numbered(tmp_path, monkeypatch):
+    log = ColonyLog(tmp_path / "colony.log")
+    first = log.append("web", "listening on 3000\n")
+    batch = log.extend("web", [f"GET /{i}" for i in range(500)])
+    assert [e.seq for e in batch] == list(range(first.seq + 1, first.seq + 501))
+    assert lines_of(log.path) == ["listening on 3000"] + [f"GET /{i}" for i in range(500)]
+    assert [e.text for e in log.after(first.seq)][-1] == "GET /499"
+    # one look at the path for the whole batch, not an open, stat and close per line
+    stats = []
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    log.extend("web", [f"line {i}" for i in range(1000)])
+    monkeypatch.undo()
+    assert len(stats) == 1
+    log.close()
+
+
+def test_the_file_is_capped_with_one_rotated_generation(tmp_path):
+    log = ColonyLog(tmp_path / "colony.log", max_bytes=4096)
+    for i in range(300):
+        log.append("svc", f"line {i:04d} " + "x" * 40)
+    rotated = tmp_path / "colony.log.1"
+    assert log.path.stat().st_size <= 4096 and rotated.stat().st_size <= 4096
+    kept = read_tail(log.path, 10_000, lambda _line: True)
+    assert kept[-1].endswith("line 0299 " + "x" * 40)  # the newest line is in the current file
+    numbers = [int(line.split("line ")[1][:4]) for line in kept]
+    assert numbers == list(range(numbers[0], 300))  # both generations read back in order, none missing between
+    log.close()
+
+
+def test_a_file_rotated_or_removed_by_another_process_is_followed(tmp_path):
+    log = ColonyLog(tmp_path / "colony.log")
+    log.append("setup", "before")
+    subprocess.run(["mv", str(log.path), str(tmp_path / "elsewhere.log")], check=True)  # logrotate, another stem
+    log.append("setup", "after the move")
+    assert lines_of(log.path) == ["after the move"]
+    assert lines_of(tmp_path / "elsewhere.log") == ["before"]
+    log.path.unlink()
+    log.append("setup", "after the removal")
+    assert lines_of(log.path) == ["after the removal"]
+    log.close()
+
+
+def test_a_removed_colony_folder_is_not_made_again(tmp_path):
+    folder = tmp_path / "colonies" / "gone"
+    folder.mkdir(parents=True)
+    log = ColonyLog(folder / "colony.log")
+    log.append("svc", "hello")
+    subprocess.run(["rm", "-rf", str(folder)], check=True)  # stem destroy
+    entry = log.append("svc", "late line")
+    assert entry.text == "late line" and log.tail(1) == [entry]  # still in memory
+    assert not folder.exists()
+    log.close()
+
+
+def test_while_the_file_cannot_be_written_it_is_tried_again_once_a_second_not_per_line(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    log = ColonyLog(folder / "colony.log")
+    troubles: list[str | None] = []
+    log.on_trouble = troubles.append
+    opens = []
+
+    def failing_open(path, *args, **kwargs):
+        opens.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "open", failing_open)
+    for i in range(2000):
+        log.append("svc", f"line {i}")
+    monkeypatch.undo()
+    assert len(opens) == 1  # not 2,000 tries in a burst
+    assert troubles == ["No space left on device"]
+    assert log.tail(1)[0].text == "line 1999"  # every line is still in the ring
+    log._retry_at = 0.0  # the second has passed
+    log.append("svc", "room again")
+    assert troubles == ["No space left on device", None]
+    assert lines_of(log.path) == ["room again"]
+    log.close()
