@@ -30,7 +30,7 @@ from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
-from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState
+from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState, refused_by_disk
 from core.events import (
     ColonyRemoved,
     Event,
@@ -208,6 +208,12 @@ class Hive:
                 if found is None:
                     found = self._logs[name] = ColonyLog(self.layout.colony_log(name))
         return found
+
+    def _forget_log(self, name: str) -> None:
+        with self._logs_lock:
+            found = self._logs.pop(name, None)
+        if found is not None:
+            found.close()  # its file was removed with the colony: the open descriptor would keep its blocks
 
     # queries ----------------------------------------------------------------------------------------------
 
@@ -791,7 +797,7 @@ class Hive:
         self.remove_parts(rec.name, keep_unmerged=False)
         self.peering.forget(rec.name)
         self.registry.delete_colony(rec.name)
-        self._logs.pop(rec.name, None)
+        self._forget_log(rec.name)
         self._emit(ColonyRemoved(rec.name))
         self._retire_preview(rec.name)
         self._retire_forker()  # started for this colony's host: not left running for nothing
@@ -999,7 +1005,12 @@ class Hive:
                 await asyncio.to_thread(self._check_destroyable, name, force)
                 # The intent first: a destroy killed from here on is finished by the next gc, never undone; one ended
                 # by a signal (Ctrl-C, SIGTERM, SIGHUP) is finished before its command exits, as a stop is.
-                await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
+                try:
+                    await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
+                except Exception as exc:
+                    if not refused_by_disk(exc) or not await asyncio.to_thread(self._make_room, name):
+                        raise
+                    await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
                 _checkpoint("destroying")
 
                 async def finish() -> DestroyReport:
@@ -1011,6 +1022,19 @@ class Hive:
         report: DestroyReport = await self.supervisor.call(name, handler)
         self.supervisor.forget(name)
         return report
+
+    def _make_room(self, name: str) -> bool:
+        """The disk is full and destroying `name` must first write its intent to the registry: empty the colony's
+        own log files (they go with it), which a chatty service filling the disk made the largest things it has.
+        Whether anything was freed."""
+        freed = 0
+        for path in (self.layout.colony_log(name), self.layout.colony_log(name).with_suffix(".log.1")):
+            try:
+                freed += path.stat().st_size
+                os.truncate(path, 0)
+            except OSError:
+                continue
+        return freed > 0
 
     def _check_destroyable(self, name: str, force: bool) -> None:
         rec = self.registry.get(name)
@@ -1034,7 +1058,7 @@ class Hive:
         if branch:
             # Keep the branch's resource row without its colony: gc deletes the branch once it is merged.
             self.registry.claim(f"~{name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
-        self._logs.pop(name, None)
+        self._forget_log(name)
         self._emit(ColonyRemoved(name))
         self._retire_forker()
         self._retire_preview(name)

@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from helpers import make_repo, run_stem, stem_cmd
+from helpers import make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 from core.events import LogLine
 from core.hive import Hive
@@ -156,4 +156,36 @@ def test_a_full_disk_keeps_a_colony_running_and_its_log_in_memory_until_there_is
     try:
         asyncio.run(scenario())
     finally:
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
+def test_a_colony_that_filled_the_disk_with_its_log_can_be_destroyed(hive_env, tmp_path):
+    """A service's output filled the disk under STEM_HOME (its log and whatever else is there): the registry cannot
+    take destroy's first write, so destroy empties the colony's own log files (they go with it) and goes on. The
+    colony is gone, nothing of it is left, and the hive works again."""
+    toml = (
+        '[services.chatty]\ncommand = "for i in $(seq 3000); do echo line $i of what the service had to say; done;'
+        ' exec sleep 1000"\n'
+    )
+    repo = make_repo(tmp_path / "chattyrepo", colony_toml=toml)
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
+    try:
+        env = hive_env.env
+        assert run_stem(env, "spawn", "chatty", "--repo", str(repo)).returncode == 0
+        log_file = hive_env.home / "colonies" / "chatty" / "colony.log"
+        wait_for(lambda: "line 3000 of" in log_file.read_text(), timeout=15, what="the service's lines in its log")
+        with (hive_env.home / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        ls = run_stem(env, "ls")
+        assert ls.returncode == 0 and "chatty" in ls.stdout  # reading needs no room
+        destroyed = run_stem(env, "destroy", "--force", "chatty")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert "chatty" not in run_stem(env, "ls").stdout
+        assert not (hive_env.home / "colonies" / "chatty").exists()
+        assert netns_names(hive_env.prefix) == []
+        assert run_stem(env, "gc").stdout.strip() == "nothing to clean"
+    finally:
+        run_stem(hive_env.env, "destroy", "--force", "chatty")
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
