@@ -243,12 +243,14 @@ def plan(
     agent_files: Iterable[Path] = (),
     environ: Mapping[str, str] = os.environ,
     init_file: Path | None = None,
+    accounts: Path | None = None,
 ) -> Sandbox:
     """The covers and binds for one colony: made from paths only (a few stats), cheap enough for every spawn.
 
     The colony's home is bound over the user's home path (HOME keeps its value, absolute paths into it keep
     working for what `agent_files` passes); every other home, STEM_HOME, the main checkout and the shared
-    temporary folders get an empty tmpfs."""
+    temporary folders get an empty tmpfs. `accounts` is a folder that may hold a passwd and a group file to show
+    as /etc's (see `write_accounts`)."""
     user_home = _user_home(environ)
     if not _coverable(user_home):  # HOME=/ (a service account) or missing: HOME is the colony home's own path
         user_home = home
@@ -269,6 +271,8 @@ def plan(
     passed = {Path(str(user_home) + str(f)[1:]) if str(f).startswith("~") else Path(f) for f in agent_files}
     passed.update(_toolchains({user_home, *homes}, environ))
     binds += [(source, source, True) for source in _outermost(passed) if not _under(source, stem_home)]
+    if accounts is not None:  # `write_accounts` made them where the colony's uid has no entry; else none is bound
+        binds += [(accounts / name, Path("/etc", name), True) for name in ACCOUNT_FILES]
     # Parents before what is inside them: a bind inside the home lands on the colony's home, not under it.
     binds.sort(key=lambda b: len(b[1].parts))
     return Sandbox(
@@ -388,6 +392,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
         repo=Path(rec.repo),
         agent_files=[Path(p) for p in settings.agent_files],
         init_file=layout.colony_dir(rec.name) / "init.pid",
+        accounts=layout.colony_dir(rec.name),
     )
 
 
@@ -412,6 +417,7 @@ def prepare_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> No
         db_files=[db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")],
         user_gitconfig=box.home / ".gitconfig",
     )
+    write_accounts(layout.colony_dir(rec.name), box.identity, box.home)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -480,6 +486,39 @@ def prepare(
         for own in (common / branch, common / "logs" / branch):
             if own.exists():
                 os.chown(own, uid, gid)
+
+
+ACCOUNT_FILES = ("passwd", "group")
+
+
+def write_accounts(folder: Path, identity: Identity, home: Path, etc: Path = Path("/etc")) -> None:
+    """The passwd and group files the colony sees as /etc's: the host's, with an entry for the colony's uid (home:
+    `home`, the path HOME has inside) and gid where the host has none. Stem's dedicated uids have none, and
+    programs that look their user up refuse to run without one (postgres's initdb: "could not look up effective
+    user ID"; whoami, ssh, npm's os.userInfo()). Where the host has the entry, no file: the host's is seen."""
+    for name, key, line in (
+        ("passwd", identity.uid, f"{identity.user}:x:{identity.uid}:{identity.gid}:Stem colony:{home}:/bin/sh\n"),
+        ("group", identity.gid, f"{identity.user}:x:{identity.gid}:\n"),
+    ):
+        target = folder / name
+        try:
+            host = (etc / name).read_text()
+        except OSError:
+            host = ""
+        if any(_entry_id(entry) == key for entry in host.splitlines()):
+            target.unlink(missing_ok=True)
+            continue
+        if host and not host.endswith("\n"):
+            host += "\n"
+        made = target.with_name(f".{name}.new")
+        made.write_text(host + line)
+        os.chmod(made, 0o644)
+        os.replace(made, target)
+
+
+def _entry_id(entry: str) -> int | None:
+    fields = entry.split(":")
+    return int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None
 
 
 def _write_gitconfig(path: Path, uid: int, gid: int, user_gitconfig: Path | None) -> None:

@@ -82,6 +82,46 @@ def test_a_colony_runs_without_privilege_in_its_own_pid_namespace(hive_env, two)
     assert out.stdout.split() == ["1", "1"]  # still its own network, unchanged
 
 
+def test_the_colonys_user_has_a_name_a_group_and_a_home_as_programs_look_them_up(hive_env, tmp_path):
+    """Stem's dedicated uid has no entry on the host; a program that looks its user up (postgres's initdb, whoami,
+    ssh, npm) finds one inside the colony, in setup commands as in `stem exec`, and the host's files are unchanged."""
+    host_passwd = Path("/etc/passwd").read_text()
+    toml = '[colony]\nsetup = ["id -un > $HOME/setup-user"]\n'
+    repo = make_repo(tmp_path / "named", colony_toml=toml)
+    spawn(hive_env, "named", repo)
+    out = inside(
+        hive_env,
+        "named",
+        "id -un; id -gn; whoami; cat $HOME/setup-user; "
+        'python3 -c "import os, pwd; e = pwd.getpwuid(os.getuid()); '
+        "print(e.pw_dir == os.environ['HOME'], e.pw_shell)\"",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:5] == ["colony", "colony", "colony", "colony", "True /bin/sh"], out.stdout
+    uid = int(inside(hive_env, "named", "id -u").stdout)
+    assert uid >= sandbox.DEDICATED_UID
+    assert Path("/etc/passwd").read_text() == host_passwd  # nothing added on the host
+    assert f":{uid}:" not in host_passwd
+
+
+def test_an_entry_is_added_only_where_the_host_has_none(tmp_path):
+    etc, made = tmp_path / "etc", tmp_path / "colony"
+    etc.mkdir()
+    made.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\nana:x:1000:1000::/home/ana:/bin/bash")
+    (etc / "group").write_text("root:x:0:\nana:x:1000:\n")
+    sandbox.write_accounts(made, sandbox.Identity(1000, 1000, "ana", "sudo"), Path("/home/ana"), etc)
+    assert not (made / "passwd").exists() and not (made / "group").exists()  # the host's own are seen
+    dedicated = sandbox.Identity(sandbox.DEDICATED_UID + 3, sandbox.DEDICATED_UID, "colony", "dedicated")
+    sandbox.write_accounts(made, dedicated, Path("/root"), etc)
+    assert (made / "passwd").read_text().splitlines()[
+        -1
+    ] == f"colony:x:{dedicated.uid}:{dedicated.gid}:Stem colony:/root:/bin/sh"
+    assert (made / "passwd").read_text().splitlines()[1] == "ana:x:1000:1000::/home/ana:/bin/bash"  # newline added
+    assert (made / "group").read_text() == f"root:x:0:\nana:x:1000:\ncolony:x:{dedicated.gid}:\n"
+    assert (made / "passwd").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_colony_sees_only_its_own_files(hive_env, two, tmp_path):
     repo, a, b = two
     secret = Path(os.environ.get("HOME", "/root")) / ".stem-test-secret"
