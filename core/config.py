@@ -291,10 +291,13 @@ def _service(doc: TomlDoc, name: str, raw: dict[str, Any]) -> ServiceSpec:
         if restart not in RESTART_POLICIES:
             doc.fail(t, ("restart",), f"must be one of {', '.join(RESTART_POLICIES)} (got '{restart}')")
 
-    ready = None
+    # A service with a port is ready when the port takes a connection (its preview URL, `depends_on` and `stem ls`
+    # then mean what they say); "none" is ready once started, as a service without a port is.
+    ready = None if port is None else "tcp"
     if "ready" in raw:
-        ready = _ready(doc, t, doc.string(t, ("ready",), raw["ready"]))
-        if port is None:
+        given = doc.string(t, ("ready",), raw["ready"])
+        ready = None if given.strip().lower() == "none" else _ready(doc, t, given)
+        if port is None and ready is not None:
             doc.fail(t, ("ready",), f"'{ready}' needs a port: add port = ... to [services.{name}]")
 
     ready_timeout = 30.0
@@ -324,7 +327,7 @@ def _ready(doc: TomlDoc, t: KeyPath, value: str) -> str:
     # 'http://host/x' is refused rather than read as a path: the probe always targets the service's own port.
     if scheme.lower() == "http" and not path.startswith("//") and not any(c.isspace() for c in path):
         return "http:/" + path.removeprefix("/")
-    doc.fail(t, ("ready",), f"must be 'tcp' or 'http:/path' (got '{value}')")
+    doc.fail(t, ("ready",), f"must be 'tcp', 'http:/path' or 'none' (got '{value}')")
 
 
 def _find_cycle(specs: Mapping[str, ServiceSpec]) -> list[str] | None:

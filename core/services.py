@@ -487,7 +487,10 @@ class ServiceRunner:
                 restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
                 lines = list(self.last_lines)[-5:]
                 if not_ready:
-                    lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s, ended")
+                    what = "nothing took a connection" if self.spec.ready == "tcp" else f"{self.spec.ready} failed"
+                    lines.insert(
+                        0, f"not ready after {self.spec.ready_timeout:g}s ({what} on port {self.spec.port}), ended"
+                    )
                 lines.append(_exit_text(code))
                 self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
                 if not restart:

@@ -415,6 +415,15 @@ def test_bad_ready(given: str) -> None:
     assert msg.startswith("colony.toml:4: [services.web] ready: must ")
 
 
+def test_a_service_with_a_port_is_ready_when_the_port_answers_unless_told_none() -> None:
+    cfg = parse('[services.web]\ncommand = "x"\nport = 80\n[services.job]\ncommand = "y"\n')
+    assert (cfg.services["web"].ready, cfg.services["job"].ready) == ("tcp", None)
+    cfg = parse(
+        '[services.web]\ncommand = "x"\nport = 80\nready = "none"\n[services.job]\ncommand = "y"\nready = "None"\n'
+    )
+    assert (cfg.services["web"].ready, cfg.services["job"].ready) == (None, None)
+
+
 def test_ready_probe_needs_port() -> None:
     assert error_of('[services.web]\ncommand = "x"\nready = "http:/"\n') == (
         "colony.toml:3: [services.web] ready: 'http:/' needs a port: add port = ... to [services.web]"
