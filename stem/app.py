@@ -1022,8 +1022,10 @@ class StemApp(App[int], inherit_bindings=False):
                     f": {names}.",
                 ),
                 Content(""),
-                Content("They keep running after you quit: each colony's host runs its agent and services,"),
-                Content("and the next `stem` (or `stem attach NAME`) shows them again."),
+                Content(
+                    "They keep running after you quit: each colony's host runs its agent and services, "
+                    "and the next `stem` (or `stem attach NAME`) shows them again."
+                ),
                 Content('To end them: `stem stop NAME`, or "Stop all colonies" in the palette (:).'),
             ]
         if busy:
