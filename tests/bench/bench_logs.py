@@ -14,6 +14,11 @@ colours. What is timed, the median of --runs runs, each from the same state:
            runs its once-per-burst sync and renders the rows on screen; the reference writes each line.
 Every figure includes rendering the visible rows with `render_line`, as a frame would.
 
+Then the log file a colony's host writes: `core.colony_log.ColonyLog.extend` taking 100,000 lines of 100 characters
+in batches of 64 (what one read of a service's pipe gives), beside the floor of a file kept open and written once per
+batch with the same lines formatted the same way (plain `os.write`), both on the same temporary folder: lines per
+second and the ratio (`file_*`).
+
 stdout: a table, then as its last line one JSON object: `{op}_new_ms`, `{op}_richlog_ms` and `{op}_ratio` (the
 reference's time over the new view's: above 1 means the new view is faster) for load, search (the median keystroke)
 and burst, `search_{term}_new_ms` and `search_{term}_richlog_ms` per keystroke, `lines`, `burst_lines`, `runs`,
@@ -250,6 +255,33 @@ async def bench_reference(entries: list[Entry], burst: list[Entry], runs: int) -
     return figures
 
 
+def bench_file(runs: int, lines: int = 100_000, batch: int = 64) -> tuple[float, float]:
+    """Lines per second through ColonyLog and through a plain kept-open file, medians of `runs`."""
+    import tempfile
+
+    from core.colony_log import ColonyLog
+
+    texts = [f"GET /api/items/{i} 200 " + "x" * 80 for i in range(batch)]
+    ours: list[float] = []
+    floor: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(runs):
+            log = ColonyLog(Path(folder) / f"colony{run}.log", max_bytes=1 << 40)
+            start = time.perf_counter()
+            for _ in range(lines // batch):
+                log.extend("web", texts)
+            ours.append(lines / (time.perf_counter() - start))
+            log.close()
+            fd = os.open(Path(folder) / f"plain{run}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            start = time.perf_counter()
+            for _ in range(lines // batch):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+                os.write(fd, "".join(f"{stamp} [web] {t}\n" for t in texts).encode())
+            floor.append(lines / (time.perf_counter() - start))
+            os.close(fd)
+    return statistics.median(ours), statistics.median(floor)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=5000, help="lines shown before the search and the burst")
@@ -282,6 +314,10 @@ def main() -> int:
                 result[f"{op}_ratio"] = round(ratio, 2)
             label = {"search": "search (median)", "burst": f"burst of {args.burst}"}.get(op, op.replace("_", " "))
             table.append((label, f"{new[op]:.2f}", f"{reference[op]:.2f}", f"{ratio:.1f}x"))
+        ours, floor = bench_file(args.runs)
+        result["file_lines_per_s"] = round(ours)
+        result["file_plain_lines_per_s"] = round(floor)
+        result["file_ratio"] = round(ours / floor, 2)
     except Exception as exc:  # the JSON line must still come out, saying what went wrong
         result["error"] = f"{type(exc).__name__}: {exc}"
     header = ("operation", "new ms", "RichLog ms", "RichLog/new")
@@ -290,6 +326,15 @@ def main() -> int:
         header,
         table,
     )
+    if "file_ratio" in result:
+        print_table(
+            "Log file writes, batches of 64 lines of 100 characters",
+            ("writer", "lines/s", "/ plain"),
+            [
+                ("ColonyLog.extend", f"{result['file_lines_per_s']:,}", f"{result['file_ratio']:.2f}x"),
+                ("plain kept-open file (floor)", f"{result['file_plain_lines_per_s']:,}", "1.00x"),
+            ],
+        )
     print(json.dumps(result))
     return 1 if "error" in result else 0
 
