@@ -592,7 +592,7 @@ class StemApp(App[int], inherit_bindings=False):
                 note.update(
                     Content.assemble(
                         Content.styled(failed.name, "bold"),
-                        f"'s spawn failed while {failed.stage} and was rolled back: nothing of it is left. ",
+                        f"'s spawn failed {failed.when} and was rolled back: nothing of it is left. ",
                         "Info and Logs tell why; ",
                         Content.styled("n", "bold $accent"),
                         " spawns it again, ",

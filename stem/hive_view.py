@@ -37,6 +37,12 @@ class FailedSpawn:
         staged = [t.state for t in self.transitions if t.state != "failed"]
         return failed[-1] if failed else (staged[-1] if staged else "spawn")
 
+    @property
+    def when(self) -> str:
+        """Where it failed, to follow "failed": "while building", or "before its first step"."""
+        stage = self.stage
+        return "before its first step" if stage == "spawn" else f"while {stage}"
+
 
 class Clock:
     """Wall-clock time for ages and timestamps; tests inject a fixed one."""

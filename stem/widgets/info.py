@@ -106,7 +106,7 @@ class InfoView(VerticalScroll, can_focus=True):
     def show_failed(self, failed: FailedSpawn, errors: Iterable[tuple[float, str]] = ()) -> None:
         """A spawn that failed and was rolled back: what was asked, where it failed, and why."""
         rows: list[tuple[str, str]] = [
-            ("state", f"failed while {failed.stage}; everything made was removed"),
+            ("state", f"failed {failed.when}; everything made was removed"),
             ("repository", failed.repo),
             ("base", failed.base),
             ("agent", failed.agent or "default"),
