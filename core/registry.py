@@ -7,7 +7,9 @@ intent *before* it is made and forgotten only *after* it is gone, so a kill -9 a
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -15,10 +17,34 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState
 from core.lifecycle import ColonyState, allowed
+
+# Room kept for the registry's own writes on a disk that fills up: a file of this size next to hive.db, made while
+# there is plenty of space, given up the first time a write is refused for lack of room (see `_with_room`), so that
+# stop, destroy and gc, which free space, can still record what they do.
+RESERVE_BYTES = 1 << 20
+RESERVE_WHEN_FREE = 64 << 20  # made only with at least this much free
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with_room(method: F) -> F:
+    """A write that the disk refused for lack of room is made again once, after the reserve is given up."""
+
+    @functools.wraps(method)
+    def write(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc) or not self.give_up_reserve():
+                raise
+            return method(self, *args, **kwargs)
+
+    return cast(F, write)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS colonies(
@@ -162,6 +188,7 @@ class Registry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -177,6 +204,36 @@ class Registry:
             for column, decl in _ADDED_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
+        self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        """Make the reserve if it is missing (new, or given up on a full disk) and the disk has room again."""
+        try:
+            os.stat(self.reserve_path)
+            return
+        except FileNotFoundError:
+            pass
+        try:
+            st = os.statvfs(self.reserve_path.parent)
+            if st.f_bavail * st.f_frsize < RESERVE_WHEN_FREE:
+                return
+            made = self.reserve_path.with_name(self.reserve_path.name + ".new")  # one name: never left behind twice
+            fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)  # blocks taken now, not when written
+            finally:
+                os.close(fd)
+            os.replace(made, self.reserve_path)
+        except OSError:
+            return  # a read-only or racing hive: no reserve this time
+
+    def give_up_reserve(self) -> bool:
+        """Free the reserve for the registry's writes; whether there was one to free."""
+        try:
+            os.unlink(self.reserve_path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _wal(self) -> None:
         """WAL mode, set once per file. Switching takes an exclusive lock and SQLite answers "database is locked"
@@ -214,6 +271,7 @@ class Registry:
 
     # colonies ---------------------------------------------------------------------------------------------
 
+    @_with_room
     def reserve(self, name: str, slots: int, make_row: Callable[[int], dict[str, Any]]) -> ColonyRecord:
         """Insert colony `name` in state `spawning` on the lowest free address slot below `slots`.
 
@@ -248,6 +306,7 @@ class Registry:
     def colonies(self) -> list[ColonyRecord]:
         return [_record(r) for r in self._query(f"SELECT {_COLONY_FIELDS} FROM colonies ORDER BY created_at")]
 
+    @_with_room
     def set_state(self, name: str, state: ColonyState, stage: str = "", reason: str = "") -> None:
         """Move the colony to `state`, if core.lifecycle allows it from the state it is in (else WrongState);
         a colony that is gone (a destroy won the race) stays gone."""
@@ -268,6 +327,7 @@ class Registry:
                 (name, state, stage, reason, now),
             )
 
+    @_with_room
     def update(self, name: str, **fields: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in fields)
         with self.transaction() as db:
@@ -276,6 +336,7 @@ class Registry:
                 (*fields.values(), time.time(), name),
             )
 
+    @_with_room
     def forget_orphans(self) -> int:
         """Delete the rows of colonies that no longer exist (written by a process that lost a race with a
         destroy); how many went."""
@@ -285,6 +346,7 @@ class Registry:
                 gone += db.execute(f"DELETE FROM {table} WHERE colony NOT IN (SELECT name FROM colonies)").rowcount
             return gone
 
+    @_with_room
     def delete_colony(self, name: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM colonies WHERE name=?", (name,))
@@ -297,6 +359,7 @@ class Registry:
 
     # resources --------------------------------------------------------------------------------------------
 
+    @_with_room
     def claim(self, colony: str, kind: str, ident: str, extra: str = "") -> None:
         """Record that `colony` is about to own `kind:ident` (called before the object is made)."""
         with self.transaction() as db:
@@ -305,10 +368,12 @@ class Registry:
                 (kind, ident, colony, extra, time.time()),
             )
 
+    @_with_room
     def release(self, kind: str, ident: str) -> None:
         """Forget `kind:ident` (called after the object is gone)."""
         self.release_many([(kind, ident)])
 
+    @_with_room
     def release_many(self, claims: list[tuple[str, str]]) -> None:
         """Forget several (kind, ident) claims in one write: a stop's four, not four writes contending with every
         other colony's stop for the database's one write lock."""
@@ -331,6 +396,7 @@ class Registry:
 
     # processes --------------------------------------------------------------------------------------------
 
+    @_with_room
     def add_process(self, colony: str, pid: int, starttime: int, kind: str, argv: list[str]) -> None:
         with self.transaction() as db:
             db.execute(
@@ -339,9 +405,11 @@ class Registry:
                 (pid, starttime, colony, kind, json.dumps(argv), time.time()),
             )
 
+    @_with_room
     def remove_process(self, pid: int, starttime: int) -> None:
         self.remove_processes([(pid, starttime)])
 
+    @_with_room
     def remove_processes(self, processes: list[tuple[int, int]]) -> None:
         """Forget several (pid, starttime) processes in one write."""
         if processes:
@@ -355,6 +423,7 @@ class Registry:
 
     # runtime states (services, agent) written by each colony's host for other processes to read ------------
 
+    @_with_room
     def set_runtime(self, colony: str, kind: str, name: str, state: str, detail: str = "") -> None:
         with self.transaction() as db:
             # Only for a colony that exists: a host's last writes may land after a destroy deleted its colony.
@@ -376,12 +445,14 @@ class Registry:
         rows = self._query("SELECT colony, kind, name, state FROM runtime ORDER BY colony, kind DESC, name")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    @_with_room
     def clear_runtime(self, colony: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM runtime WHERE colony=?", (colony,))
 
     # events -----------------------------------------------------------------------------------------------
 
+    @_with_room
     def add_event(self, colony: str, kind: str, message: str) -> None:
         with self.transaction() as db:
             db.execute(

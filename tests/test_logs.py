@@ -189,3 +189,33 @@ def test_a_colony_that_filled_the_disk_with_its_log_can_be_destroyed(hive_env, t
     finally:
         run_stem(hive_env.env, "destroy", "--force", "chatty")
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
+def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hive_env, tmp_path):
+    """The hive keeps 1 MiB next to hive.db while it has room. The disk fills (another program's file, not the
+    colony's): `stem stop` gives the reserve up and is recorded; once there is room again, the next command makes
+    the reserve again."""
+    repo = make_repo(tmp_path / "quietrepo")
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80M", "tmpfs", str(hive_env.home)], check=True)
+    reserve = hive_env.home / "hive.db.reserve"
+    try:
+        env = hive_env.env
+        assert run_stem(env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
+        assert reserve.stat().st_size == 1 << 20
+        filler = hive_env.home / "filler"
+        with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        stopped = run_stem(env, "stop", "quiet")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not reserve.exists()
+        assert "stopped" in run_stem(env, "ls").stdout
+        filler.unlink()
+        started = run_stem(env, "start", "quiet")
+        assert started.returncode == 0, started.stderr
+        assert reserve.stat().st_size == 1 << 20
+        assert not list(hive_env.home.glob("hive.db.reserve.*"))
+    finally:
+        run_stem(hive_env.env, "destroy", "--force", "quiet")
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
