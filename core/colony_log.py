@@ -82,22 +82,20 @@ class ColonyLog:
             return  # the lines are in the ring; the file is tried again in a moment
         try:
             try:
-                st = os.stat(self.path)
+                st: os.stat_result | None = os.stat(self.path)
             except FileNotFoundError:
                 if not self.path.parent.is_dir():
                     self._close()
                     return  # the colony is being destroyed
+                st = None
+            if st is None or self._fd < 0 or st.st_ino != self._inode:  # first write, removed, or rotated elsewhere
                 self._close()
                 size = self._open()
             else:
-                if self._fd < 0 or st.st_ino != self._inode:  # first write, or rotated by another process
-                    self._close()
-                    size = self._open()
-                else:
-                    size = st.st_size
+                size = st.st_size
             if size and size + len(data) > self.max_bytes:
                 # One rotated generation keeps the disk bounded at twice the cap.
-                os.replace(self.path, self.path.with_suffix(".log.1"))
+                os.replace(self.path, rotated(self.path))
                 self._close()
                 self._open()
             view = memoryview(data)
@@ -155,10 +153,15 @@ def parse_line(line: str) -> tuple[str, str, str]:
     return (match.group(1), match.group(2), match.group(3)) if match else ("", "", line)
 
 
+def rotated(path: Path) -> Path:
+    """Where the log's previous generation is kept (colony.log.1)."""
+    return path.with_suffix(".log.1")
+
+
 def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str]:
     """The last `count` wanted lines of the log, looking into the rotated generation when needed."""
     lines: list[str] = []
-    for part in (path.with_suffix(".log.1"), path):
+    for part in (rotated(path), path):
         try:
             lines.extend(line for line in part.read_text(errors="replace").splitlines() if wanted(line))
         except FileNotFoundError:

@@ -27,7 +27,7 @@ from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
-from core.colony_log import ColonyLog, Entry
+from core.colony_log import ColonyLog, Entry, rotated
 from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState, refused_by_disk
@@ -1028,7 +1028,8 @@ class Hive:
         own log files (they go with it), which a chatty service filling the disk made the largest things it has.
         Whether anything was freed."""
         freed = 0
-        for path in (self.layout.colony_log(name), self.layout.colony_log(name).with_suffix(".log.1")):
+        log = self.layout.colony_log(name)
+        for path in (log, rotated(log)):
             try:
                 freed += path.stat().st_size
                 os.truncate(path, 0)

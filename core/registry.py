@@ -368,7 +368,6 @@ class Registry:
                 (kind, ident, colony, extra, time.time()),
             )
 
-    @_with_room
     def release(self, kind: str, ident: str) -> None:
         """Forget `kind:ident` (called after the object is gone)."""
         self.release_many([(kind, ident)])
@@ -405,7 +404,6 @@ class Registry:
                 (pid, starttime, colony, kind, json.dumps(argv), time.time()),
             )
 
-    @_with_room
     def remove_process(self, pid: int, starttime: int) -> None:
         self.remove_processes([(pid, starttime)])
 
