@@ -903,9 +903,12 @@ class Hive:
         outlives a stop (a UI the warm process started runs on until its user quits it)."""
         from core import warm
         from core.host.forker import ForkerPaths, stop
+        from core.locks import held
 
         home = self.layout.home
-        if ForkerPaths.of(home).process() is None and warm.WarmPaths.of(home).process() is None:
+        # Their locks, not their pid files: a server holds its lock from its first moment, and one still starting
+        # (a cold command's warm-up preloads for a second before writing its pid file) must not be missed.
+        if not held(ForkerPaths.of(home).lock) and not held(warm.WarmPaths.of(home).lock):
             return
         if not self.any_host_running():
             stop(home)

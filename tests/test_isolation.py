@@ -38,6 +38,13 @@ def spawn(hive_env, name: str, repo: Path) -> dict:
     return next(r for r in rows if r["name"] == name)
 
 
+def _whole_line(path: Path) -> bool:
+    try:
+        return path.read_text().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
 def inside(hive_env, name: str, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run_stem({**hive_env.env, **(env or {})}, "exec", name, "--", "sh", "-c", script)
 
@@ -350,7 +357,8 @@ def test_a_colonys_processes_see_and_signal_one_another_and_share_one_tmp(hive_e
         f"ps -e -o pid=,args= > agent-ps.txt; cat /tmp/from-service.txt > agent-tmp.txt; "
         f"kill -USR1 {service}; kill -0 {host[0]} && echo reached > agent-kill.txt || echo refused > agent-kill.txt",
     )
-    wait_for(lambda: (a_tree / "agent-kill.txt").exists(), what="the agent's commands to run")
+    # The shell makes the file for the redirect before echo writes to it: wait for the whole line.
+    wait_for(lambda: _whole_line(a_tree / "agent-kill.txt"), what="the agent's commands to run")
     assert (a_tree / "agent-kill.txt").read_text() == "refused\n"  # the host's pid names nothing in the colony
     agent_ps = (a_tree / "agent-ps.txt").read_text()
     assert lists_service(agent_ps, service), agent_ps
