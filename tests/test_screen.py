@@ -175,6 +175,7 @@ STREAMS = {
     "man": lambda: recorded("man.bin"),
     "top-colour": lambda: recorded("top_colour.bin"),
     "tmux": lambda: recorded("tmux.bin"),
+    "codex": lambda: recorded("codex.bin"),
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
     "vim-less-curses-repeated": lambda: (recorded("vim.bin") + recorded("less.bin") + recorded("curses.bin")) * 3,
@@ -232,6 +233,9 @@ def test_recordings_cover_what_they_claim() -> None:
         assert b"\x1b[?1049h" in recorded(f"{name}.bin"), name
     assert recorded("tmux.bin").count(b"r\x1b[") > 5 and recorded("vim_syntax.bin").count(b"\x1b[38;5;") > 20
     assert recorded("top_colour.bin").count(b"\x1b[1m") > 100
+    # A real agent CLI (Codex, offline): frames in synchronized output, walked from its first menu to typing a key
+    codex = recorded("codex.bin")
+    assert codex.count(b"\x1b[?2026h") > 5 and b"\x1b[?1049h" in codex and b"sk-not-a-real-ke" in codex
 
 
 @pytest.mark.parametrize("seed", range(10))

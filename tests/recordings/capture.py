@@ -16,10 +16,13 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
   sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
                 full-screen programs as users run them beside an agent, checked against pyte by the screen tests
+  codex.bin     OpenAI's Codex CLI (`codex`, from npm; skipped when missing), offline: its sign-in menu walked to
+                the API key field, a key typed and edited
 
 The capture is made deterministic by fixed inputs: a fixed environment (TERM=xterm-256color, COLORTERM=truecolor,
 LANG=C.UTF-8, TZ=UTC, an empty HOME), generated files, and keys sent only once the program has gone quiet. Queries
-the programs send (DA, DSR) are answered the way xterm would, so they do not wait on timeouts. What the timed
+the programs send (DA, DSR, DECRQM, OSC 10/11) are answered by a `StemScreen`, as in a colony, so they do not wait
+on timeouts. What the timed
 programs (Textual, rich Live, top) draw between refreshes depends on timing, and top shows the machine's
 processes, so their bytes differ from one capture to the next. The bytes are committed; rerun only to refresh them.
 """
@@ -30,12 +33,16 @@ import os
 import random
 import re
 import select
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ptyprocess import PtyProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from core.screen import StemScreen
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -46,18 +53,10 @@ TMUX_VIM = "vim -u NONE -N colonies.py"
 QUIET = 0.4  # seconds without output that count as "the program is waiting for a key"
 
 
-def _answer(chunk: bytes, proc: PtyProcess, cursor: tuple[int, int]) -> None:
-    """Answer terminal queries so programs do not stall; the answers do not change what they draw."""
-    if b"\x1b[c" in chunk or b"\x1b[0c" in chunk:
-        proc.write(b"\x1b[?62;22c")
-    if b"\x1b[>c" in chunk:
-        proc.write(b"\x1b[>41;330;0c")
-    if b"\x1b[6n" in chunk:
-        proc.write(f"\x1b[{cursor[0]};{cursor[1]}R".encode())
-
-
-def _drain(proc: PtyProcess, out: bytearray, quiet: float) -> bool:
-    """Read until nothing arrives for `quiet` seconds; False once the program has exited."""
+def _drain(proc: PtyProcess, out: bytearray, quiet: float, screen: StemScreen) -> bool:
+    """Read until nothing arrives for `quiet` seconds; False once the program has exited. Everything read goes
+    through a `StemScreen` too, which answers the program's queries (DA, DSR, DECRQM, OSC 10/11) as Stem does, so
+    programs neither stall nor draw differently than they would in a colony."""
     while True:
         ready, _, _ = select.select([proc.fd], [], [], quiet)
         if not ready:
@@ -69,11 +68,12 @@ def _drain(proc: PtyProcess, out: bytearray, quiet: float) -> bool:
         if not chunk:
             return False
         out += chunk
-        _answer(chunk, proc, (1, 1))
+        screen.queries.feed(chunk, screen.feed)
 
 
-def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path) -> bytes:
-    """Run `argv` under a 120x40 PTY, send each of `keys` once output is quiet, return everything written."""
+def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path, quiet: float = QUIET) -> bytes:
+    """Run `argv` under a 120x40 PTY, send each of `keys` once output has been quiet for `quiet` seconds, return
+    everything written."""
     env = {
         "TERM": "xterm-256color",
         "COLORTERM": "truecolor",
@@ -89,16 +89,18 @@ def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path) -> bytes:
     }
     proc = PtyProcess.spawn(argv, cwd=str(cwd), env=env, dimensions=(ROWS, COLS))
     out = bytearray()
+    screen = StemScreen(COLS, ROWS)
+    screen.set_responder(proc.write)
     try:
-        alive = _drain(proc, out, QUIET)
+        alive = _drain(proc, out, quiet, screen)
         for key in keys:
             if not alive:
                 raise RuntimeError(f"{argv[0]} exited before key {key!r}")
             proc.write(key)
-            alive = _drain(proc, out, QUIET)
+            alive = _drain(proc, out, quiet, screen)
         deadline = time.monotonic() + 10
         while alive and time.monotonic() < deadline:
-            alive = _drain(proc, out, QUIET)
+            alive = _drain(proc, out, quiet, screen)
             if proc.isalive():
                 continue
             break
@@ -261,6 +263,20 @@ def main() -> int:
                 home,
             ),
         }
+        codex = os.environ.get("STEM_CAPTURE_CODEX") or shutil.which("codex")
+        if codex:
+            jobs["codex.bin"] = lambda: capture(
+                [codex],
+                [b"\x1b[B", b"\x1b[B", b"\r", b"\r", b"sk-not-a-real-key", b"\x1b[D\x1b[D", b"\x7f", b"\x1b[C"],
+                work,
+                home,
+                quiet=4.0,  # offline, Codex draws its first screen 2-3 s after it starts
+            )
+        elif not wanted or "codex.bin" in wanted:
+            print("codex.bin: no codex here (npm install @openai/codex, or set STEM_CAPTURE_CODEX)", file=sys.stderr)
+            if "codex.bin" in wanted:
+                return 2
+            wanted.discard("codex.bin")
         unknown = wanted - set(jobs)
         if unknown:
             print(f"unknown recordings: {', '.join(sorted(unknown))}; known: {', '.join(jobs)}", file=sys.stderr)
