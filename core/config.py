@@ -84,6 +84,7 @@ class ServiceSpec:
     ready: str | None = None  # "tcp", "http:/path", or None (ready once started)
     ready_timeout: float = 30.0
     depends_on: tuple[str, ...] = ()
+    preview: bool = True  # a route through the preview port once ready (false for a database, a queue: not HTTP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +306,9 @@ def _service(doc: TomlDoc, name: str, raw: dict[str, Any]) -> ServiceSpec:
         ready_timeout = doc.positive_number(t, ("ready_timeout",), raw["ready_timeout"])
 
     depends_on = doc.strings(t, ("depends_on",), raw.get("depends_on", []))
+    preview = doc.boolean(t, ("preview",), raw["preview"]) if "preview" in raw else True
+    if preview and port is None and "preview" in raw:
+        doc.fail(t, ("preview",), f"a preview needs a port: add port = ... to [services.{name}]")
     return ServiceSpec(
         name=name,
         command=command,
@@ -315,6 +319,7 @@ def _service(doc: TomlDoc, name: str, raw: dict[str, Any]) -> ServiceSpec:
         ready=ready,
         ready_timeout=ready_timeout,
         depends_on=tuple(dict.fromkeys(depends_on)),  # a repeated name means nothing more
+        preview=preview,
     )
 
 

@@ -277,7 +277,8 @@ class ColonyRuntime:
         self._emit(event)
         if self.preview is not None and isinstance(event, ServiceState):
             runner = self.services.services.get(event.service)
-            self.preview.service_state(event.service, event.state, runner.spec.port if runner is not None else None)
+            port = runner.spec.port if runner is not None and runner.spec.preview else None
+            self.preview.service_state(event.service, event.state, port)
 
     async def _colony_running(self) -> bool:
         rec = await asyncio.to_thread(self._registry.find, self.rec.name)

@@ -430,6 +430,17 @@ def test_ready_probe_needs_port() -> None:
     )
 
 
+def test_preview_is_on_for_a_service_with_a_port_unless_turned_off() -> None:
+    cfg = parse('[services.web]\ncommand = "x"\nport = 80\n[services.db]\ncommand = "y"\nport = 5432\npreview = false')
+    assert (cfg.services["web"].preview, cfg.services["db"].preview) == (True, False)
+    assert error_of('[services.web]\ncommand = "x"\npreview = true\n') == (
+        "colony.toml:3: [services.web] preview: a preview needs a port: add port = ... to [services.web]"
+    )
+    assert error_of('[services.db]\ncommand = "x"\nport = 5432\npreview = "no"\n') == (
+        "colony.toml:4: [services.db] preview: must be true or false (got string 'no')"
+    )
+
+
 @pytest.mark.parametrize("port", [0, 65536, -1])
 def test_port_range(port: int) -> None:
     assert error_of(f'[services.web]\ncommand = "x"\nport = {port}\n') == (

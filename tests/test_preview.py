@@ -97,6 +97,23 @@ def test_two_colonies_on_port_3000_are_each_reached_by_name_through_the_one_port
 
 
 @pytest.mark.root
+def test_a_service_with_preview_off_gets_no_route(hive_env, tmp_path):
+    """A database or queue listens on a port but speaks no HTTP: `preview = false` keeps it out of the proxy (no
+    URL in `stem ls`, the log or the UI), while it is still ready by its port."""
+    fake_agent_config(hive_env)
+    db = '[services.db]\ncommand = "exec python3 -m http.server 5432"\nport = 5432\npreview = false\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE + db)
+    spawn(hive_env, repo, "a")
+    port = preview_port(hive_env)
+    row = listed(hive_env)["a"]
+    assert row["preview"] == {"web": f"http://web-a.localhost:{port}/"}
+    assert row["services"]["db"] == "ready"
+    assert (through(port, "db-a.localhost") or (0, ""))[0] == 404
+    log = run_stem(hive_env.env, "logs", "a").stdout
+    assert f"web at http://web-a.localhost:{port}/" in log and "db-a.localhost" not in log
+
+
+@pytest.mark.root
 def test_the_route_goes_when_the_service_stops_and_returns_when_it_starts(hive_env, tmp_path):
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
