@@ -83,6 +83,7 @@ from core.screen_cells import (
     SgrMoves,
     cells_ok,
     chars_for,
+    colon_sgr,
     fill,
     narrow_text,
     new_row,
@@ -140,6 +141,12 @@ _TOKEN_PATTERN = (
     r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 17-18: OSC (title)
     r"|([\x00\x07-\x0d\x7f])"  # 19: C0 controls pyte acts on or ignores
     r"|\x1b\[>(0?)c"  # 20: DA2 (pyte would take it for DA)
+    # 21-24: any other CSI, as ECMA-48 frames it: a leader (< = > ?), parameters with colons, intermediates. pyte's
+    # parser takes the first byte it does not know for the final one and prints the rest: `CSI < u` (the kitty
+    # keyboard pop Claude Code and Textual send on exit) left a "u", and `CSI > 4 ; 2 m` (XTMODKEYS, vim's
+    # start) was taken for SGR 4;2 and underlined everything after it. xterm acts on the colon form of SGR and
+    # ignores the rest.
+    r"|\x1b\[([<=>?]?)([0-9;:]*+)([ -/]*+)([@-~])"
     r"|[\s\S]"  # no group: pyte's parser
 )
 _TOKEN = re.compile(_TOKEN_PATTERN)
@@ -149,6 +156,7 @@ _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(_PAINT_RUN, _PAINT_RUN.replace(
 _T_PAINT = frozenset(range(3, 9))  # the last group of a paint that matched: a move alone ends with group 3 or 4
 _T_PLAIN_RUN = 7  # the last group of a paint without a move is 7 or 8
 _T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA2 = 9, 10, 13, 14, 15, 16, 18, 19, 20
+_T_OTHER_CSI = 24
 # Designations a paint token's run may hold (`_PAINT_RUN`).
 _DESIGNATIONS = ("\x1b(B", "\x1b(0")
 
@@ -170,7 +178,7 @@ _NO_SEQS: list[str] = []
 # sequence, an EL or a CR LF by the end of the read.
 _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
 # The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
-_UNFINISHED = re.compile(r"\x1b(?:\[[?>0-9;]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
+_UNFINISHED = re.compile(r"\x1b(?:\[[<=>?]?[0-9;:]*+[ -/]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
 _MAX_UNFINISHED = 4096
 # The longest start of a line kept unparsed after held batch rows while reads go on with it (see `feed`).
 _MAX_LINE = 65536
@@ -1121,6 +1129,11 @@ class StemScreen(pyte.Screen):
                         self.set_title(param)
                 elif kind == _T_DA2:
                     self.queries.secondary_device_attributes()
+                elif kind == _T_OTHER_CSI:
+                    leader, params, between, final = m.group(21, 22, 23, 24)
+                    if final == "m" and not leader and not between:  # SGR with colons: 38:2::R:G:B, 4:3, ...
+                        cursor = self._cur
+                        cursor.attrs = sgr_apply(cursor.attrs, colon_sgr(params), mo.DECSCNM in self.mode)
                 elif kind == _T_CHARSET:
                     plain = None
                     designation = m.group(16)

@@ -323,6 +323,30 @@ def parse_params(params: str) -> tuple[int, ...]:
     return tuple(min(int(p), 9999) if p else 0 for p in parts)
 
 
+def colon_sgr(params: str) -> str:
+    """SGR parameters with colon sub-parameters (ITU T.416, as kitty, VTE and newer xterm take them) in the
+    semicolon form pyte reads: `38:2::R:G:B` and `38:2:R:G:B` to `38;2;R;G;B`, `38:5:N` to `38;5;N` (48 the
+    same), `4:0` (no underline) to 24 and the other underline styles (`4:3`, curly) to 4; the underline colour
+    (`58:...`) is dropped, as is a colour in a space pyte lacks; any other parameter keeps only its first part."""
+    out: list[str] = []
+    for part in params.split(";"):
+        if ":" not in part:
+            out.append(part)
+            continue
+        code, *sub = part.split(":")
+        if code in ("38", "48") and sub:
+            if sub[0] == "5" and len(sub) >= 2:
+                out += [code, "5", sub[1] or "0"]
+            elif sub[0] == "2" and len(sub) >= 4:
+                rgb = sub[2:5] if len(sub) >= 5 else sub[1:4]  # with the colour space id (often empty) or without
+                out += [code, "2", *(c or "0" for c in rgb)]
+        elif code == "4":
+            out.append("24" if sub[0] == "0" else "4")
+        elif code != "58":
+            out.append(code)
+    return ";".join(out)
+
+
 def sgr_apply(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool) -> Char:
     """The cursor attributes after SGR `params` (a parameter string or parsed ints) starting from `attrs`, as
     pyte's `select_graphic_rendition` leaves them; `reverse_screen` is DECSCNM, which changes what "reset"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import random
+import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -96,10 +97,59 @@ def chunks(data: bytes, size: int | None) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+# A CSI sequence as ECMA-48 frames it: leader, parameters (colons too), intermediates, final.
+_ANY_CSI = re.compile(rb"\x1b\[([<=>?]?)([0-9;:]*)([ -/]*)([@-~])")
+
+
+def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
+    """What xterm does with a CSI sequence, in a form stock pyte reads alike: pyte takes the first byte it does
+    not know for the final one and prints the rest (`CSI < u` leaves "u", `CSI > 4 ; 2 m` underlines). SGR with
+    colon sub-parameters becomes its semicolon form; any other sequence with a leader (but DA2), colons or
+    intermediates is dropped, as xterm ignores what it does not implement."""
+    leader, params, between, final = m.groups()
+    if not (leader in (b"<", b"=", b">") or b":" in params or between) or (leader == b">" and final == b"c"):
+        return m.group()
+    if leader or between or final != b"m":
+        return b""
+    out = []
+    for part in params.split(b";"):
+        code, _, sub = part.partition(b":")
+        subs = sub.split(b":") if sub else []
+        if code in (b"38", b"48") and subs[:1] == [b"5"] and len(subs) > 1:
+            out.append(b"%s;5;%d" % (code, int(subs[1] or 0)))
+        elif code in (b"38", b"48") and subs[:1] == [b"2"] and len(subs) > 3:
+            r, g, b = (int(v or 0) for v in (subs[2:5] if len(subs) > 4 else subs[1:4]))
+            out.append(b"%s;2;%d;%d;%d" % (code, r, g, b))
+        elif code == b"4" and subs:
+            out.append(b"24" if subs[0] == b"0" else b"4")
+        elif code not in (b"38", b"48", b"58"):
+            out.append(code)
+    return b"\x1b[" + b";".join(out) + b"m"
+
+
+# The start of a CSI sequence cut by the end of a feed.
+_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*)?\Z")
+
+
+class RefStream(pyte.ByteStream):
+    """Stock pyte's ByteStream, given each CSI sequence as xterm reads it (`_as_xterm_reads`); a sequence cut by
+    the end of a feed waits for the next."""
+
+    def __init__(self, screen: pyte.Screen) -> None:
+        super().__init__(screen)
+        self.carry = b""
+
+    def feed(self, data: bytes) -> None:  # type: ignore[override]
+        data = self.carry + data
+        cut = _CUT_CSI.search(data)
+        self.carry = data[cut.start() :] if cut else b""
+        super().feed(_ANY_CSI.sub(_as_xterm_reads, data[: cut.start()] if cut else data))
+
+
 def reference(data: bytes, size: int | None) -> pyte.Screen:
-    """Stock pyte (Screen + ByteStream) on the stream, or AltRef if the stream switches screens."""
+    """Stock pyte (Screen + RefStream) on the stream, or AltRef if the stream switches screens."""
     screen = AltRef(COLS, ROWS) if uses_alternate_screen(data) else StockRef(COLS, ROWS)
-    stream = pyte.ByteStream(screen)
+    stream = RefStream(screen)
     for chunk in chunks(data, size if chunk_sensitive(data) else None):
         stream.feed(chunk)
     return screen
@@ -206,6 +256,32 @@ def test_final_screen_equals_stock_pyte(name: str, size: int | None) -> None:
     assert_same_screen(expected, stem(data, size))
 
 
+@pytest.mark.parametrize(
+    ("sent", "fg", "underline"),
+    [
+        (b"\x1b[<u", "default", False),  # kitty keyboard pop: Claude Code, Codex and Textual on exit
+        (b"\x1b[<1u\x1b[=1;1u\x1b[>7u", "default", False),  # pop, set, push
+        (b"\x1b[>4;2m", "default", False),  # XTMODKEYS (vim at start), not SGR 4;2
+        (b'\x1b[=c\x1b[2 q\x1b[!p\x1b[61;1"p\x1b[#{', "default", False),  # DA3, cursor style, DECSTR, ...
+        (b"\x1b[38:2::255:128:0m", "ff8000", False),  # colon truecolour, with the colour space left empty
+        (b"\x1b[38:2:255:128:0m", "ff8000", False),  # and without it
+        (b"\x1b[38:5:196;4:3m", "ff0000", True),  # 256 colours, curly underline
+        (b"\x1b[4m\x1b[4:0m\x1b[58:2::9:9:9m", "default", False),  # underline off; underline colour ignored
+    ],
+)
+def test_sequences_pyte_misreads_are_read_as_xterm_does(sent: bytes, fg: str, underline: bool) -> None:
+    """Stock pyte takes the first byte it does not know in a CSI sequence for its final one and prints the rest:
+    a stray "u" where Claude Code exited, everything underlined after vim's start. Stem reads the whole sequence,
+    acts on SGR's colon form and ignores the rest, at every cut of the bytes."""
+    data = b"A" + sent + b"B"
+    for size in (1, 2, 3, None):
+        screen = stem(data, size)
+        assert screen.display[0].rstrip() == "AB", (sent, size)
+        cell = screen.buffer[0][1]
+        assert (cell.fg, cell.underscore) == (fg, underline), (sent, size)
+        assert screen.errors == 0
+
+
 def test_recordings_cover_what_they_claim() -> None:
     """The streams exercise the paths they are named for; a silently emptied recording would pass the rest."""
     assert recorded("seq.bin").startswith(b"1\r\n2\r\n") and recorded("seq.bin").endswith(b"20000\r\n")
@@ -287,7 +363,7 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
     size = (1, 7, 64, 4096, None)[seed % 5]
     assert_same_screen(reference(data, size), stem(data, size))
     history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
-    pyte.ByteStream(history).feed(data)
+    RefStream(history).feed(data)
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
     screen = stem(data, size)
     assert len(screen.scrollback) == len(expected) > 0
@@ -304,7 +380,7 @@ def test_flood_lines_with_controls_equal_history_screen(seed: int) -> None:
     data = streams.flood_with_controls(seed, colour=seed % 3 != 0)
     size = (64, 257, 1000, 4096, 4096, 9000)[seed]
     history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
-    pyte.ByteStream(history).feed(data)
+    RefStream(history).feed(data)
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
     screen = stem(data, size)
     assert_same_screen(reference(data, size), screen)
@@ -323,7 +399,7 @@ def test_wrapped_lines_scrolled_away_in_a_batch_equal_history_screen(seed: int) 
     data = streams.wrapping_flood(seed)
     size = (7, 64, 4096, None)[seed % 4]
     history = pyte.HistoryScreen(COLS, ROWS, history=300)
-    pyte.ByteStream(history).feed(data)
+    RefStream(history).feed(data)
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
     screen = stem(data, size, scrollback=300)
     assert_same_screen(reference(data, size), screen)
@@ -409,7 +485,7 @@ def test_reads_between_feeds_see_what_pyte_shows(name: str, size: int) -> None:
         data = data[:30_000]  # enough lines and frames cut every few bytes; the whole stream is read in 4 KiB
     assert not chunk_sensitive(data)
     expected = AltRef(COLS, ROWS) if uses_alternate_screen(data) else StockRef(COLS, ROWS)
-    ref_stream = pyte.ByteStream(expected)
+    ref_stream = RefStream(expected)
     screen = StemScreen(COLS, ROWS)
     rng = random.Random(size)
     shown = [row_cells(screen, y) for y in range(ROWS)]
@@ -605,7 +681,7 @@ def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""
     data = make()
     history = pyte.HistoryScreen(COLS, ROWS, history=100_000)
-    pyte.ByteStream(history).feed(data)
+    RefStream(history).feed(data)
     expected = [[row[x] for x in range(COLS)] for row in history.history.top]
     for size in (7, 4096, None):
         screen = stem(data, size)
