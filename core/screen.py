@@ -136,7 +136,7 @@ _TOKEN_PATTERN = (
     r"|((?:\x1b\[2K\x1b\[1A)++)"  # 10: erase the row and go up, again and again (rich's Live redraw)
     r"|\x1b\[(\??)([0-9;]*+)([@-~])"  # 11-13: CSI with plain parameters
     "|(" + pyte.Stream._text_pattern.pattern + ")"  # 14: any other text, exactly pyte's notion of it
-    r"|\x1b([^\[\]#%()])"  # 15: two-character escape
+    r"|\x1b([^\[\]#%()P_^X])"  # 15: two-character escape
     r"|\x1b([()][\s\S])"  # 16: G0/G1 charset designation
     r"|\x1b\]([^RP])([^\x07\x1b\x9c]*)(?:\x07|\x9c|\x1b\\)"  # 17-18: OSC (title)
     r"|([\x00\x07-\x0d\x7f])"  # 19: C0 controls pyte acts on or ignores
@@ -147,6 +147,9 @@ _TOKEN_PATTERN = (
     # start) was taken for SGR 4;2 and underlined everything after it. xterm acts on the colon form of SGR and
     # ignores the rest.
     r"|\x1b\[([<=>?]?)([0-9;:]*+)([ -/]*+)([@-~])"
+    # 25: a control string (DCS, APC, PM, SOS: vim's probe and XTGETTCAP queries, kitty graphics) to its ST, or to
+    # the ESC that aborts it, or (empty) to the end of the feed. pyte printed its contents; xterm shows nothing.
+    r"|\x1b[P_^X][^\x1b\x9c]*+(\x1b\\|\x9c|)"
     r"|[\s\S]"  # no group: pyte's parser
 )
 _TOKEN = re.compile(_TOKEN_PATTERN)
@@ -156,7 +159,7 @@ _TOKEN_ASCII = re.compile(_TOKEN_PATTERN.replace(_PAINT_RUN, _PAINT_RUN.replace(
 _T_PAINT = frozenset(range(3, 9))  # the last group of a paint that matched: a move alone ends with group 3 or 4
 _T_PLAIN_RUN = 7  # the last group of a paint without a move is 7 or 8
 _T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA2 = 9, 10, 13, 14, 15, 16, 18, 19, 20
-_T_OTHER_CSI = 24
+_T_OTHER_CSI, _T_STRING = 24, 25
 # Designations a paint token's run may hold (`_PAINT_RUN`).
 _DESIGNATIONS = ("\x1b(B", "\x1b(0")
 
@@ -342,6 +345,9 @@ class StemScreen(pyte.Screen):
         # The last batch line cut into rows by `_draw_spec`: the line, the attributes it starts with, its rows.
         self._pieces: tuple[str, CharCache, list[Sequence[Char]]] | None = None
         self._tail = ""
+        # Inside a control string cut by the end of a feed (`_T_STRING`): "" no, "in" yes, "esc" yes and the feed
+        # ended with an ESC that may begin its ST.
+        self._in_string = ""
         self.bells = 0
         self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
         self.version = 0
@@ -489,6 +495,7 @@ class StemScreen(pyte.Screen):
         if self._held:
             self._release()
         self._tail = ""
+        self._in_string = ""
         if getattr(self, "_alt_active", False) and self._main_buffer is not None:
             self.buffer = self._main_buffer
         self._alt_active = False
@@ -953,6 +960,8 @@ class StemScreen(pyte.Screen):
         return node
 
     def _feed_text(self, text: str, batch: bool = True) -> None:
+        if self._in_string:
+            text = self._string_end(text)
         stream = self._stream
         pos, n = 0, len(text)
         if not stream._taking_plain_text:
@@ -1129,6 +1138,14 @@ class StemScreen(pyte.Screen):
                         self.set_title(param)
                 elif kind == _T_DA2:
                     self.queries.secondary_device_attributes()
+                elif kind == _T_STRING:
+                    end = m.end()
+                    if end == n and not m.group(25):  # cut by the end of the feed: the rest is dropped as it comes
+                        self._in_string = "in"
+                    elif end == n - 1 and not m.group(25):  # an ESC last: its ST, or the start of what aborts it
+                        self._in_string = "esc"
+                        pos = n
+                        break
                 elif kind == _T_OTHER_CSI:
                     leader, params, between, final = m.group(21, 22, 23, 24)
                     if final == "m" and not leader and not between:  # SGR with colons: 38:2::R:G:B, 4:3, ...
@@ -1151,6 +1168,23 @@ class StemScreen(pyte.Screen):
                     break
             else:
                 pos = n
+
+    def _string_end(self, text: str) -> str:
+        """The text after the end of the control string the last feed left open (`_T_STRING`)."""
+        if self._in_string == "esc":
+            self._in_string = ""
+            return text[1:] if text[:1] == "\\" else "\x1b" + text
+        end = min((i for i in (text.find("\x1b"), text.find("\x9c")) if i >= 0), default=-1)
+        if end < 0:
+            return ""
+        if text[end] == "\x9c" or text[end + 1 : end + 2] == "\\":
+            self._in_string = ""
+            return text[end + 1 + (text[end] == "\x1b") :]
+        if end == len(text) - 1:
+            self._in_string = "esc"
+            return ""
+        self._in_string = ""
+        return text[end:]  # an ESC that aborts the string begins what comes next
 
     def _erase_up(self, count: int) -> None:
         """`count` times EL 2 then CUU 1: each row erased (every cell written when the paint is, as pyte does), then

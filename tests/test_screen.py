@@ -127,13 +127,16 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
     return b"\x1b[" + b";".join(out) + b"m"
 
 
-# The start of a CSI sequence cut by the end of a feed.
-_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*)?\Z")
+# A control string (DCS, APC, PM, SOS) to its ST, or up to the ESC that aborts it: xterm shows nothing of it,
+# pyte printed its contents.
+_CONTROL_STRING = re.compile(rb"\x1b[P_^X][^\x1b\x9c]*(?:\x1b\\|\x9c|(?=\x1b))")
+# The start of a CSI sequence or a control string cut by the end of a feed.
+_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*|[P_^X][^\x1b\x9c]*\x1b?)?\Z")
 
 
 class RefStream(pyte.ByteStream):
-    """Stock pyte's ByteStream, given each CSI sequence as xterm reads it (`_as_xterm_reads`); a sequence cut by
-    the end of a feed waits for the next."""
+    """Stock pyte's ByteStream, given each CSI sequence as xterm reads it (`_as_xterm_reads`) and no control
+    strings; a sequence or string cut by the end of a feed waits for the next."""
 
     def __init__(self, screen: pyte.Screen) -> None:
         super().__init__(screen)
@@ -143,7 +146,8 @@ class RefStream(pyte.ByteStream):
         data = self.carry + data
         cut = _CUT_CSI.search(data)
         self.carry = data[cut.start() :] if cut else b""
-        super().feed(_ANY_CSI.sub(_as_xterm_reads, data[: cut.start()] if cut else data))
+        whole = _CONTROL_STRING.sub(b"", data[: cut.start()] if cut else data)
+        super().feed(_ANY_CSI.sub(_as_xterm_reads, whole))
 
 
 def reference(data: bytes, size: int | None) -> pyte.Screen:
@@ -267,14 +271,20 @@ def test_final_screen_equals_stock_pyte(name: str, size: int | None) -> None:
         (b"\x1b[38:2:255:128:0m", "ff8000", False),  # and without it
         (b"\x1b[38:5:196;4:3m", "ff0000", True),  # 256 colours, curly underline
         (b"\x1b[4m\x1b[4:0m\x1b[58:2::9:9:9m", "default", False),  # underline off; underline colour ignored
+        (b"\x1bPzz\x1b\\\x1b[0%m", "default", False),  # vim's probe: a DCS, then a CSI with an intermediate
+        (b"\x1bP+q544e\x1b\\\x1b_Gf=100;AAAA\x1b\\", "default", False),  # XTGETTCAP, a kitty graphics APC
+        (b"\x1b^pm\x1b\\\x1bXsos\xc2\x9c", "default", False),  # PM and SOS, one ended by ST as U+009C
+        (b"\x1bP" + b"x" * 9000 + b"\x1b\\", "default", False),  # a string longer than a read
+        (b"\x1bPabc\x1b[31m", "red", False),  # a string aborted by the ESC of what follows
     ],
 )
 def test_sequences_pyte_misreads_are_read_as_xterm_does(sent: bytes, fg: str, underline: bool) -> None:
     """Stock pyte takes the first byte it does not know in a CSI sequence for its final one and prints the rest:
-    a stray "u" where Claude Code exited, everything underlined after vim's start. Stem reads the whole sequence,
-    acts on SGR's colon form and ignores the rest, at every cut of the bytes."""
+    a stray "u" where Claude Code exited, everything underlined after vim's start; and the contents of control
+    strings. Stem reads the whole sequence, acts on SGR's colon form and ignores the rest, at every cut of the
+    bytes."""
     data = b"A" + sent + b"B"
-    for size in (1, 2, 3, None):
+    for size in (1, 2, 3, 4096, None):
         screen = stem(data, size)
         assert screen.display[0].rstrip() == "AB", (sent, size)
         cell = screen.buffer[0][1]

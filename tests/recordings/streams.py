@@ -254,9 +254,10 @@ def autowrap() -> bytes:
 _FUZZ_TEXT = ["hello", "x", " ", "中文", "é", "a\u0301", "─", "😀", "0123456789" * 13, "word " * 30]
 
 
-# CSI sequences real programs send that stock pyte misreads: the kitty keyboard protocol (push, pop, set: Codex,
-# Claude Code, Textual), XTMODKEYS (vim), DA3, cursor style, DECSCL, XTPUSHSGR, DECRQM, and SGR with colon
-# sub-parameters (truecolour, 256 colours, curly and no underline, underline colour).
+# Sequences real programs send that stock pyte misreads: the kitty keyboard protocol (push, pop, set: Codex,
+# Claude Code, Textual), XTMODKEYS (vim), DA3, cursor style, DECSCL, XTPUSHSGR, DECRQM, SGR with colon
+# sub-parameters (truecolour, 256 colours, curly and no underline, underline colour), and control strings (vim's
+# DCS probe, XTGETTCAP, kitty graphics, PM, SOS).
 _XTERM_ONLY = [
     f"{CSI}>1u",
     f"{CSI}<u",
@@ -273,6 +274,11 @@ _XTERM_ONLY = [
     f"{CSI}1;38:5:196;4:3m",
     f"{CSI}4:0m",
     f"{CSI}58:2::255:0:0m",
+    f"{ESC}Pzz{ESC}\\{CSI}0%m",
+    f"{ESC}P+q544e{ESC}\\",
+    f"{ESC}_Gf=100,a=T;{'QUFB' * 300}{ESC}\\",
+    f"{ESC}^pm{ESC}\\{ESC}Xsos\x9c",
+    f"{ESC}Pabc",  # aborted by what follows
 ]
 
 
