@@ -65,7 +65,7 @@ from typing import Any, cast
 import pyte
 from pyte import charsets as cs
 from pyte import modes as mo
-from pyte.screens import Char, Cursor, Savepoint, wcwidth
+from pyte.screens import Char, Cursor, Savepoint
 
 from core.screen_cells import (
     DEFAULT_CHAR,
@@ -81,6 +81,7 @@ from core.screen_cells import (
     Piece,
     Row,
     SgrMoves,
+    cell_width,
     cells_ok,
     chars_for,
     colon_sgr,
@@ -363,6 +364,18 @@ class StemScreen(pyte.Screen):
         self._esc: dict[str, Callable[[], None]] = {
             char: getattr(self, name) for char, name in pyte.Stream.escape.items()
         }
+        self._csi.update(
+            {
+                "S": self.scroll_up,
+                "T": self.scroll_down,
+                "b": self.repeat_character,
+                "Z": self.back_tab,
+                "I": self.forward_tab,
+                "`": self.cursor_to_column,
+                "s": self.save_cursor_ansi,
+                "u": self.restore_cursor_ansi,
+            }
+        )  # what xterm-256color's terminfo offers (indn, rin, rep, cbt) and pyte lacks
         self._esc.update(self.queries.escapes())  # DECKPAM, DECKPNM (pyte has neither)
         self._params_cache: dict[str, tuple[int, ...]] = {}
         self._chars = chars_for(DEFAULT_CHAR)  # the node of the cursor's attributes when last looked up
@@ -579,11 +592,19 @@ class StemScreen(pyte.Screen):
             and self.charset == 0
             and self.g0_charset is cs.LAT1_MAP
         ):
-            # Insert mode, other charsets, odd cursor positions: pyte itself.
+            # Insert mode, other charsets, odd cursor positions: pyte itself, but for zero-width and unprintable
+            # characters, at which pyte would drop the rest of the text (`join_zero_width`).
             y = cursor.y
-            super().draw(data)
-            # pyte combines a leading zero-width character into the previous row without marking it.
-            self.dirty.update((y - 1, y))
+            start = 0
+            for i, char in enumerate(data):
+                if char not in NARROW and (width := cell_width(char)) <= 0:
+                    if i > start:
+                        super().draw(data[start:i])
+                    start = i + 1
+                    if width == 0:
+                        self._join(char)
+            super().draw(data[start:] if start else data)
+            self.dirty.update((y - 1, y, self._cur.y))
             return
         if data.isascii() and data.isprintable():
             self._draw_narrow(data)
@@ -598,15 +619,14 @@ class StemScreen(pyte.Screen):
             char = data[i]
             if char in narrow:
                 continue
-            width = wcwidth(char)
+            width = cell_width(char)
             if width == 1:
                 narrow.add(char)
                 continue
             if i > start:
                 self._draw_narrow(data[start:i])
             start = pos
-            if not self._draw_other(char, width):
-                return  # pyte stops at an unprintable character and drops the rest of the text
+            self._draw_other(char, width)
         if start < len(data):
             self._draw_narrow(data[start:] if start else data)
 
@@ -655,9 +675,13 @@ class StemScreen(pyte.Screen):
         cursor.x = x
         dirty.add(cursor.y)
 
-    def _draw_other(self, char: str, width: int) -> bool:
-        """pyte's `draw` for one character that is not one cell wide (insert mode off); False where pyte stops
-        drawing."""
+    def _draw_other(self, char: str, width: int) -> None:
+        """pyte's `draw` for one character that is not one cell wide (insert mode off), except for zero-width and
+        unprintable characters (`_join`)."""
+        if width <= 0:
+            if width == 0:
+                self._join(char)
+            return  # an unprintable character is skipped, as xterm does; pyte dropped the rest of the text
         cursor = self._cur
         columns = self.columns
         dirty = self.dirty
@@ -667,30 +691,35 @@ class StemScreen(pyte.Screen):
                 cursor.x = 0
                 self.linefeed()
                 cursor = self._cur
-            elif width > 0:
+            else:
                 cursor.x -= width  # no autowrap: drawn over the last cells
         x, y = cursor.x, cursor.y
         line = self._buf[y]
-        if width == 2:
-            get = chars_for(cursor.attrs).__getitem__
-            line[x] = get(char)
-            if x + 1 < columns:
-                line[x + 1] = get("")  # the stub pyte puts after a wide character
-            cursor.x = min(x + 2, columns)
-        elif width == 0 and unicodedata.combining(char):
-            if x:
-                last = line[x - 1]
-                line[x - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
-            elif y:
-                above = self._buf[y - 1]
-                last = above[columns - 1]
-                above[columns - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
-                dirty.add(y - 1)
-        else:
-            dirty.add(y)
-            return False
+        get = chars_for(cursor.attrs).__getitem__
+        line[x] = get(char)
+        if x + 1 < columns:
+            line[x + 1] = get("")  # the stub pyte puts after a wide character
+        cursor.x = min(x + 2, columns)
         dirty.add(y)
-        return True
+
+    def _join(self, char: str) -> None:
+        """A zero-width character (a combining mark, a variation selector such as the VS16 of "⚠️", a zero-width
+        joiner or space) joins the character before the cursor, as xterm and tmux join it: the wide character a stub
+        belongs to, or the last one of the row above at the start of a row; the cursor does not move, not even to
+        wrap. pyte wrapped first, joined a stub, and dropped the rest of the text at any zero-width character that
+        is not a combining mark."""
+        cursor = self._cur
+        x, y = min(cursor.x, self.columns), cursor.y
+        if x == 0:
+            if y == 0:
+                return
+            x, y = self.columns, y - 1
+        line = self._buf[y]
+        if x >= 2 and line[x - 1].data == "" and line[x - 2].data:
+            x -= 1
+        last = line[x - 1]
+        line[x - 1] = last._replace(data=unicodedata.normalize("NFC", last.data + char))
+        self.dirty.add(y)
 
     def _region(self) -> tuple[Cursor, int, int]:
         """What a line feed or reverse index works on: the cursor and the scroll region's top and bottom rows (held
@@ -720,6 +749,63 @@ class StemScreen(pyte.Screen):
             buffer.pop(top, None)
         else:
             cursor.y = max(cursor.y - 1, top)  # pyte's cursor_up(1)
+
+    def scroll_up(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """SU, CSI Ps S (terminfo's indn, with which ncurses scrolls a region): the scroll region up `count` rows,
+        the cursor where it is; what leaves the top of the screen is kept, as a line feed keeps it. CSI ? Ps S
+        (XTSMGRAPHICS, a query) is ignored."""
+        if private or more:
+            return
+        _, top, bottom = self._region()
+        for _ in range(min(count or 1, bottom - top + 1)):
+            self._scroll_up(top, bottom)
+
+    def scroll_down(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """SD, CSI Ps T (terminfo's rin): the scroll region down `count` rows, the cursor where it is. With more
+        parameters it is xterm's mouse highlight tracking, ignored."""
+        if private or more:
+            return
+        cursor, top, bottom = self._region()
+        y = cursor.y
+        for _ in range(min(count or 1, bottom - top + 1)):
+            cursor.y = top
+            self.reverse_index()
+        cursor.y = y
+
+    def repeat_character(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """REP, CSI Ps b (terminfo's rep, with which ncurses draws a run of one character): the character left of
+        the cursor, which ncurses has just drawn, drawn `count` times more."""
+        cursor = self.cursor
+        if private or more or cursor.x == 0:
+            return
+        row = self._buf[cursor.y]
+        char = row[min(cursor.x, self.columns) - 1].data
+        if not char and cursor.x >= 2:  # the right half of a wide character
+            char = row[min(cursor.x, self.columns) - 2].data
+        if char:
+            self.draw(char * min(count or 1, self.columns * self.lines))
+
+    def back_tab(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """CBT, CSI Ps Z (terminfo's cbt, shift+tab in forms): back `count` tab stops, not past the first column."""
+        cursor = self.cursor
+        for _ in range(count or 1):
+            cursor.x = max((stop for stop in self.tabstops if stop < cursor.x), default=0)
+
+    def forward_tab(self, count: int = 1, *more: int, private: bool = False) -> None:
+        """CHT, CSI Ps I: forward `count` tab stops."""
+        for _ in range(count or 1):
+            self.tab()
+
+    def save_cursor_ansi(self, *params: int, private: bool = False) -> None:
+        """SCOSC, CSI s (ANSI.SYS; shell prompts use it): DECSC. With parameters it is DECSLRM (left and right
+        margins), which Stem does not implement: ignored."""
+        if params in ((), (0,)) and not private:
+            self.save_cursor()
+
+    def restore_cursor_ansi(self, *params: int, private: bool = False) -> None:
+        """SCORC, CSI u: DECRC. CSI ? u, the kitty keyboard protocol's query, is ignored (it is not implemented)."""
+        if params in ((), (0,)) and not private:
+            self.restore_cursor()
 
     def cursor_position(self, line: int | None = None, column: int | None = None) -> None:
         if self._held:

@@ -8,6 +8,7 @@ from itertools import accumulate, chain
 from operator import attrgetter
 from typing import Any
 
+import pyte.screens
 from pyte import graphics as g
 from pyte.screens import Char, StaticDefaultDict, wcwidth
 
@@ -531,8 +532,21 @@ def cells_text(datas: list[str] | tuple[str, ...]) -> str:
             continue
         out.append(data)
         # pyte's `display` would raise on an orphaned stub (""); treat it as zero-width instead.
-        skip = bool(data) and wcwidth(data[0]) == 2
+        skip = bool(data) and cell_width(data[0]) == 2
     return "".join(out)
+
+
+def cell_width(char: str) -> int:
+    """The cells `char` takes: the wcwidth package's count, as pyte's, except that a regional indicator takes one
+    (as glibc, xterm, tmux and rich count it: a flag, two of them, is two cells, where the package made it four
+    and pushed the rest of its row one cell per indicator past where the program put it)."""
+    if "\U0001f1e6" <= char <= "\U0001f1ff":
+        return 1
+    return wcwidth(char)
+
+
+# pyte's own `draw` (which Stem uses in insert mode and for other charsets) measures with it too.
+pyte.screens.wcwidth = cell_width
 
 
 # Characters pyte draws as exactly one cell (its `wcwidth` is 1), so runs of them can be drawn in bulk.
@@ -544,7 +558,7 @@ class _Widths(dict[str, int]):
     """pyte's `wcwidth` as a dict, so that `map(WIDTHS.__getitem__, text)` runs in C for known characters."""
 
     def __missing__(self, char: str) -> int:
-        width = self[char] = wcwidth(char)
+        width = self[char] = cell_width(char)
         return width
 
 
@@ -558,7 +572,7 @@ def narrow_text(text: str) -> bool:
     if NARROW.issuperset(text):
         return True
     for char in set(text) - NARROW - _NOT_TEXT:
-        if wcwidth(char) != 1:
+        if cell_width(char) != 1:
             return False
         NARROW.add(char)
     return True

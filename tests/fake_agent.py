@@ -158,6 +158,7 @@ def run(line: str) -> int | None:
         say("cursor: restored")
     elif word == "unicode":
         say("wide: 你好世界 emoji: 🚀✨ combining: e\u0301 box: ┌─┐")
+        say("as agents write: ⚠️ warning, ✔️ done, 👨\u200d💻 dev, 🇨🇳 flag, 👍🏽 tone, the end")
     elif word == "title":
         out(f"{ESC}]0;{rest}\a")
         say(f"title: {rest}")

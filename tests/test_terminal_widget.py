@@ -181,6 +181,12 @@ async def test_colours_attributes_and_wide_characters() -> None:
 
         await pilot.press(*"unicode", "enter")
         await until(pilot, lambda: shows(app, "wide: 你好世界"), "wide characters")
+        # Emoji with VS16 and ZWJ: nothing after them is lost, and each stays in the cells the screen gave it (an
+        # emoji the screen counts one cell is drawn without its VS16, which would make it two)
+        await until(pilot, lambda: shows(app, "the end"), "the text after VS16 and ZWJ")
+        line = next(line for line in drawn(app) if "the end" in line and "echo" not in line)
+        # the skin tone takes two cells on the screen (as in xterm) and none for rich: padded to two
+        assert "⚠ warning, ✔ done, 👨\u200d💻 dev, 🇨🇳 flag, 👍🏽   tone, the end" in line
         width = view.scrollable_content_region.width
         assert all(view.render_line(y).cell_length == width for y in range(10)), "a row is not the widget's width"
 

@@ -35,6 +35,7 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from core.host.protocol import ScreenModes
+from core.screen_cells import cell_width
 from core.screen_queries import Link, Palette
 from core.xterm_input import FOCUS_IN, FOCUS_OUT, MouseAction, key_bytes, mouse_report
 from stem.input_parser import TerminalKey, outer_terminal
@@ -537,7 +538,7 @@ class TerminalView(ScrollView, can_focus=True):
         blank = screen.default_char
         listed = isinstance(cells, list)
         out: list[str] = []
-        previous = ""
+        wide = False
         for x in range(screen.columns):
             if cells is None:
                 data = " "
@@ -546,11 +547,14 @@ class TerminalView(ScrollView, can_focus=True):
             else:
                 data = cells.get(x, blank).data
             if not data:
-                if previous and not previous.isascii() and cell_len(previous) == 2:
-                    previous = ""
+                if wide:
+                    wide = False
                     continue
                 data = " "
-            previous = data
+            elif data.isascii():
+                wide = False
+            else:
+                data, wide = _as_placed(data)
             out.append(data)
         return "".join(out)
 
@@ -647,7 +651,7 @@ class TerminalView(ScrollView, can_focus=True):
         segments: list[Segment] = []
         run: list[str] = []
         run_key: tuple[Any, ...] | None = None
-        previous = ""
+        wide = False  # the cell before was a wide character, drawn over both its cells
         for x in range(columns):
             if listed:
                 char = row[x] if x < count else blank
@@ -658,11 +662,14 @@ class TerminalView(ScrollView, can_focus=True):
             data = char.data
             if not data:
                 # The second cell of a wide character is part of it; a stray one is a blank.
-                if previous and not previous.isascii() and cell_len(previous) == 2:
-                    previous = ""
+                if wide:
+                    wide = False
                     continue
                 data = " "
-            previous = data
+            elif data.isascii():
+                wide = False
+            else:
+                data, wide = _as_placed(data)
             key = char[1:]
             if x == cursor_x:
                 if run:
@@ -681,6 +688,23 @@ class TerminalView(ScrollView, can_focus=True):
         if run:
             segments.append(Segment("".join(run), _style(styles, run_key, base)))
         return Strip(segments)
+
+
+def _as_placed(data: str) -> tuple[str, bool]:
+    """A cell's characters as drawn over the cells the screen gave them (two for a wide character, whose second
+    cell is then skipped), and whether that is two. Where rich counts them otherwise, the row would lose the
+    screen's columns: a character with a zero-width one joined that rich counts wider (VS16: "⚠️" is one cell on the
+    screen, two for rich) is drawn without it; one rich counts narrower (a skin tone alone, two cells on the screen
+    and zero for rich) is padded with blanks."""
+    wide = cell_width(data[0]) == 2
+    cells = 2 if wide else 1
+    width = cell_len(data)
+    if width > cells:
+        data = data[0]
+        width = cell_len(data)
+    if width < cells:
+        data += " " * (cells - width)
+    return data, wide
 
 
 def _linked(strip: Strip, links: Sequence[Link]) -> Strip:

@@ -208,7 +208,12 @@ def wide_and_combining() -> bytes:
     out.append(f"{CSI}21;120H\u0301{CSI}22;1H\u0301start")  # combining at the edge and at column 0
     out.append(f"{CSI}23;1H{CSI}1;35m粗体紫色 bold{CSI}0m\r\n")
     out.append("x" * 120 + "\u0301next\r\n")  # combining after a pending wrap joins the last cell
-    out.append("w" * 120 + "\u0301\r\nafter a combining wrap\r\n")  # ... and still wraps first
+    out.append("w" * 120 + "\u0301\r\nafter a combining mark at the pending wrap\r\n")  # which it does not take
+    # Emoji as agents print them: VS16 and ZWJ join the character before them, and the rest of the text is drawn
+    out.append("⚠️ warning ✔️ done 👨\u200d💻 dev 🇨🇳 flag 👍🏽 tone a\u200bb zwsp 中\u0301 end\r\n")
+    out.append("v" * 119 + "⚠️ at the edge\r\n")
+    out.append("u" * 118 + "👨\u200d💻 wide at the edge\r\n")
+    out.append(f"{CSI}4hinsert ⚠️ mode 👨\u200d💻{CSI}4l\r\n")
     out.append(f"{CSI}35mmagenta left on\r\ncombined e\u0301 stays magenta\r\n{CSI}0m")  # one line batch
     out.append(f"{CSI}1;31m中文 bold red, 中文 wide\r\n{CSI}4m" + "全角" * 31 + f"\r\n{CSI}0m")
     for i in range(45):
@@ -252,6 +257,9 @@ def autowrap() -> bytes:
 
 
 _FUZZ_TEXT = ["hello", "x", " ", "中文", "é", "a\u0301", "─", "😀", "0123456789" * 13, "word " * 30]
+# What agents print beyond that: VS16 ("⚠️"), ZWJ sequences, flags (regional indicators), a zero-width space, a
+# combining mark after a wide character, a skin tone.
+_FUZZ_TEXT += ["⚠️ warn", "\U0001f468\u200d\U0001f4bb dev", "\U0001f1e8\U0001f1f3", "a\u200bb", "中\u0301", "\U0001f44d\U0001f3fd"]
 
 
 # Sequences real programs send that stock pyte misreads: the kitty keyboard protocol (push, pop, set: Codex,
