@@ -106,6 +106,9 @@ __all__ = ["Scrollback", "StemScreen"]
 _DECCKM = 1 << 5
 _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
+_SAVE_CURSOR = 1048  # DECSC when set, DECRC when reset (pyte has neither)
+_DECCOLM = 3
+_NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 # Private modes (by their parameter, shifted as pyte stores them) that pyte's `set_mode` and `reset_mode` only record
 # (DECTCEM also shows or hides the cursor) and Stem does not act on: set or reset in place (`_feed_text`). Not
 # DECCOLM, DECSCNM or DECOM (pyte acts on them), the alternate screens or 2026 (`TerminalQueries.set_modes`).
@@ -566,7 +569,11 @@ class StemScreen(pyte.Screen):
             for mode in modes:
                 if mode in _ALT_MODES:
                     self._enter_alternate(mode)
-            modes = tuple(m for m in modes if m not in _ALT_MODES)
+                elif mode == _SAVE_CURSOR:
+                    self.save_cursor()
+                elif mode == _DECCOLM:
+                    self._deccolm()
+            modes = tuple(m for m in modes if m not in _NOT_PYTES)
         super().set_mode(*modes, **kwargs)
 
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
@@ -577,8 +584,19 @@ class StemScreen(pyte.Screen):
             for mode in modes:
                 if mode in _ALT_MODES:
                     self._leave_alternate(mode)
-            modes = tuple(m for m in modes if m not in _ALT_MODES)
+                elif mode == _SAVE_CURSOR:
+                    self.restore_cursor()
+                elif mode == _DECCOLM:
+                    self._deccolm()
+            modes = tuple(m for m in modes if m not in _NOT_PYTES)
         super().reset_mode(*modes, **kwargs)
+
+    def _deccolm(self) -> None:
+        """DECCOLM (CSI ? 3 h/l, in xterm-256color's init and reset strings) clears the screen and homes the
+        cursor, as tmux does; the width stays the PTY's (pyte made the screen 132 columns wide, under a program that
+        still writes to the PTY's width)."""
+        self.erase_in_display(2)
+        self.cursor_position()
 
     def draw(self, data: str) -> None:
         if self._held:

@@ -57,6 +57,25 @@ class XtermExtras:
                 line[x] = line[x]._replace(data=unicodedata.normalize("NFC", line[x].data + char))
         super().draw(data[start:])  # type: ignore[misc]
 
+    def set_mode(self: Any, *modes: int, **kwargs: Any) -> None:
+        self._xterm_modes(modes, kwargs, self.save_cursor)
+        super().set_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 1048)), **kwargs)  # type: ignore[misc]
+
+    def reset_mode(self: Any, *modes: int, **kwargs: Any) -> None:
+        self._xterm_modes(modes, kwargs, self.restore_cursor)
+        super().reset_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 1048)), **kwargs)  # type: ignore[misc]
+
+    def _xterm_modes(self: Any, modes: tuple[int, ...], kwargs: dict[str, Any], cursor: Any) -> None:
+        """1048 saves or restores the cursor; DECCOLM (3) clears the screen and homes the cursor, as tmux does,
+        instead of making the screen 132 columns wide."""
+        if kwargs.get("private"):
+            for mode in modes:
+                if mode == 1048:
+                    cursor()
+                elif mode == 3:
+                    self.erase_in_display(2)
+                    self.cursor_position()
+
     def _region_rows(self: Any) -> tuple[int, int]:
         return (0, self.lines - 1) if self.margins is None else self.margins
 
@@ -374,6 +393,14 @@ def test_sequences_pyte_misreads_are_read_as_xterm_does(sent: bytes, fg: str, un
         cell = screen.buffer[0][1]
         assert (cell.fg, cell.underscore) == (fg, underline), (sent, size)
         assert screen.errors == 0
+
+
+def test_deccolm_keeps_the_pty_width_and_1048_saves_the_cursor() -> None:
+    """DECCOLM (in xterm-256color's reset string) clears and homes, as tmux does, but the screen stays as wide as
+    the PTY the program writes to (pyte made it 132 columns); 1048 saves and restores the cursor (pyte ignored it)."""
+    screen = stem(b"abc\x1b[?3hx", None)
+    assert screen.columns == COLS and screen.display[0].rstrip() == "x"
+    assert stem(b"abc\x1b[?1048hxyz\x1b[?1048lQ", 1).display[0].rstrip() == "abcQyz"
 
 
 def test_recordings_cover_what_they_claim() -> None:

@@ -287,6 +287,9 @@ _XTERM_ONLY = [
     f"{ESC}_Gf=100,a=T;{'QUFB' * 300}{ESC}\\",
     f"{ESC}^pm{ESC}\\{ESC}Xsos\x9c",
     f"{ESC}Pabc",  # aborted by what follows
+    f"{CSI}?1048hsaved{CSI}?1048l",
+    f"{CSI}?3h",
+    f"{CSI}!p{CSI}?3;4l{CSI}4l{ESC}>",  # xterm-256color's reset string
 ]
 
 
