@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import ipaddress
 import os
 import pwd
 import select
@@ -112,12 +113,33 @@ class Identity:
     why: str
 
 
+# The private ranges a pool comes from (`core.claims.check_pool`), laid end to end: a colony's uid is the place of
+# its address in them, so it is unique on the machine as the address is, across hives too.
+_UID_RANGES = tuple(
+    ipaddress.IPv4Network(net) for net in ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
+)
+_ADDRESS_SLOT = 4  # a colony's /30 (core.netns.SLOT_SIZE)
+
+
+def address_index(address: str) -> int:
+    """The number of a colony's /30 among every private range, from 0; a pool outside them (another range
+    `is_private` allows) comes after them, by its low bits."""
+    addr = ipaddress.IPv4Address(address)
+    offset = 0
+    for net in _UID_RANGES:
+        if addr in net:
+            return (offset + int(addr) - int(net.network_address)) // _ADDRESS_SLOT
+        offset += net.num_addresses
+    return offset // _ADDRESS_SLOT + ((int(addr) // _ADDRESS_SLOT) & 0x3FFFFF)
+
+
 def choose_identity(
-    configured: int | None, environ: Mapping[str, str] = os.environ, slot: int | None = None
+    configured: int | None, environ: Mapping[str, str] = os.environ, address: str | None = None
 ) -> Identity:
     """The invoking user when Stem runs through sudo; else `[hive] colony_uid`; else a dedicated uid: one per
-    colony (`slot`), all in one group, so a colony writes the shared object store but cannot replace another
-    colony's branch (refs/heads/colony/ is sticky: only a ref's owner may rename over it).
+    colony address (so one per colony on the machine, whichever hive it belongs to), all in one group, so a
+    colony writes the shared object store but cannot replace another colony's branch (refs/heads/colony/ is
+    sticky: only a ref's owner may rename over it), nor share per-uid limits with it.
 
     Root is never chosen: sudo from root, or a configured 0, falls through to the next."""
     sudo_uid = environ.get("SUDO_UID", "")
@@ -132,7 +154,7 @@ def choose_identity(
         except KeyError:
             gid = configured
         return Identity(configured, gid, _user_name(configured), "[hive] colony_uid")
-    uid = DEDICATED_UID if slot is None else DEDICATED_UID + 1 + slot
+    uid = DEDICATED_UID if address is None else DEDICATED_UID + 1 + address_index(address)
     return Identity(uid, DEDICATED_UID, DEDICATED_NAME, "Stem's dedicated colony uid")
 
 
@@ -143,10 +165,10 @@ def _user_name(uid: int) -> str:
         return DEDICATED_NAME
 
 
-def identity_of(data_dir: Path, configured: int | None, slot: int | None = None) -> Identity:
+def identity_of(data_dir: Path, configured: int | None, address: str | None = None) -> Identity:
     """The identity a colony was prepared for (the owner of its database folder), else a fresh choice: a colony
     keeps its uid whoever starts it later (sudo or not), so its files stay its own."""
-    fresh = choose_identity(configured, slot=slot)
+    fresh = choose_identity(configured, address=address)
     try:
         st = os.stat(data_dir)
     except OSError:
@@ -384,7 +406,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
     layout = HiveLayout(stem_home)
     data = Path(rec.db_path).parent
     return plan(
-        identity=identity_of(data, settings.colony_uid, rec.slot),
+        identity=identity_of(data, settings.colony_uid, rec.ip),
         stem_home=stem_home,
         worktree=Path(rec.worktree),
         data_dir=data,

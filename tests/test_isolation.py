@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import HiveEnv
 from helpers import git, http_get, make_repo, run_stem, stem_cmd, wait_for
 
 from core import procs, sandbox
@@ -195,6 +196,27 @@ def test_the_agent_commits_on_its_branch_and_its_service_serves_port_80(hive_env
     assert "refused" in out.stdout
     body = wait_for(lambda: http_get(f"http://{a['ip']}:80/"), timeout=15, what="the service on port 80")
     assert "work.txt" in body
+
+
+def test_a_colony_of_another_hive_cannot_move_this_hives_branch(hive_env, two, tmp_path):
+    """Two hives on one machine (two STEM_HOMEs) spawn from one repository: each colony runs as a uid of its own
+    across hives, so the other hive's colony can neither move nor delete this one's branch."""
+    repo = two[0]
+    other = HiveEnv(tmp_path / "other")
+    try:
+        assert run_stem(other.env, "spawn", "c", "--repo", str(repo)).returncode == 0
+        colonies = ((hive_env, "a"), (hive_env, "b"), (other, "c"))
+        uids = {int(inside(env, name, "id -u").stdout) for env, name in colonies}
+        assert len(uids) == 3, uids
+        commit = "echo work > work.txt && git add work.txt && git commit -qm 'from inside'"
+        assert inside(hive_env, "a", commit).returncode == 0
+        tip = git(repo, "rev-parse", "colony/a").strip()
+        for attempt in ("git update-ref refs/heads/colony/a HEAD", "git update-ref -d refs/heads/colony/a"):
+            out = inside(other, "c", f"{attempt} && echo moved")
+            assert "moved" not in out.stdout, (attempt, out.stdout, out.stderr)
+            assert git(repo, "rev-parse", "colony/a").strip() == tip
+    finally:
+        other.cleanup()
 
 
 def test_stem_says_what_is_not_enforced(hive_env, two):
