@@ -690,7 +690,7 @@ def _child_setup(
         if init is None:
             netns.enter_mounts(resolv)
         else:
-            init.enter(cwd)
+            init.enter(cwd, terminal=True)
 
     return setup
 

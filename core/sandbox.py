@@ -676,10 +676,13 @@ class ColonyInit:
             return start()
         return _on_thread(lambda: _check(_libc.setns(self.pidfd, CLONE_NEWPID), "setns(CLONE_NEWPID)"), start)
 
-    def enter(self, cwd: str) -> None:
+    def enter(self, cwd: str, terminal: bool = False) -> None:
         """In the forked child (single-threaded, as joining a mount namespace requires), as root: the init's mount
-        and IPC namespaces, no privilege, `cwd`. Runs after the child entered the colony's network namespace."""
+        and IPC namespaces, no privilege, `cwd`. Runs after the child entered the colony's network namespace.
+        `terminal`: stdin is a terminal Stem made for this child (the agent's PTY), given to it as login gives a
+        user theirs."""
         flags = CLONE_NEWNS | (CLONE_NEWIPC if self.box.use_ipc_ns else 0)
+        _give_stdio(self.box.identity, terminal)
         _check(_libc.setns(self.pidfd, flags), "setns")
         _drop(self.box.identity)
         os.chdir(cwd)
@@ -900,6 +903,25 @@ def _open_mountpoint(target: Path, is_dir: bool) -> int | None:
 
 def _suppress_exists() -> contextlib.AbstractContextManager[None]:
     return contextlib.suppress(FileExistsError)
+
+
+def _give_stdio(identity: Identity, terminal: bool) -> None:
+    """Give the child's stdin, stdout and stderr, where they are pipes, to the colony's uid: a pipe is made mode
+    0600 by its maker (Stem, or the shell that ran `stem exec`), and a program that opens /dev/stdout or
+    /dev/stderr (nginx's `error_log /dev/stderr`, `echo >&2` spelled `> /dev/stderr`) reopens it through
+    /proc/self/fd as the colony's uid. Only anonymous pipes, and the terminal only when Stem made it for the
+    child (`terminal`): the user's own terminal or a named FIFO is a file of the user's."""
+    if terminal and os.isatty(0):
+        with contextlib.suppress(OSError):
+            os.fchown(0, identity.uid, -1)
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+            anonymous = stat.S_ISFIFO(st.st_mode) and os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+            if anonymous and st.st_uid != identity.uid:
+                os.fchown(fd, identity.uid, identity.gid)
+        except OSError:
+            continue
 
 
 def _drop(identity: Identity) -> None:

@@ -219,6 +219,28 @@ def test_a_colony_of_another_hive_cannot_move_this_hives_branch(hive_env, two, t
         other.cleanup()
 
 
+def test_a_service_and_stem_exec_may_write_to_dev_stdout_and_dev_stderr(hive_env, tmp_path):
+    """Programs that log to /dev/stderr by name (nginx's `error_log /dev/stderr`) reopen the pipe Stem gave them
+    as the colony's uid: their lines reach the colony's log, `stem exec`'s reach the caller, and the agent's its
+    terminal."""
+    toml = (
+        "[services.named]\n"
+        "command = \"sh -c 'echo to-out > /dev/stdout && echo to-err > /dev/stderr && exec sleep 600'\"\n"
+    )
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    result = run_stem(hive_env.env, "spawn", "pipes", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode == 0, result.stderr
+    log = hive_env.home / "colonies" / "pipes" / "colony.log"
+    wait_for(lambda: "to-err" in log.read_text(), timeout=15, what="the service's line to /dev/stderr")
+    assert "to-out" in log.read_text()
+    assert "Permission denied" not in log.read_text()
+    out = inside(hive_env, "pipes", "echo via-out > /dev/stdout; echo via-err > /dev/stderr")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "via-out\n", "via-err\n")
+    type_into_agent(hive_env, "pipes", "echo on-tty > /dev/stderr && echo on-tty > /dev/stdout && touch tty-ok")
+    worktree = Path(json.loads(run_stem(hive_env.env, "ls", "--json").stdout)[0]["worktree"])
+    wait_for((worktree / "tty-ok").exists, timeout=15, what="the agent's write to its terminal by name")
+
+
 def test_stem_says_what_is_not_enforced(hive_env, two):
     rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
     assert all(r["isolation"] == list(sandbox.status(True)) for r in rows)
