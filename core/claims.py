@@ -10,7 +10,8 @@ with one line that says which hive has it. A claim whose hive is gone (its STEM_
 A hive that names neither (no STEM_PREFIX, no STEM_POOL, no pool in its config) gets them by itself: the defaults
 (`stem`, 10.200.0.0/16) when no other hive has them, else the first free ones (`stemb`, `stemc`, ...; 10.201.0.0/16,
 ...), remembered in its home (`claim.json`) so that it keeps them: a second STEM_HOME just works. Prefixes that
-could name the same interface (`stem` + slot 23 and `stem2` + slot 3 are both `stem23`) count as the same.
+could name the same interface (`stem` + slot 23 and `stem2` + slot 3 are both `stem23`) count as the same. Its
+preview port, unless set, is chosen and kept the same way: 8900, else the first that no other hive's claim has.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ CLAIMS_DIR = Path("/run/stem/hives")
 REMEMBERED = "claim.json"  # in the hive's home: the prefix and pool it chose for itself
 _SPARE_PREFIXES = [DEFAULT_PREFIX, *(DEFAULT_PREFIX + chr(c) for c in range(ord("b"), ord("z") + 1))]
 _SPARE_POOLS = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(200, 255)]
+DEFAULT_PREVIEW_PORT = 8900  # the hive's preview proxy, on 127.0.0.1 only
+_SPARE_PREVIEW_PORTS = range(DEFAULT_PREVIEW_PORT, DEFAULT_PREVIEW_PORT + 100)
 
 
 class HiveConflict(StemError):
@@ -46,6 +49,7 @@ class Claim:
     prefix: str
     home: str
     pool: ipaddress.IPv4Network
+    preview: int = DEFAULT_PREVIEW_PORT  # the preview port it chose (a claim written before ports were: the default)
 
 
 def check_pool(pool: ipaddress.IPv4Network, source: str = "the pool") -> None:
@@ -154,11 +158,28 @@ def claim(
                     "give this hive another STEM_POOL"
                 )
         _check_routes(pool, [prefix, *claims])
+        if "preview" not in remembered:
+            chose["preview"] = str(_free_preview_port(others))
+        preview = int(chose.get("preview") or remembered["preview"])
         if chose and any(remembered.get(key) != value for key, value in chose.items()):
             _write(home / REMEMBERED, {**remembered, **chose})
-        if claims.get(prefix) != Claim(prefix, home_text, pool):
-            _write(CLAIMS_DIR / prefix, {"prefix": prefix, "home": home_text, "pool": str(pool)})
+        if claims.get(prefix) != Claim(prefix, home_text, pool, preview):
+            record = {"prefix": prefix, "home": home_text, "pool": str(pool), "preview": str(preview)}
+            _write(CLAIMS_DIR / prefix, record)
     return prefix, pool
+
+
+def preview_port(home: Path) -> int:
+    """The preview port the hive at `home` chose for itself (the default if it has not claimed one yet)."""
+    return int(_remembered(home).get("preview", DEFAULT_PREVIEW_PORT))
+
+
+def _free_preview_port(others: list[Claim]) -> int:
+    taken = {other.preview for other in others}
+    for port in _SPARE_PREVIEW_PORTS:
+        if port not in taken:
+            return port
+    raise HiveConflict(f"{len(others)} other hives on this machine have every spare preview port: set [preview] port")
 
 
 def _free_prefix(others: list[Claim]) -> str:
@@ -183,7 +204,7 @@ def _remembered(home: Path) -> dict[str, str]:
         raw = json.loads((home / REMEMBERED).read_text())
     except (OSError, ValueError):
         return {}
-    found = {key: str(raw[key]) for key in ("prefix", "pool") if isinstance(raw, dict) and key in raw}
+    found = {key: str(raw[key]) for key in ("prefix", "pool", "preview") if isinstance(raw, dict) and key in raw}
     # Edited by hand into something else: chosen again.
     if "prefix" in found and not PREFIX_RE.match(found["prefix"]):
         del found["prefix"]
@@ -192,6 +213,8 @@ def _remembered(home: Path) -> dict[str, str]:
             ipaddress.IPv4Network(found["pool"])
         except ValueError:
             del found["pool"]
+    if "preview" in found and not (found["preview"].isdigit() and 0 < int(found["preview"]) < 65536):
+        del found["preview"]
     return found
 
 
@@ -222,7 +245,8 @@ def _read_all() -> dict[str, Claim]:
             continue
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             raw = json.loads(path.read_text())
-            claims[path.name] = Claim(str(raw["prefix"]), str(raw["home"]), ipaddress.IPv4Network(raw["pool"]))
+            preview = int(raw.get("preview", DEFAULT_PREVIEW_PORT))
+            claims[path.name] = Claim(str(raw["prefix"]), str(raw["home"]), ipaddress.IPv4Network(raw["pool"]), preview)
     return claims
 
 

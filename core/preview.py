@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import claims
 from core.errors import StemError
 from core.locks import file_lock, is_locked
 
@@ -203,11 +204,12 @@ def route_id(colony: str, service: str) -> str:
     return f"stem.{colony}.{service}"
 
 
-def listen_port(settings: Settings) -> int:
-    """The hive's preview port: STEM_PREVIEW_PORT, else `[preview] port` of config.toml. 0 turns preview off."""
+def listen_port(settings: Settings, home: Path) -> int:
+    """The hive's preview port: STEM_PREVIEW_PORT, else `[preview] port` of config.toml, else the one its claim
+    chose (8900 for the first hive on the machine, the next free one for another). 0 turns preview off."""
     text = os.environ.get("STEM_PREVIEW_PORT", "").strip()
     if not text:
-        return settings.preview_port
+        return settings.preview_port if settings.preview_port is not None else claims.preview_port(home)
     try:
         port = int(text)
     except ValueError:

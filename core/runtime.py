@@ -76,7 +76,7 @@ class ColonyRuntime:
         self.preview: PreviewRoutes | None = None
         if home is not None:
             try:
-                self.preview = PreviewRoutes(home, rec.name, rec.ip, listen_port(settings), emit, colony_log)
+                self.preview = PreviewRoutes(home, rec.name, rec.ip, listen_port(settings, home), emit, colony_log)
             except PreviewError as exc:
                 emit(Notice(rec.name, "warning", f"{rec.name}: no preview URLs: {exc}"))
         host = ServiceHost(

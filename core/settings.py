@@ -45,7 +45,6 @@ __all__ = [
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 DEFAULT_THEME = "stem-dark"
 DEFAULT_AGENT = "shell"
-DEFAULT_PREVIEW_PORT = 8900  # the hive's preview proxy, on 127.0.0.1 only
 # A colony needs a /30 at least (network, two hosts, broadcast); anything narrower cannot hold one.
 MAX_POOL_PREFIX = 29
 
@@ -99,7 +98,8 @@ class Settings:
     agents: Mapping[str, AgentPreset] = field(default_factory=lambda: shipped_presets())
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # every colony's services through the hive's preview proxy; 0 turns it off
-    preview_port: int = field(default=DEFAULT_PREVIEW_PORT, metadata=in_file("preview", "port"))
+    # None: not set, so the port the hive's claim chose (core.claims: 8900 for the first hive on the machine)
+    preview_port: int | None = field(default=None, metadata=in_file("preview", "port"))
     limits: Limits = field(default_factory=Limits)  # for colonies whose colony.toml does not say
 
 
@@ -281,7 +281,7 @@ def _settings(doc: TomlDoc) -> Settings:
     egress, dns, resolv_conf = _network(doc, data.get("network", {}))
     preview = data.get("preview", {})
     doc.check_keys(("preview",), preview, _PREVIEW_KEYS)
-    preview_port = DEFAULT_PREVIEW_PORT
+    preview_port = None
     if "port" in preview:
         preview_port = doc.integer(("preview",), ("port",), preview["port"], 0, 65535)
     return Settings(

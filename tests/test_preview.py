@@ -13,10 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import HiveEnv
 from helpers import http_get, make_repo, run_stem, wait_for
 from test_host import fake_agent_config, host_pid, listed
 
-from core import preview
+from core import claims, preview
 from core.errors import ConfigError
 from core.hive import Hive
 from core.preview import PreviewPaths
@@ -279,6 +280,33 @@ def test_preview_port_zero_turns_preview_off(hive_env, tmp_path):
     rows = json.loads(run_stem(env, "ls", "--json").stdout)
     assert rows[0]["services"] == {"web": "ready"} and rows[0]["preview"] == {}
     assert caddy_pid(hive_env) is None and not PreviewPaths.of(hive_env.home).folder.exists()
+
+
+@pytest.mark.root
+def test_two_hives_that_set_no_preview_port_each_get_their_own(hive_env, tmp_path):
+    """Two STEM_HOMEs on one machine, neither setting a port: the first hive's claim takes 8900 (or the first no
+    other hive's claim has), the second the next one, each kept from one command to the next, and each hive's
+    Caddy serves its own colonies."""
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    hives = [hive_env, HiveEnv(tmp_path / "second")]
+    try:
+        ports = []
+        for hive, name in zip(hives, ("a", "b"), strict=True):
+            del hive.env["STEM_PREVIEW_PORT"]
+            fake_agent_config(hive)
+            spawn(hive, repo, name)
+            url = listed(hive)[name]["preview"]["web"]
+            port = int(url.rsplit(":", 1)[1].rstrip("/"))
+            assert port == claims.preview_port(hive.home) and port in range(8900, 9000)
+            assert json.loads((claims.CLAIMS_DIR / hive.prefix).read_text())["preview"] == str(port)
+            ports.append(port)
+        assert ports[0] != ports[1]
+        assert through(ports[0], "web-a.localhost") == (200, "I am a\n")
+        assert through(ports[1], "web-b.localhost") == (200, "I am b\n")
+        assert run_stem(hives[1].env, "ls").returncode == 0
+        assert claims.preview_port(hives[1].home) == ports[1]  # kept
+    finally:
+        hives[1].cleanup()
 
 
 @pytest.mark.parametrize(
