@@ -68,6 +68,7 @@ STOP_WORKERS = 32  # threads a batch of stops runs its blocking work on (namespa
 LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before asking it to start
 FIRST_LINK_WAIT = 0.5  # seconds at most a UI's other links wait for the colony it shows first (see `attach`)
 REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
+ROOM_WORTH_MAKING = 64 << 10  # a colony's logs smaller than this are not emptied to make room for a destroy
 
 
 async def _after(gate: asyncio.Event, most: float, then: Coroutine[Any, Any, None]) -> None:
@@ -867,7 +868,7 @@ class Hive:
         loop = asyncio.get_running_loop()
 
         async def handler() -> ColonyRecord:
-            async with self._holding(name):
+            async with self._holding(name), self._freeing():
                 rec = await asyncio.to_thread(self.registry.get, name)
                 if rec.state == lc.STOPPED:
                     return rec
@@ -1004,16 +1005,23 @@ class Hive:
         self.bind_loop()
 
         async def handler() -> DestroyReport:
-            async with self._holding(name):
+            async with self._holding(name), self._freeing():
                 await asyncio.to_thread(self._check_destroyable, name, force)
                 # The intent first: a destroy killed from here on is finished by the next gc, never undone; one ended
                 # by a signal (Ctrl-C, SIGTERM, SIGHUP) is finished before its command exits, as a stop is.
                 try:
                     await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
                 except Exception as exc:
-                    if not refused_by_disk(exc) or not await asyncio.to_thread(self._make_room, name):
+                    if not refused_by_disk(exc):
                         raise
-                    await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
+                    emptied = await asyncio.to_thread(self._make_room, name)
+                    if not emptied:
+                        raise
+                    try:
+                        await asyncio.to_thread(self.set_state, name, lc.DESTROYING)
+                    except Exception:
+                        await asyncio.to_thread(_put_back, emptied)  # it runs on: its log is still its own
+                        raise
                 _checkpoint("destroying")
 
                 async def finish() -> DestroyReport:
@@ -1026,19 +1034,30 @@ class Hive:
         self.supervisor.forget(name)
         return report
 
-    def _make_room(self, name: str) -> bool:
+    def _make_room(self, name: str) -> dict[Path, bytes]:
         """The disk is full and destroying `name` must first write its intent to the registry: empty the colony's
         own log files (they go with it), which a chatty service filling the disk made the largest things it has.
-        Whether anything was freed."""
-        freed = 0
+        What each held (at most 4 MiB each), to be put back should the room not be enough; nothing is emptied when
+        they are too small to have filled the disk or to make room (the colony's log is worth more than a try)."""
         log = self.layout.colony_log(name)
+        held = {}
         for path in (log, rotated(log)):
-            try:
-                freed += path.stat().st_size
+            with contextlib.suppress(OSError):
+                held[path] = path.read_bytes()
+        if sum(len(data) for data in held.values()) < ROOM_WORTH_MAKING:
+            return {}
+        emptied = {}
+        for path, data in held.items():
+            with contextlib.suppress(OSError):
                 os.truncate(path, 0)
-            except OSError:
-                continue
-        return freed > 0
+                emptied[path] = data
+        return emptied
+
+    @contextlib.asynccontextmanager
+    async def _freeing(self) -> AsyncIterator[None]:
+        """This process's registry writes may take the reserve meanwhile (see Registry.freeing)."""
+        with self.registry.freeing():
+            yield
 
     def _check_destroyable(self, name: str, force: bool) -> None:
         rec = self.registry.get(name)
@@ -1496,7 +1515,8 @@ class Hive:
         self.bind_loop()
         from core.gc import collect
 
-        return await asyncio.to_thread(collect, self)
+        async with self._freeing():
+            return await asyncio.to_thread(collect, self)
 
     # getting the work back: diff, commit, merge, sync against the colony's target (core/merge.py) -------------
 
@@ -1561,3 +1581,15 @@ if TYPE_CHECKING:
 
     def _implements(hive: Hive) -> HiveAPI:
         return hive  # mypy checks that the Hive is everything the UI and the CLI may ask of it
+
+
+def _put_back(emptied: dict[Path, bytes]) -> None:
+    """Log files emptied for room that did not help, as they were, with what was written to them meanwhile after."""
+    for path, data in emptied.items():
+        partial = path.with_name(path.name + ".restore")
+        try:
+            since = path.read_bytes()
+            partial.write_bytes(data + since)
+            partial.replace(path)  # the writer notices the new file by its inode
+        except OSError:
+            partial.unlink(missing_ok=True)

@@ -23,8 +23,9 @@ from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState
 from core.lifecycle import ColonyState, allowed
 
 # Room kept for the registry's own writes on a disk that fills up: a file of this size next to hive.db, made while
-# there is plenty of space, given up the first time a write is refused for lack of room (see `_with_room`), so that
-# stop, destroy and gc, which free space, can still record what they do.
+# there is plenty of space, given up the first time a write of stop, destroy or gc (which free space) is refused for
+# lack of room (see `_with_room`), so that they can still record what they do. Nothing else may take it: a spawn
+# on a full disk is refused and leaves the reserve for the stop that makes room.
 RESERVE_BYTES = 1 << 20
 RESERVE_WHEN_FREE = 64 << 20  # made only with at least this much free
 
@@ -39,7 +40,7 @@ def _with_room(method: F) -> F:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.OperationalError as exc:
-            if "full" not in str(exc) or not self.give_up_reserve():
+            if "full" not in str(exc) or not self.freeing_space or not self.give_up_reserve():
                 raise
             return method(self, *args, **kwargs)
 
@@ -190,6 +191,7 @@ class Registry:
         self.path = path
         self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
+        self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=30000")
@@ -226,6 +228,22 @@ class Registry:
             os.replace(made, self.reserve_path)
         except OSError:
             return  # a read-only or racing hive: no reserve this time
+
+    @contextmanager
+    def freeing(self) -> Iterator[None]:
+        """While an operation that frees space (stop, destroy, gc) runs: a write refused for lack of room may take
+        the reserve."""
+        with self._lock:
+            self._freeing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._freeing -= 1
+
+    @property
+    def freeing_space(self) -> bool:
+        return self._freeing > 0
 
     def give_up_reserve(self) -> bool:
         """Free the reserve for the registry's writes; whether there was one to free."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd
+from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -234,6 +234,9 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
     try:
         env = {**hive_env.env, "STEM_HOME": str(disk / "home")}
         assert run_stem(env, "spawn", "kept", "--repo", str(repo)).returncode == 0  # made while there is room
+        log = disk / "home" / "colonies" / "kept" / "colony.log"
+        wait_for(lambda: log.stat().st_size > 0, timeout=10, what="the colony's log")
+        before = log.read_bytes()
         with (disk / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
@@ -248,6 +251,7 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         ):
             line = assert_refused(run_stem(env, *args), "free some space")
             assert "cannot be written" in line or "No space left" in line
+        assert log.read_bytes().startswith(before)  # a destroy that could not begin left the log as it was
         (disk / "filler").unlink()
         assert re.search(r"^kept\s+running\s", run_stem(env, "ls").stdout, re.M)
         assert run_stem(env, "destroy", "--force", "kept").returncode == 0

@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from helpers import make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import assert_refused, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 from core.events import LogLine
 from core.hive import Hive
@@ -207,6 +207,9 @@ def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hiv
         with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
+        # A spawn on the full disk is refused and leaves the reserve to the stop that makes room.
+        assert_refused(run_stem(env, "spawn", "more", "--repo", str(repo)), "free some space")
+        assert reserve.stat().st_size == 1 << 20
         stopped = run_stem(env, "stop", "quiet")
         assert stopped.returncode == 0, stopped.stderr
         assert not reserve.exists()
