@@ -493,12 +493,20 @@ class ServiceRunner:
                     )
                 lines.append(_exit_text(code))
                 self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
+                # In the colony's log too, under the service's name (as its stderr when it failed).
+                ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
+                source = f"{self.name}!" if failed else self.name
                 if not restart:
+                    await self._note(
+                        f"{ended}; not restarted (restart = {self.spec.restart})" if failed else ended, source
+                    )
                     return
                 if self._may_restart is not None and not await self._may_restart():
+                    await self._note(ended, source)
                     return
                 if time.monotonic() - started >= self.timing.backoff_reset:
                     delay = self.timing.backoff_initial
+                await self._note(f"{ended}; restart {self.restarts + 1} in {delay:g}s", source)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
                 delay = min(delay * 2, self.timing.backoff_max)
@@ -665,6 +673,7 @@ class ServiceRunner:
             await asyncio.wait_for(self._exited.wait(), grace)
         except TimeoutError:
             self._signal(signal.SIGKILL)
+            await self._note(f"still running {grace:g}s after SIGTERM: killed (SIGKILL)", f"{self.name}!")
             await self._exited.wait()
 
     def _signal(self, sig: int) -> None:

@@ -257,7 +257,11 @@ def test_restart_policies(hive_env, repo):
             # on-failure and a clean exit: finished, not restarted.
             await until(lambda: oneshot.finished, what="oneshot to finish")
             assert (oneshot.state, oneshot.code, oneshot.restarts) == ("stopped", 0, 0)
-            assert [e.text for e in hive.log("crashy").after(0) if e.source == "oneshot"] == ["done"]
+            assert [e.text for e in hive.log("crashy").after(0) if e.source == "oneshot"] == ["done", "exited with 0"]
+            # Each end is in the colony's log under the service's name, as its stderr when it failed.
+            said = [(e.source, e.text) for e in hive.log("crashy").after(0) if e.text.startswith("exited")]
+            assert ("fragile!", "exited with 1; not restarted (restart = no)") in said
+            assert ("flaky!", "exited with 1; restart 1 in 0.05s") in said, said
         finally:
             await colony.services.stop_all()
         assert colony.states("flaky")[-1][0] == "stopped"
@@ -376,6 +380,27 @@ command = "sleep 1000 & exec python3 -u -m http.server 3000"
 port = 3000
 ready = "tcp"
 """
+
+
+STUBBORN = """
+[services.db]
+command = "trap '' TERM; echo holding; while :; do sleep 0.1; done"
+"""
+
+
+def test_a_service_that_ignores_sigterm_is_killed_and_the_log_says_so(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("stubborn", repo)
+        colony = Colony(hive, "stubborn", STUBBORN)
+        await colony.services.start_all()
+        db = colony.services.services["db"]
+        await until(lambda: "holding" in db.last_lines, what="the service to ignore SIGTERM")
+        await colony.services.stop_all(grace=0.3)
+        assert db.state == "stopped" and not alive(db.last_pid)
+        said = [(e.source, e.text) for e in hive.log("stubborn").after(0) if e.source.startswith("db")]
+        assert ("db!", "still running 0.3s after SIGTERM: killed (SIGKILL)") in said, said
+
+    run(hive_env, scenario)
 
 
 def test_stop_all_ends_the_whole_process_group_and_reaps_it(hive_env, repo):
@@ -554,8 +579,8 @@ restart = "no"
         await until(lambda: talk.finished, what="talk to exit")
         texts = [e.text for e in hive.log("talk").after(0) if e.source == "talk"]
         assert texts[0] == "first"
-        assert texts[-2:] == ["bad \ufffd byte", "no newline at end"]
-        long = texts[1:-2]
+        assert texts[-3:] == ["bad \ufffd byte", "no newline at end", "exited with 0"]  # the last is Stem's
+        long = texts[1:-3]
         assert len(long) > 1  # a 40 kB line is logged in pieces, none of them huge
         assert "".join(long) == "long:" + "x" * 40000
         assert (talk.state, talk.code) == ("stopped", 0)
