@@ -120,6 +120,8 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
     if answer[:1] == b"X":
         (code,) = struct.unpack(">i", answer[1:])
         if code < 0:  # killed by a signal: so is this process, so that its caller sees what it would have
+            if not argv:  # a UI killed (-9, an OOM kill) left the terminal as it drew: given back as it was
+                _reset_terminal(saved)
             try:
                 signal.signal(-code, signal.SIG_DFL)
             except (OSError, ValueError):  # SIGKILL and SIGSTOP have no handler to reset
@@ -133,14 +135,20 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
     # It went away without its status (the warm process was killed): a UI's terminal is given back as it was.
     _forward(pid, signal.SIGTERM)
     if not argv:
-        try:
-            os.write(1, _TERMINAL_RESET)
-            if saved is not None:
-                termios.tcsetattr(0, termios.TCSANOW, saved)
-        except (OSError, termios.error):
-            pass
+        _reset_terminal(saved)
     print("stem: the command ended without an exit status (its warm process went away); run it again", file=sys.stderr)
     return 1
+
+
+def _reset_terminal(saved: list[object] | None) -> None:
+    import termios
+
+    try:
+        os.write(1, _TERMINAL_RESET)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSANOW, saved)
+    except (OSError, termios.error):
+        pass
 
 
 def pack(value: object) -> bytes:

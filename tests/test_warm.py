@@ -114,6 +114,19 @@ def test_a_client_killed_9_takes_its_ui_with_it(warm, hive_env, repo, tmp_path):
         assert wait_exit(ui, 10), "the UI outlived its client"
 
 
+def test_a_ui_killed_9_gives_the_terminal_back_as_it_was(warm, hive_env, repo, tmp_path):
+    """kill -9 (or an OOM kill) of the UI itself: nothing of it can restore the terminal, so its client does: the
+    main screen, no mouse reports; and it ends as killed by that signal."""
+    with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
+        _, ui = forked_ui(tmux, warm)
+        flags = "#{alternate_on} #{mouse_any_flag} #{mouse_sgr_flag}"
+        assert tmux("display", "-p", "-t", "stem", flags).split() == ["1", "1", "1"]  # as the UI draws
+        os.kill(ui, signal.SIGKILL)
+        screen = tmux.wait("stem exited with status", history=True)
+        assert f"stem exited with status {128 + signal.SIGKILL}" in screen, screen
+        assert tmux("display", "-p", "-t", "stem", flags).split() == ["0", "0", "0"]
+
+
 def test_another_textual_environment_starts_cold(warm, hive_env, repo, tmp_path):
     hive_env.env["TEXTUAL_FPS"] = "30"  # read by Textual once, at import: the warm process's copy would not see it
     with stem_in_tmux(hive_env, repo, tmp_path) as tmux:
