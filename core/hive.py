@@ -469,7 +469,17 @@ class Hive:
         commit, toml = worktree.resolve_with_file(given, base, "colony.toml")
         if toml is None:
             return root, commit, ColonyConfig()
-        return root, commit, parse_colony_config(toml.decode("utf-8", "replace"), root / "colony.toml")
+        # Named as the file the user can open when it is that one, else as git names it (`feature:colony.toml`).
+        shown = root / "colony.toml"
+        try:
+            own = shown.read_bytes() == toml
+        except OSError:
+            own = False
+        return (
+            root,
+            commit,
+            parse_colony_config(toml.decode("utf-8", "replace"), shown if own else Path(f"{base}:colony.toml")),
+        )
 
     def _make_row(
         self, name: str, root: Path, base: str, commit: str, agent: str | None, task: str | None

@@ -101,6 +101,20 @@ def test_malformed_colony_toml_names_file_line_and_key(hive_env, tmp_path, toml,
     assert_nothing_made(hive_env, repo)
 
 
+def test_a_broken_colony_toml_of_another_commit_is_named_as_git_names_it(hive_env, tmp_path):
+    """The colony's colony.toml is the base commit's: when it is not the file in the user's checkout, the error
+    names it as `git show` would, not the checkout's file (which may be fine)."""
+    repo = make_repo(tmp_path / "based", colony_toml="[colony]\nbogus = 1\n")
+    (repo / "colony.toml").write_text("[colony]\n")
+    git(repo, "commit", "-qam", "fixed")
+    assert_refused(
+        run_stem(hive_env.env, "spawn", "x", "--repo", str(repo), "--base", "HEAD~1"),
+        "HEAD~1:colony.toml:2: [colony] bogus: unknown key",
+    )
+    (repo / "colony.toml").write_text("[colony]\nbogus = 2\n")  # uncommitted: the spawn takes HEAD's
+    assert run_stem(hive_env.env, "spawn", "x", "--repo", str(repo)).returncode == 0
+
+
 def test_failing_setup_command_rolls_back_and_names_the_step(hive_env, tmp_path):
     repo = make_repo(
         tmp_path / "failsetup", colony_toml='[colony]\nsetup = ["echo preparing; echo broken >&2; exit 4"]\n'
