@@ -449,6 +449,11 @@ class Registry:
                 (colony, kind, name, state, detail, time.time(), colony),
             )
 
+    @_with_room
+    def remove_runtime(self, colony: str, kind: str, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM runtime WHERE colony=? AND kind=? AND name=?", (colony, kind, name))
+
     def runtime(self, colony: str) -> list[tuple[str, str, str, str]]:
         """(kind, name, state, detail) rows of a colony, services by name then the agent."""
         rows = self._query(

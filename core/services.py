@@ -61,12 +61,14 @@ class ServiceStatus(enum.StrEnum):
     READY = "ready"
     CRASHED = "crashed"
     STOPPED = "stopped"
+    REMOVED = "removed"  # taken out of colony.toml while the colony ran: stopped, and no longer one of its services
 
 
 STARTING = ServiceStatus.STARTING
 READY = ServiceStatus.READY
 CRASHED = ServiceStatus.CRASHED
 STOPPED = ServiceStatus.STOPPED
+REMOVED = ServiceStatus.REMOVED
 
 LAST_LINES = 20
 MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cannot grow a buffer without end
@@ -935,6 +937,8 @@ class ServiceSet:
             ]
             added = [name for name in config.services if name not in self._runners]
             await self._stop([*removed, *changed], old_waves)
+            for name in removed:
+                self.host.emit(ServiceState(self.colony, name, REMOVED))
             self.config = config
             not_ready: list[str] = []
             for wave in new_waves:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import http_get, make_repo, run_stem, stem_cmd, wait_for
 
+from core import procs
 from core.events import Notice, ServiceState
 from core.hive import Hive
 
@@ -172,6 +173,14 @@ def test_colony_toml_edit_restarts_only_the_changed_service_and_a_broken_edit_ke
             assert services["web"].pid == web_pid and services["worker"].pid == worker_pid
             assert all(s.state == "ready" for s in services.values())
             assert not any(isinstance(e, ServiceState) and e.state == "stopped" for e in _drain(events))
+
+            # A service taken out of colony.toml is stopped and is no longer one of the colony's services.
+            toml.write_text(SERVICES.split("[services.worker]")[0])
+            await notice("colony.toml changed: stopped worker")
+            await _until(lambda: list(hive.services("edit")) == ["web"])
+            assert not procs.alive(worker_pid)
+            (row,) = json.loads((await asyncio.to_thread(run_stem, hive_env.env, "ls", "--json")).stdout)
+            assert row["services"] == {"web": "ready"}
         finally:
             await hive.close()
 

@@ -210,7 +210,10 @@ class HostLink:
                 self.agent.activity, self.agent.exit_code = agent.activity, agent.code
                 self._publish(AgentActivity(colony, agent.activity, agent.code))
         for s in services:
-            self.services[s.name] = ServiceView(s.name, s.state, s.port, s.restarts, s.code, s.detail, s.pid)
+            if s.state == "removed":
+                self.services.pop(s.name, None)
+            else:
+                self.services[s.name] = ServiceView(s.name, s.state, s.port, s.restarts, s.code, s.detail, s.pid)
             self._publish(ServiceState(colony, s.name, s.state, s.code, s.restarts, s.detail))
         if files is not None:
             self.files = files

@@ -352,6 +352,12 @@ class ColonyHost:
         if isinstance(event, Notice):
             self._broadcast("states", p.NoticeMessage(event.level, event.message))
             return
+        if isinstance(event, ServiceState) and event.state == "removed":
+            self.services.pop(event.service, None)
+            if not self.done.is_set():
+                self._defer(lambda: self.registry.remove_runtime(self.name, "service", event.service))
+            self._broadcast("states", p.State(services=(p.ServiceInfo(event.service, event.state, None, 0),)))
+            return
         if isinstance(event, ServiceState):
             port = self.services[event.service].port if event.service in self.services else None
             runner = self.runtime.services.services.get(event.service) if self.runtime is not None else None
