@@ -59,6 +59,18 @@ def all_stats() -> Iterator[tuple[int, list[bytes]]]:
                 yield int(entry), fields
 
 
+def colony_pid(pid: int) -> int | None:
+    """`pid` as its own PID namespace (its colony's) numbers it: what `ps` inside shows; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return pid  # a kernel without NSpid: no namespaces to tell apart
+
+
 def starttime(pid: int) -> int | None:
     """Field 22 of /proc/pid/stat: with the pid, it identifies a process across pid reuse."""
     fields = proc_stat(pid)

@@ -746,9 +746,11 @@ class ServiceRunner:
         asyncio.get_running_loop().add_reader(pidfd, self._on_exit)
         argv = await asyncio.to_thread(self._record_background, pid, start, ours)
         shown = " ".join(argv)[:80] or "?"
+        inside = procs.colony_pid(pid)
+        where = f"pid {inside} in the colony ({pid} on the host)" if inside not in (None, pid) else f"pid {pid}"
         await self._note(
-            f"{self.name} went to the background as pid {pid} ({shown}) and exited 0: that process is the service "
-            "now (or have it run in the foreground)",
+            f"{self.name} went to the background as {where}: {shown}; its command exited 0, so that process is the "
+            "service now (or have it run in the foreground)",
             self.name,
         )
         return True
