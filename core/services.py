@@ -193,6 +193,12 @@ BACKGROUND_LOOKS = 40  # each 5 ms apart while a hop of its start is still exiti
 INTERMEDIATE = 1.0  # seconds: a followed process that ends sooner was a hop of its daemon's start
 
 
+def _unready(spec: ServiceSpec) -> str:
+    """What the readiness check of a service that never got ready found."""
+    what = "nothing took a connection" if spec.ready == "tcp" else f"{spec.ready} failed"
+    return f"{what} on port {spec.port}" if spec.port is not None else what
+
+
 def _exit_text(code: int) -> str:
     if code == EXIT_UNKNOWN:
         return "ended (its exit status went to the colony's init)"
@@ -489,10 +495,7 @@ class ServiceRunner:
                 restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
                 lines = list(self.last_lines)[-5:]
                 if not_ready:
-                    what = "nothing took a connection" if self.spec.ready == "tcp" else f"{self.spec.ready} failed"
-                    lines.insert(
-                        0, f"not ready after {self.spec.ready_timeout:g}s ({what} on port {self.spec.port}), ended"
-                    )
+                    lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
                 lines.append(_exit_text(code))
                 self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
                 # In the colony's log too, under the service's name (as its stderr when it failed).
@@ -989,5 +992,5 @@ class ServiceSet:
         elif runner.finished and not runner.timed_out:
             what = f"service {runner.name} {runner.detail}"
         else:
-            what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s"
+            what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s ({_unready(runner.spec)})"
         return f"{what}: {tail}" if tail else what

@@ -297,7 +297,7 @@ def test_a_service_that_never_gets_ready_fails_start_all_and_nothing_is_left(hiv
         with pytest.raises(StepFailed) as failure:
             await colony.services.start_all()
         message = str(failure.value)
-        assert message.startswith("service api not ready after 1s: ")
+        assert message.startswith("service api not ready after 1s (nothing took a connection on port 3000): ")
         assert "still waiting" in message
         # api started only once db was ready; everything started was stopped again.
         order = [(e.service, e.state) for e in colony.events if isinstance(e, ServiceState)]
@@ -310,7 +310,8 @@ def test_a_service_that_never_gets_ready_fails_start_all_and_nothing_is_left(hiv
 
         # With restart = "no" the supervisor ends the unready service itself; the reason still says why.
         again = Colony(hive, "stuck", NEVER_READY.replace("ready_timeout = 1", 'ready_timeout = 1\nrestart = "no"'))
-        with pytest.raises(StepFailed, match=r"^service api not ready after 1s: .*still waiting"):
+        unready = r"^service api not ready after 1s \(nothing took a connection on port 3000\): .*still waiting"
+        with pytest.raises(StepFailed, match=unready):
             await again.services.start_all()
         assert not any(alive(pid) for pid in again.recorded)
 
