@@ -192,12 +192,12 @@ def test_a_colony_that_filled_the_disk_with_its_log_can_be_destroyed(hive_env, t
 
 
 def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hive_env, tmp_path):
-    """The hive keeps 1 MiB next to hive.db while it has room. The disk fills (another program's file, not the
-    colony's): `stem stop` gives the reserve up and is recorded; once there is room again, the next command makes
-    the reserve again."""
+    """The hive keeps 1 MiB next to hive.db while it has room (8 MiB free: here a 16 MiB disk). The disk fills
+    (another program's file, not the colony's): a spawn is refused and leaves the reserve, `stem stop` gives it up
+    and is recorded; once there is room again, the next command makes the reserve again."""
     repo = make_repo(tmp_path / "quietrepo")
     hive_env.home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80M", "tmpfs", str(hive_env.home)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(hive_env.home)], check=True)
     reserve = hive_env.home / "hive.db.reserve"
     try:
         env = hive_env.env
