@@ -165,11 +165,25 @@ def add(
         proc = git(["worktree", "add", "--quiet", "-b", branch, str(path), commit], repo, check=False)
         if proc.returncode != 0:
             if f"a branch named '{branch}' already exists" in proc.stderr:
-                raise BranchExists(
-                    f"branch {branch} already exists in {repo}: merge or delete it (git branch -D {branch}), "
-                    "or pick another colony name"
-                )
+                raise BranchExists(_taken(repo, branch))
             raise _failed("git worktree add", repo, proc.stderr or proc.stdout, proc.returncode)
+
+
+def _taken(repo: Path, branch: str) -> str:
+    """Why `branch` cannot be made: checked out in a worktree (another hive's colony, or the user's own), or there."""
+    held = next((w.path for w in worktrees(repo) if w.branch == branch), None)
+    if held is None:
+        return (
+            f"branch {branch} already exists in {repo}: merge or delete it (git branch -D {branch}), "
+            "or pick another colony name"
+        )
+    hive = held.parent.parent if held.parent.name == "worktrees" else None
+    if hive is not None and (hive / "hive.db").exists():
+        return (
+            f"branch {branch} of {repo} belongs to a colony of the hive at {hive} (its worktree {held}): "
+            "pick another colony name"
+        )
+    return f"branch {branch} of {repo} is checked out at {held}: pick another colony name"
 
 
 def remove(repo: Path, path: Path, lock_dir: Path) -> None:

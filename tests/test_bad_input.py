@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import HiveEnv
 from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 pytestmark = pytest.mark.root
@@ -215,6 +217,26 @@ def test_existing_branch_refuses_spawn_and_rollback_leaves_it_alone(hive_env, re
     assert git(repo, "rev-parse", "colony/taken") == before  # not Stem's: untouched
     assert netns_names(hive_env.prefix) == []
     assert list((hive_env.home / "worktrees").iterdir()) == []
+
+
+def test_a_colony_name_another_hive_has_in_the_same_repository_names_that_hive(hive_env, repo, tmp_path):
+    """Two STEM_HOMEs spawn from one repository: the second `a` is refused naming the hive whose colony has the
+    branch, never advising to delete it; the first colony is untouched."""
+    other = HiveEnv(tmp_path / "other")
+    try:
+        assert run_stem(other.env, "spawn", "a", "--repo", str(repo)).returncode == 0
+        tip = git(repo, "rev-parse", "colony/a")
+        line = assert_refused(
+            run_stem(hive_env.env, "spawn", "a", "--repo", str(repo)),
+            f"branch colony/a of {repo} belongs to a colony of the hive at {other.home}",
+            "pick another colony name",
+        )
+        assert "branch -D" not in line
+        assert git(repo, "rev-parse", "colony/a") == tip
+        assert_nothing_made(hive_env)
+        assert json.loads(run_stem(other.env, "ls", "--json").stdout)[0]["state"] == "running"
+    finally:
+        other.cleanup()
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(hive_env, repo):
