@@ -95,6 +95,7 @@ class HiveAPI(Protocol):
         stdin: int | IO[bytes] | None = None,
         stdout: int | IO[bytes] | None = None,
         stderr: int | IO[bytes] | None = None,
+        terminal: bool = False,
     ) -> ColonyProcess: ...
     def exec_finished(self, running: ColonyProcess) -> None: ...
 

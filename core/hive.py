@@ -1132,8 +1132,10 @@ class Hive:
         stdin: int | IO[bytes] | None = None,
         stdout: int | IO[bytes] | None = None,
         stderr: int | IO[bytes] | None = None,
+        terminal: bool = False,
     ) -> ColonyProcess:
-        """Start `argv` inside a running colony and record it, so a stop from any shell ends it."""
+        """Start `argv` inside a running colony and record it, so a stop from any shell ends it. `terminal`: stdin
+        is a PTY the caller made for it (an interactive `stem exec`), to be its controlling terminal."""
         self.bind_loop()
 
         def start() -> ColonyProcess:
@@ -1154,6 +1156,7 @@ class Hive:
                     stdout=stdout,
                     stderr=stderr,
                     init=init,
+                    terminal=terminal,
                 )
             except BaseException as exc:
                 procs.release_init(init)

@@ -9,6 +9,7 @@ but not its cgroup (a colony without one) is signalled too. SIGTERM first, SIGKI
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import shlex
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -187,9 +189,11 @@ def spawn(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     init: ColonyInit | None = None,
+    terminal: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` inside the colony: its cgroup (named as its network namespace), its network namespace, `cwd`,
-    `env`, a new session; in the namespaces of its `init` (core.sandbox), confined, when given."""
+    `env`, a new session; in the namespaces of its `init` (core.sandbox), confined, when given. `terminal`: stdin
+    is a PTY made for this process, which becomes its controlling terminal (and the colony uid's)."""
     fd = netns.open_netns(netns_name)
     joins = cgroups.open_join(netns_name)
 
@@ -202,7 +206,7 @@ def spawn(
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
-            preexec_fn=enter_colony(fd, netns_name, joins, init, cwd),
+            preexec_fn=enter_colony(fd, netns_name, joins, init, cwd, terminal),
         )
 
     try:
@@ -217,7 +221,12 @@ def spawn(
 
 
 def enter_colony(
-    fd: int, netns_name: str, joins: Iterable[int] = (), init: ColonyInit | None = None, cwd: Path | None = None
+    fd: int,
+    netns_name: str,
+    joins: Iterable[int] = (),
+    init: ColonyInit | None = None,
+    cwd: Path | None = None,
+    terminal: bool = False,
 ) -> Callable[[], None]:
     """A preexec_fn that moves the child into the colony's cgroup (`joins`: from cgroups.open_join) and network
     namespace, then into the namespaces of its `init` (confined), or else gives it the colony's resolv.conf; runs
@@ -229,10 +238,12 @@ def enter_colony(
     def preexec() -> None:
         cgroups.join(joins)
         netns.enter(fd)
+        if terminal:  # a session leader already (start_new_session): the PTY on stdin becomes its terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         if init is None:
             netns.enter_mounts(resolv)
         else:
-            init.enter(where)
+            init.enter(where, terminal=terminal)
 
     return preexec
 

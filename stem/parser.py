@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exec",
         help="run a command inside a colony",
         description="Run COMMAND inside colony NAME (its namespace, worktree and environment); "
-        "stdin and stdout pass through and its exit code is returned.",
+        "stdin and stdout pass through (from a terminal, on a PTY of its own, as ssh and docker exec -it give one) "
+        "and its exit code is returned.",
     )
     p.add_argument("name")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")

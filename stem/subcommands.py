@@ -92,8 +92,27 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise StemError("stem exec: no command given (stem exec NAME -- COMMAND ...)")
-    running = await hive.exec(args.name, argv)
+    from stem import exec_pty
+
     loop = asyncio.get_running_loop()
+    wait: Callable[[], int]
+    if not exec_pty.wanted():
+        running = await hive.exec(args.name, argv)
+        wait = running.proc.wait
+    else:  # from a terminal: a PTY of its own (see stem/exec_pty.py)
+        master, slave = exec_pty.open_pty(1)
+        try:
+            running = await hive.exec(args.name, argv, stdin=slave, stdout=slave, stderr=slave, terminal=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        loop.add_signal_handler(signal.SIGWINCH, exec_pty.copy_size, 1, master)
+        proc = running.proc
+
+        def wait() -> int:  # type: ignore[misc]  # the other branch's
+            return exec_pty.session(master, proc)
 
     def forward(sig: int) -> None:
         # The child has its own session, so the terminal's signals reach only us: pass them on.
@@ -105,8 +124,9 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         loop.add_signal_handler(sig, forward, sig)
     try:
-        code: int = await asyncio.to_thread(running.proc.wait)
+        code: int = await asyncio.to_thread(wait)
     finally:
+        loop.remove_signal_handler(signal.SIGWINCH)  # before anything reuses the PTY's descriptor
         await asyncio.to_thread(hive.exec_finished, running)
     return code if code >= 0 else 128 - code
 

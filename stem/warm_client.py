@@ -18,6 +18,7 @@ TYPE_CHECKING = False  # typing's own costs every command ~2 ms of start-up; myp
 if TYPE_CHECKING:
     import _socket
     import signal
+    from typing import Any
 else:
     import _signal as signal  # the C module: signal.py's enums (and the re, collections, functools they pull in) cost
     # every `stem` a few ms, and the client needs only numbers
@@ -140,7 +141,7 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
     return 1
 
 
-def _reset_terminal(saved: list[object] | None) -> None:
+def _reset_terminal(saved: list[Any] | None) -> None:
     import termios
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import HiveEnv
 from helpers import git, http_get, make_repo, run_stem, stem_cmd, wait_for
+from test_e2e_tmux import Tmux
 
 from core import procs, sandbox
 from core.host.paths import HostPaths
@@ -239,6 +241,29 @@ def test_a_service_and_stem_exec_may_write_to_dev_stdout_and_dev_stderr(hive_env
     type_into_agent(hive_env, "pipes", "echo on-tty > /dev/stderr && echo on-tty > /dev/stdout && touch tty-ok")
     worktree = Path(json.loads(run_stem(hive_env.env, "ls", "--json").stdout)[0]["worktree"])
     wait_for((worktree / "tty-ok").exists, timeout=15, what="the agent's write to its terminal by name")
+
+
+def test_stem_exec_from_a_terminal_runs_on_a_terminal_of_its_own(hive_env, tmp_path):
+    """`stem exec NAME -- bash` typed in a terminal, as `docker exec -it`: the shell has a controlling terminal
+    (job control, ctrl+c, /dev/tty, /dev/stderr), the user's window size and its changes, and its exit status."""
+    spawn(hive_env, "tty", make_repo(tmp_path / "repo"))
+    server = Tmux(dict(hive_env.env, TERM="xterm-256color", TMUX_TMPDIR=str(tmp_path)))
+    command = f"{shlex.join(stem_cmd())} exec tty -- bash --norc --noprofile; echo exec exited $?; sleep 600"
+    server("new-session", "-d", "-s", "stem", "-x", "100", "-y", "30", command)
+    try:
+        server.wait("bash-")
+        server.keys("-l", "tty; echo to-stderr > /dev/stderr && stty size && sleep 60")
+        server.keys("Enter")
+        server.wait("to-stderr", "30 100")
+        server.keys("C-c")  # through the command's own terminal to its foreground job
+        server.wait("^C")
+        server("resize-window", "-t", "stem", "-x", "80", "-y", "24")
+        server.keys("-l", "stty size; exit 3")
+        server.keys("Enter")
+        screen = server.wait("24 80", "exec exited 3")
+        assert "/dev/pts/" in screen and "no job control" not in screen and "not a tty" not in screen, screen
+    finally:
+        server.kill()
 
 
 def test_stem_says_what_is_not_enforced(hive_env, two):
