@@ -803,11 +803,12 @@ class Hive:
         then its row."""
         from core.host import launch
 
-        launch.kill(self.host_paths(rec.name))
-        self.end_processes(rec)
-        self.remove_parts(rec.name, keep_unmerged=False)
-        self.peering.forget(rec.name)
-        self.registry.delete_colony(rec.name)
+        with self.registry.freeing():  # it removes what the spawn made: on a full disk it may take the reserve
+            launch.kill(self.host_paths(rec.name))
+            self.end_processes(rec)
+            self.remove_parts(rec.name, keep_unmerged=False)
+            self.peering.forget(rec.name)
+            self.registry.delete_colony(rec.name)
         self._forget_log(rec.name)
         self._emit(ColonyRemoved(rec.name))
         self._retire_preview(rec.name)

@@ -6,6 +6,7 @@ commands meet; calls that change the repository's shared state hold a per-reposi
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -166,7 +167,36 @@ def add(
         if proc.returncode != 0:
             if f"a branch named '{branch}' already exists" in proc.stderr:
                 raise BranchExists(_taken(repo, branch))
-            raise _failed("git worktree add", repo, proc.stderr or proc.stdout, proc.returncode)
+            said = proc.stderr or proc.stdout
+            raise _no_room(repo, path, commit) or _failed("git worktree add", repo, said, proc.returncode)
+
+
+def _no_room(repo: Path, path: Path, commit: str) -> StemError | None:
+    """Why a checkout failed when it was for lack of room (git says only "unable to write file"), else None: the
+    commit's files, in whole blocks, against what the disk under `path` has free (git removed its partial checkout
+    before it gave up, so that is what there was)."""
+    proc = git_bytes(["ls-tree", "-r", "-l", "-z", commit], repo)
+    if proc.returncode != 0:
+        return None
+    need = 0
+    for entry in proc.stdout.split(b"\0"):
+        size = entry.split(b"\t", 1)[0].rsplit(None, 1)[-1:] if entry else []
+        if size and size[0].isdigit():
+            need += -(-int(size[0]) // _BLOCK) * _BLOCK
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if need < free:
+        return None
+    return StemError(
+        f"{os.strerror(errno.ENOSPC)} for the worktree: {commit[:12]}'s files take {need / 1e6:.1f} MB and "
+        f"{path.parent} has {free / 1e6:.1f} MB free: free some space (or point STEM_HOME elsewhere) and try again"
+    )
+
+
+_BLOCK = 4096  # a file takes whole blocks
 
 
 def _taken(repo: Path, branch: str) -> str:

@@ -296,6 +296,27 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_a_worktree_the_disk_has_no_room_for_is_one_line_and_nothing_is_left(hive_env, tmp_path):
+    """The repository's files do not fit where STEM_HOME is: git says only "unable to write file"; Stem says the
+    disk is full, with the size of the files and the room there is, and leaves nothing."""
+    repo = make_repo(tmp_path / "bigrepo")
+    (repo / "blob.bin").write_bytes(os.urandom(12 << 20))
+    git(repo, "add", "blob.bin")
+    git(repo, "commit", "-qm", "a big file")
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10M", "tmpfs", str(hive_env.home)], check=True)
+    try:
+        line = assert_refused(
+            run_stem(hive_env.env, "spawn", "big", "--repo", str(repo)),
+            "No space left on device for the worktree",
+            "free some space",
+        )
+        assert re.search(r"files take 12\.\d MB and \S+ has \d+\.\d MB free", line), line
+        assert_nothing_made(hive_env, repo)
+    finally:
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
 @pytest.mark.parametrize("command", ["serve", "logs"])
 def test_a_dead_terminal_gets_no_traceback(hive_env, repo, tmp_path, command):
     """An SSH drop: stdout is a terminal whose other end is gone (EIO on every write), then SIGHUP."""
