@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import shlex
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ __all__ = [
 COLONY_FILE = "colony.toml"
 
 RESTART_POLICIES = ("no", "on-failure", "always")
+MAX_STOP_TIMEOUT = 300.0
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # Where a field of a schema dataclass sits in its file, relative to the dataclass's own table: by default a key
@@ -85,6 +88,8 @@ class ServiceSpec:
     ready_timeout: float = 30.0
     depends_on: tuple[str, ...] = ()
     preview: bool = True  # a route through the preview port once ready (false for a database, a queue: not HTTP)
+    stop_signal: int = signal.SIGTERM  # what a stop sends first (postgres: SIGINT, its fast shutdown)
+    stop_timeout: float | None = None  # seconds from it to SIGKILL; None: the hive's (5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +312,18 @@ def _service(doc: TomlDoc, name: str, raw: dict[str, Any]) -> ServiceSpec:
 
     depends_on = doc.strings(t, ("depends_on",), raw.get("depends_on", []))
     preview = doc.boolean(t, ("preview",), raw["preview"]) if "preview" in raw else True
+    stop_signal = signal.SIGTERM
+    if "stop_signal" in raw:
+        given = doc.string(t, ("stop_signal",), raw["stop_signal"]).strip().upper()
+        named = given if given.startswith("SIG") else f"SIG{given}"
+        if named not in STOP_SIGNALS:
+            doc.fail(t, ("stop_signal",), f"must be one of {', '.join(STOP_SIGNALS)} (got '{raw['stop_signal']}')")
+        stop_signal = signal.Signals[named]
+    stop_timeout = None
+    if "stop_timeout" in raw:
+        stop_timeout = doc.positive_number(t, ("stop_timeout",), raw["stop_timeout"])
+        if stop_timeout > MAX_STOP_TIMEOUT:
+            doc.fail(t, ("stop_timeout",), f"must be at most {MAX_STOP_TIMEOUT:g} seconds (got {stop_timeout:g})")
     if preview and port is None and "preview" in raw:
         doc.fail(t, ("preview",), f"a preview needs a port: add port = ... to [services.{name}]")
     return ServiceSpec(
@@ -320,6 +337,8 @@ def _service(doc: TomlDoc, name: str, raw: dict[str, Any]) -> ServiceSpec:
         ready_timeout=ready_timeout,
         depends_on=tuple(dict.fromkeys(depends_on)),  # a repeated name means nothing more
         preview=preview,
+        stop_signal=stop_signal,
+        stop_timeout=stop_timeout,
     )
 
 

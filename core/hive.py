@@ -1235,7 +1235,16 @@ class Hive:
         link = self._links.get(name)
         if link is not None:
             link.stopping = True
-        await launch.stop(self.host_paths(name), self.stop_grace, routes)
+        longest = await asyncio.to_thread(self._longest_stop, name)
+        await launch.stop(self.host_paths(name), self.stop_grace, routes, longest)
+
+    def _longest_stop(self, name: str) -> float:
+        """The longest a service of the colony may take to stop (its `stop_timeout`), for the stopper's patience."""
+        try:
+            services = self.config_for(self.registry.get(name)).services.values()
+        except StemError:  # gone, or its colony.toml broken meanwhile: the hive's own
+            return self.stop_grace
+        return max([self.stop_grace, *(s.stop_timeout for s in services if s.stop_timeout is not None)])
 
     async def _restart_exited_agent(self, name: str) -> None:
         """`start` on a running colony whose agent exited brings the agent back in its resume form."""

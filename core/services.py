@@ -216,10 +216,11 @@ def _group(pgid: int, within: set[int] | None) -> list[tuple[int, bytes, int]]:
     return [(pid, fields[0], int(fields[1])) for pid, fields in procs.stats_of(within) if int(fields[2]) == pgid]
 
 
-def _end_group(pgid: int, grace: float, netns_name: str) -> None:
-    """Blocking, for a worker thread, once the group's leader has exited but is not yet reaped: SIGTERM what is
-    left of the group, SIGKILL it after `grace`, and reap the group's zombies that were re-parented to us (Stem
-    is a subreaper). Only this group's zombies: a blanket reap could steal another child's exit code."""
+def _end_group(pgid: int, grace: float, netns_name: str, first: int = signal.SIGTERM) -> bool:
+    """Blocking, for a worker thread, once the group's leader has exited but is not yet reaped: signal what is
+    left of the group (`first`), SIGKILL it after `grace`, and reap the group's zombies that were re-parented to us
+    (Stem is a subreaper). Only this group's zombies: a blanket reap could steal another child's exit code.
+    Whether it took SIGKILL."""
     me = os.getpid()
     # Looked for among the colony's processes (its cgroup), not every process on the machine. A zombie has left its
     # cgroup: one of the group's re-parented to us (a colony without a PID namespace) is then the orphan reaper's.
@@ -241,12 +242,13 @@ def _end_group(pgid: int, grace: float, netns_name: str) -> None:
         return live
 
     if not members():
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        return False
+    for sig, wait in ((first, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
         if not procs.wait_gone(members, wait):  # on pidfds: no polling interval
-            return
+            return sig == signal.SIGKILL
+    return True
 
 
 class _Background:
@@ -461,7 +463,7 @@ class ServiceRunner:
             self._set(STOPPED)
             return
         if self.pid is not None:
-            await self._end(self._grace)
+            await self._end()
         await asyncio.shield(self._task)
         if self.state != STOPPED:
             self._set(STOPPED, self.code)
@@ -586,7 +588,7 @@ class ServiceRunner:
             await exited
             return False
         if not self._stopping:
-            await self._end(self._grace)
+            await self._end()
         await exited
         return not self._stopping
 
@@ -670,15 +672,22 @@ class ServiceRunner:
         asyncio.get_running_loop().remove_reader(self._pidfd)
         self._exited.set()
 
-    async def _end(self, grace: float) -> None:
-        """SIGTERM the group, SIGKILL it after `grace`. The leader is unreaped while we signal, so the group id
-        cannot have been reused."""
-        self._signal(signal.SIGTERM)
+    @property
+    def _stop_grace(self) -> float:
+        """Seconds from the stop signal to SIGKILL: the service's `stop_timeout`, else the stop's."""
+        return self.spec.stop_timeout if self.spec.stop_timeout is not None else self._grace
+
+    async def _end(self) -> None:
+        """The service's stop signal (SIGTERM unless it says otherwise) to the group, SIGKILL after its grace. The
+        leader is unreaped while we signal, so the group id cannot have been reused."""
+        grace = self._stop_grace
+        self._signal(self.spec.stop_signal)
         try:
             await asyncio.wait_for(self._exited.wait(), grace)
         except TimeoutError:
             self._signal(signal.SIGKILL)
-            await self._note(f"still running {grace:g}s after SIGTERM: killed (SIGKILL)", f"{self.name}!")
+            sent = signal.Signals(self.spec.stop_signal).name
+            await self._note(f"still running {grace:g}s after {sent}: killed (SIGKILL)", f"{self.name}!")
             await self._exited.wait()
 
     def _signal(self, sig: int) -> None:
@@ -696,7 +705,13 @@ class ServiceRunner:
         if follow and not self._stopping and _clean_exit(proc) and await self._follow_background(proc):
             return None
         # Before reaping: while the leader is a zombie its pid (= the group id) cannot be handed out again.
-        await asyncio.to_thread(_end_group, _group_of(proc), self._grace, self.netns)
+        grace, first = self._stop_grace, self.spec.stop_signal
+        if await asyncio.to_thread(_end_group, _group_of(proc), grace, self.netns, first):
+            sent = signal.Signals(first).name
+            await self._note(
+                f"what was left of its process group still ran {grace:g}s after {sent}: killed (SIGKILL)",
+                f"{self.name}!",
+            )
         code = proc.poll()
         if code is None:  # cannot happen after the pidfd fired; never block the loop on it
             code = await asyncio.to_thread(proc.wait)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
 import textwrap
 from pathlib import Path
 
@@ -51,6 +52,8 @@ depends_on = ["api"]
 command = "python -m worker"
 restart = "no"
 depends_on = ["api", "web"]
+stop_signal = "INT"
+stop_timeout = 20
 
 [limits]
 memory = "2G"
@@ -93,6 +96,8 @@ def test_full_example_parses_into_every_field() -> None:
     assert (web.restart, web.ready, web.ready_timeout, web.depends_on) == ("always", "tcp", 30.0, ("api",))
     worker = cfg.services["worker"]
     assert (worker.port, worker.ready, worker.restart) == (None, None, "no")
+    assert (worker.stop_signal, worker.stop_timeout) == (signal.SIGINT, 20.0)
+    assert (web.stop_signal, web.stop_timeout) == (signal.SIGTERM, None)  # a stop's own: SIGTERM, 5 s
     assert cfg.limits == Limits(memory=2 * 1024**3, cpus=1.5, pids=512)
     assert cfg.network.egress == Egress("none")
     assert cfg.network.host_ports == (5432, 6379)
@@ -109,6 +114,20 @@ def test_tables_stem_does_not_apply_yet_are_refused_not_ignored(table: str, why:
     message = error_of(table)
     assert "is not applied by this version of Stem" in message and why in message
     assert message.startswith("colony.toml:2:")
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ('stop_signal = "KILL"', "stop_signal: must be one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,"),
+        ("stop_signal = 2", "stop_signal: must be a string (got integer 2)"),
+        ("stop_timeout = 0", "stop_timeout: must be a number greater than 0 (got 0)"),
+        ("stop_timeout = 900", "stop_timeout: must be at most 300 seconds (got 900)"),
+    ],
+)
+def test_a_stop_signal_or_timeout_that_cannot_be_is_one_line(line: str, error: str) -> None:
+    message = error_of(f'[services.db]\ncommand = "postgres"\n{line}\n')
+    assert message.startswith("colony.toml:3: [services.db] ") and error in message, message
 
 
 def test_peers_must_be_colony_names() -> None:

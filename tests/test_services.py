@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
-from helpers import git, make_repo, run_stem, until
+from helpers import git, make_repo, run_stem, stem_cmd, until
 
 from core import procs
 from core.config import ColonyConfig, ServiceSpec, parse_colony_config
@@ -400,6 +400,76 @@ def test_a_service_that_ignores_sigterm_is_killed_and_the_log_says_so(hive_env, 
         assert db.state == "stopped" and not alive(db.last_pid)
         said = [(e.source, e.text) for e in hive.log("stubborn").after(0) if e.source.startswith("db")]
         assert ("db!", "still running 0.3s after SIGTERM: killed (SIGKILL)") in said, said
+
+    run(hive_env, scenario)
+
+
+# A server that stops as postgres does on SIGTERM (a "smart" shutdown: it waits for its clients to leave) and at
+# once on SIGINT, which it says.
+PATIENT = r"""
+import select, signal, socket
+server = socket.create_server(("0.0.0.0", 5433))
+clients, stopping = [], []
+signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
+signal.signal(signal.SIGINT, lambda *_: stopping.append("SIGINT"))
+print("serving", flush=True)
+while not stopping or (clients and stopping[0] == "SIGTERM"):
+    for ready in select.select([server, *clients], [], [], 0.05)[0]:
+        if ready is server:
+            clients.append(server.accept()[0])
+        elif not ready.recv(1):
+            clients.remove(ready)
+print(f"{stopping[0]}: ending with {len(clients)} clients", flush=True)
+"""
+
+
+@pytest.mark.parametrize("stop_signal", ["", 'stop_signal = "SIGINT"'])
+def test_a_server_that_waits_for_its_clients_ends_cleanly_on_stop(hive_env, tmp_path, stop_signal):
+    """A `stem exec` client holds the server open: the stop ends the client as it ends the server, so a server that
+    waits for its clients (postgres's SIGTERM) ends by itself, not by SIGKILL; `stop_signal` sends what the
+    server stops at once on instead."""
+    toml = f'[services.db]\ncommand = "python3 -u patient.py"\nport = 5433\npreview = false\n{stop_signal}\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    (repo / "patient.py").write_text(PATIENT)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a patient server")
+    assert run_stem(hive_env.env, "spawn", "pg", "--repo", str(repo), "--agent", "shell").returncode == 0
+    client = subprocess.Popen(
+        [*stem_cmd(), "exec", "pg", "--", "python3", "-c",
+         "import socket, time; c = socket.create_connection(('127.0.0.1', 5433)); print('in', flush=True); "
+         "time.sleep(600)"],
+        env=hive_env.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdout.readline() == b"in\n"
+        assert run_stem(hive_env.env, "stop", "pg").returncode == 0
+        logs = run_stem(hive_env.env, "logs", "pg", "-s", "db").stdout
+        expected = "SIGINT: ending with" if stop_signal else "SIGTERM: ending with 0 clients"
+        assert expected in logs and "SIGKILL" not in logs, logs
+        assert client.wait(timeout=10) != 0  # ended by the stop, not left waiting
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+
+STUBBORN_CHILD = """
+[services.db]
+command = "(trap '' TERM; exec sleep 1000) & sleep 1000"
+"""
+
+
+def test_what_is_left_of_a_services_group_killed_on_stop_is_in_the_log(hive_env, repo):
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("left", repo)
+        colony = Colony(hive, "left", STUBBORN_CHILD)
+        await colony.services.start_all()
+        db = colony.services.services["db"]
+        await until(lambda: len(procs.group_members(db.pid)) == 3, what="the shell and its two sleeps")
+        await colony.services.stop_all(grace=0.3)
+        said = [(e.source, e.text) for e in hive.log("left").after(0) if e.source.startswith("db")]
+        killed = "what was left of its process group still ran 0.3s after SIGTERM: killed (SIGKILL)"
+        assert ("db!", killed) in said, said
 
     run(hive_env, scenario)
 

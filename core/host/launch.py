@@ -74,15 +74,16 @@ async def await_start(paths: HostPaths, name: str) -> None:
         raise HostGone(f"the colony host of {name} went away while starting: {exc}; {_log_tail(paths)}") from None
 
 
-async def stop(paths: HostPaths, grace: float, routes: bool = True) -> bool:
+async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: float | None = None) -> bool:
     """Ask the host to end everything the colony runs and exit (removing its preview routes unless `routes` is
-    false); wait until it has. False if no host ran."""
+    false); wait until it has, as long as its slowest service may take (`longest`, else `grace`) and then some.
+    False if no host ran."""
     found = paths.process()
     if found is None:
         return False
     try:
         async with await Connection.open(paths.socket, "script", client="stem stop") as conn:
-            await asyncio.wait_for(conn.stop(grace, routes), timeout=grace + 15)
+            await asyncio.wait_for(conn.stop(grace, routes), timeout=max(grace, longest or 0) + 15)
     except (StemError, TimeoutError, OSError):
         pass  # it does not answer: it is ended below
     if not await exited(found[0], 5.0):
