@@ -477,22 +477,37 @@ def wait_gone(members: Callable[[], set[int]], timeout: float) -> set[int]:
 _SHELL_SYNTAX = frozenset("$`;&|<>()*?[]{}~#\\\n!")
 
 
-def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
+def command_argv(command: str, env: Mapping[str, str], cwd: Path | None = None) -> list[str]:
     """How to run a colony.toml command: exec'd directly when it is a plain program and its arguments (so the
     service's pid is the program's own, not a `/bin/sh -c` wrapper's that lingers as its parent), else through
-    `/bin/sh -c`. A leading `exec ` is the shell's and is dropped; a program not on PATH goes through the shell,
-    whose "not found" and exit 127 the service's log then shows."""
-    if _SHELL_SYNTAX.intersection(command):
-        return ["/bin/sh", "-c", command]
+    `/bin/sh -c`, told to exec the program when the command is one program with expansions or redirections (so
+    its pid is still the program's). A leading `exec ` is the shell's and is dropped; a program not found goes
+    through the shell, whose "not found" and exit 127 the service's log then shows. A program named by a relative
+    path (`.venv/bin/uvicorn`) is looked for from `cwd`, where it runs."""
     try:
         words = shlex.split(command)
     except ValueError:
         return ["/bin/sh", "-c", command]
     if words and words[0] == "exec":
         words = words[1:]
-    if not words or "=" in words[0] or shutil.which(words[0], path=env.get("PATH", os.defpath)) is None:
-        return ["/bin/sh", "-c", command]
-    return words
+    found = bool(words) and "=" not in words[0] and _program(words[0], env, cwd)
+    if not _SHELL_SYNTAX.intersection(command):
+        return words if found else ["/bin/sh", "-c", command]
+    one_program = found and not _SHELL_LISTS.intersection(command) and not _SHELL_SYNTAX.intersection(words[0])
+    if one_program and not command.lstrip().startswith("exec "):
+        return ["/bin/sh", "-c", f"exec {command}"]
+    return ["/bin/sh", "-c", command]
+
+
+# What makes a command more than one program for the shell to run: lists, pipes, background, subshells, groups.
+_SHELL_LISTS = frozenset(";&|()\n{}`#")
+
+
+def _program(word: str, env: Mapping[str, str], cwd: Path | None) -> bool:
+    if "/" in word:
+        path = Path(word) if os.path.isabs(word) or cwd is None else cwd / word
+        return path.is_file() and os.access(path, os.X_OK)
+    return shutil.which(word, path=env.get("PATH", os.defpath)) is not None
 
 
 _reaps = Coalesced(_reap_scan)

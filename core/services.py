@@ -532,7 +532,7 @@ class ServiceRunner:
         """Spawn the service; everything that must exist before the first await is set up synchronously."""
         self.code = None
         self._exited = asyncio.Event()
-        argv = procs.command_argv(self.spec.command, self.env)
+        argv = procs.command_argv(self.spec.command, self.env, self.cwd)
         proc = procs.spawn(
             argv,
             netns_name=self.netns,

@@ -663,19 +663,29 @@ restart = "no"
     run(hive_env, scenario)
 
 
-def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_it():
+def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_it(tmp_path):
     env = {"PATH": os.defpath + ":" + os.path.dirname(sys.executable)}
     python = Path(sys.executable).name
     assert procs.command_argv(f"{python} -m http.server 3000", env) == [python, "-m", "http.server", "3000"]
     assert procs.command_argv(f"exec {python} 'a b'", env) == [python, "a b"]
+    # A program in the service's folder, named by a relative path (a virtualenv's, node_modules/.bin's).
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "uvicorn").write_text("#!/bin/sh\n")
+    (tmp_path / ".venv" / "bin" / "uvicorn").chmod(0o755)
+    assert procs.command_argv(".venv/bin/uvicorn api:app", env, tmp_path) == [".venv/bin/uvicorn", "api:app"]
+    # One program with expansions, globs or redirections: the shell reads them and execs it, so it keeps its pid.
+    for command in ("ls *.txt", "echo $HOME", f"{python} -u app.py --port $PORT > log", ".venv/bin/uvicorn $APP"):
+        assert procs.command_argv(command, env, tmp_path) == ["/bin/sh", "-c", f"exec {command}"], command
     for command in (
         "echo hi > out; exec python3 x",  # a list and a redirection
         f"{python} x | tee log",
         "PORT=1 node server.js",  # an assignment
         "cd www && npm start",
-        "ls *.txt",  # a glob
-        "echo $HOME",  # an expansion
+        f"{python} x 2>&1",
+        "$PYTHON x",  # the program itself an expansion
+        "exec python3 $X",  # exec'd already
         "no-such-program --flag",  # not found: the shell says so, exit 127
+        ".venv/bin/uvicorn api:app",  # not there from the folder it runs in
         "echo 'unterminated",
     ):
         assert procs.command_argv(command, env) == ["/bin/sh", "-c", command], command
