@@ -738,7 +738,7 @@ class Hive:
         if not commands:
             return
         box = self.sandbox_for(rec)
-        env = self.env_for(rec, dict(config.env), box, config.pass_env)
+        env = {**procs.LOGGED_ENV, **self.env_for(rec, dict(config.env), box, config.pass_env)}
         # Steps run before the colony's host exists: namespaces of their own, shared by the run's commands and
         # ended with them (nothing a build leaves running outlives it).
         init = procs.colony_init(box, rec.netns)

@@ -473,6 +473,10 @@ def wait_gone(members: Callable[[], set[int]], timeout: float) -> set[int]:
         reap_orphans()
 
 
+# What a command whose output goes to the colony's log (a service, setup, build) runs with unless it says otherwise:
+# Python writes each line as it prints it, not 8 KiB later or never (a block-buffered pipe dies with a kill).
+LOGGED_ENV = {"PYTHONUNBUFFERED": "1"}
+
 # Anything the shell itself would interpret: expansions, redirections, pipes, lists, globs, comments, escapes.
 _SHELL_SYNTAX = frozenset("$`;&|<>()*?[]{}~#\\\n!")
 

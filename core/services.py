@@ -980,7 +980,7 @@ class ServiceSet:
     # helpers --------------------------------------------------------------------------------------------------
 
     def _env_for(self, config: ColonyConfig, name: str) -> dict[str, str]:
-        return {**self.env, **config.env, **config.services[name].env}
+        return {**procs.LOGGED_ENV, **self.env, **config.env, **config.services[name].env}
 
     def _start_runner(self, spec: ServiceSpec, restarts: int = 0) -> ServiceRunner:
         env = self._env_for(self.config, spec.name)

@@ -453,6 +453,30 @@ def test_a_server_that_waits_for_its_clients_ends_cleanly_on_stop(hive_env, tmp_
             client.wait()
 
 
+def test_a_python_services_prints_reach_the_log_as_it_prints_them(hive_env, repo, monkeypatch):
+    """print() to a pipe is block-buffered: a quiet Python service's lines would sit in its buffer (and die with a
+    kill) unless PYTHONUNBUFFERED is set; the colony's services have it unless their config says otherwise."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    toml = """
+[services.worker]
+command = "python3 -c 'import time; print(\\"working\\"); time.sleep(600)'"
+
+[services.quiet]
+command = "python3 -c 'import time; print(\\"held\\"); time.sleep(600)'"
+env = { PYTHONUNBUFFERED = "" }
+"""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("py", repo)
+        colony = Colony(hive, "py", toml)
+        await colony.services.start_all()
+        await until(lambda: "working" in colony.services.services["worker"].last_lines, what="the printed line")
+        assert "held" not in colony.services.services["quiet"].last_lines  # its own setting holds
+        await colony.services.stop_all()
+
+    run(hive_env, scenario)
+
+
 STUBBORN_CHILD = """
 [services.db]
 command = "(trap '' TERM; exec sleep 1000) & sleep 1000"
