@@ -30,7 +30,15 @@ from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry, rotated
 from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
-from core.errors import BranchExists, NoSuchColony, StemError, StepFailed, WrongState, refused_by_disk
+from core.errors import (
+    BranchExists,
+    ConfigError,
+    NoSuchColony,
+    StemError,
+    StepFailed,
+    WrongState,
+    refused_by_disk,
+)
 from core.events import (
     ColonyRemoved,
     Event,
@@ -117,6 +125,7 @@ class ColonyProcess:
     proc: subprocess.Popen[bytes]
     starttime: int
     init: ColonyInit | None = None  # the namespaces it joined (its own when no host ran): let go when it ends
+    warning: str = ""  # what the caller should be told (colony.toml broken: its env and pass_env not applied)
 
 
 @dataclass(slots=True)
@@ -1143,7 +1152,12 @@ class Hive:
             rec = self.registry.get(name)
             if rec.state != lc.RUNNING:
                 raise WrongState(f"{name} is {rec.state}, not running: start it first (stem start {name})")
-            config = self.config_for(rec)
+            warning = ""
+            try:
+                config = self.config_for(rec)
+            except ConfigError as exc:  # a shell in the colony is how its agent or user mends it: not refused
+                config = ColonyConfig()
+                warning = f"colony.toml not applied (its env and pass_env are not set): {exc}"
             where = Path(rec.worktree) / cwd if cwd else Path(rec.worktree)
             box = self.sandbox_for(rec)
             init = procs.colony_init(box, rec.netns)  # the host's namespaces: the colony's processes are there
@@ -1166,7 +1180,7 @@ class Hive:
                 if isinstance(exc, PermissionError):
                     raise StemError(f"command not executable in {name}: {argv[0]}") from None
                 raise
-            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init)
+            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
             self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
             return started
 

@@ -276,11 +276,16 @@ class ColonyRuntime:
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
-    async def _report_init_lost(self, why: str) -> None:
+    async def _say(self, source: str, text: str, level: str) -> None:
+        """A line in the colony's log (every client's Logs tab, `stem logs`) and a notice of `level` to every
+        client."""
         name = self.rec.name
-        entry = await asyncio.to_thread(self._log.append, "sandbox", why)
-        self._emit(LogLine(name, entry.seq, entry.at, "sandbox", why))
-        self._emit(Notice(name, "error", f"{name}: {why}"))
+        entry = await asyncio.to_thread(self._log.append, source, text)
+        self._emit(LogLine(name, entry.seq, entry.at, source, text))
+        self._emit(Notice(name, level, f"{name}: {text}"))
+
+    async def _report_init_lost(self, why: str) -> None:
+        await self._say("sandbox", why, "error")
         if self._on_init_lost is not None:
             self._on_init_lost(why)
 
@@ -308,13 +313,13 @@ class ColonyRuntime:
         try:
             config = await asyncio.to_thread(load_colony_config, Path(self.rec.worktree))
         except ConfigError as exc:
-            self._emit(Notice(name, "error", f"{name}: colony.toml not applied, services kept: {exc}"))
+            await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             await asyncio.to_thread(self._registry.add_event, name, "config-error", str(exc))
             return None
         try:
             changes = await self.services.apply(config)
         except ConfigError as exc:
-            self._emit(Notice(name, "error", f"{name}: colony.toml not applied, services kept: {exc}"))
+            await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             return None
         before, self.config = self.config, config
         if config.limits != before.limits:
@@ -330,9 +335,9 @@ class ColonyRuntime:
             if names
         ]
         if parts:
-            message = f"{name}: colony.toml changed: {'; '.join(parts)}"
-            self._emit(Notice(name, "warning" if changes.not_ready else "info", message))
-            await asyncio.to_thread(self._registry.add_event, name, "config", message)
+            said = f"colony.toml changed: {'; '.join(parts)}"
+            await self._say("config", said, "warning" if changes.not_ready else "info")
+            await asyncio.to_thread(self._registry.add_event, name, "config", f"{name}: {said}")
         return changes
 
     async def _apply_limits(self, config: ColonyConfig) -> None:
@@ -366,9 +371,7 @@ class ColonyRuntime:
         """The kernel held a limit ("web killed: out of memory (256 MiB)"): in the colony's log, to every client
         (an error notice: the UI shows it and keeps it in Info), and in the registry (`stem ls --json`)."""
         name = self.rec.name
-        entry = await asyncio.to_thread(self._log.append, "limits", event.message)
-        self._emit(LogLine(name, entry.seq, entry.at, "limits", event.message))
-        self._emit(Notice(name, "error", f"{name}: {event.message}"))
+        await self._say("limits", event.message, "error")
         self._defer(lambda: self._registry.add_event(name, event.kind, event.message))
 
     async def _watch_config(self, changes: ChangeWatcher | None) -> None:

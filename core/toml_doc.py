@@ -274,8 +274,10 @@ def display_path(path: Path) -> str:
     shown = str(path)
     if path.is_absolute():
         try:
+            if os.getcwd() == "/":  # a daemon's (a colony host's): `tmp/x` would read as a path of the user's
+                return shown
             relative = os.path.relpath(path)
-        except ValueError:
+        except (ValueError, OSError):
             return shown
         if not relative.startswith("..") and len(relative) < len(shown):
             return relative

@@ -27,7 +27,19 @@ if TYPE_CHECKING:
     from core.merge import ColonyDiff, Conflict, MergeResult
 
 # What writes to a colony's log besides its services (`stem logs -s` takes these too).
-LOG_SOURCES = ("setup", "build", "network", "host", "agent", "limits", "preview", "peering")
+LOG_SOURCES = (
+    "setup",
+    "build",
+    "network",
+    "host",
+    "agent",
+    "limits",
+    "preview",
+    "peering",
+    "config",
+    "sandbox",
+    "isolation",
+)
 EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 
 
@@ -113,6 +125,9 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
 
         def wait() -> int:  # type: ignore[misc]  # the other branch's
             return exec_pty.session(master, proc)
+
+    if running.warning:
+        print(f"stem: warning: {running.warning}", file=sys.stderr, flush=True)
 
     def forward(sig: int) -> None:
         # The child has its own session, so the terminal's signals reach only us: pass them on.

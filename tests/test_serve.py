@@ -173,6 +173,13 @@ def test_colony_toml_edit_restarts_only_the_changed_service_and_a_broken_edit_ke
             assert services["web"].pid == web_pid and services["worker"].pid == worker_pid
             assert all(s.state == "ready" for s in services.values())
             assert not any(isinstance(e, ServiceState) and e.state == "stopped" for e in _drain(events))
+            # Both are in the colony's log, for `stem logs` to show; the broken file is named by its whole path.
+            logs = (await asyncio.to_thread(run_stem, hive_env.env, "logs", "edit", "-s", "config")).stdout
+            assert "[config] colony.toml changed: restarted worker" in logs, logs
+            assert f"[config!] colony.toml not applied, services kept: {toml}:" in logs, logs
+            # A shell in the colony still opens (it is how the file gets mended), saying what it lacks.
+            shell = await asyncio.to_thread(run_stem, hive_env.env, "exec", "edit", "--", "true")
+            assert shell.returncode == 0 and "warning: colony.toml not applied" in shell.stderr, shell.stderr
 
             # A service taken out of colony.toml is stopped and is no longer one of the colony's services.
             toml.write_text(SERVICES.split("[services.worker]")[0])
