@@ -145,7 +145,9 @@ async def probe(ready: str | None, ip: str, port: int | None, timeout: float = 1
         if ready == "tcp":
             return True
         path = ready.removeprefix("http:") or "/"
-        request = f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: stem-ready\r\n\r\n"
+        # Asked for as localhost, which dev servers' host checks let in (Django's ALLOWED_HOSTS in DEBUG, Vite's
+        # allowedHosts): as the colony's address, Django answers 400 and logs a traceback for every probe.
+        request = f"GET {path} HTTP/1.0\r\nHost: localhost:{port}\r\nUser-Agent: stem-ready\r\n\r\n"
         writer.write(request.encode("latin-1", "replace"))
         await asyncio.wait_for(writer.drain(), timeout)
         status = (await asyncio.wait_for(reader.readline(), timeout)).split()

@@ -687,6 +687,33 @@ restart = "no"
     run(hive_env, scenario)
 
 
+def test_the_http_readiness_probe_asks_as_localhost():
+    """A dev server that lets in only local host names (Django in DEBUG, Vite) is asked for what it lets in: it
+    answers, and logs no 'Invalid HTTP_HOST header' for every probe."""
+    from core.services import probe
+
+    async def scenario() -> tuple[list[bytes], int]:
+        seen: list[bytes] = []
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            host = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"host:"))
+            seen.append(host)
+            local = host.split(b":")[1].strip() in (b"localhost", b"127.0.0.1")
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\n" if local else b"HTTP/1.0 500 Bad host\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            assert await probe("http:/health", "127.0.0.1", port)
+        return seen, port
+
+    seen, port = asyncio.run(scenario())
+    assert seen == [f"Host: localhost:{port}".encode()]
+
+
 def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_it(tmp_path):
     env = {"PATH": os.defpath + ":" + os.path.dirname(sys.executable)}
     python = Path(sys.executable).name
