@@ -195,6 +195,9 @@ BACKGROUND_LOOKS = 40  # each 5 ms apart while a hop of its start is still exiti
 INTERMEDIATE = 1.0  # seconds: a followed process that ends sooner was a hop of its daemon's start
 
 
+_UNRUNNABLE = {127: "its program was not found", 126: "its program cannot be run"}
+
+
 def _unready(spec: ServiceSpec) -> str:
     """What the readiness check of a service that never got ready found."""
     what = "nothing took a connection" if spec.ready == "tcp" else f"{spec.ready} failed"
@@ -497,6 +500,9 @@ class ServiceRunner:
                     break
                 failed = code != 0 or not_ready
                 restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
+                # The shell could not run the program at all (127: not found, 126: not executable): no restart
+                # will find it. (A program exec'd directly that is not there fails `_launch` instead.)
+                unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
                 lines = list(self.last_lines)[-5:]
                 if not_ready:
                     lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
@@ -505,10 +511,11 @@ class ServiceRunner:
                 # In the colony's log too, under the service's name (as its stderr when it failed).
                 ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
                 source = f"{self.name}!" if failed else self.name
-                if not restart:
-                    await self._note(
-                        f"{ended}; not restarted (restart = {self.spec.restart})" if failed else ended, source
-                    )
+                if not restart or unrunnable:
+                    why = unrunnable or f"restart = {self.spec.restart}"
+                    await self._note(f"{ended}; not restarted ({why})" if failed else ended, source)
+                    if restart:
+                        self._set(CRASHED, code, "\n".join([*lines, f"not restarted ({why})"]))
                     return
                 if self._may_restart is not None and not await self._may_restart():
                     await self._note(ended, source)

@@ -227,6 +227,10 @@ restart = "no"
 [services.oneshot]
 command = "echo done; exit 0"
 restart = "on-failure"
+
+[services.missing]
+command = "no-such-program --serve"
+restart = "always"
 """
 
 
@@ -262,6 +266,12 @@ def test_restart_policies(hive_env, repo):
             said = [(e.source, e.text) for e in hive.log("crashy").after(0) if e.text.startswith("exited")]
             assert ("fragile!", "exited with 1; not restarted (restart = no)") in said
             assert ("flaky!", "exited with 1; restart 1 in 0.05s") in said, said
+            # A program the shell cannot find is not looked for again and again.
+            missing = services["missing"]
+            await until(lambda: missing.finished, what="missing's supervisor to give up")
+            assert (missing.state, missing.code, missing.restarts) == ("crashed", 127, 0)
+            said = [(e.source, e.text) for e in hive.log("crashy").after(0) if e.source == "missing!"]
+            assert said[-1] == ("missing!", "exited with 127; not restarted (its program was not found)"), said
         finally:
             await colony.services.stop_all()
         assert colony.states("flaky")[-1][0] == "stopped"
