@@ -311,6 +311,15 @@ class Hive:
 
         return preview.urls(self.layout.home, name)
 
+    def service_pids(self) -> dict[str, dict[str, int]]:
+        """{colony: {service: pid}} of the services running now, as the host sees them (the registry's process
+        table: a daemon a service went to the background as is there under the service's name)."""
+        found: dict[str, dict[str, int]] = {}
+        for proc in self.registry.processes():
+            if proc.kind.startswith("service:"):
+                found.setdefault(proc.colony, {})[proc.kind.removeprefix("service:")] = proc.pid
+        return found
+
     def preview_problem(self) -> str | None:
         """Why the hive's preview proxy could not be started the last time, while none runs."""
         from core import preview

@@ -64,6 +64,7 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
     now = time.time()
     merging = {status.colony: status.as_dict() for status in await hive.merge_statuses()}
     preview = await asyncio.to_thread(hive.preview_urls)  # service -> URL through the preview port
+    pids = await asyncio.to_thread(hive.service_pids)
     from core import sandbox
 
     isolation = list(sandbox.status(hive.settings.isolation))  # what is not enforced, one line each
@@ -87,6 +88,7 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
                 "created_at": r.created_at,
                 "age": round(now - r.created_at, 1),
                 "services": row.services,
+                "service_pids": pids.get(r.name, {}),  # as the host numbers them (`ps` outside the colony)
                 "agent": row.agent,
                 "host": row.hosted,
                 "preview": preview.get(r.name, {}),

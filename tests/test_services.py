@@ -656,6 +656,8 @@ def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_p
     # Named as `ps` in the colony shows it, and as the host does.
     said = f"went to the background as pid {procs.colony_pid(served[0])} in the colony ({served[0]} on the host)"
     assert said in logs, logs
+    (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert row["service_pids"] == {"web": served[0]}  # the daemon, the service's process now
     assert run_stem(hive_env.env, "stop", "bg").returncode == 0
     assert not any(alive(pid) for pid in served)
 
