@@ -17,7 +17,9 @@ from pathlib import Path
 from core.errors import BadRef, BranchExists, NotARepository, StemError
 from core.locks import file_lock, repo_lock_path
 
-_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+# GIT_OPTIONAL_LOCKS=0: a `git status` of Stem's never takes a worktree's index.lock to save a refreshed index, which
+# made a checkout starting in that worktree at the same moment fail ("remove the file manually to continue").
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"}
 # Variables that would point git at another repository or index (a git hook sets them, for one).
 _REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
 
@@ -36,9 +38,12 @@ def git_env() -> dict[str, str]:
 
 
 def _failed(what: str, cwd: Path, said: str | bytes, code: int) -> StemError:
-    """`what` failed in `cwd`: the last line of what git `said` (or its exit code)."""
+    """`what` failed in `cwd`: git's last `fatal:` or `error:` line (the advice after it, as in "remove the file
+    manually to continue", names nothing), else the last line of what it `said`, else its exit code."""
     detail = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip().splitlines()
-    return StemError(f"{what} failed in {cwd}: {detail[-1] if detail else code}")
+    errors = [line for line in detail if line.startswith(("fatal: ", "error: "))]
+    line = errors[-1] if errors else detail[-1] if detail else code
+    return StemError(f"{what} failed in {cwd}: {line}")
 
 
 def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

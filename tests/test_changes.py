@@ -368,3 +368,30 @@ def test_watcher_on_a_missing_worktree_fails_with_a_stem_error(tmp_path: Path) -
             await watcher.start()
 
     asyncio.run(scenario())
+
+
+def test_stems_git_status_never_rewrites_the_index_under_a_checkout(tmp_path: Path) -> None:
+    """`git status` saves a refreshed index by default, holding index.lock meanwhile: a checkout starting in that
+    worktree at that moment failed ("remove the file manually to continue"). Stem's never takes the lock."""
+    from core import worktree
+
+    repo = make_repo(tmp_path / "repo")
+    tracked = next(p for p in repo.iterdir() if p.is_file())
+    os.utime(tracked, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # stat data the index does not have
+    index = repo / ".git" / "index"
+    before = index.stat().st_mtime_ns
+    assert worktree.dirty_files(repo) == []
+    assert index.stat().st_mtime_ns == before
+
+
+def test_a_git_failure_names_what_git_found_not_its_advice(tmp_path: Path) -> None:
+    """git ends a lock failure with advice ("remove the file manually to continue") that names nothing: the line
+    Stem shows is git's fatal one, with the lock's path."""
+    from core import worktree
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".git" / "index.lock").touch()
+    with pytest.raises(StemError) as caught:
+        worktree.git(["-c", "user.name=a", "-c", "user.email=a@b", "commit", "--allow-empty", "-qm", "x"], repo)
+    message = str(caught.value)
+    assert f"fatal: Unable to create '{repo}/.git/index.lock': File exists." in message, message
