@@ -233,3 +233,66 @@ def test_a_ui_links_the_colony_it_shows_first_and_the_others_once_it_is_drawn(hi
             await hive.close()
 
     asyncio.run(scenario())
+
+
+# A client that subscribes to the colony's log and then stops reading (an SSH link that stalls, a UI under ctrl+z).
+STALLED_CLIENT = """
+import asyncio, os, signal, sys
+from core.host.protocol import Connection
+
+async def main():
+    conn = await Connection.open(sys.argv[1], "ui")
+    await conn.subscribe("logs", "states")
+    print("subscribed", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    async for update in conn.updates():  # going on: the lines it missed arrive
+        if any(entry.text.startswith("0599999 ") for entry in getattr(update, "entries", ())):
+            print("caught up", flush=True)
+            return
+
+asyncio.run(main())
+"""
+FLOOD = """
+[services.flood]
+command = "python3 flood.py"
+"""
+FLOOD_PY = """
+import time
+for i in range(600_000):
+    print(f"{i:07d} " + "x" * 200)
+open("flooded", "w").close()
+time.sleep(600)
+"""
+
+
+def test_a_service_flooding_its_log_to_a_stalled_client_does_not_grow_the_host(hive_env, tmp_path):
+    """The client's socket backs up: its log lines wait in the log's ring, not in the host's memory, and reach it
+    once it reads again."""
+    repo = make_repo(tmp_path / "repo", colony_toml=FLOOD.replace("flood.py", "-c pass"))
+    assert run_stem(hive_env.env, "spawn", "fl", "--repo", str(repo), "--agent", "shell").returncode == 0
+    worktree = Path(listed(hive_env)["fl"]["worktree"])
+    host = host_pid(hive_env, "fl")
+    client = subprocess.Popen(
+        [sys.executable, "-c", STALLED_CLIENT, str(HostPaths(hive_env.home / "colonies" / "fl").socket)],
+        cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdout.readline() == b"subscribed\n"
+        wait_for(lambda: Path(f"/proc/{client.pid}/stat").read_text().split(") ")[1][0] == "T", 10, "a stop")
+        before = _rss(host)
+        (worktree / "flood.py").write_text(FLOOD_PY)
+        (worktree / "colony.toml").write_text(FLOOD)  # the edit starts the flood
+        wait_for((worktree / "flooded").exists, timeout=120, what="600,000 lines printed")
+        grown = _rss(host) - before
+        assert grown < 64 << 20, f"the host grew {grown >> 20} MiB"  # the lines, queued, would be ~130 MB
+        assert host_pid(hive_env, "fl") == host
+        os.kill(client.pid, signal.SIGCONT)
+        assert client.communicate(timeout=30)[0] == b"caught up\n"
+    finally:
+        client.kill()
+        client.wait()
+
+
+def _rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) << 10

@@ -80,6 +80,9 @@ class Client:
         self.pending_rows: set[int] = set()
         self.pending_clipboard: list[str] = []  # the agent's OSC 52 writes, sent with the next rows
         self.flushing = False
+        # While its socket is backed up, log lines are not queued for it (a service's flood would grow the host
+        # without bound): it gets them from the log's ring once it drains, after this seq.
+        self.log_behind: int | None = None
 
     def send(self, msg: p.Message) -> None:
         if not self.writer.is_closing():
@@ -347,7 +350,17 @@ class ColonyHost:
             return
         if isinstance(event, LogLine):
             entry = Entry(event.seq, event.at, event.source, event.text)
-            self._broadcast("logs", p.Log((entry,)))
+            message = p.Log((entry,))
+            for client in self.clients:
+                if client.log_behind is not None or not ({"logs", "log-live"} & client.streams):
+                    continue
+                if client.slow:
+                    client.log_behind = event.seq - 1
+                    task = asyncio.get_running_loop().create_task(self._catch_up_logs(client))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    client.send(message)
             return
         if isinstance(event, Notice):
             self._broadcast("states", p.NoticeMessage(event.level, event.message))
@@ -432,6 +445,23 @@ class ColonyHost:
             state = dataclasses.replace(state, clipboard=tuple(client.pending_clipboard))
             client.pending_clipboard = []
         client.send(p.Rows(state))
+
+    async def _catch_up_logs(self, client: Client) -> None:
+        """A client that fell behind: once its socket drains, the lines since from the log's ring (what fell off
+        the ring meanwhile is in the log file), until it keeps up again. Memory stays the ring's."""
+        while client.log_behind is not None:
+            try:
+                await client.writer.drain()
+            except ConnectionError:
+                return
+            if client.writer.is_closing():
+                return
+            missed = self.colony_log.after(client.log_behind)[-LOG_PAGE:]
+            if missed:
+                client.send(p.Log(tuple(missed)))
+                client.log_behind = missed[-1].seq
+            if not client.slow:
+                client.log_behind = None
 
     async def _drain_then_flush(self, client: Client) -> None:
         try:
