@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from core import cgroups, firewall, netns, procs, worktree
 from core import lifecycle as lc
+from core.errors import StemError
 from core.locks import file_lock, remove_unused
 from core.names import netns_pattern, veth_pattern
 from core.provision import RUNTIME_PARTS
@@ -107,13 +108,23 @@ def _orphan_resources(hive: Hive, report: GcReport) -> None:
     for res in reg.resources():
         if res.colony in names:
             continue
-        unmerged = hive.teardown.remove_resource(res, keep_unmerged=True)
+        if res.kind == "branch":
+            repo, branch = res.ident.split("#", 1)
+            there = Path(repo).exists() and worktree.branch_exists(Path(repo), branch)
+            holder = worktree.checked_out(Path(repo), branch) if there else None
+        try:
+            unmerged = hive.teardown.remove_resource(res, keep_unmerged=True)
+        except StemError as exc:  # one that cannot go is said; the rest is still collected
+            report.kept.append(f"{res.kind} {res.ident} (left by {res.colony}): {exc}")
+            continue
         if res.kind != "branch":
             report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
-            continue
-        repo, branch = res.ident.split("#", 1)
-        if unmerged:
+        elif unmerged:
             report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
+        elif holder is not None:
+            report.kept.append(f"branch {branch} in {repo}: checked out at {holder} now, not Stem's; forgotten")
+        elif not there:
+            report.removed.append(f"branch {branch} in {repo}: gone already; forgotten")
         else:
             report.removed.append(f"branch {branch} in {repo} (merged)")
 

@@ -98,7 +98,9 @@ class Teardown:
         elif res.kind == "branch":
             repo_text, branch = res.ident.split("#", 1)
             repo = Path(repo_text)
-            if repo.exists() and worktree.branch_exists(repo, branch):
+            # One checked out now is someone else's (another hive's colony of the name, the user's checkout): the
+            # claim is let go, the branch left alone.
+            if repo.exists() and worktree.branch_exists(repo, branch) and worktree.checked_out(repo, branch) is None:
                 unmerged = worktree.unmerged_commits(repo, branch) if keep_unmerged else 0
                 if unmerged:
                     return unmerged

@@ -204,9 +204,14 @@ def _no_room(repo: Path, path: Path, commit: str) -> StemError | None:
 _BLOCK = 4096  # a file takes whole blocks
 
 
+def checked_out(repo: Path, branch: str) -> Path | None:
+    """The worktree of `repo` that has `branch` checked out, if one does."""
+    return next((w.path for w in worktrees(repo) if w.branch == branch), None)
+
+
 def _taken(repo: Path, branch: str) -> str:
     """Why `branch` cannot be made: checked out in a worktree (another hive's colony, or the user's own), or there."""
-    held = next((w.path for w in worktrees(repo) if w.branch == branch), None)
+    held = checked_out(repo, branch)
     if held is None:
         return (
             f"branch {branch} already exists in {repo}: merge or delete it (git branch -D {branch}), "

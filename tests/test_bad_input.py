@@ -239,6 +239,28 @@ def test_a_colony_name_another_hive_has_in_the_same_repository_names_that_hive(h
         other.cleanup()
 
 
+def test_gc_never_deletes_a_kept_branch_that_another_hive_has_checked_out_now(hive_env, repo, tmp_path):
+    """A destroyed colony's unmerged branch is kept (and gc deletes it once merged); the user deletes it by hand,
+    and another hive makes a colony of that name: this hive's gc lets its claim go and leaves that branch alone."""
+    assert run_stem(hive_env.env, "spawn", "shared", "--repo", str(repo)).returncode == 0
+    commit = "echo x > x.txt && git add x.txt && git commit -qm work"
+    assert run_stem(hive_env.env, "exec", "shared", "--", "sh", "-c", commit).returncode == 0
+    assert run_stem(hive_env.env, "destroy", "--force", "shared").returncode == 0
+    git(repo, "branch", "-D", "colony/shared")
+    other = HiveEnv(tmp_path / "other")
+    try:
+        assert run_stem(other.env, "spawn", "shared", "--repo", str(repo)).returncode == 0
+        tip = git(repo, "rev-parse", "colony/shared")
+        gc = run_stem(hive_env.env, "gc")
+        assert gc.returncode == 0, gc.stderr
+        assert "branch colony/shared" in gc.stdout and "not Stem's; forgotten" in gc.stdout, gc.stdout
+        assert git(repo, "rev-parse", "colony/shared") == tip
+        assert run_stem(hive_env.env, "gc").stdout.strip() == "nothing to clean"
+        assert json.loads(run_stem(other.env, "ls", "--json").stdout)[0]["state"] == "running"
+    finally:
+        other.cleanup()
+
+
 def test_a_reader_that_stops_early_gets_no_traceback(hive_env, repo):
     """`stem logs NAME -n 1000 | head -1` and `stem ls | head`: the writer sees EPIPE; that is not an error."""
     assert run_stem(hive_env.env, "spawn", "chatty", "--repo", str(repo)).returncode == 0
