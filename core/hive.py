@@ -1190,7 +1190,15 @@ class Hive:
                     raise StemError(f"command not executable in {name}: {argv[0]}") from None
                 raise
             started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
-            self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
+            try:
+                self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
+            except BaseException:  # unrecorded, a stop could not find it: it does not run (a full disk, say)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                procs.forget_child(proc.pid)
+                procs.release_init(init)
+                raise
             return started
 
         return await self._call(name, start)

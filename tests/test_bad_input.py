@@ -310,6 +310,10 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
             line = assert_refused(run_stem(env, *args), "free some space")
             assert "cannot be written" in line or "No space left" in line
         assert log.read_bytes().startswith(before)  # a destroy that could not begin left the log as it was
+        # A command the registry cannot record is not left running where no stop would find it.
+        assert_refused(run_stem(env, "exec", "kept", "--", "sleep", "333"), "free some space")
+        ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout.splitlines()
+        assert "sleep 333" not in ps
         (disk / "filler").unlink()
         assert re.search(r"^kept\s+running\s", run_stem(env, "ls").stdout, re.M)
         assert run_stem(env, "destroy", "--force", "kept").returncode == 0
