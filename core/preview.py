@@ -701,7 +701,9 @@ class PreviewRoutes:
         self._loop = asyncio.get_running_loop()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview")
         self._last: Future[None] | None = None
-        self._routed: set[str] = set()  # services that have (or may have) a route: what a stop must remove
+        # Services that have (or may have) a route, and their ports: what a stop must remove, what a Caddy started
+        # again must be given again.
+        self._routed: dict[str, int] = {}
         self._said = ""  # the last problem told, so a crash-looping service does not repeat it every time
         self._caddy: tuple[int, int, int] | None = None  # the hive's Caddy, as last seen
         self._closed = False  # `close` ran: the routes are gone (or the stopper's to remove), nothing more is asked
@@ -711,11 +713,17 @@ class PreviewRoutes:
         if not self.port:
             return
         if state == "ready" and service_port:
-            self._routed.add(service)
+            self._routed[service] = service_port
             self._submit(self._add, service, service_port)
         elif service in self._routed:
-            self._routed.discard(service)
+            del self._routed[service]
             self._submit(self._remove, service)
+
+    def recheck(self) -> None:
+        """Now and then (the host's guard): a Caddy that is gone (killed, crashed) is started again, with this
+        colony's routes (every host gives its own)."""
+        if self.port and self._routed:
+            self._submit(self._reroute)
 
     async def settled(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait (bounded) until what was asked so far is done, so a spawn returns with its URLs in place."""
@@ -767,6 +775,20 @@ class PreviewRoutes:
             self._tell(
                 "warning", f"{url} also names {other.service} of {other.colony}: rename a service to tell them apart"
             )
+
+    def _reroute(self) -> None:
+        """Caddy gone: started again with this colony's routes. Caddy there (another colony's host started it
+        again first) without some of them: those added again."""
+        if not _answers(PreviewPaths.of(self.home)):
+            missing = dict(self._routed)
+            self._write("the preview proxy had ended: started again with this colony's routes")
+        else:
+            have = urls(self.home, self.colony).get(self.colony, {})
+            missing = {service: port for service, port in self._routed.items() if service not in have}
+            if missing:
+                self._write("the preview proxy lost this colony's routes (started again): added again")
+        for service, service_port in missing.items():
+            self._add(service, service_port)
 
     def _remove(self, service: str) -> None:
         remove_route(self.home, self.colony, service)

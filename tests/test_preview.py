@@ -183,6 +183,25 @@ def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive
     assert caddy_pid(hive_env) not in (None, caddy)
 
 
+@pytest.mark.root
+def test_a_caddy_killed_comes_back_by_itself_with_every_route(hive_env, tmp_path):
+    """Nothing else happens after the kill: the colonies' hosts notice within their guard's interval (10 s) and
+    start Caddy again, each giving its routes, and the log says so."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    spawn(hive_env, repo, "a", "b")
+    port = preview_port(hive_env)
+    caddy = caddy_pid(hive_env)
+    assert caddy is not None
+    os.kill(caddy, signal.SIGKILL)
+    wait_for(lambda: not alive(caddy), what="Caddy to die")
+    back = {"web-a.localhost": (200, "I am a\n"), "web-b.localhost": (200, "I am b\n")}
+    wait_for(lambda: all(through(port, h) == want for h, want in back.items()), timeout=30, what="both routes back")
+    assert caddy_pid(hive_env) not in (None, caddy)
+    said = run_stem(hive_env.env, "logs", "a").stdout + run_stem(hive_env.env, "logs", "b").stdout
+    assert "the preview proxy had ended: started again" in said, said
+
+
 def three_routed_colonies(hive_env, tmp_path) -> tuple[int, int]:
     """Colonies a, b and c, each with a routed web service: the preview port and the hive's Caddy's pid."""
     fake_agent_config(hive_env)

@@ -289,12 +289,16 @@ class ColonyHost:
 
     async def _guard(self) -> None:
         """A host whose colony vanished under it (its folder deleted, STEM_HOME removed, its row gone) ends what it
-        runs and exits instead of running on for nobody. A stat every GUARD_INTERVAL s, on the loop; the registry
-        (a read in a thread) every GUARD_REGISTRY_EVERY-th time: an idle host wakes for little else."""
+        runs and exits instead of running on for nobody; a preview proxy killed under it is started again. A stat
+        every GUARD_INTERVAL s, on the loop; the registry (a read in a thread) every GUARD_REGISTRY_EVERY-th time,
+        and Caddy's admin socket asked (in the preview worker) when the colony has routes: an idle host wakes for
+        little else."""
         looks = 0
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
             looks += 1
+            if self.runtime is not None and self.runtime.preview is not None:
+                self.runtime.preview.recheck()
             gone = not self.paths.lock.exists()
             if not gone and looks % GUARD_REGISTRY_EVERY == 0:
                 try:
