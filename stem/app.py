@@ -264,6 +264,9 @@ class StemApp(App[int], inherit_bindings=False):
                 form.typeahead.append((event.key, event.character))
                 event.stop()
                 return
+            if form is not None and form.takes_key(event):  # kept in order while the form opens or moves on
+                event.stop()
+                return
             focused = self.screen.focused
             if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
                 if not await check_priority_bindings(self, event.key):

@@ -118,3 +118,21 @@ def test_spawn_type_and_quit_in_tmux(tmux, hive_env, repo):
     # The colony outlives the UI; only its agent stopped.
     listed = subprocess.run([*stem_cmd(), "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60)
     assert "alder" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_the_new_colony_form_keeps_every_key_typed_in_one_burst(tmux, hive_env, repo):
+    """Typed faster than the form opens and moves on, as a paste or a fast typist sends them: the keys after `n`
+    are the name field's (the suggestion replaced), those after enter the next field's, and ctrl+s spawns with
+    everything typed before it."""
+    tmux.wait("Welcome to Stem", str(repo))
+    tmux.keys("n", *"quick-one", "C-s")  # one write: the form has not even drawn when most of it arrives
+    tmux.wait("quick-one", "running", "back to panels", timeout=60)  # its terminal has the focus
+    tmux.keys("C-]")
+    tmux.wait("stop/start")
+    tmux.keys("n", *"second", "Enter", *"nowhere", "C-s")  # the repository field gets "nowhere"
+    screen = tmux.wait("New colony", "is not a directory")
+    fields = [line.strip("│ ") for line in screen.splitlines()]
+    assert fields[fields.index("Name") + 1] == "second", screen
+    assert fields[fields.index("Repository") + 1] == "nowhere", screen
+    listed = subprocess.run([*stem_cmd(), "ls"], env=hive_env.env, capture_output=True, text=True, timeout=60)
+    assert "quick-one" in listed.stdout and "second" not in listed.stdout, listed.stdout

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
@@ -124,6 +124,8 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         # set after a good check, through the dismissal, until the app takes the keys.
         self.validating = False
         self.typeahead: list[tuple[str, str | None]] = []
+        # Keys typed between `n` and the name field having the focus: given to it then, in order.
+        self.early: list[events.Key] | None = []
 
     def compose(self) -> ComposeResult:
         presets = sorted(self.settings.agents)
@@ -159,6 +161,45 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         blink = getattr(self.app, "blink", True)
         for box in self.query(Input):
             box.cursor_blink = blink
+        self.call_after_refresh(self._opened)
+
+    def _opened(self) -> None:
+        """The name field has the focus: the keys typed meanwhile are the form's, in the order they came (enter
+        moving on, ctrl+s spawning, what follows it the agent's)."""
+        self.set_focus(self.query_one("#spawn-name", Input))
+        early, self.early = self.early or [], None
+        for key in early:
+            if self.validating:
+                self.typeahead.append((key.key, key.character))
+            elif key.key == "escape":
+                self.action_cancel()
+                return
+            elif key.key == "ctrl+s":
+                self.action_submit()
+            elif not self.takes_key(key) and self.focused is not None:
+                replayed = events.Key(key.key, key.character)
+                replayed._set_forwarded()  # as the app hands keys on: bubbling back, it is not taken for a new one
+                self.focused.post_message(replayed)
+
+    def takes_key(self, event: events.Key) -> bool:
+        """Called by the app for every key as it arrives, before it goes to the focused field, so that keys keep
+        their order around what changes the focus: the form still opening (kept for the name field), enter (the
+        focus moves on at once, not when the field's queue reaches it: the next keys go to the next field)."""
+        if self.early is not None:
+            self.early.append(event)
+            return True
+        if event.key != "enter" or self.app.screen is not self:
+            return False
+        inputs = list(self.query(Input))
+        focused = self.focused
+        if not isinstance(focused, Input) or focused not in inputs:
+            return False
+        index = inputs.index(focused)
+        if index + 1 < len(inputs):
+            self.set_focus(inputs[index + 1])
+        else:
+            self.action_submit()
+        return True
 
     def _field(
         self, key: str, label: str, value: str, placeholder: str, suggester: SuggestFromList | None = None
@@ -222,8 +263,18 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         self.query_one("#spawn-submit", Button).disabled = True
         self.validating = True
         self.typeahead.clear()
-        values = {key: self.value(key) for key in self.FIELDS}
-        self._check(values, self.finish)
+        # ctrl+s is acted on as it arrives: keys typed before it may still wait in a field's queue. The fields are
+        # read once each has taken what it was sent (a callback queued behind those keys, in every field).
+        boxes = list(self.query(Input))
+        waiting = [len(boxes)]
+
+        def taken() -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                self._check({key: self.value(key) for key in self.FIELDS}, self.finish)
+
+        for box in boxes:
+            box.call_later(taken)
 
     @work(thread=True, exclusive=True, group="spawn-form", exit_on_error=False)
     def _check(self, values: dict[str, str], then: Callable[..., None]) -> None:
