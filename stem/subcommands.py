@@ -50,6 +50,8 @@ def _hive() -> HiveAPI:
 
 
 async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:
+    if args.agent is not None and not args.agent.strip():
+        raise StemError("--agent is empty: give a preset (claude, codex, shell, ...) or a command, or leave it out")
     rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
     print(f"{rec.name}  {rec.state}  {rec.ip}  {rec.branch}  {rec.worktree}")
     return 0

@@ -201,6 +201,11 @@ def test_unknown_colony_and_wrong_states(hive_env, repo):
     )
 
 
+def test_an_empty_agent_is_refused_not_taken_for_the_default(hive_env, repo):
+    assert_refused(run_stem(hive_env.env, "spawn", "x", "--repo", str(repo), "--agent", " "), "--agent is empty")
+    assert_nothing_made(hive_env, repo)
+
+
 def test_usage_errors_are_one_line(hive_env):
     assert_refused(run_stem(hive_env.env, "spawn"), "the following arguments are required: name")
     assert_refused(run_stem(hive_env.env, "frobnicate"), "invalid choice: 'frobnicate'")
