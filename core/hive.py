@@ -75,6 +75,7 @@ STOP_GRACE = 5.0
 STOP_WORKERS = 32  # threads a batch of stops runs its blocking work on (namespaces, cgroups, waits on the kernel)
 LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before asking it to start
 FIRST_LINK_WAIT = 0.5  # seconds at most a UI's other links wait for the colony it shows first (see `attach`)
+ORPHAN_CHECK = 10.0  # seconds between a following process's looks for colonies a dead stem process left mid-way
 REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
 ROOM_WORTH_MAKING = 64 << 10  # a colony's logs smaller than this are not emptied to make room for a destroy
 
@@ -1346,12 +1347,29 @@ class Hive:
         def fallback(why: str) -> None:
             self._publish(Notice("", "warning", f"following the hive by polling: {why}"))
 
-        async with HiveWatch(self.layout.home, on_fallback=fallback) as watch:
-            async for _ in watch.changes():
-                try:
-                    await self.reconcile()
-                except Exception as exc:  # keep following the registry whatever one pass hit
-                    self._publish(Notice("", "error", f"following the hive failed: {describe(exc)}"))
+        orphans = asyncio.create_task(self._finish_orphans(), name="finish-orphans")
+        try:
+            async with HiveWatch(self.layout.home, on_fallback=fallback) as watch:
+                async for _ in watch.changes():
+                    try:
+                        await self.reconcile()
+                    except Exception as exc:  # keep following the registry whatever one pass hit
+                        self._publish(Notice("", "error", f"following the hive failed: {describe(exc)}"))
+        finally:
+            orphans.cancel()
+
+    async def _finish_orphans(self) -> None:
+        """A stem process that dies mid-way (a UI killed after ctrl+s, a spawn killed -9) writes nothing more, so
+        no registry change tells: every ORPHAN_CHECK s, a colony mid-way whose lock nobody holds is finished off,
+        as `attach` does at first."""
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK)
+            try:
+                rows = await asyncio.to_thread(self.registry.colonies)
+                if any(rec.state in lc.IN_FLIGHT for rec in rows):
+                    await self.finish_interrupted()
+            except Exception as exc:  # keep looking whatever one pass hit
+                self._publish(Notice("", "error", f"finishing an interrupted colony failed: {describe(exc)}"))
 
     async def reconcile(
         self, fresh: Sequence[ColonyRecord] | None = None, rest_after: asyncio.Event | None = None

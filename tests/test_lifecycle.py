@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -222,6 +223,33 @@ def test_spawn_killed_at_each_step_then_gc_leaves_nothing(hive_env, tmp_path, st
     rec = spawn(hive_env, "victim", repo)
     assert rec["state"] == "running"
     assert (Path(rec["worktree"]) / "setup.txt").read_text() == "setting up\n"
+
+
+def test_a_following_ui_finishes_a_spawn_killed_mid_way_without_another_command(hive_env, tmp_path):
+    """A UI (or `stem serve`) follows the hive while a spawn from a shell is killed -9 half way: nothing writes
+    the registry after that, yet within its look every 10 s the follower rolls the colony back."""
+    from core.hive import Hive
+
+    repo = make_repo(tmp_path / "killrepo", colony_toml=COLONY_TOML)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+            env = dict(hive_env.env, STEM_FAULT_KILL_AT="worktree")
+            killed = await asyncio.to_thread(run_stem, env, "spawn", "victim", "--repo", str(repo))
+            assert killed.returncode == -signal.SIGKILL
+            assert hive.registry.find("victim") is not None  # left half made
+            deadline = asyncio.get_running_loop().time() + 30
+            while hive.registry.find("victim") is not None:
+                assert asyncio.get_running_loop().time() < deadline, "the follower left the colony half made"
+                await asyncio.sleep(0.1)
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+    assert netns_names(hive_env.prefix) == []
+    assert git(repo, "branch", "--format=%(refname:short)").split() == ["main"]
 
 
 def interrupted(hive_env, args: list[str], begun: Callable[[], bool], sig: int) -> tuple[int, str, str]:
