@@ -102,4 +102,42 @@ def keymap(remaps: Mapping[str, str]) -> dict[str, str]:
             close = [k for k in KEYS if k.split(".")[-1] == binding_id.split(".")[-1]]
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"config.toml: [keys] {binding_id}: no such binding{hint}; `?` in stem lists them")
-    return {binding_id: keys for binding_id, keys in remaps.items() if keys}
+    mapped = {binding_id: keys for binding_id, keys in remaps.items() if keys}
+    _check_clashes(mapped)
+    return mapped
+
+
+# Where a binding works: its own panel's (or dialog's) bindings and the app's are live at once; a modal dialog's are
+# alone (the app's stay under it).
+_MODAL = ("dialog", "help", "merge")
+
+
+def _check_clashes(mapped: Mapping[str, str]) -> None:
+    """A remapped key that another binding live in the same place has too: one of them would never run (a stop key
+    taken by destroy, say). Bindings that share a key by default (enter, escape in different roles) are left be."""
+
+    def keys_of(binding_id: str, remapped: bool) -> set[str]:
+        text = mapped.get(binding_id, KEYS[binding_id].keys) if remapped else KEYS[binding_id].keys
+        return {key.strip() for key in text.split(",") if key.strip()}
+
+    def together(a: str, b: str) -> bool:
+        sa, sb = a.split(".")[0], b.split(".")[0]
+        if sa == sb:
+            return True
+        if "app" in (sa, sb):
+            return (sb if sa == "app" else sa) not in _MODAL
+        return False
+
+    for binding_id in mapped:
+        mine = keys_of(binding_id, True)
+        for other in KEYS:
+            if other == binding_id or not together(binding_id, other):
+                continue
+            if keys_of(binding_id, False) & keys_of(other, False):
+                continue  # shared by design
+            shared = mine & keys_of(other, True)
+            if shared:
+                raise ConfigError(
+                    f"config.toml: [keys] {binding_id} = {mapped[binding_id]!r}: {sorted(shared)[0]} is also "
+                    f"{other} ({KEYS[other].description}) there, which would never run: give one of them another key"
+                )

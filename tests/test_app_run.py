@@ -47,6 +47,18 @@ def test_an_unknown_binding_id_is_one_line_and_exit_2(config, capsys):
     assert "colony.nuke: no such binding" in one_line(capsys)
 
 
+def test_a_remap_onto_another_bindings_key_is_one_line_and_exit_2(config, capsys):
+    config.write_text('[keys]\n"colony.destroy" = "s"\n')  # stop/start's key in the same panel
+    assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
+    line = one_line(capsys)
+    assert "colony.destroy = 's': s is also colony.stop_start (stop/start) there" in line, line
+    config.write_text('[keys]\n"colony.destroy" = "x"\n"colony.stop_start" = "d"\n')  # swapped: both kept
+    from core.settings import load_settings
+    from stem.keys import keymap
+
+    assert keymap(load_settings(config).keys) == {"colony.destroy": "x", "colony.stop_start": "d"}
+
+
 def test_the_shipped_themes_are_a_dark_and_a_light_one():
     themes = load_themes([SHIPPED_THEMES])
     assert themes["stem-dark"].dark is True
