@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from core.locations import HiveLayout
+from core.netns import SLOT_SIZE
 
 if TYPE_CHECKING:
     from core.registry import ColonyRecord
@@ -118,7 +119,6 @@ class Identity:
 _UID_RANGES = tuple(
     ipaddress.IPv4Network(net) for net in ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 )
-_ADDRESS_SLOT = 4  # a colony's /30 (core.netns.SLOT_SIZE)
 
 
 def address_index(address: str) -> int:
@@ -128,9 +128,9 @@ def address_index(address: str) -> int:
     offset = 0
     for net in _UID_RANGES:
         if addr in net:
-            return (offset + int(addr) - int(net.network_address)) // _ADDRESS_SLOT
+            return (offset + int(addr) - int(net.network_address)) // SLOT_SIZE
         offset += net.num_addresses
-    return offset // _ADDRESS_SLOT + ((int(addr) // _ADDRESS_SLOT) & 0x3FFFFF)
+    return offset // SLOT_SIZE + ((int(addr) // SLOT_SIZE) & 0x3FFFFF)
 
 
 def choose_identity(

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import select
 import signal
 import termios
 import tty
@@ -45,6 +44,7 @@ from core.host.protocol import (
     Update,
 )
 from core.xterm_input import encode_key
+from stem.exec_pty import write_all
 
 __all__ = ["DEFAULT_RELEASE", "RELEASE_BINDING", "ReleaseKey", "attach", "release_key", "render_snapshot"]
 
@@ -261,16 +261,6 @@ def _terminal_size(*fds: int) -> tuple[int, int] | None:
     return None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of `data`, waiting if `fd` is non-blocking and full: for entering and leaving, off the loop."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
 @contextlib.contextmanager
 def _raw_terminal(stdin_fd: int, stdout_fd: int) -> Iterator[None]:
     """The terminal in raw mode on its alternate screen, with stdin non-blocking; all undone on the way out,
@@ -282,13 +272,13 @@ def _raw_terminal(stdin_fd: int, stdout_fd: int) -> Iterator[None]:
         tty.setraw(stdin_fd, termios.TCSANOW)
         # stdin and stdout are often one open file, so stdout is non-blocking now too: writes handle EAGAIN.
         os.set_blocking(stdin_fd, False)
-        _write_all(stdout_fd, _ENTER)
+        write_all(stdout_fd, _ENTER)
         yield
     finally:
         with contextlib.suppress(OSError):
             os.set_blocking(stdin_fd, blocking)  # the shell would otherwise inherit a non-blocking terminal
         with contextlib.suppress(OSError):  # a terminal that hung up takes nothing more
-            _write_all(stdout_fd, _LEAVE)
+            write_all(stdout_fd, _LEAVE)
         with contextlib.suppress(OSError, termios.error):
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
 
@@ -482,5 +472,5 @@ async def attach(socket_path: Path | str, colony: str, release_key_bytes: bytes,
             await asyncio.wait_for(conn.close(), 2.0)
     if end.line is not None:
         with contextlib.suppress(OSError):
-            _write_all(stdout_fd, f"{end.line}\n".encode())
+            write_all(stdout_fd, f"{end.line}\n".encode())
     return end.code

@@ -105,11 +105,16 @@ def _copy_out(master: int, stdout_fd: int) -> bool | None:
         return None
     if not data:
         return None
-    view = memoryview(data)
     with contextlib.suppress(OSError):  # a terminal gone: what the command writes goes nowhere
-        while view:
-            try:
-                view = view[os.write(stdout_fd, view) :]
-            except BlockingIOError:
-                select.select([], [stdout_fd], [])
+        write_all(stdout_fd, data)
     return True
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`, waiting if `fd` is non-blocking and full (stdin and stdout are often one open file)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,10 @@ class Client:
     def send(self, msg: p.Message) -> None:
         if not self.writer.is_closing():
             p.write_message(self.writer, msg)
+
+    def wants(self, stream: str) -> bool:
+        """Whether it subscribed to `stream` (log lines go to `log-live` subscribers too)."""
+        return stream in self.streams or (stream == "logs" and "log-live" in self.streams)
 
     @property
     def slow(self) -> bool:
@@ -322,7 +326,11 @@ class ColonyHost:
 
     def _on_sigchld(self) -> None:
         # As the colony's subreaper we adopt its orphans (a daemonised dev server): reap them, never our waiters'.
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(procs.reap_orphans))
+        self._keep(asyncio.to_thread(procs.reap_orphans))
+
+    def _keep(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` as a task of the host's, held until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -356,13 +364,11 @@ class ColonyHost:
             entry = Entry(event.seq, event.at, event.source, event.text)
             message = p.Log((entry,))
             for client in self.clients:
-                if client.log_behind is not None or not ({"logs", "log-live"} & client.streams):
+                if client.log_behind is not None or not client.wants("logs"):
                     continue
                 if client.slow:
                     client.log_behind = event.seq - 1
-                    task = asyncio.get_running_loop().create_task(self._catch_up_logs(client))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._keep(self._catch_up_logs(client))
                 else:
                     client.send(message)
             return
@@ -407,7 +413,7 @@ class ColonyHost:
 
     def _broadcast(self, stream: str, msg: p.Message) -> None:
         for client in self.clients:
-            if stream in client.streams or (stream == "logs" and "log-live" in client.streams):
+            if client.wants(stream):
                 client.send(msg)
 
     def _tap(self, agent: AgentSession) -> None:
@@ -437,9 +443,7 @@ class ColonyHost:
         if client.slow:
             if not client.flushing:
                 client.flushing = True
-                task = asyncio.get_running_loop().create_task(self._drain_then_flush(client))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep(self._drain_then_flush(client))
             return
         screen = runtime.agent.screen
         rows = {y for y in client.pending_rows if 0 <= y < screen.lines}
