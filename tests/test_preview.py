@@ -158,16 +158,22 @@ def test_the_route_goes_when_the_service_stops_and_returns_when_it_starts(hive_e
     assert through(port, "web-b.localhost") == (200, "I am b\n")
 
 
-@pytest.mark.root
-def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive_env, tmp_path):
+def routed_colonies_and_caddy_killed(hive_env, tmp_path) -> tuple[int, int]:
+    """Colonies a and b, each with a routed web service, and then the hive's Caddy killed -9: the preview port
+    and the dead Caddy's pid."""
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
     spawn(hive_env, repo, "a", "b")
-    port = preview_port(hive_env)
     caddy = caddy_pid(hive_env)
     assert caddy is not None
     os.kill(caddy, signal.SIGKILL)
     wait_for(lambda: not alive(caddy), what="Caddy to die")
+    return preview_port(hive_env), caddy
+
+
+@pytest.mark.root
+def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive_env, tmp_path):
+    port, caddy = routed_colonies_and_caddy_killed(hive_env, tmp_path)
     assert through(port, "web-a.localhost") is None
 
     async def restart() -> None:
@@ -187,14 +193,7 @@ def test_a_caddy_killed_under_running_colonies_comes_back_with_their_routes(hive
 def test_a_caddy_killed_comes_back_by_itself_with_every_route(hive_env, tmp_path):
     """Nothing else happens after the kill: the colonies' hosts notice within their guard's interval (10 s) and
     start Caddy again, each giving its routes, and the log says so."""
-    fake_agent_config(hive_env)
-    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
-    spawn(hive_env, repo, "a", "b")
-    port = preview_port(hive_env)
-    caddy = caddy_pid(hive_env)
-    assert caddy is not None
-    os.kill(caddy, signal.SIGKILL)
-    wait_for(lambda: not alive(caddy), what="Caddy to die")
+    port, caddy = routed_colonies_and_caddy_killed(hive_env, tmp_path)
     back = {"web-a.localhost": (200, "I am a\n"), "web-b.localhost": (200, "I am b\n")}
     wait_for(lambda: all(through(port, h) == want for h, want in back.items()), timeout=30, what="both routes back")
     assert caddy_pid(hive_env) not in (None, caddy)

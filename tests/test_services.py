@@ -393,27 +393,6 @@ ready = "tcp"
 """
 
 
-STUBBORN = """
-[services.db]
-command = "trap '' TERM; echo holding; while :; do sleep 0.1; done"
-"""
-
-
-def test_a_service_that_ignores_sigterm_is_killed_and_the_log_says_so(hive_env, repo):
-    async def scenario(hive: Hive) -> None:
-        await hive.spawn("stubborn", repo)
-        colony = Colony(hive, "stubborn", STUBBORN)
-        await colony.services.start_all()
-        db = colony.services.services["db"]
-        await until(lambda: "holding" in db.last_lines, what="the service to ignore SIGTERM")
-        await colony.services.stop_all(grace=0.3)
-        assert db.state == "stopped" and not alive(db.last_pid)
-        said = [(e.source, e.text) for e in hive.log("stubborn").after(0) if e.source.startswith("db")]
-        assert ("db!", "still running 0.3s after SIGTERM: killed (SIGKILL)") in said, said
-
-    run(hive_env, scenario)
-
-
 # A server that stops as postgres does on SIGTERM (a "smart" shutdown: it waits for its clients to leave) and at
 # once on SIGINT, which it says.
 PATIENT = r"""
@@ -487,22 +466,36 @@ env = { PYTHONUNBUFFERED = "" }
     run(hive_env, scenario)
 
 
-STUBBORN_CHILD = """
-[services.db]
-command = "(trap '' TERM; exec sleep 1000) & sleep 1000"
-"""
+# Services a stop must SIGKILL, each the log's line for it: one that ignores SIGTERM itself, and one whose shell ends
+# on SIGTERM leaving a child that ignores it (then the rest of its process group is killed).
+STUBBORN = {
+    "leader": (
+        "trap '' TERM; echo holding; while :; do sleep 0.1; done",
+        "still running 0.3s after SIGTERM: killed (SIGKILL)",
+    ),
+    "left": (
+        "(trap '' TERM; exec sleep 1000) & sleep 1000",
+        "what was left of its process group still ran 0.3s after SIGTERM: killed (SIGKILL)",
+    ),
+}
 
 
-def test_what_is_left_of_a_services_group_killed_on_stop_is_in_the_log(hive_env, repo):
+@pytest.mark.parametrize("which", list(STUBBORN))
+def test_a_service_killed_on_stop_says_so_in_the_log(hive_env, repo, which):
+    command, killed = STUBBORN[which]
+
     async def scenario(hive: Hive) -> None:
-        await hive.spawn("left", repo)
-        colony = Colony(hive, "left", STUBBORN_CHILD)
+        await hive.spawn("stubborn", repo)
+        colony = Colony(hive, "stubborn", f'[services.db]\ncommand = "{command}"\n')
         await colony.services.start_all()
         db = colony.services.services["db"]
-        await until(lambda: len(procs.group_members(db.pid)) == 3, what="the shell and its two sleeps")
+        if which == "leader":
+            await until(lambda: "holding" in db.last_lines, what="the service to ignore SIGTERM")
+        else:
+            await until(lambda: len(procs.group_members(db.pid)) == 3, what="the shell and its two sleeps")
         await colony.services.stop_all(grace=0.3)
-        said = [(e.source, e.text) for e in hive.log("left").after(0) if e.source.startswith("db")]
-        killed = "what was left of its process group still ran 0.3s after SIGTERM: killed (SIGKILL)"
+        assert db.state == "stopped" and not alive(db.last_pid)
+        said = [(e.source, e.text) for e in hive.log("stubborn").after(0) if e.source.startswith("db")]
         assert ("db!", killed) in said, said
 
     run(hive_env, scenario)
