@@ -27,7 +27,7 @@ from textual.content import Content
 from textual.driver import Driver
 from textual.screen import ModalScreen
 from textual.theme import Theme
-from textual.widgets import Static, TabbedContent
+from textual.widgets import Input, Static, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from core import lifecycle as lc
@@ -56,7 +56,13 @@ from stem.input_parser import StemDriver
 from stem.keys import bind, keymap
 from stem.live_work import LiveWork, file_section
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
-from stem.textual_private import HoldingScreen, check_priority_bindings, has_screen, refresh_truecolor_filter
+from stem.textual_private import (
+    HoldingScreen,
+    check_bindings,
+    check_priority_bindings,
+    has_screen,
+    refresh_truecolor_filter,
+)
 from stem.themes import load_themes, theme_dirs
 from stem.widgets.colonies import ColoniesList, ColoniesPanel, ColonyRow
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
@@ -272,6 +278,15 @@ class StemApp(App[int], inherit_bindings=False):
                 if not await check_priority_bindings(self, event.key):
                     focused.send_key(event)
                 return
+            if not event.is_forwarded and not isinstance(self.screen, ModalScreen) and not isinstance(focused, Input):
+                # A command key on the panels runs as it arrives. Textual would first send it through the focused
+                # list's queue and run its binding when it comes back: keys typed after it and read in a later
+                # chunk could then reach the form it opens before the keys typed between them.
+                if not self.app_focus:
+                    self.app_focus = True
+                if await check_bindings(self, event.key):
+                    event.stop()
+                    return
         await super().on_event(event)
 
     # ---------------------------------------------------------------------------------------- core events

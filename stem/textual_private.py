@@ -3,7 +3,8 @@ and exercised by tests/test_textual_private.py, which fails when a Textual upgra
 
 Why each is needed (Textual 8 has no public way):
 - the key parser and its helpers: Stem's driver parses the user's keys itself, to hand agents the exact bytes;
-- `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only;
+- `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only; a command
+  key on the main screen runs as it arrives, not after a trip through the focused list's queue;
 - the compositor: a keystroke's echo is painted at once, not after the screen's update timer;
 - `App._refresh_truecolor_filter`: the configured theme is applied before the stylesheet is first parsed;
 - `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden;
@@ -59,6 +60,12 @@ def has_screen(app: App[Any]) -> bool:
 async def check_priority_bindings(app: App[Any], key: str) -> bool:
     """Run the priority binding for `key`, if any; whether one ran."""
     return await app._check_bindings(key, priority=True)
+
+
+async def check_bindings(app: App[Any], key: str) -> bool:
+    """Run the binding for `key` as Textual would once the key comes back from the focused widget unhandled (the
+    priority ones, then from the focused widget up); whether one ran."""
+    return await app._check_bindings(key, priority=True) or await app._check_bindings(key)
 
 
 def refresh_truecolor_filter(app: App[Any], theme: TerminalTheme) -> None:

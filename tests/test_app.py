@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
 from textual.widgets import Input
 from ui_support import FAKE_AGENT, notified, screen_text, shows, test_hive, until
 
@@ -501,6 +502,19 @@ async def test_the_spawn_form_takes_the_keys_typed_after_n_and_the_hint_bar_show
         assert "new" not in hint_bar(app) and "quit" not in hint_bar(app), hint_bar(app)
         await pilot.press("escape")
         await until(pilot, lambda: "n new" in hint_bar(app), "the list's keys back once the form is gone")
+
+
+async def test_n_opens_the_form_before_the_app_reads_the_next_key(hive_env, repo):
+    """The keys after `n` are the form's whenever they come: `n` is acted on as the app reads it, not after a trip
+    through the focused list's queue, which keys read later (the rest of a burst, in another chunk) could
+    overtake."""
+    async with stem_app(hive_env, repo, "one") as (app, pilot, _hive):
+        await until(pilot, lambda: isinstance(app.focused, ColoniesList), "the list focused")
+        seen: list[object] = []
+        app.post_message(events.Key("n", "n"))
+        app.call_later(lambda: seen.append(app.screen))  # handled right after the key, as the next key would be
+        await until(pilot, lambda: seen, "the app past the key")
+        assert isinstance(seen[0], SpawnForm), seen
 
 
 async def test_cycling_tabs_never_types_into_the_agent(hive_env, repo):

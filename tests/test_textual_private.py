@@ -43,6 +43,10 @@ async def test_every_private_api_is_there_and_works():
     async with app.run_test() as pilot:
         assert private.has_screen(app)
         assert await private.check_priority_bindings(app, "ctrl+q") is False  # not a priority binding
+        assert app.noted == 0
+        assert await private.check_bindings(app, "ctrl+q") is True
+        assert app.noted == 1
+        assert await private.check_bindings(app, "x") is False
         assert not private.in_batch(app)
         with app.batch_update():
             assert private.in_batch(app)
