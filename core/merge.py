@@ -26,7 +26,18 @@ from core.errors import BadRef, StemError
 from core.events import FileChange
 from core.locks import file_lock, repo_lock_path
 from core.registry import ColonyRecord
-from core.worktree import SQUASHED_REFS, branch_of, common_dir, git_bytes, worktrees
+from core.worktree import (
+    SQUASHED_REFS,
+    Owner,
+    branch_of,
+    common_dir,
+    git_bytes,
+    give_back,
+    give_back_git_dir,
+    owner_of,
+    worktree_owner,
+    worktrees,
+)
 
 CAS_ATTEMPTS = 5  # a target that moves this many times in a row while we merge is reported, not chased forever
 _NO_HOOKS = ["-c", "core.hooksPath=/dev/null"]
@@ -695,10 +706,16 @@ def _check_checkout(checkout: Path, target: Target, touched: Iterable[str]) -> N
         )
 
 
-def _cas(repo: Path, ref: str, new: str, old: str, reason: str) -> bool:
-    """Move `ref` from `old` to `new` if it still is at `old`; False if it moved meanwhile."""
+def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path | None = None) -> bool:
+    """Move `ref` from `old` to `new` if it still is at `old`; False if it moved meanwhile. The ref keeps its owner
+    (a colony's branch stays its uid's; packed, a colony/ branch goes to the owner of the `checkout` that has it)."""
+    common = common_dir(repo)
+    owner = owner_of(common / ref)
+    if owner is None and checkout is not None and ref.startswith("refs/heads/colony/"):
+        owner = worktree_owner(checkout)
     proc = git_bytes(["update-ref", "-m", reason, ref, new, old], repo)
     if proc.returncode == 0:
+        give_back(owner, [common / ref, common / "logs" / ref])
         return True
     if _rev(repo, ref) != old:
         return False
@@ -708,9 +725,21 @@ def _cas(repo: Path, ref: str, new: str, old: str, reason: str) -> bool:
 def _follow(checkout: Path, old: str, new: str) -> str:
     """Bring the checkout from `old` to `new` as a fast-forward does; git's reason if it could not (then it is
     as it was: read-tree checks everything before it writes)."""
+    owner = worktree_owner(checkout)  # what it writes stays the owner's: a colony's, the sudo user's
     git_bytes(["update-index", "-q", "--refresh"], checkout)  # stat-only changes must not read as edits
     proc = git_bytes(["read-tree", "-m", "-u", old, new], checkout)
+    _give_back_changes(owner, checkout, old)
     return "" if proc.returncode == 0 else os.fsdecode(proc.stderr).strip().replace("\n", " ")
+
+
+def _give_back_changes(owner: Owner | None, worktree: Path, since: str) -> None:
+    """Give `owner` the files root's git wrote in `worktree` (those that differ from commit `since` now, with the
+    folders it made for them) and what it wrote in the worktree's git dir."""
+    if owner is None:
+        return
+    changed = git_bytes(["diff-index", "--name-only", "-z", "--no-renames", since], worktree)  # never writes
+    give_back(owner, [worktree / p for p in _split_z(changed.stdout)], within=worktree)
+    give_back_git_dir(owner, worktree)
 
 
 def merge_colony(
@@ -747,12 +776,12 @@ def merge_colony(
                 checkout = _checkout_of(repo, target.branch)
                 if checkout is not None:
                     _check_checkout(checkout, target, plan.files)
-                if not _cas(repo, target.ref, plan.new, old, f"stem merge {rec.name}: {plan.how}"):
+                if not _cas(repo, target.ref, plan.new, old, f"stem merge {rec.name}: {plan.how}", checkout):
                     continue  # the target moved: merge again onto its new tip
                 if checkout is not None:
                     why = _follow(checkout, old, plan.new)
                     if why:
-                        undone = _cas(repo, target.ref, old, plan.new, f"stem merge {rec.name}: undone")
+                        undone = _cas(repo, target.ref, old, plan.new, f"stem merge {rec.name}: undone", checkout)
                         state = "nothing was changed" if undone else f"{target.branch} moved again meanwhile"
                         raise TargetDirty(f"{checkout} could not follow the merge ({why}); {state}")
                 if squash:
@@ -812,6 +841,7 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
         raise StemError(f"{rec.name}'s worktree has {busy} under way: its agent must finish it first")
     index = Path(_out(["rev-parse", "--path-format=absolute", "--git-path", "index"], worktree))
     lock = index.with_name(index.name + ".lock")
+    owner = worktree_owner(worktree)  # the index and the branch stay the colony's, for its agent's git
     try:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileExistsError:
@@ -833,8 +863,9 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
         parents = [arg for commit in (parent, *merging) for arg in ("-p", commit)]
         new = _out(["commit-tree", tree, *parents, "-F", "-"], worktree, input=message.encode())
         ref = f"refs/heads/{branch}"
-        if not _cas(worktree, ref, new, parent, f"stem commit {rec.name}"):
+        if not _cas(worktree, ref, new, parent, f"stem commit {rec.name}", worktree):
             raise StemError(f"{branch} moved while committing (the agent committed?): nothing was changed, try again")
+        give_back(owner, [lock])
         os.replace(lock, index)  # the index now matches the commit, as after `git commit -a`
     except BaseException:
         lock.unlink(missing_ok=True)
@@ -869,9 +900,11 @@ def sync_colony(rec: ColonyRecord, into: str | None = None) -> SyncResult:
     message = f"Merge {target.branch} into {on} (stem sync)"
     # By name, so the conflict markers the agent reads say `>>>>>>> main` (the full ref if the name is ambiguous).
     name = target.branch if _rev(repo, target.branch) == tip else target.ref
+    owner = worktree_owner(worktree)
     proc = git_bytes(
         [*_NO_HOOKS, "merge", "--ff", "--no-autostash", "--no-edit", "--no-verify", "-m", message, name], worktree
     )
+    _give_back_changes(owner, worktree, head)  # the files it merged in, conflicted or not, are the agent's to edit
     new = _out(["rev-parse", "--verify", "HEAD"], worktree)
     if proc.returncode == 0:
         how = "fast-forward" if new == tip else "merge"

@@ -10,7 +10,7 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,86 @@ def git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
     if check and proc.returncode != 0:
         raise _failed(f"git {' '.join(args)}", cwd, proc.stderr or proc.stdout, proc.returncode)
     return proc
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who must own what Stem's git writes in a worktree or on a branch: a colony's uid (its folders are sticky, so
+    a file root made there the agent's git could never replace: "Unable to write new index file"), or the user who
+    ran Stem through sudo in their own checkout."""
+
+    uid: int
+    gid: int
+
+
+def owner_of(path: Path) -> Owner | None:
+    """The owner of `path`; None when root owns it, it is not there, or Stem is not root (nothing to give back)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else Owner(st.st_uid, st.st_gid)
+
+
+def git_dir_of(worktree: Path) -> Path | None:
+    """The worktree's own git dir (the main checkout's .git, a linked worktree's .git/worktrees/ID)."""
+    dotgit = worktree / ".git"
+    try:
+        return (worktree / dotgit.read_text().split(":", 1)[1].strip()) if dotgit.is_file() else dotgit
+    except (OSError, IndexError):
+        return None
+
+
+def worktree_owner(worktree: Path) -> Owner | None:
+    """Who works in `worktree`: the owner of its HEAD (Stem gives a colony's git dir to the colony's uid)."""
+    gitdir = git_dir_of(worktree)
+    return None if gitdir is None else owner_of(gitdir / "HEAD")
+
+
+def give_back(owner: Owner | None, paths: Iterable[Path], within: Path | None = None) -> None:
+    """Give `owner` each of `paths` that root owns, and the folders between it and `within` (git made them too);
+    `within` itself stays as it is. Symlinks are changed, never followed."""
+    if owner is None:
+        return
+    seen: set[Path] = set()
+    for path in paths:
+        chain = [path]
+        if within is not None and within in path.parents:
+            chain += [p for p in path.parents if within in p.parents]
+        for p in chain:
+            if p in seen:
+                continue
+            seen.add(p)
+            try:
+                if os.lstat(p).st_uid == 0:
+                    os.lchown(p, owner.uid, owner.gid)
+            except FileNotFoundError:
+                continue
+
+
+# What git writes in a worktree's git dir when it merges, reads a tree in or commits there.
+_GIT_DIR_FILES = ("index", "ORIG_HEAD", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE", "logs", "logs/HEAD")
+
+
+def give_back_git_dir(owner: Owner | None, worktree: Path) -> None:
+    """Give `owner` what root's git wrote in the worktree's git dir (its index, merge state, HEAD's reflog) and its
+    branch's ref and reflog: in a colony's worktree only a colony/ branch, the user's stay out of its reach."""
+    gitdir = git_dir_of(worktree)
+    if owner is None or gitdir is None:
+        return
+    found = [gitdir / name for name in _GIT_DIR_FILES]
+    try:
+        head = (gitdir / "HEAD").read_text().strip()
+        linked = (gitdir / "commondir").is_file()
+        common = gitdir / (gitdir / "commondir").read_text().strip() if linked else gitdir
+    except OSError:
+        return
+    branch = head[5:].strip() if head.startswith("ref: refs/heads/") else ""
+    if branch and (not linked or branch.startswith("refs/heads/colony/")):
+        found += [common / branch, common / "logs" / branch]
+    give_back(owner, found)
 
 
 def git_bytes(

@@ -329,6 +329,64 @@ def test_sync_brings_the_target_into_the_colony_and_leaves_a_conflict_for_its_ag
     assert (project / "app.txt").read_text() == numbered(l7="alpha and beta")
 
 
+def agent(hive_env, name: str, script: str) -> None:
+    """`script` run by the colony's agent, as its uid, inside its sandbox: it must succeed."""
+    result = stem(hive_env, "exec", name, "--", "sh", "-c", f"set -e; {script}")
+    assert result.returncode == 0, f"the agent's {script!r} failed: {result.stderr}"
+
+
+def root_owned(worktree: Path) -> list[str]:
+    """What in the colony's worktree, its git dir and its branch root owns and the agent would need to replace."""
+    gitdir = Path(git(worktree, "rev-parse", "--absolute-git-dir").strip())
+    common = Path(git(worktree, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+    branch = git(worktree, "symbolic-ref", "HEAD").strip()
+    found = [*worktree.rglob("*"), *gitdir.rglob("*"), common / branch, common / "logs" / branch]
+    # Root's on purpose (core.sandbox): the pointers to the repository, the folder of read-only peer snapshots.
+    kept = {worktree / ".git", worktree / ".shared", gitdir / "commondir", gitdir / "gitdir"}
+    return sorted(str(p) for p in found if p not in kept and p.exists() and p.lstat().st_uid == 0)
+
+
+@root
+def test_the_agents_git_still_works_after_stem_commits_syncs_and_merges_into_its_branch(hive_env, project):
+    """What Stem's git writes in a colony (its index, files, branch) stays the colony's: its folders are sticky, so
+    the agent could never replace a file root made there (`git add`: "Unable to write new index file")."""
+    alpha = spawn(hive_env, "alpha", project)
+    spawn(hive_env, "beta", project)
+    agent(hive_env, "alpha", "echo 1 > one.txt; git add -A; git commit -qm one")
+    agent(hive_env, "alpha", "echo 2 > two.txt")
+    assert stem(hive_env, "commit", "alpha", "-m", "two").returncode == 0
+    assert root_owned(alpha) == []
+    agent(hive_env, "alpha", "echo 3 > three.txt; git add -A; git commit -qm three")
+
+    # The UI's overlap check refreshes the index's stat data (a file touched, its content the same).
+    agent(hive_env, "alpha", "touch -d '2001-01-01' one.txt")
+
+    async def overlaps() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.overlaps()
+        finally:
+            await hive.close()
+
+    asyncio.run(overlaps())
+    assert root_owned(alpha) == []
+
+    commit(project, "main moves", app__txt=numbered(l7="main"), notes__txt="main\n")
+    agent(hive_env, "alpha", "sed -i 's/^line 7$/alpha/' app.txt; git commit -qam 'alpha edits line 7'")
+    assert stem(hive_env, "sync", "alpha").returncode == 1  # a conflict, left for the agent
+    assert root_owned(alpha) == []
+    agent(hive_env, "alpha", "sed -i '/^[<=>]\\{7\\}/d; /^main$/d' app.txt; git add app.txt; git commit -qm resolved")
+    assert (alpha / "app.txt").read_text() == numbered(l7="alpha")
+
+    agent(hive_env, "beta", "echo beta > beta.txt; git add -A; git commit -qm beta")
+    merged = stem(hive_env, "merge", "beta", "--into", "colony/alpha")
+    assert merged.returncode == 0, merged.stderr
+    assert (alpha / "beta.txt").read_text() == "beta\n"  # alpha's worktree followed
+    assert root_owned(alpha) == []
+    agent(hive_env, "alpha", "echo 4 > four.txt; git add -A; git commit -qm four")
+    assert git(alpha, "log", "--format=%s", "-1") == "four\n"
+
+
 @root
 def test_sync_refuses_when_uncommitted_changes_are_in_the_way(hive_env, project):
     alpha = spawn(hive_env, "alpha", project)
