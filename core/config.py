@@ -380,11 +380,15 @@ def _find_cycle(specs: Mapping[str, ServiceSpec]) -> list[str] | None:
     return None
 
 
+MIN_MEMORY = 1 << 20  # the colony's init and a shell start in 1 MiB; in less, the start fails with no reason
+MAX_SIZE = 1 << 63
+
+
 def parse_limits(doc: TomlDoc, raw: dict[str, Any]) -> Limits:
     """A `[limits]` table: of colony.toml, or of config.toml (the defaults for every colony)."""
     t: KeyPath = ("limits",)
     doc.check_keys(t, raw, known_keys(Limits))
-    memory = _size(doc, t, "memory", raw["memory"], 1) if "memory" in raw else None
+    memory = _size(doc, t, "memory", raw["memory"], MIN_MEMORY) if "memory" in raw else None
     swap = _size(doc, t, "swap", raw["swap"], 0) if "swap" in raw else None
     cpus = doc.positive_number(t, ("cpus",), raw["cpus"]) if "cpus" in raw else None
     if cpus is not None and cpus < 0.01:
@@ -394,18 +398,23 @@ def parse_limits(doc: TomlDoc, raw: dict[str, Any]) -> Limits:
 
 
 def _size(doc: TomlDoc, t: KeyPath, key: str, value: object, low: int) -> int:
-    """Bytes, or a size like '512M' or '2G' (binary units), at least `low`."""
+    """Bytes, or a size like '512M' or '2G' (binary units), at least `low` and less than 8 EiB (the kernel's
+    counters are signed 64-bit: a larger limit would read back as none)."""
     if isinstance(value, str):
         m = _MEMORY.fullmatch(value.strip())
         if m is None:
             doc.fail(t, (key,), f"must be bytes or a size like '512M' or '2G' (got '{value}')")
         size = int(float(m.group(1)) * _MEMORY_UNITS[m.group(2).lower()])
-        if size < low:
-            doc.fail(t, (key,), f"must be more than 0 bytes (got '{value}')")
-        return size
-    if isinstance(value, int) and not isinstance(value, bool):
-        return doc.integer(t, (key,), value, low)
-    doc.fail(t, (key,), f"must be bytes or a size like '2G' (got {describe(value)})")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        doc.fail(t, (key,), f"must be bytes or a size like '2G' (got {describe(value)})")
+    if size < low:
+        least = "more than 0 bytes" if low <= 1 else f"at least {low >> 20}M: a colony's processes cannot start in less"
+        doc.fail(t, (key,), f"must be {least} (got {value!r})")
+    if size >= MAX_SIZE:
+        doc.fail(t, (key,), f"must be less than 8E; leave {key} out for no limit (got {value!r})")
+    return size
 
 
 def _network(doc: TomlDoc, raw: dict[str, Any]) -> NetworkSpec:

@@ -755,6 +755,8 @@ def merge_colony(
     commit (a single-parent commit with `squash`). Nothing changes on a conflict, on a dirty checkout of the
     target, or when the target already has everything. `before_update(attempt)` runs between computing the merge
     and moving the target (a test hook: it may move the target)."""
+    if message is not None and not message.strip():
+        raise StemError(f"the merge message is empty: stem merge {rec.name} -m MESSAGE, or no -m for the default")
     repo = Path(rec.repo)
     target = resolve_target(rec, into)
     src = _rev(repo, f"refs/heads/{rec.branch}")
@@ -802,7 +804,8 @@ def merge_colony(
     except NothingToMerge as exc:
         if uncommitted:
             raise NothingToMerge(
-                f"{exc}; its {_count(len(uncommitted), 'uncommitted file')} are not merged: "
+                f"{exc}; its {_count(len(uncommitted), 'uncommitted file')} "
+                f"{'is' if len(uncommitted) == 1 else 'are'} not merged: "
                 f"stem commit {rec.name} -m MESSAGE first"
             ) from None
         raise

@@ -485,12 +485,22 @@ def test_depends_on_duplicates_collapse() -> None:
         ('"2G"', 2 * 1024**3),
         ('"2g"', 2 * 1024**3),
         ('"1.5G"', 3 * 1024**3 // 2),
-        ('"64KiB"', 64 * 1024),
-        ('"100"', 100),
+        ('"1024KiB"', 1024**2),
     ],
 )
 def test_memory_sizes(given: str, size: int) -> None:
     assert parse(f"[limits]\nmemory = {given}\n").limits.memory == size
+
+
+def test_a_memory_limit_nothing_could_start_in_or_no_kernel_could_hold_is_refused() -> None:
+    assert error_of("[limits]\nmemory = 1\n") == (
+        "colony.toml:2: [limits] memory: must be at least 1M: a colony's processes cannot start in less (got 1)"
+    )
+    assert error_of('[limits]\nmemory = "512K"\n').endswith("cannot start in less (got '512K')")
+    assert error_of('[limits]\nmemory = "99999999T"\n') == (
+        "colony.toml:2: [limits] memory: must be less than 8E; leave memory out for no limit (got '99999999T')"
+    )
+    assert parse('[limits]\nswap = "64KiB"\n').limits.swap == 64 * 1024  # no floor for swap
 
 
 @pytest.mark.parametrize("given", ['"lots"', '"2X"', '"-1G"', "0", '"0M"', "1.5", "true"])

@@ -588,6 +588,7 @@ def test_bad_input_is_one_line_and_exit_2(hive_env, project):
         ("merge", "alpha"): "main already has every change of alpha",
         ("merge", "alpha", "--into", "colony/alpha"): "is alpha's own branch",
         ("merge", "tagged"): "was spawned from",
+        ("merge", "tagged", "--into", "main", "-m", " "): "the merge message is empty",
         ("merge",): "name a colony, or --all",
         ("merge", "alpha", "--all"): "name a colony, or --all",
         ("sync", "tagged"): "not a branch: name one with --from BRANCH",
