@@ -715,7 +715,7 @@ def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path |
         owner = worktree_owner(checkout)
     proc = git_bytes(["update-ref", "-m", reason, ref, new, old], repo)
     if proc.returncode == 0:
-        give_back(owner, [common / ref, common / "logs" / ref])
+        give_back(owner, common, [ref, f"logs/{ref}"])
         return True
     if _rev(repo, ref) != old:
         return False
@@ -738,7 +738,7 @@ def _give_back_changes(owner: Owner | None, worktree: Path, since: str) -> None:
     if owner is None:
         return
     changed = git_bytes(["diff-index", "--name-only", "-z", "--no-renames", since], worktree)  # never writes
-    give_back(owner, [worktree / p for p in _split_z(changed.stdout)], within=worktree)
+    give_back(owner, worktree, _split_z(changed.stdout), folders=True)
     give_back_git_dir(owner, worktree)
 
 
@@ -868,7 +868,7 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
         ref = f"refs/heads/{branch}"
         if not _cas(worktree, ref, new, parent, f"stem commit {rec.name}", worktree):
             raise StemError(f"{branch} moved while committing (the agent committed?): nothing was changed, try again")
-        give_back(owner, [lock])
+        give_back(owner, lock.parent, [lock.name])
         os.replace(lock, index)  # the index now matches the commit, as after `git commit -a`
     except BaseException:
         lock.unlink(missing_ok=True)

@@ -90,25 +90,38 @@ def worktree_owner(worktree: Path) -> Owner | None:
     return None if gitdir is None else owner_of(gitdir / "HEAD")
 
 
-def give_back(owner: Owner | None, paths: Iterable[Path], within: Path | None = None) -> None:
-    """Give `owner` each of `paths` that root owns, and the folders between it and `within` (git made them too);
-    `within` itself stays as it is. Symlinks are changed, never followed."""
+def give_back(owner: Owner | None, base: Path, names: Iterable[str], folders: bool = False) -> None:
+    """Give `owner` each of `names` (paths relative to `base`, a folder the colony cannot replace) that root owns,
+    and with `folders` the folders on the way (git made them too). Never through a symlink: each path is walked
+    from `base` a component at a time without following one, so a symlink the colony put where git had a folder
+    cannot hand it a file outside."""
     if owner is None:
         return
-    seen: set[Path] = set()
-    for path in paths:
-        chain = [path]
-        if within is not None and within in path.parents:
-            chain += [p for p in path.parents if within in p.parents]
-        for p in chain:
-            if p in seen:
+    try:
+        top = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for name in names:
+            parts = [part for part in name.split("/") if part not in ("", ".")]
+            if not parts or ".." in parts:
                 continue
-            seen.add(p)
+            fd = os.dup(top)
             try:
-                if os.lstat(p).st_uid == 0:
-                    os.lchown(p, owner.uid, owner.gid)
-            except FileNotFoundError:
-                continue
+                for i, part in enumerate(parts):
+                    last = i == len(parts) - 1
+                    if (last or folders) and os.stat(part, dir_fd=fd, follow_symlinks=False).st_uid == 0:
+                        os.chown(part, owner.uid, owner.gid, dir_fd=fd, follow_symlinks=False)
+                    if not last:
+                        inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                        os.close(fd)
+                        fd = inner
+            except OSError:  # gone, or a symlink on the way (ELOOP, ENOTDIR): nothing of root's to give there
+                pass
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 # What git writes in a worktree's git dir when it merges, reads a tree in or commits there.
@@ -121,7 +134,7 @@ def give_back_git_dir(owner: Owner | None, worktree: Path) -> None:
     gitdir = git_dir_of(worktree)
     if owner is None or gitdir is None:
         return
-    found = [gitdir / name for name in _GIT_DIR_FILES]
+    give_back(owner, gitdir, _GIT_DIR_FILES)
     try:
         head = (gitdir / "HEAD").read_text().strip()
         linked = (gitdir / "commondir").is_file()
@@ -130,8 +143,7 @@ def give_back_git_dir(owner: Owner | None, worktree: Path) -> None:
         return
     branch = head[5:].strip() if head.startswith("ref: refs/heads/") else ""
     if branch and (not linked or branch.startswith("refs/heads/colony/")):
-        found += [common / branch, common / "logs" / branch]
-    give_back(owner, found)
+        give_back(owner, common, [branch, f"logs/{branch}"])
 
 
 def git_bytes(

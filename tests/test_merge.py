@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import git, run_stem
 
-from core import merge, overlap
+from core import merge, overlap, worktree
 from core.hive import Hive
 from core.registry import ColonyRecord
 
@@ -385,6 +385,24 @@ def test_the_agents_git_still_works_after_stem_commits_syncs_and_merges_into_its
     assert root_owned(alpha) == []
     agent(hive_env, "alpha", "echo 4 > four.txt; git add -A; git commit -qm four")
     assert git(alpha, "log", "--format=%s", "-1") == "four\n"
+
+
+@root
+def test_giving_files_back_never_follows_a_symlink_the_colony_put_on_the_way(tmp_path):
+    """A colony can replace a folder of its worktree with a symlink to anywhere: what Stem gives back to it there
+    must stay inside (else a chown as root would hand it /etc/shadow)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("root's\n")
+    base = tmp_path / "worktree"
+    (base / "real").mkdir(parents=True)
+    (base / "real" / "file").write_text("merged in\n")
+    (base / "sub").symlink_to(outside)
+    colony = worktree.Owner(54321, 54321)
+    worktree.give_back(colony, base, ["sub/secret", "real/file", "../outside/secret", "gone/file"], folders=True)
+    assert (outside / "secret").stat().st_uid == 0
+    assert (base / "real" / "file").stat().st_uid == (base / "real").stat().st_uid == 54321
+    assert (base / "sub").lstat().st_uid == 54321  # the symlink itself, as git would have made it: harmless
 
 
 @root
