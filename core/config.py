@@ -14,6 +14,7 @@ import posixpath
 import re
 import shlex
 import signal
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,46 @@ def load_colony_config(root: Path) -> ColonyConfig:
     if not path.exists():
         return ColonyConfig()
     return _colony_config(TomlDoc.read(path))
+
+
+# What a colony may use and reach: never what its own agent says. A colony's worktree is its uid's, but Stem keeps
+# its colony.toml root's (core.sandbox), which the agent can read and not change, in a folder where it cannot
+# replace it either.
+POLICY = ("limits", "network", "pass_env", "peering")
+
+
+def written_by_root(path: Path) -> bool:
+    """Whether colony.toml at `path` can hold the colony's policy: root's regular file (Stem's checkout, or the
+    user's edit as root), or none at all. When Stem is not root, colonies run as its user: nothing to tell apart."""
+    if os.geteuid() != 0:
+        return True
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return True
+    return st.st_uid == 0 and stat.S_ISREG(st.st_mode)
+
+
+def colony_config_for(worktree: Path, base_commit: str) -> tuple[ColonyConfig, str]:
+    """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere: when the file in its
+    worktree is not root's (the colony wrote it, or it is a symlink), the policy is that of the colony.toml of the
+    commit it was spawned from, so an agent cannot lift its own limits or open its own network."""
+    config = load_colony_config(worktree)
+    path = worktree / COLONY_FILE
+    if written_by_root(path) or not base_commit:
+        return config, ""
+    from core.worktree import git_bytes  # git only for this rare case
+
+    shown = git_bytes(["show", f"{base_commit}:{COLONY_FILE}"], worktree)
+    name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
+    committed = parse_colony_config(shown.stdout.decode(errors="replace"), name) if shown.returncode == 0 else None
+    policy = committed or ColonyConfig()
+    config = dataclasses.replace(config, **{key: getattr(policy, key) for key in POLICY})
+    note = (
+        f"{path} is not root's (the colony wrote it): its [limits], [network], [peering] and pass_env do not apply, "
+        f"{'those of ' + str(name) if committed else 'the defaults'} do; as root, chown root {path} to trust it"
+    )
+    return config, note
 
 
 def service_start_order(cfg: ColonyConfig) -> list[list[str]]:

@@ -28,7 +28,7 @@ from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry, rotated
-from core.config import ColonyConfig, Limits, load_colony_config, parse_colony_config
+from core.config import ColonyConfig, Limits, colony_config_for, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import (
     BranchExists,
@@ -254,7 +254,7 @@ class Hive:
         return sandbox.for_colony(rec, self.settings, self.layout.home)
 
     def config_for(self, rec: ColonyRecord) -> ColonyConfig:
-        return load_colony_config(Path(rec.worktree))
+        return colony_config_for(Path(rec.worktree), rec.base_commit)[0]
 
     def agent_choice(self, name: str) -> tuple[str, str, str]:
         """(the agent, where it was chosen: "--agent", "colony.toml" or "default_agent", the command line its host

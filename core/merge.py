@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from core.config import COLONY_FILE
 from core.errors import BadRef, StemError
 from core.events import FileChange
 from core.locks import file_lock, repo_lock_path
@@ -738,7 +739,8 @@ def _give_back_changes(owner: Owner | None, worktree: Path, since: str) -> None:
     if owner is None:
         return
     changed = git_bytes(["diff-index", "--name-only", "-z", "--no-renames", since], worktree)  # never writes
-    give_back(owner, worktree, _split_z(changed.stdout), folders=True)
+    # colony.toml stays root's: it says what the colony may use and reach (core.config.POLICY).
+    give_back(owner, worktree, [p for p in _split_z(changed.stdout) if p != COLONY_FILE], folders=True)
     give_back_git_dir(owner, worktree)
 
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import ColonyConfig, load_colony_config
+from core.config import ColonyConfig, colony_config_for
 from core.errors import NoSuchColony, StemError
 from core.locks import file_lock, remove_unused
 from core.worktree import git
@@ -695,7 +695,7 @@ class Peers:
         not parse refuses the snapshot: its exclude list might be what keeps a secret out."""
         patterns = [*DEFAULT_EXCLUDE, *self.settings.peer_exclude]
         for colony in (src, rec):
-            patterns += load_colony_config(Path(colony.worktree)).peering.exclude
+            patterns += colony_config_for(Path(colony.worktree), colony.base_commit)[0].peering.exclude
         return Excludes(patterns)
 
     def _remove_snapshot_of(self, name: str, source: str) -> None:

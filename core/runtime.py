@@ -16,7 +16,7 @@ from core import cgroups, procs
 from core.agent import AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
-from core.config import ColonyConfig, load_colony_config
+from core.config import ColonyConfig, colony_config_for
 from core.errors import ConfigError, StemError
 from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
@@ -311,7 +311,7 @@ class ColonyRuntime:
         """Apply the worktree's colony.toml: restart only what changed; a bad file keeps what runs."""
         name = self.rec.name
         try:
-            config = await asyncio.to_thread(load_colony_config, Path(self.rec.worktree))
+            config, note = await asyncio.to_thread(colony_config_for, Path(self.rec.worktree), self.rec.base_commit)
         except ConfigError as exc:
             await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             await asyncio.to_thread(self._registry.add_event, name, "config-error", str(exc))
@@ -321,6 +321,8 @@ class ColonyRuntime:
         except ConfigError as exc:
             await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             return None
+        if note:
+            await self._say("config!", note, "warning")
         before, self.config = self.config, config
         if config.limits != before.limits:
             await self._apply_limits(config)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from core.config import COLONY_FILE
 from core.locations import HiveLayout
 from core.netns import SLOT_SIZE
 
@@ -457,9 +458,10 @@ def prepare(
     """Give the colony's uid what it must write, off the event loop (at spawn, and at start for older colonies).
 
     - its database folder and home: its own (0700);
-    - its worktree: every file its own, but the top folder and the `.git` file stay root's (root:gid, sticky and
-      group-writable), and so do the worktree's gitdir and its `commondir`/`gitdir` pointers: git run by Stem as
-      root then trusts the worktree (safe.directory) and the colony cannot point that git at a config it wrote;
+    - its worktree: every file its own, but colony.toml (its policy: read-only to it) and the top folder and the
+      `.git` file stay root's (root:gid, sticky and group-writable), and so do the worktree's gitdir and its
+      `commondir`/`gitdir` pointers: git run by Stem as root then trusts the worktree (safe.directory) and the
+      colony cannot point that git at a config it wrote;
     - in the shared repository: the object fan-out folders (all 256, made now, so none is later made by root
       without group write) and refs/heads/colony/ with its reflogs: group-writable and sticky where root owns
       them, so the colony adds objects and colony/* branches but cannot remove what root made; its own branch
@@ -476,8 +478,9 @@ def prepare(
     _write_gitconfig(home / ".gitconfig", uid, gid, user_gitconfig)
     top = os.stat(worktree)
     if top.st_gid != gid or top.st_mode & 0o3070 != 0o3070:
-        # `.shared` holds read-only peer snapshots (core.peering): never the colony's.
-        _chown_tree(worktree, uid, gid, keep={worktree / ".git", worktree / ".shared"})
+        # `.shared` holds read-only peer snapshots (core.peering): never the colony's. Nor is colony.toml: it says
+        # what the colony may use and reach (core.config.POLICY), so its agent reads it and cannot change it.
+        _chown_tree(worktree, uid, gid, keep={worktree / ".git", worktree / ".shared", worktree / COLONY_FILE})
         os.chown(worktree, 0, gid)
         os.chmod(worktree, 0o3775)
     try:

@@ -216,6 +216,40 @@ def test_colony_toml_limits_apply_on_reload_without_restarting_and_config_toml_g
 
 
 @root
+def test_an_agent_cannot_lift_its_own_limits_through_colony_toml(hive_env, tmp_path):
+    """colony.toml says what the colony may use: its agent reads it and cannot change it. A colony.toml the colony
+    wrote (where root's was gone, or in an older colony) is obeyed for the rest, its policy from the spawn's commit."""
+    fake_agent_config(hive_env)
+    rec = spawn(hive_env, "kept", colony_repo(tmp_path / "repo", "[limits]\npids = 64\n"))
+    assert rec["limits"]["pids"] == 64
+    worktree = Path(rec["worktree"])
+    for script in ('printf "[limits]\\npids = 5000\\n" > colony.toml', "rm -f colony.toml", "mv colony.toml x"):
+        tried = run_stem(hive_env.env, "exec", "kept", "--", "sh", "-c", script)
+        assert tried.returncode != 0, script
+        assert "Permission denied" in tried.stderr or "not permitted" in tried.stderr, tried.stderr
+    assert (worktree / "colony.toml").read_text() == "[limits]\npids = 64\n"
+    assert (worktree / "README.md").stat().st_uid != 0  # the rest of the worktree is the colony's
+
+    # As if the agent had written it: a new file, the colony's uid its owner.
+    colony = (worktree / "README.md").stat()
+    (worktree / "colony.toml").unlink()
+    made = worktree / "colony.toml.new"
+    made.write_text('[limits]\npids = 5000\n\n[services.probe]\ncommand = "exec sleep 1000"\n')
+    os.chown(made, colony.st_uid, colony.st_gid)
+    made.rename(worktree / "colony.toml")
+
+    def said() -> str | None:  # the reload's last line: the limits were applied before it, if at all
+        logs = run_stem(hive_env.env, "logs", "kept").stdout
+        return logs if "colony.toml changed: started probe" in logs else None
+
+    logs = wait_for(said, timeout=15, what="the service of the colony.toml the colony wrote started")
+    assert "is not root's (the colony wrote it)" in logs
+    base = git(tmp_path / "repo", "rev-parse", "main").strip()
+    assert f"those of {base[:12]}:colony.toml do" in logs
+    assert listed(hive_env)["kept"]["limits"]["pids"] == 64
+
+
+@root
 def test_stop_ends_2000_processes_that_left_their_session_and_namespace(hive_env, tmp_path):
     fake_agent_config(hive_env)
     # Leaving the colony's namespace needs privilege that an isolated colony lacks (tests/test_isolation.py): the

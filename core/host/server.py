@@ -29,7 +29,7 @@ from core import cgroups, procs, sandbox
 from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
-from core.config import ColonyConfig, load_colony_config
+from core.config import ColonyConfig, colony_config_for
 from core.errors import StemError
 from core.events import (
     AgentActivity,
@@ -270,7 +270,10 @@ class ColonyHost:
 
     def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(self.name)
-        return rec, load_colony_config(Path(rec.worktree))
+        config, note = colony_config_for(Path(rec.worktree), rec.base_commit)
+        if note:
+            self.colony_log.append("config!", note)
+        return rec, config
 
     def _warm_up(self) -> None:
         """While a spawn still makes the colony: what its start will read and plan the first time (the user's
