@@ -356,10 +356,13 @@ class ChangeWatcher:
         base_commit: str,
         emit: Callable[[Event], None],
         debounce_ms: int = 300,
+        base: Callable[[], str] | None = None,
     ) -> None:
+        """`base`: asked (in a thread) at each count for the commit to count from, when it moves (a sync)."""
         self.colony = colony
         self.worktree = worktree
         self.base_commit = base_commit
+        self._base = base
         self.files: tuple[FileChange, ...] = ()
         self.root = ""  # the worktree's real path, once started: subscribers get paths under it
         self.mode = ""  # "inotify", or "polling: <why>" (for the Info tab)
@@ -477,10 +480,15 @@ class ChangeWatcher:
             except Exception as exc:  # a bug: say so, as the list may be stale until the next change
                 self._warn(f"changed-file list may be out of date: {describe(exc)}")
 
+    def _count(self) -> tuple[FileChange, ...]:
+        if self._base is not None:
+            self.base_commit = self._base()
+        return changed_files(Path(self.root), self.base_commit)
+
     async def _recount(self, initial: bool) -> None:
         self.recomputes += 1
         try:
-            files = await asyncio.to_thread(changed_files, Path(self.root), self.base_commit)
+            files = await asyncio.to_thread(self._count)
         except (StemError, OSError) as exc:
             if initial:
                 raise

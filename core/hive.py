@@ -1543,6 +1543,7 @@ class Hive:
     async def changes(self, name: str) -> tuple[FileChange, ...]:
         """The colony's changed files against its base: live from its host's watcher, else computed now."""
         from core.changes import changed_files
+        from core.merge import work_base
 
         link = self._links.get(name)
         if link is not None and link.files is not None:
@@ -1550,14 +1551,15 @@ class Hive:
         rec = await asyncio.to_thread(self.registry.get, name)
         if not Path(rec.worktree).exists():
             return ()
-        return await asyncio.to_thread(changed_files, Path(rec.worktree), rec.base_commit)
+        return await asyncio.to_thread(lambda: changed_files(Path(rec.worktree), work_base(rec)))
 
     async def diff(self, name: str, path: str | None = None) -> str:
         """Unified diff of one file, or the whole colony, against its base (untracked files included)."""
         from core.changes import diff_text
+        from core.merge import work_base
 
         rec = await asyncio.to_thread(self.registry.get, name)
-        return await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, path)
+        return await asyncio.to_thread(lambda: diff_text(Path(rec.worktree), work_base(rec), path))
 
     async def restart_service(self, name: str, service: str) -> None:
         """Stop and start one service of a running colony (its host does it)."""

@@ -33,6 +33,7 @@ from core.worktree import (
     branch_of,
     common_dir,
     git_bytes,
+    git_dir_of,
     give_back,
     give_back_git_dir,
     owner_of,
@@ -949,6 +950,26 @@ def _worktree_conflicts(worktree: Path) -> tuple[Conflict, ...]:
 # diff -----------------------------------------------------------------------------------------------------------------
 
 
+def work_base(rec: ColonyRecord, target: Target | None = None) -> str:
+    """Where the colony's work is measured from: the merge base of its HEAD and its target (default: its own), so
+    what `stem sync` brought in is not counted as its work (with that merge still unresolved, as if it were
+    concluded: `git merge-base TARGET HEAD MERGE_HEAD`); else, with no target, the commit it was spawned from."""
+    worktree = Path(rec.worktree)
+    if target is None:
+        try:
+            target = resolve_target(rec)
+        except StemError:
+            return rec.base_commit
+    gitdir = git_dir_of(worktree)
+    try:
+        merging = (gitdir / "MERGE_HEAD").read_text().split() if gitdir is not None else []
+    except OSError:
+        merging = []
+    proc = git_bytes(["merge-base", target.ref, "HEAD", *merging], worktree)
+    found = os.fsdecode(proc.stdout).strip() if proc.returncode == 0 else ""
+    return found or rec.base_commit
+
+
 def colony_diff(rec: ColonyRecord, into: str | None = None, *, text: bool = True) -> ColonyDiff:
     """The colony's work against its target, committed and uncommitted (untracked files too): from the merge base
     of the colony's HEAD and the target, so the target's own later commits are not shown as the colony's."""
@@ -966,8 +987,7 @@ def colony_diff(rec: ColonyRecord, into: str | None = None, *, text: bool = True
         base, name = rec.base_commit, ""
         note = f"{rec.name} has no target branch: its changes since the commit it was spawned from"
     else:
-        head = _out(["rev-parse", "--verify", "HEAD"], worktree)
-        base = _out(["merge-base", head, target.ref], Path(rec.repo))
+        base = work_base(rec, target)
         name, note = target.branch, target.note
     files = changed_files(worktree, base)
     uncommitted = frozenset(f.path for f in changed_files(worktree, "HEAD")) if files else frozenset()

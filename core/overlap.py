@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import StemError
-from core.merge import resolve_target
+from core.merge import work_base
 from core.registry import ColonyRecord
 from core.worktree import git_bytes, give_back_git_dir, worktree_owner
 
@@ -236,22 +236,14 @@ def find_overlaps(works: Sequence[ColonyWork]) -> OverlapReport:
 
 
 def overlap_work(records: Sequence[ColonyRecord]) -> list[ColonyWork]:
-    """ColonyWork for each colony whose worktree exists, measured from its merge base with its target (else its
-    spawn's base commit), so the target's commits it synced in are not counted as its own."""
+    """ColonyWork for each colony whose worktree exists, measured from `work_base`: the target's commits it synced
+    in (a sync's merge not yet concluded too) are not counted as its own."""
     works = []
     for rec in records:
         worktree = Path(rec.worktree)
         if not worktree.is_dir() or not rec.base_commit:
             continue
-        base = rec.base_commit
-        try:
-            target = resolve_target(rec)
-            proc = git_bytes(["merge-base", "HEAD", target.ref], worktree)
-            if proc.returncode == 0:
-                base = os.fsdecode(proc.stdout).strip()
-        except StemError:
-            pass
-        works.append(ColonyWork(rec.name, rec.repo, worktree, base))
+        works.append(ColonyWork(rec.name, rec.repo, worktree, work_base(rec)))
     return works
 
 

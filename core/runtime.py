@@ -10,6 +10,7 @@ import shlex
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from core import cgroups, procs
@@ -21,6 +22,7 @@ from core.errors import ConfigError, StemError
 from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
 from core.locations import HiveLayout
+from core.merge import work_base
 from core.peering import PeerFollower, Peers
 from core.preview import PreviewError, PreviewRoutes, listen_port
 from core.registry import ColonyRecord, Registry
@@ -163,7 +165,8 @@ class ColonyRuntime:
         await self._watch_config(self.changes)
 
     async def _start_change_watcher(self) -> None:
-        watcher = ChangeWatcher(self.rec.name, Path(self.rec.worktree), self.rec.base_commit, self._emit)
+        rec = self.rec
+        watcher = ChangeWatcher(rec.name, Path(rec.worktree), rec.base_commit, self._emit, base=partial(work_base, rec))
         try:
             await watcher.start()
         except StemError as exc:  # the colony works without it; say why the Changes panel stays empty

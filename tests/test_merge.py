@@ -313,6 +313,9 @@ def test_sync_brings_the_target_into_the_colony_and_leaves_a_conflict_for_its_ag
     assert "UU app.txt" in status(beta)
     assert rev(project, "colony/beta") == beta_before  # the merge waits in the worktree for the agent
     assert rev(project, "main") == main_before
+    # What the sync brought from main (notes.txt, merged cleanly) is not beta's work, concluded or not.
+    work = json.loads(stem(hive_env, "diff", "beta", "--json").stdout)
+    assert sorted(f["path"] for f in work["files"]) == ["app.txt", "other.txt"]
 
     # An agent that does not commit resolves the file; stem commit concludes the merge, and beta merges.
     early = stem(hive_env, "commit", "beta", "-m", "too early")

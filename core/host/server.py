@@ -43,6 +43,7 @@ from core.events import (
 )
 from core.host import protocol as p
 from core.host.paths import STARTER_ENV, HostPaths, take_ready_fd
+from core.merge import work_base
 
 if TYPE_CHECKING:
     from core.agent import AgentSession
@@ -588,7 +589,8 @@ class ColonyHost:
             return p.LogPage(tuple(page), more=len(page) < len(entries))
         if isinstance(msg, p.Diff):
             rec = await asyncio.to_thread(self.registry.get, self.name)
-            return p.DiffText(await asyncio.to_thread(diff_text, Path(rec.worktree), rec.base_commit, msg.path))
+            text = await asyncio.to_thread(lambda: diff_text(Path(rec.worktree), work_base(rec), msg.path))
+            return p.DiffText(text)
         if isinstance(msg, p.RestartService):
             if runtime is None:
                 raise StemError(f"{self.name} is not running")
