@@ -405,7 +405,8 @@ def resolve_target(
     def exists(branch: str) -> bool:
         if tips is not None:
             return f"refs/heads/{branch}" in tips
-        return _rev(repo, f"refs/heads/{branch}") is not None
+        # The ref itself: `refs/heads/main~1` names a commit to rev-parse, not a branch a merge could move.
+        return git_bytes(["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], repo).returncode == 0
 
     note = ""
     if into is not None:

@@ -606,6 +606,7 @@ def test_bad_input_is_one_line_and_exit_2(hive_env, project):
     cases = {
         ("merge", "nope"): "no colony named 'nope'",
         ("merge", "alpha", "--into", "no-such-branch"): "no branch 'no-such-branch'",
+        ("sync", "alpha", "--from", "main~1"): "no branch 'main~1'",
         ("merge", "alpha"): "main already has every change of alpha",
         ("merge", "alpha", "--into", "colony/alpha"): "is alpha's own branch",
         ("merge", "tagged"): "was spawned from",
