@@ -514,6 +514,12 @@ def backend() -> Backend | None:
     return _detect()
 
 
+def oom_kills(name: str) -> int | None:
+    """How many processes the kernel killed in cgroup `name` for want of memory, so far; None: not counted."""
+    be = _detect()
+    return be.oom_kills(name) if be is not None else None
+
+
 # --- making, limiting, joining ---------------------------------------------------------------------------------
 
 

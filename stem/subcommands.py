@@ -108,8 +108,11 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise StemError("stem exec: no command given (stem exec NAME -- COMMAND ...)")
+    from core import cgroups
     from stem import exec_pty
 
+    group = hive.get(args.name).netns
+    kills_before = await asyncio.to_thread(cgroups.oom_kills, group)
     loop = asyncio.get_running_loop()
     wait: Callable[[], int]
     if not exec_pty.wanted():
@@ -147,6 +150,15 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     finally:
         loop.remove_signal_handler(signal.SIGWINCH)  # before anything reuses the PTY's descriptor
         await asyncio.to_thread(hive.exec_finished, running)
+    killed = code in (-signal.SIGKILL, 128 + signal.SIGKILL)  # itself, or a child its shell reports
+    if killed and (await asyncio.to_thread(cgroups.oom_kills, group) or 0) > (kills_before or 0):
+        # The shell would only say "Killed": say by what, and where the rest is.
+        print(
+            f"stem: {args.name} ran out of memory (its [limits] memory): the kernel killed {argv[0]} or a process "
+            f"of its; stem logs {args.name} names it",
+            file=sys.stderr,
+            flush=True,
+        )
     return code if code >= 0 else 128 - code
 
 

@@ -184,6 +184,22 @@ def test_a_memory_hog_is_killed_named_with_its_limit_and_another_colony_is_untou
 
 
 @root
+def test_stem_exec_killed_for_memory_says_so(hive_env, tmp_path):
+    """The shell would say only "Killed" (exit 137): stem exec names the limit and where the rest is."""
+    fake_agent_config(hive_env)
+    spawn(hive_env, "small", colony_repo(tmp_path / "repo", '[limits]\nmemory = "64M"\n'))
+    hog = "held = []\nwhile True:\n    held.append(b'x' * (16 << 20))\n"
+    result = run_stem(hive_env.env, "exec", "small", "--", "python3", "-c", hog, timeout=60)
+    assert result.returncode == 137, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "stem: small ran out of memory (its [limits] memory): the kernel killed python3 or a process of its; "
+        "stem logs small names it"
+    )
+    ok = run_stem(hive_env.env, "exec", "small", "--", "sh", "-c", "kill -9 $$")
+    assert ok.returncode == 137 and "out of memory" not in ok.stderr  # a SIGKILL for another reason: no word
+
+
+@root
 def test_a_fork_loop_is_refused_past_the_pids_limit_and_reported(hive_env, tmp_path):
     fake_agent_config(hive_env)
     repo = colony_repo(tmp_path / "repo", "[limits]\npids = 100\n", {"forks.py": FORK_LOOP})
