@@ -654,10 +654,14 @@ def _plan(rec: ColonyRecord, target: Target, old: str, src: str, squash: bool, m
         listed = ", ".join(c.path for c in conflicts[:3]) + (
             f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
         )
+        gitdir = git_dir_of(Path(rec.worktree))
+        if gitdir is not None and (gitdir / "MERGE_HEAD").exists():  # a sync brought it in already
+            advice = f"its agent is to resolve the sync's conflicts in its worktree, then stem commit {rec.name}"
+        else:
+            advice = f"stem sync {rec.name} brings {target.branch} into the colony for its agent to resolve"
         raise MergeConflict(
             f"{rec.name} does not merge cleanly into {target.branch}: {_count(len(conflicts), 'file')} in conflict "
-            f"({listed}); nothing was changed (stem sync {rec.name} brings {target.branch} into the colony "
-            "for its agent to resolve)",
+            f"({listed}); nothing was changed ({advice})",
             rec.name,
             target.branch,
             conflicts,

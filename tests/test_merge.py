@@ -313,6 +313,8 @@ def test_sync_brings_the_target_into_the_colony_and_leaves_a_conflict_for_its_ag
     assert "UU app.txt" in status(beta)
     assert rev(project, "colony/beta") == beta_before  # the merge waits in the worktree for the agent
     assert rev(project, "main") == main_before
+    refused = stem(hive_env, "merge", "beta")  # its branch still conflicts: the advice is to finish the sync
+    assert "resolve the sync's conflicts in its worktree, then stem commit beta" in refused.stderr, refused.stderr
     # What the sync brought from main (notes.txt, merged cleanly) is not beta's work, concluded or not.
     work = json.loads(stem(hive_env, "diff", "beta", "--json").stdout)
     assert sorted(f["path"] for f in work["files"]) == ["app.txt", "other.txt"]
