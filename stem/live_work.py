@@ -65,6 +65,7 @@ class LiveWork:
         self._cpu: dict[str, tuple[float, float]] = {}  # colony -> (when, CPU seconds) at the last look
         self._tips: dict[str, str] | None = None
         self._told: dict[tuple[str, str], OverlapLevel] = {}  # pairs already announced, at that level
+        self._looked_once = False
         self._timer: Timer | None = None
         self._running = False
         self._again = False
@@ -159,7 +160,9 @@ class LiveWork:
 
     def _announce(self, report: OverlapReport) -> None:
         """A notification the first time two colonies change the same file, and again if it becomes the same
-        lines."""
+        lines. What the first look finds (the UI just started, on colonies that overlapped already) is one
+        notification, not one per pair stacked over the screen."""
+        first, self._looked_once = not self._looked_once, True
         pairs: dict[tuple[str, str], tuple[OverlapLevel, list[str]]] = {}
         for overlap in report.overlaps:
             a, b = sorted(overlap.colonies)
@@ -167,11 +170,24 @@ class LiveWork:
             if _LEVEL_RANK[overlap.level] > _LEVEL_RANK[level]:
                 level = overlap.level
             pairs[(a, b)] = (level, [*paths, overlap.path])
-        for (a, b), (level, paths) in pairs.items():
-            before = self._told.get((a, b), OverlapLevel.NONE)
-            if _LEVEL_RANK[level] <= _LEVEL_RANK[before]:
-                continue
-            self._told[(a, b)] = level
+        new = {
+            pair: (level, paths)
+            for pair, (level, paths) in pairs.items()
+            if _LEVEL_RANK[level] > _LEVEL_RANK[self._told.get(pair, OverlapLevel.NONE)]
+        }
+        for pair, (level, _paths) in new.items():
+            self._told[pair] = level
+        if first and len(new) > 1:
+            worst = max((level for level, _paths in new.values()), key=_LEVEL_RANK.__getitem__)
+            named = ", ".join(f"{a} and {b}" for a, b in list(new)[:3]) + (" and more" if len(new) > 3 else "")
+            self.app.notify(
+                f"{len(new)} pairs of colonies change the same files ({named}): ⚠ and ‼ in the list say which",
+                title="overlap",
+                severity="error" if worst == OverlapLevel.HUNK else "warning",
+                timeout=8,
+            )
+            return
+        for (a, b), (level, paths) in new.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
             if level == OverlapLevel.HUNK:
                 self.app.notify(
