@@ -284,7 +284,7 @@ def _merged(result: MergeResult) -> None:
 
 
 async def cmd_merge(hive: HiveAPI, args: argparse.Namespace) -> int:
-    from core.merge import MergeConflict
+    from core.merge import MergeConflict, NothingToMerge
 
     if args.all == (args.name is not None):
         raise StemError("stem merge: name a colony, or --all for every colony (not both)")
@@ -298,6 +298,10 @@ async def cmd_merge(hive: HiveAPI, args: argparse.Namespace) -> int:
         print(f"stem: {exc}", file=sys.stderr)
         _conflicts(exc.conflicts, exc.target, exc.colony)
         return exc.exit_code
+    except NothingToMerge as exc:
+        if args.json:  # a script reads the outcome from stdout whatever it is (the line on stderr says it too)
+            print(json.dumps({"colony": args.name, "result": "nothing to merge", "reason": str(exc)}, indent=2))
+        raise
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

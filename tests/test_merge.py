@@ -625,6 +625,13 @@ def test_bad_input_is_one_line_and_exit_2(hive_env, project):
         assert len(result.stderr.splitlines()) == 1, (args, result.stderr)
         assert expected in result.stderr, (args, result.stderr)
     assert snapshot(project) == before
+    nothing = stem(hive_env, "merge", "alpha", "--json")
+    assert nothing.returncode == 2
+    assert json.loads(nothing.stdout) == {
+        "colony": "alpha",
+        "result": "nothing to merge",
+        "reason": "main already has every change of alpha (colony/alpha)",
+    }
     merged = stem(hive_env, "merge", "tagged", "--into", "main")
     assert merged.returncode == 0, merged.stderr
 
