@@ -133,7 +133,9 @@ def describe(limits: Limits) -> str:
     if limits.swap is not None:
         parts.append(f"swap {size_text(limits.swap)}")
     if limits.cpus is not None:
-        parts.append(f"cpus {limits.cpus:g}")
+        have = len(os.sched_getaffinity(0))
+        more = f" (more than this machine's {have}: no limit in effect)" if limits.cpus >= have else ""
+        parts.append(f"cpus {limits.cpus:g}{more}")
     if limits.pids is not None:
         parts.append(f"pids {limits.pids}")
     return ", ".join(parts) or "none"
