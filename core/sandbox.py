@@ -6,13 +6,13 @@ A running colony has one set of namespaces that all its processes share, held by
   host waits for its services and agent itself) while the colony's processes see and signal one another, and
   nothing outside. What is orphaned goes to the init, which the kernel reaps for (SIGCHLD ignored); when the init
   ends (its owner stops the colony, or dies) the kernel kills everything left in the namespace.
-- **its own mount namespace** (recursively private), made once by the init: tmpfs over `STEM_HOME`, the users'
-  homes, the repository's main checkout, `/tmp`, `/var/tmp`, `/dev/shm` and `/run/user` (one private /tmp for the
-  whole colony); then only what is the colony's is bound back at its own path: its worktree, its database folder,
-  its home (HOME points there), the repository's `.git` (with `config` and `hooks` read-only, so nothing planted
-  there runs later as the user), and `[hive] agent_files` read-only in its home; /proc of its PID namespace and the
-  colony's resolv.conf. Other colonies' worktrees and databases, `hive.db`, the logs and the user's secrets are not
-  there. A colony process joins it (and the IPC namespace) in the forked child, single-threaded, before exec.
+- **its own mount namespace** (recursively private), made once by the init: tmpfs over `STEM_HOME`, the users' homes,
+  the repository's main checkout, `/tmp`, `/var/tmp`, `/dev/shm`, `/run/user` and `/run/netns` (one private /tmp for the
+  whole colony); then only what is the colony's is bound back at its own path: its worktree, its database folder, its
+  home (HOME points there), the repository's `.git` (with `config` and `hooks` read-only, so nothing planted there runs
+  later as the user), and `[hive] agent_files` read-only in its home; /proc of its PID namespace and the colony's
+  resolv.conf. Other colonies' worktrees and databases, `hive.db`, the logs and the user's secrets are not there. A
+  colony process joins it (and the IPC namespace) in the forked child, single-threaded, before exec.
 - **its own IPC namespace**, made and joined with the mount namespace.
 The init belongs to the colony's host, which publishes it (`Sandbox.init_file`) so `stem exec` from any shell joins
 it. Setup and build commands run in the starter's process before any host exists: their run gets an init of its
@@ -279,7 +279,8 @@ def plan(
         user_home = home
     homes = {Path("/root"), Path(environ.get("HOME") or "/root")}
     shared = ("/tmp", "/var/tmp", "/dev/shm")
-    wanted = [*map(Path, shared), Path("/run/user"), stem_home, repo, *homes]
+    # /run/netns: the names of every namespace on the machine, other colonies' and hives' among them.
+    wanted = [*map(Path, shared), Path("/run/user"), Path("/run/netns"), stem_home, repo, *homes]
     covers = _outermost(p for p in wanted if _coverable(p) and not _under(p, user_home))
     common = _git_common_dir(worktree) or repo / ".git"
     binds: list[tuple[Path | None, Path, bool]] = [(home, user_home, False), (common, common, False)]

@@ -145,7 +145,7 @@ def test_a_colony_sees_only_its_own_files(hive_env, two, tmp_path):
             "a",
             f"cat {secret}; cat /etc/shadow; ls {b['worktree']}; ls {Path(b['db']).parent}; "
             f"ls {hive_env.home / 'hive.db'}; ls {hive_env.home / 'colonies' / 'b'}; ls {repo}/README.md; "
-            f"cat {b['db']}; cat {host_tmp}; ls /tmp",
+            f"cat {b['db']}; cat {host_tmp}; ls /tmp; ls /run/netns /var/run/netns",
         )
     finally:
         secret.unlink()
@@ -155,6 +155,7 @@ def test_a_colony_sees_only_its_own_files(hive_env, two, tmp_path):
     assert "README.md" not in out.stdout  # the main checkout is not there (its .git is)
     assert "colony.db" not in out.stdout and "SQLite" not in out.stdout
     assert "host scratch" not in out.stdout and host_tmp.name not in out.stdout  # a private /tmp
+    assert hive_env.prefix not in out.stdout  # no other colony's namespace name
     # Its own worktree, database and home are there and writable.
     out = inside(
         hive_env,
