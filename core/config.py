@@ -198,24 +198,43 @@ def written_by_root(path: Path) -> bool:
     return st.st_uid == 0 and stat.S_ISREG(st.st_mode)
 
 
-def colony_config_for(worktree: Path, base_commit: str) -> tuple[ColonyConfig, str]:
-    """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere: when the file in its
-    worktree is not root's (the colony wrote it, or it is a symlink), the policy is that of the colony.toml of the
-    commit it was spawned from, so an agent cannot lift its own limits or open its own network."""
+def colony_config_for(worktree: Path, base_commit: str, target: str = "") -> tuple[ColonyConfig, str]:
+    """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere: from the colony.toml of the
+    commit the colony was spawned from when the file in its worktree may say what its agent wants. That is when
+    the colony's uid wrote it (or it is a symlink), and when root's git wrote it from the colony's own commits (a
+    sync, a merge into its branch, a failed merge putting back an assume-unchanged file): root's file holding the
+    colony's HEAD version, neither the spawn's nor its `target` branch's. A root edit in the worktree holds."""
     config = load_colony_config(worktree)
     path = worktree / COLONY_FILE
-    if written_by_root(path) or not base_commit:
+    if not base_commit:
         return config, ""
-    from core.worktree import git_bytes  # git only for this rare case
+    from core.worktree import git_bytes  # git only to tell where the file came from
 
-    shown = git_bytes(["show", f"{base_commit}:{COLONY_FILE}"], worktree)
+    def committed(rev: str) -> bytes | None:
+        shown = git_bytes(["show", f"{rev}:{COLONY_FILE}"], worktree)
+        return shown.stdout if shown.returncode == 0 else None
+
+    if written_by_root(path):
+        try:
+            text: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            text = None
+        if text is None or text != committed("HEAD") or text == committed(base_commit):
+            return config, ""  # the spawn's, root's own edit, or none
+        if target and text == committed(f"refs/heads/{target}"):
+            return config, ""  # its target's, brought by a sync
+        why = "holds the colony's own committed version (root's git wrote it from the colony's branch)"
+        fix = "edit it as root to change them"
+    else:
+        why = "is not root's (the colony wrote it)"
+        fix = f"as root, chown root {path} to trust it"
+    base_text = committed(base_commit)
     name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
-    committed = parse_colony_config(shown.stdout.decode(errors="replace"), name) if shown.returncode == 0 else None
-    policy = committed or ColonyConfig()
+    policy = parse_colony_config(base_text.decode(errors="replace"), name) if base_text is not None else ColonyConfig()
     config = dataclasses.replace(config, **{key: getattr(policy, key) for key in POLICY})
     note = (
-        f"{path} is not root's (the colony wrote it): its [limits], [network], [peering] and pass_env do not apply, "
-        f"{'those of ' + str(name) if committed else 'the defaults'} do; as root, chown root {path} to trust it"
+        f"{path} {why}: its [limits], [network], [peering] and pass_env do not apply, "
+        f"{'those of ' + str(name) if base_text is not None else 'the defaults'} do; {fix}"
     )
     return config, note
 

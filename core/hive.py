@@ -254,7 +254,7 @@ class Hive:
         return sandbox.for_colony(rec, self.settings, self.layout.home)
 
     def config_for(self, rec: ColonyRecord) -> ColonyConfig:
-        return colony_config_for(Path(rec.worktree), rec.base_commit)[0]
+        return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target)[0]
 
     def agent_choice(self, name: str) -> tuple[str, str, str]:
         """(the agent, where it was chosen: "--agent", "colony.toml" or "default_agent", the command line its host

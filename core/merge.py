@@ -37,6 +37,7 @@ from core.worktree import (
     give_back,
     give_back_git_dir,
     owner_of,
+    refuse_symlinks,
     worktree_owner,
     worktrees,
 )
@@ -717,6 +718,8 @@ def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path |
     """Move `ref` from `old` to `new` if it still is at `old`; False if it moved meanwhile. The ref keeps its owner
     (a colony's branch stays its uid's; packed, a colony/ branch goes to the owner of the `checkout` that has it)."""
     common = common_dir(repo)
+    if (common / ref).is_symlink():  # git takes it for a symbolic ref: a colony's pointing at main would move main
+        raise StemError(f"{ref} in {repo} is a symlink: Stem will not move what it points at")
     owner = owner_of(common / ref)
     if owner is None and checkout is not None and ref.startswith("refs/heads/colony/"):
         owner = worktree_owner(checkout)
@@ -786,6 +789,7 @@ def merge_colony(
                 checkout = _checkout_of(repo, target.branch)
                 if checkout is not None:
                     _check_checkout(checkout, target, plan.files)
+                    refuse_symlinks(checkout, target.branch)
                 if not _cas(repo, target.ref, plan.new, old, f"stem merge {rec.name}: {plan.how}", checkout):
                     continue  # the target moved: merge again onto its new tip
                 if checkout is not None:
@@ -837,7 +841,12 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
     branch = _head_branch(worktree)
     if not branch:
         raise StemError(f"{rec.name}'s worktree has a detached HEAD: check out a branch there first")
-    gitdir = Path(_out(["rev-parse", "--absolute-git-dir"], worktree))
+    if branch != rec.branch:  # Stem moves the colony's own branch only, never main through a symbolic HEAD
+        raise StemError(f"{rec.name}'s worktree has {branch} checked out, not {rec.branch}: Stem commits on its own")
+    refuse_symlinks(worktree, rec.name)
+    gitdir = git_dir_of(worktree)
+    if gitdir is None:
+        raise StemError(f"{rec.name}'s worktree has no git dir: nothing to commit")
     busy = _in_progress(worktree)
     merging: list[str] = []
     if busy == "a merge":
@@ -850,21 +859,27 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
             )
     elif busy:
         raise StemError(f"{rec.name}'s worktree has {busy} under way: its agent must finish it first")
-    index = Path(_out(["rev-parse", "--path-format=absolute", "--git-path", "index"], worktree))
-    lock = index.with_name(index.name + ".lock")
+    # The git dir's own index, its path not resolved, read without following a symlink the colony put there.
+    index = gitdir / "index"
+    lock = gitdir / "index.lock"
     owner = worktree_owner(worktree)  # the index and the branch stay the colony's, for its agent's git
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except FileExistsError:
         raise StemError(f"git is busy in {rec.name}'s worktree ({lock} exists): try again in a moment") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            if index.exists():
-                out.write(index.read_bytes())  # its stat data spares hashing unchanged files
-        if index.exists():
-            # ...and its own mtime, which git compares entries with to tell a file changed within the same tick.
-            st = index.stat()
-            os.utime(lock, ns=(st.st_atime_ns, st.st_mtime_ns))
+            try:
+                source = os.open(index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                source = None
+            if source is not None:
+                with os.fdopen(source, "rb") as current:
+                    out.write(current.read())  # its stat data spares hashing unchanged files
+                    st = os.fstat(current.fileno())
+                out.flush()
+                # ...and its own mtime, which git compares entries with to tell a file changed within the same tick.
+                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
         env = {"GIT_INDEX_FILE": str(lock)}
         _out(["add", "--all", "--", "."], worktree, env=env)
         tree = _out(["write-tree"], worktree, env=env)
@@ -912,6 +927,10 @@ def sync_colony(rec: ColonyRecord, into: str | None = None) -> SyncResult:
     # By name, so the conflict markers the agent reads say `>>>>>>> main` (the full ref if the name is ambiguous).
     name = target.branch if _rev(repo, target.branch) == tip else target.ref
     owner = worktree_owner(worktree)
+    refuse_symlinks(worktree, rec.name)
+    # An assume-unchanged or skip-worktree colony.toml would be rewritten by a failed merge to the colony's own
+    # committed version, as root: what it says must come from its user (core.config.colony_config_for).
+    git_bytes(["update-index", "-q", "--no-assume-unchanged", "--no-skip-worktree", "--", COLONY_FILE], worktree)
     proc = git_bytes(
         [*_NO_HOOKS, "merge", "--ff", "--no-autostash", "--no-edit", "--no-verify", "-m", message, name], worktree
     )

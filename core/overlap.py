@@ -20,7 +20,7 @@ from typing import Any
 from core.errors import StemError
 from core.merge import work_base
 from core.registry import ColonyRecord
-from core.worktree import git_bytes, give_back_git_dir, worktree_owner
+from core.worktree import git_bytes, give_back_git_dir, refuse_symlinks, worktree_owner
 
 
 class OverlapLevel(StrEnum):
@@ -135,8 +135,13 @@ def _work_paths(work: ColonyWork) -> set[str]:
     # worktree for the colony's user, a checkout by another process) would read as changed. Refresh it first, as
     # `git status` does; a refresh that cannot take the index lock (the agent runs git) only leaves it as it was.
     owner = worktree_owner(work.worktree)
-    git_bytes(["update-index", "-q", "--refresh"], work.worktree)
-    give_back_git_dir(owner, work.worktree)  # the index it rewrote stays the colony's, for its agent's git
+    try:
+        refuse_symlinks(work.worktree, work.name)
+    except StemError:
+        pass  # a symlink where git writes: no refresh (a stat-only change may then read as one)
+    else:
+        git_bytes(["update-index", "-q", "--refresh"], work.worktree)
+        give_back_git_dir(owner, work.worktree)  # the index it rewrote stays the colony's, for its agent's git
     tracked = git_bytes(["diff-index", "--name-only", "-z", "--no-renames", work.base, "--"], work.worktree)
     if tracked.returncode != 0:
         said = os.fsdecode(tracked.stderr).strip().splitlines()

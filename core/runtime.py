@@ -314,7 +314,9 @@ class ColonyRuntime:
         """Apply the worktree's colony.toml: restart only what changed; a bad file keeps what runs."""
         name = self.rec.name
         try:
-            config, note = await asyncio.to_thread(colony_config_for, Path(self.rec.worktree), self.rec.base_commit)
+            config, note = await asyncio.to_thread(
+                colony_config_for, Path(self.rec.worktree), self.rec.base_commit, self.rec.target
+            )
         except ConfigError as exc:
             await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             await asyncio.to_thread(self._registry.add_event, name, "config-error", str(exc))

@@ -128,6 +128,30 @@ def give_back(owner: Owner | None, base: Path, names: Iterable[str], folders: bo
 _GIT_DIR_FILES = ("index", "ORIG_HEAD", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE", "logs", "logs/HEAD")
 
 
+def refuse_symlinks(worktree: Path, name: str) -> None:
+    """StemError if a file root's git would write for the worktree is a symlink: in a colony's git dir (and its
+    branch's ref and reflog) the colony makes what it likes, and a symlink there would have root's git write, or
+    Stem read, a file anywhere (the user's index, /etc/shadow). Git itself follows them."""
+    gitdir = git_dir_of(worktree)
+    if gitdir is None:
+        return
+    found = [gitdir / entry for entry in (*_GIT_DIR_FILES, "HEAD", "index.lock")]
+    try:
+        head = (gitdir / "HEAD").read_text().strip() if not (gitdir / "HEAD").is_symlink() else ""
+        common = gitdir / (gitdir / "commondir").read_text().strip() if (gitdir / "commondir").is_file() else gitdir
+    except OSError:
+        head, common = "", gitdir
+    if head.startswith("ref: refs/"):
+        branch = head[5:].strip()
+        found += [common / branch, common / "logs" / branch]
+    for path in found:
+        if path.is_symlink():
+            raise StemError(
+                f"{name}'s git has a symlink at {path}: Stem's git will not write through it (remove it, or let "
+                "the colony's agent do it)"
+            )
+
+
 def give_back_git_dir(owner: Owner | None, worktree: Path) -> None:
     """Give `owner` what root's git wrote in the worktree's git dir (its index, merge state, HEAD's reflog) and its
     branch's ref and reflog: in a colony's worktree only a colony/ branch, the user's stay out of its reach."""

@@ -266,6 +266,41 @@ def test_an_agent_cannot_lift_its_own_limits_through_colony_toml(hive_env, tmp_p
 
 
 @root
+def test_an_agent_cannot_have_stem_s_git_write_its_own_colony_toml(hive_env, tmp_path):
+    """The agent commits the policy it wants (index only: the file is not its to write) and marks the file
+    assume-unchanged, so that a failed sync, run as root, would write its version; and a colony.toml root's git
+    wrote from the colony's own commits (a sync, a merge into its branch) is not taken for the user's."""
+    fake_agent_config(hive_env)
+    repo = colony_repo(tmp_path / "repo", "[limits]\npids = 64\n", {"a.txt": "a\n"})
+    rec = spawn(hive_env, "sly", repo)
+    worktree = Path(rec["worktree"])
+    wanted = '[limits]\npids = 4096\n\n[services.probe]\ncommand = "exec sleep 1000"\n'
+    script = (
+        f"printf '{wanted}' > /tmp/mine; b=$(git hash-object -w /tmp/mine); "
+        "git update-index --cacheinfo 100644,$b,colony.toml; git update-index --assume-unchanged colony.toml; "
+        "git commit -qm 'my limits'; echo mine > a.txt"
+    )
+    tried = run_stem(hive_env.env, "exec", "sly", "--", "sh", "-c", script)
+    assert tried.returncode == 0, tried.stderr
+    (repo / "a.txt").write_text("main's\n")
+    git(repo, "commit", "-qam", "main changes a.txt")
+    failed = run_stem(hive_env.env, "sync", "sly")
+    assert failed.returncode == 2 and "uncommitted changes" in failed.stderr, failed.stderr
+    assert (worktree / "colony.toml").read_text() == "[limits]\npids = 64\n"  # not rewritten to the agent's
+
+    # Root's git writing the colony's committed version (as a sync or a merge into its branch would):
+    (worktree / "colony.toml").write_text(git(worktree, "show", "HEAD:colony.toml"))
+
+    def said() -> str | None:  # the reload's last line: the limits were applied before it, if at all
+        logs = run_stem(hive_env.env, "logs", "sly").stdout
+        return logs if "colony.toml changed: started probe" in logs else None
+
+    logs = wait_for(said, timeout=15, what="the service of the colony's committed colony.toml started")
+    assert "holds the colony's own committed version" in logs
+    assert listed(hive_env)["sly"]["limits"]["pids"] == 64
+
+
+@root
 def test_stop_ends_2000_processes_that_left_their_session_and_namespace(hive_env, tmp_path):
     fake_agent_config(hive_env)
     # Leaving the colony's namespace needs privilege that an isolated colony lacks (tests/test_isolation.py): the

@@ -393,6 +393,47 @@ def test_the_agents_git_still_works_after_stem_commits_syncs_and_merges_into_its
 
 
 @root
+def test_stem_s_git_never_writes_through_what_the_agent_pointed_elsewhere(hive_env, project):
+    """An agent cannot aim Stem's git (root's) at the user's files: a symlinked index, reflog or merge file in its
+    git dir, a HEAD naming main, or its branch's ref made a symlink to main are refused, and nothing changes."""
+    alpha = spawn(hive_env, "alpha", project)
+    spawn(hive_env, "beta", project)
+    gitdir = Path(git(alpha, "rev-parse", "--absolute-git-dir").strip())
+    user_index = (project / ".git" / "index").read_bytes()
+    main = rev(project, "main")
+    agent(hive_env, "alpha", "echo work > work.txt")
+
+    agent(hive_env, "alpha", f"cd {gitdir} && mv index index.mine && ln -s {project}/.git/index index")
+    refused = stem(hive_env, "commit", "alpha", "-m", "through the symlink")
+    assert refused.returncode == 2 and f"symlink at {gitdir}/index" in refused.stderr, refused.stderr
+    agent(hive_env, "alpha", f"cd {gitdir} && rm index && mv index.mine index")
+    assert (project / ".git" / "index").read_bytes() == user_index
+
+    commit(project, "main moves", notes__txt="main\n")
+    user_index = (project / ".git" / "index").read_bytes()
+    agent(hive_env, "alpha", f"ln -s {project}/.git/index {gitdir}/MERGE_MSG")
+    refused = stem(hive_env, "sync", "alpha")
+    assert refused.returncode == 2 and "MERGE_MSG: Stem's git will not write through it" in refused.stderr
+    agent(hive_env, "alpha", f"rm {gitdir}/MERGE_MSG")
+    main = rev(project, "main")
+
+    agent(hive_env, "alpha", "git symbolic-ref HEAD refs/heads/main")
+    refused = stem(hive_env, "commit", "alpha", "-m", "onto main")
+    assert refused.returncode == 2 and "has main checked out, not colony/alpha" in refused.stderr, refused.stderr
+    agent(hive_env, "alpha", "git symbolic-ref HEAD refs/heads/colony/alpha")
+
+    agent(hive_env, "beta", "echo beta > beta.txt; git add -A; git commit -qm beta")
+    ref = project / ".git" / "refs" / "heads" / "colony" / "alpha"
+    agent(hive_env, "alpha", f"rm {ref} && ln -s refs/heads/main {ref}")
+    refused = stem(hive_env, "merge", "beta", "--into", "colony/alpha")
+    assert refused.returncode == 2 and "is a symlink" in refused.stderr, refused.stderr
+
+    assert rev(project, "main") == main
+    assert (project / ".git" / "index").read_bytes() == user_index
+    assert (project / ".git" / "index").stat().st_uid == 0
+
+
+@root
 def test_giving_files_back_never_follows_a_symlink_the_colony_put_on_the_way(tmp_path):
     """A colony can replace a folder of its worktree with a symlink to anywhere: what Stem gives back to it there
     must stay inside (else a chown as root would hand it /etc/shadow)."""
