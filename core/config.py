@@ -219,8 +219,9 @@ def colony_config_for(worktree: Path, base_commit: str, target: str = "") -> tup
             text: bytes | None = path.read_bytes()
         except FileNotFoundError:
             text = None
-        if text is None or text != committed("HEAD") or text == committed(base_commit):
-            return config, ""  # the spawn's, root's own edit, or none
+        # The spawn's first: the common case, one git. Then root's own edit (not the colony's HEAD version).
+        if text is None or text == committed(base_commit) or text != committed("HEAD"):
+            return config, ""  # none, the spawn's, or root's own edit
         if target and text == committed(f"refs/heads/{target}"):
             return config, ""  # its target's, brought by a sync
         why = "holds the colony's own committed version (root's git wrote it from the colony's branch)"

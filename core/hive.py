@@ -28,7 +28,7 @@ from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry, rotated
-from core.config import ColonyConfig, Limits, colony_config_for, parse_colony_config
+from core.config import ColonyConfig, Limits, colony_config_for, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import (
     BranchExists,
@@ -253,7 +253,12 @@ class Hive:
         """What confines the colony's processes (None with isolation off)."""
         return sandbox.for_colony(rec, self.settings, self.layout.home)
 
-    def config_for(self, rec: ColonyRecord) -> ColonyConfig:
+    def config_for(self, rec: ColonyRecord, policy: bool = True) -> ColonyConfig:
+        """The colony's colony.toml; with `policy`, its limits, network, peering and pass_env as they hold (a file
+        its agent wrote has the spawn's: `colony_config_for`, a git or two). Without, as the file says: for a
+        caller that reads none of those (its agent, its services)."""
+        if not policy:
+            return load_colony_config(Path(rec.worktree))
         return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target)[0]
 
     def agent_choice(self, name: str) -> tuple[str, str, str]:
@@ -263,7 +268,7 @@ class Hive:
         spec, source = rec.agent, "--agent"
         if not spec:
             try:
-                spec, source = self.config_for(rec).agent or "", "colony.toml"
+                spec, source = self.config_for(rec, policy=False).agent or "", "colony.toml"
             except (StemError, OSError):
                 spec = ""
         if not spec:
@@ -283,7 +288,7 @@ class Hive:
         """The services of the colony's colony.toml (as its worktree has it), else those its host last ran."""
         rec = self.registry.get(name)
         try:
-            return list(self.config_for(rec).services)
+            return list(self.config_for(rec, policy=False).services)
         except StemError:
             return [key for kind, key, _state, _detail in self.registry.runtime(name) if kind == "service"]
 
@@ -1273,7 +1278,7 @@ class Hive:
     def _longest_stop(self, name: str) -> float:
         """The longest a service of the colony may take to stop (its `stop_timeout`), for the stopper's patience."""
         try:
-            services = self.config_for(self.registry.get(name)).services.values()
+            services = self.config_for(self.registry.get(name), policy=False).services.values()
         except StemError:  # gone, or its colony.toml broken meanwhile: the hive's own
             return self.stop_grace
         return max([self.stop_grace, *(s.stop_timeout for s in services if s.stop_timeout is not None)])
