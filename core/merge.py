@@ -655,8 +655,7 @@ def _plan(rec: ColonyRecord, target: Target, old: str, src: str, squash: bool, m
         listed = ", ".join(c.path for c in conflicts[:3]) + (
             f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
         )
-        gitdir = git_dir_of(Path(rec.worktree))
-        if gitdir is not None and (gitdir / "MERGE_HEAD").exists():  # a sync brought it in already
+        if _merge_heads(Path(rec.worktree)):  # a sync brought it in already
             advice = f"its agent is to resolve the sync's conflicts in its worktree, then stem commit {rec.name}"
         else:
             advice = f"stem sync {rec.name} brings {target.branch} into the colony for its agent to resolve"
@@ -850,7 +849,7 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
     busy = _in_progress(worktree)
     merging: list[str] = []
     if busy == "a merge":
-        merging = (gitdir / "MERGE_HEAD").read_text().split()
+        merging = _merge_heads(worktree)
         marked = [c.path for c in _worktree_conflicts(worktree) if c.regions]
         if marked:
             raise StemError(
@@ -974,6 +973,15 @@ def _worktree_conflicts(worktree: Path) -> tuple[Conflict, ...]:
 # diff -----------------------------------------------------------------------------------------------------------------
 
 
+def _merge_heads(worktree: Path) -> list[str]:
+    """The commits a merge under way in the worktree brings in (a `stem sync` waiting for its conflicts), or []."""
+    gitdir = git_dir_of(worktree)
+    try:
+        return (gitdir / "MERGE_HEAD").read_text().split() if gitdir is not None else []
+    except OSError:
+        return []
+
+
 def work_base(rec: ColonyRecord, target: Target | None = None) -> str:
     """Where the colony's work is measured from: the merge base of its HEAD and its target (default: its own), so
     what `stem sync` brought in is not counted as its work (with that merge still unresolved, as if it were
@@ -984,12 +992,7 @@ def work_base(rec: ColonyRecord, target: Target | None = None) -> str:
             target = resolve_target(rec)
         except StemError:
             return rec.base_commit
-    gitdir = git_dir_of(worktree)
-    try:
-        merging = (gitdir / "MERGE_HEAD").read_text().split() if gitdir is not None else []
-    except OSError:
-        merging = []
-    proc = git_bytes(["merge-base", target.ref, "HEAD", *merging], worktree)
+    proc = git_bytes(["merge-base", target.ref, "HEAD", *_merge_heads(worktree)], worktree)
     found = os.fsdecode(proc.stdout).strip() if proc.returncode == 0 else ""
     return found or rec.base_commit
 

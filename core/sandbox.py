@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, TypeVar
 from core.config import COLONY_FILE
 from core.locations import HiveLayout
 from core.netns import SLOT_SIZE
+from core.worktree import head_ref
 
 if TYPE_CHECKING:
     from core.registry import ColonyRecord
@@ -498,7 +499,7 @@ def prepare(
     shared = [objects, *(os.path.join(objects, name) for name in ("pack", "info", *(f"{i:02x}" for i in range(256))))]
     # Branches under colony/ only: the user's own branches (main, ...) stay out of a colony's reach.
     shared += [os.path.join(common, "refs", "heads", "colony"), os.path.join(common, "logs", "refs", "heads", "colony")]
-    branch = _head_ref(gitdir)
+    branch = head_ref(gitdir)
     for shared_dir in shared:  # strings and a stat first: 260 of them at every spawn, nearly all there already
         try:
             st = os.stat(shared_dir)
@@ -571,14 +572,6 @@ def _write_gitconfig(path: Path, uid: int, gid: int, user_gitconfig: Path | None
         lines += ["[user]", "\tname = Stem colony", "\temail = colony@stem.invalid"]
     path.write_text("\n".join(lines) + "\n")
     os.chown(path, uid, gid)
-
-
-def _head_ref(gitdir: Path) -> str | None:
-    try:
-        head = (gitdir / "HEAD").read_text().strip()
-    except OSError:
-        return None
-    return head[5:].strip() if head.startswith("ref: refs/") else None
 
 
 def _chown_tree(root: Path, uid: int, gid: int, keep: set[Path]) -> None:

@@ -128,6 +128,26 @@ def give_back(owner: Owner | None, base: Path, names: Iterable[str], folders: bo
 _GIT_DIR_FILES = ("index", "ORIG_HEAD", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE", "logs", "logs/HEAD")
 
 
+def head_ref(gitdir: Path) -> str | None:
+    """The ref HEAD names in a git dir ("refs/heads/colony/x"); None when detached, unreadable or a symlink."""
+    head = gitdir / "HEAD"
+    try:
+        text = "" if head.is_symlink() else head.read_text().strip()
+    except OSError:
+        return None
+    return text[5:].strip() if text.startswith("ref: refs/") else None
+
+
+def _branch_files(gitdir: Path) -> tuple[Path, str, bool]:
+    """(the repository's shared git dir, the ref HEAD names or "", whether the worktree is a linked one)."""
+    linked = (gitdir / "commondir").is_file()
+    try:
+        common = gitdir / (gitdir / "commondir").read_text().strip() if linked else gitdir
+    except OSError:
+        return gitdir, "", linked
+    return common, head_ref(gitdir) or "", linked
+
+
 def refuse_symlinks(worktree: Path, name: str) -> None:
     """StemError if a file root's git would write for the worktree is a symlink: in a colony's git dir (and its
     branch's ref and reflog) the colony makes what it likes, and a symlink there would have root's git write, or
@@ -136,13 +156,8 @@ def refuse_symlinks(worktree: Path, name: str) -> None:
     if gitdir is None:
         return
     found = [gitdir / entry for entry in (*_GIT_DIR_FILES, "HEAD", "index.lock")]
-    try:
-        head = (gitdir / "HEAD").read_text().strip() if not (gitdir / "HEAD").is_symlink() else ""
-        common = gitdir / (gitdir / "commondir").read_text().strip() if (gitdir / "commondir").is_file() else gitdir
-    except OSError:
-        head, common = "", gitdir
-    if head.startswith("ref: refs/"):
-        branch = head[5:].strip()
+    common, branch, _linked = _branch_files(gitdir)
+    if branch:
         found += [common / branch, common / "logs" / branch]
     for path in found:
         if path.is_symlink():
@@ -159,14 +174,8 @@ def give_back_git_dir(owner: Owner | None, worktree: Path) -> None:
     if owner is None or gitdir is None:
         return
     give_back(owner, gitdir, _GIT_DIR_FILES)
-    try:
-        head = (gitdir / "HEAD").read_text().strip()
-        linked = (gitdir / "commondir").is_file()
-        common = gitdir / (gitdir / "commondir").read_text().strip() if linked else gitdir
-    except OSError:
-        return
-    branch = head[5:].strip() if head.startswith("ref: refs/heads/") else ""
-    if branch and (not linked or branch.startswith("refs/heads/colony/")):
+    common, branch, linked = _branch_files(gitdir)
+    if branch.startswith("refs/heads/") and (not linked or branch.startswith("refs/heads/colony/")):
         give_back(owner, common, [branch, f"logs/{branch}"])
 
 

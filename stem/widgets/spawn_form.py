@@ -190,16 +190,20 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
             return True
         if event.key != "enter" or self.app.screen is not self:
             return False
-        inputs = list(self.query(Input))
         focused = self.focused
-        if not isinstance(focused, Input) or focused not in inputs:
+        if not isinstance(focused, Input) or focused not in self.query(Input):
             return False
-        index = inputs.index(focused)
+        self._move_on(focused)
+        return True
+
+    def _move_on(self, field: Input) -> None:
+        """Enter in `field`: the next field has the focus now, or, after the last, the form is submitted."""
+        inputs = list(self.query(Input))
+        index = inputs.index(field)
         if index + 1 < len(inputs):
             self.set_focus(inputs[index + 1])
         else:
             self.action_submit()
-        return True
 
     def _field(
         self, key: str, label: str, value: str, placeholder: str, suggester: SuggestFromList | None = None
@@ -241,12 +245,7 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
     @on(Input.Submitted)
     def _enter(self, event: Input.Submitted) -> None:
         event.stop()
-        inputs = list(self.query(Input))
-        index = inputs.index(event.input)
-        if index + 1 < len(inputs):
-            inputs[index + 1].focus()
-        else:
-            self.action_submit()
+        self._move_on(event.input)
 
     @on(Button.Pressed, "#spawn-submit")
     def _pressed_submit(self) -> None:
