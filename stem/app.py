@@ -797,7 +797,9 @@ class StemApp(App[int], inherit_bindings=False):
         terminal.expect(request.name, typed=typed)
         terminal.display = True
         self.query_one("#no-agent", Static).display = False
-        terminal.focus()
+        # Now, not after a callback (`focus()`): a command key on the panels runs as it arrives, so one typed in
+        # between would be taken as a command (a stop, a new form) instead of the agent's.
+        terminal.screen.set_focus(terminal)
 
         async def spawn() -> None:
             self.notify(f"spawning {request.name} from {request.repo} at {request.base}…")

@@ -504,6 +504,26 @@ async def test_the_spawn_form_takes_the_keys_typed_after_n_and_the_hint_bar_show
         await until(pilot, lambda: "n new" in hint_bar(app), "the list's keys back once the form is gone")
 
 
+async def test_keys_read_as_the_form_closes_are_the_agent_s(hive_env, repo, monkeypatch):
+    """Keys the app reads after the form is gone and before its next message: the new colony's terminal has the
+    focus already, so they are the agent's, not commands on the list (`s` would stop a colony)."""
+    async with stem_app(hive_env, repo) as (app, pilot, hive):
+        name = (await fill_form(pilot, app, agent=FAKE_AGENT)).value("name")
+        expect = TerminalView.expect
+
+        def expecting(view: TerminalView, *args: Any, **kwargs: Any) -> None:
+            expect(view, *args, **kwargs)
+            for key, character in (("s", "s"), ("t", "t"), ("o", "o"), ("p", "p"), ("enter", None)):
+                app.post_message(events.Key(key, character))  # read before anything the spawn queues
+
+        monkeypatch.setattr(TerminalView, "expect", expecting)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, SpawnForm), "the form gone")
+        await until(pilot, lambda: state_of(hive, name) == "running", "the colony to run", timeout=30)
+        await until(pilot, lambda: shows(app, "echo: stop"), "the keys, echoed by the agent")
+        assert isinstance(app.focused, TerminalView)
+
+
 async def test_n_opens_the_form_before_the_app_reads_the_next_key(hive_env, repo):
     """The keys after `n` are the form's whenever they come: `n` is acted on as the app reads it, not after a trip
     through the focused list's queue, which keys read later (the rest of a burst, in another chunk) could
