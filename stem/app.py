@@ -278,16 +278,24 @@ class StemApp(App[int], inherit_bindings=False):
                 if not await check_priority_bindings(self, event.key):
                     focused.send_key(event)
                 return
-            if not event.is_forwarded and not isinstance(self.screen, ModalScreen) and not isinstance(focused, Input):
-                # A command key on the panels runs as it arrives. Textual would first send it through the focused
-                # list's queue and run its binding when it comes back: keys typed after it and read in a later
-                # chunk could then reach the form it opens before the keys typed between them.
+            if not event.is_forwarded and self._opens_form(event.key, focused):
+                # `n` runs as it arrives. Textual would first send it through the focused list's queue and run its
+                # binding when it comes back: keys typed after it and read in a later chunk could then reach the
+                # form before the keys typed between them. (Only `n`: the form keeps every key after it in order;
+                # other commands move the focus a message later, and the keys typed after them must wait for it.)
                 if not self.app_focus:
                     self.app_focus = True
                 if await check_bindings(self, event.key):
                     event.stop()
                     return
         await super().on_event(event)
+
+    def _opens_form(self, key: str, focused: object) -> bool:
+        """Whether `key` is the new-colony key here: on the panels (not a dialog, not the filter line)."""
+        if isinstance(self.screen, ModalScreen) or isinstance(focused, Input):
+            return False
+        active = self.active_bindings.get(key)
+        return active is not None and active.binding.action in ("new_colony", "app.new_colony")
 
     # ---------------------------------------------------------------------------------------- core events
 
