@@ -3,8 +3,8 @@ and exercised by tests/test_textual_private.py, which fails when a Textual upgra
 
 Why each is needed (Textual 8 has no public way):
 - the key parser and its helpers: Stem's driver parses the user's keys itself, to hand agents the exact bytes;
-- `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only; a command
-  key on the main screen runs as it arrives, not after a trip through the focused list's queue;
+- `App._check_bindings`: a key for a focused terminal goes to the agent after the priority bindings only; the
+  new-colony key runs as it arrives, not after a trip through the focused list's queue;
 - the compositor: a keystroke's echo is painted at once, not after the screen's update timer;
 - `App._refresh_truecolor_filter`: the configured theme is applied before the stylesheet is first parsed;
 - `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden;
