@@ -24,6 +24,7 @@ from core.events import ChangesUpdated, ColonyRemoved, Event, HiveChanged, State
 from core.merge import MergeConflict, MergeState, MergeStatus
 from core.offload import read_off_loop
 from core.overlap import Overlap, OverlapLevel, OverlapReport
+from stem.widgets.dialogs import ConfirmScreen
 from stem.widgets.merge_dialog import CommitDialog, MergeChoice, MergeDialog
 from stem.widgets.work_badges import WorkBadge, cpu_text, merge_parts
 
@@ -462,6 +463,26 @@ class LiveWork:
             return
         name = rec.name
 
+        async def ask() -> None:
+            """What the sync would bring and the conflicts it would leave, then a yes or no: a sync rewrites the
+            worktree the agent is working in."""
+            statuses = await self.app.hive.merge_statuses([name])
+            status = next((s for s in statuses if s.colony == name), None)
+            if status is not None and status.state != MergeState.UNKNOWN:
+                self.merge[name] = status
+                self.app._redraw_rows()
+                if status.behind == 0:
+                    self.app.notify(f"{name} is up to date with {status.target}")
+                    return
+            target = status.target if status is not None else rec.target
+            title, body, danger = sync_question(rec.name, rec.branch, target, status)
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.app._colony_work(name, sync(), f"sync {name}")
+
+            self.app.push_screen(ConfirmScreen(title, body, "Sync", danger=danger, id="confirm-sync"), confirmed)
+
         async def sync() -> None:
             try:
                 result = await self.app.hive.sync(name)
@@ -481,7 +502,7 @@ class LiveWork:
                     f"synced {_plural(result.commits, 'commit')} of {result.target} into {name} ({result.how})"
                 )
 
-        self.app._colony_work(name, sync(), f"sync {name}")
+        self.app._colony_work(name, ask(), f"merge status of {name}")
 
     def toggle_diff_target(self) -> None:
         self.diff_vs_target = not self.diff_vs_target
@@ -489,6 +510,41 @@ class LiveWork:
             "the Diff tab shows the work against " + ("its target" if self.diff_vs_target else "its spawn's base")
         )
         self.app._load_diff()
+
+
+def sync_question(name: str, branch: str, target: str, status: MergeStatus | None) -> tuple[str, Content, bool]:
+    """The sync confirmation's title and body, and whether it is a warning (conflicts foreseen)."""
+    known = status is not None and status.state != MergeState.UNKNOWN
+    what = _plural(status.behind, "new commit") if status is not None and known else "the new commits"
+    lines = [
+        Content.assemble(
+            f"This merges {what} of ",
+            Content.styled(target, "bold"),
+            " into ",
+            Content.styled(branch, "bold"),
+            f", in {name}'s worktree, where its agent is working.",
+        ),
+        Content(""),
+    ]
+    conflicts = status.conflicts if status is not None else ()
+    if conflicts:
+        listed = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+        lines.append(
+            Content.styled(
+                f"Conflicts foreseen in {_plural(len(conflicts), 'file')} ({listed}): left in the worktree with "
+                "markers, for the agent to resolve and commit.",
+                "bold $warning",
+            )
+        )
+    elif known:
+        lines.append(Content("No conflict with its committed work."))
+    else:
+        why = status.error if status is not None and status.error else "Its merge status is not known."
+        lines.append(Content.styled(why, "$warning"))
+    lines.append(
+        Content.styled("Uncommitted files the merge would change make git refuse, changing nothing.", "$text-muted")
+    )
+    return f"Sync {name} with {target}?", Content("\n").join(lines), bool(conflicts)
 
 
 def file_section(text: str, path: str) -> str:

@@ -166,14 +166,43 @@ async def test_c_commits_the_colony_s_work_with_the_message_asked(hive_env, repo
         await until(pilot, lambda: "↑1 ✓" in row_text(app, "alder"), "alder's row: one commit to merge")
 
 
-async def test_u_syncs_the_target_s_commits_into_the_colony(hive_env, repo):
+async def test_u_syncs_the_target_s_commits_into_the_colony_once_confirmed(hive_env, repo):
     async with stem_app(hive_env, repo, "alder") as (app, pilot, hive):
+        await pilot.press("u")
+        await until(pilot, lambda: notified(app, "alder is up to date with main"), "nothing to sync: no question")
+        assert not isinstance(app.screen, ConfirmScreen)
+
         commit_in(repo, "upstream.txt", "from main\n", "main moves")
         await until(pilot, lambda: "↓1" in row_text(app, "alder"), "alder's row: one behind main")
         await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the sync's question")
+        assert shows(app, "Sync alder with main?", "This merges 1 new commit of main into colony/alder")
+        assert shows(app, "No conflict with its committed work.")
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the question gone")
+        assert not (worktree(hive, "alder") / "upstream.txt").exists(), "no means no sync"
+
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the sync's question again")
+        await pilot.press("y")
         await until(pilot, lambda: notified(app, "synced 1 commit of main into alder"), "the sync's notification")
         assert (worktree(hive, "alder") / "upstream.txt").read_text() == "from main\n"
         await until(pilot, lambda: "↓1" not in row_text(app, "alder"), "alder's row: up to date")
+
+
+async def test_u_says_which_files_a_sync_would_leave_in_conflict_before_it_changes_anything(hive_env, repo):
+    async with stem_app(hive_env, repo, "alder") as (app, pilot, hive):
+        commit_in(worktree(hive, "alder"), "README.md", "alder's readme\n", "alder's readme")
+        commit_in(repo, "README.md", "main's readme\n", "main's readme")
+        head = tip(repo, "colony/alder")
+        await until(pilot, lambda: "↓1" in row_text(app, "alder"), "alder's row: one behind main")
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the sync's question")
+        assert shows(app, "Conflicts foreseen in 1 file (README.md)")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the question gone")
+        assert tip(repo, "colony/alder") == head
+        assert (worktree(hive, "alder") / "README.md").read_text() == "alder's readme\n"
 
 
 async def test_info_shows_the_colony_s_memory_and_cpu_live(hive_env, repo):
