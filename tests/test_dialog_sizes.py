@@ -1,0 +1,89 @@
+"""Every dialog keeps its buttons in sight on a small terminal (a phone over SSH, a split tmux pane): the body
+scrolls, the buttons stay at the bottom, and the keys they name still work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.app import App
+from textual.content import Content
+from textual.widgets import Button
+from ui_support import screen_text, until
+
+import stem.app
+from core.events import FileChange
+from core.merge import ColonyDiff, MergeState, MergeStatus
+from core.settings import Settings
+from stem.app import StemApp
+from stem.widgets.dialogs import ConfirmScreen
+from stem.widgets.merge_dialog import CommitDialog, MergeDialog
+from stem.widgets.spawn_form import SpawnForm
+
+SIZES = [(60, 15), (48, 12), (120, 40)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Bare(App[None]):
+    """The app's own stylesheet, without a hive."""
+
+    CSS_PATH = Path(stem.app.__file__).parent / str(StemApp.CSS_PATH)
+
+
+def _long_body() -> Content:
+    return Content("\n").join(Content(f"• line {i}: what this removes, said at some length") for i in range(12))
+
+
+def _diff() -> ColonyDiff:
+    files = tuple(FileChange(f"src/module_{i}.py", "modified", 3, 1) for i in range(20))
+    return ColonyDiff("alder", "main", "0" * 40, files, frozenset())
+
+
+DIALOGS = {
+    "confirm": (lambda: ConfirmScreen("Destroy alder?", _long_body(), "Destroy"), ("Destroy (y)", "Cancel (n)")),
+    "commit": (lambda: CommitDialog("alder", "colony/alder", [f"f{i}.txt" for i in range(30)]), ("Commit (enter)",)),
+    "merge": (
+        lambda: MergeDialog("alder", _diff(), MergeStatus("alder", "main", MergeState.CLEAN, 2, 1)),
+        ("Merge (y)", "Cancel (esc)"),
+    ),
+    "spawn": (
+        lambda: SpawnForm(taken=[], repo=Path("/tmp"), settings=Settings(path=Path("/nonexistent/config.toml"))),
+        ("Spawn", "Cancel"),
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", sorted(DIALOGS))
+async def test_a_dialog_s_buttons_stay_on_a_small_screen(kind, size):
+    make, labels = DIALOGS[kind]
+    app = Bare()
+    async with app.run_test(size=size) as pilot:
+        app.push_screen(make())
+        await until(pilot, lambda: app.screen.query(Button), "the dialog")
+        await pilot.pause()
+        width, height = size
+        for button in app.screen.query(Button):
+            region = button.region
+            assert region.height and region.y >= 0 and region.bottom <= height, (kind, size, button.label, region)
+            assert region.x >= 0 and region.right <= width, (kind, size, button.label, region)
+        text = screen_text(app)
+        for label in labels:
+            assert label in text, (kind, size, label)
+
+
+@pytest.mark.anyio
+async def test_y_still_confirms_a_long_question_on_a_small_screen():
+    app = Bare()
+    answers: list[bool | None] = []
+    async with app.run_test(size=(48, 12)) as pilot:
+        app.push_screen(ConfirmScreen("Destroy alder?", _long_body(), "Destroy"), answers.append)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("y")
+        await until(pilot, lambda: answers, "the answer")
+    assert answers == [True]
