@@ -775,8 +775,7 @@ class StemScreen(pyte.Screen):
         if private or more:
             return
         _, top, bottom = self._region()
-        for _ in range(min(count or 1, bottom - top + 1)):
-            self._scroll_up(top, bottom)
+        self._scroll_up(top, bottom, min(count or 1, bottom - top + 1))
 
     def scroll_down(self, count: int = 1, *more: int, private: bool = False) -> None:
         """SD, CSI Ps T (terminfo's rin): the scroll region down `count` rows, the cursor where it is. With more
@@ -1030,20 +1029,30 @@ class StemScreen(pyte.Screen):
             self.restore_cursor()
             self.cursor.hidden = hidden
 
-    def _scroll_up(self, top: int, bottom: int) -> None:
-        """Scroll the region `top..bottom` up one row; what leaves the top of the screen is kept."""
+    def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
+        """Scroll the region `top..bottom` up `count` rows (at most its height), as `count` line feeds at its bottom
+        would, row for row: what leaves the top of the screen is kept."""
         buffer = self._buf
         if top == 0 and not self._alt_active:
+            if count > 1:  # each row kept as it was when it left (a row never written: as the scroll before made it)
+                for _ in range(count):
+                    self._scroll_up(top, bottom)
+                return
             self._sb.append_row(buffer.get(0))
         self.dirty.update(range(self.lines))
         if top == 0 and bottom == self.lines - 1:
-            moved = [(y - 1, row) for y, row in buffer.items() if 0 < y <= bottom]
+            moved = [(y - count, row) for y, row in buffer.items() if count <= y <= bottom]
             buffer.clear()
             buffer.update(moved)
             self._create_rows(bottom)
             return
-        for y in range(top, bottom):
-            buffer[y] = buffer[y + 1]
+        # One scroll at a time moves row y + 1 to y, row by row (a missing row coming into being as it is read) and
+        # drops the bottom one; `count` of them leave row y + count at y and new rows below, the bottom one missing.
+        for y in range(top, bottom - count + 1):
+            buffer[y] = buffer[y + count]
+        for y in range(bottom - count + 1, bottom):
+            buffer.pop(y, None)
+            buffer[y]  # comes into being, as the next scroll's read of it makes it
         buffer.pop(bottom, None)
 
     def _create_rows(self, bottom: int) -> None:

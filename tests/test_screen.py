@@ -452,6 +452,42 @@ def test_fuzz_full_screen_output_equals_reference(seed: int) -> None:
     assert_same_screen(reference(data, size), stem(data, size))
 
 
+def _scrolls(seed: int) -> bytes:
+    """Scroll regions scrolled by SU and SD of several rows, line feeds at a region's bottom, rows never written,
+    reverse video (a new row's blank cell), the alternate screen: as curses programs and tmux panes scroll."""
+    rnd = random.Random(seed)
+    out = [b"\x1b[1;1H"]
+    for _ in range(400):
+        pick = rnd.random()
+        if pick < 0.25:
+            top = rnd.randint(1, ROWS - 1)
+            out.append(b"\x1b[%d;%dr" % (top, rnd.randint(top, ROWS)) if rnd.random() < 0.85 else b"\x1b[r")
+        elif pick < 0.45:
+            out.append(b"\x1b[%d%s" % (rnd.choice((0, 1, 2, 3, 9, ROWS)), rnd.choice((b"S", b"T"))))
+        elif pick < 0.65:
+            y, x = rnd.randint(1, ROWS), rnd.randint(1, COLS)
+            colour = b"\x1b[3%dm" % rnd.randint(0, 7) if rnd.random() < 0.5 else b""
+            out.append(b"\x1b[%d;%dH%srow %d\x1b[K" % (y, x, colour, rnd.randint(0, 999)))
+        elif pick < 0.8:
+            out.append(b"line %d\r\n" % rnd.randint(0, 999) * rnd.randint(1, 12))
+        elif pick < 0.86:
+            out.append(rnd.choice((b"\x1b[?5h", b"\x1b[?5l")))
+        elif pick < 0.92:
+            out.append(rnd.choice((b"\x1b[?1049h", b"\x1b[?1049l")))
+        elif pick < 0.96:
+            out.append(rnd.choice((b"\x1b[2J", b"\x1b[J", b"\x1bM", b"\x1bD")))
+        else:
+            out.append(b"\x1b[%dd" % rnd.randint(1, ROWS))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_region_scrolls_of_several_rows_equal_reference(seed: int) -> None:
+    data = _scrolls(seed)
+    size = (1, 7, 64, 4096)[seed % 4]
+    assert_same_screen(reference(data, size), stem(data, size))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_runs_placed_by_cursor_moves_equal_reference(seed: int) -> None:
     """A paint token places its run by CUP, CHA, VPA or CUF (as ncurses does): each placement, to and past the
