@@ -198,12 +198,18 @@ def written_by_root(path: Path) -> bool:
     return st.st_uid == 0 and stat.S_ISREG(st.st_mode)
 
 
-def colony_config_for(worktree: Path, base_commit: str, target: str = "") -> tuple[ColonyConfig, str]:
-    """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere: from the colony.toml of the
-    commit the colony was spawned from when the file in its worktree may say what its agent wants. That is when
-    the colony's uid wrote it (or it is a symlink), and when root's git wrote it from the colony's own commits (a
-    sync, a merge into its branch, a failed merge putting back an assume-unchanged file): root's file holding the
-    colony's HEAD version, neither the spawn's nor its `target` branch's. A root edit in the worktree holds."""
+def colony_config_for(
+    worktree: Path, base_commit: str, target: str = "", kept: Path | None = None
+) -> tuple[ColonyConfig, str]:
+    """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere. It comes from elsewhere when
+    the file in its worktree may say what its agent wants: when the colony's uid wrote it (or it is a symlink), and
+    when root's git wrote it from the colony's own commits (a sync, a merge into its branch, a failed merge putting
+    back an assume-unchanged file): root's file holding the colony's HEAD version, neither the spawn's nor its
+    `target` branch's. A root edit in the worktree holds.
+
+    `kept` (a root-only file outside the colony's view) keeps the last colony.toml that held, and it is where the
+    policy comes from then, else from the commit the colony was spawned from: so an agent that commits the file as
+    root last edited it (a tightened limit) keeps that edit in force rather than going back to the spawn's."""
     config = load_colony_config(worktree)
     path = worktree / COLONY_FILE
     if not base_commit:
@@ -214,30 +220,63 @@ def colony_config_for(worktree: Path, base_commit: str, target: str = "") -> tup
         shown = git_bytes(["show", f"{rev}:{COLONY_FILE}"], worktree)
         return shown.stdout if shown.returncode == 0 else None
 
+    last = _read_kept(kept)
     if written_by_root(path):
         try:
             text: bytes | None = path.read_bytes()
         except FileNotFoundError:
             text = None
         # The spawn's first: the common case, one git. Then root's own edit (not the colony's HEAD version).
-        if text is None or text == committed(base_commit) or text != committed("HEAD"):
-            return config, ""  # none, the spawn's, or root's own edit
+        if text is None or text == last or text == committed(base_commit) or text != committed("HEAD"):
+            _keep(kept, text, last)
+            return config, ""  # none, what held before, the spawn's, or root's own edit
         if target and text == committed(f"refs/heads/{target}"):
+            _keep(kept, text, last)
             return config, ""  # its target's, brought by a sync
         why = "holds the colony's own committed version (root's git wrote it from the colony's branch)"
         fix = "edit it as root to change them"
     else:
         why = "is not root's (the colony wrote it)"
         fix = f"as root, chown root {path} to trust it"
-    base_text = committed(base_commit)
-    name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
-    policy = parse_colony_config(base_text.decode(errors="replace"), name) if base_text is not None else ColonyConfig()
+    if last is not None:
+        policy_text: bytes | None = last
+        name = Path(f"the last trusted {COLONY_FILE}")
+    else:
+        policy_text = committed(base_commit)
+        name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
+    policy = (
+        parse_colony_config(policy_text.decode(errors="replace"), name) if policy_text is not None else ColonyConfig()
+    )
     config = dataclasses.replace(config, **{key: getattr(policy, key) for key in POLICY})
     note = (
         f"{path} {why}: its [limits], [network], [peering] and pass_env do not apply, "
-        f"{'those of ' + str(name) if base_text is not None else 'the defaults'} do; {fix}"
+        f"{'those of ' + str(name) if policy_text is not None else 'the defaults'} do; {fix}"
     )
     return config, note
+
+
+def _read_kept(kept: Path | None) -> bytes | None:
+    if kept is None:
+        return None
+    try:
+        return kept.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _keep(kept: Path | None, text: bytes | None, last: bytes | None) -> None:
+    """Keep `text` as the colony.toml that holds (none: nothing kept). Best effort: a full disk keeps the last one."""
+    if kept is None or text == last:
+        return
+    try:
+        if text is None:
+            kept.unlink(missing_ok=True)
+            return
+        tmp = kept.with_name(kept.name + ".tmp")
+        tmp.write_bytes(text)
+        tmp.replace(kept)
+    except OSError:
+        pass
 
 
 def service_start_order(cfg: ColonyConfig) -> list[list[str]]:

@@ -259,7 +259,9 @@ class Hive:
         caller that reads none of those (its agent, its services)."""
         if not policy:
             return load_colony_config(Path(rec.worktree))
-        return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target)[0]
+        return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target, self.layout.colony_policy(rec.name))[
+            0
+        ]
 
     def agent_choice(self, name: str) -> tuple[str, str, str]:
         """(the agent, where it was chosen: "--agent", "colony.toml" or "default_agent", the command line its host

@@ -38,6 +38,10 @@ class HiveLayout:
         """HOME for the colony's processes, instead of the user's."""
         return self.colonies / name / "home"
 
+    def colony_policy(self, name: str) -> Path:
+        """The last colony.toml that held for the colony (core.config.colony_config_for), outside its view."""
+        return self.colonies / name / "policy.toml"
+
     def colony_log(self, name: str) -> Path:
         return self.colonies / name / "colony.log"
 

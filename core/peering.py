@@ -695,7 +695,9 @@ class Peers:
         not parse refuses the snapshot: its exclude list might be what keeps a secret out."""
         patterns = [*DEFAULT_EXCLUDE, *self.settings.peer_exclude]
         for colony in (src, rec):
-            patterns += colony_config_for(Path(colony.worktree), colony.base_commit, colony.target)[0].peering.exclude
+            kept = self.layout.colony_policy(colony.name)
+            config, _ = colony_config_for(Path(colony.worktree), colony.base_commit, colony.target, kept)
+            patterns += config.peering.exclude
         return Excludes(patterns)
 
     def _remove_snapshot_of(self, name: str, source: str) -> None:

@@ -314,8 +314,9 @@ class ColonyRuntime:
         """Apply the worktree's colony.toml: restart only what changed; a bad file keeps what runs."""
         name = self.rec.name
         try:
+            kept = HiveLayout(self._home).colony_policy(name) if self._home is not None else None
             config, note = await asyncio.to_thread(
-                colony_config_for, Path(self.rec.worktree), self.rec.base_commit, self.rec.target
+                colony_config_for, Path(self.rec.worktree), self.rec.base_commit, self.rec.target, kept
             )
         except ConfigError as exc:
             await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")

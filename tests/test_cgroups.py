@@ -260,9 +260,29 @@ def test_an_agent_cannot_lift_its_own_limits_through_colony_toml(hive_env, tmp_p
 
     logs = wait_for(said, timeout=15, what="the service of the colony.toml the colony wrote started")
     assert "is not root's (the colony wrote it)" in logs
-    base = git(tmp_path / "repo", "rev-parse", "main").strip()
-    assert f"those of {base[:12]}:colony.toml do" in logs
+    assert "those of the last trusted colony.toml do" in logs
     assert listed(hive_env)["kept"]["limits"]["pids"] == 64
+
+
+@root
+def test_an_agent_cannot_undo_a_limit_root_tightened_by_committing_the_file(hive_env, tmp_path):
+    """The user tightens a running colony's limit in its colony.toml, as root; the agent commits that file as it is,
+    which makes it the colony's own committed version. The user's limit still holds, after a restart too."""
+    fake_agent_config(hive_env)
+    repo = colony_repo(tmp_path / "repo", "[limits]\npids = 64\n")
+    rec = spawn(hive_env, "tight", repo)
+    worktree = Path(rec["worktree"])
+    (worktree / "colony.toml").write_text("[limits]\npids = 32\n")
+    wait_for(lambda: listed(hive_env)["tight"]["limits"]["pids"] == 32, timeout=15, what="the tightened limit")
+
+    tried = run_stem(hive_env.env, "exec", "tight", "--", "sh", "-c", "git add colony.toml && git commit -qm mine")
+    assert tried.returncode == 0, tried.stderr
+    assert git(worktree, "show", "HEAD:colony.toml") == "[limits]\npids = 32\n"
+    assert run_stem(hive_env.env, "stop", "tight").returncode == 0
+    started = run_stem(hive_env.env, "start", "tight")
+    assert started.returncode == 0, started.stderr
+    assert listed(hive_env)["tight"]["limits"]["pids"] == 32
+    assert "do not apply" not in run_stem(hive_env.env, "logs", "tight").stdout
 
 
 @root

@@ -271,7 +271,9 @@ class ColonyHost:
 
     def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(self.name)
-        config, note = colony_config_for(Path(rec.worktree), rec.base_commit, rec.target)
+        config, note = colony_config_for(
+            Path(rec.worktree), rec.base_commit, rec.target, self.layout.colony_policy(rec.name)
+        )
         if note:
             self.colony_log.append("config!", note)
         return rec, config
