@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from core import cgroups, procs
+from core import lifecycle as lc
 from core.agent import AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
@@ -95,7 +96,7 @@ class ColonyRuntime:
             ),
             forget_process=lambda pid, start: self._defer(lambda: registry.remove_process(pid, start)),
             timing=timing or Timing(),
-            may_restart=self._colony_running,
+            may_restart=self._may_restart,
             init=self.init,
         )
         self.services = ServiceSet(config, host, env)
@@ -300,9 +301,14 @@ class ColonyRuntime:
             port = runner.spec.port if runner is not None and runner.spec.preview else None
             self.preview.service_state(event.service, event.state, port)
 
-    async def _colony_running(self) -> bool:
+    async def _may_restart(self, was_ready: bool) -> bool:
+        """Whether a service that ended is restarted (by its restart policy): while the colony runs, and while it
+        starts if the service had been ready (one without a readiness check crashing while another service of the
+        colony still gets ready); one that never got ready while the colony starts fails the start instead."""
         rec = await asyncio.to_thread(self._registry.find, self.rec.name)
-        return rec is not None and rec.state == "running"
+        if rec is None:
+            return False
+        return rec.state == lc.ColonyState.RUNNING or (rec.state == lc.ColonyState.STARTING and was_ready)
 
     async def _reload_ignoring_result(self) -> None:
         await self.reload_config()

@@ -102,7 +102,8 @@ class ServiceHost:
     """Where a colony's services run and whom they tell: shared by its ServiceSet and every runner in it.
 
     `record_process`/`forget_process` keep the registry's process table (run in worker threads); `may_restart`
-    is asked before every restart (a colony stopped from another shell must not see its services come back)."""
+    is asked before every restart, told whether the service was ever ready (a colony stopped from another shell
+    must not see its services come back; one that never got ready while its colony starts fails the start)."""
 
     colony: str
     netns: str
@@ -113,7 +114,7 @@ class ServiceHost:
     record_process: ProcessHook
     forget_process: Callable[[int, int], None]
     timing: Timing = Timing()
-    may_restart: Callable[[], Awaitable[bool]] | None = None
+    may_restart: Callable[[bool], Awaitable[bool]] | None = None
     init: ColonyInit | None = None  # the colony's namespaces, confined (core.sandbox); None: isolation off
 
 
@@ -517,7 +518,7 @@ class ServiceRunner:
                     if restart:
                         self._set(CRASHED, code, "\n".join([*lines, f"not restarted ({why})"]))
                     return
-                if self._may_restart is not None and not await self._may_restart():
+                if self._may_restart is not None and not await self._may_restart(self._ever_ready.is_set()):
                     await self._note(ended, source)
                     return
                 if time.monotonic() - started >= self.timing.backoff_reset:

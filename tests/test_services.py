@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
-from helpers import git, make_repo, run_stem, stem_cmd, until
+from helpers import git, make_repo, run_stem, stem_cmd, until, wait_for
 
 from core import procs
 from core.config import ColonyConfig, ServiceSpec, parse_colony_config
@@ -745,3 +745,27 @@ def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_
         "echo 'unterminated",
     ):
         assert procs.command_argv(command, env) == ["/bin/sh", "-c", command], command
+
+
+def test_a_service_that_crashes_while_its_colony_starts_is_restarted(hive_env, tmp_path):
+    """A worker (no readiness check) that fails at once because what it needs is not up yet, while another service
+    of the colony is still getting ready: restarted by its policy like any other crash, not left crashed."""
+    toml = (
+        "[services.web]\n"
+        f"command = \"sh -c 'sleep 1.5; exec {sys.executable} -m http.server 3000'\"\n"
+        "port = 3000\n\n"
+        "[services.worker]\n"
+        "command = \"sh -c 'if [ -e /tmp/tried ]; then echo worker up; exec sleep 1000; fi; "
+        "touch /tmp/tried; echo not yet >&2; exit 1'\"\n"
+    )
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    spawned = run_stem(hive_env.env, "spawn", "eager", "--repo", str(repo), "--agent", "shell")
+    assert spawned.returncode == 0, spawned.stderr
+
+    def services() -> dict[str, str] | None:
+        (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        return row["services"] if row["services"].get("worker") == "ready" else None
+
+    assert wait_for(services, timeout=15, what="the worker restarted") == {"web": "ready", "worker": "ready"}
+    logs = run_stem(hive_env.env, "logs", "eager").stdout
+    assert "exited with 1; restart 1 in" in logs and "worker up" in logs, logs
