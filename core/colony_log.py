@@ -50,7 +50,7 @@ class ColonyLog:
 
     def extend(self, source: str, texts: Iterable[str]) -> list[Entry]:
         """Append lines of one source, in order, as one write to the file."""
-        lines = [text.rstrip("\r\n") for text in texts]
+        lines = [shown(text) for text in texts]
         with self._lock:
             now = time.time()
             first = self._seq + 1
@@ -137,6 +137,18 @@ class ColonyLog:
         return len(lines)
 
 
+def shown(text: str) -> str:
+    """A line as a terminal shows it: a carriage return goes back to the line's start and what follows overwrites
+    what was there (a progress counter redrawn in place is its last state, not each state on a line of its own)."""
+    text = text.rstrip("\r\n")
+    if "\r" not in text:
+        return text
+    line = ""
+    for part in text.split("\r"):
+        line = part + line[len(part) :]
+    return line
+
+
 _LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
 
 
@@ -163,7 +175,11 @@ def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str
     lines: list[str] = []
     for part in (rotated(path), path):
         try:
-            lines.extend(line for line in part.read_text(errors="replace").splitlines() if wanted(line))
+            # Split at line feeds only: a carriage return in an older log's line is not a line end.
+            text = part.read_bytes().decode(errors="replace")
+            if not text:
+                continue
+            lines.extend(line for line in text.split("\n")[: -1 if text.endswith("\n") else None] if wanted(line))
         except FileNotFoundError:
             continue
     return lines[-count:] if count > 0 else []
@@ -179,7 +195,7 @@ async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[str]:
         while True:
             if handle is None:
                 try:
-                    handle = path.open("r", errors="replace")
+                    handle = path.open("r", errors="replace", newline="")  # "\r" is no line end
                 except FileNotFoundError:
                     await asyncio.sleep(interval)
                     continue

@@ -97,3 +97,20 @@ def test_while_the_file_cannot_be_written_it_is_tried_again_once_a_second_not_pe
     assert troubles == ["No space left on device", None]
     assert lines_of(log.path) == ["room again"]
     log.close()
+
+
+def test_a_line_redrawn_with_carriage_returns_is_one_line_as_a_terminal_shows_it(tmp_path):
+    """Progress counters redrawn in place (`\\r`): one line in the ring, the file and every reader of the file, as
+    its last state would show on a terminal; never a line per state, nor lines without their time and source."""
+    log = ColonyLog(tmp_path / "colony.log")
+    log.append("web", "downloading \r0%\r5%\r100%\r\n")
+    log.append("web", "\rfetched 3 of 3 \rdone")
+    log.append("web", "tick 1")
+    assert [e.text for e in log.after(0)] == ["100%loading ", "donehed 3 of 3 ", "tick 1"]
+    assert lines_of(log.path) == ["100%loading ", "donehed 3 of 3 ", "tick 1"]
+    # A log an older Stem wrote, with carriage returns inside its lines: still a line each.
+    with log.path.open("ab") as f:
+        f.write(b"2026-12-04T10:00:00 [web] old \r50%\r\n")
+    assert read_tail(log.path, 10, lambda line: True)[-1] == "2026-12-04T10:00:00 [web] old \r50%\r"
+    assert len(read_tail(log.path, 10, lambda line: True)) == 4
+    log.close()
