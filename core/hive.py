@@ -1529,11 +1529,18 @@ class Hive:
         return self._links.get(name)
 
     async def log_entries(self, name: str) -> list[Entry]:
-        """The colony's log, its last 5,000 entries: the file its host writes (read off the loop: it can hold
-        megabytes), then what the followed host pushed since that the file does not hold yet."""
+        """The colony's log, its last 5,000 entries: from its host when followed (numbered as the lines it pushes
+        are, so none is shown twice or skipped), else the file its host writes (read off the loop: it can hold
+        megabytes)."""
         entries = list(self._logs[name].tail(5000)) if name in self._logs else []
         if entries:
             return entries  # written by this process (a spawn or start in progress here)
+        link = self._links.get(name)
+        if link is not None:
+            history = await link.log_history(5000)
+            if history is not None:
+                last = history[-1].seq if history else 0
+                return (history + [e for e in link.log if e.seq > last])[-5000:]
 
         def from_disk() -> list[Entry]:
             disk = ColonyLog(self.layout.colony_log(name))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
-from helpers import git, make_repo
+from helpers import git, make_repo, run_stem
 from textual.widgets import Input
 from ui_support import FAKE_AGENT, notified, screen_text, shows, test_hive, until
 
@@ -21,6 +21,7 @@ from stem.app import StemApp
 from stem.themes import SHIPPED_THEMES, load_themes
 from stem.widgets.colonies import ColoniesList
 from stem.widgets.dialogs import ConfirmScreen
+from stem.widgets.logs import LogLines
 from stem.widgets.merge_dialog import CommitDialog, MergeDialog
 from stem.widgets.side_panels import ChangesList
 
@@ -265,3 +266,48 @@ async def test_stopping_on_a_full_disk_is_one_line_and_the_colony_runs_on(hive_e
     finally:
         filler.unlink(missing_ok=True)
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
+async def test_the_logs_tab_of_a_long_log_shows_each_line_once_and_goes_on_live(hive_env, tmp_path):
+    """A colony (spawned from a shell) whose service printed more lines than the log keeps, with a progress line
+    redrawn in place among them, then prints on: opened in a UI, each line shows once, and the new ones follow."""
+    script = (
+        "import sys, time\n"
+        "for i in range(6000): print('bulk', i)\n"
+        "print('downloading \\r10%\\r100%')\n"
+        "sys.stdout.flush()\n"
+        "for i in range(1000):\n"
+        "    print('slow', i, flush=True); time.sleep(0.1)\n"
+    )
+    repo = make_repo(tmp_path / "repo", colony_toml=f'[services.talk]\ncommand = "{sys.executable} -u talk.py"\n')
+    (repo / "talk.py").write_text(script)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a talkative service")
+    spawned = run_stem(hive_env.env, "spawn", "chatty", "--repo", str(repo), "--agent", "shell")
+    assert spawned.returncode == 0, spawned.stderr
+    hive = test_hive(hive_env)
+    app = StemApp(hive, themes=load_themes([SHIPPED_THEMES]), cwd=repo, blink=False)
+    try:
+        async with app.run_test(size=(160, 44)) as pilot:
+            await until(pilot, lambda: any(r.name == "chatty" for r in app.records), "the colony listed")
+            app.select_colony("chatty")
+            app.show_tab("logs")
+            lines = app.query_one(LogLines)
+
+            def texts() -> list[str]:
+                return [line.plain for line in lines._lines]
+
+            start = await until(pilot, lambda: [t for t in texts() if t.startswith("slow ")], "the slow lines")
+            first = int(start[-1].split()[1])
+            await until(pilot, lambda: f"slow {first + 8}" in texts(), "eight more slow lines, live", timeout=20)
+            shown = texts()
+            slow = [t for t in shown if t.startswith("slow ")]
+            assert len(slow) == len(set(slow)), "a line shown twice"
+            numbers = [int(t.split()[1]) for t in slow]
+            assert numbers == list(range(numbers[0], numbers[-1] + 1)), "a line skipped"
+            assert "100%loading " in shown
+            seqs = [line.seq for line in lines._lines]
+            assert seqs == sorted(set(seqs))
+    finally:
+        await hive.stop_all()
+        await hive.close()

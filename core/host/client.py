@@ -156,6 +156,17 @@ class HostLink:
         with contextlib.suppress(StemError, ConnectionError, RuntimeError):
             conn.post(req)
 
+    async def log_history(self, limit: int) -> list[Entry] | None:
+        """The host's last `limit` log entries, numbered as the entries it pushes are; None while not connected."""
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            page = await conn.log_history(max(0, self.log[-1].seq - limit) if self.log else 0, 0)
+        except (StemError, ConnectionError):
+            return None
+        return list(page.entries[-limit:])
+
     def _want_scrollback(self) -> None:
         if self._fetching is None or self._fetching.done():
             self._fetching = asyncio.get_running_loop().create_task(self._fetch_scrollback())
