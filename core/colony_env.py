@@ -21,13 +21,14 @@ def colony_env(
     sandbox: Sandbox | None = None,
     pass_env: Iterable[str] = (),
 ) -> dict[str, str]:
-    """git inside finds the colony's worktree; a proxy on the host's loopback is reached at the host address."""
+    """git inside finds the colony's worktree; a proxy on the host's loopback is reached at the host address.
+    `extra` (colony.toml's `[colony] env`, a `stem exec -e`) comes last, over the colony's own facts, as it does
+    for its services and agent: a `DATABASE_URL` it sets is the one its build, services, agent and exec all see."""
     if sandbox is None:
         env = worktree.without_repo_vars(environ)
     else:
         env = env_for_colony(environ, sandbox.identity, sandbox.home, pass_env)
     env.update(proxy_env(environ, rec.host_ip))
-    env.update(extra or {})
     env.update(
         COLONY_NAME=rec.name,
         COLONY_IP=rec.ip,
@@ -36,4 +37,5 @@ def colony_env(
         COLONY_DB=rec.db_path,
         DATABASE_URL=f"sqlite:///{rec.db_path}",
     )
+    env.update(extra or {})
     return env

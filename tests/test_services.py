@@ -769,3 +769,28 @@ def test_a_service_that_crashes_while_its_colony_starts_is_restarted(hive_env, t
     assert wait_for(services, timeout=15, what="the worker restarted") == {"web": "ready", "worker": "ready"}
     logs = run_stem(hive_env.env, "logs", "eager").stdout
     assert "exited with 1; restart 1 in" in logs and "worker up" in logs, logs
+
+
+def test_colony_env_is_what_build_services_agent_and_exec_all_see(hive_env, tmp_path):
+    """[colony] env sets DATABASE_URL (a postgres the app uses): the build that migrates, the service that serves
+    and a `stem exec` see the same one, not the colony's SQLite URL in some and the user's in others."""
+    url = "postgres://db.example/app"
+    toml = (
+        "[colony]\n"
+        f'env = {{ DATABASE_URL = "{url}", LOG_LEVEL = "debug" }}\n'
+        "build = [\"sh -c 'echo build sees $DATABASE_URL'\"]\n\n"
+        "[services.web]\n"
+        "command = \"sh -c 'echo web sees $DATABASE_URL; exec sleep 1000'\"\n"
+    )
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    spawned = run_stem(hive_env.env, "spawn", "same", "--repo", str(repo), "--agent", "shell")
+    assert spawned.returncode == 0, spawned.stderr
+    def said() -> str | None:
+        out = run_stem(hive_env.env, "logs", "same").stdout
+        return out if "web sees" in out else None
+
+    logs = wait_for(said, what="the service's line")
+    assert f"build sees {url}" in logs and f"web sees {url}" in logs, logs
+    shown = run_stem(hive_env.env, "exec", "same", "--", "sh", "-c", "echo $DATABASE_URL $COLONY_DB")
+    assert shown.stdout.split()[0] == url, shown
+    assert shown.stdout.split()[1].endswith("colony.db")
