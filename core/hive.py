@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -557,7 +558,7 @@ class Hive:
             if self.hosts:
                 # The colony's host is forked and listening while the rest is made (it waits for this process to
                 # ask for the start, and exits should this process die first): not after it.
-                host = _Background(self._launch_host, rec, name=f"host-{name}")
+                host = _Background(self._launch_host, rec, config, name=f"host-{name}")
             # The checkout (a git process; then its files given to the colony's uid and its peers' snapshots) and
             # the network (netlink, the firewall table) do not depend on each other: made at the same time, a
             # spawn waits for the longer one, not the sum.
@@ -585,10 +586,10 @@ class Hive:
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)
 
-    def _launch_host(self, rec: ColonyRecord) -> None:
+    def _launch_host(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         from core.host import launch
 
-        env = {**self._host_env(), STARTER_ENV: str(os.getpid())}
+        env = {**self._host_env_for(rec, config), STARTER_ENV: str(os.getpid())}
         launch.launch(self.host_paths(rec.name), self.layout.home, rec.name, env)
 
     def _make_checkout(self, rec: ColonyRecord, config: ColonyConfig) -> None:
@@ -1242,10 +1243,40 @@ class Hive:
             "STEM_CONFIG": str(self.settings.path),
         }
 
-    async def _start_runtime(self, rec: ColonyRecord, config: ColonyConfig, launched: bool = False) -> None:
-        """Start the colony's host (detached: it outlives this process; `launched`: a spawn has started it already)
-        and wait until it has started the services and the agent; StepFailed-worthy HostFailed with the reason if
-        it could not."""
+    def _host_env_for(self, rec: ColonyRecord, config: ColonyConfig, revived: bool = False) -> dict[str, str]:
+        """The environment the colony's host starts in (`_host_env`), with the values of its `pass_env` as the user
+        gave them: a spawn or start keeps them from this process's environment (root-only, beside the colony's
+        host files), and a host started again after it died (`revived`, by whichever stem process noticed, from
+        any shell) gets those, not what that process happens to have."""
+        env = self._host_env()
+        kept = self.layout.colony_dir(rec.name) / "passed-env.json"
+        if not revived:
+            values = {name: os.environ[name] for name in config.pass_env if name in os.environ}
+            with contextlib.suppress(OSError):  # a full disk: a revived host has only what its reviver has
+                tmp = kept.with_name(kept.name + ".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(values, f)
+                tmp.replace(kept)
+            return env
+        try:
+            values = json.loads(kept.read_text())
+        except (OSError, ValueError):
+            return env
+        if isinstance(values, dict):
+            for name in config.pass_env:
+                env.pop(name, None)
+                value = values.get(name)
+                if isinstance(value, str):
+                    env[name] = value
+        return env
+
+    async def _start_runtime(
+        self, rec: ColonyRecord, config: ColonyConfig, launched: bool = False, revived: bool = False
+    ) -> None:
+        """Start the colony's host (detached: it outlives this process; `launched`: a spawn has started it already;
+        `revived`: its last host died) and wait until it has started the services and the agent; StepFailed-worthy
+        HostFailed with the reason if it could not."""
         from core.host import launch  # the host machinery (protocol, msgpack) only when a colony starts
 
         paths = self.host_paths(rec.name)
@@ -1254,7 +1285,8 @@ class Hive:
         if not launched:
             if paths.running():
                 return
-            await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, self._host_env())
+            env = await asyncio.to_thread(self._host_env_for, rec, config, revived)
+            await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, env)
         if self.attached and rec.name not in self._link_tasks:
             from core.host.client import HostLink
 
@@ -1463,7 +1495,7 @@ class Hive:
                     for attempt in range(REVIVE_ATTEMPTS):
                         await asyncio.to_thread(self.end_processes, rec)
                         try:
-                            await self._start_runtime(rec, config)
+                            await self._start_runtime(rec, config, revived=True)
                             break
                         except launch.HostGone:
                             if attempt == REVIVE_ATTEMPTS - 1:

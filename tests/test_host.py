@@ -296,3 +296,34 @@ def test_a_service_flooding_its_log_to_a_stalled_client_does_not_grow_the_host(h
 def _rss(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) << 10
+
+
+def test_a_revived_host_keeps_the_pass_env_values_given_at_spawn(hive_env, tmp_path):
+    """A colony spawned with its API key passed (`pass_env`); its host killed; revived by a `stem ls` from a shell
+    without the key (another SSH session, cron): the service and agent of the new host still have the key."""
+    fake_agent_config(hive_env)
+    toml = (
+        '[colony]\npass_env = ["MY_SECRET"]\n\n'
+        "[services.echo]\n"
+        "command = \"sh -c 'echo secret=$MY_SECRET; exec sleep 1000'\"\n"
+    )
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    spawned = run_stem(dict(hive_env.env, MY_SECRET="s3cr3t"), "spawn", "keyed", "--repo", str(repo))
+    assert spawned.returncode == 0, spawned.stderr
+    kept = hive_env.home / "colonies" / "keyed" / "passed-env.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    old = host_pid(hive_env, "keyed")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), what="the host to die")
+    env = {k: v for k, v in hive_env.env.items() if k != "MY_SECRET"}
+    run_stem(env, "ls")  # revives it, from a shell without the key
+    wait_for(lambda: host_pid(hive_env, "keyed") not in (None, old), what="a new host")
+
+    def echoed() -> list[str] | None:
+        lines = [ln for ln in run_stem(hive_env.env, "logs", "keyed").stdout.splitlines() if "secret=" in ln]
+        return lines if len(lines) >= 2 else None
+
+    lines = wait_for(echoed, timeout=15, what="the revived service's line")
+    assert all(line.endswith("secret=s3cr3t") for line in lines), lines
+    assert run_stem(hive_env.env, "stop", "keyed").returncode == 0
