@@ -8,7 +8,7 @@ calls that the Hive lacks, or a changed signature, is a type error, not a `getat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -32,6 +32,8 @@ class HiveAPI(Protocol):
     """Everything the UI and the CLI ask of a hive."""
 
     settings: Settings
+    # Whose log lines the followed hosts publish one by one (None: every colony's).
+    log_lines_for: Callable[[str], bool] | None
 
     @property
     def home(self) -> Path: ...

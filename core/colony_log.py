@@ -149,6 +149,26 @@ def shown(text: str) -> str:
     return line
 
 
+LAST_LINES = 40  # a command's last lines kept for the reason it failed (`failure_tail`)
+_ERROR_LINE = re.compile(r"error|err!|fatal|traceback|exception|panic|failed|cannot|could not|denied", re.IGNORECASE)
+_TAIL_WIDTH = 240
+
+
+def failure_tail(lines: Iterable[str], n: int = 3) -> str:
+    """What a failure reason quotes of a command's last lines, on one line: the first lines that say what went wrong
+    (npm, pip and compilers say the cause first, then a summary and where their own log went; a traceback's last
+    line is its error) and the last line; else the last `n` non-blank lines."""
+    kept = [line.strip()[:_TAIL_WIDTH] for line in lines if line.strip()]
+    # Lines that say more than the word itself ("npm error" alone, between paragraphs, says nothing).
+    errors = [line for line in kept if _ERROR_LINE.search(line) and len(_ERROR_LINE.sub("", line).split()) > 1]
+    if not errors:
+        return " | ".join(kept[-n:])
+    picked = errors[: n - 1]
+    if kept[-1] not in picked:
+        picked.append(kept[-1])
+    return " | ".join(picked)
+
+
 _LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
 
 

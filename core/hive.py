@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
-from core.colony_log import ColonyLog, Entry, rotated
+from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail, rotated
 from core.config import ColonyConfig, Limits, colony_config_for, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import (
@@ -177,6 +178,9 @@ class Hive:
         self._logs_lock = threading.Lock()  # a spawn's steps log from several threads: one ColonyLog per colony
         self._links: dict[str, HostLink] = {}
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        # Whose log lines the followed hosts publish one by one (None: every colony's); a UI names the colony it
+        # shows (`HostLink`), so one flooding its log elsewhere costs it little.
+        self.log_lines_for: Callable[[str], bool] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._seen: set[tuple[str, lc.ColonyState, str]] | None = None  # the registry's colonies at the last reconcile
         self._sync_firewall = Coalesced(self._rebuild_firewall)  # sync_firewall's coalescing
@@ -800,7 +804,7 @@ class Hive:
             )
             start = procs.starttime(proc.pid) or 0
             self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
-            last: list[str] = []
+            last: deque[str] = deque(maxlen=LAST_LINES)
             assert proc.stdout is not None
             with self._commands_lock:
                 self._commands[rec.name] = proc
@@ -813,7 +817,7 @@ class Hive:
                     text = raw.decode("utf-8", "replace").rstrip("\r\n")
                     entry = log.append(source, text)
                     self._emit(LogLine(rec.name, entry.seq, entry.at, source, text))
-                    last = [*last[-2:], text]
+                    last.append(text)
                 code = proc.wait()
             finally:
                 with self._commands_lock:
@@ -822,7 +826,7 @@ class Hive:
             self.registry.remove_process(proc.pid, start)
             _checkpoint(source)
             if code != 0:
-                tail = " | ".join(line for line in last if line.strip())
+                tail = failure_tail(last)
                 raise StepFailed(f"{source} command `{command}` exited with {code}" + (f": {tail}" if tail else ""))
 
     def _rollback(self, rec: ColonyRecord) -> None:
@@ -1292,7 +1296,7 @@ class Hive:
 
             # Follow it from its first moment: the host starts the colony once asked to (await_start below), so
             # what it says while starting (notices, states) reaches this link.
-            link = HostLink(rec.name, paths, self._publish)
+            link = HostLink(rec.name, paths, self._publish, self._wants_lines)
             self._link_tasks[rec.name] = asyncio.create_task(self._follow_host(rec.name, link), name=f"link-{rec.name}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(link.connected.wait(), LINK_WAIT)
@@ -1324,6 +1328,10 @@ class Hive:
         with contextlib.suppress(StemError):
             async with await Connection.open(self.host_paths(name).socket, "script", client="stem start") as conn:
                 await conn.restart_agent()
+
+    def _wants_lines(self, colony: str) -> bool:
+        wanted = self.log_lines_for
+        return wanted is None or wanted(colony)
 
     @property
     def attached(self) -> bool:
@@ -1442,7 +1450,7 @@ class Hive:
                 if fresh is not None and gate is None and len(records) > 1:
                     from core.host.client import HostLink
 
-                    first = HostLink(rec.name, self.host_paths(rec.name), self._publish)
+                    first = HostLink(rec.name, self.host_paths(rec.name), self._publish, self._wants_lines)
                 follow = self._follow_host(rec.name, first, rec=rec if fresh is not None else None)
                 if gate is not None:
                     follow = _after(gate, FIRST_LINK_WAIT, follow)
@@ -1467,7 +1475,7 @@ class Hive:
                 await self.revive(name)
                 if not self.host_running(name):
                     return
-            link = first or HostLink(name, self.host_paths(name), self._publish)
+            link = first or HostLink(name, self.host_paths(name), self._publish, self._wants_lines)
             first = rec = None
             self._links[name] = link
             why = await link.run()

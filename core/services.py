@@ -22,14 +22,14 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO
 
 from core import procs
-from core.colony_log import ColonyLog, Entry
+from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
@@ -70,7 +70,6 @@ CRASHED = ServiceStatus.CRASHED
 STOPPED = ServiceStatus.STOPPED
 REMOVED = ServiceStatus.REMOVED
 
-LAST_LINES = 20
 MAX_LINE = 16 * 1024  # a longer line is logged in pieces, so a binary blob cannot grow a buffer without end
 READ_CHUNK = 64 * 1024
 READS_PER_WAKEUP = 4  # bounds one wakeup's work, so one chatty service cannot starve the loop
@@ -360,11 +359,6 @@ def _left_in_background(
         *_, start, pid, parent = min(found)
         procs.adopt_child(pid)
     return pid, parent, start
-
-
-def _tail(lines: Iterable[str], n: int = 3) -> str:
-    """The last `n` non-blank lines on one line, for a failure reason."""
-    return " | ".join([line.strip() for line in lines if line.strip()][-n:])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1011,7 +1005,7 @@ class ServiceSet:
             await asyncio.gather(*(r.stop(grace) for r in runners))
 
     def _not_ready_reason(self, runner: ServiceRunner) -> str:
-        tail = _tail(runner.last_lines)
+        tail = failure_tail(runner.last_lines)
         if runner.finished and runner.code is not None and not runner.timed_out:
             what = f"service {runner.name} {_exit_text(runner.code)} before it was ready"
         elif runner.finished and not runner.timed_out:

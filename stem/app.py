@@ -242,6 +242,9 @@ class StemApp(App[int], inherit_bindings=False):
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
             # SIGTERM (a service manager, `kill`) is a quit: the terminal is restored and the colonies run on.
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, 0)
+        # Log lines one by one only of the colony shown (and of spawns traced here): the Logs tab reads a
+        # colony's history from its host when it is shown.
+        self.hive.log_lines_for = lambda colony: colony == self.selected or colony in self._tracing
         self._pump_events()
         if not self._holding_frame:
             self.call_after_refresh(self._first_frame.set)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from core.colony_log import ColonyLog, read_tail
+from core.colony_log import ColonyLog, failure_tail, read_tail
 
 
 def lines_of(path):
@@ -114,3 +114,28 @@ def test_a_line_redrawn_with_carriage_returns_is_one_line_as_a_terminal_shows_it
     assert read_tail(log.path, 10, lambda line: True)[-1] == "2026-12-04T10:00:00 [web] old \r50%\r"
     assert len(read_tail(log.path, 10, lambda line: True)) == 4
     log.close()
+
+
+def test_a_failure_quotes_the_lines_that_say_what_went_wrong():
+    npm = [
+        "npm error code EUSAGE",
+        "npm error",
+        "npm error The `npm ci` command can only install with an existing package-lock.json",
+        *[f"npm error   usage line {i}" for i in range(20)],
+        "npm notice New major version of npm available!",
+        "npm error A complete log of this run can be found in: /root/.npm/_logs/x.log",
+    ]
+    assert failure_tail(npm) == (
+        "npm error code EUSAGE | npm error The `npm ci` command can only install with an existing package-lock.json | "
+        "npm error A complete log of this run can be found in: /root/.npm/_logs/x.log"
+    )
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "manage.py", line 3',
+        "    import django",
+        "ModuleNotFoundError: No module named 'django'",
+    ]
+    assert (
+        failure_tail(traceback) == "Traceback (most recent call last): | ModuleNotFoundError: No module named 'django'"
+    )
+    assert failure_tail(["building", "", "step 2", "done badly"]) == "building | step 2 | done badly"

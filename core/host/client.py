@@ -98,10 +98,19 @@ class HostLink:
     _palette: ClassVar[Palette | None] = None
     _live: ClassVar[weakref.WeakSet[HostLink]] = weakref.WeakSet()
 
-    def __init__(self, colony: str, paths: HostPaths, publish: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        colony: str,
+        paths: HostPaths,
+        publish: Callable[[Event], None],
+        wants_lines: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`wants_lines(colony)`: whether its log lines are published one by one as they come (a UI shows one
+        colony's log: the lines of a colony flooding its log elsewhere cost it nothing but keeping them)."""
         self.colony = colony
         self.paths = paths
         self._publish = publish
+        self._wants_lines = wants_lines
         self.mirror = ScreenMirror()
         self.agent = RemoteAgent(self)
         self.services: dict[str, ServiceView] = {}
@@ -203,8 +212,9 @@ class HostLink:
             self._state(msg.agent, msg.services, msg.files)
         elif isinstance(msg, p.Log):
             self.log.extend(msg.entries)
-            for e in msg.entries:
-                self._publish(LogLine(colony, e.seq, e.at, e.source, e.text))
+            if self._wants_lines is None or self._wants_lines(colony):
+                for e in msg.entries:
+                    self._publish(LogLine(colony, e.seq, e.at, e.source, e.text))
         elif isinstance(msg, p.NoticeMessage):
             self._publish(Notice(colony, msg.level, msg.message))
 
