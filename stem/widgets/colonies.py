@@ -84,8 +84,10 @@ def _prompt(row: ColonyRow, width: int) -> Content:
         style = "$error" if row.services_failed else ("$success" if row.services_up == row.services else "$warning")
         parts.append(Content.styled(f"svc {row.services_up}/{row.services}", style))
     second = Content("  ").append(Content(" · ").join(parts))
-    if row.title:  # what the agent says it does, before the usage figures (Info has those too)
-        room = max(1, width - 2 - second.cell_length - 3)
+    if second.cell_length > width:  # a narrow panel: one line, cut, never wrapped into the next row's place
+        second = second.truncate(width, ellipsis=True)
+    room = width - 2 - second.cell_length - 3
+    if row.title and room >= 4:  # what the agent says it does, before the usage figures (Info has those too)
         title = row.title if len(row.title) <= room else row.title[: room - 1] + "…"
         second = Content(" · ").join([second, Content.styled(title, "italic $text-muted")])
     usage = usage_part(work)
