@@ -475,6 +475,7 @@ class ServiceRunner:
         try:
             while not self._stopping:
                 self._set(STARTING)
+                self.last_lines.clear()  # what an end reports is this run's output, not the runs' before it
                 try:
                     await self._launch()
                 except (StemError, OSError) as exc:
