@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -79,6 +80,7 @@ LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before ask
 FIRST_LINK_WAIT = 0.5  # seconds at most a UI's other links wait for the colony it shows first (see `attach`)
 ORPHAN_CHECK = 10.0  # seconds between a following process's looks for colonies a dead stem process left mid-way
 REVIVE_ATTEMPTS = 3  # a host killed again while it starts is tried again, this many times in all
+SPAWN_ROOM = 1 << 20  # bytes a spawn needs free under STEM_HOME beside its worktree, or it is refused at once
 ROOM_WORTH_MAKING = 64 << 10  # a colony's logs smaller than this are not emptied to make room for a destroy
 
 
@@ -548,6 +550,7 @@ class Hive:
         agent: str | None,
         task: str | None,
     ) -> ColonyRecord:
+        self._check_room()
         rec = self.registry.reserve(
             name, netns.pool_slots(self.pool), self._make_row(name, root, base, commit, agent, task)
         )
@@ -589,6 +592,21 @@ class Hive:
             cause = str(exc) if isinstance(exc, StemError) else describe(exc)
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)
+
+    def _check_room(self) -> None:
+        """Refuse a spawn before it makes anything where STEM_HOME has no room for what it writes beside the
+        worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would fail half
+        way, and the rollback's own writes might then find no room either."""
+        try:
+            st = os.statvfs(self.layout.home)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < SPAWN_ROOM:
+            raise StemError(
+                f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.1f} MB free and a spawn needs "
+                f"{SPAWN_ROOM / 1e6:.0f} MB there beside its worktree: free some space and try again"
+            )
 
     def _launch_host(self, rec: ColonyRecord, config: ColonyConfig) -> None:
         from core.host import launch

@@ -184,6 +184,9 @@ def _record(row: sqlite3.Row) -> ColonyRecord:
 _ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"), ("target", "TEXT NOT NULL DEFAULT ''"))
 
 
+WAL_KEPT = 1 << 20  # bytes of hive.db-wal kept after a checkpoint
+
+
 class Registry:
     """Thread-safe access to hive.db. Writes are short transactions; callers run them off the event loop."""
 
@@ -197,6 +200,11 @@ class Registry:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The WAL file is cut back to this after each checkpoint that empties it: otherwise it keeps the largest size
+        # it ever had (colony hosts keep the registry open, so it is never removed), and on a small STEM_HOME the
+        # hive's own journal filled the disk.
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_KEPT // 4096 // 2}")  # pages: checkpointed at half of it
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():

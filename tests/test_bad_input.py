@@ -327,6 +327,26 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_a_spawn_on_a_nearly_full_disk_is_refused_before_it_makes_anything(hive_env, repo, tmp_path):
+    """A few hundred KB left under STEM_HOME: the spawn would fail half way and its rollback might find no room
+    either (a row left 'starting', every later command refused). It is refused first, and the hive stays usable."""
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
+    try:
+        assert run_stem(hive_env.env, "ls").returncode == 0  # the hive's own files first
+        free = os.statvfs(hive_env.home).f_bavail * os.statvfs(hive_env.home).f_frsize
+        (hive_env.home / "filler").write_bytes(b"\0" * (free - (300 << 10)))
+        line = assert_refused(run_stem(hive_env.env, "spawn", "tight", "--repo", str(repo)), "No space left on device")
+        assert "MB free and a spawn needs 1 MB" in line and "free some space" in line, line
+        assert_nothing_made(hive_env, repo)
+        assert run_stem(hive_env.env, "ls").returncode == 0
+        (hive_env.home / "filler").unlink()
+        assert run_stem(hive_env.env, "spawn", "tight", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "destroy", "--force", "tight").returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
 def test_a_worktree_the_disk_has_no_room_for_is_one_line_and_nothing_is_left(hive_env, tmp_path):
     """The repository's files do not fit where STEM_HOME is: git says only "unable to write file"; Stem says the
     disk is full, with the size of the files and the room there is, and leaves nothing."""

@@ -10,7 +10,7 @@ import pytest
 from core import lifecycle as lc
 from core.errors import WrongState
 from core.lifecycle import ColonyState
-from core.registry import Registry
+from core.registry import WAL_KEPT, Registry
 
 
 def registry_with(tmp_path: Path, name: str = "a") -> Registry:
@@ -81,3 +81,18 @@ def test_a_colony_that_is_gone_stays_gone(tmp_path: Path) -> None:
     registry.set_state("a", lc.FAILED)  # a late write after a destroy: no row, no orphan transition
     assert registry.find("a") is None
     assert registry.transitions("a") == []
+
+
+def test_the_registry_journal_stays_small_while_other_processes_keep_it_open(tmp_path):
+    """Colony hosts keep hive.db open, so its WAL is never removed: it must be checkpointed and cut back, or it
+    keeps the largest size it ever had (4 MB and more) and a small STEM_HOME fills with the hive's own journal."""
+    writer, reader = Registry(tmp_path / "hive.db"), Registry(tmp_path / "hive.db")
+    peak = 0
+    for i in range(2000):
+        with writer.transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS filler(x)")
+            db.execute("INSERT INTO filler VALUES (?)", ("x" * 2000,))
+        if i % 10 == 0:
+            reader._db.execute("SELECT count(*) FROM filler").fetchone()
+        peak = max(peak, (tmp_path / "hive.db-wal").stat().st_size)
+    assert peak <= WAL_KEPT
