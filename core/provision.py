@@ -6,7 +6,10 @@ the other: gc never calls a private Hive method, and this module imports neither
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,12 @@ class Teardown:
         not in the cgroup (a colony without one)."""
         records = self.registry.processes(rec.name)
         groups = [p.pid for p in records if procs.alive(p.pid, p.starttime)]
+        # The agent's terminal is gone with its host: hung up, as a terminal that closes does (an interactive shell,
+        # the usual agent, ignores SIGTERM and would hold everything up for the whole grace).
+        for p in records:
+            if p.kind == "agent" and p.pid in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGHUP)
         if cgroups.procs(rec.netns):
             killed = procs.terminate(groups, grace=self.stop_grace) if groups else []
             killed += cgroups.end(rec.netns, timeout=self.stop_grace)
