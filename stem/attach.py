@@ -79,7 +79,7 @@ _LEAVE: Final = (
 # SGR numbers of pyte's 16 colour names: 0-7 are 30+n / 40+n, 8-15 are 90+n / 100+n. pyte names yellow
 # "brown", and its bright magenta background is spelled "bfightmagenta" (a typo in pyte.graphics.BG_AIXTERM).
 _ANSI_NAMES: Final = ("black", "red", "green", "brown", "blue", "magenta", "cyan", "white")
-_ANSI: Final = {
+ANSI_INDEX: Final = {
     **{name: i for i, name in enumerate(_ANSI_NAMES)},
     **{f"bright{name}": i + 8 for i, name in enumerate(_ANSI_NAMES)},
     "yellow": 3,
@@ -164,7 +164,7 @@ class ReleaseKey:
 
 def _colour(name: str, base: int) -> str:
     """SGR parameters for a pyte colour name; `base` is 30 (foreground) or 40 (background)."""
-    index = _ANSI.get(name)
+    index = ANSI_INDEX.get(name)
     if index is not None:
         return str(base + index if index < 8 else base + 60 + index - 8)
     if len(name) == 6 and _HEX.issuperset(name):  # pyte gives 256-colour and truecolour cells as hex

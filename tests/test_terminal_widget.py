@@ -282,3 +282,14 @@ async def test_the_mouse_wheel_scrolls_back_and_typing_returns_to_the_bottom() -
         await pilot.press("x")
         await until(pilot, lambda: view.scrolled_back == 0, "the view to follow the bottom again")
         assert shows(app, "fake-agent> x")
+
+
+def test_every_one_of_the_16_background_colours_shows() -> None:
+    """pyte names bright magenta's background (SGR 105) "bfightmagenta": it shows as colour 13 all the same."""
+    from core.screen import StemScreen
+    from stem.widgets.terminal import _color
+
+    screen = StemScreen(40, 2)
+    screen.feed(b"".join(b"\x1b[%dmx" % n for n in [*range(40, 48), *range(100, 108)]))
+    row = screen.buffer[0]
+    assert [_color(row[x].bg).number for x in range(16)] == list(range(16))  # type: ignore[union-attr]

@@ -38,6 +38,7 @@ from core.host.protocol import ScreenModes
 from core.screen_cells import cell_width
 from core.screen_queries import Link, Palette
 from core.xterm_input import FOCUS_IN, FOCUS_OUT, MouseAction, key_bytes, mouse_report
+from stem.attach import ANSI_INDEX
 from stem.input_parser import TerminalKey, outer_terminal
 from stem.keys import bind
 from stem.textual_private import in_batch, paint_now
@@ -76,28 +77,9 @@ class AgentLike(Protocol):
     def set_palette(self, palette: Palette) -> None: ...
 
 
-# pyte's names for the 16 ANSI colours ("brown" is its name for yellow); 256-colour and truecolour cells carry
-# six hex digits.
-_ANSI = {
-    "black": 0,
-    "red": 1,
-    "green": 2,
-    "brown": 3,
-    "yellow": 3,
-    "blue": 4,
-    "magenta": 5,
-    "cyan": 6,
-    "white": 7,
-    "brightblack": 8,
-    "brightred": 9,
-    "brightgreen": 10,
-    "brightbrown": 11,
-    "brightyellow": 11,
-    "brightblue": 12,
-    "brightmagenta": 13,
-    "brightcyan": 14,
-    "brightwhite": 15,
-}
+# pyte's names for the 16 ANSI colours (stem.attach's table, with pyte's typo for bright magenta); 256-colour and
+# truecolour cells carry six hex digits.
+_ANSI = ANSI_INDEX
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
