@@ -121,10 +121,10 @@ _MAX_PAINTS = 32
 # Modes under which a line batch would not behave like plain "draw, CR, LF".
 _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
 
-# A run of printable text, SGR sequences and designations of ASCII as G0 (`ESC ( B`, which pyte ignores in UTF-8
+# A run of printable text, SGR sequences and designations of ASCII as G0 (`ESC ( B`: nothing changes while G0 is ASCII
 # mode and programs drawn with ncurses send before every attribute change).
 _RUN = r"(?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m|\x1b\(B)++"
-# The run a paint token draws: line drawing designated as G0 (`ESC ( 0`, ncurses' boxes; also ignored in UTF-8 mode)
+# The run a paint token draws: line drawing designated as G0 (`ESC ( 0`, ncurses' boxes, drawn by `_draw_run`)
 # is part of it too.
 _PAINT_RUN = r"(?:[^\x00-\x1f\x7f-\x9f]++|\x1b\[[0-9;]*+m|\x1b\([0B])++"
 
@@ -166,6 +166,7 @@ _T_CRLF, _T_ERASE_UP, _T_CSI, _T_TEXT, _T_ESC, _T_CHARSET, _T_OSC, _T_CTL, _T_DA
 _T_OTHER_CSI, _T_STRING = 24, 25
 # Designations a paint token's run may hold (`_PAINT_RUN`).
 _DESIGNATIONS = ("\x1b(B", "\x1b(0")
+_DESIGNATION_SPLIT = re.compile(r"\x1b\(([0B])")
 
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
@@ -1131,7 +1132,12 @@ class StemScreen(pyte.Screen):
                             # `_paint` for a run met before (a program repainting its rows), inlined: one lookup
                             # gives its cells and the attributes after it (see `_plain_paints` for what holds).
                             if "(" in run and "\x1b(" in run:
-                                run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
+                                if _DESIGNATIONS[1] in run:  # line drawing: `_draw_run` switches charsets
+                                    self._draw_run(run)
+                                    if erase is not None:
+                                        self.erase_in_line(int(erase) if erase else 0)
+                                    continue
+                                run = run.replace(_DESIGNATIONS[0], "")
                             cursor = self._cur
                             node = self._chars
                             if node.attrs is not cursor.attrs:
@@ -1267,8 +1273,9 @@ class StemScreen(pyte.Screen):
                 elif kind == _T_CHARSET:
                     plain = None
                     designation = m.group(16)
-                    if not stream.use_utf8:  # pyte ignores charset designation in UTF-8 mode
-                        self.define_charset(designation[1], mode=designation[0])
+                    # pyte ignores designations in UTF-8 mode; xterm and tmux do not: ncurses draws its boxes in
+                    # the DEC line drawing set (ESC ( 0 ... ESC ( B) whatever the encoding.
+                    self.define_charset(designation[1], mode=designation[0])
                 else:  # anything else: pyte's parser, from here until it is back in its ground state
                     start = m.start()
                     if n - start <= _MAX_UNFINISHED and _UNFINISHED.fullmatch(text, start):
@@ -1321,8 +1328,8 @@ class StemScreen(pyte.Screen):
 
     def _plain_paints(self) -> bool:
         """Whether a paint may skip `_paint`'s checks of modes and charsets: no batch rows held, no mode under which a
-        run is not drawn as plain text (insert, DECSCNM, LNM), G0 as pyte's default and UTF-8 (so that `ESC ( B` and
-        `ESC ( 0` in a run are ignored, as pyte ignores them). Only sequences change any of it (`_feed_text`)."""
+        run is not drawn as plain text (insert, DECSCNM, LNM), G0 ASCII and UTF-8 (so that `ESC ( B` in a run changes
+        nothing; a run with `ESC ( 0` goes to `_draw_run`). Only sequences change any of it (`_feed_text`)."""
         return (
             not self._held
             and self.mode.isdisjoint(_NO_BATCH_MODES)
@@ -1340,9 +1347,9 @@ class StemScreen(pyte.Screen):
         done nothing, where the run needs `_draw_run` (it wraps, a mode or charset applies, or it has characters
         that do not take one or two cells)."""
         if "(" in run and "\x1b(" in run:  # the first test is the quicker one (a single character)
-            if not self._stream.use_utf8:
-                return False
-            run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
+            if not self._stream.use_utf8 or _DESIGNATIONS[1] in run:
+                return False  # charsets switched inside the run: `_draw_run`
+            run = run.replace(_DESIGNATIONS[0], "")
         if self._held or not (
             self.mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP
         ):
@@ -1488,14 +1495,13 @@ class StemScreen(pyte.Screen):
             self.draw(run)
             return
         if "\x1b(" in run:
-            if not self._stream.use_utf8:
-                self._feed_pyte(run)  # ESC ( B or ESC ( 0 designates a charset: pyte's parser, in order
-                return
-            run = run.replace(_DESIGNATIONS[0], "").replace(_DESIGNATIONS[1], "")
-            if "\x1b" not in run:
-                if run:
-                    self.draw(run)
-                return
+            # ESC ( B or ESC ( 0 designates G0 (ASCII, DEC line drawing): the parts between drawn in turn.
+            for i, part in enumerate(_DESIGNATION_SPLIT.split(run)):
+                if i & 1:
+                    self.define_charset(part, mode="(")
+                elif part:
+                    self._draw_run(part)
+            return
         mode = self.mode
         if not (mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP):
             for i, part in enumerate(SGR_SEQ_SPLIT.split(run)):
@@ -1628,8 +1634,8 @@ class StemScreen(pyte.Screen):
                 return self._try_batch(text, pos, check=True)  # a few lines, that land without scrolling (below)
         segment = text[pos : end - 2]
         designated = checked and "\x1b(" in segment  # unchecked, ESC ( B is left in what the lines show
-        if designated and not self._stream.use_utf8:
-            return pos  # ESC ( B designates a charset: not a batch
+        if designated and (not self._stream.use_utf8 or _DESIGNATIONS[1] in segment):
+            return pos  # a charset switched inside the lines: not a batch
         lines = segment.split("\r\n")
         columns = self.columns
         if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
@@ -1660,7 +1666,7 @@ class StemScreen(pyte.Screen):
                 if len(seen) >= _LINES_SEEN_LIMIT:
                     seen.clear()
                 seen.update(lines)
-        if designated:  # ESC ( B, which pyte ignores in UTF-8 mode: out (`_known_batch` takes the lines with it)
+        if designated:  # ESC ( B with G0 ASCII already changes nothing: out (`_known_batch` takes the lines with it)
             segment = segment.replace("\x1b(B", "")
             lines = segment.split("\r\n")
         # Otherwise what each line starts and ends with, how many cells it takes

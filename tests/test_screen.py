@@ -228,7 +228,9 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
 # pyte printed its contents.
 _CONTROL_STRING = re.compile(rb"\x1b[P_^X][^\x1b\x9c]*(?:\x1b\\|\x9c|(?=\x1b))")
 # The start of a CSI sequence or a control string cut by the end of a feed.
-_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*|[P_^X][^\x1b\x9c]*\x1b?)?\Z")
+_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*|[P_^X][^\x1b\x9c]*\x1b?|[()])?\Z")
+# A designation of G0 or G1 (pyte ignores them in UTF-8 mode; xterm and tmux do not).
+_DESIGNATION = re.compile(rb"\x1b([()])([\x20-\x7e])")
 
 
 class HistoryRef(XtermExtras, pyte.HistoryScreen):
@@ -250,7 +252,12 @@ class RefStream(pyte.ByteStream):
         cut = _CUT_CSI.search(data)
         self.carry = data[cut.start() :] if cut else b""
         whole = _CONTROL_STRING.sub(b"", data[: cut.start()] if cut else data)
-        super().feed(_ANY_CSI.sub(_as_xterm_reads, whole))
+        pos = 0
+        for m in _DESIGNATION.finditer(whole):  # charsets switched where xterm switches them, also in UTF-8 mode
+            super().feed(_ANY_CSI.sub(_as_xterm_reads, whole[pos : m.start()]))
+            self.listener.define_charset(m.group(2).decode(), mode=m.group(1).decode())
+            pos = m.end()
+        super().feed(_ANY_CSI.sub(_as_xterm_reads, whole[pos:]))
 
 
 def reference(data: bytes, size: int | None) -> pyte.Screen:
@@ -1032,3 +1039,19 @@ def test_sequences_pyte_raises_on_are_ignored() -> None:
     screen.feed(b"\x1b[?5A\x1b[5Jstill here")
     assert screen.text()[0].startswith("still here")
     assert screen.errors == 1
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+def test_dec_line_drawing_draws_boxes_in_utf8_as_xterm_does(size: int | None) -> None:
+    """ncurses draws boxes in the DEC line drawing set (ESC ( 0 ... ESC ( B) also in a UTF-8 locale (Python's
+    curses `border()`, dialog): boxes, not the letters lqqk, in every path a row can take."""
+    data = (
+        b"\x1b(0lqqk\x1b(B x\r\n"  # text
+        b"\x1b[3;3H\x1b[31m\x1b(0x\x1b(B\x1b[m hi \x1b(0x\x1b(B\x1b[K"  # paints
+        b"\x1b[5;1H\x1b(0mqqj\x1b(B\r\nplain lqqk\r\n"  # a paint, then lines
+    )
+    rows = stem(data, size).text()
+    assert rows[0].rstrip() == "┌──┐ x"
+    assert rows[2].rstrip() == "  │ hi │"
+    assert rows[4].rstrip() == "└──┘"
+    assert rows[5].rstrip() == "plain lqqk"
