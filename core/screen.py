@@ -769,6 +769,21 @@ class StemScreen(pyte.Screen):
         else:
             cursor.y = max(cursor.y - 1, top)  # pyte's cursor_up(1)
 
+    def delete_lines(self, count: int | None = None) -> None:
+        """DL: pyte's, except that a deleted line whose place the line below it never written takes is blank, as in
+        xterm and tmux: pyte left the deleted line on the screen."""
+        count = count or 1
+        cursor, top, bottom = self._region()
+        if top <= cursor.y <= bottom:
+            buffer = self._buf
+            self.dirty.update(range(cursor.y, self.lines))
+            for y in range(cursor.y, bottom + 1):
+                if y + count <= bottom and y + count in buffer:
+                    buffer[y] = buffer.pop(y + count)
+                else:
+                    buffer.pop(y, None)
+            self.carriage_return()
+
     def scroll_up(self, count: int = 1, *more: int, private: bool = False) -> None:
         """SU, CSI Ps S (terminfo's indn, with which ncurses scrolls a region): the scroll region up `count` rows,
         the cursor where it is; what leaves the top of the screen is kept, as a line feed keeps it. CSI ? Ps S

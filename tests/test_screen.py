@@ -32,6 +32,7 @@ class XtermExtras:
     after drawing the character once), CBT and CHT, SCOSC and SCORC, HPA."""
 
     csi = {"S": "scroll_up", "T": "scroll_down", "b": "repeat_character", "Z": "back_tab", "I": "forward_tab"}
+    csi |= {"M": "delete_lines"}
     csi |= {"s": "save_cursor_ansi", "u": "restore_cursor_ansi", "`": "cursor_to_column"}
 
     def draw(self: Any, data: str) -> None:
@@ -78,6 +79,19 @@ class XtermExtras:
 
     def _region_rows(self: Any) -> tuple[int, int]:
         return (0, self.lines - 1) if self.margins is None else self.margins
+
+    def delete_lines(self: Any, count: int | None = None) -> None:
+        """pyte's, but a deleted line whose place no written line takes is blank (pyte left it as it was)."""
+        count = count or 1
+        top, bottom = self._region_rows()
+        if top <= self.cursor.y <= bottom:
+            self.dirty.update(range(self.cursor.y, self.lines))
+            for y in range(self.cursor.y, bottom + 1):
+                if y + count <= bottom and y + count in self.buffer:
+                    self.buffer[y] = self.buffer.pop(y + count)
+                else:
+                    self.buffer.pop(y, None)
+            self.carriage_return()
 
     def scroll_up(self: Any, count: int = 1, *more: int, private: bool = False) -> None:
         if not (private or more):
@@ -1055,3 +1069,10 @@ def test_dec_line_drawing_draws_boxes_in_utf8_as_xterm_does(size: int | None) ->
     assert rows[2].rstrip() == "  │ hi │"
     assert rows[4].rstrip() == "└──┘"
     assert rows[5].rstrip() == "plain lqqk"
+
+
+def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:
+    """DL where the rows below were never written: the deleted line is blank, as in xterm and tmux (pyte kept it)."""
+    for data in (b"\x1b[22;21Hframe\x1b[22;30H\x1b[M", b"top\n\x1b[10;1H\x1b[3M\x1b[32;1HDELETED\x1b[32;1H\x1b[3M"):
+        rows = stem(data, None).text()
+        assert not any("frame" in row or "DELETED" in row for row in rows), data
