@@ -185,8 +185,10 @@ async def test_colours_attributes_and_wide_characters() -> None:
         # emoji the screen counts one cell is drawn without its VS16, which would make it two)
         await until(pilot, lambda: shows(app, "the end"), "the text after VS16 and ZWJ")
         line = next(line for line in drawn(app) if "the end" in line and "echo" not in line)
-        # the skin tone takes two cells on the screen (as in xterm) and none for rich: padded to two
-        assert "⚠ warning, ✔ done, 👨\u200d💻 dev, 🇨🇳 flag, 👍🏽   tone, the end" in line
+        # the skin tone takes two cells on the screen (as in xterm) and none for rich, and terminals differ on it
+        # (tmux: two cells, others: joined to the emoji): drawn as two blanks, so no terminal shifts the row
+        assert "⚠ warning, ✔ done, 👨\u200d💻 dev, 🇨🇳 flag, 👍   tone, the end" in line
+        assert "\U0001f3fd" not in "".join(seg.text for y in range(10) for seg in view.render_line(y))
         width = view.scrollable_content_region.width
         assert all(view.render_line(y).cell_length == width for y in range(10)), "a row is not the widget's width"
 

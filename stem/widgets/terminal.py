@@ -677,7 +677,8 @@ def _as_placed(data: str) -> tuple[str, bool]:
     cell is then skipped), and whether that is two. Where rich counts them otherwise, the row would lose the
     screen's columns: a character with a zero-width one joined that rich counts wider (VS16: "⚠️" is one cell on the
     screen, two for rich) is drawn without it; one rich counts narrower (a skin tone alone, two cells on the screen
-    and zero for rich) is padded with blanks."""
+    and zero for rich) is drawn as blanks: terminals differ on its width (tmux takes it for two cells, others join it
+    to the emoji before it), and a guess either way would shift the rest of the row and the panel's border."""
     wide = cell_width(data[0]) == 2
     cells = 2 if wide else 1
     width = cell_len(data)
@@ -685,7 +686,7 @@ def _as_placed(data: str) -> tuple[str, bool]:
         data = data[0]
         width = cell_len(data)
     if width < cells:
-        data += " " * (cells - width)
+        data = " " * cells
     return data, wide
 
 
