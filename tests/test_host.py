@@ -327,3 +327,45 @@ def test_a_revived_host_keeps_the_pass_env_values_given_at_spawn(hive_env, tmp_p
     lines = wait_for(echoed, timeout=15, what="the revived service's line")
     assert all(line.endswith("secret=s3cr3t") for line in lines), lines
     assert run_stem(hive_env.env, "stop", "keyed").returncode == 0
+
+
+def test_the_agent_takes_the_size_of_the_client_used_last_and_gets_it_back_when_one_leaves(hive_env, tmp_path):
+    """A UI shows the agent at 93x35, then `stem attach` at 100x30: the agent is 100x30 while the attach is used;
+    the UI resizing takes it back, a key typed in the attach gives it the attach's size again, and when the attach
+    ends the UI's size comes back (it used to keep the attach's, and the UI showed the agent cut)."""
+    from core.host.protocol import Connection, Resize
+
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "sized", "--repo", str(repo)).returncode == 0
+    socket = HostPaths(hive_env.home / "colonies" / "sized").socket
+
+    async def size() -> tuple[int, int]:
+        async with await Connection.open(socket, "script") as look:
+            await look.subscribe("screen")
+            async for update in look.updates():
+                screen = update.screen  # type: ignore[union-attr]
+                return (screen.columns, screen.lines)
+        raise AssertionError("no snapshot")
+
+    async def scenario() -> None:
+        ui = await Connection.open(socket, "ui")
+        await ui.request(Resize(93, 35))
+        assert await size() == (93, 35)
+        attach = await Connection.open(socket, "attach")
+        await attach.request(Resize(100, 30))
+        assert await size() == (100, 30)
+        await ui.request(Resize(93, 35))  # the UI shows the colony again
+        assert await size() == (93, 35)
+        await attach.send_keys(b"x")  # typed in the attach
+        assert await size() == (100, 30)
+        await attach.close()
+        for _ in range(100):
+            if await size() == (93, 35):
+                break
+            await asyncio.sleep(0.02)
+        assert await size() == (93, 35)
+        await ui.close()
+
+    asyncio.run(scenario())
+    assert run_stem(hive_env.env, "stop", "sized").returncode == 0

@@ -84,6 +84,10 @@ class Client:
         # While its socket is backed up, log lines are not queued for it (a service's flood would grow the host
         # without bound): it gets them from the log's ring once it drains, after this seq.
         self.log_behind: int | None = None
+        # The agent's size this client shows it at (its last Resize); the agent takes the size of the client last
+        # used (a Resize, a key, a paste), as tmux's windows do, and the next one's when that client leaves.
+        self.size: tuple[int, int] | None = None
+        self.used = 0
 
     def send(self, msg: p.Message) -> None:
         if not self.writer.is_closing():
@@ -130,7 +134,8 @@ class ColonyHost:
         self._hive: Hive | None = None
         self._stop_waiters: list[tuple[Client, int]] = []
         self._start_waiters: list[tuple[Client, int]] = []
-        self.size: tuple[int, int] | None = None  # the last size a client asked for
+        self.size: tuple[int, int] | None = None  # the agent's size: that of the client used last (`_used`)
+        self._uses = 0
         self._early: list[p.Keys | p.Paste] = []  # input that arrived before the agent started
         self.palette: Palette | None = None  # the colours the last client to say so shows the agent in
 
@@ -513,8 +518,35 @@ class ColonyHost:
                     await writer.drain()
         finally:
             self.clients.discard(client)
+            self._client_left(client)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 writer.close()
+
+    def _used(self, client: Client, resized: bool = False) -> None:
+        """`client` was just used: the agent takes its size, if it gave one and that is not the size now."""
+        self._uses += 1
+        client.used = self._uses
+        if client.size is not None and (resized or client.size != self.size):
+            self._resize(client.size)
+
+    def _resize(self, size: tuple[int, int]) -> None:
+        self.size = size  # also for an agent still to start (or restart)
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.agent_size = size
+            if runtime.agent is not None:
+                runtime.agent.resize(*size)
+
+    def _client_left(self, client: Client) -> None:
+        """A client whose size the agent has went away: the agent takes the size of the one used last of those
+        still there (a `stem attach` ending gives the UI its size back)."""
+        if client.size is None or client.size != self.size:
+            return
+        sized = [c for c in self.clients if c.size is not None]
+        if sized:
+            latest = max(sized, key=lambda c: c.used)
+            if latest.size != self.size:
+                self._resize(latest.size)  # type: ignore[arg-type]  # filtered above
 
     async def _answer(self, client: Client, msg: p.Message) -> None:
         request_id = getattr(msg, "id", 0)
@@ -534,6 +566,8 @@ class ColonyHost:
     async def _handle(self, client: Client, msg: p.Message) -> p.Result | None:
         runtime = self.runtime
         agent = runtime.agent if runtime is not None else None
+        if isinstance(msg, p.Keys | p.Paste):
+            self._used(client)
         if isinstance(msg, p.Keys):
             if agent is not None:
                 agent.write(msg.data)
@@ -547,11 +581,8 @@ class ColonyHost:
                 self._early.append(msg)
             return None
         if isinstance(msg, p.Resize):
-            self.size = (msg.columns, msg.lines)  # also for an agent still to start (or restart)
-            if runtime is not None:
-                runtime.agent_size = self.size
-            if agent is not None:
-                agent.resize(msg.columns, msg.lines)
+            client.size = (msg.columns, msg.lines)
+            self._used(client, resized=True)
             return None
         if isinstance(msg, p.SetPalette):
             self.palette = msg.palette
