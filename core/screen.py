@@ -69,6 +69,7 @@ from pyte.screens import Char, Cursor, Savepoint
 
 from core.screen_cells import (
     DEFAULT_CHAR,
+    LINE_DRAWN,
     LINES_SEEN,
     LOOKUP,
     NARROW,
@@ -167,6 +168,32 @@ _T_OTHER_CSI, _T_STRING = 24, 25
 # Designations a paint token's run may hold (`_PAINT_RUN`).
 _DESIGNATIONS = ("\x1b(B", "\x1b(0")
 _DESIGNATION_SPLIT = re.compile(r"\x1b\(([0B])")
+
+
+def _line_drawn(run: str) -> str | None:
+    """A paint's `run`, begun with G0 ASCII, with the text it draws in DEC line drawing (`ESC ( 0` ... `ESC ( B`)
+    translated as pyte's `draw` translates it and its designations dropped: the same cells, drawn by the fast paths
+    as any run. None if it leaves line drawing on (`_draw_run` then switches G0 itself)."""
+    drawn = LINE_DRAWN.get(run, "")
+    if drawn != "":
+        return drawn
+    out: list[str] = []
+    charset = cs.LAT1_MAP
+    for i, part in enumerate(_DESIGNATION_SPLIT.split(run)):
+        if i & 1:
+            charset = cs.MAPS[part]
+        elif part:
+            if charset is not cs.LAT1_MAP:
+                pieces = SGR_SEQ_SPLIT.split(part)  # text, SGR sequence, text, ..., text
+                pieces[::2] = [piece.translate(charset) for piece in pieces[::2]]
+                part = "".join(pieces)
+            out.append(part)
+    result = "".join(out) if charset is cs.LAT1_MAP else None
+    if len(LINE_DRAWN) >= 4096:
+        LINE_DRAWN.clear()
+    LINE_DRAWN[run] = result
+    return result
+
 
 # Where to look for characters that may not take exactly one cell.
 _NOT_ASCII = re.compile(r"[^ -~]")
@@ -604,13 +631,11 @@ class StemScreen(pyte.Screen):
             self._release()
         cursor = self._cur
         mode = self.mode
-        if not (
-            data
-            and cursor.x <= self.columns
-            and mo.IRM not in mode
-            and self.charset == 0
-            and self.g0_charset is cs.LAT1_MAP
-        ):
+        if self.charset == 0 and self.g0_charset is not cs.LAT1_MAP:
+            # DEC line drawing (ncurses' boxes) in G0: its characters are what pyte's `draw` would translate them
+            # to, drawn as any other text.
+            data = data.translate(self.g0_charset)
+        if not (data and cursor.x <= self.columns and mo.IRM not in mode and self.charset == 0):
             # Insert mode, other charsets, odd cursor positions: pyte itself, but for zero-width and unprintable
             # characters, at which pyte would drop the rest of the text (`join_zero_width`).
             y = cursor.y
@@ -1147,12 +1172,17 @@ class StemScreen(pyte.Screen):
                             # `_paint` for a run met before (a program repainting its rows), inlined: one lookup
                             # gives its cells and the attributes after it (see `_plain_paints` for what holds).
                             if "(" in run and "\x1b(" in run:
-                                if _DESIGNATIONS[1] in run:  # line drawing: `_draw_run` switches charsets
-                                    self._draw_run(run)
-                                    if erase is not None:
-                                        self.erase_in_line(int(erase) if erase else 0)
-                                    continue
-                                run = run.replace(_DESIGNATIONS[0], "")
+                                if _DESIGNATIONS[1] in run:  # line drawing (ncurses' boxes)
+                                    drawn = _line_drawn(run)
+                                    if drawn is None:  # it leaves line drawing on: `_draw_run` switches G0
+                                        self._draw_run(run)
+                                        plain = None
+                                        if erase is not None:
+                                            self.erase_in_line(int(erase) if erase else 0)
+                                        continue
+                                    run = drawn
+                                else:
+                                    run = run.replace(_DESIGNATIONS[0], "")
                             cursor = self._cur
                             node = self._chars
                             if node.attrs is not cursor.attrs:
@@ -1178,6 +1208,8 @@ class StemScreen(pyte.Screen):
                         if self._paint(run, erase is not None):
                             continue
                     self._draw_run(run)
+                    if "\x1b(" in run:
+                        plain = None  # it may have switched G0 (`_plain_paints`)
                     if erase is not None:
                         if erase == "" or erase == "0":  # EL to the end of the row, the usual one: inlined
                             cursor = self._cur
@@ -1362,9 +1394,15 @@ class StemScreen(pyte.Screen):
         done nothing, where the run needs `_draw_run` (it wraps, a mode or charset applies, or it has characters
         that do not take one or two cells)."""
         if "(" in run and "\x1b(" in run:  # the first test is the quicker one (a single character)
-            if not self._stream.use_utf8 or _DESIGNATIONS[1] in run:
-                return False  # charsets switched inside the run: `_draw_run`
-            run = run.replace(_DESIGNATIONS[0], "")
+            if not self._stream.use_utf8:
+                return False
+            if _DESIGNATIONS[1] in run:  # line drawing: translated (if G0 is ASCII again after it)
+                drawn = _line_drawn(run)
+                if drawn is None:
+                    return False
+                run = drawn
+            else:
+                run = run.replace(_DESIGNATIONS[0], "")
         if self._held or not (
             self.mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP
         ):
@@ -1516,6 +1554,18 @@ class StemScreen(pyte.Screen):
                     self.define_charset(part, mode="(")
                 elif part:
                     self._draw_run(part)
+            return
+        g0 = self.g0_charset
+        if g0 is not cs.LAT1_MAP and self.charset == 0:
+            # DEC line drawing in G0: its text translated as pyte's `draw` would, then drawn as any run (the fast
+            # paths and their caches hold for it), G0 put back after.
+            parts = SGR_SEQ_SPLIT.split(run)
+            parts[::2] = [part.translate(g0) for part in parts[::2]]
+            self.g0_charset = cs.LAT1_MAP
+            try:
+                self._draw_run("".join(parts))
+            finally:
+                self.g0_charset = g0
             return
         mode = self.mode
         if not (mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP):

@@ -212,6 +212,8 @@ _seen: set[str] = set()
 
 # Batch lines met since the set was last emptied (see `StemScreen._try_batch`); bounded like the other caches.
 LINES_SEEN: set[str] = set()
+# Paint runs with DEC line drawing in them, as drawn (core.screen._line_drawn).
+LINE_DRAWN: dict[str, str | None] = {}
 
 
 def seen_twice(run: str) -> bool:
@@ -616,4 +618,5 @@ def clear_caches() -> None:
     _spent[:] = [0, 0, 0]
     _seen.clear()
     LINES_SEEN.clear()
+    LINE_DRAWN.clear()
     _FILLS.clear()
