@@ -23,6 +23,7 @@ from typing import Any
 
 from core.egress import Egress
 from core.errors import ConfigError, StemError
+from core.locations import write_atomically
 from core.names import check_name
 from core.toml_doc import KeyPath, TomlDoc, describe
 
@@ -272,9 +273,7 @@ def _keep(kept: Path | None, text: bytes | None, last: bytes | None) -> None:
         if text is None:
             kept.unlink(missing_ok=True)
             return
-        tmp = kept.with_name(kept.name + ".tmp")
-        tmp.write_bytes(text)
-        tmp.replace(kept)
+        write_atomically(kept, text, 0o600)
     except OSError:
         pass
 

@@ -55,6 +55,7 @@ from core.firewall import FirewallError
 from core.host import forker
 from core.host.paths import STARTER_ENV, HostPaths
 from core.listing import Listed, listing, open_hive, pool_from_environment
+from core.locations import write_atomically
 from core.locks import FileLock, file_lock, remove_unused
 from core.names import branch_name, check_name, netns_name, veth_name
 from core.offload import read_off_loop
@@ -1275,11 +1276,7 @@ class Hive:
         if not revived:
             values = {name: os.environ[name] for name in config.pass_env if name in os.environ}
             with contextlib.suppress(OSError):  # a full disk: a revived host has only what its reviver has
-                tmp = kept.with_name(kept.name + ".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(values, f)
-                tmp.replace(kept)
+                write_atomically(kept, json.dumps(values), 0o600)
             return env
         try:
             values = json.loads(kept.read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from core.home import home_text
@@ -50,3 +52,25 @@ class HiveLayout:
 
     def colony_lock(self, name: str) -> Path:
         return self.locks / f"colony-{name}.lock"
+
+
+def write_atomically(path: Path, data: str | bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data`: a crash mid-write leaves the old file or the new one, never half of each, and no
+    temporary file behind. `mode`: the new file's (it never has wider permissions meanwhile); None keeps the old
+    file's, 0644 for a new one. Its folder must exist (a colony's that was removed is not made again)."""
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600 until it is complete
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +27,7 @@ from core.config import NOT_IN_FILE, Limits, in_file, known_keys, parse_limits
 from core.dns import HOST_RESOLV_CONF
 from core.egress import Egress
 from core.errors import ConfigError
+from core.locations import write_atomically
 from core.toml_doc import KeyPath, TomlDoc, TomlLocator, format_key, toml_string
 
 __all__ = [
@@ -401,20 +401,5 @@ def _without(data: dict[str, Any], path: KeyPath) -> dict[str, Any]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    # A crash mid-write must leave the old file or the new one, never half of each.
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, text)
