@@ -170,6 +170,13 @@ _DESIGNATIONS = ("\x1b(B", "\x1b(0")
 _DESIGNATION_SPLIT = re.compile(r"\x1b\(([0B])")
 
 
+def _translated(run: str, charset: str) -> str:
+    """`run`'s text (not its SGR sequences) in `charset`, as pyte's `draw` translates what it draws."""
+    pieces = SGR_SEQ_SPLIT.split(run)  # text, SGR sequence, text, ..., text
+    pieces[::2] = [piece.translate(charset) for piece in pieces[::2]]
+    return "".join(pieces)
+
+
 def _line_drawn(run: str) -> str | None:
     """A paint's `run`, begun with G0 ASCII, with the text it draws in DEC line drawing (`ESC ( 0` ... `ESC ( B`)
     translated as pyte's `draw` translates it and its designations dropped: the same cells, drawn by the fast paths
@@ -183,11 +190,7 @@ def _line_drawn(run: str) -> str | None:
         if i & 1:
             charset = cs.MAPS[part]
         elif part:
-            if charset is not cs.LAT1_MAP:
-                pieces = SGR_SEQ_SPLIT.split(part)  # text, SGR sequence, text, ..., text
-                pieces[::2] = [piece.translate(charset) for piece in pieces[::2]]
-                part = "".join(pieces)
-            out.append(part)
+            out.append(part if charset is cs.LAT1_MAP else _translated(part, charset))
     result = "".join(out) if charset is cs.LAT1_MAP else None
     if len(LINE_DRAWN) >= 4096:
         LINE_DRAWN.clear()
@@ -1559,11 +1562,9 @@ class StemScreen(pyte.Screen):
         if g0 is not cs.LAT1_MAP and self.charset == 0:
             # DEC line drawing in G0: its text translated as pyte's `draw` would, then drawn as any run (the fast
             # paths and their caches hold for it), G0 put back after.
-            parts = SGR_SEQ_SPLIT.split(run)
-            parts[::2] = [part.translate(g0) for part in parts[::2]]
             self.g0_charset = cs.LAT1_MAP
             try:
-                self._draw_run("".join(parts))
+                self._draw_run(_translated(run, g0))
             finally:
                 self.g0_charset = g0
             return
