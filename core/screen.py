@@ -2036,6 +2036,7 @@ class StemScreen(pyte.Screen):
             if scrolls > bottom + 1:
                 hi = scrolls - y
                 lo = max(bottom + 1 - y, hi - scrollback.maxlen)
+                scrollback.skip(lo - (bottom + 1 - y))
                 if isinstance(rows, LineRows):
                     self._scroll_away_lines(rows, lo, hi)
                 elif plain is not None:

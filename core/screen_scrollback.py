@@ -41,12 +41,23 @@ def compact_row(row: Row | None) -> Entry:
 
 
 class Scrollback:
-    """A bounded sequence of past lines, oldest first; `line(i)` gives pyte `Char`s, `text(i)` a string."""
+    """A bounded sequence of past lines, oldest first; `line(i)` gives pyte `Char`s, `text(i)` a string.
+
+    `scrolled` counts every line that ever left the screen, so a line has a number that it keeps while older lines
+    drop off (`first` is the number of line 0): the terminal widget holds a view scrolled into the history by it,
+    and a colony host's clients page and cache lines by it ("scrollback line numbers" in core.host.protocol).
+    """
 
     def __init__(self, maxlen: int, columns: int) -> None:
         self._lines: deque[Entry] = deque(maxlen=max(0, maxlen))
         # The width lines are materialised at; the screen updates it on resize.
         self.columns = columns
+        self.scrolled = 0
+
+    @property
+    def first(self) -> int:
+        """The number of line 0, the oldest line held."""
+        return self.scrolled - len(self._lines)
 
     @property
     def maxlen(self) -> int:
@@ -96,12 +107,17 @@ class Scrollback:
         return cells_text([cell.data for cell in self.line(i)])
 
     def clear(self) -> None:
-        """Forget every line (ED 3, "clear scrollback")."""
+        """Forget every line (ED 3, "clear scrollback"); they keep their numbers."""
         self._lines.clear()
+
+    def skip(self, count: int) -> None:
+        """Count lines that scrolled away inside a batch behind more than the scrollback keeps: never stored."""
+        self.scrolled += count
 
     def append_row(self, row: Row | None) -> None:
         """Keep a row that just left the screen; `None` is a row that was never written."""
         self._lines.append(compact_row(row))
+        self.scrolled += 1
 
     def extend_plain(self, raws: list[str], attrs: Char) -> None:
         """Keep lines of text without SGR, all drawn with `attrs`, that scrolled away inside a batch
@@ -110,6 +126,7 @@ class Scrollback:
             self._lines.extend(raws)
         else:
             self._lines.extend(zip(raws, repeat(attrs)))
+        self.scrolled += len(raws)
 
     def extend_drawn(self, raws: Sequence[str | Piece], starts: list[Char]) -> None:
         """Keep lines that scrolled away inside a batch before anyone needed their cells: `raws[i]`
@@ -120,6 +137,7 @@ class Scrollback:
                 for raw, start in zip(raws, starts, strict=True)
             ]
         )
+        self.scrolled += len(raws)
 
 
 def _drawn(entry: Entry) -> tuple[str | Piece, Char]:

@@ -70,7 +70,6 @@ from core.host.protocol import (
     VersionMismatch,
     Welcome,
     accept_client,
-    count_scrollback,
     listen,
     pack,
     read_message,
@@ -148,7 +147,6 @@ def test_frames_round_trip_large_ones_too_and_oversized_ones_are_refused(tmp_pat
 
 def sample_screen() -> StemScreen:
     screen = StemScreen(40, 6, scrollback=20)
-    count_scrollback(screen)
     screen.feed(b"line 1\r\nline 2\r\n" * 5)
     screen.feed(f"{CSI}1;31mred{CSI}0m \xe4\xb8\xad\xe6\x96\x87 x\u0301{CSI}?1h{CSI}?2004h{CSI}?1002h".encode())
     screen.feed(b"\x1b]2;the title\x07\x07")
@@ -428,7 +426,6 @@ SCREENS = {
 @pytest.mark.parametrize("name", list(SCREENS))
 def test_styled_runs_give_back_the_cells_of_a_real_screen(name: str) -> None:
     screen = StemScreen(120, 40, scrollback=500)
-    count_scrollback(screen)
     screen.feed(SCREENS[name])
     sent = Rows(screen_state(screen))
     frame = pack(sent)
@@ -444,7 +441,7 @@ def test_styled_runs_give_back_the_cells_of_a_real_screen(name: str) -> None:
     ]
     # Scrollback pages carry lines the same way.
     held = len(screen.scrollback)
-    page = unpack(pack(Reply(1, result=scrollback_page(screen, count_scrollback(screen).scrolled - held, held))))
+    page = unpack(pack(Reply(1, result=scrollback_page(screen, screen.scrollback.scrolled - held, held))))
     assert isinstance(page, Reply) and isinstance(page.result, ScrollbackPage)
     assert list(page.result.lines) == [screen.scrollback.line(i) for i in range(held)]
 
@@ -470,7 +467,6 @@ class TinyHost:
 
     def __init__(self, tmp: Path, columns: int = 40, lines: int = 8, scrollback: int = 30) -> None:
         self.screen = StemScreen(columns, lines, scrollback=scrollback)
-        count_scrollback(self.screen)
         self.log = ColonyLog(tmp / "colony.log")
         self.writers: list[asyncio.StreamWriter] = []
 
@@ -675,7 +671,6 @@ def test_the_terminal_widget_draws_a_mirror_as_it_draws_the_screen() -> None:
     from stem.widgets.terminal import TerminalView
 
     screen = StemScreen(120, 40, scrollback=100)
-    count_scrollback(screen)
     screen.feed(streams.colored_logs(90) + attributes_and_wide())
     mirror = ScreenMirror()
     snapshot = unpack(pack(Snapshot(screen_state(screen))))

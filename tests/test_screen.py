@@ -1076,3 +1076,18 @@ def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:
     for data in (b"\x1b[22;21Hframe\x1b[22;30H\x1b[M", b"top\n\x1b[10;1H\x1b[3M\x1b[32;1HDELETED\x1b[32;1H\x1b[3M"):
         rows = stem(data, None).text()
         assert not any("frame" in row or "DELETED" in row for row in rows), data
+
+
+@pytest.mark.parametrize("read", [1 << 16, 4096, 7], ids=["one-feed", "4k-reads", "7-byte-reads"])
+def test_history_lines_keep_their_numbers_while_older_ones_are_dropped(read: int) -> None:
+    """Line number n of the history is the n-th line to leave the screen, also once the history is full, also when
+    one feed scrolls more lines away than it keeps (a batch stores only the last of them): the terminal widget
+    holds a view scrolled into the history by these numbers, and a host's clients page lines by them."""
+    screen = StemScreen(40, 5, scrollback=50)
+    data = "".join(f"line {n}\r\n" for n in range(400)).encode()
+    for i in range(0, len(data), read):
+        screen.feed(data[i : i + read])
+    history = screen.scrollback
+    # 400 lines and the cursor on a blank last row: lines 0..395 left the screen, the last 50 of them are held.
+    assert (history.scrolled, len(history), history.first) == (396, 50, 346)
+    assert [history.text(i).rstrip() for i in range(50)] == [f"line {n}" for n in range(346, 396)]

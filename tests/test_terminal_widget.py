@@ -56,9 +56,10 @@ class TermApp(App[None]):
 
     CSS = "TerminalView { height: 1fr; } Input { height: 3; }"
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], scrollback: int = 10_000) -> None:
         super().__init__()
         self.argv = argv
+        self.scrollback = scrollback
         self.session: AgentSession | None = None
         self.events: list[Event] = []
         self.released = 0
@@ -70,7 +71,13 @@ class TermApp(App[None]):
     def on_mount(self) -> None:
         view = self.query_one(TerminalView)
         self.session = AgentSession(
-            self.argv, netns_name="host", cwd=HERE, env=dict(os.environ), colony="t", emit=self.on_core_event
+            self.argv,
+            netns_name="host",
+            cwd=HERE,
+            env=dict(os.environ),
+            colony="t",
+            emit=self.on_core_event,
+            scrollback=self.scrollback,
         )
         self.session.start()
         view.show("t", self.session)
@@ -91,9 +98,9 @@ class TermApp(App[None]):
 
 
 @contextlib.asynccontextmanager
-async def at_prompt() -> AsyncIterator[tuple[TermApp, Any]]:
+async def at_prompt(scrollback: int = 10_000) -> AsyncIterator[tuple[TermApp, Any]]:
     """The app with the fake agent in its terminal, once the agent's prompt is drawn."""
-    app = TermApp(FAKE_AGENT)
+    app = TermApp(FAKE_AGENT, scrollback)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: shows(app, "fake-agent> "), "the prompt")
         yield app, pilot
@@ -284,6 +291,31 @@ async def test_the_mouse_wheel_scrolls_back_and_typing_returns_to_the_bottom() -
         await pilot.press("x")
         await until(pilot, lambda: view.scrolled_back == 0, "the view to follow the bottom again")
         assert shows(app, "fake-agent> x")
+
+
+@pytest.mark.parametrize("scrollback", [10_000, 300], ids=["history-grows", "history-full"])
+async def test_a_view_scrolled_back_holds_its_lines_while_the_agent_prints(scrollback: int) -> None:
+    """Reading history while the agent works: the lines in view stay put as new lines arrive below, also once the
+    history is full and its oldest lines are dropped for the new ones."""
+    async with at_prompt(scrollback) as (app, pilot):
+        await pilot.press(*"flood 400", "enter")
+        await until(pilot, lambda: shows(app, "line 000400"), "the flood")
+        view = app.query_one(TerminalView)
+        from textual.events import MouseScrollUp
+
+        for _ in range(20):
+            await pilot._post_mouse_events([MouseScrollUp], view, offset=(10, 10))
+        await pilot.pause()
+        before = drawn(app)
+        assert any("line 0002" in line for line in before), before
+        # More output, written to the agent without a key in the widget (a key would go back to the bottom).
+        assert app.session is not None
+        app.session.write(b"flood 150\r")
+        screen = app.session.screen
+        await until(pilot, lambda: "line 000150" in "".join(screen.display), "the second flood")
+        await pilot.pause()
+        assert drawn(app) == before
+        assert view.scrolled_back > 150
 
 
 def test_every_one_of_the_16_background_colours_shows() -> None:

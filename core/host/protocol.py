@@ -99,9 +99,8 @@ from core.colony_log import Entry
 from core.errors import StemError
 from core.events import FileChange
 from core.ipc import socket_address
-from core.screen_cells import DEFAULT_CHAR, Piece, Row, chars_for
+from core.screen_cells import DEFAULT_CHAR, chars_for
 from core.screen_queries import Link, Palette
-from core.screen_scrollback import Scrollback
 
 if TYPE_CHECKING:
     from core.screen import StemScreen
@@ -1406,45 +1405,6 @@ async def listen(
     return await asyncio.start_unix_server(handler, sock=sock)
 
 
-class CountingScrollback(Scrollback):
-    """A scrollback that counts every line that ever entered it, so that a line keeps its number (see
-    "scrollback line numbers") while older lines drop off: clients page and cache scrollback by that number."""
-
-    def __init__(self, maxlen: int, columns: int) -> None:
-        super().__init__(maxlen, columns)
-        self.scrolled = 0
-
-    def append_row(self, row: Row | None) -> None:
-        super().append_row(row)
-        self.scrolled += 1
-
-    def extend_plain(self, raws: list[str], attrs: Char) -> None:
-        super().extend_plain(raws, attrs)
-        self.scrolled += len(raws)
-
-    def extend_drawn(self, raws: Sequence[str | Piece], starts: list[Char]) -> None:
-        super().extend_drawn(raws, starts)
-        self.scrolled += len(raws)
-
-
-def count_scrollback(screen: StemScreen) -> CountingScrollback:
-    """Give `screen` a `CountingScrollback` holding the lines it has (the host does this once per screen)."""
-    old = screen.scrollback
-    if isinstance(old, CountingScrollback):
-        return old
-    new = CountingScrollback(old.maxlen, old.columns)
-    new._lines.extend(old._lines)  # the stored forms as they are: no line is materialised to move it
-    new.scrolled = len(old)
-    screen.scrollback = new
-    return new
-
-
-def _scrolled(screen: StemScreen) -> int:
-    scrollback = screen.scrollback
-    # Without counting, numbers hold only until the scrollback is full; hosts call `count_scrollback` first.
-    return scrollback.scrolled if isinstance(scrollback, CountingScrollback) else len(scrollback)
-
-
 _MOUSE_TRACKING = tuple(m << 5 for m in (1003, 1002, 1000, 9))  # most to least reporting; pyte shifts private modes
 _MOUSE_SGR = 1006 << 5
 _FOCUS_REPORTS = 1004 << 5
@@ -1478,7 +1438,7 @@ def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> Scree
         title=screen.title,
         modes=modes,
         scrollback=len(screen.scrollback),
-        scrolled=_scrolled(screen),
+        scrolled=screen.scrollback.scrolled,
         bells=screen.bells,
         links=links,
     )
@@ -1502,8 +1462,7 @@ def screen_modes(screen: StemScreen) -> ScreenModes:
 def scrollback_page(screen: StemScreen, start: int, count: int) -> ScrollbackPage:
     """Scrollback lines `start` .. `start + count - 1` by number, clipped to the lines still held."""
     scrollback = screen.scrollback
-    end = _scrolled(screen)
-    first = end - len(scrollback)
+    end, first = scrollback.scrolled, scrollback.first
     lo = min(max(start, first), end)
     hi = max(lo, min(start + count, end))
     lines = tuple(scrollback.line(n - first) for n in range(lo, hi))

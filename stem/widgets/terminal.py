@@ -159,7 +159,7 @@ class TerminalView(ScrollView, can_focus=True):
         self._last_flush = 0.0
         self._follow = True
         self._cursor_row = -1
-        self._scrollback_seen = 0
+        self._first_seen = 0  # the number of the oldest history line at the last look (`_sync_size`)
         self._typed_at = float("-inf")
         self._outer_keypad = False  # the user's terminal's keypad is in application mode for the agent
         self._focused = False  # the agent's terminal has the focus (as last reported under mode 1004)
@@ -283,17 +283,21 @@ class TerminalView(ScrollView, can_focus=True):
             self.virtual_size = Size(0, 0)
             return False
         screen = session.screen
-        lines = len(screen.scrollback)
-        grown = lines - self._scrollback_seen
-        self._scrollback_seen = lines
+        scrollback = screen.scrollback
+        lines = len(scrollback)
+        # History line i is line number `first + i` (core.screen_scrollback.Scrollback): new lines are added at
+        # the end without moving the older ones, until the history is full and its oldest lines are dropped.
+        first = scrollback.first
+        dropped = first - self._first_seen
+        self._first_seen = first
         self.virtual_size = Size(screen.columns, lines + screen.lines)
         if self._follow:
             if self.scroll_offset.y != self.max_scroll_y:
                 self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
                 return True
-        elif grown > 0:
-            # The user is reading history: keep the same lines in view while new ones arrive.
-            self.scroll_to(y=self.scroll_y + grown, animate=False, immediate=True)
+        elif dropped > 0:
+            # The user is reading history: keep the same lines in view while old ones are dropped for new ones.
+            self.scroll_to(y=max(0, self.scroll_y - dropped), animate=False, immediate=True)
             return True
         return False
 
