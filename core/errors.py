@@ -84,3 +84,11 @@ def disk_trouble(exc: BaseException) -> str | None:
         return f"{os.strerror(exc.errno or 0)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
     home = os.environ.get("STEM_HOME", "STEM_HOME")
     return f"the hive's registry in {home} cannot be written ({exc}): free some space and try again"
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for why something failed, as a user reads it: a StemError's own words, the disk's trouble (see
+    `disk_trouble`) rather than SQLite's or the OS's raw error, and for anything else (a bug) its type too."""
+    if isinstance(exc, StemError):
+        return str(exc) or type(exc).__name__
+    return disk_trouble(exc) or f"{type(exc).__name__}: {exc}"

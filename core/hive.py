@@ -605,8 +605,8 @@ class Hive:
         free = st.f_bavail * st.f_frsize
         if free < SPAWN_ROOM:
             raise StemError(
-                f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.1f} MB free and a spawn needs "
-                f"{SPAWN_ROOM / 1e6:.0f} MB there beside its worktree: free some space and try again"
+                f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.2f} MB free and a spawn needs "
+                f"{SPAWN_ROOM / 1e6:.2f} MB there beside its worktree: free some space and try again"
             )
 
     def _launch_host(self, rec: ColonyRecord, config: ColonyConfig) -> None:

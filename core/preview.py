@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import claims
-from core.errors import StemError
+from core.errors import StemError, failure_line, refused_by_disk
 from core.locks import file_lock, is_locked
 
 if TYPE_CHECKING:
@@ -755,9 +755,10 @@ class PreviewRoutes:
             self._tell("warning", str(exc))
         except OSError as exc:
             self._tell("warning", f"the preview proxy does not answer: {exc}")
-        except Exception as exc:  # a bug: logged in host.log, the colony runs on
-            log.exception("preview routing of %s failed", self.colony)
-            self._tell("warning", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a full disk, or a bug (logged in host.log): the colony runs on
+            if not refused_by_disk(exc):
+                log.exception("preview routing of %s failed", self.colony)
+            self._tell("warning", failure_line(exc))
 
     def _add(self, service: str, service_port: int) -> None:
         route = Route(self.colony, service, f"{self.ip}:{service_port}")

@@ -337,7 +337,7 @@ def test_a_spawn_on_a_nearly_full_disk_is_refused_before_it_makes_anything(hive_
         free = os.statvfs(hive_env.home).f_bavail * os.statvfs(hive_env.home).f_frsize
         (hive_env.home / "filler").write_bytes(b"\0" * (free - (300 << 10)))
         line = assert_refused(run_stem(hive_env.env, "spawn", "tight", "--repo", str(repo)), "No space left on device")
-        assert "MB free and a spawn needs 1 MB" in line and "free some space" in line, line
+        assert re.search(r"has 0\.\d\d MB free and a spawn needs 1\.05 MB", line) and "free some space" in line, line
         assert_nothing_made(hive_env, repo)
         assert run_stem(hive_env.env, "ls").returncode == 0
         (hive_env.home / "filler").unlink()
@@ -402,3 +402,22 @@ def test_a_dead_terminal_gets_no_traceback(hive_env, repo, tmp_path, command):
     err = (tmp_path / "stderr").read_text()
     assert "Traceback" not in err and "Errno 5" not in err, err
     assert code in (0, -signal.SIGHUP), (code, err)
+
+
+def test_what_a_colony_host_says_of_a_full_disk_is_the_disk_not_sqlite(monkeypatch):
+    """A host whose start (or a request) fails on a full disk answers the disk's one line, as the CLI does, not
+    SQLite's class name; a bug still says what it is."""
+    from core.errors import StemError, failure_line
+
+    monkeypatch.setenv("STEM_HOME", "/srv/hive")
+    line = failure_line(sqlite3.OperationalError("database or disk is full"))
+    assert line == (
+        "the hive's registry in /srv/hive cannot be written (database or disk is full): free some space and try again"
+    )
+    line = failure_line(OSError(28, "No space left on device", "/srv/hive/colonies/a/colony.log"))
+    assert line == (
+        "No space left on device writing /srv/hive/colonies/a/colony.log: free some space (or point STEM_HOME "
+        "elsewhere) and try again"
+    )
+    assert failure_line(StemError("alpha is not running")) == "alpha is not running"
+    assert failure_line(KeyError("x")) == "KeyError: 'x'"

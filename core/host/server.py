@@ -30,7 +30,7 @@ from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry
 from core.config import ColonyConfig, colony_config_for
-from core.errors import StemError
+from core.errors import StemError, failure_line, refused_by_disk
 from core.events import (
     AgentActivity,
     ChangesUpdated,
@@ -226,7 +226,7 @@ class ColonyHost:
             self.services = {name: p.ServiceInfo(name, "starting", spec.port) for name, spec in config.services.items()}
             await runtime.start()
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, StemError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_line(exc)
             log.warning("start of %s failed: %s", self.name, reason)
             self._answer_start(reason)
             self._request_stop("its start failed")
@@ -557,9 +557,10 @@ class ColonyHost:
         except StemError as exc:
             client.send(p.Reply(request_id, str(exc) or type(exc).__name__))
             return
-        except Exception as exc:  # a bug: say so to this client, keep serving the others
-            log.exception("request %s of a %s client failed", type(msg).__name__, client.kind)
-            client.send(p.Reply(request_id, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a full disk, or a bug: say so to this client, keep serving the others
+            if not refused_by_disk(exc):
+                log.exception("request %s of a %s client failed", type(msg).__name__, client.kind)
+            client.send(p.Reply(request_id, failure_line(exc)))
             return
         client.send(p.Reply(request_id, "", result))
 
