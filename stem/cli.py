@@ -89,7 +89,15 @@ def _warm_up() -> None:
 
 def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     """`stem ARGV` (default: this process's arguments). `warm`: run it forked by the hive's warm process if one
-    runs (stem/warm.py); its children run what they are given here (warm=False)."""
+    runs (stem/warm.py); its children run what they are given here (warm=False). Ctrl-C ends it with 130 and no
+    traceback, also before the command has begun (a Ctrl-C at once)."""
+    try:
+        return _main(argv, warm)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str] | None, warm: bool) -> int:
     given = sys.argv[1:] if argv is None else argv
     for arg in given:
         if not arg.isascii():

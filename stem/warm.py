@@ -18,10 +18,10 @@ session of its own, so the terminal is not its controlling terminal: no job-cont
 client goes away (a kill -9 of `stem` included) it gets SIGTERM, as a command whose caller gave up.
 
 Request (client → warm process), with the three descriptors attached: a 4-byte big-endian length, then a msgpack
-map {"fingerprint", "argv", "env", "cwd", "umask", "encodings"}. Answer: b"P" and the child's pid (4 bytes), later
-b"X" and its exit status (4 bytes, signed: -N when a signal N ended it; sent by the child as it exits, else by the
-warm process once it has reaped the child), then the end of the stream. b"S" (stale: it exits) or b"E" (environment
-differs) instead of b"P": run cold.
+map {"fingerprint", "argv", "env", "cwd", "umask", "encodings"}. Answer: b"P" and the child's pid (4 bytes, sent by
+the child), later b"X" and its exit status (4 bytes, signed: -N when a signal N ended it; sent by the child as it
+exits, else by the warm process once it has reaped the child), then the end of the stream. b"S" (stale: it exits)
+or b"E" (environment differs) instead of b"P": run cold.
 """
 
 from __future__ import annotations
@@ -121,6 +121,10 @@ def serve(home: Path, ready_fd: int | None) -> int:
     lock = hold_lock(paths, "warm")
     if lock is None:
         return 3
+    # The commands it forks have a plain `stem`'s Ctrl-C, from their first instruction, whatever this process was
+    # started with (a script's background job has SIGINT ignored, and a child can lose a Ctrl-C passed on to it
+    # before it could reset that). Nothing sends this process SIGINT: it has a session of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mark = code_fingerprint()
     own_env = _import_time_env(dict(os.environ))
     own_encodings = encodings()
@@ -171,8 +175,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 pid = os.fork()
                 if pid == 0:
                     _be_stem(request, fds, conn, serving)
-                conn.sendall(b"P" + struct.pack(">I", pid))
-                children[pid] = conn
+                children[pid] = conn  # the child sends b"P" and its pid itself (`_be_stem`)
             except OSError as exc:
                 print(f"stem warm: a request failed: {exc}", file=sys.stderr, flush=True)
                 conn.close()
@@ -233,8 +236,16 @@ def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, se
 
     code = 1
     try:
+        # The client passes its signals on from the moment it has this pid, so the pid is sent from here, not by
+        # the parent: a signal that reaches a child before Python has finished forking (PyOS_AfterFork_Child
+        # clears the flags of signals caught meanwhile) is lost, and a Ctrl-C at once with it.
+        conn.sendall(b"P" + struct.pack(">I", os.getpid()))
         serving.close_in_child()
         os.setsid()
+        # SIGTERM, SIGHUP and SIGQUIT end the command as they end a plain `stem`, whatever this process was
+        # started with (SIGINT: see `serve`).
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
         env = request["env"]
         assert isinstance(env, dict)
         os.environ.clear()
@@ -263,6 +274,8 @@ def _be_stem(request: dict[str, object], fds: list[int], conn: socket.socket, se
         code = main(argv, warm=False)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:  # a Ctrl-C passed on before the command began: it ends as an interrupted one does
+        code = 130
     except BaseException:
         traceback.print_exc()
     finally:

@@ -99,6 +99,19 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
         )
     except (OSError, ValueError):  # a folder that is gone, bytes that are no UTF-8: the command runs cold
         return None
+    # Signals that come while the command is being handed over (a Ctrl-C at once) wait for its pid: the warm
+    # process may have forked it already, and it must not run on after the user interrupted it.
+    held: list[int] = []
+    to: list[int] = []  # the command's pid, once known
+
+    def hand_on(signum: int, _frame: object) -> None:
+        if to:
+            _forward(to[0], signum)
+        else:
+            held.append(signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, hand_on)
     try:
         import _socket
 
@@ -106,13 +119,14 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
         sock.sendmsg([struct.pack(">I", len(body)) + body], rights)  # socket.send_fds, without socket.py
         sock.settimeout(START_TIMEOUT)
         if recv_exact(sock, 1) != b"P":
-            return None  # stale (it exits now; the next UI starts a new one) or another environment
+            return _interrupted(held)  # stale (it exits now; the next UI starts a new one) or another environment
         (pid,) = struct.unpack(">I", recv_exact(sock, 4))
     except OSError:
-        return None
+        return _interrupted(held)
     # From here on the command runs on this process's descriptors: the signals this process gets are its.
-    for sig in FORWARDED:
-        signal.signal(sig, lambda signum, _frame: _forward(pid, signum))
+    to.append(pid)
+    for signum in held:
+        _forward(pid, signum)
     sock.settimeout(None)
     try:
         answer = recv_exact(sock, 5)
@@ -139,6 +153,18 @@ def _run_with(sock: _socket.socket, argv: list[str]) -> int | None:
         _reset_terminal(saved)
     print("stem: the command ended without an exit status (its warm process went away); run it again", file=sys.stderr)
     return 1
+
+
+def _interrupted(held: list[int]) -> int | None:
+    """No command was handed over: 128 + the signal that ends a command, if the user sent one meanwhile (the
+    command is not run cold after it), else None (it runs cold). The signals are this process's own again."""
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+    ending = [signum for signum in held if signum in _ENDING]
+    return 128 + ending[0] if ending else None
+
+
+_ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def _reset_terminal(saved: list[Any] | None) -> None:

@@ -5,6 +5,7 @@ another environment runs cold; a cold UI starts the warm process for the next on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from helpers import make_repo, run_stem, stem_cmd, wait_for
+from helpers import make_repo, netns_names, run_stem, stem_cmd, wait_for
 from test_e2e_tmux import COLS, ROWS, stem_in_tmux
 
 from core import locks
@@ -331,3 +332,70 @@ def test_the_clients_request_is_packed_as_msgpack_packs_it():
     for refused in ["\udcff", 2**64, -(2**63) - 1, object()]:
         with pytest.raises(ValueError):
             pack(refused)
+
+
+def _waits_for_the_warm_process(pid: int) -> bool:
+    """Whether the client `pid` has connected to the warm process and waits in poll(2) for its answer."""
+    try:
+        connected = any(
+            os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+        return connected and Path(f"/proc/{pid}/syscall").read_text().split()[0] == "7"  # poll, on x86_64
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture
+def warm_ignoring_ctrl_c(hive_env):
+    """A warm process started as a script's background job starts it: with SIGINT ignored, which every command
+    it forks would inherit."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert keep_warm(hive_env.home, hive_env.env)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    pid = warm_pid(hive_env.home)
+    yield pid
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    stop_warm(hive_env.home)
+    wait_exit(pid, 10)
+
+
+@pytest.mark.parametrize("when", ["handing-over", "forked"])
+def test_a_ctrl_c_at_once_ends_a_forked_spawn_with_130_no_traceback_and_nothing_made(
+    warm_ignoring_ctrl_c, hive_env, repo, when
+):
+    """Ctrl-C while the command is handed to the warm process (held until it has forked the command, then passed
+    on), or once it runs: the spawn ends as an interrupted one does, never runs on after the user interrupted it,
+    and prints no traceback, also when the warm process was started with Ctrl-C ignored."""
+    warm = warm_ignoring_ctrl_c
+    if when == "handing-over":
+        os.kill(warm, signal.SIGSTOP)  # it answers nothing until it is continued: the client waits on it
+    spawn = subprocess.Popen(
+        [*stem_cmd(), "spawn", "hasty", "--repo", str(repo)],
+        env=hive_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if when == "handing-over":
+            wait_for(lambda: _waits_for_the_warm_process(spawn.pid), 10, "the client to wait for the warm process")
+            spawn.send_signal(signal.SIGINT)
+            os.kill(warm, signal.SIGCONT)
+        else:
+            wait_for(lambda: children(warm), 10, "the command forked by the warm process")
+            spawn.send_signal(signal.SIGINT)
+        out, err = spawn.communicate(timeout=60)
+    finally:
+        if spawn.poll() is None:
+            spawn.kill()
+            spawn.wait()
+    assert spawn.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+    wait_for(lambda: not children(warm), 10, "the forked command to end")
+    assert "hasty" not in run_stem(hive_env.env, "ls").stdout
+    assert netns_names(hive_env.prefix) == []
+    assert not (hive_env.home / "worktrees" / "hasty").exists()
