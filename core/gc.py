@@ -92,6 +92,7 @@ def finish_interrupted(hive: Hive, rec: ColonyRecord) -> str | None:
         hive.end_processes(rec)
         hive.remove_parts(rec.name, keep_unmerged=False)
         reg.delete_colony(rec.name)
+        hive.retire_preview(rec.name)
         return f"colony {rec.name}: spawn was interrupted while {rec.state}; rolled back"
     if not Path(rec.worktree).exists():
         return None
@@ -99,6 +100,7 @@ def finish_interrupted(hive: Hive, rec: ColonyRecord) -> str | None:
     hive.end_processes(rec)
     hive.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
     hive.set_state(rec.name, lc.STOPPED, rec.state, why)
+    hive.retire_preview(rec.name)  # a batch stop leaves the routes to its end, which a stop killed never reached
     return f"colony {rec.name}: {why}; now stopped (stem start brings it back)"
 
 

@@ -861,7 +861,7 @@ class Hive:
             self.registry.delete_colony(rec.name)
         self._forget_log(rec.name)
         self._emit(ColonyRemoved(rec.name))
-        self._retire_preview(rec.name)
+        self.retire_preview(rec.name)
         self._retire_forker()  # started for this colony's host: not left running for nothing
 
     # parts ------------------------------------------------------------------------------------------------
@@ -957,7 +957,7 @@ class Hive:
         self.set_state(name, lc.STOPPED)
         self._retire_forker()
         if alone:
-            self._retire_preview(name)
+            self.retire_preview(name)
         return self.registry.get(name)
 
     def _retire_forker(self) -> None:
@@ -976,9 +976,9 @@ class Hive:
             stop(home)
             warm.stop(home)
 
-    def _retire_preview(self, name: str) -> None:
-        """The colony's preview routes go (a host killed -9 could not remove them); with the hive's last colony host
-        gone, the hive's Caddy goes too."""
+    def retire_preview(self, name: str) -> None:
+        """The colony's preview routes go (a host killed -9, or a batch stop killed before its end, left them); with
+        the hive's last colony host gone, the hive's Caddy goes too."""
         from core import preview
 
         preview.retire(self.layout.home, name, self.any_host_running)
@@ -1029,7 +1029,7 @@ class Hive:
         self.end_processes(rec)
         self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
         self.set_state(rec.name, lc.FAILED, stage, reason)
-        self._retire_preview(rec.name)
+        self.retire_preview(rec.name)
 
     def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)
@@ -1145,7 +1145,7 @@ class Hive:
         self._forget_log(name)
         self._emit(ColonyRemoved(name))
         self._retire_forker()
-        self._retire_preview(name)
+        self.retire_preview(name)
         return DestroyReport(name, branch, unmerged)
 
     # read-only peering (core/peering.py) ----------------------------------------------------------------------

@@ -242,6 +242,20 @@ def test_destroy_and_gc_leave_no_route_and_no_caddy(hive_env, tmp_path):
 
 
 @pytest.mark.root
+def test_a_stop_of_several_colonies_killed_midway_leaves_no_route_once_the_next_command_finishes_it(hive_env, tmp_path):
+    """`stem stop a b` leaves the routes to the end of the batch; killed -9 before that, the next stem command
+    finishes the stops (the colonies are stopped) and their routes go too, not only at `stem gc`."""
+    port, _caddy = three_routed_colonies(hive_env, tmp_path)
+    killed = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="stopping"), "stop", "a", "b")
+    assert killed.returncode == -signal.SIGKILL
+    rows = listed(hive_env)  # `stem ls`: finishes what the killed stop left
+    assert (rows["a"]["state"], rows["b"]["state"], rows["c"]["state"]) == ("stopped", "stopped", "running")
+    assert set(preview.urls(hive_env.home)) == {"c"}
+    assert (through(port, "web-a.localhost") or (0, ""))[0] == 404
+    assert through(port, "web-c.localhost") == (200, "I am c\n")
+
+
+@pytest.mark.root
 def test_stopping_several_colonies_at_once_removes_their_routes_and_the_last_takes_caddy(hive_env, tmp_path):
     """One `stem stop` of several names removes their routes in one change of Caddy's config (the hosts leave
     them to it); the colony still running keeps its route, and stopping it too takes Caddy along."""
