@@ -256,7 +256,6 @@ def time_stem_host(data: bytes) -> float:
     decodes and applies them to its `ScreenMirror`, as a UI does."""
     clear_caches()
     screen = StemScreen(COLS, ROWS)
-    hp.count_scrollback(screen)  # as a host does
     mirror = ScreenMirror(COLS, ROWS)
 
     def flush() -> None:
