@@ -274,17 +274,21 @@ async def test_resizing_the_window_resizes_the_pty() -> None:
         await until(pilot, lambda: shows(app, f"size: {screen.columns}x21"), "the program to see the new size")
 
 
+async def wheel_up(pilot: Any, view: TerminalView, turns: int) -> None:
+    """The mouse wheel turned up `turns` times over the terminal, as the driver reports it."""
+    from textual.events import MouseScrollUp
+
+    for _ in range(turns):
+        await pilot._post_mouse_events([MouseScrollUp], view, offset=(10, 10))
+    await pilot.pause()
+
+
 async def test_the_mouse_wheel_scrolls_back_and_typing_returns_to_the_bottom() -> None:
     async with at_prompt() as (app, pilot):
         await pilot.press(*"flood 200", "enter")
         await until(pilot, lambda: shows(app, "line 000200"), "the flood")
         view = app.query_one(TerminalView)
-        from textual.events import MouseScrollUp
-
-        for _ in range(20):
-            # The wheel, as the driver reports it over the widget.
-            await pilot._post_mouse_events([MouseScrollUp], view, offset=(10, 10))
-        await pilot.pause()
+        await wheel_up(pilot, view, 20)
         assert view.scrolled_back >= 50
         assert not shows(app, "line 000200")
         assert shows(app, "line 0001")
@@ -301,11 +305,7 @@ async def test_a_view_scrolled_back_holds_its_lines_while_the_agent_prints(scrol
         await pilot.press(*"flood 400", "enter")
         await until(pilot, lambda: shows(app, "line 000400"), "the flood")
         view = app.query_one(TerminalView)
-        from textual.events import MouseScrollUp
-
-        for _ in range(20):
-            await pilot._post_mouse_events([MouseScrollUp], view, offset=(10, 10))
-        await pilot.pause()
+        await wheel_up(pilot, view, 20)
         before = drawn(app)
         assert any("line 0002" in line for line in before), before
         # More output, written to the agent without a key in the widget (a key would go back to the bottom).
