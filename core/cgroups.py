@@ -5,6 +5,11 @@ A colony's cgroup has its network namespace's name, `<prefix>-<colony>`, at the 
 process started in the namespace (`procs.spawn`, the agent's PTY) finds its cgroup from the namespace's name and
 joins it between fork and exec. The hive's prefix keeps two hives apart, and `gc` finds what a crash left by it.
 
+Each service also gets a cgroup of its own below its colony's (`<prefix>-<colony>/<prefix>-svc-<service>`), in the
+hierarchy that tracks membership only (`Backend.service_hierarchies`): what a service started in another session
+(a setsid'd worker, a double-forked daemon) is found and ended there before the service restarts, and with the
+service. Removing a colony's cgroup removes its services' with it.
+
 Two backends behind one interface (`Backend`):
 - **v2**, where the unified hierarchy has the memory and pids controllers: one directory; `memory.max`,
   `memory.swap.max`, `cpu.max`, `pids.max`; OOM kills and refused forks in `memory.events` / `pids.events`.
@@ -55,11 +60,13 @@ __all__ = [
     "describe",
     "end",
     "join",
+    "make_service",
     "migrations_kept_fast",
     "names",
     "open_join",
     "procs",
     "remove",
+    "service_cgroup",
     "size_text",
     "usage",
 ]
@@ -190,6 +197,21 @@ def hierarchies(mountinfo: str = "/proc/self/mountinfo") -> tuple[Hierarchy, ...
     return tuple(found)
 
 
+def _subtree(path: Path) -> list[Path]:
+    """`path` and the cgroups below it, the deepest first (the order they can be removed in); [] if it is gone."""
+    below: list[Path] = []
+    try:
+        with os.scandir(path) as entries:
+            folders = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError:
+        folders = []
+    for folder in folders:
+        below.extend(_subtree(folder))
+    return [*below, path]
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -265,23 +287,38 @@ class Backend(ABC):
             except OSError as exc:
                 raise CgroupError(f"cannot make cgroup {path}: {exc.strerror}") from None
 
+    def service_hierarchies(self) -> tuple[Hierarchy, ...]:
+        """Where a service gets a cgroup of its own below its colony's (`make_service`): the hierarchy that tells its
+        processes apart and ends them (the unified one: cgroup.kill, cgroup.events; else v1's freezer), and only
+        that one. In the others its processes stay in the colony's cgroup, so v1's memory and pids counters (local
+        to a cgroup there) go on counting the colony's OOM kills and refused forks; on v2 the child enables no
+        controller, so the colony's limits and counters cover it as before."""
+        if self.tracker is not None:
+            return (self.tracker,)
+        freezer = next((h for h in self.hierarchies if h.controllers == {"freezer"}), None)
+        return (freezer,) if freezer is not None else ()
+
     def rmdir(self, name: str) -> list[str]:
-        """Remove the colony's directories; what could not be removed, and why."""
+        """Remove the cgroup's directories, those below them first (its services'); what could not be removed, and
+        why."""
         problems = []
         for path in self.paths(name):
-            try:
-                path.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror}")
+            for folder in _subtree(path):
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    problems.append(f"{folder}: {exc.strerror}")
         return problems
 
     def procs(self, name: str) -> set[int]:
-        """The processes in the colony's cgroup (of every hierarchy: one that failed to join one still counts)."""
+        """The processes in the cgroup and below it (its services'), of every hierarchy: one that failed to join
+        one still counts."""
         pids: set[int] = set()
         for path in self.paths(name):
-            pids.update(int(p) for p in _read(path / "cgroup.procs").split())
+            for folder in _subtree(path):
+                pids.update(int(p) for p in _read(folder / "cgroup.procs").split())
         return pids
 
     def kill_file(self, name: str) -> Path | None:
@@ -573,15 +610,20 @@ def apply(name: str, limits: Limits) -> None:
 
 
 def open_join(name: str) -> list[int]:
-    """Descriptors of the colony's cgroup.procs files (none without a cgroup), opened before a fork so that the
-    child only has to write to them (`join`). The caller closes them after the fork."""
+    """Descriptors of the cgroup.procs files of cgroup `name` (none without a cgroup), opened before a fork so that
+    the child only has to write to them (`join`). The caller closes them after the fork. A service's cgroup
+    (`colony/service`) has a directory in some hierarchies only (`Backend.service_hierarchies`): in the others the
+    child joins its colony's."""
     be = backend()
     fds: list[int] = []
     if be is None:
         return fds
-    for path in be.paths(name):
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            fds.append(os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+    parts = name.split("/")
+    for h in be.hierarchies:
+        for depth in range(len(parts), 0, -1):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                fds.append(os.open(h.dir("/".join(parts[:depth])) / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+                break
     return fds
 
 
@@ -656,8 +698,45 @@ def _keep_fast(target: tuple[Path, int], stop: threading.Event, until: float) ->
 
 
 def procs(name: str) -> set[int]:
+    """The processes in cgroup `name` and below it (its services' cgroups)."""
     be = backend()
     return be.procs(name) if be is not None else set()
+
+
+# --- a cgroup per service ----------------------------------------------------------------------------------------
+
+
+def service_cgroup(colony: str, service: str) -> str:
+    """The name of a service's own cgroup, below its colony's (`<prefix>-<colony>`): `stem-web/stem-svc-api`."""
+    prefix = colony.split("-", 1)[0]
+    return f"{colony}/{prefix}-svc-{service}"
+
+
+def make_service(colony: str, service: str) -> str | None:
+    """Blocking: give a service a cgroup of its own below its colony's, emptied of anything a run before left in it;
+    its name (for `procs.spawn`, `end`, `remove`), or None where the colony has no cgroup or its hierarchies cannot
+    tell a service's processes apart (the service then runs in the colony's cgroup, as a whole colony's)."""
+    be = backend()
+    if be is None:
+        return None
+    name = service_cgroup(colony, service)
+    made: list[Path] = []
+    for h in be.service_hierarchies():
+        if not h.dir(colony).is_dir():
+            continue
+        try:
+            h.dir(name).mkdir(exist_ok=True)
+        except OSError as exc:
+            log.warning("no cgroup of its own for service %s: cannot make %s: %s", name, h.dir(name), exc.strerror)
+            for path in made:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            return None
+        made.append(h.dir(name))
+    if not made:
+        return None
+    end(name)  # what an abandoned run left (its host was killed): not the new run's
+    return name
 
 
 def names(prefix: str) -> list[str]:

@@ -190,12 +190,14 @@ def spawn(
     stderr: int | IO[Any] | None = None,
     init: ColonyInit | None = None,
     terminal: bool = False,
+    cgroup: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` inside the colony: its cgroup (named as its network namespace), its network namespace, `cwd`,
-    `env`, a new session; in the namespaces of its `init` (core.sandbox), confined, when given. `terminal`: stdin
-    is a PTY made for this process, which becomes its controlling terminal (and the colony uid's)."""
+    """Start `argv` inside the colony: its cgroup (named as its network namespace; `cgroup`: one below it, a
+    service's), its network namespace, `cwd`, `env`, a new session; in the namespaces of its `init` (core.sandbox),
+    confined, when given. `terminal`: stdin is a PTY made for this process, which becomes its controlling terminal
+    (and the colony uid's)."""
     fd = netns.open_netns(netns_name)
-    joins = cgroups.open_join(netns_name)
+    joins = cgroups.open_join(cgroup or netns_name)
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO
 
-from core import procs
+from core import cgroups, procs
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
@@ -409,6 +409,7 @@ class ServiceRunner:
         self._starttime = 0
         self._program: tuple[int, int] | None = None
         self._pidfd = -1
+        self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
         self._exited = asyncio.Event()
         self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
         self._paused = False
@@ -471,60 +472,9 @@ class ServiceRunner:
     # owner task ---------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self.timing.backoff_initial
         try:
-            while not self._stopping:
-                self._set(STARTING)
-                self.last_lines.clear()  # what an end reports is this run's output, not the runs' before it
-                try:
-                    await self._launch()
-                except (StemError, OSError) as exc:
-                    # The namespace or the working directory is gone: a restart cannot fix that.
-                    self._abandon()
-                    self._set(CRASHED, None, f"could not start: {exc}")
-                    return
-                started = time.monotonic()
-                not_ready = self.timed_out = await self._watch_readiness()
-                code = await self._reap(follow=True)
-                hops = 1
-                while code is None:  # it went to the background: its daemon is watched as its process
-                    not_ready = self.timed_out = await self._watch_readiness()
-                    code = await self._reap(follow=hops < BACKGROUND_HOPS)
-                    hops += 1
-                await self._close_forward()
-                if self._stopping:
-                    break
-                failed = code != 0 or not_ready
-                restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
-                # The shell could not run the program at all (127: not found, 126: not executable): no restart
-                # will find it. (A program exec'd directly that is not there fails `_launch` instead.)
-                unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
-                lines = list(self.last_lines)[-5:]
-                if not_ready:
-                    lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
-                lines.append(_exit_text(code))
-                self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
-                # In the colony's log too, under the service's name (as its stderr when it failed).
-                ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
-                source = f"{self.name}!" if failed else self.name
-                if not restart or unrunnable:
-                    why = unrunnable or f"restart = {self.spec.restart}"
-                    await self._note(f"{ended}; not restarted ({why})" if failed else ended, source)
-                    if restart:
-                        self._set(CRASHED, code, "\n".join([*lines, f"not restarted ({why})"]))
-                    return
-                if self._may_restart is not None and not await self._may_restart(self._ever_ready.is_set()):
-                    await self._note(ended, source)
-                    return
-                if time.monotonic() - started >= self.timing.backoff_reset:
-                    delay = self.timing.backoff_initial
-                await self._note(f"{ended}; restart {self.restarts + 1} in {delay:g}s", source)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                delay = min(delay * 2, self.timing.backoff_max)
-                if not self._stopping:
-                    self.restarts += 1
-            self._set(STOPPED, self.code)
+            self._cgroup = await asyncio.to_thread(cgroups.make_service, self.netns, self.name)
+            await self._supervise()
         except asyncio.CancelledError:
             self._abandon()
             raise
@@ -532,6 +482,71 @@ class ServiceRunner:
             log.exception("supervisor of %s/%s failed", self.colony, self.name)
             self._abandon()
             self._set(CRASHED, self.code, f"supervisor error: {exc!r}")
+        await self._remove_cgroup()
+
+    async def _supervise(self) -> None:
+        delay = self.timing.backoff_initial
+        while not self._stopping:
+            self._set(STARTING)
+            self.last_lines.clear()  # what an end reports is this run's output, not the runs' before it
+            try:
+                await self._launch()
+            except (StemError, OSError) as exc:
+                # The namespace or the working directory is gone: a restart cannot fix that.
+                self._abandon()
+                self._set(CRASHED, None, f"could not start: {exc}")
+                return
+            started = time.monotonic()
+            not_ready = self.timed_out = await self._watch_readiness()
+            code = await self._reap(follow=True)
+            hops = 1
+            while code is None:  # it went to the background: its daemon is watched as its process
+                not_ready = self.timed_out = await self._watch_readiness()
+                code = await self._reap(follow=hops < BACKGROUND_HOPS)
+                hops += 1
+            await self._close_forward()
+            if self._stopping:
+                break
+            failed = code != 0 or not_ready
+            restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)
+            # The shell could not run the program at all (127: not found, 126: not executable): no restart
+            # will find it. (A program exec'd directly that is not there fails `_launch` instead.)
+            unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
+            lines = list(self.last_lines)[-5:]
+            if not_ready:
+                lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
+            lines.append(_exit_text(code))
+            self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
+            # In the colony's log too, under the service's name (as its stderr when it failed).
+            ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
+            source = f"{self.name}!" if failed else self.name
+            if not restart or unrunnable:
+                why = unrunnable or f"restart = {self.spec.restart}"
+                await self._note(f"{ended}; not restarted ({why})" if failed else ended, source)
+                if restart:
+                    self._set(CRASHED, code, "\n".join([*lines, f"not restarted ({why})"]))
+                return
+            if self._may_restart is not None and not await self._may_restart(self._ever_ready.is_set()):
+                await self._note(ended, source)
+                return
+            if time.monotonic() - started >= self.timing.backoff_reset:
+                delay = self.timing.backoff_initial
+            await self._note(f"{ended}; restart {self.restarts + 1} in {delay:g}s", source)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            delay = min(delay * 2, self.timing.backoff_max)
+            if not self._stopping:
+                self.restarts += 1
+        self._set(STOPPED, self.code)
+
+    async def _remove_cgroup(self) -> None:
+        """The service is over (stopped, or ended for good): its cgroup goes, with anything still in it."""
+        name, self._cgroup = self._cgroup, None
+        if name is not None:
+            try:
+                await asyncio.to_thread(cgroups.remove, name, self._stop_grace)
+            except OSError as exc:  # the colony's removal (or gc) takes it then
+                log.warning("cgroup %s of %s/%s not removed: %s", name, self.colony, self.name, exc)
 
     async def _launch(self) -> None:
         """Spawn the service; everything that must exist before the first await is set up synchronously."""
@@ -547,6 +562,7 @@ class ServiceRunner:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             init=self.host.init,
+            cgroup=self._cgroup,
         )
         self._proc = proc
         self._starttime = procs.starttime(proc.pid) or 0
@@ -717,6 +733,16 @@ class ServiceRunner:
                 f"what was left of its process group still ran {grace:g}s after {sent}: killed (SIGKILL)",
                 f"{self.name}!",
             )
+        if self._cgroup is not None:
+            # What it started in a session of its own (setsid, a double fork) is not in its group: it would outlive
+            # this run and hold its port against the next one. Its cgroup has it.
+            left = await asyncio.to_thread(cgroups.end, self._cgroup, self._stop_grace)
+            if left:
+                what = f"{len(left)} process{'es' if len(left) > 1 else ''}"
+                await self._note(
+                    f"{what} it started outside its process group (setsid, a double fork) still ran: killed (SIGKILL)",
+                    f"{self.name}!",
+                )
         code = proc.poll()
         if code is None:  # cannot happen after the pidfd fired; never block the loop on it
             code = await asyncio.to_thread(proc.wait)
@@ -744,7 +770,7 @@ class ServiceRunner:
         parents = {me} if init is None or not init.pid else {me, init.pid}
         for _ in range(BACKGROUND_LOOKS):
             found = await asyncio.to_thread(
-                _left_in_background, self.name, self._starttime, parents, procs.colony_pids(self.netns), self._program
+                lambda: _left_in_background(self.name, self._starttime, parents, self._members(), self._program)
             )
             if found is False:
                 return False
@@ -777,6 +803,13 @@ class ServiceRunner:
             self.name,
         )
         return True
+
+    def _members(self) -> set[int] | None:
+        """Blocking: where its daemon is looked for. Its own cgroup's processes: only what it started, never the
+        colony's agent or another service's process that started meanwhile; else the colony's (None: every one)."""
+        if self._cgroup is not None:
+            return cgroups.procs(self._cgroup)
+        return procs.colony_pids(self.netns)
 
     def _record_background(self, pid: int, start: int, ours: bool) -> list[str]:
         """Blocking: the followed daemon into the registry's process table (its argv, returned); with `ours`, reap

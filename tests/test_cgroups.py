@@ -388,6 +388,14 @@ def test_destroy_and_gc_leave_no_cgroup_of_the_hive_and_touch_no_other_hive(hive
         leftover = subprocess.Popen(["sleep", "1000"], preexec_fn=lambda: cgroups.join(fds))
         for fd in fds:
             os.close(fd)
+        # And one in a service's own cgroup below it (its host was killed before it could remove it).
+        service = cgroups.make_service(crashed, "web")
+        assert service is not None
+        fds = cgroups.open_join(service)
+        served = subprocess.Popen(["sleep", "1000"], preexec_fn=lambda: cgroups.join(fds))
+        for fd in fds:
+            os.close(fd)
+        assert served.pid in cgroups.procs(service) and served.pid in cgroups.procs(crashed)
         killed = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="network-claimed"), "spawn", "cut", "--repo", str(repo))
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert f"{hive_env.prefix}-cut" in {Path(d).name for d in cgroup_dirs(hive_env.prefix)}
@@ -395,6 +403,7 @@ def test_destroy_and_gc_leave_no_cgroup_of_the_hive_and_touch_no_other_hive(hive
         assert report.returncode == 0, report.stderr
         assert f"cgroup {crashed}" in report.stdout
         assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert served.wait(timeout=10) == -signal.SIGKILL
         assert cgroup_dirs(hive_env.prefix) == []
         assert cgroup_dirs(f"{hive_env.prefix}x") != []  # the other hive's cgroup is still there
     finally:

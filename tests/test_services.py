@@ -797,3 +797,88 @@ def test_colony_env_is_what_build_services_agent_and_exec_all_see(hive_env, tmp_
     shown = run_stem(hive_env.env, "exec", "same", "--", "sh", "-c", "echo $DATABASE_URL $COLONY_DB")
     assert shown.stdout.split()[0] == url, shown
     assert shown.stdout.split()[1].endswith("colony.db")
+
+
+# The first run starts a worker in a session of its own (setsid, as dev servers' workers do) that takes port 3000, then
+# crashes; the next run serves port 3000 itself, with a setsid'd helper of its own beside it.
+LEFT_BEHIND = r"""
+import os, socket, sys, time
+
+def serve(answer):
+    server = socket.create_server(("0.0.0.0", 3000))
+    while True:
+        conn, _ = server.accept()
+        conn.sendall(answer)
+        conn.close()
+
+def in_own_session(name, work):
+    if os.fork() == 0:
+        os.setsid()
+        with open(name + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(name + ".tmp", name)
+        work()
+        os._exit(0)
+    while not os.path.exists(name):
+        time.sleep(0.01)
+
+if not os.path.exists("ran"):
+    open("ran", "w").close()
+    in_own_session("worker.pid", lambda: serve(b"left behind\n"))
+    print("worker started; crashing", flush=True)
+    sys.exit(1)
+in_own_session("helper.pid", lambda: time.sleep(1000))
+server = socket.create_server(("0.0.0.0", 3000))
+print("serving", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.sendall(b"restarted\n")
+    conn.close()
+"""
+
+
+def read_port(ip: str, port: int) -> bytes:
+    import socket
+
+    with socket.create_connection((ip, port), timeout=5) as conn:
+        return conn.recv(100)
+
+
+def test_what_a_crashed_service_left_in_another_session_ends_before_its_restart(hive_env, repo):
+    """A service's worker that called setsid is not in its process group: before, it outlived the crash and kept
+    the port, so every restart failed with 'address in use' until the whole colony stopped. Each service has a
+    cgroup of its own below its colony's: what is left in it ends before the restart, and with a stop."""
+    from core import cgroups
+
+    toml = '[services.web]\ncommand = "python3 -u serve.py"\nport = 3000\nready = "tcp"\nrestart = "on-failure"\n'
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("leaky", repo)
+        worktree = Path(hive.get("leaky").worktree)
+        (worktree / "serve.py").write_text(LEFT_BEHIND)
+        colony = Colony(hive, "leaky", toml)
+        own = cgroups.service_cgroup(colony.rec.netns, "web")
+        be = cgroups.backend()
+        assert be is not None  # this machine kind has cgroups
+        await colony.services.start_all()
+        web = colony.services.services["web"]
+        try:
+            await until(lambda: "serving" in web.last_lines, timeout=15, what="the restarted service to serve 3000")
+            worker = int((worktree / "worker.pid").read_text())
+            assert not alive(worker)
+            assert web.restarts == 1
+            assert await asyncio.to_thread(read_port, colony.rec.ip, 3000) == b"restarted\n"
+            said = [(e.source, e.text) for e in hive.log("leaky").after(0) if e.source == "web!"]
+            left = "1 process it started outside its process group (setsid, a double fork) still ran: killed (SIGKILL)"
+            assert ("web!", left) in said, said
+            # Its own cgroup, below its colony's: the colony's limits hold it too.
+            assert web.pid in cgroups.procs(own) and web.pid in cgroups.procs(colony.rec.netns)
+            helper = int((worktree / "helper.pid").read_text())
+            assert alive(helper) and helper in cgroups.procs(own)
+        finally:
+            await colony.services.stop_all()
+        assert not alive(helper)  # a stop ends what the service left in other sessions too
+        assert not any(path.exists() for path in be.paths(own))  # and its cgroup goes
+        assert any(path.exists() for path in be.paths(colony.rec.netns))  # the colony's stays until it stops
+
+    run(hive_env, scenario)
