@@ -40,7 +40,8 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class ServiceState:
-    """A service's state: starting, ready, running, crashed (with `code`), stopped; `detail` holds last lines."""
+    """A service's state: starting, ready, running, crashed (with `code`), exited (0, to be restarted), stopped;
+    `detail` holds last lines."""
 
     colony: str
     service: str

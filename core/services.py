@@ -38,6 +38,7 @@ from core.sandbox import ColonyInit
 
 __all__ = [
     "CRASHED",
+    "EXITED",
     "READY",
     "STARTING",
     "STOPPED",
@@ -60,6 +61,7 @@ class ServiceStatus(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     CRASHED = "crashed"
+    EXITED = "exited"  # ended by itself with 0 and restart = "always": it starts again after its backoff
     STOPPED = "stopped"
     REMOVED = "removed"  # taken out of colony.toml while the colony ran: stopped, and no longer one of its services
 
@@ -67,6 +69,7 @@ class ServiceStatus(enum.StrEnum):
 STARTING = ServiceStatus.STARTING
 READY = ServiceStatus.READY
 CRASHED = ServiceStatus.CRASHED
+EXITED = ServiceStatus.EXITED
 STOPPED = ServiceStatus.STOPPED
 REMOVED = ServiceStatus.REMOVED
 
@@ -368,9 +371,10 @@ def _left_in_background(
 class ServiceRunner:
     """The owner task of one service: start, watch, restart by policy, report. `start()` then `stop()`.
 
-    `state` is starting, ready, crashed (ended without stop(); also a clean exit that restart="always" will
-    restart) or stopped (by stop(), or a clean exit that is not restarted); `code` is the last exit code
-    (negative: killed by that signal); `pid` is the running process (its process group has the same id) or None.
+    `state` is starting, ready, crashed (failed: a non-zero exit, killed, or never ready), exited (a clean exit that
+    restart="always" will restart) or stopped (by stop(), or a clean exit that is not restarted); `code` is the last
+    exit code (negative: killed by that signal); `pid` is the running process (its process group has the same id) or
+    None.
     A service that is not ready within its ready_timeout is ended, and that counts as a failed attempt.
     """
 
@@ -516,7 +520,7 @@ class ServiceRunner:
             if not_ready:
                 lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
             lines.append(_exit_text(code))
-            self._set(CRASHED if failed or restart else STOPPED, code, "\n".join(lines))
+            self._set(CRASHED if failed else EXITED if restart else STOPPED, code, "\n".join(lines))
             # In the colony's log too, under the service's name (as its stderr when it failed).
             ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
             source = f"{self.name}!" if failed else self.name

@@ -882,3 +882,28 @@ def test_what_a_crashed_service_left_in_another_session_ends_before_its_restart(
         assert any(path.exists() for path in be.paths(colony.rec.netns))  # the colony's stays until it stops
 
     run(hive_env, scenario)
+
+
+def test_a_clean_exit_that_restart_always_restarts_reads_exited_not_crashed(hive_env, tmp_path):
+    """restart = "always" and exit 0 (a job that runs again and again): `stem ls` said crashed(0) while it waited to
+    start again; it says exited(0), and the UI does not report it as a crash."""
+    toml = '[services.tick]\ncommand = "sh -c \'echo tick; exit 0\'"\nrestart = "always"\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    spawned = run_stem(hive_env.env, "spawn", "ticking", "--repo", str(repo), "--agent", "shell")
+    assert spawned.returncode == 0, spawned.stderr
+
+    seen = []
+
+    def exited() -> dict[str, str] | None:
+        (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        seen.append(row["services"])
+        return row["services"] if row["services"].get("tick", "").startswith("exited") else None
+
+    try:
+        assert wait_for(exited, timeout=15, what="tick to wait for its restart") == {"tick": "exited(0)"}
+    except AssertionError:  # say what was there instead
+        raise AssertionError(f"{seen[-3:]}\n{run_stem(hive_env.env, 'logs', 'ticking').stdout}") from None
+    logs = run_stem(hive_env.env, "logs", "ticking").stdout
+    assert "[tick] exited with 0; restart 1 in" in logs and "crashed" not in logs, logs
+    # Its daemon is looked for in its own cgroup: the agent, started as it exited, was once taken for one.
+    assert "went to the background" not in logs, logs

@@ -398,7 +398,7 @@ class ColonyHost:
             pid = runner.pid if runner is not None else None
             info = p.ServiceInfo(event.service, event.state, port, event.restarts, event.code, event.detail, pid)
             self.services[event.service] = info
-            code = f"({event.code})" if event.code is not None and event.state == "crashed" else ""
+            code = f"({event.code})" if event.code is not None and event.state in ("crashed", "exited") else ""
             if not self.done.is_set():  # stopping: the rows are cleared as it exits (no write to contend for)
                 self._defer(
                     lambda: self.registry.set_runtime(

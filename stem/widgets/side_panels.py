@@ -24,6 +24,7 @@ _SERVICE_STYLE = {
     "ready": "$success",
     "running": "$success",
     "starting": "$warning",
+    "exited": "$warning",  # ended by itself (0): restart = "always" starts it again
     "crashed": "$error",
     "failed": "$error",
     "stopped": "$text-muted",
