@@ -13,6 +13,7 @@ asyncio streams; registry writes, log-file appends and /proc scans go to worker 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import enum
 import logging
@@ -81,6 +82,9 @@ READS_PER_WAKEUP = 4  # bounds one wakeup's work, so one chatty service cannot s
 # past the moment they are up; then backing off to `probe_interval` for the slow starters.
 FAST_PROBE = 0.005
 FAST_PROBING = 2.0
+# A line begun and not ended (a prompt: "Password: ", a progress line) is logged once its pipe has been quiet this long,
+# as a terminal shows it; the rest of it, should it come, is logged as a line of its own, never the begun part again.
+PARTIAL_QUIET = 0.3
 MAX_PENDING = 10_000  # lines waiting for the log writer; beyond it the pipes are left unread (backpressure)
 
 # (pid, starttime, kind, argv): called in a worker thread, so a registry write never runs on the loop.
@@ -168,10 +172,24 @@ async def probe(ready: str | None, ip: str, port: int | None, timeout: float = 1
 
 
 class _LineSplitter:
-    """Bytes from one pipe in, complete text lines out; a partial line waits for the rest (or EOF)."""
+    """Bytes from one pipe in, complete text lines out; a partial line waits for the rest, for EOF, or until the pipe
+    has been quiet a moment (`take_partial`: a prompt, a progress line)."""
 
     def __init__(self) -> None:
         self._partial = b""
+
+    @property
+    def partial(self) -> bool:
+        """Whether a line has begun and not ended."""
+        return bool(self._partial)
+
+    def take_partial(self) -> list[str]:
+        """The line begun so far, as a line of its own (what arrives next starts the next one); a UTF-8 character cut
+        in two stays for the rest of it."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(self._partial).rstrip("\r")
+        self._partial = decoder.getstate()[0]
+        return [text] if text else []
 
     def feed(self, chunk: bytes) -> list[str]:
         data = self._partial + chunk
@@ -416,6 +434,7 @@ class ServiceRunner:
         self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
         self._exited = asyncio.Event()
         self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
+        self._quiet: dict[int, asyncio.TimerHandle] = {}  # per pipe with a line begun: logs it when it fires
         self._paused = False
         self._pending: list[str] = []
         self._writer: asyncio.Task[None] | None = None
@@ -756,7 +775,9 @@ class ServiceRunner:
         loop = asyncio.get_running_loop()
         for fd in list(self._pipes):
             self._drain(fd)
-        for fd, (pipe, _) in self._pipes.items():
+        for fd, (pipe, splitter) in self._pipes.items():
+            self._cancel_quiet(fd)
+            self._lines(splitter.flush())  # a line left unended by a process that still holds the pipe
             loop.remove_reader(fd)
             pipe.close()
         self._pipes.clear()
@@ -842,6 +863,7 @@ class ServiceRunner:
             os.close(self._pidfd)
             self._pidfd = -1
         for fd, (pipe, _) in self._pipes.items():
+            self._cancel_quiet(fd)
             loop.remove_reader(fd)
             pipe.close()
         self._pipes.clear()
@@ -874,12 +896,27 @@ class ServiceRunner:
             return False
         except OSError:
             chunk = b""
+        self._cancel_quiet(fd)
         if not chunk:
             asyncio.get_running_loop().remove_reader(fd)
             self._lines(splitter.flush())
             return False
         self._lines(splitter.feed(chunk))
+        if splitter.partial:
+            self._quiet[fd] = asyncio.get_running_loop().call_later(PARTIAL_QUIET, self._take_partial, fd)
         return True
+
+    def _take_partial(self, fd: int) -> None:
+        """The pipe has been quiet since a line began: log what there is of it."""
+        self._quiet.pop(fd, None)
+        entry = self._pipes.get(fd)
+        if entry is not None:
+            self._lines(entry[1].take_partial())
+
+    def _cancel_quiet(self, fd: int) -> None:
+        timer = self._quiet.pop(fd, None)
+        if timer is not None:
+            timer.cancel()
 
     def _lines(self, lines: list[str]) -> None:
         if not lines:

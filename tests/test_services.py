@@ -907,3 +907,57 @@ def test_a_clean_exit_that_restart_always_restarts_reads_exited_not_crashed(hive
     assert "[tick] exited with 0; restart 1 in" in logs and "crashed" not in logs, logs
     # Its daemon is looked for in its own cgroup: the agent, started as it exited, was once taken for one.
     assert "went to the background" not in logs, logs
+
+
+# A prompt with no newline, an answer, then half a UTF-8 character at a pause: each is shown once the pipe is quiet.
+PROMPT = r"""
+import os, sys, time
+
+def wait_for(name):
+    while not os.path.exists(name):
+        time.sleep(0.01)
+
+out = sys.stdout.buffer
+out.write(b"Password: ")
+out.flush()
+wait_for("go")
+out.write(b"accepted\ncaf\xc3")
+out.flush()
+wait_for("go2")
+out.write(b"\xa9\n")
+out.flush()
+"""
+
+
+def test_a_line_without_its_newline_shows_once_the_service_is_quiet(hive_env, repo):
+    """A prompt ("Password: ") or a progress line reached the log only when the service exited. It shows once the
+    pipe has been quiet a moment, as a terminal shows it; what follows on that line is an entry of its own, and
+    the shown part is never repeated."""
+    toml = '[services.ask]\ncommand = "python3 -u prompt.py"\nrestart = "no"\n'
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("asking", repo)
+        worktree = Path(hive.get("asking").worktree)
+        (worktree / "prompt.py").write_text(PROMPT)
+        colony = Colony(hive, "asking", toml)
+        await colony.services.start_all()
+        ask = colony.services.services["ask"]
+        log = hive.log("asking")
+
+        def said() -> list[str]:
+            return [e.text for e in log.after(0) if e.source == "ask"]
+
+        try:
+            await until(lambda: "Password: " in said(), what="the prompt while the service waits")
+            assert ask.pid is not None and alive(ask.pid)
+            (worktree / "go").touch()
+            await until(lambda: "caf" in said(), what="the line begun, without its cut character")
+            (worktree / "go2").touch()
+            await until(lambda: ask.finished, what="ask to exit")
+            assert said() == ["Password: ", "accepted", "caf", "é", "exited with 0"]
+            shown = {e.text for e in colony.events if isinstance(e, LogLine) and e.source == "ask"}
+            assert "Password: " in shown
+        finally:
+            await colony.services.stop_all()
+
+    run(hive_env, scenario)
