@@ -392,6 +392,33 @@ def _squashed_ref(rec: ColonyRecord) -> str:
     return f"{SQUASHED_REFS}{rec.branch}"
 
 
+# The identity and date of `_after_squash`'s commits: always the same, so that the same target and squash record give
+# the same commit (written to the object store once, not at every look at the merge status).
+_SQUASH_BASE_ENV = {
+    "GIT_AUTHOR_NAME": "stem",
+    "GIT_AUTHOR_EMAIL": "stem@localhost",
+    "GIT_AUTHOR_DATE": "@0 +0000",
+    "GIT_COMMITTER_NAME": "stem",
+    "GIT_COMMITTER_EMAIL": "stem@localhost",
+    "GIT_COMMITTER_DATE": "@0 +0000",
+}
+
+
+def _after_squash(repo: Path, tip: str, src: str, squashed: str | None) -> str:
+    """What to merge the colony's `src` into, for the target at `tip`: `tip` itself, or, once a squash merge took the
+    colony's branch up to `squashed` (a commit the target has the changes of but not the ancestry), a commit with
+    `tip`'s files whose parents are `tip` and `squashed`, so that git's merge starts from what the squash took rather
+    than from the colony's base, and sees neither the squashed changes nor the target's edits of them since as
+    conflicts. Never referenced: the merge commit itself has `tip` (and `src`) as parents."""
+    if not squashed or not _is_ancestor(repo, squashed, src) or _is_ancestor(repo, squashed, tip):
+        return tip
+    return _out(
+        ["commit-tree", f"{tip}^{{tree}}", "-p", tip, "-p", squashed, "-m", "stem: what a squash merge took"],
+        repo,
+        env=_SQUASH_BASE_ENV,
+    )
+
+
 # targets ------------------------------------------------------------------------------------------------------------
 
 
@@ -619,7 +646,7 @@ def _repo_statuses(repo: Path, recs: Sequence[ColonyRecord], pool: ThreadPoolExe
             out[rec.name] = MergeStatus(rec.name, target.branch, state, ahead, behind, note=target.note)
         else:
             diverged.append((rec, target, ahead, behind))
-            pairs.append((tip, colony))
+            pairs.append((_after_squash(repo, tip, colony, tips.get(_squashed_ref(rec))), colony))
     for (rec, target, ahead, behind), merged in zip(diverged, _merge_trees(repo, pairs), strict=True):
         state = MergeState.CLEAN if merged.clean else MergeState.CONFLICTS
         paths = tuple(c.path for c in merged.conflicts)
@@ -647,9 +674,11 @@ def _plan(rec: ColonyRecord, target: Target, old: str, src: str, squash: bool, m
     squashed = _rev(repo, _squashed_ref(rec))
     revs = [f"{old}..{src}", *([f"^{squashed}"] if squashed else [])]
     commits = _count_commits(repo, revs)
+    if commits == 0:  # a squash merge took every commit: the target has their changes, not their ancestry
+        raise nothing
     if not squash and _is_ancestor(repo, old, src):
         return _Plan(MergeKind.FAST_FORWARD, src, commits, _touched(repo, old, src))
-    (merged,) = _merge_trees(repo, [(old, src)])
+    (merged,) = _merge_trees(repo, [(_after_squash(repo, old, src, squashed), src)])
     if not merged.clean:
         conflicts = _with_regions(repo, merged.tree, merged.conflicts)
         listed = ", ".join(c.path for c in conflicts[:3]) + (

@@ -158,6 +158,38 @@ def test_squash_is_one_commit_and_the_branch_counts_as_merged(hive_env, project)
 
 
 @root
+def test_after_a_squash_merge_the_colony_has_nothing_to_merge_and_its_later_work_merges_alone(hive_env, project):
+    """A squash merge gives the target the colony's changes but not its commits: once the target edits those lines
+    again, merging the colony must neither take its squashed commits for new work ("nothing to merge", and
+    --all goes on to the next colony) nor see a conflict with them when it has more work; its new commits merge by
+    themselves."""
+    alpha = spawn(hive_env, "alpha", project)
+    beta = spawn(hive_env, "beta", project)
+    commit(alpha, "alpha edits line 5", app__txt=numbered(l5="alpha five"))
+    commit(beta, "beta's own file", notes__txt="beta\n")
+    assert stem(hive_env, "merge", "alpha", "--squash").returncode == 0
+    (project / "app.txt").write_text(numbered(l5="main five"))  # main edits the squashed line again
+    git(project, "commit", "-qam", "main five")
+
+    listed = {r["name"]: r["merge"] for r in json.loads(stem(hive_env, "ls", "--json").stdout)}
+    assert listed["alpha"] == "nothing"
+    again = stem(hive_env, "merge", "alpha")
+    assert again.returncode == 2 and "already has every change of alpha" in again.stderr, again.stderr
+    everything = stem(hive_env, "merge", "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert "nothing to merge from alpha" in everything.stdout
+    assert git(project, "show", "main:notes.txt") == "beta\n"  # --all went on to beta
+
+    # More work after the squash merges alone: main keeps its own line 5, the colony's new line 20 comes in.
+    commit(alpha, "alpha edits line 20", app__txt=numbered(l5="alpha five", l20="alpha twenty"))
+    listed = {r["name"]: r["merge"] for r in json.loads(stem(hive_env, "ls", "--json").stdout)}
+    assert listed["alpha"] == "clean"
+    merged = stem(hive_env, "merge", "alpha")
+    assert merged.returncode == 0, merged.stderr
+    assert git(project, "show", "main:app.txt") == numbered(l5="main five", l20="alpha twenty")
+
+
+@root
 def test_a_conflict_is_reported_with_files_and_lines_and_changes_nothing(hive_env, project):
     git(project, "checkout", "-q", "-b", "feature")
     (project / "notes.txt").write_text("the user's own uncommitted edit\n")
