@@ -12,7 +12,7 @@ import contextlib
 import os
 import stat
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,12 +357,17 @@ class ChangeWatcher:
         emit: Callable[[Event], None],
         debounce_ms: int = 300,
         base: Callable[[], str] | None = None,
+        refs: Callable[[], Sequence[str]] | None = None,
     ) -> None:
-        """`base`: asked (in a thread) at each count for the commit to count from, when it moves (a sync)."""
+        """`base`: asked (in a thread) at each count for the commit to count from, when it moves (a sync); `refs`:
+        asked (in a thread) once, the files whose change moves that commit without a change in the worktree (the
+        target branch's ref, moved by a merge): a change of one recounts."""
         self.colony = colony
         self.worktree = worktree
         self.base_commit = base_commit
         self._base = base
+        self._ref_files = refs
+        self._refs: frozenset[str] = frozenset()
         self.files: tuple[FileChange, ...] = ()
         self.root = ""  # the worktree's real path, once started: subscribers get paths under it
         self.mode = ""  # "inotify", or "polling: <why>" (for the Info tab)
@@ -402,6 +407,9 @@ class ChangeWatcher:
             # Staging (a rename, git rm --cached) changes only the index: in <repo>/.git/worktrees/<name>/ for a
             # linked worktree, in the skipped .git/ of a main one. Only that file of its directory.
             await watcher.watch_dir(os.path.dirname(self._index), names=[os.path.basename(self._index)])
+            if self._ref_files is not None:
+                refs = await asyncio.to_thread(self._ref_files)
+                self._refs = await self._watch_files(watcher, refs)
         except OSError as exc:
             await self.stop()
             raise StemError(f"cannot watch {root} for changes ({self.colony}): {exc.strerror or exc}") from exc
@@ -413,6 +421,22 @@ class ChangeWatcher:
         except BaseException:
             await self.stop()
             raise
+
+    @staticmethod
+    async def _watch_files(watcher: FileWatcher, files: Sequence[str]) -> frozenset[str]:
+        """Watch each of `files` by name in its directory (a ref is replaced by a rename); those whose directory does
+        not exist (no branch there yet) are left out. The paths watched."""
+        by_dir: dict[str, list[str]] = {}
+        for path in files:
+            by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
+        watched: set[str] = set()
+        for folder, names in by_dir.items():
+            try:
+                await watcher.watch_dir(folder, names=names)
+            except OSError:
+                continue
+            watched.update(os.path.join(folder, name) for name in names)
+        return frozenset(watched)
 
     def subscribe(self, callback: Callable[[Changes], None]) -> Callable[[], None]:
         """Every batch of raw changes under the worktree (absolute paths, nothing filtered by git), through the same
@@ -442,7 +466,7 @@ class ChangeWatcher:
         prefix = self.root + os.sep
         relevant = False
         for path in changes.paths:
-            if path == self._index or path == self.root:
+            if path == self._index or path == self.root or path in self._refs:
                 self._everything = relevant = True
             elif path.startswith(prefix):
                 parts = path[len(prefix) :].split(os.sep)

@@ -1023,7 +1023,32 @@ def work_base(rec: ColonyRecord, target: Target | None = None) -> str:
             return rec.base_commit
     proc = git_bytes(["merge-base", target.ref, "HEAD", *_merge_heads(worktree)], worktree)
     found = os.fsdecode(proc.stdout).strip() if proc.returncode == 0 else ""
-    return found or rec.base_commit
+    if not found:
+        return rec.base_commit
+    # A squash merge gave the target the colony's work up to its squash record, without the ancestry: the work left
+    # is what came after it.
+    squashed = _rev(worktree, _squashed_ref(rec))
+    if (
+        squashed
+        and squashed != found
+        and _is_ancestor(worktree, found, squashed)
+        and _is_ancestor(worktree, squashed, "HEAD")
+    ):
+        return squashed
+    return found
+
+
+def target_ref_files(rec: ColonyRecord) -> list[str]:
+    """The files whose change moves what `work_base` gives: the target branch's ref, the packed refs (a ref may be
+    kept there instead) and the colony's squash record, in the repository's shared git dir. A watcher of the
+    colony's changed files recounts when one changes: a merge (from any colony, or the user's own commit) moves the
+    target without touching the colony's worktree."""
+    try:
+        target = resolve_target(rec)
+        common = common_dir(Path(rec.repo))
+    except StemError:
+        return []
+    return [str(common / target.ref), str(common / "packed-refs"), str(common / _squashed_ref(rec))]
 
 
 def colony_diff(rec: ColonyRecord, into: str | None = None, *, text: bool = True) -> ColonyDiff:

@@ -23,7 +23,7 @@ from core.errors import ConfigError, StemError
 from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
 from core.locations import HiveLayout
-from core.merge import work_base
+from core.merge import target_ref_files, work_base
 from core.peering import PeerFollower, Peers
 from core.preview import PreviewError, PreviewRoutes, listen_port
 from core.registry import ColonyRecord, Registry
@@ -167,7 +167,14 @@ class ColonyRuntime:
 
     async def _start_change_watcher(self) -> None:
         rec = self.rec
-        watcher = ChangeWatcher(rec.name, Path(rec.worktree), rec.base_commit, self._emit, base=partial(work_base, rec))
+        watcher = ChangeWatcher(
+            rec.name,
+            Path(rec.worktree),
+            rec.base_commit,
+            self._emit,
+            base=partial(work_base, rec),
+            refs=partial(target_ref_files, rec),
+        )
         try:
             await watcher.start()
         except StemError as exc:  # the colony works without it; say why the Changes panel stays empty

@@ -190,6 +190,41 @@ def test_after_a_squash_merge_the_colony_has_nothing_to_merge_and_its_later_work
 
 
 @root
+def test_the_changed_files_a_colony_host_shows_follow_merges_of_the_colony(hive_env, project):
+    """The Changes panel (the host's watcher) counts the colony's work from where its target has it: a merge moves
+    the target, not the colony's worktree, and the list must follow it (it kept the merged files until the worktree
+    changed, and they read as overlaps with other colonies). After a squash merge only the later work is listed."""
+    alpha = spawn(hive_env, "alpha", project)
+    commit(alpha, "alpha edits line 5", app__txt=numbered(l5="alpha five"))
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+
+            async def shows(paths: list[str], what: str) -> None:
+                deadline = asyncio.get_running_loop().time() + 15
+                while (found := sorted(f.path for f in await hive.changes("alpha"))) != paths:
+                    assert asyncio.get_running_loop().time() < deadline, f"{what}: the host shows {found}"
+                    await asyncio.sleep(0.05)
+
+            await shows(["app.txt"], "the colony's commit")
+            assert (await asyncio.to_thread(stem, hive_env, "merge", "alpha")).returncode == 0  # a fast-forward
+            await shows([], "after the merge")
+            commit(alpha, "alpha edits line 20", app__txt=numbered(l5="alpha five", l20="alpha twenty"))
+            commit(alpha, "alpha's other file", other__txt="alpha\n")
+            await shows(["app.txt", "other.txt"], "the work after the merge")
+            assert (await asyncio.to_thread(stem, hive_env, "merge", "alpha", "--squash")).returncode == 0
+            await shows([], "after the squash merge")
+            commit(alpha, "alpha's notes", notes__txt="alpha\n")
+            await shows(["notes.txt"], "the work after the squash merge")
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
+
+
+@root
 def test_a_conflict_is_reported_with_files_and_lines_and_changes_nothing(hive_env, project):
     git(project, "checkout", "-q", "-b", "feature")
     (project / "notes.txt").write_text("the user's own uncommitted edit\n")
