@@ -154,7 +154,10 @@ class LiveWork:
                     found.append(Overlap(path, (event.colony, other), OverlapLevel.FILE))
         if found:
             self.report = OverlapReport((*self.report.overlaps, *found), self.report.errors)
-            self._announce(self.report)
+            if self.recomputes or self._failed:
+                # Not before the first full look: the hosts' first lists come one colony at a time as the UI links
+                # to them, and what they show together is the first look's one notification, not one per pair.
+                self._announce(self.report)
             self.app._redraw_rows()
             if self.app.selected in (event.colony, *(o.colonies[1] for o in found)):
                 self.app._show_changes()
