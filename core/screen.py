@@ -43,9 +43,10 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
 - a sequence cut by the end of a read is kept as text for the next feed rather than parsed byte by byte by pyte.
 
 Beyond pyte: the alternate screen (1049/1047/47), scrollback outside `HistoryScreen`, bracketed paste,
-answers to queries through a responder, a bell counter, per-row versions for render caches. pyte's quirks are
-kept where they change what is drawn (so the screen equals stock pyte's on the same bytes), except that
-sequences on which pyte raises are ignored and counted in `errors`.
+answers to queries through a responder, a bell counter, per-row versions for render caches, and the SGR attributes
+pyte's cells lack (dim, conceal, double underline, overline: cells are Stem's `Char`, pyte's fields first).
+pyte's quirks are kept where they change what is drawn (so the screen equals stock pyte's on the same bytes),
+except that sequences on which pyte raises are ignored and counted in `errors`.
 
 Relies on two pyte internals: `Stream._text_pattern` (what counts as text) and `Stream._taking_plain_text`
 (whether its parser is between sequences). Not thread-safe: feed and read from one thread.
@@ -65,7 +66,7 @@ from typing import Any, cast
 import pyte
 from pyte import charsets as cs
 from pyte import modes as mo
-from pyte.screens import Char, Cursor, Savepoint
+from pyte.screens import Cursor, Savepoint
 
 from core.screen_cells import (
     DEFAULT_CHAR,
@@ -78,6 +79,7 @@ from core.screen_cells import (
     SGR_SEQ_SPLIT,
     TEXTS,
     BatchLine,
+    Char,
     CharCache,
     Piece,
     Row,
@@ -116,6 +118,19 @@ _NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 _PLAIN_PRIVATE_MODES = {str(m): m << 5 for m in (1, 7, 12, 25, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 2004)}
 
 _REVERSE_BLANK = REVERSE_CHAR
+
+
+class StemCursor(Cursor):
+    """pyte's cursor, its attributes Stem's `Char`."""
+
+    __slots__ = ()
+    attrs: Char  # type: ignore[assignment]
+
+    def __init__(self, x: int = 0, y: int = 0, attrs: Char = DEFAULT_CHAR, hidden: bool = False) -> None:
+        super().__init__(x, y, attrs)  # type: ignore[arg-type]
+        self.hidden = hidden
+
+
 # Deferred paints kept per row before the row is written (see `StemScreen._paint`).
 _MAX_PAINTS = 32
 
@@ -511,13 +526,15 @@ class StemScreen(pyte.Screen):
         return self._rows
 
     @property  # type: ignore[override]
-    def cursor(self) -> Cursor:
+    def cursor(self) -> StemCursor:
         if self._held:
             self._release()
         return self._cur
 
     @cursor.setter
     def cursor(self, value: Cursor) -> None:
+        if not isinstance(value, StemCursor):  # pyte's `reset` makes a cursor with pyte's blank cell
+            value = StemCursor(value.x, value.y, DEFAULT_CHAR, value.hidden)
         self._cur = value
 
     @property
@@ -534,7 +551,7 @@ class StemScreen(pyte.Screen):
     # ------------------------------------------------------------------------------------ pyte overrides
 
     @property
-    def default_char(self) -> Char:
+    def default_char(self) -> Char:  # type: ignore[override]  # Stem's `Char`, pyte's fields first
         """pyte's blank cell, without building a new `Char` for every row created."""
         return _REVERSE_BLANK if mo.DECSCNM in self.mode else DEFAULT_CHAR
 

@@ -1,4 +1,5 @@
-"""Shared cell helpers for Stem's fast screen: reused `Char` instances, cached SGR transitions, row text."""
+"""Stem's cell (`Char`: pyte's, plus the attributes pyte drops) and shared cell helpers for its fast screen: reused
+`Char` instances, cached SGR transitions, row text."""
 
 from __future__ import annotations
 
@@ -6,11 +7,32 @@ import re
 from collections.abc import Callable, Sequence
 from itertools import accumulate, chain
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyte.screens
 from pyte import graphics as g
-from pyte.screens import Char, StaticDefaultDict, wcwidth
+from pyte.screens import StaticDefaultDict, wcwidth
+
+
+class Char(NamedTuple):
+    """A cell: pyte's `Char` (its nine fields first, in its order) plus the SGR attributes pyte drops: dim (SGR 2,
+    which agents draw hints and secondary text in), conceal (8), double underline (21, 4:2) and overline (53).
+    pyte's own methods make cells with `cursor.attrs._replace`, so its code paths keep the extra fields."""
+
+    data: str
+    fg: str = "default"
+    bg: str = "default"
+    bold: bool = False
+    italics: bool = False
+    underscore: bool = False
+    strikethrough: bool = False
+    reverse: bool = False
+    blink: bool = False
+    dim: bool = False
+    conceal: bool = False
+    double_underscore: bool = False
+    overline: bool = False
+
 
 # The attributes of a blank cell on a normal (not DECSCNM-reversed) screen, as pyte's `default_char`, and on a
 # reversed one.
@@ -329,8 +351,9 @@ def parse_params(params: str) -> tuple[int, ...]:
 def colon_sgr(params: str) -> str:
     """SGR parameters with colon sub-parameters (ITU T.416, as kitty, VTE and newer xterm take them) in the
     semicolon form pyte reads: `38:2::R:G:B` and `38:2:R:G:B` to `38;2;R;G;B`, `38:5:N` to `38;5;N` (48 the
-    same), `4:0` (no underline) to 24 and the other underline styles (`4:3`, curly) to 4; the underline colour
-    (`58:...`) is dropped, as is a colour in a space pyte lacks; any other parameter keeps only its first part."""
+    same), `4:0` (no underline) to 24, `4:2` (double) to 4 and 21 (an underline to pyte, double to Stem) and the
+    other underline styles (`4:3` curly, dotted, dashed) to 4; the underline colour (`58:...`) is dropped, as is a
+    colour in a space pyte lacks; any other parameter keeps only its first part."""
     out: list[str] = []
     for part in params.split(";"):
         if ":" not in part:
@@ -344,7 +367,7 @@ def colon_sgr(params: str) -> str:
                 rgb = sub[2:5] if len(sub) >= 5 else sub[1:4]  # with the colour space id (often empty) or without
                 out += [code, "2", *(c or "0" for c in rgb)]
         elif code == "4":
-            out.append("24" if sub[0] == "0" else "4")
+            out.append("24" if sub[0] == "0" else "4;21" if sub[0] == "2" else "4")
         elif code != "58":
             out.append(code)
     return ";".join(out)
@@ -390,14 +413,34 @@ def _sgr_result(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool
     return out
 
 
+# What SGR parameters set of the fields pyte lacks (`Char`), beside what pyte's own table sets: 22 is normal
+# intensity (neither bold nor dim), 4 a single underline (no longer double, as in xterm and VTE), 24 no underline
+# of either kind.
+_EXTRA_TEXT: dict[int, dict[str, bool]] = {
+    2: {"dim": True},
+    22: {"dim": False},
+    8: {"conceal": True},
+    28: {"conceal": False},
+    21: {"double_underscore": True},
+    4: {"double_underscore": False},
+    24: {"double_underscore": False},
+    53: {"overline": True},
+    55: {"overline": False},
+}
+
+
 def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
     """The fields SGR `ints` sets: pyte's `select_graphic_rendition` (0.8), step for step, quirks included (a
-    bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too)."""
+    bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too), and
+    the fields pyte lacks (`_EXTRA_TEXT`)."""
     default = _REVERSE_FIELDS if reverse_screen else _DEFAULT_FIELDS
     replace: dict[str, Any] = {}
     attrs_list = list(reversed(ints))
     while attrs_list:
         attr = attrs_list.pop()
+        extra = _EXTRA_TEXT.get(attr)
+        if extra is not None:
+            replace.update(extra)
         if attr == 0:
             replace.update(default)
         elif attr in g.FG_ANSI:

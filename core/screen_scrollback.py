@@ -7,10 +7,9 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import cast
 
-from pyte.screens import Char
-
 from core.screen_cells import (
     DEFAULT_CHAR,
+    Char,
     Piece,
     Row,
     cells_text,

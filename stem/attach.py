@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
 
-from pyte.screens import Char
-
 from core import lifecycle as lc
 from core.agent import EXITED
 from core.errors import StemError
@@ -43,6 +41,7 @@ from core.host.protocol import (
     Subscribe,
     Update,
 )
+from core.screen_cells import Char
 from core.xterm_input import encode_key
 from stem.exec_pty import write_all
 
@@ -87,8 +86,9 @@ ANSI_INDEX: Final = {
     "bfightmagenta": 13,
 }
 _HEX = frozenset("0123456789abcdefABCDEF")
-# bold, italics, underscore, strikethrough, reverse, blink: the order of a Char's flags after fg and bg.
-_FLAG_SGR: Final = ("1", "3", "4", "9", "7", "5")
+# bold, italics, underscore, strikethrough, reverse, blink, dim, conceal, double underline, overline: the order of
+# a Char's flags after fg and bg. A cell underlined and double underlined gets 4 then 21: double, as it was shown.
+_FLAG_SGR: Final = ("1", "3", "4", "9", "7", "5", "2", "8", "21", "53")
 # What must not reach the terminal inside a title: it would end the OSC early and run the rest as a sequence.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -224,7 +224,7 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
                 break  # a wide character with one column left would wrap onto the next row
             style = cell[1:]
             if flip:
-                style = (*style[:6], not style[6], style[7])
+                style = (*style[:6], not style[6], *style[7:])
             if style != pen:
                 out.append(_sgr(style))
                 pen = style

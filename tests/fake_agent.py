@@ -29,6 +29,7 @@ commands:
   help            this list
   bell            ring the bell (BEL)
   color           one line in 16-colour, 256-colour and truecolour SGR
+  hints           Codex/Claude-style dim hints, concealed, double-underlined, overlined and curly-underlined text
   size            print size: <cols>x<rows>
   write PATH TEXT write TEXT to PATH (relative to the working directory)
   flood N         print N numbered lines as fast as possible
@@ -120,6 +121,12 @@ def run(line: str) -> int | None:
             f"{ESC}[31mred{ESC}[0m {ESC}[92mbright-green{ESC}[0m {ESC}[38;5;208morange-256{ESC}[0m "
             f"{ESC}[48;5;24mblue-bg-256{ESC}[0m {ESC}[38;2;255;105;180mpink-truecolor{ESC}[0m "
             f"{ESC}[1;4mbold-underline{ESC}[0m"
+        )
+    elif word == "hints":
+        say(
+            f"{ESC}[1mdone{ESC}[22m {ESC}[2mdim-hint{ESC}[22m {ESC}[1;2mbold-dim{ESC}[22m {ESC}[8msecret{ESC}[28m "
+            f"{ESC}[21mdouble{ESC}[24m {ESC}[4:2mcolon-double{ESC}[4:0m {ESC}[53moverline{ESC}[55m "
+            f"{ESC}[4:3mcurly{ESC}[4:0m plain"
         )
     elif word == "size":
         cols, rows = window_size()

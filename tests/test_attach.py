@@ -121,6 +121,8 @@ DRAWN = {
     "cursor_movement": streams.cursor_movement(),
     "fuzz": streams.fuzz(7),
     "reverse_screen": styled_modes() + f"{CSI}?5h{CSI}2;5Hon a reversed screen".encode(),
+    "agent_hints": streams.agent_hints(),
+    "agent_hints_reversed": streams.agent_hints() + f"{CSI}?5h".encode(),
 }
 
 
@@ -141,6 +143,23 @@ def test_a_drawn_snapshot_gives_back_the_agents_screen(name: str) -> None:
     assert (user.cursor.x, user.cursor.y, user.cursor.hidden) == (agent.cursor.x, agent.cursor.y, agent.cursor.hidden)
     assert user.title == agent.title
     assert screen_state(user, ()).modes == screen_state(agent, ()).modes
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_drawn_snapshot_re_emits_dim_concealed_double_underlined_and_overlined_text(reverse: bool) -> None:
+    """An agent's dim hints (SGR 2) are drawn dim on attach, not at full brightness; concealed (8), double
+    underlined (21; 4:2 comes out as 4 and 21, double in the user's terminal too) and overlined (53) text too, on a
+    DECSCNM screen as well."""
+    agent = StemScreen(120, 40)
+    agent.feed(streams.agent_hints() + (f"{CSI}?5h".encode() if reverse else b""))
+    drawn = render_snapshot(screen_state(agent), 120, 40)
+    for sgr in (b"2", b"1;2", b"8", b"21", b"4;21", b"53"):
+        assert b"\x1b[0;" + sgr + b"m" in drawn or b"\x1b[0;" + sgr + b";" in drawn, sgr
+    user = StemScreen(120, 40)
+    user.feed(drawn)
+    assert streams.agent_hints_shown([[user.buffer[y][x] for x in range(120)] for y in range(3)]) == (
+        streams.agent_hints_expected()
+    )
 
 
 def test_a_snapshot_larger_than_the_terminal_is_cut_without_wrapping() -> None:

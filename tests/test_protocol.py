@@ -20,7 +20,6 @@ from pathlib import Path
 import msgpack
 import pytest
 from pyte import modes as mo
-from pyte.screens import Char
 from recordings import streams
 
 from core.colony_log import ColonyLog, Entry
@@ -79,7 +78,7 @@ from core.host.protocol import (
     write_message,
 )
 from core.screen import StemScreen
-from core.screen_cells import DEFAULT_CHAR
+from core.screen_cells import DEFAULT_CHAR, Char
 from core.screen_queries import Palette
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,6 +419,7 @@ SCREENS = {
     "alternate_screen": streams.alternate_screen(),
     "fuzz": streams.fuzz(7),
     "reverse_screen": attributes_and_wide() + f"{CSI}?5h{CSI}2;5Hon a reversed screen".encode(),
+    "agent_hints": streams.agent_hints() * 20,
 }
 
 
@@ -456,6 +456,45 @@ def test_runs_are_compact_and_mark_wide_and_combined_cells() -> None:
     assert rows[0] == ["red", 0, " plain 中\x00文\x00", 1]  # trailing blanks left out; "\0": a wide char's stub
     assert rows[1] == [["x\u0301"], 1, "y", 1]  # a cell of two code points: a list, one string per cell
     assert rows[2] == []
+
+
+def test_dim_concealed_double_underlined_and_overlined_cells_reach_a_mirror_and_its_history() -> None:
+    """An agent's dim hints (and concealed, double-underlined, overlined text) reach a client as style flags 64,
+    128, 256 and 512, on screen rows and scrollback pages. No new version: a decoder drops flag bits it does not
+    know, as the ones before these flags drop them."""
+    screen = StemScreen(60, 6, scrollback=50)
+    screen.feed(streams.agent_hints())
+    encoded = Rows(screen_state(screen)).encode()
+    assert isinstance(encoded["styles"], list)
+    assert {flags for _fg, _bg, flags in encoded["styles"]} == {0, 1, 4, 64, 1 | 64, 128, 256, 4 | 256, 512}
+    expected = streams.agent_hints_expected()
+    mirror = ScreenMirror()
+    snapshot = unpack(pack(Snapshot(screen_state(screen))))
+    assert isinstance(snapshot, Snapshot)
+    mirror.apply(snapshot)
+    assert streams.agent_hints_shown([mirror.buffer[y] for y in range(3)]) == expected
+    screen.feed(streams.flood(10))  # the hints scroll into the history
+    rows = unpack(pack(Rows(screen_state(screen))))
+    assert isinstance(rows, Rows)
+    mirror.apply(rows)
+    held = len(screen.scrollback)
+    page = unpack(pack(Reply(1, result=scrollback_page(screen, screen.scrollback.scrolled - held, held))))
+    assert isinstance(page, Reply) and isinstance(page.result, ScrollbackPage)
+    mirror.scrollback.store(page.result)
+    assert streams.agent_hints_shown([mirror.scrollback.line(i) for i in range(3)]) == expected
+
+    # A newer host's bits are dropped; an older host's styles (six flags at most) decode as before.
+    frame = pack(Rows(screen_state(screen)))
+    body = msgpack.unpackb(frame[4:], strict_map_key=False)
+    body["styles"] = [["red", "default", 1 << 10 | 64 | 1], ["default", "default", 4]]
+    body["rows"] = {0: ["ab", 0, "c", 1]}
+    newer = unpack(frame_of(body))
+    assert isinstance(newer, Rows)
+    assert newer.screen.rows[0][:3] == [
+        Char("a", "red", bold=True, dim=True),
+        Char("b", "red", bold=True, dim=True),
+        Char("c", underscore=True),
+    ]
 
 
 # ------------------------------------------------------------------------------------------ a host and a mirror

@@ -14,11 +14,12 @@ from typing import Any
 import pyte
 import pytest
 from pyte import modes as mo
-from pyte.screens import Char, StaticDefaultDict, wcwidth
+from pyte.screens import StaticDefaultDict, wcwidth
 from recordings import streams
 
 from core import screen_cells
 from core.screen import StemScreen
+from core.screen_cells import Char
 
 COLS, ROWS = 120, 40
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -29,11 +30,24 @@ ALT_MODES = (47, 1047, 1049)
 class XtermExtras:
     """What xterm-256color's terminfo offers and stock pyte lacks, made of pyte's own primitives: SU and SD
     (indn, rin: ncurses scrolls regions with them), REP (rep: ncurses draws runs of one character with it, right
-    after drawing the character once), CBT and CHT, SCOSC and SCORC, HPA."""
+    after drawing the character once), CBT and CHT, SCOSC and SCORC, HPA; and the SGR attributes pyte drops, in
+    the fields Stem's `Char` adds after pyte's (pyte's own `select_graphic_rendition` still sets pyte's)."""
 
     csi = {"S": "scroll_up", "T": "scroll_down", "b": "repeat_character", "Z": "back_tab", "I": "forward_tab"}
     csi |= {"M": "delete_lines"}
     csi |= {"s": "save_cursor_ansi", "u": "restore_cursor_ansi", "`": "cursor_to_column"}
+
+    @property
+    def default_char(self: Any) -> Char:
+        return Char(" ", reverse=mo.DECSCNM in self.mode)
+
+    def reset(self: Any) -> None:
+        super().reset()  # type: ignore[misc]
+        self.cursor.attrs = self.default_char  # pyte's new cursor has pyte's `Char`
+
+    def select_graphic_rendition(self: Any, *attrs: int, **kwargs: Any) -> None:
+        super().select_graphic_rendition(*attrs, **kwargs)  # type: ignore[misc]
+        self.cursor.attrs = self.cursor.attrs._replace(**_xterm_attributes(attrs))
 
     def draw(self: Any, data: str) -> None:
         """pyte's draw, except at zero-width and unprintable characters, where pyte wrapped first, joined a wide
@@ -137,6 +151,34 @@ class XtermExtras:
             self.restore_cursor()
 
 
+def _xterm_attributes(params: tuple[int, ...]) -> dict[str, bool]:
+    """What SGR `params` sets of the attributes pyte drops, as xterm reads them: 2 dim, 8 conceal, 21 double
+    underline, 53 overline; 22 neither bold nor dim, 28 reveal, 4 a single underline, 24 none, 55 no overline; 0 (or
+    nothing) resets them. The arguments of a colour (38 or 48, then 5 and an index or 2 and three values; pyte
+    takes one argument of any other kind) are not attributes."""
+    out: dict[str, bool] = {}
+    i = 0
+    params = params or (0,)
+    while i < len(params):
+        p = params[i]
+        if p in (38, 48):
+            kind = params[i + 1] if i + 1 < len(params) else None
+            i += 2 + {5: 1, 2: 3}.get(kind, 0) if kind is not None else 1
+            continue
+        if p == 0:
+            out.update(dim=False, conceal=False, double_underscore=False, overline=False)
+        elif p in (2, 22):
+            out["dim"] = p == 2
+        elif p in (8, 28):
+            out["conceal"] = p == 8
+        elif p in (21, 4, 24):
+            out["double_underscore"] = p == 21
+        elif p in (53, 55):
+            out["overline"] = p == 53
+        i += 1
+    return out
+
+
 class StockRef(XtermExtras, pyte.Screen):
     """Stock pyte, except that CSI ? Ps m (a query: xterm's XTQMODKEYS, which vim sends at start) is ignored
     as terminals do. Stock pyte raises on it from inside `feed` and drops the rest of that feed, which
@@ -232,7 +274,7 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
             r, g, b = (int(v or 0) for v in (subs[2:5] if len(subs) > 4 else subs[1:4]))
             out.append(b"%s;2;%d;%d;%d" % (code, r, g, b))
         elif code == b"4" and subs:
-            out.append(b"24" if subs[0] == b"0" else b"4")
+            out.append(b"24" if subs[0] == b"0" else b"4;21" if subs[0] == b"2" else b"4")
         elif code not in (b"38", b"48", b"58"):
             out.append(code)
     return b"\x1b[" + b";".join(out) + b"m"
@@ -354,6 +396,7 @@ STREAMS = {
     "top-colour": lambda: recorded("top_colour.bin"),
     "tmux": lambda: recorded("tmux.bin"),
     "codex": lambda: recorded("codex.bin"),
+    "agent-hints": lambda: streams.agent_hints() * 30,
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
     "vim-less-curses-repeated": lambda: (recorded("vim.bin") + recorded("less.bin") + recorded("curses.bin")) * 3,
@@ -414,6 +457,21 @@ def test_sequences_pyte_misreads_are_read_as_xterm_does(sent: bytes, fg: str, un
         cell = screen.buffer[0][1]
         assert (cell.fg, cell.underscore) == (fg, underline), (sent, size)
         assert screen.errors == 0
+
+
+@pytest.mark.parametrize("size", [1, 7, None])
+def test_dim_concealed_double_underlined_and_overlined_text_keeps_its_look_on_screen_and_in_history(
+    size: int | None,
+) -> None:
+    """Codex and Claude Code draw hints and secondary text dim (SGR 2): pyte dropped it (and SGR 8, 21, 4:2, 53), so
+    hints showed at full brightness, like the agent's content. The cells carry them, and keep them when the lines
+    scroll into the history (one at a time, or inside a flood's batch)."""
+    expected = streams.agent_hints_expected()
+    screen = stem(streams.agent_hints(), size)
+    assert streams.agent_hints_shown([row_cells(screen, y) for y in range(3)]) == expected
+    screen = stem(streams.agent_hints() + streams.flood(100), size)
+    assert streams.agent_hints_shown([screen.scrollback.line(i) for i in range(3)]) == expected
+    assert screen.scrollback.text(1).startswith("  esc to interrupt · ctrl+t transcript ")
 
 
 def test_deccolm_keeps_the_pty_width_and_1048_saves_the_cursor() -> None:
@@ -608,10 +666,17 @@ def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.Monkey
 
 def test_sgr_is_pyte_s() -> None:
     """Stem works SGR out itself (once per parameter list, applied to each starting point); it must be what
-    pyte's `select_graphic_rendition` leaves, on a normal and a reversed screen, quirks included."""
+    pyte's `select_graphic_rendition` leaves, on a normal and a reversed screen, quirks included, with what xterm
+    reads in the attributes pyte drops (dim, conceal, double underline, overline)."""
     rng = random.Random(3)
     values = [0, 1, 2, 3, 4, 5, 7, 9, 22, 23, 24, 25, 27, 29, 30, 31, 37, 38, 39, 40, 47, 48, 49, 90, 97, 100, 107, 256]
-    starts = [Char(" "), Char(" ", "red", "blue", True, False, True), Char(" ", "00ff00", reverse=True)]
+    values += [8, 21, 28, 53, 55]
+    starts = [
+        Char(" "),
+        Char(" ", "red", "blue", True, False, True),
+        Char(" ", "00ff00", reverse=True),
+        Char(" ", bold=True, underscore=True, dim=True, conceal=True, double_underscore=True, overline=True),
+    ]
     screen_cells.clear_caches()
     for _ in range(3000):
         params = [rng.choice(values) for _ in range(rng.randrange(0, 7))]
@@ -619,7 +684,7 @@ def test_sgr_is_pyte_s() -> None:
             params[rng.randrange(len(params) + 1) :] = [rng.choice([38, 48]), rng.choice([2, 5, 7]), *params[:3]]
         for reverse in (False, True):
             for start in starts:
-                scratch = pyte.Screen(1, 1)
+                scratch = StockRef(1, 1)
                 if reverse:
                     scratch.mode.add(mo.DECSCNM)
                 scratch.cursor.attrs = start
@@ -852,8 +917,19 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
         lambda: recorded("rich_demo.bin") * 2,
         streams.wide_wrapping_lines,
         lambda: streams.repeated_lines(2),
+        lambda: streams.agent_hints() * 30,
     ],
-    ids=["coloured-logs", "wide", "autowrap", "erased-lines", "git-log", "rich-demo", "wide-wrapping", "repeated"],
+    ids=[
+        "coloured-logs",
+        "wide",
+        "autowrap",
+        "erased-lines",
+        "git-log",
+        "rich-demo",
+        "wide-wrapping",
+        "repeated",
+        "agent-hints",
+    ],
 )
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""

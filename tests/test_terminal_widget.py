@@ -200,6 +200,30 @@ async def test_colours_attributes_and_wide_characters() -> None:
         assert all(view.render_line(y).cell_length == width for y in range(10)), "a row is not the widget's width"
 
 
+async def test_dim_concealed_double_underlined_and_overlined_text_is_drawn_so() -> None:
+    """Agents draw hints dim (SGR 2): drawn dim, not at full brightness like their content; concealed text (8) as
+    blanks; a double underline (21, 4:2) as rich's underline2, an overline (53) as an overline, a curly one (4:3)
+    as an underline."""
+    async with at_prompt() as (app, pilot):
+        await pilot.press(*"hints", "enter")
+        await until(pilot, lambda: shows(app, "plain") and shows(app, "overline"), "the hints line")
+        view = app.query_one(TerminalView)
+        row = next(y for y, line in enumerate(drawn(app)) if "dim-hint" in line and "echo" not in line)
+        strip = view.render_line(row)
+        styles = {seg.text.strip(): seg.style for seg in strip if seg.text.strip()}
+        assert styles["done"].bold and not styles["done"].dim
+        assert styles["dim-hint"].dim and not styles["dim-hint"].bold
+        assert styles["bold-dim"].bold and styles["bold-dim"].dim
+        assert styles["double"].underline2 and not styles["double"].underline
+        assert styles["colon-double"].underline2 and not styles["colon-double"].underline
+        assert styles["overline"].overline and not styles["overline"].underline
+        assert styles["curly"].underline and not styles["curly"].underline2
+        plain = styles["plain"]
+        assert not (plain.bold or plain.dim or plain.underline or plain.underline2 or plain.overline)
+        line = "".join(seg.text for seg in strip)
+        assert "secret" not in line and "bold-dim" + " " * 8 + "double" in line  # concealed: blanks in its cells
+
+
 async def test_the_cursor_is_drawn_reversed() -> None:
     async with at_prompt() as (app, _pilot):
         view = app.query_one(TerminalView)

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
 
-from pyte.screens import Char
-
 from core.host.protocol import Rows, ScreenModes, ScreenState, ScrollbackPage, Snapshot
-from core.screen_cells import DEFAULT_CHAR, cells_text
+from core.screen_cells import DEFAULT_CHAR, Char, cells_text
 from core.screen_queries import Link
 
 _REVERSE_BLANK = DEFAULT_CHAR._replace(reverse=True)

@@ -53,7 +53,9 @@ Values inside messages:
   character; a list segment is one cell per string (cells of several code points: a letter with a combining
   accent that has no precomposed form).
 - style: [fg, bg, flags], colours as pyte names them ("default", "red", 6 hex digits); flags: bold 1, italics 2,
-  underscore 4, strikethrough 8, reverse 16, blink 32. Style indices point into the message's own `styles`.
+  underscore 4, strikethrough 8, reverse 16, blink 32, dim 64, conceal 128, double underline 256, overline 512
+  (a double underline from SGR 4:2 has the underscore bit too, from SGR 21 not: as pyte reads them). Decoders
+  ignore bits they do not know. Style indices point into the message's own `styles`.
 - scrollback line numbers: the n-th line ever to enter the scrollback is number n (from 0), so a number stays
   valid while older lines are dropped; the oldest line still held is `scrolled - scrollback`.
 - colony {state, stage, reason}; agent {activity, code, pid}; service {name, state, port, restarts, code, detail,
@@ -66,7 +68,9 @@ new entries only (a UI following 100 colonies reads a colony's history when it s
 log file); `output` pushes the agent's raw bytes.
 
 Versions: 2 added `palette` (a client sends it only on a connection at version 2) and the screen's links, clipboard,
-app_keypad and focus_reports, which version 1 decoders ignore. A host speaks both.
+app_keypad and focus_reports, which version 1 decoders ignore. A host speaks both. The style flags from 64 up
+(dim, conceal, double underline, overline) came later without a new version: decoders before them drop those bits
+(and show such cells without them).
 
 Order: on one connection messages arrive in the order sent; a `rows` applies to the snapshot or rows before it.
 A host that falls behind on a client may drop the rows it owes it and send a fresh snapshot instead.
@@ -93,13 +97,12 @@ from typing import TYPE_CHECKING, ClassVar, Final, Literal, Self, TypeVar, cast,
 
 import msgpack
 from pyte import modes as mo
-from pyte.screens import Char
 
 from core.colony_log import Entry
 from core.errors import StemError
 from core.events import FileChange
 from core.ipc import socket_address
-from core.screen_cells import DEFAULT_CHAR, chars_for
+from core.screen_cells import DEFAULT_CHAR, Char, chars_for
 from core.screen_queries import Link, Palette
 
 if TYPE_CHECKING:
@@ -272,11 +275,11 @@ class _Fields:
 
 # ------------------------------------------------------------------------------------------------ styled runs
 
-# A cell's attributes without its character: fg, bg, bold, italics, underscore, strikethrough, reverse, blink.
-StyleKey = tuple[str, str, bool, bool, bool, bool, bool, bool]
-_STYLE_SLICE = slice(1, None)  # cell[1:] is twice as fast as an itemgetter of the eight fields
+# A cell's attributes without its character: fg, bg, then the flags (`Char`'s order, which is the wire's bits').
+StyleKey = tuple[str, str, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool]
+_STYLE_SLICE = slice(1, None)  # cell[1:] is twice as fast as an itemgetter of the twelve fields
 _DATA = cast("Callable[[Char], str]", itemgetter(0))
-_FLAGS: Final = ("bold", "italics", "underscore", "strikethrough", "reverse", "blink")
+_FLAGS: Final = Char._fields[3:]  # bold, italics, underscore, strikethrough, reverse, blink, dim, conceal, ...
 _REVERSE_BLANK: Final = DEFAULT_CHAR._replace(reverse=True)
 
 # The wire's stand-in for pyte's empty cell after a wide character; pyte never stores NUL as a cell.
@@ -285,7 +288,7 @@ _STUB = "\x00"
 RowWire = list[str | list[str] | int]
 
 
-# The six attribute flags of a style as the wire's bits, and back.
+# The attribute flags of a style as the wire's bits, and back.
 _FLAG_BITS: dict[tuple[bool, ...], int] = {}
 _FLAG_TUPLES: list[tuple[bool, ...]] = []
 for _bits in range(1 << len(_FLAGS)):

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from pyte.screens import Char
 from rich.cells import cell_len
 from rich.color import Color
 from rich.segment import Segment
@@ -35,7 +34,7 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from core.host.protocol import ScreenModes
-from core.screen_cells import cell_width
+from core.screen_cells import Char, cell_width
 from core.screen_queries import Link, Palette
 from core.xterm_input import FOCUS_IN, FOCUS_OUT, MouseAction, key_bytes, mouse_report
 from stem.attach import ANSI_INDEX
@@ -98,10 +97,12 @@ def _color(name: str) -> Color | None:
 
 
 def cell_style(attrs: tuple[Any, ...], base: Style) -> Style:
-    """The rich Style of a cell with pyte attributes `attrs` = (fg, bg, bold, italics, underscore, strikethrough,
-    reverse, blink) on a terminal whose default colours are `base`'s. Reverse is resolved here, against the
-    default colours, because a reversed cell with "default" colours has no colours for rich to swap."""
-    fg, bg, bold, italics, underscore, strikethrough, reverse, _blink = attrs
+    """The rich Style of a cell with attributes `attrs` (a `Char`'s fields after its data: fg, bg, bold, italics,
+    underscore, strikethrough, reverse, blink, dim, conceal, double underline, overline) on a terminal whose default
+    colours are `base`'s. Reverse is resolved here, against the default colours, because a reversed cell with
+    "default" colours has no colours for rich to swap. A double underline wins over a single one, as the later of
+    SGR 4 and 21 does in a terminal (a cell with both had 4:2). Concealed text is drawn as blanks (`_shown`)."""
+    fg, bg, bold, italics, underscore, strikethrough, reverse, _blink, dim, _conceal, double, overline = attrs
     color = _color(fg) or base.color
     bgcolor = _color(bg) or base.bgcolor
     if reverse:
@@ -110,10 +111,22 @@ def cell_style(attrs: tuple[Any, ...], base: Style) -> Style:
         color=color,
         bgcolor=bgcolor,
         bold=bold or None,
+        dim=dim or None,
         italic=italics or None,
-        underline=underscore or None,
+        underline=(underscore and not double) or None,
+        underline2=double or None,
         strike=strikethrough or None,
+        overline=overline or None,
     )
+
+
+# Where conceal (SGR 8) is in a cell's attributes (`Char` without its data).
+_CONCEAL = Char._fields.index("conceal") - 1
+
+
+def _shown(text: str, key: tuple[Any, ...] | None) -> str:
+    """The characters of cells with attributes `key` as drawn: concealed ones as blanks over the same cells."""
+    return " " * cell_len(text) if key is not None and key[_CONCEAL] else text
 
 
 class TerminalView(ScrollView, can_focus=True):
@@ -659,20 +672,20 @@ class TerminalView(ScrollView, can_focus=True):
             key = char[1:]
             if x == cursor_x:
                 if run:
-                    segments.append(Segment("".join(run), _style(styles, run_key, base)))
+                    segments.append(Segment(_shown("".join(run), run_key), _style(styles, run_key, base)))
                     run = []
                 name = "terminal--cursor" if self.has_focus else "terminal--cursor-blurred"
                 cursor_style = self.get_component_rich_style(name, partial=True)
-                segments.append(Segment(data, _style(styles, key, base) + cursor_style))
+                segments.append(Segment(_shown(data, key), _style(styles, key, base) + cursor_style))
                 run_key = None
                 continue
             if key != run_key and run:
-                segments.append(Segment("".join(run), _style(styles, run_key, base)))
+                segments.append(Segment(_shown("".join(run), run_key), _style(styles, run_key, base)))
                 run = []
             run_key = key
             run.append(data)
         if run:
-            segments.append(Segment("".join(run), _style(styles, run_key, base)))
+            segments.append(Segment(_shown("".join(run), run_key), _style(styles, run_key, base)))
         return Strip(segments)
 
 

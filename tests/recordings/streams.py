@@ -9,6 +9,7 @@ made by capture.py).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 ESC = "\x1b"
 CSI = ESC + "["
@@ -58,6 +59,56 @@ _WORDS = [
 def flood(count: int, start: int = 1) -> bytes:
     """`seq start start+count-1` as it arrives from a PTY."""
     return "".join(f"{i}\r\n" for i in range(start, start + count)).encode()
+
+
+def agent_hints() -> bytes:
+    """What coding agents draw in the SGR attributes pyte drops: Codex's and Claude Code's dim hints and secondary
+    text (2, ended by 22, which also ends bold), a concealed word (8, 28), double underlines (21 and 4:2, ended by
+    24 and 4:0), an overline (53, 55) and a curly underline (4:3, Claude Code's and Neovim's), each followed by
+    text after its reset."""
+    return (
+        f"{CSI}1m• Ran{CSI}22m {CSI}2mcargo test{CSI}22m {CSI}1;2mbold-dim{CSI}22m normal\r\n"
+        f"{CSI}2m  esc to interrupt · ctrl+t transcript{CSI}0m\r\n"
+        f"{CSI}8msecret{CSI}28m shown {CSI}21mdouble{CSI}24m {CSI}4:2mcolon-double{CSI}4:0m {CSI}53mover{CSI}55m "
+        f"{CSI}4:3mcurly{CSI}4:0m plain\r\n"
+    ).encode()
+
+
+# What `agent_hints` shows, word by word: (bold, dim, conceal, underscore, double underline, overline).
+AGENT_HINTS_ATTRS = {
+    "Ran": (True, False, False, False, False, False),
+    "cargo test": (False, True, False, False, False, False),
+    "bold-dim": (True, True, False, False, False, False),
+    "normal": (False, False, False, False, False, False),
+    "esc to interrupt": (False, True, False, False, False, False),
+    "secret": (False, False, True, False, False, False),
+    "shown": (False, False, False, False, False, False),
+    "double": (False, False, False, False, True, False),
+    "colon-double": (False, False, False, True, True, False),  # 4:2 is an underline to pyte too
+    "over": (False, False, False, False, False, True),
+    "curly": (False, False, False, True, False, False),
+    "plain": (False, False, False, False, False, False),
+}
+
+
+def agent_hints_shown(rows: list[Any]) -> dict[str, set[tuple[bool, ...]]]:
+    """For each word of `agent_hints` found in `rows` (rows of cells), the attributes of its cells, as in
+    `AGENT_HINTS_ATTRS`."""
+    found: dict[str, set[tuple[bool, ...]]] = {}
+    for word in AGENT_HINTS_ATTRS:
+        for cells in rows:
+            at = "".join(cell.data for cell in cells).find(word)
+            if at >= 0:
+                found[word] = {
+                    (c.bold, c.dim, c.conceal, c.underscore, c.double_underscore, c.overline)
+                    for c in cells[at : at + len(word)]
+                }
+                break
+    return found
+
+
+def agent_hints_expected() -> dict[str, set[tuple[bool, ...]]]:
+    return {word: {attrs} for word, attrs in AGENT_HINTS_ATTRS.items()}
 
 
 def _sgr_random(rng: random.Random) -> str:
@@ -404,7 +455,13 @@ def _sgr_tui(rng: random.Random) -> str:
     if kind == 4:
         return f"{CSI}38;5;{rng.randrange(256)}m"
     if kind == 5:
-        return rng.choice([f"{CSI}38;5;300m", f"{CSI}38;2;1;2m", f"{CSI}48;5m", f"{CSI}1;38;2;9;9;9;22m"])
+        return rng.choice(
+            [f"{CSI}38;5;300m", f"{CSI}38;2;1;2m", f"{CSI}48;5m", f"{CSI}1;38;2;9;9;9;22m"]
+            # The attributes pyte drops (Codex and Claude Code draw hints dim), their resets, colour arguments that
+            # are not attributes
+            + [f"{CSI}2m", f"{CSI}2;38;2;{rgb}m", f"{CSI}22;53m", f"{CSI}8;21m", f"{CSI}4:2m", f"{CSI}24;28;55m"]
+            + [f"{CSI}21;4m", f"{CSI}38;5;2;48;2;8;21;53m", f"{CSI}1;2;8;21;53m"]
+        )
     return _sgr_random(rng)
 
 
