@@ -1670,6 +1670,13 @@ class Hive:
         rec = await asyncio.to_thread(self.registry.get, name)
         return await asyncio.to_thread(colony_diff, rec, into, text=text)
 
+    async def checkout_problem(self, name: str) -> str:
+        """Why the checkout of the colony's target would refuse its merge now ("" if nothing would), off the loop."""
+        from core.merge import checkout_problem
+
+        rec = await asyncio.to_thread(self.registry.get, name)
+        return await read_off_loop(lambda: checkout_problem(rec), "merge-check")
+
     async def commit(self, name: str, message: str) -> CommitResult:
         """Commit the colony's uncommitted work on its branch, under its lock."""
         from core.merge import commit_colony

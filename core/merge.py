@@ -742,6 +742,26 @@ def _check_checkout(checkout: Path, target: Target, touched: Iterable[str]) -> N
         )
 
 
+def checkout_problem(rec: ColonyRecord, into: str | None = None) -> str:
+    """Why the checkout of the colony's target would refuse its merge now (an operation under way there, unresolved
+    conflicts, uncommitted changes to files the merge changes), as the merge would say it; "" if nothing would. What
+    the merge dialog shows before the user says yes."""
+    repo = Path(rec.repo)
+    try:
+        target = resolve_target(rec, into)
+        checkout = _checkout_of(repo, target.branch)
+        src, old = _rev(repo, f"refs/heads/{rec.branch}"), _rev(repo, target.ref)
+        if checkout is None or src is None or old is None:
+            return ""
+        base = _out(["merge-base", old, src], repo)
+        _check_checkout(checkout, target, _touched(repo, base, src) if base else ())
+    except TargetDirty as exc:
+        return str(exc).removesuffix("; nothing was changed")
+    except StemError:
+        return ""  # the merge itself says what is wrong
+    return ""
+
+
 def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path | None = None) -> bool:
     """Move `ref` from `old` to `new` if it still is at `old`; False if it moved meanwhile. The ref keeps its owner
     (a colony's branch stays its uid's; packed, a colony/ branch goes to the owner of the `checkout` that has it)."""

@@ -386,7 +386,9 @@ class LiveWork:
 
         async def open_dialog() -> None:
             hive = self.app.hive
-            diff, statuses = await asyncio.gather(hive.target_diff(name, text=False), hive.merge_statuses([name]))
+            diff, statuses, checkout = await asyncio.gather(
+                hive.target_diff(name, text=False), hive.merge_statuses([name]), hive.checkout_problem(name)
+            )
             status = next((s for s in statuses if s.colony == name), None)
             if status is not None:
                 self.merge[name] = status
@@ -396,7 +398,7 @@ class LiveWork:
                 if choice is not None:
                     self._merge(name, choice)
 
-            self.app.push_screen(MergeDialog(name, diff, status), chosen)
+            self.app.push_screen(MergeDialog(name, diff, status, checkout), chosen)
 
         self.app._colony_work(name, open_dialog(), f"merge status of {name}")
 

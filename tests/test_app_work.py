@@ -118,6 +118,25 @@ async def test_a_conflicting_colony_shows_the_count_and_the_dialog_refuses(hive_
         await until(pilot, lambda: not isinstance(app.screen, MergeDialog), "the dialog closed")
 
 
+async def test_the_merge_dialog_says_before_anything_that_the_targets_checkout_is_dirty(hive_env, repo):
+    """main checked out with an uncommitted edit to a file the merge changes: the dialog says so and refuses, rather
+    than showing "merges clean" and failing once the user says yes."""
+    async with stem_app(hive_env, repo, "alder") as (app, pilot, hive):
+        commit_in(worktree(hive, "alder"), "README.md", "alder's readme\n", "alder's readme")
+        (repo / "README.md").write_text("the user's own edit\n")
+        before = tip(repo, "main")
+        await until(pilot, lambda: "↑1 ✓" in row_text(app, "alder"), "alder's row: one ahead, merges clean")
+        await pilot.press("m")
+        await until(pilot, lambda: isinstance(app.screen, MergeDialog), "the merge dialog")
+        await until(pilot, lambda: shows(app, "uncommitted changes", "(README.md)"), "the dirty checkout in the dialog")
+        assert "merges clean" in screen_text(app), screen_text(app)
+        await pilot.press("y")
+        await until(pilot, lambda: notified(app, "commit or stash them there"), "the refusal")
+        assert isinstance(app.screen, MergeDialog), "the dialog stays open"
+        assert tip(repo, "main") == before and (repo / "README.md").read_text() == "the user's own edit\n"
+        await pilot.press("escape")
+
+
 async def test_two_colonies_changing_one_file_are_flagged_in_both_rows_within_a_second(hive_env, repo):
     async with stem_app(hive_env, repo, "alder", "beech") as (app, pilot, hive):
         app.select_colony("alder")

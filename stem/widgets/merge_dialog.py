@@ -68,11 +68,13 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
 
     BINDINGS = [bind("dialog.cancel"), bind("merge.confirm"), bind("merge.squash")]
 
-    def __init__(self, name: str, diff: ColonyDiff, status: MergeStatus | None) -> None:
+    def __init__(self, name: str, diff: ColonyDiff, status: MergeStatus | None, checkout: str = "") -> None:
+        """`checkout`: why the checkout of the target would refuse the merge now (core.merge.checkout_problem)."""
         super().__init__(id="merge-dialog")
         self.colony = name
         self.diff = diff
         self.status = status
+        self.checkout = checkout
         self.target = (status.target if status is not None else "") or diff.target
 
     @property
@@ -92,7 +94,7 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
             )
         if status.state == MergeState.UNKNOWN:
             return status.error or status.note or "no target to merge into"
-        return ""
+        return self.checkout
 
     def _summary(self) -> Content:
         status = self.status
