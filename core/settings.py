@@ -97,6 +97,8 @@ class Settings:
     resolv_conf: Path = field(default=HOST_RESOLV_CONF, metadata=in_file("network", "resolv_conf"))
     agents: Mapping[str, AgentPreset] = field(default_factory=lambda: shipped_presets())
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # where each of `keys` is written, "file:line", for the UI's errors about a remap (stem.keys.keymap)
+    key_lines: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # every colony's services through the hive's preview proxy; 0 turns it off
     # None: not set, so the port the hive's claim chose (core.claims: 8900 for the first hive on the machine)
     preview_port: int | None = field(default=None, metadata=in_file("preview", "port"))
@@ -284,6 +286,7 @@ def _settings(doc: TomlDoc) -> Settings:
     preview_port = None
     if "port" in preview:
         preview_port = doc.integer(("preview",), ("port",), preview["port"], 0, 65535)
+    key_lines: dict[str, str] = {}
     return Settings(
         path=doc.path,
         pool=pool,
@@ -298,8 +301,9 @@ def _settings(doc: TomlDoc) -> Settings:
         resolv_conf=resolv_conf,
         preview_port=preview_port,
         agents=_agents(doc, data.get("agents", {}), shipped_presets()),
-        keys=_keys(doc, data.get("keys", {})),
+        keys=_keys(doc, data.get("keys", {}), key_lines),
         limits=parse_limits(doc, data.get("limits", {})),
+        key_lines=MappingProxyType(key_lines),
     )
 
 
@@ -358,8 +362,9 @@ def _agents(doc: TomlDoc, raw: dict[str, Any], base: Mapping[str, AgentPreset]) 
     return MappingProxyType(agents)
 
 
-def _keys(doc: TomlDoc, raw: dict[str, Any]) -> Mapping[str, str]:
-    """Key remaps by binding id. `app.quit = "q"` and `"app.quit" = "q"` both mean binding id `app.quit`."""
+def _keys(doc: TomlDoc, raw: dict[str, Any], lines: dict[str, str]) -> Mapping[str, str]:
+    """Key remaps by binding id. `app.quit = "q"` and `"app.quit" = "q"` both mean binding id `app.quit`. `lines`
+    gets where each is written ("file:line")."""
     keys: dict[str, str] = {}
 
     def walk(prefix: tuple[str, ...], table: dict[str, Any]) -> None:
@@ -372,6 +377,7 @@ def _keys(doc: TomlDoc, raw: dict[str, Any]) -> Mapping[str, str]:
             if binding in keys:
                 doc.fail(("keys",), path, f"binding '{binding}' is set twice")
             keys[binding] = doc.string(("keys",), path, value).strip()
+            lines[binding] = f"{doc.shown}:{doc.locator.line_of(('keys', *path))}"
 
     walk((), raw)
     return MappingProxyType(keys)

@@ -167,7 +167,8 @@ class StemApp(App[int], inherit_bindings=False):
             self.register_theme(theme)
         if self.settings.theme in self.available_themes:
             self._set_initial_theme(self.settings.theme)
-        self.key_remaps = keymap(self.settings.keys)  # binding id -> keys, as remapped by config
+        # binding id -> keys, as remapped by config
+        self.key_remaps = keymap(self.settings.keys, self.settings.key_lines)
         self.set_keymap(self.key_remaps)
 
     def _set_initial_theme(self, name: str) -> None:
@@ -1186,7 +1187,7 @@ def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: 
         if settings.theme not in themes and settings.theme not in _builtin_themes():
             known = ", ".join(sorted({*themes, *_builtin_themes()}))
             raise StemError(f"{settings.path}: [hive] theme: no theme named {settings.theme!r} (known: {known})")
-        keymap(settings.keys)
+        keymap(settings.keys, settings.key_lines)
         hive = (hive_factory or _default_hive)(settings)
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)

@@ -96,7 +96,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # ------------------------------------------------------------------------------------------------ the release key
 
 
-def release_key(spec: str | None) -> tuple[bytes, str | None]:
+def release_key(spec: str | None, where: str = "config.toml") -> tuple[bytes, str | None]:
     """The byte a terminal sends for the user's release chord (their `[keys] terminal.release`, Textual key names,
     comma separated: the first with a one-byte form wins), and a warning when none has one (ctrl+] then)."""
     if not spec:
@@ -106,7 +106,7 @@ def release_key(spec: str | None) -> tuple[bytes, str | None]:
         if data is not None:
             return data, None
     return DEFAULT_RELEASE, (
-        f"config.toml: [keys] {RELEASE_BINDING} = {spec!r} is not a key a terminal sends as one byte: "
+        f"{where}: [keys] {RELEASE_BINDING} = {spec!r} is not a key a terminal sends as one byte: "
         f"stem attach detaches with ctrl+] instead"
     )
 

@@ -4,7 +4,7 @@ the app applies that with `App.set_keymap`. `?` in the app lists the keys active
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from textual.binding import Binding
@@ -95,15 +95,20 @@ def bind(
     )
 
 
-def keymap(remaps: Mapping[str, str]) -> dict[str, str]:
-    """The user's [keys] table as a Textual keymap; an unknown binding id is a config error."""
+def keymap(remaps: Mapping[str, str], where: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The user's [keys] table as a Textual keymap; an unknown binding id is a config error. `where`: the file and
+    line of each remap (Settings.key_lines), which the error starts with."""
+
+    def at(binding_id: str) -> str:
+        return (where or {}).get(binding_id, "config.toml")
+
     for binding_id in remaps:
         if binding_id not in KEYS:
             close = [k for k in KEYS if k.split(".")[-1] == binding_id.split(".")[-1]]
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"config.toml: [keys] {binding_id}: no such binding{hint}; `?` in stem lists them")
+            raise ConfigError(f"{at(binding_id)}: [keys] {binding_id}: no such binding{hint}; `?` in stem lists them")
     mapped = {binding_id: keys for binding_id, keys in remaps.items() if keys}
-    _check_clashes(mapped)
+    _check_clashes(mapped, at)
     return mapped
 
 
@@ -112,7 +117,7 @@ def keymap(remaps: Mapping[str, str]) -> dict[str, str]:
 _MODAL = ("dialog", "help", "merge")
 
 
-def _check_clashes(mapped: Mapping[str, str]) -> None:
+def _check_clashes(mapped: Mapping[str, str], at: Callable[[str], str]) -> None:
     """A remapped key that another binding live in the same place has too: one of them would never run (a stop key
     taken by destroy, say). Bindings that share a key by default (enter, escape in different roles) are left be."""
 
@@ -138,6 +143,6 @@ def _check_clashes(mapped: Mapping[str, str]) -> None:
             shared = mine & keys_of(other, True)
             if shared:
                 raise ConfigError(
-                    f"config.toml: [keys] {binding_id} = {mapped[binding_id]!r}: {sorted(shared)[0]} is also "
+                    f"{at(binding_id)}: [keys] {binding_id} = {mapped[binding_id]!r}: {sorted(shared)[0]} is also "
                     f"{other} ({KEYS[other].description}) there, which would never run: give one of them another key"
                 )

@@ -178,7 +178,10 @@ async def cmd_attach(hive: HiveAPI, args: argparse.Namespace) -> int:
     socket = hive.host_socket(rec.name)
     if not socket.exists():
         raise StemError(f"{rec.name} has no running host: stem start {rec.name}")
-    key, warning = release_key(hive.settings.keys.get(RELEASE_BINDING))
+    settings = hive.settings
+    key, warning = release_key(
+        settings.keys.get(RELEASE_BINDING), settings.key_lines.get(RELEASE_BINDING, "config.toml")
+    )
     if warning:
         print(f"stem: {warning}", file=sys.stderr)
     return await attach(socket, rec.name, key, sys.stdin.fileno(), sys.stdout.fileno())

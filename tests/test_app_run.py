@@ -42,16 +42,16 @@ def test_a_broken_user_theme_names_its_file(config, capsys):
 
 
 def test_an_unknown_binding_id_is_one_line_and_exit_2(config, capsys):
-    config.write_text('[keys]\n"colony.nuke" = "x"\n')
+    config.write_text('# mine\n[keys]\n"colony.nuke" = "x"\n')
     assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
-    assert "colony.nuke: no such binding" in one_line(capsys)
+    assert f"{config}:3: [keys] colony.nuke: no such binding" in one_line(capsys)  # the file as given, and its line
 
 
 def test_a_remap_onto_another_bindings_key_is_one_line_and_exit_2(config, capsys):
     config.write_text('[keys]\n"colony.destroy" = "s"\n')  # stop/start's key in the same panel
     assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
     line = one_line(capsys)
-    assert "colony.destroy = 's': s is also colony.stop_start (stop/start) there" in line, line
+    assert f"{config}:2: [keys] colony.destroy = 's': s is also colony.stop_start (stop/start) there" in line, line
     config.write_text('[keys]\n"colony.destroy" = "x"\n"colony.stop_start" = "d"\n')  # swapped: both kept
     from core.settings import load_settings
     from stem.keys import keymap
