@@ -19,6 +19,7 @@ from core.errors import StemError
 from core.locks import file_lock, remove_unused
 from core.names import netns_pattern, veth_pattern
 from core.provision import RUNTIME_PARTS
+from core.words import plural
 
 if TYPE_CHECKING:
     from core.hive import Hive
@@ -122,7 +123,7 @@ def _orphan_resources(hive: Hive, report: GcReport) -> None:
         if res.kind != "branch":
             report.removed.append(f"{res.kind} {res.ident} (left by {res.colony})")
         elif unmerged:
-            report.kept.append(f"branch {branch} in {repo}: {unmerged} unmerged commit(s)")
+            report.kept.append(f"branch {branch} in {repo}: {plural(unmerged, 'unmerged commit')}")
         elif holder is not None:
             report.kept.append(f"branch {branch} in {repo}: checked out at {holder} now, not Stem's; forgotten")
         elif not there:
@@ -219,14 +220,14 @@ def _registry(hive: Hive, report: GcReport) -> None:
     """Rows of colonies that are gone (a host's last write racing a destroy), and their lock files."""
     gone = hive.registry.forget_orphans()
     if gone:
-        report.removed.append(f"{gone} registry row(s) of colonies that no longer exist")
+        report.removed.append(f"{plural(gone, 'registry row')} of colonies that no longer exist")
     names = {c.name for c in hive.registry.colonies()}
     stale = 0
     for path in hive.layout.locks.glob("colony-*.lock"):
         if path.name[len("colony-") : -len(".lock")] not in names and remove_unused(path):
             stale += 1
     if stale:
-        report.removed.append(f"{stale} lock file(s) of colonies that no longer exist")
+        report.removed.append(f"{plural(stale, 'lock file')} of colonies that no longer exist")
 
 
 def _disk(hive: Hive, report: GcReport) -> None:

@@ -27,6 +27,7 @@ from core.errors import BadRef, StemError
 from core.events import FileChange
 from core.locks import file_lock, repo_lock_path
 from core.registry import ColonyRecord
+from core.words import plural
 from core.worktree import (
     SQUASHED_REFS,
     Owner,
@@ -176,7 +177,7 @@ class MergeStatus:
     def summary(self) -> str:
         """What the list shows: "merges clean", "conflicts: 2 files", "nothing to merge"."""
         if self.state == MergeState.CONFLICTS:
-            return f"conflicts: {_count(len(self.conflicts), 'file')}"
+            return f"conflicts: {plural(len(self.conflicts), 'file')}"
         if self.state in (MergeState.CLEAN, MergeState.FAST_FORWARD):
             return "merges clean"
         if self.state == MergeState.NOTHING:
@@ -295,10 +296,6 @@ class ColonyDiff:
             "diff": self.text,
             "note": self.note,
         }
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 # git ----------------------------------------------------------------------------------------------------------------
@@ -689,7 +686,7 @@ def _plan(rec: ColonyRecord, target: Target, old: str, src: str, squash: bool, m
         else:
             advice = f"stem sync {rec.name} brings {target.branch} into the colony for its agent to resolve"
         raise MergeConflict(
-            f"{rec.name} does not merge cleanly into {target.branch}: {_count(len(conflicts), 'file')} in conflict "
+            f"{rec.name} does not merge cleanly into {target.branch}: {plural(len(conflicts), 'file')} in conflict "
             f"({listed}); nothing was changed ({advice})",
             rec.name,
             target.branch,
@@ -700,7 +697,7 @@ def _plan(rec: ColonyRecord, target: Target, old: str, src: str, squash: bool, m
     if message is None:
         if squash:
             subjects = _out(["log", "--reverse", "--format=* %s", *revs], repo)
-            message = f"{rec.name}: {_count(commits, 'commit')} of {rec.branch}, squashed\n\n{subjects}\n"
+            message = f"{rec.name}: {plural(commits, 'commit')} of {rec.branch}, squashed\n\n{subjects}\n"
         else:
             message = f"Merge colony {rec.name} ({rec.branch}) into {target.branch}\n"
     parents = ["-p", old] if squash else ["-p", old, "-p", src]
@@ -864,7 +861,7 @@ def merge_colony(
     except NothingToMerge as exc:
         if uncommitted:
             raise NothingToMerge(
-                f"{exc}; its {_count(len(uncommitted), 'uncommitted file')} "
+                f"{exc}; its {plural(len(uncommitted), 'uncommitted file')} "
                 f"{'is' if len(uncommitted) == 1 else 'are'} not merged: "
                 f"stem commit {rec.name} -m MESSAGE first"
             ) from None

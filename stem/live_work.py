@@ -24,6 +24,7 @@ from core.events import ChangesUpdated, ColonyRemoved, Event, HiveChanged, State
 from core.merge import MergeConflict, MergeState, MergeStatus
 from core.offload import read_off_loop
 from core.overlap import Overlap, OverlapLevel, OverlapReport
+from core.words import plural
 from stem.widgets.dialogs import ConfirmScreen
 from stem.widgets.merge_dialog import CommitDialog, MergeChoice, MergeDialog
 from stem.widgets.work_badges import WorkBadge, cpu_text, merge_parts
@@ -45,10 +46,6 @@ class InfoExtras:
     sections: list[Content] = field(default_factory=list)
     preview: dict[str, str] = field(default_factory=dict)  # service -> URL through the hive's preview port
     preview_note: str = ""
-
-
-def _plural(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 class LiveWork:
@@ -413,11 +410,9 @@ class LiveWork:
             finally:
                 self.changed()
             self.app.notify(
-                f"merged {name} into {result.target} ({result.how}, {_plural(result.commits, 'commit')}, "
-                f"{_plural(len(result.files), 'file')})"
-                + (
-                    f"; {_plural(len(result.uncommitted), 'uncommitted file')} stayed out" if result.uncommitted else ""
-                ),
+                f"merged {name} into {result.target} ({result.how}, {plural(result.commits, 'commit')}, "
+                f"{plural(len(result.files), 'file')})"
+                + (f"; {plural(len(result.uncommitted), 'uncommitted file')} stayed out" if result.uncommitted else ""),
                 timeout=8,
             )
             self.app.refresh_colonies()
@@ -456,7 +451,7 @@ class LiveWork:
             finally:
                 self.changed()
             self.app.notify(
-                f"committed {_plural(len(result.files), 'file')} of {name} as {result.commit[:10]} on {result.branch}"
+                f"committed {plural(len(result.files), 'file')} of {name} as {result.commit[:10]} on {result.branch}"
             )
 
         self.app._colony_work(name, commit(), f"commit {name}")
@@ -504,7 +499,7 @@ class LiveWork:
                 self.app.notify(f"{name} is up to date with {result.target}")
             else:
                 self.app.notify(
-                    f"synced {_plural(result.commits, 'commit')} of {result.target} into {name} ({result.how})"
+                    f"synced {plural(result.commits, 'commit')} of {result.target} into {name} ({result.how})"
                 )
 
         self.app._colony_work(name, ask(), f"merge status of {name}")
@@ -520,7 +515,7 @@ class LiveWork:
 def sync_question(name: str, branch: str, target: str, status: MergeStatus | None) -> tuple[str, Content, bool]:
     """The sync confirmation's title and body, and whether it is a warning (conflicts foreseen)."""
     known = status is not None and status.state != MergeState.UNKNOWN
-    what = _plural(status.behind, "new commit") if status is not None and known else "the new commits"
+    what = plural(status.behind, "new commit") if status is not None and known else "the new commits"
     lines = [
         Content.assemble(
             f"This merges {what} of ",
@@ -536,7 +531,7 @@ def sync_question(name: str, branch: str, target: str, status: MergeStatus | Non
         listed = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
         lines.append(
             Content.styled(
-                f"Conflicts foreseen in {_plural(len(conflicts), 'file')} ({listed}): left in the worktree with "
+                f"Conflicts foreseen in {plural(len(conflicts), 'file')} ({listed}): left in the worktree with "
                 "markers, for the agent to resolve and commit.",
                 "bold $warning",
             )

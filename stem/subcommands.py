@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from core.egress import EgressInForce
 from core.errors import StemError
+from core.words import plural
 from stem.cli import EXIT_USAGE, print_listing
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
         print(f"destroyed {report.name}")
         if report.kept_branch:
             print(
-                f"kept branch {report.kept_branch}: {report.unmerged} commit(s) not merged anywhere "
+                f"kept branch {report.kept_branch}: {plural(report.unmerged, 'commit')} not merged anywhere "
                 f"(merge it, or drop it with git branch -D {report.kept_branch})"
             )
     return 0
@@ -233,7 +234,10 @@ def _stat(diff: ColonyDiff) -> list[str]:
         lines.append(f" {f.path.ljust(width)} | {f.added + f.removed:>5} {bar}{mark}")
     added, removed = sum(f.added for f in diff.files), sum(f.removed for f in diff.files)
     against = f"against {diff.target}" if diff.target else f"since {diff.base[:12]}"
-    summary = f" {len(diff.files)} file(s) changed, {added} insertion(s)(+), {removed} deletion(s)(-) {against}"
+    summary = (
+        f" {plural(len(diff.files), 'file')} changed, {plural(added, 'insertion')}(+), "
+        f"{plural(removed, 'deletion')}(-) {against}"
+    )
     uncommitted = sum(1 for f in diff.files if f.path in diff.uncommitted)
     return [*lines, summary + (f"; {uncommitted} uncommitted" if uncommitted else "")]
 
@@ -258,7 +262,10 @@ async def cmd_commit(hive: HiveAPI, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
-        print(f"committed {len(result.files)} file(s) of {result.colony} on {result.branch} as {result.commit[:12]}")
+        print(
+            f"committed {plural(len(result.files), 'file')} of {result.colony} on {result.branch} "
+            f"as {result.commit[:12]}"
+        )
     return 0
 
 
@@ -272,7 +279,7 @@ def _merged(result: MergeResult) -> None:
     what = {"fast-forward": "fast-forward to", "merge": "merge commit", "squash": "commit"}[result.how]
     print(
         f"{verb} {result.colony} into {result.target}: {what} {result.new[:12]} "
-        f"({result.commits} commit(s), {len(result.files)} file(s))"
+        f"({plural(result.commits, 'commit')}, {plural(len(result.files), 'file')})"
     )
     if result.checkout:
         print(f"  {result.checkout} has {result.target} checked out: brought to {result.new[:12]}")
@@ -281,7 +288,7 @@ def _merged(result: MergeResult) -> None:
     _note(result.note)
     if result.uncommitted:
         _note(
-            f"{result.colony} has {len(result.uncommitted)} uncommitted file(s), not part of the merge "
+            f"{result.colony} has {plural(len(result.uncommitted), 'uncommitted file')}, not part of the merge "
             f"(stem commit {result.colony} -m MESSAGE, then merge again)"
         )
 
@@ -358,7 +365,7 @@ async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
         print(f"{result.colony} is up to date with {result.target}")
     elif result.how != "conflicts":
         print(
-            f"synced {result.colony} with {result.target}: {result.commits} commit(s) brought in "
+            f"synced {result.colony} with {result.target}: {plural(result.commits, 'commit')} brought in "
             f"({result.how}, now at {result.new[:12]})"
         )
     if not args.json:
@@ -367,8 +374,8 @@ async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
         return 0
     if not args.json:
         print(
-            f"stem: merging {result.target} into {result.colony} left {len(result.conflicts)} file(s) in conflict "
-            "in its worktree, for its agent to resolve (then commit)",
+            f"stem: merging {result.target} into {result.colony} left {plural(len(result.conflicts), 'file')} "
+            "in conflict in its worktree, for its agent to resolve (then commit)",
             file=sys.stderr,
         )
         _conflicts(result.conflicts, result.target, result.colony)

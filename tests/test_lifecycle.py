@@ -167,7 +167,7 @@ def test_destroy_leaves_nothing_but_keeps_an_unmerged_branch(hive_env, repo):
     git(wt, "commit", "-q", "-m", "agent work")
     result = run_stem(hive_env.env, "destroy", "kept", "gone")
     assert result.returncode == 0, result.stderr
-    assert "kept branch colony/kept: 1 commit(s) not merged anywhere" in result.stdout
+    assert "kept branch colony/kept: 1 commit not merged anywhere" in result.stdout
     branches = git(repo, "branch", "--format=%(refname:short)").split()
     assert branches == ["colony/kept", "main"]
     assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []

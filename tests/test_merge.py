@@ -373,7 +373,7 @@ def test_sync_brings_the_target_into_the_colony_and_leaves_a_conflict_for_its_ag
     main_before = rev(project, "main")
     conflicted = stem(hive_env, "sync", "beta")
     assert conflicted.returncode == 1
-    assert "left 1 file(s) in conflict in its worktree" in conflicted.stderr
+    assert "left 1 file in conflict in its worktree" in conflicted.stderr
     assert "  app.txt: content: line 7 on main, line 7 on beta" in conflicted.stderr.splitlines()
     text = (beta / "app.txt").read_text()
     assert "<<<<<<< HEAD\nbeta\n=======\nalpha\n>>>>>>> main\n" in text  # markers the agent can read
@@ -577,7 +577,7 @@ def test_diff_shows_committed_and_uncommitted_work_against_the_target(hive_env, 
         " app.txt       |     2 +-",
         " brand-new.txt |     2 ++  (uncommitted)",
         " other.txt     |     2 +-  (uncommitted)",
-        " 3 file(s) changed, 4 insertion(s)(+), 2 deletion(s)(-) against main; 2 uncommitted",
+        " 3 files changed, 4 insertions(+), 2 deletions(-) against main; 2 uncommitted",
     ]
     out = json.loads(stem(hive_env, "diff", "alpha", "--json").stdout)
     assert out["target"] == "main"

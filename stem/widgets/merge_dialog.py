@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Static
 
 from core.merge import ColonyDiff, MergeState, MergeStatus
+from core.words import plural
 from stem.keys import bind
 
 __all__ = ["CommitDialog", "MergeChoice", "MergeDialog"]
@@ -29,10 +30,6 @@ _MAX_FILES = 200
 @dataclass(frozen=True, slots=True)
 class MergeChoice:
     squash: bool
-
-
-def _plural(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _files(diff: ColonyDiff, conflicts: frozenset[str] = frozenset()) -> list[Content]:
@@ -85,7 +82,7 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
             return "its merge status could not be computed"
         if status.state == MergeState.CONFLICTS:
             return (
-                f"{self.colony} conflicts with {status.target} in {_plural(len(status.conflicts), 'file')}: nothing "
+                f"{self.colony} conflicts with {status.target} in {plural(len(status.conflicts), 'file')}: nothing "
                 f"merged. u syncs {status.target} into the colony so its agent resolves them"
             )
         if status.state == MergeState.NOTHING:
@@ -129,7 +126,7 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
             )
             yield Static(self._summary(), id="merge-summary")
             head = Content.assemble(
-                Content.styled(f"\n{_plural(len(self.diff.files), 'file')}", "bold"),
+                Content.styled(f"\n{plural(len(self.diff.files), 'file')}", "bold"),
                 "  ",
                 Content.styled(f"+{added}", "$success"),
                 " ",
@@ -195,7 +192,7 @@ class CommitDialog(ModalScreen[str | None]):
                 ),
                 classes="dialog-title",
             )
-            yield Static(Content.styled(f"{_plural(len(self.files), 'uncommitted file')}: {listed}", "$text-muted"))
+            yield Static(Content.styled(f"{plural(len(self.files), 'uncommitted file')}: {listed}", "$text-muted"))
             yield Static("Message", classes="field-label")
             yield Input(placeholder="what this work does", id="commit-message")
             yield Static("", id="commit-error", classes="field-error")
