@@ -9,6 +9,7 @@ Blocking (git processes): call it in a thread from async code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -80,6 +81,7 @@ class OverlapReport:
 class _Hunk:
     base: tuple[int, int]  # [start, end) 0-based lines of the base file it replaces; start == end inserts there
     new: tuple[int, int]  # 1-based inclusive lines of the new file; (n + 1, n) when it only removes lines
+    added: str = ""  # the lines it puts there (its "+" lines): two colonies making the same change do not conflict
 
 
 _LinePair = tuple[tuple[int, int], tuple[int, int]]
@@ -107,12 +109,25 @@ def _parse_hunks(patch: str, paths: Iterable[str]) -> dict[str, _Hunks]:
             headers[f'diff --git "a/{inner}" "b/{inner}"'] = path
     found: dict[str, _Hunks] = {}
     current: str | None = None
+    added: list[str] = []
+
+    def take_added() -> None:
+        # The "+" lines of the hunk just read go with it.
+        hunks = found.get(current) if current is not None else None
+        if added and hunks and current is not None:
+            found[current] = (*hunks[:-1], dataclasses.replace(hunks[-1], added="\n".join(added)))
+        added.clear()
+
     for line in patch.splitlines():
         if line.startswith("diff --git "):
+            take_added()
             current = headers.get(line)
             if current is not None:
                 found[current] = None  # until a text hunk shows it is not binary
+        elif current is not None and line.startswith("+") and found.get(current):
+            added.append(line[1:])
         elif current is not None and line.startswith("@@ "):
+            take_added()
             match = _HUNK_HEADER.match(line)
             if match is None:
                 continue
@@ -125,6 +140,7 @@ def _parse_hunks(patch: str, paths: Iterable[str]) -> dict[str, _Hunks]:
             base = (old_start, old_start) if old_count == 0 else (old_start - 1, old_start - 1 + old_count)
             new = (new_start + 1, new_start) if new_count == 0 else (new_start, new_start + new_count - 1)
             found[current] = (*(found[current] or ()), _Hunk(base, new))
+    take_added()
     return found
 
 
@@ -200,7 +216,11 @@ def _compare(a: _Hunks, b: _Hunks, moves: _Hunks | tuple[()]) -> tuple[bool, tup
     pairs: list[_LinePair] = []
     for hb in b:
         base = (_map_pos(hb.base[0], moves, False), _map_pos(hb.base[1], moves, True)) if moves else hb.base
-        pairs.extend((ha.new, hb.new) for ha in a if _touching(ha.base, base))
+        pairs.extend(
+            (ha.new, hb.new)
+            for ha in a
+            if _touching(ha.base, base) and not (not moves and ha.base == hb.base and ha.added == hb.added)
+        )  # the same change made by both (a commit they share) merges clean
     return bool(pairs), tuple(pairs)
 
 

@@ -666,6 +666,24 @@ def test_overlaps_between_colonies_of_different_bases_compare_the_same_lines(tmp
     assert [(o.path, o.level) for o in report.overlaps] == [("app.txt", overlap.OverlapLevel.FILE)]
 
 
+def test_colonies_that_share_a_commit_are_not_told_they_will_conflict_over_it(tmp_path, project):
+    """One colony merged another's branch (`stem merge beta --into colony/alpha`): both change the same lines in
+    the same way, which merges clean, so they overlap at file level only; a different change of those lines still
+    reads as the same lines."""
+    trees = {}
+    for name in ("alpha", "beta"):
+        trees[name] = tmp_path / name
+        git(project, "worktree", "add", "-q", "-b", f"colony/{name}", str(trees[name]), "main")
+    commit(trees["beta"], "beta's line 7", app__txt=numbered(l7="beta seven"))
+    git(trees["alpha"], "merge", "-q", "--ff-only", "colony/beta")
+    records = [record(name, project, tree) for name, tree in trees.items()]
+    report = overlap.find_overlaps(overlap.overlap_work(records))
+    assert [(o.path, o.level) for o in report.overlaps] == [("app.txt", overlap.OverlapLevel.FILE)]
+    commit(trees["alpha"], "alpha's own line 7", app__txt=numbered(l7="alpha seven"))
+    report = overlap.find_overlaps(overlap.overlap_work(records))
+    assert [(o.path, o.level) for o in report.overlaps] == [("app.txt", overlap.OverlapLevel.HUNK)]
+
+
 def test_status_of_many_colonies_batches_merge_tree(tmp_path, project):
     records = []
     for i in range(6):
