@@ -29,7 +29,7 @@ commands:
   help            this list
   bell            ring the bell (BEL)
   color           one line in 16-colour, 256-colour and truecolour SGR
-  hints           Codex/Claude-style dim hints, concealed, double-underlined, overlined and curly-underlined text
+  hints           dim, concealed and double/over/curly-underlined text (agents' hints)
   size            print size: <cols>x<rows>
   write PATH TEXT write TEXT to PATH (relative to the working directory)
   flood N         print N numbered lines as fast as possible
