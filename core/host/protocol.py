@@ -605,8 +605,8 @@ class AgentInfo(_Wire):
 
 @dataclass(frozen=True, slots=True)
 class ServiceInfo(_Wire):
-    """One service of `colony.toml`: state (starting, ready, running, crashed, stopped; removed: taken out of
-    colony.toml, to be forgotten), port, restarts."""
+    """One service of `colony.toml`: state (starting, ready, running, crashed, exited: ended by itself with 0 and
+    restarting, stopped; removed: taken out of colony.toml, to be forgotten), port, restarts."""
 
     name: str
     state: str
