@@ -434,7 +434,10 @@ class ServiceRunner:
         self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
         self._exited = asyncio.Event()
         self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
-        self._quiet: dict[int, asyncio.TimerHandle] = {}  # per pipe with a line begun: logs it when it fires
+        # Per pipe with a line begun: the timer that logs it once the pipe is quiet (`_take_partial`), and when a read
+        # last left a line begun (one timer per quiet wait, not one per read: a flood's reads end mid-line).
+        self._quiet: dict[int, asyncio.TimerHandle] = {}
+        self._partial_at: dict[int, float] = {}
         self._paused = False
         self._pending: list[str] = []
         self._writer: asyncio.Task[None] | None = None
@@ -896,24 +899,35 @@ class ServiceRunner:
             return False
         except OSError:
             chunk = b""
-        self._cancel_quiet(fd)
         if not chunk:
+            self._cancel_quiet(fd)
             asyncio.get_running_loop().remove_reader(fd)
             self._lines(splitter.flush())
             return False
         self._lines(splitter.feed(chunk))
         if splitter.partial:
-            self._quiet[fd] = asyncio.get_running_loop().call_later(PARTIAL_QUIET, self._take_partial, fd)
+            loop = asyncio.get_running_loop()
+            self._partial_at[fd] = loop.time()
+            if fd not in self._quiet:
+                self._quiet[fd] = loop.call_later(PARTIAL_QUIET, self._take_partial, fd)
         return True
 
     def _take_partial(self, fd: int) -> None:
-        """The pipe has been quiet since a line began: log what there is of it."""
+        """Log what there is of a line begun once its pipe has been quiet PARTIAL_QUIET since a read last left a line
+        begun; if one came since, wait out the rest of that time."""
         self._quiet.pop(fd, None)
         entry = self._pipes.get(fd)
-        if entry is not None:
-            self._lines(entry[1].take_partial())
+        if entry is None or not entry[1].partial:
+            return  # the line was ended meanwhile
+        loop = asyncio.get_running_loop()
+        wait = self._partial_at.get(fd, 0.0) + PARTIAL_QUIET - loop.time()
+        if wait > 0:
+            self._quiet[fd] = loop.call_later(wait, self._take_partial, fd)
+            return
+        self._lines(entry[1].take_partial())
 
     def _cancel_quiet(self, fd: int) -> None:
+        self._partial_at.pop(fd, None)
         timer = self._quiet.pop(fd, None)
         if timer is not None:
             timer.cancel()
