@@ -554,11 +554,8 @@ class ColonyHost:
             result = await self._handle(client, msg)
         except _Deferred:
             return
-        except StemError as exc:
-            client.send(p.Reply(request_id, str(exc) or type(exc).__name__))
-            return
-        except Exception as exc:  # a full disk, or a bug: say so to this client, keep serving the others
-            if not refused_by_disk(exc):
+        except Exception as exc:  # refused, a full disk, or a bug (logged): said to this client, the others served
+            if not isinstance(exc, StemError) and not refused_by_disk(exc):
                 log.exception("request %s of a %s client failed", type(msg).__name__, client.kind)
             client.send(p.Reply(request_id, failure_line(exc)))
             return
