@@ -111,11 +111,18 @@ def clash(a: str, b: str) -> bool:
 
 
 def claim(
-    prefix: str | None, home: Path, pool: ipaddress.IPv4Network, *, pool_given: bool = True
+    prefix: str | None,
+    home: Path,
+    pool: ipaddress.IPv4Network,
+    *,
+    pool_given: bool = True,
+    preview: int | None = None,
 ) -> tuple[str, ipaddress.IPv4Network]:
     """Record that this hive's prefix and pool are its own and return them, or refuse naming the hive that has
     them, or the host network the pool would shadow. A `prefix` of None (none given) and a pool not given are
-    the ones this hive chose before, else the defaults or the first free ones (see the module's docstring)."""
+    the ones this hive chose before, else the defaults or the first free ones (see the module's docstring).
+    `preview` is the preview port set for it (STEM_PREVIEW_PORT, `[preview] port`): the claim records the port in
+    use, so that another hive does not choose it and this one does not keep a port it does not use from others."""
     remembered = _remembered(home)
     default_pool = pool
     home_text = str(home.resolve())
@@ -158,9 +165,10 @@ def claim(
                     "give this hive another STEM_POOL"
                 )
         _check_routes(pool, [prefix, *claims])
-        if "preview" not in remembered:
-            chose["preview"] = str(_free_preview_port(others))
-        preview = int(chose.get("preview") or remembered["preview"])
+        if preview is None:
+            if "preview" not in remembered:
+                chose["preview"] = str(_free_preview_port(others))
+            preview = int(chose.get("preview") or remembered["preview"])
         if chose and any(remembered.get(key) != value for key, value in chose.items()):
             _write(home / REMEMBERED, {**remembered, **chose})
         if claims.get(prefix) != Claim(prefix, home_text, pool, preview):

@@ -55,6 +55,7 @@ __all__ = [
     "add_route",
     "caddy_binary",
     "ensure_running",
+    "given_port",
     "listen_port",
     "other_hosts_running",
     "problem",
@@ -207,9 +208,16 @@ def route_id(colony: str, service: str) -> str:
 def listen_port(settings: Settings, home: Path) -> int:
     """The hive's preview port: STEM_PREVIEW_PORT, else `[preview] port` of config.toml, else the one its claim
     chose (8900 for the first hive on the machine, the next free one for another). 0 turns preview off."""
+    port = given_port(settings)
+    return port if port is not None else claims.preview_port(home)
+
+
+def given_port(settings: Settings) -> int | None:
+    """The preview port STEM_PREVIEW_PORT or `[preview] port` of config.toml sets, None if neither does (the hive's
+    claim chooses one)."""
     text = os.environ.get("STEM_PREVIEW_PORT", "").strip()
     if not text:
-        return settings.preview_port if settings.preview_port is not None else claims.preview_port(home)
+        return settings.preview_port
     try:
         port = int(text)
     except ValueError:

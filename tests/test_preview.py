@@ -341,6 +341,27 @@ def test_two_hives_that_set_no_preview_port_each_get_their_own(hive_env, tmp_pat
         hives[1].cleanup()
 
 
+@pytest.mark.root
+def test_a_hive_that_sets_its_preview_port_claims_that_port(hive_env, tmp_path):
+    """A hive whose STEM_PREVIEW_PORT sets the port records that port in its claim, not one it chose and does not
+    use: a hive that sets none does not choose the port the first uses, and the first keeps no chosen port."""
+    taken = {claim.preview for claim in claims.held() if claim.home != str(hive_env.home.resolve())}
+    wanted = next(port for port in range(8900, 9000) if port not in taken)  # what a new hive would choose
+    hive_env.env["STEM_PREVIEW_PORT"] = str(wanted)
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    assert json.loads((claims.CLAIMS_DIR / hive_env.prefix).read_text())["preview"] == str(wanted)
+    remembered = hive_env.home / claims.REMEMBERED
+    assert not remembered.exists() or "preview" not in json.loads(remembered.read_text())
+    second = HiveEnv(tmp_path / "second")
+    try:
+        del second.env["STEM_PREVIEW_PORT"]
+        assert run_stem(second.env, "ls").returncode == 0
+        chosen = claims.preview_port(second.home)
+        assert chosen != wanted and chosen in range(8900, 9000)
+    finally:
+        second.cleanup()
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
