@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -976,9 +977,23 @@ def sync_colony(rec: ColonyRecord, into: str | None = None) -> SyncResult:
     # An assume-unchanged or skip-worktree colony.toml would be rewritten by a failed merge to the colony's own
     # committed version, as root: what it says must come from its user (core.config.colony_config_for).
     git_bytes(["update-index", "-q", "--no-assume-unchanged", "--no-skip-worktree", "--", COLONY_FILE], worktree)
+    # After a squash merge of the colony, the target has its work up to the squash record without the ancestry: a
+    # plain merge would start from the colony's old base and see the target's later edits of the squashed lines as
+    # conflicts. The merge then takes the target through `_after_squash` (so it starts from the record) and is
+    # concluded with the target itself as the second parent: that commit is never in the colony's history.
+    theirs = _after_squash(repo, tip, head, _rev(repo, _squashed_ref(rec)))
+    how = ["--ff", "--no-edit"] if theirs == tip else ["--no-ff", "--no-commit"]
     proc = git_bytes(
-        [*_NO_HOOKS, "merge", "--ff", "--no-autostash", "--no-edit", "--no-verify", "-m", message, name], worktree
+        [*_NO_HOOKS, "merge", *how, "--no-autostash", "--no-verify", "-m", message, name if theirs == tip else theirs],
+        worktree,
     )
+    if theirs != tip and _merge_heads(worktree) == [theirs]:
+        _relabel(worktree, theirs, name)
+        gitdir = git_dir_of(worktree)
+        assert gitdir is not None  # git merged in it
+        (gitdir / "MERGE_HEAD").write_text(tip + "\n")
+        if proc.returncode == 0:
+            proc = git_bytes([*_NO_HOOKS, "commit", "--no-edit", "--no-verify", "-q"], worktree)
     _give_back_changes(owner, worktree, head)  # the files it merged in, conflicted or not, are the agent's to edit
     new = _out(["rev-parse", "--verify", "HEAD"], worktree)
     if proc.returncode == 0:
@@ -995,6 +1010,33 @@ def sync_colony(rec: ColonyRecord, into: str | None = None) -> SyncResult:
             )
         raise StemError(f"git merge failed in {worktree}: {_said(proc)}")
     return SyncResult(rec.name, target.branch, "conflicts", head, new, commits, conflicts, target.note)
+
+
+def _relabel(worktree: Path, commit: str, name: str) -> None:
+    """The conflict markers of a merge of `commit` in the worktree's files name `name` instead (what `stem sync`
+    merged, as a plain `git merge NAME` labels it). Each file is reached from the worktree a folder at a time without
+    following a symlink, so one the agent puts in place of a folder or the file cannot have root write elsewhere."""
+    old, new = f">>>>>>> {commit}\n".encode(), f">>>>>>> {name}\n".encode()
+    unmerged = _split_z(git_bytes(["ls-files", "-u", "-z"], worktree).stdout)
+    for path in dict.fromkeys(entry.partition("\t")[2] for entry in unmerged):
+        *folders, last = path.split("/")
+        fd = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder in folders:
+                inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            file = os.open(last, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            with open(file, "r+b") as handle:
+                text = handle.read()
+                if old in text and stat.S_ISREG(os.fstat(file).st_mode):
+                    handle.seek(0)
+                    handle.write(text.replace(old, new))
+                    handle.truncate()
+        except OSError:  # gone, a symlink, a folder: the markers keep the commit's name
+            pass
+        finally:
+            os.close(fd)
 
 
 def _worktree_conflicts(worktree: Path) -> tuple[Conflict, ...]:

@@ -125,7 +125,17 @@ def give_back(owner: Owner | None, base: Path, names: Iterable[str], folders: bo
 
 
 # What git writes in a worktree's git dir when it merges, reads a tree in or commits there.
-_GIT_DIR_FILES = ("index", "ORIG_HEAD", "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE", "logs", "logs/HEAD")
+_GIT_DIR_FILES = (
+    "index",
+    "ORIG_HEAD",
+    "MERGE_HEAD",
+    "MERGE_MSG",
+    "MERGE_MODE",
+    "AUTO_MERGE",
+    "COMMIT_EDITMSG",
+    "logs",
+    "logs/HEAD",
+)
 
 
 def head_ref(gitdir: Path) -> str | None:

@@ -190,6 +190,48 @@ def test_after_a_squash_merge_the_colony_has_nothing_to_merge_and_its_later_work
 
 
 @root
+def test_sync_after_a_squash_merge_sees_no_conflict_in_the_squashed_lines(hive_env, project):
+    """Once a squash merge took the colony's work and the target edited those lines again, `stem sync` must not
+    leave them in conflict (a plain git merge starts from the colony's old base and does): the target's edit comes
+    in, the colony's later work stays, and the merge commit's parents are the colony's HEAD and the target. A real
+    conflict in the later work is left with markers that name the target, for the agent to conclude."""
+    alpha = spawn(hive_env, "alpha", project)
+    beta = spawn(hive_env, "beta", project)
+    commit(alpha, "alpha edits line 5", app__txt=numbered(l5="alpha five"))
+    commit(beta, "beta edits line 15", app__txt=numbered(l15="beta fifteen"))
+    assert stem(hive_env, "merge", "alpha", "--squash").returncode == 0
+    assert stem(hive_env, "merge", "beta", "--squash").returncode == 0
+    main = {"l5": "main five", "l15": "main fifteen"}
+    (project / "app.txt").write_text(numbered(**main))  # main edits both squashed lines again
+    git(project, "commit", "-qam", "main edits lines 5 and 15")
+    later = commit(alpha, "alpha edits line 20", app__txt=numbered(l5="alpha five", l20="alpha twenty"))
+
+    synced = stem(hive_env, "sync", "alpha", "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["result"] == "merge"
+    assert (alpha / "app.txt").read_text() == numbered(**main, l20="alpha twenty")
+    assert git(alpha, "rev-list", "--parents", "-n", "1", "HEAD").split()[1:] == [later, rev(project, "main")]
+    assert root_owned(alpha) == [] and status(alpha) == []  # the agent's git can go on (before root's git status)
+    assert stem(hive_env, "merge", "alpha").returncode == 0
+    assert (project / "app.txt").read_text() == numbered(**main, l20="alpha twenty")
+
+    # beta's later work and main both edit line 9: that conflict is left; line 15 is not in it.
+    later = commit(beta, "beta edits line 9", app__txt=numbered(l9="beta nine", l15="beta fifteen"))
+    (project / "app.txt").write_text(numbered(**main, l9="main nine", l20="alpha twenty"))
+    git(project, "commit", "-qam", "main edits line 9")
+    conflicted = stem(hive_env, "sync", "beta")
+    assert conflicted.returncode == 1, conflicted.stderr
+    assert "  app.txt: content: line 9 on main, line 9 on beta" in conflicted.stderr.splitlines(), conflicted.stderr
+    text = (beta / "app.txt").read_text()
+    assert "<<<<<<< HEAD\nbeta nine\n=======\nmain nine\n>>>>>>> main\n" in text
+    assert text.count("<<<<<<<") == 1 and "main fifteen\n" in text and "alpha twenty\n" in text
+    (beta / "app.txt").write_text(numbered(**main, l9="both nines", l20="alpha twenty"))
+    concluded = stem(hive_env, "commit", "beta", "-m", "merge main")
+    assert concluded.returncode == 0, concluded.stderr
+    assert git(beta, "rev-list", "--parents", "-n", "1", "HEAD").split()[1:] == [later, rev(project, "main")]
+
+
+@root
 def test_the_changed_files_a_colony_host_shows_follow_merges_of_the_colony(hive_env, project):
     """The Changes panel (the host's watcher) counts the colony's work from where its target has it: a merge moves
     the target, not the colony's worktree, and the list must follow it (it kept the merged files until the worktree
