@@ -982,9 +982,9 @@ def sync_colony(rec: ColonyRecord, into: str | None = None) -> SyncResult:
     # conflicts. The merge then takes the target through `_after_squash` (so it starts from the record) and is
     # concluded with the target itself as the second parent: that commit is never in the colony's history.
     theirs = _after_squash(repo, tip, head, _rev(repo, _squashed_ref(rec)))
-    how = ["--ff", "--no-edit"] if theirs == tip else ["--no-ff", "--no-commit"]
+    mode = ["--ff", "--no-edit"] if theirs == tip else ["--no-ff", "--no-commit"]
     proc = git_bytes(
-        [*_NO_HOOKS, "merge", *how, "--no-autostash", "--no-verify", "-m", message, name if theirs == tip else theirs],
+        [*_NO_HOOKS, "merge", *mode, "--no-autostash", "--no-verify", "-m", message, name if theirs == tip else theirs],
         worktree,
     )
     if theirs != tip and _merge_heads(worktree) == [theirs]:
