@@ -396,6 +396,7 @@ STREAMS = {
     "top-colour": lambda: recorded("top_colour.bin"),
     "tmux": lambda: recorded("tmux.bin"),
     "codex": lambda: recorded("codex.bin"),
+    "claude": lambda: recorded("claude.bin"),
     "agent-hints": lambda: streams.agent_hints() * 30,
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
@@ -512,6 +513,9 @@ def test_recordings_cover_what_they_claim() -> None:
     # A real agent CLI (Codex, offline): frames in synchronized output, walked from its first menu to typing a key
     codex = recorded("codex.bin")
     assert codex.count(b"\x1b[?2026h") > 5 and b"\x1b[?1049h" in codex and b"sk-not-a-real-ke" in codex
+    # Claude Code (offline, at its prompt): Ink's frames redrawn in place by relative moves, a prompt typed and edited
+    claude = recorded("claude.bin")
+    assert len(re.findall(rb"\x1b\[[0-9]A", claude)) > 20 and b"\x1b[7mn\x1b[27m" in claude and b"six" in claude
 
 
 @pytest.mark.parametrize("seed", range(10))

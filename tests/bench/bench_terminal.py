@@ -102,7 +102,7 @@ MB = 1_000_000
 RECORDINGS = ROOT / "tests" / "recordings"
 RECORDED = (
     *("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "curses"),
-    *("htop", "nano", "mc", "vim_syntax", "man", "tmux", "codex"),
+    *("htop", "nano", "mc", "vim_syntax", "man", "tmux", "codex", "claude"),
 )
 SYNTHETIC = ("flood", "logs", "redraw")
 

@@ -16,6 +16,8 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
   sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
                 full-screen programs as users run them beside an agent, checked against pyte by the screen tests
+  claude.bin    Anthropic's Claude Code (`claude`, from npm; skipped when missing), offline, onboarding marked done:
+                the API key dialog, the shortcuts, the slash-command menu walked, a prompt typed and edited, Ctrl-C
   codex.bin     OpenAI's Codex CLI (`codex`, from npm; skipped when missing), offline: its sign-in menu walked to
                 the API key field, a key typed and edited
 
@@ -71,10 +73,12 @@ def _drain(proc: PtyProcess, out: bytearray, quiet: float, screen: StemScreen) -
         screen.queries.feed(chunk, screen.feed)
 
 
-def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path, quiet: float = QUIET) -> bytes:
+def capture(
+    argv: list[str], keys: list[bytes], cwd: Path, home: Path, quiet: float = QUIET, env: dict[str, str] | None = None
+) -> bytes:
     """Run `argv` under a 120x40 PTY, send each of `keys` once output has been quiet for `quiet` seconds, return
-    everything written."""
-    env = {
+    everything written. `env` adds to the fixed environment."""
+    env = (env or {}) | {
         "TERM": "xterm-256color",
         "COLORTERM": "truecolor",
         "TZ": "UTC",
@@ -108,6 +112,22 @@ def capture(argv: list[str], keys: list[bytes], cwd: Path, home: Path, quiet: fl
         if proc.isalive():
             proc.terminate(force=True)
     return bytes(out)
+
+
+# A key that is not real, and no auto-update: Claude Code otherwise updates its own global install from npm's registry.
+_CLAUDE_ENV = {"ANTHROPIC_API_KEY": "sk-ant-not-a-real-key", "DISABLE_AUTOUPDATER": "1"}
+
+
+def _claude(claude: str, work: Path, home: Path) -> bytes:
+    """Claude Code at its prompt, offline: onboarding and the folder's trust marked done in its config, a key that
+    is not real in the environment (it asks whether to use it), nothing sent to a model."""
+    (home / ".claude.json").write_text(
+        '{"hasCompletedOnboarding": true, "theme": "dark", '
+        f'"projects": {{"{work}": {{"hasTrustDialogAccepted": true}}}}}}\n'
+    )
+    keys = [b"\x1b[A", b"\r", b"?", b"?", b"/", b"m", b"o", b"\x1b[B", b"\x1b[B", b"\x1b[A", b"\x7f", b"\x7f", b"\x7f"]
+    keys += [b"write a function that adds two numbers", b"\x1b[D" * 7, b"\x7f\x7f\x7f", b"six", b"\x03", b"\x03"]
+    return capture([claude], keys, work, home, quiet=1.5, env=_CLAUDE_ENV)
 
 
 def _source_file(path: Path) -> None:
@@ -277,6 +297,17 @@ def main() -> int:
             if "codex.bin" in wanted:
                 return 2
             wanted.discard("codex.bin")
+        claude = os.environ.get("STEM_CAPTURE_CLAUDE") or shutil.which("claude")
+        if claude:
+            jobs["claude.bin"] = lambda: _claude(claude, work, home)
+        elif not wanted or "claude.bin" in wanted:
+            print(
+                "claude.bin: no claude here (npm install @anthropic-ai/claude-code, or set STEM_CAPTURE_CLAUDE)",
+                file=sys.stderr,
+            )
+            if "claude.bin" in wanted:
+                return 2
+            wanted.discard("claude.bin")
         unknown = wanted - set(jobs)
         if unknown:
             print(f"unknown recordings: {', '.join(sorted(unknown))}; known: {', '.join(jobs)}", file=sys.stderr)
