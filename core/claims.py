@@ -182,6 +182,21 @@ def preview_port(home: Path) -> int:
     return int(_remembered(home).get("preview", DEFAULT_PREVIEW_PORT))
 
 
+def given_preview_port(configured: int | None) -> int | None:
+    """The preview port STEM_PREVIEW_PORT sets, else `configured` (`[preview] port` of config.toml); None if neither
+    does (the claim chooses one). 0 turns preview off."""
+    text = os.environ.get("STEM_PREVIEW_PORT", "").strip()
+    if not text:
+        return configured
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise StemError(f"STEM_PREVIEW_PORT {text!r} is not a port (0 to 65535; 0 turns preview off)")
+    return port
+
+
 def _free_preview_port(others: list[Claim]) -> int:
     taken = {other.preview for other in others}
     for port in _SPARE_PREVIEW_PORTS:

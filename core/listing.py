@@ -21,7 +21,6 @@ from core.host.paths import HostPaths
 from core.locations import HiveLayout, stem_home
 from core.locks import held
 from core.names import check_prefix
-from core.preview import given_port
 from core.registry import ColonyRecord, Registry
 from core.settings import DEFAULT_POOL, Settings, load_settings
 
@@ -66,7 +65,13 @@ def open_hive(
     pool = pool or settings.pool
     # Neither STEM_POOL nor a pool in config.toml: the hive may take a free one if another hive has the default.
     pool_given = pool != DEFAULT_POOL or bool(os.environ.get("STEM_POOL"))
-    prefix, pool = claims.claim(given or None, layout.home, pool, pool_given=pool_given, preview=given_port(settings))
+    prefix, pool = claims.claim(
+        given or None,
+        layout.home,
+        pool,
+        pool_given=pool_given,
+        preview=claims.given_preview_port(settings.preview_port),
+    )
     return OpenHive(layout, prefix, settings, pool, Registry(layout.registry))
 
 

@@ -55,7 +55,6 @@ __all__ = [
     "add_route",
     "caddy_binary",
     "ensure_running",
-    "given_port",
     "listen_port",
     "other_hosts_running",
     "problem",
@@ -208,23 +207,8 @@ def route_id(colony: str, service: str) -> str:
 def listen_port(settings: Settings, home: Path) -> int:
     """The hive's preview port: STEM_PREVIEW_PORT, else `[preview] port` of config.toml, else the one its claim
     chose (8900 for the first hive on the machine, the next free one for another). 0 turns preview off."""
-    port = given_port(settings)
+    port = claims.given_preview_port(settings.preview_port)
     return port if port is not None else claims.preview_port(home)
-
-
-def given_port(settings: Settings) -> int | None:
-    """The preview port STEM_PREVIEW_PORT or `[preview] port` of config.toml sets, None if neither does (the hive's
-    claim chooses one)."""
-    text = os.environ.get("STEM_PREVIEW_PORT", "").strip()
-    if not text:
-        return settings.preview_port
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise PreviewError(f"STEM_PREVIEW_PORT {text!r} is not a port (0 to 65535; 0 turns preview off)")
-    return port
 
 
 # --- the admin API ------------------------------------------------------------------------------------------------
