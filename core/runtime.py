@@ -19,7 +19,7 @@ from core.agent import AgentSession, choose_argv
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, colony_config_for
-from core.errors import ConfigError, StemError
+from core.errors import ConfigError, StemError, failure_line
 from core.events import Event, LogLine, Notice, ServiceState
 from core.inotify import Changes, FileWatcher
 from core.locations import HiveLayout
@@ -33,6 +33,8 @@ from core.settings import Settings, resolve_agent
 
 log = logging.getLogger("stem.runtime")
 WATCH_AFTER = 0.3  # seconds from a colony's start until its worktree watchers start (see `_watch`)
+# An agent's resume form (`claude --continue`) that fails this soon found nothing to resume: the plain command starts.
+RESUME_GRACE = 10.0
 
 
 def _write_now(write: Callable[[], object]) -> None:
@@ -59,6 +61,7 @@ class ColonyRuntime:
         home: Path | None = None,
         sandbox: Sandbox | None = None,
         on_init_lost: Callable[[str], None] | None = None,
+        on_agent: Callable[[AgentSession], None] | None = None,
     ) -> None:
         self.rec = rec
         self.sandbox = sandbox
@@ -73,6 +76,10 @@ class ColonyRuntime:
         self.env = env
         self.resume = resume
         self.agent: AgentSession | None = None
+        self._resume_check: asyncio.Future[None] | None = None  # see `_resumed`
+        self._on_agent = on_agent  # told of an agent session started anew by the runtime itself (`_resumed`)
+        self._stopping = False
+        self._resuming = False
         self.agent_size = (120, 40)  # what the agent's PTY starts at: the size a client asked for, if any
         self.config = config
         self._emit = emit
@@ -214,10 +221,39 @@ class ColonyRuntime:
         if notice:
             self._emit(Notice(rec.name, "warning", f"{rec.name}: {notice}"))
         await asyncio.to_thread(self._registry.add_event, rec.name, "agent-started", shlex.join(argv))
-        if rec.task and not resolved.task_passed and not resume:
+        resumed = resume and resolved.available and resolved.resume_argv is not None
+        if rec.task and not resolved.task_passed and not resumed:
             # The preset cannot take the task on its command line: type it in, as a person would.
             session.paste(rec.task)
             session.write(b"\r")
+        if resumed:
+            self._resume_check = asyncio.ensure_future(self._resumed(session, argv))
+
+    async def _resumed(self, session: AgentSession, argv: list[str]) -> None:
+        """The agent's resume form failing at once (`claude --continue` with no conversation: "No conversation found
+        to continue", exit 1) gets the preset's plain command in its place, with a notice, so `stem start` and a
+        revived host never leave a colony with an agent that exited only because it had nothing to resume."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            code = await asyncio.wait_for(session.wait(), RESUME_GRACE)
+        except TimeoutError:
+            return
+        if self.agent is not session or self._stopping or code is None or code <= 0:
+            return  # stopped or restarted meanwhile, killed by a signal, or ended well
+        name = self.rec.name
+        said = f"{shlex.join(argv)} ended after {loop.time() - began:.1f}s (exit {code}): nothing to resume"
+        self._emit(Notice(name, "warning", f"{name}: {said}, started the agent anew"))
+        self._resuming = True
+        try:
+            await self.restart_agent(resume=False)
+            if self.agent is not None and self._on_agent is not None:
+                self._on_agent(self.agent)
+        except Exception as exc:  # nobody awaits this task: say it where the colony's problems are said
+            log.exception("starting the agent of %s anew failed", name)
+            self._emit(Notice(name, "error", f"{name}: the agent could not be started anew: {failure_line(exc)}"))
+        finally:
+            self._resuming = False
 
     async def restart_agent(self, resume: bool = True) -> None:
         if self.agent is not None:
@@ -228,6 +264,13 @@ class ColonyRuntime:
     async def stop(self, grace: float | None = None, routes: bool = True) -> None:
         """End everything the colony runs. `routes`: remove its preview routes too (false: whoever stops many
         colonies removes all their routes in one change of Caddy's config instead of one each)."""
+        self._stopping = True  # an agent that ends now was stopped (see `_resumed`)
+        check = self._resume_check
+        if check is not None and not check.done():
+            if self._resuming:  # the agent is being started anew: it is stopped with the rest once it is
+                await asyncio.wait([check])
+            else:
+                check.cancel()
         self._limits.close()  # what stopping kills is no limit held
         await asyncio.to_thread(self._end_execs)
         # The agent, the services, the watchers and the preview routes go side by side: a stop takes as long as the

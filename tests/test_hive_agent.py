@@ -120,3 +120,65 @@ def test_missing_agent_program_starts_the_shell_with_a_notice(hive_env, repo, tm
             await hive.close()
 
     asyncio.run(scenario())
+
+
+def test_a_resume_form_with_nothing_to_resume_gets_the_agent_started_anew(hive_env, repo, tmp_path):
+    """`claude --continue` in a colony whose agent never had a conversation prints "No conversation found to
+    continue" and exits 1: `stem start` must not leave the colony with an agent that exited at once. The plain
+    command starts in its place, with its task, and a notice says why."""
+    from core.events import Notice
+
+    agent = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[agents.fake]\ncommand = "{agent} --task {{task}}"\nresume = "{agent} --continue --exit-after-banner 1"\n'
+    )
+    settings = load_settings(config)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, settings=settings)
+        events = hive.subscribe()
+        try:
+            await hive.attach()
+            await hive.spawn("again", repo, agent="fake", task="fix the login bug")
+            await screen_shows(hive, "again", "fake-agent>")
+            first = hive.agent("again")
+            assert first is not None
+            first.write(b"exit 0\r")
+
+            async def exited() -> None:
+                while True:
+                    event = await events.get()
+                    if isinstance(event, AgentActivity) and event.activity == "exited":
+                        return
+
+            await asyncio.wait_for(exited(), 10)
+            await hive.start("again")  # the resume form, which finds nothing and exits 1
+
+            async def notice() -> str:
+                while True:
+                    event = await events.get()
+                    if isinstance(event, Notice) and "nothing to resume" in event.message:
+                        return event.message
+
+            said = await asyncio.wait_for(notice(), 15)
+            assert "--continue --exit-after-banner 1 ended after" in said and "(exit 1)" in said, said
+            # What a UI shows follows the new session by itself (no key sent): its task, not the resume's output.
+            async def anew() -> None:
+                while True:
+                    session = hive.agent("again")
+                    text = "\n".join(session.screen.text()) if session is not None else ""
+                    if "task: fix the login bug" in text and "resumed" not in text:
+                        return
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(anew(), 10)
+            await screen_shows(hive, "again", "fake-agent>")
+            session = hive.agent("again")
+            assert session is not None
+            session.write(b"env COLONY_NAME\r")
+            await screen_shows(hive, "again", "env COLONY_NAME=again")
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())

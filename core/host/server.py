@@ -219,6 +219,7 @@ class ColonyHost:
                 on_config_change=self._config_changed,
                 home=self.layout.home,  # ready services get a route through the hive's preview port
                 on_init_lost=self._request_stop,
+                on_agent=self._follow_agent,
             )
             self.runtime = runtime
             if self.size is not None:
@@ -427,8 +428,19 @@ class ColonyHost:
             if client.wants(stream):
                 client.send(msg)
 
+    def _follow_agent(self, agent: AgentSession) -> None:
+        """A new agent session of the running colony (restarted, or started anew after its resume form found
+        nothing): followed, at the clients' size, and announced."""
+        self._tap(agent)
+        if self.size is not None and self.size != (agent.screen.columns, agent.screen.lines):
+            agent.resize(*self.size)
+        self.agent = p.AgentInfo(agent.activity or "idle", None, self._agent_pid())
+        self._broadcast("states", p.State(agent=self.agent))
+
     def _tap(self, agent: AgentSession) -> None:
         """Follow a new agent session's output and clipboard writes, and tell it the clients' colours."""
+        if self._on_output in agent.output_taps:
+            return  # followed already (started anew while the colony's start was under way)
         agent.output_taps.append(self._on_output)
         agent.clipboard_taps.append(self._on_clipboard)
         if self.palette is not None:
@@ -632,11 +644,7 @@ class ColonyHost:
                 raise StemError(f"{self.name} is not running")
             await runtime.restart_agent(resume=True)
             if runtime.agent is not None:
-                self._tap(runtime.agent)
-                if self.size is not None and self.size != (runtime.agent.screen.columns, runtime.agent.screen.lines):
-                    runtime.agent.resize(*self.size)
-                self.agent = p.AgentInfo(runtime.agent.activity or "idle", None, self._agent_pid())
-                self._broadcast("states", p.State(agent=self.agent))
+                self._follow_agent(runtime.agent)
             return None
         raise StemError(f"a {msg.T} message is not a request a colony host answers")
 
