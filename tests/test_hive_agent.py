@@ -163,6 +163,7 @@ def test_a_resume_form_with_nothing_to_resume_gets_the_agent_started_anew(hive_e
 
             said = await asyncio.wait_for(notice(), 15)
             assert "--continue --exit-after-banner 1 ended after" in said and "(exit 1)" in said, said
+
             # What a UI shows follows the new session by itself (no key sent): its task, not the resume's output.
             async def anew() -> None:
                 while True:
