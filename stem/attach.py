@@ -57,6 +57,11 @@ EXIT_HOST_GONE: Final = 1
 
 _CSI = "\x1b["
 
+# The agent switching between its main and alternate screens (xterm's 1049, 1047 and 47, set or reset), and the
+# start of such a switch cut by the end of an output.
+_SCREEN_SWITCH: Final = re.compile(rb"\x1b\[\?(?:1049|1047|47)[hl]")
+_SWITCH_START: Final = re.compile(rb"\x1b(?:\[(?:\?[0-9]{0,4})?)?\Z")
+
 # Entering: push the terminal's title (xterm's title stack) so the agent's title can be undone, then the
 # alternate screen, so the user's shell and its scrollback are left as they were.
 _ENTER: Final = f"{_CSI}22;0t{_CSI}?1049h".encode()
@@ -309,6 +314,7 @@ class _Attachment:
         # Output only makes sense on top of a drawn snapshot: none is drawn yet, and after asking for a size the
         # output is for a screen about to be replaced. Dropped until the next snapshot.
         self.stale = True
+        self.held = b""  # the end of the last output, which may be the start of a screen switch (see `_passed`)
         self.colony_info: ColonyInfo | None = None
         self.agent: AgentInfo | None = None
 
@@ -387,6 +393,26 @@ class _Attachment:
         except StemError:
             pass
 
+    def _passed(self, data: bytes) -> bytes:
+        """What of the agent's output goes to the terminal as it is. The user's terminal is on its alternate screen
+        for as long as it is attached, whichever screen the agent is on: passed through, the agent's switch to its
+        main screen (vim quitting) would show the user's own screen and draw on it. So the output stops before a
+        switch, and a snapshot of the screen the agent switched to is drawn instead (what comes until then is in
+        it). A switch cut by the end of the output is held back until the rest comes."""
+        data, self.held = self.held + data, b""
+        switch = _SCREEN_SWITCH.search(data)
+        if switch is not None:
+            self.stale = True
+            try:
+                self.conn.post(Subscribe(STREAMS))
+            except StemError:
+                pass
+            return data[: switch.start()]
+        cut = _SWITCH_START.search(data, max(0, len(data) - 8))
+        if cut is not None:
+            data, self.held = data[: cut.start()], data[cut.start() :]
+        return data
+
     # ----------------------------------------------------------------------------------------- host to user
 
     async def _follow(self, updates: AsyncIterator[Update]) -> None:
@@ -395,7 +421,7 @@ class _Attachment:
             async for msg in updates:
                 if isinstance(msg, Output):
                     if not self.stale:
-                        await self._write(msg.data)
+                        await self._write(self._passed(msg.data))
                 elif isinstance(msg, Snapshot):
                     self._note(msg.colony, msg.agent)
                     await self._snapshot(msg.screen)
@@ -411,6 +437,7 @@ class _Attachment:
         self._end(_End(EXIT_HOST_GONE, f"{self.colony}'s agent ended: {bye or self._why_gone()}"))
 
     async def _snapshot(self, screen: ScreenState | None) -> None:
+        self.held = b""  # the snapshot has it
         size = _terminal_size(self.stdout_fd, self.stdin_fd)
         if screen is not None and size is not None and (screen.columns, screen.lines) != size and self.asked != size:
             self._ask_size(size)  # what follows this snapshot would not fit: draw the one that answers

@@ -5,6 +5,7 @@ protocol's own server helpers), read back with capture-pane as a user would see 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import os
 import random
@@ -123,6 +124,11 @@ DRAWN = {
     "reverse_screen": styled_modes() + f"{CSI}?5h{CSI}2;5Hon a reversed screen".encode(),
     "agent_hints": streams.agent_hints(),
     "agent_hints_reversed": streams.agent_hints() + f"{CSI}?5h".encode(),
+    # Real programs (tests/recordings): the agents, and full-screen programs with line drawing and many colours
+    **{
+        name: (Path(__file__).parent / "recordings" / f"{name}.bin").read_bytes()
+        for name in ("claude", "codex", "textual", "htop", "mc", "vim_syntax", "tmux")
+    },
 }
 
 
@@ -142,7 +148,9 @@ def test_a_drawn_snapshot_gives_back_the_agents_screen(name: str) -> None:
             assert got == want or want.data == got.data == "", f"row {y} column {x}: {got} != {want}"
     assert (user.cursor.x, user.cursor.y, user.cursor.hidden) == (agent.cursor.x, agent.cursor.y, agent.cursor.hidden)
     assert user.title == agent.title
-    assert screen_state(user, ()).modes == screen_state(agent, ()).modes
+    # Attach keeps the user's terminal on its alternate screen whichever screen the agent is on (see `_passed`).
+    modes = screen_state(agent, ()).modes
+    assert screen_state(user, ()).modes == dataclasses.replace(modes, alternate_screen=False)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -657,6 +665,28 @@ def test_attach_shows_the_agent_passes_keys_and_output_follows_resizes_and_detac
     pane.run("clear; stty -a")
     words = set(re.split(r"[\s;]+", pane.wait("icanon", "opost")))
     assert {"icanon", "echo", "isig", "opost", "icrnl"} <= words, words  # cooked, as the shell left it
+
+
+def test_an_agent_leaving_its_alternate_screen_shows_its_own_screen_not_the_users(pane: Pane, host: FakeHost) -> None:
+    """A shell agent running vim: vim's switch back to the main screen must show the agent's main screen, drawn
+    from the host, and leave the user's terminal on the alternate screen attach put it on; passed through, it
+    showed the user's own screen (here "users own words"), the agent's output landed on it, and detaching left it
+    there. Switches cut across two outputs count too."""
+    pane.run("echo users own words")
+    pane.wait("users own words")
+    pane.attach()
+    pane.wait("agent ready>")
+    host.output(f"{CSI}?1049h{CSI}H{CSI}2Jvim's buffer{CSI}5;1H~".encode())
+    pane.wait("vim's buffer")
+    assert "agent ready>" not in "\n".join(pane.lines())
+    host.output(f"{CSI}2;1Hmore of vim\x1b[?10".encode())  # vim quits: its switch back is cut in two
+    host.output(f"49l{CSI}9;1Hagent ready> again".encode())
+    screen = pane.wait("agent ready> again", "red bold")
+    assert "vim's buffer" not in screen and "users own words" not in screen, screen
+    assert pane.flags("alternate_on") == {"alternate_on": "1"}
+    pane.keys("C-]")
+    screen = pane.wait("attach exited 0", "users own words")
+    assert "agent ready" not in screen and "vim's buffer" not in screen, screen
 
 
 def test_a_remapped_release_key_detaches_and_ctrl_bracket_goes_to_the_agent(
