@@ -420,6 +420,11 @@ SCREENS = {
     "fuzz": streams.fuzz(7),
     "reverse_screen": attributes_and_wide() + f"{CSI}?5h{CSI}2;5Hon a reversed screen".encode(),
     "agent_hints": streams.agent_hints() * 20,
+    # Real programs (tests/recordings): the agents, and full-screen programs with line drawing and many colours
+    **{
+        name: (Path(__file__).parent / "recordings" / f"{name}.bin").read_bytes()
+        for name in ("claude", "codex", "textual", "htop", "mc", "vim_syntax", "tmux")
+    },
 }
 
 
