@@ -260,6 +260,15 @@ ROW_OK = {
         (frame_of({"t": "reply", "id": 1, "result": {"k": "poem"}}), "is of unknown kind 'poem'"),
         (frame_of({"t": "state", "services": [{"state": "ready"}]}), "an item of 'services' in a state message has no"),
         (frame_of({"t": "log", "entries": [{"seq": 1, "at": "now", "source": "", "text": ""}]}), "should be a number"),
+        (
+            frame_of({"t": "log", "entries": [{"seq": 1, "at": 2.0, "source": "", "text": ""}, {"seq": 2, "at": 3.0}]}),
+            "an item of 'entries' in a log message has no field 'source'",
+        ),
+        (frame_of({"t": "log", "entries": [{"seq": 1, "at": 2.0, "source": "", "text": ""}, 5]}), "should be a map"),
+        (
+            frame_of({"t": "log", "entries": [{"seq": True, "at": 2.0, "source": "", "text": ""}]}),
+            "field 'seq' of an item of 'entries' in a log message should be an integer",
+        ),
         (frame_of({"t": "rows", **ROW_OK, "rows": {5: []}}), "has a row 5 on a screen of 2 lines"),
         (frame_of({"t": "rows", **ROW_OK, "rows": {0: ["ab", 3]}}), "row 0 of a rows message names style 3, but"),
         (
