@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from core.overlap import OverlapReport
 
 T = TypeVar("T")
+_SEQ = attrgetter("seq")  # a log entry's number
 log = logging.getLogger("stem.hive")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
@@ -1348,6 +1350,12 @@ class Hive:
         wanted = self.log_lines_for
         return wanted is None or wanted(colony)
 
+    def log_lines_changed(self) -> None:
+        """What `log_lines_for` says has changed (another colony shown): each host is asked for new log lines only
+        where they are wanted."""
+        for link in self._links.values():
+            link.follow_lines()
+
     @property
     def attached(self) -> bool:
         return self._follower is not None
@@ -1587,15 +1595,20 @@ class Hive:
         """The colony's log, its last 5,000 entries: from its host when followed (numbered as the lines it pushes
         are, so none is shown twice or skipped), else the file its host writes (read off the loop: it can hold
         megabytes)."""
+        # Written by this process: a spawn or start in progress here, or done here (its lines stop at the spawn).
         entries = list(self._logs[name].tail(5000)) if name in self._logs else []
-        if entries:
-            return entries  # written by this process (a spawn or start in progress here)
         link = self._links.get(name)
         if link is not None:
             history = await link.log_history(5000)
             if history is not None:
                 last = history[-1].seq if history else 0
-                return (history + [e for e in link.log if e.seq > last])[-5000:]
+                found = history + [e for e in link.log if e.seq > last]
+                # A host asked just as it starts may not have read the spawn's lines yet: they are here.
+                have = {e.seq for e in found}
+                early = [e for e in entries if e.seq not in have]
+                return (sorted(early + found, key=_SEQ) if early else found)[-5000:]
+        if entries:
+            return entries
 
         def from_disk() -> list[Entry]:
             disk = ColonyLog(self.layout.colony_log(name))

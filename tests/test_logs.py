@@ -222,3 +222,52 @@ def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hiv
     finally:
         run_stem(hive_env.env, "destroy", "--force", "quiet")
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
+def test_a_ui_takes_new_log_lines_only_from_the_colony_it_shows(hive_env, tmp_path):
+    """A colony flooding its log while another is shown cost a UI most of a core decoding lines it never showed:
+    the hosts of colonies whose lines are not wanted (`log_lines_for`) send none. Shown, the colony's log comes
+    whole (its history from the host) and its new lines follow."""
+    toml = '[services.talk]\ncommand = "sh -c \'i=0; while true; i=$((i+1)); do echo line $i; sleep 0.02; done\'"\n'
+    repo = make_repo(tmp_path / "talky", colony_toml=toml)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        shown = ["one"]
+        hive.log_lines_for = lambda colony: colony in shown
+        events = hive.subscribe()
+        try:
+            await hive.attach()
+            await hive.spawn("one", repo)
+            await hive.spawn("two", repo)
+
+            async def lines_of(colony: str, count: int) -> list[LogLine]:
+                seen: list[LogLine] = []
+                while len(seen) < count:
+                    event = await asyncio.wait_for(events.get(), 10)
+                    if isinstance(event, LogLine) and event.colony == colony and event.source == "talk":
+                        seen.append(event)
+                    if isinstance(event, LogLine) and event.source == "talk":  # the hosts' lines, not the spawns'
+                        assert event.colony in shown, event
+                return seen
+
+            await lines_of("one", 20)
+            # Lines two's host sent before it was told are all this process took of its flood.
+            held = len(hive._links["two"].log)  # noqa: SLF001: what the link took from its host
+            await lines_of("one", 20)
+            assert len(hive._links["two"].log) == held  # noqa: SLF001
+            shown[:] = ["two"]
+            hive.log_lines_changed()
+            entries = await hive.log_entries("two")
+            talk = [int(e.text.split()[1]) for e in entries if e.source == "talk"]
+            assert talk[:3] == [1, 2, 3] and talk == list(range(1, len(talk) + 1)), talk[:5]
+            later = await lines_of("two", 10)
+            assert int(later[-1].text.split()[1]) > talk[-1]
+            one = hive._links["one"].log  # noqa: SLF001
+            count = len(one)
+            await lines_of("two", 10)
+            assert len(one) == count  # one is not shown now: its host sends none
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())

@@ -121,6 +121,7 @@ class HostLink:
         self.connected = asyncio.Event()
         self.stopping = False  # this process is stopping the colony: the host going away is expected
         self._conn: p.Connection | None = None
+        self._live_log = False  # subscribed to the host's new log lines (see `follow_lines`)
         HostLink._live.add(self)
 
     async def run(self) -> str:
@@ -133,7 +134,8 @@ class HostLink:
         try:
             # The log's history is read when the colony is shown (Hive.log_entries), not carried in every host's
             # snapshot: a UI attaching to 100 colonies would otherwise decode 100 log tails before its first frame.
-            await conn.subscribe("screen", "log-live", "states")
+            self._live_log = self._lines_wanted()
+            await conn.subscribe(*self._streams())
             if HostLink._palette is not None and conn.version >= 2:
                 conn.post(p.SetPalette(HostLink._palette))  # a new host starts from its default colours
             self.connected.set()
@@ -146,6 +148,21 @@ class HostLink:
             self._conn = None
             self.connected.clear()
             await conn.close()
+
+    def _lines_wanted(self) -> bool:
+        return self._wants_lines is None or self._wants_lines(self.colony)
+
+    def _streams(self) -> tuple[p.Stream, ...]:
+        return ("screen", "log-live", "states") if self._live_log else ("screen", "states")
+
+    def follow_lines(self) -> None:
+        """Take the host's new log lines, or stop taking them, as `wants_lines` now says: a colony flooding its log
+        while another is shown costs this process nothing (decoding its lines took most of a UI's CPU). The host
+        answers with a snapshot; its log, read when the colony is shown (`Hive.log_entries`), is the host's."""
+        wanted = self._lines_wanted()
+        if wanted != self._live_log and self._conn is not None:
+            self._live_log = wanted
+            self.post(p.Subscribe(frozenset(self._streams())))
 
     @classmethod
     def set_palette_everywhere(cls, palette: Palette) -> None:
