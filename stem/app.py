@@ -83,6 +83,7 @@ AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
 # The first frame waits (at most this long) for the selected colony's agent screen from its host, so that it is
 # drawn once, whole, instead of in three partial frames that each hold up the snapshots still to come.
 FIRST_FRAME_WAIT = 0.3
+EVENT_BATCH = 2048  # core events taken from the queue at once (see `_pump_events`)
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
@@ -145,6 +146,7 @@ class StemApp(App[int], inherit_bindings=False):
         self._holding_frame = False  # repaints held until the first frame is whole (FIRST_FRAME_WAIT)
         self._first_frame = asyncio.Event()  # set once it is drawn: the hive links the other colonies then
         self.selected: str | None = None
+        self._logs_found: LogsView | None = None
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
         self.titles: dict[str, str] = {}  # each colony's agent's window title
@@ -308,13 +310,48 @@ class StemApp(App[int], inherit_bindings=False):
         queue = self._events if self._events is not None else self.hive.subscribe()
         try:
             while True:
-                event = await queue.get()
-                try:
-                    self.on_core_event(event)
-                except Exception as exc:  # one bad event must not stop the stream
-                    self.notify(f"could not show an update: {exc!r}", severity="error")
+                events = [await queue.get()]
+                while len(events) < EVENT_BATCH and not queue.empty():
+                    events.append(queue.get_nowait())
+                # The shown colony's log lines go to the Logs tab together: one by one, a service flooding its log
+                # took most of the UI's time in per-line work.
+                lines: list[LogLine] = []
+                for event in events:
+                    if isinstance(event, LogLine) and self._plain_line(event):
+                        lines.append(event)
+                        continue
+                    if lines:
+                        self._add_lines(lines)
+                        lines = []
+                    self._on_core_event(event)
+                if lines:
+                    self._add_lines(lines)
         finally:
             self.hive.unsubscribe(queue)
+
+    @property
+    def _logs_view(self) -> LogsView:
+        """The Logs tab (found once: a query for every log line was a tenth of a flooded UI's time)."""
+        view = self._logs_found
+        if view is None:
+            view = self._logs_found = self.query_one(LogsView)
+        return view
+
+    def _plain_line(self, line: LogLine) -> bool:
+        """A line of the shown colony that is only shown (no spawn traced, not a preview route's)."""
+        return line.colony == self.selected and line.colony not in self._tracing and line.source != "preview"
+
+    def _add_lines(self, lines: list[LogLine]) -> None:
+        try:
+            self._logs_view.add_many(lines)
+        except Exception as exc:  # one bad event must not stop the stream
+            self.notify(f"could not show an update: {exc!r}", severity="error")
+
+    def _on_core_event(self, event: Event) -> None:
+        try:
+            self.on_core_event(event)
+        except Exception as exc:  # one bad event must not stop the stream
+            self.notify(f"could not show an update: {exc!r}", severity="error")
 
     def get_default_screen(self) -> HoldingScreen:
         screen = HoldingScreen(id="_default")
@@ -360,7 +397,7 @@ class StemApp(App[int], inherit_bindings=False):
             if event.colony in self._tracing:
                 self._tracing[event.colony].logs.append(event)
             if event.colony == self.selected:
-                self.query_one(LogsView).add(event)
+                self._logs_view.add_many([event])
                 if event.source == "preview":  # a route came (it is added after the service's "ready")
                     self._show_info()
         elif isinstance(event, StateChanged):
@@ -543,6 +580,7 @@ class StemApp(App[int], inherit_bindings=False):
     def _show_selected(self) -> None:
         """Everything on the right and in panels 2 and 3 follows the selected colony."""
         name = self.selected
+        self.hive.log_lines_changed()  # its hosts' log lines, not the others'
         failed = self.selected_failure()
         self._show_services()
         self._show_changes()

@@ -498,11 +498,14 @@ class LogsView(Vertical):
 
     def add(self, entry: LogEntry) -> None:
         """A new line of the shown colony."""
-        self._lines.append((entry,))
-        source = entry.source.rstrip("!")
-        if source not in self._sources:
-            self._sources.append(source)
-            self._sources.sort()
+        self.add_many((entry,))
+
+    def add_many(self, entries: Sequence[LogEntry]) -> None:
+        """New lines of the shown colony, in order."""
+        self._lines.append(entries)
+        sources = {entry.source.rstrip("!") for entry in entries}
+        if not sources <= set(self._sources):
+            self._sources = sorted(sources.union(self._sources))
             self._status_soon()
         elif self.search or self.source is not None:
             self._status_soon()  # the count of matching lines
