@@ -1530,6 +1530,14 @@ class StemScreen(pyte.Screen):
             elif line and not (line[-1] == "m" and _SGR_ONLY.fullmatch(line)):  # a line that draws nothing makes no row
                 add(y + i, (0, None, line, nodes[i], -1, None), False)
 
+    def _paint_plain(self, lines: list[str], y: int, plain: CharCache) -> None:
+        """`_paint_rows` for batch lines of text without SGR (each character one cell), all drawn with `plain`: vim
+        and tmux draw a few such lines with CR LF between their cursor-placed rows."""
+        add = self._add_paint
+        for i, line in enumerate(lines):
+            if line:  # an empty line makes no row
+                add(y + i, (0, None, line, plain, -1, None), False)
+
     def _flush_paints(self) -> None:
         """Write the deferred paints (`_paint`) to their rows, in order."""
         paints, self._paints = self._paints, {}
@@ -2014,8 +2022,11 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         y = cursor.y
         bottom = self.lines - 1
-        if y + n <= bottom and isinstance(rows, LineRows) and rows.pieces is None:
-            self._paint_rows(rows, y)
+        if y + n <= bottom and (plain is not None or (isinstance(rows, LineRows) and rows.pieces is None)):
+            if plain is None:
+                self._paint_rows(cast("LineRows", rows), y)
+            else:
+                self._paint_plain(cast("list[str]", rows), y, plain)
             cursor.y = y + n
             self.dirty.update(range(y, y + n))
             return
