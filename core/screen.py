@@ -28,11 +28,12 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   `scrollback` are properties); `take_dirty` and the versions count them without applying them;
 - deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
   cursor and takes its attributes at once, but its cells are written only when something next reads or writes
-  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`). Batch lines that land on the
-  screen without scrolling (top's frames, rich's Live redraws: `_paint_rows`), EL 0 and 2 (`erase_in_line`), ECH
-  and erase-and-up runs (`_erase_up`) are deferred paints too. A paint that covers the row's last paint at the same
-  column drops it (Textual repaints the same pieces of its rows), and the alternate screen's paints are dropped
-  with it;
+  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`); a scroll moves the paints with
+  their rows, and drops those of rows it pushes out of the region (`_move_paints`). Batch lines that land on the
+  screen without scrolling (top's frames, rich's Live redraws, vim's plain lines: `_paint_rows`, `_paint_plain`),
+  EL 0 and 2 (`erase_in_line`), ECH and erase-and-up runs (`_erase_up`) are deferred paints too. A paint that
+  covers the row's last paint at the same column drops it (Textual repaints the same pieces of its rows), and the
+  alternate screen's paints are dropped with it;
 - the commonest tokens of full-screen programs handled in `_feed_text` itself, without calls: a paint of a run met
   before (one lookup gives its cells and the node after it, which is kept for the next run; while only paints, text
   and controls come, the modes and charsets it depends on are looked at once, `_plain_paints`), CUP (its parameters
@@ -519,8 +520,9 @@ class StemScreen(pyte.Screen):
 
     @property
     def _buf(self) -> dict[int, Row]:
-        # The rows with every deferred paint (`_paint`) applied: whatever reads or writes cells, or moves rows,
-        # inside Stem goes through here; only `_paint` itself uses `_rows`.
+        # The rows with every deferred paint (`_paint`) applied: whatever reads or writes cells inside Stem goes
+        # through here (or `_row`, for a row leaving into the scrollback); `_paint` itself uses `_rows`, and so do
+        # scrolls, which move the paints with their rows (`_move_paints`).
         if self._paints:
             self._flush_paints()
         return self._rows
@@ -807,7 +809,9 @@ class StemScreen(pyte.Screen):
             # pyte's, with the rows looked up once: rows top..bottom-1 move down one (missing ones come into being,
             # as pyte's lookups make them), the bottom one is dropped, the top one is new.
             self.dirty.update(range(self.lines))
-            buffer = self._buf
+            if self._paints:
+                self._move_paints(top, bottom, 1)
+            buffer = self._rows
             for y in range(bottom, top, -1):
                 buffer[y] = buffer[y - 1]
             buffer.pop(top, None)
@@ -1092,14 +1096,17 @@ class StemScreen(pyte.Screen):
 
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
         """Scroll the region `top..bottom` up `count` rows (at most its height), as `count` line feeds at its bottom
-        would, row for row: what leaves the top of the screen is kept."""
-        buffer = self._buf
+        would, row for row: what leaves the top of the screen is kept. Deferred paints move with their rows
+        (`_move_paints`) rather than being written first."""
         if top == 0 and not self._alt_active:
             if count > 1:  # each row kept as it was when it left (a row never written: as the scroll before made it)
                 for _ in range(count):
                     self._scroll_up(top, bottom)
                 return
-            self._sb.append_row(buffer.get(0))
+            self._sb.append_row(self._row(0) if 0 in self._paints else self._rows.get(0))
+        if self._paints:
+            self._move_paints(top, bottom, -count)
+        buffer = self._rows
         self.dirty.update(range(self.lines))
         if top == 0 and bottom == self.lines - 1:
             moved = [(y - count, row) for y, row in buffer.items() if count <= y <= bottom]
@@ -1119,7 +1126,7 @@ class StemScreen(pyte.Screen):
     def _create_rows(self, bottom: int) -> None:
         """Create rows 0..bottom-1 where missing, as pyte's scroll does. A row's blank cell is fixed when
         the row is created (reversed under DECSCNM), so rows must come into being when pyte's would."""
-        buffer = self._buf
+        buffer = self._rows  # a row with deferred paints exists already
         if len(buffer) < bottom:
             for y in range(bottom):
                 if y not in buffer:
@@ -1537,6 +1544,26 @@ class StemScreen(pyte.Screen):
         for i, line in enumerate(lines):
             if line:  # an empty line makes no row
                 add(y + i, (0, None, line, plain, -1, None), False)
+
+    def _move_paints(self, top: int, bottom: int, by: int) -> None:
+        """Rows `top`..`bottom` are about to move `by` rows (a scroll of that region): their deferred paints go with
+        them (a paint holds its row, so it is written to the same cells wherever the row is), and those of rows pushed
+        out of the region are dropped with the rows, never written."""
+        moved: dict[int, tuple[Row, list[Paint | None], dict[int, int]]] = {}
+        for y, entry in self._paints.items():
+            if top <= y <= bottom:
+                y += by
+                if not top <= y <= bottom:
+                    continue
+            moved[y] = entry
+        self._paints = moved
+
+    def _row(self, y: int) -> Row:
+        """Row `y` with its own deferred paints written (and no other row's): for what reads or writes one row."""
+        entry = self._paints.pop(y, None)
+        if entry is not None:
+            self._write_paints(entry[0], entry[1])
+        return self._rows[y]
 
     def _flush_paints(self) -> None:
         """Write the deferred paints (`_paint`) to their rows, in order."""

@@ -889,6 +889,73 @@ def test_repainted_runs_equal_reference(seed: int) -> None:
     assert_same_screen(reference(data, 512), screen)
 
 
+def _painted_then_moved(seed: int, regions: bool = True) -> bytes:
+    """Rows painted by cursor-addressed runs (deferred paints, some rows with several), then what moves rows or draws
+    on one row while other rows' paints are still pending: a scroll region scrolled by SU, SD, a line feed at its
+    bottom and a reverse index at its top (with painted rows inside, above and below it), the whole screen scrolled
+    (a painted row leaving into the scrollback), lines of plain text ended by CR LF from column 0 that land without
+    scrolling or scroll, EL 1, text drawn where the cursor is (wrapping, wide, combining, REP), the alternate screen;
+    as tmux panes, curses programs, nano and vim do. `regions` False: the whole screen only (HistoryScreen keeps a
+    region's top row in its history where a terminal does not)."""
+    rng = random.Random(seed)
+    texts = ["pane", "  42 ", "ls -l", "中文 é", "────", "x" * 70]
+    sgr = ["", "\x1b[m", "\x1b[1m", "\x1b[38;5;130m", "\x1b[0;7m", "\x1b[44m"]
+    out = []
+    for _ in range(80):
+        for _ in range(rng.randrange(3, 14)):
+            y, x = rng.randrange(1, ROWS + 1), rng.choice([1, 1, 1, 5, 30, 90])
+            run = "".join(rng.choice(sgr) + rng.choice(texts) for _ in range(rng.randrange(1, 3)))
+            out.append(f"\x1b[{y};{x}H{run}" + rng.choice(["", "\x1b[K", "\x1b[m\x1b[K"]))
+        top = rng.randrange(1, ROWS)
+        bottom = rng.randrange(top, ROWS + 1)
+        moves = [
+            f"\x1b[{ROWS};1H" + "\n" * rng.randrange(1, 4),
+            f"\x1b[{rng.randrange(1, ROWS + 1)};1H" + "".join(f"line {i}\r\n" for i in range(rng.randrange(1, 9))),
+            f"\x1b[{ROWS - 2};1Hplain\r\nlines\r\nscroll\r\naway\r\n",
+            f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, COLS + 1)}H\x1b[45m\x1b[1K\x1b[m",
+            f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, COLS + 1)}H" + rng.choice(texts) * 3,
+            f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, COLS + 1)}H中e\u0301\x1b[3b",
+            "\x1b[H\x1bM",
+        ]
+        if regions:
+            moves += [
+                f"\x1b[{top};{bottom}r\x1b[{rng.choice((1, 2, 5, ROWS))}S\x1b[r",
+                f"\x1b[{top};{bottom}r\x1b[{rng.choice((1, 3))}T\x1b[r",
+                f"\x1b[{top};{bottom}r\x1b[{bottom};1H\nnew\x1b[K\n\x1b[r",
+                f"\x1b[{top};{bottom}r\x1b[{top};1H\x1bM\x1bMtop\x1b[r",
+                f"\x1b[{top};{bottom}r\x1b[{bottom};1Hin region\r\nand more\r\n\x1b[r",
+                rng.choice(["\x1b[?1049h", "\x1b[?1049l"]),
+            ]
+        out.append(rng.choice(moves))
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pending_paints_moved_by_scrolls_and_drawn_over_equal_reference(seed: int) -> None:
+    """Scrolls move deferred paints with their rows (those of rows pushed out of the region are never written), and
+    drawing on one row writes only that row's paints: the screen must be pyte's, also looked at between reads, and a
+    painted row that scrolls off the whole screen must reach the scrollback as HistoryScreen keeps it."""
+    screen_cells.clear_caches()
+    data = _painted_then_moved(seed)
+    size = (1, 7, 64, 4096)[seed % 4]
+    assert_same_screen(reference(data, size), stem(data, size))
+    screen = StemScreen(COLS, ROWS)
+    for i, chunk in enumerate(chunks(data, 256)):
+        screen.feed(chunk)
+        if i % 3 == 0:
+            _ = screen.buffer[0][0], screen.cursor.x
+    assert_same_screen(reference(data, 256), screen)
+    data = _painted_then_moved(seed, regions=False)
+    history = HistoryRef(COLS, ROWS, history=100_000)
+    RefStream(history).feed(data)
+    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    assert len(screen.scrollback) == len(expected) > 20
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
 def test_screen_text_matches_pyte_display() -> None:
     data = streams.wide_and_combining() + streams.tabs()
     expected = reference(data, None)
