@@ -28,12 +28,12 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   `scrollback` are properties); `take_dirty` and the versions count them without applying them;
 - deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
   cursor and takes its attributes at once, but its cells are written only when something next reads or writes
-  cells (`_buf`), so a row repainted before anyone looks is drawn once (`_paint`); a scroll moves the paints with
-  their rows, and drops those of rows it pushes out of the region (`_move_paints`). Batch lines that land on the
-  screen without scrolling (top's frames, rich's Live redraws, vim's plain lines: `_paint_rows`, `_paint_plain`),
-  EL 0 and 2 (`erase_in_line`), ECH and erase-and-up runs (`_erase_up`) are deferred paints too. A paint that
-  covers the row's last paint at the same column drops it (Textual repaints the same pieces of its rows), and the
-  alternate screen's paints are dropped with it;
+  cells (`_buf`; text drawn on a row, EL 1 and REP write only that row's, `_row`), so a row repainted before anyone
+  looks is drawn once (`_paint`); a scroll moves the paints with their rows, and drops those of rows it pushes out
+  of the region (`_move_paints`). Batch lines that land on the screen without scrolling (top's frames, rich's Live
+  redraws, vim's plain lines: `_paint_rows`, `_paint_plain`), EL 0 and 2 (`erase_in_line`), ECH and erase-and-up
+  runs (`_erase_up`) are deferred paints too. A paint that covers the row's last paint at the same column drops it
+  (Textual repaints the same pieces of its rows), and the alternate screen's paints are dropped with it;
 - the commonest tokens of full-screen programs handled in `_feed_text` itself, without calls: a paint of a run met
   before (one lookup gives its cells and the node after it, which is kept for the next run; while only paints, text
   and controls come, the modes and charsets it depends on are looked at once, `_plain_paints`), CUP (its parameters
@@ -521,8 +521,8 @@ class StemScreen(pyte.Screen):
     @property
     def _buf(self) -> dict[int, Row]:
         # The rows with every deferred paint (`_paint`) applied: whatever reads or writes cells inside Stem goes
-        # through here (or `_row`, for a row leaving into the scrollback); `_paint` itself uses `_rows`, and so do
-        # scrolls, which move the paints with their rows (`_move_paints`).
+        # through here, or through `_row` for one row (text drawn on it, EL 1, REP); `_paint` itself uses `_rows`, and
+        # so do scrolls, which move the paints with their rows (`_move_paints`).
         if self._paints:
             self._flush_paints()
         return self._rows
@@ -701,7 +701,7 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         columns = self.columns
         x = cursor.x
-        buffer = self._buf
+        row_at = self._row  # only the rows drawn on have their deferred paints written
         get = chars_for(cursor.attrs).__getitem__
         dirty = self.dirty
         if mo.DECAWM not in self.mode:
@@ -709,7 +709,7 @@ class StemScreen(pyte.Screen):
             # one cell per character), so the last character stays there, with the cursor past it.
             n = len(data)
             room = columns - x
-            row = buffer[cursor.y]
+            row = row_at(cursor.y)
             if n <= room:
                 row.update(enumerate(map(get, data), x))
                 cursor.x = x + n
@@ -732,10 +732,10 @@ class StemScreen(pyte.Screen):
             if n - i <= room:
                 part = data[i:] if i else data
                 end = x + len(part)
-                buffer[cursor.y].update(enumerate(map(get, part), x))
+                row_at(cursor.y).update(enumerate(map(get, part), x))
                 x = end
                 break
-            buffer[cursor.y].update(enumerate(map(get, data[i : i + room]), x))
+            row_at(cursor.y).update(enumerate(map(get, data[i : i + room]), x))
             x = columns
             i += room
         cursor.x = x
@@ -760,7 +760,7 @@ class StemScreen(pyte.Screen):
             else:
                 cursor.x -= width  # no autowrap: drawn over the last cells
         x, y = cursor.x, cursor.y
-        line = self._buf[y]
+        line = self._row(y)
         get = chars_for(cursor.attrs).__getitem__
         line[x] = get(char)
         if x + 1 < columns:
@@ -780,7 +780,7 @@ class StemScreen(pyte.Screen):
             if y == 0:
                 return
             x, y = self.columns, y - 1
-        line = self._buf[y]
+        line = self._row(y)
         if x >= 2 and line[x - 1].data == "" and line[x - 2].data:
             x -= 1
         last = line[x - 1]
@@ -860,7 +860,7 @@ class StemScreen(pyte.Screen):
         cursor = self.cursor
         if private or more or cursor.x == 0:
             return
-        row = self._buf[cursor.y]
+        row = self._row(cursor.y)
         char = row[min(cursor.x, self.columns) - 1].data
         if not char and cursor.x >= 2:  # the right half of a wide character
             char = row[min(cursor.x, self.columns) - 2].data
@@ -961,7 +961,7 @@ class StemScreen(pyte.Screen):
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
         # Every cell is written, even to the blank the row shows anyway: a later ED erases only cells that exist.
-        self._buf[cursor.y].update(fill(cursor.attrs, interval.start, interval.stop))
+        self._row(cursor.y).update(fill(cursor.attrs, interval.start, interval.stop))
 
     def erase_characters(self, count: int | None = None) -> None:
         if self._held:
@@ -1244,9 +1244,9 @@ class StemScreen(pyte.Screen):
                             columns = self.columns
                             self.dirty.add(y)
                             if x < columns:
-                                self._buf[y].update(fill(cursor.attrs, x, columns))
+                                self._row(y).update(fill(cursor.attrs, x, columns))
                             else:
-                                self._buf[y]  # the row comes into being, as in pyte
+                                self._row(y)  # the row comes into being, as in pyte
                         else:
                             self.erase_in_line(int(erase))
                 elif kind == _T_CRLF:
@@ -1645,7 +1645,7 @@ class StemScreen(pyte.Screen):
                 end = x + sum(map(len, cells))
                 if end <= self.columns:
                     if end > x:
-                        self._buf[cursor.y].update(enumerate(chain.from_iterable(cells), x))
+                        self._row(cursor.y).update(enumerate(chain.from_iterable(cells), x))
                         self.dirty.add(cursor.y)
                     cursor.attrs = moves[-1].chars.attrs
                     cursor.x = end
@@ -1657,7 +1657,7 @@ class StemScreen(pyte.Screen):
             end = x + len(cells_t)
             if end <= self.columns:
                 if cells_t:
-                    self._buf[cursor.y].update(enumerate(cells_t, x))
+                    self._row(cursor.y).update(enumerate(cells_t, x))
                     self.dirty.add(cursor.y)
                 cursor.attrs = after.attrs
                 cursor.x = end
@@ -1684,7 +1684,7 @@ class StemScreen(pyte.Screen):
                 x = end
             else:
                 if cells_:
-                    self._buf[cursor.y].update(enumerate(cells_, start))
+                    self._row(cursor.y).update(enumerate(cells_, start))
                     cells_ = []
                 cursor.attrs = chars.attrs
                 cursor.x = x
@@ -1692,7 +1692,7 @@ class StemScreen(pyte.Screen):
                 cursor = self._cur
                 x = start = cursor.x
         if cells_:
-            self._buf[cursor.y].update(enumerate(cells_, start))
+            self._row(cursor.y).update(enumerate(cells_, start))
         cursor.attrs = chars.attrs
         cursor.x = x
         self.dirty.add(cursor.y)
