@@ -988,7 +988,8 @@ class StemScreen(pyte.Screen):
             return
         self.dirty.update(interval)
         attrs = cursor.attrs
-        buffer = self._buf
+        buffer = self._rows
+        paints = self._paints
         columns = self.columns
         whole = fill(attrs, 0, columns)
         for y in interval:
@@ -996,23 +997,52 @@ class StemScreen(pyte.Screen):
             # 0..columns (pyte's ICH writes the one past the last), so a row of `columns` cells without that one
             # has them all; a row of n cells the last of which is in column n - 1 has columns 0..n-1 (a row painted
             # from column 0, as most are). Such a row is replaced by a new one made from the cached cells rather
-            # than written over: an empty dict takes another's cells in one copy (no deferred paint holds it: `_buf`
-            # wrote them all).
+            # than written over: an empty dict takes another's cells in one copy. A row's deferred paints are never
+            # written: all that is left of them is which cells they would make exist (`_erased_keys`).
             line = buffer[y]
-            count = len(line)
-            if count == columns and columns not in line:
+            entry = paints.pop(y, None) if paints else None
+            keys = line if entry is None else self._erased_keys(line, entry[1])
+            count = len(keys)
+            if count == columns and columns not in keys:
                 cells = whole
-            elif count and count - 1 in line and max(line) == count - 1:
+            elif count and count - 1 in keys and max(keys) == count - 1:
                 cells = fill(attrs, 0, count)
-            else:
+            elif entry is None:
                 line.update(dict.fromkeys(line, attrs))
                 continue
+            else:
+                cells = dict.fromkeys(keys, attrs)
             row = buffer[y] = new_row(line.default)
             row.update(cells)
         if how in (0, 1):
             self.erase_in_line(how)
         if how == 3 and not self._alt_active:
             self._sb.clear()
+
+    def _erased_keys(self, row: Row, ops: list[Paint | None]) -> Sequence[int] | set[int]:
+        """The columns `row` has cells in once its deferred paints `ops` are written (each writes one span of columns,
+        with the EL after it): what ED needs of paints it erases (Codex clears its screen with pending paints on every
+        row)."""
+        columns = self.columns
+        spans: list[tuple[int, int]] = []
+        for x, _, parts, moves, width, erase in filter(None, ops):
+            if width < 0:  # a batch row: its width is its cells'
+                width = len(moves.rows[parts])  # type: ignore[union-attr,index]
+            end = columns if erase is not None and x + width < columns else x + width
+            if end > x:
+                spans.append((x, end))
+        spans.sort()
+        reach = 0
+        for start, end in spans:
+            if start > reach:
+                break
+            reach = max(reach, end)
+        if reach >= columns and columns not in row:
+            return range(columns)
+        keys = set(row)
+        for start, end in spans:
+            keys.update(range(start, end))
+        return keys
 
     def report_device_status(self, mode: int = 0, **kwargs: Any) -> None:
         if not kwargs.get("private"):

@@ -821,6 +821,40 @@ def test_erase_in_display_keeps_which_cells_a_row_has() -> None:
             assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_erase_in_display_over_pending_paints_keeps_which_cells_a_row_has(seed: int) -> None:
+    """ED does not write the deferred paints of the rows it erases, only works out which cells they would make exist:
+    paints of every kind (runs from column 0 and later, wide characters, EL from a later column, ECH, erase-and-up,
+    batch lines with SGR and plain ones, several on a row) then ED 0, 1, 2 or 3 in a colour, then ED 2 in another
+    (which colours exactly the cells a row has) must leave pyte's screen and pyte's cells in every row."""
+    rng = random.Random(seed)
+    paints = [
+        "\x1b[{y};1H\x1b[31mred\x1b[m run",
+        "\x1b[{y};{x}H\x1b[1mbold\x1b[m",
+        "\x1b[{y};{x}H中文",
+        "\x1b[{y};{x}H\x1b[44m\x1b[K\x1b[m",
+        "\x1b[{y};1H\x1b[42mfull\x1b[K\x1b[m",
+        "\x1b[{y};{x}H\x1b[43m\x1b[{n}X\x1b[m",
+        "\x1b[{y};1H\x1b[2K\x1b[1A\x1b[2K\x1b[1A",
+        "\x1b[{y};1H\x1b[35mline\x1b[m one\r\nline two\x1b[K\r\n",
+        "\x1b[{y};1Hplain one\r\nplain two\r\n",
+        "\x1b[{y};{x}H" + "w" * 30,
+    ]
+    out = []
+    for _ in range(12):
+        for _ in range(rng.randrange(5, 30)):
+            y, x, n = rng.randrange(1, ROWS - 2), rng.randrange(1, COLS + 1), rng.randrange(1, 200)
+            out.append(rng.choice(paints).format(y=y, x=x, n=n))
+        y, x = rng.randrange(1, ROWS + 1), rng.randrange(1, COLS + 1)
+        out.append(f"\x1b[{y};{x}H\x1b[46m\x1b[{rng.choice(('', '0', '1', '2', '3'))}J\x1b[m")
+    data = "".join(out).encode() + b"\x1b[45m\x1b[2J\x1b[m"
+    for size in (7, 4096, None):
+        expected, actual = reference(data, None), stem(data, size)
+        assert_same_screen(expected, actual)
+        for y in range(ROWS):
+            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+
+
 def _repaints(seed: int) -> bytes:
     """A full-screen program repainting a few runs again and again (so that they are met before, and taken from the
     caches): placed by CUP (parameters empty, 0, at and past the edges), CHA and CUF, with SGR and line drawing
