@@ -32,6 +32,19 @@ RESERVE_WHEN_FREE = 8 << 20  # made only with at least this much free
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _out_of_room(exc: sqlite3.OperationalError, path: Path) -> bool:
+    """SQLite's error came from a disk without room (it says "disk I/O error" when it cannot size a file)."""
+    if "full" in str(exc):
+        return True
+    if "disk I/O error" not in str(exc):
+        return False
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < RESERVE_BYTES
+
+
 def _with_room(method: F) -> F:
     """A write that the disk refused for lack of room is made again once, after the reserve is given up."""
 
@@ -195,6 +208,21 @@ class Registry:
         self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
         self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
+        try:
+            self._open()
+        except sqlite3.OperationalError as exc:
+            # Opened by nobody else, the file needs room for its shared-memory index and its journal's header:
+            # on a full disk ("disk I/O error" as SQLite says it) no command could open the hive, not even the
+            # stop, destroy or gc that would make room. The reserve is for that.
+            if hasattr(self, "_db"):
+                self._db.close()
+            if not _out_of_room(exc, path) or not self.give_up_reserve():
+                raise
+            self._open()
+        self._keep_reserve()
+
+    def _open(self) -> None:
+        path = self.path
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout=30000")
@@ -214,7 +242,6 @@ class Registry:
             for column, decl in _ADDED_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
-        self._keep_reserve()
 
     def _keep_reserve(self) -> None:
         """Make the reserve if it is missing (new, or given up on a full disk) and the disk has room again."""

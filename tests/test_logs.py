@@ -224,11 +224,37 @@ def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hiv
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
 
 
+def test_on_a_full_disk_with_no_colony_running_the_hive_still_opens_to_make_room(hive_env, tmp_path):
+    """With no colony running nobody has hive.db open, and opening it needs room for SQLite's shared-memory index:
+    on a full disk every command failed ("disk I/O error"), the destroy and gc that would make room too. The
+    reserve is given up for that, and the hive opens."""
+    repo = make_repo(tmp_path / "quietrepo")
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(hive_env.home)], check=True)
+    try:
+        env = hive_env.env
+        assert run_stem(env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
+        assert run_stem(env, "stop", "quiet").returncode == 0
+        filler = hive_env.home / "filler"
+        with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        listed = run_stem(env, "ls")
+        assert listed.returncode == 0 and "stopped" in listed.stdout, listed.stderr
+        destroyed = run_stem(env, "destroy", "--force", "quiet")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert run_stem(env, "gc").returncode == 0
+        assert "no colonies" in run_stem(env, "ls").stdout
+    finally:
+        run_stem(hive_env.env, "destroy", "--force", "quiet")
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
 def test_a_ui_takes_new_log_lines_only_from_the_colony_it_shows(hive_env, tmp_path):
     """A colony flooding its log while another is shown cost a UI most of a core decoding lines it never showed:
     the hosts of colonies whose lines are not wanted (`log_lines_for`) send none. Shown, the colony's log comes
     whole (its history from the host) and its new lines follow."""
-    toml = '[services.talk]\ncommand = "sh -c \'i=0; while true; i=$((i+1)); do echo line $i; sleep 0.02; done\'"\n'
+    toml = "[services.talk]\ncommand = \"sh -c 'i=0; while true; i=$((i+1)); do echo line $i; sleep 0.02; done'\"\n"
     repo = make_repo(tmp_path / "talky", colony_toml=toml)
 
     async def scenario() -> None:
@@ -253,9 +279,9 @@ def test_a_ui_takes_new_log_lines_only_from_the_colony_it_shows(hive_env, tmp_pa
 
             await lines_of("one", 20)
             # Lines two's host sent before it was told are all this process took of its flood.
-            held = len(hive._links["two"].log)  # noqa: SLF001: what the link took from its host
+            held = len(hive._links["two"].log)  # what the link took from its host
             await lines_of("one", 20)
-            assert len(hive._links["two"].log) == held  # noqa: SLF001
+            assert len(hive._links["two"].log) == held
             shown[:] = ["two"]
             hive.log_lines_changed()
             entries = await hive.log_entries("two")
@@ -263,7 +289,7 @@ def test_a_ui_takes_new_log_lines_only_from_the_colony_it_shows(hive_env, tmp_pa
             assert talk[:3] == [1, 2, 3] and talk == list(range(1, len(talk) + 1)), talk[:5]
             later = await lines_of("two", 10)
             assert int(later[-1].text.split()[1]) > talk[-1]
-            one = hive._links["one"].log  # noqa: SLF001
+            one = hive._links["one"].log
             count = len(one)
             await lines_of("two", 10)
             assert len(one) == count  # one is not shown now: its host sends none
