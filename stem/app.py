@@ -32,7 +32,7 @@ from textual.worker import Worker, WorkerState
 
 from core import lifecycle as lc
 from core.api import HiveAPI
-from core.errors import StemError, disk_trouble
+from core.errors import StemError, disk_trouble, sqlite_error
 from core.events import (
     AgentActivity,
     ChangesUpdated,
@@ -1227,14 +1227,20 @@ def run(hive_factory: Callable[[Settings], HiveAPI] | None = None, *, headless: 
             raise StemError(f"{settings.path}: [hive] theme: no theme named {settings.theme!r} (known: {known})")
         keymap(settings.keys, settings.key_lines)
         hive = (hive_factory or _default_hive)(settings)
+        # Read before the app runs (no event loop to hold up yet), so that the first frame lists them.
+        records = hive.colonies()
     except StemError as exc:
         print(f"stem: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, sqlite_error()) as exc:  # a full disk under the hive (its registry cannot be opened)
+        line = disk_trouble(exc)
+        if line is None:
+            raise
+        print(f"stem: {line}", file=sys.stderr)
         return EXIT_USAGE
     from stem import warm_client
 
     keep = not headless and not warm_client.SERVING and os.environ.get("STEM_WARM") != "0"
-    # Read before the app runs (no event loop to hold up yet), so that the first frame lists them.
-    records = hive.colonies()
     app = StemApp(hive, settings, themes=themes, close_hive=True, keep_warm=keep, records=records)
     app.run(headless=headless)
     if not headless:

@@ -47,6 +47,18 @@ def test_an_unknown_binding_id_is_one_line_and_exit_2(config, capsys):
     assert f"{config}:3: [keys] colony.nuke: no such binding" in one_line(capsys)  # the file as given, and its line
 
 
+def test_a_hive_whose_registry_the_full_disk_refuses_is_one_line_and_exit_2(config, capsys):
+    """Opening hive.db on a full disk fails in SQLite ("disk I/O error"): the UI said it with a traceback."""
+    import sqlite3
+
+    def full(_settings):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    assert run(full) == 2
+    line = one_line(capsys)
+    assert "cannot be written (disk I/O error): free some space" in line, line
+
+
 def test_a_remap_onto_another_bindings_key_is_one_line_and_exit_2(config, capsys):
     config.write_text('[keys]\n"colony.destroy" = "s"\n')  # stop/start's key in the same panel
     assert run(lambda _settings: pytest.fail("no hive should be made")) == 2
