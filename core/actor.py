@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import StemError, refused_by_disk
+from core.errors import StemError, disk_trouble, refused_by_disk
 
 log = logging.getLogger("stem.actor")
 
@@ -157,7 +157,11 @@ class Supervisor:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a crash: the exception and where it was raised."""
+    """One line for a crash: the exception and where it was raised; the disk refusing a write (a full disk under a
+    spawn's setup) is the machine's trouble, said as `disk_trouble` says it."""
+    said = disk_trouble(exc)
+    if said is not None:
+        return said
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"

@@ -421,3 +421,10 @@ def test_what_a_colony_host_says_of_a_full_disk_is_the_disk_not_sqlite(monkeypat
     )
     assert failure_line(StemError("alpha is not running")) == "alpha is not running"
     assert failure_line(KeyError("x")) == "KeyError: 'x'"
+    # A step of a spawn that fails so (a setup that filled the disk) says it the same way, not where SQLite raised.
+    from core.actor import describe
+
+    assert describe(sqlite3.OperationalError("database or disk is full")).startswith(
+        "the hive's registry in /srv/hive cannot be written (database or disk is full)"
+    )
+    assert describe(KeyError("x")) == "KeyError: 'x'"
