@@ -112,11 +112,17 @@ _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
 _SAVE_CURSOR = 1048  # DECSC when set, DECRC when reset (pyte has neither)
 _DECCOLM = 3
+_SYNC_MODE = 2026  # synchronized output (`TerminalQueries.set_modes` times its frames)
 _NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 # Private modes (by their parameter, shifted as pyte stores them) that pyte's `set_mode` and `reset_mode` only record
-# (DECTCEM also shows or hides the cursor) and Stem does not act on: set or reset in place (`_feed_text`). Not
-# DECCOLM, DECSCNM or DECOM (pyte acts on them), the alternate screens or 2026 (`TerminalQueries.set_modes`).
-_PLAIN_PRIVATE_MODES = {str(m): m << 5 for m in (1, 7, 12, 25, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 2004)}
+# (DECTCEM also shows or hides the cursor, 2026 starts or ends a frame: `TerminalQueries.set_modes`) and Stem does not
+# act on: set or reset in place (`_feed_text`). Not DECCOLM, DECSCNM or DECOM (pyte acts on them), nor the alternate
+# screens.
+_PLAIN_PRIVATE_MODES = {
+    str(m): m << 5 for m in (1, 7, 12, 25, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 2004, _SYNC_MODE)
+}
+_SYNC_SHIFTED = _SYNC_MODE << 5
+_SYNC_MODES = (_SYNC_MODE,)
 
 _REVERSE_BLANK = REVERSE_CHAR
 
@@ -1302,13 +1308,16 @@ class StemScreen(pyte.Screen):
                         shifted = _PLAIN_PRIVATE_MODES.get(params)
                         if shifted is not None:
                             # DECTCEM and other private modes pyte only records (vim hides and shows the cursor
-                            # around every repaint): pyte's `set_mode`/`reset_mode` without the calls.
+                            # around every repaint, Codex and Claude Code send each frame inside 2026): pyte's
+                            # `set_mode`/`reset_mode` without the calls.
                             if final == "h":
                                 self.mode.add(shifted)
                             else:
                                 self.mode.discard(shifted)
                             if shifted == mo.DECTCEM:
                                 self._cur.hidden = final == "l"
+                            elif shifted == _SYNC_SHIFTED:
+                                self.queries.set_modes(_SYNC_MODES, final == "h")
                             continue
                     plain = None
                     handler = csi.get(final)
