@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO
+from typing import IO, Any
 
 from core import cgroups, procs
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
@@ -997,6 +997,7 @@ class ServiceSet:
         self._envs: dict[str, dict[str, str]] = {}  # what each runner was started with, to spot changes
         self._lock = asyncio.Lock()
         self._active = False  # between start_all and stop_all: only then does apply start anything
+        self._stop_asked = asyncio.Event()  # set by stop_all before it waits for the lock (see `_ready_unless_stop`)
 
     @property
     def services(self) -> Mapping[str, ServiceRunner]:
@@ -1021,7 +1022,9 @@ class ServiceSet:
 
     async def stop_all(self, grace: float | None = None) -> None:
         """Stop every service, dependents before what they depend on."""
+        self._stop_asked.set()  # an edit being applied stops waiting for its services to be ready
         async with self._lock:
+            self._stop_asked.clear()
             self._active = False
             await self._stop(list(self._runners), service_start_order(self.config), grace)
 
@@ -1056,9 +1059,29 @@ class ServiceSet:
             not_ready: list[str] = []
             for wave in new_waves:
                 runners = [self._start_runner(config.services[n]) for n in wave if n in changed or n in added]
-                results = await asyncio.gather(*(r.wait_ready(r.spec.ready_timeout) for r in runners))
+                results = await self._ready_unless_stop(runners)
                 not_ready += [r.name for r, ok in zip(runners, results, strict=True) if not ok]
+                if self._stop_asked.is_set():
+                    break  # the colony is stopping: the later waves are not started
             return ServiceChanges(tuple(changed), tuple(added), tuple(removed), tuple(not_ready))
+
+    async def _ready_unless_stop(self, runners: list[ServiceRunner]) -> list[bool]:
+        """Whether each of `runners` got ready, waited for until each is or the colony's stop asks for the lock (a
+        service an edit added that never gets ready held the stop back for its whole ready timeout)."""
+        ready: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(r.wait_ready(r.spec.ready_timeout) for r in runners))
+        )
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop_asked.wait())
+        try:
+            await asyncio.wait([ready, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if ready.done():
+            return list(ready.result())
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+        return [r.state == READY for r in runners]
 
     async def restart(self, name: str) -> None:
         """Stop one service and start it afresh, as the user asked (its dependents keep running)."""

@@ -237,3 +237,29 @@ def test_changed_files_are_live_under_the_owner(hive_env, repo):
             await hive.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stop_does_not_wait_for_a_service_an_edit_is_still_starting(hive_env, tmp_path):
+    """An edit of colony.toml that adds a service which is not ready yet holds the colony's services while it waits
+    (up to its ready timeout, here 120 s): a stop meanwhile waited 5 s for it before it stopped anything."""
+    repo = make_repo(tmp_path / "stoprepo", colony_toml=SERVICES)
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+            rec = await hive.spawn("held", repo)
+            slow = '\n[services.slow]\ncommand = "exec sleep 100000"\nport = 3999\nready = "tcp"\nready_timeout = 120\n'
+            (Path(rec.worktree) / "colony.toml").write_text(SERVICES + slow)
+            await _until(lambda: "slow" in hive.services("held"))
+            assert hive.services("held")["slow"].state == "starting"
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await hive.stop("held")
+            took = loop.time() - began
+            assert took < 4, f"the stop took {took:.1f}s"  # 0.7 s on this 2-core machine; 5 s and more before
+            assert netns_pids(hive_env.prefix, "held") == []
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())
