@@ -968,6 +968,8 @@ class ServiceRunner:
     # state --------------------------------------------------------------------------------------------------
 
     def _set(self, state: ServiceStatus, code: int | None = None, detail: str = "") -> None:
+        if code == EXIT_UNKNOWN:
+            code = None  # a daemon's status the colony's init took: not known (the detail says so), never -1000
         self.state = state
         self.code = code
         self.detail = detail

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -655,6 +656,29 @@ def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_p
     assert row["service_pids"] == {"web": served[0]}  # the daemon, the service's process now
     assert run_stem(hive_env.env, "stop", "bg").returncode == 0
     assert not any(alive(pid) for pid in served)
+
+
+def test_a_daemon_killed_in_a_confined_colony_reads_crashed_without_a_made_up_code(hive_env, tmp_path):
+    """The daemon is the colony's init's child: killed, its exit status goes to the init, unread. The service reads
+    `crashed` and its log says why; it read `crashed(-1000)`, Stem's own marker, and the UI said "exit -1000"."""
+    toml = DAEMONIZING.format(forks="twice").replace('ready = "http:/"', 'ready = "http:/"\nrestart = "no"', 1)
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    (repo / "daemon.py").write_text(DAEMON)
+    (repo / "index.html").write_text("served by the daemon\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a daemon")
+    assert run_stem(hive_env.env, "spawn", "bg", "--repo", str(repo), "--agent", "shell").returncode == 0
+    (daemon,) = [int(pid) for pid in procs_serving(hive_env.prefix + "-bg")]
+    os.kill(daemon, signal.SIGKILL)
+
+    def web() -> str:
+        (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        return row["services"]["web"]
+
+    assert wait_for(lambda: web() != "ready" and web(), what="the service's end") == "crashed"
+    logs = run_stem(hive_env.env, "logs", "bg").stdout
+    assert "ended (its exit status went to the colony's init)" in logs and "-1000" not in logs, logs
+    assert run_stem(hive_env.env, "stop", "bg").returncode == 0
 
 
 def procs_serving(netns_name: str) -> list[str]:
