@@ -18,6 +18,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _count(text: str) -> int:
+    """A count of lines: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of lines (0 or more)")
+    return value
+
+
 DISTRIBUTION = "stem-hive"  # the name on the package index (`stem` there is the Tor controller library)
 
 
@@ -165,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-s", "--service", help="only lines from this service (or setup, build)")
-    p.add_argument("-n", "--lines", type=int, default=200, help="how many past lines (default 200)")
+    p.add_argument("-n", "--lines", type=_count, default=200, help="how many past lines (default 200)")
 
     p = sub.add_parser(
         "peer",

@@ -52,6 +52,11 @@ def test_invalid_names(hive_env, repo, name, why):
     assert_nothing_made(hive_env, repo)
 
 
+@pytest.mark.parametrize("count", ["-5", "many"])
+def test_a_count_of_log_lines_that_is_not_one_is_refused(hive_env, count):
+    assert_refused(run_stem(hive_env.env, "logs", "alpha", "-n", count), f"{count!r} is not a count of lines")
+
+
 def test_name_already_used(hive_env, repo):
     assert run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)).returncode == 0
     assert_refused(run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)), "a colony named 'dup' already exists")
