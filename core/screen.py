@@ -1778,8 +1778,10 @@ class StemScreen(pyte.Screen):
         more) is simple again."""
         checked = check or not (self._plain_flood and self._held and text.isascii())
         if checked:
+            if not self._batch_allowed():  # first: inside a scroll region (a tmux pane) the match would be for nothing
+                return pos
             m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
-            if m is None or not self._batch_allowed():
+            if m is None:
                 return pos
             end = m.end()
         else:
