@@ -378,6 +378,7 @@ class TomlDoc:
     """A parsed TOML file plus what it takes to word an error about any of its keys."""
 
     def __init__(self, text: str, path: Path) -> None:
+        text = text.removeprefix("\ufeff")  # a byte order mark (some Windows editors save one): not TOML, no meaning
         self.text = text
         self.path = path
         self.shown = display_path(path)

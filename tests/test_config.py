@@ -221,6 +221,11 @@ def test_invalid_toml_reports_tomli_line() -> None:
     )
 
 
+def test_a_byte_order_mark_is_not_an_error() -> None:
+    """Windows editors may save one; it read as `colony.toml:1: invalid TOML: Invalid statement`."""
+    assert parse("\ufeff[services.web]\ncommand = 'x'\n").services["web"].command == "x"
+
+
 def test_duplicate_key_is_invalid_toml() -> None:
     assert error_of("[colony]\nagent = 'a'\nagent = 'b'\n").startswith("colony.toml:3: invalid TOML:")
 
