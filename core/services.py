@@ -578,18 +578,30 @@ class ServiceRunner:
         """Spawn the service; everything that must exist before the first await is set up synchronously."""
         self.code = None
         self._exited = asyncio.Event()
+        if self.spec.working_dir and not self.cwd.is_dir():
+            raise StemError(f"its working_dir {self.spec.working_dir!r} is not a folder in the colony's worktree")
         argv = procs.command_argv(self.spec.command, self.env, self.cwd)
-        proc = procs.spawn(
-            argv,
-            netns_name=self.netns,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            init=self.host.init,
-            cgroup=self._cgroup,
-        )
+        try:
+            proc = procs.spawn(
+                argv,
+                netns_name=self.netns,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                init=self.host.init,
+                cgroup=self._cgroup,
+            )
+        except FileNotFoundError as exc:
+            name = str(exc.filename or argv[0])
+            if self.host.init is not None and os.path.isabs(name) and os.path.exists(name):
+                # There on the host, not in the colony's own view of the filesystem (a venv made under /tmp).
+                raise StemError(
+                    f"{name} is not there inside the colony: its /tmp, /var/tmp, /dev/shm, STEM_HOME and other "
+                    "users' homes are empty folders of its own (put the program in the worktree or a system path)"
+                ) from None
+            raise StemError(f"{name} does not exist") from None
         self._proc = proc
         self._starttime = procs.starttime(proc.pid) or 0
         self._program = _exe(proc.pid)  # exec'd already: Popen returns once it has

@@ -985,3 +985,24 @@ def test_a_line_without_its_newline_shows_once_the_service_is_quiet(hive_env, re
             await colony.services.stop_all()
 
     run(hive_env, scenario)
+
+
+@pytest.mark.parametrize("case", ["program under /tmp", "missing working_dir"])
+def test_a_service_that_cannot_start_says_why_in_words(hive_env, tmp_path, case):
+    """A program there on the host but not inside the colony (a venv made under /tmp: the colony's /tmp is its own),
+    and a working_dir the worktree lacks, each said as what is wrong, not as `[Errno 2] ... PosixPath(...)`."""
+    program = tmp_path / "venv" / "bin" / "serve"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\nexec sleep 1000\n")
+    program.chmod(0o755)
+    if case == "program under /tmp":
+        toml, said = f'[services.web]\ncommand = "{program}"\n', f"{program} is not there inside the colony: its /tmp"
+    else:
+        toml, said = (
+            '[services.web]\ncommand = "sleep 1000"\nworking_dir = "nope"\n',
+            ("its working_dir 'nope' is not a folder in the colony's worktree"),
+        )
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    result = run_stem(hive_env.env, "spawn", "cannot", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode != 0 and f"service web could not start: {said}" in result.stderr, result.stderr
+    assert "Errno" not in result.stderr and "PosixPath" not in result.stderr
