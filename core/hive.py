@@ -461,6 +461,9 @@ class Hive:
         check_name(name)
         require_netns_privileges("stem spawn")
         root, commit, config = await asyncio.to_thread(self._preflight, repo, base)
+        unsaid = await asyncio.to_thread(_uncommitted_config, root, base)
+        if unsaid:
+            self._emit(Notice(name, "warning", f"{name}: {unsaid}"))
 
         async def handler() -> ColonyRecord:
             async with self._holding(name):
@@ -1756,3 +1759,19 @@ def _put_back(emptied: dict[Path, bytes]) -> None:
             partial.replace(path)  # the writer notices the new file by its inode
         except OSError:
             partial.unlink(missing_ok=True)
+
+
+def _uncommitted_config(root: Path, base: str) -> str | None:
+    """What to tell a user whose checkout has a colony.toml the colony will not get (it gets the base commit's):
+    one not committed at all, or with edits not committed. None when they are the same, or there is none."""
+    path = root / "colony.toml"
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    _commit, committed = worktree.resolve_with_file(root, base, "colony.toml")
+    if committed == text:
+        return None
+    if committed is None:
+        return f"{path} is not committed at {base}: the colony has no colony.toml (commit it, then spawn again)"
+    return f"{path} has edits not committed at {base}: the colony gets the committed one"

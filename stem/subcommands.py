@@ -53,8 +53,18 @@ def _hive() -> HiveAPI:
 async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:
     if args.agent is not None and not args.agent.strip():
         raise StemError("--agent is empty: give a preset (claude, codex, shell, ...) or a command, or leave it out")
-    rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
+    from core.events import Notice
+
+    events = hive.subscribe()  # what the spawn warns of (a colony.toml left uncommitted) goes to stderr
+    try:
+        rec = await hive.spawn(args.name, Path(args.repo), args.base, agent=args.agent, task=args.task)
+    finally:
+        hive.unsubscribe(events)
     print(f"{rec.name}  {rec.state}  {rec.ip}  {rec.branch}  {rec.worktree}")
+    while not events.empty():
+        event = events.get_nowait()
+        if isinstance(event, Notice) and event.level == "warning" and event.colony == rec.name:
+            print(f"stem: warning: {event.message}", file=sys.stderr)
     return 0
 
 

@@ -57,6 +57,24 @@ def test_a_count_of_log_lines_that_is_not_one_is_refused(hive_env, count):
     assert_refused(run_stem(hive_env.env, "logs", "alpha", "-n", count), f"{count!r} is not a count of lines")
 
 
+def test_a_colony_toml_not_committed_is_warned_of_at_spawn(hive_env, repo):
+    """The colony gets colony.toml as of the base commit: one the user wrote but did not commit was ignored without
+    a word (no services, exit 0). The spawn still works, and says so."""
+    (repo / "colony.toml").write_text('[services.web]\ncommand = "sleep 1000"\n')
+    result = run_stem(hive_env.env, "spawn", "fresh", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: fresh: {repo / 'colony.toml'} is not committed at HEAD" in result.stderr, result.stderr
+    subprocess.run(["git", "-C", str(repo), "add", "colony.toml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "services"], check=True)
+    (repo / "colony.toml").write_text('[services.web]\ncommand = "sleep 2000"\n')
+    result = run_stem(hive_env.env, "spawn", "edited", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode == 0, result.stderr
+    assert "has edits not committed at HEAD: the colony gets the committed one" in result.stderr, result.stderr
+    (repo / "colony.toml").write_text('[services.web]\ncommand = "sleep 1000"\n')
+    result = run_stem(hive_env.env, "spawn", "same", "--repo", str(repo), "--agent", "shell")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_name_already_used(hive_env, repo):
     assert run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)).returncode == 0
     assert_refused(run_stem(hive_env.env, "spawn", "dup", "--repo", str(repo)), "a colony named 'dup' already exists")
