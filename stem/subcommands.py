@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -411,14 +412,32 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     def wanted(line: str) -> bool:
         return args.service is None or parse_line(line)[1] in (args.service, f"{args.service}!")
 
+    # On a terminal, what a service printed keeps its colours but not its other control sequences (a progress
+    # bar's erase-line and cursor-up would erase the lines above it, as the UI's log pane never lets them).
+    shown = _terminal_safe if sys.stdout.isatty() else str
     for line in await asyncio.to_thread(read_tail, path, args.lines, wanted):
-        print(line)
+        print(shown(line))
     if args.follow:
         sys.stdout.flush()
         async for line in follow_file(path):
             if wanted(line):
-                print(line, flush=True)
+                print(shown(line), flush=True)
     return 0
+
+
+# A terminal's sequences and controls in a log line, but SGR (colours) and tabs: OSC (titles, links) to its end,
+# other CSI and escapes, and C0/C1 controls.
+_UNSAFE = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
+    r"|\x1b\[(?![0-9;:]*m)[0-?]*[ -/]*[@-~]"  # CSI but SGR
+    r"|\x1b\[[0-?]*+[ -/]*+(?![@-~])"  # a CSI cut short
+    r"|\x1b(?!\[)(?:[()*+#%][ -~]|[ -~])?"  # other escapes (a charset's designation with its final)
+    r"|[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]"  # controls but tab (and ESC, whose sequences are above)
+)
+
+
+def _terminal_safe(line: str) -> str:
+    return _UNSAFE.sub("", line)
 
 
 async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:

@@ -297,3 +297,17 @@ def test_a_ui_takes_new_log_lines_only_from_the_colony_it_shows(hive_env, tmp_pa
             await hive.close()
 
     asyncio.run(scenario())
+
+
+def test_stem_logs_on_a_terminal_keeps_colours_but_not_a_services_other_sequences():
+    """A progress bar's erase-line and cursor-up, a title, a hyperlink, a bell: printed as they were logged they
+    erased the lines above them in the user's terminal. Its colours stay (SGR, the colon forms too)."""
+    from stem.subcommands import _terminal_safe
+
+    line = (
+        "12:00:01 [vite] \x1b[2K\x1b[1G\x1b[32m✓\x1b[0m built\x1b[1A\x1b[2K \x1b]8;;http://x/\x07a link\x1b]8;;\x1b\\"
+        " \x1b]0;title\x07\x07\x1b[38:2::1:2:3mtrue\x1b[0m\ttab \x1b(Bdone\x1bM\x08\x1b[3"
+    )
+    assert _terminal_safe(line) == (
+        "12:00:01 [vite] \x1b[32m✓\x1b[0m built a link \x1b[38:2::1:2:3mtrue\x1b[0m\ttab done"
+    )
