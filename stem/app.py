@@ -83,6 +83,7 @@ AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
 # The first frame waits (at most this long) for the selected colony's agent screen from its host, so that it is
 # drawn once, whole, instead of in three partial frames that each hold up the snapshots still to come.
 FIRST_FRAME_WAIT = 0.3
+CRASH_QUIET = 60.0  # seconds after a service's crash is told in which its next crashes are only listed in Info
 EVENT_BATCH = 2048  # core events taken from the queue at once (see `_pump_events`)
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
@@ -147,6 +148,8 @@ class StemApp(App[int], inherit_bindings=False):
         self._first_frame = asyncio.Event()  # set once it is drawn: the hive links the other colonies then
         self.selected: str | None = None
         self._logs_found: LogsView | None = None
+        # When a notification last told of each service's crash (see CRASH_QUIET).
+        self._crash_told: dict[tuple[str, str], float] = {}
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
         self.titles: dict[str, str] = {}  # each colony's agent's window title
@@ -420,10 +423,18 @@ class StemApp(App[int], inherit_bindings=False):
             if count is not None and event.restarts > count:
                 del self._restarting[(event.colony, event.service)]
                 self.notify(f"{event.colony}: restarted {event.service} ({_restarts(event.restarts)})")
+            key = (event.colony, event.service)
             if event.state == "crashed":
                 detail = f": {event.detail}" if event.detail else ""
                 code = f" (exit {event.code})" if event.code is not None else ""
-                self._problem(event.colony, f"{event.colony}: service {event.service} crashed{code}{detail}")
+                message = f"{event.colony}: service {event.service} crashed{code}{detail}"
+                now = self.clock.now()
+                told = self._crash_told.get(key)
+                if told is not None and now - told < CRASH_QUIET:
+                    self._record(event.colony, message)  # a crash loop: Info lists each crash, one toast a minute
+                else:
+                    self._crash_told[key] = now
+                    self._problem(event.colony, message)
             if event.colony == self.selected:
                 self._show_services()
                 self._show_info()

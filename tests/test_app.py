@@ -600,3 +600,20 @@ async def test_ages_tick_without_rebuilding_the_list(hive_env, repo):
         await until(pilot, lambda: shows(app, "running 7m"), "the age to move on", timeout=5)
         clock.ahead = 3 * 3600
         await until(pilot, lambda: shows(app, "running 3h"), "the age to move on again", timeout=5)
+
+
+async def test_a_crash_looping_service_is_one_notification_a_minute(hive_env, tmp_path):
+    """A service that crashes at every start (restarted, crashed again, ...) put one more toast up at each crash,
+    without end, over the user's dialogs. One a minute now; Info still lists every crash."""
+    from helpers import make_repo
+    from ui_support import notifications
+
+    from core.events import ServiceState
+
+    async with stem_app(hive_env, make_repo(tmp_path / "repo")) as (app, pilot, _hive):
+        for restarts in range(5):
+            app.on_core_event(ServiceState("alpha", "crasher", "crashed", 3, restarts, "exited with 3"))
+        await pilot.pause()
+        told = [n.message for n in notifications(app) if "crasher crashed" in n.message]
+        assert told == ["alpha: service crasher crashed (exit 3): exited with 3"], told
+        assert len(app.errors["alpha"]) == 5
