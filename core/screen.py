@@ -1563,24 +1563,26 @@ class StemScreen(pyte.Screen):
         at[x] = len(ops)
         ops.append(op)
 
-    def _paint_rows(self, rows: LineRows, y: int) -> None:
-        """Batch rows that land on the screen without scrolling, each a whole line from column 0, as deferred
-        paints (`_paint`): a full-screen program that paints its rows with CR LF (top) repaints them before
-        anyone looks, and then they are never drawn."""
+    def _paint_rows(self, rows: LineRows, y: int, start: int = 0, stop: int | None = None) -> None:
+        """Batch rows (`start` to `stop`, all by default), each a whole line from column 0, as deferred paints
+        (`_paint`), row i on row `y + i`: a full-screen program that paints its rows with CR LF (top) repaints them
+        before anyone looks, and then they are never drawn; nor are rows that scroll away unseen (less paging)."""
         lines, nodes, erases = rows.lines, rows.nodes, rows.erases
         add = self._add_paint
-        for i, line in enumerate(lines):
+        for i in range(start, len(lines) if stop is None else stop):
+            line = lines[i]
             erase = erases is not None and erases[i]
             if erase:
                 add(y + i, (0, None, line, nodes[i], -1, nodes[i + 1].attrs), True)
             elif line and not (line[-1] == "m" and _SGR_ONLY.fullmatch(line)):  # a line that draws nothing makes no row
                 add(y + i, (0, None, line, nodes[i], -1, None), False)
 
-    def _paint_plain(self, lines: list[str], y: int, plain: CharCache) -> None:
+    def _paint_plain(self, lines: list[str], y: int, plain: CharCache, start: int = 0, stop: int | None = None) -> None:
         """`_paint_rows` for batch lines of text without SGR (each character one cell), all drawn with `plain`: vim
         and tmux draw a few such lines with CR LF between their cursor-placed rows."""
         add = self._add_paint
-        for i, line in enumerate(lines):
+        for i in range(start, len(lines) if stop is None else stop):
+            line = lines[i]
             if line:  # an empty line makes no row
                 add(y + i, (0, None, line, plain, -1, None), False)
 
@@ -2090,7 +2092,12 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         y = cursor.y
         bottom = self.lines - 1
-        if y + n <= bottom and (plain is not None or (isinstance(rows, LineRows) and rows.pieces is None)):
+        if (plain is not None or (isinstance(rows, LineRows) and rows.pieces is None)) and (
+            y + n <= bottom or self._alt_active
+        ):
+            if y + n > bottom:
+                self._scroll_paint_rows(rows, plain, y, n, bottom)
+                return
             if plain is None:
                 self._paint_rows(cast("LineRows", rows), y)
             else:
@@ -2153,6 +2160,37 @@ class StemScreen(pyte.Screen):
         buffer.update(moved)
         self._create_rows(bottom)
         cursor.y = bottom
+        self.dirty.update(range(self.lines))
+        self._pieces = None
+
+    def _scroll_paint_rows(self, rows: Held, plain: CharCache | None, y: int, n: int, bottom: int) -> None:
+        """`_apply_rows` in the alternate screen for whole lines (`LineRows` without pieces, or plain text) that
+        scroll it: what the rows show is left as deferred paints, which move with their rows (`_move_paints`), so
+        rows that scroll away before anyone looks (less and man paging) are never drawn. (In the main screen every
+        row that leaves is written to the scrollback, and drawing the rest at once costs less.)"""
+
+        def paint(at: int, start: int, stop: int) -> None:
+            if plain is None:
+                self._paint_rows(cast("LineRows", rows), at, start, stop)
+            else:
+                self._paint_plain(cast("list[str]", rows), at, plain, start, stop)
+
+        paint(y, 0, min(n, bottom - y + 1))  # lines that land on existing rows, over what is there
+        scrolls = y + n - bottom
+        if self._paints:
+            self._move_paints(0, bottom, -scrolls)
+        buffer = self._rows
+        moved = {v - scrolls: row for v, row in buffer.items() if scrolls <= v <= bottom}
+        # The rows the batch's last lines come onto (all but the bottom one, where the cursor ends) are new.
+        first = max(0, bottom + 1 - scrolls)
+        default = self.default_char
+        for r in range(first, bottom):
+            moved[r] = new_row(default)
+        buffer.clear()
+        buffer.update(moved)
+        paint(y - scrolls, first + scrolls - y, n)
+        self._create_rows(bottom)
+        self._cur.y = bottom
         self.dirty.update(range(self.lines))
         self._pieces = None
 

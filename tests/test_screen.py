@@ -927,10 +927,11 @@ def _painted_then_moved(seed: int, regions: bool = True) -> bytes:
     """Rows painted by cursor-addressed runs (deferred paints, some rows with several), then what moves rows or draws
     on one row while other rows' paints are still pending: a scroll region scrolled by SU, SD, a line feed at its
     bottom and a reverse index at its top (with painted rows inside, above and below it), the whole screen scrolled
-    (a painted row leaving into the scrollback), lines of plain text ended by CR LF from column 0 that land without
-    scrolling or scroll, EL 1, text drawn where the cursor is (wrapping, wide, combining, REP), the alternate screen;
-    as tmux panes, curses programs, nano and vim do. `regions` False: the whole screen only (HistoryScreen keeps a
-    region's top row in its history where a terminal does not)."""
+    (a painted row leaving into the scrollback), lines (plain, or with SGR and EL) ended by CR LF from column 0 that
+    land without scrolling or scroll (in the alternate screen too, as less pages), EL 1, text drawn where the cursor
+    is (wrapping, wide, combining, REP), the alternate screen; as tmux panes, curses programs, nano, less and vim do.
+    `regions` False: the whole screen only, the main one (HistoryScreen keeps a region's top row in its history where
+    a terminal does not, and ignores the alternate screen)."""
     rng = random.Random(seed)
     texts = ["pane", "  42 ", "ls -l", "中文 é", "────", "x" * 70]
     sgr = ["", "\x1b[m", "\x1b[1m", "\x1b[38;5;130m", "\x1b[0;7m", "\x1b[44m"]
@@ -950,6 +951,13 @@ def _painted_then_moved(seed: int, regions: bool = True) -> bytes:
             f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, COLS + 1)}H" + rng.choice(texts) * 3,
             f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, COLS + 1)}H中e\u0301\x1b[3b",
             "\x1b[H\x1bM",
+            # Lines that scroll the screen, in the alternate screen too (less paging), with SGR and EL or plain.
+            rng.choice(["\x1b[?1049h", ""] if regions else [""])
+            + f"\x1b[{rng.randrange(1, ROWS + 1)};1H"
+            + "".join(
+                rng.choice([f"\x1b[3{i % 8}m{i:04d}\x1b[0m line \x1b[1m{i}\x1b[m\x1b[K\r\n", f"plain {i}\r\n", "\r\n"])
+                for i in range(rng.choice((3, 12, 39, 45, 90)))
+            ),
         ]
         if regions:
             moves += [
