@@ -532,6 +532,7 @@ class ServiceRunner:
                 hops += 1
             await self._close_forward()
             if self._stopping:
+                await self._note(f"stopped: {_exit_text(code)}", self.name)  # every end of a service is a line
                 break
             failed = code != 0 or not_ready
             restart = self.spec.restart == "always" or (self.spec.restart == "on-failure" and failed)

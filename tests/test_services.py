@@ -656,6 +656,7 @@ def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_p
     assert row["service_pids"] == {"web": served[0]}  # the daemon, the service's process now
     assert run_stem(hive_env.env, "stop", "bg").returncode == 0
     assert not any(alive(pid) for pid in served)
+    assert "[web] stopped: " in run_stem(hive_env.env, "logs", "bg").stdout  # the stop is a line of its own too
 
 
 def test_a_daemon_killed_in_a_confined_colony_reads_crashed_without_a_made_up_code(hive_env, tmp_path):
