@@ -21,11 +21,12 @@ pytestmark = pytest.mark.root
 FAKE = FAKE_AGENT_PATH
 
 
-def fake_preset(tmp_path: Path) -> Path:
+def fake_preset(tmp_path: Path, resume: str = "--continue") -> Path:
+    """A config whose `fake` preset runs the fake agent with its task, and `resume` as its resume form's flags."""
     agent = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[agents.fake]\ncommand = "{agent} --task {{task}}"\nresume = "{agent} --continue"\n'
+        f'[agents.fake]\ncommand = "{agent} --task {{task}}"\nresume = "{agent} {resume}"\n'
         'attention = ["Do you want to proceed"]\n'
     )
     return config
@@ -128,12 +129,7 @@ def test_a_resume_form_with_nothing_to_resume_gets_the_agent_started_anew(hive_e
     command starts in its place, with its task, and a notice says why."""
     from core.events import Notice
 
-    agent = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE))}"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[agents.fake]\ncommand = "{agent} --task {{task}}"\nresume = "{agent} --continue --exit-after-banner 1"\n'
-    )
-    settings = load_settings(config)
+    settings = load_settings(fake_preset(tmp_path, resume="--continue --exit-after-banner 1"))
 
     async def scenario() -> None:
         hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, settings=settings)

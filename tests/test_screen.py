@@ -904,6 +904,19 @@ def _repaints(seed: int) -> bytes:
     return "".join(out).encode()
 
 
+def looked_at_between_reads(data: bytes, size: int, take_dirty: bool = False) -> StemScreen:
+    """`data` fed in reads of `size` bytes, the screen (and with `take_dirty` its dirty rows) read after every third
+    one, as a UI looks at it between reads."""
+    screen = StemScreen(COLS, ROWS)
+    for i, chunk in enumerate(chunks(data, size)):
+        screen.feed(chunk)
+        if i % 3 == 0:
+            if take_dirty:
+                screen.take_dirty()
+            _ = screen.buffer[0][0], screen.cursor.x
+    return screen
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_repainted_runs_equal_reference(seed: int) -> None:
     """Runs met before are painted by `_feed_text` itself, placed by cached CUP parameters, and private modes pyte
@@ -914,13 +927,7 @@ def test_repainted_runs_equal_reference(seed: int) -> None:
     data = _repaints(seed)
     size = (1, 7, 64, 4096)[seed % 4]
     assert_same_screen(reference(data, size), stem(data, size))
-    screen = StemScreen(COLS, ROWS)
-    for i, chunk in enumerate(chunks(data, 512)):
-        screen.feed(chunk)
-        if i % 3 == 0:
-            screen.take_dirty()
-            _ = screen.buffer[0][0], screen.cursor.x
-    assert_same_screen(reference(data, 512), screen)
+    assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
 
 
 def _painted_then_moved(seed: int, regions: bool = True) -> bytes:
@@ -981,12 +988,7 @@ def test_pending_paints_moved_by_scrolls_and_drawn_over_equal_reference(seed: in
     data = _painted_then_moved(seed)
     size = (1, 7, 64, 4096)[seed % 4]
     assert_same_screen(reference(data, size), stem(data, size))
-    screen = StemScreen(COLS, ROWS)
-    for i, chunk in enumerate(chunks(data, 256)):
-        screen.feed(chunk)
-        if i % 3 == 0:
-            _ = screen.buffer[0][0], screen.cursor.x
-    assert_same_screen(reference(data, 256), screen)
+    assert_same_screen(reference(data, 256), looked_at_between_reads(data, 256))
     data = _painted_then_moved(seed, regions=False)
     history = HistoryRef(COLS, ROWS, history=100_000)
     RefStream(history).feed(data)
