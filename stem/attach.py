@@ -386,12 +386,18 @@ class _Attachment:
         """Resize the agent to `size`, then subscribe again: the host answers with a snapshot of the resized
         screen, drawn whole, rather than leaving the terminal's own reflow of the old one."""
         self.asked = size
+        self._redraw(Resize(*size))
+
+    def _redraw(self, *first: Resize) -> None:
+        """Stop passing output through and subscribe again (after `first`): the host answers with a snapshot, drawn
+        whole (see `_snapshot`)."""
         self.stale = True
         try:
-            self.conn.post(Resize(*size))
+            for msg in first:
+                self.conn.post(msg)
             self.conn.post(Subscribe(STREAMS))
         except StemError:
-            pass
+            pass  # the connection ended: the follower reports why
 
     def _passed(self, data: bytes) -> bytes:
         """What of the agent's output goes to the terminal as it is. The user's terminal is on its alternate screen
@@ -402,11 +408,7 @@ class _Attachment:
         data, self.held = self.held + data, b""
         switch = _SCREEN_SWITCH.search(data)
         if switch is not None:
-            self.stale = True
-            try:
-                self.conn.post(Subscribe(STREAMS))
-            except StemError:
-                pass
+            self._redraw()
             return data[: switch.start()]
         cut = _SWITCH_START.search(data, max(0, len(data) - 8))
         if cut is not None:
