@@ -87,3 +87,18 @@ async def test_y_still_confirms_a_long_question_on_a_small_screen():
         await pilot.press("y")
         await until(pilot, lambda: answers, "the answer")
     assert answers == [True]
+
+
+@pytest.mark.anyio
+async def test_the_merge_dialog_of_one_file_is_as_tall_as_what_it_says():
+    """One changed file on a tall terminal: the dialog fits its lines, not a page of empty rows above the buttons;
+    twenty files on a short one still scroll with the buttons in sight (above)."""
+    diff = ColonyDiff("alder", "main", "0" * 40, (FileChange("app.py", "modified", 1, 0),), frozenset())
+    app = Bare()
+    async with app.run_test(size=(150, 45)) as pilot:
+        app.push_screen(MergeDialog("alder", diff, MergeStatus("alder", "main", MergeState.FAST_FORWARD, 1, 0)))
+        await until(pilot, lambda: app.screen.query(Button), "the dialog")
+        await pilot.pause()
+        dialog = app.screen.query_one(".dialog").region
+        assert dialog.height <= 18, dialog
+        assert "app.py" in screen_text(app)
