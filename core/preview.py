@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ __all__ = [
     "ensure_running",
     "listen_port",
     "other_hosts_running",
+    "preview_host",
     "problem",
     "remove_route",
     "remove_routes",
@@ -74,6 +76,8 @@ READY_TIMEOUT = 10.0  # how long a starter waits for Caddy to confirm its config
 REQUEST_TIMEOUT = 5.0  # one admin API request
 SETTLE_TIMEOUT = 3.0  # how long a colony's start waits for its first routes
 _SUN_PATH = 108
+MAX_LABEL = 63  # the longest DNS label (RFC 1035)
+_LABEL_HASH = 8  # hex digits of the hash that ends a shortened label
 
 
 class PreviewError(StemError):
@@ -163,7 +167,7 @@ class Route:
 
     @property
     def host(self) -> str:
-        return f"{self.service}-{self.colony}.localhost"
+        return preview_host(self.colony, self.service)
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}/"
@@ -197,6 +201,20 @@ class Route:
         except (KeyError, IndexError, TypeError):
             upstream = ""
         return cls(parts[1], parts[2], upstream)
+
+
+def preview_host(colony: str, service: str) -> str:
+    """The host name a service is previewed at: `<service>-<colony>.localhost`. A DNS label is at most 63 characters
+    (browsers refuse a longer one), and a 32-character service of a 32-character colony makes 65: such a label keeps
+    the start of each name and ends with a hash of both, so it stays unique and still says whose it is. The one
+    place the name is made: Caddy's route matches it, and the URLs shown are made of it."""
+    label = f"{service}-{colony}"
+    if len(label) <= MAX_LABEL:
+        return f"{label}.localhost"
+    digest = hashlib.sha256(f"{service}.{colony}".encode()).hexdigest()[:_LABEL_HASH]
+    room = MAX_LABEL - len(digest) - 2  # two hyphens: after the service's part and before the hash
+    kept = min(len(service), max(room // 2, room - len(colony)))
+    return f"{service[:kept]}-{colony[: room - kept]}-{digest}.localhost"
 
 
 def route_id(colony: str, service: str) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -95,6 +96,39 @@ def test_two_colonies_on_port_3000_are_each_reached_by_name_through_the_one_port
     assert oct(paths.folder.stat().st_mode & 0o777) == "0o700"
     assert f"web at http://web-a.localhost:{port}/" in run_stem(hive_env.env, "logs", "a").stdout
     assert preview.urls(hive_env.home, "b") == {"b": {"web": f"http://web-b.localhost:{port}/"}}
+
+
+def test_names_at_their_limits_make_a_valid_dns_label_that_stays_unique():
+    """A 32-character service of a 32-character colony made a 65-character label, which browsers refuse (a DNS label
+    is at most 63): the long one keeps both names' starts and ends with a hash of the pair, so the pairs that
+    shortening alone would make alike stay apart."""
+    service, colony = "s" * 32, "c" * 32
+    labels = {
+        preview.preview_host(c, s).removesuffix(".localhost")
+        for c, s in [(colony, service), (colony[:-1] + "d", service), (colony, service[:-1] + "t"), (colony, "w")]
+    }
+    assert len(labels) == 4 and all(len(label) <= 63 for label in labels)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", label) for label in labels)
+    label = preview.preview_host(colony, service).removesuffix(".localhost")
+    assert label.startswith("s" * 20) and "c" * 20 in label
+    assert preview.preview_host("alpha", "web") == "web-alpha.localhost"  # short names: as they always were
+    assert preview.preview_host("c" * 30, "s" * 32) == f"{'s' * 32}-{'c' * 30}.localhost"  # 63 exactly: whole
+
+
+@pytest.mark.root
+def test_a_service_and_colony_of_32_characters_each_are_reached_through_their_shortened_name(hive_env, tmp_path):
+    """The shortened label is what Caddy routes, what `stem ls` and the log show, and it reaches the service."""
+    fake_agent_config(hive_env)
+    service, colony = "w" * 32, "a" * 32
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE.replace("[services.web]", f"[services.{service}]"))
+    spawn(hive_env, repo, colony)
+    port = preview_port(hive_env)
+    (url,) = listed(hive_env)[colony]["preview"].values()
+    host = url.removeprefix("http://").split(":")[0]
+    assert host.endswith(".localhost") and len(host.split(".")[0]) <= 63, host
+    assert host == preview.preview_host(colony, service)
+    assert through(port, host) == (200, f"I am {colony}\n")
+    assert f"{service} at {url}" in run_stem(hive_env.env, "logs", colony).stdout
 
 
 @pytest.mark.root
