@@ -214,6 +214,7 @@ EXIT_UNKNOWN = -1000
 BACKGROUND_HOPS = 4  # a daemon that forks twice (fork, setsid, fork) is followed through each hop
 BACKGROUND_LOOKS = 40  # each 5 ms apart while a hop of its start is still exiting
 INTERMEDIATE = 1.0  # seconds: a followed process that ends sooner was a hop of its daemon's start
+CANCEL_WAIT = 2.0  # seconds a cancelled supervisor waits for its cgroup's processes to die of SIGKILL
 
 
 _UNRUNNABLE = {127: "its program was not found", 126: "its program cannot be run"}
@@ -502,7 +503,13 @@ class ServiceRunner:
             self._cgroup = await asyncio.to_thread(cgroups.make_service, self.netns, self.name)
             await self._supervise()
         except asyncio.CancelledError:
+            # Cancelled rather than stopped (its host shutting down abruptly): what the service started outside its
+            # process group (setsid, a double fork) is still in its cgroup. Ended and removed as a stop does, not
+            # left for `stem stop` or `stem gc`: SIGKILL at once (no grace: the cancel is the stop), in a worker
+            # thread that a second cancel does not cut short.
             self._abandon()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._remove_cgroup(CANCEL_WAIT))
             raise
         except Exception as exc:  # a bug here must not leave the service running unsupervised
             log.exception("supervisor of %s/%s failed", self.colony, self.name)
@@ -566,12 +573,13 @@ class ServiceRunner:
                 self.restarts += 1
         self._set(STOPPED, self.code)
 
-    async def _remove_cgroup(self) -> None:
-        """The service is over (stopped, or ended for good): its cgroup goes, with anything still in it."""
+    async def _remove_cgroup(self, wait: float | None = None) -> None:
+        """The service is over (stopped, or ended for good): its cgroup goes, with anything still in it (SIGKILLed,
+        waited for up to `wait`, its stop grace by default)."""
         name, self._cgroup = self._cgroup, None
         if name is not None:
             try:
-                await asyncio.to_thread(cgroups.remove, name, self._stop_grace)
+                await asyncio.to_thread(cgroups.remove, name, self._stop_grace if wait is None else wait)
             except OSError as exc:  # the colony's removal (or gc) takes it then
                 log.warning("cgroup %s of %s/%s not removed: %s", name, self.colony, self.name, exc)
 

@@ -909,6 +909,38 @@ def test_what_a_crashed_service_left_in_another_session_ends_before_its_restart(
     run(hive_env, scenario)
 
 
+def test_a_cancelled_supervisor_ends_its_service_and_removes_its_cgroup_as_a_stop_does(hive_env, repo):
+    """A supervisor cancelled (its host's loop torn down) rather than stopped killed its process group only: what
+    the service had started in a session of its own ran on in the service's cgroup, left for `stem stop` or
+    `stem gc`. The cancel ends the cgroup's processes and removes it, as a stop does."""
+    from core import cgroups
+
+    command = "setsid sleep 1000 & echo $! > left.pid; echo up; exec sleep 1000"
+    toml = f'[services.web]\ncommand = "{command}"\n'
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("cut", repo)
+        worktree = Path(hive.get("cut").worktree)
+        colony = Colony(hive, "cut", toml)
+        own = cgroups.service_cgroup(colony.rec.netns, "web")
+        be = cgroups.backend()
+        assert be is not None  # this machine kind has cgroups
+        await colony.services.start_all()
+        web = colony.services.services["web"]
+        await until(lambda: "up" in web.last_lines, what="the service to start its helper")
+        left, leader = int((worktree / "left.pid").read_text()), web.pid
+        assert leader is not None and alive(left) and left in cgroups.procs(own)
+        (supervisor,) = [t for t in asyncio.all_tasks() if t.get_name() == "service-cut-web"]
+        supervisor.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await supervisor
+        assert not alive(left) and not alive(leader)
+        assert not any(path.exists() for path in be.paths(own))
+        assert any(path.exists() for path in be.paths(colony.rec.netns))  # the colony's stays until it stops
+
+    run(hive_env, scenario)
+
+
 def test_a_clean_exit_that_restart_always_restarts_reads_exited_not_crashed(hive_env, tmp_path):
     """restart = "always" and exit 0 (a job that runs again and again): `stem ls` said crashed(0) while it waited to
     start again; it says exited(0), and the UI does not report it as a crash."""
