@@ -1,14 +1,18 @@
-"""A colony's log: a bounded ring in memory (readers ask for "everything after seq n") and a size-capped file."""
+"""A colony's log: a bounded ring in memory (readers ask for "everything after seq n") and a size-capped file.
+
+Neither lets one noisy source push the others out: each source's last KEEP_PER_SOURCE lines are kept past the
+ring's end, and past the file's rotation in `colony.log.kept` (a quiet service's URL line, the setup's output)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +25,35 @@ class Entry(NamedTuple):  # a tuple: made for every line a service prints, at ha
     text: str
 
 
+KEEP_PER_SOURCE = 500  # each source's last lines, kept whatever the others print
+
+
+class _Last:
+    """One source's last `keep` lines, as the batches they came in: O(1) a batch on a flood's path."""
+
+    __slots__ = ("batches", "count", "keep")
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.batches: deque[list[Entry]] = deque()
+        self.count = 0
+
+    def add(self, batch: list[Entry]) -> None:
+        self.batches.append(batch)
+        self.count += len(batch)
+        while len(self.batches) > 1 and self.count - len(self.batches[0]) >= self.keep:
+            self.count -= len(self.batches.popleft())
+
+    @property
+    def first(self) -> int:
+        """The seq of the oldest line held (perhaps one of more than `keep`)."""
+        return self.batches[0][0].seq
+
+    def entries(self) -> list[Entry]:
+        held = [e for batch in self.batches for e in batch]
+        return held[-self.keep :] if self.keep else []
+
+
 class ColonyLog:
     """Thread-safe: setup commands and service readers append from worker threads.
 
@@ -31,10 +64,18 @@ class ColonyLog:
 
     RETRY_SECONDS = 1.0
 
-    def __init__(self, path: Path, ring_size: int = 5000, max_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, path: Path, ring_size: int = 5000, max_bytes: int = 4 << 20, keep_per_source: int = KEEP_PER_SOURCE
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._ring: deque[Entry] = deque(maxlen=ring_size)
+        # Each source's last lines, whatever the ring or the file dropped since: a flood of one service does not
+        # take the others' lines with it. One slice and extend per batch on the flood's path.
+        self.keep_per_source = keep_per_source
+        self._last: dict[str, _Last] = {}
+        self._gen_start = 1  # the first seq in the current file generation: what is older sits in colony.log.1
+        self._loaded_inode = -1  # the current file `load` read (its lines from `_gen_start` on)
         self._seq = 0
         self._lock = threading.Lock()
         # Why the file cannot be written now (a full disk, a read-only or failing one), None while it can. The
@@ -58,8 +99,12 @@ class ColonyLog:
             entries = list(map(Entry, range(first, self._seq + 1), repeat(now), repeat(source), lines))
             self._ring.extend(entries)
             if lines:
-                prefix = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))} [{source}] "
-                self._write((prefix + ("\n" + prefix).join(lines) + "\n").encode("utf-8", "replace"))
+                last = self._last.get(source)
+                if last is None:
+                    last = self._last[source] = _Last(self.keep_per_source)
+                last.add(entries)
+                prefix = f"{_stamp(now)} [{source}] "
+                self._write((prefix + ("\n" + prefix).join(lines) + "\n").encode("utf-8", "replace"), first)
         return entries
 
     def close(self) -> None:
@@ -77,7 +122,7 @@ class ColonyLog:
         self._inode = st.st_ino
         return st.st_size
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, first: int) -> None:
         if self._write_error is not None and time.monotonic() < self._retry_at:
             return  # the lines are in the ring; the file is tried again in a moment
         try:
@@ -91,13 +136,17 @@ class ColonyLog:
             if st is None or self._fd < 0 or st.st_ino != self._inode:  # first write, removed, or rotated elsewhere
                 self._close()
                 size = self._open()
+                if self._inode != self._loaded_inode:
+                    self._gen_start = first  # a file this process knows nothing of before this batch
             else:
                 size = st.st_size
             if size and size + len(data) > self.max_bytes:
-                # One rotated generation keeps the disk bounded at twice the cap.
+                # One rotated generation keeps the disk bounded at twice the cap (and a bit: the kept lines).
+                self._keep_before_rotation()
                 os.replace(self.path, rotated(self.path))
                 self._close()
                 self._open()
+                self._gen_start = first
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
@@ -108,33 +157,119 @@ class ColonyLog:
         if self._write_error is not None:
             self._trouble(None)
 
+    def _keep_before_rotation(self) -> None:
+        """Write colony.log.kept: what the rotation about to be done drops (the lines of colony.log.1 and of the
+        kept file) that are among a source's last lines, so that each source's last lines outlive a flood of
+        another's. From memory (what this process wrote or loaded) and the kept file there now (small): the
+        generation about to be dropped is never read."""
+        start, limit = self._gen_start, self.keep_per_source
+        room = {source: limit - sum(1 for e in last.entries() if e.seq >= start) for source, last in self._last.items()}
+        path = kept(self.path)
+        try:
+            before = path.read_bytes().decode(errors="replace").split("\n")
+        except FileNotFoundError:
+            before = []
+        have = set(before)
+        mine = sorted(e for last in self._last.values() for e in last.entries() if e.seq < start)
+        lines = [line for line in before if line] + [line for line in (file_line(e) for e in mine) if line not in have]
+        chosen: list[str] = []
+        counts: Counter[str] = Counter()
+        size = 0
+        for line in reversed(lines):  # the newest first: each source's last lines, within a byte budget
+            source = parse_line(line)[1]
+            if counts[source] >= room.get(source, limit):
+                continue
+            size += len(line) + 1
+            if size > self.max_bytes // 4:
+                break
+            counts[source] += 1
+            chosen.append(line)
+        if not chosen and not before:
+            return
+        temporary = path.with_name(path.name + ".new")
+        temporary.write_bytes("".join(line + "\n" for line in reversed(chosen)).encode("utf-8", "replace"))
+        os.replace(temporary, path)
+
     def _trouble(self, why: str | None) -> None:
         if why != self._write_error:
             self._write_error = why
             if self.on_trouble is not None:
                 self.on_trouble(why)
 
+    @property
+    def write_error(self) -> str | None:
+        """Why the file is not being written now (a full disk), None while it is."""
+        return self._write_error
+
     def after(self, seq: int) -> list[Entry]:
+        """The entries after `seq`: the ring's, and before them each source's last lines the ring dropped."""
         with self._lock:
-            return [e for e in self._ring if e.seq > seq]
+            return [e for e in self._older() if e.seq > seq] + [e for e in self._ring if e.seq > seq]
 
     @property
     def last_seq(self) -> int:
         return self._seq
 
     def tail(self, n: int) -> list[Entry]:
+        """The last `n` entries, and before them each source's last lines the ring dropped."""
         with self._lock:
-            return list(self._ring)[-n:]
+            return self._older() + list(self._ring)[-n:]
+
+    def _older(self) -> list[Entry]:
+        """Lines of the sources' last lines the ring no longer holds, in order."""
+        if len(self._ring) < (self._ring.maxlen or 0) or not self._ring:
+            return []
+        first = self._ring[0].seq
+        return sorted(e for last in self._last.values() if last.first < first for e in last.entries() if e.seq < first)
 
     def load(self) -> int:
-        """Fill the ring from the file (what setup and build wrote before this process took over); how many."""
-        lines = read_tail(self.path, self._ring.maxlen or 0, lambda _line: True)
+        """Fill the ring from the file (what setup and build wrote before this process took over), and each
+        source's last lines from the kept lines and both generations; how many lines the files held."""
+        parts = _read_parts(self.path)
+        size = self._ring.maxlen or 0
+        limit = self.keep_per_source
         with self._lock:
-            for line in lines:
+            total = sum(len(lines) for lines in parts)
+            base = self._seq
+            self._seq += total
+            self._gen_start = self._seq - len(parts[-1]) + 1
+            with contextlib.suppress(OSError):
+                self._loaded_inode = os.stat(self.path).st_ino
+            flat = [line for lines in parts for line in lines]
+            counts: Counter[str] = Counter()
+            picked: list[Entry] = []
+            for index in range(total - 1, -1, -1):  # the newest first: the ring's lines, then sources' last ones
+                line = flat[index]
+                if index < total - size and counts[_source_of(line)] >= limit:
+                    continue
                 stamp, source, text = parse_line(line)
-                self._seq += 1
-                self._ring.append(Entry(self._seq, _parse_stamp(stamp), source, text))
-        return len(lines)
+                counts[source] += 1
+                picked.append(Entry(base + index + 1, _parse_stamp(stamp), source, text))
+            picked.reverse()
+            for entry in picked:
+                if entry.seq > base + total - size:
+                    self._ring.append(entry)
+                last = self._last.get(entry.source)
+                if last is None:
+                    last = self._last[entry.source] = _Last(limit)
+                last.add([entry])
+        return total
+
+
+def recent(entries: Sequence[Entry], n: int, keep: int = KEEP_PER_SOURCE) -> list[Entry]:
+    """The last `n` of `entries` (in seq order) and, before them, each source's last `keep` lines among the rest:
+    a cut of a log that a flood of one source filled leaves the others' last lines in."""
+    if len(entries) <= n:
+        return list(entries)
+    cut = len(entries) - n
+    counts = Counter(e.source for e in entries[cut:])
+    older: list[Entry] = []
+    for e in reversed(entries[:cut]):
+        if counts[e.source] < keep:
+            counts[e.source] += 1
+            older.append(e)
+    older.reverse()
+    return older + list(entries[cut:])
 
 
 def shown(text: str) -> str:
@@ -172,6 +307,23 @@ def failure_tail(lines: Iterable[str], n: int = 3) -> str:
 _LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
 
 
+def _stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(at))
+
+
+def file_line(entry: Entry) -> str:
+    """An entry as a line of the log file (without its line feed)."""
+    return f"{_stamp(entry.at)} [{entry.source}] {entry.text}"
+
+
+def _source_of(line: str) -> str:
+    """The source of a line of the log file, cheaply (what parse_line finds, for the usual line)."""
+    end = line.find("] ", 21)
+    if end < 0 or line[19:21] != " [":
+        return parse_line(line)[1]
+    return line[21:end]
+
+
 def _parse_stamp(stamp: str) -> float:
     try:
         return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
@@ -190,18 +342,28 @@ def rotated(path: Path) -> Path:
     return path.with_suffix(".log.1")
 
 
-def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str]:
-    """The last `count` wanted lines of the log, looking into the rotated generation when needed."""
-    lines: list[str] = []
-    for part in (rotated(path), path):
+def kept(path: Path) -> Path:
+    """Where each source's last lines that a rotation dropped are kept (colony.log.kept): older than colony.log.1."""
+    return path.with_suffix(".log.kept")
+
+
+def _read_parts(path: Path) -> list[list[str]]:
+    """The lines of the kept file, the rotated generation and the log, oldest first."""
+    parts: list[list[str]] = []
+    for part in (kept(path), rotated(path), path):
         try:
             # Split at line feeds only: a carriage return in an older log's line is not a line end.
             text = part.read_bytes().decode(errors="replace")
-            if not text:
-                continue
-            lines.extend(line for line in text.split("\n")[: -1 if text.endswith("\n") else None] if wanted(line))
         except FileNotFoundError:
-            continue
+            text = ""
+        parts.append(text.split("\n")[: -1 if text.endswith("\n") else None] if text else [])
+    return parts
+
+
+def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str]:
+    """The last `count` wanted lines of the log, looking into the rotated generation and the kept lines when
+    needed."""
+    lines = [line for part in _read_parts(path) for line in part if wanted(line)]
     return lines[-count:] if count > 0 else []
 
 

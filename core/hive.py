@@ -31,7 +31,7 @@ from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
-from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail, rotated
+from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail, recent, rotated
 from core.config import ColonyConfig, Limits, colony_config_for, load_colony_config, parse_colony_config
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import (
@@ -1595,9 +1595,9 @@ class Hive:
         return self._links.get(name)
 
     async def log_entries(self, name: str) -> list[Entry]:
-        """The colony's log, its last 5,000 entries: from its host when followed (numbered as the lines it pushes
-        are, so none is shown twice or skipped), else the file its host writes (read off the loop: it can hold
-        megabytes)."""
+        """The colony's log, its last 5,000 entries and each source's last lines before them (`recent`): from its
+        host when followed (numbered as the lines it pushes are, so none is shown twice or skipped), else the file
+        its host writes (read off the loop: it can hold megabytes)."""
         # Written by this process: a spawn or start in progress here, or done here (its lines stop at the spawn).
         entries = list(self._logs[name].tail(5000)) if name in self._logs else []
         link = self._links.get(name)
@@ -1609,7 +1609,7 @@ class Hive:
                 # A host asked just as it starts may not have read the spawn's lines yet: they are here.
                 have = {e.seq for e in found}
                 early = [e for e in entries if e.seq not in have]
-                return (sorted(early + found, key=_SEQ) if early else found)[-5000:]
+                return recent(sorted(early + found, key=_SEQ) if early else found, 5000)
         if entries:
             return entries
 
@@ -1623,7 +1623,7 @@ class Hive:
         if link is not None:
             last = entries[-1].seq if entries else 0
             entries += [e for e in link.log if e.seq > last]
-        return entries[-5000:]
+        return recent(entries, 5000)
 
     async def changes(self, name: str) -> tuple[FileChange, ...]:
         """The colony's changed files against its base: live from its host's watcher, else computed now."""

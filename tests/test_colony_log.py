@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from core.colony_log import ColonyLog, failure_tail, read_tail
+from core.colony_log import ColonyLog, failure_tail, parse_line, read_tail, recent
 
 
 def lines_of(path):
@@ -139,3 +139,67 @@ def test_a_failure_quotes_the_lines_that_say_what_went_wrong():
         failure_tail(traceback) == "Traceback (most recent call last): | ModuleNotFoundError: No module named 'django'"
     )
     assert failure_tail(["building", "", "step 2", "done badly"]) == "building | step 2 | done badly"
+
+
+def test_a_flood_of_one_source_leaves_the_others_last_lines_in_the_file_and_the_ring(tmp_path):
+    """A noisy service printing megabytes rotates the file twice over and fills the ring; a quiet service's URL
+    line and the setup's output are still there, in `stem logs -s`, a later host's ring and the UI's history."""
+    log = ColonyLog(tmp_path / "colony.log", ring_size=200, max_bytes=16384, keep_per_source=50)
+    log.extend("setup", [f"setup step {i}" for i in range(80)])
+    log.append("vite", "  Local:   http://localhost:5173/")
+    for i in range(200):  # about 10 times the file's cap
+        log.extend("web", [f"GET /item/{i}/{j} 200" for j in range(10)])
+
+    def only(source):
+        return [
+            parse_line(line)[2] for line in read_tail(log.path, 100_000, lambda line: parse_line(line)[1] == source)
+        ]
+
+    assert only("vite") == ["  Local:   http://localhost:5173/"]
+    assert only("setup") == [f"setup step {i}" for i in range(30, 80)]  # the setup's last 50 lines
+    on_disk = [log.path, tmp_path / "colony.log.1", tmp_path / "colony.log.kept"]
+    assert sum(path.stat().st_size for path in on_disk) <= 2 * 16384 + 16384 // 4  # still bounded
+    everything = read_tail(log.path, 100_000, lambda _line: True)
+    assert len(everything) == len(set(everything))  # no line twice
+
+    # The ring: the last 200 lines and, before them, the quiet sources' last lines, in order, none twice.
+    tail = log.tail(200)
+    assert [e.text for e in tail if e.source == "vite"] == ["  Local:   http://localhost:5173/"]
+    assert [e.text for e in tail if e.source == "setup"] == [f"setup step {i}" for i in range(30, 80)]
+    assert [e.seq for e in tail] == sorted({e.seq for e in tail})
+    assert [e.source for e in log.after(0)] == [e.source for e in tail]
+    assert log.after(tail[-1].seq - 5) == tail[-5:]  # a client catching up gets only what it missed
+    cut = recent(tail, 20, keep=50)  # the UI's cut of what it was sent: the others' lines stay in
+    assert cut[-20:] == tail[-20:] and [e for e in cut if e.source != "web"] == [e for e in tail if e.source != "web"]
+    assert len([e for e in cut if e.source == "web"]) == 50
+    log.close()
+
+    # A host started later (a restart) reads them back, numbered in the files' order.
+    later = ColonyLog(tmp_path / "colony.log", ring_size=200, max_bytes=16384, keep_per_source=50)
+    later.load()
+    again = later.tail(200)
+    assert [e.text for e in again if e.source == "vite"] == ["  Local:   http://localhost:5173/"]
+    assert [e.text for e in again if e.source == "setup"] == [f"setup step {i}" for i in range(30, 80)]
+    assert [e.seq for e in again] == sorted({e.seq for e in again})
+    # ... and keeps them over its own next rotations.
+    for i in range(100):
+        later.extend("web", [f"GET /again/{i}/{j} 200" for j in range(10)])
+    assert only("vite") == ["  Local:   http://localhost:5173/"]
+    assert len(only("setup")) == 50
+    assert [e.text for e in later.tail(200) if e.source == "vite"] == ["  Local:   http://localhost:5173/"]
+    later.close()
+
+
+def test_a_source_keeps_no_more_than_its_last_lines_once_others_print_on(tmp_path):
+    log = ColonyLog(tmp_path / "colony.log", ring_size=50, max_bytes=4096, keep_per_source=5)
+    for round_ in range(3):
+        log.extend("api", [f"api {round_}.{i}" for i in range(20)])
+        for i in range(60):
+            log.append("web", f"web {round_}.{i} " + "x" * 60)
+    texts = [e.text for e in log.tail(50) if e.source == "api"]
+    assert texts == [f"api 2.{i}" for i in range(15, 20)]
+    kept = read_tail(log.path, 100_000, lambda line: parse_line(line)[1] == "api")
+    texts = [parse_line(line)[2] for line in kept]
+    assert texts[-5:] == [f"api 2.{i}" for i in range(15, 20)]
+    assert all(text.startswith("api 2.") for text in texts)  # earlier rounds' kept lines went
+    log.close()

@@ -311,3 +311,41 @@ def test_stem_logs_on_a_terminal_keeps_colours_but_not_a_services_other_sequence
     assert _terminal_safe(line) == (
         "12:00:01 [vite] \x1b[32m✓\x1b[0m built a link \x1b[38:2::1:2:3mtrue\x1b[0m\ttab done"
     )
+
+
+def test_a_flood_from_one_service_leaves_the_others_and_the_setups_lines_in_stem_logs_and_the_ui(hive_env, tmp_path):
+    """One service prints 12 MB (the log file's two generations hold 8, its host's ring 5,000 lines); the setup's
+    output and a quiet service's URL line are still in `stem logs` and in the log the Logs tab loads."""
+    toml = (
+        '[colony]\nsetup = ["echo hello from setup"]\n'
+        "[services.vite]\ncommand = \"echo '  Local:   http://localhost:5173/'; exec sleep 1000\"\n"
+        "[services.noisy]\n"
+        "command = \"sleep 0.5; yes 'GET /api/items?page=1 200 in 3ms user=alice agent=curl/8.5 "
+        + "x" * 40
+        + "' | head -n 110000; echo flood done; exec sleep 1000\"\n"
+    )
+    repo = make_repo(tmp_path / "floodrepo", colony_toml=toml)
+
+    def lines_of(source: str) -> list[str]:
+        out = run_stem(hive_env.env, "logs", "flood", "-s", source, "-n", "10").stdout.splitlines()
+        return [line.split("] ", 1)[1] for line in out]
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+            await hive.spawn("flood", repo)
+            await asyncio.to_thread(wait_for, lambda: lines_of("noisy")[-1:] == ["flood done"], 120, "the flood")
+            log_file = hive_env.home / "colonies" / "flood" / "colony.log"
+            assert log_file.with_suffix(".log.1").exists()  # it rotated
+            assert lines_of("vite") == ["  Local:   http://localhost:5173/"]
+            assert lines_of("setup") == ["$ echo hello from setup", "hello from setup"]
+            shown = await hive.log_entries("flood")  # what the Logs tab shows
+            assert [e.text for e in shown if e.source == "vite"] == ["  Local:   http://localhost:5173/"]
+            assert [e.text for e in shown if e.source == "setup"] == ["$ echo hello from setup", "hello from setup"]
+            assert shown[-1].text == "flood done" and len([e for e in shown if e.source == "noisy"]) >= 5000
+            await hive.destroy("flood", force=True)
+        finally:
+            await hive.close()
+
+    asyncio.run(scenario())

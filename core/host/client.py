@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.colony_log import Entry
+from core.colony_log import Entry, recent
 from core.errors import StemError
 from core.events import (
     AgentActivity,
@@ -183,15 +183,16 @@ class HostLink:
             conn.post(req)
 
     async def log_history(self, limit: int) -> list[Entry] | None:
-        """The host's last `limit` log entries, numbered as the entries it pushes are; None while not connected."""
+        """The host's last `limit` log entries, and before them each source's last lines it keeps (a flood of one
+        service leaves the others' in), numbered as the entries it pushes are; None while not connected."""
         conn = self._conn
         if conn is None:
             return None
         try:
-            page = await conn.log_history(max(0, self.log[-1].seq - limit) if self.log else 0, 0)
+            page = await conn.log_history(0, 0)  # all it holds: its ring and the sources' last lines
         except (StemError, ConnectionError):
             return None
-        return list(page.entries[-limit:])
+        return recent(page.entries, limit)
 
     def _want_scrollback(self) -> None:
         if self._fetching is None or self._fetching.done():
