@@ -256,6 +256,11 @@ class ColonyLog:
         return total
 
 
+def trouble_message(colony: str, why: str) -> str:
+    """What a user is told while the colony's log file cannot be written (`ColonyLog.write_error`)."""
+    return f"{colony}: its log file cannot be written ({why}): new lines stay in memory (the last 5,000)"
+
+
 def recent(entries: Sequence[Entry], n: int, keep: int = KEEP_PER_SOURCE) -> list[Entry]:
     """The last `n` of `entries` (in seq order) and, before them, each source's last `keep` lines among the rest:
     a cut of a log that a flood of one source filled leaves the others' last lines in."""

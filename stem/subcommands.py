@@ -417,6 +417,16 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     shown = _terminal_safe if sys.stdout.isatty() else str
     for line in await asyncio.to_thread(read_tail, path, args.lines, wanted):
         print(shown(line))
+    if hive.host_running(rec.name):
+        # The file is what is shown: while its host cannot write it (a full disk), the newest lines are not in it.
+        from core.colony_log import trouble_message
+        from core.host.client import log_trouble
+        from core.host.paths import HostPaths
+
+        why = await log_trouble(HostPaths(path.parent))  # the colony's folder holds its log and its host's socket
+        if why:
+            sys.stdout.flush()
+            print(f"stem: {trouble_message(rec.name, why)}; the UI's Logs tab shows them", file=sys.stderr)
     if args.follow:
         sys.stdout.flush()
         async for line in follow_file(path):

@@ -349,3 +349,62 @@ def test_a_flood_from_one_service_leaves_the_others_and_the_setups_lines_in_stem
             await hive.close()
 
     asyncio.run(scenario())
+
+
+def test_a_ui_and_stem_logs_that_come_after_the_log_file_stopped_being_written_are_told(hive_env, tmp_path):
+    """The disk filled while no UI was open: a UI opened later is told that the colony's log file is not being
+    written and why, and so is `stem logs`, which shows that file; both stop saying so once there is room."""
+    from core.events import LogsLoaded, Notice
+
+    toml = '[services.talk]\ncommand = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"\n'
+    repo = make_repo(tmp_path / "laterrepo", colony_toml=toml)
+    hive_env.home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
+    filler = hive_env.home / "filler"
+
+    async def notices_of_a_new_ui() -> list[str]:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        events = hive.subscribe()
+        try:
+            await hive.attach()
+            said = []
+
+            async def until_snapshot() -> None:  # the host's snapshot, and what this UI says of it at once
+                while True:
+                    event = await events.get()
+                    if isinstance(event, Notice):
+                        said.append(event.message)
+                    if isinstance(event, LogsLoaded) and event.colony == "later":
+                        return
+
+            await asyncio.wait_for(until_snapshot(), 10)
+            while not events.empty():
+                event = events.get_nowait()
+                if isinstance(event, Notice):
+                    said.append(event.message)
+            return said
+        finally:
+            await hive.close()
+
+    try:
+        assert run_stem(hive_env.env, "spawn", "later", "--repo", str(repo)).returncode == 0
+        log_file = hive_env.home / "colonies" / "later" / "colony.log"
+        wait_for(lambda: "tick" in log_file.read_text(), 15, "the service's lines")
+        with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        told = "later: its log file cannot be written (No space left on device): new lines stay in memory"
+
+        def a_new_ui_is_told() -> bool:
+            return any(told in message for message in asyncio.run(notices_of_a_new_ui()))
+
+        wait_for(a_new_ui_is_told, 15, "a new UI told of the log file")
+        result = run_stem(hive_env.env, "logs", "later", "-n", "1")
+        assert result.returncode == 0 and told in result.stderr, result.stderr
+
+        filler.unlink()
+        wait_for(lambda: not a_new_ui_is_told(), 15, "a new UI no longer told, the file written again")
+        assert "cannot be written" not in run_stem(hive_env.env, "logs", "later", "-n", "1").stderr
+        assert run_stem(hive_env.env, "destroy", "--force", "later").returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(hive_env.home)], check=False)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.colony_log import Entry, recent
+from core.colony_log import Entry, recent, trouble_message
 from core.errors import StemError
 from core.events import (
     AgentActivity,
@@ -122,6 +122,7 @@ class HostLink:
         self.stopping = False  # this process is stopping the colony: the host going away is expected
         self._conn: p.Connection | None = None
         self._live_log = False  # subscribed to the host's new log lines (see `follow_lines`)
+        self.log_trouble = ""  # why the host could not write the colony's log file, as of its last snapshot
         HostLink._live.add(self)
 
     async def run(self) -> str:
@@ -225,6 +226,10 @@ class HostLink:
                 self.log.clear()
                 self.log.extend(msg.log)
                 self._publish(LogsLoaded(colony))
+                if msg.log_trouble and msg.log_trouble != self.log_trouble:
+                    # Said when it began to the clients there then; a UI opened since hears it now.
+                    self._publish(Notice(colony, "error", trouble_message(colony, msg.log_trouble)))
+                self.log_trouble = msg.log_trouble
             self._publish(ScreenChanged(colony, frozenset(rows)))
         elif isinstance(msg, p.State):
             self._state(msg.agent, msg.services, msg.files)
@@ -257,3 +262,22 @@ class HostLink:
         if files is not None:
             self.files = files
             self._publish(ChangesUpdated(colony, files))
+
+
+async def log_trouble(paths: HostPaths) -> str:
+    """Why the colony's host cannot write its log file now (a full disk): "" while it can, or when no host runs.
+    For `stem logs`, which reads that file."""
+    try:
+        conn = await p.Connection.open(paths.socket, "script", client="stem logs")
+    except StemError:
+        return ""
+    try:
+        await conn.subscribe("states")
+        async for msg in conn.updates():
+            if isinstance(msg, p.Snapshot):
+                return msg.log_trouble
+        return ""
+    except (StemError, ConnectionError):
+        return ""
+    finally:
+        await conn.close()

@@ -786,6 +786,7 @@ class Snapshot(_Wire):
     files: tuple[FileChange, ...] = ()
     log: tuple[Entry, ...] = ()  # the tail of the log
     log_seq: int = 0  # the newest seq, also when `log` is empty: `log_history` after it asks for what follows
+    log_trouble: str = ""  # why the colony's log file is not being written now (a full disk), "" while it is
 
     def encode(self) -> dict[str, object]:
         return {
@@ -797,6 +798,7 @@ class Snapshot(_Wire):
             "files": [_encode_file(c) for c in self.files],
             "log": [_encode_entry(e) for e in self.log],
             "log_seq": self.log_seq,
+            "log_trouble": self.log_trouble,
         }
 
     @classmethod
@@ -810,6 +812,7 @@ class Snapshot(_Wire):
             files=tuple(_read_file(c) for c in f.subs("files", [])),
             log=_read_entries(f, "log", []),
             log_seq=f.integer("log_seq", 0),
+            log_trouble=f.text("log_trouble", ""),
         )
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from core import cgroups, procs, sandbox
 from core.changes import diff_text
 from core.colony_env import colony_env
-from core.colony_log import ColonyLog, Entry
+from core.colony_log import ColonyLog, Entry, trouble_message
 from core.config import ColonyConfig, colony_config_for
 from core.errors import StemError, failure_line, refused_by_disk
 from core.events import (
@@ -352,7 +352,7 @@ class ColonyHost:
     def _log_trouble(self, why: str | None) -> None:
         """The colony's log file stopped (or started again) taking lines: every client is told once."""
         if why is not None:
-            message = f"{self.name}: its log file cannot be written ({why}): new lines stay in memory (the last 5,000)"
+            message = trouble_message(self.name, why)
             log.warning("%s", message)
             self._on_event(Notice(self.name, "error", message))
         else:
@@ -661,6 +661,7 @@ class ColonyHost:
             files=self.files,
             log=tuple(tail),
             log_seq=self.colony_log.last_seq,
+            log_trouble=self.colony_log.write_error or "",  # a client that comes later is told too
         )
 
 
