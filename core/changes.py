@@ -74,6 +74,7 @@ class _Entry:
     old_path: str = ""
     tracked: bool = True
     untracked: bool = False
+    binary: bool = False  # git counts no lines of it (numstat's "-")
 
 
 def _tracked(worktree: Path, base: str) -> dict[str, _Entry]:
@@ -115,7 +116,7 @@ def _tracked(worktree: Path, base: str) -> dict[str, _Entry]:
             # ...but numstat reports every binary file it did not compare; hash those to tell.
             unverified[path] = old_sha
         added, removed = stats or (0, 0)
-        entries[path] = _Entry(path, _STATUS.get(letter, MODIFIED), added, removed, old_path)
+        entries[path] = _Entry(path, _STATUS.get(letter, MODIFIED), added, removed, old_path, binary=stats is None)
     for path in _unchanged_blobs(worktree, unverified):
         del entries[path]
     return entries
@@ -135,19 +136,22 @@ def _unchanged_blobs(worktree: Path, blobs: dict[str, str]) -> list[str]:
     return same
 
 
-def _added_lines(path: Path) -> int | None:
-    """The lines git will count for an untracked file once it is added (0 for binary); None if it vanished."""
+def added_lines(path: Path) -> tuple[int, bool] | None:
+    """The lines git will count for an untracked file once it is added, and whether git reads it as binary (no
+    lines then: numstat's "-"); None if it vanished."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(info.st_mode):
         try:
-            return 1 if os.readlink(path) else 0  # git stores a symlink as its target, one line
+            return (1 if os.readlink(path) else 0), False  # git stores a symlink as its target, one line
         except OSError:
             return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > _BIG_FILE:
-        return 0  # a nested repository (git lists it as one entry), a special file, or one git calls binary
+    if not stat.S_ISREG(info.st_mode):
+        return 0, False  # a nested repository (git lists it as one entry) or a special file
+    if info.st_size > _BIG_FILE:
+        return 0, True
     try:
         # O_NONBLOCK: an agent could swap in a FIFO after the lstat, and opening one for reading would hang.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -155,16 +159,16 @@ def _added_lines(path: Path) -> int | None:
         return None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0
+            return 0, False
         chunk = handle.read(1 << 16)
         if b"\0" in chunk[:_BINARY_PROBE]:
-            return 0
+            return 0, True
         lines, last = 0, b"\n"
         while chunk:
             lines += chunk.count(b"\n")
             last = chunk[-1:]
             chunk = handle.read(1 << 16)
-    return lines + int(last != b"\n")  # git counts a last line without a newline
+    return lines + int(last != b"\n"), False  # git counts a last line without a newline
 
 
 def _untracked(worktree: Path) -> list[str]:
@@ -177,23 +181,25 @@ def _untracked(worktree: Path) -> list[str]:
 def _changes(worktree: Path, base: str) -> list[_Entry]:
     entries = _tracked(worktree, base)
     for path in _untracked(worktree):
-        lines = _added_lines(worktree / path)
-        if lines is None:
+        found = added_lines(worktree / path)
+        if found is None:
             continue
+        lines, binary = found
         known = entries.get(path)
         if known is not None and known.status == DELETED:
             # Removed from the index (git rm --cached) yet still on disk: one path, changed; the counts are
             # "all of base out, all of the file in", an upper bound, since comparing needs a blob in the index.
-            entries[path] = _Entry(path, MODIFIED, lines, known.removed, tracked=True, untracked=True)
+            binary = binary or known.binary
+            entries[path] = _Entry(path, MODIFIED, lines, known.removed, tracked=True, untracked=True, binary=binary)
         else:
-            entries[path] = _Entry(path, UNTRACKED, lines, 0, tracked=False, untracked=True)
+            entries[path] = _Entry(path, UNTRACKED, lines, 0, tracked=False, untracked=True, binary=binary)
     return sorted(entries.values(), key=lambda entry: entry.path)
 
 
 def changed_files(worktree: Path, base_commit: str) -> tuple[FileChange, ...]:
     """What differs between `base_commit` and the worktree as it is now: commits on the colony branch, uncommitted
     edits and untracked files git does not ignore, sorted by path. Blocking: call it in a thread."""
-    return tuple(FileChange(e.path, e.status, e.added, e.removed) for e in _changes(worktree, base_commit))
+    return tuple(FileChange(e.path, e.status, e.added, e.removed, e.binary) for e in _changes(worktree, base_commit))
 
 
 def diff_text(worktree: Path, base_commit: str, path: str | None = None) -> str:

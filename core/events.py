@@ -93,6 +93,7 @@ class FileChange:
     status: str  # added, modified, deleted, renamed, untracked (new in the worktree, never added)
     added: int  # lines; 0 for binary files
     removed: int
+    binary: bool = False  # git reads it as binary and counts no lines (numstat's "-"): shown as such, not +0 -0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,20 +4,25 @@ Each colony's work is measured from its merge base with its target (so the targe
 its own), committed and uncommitted, untracked files included. Two colonies that change one file overlap; they
 overlap in a hunk when their changed line ranges of the file they started from meet (overlap or touch, as git's
 three-way merge counts a conflict), with one colony's ranges mapped onto the other's base when their bases differ.
+A file git reads as binary has no lines: two colonies that both change one conflict as a whole (`binary`); a file
+that is the same in both worktrees (both made the same change) merges clean, text or binary, and is no conflict.
 Blocking (git processes): call it in a thread from async code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from core.changes import added_lines
 from core.errors import StemError
 from core.merge import work_base
 from core.registry import ColonyRecord
@@ -51,6 +56,7 @@ class Overlap:
     colonies: tuple[str, str]
     level: OverlapLevel
     lines: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
+    binary: bool = False  # git reads the file as binary in either colony: no lines to tell, the whole file meets
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +64,7 @@ class Overlap:
             "colonies": list(self.colonies),
             "level": str(self.level),
             "lines": [[list(a), list(b)] for a, b in self.lines],
+            "binary": self.binary,
         }
 
 
@@ -86,6 +93,7 @@ class _Hunk:
 
 _LinePair = tuple[tuple[int, int], tuple[int, int]]
 _Hunks = tuple[_Hunk, ...] | None  # None: the whole file (binary, untracked, or could not be read)
+_BINARY = re.compile(r"^(Binary files .* differ|GIT binary patch)$")
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -98,8 +106,9 @@ def _quoted(path: str) -> str:
     return f'"{body}"'
 
 
-def _parse_hunks(patch: str, paths: Iterable[str]) -> dict[str, _Hunks]:
-    """Hunks per path of a `-U0` patch of the given paths; a path without text hunks (binary) is whole-file."""
+def _parse_hunks(patch: str, paths: Iterable[str], binary: set[str] | None = None) -> dict[str, _Hunks]:
+    """Hunks per path of a `-U0` patch of the given paths; a path without text hunks (binary) is whole-file. The
+    paths git says are binary are added to `binary`."""
     headers = {}
     for path in paths:
         plain = f"diff --git a/{path} b/{path}"
@@ -126,6 +135,8 @@ def _parse_hunks(patch: str, paths: Iterable[str]) -> dict[str, _Hunks]:
                 found[current] = None  # until a text hunk shows it is not binary
         elif current is not None and line.startswith("+") and found.get(current):
             added.append(line[1:])
+        elif current is not None and binary is not None and not found.get(current) and _BINARY.match(line):
+            binary.add(current)
         elif current is not None and line.startswith("@@ "):
             take_added()
             match = _HUNK_HEADER.match(line)
@@ -166,16 +177,42 @@ def _work_paths(work: ColonyWork) -> set[str]:
     return {os.fsdecode(p) for p in (*tracked.stdout.split(b"\0"), *others.stdout.split(b"\0")) if p}
 
 
-def _work_hunks(work: ColonyWork, paths: set[str]) -> dict[str, _Hunks]:
-    """Each of `paths` in the colony's worktree against its base; untracked files count as whole-file changes."""
+def _work_hunks(work: ColonyWork, paths: set[str], binary: set[str]) -> dict[str, _Hunks]:
+    """Each of `paths` in the colony's worktree against its base; untracked files count as whole-file changes. The
+    paths that git reads as binary in this colony are added to `binary` (untracked ones by git's own test: a NUL
+    near the start)."""
     ordered = sorted(paths)
     proc = git_bytes(
         ["--literal-pathspecs", "diff-index", "-p", "-U0", "--no-color", "--no-ext-diff", "--no-textconv",
          "--no-renames", work.base, "--", *ordered],
         work.worktree,
     )  # fmt: skip
-    hunks = _parse_hunks(os.fsdecode(proc.stdout), ordered) if proc.returncode == 0 else {}
+    hunks = _parse_hunks(os.fsdecode(proc.stdout), ordered, binary) if proc.returncode == 0 else {}
+    for path in ordered:
+        if path not in hunks:  # not tracked: untracked, so new in the worktree
+            found = added_lines(work.worktree / path)
+            if found is not None and found[1]:
+                binary.add(path)
     return {path: hunks.get(path) for path in ordered}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two worktrees hold the same thing at a path (the same bytes, the same link, or nothing in both):
+    the same change made in both, which git merges clean."""
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return not os.path.lexists(a) and not os.path.lexists(b)
+    except OSError:
+        return False
+    if stat.S_ISLNK(first.st_mode) or stat.S_ISLNK(second.st_mode):
+        return stat.S_ISLNK(first.st_mode) == stat.S_ISLNK(second.st_mode) and os.readlink(a) == os.readlink(b)
+    if not (stat.S_ISREG(first.st_mode) and stat.S_ISREG(second.st_mode)) or first.st_mode != second.st_mode:
+        return False
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 def _base_hunks(repo: Path, a: str, b: str, paths: Iterable[str]) -> dict[str, _Hunks]:
@@ -247,7 +284,8 @@ def find_overlaps(works: Sequence[ColonyWork]) -> OverlapReport:
                 pairs.append((first, second, common))
                 shared[first.name].update(common)
                 shared[second.name].update(common)
-    hunks = {w.name: _work_hunks(w, shared[w.name]) for w in listed if shared[w.name]}
+    binary: dict[str, set[str]] = {w.name: set() for w in listed}
+    hunks = {w.name: _work_hunks(w, shared[w.name], binary[w.name]) for w in listed if shared[w.name]}
     overlaps: list[Overlap] = []
     for first, second, common in pairs:
         moves: dict[str, _Hunks] = {}
@@ -255,8 +293,11 @@ def find_overlaps(works: Sequence[ColonyWork]) -> OverlapReport:
             moves = _base_hunks(Path(first.repo), second.base, first.base, common)
         for path in common:
             same, lines = _compare(hunks[first.name][path], hunks[second.name][path], moves.get(path, ()))
+            if same and _same_file(first.worktree / path, second.worktree / path):
+                same, lines = False, ()  # the same result in both (an untracked file both made alike) merges clean
+            is_binary = path in binary[first.name] or path in binary[second.name]
             level = OverlapLevel.HUNK if same else OverlapLevel.FILE
-            overlaps.append(Overlap(path, (first.name, second.name), level, lines))
+            overlaps.append(Overlap(path, (first.name, second.name), level, () if is_binary else lines, is_binary))
     return OverlapReport(tuple(overlaps), errors)
 
 

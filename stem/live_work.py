@@ -165,6 +165,9 @@ class LiveWork:
         notification, not one per pair stacked over the screen."""
         first, self._looked_once = not self._looked_once, True
         pairs: dict[tuple[str, str], tuple[OverlapLevel, list[str]]] = {}
+        lines_met = {
+            tuple(sorted(o.colonies)) for o in report.overlaps if o.level == OverlapLevel.HUNK and not o.binary
+        }
         for overlap in report.overlaps:
             a, b = sorted(overlap.colonies)
             level, paths = pairs.get((a, b), (OverlapLevel.NONE, []))
@@ -191,8 +194,9 @@ class LiveWork:
         for (a, b), (level, paths) in new.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
             if level == OverlapLevel.HUNK:
+                what = f"change the same lines of {shown}" if (a, b) in lines_met else f"both change {shown} (binary)"
                 self.app.notify(
-                    f"{a} and {b} change the same lines of {shown}: merging both will conflict",
+                    f"{a} and {b} {what}: merging both will conflict",
                     title="overlap",
                     severity="error",
                     timeout=10,
@@ -333,8 +337,11 @@ class LiveWork:
                 )
             if status.note or status.error:
                 parts.append(Content.styled(f"{'':>11}  {status.note or status.error}", "$text-muted"))
+        binary = {o.path for o in self.report.of(name) if o.binary}
         for path, (level, others) in sorted(self.file_overlaps(name).items()):
             what = "same lines as" if level == OverlapLevel.HUNK else "also changed by"
+            if level == OverlapLevel.HUNK and path in binary:
+                what = "binary, also changed by"
             style = "bold $error" if level == OverlapLevel.HUNK else "$warning"
             parts.append(
                 Content.assemble(

@@ -115,9 +115,10 @@ def test_binary_files_have_no_line_counts(colony: tuple[Path, str]) -> None:
     wt, base = colony
     (wt / "image.bin").write_bytes(bytes(range(256)) * 5)
     (wt / "blob.dat").write_bytes(b"text first\n\0 then a NUL")
+    # Said to be binary (git's numstat gives "-"), so they read as such and not as "+0 -0".
     assert changed_files(wt, base) == (
-        FileChange("blob.dat", "untracked", 0, 0),
-        FileChange("image.bin", "modified", 0, 0),
+        FileChange("blob.dat", "untracked", 0, 0, binary=True),
+        FileChange("image.bin", "modified", 0, 0, binary=True),
     )
 
 

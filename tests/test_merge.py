@@ -14,6 +14,7 @@ import pytest
 from helpers import git, run_stem
 
 from core import merge, overlap, worktree
+from core.changes import changed_files
 from core.hive import Hive
 from core.registry import ColonyRecord
 
@@ -706,6 +707,44 @@ def test_overlaps_between_colonies_of_different_bases_compare_the_same_lines(tmp
         overlap.overlap_work([record("early", project, early), record("late", project, late)])
     )
     assert [(o.path, o.level) for o in report.overlaps] == [("app.txt", overlap.OverlapLevel.FILE)]
+
+
+def test_a_binary_file_both_change_is_told_as_binary_and_a_file_both_made_alike_is_no_conflict(tmp_path, project):
+    """Untracked `.pyc` files and a `dump.rdb` in two colonies read as "the same lines" with `+0 -0`. A binary file
+    the two change differently is one, as git's numstat says ("-"): a conflict as a whole, no lines; a file that
+    is the same in both (the same build output, the same new file) merges clean and is no conflict, text or
+    binary, untracked or tracked."""
+    (project / "logo.png").write_bytes(b"\x89PNG\0" + bytes(range(256)))
+    commit(project, "a logo")
+    trees = {}
+    for name in ("alpha", "beta"):
+        trees[name] = tmp_path / name
+        git(project, "worktree", "add", "-q", "-b", f"colony/{name}", str(trees[name]), "main")
+    for name, tree in trees.items():
+        (tree / "dump.rdb").write_bytes(b"REDIS0011\0" + name.encode())  # untracked, binary, different
+        (tree / "mod.pyc").write_bytes(b"\x00\x0d\r\n same bytes")  # untracked, binary, alike
+        (tree / "todo.md").write_text("the same new file\n")  # untracked, text, alike
+        (tree / "logo.png").write_bytes(b"\x89PNG\0" + name.encode())  # tracked, binary, different
+    (trees["alpha"] / "draft.md").write_text("alpha's draft\n")
+    (trees["beta"] / "draft.md").write_text("beta's draft\n")  # untracked, text, different: the whole file meets
+
+    works = overlap.overlap_work([record(name, project, tree) for name, tree in trees.items()])
+    report = overlap.find_overlaps(works)
+    found = {o.path: (o.level, o.binary, o.lines) for o in report.overlaps}
+    assert found == {
+        "dump.rdb": (overlap.OverlapLevel.HUNK, True, ()),
+        "logo.png": (overlap.OverlapLevel.HUNK, True, ()),
+        "mod.pyc": (overlap.OverlapLevel.FILE, True, ()),
+        "todo.md": (overlap.OverlapLevel.FILE, False, ()),
+        "draft.md": (overlap.OverlapLevel.HUNK, False, ()),
+    }
+    assert {o["path"]: o["binary"] for o in report.as_dict()["overlaps"]}["dump.rdb"] is True
+    files = {f.path: f for f in changed_files(trees["alpha"], works[0].base)}
+    assert [(files[p].binary, files[p].added, files[p].removed) for p in ("dump.rdb", "logo.png", "todo.md")] == [
+        (True, 0, 0),
+        (True, 0, 0),
+        (False, 1, 0),
+    ]
 
 
 def test_colonies_that_share_a_commit_are_not_told_they_will_conflict_over_it(tmp_path, project):

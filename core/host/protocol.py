@@ -633,11 +633,21 @@ class ServiceInfo(_Wire):
 
 
 def _encode_file(change: FileChange) -> dict[str, object]:
-    return {"path": change.path, "status": change.status, "added": change.added, "removed": change.removed}
+    encoded: dict[str, object] = {
+        "path": change.path,
+        "status": change.status,
+        "added": change.added,
+        "removed": change.removed,
+    }
+    if change.binary:
+        encoded["binary"] = True  # only then: an older peer reads the rest as before
+    return encoded
 
 
 def _read_file(f: _Fields) -> FileChange:
-    return FileChange(f.text("path"), f.text("status"), f.integer("added", 0), f.integer("removed", 0))
+    return FileChange(
+        f.text("path"), f.text("status"), f.integer("added", 0), f.integer("removed", 0), f.flag("binary", False)
+    )
 
 
 def _encode_entry(entry: Entry) -> dict[str, object]:

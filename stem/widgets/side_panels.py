@@ -40,14 +40,27 @@ _STATUS_STYLE = {
 }
 
 
-def _overlap_mark(found: tuple[OverlapLevel, tuple[str, ...]] | None) -> Content:
-    """`  ⚠ beech` (beech changes the file too) or `  ‼ beech` (the same lines: the merges will conflict)."""
+def _overlap_mark(found: tuple[OverlapLevel, tuple[str, ...]] | None, binary: bool = False) -> Content:
+    """`  ⚠ beech` (beech changes the file too) or `  ‼ beech` (the same lines, or a binary file both change
+    differently: the merges will conflict)."""
     if found is None:
         return Content("")
     level, others = found
     if level == OverlapLevel.HUNK:
-        return Content.styled(f"  ‼ same lines as {', '.join(others)}", "bold $error")
+        what = "binary, also" if binary else "same lines as"
+        return Content.styled(f"  ‼ {what} {', '.join(others)}", "bold $error")
     return Content.styled(f"  ⚠ also {', '.join(others)}", "$warning")
+
+
+def _counts(change: FileChange) -> tuple[Content, ...]:
+    """`+3 -1`, or `binary` for a file git counts no lines of."""
+    if change.binary:
+        return (Content.styled("binary", "$text-muted"),)
+    return (
+        Content.styled(f"+{change.added}", "$success"),
+        Content(" "),
+        Content.styled(f"-{change.removed}", "$error"),
+    )
 
 
 class PanelList(OptionList):
@@ -122,22 +135,30 @@ class ChangesList(PanelList):
         note: str | None = None,
         overlaps: Mapping[str, tuple[OverlapLevel, tuple[str, ...]]] | None = None,
     ) -> None:
-        """`files`: FileChange-like (path, status, added, removed); None when the core does not watch. `overlaps`:
-        the files other colonies change too (path -> level, colonies), flagged on their entries."""
+        """`files`: FileChange-like (path, status, added, removed, binary); None when the core does not watch.
+        `overlaps`: the files other colonies change too (path -> level, colonies), flagged on their entries."""
         overlaps = overlaps or {}
         options: list[Option] = []
         listed = list(files or ())
         if listed:
             added = sum(f.added for f in listed)
             removed = sum(f.removed for f in listed)
+            binary = sum(f.binary for f in listed)
+            counts: list[Content] = []
+            if binary < len(listed):
+                counts += [
+                    Content.styled(f"+{added}", "$success"),
+                    Content(" "),
+                    Content.styled(f"-{removed}", "$error"),
+                ]
+            if binary:
+                counts += [Content("  " if counts else ""), Content.styled(f"{binary} binary", "$text-muted")]
             options.append(
                 Option(
                     Content.assemble(
                         Content.styled(f"all {len(listed)} file{'s' if len(listed) != 1 else ''}", "bold"),
                         "  ",
-                        Content.styled(f"+{added}", "$success"),
-                        " ",
-                        Content.styled(f"-{removed}", "$error"),
+                        *counts,
                     ),
                     id="*",
                 )
@@ -151,10 +172,8 @@ class ChangesList(PanelList):
                         " ",
                         change.path,
                         "  ",
-                        Content.styled(f"+{change.added}", "$success"),
-                        " ",
-                        Content.styled(f"-{change.removed}", "$error"),
-                        _overlap_mark(overlaps.get(change.path)),
+                        *_counts(change),
+                        _overlap_mark(overlaps.get(change.path), change.binary),
                     ),
                     id=change.path,
                 )
