@@ -411,9 +411,12 @@ class Hive:
             remove_unused(self.layout.colony_lock(name))
 
     def set_state(self, name: str, state: lc.ColonyState, stage: str = "", reason: str = "") -> None:
-        """Record the colony's lifecycle state and tell every subscriber."""
+        """Record the colony's lifecycle state and tell every subscriber; why a colony failed is a line of its log
+        too (`stem logs` shows it beside what led to it: a colony.toml edit its restarted host could not read)."""
         self.registry.set_state(name, state, stage, reason)
         self._emit(StateChanged(name, state, stage, reason))
+        if state == lc.FAILED and reason:
+            self.log(name).append("colony!", f"the colony failed ({stage}): {reason}" if stage else reason)
 
     def _emit(self, event: Event) -> None:
         loop = self._loop

@@ -41,6 +41,7 @@ LOG_SOURCES = (
     "config",
     "sandbox",
     "isolation",
+    "colony",
 )
 EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from helpers import assert_refused, make_repo, netns_names, run_stem, stem_cmd, wait_for
@@ -408,3 +411,54 @@ def test_a_ui_and_stem_logs_that_come_after_the_log_file_stopped_being_written_a
         assert run_stem(hive_env.env, "destroy", "--force", "later").returncode == 0
     finally:
         subprocess.run(["umount", "-l", str(hive_env.home)], check=False)
+
+
+def test_why_a_colony_failed_after_its_host_died_on_a_broken_colony_toml_edit_is_in_its_log(hive_env, tmp_path):
+    """colony.toml is edited into something that does not parse (the running host keeps its services) and then the
+    host dies: the restart cannot read the file and the colony fails. `stem logs` says why, after the edit."""
+    toml = '[services.web]\ncommand = "echo web up; exec sleep 1000"\n'
+    repo = make_repo(tmp_path / "brokenrepo", colony_toml=toml)
+    assert run_stem(hive_env.env, "spawn", "broken", "--repo", str(repo)).returncode == 0
+    colony = hive_env.home / "colonies" / "broken"
+    log_file = colony / "colony.log"
+    wait_for(lambda: "[web] web up" in log_file.read_text(), 15, "the service's line")
+    (hive_env.home / "worktrees" / "broken" / "colony.toml").write_text("[services.web\ncommand = 'x'\n")
+    wait_for(lambda: "[config!] colony.toml not applied" in log_file.read_text(), 15, "the edit seen")
+    host = int((colony / "host.pid").read_text().split()[0])
+    os.kill(host, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{host}").exists(), 10, "the host gone")  # its launcher reaps it
+
+    async def revive() -> bool:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            return await hive.revive("broken")
+        finally:
+            await hive.close()
+
+    assert asyncio.run(revive()) is False
+    lines = run_stem(hive_env.env, "logs", "broken", "-n", "2").stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "[host] its colony host died; restarting the colony",
+        "[colony!] the colony failed (host): "
+        f"{hive_env.home}/worktrees/broken/colony.toml:1: invalid TOML: Expected ']' at the end of a table declaration",
+    ]
+    only = run_stem(hive_env.env, "logs", "broken", "-s", "colony").stdout
+    assert "the colony failed (host)" in only
+
+
+def test_a_colony_host_that_crashes_says_why_in_the_colonys_log(tmp_path):
+    """A bug that ends a colony host (here: a registry it cannot read) leaves one line in the colony's log, not
+    only a traceback in host.log."""
+    from core.procs import python_module
+
+    home = tmp_path / "home"
+    (home / "colonies" / "x").mkdir(parents=True)
+    (home / "hive.db").write_text("not a database\n")
+    result = subprocess.run(
+        [*python_module("core.host"), str(home), "x"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    (line,) = (home / "colonies" / "x" / "colony.log").read_text().splitlines()
+    assert line.split(" ", 1)[1] == (
+        "[host!] the colony host crashed: DatabaseError: file is not a database (host.log has its traceback)"
+    )

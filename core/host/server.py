@@ -721,4 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s host[%(process)d] %(levelname)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` writes every thread's stack to host.log
     become_subreaper()
-    return asyncio.run(_main(Path(args[0]), args[1], ready_fd))
+    try:
+        return asyncio.run(_main(Path(args[0]), args[1], ready_fd))
+    except Exception as exc:  # a bug: the traceback goes to host.log; why the colony stopped, to its log too
+        with contextlib.suppress(Exception):
+            colony_log = ColonyLog(HiveLayout(Path(args[0])).colony_log(args[1]))
+            colony_log.append("host!", f"the colony host crashed: {failure_line(exc)} (host.log has its traceback)")
+            colony_log.close()
+        raise
