@@ -60,6 +60,8 @@ KEYS: dict[str, KeySpec] = {
     "logs.service": KeySpec("v", "next_source", "service"),
     "logs.search": KeySpec("slash", "search", "search"),
     "logs.search_clear": KeySpec("escape", "clear_search", "clear search", show=False),
+    "logs.scroll_left": KeySpec("left", "scroll_left", "scroll left", show=False),
+    "logs.scroll_right": KeySpec("right", "scroll_right", "scroll right", show=False),
     # the terminal tab: the one key a focused terminal keeps for itself
     "terminal.release": KeySpec(
         "ctrl+right_square_bracket", "release", "back to panels", key_display="ctrl+]", priority=True

@@ -263,3 +263,28 @@ async def test_selecting_with_the_mouse_copies_the_rows():
         await pilot.hover(log_lines, offset=(20, 1))
         await pilot.mouse_up(log_lines, offset=(20, 1))
         assert app.screen.get_selected_text() == "     web line 1\n00:00:00      web lin"
+
+
+async def test_long_lines_scroll_sideways_with_keys_the_help_lists_and_another_colony_starts_at_the_left():
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        long = "x" * 60 + " the end of a long line"
+        logs.show("alpha", lines(3, text=long + " {n}"))
+        await until(pilot, lambda: last_row(app).startswith(row(3, text="xxx")), "alpha's lines")
+        assert "the end" not in last_row(app)  # cut at the view's edge
+        # `?` lists the keys that have an id and words: the sideways scroll is among them, in its own words.
+        active = {key: b.binding for key, b in app.screen.active_bindings.items() if b.binding.id}
+        assert (active["left"].id, active["left"].description) == ("logs.scroll_left", "scroll left")
+        assert (active["right"].id, active["right"].description) == ("logs.scroll_right", "scroll right")
+        await pilot.press(*["right"] * 40)
+        await until(pilot, lambda: last_row(app).endswith("the end of a long line 3"), "the end of the line")
+        logs.show("alpha", lines(4, text=long + " {n}"))  # the same colony read again keeps the place
+        await until(pilot, lambda: last_row(app).endswith("the end of a long line 4"), "the same place")
+        logs.show("beta", lines(2, source="api", text=long + " {n}"))
+        await until(pilot, lambda: last_row(app).startswith(row(2, source="api", text="xxx")), "beta from the left")
+        assert app.query_one(LogLines).scroll_x == 0
+
+
+def last_row(app: App[None]) -> str:
+    return [text for text in rows(app) if text][-1]

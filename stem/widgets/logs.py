@@ -116,6 +116,9 @@ class LogLines(ScrollView, can_focus=True):
         bind("logs.follow", "toggle_follow"),
         bind("logs.service", "next_source"),
         bind("logs.search", "search"),
+        # ScrollView's own left and right, with ids and words: `?` lists them, and a user can remap them.
+        bind("logs.scroll_left"),
+        bind("logs.scroll_right"),
     ]
 
     COMPONENT_CLASSES = {"logs--time", "logs--source", "logs--error", "logs--match"}
@@ -482,6 +485,8 @@ class LogsView(Vertical):
         lines = self._lines
         lines.set_filter(self.source, self.search)
         lines.replace(entries, keep_place=colony == self.colony)
+        if colony != self.colony:
+            lines.scroll_to(x=0, animate=False, immediate=True)  # another colony's lines start at their start
         self.colony = colony
         self._sources = sorted(lines.sources())
         self._status()
