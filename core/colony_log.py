@@ -125,6 +125,7 @@ class ColonyLog:
     def _write(self, data: bytes, first: int) -> None:
         if self._write_error is not None and time.monotonic() < self._retry_at:
             return  # the lines are in the ring; the file is tried again in a moment
+        view: memoryview | None = None
         try:
             try:
                 st: os.stat_result | None = os.stat(self.path)
@@ -151,11 +152,21 @@ class ColonyLog:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:  # no space, a quota, a read-only or failing disk: the log goes on in memory
+            if view is not None and 0 < len(view) < len(data):
+                self._cut_partial(data, len(data) - len(view))
             self._retry_at = time.monotonic() + self.RETRY_SECONDS
             self._trouble(exc.strerror or str(exc))
             return
         if self._write_error is not None:
             self._trouble(None)
+
+    def _cut_partial(self, data: bytes, written: int) -> None:
+        """The disk filled in the middle of a batch: the file ends at its last whole line, not in the middle of
+        one that the next write, once there is room, would run into (a truncation needs no room)."""
+        whole = data.rfind(b"\n", 0, written) + 1
+        with contextlib.suppress(OSError):
+            size = os.fstat(self._fd).st_size
+            os.ftruncate(self._fd, size - (written - whole))
 
     def _keep_before_rotation(self) -> None:
         """Write colony.log.kept: what the rotation about to be done drops (the lines of colony.log.1 and of the

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from core.colony_log import ColonyLog, failure_tail, parse_line, read_tail, recent
 
 
@@ -203,3 +205,33 @@ def test_a_source_keeps_no_more_than_its_last_lines_once_others_print_on(tmp_pat
     assert texts[-5:] == [f"api 2.{i}" for i in range(15, 20)]
     assert all(text.startswith("api 2.") for text in texts)  # earlier rounds' kept lines went
     log.close()
+
+
+@pytest.mark.root
+def test_a_disk_that_fills_in_the_middle_of_a_batch_leaves_no_half_line(tmp_path):
+    """The write that meets the full disk takes part of a batch: the file still ends with a whole line, and the
+    lines written once there is room again are lines of their own (not glued to a half of one)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], check=True)
+    try:
+        log = ColonyLog(disk / "colony.log")
+        log.append("web", "the first line")  # its page has room left for a part of the next batch
+        filler = disk / "filler"
+        with filler.open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+        log.extend("web", [f"GET /{i} " + "x" * 80 for i in range(200)])  # about 20 KiB: a part fits
+        assert log.write_error is not None
+        text = log.path.read_text()
+        assert text.endswith("\n") and len(text.splitlines()) > 1  # some whole lines of the batch went in
+        filler.unlink()
+        log._retry_at = 0.0  # the second has passed
+        log.append("web", "after the room came back")
+        assert log.write_error is None
+        for line in log.path.read_text().splitlines():
+            assert parse_line(line)[1] == "web", line
+        assert log.path.read_text().splitlines()[-1].endswith("[web] after the room came back")
+        log.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
