@@ -1,0 +1,109 @@
+"""StemScreen's pieces (`StemScreen._feed_pieces`): a feed is cut before every CUP, and a piece met before in the same
+state is applied whole from its worked-out effect. Pieces repeated in every state they can meet must leave stock
+pyte's screen, cells and modes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from test_screen import COLS, ROWS, assert_same_screen, looked_at_between_reads, reference, stem
+
+from core import screen_cells
+from core.screen import StemScreen
+
+# What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
+# CR LF inside the screen and at its bottom (a scroll), wide characters, a run wrapping at the right edge, a
+# combining mark (it joins the cell before it), DECTCEM and 2026 set in place, DECAWM turned off, a run without SGR
+# (drawn in whatever attributes the piece starts with), a cursor move relative to where the piece starts.
+_PIECES = [
+    "\x1b[{y};1H\x1b[31mred\x1b[m run\x1b[K",
+    "\x1b[{y};{x}H\x1b[1;44mbold\x1b[m",
+    "\x1b[{y};{x}Hno sgr, the attributes it starts with",
+    "\x1b[{y};1H\x1b[0m\x1b[49m\x1b[K",
+    "\x1b[{y};2H\x1b[42m\x1b[K\x1b[m",
+    "\x1b[{y};{x}H中文 é\x1b[3Cgap\x1b[2Dback",
+    "\x1b[{y};1H\x1b[38;5;130m  7 \x1b[mline one\r\n\x1b[38;5;130m  8 \x1b[mline two\x1b[K\r\n",
+    "\x1b[{y};1H\x1b[?25l\x1b[35mhidden\x1b[?25h\x1b[m",
+    "\x1b[{y};1H\x1b[?2026hframe\x1b[?2026l",
+    "\x1b[{y};{x}H\x1b[43m\x1b[5X\x1b[m\x1b[60Gat 60\x1b[2Bdown",
+    "\x1b[{y};110H" + "wraps past the edge",
+    "\x1b[{y};{x}He\u0301 combining",
+    "\x1b[{y};{x}H\u0301joins the cell before the piece",
+    "\x1b[{y};{x}H\x1b[32;1mleaves its attributes on",
+    "\x1b[{y};{x}H\x1b[4mleaves underline on",
+    "\x1b[{y};{x}H\x1b(0lqk leaves line drawing on",
+    "\x1b[{y};{x}H\x1b[?7ltoo long for the row " * 3 + "\x1b[?7h",
+    "\x1b[40;1H\x1b[7mbottom\r\nscrolls\x1b[m",
+    "\x1b[{y};1H\x1b[2K\x1b[1A\x1b[2K\x1b[1A",
+    "\x1b[{y};{x}H\x1b[1C\x1b[4mx\x1b[24m\x1b[K",
+]
+# Between frames: what changes the state pieces are worked out in (attributes, scroll region, insert mode, origin
+# mode, charsets, the alternate screen) or erases cells their paints made (ED, EL 1).
+_BETWEEN = [
+    "",
+    "\x1b[44m",
+    "\x1b[m",
+    "\x1b[5;30r",
+    "\x1b[?6l\x1b[r",  # (pyte fails an assertion on VPA in origin mode without a scroll region)
+    "\x1b[4h",
+    "\x1b[4l",
+    "\x1b[5;30r\x1b[?6h",
+    "\x1b[?6l",
+    "\x1b)0\x0e",
+    "\x0f",
+    "\x1b(B",
+    "\x1b[?1049h",
+    "\x1b[?1049l",
+    "\x1b[46m\x1b[J\x1b[m",
+    "\x1b[20;5H\x1b[45m\x1b[1J\x1b[m",
+    "\x1b[45m\x1b[2J\x1b[m",
+    "\x1b[12;7H\x1b[1K",
+]
+
+
+def _repeated_pieces(seed: int) -> bytes:
+    """Frames made of a few pieces from a small pool, each frame's pieces in another order, so that every piece is
+    met again and again, in different states."""
+    rng = random.Random(seed)
+    pool = [
+        rng.choice(_PIECES).format(y=rng.randrange(1, ROWS + 1), x=rng.choice((1, 5, 60, 118, 120))) for _ in range(12)
+    ]
+    out = []
+    for _ in range(80):
+        out += rng.sample(pool, rng.randrange(3, 9))
+        out.append(rng.choice(_BETWEEN))
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_repeated_pieces_equal_reference(seed: int) -> None:
+    """Pieces applied whole from their effects leave pyte's screen (cells, cursor, modes, title), and pyte's cells
+    in every row (ED erases only the cells a row has), fed whole, in reads that cut pieces, and looked at between
+    reads; and the effects were applied."""
+    screen_cells.clear_caches()
+    data = _repeated_pieces(seed)
+    expected = reference(data, None)
+    for size in (None, 4096, 61):
+        actual = stem(data, size)
+        assert_same_screen(expected, actual)
+        for y in range(ROWS):
+            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
+    applied = stem(data, None)
+    assert any(type(entry) is tuple for entry in applied._piece_effects.values())
+
+
+def test_a_piece_applied_dirties_its_rows_and_sets_its_modes() -> None:
+    """A piece applied from its effect marks the rows it drew on dirty and sets the private modes it holds: the
+    cursor hidden, a synchronized-output frame begun."""
+    screen = StemScreen(COLS, ROWS)
+    piece = b"\x1b[3;1H\x1b[31mthree\r\nfour\x1b[?25l\x1b[?2026h"
+    screen.feed(piece + b"\x1b[1;1H" + piece + b"\x1b[1;1H\x1b[?25h\x1b[?2026l")
+    screen.take_dirty()
+    screen.feed(piece + b"\x1b[1;1H")
+    assert type(screen._piece_effects[piece.decode()]) is tuple
+    assert screen.take_dirty() == {2, 3}
+    assert screen.cursor.hidden
+    assert screen.queries.frame_remaining() > 0
+    assert screen.text()[2].startswith("three") and screen.text()[3].startswith("four")
