@@ -20,18 +20,20 @@ import sys
 import termios
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from core import cgroups, netns
 from core.coalesce import Coalesced
-from core.sandbox import ColonyInit, Sandbox
+from core.sandbox import ORPHAN_EXITS, ColonyInit, OrphanExit, Sandbox, adopted_exit
 
 # Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
 # orphan reaper must leave them alone. Held while spawning so a quick exit cannot race the registration.
 _spawn_lock = threading.Lock()
 _children: set[int] = set()
+_orphan_exits: deque[OrphanExit] = deque(maxlen=ORPHAN_EXITS)  # the latest reaped by `reap_orphans` (under the lock)
 
 
 def proc_stat(pid: int | str) -> list[bytes] | None:
@@ -396,12 +398,19 @@ def _reap_scan() -> list[int]:
         for pid, fields in stats_of(own_children()):
             if pid in _children or fields[0] != b"Z" or int(fields[1]) != me or int(fields[3]) == my_session:
                 continue
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    reaped.append(pid)
-            except ChildProcessError:
-                pass
+            ended = adopted_exit(pid)
+            if ended is not None:
+                reaped.append(pid)
+                _orphan_exits.append(ended)
     return reaped
+
+
+def orphan_exits() -> list[OrphanExit]:
+    """The latest orphans of colonies reaped here (Stem is their subreaper where a colony has no PID namespace of its
+    own): a service's daemon that ended, whose exit status is nowhere else. Reaps what has ended first."""
+    reap_orphans()
+    with _spawn_lock:
+        return list(_orphan_exits)
 
 
 def terminate(groups: Iterable[int], pids: Iterable[int] = (), grace: float = 5.0) -> list[int]:

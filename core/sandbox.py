@@ -4,8 +4,9 @@ A running colony has one set of namespaces that all its processes share, held by
 - **its own PID namespace**: the init is pid 1 of it, forked from a thread that unshared CLONE_NEWPID. Each
   colony process is forked from a thread that joined it (setns), so its parent is still whoever started it (the
   host waits for its services and agent itself) while the colony's processes see and signal one another, and
-  nothing outside. What is orphaned goes to the init, which the kernel reaps for (SIGCHLD ignored); when the init
-  ends (its owner stops the colony, or dies) the kernel kills everything left in the namespace.
+  nothing outside. What is orphaned goes to the init, which reaps it and keeps its end (`OrphanExit`: a service's
+  daemon that died at once, its exit status) for its owner to ask for; when the init ends (its owner stops the
+  colony, or dies) the kernel kills everything left in the namespace.
 - **its own mount namespace** (recursively private), made once by the init: tmpfs over `STEM_HOME`, the users' homes,
   the repository's main checkout, `/tmp`, `/var/tmp`, `/dev/shm`, `/run/user` and `/run/netns` (one private /tmp for the
   whole colony); then only what is the colony's is bound back at its own path: its worktree, its database folder, its
@@ -42,10 +43,12 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from core.config import COLONY_FILE
 from core.locations import HiveLayout
@@ -58,6 +61,34 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+ORPHAN_EXITS = 64  # the latest ends of orphans an init keeps for its owner to ask for
+
+
+class OrphanExit(NamedTuple):
+    """A process orphaned to a colony's reaper (its init, or Stem as subreaper) that ended: its pid as the reaper saw
+    it, its start (clock ticks since boot, as /proc/PID/stat), its exit code (negative: killed by that signal) and
+    its cgroup on the unified hierarchy ("" if none: a zombie keeps only that one, so whose it was is told there)."""
+
+    pid: int
+    start: int
+    code: int
+    cgroup: str
+
+
+def adopted_exit(pid: int) -> OrphanExit | None:
+    """Blocking: reap `pid`, an orphan of ours that ended (a zombie), and say what it was; None if it was not one."""
+    start, cgroup = 0, ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            start = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open(f"/proc/{pid}/cgroup") as f:
+            cgroup = next((line[3:].strip() for line in f if line.startswith("0::")), "")
+    try:
+        found, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return OrphanExit(pid, start, os.waitstatus_to_exitcode(status), cgroup) if found else None
+
 
 # In 1879048192-2147352575: above systemd's container range (524288-1879048191), below its "foreign" range and
 # 2^31 (signedness bugs); no passwd entry, so it owns nothing on the host but what Stem gives it.
@@ -617,9 +648,9 @@ class ColonyInit:
     child), so the agent, the services and `stem exec` see and signal one another, share /tmp, and see nothing else.
 
     Whoever runs the colony makes it (`start`) and owns it: its host, or a spawn for its setup and build steps. It
-    runs as the colony's uid with no capability, reaps nothing itself (SIGCHLD ignored: the kernel reaps what is
-    orphaned to it) and ends when its owner kills it or dies; its end makes the kernel kill whatever is left in the
-    namespace. Others join the running one by its pid (`attach`: `stem exec` in another process)."""
+    runs as the colony's uid with no capability, reaps what is orphaned to it, keeping the latest ends for its owner
+    (`orphan_exits`), and ends when its owner kills it or dies; its end makes the kernel kill whatever is left in
+    the namespace. Others join the running one by its pid (`attach`: `stem exec` in another process)."""
 
     def __init__(self, box: Sandbox) -> None:
         self.box = box
@@ -627,6 +658,9 @@ class ColonyInit:
         self.pidfd = -1
         self.owned = False
         self.inode = 0  # of its PID namespace (its mount namespace without one): who is a member
+        self._ask = -1  # the owner's ends of the pipes to and from the init (`orphan_exits`)
+        self._answers = -1
+        self._asking = threading.Lock()
 
     def start(self, enter: Callable[[], None], resolv: bytes | None) -> None:
         """Fork the init (a thread that unshared CLONE_NEWPID forks it, so it is pid 1 of a new namespace), let it
@@ -634,15 +668,20 @@ class ColonyInit:
         network namespace); `resolv` is bound over /etc/resolv.conf. Blocking for a few ms: off the event loop."""
         owner = os.pidfd_open(os.getpid())  # the child's way to see its owner go
         ready_r, ready_w = os.pipe()
+        asks, self._ask = os.pipe2(os.O_CLOEXEC)
+        self._answers, answers = os.pipe2(os.O_CLOEXEC)
+        pipes = (asks, answers)
         try:
-            pid = _forked_in_new_pid_namespace(self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w))
+            pid = _forked_in_new_pid_namespace(
+                self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w, pipes)
+            )
             os.close(ready_w)
             ready_w = -1
             answer = b""
             while chunk := os.read(ready_r, 4096):
                 answer += chunk
         finally:
-            for fd in (owner, ready_r, ready_w):
+            for fd in (owner, ready_r, ready_w, *pipes):
                 if fd >= 0:
                     os.close(fd)
         self.pid, self.owned = pid, True
@@ -703,10 +742,46 @@ class ColonyInit:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         return bool(select.select([self.pidfd], [], [], timeout)[0])
 
+    def orphan_exits(self, timeout: float = 1.0) -> list[OrphanExit]:
+        """Blocking: the latest processes orphaned to the init that ended (reaped by it up to now: those that ended
+        before this call are there), pids as the colony sees them. Only its owner can ask; [] for anyone else, or if
+        it does not answer within `timeout`."""
+        with self._asking:
+            if self._ask < 0:
+                return []
+            got = b""
+            try:
+                while select.select([self._answers], [], [], 0)[0]:  # an answer that came too late for its ask
+                    if not os.read(self._answers, 65536):
+                        return []
+                os.write(self._ask, b"?")
+                deadline = time.monotonic() + timeout
+                while not got.endswith(b"\n\n") and got != b"\n":
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([self._answers], [], [], left)[0]:
+                        return []
+                    chunk = os.read(self._answers, 65536)
+                    if not chunk:
+                        return []
+                    got += chunk
+            except OSError:
+                return []
+        found = []
+        for line in got.decode(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                pid, start, code, cgroup = line.split(" ", 3)
+                found.append(OrphanExit(int(pid), int(start), int(code), cgroup))
+        return found
+
     def close(self) -> None:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        with self._asking:
+            for fd in (self._ask, self._answers):
+                if fd >= 0:
+                    os.close(fd)
+            self._ask = self._answers = -1
 
 
 def _on_thread(prepare: Callable[[], None], start: Callable[[], T]) -> T:
@@ -735,12 +810,14 @@ def _forked_in_new_pid_namespace(box: Sandbox, fork: Callable[[], int]) -> int:
     return _on_thread(lambda: _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)"), fork)
 
 
-def _fork_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int) -> int:
+def _fork_init(
+    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
+) -> int:
     pid = os.fork()
     if pid != 0:
         return pid
     try:  # the child: never returns into the caller's code
-        _be_init(box, enter, resolv, owner, ready)
+        _be_init(box, enter, resolv, owner, ready, pipes)
         os._exit(0)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -749,9 +826,12 @@ def _fork_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, ow
         os._exit(1)
 
 
-def _be_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int) -> None:
+def _be_init(
+    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
+) -> None:
     """The init, as root in its new PID namespace: into the colony's cgroup and network, the colony's view, no
-    privilege; then wait for its owner to go. SIGCHLD is ignored, so the kernel reaps the orphans that come to it."""
+    privilege; then wait for its owner to go, reaping the orphans that come to it and answering its owner's asks
+    (`pipes`: asks in, answers out) with the latest of their ends."""
     # Nothing of the owner's signal handling stays (an asyncio loop's wakeup fd, faulthandler's SIGUSR1): a pid 1
     # gets from its own namespace only the signals it handles, and it handles none.
     signal.set_wakeup_fd(-1)
@@ -772,20 +852,53 @@ def _be_init(box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owne
         f.write("-1000")  # never the victim of the colony's memory limit: its pages are mostly its owner's
     _drop(box.identity)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # it holds a copy of its owner's memory: no ptrace, no /proc/1/mem
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    # Nothing of the owner's stays open (a pipe a reader waits on to end, a socket): only `owner` and `ready`.
+    asks, answers = pipes
+    # Nothing of the owner's stays open (a pipe a reader waits on to end, a socket): only `owner`, `ready`, `pipes`.
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    keep = sorted({owner, ready})
+    keep = sorted({owner, ready, asks, answers})
     for low, high in zip([2, *keep], [*keep, 65536], strict=True):
         os.closerange(low + 1, high)
+    # Its orphans stay zombies until reaped here (SIGCHLD handled, not ignored: ignored, the kernel reaped them and
+    # their exit status was lost, so a service's daemon that died at once read as a clean exit).
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     os.write(ready, b"1")
     os.close(ready)
+    ended: deque[bytes] = deque(maxlen=ORPHAN_EXITS)
     waiting = select.poll()
-    waiting.register(owner, select.POLLIN)
-    while not waiting.poll():
-        pass
+    for fd in (owner, wake_r, asks):
+        waiting.register(fd, select.POLLIN)
+    while True:
+        woken = {fd for fd, _ in waiting.poll()}
+        if owner in woken:
+            return
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake_r, 4096):
+                pass
+        _reap_orphans_into(ended)
+        if asks in woken:
+            if not os.read(asks, 64):
+                waiting.unregister(asks)  # its owner closed it: no more asks
+                continue
+            with contextlib.suppress(OSError):
+                os.write(answers, b"".join(ended) + b"\n")
+
+
+def _reap_orphans_into(ended: deque[bytes]) -> None:
+    """In the init: reap every orphan that ended, each one's end a line in `ended`."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or not info.si_pid:
+            return
+        done = adopted_exit(info.si_pid)
+        if done is not None:
+            ended.append(f"{done.pid} {done.start} {done.code} {done.cgroup}\n".encode())
 
 
 def _retitle(title: bytes) -> None:

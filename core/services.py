@@ -35,7 +35,7 @@ from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
 from core.forward import LoopbackForward, listeners, loopback_only
-from core.sandbox import ColonyInit
+from core.sandbox import ColonyInit, OrphanExit
 
 __all__ = [
     "CRASHED",
@@ -430,6 +430,10 @@ class ServiceRunner:
         self._ever_ready = asyncio.Event()
         self._proc: subprocess.Popen[bytes] | _Background | None = None
         self._starttime = 0
+        self._run_start = 0  # the start (clock ticks) of this run's command: what it left ended after it
+        self._inside = 0  # the followed daemon's pid in the colony's PID namespace (its init's records name it so)
+        self._died: OrphanExit | None = None  # what its command left in the background ended at once, failing
+        self._died_inside = False  # ...and its pid is the one the colony sees (its init's record)
         self._program: tuple[int, int] | None = None
         self._pidfd = -1
         self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
@@ -549,7 +553,7 @@ class ServiceRunner:
             lines = list(self.last_lines)[-5:]
             if not_ready:
                 lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
-            lines.append(_exit_text(code))
+            lines.append(self._end_text(code))
             self._set(CRASHED if failed else EXITED if restart else STOPPED, code, "\n".join(lines))
             # In the colony's log too, under the service's name (as its stderr when it failed).
             ended = f"{lines[0]}: {lines[-1]}" if not_ready else lines[-1]
@@ -612,7 +616,8 @@ class ServiceRunner:
                 ) from None
             raise StemError(f"{name} does not exist") from None
         self._proc = proc
-        self._starttime = procs.starttime(proc.pid) or 0
+        self._starttime = self._run_start = procs.starttime(proc.pid) or 0
+        self._inside, self._died = 0, None
         self._program = _exe(proc.pid)  # exec'd already: Popen returns once it has
         loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(proc.pid)
@@ -770,8 +775,11 @@ class ServiceRunner:
         process (nothing else is ended or closed: it may still be in the group and hold the pipes); None then."""
         proc = self._proc
         assert proc is not None
-        if follow and not self._stopping and _clean_exit(proc) and await self._follow_background(proc):
+        clean = follow and not self._stopping and _clean_exit(proc)
+        if clean and await self._follow_background(proc):
             return None
+        # Nothing left running: what it left in the background may have died at once (a daemon that could not start).
+        died = await self._died_in_background() if clean else None
         # Before reaping: while the leader is a zombie its pid (= the group id) cannot be handed out again.
         grace, first = self._stop_grace, self.spec.stop_signal
         if await asyncio.to_thread(_end_group, _group_of(proc), grace, self.netns, first):
@@ -793,6 +801,13 @@ class ServiceRunner:
         code = proc.poll()
         if code is None:  # cannot happen after the pidfd fired; never block the loop on it
             code = await asyncio.to_thread(proc.wait)
+        if code == EXIT_UNKNOWN and died is None:
+            code = await self._status_from_init(code)
+        if died is not None and code in (0, EXIT_UNKNOWN):
+            code = died.code
+            # Unless it is the process followed already (which ended within INTERMEDIATE): it ended, not another.
+            followed = died.start == self._starttime and died.pid == (self._inside if self._died_inside else proc.pid)
+            self._died = None if followed else died
         procs.forget_child(proc.pid)
         os.close(self._pidfd)
         self._pidfd = -1
@@ -845,6 +860,7 @@ class ServiceRunner:
         argv = await asyncio.to_thread(self._record_background, pid, start, ours)
         shown = " ".join(argv)[:80] or "?"
         inside = procs.colony_pid(pid)
+        self._inside = inside or 0
         where = f"pid {inside} in the colony ({pid} on the host)" if inside not in (None, pid) else f"pid {pid}"
         await self._note(
             f"{self.name} went to the background as {where}: {shown}; its command exited 0, so that process is the "
@@ -852,6 +868,44 @@ class ServiceRunner:
             self.name,
         )
         return True
+
+    async def _died_in_background(self) -> OrphanExit | None:
+        """Its command exited 0 and left nothing running: whether what it left in the background (a daemon, through
+        each hop of its start) ended at once with a failure, a daemon that could not start. Its exit status went to
+        its reaper (the colony's init, or Stem as subreaper), which keeps the latest ends; it is told by its cgroup,
+        which a zombie keeps on the unified hierarchy (nothing to tell without one, nor with none of its own)."""
+        name = self._cgroup
+        if name is None:
+            return None
+        init = self.host.init
+
+        def ends() -> list[tuple[OrphanExit, bool]]:
+            found = [(ended, False) for ended in procs.orphan_exits()]
+            if init is not None and init.owned:
+                found += [(ended, True) for ended in init.orphan_exits()]  # pids as the colony sees them
+            return found
+
+        for ended, inside in await asyncio.to_thread(ends):
+            if ended.code != 0 and ended.start >= self._run_start and ended.cgroup.endswith(f"/{name}"):
+                self._died_inside = inside
+                return ended
+        return None
+
+    async def _status_from_init(self, code: int) -> int:
+        """The exit status of a followed daemon that was the colony's init's child (`code` if it does not know it)."""
+        init, pid, start = self.host.init, self._inside, self._starttime
+        if init is None or not init.owned or not pid:
+            return code
+        ends = await asyncio.to_thread(init.orphan_exits)
+        return next((e.code for e in reversed(ends) if e.pid == pid and e.start == start), code)
+
+    def _end_text(self, code: int) -> str:
+        """How the run ended, for its state's detail and the colony's log."""
+        died = self._died
+        if died is None:
+            return _exit_text(code)
+        where = f"pid {died.pid} in the colony" if self._died_inside else f"pid {died.pid}"
+        return f"its command exited 0, but what it left in the background ({where}) {_exit_text(code)} at once"
 
     def _members(self) -> set[int] | None:
         """Blocking: where its daemon is looked for. Its own cgroup's processes: only what it started, never the

@@ -659,9 +659,10 @@ def test_a_daemonizing_service_in_a_confined_colony_from_the_cli(hive_env, tmp_p
     assert "[web] stopped: " in run_stem(hive_env.env, "logs", "bg").stdout  # the stop is a line of its own too
 
 
-def test_a_daemon_killed_in_a_confined_colony_reads_crashed_without_a_made_up_code(hive_env, tmp_path):
-    """The daemon is the colony's init's child: killed, its exit status goes to the init, unread. The service reads
-    `crashed` and its log says why; it read `crashed(-1000)`, Stem's own marker, and the UI said "exit -1000"."""
+def test_a_daemon_killed_in_a_confined_colony_reads_crashed_with_its_own_end(hive_env, tmp_path):
+    """The daemon is the colony's init's child: killed, its exit status goes to the init, which kept none (the
+    service read `crashed(-1000)`, Stem's own marker, and the UI said "exit -1000"; then a bare `crashed`). The init
+    keeps its orphans' ends for its host: the service reads crashed(-9), and the log says it was SIGKILL."""
     toml = DAEMONIZING.format(forks="twice").replace('ready = "http:/"', 'ready = "http:/"\nrestart = "no"', 1)
     repo = make_repo(tmp_path / "repo", colony_toml=toml)
     (repo / "daemon.py").write_text(DAEMON)
@@ -676,10 +677,89 @@ def test_a_daemon_killed_in_a_confined_colony_reads_crashed_without_a_made_up_co
         (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
         return row["services"]["web"]
 
-    assert wait_for(lambda: web() != "ready" and web(), what="the service's end") == "crashed"
+    assert wait_for(lambda: web() != "ready" and web(), what="the service's end") == "crashed(-9)"
     logs = run_stem(hive_env.env, "logs", "bg").stdout
-    assert "ended (its exit status went to the colony's init)" in logs and "-1000" not in logs, logs
+    assert "[web!] killed by SIGKILL; not restarted (restart = no)" in logs and "-1000" not in logs, logs
     assert run_stem(hive_env.env, "stop", "bg").returncode == 0
+
+
+# A daemon that cannot start: its command forks twice (a subshell, then the daemon in the background) and exits 0,
+# once its daemon has said why on stderr and exited 1 ("gone"), or at once with its daemon still starting up (it
+# then is followed first, and exits 1 a moment later).
+GONE = r"""
+( sh -c 'echo $$ > daemon.pid; echo cannot bind port 6379 >&2; exit 1' & )
+until [ -s daemon.pid ]; do sleep 0.01; done
+pid=$(cat daemon.pid)
+while [ -e /proc/$pid ] && [ "$(cut -d' ' -f3 /proc/$pid/stat)" != Z ]; do sleep 0.01; done
+exit 0
+"""
+DIES = {
+    "gone": "sh dies.sh",
+    "followed": r"sh -c '(sh -c \"sleep 0.3; echo cannot bind port 6379 >&2; exit 1\" &); exit 0'",
+}
+
+
+def dies_toml(how: str) -> str:
+    return f'[services.web]\ncommand = "{DIES[how]}"\nrestart = "no"\n'
+
+
+def ends_of_a_dead_daemon(logs: str) -> bool:
+    """The log says the daemon's end with its own exit code: gone before Stem looked for it, or followed first and
+    then ended."""
+    gone = "] its command exited 0, but what it left in the background (pid "
+    if gone in logs:
+        return ") exited with 1 at once; not restarted (restart = no)" in logs.split(gone, 1)[1].splitlines()[0]
+    return "went to the background as pid" in logs and "[web!] exited with 1; not restarted (restart = no)" in logs
+
+
+@pytest.mark.parametrize("how", ["gone", "followed"])
+def test_a_daemon_that_dies_at_once_in_a_confined_colony_reads_crashed_with_why(hive_env, tmp_path, how):
+    """Its exit status went to the colony's init, which ignored SIGCHLD (the kernel reaped it, unread): the service
+    read `stopped`, "exited with 0", as if it had done its work (or a bare `crashed`, followed first). The init keeps
+    its orphans' ends for its host: the service reads crashed with the daemon's own code, and the log says what
+    ended and how."""
+    repo = make_repo(tmp_path / "repo", colony_toml=dies_toml(how))
+    (repo / "dies.sh").write_text(GONE)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a daemon that cannot start")
+    assert run_stem(hive_env.env, "spawn", "dies", "--repo", str(repo), "--agent", "shell").returncode == 0
+
+    def web() -> str:
+        (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        return str(row["services"]["web"])
+
+    assert wait_for(lambda: web() not in ("starting", "ready") and web(), what="the service's end") == "crashed(1)"
+    logs = run_stem(hive_env.env, "logs", "dies").stdout
+    assert "[web] cannot bind port 6379" in logs, logs
+    assert ends_of_a_dead_daemon(logs), logs
+    if how == "gone":
+        assert "what it left in the background (pid " in logs and " in the colony) exited with 1 at once" in logs
+    assert "exited with 0" not in logs, logs
+    assert run_stem(hive_env.env, "stop", "dies").returncode == 0
+
+
+def test_a_daemon_that_dies_at_once_where_stem_is_its_reaper_reads_crashed(hive_env, repo):
+    """Without a PID namespace of its own the daemon is orphaned to Stem (a subreaper), whose orphan reaper took its
+    exit status and dropped it: the same `stopped` after "exited with 0"."""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("dies", repo)
+        colony = Colony(hive, "dies", dies_toml("gone"))
+        (Path(colony.rec.worktree) / "dies.sh").write_text(GONE)
+        try:
+            await colony.services.start_all()
+            web = colony.services.services["web"]
+            await until(lambda: web.finished, what="the service's end")
+            assert (web.state, web.code) == ("crashed", 1)
+            logs = "\n".join(f"[{e.source}] {e.text}" for e in hive.log("dies").after(0))
+            assert "[web] cannot bind port 6379" in logs, logs
+            assert "[web!] its command exited 0, but what it left in the background (pid " in logs, logs
+            assert ends_of_a_dead_daemon(logs), logs
+        finally:
+            await colony.services.stop_all()
+        assert my_zombies() == []
+
+    run(hive_env, scenario)
 
 
 def procs_serving(netns_name: str) -> list[str]:
