@@ -288,3 +288,26 @@ async def test_long_lines_scroll_sideways_with_keys_the_help_lists_and_another_c
 
 def last_row(app: App[None]) -> str:
     return [text for text in rows(app) if text][-1]
+
+
+async def test_a_flood_of_one_source_leaves_the_others_last_lines_in_an_open_view():
+    """The view keeps its last lines only (here 100), but each source's last lines (here 5) stay: a quiet
+    service's URL line is still there, under `v`, after another service printed past the view's bound."""
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        log_lines = app.query_one(LogLines)
+        log_lines.max_lines, log_lines.keep_per_source = 100, 5
+        logs.show("alpha", [*lines(7, source="vite", text="Local: http://localhost:5173/ {n}")])
+        for entry in lines(1000, start=8):
+            logs.add(entry)
+        await until(pilot, lambda: last_row(app) == row(1007), "the flood's last line")
+        assert log_lines.line_count <= 112 + 5
+        await pilot.press("v")
+        await until(pilot, lambda: shows(app, "source vite"), "vite's lines alone")
+        assert [text for text in rows(app) if text] == [
+            row(n, source="vite", text="Local: http://localhost:5173/ {n}") for n in range(3, 8)
+        ]
+        await pilot.press("v", "v")
+        await until(pilot, lambda: shows(app, "all sources"), "every source again")
+        assert last_row(app) == row(1007)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -29,6 +30,7 @@ from textual.selection import Selection
 from textual.strip import Strip
 from textual.widgets import Input, Static
 
+from core.colony_log import KEEP_PER_SOURCE
 from stem.hive_view import Clock
 from stem.keys import bind
 
@@ -157,9 +159,11 @@ class LogLines(ScrollView, can_focus=True):
         super().__init__(name=name, id=id)
         self.clock = clock
         self.max_lines = max_lines
+        self.keep_per_source = KEEP_PER_SOURCE  # each source's last lines outlive a trim, as in the host's log
         self._lines: list[_Line] = []
         self._base = 0  # how many lines were trimmed from the front: line i is self._lines[i - self._base]
         self._seqs: set[int] = set()
+        self._counts: Counter[str] = Counter()  # lines kept of each source
         self._shown: list[int] = []  # the lines that pass the filter, in order: row y shows line self._shown[y]
         self._source: str | None = None
         self._search = ""
@@ -226,6 +230,7 @@ class LogLines(ScrollView, can_focus=True):
             return
         start = self._base + len(self._lines)
         self._lines.extend(new)
+        self._counts.update(line.source for line in new)
         self._width = max(self._width, *(line.width for line in new))
         self._last_seq = max(self._last_seq, *(line.seq for line in new))
         self._shown.extend(start + offset for offset, line in enumerate(new) if self._passes(line))
@@ -385,17 +390,41 @@ class LogLines(ScrollView, can_focus=True):
         self._lines = lines
         self._base = 0
         self._seqs = {line.seq for line in lines}
+        self._counts = Counter(line.source for line in lines)
         self._width = max((line.width for line in lines), default=0)
         self._last_seq = max(self._seqs, default=0)
 
     def _trim(self, count: int) -> None:
-        """Drop the `count` oldest lines; the rows after them move up, which a paused view makes up for."""
-        self._seqs.difference_update(line.seq for line in self._lines[:count])
-        del self._lines[:count]
-        self._base += count
-        cut = bisect_left(self._shown, self._base)
-        del self._shown[:cut]
-        self._shifted += cut
+        """Drop the `count` oldest lines but each source's last `keep_per_source` (a flood of one service leaves
+        the others' lines in view, as the host's log keeps them); the rows after them move up, which a paused view
+        makes up for."""
+        dropped = self._lines[:count]
+        dropped_counts = Counter(line.source for line in dropped)
+        keep = min(self.keep_per_source, self.max_lines // 10)  # a view kept small stays small
+        left = {s: self._counts[s] - n for s, n in dropped_counts.items() if self._counts[s] - n < keep}
+        kept: list[_Line] = []
+        if left:  # some sources would keep too few lines: theirs are looked at (the flood's never are)
+            for line in reversed([line for line in dropped if line.source in left]):
+                if left[line.source] < keep:
+                    left[line.source] += 1
+                    kept.append(line)
+            kept.reverse()
+        gone = count - len(kept)
+        if not gone:
+            return
+        stay = {line.seq for line in kept}
+        self._seqs.difference_update(line.seq for line in dropped if line.seq not in stay)
+        dropped_counts.subtract(line.source for line in kept)
+        self._counts.subtract(dropped_counts)
+        # The lines after the dropped ones keep their indices (line i is self._lines[i - self._base]); the kept
+        # ones take those just before them.
+        end = self._base + count
+        self._lines[:count] = kept
+        self._base += gone
+        cut = bisect_left(self._shown, end)
+        shown = [self._base + i for i, line in enumerate(kept) if self._passes(line)]
+        self._shown[:cut] = shown
+        self._shifted += cut - len(shown)
         self._width = max((line.width for line in self._lines), default=0)
 
     def _passes(self, line: _Line) -> bool:
