@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -249,9 +250,15 @@ class ColonyLog:
             flat = [line for lines in parts for line in lines]
             counts: Counter[str] = Counter()
             picked: list[Entry] = []
-            for index in range(total - 1, -1, -1):  # the newest first: the ring's lines, then sources' last ones
+            ring_from = max(0, total - size)
+            for index in range(total - 1, ring_from - 1, -1):  # the ring's lines, the newest first
+                stamp, source, text = parse_line(flat[index])
+                counts[source] += 1
+                picked.append(Entry(base + index + 1, _parse_stamp(stamp), source, text))
+            for index in range(ring_from - 1, -1, -1):  # then each source's last lines before them
                 line = flat[index]
-                if index < total - size and counts[_source_of(line)] >= limit:
+                end = line.find("] ", 21)  # the source, cheaply: most of these lines are skipped
+                if counts[line[21:end] if end > 0 and line[19:21] == " [" else parse_line(line)[1]] >= limit:
                     continue
                 stamp, source, text = parse_line(line)
                 counts[source] += 1
@@ -332,14 +339,7 @@ def file_line(entry: Entry) -> str:
     return f"{_stamp(entry.at)} [{entry.source}] {entry.text}"
 
 
-def _source_of(line: str) -> str:
-    """The source of a line of the log file, cheaply (what parse_line finds, for the usual line)."""
-    end = line.find("] ", 21)
-    if end < 0 or line[19:21] != " [":
-        return parse_line(line)[1]
-    return line[21:end]
-
-
+@functools.lru_cache(maxsize=256)  # a log's lines come many to a second: a load parses each second once
 def _parse_stamp(stamp: str) -> float:
     try:
         return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
