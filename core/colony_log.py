@@ -274,9 +274,23 @@ class ColonyLog:
         return total
 
 
-def trouble_message(colony: str, why: str) -> str:
-    """What a user is told while the colony's log file cannot be written (`ColonyLog.write_error`)."""
+def trouble_message(colony: str, why: str | None) -> str:
+    """What a user is told when the colony's log file cannot be written (`ColonyLog.write_error`), and when it is
+    written again (`why` None)."""
+    if why is None:
+        return f"{colony}: its log file is written again"
     return f"{colony}: its log file cannot be written ({why}): new lines stay in memory (the last 5,000)"
+
+
+def trouble_told(colony: str, message: str) -> str | None:
+    """What `trouble_message` said in `message`: why the file cannot be written, "" once it is again, None for
+    any other message."""
+    if message == trouble_message(colony, None):
+        return ""
+    head, tail = trouble_message(colony, "\0").split("\0")
+    if message.startswith(head) and message.endswith(tail) and len(message) > len(head) + len(tail):
+        return message[len(head) : len(message) - len(tail)]
+    return None
 
 
 def recent(entries: Sequence[Entry], n: int, keep: int = KEEP_PER_SOURCE) -> list[Entry]:

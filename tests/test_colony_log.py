@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from core.colony_log import ColonyLog, failure_tail, parse_line, read_tail, recent
+from core.colony_log import ColonyLog, failure_tail, parse_line, read_tail, recent, trouble_message, trouble_told
 
 
 def lines_of(path):
@@ -235,3 +235,30 @@ def test_a_disk_that_fills_in_the_middle_of_a_batch_leaves_no_half_line(tmp_path
         log.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_ui_told_of_the_log_files_trouble_as_it_began_is_not_told_again_by_a_later_snapshot(tmp_path):
+    """A UI open when the file stopped taking lines heard it then; the snapshot of its next subscription (another
+    colony shown) says the same and tells it nothing new. A UI that first hears of it in a snapshot is told."""
+    from core.events import Notice
+    from core.host import protocol as p
+    from core.host.client import HostLink
+    from core.host.paths import HostPaths
+
+    told: list[Notice] = []
+    link = HostLink("alpha", HostPaths(tmp_path), lambda event: told.append(event) if isinstance(event, Notice) else 0)
+    link._apply(p.NoticeMessage("error", trouble_message("alpha", "No space left on device")))
+    link._apply(p.Snapshot(log_trouble="No space left on device"))
+    assert [n.message for n in told] == [trouble_message("alpha", "No space left on device")]
+    link._apply(p.NoticeMessage("info", trouble_message("alpha", None)))
+    link._apply(p.Snapshot())
+    assert len(told) == 2 and link.log_trouble == ""
+
+    later: list[Notice] = []
+    other = HostLink(
+        "alpha", HostPaths(tmp_path), lambda event: later.append(event) if isinstance(event, Notice) else 0
+    )
+    other._apply(p.Snapshot(log_trouble="Read-only file system"))
+    other._apply(p.Snapshot(log_trouble="Read-only file system"))
+    assert [(n.level, n.message) for n in later] == [("error", trouble_message("alpha", "Read-only file system"))]
+    assert trouble_told("alpha", "alpha: something else") is None

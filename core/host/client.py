@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.colony_log import Entry, recent, trouble_message
+from core.colony_log import Entry, recent, trouble_message, trouble_told
 from core.errors import StemError
 from core.events import (
     AgentActivity,
@@ -239,6 +239,9 @@ class HostLink:
                 for e in msg.entries:
                     self._publish(LogLine(colony, e.seq, e.at, e.source, e.text))
         elif isinstance(msg, p.NoticeMessage):
+            told = trouble_told(colony, msg.message)
+            if told is not None:
+                self.log_trouble = told  # a snapshot that says it again (a new subscription) is not told twice
             self._publish(Notice(colony, msg.level, msg.message))
 
     def _state(

@@ -356,7 +356,7 @@ class ColonyHost:
             log.warning("%s", message)
             self._on_event(Notice(self.name, "error", message))
         else:
-            self._on_event(Notice(self.name, "info", f"{self.name}: its log file is written again"))
+            self._on_event(Notice(self.name, "info", trouble_message(self.name, None)))
 
     def _write_runtime_cleared(self) -> None:
         with contextlib.suppress(Exception):
