@@ -144,11 +144,12 @@ class ColonyLog:
                 size = st.st_size
             if size and size + len(data) > self.max_bytes:
                 # One rotated generation keeps the disk bounded at twice the cap (and a bit: the kept lines).
-                self._keep_before_rotation()
-                os.replace(self.path, rotated(self.path))
+                keeping = self._kept_lines()
+                os.replace(self.path, rotated(self.path))  # frees the old generation's room first (a full disk)
                 self._close()
                 self._open()
                 self._gen_start = first
+                self._write_kept(keeping)
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
@@ -169,11 +170,11 @@ class ColonyLog:
             size = os.fstat(self._fd).st_size
             os.ftruncate(self._fd, size - (written - whole))
 
-    def _keep_before_rotation(self) -> None:
-        """Write colony.log.kept: what the rotation about to be done drops (the lines of colony.log.1 and of the
-        kept file) that are among a source's last lines, so that each source's last lines outlive a flood of
-        another's. From memory (what this process wrote or loaded) and the kept file there now (small): the
-        generation about to be dropped is never read."""
+    def _kept_lines(self) -> list[str] | None:
+        """What colony.log.kept is to hold after the rotation about to be done: what it drops (the lines of
+        colony.log.1 and of the kept file) that are among a source's last lines, so that each source's last lines
+        outlive a flood of another's. From memory (what this process wrote or loaded) and the kept file there now
+        (small): the generation about to be dropped is never read. None: nothing to keep, nor to remove."""
         start, limit = self._gen_start, self.keep_per_source
         room = {source: limit - sum(1 for e in last.entries() if e.seq >= start) for source, last in self._last.items()}
         path = kept(self.path)
@@ -197,10 +198,21 @@ class ColonyLog:
             counts[source] += 1
             chosen.append(line)
         if not chosen and not before:
+            return None
+        chosen.reverse()
+        return chosen
+
+    def _write_kept(self, lines: list[str] | None) -> None:
+        if lines is None:
             return
+        path = kept(self.path)
         temporary = path.with_name(path.name + ".new")
-        temporary.write_bytes("".join(line + "\n" for line in reversed(chosen)).encode("utf-8", "replace"))
-        os.replace(temporary, path)
+        try:
+            temporary.write_bytes("".join(line + "\n" for line in lines).encode("utf-8", "replace"))
+            os.replace(temporary, path)
+        except OSError:  # no room even after the rotation: the log goes on without them, as it did before them
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
     def _trouble(self, why: str | None) -> None:
         if why != self._write_error:

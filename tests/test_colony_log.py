@@ -262,3 +262,28 @@ def test_a_ui_told_of_the_log_files_trouble_as_it_began_is_not_told_again_by_a_l
     other._apply(p.Snapshot(log_trouble="Read-only file system"))
     assert [(n.level, n.message) for n in later] == [("error", trouble_message("alpha", "Read-only file system"))]
     assert trouble_told("alpha", "alpha: something else") is None
+
+
+@pytest.mark.root
+def test_on_a_full_disk_the_rotation_frees_the_old_generation_before_the_kept_lines_are_written(tmp_path):
+    """The disk is full and the log's next batch rotates it: dropping colony.log.1 makes the room that the kept
+    lines and the batch then take (keeping them first found no room, and the log stopped)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], check=True)
+    try:
+        log = ColonyLog(disk / "colony.log", max_bytes=256 << 10)
+        log.append("vite", "  Local:   http://localhost:5173/")
+        while not (disk / "colony.log.1").exists() or log.path.stat().st_size < 200 << 10:
+            log.extend("web", [f"GET /{i} " + "x" * 90 for i in range(100)])
+        with (disk / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        log.extend("web", [f"GET /{i} " + "y" * 90 for i in range(1000)])  # 100 KiB: past the cap, a rotation
+        assert log.write_error is None
+        assert log.path.read_text().splitlines()[-1].endswith("GET /999 " + "y" * 90)
+        vite = read_tail(log.path, 100_000, lambda line: parse_line(line)[1] == "vite")
+        assert [parse_line(line)[2] for line in vite] == ["  Local:   http://localhost:5173/"]
+        log.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
