@@ -72,7 +72,7 @@ class ColonyLog:
         self.max_bytes = max_bytes
         self._ring: deque[Entry] = deque(maxlen=ring_size)
         # Each source's last lines, whatever the ring or the file dropped since: a flood of one service does not
-        # take the others' lines with it. One slice and extend per batch on the flood's path.
+        # take the others' lines with it. One append per batch on the flood's path (`_Last`).
         self.keep_per_source = keep_per_source
         self._last: dict[str, _Last] = {}
         self._gen_start = 1  # the first seq in the current file generation: what is older sits in colony.log.1
