@@ -18,7 +18,7 @@ from textual.containers import Vertical
 from ui_support import screen_text, shows, until
 
 from stem.hive_view import FixedClock
-from stem.widgets.logs import LogLines, LogsView
+from stem.widgets.logs import LogLines, LogsView, line_text, plain_text
 
 pytestmark = pytest.mark.anyio
 
@@ -311,3 +311,33 @@ async def test_a_flood_of_one_source_leaves_the_others_last_lines_in_an_open_vie
         await pilot.press("v", "v")
         await until(pilot, lambda: shows(app, "all sources"), "every source again")
         assert last_row(app) == row(1007)
+
+
+async def test_a_line_coloured_by_its_service_has_the_text_its_parse_would_give():
+    """Coloured lines are parsed when first drawn, their text (search, width, copy) is taken at once without the
+    parse: the two must agree, or search and the sideways scroll would go by other text than is shown."""
+    samples = [
+        "\x1b[32mINFO\x1b[0m request 1 GET /api 200",
+        "\x1b[1;31mERROR\x1b[m: disk \x1b[4mfull\x1b[24m",
+        "\x1b[38;5;208mwarn\x1b[0m 中文 wide",
+        "plain with \x1b[0m reset only",
+        "\x1b[38;2;10;20;30mtrue colour\x1b[0m",
+        "tab\x1b[0m\tafter",  # a tab: the parse tells
+        "\x1b]8;;http://x\x07link\x1b]8;;\x07 text",  # OSC 8: the parse tells
+        "progress 10%\rprogress 100%",  # CR: the parse tells
+        "\x1b[2Kerased first",  # another CSI: the parse tells
+        "lone \x1b escape",
+        "\x1b[38:2::1:2:3mcolons\x1b[0m",
+    ]
+    for raw in samples:
+        parsed = line_text(raw)
+        shown = parsed if isinstance(parsed, str) else parsed.plain
+        fast = plain_text(raw)
+        assert fast is None or fast == shown, (raw, fast, shown)
+    assert plain_text(samples[0]) == "INFO request 1 GET /api 200"
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one(LogsView).show("alder", [Line(i + 1, 0.0, "web", raw) for i, raw in enumerate(samples)])
+        await until(pilot, lambda: rows(app)[0] == row(1, text="INFO request 1 GET /api 200"), "the first line")
+        assert rows(app)[1] == row(2, text="ERROR: disk full")
+        assert colours(app, 0)["INFO"] == ansi(app, 2)

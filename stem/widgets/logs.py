@@ -47,6 +47,8 @@ SOURCE_WIDTH = 8
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # rich parses OSC sequences only when they end with ST (ESC \); many programs end them with BEL.
 _OSC_BEL = re.compile("\x1b\\]([^\x07\x1b]*)\x07")
+# The colours services print with (SGR): a line whose only escapes they are has their text for its plain text.
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class LogEntry(Protocol):
@@ -79,21 +81,37 @@ def line_text(raw: str) -> Text | str:
     return text if text.spans or text.style else text.plain
 
 
+def plain_text(raw: str) -> str | None:
+    """The text of `line_text(raw)` without parsing it, for a line whose only escape sequences are SGR and that
+    has no tab (a service's coloured output); None for any other (`line_text` then tells)."""
+    plain = _SGR.sub("", raw)
+    if "\t" in plain or _CONTROL.search(plain) is not None:
+        return None
+    return plain
+
+
 @dataclass(slots=True)
 class _Line:
-    """A line as parsed once on arrival: its body (with its colours), what search matches, and its width."""
+    """A line as it arrived: its text, what search matches and its width at once; its body (with its colours)
+    when it is first drawn. Most lines of a flood are never drawn (another tab in front, scrolled past), and
+    parsing their colours was most of a flooded UI's time."""
 
     seq: int
     at: float
     source: str  # without the "!" of stderr
     error: bool  # a service's stderr
-    body: Text | str
+    raw: str  # as the service printed it
+    parsed: Text | str | None  # `line_text(raw)`, once drawn (at once when it has other escapes than colours)
+    plain: str  # the body's text
     folded: str  # the body's text in lower case: what search matches
     width: int  # cells of the whole row: time, source and body
 
     @property
-    def plain(self) -> str:
-        return self.body if isinstance(self.body, str) else self.body.plain
+    def body(self) -> Text | str:
+        parsed = self.parsed
+        if parsed is None:
+            parsed = self.parsed = line_text(self.raw)
+        return parsed
 
 
 class _Styles(NamedTuple):
@@ -378,10 +396,21 @@ class LogLines(ScrollView, can_focus=True):
                 continue
             seqs.add(entry.seq)
             source = entry.source.rstrip("!")
-            body = line_text(entry.text)
-            plain = body if isinstance(body, str) else body.plain
+            raw = entry.text
+            body: Text | str | None
+            if _CONTROL.search(raw) is None:
+                body = plain = raw.expandtabs() if "\t" in raw else raw
+            else:
+                found = plain_text(raw)
+                if found is None:
+                    body = line_text(raw)
+                    plain = body if isinstance(body, str) else body.plain
+                else:
+                    body, plain = None, found  # parsed when drawn
             width = prefix + max(SOURCE_WIDTH, len(source)) + 1 + cell_len(plain)
-            lines.append(_Line(entry.seq, entry.at, source, entry.source.endswith("!"), body, plain.lower(), width))
+            lines.append(
+                _Line(entry.seq, entry.at, source, entry.source.endswith("!"), raw, body, plain, plain.lower(), width)
+            )
         return lines
 
     def _set_lines(self, lines: list[_Line]) -> None:
