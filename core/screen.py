@@ -126,11 +126,20 @@ _SYNC_MODES = (_SYNC_MODE,)
 
 _REVERSE_BLANK = REVERSE_CHAR
 
-# Pieces (`StemScreen._feed_pieces`): a feed is cut before every CUP; a piece met twice is worked out once to its
-# effect (`_piece_effect`) and then applied whole.
+# Pieces (`StemScreen._feed_pieces`): a feed is cut before every CUP, or, in a feed with fewer than two, before every
+# CR that does not begin a CR LF (Claude Code places its runs relative to the cursor, line by line); a piece met a
+# third time is worked out once to its effect (`_piece_effect`) and then applied whole.
 # Tokens a piece may hold besides CSI and controls (`_piece_effect`): paints, CR LF, erase-and-up, text.
 _T_PIECE_TOKENS = frozenset({*range(3, 9), 9, 10, 14})
 _CUP_START = re.compile(r"\x1b\[[0-9;]*+H")
+_CR_CUT = re.compile(r"\r(?!\n)")
+_MIN_CR_CUTS = 8  # in a feed
+# After this many reads in a row of more than `_IDLE_CUTS` pieces, less than a quarter of each applied, pieces are
+# looked for in one read of every `_PROBE_EVERY`, in a few places (`StemScreen._met_before`), until some are met again.
+_IDLE_CUTS = 8
+_IDLE_AFTER = 16
+_PROBE_EVERY = 4
+
 _MATCH_START = re.Match.start
 _PIECE_MAX = 1024  # the longest piece remembered
 _PIECES_LIMIT = 4096  # pieces remembered per screen, met once or worked out
@@ -452,6 +461,10 @@ class StemScreen(pyte.Screen):
         self._piece_effects: dict[str, Effect | int] = {}
         self._envs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._scratch: _Scratch | None = None
+        # Reads in a row with many pieces none of which was applied, and reads until the next is looked at
+        # (`_feed_pieces`).
+        self._pieces_missed = 0
+        self._probe_in = 0
         self.bells = 0
         self.errors = 0  # sequences pyte could not handle (it raises; a terminal must keep going)
         self.version = 0
@@ -1249,19 +1262,38 @@ class StemScreen(pyte.Screen):
             self._feed_pieces(text, pos, batch)
 
     def _feed_pieces(self, text: str, pos: int, batch: bool) -> None:
-        """`text` from `pos` on, cut into pieces before every CUP: a piece met before, in the same state (the screen's,
-        `_env`, and the cursor's), is applied whole from its effect (`_piece_effect`: the cells it writes on each row,
-        as one deferred paint per row, and the cursor and modes after it), rather than token by token; full-screen
-        programs repaint the same pieces of their rows over and over. The rest is scanned token by token
-        (`_scan`), the pieces between two applied ones in one go."""
+        """`text` from `pos` on, cut into pieces before every CUP (or every CR, `_CR_CUT`): a piece met before, in the
+        same state (the screen's, `_env`, and the cursor's), is applied whole from its effect (`_piece_effect`: the
+        cells it writes on each row, as one deferred paint per row, and the cursor and modes after it), rather than
+        token by token; full-screen programs repaint the same pieces of their rows over and over. The rest (and the
+        text before the first cut) is scanned token by token (`_scan`), the pieces between two applied ones in one
+        go."""
         n = len(text)
         if mo.DECAWM not in self.mode:
             # Textual turns autowrap off: its pieces recur in other states, and one applied between pieces scanned
             # costs a scan of its own, more than it saves (measured: Textual's recording 25% slower).
             self._scan(text, pos, n, batch)
             return
-        cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos)))
+        if self._pieces_missed >= _IDLE_AFTER:
+            # Few pieces applied in many reads (a program that draws ever new text): finding where every piece starts
+            # costs a tenth of the scan of a read full of SGR, so reads are scanned whole, but that one of every few
+            # is looked at whole if a few of its pieces were met before (`_met_before`).
+            self._probe_in -= 1
+            if self._probe_in > 0:
+                self._scan(text, pos, n, batch)
+                return
+            self._probe_in = _PROBE_EVERY
+            if not self._met_before(text, pos):
+                self._scan(text, pos, n, batch)
+                return
+        # (The tests in C first: the regexes try every ESC [ of a read full of SGR.)
+        cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
+        if len(cuts) < 2 and "\r" in text:
+            cuts = list(map(_MATCH_START, _CR_CUT.finditer(text, pos)))
+            if len(cuts) < _MIN_CR_CUTS:  # a few long pieces (rich's Live frames): rarely met again, not worth it
+                cuts = []
         if len(cuts) < 2:
+            self._pieces_missed += 1  # no pieces: they do not pay either
             self._scan(text, pos, n, batch)
             return
         cuts.append(n)
@@ -1269,6 +1301,7 @@ class StemScreen(pyte.Screen):
         get = effects.get
         env: tuple[Any, ...] | None = None
         pending = pos  # where the text not handled yet starts
+        applied = 0  # the length of the pieces applied
         start = cuts[0]
         for end in cuts[1:]:
             if start < pending or end - start > _PIECE_MAX:
@@ -1306,7 +1339,7 @@ class StemScreen(pyte.Screen):
             if (
                 effect[3] is env
                 and (attrs is cursor.attrs or attrs == cursor.attrs)
-                and (effect[1] < 0 or (effect[1] == cursor.x and effect[2] == cursor.y))
+                and (effect[2] < 0 or (effect[2] == cursor.y and (effect[1] < 0 or effect[1] == cursor.x)))
                 and not self._held
             ):
                 paints = self._paints
@@ -1329,9 +1362,43 @@ class StemScreen(pyte.Screen):
                 if effect[9]:
                     self._set_plain_modes(effect[9])
                 pending = end
+                applied += end - start
             start = end
         if pending < n:
             self._scan(text, pending, n, batch)
+        if applied * 4 >= n - pos:
+            self._pieces_missed = 0
+        elif len(cuts) > _IDLE_CUTS:
+            self._pieces_missed += 1
+
+    def _met_before(self, text: str, pos: int) -> bool:
+        """Whether one of a few pieces of `text` (from `pos`, at its start and a third and two thirds in), cut as
+        `_feed_pieces` cuts it, was met before; each is remembered (`_MET_ONCE`) if not."""
+        n = len(text)
+        effects = self._piece_effects
+        met = False
+        for cut in (_CUP_START, _CR_CUT) if "H" in text else (_CR_CUT,):
+            for at in (pos, pos + (n - pos) // 3, pos + 2 * (n - pos) // 3):
+                first = cut.search(text, at)
+                if first is None:
+                    break
+                then = cut.search(text, first.end())
+                if then is None:
+                    break
+                piece = text[first.start() : then.start()]
+                if len(piece) > _PIECE_MAX:
+                    continue
+                if piece in effects:
+                    met = True
+                else:
+                    if len(effects) >= _PIECES_LIMIT:
+                        effects.clear()
+                    effects[piece] = _MET_ONCE
+            else:
+                return met
+            if at != pos:
+                return met
+        return met
 
     def _env_key(self) -> tuple[Any, ...]:
         """What a piece's effect depends on besides the cursor: the modes (but those set in place that change nothing
@@ -1410,9 +1477,10 @@ class StemScreen(pyte.Screen):
             op = (x, None, dict(row), span, -2, end)
             ops.append((y, op, x == 0 and end is not None))  # type: ignore[arg-type]
         absolute = _CUP_START.match(piece) is not None and mo.DECOM not in self.mode
+        returns = piece.startswith("\r")  # a CR first: the same effect from any column (not from any row)
         return (
             source.attrs,
-            -1 if absolute else source.x,
+            -1 if absolute or returns else source.x,
             -1 if absolute else source.y,
             env,
             tuple(ops),

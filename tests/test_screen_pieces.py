@@ -107,3 +107,63 @@ def test_a_piece_applied_dirties_its_rows_and_sets_its_modes() -> None:
     assert screen.cursor.hidden
     assert screen.queries.frame_remaining() > 0
     assert screen.text()[2].startswith("three") and screen.text()[3].startswith("four")
+
+
+# Pieces of a program that places its runs relative to the cursor (Claude Code): no CUP, so a feed is cut before every
+# CR that does not begin a CR LF; such a piece is the same from any column, not from any row.
+_RELATIVE = [
+    "\r\x1b[1C\x1b[1B\x1b[38;2;153;153;153mmodel \x1b[31GSet the model\x1b[39m\x1b[K",
+    "\r\r\n\x1b[38;2;177;185;249m/exit\x1b[31GExit\x1b[36Gthe\x1b[40GCLI\x1b[39m",
+    "\r\x1b[2C\x1b[3A\x1b[7m \x1b[27m",
+    "\r\x1b[1Bplain, in the attributes it starts with",
+    "\r\x1b[5Cleaves \x1b[1mbold on",
+    "\r\r\n\r\n\r\n\x1b[4C\x1b[2A\x1b[4D\x1b[2B",
+    "\r\x1b[110Cwraps past the right edge",
+    "\r\x1b[3B\x1b[2K\x1b[1A\x1b[2K\x1b[1A",
+    "\r\x1b[1C\u0301 joins the cell before the piece",
+    "\r\x1b[?25l\x1b[?2026h\x1b[1Bhidden\x1b[?2026l",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_repeated_relative_pieces_equal_reference(seed: int) -> None:
+    """Pieces cut before CRs, repeated from other rows and columns, at the bottom (where their line feeds scroll) and
+    in other attributes, leave pyte's screen and cells; and the effects were applied."""
+    screen_cells.clear_caches()
+    rng = random.Random(seed)
+    pool = rng.sample(_RELATIVE, 7)
+    out = []
+    for _ in range(80):
+        out += rng.sample(pool, rng.randrange(2, 6))
+        out.append(rng.choice(["", "\x1b[44m", "\x1b[m", "\x1b[5A", "\x1b[9B", "\x1b[20C", "\x1b[45m\x1b[J\x1b[m"]))
+    data = "".join(out).encode()
+    expected = reference(data, None)
+    for size in (None, 4096, 61):
+        actual = stem(data, size)
+        assert_same_screen(expected, actual)
+        for y in range(ROWS):
+            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
+    assert any(type(entry) is tuple for entry in stem(data, None)._piece_effects.values())
+
+
+def test_pieces_are_looked_for_again_after_ever_new_text() -> None:
+    """After many reads of pieces never met again, pieces are looked for in a few places only; once a program repaints
+    the same frame again and again they are applied again, and the screen is still pyte's."""
+    rng = random.Random(7)
+    words = ["delta", "agent", "stream", "pyte", "gamma", "render", "quorum", "shard"]
+    new = "".join(
+        f"\x1b[{y};1H\x1b[38;5;{rng.randrange(256)}m" + " ".join(rng.choices(words, k=12)) + "\x1b[m\x1b[K"
+        for _ in range(60)
+        for y in range(1, ROWS + 1)
+    ).encode()
+    frame = "".join(f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)).encode()
+    data = new + frame * 300
+    screen = StemScreen(COLS, ROWS)
+    for i in range(0, len(data), 4096):
+        screen.feed(data[i : i + 4096])
+        if i + 4096 == len(new) // 4096 * 4096:
+            assert screen._pieces_missed >= 16  # the new text made pieces be looked for in a few places only
+    assert_same_screen(reference(data, None), screen)
+    assert screen._pieces_missed == 0
+    assert any(type(entry) is tuple for entry in screen._piece_effects.values())
