@@ -183,6 +183,10 @@ class StemCursor(Cursor):
 
 # Deferred paints kept per row before the row is written (see `StemScreen._paint`).
 _MAX_PAINTS = 32
+# The width of a deferred ED of a row: every cell the row has then takes the attributes in its EL slot (never
+# registered as the last paint at its column, so never dropped but by a paint of the whole row).
+_ERASE_CELLS = -3
+_DEFERRED_ERASE_OPS = 4  # the most paints a row may have for ED to be deferred with them
 
 # Modes under which a line batch would not behave like plain "draw, CR, LF".
 _NO_BATCH_MODES = frozenset({mo.IRM, mo.LNM, mo.DECSCNM})
@@ -1066,9 +1070,20 @@ class StemScreen(pyte.Screen):
             # has them all; a row of n cells the last of which is in column n - 1 has columns 0..n-1 (a row painted
             # from column 0, as most are). Such a row is replaced by a new one made from the cached cells rather
             # than written over: an empty dict takes another's cells in one copy. A row's deferred paints are never
-            # written: all that is left of them is which cells they would make exist (`_erased_keys`).
+            # written here: the erase is deferred with them (below), or all that is left of them is which cells they
+            # would make exist (`_erased_keys`).
             line = buffer[y]
-            entry = paints.pop(y, None) if paints else None
+            entry = paints.get(y) if paints else None
+            if entry is not None and len(entry[1]) <= _DEFERRED_ERASE_OPS and columns not in line:
+                # A row with a few deferred paints: its erase is one more (`_ERASE_CELLS`), which the row's next paint
+                # of all of it drops (less and top clear their screen, then repaint every row). (A cell past the last
+                # column, which only ICH writes, would not be written by that paint: such a row is erased now. A row
+                # with more paints, which pieces of rows keep adding to (Codex), is erased now too: writing its paints
+                # when they are too many costs more.)
+                entry[1].append((0, None, None, None, _ERASE_CELLS, attrs))
+                continue
+            if entry is not None:
+                del paints[y]
             keys = line if entry is None else self._erased_keys(line, entry[1])
             count = len(keys)
             if count == columns and columns not in keys:
@@ -1095,6 +1110,8 @@ class StemScreen(pyte.Screen):
         spans: list[tuple[int, int]] = []
         sparse: list[dict[int, Char]] = []
         for x, _, parts, moves, width, erase in filter(None, ops):
+            if width == _ERASE_CELLS:  # ED: the cells are there already
+                continue
             if width == -2:  # a piece's cells on the row (`_piece_effect`): a span of columns, or some
                 if moves is not None:
                     spans.append((x, moves))  # type: ignore[arg-type]
@@ -1883,7 +1900,7 @@ class StemScreen(pyte.Screen):
                 live.clear()
             ops[:] = live
             at.clear()
-            at.update((paint[0], j) for j, paint in enumerate(live) if paint is not None)
+            at.update((paint[0], j) for j, paint in enumerate(live) if paint is not None and paint[4] != _ERASE_CELLS)
         at[x] = len(ops)
         ops.append(op)
 
@@ -1943,6 +1960,9 @@ class StemScreen(pyte.Screen):
             if width < 0:  # a batch row: a line drawn from column 0; or a piece's cells on the row (-2)
                 if width == -2:
                     row.update(parts)  # type: ignore[arg-type]
+                    continue
+                if width == _ERASE_CELLS:
+                    row.update(dict.fromkeys(row, erase))  # type: ignore[arg-type]
                     continue
                 drawn = moves.rows[parts]  # type: ignore[union-attr,index]  # a line and its node (no cast: hot)
                 row.update(drawn)

@@ -167,3 +167,17 @@ def test_pieces_are_looked_for_again_after_ever_new_text() -> None:
     assert_same_screen(reference(data, None), screen)
     assert screen._pieces_missed == 0
     assert any(type(entry) is tuple for entry in screen._piece_effects.values())
+
+
+@pytest.mark.parametrize("repaint", ["\x1b[5;1H" + "y" * COLS, "\x1b[5;1H\x1b[42mgreen\x1b[K"])
+def test_erase_in_display_deferred_with_a_row_s_paints_erases_the_cell_past_its_last_column(repaint: str) -> None:
+    """ED on a row with a few deferred paints is deferred with them, and a paint of the whole row drops it; but a row
+    with a cell past its last column (pyte's ICH writes one) is erased at once, so that cell takes the erase's
+    attributes as in pyte."""
+    data = (
+        "\x1b[5;1H" + "x" * COLS + "\x1b[5;1H\x1b[2@" + "\x1b[5;3Hab\x1b[44m\x1b[2J\x1b[m" + repaint + "\x1b[1;1H"
+    ).encode()
+    expected, actual = reference(data, None), stem(data, None)
+    assert_same_screen(expected, actual)
+    assert set(actual.buffer[4]) == set(expected.buffer[4])
+    assert actual.buffer[4][COLS] == expected.buffer[4][COLS]
