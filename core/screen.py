@@ -139,6 +139,7 @@ _MIN_CR_CUTS = 8  # in a feed
 _IDLE_CUTS = 8
 _IDLE_AFTER = 16
 _PROBE_EVERY = 4
+_PROBE_SPACING = 1365  # text between two places a read is looked at in (`StemScreen._met_before`)
 
 _MATCH_START = re.Match.start
 _PIECE_MAX = 1024  # the longest piece remembered
@@ -1393,13 +1394,15 @@ class StemScreen(pyte.Screen):
             self._pieces_missed += 1
 
     def _met_before(self, text: str, pos: int) -> bool:
-        """Whether one of a few pieces of `text` (from `pos`, at its start and a third and two thirds in), cut as
-        `_feed_pieces` cuts it, was met before; each is remembered (`_MET_ONCE`) if not."""
+        """Whether one of a few pieces of `text` (from `pos`, at its start and then evenly spread, three for every 4
+        KiB: a program's repeats are found as soon in 64 KiB reads as in 4 KiB ones), cut as `_feed_pieces` cuts
+        it, was met before; each is remembered (`_MET_ONCE`) if not."""
         n = len(text)
         effects = self._piece_effects
         met = False
+        places = max(3, (n - pos) // _PROBE_SPACING)
         for cut in (_CUP_START, _CR_CUT) if "H" in text else (_CR_CUT,):
-            for at in (pos, pos + (n - pos) // 3, pos + 2 * (n - pos) // 3):
+            for at in [pos + k * (n - pos) // places for k in range(places)]:
                 first = cut.search(text, at)
                 if first is None:
                     break

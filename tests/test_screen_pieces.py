@@ -194,17 +194,19 @@ def test_erase_in_display_deferred_with_a_row_s_paints_erases_the_cell_past_its_
     assert actual.buffer[4][COLS] == expected.buffer[4][COLS]
 
 
-def test_a_new_screen_looks_for_pieces_in_a_few_places_until_some_come_back() -> None:
+@pytest.mark.parametrize("read", [4096, 65536])
+def test_a_new_screen_looks_for_pieces_in_a_few_places_until_some_come_back(read: int) -> None:
     """A program's first pass is not cut into pieces (that cost vim, htop, Codex and tmux 4-22% of a pass of ever
-    new text): a new screen remembers a few pieces of one read in four; once a program repaints what it drew
-    before, its pieces are applied, and the screen is pyte's."""
+    new text): a new screen remembers a few pieces (three for every 4 KiB) of one read in four; once a program
+    repaints what it drew before, its pieces are applied, in 64 KiB reads as in 4 KiB ones, and the screen is
+    pyte's."""
     frame = "".join(f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)).encode()
     screen = StemScreen(COLS, ROWS)
-    screen.feed(frame[:4096])
-    assert len(screen._piece_effects) <= 3  # the few places looked at, not every piece of the read
-    data = frame * 300
-    for i in range(4096, len(data), 4096):
-        screen.feed(data[i : i + 4096])
+    data = frame * 600
+    screen.feed(data[:read])
+    assert len(screen._piece_effects) <= 3 * read // 4096  # the places looked at, not every piece of the read
+    for i in range(read, len(data), read):
+        screen.feed(data[i : i + read])
     assert_same_screen(reference(data, 4096), screen)
     assert screen._pieces_missed == 0
     assert any(type(entry) is tuple for entry in screen._piece_effects.values())
