@@ -37,6 +37,10 @@ reads (what a PTY read usually returns), the others 64 KiB chunks, from memory:
                      timed too). Stem's caches (shared cells, SGR transitions) are cleared before every run, so a
                      rerun of the same bytes does not find them warm (repeats of a recording inside a run do, as
                      a program's repaints would).
+  stem_first         (recordings) each copy of the recording fed in 4 KiB reads to a new StemScreen, Stem's caches
+                     cleared before each: a program's output as Stem first meets it. The repeats of a recording
+                     in the other paths let Stem's caches and its pieces (a stretch of output met before in the
+                     same state, applied whole) find what they kept; new output finds less.
   stem_host          4 KiB reads fed to StemScreen as a colony host does, and the dirty rows sent to a client the
                      way a host sends them (`screen_state`, a `rows` message encoded to msgpack) and applied to the
                      client's `ScreenMirror` (decode, apply) at most once per 1/60 s, as the host's agent session
@@ -249,6 +253,22 @@ def time_pty(path: Path, feed: Callable[[bytes], None] | None) -> float:
     return elapsed
 
 
+def time_stem_first(recording: bytes, copies: int) -> float:
+    """`copies` passes of `recording`, each to a new screen in 4 KiB reads with Stem's caches cleared first: no
+    pass finds what an earlier one left (only its own repeats)."""
+    elapsed = 0.0
+    for _ in range(copies):
+        clear_caches()
+        screen = StemScreen(COLS, ROWS)
+        feed = screen.feed
+        start = time.perf_counter()
+        for i in range(0, len(recording), READ):
+            feed(recording[i : i + READ])
+        look(screen)
+        elapsed += time.perf_counter() - start
+    return elapsed
+
+
 def time_stem_host(data: bytes) -> float:
     """The same ingest through a colony host and into a client's mirror, in one process (no sockets, no event
     loop): 4 KiB reads fed to the host's screen; at most once per frame (1/60 s, as the agent session flushes) the
@@ -422,6 +442,8 @@ def main() -> int:
                             time_bittty(args.bittty_python, p, c, n) / n * z
                         )
                     timers[f"stem{suffix}"] = lambda c=chunk, s=stream: time_stem(s, c)
+                if name in copies:
+                    timers["stem_first"] = lambda s=stream, k=copies[name]: time_stem_first(s[: len(s) // k], k)
                 timers["stem_host"] = lambda s=stream: time_stem_host(s)
                 if not args.no_tmux:
                     timers["stem_pty"] = lambda p=path: time_stem_pty(p)
@@ -438,6 +460,7 @@ def main() -> int:
                     for ref in (f"pyte{suffix}", f"bittty{suffix}", "tmux"):
                         row += [cell(f"{name}_{ref}"), ratio(name, stem, ref)]
                     if chunk == READ:
+                        row += [cell(f"{name}_stem_first"), ratio(name, "stem_first", "tmux")]
                         row += [cell(f"{name}_stem_host"), ratio(name, "stem_host", "tmux")]
                     if chunk == CHUNK:
                         row += [cell(f"{name}_stem_pty"), ratio(name, "stem_pty", "tmux"), cell(f"{name}_pty")]
@@ -452,7 +475,11 @@ def main() -> int:
     for chunk, rows in tables.items():
         if not rows:
             continue
-        extra = ("stem_pty", "stem_pty/tmux", "pty") if chunk == CHUNK else ("stem_host", "stem_host/tmux")
+        extra = (
+            ("stem_pty", "stem_pty/tmux", "pty")
+            if chunk == CHUNK
+            else ("first", "first/tmux", "stem_host", "stem_host/tmux")
+        )
         print_table(
             f"MB/s at {COLS}x{ROWS}, fed {chunk // 1024} KiB at a time, median of {args.runs} runs, {load} "
             f"(stock pyte: first {args.pyte_kb} KiB, one run; bittty: first {args.bittty_mb:g} MB)",
