@@ -90,7 +90,12 @@ def test_repeated_pieces_equal_reference(seed: int) -> None:
     in every row (ED erases only the cells a row has), fed whole, in reads that cut pieces, and looked at between
     reads; and the effects were applied."""
     screen_cells.clear_caches()
-    data = _repeated_pieces(seed)
+    _assert_pytes_and_applied(_repeated_pieces(seed))
+
+
+def _assert_pytes_and_applied(data: bytes) -> None:
+    """`data` leaves pyte's screen and cells, fed whole, in 4096- and 61-byte reads and looked at between reads, and
+    some piece of it was applied from its effect."""
     expected = reference(data, None)
     for size in (None, 4096, 61):
         actual = stem(data, size)
@@ -98,8 +103,7 @@ def test_repeated_pieces_equal_reference(seed: int) -> None:
         for y in range(ROWS):
             assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
     assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
-    applied = stem(data, None)
-    assert any(type(entry) is tuple for entry in applied._piece_effects.values())
+    assert any(type(entry) is tuple for entry in stem(data, None)._piece_effects.values())
 
 
 @pytest.mark.usefixtures("pieces_at_once")
@@ -146,15 +150,7 @@ def test_repeated_relative_pieces_equal_reference(seed: int) -> None:
     for _ in range(80):
         out += rng.sample(pool, rng.randrange(2, 6))
         out.append(rng.choice(["", "\x1b[44m", "\x1b[m", "\x1b[5A", "\x1b[9B", "\x1b[20C", "\x1b[45m\x1b[J\x1b[m"]))
-    data = "".join(out).encode()
-    expected = reference(data, None)
-    for size in (None, 4096, 61):
-        actual = stem(data, size)
-        assert_same_screen(expected, actual)
-        for y in range(ROWS):
-            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
-    assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
-    assert any(type(entry) is tuple for entry in stem(data, None)._piece_effects.values())
+    _assert_pytes_and_applied("".join(out).encode())
 
 
 def test_pieces_are_looked_for_again_after_ever_new_text() -> None:
