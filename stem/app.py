@@ -25,6 +25,7 @@ from textual.command import CommandPalette
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.driver import Driver
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 from textual.theme import Theme
 from textual.widgets import Input, Static, TabbedContent
@@ -355,6 +356,19 @@ class StemApp(App[int], inherit_bindings=False):
             self.on_core_event(event)
         except Exception as exc:  # one bad event must not stop the stream
             self.notify(f"could not show an update: {exc!r}", severity="error")
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every notice as text, whatever `markup` says (widgets pass True): what they say comes from programs,
+        paths and config files, and nginx's `[emerg]` was read as markup and left out."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def get_default_screen(self) -> HoldingScreen:
         screen = HoldingScreen(id="_default")

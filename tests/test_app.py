@@ -617,3 +617,22 @@ async def test_a_crash_looping_service_is_one_notification_a_minute(hive_env, tm
         told = [n.message for n in notifications(app) if "crasher crashed" in n.message]
         assert told == ["alpha: service crasher crashed (exit 3): exited with 3"], told
         assert len(app.errors["alpha"]) == 5
+
+
+async def test_a_notice_shows_a_programs_own_brackets(hive_env, tmp_path):
+    """A service's words in a toast are shown as they were written: nginx's `[emerg]` (and a path or a TOML table
+    name in brackets) was read as markup and left out. Every notice is text, also a widget's (which asks for
+    markup)."""
+    from helpers import make_repo
+    from textual.widgets._toast import Toast
+    from ui_support import notifications
+
+    from core.events import ServiceState
+
+    async with stem_app(hive_env, make_repo(tmp_path / "repo")) as (app, pilot, _hive):
+        detail = '[emerg] open() "/run/[x]/nginx.pid" failed [/b]'
+        app.on_core_event(ServiceState("alpha", "web", "crashed", 1, 0, detail))
+        app.query_one("#terminal").notify("[b]copied[/b]")
+        await pilot.pause()
+        told = [Toast(n).render().plain for n in notifications(app)]
+        assert told == [f"alpha: service web crashed (exit 1): {detail}", "[b]copied[/b]"], told
