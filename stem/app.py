@@ -368,6 +368,7 @@ class StemApp(App[int], inherit_bindings=False):
     ) -> None:
         """Every notice as text, whatever `markup` says (widgets pass True): what they say comes from programs,
         paths and config files, and nginx's `[emerg]` was read as markup and left out."""
+        del markup
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def get_default_screen(self) -> HoldingScreen:
