@@ -31,6 +31,7 @@ from textual.strip import Strip
 from textual.widgets import Input, Static
 
 from core.colony_log import KEEP_PER_SOURCE
+from core.screen_cells import SGR_SEQ_SPLIT
 from stem.hive_view import Clock
 from stem.keys import bind
 
@@ -47,8 +48,6 @@ SOURCE_WIDTH = 8
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # rich parses OSC sequences only when they end with ST (ESC \); many programs end them with BEL.
 _OSC_BEL = re.compile("\x1b\\]([^\x07\x1b]*)\x07")
-# The colours services print with (SGR): a line whose only escapes they are has their text for its plain text.
-_SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class LogEntry(Protocol):
@@ -84,7 +83,7 @@ def line_text(raw: str) -> Text | str:
 def plain_text(raw: str) -> str | None:
     """The text of `line_text(raw)` without parsing it, for a line whose only escape sequences are SGR and that
     has no tab (a service's coloured output); None for any other (`line_text` then tells)."""
-    plain = _SGR.sub("", raw)
+    plain = SGR_SEQ_SPLIT.sub("", raw)  # the colours services print with: the screen's own pattern
     if "\t" in plain or _CONTROL.search(plain) is not None:
         return None
     return plain
