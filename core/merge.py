@@ -12,6 +12,7 @@ Everything here blocks: call it in a thread from async code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -780,12 +781,35 @@ def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path |
 
 def _follow(checkout: Path, old: str, new: str) -> str:
     """Bring the checkout from `old` to `new` as a fast-forward does; git's reason if it could not (then it is
-    as it was: read-tree checks everything before it writes)."""
+    as it was: read-tree checks everything before it writes, and what it wrote before the disk refused a file is
+    put back by `_unfollow`)."""
     owner = worktree_owner(checkout)  # what it writes stays the owner's: a colony's, the sudo user's
     git_bytes(["update-index", "-q", "--refresh"], checkout)  # stat-only changes must not read as edits
     proc = git_bytes(["read-tree", "-m", "-u", old, new], checkout)
+    if proc.returncode != 0:
+        give_back(owner, checkout, [p for p in _unfollow(checkout, old, new) if p != COLONY_FILE])
     _give_back_changes(owner, checkout, old)
     return "" if proc.returncode == 0 else os.fsdecode(proc.stderr).strip().replace("\n", " ")
+
+
+def _unfollow(checkout: Path, old: str, new: str) -> list[str]:
+    """Undo what a read-tree from `old` to `new` that failed half way (a full disk) wrote in the checkout: its index
+    is still `old`'s (git writes it last) and every path the merge changes was clean (`_check_checkout`), so a path
+    `old` has is written again from the index, and one it lacks (a file read-tree made, partly written: no untracked
+    file was in its way, or it would have refused) is removed, first, to give the others its room. The paths
+    written again."""
+    proc = git_bytes(["diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new], checkout)
+    tokens = _split_z(proc.stdout)
+    made = [path for status, path in zip(tokens[::2], tokens[1::2], strict=False) if status == "A"]
+    kept = [path for status, path in zip(tokens[::2], tokens[1::2], strict=False) if status != "A"]
+    for path in made:
+        target = checkout / path
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            target.unlink()
+    if kept:
+        stdin = b"".join(os.fsencode(path) + b"\0" for path in kept)
+        git_bytes(["checkout-index", "-f", "-q", "-z", "--stdin"], checkout, input=stdin)
+    return kept
 
 
 def _give_back_changes(owner: Owner | None, worktree: Path, since: str) -> None:
@@ -841,7 +865,13 @@ def merge_colony(
                 if checkout is not None:
                     why = _follow(checkout, old, plan.new)
                     if why:
-                        undone = _cas(repo, target.ref, old, plan.new, f"stem merge {rec.name}: undone", checkout)
+                        try:
+                            undone = _cas(repo, target.ref, old, plan.new, f"stem merge {rec.name}: undone", checkout)
+                        except StemError as exc:  # the disk still refuses: say that the merge stands
+                            raise TargetDirty(
+                                f"{checkout} could not follow the merge ({why}), and {target.branch} could not be "
+                                f"moved back to {old[:12]} ({exc}): it has the merge, its checkout does not"
+                            ) from exc
                         state = "nothing was changed" if undone else f"{target.branch} moved again meanwhile"
                         raise TargetDirty(f"{checkout} could not follow the merge ({why}); {state}")
                 if squash:

@@ -1,0 +1,60 @@
+"""Stem under real faults: a full disk, for one, met half way through a command; what it leaves must be as before."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import assert_refused, git, make_repo, run_stem
+
+pytestmark = pytest.mark.root
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` at `path`, unmounted afterwards."""
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that takes all of `disk`'s room but about `leave` bytes."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_merge_whose_checkout_finds_the_disk_full_half_way_changes_nothing(hive_env, tmp_path):
+    # The repository (and so the checkout of main a fast-forward brings along) is on a small disk. Its ref moves
+    # (a few bytes) before the checkout follows; the new file does not fit. The merge must then leave main and its
+    # checkout as they were: not main moved with a partly written file untracked and its deletion staged.
+    with small_disk(tmp_path / "disk") as disk:
+        repo = make_repo(disk / "repo", files=1)
+        spawned = run_stem(hive_env.env, "spawn", "full", "--repo", str(repo))
+        assert spawned.returncode == 0, spawned.stderr
+        worktree = hive_env.home / "worktrees" / "full"
+        (worktree / "big.txt").write_bytes(os.urandom(256 << 10).hex().encode())  # 512 KiB
+        assert run_stem(hive_env.env, "commit", "full", "-m", "big").returncode == 0
+        before = git(repo, "rev-parse", "main").strip()
+        filler = fill(disk, 128 << 10)
+
+        refused = run_stem(hive_env.env, "merge", "full")
+
+        assert_refused(refused, str(repo), "big.txt", "nothing was changed")
+        assert git(repo, "rev-parse", "main").strip() == before
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        filler.unlink()
+        merged = run_stem(hive_env.env, "merge", "full")
+        assert merged.returncode == 0, merged.stderr
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert (repo / "big.txt").read_bytes() == (worktree / "big.txt").read_bytes()
+        assert run_stem(hive_env.env, "destroy", "full").returncode == 0
