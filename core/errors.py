@@ -81,7 +81,13 @@ def disk_trouble(exc: BaseException) -> str | None:
         return None
     if isinstance(exc, OSError):
         where = f" writing {exc.filename}" if exc.filename else ""
-        return f"{os.strerror(exc.errno or 0)}{where}: free some space (or point STEM_HOME elsewhere) and try again"
+        # Pointing STEM_HOME elsewhere helps only what is written in it, not a repository's files on another disk.
+        from core.home import home_text
+
+        hive = os.path.join(home_text(), "")
+        elsewhere = not exc.filename or os.path.abspath(os.fsdecode(exc.filename)).startswith(hive)
+        hint = " (or point STEM_HOME elsewhere)" if elsewhere else " there"
+        return f"{os.strerror(exc.errno or 0)}{where}: free some space{hint} and try again"
     home = os.environ.get("STEM_HOME", "STEM_HOME")
     return f"the hive's registry in {home} cannot be written ({exc}): free some space and try again"
 

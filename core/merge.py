@@ -944,18 +944,12 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
     except FileExistsError:
         raise StemError(f"git is busy in {rec.name}'s worktree ({lock} exists): try again in a moment") from None
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                source = os.open(index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except FileNotFoundError:
-                source = None
-            if source is not None:
-                with os.fdopen(source, "rb") as current:
-                    out.write(current.read())  # its stat data spares hashing unchanged files
-                    st = os.fstat(current.fileno())
-                out.flush()
-                # ...and its own mtime, which git compares entries with to tell a file changed within the same tick.
-                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+        try:
+            _copy_index(fd, index)
+        except OSError as exc:  # a full disk: a write to a descriptor names no file, the error must
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, str(lock)) from exc
+            raise
         env = {"GIT_INDEX_FILE": str(lock)}
         _out(["add", "--all", "--", "."], worktree, env=env)
         tree = _out(["write-tree"], worktree, env=env)
@@ -975,6 +969,21 @@ def commit_colony(rec: ColonyRecord, message: str) -> CommitResult:
     for name in ("MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "AUTO_MERGE") if merging else ():
         (gitdir / name).unlink(missing_ok=True)  # the merge is concluded, as `git commit` does
     return CommitResult(rec.name, branch, new, parent, _touched(worktree, parent, new))
+
+
+def _copy_index(fd: int, index: Path) -> None:
+    """Write the worktree's `index` (if it has one) into the open lock file `fd`, with the index's own mtime."""
+    with os.fdopen(fd, "wb") as out:
+        try:
+            source = os.open(index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        with os.fdopen(source, "rb") as current:
+            out.write(current.read())  # its stat data spares hashing unchanged files
+            st = os.fstat(current.fileno())
+        out.flush()
+        # ...and its own mtime, which git compares entries with to tell a file changed within the same tick.
+        os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # sync -----------------------------------------------------------------------------------------------------------------

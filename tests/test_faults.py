@@ -58,3 +58,23 @@ def test_merge_whose_checkout_finds_the_disk_full_half_way_changes_nothing(hive_
         assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
         assert (repo / "big.txt").read_bytes() == (worktree / "big.txt").read_bytes()
         assert run_stem(hive_env.env, "destroy", "full").returncode == 0
+
+
+def test_commit_on_a_full_disk_names_the_file_it_could_not_write(hive_env, tmp_path):
+    # The colony's worktree is in STEM_HOME, its git dir (index, objects) in the repository, on a full disk: the
+    # one line must name the file there, not send the user to STEM_HOME, which has room.
+    with small_disk(tmp_path / "disk") as disk:
+        repo = make_repo(disk / "repo", files=1)
+        spawned = run_stem(hive_env.env, "spawn", "full", "--repo", str(repo))
+        assert spawned.returncode == 0, spawned.stderr
+        (hive_env.home / "worktrees" / "full" / "new.txt").write_text("new\n")
+        filler = fill(disk, 0)
+
+        refused = run_stem(hive_env.env, "commit", "full", "-m", "new")
+
+        line = assert_refused(refused, "No space left on device", f"{repo}/.git/worktrees/full/index.lock")
+        assert "STEM_HOME" not in line
+        assert not (repo / ".git" / "worktrees" / "full" / "index.lock").exists()
+        filler.unlink()
+        assert run_stem(hive_env.env, "commit", "full", "-m", "new").returncode == 0
+        assert git(repo, "log", "-1", "--format=%s", "colony/full").strip() == "new"
