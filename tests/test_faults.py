@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_refused, git, make_repo, run_stem
+from helpers import assert_refused, git, make_repo, run_stem, stem_cmd, wait_for
+
+from core.host.paths import HostPaths
 
 pytestmark = pytest.mark.root
 
@@ -78,3 +81,54 @@ def test_commit_on_a_full_disk_names_the_file_it_could_not_write(hive_env, tmp_p
         filler.unlink()
         assert run_stem(hive_env.env, "commit", "full", "-m", "new").returncode == 0
         assert git(repo, "log", "-1", "--format=%s", "colony/full").strip() == "new"
+
+
+def sleeping(argv: bytes) -> bool:
+    """Whether a process runs exactly `argv` (NUL-separated, as /proc/PID/cmdline has it)."""
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == argv:
+                return True
+    return False
+
+
+def test_a_host_killed_while_it_starts_a_colony_is_not_given_the_words_of_the_host_before(hive_env, tmp_path):
+    # Its service is ready at the spawn; at the next start it never listens, so the start waits on it. The host
+    # is killed -9 then: it wrote nothing, and the failure must not quote the previous host's last lines in the
+    # same host.log ("stopping late: asked by a script client"), which read as the reason.
+    toml = (
+        "[services.late]\n"
+        "command = \"sh -c 'if [ -e started ]; then exec sleep 301; fi; touch started; exec python3 -m http.server "
+        "8002'\"\nport = 8002\n"
+    )
+    repo = make_repo(tmp_path / "repo", files=1, colony_toml=toml)
+    spawned = run_stem(hive_env.env, "spawn", "late", "--repo", str(repo))
+    assert spawned.returncode == 0, spawned.stderr
+    paths = HostPaths(hive_env.home / "colonies" / "late")
+    first = paths.process()
+    assert first is not None
+    assert run_stem(hive_env.env, "stop", "late").returncode == 0
+    starter = subprocess.Popen(
+        [*stem_cmd(), "start", "late"],
+        env=hive_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        host = wait_for(
+            lambda: (found := paths.process()) and found[0] != first[0] and sleeping(b"sleep\x00301\x00") and found,
+            timeout=30,
+            what="the new host to start the service that never listens",
+        )
+        os.kill(host[0], signal.SIGKILL)
+        _, err = starter.communicate(timeout=60)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+    assert starter.returncode != 0
+    assert "went away while starting" in err, err
+    assert "asked by" not in err and f"host[{first[0]}]" not in err, err
+    assert "no output" in err, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import select
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from core.host.protocol import Connection, HostUnreachable, RequestFailed
 
 # The host's own log is for its few lines and a traceback if it has a bug; a runaway one is cut at launch.
 HOST_LOG_CAP = 1 << 20
+_HOST_LINE = re.compile(r" host\[(\d+)\] ")  # how each host's own log lines name it (core.host.server)
 
 
 class HostFailed(StemError):
@@ -55,23 +57,34 @@ def launch(paths: HostPaths, home: Path, name: str, env: dict[str, str] | None =
     return proc.pid
 
 
-def _log_tail(paths: HostPaths) -> str:
+def _log_tail(paths: HostPaths, pid: int | None = None) -> str:
+    """The last lines of host.log; with `pid`, only those after the last line of another host: the colony's hosts
+    share the file, and one killed -9 before it wrote a word must not be given the last words of the one before it
+    (`stopping alpha: asked by a script client`)."""
     try:
         lines = [line for line in paths.log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "no output"
+    if pid is not None:
+        for i in range(len(lines) - 1, -1, -1):
+            named = _HOST_LINE.search(lines[i])
+            if named is not None and int(named.group(1)) != pid:
+                lines = lines[i + 1 :]
+                break
     return " | ".join(lines[-3:]) or "no output"
 
 
 async def await_start(paths: HostPaths, name: str) -> None:
     """Wait until the host has started the colony's services and agent; HostFailed with the reason if not."""
+    found = paths.process()
     try:
         async with await Connection.open(paths.socket, "script", client="stem start") as conn:
             await conn.await_start()
     except RequestFailed as exc:
         raise HostFailed(str(exc).split(": ", 1)[-1]) from None
     except (HostUnreachable, StemError) as exc:
-        raise HostGone(f"the colony host of {name} went away while starting: {exc}; {_log_tail(paths)}") from None
+        said = _log_tail(paths, found[0] if found is not None else None)
+        raise HostGone(f"the colony host of {name} went away while starting: {exc}; {said}") from None
 
 
 async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: float | None = None) -> bool:
