@@ -36,6 +36,7 @@ def collect(hive: Hive) -> GcReport:
     report = GcReport()
     with file_lock(hive.layout.locks / "gc.lock"):
         _colonies(hive, report)
+        report.removed += finish_merges(hive)
         _orphan_resources(hive, report)
         report.removed += hive.peering.collect()  # peerings of gone colonies, snapshot mounts nobody claims
         _orphan_processes(hive, report)
@@ -75,6 +76,15 @@ def _colonies(hive: Hive, report: GcReport) -> None:
                 line = f"colony {rec.name}: {why}; now stopped (stem start brings it back)"
             if line is not None:
                 report.removed.append(line)
+
+
+def finish_merges(hive: Hive) -> list[str]:
+    """Checkouts that a merge killed after it moved their branch never brought along (core.merge.finish_follows)."""
+    if not any(hive.layout.locks.glob("follow-*.json")):
+        return []
+    from core.merge import finish_follows
+
+    return finish_follows(hive.layout.locks)
 
 
 def finish_interrupted(hive: Hive, rec: ColonyRecord) -> str | None:

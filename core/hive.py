@@ -1553,12 +1553,12 @@ class Hive:
 
     async def finish_interrupted(self) -> list[str]:
         """Finish what stem processes that died left colonies in the middle of (a spawn, start, stop or destroy
-        killed -9, a UI gone while it spawned), as gc would: for each colony in such a state whose lock nobody
-        holds. What was done, one line each."""
-        from core.gc import finish_interrupted
+        killed -9, a UI gone while it spawned; a merge whose target's checkout had not followed yet), as gc would:
+        for each colony in such a state whose lock nobody holds. What was done, one line each."""
+        from core.gc import finish_interrupted, finish_merges
 
         def work() -> list[str]:
-            done = []
+            done = finish_merges(self)  # a merge killed before the checkout of its target followed it
             for rec in self.registry.colonies():
                 if rec.state not in lc.IN_FLIGHT:
                     continue

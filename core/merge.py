@@ -13,8 +13,10 @@ Everything here blocks: call it in a thread from async code.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +58,12 @@ _IN_PROGRESS = {
     "rebase-apply": "a rebase or am",
 }
 _UNMERGED = {"DD", "AU", "UD", "UA", "DU", "AA", "UU"}  # status codes of paths with conflicts in the index
+
+
+def _checkpoint(step: str) -> None:
+    """Test hook (core.hive's): `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step."""
+    if os.environ.get("STEM_FAULT_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BadTarget(BadRef):
@@ -779,14 +787,14 @@ def _cas(repo: Path, ref: str, new: str, old: str, reason: str, checkout: Path |
     raise StemError(f"git update-ref {ref} failed in {repo}: {_said(proc)}")
 
 
-def _follow(checkout: Path, old: str, new: str) -> str:
+def _follow(checkout: Path, old: str, new: str, undo: bool = True) -> str:
     """Bring the checkout from `old` to `new` as a fast-forward does; git's reason if it could not (then it is
     as it was: read-tree checks everything before it writes, and what it wrote before the disk refused a file is
-    put back by `_unfollow`)."""
+    put back by `_unfollow`, unless not to `undo`)."""
     owner = worktree_owner(checkout)  # what it writes stays the owner's: a colony's, the sudo user's
     git_bytes(["update-index", "-q", "--refresh"], checkout)  # stat-only changes must not read as edits
     proc = git_bytes(["read-tree", "-m", "-u", old, new], checkout)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and undo:
         give_back(owner, checkout, [p for p in _unfollow(checkout, old, new) if p != COLONY_FILE])
     _give_back_changes(owner, checkout, old)
     return "" if proc.returncode == 0 else os.fsdecode(proc.stderr).strip().replace("\n", " ")
@@ -810,6 +818,74 @@ def _unfollow(checkout: Path, old: str, new: str) -> list[str]:
         stdin = b"".join(os.fsencode(path) + b"\0" for path in kept)
         git_bytes(["checkout-index", "-f", "-q", "-z", "--stdin"], checkout, input=stdin)
     return kept
+
+
+# A merge moves its target's ref, then brings the checkout that has the target along (`_follow`). A stem process
+# killed between the two (kill -9, the machine going down) would leave that checkout's index and files at the old
+# commit under the new one: `git status` then shows the merge undone, staged, and a commit there reverts it. So the
+# move is written down first, in a journal beside the repository's lock, and whoever takes the lock next (the next
+# merge into the repository, `stem ls`, a UI, `stem gc`) finishes it.
+
+
+def _journal_path(repo_lock: Path) -> Path:
+    return repo_lock.with_name(repo_lock.name.replace("repo-", "follow-", 1).replace(".lock", ".json"))
+
+
+def _write_journal(journal: Path, colony: str, repo: Path, checkout: Path, ref: str, old: str, new: str) -> None:
+    entry = {"colony": colony, "repo": str(repo), "checkout": str(checkout), "ref": ref, "old": old, "new": new}
+    part = journal.with_suffix(".part")
+    part.write_text(json.dumps(entry))
+    os.replace(part, journal)
+
+
+def _finish_follow(journal: Path) -> str | None:
+    """Bring the checkout of a merge that was killed before its checkout followed to the merge, if the target is
+    still at the merge and the checkout's index still at the old commit (the caller holds the repository's lock);
+    the journal goes in any case. What was done, in a line, or None."""
+    try:
+        entry = json.loads(journal.read_text())
+        colony, repo, checkout = str(entry["colony"]), Path(entry["repo"]), Path(entry["checkout"])
+        ref, old, new = str(entry["ref"]), str(entry["old"]), str(entry["new"])
+    except (OSError, ValueError, KeyError, TypeError):
+        journal.unlink(missing_ok=True)
+        return None
+    try:
+        if (
+            not checkout.is_dir()
+            or _rev(repo, ref) != new
+            or _checkout_of(repo, ref.removeprefix("refs/heads/")) != checkout
+        ):
+            return None  # moved back, or on since; or no longer checked out there
+        if git_bytes(["diff-index", "--cached", "--quiet", old, "--"], checkout).returncode != 0:
+            return None  # the follow was done (its read-tree outlived the merge), or the index changed since
+        branch = ref.removeprefix("refs/heads/")
+        why = _follow(checkout, old, new, undo=False)
+        if why:
+            return (
+                f"colony {colony}: its merge into {branch} was interrupted before {checkout} followed it, which "
+                f"cannot follow it now ({why}): git read-tree -m -u {old[:12]} {new[:12]} there brings it"
+            )
+        return (
+            f"colony {colony}: its merge into {branch} was interrupted before {checkout} followed it; "
+            f"brought it to {new[:12]}"
+        )
+    except StemError:
+        return None
+    finally:
+        journal.unlink(missing_ok=True)
+
+
+def finish_follows(lock_dir: Path) -> list[str]:
+    """Finish the checkouts of merges killed before they followed (see `_finish_follow`), in every repository whose
+    lock nobody holds; one line each of what was done."""
+    done = []
+    for journal in sorted(lock_dir.glob("follow-*.json")):
+        repo_lock = journal.with_name(journal.name.replace("follow-", "repo-", 1).replace(".json", ".lock"))
+        with file_lock(repo_lock, blocking=False) as got:
+            line = _finish_follow(journal) if got else None
+        if line is not None:
+            done.append(line)
+    return done
 
 
 def _give_back_changes(owner: Owner | None, worktree: Path, since: str) -> None:
@@ -855,15 +931,23 @@ def merge_colony(
             if before_update is not None:
                 before_update(attempt)
             # One merge at a time moves a repository's refs and checkouts: the checkout follows in ref order.
-            with file_lock(repo_lock_path(lock_dir, common_dir(repo))):
+            repo_lock = repo_lock_path(lock_dir, common_dir(repo))
+            with file_lock(repo_lock):
+                journal = _journal_path(repo_lock)
+                _finish_follow(journal)  # a merge killed before its checkout followed: that first
                 checkout = _checkout_of(repo, target.branch)
                 if checkout is not None:
                     _check_checkout(checkout, target, plan.files)
                     refuse_symlinks(checkout, target.branch)
+                    _write_journal(journal, rec.name, repo, checkout, target.ref, old, plan.new)
                 if not _cas(repo, target.ref, plan.new, old, f"stem merge {rec.name}: {plan.how}", checkout):
+                    journal.unlink(missing_ok=True)
                     continue  # the target moved: merge again onto its new tip
                 if checkout is not None:
+                    _checkpoint("merge-moved")
                     why = _follow(checkout, old, plan.new)
+                    if not why:
+                        journal.unlink(missing_ok=True)
                     if why:
                         try:
                             undone = _cas(repo, target.ref, old, plan.new, f"stem merge {rec.name}: undone", checkout)
@@ -872,6 +956,7 @@ def merge_colony(
                                 f"{checkout} could not follow the merge ({why}), and {target.branch} could not be "
                                 f"moved back to {old[:12]} ({exc}): it has the merge, its checkout does not"
                             ) from exc
+                        journal.unlink(missing_ok=True)
                         state = "nothing was changed" if undone else f"{target.branch} moved again meanwhile"
                         raise TargetDirty(f"{checkout} could not follow the merge ({why}); {state}")
                 if squash:

@@ -52,8 +52,8 @@ def print_listing(listed: list[Listed]) -> None:
 
 def _quick_ls() -> int | None:
     """A plain `stem ls` without the orchestration core: the same checks of the hive, then the registry. None when
-    a running colony's host is down, or a colony was left mid-way by a stem process that died: reviving it, or
-    finishing that, is the core's job (`stem.subcommands.cmd_ls`)."""
+    a running colony's host is down, or a colony (or a merge) was left mid-way by a stem process that died: reviving
+    it, or finishing that, is the core's job (`stem.subcommands.cmd_ls`)."""
     from core.listing import listing, open_hive, pool_from_environment
     from core.settings import load_settings
 
@@ -63,8 +63,8 @@ def _quick_ls() -> int | None:
         listed = listing(hive.layout, hive.registry)
     finally:
         hive.registry.close()
-    if any(row.orphaned or row.interrupted for row in listed):
-        return None
+    if any(row.orphaned or row.interrupted for row in listed) or any(hive.layout.locks.glob("follow-*.json")):
+        return None  # ...or a merge killed before its target's checkout followed it (core.merge.finish_follows)
     print_listing(listed)
     return 0
 

@@ -132,3 +132,24 @@ def test_a_host_killed_while_it_starts_a_colony_is_not_given_the_words_of_the_ho
     assert "went away while starting" in err, err
     assert "asked by" not in err and f"host[{first[0]}]" not in err, err
     assert "no output" in err, err
+
+
+@pytest.mark.parametrize("next_command", ["ls", "gc"])
+def test_a_merge_killed_before_the_checkout_followed_is_finished_by_the_next_command(hive_env, repo, next_command):
+    # Killed -9 once main moved and before its checkout followed: main's checkout had the merge undone, staged
+    # (`D  new.txt`), for a commit there to revert. The next stem command brings the checkout along.
+    assert run_stem(hive_env.env, "spawn", "cut", "--repo", str(repo)).returncode == 0
+    (hive_env.home / "worktrees" / "cut" / "new.txt").write_text("merged\n")
+    assert run_stem(hive_env.env, "commit", "cut", "-m", "new").returncode == 0
+    tip = git(repo, "rev-parse", "colony/cut").strip()
+
+    killed = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="merge-moved"), "merge", "cut")
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert git(repo, "rev-parse", "main").strip() == tip
+    after = run_stem(hive_env.env, next_command)
+    assert after.returncode == 0, after.stderr
+    assert "its merge into main was interrupted" in after.stdout + after.stderr or next_command == "ls"
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert (repo / "new.txt").read_text() == "merged\n"
+    assert not list((hive_env.home / "locks").glob("follow-*"))
