@@ -153,3 +153,20 @@ def test_a_merge_killed_before_the_checkout_followed_is_finished_by_the_next_com
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
     assert (repo / "new.txt").read_text() == "merged\n"
     assert not list((hive_env.home / "locks").glob("follow-*"))
+
+
+def test_a_stop_ends_a_frozen_host_instead_of_waiting_for_it_for_ever(hive_env, repo):
+    # A host that is stopped (SIGSTOP) or hung still accepts connections (its socket's backlog does) and never
+    # answers them: the stop waited for its welcome for good, and a stop that has begun ignores SIGTERM and Ctrl-C
+    # until it is finished. It must give up on the host within seconds, kill it and end the colony.
+    assert run_stem(hive_env.env, "spawn", "frozen", "--repo", str(repo)).returncode == 0
+    host = HostPaths(hive_env.home / "colonies" / "frozen").process()
+    assert host is not None
+    os.kill(host[0], signal.SIGSTOP)
+
+    stopped = run_stem(dict(hive_env.env, STEM_WARM="0"), "stop", "frozen", timeout=45)
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")
+    listed = run_stem(hive_env.env, "ls").stdout
+    assert "frozen  stopped" in listed, listed

@@ -18,6 +18,7 @@ from core.host.protocol import Connection, HostUnreachable, RequestFailed
 
 # The host's own log is for its few lines and a traceback if it has a bug; a runaway one is cut at launch.
 HOST_LOG_CAP = 1 << 20
+HELLO_WAIT = 5.0  # seconds a stopper waits for a host to answer at all before it kills it
 _HOST_LINE = re.compile(r" host\[(\d+)\] ")  # how each host's own log lines name it (core.host.server)
 
 
@@ -95,7 +96,10 @@ async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: flo
     if found is None:
         return False
     try:
-        async with await Connection.open(paths.socket, "script", client="stem stop") as conn:
+        # The welcome too is waited for no longer than that: a frozen host (SIGSTOP, hung) accepts a connection (its
+        # listening socket's backlog does) and never answers, which held the stop, and every signal after it, for good.
+        conn = await asyncio.wait_for(Connection.open(paths.socket, "script", client="stem stop"), HELLO_WAIT)
+        async with conn:
             await asyncio.wait_for(conn.stop(grace, routes), timeout=max(grace, longest or 0) + 15)
     except (StemError, TimeoutError, OSError):
         pass  # it does not answer: it is ended below
