@@ -92,6 +92,13 @@ def finish_interrupted(hive: Hive, rec: ColonyRecord) -> str | None:
     nobody is doing it now): a destroy is finished, a spawn that never got the colony up is rolled back, any other
     step (a start, a build, a stop) leaves it stopped. What was done, or None if the colony was at rest (or its
     worktree is gone: gc's to handle)."""
+    if rec.state in lc.IN_FLIGHT:
+        # Its host, if it runs, goes first: killed before it was asked to stop (or frozen, SIGSTOP), it would outlive
+        # the colony's end, and a later start would take it, stale, for the colony's host (reported running, its
+        # services dead and its network gone).
+        from core.host import launch
+
+        launch.kill(hive.host_paths(rec.name))
     if rec.state == lc.DESTROYING:
         done = hive.finish_destroy(rec.name)
         kept = f"; kept its branch {done.kept_branch} ({done.unmerged} unmerged)" if done.kept_branch else ""

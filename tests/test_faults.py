@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,40 @@ def test_a_stop_ends_a_frozen_host_instead_of_waiting_for_it_for_ever(hive_env, 
     assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")
     listed = run_stem(hive_env.env, "ls").stdout
     assert "frozen  stopped" in listed, listed
+
+
+def test_a_stop_killed_before_the_host_heard_of_it_ends_the_host_too(hive_env, repo):
+    # The stop is killed -9 while it waits for a host that does not answer (frozen): the next stem command finishes
+    # the stop. The host must go with it, or the colony reads stopped while its host lives on, and a later start
+    # takes that stale host for the colony's (running, with its services dead and no network).
+    assert run_stem(hive_env.env, "spawn", "halt", "--repo", str(repo)).returncode == 0
+    host = HostPaths(hive_env.home / "colonies" / "halt").process()
+    assert host is not None
+    os.kill(host[0], signal.SIGSTOP)
+    stopper = subprocess.Popen(
+        [*stem_cmd(), "stop", "halt"],
+        env=dict(hive_env.env, STEM_WARM="0"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: state_of(hive_env, "halt") == "stopping", timeout=10, what="the stop to begin")
+    finally:
+        stopper.kill()
+        stopper.wait()
+
+    assert run_stem(hive_env.env, "ls").returncode == 0  # finishes the stop
+
+    assert state_of(hive_env, "halt") == "stopped"
+    assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")
+    assert run_stem(hive_env.env, "start", "halt").returncode == 0
+    started = HostPaths(hive_env.home / "colonies" / "halt").process()
+    assert started is not None and started[0] != host[0]
+
+
+def state_of(hive_env, name: str) -> str | None:
+    """The colony's state as its row says, read without a stem command (which would finish an interrupted one)."""
+    with contextlib.closing(sqlite3.connect(hive_env.home / "hive.db")) as db:
+        row = db.execute("SELECT state FROM colonies WHERE name=?", (name,)).fetchone()
+    return row[0] if row else None
