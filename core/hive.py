@@ -1071,7 +1071,38 @@ class Hive:
     async def destroy(self, name: str, force: bool = False) -> DestroyReport:
         """Remove everything of the colony. Uncommitted work stops it unless `force`; unmerged commits keep
         the branch."""
+        return await self._destroy_one(name, force, None)
+
+    async def destroy_many(self, names: list[str], force: bool = False) -> list[DestroyReport | BaseException]:
+        """Destroy several colonies side by side, as `stop_many` stops them: each one's report, or what it raised.
+        The hive's firewall table is rebuilt and the preview routes removed once at the end, not once a colony:
+        one by one, every destroy rebuilt a table and reloaded Caddy with all the others still in them, so 100
+        colonies took 42 s (0.12 s each for 10)."""
+        if not names:
+            return []
+        pool = ThreadPoolExecutor(max_workers=min(len(names), STOP_WORKERS), thread_name_prefix="destroy")
+        try:
+            results = await asyncio.gather(
+                *(self._destroy_one(name, force, pool) for name in names), return_exceptions=True
+            )
+        finally:
+            pool.shutdown(wait=False)
+
+        def after() -> None:
+            self._sync_firewall_quietly("")
+            from core import preview
+
+            preview.retire_many(self.layout.home, set(names), self.any_host_running)
+
+        if any(not isinstance(result, NoSuchColony) for result in results):  # nothing changed for names unknown
+            await asyncio.to_thread(after)
+        return list(results)
+
+    async def _destroy_one(self, name: str, force: bool, pool: ThreadPoolExecutor | None) -> DestroyReport:
+        """`destroy`; one of a batch with `pool` (its blocking work runs there, and the firewall table and preview
+        routes are the batch's to update)."""
         self.bind_loop()
+        loop = asyncio.get_running_loop()
 
         async def handler() -> DestroyReport:
             async with self._holding(name), self._freeing():
@@ -1094,8 +1125,9 @@ class Hive:
                 _checkpoint("destroying")
 
                 async def finish() -> DestroyReport:
-                    await self._stop_runtime(name)
-                    return await asyncio.to_thread(self.finish_destroy, name)
+                    await self._stop_runtime(name, routes=pool is None)
+                    done: DestroyReport = await loop.run_in_executor(pool, self.finish_destroy, name, pool is None)
+                    return done
 
                 return await _finished_even_if_cancelled(finish())
 
@@ -1139,12 +1171,13 @@ class Hive:
                     "or destroy with --force to lose them"
                 )
 
-    def finish_destroy(self, name: str) -> DestroyReport:
-        """Remove everything of the colony (its state says DESTROYING); gc calls it for an interrupted destroy."""
+    def finish_destroy(self, name: str, alone: bool = True) -> DestroyReport:
+        """Remove everything of the colony (its state says DESTROYING); gc calls it for an interrupted destroy. Not
+        `alone` (one of a batch): the firewall table and the preview routes are the batch's to update."""
         rec = self.registry.get(name)
         self.end_processes(rec)
         _checkpoint("destroy-parts")
-        branch, unmerged = self.remove_parts(name, keep_unmerged=True)
+        branch, unmerged = self.remove_parts(name, keep_unmerged=True, firewall=alone)
         self.peering.forget(name)  # the snapshots of it that other colonies hold, and its peering rows
         self.registry.delete_colony(name)
         if branch:
@@ -1153,7 +1186,8 @@ class Hive:
         self._forget_log(name)
         self._emit(ColonyRemoved(name))
         self._retire_forker()
-        self.retire_preview(name)
+        if alone:
+            self.retire_preview(name)
         return DestroyReport(name, branch, unmerged)
 
     # read-only peering (core/peering.py) ----------------------------------------------------------------------

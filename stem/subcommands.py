@@ -218,14 +218,20 @@ async def cmd_start(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 
 async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
-    for name in args.names:
-        report = await hive.destroy(name, force=args.force)
+    # Side by side, as `stem stop` stops them: the firewall table and preview routes are updated once at the end.
+    results = await hive.destroy_many(args.names, force=args.force)
+    failed = next((result for result in results if isinstance(result, BaseException)), None)
+    for report in results:
+        if isinstance(report, BaseException):
+            continue
         print(f"destroyed {report.name}")
         if report.kept_branch:
             print(
                 f"kept branch {report.kept_branch}: {plural(report.unmerged, 'commit')} not merged anywhere "
                 f"(merge it, or drop it with git branch -D {report.kept_branch})"
             )
+    if failed is not None:
+        raise failed
     return 0
 
 

@@ -7,11 +7,12 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_refused, git, make_repo, run_stem, stem_cmd, wait_for
+from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 from core.host.paths import HostPaths
 
@@ -208,3 +209,41 @@ def state_of(hive_env, name: str) -> str | None:
     with contextlib.closing(sqlite3.connect(hive_env.home / "hive.db")) as db:
         row = db.execute("SELECT state FROM colonies WHERE name=?", (name,)).fetchone()
     return row[0] if row else None
+
+
+def test_destroying_several_colonies_takes_about_as_long_as_one(hive_env, tmp_path):
+    # Each service ignores SIGTERM, so each colony's stop waits its stop_timeout before SIGKILL. One by one, 4
+    # colonies took 4 of those (and every destroy rebuilt the firewall table and reloaded Caddy with all the others
+    # still in them: 100 colonies took 42 s); side by side, about one.
+    toml = (
+        '[services.web]\ncommand = "sh -c \\"trap \'\' TERM; exec python3 -m http.server 8000\\""\n'
+        "port = 8000\nstop_timeout = 4\n"
+    )
+    repo = make_repo(tmp_path / "repo", files=1, colony_toml=toml)
+    names = [f"many{i}" for i in range(4)]
+    for name in names:
+        spawned = run_stem(hive_env.env, "spawn", name, "--repo", str(repo))
+        assert spawned.returncode == 0, spawned.stderr
+
+    began = time.monotonic()
+    destroyed = run_stem(hive_env.env, "destroy", "--force", *names)
+    took = time.monotonic() - began
+
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert destroyed.stdout.split("\n")[:4] == [f"destroyed {name}" for name in names]
+    assert took < 10, f"destroying 4 colonies took {took:.1f} s: one by one, not side by side"
+    assert run_stem(hive_env.env, "ls").stdout.startswith("no colonies")
+    assert netns_names(hive_env.prefix) == [] and link_names(hive_env.prefix) == []
+    assert git(repo, "worktree", "list").count("\n") == 1
+
+
+def test_a_destroy_of_several_refused_for_one_destroys_the_others_and_says_why(hive_env, repo):
+    for name in ("clean", "dirty"):
+        assert run_stem(hive_env.env, "spawn", name, "--repo", str(repo)).returncode == 0
+    (hive_env.home / "worktrees" / "dirty" / "work.txt").write_text("agent work\n")
+
+    result = run_stem(hive_env.env, "destroy", "dirty", "clean")
+
+    assert_refused(result, "dirty has uncommitted changes (work.txt)")
+    assert result.stdout == "destroyed clean\n"
+    assert "dirty  running" in run_stem(hive_env.env, "ls").stdout
