@@ -177,6 +177,28 @@ def claim(
     return prefix, pool
 
 
+def check_alone(home: Path, pool: ipaddress.IPv4Network) -> None:
+    """Refuse (HiveConflict) if another hive whose pool overlaps `pool` has colonies now. A spawn asks it once its
+    colony's row is there: `claim` lets a pool overlap that of a hive with no colonies, and two such hives whose
+    first spawns came at the same moment both passed it and gave their colonies the same address (two routes to
+    10.200.0.0/30; then each hive refused every command, its destroy too, for the other's colonies). Under the
+    claims' lock, the later of two such spawns sees the earlier one's row."""
+    home_text = str(home.resolve())
+    try:
+        CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # no /run/stem (not root): no claims to check against
+    with file_lock(CLAIMS_DIR / ".lock"):
+        for other in _read_all().values():
+            if other.home == home_text or not other.pool.overlaps(pool) or not _exists(other.home):
+                continue
+            if _has_colonies(other.home):
+                raise HiveConflict(
+                    f"pool {pool} overlaps {other.pool} of the hive at {other.home} (prefix {other.prefix!r}), which "
+                    "has colonies now: give this hive another STEM_POOL"
+                )
+
+
 def preview_port(home: Path) -> int:
     """The preview port the hive at `home` chose for itself (the default if it has not claimed one yet)."""
     return int(_remembered(home).get("preview", DEFAULT_PREVIEW_PORT))

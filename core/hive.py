@@ -26,7 +26,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-from core import cgroups, dns, firewall, netns, procs, sandbox, worktree
+from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.coalesce import Coalesced
@@ -563,6 +563,11 @@ class Hive:
         rec = self.registry.reserve(
             name, netns.pool_slots(self.pool), self._make_row(name, root, base, commit, agent, task)
         )
+        try:
+            claims.check_alone(self.layout.home, self.pool)  # no other hive on this pool spawned meanwhile
+        except BaseException:
+            self.registry.delete_colony(name)
+            raise
         self._emit(StateChanged(name, lc.SPAWNING))
         _checkpoint("reserved")
         stage = lc.PROVISIONING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -12,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HiveEnv
 from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
+from core.errors import StemError
+from core.hive import Hive
 from core.host.paths import HostPaths
 
 pytestmark = pytest.mark.root
@@ -247,3 +251,25 @@ def test_a_destroy_of_several_refused_for_one_destroys_the_others_and_says_why(h
     assert_refused(result, "dirty has uncommitted changes (work.txt)")
     assert result.stdout == "destroyed clean\n"
     assert "dirty  running" in run_stem(hive_env.env, "ls").stdout
+
+
+def test_two_hives_on_one_pool_never_give_their_colonies_the_same_address(hive_env, tmp_path, repo):
+    # A pool may overlap another hive's while that hive has no colonies. This hive is opened (its claim passes:
+    # the other has none yet), the other spawns its first colony, then this one spawns: it must be refused, not
+    # handed the other colony's address (both spawns of a real race passed the claim so).
+    other = HiveEnv(tmp_path / "other")
+    other.pool = hive_env.pool
+    other.env["STEM_POOL"] = str(hive_env.pool)
+    try:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool, hosts=False)
+        theirs = run_stem(other.env, "spawn", "first", "--repo", str(repo))
+        assert theirs.returncode == 0, theirs.stderr
+
+        with pytest.raises(StemError, match=r"overlaps .* which has colonies now"):
+            asyncio.run(hive.spawn("second", repo))
+
+        assert [rec.name for rec in hive.registry.colonies()] == []
+        assert netns_names(hive_env.prefix) == []
+        assert run_stem(other.env, "destroy", "first").returncode == 0
+    finally:
+        other.cleanup()
