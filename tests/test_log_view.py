@@ -7,6 +7,8 @@ view inside real colonies.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,36 @@ async def test_a_burst_of_ten_thousand_lines_ends_with_the_last_in_view():
         await until(pilot, lambda: rows(app)[-1] == row(10_005), "the last line at the bottom")
         assert rows(app) == [row(n) for n in range(9_993, 10_006)]
         assert shows(app, "following (f)")
+
+
+async def test_a_steady_flood_repaints_the_followed_view_at_most_ten_times_a_second():
+    """A service printing in many small bursts (a busy dev server): the followed view is brought up to date at most
+    tenth of a second, not once per burst, and the last line still shows at the bottom soon after the flood ends."""
+    app = LogsApp()
+    async with app.run_test(size=SIZE) as pilot:
+        logs = view(app)
+        logs.show("alpha", lines(5))
+        await until(pilot, lambda: row(5) in rows(app), "the first lines")
+        widget = app.query_one(LogLines)
+        synced = 0
+        sync = widget._sync
+
+        def counted(**kwargs: object) -> None:
+            nonlocal synced
+            synced += 1
+            sync(**kwargs)  # type: ignore[arg-type]
+
+        widget._sync = counted  # type: ignore[method-assign]
+        start = time.monotonic()
+        n = 5
+        for _ in range(100):  # a burst of 20 lines every ~5 ms, the loop free between bursts
+            for entry in lines(20, start=n + 1):
+                logs.add(entry)
+            n += 20
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - start
+        await until(pilot, lambda: rows(app)[-1] == row(n), "the last line at the bottom")
+        assert synced <= took * 10 + 3, f"{synced} repaints in {took:.2f} s"
 
 
 async def test_scrolling_up_stops_following_until_f():
