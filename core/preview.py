@@ -206,15 +206,17 @@ class Route:
 def preview_host(colony: str, service: str) -> str:
     """The host name a service is previewed at: `<service>-<colony>.localhost`. A DNS label is at most 63 characters
     (browsers refuse a longer one), and a 32-character service of a 32-character colony makes 65: such a label keeps
-    the start of each name and ends with a hash of both, so it stays unique and still says whose it is. The one
-    place the name is made: Caddy's route matches it, and the URLs shown are made of it."""
+    the start of each name and ends with a hash of both, so it stays unique and still says whose it is. A service
+    name may hold `_`, which no DNS label may (resolvers and browsers refuse it): it becomes `-`, and the label ends
+    with the hash too, so `api_v1` and `api-v1` of one colony stay apart. The one place the name is made: Caddy's
+    route matches it, and the URLs shown are made of it."""
     label = f"{service}-{colony}"
-    if len(label) <= MAX_LABEL:
+    if len(label) <= MAX_LABEL and "_" not in service:
         return f"{label}.localhost"
     digest = hashlib.sha256(f"{service}.{colony}".encode()).hexdigest()[:_LABEL_HASH]
     room = MAX_LABEL - len(digest) - 2  # two hyphens: after the service's part and before the hash
     kept = min(len(service), max(room // 2, room - len(colony)))
-    return f"{service[:kept]}-{colony[: room - kept]}-{digest}.localhost"
+    return f"{service[:kept].replace('_', '-')}-{colony[: room - kept]}-{digest}.localhost"
 
 
 def route_id(colony: str, service: str) -> str:

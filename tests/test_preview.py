@@ -115,11 +115,26 @@ def test_names_at_their_limits_make_a_valid_dns_label_that_stays_unique():
     assert preview.preview_host("c" * 30, "s" * 32) == f"{'s' * 32}-{'c' * 30}.localhost"  # 63 exactly: whole
 
 
+def test_a_service_name_with_an_underscore_makes_a_valid_dns_label_apart_from_its_hyphen_twin():
+    """`_` is allowed in a service name and in no DNS label: `api_v1` is previewed at `api-v1-<colony>-<hash>`, not at
+    a name resolvers refuse, nor at `api-v1`'s."""
+    labels = [
+        preview.preview_host(colony, service).removesuffix(".localhost")
+        for colony, service in [("alpha", "api_v1"), ("alpha", "api-v1"), ("alpha", "a_"), ("c" * 32, "s_" * 16)]
+    ]
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", label) and len(label) <= 63 for label in labels), labels
+    assert len(set(labels)) == len(labels)
+    assert labels[0].startswith("api-v1-alpha-") and labels[1] == "api-v1-alpha"
+
+
 @pytest.mark.root
-def test_a_service_and_colony_of_32_characters_each_are_reached_through_their_shortened_name(hive_env, tmp_path):
-    """The shortened label is what Caddy routes, what `stem ls` and the log show, and it reaches the service."""
+@pytest.mark.parametrize(("service", "colony"), [("w" * 32, "a" * 32), ("api_v1", "alpha")], ids=["long", "underscore"])
+def test_a_service_whose_name_is_no_dns_label_is_reached_through_the_label_made_of_it(
+    hive_env, tmp_path, service, colony
+):
+    """The label made of a service and colony too long for one (shortened) or a service name with `_` is what Caddy
+    routes, what `stem ls` and the log show, and it reaches the service."""
     fake_agent_config(hive_env)
-    service, colony = "w" * 32, "a" * 32
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE.replace("[services.web]", f"[services.{service}]"))
     spawn(hive_env, repo, colony)
     port = preview_port(hive_env)
