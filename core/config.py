@@ -200,7 +200,7 @@ def written_by_root(path: Path) -> bool:
 
 
 def colony_config_for(
-    worktree: Path, base_commit: str, target: str = "", kept: Path | None = None
+    worktree: Path, base_commit: str, target: str = "", kept: Path | None = None, fallback: bool = False
 ) -> tuple[ColonyConfig, str]:
     """A colony's colony.toml, and a note when its policy (POLICY) came from elsewhere. It comes from elsewhere when
     the file in its worktree may say what its agent wants: when the colony's uid wrote it (or it is a symlink), and
@@ -210,9 +210,28 @@ def colony_config_for(
 
     `kept` (a root-only file outside the colony's view) keeps the last colony.toml that held, and it is where the
     policy comes from then, else from the commit the colony was spawned from: so an agent that commits the file as
-    root last edited it (a tightened limit) keeps that edit in force rather than going back to the spawn's."""
-    config = load_colony_config(worktree)
+    root last edited it (a tightened limit) keeps that edit in force rather than going back to the spawn's.
+
+    Every file that parses is kept too (`_applied`). With `fallback` (a start: nothing runs yet to keep), a file that
+    does not parse gives the last one that did, with a note saying so, as a live edit keeps what runs; the error is
+    raised only when none ever did."""
     path = worktree / COLONY_FILE
+    applied = _applied(kept)
+    try:
+        config = load_colony_config(worktree)
+    except ConfigError as exc:
+        held = _read_kept(applied) if fallback else None
+        if held is None:
+            raise
+        config = parse_colony_config(held.decode(errors="replace"), Path(f"the last {COLONY_FILE} that held"))
+        # Its policy as an untrusted file's: the last trusted one's, else the spawn's.
+        config, _ = _policy_from(config, _read_kept(kept), base_commit, worktree)
+        return config, f"{exc}; started with the last {COLONY_FILE} that held (fix the file: it applies when saved)"
+    if applied is not None:
+        try:
+            _keep(applied, path.read_bytes(), _read_kept(applied))
+        except OSError:
+            pass  # none, or gone between the two reads: nothing to keep
     if not base_commit:
         return config, ""
     from core.worktree import git_bytes  # git only to tell where the file came from
@@ -239,21 +258,35 @@ def colony_config_for(
     else:
         why = "is not root's (the colony wrote it)"
         fix = f"as root, chown root {path} to trust it"
+    config, source = _policy_from(config, last, base_commit, worktree)
+    return config, f"{path} {why}: its [limits], [network], [peering] and pass_env do not apply, {source} do; {fix}"
+
+
+def _policy_from(
+    config: ColonyConfig, last: bytes | None, base_commit: str, worktree: Path
+) -> tuple[ColonyConfig, str]:
+    """`config` with its policy (POLICY) from `last` (the last trusted colony.toml), else from the spawn's commit,
+    else the defaults; and which of those it came from."""
+    policy_text: bytes | None = None
+    name = Path(COLONY_FILE)
     if last is not None:
-        policy_text: bytes | None = last
-        name = Path(f"the last trusted {COLONY_FILE}")
-    else:
-        policy_text = committed(base_commit)
+        policy_text, name = last, Path(f"the last trusted {COLONY_FILE}")
+    elif base_commit:
+        from core.worktree import git_bytes
+
+        shown = git_bytes(["show", f"{base_commit}:{COLONY_FILE}"], worktree)
+        policy_text = shown.stdout if shown.returncode == 0 else None
         name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
     policy = (
         parse_colony_config(policy_text.decode(errors="replace"), name) if policy_text is not None else ColonyConfig()
     )
     config = dataclasses.replace(config, **{key: getattr(policy, key) for key in POLICY})
-    note = (
-        f"{path} {why}: its [limits], [network], [peering] and pass_env do not apply, "
-        f"{'those of ' + str(name) if policy_text is not None else 'the defaults'} do; {fix}"
-    )
-    return config, note
+    return config, f"those of {name}" if policy_text is not None else "the defaults"
+
+
+def _applied(kept: Path | None) -> Path | None:
+    """Where the last colony.toml that parsed is kept, beside `kept` (None: nowhere)."""
+    return None if kept is None else kept.with_name("applied.toml")
 
 
 def _read_kept(kept: Path | None) -> bytes | None:

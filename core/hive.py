@@ -263,15 +263,15 @@ class Hive:
         """What confines the colony's processes (None with isolation off)."""
         return sandbox.for_colony(rec, self.settings, self.layout.home)
 
-    def config_for(self, rec: ColonyRecord, policy: bool = True) -> ColonyConfig:
+    def config_for(self, rec: ColonyRecord, policy: bool = True, fallback: bool = False) -> ColonyConfig:
         """The colony's colony.toml; with `policy`, its limits, network, peering and pass_env as they hold (a file
         its agent wrote has the spawn's: `colony_config_for`, a git or two). Without, as the file says: for a
-        caller that reads none of those (its agent, its services)."""
+        caller that reads none of those (its agent, its services). `fallback`: a file that does not parse gives the
+        last one that did (a start)."""
         if not policy:
             return load_colony_config(Path(rec.worktree))
-        return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target, self.layout.colony_policy(rec.name))[
-            0
-        ]
+        kept = self.layout.colony_policy(rec.name)
+        return colony_config_for(Path(rec.worktree), rec.base_commit, rec.target, kept, fallback)[0]
 
     def agent_choice(self, name: str) -> tuple[str, str, str]:
         """(the agent, where it was chosen: "--agent", "colony.toml" or "default_agent", the command line its host
@@ -1057,7 +1057,7 @@ class Hive:
             self.set_state(name, lc.PROVISIONING)
             self.end_processes(rec)
             self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS)
-            config = self.config_for(rec)
+            config = self.config_for(rec, fallback=True)  # the host says so in the colony's log
             self._make_cgroup(rec, config)
             self._make_network(rec, config)
             self._apply_peering(rec, config)
@@ -1567,7 +1567,7 @@ class Hive:
                 await asyncio.to_thread(self.registry.add_event, name, "host-died", "its colony host died")
                 await asyncio.to_thread(self.log(name).append, "host", "its colony host died; restarting the colony")
                 try:
-                    config = await asyncio.to_thread(self.config_for, rec)
+                    config = await asyncio.to_thread(self.config_for, rec, True, True)  # the last that held
                     for attempt in range(REVIVE_ATTEMPTS):
                         await asyncio.to_thread(self.end_processes, rec)
                         try:

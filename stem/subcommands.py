@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.egress import EgressInForce
-from core.errors import StemError
+from core.errors import ConfigError, StemError
 from core.words import plural
 from stem.cli import EXIT_USAGE, print_listing
 
@@ -211,9 +211,15 @@ async def cmd_stop(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 
 async def cmd_start(hive: HiveAPI, args: argparse.Namespace) -> int:
+    from core.config import load_colony_config
+
     for name in args.names:
         rec = await hive.start(name)
         print(f"{rec.name}  {rec.state}  {rec.ip}")
+        try:
+            await asyncio.to_thread(load_colony_config, Path(rec.worktree))
+        except ConfigError as exc:  # the start took the last one that held (core.config.colony_config_for)
+            print(f"stem: warning: {exc}; started with the last colony.toml that held", file=sys.stderr)
     return 0
 
 

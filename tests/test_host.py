@@ -165,6 +165,35 @@ def test_a_dead_host_is_noticed_by_the_next_stem_command(hive_env, tmp_path):
     assert run_stem(hive_env.env, "stop", "lone").returncode == 0
 
 
+def test_a_start_or_a_revived_host_meeting_a_broken_colony_toml_runs_the_last_one_that_held(hive_env, tmp_path):
+    """A live edit that breaks colony.toml keeps what runs; a start (or a host revived after kill -9) meeting that file
+    used to fail the colony (`failed (provisioning)`). It starts with the last file that held and says why, on the
+    command's stderr and in the colony's log."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "mend", "--repo", str(repo)).returncode == 0
+    worktree = Path(listed(hive_env)["mend"]["worktree"])
+    (worktree / "colony.toml").write_text("[services.web\ncommand = 'x'\n")  # a typo, saved
+    assert run_stem(hive_env.env, "stop", "mend").returncode == 0
+    started = run_stem(hive_env.env, "start", "mend")
+    assert started.returncode == 0, started.stderr
+    assert "colony.toml:1: invalid TOML" in started.stderr
+    assert "started with the last colony.toml that held" in started.stderr
+    rec = listed(hive_env)["mend"]
+    assert rec["state"] == "running" and rec["services"] == {"web": "ready"}
+    assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am mend\n"
+    old = host_pid(hive_env, "mend")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), what="the host to die")
+    table = run_stem(hive_env.env, "ls").stdout  # revives it
+    assert re.search(r"^mend +running +(idle|working) +web:ready ", table, re.M), table
+    assert http_get(f"http://{rec['ip']}:3000/whoami.txt") == "I am mend\n"
+    log = run_stem(hive_env.env, "logs", "mend").stdout
+    assert log.count("started with the last colony.toml that held") == 2, log
+    assert run_stem(hive_env.env, "stop", "mend").returncode == 0
+
+
 def test_a_plain_stem_ls_reads_the_hive_without_the_orchestration_core(hive_env, tmp_path):
     """`stem ls` is what a user types most: it reads the registry and the hosts' locks without importing the core
     (asyncio, netlink, cgroups: most of a short command's start-up), and shows what the hosts wrote."""

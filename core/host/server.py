@@ -278,7 +278,7 @@ class ColonyHost:
     def _load(self) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(self.name)
         config, note = colony_config_for(
-            Path(rec.worktree), rec.base_commit, rec.target, self.layout.colony_policy(rec.name)
+            Path(rec.worktree), rec.base_commit, rec.target, self.layout.colony_policy(rec.name), fallback=True
         )
         if note:
             self.colony_log.append("config!", note)
