@@ -927,15 +927,21 @@ class Hive:
         finally:
             pool.shutdown(wait=False)  # its threads are idle by now: they end on their own, the loop never waits
 
+        await self._after_many(names, results)
+        return list(results)
+
+    async def _after_many(self, names: list[str], results: Sequence[object]) -> None:
+        """After colonies were stopped or destroyed side by side: the firewall table and the preview routes, once
+        (nothing changed for names unknown)."""
+
         def after() -> None:
             self._sync_firewall_quietly("")
             from core import preview
 
             preview.retire_many(self.layout.home, set(names), self.any_host_running)
 
-        if any(not isinstance(result, NoSuchColony) for result in results):  # nothing changed for names unknown
+        if any(not isinstance(result, NoSuchColony) for result in results):
             await asyncio.to_thread(after)
-        return list(results)
 
     async def _stop_one(self, name: str, pool: ThreadPoolExecutor | None) -> ColonyRecord:
         self.bind_loop()
@@ -1093,14 +1099,7 @@ class Hive:
         finally:
             pool.shutdown(wait=False)
 
-        def after() -> None:
-            self._sync_firewall_quietly("")
-            from core import preview
-
-            preview.retire_many(self.layout.home, set(names), self.any_host_running)
-
-        if any(not isinstance(result, NoSuchColony) for result in results):  # nothing changed for names unknown
-            await asyncio.to_thread(after)
+        await self._after_many(names, results)
         return list(results)
 
     async def _destroy_one(self, name: str, force: bool, pool: ThreadPoolExecutor | None) -> DestroyReport:

@@ -102,6 +102,19 @@ def stem_cmd() -> list[str]:
     return python_module("stem.cli")
 
 
+def stem_popen(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`stem ARGS` started in the background, no stdin, its stdout and stderr piped as text: for a test that acts
+    while it runs (a signal, a kill -9, a second command beside it)."""
+    return subprocess.Popen(
+        [*stem_cmd(), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_stem(
     env: dict[str, str], *args: str, input: str | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HiveEnv
-from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, stem_popen, wait_for
 
 from core.errors import StemError
 from core.hive import Hive
@@ -114,14 +114,7 @@ def test_a_host_killed_while_it_starts_a_colony_is_not_given_the_words_of_the_ho
     first = paths.process()
     assert first is not None
     assert run_stem(hive_env.env, "stop", "late").returncode == 0
-    starter = subprocess.Popen(
-        [*stem_cmd(), "start", "late"],
-        env=hive_env.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    starter = stem_popen(hive_env.env, "start", "late")
     try:
         host = wait_for(
             lambda: (found := paths.process()) and found[0] != first[0] and sleeping(b"sleep\x00301\x00") and found,

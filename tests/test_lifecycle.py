@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import git, http_get, link_names, make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import git, http_get, link_names, make_repo, netns_names, run_stem, stem_cmd, stem_popen, wait_for
 
 from core import procs
 
@@ -254,14 +254,7 @@ def test_a_following_ui_finishes_a_spawn_killed_mid_way_without_another_command(
 
 def interrupted(hive_env, args: list[str], begun: Callable[[], bool], sig: int) -> tuple[int, str, str]:
     """`stem ARGS`, sent `sig` once `begun()` holds: its exit code, stdout and stderr (it is killed if it hangs)."""
-    proc = subprocess.Popen(
-        [*stem_cmd(), *args],
-        env=hive_env.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = stem_popen(hive_env.env, *args)
     try:
         wait_for(begun, 30, f"stem {args[0]} to be under way")
         proc.send_signal(sig)
@@ -404,17 +397,7 @@ def test_gc_removes_prefixed_objects_the_registry_does_not_own_and_nothing_else(
 
 
 def test_four_concurrent_spawns_on_one_repository_all_succeed(hive_env, repo):
-    procs = [
-        subprocess.Popen(
-            [*stem_cmd(), "spawn", f"c{i}", "--repo", str(repo)],
-            env=hive_env.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
+    procs = [stem_popen(hive_env.env, "spawn", f"c{i}", "--repo", str(repo)) for i in range(4)]
     outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
     assert [code for code, _ in outcomes] == [0, 0, 0, 0], outcomes
     rows = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from helpers import make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import make_repo, netns_names, run_stem, stem_cmd, stem_popen, wait_for
 from test_e2e_tmux import COLS, ROWS, stem_in_tmux
 
 from core import locks
@@ -372,14 +372,7 @@ def test_a_ctrl_c_at_once_ends_a_forked_spawn_with_130_no_traceback_and_nothing_
     warm = warm_ignoring_ctrl_c
     if when == "handing-over":
         os.kill(warm, signal.SIGSTOP)  # it answers nothing until it is continued: the client waits on it
-    spawn = subprocess.Popen(
-        [*stem_cmd(), "spawn", "hasty", "--repo", str(repo)],
-        env=hive_env.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    spawn = stem_popen(hive_env.env, "spawn", "hasty", "--repo", str(repo))
     try:
         if when == "handing-over":
             wait_for(lambda: _waits_for_the_warm_process(spawn.pid), 10, "the client to wait for the warm process")
