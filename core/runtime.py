@@ -378,6 +378,10 @@ class ColonyRuntime:
             await self._say("config!", f"colony.toml not applied, services kept: {exc}", "error")
             await asyncio.to_thread(self._registry.add_event, name, "config-error", str(exc))
             return None
+        if self._stopping:
+            # A stop began while the file was read: what it ends must not be started again behind it (a service an
+            # edit added would hold the stop for its ready timeout).
+            return None
         try:
             changes = await self.services.apply(config)
         except ConfigError as exc:
