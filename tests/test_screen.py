@@ -397,6 +397,18 @@ STREAMS = {
     "tmux": lambda: recorded("tmux.bin"),
     "codex": lambda: recorded("codex.bin"),
     "claude": lambda: recorded("claude.bin"),
+    "emacs": lambda: recorded("emacs.bin"),
+    "tig": lambda: recorded("tig.bin"),
+    "fzf": lambda: recorded("fzf.bin"),
+    "fzf-inline": lambda: recorded("fzf_height.bin"),
+    "bat": lambda: recorded("bat.bin"),
+    "vim-cjk": lambda: recorded("vim_cjk.bin"),
+    "whiptail": lambda: recorded("whiptail.bin"),
+    "dialog-gauge": lambda: recorded("dialog_gauge.bin"),
+    "gnu-screen": lambda: recorded("gnu_screen.bin"),
+    "ipython": lambda: recorded("ipython.bin"),
+    "btop": lambda: recorded("btop.bin"),
+    "bash-readline": lambda: recorded("bash_readline.bin"),
     "agent-hints": lambda: streams.agent_hints() * 30,
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
@@ -717,6 +729,11 @@ READ_STREAMS = {
     "vim-syntax-splits": lambda: recorded("vim_syntax.bin") * 2,
     "man": lambda: recorded("man.bin") * 2,
     "tmux": lambda: recorded("tmux.bin") * 2,
+    "emacs": lambda: recorded("emacs.bin") * 2,
+    "fzf": lambda: recorded("fzf.bin"),
+    "vim-cjk": lambda: recorded("vim_cjk.bin"),
+    "btop": lambda: recorded("btop.bin"),
+    "ipython": lambda: recorded("ipython.bin") * 3,
 }
 
 

@@ -16,6 +16,13 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
   sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
                 full-screen programs as users run them beside an agent, checked against pyte by the screen tests
+  emacs.bin, tig.bin, fzf.bin, fzf_height.bin, bat.bin, vim_cjk.bin, whiptail.bin, dialog_gauge.bin, gnu_screen.bin,
+  ipython.bin, btop.bin, bash_readline.bin: more real programs (Debian's packages of those names, IPython from pip),
+                on text with wide characters, emoji and combining marks (cjk.txt) and a generated git repository:
+                emacs editing in split windows, tig's views, fzf full-screen with a preview and inline (--height),
+                bat paging through less, vim editing CJK text in splits (list, nowrap), whiptail and dialog (a
+                checklist, then a gauge), GNU screen's windows and splits, IPython's completion menus, btop's
+                truecolour meters, bash's readline editing a line in the middle (ICH, DCH)
   claude.bin    Anthropic's Claude Code (`claude`, from npm; skipped when missing), offline, onboarding marked done:
                 the API key dialog, the shortcuts, the slash-command menu walked, a prompt typed and edited, Ctrl-C
   codex.bin     OpenAI's Codex CLI (`codex`, from npm; skipped when missing), offline: its sign-in menu walked to
@@ -36,6 +43,7 @@ import random
 import re
 import select
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -187,6 +195,41 @@ def _file_tree(root: Path) -> None:
         os.utime(path, (stamp + i * 3607, stamp + i * 3607), follow_symlinks=False)
 
 
+def _cjk_file(path: Path) -> None:
+    """Lines of CJK, emoji, combining marks, a tab and box drawing, as editors and pagers show them."""
+    lines = []
+    for i in range(200):
+        lines.append(
+            f"{i:03d} 中文字幕 テスト 한국어 emoji 😀🎉 combining e\u0301 a\u0308 tab\there"
+            f" wide「括弧」 {'─' * (i % 20)}"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _git_repo(path: Path) -> None:
+    """A repository of 40 commits with fixed authors, dates and contents (and a few tags), for tig."""
+    env = os.environ | {
+        "GIT_AUTHOR_NAME": "Ada",
+        "GIT_AUTHOR_EMAIL": "ada@example.com",
+        "GIT_COMMITTER_NAME": "Ada",
+        "GIT_COMMITTER_EMAIL": "ada@example.com",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(path),
+    }
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
+    for i in range(40):
+        (path / f"file_{i % 7}.py").write_text("".join(f"line {j} of commit {i} 中文\n" for j in range(i % 13 + 3)))
+        stamp = f"{1_700_000_000 + i * 3600} +0000"
+        subprocess.run(["git", "-C", str(path), "add", "."], check=True, env=env)
+        subprocess.run(
+            ["git", "-C", str(path), "commit", "-q", "-m", f"Commit {i}: change file_{i % 7} ünïcode 漢字"],
+            check=True,
+            env=env | {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+        )
+        if i % 10 == 5:
+            subprocess.run(["git", "-C", str(path), "tag", f"v0.{i}"], check=True, env=env)
+
+
 def main() -> int:
     wanted = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +241,10 @@ def main() -> int:
         tree = work / "tree"
         tree.mkdir()
         _file_tree(tree)
+        _cjk_file(work / "cjk.txt")
+        _git_repo(work / "repo")
+        down, up = b"\x1b[B", b"\x1b[A"
+        app_down = b"\x1bOB"  # the down key where ncurses turned the keypad on (dialog)
         jobs = {
             "seq.bin": lambda: capture(["seq", "1", "20000"], [], work, home),
             "vim.bin": lambda: capture(
@@ -281,6 +328,183 @@ def main() -> int:
                 + [b"exit\r"] * 2,
                 work,
                 home,
+            ),
+            # More real programs (Debian's packages; IPython from pip), with wide characters, emoji and combining marks
+            "emacs.bin": lambda: capture(
+                ["emacs", "-nw", "-Q", "cjk.txt"],
+                [
+                    b"\x16" * 2,
+                    down * 4,
+                    b"\x1bf\x1bf",
+                    b"hello ",
+                    b"\x04" * 3,
+                    b"\x0b",
+                    b"\x19",
+                    b"\x182",
+                    b"\x16",
+                    b"\x18o",
+                    b"\x13colony\r",
+                    b"\x1b>",
+                    b"\x1b<",
+                    b"\x181",
+                    b"\x18\x03",
+                    b"n",
+                    b"yes\r",
+                ],
+                work,
+                home,
+                quiet=1.0,
+            ),
+            "tig.bin": lambda: capture(
+                ["tig"],
+                [b"j" * 5, b"\r", b"j" * 10, b" ", b"q", b"\x1b[6~", b"/Commit 1\r", b"n", b"q"],
+                work / "repo",
+                home,
+            ),
+            "fzf.bin": lambda: capture(
+                ["sh", "-c", "find tree | sort | fzf --ansi --multi --preview 'echo {}; seq 1 30'"],
+                [b"mod", b"_0", down * 3, b"\t\t", up, b"\x7f\x7f", b"alpha", b"\x15", b"\r"],
+                work,
+                home,
+            ),
+            "fzf_height.bin": lambda: capture(
+                ["sh", "-c", "seq 1 300 | fzf --height 40% --reverse --border"],
+                [b"1", b"2", down * 4, b"\x7f", b"\x1b"],
+                work,
+                home,
+            ),
+            "bat.bin": lambda: capture(
+                ["batcat", "--paging=always", "--color=always", "--theme=TwoDark", "cjk.txt", "colonies.py"],
+                [b" ", b" ", b"/emoji\r", b"n", b"G", b":n", b" ", b"q"],
+                work,
+                home,
+                env={"PAGER": "less", "BAT_PAGER": "less -R"},
+            ),
+            "vim_cjk.bin": lambda: capture(
+                ["vim", "-u", "NONE", "-i", "NONE", "-n", "-N", "cjk.txt"],
+                [
+                    b":set list number\r",
+                    b"10j",
+                    b"5l",
+                    b"ixyz\x1b",
+                    b"x",
+                    b"4x",
+                    b"dd",
+                    b"P",
+                    "O中文 new\x1b".encode(),
+                    b"\x04",
+                    b"\x15",
+                    b":vsplit\r",
+                    b"20j",
+                    b"\x17w",
+                    b"$",
+                    b":set nowrap\r",
+                    b"zl" * 10,
+                    b":qa!\r",
+                ],
+                work,
+                home,
+            ),
+            "whiptail.bin": lambda: capture(
+                [
+                    "sh",
+                    "-c",
+                    "whiptail --title 'Stem 中文' --radiolist 'Choose' 20 70 10 "
+                    + " ".join(f"{i} 'option {i}' {'ON' if i == 3 else 'OFF'}" for i in range(15))
+                    + "; whiptail --yesno 'Proceed?' 10 40",
+                ],
+                [down * 5, b" ", down * 10, b"\t", b"\r", b"\t", b"\r"],
+                work,
+                home,
+            ),
+            "dialog_gauge.bin": lambda: capture(
+                [
+                    "sh",
+                    "-c",
+                    "dialog --checklist 'Pick 中文' 20 70 12 "
+                    + " ".join(f"{i} 'item {i} é' {'on' if i % 2 else 'off'}" for i in range(20))
+                    + "; for i in $(seq 0 5 100); do echo $i; sleep 0.05; done"
+                    + " | dialog --gauge 'Copying colonies 中文' 10 70 0",
+                ],
+                [app_down * 3, b" ", app_down * 12, b" ", b"\t", b"\r"],
+                work,
+                home,
+            ),
+            "gnu_screen.bin": lambda: capture(
+                ["screen", "-q", "-S", f"stemcapture{os.getpid()}", "sh"],
+                [
+                    b"ls -la tree/pkg_00 | head -50\r",
+                    b"cat cjk.txt | head -60\r",
+                    b"\x01c",
+                    b"seq 1 100\r",
+                    b"\x01S",
+                    b"\x01\t",
+                    b"\x01c",
+                    b"printf '\\033[31mred\\033[0m\\n'\r",
+                    b"\x01n",
+                    b"exit\r",
+                    b"exit\r",
+                    b"exit\r",
+                ],
+                work,
+                home,
+                env={"SHELL": "/bin/sh", "PS1": "$ "},
+            ),
+            "ipython.bin": lambda: capture(
+                [sys.executable, "-m", "IPython", "--no-banner", "--colors=Linux", "--HistoryManager.enabled=False"],
+                [
+                    b"import o",
+                    b"\t",
+                    down * 2,
+                    b"\t",
+                    b"\r",
+                    b"os.pa",
+                    b"\t",
+                    b"\t",
+                    b"\r",
+                    b"\r",
+                    b"def f(x):\r",
+                    b"return [i for i in range(x)]\r",
+                    b"\r",
+                    b"f(200)\r",
+                    up,
+                    b"\x15",
+                    b"exit\r",
+                ],
+                work,
+                home,
+                quiet=0.8,
+            ),
+            "btop.bin": lambda: capture(
+                ["btop", "--utf-force"], [b"m", down * 3, b"f", b"ab", b"\x1b", b"q"], work, home, quiet=0.6
+            ),  # quiet under a second: btop redraws its clock every second
+            "bash_readline.bin": lambda: capture(
+                ["bash", "--norc", "--noprofile", "-i"],
+                [
+                    "echo hello colony world 中文字 é and more text here".encode(),
+                    b"\x1b[D" * 12,
+                    b"INSERTED ",
+                    b"\x1b[3~" * 5,
+                    b"\x7f" * 3,
+                    b"\x01",
+                    b"\x1b[C" * 5,
+                    b"xyz",
+                    b"\x05",
+                    b"\r",
+                    b"for i in 1 2 3; do printf '%s\\t|\\n' $i; done\r",
+                    up,
+                    up,
+                    b"\x1b[D" * 20,
+                    b"\x04" * 4,
+                    b"ab",
+                    b"\x01\x0b",
+                    b"ls tree/pkg_0\t\t",
+                    b"\x01\x0b",
+                    b"exit\r",
+                ],
+                work,
+                home,
+                env={"PS1": "\\u $ ", "INPUTRC": "/dev/null", "SHELL": "/bin/bash"},
             ),
         }
         codex = os.environ.get("STEM_CAPTURE_CODEX") or shutil.which("codex")
