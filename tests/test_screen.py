@@ -409,6 +409,7 @@ STREAMS = {
     "ipython": lambda: recorded("ipython.bin"),
     "btop": lambda: recorded("btop.bin"),
     "bash-readline": lambda: recorded("bash_readline.bin"),
+    "vttest": lambda: recorded("vttest.bin"),
     "agent-hints": lambda: streams.agent_hints() * 30,
     # As the benchmark feeds them: each repeated, so that caches are warm and the alternate screen is left with a
     # frame's paints not written yet, again and again.
@@ -734,6 +735,7 @@ READ_STREAMS = {
     "vim-cjk": lambda: recorded("vim_cjk.bin"),
     "btop": lambda: recorded("btop.bin"),
     "ipython": lambda: recorded("ipython.bin") * 3,
+    "vttest": lambda: recorded("vttest.bin"),
 }
 
 

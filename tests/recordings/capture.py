@@ -23,6 +23,8 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
                 bat paging through less, vim editing CJK text in splits (list, nowrap), whiptail and dialog (a
                 checklist, then a gauge), GNU screen's windows and splits, IPython's completion menus, btop's
                 truecolour meters, bash's readline editing a line in the middle (ICH, DCH)
+  vttest.bin    vttest's (Debian's vttest) cursor movement, screen feature and VT102 insert/delete tests, one run
+                each, one after the other: origin mode, scroll regions, IL, DL, ICH, DCH, insert mode, tab stops
   claude.bin    Anthropic's Claude Code (`claude`, from npm; skipped when missing), offline, onboarding marked done:
                 the API key dialog, the shortcuts, the slash-command menu walked, a prompt typed and edited, Ctrl-C
   codex.bin     OpenAI's Codex CLI (`codex`, from npm; skipped when missing), offline: its sign-in menu walked to
@@ -478,6 +480,10 @@ def main() -> int:
             "btop.bin": lambda: capture(
                 ["btop", "--utf-force"], [b"m", down * 3, b"f", b"ab", b"\x1b", b"q"], work, home, quiet=0.6
             ),  # quiet under a second: btop redraws its clock every second
+            "vttest.bin": lambda: b"".join(
+                capture(["vttest", "24x80.80"], [menu] + [b"\r"] * returns + [b"0\r"], work, home)
+                for menu, returns in ((b"1\r", 8), (b"2\r", 16), (b"8\r", 16))
+            ),
             "bash_readline.bin": lambda: capture(
                 ["bash", "--norc", "--noprofile", "-i"],
                 [
