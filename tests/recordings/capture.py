@@ -446,7 +446,8 @@ def main() -> int:
                     b"\x01n",
                     b"exit\r",
                     b"exit\r",
-                    b"exit\r",
+                    b"\x01\\",
+                    b"y",  # quit: kills the windows left, so no detached session stays behind
                 ],
                 work,
                 home,
