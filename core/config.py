@@ -175,10 +175,16 @@ def parse_colony_config(text: str, path: Path) -> ColonyConfig:
 
 def load_colony_config(root: Path) -> ColonyConfig:
     """The colony.toml at the root of a repository, or the defaults (path None) when there is none."""
-    path = root / COLONY_FILE
+    return _read_colony_config(root / COLONY_FILE)[0]
+
+
+def _read_colony_config(path: Path) -> tuple[ColonyConfig, bytes | None]:
+    """The colony.toml at `path` and the bytes it was parsed from (one read: what parsed is what they hold); the
+    defaults and None when there is none."""
     if not path.exists():
-        return ColonyConfig()
-    return _colony_config(TomlDoc.read(path))
+        return ColonyConfig(), None
+    raw = TomlDoc.read_bytes(path)
+    return _colony_config(TomlDoc.parse_bytes(raw, path)), raw
 
 
 # What a colony may use and reach: never what its own agent says. A colony's worktree is its uid's, but Stem keeps
@@ -218,7 +224,7 @@ def colony_config_for(
     path = worktree / COLONY_FILE
     applied = _applied(kept)
     try:
-        config = load_colony_config(worktree)
+        config, text = _read_colony_config(path)
     except ConfigError as exc:
         held = _read_kept(applied) if fallback else None
         if held is None:
@@ -227,30 +233,23 @@ def colony_config_for(
         # Its policy as an untrusted file's: the last trusted one's, else the spawn's.
         config, _ = _policy_from(config, _read_kept(kept), base_commit, worktree)
         return config, f"{exc}; started with the last {COLONY_FILE} that held (fix the file: it applies when saved)"
-    if applied is not None:
-        try:
-            _keep(applied, path.read_bytes(), _read_kept(applied))
-        except OSError:
-            pass  # none, or gone between the two reads: nothing to keep
+    if text is not None:
+        _keep(applied, text, _read_kept(applied))
     if not base_commit:
         return config, ""
-    from core.worktree import git_bytes  # git only to tell where the file came from
-
-    def committed(rev: str) -> bytes | None:
-        shown = git_bytes(["show", f"{rev}:{COLONY_FILE}"], worktree)
-        return shown.stdout if shown.returncode == 0 else None
 
     last = _read_kept(kept)
     if written_by_root(path):
-        try:
-            text: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            text = None
         # The spawn's first: the common case, one git. Then root's own edit (not the colony's HEAD version).
-        if text is None or text == last or text == committed(base_commit) or text != committed("HEAD"):
+        if (
+            text is None
+            or text == last
+            or text == _committed(worktree, base_commit)
+            or text != _committed(worktree, "HEAD")
+        ):
             _keep(kept, text, last)
             return config, ""  # none, what held before, the spawn's, or root's own edit
-        if target and text == committed(f"refs/heads/{target}"):
+        if target and text == _committed(worktree, f"refs/heads/{target}"):
             _keep(kept, text, last)
             return config, ""  # its target's, brought by a sync
         why = "holds the colony's own committed version (root's git wrote it from the colony's branch)"
@@ -272,16 +271,20 @@ def _policy_from(
     if last is not None:
         policy_text, name = last, Path(f"the last trusted {COLONY_FILE}")
     elif base_commit:
-        from core.worktree import git_bytes
-
-        shown = git_bytes(["show", f"{base_commit}:{COLONY_FILE}"], worktree)
-        policy_text = shown.stdout if shown.returncode == 0 else None
-        name = Path(f"{base_commit[:12]}:{COLONY_FILE}")
+        policy_text, name = _committed(worktree, base_commit), Path(f"{base_commit[:12]}:{COLONY_FILE}")
     policy = (
         parse_colony_config(policy_text.decode(errors="replace"), name) if policy_text is not None else ColonyConfig()
     )
     config = dataclasses.replace(config, **{key: getattr(policy, key) for key in POLICY})
     return config, f"those of {name}" if policy_text is not None else "the defaults"
+
+
+def _committed(worktree: Path, rev: str) -> bytes | None:
+    """colony.toml as commit `rev` of the worktree's repository holds it (None: it holds none)."""
+    from core.worktree import git_bytes  # git only to tell where the file came from
+
+    shown = git_bytes(["show", f"{rev}:{COLONY_FILE}"], worktree)
+    return shown.stdout if shown.returncode == 0 else None
 
 
 def _applied(kept: Path | None) -> Path | None:

@@ -405,10 +405,19 @@ class TomlDoc:
     @classmethod
     def read(cls, path: Path) -> TomlDoc:
         """Read and parse `path`; an unreadable or non-UTF-8 file is a ConfigError too."""
+        return cls.parse_bytes(cls.read_bytes(path), path)
+
+    @staticmethod
+    def read_bytes(path: Path) -> bytes:
+        """`path`'s bytes; an unreadable file is a ConfigError."""
         try:
-            raw = path.read_bytes()
+            return path.read_bytes()
         except OSError as e:
             raise ConfigError(f"{display_path(path)}: cannot read: {e.strerror or e}") from None
+
+    @classmethod
+    def parse_bytes(cls, raw: bytes, path: Path) -> TomlDoc:
+        """Parse `raw`, read from `path` (named in errors); a non-UTF-8 file is a ConfigError."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
