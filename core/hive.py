@@ -919,20 +919,21 @@ class Hive:
         for the batch, not the loop's default handful, behind which 100 stops would queue; and the hive's firewall
         table is rebuilt once at the end instead of for every colony (a stopped colony's rules name a veth that is
         gone, so they match nothing meanwhile); the preview routes too (the hosts leave them to the batch)."""
+        return await self._side_by_side(names, "stop", self._stop_one)
+
+    async def _side_by_side(
+        self, names: list[str], what: str, one: Callable[[str, ThreadPoolExecutor], Coroutine[Any, Any, T]]
+    ) -> list[T | BaseException]:
+        """`one` for each of `names` side by side, its threads' work on `what`'s pool sized for the batch; then the
+        firewall table and the preview routes, once (nothing changed for names unknown). Each one's result, or what
+        it raised."""
         if not names:
             return []
-        pool = ThreadPoolExecutor(max_workers=min(len(names), STOP_WORKERS), thread_name_prefix="stop")
+        pool = ThreadPoolExecutor(max_workers=min(len(names), STOP_WORKERS), thread_name_prefix=what)
         try:
-            results = await asyncio.gather(*(self._stop_one(name, pool) for name in names), return_exceptions=True)
+            results = await asyncio.gather(*(one(name, pool) for name in names), return_exceptions=True)
         finally:
             pool.shutdown(wait=False)  # its threads are idle by now: they end on their own, the loop never waits
-
-        await self._after_many(names, results)
-        return list(results)
-
-    async def _after_many(self, names: list[str], results: Sequence[object]) -> None:
-        """After colonies were stopped or destroyed side by side: the firewall table and the preview routes, once
-        (nothing changed for names unknown)."""
 
         def after() -> None:
             self._sync_firewall_quietly("")
@@ -942,6 +943,7 @@ class Hive:
 
         if any(not isinstance(result, NoSuchColony) for result in results):
             await asyncio.to_thread(after)
+        return list(results)
 
     async def _stop_one(self, name: str, pool: ThreadPoolExecutor | None) -> ColonyRecord:
         self.bind_loop()
@@ -1089,18 +1091,11 @@ class Hive:
         The hive's firewall table is rebuilt and the preview routes removed once at the end, not once a colony:
         one by one, every destroy rebuilt a table and reloaded Caddy with all the others still in them, so 100
         colonies took 42 s (0.12 s each for 10)."""
-        if not names:
-            return []
-        pool = ThreadPoolExecutor(max_workers=min(len(names), STOP_WORKERS), thread_name_prefix="destroy")
-        try:
-            results = await asyncio.gather(
-                *(self._destroy_one(name, force, pool) for name in names), return_exceptions=True
-            )
-        finally:
-            pool.shutdown(wait=False)
 
-        await self._after_many(names, results)
-        return list(results)
+        def one(name: str, pool: ThreadPoolExecutor) -> Coroutine[Any, Any, DestroyReport]:
+            return self._destroy_one(name, force, pool)
+
+        return await self._side_by_side(names, "destroy", one)
 
     async def _destroy_one(self, name: str, force: bool, pool: ThreadPoolExecutor | None) -> DestroyReport:
         """`destroy`; one of a batch with `pool` (its blocking work runs there, and the firewall table and preview
