@@ -58,6 +58,7 @@ from core.host.paths import STARTER_ENV, HostPaths
 from core.listing import Listed, listing, open_hive, pool_from_environment
 from core.locations import write_atomically
 from core.locks import FileLock, file_lock, remove_unused
+from core.locks import checkpoint as _checkpoint
 from core.names import branch_name, check_name, netns_name, veth_name
 from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
@@ -96,12 +97,6 @@ async def _after(gate: asyncio.Event, most: float, then: Coroutine[Any, Any, Non
         then.close()
         raise
     await then
-
-
-def _checkpoint(step: str) -> None:
-    """Test hook: `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step, to prove gc recovers."""
-    if os.environ.get("STEM_FAULT_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Background(threading.Thread):

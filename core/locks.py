@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,3 +110,10 @@ class FileLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def checkpoint(step: str) -> None:
+    """Test hook: `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step, to prove that what a process killed
+    there leaves behind (under the locks it held) is finished or rolled back by the next one (gc, the next merge)."""
+    if os.environ.get("STEM_FAULT_KILL_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 from core.config import COLONY_FILE
 from core.errors import BadRef, StemError
 from core.events import FileChange
+from core.locks import checkpoint as _checkpoint
 from core.locks import file_lock, repo_lock_path
 from core.registry import ColonyRecord
 from core.words import plural
@@ -58,12 +58,6 @@ _IN_PROGRESS = {
     "rebase-apply": "a rebase or am",
 }
 _UNMERGED = {"DD", "AU", "UD", "UA", "DU", "AA", "UU"}  # status codes of paths with conflicts in the index
-
-
-def _checkpoint(step: str) -> None:
-    """Test hook (core.hive's): `STEM_FAULT_KILL_AT=<step>` SIGKILLs this process at that step."""
-    if os.environ.get("STEM_FAULT_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BadTarget(BadRef):
