@@ -1556,7 +1556,7 @@ class Hive:
                 await asyncio.to_thread(self.registry.add_event, name, "host-died", "its colony host died")
                 await asyncio.to_thread(self.log(name).append, "host", "its colony host died; restarting the colony")
                 try:
-                    config = await asyncio.to_thread(self.config_for, rec, True, True)  # the last that held
+                    config = await asyncio.to_thread(self.config_for, rec, fallback=True)  # the last that held
                     for attempt in range(REVIVE_ATTEMPTS):
                         await asyncio.to_thread(self.end_processes, rec)
                         try:
