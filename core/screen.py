@@ -15,17 +15,17 @@ every fast path is checked against stock pyte's screen (tests/test_screen.py). T
   truecolour costs no pyte call); rows are written with `dict.update`, runs of one cell (EL, ED) from cached dicts
   (`fill`);
 - line batches: consecutive lines of text, SGR and a closing EL, each ended by CR LF, are applied at once, their
-  attributes followed for the whole batch in one pass (one regex split), or not at all where every line that has
-  SGR ends reset (as git's and ls's do). In a flood, a read is taken for whole lines up to its last CR LF and
-  checked with string methods once its SGR sequences are out, rather than by a regex. Lines wider than the screen
-  are a row per piece autowrap cuts them into (`LineRows.pieces`; wide characters in the last column as pyte wraps
-  them). The buffer is rotated once per batch rather than once per line, and lines that scroll away inside the batch
-  are never drawn: they go to the scrollback as text, materialised to cells only when asked for. A batch that
-  ends a feed is held (`_hold`), with the start of the next line after it kept unparsed (also over several
-  reads, for a long line): if the next feed goes on with more lines (the next read of a flood), both are applied
-  as one, so reads of any size cost what one large read does. Held lines are applied before anything else
-  happens to the screen and before anyone reads its cells, cursor or scrollback (`buffer`, `cursor` and
-  `scrollback` are properties); `take_dirty` and the versions count them without applying them;
+  attributes followed for the whole batch in one pass (one regex split), or not at all where every line that has SGR
+  ends reset (as git's and ls's do). In a flood, a read is taken for whole lines up to its last CR LF and checked with
+  string methods once its SGR sequences are out, rather than by a regex. Lines wider than the screen are a row per
+  piece autowrap cuts them into (`LineRows.pieces`; a wide character that does not fit in the last column starts the
+  next row, as in xterm). The buffer is rotated once per batch rather than once per line, and lines that scroll away
+  inside the batch are never drawn: they go to the scrollback as text, materialised to cells only when asked for. A
+  batch that ends a feed is held (`_hold`), with the start of the next line after it kept unparsed (also over several
+  reads, for a long line): if the next feed goes on with more lines (the next read of a flood), both are applied as
+  one, so reads of any size cost what one large read does. Held lines are applied before anything else happens to the
+  screen and before anyone reads its cells, cursor or scrollback (`buffer`, `cursor` and `scrollback` are properties);
+  `take_dirty` and the versions count them without applying them;
 - deferred paints: a run that fits on its row (CUP + text + SGR + EL, as full-screen programs paint) moves the
   cursor and takes its attributes at once, but its cells are written only when something next reads or writes
   cells (`_buf`; text drawn on a row, EL 1 and REP write only that row's, `_row`), so a row repainted before anyone
@@ -740,12 +740,17 @@ class StemScreen(pyte.Screen):
             y = cursor.y
             start = 0
             for i, char in enumerate(data):
-                if char not in NARROW and (width := cell_width(char)) <= 0:
-                    if i > start:
-                        super().draw(data[start:i])
-                    start = i + 1
-                    if width == 0:
-                        self._join(char)
+                if char in NARROW or (width := cell_width(char)) == 1:
+                    continue
+                if i > start:
+                    super().draw(data[start:i])
+                if width == 2:
+                    start = i
+                    self._wrap_wide()
+                    continue
+                start = i + 1
+                if width == 0:
+                    self._join(char)
             super().draw(data[start:] if start else data)
             self.dirty.update((y - 1, y, self._cur.y))
             return
@@ -828,14 +833,12 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         columns = self.columns
         dirty = self.dirty
-        if cursor.x == columns:
-            if mo.DECAWM in self.mode:  # pyte wraps first, whatever the width
-                dirty.add(cursor.y)
-                cursor.x = 0
-                self.linefeed()
+        if cursor.x >= columns - 1:
+            if mo.DECAWM in self.mode:
+                self._wrap_wide()
                 cursor = self._cur
-            else:
-                cursor.x -= width  # no autowrap: drawn over the last cells
+            elif cursor.x == columns:
+                cursor.x -= width  # no autowrap: drawn over the last cells, as pyte draws it
         x, y = cursor.x, cursor.y
         line = self._row(y)
         get = chars_for(cursor.attrs).__getitem__
@@ -844,6 +847,16 @@ class StemScreen(pyte.Screen):
             line[x + 1] = get("")  # the stub pyte puts after a wide character
         cursor.x = min(x + 2, columns)
         dirty.add(y)
+
+    def _wrap_wide(self) -> None:
+        """Before a two-cell character, under autowrap: from a pending wrap (the cursor past the last column), or from
+        the last column, where it does not fit, it goes to the start of the next row, as xterm and tmux draw it (the
+        last column is left as it is). pyte drew it in the last column, half off the screen."""
+        cursor = self._cur
+        if mo.DECAWM in self.mode and cursor.x >= self.columns - 1 and self.columns > 1:
+            self.dirty.add(cursor.y)
+            cursor.x = 0
+            self.linefeed()
 
     def _join(self, char: str) -> None:
         """A zero-width character (a combining mark, a variation selector such as the VS16 of "⚠️", a zero-width
@@ -2637,6 +2650,16 @@ class _Scratch(StemScreen):
 
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
         raise _Impure
+
+    def _wrap_wide(self) -> None:
+        """Before a two-cell character, under autowrap: from a pending wrap (the cursor past the last column), or from
+        the last column, where it does not fit, it goes to the start of the next row, as xterm and tmux draw it (the
+        last column is left as it is). pyte drew it in the last column, half off the screen."""
+        cursor = self._cur
+        if mo.DECAWM in self.mode and cursor.x >= self.columns - 1 and self.columns > 1:
+            self.dirty.add(cursor.y)
+            cursor.x = 0
+            self.linefeed()
 
     def _join(self, char: str) -> None:
         raise _Impure  # a zero-width character joins the cell before it

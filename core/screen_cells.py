@@ -525,14 +525,16 @@ def wrap_sgr_line(parts: list[str], attrs: Char, columns: int, rows: list[str], 
 
 def wrap_cells(cells: Sequence[Char], columns: int) -> list[Sequence[Char]]:
     """The rows autowrap cuts the cells of a line drawn from column 0 into: `columns` cells each, except that a
-    two-cell character landing in the last column loses the stub after it (pyte has no room for it), so the next
-    row starts after the stub."""
+    two-cell character that would land in the last column goes to the next row, as xterm and tmux wrap it (the row
+    before is a cell shorter: its last column is left as it was)."""
     rows: list[Sequence[Char]] = []
     pos, n = 0, len(cells)
     while pos < n:
         end = pos + columns
+        if end < n and cells[end].data == "" and end - 1 > pos:
+            end -= 1
         rows.append(cells[pos:end])
-        pos = end + 1 if end < n and cells[end].data == "" else end
+        pos = end
     return rows
 
 

@@ -53,13 +53,22 @@ class XtermExtras:
         """pyte's draw, except at zero-width and unprintable characters, where pyte wrapped first, joined a wide
         character's stub and dropped the rest of the text at any that is not a combining mark: a zero-width one
         (a combining mark, VS16, ZWJ, ZWSP) joins the character before the cursor (the wide one a stub belongs to;
-        the last of the row above at a row's start), without wrapping; an unprintable one is skipped."""
+        the last of the row above at a row's start), without wrapping; an unprintable one is skipped. And under
+        autowrap a two-cell character that would land in the last column goes to the next row, as xterm and tmux
+        draw it (pyte drew it there, half off the screen)."""
         start = 0
         for i, char in enumerate(data):
             width = pyte.screens.wcwidth(char)  # as Stem measures it (a regional indicator is one cell)
-            if width > 0:
+            if width == 1:
                 continue
             super().draw(data[start:i])  # type: ignore[misc]
+            if width == 2:
+                start = i
+                if mo.DECAWM in self.mode and self.cursor.x >= self.columns - 1 and self.columns > 1:
+                    self.dirty.add(self.cursor.y)
+                    self.carriage_return()
+                    self.linefeed()
+                continue
             start = i + 1
             if width < 0:
                 continue
@@ -1279,6 +1288,38 @@ def test_dec_line_drawing_draws_boxes_in_utf8_as_xterm_does(size: int | None) ->
     assert rows[2].rstrip() == "  │ hi │"
     assert rows[4].rstrip() == "└──┘"
     assert rows[5].rstrip() == "plain lqqk"
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+def test_a_wide_character_that_does_not_fit_in_the_last_column_wraps_as_xterm_wraps_it(size: int | None) -> None:
+    """Under autowrap, a two-cell character that would start in the last column goes to the start of the next row
+    (`cat` of a file in Chinese, a log line of CJK text), the last column left as it was, as xterm and tmux draw it:
+    pyte drew it there, half off the screen. In every path a row can take: a character placed there, a line wider
+    than the screen (read alone and in a batch of lines), a run painted, insert mode."""
+    line = ("a" * (COLS - 1) + "中文Z").encode()
+    data = (
+        b"\x1b["
+        + str(COLS).encode()
+        + "G中Z\r\n".encode()  # placed in the last column
+        + line
+        + b"\r\n"  # a line alone
+        + (line + b"\r\n") * 3  # lines in a batch
+        + b"\x1b[20;"
+        + str(COLS - 1).encode()
+        + "H\x1b[1mx中y\x1b[m".encode()  # a paint that does not fit
+        + b"\x1b[30;1H\x1b[4h"
+        + b"b" * (COLS - 1)
+        + "中".encode()
+        + b"\x1b[4l"  # insert mode
+    )
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    rows = screen.text()
+    assert rows[0] == " " * COLS and rows[1].startswith("中Z")
+    for y in (2, 4, 6, 8):
+        assert rows[y] == "a" * (COLS - 1) + " " and rows[y + 1].startswith("中文Z"), y
+    assert rows[19].endswith("x ") and rows[20].startswith("中y")
+    assert rows[29] == "b" * (COLS - 1) + " " and rows[30].startswith("中")
 
 
 def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:
