@@ -642,6 +642,7 @@ class StemScreen(pyte.Screen):
         self._alt_active = False
         self._main_buffer = None
         self._alt_savepoint = None
+        self._saved_modes: dict[int, bool] = {}  # XTSAVE's
         self._piece_effects.clear()
         super().reset()
 
@@ -970,9 +971,25 @@ class StemScreen(pyte.Screen):
 
     def save_cursor_ansi(self, *params: int, private: bool = False) -> None:
         """SCOSC, CSI s (ANSI.SYS; shell prompts use it): DECSC. With parameters it is DECSLRM (left and right
-        margins), which Stem does not implement: ignored."""
-        if params in ((), (0,)) and not private:
+        margins), which Stem does not implement: ignored. CSI ? Pm s is XTSAVE: whether each private mode `Pm` is
+        set, kept for XTRESTORE (but the alternate screens, 1048 and DECCOLM, which act rather than hold a state)."""
+        if private:
+            for mode in params:
+                if mode not in _NOT_PYTES:
+                    self._saved_modes[mode] = mode << 5 in self.mode
+        elif params in ((), (0,)):
             self.save_cursor()
+
+    def set_margins(self, *params: int, private: bool = False) -> None:  # type: ignore[override]
+        """DECSTBM, CSI Pt ; Pb r (pyte's); CSI ? Pm r is XTRESTORE: the private modes `Pm` back to what XTSAVE
+        (CSI ? Pm s) saved of them (pyte raised on it)."""
+        if not private:
+            super().set_margins(*params)
+            return
+        saved = self._saved_modes
+        for mode in params:
+            if mode in saved:
+                (self.set_mode if saved[mode] else self.reset_mode)(mode, private=True)
 
     def restore_cursor_ansi(self, *params: int, private: bool = False) -> None:
         """SCORC, CSI u: DECRC. CSI ? u, the kitty keyboard protocol's query, is ignored (it is not implemented)."""
@@ -987,10 +1004,8 @@ class StemScreen(pyte.Screen):
         line = (line or 1) - 1
         margins = self.margins
         if margins is not None and mo.DECOM in self.mode:
-            line += margins.top
-            if not margins.top <= line <= margins.bottom:
-                return  # pyte: the cursor may not leave the scroll region in origin mode
-            top, bottom = margins
+            line += margins.top  # in origin mode, within the scroll region: clamped to it, as xterm does (pyte
+            top, bottom = margins  # ignored a move past its bottom)
         else:
             top, bottom = 0, self.lines - 1
         cursor = self._cur
@@ -1019,11 +1034,8 @@ class StemScreen(pyte.Screen):
             self._release()
         y = (line or 1) - 1
         margins = self.margins
-        if mo.DECOM in self.mode:
-            if margins is None:
-                self.errors += 1  # pyte fails an assertion: ignored, as sequences pyte raises on are
-                return
-            y += margins.top
+        if mo.DECOM in self.mode and margins is not None:
+            y += margins.top  # in origin mode, within the scroll region (the whole screen if none is set)
             top, bottom = margins
         else:
             top, bottom = 0, self.lines - 1

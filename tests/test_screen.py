@@ -152,8 +152,41 @@ class XtermExtras:
             self.tab()
 
     def save_cursor_ansi(self: Any, *params: int, private: bool = False) -> None:
-        if params in ((), (0,)) and not private:
+        """SCOSC; with `?`, XTSAVE: the private modes' states, for XTRESTORE (not those that act: 47, 1047, 1049,
+        1048, 3)."""
+        if private:
+            saved = self.__dict__.setdefault("xtsave", {})
+            for mode in params:
+                if mode not in (47, 1047, 1049, 1048, 3):
+                    saved[mode] = mode << 5 in self.mode
+        elif params in ((), (0,)):
             self.save_cursor()
+
+    def set_margins(self: Any, *params: int, private: bool = False) -> None:
+        """DECSTBM; with `?`, XTRESTORE (pyte raised on it)."""
+        if not private:
+            super().set_margins(*params)  # type: ignore[misc]
+            return
+        saved = self.__dict__.get("xtsave", {})
+        for mode in params:
+            if mode in saved:
+                (self.set_mode if saved[mode] else self.reset_mode)(mode, private=True)
+
+    def cursor_position(self: Any, line: int | None = None, column: int | None = None) -> None:
+        """pyte's, but in origin mode a row past the scroll region is clamped to it, as xterm does (pyte ignored
+        the move)."""
+        if self.margins is not None and mo.DECOM in self.mode:
+            line = min(line or 1, self.margins.bottom - self.margins.top + 1)
+        super().cursor_position(line, column)  # type: ignore[misc]
+
+    def cursor_to_line(self: Any, line: int | None = None) -> None:
+        """pyte's, but in origin mode with no scroll region set the region is the whole screen (pyte failed an
+        assertion)."""
+        if self.margins is None and mo.DECOM in self.mode:
+            self.cursor.y = (line or 1) - 1
+            self.ensure_vbounds()
+        else:
+            super().cursor_to_line(line)  # type: ignore[misc]
 
     def restore_cursor_ansi(self: Any, *params: int, private: bool = False) -> None:
         if params in ((), (0,)) and not private:
@@ -1320,6 +1353,24 @@ def test_a_wide_character_that_does_not_fit_in_the_last_column_wraps_as_xterm_wr
         assert rows[y] == "a" * (COLS - 1) + " " and rows[y + 1].startswith("中文Z"), y
     assert rows[19].endswith("x ") and rows[20].startswith("中y")
     assert rows[29] == "b" * (COLS - 1) + " " and rows[30].startswith("中")
+
+
+def test_origin_mode_moves_and_saved_modes_are_read_as_xterm_reads_them() -> None:
+    """In origin mode a CUP past the scroll region's bottom is clamped to it and a VPA with no region set counts from
+    the top of the screen (pyte ignored the one and raised on the other); XTSAVE and XTRESTORE (CSI ? Pm s, CSI ? Pm
+    r: w3m restores its mouse modes so) save and restore private modes, where pyte raised on XTRESTORE."""
+    data = (
+        b"\x1b[5;10r\x1b[?6h\x1b[20;3HA"  # row 10, the region's bottom
+        b"\x1b[r\x1b[?6h\x1b[15dB"  # row 15 of the screen
+        b"\x1b[?1000h\x1b[?2004h\x1b[?1000;2004;1001s\x1b[?1000l\x1b[?1006h"
+        b"\x1b[?1000;2004;1001r"  # 1000 set again, 2004 still set, 1001 never saved; 1006 not restored
+    )
+    screen = stem(data, None)
+    assert_same_screen(reference(data, None), screen)
+    rows = screen.text()
+    assert rows[9].startswith("  A") and rows[14].startswith("B")
+    assert {1000 << 5, 2004 << 5, 1006 << 5} <= screen.mode
+    assert screen.queries.mode_state(1000, True) == 1
 
 
 def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:
