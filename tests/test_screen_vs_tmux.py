@@ -1,0 +1,81 @@
+"""Every recording of a real program, shown by a real terminal: the screen Stem draws from it is the one tmux draws
+(text, row for row), tmux being the terminal a user of Stem most likely knows. tests/test_screen.py checks every
+cell against pyte, read as xterm reads it; this checks that reading against a terminal that is not pyte, with pyte's
+quirks Stem fixed (a wide character in the last column, origin mode, DL, colon SGR...) included."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+from core.screen import StemScreen
+
+RECORDINGS = Path(__file__).parent / "recordings"
+COLS, ROWS = 120, 40
+DONE = "stem-recording-fed"  # the pane's title once everything before it is on tmux's screen
+
+# DEC line drawing as tmux's capture-pane gives it: the ASCII letter the program sent, not the box drawn.
+_DEC_LETTERS = str.maketrans(dict(zip("┘┐┌└┼─├┤┴┬│", "jklmnqtuvwx", strict=True)))
+
+
+def tmux_screen(data_path: Path, tmp_path: Path) -> list[str]:
+    """What a 120x40 tmux pane shows once `cat` has written the recording to it raw (no CR added to LF)."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed: apt-get install tmux")
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g status off\n")  # the pane is the whole window
+    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TMUX_TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
+
+    def tmux(*args: str) -> str:
+        proc = subprocess.run(
+            ["tmux", "-L", "stem-vs-tmux", "-f", str(conf), *args], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, f"tmux {args[0]} failed: {proc.stderr.strip()}"
+        return proc.stdout
+
+    command = f"stty raw -echo; cat {data_path}; printf '\\033]2;{DONE}\\007'; exec sleep 600"
+    tmux("new-session", "-d", "-s", "rec", "-x", str(COLS), "-y", str(ROWS), command)
+    try:
+        wait_for(
+            lambda: tmux("display-message", "-p", "-t", "rec", "#{pane_title}").strip() == DONE,
+            20,
+            f"tmux to show all of {data_path.name}",
+        )
+        rows = tmux("capture-pane", "-p", "-t", "rec").split("\n")[:ROWS]
+    finally:
+        subprocess.run(["tmux", "-L", "stem-vs-tmux", "kill-server"], env=env, capture_output=True, timeout=30)
+    return [row.rstrip() for row in rows] + [""] * (ROWS - len(rows))
+
+
+# Where pyte and a terminal part: what Stem reads as xterm and tmux do rather than as pyte does.
+_WIDE_LINE = ("a" * (COLS - 1) + "中文Z\r\n").encode()
+QUIRKS = {
+    "wide-char-in-last-column": b"\x1b[" + str(COLS).encode() + "G中Z\r\n".encode() + _WIDE_LINE * 3,
+    "wide-char-painted-past-the-end": b"\x1b[5;" + str(COLS - 1).encode() + "H\x1b[1mx中y\x1b[m".encode(),
+    "cup-past-the-region-in-origin-mode": b"\x1b[5;10r\x1b[?6h\x1b[20;3HA\x1b[r",
+    "vpa-in-origin-mode-without-a-region": b"\x1b[?6h\x1b[15dB\x1b[?6l",
+    "deleted-line-below-unwritten-rows": b"\x1b[22;21Hframe\x1b[22;30H\x1b[M",
+    "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECORDINGS.glob("*.bin")) + sorted(QUIRKS))
+def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) -> None:
+    path = RECORDINGS / f"{name}.bin"
+    if name in QUIRKS:
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(QUIRKS[name])
+    data = path.read_bytes()
+    screen = StemScreen(COLS, ROWS)
+    for at in range(0, len(data), 4096):  # as a colony host reads a PTY
+        screen.feed(data[at : at + 4096])
+    ours = [row.rstrip() for row in screen.display]
+    if b"\x1b(0" in data:
+        ours = [row.translate(_DEC_LETTERS) for row in ours]
+    theirs = tmux_screen(path, tmp_path)
+    differ = [y for y in range(ROWS) if ours[y] != theirs[y]]
+    assert not differ, "\n".join(f"row {y}:\n  stem {ours[y]!r}\n  tmux {theirs[y]!r}" for y in differ[:5])
