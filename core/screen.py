@@ -55,6 +55,7 @@ Relies on two pyte internals: `Stream._text_pattern` (what counts as text) and `
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from collections import defaultdict
@@ -642,6 +643,7 @@ class StemScreen(pyte.Screen):
         self._alt_active = False
         self._main_buffer = None
         self._alt_savepoint = None
+        self._alt_left: Savepoint | None = None  # what the last 1049 on saved, once the alternate screen is left
         self._saved_modes: dict[int, bool] = {}  # XTSAVE's
         self._piece_effects.clear()
         super().reset()
@@ -686,7 +688,7 @@ class StemScreen(pyte.Screen):
         cursor.x = min(cursor.x, columns - 1)
         self._dirty = {y for y in self._dirty if y < lines}
         self.dirty.update(range(lines))
-        self.set_margins()
+        self.margins = None  # the scroll region is reset; the cursor stays where it is
         self._commit()
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
@@ -981,10 +983,13 @@ class StemScreen(pyte.Screen):
             self.save_cursor()
 
     def set_margins(self, *params: int, private: bool = False) -> None:  # type: ignore[override]
-        """DECSTBM, CSI Pt ; Pb r (pyte's); CSI ? Pm r is XTRESTORE: the private modes `Pm` back to what XTSAVE
-        (CSI ? Pm s) saved of them (pyte raised on it)."""
+        """DECSTBM, CSI Pt ; Pb r (pyte's, but CSI r, the region reset to the whole screen, homes the cursor too, as
+        xterm and tmux do); CSI ? Pm r is XTRESTORE: the private modes `Pm` back to what XTSAVE (CSI ? Pm s) saved
+        of them (pyte raised on it)."""
         if not private:
             super().set_margins(*params)
+            if params in ((), (0,)):
+                self.cursor_position()
             return
         saved = self._saved_modes
         for mode in params:
@@ -1232,6 +1237,10 @@ class StemScreen(pyte.Screen):
 
     def _leave_alternate(self, mode: int) -> None:
         if not self._alt_active or self._main_buffer is None:
+            # 1049 off outside the alternate screen still restores the cursor its last 1049 on saved, as xterm and
+            # tmux do (dialog leaves so, and its caller's prompt goes where the cursor was before it).
+            if mode == 1049 and self._alt_left is not None:
+                self._restore_alt_savepoint(self._alt_left)
             return
         # The alternate screen's rows are dropped: their deferred paints (a whole frame of a full-screen program,
         # often) are never written.
@@ -1242,11 +1251,17 @@ class StemScreen(pyte.Screen):
         self.dirty.update(range(self.lines))
         savepoint, self._alt_savepoint = self._alt_savepoint, None
         if mode == 1049 and savepoint is not None:
-            # DECRC as xterm does it: cursor visibility (DECTCEM) is not part of the saved state.
-            hidden = self.cursor.hidden
-            self.savepoints.append(savepoint)
-            self.restore_cursor()
-            self.cursor.hidden = hidden
+            self._alt_left = savepoint
+            self._restore_alt_savepoint(savepoint)
+
+    def _restore_alt_savepoint(self, savepoint: Savepoint) -> None:
+        """DECRC of what 1049 saved, as xterm does it: cursor visibility (DECTCEM) is not part of the saved state.
+        The savepoint is kept as it was (the cursor restored is a copy), for a 1049 off outside the alternate
+        screen."""
+        hidden = self.cursor.hidden
+        self.savepoints.append(savepoint._replace(cursor=copy.copy(savepoint.cursor)))
+        self.restore_cursor()
+        self.cursor.hidden = hidden
 
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
         """Scroll the region `top..bottom` up `count` rows (at most its height), as `count` line feeds at its bottom

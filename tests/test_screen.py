@@ -4,6 +4,7 @@ the same cells, cursor and title; plus scrollback, dirty rows, responder, modes 
 from __future__ import annotations
 
 import codecs
+import copy
 import random
 import re
 import unicodedata
@@ -163,9 +164,12 @@ class XtermExtras:
             self.save_cursor()
 
     def set_margins(self: Any, *params: int, private: bool = False) -> None:
-        """DECSTBM; with `?`, XTRESTORE (pyte raised on it)."""
+        """DECSTBM (the reset to the whole screen homes the cursor too, as xterm and tmux do; pyte's did not); with
+        `?`, XTRESTORE (pyte raised on it)."""
         if not private:
             super().set_margins(*params)  # type: ignore[misc]
+            if params in ((), (0,)):
+                self.cursor_position()
             return
         saved = self.__dict__.get("xtsave", {})
         for mode in params:
@@ -236,11 +240,13 @@ class AltRef(StockRef):
     final screen is not what a terminal shows. This is stock pyte's own slow path plus the smallest
     obviously-correct switch: entering saves the main buffer (and, for 1049, the cursor) and shows a new
     empty one; leaving puts the main buffer back (and, for 1049, restores the cursor but not its
-    visibility, as xterm does). Entering twice or leaving when not entered does nothing."""
+    visibility, as xterm does). Entering twice does nothing; leaving when not entered restores, for 1049, the
+    cursor the last 1049 on saved, if any (as xterm and tmux do)."""
 
     def __init__(self, columns: int, lines: int) -> None:
         self.main_buffer: Any = None
         self.alt_savepoint: Any = None
+        self.alt_left: Any = None
         super().__init__(columns, lines)
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
@@ -258,16 +264,22 @@ class AltRef(StockRef):
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
         if kwargs.get("private"):
             for mode in modes:
+                if mode == 1049 and self.main_buffer is None and self.alt_left is not None:
+                    self.restore_alt(self.alt_left)
                 if mode in ALT_MODES and self.main_buffer is not None:
                     self.buffer, self.main_buffer = self.main_buffer, None
                     savepoint, self.alt_savepoint = self.alt_savepoint, None
                     if mode == 1049 and savepoint is not None:
-                        hidden = self.cursor.hidden
-                        self.savepoints.append(savepoint)
-                        self.restore_cursor()
-                        self.cursor.hidden = hidden
+                        self.alt_left = savepoint
+                        self.restore_alt(savepoint)
             modes = tuple(m for m in modes if m not in ALT_MODES)
         super().reset_mode(*modes, **kwargs)
+
+    def restore_alt(self, savepoint: Any) -> None:
+        hidden = self.cursor.hidden
+        self.savepoints.append(savepoint._replace(cursor=copy.copy(savepoint.cursor)))
+        self.restore_cursor()
+        self.cursor.hidden = hidden
 
 
 def uses_alternate_screen(data: bytes) -> bool:
@@ -1371,6 +1383,21 @@ def test_origin_mode_moves_and_saved_modes_are_read_as_xterm_reads_them() -> Non
     assert rows[9].startswith("  A") and rows[14].startswith("B")
     assert {1000 << 5, 2004 << 5, 1006 << 5} <= screen.mode
     assert screen.queries.mode_state(1000, True) == 1
+
+
+def test_the_cursor_after_a_region_reset_and_a_second_alternate_screen_exit_is_where_xterm_puts_it() -> None:
+    """CSI r (the scroll region back to the whole screen) homes the cursor, as every DECSTBM does in xterm and tmux
+    (pyte left it); 1049 off outside the alternate screen restores the cursor the last 1049 on saved, as xterm and
+    tmux do: dialog enters and leaves at start, draws on the main screen, leaves again at the end, and its caller's
+    prompt goes where the cursor was before dialog (pyte, and Stem before, left it at dialog's last place)."""
+    for data, where in (
+        (b"\x1b[5;10r\x1b[8;5Hx\x1b[r", (0, 0)),
+        (b"\x1b[3;4H\x1b[?1049h\x1b[?1049l\x1b[20;1Hdrawn\x1b[40;1H\x1b[?1049l", (3, 2)),
+        (b"\x1b[20;1Hnever entered\x1b[?1049l", (13, 19)),
+    ):
+        screen = stem(data, None)
+        assert_same_screen(reference(data, None), screen)
+        assert (screen.cursor.x, screen.cursor.y) == where, data
 
 
 def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:

@@ -1,5 +1,6 @@
 """Every recording of a real program, shown by a real terminal: the screen Stem draws from it is the one tmux draws
-(text, row for row), tmux being the terminal a user of Stem most likely knows. tests/test_screen.py checks every
+(text row for row, the attributes of every character, the cursor), tmux being the terminal a user of Stem most likely
+knows. tests/test_screen.py checks every
 cell against pyte, read as xterm reads it; this checks that reading against a terminal that is not pyte, with pyte's
 quirks Stem fixed (a wide character in the last column, origin mode, DL, colon SGR...) included."""
 
@@ -23,7 +24,7 @@ DONE = "stem-recording-fed"  # the pane's title once everything before it is on 
 _DEC_LETTERS = str.maketrans(dict(zip("┘┐┌└┼─├┤┴┬│", "jklmnqtuvwx", strict=True)))
 
 
-def tmux_screen(data_path: Path, tmp_path: Path) -> tuple[list[str], str]:
+def tmux_screen(data_path: Path, tmp_path: Path) -> tuple[list[str], str, str]:
     """What a 120x40 tmux pane shows once `cat` has written the recording to it raw (no CR added to LF): its rows'
     text, and the rows with their attributes as SGR sequences (`capture-pane -e`)."""
     if shutil.which("tmux") is None:
@@ -49,11 +50,12 @@ def tmux_screen(data_path: Path, tmp_path: Path) -> tuple[list[str], str]:
         )
         rows = tmux("capture-pane", "-p", "-t", "rec").split("\n")[:ROWS]
         styled = tmux("capture-pane", "-p", "-e", "-N", "-t", "rec")
+        cursor = tmux("display-message", "-p", "-t", "rec", "#{cursor_x},#{cursor_y},#{cursor_flag}").strip()
     finally:
         subprocess.run(["tmux", "-L", "stem-vs-tmux", "kill-server"], env=env, capture_output=True, timeout=30)
     # A combining mark is kept as sent (e + U+0301); Stem keeps the character it makes (é, NFC): the same on screen.
     rows = [unicodedata.normalize("NFC", row.rstrip()) for row in rows]
-    return rows + [""] * (ROWS - len(rows)), styled
+    return rows + [""] * (ROWS - len(rows)), styled, cursor
 
 
 # Where pyte and a terminal part: what Stem reads as xterm and tmux do rather than as pyte does.
@@ -63,7 +65,7 @@ QUIRKS = {
     "wide-char-painted-past-the-end": b"\x1b[5;" + str(COLS - 1).encode() + "H\x1b[1mx中y\x1b[m".encode(),
     "cup-past-the-region-in-origin-mode": b"\x1b[5;10r\x1b[?6h\x1b[20;3HA\x1b[r",
     "vpa-in-origin-mode-without-a-region": b"\x1b[?6h\x1b[15dB\x1b[?6l",
-    "deleted-line-below-unwritten-rows": b"\x1b[22;21Hframe\x1b[22;30H\x1b[M",
+    "deleted-line-below-unwritten-rows": b"\x1b[22;21Hframe\x1b[22;30H\x1b[M\x1b[H",
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
 }
 
@@ -94,7 +96,7 @@ def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) 
     ours = [row.rstrip() for row in screen.display]
     if b"\x1b(0" in data:
         ours = [row.translate(_DEC_LETTERS) for row in ours]
-    theirs, styled = tmux_screen(path, tmp_path)
+    theirs, styled, cursor = tmux_screen(path, tmp_path)
     differ = [y for y in range(ROWS) if ours[y] != theirs[y]]
     assert not differ, "\n".join(f"row {y}:\n  stem {ours[y]!r}\n  tmux {theirs[y]!r}" for y in differ[:5])
     # The attributes of every character drawn. tmux's rows with their SGR, read back by a screen of their own (SGR
@@ -111,3 +113,5 @@ def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) 
         and [getattr(ours_cell, f) for f in fields] != [getattr(theirs_cell := drawn.buffer[y][x], f) for f in fields]
     ]
     assert not wrong, f"{len(wrong)} cells drawn otherwise than tmux draws them; the first: {wrong[0]}"
+    x, y, shown = (int(n) for n in cursor.split(","))
+    assert (screen.cursor.x, screen.cursor.y, not screen.cursor.hidden) == (x, y, bool(shown)), "the cursor"
