@@ -567,19 +567,27 @@ def row_text(row: dict[int, Char], columns: int) -> str:
 
 
 def cells_text(datas: list[str] | tuple[str, ...]) -> str:
-    """Cell characters joined the way pyte's `display` does it (the cell after a wide character skipped)."""
+    """Cell characters joined as a terminal shows them: a wide character once for its two cells (the stub after it
+    skipped, as pyte's `display` does). Half a wide character drawn over (a program writing over one of its cells;
+    pyte keeps the other as it was) shows as a blank, so that the row keeps its width: a stub whose character is gone
+    (as tmux shows it), or a wide character whose stub is (pyte's `display` raised on the one, and lost the cell after
+    the other)."""
     text = "".join(datas)
     if text.isascii():
         return text  # no wide characters, so nothing to skip
     out: list[str] = []
     skip = False
-    for data in datas:
+    last = len(datas) - 1
+    for i, data in enumerate(datas):
         if skip:
             skip = False
-            continue
-        out.append(data)
-        # pyte's `display` would raise on an orphaned stub (""); treat it as zero-width instead.
-        skip = bool(data) and cell_width(data[0]) == 2
+        elif not data:
+            out.append(" ")
+        elif not data.isascii() and cell_width(data[0]) == 2:
+            skip = i < last and not datas[i + 1]
+            out.append(data if skip else " ")
+        else:
+            out.append(data)
     return "".join(out)
 
 

@@ -66,6 +66,9 @@ QUIRKS = {
     "cup-past-the-region-in-origin-mode": b"\x1b[5;10r\x1b[?6h\x1b[20;3HA\x1b[r",
     "vpa-in-origin-mode-without-a-region": b"\x1b[?6h\x1b[15dB\x1b[?6l",
     "deleted-line-below-unwritten-rows": b"\x1b[22;21Hframe\x1b[22;30H\x1b[M\x1b[H",
+    # (its left half only: tmux keeps a wide character whose right half was drawn over, which its capture then shows
+    # a cell too wide; Stem shows a blank there, so the row keeps its width: test_terminal_widget.py)
+    "half-a-wide-char-drawn-over": "中文\x1b[1;3Hy\x1b[2;1H😀🎉\x1b[2;2H😀".encode(),
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
 }
 
@@ -76,16 +79,26 @@ RECORDED = sorted(p.stem for p in RECORDINGS.glob("*.bin"))
 IN_SESSION = [f"{name}@in-session" for name in RECORDED if b"\x1b[?1049l" in (RECORDINGS / f"{name}.bin").read_bytes()]
 
 
+# And the screen at three moments along each recording (the first CSI after a quarter, a half, three quarters of
+# it): a program's screens on the way, not only its last.
+PARTWAY = [f"{name}@{q}%" for name in RECORDED for q in (25, 50, 75)]
+
+
 def recording(name: str) -> bytes:
     if name in QUIRKS:
         return QUIRKS[name]
+    if name.endswith("%"):
+        name, _, percent = name.rstrip("%").partition("@")
+        data = (RECORDINGS / f"{name}.bin").read_bytes()
+        cut = data.find(b"\x1b[", len(data) * int(percent) // 100)
+        return data[:cut] if cut > 0 else data
     if name.endswith("@in-session"):
         data = (RECORDINGS / f"{name.removesuffix('@in-session')}.bin").read_bytes()
         return data[: data.rindex(b"\x1b[?1049l")]
     return (RECORDINGS / f"{name}.bin").read_bytes()
 
 
-@pytest.mark.parametrize("name", RECORDED + IN_SESSION + sorted(QUIRKS))
+@pytest.mark.parametrize("name", RECORDED + IN_SESSION + PARTWAY + sorted(QUIRKS))
 def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) -> None:
     data = recording(name)
     path = tmp_path / "stream.bin"
@@ -93,7 +106,7 @@ def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) 
     screen = StemScreen(COLS, ROWS)
     for at in range(0, len(data), 4096):  # as a colony host reads a PTY
         screen.feed(data[at : at + 4096])
-    ours = [row.rstrip() for row in screen.display]
+    ours = [row.rstrip() for row in screen.text()]
     if b"\x1b(0" in data:
         ours = [row.translate(_DEC_LETTERS) for row in ours]
     theirs, styled, cursor = tmux_screen(path, tmp_path)

@@ -351,3 +351,20 @@ def test_every_one_of_the_16_background_colours_shows() -> None:
     screen.feed(b"".join(b"\x1b[%dmx" % n for n in [*range(40, 48), *range(100, 108)]))
     row = screen.buffer[0]
     assert [_color(row[x].bg).number for x in range(16)] == list(range(16))  # type: ignore[union-attr]
+
+
+def test_half_a_wide_character_drawn_over_is_a_blank_and_the_row_keeps_its_width() -> None:
+    """A program that writes over one cell of a wide character (vim redrawing a split over CJK text) leaves the other
+    half: shown as a blank (tmux shows a stub left alone so), rather than the character drawn over the next cell (which
+    pushed the rest of the row, and the panel's border, one cell right) or nothing (one cell left)."""
+    from rich.style import Style
+
+    from core.screen import StemScreen
+
+    screen = StemScreen(10, 3)
+    screen.feed("中文\x1b[1;2Hx\x1b[2;1H中文\x1b[2;3Hy\x1b[3;1Habcdefghi\x1b[?7l\x1b[3;10H中".encode())
+    view = TerminalView()
+    strips = [view._render_cells(screen.buffer[y], 10, -1, Style(), screen.default_char) for y in range(3)]
+    assert [strip.text for strip in strips] == [" x文      ", "中y       ", "abcdefghi "]
+    assert [strip.cell_length for strip in strips] == [10, 10, 10]
+    assert screen.text() == [strip.text for strip in strips]

@@ -554,6 +554,8 @@ class TerminalView(ScrollView, can_focus=True):
                 wide = False
             else:
                 data, wide = _as_placed(data)
+                if wide and not _stub_next(cells, x, screen.columns, listed, blank):
+                    data, wide = " ", False
             out.append(data)
         return "".join(out)
 
@@ -669,6 +671,8 @@ class TerminalView(ScrollView, can_focus=True):
                 wide = False
             else:
                 data, wide = _as_placed(data)
+                if wide and not _stub_next(row, x, columns, listed, blank):
+                    data, wide = " ", False  # its second cell was drawn over: a blank, the row keeps its width
             key = char[1:]
             if x == cursor_x:
                 if run:
@@ -687,6 +691,16 @@ class TerminalView(ScrollView, can_focus=True):
         if run:
             segments.append(Segment(_shown("".join(run), run_key), _style(styles, run_key, base)))
         return Strip(segments)
+
+
+def _stub_next(row: Any, x: int, columns: int, listed: bool, blank: Char) -> bool:
+    """Whether the cell after column `x` of `row` (a list of cells, or a row of the screen) is the stub of the wide
+    character in `x`: a program that wrote over it left the character half drawn."""
+    if x + 1 >= columns or not row:
+        return False
+    if listed:
+        return x + 1 < len(row) and not row[x + 1].data
+    return not row.get(x + 1, blank).data
 
 
 def _as_placed(data: str) -> tuple[str, bool]:
