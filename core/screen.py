@@ -439,6 +439,12 @@ def _batch_line(line: str, node: CharCache) -> BatchLine | None:
     return body, erase, after, width, len(shown)
 
 
+class _Stream(pyte.ByteStream):
+    """pyte's stream, with ESC E (NEL) the next line, CR and LF, as xterm reads it (pyte took it for LF alone)."""
+
+    escape = {**pyte.ByteStream.escape, "E": "next_line"}
+
+
 class StemScreen(pyte.Screen):
     """A pyte screen that ingests bytes fast, tracks changed rows, keeps scrollback and an alternate screen."""
 
@@ -483,13 +489,11 @@ class StemScreen(pyte.Screen):
         self._responder: Callable[[bytes], None] | None = None
         self.queries = TerminalQueries(self)  # keypad mode and 2026 frames; answers and OSC 52/8 when fed through it
         super().__init__(columns, lines)
-        self._stream = pyte.ByteStream(self)
+        self._stream = _Stream(self)
         self._csi: dict[str, Callable[..., None]] = {
             final: getattr(self, name) for final, name in pyte.Stream.csi.items()
         }
-        self._esc: dict[str, Callable[[], None]] = {
-            char: getattr(self, name) for char, name in pyte.Stream.escape.items()
-        }
+        self._esc: dict[str, Callable[[], None]] = {char: getattr(self, name) for char, name in _Stream.escape.items()}
         self._csi.update(
             {
                 "S": self.scroll_up,
@@ -895,6 +899,11 @@ class StemScreen(pyte.Screen):
             self._scroll_up(top, bottom)
         else:
             cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
+
+    def next_line(self) -> None:
+        """NEL (ESC E): to the start of the next line, as xterm and tmux do (pyte's was a line feed alone)."""
+        self.carriage_return()
+        self.index()
 
     def reverse_index(self) -> None:
         cursor, top, bottom = self._region()

@@ -101,6 +101,10 @@ class XtermExtras:
                     self.erase_in_display(2)
                     self.cursor_position()
 
+    def next_line(self: Any) -> None:
+        self.carriage_return()
+        self.index()
+
     def _region_rows(self: Any) -> tuple[int, int]:
         return (0, self.lines - 1) if self.margins is None else self.margins
 
@@ -352,6 +356,7 @@ class RefStream(pyte.ByteStream):
     strings; a sequence or string cut by the end of a feed waits for the next."""
 
     csi = {**pyte.ByteStream.csi, **XtermExtras.csi}
+    escape = {**pyte.ByteStream.escape, "E": "next_line"}  # NEL: CR LF, as xterm reads it (pyte: LF alone)
 
     def __init__(self, screen: pyte.Screen) -> None:
         super().__init__(screen)
@@ -1404,6 +1409,18 @@ def test_the_cursor_after_a_region_reset_and_a_second_alternate_screen_exit_is_w
         screen = stem(data, None)
         assert_same_screen(reference(data, None), screen)
         assert (screen.cursor.x, screen.cursor.y) == where, data
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+def test_nel_goes_to_the_start_of_the_next_line(size: int | None) -> None:
+    """ESC E (NEL) is CR LF, as xterm and tmux read it (vttest draws its frame's left border with it); pyte's was a
+    line feed, which left the border a column right of where its `*` belong."""
+    data = b"abc\x1bEdef\x1b[5;10Hxyz\x1bE!" + b"\x1b[40;1H" + b"\x1bE" * 3 + b"end"
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    rows = screen.text()
+    assert screen.scrollback.text(1).startswith("def")  # three NEL on the last row scrolled three rows away
+    assert rows[2].startswith("!") and rows[39].startswith("end")
 
 
 def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:

@@ -69,6 +69,7 @@ QUIRKS = {
     # (its left half only: tmux keeps a wide character whose right half was drawn over, which its capture then shows
     # a cell too wide; Stem shows a blank there, so the row keeps its width: test_terminal_widget.py)
     "half-a-wide-char-drawn-over": "中文\x1b[1;3Hy\x1b[2;1H😀🎉\x1b[2;2H😀".encode(),
+    "nel-is-cr-lf": b"abc\x1bEdef\x1b[5;10Hxyz\x1bE!",
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
 }
 
