@@ -236,6 +236,20 @@ async def test_the_cursor_is_drawn_reversed() -> None:
         assert style is not None and style.bgcolor == base.color, "the cursor cell is not in the reverse colours"
 
 
+async def test_the_cursor_of_a_row_just_filled_is_drawn_on_its_last_column() -> None:
+    """Typing a command that ends at the last column leaves the cursor past it, its wrap pending: xterm and tmux show
+    it on the last column; it must not vanish."""
+    async with at_prompt() as (app, pilot):
+        view = app.query_one(TerminalView)
+        assert app.session is not None
+        screen = app.session.screen
+        await pilot.press(*("x" * (screen.columns - len("fake-agent> "))))
+        await until(pilot, lambda: screen.cursor.x == screen.columns, "the row filled")
+        base = view.rich_style
+        last = next(iter(view.render_line(screen.cursor.y).crop(screen.columns - 1, screen.columns))).style
+        assert last is not None and last.bgcolor == base.color, "no cursor on the last column"
+
+
 async def test_only_changed_rows_are_rendered_again() -> None:
     async with at_prompt() as (app, pilot):
         view = app.query_one(TerminalView)

@@ -605,7 +605,10 @@ class TerminalView(ScrollView, can_focus=True):
             links = session.row_links(sy)
             cursor = screen.cursor
             if sy == cursor.y and not cursor.hidden:
-                strip = _linked(self._render_row(screen, sy, cursor.x, base), links)
+                # A cursor past the last column (a row just filled, its wrap pending) is shown on the last column,
+                # as xterm and tmux show it.
+                x = min(cursor.x, screen.columns - 1)
+                strip = _linked(self._render_row(screen, sy, x, base), links)
             else:
                 key = (sy, screen.row_version(sy), *links)
                 cached = self._cache.get(key)
