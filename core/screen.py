@@ -897,8 +897,44 @@ class StemScreen(pyte.Screen):
         cursor, top, bottom = self._region()
         if cursor.y == bottom:
             self._scroll_up(top, bottom)
-        else:
-            cursor.y = min(cursor.y + 1, bottom)  # pyte's cursor_down(1)
+        elif cursor.y < self.lines - 1:
+            cursor.y += 1  # `cursor_down(1)`: from below the scroll region, on down (pyte pulled it up into it)
+
+    def cursor_up(self, count: int | None = None) -> None:
+        """CUU: up, not past the scroll region's top if the cursor is in the region or below it, nor past the
+        screen's top if above it, as xterm and tmux move it (pyte moved a cursor above the region down into it)."""
+        cursor, top, _ = self._region()
+        cursor.y = max(cursor.y - (count or 1), top if cursor.y >= top else 0)
+
+    def cursor_down(self, count: int | None = None) -> None:
+        """CUD: `cursor_up`'s counterpart at the region's bottom."""
+        cursor, _, bottom = self._region()
+        cursor.y = min(cursor.y + (count or 1), bottom if cursor.y <= bottom else self.lines - 1)
+
+    def save_cursor(self) -> None:
+        """DECSC: one saved state, as xterm and tmux keep it (pyte kept a stack of them)."""
+        super().save_cursor()
+        del self.savepoints[:-1]
+
+    def restore_cursor(self) -> None:
+        """DECRC as xterm does it: the cursor where it was saved, as often as asked (`tput sc` once, then `tput rc`
+        before every update of a progress line: pyte's popped it, so the second went home), within the screen but
+        not moved into the scroll region (pyte moved it there), and shown or hidden as it is now (DECTCEM is not
+        part of the saved state)."""
+        if self._held:
+            self._release()
+        if not self.savepoints:
+            super().restore_cursor()
+            return
+        saved = self.savepoints[-1]
+        self.savepoints[:] = [saved, saved._replace(cursor=copy.copy(saved.cursor))]  # pyte's pops the copy
+        hidden = self._cur.hidden
+        margins, self.margins = self.margins, None  # pyte's bounds check then keeps it within the screen
+        try:
+            super().restore_cursor()
+        finally:
+            self.margins = margins
+        self._cur.hidden = hidden
 
     def next_line(self) -> None:
         """NEL (ESC E): to the start of the next line, as xterm and tmux do (pyte's was a line feed alone)."""
@@ -917,8 +953,8 @@ class StemScreen(pyte.Screen):
             for y in range(bottom, top, -1):
                 buffer[y] = buffer[y - 1]
             buffer.pop(top, None)
-        else:
-            cursor.y = max(cursor.y - 1, top)  # pyte's cursor_up(1)
+        elif cursor.y > 0:
+            cursor.y -= 1  # `cursor_up(1)`: from above the scroll region, on up (pyte pulled it down into it)
 
     def delete_lines(self, count: int | None = None) -> None:
         """DL: pyte's, except that a deleted line whose place the line below it never written takes is blank, as in
@@ -1237,8 +1273,10 @@ class StemScreen(pyte.Screen):
         if self._alt_active:
             return
         if mode == 1049:
+            kept = self.savepoints[:]  # DECSC's saved state is not this one's
             self.save_cursor()
             self._alt_savepoint = self.savepoints.pop()
+            self.savepoints[:] = kept
         self._main_buffer = self.buffer
         self.buffer = self._new_buffer()  # the alternate screen always starts clear
         self._alt_active = True
@@ -1818,7 +1856,7 @@ class StemScreen(pyte.Screen):
 
     def _erase_up(self, count: int) -> None:
         """`count` times EL 2 then CUU 1: each row erased (every cell written when the paint is, as pyte does), then
-        the cursor up one row, not past the top margin."""
+        the cursor up one row, as `cursor_up` moves it."""
         cursor = self._cur
         y = cursor.y
         top = self.margins.top if self.margins is not None else 0
@@ -1828,7 +1866,7 @@ class StemScreen(pyte.Screen):
         for _ in range(count):
             self._add_paint(y, erase, True)
             dirty.add(y)
-            y = y - 1 if y > top else top
+            y = y - 1 if y > top or 0 < y < top else y
         cursor.y = y
 
     def _places(self) -> None:

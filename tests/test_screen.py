@@ -101,6 +101,34 @@ class XtermExtras:
                     self.erase_in_display(2)
                     self.cursor_position()
 
+    def cursor_up(self: Any, count: int | None = None) -> None:
+        """pyte's, but a cursor above the scroll region stops at the screen's top (pyte moved it into the region)."""
+        top = self.margins.top if self.margins is not None else 0
+        self.cursor.y = max(self.cursor.y - (count or 1), top if self.cursor.y >= top else 0)
+
+    def cursor_down(self: Any, count: int | None = None) -> None:
+        bottom = self.margins.bottom if self.margins is not None else self.lines - 1
+        self.cursor.y = min(self.cursor.y + (count or 1), bottom if self.cursor.y <= bottom else self.lines - 1)
+
+    def save_cursor(self: Any) -> None:
+        """pyte's, but one saved state, not a stack, as in xterm."""
+        super().save_cursor()  # type: ignore[misc]
+        del self.savepoints[:-1]
+
+    def restore_cursor(self: Any) -> None:
+        """pyte's, but the saved state stays saved (not popped), the cursor is not moved into the scroll region, and
+        keeps its visibility, as in xterm."""
+        hidden, margins = self.cursor.hidden, self.margins
+        if self.savepoints:
+            saved = self.savepoints[-1]
+            self.savepoints[:] = [saved, saved._replace(cursor=copy.copy(saved.cursor))]
+            self.margins = None
+        try:
+            super().restore_cursor()  # type: ignore[misc]
+        finally:
+            self.margins = margins
+        self.cursor.hidden = hidden
+
     def next_line(self: Any) -> None:
         self.carriage_return()
         self.index()
@@ -258,8 +286,10 @@ class AltRef(StockRef):
             for mode in modes:
                 if mode in ALT_MODES and self.main_buffer is None:
                     if mode == 1049:
+                        kept = self.savepoints[:]
                         self.save_cursor()
                         self.alt_savepoint = self.savepoints.pop()
+                        self.savepoints[:] = kept
                     self.main_buffer = self.buffer
                     self.buffer = defaultdict(lambda: StaticDefaultDict(self.default_char))
             modes = tuple(m for m in modes if m not in ALT_MODES)
@@ -1421,6 +1451,26 @@ def test_nel_goes_to_the_start_of_the_next_line(size: int | None) -> None:
     rows = screen.text()
     assert screen.scrollback.text(1).startswith("def")  # three NEL on the last row scrolled three rows away
     assert rows[2].startswith("!") and rows[39].startswith("end")
+
+
+@pytest.mark.parametrize("size", CHUNKS)
+def test_the_cursor_outside_the_scroll_region_and_decrc_move_as_in_xterm(size: int | None) -> None:
+    """A cursor above or below the scroll region moves up and down (CUU, CUD, RI, LF) within the screen, not pulled
+    into the region (pyte moved it into it); DECRC restores the one saved state as often as asked (pyte popped it),
+    not moved into the region, and keeps the cursor's visibility; 1049 keeps DECSC's saved state apart."""
+    data = (
+        b"\x1b[12;27r\x1bMa\x1b[5;1H\x1b[2Ab\x1b[35;1H\x1b[3Bc\nd\x1b[5;1H\x1bMe"
+        b"\x1b[r\x1b[30;5H\x1b7x\x1b8y\x1b8z\x1b[s\x1b[6;28r\x1b[?25l\x1b[u!"
+        b"\x1b[r\x1b[?25h\x1b[33;1H\x1b7\x1b[?1049h\x1b8alt\x1b[?1049l\x1b8main"
+    )
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    rows = screen.text()
+    assert (
+        rows[0].startswith("a") and rows[2].startswith("b") and rows[37].startswith("c") and rows[38].startswith(" d")
+    )
+    assert rows[3].startswith("e") and rows[29].startswith("    z!") and rows[32].startswith("main")
+    assert screen.cursor.hidden is False
 
 
 def test_a_deleted_line_goes_even_where_no_line_moves_into_its_place() -> None:

@@ -70,6 +70,9 @@ QUIRKS = {
     # a cell too wide; Stem shows a blank there, so the row keeps its width: test_terminal_widget.py)
     "half-a-wide-char-drawn-over": "中文\x1b[1;3Hy\x1b[2;1H😀🎉\x1b[2;2H😀".encode(),
     "nel-is-cr-lf": b"abc\x1bEdef\x1b[5;10Hxyz\x1bE!",
+    "moves-outside-the-scroll-region": b"\x1b[12;27r\x1bMa\x1b[5;1H\x1b[2Ab\x1b[35;1H\x1b[3Bc\nd\x1b[5;1H\x1bMe",
+    "decrc-as-often-as-asked": b"\x1b[3;5H\x1b7x\x1b8y\x1b8z\x1b[s\x1b[6;28r\x1b[?25l\x1b[u!",
+    "decsc-kept-over-the-alternate-screen": b"\n\x1b7\x1b[?1049h\x1b8alt\x1b[?1049l\x1b8main",
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
 }
 
