@@ -41,7 +41,7 @@ from core.host.protocol import (
     Subscribe,
     Update,
 )
-from core.screen_cells import Char
+from core.screen_cells import Char, cell_width
 from core.xterm_input import encode_key
 from stem.exec_pty import write_all
 
@@ -224,9 +224,14 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
             cell = cells[x]
             data = cell.data
             if not data:
-                continue  # the empty cell pyte puts after a wide character: that character covers it
-            if x + 1 >= width and x + 1 < len(cells) and not cells[x + 1].data:
-                break  # a wide character with one column left would wrap onto the next row
+                if x and cells[x - 1].data and _wide(cells[x - 1].data):
+                    continue  # the empty cell pyte puts after a wide character: that character covers it
+                data = " "  # its character drawn over: a blank, as the UI shows it (every later cell stays put)
+            elif not data.isascii() and _wide(data):
+                if x + 1 >= len(cells) or cells[x + 1].data:
+                    data = " "  # its second cell drawn over: a blank, or the rest of the row would be a cell right
+                elif x + 1 >= width:
+                    break  # a wide character with one column left would wrap onto the next row
             style = cell[1:]
             if flip:
                 style = (*style[:6], not style[6], *style[7:])
@@ -503,3 +508,8 @@ async def attach(socket_path: Path | str, colony: str, release_key_bytes: bytes,
         with contextlib.suppress(OSError):
             write_all(stdout_fd, f"{end.line}\n".encode())
     return end.code
+
+
+def _wide(data: str) -> bool:
+    """Whether a cell's characters take two cells."""
+    return cell_width(data[0]) == 2

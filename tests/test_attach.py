@@ -153,6 +153,20 @@ def test_a_drawn_snapshot_gives_back_the_agents_screen(name: str) -> None:
     assert screen_state(user, ()).modes == dataclasses.replace(modes, alternate_screen=False)
 
 
+def test_a_drawn_snapshot_keeps_every_column_where_half_a_wide_character_was_drawn_over() -> None:
+    """A wide character one of whose cells a program wrote over (vim redrawing a split over CJK text) shows as a
+    blank, as in the UI: attach skipped the orphaned half, or drew the character over the next cell, and every cell
+    after it on the row landed a column left or right of where the agent put it."""
+    agent = StemScreen(20, 4)
+    agent.feed("中文字\x1b[1;2Hx\x1b[2;1H中文字 end\x1b[2;3Hy\x1b[3;1H😀🎉 ok\x1b[3;2H😀".encode())
+    snapshot = unpack(pack(Snapshot(screen=screen_state(agent))))
+    assert isinstance(snapshot, Snapshot) and snapshot.screen is not None
+    user = StemScreen(20, 4)
+    user.feed(render_snapshot(snapshot.screen, 20, 4))
+    assert [row.rstrip() for row in user.text()[:3]] == [" x文字", "中y 字 end", " 😀  ok"]
+    assert user.text() == agent.text()
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_a_drawn_snapshot_re_emits_dim_concealed_double_underlined_and_overlined_text(reverse: bool) -> None:
     """An agent's dim hints (SGR 2) are drawn dim on attach, not at full brightness; concealed (8), double
