@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 from helpers import wait_for
+from rich.style import Style
 
 from core.screen import StemScreen
 from core.screen_cells import cell_width
+from stem.widgets.terminal import TerminalView
 
 RECORDINGS = Path(__file__).parent / "recordings"
 COLS, ROWS = 120, 40
@@ -123,6 +125,16 @@ def test_every_recording_draws_the_screen_tmux_draws(name: str, tmp_path: Path) 
     theirs, styled, cursor = tmux_screen(path, tmp_path)
     differ = [y for y in range(ROWS) if ours[y] != theirs[y]]
     assert not differ, "\n".join(f"row {y}:\n  stem {ours[y]!r}\n  tmux {theirs[y]!r}" for y in differ[:5])
+    # What the UI's terminal view draws of each row: the same text, every row exactly as wide as the screen.
+    view = TerminalView()
+    strips = [
+        view._render_cells(screen.buffer.get(y) or {}, COLS, -1, Style(), screen.default_char) for y in range(ROWS)
+    ]
+    assert [strip.cell_length for strip in strips] == [COLS] * ROWS
+    shown = [unicodedata.normalize("NFC", strip.text.rstrip()) for strip in strips]
+    if b"\x1b(0" in data:
+        shown = [row.translate(_DEC_LETTERS) for row in shown]
+    assert shown == theirs, "the terminal view draws otherwise"
     # The attributes of every character drawn. tmux's rows with their SGR, read back by a screen of their own (SGR
     # reading is checked against pyte in test_screen.py); blank cells are left out: tmux does not capture the colour
     # an erase left past the last character of a row, though it shows it.
