@@ -398,3 +398,25 @@ def test_the_agent_takes_the_size_of_the_client_used_last_and_gets_it_back_when_
 
     asyncio.run(scenario())
     assert run_stem(hive_env.env, "stop", "sized").returncode == 0
+
+
+def test_a_stop_that_hangs_leaves_in_host_log_what_it_waits_on(caplog, capfd):
+    """A host whose stop hangs is killed by its stopper, and nothing told what it waited on (a stop held 25 s once in
+    CI): past its patience, host.log gets the stack of every task and thread."""
+    from core.host import server
+
+    async def stuck_in_a_service_stop() -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(stuck_in_a_service_stop(), name="stuck")
+        await asyncio.sleep(0)
+        server._report_stuck_stop()
+        task.cancel()
+
+    with caplog.at_level("WARNING", logger="stem.host"):
+        asyncio.run(scenario())
+    said = caplog.text
+    assert "the stop has not ended" in said
+    assert "stuck_in_a_service_stop" in said
+    assert "thread 0x" in capfd.readouterr().err  # every thread's stack, faulthandler's

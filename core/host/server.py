@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
+import io
 import logging
 import os
 import signal
@@ -65,6 +66,7 @@ LOG_PAGE = 5000
 START_HOLD = 2.0  # seconds a new host waits for its starter's AwaitStart before it starts the colony
 GUARD_INTERVAL = 10.0
 GUARD_REGISTRY_EVERY = 6  # the registry row is looked for once a minute
+STOP_REPORT_AFTER = 8.0  # seconds past its grace a stop runs before host.log gets what it waits on
 
 
 class _Deferred(Exception):
@@ -333,7 +335,16 @@ class ColonyHost:
     async def _stop_runtime(self) -> None:
         runtime, self.runtime = self.runtime, None
         if runtime is not None:
-            await runtime.stop(self.stop_grace, routes=self.stop_routes)
+            # Its stopper waits grace + 15 s for the answer, then kills the host: before that, host.log gets what
+            # the stop still waits on (a stop that hangs is otherwise gone without a trace).
+            longest = max(
+                [self.stop_grace, *(s.stop_timeout for s in runtime.config.services.values() if s.stop_timeout)]
+            )
+            watchdog = asyncio.get_running_loop().call_later(longest + STOP_REPORT_AFTER, _report_stuck_stop)
+            try:
+                await runtime.stop(self.stop_grace, routes=self.stop_routes)
+            finally:
+                watchdog.cancel()
         procs.reap_orphans()
 
     def _on_sigchld(self) -> None:
@@ -711,6 +722,18 @@ async def _main(home: Path, name: str, ready_fd: int | None) -> int:
         with contextlib.suppress(FileNotFoundError):
             paths.pid.unlink()
         os.close(lock)
+
+
+def _report_stuck_stop() -> None:
+    """host.log: the stop still runs STOP_REPORT_AFTER s past its slowest service's patience; the stack of every task
+    and thread."""
+    log.warning("the stop has not ended %gs past its grace; what it waits on:", STOP_REPORT_AFTER)
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning("%s", out.getvalue().rstrip())
+    with contextlib.suppress(Exception):
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
 
 
 def main(argv: list[str] | None = None) -> int:
