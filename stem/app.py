@@ -486,6 +486,7 @@ class StemApp(App[int], inherit_bindings=False):
     async def refresh_colonies(self) -> None:
         self.records = await asyncio.to_thread(self.hive.colonies)
         self._show_colonies()
+        self._update_quit_dialog()
 
     def _show_colonies(self) -> None:
         """Show `self.records` (and the failed spawns) in the list and the selected colony's panels."""
@@ -1103,11 +1104,23 @@ class StemApp(App[int], inherit_bindings=False):
         self.push_screen(HelpScreen(context.replace("-", " "), rows))
 
     async def action_quit(self) -> None:
+        body = self._quit_body()
+        if body is None:
+            await self._quit_now()
+            return
+
+        async def confirmed(yes: bool | None) -> None:
+            if yes:
+                await self._quit_now()
+
+        self.push_screen(ConfirmScreen("Quit Stem?", body, "Quit", danger=False, id="confirm-quit"), confirmed)
+
+    def _quit_body(self) -> Content | None:
+        """What quitting leaves running or interrupts, for the quit dialog; None when nothing is."""
         running = [r.name for r in self.records if r.state == lc.RUNNING]
         busy = [f"{r.name} ({r.state})" for r in self.records if r.state in lc.IN_FLIGHT]
         if not running and not busy:
-            await self._quit_now()
-            return
+            return None
         names = ", ".join(running[:6]) + (f" and {len(running) - 6} more" if len(running) > 6 else "")
         count = len(running)
         lines: list[Content] = []
@@ -1133,13 +1146,14 @@ class StemApp(App[int], inherit_bindings=False):
                     "$warning",
                 ),
             ]
-        body = Content("\n").join(lines)
+        return Content("\n").join(lines)
 
-        async def confirmed(yes: bool | None) -> None:
-            if yes:
-                await self._quit_now()
-
-        self.push_screen(ConfirmScreen("Quit Stem?", body, "Quit", danger=False, id="confirm-quit"), confirmed)
+    def _update_quit_dialog(self) -> None:
+        """The quit dialog, if open, says what runs now: a colony stopped or destroyed meanwhile (from a shell, by
+        another UI) is no longer named as running."""
+        for screen in self.screen_stack:
+            if isinstance(screen, ConfirmScreen) and screen.id == "confirm-quit":
+                screen.set_body(self._quit_body() or Content("No colony is running any more: nothing is left behind."))
 
     async def _quit_now(self) -> None:
         try:

@@ -3,6 +3,7 @@ agent in each, keys pressed, and what the screen shows checked."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
@@ -439,6 +440,20 @@ async def test_quit_asks_when_colonies_run_and_says_what_happens(hive_env, repo)
         # Quitting detaches: the agent runs on in its colony host, the colony stays running.
         assert agent_pid is not None and alive(agent_pid), "quitting must leave the agent running"
         assert state_of(hive, "alpha") == "running"
+
+
+async def test_the_quit_dialog_follows_a_colony_stopped_from_a_shell_meanwhile(hive_env, repo):
+    from helpers import run_stem
+
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        await pilot.press("q")
+        await until(pilot, lambda: shows(app, "1 colony is running: alpha"), "the quit confirmation")
+        stopped = await asyncio.to_thread(run_stem, hive_env.env, "stop", "alpha")
+        assert stopped.returncode == 0, stopped.stderr
+        await until(pilot, lambda: shows(app, "No colony is running any more"), "the dialog told", timeout=15)
+        assert not shows(app, "1 colony is running")
+        await pilot.press("y")
+        await until(pilot, lambda: not app.is_running, "the app to quit")
 
 
 async def test_quit_without_running_colonies_does_not_ask(hive_env, repo):

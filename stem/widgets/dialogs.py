@@ -45,6 +45,12 @@ class ConfirmScreen(ModalScreen[bool]):
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()
 
+    def set_body(self, body: Content | str) -> None:
+        """Say something else (what it asks about changed while it was open)."""
+        self.body = body
+        if self.is_mounted:
+            self.query_one(".confirm-body", Static).update(body)
+
     @on(Button.Pressed, "#confirm-yes")
     def action_confirm(self) -> None:
         self.dismiss(True)
