@@ -25,6 +25,7 @@ from typing import Any
 from ptyprocess import PtyProcess
 
 from core import cgroups, netns, procs
+from core.aio import wait_for
 from core.errors import StemError
 from core.events import AgentActivity, Event, ScreenChanged
 from core.host.protocol import ScreenModes, screen_modes
@@ -283,10 +284,10 @@ class AgentSession:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT):
                 _killpg(pgid, sig)
             try:
-                await asyncio.wait_for(self._reaped.wait(), grace)
+                await wait_for(self._reaped.wait(), grace)
             except TimeoutError:
                 _killpg(pgid, signal.SIGKILL)
-                await asyncio.wait_for(self._reaped.wait(), 10.0)
+                await wait_for(self._reaped.wait(), 10.0)
             # Members of the group that outlived the leader (it is reaped, but the group id stays in use
             # while they exist, so it cannot name anyone else).
             within = await asyncio.to_thread(procs.colony_pids, self.netns_name)
@@ -361,7 +362,7 @@ class AgentSession:
         """Return once no synchronized-output frame is being drawn (at most its timeout later)."""
         if not self._settled.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), FRAME_TIMEOUT * 2)
+                await wait_for(self._settled.wait(), FRAME_TIMEOUT * 2)
 
     def resize(self, columns: int, lines: int) -> None:
         """Resize the screen and the PTY; the kernel sends the program SIGWINCH."""

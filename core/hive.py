@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
+from core.aio import wait_for
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail, recent, rotated
@@ -92,7 +93,7 @@ async def _after(gate: asyncio.Event, most: float, then: Coroutine[Any, Any, Non
     """`then`, once `gate` is set or `most` seconds have passed (closed, never run, if cancelled before)."""
     try:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate.wait(), most)
+            await wait_for(gate.wait(), most)
     except BaseException:
         then.close()
         raise
@@ -1350,7 +1351,7 @@ class Hive:
             link = HostLink(rec.name, paths, self._publish, self._wants_lines)
             self._link_tasks[rec.name] = asyncio.create_task(self._follow_host(rec.name, link), name=f"link-{rec.name}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.connected.wait(), LINK_WAIT)
+                await wait_for(link.connected.wait(), LINK_WAIT)
         await launch.await_start(paths, rec.name)
 
     async def _stop_runtime(self, name: str, routes: bool = True) -> None:

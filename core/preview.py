@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import claims
+from core.aio import wait_for
 from core.errors import StemError, failure_line, refused_by_disk
 from core.locks import file_lock, is_locked
 
@@ -741,7 +742,7 @@ class PreviewRoutes:
         """Wait (bounded) until what was asked so far is done, so a spawn returns with its URLs in place."""
         if self._last is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._last)), timeout)
+                await wait_for(asyncio.shield(asyncio.wrap_future(self._last)), timeout)
 
     async def close(self, timeout: float = REQUEST_TIMEOUT, routes: bool = True) -> None:
         """Remove every route of the colony (bounded wait; not with `routes` false: its stopper does) and end the

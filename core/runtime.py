@@ -16,6 +16,7 @@ from pathlib import Path
 from core import cgroups, procs
 from core import lifecycle as lc
 from core.agent import AgentSession, choose_argv
+from core.aio import wait_for
 from core.changes import ChangeWatcher
 from core.colony_log import ColonyLog
 from core.config import ColonyConfig, colony_config_for
@@ -162,7 +163,7 @@ class ColonyRuntime:
         # Not at once: the command that started the colony is still exiting (and its agent starting), and nothing
         # needs the worktree's first scan within a blink. A stop meanwhile ends it here.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._watch_stop.wait(), WATCH_AFTER)
+            await wait_for(self._watch_stop.wait(), WATCH_AFTER)
         if self._watch_stop.is_set():
             return
         await self._start_change_watcher()
@@ -236,7 +237,7 @@ class ColonyRuntime:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
-            code = await asyncio.wait_for(session.wait(), RESUME_GRACE)
+            code = await wait_for(session.wait(), RESUME_GRACE)
         except TimeoutError:
             return
         if self.agent is not session or self._stopping or code is None or code <= 0:
@@ -314,7 +315,7 @@ class ColonyRuntime:
         self._watch_stop.set()
         if self._watch_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._watch_task, timeout=5)
+                await wait_for(self._watch_task, 5)
 
     def _unwatch_init(self) -> None:
         if self._watching_init and self.init is not None:

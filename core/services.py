@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 from core import cgroups, procs
+from core.aio import wait_for
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
@@ -145,7 +146,7 @@ async def probe(ready: str | None, ip: str, port: int | None, timeout: float = 1
     if port is None:
         return False
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+        reader, writer = await wait_for(asyncio.open_connection(ip, port), timeout)
     except (OSError, TimeoutError):
         return False
     try:
@@ -156,15 +157,15 @@ async def probe(ready: str | None, ip: str, port: int | None, timeout: float = 1
         # allowedHosts): as the colony's address, Django answers 400 and logs a traceback for every probe.
         request = f"GET {path} HTTP/1.0\r\nHost: localhost:{port}\r\nUser-Agent: stem-ready\r\n\r\n"
         writer.write(request.encode("latin-1", "replace"))
-        await asyncio.wait_for(writer.drain(), timeout)
-        status = (await asyncio.wait_for(reader.readline(), timeout)).split()
+        await wait_for(writer.drain(), timeout)
+        status = (await wait_for(reader.readline(), timeout)).split()
         return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1].isdigit() and int(status[1]) < 500
     except (OSError, TimeoutError, ValueError):
         return False
     finally:
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), timeout)
+            await wait_for(writer.wait_closed(), timeout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -571,7 +572,7 @@ class ServiceRunner:
                 delay = self.timing.backoff_initial
             await self._note(f"{ended}; restart {self.restarts + 1} in {delay:g}s", source)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_for(self._wake.wait(), delay)
             delay = min(delay * 2, self.timing.backoff_max)
             if not self._stopping:
                 self.restarts += 1
@@ -756,7 +757,7 @@ class ServiceRunner:
         grace = self._stop_grace
         self._signal(self.spec.stop_signal)
         try:
-            await asyncio.wait_for(self._exited.wait(), grace)
+            await wait_for(self._exited.wait(), grace)
         except TimeoutError:
             self._signal(signal.SIGKILL)
             sent = signal.Signals(self.spec.stop_signal).name

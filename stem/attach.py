@@ -25,6 +25,7 @@ from typing import Final, cast
 
 from core import lifecycle as lc
 from core.agent import EXITED
+from core.aio import wait_for
 from core.errors import StemError
 from core.host.protocol import (
     AgentInfo,
@@ -503,7 +504,7 @@ async def attach(socket_path: Path | str, colony: str, release_key_bytes: bytes,
     finally:
         # Bounded: keys typed before the release key are flushed, but a host that stopped reading holds nobody.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(conn.close(), 2.0)
+            await wait_for(conn.close(), 2.0)
     if end.line is not None:
         with contextlib.suppress(OSError):
             write_all(stdout_fd, f"{end.line}\n".encode())

@@ -115,6 +115,32 @@ ready_timeout = 20
 """
 
 
+def test_a_stop_that_cancels_a_wait_as_it_ends_is_never_lost():
+    """A readiness probe refused at the moment the service's stop cancelled it: Python 3.11's asyncio.wait_for gave
+    the probe its refusal instead of the cancel, so the probing went on for the service's whole ready timeout (120 s)
+    and the colony's stop waited for it. Stem's `wait_for` raises the cancel."""
+    from core import aio
+
+    async def scenario() -> None:
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def probing() -> str:
+            try:
+                await aio.wait_for(refused, 5)
+            except OSError:
+                return "the refusal came back, the cancel was lost"
+            return "finished"
+
+        task = asyncio.create_task(probing())
+        await asyncio.sleep(0)  # the probe waits
+        refused.set_exception(ConnectionRefusedError())
+        task.cancel()  # in the same turn of the loop: the stop
+        with pytest.raises(asyncio.CancelledError):
+            print(await task)
+
+    asyncio.run(scenario())
+
+
 def test_two_colonies_serve_port_3000_and_log_their_output(hive_env, repo):
     async def scenario(hive: Hive) -> None:
         await asyncio.gather(hive.spawn("red", repo), hive.spawn("blue", repo))

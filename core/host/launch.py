@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from core import procs
+from core.aio import wait_for
 from core.errors import StemError
 from core.host.paths import HostPaths
 from core.host.protocol import Connection, HostUnreachable, RequestFailed
@@ -98,9 +99,9 @@ async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: flo
     try:
         # The welcome too is waited for no longer than that: a frozen host (SIGSTOP, hung) accepts a connection (its
         # listening socket's backlog does) and never answers, which held the stop, and every signal after it, for good.
-        conn = await asyncio.wait_for(Connection.open(paths.socket, "script", client="stem stop"), HELLO_WAIT)
+        conn = await wait_for(Connection.open(paths.socket, "script", client="stem stop"), HELLO_WAIT)
         async with conn:
-            await asyncio.wait_for(conn.stop(grace, routes), timeout=max(grace, longest or 0) + 15)
+            await wait_for(conn.stop(grace, routes), max(grace, longest or 0) + 15)
     except (StemError, TimeoutError, OSError):
         pass  # it does not answer: it is ended below
     if not await exited(found[0], 5.0):
@@ -133,7 +134,7 @@ async def exited(pid: int, timeout: float) -> bool:
 
     loop.add_reader(fd, readable)
     try:
-        await asyncio.wait_for(gone, timeout)
+        await wait_for(gone, timeout)
     except TimeoutError:
         return False
     finally:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import cgroups, procs, sandbox
+from core.aio import wait_for
 from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry, trouble_message
@@ -192,7 +193,7 @@ class ColonyHost:
             for client in list(self.clients):
                 client.send(p.Bye(f"the colony host of {self.name} stopped"))
                 with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                    await asyncio.wait_for(client.writer.drain(), 2)
+                    await wait_for(client.writer.drain(), 2)
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     client.writer.close()
             server.close()
