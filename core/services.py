@@ -1,10 +1,10 @@
 """Service supervision: each `[services.NAME]` of colony.toml runs under an owner task on the event loop.
 
 A `ServiceRunner` starts its service inside the colony (namespace, worktree, environment) in a process group of
-its own, reads stdout and stderr line by line into the colony's log, checks readiness, restarts it by its policy
-with exponential backoff and reports every state as a `ServiceState` event. A `ServiceSet` starts a colony's
-services in `depends_on` waves, stops them in reverse, and applies an edited colony.toml by restarting only the
-services whose definition changed.
+its own, reads stdout and stderr (one pipe, so in the order written) line by line into the colony's log, checks
+readiness, restarts it by its policy with exponential backoff and reports every state as a `ServiceState` event.
+A `ServiceSet` starts a colony's services in `depends_on` waves, stops them in reverse, and applies an edited
+colony.toml by restarting only the services whose definition changed.
 
 Nothing here blocks the loop: exits are seen through a pidfd, pipes through `loop.add_reader`, readiness through
 asyncio streams; registry writes, log-file appends and /proc scans go to worker threads.
@@ -603,7 +603,9 @@ class ServiceRunner:
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                # One pipe for both, as a terminal has one screen: the log shows the lines in the order written (two
+                # pipes read in turn put a burst's stderr after all its stdout), and both go under the service's name.
+                stderr=subprocess.STDOUT,
                 init=self.host.init,
                 cgroup=self._cgroup,
             )
@@ -624,7 +626,7 @@ class ServiceRunner:
         self._pidfd = os.pidfd_open(proc.pid)
         loop.add_reader(self._pidfd, self._on_exit)
         self._paused = False
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdout,):
             assert pipe is not None
             fd = pipe.fileno()
             os.set_blocking(fd, False)

@@ -825,6 +825,31 @@ restart = "no"
     run(hive_env, scenario)
 
 
+BOTH = """import sys
+for i in range(200):
+    print(f"out {i}", flush=True)
+    print(f"err {i}", file=sys.stderr, flush=True)
+"""
+
+
+def test_lines_written_to_stdout_and_stderr_in_turn_are_logged_in_that_order(hive_env, repo):
+    """Read from two pipes, a burst's lines came out grouped by pipe: all of its stdout, then all of its stderr (a
+    warning logged after the lines it was written before). Both go to one pipe, as a terminal has one screen."""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("both", repo)
+        colony = Colony(hive, "both", '[services.both]\ncommand = "python3 both.py"\nrestart = "no"\n')
+        (Path(colony.rec.worktree) / "both.py").write_text(BOTH)
+        await colony.services.start_all()
+        both = colony.services.services["both"]
+        await until(lambda: both.finished, what="the service to exit")
+        texts = [e.text for e in hive.log("both").after(0) if e.source == "both"]
+        assert texts == [line for i in range(200) for line in (f"out {i}", f"err {i}")] + ["exited with 0"]
+        await colony.services.stop_all()
+
+    run(hive_env, scenario)
+
+
 def test_the_http_readiness_probe_asks_as_localhost():
     """A dev server that lets in only local host names (Django in DEBUG, Vite) is asked for what it lets in: it
     answers, and logs no 'Invalid HTTP_HOST header' for every probe."""
