@@ -43,6 +43,43 @@ def listeners(pid: int, port: int) -> set[str] | None:
     return found
 
 
+def listening_inodes(pid: int, port: int) -> set[int]:
+    """The socket inodes of what listens at `port` in `pid`'s network namespace (empty if none, or `pid` is gone)."""
+    found: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return found
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == _LISTEN and int(fields[1].rpartition(":")[2], 16) == port:
+                found.add(int(fields[9]))
+    found.discard(0)
+    return found
+
+
+def port_holder(pids: set[int], port: int) -> int | None:
+    """Which of `pids` (processes of one network namespace) holds a socket listening at `port`, if one does."""
+    inodes: set[int] = set()
+    for pid in sorted(pids):
+        inodes = listening_inodes(pid, port)
+        if inodes or os.path.exists(f"/proc/{pid}"):
+            break  # one live member reads the namespace's tables
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in sorted(pids) if wanted else ():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return pid
+    return None
+
+
 def loopback_listener(pid: int, port: int) -> str | None:
     """The loopback address ("127.0.0.1" or "::1") a process in `pid`'s network namespace listens on at `port`
     when none listens there on every address or on another one (which the colony's address would reach); else

@@ -35,7 +35,7 @@ from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
 from core.config import ColonyConfig, ServiceSpec, service_start_order
 from core.errors import StemError, StepFailed
 from core.events import Event, LogLine, ServiceState
-from core.forward import LoopbackForward, listeners, loopback_only
+from core.forward import LoopbackForward, listeners, loopback_only, port_holder
 from core.sandbox import ColonyInit, OrphanExit
 
 __all__ = [
@@ -435,6 +435,7 @@ class ServiceRunner:
         self._inside = 0  # the followed daemon's pid in the colony's PID namespace (its init's records name it so)
         self._died: OrphanExit | None = None  # what its command left in the background ended at once, failing
         self._died_inside = False  # ...and its pid is the one the colony sees (its init's record)
+        self._died_why = ""  # ...and what may be why: who holds its port, or that it said nothing here
         self._program: tuple[int, int] | None = None
         self._pidfd = -1
         self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
@@ -620,7 +621,7 @@ class ServiceRunner:
             raise StemError(f"{name} does not exist") from None
         self._proc = proc
         self._starttime = self._run_start = procs.starttime(proc.pid) or 0
-        self._inside, self._died = 0, None
+        self._inside, self._died, self._died_why = 0, None, ""
         self._program = _exe(proc.pid)  # exec'd already: Popen returns once it has
         loop = asyncio.get_running_loop()
         self._pidfd = os.pidfd_open(proc.pid)
@@ -811,6 +812,9 @@ class ServiceRunner:
             # Unless it is the process followed already (which ended within INTERMEDIATE): it ended, not another.
             followed = died.start == self._starttime and died.pid == (self._inside if self._died_inside else proc.pid)
             self._died = None if followed else died
+        if (self._died is not None or isinstance(proc, _Background)) and code > 0 and not self._stopping:
+            # A daemon that failed (at once, or after it was followed): what may be why, since it says so elsewhere.
+            self._died_why = await asyncio.to_thread(self._why_died)
         procs.forget_child(proc.pid)
         os.close(self._pidfd)
         self._pidfd = -1
@@ -905,10 +909,37 @@ class ServiceRunner:
     def _end_text(self, code: int) -> str:
         """How the run ended, for its state's detail and the colony's log."""
         died = self._died
+        why = f"; {self._died_why}" if self._died_why else ""
         if died is None:
-            return _exit_text(code)
+            return _exit_text(code) + why
         where = f"pid {died.pid} in the colony" if self._died_inside else f"pid {died.pid}"
-        return f"its command exited 0, but what it left in the background ({where}) {_exit_text(code)} at once"
+        return f"its command exited 0, but what it left in the background ({where}) {_exit_text(code)} at once{why}"
+
+    def _why_died(self) -> str:
+        """Blocking: what may be why its daemon could not start, where the log shows nothing else. Another process of
+        the colony listening on its port (a daemon binds after going to the background, so its "address in use"
+        goes where the daemon writes, often nowhere); else, when its run wrote nothing, where a daemon says why."""
+        port = self.spec.port
+        members = procs.colony_pids(self.netns) if port is not None else None
+        holder = port_holder(members, port) if members and port is not None else None
+        if holder is not None:
+            try:
+                argv = Path(f"/proc/{holder}/cmdline").read_bytes().decode(errors="replace").rstrip("\0")
+                cgroup = Path(f"/proc/{holder}/cgroup").read_text()
+            except OSError:
+                argv, cgroup = "", ""
+            inside = procs.colony_pid(holder)
+            pid = f"pid {inside} in the colony" if inside not in (None, holder) else f"pid {holder}"
+            shown = argv.replace("\0", " ")
+            shown = shown if len(shown) <= 60 else shown[:59] + "…"
+            pid += f": {shown}" if shown else ""
+            # Its service's own cgroup is `<prefix>-<colony>/<prefix>-svc-<service>` (cgroups.service_cgroup).
+            owner = next((line.rpartition("/")[2] for line in cgroup.splitlines() if "-svc-" in line), "")
+            who = f"service {owner.partition('-svc-')[2]} ({pid})" if owner else pid
+            return f"port {port} is taken by {who}"
+        if not self.last_lines:
+            return "it wrote nothing here: a daemon says why in its own log file (or run it in the foreground)"
+        return ""
 
     def _members(self) -> set[int] | None:
         """Blocking: where its daemon is looked for. Its own cgroup's processes: only what it started, never the

@@ -788,6 +788,76 @@ def test_a_daemon_that_dies_at_once_where_stem_is_its_reaper_reads_crashed(hive_
     run(hive_env, scenario)
 
 
+# A daemon that dies at once without a word here (redis with --daemonize yes writes to its logfile, by default
+# nowhere): its command waits for it to end, as GONE's does. "taken": it cannot bind a port another service holds.
+SILENT = r"""
+( sh -c 'echo $$ > $STEM_SERVICE.pid; exec python3 -c "import socket; socket.socket().bind((\"0.0.0.0\", 9001))" \
+  >/dev/null 2>&1' & )
+until [ -s $STEM_SERVICE.pid ]; do sleep 0.01; done
+pid=$(cat $STEM_SERVICE.pid)
+while [ -e /proc/$pid ] && [ "$(cut -d' ' -f3 /proc/$pid/stat)" != Z ]; do sleep 0.01; done
+exit 0
+"""
+HOLD = """import socket, time
+held = []
+for port in (9001, 9002):
+    s = socket.socket()
+    s.bind(("0.0.0.0", port))
+    s.listen()
+    held.append(s)
+time.sleep(600)
+"""
+SILENT_TOML = r"""
+[services.late]
+command = "sh -c '(sh -c \"sleep 0.3; exit 1\" &); exit 0'"
+restart = "no"
+
+[services.hold]
+command = "python3 hold.py"
+port = 9002
+
+[services.taken]
+command = "sh silent.sh"
+port = 9001
+ready = "none"
+restart = "no"
+depends_on = ["hold"]
+
+[services.mute]
+command = "sh silent.sh"
+restart = "no"
+depends_on = ["taken"]
+"""
+
+
+def test_a_daemon_that_dies_at_once_without_a_word_is_told_why_it_may_have(hive_env, repo):
+    """Its line said only that it exited with 1 (at once, or after it was followed): nothing of why, which a daemon
+    writes where it logs (redis with --daemonize yes and its port in use: nowhere). The line names who holds its
+    port, else that the daemon said nothing here and where it would have."""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("mute", repo)
+        colony = Colony(hive, "mute", SILENT_TOML)
+        (Path(colony.rec.worktree) / "silent.sh").write_text(SILENT)
+        (Path(colony.rec.worktree) / "hold.py").write_text(HOLD)
+        try:
+            await colony.services.start_all()
+            runners = colony.services.services
+            await until(lambda: all(runners[s].finished for s in ("taken", "mute", "late")), what="the daemons' ends")
+            assert {(runners[s].state, runners[s].code) for s in ("taken", "mute", "late")} == {("crashed", 1)}
+            ends = {e.source: e.text for e in hive.log("mute").after(0) if e.source in ("taken!", "mute!", "late!")}
+            assert " exited with 1 at once; port 9001 is taken by service hold (pid " in ends["taken!"], ends
+            assert "python3 hold.py); not restarted (restart = no)" in ends["taken!"], ends
+            # It names no port to look at: the line says where a daemon tells why.
+            assert " at once; it wrote nothing here: a daemon says why in its own log file" in ends["mute!"], ends
+            # Followed first (it went to the background), then it failed: the same word.
+            assert ends["late!"].startswith("exited with 1; it wrote nothing here: a daemon says why in its own"), ends
+        finally:
+            await colony.services.stop_all()
+
+    run(hive_env, scenario)
+
+
 def procs_serving(netns_name: str) -> list[str]:
     """Pids of the daemon.py processes in the colony's network namespace."""
     pids = subprocess.run(["ip", "netns", "pids", netns_name], capture_output=True, text=True).stdout.split()
