@@ -506,9 +506,10 @@ def command_argv(command: str, env: Mapping[str, str], cwd: Path | None = None) 
     if words and words[0] == "exec":
         words = words[1:]
     found = bool(words) and "=" not in words[0] and _program(words[0], env, cwd)
-    if not _SHELL_SYNTAX.intersection(command):
+    syntax = _unquoted(command)  # what quotes hold is an argument's: `sh -c 'a; exec b'` is one program
+    if not _SHELL_SYNTAX.intersection(syntax):
         return words if found else ["/bin/sh", "-c", command]
-    one_program = found and not _SHELL_LISTS.intersection(command) and not _SHELL_SYNTAX.intersection(words[0])
+    one_program = found and not _SHELL_LISTS.intersection(syntax) and not _SHELL_SYNTAX.intersection(words[0])
     if one_program and not command.lstrip().startswith("exec "):
         return ["/bin/sh", "-c", f"exec {command}"]
     return ["/bin/sh", "-c", command]
@@ -516,6 +517,33 @@ def command_argv(command: str, env: Mapping[str, str], cwd: Path | None = None) 
 
 # What makes a command more than one program for the shell to run: lists, pipes, background, subshells, groups.
 _SHELL_LISTS = frozenset(";&|()\n{}`#")
+
+
+def _unquoted(command: str) -> str:
+    """The characters of `command` the shell reads as syntax: those outside quotes and not escaped, and the `$` and
+    backquotes inside double quotes (which still expand there)."""
+    out: list[str] = []
+    quote = ""
+    chars = iter(command)
+    for c in chars:
+        if quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            # Escaped: the next character is literal, as shlex reads it too, but for a line continuation and any
+            # escape in double quotes (the shell's rules there are not shlex's): those go to the shell.
+            escaped = next(chars, "")
+            if quote or escaped == "\n":
+                out.append(c)
+        elif quote == '"':
+            if c == '"':
+                quote = ""
+            elif c in "$`":
+                out.append(c)
+        elif c in "'\"":
+            quote = c
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _program(word: str, env: Mapping[str, str], cwd: Path | None) -> bool:

@@ -973,6 +973,38 @@ def test_a_plain_command_is_execd_and_anything_the_shell_must_read_goes_through_
         "echo 'unterminated",
     ):
         assert procs.command_argv(command, env) == ["/bin/sh", "-c", command], command
+    # What quotes hold is an argument, not the shell's syntax: a program with a script for its argument is exec'd.
+    assert procs.command_argv("sh -c 'cd www && exec npm start'", env) == ["sh", "-c", "cd www && exec npm start"]
+    assert procs.command_argv(f"{python} -c 'import a; a.b()'", env) == [python, "-c", "import a; a.b()"]
+    assert procs.command_argv(f'{python} -c "print(1); x" -q', env) == [python, "-c", "print(1); x", "-q"]
+    # Syntax outside quotes, an expansion in double quotes, an escape there (the shell's rules, not shlex's).
+    for command in (f"{python} -c 'a; b' > log", f'{python} -c "$CODE; x"', f'{python} -c "a\\$b"'):
+        assert procs.command_argv(command, env) == ["/bin/sh", "-c", f"exec {command}"], command
+
+
+def test_a_shell_script_in_quotes_is_the_service_and_ends_by_its_own_trap(hive_env, repo):
+    """`sh -c '...; exec postgres ...'` ran under a second /bin/sh -c (its quoted `;` read as the shell's), which was
+    the service: a stop's SIGINT killed that wrapper ('stopped: killed by SIGINT') while the program shut down as
+    told. Exec'd as it is, the script's shell is the service and its trap ends it."""
+    toml = """
+[services.script]
+command = "sh -c 'trap \\"echo bye; exit 0\\" INT; echo up; while :; do sleep 0.05; done'"
+stop_signal = "SIGINT"
+"""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("script", repo)
+        colony = Colony(hive, "script", toml)
+        await colony.services.start_all()
+        script = colony.services.services["script"]
+        await until(lambda: "up" in script.last_lines, what="the script's first line")
+        assert script.pid is not None
+        assert Path(f"/proc/{script.pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sh", b"-c"]
+        await colony.services.stop_all()
+        texts = [e.text for e in hive.log("script").after(0) if e.source == "script"]
+        assert texts[-2:] == ["bye", "stopped: exited with 0"], texts
+
+    run(hive_env, scenario)
 
 
 def test_a_service_that_crashes_while_its_colony_starts_is_restarted(hive_env, tmp_path):
