@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import fcntl
 import os
-import random
 import re
 import secrets
 import select
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import free_pool
 from helpers import run_stem, stem_cmd, until, wait_for
 from recordings import streams
 
@@ -508,9 +508,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     register(home, "delta", "starting")
     (tmp_path / "config" / "stem").mkdir(parents=True)
     environ = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "STEM_CONFIG")}
-    prefix, pool = "a" + secrets.token_hex(2), f"10.{random.randint(201, 250)}.{random.randrange(0, 256, 16)}.0/20"
+    prefix, pool = "a" + secrets.token_hex(2), free_pool()  # not one another hive on this machine has claimed
     yield dict(
-        environ, STEM_HOME=str(home), STEM_PREFIX=prefix, STEM_POOL=pool, XDG_CONFIG_HOME=str(tmp_path / "config")
+        environ, STEM_HOME=str(home), STEM_PREFIX=prefix, STEM_POOL=str(pool), XDG_CONFIG_HOME=str(tmp_path / "config")
     )
     # A revive of alpha's missing host may have started the hive's host forker: it goes with the test, by pid.
     found = ForkerPaths.of(home).process()
