@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
@@ -1284,6 +1284,11 @@ class Hive:
 
     def host_running(self, name: str) -> bool:
         return self.host_paths(name).running()
+
+    def stopped_hosts(self, names: Iterable[str]) -> dict[str, int]:
+        """Those of `names` whose host is stopped (SIGSTOP) now, with its pid: they answer nothing until a SIGCONT."""
+        found = {name: self.host_paths(name).stopped() for name in names}
+        return {name: pid for name, pid in found.items() if pid is not None}
 
     def hosted(self) -> set[str]:
         """The colonies whose host runs now."""

@@ -84,6 +84,7 @@ class Listed:
     services: dict[str, str]  # service -> state, as its host last wrote them ({} without a host)
     agent: str  # the agent's activity, likewise ("" without a host)
     interrupted: bool = False  # mid-way (spawning, stopping, ...) with nobody holding its lock: its stem process died
+    stopped_host: int | None = None  # the pid of its host if that is stopped (SIGSTOP): what it last wrote is stale
 
     @property
     def orphaned(self) -> bool:
@@ -103,8 +104,12 @@ def listing(layout: HiveLayout, registry: Registry) -> list[Listed]:
     out = []
     for rec in registry.colonies():
         interrupted = rec.state in lc.IN_FLIGHT and not held(layout.colony_lock(rec.name))
-        if HostPaths(layout.colony_dir(rec.name)).running():
-            out.append(Listed(rec, True, services.get(rec.name, {}), agents.get(rec.name, ""), interrupted))
+        paths = HostPaths(layout.colony_dir(rec.name))
+        if paths.running():
+            found = Listed(
+                rec, True, services.get(rec.name, {}), agents.get(rec.name, ""), interrupted, paths.stopped()
+            )
+            out.append(found)
         else:
             out.append(Listed(rec, False, {}, "", interrupted))
     return out

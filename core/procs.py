@@ -27,6 +27,9 @@ from typing import IO, Any
 
 from core import cgroups, netns
 from core.coalesce import Coalesced
+from core.pids import alive as alive  # re-exported: procs.alive, procs.starttime are what callers know
+from core.pids import proc_stat, read_pid_file
+from core.pids import starttime as starttime
 from core.sandbox import ORPHAN_EXITS, ColonyInit, OrphanExit, Sandbox, adopted_exit
 
 # Stem's direct children: their exit codes belong to whoever waits for them (subprocess, asyncio), so the
@@ -34,24 +37,6 @@ from core.sandbox import ORPHAN_EXITS, ColonyInit, OrphanExit, Sandbox, adopted_
 _spawn_lock = threading.Lock()
 _children: set[int] = set()
 _orphan_exits: deque[OrphanExit] = deque(maxlen=ORPHAN_EXITS)  # the latest reaped by `reap_orphans` (under the lock)
-
-
-def proc_stat(pid: int | str) -> list[bytes] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...), or None.
-
-    The name is in parentheses and may itself hold spaces and parentheses, so split after the last ')'.
-    """
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:  # os.read, not open(): a stop scans every process, and a file object costs twice the syscalls' time
-        stat = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def all_stats() -> Iterator[tuple[int, list[bytes]]]:
@@ -73,12 +58,6 @@ def colony_pid(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return pid  # a kernel without NSpid: no namespaces to tell apart
-
-
-def starttime(pid: int) -> int | None:
-    """Field 22 of /proc/pid/stat: with the pid, it identifies a process across pid reuse."""
-    fields = proc_stat(pid)
-    return int(fields[19]) if fields else None
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -122,29 +101,6 @@ def start_detached(
         os.close(ready_r)
         if ready_w >= 0:
             os.close(ready_w)
-
-
-def write_pid_file(path: Path) -> None:
-    """`<pid> <starttime>` of this process: who holds a role (a colony's host, the hive's forker)."""
-    path.write_text(f"{os.getpid()} {starttime(os.getpid()) or 0}\n")
-
-
-def read_pid_file(path: Path) -> tuple[int, int] | None:
-    """(pid, starttime) a `write_pid_file` recorded, if that very process is still alive (not a reused pid)."""
-    try:
-        pid_text, start_text = path.read_text().split()[:2]
-        pid, start = int(pid_text), int(start_text)
-    except (OSError, ValueError):
-        return None
-    return (pid, start) if alive(pid, start) else None
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    """True if `pid` runs (zombies do not count) and, if given, started at `start`."""
-    fields = proc_stat(pid)
-    if fields is None or fields[0] in (b"Z", b"X"):
-        return False
-    return start is None or int(fields[19]) == start
 
 
 def stats_of(pids: Iterable[int] | None) -> Iterator[tuple[int, list[bytes]]]:

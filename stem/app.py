@@ -81,6 +81,7 @@ __all__ = ["StemApp", "run"]
 EXIT_USAGE = 2
 AGE_REFRESH = 30.0  # the list read from the registry again (colonies changed by other processes)
 AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
+HOST_CHECK = 2.0  # whether a colony's host is stopped (SIGSTOP): it says nothing itself
 # The first frame waits (at most this long) for the selected colony's agent screen from its host, so that it is
 # drawn once, whole, instead of in three partial frames that each hold up the snapshots still to come.
 FIRST_FRAME_WAIT = 0.3
@@ -154,6 +155,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.selected_file: str | None = None
         self.activity: dict[str, str] = {}
         self.titles: dict[str, str] = {}  # each colony's agent's window title
+        self.stopped_hosts: dict[str, int] = {}  # colony -> pid of its host, stopped (SIGSTOP) as last looked
         self.changes: dict[str, tuple[FileChange, ...]] = {}
         self.errors: dict[str, list[tuple[float, str]]] = {}
         # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
@@ -269,6 +271,7 @@ class StemApp(App[int], inherit_bindings=False):
             self.refresh_colonies()
         self.set_interval(AGE_REFRESH, self.refresh_colonies)
         self.set_interval(AGE_TICK, self._tick_ages)
+        self.set_interval(HOST_CHECK, self._check_hosts)
         self.live.start()
 
     async def on_event(self, event: events.Event) -> None:
@@ -550,6 +553,9 @@ class StemApp(App[int], inherit_bindings=False):
                     services_up=sum(s in ("ready", "running") for s in states),
                     services_failed=sum(s in ("crashed", "failed") for s in states),
                     work=self.live.badge(rec.name),
+                    note=f"host stopped · kill -CONT {stopped}"
+                    if (stopped := self.stopped_hosts.get(rec.name))
+                    else "",
                 )
             )
         for failed in self._listed_failures():
@@ -570,6 +576,27 @@ class StemApp(App[int], inherit_bindings=False):
         ages.update((failed.name, self.clock.age(failed.at)) for failed in self._listed_failures())
         for colonies in self.query(ColoniesList):  # none while the app ends
             colonies.set_ages(ages)
+
+    async def _check_hosts(self) -> None:
+        """A colony host that is stopped (kill -STOP) holds its lock and takes connections, so nothing else tells:
+        its row, its terminal's place and a notice say so, and how to let it go on, until it runs again."""
+        names = [rec.name for rec in self.records if rec.state in (lc.RUNNING, lc.STARTING, lc.STOPPING)]
+        stopped = await asyncio.to_thread(self.hive.stopped_hosts, names) if names else {}
+        if stopped == self.stopped_hosts:
+            return
+        for name, pid in stopped.items():
+            if self.stopped_hosts.get(name) != pid:
+                self.notify(
+                    f"{name}'s colony host (pid {pid}) is stopped: its agent and services get nothing until "
+                    f"kill -CONT {pid}",
+                    severity="warning",
+                    timeout=10,
+                )
+        self.stopped_hosts = stopped
+        self._redraw_rows()
+        if self.selected is not None:
+            self._attach_terminal()
+            self._show_services()
 
     def _listed_failures(self) -> list[FailedSpawn]:
         """The failed spawns the list shows: those whose name no colony has taken since (from another shell)."""
@@ -641,6 +668,10 @@ class StemApp(App[int], inherit_bindings=False):
         rec = self.selected_record()
         if rec is not None and rec.state != lc.RUNNING:
             note = f"none running ({rec.state})"
+        elif rec is not None and rec.name in self.stopped_hosts:
+            note = "not known: its colony host is stopped"
+        elif rec is not None and self.hive.agent(rec.name) is None:
+            note = "not known yet: its colony host has not answered"
         elif self.selected_failure() is not None:
             note = "none: the spawn failed"
         self.query_one(ServicesList).show(services, note)
@@ -704,6 +735,16 @@ class StemApp(App[int], inherit_bindings=False):
                         f" is {rec.state}: no agent runs. ",
                         Content.styled("s", "bold $accent"),
                         " starts it." if rec.state in lc.STARTABLE else "",
+                    )
+                )
+            elif rec.name in self.stopped_hosts:
+                pid = self.stopped_hosts[rec.name]
+                note.update(
+                    Content.assemble(
+                        Content.styled(rec.name, "bold"),
+                        f"'s colony host (pid {pid}) is stopped: it answers nothing until ",
+                        Content.styled(f"kill -CONT {pid}", "bold"),
+                        ".",
                     )
                 )
             else:

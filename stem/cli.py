@@ -42,6 +42,8 @@ def print_listing(listed: list[Listed]) -> None:
         agent = row.agent
         if not row.hosted:
             summary, agent = ("-" if r.state != "running" else "its host is down: stem start " + r.name), "-"
+        elif row.stopped_host is not None:  # what it wrote last is not what runs now
+            summary, agent = f"its host is stopped: kill -CONT {row.stopped_host}", "?"
         else:
             summary = " ".join(f"{k}:{v}" for k, v in row.services.items()) or "-"
         table.append((r.name, state, agent or "-", summary, r.ip, r.branch, _age(now - r.created_at), r.repo))

@@ -106,6 +106,7 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
                 "service_pids": pids.get(r.name, {}),  # as the host numbers them (`ps` outside the colony)
                 "agent": row.agent,
                 "host": row.hosted,
+                "host_stopped": row.stopped_host is not None,  # SIGSTOP: "services" and "agent" are as it left them
                 "preview": preview.get(r.name, {}),
                 "isolation": isolation,
                 **hive.limits(r.name).as_dict(),  # limits in force, usage now, OOM kills and refused forks

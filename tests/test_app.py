@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -454,6 +456,26 @@ async def test_the_quit_dialog_follows_a_colony_stopped_from_a_shell_meanwhile(h
         assert not shows(app, "1 colony is running")
         await pilot.press("y")
         await until(pilot, lambda: not app.is_running, "the app to quit")
+
+
+async def test_a_stopped_host_is_shown_with_how_to_let_it_go_on_and_its_colony_comes_back_after(hive_env, repo):
+    # A host stopped by kill -STOP still holds its lock and takes connections, so nothing it says tells: its row
+    # went on saying what it last wrote (idle, its services up) while its agent took no key.
+    from core.host.paths import HostPaths
+
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await until(pilot, lambda: hive.agent("alpha") is not None, "alpha's agent shown")
+        host = HostPaths(hive_env.home / "colonies" / "alpha").process()
+        assert host is not None
+        os.kill(host[0], signal.SIGSTOP)
+        try:
+            told = f"host stopped · kill -CONT {host[0]}"
+            await until(pilot, lambda: shows(app, told), "the row to say so", timeout=10)
+            await until(pilot, lambda: notified(app, f"alpha's colony host (pid {host[0]}) is stopped"), "a notice")
+        finally:
+            os.kill(host[0], signal.SIGCONT)
+        await until(pilot, lambda: not shows(app, told), "the row as before", timeout=10)
+        assert hive.agent("alpha") is not None
 
 
 async def test_quit_without_running_colonies_does_not_ask(hive_env, repo):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -169,6 +170,37 @@ def test_a_stop_ends_a_frozen_host_instead_of_waiting_for_it_for_ever(hive_env, 
     assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")
     listed = run_stem(hive_env.env, "ls").stdout
     assert "frozen  stopped" in listed, listed
+
+
+def test_a_stopped_host_is_named_as_such_and_commands_do_not_wait_on_it(hive_env, tmp_path):
+    # kill -STOP (or ctrl+z in the shell that ran it) leaves a host that holds its lock and takes connections but
+    # answers nothing: `stem ls` went on showing what it last wrote (idle, web:ready), `stem logs` waited for it for
+    # good, and a stop killed it -9 after its hello wait, so its services got no SIGTERM of their own.
+    toml = '[services.web]\ncommand = "python3 -u -c \'print(\\"web up\\"); import time; time.sleep(600)\'"\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    assert run_stem(hive_env.env, "spawn", "held", "--repo", str(repo)).returncode == 0
+    wait_for(lambda: "web up" in run_stem(hive_env.env, "logs", "held").stdout, 20, "the service's first line")
+    host = HostPaths(hive_env.home / "colonies" / "held").process()
+    assert host is not None
+    os.kill(host[0], signal.SIGSTOP)
+    try:
+        (row,) = run_stem(hive_env.env, "ls").stdout.splitlines()[1:]
+        assert f"its host is stopped: kill -CONT {host[0]}" in row and "web:" not in row, row
+        (listed,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        assert listed["host"] is True and listed["host_stopped"] is True
+
+        logs = run_stem(hive_env.env, "logs", "held", timeout=20)
+        assert logs.returncode == 0 and "[web] web up" in logs.stdout, logs
+
+        stopped = run_stem(dict(hive_env.env, STEM_WARM="0"), "stop", "held", timeout=45)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host[0], signal.SIGCONT)
+    assert stopped.returncode == 0, stopped.stderr
+    # Let go on first, the host stopped its service itself, as any stop does.
+    assert "[web] stopped: killed by SIGTERM" in run_stem(hive_env.env, "logs", "held").stdout
+    (listed,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert listed["state"] == "stopped" and listed["host_stopped"] is False
 
 
 def test_a_stop_killed_before_the_host_heard_of_it_ends_the_host_too(hive_env, repo):

@@ -400,6 +400,38 @@ def test_the_agent_takes_the_size_of_the_client_used_last_and_gets_it_back_when_
     assert run_stem(hive_env.env, "stop", "sized").returncode == 0
 
 
+def test_a_stopped_host_turns_a_command_away_and_keeps_a_ui_waiting_until_it_goes_on(hive_env, tmp_path):
+    """kill -STOP of a host: its socket still takes connections and nothing answers. A command's handshake (attach,
+    logs, a script) ends within a second naming the host's pid and how to let it go on (it waited for good); a UI's
+    waits, and is answered once the host gets SIGCONT."""
+    from core.host.protocol import Connection, HostStopped
+
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "held", "--repo", str(repo)).returncode == 0
+    paths = HostPaths(hive_env.home / "colonies" / "held")
+    pid = host_pid(hive_env, "held")
+    assert pid is not None
+
+    async def scenario() -> None:
+        ui = asyncio.ensure_future(Connection.open(paths.socket, "ui"))
+        for kind in ("attach", "script"):
+            with pytest.raises(HostStopped, match=rf"host of held \(pid {pid}\) is stopped: .* kill -CONT {pid}$"):
+                await asyncio.wait_for(Connection.open(paths.socket, kind), 5)
+        assert not ui.done()
+        os.kill(pid, signal.SIGCONT)
+        conn = await asyncio.wait_for(ui, 10)
+        assert conn.colony == "held"
+        await conn.close()
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert paths.stopped() is None
+    assert run_stem(hive_env.env, "stop", "held").returncode == 0
+
+
 def test_a_stop_that_hangs_leaves_in_host_log_what_it_waits_on(caplog, capfd):
     """A host whose stop hangs is killed by its stopper, and nothing told what it waited on (a stop held 25 s once in
     CI): past its patience, host.log gets the stack of every task and thread."""

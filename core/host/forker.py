@@ -254,7 +254,7 @@ class Serving:
     leftovers come to it too) or SIGTERM (`stopping`); SIGHUP is ignored."""
 
     def __init__(self, paths: ServerPaths, lock: int, ready_fd: int | None) -> None:
-        from core import procs
+        from core import pids
         from core.privileges import become_subreaper
 
         self.paths, self.lock = paths, lock
@@ -266,7 +266,7 @@ class Serving:
         os.chmod(paths.socket, 0o600)
         listener.listen(16)
         self.listener: socket.socket | None = listener  # None once it stops taking requests
-        procs.write_pid_file(paths.pid)
+        pids.write_pid_file(paths.pid)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)

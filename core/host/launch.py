@@ -96,6 +96,9 @@ async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: flo
     found = paths.process()
     if found is None:
         return False
+    if paths.stopped() is not None:  # kill -STOP, ctrl+z: let it go on, so that it stops what it runs as a stop does
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(found[0], signal.SIGCONT)
     try:
         # The welcome too is waited for no longer than that: a frozen host (SIGSTOP, hung) accepts a connection (its
         # listening socket's backlog does) and never answers, which held the stop, and every signal after it, for good.

@@ -45,9 +45,18 @@ class HostPaths:
 
     def process(self) -> tuple[int, int] | None:
         """(pid, starttime) of the colony's host if it is alive."""
-        from core import procs  # not for `running()`, which `stem ls` asks without the process machinery
+        from core import pids
 
-        return procs.read_pid_file(self.pid)
+        return pids.read_pid_file(self.pid)
+
+    def stopped(self) -> int | None:
+        """The host's pid if it is stopped (kill -STOP, ctrl+z in the shell it was run from, a debugger): it holds
+        its lock and its socket takes connections, but it answers nothing and its agent and services get no keys,
+        until a SIGCONT. None if it runs or is gone."""
+        from core import pids
+
+        found = pids.read_pid_file(self.pid)
+        return found[0] if found is not None and pids.stopped(*found) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +93,9 @@ class ServerPaths:
 
     def process(self) -> tuple[int, int] | None:
         """(pid, starttime) of the server if it is alive."""
-        from core import procs
+        from core import pids
 
-        return procs.read_pid_file(self.pid)
+        return pids.read_pid_file(self.pid)
 
     def started_process(self, timeout: float = 10.0) -> tuple[int, int] | None:
         """`process()`, waiting for one that is starting (its lock taken, its imports and pid file not done yet: a

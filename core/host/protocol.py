@@ -149,12 +149,38 @@ class HostUnreachable(StemError):
     """No colony host answers at the socket (not running, or not ours to reach)."""
 
 
+class HostStopped(HostUnreachable):
+    """The colony host is stopped (SIGSTOP, a debugger): its socket takes a connection and nothing answers."""
+
+
 class ConnectionClosed(StemError):
     """The other end closed the connection."""
 
 
 class RequestFailed(StemError):
     """The host answered a request with an error."""
+
+
+STOPPED_CHECK = 0.5  # how often a handshake not answered yet looks whether the host is stopped
+
+
+async def _unless_stopped(handshake: Awaitable[Connection], folder: Path) -> Connection:
+    """`handshake`, unless the host in the colony `folder` is (or gets) stopped before it answers: a stopped host's
+    listening socket still takes connections, and the command waited on its hello for good (`stem logs` hung)."""
+    from core.host.paths import HostPaths
+
+    task = asyncio.ensure_future(handshake)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=STOPPED_CHECK)
+            if done:
+                return task.result()
+            pid = HostPaths(folder).stopped()
+            if pid is not None:
+                why = f"it answers nothing until kill -CONT {pid}"
+                raise HostStopped(f"the colony host of {folder.name} (pid {pid}) is stopped: {why}")
+    finally:
+        task.cancel()  # a no-op once it is done; the caller closes the connection it was shaking hands on
 
 
 def mismatch_line(colony: str, host: Sequence[int], ours: Sequence[int]) -> str:
@@ -1542,7 +1568,9 @@ class Connection:
         except PermissionError:
             raise HostUnreachable(f"not allowed to connect to {path}: it belongs to another user") from None
         try:
-            return await cls.over(reader, writer, kind, client=client, versions=versions)
+            handshake = cls.over(reader, writer, kind, client=client, versions=versions)
+            # A UI waits for a stopped host to go on (its link resumes); a command says so and ends.
+            return await (handshake if kind == "ui" else _unless_stopped(handshake, Path(path).parent))
         except BaseException:
             writer.close()
             raise

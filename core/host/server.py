@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import cgroups, procs, sandbox
+from core import cgroups, pids, procs, sandbox
 from core.aio import wait_for
 from core.changes import diff_text
 from core.colony_env import colony_env
@@ -716,7 +716,7 @@ async def _main(home: Path, name: str, ready_fd: int | None) -> int:
         print(f"stem host: a colony host of {name} runs already", file=sys.stderr)
         return 3
     try:
-        procs.write_pid_file(paths.pid)
+        pids.write_pid_file(paths.pid)
         host = ColonyHost(layout, name, ready_fd)
         return await host.run()
     finally:
