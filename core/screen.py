@@ -1814,9 +1814,11 @@ class StemScreen(pyte.Screen):
                         break
                 elif kind == _T_OTHER_CSI:
                     leader, params, between, final = m.group(21, 22, 23, 24)
-                    if final == "m" and not leader and not between:  # SGR with colons: 38:2::R:G:B, 4:3, ...
+                    # SGR with colons: 38:2::R:G:B, 4:3, ...; one of only an underline colour sets nothing (an
+                    # empty SGR would be a reset).
+                    if final == "m" and not leader and not between and (sgr := colon_sgr(params)):
                         cursor = self._cur
-                        cursor.attrs = sgr_apply(cursor.attrs, colon_sgr(params), mo.DECSCNM in self.mode)
+                        cursor.attrs = sgr_apply(cursor.attrs, sgr, mo.DECSCNM in self.mode)
                 elif kind == _T_CHARSET:
                     plain = None
                     designation = m.group(16)

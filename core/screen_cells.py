@@ -348,6 +348,9 @@ def parse_params(params: str) -> tuple[int, ...]:
     return tuple(min(int(p), 9999) if p else 0 for p in parts)
 
 
+UNDERLINE_COLOUR = 58  # SGR 58;5;N or 58;2;R;G;B
+
+
 def colon_sgr(params: str) -> str:
     """SGR parameters with colon sub-parameters (ITU T.416, as kitty, VTE and newer xterm take them) in the
     semicolon form pyte reads: `38:2::R:G:B` and `38:2:R:G:B` to `38;2;R;G;B`, `38:5:N` to `38;5;N` (48 the
@@ -464,6 +467,11 @@ def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
                     replace[key] = f"{attrs_list.pop():02x}{attrs_list.pop():02x}{attrs_list.pop():02x}"
             except IndexError:
                 pass
+        elif attr == UNDERLINE_COLOUR:
+            # Its colour's parameters are its own, as tmux, VTE and kitty read them (not a 0 that resets, a 2 that
+            # dims); Stem draws underlines in the text's colour. pyte takes them one by one.
+            space = attrs_list.pop() if attrs_list else 0
+            del attrs_list[max(0, len(attrs_list) - {5: 1, 2: 3}.get(space, 0)) :]
     return replace
 
 

@@ -348,15 +348,26 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
     colon sub-parameters becomes its semicolon form; any other sequence with a leader (but DA2), colons or
     intermediates is dropped, as xterm ignores what it does not implement."""
     leader, params, between, final = m.groups()
-    if not (leader in (b"<", b"=", b">") or b":" in params or between) or (leader == b">" and final == b"c"):
+    underline_colour = final == b"m" and not leader and b"58" in params.split(b";")
+    if not (leader in (b"<", b"=", b">") or b":" in params or between or underline_colour) or (
+        leader == b">" and final == b"c"
+    ):
         return m.group()
     if leader or between or final != b"m":
         return b""
     out = []
-    for part in params.split(b";"):
+    parts = params.split(b";")
+    while parts:
+        part = parts.pop(0)
         code, _, sub = part.partition(b":")
         subs = sub.split(b":") if sub else []
-        if code in (b"38", b"48") and subs[:1] == [b"5"] and len(subs) > 1:
+        if part in (b"38", b"48", b"58"):  # 38;5;N, 38;2;R;G;B: the colour's own parameters
+            space = parts[0] if parts else b""
+            own = parts[: 1 + {b"5": 1, b"2": 3}.get(space, 0)]
+            del parts[: len(own)]
+            if part != b"58":  # the underline colour: nothing to pyte, as tmux reads it (a 0 in it is no reset)
+                out += [part, *own]
+        elif code in (b"38", b"48") and subs[:1] == [b"5"] and len(subs) > 1:
             out.append(b"%s;5;%d" % (code, int(subs[1] or 0)))
         elif code in (b"38", b"48") and subs[:1] == [b"2"] and len(subs) > 3:
             r, g, b = (int(v or 0) for v in (subs[2:5] if len(subs) > 4 else subs[1:4]))
@@ -365,7 +376,7 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
             out.append(b"24" if subs[0] == b"0" else b"4;21" if subs[0] == b"2" else b"4")
         elif code not in (b"38", b"48", b"58"):
             out.append(code)
-    return b"\x1b[" + b";".join(out) + b"m"
+    return b"\x1b[" + b";".join(out) + b"m" if out else b""  # an empty SGR would be a reset
 
 
 # A control string (DCS, APC, PM, SOS) to its ST, or up to the ESC that aborts it: xterm shows nothing of it,
@@ -541,6 +552,12 @@ def test_final_screen_equals_stock_pyte(name: str, size: int | None) -> None:
         (b"\x1b[38:2:255:128:0m", "ff8000", False),  # and without it
         (b"\x1b[38:5:196;4:3m", "ff0000", True),  # 256 colours, curly underline
         (b"\x1b[4m\x1b[4:0m\x1b[58:2::9:9:9m", "default", False),  # underline off; underline colour ignored
+        # An underline colour alone sets nothing (it was an empty SGR: a reset) and its parameters are its own (the
+        # 0 of 58;2;255;0;0 reset everything, the 2 dimmed), as tmux reads them: Neovim's diagnostics send them.
+        (b"\x1b[31m\x1b[58:2::255:0:0m", "red", False),
+        (b"\x1b[31m\x1b[58;2;255;0;0m", "red", False),
+        (b"\x1b[31;58;5;0;4m", "red", True),
+        (b"\x1b[31;4m\x1b[58;2;1;0;3;0m", "default", False),  # the 0 after the colour is a reset
         (b"\x1bPzz\x1b\\\x1b[0%m", "default", False),  # vim's probe: a DCS, then a CSI with an intermediate
         (b"\x1bP+q544e\x1b\\\x1b_Gf=100;AAAA\x1b\\", "default", False),  # XTGETTCAP, a kitty graphics APC
         (b"\x1b^pm\x1b\\\x1bXsos\xc2\x9c", "default", False),  # PM and SOS, one ended by ST as U+009C

@@ -310,7 +310,14 @@ def autowrap() -> bytes:
 _FUZZ_TEXT = ["hello", "x", " ", "中文", "é", "a\u0301", "─", "😀", "0123456789" * 13, "word " * 30]
 # What agents print beyond that: VS16 ("⚠️"), ZWJ sequences, flags (regional indicators), a zero-width space, a
 # combining mark after a wide character, a skin tone.
-_FUZZ_TEXT += ["⚠️ warn", "\U0001f468\u200d\U0001f4bb dev", "\U0001f1e8\U0001f1f3", "a\u200bb", "中\u0301", "\U0001f44d\U0001f3fd"]
+_FUZZ_TEXT += [
+    "⚠️ warn",
+    "\U0001f468\u200d\U0001f4bb dev",
+    "\U0001f1e8\U0001f1f3",
+    "a\u200bb",
+    "中\u0301",
+    "\U0001f44d\U0001f3fd",
+]
 
 
 # Sequences real programs send that stock pyte misreads: the kitty keyboard protocol (push, pop, set: Codex,
@@ -461,6 +468,9 @@ def _sgr_tui(rng: random.Random) -> str:
             # are not attributes
             + [f"{CSI}2m", f"{CSI}2;38;2;{rgb}m", f"{CSI}22;53m", f"{CSI}8;21m", f"{CSI}4:2m", f"{CSI}24;28;55m"]
             + [f"{CSI}21;4m", f"{CSI}38;5;2;48;2;8;21;53m", f"{CSI}1;2;8;21;53m"]
+            # Underline colours (Neovim's diagnostics), whose parameters are no attributes: 0s, 2s, 4s, 5s
+            + [f"{CSI}4:3;58:2::{rgb.replace(';', ':')}m", f"{CSI}58;2;{rgb}m", f"{CSI}58;5;{rng.randrange(9)};1m"]
+            + [f"{CSI}58:5:2m", f"{CSI}59m", f"{CSI}38;5;58;58;2;0;2;4;24m"]
         )
     return _sgr_random(rng)
 
