@@ -867,16 +867,15 @@ class StemScreen(pyte.Screen):
 
     def _join(self, char: str) -> None:
         """A zero-width character (a combining mark, a variation selector such as the VS16 of "⚠️", a zero-width
-        joiner or space) joins the character before the cursor, as xterm and tmux join it: the wide character a stub
-        belongs to, or the last one of the row above at the start of a row; the cursor does not move, not even to
-        wrap. pyte wrapped first, joined a stub, and dropped the rest of the text at any zero-width character that
-        is not a combining mark."""
+        joiner or space) joins the character before the cursor, as tmux joins it: the wide character a stub belongs
+        to; at the start of a row (after a CR, a line feed, a move: a row that wraps leaves the cursor past its
+        end) there is none, and it is dropped. The cursor does not move, not even to wrap. pyte wrapped first,
+        joined a stub or the last cell of the row above, and dropped the rest of the text at any zero-width
+        character that is not a combining mark."""
         cursor = self._cur
         x, y = min(cursor.x, self.columns), cursor.y
         if x == 0:
-            if y == 0:
-                return
-            x, y = self.columns, y - 1
+            return
         line = self._row(y)
         if x >= 2 and line[x - 1].data == "" and line[x - 2].data:
             x -= 1

@@ -54,7 +54,7 @@ class XtermExtras:
         """pyte's draw, except at zero-width and unprintable characters, where pyte wrapped first, joined a wide
         character's stub and dropped the rest of the text at any that is not a combining mark: a zero-width one
         (a combining mark, VS16, ZWJ, ZWSP) joins the character before the cursor (the wide one a stub belongs to;
-        the last of the row above at a row's start), without wrapping; an unprintable one is skipped. And under
+        none at a row's start, where tmux drops it), without wrapping; an unprintable one is skipped. And under
         autowrap a two-cell character that would land in the last column goes to the next row, as xterm and tmux
         draw it (pyte drew it there, half off the screen)."""
         start = 0
@@ -74,8 +74,6 @@ class XtermExtras:
             if width < 0:
                 continue
             x, y = min(self.cursor.x, self.columns), self.cursor.y
-            if x == 0 and y > 0:
-                x, y = self.columns, y - 1
             if x > 0:
                 line = self.buffer[y]
                 x -= 2 if x >= 2 and line[x - 1].data == "" and line[x - 2].data else 1
@@ -1291,7 +1289,9 @@ def test_take_dirty_and_versions() -> None:
     screen.feed(b"\x1b[2;1H\x1b[J")  # erase below row 1: all rows but the first changed
     assert screen.take_dirty() == set(range(1, ROWS))
 
-    screen.feed("\x1b[5;1H\u0301".encode())  # a combining mark at column 0 changes the row above, only it
+    screen.feed("\x1b[5;1H\u0301".encode())  # a combining mark at column 0 has nothing to join: no row changed
+    assert screen.take_dirty() == set()
+    screen.feed("\x1b[4;2H\u0301".encode())  # one after a cell changes its row, only it
     assert screen.take_dirty() == {3}
 
     screen.feed(streams.flood(50))  # scrolled: every row changed

@@ -83,6 +83,7 @@ QUIRKS = {
     "decrc-as-often-as-asked": b"\x1b[3;5H\x1b7x\x1b8y\x1b8z\x1b[s\x1b[6;28r\x1b[?25l\x1b[u!",
     "decsc-kept-over-the-alternate-screen": b"\n\x1b7\x1b[?1049h\x1b8alt\x1b[?1049l\x1b8main",
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
+    "combining-mark-at-the-start-of-a-row": "ab\r\u0301X\r\n\u0301Y\r\nZ\x1b[5G\u0301W\x1b[3;20Hend\u0301".encode(),
     "underline-colour": b"\x1b[1;31mA\x1b[58;2;255;0;0mB\x1b[58:2::0:9:0mC\x1b[4;58;5;2mD\x1b[59;24mE\x1b[0m plain",
 }
 
