@@ -16,6 +16,7 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
   sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
                 full-screen programs as users run them beside an agent, checked against pyte by the screen tests
+  nvim.bin      Neovim (Debian's 0.7) with truecolour, spell checking (undercurls, their colour) and splits
   emacs.bin, tig.bin, fzf.bin, fzf_height.bin, bat.bin, vim_cjk.bin, whiptail.bin, dialog_gauge.bin, gnu_screen.bin,
   ipython.bin, btop.bin, bash_readline.bin: more real programs (Debian's packages of those names, IPython from pip),
                 on text with wide characters, emoji and combining marks (cjk.txt) and a generated git repository:
@@ -332,6 +333,24 @@ def main() -> int:
                 home,
             ),
             # More real programs (Debian's packages; IPython from pip), with wide characters, emoji and combining marks
+            "nvim.bin": lambda: capture(
+                ["nvim", "--clean", "-n", "-i", "NONE", "colonies.py"],
+                [
+                    b":set number cursorline termguicolors spell\r",
+                    b"30j",
+                    b":vsplit coloured.txt\r",
+                    b"G",
+                    b"\x17l",
+                    b"/worktree\r",
+                    b"ohello wrold, a mispeled line\x1b",
+                    b":set list\r",
+                    b"\x06",
+                    b"u",
+                    b":qa!\r",
+                ],
+                work,
+                home,
+            ),
             "emacs.bin": lambda: capture(
                 ["emacs", "-nw", "-Q", "cjk.txt"],
                 [
