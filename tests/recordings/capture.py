@@ -16,7 +16,8 @@ Writes, next to this file (`capture.py NAME...` refreshes only those, e.g. `capt
   htop.bin, nano.bin, mc.bin, ncdu.bin, dialog.bin, vim_syntax.bin (syntax on, splits), less_chop.bin (-S,
   sideways), man.bin, top_colour.bin (colours, bold, per-CPU), tmux.bin (tmux running vim and a shell in splits):
                 full-screen programs as users run them beside an agent, checked against pyte by the screen tests
-  nvim.bin      Neovim (Debian's 0.7) with truecolour, spell checking (undercurls, their colour) and splits
+  nvim.bin      Neovim (Debian's 0.7) with truecolour, spell checking and splits
+  micro.bin     micro (Go, tcell) editing and searching; ranger.bin: ranger (Python curses) browsing a tree
   emacs.bin, tig.bin, fzf.bin, fzf_height.bin, bat.bin, vim_cjk.bin, whiptail.bin, dialog_gauge.bin, gnu_screen.bin,
   ipython.bin, btop.bin, bash_readline.bin: more real programs (Debian's packages of those names, IPython from pip),
                 on text with wide characters, emoji and combining marks (cjk.txt) and a generated git repository:
@@ -348,6 +349,18 @@ def main() -> int:
                     b"u",
                     b":qa!\r",
                 ],
+                work,
+                home,
+            ),
+            "micro.bin": lambda: capture(
+                ["micro", "-config-dir", str(home / "micro"), "colonies.py"],
+                [b"\x1b[B" * 20, b"\x1b[F", b" # edited", b"\x06worktree\r", b"\x1b[5~", b"\x1a", b"\x11"],
+                work,
+                home,
+            ),
+            "ranger.bin": lambda: capture(
+                ["ranger", "--clean", str(tree)],
+                [b"j", b"j", b"l", b"j", b"h", b"zh", b"gg", b"q"],
                 work,
                 home,
             ),
