@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -484,6 +485,8 @@ class Hive:
                     raise
                 try:
                     await self._start_runtime(rec, config, launched=True)
+                    # Recorded, or undone as any step: a disk its services filled as they started refuses this write.
+                    await asyncio.to_thread(self.set_state, name, lc.RUNNING)
                 except BaseException as exc:
                     await self._stop_runtime(name)
                     await asyncio.to_thread(self._rollback, rec)
@@ -493,7 +496,6 @@ class Hive:
                     raise StepFailed(
                         f"spawn {name} failed while starting: {cause} (everything made was removed)"
                     ) from exc
-                await asyncio.to_thread(self.set_state, name, lc.RUNNING)
                 return await asyncio.to_thread(self.registry.get, name)
 
         result: ColonyRecord = await self.supervisor.call(name, handler)
@@ -851,7 +853,8 @@ class Hive:
                 with self._commands_lock:
                     self._commands.pop(rec.name, None)
             procs.forget_child(proc.pid)
-            self.registry.remove_process(proc.pid, start)
+            if code == 0:  # a failed one's record goes with the rollback's: on a disk it filled, this write fails
+                self.registry.remove_process(proc.pid, start)
             _checkpoint(source)
             if code != 0:
                 tail = failure_tail(last)
@@ -862,12 +865,25 @@ class Hive:
         then its row."""
         from core.host import launch
 
-        with self.registry.freeing():  # it removes what the spawn made: on a full disk it may take the reserve
+        def undo() -> None:
             launch.kill(self.host_paths(rec.name))
             self.end_processes(rec)
             self.remove_parts(rec.name, keep_unmerged=False)
             self.peering.forget(rec.name)
             self.registry.delete_colony(rec.name)
+
+        with self.registry.freeing():  # it removes what the spawn made: on a full disk it may take the reserve
+            try:
+                undo()
+            except Exception as exc:
+                if not refused_by_disk(exc):
+                    raise
+                # The disk is full (a setup filled it, the checkout took the last room) and a small STEM_HOME has no
+                # reserve: the colony's own files go first, without the registry (their claims are released as
+                # their removal finds them gone), and the undo's writes find the room they freed.
+                for path in (rec.worktree, self.layout.colony_dir(rec.name)):
+                    shutil.rmtree(path, ignore_errors=True)
+                undo()
         self._forget_log(rec.name)
         self._emit(ColonyRemoved(rec.name))
         self.retire_preview(rec.name)

@@ -1,0 +1,62 @@
+"""Stem on a STEM_HOME that fills up as a user meets it: what fails says the disk in one line and leaves nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import assert_refused, git, make_repo, run_stem
+from test_bad_input import assert_nothing_made
+from test_faults import fill, small_disk
+
+pytestmark = pytest.mark.root
+
+
+def test_a_setup_that_fills_the_disk_fails_its_spawn_which_removes_everything(hive_env, tmp_path):
+    # An `npm install` that fills STEM_HOME: the spawn fails with the setup's own words, and its undo, whose
+    # registry writes find the disk full too, frees the colony's files first and then removes the rest. It left
+    # the namespace, the veth, the 8 MB worktree and a row 'provisioning', and said only that the registry
+    # could not be written.
+    toml = '[colony]\nsetup = ["head -c 20000000 /dev/zero > big.bin"]\n'
+    repo = make_repo(tmp_path / "greedy", files=1, colony_toml=toml)
+    with small_disk(hive_env.home, "8m"):
+        failed = run_stem(hive_env.env, "spawn", "greedy", "--repo", str(repo))
+
+        assert_refused(
+            failed, "spawn greedy failed", "setup command", "No space left on device", "everything made was removed"
+        )
+        assert_nothing_made(hive_env, repo)
+        plain = make_repo(tmp_path / "plain", files=1)
+        spawned = run_stem(hive_env.env, "spawn", "after", "--repo", str(plain))
+        assert spawned.returncode == 0, spawned.stderr
+        assert run_stem(hive_env.env, "destroy", "after").returncode == 0
+
+
+def test_a_spawn_that_meets_a_full_disk_anywhere_is_undone_whole(hive_env, tmp_path):
+    # Room for the checkout but not for all of what the spawn writes after it (the host's files, the log, the
+    # registry's journal): each step in turn meets the full disk, the last the record that the colony runs. Every
+    # spawn either runs or fails in one line and leaves nothing. Rows were left 'building' or 'starting' (with
+    # the namespace, the worktree and the branch), by an undo whose own registry writes were refused, and by a spawn
+    # that could not record 'running', whose host ran on.
+    repo = make_repo(tmp_path / "mid", files=1)
+    (repo / "data.bin").write_bytes(os.urandom(2 << 20))
+    git(repo, "add", "data.bin")
+    git(repo, "commit", "-qm", "data")
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "ls").returncode == 0  # the hive's own files first
+        free = os.statvfs(hive_env.home).f_bavail * os.statvfs(hive_env.home).f_frsize
+        assert run_stem(hive_env.env, "spawn", "probe", "--repo", str(repo)).returncode == 0
+        need = free - os.statvfs(hive_env.home).f_bavail * os.statvfs(hive_env.home).f_frsize
+        assert run_stem(hive_env.env, "destroy", "probe").returncode == 0
+        for leave in range(need - (80 << 10), need + 1, 5 << 10):
+            filler = fill(hive_env.home, leave)
+            result = run_stem(hive_env.env, "spawn", "tight", "--repo", str(repo))
+            if result.returncode == 0:
+                assert run_stem(hive_env.env, "destroy", "--force", "tight").returncode == 0
+            else:
+                line = assert_refused(result, "free some space")
+                assert line.startswith("stem: spawn tight failed while ") or "a spawn needs" in line, line
+                assert line.endswith("(everything made was removed)") or "a spawn needs" in line, line
+            assert_nothing_made(hive_env, repo)
+            assert hive_env.host_pids() == [], leave - need
+            filler.unlink()
