@@ -242,7 +242,8 @@ class StemDriver(LinuxDriver):
         super().stop_application_mode()
 
     def run_input_thread(self) -> None:
-        """Textual's `LinuxDriver.run_input_thread` (8.x), with `StemParser` in place of `XTermParser`."""
+        """Textual's `LinuxDriver.run_input_thread` (8.x), with `StemParser` in place of `XTermParser`, and the end
+        of input (the terminal hung up) ending the app."""
         selector = selectors.SelectSelector()
         selector.register(self.fileno, selectors.EVENT_READ)
         fileno = self.fileno
@@ -250,21 +251,34 @@ class StemDriver(LinuxDriver):
         feed = parser.feed
         tick = parser.tick
         decode = getincrementaldecoder("utf-8")().decode
+        hung_up = False
 
         def process(selector_events: Iterable[tuple[selectors.SelectorKey, int]], final: bool = False) -> None:
+            nonlocal hung_up
             for last, (_key, mask) in loop_last(selector_events):
                 if mask & selectors.EVENT_READ:
-                    data = decode(os.read(fileno, 1024 * 4), final=final and last)
-                    if not data:
+                    try:
+                        raw = os.read(fileno, 1024 * 4)
+                    except OSError:  # EIO: the terminal hung up
+                        raw = b""
+                    if not raw:
+                        hung_up = True
                         break
+                    data = decode(raw, final=final and last)
                     for event in feed(data):
                         self.process_message(event)
             for event in tick():
                 self.process_message(event)
 
         try:
-            while not self.exit_event.is_set():
+            while not self.exit_event.is_set() and not hung_up:
                 process(selector.select(0.1))
+            if hung_up:
+                # The terminal is gone and this process lives on (its SIGHUP ignored, as under nohup): at end of
+                # input a terminal stays readable, so Textual's loop would read nothing for ever at full speed.
+                # Quit instead, as `q` does: the colonies run on.
+                self.process_message(messages.ExitApp())
+                return
             selector.unregister(self.fileno)
             process(selector.select(0.1), final=True)
         finally:
