@@ -27,7 +27,7 @@ from core.lifecycle import ColonyState, allowed
 # lack of room (see `_with_room`), so that they can still record what they do. Nothing else may take it: a spawn
 # on a full disk is refused and leaves the reserve for the stop that makes room.
 RESERVE_BYTES = 1 << 20
-RESERVE_WHEN_FREE = 8 << 20  # made only with at least this much free
+RESERVE_WHEN_FREE = 4 << 20  # made only with at least this much free (an 8 MB STEM_HOME gets one)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

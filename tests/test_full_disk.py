@@ -15,12 +15,13 @@ pytestmark = pytest.mark.root
 def test_a_setup_that_fills_the_disk_fails_its_spawn_which_removes_everything(hive_env, tmp_path):
     # An `npm install` that fills STEM_HOME: the spawn fails with the setup's own words, and its undo, whose
     # registry writes find the disk full too, frees the colony's files first and then removes the rest. It left
-    # the namespace, the veth, the 8 MB worktree and a row 'provisioning', and said only that the registry
+    # the namespace, the veth, the 4 MB worktree and a row 'provisioning', and said only that the registry
     # could not be written.
     toml = '[colony]\nsetup = ["head -c 20000000 /dev/zero > big.bin"]\n'
     repo = make_repo(tmp_path / "greedy", files=1, colony_toml=toml)
-    with small_disk(hive_env.home, "8m"):
+    with small_disk(hive_env.home, "4m"):
         failed = run_stem(hive_env.env, "spawn", "greedy", "--repo", str(repo))
+        assert not (hive_env.home / "hive.db.reserve").exists()  # too small a disk for one: no room given back
 
         assert_refused(
             failed, "spawn greedy failed", "setup command", "No space left on device", "everything made was removed"
@@ -60,3 +61,26 @@ def test_a_spawn_that_meets_a_full_disk_anywhere_is_undone_whole(hive_env, tmp_p
             assert_nothing_made(hive_env, repo)
             assert hive_env.host_pids() == [], leave - need
             filler.unlink()
+
+
+def test_a_small_stem_home_keeps_a_reserve_so_that_destroy_and_gc_work_when_it_is_full(hive_env, tmp_path):
+    # An 8 MB STEM_HOME never had 8 MiB free, so it never got the registry's reserve: full, with no colony
+    # running (nobody holding hive.db open), every command failed ('disk I/O error'), the destroy and gc that
+    # would make room too.
+    repo = make_repo(tmp_path / "quiet", files=1)
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "stop", "quiet").returncode == 0
+        filler = fill(hive_env.home, 0)
+
+        listed = run_stem(hive_env.env, "ls")
+        assert listed.returncode == 0 and "stopped" in listed.stdout, listed.stderr
+        destroyed = run_stem(hive_env.env, "destroy", "--force", "quiet")
+        assert destroyed.returncode == 0, destroyed.stderr
+        collected = run_stem(hive_env.env, "gc")
+        assert collected.returncode == 0, collected.stderr
+        assert_nothing_made(hive_env, repo)
+        filler.unlink()
+        assert run_stem(hive_env.env, "spawn", "again", "--repo", str(repo)).returncode == 0
+        assert (hive_env.home / "hive.db.reserve").exists()  # made again once there was room
+        assert run_stem(hive_env.env, "destroy", "again").returncode == 0
