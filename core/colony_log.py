@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import re
@@ -27,6 +28,9 @@ class Entry(NamedTuple):  # a tuple: made for every line a service prints, at ha
 
 
 KEEP_PER_SOURCE = 500  # each source's last lines, kept whatever the others print
+# Room a log that found the disk full leaves free when it tries again: a flood took whatever was freed within a
+# second, and the room a stop or destroy frees for the registry (its 1 MiB reserve) is theirs.
+ROOM_TO_SPARE = 1 << 20
 
 
 class _Last:
@@ -142,7 +146,13 @@ class ColonyLog:
                     self._gen_start = first  # a file this process knows nothing of before this batch
             else:
                 size = st.st_size
-            if size and size + len(data) > self.max_bytes:
+            rotating = size and size + len(data) > self.max_bytes
+            if self._write_error is not None and not rotating:  # a rotation frees the old generation first
+                disk = os.fstatvfs(self._fd)
+                spare = min(ROOM_TO_SPARE, disk.f_blocks * disk.f_frsize // 8)  # a tiny disk: an eighth of it
+                if disk.f_bavail * disk.f_frsize < spare + len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if rotating:
                 # One rotated generation keeps the disk bounded at twice the cap (and a bit: the kept lines).
                 keeping = self._kept_lines()
                 os.replace(self.path, rotated(self.path))  # frees the old generation's room first (a full disk)

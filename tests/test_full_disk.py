@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pytest
-from helpers import assert_refused, git, make_repo, run_stem
+from helpers import assert_refused, git, make_repo, netns_names, run_stem, wait_for
 from test_bad_input import assert_nothing_made
 from test_faults import fill, small_disk
 
@@ -84,3 +85,35 @@ def test_a_small_stem_home_keeps_a_reserve_so_that_destroy_and_gc_work_when_it_i
         assert run_stem(hive_env.env, "spawn", "again", "--repo", str(repo)).returncode == 0
         assert (hive_env.home / "hive.db.reserve").exists()  # made again once there was room
         assert run_stem(hive_env.env, "destroy", "again").returncode == 0
+
+
+def test_a_stop_keeps_the_room_the_reserve_gave_it_from_the_log_that_filled_the_disk(hive_env, tmp_path):
+    # A service's flood filled the disk, and goes on while it stops (2 s after SIGTERM). The stop's first write
+    # gives up the registry's reserve; the colony's log, tried again each second, took that room at once, so the
+    # stop's next writes were refused: 'the hive's registry ... cannot be written' after the colony had stopped
+    # half (its state 'stopping' until the next command finished it).
+    flood = (
+        "end=0; trap 'end=$(($(date +%s) + 2))' TERM; i=0; while :; do i=$((i+1)); "
+        "echo line $i of a flood that fills the disk; "
+        "if [ $end -gt 0 ] && [ $(date +%s) -ge $end ]; then exit 0; fi; done"
+    )
+    toml = f'[services.flood]\ncommand = """sh -c "{flood}" """\n'
+    repo = make_repo(tmp_path / "flood", files=1, colony_toml=toml)
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "spawn", "flood", "--repo", str(repo)).returncode == 0
+        assert (hive_env.home / "hive.db.reserve").exists()
+        wait_for(lambda: disk_free(hive_env.home) == 0, timeout=30, what="the flood to fill the disk")
+
+        stopped = run_stem(hive_env.env, "stop", "flood")
+
+        assert stopped.returncode == 0, stopped.stderr
+        with sqlite3.connect(hive_env.home / "hive.db") as db:  # as the stop left it, before any other command
+            assert db.execute("SELECT state FROM colonies").fetchall() == [("stopped",)]
+        assert netns_names(hive_env.prefix) == []
+        destroyed = run_stem(hive_env.env, "destroy", "--force", "flood")
+        assert destroyed.returncode == 0, destroyed.stderr
+
+
+def disk_free(disk) -> int:
+    st = os.statvfs(disk)
+    return st.f_bavail * st.f_frsize
