@@ -66,7 +66,7 @@ from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
-from core.registry import ColonyRecord, Transition
+from core.registry import RESERVE_BYTES, ColonyRecord, Transition
 from core.sandbox import ColonyInit, Sandbox
 from core.settings import Settings, load_settings
 
@@ -605,18 +605,21 @@ class Hive:
             raise StepFailed(f"spawn {name} failed while {stage}: {cause} (everything made was removed)") from exc
         return self.registry.get(name)
 
-    def _check_room(self) -> None:
-        """Refuse a spawn before it makes anything where STEM_HOME has no room for what it writes beside the
-        worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would fail half
-        way, and the rollback's own writes might then find no room either."""
+    def _check_room(self, what: str = "a spawn") -> None:
+        """Refuse a spawn (or a start) before it makes anything where STEM_HOME has no room for what it writes
+        beside the worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would
+        fail half way, and the rollback's own writes might then find no room either. The registry's reserve, given
+        up to open the hive on a full disk, is room for what frees space, not for this."""
         try:
             st = os.statvfs(self.layout.home)
         except OSError:
             return
         free = st.f_bavail * st.f_frsize
+        if self.registry.opened_on_reserve and not self.registry.reserve_path.exists():
+            free = max(0, free - RESERVE_BYTES)
         if free < SPAWN_ROOM:
             raise StemError(
-                f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.2f} MB free and a spawn needs "
+                f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.2f} MB free and {what} needs "
                 f"{SPAWN_ROOM / 1e6:.2f} MB there beside its worktree: free some space and try again"
             )
 
@@ -1072,6 +1075,7 @@ class Hive:
             raise WrongState(f"{name} is {rec.state}: only a stopped or failed colony can be started")
         if not Path(rec.worktree).exists():
             raise WrongState(f"{name}'s worktree {rec.worktree} is gone: destroy the colony (or run `stem gc`)")
+        self._check_room("a start")  # what a start writes, as a spawn's: a full disk would leave it half started
         stage = lc.PROVISIONING
         try:
             self.set_state(name, lc.PROVISIONING)

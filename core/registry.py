@@ -208,6 +208,7 @@ class Registry:
         self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
         self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
+        self.opened_on_reserve = False  # the reserve was given up to open the file: its room is not a spawn's
         try:
             self._open()
         except sqlite3.OperationalError as exc:
@@ -218,6 +219,7 @@ class Registry:
                 self._db.close()
             if not _out_of_room(exc, path) or not self.give_up_reserve():
                 raise
+            self.opened_on_reserve = True
             self._open()
         self._keep_reserve()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 
 import pytest
@@ -117,3 +118,32 @@ def test_a_stop_keeps_the_room_the_reserve_gave_it_from_the_log_that_filled_the_
 def disk_free(disk) -> int:
     st = os.statvfs(disk)
     return st.f_bavail * st.f_frsize
+
+
+def test_a_start_on_a_full_disk_is_refused_before_it_makes_anything(hive_env, tmp_path):
+    # Nobody holds hive.db open, so the start opens it on the registry's reserve: it took that room, started the
+    # colony on a full disk (its log, its database, the host's records all refused from then on) and left none for
+    # the stop or destroy that would make room; with the hive held open elsewhere (a UI) it failed half way and
+    # left the colony 'starting', its namespace and veth made, its host dead.
+    toml = '[services.web]\ncommand = "python3 -m http.server 8000"\nport = 8000\n'
+    repo = make_repo(tmp_path / "quiet", files=1, colony_toml=toml)
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "stop", "quiet").returncode == 0
+        filler = fill(hive_env.home, 0)
+
+        refused = run_stem(hive_env.env, "start", "quiet")
+
+        line = assert_refused(refused, "No space left on device", str(hive_env.home), "a start needs")
+        assert "free some space" in line
+        assert netns_names(hive_env.prefix) == [] and hive_env.host_pids() == []
+        listed = run_stem(hive_env.env, "ls")
+        assert listed.returncode == 0 and re.search(r"^quiet\s+stopped\s", listed.stdout, re.M), listed
+        destroyed = run_stem(hive_env.env, "destroy", "--force", "quiet")  # the reserve's room is still there
+        assert destroyed.returncode == 0, destroyed.stderr
+        filler.unlink()
+        assert run_stem(hive_env.env, "spawn", "again", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "stop", "again").returncode == 0
+        started = run_stem(hive_env.env, "start", "again")
+        assert started.returncode == 0, started.stderr
+        assert run_stem(hive_env.env, "destroy", "again").returncode == 0
