@@ -860,6 +860,8 @@ class Hive:
                 self.registry.remove_process(proc.pid, start)
             _checkpoint(source)
             if code != 0:
+                if rec.name in self._abandoned:  # ended by the cancel of its spawn or start: no failure of its own
+                    raise StepFailed(f"{source} interrupted during `{command}`")
                 tail = failure_tail(last)
                 raise StepFailed(f"{source} command `{command}` exited with {code}" + (f": {tail}" if tail else ""))
 
@@ -1052,6 +1054,9 @@ class Hive:
                     await self._start_runtime(rec, config)
                 except BaseException as exc:
                     await self._stop_runtime(name)
+                    if isinstance(exc, asyncio.CancelledError):  # as above: failed, and the command stays cancelled
+                        await asyncio.to_thread(self._fail_start, rec, lc.STARTING, "its start was interrupted")
+                        raise
                     reason = str(exc) if isinstance(exc, StemError) else describe(exc)
                     await asyncio.to_thread(self._fail_start, rec, lc.STARTING, reason)
                     raise StepFailed(f"start {name} failed while starting: {reason}") from exc
@@ -1367,7 +1372,9 @@ class Hive:
             if paths.running():
                 return
             env = await asyncio.to_thread(self._host_env_for, rec, config, revived)
-            await asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, env)
+            # Once begun, waited for even if the caller is cancelled (a start cut by Ctrl-C or a hang-up): else the
+            # host came up after the caller's stop had found none to stop, and ran on for a colony left failed.
+            await _finished_even_if_cancelled(asyncio.to_thread(launch.launch, paths, self.layout.home, rec.name, env))
         if self.attached and rec.name not in self._link_tasks:
             from core.host.client import HostLink
 
@@ -1618,7 +1625,12 @@ class Hive:
                     continue
                 with file_lock(self.layout.colony_lock(rec.name), blocking=False) as got:
                     fresh = self.registry.find(rec.name) if got else None
-                    line = finish_interrupted(self, fresh) if fresh is not None else None
+                    try:
+                        line = finish_interrupted(self, fresh) if fresh is not None else None
+                    except Exception as exc:
+                        if not refused_by_disk(exc):
+                            raise
+                        line = None  # a full disk: the first command with room finishes it, this one goes on
                 if line is not None:
                     done.append(line)
                     self._forget_lock(rec.name)

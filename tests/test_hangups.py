@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
+from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, use_fake_agent, wait_for
+from helpers import make_repo, run_stem, stem_popen, use_fake_agent, wait_for
 from test_e2e_tmux import Tmux, stem_command
 from test_e2e_tmux_ui import stem_pid
 from test_host import SERVICE, host_pid
 
+from core.host.forker import ForkerPaths
+from core.host.paths import HostPaths
 from core.procs import alive
 
 pytestmark = pytest.mark.root
@@ -57,3 +61,80 @@ def test_a_ui_whose_terminal_hung_up_quits_though_it_ignores_sighup(hive_env, tm
     after = listed(hive_env)["solo"]
     assert after["state"] == "running" and after["services"] == {"web": "ready"}, after
     assert host is not None and host_pid(hive_env, "solo") == host  # the same host: it never went
+
+
+# A build and a service that take their time once the test puts a file in the worktree (not at spawn).
+SLOW_START = """\
+[colony]
+build = ["if [ -e slow-build ]; then sleep 60; fi"]
+
+[services.web]
+command = "if [ -e slow-start ]; then sleep 60; fi; echo up > up.txt; exec python3 -m http.server 3000"
+port = 3000
+ready = "http:/up.txt"
+"""
+
+
+@pytest.mark.parametrize("stage", ["building", "starting"])
+def test_a_start_cut_by_a_hang_up_is_failed_as_interrupted_and_the_next_start_runs_it(hive_env, tmp_path, stage):
+    """SIGHUP (or Ctrl-C) while `stem start` builds or waits for the services: the colony is left failed, saying
+    its start was interrupted, not that its build failed (killed by Stem itself, it 'exited with -9') nor with a
+    traceback's words ('CancelledError: at protocol.py:...'); the command ends as the hang-up ends it."""
+    use_fake_agent(hive_env.env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SLOW_START)
+    assert run_stem(hive_env.env, "spawn", "slow", "--repo", str(repo)).returncode == 0
+    assert run_stem(hive_env.env, "stop", "slow").returncode == 0
+    marker = Path(listed(hive_env)["slow"]["worktree"]) / ("slow-build" if stage == "building" else "slow-start")
+    marker.write_text("")
+    start = stem_popen(dict(hive_env.env, STEM_WARM="0"), "start", "slow")
+    try:
+        wait_for(lambda: listed(hive_env)["slow"]["state"] == stage, 60, f"the start {stage}")
+        start.send_signal(signal.SIGHUP)
+        _out, err = start.communicate(timeout=60)
+    finally:
+        start.kill()
+    assert start.returncode == 128 + signal.SIGHUP, err
+    rec = listed(hive_env)["slow"]
+    assert (rec["state"], rec["stage"]) == ("failed", stage), rec
+    assert "interrupted" in rec["reason"] and "exited with" not in rec["reason"], rec["reason"]
+    assert "Error" not in rec["reason"], rec["reason"]
+    marker.unlink()
+    assert run_stem(hive_env.env, "start", "slow").returncode == 0
+    rec = listed(hive_env)["slow"]
+    assert rec["state"] == "running" and rec["services"] == {"web": "ready"}, json.dumps(rec)
+
+
+def state_of(hive_env, name: str) -> str | None:
+    """The colony's state as the registry holds it now (read directly: a poll of `stem ls` is too slow to catch a
+    step that lasts half a second)."""
+    with sqlite3.connect(hive_env.home / "hive.db") as db:
+        row = db.execute("SELECT state FROM colonies WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_start_cut_while_its_host_comes_up_leaves_no_host_running(hive_env, tmp_path):
+    """A hang-up while `stem start` waits for the colony's new host to listen (the hive's forker starting first,
+    after the last colony's stop took it): the host is stopped once it listens, not left to come up after the start's
+    stop found none to stop, running on for a colony said to be failed (and taken by the next start as its host)."""
+    use_fake_agent(hive_env.env)
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
+    assert run_stem(hive_env.env, "spawn", "slow", "--repo", str(repo)).returncode == 0
+    assert run_stem(hive_env.env, "stop", "slow").returncode == 0
+    paths = HostPaths(hive_env.home / "colonies" / "slow")
+    forker = ForkerPaths.of(hive_env.home)
+    wait_for(lambda: forker.process() is None, 30, "the forker to go with the hive's last running colony")
+    start = stem_popen(dict(hive_env.env, STEM_WARM="0"), "start", "slow")
+    try:
+        wait_for(lambda: state_of(hive_env, "slow") == "starting", 60, "the start to start its host")
+        assert not paths.running(), "the host was up already: nothing left to cut"
+        start.send_signal(signal.SIGHUP)
+        _out, err = start.communicate(timeout=60)
+    finally:
+        start.kill()
+    assert start.returncode == 128 + signal.SIGHUP, err
+    assert not paths.running(), "the host came up after its start was cut, and runs on"
+    rec = listed(hive_env)["slow"]
+    assert (rec["state"], rec["host"]) == ("failed", False), rec
+    assert run_stem(hive_env.env, "start", "slow").returncode == 0
+    rec = listed(hive_env)["slow"]
+    assert rec["state"] == "running" and rec["services"] == {"web": "ready"}, rec
