@@ -147,3 +147,30 @@ def test_a_start_on_a_full_disk_is_refused_before_it_makes_anything(hive_env, tm
         started = run_stem(hive_env.env, "start", "again")
         assert started.returncode == 0, started.stderr
         assert run_stem(hive_env.env, "destroy", "again").returncode == 0
+
+
+def test_stem_ls_lists_on_a_full_disk_what_a_killed_stop_left_half_done_and_the_next_one_with_room_finishes_it(
+    hive_env, tmp_path
+):
+    # Each command finishes on its way what a stem killed -9 left half done. Where the disk refused that (no
+    # reserve left, the hive held open elsewhere: a UI, here a reader), stem ls failed with the registry's line
+    # instead of listing; it lists, and the first command with room finishes the stop.
+    repo = make_repo(tmp_path / "quiet", files=1)
+    with small_disk(hive_env.home, "4m"):
+        assert run_stem(hive_env.env, "spawn", "cut", "--repo", str(repo)).returncode == 0
+        killed = run_stem(dict(hive_env.env, STEM_FAULT_KILL_AT="stopping", STEM_WARM="0"), "stop", "cut")
+        assert killed.returncode == -9, killed
+        reader = sqlite3.connect(hive_env.home / "hive.db")
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT state FROM colonies").fetchall() == [("stopping",)]  # its snapshot held
+        filler = fill(hive_env.home, 0)
+
+        listed = run_stem(hive_env.env, "ls")
+
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(r"^cut\s+stopping\s", listed.stdout, re.M), listed.stdout
+        reader.close()
+        filler.unlink()
+        assert re.search(r"^cut\s+stopped\s", run_stem(hive_env.env, "ls").stdout, re.M)
+        assert netns_names(hive_env.prefix) == []
+        assert run_stem(hive_env.env, "destroy", "cut").returncode == 0
