@@ -174,3 +174,21 @@ def test_stem_ls_lists_on_a_full_disk_what_a_killed_stop_left_half_done_and_the_
         assert re.search(r"^cut\s+stopped\s", run_stem(hive_env.env, "ls").stdout, re.M)
         assert netns_names(hive_env.prefix) == []
         assert run_stem(hive_env.env, "destroy", "cut").returncode == 0
+
+
+def test_a_colony_host_that_wrote_nothing_on_a_full_disk_names_the_disk(tmp_path):
+    # A host that found no room wrote nothing to host.log, not even why: the spawn said only 'the colony host of
+    # tight did not start: no output'.
+    from core.host import launch
+    from core.host.paths import HostPaths
+
+    with small_disk(tmp_path / "disk") as disk:
+        paths = HostPaths(disk / "colonies" / "tight")
+        paths.folder.mkdir(parents=True)
+        paths.log.touch()
+        assert launch._log_tail(paths) == "no output"  # with room, nothing more to say
+        fill(disk, 0)
+
+        said = launch._log_tail(paths)
+
+        assert said == f"no output, and {paths.folder} has 0 KB free: free some space and try again"

@@ -19,6 +19,7 @@ from core.host.protocol import Connection, HostUnreachable, RequestFailed
 
 # The host's own log is for its few lines and a traceback if it has a bug; a runaway one is cut at launch.
 HOST_LOG_CAP = 1 << 20
+NO_ROOM = 1 << 20  # free bytes under which a host that wrote nothing is said to have met a full disk
 HELLO_WAIT = 5.0  # seconds a stopper waits for a host to answer at all before it kills it
 _HOST_LINE = re.compile(r" host\[(\d+)\] ")  # how each host's own log lines name it (core.host.server)
 
@@ -66,14 +67,26 @@ def _log_tail(paths: HostPaths, pid: int | None = None) -> str:
     try:
         lines = [line for line in paths.log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
-        return "no output"
+        return _nothing_said(paths)
     if pid is not None:
         for i in range(len(lines) - 1, -1, -1):
             named = _HOST_LINE.search(lines[i])
             if named is not None and int(named.group(1)) != pid:
                 lines = lines[i + 1 :]
                 break
-    return " | ".join(lines[-3:]) or "no output"
+    return " | ".join(lines[-3:]) or _nothing_said(paths)
+
+
+def _nothing_said(paths: HostPaths) -> str:
+    """For a host that wrote nothing: on a full disk it had no room to say why, so the disk is named."""
+    try:
+        st = os.statvfs(paths.folder)
+    except OSError:
+        return "no output"
+    free = st.f_bavail * st.f_frsize
+    if free >= NO_ROOM:
+        return "no output"
+    return f"no output, and {paths.folder} has {free / 1e3:.0f} KB free: free some space and try again"
 
 
 async def await_start(paths: HostPaths, name: str) -> None:
