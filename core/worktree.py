@@ -308,7 +308,8 @@ def add(
             if f"a branch named '{branch}' already exists" in proc.stderr:
                 raise BranchExists(_taken(repo, branch))
             said = proc.stderr or proc.stdout
-            raise _no_room(repo, path, commit) or _failed("git worktree add", repo, said, proc.returncode)
+            failed = _failed("git worktree add", repo, said, proc.returncode)
+            raise _no_room(repo, path, commit) or _no_room_for_git(repo, failed) or failed
 
 
 def _no_room(repo: Path, path: Path, commit: str) -> StemError | None:
@@ -337,6 +338,24 @@ def _no_room(repo: Path, path: Path, commit: str) -> StemError | None:
 
 
 _BLOCK = 4096  # a file takes whole blocks
+_GIT_ROOM = 1 << 20  # free bytes under which a git dir that git could not write in is said to be full
+
+
+def _no_room_for_git(repo: Path, failed: StemError) -> StemError | None:
+    """Why git failed when the disk of the repository's git dir (the new branch's ref, the worktree's index) is
+    full, else None: git says only "couldn't write" or "unable to write", naming the file."""
+    try:
+        git_dir = common_dir(repo)
+        st = os.statvfs(git_dir)
+    except (OSError, StemError):
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= _GIT_ROOM:
+        return None
+    return StemError(
+        f"{os.strerror(errno.ENOSPC)} in {git_dir} ({free / 1e3:.0f} KB free): {failed}: free some space there "
+        "and try again"
+    )
 
 
 def checked_out(repo: Path, branch: str) -> Path | None:

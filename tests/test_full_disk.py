@@ -192,3 +192,20 @@ def test_a_colony_host_that_wrote_nothing_on_a_full_disk_names_the_disk(tmp_path
         said = launch._log_tail(paths)
 
         assert said == f"no output, and {paths.folder} has 0 KB free: free some space and try again"
+
+
+def test_a_spawn_whose_repository_is_on_a_full_disk_names_that_disk(hive_env, tmp_path):
+    # STEM_HOME has room; the repository, where git writes the colony's branch and the worktree's index, has none:
+    # the line said only "couldn't write '.../refs/heads/colony/far.lock'", not that its disk was full.
+    with small_disk(tmp_path / "disk") as disk:
+        repo = make_repo(disk / "repo", files=1)
+        filler = fill(disk, 0)
+
+        refused = run_stem(hive_env.env, "spawn", "far", "--repo", str(repo))
+
+        assert_refused(refused, f"No space left on device in {repo}/.git", "free some space there", "colony/far")
+        assert_nothing_made(hive_env)
+        filler.unlink()
+        assert git(repo, "branch").strip() == "* main"
+        assert run_stem(hive_env.env, "spawn", "far", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "destroy", "far").returncode == 0
