@@ -569,7 +569,11 @@ def write_accounts(folder: Path, identity: Identity, home: Path, etc: Path = Pat
         if host and not host.endswith("\n"):
             host += "\n"
         made = target.with_name(f".{name}.new")
-        made.write_text(host + line)
+        try:
+            made.write_text(host + line)
+        except OSError as exc:  # a full disk: the write names no file, the spawn's line must
+            made.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         os.chmod(made, 0o644)
         os.replace(made, target)
 

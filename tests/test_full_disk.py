@@ -209,3 +209,18 @@ def test_a_spawn_whose_repository_is_on_a_full_disk_names_that_disk(hive_env, tm
         assert git(repo, "branch").strip() == "* main"
         assert run_stem(hive_env.env, "spawn", "far", "--repo", str(repo)).returncode == 0
         assert run_stem(hive_env.env, "destroy", "far").returncode == 0
+
+
+def test_the_colony_accounts_a_full_disk_refuses_are_named(tmp_path):
+    # The colony's passwd and group files, written as a spawn provisions it: on a full disk the write named no file,
+    # and the spawn said 'No space left on device: free some space', not where.
+    from core import sandbox
+
+    with small_disk(tmp_path / "disk") as disk:
+        fill(disk, 0)
+
+        with pytest.raises(OSError) as refused:
+            sandbox.write_accounts(disk, sandbox.Identity(1899876353, 1895825408, "colony", "dedicated"), disk)
+
+        assert refused.value.filename == str(disk / "passwd")
+        assert [path.name for path in disk.iterdir()] == ["filler"]
