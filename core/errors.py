@@ -80,11 +80,12 @@ def disk_trouble(exc: BaseException) -> str | None:
     if not refused_by_disk(exc):
         return None
     if isinstance(exc, OSError):
-        where = f" writing {exc.filename}" if exc.filename else ""
         # Pointing STEM_HOME elsewhere helps only what is written in it, not a repository's files on another disk.
         from core.home import home_text
 
         hive = os.path.join(home_text(), "")
+        # A write to a descriptor names no file: said as the hint says it, a file of STEM_HOME, named.
+        where = f" writing {exc.filename}" if exc.filename else f" (STEM_HOME is {home_text()})"
         elsewhere = not exc.filename or os.path.abspath(os.fsdecode(exc.filename)).startswith(hive)
         hint = " (or point STEM_HOME elsewhere)" if elsewhere else " there"
         return f"{os.strerror(exc.errno or 0)}{where}: free some space{hint} and try again"

@@ -224,3 +224,17 @@ def test_the_colony_accounts_a_full_disk_refuses_are_named(tmp_path):
 
         assert refused.value.filename == str(disk / "passwd")
         assert [path.name for path in disk.iterdir()] == ["filler"]
+
+
+def test_a_full_disk_a_write_met_without_naming_a_file_is_said_with_stem_home_named(monkeypatch):
+    # Python's writes name no file (the colony's .gitconfig, the host's records): the line said 'No space left on
+    # device: free some space (or point STEM_HOME elsewhere)', and not where STEM_HOME is.
+    from core.errors import failure_line
+
+    monkeypatch.setenv("STEM_HOME", "/srv/hive")
+
+    line = failure_line(OSError(28, "No space left on device"))
+
+    assert line == (
+        "No space left on device (STEM_HOME is /srv/hive): free some space (or point STEM_HOME elsewhere) and try again"
+    )
