@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
 
 import pytest
-from helpers import assert_refused, git, make_repo, netns_names, run_stem, wait_for
+from helpers import assert_refused, git, make_repo, netns_names, run_stem, until, wait_for
 from test_bad_input import assert_nothing_made
 from test_faults import fill, small_disk
+
+from core.hive import Hive
 
 pytestmark = pytest.mark.root
 
@@ -238,3 +241,38 @@ def test_a_full_disk_a_write_met_without_naming_a_file_is_said_with_stem_home_na
     assert line == (
         "No space left on device (STEM_HOME is /srv/hive): free some space (or point STEM_HOME elsewhere) and try again"
     )
+
+
+def test_a_service_that_crashed_while_the_disk_was_full_reads_crashed_once_there_is_room(hive_env, tmp_path):
+    # The colony host writes its services' states to the registry, which stem ls reads. A state the full disk
+    # refused was lost: the service read 'ready' for good after it had crashed. It is written once there is room.
+    toml = (
+        '[services.once]\ncommand = "sh -c \'while [ ! -e crash-now ]; do sleep 0.1; done; exit 3\'"\nrestart = "no"\n'
+    )
+    repo = make_repo(tmp_path / "once", files=1, colony_toml=toml)
+    db = hive_env.home / "hive.db"
+
+    def state() -> str:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT state FROM runtime WHERE kind='service' AND name='once'").fetchone()[0]
+
+    async def scenario() -> None:
+        hive = Hive(hive_env.home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+            await hive.spawn("once", repo)
+            await until(lambda: state() == "ready", what="the service ready")
+            with sqlite3.connect(db) as conn:  # the journal emptied and cut to nothing: the next write needs room
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            filler = fill(hive_env.home, 0)
+            (hive_env.home / "worktrees" / "once" / "crash-now").touch()  # an empty file takes no room
+            await until(lambda: hive.services("once")["once"].state == "crashed", what="the host to see it crash")
+            assert state() == "ready"  # refused while the disk is full
+            filler.unlink()
+            await until(lambda: state().startswith("crashed"), timeout=30, what="the crash written")
+            await hive.destroy("once", force=True)
+        finally:
+            await hive.close()
+
+    with small_disk(hive_env.home, "8m"):
+        asyncio.run(scenario())

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +68,7 @@ LOG_PAGE = 5000
 START_HOLD = 2.0  # seconds a new host waits for its starter's AwaitStart before it starts the colony
 GUARD_INTERVAL = 10.0
 GUARD_REGISTRY_EVERY = 6  # the registry row is looked for once a minute
+UNWRITTEN_KEPT = 1000  # runtime writes kept while the disk refuses them (later ones of a state say the same)
 STOP_REPORT_AFTER = 8.0  # seconds past its grace a stop runs before host.log gets what it waits on
 
 
@@ -116,6 +118,7 @@ class ColonyHost:
         self.paths = HostPaths(layout.colony_dir(name))
         self.registry = Registry(layout.registry)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")  # one ordered writer
+        self._unwritten: deque[Callable[[], object]] = deque(maxlen=UNWRITTEN_KEPT)  # see `_write`
         self.colony_log = ColonyLog(layout.colony_log(name))
         loop = asyncio.get_running_loop()
 
@@ -316,6 +319,8 @@ class ColonyHost:
         while True:
             await asyncio.sleep(GUARD_INTERVAL)
             looks += 1
+            if self._unwritten:
+                self.writer.submit(self._write)  # the disk may have room again
             if self.runtime is not None and self.runtime.preview is not None:
                 self.runtime.preview.recheck()
             gone = not self.paths.lock.exists()
@@ -359,7 +364,23 @@ class ColonyHost:
         task.add_done_callback(self._tasks.discard)
 
     def _defer(self, write: Callable[[], object]) -> None:
-        self.writer.submit(write)
+        self.writer.submit(self._write, write)
+
+    def _write(self, write: Callable[[], object] | None = None) -> None:
+        """On the writer thread: the runtime writes a full disk refused, in order, then `write`. One refused again
+        waits for the next try (a later write, the guard's look): else the registry kept, for good, what ran before
+        the disk filled ('ready' for a service that had crashed since)."""
+        if write is not None:
+            self._unwritten.append(write)
+        while self._unwritten:
+            try:
+                self._unwritten[0]()
+            except Exception as exc:
+                if refused_by_disk(exc):
+                    return
+                self._unwritten.popleft()
+                raise
+            self._unwritten.popleft()
 
     def _log_trouble(self, why: str | None) -> None:
         """The colony's log file stopped (or started again) taking lines: every client is told once."""
