@@ -68,6 +68,16 @@ def refused_by_disk(exc: BaseException) -> bool:
     return False
 
 
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """What the disk under `path` has free for this process (the blocks root's reserve holds back excluded), or None
+    if it cannot be asked (the path is gone)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def sqlite_error() -> type[Exception]:
     """sqlite3.Error if something imported sqlite3 (only the registry's users do: the warm client does not), else
     OSError (which stands for it harmlessly where sqlite3 was never used)."""

@@ -43,6 +43,7 @@ from core.errors import (
     StemError,
     StepFailed,
     WrongState,
+    free_bytes,
     refused_by_disk,
 )
 from core.events import (
@@ -610,11 +611,9 @@ class Hive:
         beside the worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would
         fail half way, and the rollback's own writes might then find no room either. The registry's reserve, given
         up to open the hive on a full disk, is room for what frees space, not for this."""
-        try:
-            st = os.statvfs(self.layout.home)
-        except OSError:
+        free = free_bytes(self.layout.home)
+        if free is None:
             return
-        free = st.f_bavail * st.f_frsize
         if self.registry.opened_on_reserve and not self.registry.reserve_path.exists():
             free = max(0, free - RESERVE_BYTES)
         if free < SPAWN_ROOM:

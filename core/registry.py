@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState
+from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState, free_bytes
 from core.lifecycle import ColonyState, allowed
 
 # Room kept for the registry's own writes on a disk that fills up: a file of this size next to hive.db, made while
@@ -38,11 +38,8 @@ def _out_of_room(exc: sqlite3.OperationalError, path: Path) -> bool:
         return True
     if "disk I/O error" not in str(exc):
         return False
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < RESERVE_BYTES
+    free = free_bytes(path.parent)
+    return free is not None and free < RESERVE_BYTES
 
 
 def _with_room(method: F) -> F:
@@ -252,10 +249,10 @@ class Registry:
             return
         except FileNotFoundError:
             pass
+        free = free_bytes(self.reserve_path.parent)
+        if free is None or free < RESERVE_WHEN_FREE:
+            return
         try:
-            st = os.statvfs(self.reserve_path.parent)
-            if st.f_bavail * st.f_frsize < RESERVE_WHEN_FREE:
-                return
             made = self.reserve_path.with_name(self.reserve_path.name + ".new")  # one name: never left behind twice
             fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import BadRef, BranchExists, NotARepository, StemError
+from core.errors import BadRef, BranchExists, NotARepository, StemError, free_bytes
 from core.locks import file_lock, repo_lock_path
 
 # GIT_OPTIONAL_LOCKS=0: a `git status` of Stem's never takes a worktree's index.lock to save a refreshed index, which
@@ -324,12 +324,8 @@ def _no_room(repo: Path, path: Path, commit: str) -> StemError | None:
         size = entry.split(b"\t", 1)[0].rsplit(None, 1)[-1:] if entry else []
         if size and size[0].isdigit():
             need += -(-int(size[0]) // _BLOCK) * _BLOCK
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if need < free:
+    free = free_bytes(path.parent)
+    if free is None or need < free:
         return None
     return StemError(
         f"{os.strerror(errno.ENOSPC)} for the worktree: {commit[:12]}'s files take {need / 1e6:.1f} MB and "
@@ -346,11 +342,10 @@ def _no_room_for_git(repo: Path, failed: StemError) -> StemError | None:
     full, else None: git says only "couldn't write" or "unable to write", naming the file."""
     try:
         git_dir = common_dir(repo)
-        st = os.statvfs(git_dir)
     except (OSError, StemError):
         return None
-    free = st.f_bavail * st.f_frsize
-    if free >= _GIT_ROOM:
+    free = free_bytes(git_dir)
+    if free is None or free >= _GIT_ROOM:
         return None
     return StemError(
         f"{os.strerror(errno.ENOSPC)} in {git_dir} ({free / 1e3:.0f} KB free): {failed}: free some space there "

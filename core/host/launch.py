@@ -11,9 +11,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from core import procs
+from core import pids, procs
 from core.aio import wait_for
-from core.errors import StemError
+from core.errors import StemError, free_bytes
 from core.host.paths import HostPaths
 from core.host.protocol import Connection, HostUnreachable, RequestFailed
 
@@ -79,12 +79,8 @@ def _log_tail(paths: HostPaths, pid: int | None = None) -> str:
 
 def _nothing_said(paths: HostPaths) -> str:
     """For a host that wrote nothing: on a full disk it had no room to say why, so the disk is named."""
-    try:
-        st = os.statvfs(paths.folder)
-    except OSError:
-        return "no output"
-    free = st.f_bavail * st.f_frsize
-    if free >= NO_ROOM:
+    free = free_bytes(paths.folder)
+    if free is None or free >= NO_ROOM:
         return "no output"
     return f"no output, and {paths.folder} has {free / 1e3:.0f} KB free: free some space and try again"
 
@@ -109,7 +105,7 @@ async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: flo
     found = paths.process()
     if found is None:
         return False
-    if paths.stopped() is not None:  # kill -STOP, ctrl+z: let it go on, so that it stops what it runs as a stop does
+    if pids.stopped(*found):  # kill -STOP, ctrl+z: let it go on, so that it stops what it runs as a stop does
         with contextlib.suppress(ProcessLookupError):
             os.kill(found[0], signal.SIGCONT)
     try:

@@ -55,7 +55,7 @@ class HostPaths:
         until a SIGCONT. None if it runs or is gone."""
         from core import pids
 
-        found = pids.read_pid_file(self.pid)
+        found = self.process()
         return found[0] if found is not None and pids.stopped(*found) else None
 
 
