@@ -293,6 +293,9 @@ _MAX_UNFINISHED = 4096
 _MAX_LINE = 65536
 # A whole batch line.
 _BATCH_LINE = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K)?\r\n")
+# One step of paging back (less, man): RI at the top row, a line drawn there (perhaps with an EL after it), CR LF, and
+# the cursor home for the next step (`StemScreen._reverse_batch`).
+_REVERSE_STEP = re.compile(r"\x1bM(" + _RUN + r")?(\x1b\[0?K)?\r\n\x1b\[H")
 
 _CHARS = attrgetter("chars")
 _RUNS = attrgetter("runs")
@@ -1789,6 +1792,11 @@ class StemScreen(pyte.Screen):
                     self.draw(m.group(14))
                 elif kind == _T_ESC:
                     plain = None
+                    if m.group(15) == "M" and self._cur.y == 0 and self._cur.x == 0 and not self._held:
+                        end = self._reverse_batch(text, m.start())
+                        if end > m.start():
+                            pos = end
+                            break
                     handler0 = self._esc.get(m.group(15))
                     if handler0 is not None:
                         handler0()
@@ -1837,6 +1845,56 @@ class StemScreen(pyte.Screen):
             else:
                 pos = stop
         return pos
+
+    def _reverse_batch(self, text: str, pos: int) -> int:
+        """Steps of paging back (`_REVERSE_STEP`: RI at the top row, a line, CR LF, home) from `pos`, with the
+        cursor home, applied as one scroll down of the screen by their count and their lines drawn from the bottom
+        of the new rows up, where RI, draw, CR LF, home once per line shift every row once per line (less paging
+        back). Returns where the steps end (`pos` if none could be taken): each line must fit on its row, as text
+        and SGR that `_paint` draws."""
+        margins = self.margins
+        if (margins is not None and (margins.top != 0 or mo.DECOM in self.mode)) or not self._plain_paints():
+            return pos
+        bottom = self.lines - 1 if margins is None else margins.bottom
+        columns = self.columns
+        steps: list[tuple[str, bool]] = []
+        match = _REVERSE_STEP.match
+        end = pos
+        while len(steps) < bottom and (m := match(text, end)) is not None:
+            run, erase = m.group(1, 2)
+            if run:
+                shown = _SGR_SEQ.sub("", run).replace(_DESIGNATIONS[0], "") if "\x1b" in run else run
+                if "\x1b" in shown or not (shown.isascii() or cells_ok(shown)):
+                    break
+                width = text_width(shown)
+                if width is None or width > columns:
+                    break
+            steps.append((run or "", erase is not None))
+            end = m.end()
+        count = len(steps)
+        if count < 2:
+            return pos
+        # RI `count` times at the top: rows move down `count`, those pushed past the bottom are gone (as are their
+        # deferred paints), and the rows above them are new (pyte's lookups make them; the top one does not exist).
+        if self._paints:
+            self._move_paints(0, bottom, count)
+        rows = self._rows
+        for y in range(bottom, count - 1, -1):
+            rows[y] = rows[y - count]
+        for y in range(1, count):
+            rows[y] = new_row(self.default_char)  # as pyte's lookup makes it
+        rows.pop(0, None)
+        self.dirty.update(range(self.lines))
+        cursor = self._cur
+        for i, (run, erase) in enumerate(steps):
+            cursor.x = 0
+            cursor.y = count - 1 - i
+            if not self._paint(run, erase):
+                self._draw_run(run)
+                if erase:
+                    self.erase_in_line(0)
+        cursor.x = cursor.y = 0
+        return end
 
     def _string_end(self, text: str) -> str:
         """The text after the end of the control string the last feed left open (`_T_STRING`)."""

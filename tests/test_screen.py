@@ -1129,6 +1129,75 @@ def test_pending_paints_moved_by_scrolls_and_drawn_over_equal_reference(seed: in
         assert screen.scrollback.line(i) == want, f"scrollback line {i}"
 
 
+def _paged_back(seed: int) -> bytes:
+    """Rows painted and lines scrolled, then paging back as less and man do it (home, RI, a line, CR LF, again and
+    again): lines with SGR and EL, wide characters, `ESC ( B`, empty ones, one wider than the screen (it wraps), runs
+    of one step to more than a screenful; under a scroll region from the top row (and one that is not), origin
+    mode, insert mode, the alternate screen; each followed by what less sends after it (its prompt, a clear)."""
+    rng = random.Random(seed)
+    lines = [
+        "\x1b[34m0038\x1b[0m \x1b[1mbold\x1b[0m line 38 ~~~~\x1b[m",
+        "plain line",
+        "",
+        "中文 wide é \x1b[7mrev\x1b[27m",
+        "\x1b(B\x1b[mncurses\x1b(B",
+        "\x1b[44mblue to the end",
+        "w" * (COLS + 10),
+        "x" * COLS,
+    ]
+    out = []
+    for _ in range(30):
+        for _ in range(rng.randrange(0, 6)):
+            out.append(f"\x1b[{rng.randrange(1, ROWS + 1)};{rng.randrange(1, 40)}H\x1b[3{rng.randrange(8)}mpaint\x1b[m")
+        if rng.random() < 0.3:
+            out.append(f"\x1b[{ROWS};1H" + "".join(f"scrolled {i}\x1b[K\r\n" for i in range(rng.randrange(1, 50))))
+        before, after = rng.choice(
+            [
+                ("", ""),
+                ("", ""),
+                ("\x1b[1;20r", "\x1b[r"),
+                ("\x1b[3;20r", "\x1b[r"),
+                ("\x1b[1;20r\x1b[?6h", "\x1b[?6l\x1b[r"),
+                ("\x1b[4h", "\x1b[4l"),
+                ("\x1b[?1049h", ""),
+                ("\x1b[?1049l", ""),
+            ]
+        )
+        count = rng.choice((1, 2, 3, 12, ROWS - 1, ROWS, ROWS + 1, 90))
+        steps = []
+        for _ in range(count):
+            line = rng.choice(lines) if rng.random() < 0.97 else rng.choice(lines[-2:])
+            steps.append("\x1b[H\x1bM" + line + rng.choice(["", "\x1b[K", "\x1b[0K"]) + "\r\n")
+        out.append(before + "".join(steps) + rng.choice(["", "\x1b[7m:\x1b[27m\x1b[K", "\x1b[H\x1b[2J"]) + after)
+    out.append("".join(f"\x1b[H\x1bM\x1b[3{i % 8}m{i:04d}\x1b[0m back {i}\x1b[m\r\n" for i in range(90)))
+    return "".join(out).encode()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_paging_back_equals_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paging back (`StemScreen._reverse_batch`: RI, a line, CR LF, home, again and again, as one scroll and its lines)
+    must leave pyte's screen, fed in reads that cut the steps anywhere, also looked at between reads; and it must be
+    taken (the steps as one scroll), or the equality says nothing about it."""
+    screen_cells.clear_caches()
+    taken: list[int] = []
+    batch = StemScreen._reverse_batch
+
+    def spy(self: StemScreen, text: str, pos: int) -> int:
+        end = batch(self, text, pos)
+        if end > pos:
+            taken.append(text.count("\x1bM", pos, end))
+        return end
+
+    monkeypatch.setattr(StemScreen, "_reverse_batch", spy)
+    data = _paged_back(seed)
+    size = (1, 7, 64, 4096)[seed % 4]
+    assert_same_screen(reference(data, size), stem(data, size))
+    assert_same_screen(reference(data, 256), looked_at_between_reads(data, 256, take_dirty=True))
+    taken.clear()
+    assert_same_screen(reference(data, None), stem(data, None))
+    assert max(taken) == ROWS - 1  # a screenful less one at most at a time (the 90 steps at the end)
+
+
 def test_screen_text_matches_pyte_display() -> None:
     data = streams.wide_and_combining() + streams.tabs()
     expected = reference(data, None)
