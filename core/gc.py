@@ -42,8 +42,8 @@ def collect(hive: Hive) -> GcReport:
         _orphan_processes(hive, report)
         _kernel(hive, report)
         _firewall(hive, report)
-        _forker(hive, report)
         _preview(hive, report)
+        _forker(hive, report)  # after Caddy, which it may have adopted: see Hive._retire_forker
         _disk(hive, report)
         _registry(hive, report)
     procs.reap_orphans()

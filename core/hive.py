@@ -956,6 +956,7 @@ class Hive:
             from core import preview
 
             preview.retire_many(self.layout.home, set(names), self.any_host_running)
+            self._retire_forker()  # after Caddy, which it may have adopted: see `_retire_forker`
 
         if any(not isinstance(result, NoSuchColony) for result in results):
             await asyncio.to_thread(after)
@@ -992,14 +993,16 @@ class Hive:
         self.end_processes(rec)
         self.remove_parts(name, keep_unmerged=True, only=RUNTIME_PARTS, firewall=alone)
         self.set_state(name, lc.STOPPED)
-        self._retire_forker()
         if alone:
             self.retire_preview(name)
+            self._retire_forker()
         return self.registry.get(name)
 
     def _retire_forker(self) -> None:
         """With the hive's last colony host gone, its host forker and warm UI process go too: nothing of Stem's
-        outlives a stop (a UI the warm process started runs on until its user quits it)."""
+        outlives a stop (a UI the warm process started runs on until its user quits it). Called after the hive's
+        Caddy was retired: the forker has adopted Caddy when the host that started it ended first, and a forker
+        that exited before Caddy passed it to PID 1, whose reaping may come late (its zombie stayed in `ps`)."""
         from core import warm
         from core.host.forker import ForkerPaths, stop
         from core.locks import held
@@ -1204,9 +1207,9 @@ class Hive:
             self.registry.claim(f"~{name}", "branch", f"{rec.repo}#{branch}", extra=rec.repo)
         self._forget_log(name)
         self._emit(ColonyRemoved(name))
-        self._retire_forker()
         if alone:
             self.retire_preview(name)
+            self._retire_forker()
         return DestroyReport(name, branch, unmerged)
 
     # read-only peering (core/peering.py) ----------------------------------------------------------------------

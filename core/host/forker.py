@@ -9,7 +9,8 @@ copy-on-write between the forker and every host it made.
 The forker is an optimisation, never a dependency: `launch` falls back to a fresh interpreter when it cannot reach
 or start one. It serves one request at a time on `forker.sock` (mode 0600, peers of another uid refused), is
 replaced when the code on disk changed since it started (each request carries the launcher's fingerprint), reaps
-the hosts it forked, and exits once none of them has run for `IDLE_EXIT` seconds (or its hive is gone).
+the hosts it forked and what they leave it (the hive's Caddy, when the host that started it ends first), and exits
+once no child of its has run for `IDLE_EXIT` seconds (or its hive is gone), reaping them all before it does.
 
 It also makes colony networks for the short commands that start a colony: pyroute2 is preloaded here, and its
 import (~70 ms) would otherwise be a large part of a `stem spawn` or `stem start`. Only a forker that already runs is
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 IDLE_EXIT = 120.0  # seconds with no host of ours alive before the forker exits (STEM_FORKER_IDLE overrides)
 READY_TIMEOUT = 30.0  # how long a launcher waits for a forked host to listen
+LAST_REAPS = 3.0  # how long an ending forker waits for its children to end (its stopper waits 5 s before SIGKILL)
 _MAX_REQUEST = 1 << 20
 PR_SET_NAME = 15
 
@@ -346,10 +348,12 @@ def serve(home: Path, ready_fd: int | None) -> int:
     children: set[int] = set()
     idle_since = time.monotonic()
     idle_exit = float(os.environ.get("STEM_FORKER_IDLE", IDLE_EXIT))
+    stale = False
     try:
         while not serving.stopping:
-            _reap(children)
-            if children:
+            # Idle only with no child at all: the hive's Caddy, adopted when the host that started it ended first,
+            # would pass to PID 1 alive, and its zombie stay there once it is stopped.
+            if _reap(children):
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_exit or not home.is_dir():
                 break
@@ -364,6 +368,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                     continue
                 if request.get("fingerprint") != mark:
                     conn.sendall(b"S")
+                    stale = True
                     break
                 conn.sendall(b"F")  # before the fork, so it always comes before the host's b"1"
                 pid = os.fork()
@@ -378,6 +383,8 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 conn.close()
     finally:
         serving.leave()
+        # A stale forker's hosts run on (a new forker takes the requests now): only what has ended is reaped.
+        _reap_last(children, serving, 0.0 if stale else LAST_REAPS)
     return 0
 
 
@@ -396,17 +403,28 @@ def _read_request(conn: socket.socket) -> dict[str, object] | None:
     return request if isinstance(request, dict) and isinstance(request.get("name"), str) else None
 
 
-def _reap(children: set[int]) -> None:
-    """Reap every child that ended: hosts, and (a subreaper) the processes a host killed -9 left behind. Those are
-    in their colony's PID namespace, whose init ends only once they are reaped (core/sandbox.py)."""
+def _reap(children: set[int]) -> bool:
+    """Reap every child that ended: hosts, and (a subreaper) what a host that ended left behind: the processes of a
+    host killed -9, which are in their colony's PID namespace, whose init ends only once they are reaped
+    (core/sandbox.py); the hive's Caddy, when the host that started it ended first. Whether a child is left."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            pid = 0
+            return False  # none at all
         if pid == 0:
-            break
+            return True
         children.discard(pid)
+
+
+def _reap_last(children: set[int], serving: Serving, timeout: float) -> None:
+    """The forker exits: every child that has ended is reaped, and those still running are waited for (bounded,
+    woken by SIGCHLD), so none passes to PID 1, whose reaping may come late. Its stopper ends the hive's Caddy
+    first (core/hive.py, core/gc.py), so Caddy has ended or ends now: left to PID 1, its zombie was a visible
+    leak (`[caddy] <defunct>` children of PID 1 after colonies were destroyed)."""
+    deadline = time.monotonic() + timeout
+    while _reap(children) and (left := deadline - time.monotonic()) > 0:
+        serving.accept(left)
 
 
 def _make_network(request: dict[str, object], conn: socket.socket, serving: Serving) -> None:
