@@ -240,8 +240,16 @@ def _exit_text(code: int) -> str:
 
 def _group(pgid: int, within: set[int] | None) -> list[tuple[int, bytes, int]]:
     """(pid, state, parent) of every process in group `pgid`, zombies included, looked for among `within` (the
-    colony's processes; None: every process)."""
-    return [(pid, fields[0], int(fields[1])) for pid, fields in procs.stats_of(within) if int(fields[2]) == pgid]
+    colony's processes; None: every process). A process whose main thread has ended while other threads of it still
+    run reads as a zombie in /proc but is not one yet (a node server's worker threads take a moment to end after its
+    exit; a main thread that called pthread_exit leaves the process running): it counts as running ("R") until its
+    last thread is gone, as its pidfd does. Taken for gone, it was found in the service's cgroup after the stop had
+    ended the group, and SIGKILLed there under a line that said it had left its process group."""
+    return [
+        (pid, b"R" if fields[0] == b"Z" and int(fields[17]) > 1 else fields[0], int(fields[1]))
+        for pid, fields in procs.stats_of(within)
+        if int(fields[2]) == pgid
+    ]
 
 
 def _end_group(pgid: int, grace: float, netns_name: str, first: int = signal.SIGTERM) -> bool:
