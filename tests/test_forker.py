@@ -84,9 +84,16 @@ def test_a_forker_that_runs_older_code_is_replaced(hive_env, tmp_path):
         os.utime(CORE_FILE, ns=(st.st_atime_ns, st.st_mtime_ns))
     new = forker_pid(hive_env)
     assert new is not None and new != old
-    wait_for(lambda: not alive(old), what="the stale forker to exit")
     assert parent_of(host_pid(hive_env, "after")) == new
-    assert alive(host_pid(hive_env, "before"))  # its hosts are not touched
+    before = host_pid(hive_env, "before")
+    assert before is not None and alive(before)  # its hosts are not touched
+    # The stale forker stepped aside (the new one has its socket and pid file) but stays to reap the hosts it forked:
+    # exited, it passed them to PID 1, where each one's zombie (and then Caddy's) stayed for PID 1 to reap.
+    assert alive(old) and parent_of(before) == old
+    assert run_stem(hive_env.env, "stop", "before").returncode == 0
+    wait_for(lambda: not alive(old), what="the stale forker to exit with its last host")
+    assert not Path(f"/proc/{before}").exists()  # reaped by it, not passed on as a zombie
+    assert forker_pid(hive_env) == new
 
 
 def test_without_a_forker_a_host_starts_as_a_fresh_interpreter(hive_env, tmp_path):

@@ -8,9 +8,10 @@ copy-on-write between the forker and every host it made.
 
 The forker is an optimisation, never a dependency: `launch` falls back to a fresh interpreter when it cannot reach
 or start one. It serves one request at a time on `forker.sock` (mode 0600, peers of another uid refused), is
-replaced when the code on disk changed since it started (each request carries the launcher's fingerprint), reaps
-the hosts it forked and what they leave it (the hive's Caddy, when the host that started it ends first), and exits
-once no child of its has run for `IDLE_EXIT` seconds (or its hive is gone), reaping them all before it does.
+replaced when the code on disk changed since it started (each request carries the launcher's fingerprint: the
+stale one steps aside, and stays only to reap the hosts it forked as they end), reaps the hosts it forked and what
+they leave it (the hive's Caddy, when the host that started it ends first), and exits once no child of its has run
+for `IDLE_EXIT` seconds (or its hive is gone), reaping them all before it does.
 
 It also makes colony networks for the short commands that start a colony: pyroute2 is preloaded here, and its
 import (~70 ms) would otherwise be a large part of a `stem spawn` or `stem start`. Only a forker that already runs is
@@ -208,7 +209,7 @@ def start_server(
 
 
 def _wait_gone(paths: ForkerPaths, timeout: float = 5.0) -> None:
-    """A stale forker exits right after answering; wait for its socket to stop answering."""
+    """A stale forker steps aside before it answers, an exiting one exits: wait for its socket to stop answering."""
     deadline = time.monotonic() + timeout
     found = paths.process()
     if found is not None:
@@ -367,6 +368,7 @@ def serve(home: Path, ready_fd: int | None) -> int:
                 if request is None:
                     continue
                 if request.get("fingerprint") != mark:
+                    _step_aside(serving)  # before the answer: the launcher starts the new forker at once
                     conn.sendall(b"S")
                     stale = True
                     break
@@ -382,9 +384,10 @@ def serve(home: Path, ready_fd: int | None) -> int:
             finally:
                 conn.close()
     finally:
-        serving.leave()
-        # A stale forker's hosts run on (a new forker takes the requests now): only what has ended is reaped.
-        _reap_last(children, serving, 0.0 if stale else LAST_REAPS)
+        if not stale:  # a stale one left already: the socket and pid file there now may be the new forker's
+            serving.leave()
+        # A stale forker's hosts run on, for as long as their colonies do: it stays, out of the way, to reap them.
+        _reap_last(children, serving, None if stale else LAST_REAPS)
     return 0
 
 
@@ -417,14 +420,27 @@ def _reap(children: set[int]) -> bool:
         children.discard(pid)
 
 
-def _reap_last(children: set[int], serving: Serving, timeout: float) -> None:
-    """The forker exits: every child that has ended is reaped, and those still running are waited for (bounded,
-    woken by SIGCHLD), so none passes to PID 1, whose reaping may come late. Its stopper ends the hive's Caddy
-    first (core/hive.py, core/gc.py), so Caddy has ended or ends now: left to PID 1, its zombie was a visible
-    leak (`[caddy] <defunct>` children of PID 1 after colonies were destroyed)."""
-    deadline = time.monotonic() + timeout
-    while _reap(children) and (left := deadline - time.monotonic()) > 0:
+def _reap_last(children: set[int], serving: Serving, timeout: float | None) -> None:
+    """The forker exits: every child that has ended is reaped, and those still running are waited for (for
+    `timeout` seconds, None: until none is left; woken by SIGCHLD), so none passes to PID 1, whose reaping may come
+    late. Its stopper ends the hive's Caddy first (core/hive.py, core/gc.py), so Caddy has ended or ends now: left
+    to PID 1, its zombie was a visible leak (`[caddy] <defunct>` children of PID 1 after colonies were
+    destroyed)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while _reap(children):
+        left = 10.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            break
         serving.accept(left)
+
+
+def _step_aside(serving: Serving) -> None:
+    """A stale forker makes way for the new one: no socket, no pid file, and its lock released, so the new one
+    starts at once. It stays only to reap the hosts it forked, and what they leave it, as they end: exited, it
+    would pass them to PID 1, and each one's zombie, and then Caddy's, would stay there for PID 1 to reap."""
+    serving.leave()
+    os.close(serving.lock)
+    serving.lock = -1
 
 
 def _make_network(request: dict[str, object], conn: socket.socket, serving: Serving) -> None:
