@@ -7,6 +7,11 @@ a slow link carries only what the agent wrote. Typed bytes go the other way unto
 
 What a snapshot cannot carry (the pen colours in force, scroll margins, character sets) starts from the
 terminal's defaults, so output right after attaching that relies on them can look off until the agent redraws.
+
+A colony host that is stopped (kill -STOP, a debugger) still holds the connection and says nothing: every
+`HOST_CHECK` seconds attach looks whether it is, and while it is, the terminal's last row says so (and how to let it
+go on), over the agent's screen, which is drawn again whole once the host goes on. Keys typed meanwhile wait in the
+connection and reach the agent then, as they would reach a stopped program in a terminal of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from core import lifecycle as lc
 from core.agent import EXITED
 from core.aio import wait_for
 from core.errors import StemError
+from core.host.paths import HostPaths
 from core.host.protocol import (
     AgentInfo,
     Bye,
@@ -52,6 +58,7 @@ RELEASE_BINDING: Final = "terminal.release"
 DEFAULT_RELEASE: Final = b"\x1d"  # ctrl+]
 STREAMS: Final[frozenset[Stream]] = frozenset({"output", "states"})
 READ_SIZE: Final = 65536
+HOST_CHECK: Final = 2.0  # how often attach looks whether the colony host is stopped (SIGSTOP): it says nothing itself
 
 EXIT_DETACHED: Final = 0
 EXIT_HOST_GONE: Final = 1
@@ -308,9 +315,12 @@ class _End:
 class _Attachment:
     """One attached terminal: stdin to the host as keys, the host's output to stdout, resizes both ways."""
 
-    def __init__(self, conn: Connection, colony: str, release: ReleaseKey, stdin_fd: int, stdout_fd: int) -> None:
+    def __init__(
+        self, conn: Connection, colony: str, host: HostPaths, release: ReleaseKey, stdin_fd: int, stdout_fd: int
+    ) -> None:
         self.conn = conn
         self.colony = colony
+        self.host = host
         self.release = release
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
@@ -323,6 +333,10 @@ class _Attachment:
         self.held = b""  # the end of the last output, which may be the start of a screen switch (see `_passed`)
         self.colony_info: ColonyInfo | None = None
         self.agent: AgentInfo | None = None
+        self.lines = 24  # the rows of the screen drawn last: where a stopped host's line goes without a known size
+        self.stopped: int | None = None  # the host's pid while it is stopped (kill -STOP), as last looked
+        self.look = asyncio.Event()  # look at the host now, not at the next `HOST_CHECK`
+        self.writing = asyncio.Lock()  # one write at a time: the stopped host's line never lands inside the output
 
     async def run(self, updates: AsyncIterator[Update]) -> _End:
         loop = self.loop
@@ -334,15 +348,18 @@ class _Attachment:
         )
         follower = loop.create_task(self._follow(updates), name=f"stem-attach-{self.colony}")
         follower.add_done_callback(self._follower_done)
+        watcher = loop.create_task(self._watch_host(), name=f"stem-attach-{self.colony}-host")
+        watcher.add_done_callback(self._follower_done)
         try:
             return await self.ended
         finally:
             loop.remove_reader(self.stdin_fd)
             for sig in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in (follower, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _end(self, end: _End) -> None:
         if not self.ended.done():
@@ -387,6 +404,7 @@ class _Attachment:
         size = _terminal_size(self.stdout_fd, self.stdin_fd)
         if size is not None:
             self._ask_size(size)
+            self.look.set()  # a stopped host sends no snapshot: its line goes to the new last row at once
 
     def _ask_size(self, size: tuple[int, int]) -> None:
         """Resize the agent to `size`, then subscribe again: the host answers with a snapshot of the resized
@@ -452,7 +470,39 @@ class _Attachment:
             return
         self.stale = False
         columns, lines = size or ((screen.columns, screen.lines) if screen is not None else (80, 24))
+        self.lines = lines
         await self._write(render_snapshot(screen, columns, lines))
+
+    # ------------------------------------------------------------------------------------- a stopped host
+
+    async def _watch_host(self) -> None:
+        """Every `HOST_CHECK` seconds: a host that got stopped gets its line on the last row (again each time, as a
+        resize or the output that was on its way may have moved it); one that went on gets the agent's screen
+        drawn again whole, which takes the line away."""
+        while True:
+            with contextlib.suppress(TimeoutError):  # a period, not a wait for something: the host tells nothing
+                await wait_for(self.look.wait(), HOST_CHECK)
+            self.look.clear()
+            pid = self.host.stopped()
+            if pid is not None:
+                self.stopped = pid
+                try:
+                    await self._write(self._stopped_line(pid))
+                except OSError:  # stdout is gone
+                    self._end(_End(128 + signal.SIGHUP, None))
+                    return
+            elif self.stopped is not None:
+                self.stopped = None
+                self._redraw()
+
+    def _stopped_line(self, pid: int) -> bytes:
+        """The line over the last row that says the host is stopped, written without disturbing the agent's
+        screen: the cursor, pen, origin mode and character set are saved and put back."""
+        columns, lines = _terminal_size(self.stdout_fd, self.stdin_fd) or (80, self.lines)
+        text = f"colony {self.colony}: its host (pid {pid}) is stopped: kill -CONT {pid} (keys typed wait for it)"
+        text = _CONTROL.sub("", text)[:columns].ljust(columns)
+        # CAN first: the output may have stopped in the middle of a sequence, which would swallow the line.
+        return f"\x18\x1b7{_CSI}?6l\x1b(B{_CSI}{lines};1H{_CSI}0;7m{text}{_CSI}0m\x1b8".encode()
 
     def _note(self, colony: ColonyInfo | None, agent: AgentInfo | None) -> None:
         self.colony_info = colony or self.colony_info
@@ -469,12 +519,13 @@ class _Attachment:
     async def _write(self, data: bytes) -> None:
         """Write all of `data` to stdout; when the terminal is slower than the agent, wait for it without holding
         the loop, so the release key still works."""
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.stdout_fd, view) :]
-            except BlockingIOError:
-                await self._writable()
+        async with self.writing:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self.stdout_fd, view) :]
+                except BlockingIOError:
+                    await self._writable()
 
     async def _writable(self) -> None:
         ready: asyncio.Future[None] = self.loop.create_future()
@@ -500,7 +551,9 @@ async def attach(socket_path: Path | str, colony: str, release_key_bytes: bytes,
         updates = conn.updates()
         await conn.subscribe(*STREAMS)  # the snapshot now waits first in `updates`
         with _raw_terminal(stdin_fd, stdout_fd):
-            end = await _Attachment(conn, colony, release, stdin_fd, stdout_fd).run(updates)
+            # The socket is in the host's folder (HostPaths.socket): where its pid file tells whether it is stopped.
+            host = HostPaths(Path(socket_path).parent)
+            end = await _Attachment(conn, colony, host, release, stdin_fd, stdout_fd).run(updates)
     finally:
         # Bounded: keys typed before the release key are flushed, but a host that stopped reading holds nobody.
         with contextlib.suppress(TimeoutError):

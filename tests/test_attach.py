@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import free_pool
-from helpers import run_stem, stem_cmd, until, wait_for
+from conftest import HiveEnv, free_pool
+from helpers import make_repo, run_stem, stem_cmd, until, wait_for
 from recordings import streams
+from test_host import fake_agent_config, host_pid
 
 from core import claims
 from core.host.forker import ForkerPaths
@@ -745,3 +746,39 @@ def test_attach_refuses_what_it_cannot_attach_in_one_line(env: dict[str, str]) -
         assert result.returncode == 2, result
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert result.stdout == ""
+
+
+@pytest.mark.root
+def test_attach_says_on_its_last_row_that_the_host_is_stopped_and_goes_on_once_it_is_continued(
+    hive_env: HiveEnv, tmp_path: Path
+) -> None:
+    """A real colony host stopped (kill -STOP) under an attached terminal: its screen froze with no word of why.
+    The last row says so within a few seconds; after kill -CONT the agent's screen is drawn again without it, and
+    what was typed meanwhile reached the agent, which still echoes what is typed after."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    pane = Pane(hive_env.env, tmp_path)
+    try:
+        pane.attach()
+        pane.wait("fake-agent>")
+        host = host_pid(hive_env, "alpha")
+        assert host is not None
+        line = f"colony alpha: its host (pid {host}) is stopped: kill -CONT {host}"
+        os.kill(host, signal.SIGSTOP)
+        try:
+            pane.wait(line, timeout=10)
+            assert pane.lines()[ROWS - 1].startswith(line), pane.lines()
+            assert "7" in sgr_before(pane.styled(), "colony alpha: its host")  # reversed: apart from the agent's
+            pane.run("typed while stopped")
+            assert "attach exited" not in "\n".join(pane.lines())
+        finally:
+            os.kill(host, signal.SIGCONT)
+        pane.wait("echo: typed while stopped")  # held while it was stopped, not lost
+        wait_for(lambda: line not in "\n".join(pane.lines()), what="the stopped host's line to go")
+        pane.run("typed after")
+        pane.wait("echo: typed after", "fake-agent>")
+        pane.keys("C-]")
+        pane.wait("detached from alpha", "attach exited 0")
+    finally:
+        pane.kill()
