@@ -479,7 +479,17 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
         flush=True,
     )
 
+    # On a terminal, what services printed (their log lines, the tail a failure quotes) keeps its colours but not its
+    # other control sequences, as `stem logs` shows it: a dev server's clear-screen cleared the watcher's terminal.
+    safe = sys.stdout.isatty()
+
     def show(event: Event) -> str | None:
+        line = describe(event)
+        if line is None or not safe:
+            return line
+        return "\n".join(_terminal_safe(part) for part in line.split("\n"))
+
+    def describe(event: Event) -> str | None:
         stamp = time.strftime("%H:%M:%S")
         if isinstance(event, StateChanged):
             extra = f" ({event.stage}: {event.reason})" if event.reason else ""

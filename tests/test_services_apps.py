@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem
+from helpers import make_repo, run_stem, stem_cmd
 
 pytestmark = pytest.mark.root
 
@@ -79,3 +79,77 @@ def wait_until_logged(env: dict[str, str], name: str, line: str, timeout: float 
     from helpers import wait_for
 
     wait_for(lambda: line in log_of(env, name), timeout, f"{line!r} in {name}'s log")
+
+
+class Pty:
+    """A command's stdout and stderr on a terminal of their own, read in a thread: what a user watching it sees."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        import os
+        import pty
+        import threading
+
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [*stem_cmd(), *args], env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True
+        )
+        os.close(slave)
+        self.data = bytearray()
+
+        def read() -> None:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.data += chunk
+            os.close(master)
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: bytes, timeout: float = 15.0) -> None:
+        from helpers import wait_for
+
+        wait_for(lambda: text in self.data, timeout, f"{text!r} on the terminal (it shows {bytes(self.data)[-400:]!r})")
+
+    def end(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+# A dev server's screen handling in its output: a colour, and a clear-screen with the cursor sent home (vite and
+# webpack clear the screen on a restart), a window title (OSC), an erase-line before a progress line.
+# Again every 0.2 s, as a dev server does on every rebuild: `stem serve` shows a colony's lines from when it links to
+# its host, which may be after the first ones.
+SCREEN_SEQUENCES = r"""
+import sys, time
+while True:
+    sys.stdout.write("\x1b[2J\x1b[H\x1b]0;dev server\x07\x1b[32mready\x1b[0m in 12 ms\n\x1b[2K\x1b[1Gbuilt\n")
+    sys.stdout.flush()
+    time.sleep(0.2)
+"""
+
+
+def test_stem_serve_on_a_terminal_keeps_colours_but_not_a_services_screen_sequences(hive_env, tmp_path):
+    """`stem serve` printed every service line as it came, control sequences and all: a dev server's clear-screen
+    cleared the terminal of whoever watched the hive (`stem logs` had stopped that already). On a terminal, its
+    lines keep their colours (SGR) and lose the rest, as `stem logs` shows them."""
+    serve = Pty(hive_env.env, "serve")
+    try:
+        serve.wait_for(b"stem serve: watching")
+        spawn(hive_env.env, tmp_path, "vivid", {"colony.toml": CLEARS_TOML, "dev.py": SCREEN_SEQUENCES})
+        serve.wait_for(b"built")
+    finally:
+        serve.end()
+    shown = bytes(serve.data)
+    assert b"vivid [web] \x1b[32mready\x1b[0m in 12 ms\r\n" in shown, shown
+    assert b"vivid [web] built\r\n" in shown, shown
+    for sequence in (b"\x1b[2J", b"\x1b[H", b"\x1b]0;", b"\x07", b"\x1b[2K", b"\x1b[1G"):
+        assert sequence not in shown, (sequence, shown)
+
+
+CLEARS_TOML = '[services.web]\ncommand = "python3 dev.py"\n'
