@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -408,7 +409,7 @@ async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
-    from core.colony_log import follow_file, parse_line, read_tail
+    from core.colony_log import parse_line, read_tail
 
     rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
     if args.follow and rec.state == "running" and not hive.host_running(rec.name):
@@ -443,10 +444,53 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
             print(f"stem: {trouble_message(rec.name, why)}; the UI's Logs tab shows them", file=sys.stderr)
     if args.follow:
         sys.stdout.flush()
-        async for line in follow_file(path):
+
+        def show(line: str) -> None:
             if wanted(line):
                 print(shown(line), flush=True)
+
+        await _follow_until_destroyed(path, show)
+        print(f"stem: {args.name} was destroyed", file=sys.stderr)
     return 0
+
+
+GONE_CHECK = 0.5  # seconds between looks at whether a followed colony still exists
+FOLLOW_DRAIN = 0.5  # ...and how long its log must have been quiet, once it is gone, to have been read to its end
+
+
+async def _follow_until_destroyed(path: Path, show: Callable[[str], None]) -> None:
+    """`show` each line appended to a colony's log (`path`) from now on, until the colony is destroyed: its folder
+    gone, or another colony's by the same name. A destroyed colony's follower waited for ever, saying nothing. What its
+    stop wrote last is still shown: follow_file reads a removed file to its end within its interval."""
+    from core.colony_log import follow_file
+
+    folder = path.parent
+
+    def identity() -> int | None:
+        try:
+            return folder.stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    mine = identity()
+    last = time.monotonic()
+
+    async def printing() -> None:
+        nonlocal last
+        async for line in follow_file(path):
+            last = time.monotonic()
+            show(line)
+
+    task = asyncio.create_task(printing())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=GONE_CHECK)
+            if mine is not None and identity() != mine and time.monotonic() - last >= FOLLOW_DRAIN:
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # A terminal's sequences and controls in a log line, but SGR (colours) and tabs: OSC (titles, links) to its end,

@@ -153,3 +153,40 @@ def test_stem_serve_on_a_terminal_keeps_colours_but_not_a_services_screen_sequen
 
 
 CLEARS_TOML = '[services.web]\ncommand = "python3 dev.py"\n'
+
+
+def test_stem_logs_follow_ends_when_its_colony_is_destroyed_after_showing_its_stop(hive_env, tmp_path):
+    """`stem logs -f` of a colony destroyed meanwhile (from another shell, the UI) waited for ever and said nothing,
+    like `tail -f` of a deleted file. It shows what the stop wrote, says the colony was destroyed and exits 0."""
+    from helpers import stem_popen
+
+    spawn(hive_env.env, tmp_path, "brief", {"colony.toml": '[services.web]\ncommand = "python3 -m http.server 3000"\n'})
+    # Cold (not forked from the warm process), so that its own open files show it follows the log.
+    follower = stem_popen(dict(hive_env.env, STEM_WARM="0"), "logs", "brief", "-f", "-n", "0", "-s", "web")
+    try:
+        wait_for_following(follower)
+        assert run_stem(hive_env.env, "destroy", "--force", "brief").returncode == 0
+        out, err = follower.communicate(timeout=10)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, (out, err)
+    assert [line.split(" ", 1)[1] for line in out.splitlines()] == ["[web] stopped: killed by SIGTERM"]
+    assert err == "stem: brief was destroyed\n"
+
+
+def wait_for_following(follower: subprocess.Popen[str]) -> None:
+    """Until `stem logs -f` follows the file: the open file of its log, as /proc shows it."""
+    import os
+
+    from helpers import wait_for
+
+    def following() -> bool:
+        fds = f"/proc/{follower.pid}/fd"
+        try:
+            return any(os.readlink(f"{fds}/{fd}").endswith("colony.log") for fd in os.listdir(fds))
+        except OSError:
+            return False
+
+    wait_for(following, 10, "stem logs -f to open the colony's log")
