@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import StemError
+from core.locations import write_atomically
 from core.locks import file_lock
 from core.names import DEFAULT_PREFIX, PREFIX_RE, veth_pattern
 
@@ -264,9 +265,7 @@ def _remembered(home: Path) -> dict[str, str]:
 
 
 def _write(path: Path, record: dict[str, str]) -> None:
-    partial = path.with_suffix(f".{os.getpid()}")
-    partial.write_text(json.dumps(record) + "\n")
-    partial.replace(path)
+    write_atomically(path, json.dumps(record) + "\n")  # on a full disk, nothing is left behind
 
 
 def release(prefix: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from core.config import COLONY_FILE
 from core.errors import BadRef, StemError
 from core.events import FileChange
+from core.locations import write_atomically
 from core.locks import checkpoint as _checkpoint
 from core.locks import file_lock, repo_lock_path
 from core.registry import ColonyRecord
@@ -827,9 +828,7 @@ def _journal_path(repo_lock: Path) -> Path:
 
 def _write_journal(journal: Path, colony: str, repo: Path, checkout: Path, ref: str, old: str, new: str) -> None:
     entry = {"colony": colony, "repo": str(repo), "checkout": str(checkout), "ref": ref, "old": old, "new": new}
-    part = journal.with_suffix(".part")
-    part.write_text(json.dumps(entry))
-    os.replace(part, journal)
+    write_atomically(journal, json.dumps(entry))
 
 
 def _finish_follow(journal: Path) -> str | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.errors import StemError
+from core.locations import write_atomically
 
 NETNS_DIR = Path("/run/netns")
 # iproute2's convention: files here are bind-mounted over /etc/<file> by `ip netns exec`, and by Stem's children.
@@ -276,10 +277,7 @@ def resolv_conf(netns: str) -> Path:
 def write_resolv_conf(netns: str, text: str) -> None:
     path = resolv_conf(netns)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("resolv.conf.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
+    write_atomically(path, text, 0o644)
 
 
 def child_files(netns: str) -> bytes | None:

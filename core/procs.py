@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from core import cgroups, netns
 from core.coalesce import Coalesced
+from core.locations import write_atomically
 from core.pids import alive as alive  # re-exported: procs.alive, procs.starttime are what callers know
 from core.pids import proc_stat, read_pid_file
 from core.pids import starttime as starttime
@@ -233,9 +234,7 @@ def start_init(init: ColonyInit, netns_name: str, *, publish: bool = False) -> N
             os.close(join)
     file = init.box.init_file
     if publish and file is not None:
-        tmp = file.with_name(file.name + ".tmp")
-        tmp.write_text(f"{init.pid} {starttime(init.pid) or 0}\n")
-        tmp.replace(file)
+        write_atomically(file, f"{init.pid} {starttime(init.pid) or 0}\n")
 
 
 def running_init(sandbox: Sandbox) -> ColonyInit | None:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -206,19 +206,36 @@ class Registry:
         self._lock = threading.RLock()
         self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
         self.opened_on_reserve = False  # the reserve was given up to open the file: its room is not a spawn's
+        new = not path.exists()
         try:
-            self._open()
-        except sqlite3.OperationalError as exc:
-            # Opened by nobody else, the file needs room for its shared-memory index and its journal's header:
-            # on a full disk ("disk I/O error" as SQLite says it) no command could open the hive, not even the
-            # stop, destroy or gc that would make room. The reserve is for that.
-            if hasattr(self, "_db"):
-                self._db.close()
-            if not _out_of_room(exc, path) or not self.give_up_reserve():
-                raise
-            self.opened_on_reserve = True
-            self._open()
+            try:
+                self._open()
+            except sqlite3.OperationalError as exc:
+                # Opened by nobody else, the file needs room for its shared-memory index and its journal's header:
+                # on a full disk ("disk I/O error" as SQLite says it) no command could open the hive, not even the
+                # stop, destroy or gc that would make room. The reserve is for that.
+                if hasattr(self, "_db"):
+                    self._db.close()
+                if not _out_of_room(exc, path) or not self.give_up_reserve():
+                    raise
+                self.opened_on_reserve = True
+                self._open()
+        except BaseException:
+            if new:
+                self._unmade()
+            raise
         self._keep_reserve()
+
+    def _unmade(self) -> None:
+        """A hive.db this open made and could not write (a full disk before the hive's first command): removed with
+        its journal and index, which hold nothing, rather than left empty."""
+        if hasattr(self, "_db"):
+            self._db.close()
+        with suppress(OSError):
+            if self.path.stat().st_size == 0:
+                for suffix in ("", "-wal", "-shm"):
+                    with suppress(FileNotFoundError):
+                        os.unlink(f"{self.path}{suffix}")
 
     def _open(self) -> None:
         path = self.path

@@ -276,3 +276,30 @@ def test_a_service_that_crashed_while_the_disk_was_full_reads_crashed_once_there
 
     with small_disk(hive_env.home, "8m"):
         asyncio.run(scenario())
+
+
+def test_commands_on_a_full_disk_before_the_hive_is_made_leave_no_temporary_files(hive_env):
+    # A STEM_HOME whose disk is full before the hive's first command: each command says so in one line, and leaves
+    # nothing behind but the hive's folders. Each left an empty `claim.PID` (the hive's remembered claim, written
+    # to a temporary file first) in STEM_HOME, one more per command.
+    with small_disk(hive_env.home, "1m") as home:
+        fill(home, 0)
+        for command in (["ls"], ["ls", "--json"], ["gc"], ["ls"]):
+            assert_refused(run_stem(hive_env.env, *command), "free some space", str(home))
+        assert sorted(path.name for path in home.iterdir() if not path.is_dir()) == ["filler"]
+        (home / "filler").unlink()
+        assert run_stem(hive_env.env, "ls").returncode == 0
+        assert (home / "hive.db").stat().st_size > 0
+        assert sorted(path.name for path in home.iterdir() if path.name.startswith((".claim", "claim."))) == []
+
+
+def test_a_claim_a_full_disk_refuses_leaves_no_temporary_file(tmp_path):
+    # The hive's remembered claim (claim.json) is written to a temporary file first: on a full disk that file was
+    # left behind (`claim.PID`, empty), one more for every command.
+    from core import claims
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        fill(disk, 0)
+        with pytest.raises(OSError):
+            claims._write(disk / claims.REMEMBERED, {"prefix": "full", "pool": "10.250.0.0/20"})
+        assert sorted(path.name for path in disk.iterdir()) == ["filler"]
