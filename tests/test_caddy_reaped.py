@@ -78,12 +78,12 @@ class StandIn:
         self.proc.wait(10)
 
 
-def routed_hive(hive_env, tmp_path, *names: str) -> tuple[StandIn, int, int]:
-    """Colonies `names`, each with a routed web service, the first spawned under a stand-in for PID 1: the stand-in,
-    the hive's Caddy and its forker."""
+def routed_hive(hive_env, tmp_path, *names: str, env: dict[str, str] | None = None) -> tuple[StandIn, int, int]:
+    """Colonies `names`, each with a routed web service, the first spawned under a stand-in for PID 1 (with `env`,
+    which its forker gets too): the stand-in, the hive's Caddy and its forker."""
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo", colony_toml=SERVICE)
-    stand_in = StandIn(hive_env.env, "spawn", names[0], "--repo", str(repo))
+    stand_in = StandIn(env or hive_env.env, "spawn", names[0], "--repo", str(repo))
     for name in names[1:]:
         done = run_stem(hive_env.env, "spawn", name, "--repo", str(repo))
         assert done.returncode == 0, done.stderr
@@ -158,6 +158,38 @@ def test_a_forker_stopped_as_its_caddy_ends_reaps_it_first(hive_env, tmp_path):
         wait_for(lambda: (stat_of(caddy) or ("", "", 0))[2] == forker, what="the forker to adopt Caddy")
         os.kill(caddy, signal.SIGKILL)
         os.kill(forker, signal.SIGTERM)
+        assert_reaped(stand_in, caddy)
+    finally:
+        stand_in.close()
+
+
+def wakes(pid: int) -> int:
+    """How many times `pid` has slept and woken (its voluntary context switches); -1 once it is gone or a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    if "State:\tZ" in status:
+        return -1
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_forker_stays_while_the_caddy_it_adopted_runs(hive_env, tmp_path):
+    """A forker whose hosts are gone (killed -9) but which has adopted Caddy does not idle out: it exited, passing
+    Caddy alive to PID 1, whose child it then was when it was stopped."""
+    env = {**hive_env.env, "STEM_FORKER_IDLE": "0.2"}
+    stand_in, caddy, forker = routed_hive(hive_env, tmp_path, "a", env=env)
+    try:
+        host = host_pid(hive_env, "a")
+        assert host is not None
+        os.kill(host, signal.SIGKILL)
+        wait_for(lambda: (stat_of(caddy) or ("", "", 0))[2] == forker, what="the forker to adopt Caddy")
+        # The forker wakes for each look at its idleness (every 0.2 s here): after ten, an idle one has exited.
+        start = wakes(forker)
+        wait_for(lambda: wakes(forker) < 0 or wakes(forker) >= start + 10, what="ten looks of the forker")
+        assert (stat_of(caddy) or ("", "", 0))[2] == forker, "the forker idled out and passed Caddy on"
+        gc = run_stem(hive_env.env, "gc")
+        assert "removed the preview proxy" in gc.stdout, gc.stdout
         assert_reaped(stand_in, caddy)
     finally:
         stand_in.close()
