@@ -18,6 +18,7 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -208,6 +209,20 @@ class _LineSplitter:
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+# A terminal's sequences and controls: OSC (a window title) to its end, CSI (colours too), other escapes, C0 and C1
+# controls but tab.
+_CONTROLS = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]?|\x1b[ -/]*[0-~]?|[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+)
+
+
+def _plain(line: str) -> str:
+    """A service's line as plain text, for the reasons and states quoted from its last lines (a failed start's line,
+    `stem ls`, a crash notice): its log keeps its colours for `stem logs` and the UI to show, but a clear-screen and
+    a window title in a start's failure line cleared the terminal it was printed on."""
+    return _CONTROLS.sub("", line)
 
 
 # The exit status of a service's daemon that was the colony's init's child (the kernel reaped it, unread).
@@ -560,7 +575,7 @@ class ServiceRunner:
             # The shell could not run the program at all (127: not found, 126: not executable): no restart
             # will find it. (A program exec'd directly that is not there fails `_launch` instead.)
             unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
-            lines = list(self.last_lines)[-5:]
+            lines = [_plain(line) for line in list(self.last_lines)[-5:]]
             if not_ready:
                 lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
             lines.append(self._end_text(code))
@@ -1236,7 +1251,7 @@ class ServiceSet:
             await asyncio.gather(*(r.stop(grace) for r in runners))
 
     def _not_ready_reason(self, runner: ServiceRunner) -> str:
-        tail = failure_tail(runner.last_lines)
+        tail = failure_tail(_plain(line) for line in runner.last_lines)
         if runner.finished and runner.code is not None and not runner.timed_out:
             what = f"service {runner.name} {_exit_text(runner.code)} before it was ready"
         elif runner.finished and not runner.timed_out:

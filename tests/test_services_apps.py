@@ -4,11 +4,19 @@ and how `stem logs -f` and `stem serve` show it."""
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, stem_cmd
+from helpers import make_repo, run_stem, stem_cmd, stem_popen, until, wait_for
+from test_logs import LineReader
+from test_services import Colony, run
+
+from core.events import ServiceState
+from core.hive import Hive
 
 pytestmark = pytest.mark.root
 
@@ -76,8 +84,6 @@ def test_a_process_finishing_its_threads_at_a_stop_is_waited_for_not_killed_as_o
 
 
 def wait_until_logged(env: dict[str, str], name: str, line: str, timeout: float = 10.0) -> None:
-    from helpers import wait_for
-
     wait_for(lambda: line in log_of(env, name), timeout, f"{line!r} in {name}'s log")
 
 
@@ -85,10 +91,6 @@ class Pty:
     """A command's stdout and stderr on a terminal of their own, read in a thread: what a user watching it sees."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
-        import os
-        import pty
-        import threading
-
         master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [*stem_cmd(), *args], env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True
@@ -111,8 +113,6 @@ class Pty:
         self._reader.start()
 
     def wait_for(self, text: bytes, timeout: float = 15.0) -> None:
-        from helpers import wait_for
-
         wait_for(lambda: text in self.data, timeout, f"{text!r} on the terminal (it shows {bytes(self.data)[-400:]!r})")
 
     def end(self) -> None:
@@ -155,38 +155,85 @@ def test_stem_serve_on_a_terminal_keeps_colours_but_not_a_services_screen_sequen
 CLEARS_TOML = '[services.web]\ncommand = "python3 dev.py"\n'
 
 
+TICKING = """\
+import time
+while True:
+    print("tick", flush=True)
+    time.sleep(0.1)
+"""
+
+
 def test_stem_logs_follow_ends_when_its_colony_is_destroyed_after_showing_its_stop(hive_env, tmp_path):
     """`stem logs -f` of a colony destroyed meanwhile (from another shell, the UI) waited for ever and said nothing,
     like `tail -f` of a deleted file. It shows what the stop wrote, says the colony was destroyed and exits 0."""
-    from helpers import stem_popen
-
-    spawn(hive_env.env, tmp_path, "brief", {"colony.toml": '[services.web]\ncommand = "python3 -m http.server 3000"\n'})
-    # Cold (not forked from the warm process), so that its own open files show it follows the log.
-    follower = stem_popen(dict(hive_env.env, STEM_WARM="0"), "logs", "brief", "-f", "-n", "0", "-s", "web")
+    spawn(
+        hive_env.env,
+        tmp_path,
+        "brief",
+        {"colony.toml": '[services.web]\ncommand = "python3 tick.py"\n', "tick.py": TICKING},
+    )
+    follower = stem_popen(hive_env.env, "logs", "brief", "-f", "-n", "0", "-s", "web")
     try:
-        wait_for_following(follower)
+        reader = LineReader(follower)
+        assert reader.next(10).endswith(" [web] tick")  # -n 0: a line it follows
         assert run_stem(hive_env.env, "destroy", "--force", "brief").returncode == 0
-        out, err = follower.communicate(timeout=10)
+        lines = [reader.next(10).split(" ", 1)[1]]
+        while lines[-1] == "[web] tick":
+            lines.append(reader.next(10).split(" ", 1)[1])
+        assert lines[-1] == "[web] stopped: killed by SIGTERM", lines
+        assert follower.wait(timeout=10) == 0
+        assert follower.stderr is not None
+        err = follower.stderr.read()
     finally:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
-    assert follower.returncode == 0, (out, err)
-    assert [line.split(" ", 1)[1] for line in out.splitlines()] == ["[web] stopped: killed by SIGTERM"]
     assert err == "stem: brief was destroyed\n"
 
 
-def wait_for_following(follower: subprocess.Popen[str]) -> None:
-    """Until `stem logs -f` follows the file: the open file of its log, as /proc shows it."""
-    import os
+# A dev server that fails at its start as one run by hand on a terminal does: in colour, after clearing the screen and
+# setting the window's title.
+FAILS_IN_COLOUR = r"""
+import sys
+sys.stdout.write("\x1b[2J\x1b[H\x1b]0;vite\x07\x1b[31merror\x1b[0m: Cannot find module 'vite'\n\x1b[2K\x1b[1Gboom\n")
+sys.exit(1)
+"""
 
-    from helpers import wait_for
 
-    def following() -> bool:
-        fds = f"/proc/{follower.pid}/fd"
-        try:
-            return any(os.readlink(f"{fds}/{fd}").endswith("colony.log") for fd in os.listdir(fds))
-        except OSError:
-            return False
+def test_a_start_that_fails_quotes_the_services_last_lines_as_plain_text(hive_env, tmp_path):
+    """The failure line of a spawn whose service failed before it was ready quoted the service's last lines with
+    their terminal sequences: printed on a terminal, the service's clear-screen wiped the screen it was printed on
+    (and stem ls --json and the UI's notice carried them). The colony's log keeps them; the line is plain text."""
+    repo = make_repo(tmp_path / "repo", files=1)
+    (repo / "colony.toml").write_text('[services.web]\ncommand = "python3 fail.py"\nport = 3000\nrestart = "no"\n')
+    (repo / "fail.py").write_text(FAILS_IN_COLOUR)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "x"], cwd=repo)
+    result = run_stem(hive_env.env, "spawn", "red", "--repo", str(repo))
+    assert result.returncode != 0
+    assert result.stderr == (
+        "stem: spawn red failed while starting: service web exited with 1 before it was ready: error: Cannot find "
+        "module 'vite' | boom (everything made was removed)\n"
+    ), result.stderr
 
-    wait_for(following, 10, "stem logs -f to open the colony's log")
+
+def test_a_crashed_services_state_quotes_its_last_lines_as_plain_text(hive_env, tmp_path):
+    """The state of a service that crashed (the UI's notice, its Info tab) quotes its last lines: as plain text, not
+    with the colours and screen sequences its log keeps."""
+    repo = make_repo(tmp_path / "repo", files=1)
+    (repo / "fail.py").write_text(FAILS_IN_COLOUR)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "x"], cwd=repo)
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("red", repo)
+        colony = Colony(hive, "red", '[services.web]\ncommand = "python3 fail.py"\nrestart = "no"\n')
+        await colony.services.start_all()
+        web = colony.services.services["web"]
+        await until(lambda: web.finished, what="web to crash")
+        crashed = [e for e in colony.events if isinstance(e, ServiceState) and e.state == "crashed"]
+        assert [e.detail for e in crashed] == ["error: Cannot find module 'vite'\nboom\nexited with 1"]
+        said = [e.text for e in hive.log("red").after(0) if e.source == "web"]
+        assert said[0] == "\x1b[2J\x1b[H\x1b]0;vite\x07\x1b[31merror\x1b[0m: Cannot find module 'vite'", said
+
+    run(hive_env, scenario)
