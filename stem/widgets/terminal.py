@@ -102,7 +102,7 @@ def cell_style(attrs: tuple[Any, ...], base: Style) -> Style:
     colours are `base`'s. Reverse is resolved here, against the default colours, because a reversed cell with
     "default" colours has no colours for rich to swap. A double underline wins over a single one, as the later of
     SGR 4 and 21 does in a terminal (a cell with both had 4:2). Concealed text is drawn as blanks (`_shown`)."""
-    fg, bg, bold, italics, underscore, strikethrough, reverse, _blink, dim, _conceal, double, overline = attrs
+    fg, bg, bold, italics, underscore, strikethrough, reverse, blink, dim, _conceal, double, overline = attrs
     color = _color(fg) or base.color
     bgcolor = _color(bg) or base.bgcolor
     if reverse:
@@ -113,6 +113,7 @@ def cell_style(attrs: tuple[Any, ...], base: Style) -> Style:
         bold=bold or None,
         dim=dim or None,
         italic=italics or None,
+        blink=blink or None,
         underline=(underscore and not double) or None,
         underline2=double or None,
         strike=strikethrough or None,
@@ -606,8 +607,8 @@ class TerminalView(ScrollView, can_focus=True):
             cursor = screen.cursor
             if sy == cursor.y and not cursor.hidden:
                 # A cursor past the last column (a row just filled, its wrap pending) is shown on the last column,
-                # as xterm and tmux show it.
-                x = min(cursor.x, screen.columns - 1)
+                # as xterm and tmux show it; one on the second cell of a wide character, on the character.
+                x = _cursor_cell(screen.buffer.get(sy), min(cursor.x, screen.columns - 1), screen.default_char)
                 strip = _linked(self._render_row(screen, sy, x, base), links)
             else:
                 key = (sy, screen.row_version(sy), *links)
@@ -694,6 +695,20 @@ class TerminalView(ScrollView, can_focus=True):
         if run:
             segments.append(Segment(_shown("".join(run), run_key), _style(styles, run_key, base)))
         return Strip(segments)
+
+
+def _cursor_cell(row: Any, x: int, blank: Char) -> int:
+    """The cell the cursor in column `x` of `row` is drawn on: `x`, or the wide character's first cell when `x`
+    is its second (a program moved there with a backspace): that cell is not drawn on its own."""
+    if x < 1 or not row:
+        return x
+    listed = isinstance(row, list)
+    if listed and x >= len(row):
+        return x
+    if (row[x] if listed else row.get(x, blank)).data:
+        return x
+    before = (row[x - 1] if listed else row.get(x - 1, blank)).data
+    return x - 1 if before and not before.isascii() and cell_width(before[0]) == 2 else x
 
 
 def _stub_next(row: Any, x: int, columns: int, listed: bool, blank: Char) -> bool:
