@@ -43,6 +43,7 @@ from core.errors import (
     StemError,
     StepFailed,
     WrongState,
+    disk_trouble,
     free_bytes,
     refused_by_disk,
 )
@@ -1069,10 +1070,24 @@ class Hive:
         return result
 
     def _fail_start(self, rec: ColonyRecord, stage: str, reason: str) -> None:
-        self.end_processes(rec)
-        self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
-        self.set_state(rec.name, lc.FAILED, stage, reason)
-        self.retire_preview(rec.name)
+        """Undo a start: its processes ended, its runtime parts removed, the colony failed. On a disk its build
+        filled, each step goes on when the registry refuses to record the one before (the first refusal is raised
+        at the end): the processes' records were written before the namespace and veth went, so both were left."""
+        refused: Exception | None = None
+        for step in (
+            lambda: self.end_processes(rec),
+            lambda: self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS),
+            lambda: self.set_state(rec.name, lc.FAILED, stage, reason),
+            lambda: self.retire_preview(rec.name),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                if disk_trouble(exc) is None:
+                    raise
+                refused = refused or exc
+        if refused is not None:
+            raise refused
 
     def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)
@@ -1100,7 +1115,15 @@ class Hive:
             self.set_state(name, lc.STARTING)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, StemError) else describe(exc)
-            self._fail_start(rec, stage, reason)
+            try:
+                self._fail_start(rec, stage, reason)
+            except Exception as also:
+                # A build that filled the disk: what it left running is ended, but the registry has no room to say
+                # the colony failed. Said with the build's own words, which say why, not only the registry's.
+                trouble = disk_trouble(also)
+                if trouble is None or trouble in reason:
+                    raise
+                reason = f"{reason}; and the colony could not be marked failed: {trouble}"
             raise StepFailed(f"start {name} failed while {stage}: {reason}") from exc
         return self.registry.get(name), config
 

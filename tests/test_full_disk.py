@@ -303,3 +303,28 @@ def test_a_claim_a_full_disk_refuses_leaves_no_temporary_file(tmp_path):
         with pytest.raises(OSError):
             claims._write(disk / claims.REMEMBERED, {"prefix": "full", "pool": "10.250.0.0/20"})
         assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+
+
+def test_a_start_whose_build_fills_the_disk_says_so_in_the_builds_words_and_leaves_nothing_running(hive_env, tmp_path):
+    # The start's room check passed; its build (a `make` writing its output) then filled the disk. The start failed
+    # with only the registry's line ("cannot be written (database or disk is full)"), which had no room to record the
+    # failure: not a word of the build that filled it.
+    build = "if [ -f built ]; then head -c 20000000 /dev/zero > big.bin; else touch built; fi"
+    toml = f'[colony]\nbuild = ["{build}"]\n[services.web]\ncommand = "python3 -m http.server 8000"\nport = 8000\n'
+    repo = make_repo(tmp_path / "maker", files=1, colony_toml=toml)
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "spawn", "maker", "--repo", str(repo)).returncode == 0
+        assert run_stem(hive_env.env, "stop", "maker").returncode == 0
+
+        refused = run_stem(hive_env.env, "start", "maker")
+
+        assert_refused(refused, "start maker failed while building", "build command", "No space left on device")
+        assert netns_names(hive_env.prefix) == [] and hive_env.host_pids() == []
+        listed = run_stem(hive_env.env, "ls")
+        assert listed.returncode == 0 and re.search(r"^maker\s+(stopped|failed)\s", listed.stdout, re.M), listed
+        worktree = hive_env.home / "worktrees" / "maker"
+        (worktree / "big.bin").unlink()
+        (worktree / "built").unlink()
+        started = run_stem(hive_env.env, "start", "maker")
+        assert started.returncode == 0, started.stderr
+        assert run_stem(hive_env.env, "destroy", "--force", "maker").returncode == 0
