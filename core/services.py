@@ -236,8 +236,11 @@ CANCEL_WAIT = 2.0  # seconds a cancelled supervisor waits for its cgroup's proce
 _UNRUNNABLE = {127: "its program was not found", 126: "its program cannot be run"}
 
 
-def _unready(spec: ServiceSpec) -> str:
-    """What the readiness check of a service that never got ready found."""
+def _unready(spec: ServiceSpec, answered_by: str = "") -> str:
+    """What the readiness check of a service that never got ready found; `answered_by`: who answered on its port
+    in its place (`ServiceRunner._port_taken`)."""
+    if answered_by and spec.port is not None:
+        return f"port {spec.port} is answered by {answered_by}, not by {spec.name}"
     what = "nothing took a connection" if spec.ready == "tcp" else f"{spec.ready} failed"
     return f"{what} on port {spec.port}" if spec.port is not None else what
 
@@ -300,6 +303,24 @@ def _end_group(pgid: int, grace: float, netns_name: str, first: int = signal.SIG
         if not procs.wait_gone(members, wait):  # on pidfds: no polling interval
             return sig == signal.SIGKILL
     return True
+
+
+def _process_text(pid: int) -> str:
+    """Blocking: a process of a colony as a line names it: `service db (pid 7 in the colony: postgres -D data)`, or
+    `pid 7 in the colony: python3 -m http.server 3000` for one no service started (the agent's, `stem exec`'s)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0")
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        argv, cgroup = "", ""
+    inside = procs.colony_pid(pid)
+    text = f"pid {inside} in the colony" if inside not in (None, pid) else f"pid {pid}"
+    shown = argv.replace("\0", " ")
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    text += f": {shown}" if shown else ""
+    # Its service's own cgroup is `<prefix>-<colony>/<prefix>-svc-<service>` (cgroups.service_cgroup).
+    owner = next((line.rpartition("/")[2] for line in cgroup.splitlines() if "-svc-" in line), "")
+    return f"service {owner.partition('-svc-')[2]} ({text})" if owner else text
 
 
 class _Background:
@@ -441,6 +462,8 @@ class ServiceRunner:
         self.detail = ""
         self.restarts = 0
         self.timed_out = False  # the last attempt never got ready and was ended for it
+        # Who answered on its port while none of its own processes listened there (this run's readiness check).
+        self.answered_by = ""
         # <colony ip>:<port> relayed to the service's loopback-only listener (core.forward), while its process runs.
         self._forward: LoopbackForward | None = None
         self._forward_tried = False
@@ -551,6 +574,7 @@ class ServiceRunner:
         while not self._stopping:
             self._set(STARTING)
             self.last_lines.clear()  # what an end reports is this run's output, not the runs' before it
+            self.answered_by = ""
             try:
                 await self._launch()
             except (StemError, OSError) as exc:
@@ -577,7 +601,8 @@ class ServiceRunner:
             unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
             lines = [_plain(line) for line in list(self.last_lines)[-5:]]
             if not_ready:
-                lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({_unready(self.spec)}), ended")
+                unready = _unready(self.spec, self.answered_by)
+                lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({unready}), ended")
             lines.append(self._end_text(code))
             self._set(CRASHED if failed else EXITED if restart else STOPPED, code, "\n".join(lines))
             # In the colony's log too, under the service's name (as its stderr when it failed).
@@ -708,8 +733,24 @@ class ServiceRunner:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if await probe(spec.ready, self.ip, spec.port, min(self.timing.probe_timeout, left)):
-                return True
+            timeout = min(self.timing.probe_timeout, left)
+            if self.answered_by:  # while another holds its port, who does is asked first: that one is not probed
+                taken = await asyncio.to_thread(self._port_taken)
+                answered = taken is None and await probe(spec.ready, self.ip, spec.port, timeout)
+            else:
+                answered = await probe(spec.ready, self.ip, spec.port, timeout)
+                taken = await asyncio.to_thread(self._port_taken) if answered else None
+            if taken is None:
+                if answered:
+                    return True
+                self.answered_by = ""
+            elif taken != self.answered_by:
+                self.answered_by = taken
+                await self._note(
+                    f"port {spec.port} answers, but not {self.name}: it is taken by {taken}; {self.name} is not ready "
+                    "until it listens there",
+                    f"{self.name}!",
+                )
             if await self._forward_loopback():
                 continue  # probed again at once, through the forward
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
@@ -946,23 +987,26 @@ class ServiceRunner:
         members = procs.colony_pids(self.netns) if port is not None else None
         holder = port_holder(members, port) if members and port is not None else None
         if holder is not None:
-            try:
-                argv = Path(f"/proc/{holder}/cmdline").read_bytes().decode(errors="replace").rstrip("\0")
-                cgroup = Path(f"/proc/{holder}/cgroup").read_text()
-            except OSError:
-                argv, cgroup = "", ""
-            inside = procs.colony_pid(holder)
-            pid = f"pid {inside} in the colony" if inside not in (None, holder) else f"pid {holder}"
-            shown = argv.replace("\0", " ")
-            shown = shown if len(shown) <= 60 else shown[:59] + "…"
-            pid += f": {shown}" if shown else ""
-            # Its service's own cgroup is `<prefix>-<colony>/<prefix>-svc-<service>` (cgroups.service_cgroup).
-            owner = next((line.rpartition("/")[2] for line in cgroup.splitlines() if "-svc-" in line), "")
-            who = f"service {owner.partition('-svc-')[2]} ({pid})" if owner else pid
-            return f"port {port} is taken by {who}"
+            return f"port {port} is taken by {_process_text(holder)}"
         if not self.last_lines:
             return "it wrote nothing here: a daemon says why in its own log file (or run it in the foreground)"
         return ""
+
+    def _port_taken(self) -> str | None:
+        """Blocking: who holds the service's port in its place, when a process of the colony outside the service's
+        own cgroup listens there and none of the service's does (a dev server the agent started by hand, another
+        service's): its readiness probe was answered by that one, and a dev server that found the port taken
+        went on on the next one (vite). None when the service listens there itself, or nothing tells (no cgroup
+        of its own, or no process of the colony holds it: the colony's address forwarded by its host)."""
+        port = self.spec.port
+        if port is None or self._cgroup is None:
+            return None
+        own = cgroups.procs(self._cgroup)
+        if own and port_holder(own, port) is not None:
+            return None
+        others = (procs.colony_pids(self.netns) or set()) - own
+        holder = port_holder(others, port) if others else None
+        return _process_text(holder) if holder is not None else None
 
     def _members(self) -> set[int] | None:
         """Blocking: where its daemon is looked for. Its own cgroup's processes: only what it started, never the
@@ -1257,5 +1301,6 @@ class ServiceSet:
         elif runner.finished and not runner.timed_out:
             what = f"service {runner.name} {runner.detail}"
         else:
-            what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s ({_unready(runner.spec)})"
+            unready = _unready(runner.spec, runner.answered_by)
+            what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s ({unready})"
         return f"{what}: {tail}" if tail else what

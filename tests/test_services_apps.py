@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -237,3 +238,58 @@ def test_a_crashed_services_state_quotes_its_last_lines_as_plain_text(hive_env, 
         assert said[0] == "\x1b[2J\x1b[H\x1b]0;vite\x07\x1b[31merror\x1b[0m: Cannot find module 'vite'", said
 
     run(hive_env, scenario)
+
+
+# A dev server that takes the next port when its own is taken, as vite does without --strictPort.
+NEXT_PORT = """\
+import socket, time
+sock = socket.socket()
+try:
+    sock.bind(("0.0.0.0", 3000))
+except OSError:
+    print("Port 3000 is in use, trying another one...", flush=True)
+    sock.bind(("0.0.0.0", 3002))
+sock.listen()
+print("Local: http://localhost:%d/" % sock.getsockname()[1], flush=True)
+time.sleep(1000)
+"""
+
+# What holds port 3000 in its place: a service listening on another's port besides its own (its readiness, on 3001,
+# says it holds both), as an agent's dev server started by hand would.
+SQUATTER = """\
+import socket, time
+socks = [socket.create_server(("0.0.0.0", port)) for port in (3000, 3001)]
+time.sleep(1000)
+"""
+
+
+def test_a_service_whose_port_another_process_answers_is_not_ready(hive_env, tmp_path):
+    """A dev server whose port was taken in the colony (an agent's own `npm run dev`, another service) went on on
+    the next port, as vite does, and the readiness check, answered on its port by the other process, called it
+    ready: stem ls said ready, its preview URL led to the other one. A service is ready once a process of its own
+    listens on its port; the log says who answers there meanwhile, and the failure names it."""
+    toml = """
+[services.squatter]
+command = "python3 squatter.py"
+port = 3001
+preview = false
+
+[services.web]
+command = "python3 next_port.py"
+port = 3000
+ready_timeout = 1.5
+depends_on = ["squatter"]
+"""
+    repo = make_repo(tmp_path / "repo", files=1)
+    for name, text in (("colony.toml", toml), ("next_port.py", NEXT_PORT), ("squatter.py", SQUATTER)):
+        (repo / name).write_text(text)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "x"], cwd=repo)
+    result = run_stem(hive_env.env, "spawn", "taken", "--repo", str(repo))
+    assert result.returncode != 0, result.stdout
+    held = r"service squatter \(pid \d+ in the colony: python3 squatter\.py\)"
+    assert re.match(
+        rf"stem: spawn taken failed while starting: service web not ready after 1\.5s \(port 3000 is answered by "
+        rf"{held}, not by web\): Port 3000 is in use, trying another one\.\.\. \| Local: http://localhost:3002/",
+        result.stderr,
+    ), result.stderr
