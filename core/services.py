@@ -87,6 +87,9 @@ FAST_PROBING = 2.0
 # A line begun and not ended (a prompt: "Password: ", a progress line) is logged once its pipe has been quiet this long,
 # as a terminal shows it; the rest of it, should it come, is logged as a line of its own, never the begun part again.
 PARTIAL_QUIET = 0.3
+# A NUL a service writes (a binary blob, a C string's end) is logged as U+FFFD, as bytes that are not UTF-8 are: one
+# NUL in the log made grep take all of `stem logs` (and colony.log) for a binary file and print none of its lines.
+NUL_SHOWN = "\ufffd".encode()
 MAX_PENDING = 10_000  # lines waiting for the log writer; beyond it the pipes are left unread (backpressure)
 
 # (pid, starttime, kind, argv): called in a worker thread, so a registry write never runs on the loop.
@@ -194,7 +197,7 @@ class _LineSplitter:
         return [text] if text else []
 
     def feed(self, chunk: bytes) -> list[str]:
-        data = self._partial + chunk
+        data = self._partial + chunk.replace(b"\0", NUL_SHOWN)
         *complete, self._partial = data.split(b"\n")
         lines = [_decode(raw[i : i + MAX_LINE]) for raw in complete for i in range(0, max(len(raw), 1), MAX_LINE)]
         while len(self._partial) > MAX_LINE:

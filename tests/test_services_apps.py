@@ -293,3 +293,35 @@ depends_on = ["squatter"]
         rf"{held}, not by web\): Port 3000 is in use, trying another one\.\.\. \| Local: http://localhost:3002/",
         result.stderr,
     ), result.stderr
+
+
+# What a service may write besides text: a NUL (a binary blob, a C string written whole), bytes that are not UTF-8
+# (latin-1), and a line longer than a log line may be.
+NOT_TEXT = r"""
+import sys, time
+out = sys.stdout.buffer
+out.write(b"blob: \x00\x01\x02 end\nlatin-1: caf\xe9\n" + b"A" * 40000 + b"\nlast line\n")
+out.flush()
+time.sleep(1000)
+"""
+
+
+def test_a_services_binary_output_leaves_its_log_text_that_grep_reads(hive_env, tmp_path):
+    """A service that wrote one NUL made its log binary to grep: `stem logs NAME | grep ...` printed only 'binary
+    file matches' (and so did grep on colony.log) for as long as the line stayed in the log. A NUL is logged as
+    U+FFFD, as bytes that are not UTF-8 are; a huge line is cut into pieces; the lines around them are intact."""
+    spawn(
+        hive_env.env,
+        tmp_path,
+        "blob",
+        {"colony.toml": '[services.web]\ncommand = "python3 bin.py"\n', "bin.py": NOT_TEXT},
+    )
+    wait_until_logged(hive_env.env, "blob", "[web] last line")
+    shown = run_stem(hive_env.env, "logs", "blob", "-s", "web")
+    assert "\0" not in shown.stdout
+    grep = subprocess.run(["grep", "end"], input=shown.stdout, capture_output=True, text=True)
+    assert grep.stdout.endswith(" [web] blob: \ufffd\x01\x02 end\n"), grep.stdout
+    said = [line for line in log_of(hive_env.env, "blob") if line.startswith("[web]")]
+    assert said[:2] == ["[web] blob: \ufffd\x01\x02 end", "[web] latin-1: caf\ufffd"], said
+    assert [len(line) for line in said[2:-1]] == [6 + 16384, 6 + 16384, 6 + 40000 - 2 * 16384], said
+    assert said[-1] == "[web] last line"
