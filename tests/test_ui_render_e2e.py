@@ -430,3 +430,33 @@ def test_the_textual_demo_looks_as_in_a_terminal_and_takes_clicks(screens: Scree
     screens.wait_same("the demo after a click", has("▶ Welcome"))
     screens.both("C-q")
     screens.wait_same("the demo gone", lacks("Welcome"))
+
+
+def test_a_key_in_a_ui_gives_the_agent_that_uis_size_back(hive_env, tmp_path) -> None:
+    """Two UIs show the same agent at different sizes; it takes the size of the one used last, also when the first
+    one opened at the size the agent already had (so it never had to resize it)."""
+    repo = make_repo(tmp_path / "repo")
+    env = dict(hive_env.env, LANG="C.UTF-8", TMUX_TMPDIR=str(tmp_path))
+    spawned = run_stem(env, "spawn", "term", "--repo", str(repo), "--agent", SHELL)
+    assert spawned.returncode == 0, spawned.stderr
+    panes = Panes(dict(env, TERM="xterm-256color"))
+    agent = (120, 40)  # the size a colony's agent starts at (core/runtime.py)
+    try:
+        for name, (columns, lines) in (("first", (agent[0] + 47, agent[1] + 5)), ("second", OUTER)):
+            panes(
+                "new-session", "-d", "-s", name, "-x", str(columns), "-y", str(lines), "-c", str(repo),
+                f"env COLORTERM=truecolor {stem_command()}; echo exited with status $?; sleep 600",
+            )  # fmt: skip
+            panes.wait_in(name, "bash-")
+            panes("send-keys", "-t", name, "Enter")  # the terminal gets the focus
+            panes.wait_in(name, "back to panels")
+        # The second UI's opening gave the agent its own size; a key in the first gives it the first's back.
+        panes.type("first", "clear; echo first at $(stty size)")
+        panes.wait_in("first", f"first at {agent[1]} {agent[0]}")
+        panes.type("second", "clear; echo second at $(stty size)")
+        panes.wait_in("second", f"second at {OUTER[1] - 5} {OUTER[0] - 47}")
+        panes.type("first", "clear; echo first again at $(stty size)")
+        panes.wait_in("first", f"first again at {agent[1]} {agent[0]}")
+    finally:
+        panes.kill()
+        run_stem(env, "stop", "term")

@@ -65,6 +65,7 @@ class RemoteAgent:
         self.activity: str | None = None
         self.exit_code: int | None = None
         self.pid: int | None = None
+        self._told: tuple[int, int] | None = None  # the size last posted to the host
 
     def write(self, data: bytes) -> None:
         self._link.post(p.Keys(data))
@@ -73,7 +74,11 @@ class RemoteAgent:
         self._link.post(p.Paste(text))
 
     def resize(self, columns: int, lines: int) -> None:
-        if (columns, lines) != (self.screen.columns, self.screen.lines):
+        """The size this client shows the agent at. The host gives the agent the size of the client used last (a
+        resize, a key, a paste), so it is told this size even when the agent has it already: else a key typed here
+        after another client resized the agent would leave the agent at that client's size."""
+        if (columns, lines) != (self.screen.columns, self.screen.lines) or (columns, lines) != self._told:
+            self._told = (columns, lines)
             self._link.post(p.Resize(columns, lines))
 
     @property

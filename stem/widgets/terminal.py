@@ -179,6 +179,7 @@ class TerminalView(ScrollView, can_focus=True):
         self._focused = False  # the agent's terminal has the focus (as last reported under mode 1004)
         self._widget_focused = False
         self._mouse_held = False  # a button went down here while the agent reported the mouse
+        self._told: tuple[int, int] | None = None  # the size the shown session was last given
         self.on_rendered: Callable[[int, Strip], None] | None = None  # benchmark hook: (row, strip)
 
     # ------------------------------------------------------------------------------------------ session
@@ -218,6 +219,7 @@ class TerminalView(ScrollView, can_focus=True):
         self._pending.clear()
         self._follow = True
         self._cursor_row = -1
+        self._told = None
         self._fit_session()
         self._sync_size()
         self.scroll_end(animate=False, immediate=True)
@@ -316,14 +318,19 @@ class TerminalView(ScrollView, can_focus=True):
         return False
 
     def _fit_session(self) -> None:
-        """Make the PTY as big as the widget's content area, so the agent draws for the space it has."""
+        """Make the PTY as big as the widget's content area, so the agent draws for the space it has. The session
+        is told this size once even when the agent has it already: an agent shown in several places takes the
+        size of the one used last (a colony host's rule), and a place that never gave its size could not take it
+        back with a key after another place resized the agent."""
         session = self.session
         region = self.scrollable_content_region
         if session is None or region.width < 1 or region.height < 1:
             return
         screen = session.screen
-        if (screen.columns, screen.lines) != (region.width, region.height):
-            session.resize(region.width, region.height)
+        size = (region.width, region.height)
+        if (screen.columns, screen.lines) != size or self._told != size:
+            self._told = size
+            session.resize(*size)
             self._cache.clear()
 
     def on_resize(self, event: events.Resize) -> None:
