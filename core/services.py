@@ -487,6 +487,7 @@ class ServiceRunner:
         self._died_why = ""  # ...and what may be why: who holds its port, or that it said nothing here
         self._program: tuple[int, int] | None = None
         self._pidfd = -1
+        self._stdin = -1  # the write end of its stdin, held open and never written while it runs
         self._cgroup: str | None = None  # its own, below its colony's (cgroups.make_service); None: the colony's
         self._exited = asyncio.Event()
         self._pipes: dict[int, tuple[IO[bytes], _LineSplitter]] = {}
@@ -647,13 +648,17 @@ class ServiceRunner:
         if self.spec.working_dir and not self.cwd.is_dir():
             raise StemError(f"its working_dir {self.spec.working_dir!r} is not a folder in the colony's worktree")
         argv = procs.command_argv(self.spec.command, self.env, self.cwd)
+        # Its stdin is a pipe kept open and never written, as a terminal nobody types in, until the run ends: with
+        # /dev/null, what stops at the end of its input stopped at once (`esbuild --serve` and `--watch`: "stopped
+        # automatically because stdin was closed"), exiting 0 before it was ever ready.
+        stdin, self._stdin = os.pipe2(os.O_CLOEXEC)
         try:
             proc = procs.spawn(
                 argv,
                 netns_name=self.netns,
                 cwd=self.cwd,
                 env=self.env,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 # One pipe for both, as a terminal has one screen: the log shows the lines in the order written (two
                 # pipes read in turn put a burst's stderr after all its stdout), and both go under the service's name.
@@ -670,6 +675,8 @@ class ServiceRunner:
                     "users' homes are empty folders of its own (put the program in the worktree or a system path)"
                 ) from None
             raise StemError(f"{name} does not exist") from None
+        finally:
+            os.close(stdin)  # the service's own; ours is closed as the run ends (`_close_stdin`)
         self._proc = proc
         self._starttime = self._run_start = procs.starttime(proc.pid) or 0
         self._inside, self._died, self._died_why = 0, None, ""
@@ -894,6 +901,7 @@ class ServiceRunner:
             loop.remove_reader(fd)
             pipe.close()
         self._pipes.clear()
+        self._close_stdin()
         if self._writer is not None:
             await asyncio.shield(self._writer)
         self.code = code
@@ -1035,6 +1043,7 @@ class ServiceRunner:
         if self._forward is not None:
             self._forward.abandon()
             self._forward = None
+        self._close_stdin()
         proc = self._proc
         if proc is None:
             return
@@ -1052,6 +1061,12 @@ class ServiceRunner:
         if proc.returncode is None:
             # Killed but not awaited: forgotten, so the next procs.reap_orphans may reap the zombie.
             procs.forget_child(proc.pid)
+
+    def _close_stdin(self) -> None:
+        """The run is over: what is left of it (a daemon that kept its stdin) reads the end of its input."""
+        if self._stdin >= 0:
+            os.close(self._stdin)
+            self._stdin = -1
 
     # output -------------------------------------------------------------------------------------------------
 

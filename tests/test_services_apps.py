@@ -325,3 +325,31 @@ def test_a_services_binary_output_leaves_its_log_text_that_grep_reads(hive_env, 
     assert said[:2] == ["[web] blob: \ufffd\x01\x02 end", "[web] latin-1: caf\ufffd"], said
     assert [len(line) for line in said[2:-1]] == [6 + 16384, 6 + 16384, 6 + 40000 - 2 * 16384], said
     assert said[-1] == "[web] last line"
+
+
+# A server that serves until the end of its input, as `esbuild --serve` and `esbuild --watch` do: "[serve] stopped
+# automatically because stdin was closed (keep stdin open to continue serving)".
+UNTIL_STDIN_ENDS = """\
+import http.server, sys, threading
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 3000), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("serving on 3000", flush=True)
+sys.stdin.read()
+print("[serve] stopped automatically because stdin was closed", flush=True)
+"""
+
+
+def test_a_server_that_serves_until_its_stdin_ends_keeps_serving(hive_env, tmp_path):
+    """A service's stdin was /dev/null, so `esbuild --serve` (and --watch) read the end of its
+    input at once and stopped, exiting 0 before it was ready: its start failed with esbuild's 'keep stdin open to
+    continue serving', which colony.toml has no way to do. Its stdin is now a pipe nobody writes to, as a terminal
+    nobody types in, open while it runs."""
+    toml = '[services.web]\ncommand = "python3 serve.py"\nport = 3000\nready = "http:/"\n'
+    spawn(hive_env.env, tmp_path, "bundler", {"colony.toml": toml, "serve.py": UNTIL_STDIN_ENDS})
+    listed = run_stem(hive_env.env, "ls")
+    assert " web:ready " in listed.stdout, listed.stdout
+    assert run_stem(hive_env.env, "stop", "bundler").returncode == 0
+    said = [line for line in log_of(hive_env.env, "bundler") if line.startswith("[web")]
+    assert said[0] == "[web] serving on 3000", said
+    assert said[-1] == "[web] stopped: killed by SIGTERM", said
+    assert "[web] [serve] stopped automatically because stdin was closed" not in said
