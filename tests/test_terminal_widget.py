@@ -343,7 +343,7 @@ async def test_a_view_scrolled_back_holds_its_lines_while_the_agent_prints(scrol
         await pilot.press(*"flood 400", "enter")
         await until(pilot, lambda: shows(app, "line 000400"), "the flood")
         view = app.query_one(TerminalView)
-        await wheel_up(pilot, view, 20)
+        await wheel_up(pilot, view, 40)  # 120 lines up (WHEEL_LINES a turn)
         before = drawn(app)
         assert any("line 0002" in line for line in before), before
         # More output, written to the agent without a key in the widget (a key would go back to the bottom).

@@ -272,23 +272,26 @@ class Screens:
         self.panes("resize-window", "-t", "ref", "-x", str(self.region.columns), "-y", str(self.region.lines))
         return self.region
 
-    def cells(self) -> tuple[list[list[Cell]], list[list[Cell]], tuple[int, int] | None]:
-        """The UI's terminal region, the reference's screen, and the reference's cursor (None: hidden)."""
+    def cells(self, back: int = 0) -> tuple[list[list[Cell]], list[list[Cell]], tuple[int, int] | None]:
+        """The UI's terminal region, the reference's screen (scrolled `back` lines into its history), and the
+        reference's cursor where it is shown (None: hidden, or scrolled out of view)."""
         r = self.region
         ui = [
             (row[r.left : r.left + r.columns] + [Cell()] * r.columns)[: r.columns]
             for row in parse(self.panes("capture-pane", "-p", "-e", "-t", "ui"))[r.top : r.top + r.lines]
         ]
+        span = ("-S", str(-back), "-E", str(r.lines - 1 - back)) if back else ()
         ref = [
             (row + [Cell(unknown=True)] * r.columns)[: r.columns]
-            for row in parse(self.panes("capture-pane", "-p", "-e", "-t", "ref"))[: r.lines]
+            for row in parse(self.panes("capture-pane", "-p", "-e", *span, "-t", "ref"))[: r.lines]
         ]
         x, y, shown = self.panes("display", "-p", "-t", "ref", "#{cursor_x} #{cursor_y} #{cursor_flag}").split()
-        return ui, ref, ((int(x), int(y)) if shown == "1" else None)
+        return ui, ref, ((int(x), int(y) + back) if shown == "1" and int(y) + back < r.lines else None)
 
-    def differences(self) -> list[str]:
-        """How the UI's terminal differs from the reference: each row that differs (first cell), the cursor."""
-        ui, ref, cursor = self.cells()
+    def differences(self, back: int = 0) -> list[str]:
+        """How the UI's terminal differs from the reference (`back` lines up its history, where the UI's view was
+        scrolled to): each row that differs (its first cell that does), the cursor."""
+        ui, ref, cursor = self.cells(back)
         found = []
         if len(ui) != len(ref) or len(ui) != self.region.lines:
             return [f"{len(ui)} rows in the UI, {len(ref)} in the reference, {self.region.lines} expected"]
@@ -316,15 +319,23 @@ class Screens:
                     break
         return found
 
-    def wait_same(self, what: str, shown: Callable[[str], object], timeout: float = 10.0) -> None:
+    def wait_same(self, what: str, shown: Callable[[str], object], timeout: float = 10.0, back: int = 0) -> None:
         """Wait until the reference has `shown` (a test of its text: the program got there), then until the UI's
         terminal shows the same; fail with the differences left."""
         wait_for(lambda: shown(self.panes.pane("ref")), timeout, f"the reference to show {what}")
         try:
-            wait_for(lambda: not self.differences(), timeout, what)
+            wait_for(lambda: not self.differences(back), timeout, what)
         except AssertionError:
-            left = "\n".join(self.differences()[:8])
+            left = "\n".join(self.differences(back)[:8])
             raise AssertionError(f"{what}: the UI's terminal differs from the reference:\n{left}") from None
+
+    def wheel(self, button: int, x: int, y: int, *, ref: bool = True) -> None:
+        """Turn the mouse wheel (64 up, 65 down) over cell (x, y) of the agent's terminal, in the UI (as the user's
+        terminal reports it to the UI) and in the reference."""
+        r = self.region
+        self.panes("send-keys", "-t", "ui", "-l", f"\x1b[<{button};{r.left + x + 1};{r.top + y + 1}M")
+        if ref:
+            self.panes("send-keys", "-t", "ref", "-l", f"\x1b[<{button};{x + 1};{y + 1}M")
 
     def resize(self, columns: int, lines: int) -> Region:
         """Resize the user's terminal; the reference takes the agent's new size."""
@@ -413,6 +424,24 @@ def test_every_kind_of_cell_and_the_cursor_look_as_in_a_terminal(screens: Screen
     screens.run("printf '\\e[?25h'; clear; printf 'a row just filled %*s' $(( $(tput cols) - 18 )) '|'; cat")
     screens.wait_same("a cursor past the last column", has("filled  "))
     screens.both("C-c")
+
+
+def test_the_wheel_scrolls_the_history_or_goes_to_a_program_that_asks_for_it(screens: Screens) -> None:
+    screens.run("clear; seq 1 200")
+    screens.wait_same("a shell's output", has("\n200\n"))
+    # No program asks for the mouse: each turn of the wheel shows three lines more of the history.
+    screens.wheel(64, 10, 10, ref=False)
+    screens.wheel(64, 10, 10, ref=False)
+    screens.wait_same("the view 6 lines up its history", has("\n200\n"), back=6)
+    screens.run(f"{VIM} -c 'set mouse=a'")  # typing brings the view back to the live screen
+    screens.wait_same("vim, which asks for the mouse", has("1,1", "Top"))
+    # Its wheel turns are vim's: it scrolls its window, and the view stays on the live screen.
+    for button in (65, 65, 64):
+        screens.wheel(button, 10, 10)
+    screens.wait_same("vim scrolled by the wheel", lacks("Top"))
+    screens.both("-l", ":qa!")
+    screens.both("Enter")
+    screens.wait_same("vim gone", has("\n200\n"))
 
 
 def test_the_textual_demo_looks_as_in_a_terminal_and_takes_clicks(screens: Screens) -> None:

@@ -461,12 +461,16 @@ class TerminalView(ScrollView, can_focus=True):
         self._follow = round(new_value) >= self.max_scroll_y
 
     def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        # The wheel is the agent's or this view's alone: Textual's own handler (Widget's) would scroll the view
+        # as well, into the history while the agent is sent the wheel, and by more than WHEEL_LINES when not.
         event.stop()
+        event.prevent_default()
         if not self._report_mouse(event, "wheel_up"):
             self.scroll_to(y=max(0, self.scroll_offset.y - WHEEL_LINES), animate=False)
 
     def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
         event.stop()
+        event.prevent_default()
         if not self._report_mouse(event, "wheel_down"):
             self.scroll_to(y=min(self.max_scroll_y, self.scroll_offset.y + WHEEL_LINES), animate=False)
 
