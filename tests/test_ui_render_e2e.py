@@ -433,12 +433,14 @@ def test_the_wheel_scrolls_the_history_or_goes_to_a_program_that_asks_for_it(scr
     screens.wheel(64, 10, 10, ref=False)
     screens.wheel(64, 10, 10, ref=False)
     screens.wait_same("the view 6 lines up its history", has("\n200\n"), back=6)
-    screens.run(f"{VIM} -c 'set mouse=a'")  # typing brings the view back to the live screen
+    screens.run(f"{VIM} -c 'set mouse=a nowrap'")  # typing brings the view back to the live screen
     screens.wait_same("vim, which asks for the mouse", has("1,1", "Top"))
     # Its wheel turns are vim's: it scrolls its window, and the view stays on the live screen.
     for button in (65, 65, 64):
         screens.wheel(button, 10, 10)
     screens.wait_same("vim scrolled by the wheel", lacks("Top"))
+    screens.wheel(67, 10, 10)  # the wheel tilted right (xterm's button 7): vim scrolls sideways
+    screens.wait_same("vim scrolled sideways by the wheel", lacks("def main"))
     screens.both("-l", ":qa!")
     screens.both("Enter")
     screens.wait_same("vim gone", has("\n200\n"))

@@ -474,6 +474,18 @@ class TerminalView(ScrollView, can_focus=True):
         if not self._report_mouse(event, "wheel_down"):
             self.scroll_to(y=min(self.max_scroll_y, self.scroll_offset.y + WHEEL_LINES), animate=False)
 
+    def _on_mouse_scroll_left(self, event: events.MouseScrollLeft) -> None:
+        # The wheel tilted (or a touchpad's sideways swipe): the agent's when it asks for the mouse, as xterm
+        # reports it (buttons 6 and 7); the view has nothing to scroll sideways.
+        event.stop()
+        event.prevent_default()
+        self._report_mouse(event, "wheel_left")
+
+    def _on_mouse_scroll_right(self, event: events.MouseScrollRight) -> None:
+        event.stop()
+        event.prevent_default()
+        self._report_mouse(event, "wheel_right")
+
     def on_mouse_down(self, event: events.MouseDown) -> None:
         if self._report_mouse(event, "press"):
             self._mouse_held = True
