@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from core import claims
 from core.config import COLONY_FILE
 from core.locations import HiveLayout
 from core.netns import SLOT_SIZE
@@ -299,20 +300,24 @@ def plan(
     environ: Mapping[str, str] = os.environ,
     init_file: Path | None = None,
     accounts: Path | None = None,
+    other_hives: Iterable[Path] = (),
 ) -> Sandbox:
     """The covers and binds for one colony: made from paths only (a few stats), cheap enough for every spawn.
 
     The colony's home is bound over the user's home path (HOME keeps its value, absolute paths into it keep
-    working for what `agent_files` passes); every other home, STEM_HOME, the main checkout and the shared
-    temporary folders get an empty tmpfs. `accounts` is a folder that may hold a passwd and a group file to show
-    as /etc's (see `write_accounts`)."""
+    working for what `agent_files` passes); every other home, STEM_HOME, the homes of the machine's other hives
+    (`other_hives`), the main checkout and the shared temporary folders get an empty tmpfs. `accounts` is a folder
+    that may hold a passwd and a group file to show as /etc's (see `write_accounts`)."""
     user_home = _user_home(environ)
     if not _coverable(user_home):  # HOME=/ (a service account) or missing: HOME is the colony home's own path
         user_home = home
-    homes = {Path("/root"), Path(environ.get("HOME") or "/root")}
+    homes = {Path("/root"), Path("/home"), Path(environ.get("HOME") or "/root")}  # every user's home
     shared = ("/tmp", "/var/tmp", "/dev/shm")
-    # /run/netns: the names of every namespace on the machine, other colonies' and hives' among them.
-    wanted = [*map(Path, shared), Path("/run/user"), Path("/run/netns"), stem_home, repo, *homes]
+    # /run/netns and /etc/netns: the names of every namespace on the machine, other colonies' and hives' among them;
+    # /run/stem: where every hive on the machine keeps its home. Other hives' homes (their hive.db, worktrees and
+    # logs; a colony's worktree is writable by every colony's group) are as hidden as this one's.
+    hidden = (Path("/run/user"), Path("/run/netns"), Path("/etc/netns"), Path("/run/stem"))
+    wanted = [*map(Path, shared), *hidden, stem_home, *other_hives, repo, *homes]
     covers = _outermost(p for p in wanted if _coverable(p) and not _under(p, user_home))
     common = _git_common_dir(worktree) or repo / ".git"
     binds: list[tuple[Path | None, Path, bool]] = [(home, user_home, False), (common, common, False)]
@@ -325,7 +330,7 @@ def plan(
         binds += [(None, gitdir.parent, False), (gitdir, gitdir, False)]
     binds += [(worktree, worktree, False), (data_dir, data_dir, False)]
     passed = {Path(str(user_home) + str(f)[1:]) if str(f).startswith("~") else Path(f) for f in agent_files}
-    passed.update(_toolchains({user_home, *homes}, environ))
+    passed.update(_toolchains({user_home, *homes, *_folders_in(Path("/home"))} - {Path("/home")}, environ))
     binds += [(source, source, True) for source in _outermost(passed) if not _under(source, stem_home)]
     if accounts is not None:  # `write_accounts` made them where the colony's uid has no entry; else none is bound
         binds += [(accounts / name, Path("/etc", name), True) for name in ACCOUNT_FILES]
@@ -371,6 +376,13 @@ def _user_home(environ: Mapping[str, str]) -> Path:
         except KeyError:
             pass
     return Path(environ.get("HOME") or "/root")
+
+
+def _folders_in(folder: Path) -> list[Path]:
+    try:
+        return [entry for entry in folder.iterdir() if entry.is_dir()]
+    except OSError:
+        return []
 
 
 def _under(path: Path, folder: Path) -> bool:
@@ -449,6 +461,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
         agent_files=[Path(p) for p in settings.agent_files],
         init_file=layout.colony_dir(rec.name) / "init.pid",
         accounts=layout.colony_dir(rec.name),
+        other_hives=[Path(claim.home) for claim in claims.held()],
     )
 
 
