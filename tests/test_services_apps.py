@@ -4,9 +4,11 @@ and how `stem logs -f` and `stem serve` show it."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -353,3 +355,26 @@ def test_a_server_that_serves_until_its_stdin_ends_keeps_serving(hive_env, tmp_p
     assert said[0] == "[web] serving on 3000", said
     assert said[-1] == "[web] stopped: killed by SIGTERM", said
     assert "[web] [serve] stopped automatically because stdin was closed" not in said
+
+
+def test_a_colony_host_started_again_lists_only_the_services_it_runs(hive_env, tmp_path):
+    """A host killed (kill -9, or a stop that outlasted its stopper's patience) leaves its last service states in the
+    registry. The next host wrote its own over them but never cleared the rest: a service taken out of colony.toml
+    meanwhile stayed in `stem ls` as it last was, 'ready', with no process behind it."""
+    toml = '[services.old]\ncommand = "python3 -m http.server 3000"\nport = 3000\n'
+    spawn(hive_env.env, tmp_path, "again", {"colony.toml": toml})
+    (host,) = hive_env.host_pids()
+    os.kill(host, signal.SIGKILL)
+    wait_for(lambda: not hive_env.host_pids(), 10, "the host to die")
+    worktree = hive_env.home / "worktrees" / "again"
+    (worktree / "colony.toml").write_text('[services.fresh]\ncommand = "python3 -m http.server 3001"\nport = 3001\n')
+
+    def services() -> dict[str, str]:
+        listed = run_stem(hive_env.env, "ls", "--json")  # revives the colony's host, as any command does
+        assert listed.returncode == 0, listed.stderr
+        (colony,) = json.loads(listed.stdout)
+        found: dict[str, str] = colony["services"]
+        return found
+
+    wait_for(lambda: services().get("fresh") == "ready", 20, "the new host to run fresh")
+    assert services() == {"fresh": "ready"}

@@ -211,6 +211,13 @@ class ColonyHost:
     async def _start(self) -> None:
         try:
             rec, config, settings, resume, box = await asyncio.to_thread(self._read_colony)
+            # The states a host before this one wrote of services it ran and this one will not (taken out of
+            # colony.toml meanwhile) go, through the ordered writer, before this host's first state: that host was
+            # killed (kill -9, a stop that outlasted its stopper's patience) and never cleared them, and `stem ls`
+            # went on listing such a service as it last was ('ready') with no process behind it. The others are
+            # written over as this host starts them.
+            names = frozenset(config.services)
+            self._defer(lambda: self._forget_services_but(names))
             runtime = ColonyRuntime(
                 rec,
                 config,
@@ -390,6 +397,11 @@ class ColonyHost:
             self._on_event(Notice(self.name, "error", message))
         else:
             self._on_event(Notice(self.name, "info", trouble_message(self.name, None)))
+
+    def _forget_services_but(self, names: frozenset[str]) -> None:
+        for kind, name, _state, _detail in self.registry.runtime(self.name):
+            if kind == "service" and name not in names:
+                self.registry.remove_runtime(self.name, kind, name)
 
     def _write_runtime_cleared(self) -> None:
         with contextlib.suppress(Exception):
