@@ -585,28 +585,39 @@ def create(name: str, limits: Limits) -> None:
 
 
 def apply(name: str, limits: Limits) -> None:
-    """Set the colony's limits now (at spawn, start, and when colony.toml changes); unset ones are lifted."""
+    """Set the colony's limits now (at spawn, start, and when colony.toml changes); unset ones are lifted. One that
+    cannot be set puts back what was written before it: the limits in force are the old ones, never a mix (v1's
+    swap is lifted first to set memory, and a memory below what is in use fails after it)."""
     be = backend()
     if be is None or not be.exists(name):
         if any(value is not None for value in dataclasses.astuple(limits)):
             raise CgroupError(f"[limits] cannot be applied: {name} runs without a cgroup (stop and start it)")
         return
-    for write in be.limit_writes(name, limits):
-        if write.path is None:
-            if write.required:
+    written: list[tuple[Path, str]] = []
+    try:
+        for write in be.limit_writes(name, limits):
+            if write.path is None:
+                if write.required:
+                    raise CgroupError(
+                        f"[limits] {write.key} cannot be applied: this kernel's cgroup {be.version} has no "
+                        f"file for it (controller not mounted or not enabled)"
+                    )
+                continue
+            try:
+                old = write.path.read_text().strip()
+                write.path.write_text(write.value)
+            except OSError as exc:
+                busy = exc.errno == errno.EBUSY and write.key == "memory"
+                hint = " (more than that is in use now and cannot be reclaimed)" if busy else ""
                 raise CgroupError(
-                    f"[limits] {write.key} cannot be applied: this kernel's cgroup {be.version} has no "
-                    f"file for it (controller not mounted or not enabled)"
-                )
-            continue
-        try:
-            write.path.write_text(write.value)
-        except OSError as exc:
-            busy = exc.errno == errno.EBUSY and write.key == "memory"
-            hint = " (more than that is in use now and cannot be reclaimed)" if busy else ""
-            raise CgroupError(
-                f"[limits] {write.key}: cannot write {write.value} to {write.path}: {exc.strerror}{hint}"
-            ) from None
+                    f"[limits] {write.key}: cannot write {write.value} to {write.path}: {exc.strerror}{hint}"
+                ) from None
+            written.append((write.path, old))
+    except CgroupError:
+        for path, old in reversed(written):  # in reverse: v1's memory+swap goes back after memory
+            with contextlib.suppress(OSError):
+                path.write_text(old)
+        raise
 
 
 def open_join(name: str) -> list[int]:

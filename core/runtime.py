@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -391,8 +392,9 @@ class ColonyRuntime:
         if note:
             await self._say("config!", note, "warning")
         before, self.config = self.config, config
-        if config.limits != before.limits:
-            await self._apply_limits(config)
+        if config.limits != before.limits and not await self._apply_limits(config, before):
+            # What is in force is compared with the next edit: the same file saved again tries again.
+            self.config = dataclasses.replace(config, limits=before.limits)
         parts = [
             f"{what} {', '.join(names)}"
             for what, names in (
@@ -409,18 +411,24 @@ class ColonyRuntime:
             await asyncio.to_thread(self._registry.add_event, name, "config", f"{name}: {said}")
         return changes
 
-    async def _apply_limits(self, config: ColonyConfig) -> None:
-        """colony.toml's [limits] changed: the cgroup holds the new ones at once, nothing restarts."""
+    async def _apply_limits(self, config: ColonyConfig, before: ColonyConfig) -> bool:
+        """colony.toml's [limits] changed: the cgroup holds the new ones at once, nothing restarts. Either way a
+        line in the colony's log: a refused edit read nowhere else (a notice to no UI) left the user believing it
+        held."""
         name = self.rec.name
         limits = config.limits.over(self.settings.limits)
         try:
             await asyncio.to_thread(cgroups.apply, self.rec.netns, limits)
         except StemError as exc:
-            self._emit(Notice(name, "error", f"{name}: limits not applied: {exc}"))
-            return
-        message = f"{name}: limits now {cgroups.describe(limits)}"
-        self._emit(Notice(name, "info", message))
-        await asyncio.to_thread(self._registry.add_event, name, "config", message)
+            kept = cgroups.describe(before.limits.over(self.settings.limits))
+            said = f"colony.toml's [limits] not applied, the limits in force stay ({kept}): {exc}"
+            await self._say("limits!", said, "error")
+            await asyncio.to_thread(self._registry.add_event, name, "config-error", said)
+            return False
+        said = f"limits now {cgroups.describe(limits)}"
+        await self._say("limits", said, "info")
+        await asyncio.to_thread(self._registry.add_event, name, "config", f"{name}: {said}")
+        return True
 
     def _owner_of(self, pid: int) -> str | None:
         """The service ("web") or "the agent" whose process `pid` is: how a limit event names a victim."""

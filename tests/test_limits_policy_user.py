@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HiveEnv
-from helpers import make_repo, run_stem
+from helpers import make_repo, run_stem, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -74,3 +74,46 @@ def test_a_colony_sees_neither_another_hive_nor_another_users_home(hive_env, tmp
         assert out.returncode == 0 and out.stdout.split() == ["1", "42"], out.stderr
     finally:
         other.cleanup()
+
+
+LIMITED = """
+[colony]
+agent = "shell"
+
+[limits]
+memory = "256M"
+swap = "0"
+{cpus}
+"""
+
+
+def in_force(env: HiveEnv, name: str) -> dict:
+    rows = json.loads(run_stem(env.env, "ls", "--json").stdout)
+    return next(r for r in rows if r["name"] == name)["limits"]
+
+
+def log_lines(env: HiveEnv, name: str, text: str) -> list[str]:
+    return [line for line in run_stem(env.env, "logs", name).stdout.splitlines() if text in line]
+
+
+def test_a_limits_edit_the_kernel_refuses_is_in_the_log_and_leaves_the_old_limits_whole(hive_env, tmp_path):
+    # cpus = 1e9 is a quota the kernel refuses (EINVAL: past its bandwidth bound), after v1 lifted memory+swap and
+    # wrote the new memory: the edit is said in the log (not only in a notice no UI may be there to show), and
+    # every limit in force stays the old one, never half the new.
+    colony = spawn(hive_env, "a", make_repo(tmp_path / "repo", colony_toml=LIMITED.format(cpus="cpus = 1")))
+    old = {"memory": 256 << 20, "swap": 0, "cpus": 1.0, "pids": None}
+    assert in_force(hive_env, "a") == old
+    toml = Path(colony["worktree"]) / "colony.toml"
+    toml.write_text(LIMITED.format(cpus="cpus = 1e9").replace('"256M"', '"128M"'))
+    refused = wait_for(lambda: log_lines(hive_env, "a", "[limits!]"), what="the refused edit in the colony's log")
+    assert "not applied, the limits in force stay (memory 256 MiB, swap 0 B, cpus 1)" in refused[0], refused
+    assert "cpus" in refused[0] and "Invalid argument" in refused[0], refused
+    assert in_force(hive_env, "a") == old
+    # The same file saved again (once what refused it is gone: memory freed, say) is tried again, not taken for
+    # the limits already in force.
+    toml.write_text(toml.read_text())
+    wait_for(lambda: len(log_lines(hive_env, "a", "[limits!]")) == 2, what="the edit tried again")
+    # An edit that holds says so in the log too, and holds whole.
+    toml.write_text(LIMITED.format(cpus="cpus = 0.5").replace('"256M"', '"128M"'))
+    wait_for(lambda: log_lines(hive_env, "a", "limits now memory 128 MiB, swap 0 B, cpus 0.5"), what="the new limits")
+    assert in_force(hive_env, "a") == {"memory": 128 << 20, "swap": 0, "cpus": 0.5, "pids": None}
