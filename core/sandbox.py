@@ -125,6 +125,7 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 UNPRIVILEGED_PORTS = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+NO_IPV6_ON_ETH0 = "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"
 
 # What a colony process may learn of the caller's environment, besides `pass_env` (prefixes end in "_"): the
 # locale and terminal, and flags and CA bundle paths (never credentials) that change how output and TLS behave.
@@ -865,6 +866,10 @@ def _be_init(
             f.write("0")
     except OSError:
         pass
+    # No IPv6 on eth0 (loopback keeps ::1): the hive's nftables table is IPv4 only, and eth0's link-local address
+    # reached the host's on the other end of the veth, where any host server on `[::]` answered the colony.
+    with contextlib.suppress(OSError), open(NO_IPV6_ON_ETH0, "w") as f:
+        f.write("1")
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("-1000")  # never the victim of the colony's memory limit: its pages are mostly its owner's
     _drop(box.identity)

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -117,3 +118,36 @@ def test_a_limits_edit_the_kernel_refuses_is_in_the_log_and_leaves_the_old_limit
     toml.write_text(LIMITED.format(cpus="cpus = 0.5").replace('"256M"', '"128M"'))
     wait_for(lambda: log_lines(hive_env, "a", "limits now memory 128 MiB, swap 0 B, cpus 0.5"), what="the new limits")
     assert in_force(hive_env, "a") == {"memory": 128 << 20, "swap": 0, "cpus": 0.5, "pids": None}
+
+
+def test_a_host_server_on_every_ipv6_address_is_not_open_to_a_colony(hive_env, tmp_path):
+    # The hive's table is IPv4 only: over the veth's IPv6 link-local addresses a colony reached any host server on
+    # [::] (a database, a dev server), which `host_ports` says it must not.
+    colony = spawn(hive_env, "a", make_repo(tmp_path / "repo", colony_toml=COLONY_TOML))
+    host_side = next(
+        line.split()[1]
+        for line in subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout.splitlines()
+        if f" {colony['host_ip']}/" in line
+    )
+    out = subprocess.run(["ip", "-o", "-6", "addr", "show", "dev", host_side, "scope", "link"], capture_output=True)
+    link_local = out.stdout.decode().split("inet6 ")[1].split("/")[0]
+    with socket.socket(socket.AF_INET6) as server:
+        server.bind(("::", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        probe = (
+            "import socket, time\n"
+            "def tentative():  # an address still in duplicate address detection cannot be used yet\n"
+            "    rows = [r.split() for r in open('/proc/net/if_inet6')]\n"
+            "    return any(r[5] == 'eth0' and int(r[4], 16) & 0x40 for r in rows)\n"
+            "deadline = time.monotonic() + 5\n"
+            "while tentative() and time.monotonic() < deadline: time.sleep(0.05)\n"
+            "s = socket.socket(socket.AF_INET6); s.settimeout(2)\n"
+            f"try: s.connect(({link_local!r}, {port}, 0, socket.if_nametoindex('eth0'))); print('reached')\n"
+            "except OSError as e: print('not reached', e)\n"
+            "print(open('/proc/net/if_inet6').read())\n"
+        )
+        out = run_stem(hive_env.env, "exec", "a", "--", "python3", "-c", probe)
+    assert "not reached" in out.stdout, out.stdout + out.stderr
+    assert "eth0" not in out.stdout  # no IPv6 address on eth0 at all; loopback keeps ::1
+    assert "00000000000000000000000000000001 01" in out.stdout
