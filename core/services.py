@@ -199,10 +199,17 @@ class _LineSplitter:
     def feed(self, chunk: bytes) -> list[str]:
         data = self._partial + chunk.replace(b"\0", NUL_SHOWN)
         *complete, self._partial = data.split(b"\n")
-        lines = [_decode(raw[i : i + MAX_LINE]) for raw in complete for i in range(0, max(len(raw), 1), MAX_LINE)]
+        lines = []
+        for raw in complete:
+            while len(raw) > MAX_LINE:
+                cut = _boundary(raw, MAX_LINE)
+                lines.append(_decode(raw[:cut]))
+                raw = raw[cut:]
+            lines.append(_decode(raw))
         while len(self._partial) > MAX_LINE:
-            lines.append(_decode(self._partial[:MAX_LINE]))
-            self._partial = self._partial[MAX_LINE:]
+            cut = _boundary(self._partial, MAX_LINE)
+            lines.append(_decode(self._partial[:cut]))
+            self._partial = self._partial[cut:]
         return lines
 
     def flush(self) -> list[str]:
@@ -212,6 +219,15 @@ class _LineSplitter:
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+def _boundary(data: bytes, at: int) -> int:
+    """Where to cut `data` (longer than `at`) into a piece of at most `at` bytes: at a character's start, up to 3
+    bytes back, so that a line logged in pieces keeps every character of it (a cut through one was two U+FFFD)."""
+    for cut in range(at, at - 4, -1):
+        if data[cut] & 0xC0 != 0x80:  # not a UTF-8 continuation byte
+            return cut
+    return at  # not UTF-8 there anyway
 
 
 # A terminal's sequences and controls: OSC (a window title) to its end, CSI (colours too), other escapes, C0 and C1

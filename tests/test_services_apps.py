@@ -378,3 +378,28 @@ def test_a_colony_host_started_again_lists_only_the_services_it_runs(hive_env, t
 
     wait_for(lambda: services().get("fresh") == "ready", 20, "the new host to run fresh")
     assert services() == {"fresh": "ready"}
+
+
+# One line of 180,000 bytes in characters of three bytes each (a minified JSON of Chinese text), then a short one.
+LONG_CJK = """\
+import sys, time
+sys.stdout.write("日本語" * 20000 + "\\nend\\n")
+sys.stdout.flush()
+time.sleep(1000)
+"""
+
+
+def test_a_line_logged_in_pieces_keeps_every_character(hive_env, tmp_path):
+    """A line longer than 16 KiB is logged in pieces, cut every 16,384 bytes: through a character of more than one
+    byte, which came out as two U+FFFD, one at the end of a piece and one at the start of the next (two in three
+    cuts of CJK text). Each piece now ends where a character does."""
+    spawn(
+        hive_env.env,
+        tmp_path,
+        "wide",
+        {"colony.toml": '[services.web]\ncommand = "python3 cjk.py"\n', "cjk.py": LONG_CJK},
+    )
+    wait_until_logged(hive_env.env, "wide", "[web] end")
+    pieces = [line.removeprefix("[web] ") for line in log_of(hive_env.env, "wide") if line.startswith("[web] ")][:-1]
+    assert [len(piece.encode()) for piece in pieces] == [16383] * 10 + [16170]
+    assert "".join(pieces) == "日本語" * 20000
