@@ -6,9 +6,10 @@ folder made when A starts: even root inside A gets EROFS. One mount for all of A
 processes start, so a process in a private mount namespace (core/sandbox.py copies the worktree's mounts) sees
 snapshots added, refreshed and removed later. Stem writes through its own path, so there is no read-write window.
 
-A refresh copies only files whose size or mtime changed (copy_file_range, in the kernel), each to a new name renamed
-over the old: A never reads half a file, though a refresh that runs while A reads may show some files new and some
-old (no whole-tree atomicity: that would cost a full copy, or a mount swap per refresh). Without mount(2) (no
+A refresh copies only files whose size or mtime changed (copy_file_range, in the kernel, of their data only: a sparse
+file's holes stay holes), each to a new name renamed over the old: A never reads half a file, though a refresh that
+runs while A reads may show some files new and some old (no whole-tree atomicity: that would cost a full copy, or a
+mount swap per refresh). Without mount(2) (no
 CAP_SYS_ADMIN) the snapshots are written into `.shared` itself with read-only modes, and the peering says that root in
 A can write them.
 
@@ -284,7 +285,7 @@ def _copy_file(src_fd: int, dst_fd: int, name: str, mode: int, replace: bool, st
                 os.unlink(target, dir_fd=dst_fd)
         fout = os.open(target, _NEW, 0o600, dir_fd=dst_fd)
         try:
-            _copy_data(fin, fout)
+            _copy_data(fin, fout, st.st_size)
             os.fchmod(fout, mode)
             os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime read before copying: a later write shows
         finally:
@@ -298,18 +299,57 @@ def _copy_file(src_fd: int, dst_fd: int, name: str, mode: int, replace: bool, st
     return True
 
 
-def _copy_data(fin: int, fout: int) -> None:
-    """In the kernel: copy_file_range (a reflink where the filesystem can), else sendfile; up to EOF."""
-    chunk = 1 << 30
+def _copy_data(fin: int, fout: int, size: int) -> None:
+    """In the kernel: copy_file_range (a reflink where the filesystem can), else sendfile; the file's data only, its
+    holes stay holes: a sparse file (`truncate -s 1T disk.img`, 0 bytes on disk in the source) is not written out as
+    zeros into STEM_HOME, which a colony could fill with a few of them. Up to `size`, the size read before copying:
+    what a write adds meanwhile waits for the next refresh, as it would with a later mtime."""
+    for start, end in _data_extents(fin, size):
+        _copy_range(fin, fout, start, end)
+    os.ftruncate(fout, size)  # the hole at the end, if any
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each run of data in the first `size` bytes of `fd` (SEEK_DATA / SEEK_HOLE; a
+    filesystem without holes gives the whole file as one)."""
+    at = 0
+    while at < size:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from here on
+                return
+            if exc.errno != errno.EINVAL:
+                raise
+            start = at  # SEEK_DATA unknown here: all of it is data
+            end = size
+        else:
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            return
+        yield start, end
+        at = end
+
+
+def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
+    """Bytes start..end of `fin` to the same place in `fout`, or fewer if `fin` shrank meanwhile."""
+    at = start
     try:
-        while os.copy_file_range(fin, fout, chunk):
-            pass
+        while at < end:
+            done = os.copy_file_range(fin, fout, min(end - at, 1 << 30), at, at)
+            if not done:
+                return
+            at += done
         return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
-    while os.sendfile(fout, fin, None, chunk):
-        pass
+    os.lseek(fout, at, os.SEEK_SET)
+    while at < end:
+        done = os.sendfile(fout, fin, at, min(end - at, 1 << 30))
+        if not done:
+            return
+        at += done
 
 
 def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:

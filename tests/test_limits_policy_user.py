@@ -151,3 +151,24 @@ def test_a_host_server_on_every_ipv6_address_is_not_open_to_a_colony(hive_env, t
     assert "not reached" in out.stdout, out.stdout + out.stderr
     assert "eth0" not in out.stdout  # no IPv6 address on eth0 at all; loopback keeps ::1
     assert "00000000000000000000000000000001 01" in out.stdout
+
+
+def test_a_peer_s_sparse_file_is_copied_as_sparse(hive_env, tmp_path):
+    # A disk image or a preallocated database the agent made with truncate takes nothing on disk; the snapshot of a
+    # colony that reads it wrote all of it out as zeros into STEM_HOME (`truncate -s 1T` would fill the disk).
+    repo = make_repo(tmp_path / "repo", colony_toml=COLONY_TOML)
+    spawn(hive_env, "a", repo)
+    spawn(hive_env, "b", repo)
+    made = inside(
+        hive_env,
+        "b",
+        "truncate -s 1G disk.img && printf middle | dd of=disk.img bs=1 seek=536870912 conv=notrunc 2>/dev/null",
+    )
+    assert made.returncode == 0, made.stderr
+    peered = run_stem(hive_env.env, "peer", "a", "--from", "b")
+    assert peered.returncode == 0, peered.stderr
+    copy = next((hive_env.home / "peers" / "a").rglob("disk.img"))
+    assert copy.stat().st_size == 1 << 30
+    assert copy.stat().st_blocks * 512 < 1 << 20, f"{copy.stat().st_blocks * 512} bytes on disk"
+    out = inside(hive_env, "a", "dd if=.shared/b/disk.img bs=1 skip=536870912 count=6 2>/dev/null")
+    assert out.stdout == "middle", out
