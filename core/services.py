@@ -255,11 +255,11 @@ CANCEL_WAIT = 2.0  # seconds a cancelled supervisor waits for its cgroup's proce
 _UNRUNNABLE = {127: "its program was not found", 126: "its program cannot be run"}
 
 
-def _unready(spec: ServiceSpec, answered_by: str = "") -> str:
-    """What the readiness check of a service that never got ready found; `answered_by`: who answered on its port
-    in its place (`ServiceRunner._port_taken`)."""
-    if answered_by and spec.port is not None:
-        return f"port {spec.port} is answered by {answered_by}, not by {spec.name}"
+def _unready(spec: ServiceSpec, taken_by: str = "") -> str:
+    """What the readiness check of a service that never got ready found; `taken_by`: who held its port in its place
+    (`ServiceRunner._port_taken`)."""
+    if taken_by and spec.port is not None:
+        return f"port {spec.port} is taken by {taken_by}, not by {spec.name}"
     what = "nothing took a connection" if spec.ready == "tcp" else f"{spec.ready} failed"
     return f"{what} on port {spec.port}" if spec.port is not None else what
 
@@ -481,8 +481,8 @@ class ServiceRunner:
         self.detail = ""
         self.restarts = 0
         self.timed_out = False  # the last attempt never got ready and was ended for it
-        # Who answered on its port while none of its own processes listened there (this run's readiness check).
-        self.answered_by = ""
+        # Who held its port while none of its own processes listened there (this run's readiness check).
+        self.taken_by = ""
         # <colony ip>:<port> relayed to the service's loopback-only listener (core.forward), while its process runs.
         self._forward: LoopbackForward | None = None
         self._forward_tried = False
@@ -594,7 +594,7 @@ class ServiceRunner:
         while not self._stopping:
             self._set(STARTING)
             self.last_lines.clear()  # what an end reports is this run's output, not the runs' before it
-            self.answered_by = ""
+            self.taken_by = ""
             try:
                 await self._launch()
             except (StemError, OSError) as exc:
@@ -621,7 +621,7 @@ class ServiceRunner:
             unrunnable = _UNRUNNABLE.get(code) if time.monotonic() - started < self.timing.backoff_reset else None
             lines = [_plain(line) for line in list(self.last_lines)[-5:]]
             if not_ready:
-                unready = _unready(self.spec, self.answered_by)
+                unready = _unready(self.spec, self.taken_by)
                 lines.insert(0, f"not ready after {self.spec.ready_timeout:g}s ({unready}), ended")
             lines.append(self._end_text(code))
             self._set(CRASHED if failed else EXITED if restart else STOPPED, code, "\n".join(lines))
@@ -760,23 +760,15 @@ class ServiceRunner:
             if left <= 0:
                 return False
             timeout = min(self.timing.probe_timeout, left)
-            if self.answered_by:  # while another holds its port, who does is asked first: that one is not probed
+            if self.taken_by:  # while another holds its port, who does is asked first: that one is not probed
                 taken = await asyncio.to_thread(self._port_taken)
                 answered = taken is None and await probe(spec.ready, self.ip, spec.port, timeout)
             else:
                 answered = await probe(spec.ready, self.ip, spec.port, timeout)
                 taken = await asyncio.to_thread(self._port_taken) if answered else None
-            if taken is None:
-                if answered:
-                    return True
-                self.answered_by = ""
-            elif taken != self.answered_by:
-                self.answered_by = taken
-                await self._note(
-                    f"port {spec.port} answers, but not {self.name}: it is taken by {taken}; {self.name} is not ready "
-                    "until it listens there",
-                    f"{self.name}!",
-                )
+            if answered and taken is None:
+                return True
+            await self._held_by(taken)
             if await self._forward_loopback():
                 continue  # probed again at once, through the forward
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
@@ -809,6 +801,10 @@ class ServiceRunner:
         target = loopback_only(listeners(pid, port) if found is None else found)
         if target is None:
             return False
+        taken = await asyncio.to_thread(self._port_taken)
+        if taken is not None:  # another process's listener (an agent's dev server): not the service's to forward
+            await self._held_by(taken)
+            return False
         self._forward_tried = True
         forward = LoopbackForward(self.netns, self.ip, port, target)
         try:
@@ -824,6 +820,18 @@ class ServiceRunner:
             f"to it (or have it listen on 0.0.0.0)"
         )
         return True
+
+    async def _held_by(self, taken: str | None) -> None:
+        """Who holds the service's port in its place now (`_port_taken`; None: nobody), said once in the log."""
+        if taken is None:
+            self.taken_by = ""
+        elif taken != self.taken_by:
+            self.taken_by = taken
+            await self._note(
+                f"port {self.spec.port} is taken by {taken}, not by {self.name}: {self.name} is not ready until it "
+                "listens there",
+                f"{self.name}!",
+            )
 
     async def _note(self, text: str, source: str = "network") -> None:
         entry = await asyncio.to_thread(self.log.append, source, text)
@@ -1335,6 +1343,6 @@ class ServiceSet:
         elif runner.finished and not runner.timed_out:
             what = f"service {runner.name} {runner.detail}"
         else:
-            unready = _unready(runner.spec, runner.answered_by)
+            unready = _unready(runner.spec, runner.taken_by)
             what = f"service {runner.name} not ready after {runner.spec.ready_timeout:g}s ({unready})"
         return f"{what}: {tail}" if tail else what

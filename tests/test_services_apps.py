@@ -18,6 +18,7 @@ from helpers import make_repo, run_stem, stem_cmd, stem_popen, until, wait_for
 from test_logs import LineReader
 from test_services import Colony, run
 
+from core.errors import StepFailed
 from core.events import ServiceState
 from core.hive import Hive
 
@@ -291,7 +292,7 @@ depends_on = ["squatter"]
     assert result.returncode != 0, result.stdout
     held = r"service squatter \(pid \d+ in the colony: python3 squatter\.py\)"
     assert re.match(
-        rf"stem: spawn taken failed while starting: service web not ready after 1\.5s \(port 3000 is answered by "
+        rf"stem: spawn taken failed while starting: service web not ready after 1\.5s \(port 3000 is taken by "
         rf"{held}, not by web\): Port 3000 is in use, trying another one\.\.\. \| Local: http://localhost:3002/",
         result.stderr,
     ), result.stderr
@@ -403,3 +404,51 @@ def test_a_line_logged_in_pieces_keeps_every_character(hive_env, tmp_path):
     pieces = [line.removeprefix("[web] ") for line in log_of(hive_env.env, "wide") if line.startswith("[web] ")][:-1]
     assert [len(piece.encode()) for piece in pieces] == [16383] * 10 + [16170]
     assert "".join(pieces) == "日本語" * 20000
+
+
+# The same two on the colony's loopback only, as dev servers listen by default (vite, `flask run`).
+NEXT_LOOPBACK_PORT = NEXT_PORT.replace('"0.0.0.0"', '"127.0.0.1"')
+LOOPBACK_SQUATTER = SQUATTER.replace(
+    '("0.0.0.0", port)) for port in (3000, 3001)',
+    '(where, port)) for where, port in (("127.0.0.1", 3000), ("0.0.0.0", 3001))',
+)
+
+
+def test_another_processs_loopback_listener_on_a_services_port_is_not_forwarded_as_the_services(hive_env, tmp_path):
+    """A service whose port another process of the colony held on the loopback (a dev server the agent started by
+    hand) had that one's port forwarded from the colony's address as its own: the log said '[network] web listens on
+    127.0.0.1:3000 only ...: 10.x.x.x:3000 is forwarded to it', and the colony's address led to the other server.
+    Only the service's own listener is forwarded; the log says who holds the port."""
+    assert "127.0.0.1" in NEXT_LOOPBACK_PORT and '("127.0.0.1", 3000)' in LOOPBACK_SQUATTER
+    repo = make_repo(tmp_path / "repo", files=1)
+    (repo / "next_port.py").write_text(NEXT_LOOPBACK_PORT)
+    (repo / "squatter.py").write_text(LOOPBACK_SQUATTER)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "x"], cwd=repo)
+    toml = """
+[services.squatter]
+command = "python3 squatter.py"
+port = 3001
+
+[services.web]
+command = "python3 next_port.py"
+port = 3000
+ready_timeout = 1
+restart = "no"
+depends_on = ["squatter"]
+"""
+
+    async def scenario(hive: Hive) -> None:
+        await hive.spawn("loop", repo)
+        colony = Colony(hive, "loop", toml)
+        with pytest.raises(StepFailed) as failed:
+            await colony.services.start_all()
+        assert re.match(
+            r"service web not ready after 1s \(port 3000 is taken by service squatter \(pid \d+", str(failed.value)
+        )
+        said = [(e.source, e.text) for e in hive.log("loop").after(0)]
+        assert not [text for source, text in said if "is forwarded to it" in text], said
+        taken = [text for source, text in said if source == "web!"]
+        assert len(taken) == 1 and taken[0].startswith("port 3000 is taken by service squatter ("), said
+
+    run(hive_env, scenario)
