@@ -88,12 +88,17 @@ def render(plan: TablePlan) -> str:
     """The whole table as an nft script that replaces any earlier version of it atomically.
 
     Forward: a colony reaches the outside per its egress policy; another colony only when both list each other
-    as peers (everything else between colonies is dropped). Input: a colony reaches the host only on its
+    as peers (everything else between colonies is dropped, and whatever else would be forwarded to one, another
+    hive's colonies among it). Input: a colony reaches the host only on its
     `host_ports`, the resolver it is given and its proxies; everything else it sends the host is dropped."""
     t = table_name(plan.prefix)
     forward: list[str] = ["ct state established,related accept"]
     forward += [f"ip saddr {a} ip daddr {b} accept" for a, b in peer_pairs(plan.colonies)]
     forward.append(f"ip saddr {plan.pool} ip daddr {plan.pool} counter drop")
+    # Nor does anything else the host forwards: another hive's colonies (whose own table lets them out to "the
+    # outside"), a machine that routes to the pool through this one. The host itself reaches them (not forwarded),
+    # and what answers a colony's own connection is `established` above.
+    forward.append(f"ip daddr {plan.pool} counter drop")
     inputs: list[str] = []
     chains: list[str] = []
     prerouting: list[str] = []

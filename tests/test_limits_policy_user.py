@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HiveEnv
-from helpers import make_repo, run_stem, wait_for
+from helpers import http_get, make_repo, run_stem, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -172,3 +172,34 @@ def test_a_peer_s_sparse_file_is_copied_as_sparse(hive_env, tmp_path):
     assert copy.stat().st_blocks * 512 < 1 << 20, f"{copy.stat().st_blocks * 512} bytes on disk"
     out = inside(hive_env, "a", "dd if=.shared/b/disk.img bs=1 skip=536870912 count=6 2>/dev/null")
     assert out.stdout == "middle", out
+
+
+SERVING = """
+[colony]
+agent = "shell"
+
+[services.web]
+command = "python3 -m http.server 8000"
+port = 8000
+"""
+
+
+def test_a_colony_of_another_hive_does_not_reach_this_hives_colonies(hive_env, tmp_path):
+    # Each hive's table dropped only traffic between its own colonies: to a colony of another hive on the machine,
+    # a colony's traffic was "the outside", let out, and reached that colony's dev server.
+    repo = make_repo(tmp_path / "repo", colony_toml=SERVING)
+    other = HiveEnv(tmp_path / "other")
+    try:
+        theirs = spawn(other, "theirs", repo)
+        spawn(hive_env, "ours", repo)
+        wait_for(lambda: http_get(f"http://{theirs['ip']}:8000/") is not None, what="the host reaching the colony")
+        probe = (
+            "import socket\n"
+            "s = socket.socket(); s.settimeout(2)\n"
+            f"try: s.connect(({theirs['ip']!r}, 8000)); print('reached')\n"
+            "except OSError as e: print('not reached', e)\n"
+        )
+        out = run_stem(hive_env.env, "exec", "ours", "--", "python3", "-c", probe)
+        assert "not reached" in out.stdout, out.stdout + out.stderr
+    finally:
+        other.cleanup()
