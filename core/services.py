@@ -289,6 +289,16 @@ def _group(pgid: int, within: set[int] | None) -> list[tuple[int, bytes, int]]:
     ]
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    """`sig` to process group `pgid`, and SIGCONT after a stop signal, as systemd sends it: a process stopped (kill
+    -STOP, SIGTSTP, a debugger that left it so) takes its SIGTERM only once it runs, and was SIGKILLed after the stop's
+    patience instead of ending as it does (its shutdown, its last lines)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+        if sig != signal.SIGKILL:
+            os.killpg(pgid, signal.SIGCONT)
+
+
 def _end_group(pgid: int, grace: float, netns_name: str, first: int = signal.SIGTERM) -> bool:
     """Blocking, for a worker thread, once the group's leader has exited but is not yet reaped: signal what is
     left of the group (`first`), SIGKILL it after `grace`, and reap the group's zombies that were re-parented to us
@@ -317,8 +327,7 @@ def _end_group(pgid: int, grace: float, netns_name: str, first: int = signal.SIG
     if not members():
         return False
     for sig, wait in ((first, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
+        _signal_group(pgid, sig)
         if not procs.wait_gone(members, wait):  # on pidfds: no polling interval
             return sig == signal.SIGKILL
     return True
@@ -868,8 +877,7 @@ class ServiceRunner:
     def _signal(self, sig: int) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(_group_of(proc), sig)
+            _signal_group(_group_of(proc), sig)
 
     async def _reap(self, follow: bool = False) -> int | None:
         """After the leader exited: end what is left of its group, reap it, drain and close its pipes. With

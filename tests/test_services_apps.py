@@ -452,3 +452,32 @@ depends_on = ["squatter"]
         assert len(taken) == 1 and taken[0].startswith("port 3000 is taken by service squatter ("), said
 
     run(hive_env, scenario)
+
+
+POLITE = """\
+import signal, sys, time
+def bye(*_):
+    print("bye", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+print("up", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_stopped_service_is_let_go_on_to_end_at_a_stop(hive_env, tmp_path):
+    """A service that was stopped (kill -STOP, SIGTSTP, a debugger that left it so) took its SIGTERM only once it
+    ran again, so a stop SIGKILLed it after its stop_timeout ('still running 3s after SIGTERM: killed (SIGKILL)')
+    rather than letting it end as it does. SIGCONT follows the stop signal, as systemd sends it."""
+    toml = '[services.polite]\ncommand = "python3 polite.py"\nstop_timeout = 3\n'
+    spawn(hive_env.env, tmp_path, "paused", {"colony.toml": toml, "polite.py": POLITE})
+    wait_until_logged(hive_env.env, "paused", "[polite] up")
+    (colony,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    pid = colony["service_pids"]["polite"]
+    os.kill(pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{pid}/stat")
+    wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "T", 5, "the service to be stopped")
+    assert run_stem(hive_env.env, "stop", "paused").returncode == 0
+    said = [line for line in log_of(hive_env.env, "paused") if line.startswith("[polite")]
+    assert said[-2:] == ["[polite] bye", "[polite] stopped: exited with 0"], said
