@@ -171,7 +171,8 @@ class SyncStats:
     copied: int = 0
     removed: int = 0
     excluded: int = 0
-    skipped: int = 0  # symlinks, devices, fifos, sockets, and entries that changed type under the walk
+    skipped: int = 0  # symlinks, devices, fifos, sockets, entries that changed type under the walk, and directories
+    # nested deeper than MAX_DEPTH
 
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -179,6 +180,10 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _RACED = (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.ENXIO, errno.EACCES)
 _TMP = ".stem-new~"
+# Directories below this many levels are not copied: a walk holds two descriptors and a frame per level, and a colony
+# nesting thousands (a runaway script, or on purpose) made every snapshot of it fail with a RecursionError (or
+# EMFILE), `stem peer` and the reader's start with it.
+MAX_DEPTH = 128
 
 
 def sync_tree(source: Path, dest_fd: int, excludes: Excludes) -> SyncStats:
@@ -204,6 +209,8 @@ def _sync_dir(src_fd: int, dst_fd: int, rel: str, excludes: Excludes, stats: Syn
                 continue
             if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                 stats.skipped += 1
+            elif stat.S_ISDIR(st.st_mode) and rel.count("/") >= MAX_DEPTH:
+                stats.skipped += 1  # two descriptors and a stack frame per level: not without end
             elif excludes.match(entry.name, f"{rel}{entry.name}"):
                 stats.excluded += 1
             else:

@@ -15,6 +15,8 @@ import pytest
 from conftest import HiveEnv
 from helpers import http_get, make_repo, run_stem, wait_for
 
+from core.peering import MAX_DEPTH
+
 pytestmark = pytest.mark.root
 
 COLONY_TOML = """
@@ -203,3 +205,26 @@ def test_a_colony_of_another_hive_does_not_reach_this_hives_colonies(hive_env, t
         assert "not reached" in out.stdout, out.stdout + out.stderr
     finally:
         other.cleanup()
+
+
+def test_a_peer_nesting_folders_thousands_deep_is_still_read(hive_env, tmp_path):
+    # The snapshot walked B's tree by recursion, two descriptors a level: 1,500 nested folders (a runaway script,
+    # or a colony that wants its readers' snapshots to fail) made `stem peer` crash with a 1,000-frame
+    # RecursionError. Past MAX_DEPTH levels nothing is copied; the rest is.
+    repo = make_repo(tmp_path / "repo", colony_toml=COLONY_TOML)
+    spawn(hive_env, "a", repo)
+    spawn(hive_env, "b", repo)
+    nest = (
+        "import os\nos.mkdir('deep')\nos.chdir('deep')\nfor _ in range(1500):\n    os.mkdir('d')\n    os.chdir('d')\n"
+    )
+    try:
+        made = run_stem(hive_env.env, "exec", "b", "--", "python3", "-c", nest)
+        assert made.returncode == 0, made.stderr
+        peered = run_stem(hive_env.env, "peer", "a", "--from", "b")
+        assert peered.returncode == 0 and "Traceback" not in peered.stderr, peered.stderr[-2000:]
+        out = inside(hive_env, "a", "cat .shared/b/README.md && find .shared/b/deep -type d | wc -l")
+        assert out.stdout.split() == ["test", "repo", str(MAX_DEPTH)], out
+        unpeered = run_stem(hive_env.env, "unpeer", "a", "--from", "b")
+        assert unpeered.returncode == 0, unpeered.stderr
+    finally:  # its worktree goes with it: pytest's own removal of old temporary folders recurses too
+        run_stem(hive_env.env, "destroy", "--force", "b")
