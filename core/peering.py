@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import fnmatch
+import hashlib
 import os
 import re
 import shutil
@@ -286,7 +287,7 @@ def _copy_file(src_fd: int, dst_fd: int, name: str, mode: int, replace: bool, st
         if not stat.S_ISREG(st.st_mode):
             stats.skipped += 1
             return False
-        target = name + _TMP if replace else name
+        target = _temporary_name(name) if replace else name
         if replace:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target, dir_fd=dst_fd)
@@ -304,6 +305,15 @@ def _copy_file(src_fd: int, dst_fd: int, name: str, mode: int, replace: bool, st
     stats.files += 1
     stats.bytes += st.st_size
     return True
+
+
+def _temporary_name(name: str) -> str:
+    """Where a replaced file is written before it is renamed over `name`: beside it, in a name that fits NAME_MAX
+    (a name of 246 bytes and more, a generated test snapshot's, made every refresh of its folder fail)."""
+    near = name + _TMP
+    if len(os.fsencode(near)) <= 255:
+        return near
+    return _TMP + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
 
 
 def _copy_data(fin: int, fout: int, size: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 from conftest import HiveEnv
 from helpers import http_get, make_repo, run_stem, wait_for
 
-from core.peering import MAX_DEPTH
+from core.peering import DEFAULT_EXCLUDE, MAX_DEPTH, Excludes, sync_tree
 
 pytestmark = pytest.mark.root
 
@@ -228,3 +228,23 @@ def test_a_peer_nesting_folders_thousands_deep_is_still_read(hive_env, tmp_path)
         assert unpeered.returncode == 0, unpeered.stderr
     finally:  # its worktree goes with it: pytest's own removal of old temporary folders recurses too
         run_stem(hive_env.env, "destroy", "--force", "b")
+
+
+def test_a_file_with_a_name_of_255_bytes_is_refreshed(tmp_path):
+    # A changed file is written beside the old copy under its name plus '.stem-new~', then renamed over it: for a
+    # name of 246 bytes and more (generated test snapshots have them) that name was too long, and every refresh of
+    # the snapshot failed with ENAMETOOLONG.
+    source, dest = tmp_path / "b", tmp_path / "copy"
+    source.mkdir()
+    dest.mkdir()
+    long = source / ("s" * 255)
+    long.write_text("first\n")
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sync_tree(source, fd, Excludes(DEFAULT_EXCLUDE))
+        long.write_text("second, longer\n")
+        assert sync_tree(source, fd, Excludes(DEFAULT_EXCLUDE)).copied == 1
+    finally:
+        os.close(fd)
+    assert (dest / long.name).read_text() == "second, longer\n"
+    assert sorted(p.name for p in dest.iterdir()) == [long.name]
