@@ -1801,10 +1801,13 @@ class StemScreen(pyte.Screen):
                     if handler0 is not None:
                         handler0()
                 elif kind == _T_OSC:
-                    code, param = m.group(17), m.group(18)[1:]  # pyte drops the ";"
-                    if code in "01":
+                    # OSC Ps ; Pt as xterm reads it: 0 names the icon and the window, 1 the icon, 2 the window, any
+                    # other number neither. pyte read only the first digit, so OSC 22 (the pointer's shape, which every
+                    # Textual app sends) made ";default" the title, and the colony's row showed it.
+                    code, named, param = (m.group(17) + m.group(18)).partition(";")
+                    if named and (code == "0" or code == "1"):
                         self.set_icon_name(param)
-                    if code in "02":
+                    if named and (code == "0" or code == "2"):
                         self.set_title(param)
                 elif kind == _T_DA2:
                     self.queries.secondary_device_attributes()

@@ -381,7 +381,9 @@ def _as_xterm_reads(m: re.Match[bytes]) -> bytes:
 # pyte printed its contents.
 _CONTROL_STRING = re.compile(rb"\x1b[P_^X][^\x1b\x9c]*(?:\x1b\\|\x9c|(?=\x1b))")
 # The start of a CSI sequence or a control string cut by the end of a feed.
-_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*|[P_^X][^\x1b\x9c]*\x1b?|[()])?\Z")
+_CUT_CSI = re.compile(rb"\x1b(?:\[[<=>?]?[0-9;:]*[ -/]*|[P_^X][^\x1b\x9c]*\x1b?|\][^\x07\x1b\x9c]*\x1b?|[()])?\Z")
+# An OSC that names neither the icon nor the window (OSC 22, 112, 133, ...): pyte read only its first digit.
+_OTHER_OSC = re.compile(rb"\x1b\](?![012];)[^\x07\x1b\x9c]*(?:\x07|\x9c|\x1b\\)")
 # A designation of G0 or G1 (pyte ignores them in UTF-8 mode; xterm and tmux do not).
 _DESIGNATION = re.compile(rb"\x1b([()])([\x20-\x7e])")
 
@@ -405,7 +407,7 @@ class RefStream(pyte.ByteStream):
         data = self.carry + data
         cut = _CUT_CSI.search(data)
         self.carry = data[cut.start() :] if cut else b""
-        whole = _CONTROL_STRING.sub(b"", data[: cut.start()] if cut else data)
+        whole = _OTHER_OSC.sub(b"", _CONTROL_STRING.sub(b"", data[: cut.start()] if cut else data))
         pos = 0
         for m in _DESIGNATION.finditer(whole):  # charsets switched where xterm switches them, also in UTF-8 mode
             super().feed(_ANY_CSI.sub(_as_xterm_reads, whole[pos : m.start()]))
@@ -1426,6 +1428,10 @@ def test_modes_bell_and_title() -> None:
     screen.feed(b"\x1b]2;sec")
     screen.feed("ond ✓\x1b\\".encode())
     assert screen.title == "second ✓" and screen.version > version
+    # OSC 22 (the pointer's shape: every Textual app sends it), 112, 133 and 7 name nothing: pyte read only their
+    # first digit, and ";default" became the title.
+    screen.feed(b"\x1b]22;default\x07\x1b]112\x07\x1b]133;A\x07\x1b]7;file://h/tmp\x1b\\\x1b]1;icon\x07")
+    assert screen.title == "second ✓" and screen.icon_name == "icon"
 
 
 @pytest.mark.parametrize("text", ["中文字", "😀🎉", "é\u0301x", "a─b"])
