@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from core import claims
+from core import cgroups, claims
 from core.config import COLONY_FILE
 from core.locations import HiveLayout
 from core.netns import SLOT_SIZE
@@ -302,6 +302,7 @@ def plan(
     init_file: Path | None = None,
     accounts: Path | None = None,
     other_hives: Iterable[Path] = (),
+    cgroup: str | None = None,
 ) -> Sandbox:
     """The covers and binds for one colony: made from paths only (a few stats), cheap enough for every spawn.
 
@@ -318,10 +319,14 @@ def plan(
     # /run/stem: where every hive on the machine keeps its home. Other hives' homes (their hive.db, worktrees and
     # logs; a colony's worktree is writable by every colony's group) are as hidden as this one's.
     hidden = (Path("/run/user"), Path("/run/netns"), Path("/etc/netns"), Path("/run/stem"))
-    wanted = [*map(Path, shared), *hidden, stem_home, *other_hives, repo, *homes]
+    # Each cgroup hierarchy that holds the colony's cgroup lists every colony of every hive beside it: only the
+    # colony's own is there (what a runtime reads its limits from: /proc/self/cgroup names it).
+    own_cgroups = [h.mount / cgroup for h in cgroups.hierarchies() if cgroup and (h.mount / cgroup).is_dir()]
+    wanted = [*map(Path, shared), *hidden, stem_home, *other_hives, repo, *homes, *(c.parent for c in own_cgroups)]
     covers = _outermost(p for p in wanted if _coverable(p) and not _under(p, user_home))
     common = _git_common_dir(worktree) or repo / ".git"
     binds: list[tuple[Path | None, Path, bool]] = [(home, user_home, False), (common, common, False)]
+    binds += [(own, own, True) for own in own_cgroups]
     for protected in ("config", "hooks"):
         binds.append((common / protected, common / protected, True))
     # Other colonies' gitdirs (their HEAD and index) are not there either: nor can a `git worktree prune` inside,
@@ -463,6 +468,7 @@ def for_colony(rec: ColonyRecord, settings: Settings, stem_home: Path) -> Sandbo
         init_file=layout.colony_dir(rec.name) / "init.pid",
         accounts=layout.colony_dir(rec.name),
         other_hives=[Path(claim.home) for claim in claims.held()],
+        cgroup=rec.netns,
     )
 
 

@@ -248,3 +248,27 @@ def test_a_file_with_a_name_of_255_bytes_is_refreshed(tmp_path):
         os.close(fd)
     assert (dest / long.name).read_text() == "second, longer\n"
     assert sorted(p.name for p in dest.iterdir()) == [long.name]
+
+
+READ_OWN_LIMIT = """
+import os
+for line in open('/proc/self/cgroup'):
+    _, controllers, path = line.strip().split(':', 2)
+    if 'memory' in controllers.split(','):
+        print(open(f'/sys/fs/cgroup/memory{path}/memory.limit_in_bytes').read().strip())
+    elif controllers == '' and os.path.exists(f'/sys/fs/cgroup{path}/memory.max'):
+        print(open(f'/sys/fs/cgroup{path}/memory.max').read().strip())
+"""
+
+
+def test_a_colony_sees_its_own_cgroup_and_no_other_colonys(hive_env, tmp_path):
+    # /sys/fs/cgroup listed every colony of every hive on the machine (their names, their memory and CPU use)
+    # though /run/netns is hidden for the names it holds; what a runtime reads its own limits from stays.
+    repo = make_repo(tmp_path / "repo", colony_toml=LIMITED.format(cpus=""))
+    spawn(hive_env, "a", repo)
+    spawn(hive_env, "b", repo)
+    listed = inside(hive_env, "a", "ls /sys/fs/cgroup /sys/fs/cgroup/*/")
+    assert f"{hive_env.prefix}-a" in listed.stdout, listed
+    assert f"{hive_env.prefix}-b" not in listed.stdout, listed.stdout
+    limit = run_stem(hive_env.env, "exec", "a", "--", "python3", "-c", READ_OWN_LIMIT)
+    assert limit.stdout.split() == [str(256 << 20)], limit
