@@ -50,6 +50,22 @@ RESTART_POLICIES = ("no", "on-failure", "always")
 MAX_STOP_TIMEOUT = 300.0
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# What writes to a colony's log besides its services, each under its own name (`stem logs -s` takes these too): no
+# service may be called so, or its lines would read as Stem's (a watcher named build among the build step's lines).
+LOG_SOURCES = (
+    "setup",
+    "build",
+    "network",
+    "host",
+    "agent",
+    "limits",
+    "preview",
+    "peering",
+    "config",
+    "sandbox",
+    "isolation",
+    "colony",
+)
 
 # Where a field of a schema dataclass sits in its file, relative to the dataclass's own table: by default a key
 # named like the field; `in_file("hive", "pool")` elsewhere; NOT_IN_FILE for what the file does not hold.
@@ -387,6 +403,13 @@ def _services(doc: TomlDoc, value: dict[str, Any]) -> Mapping[str, ServiceSpec]:
                 ("services",),
                 (name,),
                 "invalid service name: use a-z, 0-9, '_' and '-', start with a letter or digit, at most 32 characters",
+            )
+        if name in LOG_SOURCES:
+            doc.fail(
+                ("services",),
+                (name,),
+                f"Stem writes its own lines to the colony's log under '{name}' ({', '.join(LOG_SOURCES)}): give the "
+                f"service another name ({name}-dev, say)",
             )
         spec = _service(doc, name, doc.table(("services",), (name,), raw))
         if spec.port is not None:

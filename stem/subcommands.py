@@ -29,21 +29,6 @@ if TYPE_CHECKING:
     from core.events import Event
     from core.merge import ColonyDiff, Conflict, MergeResult
 
-# What writes to a colony's log besides its services (`stem logs -s` takes these too).
-LOG_SOURCES = (
-    "setup",
-    "build",
-    "network",
-    "host",
-    "agent",
-    "limits",
-    "preview",
-    "peering",
-    "config",
-    "sandbox",
-    "isolation",
-    "colony",
-)
 EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 
 
@@ -410,6 +395,7 @@ async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     from core.colony_log import parse_line, read_tail
+    from core.config import LOG_SOURCES
 
     rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
     if args.follow and rec.state == "running" and not hive.host_running(rec.name):

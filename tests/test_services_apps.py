@@ -481,3 +481,20 @@ def test_a_stopped_service_is_let_go_on_to_end_at_a_stop(hive_env, tmp_path):
     assert run_stem(hive_env.env, "stop", "paused").returncode == 0
     said = [line for line in log_of(hive_env.env, "paused") if line.startswith("[polite")]
     assert said[-2:] == ["[polite] bye", "[polite] stopped: exited with 0"], said
+
+
+def test_a_service_named_as_stems_own_log_lines_is_refused(hive_env, tmp_path):
+    """A service called build (a `vite build --watch` watcher), network, config, ...: its lines went into the colony's
+    log under the name of Stem's own, among the build step's output (`stem logs -s build` showed both, and its
+    '[build!] exited with 1' read as the build failing). colony.toml refuses the name, naming the line."""
+    repo = make_repo(tmp_path / "repo", files=1)
+    (repo / "colony.toml").write_text('[colony]\nbuild = ["true"]\n\n[services.build]\ncommand = "sleep 1000"\n')
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "x"], cwd=repo)
+    result = run_stem(hive_env.env, "spawn", "named", "--repo", str(repo))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = result.stderr.strip()
+    assert "\n" not in line, line
+    assert "colony.toml:4: [services] build: Stem writes its own lines to the colony's log under 'build'" in line
+    assert "give the service another name (build-dev, say)" in line
+    assert run_stem(hive_env.env, "ls").stdout.startswith("no colonies yet")
