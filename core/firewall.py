@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.egress import ALLOW, NAT, EgressInForce
+from core.egress import ALLOW, NAT, NONE, EgressInForce
 from core.errors import StemError
 from core.locks import file_lock
 
@@ -105,16 +105,18 @@ def render(plan: TablePlan) -> str:
     for n, c in enumerate(plan.colonies):
         e = c.egress
         iif = f'iifname "{c.veth}"'
-        if plan.dns_stub:
+        # "none" reaches no resolver either: one that recurses would carry out whatever a colony puts in its names.
+        resolves = e.policy.mode != NONE
+        if plan.dns_stub and resolves:
             prerouting.append(
                 f"{iif} ip daddr {c.host_ip} meta l4proto {{ tcp, udp }} th dport 53 dnat to {plan.dns_stub}"
             )
         for port in e.forwards:
             prerouting.append(f"{iif} ip daddr {c.host_ip} tcp dport {port} dnat to 127.0.0.1:{port}")
         host = [f"chain host{n} {{", "  ct state established,related accept"]
-        if plan.dns_stub:
+        if plan.dns_stub and resolves:
             host.append("  meta l4proto { tcp, udp } th dport 53 accept")  # DNAT'ed to the loopback resolver
-        if plan.dns_servers:
+        if plan.dns_servers and resolves:
             host.append(f"  ip daddr {_set(plan.dns_servers)} meta l4proto {{ tcp, udp }} th dport 53 accept")
         if e.forwards:
             host.append(f"  tcp dport {_set(e.forwards)} accept")

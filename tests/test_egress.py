@@ -239,6 +239,29 @@ def test_a_resolver_on_the_host_loopback_is_reached_through_the_host_address(hiv
         responder.wait()
 
 
+def test_egress_none_resolves_no_name_through_a_loopback_resolver(hive_env, tmp_path, world, forwarding):
+    # With a resolver on the host's loopback, the table let every colony reach it, "none" too: a sealed colony still
+    # resolved names, and a resolver that recurses carries whatever it puts in them out (DNS as a way out).
+    stub = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.53"
+    responder = subprocess.Popen(
+        [sys.executable, RESPONDER, "--bind", stub, "outside.test=" + world.ip],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout is not None and responder.stdout.readline().startswith("ready")
+        configure(hive_env, tmp_path, f"nameserver {stub}\noptions timeout:1 attempts:1\n")
+        spawn(hive_env, "sealed", make_repo(tmp_path / "repo", colony_toml='[network]\negress = "none"\n'))
+        spawn(hive_env, "open", make_repo(tmp_path / "repo2"))
+        seen = probe(hive_env, "sealed", world.ip)
+        assert seen["name"].startswith("error") and seen["world"].startswith("error"), seen
+        assert probe(hive_env, "open", world.ip)["name"] == world.ip  # the others still resolve through it
+    finally:
+        responder.kill()
+        responder.wait()
+
+
 def test_a_policy_change_applies_without_restarting_the_colony(hive_env, tmp_path, world, forwarding):
     configure(hive_env, tmp_path, f"nameserver {world.ip}\n")
     toml = '[network]\negress = "none"\n\n[services.idle]\ncommand = "exec sleep 1000"\n'
