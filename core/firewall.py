@@ -122,8 +122,8 @@ def render(plan: TablePlan) -> str:
             host.append(f"  tcp dport {_set(e.forwards)} accept")
         if e.host_ports:
             host.append(f"  meta l4proto {{ tcp, udp }} th dport {_set(e.host_ports)} accept")
-        if e.policy.mode == ALLOW and e.addresses:
-            host.append(f"  ip daddr {_set(e.addresses)} accept")
+        # Not the egress list: one naming a range that holds a host address (10.0.0.0/8 holds the pool, so the
+        # colony's gateway) opened every port of the host. The host is reached on `host_ports` only.
         host += ["  counter drop", "}"]
         chains += host
         inputs.append(f"{iif} jump host{n}")

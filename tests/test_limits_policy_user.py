@@ -272,3 +272,27 @@ def test_a_colony_sees_its_own_cgroup_and_no_other_colonys(hive_env, tmp_path):
     assert f"{hive_env.prefix}-b" not in listed.stdout, listed.stdout
     limit = run_stem(hive_env.env, "exec", "a", "--", "python3", "-c", READ_OWN_LIMIT)
     assert limit.stdout.split() == [str(256 << 20)], limit
+
+
+def test_an_egress_list_holding_the_hosts_address_opens_only_its_host_ports(hive_env, tmp_path):
+    # The egress list was also let through to the host: a list naming a range that holds the colony's gateway
+    # (10.0.0.0/8, as a company network is written, holds every pool in 10/8) opened every port of the host.
+    wide = hive_env.pool.supernet(new_prefix=8)
+    with socket.socket() as listed, socket.socket() as other:
+        for server in (listed, other):
+            server.bind(("0.0.0.0", 0))
+            server.listen(8)
+        port, closed = listed.getsockname()[1], other.getsockname()[1]
+        toml = f'[colony]\nagent = "shell"\n\n[network]\negress = ["{wide}"]\nhost_ports = [{port}]\n'
+        colony = spawn(hive_env, "a", make_repo(tmp_path / "repo", colony_toml=toml))
+        probe = (
+            "import socket, sys\n"
+            "for port in sys.argv[2:]:\n"
+            "    s = socket.socket(); s.settimeout(1)\n"
+            "    try: s.connect((sys.argv[1], int(port))); print(port, 'reached')\n"
+            "    except OSError: print(port, 'not reached')\n"
+        )
+        out = run_stem(
+            hive_env.env, "exec", "a", "--", "python3", "-c", probe, colony["host_ip"], str(port), str(closed)
+        )
+    assert out.stdout.splitlines() == [f"{port} reached", f"{closed} not reached"], out
