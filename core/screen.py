@@ -86,6 +86,7 @@ from core.screen_cells import (
     Piece,
     Row,
     SgrMoves,
+    blank_of,
     cell_width,
     cells_ok,
     chars_for,
@@ -1100,6 +1101,10 @@ class StemScreen(pyte.Screen):
         if not kwargs.get("private"):
             self._cur.attrs = sgr_apply(self._cur.attrs, attrs, mo.DECSCNM in self.mode)
 
+    def _blank(self) -> Char:
+        """What an erase leaves from the cursor's attributes (`blank_of`): the background colour alone."""
+        return blank_of(self._cur.attrs, mo.DECSCNM in self.mode)
+
     def erase_in_line(self, how: int = 0, private: bool = False) -> None:
         if self._held:
             self._release()
@@ -1108,14 +1113,14 @@ class StemScreen(pyte.Screen):
         if how == 0 or how == 2:
             # To the end of the row: deferred like a paint (`_paint`), which the row's next paint may cover.
             x = cursor.x if how == 0 else 0
-            self._add_paint(cursor.y, (x, (), None, None, 0, cursor.attrs), x == 0)
+            self._add_paint(cursor.y, (x, (), None, None, 0, self._blank()), x == 0)
             return
         if how == 1:
             interval = range(cursor.x + 1)
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
         # Every cell is written, even to the blank the row shows anyway: a later ED erases only cells that exist.
-        self._row(cursor.y).update(fill(cursor.attrs, interval.start, interval.stop))
+        self._row(cursor.y).update(fill(self._blank(), interval.start, interval.stop))
 
     def erase_characters(self, count: int | None = None) -> None:
         if self._held:
@@ -1126,7 +1131,7 @@ class StemScreen(pyte.Screen):
         end = min(x + (count or 1), self.columns)
         width = max(0, end - x)
         self.dirty.add(y)
-        self._add_paint(y, (x, (cursor.attrs,) * width, None, None, width, None), x == 0 and end == self.columns)
+        self._add_paint(y, (x, (self._blank(),) * width, None, None, width, None), x == 0 and end == self.columns)
 
     def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
         if self._held:
@@ -1141,7 +1146,7 @@ class StemScreen(pyte.Screen):
         else:
             return
         self.dirty.update(interval)
-        attrs = cursor.attrs
+        attrs = self._blank()
         buffer = self._rows
         paints = self._paints
         columns = self.columns
@@ -1697,7 +1702,7 @@ class StemScreen(pyte.Screen):
                                         self.dirty.add(y)
                                         self._add_paint(
                                             y,
-                                            (x, cells, run, node, end - x, None if erase is None else after.attrs),
+                                            (x, cells, run, node, end - x, None if erase is None else after.blank),
                                             x == 0 and (erase is not None or end == self.columns),
                                         )
                                     continue
@@ -1713,7 +1718,7 @@ class StemScreen(pyte.Screen):
                             columns = self.columns
                             self.dirty.add(y)
                             if x < columns:
-                                self._row(y).update(fill(cursor.attrs, x, columns))
+                                self._row(y).update(fill(self._blank(), x, columns))
                             else:
                                 self._row(y)  # the row comes into being, as in pyte
                         else:
@@ -1924,7 +1929,7 @@ class StemScreen(pyte.Screen):
         top = self.margins.top if self.margins is not None else 0
         dirty = self.dirty
         # Deferred like a paint (`_paint`): the lines redrawn after it usually cover the rows again.
-        erase: Paint = (0, (), None, None, 0, cursor.attrs)
+        erase: Paint = (0, (), None, None, 0, self._blank())
         for _ in range(count):
             self._add_paint(y, erase, True)
             dirty.add(y)
@@ -2020,9 +2025,9 @@ class StemScreen(pyte.Screen):
         self.dirty.add(y)
         self._add_paint(
             y,
-            (x, cells, parts, moves, width, after.attrs if erase else None)
+            (x, cells, parts, moves, width, after.blank if erase else None)
             if lazy is None
-            else (x, None, lazy[0], lazy[1], width, after.attrs if erase else None),
+            else (x, None, lazy[0], lazy[1], width, after.blank if erase else None),
             x == 0 and (erase or end == self.columns),
         )
         return True
@@ -2070,7 +2075,7 @@ class StemScreen(pyte.Screen):
             line = lines[i]
             erase = erases is not None and erases[i]
             if erase:
-                add(y + i, (0, None, line, nodes[i], -1, nodes[i + 1].attrs), True)
+                add(y + i, (0, None, line, nodes[i], -1, nodes[i + 1].blank), True)
             elif line and not (line[-1] == "m" and _SGR_ONLY.fullmatch(line)):  # a line that draws nothing makes no row
                 add(y + i, (0, None, line, nodes[i], -1, None), False)
 
@@ -2583,7 +2588,7 @@ class StemScreen(pyte.Screen):
         else:
             row = buffer[y]
         if erase and len(cells) < self.columns:
-            row.update(fill(after.attrs, len(cells), self.columns))
+            row.update(fill(after.blank, len(cells), self.columns))
 
     def _apply_rows(self, rows: Held, plain: CharCache | None) -> None:
         """The effect of drawing each of `rows` from column 0 and then CR LF, with the cursor at column 0 and
@@ -2707,7 +2712,7 @@ class StemScreen(pyte.Screen):
         as_cells: list[int] = []
         if erases is not None and True in (erased := erases[lo:hi]):
             after = rows.nodes[lo + 1 : hi + 1]
-            as_cells = [j for j in compress(range(len(erased)), erased) if after[j].attrs != DEFAULT_CHAR]
+            as_cells = [j for j in compress(range(len(erased)), erased) if after[j].blank is not DEFAULT_CHAR]
         if pieces is not None and max(ks := pieces[lo:hi]) >= 0:
             columns = self.columns
             cut = list(compress(range(len(ks)), map(ge, ks, repeat(0))))  # the rows that are pieces (found in C)
@@ -2753,7 +2758,7 @@ class StemScreen(pyte.Screen):
         starts: list[Char] = []
         for spec in specs:
             line, start, k, erase, after = spec
-            if (erase and after.attrs != DEFAULT_CHAR) or (k >= 0 and not narrow_text(line)):
+            if (erase and after.blank is not DEFAULT_CHAR) or (k >= 0 and not narrow_text(line)):
                 if raws:
                     scrollback.extend_drawn(raws, starts)
                     raws, starts = [], []

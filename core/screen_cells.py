@@ -39,6 +39,25 @@ class Char(NamedTuple):
 DEFAULT_CHAR = Char(" ")
 REVERSE_CHAR = DEFAULT_CHAR._replace(reverse=True)
 
+# What an erase leaves, by background colour: on a normal screen, and on a DECSCNM-reversed one.
+_BLANKS: tuple[dict[str, Char], dict[str, Char]] = ({"default": DEFAULT_CHAR}, {"default": REVERSE_CHAR})
+
+
+def blank_of(attrs: Char, reversed_screen: bool) -> Char:
+    """The cell an erase (EL, ED, ECH) leaves when the cursor has `attrs`, as xterm and tmux leave it: a blank of the
+    background colour alone. pyte's kept every attribute, so text erased after SGR 7, 4 or 9 (a status line's EL
+    before its reset) left a reversed, underlined or struck-through bar where a terminal shows none. Under DECSCNM
+    (`reversed_screen`) the blank is reversed, as every blank cell of that screen is."""
+    blanks = _BLANKS[reversed_screen]
+    blank = blanks.get(attrs.bg)
+    if blank is None:
+        if len(blanks) >= _CACHE_LIMIT:  # true colour: bounded like the other caches
+            blanks.clear()
+            blanks["default"] = REVERSE_CHAR if reversed_screen else DEFAULT_CHAR
+        blank = blanks[attrs.bg] = (REVERSE_CHAR if reversed_screen else DEFAULT_CHAR)._replace(bg=attrs.bg)
+    return blank
+
+
 # One SGR sequence; `split` on it alternates text and parameter strings.
 SGR_SPLIT = re.compile(r"\x1b\[([0-9;]*)m")
 
@@ -58,13 +77,14 @@ class CharCache(dict[str, Char]):
     transitions out of these attributes, `texts` and `runs` the cells of pieces of text drawn from them, `lines`
     the batch lines met from them (`BatchLine`)."""
 
-    __slots__ = ("_rest", "attrs", "lines", "moves", "rows", "runs", "texts")
+    __slots__ = ("_rest", "attrs", "blank", "lines", "moves", "rows", "runs", "texts")
 
     def __init__(self, attrs: Char) -> None:
         # No `dict.__init__`: it would only make the empty dict that `dict.__new__` has made.
         self.attrs = attrs
         self.moves = SgrMoves(self)
         self._rest = attrs[1:]
+        self.blank = blank_of(attrs, False)  # what an erase leaves from these attributes
 
     def __getattr__(self, name: str) -> Any:
         # `texts`, `runs` and `rows` are made when first used: most attributes a log line passes through only

@@ -50,6 +50,31 @@ class XtermExtras:
         super().select_graphic_rendition(*attrs, **kwargs)  # type: ignore[misc]
         self.cursor.attrs = self.cursor.attrs._replace(**_xterm_attributes(attrs))
 
+    # Erases leave blanks of the background colour alone, as xterm and tmux do (pyte's kept every attribute).
+    def _blank(self: Any) -> Char:
+        return Char(" ", bg=self.cursor.attrs.bg, reverse=mo.DECSCNM in self.mode)
+
+    def erase_in_line(self: Any, how: int = 0, private: bool = False) -> None:
+        attrs, self.cursor.attrs = self.cursor.attrs, self._blank()
+        try:
+            super().erase_in_line(how, private)  # type: ignore[misc]
+        finally:
+            self.cursor.attrs = attrs
+
+    def erase_in_display(self: Any, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        attrs, self.cursor.attrs = self.cursor.attrs, self._blank()
+        try:
+            super().erase_in_display(how, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.cursor.attrs = attrs
+
+    def erase_characters(self: Any, count: int | None = None) -> None:
+        attrs, self.cursor.attrs = self.cursor.attrs, self._blank()
+        try:
+            super().erase_characters(count)  # type: ignore[misc]
+        finally:
+            self.cursor.attrs = attrs
+
     def draw(self: Any, data: str) -> None:
         """pyte's draw, except at zero-width and unprintable characters, where pyte wrapped first, joined a wide
         character's stub and dropped the rest of the text at any that is not a combining mark: a zero-width one
@@ -1411,6 +1436,28 @@ def test_responder_gets_answers_to_queries() -> None:
     screen.feed(b"\x1b[")  # a query split across feeds
     screen.feed(b"6n\x1b[5n")
     assert answers == [b"\x1b[5;13R", b"\x1b[?6c", b"\x1b[5;13R", b"\x1b[0n"]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"x\x1b[4;41mab\x1b[K",  # EL to the end, underlined on red
+        b"\x1b[7mrev\x1b[K",  # a status line's EL before its reset
+        b"\x1b[1;9;42mst\x1b[5X",  # ECH, struck through
+        b"\x1b[1;60H\x1b[4;7;44m\x1b[1K",  # EL to the start
+        b"\x1b[4;7;41m\x1b[J",  # ED
+        b"\x1b[H\x1b[9;45mline\x1b[K\x1b[m\r\n" * 3,  # batch lines
+        b"".join(b"\x1b[1;1H\x1b[4;46mpiece %d\x1b[K\x1b[m" % (i % 2) for i in range(8)),  # a piece met again
+    ],
+)
+def test_an_erase_leaves_the_background_colour_alone(sent: bytes) -> None:
+    """EL, ECH and ED leave blanks of the background colour, as xterm and tmux do: pyte's kept the underline, reverse
+    and strike the text before them was drawn with, so a terminal showed no bar where Stem showed one."""
+    screen = stem(sent, 4096)
+    erased = [cell for cell in row_cells(screen, 0)[20:] if cell.data == " "]
+    assert erased and {cell._replace(bg="default") for cell in erased} == {Char(" ")}
+    assert {cell.bg for cell in erased} <= {"red", "green", "blue", "magenta", "cyan", "default"}
+    assert_same_screen(reference(sent, 4096), screen)
 
 
 def test_modes_bell_and_title() -> None:
