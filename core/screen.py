@@ -1014,6 +1014,13 @@ class StemScreen(pyte.Screen):
         for _ in range(count or 1):
             cursor.x = max((stop for stop in self.tabstops if stop < cursor.x), default=0)
 
+    def tab(self) -> None:
+        """HT: pyte's, except from past the last column (a row just filled, its wrap pending): the cursor stays, so the
+        next character starts the next row, as xterm and tmux draw `tab\tstop` ending at the last column (pyte moved
+        it back onto the last column, and the next character overwrote it)."""
+        if self._cur.x < self.columns:
+            super().tab()
+
     def forward_tab(self, count: int = 1, *more: int, private: bool = False) -> None:
         """CHT, CSI Ps I: forward `count` tab stops."""
         for _ in range(count or 1):

@@ -50,6 +50,10 @@ class XtermExtras:
         super().select_graphic_rendition(*attrs, **kwargs)  # type: ignore[misc]
         self.cursor.attrs = self.cursor.attrs._replace(**_xterm_attributes(attrs))
 
+    def tab(self: Any) -> None:
+        if self.cursor.x < self.columns:  # a wrap pending stays pending, as in xterm and tmux
+            super().tab()  # type: ignore[misc]
+
     # Erases leave blanks of the background colour alone, as xterm and tmux do (pyte's kept every attribute).
     def _blank(self: Any) -> Char:
         return Char(" ", bg=self.cursor.attrs.bg, reverse=mo.DECSCNM in self.mode)
