@@ -419,12 +419,35 @@ def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str
     return lines[-count:] if count > 0 else []
 
 
-async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[str]:
-    """New lines appended to `path`, following rotation, until cancelled (like tail -F)."""
+# Where a reader of the log got to: the live file's inode, and the byte after the last whole line it read.
+LogMark = tuple[int, int]
+
+
+def read_tail_marked(path: Path, count: int, wanted: Callable[[str], bool]) -> tuple[list[str], LogMark | None]:
+    """`read_tail` of the whole lines, and where they end (`follow_file` goes on from there, so that no line written
+    between the two is lost); None where the log does not exist yet."""
+    parts = _read_parts(path)[:-1]
+    mark: LogMark | None = None
+    try:
+        with path.open("rb") as handle:
+            data = handle.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is followed, not shown half
+            mark = (os.fstat(handle.fileno()).st_ino, end)
+        parts.append(data[: end - 1].decode(errors="replace").split("\n") if end else [])
+    except FileNotFoundError:
+        pass
+    lines = [line for part in parts for line in part if wanted(line)]
+    return (lines[-count:] if count > 0 else []), mark
+
+
+async def follow_file(path: Path, interval: float = 0.2, since: LogMark | None = None) -> AsyncIterator[str]:
+    """New lines appended to `path`, following rotation, until cancelled (like tail -F): from its end, or from `since`
+    (`read_tail_marked`), in the rotated generation if the log was rotated meanwhile."""
     handle = None
     inode = None
     from_start = False  # after a rotation the new file is read from its start, at first open from its end
     pending = ""
+    generation = rotated(path)
     try:
         while True:
             if handle is None:
@@ -434,6 +457,22 @@ async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[str]:
                     await asyncio.sleep(interval)
                     continue
                 inode = os.fstat(handle.fileno()).st_ino
+                if since is not None and not from_start:
+                    mark_inode, offset = since
+                    since = None
+                    if mark_inode == inode:
+                        handle.seek(offset)
+                        from_start = True  # (read on from the mark)
+                    else:  # rotated since the mark: the rest of the generation it was in, then this one whole
+                        from_start = True
+                        rest = ""
+                        with contextlib.suppress(OSError), generation.open("r", errors="replace", newline="") as older:
+                            if os.fstat(older.fileno()).st_ino == mark_inode:
+                                older.seek(offset)
+                                rest = older.read()
+                        *complete, pending = rest.split("\n")
+                        for line in complete:
+                            yield line
                 if not from_start:
                     handle.seek(0, os.SEEK_END)
             chunk = handle.read()
@@ -443,10 +482,10 @@ async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[str]:
                     yield line
                 continue
             try:
-                rotated = os.stat(path).st_ino != inode
+                moved = os.stat(path).st_ino != inode
             except FileNotFoundError:
-                rotated = True
-            if rotated:
+                moved = True
+            if moved:
                 handle.close()
                 handle, from_start = None, True
                 continue

@@ -26,6 +26,7 @@ from stem.cli import EXIT_USAGE, print_listing
 
 if TYPE_CHECKING:
     from core.api import HiveAPI
+    from core.colony_log import LogMark
     from core.events import Event
     from core.merge import ColonyDiff, Conflict, MergeResult
 
@@ -394,7 +395,7 @@ async def cmd_sync(hive: HiveAPI, args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
-    from core.colony_log import parse_line, read_tail
+    from core.colony_log import parse_line, read_tail, read_tail_marked
     from core.config import LOG_SOURCES
 
     rec = hive.get(args.name)  # an unknown colony is an error, not an empty log
@@ -416,7 +417,14 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
     # On a terminal, what a service printed keeps its colours but not its other control sequences (a progress
     # bar's erase-line and cursor-up would erase the lines above it, as the UI's log pane never lets them).
     shown = _terminal_safe if sys.stdout.isatty() else str
-    for line in await asyncio.to_thread(read_tail, path, args.lines, wanted):
+    # Followed, the tail is the whole lines, and the follow goes on from where they end: a line written meanwhile
+    # (the host query below takes a moment) was lost between the two.
+    mark: LogMark | None = None
+    if args.follow:
+        tail, mark = await asyncio.to_thread(read_tail_marked, path, args.lines, wanted)
+    else:
+        tail = await asyncio.to_thread(read_tail, path, args.lines, wanted)  # a line being written shown as it is
+    for line in tail:
         print(shown(line))
     if hive.host_running(rec.name):
         # The file is what is shown: while its host cannot write it (a full disk), the newest lines are not in it.
@@ -435,7 +443,7 @@ async def cmd_logs(hive: HiveAPI, args: argparse.Namespace) -> int:
             if wanted(line):
                 print(shown(line), flush=True)
 
-        await _follow_until_destroyed(path, show)
+        await _follow_until_destroyed(path, show, mark)
         print(f"stem: {args.name} was destroyed", file=sys.stderr)
     return 0
 
@@ -444,7 +452,7 @@ GONE_CHECK = 0.5  # seconds between looks at whether a followed colony still exi
 FOLLOW_DRAIN = 0.5  # ...and how long its log must have been quiet, once it is gone, to have been read to its end
 
 
-async def _follow_until_destroyed(path: Path, show: Callable[[str], None]) -> None:
+async def _follow_until_destroyed(path: Path, show: Callable[[str], None], since: LogMark | None = None) -> None:
     """`show` each line appended to a colony's log (`path`) from now on, until the colony is destroyed: its folder
     gone, or another colony's by the same name. A destroyed colony's follower waited for ever, saying nothing. What its
     stop wrote last is still shown: follow_file reads a removed file to its end within its interval."""
@@ -463,7 +471,7 @@ async def _follow_until_destroyed(path: Path, show: Callable[[str], None]) -> No
 
     async def printing() -> None:
         nonlocal last
-        async for line in follow_file(path):
+        async for line in follow_file(path, since=since):
             last = time.monotonic()
             show(line)
 

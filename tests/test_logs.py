@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import assert_refused, make_repo, netns_names, run_stem, stem_cmd, wait_for
+from helpers import assert_refused, git, make_repo, netns_names, run_stem, stem_cmd, wait_for
 
 from core.events import LogLine
 from core.hive import Hive
@@ -467,3 +467,32 @@ def test_a_colony_host_that_crashes_says_why_in_the_colonys_log(tmp_path):
     assert line.split(" ", 1)[1] == (
         "[host!] the colony host crashed: DatabaseError: file is not a database (host.log has its traceback)"
     )
+
+
+def test_stem_logs_follow_loses_no_line_written_between_its_tail_and_its_follow(hive_env, tmp_path):
+    # A service printing a numbered line every millisecond: `stem logs -f` shows the last lines, then follows. The
+    # follow opened the file at its end once the tail had been read and the host asked about its log, so the lines
+    # written in between were never shown (8 of them, once in 5 tries, with vite's rebuild output).
+    ticker = "import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.001)\n"
+    repo = make_repo(tmp_path / "ticks", colony_toml='[services.tick]\ncommand = "python3 -u ticker.py"\n')
+    (repo / "ticker.py").write_text(ticker)
+    git(repo, "add", "ticker.py")
+    git(repo, "commit", "-qm", "ticker")
+    assert run_stem(hive_env.env, "spawn", "ticks", "--repo", str(repo)).returncode == 0
+    wait_for(lambda: len(run_stem(hive_env.env, "logs", "ticks", "-s", "tick", "-n", "5").stdout.splitlines()) == 5)
+    for _ in range(5):
+        follower = subprocess.Popen(
+            [*stem_cmd(), "logs", "ticks", "-f", "-s", "tick", "-n", "3"],
+            env=hive_env.env,
+            stdout=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        reader = LineReader(follower)
+        try:
+            numbers = [int(reader.next(10).rsplit(" ", 1)[1]) for _ in range(300)]
+        finally:
+            follower.terminate()
+            follower.wait(timeout=10)
+        assert numbers == list(range(numbers[0], numbers[0] + 300)), numbers
+    assert run_stem(hive_env.env, "destroy", "ticks").returncode == 0
