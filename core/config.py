@@ -347,6 +347,22 @@ def service_start_order(cfg: ColonyConfig) -> list[list[str]]:
     return waves
 
 
+def stop_patience(cfg: ColonyConfig, grace: float) -> float:
+    """The longest `cfg`'s services may take to stop: wave after wave (the reverse of their start), each wave as long
+    as its slowest service (its `stop_timeout`, else `grace`), so the waves' times add up; never less than `grace`. The
+    slowest service alone was taken: five chained services that each took their 6 s outlasted a stopper's patience
+    of 6 + 15 s, which killed the host before the last had ended, and that service's end was never logged."""
+    try:
+        waves = service_start_order(cfg)
+    except ConfigError:
+        waves = [list(cfg.services)]
+    total = 0.0
+    for wave in waves:
+        timeouts = [cfg.services[name].stop_timeout for name in wave]
+        total += max(grace if timeout is None else timeout for timeout in timeouts)
+    return max(grace, total)
+
+
 def _colony_config(doc: TomlDoc) -> ColonyConfig:
     data = doc.data
     for name, value in data.items():

@@ -34,7 +34,14 @@ from core.aio import wait_for
 from core.coalesce import Coalesced
 from core.colony_env import colony_env
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail, recent, rotated
-from core.config import ColonyConfig, Limits, colony_config_for, load_colony_config, parse_colony_config
+from core.config import (
+    ColonyConfig,
+    Limits,
+    colony_config_for,
+    load_colony_config,
+    parse_colony_config,
+    stop_patience,
+)
 from core.egress import NAT, EgressInForce, proxy_forwards
 from core.errors import (
     BranchExists,
@@ -1423,12 +1430,12 @@ class Hive:
         await launch.stop(self.host_paths(name), self.stop_grace, routes, longest)
 
     def _longest_stop(self, name: str) -> float:
-        """The longest a service of the colony may take to stop (its `stop_timeout`), for the stopper's patience."""
+        """The longest the colony's services may take to stop (`stop_patience`), for the stopper's patience."""
         try:
-            services = self.config_for(self.registry.get(name), policy=False).services.values()
+            config = self.config_for(self.registry.get(name), policy=False)
         except StemError:  # gone, or its colony.toml broken meanwhile: the hive's own
             return self.stop_grace
-        return max([self.stop_grace, *(s.stop_timeout for s in services if s.stop_timeout is not None)])
+        return stop_patience(config, self.stop_grace)
 
     async def _restart_exited_agent(self, name: str) -> None:
         """`start` on a running colony whose agent exited brings the agent back in its resume form."""

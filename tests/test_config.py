@@ -21,6 +21,7 @@ from core.config import (
     load_colony_config,
     parse_colony_config,
     service_start_order,
+    stop_patience,
 )
 from core.egress import Egress
 from core.errors import ConfigError
@@ -744,3 +745,21 @@ def test_known_keys_come_from_the_schema() -> None:
     assert {"agent", "setup", "build", "env"} <= set(known_keys(ColonyConfig, ("colony",)))
     assert "name" not in known_keys(ServiceSpec)
     assert "ready_timeout" in known_keys(ServiceSpec)
+
+
+def test_the_stop_patience_of_chained_services_is_the_sum_of_their_waves():
+    # Services stop in waves, the reverse of their depends_on order, each wave as long as its slowest service: a
+    # stopper that waited only as long as the slowest single service killed the host before the last wave ended.
+    text = (
+        '[services.db]\ncommand = "db"\nstop_timeout = 6\n'
+        '[services.api]\ncommand = "api"\ndepends_on = ["db"]\nstop_timeout = 6\n'
+        '[services.worker]\ncommand = "worker"\ndepends_on = ["db"]\n'
+        '[services.web]\ncommand = "web"\ndepends_on = ["api"]\nstop_timeout = 2\n'
+    )
+    config = parse_colony_config(text, Path("colony.toml"))
+    assert stop_patience(config, 5) == 6 + 6 + 2  # db; then api and worker (grace 5); then web
+    assert (
+        stop_patience(parse_colony_config('[services.a]\ncommand = "a"\nstop_timeout = 1\n', Path("colony.toml")), 5)
+        == 5
+    )
+    assert stop_patience(parse_colony_config("", Path("colony.toml")), 5) == 5

@@ -32,7 +32,7 @@ from core.aio import wait_for
 from core.changes import diff_text
 from core.colony_env import colony_env
 from core.colony_log import ColonyLog, Entry, trouble_message
-from core.config import ColonyConfig, colony_config_for
+from core.config import ColonyConfig, colony_config_for, stop_patience
 from core.errors import StemError, failure_line, refused_by_disk
 from core.events import (
     AgentActivity,
@@ -350,9 +350,7 @@ class ColonyHost:
         if runtime is not None:
             # Its stopper waits grace + 15 s for the answer, then kills the host: before that, host.log gets what
             # the stop still waits on (a stop that hangs is otherwise gone without a trace).
-            longest = max(
-                [self.stop_grace, *(s.stop_timeout for s in runtime.config.services.values() if s.stop_timeout)]
-            )
+            longest = stop_patience(runtime.config, self.stop_grace)
             watchdog = asyncio.get_running_loop().call_later(longest + STOP_REPORT_AFTER, _report_stuck_stop)
             try:
                 await runtime.stop(self.stop_grace, routes=self.stop_routes)
