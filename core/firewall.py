@@ -51,6 +51,10 @@ class FirewallError(StemError):
     """nft is missing or refused the table."""
 
 
+# Not reached under egress "nat": the link-local range, where clouds serve instance metadata and credentials.
+LINK_LOCAL = "169.254.0.0/16"
+
+
 def table_name(prefix: str) -> str:
     return prefix
 
@@ -128,6 +132,9 @@ def render(plan: TablePlan) -> str:
         chains += host
         inputs.append(f"{iif} jump host{n}")
         if e.policy.mode == NAT:
+            # Everything but the link-local range: a cloud machine's metadata service (169.254.169.254) hands its
+            # instance's credentials to whoever asks. An allow list that names it reaches it.
+            forward.append(f"{iif} ip daddr {LINK_LOCAL} counter drop")
             continue
         out = [f"chain egress{n} {{"]
         if e.policy.mode == ALLOW and e.addresses:

@@ -384,3 +384,24 @@ def test_the_egress_in_force_shows_in_ls(hive_env, tmp_path, world, forwarding):
         "peers": [],
     }
     assert "nowhere.test did not resolve" in run_stem(hive_env.env, "logs", "shown").stdout
+
+
+def test_default_egress_does_not_reach_the_clouds_metadata_address_but_a_list_naming_it_does(
+    hive_env, tmp_path, world, forwarding
+):
+    # On a cloud machine 169.254.169.254 serves the instance's credentials to whoever asks: an agent under the
+    # default egress reached it as it reaches anything. The world answers on it here, routed from the host.
+    metadata = "169.254.169.254"
+    ip("-n", world.ns, "addr", "add", f"{metadata}/32", "dev", "eth0")
+    ip("route", "add", f"{metadata}/32", "dev", world.link)
+    try:
+        configure(hive_env, tmp_path, f"nameserver {world.ip}\n")
+        spawn(hive_env, "cloud", make_repo(tmp_path / "repo"))
+        seen = probe(hive_env, "cloud", world.ip, metadata)
+        assert seen["world"] == "hello from outside"
+        assert seen["other"].startswith("error"), seen
+        listed = make_repo(tmp_path / "repo2", colony_toml=f'[network]\negress = ["{metadata}"]\n')
+        spawn(hive_env, "asks", listed)
+        assert probe(hive_env, "asks", world.ip, metadata)["other"] == "hello from outside"
+    finally:
+        subprocess.run(["ip", "route", "del", f"{metadata}/32", "dev", world.link], capture_output=True)
