@@ -1873,6 +1873,13 @@ def _uncommitted_config(root: Path, base: str) -> str | None:
     _commit, committed = worktree.resolve_with_file(root, base, "colony.toml")
     if committed == text:
         return None
+    if base != "HEAD":
+        # The checkout may be at another commit than the base: its file is then not "edits", just another version.
+        _head, at_head = worktree.resolve_with_file(root, "HEAD", "colony.toml")
+        if at_head == text:
+            if committed is None:
+                return f"{path} is not in {base}: the colony has no colony.toml (the checkout is at another commit)"
+            return f"{path} differs from {base}'s (the checkout is at another commit): the colony gets {base}'s"
     if committed is None:
         return f"{path} is not committed at {base}: the colony has no colony.toml (commit it, then spawn again)"
     return f"{path} has edits not committed at {base}: the colony gets the committed one"

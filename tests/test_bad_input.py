@@ -73,6 +73,16 @@ def test_a_colony_toml_not_committed_is_warned_of_at_spawn(hive_env, repo):
     (repo / "colony.toml").write_text('[services.web]\ncommand = "sleep 1000"\n')
     result = run_stem(hive_env.env, "spawn", "same", "--repo", str(repo), "--agent", "shell")
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    # A base the checkout is not at: its colony.toml is another commit's, not edits (it said "edits not committed").
+    (repo / "colony.toml").write_text('[services.web]\ncommand = "sleep 3000"\n')
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", "longer"], check=True)
+    result = run_stem(hive_env.env, "spawn", "older", "--repo", str(repo), "--agent", "shell", "--base", "HEAD~1")
+    assert result.returncode == 0, result.stderr
+    assert "differs from HEAD~1's (the checkout is at another commit): the colony gets HEAD~1's" in result.stderr
+    assert "edits" not in result.stderr, result.stderr
+    result = run_stem(hive_env.env, "spawn", "oldest", "--repo", str(repo), "--agent", "shell", "--base", "HEAD~2")
+    assert result.returncode == 0, result.stderr
+    assert "is not in HEAD~2: the colony has no colony.toml (the checkout is at another commit)" in result.stderr
 
 
 def test_name_already_used(hive_env, repo):
