@@ -546,9 +546,35 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
             return f"{stamp} {event.colony} removed"
         return None
 
+    # A colony that comes while serve watches (spawned from a shell, another UI) prints before serve links to its
+    # host, which it does once the registry says so: the first word of it brings what its log holds so far, and the
+    # live lines it held already are not shown twice.
+    caught_up = {rec.name for rec in hive.colonies()}
+    shown_up_to: dict[str, int] = {}
+
+    async def catch_up(colony: str) -> None:
+        caught_up.add(colony)
+        last = 0
+        for entry in await hive.log_entries(colony):
+            if entry.seq > last:
+                line = show(LogLine(colony, entry.seq, entry.at, entry.source, entry.text))
+                if line:
+                    print(line, flush=True)
+                last = entry.seq
+        shown_up_to[colony] = last
+
     async def printer() -> None:
         while True:
-            line = show(await events.get())
+            event = await events.get()
+            colony = getattr(event, "colony", "")
+            if isinstance(event, ColonyRemoved):
+                caught_up.discard(colony)  # one spawned by that name later is another
+                shown_up_to.pop(colony, None)
+            elif colony and colony not in caught_up:
+                await catch_up(colony)
+            if isinstance(event, LogLine) and event.seq <= shown_up_to.get(colony, 0):
+                continue
+            line = show(event)
             if line:
                 print(line, flush=True)
 

@@ -111,6 +111,25 @@ def test_colonies_run_without_any_ui_and_serve_only_watches(hive_env, tmp_path):
     assert netns_pids(hive_env.prefix, "beta") == []
 
 
+def test_serve_shows_the_first_lines_of_a_colony_spawned_while_it_watches(hive_env, tmp_path):
+    """A colony spawned from another shell while `stem serve` watches: serve links to its host once the registry
+    says it runs, and the lines its services printed before that were never shown (a worker's "up", a dev server's
+    address). Its first live line now brings what the colony's log holds before it, in order, once."""
+    toml = '[services.worker]\ncommand = "echo worker up; echo second line; exec sleep 1000"\n'
+    repo = make_repo(tmp_path / "early", colony_toml=toml)
+    serve = Serve(hive_env.env)
+    try:
+        serve.wait_for_line("stem serve: watching")
+        assert run_stem(hive_env.env, "spawn", "gamma", "--repo", str(repo)).returncode == 0
+        serve.wait_for_line("gamma [worker] second line")
+        shown = [line.split(" ", 1)[1] for line in serve.lines if " gamma [" in line]
+        assert shown.count("gamma [worker] worker up") == 1, shown
+        assert shown.index("gamma [worker] worker up") < shown.index("gamma [worker] second line"), shown
+    finally:
+        assert serve.stop() == 0
+    assert run_stem(hive_env.env, "destroy", "gamma").returncode == 0
+
+
 def test_a_service_that_never_gets_ready_fails_the_spawn_with_its_last_lines(hive_env, tmp_path):
     toml = (
         '[services.api]\ncommand = "echo connecting to db; echo db refused; exec sleep 1000"\nport = 4000\n'
