@@ -399,17 +399,21 @@ def kept(path: Path) -> Path:
     return path.with_suffix(".log.kept")
 
 
-def _read_parts(path: Path) -> list[list[str]]:
-    """The lines of the kept file, the rotated generation and the log, oldest first."""
+def _read_parts(path: Path, live: bool = True) -> list[list[str]]:
+    """The lines of the kept file, the rotated generation and (unless not `live`) the log, oldest first."""
     parts: list[list[str]] = []
-    for part in (kept(path), rotated(path), path):
+    for part in (kept(path), rotated(path), path) if live else (kept(path), rotated(path)):
         try:
-            # Split at line feeds only: a carriage return in an older log's line is not a line end.
             text = part.read_bytes().decode(errors="replace")
         except FileNotFoundError:
             text = ""
-        parts.append(text.split("\n")[: -1 if text.endswith("\n") else None] if text else [])
+        parts.append(_lines(text))
     return parts
+
+
+def _lines(text: str) -> list[str]:
+    # Split at line feeds only: a carriage return in an older log's line is not a line end.
+    return text.split("\n")[: -1 if text.endswith("\n") else None] if text else []
 
 
 def read_tail(path: Path, count: int, wanted: Callable[[str], bool]) -> list[str]:
@@ -426,14 +430,14 @@ LogMark = tuple[int, int]
 def read_tail_marked(path: Path, count: int, wanted: Callable[[str], bool]) -> tuple[list[str], LogMark | None]:
     """`read_tail` of the whole lines, and where they end (`follow_file` goes on from there, so that no line written
     between the two is lost); None where the log does not exist yet."""
-    parts = _read_parts(path)[:-1]
+    parts = _read_parts(path, live=False)
     mark: LogMark | None = None
     try:
         with path.open("rb") as handle:
             data = handle.read()
             end = data.rfind(b"\n") + 1  # a line still being written is followed, not shown half
             mark = (os.fstat(handle.fileno()).st_ino, end)
-        parts.append(data[: end - 1].decode(errors="replace").split("\n") if end else [])
+        parts.append(_lines(data[:end].decode(errors="replace")))
     except FileNotFoundError:
         pass
     lines = [line for part in parts for line in part if wanted(line)]
@@ -460,11 +464,10 @@ async def follow_file(path: Path, interval: float = 0.2, since: LogMark | None =
                 if since is not None and not from_start:
                     mark_inode, offset = since
                     since = None
+                    from_start = True  # read on from the mark, not from the end
                     if mark_inode == inode:
                         handle.seek(offset)
-                        from_start = True  # (read on from the mark)
                     else:  # rotated since the mark: the rest of the generation it was in, then this one whole
-                        from_start = True
                         rest = ""
                         with contextlib.suppress(OSError), generation.open("r", errors="replace", newline="") as older:
                             if os.fstat(older.fileno()).st_ino == mark_inode:
