@@ -54,10 +54,11 @@ class HiveLayout:
         return self.locks / f"colony-{name}.lock"
 
 
-def write_atomically(path: Path, data: str | bytes, mode: int | None = None) -> None:
+def write_atomically(path: Path, data: str | bytes, mode: int | None = None, durable: bool = True) -> None:
     """Replace `path` with `data`: a crash mid-write leaves the old file or the new one, never half of each, and no
     temporary file behind. `mode`: the new file's (it never has wider permissions meanwhile); None keeps the old
-    file's, 0644 for a new one. Its folder must exist (a colony's that was removed is not made again)."""
+    file's, 0644 for a new one. Its folder must exist (a colony's that was removed is not made again). `durable`:
+    on disk before it replaces the old one (fsync); not for what each start writes anew (a spawn's path)."""
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o7777
@@ -67,8 +68,9 @@ def write_atomically(path: Path, data: str | bytes, mode: int | None = None) -> 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

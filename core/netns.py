@@ -277,7 +277,7 @@ def resolv_conf(netns: str) -> Path:
 def write_resolv_conf(netns: str, text: str) -> None:
     path = resolv_conf(netns)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, text, 0o644)
+    write_atomically(path, text, 0o644, durable=False)  # written anew at every start
 
 
 def child_files(netns: str) -> bytes | None:

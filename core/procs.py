@@ -234,7 +234,7 @@ def start_init(init: ColonyInit, netns_name: str, *, publish: bool = False) -> N
             os.close(join)
     file = init.box.init_file
     if publish and file is not None:
-        write_atomically(file, f"{init.pid} {starttime(init.pid) or 0}\n")
+        write_atomically(file, f"{init.pid} {starttime(init.pid) or 0}\n", durable=False)  # for this run only
 
 
 def running_init(sandbox: Sandbox) -> ColonyInit | None:
