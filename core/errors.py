@@ -68,6 +68,28 @@ def refused_by_disk(exc: BaseException) -> bool:
     return False
 
 
+class PastFullDisk:
+    """Steps of an undo that go on when the disk refuses one (a full registry that cannot record what a step did):
+    each `with` block whose failure is the disk's (`disk_trouble`) is left and remembered, any other failure raised
+    at once; `raise_first` raises the first the disk refused once every step had its turn."""
+
+    def __init__(self) -> None:
+        self.first: Exception | None = None
+
+    def __enter__(self) -> PastFullDisk:
+        return self
+
+    def __exit__(self, _kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+        if not isinstance(exc, Exception) or disk_trouble(exc) is None:
+            return False
+        self.first = self.first or exc
+        return True
+
+    def raise_first(self) -> None:
+        if self.first is not None:
+            raise self.first
+
+
 def free_bytes(path: str | os.PathLike[str]) -> int | None:
     """What the disk under `path` has free for this process (the blocks root's reserve holds back excluded), or None
     if it cannot be asked (the path is gone)."""

@@ -47,6 +47,7 @@ from core.errors import (
     BranchExists,
     ConfigError,
     NoSuchColony,
+    PastFullDisk,
     StemError,
     StepFailed,
     WrongState,
@@ -1080,21 +1081,16 @@ class Hive:
         """Undo a start: its processes ended, its runtime parts removed, the colony failed. On a disk its build
         filled, each step goes on when the registry refuses to record the one before (the first refusal is raised
         at the end): the processes' records were written before the namespace and veth went, so both were left."""
-        refused: Exception | None = None
-        for step in (
-            lambda: self.end_processes(rec),
-            lambda: self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS),
-            lambda: self.set_state(rec.name, lc.FAILED, stage, reason),
-            lambda: self.retire_preview(rec.name),
-        ):
-            try:
-                step()
-            except Exception as exc:
-                if disk_trouble(exc) is None:
-                    raise
-                refused = refused or exc
-        if refused is not None:
-            raise refused
+        steps = PastFullDisk()
+        with steps:
+            self.end_processes(rec)
+        with steps:
+            self.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
+        with steps:
+            self.set_state(rec.name, lc.FAILED, stage, reason)
+        with steps:
+            self.retire_preview(rec.name)
+        steps.raise_first()
 
     def _start(self, name: str) -> tuple[ColonyRecord, ColonyConfig]:
         rec = self.registry.get(name)

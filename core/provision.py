@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import cgroups, netns, peering, procs, worktree
-from core.errors import disk_trouble
+from core.errors import PastFullDisk
 from core.locations import HiveLayout
 from core.registry import ColonyRecord, Registry, Resource
 
@@ -73,25 +73,19 @@ class Teardown:
         released: list[tuple[str, str]] = []
         # A part whose claim the registry refuses to release (a full disk: the peering's, released as it goes) is
         # gone all the same: the rest go too, and the refusal is raised at the end. gc finds those claims gone.
-        refused: Exception | None = None
+        steps = PastFullDisk()
         try:
             for res in parts:
                 if res.kind == "veth" and any(p.kind == "netns" for p in parts):
                     netns.wait_link_gone(res.ident, VETH_GONE_TIMEOUT)  # deleted below if the namespace lives on
-                try:
+                with steps:
                     unmerged = self.remove_resource(res, keep_unmerged, released)
-                except Exception as exc:
-                    if disk_trouble(exc) is None:
-                        raise
-                    refused = refused or exc
-                    continue
-                network_gone |= res.kind == "veth"
-                if unmerged:
-                    kept = (res.ident.split("#", 1)[1], unmerged)
+                    network_gone |= res.kind == "veth"
+                    if unmerged:
+                        kept = (res.ident.split("#", 1)[1], unmerged)
         finally:
             self.registry.release_many(released)
-        if refused is not None:
-            raise refused
+        steps.raise_first()
         return kept[0], kept[1], network_gone
 
     def remove_resource(self, res: Resource, keep_unmerged: bool, released: list[tuple[str, str]] | None = None) -> int:
