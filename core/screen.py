@@ -1879,9 +1879,7 @@ class StemScreen(pyte.Screen):
             run, erase = m.group(1, 2)
             if run:
                 shown = _SGR_SEQ.sub("", run).replace(_DESIGNATIONS[0], "") if "\x1b" in run else run
-                if "\x1b" in shown or not (shown.isascii() or cells_ok(shown)):
-                    break
-                width = text_width(shown)
+                width = None if "\x1b" in shown else text_width(shown)  # None: a character not of one or two cells
                 if width is None or width > columns:
                     break
             steps.append((run or "", erase is not None))

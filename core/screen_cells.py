@@ -51,10 +51,11 @@ def blank_of(attrs: Char, reversed_screen: bool) -> Char:
     blanks = _BLANKS[reversed_screen]
     blank = blanks.get(attrs.bg)
     if blank is None:
+        plain = blanks["default"]
         if len(blanks) >= _CACHE_LIMIT:  # true colour: bounded like the other caches
             blanks.clear()
-            blanks["default"] = REVERSE_CHAR if reversed_screen else DEFAULT_CHAR
-        blank = blanks[attrs.bg] = (REVERSE_CHAR if reversed_screen else DEFAULT_CHAR)._replace(bg=attrs.bg)
+            blanks["default"] = plain
+        blank = blanks[attrs.bg] = plain._replace(bg=attrs.bg)
     return blank
 
 
