@@ -507,13 +507,13 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
 
     events = hive.subscribe()
     await hive.attach()
+    watched = [rec.name for rec in hive.colonies()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"stem serve: watching {hive.home} with {len(hive.colonies())} colonies "
-        "(Ctrl-C detaches; colonies keep running)",
+        f"stem serve: watching {hive.home} with {len(watched)} colonies (Ctrl-C detaches; colonies keep running)",
         flush=True,
     )
 
@@ -549,18 +549,19 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
     # A colony that comes while serve watches (spawned from a shell, another UI) prints before serve links to its
     # host, which it does once the registry says so: the first word of it brings what its log holds so far, and the
     # live lines it held already are not shown twice.
-    caught_up = {rec.name for rec in hive.colonies()}
-    shown_up_to: dict[str, int] = {}
+    # Per colony followed, the last log line shown before its live ones (0: none, its live lines all shown).
+    shown_up_to = dict.fromkeys(watched, 0)
+
+    def emit(event: Event) -> None:
+        line = show(event)
+        if line:
+            print(line, flush=True)
 
     async def catch_up(colony: str) -> None:
-        caught_up.add(colony)
         last = 0
         for entry in await hive.log_entries(colony):
-            if entry.seq > last:
-                line = show(LogLine(colony, entry.seq, entry.at, entry.source, entry.text))
-                if line:
-                    print(line, flush=True)
-                last = entry.seq
+            emit(LogLine(colony, entry.seq, entry.at, entry.source, entry.text))
+            last = entry.seq
         shown_up_to[colony] = last
 
     async def printer() -> None:
@@ -568,23 +569,17 @@ async def cmd_serve(hive: HiveAPI, args: argparse.Namespace) -> int:
             event = await events.get()
             colony = getattr(event, "colony", "")
             if isinstance(event, ColonyRemoved):
-                caught_up.discard(colony)  # one spawned by that name later is another
-                shown_up_to.pop(colony, None)
-            elif colony and colony not in caught_up:
+                shown_up_to.pop(colony, None)  # one spawned by that name later is another
+            elif colony and colony not in shown_up_to:
                 await catch_up(colony)
-            if isinstance(event, LogLine) and event.seq <= shown_up_to.get(colony, 0):
-                continue
-            line = show(event)
-            if line:
-                print(line, flush=True)
+            if not (isinstance(event, LogLine) and event.seq <= shown_up_to.get(colony, 0)):
+                emit(event)
 
     printing = asyncio.create_task(printer())
     await stop.wait()
     await hive.detach()
     while not events.empty():
-        line = show(events.get_nowait())
-        if line:
-            print(line, flush=True)
+        emit(events.get_nowait())
     printing.cancel()
     print("stem serve: detached (colonies keep running; stem stop NAME ends one)", flush=True)
     return 0
