@@ -1178,7 +1178,13 @@ class StemScreen(pyte.Screen):
                 continue
             if entry is not None:
                 del paints[y]
-            keys = line if entry is None else self._erased_keys(line, entry[1])
+            # A row with a cell in every column already has them all whatever its paints write (Codex's rows,
+            # made whole by the erase before).
+            keys = (
+                line
+                if entry is None or (len(line) == columns and columns not in line)
+                else self._erased_keys(line, entry[1])
+            )
             count = len(keys)
             if count == columns and columns not in keys:
                 cells = whole
