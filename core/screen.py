@@ -658,7 +658,9 @@ class StemScreen(pyte.Screen):
 
     def resize(self, lines: int | None = None, columns: int | None = None) -> None:
         """Resize like a terminal rather than like pyte: rows that must leave to keep the cursor on screen go
-        from the top into the scrollback, other rows are dropped from the bottom."""
+        from the top into the scrollback, other rows are dropped from the bottom; a taller main screen takes the
+        newest lines back from the scrollback onto its top rows (its rows and cursor move down by as many), as
+        tmux and xterm do, so that a shell's prompt stays at the bottom of a pane that grows."""
         if self._held:
             self._release()
         lines = lines or self.lines
@@ -685,6 +687,24 @@ class StemScreen(pyte.Screen):
                 for row in moved.values():
                     for x in [x for x in row if x >= columns]:
                         del row[x]
+        pulled = 0
+        if lines > self.lines and len(self._sb):
+            # The main screen's rows, whether shown or kept behind the alternate screen (whose own rows have no
+            # history to take back), as tmux gives them back when its alternate screen is left.
+            main = self._main_buffer if self._alt_active else self.buffer
+            assert main is not None
+            self._sb.columns = columns
+            taken = self._sb.take_back(lines - self.lines)
+            pulled = len(taken)
+            moved = {y + pulled: row for y, row in main.items()}
+            main.clear()
+            main.update(moved)
+            for y, cells in enumerate(taken):
+                row = main[y] = new_row(self.default_char)
+                row.update(enumerate(cells))
+            saved = self._alt_savepoint
+            if self._alt_active and saved is not None:
+                saved.cursor.y += pulled
         if columns > self.columns:
             self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
         self.lines, self.columns = lines, columns
@@ -692,7 +712,7 @@ class StemScreen(pyte.Screen):
         self._piece_effects.clear()
         self.scrollback.columns = columns
         self._row_versions = (self._row_versions + [0] * lines)[:lines]
-        cursor.y = min(cursor.y - drop, lines - 1)
+        cursor.y = min(cursor.y - drop + (0 if self._alt_active else pulled), lines - 1)
         cursor.x = min(cursor.x, columns - 1)
         self._dirty = {y for y in self._dirty if y < lines}
         self.dirty.update(range(lines))

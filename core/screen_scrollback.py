@@ -52,6 +52,7 @@ class Scrollback:
         # The width lines are materialised at; the screen updates it on resize.
         self.columns = columns
         self.scrolled = 0
+        self.pulled = 0  # lines ever taken back onto the screen (`take_back`)
 
     @property
     def first(self) -> int:
@@ -108,6 +109,19 @@ class Scrollback:
     def clear(self) -> None:
         """Forget every line (ED 3, "clear scrollback"); they keep their numbers."""
         self._lines.clear()
+
+    def take_back(self, count: int) -> list[list[Char]]:
+        """The newest `count` lines (fewer if fewer are held), oldest first, as `columns` cells each, taken out of
+        the scrollback: a screen growing taller pulls them back onto its top rows, as tmux and xterm do. Their
+        numbers go to the next lines to leave the screen; `pulled` counts the lines ever taken back, so that a copy
+        kept by number (a client's) knows to forget them."""
+        count = min(count, len(self._lines))
+        lines = [self.line(i) for i in range(-count, 0)]
+        for _ in range(count):
+            self._lines.pop()
+        self.scrolled -= count
+        self.pulled += count
+        return lines
 
     def skip(self, count: int) -> None:
         """Count lines that scrolled away inside a batch behind more than the scrollback keeps: never stored."""

@@ -511,6 +511,35 @@ def test_dim_concealed_double_underlined_and_overlined_cells_reach_a_mirror_and_
     ]
 
 
+def test_a_mirror_forgets_history_lines_a_grown_screen_took_back() -> None:
+    """A screen that grows taller takes its newest history lines back onto its top rows, and their numbers go to
+    the next lines to scroll away. A client that kept those lines by number, and was sent no state in between (a
+    host that fell behind sends one snapshot), must not show the old lines under the new lines' numbers."""
+    screen = StemScreen(40, 10, scrollback=100)
+    screen.feed(b"".join(b"old %d\r\n" % i for i in range(30)))
+    mirror = ScreenMirror()
+    snapshot = unpack(pack(Snapshot(screen_state(screen))))
+    assert isinstance(snapshot, Snapshot)
+    mirror.apply(snapshot)
+    held = len(screen.scrollback)
+    mirror.scrollback.store(scrollback_page(screen, screen.scrollback.scrolled - held, held))
+    assert mirror.scrollback.text(-1).rstrip() == "old 20"
+    screen.resize(15, 40)  # 5 lines come back on top
+    assert screen.text()[0].rstrip() == "old 16" and screen.scrollback.text(-1).rstrip() == "old 15"
+    # The 5 rows rewritten, then scrolled away again: under the numbers the old lines had.
+    screen.feed(b"".join(b"\x1b[%d;1Hnew %d\x1b[K" % (i + 1, i) for i in range(5)) + b"\x1b[15;1H" + b"\n" * 5)
+    snapshot = unpack(pack(Snapshot(screen_state(screen))))
+    assert isinstance(snapshot, Snapshot) and snapshot.screen.pulled == 5
+    mirror.apply(snapshot)
+    assert len(mirror.scrollback) == len(screen.scrollback)
+    # Not the old lines: blank until fetched again, and asked for.
+    assert [mirror.scrollback.text(i).rstrip() for i in range(-5, 0)] == [""] * 5
+    assert mirror.scrollback.wanted
+    held = len(screen.scrollback)
+    mirror.scrollback.store(scrollback_page(screen, screen.scrollback.scrolled - held, held))
+    assert [mirror.scrollback.text(i).rstrip() for i in range(-6, 0)] == ["old 15", *(f"new {i}" for i in range(5))]
+
+
 # ------------------------------------------------------------------------------------------ a host and a mirror
 
 

@@ -1350,8 +1350,10 @@ def test_erase_scrollback_and_resize() -> None:
     assert [screen.scrollback.text(i).rstrip() for i in range(20)] == [s.rstrip() for s in before[:20]]
     assert [row.rstrip() for row in screen.text()] == [s.rstrip() for s in before[20:]]
     assert (screen.cursor.x, screen.cursor.y) == (4, 19)
-    screen.resize(30, 100)
-    assert len(screen.text()) == 30 and screen.text()[19].startswith("tail")
+    screen.resize(30, 100)  # taller: the 10 newest lines of the scrollback come back on top, as in tmux
+    assert len(screen.text()) == 30 and screen.text()[29].startswith("tail")
+    assert [row.rstrip() for row in screen.text()[:10]] == [s.rstrip() for s in before[10:20]]
+    assert len(screen.scrollback) == 10 and (screen.cursor.x, screen.cursor.y) == (4, 29)
     assert screen.take_dirty() == set(range(30))
 
 

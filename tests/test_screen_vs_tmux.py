@@ -221,3 +221,83 @@ def test_random_streams_draw_the_screen_tmux_draws(seed: int, tmp_path: Path) ->
     assert not differ, f"{data!r}\n" + "\n".join(f"row {y}:\n  stem {ours[y]!r}\n  tmux {theirs[y]!r}" for y in differ)
     x, y, shown = (int(n) for n in cursor.split(","))
     assert (min(screen.cursor.x, COLS - 1), screen.cursor.y, not screen.cursor.hidden) == (x, y, bool(shown)), data
+
+
+# A shell's output, then the pane resized (columns, rows) and more output: what a user sees when they zoom a colony's
+# terminal, split the UI or resize their own terminal.
+_SHELL = b"".join(b"line %d\r\n" % i for i in range(60)) + b"prompt$ "
+_VIM = b"\x1b[?1049h\x1b[H\x1b[2Jvim\x1b[20;1H:wq"
+RESIZES: dict[str, list[tuple[bytes, tuple[int, int] | None]]] = {
+    "taller": [(_SHELL, (80, 30)), (b"echo after\r\nafter\r\nprompt$ ", None)],
+    "taller-than-the-history": [(b"one\r\ntwo\r\nprompt$ ", (80, 35)), (b"ls\r\n", None)],
+    "shorter-then-taller": [(_SHELL, (80, 12)), (b"x\r\n", (80, 30)), (b"y", None)],
+    "taller-then-shorter": [(_SHELL, (80, 35)), (b"", (80, 15)), (b"z", None)],
+    "taller-and-narrower": [(_SHELL, (50, 28)), (b"w", None)],
+    "taller-inside-vim": [(_SHELL + _VIM, (80, 30)), (b"\x1b[?1049l\r\nprompt$ ", None)],
+    "shorter-then-taller-inside-vim": [(_SHELL + _VIM, (80, 10)), (b"", (80, 30)), (b"\x1b[?1049l", None)],
+}
+
+
+def tmux_resized(steps: list[tuple[bytes, tuple[int, int] | None]], tmp_path: Path) -> tuple[list[str], list[str], str]:
+    """What an 80x20 tmux pane shows after each step's bytes were written to it raw and the window resized to the
+    step's size: its rows' text, its history's lines (oldest first) and the cursor."""
+    conf = tmp_path / "tmux.conf"
+    conf.write_text("set -g status off\nset -g history-limit 100000\n")
+    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TMUX_TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
+
+    def tmux(*args: str) -> str:
+        proc = subprocess.run(
+            ["tmux", "-L", "stem-resized", "-f", str(conf), *args], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, f"tmux {args[0]} failed: {proc.stderr.strip()}"
+        return proc.stdout
+
+    script = ["stty raw -echo"]
+    for i, (data, _size) in enumerate(steps):
+        (tmp_path / f"step{i}.bin").write_bytes(data)
+        # The title says the step's bytes are on the pane; the pane then waits for the test to resize it.
+        script.append(f"cat {tmp_path}/step{i}.bin; printf '\\033]2;step{i}\\007'; tmux wait-for go{i}")
+    tmux("new-session", "-d", "-s", "rz", "-x", "80", "-y", "20", "; ".join(script) + "; exec sleep 600")
+    try:
+        for i, (_data, size) in enumerate(steps):
+            wait_for(
+                lambda i=i: tmux("display-message", "-p", "-t", "rz", "#{pane_title}").strip() == f"step{i}",
+                20,
+                f"tmux to show step {i}",
+            )
+            if size is not None:
+                tmux("resize-window", "-t", "rz", "-x", str(size[0]), "-y", str(size[1]))
+                wait_for(
+                    lambda size=size: (
+                        tmux("display-message", "-p", "-t", "rz", "#{pane_width}x#{pane_height}").strip()
+                        == f"{size[0]}x{size[1]}"
+                    ),
+                    20,
+                    f"the tmux pane to be {size[0]}x{size[1]}",
+                )
+            if i < len(steps) - 1:
+                tmux("wait-for", "-S", f"go{i}")
+        rows = tmux("capture-pane", "-p", "-t", "rz").split("\n")[:-1]
+        held = int(tmux("display-message", "-p", "-t", "rz", "#{history_size}"))
+        # (-E -1 with no history would give the top row: capture-pane clamps to the screen)
+        history = tmux("capture-pane", "-p", "-S", "-", "-E", "-1", "-t", "rz").split("\n")[:held]
+        cursor = tmux("display-message", "-p", "-t", "rz", "#{cursor_x},#{cursor_y}").strip()
+    finally:
+        subprocess.run(["tmux", "-L", "stem-resized", "kill-server"], env=env, capture_output=True, timeout=30)
+    return [row.rstrip() for row in rows], [line.rstrip() for line in history], cursor
+
+
+@pytest.mark.parametrize("name", sorted(RESIZES))
+def test_a_resized_screen_shows_what_tmux_shows(name: str, tmp_path: Path) -> None:
+    """A pane that grows taller takes the newest lines of its history back onto its top rows (the prompt stays at
+    the bottom), and one that shrinks pushes its top rows into the history; also behind the alternate screen."""
+    steps = RESIZES[name]
+    screen = StemScreen(80, 20, scrollback=10_000)
+    for data, size in steps:
+        screen.feed(data)
+        if size is not None:
+            screen.resize(size[1], size[0])
+    theirs, history, cursor = tmux_resized(steps, tmp_path)
+    assert [row.rstrip() for row in screen.text()] == theirs + [""] * (screen.lines - len(theirs))
+    assert [screen.scrollback.text(i).rstrip() for i in range(len(screen.scrollback))] == history
+    assert f"{screen.cursor.x},{screen.cursor.y}" == cursor

@@ -495,6 +495,19 @@ def test_the_wheel_scrolls_the_history_or_goes_to_a_program_that_asks_for_it(scr
     screens.wait_same("vim gone", has("\n200\n"))
 
 
+def test_a_shell_keeps_its_prompt_at_the_bottom_as_the_terminal_shrinks_and_grows(screens: Screens) -> None:
+    """The user's terminal made smaller, then bigger again: the rows that left the top went into the history, and
+    come back from it when there is room again (the shell's prompt stays at the bottom), as in a terminal."""
+    screens.run("clear; seq 1 200")
+    screens.wait_same("a shell's output", has("\n200\n"))
+    screens.resize(124, 30)
+    screens.wait_same("the output in a smaller terminal", has("\n200\n"))
+    screens.resize(150, 44)
+    screens.wait_same("the history's lines back in a bigger terminal", has("\n200\n"))
+    screens.run("echo after")
+    screens.wait_same("more output", has("\nafter\n"))
+
+
 def test_the_textual_demo_looks_as_in_a_terminal_and_takes_clicks(screens: Screens) -> None:
     screens.run(f"clear; {shlex.quote(sys.executable)} -m textual")
     # Truecolour, block and box drawing, emoji; no cursor.

@@ -44,6 +44,7 @@ class MirrorScrollback:
         self.on_want: Callable[[], None] | None = None  # told when a first missing line is read
         self._length = 0
         self._scrolled = 0
+        self._pulled = 0
         self._lines: OrderedDict[int, list[Char]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -87,12 +88,13 @@ class MirrorScrollback:
         while len(self._lines) > self.keep:
             self._lines.popitem(last=False)
 
-    def update(self, length: int, scrolled: int, columns: int) -> None:
+    def update(self, length: int, scrolled: int, columns: int, pulled: int = 0) -> None:
         """Follow the host's scrollback: forget lines it dropped, and every line when the width changed (the host
-        cuts lines to its width when they are asked for)."""
+        cuts lines to its width when they are asked for) or when it took lines back onto its screen (`pulled`:
+        their numbers went to other lines since, perhaps between two messages)."""
         self._length, self._scrolled = length, scrolled
-        if columns != self.columns:
-            self.columns = columns
+        if columns != self.columns or pulled != self._pulled:
+            self.columns, self._pulled = columns, pulled
             self._lines.clear()
             self.wanted.clear()
             return
@@ -218,7 +220,7 @@ class ScreenMirror:
         self.modes = state.modes
         self.bells = state.bells
         self.version = state.version
-        self.scrollback.update(state.scrollback, state.scrolled, columns)
+        self.scrollback.update(state.scrollback, state.scrolled, columns, state.pulled)
         self._dirty |= changed
         return changed
 

@@ -43,7 +43,8 @@ version; a new message type, a removed field or a changed meaning needs a new `P
 Values inside messages:
 - screen: version, columns, lines, cursor [x, y, visible], title (OSC 0/2), modes {app_cursor_keys, bracketed_paste,
   mouse (0, 9, 1000, 1002 or 1003), mouse_sgr, alternate_screen, reverse_screen, app_keypad (DECKPAM),
-  focus_reports (1004)}, scrollback (lines held), scrolled (lines that ever entered it), bells, styles [style],
+  focus_reports (1004)}, scrollback (lines held), scrolled (lines that ever entered it), pulled (lines ever taken
+  back out of it; left out when none), bells, styles [style],
   rows {y: row}, links {y: [[start, end, uri], ...]} (OSC 8 hyperlinks on the rows sent; left out when none),
   clipboard ["selection;base64", ...] (the agent's OSC 52 writes since the last message; left out when none).
   A snapshot holds every row.
@@ -52,12 +53,16 @@ Values inside messages:
   left out. A str segment is one cell per code point, "\\0" standing for the empty cell pyte puts after a wide
   character; a list segment is one cell per string (cells of several code points: a letter with a combining
   accent that has no precomposed form).
-- style: [fg, bg, flags], colours as pyte names them ("default", "red", 6 hex digits); flags: bold 1, italics 2,
+- style: [fg, bg, flags], colours as pyte names them ("default", "red", 6 hex digits; the 16 colours of the palette
+  by name however they were set: SGR 31 and 38;5;1 are both "red"); flags: bold 1, italics 2,
   underscore 4, strikethrough 8, reverse 16, blink 32, dim 64, conceal 128, double underline 256, overline 512
   (a double underline from SGR 4:2 has the underscore bit too, from SGR 21 not: as pyte reads them). Decoders
   ignore bits they do not know. Style indices point into the message's own `styles`.
 - scrollback line numbers: the n-th line ever to enter the scrollback is number n (from 0), so a number stays
-  valid while older lines are dropped; the oldest line still held is `scrolled - scrollback`.
+  valid while older lines are dropped; the oldest line still held is `scrolled - scrollback`. A screen that grows
+  taller takes its newest lines back onto its top rows (as tmux does): `scrolled` goes down by as many, their
+  numbers go to the next lines to leave the screen, and `pulled` goes up by as many, so that a client forgets the
+  lines it keeps by number whenever `pulled` changed.
 - colony {state, stage, reason}; agent {activity, code, pid}; service {name, state, port, restarts, code, detail,
   pid};
   file {path, status, added, removed}; log entry {seq, at, source, text}.
@@ -70,7 +75,8 @@ log file); `output` pushes the agent's raw bytes.
 Versions: 2 added `palette` (a client sends it only on a connection at version 2) and the screen's links, clipboard,
 app_keypad and focus_reports, which version 1 decoders ignore. A host speaks both. The style flags from 64 up
 (dim, conceal, double underline, overline) came later without a new version: decoders before them drop those bits
-(and show such cells without them).
+(and show such cells without them). So did the screen's `pulled`: a decoder before it may show, in a history it
+kept, lines that a screen grown taller took back.
 
 Order: on one connection messages arrive in the order sent; a `rows` applies to the snapshot or rows before it.
 A host that falls behind on a client may drop the rows it owes it and send a fresh snapshot instead.
@@ -511,6 +517,7 @@ class ScreenState(_Wire):
     modes: ScreenModes = ScreenModes()
     scrollback: int = 0  # lines held in the scrollback
     scrolled: int = 0  # lines that ever entered the scrollback (see "scrollback line numbers")
+    pulled: int = 0  # lines ever taken back out of the scrollback onto the screen (idem)
     bells: int = 0
     links: Mapping[int, tuple[Link, ...]] = dataclasses.field(default_factory=dict)  # of the rows sent, y -> links
     clipboard: tuple[str, ...] = ()  # OSC 52 writes ("selection;base64") since the last message
@@ -533,6 +540,7 @@ class ScreenState(_Wire):
             "modes": self.modes.encode(),
             "scrollback": self.scrollback,
             "scrolled": self.scrolled,
+            **({"pulled": self.pulled} if self.pulled else {}),
             "bells": self.bells,
             "styles": styles.wire,
             "rows": rows,
@@ -579,6 +587,7 @@ class ScreenState(_Wire):
             modes=modes,
             scrollback=f.integer("scrollback", 0, low=0),
             scrolled=f.integer("scrolled", 0, low=0),
+            pulled=f.integer("pulled", 0, low=0),
             bells=f.integer("bells", 0),
             links=links,
             clipboard=tuple(cast("list[str]", clipboard)),
@@ -1500,6 +1509,7 @@ def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> Scree
         modes=modes,
         scrollback=len(screen.scrollback),
         scrolled=screen.scrollback.scrolled,
+        pulled=screen.scrollback.pulled,
         bells=screen.bells,
         links=links,
     )
