@@ -453,10 +453,17 @@ _EXTRA_TEXT: dict[int, dict[str, bool]] = {
 }
 
 
+# The colours of SGR 38;5;N and 48;5;N. N < 16 is the terminal's palette colour, which xterm and tmux draw as SGR
+# 30-37 and 90-97 (40-47, 100-107) draw it: stored under pyte's name for it as those store it, so that it follows the
+# user's or the theme's palette (pyte's fixed RGB would not). N >= 16 keeps pyte's RGB.
+_FG_256 = (*(g.FG_ANSI[30 + n] for n in range(8)), *(g.FG_AIXTERM[90 + n] for n in range(8)), *g.FG_BG_256[16:])
+_BG_256 = (*(g.BG_ANSI[40 + n] for n in range(8)), *(g.BG_AIXTERM[100 + n] for n in range(8)), *g.FG_BG_256[16:])
+
+
 def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
     """The fields SGR `ints` sets: pyte's `select_graphic_rendition` (0.8), step for step, quirks included (a
-    bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too), and
-    the fields pyte lacks (`_EXTRA_TEXT`)."""
+    bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too), but for
+    the 16 colours by 256-colour index (`_FG_256`), and the fields pyte lacks (`_EXTRA_TEXT`)."""
     default = _REVERSE_FIELDS if reverse_screen else _DEFAULT_FIELDS
     replace: dict[str, Any] = {}
     attrs_list = list(reversed(ints))
@@ -483,7 +490,7 @@ def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
             try:
                 n = attrs_list.pop()
                 if n == 5:
-                    replace[key] = g.FG_BG_256[attrs_list.pop()]
+                    replace[key] = (_FG_256 if attr == g.FG_256 else _BG_256)[attrs_list.pop()]
                 elif n == 2:
                     replace[key] = f"{attrs_list.pop():02x}{attrs_list.pop():02x}{attrs_list.pop():02x}"
             except IndexError:

@@ -185,6 +185,16 @@ def test_a_drawn_snapshot_re_emits_dim_concealed_double_underlined_and_overlined
     )
 
 
+def test_a_drawn_snapshot_gives_the_16_colours_by_256_colour_index_as_the_user_s_palette() -> None:
+    """An agent's 38;5;1 (as ncurses colours under xterm-256color) reaches the user's terminal as SGR 31, in the
+    palette of that terminal as xterm and tmux draw it, not as a fixed RGB (38;2;205;0;0); 256-colour indices from
+    16 on keep their RGB."""
+    agent = StemScreen(20, 2)
+    agent.feed(f"{CSI}38;5;1mA{CSI}38;5;9mB{CSI}0;48;5;4mC{CSI}48:5:13mD{CSI}0;38;5;208mE".encode())
+    drawn = render_snapshot(screen_state(agent), 20, 2)
+    assert b"\x1b[0;31mA\x1b[0;91mB\x1b[0;44mC\x1b[0;105mD\x1b[0;38;2;255;135;0mE" in drawn
+
+
 def test_a_snapshot_larger_than_the_terminal_is_cut_without_wrapping() -> None:
     agent = StemScreen(30, 6)
     agent.feed(f"{'a' * 19}中 end\r\nsecond\r\n\r\n\r\n\r\nlast row".encode())

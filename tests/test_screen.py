@@ -32,7 +32,8 @@ class XtermExtras:
     """What xterm-256color's terminfo offers and stock pyte lacks, made of pyte's own primitives: SU and SD
     (indn, rin: ncurses scrolls regions with them), REP (rep: ncurses draws runs of one character with it, right
     after drawing the character once), CBT and CHT, SCOSC and SCORC, HPA; and the SGR attributes pyte drops, in
-    the fields Stem's `Char` adds after pyte's (pyte's own `select_graphic_rendition` still sets pyte's)."""
+    the fields Stem's `Char` adds after pyte's (pyte's own `select_graphic_rendition` still sets pyte's, given the 16
+    colours by 256-colour index as the SGR of the palette's colour: `_palette_as_ansi`)."""
 
     csi = {"S": "scroll_up", "T": "scroll_down", "b": "repeat_character", "Z": "back_tab", "I": "forward_tab"}
     csi |= {"M": "delete_lines"}
@@ -47,7 +48,7 @@ class XtermExtras:
         self.cursor.attrs = self.default_char  # pyte's new cursor has pyte's `Char`
 
     def select_graphic_rendition(self: Any, *attrs: int, **kwargs: Any) -> None:
-        super().select_graphic_rendition(*attrs, **kwargs)  # type: ignore[misc]
+        super().select_graphic_rendition(*_palette_as_ansi(attrs), **kwargs)  # type: ignore[misc]
         self.cursor.attrs = self.cursor.attrs._replace(**_xterm_attributes(attrs))
 
     def tab(self: Any) -> None:
@@ -254,6 +255,24 @@ class XtermExtras:
     def restore_cursor_ansi(self: Any, *params: int, private: bool = False) -> None:
         if params in ((), (0,)) and not private:
             self.restore_cursor()
+
+
+def _palette_as_ansi(params: tuple[int, ...]) -> tuple[int, ...]:
+    """SGR `params` with each 256-colour index below 16 (38;5;N, 48;5;N) as the SGR of that colour of the palette
+    (30-37 and 90-97, 40-47 and 100-107), which xterm and tmux draw it as (pyte gives it a fixed RGB). The parameters
+    are walked as pyte walks them, so that a value inside another colour is left alone."""
+    out: list[int] = []
+    i = 0
+    while i < len(params):
+        p = params[i]
+        own = params[i : i + 2 + {5: 1, 2: 3}.get(params[i + 1], 0)] if p in (38, 48) and i + 1 < len(params) else (p,)
+        if own[1:2] == (5,) and len(own) == 3 and own[2] < 16:
+            n = own[2]
+            out.append(p - 8 + n if n < 8 else p + 44 + n)  # 38;5;1 is 31, 38;5;9 is 91; 48;5;4 is 44, 48;5;13 is 105
+        else:
+            out += own
+        i += len(own)
+    return tuple(out)
 
 
 def _xterm_attributes(params: tuple[int, ...]) -> dict[str, bool]:
@@ -822,7 +841,8 @@ def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.Monkey
 def test_sgr_is_pyte_s() -> None:
     """Stem works SGR out itself (once per parameter list, applied to each starting point); it must be what
     pyte's `select_graphic_rendition` leaves, on a normal and a reversed screen, quirks included, with what xterm
-    reads in the attributes pyte drops (dim, conceal, double underline, overline)."""
+    reads in the attributes pyte drops (dim, conceal, double underline, overline) and in the 16 colours by 256-colour
+    index (the palette's, as SGR 30-37 and 90-97 give them)."""
     rng = random.Random(3)
     values = [0, 1, 2, 3, 4, 5, 7, 9, 22, 23, 24, 25, 27, 29, 30, 31, 37, 38, 39, 40, 47, 48, 49, 90, 97, 100, 107, 256]
     values += [8, 21, 28, 53, 55]
@@ -847,6 +867,48 @@ def test_sgr_is_pyte_s() -> None:
                 as_text = ";".join(map(str, params))
                 assert screen_cells.sgr_apply(start, as_text, reverse) == scratch.cursor.attrs, (params, reverse)
                 assert screen_cells.sgr_apply(start, tuple(params), reverse) == scratch.cursor.attrs
+
+
+# A colour of the 16 by its 256-colour index (ncurses under xterm-256color sends every colour so: htop, mc, vim; tmux
+# re-emits colours so), and the SGR of the same colour of the palette.
+PALETTE_BY_INDEX = [
+    ("38;5;1", "31"),
+    ("38;5;9", "91"),
+    ("48;5;4", "44"),
+    ("48;5;13", "105"),
+    ("38:5:3", "33"),
+    ("48:5:11", "103"),
+    ("1;38;5;0;48;5;15", "1;30;107"),
+    ("38;5;7;48;5;8", "37;100"),
+]
+
+
+@pytest.mark.parametrize(("indexed", "ansi"), PALETTE_BY_INDEX)
+def test_the_16_colours_by_256_colour_index_are_the_palette_s(
+    indexed: str, ansi: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xterm and tmux draw 38;5;1 as SGR 31, in the terminal's (the theme's) red; pyte stored a fixed RGB, which
+    the UI and `stem attach` then showed whatever the palette. A cell coloured either way is the same cell, however
+    the screen reads it: in a flood's batches of lines (those scrolled away too), in a piece met again and applied
+    whole, in small reads and whole."""
+    monkeypatch.setattr(StemScreen, "_missed_at_start", 0)  # pieces looked for from the first read
+
+    def stream(sgr: str) -> bytes:
+        flood = "".join(f"line {i} \x1b[{sgr}mcoloured\x1b[m plain\r\n" for i in range(300))
+        pieces = "".join(f"\x1b[{y};5H\x1b[{sgr}mpiece\x1b[m" for _ in range(4) for y in (3, 4, 5))
+        return f"{flood}\x1b[2J{pieces}\x1b[1;1HA\x1b[{sgr}mB\x1b[mC\x1b[{sgr}m".encode()
+
+    screen_cells.clear_caches()
+    for size in (1, 7, 4096, None):
+        ours, theirs = stem(stream(indexed), size), stem(stream(ansi), size)
+        rows = [(row_cells(ours, y), row_cells(theirs, y)) for y in range(ROWS)]
+        rows += [(ours.scrollback.line(i), theirs.scrollback.line(i)) for i in range(len(theirs.scrollback))]
+        wrong = [(a, b) for got, want in rows for a, b in zip(got, want, strict=True) if a != b]
+        assert not wrong, f"in reads of {size}, {len(wrong)} cells differ; the first: {wrong[0]}"
+        assert ours.cursor.attrs == theirs.cursor.attrs
+        assert len(ours.scrollback) == len(theirs.scrollback) > 200
+    if ":" not in indexed:  # (colon SGR is read apart: a piece holding it is drawn as it comes)
+        assert any(type(entry) is tuple for entry in ours._piece_effects.values()), "no piece was applied whole"
 
 
 READ_STREAMS = {

@@ -382,3 +382,17 @@ def test_half_a_wide_character_drawn_over_is_a_blank_and_the_row_keeps_its_width
     assert [strip.text for strip in strips] == [" x文      ", "中y       ", "abcdefghi "]
     assert [strip.cell_length for strip in strips] == [10, 10, 10]
     assert screen.text() == [strip.text for strip in strips]
+
+
+def test_the_16_colours_by_256_colour_index_take_the_theme_s_colours() -> None:
+    """htop, mc and vim under xterm-256color colour with 38;5;N and 48;5;N: N < 16 shows in the theme's ANSI colour
+    N, as SGR 31 or 105 does (xterm and tmux draw them alike), not in a fixed RGB that ignores the theme."""
+    from rich.style import Style
+
+    from core.screen import StemScreen
+
+    screen = StemScreen(40, 2)
+    screen.feed(b"".join(b"\x1b[38;5;%d;48;5;%dmx" % (n, 15 - n) for n in range(16)))
+    strip = TerminalView()._render_cells(screen.buffer[0], 40, -1, Style(), screen.default_char)
+    shown = [(seg.style.color, seg.style.bgcolor) for seg in strip if seg.text == "x" and seg.style]
+    assert shown == [(Color.from_ansi(n), Color.from_ansi(15 - n)) for n in range(16)]
