@@ -114,6 +114,7 @@ _BRACKETED_PASTE = 2004 << 5
 _ALT_MODES = frozenset({47, 1047, 1049})
 _SAVE_CURSOR = 1048  # DECSC when set, DECRC when reset (pyte has neither)
 _DECCOLM = 3
+_DECSCNM = 5  # the screen reversed: Stem flips the cells itself (`_reverse_screen`)
 _SYNC_MODE = 2026  # synchronized output (`TerminalQueries.set_modes` times its frames)
 _NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 # Private modes (by their parameter, shifted as pyte stores them) that pyte's `set_mode` and `reset_mode` only record
@@ -731,7 +732,9 @@ class StemScreen(pyte.Screen):
                     self.save_cursor()
                 elif mode == _DECCOLM:
                     self._deccolm()
-            modes = tuple(m for m in modes if m not in _NOT_PYTES)
+                elif mode == _DECSCNM:
+                    self._reverse_screen(True)
+            modes = tuple(m for m in modes if m not in _NOT_PYTES and m != _DECSCNM)
         super().set_mode(*modes, **kwargs)
 
     def reset_mode(self, *modes: int, **kwargs: Any) -> None:
@@ -746,8 +749,27 @@ class StemScreen(pyte.Screen):
                     self.restore_cursor()
                 elif mode == _DECCOLM:
                     self._deccolm()
-            modes = tuple(m for m in modes if m not in _NOT_PYTES)
+                elif mode == _DECSCNM:
+                    self._reverse_screen(False)
+            modes = tuple(m for m in modes if m not in _NOT_PYTES and m != _DECSCNM)
         super().reset_mode(*modes, **kwargs)
+
+    def _reverse_screen(self, on: bool) -> None:
+        """DECSCNM set or reset: if that changes it, every cell shows the other way round, and so does the pen. xterm
+        draws a cell reversed when its SGR 7 and the screen's reverse differ; pyte reversed every cell, then none, so
+        text drawn in reverse (vim's status line) lost it after a flash of the screen (vim's visual bell)."""
+        if (mo.DECSCNM in self.mode) == on:
+            return
+        if on:
+            self.mode.add(mo.DECSCNM)
+        else:
+            self.mode.discard(mo.DECSCNM)
+        for row in self.buffer.values():
+            row.default = self.default_char
+            for x, cell in row.items():
+                row[x] = cell._replace(reverse=not cell.reverse)
+        self._cur.attrs = self._cur.attrs._replace(reverse=not self._cur.attrs.reverse)
+        self.dirty.update(range(self.lines))
 
     def _deccolm(self) -> None:
         """DECCOLM (CSI ? 3 h/l, in xterm-256color's init and reset strings) clears the screen and homes the

@@ -460,10 +460,14 @@ _FG_256 = (*(g.FG_ANSI[30 + n] for n in range(8)), *(g.FG_AIXTERM[90 + n] for n 
 _BG_256 = (*(g.BG_ANSI[40 + n] for n in range(8)), *(g.BG_AIXTERM[100 + n] for n in range(8)), *g.FG_BG_256[16:])
 
 
+_REVERSE_SGR = (7, 27)
+
+
 def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
     """The fields SGR `ints` sets: pyte's `select_graphic_rendition` (0.8), step for step, quirks included (a
     bad 256-colour index or a short truecolour is skipped; a reset sets every field, the character too), but for
-    the 16 colours by 256-colour index (`_FG_256`), and the fields pyte lacks (`_EXTRA_TEXT`)."""
+    the 16 colours by 256-colour index (`_FG_256`) and SGR 7 and 27 on a reversed screen, and the fields pyte
+    lacks (`_EXTRA_TEXT`)."""
     default = _REVERSE_FIELDS if reverse_screen else _DEFAULT_FIELDS
     replace: dict[str, Any] = {}
     attrs_list = list(reversed(ints))
@@ -480,7 +484,8 @@ def _sgr_effect(ints: tuple[int, ...], reverse_screen: bool) -> dict[str, Any]:
             replace["bg"] = g.BG_ANSI[attr]
         elif attr in g.TEXT:
             attr_str = g.TEXT[attr]
-            replace[attr_str[1:]] = attr_str.startswith("+")
+            # (on a reversed screen SGR 7 shows a cell the right way round, as xterm draws it: `_reverse_screen`)
+            replace[attr_str[1:]] = attr_str.startswith("+") != (reverse_screen and attr in _REVERSE_SGR)
         elif attr in g.FG_AIXTERM:
             replace["fg"] = g.FG_AIXTERM[attr]
         elif attr in g.BG_AIXTERM:

@@ -48,7 +48,7 @@ class XtermExtras:
         self.cursor.attrs = self.default_char  # pyte's new cursor has pyte's `Char`
 
     def select_graphic_rendition(self: Any, *attrs: int, **kwargs: Any) -> None:
-        super().select_graphic_rendition(*_palette_as_ansi(attrs), **kwargs)  # type: ignore[misc]
+        super().select_graphic_rendition(*_palette_as_ansi(attrs, mo.DECSCNM in self.mode), **kwargs)  # type: ignore[misc]
         self.cursor.attrs = self.cursor.attrs._replace(**_xterm_attributes(attrs))
 
     def tab(self: Any) -> None:
@@ -111,23 +111,31 @@ class XtermExtras:
         super().draw(data[start:])  # type: ignore[misc]
 
     def set_mode(self: Any, *modes: int, **kwargs: Any) -> None:
-        self._xterm_modes(modes, kwargs, self.save_cursor)
-        super().set_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 1048)), **kwargs)  # type: ignore[misc]
+        self._xterm_modes(modes, kwargs, True)
+        super().set_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 5, 1048)), **kwargs)  # type: ignore[misc]
 
     def reset_mode(self: Any, *modes: int, **kwargs: Any) -> None:
-        self._xterm_modes(modes, kwargs, self.restore_cursor)
-        super().reset_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 1048)), **kwargs)  # type: ignore[misc]
+        self._xterm_modes(modes, kwargs, False)
+        super().reset_mode(*(m for m in modes if not kwargs.get("private") or m not in (3, 5, 1048)), **kwargs)  # type: ignore[misc]
 
-    def _xterm_modes(self: Any, modes: tuple[int, ...], kwargs: dict[str, Any], cursor: Any) -> None:
+    def _xterm_modes(self: Any, modes: tuple[int, ...], kwargs: dict[str, Any], on: bool) -> None:
         """1048 saves or restores the cursor; DECCOLM (3) clears the screen and homes the cursor, as tmux does,
-        instead of making the screen 132 columns wide."""
+        instead of making the screen 132 columns wide; DECSCNM (5), when it changes, shows every cell and the pen the
+        other way round, as xterm does (pyte reversed every cell, then none)."""
         if kwargs.get("private"):
             for mode in modes:
                 if mode == 1048:
-                    cursor()
+                    (self.save_cursor if on else self.restore_cursor)()
                 elif mode == 3:
                     self.erase_in_display(2)
                     self.cursor_position()
+                elif mode == 5 and (mo.DECSCNM in self.mode) != on:
+                    self.mode ^= {mo.DECSCNM}
+                    for line in self.buffer.values():
+                        line.default = self.default_char
+                        for x in line:
+                            line[x] = line[x]._replace(reverse=not line[x].reverse)
+                    self.cursor.attrs = self.cursor.attrs._replace(reverse=not self.cursor.attrs.reverse)
 
     def cursor_up(self: Any, count: int | None = None) -> None:
         """pyte's, but a cursor above the scroll region stops at the screen's top (pyte moved it into the region)."""
@@ -257,9 +265,10 @@ class XtermExtras:
             self.restore_cursor()
 
 
-def _palette_as_ansi(params: tuple[int, ...]) -> tuple[int, ...]:
+def _palette_as_ansi(params: tuple[int, ...], reverse_screen: bool = False) -> tuple[int, ...]:
     """SGR `params` with each 256-colour index below 16 (38;5;N, 48;5;N) as the SGR of that colour of the palette
-    (30-37 and 90-97, 40-47 and 100-107), which xterm and tmux draw it as (pyte gives it a fixed RGB). The parameters
+    (30-37 and 90-97, 40-47 and 100-107), which xterm and tmux draw it as (pyte gives it a fixed RGB); on a reversed
+    screen, 7 and 27 swapped (a cell in reverse shows the right way round there, as xterm draws it). The parameters
     are walked as pyte walks them, so that a value inside another colour is left alone."""
     out: list[int] = []
     i = 0
@@ -269,6 +278,8 @@ def _palette_as_ansi(params: tuple[int, ...]) -> tuple[int, ...]:
         if own[1:2] == (5,) and len(own) == 3 and own[2] < 16:
             n = own[2]
             out.append(p - 8 + n if n < 8 else p + 44 + n)  # 38;5;1 is 31, 38;5;9 is 91; 48;5;4 is 44, 48;5;13 is 105
+        elif reverse_screen and own in ((7,), (27,)):
+            out.append(34 - p)
         else:
             out += own
         i += len(own)
@@ -909,6 +920,27 @@ def test_the_16_colours_by_256_colour_index_are_the_palette_s(
         assert len(ours.scrollback) == len(theirs.scrollback) > 200
     if ":" not in indexed:  # (colon SGR is read apart: a piece holding it is drawn as it comes)
         assert any(type(entry) is tuple for entry in ours._piece_effects.values()), "no piece was applied whole"
+
+
+@pytest.mark.parametrize("size", [1, None])
+def test_reverse_video_shows_each_cell_the_other_way_round_and_back(size: int | None) -> None:
+    """DECSCNM (CSI ? 5 h) shows every cell the other way round, as xterm draws it: a cell drawn in reverse (SGR 7)
+    shows the right way round on a reversed screen, and once the screen is normal again every cell shows as drawn.
+    vim's visual bell flashes the screen so (? 5 h, then ? 5 l): its reversed status line stayed un-reversed after
+    (pyte reversed every cell, then none), where xterm and tmux keep it."""
+    flash = b"\x1b[7mstatus\x1b[27m plain\x1b[?5h\x1b[?5h\x1b[2;1Hnormal \x1b[7mreversed\x1b[0m reset"
+
+    def shown(screen: StemScreen, y: int) -> list[tuple[str, bool]]:
+        words = "".join(c.data or " " for c in row_cells(screen, y)).split()
+        at = [screen.text()[y].index(word) for word in words]
+        return [(word, screen.buffer[y][x].reverse) for word, x in zip(words, at, strict=True)]
+
+    screen = stem(flash, size)
+    assert shown(screen, 0) == [("status", False), ("plain", True)]
+    assert shown(screen, 1) == [("normal", True), ("reversed", False), ("reset", True)]
+    screen = stem(flash + b"\x1b[?5l\x1b[?5l", size)
+    assert shown(screen, 0) == [("status", True), ("plain", False)]
+    assert shown(screen, 1) == [("normal", False), ("reversed", True), ("reset", False)]
 
 
 READ_STREAMS = {

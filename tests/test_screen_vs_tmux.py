@@ -85,6 +85,8 @@ QUIRKS = {
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
     "combining-mark-at-the-start-of-a-row": "ab\r\u0301X\r\n\u0301Y\r\nZ\x1b[5G\u0301W\x1b[3;20Hend\u0301".encode(),
     "underline-colour": b"\x1b[1;31mA\x1b[58;2;255;0;0mB\x1b[58:2::0:9:0mC\x1b[4;58;5;2mD\x1b[59;24mE\x1b[0m plain",
+    # (tmux does not reverse the screen; once it is normal again, xterm shows every cell as tmux does)
+    "reverse-video-flash": b"\x1b[7mstatus\x1b[27m\x1b[?5hplain \x1b[7mreversed\x1b[0m reset\x1b[?5l\x1b[?5l after",
     "tab-with-a-wrap-pending": b"\x1b[1;118Htab\tstop\x1b[3;119Hx\ty\tz\x1b[5;1H" + b"w" * 120 + b"\t!",
 }
 
