@@ -30,22 +30,37 @@ DONE = "stem-recording-fed"  # the pane's title once everything before it is on 
 _DEC_LETTERS = str.maketrans(dict(zip("┘┐┌└┼─├┤┴┬│", "jklmnqtuvwx", strict=True)))
 
 
-def tmux_screen(data_path: Path, tmp_path: Path, history: bool = False) -> tuple[list[str], str, str]:
-    """What a 120x40 tmux pane shows once `cat` has written the recording to it raw (no CR added to LF): its rows'
-    text, and the rows with their attributes as SGR sequences (`capture-pane -e`)."""
-    if shutil.which("tmux") is None:
-        pytest.fail("tmux is not installed: apt-get install tmux")
-    conf = tmp_path / "tmux.conf"
-    conf.write_text("set -g status off\nset -g history-limit 100000\n")  # the pane is the whole window
-    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TMUX_TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
+class Tmux:
+    """A private tmux server, by its socket's name, whose panes are their whole window (no status line) and keep a
+    long history; called with a tmux command's arguments, it gives the command's output."""
 
-    def tmux(*args: str) -> str:
+    def __init__(self, socket: str, tmp_path: Path) -> None:
+        if shutil.which("tmux") is None:
+            pytest.fail("tmux is not installed: apt-get install tmux")
+        self.socket = socket
+        self.conf = tmp_path / "tmux.conf"
+        self.conf.write_text("set -g status off\nset -g history-limit 100000\n")
+        self.env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TMUX_TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
+
+    def __call__(self, *args: str) -> str:
         proc = subprocess.run(
-            ["tmux", "-L", "stem-vs-tmux", "-f", str(conf), *args], env=env, capture_output=True, text=True, timeout=30
+            ["tmux", "-L", self.socket, "-f", str(self.conf), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert proc.returncode == 0, f"tmux {args[0]} failed: {proc.stderr.strip()}"
         return proc.stdout
 
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env, capture_output=True, timeout=30)
+
+
+def tmux_screen(data_path: Path, tmp_path: Path, history: bool = False) -> tuple[list[str], str, str]:
+    """What a 120x40 tmux pane shows once `cat` has written the recording to it raw (no CR added to LF): its rows'
+    text, and the rows with their attributes as SGR sequences (`capture-pane -e`)."""
+    tmux = Tmux("stem-vs-tmux", tmp_path)
     command = f"stty raw -echo; cat {data_path}; printf '\\033]2;{DONE}\\007'; exec sleep 600"
     tmux("new-session", "-d", "-s", "rec", "-x", str(COLS), "-y", str(ROWS), command)
     try:
@@ -61,7 +76,7 @@ def tmux_screen(data_path: Path, tmp_path: Path, history: bool = False) -> tuple
         styled = tmux("capture-pane", "-p", "-e", "-N", "-t", "rec")
         cursor = tmux("display-message", "-p", "-t", "rec", "#{cursor_x},#{cursor_y},#{cursor_flag}").strip()
     finally:
-        subprocess.run(["tmux", "-L", "stem-vs-tmux", "kill-server"], env=env, capture_output=True, timeout=30)
+        tmux.kill()
     # A combining mark is kept as sent (e + U+0301); Stem keeps the character it makes (é, NFC): the same on screen.
     rows = [unicodedata.normalize("NFC", row.rstrip()) for row in rows]
     return rows + [""] * (ROWS - len(rows)) if not history else rows, styled, cursor
@@ -243,17 +258,7 @@ RESIZES: dict[str, list[tuple[bytes, tuple[int, int] | None]]] = {
 def tmux_resized(steps: list[tuple[bytes, tuple[int, int] | None]], tmp_path: Path) -> tuple[list[str], list[str], str]:
     """What an 80x20 tmux pane shows after each step's bytes were written to it raw and the window resized to the
     step's size: its rows' text, its history's lines (oldest first) and the cursor."""
-    conf = tmp_path / "tmux.conf"
-    conf.write_text("set -g status off\nset -g history-limit 100000\n")
-    env = {"PATH": "/usr/bin:/bin", "TERM": "xterm-256color", "TMUX_TMPDIR": str(tmp_path), "LANG": "C.UTF-8"}
-
-    def tmux(*args: str) -> str:
-        proc = subprocess.run(
-            ["tmux", "-L", "stem-resized", "-f", str(conf), *args], env=env, capture_output=True, text=True, timeout=30
-        )
-        assert proc.returncode == 0, f"tmux {args[0]} failed: {proc.stderr.strip()}"
-        return proc.stdout
-
+    tmux = Tmux("stem-resized", tmp_path)
     script = ["stty raw -echo"]
     for i, (data, _size) in enumerate(steps):
         (tmp_path / f"step{i}.bin").write_bytes(data)
@@ -285,7 +290,7 @@ def tmux_resized(steps: list[tuple[bytes, tuple[int, int] | None]], tmp_path: Pa
         history = tmux("capture-pane", "-p", "-S", "-", "-E", "-1", "-t", "rz").split("\n")[:held]
         cursor = tmux("display-message", "-p", "-t", "rz", "#{cursor_x},#{cursor_y}").strip()
     finally:
-        subprocess.run(["tmux", "-L", "stem-resized", "kill-server"], env=env, capture_output=True, timeout=30)
+        tmux.kill()
     return [row.rstrip() for row in rows], [line.rstrip() for line in history], cursor
 
 
