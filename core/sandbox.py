@@ -864,7 +864,7 @@ def _be_init(
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     os.setsid()  # no terminal, and not in its owner's session
-    _retitle(b"colony-init")
+    retitle(b"colony-init")
     enter()
     _make_view(box, resolv)
     try:
@@ -929,10 +929,12 @@ def _reap_orphans_into(ended: deque[bytes]) -> None:
             ended.append(f"{done.pid} {done.start} {done.code} {done.cgroup}\n".encode())
 
 
-def _retitle(title: bytes) -> None:
-    """What `ps` shows of the init inside the colony: its own name, not its owner's name and command line (which
-    name Stem's paths). The command line is overwritten in place, where the kernel reads it from."""
-    _libc.prctl(PR_SET_NAME, title[:15], 0, 0, 0)
+def retitle(title: bytes, name: bytes | None = None) -> None:
+    """What `ps` shows of this process: `title` as its command line, and `name` (`title` by default; cut to 15
+    bytes) as its name, not those it inherited (the init inside a colony: its owner's, which name Stem's paths; a
+    colony host forked by the forker: the forker's). The command line is overwritten in place, where the kernel
+    reads it from, so a title longer than the old command line is cut to its length."""
+    _libc.prctl(PR_SET_NAME, (title if name is None else name)[:15], 0, 0, 0)
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()

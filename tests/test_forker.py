@@ -41,6 +41,11 @@ def test_hosts_are_forked_from_one_forker_that_goes_with_the_last_host(hive_env,
     for pid in hosts:  # each its own session, no terminal, named for its colony
         assert os.getsid(pid) == pid
     assert Path(f"/proc/{hosts[0]}/comm").read_text().strip() == "stem-host one"
+    # What `ps` and htop show of each: its colony's host, not one more copy of the forker's command line.
+    for name, pid in zip(("one", "two"), hosts, strict=True):
+        shown = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout
+        title = f"stem-host {name} {hive_env.home}"  # cut to the length of the forker's own command line
+        assert shown.startswith(f"stem-host {name} /") and title.startswith(shown.strip()), shown
     assert oct(ForkerPaths.of(hive_env.home).socket.stat().st_mode & 0o777) == "0o600"
     assert run_stem(hive_env.env, "stop", "one").returncode == 0
     assert forker_pid(hive_env) == forker  # "two" still runs

@@ -28,7 +28,6 @@ a new one), after b"F" that the host died while starting (host.log says why).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import os
@@ -56,7 +55,6 @@ IDLE_EXIT = 120.0  # seconds with no host of ours alive before the forker exits 
 READY_TIMEOUT = 30.0  # how long a launcher waits for a forked host to listen
 LAST_REAPS = 3.0  # how long an ending forker waits for its children to end (its stopper waits 5 s before SIGKILL)
 _MAX_REQUEST = 1 << 20
-PR_SET_NAME = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +480,7 @@ def _be_host(home: Path, request: dict[str, object], conn: socket.socket, servin
             os.environ.update({str(k): str(v) for k, v in env.items()})
         from core.host.paths import HostPaths
         from core.locations import HiveLayout
+        from core.sandbox import retitle
 
         log = HostPaths(HiveLayout(home).colony_dir(name)).log
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -493,8 +492,8 @@ def _be_host(home: Path, request: dict[str, object], conn: socket.socket, servin
         os.close(out)
         os.chdir("/")
         random.seed()
-        with contextlib.suppress(OSError):
-            ctypes.CDLL(None).prctl(PR_SET_NAME, f"stem-host {name}"[:15].encode(), 0, 0, 0)
+        # `ps` tells each colony's host by its colony, not as one more copy of the forker's command line.
+        retitle(f"stem-host {name} {home}".encode(), f"stem-host {name}".encode())
         sys.argv = ["stem-host", str(home), name]
         ready = conn.detach()
         os.set_inheritable(ready, False)
