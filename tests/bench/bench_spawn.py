@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Spawn/destroy benchmark: Stem's colonies beside the same work done with `ip` commands and `git worktree add`.
 
-Run as root: `python3 tests/bench/bench_spawn.py [--runs 20] [--sizes 100,5000]`. It generates one repository per
-size (files of 1-4 KB in nested folders, one commit), uses a throwaway hive (temporary STEM_HOME, a random prefix
-`b????`, a random pool 10.2XX.0.0/16) and removes everything it made, even on failure or Ctrl-C. Each step is run
-once untimed to warm caches, then `--runs` times; Stem and reference take turns going first. Progress goes to
-stderr; stdout is a table and, as its last line, one JSON object.
+Run as root: `python3 tests/bench/bench_spawn.py [--runs 20] [--sizes 100,5000] [--accumulate 30] [--pool CIDR]`.
+It generates one repository per size (files of 1-4 KB in nested folders, one commit), uses a throwaway hive
+(temporary STEM_HOME, a random prefix `b????`, the first half of a random pool 10.2XX.0.0/16 or of `--pool`; the
+accumulate row's reference hive has the second half) and removes everything it made, even on failure or Ctrl-C.
+Each step is run once untimed to warm caches, then `--runs` times; Stem and reference take turns going first.
+Progress goes to stderr; stdout is a table and, as its last line, one JSON object.
 
 What is timed (Stem | reference):
   net          core.netns.create (pyroute2, peer made inside the namespace) | 8 `ip` commands doing the same
@@ -17,13 +18,19 @@ What is timed (Stem | reference):
                process joining it) | the same spawn without them and with no cgroup at all (STEM_CGROUPS=0);
                N is the smallest size only
   limits_destroy_N  Hive.destroy of that colony (its cgroup ended and removed) | the same without a cgroup
+  among_K      Hive.spawn of a colony.toml with one small web service (python3 -m http.server, ready on its
+               port), as colonies accumulate: `--accumulate K` spawns one after another, each left running;
+               among_1 is spawns #1-#5, among_K spawns #K-4-#K | the same spawn (then destroyed) in a second hive
+               with one colony running, taking turns with each of them: what a hive's own running colonies (their
+               registry rows, firewall table, preview routes, hosts) add to a spawn. Both hives keep one colony
+               running throughout (a spawn into an empty hive starts the hive's host forker and proxy again)
 
 JSON keys, N being each repository size in files: for each timed row R above, `{R}_median_ms` and `{R}_p90_ms`
 (Stem), `ref_{R}_median_ms` and `ref_{R}_p90_ms` (reference), `ratio_{R}_median` and `ratio_{R}_p90` (Stem divided
 by reference: below 1 means Stem is faster; for the limits rows, limits on divided by off: the goal is <= 1.1). Also
-`runs`, `files` (the sizes), `cpus`, `prefix`, `pool`, `cgroup` (the cgroup backend, v1 or v2), `leftovers`
-(namespaces, links or cgroups with the run's prefix still present after cleanup; should be empty) and, only if the
-run failed, `error`. p90 is `statistics.quantiles(n=10, method="inclusive")[-1]` of the samples.
+`runs`, `files` (the sizes), `accumulate` (K), `cpus`, `prefix`, `pool`, `cgroup` (the cgroup backend, v1 or v2),
+`leftovers` (namespaces, links or cgroups with the run's prefixes still present after cleanup; should be empty) and,
+only if the run failed, `error`. p90 is `statistics.quantiles(n=10, method="inclusive")[-1]` of the samples.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ FILES_PER_DIR = 25
 # The two colony.toml of the limits row: the same but for [limits].
 PLAIN_TOML = '[colony]\nenv = { BENCH = "1" }\n'
 LIMITS_TOML = PLAIN_TOML + '\n[limits]\nmemory = "512M"\ncpus = 1.5\npids = 1000\n'
+# The accumulate row's colony.toml: one small web service, ready once it takes a connection on its port.
+SERVICE_TOML = '[services.web]\ncommand = "python3 -m http.server 3000 --bind 0.0.0.0"\nport = 3000\n'
+AMONG_FIRST = 5  # spawns at each end of the accumulate row
 # Address slots of the pool: the hive takes the lowest free one (0); the network-only rows use their own.
 SLOT_NET_STEM, SLOT_NET_IP, SLOT_REF_COLONY = 1, 2, 3
 
@@ -134,13 +144,19 @@ def threaded(step: Callable[[int, bool], None]) -> Callable[[int, bool], Awaitab
 class Bench:
     """One benchmark run: its temporary files, its hive, its kernel objects and its samples."""
 
-    def __init__(self, runs: int, sizes: list[int]) -> None:
+    def __init__(self, runs: int, sizes: list[int], accumulate: int, pool: ipaddress.IPv4Network | None) -> None:
         self.runs = runs
         self.sizes = sizes
+        self.accumulate = accumulate
         self.prefix = pick_prefix()
-        self.pool = ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.0.0/16")
+        self.ref_prefix = pick_prefix()
+        while self.ref_prefix == self.prefix:
+            self.ref_prefix = pick_prefix()
+        whole = pool or ipaddress.IPv4Network(f"10.{random.randint(201, 250)}.0.0/16")
+        self.pool, self.ref_pool = whole.subnets(prefixlen_diff=1)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"stem-bench-{self.prefix}-"))
         self.home = self.tmp / "home"
+        self.ref_home = self.tmp / "home-ref"  # the accumulate row's reference hive, kept empty
         self.samples: dict[str, list[float]] = defaultdict(list)
         self._link_re = re.compile(rf"^{self.prefix}r?\d+$")
 
@@ -188,8 +204,46 @@ class Bench:
                         ),
                     ]
                 )
+            if self.accumulate:
+                await self._accumulate(hive)
         finally:
             await hive.close()
+
+    async def _accumulate(self, hive: Hive) -> None:
+        """Spawns #1 to #K into `hive`, each left running, taking turns with a spawn and destroy of the same colony
+        in a second hive (which goes first alternates). Untimed first: one colony in each, left running, so that
+        neither hive is ever empty: a spawn into an empty hive starts its host forker and preview proxy again."""
+        k = self.accumulate
+        repo = self.tmp / "service"
+        make_repo(repo, min(self.sizes), seed=1, colony_toml=SERVICE_TOML)
+        log(f"{k} colonies with a web service, one after another, each left running")
+        ref = Hive(self.ref_home, prefix=self.ref_prefix, pool=self.ref_pool)
+        try:
+            for target, keep in ((hive, "keep"), (ref, "keep-ref")):  # one repository: a branch per colony
+                await target.spawn(keep, repo)
+
+            async def mine(n: int) -> float:
+                t0 = time.perf_counter()
+                await hive.spawn(f"a{n}", repo)
+                return time.perf_counter() - t0
+
+            async def reference(n: int) -> float:
+                t0 = time.perf_counter()
+                await ref.spawn(f"r{n}", repo)
+                took = time.perf_counter() - t0
+                await ref.destroy(f"r{n}", force=True)
+                return took
+
+            for n in range(1, k + 1):
+                first, second = (mine, reference) if n % 2 else (reference, mine)
+                one, other = await first(n), await second(n)
+                ours, theirs = (one, other) if first is mine else (other, one)
+                for key, end in (("among_1", n <= AMONG_FIRST), (f"among_{k}", n > k - AMONG_FIRST)):
+                    if end:
+                        self.record(key, ours, True)
+                        self.record(f"ref_{key}", theirs, True)
+        finally:
+            await ref.close()
 
     async def _rounds(self, steps: list[Callable[[int, bool], Awaitable[None]]]) -> None:
         """One untimed round, then `runs` timed ones; the step that goes first rotates, so none always gets the
@@ -279,24 +333,30 @@ class Bench:
     # cleaning up ----------------------------------------------------------------------------------------------
 
     def leftovers(self) -> list[str]:
-        spaces = [n for n in netns.list_namespaces() if n.startswith(f"{self.prefix}-")]
-        groups = [f"cgroup {n}" for n in cgroups.names(self.prefix)]
-        return spaces + [n for n in netns.list_links() if self._link_re.match(n)] + groups
+        prefixes = (self.prefix, self.ref_prefix)
+        spaces = [n for n in netns.list_namespaces() if n.startswith(tuple(f"{p}-" for p in prefixes))]
+        groups = [f"cgroup {n}" for p in prefixes for n in cgroups.names(p)]
+        links = [n for n in netns.list_links() if self._link_re.match(n) or re.match(rf"^{self.ref_prefix}\d+$", n)]
+        return spaces + links + groups
 
     def cleanup(self) -> list[str]:
         """Remove everything this run made; returns what could not be removed. Ctrl-C is ignored meanwhile."""
         old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if (self.home / "hive.db").exists():
-                try:
-                    asyncio.run(self._cleanup_hive())
-                except Exception as exc:
-                    log(f"warning: cleaning the hive failed: {type(exc).__name__}: {exc}")
+            for home, prefix, pool in (
+                (self.home, self.prefix, self.pool),
+                (self.ref_home, self.ref_prefix, self.ref_pool),
+            ):
+                if (home / "hive.db").exists():
+                    try:
+                        asyncio.run(destroy_hive(home, prefix, pool, log))
+                    except Exception as exc:
+                        log(f"warning: cleaning the hive {prefix} failed: {type(exc).__name__}: {exc}")
             for name in self.leftovers():
                 try:
                     if name.startswith("cgroup "):
                         cgroups.remove(name.split(" ", 1)[1])
-                    elif name.startswith(f"{self.prefix}-"):
+                    elif name.startswith((f"{self.prefix}-", f"{self.ref_prefix}-")):
                         netns.destroy(name, "")
                     else:
                         netns.delete_link(name)
@@ -308,14 +368,12 @@ class Bench:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
-    async def _cleanup_hive(self) -> None:
-        await destroy_hive(self.home, self.prefix, self.pool, log)
-
     # reporting ------------------------------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
         keys = ["net", "net_destroy"] + [f"{r}_{n}" for n in self.sizes for r in ("worktree", "spawn", "destroy")]
         keys += [f"limits_{r}_{min(self.sizes)}" for r in ("spawn", "destroy")]
+        keys += [f"among_{n}" for n in (1, self.accumulate)] if self.accumulate else []
         return paired_figures(self.samples, keys)
 
     def table(self, figures: dict[str, Any]) -> list[str]:
@@ -331,6 +389,12 @@ class Bench:
             (f"spawn with limits, {n} f.", f"limits_spawn_{n}", "same spawn, no limits, no cgroup"),
             (f"destroy with limits, {n} f.", f"limits_destroy_{n}", "same destroy, no cgroup"),
         ]
+        if self.accumulate:
+            k, e = self.accumulate, AMONG_FIRST
+            rows += [
+                (f"spawn #1-#{e}, web service", "among_1", "same spawn, 1 colony running"),
+                (f"spawn #{k - e + 1}-#{k}, web service", f"among_{k}", "same spawn, 1 colony running"),
+            ]
         lines = [
             f"Stem spawn/destroy benchmark: {self.runs} runs per row, {os.cpu_count()} CPUs, prefix {self.prefix}, "
             f"pool {self.pool}",
@@ -358,12 +422,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per row (default 20)")
     parser.add_argument("--sizes", default="100,5000", help="repository sizes in files (default 100,5000)")
+    parser.add_argument(
+        "--accumulate", type=int, default=30, help="colonies spawned one after another, left running (default 30)"
+    )
+    parser.add_argument("--pool", type=ipaddress.IPv4Network, help="the run's addresses (default: a random /16)")
     args = parser.parse_args()
+    if args.accumulate and args.accumulate < 2 * AMONG_FIRST:
+        parser.error(f"--accumulate is 0 (none) or at least {2 * AMONG_FIRST}")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     require_netns_privileges("the spawn benchmark")
     signal.signal(signal.SIGTERM, _interrupt)  # so `kill` cleans up like Ctrl-C does
 
-    bench = Bench(args.runs, sizes)
+    bench = Bench(args.runs, sizes, args.accumulate, args.pool)
     error = None
     try:
         asyncio.run(bench.measure())
@@ -385,6 +455,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "runs": bench.runs,
         "files": sizes,
+        "accumulate": bench.accumulate,
         "cpus": os.cpu_count(),
         "prefix": bench.prefix,
         "pool": str(bench.pool),
