@@ -156,7 +156,7 @@ class Bench:
         self.pool, self.ref_pool = whole.subnets(prefixlen_diff=1)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"stem-bench-{self.prefix}-"))
         self.home = self.tmp / "home"
-        self.ref_home = self.tmp / "home-ref"  # the accumulate row's reference hive, kept empty
+        self.ref_home = self.tmp / "home-ref"  # the accumulate row's reference hive (one colony running)
         self.samples: dict[str, list[float]] = defaultdict(list)
         self._link_re = re.compile(rf"^{self.prefix}r?\d+$")
 
