@@ -7,12 +7,14 @@ writes (`[network] resolv_conf`), as it would read /etc/resolv.conf.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,25 @@ def probe(hive_env: HiveEnv, name: str, *addresses: str) -> dict[str, str]:
     return json.loads(result.stdout)
 
 
+@contextlib.contextmanager
+def loopback_resolver(world) -> Iterator[str]:
+    """A DNS responder on a random address of the host's loopback (as systemd-resolved's 127.0.0.53 is), answering
+    outside.test with the world's address; its address while it runs."""
+    stub = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.53"
+    responder = subprocess.Popen(
+        [sys.executable, RESPONDER, "--bind", stub, "outside.test=" + world.ip],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout is not None and responder.stdout.readline().startswith("ready")
+        yield stub
+    finally:
+        responder.kill()
+        responder.wait()
+
+
 def test_default_egress_reaches_the_outside_by_address_and_by_name(hive_env, tmp_path, world, forwarding):
     configure(hive_env, tmp_path, f"nameserver {world.ip}\nsearch corp.invalid\n")
     repo = make_repo(tmp_path / "repo")
@@ -220,46 +241,24 @@ def test_an_allow_list_reaches_only_what_it_names(hive_env, tmp_path, world, for
 
 
 def test_a_resolver_on_the_host_loopback_is_reached_through_the_host_address(hive_env, tmp_path, world, forwarding):
-    stub = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.53"
-    responder = subprocess.Popen(
-        [sys.executable, RESPONDER, "--bind", stub, "outside.test=" + world.ip],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert responder.stdout is not None and responder.stdout.readline().startswith("ready")
+    with loopback_resolver(world) as stub:
         configure(hive_env, tmp_path, f"nameserver {stub}\noptions edns0 trust-ad\n")
         rec = spawn(hive_env, "stubby", make_repo(tmp_path / "repo"))
         cat = run_stem(hive_env.env, "exec", "stubby", "--", "cat", "/etc/resolv.conf")
         assert f"nameserver {rec['host_ip']}" in cat.stdout
         assert probe(hive_env, "stubby", world.ip) == {"name": world.ip, "world": "hello from outside"}
-    finally:
-        responder.kill()
-        responder.wait()
 
 
 def test_egress_none_resolves_no_name_through_a_loopback_resolver(hive_env, tmp_path, world, forwarding):
     # With a resolver on the host's loopback, the table let every colony reach it, "none" too: a sealed colony still
     # resolved names, and a resolver that recurses carries whatever it puts in them out (DNS as a way out).
-    stub = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.53"
-    responder = subprocess.Popen(
-        [sys.executable, RESPONDER, "--bind", stub, "outside.test=" + world.ip],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert responder.stdout is not None and responder.stdout.readline().startswith("ready")
+    with loopback_resolver(world) as stub:
         configure(hive_env, tmp_path, f"nameserver {stub}\noptions timeout:1 attempts:1\n")
         spawn(hive_env, "sealed", make_repo(tmp_path / "repo", colony_toml='[network]\negress = "none"\n'))
         spawn(hive_env, "open", make_repo(tmp_path / "repo2"))
         seen = probe(hive_env, "sealed", world.ip)
         assert seen["name"].startswith("error") and seen["world"].startswith("error"), seen
         assert probe(hive_env, "open", world.ip)["name"] == world.ip  # the others still resolve through it
-    finally:
-        responder.kill()
-        responder.wait()
 
 
 def test_a_policy_change_applies_without_restarting_the_colony(hive_env, tmp_path, world, forwarding):

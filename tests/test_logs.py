@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,23 @@ class LineReader:
             raise AssertionError(f"no line within {timeout}s") from None
 
 
+@contextlib.contextmanager
+def following(hive_env, colony: str, *args: str) -> Iterator[LineReader]:
+    """`stem logs COLONY -f ARGS` running, its lines read as they come; stopped when the block ends."""
+    follower = subprocess.Popen(
+        [*stem_cmd(), "logs", colony, "-f", *args],
+        env=hive_env.env,
+        stdout=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield LineReader(follower)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+
+
 def test_logs_show_setup_and_build_output_by_source_and_follow(hive_env, tmp_path):
     repo = make_repo(tmp_path / "logrepo", colony_toml=TOML)
     assert run_stem(hive_env.env, "spawn", "loud", "--repo", str(repo)).returncode == 0
@@ -52,15 +71,7 @@ def test_logs_show_setup_and_build_output_by_source_and_follow(hive_env, tmp_pat
     only = run_stem(hive_env.env, "logs", "loud", "--service", "build", "-n", "2").stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in only] == ["[build] built", "[build] warned"]
 
-    follower = subprocess.Popen(
-        [*stem_cmd(), "logs", "loud", "-f", "-n", "1"],
-        env=hive_env.env,
-        stdout=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    reader = LineReader(follower)
-    try:
+    with following(hive_env, "loud", "-n", "1") as reader:
         assert reader.next(10).endswith("[build] warned")
         # A restart runs the build again; the follower sees its lines as they are written.
         assert run_stem(hive_env.env, "stop", "loud").returncode == 0
@@ -68,9 +79,6 @@ def test_logs_show_setup_and_build_output_by_source_and_follow(hive_env, tmp_pat
         assert reader.next(10).endswith("[network] egress: nat (everything, through the host); no host ports")
         assert reader.next(10).endswith("[build] $ echo built; echo warned >&2")
         assert reader.next(10).endswith("[build] built")
-    finally:
-        follower.terminate()
-        follower.wait(timeout=10)
 
 
 def test_logs_of_unknown_colony_is_an_error(hive_env):
@@ -481,18 +489,7 @@ def test_stem_logs_follow_loses_no_line_written_between_its_tail_and_its_follow(
     assert run_stem(hive_env.env, "spawn", "ticks", "--repo", str(repo)).returncode == 0
     wait_for(lambda: len(run_stem(hive_env.env, "logs", "ticks", "-s", "tick", "-n", "5").stdout.splitlines()) == 5)
     for _ in range(5):
-        follower = subprocess.Popen(
-            [*stem_cmd(), "logs", "ticks", "-f", "-s", "tick", "-n", "3"],
-            env=hive_env.env,
-            stdout=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        reader = LineReader(follower)
-        try:
+        with following(hive_env, "ticks", "-s", "tick", "-n", "3") as reader:
             numbers = [int(reader.next(10).rsplit(" ", 1)[1]) for _ in range(300)]
-        finally:
-            follower.terminate()
-            follower.wait(timeout=10)
         assert numbers == list(range(numbers[0], numbers[0] + 300)), numbers
     assert run_stem(hive_env.env, "destroy", "ticks").returncode == 0
