@@ -669,16 +669,22 @@ class StemScreen(pyte.Screen):
         if lines == self.lines and columns == self.columns:
             return
         cursor = self.cursor
-        drop = max(0, cursor.y - (lines - 1))
+        self._sb.columns = columns  # the lines taken back (below) come at the new width
+        # A taller main screen takes the newest lines back from the scrollback: a drop by minus as many (its rows move
+        # down), whether it is shown or kept behind the alternate screen, whose own rows have no history to take back
+        # (tmux gives them back when its alternate screen is left).
+        taken = self._sb.take_back(lines - self.lines) if lines > self.lines else []
+        back = -len(taken)
+        drop = max(0, cursor.y - (lines - 1)) + (0 if self._alt_active else back)
         buffers: list[tuple[dict[int, Row], int, bool]] = [(self.buffer, drop, not self._alt_active)]
         if self._main_buffer is not None:
             saved = self._alt_savepoint
-            main_drop = max(0, saved.cursor.y - (lines - 1)) if saved is not None else 0
+            main_drop = (max(0, saved.cursor.y - (lines - 1)) if saved is not None else 0) + back
             buffers.append((self._main_buffer, main_drop, True))
             if saved is not None:
                 saved.cursor.y -= main_drop
         for buffer, count, keep in buffers:
-            if count and keep:
+            if count > 0 and keep:
                 for y in range(count):
                     self.scrollback.append_row(buffer.get(y))
             moved = {y - count: row for y, row in buffer.items() if count <= y < count + lines}
@@ -688,32 +694,17 @@ class StemScreen(pyte.Screen):
                 for row in moved.values():
                     for x in [x for x in row if x >= columns]:
                         del row[x]
-        pulled = 0
-        if lines > self.lines and len(self._sb):
-            # The main screen's rows, whether shown or kept behind the alternate screen (whose own rows have no
-            # history to take back), as tmux gives them back when its alternate screen is left.
-            main = self._main_buffer if self._alt_active else self.buffer
-            assert main is not None
-            self._sb.columns = columns
-            taken = self._sb.take_back(lines - self.lines)
-            pulled = len(taken)
-            moved = {y + pulled: row for y, row in main.items()}
-            main.clear()
-            main.update(moved)
-            for y, cells in enumerate(taken):
-                row = main[y] = new_row(self.default_char)
-                row.update(enumerate(cells))
-            saved = self._alt_savepoint
-            if self._alt_active and saved is not None:
-                saved.cursor.y += pulled
+            if keep:  # the main screen's
+                for y, cells in enumerate(taken):
+                    row = buffer[y] = new_row(self.default_char)
+                    row.update(enumerate(cells))
         if columns > self.columns:
             self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
         self.lines, self.columns = lines, columns
         self._places()
         self._piece_effects.clear()
-        self.scrollback.columns = columns
         self._row_versions = (self._row_versions + [0] * lines)[:lines]
-        cursor.y = min(cursor.y - drop + (0 if self._alt_active else pulled), lines - 1)
+        cursor.y = min(cursor.y - drop, lines - 1)
         cursor.x = min(cursor.x, columns - 1)
         self._dirty = {y for y in self._dirty if y < lines}
         self.dirty.update(range(lines))
