@@ -569,7 +569,8 @@ class StemApp(App[int], inherit_bindings=False):
                     note="spawn rolled back · n again · d dismiss",
                 )
             )
-        self.query_one(ColoniesList).set_rows(rows)
+        for colonies in self.query(ColoniesList):  # none while the app ends (a redraw called for just before)
+            colonies.set_rows(rows)
 
     def _tick_ages(self) -> None:
         ages = {rec.name: self.clock.age(rec.created_at) for rec in self.records}
