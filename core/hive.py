@@ -619,10 +619,7 @@ class Hive:
         """Refuse a spawn (or a start) before it makes anything where STEM_HOME has no room for what it writes
         beside the worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would
         fail half way, and the rollback's own writes might then find no room either. The registry's reserve, given
-        up to open the hive on a full disk, is room for what frees space, not for this: given up by an earlier stop,
-        destroy or gc, it is made again first where there is room for both, so that the destroy of a spawn that
-        fills the disk (its worktree, its log) still has it."""
-        self.registry.keep_reserve(when_free=RESERVE_BYTES + SPAWN_ROOM)
+        up to open the hive on a full disk, is room for what frees space, not for this."""
         free = free_bytes(self.layout.home)
         if free is None:
             return

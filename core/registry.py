@@ -224,7 +224,7 @@ class Registry:
             if new:
                 self._unmade()
             raise
-        self.keep_reserve()
+        self._keep_reserve()
 
     def _unmade(self) -> None:
         """A hive.db this open made and could not write (a full disk before the hive's first command): removed with
@@ -259,16 +259,15 @@ class Registry:
                 if column not in have:
                     db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
 
-    def keep_reserve(self, when_free: int = RESERVE_WHEN_FREE) -> None:
-        """Make the reserve if it is missing (new, or given up on a full disk) and the disk has `when_free` bytes free
-        again."""
+    def _keep_reserve(self) -> None:
+        """Make the reserve if it is missing (new, or given up on a full disk) and the disk has room again."""
         try:
             os.stat(self.reserve_path)
             return
         except FileNotFoundError:
             pass
         free = free_bytes(self.reserve_path.parent)
-        if free is None or free < when_free:
+        if free is None or free < RESERVE_WHEN_FREE:
             return
         try:
             made = self.reserve_path.with_name(self.reserve_path.name + ".new")  # one name: never left behind twice

@@ -91,29 +91,6 @@ def test_a_small_stem_home_keeps_a_reserve_so_that_destroy_and_gc_work_when_it_i
         assert run_stem(hive_env.env, "destroy", "again").returncode == 0
 
 
-def test_a_reserve_given_up_is_made_again_before_a_spawn_takes_the_room(hive_env, tmp_path):
-    # A destroy on a full disk gave the reserve up; space was freed, but less than the 4 MiB a hive's open needs to
-    # make it again. A spawn then took the room (its worktree, its log), and the destroy that would free it found
-    # the disk full with no reserve: 'cannot be written (database or disk is full)'.
-    repo = make_repo(tmp_path / "quiet", files=1)
-    with small_disk(hive_env.home, "8m"):
-        assert run_stem(hive_env.env, "ls").returncode == 0
-        reserve = hive_env.home / "hive.db.reserve"
-        assert reserve.exists()
-        reserve.unlink()  # as a full disk's destroy gives it up
-        filler = fill(hive_env.home, 3 << 20)
-        assert run_stem(hive_env.env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
-        assert reserve.exists()  # made again before the spawn wrote anything
-        more = hive_env.home / "more"  # and then the disk full again (the colony's log, anything)
-        st = os.statvfs(hive_env.home)
-        more.write_bytes(b"\0" * (st.f_bavail * st.f_frsize))
-        destroyed = run_stem(hive_env.env, "destroy", "--force", "quiet")
-        assert destroyed.returncode == 0, destroyed.stderr
-        more.unlink()
-        filler.unlink()
-        assert_nothing_made(hive_env, repo)
-
-
 def test_a_stop_keeps_the_room_the_reserve_gave_it_from_the_log_that_filled_the_disk(hive_env, tmp_path):
     # A service's flood filled the disk, and goes on while it stops (2 s after SIGTERM). The stop's first write
     # gives up the registry's reserve; the colony's log, tried again each second, took that room at once, so the
