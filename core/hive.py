@@ -618,14 +618,15 @@ class Hive:
     def _check_room(self, what: str = "a spawn") -> None:
         """Refuse a spawn (or a start) before it makes anything where STEM_HOME has no room for what it writes
         beside the worktree (registry rows, the database, the log, the host's files): on a nearly full disk it would
-        fail half way, and the rollback's own writes might then find no room either. The registry's reserve, given
-        up to open the hive on a full disk, is room for what frees space, not for this."""
+        fail half way, and the rollback's own writes might then find no room either. The registry's reserve is room
+        for what frees space, not for this: one given up earlier (to open the hive, or by a stop, destroy or gc) is
+        made again first, and the spawn needs room beside it."""
         free = free_bytes(self.layout.home)
         if free is None:
             return
-        if self.registry.opened_on_reserve and not self.registry.reserve_path.exists():
+        if self.registry.reserve_owed:
             free = max(0, free - RESERVE_BYTES)
-        if free < SPAWN_ROOM:
+        if free < SPAWN_ROOM or not self.registry.make_reserve_again():
             raise StemError(
                 f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.2f} MB free and {what} needs "
                 f"{SPAWN_ROOM / 1e6:.2f} MB there beside its worktree: free some space and try again"

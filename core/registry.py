@@ -205,7 +205,6 @@ class Registry:
         self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
         self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
-        self.opened_on_reserve = False  # the reserve was given up to open the file: its room is not a spawn's
         new = not path.exists()
         try:
             try:
@@ -218,7 +217,6 @@ class Registry:
                     self._db.close()
                 if not _out_of_room(exc, path) or not self.give_up_reserve():
                     raise
-                self.opened_on_reserve = True
                 self._open()
         except BaseException:
             if new:
@@ -261,16 +259,23 @@ class Registry:
 
     def _keep_reserve(self) -> None:
         """Make the reserve if it is missing (new, or given up on a full disk) and the disk has room again."""
-        try:
-            os.stat(self.reserve_path)
+        if (self._reserve_size() or 0) >= RESERVE_BYTES:
             return
-        except FileNotFoundError:
-            pass
         free = free_bytes(self.reserve_path.parent)
         if free is None or free < RESERVE_WHEN_FREE:
             return
+        self._make_reserve()
+
+    def _reserve_size(self) -> int | None:
+        """The reserve's size: None where this hive never had one, 0 where it was given up."""
         try:
-            made = self.reserve_path.with_name(self.reserve_path.name + ".new")  # one name: never left behind twice
+            return os.stat(self.reserve_path).st_size
+        except FileNotFoundError:
+            return None
+
+    def _make_reserve(self) -> bool:
+        made = self.reserve_path.with_name(self.reserve_path.name + ".new")  # one name: never left behind twice
+        try:
             fd = os.open(made, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)  # blocks taken now, not when written
@@ -278,7 +283,20 @@ class Registry:
                 os.close(fd)
             os.replace(made, self.reserve_path)
         except OSError:
-            return  # a read-only or racing hive: no reserve this time
+            with suppress(OSError):
+                os.unlink(made)
+            return False  # a read-only or racing hive, or no room after all: no reserve this time
+        return True
+
+    @property
+    def reserve_owed(self) -> bool:
+        """The hive had a reserve and gave it up on a full disk: its room is the registry's, not a spawn's."""
+        return self._reserve_size() == 0
+
+    def make_reserve_again(self) -> bool:
+        """Before a spawn or a start writes anything: the reserve an earlier stop, destroy or gc gave up is made
+        again (the caller checked the room), or the spawn could take the last of it and leave its own destroy none."""
+        return not self.reserve_owed or self._make_reserve()
 
     @contextmanager
     def freeing(self) -> Iterator[None]:
@@ -297,12 +315,19 @@ class Registry:
         return self._freeing > 0
 
     def give_up_reserve(self) -> bool:
-        """Free the reserve for the registry's writes; whether there was one to free."""
+        """Free the reserve for the registry's writes; whether there was one to free. The file stays, empty (no
+        blocks to free, none needed): it says the room is owed, so a spawn makes the reserve again before its own
+        writes (see `make_reserve_again`), where a hive too small for one never had the file."""
         try:
-            os.unlink(self.reserve_path)
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
-        return True
+        try:
+            had = os.fstat(fd).st_size > 0
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        return had
 
     def _wal(self) -> None:
         """WAL mode, set once per file. Switching takes an exclusive lock and SQLite answers "database is locked"

@@ -35,10 +35,10 @@ def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(disk: Path, leave: int) -> Path:
+def fill(disk: Path, leave: int, name: str = "filler") -> Path:
     """A file that takes all of `disk`'s room but about `leave` bytes."""
     st = os.statvfs(disk)
-    filler = disk / "filler"
+    filler = disk / name
     filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
     return filler
 

@@ -87,8 +87,33 @@ def test_a_small_stem_home_keeps_a_reserve_so_that_destroy_and_gc_work_when_it_i
         assert_nothing_made(hive_env, repo)
         filler.unlink()
         assert run_stem(hive_env.env, "spawn", "again", "--repo", str(repo)).returncode == 0
-        assert (hive_env.home / "hive.db.reserve").exists()  # made again once there was room
+        assert (hive_env.home / "hive.db.reserve").stat().st_size == 1 << 20  # made again once there was room
         assert run_stem(hive_env.env, "destroy", "again").returncode == 0
+
+
+def test_a_reserve_given_up_is_made_again_before_a_spawn_takes_the_room(hive_env, tmp_path):
+    # A destroy on a full disk gave the reserve up; space was freed, but less than the 4 MiB a hive's open needs to
+    # make it again. A spawn then took the room (its worktree, its log), and the destroy that would free it found
+    # the disk full with no reserve: 'cannot be written (database or disk is full)'.
+    repo = make_repo(tmp_path / "quiet", files=1)
+    reserve = hive_env.home / "hive.db.reserve"
+    with small_disk(hive_env.home, "8m"):
+        assert run_stem(hive_env.env, "spawn", "first", "--repo", str(repo)).returncode == 0
+        filler = fill(hive_env.home, 0)
+        assert run_stem(hive_env.env, "destroy", "--force", "first").returncode == 0
+        assert reserve.stat().st_size == 0  # given up to record the destroy
+        filler.unlink()
+        filler = fill(hive_env.home, 3 << 20)
+
+        assert run_stem(hive_env.env, "spawn", "quiet", "--repo", str(repo)).returncode == 0
+
+        assert reserve.stat().st_size == 1 << 20  # made again before the spawn wrote anything
+        more = fill(hive_env.home, 0, "more")  # and then the disk full again (the colony's log, anything)
+        destroyed = run_stem(hive_env.env, "destroy", "--force", "quiet")
+        assert destroyed.returncode == 0, destroyed.stderr
+        more.unlink()
+        filler.unlink()
+        assert_nothing_made(hive_env, repo)
 
 
 def test_a_stop_keeps_the_room_the_reserve_gave_it_from_the_log_that_filled_the_disk(hive_env, tmp_path):
@@ -105,7 +130,7 @@ def test_a_stop_keeps_the_room_the_reserve_gave_it_from_the_log_that_filled_the_
     repo = make_repo(tmp_path / "flood", files=1, colony_toml=toml)
     with small_disk(hive_env.home, "8m"):
         assert run_stem(hive_env.env, "spawn", "flood", "--repo", str(repo)).returncode == 0
-        assert (hive_env.home / "hive.db.reserve").exists()
+        assert (hive_env.home / "hive.db.reserve").stat().st_size == 1 << 20
         wait_for(lambda: disk_free(hive_env.home) == 0, timeout=30, what="the flood to fill the disk")
 
         stopped = run_stem(hive_env.env, "stop", "flood")
