@@ -969,8 +969,25 @@ def _make_view(box: Sandbox, resolv: bytes | None) -> None:
             continue
         _bind(fd, src, target, read_only)
         os.close(fd)
+    _own_net_devices()
     if box.use_pid_ns:
         _mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # this namespace's processes only
+
+
+def _own_net_devices() -> None:
+    """/sys/class/net and /sys/devices/virtual/net of the colony's network namespace, where the host's sysfs listed
+    the host's interfaces: every other colony's veth by name (and so every colony's name), eth0 with its MAC. A
+    sysfs mounted here shows the network devices of the namespace that mounts it; mounted over /sys/class/net,
+    its two folders are bound onto the host's, covering it for good."""
+    net = "/sys/class/net"
+    if not os.path.isdir(net):
+        return
+    try:
+        _mount(b"sysfs", net, b"sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        return  # no sysfs of its own to be had (a kernel or a namespace that refuses it): the host's stays
+    _mount(f"{net}/devices/virtual/net".encode(), "/sys/devices/virtual/net", None, MS_BIND)
+    _mount(f"{net}/class/net".encode(), net, None, MS_BIND)  # on top of the whole sysfs, which it hides
 
 
 def _bind(fd: int, src: Path | None, target: Path, read_only: bool) -> None:

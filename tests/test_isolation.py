@@ -156,6 +156,12 @@ def test_a_colony_sees_only_its_own_files(hive_env, two, tmp_path):
     assert "colony.db" not in out.stdout and "SQLite" not in out.stdout
     assert "host scratch" not in out.stdout and host_tmp.name not in out.stdout  # a private /tmp
     assert hive_env.prefix not in out.stdout  # no other colony's namespace name
+    # Its network devices, as sysfs lists them, are its own: not the host's eth0 nor b's veth (named by the hive).
+    for folder in ("/sys/class/net", "/sys/devices/virtual/net"):
+        listed = inside(hive_env, "a", f"ls {folder}")
+        assert listed.stdout.split() == ["eth0", "lo"], (folder, listed)
+    mac = inside(hive_env, "a", "cat /sys/class/net/eth0/address").stdout.strip()
+    assert mac == inside(hive_env, "a", "ip -o link show eth0").stdout.split("link/ether ")[1].split()[0]
     # Its own worktree, database and home are there and writable.
     out = inside(
         hive_env,
