@@ -1506,13 +1506,26 @@ class StemScreen(pyte.Screen):
             ):
                 paints = self._paints
                 for y, op, whole in effect[4]:
-                    if whole and y in paints:
-                        # `_add_paint` for a paint of the whole row: the row's earlier paints are dropped.
-                        ops = paints[y][1]
+                    # `_add_paint` inlined (a call per row of every piece), but for a row with too many paints.
+                    known = paints.get(y)
+                    if known is None:
+                        paints[y] = (self._rows[y], [op], {op[0]: 0})  # the row comes into being now
+                        continue
+                    ops = known[1]
+                    at = known[2]
+                    x = op[0]
+                    if whole:
                         ops[:] = [op]
-                        at = paints[y][2]
                         at.clear()
-                        at[op[0]] = 0
+                        at[x] = 0
+                    elif len(ops) < _MAX_PAINTS:
+                        i = at.get(x)
+                        if i is not None:
+                            old = ops[i]
+                            if op[5] is not None or (old[5] is None and 0 <= old[4] <= op[4]):  # type: ignore[index]
+                                ops[i] = None
+                        at[x] = len(ops)
+                        ops.append(op)
                     else:
                         self._add_paint(y, op, whole)
                 node = effect[7]
