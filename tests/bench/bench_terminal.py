@@ -21,7 +21,8 @@ about --rec-mb MB, so that tmux's fixed cost per run (start, marker polling) doe
   htop, nano, mc, vim_syntax (syntax colours, split windows), man, tmux (tmux itself running vim and a shell in
              split panes): full-screen programs as users run them beside an agent (capture.py says how)
 
-What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs. "4k" paths are fed 4 KiB
+What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs, taken in rounds: every path once
+per round, so a slow spell of the machine falls on Stem and its references alike. "4k" paths are fed 4 KiB
 reads (what a PTY read usually returns), the others 64 KiB chunks, from memory:
   pyte, pyte_4k      pyte.Screen + pyte.ByteStream. Stock pyte is slow, so it gets only the first --pyte-kb KiB
                      of each stream, one run; the streams are uniform, so the rate carries over. Its screen
@@ -349,8 +350,16 @@ class Tmux:
             self.socket = self.socket_path = ""
 
 
-def median_time(runs: int, fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(runs))
+def interleaved(timers: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
+    """Each timer's seconds over `runs` rounds, every timer once per round (stock pyte in the first only: it is
+    slow), so that a slow spell of a shared machine (a few seconds, common on a VM) falls on Stem and on its
+    references alike rather than on whichever ran then: the ratios are what the run is for."""
+    seconds: dict[str, list[float]] = {key: [] for key in timers}
+    for round_ in range(runs):
+        for key, timer in timers.items():
+            if round_ == 0 or not key.startswith("pyte"):
+                seconds[key].append(timer())
+    return seconds
 
 
 def main() -> int:
@@ -439,9 +448,8 @@ def main() -> int:
                     timers["stem_pty"] = lambda p=path: time_stem_pty(p)
                     timers["tmux"] = lambda p=path: tmux.time_cat(p)
                     timers["pty"] = lambda p=path: time_pty(p, None)
-                for key, timer in timers.items():
-                    runs = 1 if key.startswith("pyte") else args.runs
-                    rate = size / median_time(runs, timer) / MB
+                for key, seconds in interleaved(timers, args.runs).items():
+                    rate = size / statistics.median(seconds) / MB
                     rates[f"{name}_{key}"] = rate
                     result[f"{name}_{key}_mbs"] = round(rate, 3)
                 for chunk, suffix in ((READ, "_4k"), (CHUNK, "")):
