@@ -296,7 +296,7 @@ class Registry:
     def make_reserve_again(self) -> bool:
         """Before a spawn or a start writes anything: the reserve an earlier stop, destroy or gc gave up is made
         again (the caller checked the room), or the spawn could take the last of it and leave its own destroy none."""
-        return not self.reserve_owed or self._make_reserve()
+        return not self.reserve_owed or self._make_reserve() or not self.reserve_owed  # or another spawn made it
 
     @contextmanager
     def freeing(self) -> Iterator[None]:
