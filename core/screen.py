@@ -965,11 +965,18 @@ class StemScreen(pyte.Screen):
         saved = self.savepoints[-1]
         self.savepoints[:] = [saved, saved._replace(cursor=copy.copy(saved.cursor))]  # pyte's pops the copy
         hidden = self._cur.hidden
+        wrap = mo.DECAWM in self.mode
+        # Origin mode as it was saved, on or off (pyte only turned it on), and autowrap as it is (pyte turned it on
+        # where it was on at the save): xterm and tmux save origin mode but not autowrap, which a full-screen
+        # program may have turned off since.
+        self.mode.discard(mo.DECOM)
         margins, self.margins = self.margins, None  # pyte's bounds check then keeps it within the screen
         try:
             super().restore_cursor()
         finally:
             self.margins = margins
+        if not wrap:
+            self.mode.discard(mo.DECAWM)
         self._cur.hidden = hidden
 
     def next_line(self) -> None:

@@ -152,17 +152,21 @@ class XtermExtras:
         del self.savepoints[:-1]
 
     def restore_cursor(self: Any) -> None:
-        """pyte's, but the saved state stays saved (not popped), the cursor is not moved into the scroll region, and
-        keeps its visibility, as in xterm."""
-        hidden, margins = self.cursor.hidden, self.margins
+        """pyte's, but the saved state stays saved (not popped), the cursor is not moved into the scroll region,
+        keeps its visibility, origin mode comes back as saved (on or off) and autowrap stays as it is (pyte turned
+        both on where they were on at the save, neither off), as in xterm."""
+        hidden, margins, wrap = self.cursor.hidden, self.margins, mo.DECAWM in self.mode
         if self.savepoints:
             saved = self.savepoints[-1]
             self.savepoints[:] = [saved, saved._replace(cursor=copy.copy(saved.cursor))]
             self.margins = None
+            self.mode.discard(mo.DECOM)
         try:
             super().restore_cursor()  # type: ignore[misc]
         finally:
             self.margins = margins
+        if not wrap:
+            self.mode.discard(mo.DECAWM)
         self.cursor.hidden = hidden
 
     def next_line(self: Any) -> None:

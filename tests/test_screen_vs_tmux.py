@@ -97,6 +97,17 @@ QUIRKS = {
     "moves-outside-the-scroll-region": b"\x1b[12;27r\x1bMa\x1b[5;1H\x1b[2Ab\x1b[35;1H\x1b[3Bc\nd\x1b[5;1H\x1bMe",
     "decrc-as-often-as-asked": b"\x1b[3;5H\x1b7x\x1b8y\x1b8z\x1b[s\x1b[6;28r\x1b[?25l\x1b[u!",
     "decsc-kept-over-the-alternate-screen": b"\n\x1b7\x1b[?1049h\x1b8alt\x1b[?1049l\x1b8main",
+    # DECRC and 1049's restore put origin mode back as it was saved, and leave autowrap as it is (pyte turned autowrap
+    # back on, so a line meant to stop at the last column wrapped onto the next row)
+    "decrc-leaves-autowrap-as-it-is": (
+        "\x1b7\x1b[?7l\x1b8\x1b[2;117Hwörld\x1b[3;1H"  # saved on, turned off: off after the restore
+        "\x1b[?7h\x1b[?7l\x1b7\x1b[?7h\x1b8\x1b[4;118Habcd"  # saved off, turned on: on after it
+    ).encode(),
+    "1049-leaves-autowrap-as-it-is": "\x1b[?1049h\x1b[?7l\x1b[?1049l\x1b[2;117Hwörld\x1b[5;1H".encode(),
+    "decrc-puts-origin-mode-back": (
+        b"\x1b[5;10r\x1b7\x1b[?6h\x1b8\x1b[1;1HX\x1b[r"  # saved off, turned on: off after the restore
+        b"\x1b[?6h\x1b[5;10r\x1b7\x1b[?6l\x1b8\x1b[2;1HY"  # saved on, turned off: on after it
+    ),
     "colon-sgr": b"\x1b[38:2::255:0:0mred\x1b[4:3mcurly\x1b[0m plain",
     "combining-mark-at-the-start-of-a-row": "ab\r\u0301X\r\n\u0301Y\r\nZ\x1b[5G\u0301W\x1b[3;20Hend\u0301".encode(),
     "underline-colour": b"\x1b[1;31mA\x1b[58;2;255;0;0mB\x1b[58:2::0:9:0mC\x1b[4;58;5;2mD\x1b[59;24mE\x1b[0m plain",
