@@ -624,9 +624,10 @@ class Hive:
         free = free_bytes(self.layout.home)
         if free is None:
             return
-        if self.registry.reserve_owed:
+        owed = self.registry.reserve_owed
+        if owed:
             free = max(0, free - RESERVE_BYTES)
-        if free < SPAWN_ROOM or not self.registry.make_reserve_again():
+        if free < SPAWN_ROOM or (owed and not self.registry.make_reserve_again()):
             raise StemError(
                 f"{os.strerror(errno.ENOSPC)}: {self.layout.home} has {free / 1e6:.2f} MB free and {what} needs "
                 f"{SPAWN_ROOM / 1e6:.2f} MB there beside its worktree: free some space and try again"

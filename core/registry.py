@@ -294,9 +294,10 @@ class Registry:
         return self._reserve_size() == 0
 
     def make_reserve_again(self) -> bool:
-        """Before a spawn or a start writes anything: the reserve an earlier stop, destroy or gc gave up is made
-        again (the caller checked the room), or the spawn could take the last of it and leave its own destroy none."""
-        return not self.reserve_owed or self._make_reserve() or not self.reserve_owed  # or another spawn made it
+        """Before a spawn or a start writes anything: the reserve an earlier stop, destroy or gc gave up (it is
+        `reserve_owed`) is made again (the caller checked the room), or the spawn could take the last of it and
+        leave its own destroy none. Whether it is there now."""
+        return self._make_reserve() or not self.reserve_owed  # or another spawn made it meanwhile
 
     @contextmanager
     def freeing(self) -> Iterator[None]:
