@@ -614,8 +614,8 @@ def cells_text(datas: list[str] | tuple[str, ...]) -> str:
     (as tmux shows it), or a wide character whose stub is (pyte's `display` raised on the one, and lost the cell after
     the other)."""
     text = "".join(datas)
-    if text.isascii():
-        return text  # no wide characters, so nothing to skip
+    if text.isascii() and len(text) == len(datas):
+        return text  # no wide characters and no stubs left of one, so nothing to skip
     out: list[str] = []
     skip = False
     last = len(datas) - 1

@@ -1657,6 +1657,17 @@ def test_a_wide_character_that_does_not_fit_in_the_last_column_wraps_as_xterm_wr
     assert rows[29] == "b" * (COLS - 1) + " " and rows[30].startswith("中")
 
 
+def test_half_a_wide_character_drawn_over_shows_a_blank_where_its_other_half_was() -> None:
+    """A program writing over the first cell of a wide character leaves its second cell blank, as tmux shows it: the
+    row's text keeps its width. Where nothing else on the row was wide, the text lost that cell ("oab" for "o ab"), so
+    a rewrapped history read one cell short."""
+    screen = StemScreen(10, 2)
+    screen.feed("中ab\ro".encode())
+    assert screen.text()[0] == "o ab      "
+    screen.feed("\r\n中文\rx".encode())
+    assert screen.text()[1] == "x 文      "
+
+
 def test_origin_mode_moves_and_saved_modes_are_read_as_xterm_reads_them() -> None:
     """In origin mode a CUP past the scroll region's bottom is clamped to it and a VPA with no region set counts from
     the top of the screen (pyte ignored the one and raised on the other); XTSAVE and XTRESTORE (CSI ? Pm s, CSI ? Pm
