@@ -92,6 +92,7 @@ from core.screen_cells import (
     chars_for,
     colon_sgr,
     fill,
+    mark_wrapped,
     narrow_text,
     new_row,
     parse_params,
@@ -104,7 +105,7 @@ from core.screen_cells import (
     wrap_cells,
 )
 from core.screen_queries import TerminalQueries
-from core.screen_scrollback import Scrollback
+from core.screen_scrollback import Scrollback, WrapText, compact_row, entry_cells, entry_wrapped
 
 __all__ = ["Scrollback", "StemScreen"]
 
@@ -466,6 +467,14 @@ class StemScreen(pyte.Screen):
         self._held_plain: CharCache | None = None
         self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
         self._plain_flood = True  # the last batch's lines had no EL or ESC ( B (see `_try_batch`)
+        # A row autowrap went on from to the next has `wrapped` set (tmux's wrapped line, which a width change joins
+        # to the next: `_rewrap`); an explicit line feed from it, or its erase, clears it (`_unwrap`). `_wrapping`
+        # says the line feed under way is autowrap's; `_wraps` that a row of the main screen was ever marked (until
+        # then no row has to be looked at), `_main_wraps` the same of the main screen behind the alternate one, whose
+        # rows are never marked (they are never rewrapped, nor kept in the scrollback).
+        self._wrapping = False
+        self._wraps = False
+        self._main_wraps = False
         # Runs drawn but not written to their rows yet (see `_paint`): per row, the row, its paints in order (None: one
         # painted over before it was written) and where in them the last paint at each column is.
         self._paints: dict[int, tuple[Row, list[Paint | None], dict[int, int]]] = {}
@@ -655,17 +664,30 @@ class StemScreen(pyte.Screen):
         self._alt_left: Savepoint | None = None  # what the last 1049 on saved, once the alternate screen is left
         self._saved_modes: dict[int, bool] = {}  # XTSAVE's
         self._piece_effects.clear()
+        self._wraps = self._main_wraps = False  # pyte's reset makes every row anew
         super().reset()
 
     def resize(self, lines: int | None = None, columns: int | None = None) -> None:
-        """Resize like a terminal rather than like pyte: rows that must leave to keep the cursor on screen go
-        from the top into the scrollback, other rows are dropped from the bottom; a taller main screen takes the
-        newest lines back from the scrollback onto its top rows (its rows and cursor move down by as many), as
-        tmux and xterm do, so that a shell's prompt stays at the bottom of a pane that grows."""
+        """Resize like tmux rather than like pyte: the height first (`_resize`), then the width, at which the main
+        screen and its scrollback are rewrapped (`_rewrap`); the alternate screen's rows are cut (tmux rewraps the
+        screen behind it when it is left: the same)."""
         if self._held:
             self._release()
         lines = lines or self.lines
         columns = columns or self.columns
+        if lines != self.lines:
+            self._resize(lines, self.columns)
+        if columns != self.columns:
+            at = self._rewrap(columns)
+            self._resize(lines, columns)
+            if at is not None:
+                self._cur.x = at  # at the end of a full row: past its last column, as a pending wrap
+
+    def _resize(self, lines: int, columns: int) -> None:
+        """Resize like a terminal rather than like pyte: rows that must leave to keep the cursor on screen go
+        from the top into the scrollback, other rows are dropped from the bottom; a taller main screen takes the
+        newest lines back from the scrollback onto its top rows (its rows and cursor move down by as many), as
+        tmux and xterm do, so that a shell's prompt stays at the bottom of a pane that grows."""
         if lines == self.lines and columns == self.columns:
             return
         cursor = self.cursor
@@ -695,9 +717,11 @@ class StemScreen(pyte.Screen):
                     for x in [x for x in row if x >= columns]:
                         del row[x]
             if keep:  # the main screen's
-                for y, cells in enumerate(taken):
+                for y, (cells, wrapped) in enumerate(taken):
                     row = buffer[y] = new_row(self.default_char)
                     row.update(enumerate(cells))
+                    if wrapped:
+                        mark_wrapped(row, True)
         if columns > self.columns:
             self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
         self.lines, self.columns = lines, columns
@@ -710,6 +734,52 @@ class StemScreen(pyte.Screen):
         self.dirty.update(range(lines))
         self.margins = None  # the scroll region is reset; the cursor stays where it is
         self._commit()
+
+    def _rewrap(self, columns: int) -> int | None:
+        """The main screen (shown, or behind the alternate one) and the scrollback rewrapped to `columns`, as tmux
+        rewraps them (`Scrollback.rewrap`): the screen shows the last rows after, the rows before are the
+        scrollback; the main screen's cursor (the saved one behind the alternate screen) stays on its line, or goes
+        home if its row went into the scrollback. Returns the cursor's column if it is the shown one."""
+        alt = self._alt_active
+        buffer = self._main_buffer if alt else self._buf
+        if buffer is None:
+            return None
+        cursor: Cursor | None = self._cur
+        if alt:
+            cursor = self._alt_savepoint.cursor if self._alt_savepoint is not None else None
+        lines = self.lines
+        default = self.default_char
+        sb = self._sb
+        rows, at = sb.rewrap(
+            [buffer.get(y) for y in range(lines)],
+            None if cursor is None else (cursor.y, cursor.x),
+            columns,
+        )
+        rows.extend(repeat("", lines - len(rows)))
+        split = len(rows) - lines
+        sb.replace([compact_row(row) if isinstance(row, dict) else row for row in rows[:split]])
+        buffer.clear()
+        counts: dict[tuple[str, Char, int], int] = {}
+        for y, row in enumerate(rows[split:]):
+            if isinstance(row, dict):
+                buffer[y] = row
+            elif row:
+                made = buffer[y] = new_row(default)
+                made.update(enumerate(entry_cells(row, columns, pad=False)))
+                if entry_wrapped(row, counts):
+                    mark_wrapped(made, True)
+        if alt:
+            self._main_wraps = True
+        else:
+            self._wraps = True
+        self._pieces = None
+        self._piece_effects.clear()
+        self.dirty.update(range(lines))
+        if cursor is None or at is None:
+            return None
+        y = at[0] - split
+        cursor.x, cursor.y = (at[1], y) if y >= 0 else (0, 0)
+        return None if alt else cursor.x
 
     def set_mode(self, *modes: int, **kwargs: Any) -> None:
         if self._held:
@@ -787,7 +857,7 @@ class StemScreen(pyte.Screen):
                 if char in NARROW or (width := cell_width(char)) == 1:
                     continue
                 if i > start:
-                    super().draw(data[start:i])
+                    self._pyte_draw(data[start:i])
                 if width == 2:
                     start = i
                     self._wrap_wide()
@@ -795,7 +865,7 @@ class StemScreen(pyte.Screen):
                 start = i + 1
                 if width == 0:
                     self._join(char)
-            super().draw(data[start:] if start else data)
+            self._pyte_draw(data[start:] if start else data)
             self.dirty.update((y - 1, y, self._cur.y))
             return
         if data.isascii() and data.isprintable():
@@ -850,8 +920,7 @@ class StemScreen(pyte.Screen):
         while True:
             if x == columns:  # pending wrap, as pyte's draw: CR then LF, then draw
                 dirty.add(cursor.y)
-                cursor.x = 0
-                self.linefeed()
+                self._autowrap()
                 cursor = self._cur
                 x = 0
             room = columns - x
@@ -899,8 +968,33 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         if mo.DECAWM in self.mode and cursor.x >= self.columns - 1 and self.columns > 1:
             self.dirty.add(cursor.y)
-            cursor.x = 0
+            self._autowrap()
+
+    def _pyte_draw(self, data: str) -> None:
+        """pyte's `draw`, whose only line feed is autowrap's."""
+        self._wrapping = True
+        try:
+            super().draw(data)
+        finally:
+            self._wrapping = False
+
+    def _autowrap(self) -> None:
+        """Autowrap: the cursor to the start of the next row, the row left marked as going on there (`index`)."""
+        self._cur.x = 0
+        self._wrapping = True
+        try:
             self.linefeed()
+        finally:
+            self._wrapping = False
+
+    def _unwrap(self, top: int, bottom: int) -> None:
+        """Rows `top`..`bottom` - 1 erased whole: neither they nor the row above go on on the next row any more, as
+        tmux clears a line's wrap when it or the line below is cleared."""
+        rows = self._rows
+        for y in range(max(top - 1, 0), bottom):
+            row = rows.get(y)
+            if row is not None and getattr(row, "wrapped", False):
+                mark_wrapped(row, False)
 
     def _join(self, char: str) -> None:
         """A zero-width character (a combining mark, a variation selector such as the VS16 of "⚠️", a zero-width
@@ -931,6 +1025,12 @@ class StemScreen(pyte.Screen):
 
     def index(self) -> None:
         cursor, top, bottom = self._region()
+        if self._wrapping and not self._alt_active:
+            # Autowrap's (`_autowrap`): the row goes on on the next. (An explicit line feed leaves the mark as it is, as
+            # tmux does: a program that writes over the start of a wrapped line, then goes on to the next row, has
+            # not ended it; only an erase of the row ends it, `_unwrap`.)
+            mark_wrapped(self._rows[cursor.y], True)
+            self._wraps = True
         if cursor.y == bottom:
             self._scroll_up(top, bottom)
         elif cursor.y < self.lines - 1:
@@ -1161,8 +1261,12 @@ class StemScreen(pyte.Screen):
             # To the end of the row: deferred like a paint (`_paint`), which the row's next paint may cover.
             x = cursor.x if how == 0 else 0
             self._add_paint(cursor.y, (x, (), None, None, 0, self._blank()), x == 0)
+            if x == 0 and self._wraps:
+                self._unwrap(cursor.y, cursor.y + 1)
             return
         if how == 1:
+            if self._wraps and cursor.x >= self.columns - 1:
+                self._unwrap(cursor.y, cursor.y + 1)
             interval = range(cursor.x + 1)
         else:
             return  # pyte raises; an unknown erase is a no-op in real terminals
@@ -1193,6 +1297,8 @@ class StemScreen(pyte.Screen):
         else:
             return
         self.dirty.update(interval)
+        if self._wraps:
+            self._unwrap(interval.start, interval.stop)  # (ED 0's takes the cursor's row too, as the row above them)
         attrs = self._blank()
         buffer = self._rows
         paints = self._paints
@@ -1340,6 +1446,7 @@ class StemScreen(pyte.Screen):
         self._main_buffer = self.buffer
         self.buffer = self._new_buffer()  # the alternate screen always starts clear
         self._alt_active = True
+        self._main_wraps, self._wraps = self._wraps, False
         self.dirty.update(range(self.lines))
 
     def _leave_alternate(self, mode: int) -> None:
@@ -1355,6 +1462,7 @@ class StemScreen(pyte.Screen):
         self.buffer = self._main_buffer
         self._main_buffer = None
         self._alt_active = False
+        self._wraps = self._main_wraps
         self.dirty.update(range(self.lines))
         savepoint, self._alt_savepoint = self._alt_savepoint, None
         if mode == 1049 and savepoint is not None:
@@ -1785,6 +1893,8 @@ class StemScreen(pyte.Screen):
                             self.dirty.add(y)
                             if x < columns:
                                 self._row(y).update(fill(self._blank(), x, columns))
+                                if x == 0 and self._wraps:
+                                    self._unwrap(y, y + 1)
                             else:
                                 self._row(y)  # the row comes into being, as in pyte
                         else:
@@ -1994,11 +2104,15 @@ class StemScreen(pyte.Screen):
         dirty = self.dirty
         # Deferred like a paint (`_paint`): the lines redrawn after it usually cover the rows again.
         erase: Paint = (0, (), None, None, 0, self._blank())
+        start = low = y
         for _ in range(count):
             self._add_paint(y, erase, True)
             dirty.add(y)
+            low = y
             y = y - 1 if y > top or 0 < y < top else y
         cursor.y = y
+        if self._wraps:
+            self._unwrap(low, start + 1)
 
     def _places(self) -> None:
         """CUP's parameters to rows and columns (`_Place`), for the screen's size."""
@@ -2376,14 +2490,18 @@ class StemScreen(pyte.Screen):
                 return self._check_batch(text, pos)
             self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
             if max(map(len, lines)) > columns:
-                # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF.
+                # Autowrap: a long line is the same as its screen-wide pieces each ending in CR LF, all but the last
+                # marked as going on on the next row (`WrapText`).
                 wrapped: list[str] = []
                 for line in lines:
                     if len(line) <= columns:
                         wrapped.append(line)
                     else:
-                        wrapped.extend(line[i : i + columns] for i in range(0, len(line), columns))
+                        cut = (len(line) - 1) // columns * columns  # where its last piece starts
+                        wrapped.extend(WrapText(line[i : i + columns]) for i in range(0, cut, columns))
+                        wrapped.append(line[cut:])
                 lines = wrapped
+                self._wraps = not self._alt_active
             self._hold(lines, self._node())
             return end
         # Lines with SGR (and EL at their ends). In a batch that lands on the screen without scrolling (a full-screen
@@ -2647,6 +2765,9 @@ class StemScreen(pyte.Screen):
         if cells:
             row = buffer[y]
             row.update(cells if isinstance(cells, dict) else enumerate(cells))
+            if 0 <= k < len(self._pieces[2]) - 1 and not self._alt_active:  # type: ignore[index]  # set above
+                mark_wrapped(row, True)  # autowrap goes on from this piece of the line to the next (`index`)
+                self._wraps = True
         elif not erase:
             return
         else:
@@ -2674,6 +2795,9 @@ class StemScreen(pyte.Screen):
                 self._paint_rows(cast("LineRows", rows), y)
             else:
                 self._paint_plain(cast("list[str]", rows), y, plain)
+                if self._wraps:
+                    for i in [i for i, line in enumerate(cast("list[str]", rows)) if type(line) is WrapText]:
+                        mark_wrapped(self._rows[y + i], True)
             cursor.y = y + n
             self.dirty.update(range(y, y + n))
             return
@@ -2686,7 +2810,10 @@ class StemScreen(pyte.Screen):
             def draw(rows_: dict[int, Row], at: int, i: int) -> None:
                 line: str = rows[i]  # type: ignore[assignment]  # rows of text (no cast: called per row)
                 if line:  # pyte creates no row for an empty line
-                    rows_[at].update(enumerate(texts[line] if len(line) <= 32 else map(get, line)))
+                    row = rows_[at]
+                    row.update(enumerate(texts[line] if len(line) <= 32 else map(get, line)))
+                    if type(line) is WrapText:
+                        mark_wrapped(row, True)
         else:
             specs = cast("Sequence[Spec]", rows)
 
@@ -2856,15 +2983,11 @@ class _Scratch(StemScreen):
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
         raise _Impure
 
-    def _wrap_wide(self) -> None:
-        """Before a two-cell character, under autowrap: from a pending wrap (the cursor past the last column), or from
-        the last column, where it does not fit, it goes to the start of the next row, as xterm and tmux draw it (the
-        last column is left as it is). pyte drew it in the last column, half off the screen."""
-        cursor = self._cur
-        if mo.DECAWM in self.mode and cursor.x >= self.columns - 1 and self.columns > 1:
-            self.dirty.add(cursor.y)
-            cursor.x = 0
-            self.linefeed()
+    def _autowrap(self) -> None:
+        raise _Impure  # the row it leaves is marked as going on (`index`), which an effect does not keep
+
+    def _pyte_draw(self, data: str) -> None:
+        raise _Impure
 
     def _join(self, char: str) -> None:
         raise _Impure  # a zero-width character joins the cell before it

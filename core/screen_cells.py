@@ -67,6 +67,13 @@ Row = StaticDefaultDict[int, Char]
 # (`Row(...)`) costs twice as much and leaves an `__orig_class__` on every row.
 new_row: Callable[[Char], Row] = StaticDefaultDict
 
+
+def mark_wrapped(row: Row, on: bool) -> None:
+    """Mark `row` as one autowrap went on from to the next, or not (read with `getattr(row, "wrapped", False)`: pyte's
+    own rows have no such attribute)."""
+    row.wrapped = on  # type: ignore[attr-defined]
+
+
 # Caches are bounded by wiping them when full: entries are cheap to recompute and a truecolor rainbow
 # must not grow memory without limit (16k entries are a few MB).
 _CACHE_LIMIT = 16384

@@ -255,6 +255,12 @@ def test_random_streams_draw_the_screen_tmux_draws(seed: int, tmp_path: Path) ->
 # terminal, split the UI or resize their own terminal.
 _SHELL = b"".join(b"line %d\r\n" % i for i in range(60)) + b"prompt$ "
 _VIM = b"\x1b[?1049h\x1b[H\x1b[2Jvim\x1b[20;1H:wq"
+# Lines longer than the pane (autowrap goes on from their first rows), some drawn one character at a time (Stem's
+# line batches take the rest), in colour (their rows scroll away as pieces of a line) and with wide characters.
+_LONG = b"".join(b"%03d " % i + b"w" * (60 + i % 50) + b"\r\n" for i in range(40)) + b"prompt$ "
+_COLOURED = b"".join(b"\x1b[3%dm%03d " % (i % 7 + 1, i) + b"c" * (70 + i % 60) + b"\x1b[m\r\n" for i in range(60))
+_TYPED = b"".join(bytes([c]) for c in b"echo " + b"t" * 150) + b"\r\n" + b"prompt$ "
+_WIDE = "中文字符".encode() * 12 + b"\r\n" + b"prompt$ "
 RESIZES: dict[str, list[tuple[bytes, tuple[int, int] | None]]] = {
     "taller": [(_SHELL, (80, 30)), (b"echo after\r\nafter\r\nprompt$ ", None)],
     "taller-than-the-history": [(b"one\r\ntwo\r\nprompt$ ", (80, 35)), (b"ls\r\n", None)],
@@ -263,6 +269,19 @@ RESIZES: dict[str, list[tuple[bytes, tuple[int, int] | None]]] = {
     "taller-and-narrower": [(_SHELL, (50, 28)), (b"w", None)],
     "taller-inside-vim": [(_SHELL + _VIM, (80, 30)), (b"\x1b[?1049l\r\nprompt$ ", None)],
     "shorter-then-taller-inside-vim": [(_SHELL + _VIM, (80, 10)), (b"", (80, 30)), (b"\x1b[?1049l", None)],
+    # A width change rewraps the screen and the history as tmux does: lines autowrap cut are joined and cut again at
+    # the new width, the cursor stays on its line, and the rows that no longer fit go into the history.
+    "narrower-rewraps": [(_LONG, (50, 20)), (b"ls", None)],
+    "narrower-then-wider-again": [(_LONG, (50, 20)), (b"", (80, 20)), (b"ls", None)],
+    "wider-joins-the-history": [(_LONG, (120, 20)), (b"ls", None)],
+    "taller-and-wider": [(_LONG, (112, 26)), (b"ls", None)],
+    "shorter-and-narrower": [(_LONG, (45, 12)), (b"ls", None)],
+    "coloured-lines-rewrapped": [(_COLOURED, (50, 20)), (b"", (130, 20)), (b"x", None)],
+    "a-line-typed-rewrapped": [(_TYPED, (60, 20)), (b"", (100, 20)), (b"y", None)],
+    "wide-characters-rewrapped": [(_WIDE, (41, 20)), (b"", (75, 20)), (b"z", None)],
+    "a-full-row-then-narrower": [(b"p" * 80, (40, 20)), (b"q", None)],
+    "narrower-inside-vim": [(_SHELL + b"w" * 150 + b"\r\nprompt$ " + _VIM, (50, 20)), (b"\x1b[?1049l", None)],
+    "narrower-then-wider-inside-vim": [(_LONG + _VIM, (50, 20)), (b"", (80, 20)), (b"\x1b[?1049l", None)],
 }
 
 
@@ -308,7 +327,8 @@ def tmux_resized(steps: list[tuple[bytes, tuple[int, int] | None]], tmp_path: Pa
 @pytest.mark.parametrize("name", sorted(RESIZES))
 def test_a_resized_screen_shows_what_tmux_shows(name: str, tmp_path: Path) -> None:
     """A pane that grows taller takes the newest lines of its history back onto its top rows (the prompt stays at
-    the bottom), and one that shrinks pushes its top rows into the history; also behind the alternate screen."""
+    the bottom), and one that shrinks pushes its top rows into the history; also behind the alternate screen. One
+    whose width changes rewraps its lines."""
     steps = RESIZES[name]
     screen = StemScreen(80, 20, scrollback=10_000)
     for data, size in steps:

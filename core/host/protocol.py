@@ -62,7 +62,9 @@ Values inside messages:
   valid while older lines are dropped; the oldest line still held is `scrolled - scrollback`. A screen that grows
   taller takes its newest lines back onto its top rows (as tmux does): `scrolled` goes down by as many, their
   numbers go to the next lines to leave the screen, and `pulled` goes up by as many, so that a client forgets the
-  lines it keeps by number whenever `pulled` changed.
+  lines it keeps by number whenever `pulled` changed. A width change rewraps every line (as tmux does): the lines
+  held get new numbers from the oldest's on, and `pulled` goes up by one (clients also forget every line when
+  `columns` changes).
 - colony {state, stage, reason}; agent {activity, code, pid}; service {name, state, port, restarts, code, detail,
   pid};
   file {path, status, added, removed}; log entry {seq, at, source, text}.
