@@ -846,7 +846,16 @@ class Hive:
                 init=init,
             )
             start = procs.starttime(proc.pid) or 0
-            self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
+            # The command runs from here: one that fills the disk (an `npm install`) may do it before its record is
+            # written. A record the disk refuses is not the step's failure: the command is waited for (its colony's
+            # init ends it with the run, recorded or not), and what it says when it fails is the spawn's words.
+            refused: BaseException | None = None
+            try:
+                self.registry.add_process(rec.name, proc.pid, start, source, ["/bin/sh", "-c", command])
+            except Exception as exc:
+                if not refused_by_disk(exc):
+                    raise
+                refused = exc
             last: deque[str] = deque(maxlen=LAST_LINES)
             assert proc.stdout is not None
             with self._commands_lock:
@@ -866,6 +875,8 @@ class Hive:
                 with self._commands_lock:
                     self._commands.pop(rec.name, None)
             procs.forget_child(proc.pid)
+            if code == 0 and refused is not None:
+                raise refused
             if code == 0:  # a failed one's record goes with the rollback's: on a disk it filled, this write fails
                 self.registry.remove_process(proc.pid, start)
             _checkpoint(source)

@@ -12,6 +12,8 @@ from helpers import assert_refused, git, make_repo, netns_names, run_stem, until
 from test_bad_input import assert_nothing_made
 from test_faults import fill, small_disk
 
+from core import procs
+from core.errors import StepFailed
 from core.hive import Hive
 
 pytestmark = pytest.mark.root
@@ -36,6 +38,44 @@ def test_a_setup_that_fills_the_disk_fails_its_spawn_which_removes_everything(hi
         spawned = run_stem(hive_env.env, "spawn", "after", "--repo", str(plain))
         assert spawned.returncode == 0, spawned.stderr
         assert run_stem(hive_env.env, "destroy", "after").returncode == 0
+
+
+def test_a_setup_that_fills_the_disk_before_its_record_is_written_fails_in_its_own_words(
+    hive_env, tmp_path, monkeypatch
+):
+    # The command runs from the moment it is started, and its record in the registry is written after: a setup
+    # quick to fill the disk (here: made to, before the record) left the record's write refused, and the spawn
+    # failed with the registry's words ("cannot be written") instead of the setup's (1 of 3 CI runs under load).
+    toml = '[colony]\nsetup = ["head -c 20000000 /dev/zero > big.bin"]\n'
+    repo = make_repo(tmp_path / "quick", files=1, colony_toml=toml)
+    home = hive_env.home
+    real_spawn = procs.spawn
+
+    def spawn(argv, **kwargs):
+        if "big.bin" not in argv[-1]:
+            return real_spawn(argv, **kwargs)
+        with sqlite3.connect(home / "hive.db") as conn:  # the journal cut to nothing: the record needs room
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        proc = real_spawn(argv, **kwargs)
+        wait_for(lambda: os.statvfs(home).f_bavail < 4, 30, "the setup to fill the disk")
+        return proc
+
+    async def scenario() -> None:
+        hive = Hive(home, prefix=hive_env.prefix, pool=hive_env.pool)
+        try:
+            await hive.attach()
+            with pytest.raises(StepFailed) as failed:
+                await hive.spawn("quick", repo)
+            text = str(failed.value)
+            assert "spawn quick failed" in text and "setup command" in text, text
+            assert "No space left on device" in text and "everything made was removed" in text, text
+        finally:
+            await hive.close()
+
+    monkeypatch.setattr(procs, "spawn", spawn)
+    with small_disk(home, "4m"):
+        asyncio.run(scenario())
+        assert_nothing_made(hive_env, repo)
 
 
 def test_a_spawn_that_meets_a_full_disk_anywhere_is_undone_whole(hive_env, tmp_path):
