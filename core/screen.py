@@ -2839,7 +2839,9 @@ class StemScreen(pyte.Screen):
                 hi = scrolls - y
                 lo = max(bottom + 1 - y, hi - scrollback.maxlen)
                 scrollback.skip(lo - (bottom + 1 - y))
-                if isinstance(rows, LineRows):
+                if lo >= hi:  # a scrollback that keeps no line
+                    pass
+                elif isinstance(rows, LineRows):
                     self._scroll_away_lines(rows, lo, hi)
                 elif plain is not None:
                     scrollback.extend_plain(cast("list[str]", rows[lo:hi]), plain.attrs)

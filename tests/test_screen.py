@@ -1668,6 +1668,26 @@ def test_half_a_wide_character_drawn_over_shows_a_blank_where_its_other_half_was
     assert screen.text()[1] == "x 文      "
 
 
+@pytest.mark.parametrize("kept", [0, 3])
+def test_a_flood_into_a_scrollback_that_keeps_few_lines_or_none_shows_its_last_lines(kept: int) -> None:
+    """Lines that scroll away inside one read, more than the scrollback keeps: with a scrollback of no lines the
+    batch had none to keep, and raised (`max()` of nothing) for coloured and wrapped lines."""
+    plain = b"".join(b"plain %d\r\n" % i for i in range(30))
+    coloured = b"".join(b"\x1b[3%dmcoloured %d\x1b[m\r\n" % (i % 7 + 1, i) for i in range(30))
+    wrapped = b"".join(b"\x1b[32m" + b"w%d " % i * 30 + b"\x1b[m\r\n" for i in range(30))
+    wide = b"".join(f"中文 {i}\r\n".encode() for i in range(30))
+    for data in (plain, coloured, wrapped, wide):
+        screen = StemScreen(40, 5, scrollback=kept)
+        screen.feed(data)
+        last = StemScreen(40, 5, scrollback=10_000)
+        last.feed(data)
+        assert screen.text() == last.text()
+        assert len(screen.scrollback) == min(kept, len(last.scrollback))
+        assert [screen.scrollback.text(i) for i in range(len(screen.scrollback))] == [
+            last.scrollback.text(i) for i in range(len(last.scrollback) - len(screen.scrollback), len(last.scrollback))
+        ]
+
+
 def test_origin_mode_moves_and_saved_modes_are_read_as_xterm_reads_them() -> None:
     """In origin mode a CUP past the scroll region's bottom is clamped to it and a VPA with no region set counts from
     the top of the screen (pyte ignored the one and raised on the other); XTSAVE and XTRESTORE (CSI ? Pm s, CSI ? Pm
