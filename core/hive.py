@@ -875,9 +875,9 @@ class Hive:
                 with self._commands_lock:
                     self._commands.pop(rec.name, None)
             procs.forget_child(proc.pid)
-            if code == 0 and refused is not None:
-                raise refused
             if code == 0:  # a failed one's record goes with the rollback's: on a disk it filled, this write fails
+                if refused is not None:
+                    raise refused
                 self.registry.remove_process(proc.pid, start)
             _checkpoint(source)
             if code != 0:

@@ -468,10 +468,11 @@ class StemScreen(pyte.Screen):
         self._held_counted = False  # the held rows have been counted as dirty (`_commit`)
         self._plain_flood = True  # the last batch's lines had no EL or ESC ( B (see `_try_batch`)
         # A row autowrap went on from to the next has `wrapped` set (tmux's wrapped line, which a width change joins
-        # to the next: `_rewrap`); an explicit line feed from it, or its erase, clears it (`_unwrap`). `_wrapping`
-        # says the line feed under way is autowrap's; `_wraps` that a row of the main screen was ever marked (until
-        # then no row has to be looked at), `_main_wraps` the same of the main screen behind the alternate one, whose
-        # rows are never marked (they are never rewrapped, nor kept in the scrollback).
+        # to the next: `_rewrap`); an erase of it or of the row below clears it (`_unwrap`), an explicit line feed
+        # does not (as in tmux 3.3). `_wrapping` says the line feed under way is autowrap's; `_wraps` that a row of
+        # the main screen was ever marked (until then no row has to be looked at), `_main_wraps` the same of the main
+        # screen behind the alternate one, whose rows are never marked (they are never rewrapped, nor kept in the
+        # scrollback).
         self._wrapping = False
         self._wraps = False
         self._main_wraps = False
@@ -2977,18 +2978,14 @@ class _Scratch(StemScreen):
         margins = self.margins
         if self._cur.y == (self.lines - 1 if margins is None else margins.bottom):
             raise _Impure  # a scroll
+        if self._wrapping:
+            raise _Impure  # autowrap's: the row it leaves is marked as going on, which an effect does not keep
         super().index()
 
     def reverse_index(self) -> None:
         raise _Impure
 
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
-        raise _Impure
-
-    def _autowrap(self) -> None:
-        raise _Impure  # the row it leaves is marked as going on (`index`), which an effect does not keep
-
-    def _pyte_draw(self, data: str) -> None:
         raise _Impure
 
     def _join(self, char: str) -> None:

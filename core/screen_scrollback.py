@@ -71,15 +71,10 @@ def entry_wrapped(entry: Entry, counts: dict[tuple[str, Char, int], int]) -> boo
         return True
     if kind is str or isinstance(entry[0], Char):
         return False
-    piece: object = entry
-    attrs = DEFAULT_CHAR
-    if len(entry) == 2:  # (raw, attrs)
-        piece, attrs = cast("tuple[str | Piece, Char]", entry)
-        if type(piece) is WrapText:
-            return True
-    if not isinstance(piece, tuple):
-        return False
-    line, k, width = cast("Piece", piece)
+    piece, attrs = _drawn(entry)
+    if isinstance(piece, str):
+        return type(piece) is WrapText
+    line, k, width = piece
     key = (line, attrs, width)
     count = counts.get(key)
     if count is None:
@@ -205,9 +200,7 @@ class Scrollback:
                     kind = type(entry)
                     if kind is str:
                         text = cast("str", entry)
-                        if (len(text) <= columns or len(text.rstrip(" ")) <= columns) and (
-                            text.isascii() and "\x1b" not in text
-                        ):
+                        if len(text.rstrip(" ")) <= columns and text.isascii() and "\x1b" not in text:
                             out.append(entry)
                             continue
                     elif kind is tuple and len(entry) <= columns:
@@ -228,13 +221,12 @@ class Scrollback:
                 if not wrapped:
                     used = len(used_cells(cells))
                     cells = cells[: max(used, min(x, columns))] if used else []
+                offset = len(line) + x if x < len(cells) else _END
             elif not wrapped:
                 cells = used_cells(cells)
                 if not gathering and len(cells) <= columns:
                     out.append((row or "") if i >= held else kept[i])  # a line of one row that fits
                     continue
-            if i == at_row:
-                offset = len(line) + x if x < len(cells) else _END
             line.extend(cells)
             gathering = wrapped
             if wrapped and i < held + len(rows) - 1:
