@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -63,6 +64,31 @@ async def until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)  # polling interval, not synchronisation: the predicate decides
+
+
+@contextlib.contextmanager
+def hung(pid: int) -> Iterator[None]:
+    """`pid` hung, as a process stuck in the kernel is: the unified hierarchy's freezer holds it, so it answers
+    nothing, reads as sleeping (not as stopped, state T, which Stem sees after kill -STOP and lets go on) and still
+    dies of SIGKILL. In a cgroup of its own for the while, put back where it was (if it lives) and removed after."""
+    from core import cgroups
+
+    unified = next(h for h in cgroups.hierarchies() if h.unified)
+    home = next(line[3:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if line.startswith("0::"))
+    group = unified.mount / f"stem-test-hung-{os.getpid()}-{pid}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "cgroup.freeze").write_text("1")
+        wait_for(lambda: "frozen 1" in (group / "cgroup.events").read_text(), 5, f"pid {pid} to be frozen")
+        yield
+    finally:
+        (group / "cgroup.freeze").write_text("0")
+        for left in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                (unified.mount / home.lstrip("/") / "cgroup.procs").write_text(left)
+        wait_for(lambda: not (group / "cgroup.procs").read_text(), 5, f"cgroup {group.name} to be empty")
+        group.rmdir()
 
 
 def http_get(url: str) -> str | None:

@@ -16,10 +16,22 @@ from pathlib import Path
 
 import pytest
 from conftest import HiveEnv
-from helpers import assert_refused, git, link_names, make_repo, netns_names, run_stem, stem_cmd, stem_popen, wait_for
+from helpers import (
+    assert_refused,
+    git,
+    hung,
+    link_names,
+    make_repo,
+    netns_names,
+    run_stem,
+    stem_cmd,
+    stem_popen,
+    wait_for,
+)
 
 from core.errors import StemError
 from core.hive import Hive
+from core.host.launch import HELLO_WAIT
 from core.host.paths import HostPaths
 
 pytestmark = pytest.mark.root
@@ -162,15 +174,20 @@ def test_a_merge_killed_before_the_checkout_followed_is_finished_by_the_next_com
 
 
 def test_a_stop_ends_a_frozen_host_instead_of_waiting_for_it_for_ever(hive_env, repo):
-    # A host that is stopped (SIGSTOP) or hung still accepts connections (its socket's backlog does) and never
-    # answers them: the stop waited for its welcome for good, and a stop that has begun ignores SIGTERM and Ctrl-C
-    # until it is finished. It must give up on the host within seconds, kill it and end the colony.
+    # A hung host still accepts connections (its socket's backlog does) and never answers them: the stop waited for
+    # its welcome for good, and a stop that has begun ignores SIGTERM and Ctrl-C until it is finished. It must give up
+    # on the host within seconds, kill it and end the colony. (A host stopped by kill -STOP is let go on instead.)
     assert run_stem(hive_env.env, "spawn", "frozen", "--repo", str(repo)).returncode == 0
     host = HostPaths(hive_env.home / "colonies" / "frozen").process()
     assert host is not None
-    os.kill(host[0], signal.SIGSTOP)
 
-    stopped = run_stem(dict(hive_env.env, STEM_WARM="0"), "stop", "frozen", timeout=45)
+    with hung(host[0]):
+        began = time.monotonic()
+        stopped = run_stem(dict(hive_env.env, STEM_WARM="0"), "stop", "frozen", timeout=45)
+        took = time.monotonic() - began
+
+    # It never heard of the stop: killed once its welcome is overdue, not waited for to exit as well (5 s more).
+    assert took < HELLO_WAIT + 4, f"the stop took {took:.1f} s"
 
     assert stopped.returncode == 0, stopped.stderr
     assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")
@@ -210,27 +227,28 @@ def test_a_stopped_host_is_named_as_such_and_commands_do_not_wait_on_it(hive_env
 
 
 def test_a_stop_killed_before_the_host_heard_of_it_ends_the_host_too(hive_env, repo):
-    # The stop is killed -9 while it waits for a host that does not answer (frozen): the next stem command finishes
+    # The stop is killed -9 while it waits for a host that does not answer (hung): the next stem command finishes
     # the stop. The host must go with it, or the colony reads stopped while its host lives on, and a later start
-    # takes that stale host for the colony's (running, with its services dead and no network).
+    # takes that stale host for the colony's (running, with its services dead and no network). A host stopped by
+    # kill -STOP would not do: the stop lets it go on, and it answered before the stop could be caught stopping.
     assert run_stem(hive_env.env, "spawn", "halt", "--repo", str(repo)).returncode == 0
     host = HostPaths(hive_env.home / "colonies" / "halt").process()
     assert host is not None
-    os.kill(host[0], signal.SIGSTOP)
-    stopper = subprocess.Popen(
-        [*stem_cmd(), "stop", "halt"],
-        env=dict(hive_env.env, STEM_WARM="0"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: state_of(hive_env, "halt") == "stopping", timeout=10, what="the stop to begin")
-    finally:
-        stopper.kill()
-        stopper.wait()
+    with hung(host[0]):
+        stopper = subprocess.Popen(
+            [*stem_cmd(), "stop", "halt"],
+            env=dict(hive_env.env, STEM_WARM="0"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: state_of(hive_env, "halt") == "stopping", timeout=10, what="the stop to begin")
+        finally:
+            stopper.kill()
+            stopper.wait()
 
-    assert run_stem(hive_env.env, "ls").returncode == 0  # finishes the stop
+        assert run_stem(hive_env.env, "ls").returncode == 0  # finishes the stop
 
     assert state_of(hive_env, "halt") == "stopped"
     assert wait_for(lambda: not Path(f"/proc/{host[0]}").exists(), timeout=10, what="the frozen host to be gone")

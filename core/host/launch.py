@@ -108,15 +108,21 @@ async def stop(paths: HostPaths, grace: float, routes: bool = True, longest: flo
     if pids.stopped(*found):  # kill -STOP, ctrl+z: let it go on, so that it stops what it runs as a stop does
         with contextlib.suppress(ProcessLookupError):
             os.kill(found[0], signal.SIGCONT)
+    # The welcome too is waited for no longer than HELLO_WAIT: a hung host accepts a connection (its listening
+    # socket's backlog does) and never answers, which held the stop, and every signal after it, for good. It never
+    # heard of the stop, so it is not waited for again; one that refused (on its way out) or answered is.
+    hung = False
     try:
-        # The welcome too is waited for no longer than that: a frozen host (SIGSTOP, hung) accepts a connection (its
-        # listening socket's backlog does) and never answers, which held the stop, and every signal after it, for good.
         conn = await wait_for(Connection.open(paths.socket, "script", client="stem stop"), HELLO_WAIT)
-        async with conn:
-            await wait_for(conn.stop(grace, routes), max(grace, longest or 0) + 15)
-    except (StemError, TimeoutError, OSError):
-        pass  # it does not answer: it is ended below
-    if not await exited(found[0], 5.0):
+    except TimeoutError:
+        hung = True
+    except (StemError, OSError):
+        pass
+    else:
+        with contextlib.suppress(StemError, TimeoutError, OSError):  # it stops answering: it is ended below
+            async with conn:
+                await wait_for(conn.stop(grace, routes), max(grace, longest or 0) + 15)
+    if hung or not await exited(found[0], 5.0):
         kill(paths)
     return True
 
