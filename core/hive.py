@@ -1356,6 +1356,18 @@ class Hive:
         found = {name: self.host_paths(name).stopped() for name in names}
         return {name: pid for name, pid in found.items() if pid is not None}
 
+    def silent_hosts(self, names: Iterable[str], after: float) -> list[str]:
+        """Those of `names` whose followed host has left a question unanswered for `after` seconds or more: hung
+        (stuck in the kernel, a loop that never yields), it takes connections and keys and answers nothing. Asks
+        each host that has been quiet whether it is there; call it now and then, on the loop (no I/O)."""
+        links = self._links
+        return [name for name in names if (link := links.get(name)) is not None and link.unanswered() >= after]
+
+    def host_pids(self, names: Iterable[str]) -> dict[str, int]:
+        """The pid of each of `names`' host that runs."""
+        found = {name: self.host_paths(name).process() for name in names}
+        return {name: got[0] for name, got in found.items() if got is not None}
+
     def hosted(self) -> set[str]:
         """The colonies whose host runs now."""
         return {rec.name for rec in self.registry.colonies() if self.host_running(rec.name)}

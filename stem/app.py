@@ -49,6 +49,7 @@ from core.events import (
     ServiceState,
     StateChanged,
 )
+from core.host.protocol import HOST_SILENT
 from core.registry import ColonyRecord, Transition
 from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
@@ -81,7 +82,7 @@ __all__ = ["StemApp", "run"]
 EXIT_USAGE = 2
 AGE_REFRESH = 30.0  # the list read from the registry again (colonies changed by other processes)
 AGE_TICK = 1.0  # the ages in the list; only the age cells are redrawn
-HOST_CHECK = 2.0  # whether a colony's host is stopped (SIGSTOP): it says nothing itself
+HOST_CHECK = 2.0  # whether a colony's host is stopped (SIGSTOP) or does not answer (hung): it says nothing itself
 # The first frame waits (at most this long) for the selected colony's agent screen from its host, so that it is
 # drawn once, whole, instead of in three partial frames that each hold up the snapshots still to come.
 FIRST_FRAME_WAIT = 0.3
@@ -156,6 +157,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.activity: dict[str, str] = {}
         self.titles: dict[str, str] = {}  # each colony's agent's window title
         self.stopped_hosts: dict[str, int] = {}  # colony -> pid of its host, stopped (SIGSTOP) as last looked
+        self.silent_hosts: dict[str, int] = {}  # colony -> pid of its host, which does not answer (hung)
         self.changes: dict[str, tuple[FileChange, ...]] = {}
         self.errors: dict[str, list[tuple[float, str]]] = {}
         # Spawns started here, traced while they run; the ones that failed stay listed until dismissed.
@@ -555,6 +557,8 @@ class StemApp(App[int], inherit_bindings=False):
                     work=self.live.badge(rec.name),
                     note=f"host stopped · kill -CONT {stopped}"
                     if (stopped := self.stopped_hosts.get(rec.name))
+                    else f"host not answering · pid {silent}"
+                    if (silent := self.silent_hosts.get(rec.name))
                     else "",
                 )
             )
@@ -579,11 +583,13 @@ class StemApp(App[int], inherit_bindings=False):
             colonies.set_ages(ages)
 
     async def _check_hosts(self) -> None:
-        """A colony host that is stopped (kill -STOP) holds its lock and takes connections, so nothing else tells:
-        its row, its terminal's place and a notice say so, and how to let it go on, until it runs again."""
+        """A colony host that is stopped (kill -STOP) or hung holds its lock and takes connections, so nothing else
+        tells: its row, its terminal's place and a notice say so, and what to do, until it runs (answers) again."""
         names = [rec.name for rec in self.records if rec.state in (lc.RUNNING, lc.STARTING, lc.STOPPING)]
-        stopped = await asyncio.to_thread(self.hive.stopped_hosts, names) if names else {}
-        if stopped == self.stopped_hosts:
+        quiet = self.hive.silent_hosts(names, HOST_SILENT)
+        stopped, pids = await asyncio.to_thread(lambda: (self.hive.stopped_hosts(names), self.hive.host_pids(quiet)))
+        silent = {name: pid for name, pid in pids.items() if name not in stopped}
+        if stopped == self.stopped_hosts and silent == self.silent_hosts:
             return
         for name, pid in stopped.items():
             if self.stopped_hosts.get(name) != pid:
@@ -593,7 +599,15 @@ class StemApp(App[int], inherit_bindings=False):
                     severity="warning",
                     timeout=10,
                 )
-        self.stopped_hosts = stopped
+        for name, pid in silent.items():
+            if self.silent_hosts.get(name) != pid:
+                self.notify(
+                    f"{name}'s colony host (pid {pid}) has not answered for {HOST_SILENT:.0f} s: what it shows may be "
+                    f"stale. If it stays so, `stem stop {name}` ends it",
+                    severity="warning",
+                    timeout=10,
+                )
+        self.stopped_hosts, self.silent_hosts = stopped, silent
         self._redraw_rows()
         if self.selected is not None:
             self._attach_terminal()
@@ -671,6 +685,8 @@ class StemApp(App[int], inherit_bindings=False):
             note = f"none running ({rec.state})"
         elif rec is not None and rec.name in self.stopped_hosts:
             note = "not known: its colony host is stopped"
+        elif rec is not None and rec.name in self.silent_hosts:
+            note = "not known: its colony host does not answer"
         elif rec is not None and self.hive.agent(rec.name) is None:
             note = "not known yet: its colony host has not answered"
         elif self.selected_failure() is not None:
@@ -746,6 +762,16 @@ class StemApp(App[int], inherit_bindings=False):
                         f"'s colony host (pid {pid}) is stopped: it answers nothing until ",
                         Content.styled(f"kill -CONT {pid}", "bold"),
                         ".",
+                    )
+                )
+            elif rec.name in self.silent_hosts:
+                pid = self.silent_hosts[rec.name]
+                note.update(
+                    Content.assemble(
+                        Content.styled(rec.name, "bold"),
+                        f"'s colony host (pid {pid}) does not answer. If it stays so, ",
+                        Content.styled(f"stem stop {rec.name}", "bold"),
+                        " ends it.",
                     )
                 )
             else:

@@ -11,7 +11,9 @@ terminal's defaults, so output right after attaching that relies on them can loo
 A colony host that is stopped (kill -STOP, a debugger) still holds the connection and says nothing: every
 `HOST_CHECK` seconds attach looks whether it is, and while it is, the terminal's last row says so (and how to let it
 go on), over the agent's screen, which is drawn again whole once the host goes on. Keys typed meanwhile wait in the
-connection and reach the agent then, as they would reach a stopped program in a terminal of its own.
+connection and reach the agent then, as they would reach a stopped program in a terminal of its own. So for a host
+that is hung (stuck in the kernel, a loop that never yields): one that has been quiet is asked whether it is there,
+and one that leaves that unanswered for `HOST_SILENT` seconds gets its line until it answers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from core.aio import wait_for
 from core.errors import StemError
 from core.host.paths import HostPaths
 from core.host.protocol import (
+    HOST_SILENT,
     AgentInfo,
     Bye,
     ColonyInfo,
@@ -58,7 +61,7 @@ RELEASE_BINDING: Final = "terminal.release"
 DEFAULT_RELEASE: Final = b"\x1d"  # ctrl+]
 STREAMS: Final[frozenset[Stream]] = frozenset({"output", "states"})
 READ_SIZE: Final = 65536
-HOST_CHECK: Final = 2.0  # how often attach looks whether the colony host is stopped (SIGSTOP): it says nothing itself
+HOST_CHECK: Final = 2.0  # how often attach looks whether the colony host is stopped or hung: it says nothing itself
 
 EXIT_DETACHED: Final = 0
 EXIT_HOST_GONE: Final = 1
@@ -334,7 +337,7 @@ class _Attachment:
         self.colony_info: ColonyInfo | None = None
         self.agent: AgentInfo | None = None
         self.lines = 24  # the rows of the screen drawn last: where a stopped host's line goes without a known size
-        self.stopped: int | None = None  # the host's pid while it is stopped (kill -STOP), as last looked
+        self.stopped: int | None = None  # the host's pid while it is stopped (kill -STOP) or hung, as last looked
         self.look = asyncio.Event()  # look at the host now, not at the next `HOST_CHECK`
         self.writing = asyncio.Lock()  # one write at a time: the stopped host's line never lands inside the output
 
@@ -473,21 +476,24 @@ class _Attachment:
         self.lines = lines
         await self._write(render_snapshot(screen, columns, lines))
 
-    # ------------------------------------------------------------------------------------- a stopped host
+    # ------------------------------------------------------------------------------ a stopped or hung host
 
     async def _watch_host(self) -> None:
-        """Every `HOST_CHECK` seconds: a host that got stopped gets its line on the last row (again each time, as a
-        resize or the output that was on its way may have moved it); one that went on gets the agent's screen
-        drawn again whole, which takes the line away."""
+        """Every `HOST_CHECK` seconds: a host that got stopped, or that does not answer, gets its line on the last
+        row (again each time, as a resize or the output that was on its way may have moved it); one that went on
+        gets the agent's screen drawn again whole, which takes the line away."""
         while True:
             with contextlib.suppress(TimeoutError):  # a period, not a wait for something: the host tells nothing
                 await wait_for(self.look.wait(), HOST_CHECK)
             self.look.clear()
-            pid = self.host.stopped()
+            pid, line = self.host.stopped(), self._stopped_line
+            if pid is None and self.conn.unanswered() >= HOST_SILENT:
+                found = self.host.process()
+                pid, line = (found[0] if found is not None else None), self._silent_line
             if pid is not None:
                 self.stopped = pid
                 try:
-                    await self._write(self._stopped_line(pid))
+                    await self._write(self._last_row(line(pid)))
                 except OSError:  # stdout is gone
                     self._end(_End(128 + signal.SIGHUP, None))
                     return
@@ -495,11 +501,16 @@ class _Attachment:
                 self.stopped = None
                 self._redraw()
 
-    def _stopped_line(self, pid: int) -> bytes:
-        """The line over the last row that says the host is stopped, written without disturbing the agent's
-        screen: the cursor, pen, origin mode and character set are saved and put back."""
+    def _stopped_line(self, pid: int) -> str:
+        return f"colony {self.colony}: its host (pid {pid}) is stopped: kill -CONT {pid} (keys typed wait for it)"
+
+    def _silent_line(self, pid: int) -> str:
+        return f"colony {self.colony}: its host (pid {pid}) does not answer; `stem stop {self.colony}` ends it"
+
+    def _last_row(self, text: str) -> bytes:
+        """`text` as a line over the last row, written without disturbing the agent's screen: the cursor, pen,
+        origin mode and character set are saved and put back."""
         columns, lines = _terminal_size(self.stdout_fd, self.stdin_fd) or (80, self.lines)
-        text = f"colony {self.colony}: its host (pid {pid}) is stopped: kill -CONT {pid} (keys typed wait for it)"
         text = _CONTROL.sub("", text)[:columns].ljust(columns)
         # CAN first: the output may have stopped in the middle of a sequence, which would swallow the line.
         return f"\x18\x1b7{_CSI}?6l\x1b(B{_CSI}{lines};1H{_CSI}0;7m{text}{_CSI}0m\x1b8".encode()

@@ -478,6 +478,30 @@ async def test_a_stopped_host_is_shown_with_how_to_let_it_go_on_and_its_colony_c
         assert hive.agent("alpha") is not None
 
 
+async def test_a_host_that_does_not_answer_is_shown_so_with_what_to_do_and_its_colony_comes_back_after(
+    hive_env, repo, monkeypatch
+):
+    # A hung host (stuck in the kernel, a loop that never yields) is not stopped, so the SIGSTOP look does not see
+    # it: it takes the connection's bytes and answers nothing, and its row went on saying what it last wrote. The UI
+    # asks a quiet host whether it is there; one that leaves that unanswered is said not to answer.
+    from helpers import hung
+
+    from core.host.paths import HostPaths
+
+    monkeypatch.setattr("stem.app.HOST_SILENT", 3.0)  # 10 s in use; the same path, sooner
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await until(pilot, lambda: hive.agent("alpha") is not None, "alpha's agent shown")
+        host = HostPaths(hive_env.home / "colonies" / "alpha").process()
+        assert host is not None
+        told = f"host not answering · pid {host[0]}"
+        with hung(host[0]):
+            await until(pilot, lambda: shows(app, told), "the row to say so", timeout=15)
+            await until(pilot, lambda: notified(app, f"alpha's colony host (pid {host[0]}) has not answered"), "told")
+            assert notified(app, "`stem stop alpha` ends it")
+        await until(pilot, lambda: not shows(app, told), "the row as before", timeout=10)
+        assert hive.agent("alpha") is not None and not app.stopped_hosts
+
+
 async def test_quit_without_running_colonies_does_not_ask(hive_env, repo):
     async with stem_app(hive_env, repo) as (app, pilot, _hive):
         await pilot.press("q")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import HiveEnv, free_pool
-from helpers import make_repo, run_stem, stem_cmd, until, wait_for
+from helpers import hung, make_repo, run_stem, stem_cmd, until, wait_for
 from recordings import streams
 from test_host import fake_agent_config, host_pid
 
@@ -788,6 +788,37 @@ def test_attach_says_on_its_last_row_that_the_host_is_stopped_and_goes_on_once_i
         wait_for(lambda: line not in "\n".join(pane.lines()), what="the stopped host's line to go")
         pane.run("typed after")
         pane.wait("echo: typed after", "fake-agent>")
+        pane.keys("C-]")
+        pane.wait("detached from alpha", "attach exited 0")
+    finally:
+        pane.kill()
+
+
+@pytest.mark.root
+def test_attach_says_on_its_last_row_that_the_host_does_not_answer_and_goes_on_once_it_does(
+    hive_env: HiveEnv, tmp_path: Path
+) -> None:
+    """A real colony host hung (frozen by the cgroup freezer: not stopped, so the SIGSTOP look does not see it)
+    under an attached terminal: the last row says it has not answered and what ends it; once it answers again the
+    agent's screen is drawn again without the line, and what was typed meanwhile reached the agent."""
+    from core.host.protocol import HOST_SILENT
+
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    pane = Pane(hive_env.env, tmp_path)
+    try:
+        pane.attach()
+        pane.wait("fake-agent>")
+        host = host_pid(hive_env, "alpha")
+        assert host is not None
+        line = f"colony alpha: its host (pid {host}) does not answer; `stem stop alpha` ends it"
+        with hung(host):
+            pane.wait(line, timeout=HOST_SILENT + 10)
+            assert pane.lines()[ROWS - 1].startswith(line), pane.lines()
+            pane.run("typed while hung")
+        pane.wait("echo: typed while hung")
+        wait_for(lambda: line not in "\n".join(pane.lines()), what="the line to go")
         pane.keys("C-]")
         pane.wait("detached from alpha", "attach exited 0")
     finally:

@@ -181,6 +181,12 @@ class HostLink:
             if link._conn is not None and link._conn.version >= 2:
                 link.post(p.SetPalette(palette))
 
+    def unanswered(self) -> float:
+        """For how many seconds the host has left a question unanswered (`Connection.unanswered`); 0 while it
+        answers, or while not connected."""
+        conn = self._conn
+        return conn.unanswered() if conn is not None else 0.0
+
     def post(self, req: p.Request) -> None:
         conn = self._conn
         if conn is None:

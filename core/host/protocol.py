@@ -90,11 +90,13 @@ as root) with `bye`, never parsing what that peer sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import struct
+import time
 from asyncio.trsock import TransportSocket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,6 +124,13 @@ SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (1, PROTOCOL_VERSION)
 # Big enough for a snapshot of a huge screen with its log tail, small enough that a corrupt length is caught.
 MAX_FRAME: Final = 16 << 20
 _HEADER = struct.Struct(">I")
+
+# A host quiet this long (seconds) is asked whether it is there (`Connection.unanswered`); one that leaves the
+# question unanswered this long is said not to answer (hung: stuck in the kernel, a loop that never yields).
+HOST_QUIET: Final = 2.0
+HOST_SILENT: Final = 10.0
+# No log entry is after this one: a `log_history` after it is the cheapest question every version answers.
+_NEWEST: Final = 1 << 62
 
 # A screen larger than this is surely a corrupt message; it would otherwise make the decoder pad rows forever.
 MAX_SIZE: Final = 4096
@@ -1565,6 +1574,9 @@ class Connection:
         self._updates: asyncio.Queue[Update | None] = asyncio.Queue()  # None: the connection ended
         self._failure: StemError | None = None  # why it ended, if not cleanly
         self._ended: StemError | None = None
+        self.heard = time.monotonic()  # when the host last sent anything
+        self._asked: float | None = None  # when the question of `unanswered` went out, until it is answered
+        self._question: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop(), name=f"stem-host-client-{self.colony}")
 
     @classmethod
@@ -1706,6 +1718,23 @@ class Connection:
     async def restart_agent(self) -> None:
         await self.request(RestartAgent())
 
+    def unanswered(self, quiet: float = HOST_QUIET) -> float:
+        """For how many seconds the host has left a question unanswered (0: it has not). A host quiet for `quiet`
+        seconds is asked one whether it is there, one at a time: a hung host (stuck in the kernel, a loop that never
+        yields) takes the connection's bytes and answers nothing, and nothing else tells. Call it now and then."""
+        now = time.monotonic()
+        if self._asked is not None:
+            return now - self._asked
+        if self._ended is None and now - self.heard >= quiet:
+            self._asked = now
+            self._question = asyncio.ensure_future(self._ask())
+        return 0.0
+
+    async def _ask(self) -> None:
+        with contextlib.suppress(StemError):  # the connection ended: so does its follower
+            await self.log_history(_NEWEST, 1)
+        self._asked = None
+
     # -------------------------------------------------------------------------------------------- updates
 
     async def updates(self) -> AsyncIterator[Update]:
@@ -1725,6 +1754,7 @@ class Connection:
         try:
             while True:
                 msg = await read_message(self._reader)
+                self.heard = time.monotonic()
                 if isinstance(msg, Reply):
                     future = self._pending.get(msg.id)
                     if future is not None and not future.done():
