@@ -271,8 +271,11 @@ class TerminalQueries:
                     self._write(f"\x1b]{which};{_hex16(rgb)}{terminator}")
 
     def secondary_device_attributes(self) -> None:
-        """DA2 (`CSI > c`): xterm's answer, a VT420 (41) at xterm's patch level, no ROM cartridge (0)."""
-        self._write(f"\x1b[>41;{_XTERM_PATCH};0c")
+        """DA2 (`CSI > c`): xterm's answer as xterm gives it when it emulates a VT100 (0), as DA says (`CSI ? 6 c`),
+        at xterm's patch level, no ROM cartridge (0). Not a VT420 (41), as xterm says by default: tmux takes that
+        to have left and right margins (DECSLRM) and rectangle fills (DECFRA), which Stem does not, and scrolled
+        one of two side-by-side panes inside margins Stem did not keep, blanking the other."""
+        self._write(f"\x1b[>0;{_XTERM_PATCH};0c")
 
     def extended_cursor_position(self) -> None:
         """DECXCPR (`CSI ? 6 n`): the cursor's row and column as xterm reports them, `CSI ? row ; column R`; rows

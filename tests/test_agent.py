@@ -502,3 +502,45 @@ def test_missing_program_runs_the_shell_with_a_notice_and_resume_uses_the_resume
 )
 def test_encode_key(key: str, app_cursor: bool, expected: bytes) -> None:
     assert encode_key(key, app_cursor) == expected
+
+
+def test_tmux_inside_a_colony_keeps_a_pane_beside_one_that_scrolls(hive_env, repo):
+    # tmux takes a terminal that says it is a VT420 (secondary DA 41) to have left and right margins (DECSLRM) and
+    # rectangle fills (DECFRA), and then scrolls one of two side-by-side panes inside them. Stem has neither: it
+    # scrolled whole rows, and the pane beside the one that scrolled went blank, its divider with it.
+    server = f"stem-inner-{os.getpid()}"
+    left = "seq -f LEFT%g 1 5; exec sleep 600"
+    right = "echo ready; read line; seq 1 100; exec sleep 600"  # scrolls once both panes are drawn
+    argv = ["tmux", "-L", server, "-f", "/dev/null", "new-session", left, ";", "split-window", "-h", right]
+
+    def panes(rows: list[str]) -> tuple[list[str], list[str]]:
+        column = rows[-2].find("│")
+        if column < 0:
+            return [], []
+        return [row[:column].rstrip() for row in rows[:-1]], [row[column:] for row in rows[:-1]]
+
+    def drawn(session: AgentSession) -> bool:
+        right_pane = panes(session.screen.text())[1]
+        return bool(right_pane) and right_pane[-2].strip() == "│100" and right_pane[-3].strip() == "│99"
+
+    async def scenario() -> None:
+        async with colonies(hive_env, repo, "alpha") as world:
+            session = world.agent("alpha", argv)
+            try:
+                await world.recorder.until(
+                    lambda: panes(session.screen.text())[0][4:5] == ["LEFT5"] and "│ready" in session.screen.text()[0],
+                    TIMEOUT,
+                    "both panes",
+                    "alpha",
+                )
+                session.write(b"\r")
+                await world.recorder.until(lambda: drawn(session), TIMEOUT, "the right pane's last lines", "alpha")
+                left_pane, right_pane = panes(session.screen.text())
+                assert left_pane[:5] == [f"LEFT{i}" for i in range(1, 6)], session.screen.text()
+                assert all(row.startswith("│") for row in right_pane), session.screen.text()  # the divider
+            finally:
+                ended = await world.hive.exec("alpha", ["tmux", "-L", server, "kill-server"])
+                await asyncio.to_thread(ended.proc.wait, 10)
+                world.hive.exec_finished(ended)
+
+    asyncio.run(scenario())

@@ -99,8 +99,9 @@ def test_no_kitty_keyboard_and_no_clipboard_reads() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2, None])
 def test_secondary_da_and_extended_cursor_position_as_xterm_answers(chunk: int | None) -> None:
-    # DA2 is not DA: xterm says it is a VT420 (41) at its patch level; a DA2 with a parameter other than 0 is ignored.
-    assert asked(f"{CSI}>c{CSI}>0c{CSI}>1c", chunk) == f"{CSI}>41;379;0c{CSI}>41;379;0c".encode()
+    # DA2 is not DA: xterm's answer as a VT100 (0, not the VT420 that would claim left and right margins) at its
+    # patch level; a DA2 with a parameter other than 0 is ignored.
+    assert asked(f"{CSI}>c{CSI}>0c{CSI}>1c", chunk) == f"{CSI}>0;379;0c{CSI}>0;379;0c".encode()
     # DECXCPR: CPR marked private; rows from the top margin in origin mode; a pending wrap reports the last column.
     assert asked(f"{CSI}3;7H{CSI}?6n{CSI}2;5r{CSI}?6h{CSI}2;4H{CSI}?6n{CSI}6n", chunk) == (
         f"{CSI}?3;7R{CSI}?2;4R{CSI}2;4R".encode()
