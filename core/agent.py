@@ -182,6 +182,7 @@ class AgentSession:
         self._last_flush = float("-inf")
         self._cursor_seen = (-1, -1, False)
         self._version_seen = -1
+        self._modes_seen: tuple[frozenset[int], bool] = (frozenset(), False)
         # Synchronized output (2026): rows changed inside a frame go out when it ends, never half drawn.
         self._held = False  # a flush waits for the frame being drawn
         self._held_all = False
@@ -525,8 +526,12 @@ class AgentSession:
             self._unscanned |= rows
             if self._caught_up:
                 self._scan_prompts()
-        if rows or screen.version != self._version_seen or held:
+        # Modes set with nothing drawn (vim's application cursor keys, a mouse mode) change how a client encodes
+        # the next key or click: they are a change of their own.
+        modes = (frozenset(screen.mode), screen.queries.app_keypad)
+        if rows or screen.version != self._version_seen or held or modes != self._modes_seen:
             self._version_seen = screen.version
+            self._modes_seen = modes
             self._emit(ScreenChanged(self.colony, frozenset(rows)))
 
     def _scan_prompts(self) -> None:

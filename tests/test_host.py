@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_AGENT_PATH, http_get, make_repo, run_stem, until, wait_for
+from helpers import FAKE_AGENT_PATH, git, http_get, make_repo, run_stem, until, wait_for
 
 from core.hive import Hive
 from core.host.paths import HostPaths
@@ -398,6 +398,55 @@ def test_the_agent_takes_the_size_of_the_client_used_last_and_gets_it_back_when_
 
     asyncio.run(scenario())
     assert run_stem(hive_env.env, "stop", "sized").returncode == 0
+
+
+MODES_AGENT = """
+import os, sys, tty
+tty.setraw(0)  # no echo: what is typed changes no row
+os.write(1, b"ready")
+os.read(0, 1)
+os.write(1, b"\\x1b[?1h\\x1b=\\x1b[?1000h\\x1b[?1006h\\x1b[?2004h")  # modes only: no row, no cursor changes
+os.read(0, 1)
+"""
+
+
+def test_modes_an_agent_sets_without_drawing_reach_a_client_at_once(hive_env, tmp_path):
+    """An agent that turns on application cursor keys, mouse reports and bracketed paste and draws nothing: its
+    host sent screen changes only with rows that changed, so a UI went on encoding the next keys, clicks and pastes
+    in the old modes (the first Up after vim's `CSI ? 1 h` went as CSI A; clicks were not reported) until
+    something drew a row."""
+    from core.host.protocol import Connection, Keys, Rows, Snapshot
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / "modes_agent.py").write_text(MODES_AGENT)  # in the worktree: the colony sees no other /tmp
+    git(repo, "add", "modes_agent.py")
+    git(repo, "commit", "-qm", "the agent")
+    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    command = f"{shlex.quote(sys.executable)} modes_agent.py"
+    config.write_text(f'[hive]\ndefault_agent = "modes"\n\n[agents.modes]\ncommand = "{command}"\n')
+    assert run_stem(hive_env.env, "spawn", "moded", "--repo", str(repo)).returncode == 0
+    socket = HostPaths(hive_env.home / "colonies" / "moded").socket
+
+    async def scenario() -> None:
+        async with await Connection.open(socket, "ui") as ui:
+            await ui.subscribe("screen")
+            updates = ui.updates()
+            shown = ""
+            while "ready" not in shown:
+                update = await asyncio.wait_for(anext(updates), 10)
+                if isinstance(update, Snapshot | Rows) and update.screen is not None:
+                    shown += "".join(cell.data for row in update.screen.rows.values() for cell in row)
+            ui.post(Keys(b"x"))
+            while True:
+                update = await asyncio.wait_for(anext(updates), 5)  # TimeoutError: the modes never came
+                if isinstance(update, Rows) and update.screen.modes.app_cursor_keys:
+                    break
+            modes = update.screen.modes
+            assert (modes.mouse, modes.mouse_sgr, modes.bracketed_paste, modes.app_keypad) == (1000, True, True, True)
+
+    asyncio.run(scenario())
+    assert run_stem(hive_env.env, "stop", "moded").returncode == 0
 
 
 def test_a_stopped_host_turns_a_command_away_and_keeps_a_ui_waiting_until_it_goes_on(hive_env, tmp_path):

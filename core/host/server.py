@@ -85,6 +85,7 @@ class Client:
         self.streams: frozenset[str] = frozenset()
         self.pending_rows: set[int] = set()
         self.pending_clipboard: list[str] = []  # the agent's OSC 52 writes, sent with the next rows
+        self.pending_screen = False  # a change to send even with no row in it (modes, the screen's version)
         self.flushing = False
         # While its socket is backed up, log lines are not queued for it (a service's flood would grow the host
         # without bound): it gets them from the log's ring once it drains, after this seq.
@@ -413,6 +414,7 @@ class ColonyHost:
             for client in self.clients:
                 if "screen" in client.streams:
                     client.pending_rows |= event.rows
+                    client.pending_screen = True
                     self._flush_rows(client)
             return
         if isinstance(event, LogLine):
@@ -502,7 +504,7 @@ class ColonyHost:
         runtime = self.runtime
         if runtime is None or runtime.agent is None or client.writer.is_closing():
             return
-        if not client.pending_rows and not client.pending_clipboard:
+        if not client.pending_screen and not client.pending_rows and not client.pending_clipboard:
             return
         if runtime.agent.screen.queries.frame_remaining() > 0:
             return
@@ -514,6 +516,7 @@ class ColonyHost:
         screen = runtime.agent.screen
         rows = {y for y in client.pending_rows if 0 <= y < screen.lines}
         client.pending_rows.clear()
+        client.pending_screen = False
         state = p.screen_state(screen, rows)
         if client.pending_clipboard:
             state = dataclasses.replace(state, clipboard=tuple(client.pending_clipboard))
@@ -647,6 +650,7 @@ class ColonyHost:
                 await agent.frame_settled()  # a snapshot shows whole frames only
             client.streams = frozenset(msg.streams)
             client.pending_rows.clear()
+            client.pending_screen = False
             client.send(self._snapshot(client.streams))
             return None
         if isinstance(msg, p.AwaitStart):
