@@ -44,6 +44,7 @@ from core.host.protocol import (
     Keys,
     Output,
     Resize,
+    Rows,
     ScreenState,
     Snapshot,
     State,
@@ -60,6 +61,9 @@ __all__ = ["DEFAULT_RELEASE", "RELEASE_BINDING", "ReleaseKey", "attach", "releas
 RELEASE_BINDING: Final = "terminal.release"
 DEFAULT_RELEASE: Final = b"\x1d"  # ctrl+]
 STREAMS: Final[frozenset[Stream]] = frozenset({"output", "states"})
+# While the agent is at another client's size (a UI used last), its output is laid out for that size: the screen's
+# changed rows are drawn instead, cut to this terminal, as tmux shows a window larger than the client.
+MIRROR_STREAMS: Final[frozenset[Stream]] = frozenset({"screen", "states"})
 READ_SIZE: Final = 65536
 HOST_CHECK: Final = 2.0  # how often attach looks whether the colony host is stopped or hung: it says nothing itself
 
@@ -214,23 +218,42 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
     out = [f"{_CSI}0m{_CSI}r{_CSI}H{_CSI}2J"]  # a known pen and whole-screen margins before clearing
     if screen is None:
         return "".join(out).encode()
-    modes = screen.modes
+    out.append(f"{_CSI}?5{'h' if screen.modes.reverse_screen else 'l'}")
+    _draw_rows(out, screen, columns, lines, erase=False)
+    _draw_modes_and_cursor(out, screen, columns, lines)
+    return "".join(out).encode()
+
+
+def render_rows(screen: ScreenState, columns: int, lines: int) -> bytes:
+    """What draws the rows a `rows` message holds over a drawn snapshot (each erased first), cut to a terminal of
+    `columns` x `lines`, and the modes and cursor it gives."""
+    out: list[str] = []
+    _draw_rows(out, screen, columns, lines, erase=True)
+    _draw_modes_and_cursor(out, screen, columns, lines)
+    return "".join(out).encode()
+
+
+def _draw_rows(out: list[str], screen: ScreenState, columns: int, lines: int, erase: bool) -> None:
+    """The rows of `screen` (those it holds), cut at the terminal's right and bottom; `erase`: each row erased
+    first (else the terminal is known blank)."""
     # On a DECSCNM screen pyte stores every cell reversed; the terminal reverses them itself once told to.
-    flip = modes.reverse_screen
-    out.append(f"{_CSI}?5{'h' if flip else 'l'}")
+    flip = screen.modes.reverse_screen
     width, height = min(columns, screen.columns), min(lines, screen.lines)
-    pen: tuple[object, ...] = Char(" ")[1:]
-    for y in range(height):
+    blank = screen.blank
+    for y in sorted(screen.rows) if erase else range(height):
         cells = screen.rows.get(y)
-        if cells is None:
+        if cells is None or y >= height:
             continue
         end = len(cells)
-        blank = screen.blank
-        while end and cells[end - 1] == blank:  # the clear drew those already
+        while end and cells[end - 1] == blank:  # an erase drew those already
             end -= 1
-        if not end:
+        if erase:
+            out.append(f"{_CSI}{y + 1}H{_CSI}0m{_CSI}2K")
+        elif not end:
             continue
-        out.append(f"{_CSI}{y + 1}H")
+        else:
+            out.append(f"{_CSI}{y + 1}H")
+        pen: tuple[object, ...] = Char(" ")[1:]
         for x in range(min(end, width)):
             cell = cells[x]
             data = cell.data
@@ -250,6 +273,12 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
                 out.append(_sgr(style))
                 pen = style
             out.append(data)
+        if pen != Char(" ")[1:]:
+            out.append(f"{_CSI}0m")
+
+
+def _draw_modes_and_cursor(out: list[str], screen: ScreenState, columns: int, lines: int) -> None:
+    modes = screen.modes
     out.append(f"{_CSI}0m")
     out.append(f"{_CSI}?1{'h' if modes.app_cursor_keys else 'l'}")
     out.append(f"{_CSI}?2004{'h' if modes.bracketed_paste else 'l'}")
@@ -261,10 +290,10 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
     out.append(f"{_CSI}?1004{'h' if modes.focus_reports else 'l'}")
     if screen.title:
         out.append(f"\x1b]2;{_CONTROL.sub('', screen.title)}\x07")
+    width, height = min(columns, screen.columns), min(lines, screen.lines)
     x = min(screen.cursor_x, width - 1)  # pyte's x is `columns` while a wrap is pending
     y = min(screen.cursor_y, height - 1)
     out.append(f"{_CSI}{y + 1};{x + 1}H{_CSI}?25{'h' if screen.cursor_visible else 'l'}")
-    return "".join(out).encode()
 
 
 # -------------------------------------------------------------------------------------------------- the terminal
@@ -334,6 +363,9 @@ class _Attachment:
         # output is for a screen about to be replaced. Dropped until the next snapshot.
         self.stale = True
         self.held = b""  # the end of the last output, which may be the start of a screen switch (see `_passed`)
+        # The agent is at another client's size (`MIRROR_STREAMS`): the screen's rows are drawn, not its output.
+        self.mirroring = False
+        self.agent_size: tuple[int, int] | None = None  # as the host last said
         self.colony_info: ColonyInfo | None = None
         self.agent: AgentInfo | None = None
         self.lines = 24  # the rows of the screen drawn last: where a stopped host's line goes without a known size
@@ -422,7 +454,7 @@ class _Attachment:
         try:
             for msg in first:
                 self.conn.post(msg)
-            self.conn.post(Subscribe(STREAMS))
+            self.conn.post(Subscribe(MIRROR_STREAMS if self.mirroring else STREAMS))
         except StemError:
             pass  # the connection ended: the follower reports why
 
@@ -449,13 +481,19 @@ class _Attachment:
         try:
             async for msg in updates:
                 if isinstance(msg, Output):
-                    if not self.stale:
+                    if not self.stale and not self.mirroring:
                         await self._write(self._passed(msg.data))
+                elif isinstance(msg, Rows):
+                    if not self.stale and self.mirroring:
+                        columns, lines = _terminal_size(self.stdout_fd, self.stdin_fd) or (80, self.lines)
+                        await self._write(render_rows(msg.screen, columns, lines))
                 elif isinstance(msg, Snapshot):
                     self._note(msg.colony, msg.agent)
                     await self._snapshot(msg.screen)
                 elif isinstance(msg, State):
                     self._note(msg.colony, msg.agent)
+                    if msg.agent is not None and msg.agent.size is not None:
+                        self._agent_sized(msg.agent.size)
                 elif isinstance(msg, Bye):
                     bye = msg.reason
         except StemError as e:  # the connection broke, or the host sent something broken
@@ -465,12 +503,35 @@ class _Attachment:
             return
         self._end(_End(EXIT_HOST_GONE, f"{self.colony}'s agent ended: {bye or self._why_gone()}"))
 
+    def _agent_sized(self, size: tuple[int, int]) -> None:
+        """The agent's size, as the host says when it changes: at another size than this terminal (a UI used last
+        took it), the screen's rows are drawn rather than its output passed through, which is laid out for that
+        size; back at this size, output again. Each change subscribes again for a snapshot of the screen."""
+        before, self.agent_size = self.agent_size, size
+        mine = _terminal_size(self.stdout_fd, self.stdin_fd) or self.asked
+        mirror = mine is not None and size != mine
+        if mirror != self.mirroring or (mirror and size != before):
+            self.mirroring = mirror
+            self._redraw()
+
     async def _snapshot(self, screen: ScreenState | None) -> None:
         self.held = b""  # the snapshot has it
         size = _terminal_size(self.stdout_fd, self.stdin_fd)
-        if screen is not None and size is not None and (screen.columns, screen.lines) != size and self.asked != size:
+        if (
+            screen is not None
+            and size is not None
+            and (screen.columns, screen.lines) != size
+            and self.asked != size
+            and not self.mirroring
+        ):
             self._ask_size(size)  # what follows this snapshot would not fit: draw the one that answers
             return
+        if size is not None and self.asked is None:
+            # The agent has this size already: the host is told it all the same, so that a key typed here gives it
+            # back after another client (a UI used since) took it.
+            self.asked = size
+            with contextlib.suppress(StemError):
+                self.conn.post(Resize(*size))
         self.stale = False
         columns, lines = size or ((screen.columns, screen.lines) if screen is not None else (80, 24))
         self.lines = lines

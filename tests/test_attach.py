@@ -35,6 +35,7 @@ from core.host.protocol import (
     AgentInfo,
     Bye,
     ColonyInfo,
+    Connection,
     ConnectionClosed,
     Keys,
     Message,
@@ -819,6 +820,48 @@ def test_attach_says_on_its_last_row_that_the_host_does_not_answer_and_goes_on_o
             pane.run("typed while hung")
         pane.wait("echo: typed while hung")
         wait_for(lambda: line not in "\n".join(pane.lines()), what="the line to go")
+        pane.keys("C-]")
+        pane.wait("detached from alpha", "attach exited 0")
+    finally:
+        pane.kill()
+
+
+@pytest.mark.root
+def test_attach_at_another_size_than_the_agent_draws_its_screen_and_gets_its_size_back_once_typed_in(
+    hive_env: HiveEnv, tmp_path: Path
+) -> None:
+    """A UI used last gives the agent its size (60x20) while `stem attach` shows it at 100x30: the agent's output,
+    laid out for 60 columns, was passed through to a terminal of 100 and the attach showed lines the agent never
+    drew (a line wrapped at 60 shown whole on one row). The attach now draws the screen's rows cut to its terminal,
+    as tmux shows a window larger than a client, and a key typed in it gives the agent its size back."""
+    fake_agent_config(hive_env)
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    socket = HostPaths(hive_env.home / "colonies" / "alpha").socket
+    pane = Pane(hive_env.env, tmp_path)
+
+    async def scenario() -> None:
+        pane.attach()
+        await asyncio.to_thread(pane.wait, "fake-agent>")
+        async with await Connection.open(socket, "ui") as ui:
+            await ui.request(Resize(60, 20))  # the UI, used last
+            await ui.send_keys(b"x" * 80 + b"\r")
+            # The agent's screen: its line wrapped at 60 (6 + 54, then 26), drawn so in the attach, not as one row.
+            await asyncio.to_thread(pane.wait, "echo: " + "x" * 54)
+            rows = [row.rstrip() for row in pane.lines()]
+            at = rows.index("echo: " + "x" * 54)
+            assert rows[at + 1] == "x" * 26, rows
+            await asyncio.to_thread(pane.run, "y" * 90)  # typed in the attach: the agent takes its size back
+            await asyncio.to_thread(pane.wait, "echo: " + "y" * 90)
+            async with await Connection.open(socket, "script") as look:
+                await look.subscribe("screen")
+                snapshot = await anext(look.updates())
+                assert isinstance(snapshot, Snapshot) and snapshot.screen is not None
+                assert (snapshot.screen.columns, snapshot.screen.lines) == (COLS, ROWS)
+            assert "echo: " + "y" * 90 in [row.rstrip() for row in pane.lines()]  # passed through at its width
+
+    try:
+        asyncio.run(scenario())
         pane.keys("C-]")
         pane.wait("detached from alpha", "attach exited 0")
     finally:

@@ -65,8 +65,8 @@ Values inside messages:
   lines it keeps by number whenever `pulled` changed. A width change rewraps every line (as tmux does): the lines
   held get new numbers from the oldest's on, and `pulled` goes up by one (clients also forget every line when
   `columns` changes).
-- colony {state, stage, reason}; agent {activity, code, pid}; service {name, state, port, restarts, code, detail,
-  pid};
+- colony {state, stage, reason}; agent {activity, code, pid, size [columns, lines] (left out when not known)};
+  service {name, state, port, restarts, code, detail, pid};
   file {path, status, added, removed}; log entry {seq, at, source, text}.
 - result: {k: "scrollback", start, columns, styles, lines [row]} | {k: "log", entries, more} | {k: "diff", text}.
 
@@ -640,13 +640,24 @@ class AgentInfo(_Wire):
     activity: str
     code: int | None = None
     pid: int | None = None  # the agent program's process, while it runs
+    # Its terminal's size (columns, lines), that of the client used last; a `state` says when it changes, so that
+    # `stem attach` at another size draws the screen rather than passing through output laid out for another.
+    size: tuple[int, int] | None = None
 
     def encode(self) -> dict[str, object]:
-        return {"activity": self.activity, "code": self.code, "pid": self.pid}
+        sized = {"size": list(self.size)} if self.size is not None else {}
+        return {"activity": self.activity, "code": self.code, "pid": self.pid, **sized}
 
     @classmethod
     def _read(cls, f: _Fields) -> Self:
-        return cls(f.text("activity"), f.optional_integer("code"), f.optional_integer("pid"))
+        size: tuple[int, int] | None = None
+        if "size" in f.data:
+            match f.integers("size"):
+                case (columns, lines):
+                    size = (columns, lines)
+                case _:
+                    raise ProtocolError(f"field 'size' of {f.what} should be [columns, lines]")
+        return cls(f.text("activity"), f.optional_integer("code"), f.optional_integer("pid"), size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,7 +256,9 @@ class ColonyHost:
                 else:
                     runtime.agent.paste(early.text)
             self._early.clear()
-            self.agent = p.AgentInfo(runtime.agent.activity or "idle", runtime.agent.exit_code, runtime.agent.pid)
+            self.agent = p.AgentInfo(
+                runtime.agent.activity or "idle", runtime.agent.exit_code, runtime.agent.pid, self._agent_size()
+            )
             self._broadcast("states", p.State(agent=self.agent))
         self._answer_start("")
         log.info("%s started", self.name)
@@ -454,7 +456,7 @@ class ColonyHost:
             self._broadcast("states", p.State(services=(info,)))
             return
         if isinstance(event, AgentActivity):
-            self.agent = p.AgentInfo(event.activity, event.code, self._agent_pid())
+            self.agent = p.AgentInfo(event.activity, event.code, self._agent_pid(), self._agent_size())
             code = f"({event.code})" if event.code is not None else ""
             if not self.done.is_set():
                 self._defer(lambda: self.registry.set_runtime(self.name, "agent", "agent", event.activity + code, ""))
@@ -463,6 +465,10 @@ class ColonyHost:
         if isinstance(event, ChangesUpdated):
             self.files = event.files
             self._broadcast("states", p.State(files=event.files))
+
+    def _agent_size(self) -> tuple[int, int] | None:
+        agent = self.runtime.agent if self.runtime is not None else None
+        return (agent.screen.columns, agent.screen.lines) if agent is not None else self.size
 
     def _agent_pid(self) -> int | None:
         agent = self.runtime.agent if self.runtime is not None else None
@@ -479,7 +485,7 @@ class ColonyHost:
         self._tap(agent)
         if self.size is not None and self.size != (agent.screen.columns, agent.screen.lines):
             agent.resize(*self.size)
-        self.agent = p.AgentInfo(agent.activity or "idle", None, self._agent_pid())
+        self.agent = p.AgentInfo(agent.activity or "idle", None, self._agent_pid(), self._agent_size())
         self._broadcast("states", p.State(agent=self.agent))
 
     def _tap(self, agent: AgentSession) -> None:
@@ -594,6 +600,9 @@ class ColonyHost:
             runtime.agent_size = size
             if runtime.agent is not None:
                 runtime.agent.resize(*size)
+        if self.agent.size != size:  # told: an attach at another size draws the screen rather than pass output
+            self.agent = dataclasses.replace(self.agent, size=size)
+            self._broadcast("states", p.State(agent=self.agent))
 
     def _client_left(self, client: Client) -> None:
         """A client whose size the agent has went away: the agent takes the size of the one used last of those
