@@ -34,6 +34,8 @@ class HiveAPI(Protocol):
     settings: Settings
     # Whose log lines the followed hosts publish one by one (None: every colony's).
     log_lines_for: Callable[[str], bool] | None
+    # Told when an operation waits for a colony another process holds (one line, what holds it).
+    on_lock_wait: Callable[[str], None] | None
 
     @property
     def home(self) -> Path: ...

@@ -27,7 +27,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-from core import cgroups, claims, dns, firewall, netns, procs, sandbox, worktree
+from core import cgroups, claims, dns, firewall, netns, pids, procs, sandbox, worktree
 from core import lifecycle as lc
 from core.actor import Supervisor, describe
 from core.aio import wait_for
@@ -69,7 +69,7 @@ from core.host import forker
 from core.host.paths import STARTER_ENV, HostPaths
 from core.listing import Listed, listing, open_hive, pool_from_environment
 from core.locations import write_atomically
-from core.locks import FileLock, file_lock, remove_unused
+from core.locks import FileLock, file_lock, holder, remove_unused
 from core.locks import checkpoint as _checkpoint
 from core.names import branch_name, check_name, netns_name, veth_name
 from core.offload import read_off_loop
@@ -91,6 +91,7 @@ _SEQ = attrgetter("seq")  # a log entry's number
 log = logging.getLogger("stem.hive")
 DEFAULT_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 STOP_GRACE = 5.0
+LOCK_LOOK = 1.0  # seconds between a lock waiter's looks at who holds the lock (a stopped holder ends the wait)
 STOP_WORKERS = 32  # threads a batch of stops runs its blocking work on (namespaces, cgroups, waits on the kernel)
 LINK_WAIT = 2.0  # seconds a starter waits for its link to a new host before asking it to start
 FIRST_LINK_WAIT = 0.5  # seconds at most a UI's other links wait for the colony it shows first (see `attach`)
@@ -150,6 +151,15 @@ class DestroyReport:
     unmerged: int = 0
 
 
+def _command_text(argv: list[str]) -> str:
+    """A process's command line as a line names it: `stem spawn alpha --repo .` rather than the interpreter and the
+    script's path, cut at 80 characters."""
+    if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
+        argv = [os.path.basename(argv[1]), *argv[2:]]
+    text = " ".join(argv) or "a process"
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
 async def _finished_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """Await `work`; if the caller is cancelled meanwhile (its command ended by Ctrl-C, SIGTERM, SIGHUP), finish it
     all the same, then stay cancelled: a stop or destroy once begun is never left half done."""
@@ -189,6 +199,9 @@ class Hive:
         self._logs: dict[str, ColonyLog] = {}
         self._logs_lock = threading.Lock()  # a spawn's steps log from several threads: one ColonyLog per colony
         self._links: dict[str, HostLink] = {}
+        # Told, once per wait, when an operation waits for a colony another process holds (a spawn still running
+        # its setup): the CLI says so on stderr rather than wait without a word.
+        self.on_lock_wait: Callable[[str], None] | None = None
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
         # Whose log lines the followed hosts publish one by one (None: every colony's); a UI names the colony it
         # shows (`HostLink`), so one flooding its log elsewhere costs it little.
@@ -396,15 +409,28 @@ class Hive:
 
     @contextlib.asynccontextmanager
     async def _holding(self, name: str) -> AsyncIterator[None]:
-        """The colony's file lock for a whole operation, awaits included, so other stem processes wait."""
+        """The colony's file lock for a whole operation, awaits included, so other stem processes wait. Waited for
+        by trying again and again, not in a thread blocked on it: Ctrl-C ends the wait (a thread blocked in flock
+        held the exiting process until the lock came free). A holder that is stopped (kill -STOP, ctrl+z) would
+        hold it for good: the wait ends with a line naming it."""
         lock = FileLock(self.layout.colony_lock(name))
-        acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
-        try:
-            await asyncio.shield(acquiring)
-        except asyncio.CancelledError:
-            # The thread goes on and may still get the lock: let it go as soon as it does, never hold it forever.
-            acquiring.add_done_callback(lambda done: lock.release())
-            raise
+        loop = asyncio.get_running_loop()
+        delay, look_at, told = 0.005, loop.time() + LOCK_LOOK, False
+        while not await asyncio.to_thread(lock.try_acquire):  # never blocks: its thread always comes back
+            if loop.time() >= look_at:
+                look_at = loop.time() + LOCK_LOOK
+                pid = await asyncio.to_thread(holder, lock.path)
+                what = _command_text(pids.argv_of(pid)) if pid is not None else ""
+                if pid is not None and pids.stopped(pid):
+                    raise StemError(
+                        f"colony {name} is held by pid {pid} ({what}), which is stopped: kill -CONT {pid} lets it "
+                        f"finish, kill {pid} ends it"
+                    )
+                if pid is not None and not told and self.on_lock_wait is not None:
+                    told = True
+                    self.on_lock_wait(f"colony {name} is busy: pid {pid} ({what}) holds it; waiting (ctrl+c gives up)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
         try:
             yield
         finally:

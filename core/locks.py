@@ -96,6 +96,23 @@ def repo_lock_path(lock_dir: Path, git_common_dir: Path) -> Path:
     return lock_dir / f"repo-{digest}.lock"
 
 
+def holder(path: Path) -> int | None:
+    """The pid of the process holding `path`'s flock, as /proc/locks says; None if nobody does (or it cannot tell).
+    A line of a process waiting for a lock ("->") names no holder."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 22042 fe:00:2179257 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
 class FileLock:
     """An flock held across awaits: acquire in a worker thread (it may block), release from anywhere."""
 
@@ -105,6 +122,14 @@ class FileLock:
 
     def acquire(self) -> None:
         self._fd = _locked(self.path, fcntl.LOCK_EX)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        try:
+            self._fd = _locked(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def release(self) -> None:
         if self._fd is not None:

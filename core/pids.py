@@ -63,3 +63,13 @@ def stopped(pid: int, start: int | None = None) -> bool:
     or held by a debugger (t). It runs nothing until a SIGCONT (or the debugger) lets it go on."""
     fields = proc_stat(pid)
     return fields is not None and fields[0] in (b"T", b"t") and (start is None or int(fields[19]) == start)
+
+
+def argv_of(pid: int) -> list[str]:
+    """The command line `pid` runs, as /proc gives it; [] if it is gone (or a kernel thread)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").rstrip("\0").split("\0") if raw else []

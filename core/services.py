@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
-from core import cgroups, procs
+from core import cgroups, pids, procs
 from core.aio import wait_for
 from core.colony_log import LAST_LINES, ColonyLog, Entry, failure_tail
 from core.config import ColonyConfig, ServiceSpec, service_start_order
@@ -337,13 +337,12 @@ def _process_text(pid: int) -> str:
     """Blocking: a process of a colony as a line names it: `service db (pid 7 in the colony: postgres -D data)`, or
     `pid 7 in the colony: python3 -m http.server 3000` for one no service started (the agent's, `stem exec`'s)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0")
         cgroup = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
-        argv, cgroup = "", ""
+        cgroup = ""
     inside = procs.colony_pid(pid)
     text = f"pid {inside} in the colony" if inside not in (None, pid) else f"pid {pid}"
-    shown = argv.replace("\0", " ")
+    shown = " ".join(pids.argv_of(pid))
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     text += f": {shown}" if shown else ""
     # Its service's own cgroup is `<prefix>-<colony>/<prefix>-svc-<service>` (cgroups.service_cgroup).
@@ -1061,10 +1060,7 @@ class ServiceRunner:
     def _record_background(self, pid: int, start: int, ours: bool) -> list[str]:
         """Blocking: the followed daemon into the registry's process table (its argv, returned); with `ours`, reap
         an intermediate of its start that exited before we looked (it was re-parented to us too)."""
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
-        except OSError:
-            argv = []
+        argv = pids.argv_of(pid)
         self._record_process(pid, start, f"service:{self.name}", argv)
         if ours:
             procs.reap_orphans()

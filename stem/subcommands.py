@@ -36,7 +36,9 @@ EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with
 def _hive() -> HiveAPI:
     from core.hive import Hive
 
-    return Hive.from_environment()
+    hive = Hive.from_environment()
+    hive.on_lock_wait = lambda line: print(f"stem: {line}", file=sys.stderr, flush=True)
+    return hive
 
 
 async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:

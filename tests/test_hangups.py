@@ -138,3 +138,57 @@ def test_a_start_cut_while_its_host_comes_up_leaves_no_host_running(hive_env, tm
     assert run_stem(hive_env.env, "start", "slow").returncode == 0
     rec = listed(hive_env)["slow"]
     assert rec["state"] == "running" and rec["services"] == {"web": "ready"}, rec
+
+
+SLOW_SETUP = '[colony]\nsetup = ["sleep 60"]\n'
+
+
+def test_a_command_waiting_on_a_colony_held_by_a_stopped_stem_command_says_so_and_ends(hive_env, tmp_path):
+    """A spawn stopped by ctrl+z (kill -STOP) holds its colony's lock for good: `stem stop` of that colony waited
+    without a word, and Ctrl-C could not end the wait. It says who holds the colony and how to let it go on."""
+    repo = make_repo(tmp_path / "repo", colony_toml=SLOW_SETUP)
+    spawn = stem_popen(dict(hive_env.env, STEM_WARM="0"), "spawn", "held", "--repo", str(repo))  # it holds the lock
+    try:
+        # Stopped while it waits for its setup, not inside a write to the registry (its record of the setup is made).
+        wait_for(lambda: provisioning(hive_env, "held") and hive_env.registry_pids(), 20, "the spawn's setup")
+        os.kill(spawn.pid, signal.SIGSTOP)
+        stopped = run_stem(hive_env.env, "stop", "held", timeout=30)
+        assert stopped.returncode == 2, stopped
+        assert stopped.stderr.startswith(f"stem: colony held is held by pid {spawn.pid} ("), stopped.stderr
+        assert stopped.stderr.endswith(
+            f"), which is stopped: kill -CONT {spawn.pid} lets it finish, kill {spawn.pid} ends it\n"
+        ), stopped.stderr
+        assert stopped.stderr.count("\n") == 1, stopped.stderr
+    finally:
+        os.kill(spawn.pid, signal.SIGCONT)
+        spawn.terminate()  # a spawn ended by SIGTERM rolls back
+        spawn.communicate(timeout=60)
+    assert run_stem(hive_env.env, "ls").stdout.startswith("no colonies")
+
+
+def test_ctrl_c_ends_a_command_waiting_for_a_colony_another_one_holds(hive_env, tmp_path):
+    """`stem stop` of a colony whose spawn still runs its setup waits for it, saying so; Ctrl-C ends that wait at
+    once (the wait was a thread blocked on the lock, which held the exiting process until the spawn let it go)."""
+    repo = make_repo(tmp_path / "repo", colony_toml=SLOW_SETUP)
+    spawn = stem_popen(hive_env.env, "spawn", "busy", "--repo", str(repo))
+    try:
+        wait_for(lambda: provisioning(hive_env, "busy"), 20, "the spawn's setup")
+        stop = stem_popen(hive_env.env, "stop", "busy")
+        assert stop.stderr is not None
+        told = stop.stderr.readline()
+        assert told.startswith("stem: colony busy is busy: pid ") and told.endswith("; waiting (ctrl+c gives up)\n")
+        stop.send_signal(signal.SIGINT)
+        stop.communicate(timeout=10)  # TimeoutExpired: the wait outlived Ctrl-C
+        assert stop.returncode == 130, stop.returncode
+        assert spawn.poll() is None  # the spawn goes on
+    finally:
+        spawn.terminate()
+        spawn.communicate(timeout=60)
+
+
+def provisioning(hive_env, name: str) -> bool:
+    """Whether the colony is being provisioned (its setup runs), as the registry says; False before there is one."""
+    try:
+        return state_of(hive_env, name) == "provisioning"
+    except sqlite3.OperationalError:  # the spawn has not made the hive's registry yet
+        return False
