@@ -106,6 +106,7 @@ class HiveAPI(Protocol):
         stdout: int | IO[bytes] | None = None,
         stderr: int | IO[bytes] | None = None,
         terminal: bool = False,
+        started: Callable[[int], None] | None = None,
     ) -> ColonyProcess: ...
     def exec_finished(self, running: ColonyProcess) -> None: ...
 

@@ -1313,9 +1313,11 @@ class Hive:
         stdout: int | IO[bytes] | None = None,
         stderr: int | IO[bytes] | None = None,
         terminal: bool = False,
+        started: Callable[[int], None] | None = None,
     ) -> ColonyProcess:
         """Start `argv` inside a running colony and record it, so a stop from any shell ends it. `terminal`: stdin
-        is a PTY the caller made for it (an interactive `stem exec`), to be its controlling terminal."""
+        is a PTY the caller made for it (an interactive `stem exec`), to be its controlling terminal. `started` is
+        told its pid (in a thread) before it is recorded."""
         self.bind_loop()
 
         def start() -> ColonyProcess:
@@ -1350,9 +1352,11 @@ class Hive:
                 if isinstance(exc, PermissionError):
                     raise StemError(f"command not executable in {name}: {argv[0]}") from None
                 raise
-            started = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
+            if started is not None:
+                started(proc.pid)
+            running = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
             try:
-                self.registry.add_process(name, proc.pid, started.starttime, "exec", argv)
+                self.registry.add_process(name, proc.pid, running.starttime, "exec", argv)
             except BaseException:  # unrecorded, a stop could not find it: it does not run (a full disk, say)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -1360,7 +1364,7 @@ class Hive:
                 procs.forget_child(proc.pid)
                 procs.release_init(init)
                 raise
-            return started
+            return running
 
         return await self._call(name, start)
 

@@ -118,3 +118,55 @@ def write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
+
+
+# The guard of a `stem exec` (see `guard`): told the command's process group, then waits. The end of its stdin with
+# nothing more said is the death of the `stem exec` that started it: the group gets SIGTERM, as a `stem exec` that is
+# terminated gives it, and SIGKILL if it is still there 5 s later.
+_GUARD = """
+import os, signal, sys, time
+line = sys.stdin.buffer.readline()
+if line.strip().isdigit() and not sys.stdin.buffer.read(1):
+    group = int(line)
+    try:
+        os.killpg(group, signal.SIGTERM)
+        ends = time.monotonic() + 5
+        while time.monotonic() < ends:
+            time.sleep(0.05)
+            os.killpg(group, 0)
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+
+
+class Guard:
+    """A process that ends a `stem exec`'s command should that `stem exec` die without ending it (kill -9): the
+    command runs in a session of its own in the colony, so nothing else would, and it ran on until the colony's
+    next stop. A warm `stem` ends its command when its client goes; a cold one has no such watcher of its own."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _GUARD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's Ctrl-C is the command's to get, through `stem exec`
+        )
+
+    def watch(self, group: int) -> None:
+        """From now on, the death of this process ends process group `group` (the command's pid: it runs in a
+        session of its own)."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(f"{group}\n".encode())
+        self._proc.stdin.flush()
+
+    def release(self) -> None:
+        """The command has ended (or never started): the guard ends without touching anything."""
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.write(b"done\n")
+            self._proc.stdin.close()
+        self._proc.wait()

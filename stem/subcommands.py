@@ -118,23 +118,30 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
     kills_before = await asyncio.to_thread(cgroups.oom_kills, group)
     loop = asyncio.get_running_loop()
     wait: Callable[[], int]
-    if not exec_pty.wanted():
-        running = await hive.exec(args.name, argv)
-        wait = running.proc.wait
-    else:  # from a terminal: a PTY of its own (see stem/exec_pty.py)
-        master, slave = exec_pty.open_pty(1)
-        try:
-            running = await hive.exec(args.name, argv, stdin=slave, stdout=slave, stderr=slave, terminal=True)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        loop.add_signal_handler(signal.SIGWINCH, exec_pty.copy_size, 1, master)
-        proc = running.proc
+    guard = await asyncio.to_thread(exec_pty.Guard)  # a kill -9 of this process ends the command too
+    try:
+        if not exec_pty.wanted():
+            running = await hive.exec(args.name, argv, started=guard.watch)
+            wait = running.proc.wait
+        else:  # from a terminal: a PTY of its own (see stem/exec_pty.py)
+            master, slave = exec_pty.open_pty(1)
+            try:
+                running = await hive.exec(
+                    args.name, argv, stdin=slave, stdout=slave, stderr=slave, terminal=True, started=guard.watch
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            loop.add_signal_handler(signal.SIGWINCH, exec_pty.copy_size, 1, master)
+            proc = running.proc
 
-        def wait() -> int:  # type: ignore[misc]  # the other branch's
-            return exec_pty.session(master, proc)
+            def wait() -> int:  # type: ignore[misc]  # the other branch's
+                return exec_pty.session(master, proc)
+    except BaseException:
+        await asyncio.to_thread(guard.release)
+        raise
 
     if running.warning:
         print(f"stem: warning: {running.warning}", file=sys.stderr, flush=True)
@@ -152,6 +159,7 @@ async def cmd_exec(hive: HiveAPI, args: argparse.Namespace) -> int:
         code: int = await asyncio.to_thread(wait)
     finally:
         loop.remove_signal_handler(signal.SIGWINCH)  # before anything reuses the PTY's descriptor
+        await asyncio.to_thread(guard.release)
         await asyncio.to_thread(hive.exec_finished, running)
     killed = code in (-signal.SIGKILL, 128 + signal.SIGKILL)  # itself, or a child its shell reports
     if killed and (await asyncio.to_thread(cgroups.oom_kills, group) or 0) > (kills_before or 0):

@@ -3,6 +3,7 @@ killed: the colonies run on, nothing is left half made, and the next command or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,3 +193,30 @@ def provisioning(hive_env, name: str) -> bool:
         return state_of(hive_env, name) == "provisioning"
     except sqlite3.OperationalError:  # the spawn has not made the hive's registry yet
         return False
+
+
+@pytest.mark.parametrize("warm", ["0", "1"])
+def test_a_stem_exec_killed_9_takes_its_command_with_it(hive_env, tmp_path, warm):
+    """kill -9 of `stem exec`: its command (in a session of its own in the colony) ran on until the colony's next
+    stop when the `stem exec` ran cold (a warm one's process ends it when its client goes)."""
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    execer = stem_popen(dict(hive_env.env, STEM_WARM=warm), "exec", "alpha", "--", "sleep", "551")
+    try:
+        pid = wait_for(lambda: exec_pid(hive_env, "sleep 551"), 20, "the command to run")
+        os.kill(execer.pid, signal.SIGKILL)
+        execer.communicate(timeout=10)
+        assert wait_for(lambda: not alive(pid), 10, "the command to end with its stem exec")
+    finally:
+        if execer.poll() is None:
+            execer.kill()
+            execer.communicate()
+
+
+def exec_pid(hive_env, command: str) -> int | None:
+    """The pid of a `stem exec` command running `command`, as the registry records it."""
+    with contextlib.closing(sqlite3.connect(hive_env.home / "hive.db")) as db:
+        for pid, argv in db.execute("SELECT pid, argv FROM processes WHERE kind = 'exec'"):
+            if " ".join(json.loads(argv)) == command and alive(pid):
+                return int(pid)
+    return None
