@@ -149,6 +149,7 @@ class DestroyReport:
     name: str
     kept_branch: str | None = None
     unmerged: int = 0
+    note: str = ""  # what the destroy could not do, and how the user does it
 
 
 def _command_text(argv: list[str]) -> str:
@@ -1139,6 +1140,14 @@ class Hive:
             raise WrongState(f"{name} is {rec.state}: only a stopped or failed colony can be started")
         if not Path(rec.worktree).exists():
             raise WrongState(f"{name}'s worktree {rec.worktree} is gone: destroy the colony (or run `stem gc`)")
+        gitdir = worktree.git_dir_of(Path(rec.worktree))
+        if gitdir is None or not gitdir.is_dir():
+            # The repository was moved or deleted: its worktree links to a git dir that is not there. Refused
+            # before anything changes (it failed half provisioned, naming a file of the sandbox).
+            raise WrongState(
+                f"{name}'s repository {rec.repo} is not where it was (moved or deleted): {rec.worktree} links to "
+                f"{gitdir or 'no git dir'}; move the repository back, or `stem destroy {name}` (the branch is its)"
+            )
         self._check_room("a start")  # what a start writes, as a spawn's: a full disk would leave it half started
         stage = lc.PROVISIONING
         try:
@@ -1264,6 +1273,14 @@ class Hive:
         rec = self.registry.get(name)
         self.end_processes(rec)
         _checkpoint("destroy-parts")
+        gitdir = worktree.git_dir_of(Path(rec.worktree))
+        note = ""
+        if gitdir is not None and not gitdir.exists():
+            # Moved or deleted: git's record of the worktree and the branch are in it, wherever it is now.
+            note = (
+                f"{name}'s repository was not at {rec.repo} (moved or deleted): where it is now, `git worktree "
+                f"prune` forgets the worktree and `git branch -D {rec.branch}` drops the branch"
+            )
         branch, unmerged = self.remove_parts(name, keep_unmerged=True, firewall=alone)
         self.peering.forget(name)  # the snapshots of it that other colonies hold, and its peering rows
         self.registry.delete_colony(name)
@@ -1275,7 +1292,7 @@ class Hive:
         if alone:
             self.retire_preview(name)
             self._retire_forker()
-        return DestroyReport(name, branch, unmerged)
+        return DestroyReport(name, None if note else branch, unmerged, note)
 
     # read-only peering (core/peering.py) ----------------------------------------------------------------------
 

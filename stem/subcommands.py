@@ -229,6 +229,7 @@ async def cmd_destroy(hive: HiveAPI, args: argparse.Namespace) -> int:
         if isinstance(report, BaseException):
             continue
         print(f"destroyed {report.name}")
+        _note(report.note)
         if report.kept_branch:
             print(
                 f"kept branch {report.kept_branch}: {plural(report.unmerged, 'commit')} not merged anywhere "

@@ -514,3 +514,31 @@ def test_spawn_and_destroy_cycles_leave_no_rows_or_lock_files(hive_env, repo):
         for table in ("colonies", "transitions", "processes", "events", "runtime"):
             assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
     assert sorted(p.name for p in (hive_env.home / "locks").glob("colony-*.lock")) == []
+
+
+def test_a_colony_whose_repository_moved_is_not_started_and_its_destroy_says_what_is_left(hive_env, tmp_path):
+    """The repository moved after a stop: `stem start` failed half provisioned with a FileNotFoundError naming a
+    file of git's, and left the colony failed; a destroy then said only `destroyed`, leaving the branch and git's
+    record of the worktree in the moved repository without a word."""
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "moved", "--repo", str(repo)).returncode == 0
+    assert run_stem(hive_env.env, "stop", "moved").returncode == 0
+    elsewhere = repo.rename(tmp_path / "elsewhere")
+
+    started = run_stem(hive_env.env, "start", "moved")
+    assert started.returncode == 2, started
+    assert started.stderr.startswith(f"stem: moved's repository {repo} is not where it was (moved or deleted): ")
+    assert started.stderr.endswith("move the repository back, or `stem destroy moved` (the branch is its)\n")
+    assert started.stderr.count("\n") == 1
+    (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+    assert row["state"] == "stopped"  # nothing changed
+
+    destroyed = run_stem(hive_env.env, "destroy", "moved")
+    assert destroyed.returncode == 0 and destroyed.stdout == "destroyed moved\n", destroyed
+    assert destroyed.stderr == (
+        f"stem: note: moved's repository was not at {repo} (moved or deleted): where it is now, `git worktree prune` "
+        "forgets the worktree and `git branch -D colony/moved` drops the branch\n"
+    )
+    git(elsewhere, "worktree", "prune")
+    git(elsewhere, "branch", "-D", "colony/moved")  # as the note says: nothing else is left
+    assert git(elsewhere, "worktree", "list").count("\n") == 1
