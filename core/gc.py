@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class GcReport:
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # running colonies that could not run on (their netns gone)
 
 
 def collect(hive: Hive) -> GcReport:
@@ -73,7 +74,7 @@ def _colonies(hive: Hive, report: GcReport) -> None:
                 hive.end_processes(rec)
                 hive.remove_parts(rec.name, keep_unmerged=True, only=RUNTIME_PARTS)
                 hive.set_state(rec.name, lc.STOPPED, rec.state, why)
-                line = f"colony {rec.name}: {why}; now stopped (stem start brings it back)"
+                report.stopped.append(f"colony {rec.name}: {why} (stem start brings it back)")
             if line is not None:
                 report.removed.append(line)
 

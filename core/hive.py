@@ -1080,7 +1080,11 @@ class Hive:
         async def handler() -> ColonyRecord:
             async with self._holding(name):
                 found = await asyncio.to_thread(self.registry.get, name)
-                if found.state == lc.STOPPING:  # a stop that did not finish (its process was killed -9): finished now
+                # A stop that did not finish (its process was killed -9) is finished now; so is one a running colony
+                # whose network namespace vanished (`ip netns del`) needs: it is started again, network and all.
+                if found.state == lc.STOPPING or (
+                    found.state == lc.RUNNING and not await asyncio.to_thread(netns.exists, found.netns)
+                ):
                     await self._stop_runtime(name)
                     await asyncio.to_thread(self._stop, name)
                 starting = asyncio.ensure_future(asyncio.to_thread(self._start, name))

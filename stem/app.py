@@ -1120,7 +1120,9 @@ class StemApp(App[int], inherit_bindings=False):
     def _destroy(self, name: str, force: bool) -> None:
         async def destroy() -> None:
             report = await self.hive.destroy(name, force=force)
-            if report.kept_branch:
+            if report.note:
+                self.notify(f"destroyed {name}; {report.note}", severity="warning", timeout=15)
+            elif report.kept_branch:
                 self.notify(
                     f"destroyed {name}; kept branch {report.kept_branch} ({report.unmerged} unmerged commit(s))",
                     severity="warning",

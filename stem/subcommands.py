@@ -633,9 +633,11 @@ async def cmd_gc(hive: HiveAPI, args: argparse.Namespace) -> int:
     report = await hive.gc()
     for line in report.removed:
         print(f"removed {line}")
+    for line in report.stopped:
+        print(f"stopped {line}")
     for line in report.kept:
         print(f"kept {line}")
-    if not report.removed and not report.kept:
+    if not report.removed and not report.kept and not report.stopped:
         print("nothing to clean")
     return 0
 

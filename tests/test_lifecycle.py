@@ -542,3 +542,25 @@ def test_a_colony_whose_repository_moved_is_not_started_and_its_destroy_says_wha
     git(elsewhere, "worktree", "prune")
     git(elsewhere, "branch", "-D", "colony/moved")  # as the note says: nothing else is left
     assert git(elsewhere, "worktree", "list").count("\n") == 1
+
+
+@pytest.mark.parametrize("mend", ["start", "gc"])
+def test_a_running_colony_whose_network_namespace_vanished_is_brought_back_as_its_error_says(hive_env, tmp_path, mend):
+    """`ip netns del` under a running colony: `stem exec` said `stem start` recreates the namespace, but a start
+    of a running colony did nothing, and `stem gc` (which stops it) said it had removed the colony."""
+    repo = make_repo(tmp_path / "repo")
+    assert run_stem(hive_env.env, "spawn", "fk", "--repo", str(repo)).returncode == 0
+    subprocess.run(["ip", "netns", "del", f"{hive_env.prefix}-fk"], check=True)
+    broken = run_stem(hive_env.env, "exec", "fk", "--", "echo", "ok")
+    assert broken.returncode == 2
+    assert broken.stderr == f"stem: network namespace {hive_env.prefix}-fk is gone: `stem start` recreates it\n"
+    if mend == "gc":
+        collected = run_stem(hive_env.env, "gc")
+        lines = collected.stdout.splitlines()
+        assert "stopped colony fk: its network namespace vanished (stem start brings it back)" in lines, lines
+        assert not [line for line in lines if "colony fk" in line and line.startswith("removed")], lines
+    started = run_stem(hive_env.env, "start", "fk")
+    assert started.returncode == 0, started
+    ran = run_stem(hive_env.env, "exec", "fk", "--", "echo", "ok")
+    assert (ran.returncode, ran.stdout) == (0, "ok\n"), ran
+    assert netns_names(hive_env.prefix) == [f"{hive_env.prefix}-fk"]
