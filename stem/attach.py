@@ -5,8 +5,11 @@ wrote them, passed straight through: the user's terminal does the emulating, so 
 a slow link carries only what the agent wrote. Typed bytes go the other way untouched, except the release chord
 (`terminal.release`, ctrl+] by default), which detaches.
 
-What a snapshot cannot carry (the pen colours in force, scroll margins, character sets) starts from the
-terminal's defaults, so output right after attaching that relies on them can look off until the agent redraws.
+A snapshot carries what the output after it relies on besides the rows (`TermState`: the scroll margins, origin
+mode, autowrap, insert mode, the G0/G1 character sets and the pen), set after the rows are drawn, so that a program
+that set a scroll region once (apt's progress row) goes on scrolling inside it after an attach. Terminal state the
+host does not keep (the cursor's shape, modifyOtherKeys) starts from the terminal's defaults until the agent sets
+it again.
 
 A colony host that is stopped (kill -STOP, a debugger) still holds the connection and says nothing: every
 `HOST_CHECK` seconds attach looks whether it is, and while it is, the terminal's last row says so (and how to let it
@@ -215,12 +218,14 @@ def render_snapshot(screen: ScreenState | None, columns: int, lines: int) -> byt
     """What draws `screen` on a terminal of `columns` x `lines` already on its alternate screen: cleared, every
     row with its colours and attributes, the agent's key, keypad, mouse and focus modes, its title, the cursor. A
     screen larger than the terminal is cut at its right and bottom."""
-    out = [f"{_CSI}0m{_CSI}r{_CSI}H{_CSI}2J"]  # a known pen and whole-screen margins before clearing
+    # A known pen, whole-screen margins, no origin or insert mode, autowrap, ASCII character sets before clearing.
+    out = [f"{_CSI}0m{_CSI}?6l{_CSI}r{_CSI}?7h{_CSI}4l\x1b(B\x1b)B{_CSI}H{_CSI}2J"]
     if screen is None:
         return "".join(out).encode()
     out.append(f"{_CSI}?5{'h' if screen.modes.reverse_screen else 'l'}")
     _draw_rows(out, screen, columns, lines, erase=False)
     _draw_modes_and_cursor(out, screen, columns, lines)
+    _draw_term(out, screen, columns, lines)
     return "".join(out).encode()
 
 
@@ -275,6 +280,34 @@ def _draw_rows(out: list[str], screen: ScreenState, columns: int, lines: int, er
             out.append(data)
         if pen != Char(" ")[1:]:
             out.append(f"{_CSI}0m")
+
+
+def _draw_term(out: list[str], screen: ScreenState, columns: int, lines: int) -> None:
+    """The terminal state the output after a snapshot relies on (`TermState`: an apt-style progress row kept out of
+    a scroll region, line drawing designated once, a pen set before a run of text): set as the host's screen has it,
+    the cursor put back where it was (DECSTBM homes it), and the pen last."""
+    term = screen.term
+    width, height = min(columns, screen.columns), min(lines, screen.lines)
+    top = 0
+    if term.margins is not None and term.margins[1] < height:  # a region this terminal has room for
+        top, bottom = term.margins
+        out.append(f"{_CSI}{top + 1};{bottom + 1}r")
+    if term.origin:
+        out.append(f"{_CSI}?6h")
+    if not term.autowrap:
+        out.append(f"{_CSI}?7l")
+    if term.insert:
+        out.append(f"{_CSI}4h")
+    if term.g0_lines:
+        out.append("\x1b(0")
+    if term.g1_lines:
+        out.append("\x1b)0")
+    if term.margins is not None or term.origin:
+        x = min(screen.cursor_x, width - 1)
+        y = min(screen.cursor_y, height - 1) - (top if term.origin else 0)
+        out.append(f"{_CSI}{max(y, 0) + 1};{x + 1}H")
+    if term.pen[1:] != Char(" ")[1:]:
+        out.append(_sgr(term.pen[1:]))
 
 
 def _draw_modes_and_cursor(out: list[str], screen: ScreenState, columns: int, lines: int) -> None:

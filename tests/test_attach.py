@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import termios
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import HiveEnv, free_pool
-from helpers import hung, make_repo, run_stem, stem_cmd, until, wait_for
+from helpers import git, hung, make_repo, run_stem, stem_cmd, until, wait_for
 from recordings import streams
 from test_host import fake_agent_config, host_pid
 
@@ -864,5 +865,69 @@ def test_attach_at_another_size_than_the_agent_draws_its_screen_and_gets_its_siz
         asyncio.run(scenario())
         pane.keys("C-]")
         pane.wait("detached from alpha", "attach exited 0")
+    finally:
+        pane.kill()
+
+
+REGION_AGENT = """
+import os, tty
+tty.setraw(0)
+os.write(1, b"ready")
+n = 0
+while True:
+    key = os.read(0, 1)
+    if not key:
+        break
+    rows = os.get_terminal_size(0).lines
+    if key == b"a":  # the scroll region is set once, as apt keeps its progress row out of it
+        os.write(1, f"\\x1b[1;{rows - 1}r\\x1b[{rows - 1};1H".encode())
+    for _ in range(rows):
+        n += 1
+        os.write(1, f"\\r\\nline {n}".encode())
+    os.write(1, f"\\x1b7\\x1b[{rows};1Hprogress {n}\\x1b8".encode())
+"""
+
+
+@pytest.mark.root
+def test_a_scroll_region_set_before_an_attach_holds_for_the_output_after_it(hive_env: HiveEnv, tmp_path: Path) -> None:
+    """A program keeps its progress row out of a scroll region it set once (apt, dpkg), and a `stem attach` comes
+    after that: the snapshot drew the screen but not the region, so the lines that followed scrolled the whole
+    terminal, the progress row with them, and the attach showed what the agent's screen did not."""
+    repo = make_repo(tmp_path / "repo")
+    (repo / "region_agent.py").write_text(REGION_AGENT)
+    git(repo, "add", "region_agent.py")
+    git(repo, "commit", "-qm", "the agent")
+    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    agent = f"{shlex.quote(sys.executable)} region_agent.py"
+    config.write_text(f'[hive]\ndefault_agent = "region"\n\n[agents.region]\ncommand = "{agent}"\n')
+    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
+    socket = HostPaths(hive_env.home / "colonies" / "alpha").socket
+    pane = Pane(hive_env.env, tmp_path)
+    try:
+        pane.attach()
+        pane.wait("ready")
+        pane.keys("a")
+        pane.wait(f"progress {ROWS}")
+        pane.keys("C-]")
+        pane.wait("attach exited 0")
+        pane.attach()  # after the region was set
+        pane.wait(f"progress {ROWS}")
+        pane.keys("b")
+        pane.wait(f"progress {2 * ROWS}")
+
+        async def host_rows() -> list[str]:
+            async with await Connection.open(socket, "script") as look:
+                await look.subscribe("screen")
+                snapshot = await anext(look.updates())
+                assert isinstance(snapshot, Snapshot) and snapshot.screen is not None
+                screen = snapshot.screen
+                return ["".join(cell.data for cell in screen.rows[y]).rstrip() for y in range(screen.lines)]
+
+        expected = asyncio.run(host_rows())
+        assert expected[-1] == f"progress {2 * ROWS}" and expected[-2] == f"line {2 * ROWS}", expected
+        assert [row.rstrip() for row in pane.lines()[:ROWS]] == expected
+        pane.keys("C-]")
+        pane.wait("attach exited 0")
     finally:
         pane.kill()

@@ -46,7 +46,9 @@ Values inside messages:
   focus_reports (1004)}, scrollback (lines held), scrolled (lines that ever entered it), pulled (lines ever taken
   back out of it; left out when none), bells, styles [style],
   rows {y: row}, links {y: [[start, end, uri], ...]} (OSC 8 hyperlinks on the rows sent; left out when none),
-  clipboard ["selection;base64", ...] (the agent's OSC 52 writes since the last message; left out when none).
+  clipboard ["selection;base64", ...] (the agent's OSC 52 writes since the last message; left out when none),
+  term {margins [top, bottom], origin, autowrap, insert, g0_lines, g1_lines, pen (style index)} (in snapshots, only
+  what differs from a terminal's defaults; left out when nothing does): what a client passing the output on sets.
   A snapshot holds every row.
 - colors: "#rrggbb" strings.
 - row: [segment, style index, segment, style index, ...] of cells, trailing cells equal to the screen's blank
@@ -107,6 +109,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Literal, Self, TypeVar, cast,
 
 import msgpack
 from pyte import modes as mo
+from pyte.charsets import VT100_MAP as _LINE_DRAWING
 
 from core.colony_log import Entry
 from core.errors import StemError
@@ -514,6 +517,24 @@ class ScreenModes(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class TermState:
+    """What of the terminal's state a client that passes the agent's output on to a terminal of its own (`stem
+    attach`) must set after drawing a snapshot, for the output that follows to land as it did on the host's screen:
+    the scroll margins, origin mode, autowrap, insert mode, the character sets G0 and G1 and the pen."""
+
+    margins: tuple[int, int] | None = None  # top, bottom rows (from 0) of the scroll region; None: the whole screen
+    origin: bool = False  # DECOM: the cursor's row counts from the top margin
+    autowrap: bool = True  # DECAWM
+    insert: bool = False  # IRM
+    g0_lines: bool = False  # G0 is DEC line drawing (ESC ( 0)
+    g1_lines: bool = False  # G1 is (ESC ) 0)
+    pen: Char = DEFAULT_CHAR  # the attributes the next character is drawn with (its data unused)
+
+
+_DEFAULT_TERM = TermState()
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenState(_Wire):
     """The agent's screen, whole (in a snapshot) or only its changed rows (in `rows`), with cursor and modes."""
 
@@ -532,6 +553,7 @@ class ScreenState(_Wire):
     bells: int = 0
     links: Mapping[int, tuple[Link, ...]] = dataclasses.field(default_factory=dict)  # of the rows sent, y -> links
     clipboard: tuple[str, ...] = ()  # OSC 52 writes ("selection;base64") since the last message
+    term: TermState = _DEFAULT_TERM  # in snapshots: what a client passing output on sets (see TermState)
 
     @property
     def blank(self) -> Char:
@@ -561,6 +583,7 @@ class ScreenState(_Wire):
                 else {}
             ),
             **({"clipboard": list(self.clipboard)} if self.clipboard else {}),
+            **({"term": _encode_term(self.term, styles)} if self.term != _DEFAULT_TERM else {}),
         }
 
     @classmethod
@@ -602,7 +625,48 @@ class ScreenState(_Wire):
             bells=f.integer("bells", 0),
             links=links,
             clipboard=tuple(cast("list[str]", clipboard)),
+            term=_read_term(f.sub("term"), makers) if f.data.get("term") is not None else _DEFAULT_TERM,
         )
+
+
+def _encode_term(term: TermState, styles: StyleTable) -> dict[str, object]:
+    """Only what differs from a terminal's defaults."""
+    wire: dict[str, object] = {}
+    if term.margins is not None:
+        wire["margins"] = list(term.margins)
+    for name in ("origin", "insert", "g0_lines", "g1_lines"):
+        if getattr(term, name):
+            wire[name] = True
+    if not term.autowrap:
+        wire["autowrap"] = False
+    if term.pen[1:] != DEFAULT_CHAR[1:]:
+        wire["pen"] = styles.id(term.pen[1:])  # type: ignore[arg-type]  # a Char's style fields
+    return wire
+
+
+def _read_term(f: _Fields, makers: list[CellMaker]) -> TermState:
+    margins: tuple[int, int] | None = None
+    if f.data.get("margins") is not None:
+        match f.integers("margins"):
+            case (top, bottom) if 0 <= top <= bottom:
+                margins = (top, bottom)
+            case _:
+                raise ProtocolError(f"field 'margins' of {f.what} should be [top, bottom]")
+    pen = DEFAULT_CHAR
+    if f.data.get("pen") is not None:
+        index = f.integer("pen", low=0)
+        if index >= len(makers):
+            raise ProtocolError(f"field 'pen' of {f.what} names style {index} of {len(makers)}")
+        pen = makers[index](" ")
+    return TermState(
+        margins=margins,
+        origin=f.flag("origin", False),
+        autowrap=f.flag("autowrap", True),
+        insert=f.flag("insert", False),
+        g0_lines=f.flag("g0_lines", False),
+        g1_lines=f.flag("g1_lines", False),
+        pen=pen,
+    )
 
 
 def _read_link(item: object, what: str) -> Link:
@@ -1534,6 +1598,22 @@ def screen_state(screen: StemScreen, rows: Iterable[int] | None = None) -> Scree
         pulled=screen.scrollback.pulled,
         bells=screen.bells,
         links=links,
+        term=_DEFAULT_TERM if rows is not None else term_state(screen),
+    )
+
+
+def term_state(screen: StemScreen) -> TermState:
+    """The terminal state of `screen` a client passing its output on must set (see TermState)."""
+    mode = screen.mode
+    margins = screen.margins
+    return TermState(
+        margins=None if margins is None else (margins.top, margins.bottom),
+        origin=mo.DECOM in mode,
+        autowrap=mo.DECAWM in mode,
+        insert=mo.IRM in mode,
+        g0_lines=screen.g0_charset is _LINE_DRAWING,
+        g1_lines=screen.g1_charset is _LINE_DRAWING,
+        pen=screen.cursor.attrs,
     )
 
 
