@@ -220,8 +220,8 @@ class ColonyRuntime:
         )
         await session.launch()
         self.agent = session
-        if notice:
-            self._emit(Notice(rec.name, "warning", f"{rec.name}: {notice}"))
+        if notice:  # in the colony's log too: `stem logs` and a spawn from a shell say it
+            await self._say("agent", notice, "warning")
         await asyncio.to_thread(self._registry.add_event, rec.name, "agent-started", shlex.join(argv))
         resumed = resume and resolved.available and resolved.resume_argv is not None
         if rec.task and not resolved.task_passed and not resumed:

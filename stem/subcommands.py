@@ -56,6 +56,17 @@ async def cmd_spawn(hive: HiveAPI, args: argparse.Namespace) -> int:
         event = events.get_nowait()
         if isinstance(event, Notice) and event.level == "warning" and event.colony == rec.name:
             print(f"stem: warning: {event.message}", file=sys.stderr)
+    # The host started the user's shell in place of an agent that is not installed (its log says so): said here too.
+    from core.settings import resolve_agent
+
+    spec, _source, started = await asyncio.to_thread(hive.agent_choice, rec.name)
+    with contextlib.suppress(StemError):
+        resolved = resolve_agent(spec or None, hive.settings, rec.task or None)
+        if started and not resolved.available:
+            print(
+                f"stem: warning: {resolved.argv[0]} is not installed here: {rec.name}'s agent is {started} instead",
+                file=sys.stderr,
+            )
     return 0
 
 

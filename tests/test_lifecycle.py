@@ -564,3 +564,13 @@ def test_a_running_colony_whose_network_namespace_vanished_is_brought_back_as_it
     ran = run_stem(hive_env.env, "exec", "fk", "--", "echo", "ok")
     assert (ran.returncode, ran.stdout) == (0, "ok\n"), ran
     assert netns_names(hive_env.prefix) == [f"{hive_env.prefix}-fk"]
+
+
+def test_a_spawn_whose_agent_is_not_installed_says_so_and_its_log_keeps_it(hive_env, repo):
+    """The host starts the user's shell in place of an agent that is not installed, with a notice a UI shows; a
+    spawn from a shell said nothing, and neither did `stem logs`."""
+    spawned = run_stem(hive_env.env, "spawn", "bare", "--repo", str(repo), "--agent", "nosuchprogram")
+    assert spawned.returncode == 0, spawned
+    (warning,) = spawned.stderr.splitlines()
+    assert warning.startswith("stem: warning: nosuchprogram is not installed here: bare's agent is "), warning
+    assert "nosuchprogram is not installed here: started" in run_stem(hive_env.env, "logs", "bare").stdout
