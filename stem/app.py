@@ -91,6 +91,13 @@ EVENT_BATCH = 2048  # core events taken from the queue at once (see `_pump_event
 _SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 
 
+def _host_note(name: str, says: str, command: str, after: str = ".") -> Content:
+    """The terminal pane's line for a colony whose host is stopped or does not answer: what, and the command."""
+    return Content.assemble(
+        Content.styled(name, "bold"), f"'s colony host {says}", Content.styled(command, "bold"), after
+    )
+
+
 class StemApp(App[int], inherit_bindings=False):
     """The app. `hive` is a core.hive.Hive (or anything with its API); `own` makes this process follow the hive's
     colony hosts (screens, states, logs); `clock` is injected for deterministic snapshots."""
@@ -591,22 +598,22 @@ class StemApp(App[int], inherit_bindings=False):
         silent = {name: pid for name, pid in pids.items() if name not in stopped}
         if stopped == self.stopped_hosts and silent == self.silent_hosts:
             return
-        for name, pid in stopped.items():
-            if self.stopped_hosts.get(name) != pid:
-                self.notify(
-                    f"{name}'s colony host (pid {pid}) is stopped: its agent and services get nothing until "
-                    f"kill -CONT {pid}",
-                    severity="warning",
-                    timeout=10,
-                )
-        for name, pid in silent.items():
-            if self.silent_hosts.get(name) != pid:
-                self.notify(
-                    f"{name}'s colony host (pid {pid}) has not answered for {HOST_SILENT:.0f} s: what it shows may be "
-                    f"stale. If it stays so, `stem stop {name}` ends it",
-                    severity="warning",
-                    timeout=10,
-                )
+        news = [
+            (name, f"is stopped: its agent and services get nothing until kill -CONT {pid}", pid)
+            for name, pid in stopped.items()
+            if self.stopped_hosts.get(name) != pid
+        ] + [
+            (
+                name,
+                f"has not answered for {HOST_SILENT:.0f} s: what it shows may be stale. If it stays so, "
+                f"`stem stop {name}` ends it",
+                pid,
+            )
+            for name, pid in silent.items()
+            if self.silent_hosts.get(name) != pid
+        ]
+        for name, says, pid in news:
+            self.notify(f"{name}'s colony host (pid {pid}) {says}", severity="warning", timeout=10)
         self.stopped_hosts, self.silent_hosts = stopped, silent
         self._redraw_rows()
         if self.selected is not None:
@@ -754,24 +761,14 @@ class StemApp(App[int], inherit_bindings=False):
                         " starts it." if rec.state in lc.STARTABLE else "",
                     )
                 )
-            elif rec.name in self.stopped_hosts:
-                pid = self.stopped_hosts[rec.name]
+            elif (pid := self.stopped_hosts.get(rec.name)) is not None:
                 note.update(
-                    Content.assemble(
-                        Content.styled(rec.name, "bold"),
-                        f"'s colony host (pid {pid}) is stopped: it answers nothing until ",
-                        Content.styled(f"kill -CONT {pid}", "bold"),
-                        ".",
-                    )
+                    _host_note(rec.name, f"(pid {pid}) is stopped: it answers nothing until ", f"kill -CONT {pid}")
                 )
-            elif rec.name in self.silent_hosts:
-                pid = self.silent_hosts[rec.name]
+            elif (pid := self.silent_hosts.get(rec.name)) is not None:
                 note.update(
-                    Content.assemble(
-                        Content.styled(rec.name, "bold"),
-                        f"'s colony host (pid {pid}) does not answer. If it stays so, ",
-                        Content.styled(f"stem stop {rec.name}", "bold"),
-                        " ends it.",
+                    _host_note(
+                        rec.name, f"(pid {pid}) does not answer. If it stays so, ", f"stem stop {rec.name}", " ends it."
                     )
                 )
             else:

@@ -180,6 +180,21 @@ def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> 
     return line
 
 
+def scripted_agent(env: dict[str, str], repo: Path, source: str) -> None:
+    """Make the Python program `source` the agent of the colonies `env`'s hive spawns from `repo`: committed in the
+    repository as `scripted_agent.py` (the colony's own filesystem view shows its worktree, not this test's /tmp) and
+    made the default agent of the hive's config.toml."""
+    import shlex
+
+    (repo / "scripted_agent.py").write_text(source)
+    git(repo, "add", "scripted_agent.py")
+    git(repo, "commit", "-qm", "the agent")
+    config = Path(env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    command = f"{shlex.quote(sys.executable)} scripted_agent.py"
+    config.write_text(f'[hive]\ndefault_agent = "scripted"\n\n[agents.scripted]\ncommand = "{command}"\n')
+
+
 def use_fake_agent(env: dict[str, str]) -> Path:
     """Make the fake agent the default agent of the hive `env` runs with (its config.toml); the file's path."""
     fake = f"{sys.executable} {FAKE_AGENT_PATH}"

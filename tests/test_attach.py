@@ -15,7 +15,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import termios
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import HiveEnv, free_pool
-from helpers import git, hung, make_repo, run_stem, stem_cmd, until, wait_for
+from helpers import hung, make_repo, run_stem, scripted_agent, stem_cmd, until, wait_for
 from recordings import streams
 from test_host import fake_agent_config, host_pid
 
@@ -760,13 +759,9 @@ def test_attach_refuses_what_it_cannot_attach_in_one_line(env: dict[str, str]) -
         assert result.stdout == ""
 
 
-@pytest.mark.root
-def test_attach_says_on_its_last_row_that_the_host_is_stopped_and_goes_on_once_it_is_continued(
-    hive_env: HiveEnv, tmp_path: Path
-) -> None:
-    """A real colony host stopped (kill -STOP) under an attached terminal: its screen froze with no word of why.
-    The last row says so within a few seconds; after kill -CONT the agent's screen is drawn again without it, and
-    what was typed meanwhile reached the agent, which still echoes what is typed after."""
+def attached_to_fake_agent(hive_env: HiveEnv, tmp_path: Path) -> tuple[Pane, int]:
+    """A colony alpha running the fake agent, attached in a tmux pane that shows its prompt; and its host's pid.
+    The caller kills the pane."""
     fake_agent_config(hive_env)
     repo = make_repo(tmp_path / "repo")
     assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
@@ -776,6 +771,21 @@ def test_attach_says_on_its_last_row_that_the_host_is_stopped_and_goes_on_once_i
         pane.wait("fake-agent>")
         host = host_pid(hive_env, "alpha")
         assert host is not None
+    except BaseException:
+        pane.kill()
+        raise
+    return pane, host
+
+
+@pytest.mark.root
+def test_attach_says_on_its_last_row_that_the_host_is_stopped_and_goes_on_once_it_is_continued(
+    hive_env: HiveEnv, tmp_path: Path
+) -> None:
+    """A real colony host stopped (kill -STOP) under an attached terminal: its screen froze with no word of why.
+    The last row says so within a few seconds; after kill -CONT the agent's screen is drawn again without it, and
+    what was typed meanwhile reached the agent, which still echoes what is typed after."""
+    pane, host = attached_to_fake_agent(hive_env, tmp_path)
+    try:
         line = f"colony alpha: its host (pid {host}) is stopped: kill -CONT {host}"
         os.kill(host, signal.SIGSTOP)
         try:
@@ -805,15 +815,8 @@ def test_attach_says_on_its_last_row_that_the_host_does_not_answer_and_goes_on_o
     agent's screen is drawn again without the line, and what was typed meanwhile reached the agent."""
     from core.host.protocol import HOST_SILENT
 
-    fake_agent_config(hive_env)
-    repo = make_repo(tmp_path / "repo")
-    assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
-    pane = Pane(hive_env.env, tmp_path)
+    pane, host = attached_to_fake_agent(hive_env, tmp_path)
     try:
-        pane.attach()
-        pane.wait("fake-agent>")
-        host = host_pid(hive_env, "alpha")
-        assert host is not None
         line = f"colony alpha: its host (pid {host}) does not answer; `stem stop alpha` ends it"
         with hung(host):
             pane.wait(line, timeout=HOST_SILENT + 10)
@@ -894,13 +897,7 @@ def test_a_scroll_region_set_before_an_attach_holds_for_the_output_after_it(hive
     after that: the snapshot drew the screen but not the region, so the lines that followed scrolled the whole
     terminal, the progress row with them, and the attach showed what the agent's screen did not."""
     repo = make_repo(tmp_path / "repo")
-    (repo / "region_agent.py").write_text(REGION_AGENT)
-    git(repo, "add", "region_agent.py")
-    git(repo, "commit", "-qm", "the agent")
-    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    agent = f"{shlex.quote(sys.executable)} region_agent.py"
-    config.write_text(f'[hive]\ndefault_agent = "region"\n\n[agents.region]\ncommand = "{agent}"\n')
+    scripted_agent(hive_env.env, repo, REGION_AGENT)
     assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
     socket = HostPaths(hive_env.home / "colonies" / "alpha").socket
     pane = Pane(hive_env.env, tmp_path)

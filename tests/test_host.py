@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_AGENT_PATH, git, http_get, make_repo, run_stem, until, wait_for
+from helpers import FAKE_AGENT_PATH, http_get, make_repo, run_stem, scripted_agent, until, wait_for
 
 from core.hive import Hive
 from core.host.paths import HostPaths
@@ -418,13 +418,7 @@ def test_modes_an_agent_sets_without_drawing_reach_a_client_at_once(hive_env, tm
     from core.host.protocol import Connection, Keys, Rows, Snapshot
 
     repo = make_repo(tmp_path / "repo")
-    (repo / "modes_agent.py").write_text(MODES_AGENT)  # in the worktree: the colony sees no other /tmp
-    git(repo, "add", "modes_agent.py")
-    git(repo, "commit", "-qm", "the agent")
-    config = Path(hive_env.env["XDG_CONFIG_HOME"]) / "stem" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    command = f"{shlex.quote(sys.executable)} modes_agent.py"
-    config.write_text(f'[hive]\ndefault_agent = "modes"\n\n[agents.modes]\ncommand = "{command}"\n')
+    scripted_agent(hive_env.env, repo, MODES_AGENT)
     assert run_stem(hive_env.env, "spawn", "moded", "--repo", str(repo)).returncode == 0
     socket = HostPaths(hive_env.home / "colonies" / "moded").socket
 
