@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import cgroups, firewall, netns, procs, worktree
+from core import cgroups, firewall, netns, pids, procs, worktree
 from core import lifecycle as lc
 from core.errors import StemError
-from core.locks import file_lock, remove_unused
+from core.locks import file_lock, holder, remove_unused
 from core.names import netns_pattern, veth_pattern
 from core.provision import RUNTIME_PARTS
 from core.words import plural
@@ -56,7 +56,7 @@ def _colonies(hive: Hive, report: GcReport) -> None:
     for listed in reg.colonies():
         with file_lock(hive.layout.colony_lock(listed.name), blocking=False) as got:
             if not got:
-                report.kept.append(f"colony {listed.name}: busy, another stem command holds it")
+                report.kept.append(f"colony {listed.name}: busy, {_holder_text(hive, listed.name)}")
                 continue
             rec = reg.find(listed.name)
             if rec is None:
@@ -77,6 +77,15 @@ def _colonies(hive: Hive, report: GcReport) -> None:
                 report.stopped.append(f"colony {rec.name}: {why} (stem start brings it back)")
             if line is not None:
                 report.removed.append(line)
+
+
+def _holder_text(hive: Hive, name: str) -> str:
+    """Who holds the colony's lock, and how to let it go on if it is stopped (ctrl+z: it holds it for good)."""
+    pid = holder(hive.layout.colony_lock(name))
+    if pid is None:
+        return "another stem command holds it"
+    said = f"pid {pid} ({pids.command_text(pid)}) holds it"
+    return f"{said}, and is stopped: kill -CONT {pid} lets it finish" if pids.stopped(pid) else said
 
 
 def finish_merges(hive: Hive) -> list[str]:

@@ -73,3 +73,13 @@ def argv_of(pid: int) -> list[str]:
     except OSError:
         return []
     return raw.decode(errors="replace").rstrip("\0").split("\0") if raw else []
+
+
+def command_text(pid: int) -> str:
+    """`pid`'s command line as a line names it: `stem spawn alpha --repo .` rather than the interpreter and the
+    script's path, cut at 80 characters."""
+    argv = argv_of(pid)
+    if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
+        argv = [os.path.basename(argv[1]), *argv[2:]]
+    text = " ".join(argv) or "a process"
+    return text if len(text) <= 80 else text[:79] + "…"

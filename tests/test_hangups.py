@@ -160,6 +160,11 @@ def test_a_command_waiting_on_a_colony_held_by_a_stopped_stem_command_says_so_an
             f"), which is stopped: kill -CONT {spawn.pid} lets it finish, kill {spawn.pid} ends it\n"
         ), stopped.stderr
         assert stopped.stderr.count("\n") == 1, stopped.stderr
+        kept = [line for line in run_stem(hive_env.env, "gc").stdout.splitlines() if "colony held" in line]
+        assert kept == [
+            f"kept colony held: busy, pid {spawn.pid} ({stopped.stderr.split('(', 1)[1].split(')')[0]}) holds it, "
+            f"and is stopped: kill -CONT {spawn.pid} lets it finish"
+        ], kept
     finally:
         os.kill(spawn.pid, signal.SIGCONT)
         spawn.terminate()  # a spawn ended by SIGTERM rolls back
