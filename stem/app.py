@@ -512,10 +512,16 @@ class StemApp(App[int], inherit_bindings=False):
             # leaves the active tab's underline zero-wide: put it back once laid out (a no-op when it is right).
             self.call_after_refresh(self.query_one(MainView).realign_tabs)
         self._redraw_rows()
-        if self.selected is not None and self.selected not in listed:
+        # What the list shows (its filter may hide some): a colony it hides is never the one the keys act on (`d`
+        # on an empty filtered list destroyed the colony selected before, which nothing on screen named).
+        colonies = self.query_one(ColoniesList)
+        shown = [str(colonies.get_option_at_index(i).id) for i in range(colonies.option_count)]
+        if self.selected is not None and self.selected not in shown:
             self.selected = None
-        if self.selected is None and listed:
-            self.select_colony(listed[0])
+            self.selected_file = None
+            self._show_selected()
+        if self.selected is None and shown:
+            self.select_colony(shown[0])
         elif self.selected is not None:
             self._show_info()
             self._show_services()

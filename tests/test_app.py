@@ -295,6 +295,22 @@ async def test_filter_the_list(hive_env, repo):
         await until(pilot, lambda: listed(app) == ["alpha", "beta", "gamma"], "escape to clear the filter")
 
 
+async def test_keys_on_a_list_the_filter_emptied_act_on_no_colony(hive_env, repo):
+    # A filter matching nothing left the colony selected before selected, and the next refresh of the list picked
+    # the first colony of the hive again, shown nowhere in the list: `s` stopped it, `d` asked to destroy it.
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, hive):
+        await pilot.press("slash", "z", "z", "z", "enter")
+        await until(pilot, lambda: listed(app) == [], "the filter to hide alpha")
+        app.refresh_colonies()  # as the list's periodic refresh does
+        await until(pilot, lambda: app.selected is None and shows(app, "no colony selected"), "nothing selected")
+        await pilot.press("s")
+        await until(pilot, lambda: notified(app, "no colony selected"), "the stop refused")
+        await pilot.press("d")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert state_of(hive, "alpha") == "running"
+
+
 async def test_tabs_logs_diff_info(hive_env, tmp_path):
     from helpers import make_repo
 
