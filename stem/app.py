@@ -515,7 +515,9 @@ class StemApp(App[int], inherit_bindings=False):
         # What the list shows (its filter may hide some): a colony it hides is never the one the keys act on (`d`
         # on an empty filtered list destroyed the colony selected before, which nothing on screen named).
         colonies = self.query_one(ColoniesList)
-        shown = [str(colonies.get_option_at_index(i).id) for i in range(colonies.option_count)]
+        shown = listed
+        if colonies.filter_text:
+            shown = [str(colonies.get_option_at_index(i).id) for i in range(colonies.option_count)]
         if self.selected is not None and self.selected not in shown:
             self.selected = None
             self.selected_file = None
