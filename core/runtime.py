@@ -464,6 +464,7 @@ class ColonyRuntime:
             # An overflow may have swallowed the event: reloading an unchanged file restarts nothing.
             if batch.overflow or target in batch.paths:
                 changed.set()
+                self.services.supersede()  # a reload still waiting for services an edit added to get ready ends
 
         try:
             if changes is not None:

@@ -1222,6 +1222,7 @@ class ServiceSet:
         self._lock = asyncio.Lock()
         self._active = False  # between start_all and stop_all: only then does apply start anything
         self._stop_asked = asyncio.Event()  # set by stop_all before it waits for the lock (see `_ready_unless_stop`)
+        self._superseded = asyncio.Event()  # set by an edit waiting for the lock: the one applied stops waiting
 
     @property
     def services(self) -> Mapping[str, ServiceRunner]:
@@ -1244,6 +1245,11 @@ class ServiceSet:
                     await self._stop(list(self._runners), waves)
                     raise StepFailed(reason)
 
+    def supersede(self) -> None:
+        """A newer edit of colony.toml is coming: an edit still waiting for its services to get ready stops waiting
+        (they go on getting ready), so that the newer one is applied now, not after their ready timeout."""
+        self._superseded.set()
+
     async def stop_all(self, grace: float | None = None) -> None:
         """Stop every service, dependents before what they depend on."""
         self._stop_asked.set()  # an edit being applied stops waiting for its services to be ready
@@ -1262,7 +1268,9 @@ class ServiceSet:
         before anything is touched. While the services are not running (before start_all, after stop_all) the
         config is only remembered for the next start.
         """
+        self.supersede()  # this edit is newer than one still waiting for its services to be ready
         async with self._lock:
+            self._superseded.clear()
             new_waves = service_start_order(config)
             if not self._active:
                 self.config = config
@@ -1284,22 +1292,31 @@ class ServiceSet:
             for wave in new_waves:
                 runners = [self._start_runner(config.services[n]) for n in wave if n in changed or n in added]
                 results = await self._ready_unless_stop(runners)
+                if self._superseded.is_set():
+                    # A newer edit waits: services still getting ready go on doing so (their own ready timeout ends
+                    # them), and the later waves are the newer edit's to start, as services it adds.
+                    ended = [r for r, ok in zip(runners, results, strict=True) if not ok and r.state != STARTING]
+                    not_ready += [r.name for r in ended]
+                    break
                 not_ready += [r.name for r, ok in zip(runners, results, strict=True) if not ok]
                 if self._stop_asked.is_set():
                     break  # the colony is stopping: the later waves are not started
             return ServiceChanges(tuple(changed), tuple(added), tuple(removed), tuple(not_ready))
 
     async def _ready_unless_stop(self, runners: list[ServiceRunner]) -> list[bool]:
-        """Whether each of `runners` got ready, waited for until each is or the colony's stop asks for the lock (a
-        service an edit added that never gets ready held the stop back for its whole ready timeout)."""
+        """Whether each of `runners` got ready, waited for until each is, or the colony's stop or a newer edit asks
+        for the lock (a service an edit added that never gets ready held the stop back, and every later edit, the
+        one that mends it too, for its whole ready timeout)."""
         ready: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(*(r.wait_ready(r.spec.ready_timeout) for r in runners))
         )
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop_asked.wait())
+        newer: asyncio.Future[Any] = asyncio.ensure_future(self._superseded.wait())
         try:
-            await asyncio.wait([ready, stop], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([ready, stop, newer], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            newer.cancel()
         if ready.done():
             return list(ready.result())
         ready.cancel()

@@ -1272,3 +1272,28 @@ def test_a_service_that_cannot_start_says_why_in_words(hive_env, tmp_path, case)
     result = run_stem(hive_env.env, "spawn", "cannot", "--repo", str(repo), "--agent", "shell")
     assert result.returncode != 0 and f"service web could not start: {said}" in result.stderr, result.stderr
     assert "Errno" not in result.stderr and "PosixPath" not in result.stderr
+
+
+def test_an_edit_is_applied_while_a_service_an_earlier_edit_added_is_still_getting_ready(hive_env, tmp_path):
+    """An edit that added a service which does not get ready held every later edit back for that service's whole
+    ready timeout: the edit that mends it too, and one of another service (27 s late in an exploratory run)."""
+    web = '[services.web]\ncommand = "python3 -m http.server 3000"\nport = 3000\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=web)
+    assert run_stem(hive_env.env, "spawn", "edits", "--repo", str(repo)).returncode == 0
+    toml = hive_env.home / "worktrees" / "edits" / "colony.toml"
+    slow = '\n[services.slow]\ncommand = "sleep 1000"\nport = 3999\nready_timeout = 60\n'
+    toml.write_text(web + slow)
+
+    def services() -> dict[str, str]:
+        (row,) = json.loads(run_stem(hive_env.env, "ls", "--json").stdout)
+        return row["services"]
+
+    wait_for(lambda: services().get("slow") == "starting", 20, "the added service to be starting")
+    toml.write_text(web.replace("port = 3000\n", 'port = 3000\nenv = { EDITED = "1" }\n') + slow)
+
+    def restarted() -> str | None:
+        out = run_stem(hive_env.env, "logs", "edits").stdout
+        return out if "colony.toml changed: restarted web" in out else None
+
+    wait_for(restarted, 20, "the second edit to restart web")  # 20 s: the slow service's ready timeout is 60 s
+    assert services()["slow"] == "starting"  # still getting ready, as it was
