@@ -102,3 +102,16 @@ async def test_the_merge_dialog_of_one_file_is_as_tall_as_what_it_says():
         dialog = app.screen.query_one(".dialog").region
         assert dialog.height <= 18, dialog
         assert "app.py" in screen_text(app)
+
+
+@pytest.mark.anyio
+async def test_the_spawn_form_opens_at_its_top_on_a_short_terminal():
+    """At 80x24 the form opened scrolled to its name field: its title, its hint line and the field's label were
+    above the top, and the first thing seen was a box with no label."""
+    app = Bare()
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(DIALOGS["spawn"][0]())
+        await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen.focused is not None, "the form")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "New colony" in text and "ctrl+s" in text and "Name" in text, text

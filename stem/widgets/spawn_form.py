@@ -166,7 +166,9 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
     def _opened(self) -> None:
         """The name field has the focus: the keys typed meanwhile are the form's, in the order they came (enter
         moving on, ctrl+s spawning, what follows it the agent's)."""
-        self.set_focus(self.query_one("#spawn-name", Input))
+        # Not scrolled to: on a short terminal (80x24) that hid the form's title, hint and the name's label.
+        self.set_focus(self.query_one("#spawn-name", Input), scroll_visible=False)
+        self.query_one("#spawn-form").scroll_home(animate=False)
         early, self.early = self.early or [], None
         for key in early:
             if self.validating:
