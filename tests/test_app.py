@@ -581,6 +581,17 @@ async def test_the_spawn_form_takes_the_keys_typed_after_n_and_the_hint_bar_show
         await until(pilot, lambda: "n new" in hint_bar(app), "the list's keys back once the form is gone")
 
 
+async def test_the_hint_bar_of_a_narrow_terminal_keeps_the_help_key_and_cuts_no_hint(hive_env, repo):
+    # At 80 columns the bar was cut in the middle of a hint, and `? keys`, the key to all the others, was lost.
+    async with stem_app(hive_env, repo, "alpha", size=(80, 24)) as (app, pilot, _hive):
+        await until(pilot, lambda: "stop/start" in hint_bar(app), "the list's hints")
+        bar = hint_bar(app).strip()
+        assert "? keys" in bar, bar
+        hints = {"? keys", "⏎ terminal", "s stop/start", "d destroy", "/ filter", "m merge", "c commit", "u sync"}
+        pieces = [piece.strip() for piece in bar.split("  ") if piece.strip()]
+        assert set(pieces) <= hints | {"q quit", ": commands", "n new", "1 2 3 0 panels"}, pieces
+
+
 async def test_keys_read_as_the_form_closes_are_the_agent_s(hive_env, repo, monkeypatch):
     """Keys the app reads after the form is gone and before its next message: the new colony's terminal has the
     focus already, so they are the agent's, not commands on the list (`s` would stop a colony)."""

@@ -51,6 +51,7 @@ class HintBar(Static):
             )
             return
         parts: list[Content] = []
+        help_hint: Content | None = None
         seen: set[str] = set()
         for key, active in self.app.screen.active_bindings.items():
             binding = active.binding
@@ -58,8 +59,22 @@ class HintBar(Static):
                 continue
             seen.add(binding.description)
             display = self.app.get_key_display(binding.with_key(key))
-            parts.append(Content.assemble(Content.styled(display, "bold $accent"), " ", binding.description))
+            hint = Content.assemble(Content.styled(display, "bold $accent"), " ", binding.description)
+            parts.append(hint)
+            if binding.id == "app.help":
+                help_hint = hint
+        # Whole hints that fit, not one cut in the middle: at 80 columns `? keys`, the key to all the others, and
+        # `q quit` were lost. The last ones go first, never the help's.
+        width = self.size.width or self.app.size.width
+        while parts and sum(map(len, parts)) + 2 * (len(parts) - 1) > width:
+            droppable = [i for i, hint in enumerate(parts) if hint is not help_hint]
+            if not droppable:
+                break
+            del parts[droppable[-1]]
         self.update(Content("  ").join(parts))
+
+    def on_resize(self) -> None:
+        self.update_hints()
 
     def _key_for(self, binding_id: str) -> str | None:
         keys = getattr(self.app, "key_remaps", {}).get(binding_id)
