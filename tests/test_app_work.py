@@ -87,6 +87,11 @@ async def test_merge_through_the_m_dialog_merges_and_the_row_updates(hive_env, r
         await pilot.press("m")
         dialog = await until(pilot, lambda: isinstance(app.screen, MergeDialog) and app.screen, "the merge dialog")
         assert shows(app, "Merge alder into main", "merges clean", "feature.txt", "+1 -0", "squash")
+        assert shows(app, "merges clean (fast-forward)")
+        await pilot.press("s")  # the summary says what a squash makes, not the fast-forward it no longer is
+        await until(pilot, lambda: shows(app, "merges clean (one squash commit)"), "the squash in the summary")
+        await pilot.press("s")
+        await until(pilot, lambda: shows(app, "merges clean (fast-forward)"), "the fast-forward again")
         await pilot.press("y")
         confirm = await until(
             pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, "the offer to destroy alder"

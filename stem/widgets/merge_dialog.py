@@ -93,7 +93,7 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
             return status.error or status.note or "no target to merge into"
         return self.checkout
 
-    def _summary(self) -> Content:
+    def _summary(self, squash: bool = False) -> Content:
         status = self.status
         if status is None:
             return Content.styled("merge status unknown", "$error")
@@ -101,7 +101,9 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
         if status.state == MergeState.CONFLICTS:
             verdict = Content.styled(status.summary, "bold $error")
         elif status.state in (MergeState.CLEAN, MergeState.FAST_FORWARD):
-            how = "fast-forward" if status.state == MergeState.FAST_FORWARD else "merge commit"
+            how = "one squash commit" if squash else "fast-forward"
+            if not squash and status.state != MergeState.FAST_FORWARD:
+                how = "merge commit"
             verdict = Content.assemble(
                 Content.styled("✓ merges clean", "$success"), Content.styled(f" ({how})", "$text-muted")
             )
@@ -156,6 +158,11 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
     def action_toggle_squash(self) -> None:
         box = self.query_one("#merge-squash", Checkbox)
         box.value = not box.value
+
+    @on(Checkbox.Changed, "#merge-squash")
+    def _squash_changed(self, event: Checkbox.Changed) -> None:
+        # What the merge will make: a squash is one new commit on the target, never a fast-forward.
+        self.query_one("#merge-summary", Static).update(self._summary(event.value))
 
     @on(Button.Pressed, "#merge-yes")
     def action_confirm(self) -> None:
