@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import ipaddress
 import json
@@ -151,6 +150,15 @@ class DestroyReport:
     kept_branch: str | None = None
     unmerged: int = 0
     note: str = ""  # what the destroy could not do, and how the user does it
+
+
+def _command_text(argv: list[str]) -> str:
+    """A process's command line as a line names it: `stem spawn alpha --repo .` rather than the interpreter and the
+    script's path, cut at 80 characters."""
+    if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
+        argv = [os.path.basename(argv[1]), *argv[2:]]
+    text = " ".join(argv) or "a process"
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 async def _finished_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
@@ -413,7 +421,7 @@ class Hive:
             if loop.time() >= look_at:
                 look_at = loop.time() + LOCK_LOOK
                 pid = await asyncio.to_thread(holder, lock.path)
-                what = pids.command_text(pid) if pid is not None else ""
+                what = _command_text(pids.argv_of(pid)) if pid is not None else ""
                 if pid is not None and pids.stopped(pid):
                     raise StemError(
                         f"colony {name} is held by pid {pid} ({what}), which is stopped: kill -CONT {pid} lets it "
@@ -1370,14 +1378,7 @@ class Hive:
             running = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
             try:
                 self.registry.add_process(name, proc.pid, running.starttime, "exec", argv)
-            except BaseException as exc:
-                if refused_by_disk(exc):
-                    # A full disk: the command runs on unrecorded (a stop ends it all the same, through the colony's
-                    # cgroup), as the `rm` that makes room must. Killed, it had often run already (a quick one), and
-                    # the exec said it had not.
-                    said = f"{warning}; " if warning else ""
-                    why = f"not recorded in the registry ({disk_trouble(exc)}): a stop still ends it"
-                    return dataclasses.replace(running, warning=said + why)
+            except BaseException:  # unrecorded, a stop could not find it: it does not run (a full disk, say)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -1391,11 +1392,7 @@ class Hive:
     def exec_finished(self, running: ColonyProcess) -> None:
         procs.forget_child(running.proc.pid)
         procs.release_init(running.init, self.stop_grace)
-        try:
-            self.registry.remove_process(running.proc.pid, running.starttime)
-        except BaseException as exc:  # a full disk: its row (if it has one) is a dead process's, which gc forgets
-            if not refused_by_disk(exc):
-                raise
+        self.registry.remove_process(running.proc.pid, running.starttime)
 
     # runtime: what a running colony runs lives in its colony host ------------------------------------------
 

@@ -393,29 +393,3 @@ def test_a_start_whose_build_fills_the_disk_says_so_in_the_builds_words_and_leav
         started = run_stem(hive_env.env, "start", "maker")
         assert started.returncode == 0, started.stderr
         assert run_stem(hive_env.env, "destroy", "--force", "maker").returncode == 0
-
-
-def test_an_exec_on_a_full_disk_runs_its_command_unrecorded_and_says_so(hive_env, tmp_path):
-    """`stem exec alpha -- rm big` is how a user makes room on a full disk. The exec recorded its command after
-    starting it; the full disk refused the record, and the exec killed the command and said it had not run, often
-    after it had (a quick one): the file was gone and the exit code said it failed."""
-    repo = make_repo(tmp_path / "repo", files=1)
-    with small_disk(hive_env.home, "8m"):
-        assert run_stem(hive_env.env, "spawn", "alpha", "--repo", str(repo)).returncode == 0
-        made = run_stem(hive_env.env, "exec", "alpha", "--", "sh", "-c", "echo room > doomed.txt")  # the colony's
-        assert made.returncode == 0, made.stderr
-        doomed = hive_env.home / "worktrees" / "alpha" / "doomed.txt"
-        assert doomed.exists()
-        filler = fill(hive_env.home, 0)
-
-        ran = run_stem(hive_env.env, "exec", "alpha", "--", "rm", "doomed.txt")
-
-        assert ran.returncode == 0, (ran.stdout, ran.stderr)
-        assert not doomed.exists()
-        (warning,) = ran.stderr.splitlines()
-        assert warning.startswith("stem: warning: not recorded in the registry (") and warning.endswith(
-            "a stop still ends it"
-        ), warning
-        filler.unlink()
-        assert run_stem(hive_env.env, "stop", "alpha").returncode == 0
-        assert run_stem(hive_env.env, "destroy", "--force", "alpha").returncode == 0
