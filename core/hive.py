@@ -152,15 +152,6 @@ class DestroyReport:
     note: str = ""  # what the destroy could not do, and how the user does it
 
 
-def _command_text(argv: list[str]) -> str:
-    """A process's command line as a line names it: `stem spawn alpha --repo .` rather than the interpreter and the
-    script's path, cut at 80 characters."""
-    if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
-        argv = [os.path.basename(argv[1]), *argv[2:]]
-    text = " ".join(argv) or "a process"
-    return text if len(text) <= 80 else text[:79] + "…"
-
-
 async def _finished_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """Await `work`; if the caller is cancelled meanwhile (its command ended by Ctrl-C, SIGTERM, SIGHUP), finish it
     all the same, then stay cancelled: a stop or destroy once begun is never left half done."""
@@ -421,7 +412,7 @@ class Hive:
             if loop.time() >= look_at:
                 look_at = loop.time() + LOCK_LOOK
                 pid = await asyncio.to_thread(holder, lock.path)
-                what = _command_text(pids.argv_of(pid)) if pid is not None else ""
+                what = pids.command_text(pid) if pid is not None else ""
                 if pid is not None and pids.stopped(pid):
                     raise StemError(
                         f"colony {name} is held by pid {pid} ({what}), which is stopped: kill -CONT {pid} lets it "
