@@ -146,7 +146,7 @@ _PROBE_EVERY = 4
 _PROBE_SPACING = 1365  # text between two places a read is looked at in (`StemScreen._met_before`)
 
 _MATCH_START = re.Match.start
-_PIECE_MAX = 1024  # the longest piece remembered
+_PIECE_MAX = 16384  # the longest piece remembered
 _PIECES_LIMIT = 4096  # pieces remembered per screen, met once or worked out
 _MET_ONCE = 0  # a piece's entry: met once
 _MET_TWICE = 2  # met twice: worked out the next time (most pieces of a program that scrolls its output recur once)
@@ -154,25 +154,38 @@ _IMPURE = 1  # its entry: its effect depends on more than the screen's state (`_
 # Private modes (shifted) that do not change what a piece draws: all those set in place but autowrap.
 _ENV_FREE = frozenset(_PLAIN_PRIVATE_MODES.values()) - {mo.DECAWM}
 # CSI finals a piece may hold, beside SGR and private modes set in place: moves and erases within rows, which write
-# cells without reading any (CUP, HVP, CHA, HPA, VPA, CUF, CUB, CUU, CUD, CNL, CPL, EL, ECH).
-_PIECE_CSI = frozenset("mHfG`dCDABEFKX")
+# cells without reading any (CUP, HVP, CHA, HPA, VPA, CUF, CUB, CUU, CUD, CNL, CPL, EL, ECH); and the scroll up, the
+# erase of the display and the scroll region (SU, ED, DECSTBM), which are steps of its effect (`_Scratch`).
+_PIECE_CSI = frozenset("mHfG`dCDABEFKXSJr")
 # Controls a piece may hold: CR, LF (VT, FF) and BS, and NUL and DEL, which are ignored.
 _PIECE_CONTROLS = frozenset("\r\n\x0b\x0c\x08\x00\x7f")
 # A piece's effect: the attributes, column and row it must start with (-1: any), the screen's state it must start
 # in (`_env`), its paints ((row, paint, whole row) each), the cursor after it, the node of its attributes, the rows
-# it dirties, and the private modes it sets in place, in order ((shifted mode, set), ...).
+# it dirties, the private modes it sets in place, in order ((shifted mode, set), ...), its steps (`_Scratch`; None: it
+# paints and leaves the scroll region as it was) and the screen's state after it (the one it starts in but for the
+# scroll region).
+PieceOps = tuple[tuple[int, "Paint", bool], ...]
 Effect = tuple[
     Char,
     int,
     int,
     tuple[Any, ...],
-    tuple[tuple[int, "Paint", bool], ...],
+    PieceOps,
     int,
     int,
     CharCache,
     tuple[int, ...],
     tuple[tuple[int, bool], ...],
+    "tuple[Step, ...] | None",
+    tuple[Any, ...],
 ]
+# A step of a piece's effect (`_Scratch`), done in order: paints (_STEP_PAINT, ops), a scroll of the region top..bottom
+# up count rows (_STEP_SCROLL, top, bottom, count), or an erase of the display from the cursor (_STEP_ERASE, how, x,
+# y, attributes).
+Step = tuple[Any, ...]
+_STEP_PAINT = 0
+_STEP_SCROLL = 1
+_STEP_ERASE = 2
 
 
 class StemCursor(Cursor):
@@ -489,6 +502,7 @@ class StemScreen(pyte.Screen):
         # were worked out in (`_env`); the screen they are worked out on.
         self._piece_effects: dict[str, Effect | int] = {}
         self._envs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._effects_elsewhere: dict[tuple[str, tuple[Any, ...]], Effect | int] = {}  # in other states than the first
         self._scratch: _Scratch | None = None
         # Reads in a row with many pieces none of which was applied, and reads until the next is looked at
         # (`_feed_pieces`). A screen starts as if pieces had not paid: cutting every read into pieces before any
@@ -664,7 +678,7 @@ class StemScreen(pyte.Screen):
         self._alt_savepoint = None
         self._alt_left: Savepoint | None = None  # what the last 1049 on saved, once the alternate screen is left
         self._saved_modes: dict[int, bool] = {}  # XTSAVE's
-        self._piece_effects.clear()
+        self._forget_pieces()
         self._wraps = self._main_wraps = False  # pyte's reset makes every row anew
         super().reset()
 
@@ -727,7 +741,7 @@ class StemScreen(pyte.Screen):
             self.tabstops.update(range((self.columns + 7) // 8 * 8, columns, 8))
         self.lines, self.columns = lines, columns
         self._places()
-        self._piece_effects.clear()
+        self._forget_pieces()
         self._row_versions = (self._row_versions + [0] * lines)[:lines]
         cursor.y = min(cursor.y - drop, lines - 1)
         cursor.x = min(cursor.x, columns - 1)
@@ -774,7 +788,7 @@ class StemScreen(pyte.Screen):
         else:
             self._wraps = True
         self._pieces = None
-        self._piece_effects.clear()
+        self._forget_pieces()
         self.dirty.update(range(lines))
         if cursor is None or at is None:
             return None
@@ -1577,6 +1591,7 @@ class StemScreen(pyte.Screen):
         cuts.append(n)
         effects = self._piece_effects
         get = effects.get
+        elsewhere = self._effects_elsewhere
         env: tuple[Any, ...] | None = None
         pending = pos  # where the text not handled yet starts
         applied = 0  # the length of the pieces applied
@@ -1612,14 +1627,29 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
             effect: Effect = entry  # type: ignore[assignment]  # no cast: called per piece
+            if effect[3] is not env:
+                # Met in another state (tmux moves its scroll region between panes all the time): its effect there.
+                key = (piece, env)
+                other = elsewhere.get(key)
+                if other is None:
+                    other = self._piece_effect(piece, env)
+                    if other is not _MET_TWICE:
+                        if len(elsewhere) >= _PIECES_LIMIT:
+                            elsewhere.clear()
+                        elsewhere[key] = other
+                if type(other) is not tuple:
+                    start = end
+                    continue
+                effect = other  # type: ignore[assignment]
             cursor = self._cur
             attrs = effect[0]
             if (
-                effect[3] is env
-                and (attrs is cursor.attrs or attrs == cursor.attrs)
+                (attrs is cursor.attrs or attrs == cursor.attrs)
                 and (effect[2] < 0 or (effect[2] == cursor.y and (effect[1] < 0 or effect[1] == cursor.x)))
                 and not self._held
             ):
+                if effect[10] is not None:
+                    env = self._apply_steps(effect)
                 paints = self._paints
                 for y, op, whole in effect[4]:
                     # `_add_paint` inlined (a call per row of every piece), but for a row with too many paints.
@@ -1693,6 +1723,11 @@ class StemScreen(pyte.Screen):
                 return met
         return met
 
+    def _forget_pieces(self) -> None:
+        """Forget every piece's effect (the screen's size or contents were made anew)."""
+        self._piece_effects.clear()
+        self._effects_elsewhere.clear()
+
     def _env_key(self) -> tuple[Any, ...]:
         """What a piece's effect depends on besides the cursor: the modes (but those set in place that change nothing
         drawn), the scroll region, the charsets and the encoding."""
@@ -1714,11 +1749,12 @@ class StemScreen(pyte.Screen):
     def _piece_effect(self, piece: str, env: tuple[Any, ...]) -> Effect | int:
         """The effect of `piece` drawn from the cursor's state and the screen's `env`, worked out on a scratch screen
         (`_Scratch`) whose rows start empty, so that what they hold after is what the piece wrote: each row's
-        cells (written over the real row as one deferred paint), the cursor and the private modes it set in place.
+        cells (written over the real row as one deferred paint), the cursor and the private modes it set in place;
+        its scrolls up and erases of the display as steps between paints, and the scroll region it leaves.
         `_MET_TWICE` (to be tried again) under a mode that moves the cells already there (insert mode); `_IMPURE` if
-        the piece holds anything but text, SGR, moves, erases within rows, CR, LF, BS and private
-        modes set in place, or if it would scroll, read cells already there (a combining mark), change the
-        screen's state (`_env_key`) or fail."""
+        the piece holds anything but text, SGR, moves, erases, CR, LF, BS, SU, DECSTBM and private modes set in
+        place, or if it would scroll down, read cells already there (a combining mark), change the screen's state
+        (`_env_key`) beyond its scroll region, or fail."""
         if not self.mode.isdisjoint(_NO_BATCH_MODES):  # insert mode moves the cells already there: not now
             return _MET_TWICE
         modes: list[tuple[int, bool]] = []
@@ -1752,23 +1788,23 @@ class StemScreen(pyte.Screen):
         scratch.tabstops = self.tabstops
         source, cursor = self._cur, scratch._cur
         cursor.x, cursor.y, cursor.attrs, cursor.hidden = source.x, source.y, source.attrs, source.hidden
+        steps = scratch.steps = []
         try:
             scratch._scan(piece, 0, len(piece), False)
         except _Impure:
             return _IMPURE
-        if scratch.errors or scratch._held or scratch._tail or scratch._in_string or scratch._env_key() != env:
+        if scratch.errors or scratch._held or scratch._tail or scratch._in_string:
             return _IMPURE
-        columns = self.columns
-        ops: list[tuple[int, Paint, bool]] = []
-        for y, row in scratch._buf.items():
-            x = min(row) if row else 0
-            # Cells in every column from its first to the row's end: marked as an EL's paint is (the attributes of its
-            # erase, never used), so that it covers an earlier paint at the same column (`_add_paint`).
-            end = DEFAULT_CHAR if row and len(row) == columns - x else None
-            # The column after the last if the cells are every column from the first to it (what ED needs).
-            span = x + len(row) if row and max(row) == x + len(row) - 1 else None
-            op = (x, None, dict(row), span, -2, end)
-            ops.append((y, op, x == 0 and end is not None))  # type: ignore[arg-type]
+        after = scratch._env_key()
+        if after != env:
+            if after[0] != env[0] or after[2:] != env[2:]:  # more than the scroll region changed
+                return _IMPURE
+            after = self._envs.setdefault(after, after)
+        else:
+            after = env
+        ops = scratch._written()
+        if steps and ops:
+            steps.append((_STEP_PAINT, ops))
         absolute = _CUP_START.match(piece) is not None and mo.DECOM not in self.mode
         returns = piece.startswith("\r")  # a CR first: the same effect from any column (not from any row)
         return (
@@ -1776,13 +1812,33 @@ class StemScreen(pyte.Screen):
             -1 if absolute or returns else source.x,
             -1 if absolute else source.y,
             env,
-            tuple(ops),
+            () if steps else ops,
             cursor.x,
             cursor.y,
             chars_for(cursor.attrs),
             tuple(scratch.dirty),
             tuple(modes),
+            tuple(steps) if steps or after is not env else None,
+            after,
         )
+
+    def _apply_steps(self, effect: Effect) -> tuple[Any, ...]:
+        """A piece's steps (`_Scratch`), done on this screen in order; then the scroll region it leaves. Returns the
+        screen's state after it."""
+        cursor = self._cur
+        for step in effect[10]:  # type: ignore[union-attr]  # only called when it has steps
+            kind = step[0]
+            if kind == _STEP_PAINT:
+                for y, op, whole in step[1]:
+                    self._add_paint(y, op, whole)
+            elif kind == _STEP_SCROLL:
+                self._scroll_up(step[1], step[2], step[3])
+            else:
+                cursor.x, cursor.y, cursor.attrs = step[2], step[3], step[4]
+                self.erase_in_display(step[1])
+        after = effect[11]
+        self.margins = after[1]
+        return after
 
     def _set_plain_modes(self, modes: tuple[tuple[int, bool], ...]) -> None:
         """Private modes set or reset in place (`_PLAIN_PRIVATE_MODES`), in order, as `_scan` sets them."""
@@ -2972,12 +3028,36 @@ class _Impure(Exception):
 
 class _Scratch(StemScreen):
     """The screen pieces are worked out on (`StemScreen._piece_effect`): its rows start empty, so that what they hold
-    after is what the piece wrote; what would move rows or read cells already there is refused."""
+    after is what the piece wrote; what would read cells already there is refused. A scroll up (a line feed at the
+    bottom of the scroll region, SU) or an erase of the display moves or erases cells the piece did not write: each is
+    a step of the piece's effect (`steps`), done on the real screen when the piece is applied, after a step of the
+    cells written before it; the rows start empty again after it."""
+
+    steps: list[Step]
+
+    def _written(self) -> PieceOps:
+        """The cells written since the rows were last empty, one paint per row, taken off the rows."""
+        columns = self.columns
+        ops: list[tuple[int, Paint, bool]] = []
+        for y, row in self._buf.items():
+            x = min(row) if row else 0
+            # Cells in every column from its first to the row's end: marked as an EL's paint is (the attributes of its
+            # erase, never used), so that it covers an earlier paint at the same column (`_add_paint`).
+            end = DEFAULT_CHAR if row and len(row) == columns - x else None
+            # The column after the last if the cells are every column from the first to it (what ED needs).
+            span = x + len(row) if row and max(row) == x + len(row) - 1 else None
+            op = (x, None, dict(row), span, -2, end)
+            ops.append((y, op, x == 0 and end is not None))  # type: ignore[arg-type]
+        self._rows = self._new_buffer()
+        return tuple(ops)
+
+    def _step(self, step: Step) -> None:
+        ops = self._written()
+        if ops:
+            self.steps.append((_STEP_PAINT, ops))
+        self.steps.append(step)
 
     def index(self) -> None:
-        margins = self.margins
-        if self._cur.y == (self.lines - 1 if margins is None else margins.bottom):
-            raise _Impure  # a scroll
         if self._wrapping:
             raise _Impure  # autowrap's: the row it leaves is marked as going on, which an effect does not keep
         super().index()
@@ -2986,7 +3066,13 @@ class _Scratch(StemScreen):
         raise _Impure
 
     def _scroll_up(self, top: int, bottom: int, count: int = 1) -> None:
-        raise _Impure
+        self._step((_STEP_SCROLL, top, bottom, count))
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs or how not in (0, 1, 2, 3):
+            raise _Impure
+        cursor = self._cur
+        self._step((_STEP_ERASE, how, cursor.x, cursor.y, cursor.attrs))
 
     def _join(self, char: str) -> None:
         raise _Impure  # a zero-width character joins the cell before it

@@ -13,9 +13,10 @@ from core import screen_cells
 from core.screen import StemScreen
 
 # What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
-# CR LF inside the screen and at its bottom (a scroll), wide characters, a run wrapping at the right edge, a
-# combining mark (it joins the cell before it), DECTCEM and 2026 set in place, DECAWM turned off, a run without SGR
-# (drawn in whatever attributes the piece starts with), a cursor move relative to where the piece starts.
+# CR LF inside the screen and at its bottom, SU, ED and DECSTBM (steps of its effect: a scroll, an erase of the
+# display, the scroll region it leaves), wide characters, a run wrapping at the right edge, a combining mark (it joins
+# the cell before it), DECTCEM and 2026 set in place, DECAWM turned off, a run without SGR (drawn in whatever
+# attributes the piece starts with), a cursor move relative to where the piece starts.
 _PIECES = [
     "\x1b[{y};1H\x1b[31mred\x1b[m run\x1b[K",
     "\x1b[{y};{x}H\x1b[1;44mbold\x1b[m",
@@ -37,6 +38,11 @@ _PIECES = [
     "\x1b[40;1H\x1b[7mbottom\r\nscrolls\x1b[m",
     "\x1b[{y};1H\x1b[2K\x1b[1A\x1b[2K\x1b[1A",
     "\x1b[{y};{x}H\x1b[1C\x1b[4mx\x1b[24m\x1b[K",
+    "\x1b[{y};1H\x1b[2S\x1b[{y};3Hafter a scroll up\x1b[K",
+    "\x1b[{y};{x}H\x1b[44m\x1b[J\x1b[mbelow, erased",
+    "\x1b[{y};1H\x1b[2Jall erased\x1b[{y};9H\x1b[1J",
+    "\x1b[{y};1H\x1b[3;20r\x1b[20;1Hin a region\r\nscrolls it\r\nagain\x1b[r",
+    "\x1b[{y};1H\x1b[2;30r\x1b[30;1Hleaves a region\r\n",
 ]
 # Between frames: what changes the state pieces are worked out in (attributes, scroll region, insert mode, origin
 # mode, charsets, the alternate screen) or erases cells their paints made (ED, EL 1).
@@ -120,6 +126,35 @@ def test_a_piece_applied_dirties_its_rows_and_sets_its_modes() -> None:
     assert screen.cursor.hidden
     assert screen.queries.frame_remaining() > 0
     assert screen.text()[2].startswith("three") and screen.text()[3].startswith("four")
+
+
+@pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize("read", [None, 4096, 61])
+def test_pieces_that_scroll_erase_or_set_the_region_are_applied_in_every_region(read: int | None) -> None:
+    """tmux redraws a pane by scrolling a region and writing the rows that come in, and moves the region from pane to
+    pane: such pieces (SU, a line feed at the region's bottom, ED, DECSTBM) are applied from their effects, in each
+    region they are met in, and leave pyte's screen, cells and scroll region."""
+    screen_cells.clear_caches()
+    pane = (
+        "\x1b[1;1H\x1b[3S\x1b[18d\x1b[32mone\x1b[K\r\ntwo\x1b[K\r\nthree\x1b[m\x1b[K\x1b[1;40r"
+        "\x1b[20;5Hbottom\r\nline\r\n\x1b[44mscrolled\x1b[m"
+        "\x1b[12;7H\x1b[45m\x1b[J\x1b[m\x1b[12;1Hafter an erase"
+    )
+    frames = []
+    for k in range(30):
+        region = ("\x1b[2;20r", "\x1b[21;39r", "\x1b[r")[k % 3]
+        frames.append(f"{region}{pane}\x1b[{k % 40 + 1};1Hframe {k}")
+    data = "".join(frames).encode()
+    expected = reference(data, None)
+    actual = stem(data, read)
+    assert_same_screen(expected, actual)
+    for y in range(ROWS):
+        assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    assert actual.margins == expected.margins
+    applied = [e for e in (*actual._piece_effects.values(), *actual._effects_elsewhere.values()) if type(e) is tuple]
+    assert any(effect[10] for effect in applied)  # pieces with steps were worked out
+    if read is None:
+        assert actual._effects_elsewhere  # and in more than one region
 
 
 # Pieces of a program that places its runs relative to the cursor (Claude Code): no CUP, so a feed is cut before every
