@@ -36,6 +36,7 @@ import functools
 import ipaddress
 import os
 import pwd
+import random
 import select
 import signal
 import stat
@@ -63,6 +64,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ORPHAN_EXITS = 64  # the latest ends of orphans an init keeps for its owner to ask for
+# Where a colony's pids start in its PID namespace (`pid_base`): each run of its init starts PID_STRIDE past the last
+# one's start (from PID_LOW, wrapping below half of pid_max), so that a pid a program wrote in a file in one run (a
+# daemon's pid file: postgres's postmaster.pid) names no process of the next. Pids numbered from 2 at every run made
+# a revived colony's postgres find its stale pid alive (another service's) and refuse to start.
+PID_LOW = 1000
+PID_STRIDE = 4096
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 
 
 class OrphanExit(NamedTuple):
@@ -690,6 +698,7 @@ class ColonyInit:
         """Fork the init (a thread that unshared CLONE_NEWPID forks it, so it is pid 1 of a new namespace), let it
         make the colony's view, and wait until it has. `enter` runs first in the child (the colony's cgroup and
         network namespace); `resolv` is bound over /etc/resolv.conf. Blocking for a few ms: off the event loop."""
+        base = pid_base(self.box)
         owner = os.pidfd_open(os.getpid())  # the child's way to see its owner go
         ready_r, ready_w = os.pipe()
         asks, self._ask = os.pipe2(os.O_CLOEXEC)
@@ -697,7 +706,7 @@ class ColonyInit:
         pipes = (asks, answers)
         try:
             pid = _forked_in_new_pid_namespace(
-                self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w, pipes)
+                self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w, pipes, base)
             )
             os.close(ready_w)
             ready_w = -1
@@ -834,14 +843,42 @@ def _forked_in_new_pid_namespace(box: Sandbox, fork: Callable[[], int]) -> int:
     return _on_thread(lambda: _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)"), fork)
 
 
+def pid_base(box: Sandbox) -> int:
+    """Where the next run of the colony's init starts its PID namespace's pids (`PID_STRIDE`), kept beside its init
+    file; 0 (pids from 2) without a PID namespace of its own or a file to keep it in."""
+    if not box.use_pid_ns or box.init_file is None:
+        return 0
+    kept = box.init_file.with_name("pid-base")
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            top = int(f.read()) // 2
+    except (OSError, ValueError):
+        top = 16384
+    span = max(top - PID_LOW, PID_STRIDE * 2)
+    try:
+        last = int(kept.read_text())
+    except (OSError, ValueError):
+        last = PID_LOW + random.randrange(span)
+    base = PID_LOW + (last - PID_LOW + PID_STRIDE) % span
+    with contextlib.suppress(OSError):
+        kept.write_text(f"{base}\n")
+    return base
+
+
 def _fork_init(
-    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
+    box: Sandbox,
+    enter: Callable[[], None],
+    resolv: bytes | None,
+    owner: int,
+    ready: int,
+    pipes: tuple[int, int],
+    base: int,
 ) -> int:
     pid = os.fork()
     if pid != 0:
         return pid
     try:  # the child: never returns into the caller's code
-        _be_init(box, enter, resolv, owner, ready, pipes)
+        _be_init(box, enter, resolv, owner, ready, pipes, base)
         os._exit(0)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -851,11 +888,17 @@ def _fork_init(
 
 
 def _be_init(
-    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
+    box: Sandbox,
+    enter: Callable[[], None],
+    resolv: bytes | None,
+    owner: int,
+    ready: int,
+    pipes: tuple[int, int],
+    base: int,
 ) -> None:
-    """The init, as root in its new PID namespace: into the colony's cgroup and network, the colony's view, no
-    privilege; then wait for its owner to go, reaping the orphans that come to it and answering its owner's asks
-    (`pipes`: asks in, answers out) with the latest of their ends."""
+    """The init, as root in its new PID namespace: into the colony's cgroup and network, the colony's view, its pids
+    from `base` (`pid_base`), no privilege; then wait for its owner to go, reaping the orphans that come to it and
+    answering its owner's asks (`pipes`: asks in, answers out) with the latest of their ends."""
     # Nothing of the owner's signal handling stays (an asyncio loop's wakeup fd, faulthandler's SIGUSR1): a pid 1
     # gets from its own namespace only the signals it handles, and it handles none.
     signal.set_wakeup_fd(-1)
@@ -878,6 +921,9 @@ def _be_init(
         f.write("1")
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("-1000")  # never the victim of the colony's memory limit: its pages are mostly its owner's
+    if base:
+        with contextlib.suppress(OSError), open(NS_LAST_PID, "w") as f:  # this PID namespace's own
+            f.write(str(base))
     _drop(box.identity)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # it holds a copy of its owner's memory: no ptrace, no /proc/1/mem
     asks, answers = pipes

@@ -165,6 +165,57 @@ def test_a_dead_host_is_noticed_by_the_next_stem_command(hive_env, tmp_path):
     assert run_stem(hive_env.env, "stop", "lone").returncode == 0
 
 
+def inner_pids(pids: set[int]) -> set[int]:
+    """`pids` as their colony sees them (the last of NSpid: the pid in the innermost PID namespace)."""
+    found = set()
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found.add(int(re.search(r"^NSpid:.*\s(\d+)$", status, re.M).group(1)))
+    return found
+
+
+# A daemon's pid file checked as postgres checks its postmaster.pid: one naming a live process but itself is refused.
+DAEMON = """\
+if [ -f daemon.pid ]; then
+  old=$(cat daemon.pid)
+  if [ "$old" != "$$" ] && [ -d "/proc/$old" ]; then echo "daemon.pid names live pid $old"; exit 1; fi
+fi
+echo $$ > daemon.pid
+exec python3 -m http.server 3000
+"""
+
+
+def test_a_revived_colony_numbers_its_pids_apart_from_the_run_before(hive_env, tmp_path):
+    """A colony's host killed -9 and revived: its new processes have pids the processes of the run before never had,
+    so a pid file left by a daemon of that run (postgres's postmaster.pid) names no live process, and the daemon
+    starts again. (Pids numbered from 2 at every run: a revived postgres found its stale pid alive, another
+    service's, and refused to start.)"""
+    fake_agent_config(hive_env)
+    toml = '[services.db]\ncommand = "sh daemon.sh"\nport = 3000\nready = "http:/"\n\n'
+    toml += '[services.idle]\ncommand = "sleep 1000"\n'
+    repo = make_repo(tmp_path / "repo", colony_toml=toml)
+    (repo / "daemon.sh").write_text(DAEMON)
+    subprocess.run(["git", "-C", str(repo), "add", "daemon.sh"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "daemon"], check=True)
+    assert run_stem(hive_env.env, "spawn", "pg", "--repo", str(repo)).returncode == 0
+    assert listed(hive_env)["pg"]["services"] == {"db": "ready", "idle": "ready"}
+    before = inner_pids(netns_pids(hive_env, "pg"))
+    assert len(before) >= 4  # the init, the agent, the two services
+    old = host_pid(hive_env, "pg")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), what="the host to die")
+    run_stem(hive_env.env, "ls")  # revives it
+    wait_for(lambda: listed(hive_env)["pg"]["services"].get("db") == "ready", timeout=30, what="the daemon again")
+    after = inner_pids(netns_pids(hive_env, "pg"))
+    assert before & after == {1}, (sorted(before), sorted(after))  # only the init's pid is the same
+    assert "names live pid" not in run_stem(hive_env.env, "logs", "pg").stdout
+    assert run_stem(hive_env.env, "stop", "pg").returncode == 0
+
+
 def test_a_start_or_a_revived_host_meeting_a_broken_colony_toml_runs_the_last_one_that_held(hive_env, tmp_path):
     """A live edit that breaks colony.toml keeps what runs; a start (or a host revived after kill -9) meeting that file
     used to fail the colony (`failed (provisioning)`). It starts with the last file that held and says why, on the
