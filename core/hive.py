@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -76,7 +77,7 @@ from core.offload import read_off_loop
 from core.peering import PeerInfo, Peering, Peers
 from core.privileges import become_subreaper, require_netns_privileges
 from core.provision import RUNTIME_PARTS, Teardown
-from core.registry import RESERVE_BYTES, ColonyRecord, Transition
+from core.registry import PENDING_PIDS, RESERVE_BYTES, ColonyRecord, Transition
 from core.sandbox import ColonyInit, Sandbox
 from core.settings import Settings, load_settings
 
@@ -1344,7 +1345,17 @@ class Hive:
                 warning = f"colony.toml not applied (its env and pass_env are not set): {exc}"
             where = Path(rec.worktree) / cwd if cwd else Path(rec.worktree)
             box = self.sandbox_for(rec)
-            init = procs.colony_init(box, rec.netns)  # the host's namespaces: the colony's processes are there
+            # Recorded before it starts, under a pid no process has: a registry that cannot take the record (a full
+            # disk) refuses the command before any of it runs (recorded after, a quick `rm` had run when it was
+            # refused). A stop meanwhile does not see it; it is in the colony's cgroup, which a stop ends.
+            placeholder = random.randrange(PENDING_PIDS, PENDING_PIDS * 2)
+            self.registry.add_process(name, placeholder, 0, "exec", argv)
+            try:
+                init = procs.colony_init(box, rec.netns)  # the host's namespaces: the colony's processes are there
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.registry.remove_process(placeholder, 0)
+                raise
             try:
                 proc = procs.spawn(
                     argv,
@@ -1359,6 +1370,8 @@ class Hive:
                 )
             except BaseException as exc:
                 procs.release_init(init)
+                with contextlib.suppress(sqlite3.Error):
+                    self.registry.remove_process(placeholder, 0)
                 if isinstance(exc, FileNotFoundError):
                     raise StemError(f"command not found in {name}: {argv[0]}") from None
                 if isinstance(exc, PermissionError):
@@ -1368,8 +1381,8 @@ class Hive:
                 started(proc.pid)
             running = ColonyProcess(name, proc, procs.starttime(proc.pid) or 0, init, warning)
             try:
-                self.registry.add_process(name, proc.pid, running.starttime, "exec", argv)
-            except BaseException:  # unrecorded, a stop could not find it: it does not run (a full disk, say)
+                self.registry.settle_process(placeholder, name, proc.pid, running.starttime, "exec", argv)
+            except BaseException:  # unrecorded, a stop could not find it: it does not run (the disk just filled)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -42,6 +42,11 @@ def _out_of_room(exc: sqlite3.OperationalError, path: Path) -> bool:
     return free is not None and free < RESERVE_BYTES
 
 
+# Pids a process is recorded under before it starts (`settle_process`): above any pid_max (at most 2**22), so no
+# process has one and nothing that looks a recorded process up finds it running.
+PENDING_PIDS = 1 << 30
+
+
 def _with_room(method: F) -> F:
     """A write that the disk refused for lack of room is made again once, after the reserve is given up."""
 
@@ -498,6 +503,22 @@ class Registry:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (pid, starttime, colony, kind, json.dumps(argv), time.time()),
             )
+
+    def settle_process(
+        self, placeholder: int, colony: str, pid: int, starttime: int, kind: str, argv: list[str]
+    ) -> None:
+        """The process recorded before it started under `placeholder` (a pid no process has, starttime 0: see
+        `Hive.exec`) is `pid`, started at `starttime` (recorded anew if gc forgot the placeholder meanwhile)."""
+        with self.transaction() as db:
+            moved = db.execute(
+                "UPDATE processes SET pid=?, starttime=? WHERE pid=? AND starttime=0", (pid, starttime, placeholder)
+            ).rowcount
+            if not moved:
+                db.execute(
+                    "INSERT OR REPLACE INTO processes(pid, starttime, colony, kind, argv, started_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (pid, starttime, colony, kind, json.dumps(argv), time.time()),
+                )
 
     def remove_process(self, pid: int, starttime: int) -> None:
         self.remove_processes([(pid, starttime)])

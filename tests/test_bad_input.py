@@ -333,6 +333,7 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         log = disk / "home" / "colonies" / "kept" / "colony.log"
         wait_for(lambda: log.stat().st_size > 0, timeout=10, what="the colony's log")
         before = log.read_bytes()
+        worktree = Path(json.loads(run_stem(env, "ls", "--json").stdout)[0]["worktree"])
         with (disk / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
@@ -352,6 +353,10 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
         assert_refused(run_stem(env, "exec", "kept", "--", "sleep", "333"), "free some space")
         ps = subprocess.run(["ps", "-e", "-o", "args="], capture_output=True, text=True).stdout.splitlines()
         assert "sleep 333" not in ps
+        # Refused before any of it runs: a quick command ran before its record was refused, and its exec said it was
+        # refused.
+        assert_refused(run_stem(env, "exec", "kept", "--", "touch", "made.txt"), "free some space")
+        assert not (worktree / "made.txt").exists()
         (disk / "filler").unlink()
         assert re.search(r"^kept\s+running\s", run_stem(env, "ls").stdout, re.M)
         assert run_stem(env, "destroy", "--force", "kept").returncode == 0
