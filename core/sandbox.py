@@ -698,7 +698,6 @@ class ColonyInit:
         """Fork the init (a thread that unshared CLONE_NEWPID forks it, so it is pid 1 of a new namespace), let it
         make the colony's view, and wait until it has. `enter` runs first in the child (the colony's cgroup and
         network namespace); `resolv` is bound over /etc/resolv.conf. Blocking for a few ms: off the event loop."""
-        base = pid_base(self.box)
         owner = os.pidfd_open(os.getpid())  # the child's way to see its owner go
         ready_r, ready_w = os.pipe()
         asks, self._ask = os.pipe2(os.O_CLOEXEC)
@@ -706,7 +705,7 @@ class ColonyInit:
         pipes = (asks, answers)
         try:
             pid = _forked_in_new_pid_namespace(
-                self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w, pipes, base)
+                self.box, lambda: _fork_init(self.box, enter, resolv, owner, ready_w, pipes)
             )
             os.close(ready_w)
             ready_w = -1
@@ -866,19 +865,13 @@ def pid_base(box: Sandbox) -> int:
 
 
 def _fork_init(
-    box: Sandbox,
-    enter: Callable[[], None],
-    resolv: bytes | None,
-    owner: int,
-    ready: int,
-    pipes: tuple[int, int],
-    base: int,
+    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
 ) -> int:
     pid = os.fork()
     if pid != 0:
         return pid
     try:  # the child: never returns into the caller's code
-        _be_init(box, enter, resolv, owner, ready, pipes, base)
+        _be_init(box, enter, resolv, owner, ready, pipes)
         os._exit(0)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -888,17 +881,11 @@ def _fork_init(
 
 
 def _be_init(
-    box: Sandbox,
-    enter: Callable[[], None],
-    resolv: bytes | None,
-    owner: int,
-    ready: int,
-    pipes: tuple[int, int],
-    base: int,
+    box: Sandbox, enter: Callable[[], None], resolv: bytes | None, owner: int, ready: int, pipes: tuple[int, int]
 ) -> None:
     """The init, as root in its new PID namespace: into the colony's cgroup and network, the colony's view, its pids
-    from `base` (`pid_base`), no privilege; then wait for its owner to go, reaping the orphans that come to it and
-    answering its owner's asks (`pipes`: asks in, answers out) with the latest of their ends."""
+    from past the last run's (`pid_base`), no privilege; then wait for its owner to go, reaping the orphans that come
+    to it and answering its owner's asks (`pipes`: asks in, answers out) with the latest of their ends."""
     # Nothing of the owner's signal handling stays (an asyncio loop's wakeup fd, faulthandler's SIGUSR1): a pid 1
     # gets from its own namespace only the signals it handles, and it handles none.
     signal.set_wakeup_fd(-1)
@@ -908,6 +895,7 @@ def _be_init(
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     os.setsid()  # no terminal, and not in its owner's session
     retitle(b"colony-init")
+    base = pid_base(box)  # (its file is in STEM_HOME, which the view covers)
     enter()
     _make_view(box, resolv)
     try:
