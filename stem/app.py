@@ -1207,10 +1207,14 @@ class StemApp(App[int], inherit_bindings=False):
                 ),
                 Content(""),
                 Content(
-                    "They keep running after you quit: each colony's host runs its agent and services, "
-                    "and the next `stem` (or `stem attach NAME`) shows them again."
+                    f"{'They keep' if count != 1 else 'It keeps'} running after you quit: each colony's host runs "
+                    f"its agent and services, and the next `stem` (or `stem attach NAME`) shows "
+                    f"{'them' if count != 1 else 'it'} again."
                 ),
-                Content('To end them: `stem stop NAME`, or "Stop all colonies" in the palette (:).'),
+                Content(
+                    f'To end {"them" if count != 1 else "it"}: `stem stop NAME`, or "Stop all colonies" in the '
+                    "palette (:)."
+                ),
             ]
         if busy:
             lines += [
@@ -1246,11 +1250,17 @@ class StemApp(App[int], inherit_bindings=False):
         if not running:
             self.notify("no colony is running")
             return
-        body = Content(
-            f"Stop {len(running)} colon{'ies' if len(running) != 1 else 'y'} ({', '.join(running[:6])}"
-            f"{' and more' if len(running) > 6 else ''})? Their agents and services end now; their worktree,"
-            " database and branch stay, and `s` (or stem start) brings each back."
-        )
+        if len(running) == 1:
+            body = Content(
+                f"Stop {running[0]}, the one colony running? Its agent and services end now; its worktree, database"
+                " and branch stay, and `s` (or stem start) brings it back."
+            )
+        else:
+            body = Content(
+                f"Stop {len(running)} colonies ({', '.join(running[:6])}{' and more' if len(running) > 6 else ''})?"
+                " Their agents and services end now; their worktrees, databases and branches stay, and `s` (or stem"
+                " start) brings each back."
+            )
 
         async def confirmed(yes: bool | None) -> None:
             if yes:

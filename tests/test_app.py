@@ -288,6 +288,8 @@ async def test_filter_the_list(hive_env, repo):
         await pilot.press("slash", "b", "e")
         await until(pilot, lambda: listed(app) == ["beta"], "the filter to leave beta")
         assert shows(app, "Colonies /be")
+        # The hint bar says how the filter line ends (it showed no key of it).
+        assert "enter keep the filter" in hint_bar(app) and "esc clear it" in hint_bar(app), hint_bar(app)
         await pilot.press("enter")
         await until(pilot, lambda: app.query_one(ColoniesList).has_focus, "enter to go back to the list")
         assert app.selected == "beta"
@@ -448,7 +450,7 @@ async def test_quit_asks_when_colonies_run_and_says_what_happens(hive_env, repo)
         session = hive.agent("alpha")
         await pilot.press("q")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the quit confirmation")
-        assert shows(app, "1 colony is running: alpha", "They keep running after you quit", "Stop all colonies")
+        assert shows(app, "1 colony is running: alpha", "It keeps running after you quit", "Stop all colonies")
         await pilot.press("n")
         await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "cancel")
         assert app.is_running
@@ -458,6 +460,19 @@ async def test_quit_asks_when_colonies_run_and_says_what_happens(hive_env, repo)
         # Quitting detaches: the agent runs on in its colony host, the colony stays running.
         assert agent_pid is not None and alive(agent_pid), "quitting must leave the agent running"
         assert state_of(hive, "alpha") == "running"
+
+
+async def test_stop_all_with_one_colony_running_speaks_of_one(hive_env, repo):
+    """The palette's "Stop all colonies" with one colony running names it and speaks of one: its agent, its worktree
+    (it said "Stop 1 colony (alpha)? Their agents ... their worktree")."""
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        await app.action_stop_all()
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the stop confirmation")
+        assert shows(app, "Stop alpha, the one", "Its agent and services", "brings it back")
+        assert not shows(app, "Their")
+        await pilot.press("n")
+        await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "cancel")
+        assert state_of(_hive, "alpha") == "running"
 
 
 async def test_the_quit_dialog_follows_a_colony_stopped_from_a_shell_meanwhile(hive_env, repo):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from stem.keys import RELEASE_KEY_DISPLAY
 
@@ -47,6 +47,18 @@ class HintBar(Static):
                     Content.styled(f" {release} ", "reverse $accent"),
                     " back to panels   ",
                     Content.styled("every other key goes to the agent", "$text-muted"),
+                )
+            )
+            return
+        if isinstance(focused, Input) and focused.id == "colony-filter":
+            # The line's own keys (its Input's bindings are hidden, its panel's escape is too): what ends it.
+            self.update(
+                Content.assemble(
+                    Content.styled("enter", "bold $accent"),
+                    " keep the filter  ",
+                    Content.styled("esc", "bold $accent"),
+                    " clear it  ",
+                    Content.styled("type part of a colony's name or branch", "$text-muted"),
                 )
             )
             return
