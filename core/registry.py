@@ -47,6 +47,13 @@ def _out_of_room(exc: sqlite3.OperationalError, path: Path) -> bool:
 PENDING_PIDS = 1 << 30
 
 
+def _add_process(db: sqlite3.Connection, colony: str, pid: int, starttime: int, kind: str, argv: list[str]) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO processes(pid, starttime, colony, kind, argv, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (pid, starttime, colony, kind, json.dumps(argv), time.time()),
+    )
+
+
 def _with_room(method: F) -> F:
     """A write that the disk refused for lack of room is made again once, after the reserve is given up."""
 
@@ -498,11 +505,7 @@ class Registry:
     @_with_room
     def add_process(self, colony: str, pid: int, starttime: int, kind: str, argv: list[str]) -> None:
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO processes(pid, starttime, colony, kind, argv, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (pid, starttime, colony, kind, json.dumps(argv), time.time()),
-            )
+            _add_process(db, colony, pid, starttime, kind, argv)
 
     def settle_process(
         self, placeholder: int, colony: str, pid: int, starttime: int, kind: str, argv: list[str]
@@ -514,11 +517,7 @@ class Registry:
                 "UPDATE processes SET pid=?, starttime=? WHERE pid=? AND starttime=0", (pid, starttime, placeholder)
             ).rowcount
             if not moved:
-                db.execute(
-                    "INSERT OR REPLACE INTO processes(pid, starttime, colony, kind, argv, started_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (pid, starttime, colony, kind, json.dumps(argv), time.time()),
-                )
+                _add_process(db, colony, pid, starttime, kind, argv)
 
     def remove_process(self, pid: int, starttime: int) -> None:
         self.remove_processes([(pid, starttime)])
