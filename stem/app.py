@@ -55,13 +55,16 @@ from core.settings import Settings, load_settings, save_setting
 from stem.commands import StemCommands, ThemeCommands
 from stem.hive_view import Clock, FailedSpawn, shown_path
 from stem.input_parser import StemDriver
+from stem.key_order import AFTER_APP, KeyOrder
 from stem.keys import bind, keymap
 from stem.live_work import LiveWork, file_section
 from stem.messages import ColonySelected, FileSelected, OpenTerminal
 from stem.textual_private import (
     HoldingScreen,
+    StemPalette,
     check_bindings,
     check_priority_bindings,
+    forward,
     has_screen,
     refresh_truecolor_filter,
 )
@@ -150,6 +153,7 @@ class StemApp(App[int], inherit_bindings=False):
         self.clock = clock or Clock()
         self.own_hive = own
         self._spawn_form: SpawnForm | None = None  # open, or dismissed with a request the app has not taken yet
+        self._key_order = KeyOrder(self, self._dispatch_key)
         self.close_hive = close_hive
         self.failure: str | None = None  # a one-line reason the app could not run (exit code 2)
         self.records: list[ColonyRecord] = records or []
@@ -284,40 +288,44 @@ class StemApp(App[int], inherit_bindings=False):
         self.live.start()
 
     async def on_event(self, event: events.Event) -> None:
-        # A key for a focused terminal goes straight to its agent (after the priority bindings, which hold the
-        # release chord): one hop fewer on the path every keystroke takes.
-        if isinstance(event, events.Key) and has_screen(self):
-            form = self._spawn_form
-            if form is not None and form.validating:  # typed after ctrl+s: for the agent of the colony to come
-                form.typeahead.append((event.key, event.character))
-                event.stop()
-                return
-            if form is not None and form.takes_key(event):  # kept in order while the form opens or moves on
-                event.stop()
-                return
-            focused = self.screen.focused
-            if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
-                if not await check_priority_bindings(self, event.key):
-                    focused.send_key(event)
-                return
-            if not event.is_forwarded and self._opens_form(event.key, focused):
-                # `n` runs as it arrives. Textual would first send it through the focused list's queue and run its
-                # binding when it comes back: keys typed after it and read in a later chunk could then reach the
-                # form before the keys typed between them. (Only `n`: the form keeps every key after it in order;
-                # other commands move the focus a message later, and the keys typed after them must wait for it.)
-                if not self.app_focus:
-                    self.app_focus = True
-                if await check_bindings(self, event.key):
-                    event.stop()
-                    return
+        # Keys and pastes from the terminal are handed on in the order they were typed (stem/key_order.py).
+        if isinstance(event, (events.Key, events.Paste)) and not event.is_forwarded and has_screen(self):
+            await self._key_order.take(event)
+            return
         await super().on_event(event)
 
-    def _opens_form(self, key: str, focused: object) -> bool:
-        """Whether `key` is the new-colony key here: on the panels (not a dialog, not the filter line)."""
-        if isinstance(self.screen, ModalScreen) or isinstance(focused, Input):
-            return False
-        active = self.active_bindings.get(key)
-        return active is not None and active.binding.action in ("new_colony", "app.new_colony")
+    async def _dispatch_key(self, event: events.Key | events.Paste) -> object:
+        """Act on a key or paste typed, as Textual would, but at once; what the next one waits for (`KeyOrder`)."""
+        if isinstance(event, events.Key) and not self.app_focus:
+            self.app_focus = True  # a key after the terminal lost the focus: the focused widget comes back first
+        focused = self.screen.focused
+        if isinstance(event, events.Paste):
+            target = focused or self.screen
+            forward(target, event)
+            return target
+        form = self._spawn_form
+        if form is not None and form.validating:  # typed after ctrl+s: for the agent of the colony to come
+            form.typeahead.append((event.key, event.character))
+            return None
+        if form is not None and form.takes_key(event):  # kept in order while the form opens or moves on
+            return AFTER_APP
+        if isinstance(focused, TerminalView) and not isinstance(self.screen, ModalScreen):
+            # A key for a focused terminal goes straight to its agent after the priority bindings (which hold the
+            # release chord): one hop fewer on the path every keystroke takes.
+            if await check_priority_bindings(self, event.key):
+                return AFTER_APP
+            focused.send_key(event)
+            return None
+        if isinstance(focused, Input) and event.is_printable:
+            forward(focused, event)  # text for the field: its own queue keeps it in order
+            return focused
+        # The binding runs now, not once the key comes back up from the focused widget: a key typed after it then
+        # meets what the binding did (the focus it moved, the dialog it opened, the text it deleted).
+        if await check_bindings(self, event.key):
+            return AFTER_APP
+        target = focused or self.screen
+        forward(target, event)
+        return target
 
     # ---------------------------------------------------------------------------------------- core events
 
@@ -1076,15 +1084,24 @@ class StemApp(App[int], inherit_bindings=False):
         if rec is None:
             self.notify("no colony selected", severity="warning")
             return
-        self._prepare_destroy(rec)
+        self._prepare_destroy(rec, release=self.hold_keys())
+
+    def hold_keys(self) -> Callable[[], None]:
+        """The keys typed from now on wait until the function returned is called: a key's dialog is open."""
+        return self._key_order.hold()
 
     @work(thread=True, group="destroy-check", exclusive=True, exit_on_error=False)
-    def _prepare_destroy(self, rec: ColonyRecord, note: str = "") -> None:
+    def _prepare_destroy(self, rec: ColonyRecord, note: str = "", release: Callable[[], None] | None = None) -> None:
         try:
-            dirty, unmerged = self.hive.pending_work(rec)
-        except StemError:
-            dirty, unmerged = [], 0
-        self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged, note)
+            try:
+                dirty, unmerged = self.hive.pending_work(rec)
+            except StemError:
+                dirty, unmerged = [], 0
+            self.call_from_thread(self._confirm_destroy, rec, dirty, unmerged, note)
+        finally:
+            if release is not None:
+                with contextlib.suppress(RuntimeError):  # the app has ended
+                    self.call_from_thread(release)
 
     def _confirm_destroy(self, rec: ColonyRecord, dirty: list[str], unmerged: int, note: str = "") -> None:
         lines: list[Content] = [Content.styled(note, "$success"), Content("")] if note else []
@@ -1283,9 +1300,13 @@ class StemApp(App[int], inherit_bindings=False):
 
     # ------------------------------------------------------------------------------------------- themes
 
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not isinstance(self.screen, CommandPalette):
+            self.push_screen(StemPalette(id="--command-palette"))
+
     def action_pick_theme(self) -> None:
         self._theme_before_preview = self.theme
-        self.push_screen(CommandPalette(providers=[ThemeCommands], placeholder="Theme… (previewed as you move)"))
+        self.push_screen(StemPalette(providers=[ThemeCommands], placeholder="Theme… (previewed as you move)"))
 
     def on_command_palette_option_highlighted(self, event: CommandPalette.OptionHighlighted) -> None:
         if self._theme_before_preview is None:

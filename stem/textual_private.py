@@ -8,26 +8,34 @@ Why each is needed (Textual 8 has no public way):
 - the compositor: a keystroke's echo is painted at once, not after the screen's update timer;
 - `App._refresh_truecolor_filter`: the configured theme is applied before the stylesheet is first parsed;
 - `Tabs._highlight_active`: the active tab's underline, after the tabs come back from being hidden;
+- `Widget._forward_event` and the meaning of `Screen.stack_updates`: keys are handed on in the order they were typed
+  (stem/key_order.py);
+- `CommandPalette._select_or_command` and its search worker's group: enter typed right after the search text acts
+  on that text's results (`StemPalette`);
 - `App._begin_batch`/`_end_batch`, `Screen._compositor_refresh` and `_on_timer_update`: the first frame is drawn
   once, whole, as soon as it is (`HoldingScreen`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 from rich.terminal_theme import TerminalTheme
+from textual import on
 from textual._loop import loop_last
 from textual._parser import ParseEOF, ParseError, ParseTimeout, Peek1, Read1
 from textual._xterm_parser import XTermParser
 from textual.app import App
+from textual.command import CommandPalette
 from textual.driver import Driver
-from textual.events import Key
+from textual.events import Event, Key
 from textual.screen import Screen
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import Tabs
+from textual.widgets import Input, Tabs
+from textual.worker import WorkerCancelled, WorkerError, WorkerFailed
 
 __all__ = [
     "HoldingScreen",
@@ -36,10 +44,12 @@ __all__ = [
     "ParseTimeout",
     "Peek1",
     "Read1",
+    "StemPalette",
     "XTermParser",
     "check_priority_bindings",
     "driver_debug",
     "driver_of",
+    "forward",
     "has_screen",
     "in_batch",
     "loop_last",
@@ -47,9 +57,21 @@ __all__ = [
     "paint_now",
     "realign_tabs",
     "refresh_truecolor_filter",
+    "screen_resumed",
     "screen_strips",
     "sequence_to_key_events",
 ]
+
+
+def screen_resumed(screen: Screen[Any]) -> bool:
+    """Whether `screen` has taken its `ScreenResume` since it came on top (and with it its focus): Textual counts
+    each resume and each suspend in `stack_updates`, so an odd count is a screen on top that has resumed."""
+    return screen.stack_updates % 2 == 1
+
+
+def forward(widget: Widget, event: Event) -> None:
+    """Give `event` (a key or a paste) to `widget` as the app gives one to the focused widget."""
+    widget._forward_event(event)
 
 
 def has_screen(app: App[Any]) -> bool:
@@ -138,3 +160,25 @@ def screen_strips(screen: Screen[Any]) -> list[Strip]:
 def notifications(app: App[Any]) -> list[Any]:
     """The notifications (toasts) showing now."""
     return list(app._notifications)
+
+
+class StemPalette(CommandPalette):
+    """Textual's command palette, where enter typed right after the search text (`:stop all` and enter, typed at
+    once) acts on the results for that text: Textual's acted on the list shown before the search was in, and so
+    ran its first command ("New colony")."""
+
+    @on(Input.Submitted)
+    async def _submitted_after_search(self, event: Input.Submitted) -> None:
+        searches = [
+            worker
+            for worker in self.workers
+            if worker.node is self and worker.group == self._GATHER_COMMANDS_GROUP and not worker.is_finished
+        ]
+        if not searches:
+            return  # Textual's own handler acts on the list shown
+        event.prevent_default()
+        event.stop()
+        for worker in searches:
+            with contextlib.suppress(WorkerError, WorkerCancelled, WorkerFailed):
+                await worker.wait()
+        self._select_or_command()

@@ -417,7 +417,7 @@ async def test_keys_are_remapped_from_config(hive_env, repo, tmp_path):
         # The old key of a remapped binding does nothing anywhere: not on the list, not in another panel. Keys are
         # handled in order, so once x has asked to destroy, every d before it has had its chance to.
         asked: list[str] = []
-        app._prepare_destroy = lambda rec: asked.append(rec.name)  # type: ignore[method-assign]
+        app._prepare_destroy = lambda rec, **_kw: asked.append(rec.name)  # type: ignore[method-assign]
         await pilot.press("1", "d", "2", "d", "3", "d", "1", "x")
         await until(pilot, lambda: asked, "x to ask to destroy")
         assert asked == ["alpha"], "d still destroys after colony.destroy was remapped to x"

@@ -120,6 +120,43 @@ def test_spawn_type_and_quit_in_tmux(tmux, hive_env, repo):
     assert "alder" in listed.stdout and "running" in listed.stdout, listed.stdout + listed.stderr
 
 
+def test_keys_typed_in_one_burst_act_in_the_order_they_were_typed(tmux, hive_env, repo):
+    """Each burst is one tmux write, as a fast typist or an SSH link after a stall delivers keys: `/gam` opened
+    the filter line and then the merge dialog (the `m` reached the list first); the keys after `:` were lost while
+    the palette opened; ctrl+u in a field cleared the text typed after it; enter after the palette's search text
+    ran the first command of the list shown before the search."""
+    tmux.wait("Welcome to Stem", str(repo))
+    spawned = subprocess.run(
+        [*stem_cmd(), "spawn", "gamma", "--repo", str(repo)], env=hive_env.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert spawned.returncode == 0, spawned.stderr
+    tmux.wait("gamma", "running")
+    tmux.keys("/", *"gam")
+    tmux.wait("Colonies /gam")
+    tmux.keys("Enter", "j", ":", *"stop")
+    # The palette lists every command until its search for what was typed is in.
+    screen = wait_for(lambda: (s := tmux.shows("🔎 stop", "Stop gamma")) and "Merge gamma" not in s and s, 30, "stop")
+    assert "Colonies /gam " in screen, screen  # enter kept the filter, and the `j` was the list's
+    tmux.keys("Escape")  # on its own: ESC and a key read together are alt+key
+    wait_for(lambda: "🔎" not in tmux.screen(), 30, "the palette to close")
+    tmux.keys("n", "C-u", *"x-y", "BSpace", "z", "Tab")
+
+    def name() -> str | None:
+        fields = [line.strip("│ ") for line in tmux.screen().splitlines()]
+        return fields[fields.index("Name") + 1] if "Name" in fields else None
+
+    try:
+        wait_for(lambda: name() == "x-z", 30, "the name field to read x-z")
+    except AssertionError:
+        raise AssertionError(f"the name field reads {name()!r}:\n{tmux.screen()}") from None
+    # Enter right after the search text acts on that text's results (it ran the first command listed before them).
+    tmux.keys("Escape")
+    wait_for(lambda: "New colony" not in tmux.screen(), 30, "the form to close")
+    tmux.keys(":", *"stop all", "Enter")
+    tmux.wait("Stop all colonies?", "Stop gamma, the one colony running?")
+
+
 def test_the_new_colony_form_keeps_every_key_typed_in_one_burst(tmux, hive_env, repo):
     """Typed faster than the form opens and moves on, as a paste or a fast typist sends them: the keys after `n`
     are the name field's (the suggestion replaced), those after enter the next field's, and ctrl+s spawns with

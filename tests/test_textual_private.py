@@ -6,9 +6,11 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from textual import events
 from textual.app import App, ComposeResult
 from textual.driver import Driver
 from textual.drivers.linux_driver import LinuxDriver
+from textual.screen import Screen
 from textual.widgets import Static, TabbedContent, TabPane, Tabs
 
 from stem import textual_private as private
@@ -58,6 +60,22 @@ async def test_every_private_api_is_there_and_works():
         await pilot.pause()
         assert [note.message for note in private.notifications(app)] == ["a toast"]
         assert any("one" in strip.text for strip in private.screen_strips(app.screen))
+        # A screen on top has resumed; one just pushed has not, until its ScreenResume is taken; the one under it
+        # again once it is back on top and resumed.
+        base = app.screen
+        assert private.screen_resumed(base)
+        pushed = Screen()
+        app.push_screen(pushed)
+        assert not private.screen_resumed(pushed)
+        await pilot.pause()
+        assert private.screen_resumed(pushed) and not private.screen_resumed(base)
+        app.pop_screen()
+        await pilot.pause()
+        assert private.screen_resumed(base)
+        # A key given to a widget as the app gives one to the focused widget: back up unhandled, its binding runs.
+        private.forward(app.query_one(Tabs), events.Key("ctrl+q", "\x11"))
+        await pilot.pause()
+        assert app.noted == 2
 
 
 async def test_the_key_parser_internals_stem_parser_builds_on():

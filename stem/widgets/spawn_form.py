@@ -124,8 +124,8 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         # set after a good check, through the dismissal, until the app takes the keys.
         self.validating = False
         self.typeahead: list[tuple[str, str | None]] = []
-        # Keys typed between `n` and the name field having the focus: given to it then, in order.
-        self.early: list[events.Key] | None = []
+        # Keys typed between `n` and the name field having the focus wait for it (stem/key_order.py).
+        self.keys_ready = False
 
     def compose(self) -> ComposeResult:
         presets = sorted(self.settings.agents)
@@ -164,32 +164,15 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         self.call_after_refresh(self._opened)
 
     def _opened(self) -> None:
-        """The name field has the focus: the keys typed meanwhile are the form's, in the order they came (enter
-        moving on, ctrl+s spawning, what follows it the agent's)."""
+        """The name field has the focus: the keys typed meanwhile, waiting in the app, come to the form now."""
         # Not scrolled to: on a short terminal (80x24) that hid the form's title, hint and the name's label.
         self.set_focus(self.query_one("#spawn-name", Input), scroll_visible=False)
         self.query_one("#spawn-form").scroll_home(animate=False)
-        early, self.early = self.early or [], None
-        for key in early:
-            if self.validating:
-                self.typeahead.append((key.key, key.character))
-            elif key.key == "escape":
-                self.action_cancel()
-                return
-            elif key.key == "ctrl+s":
-                self.action_submit()
-            elif not self.takes_key(key) and self.focused is not None:
-                replayed = events.Key(key.key, key.character)
-                replayed._set_forwarded()  # as the app hands keys on: bubbling back, it is not taken for a new one
-                self.focused.post_message(replayed)
+        self.keys_ready = True
 
     def takes_key(self, event: events.Key) -> bool:
-        """Called by the app for every key as it arrives, before it goes to the focused field, so that keys keep
-        their order around what changes the focus: the form still opening (kept for the name field), enter (the
-        focus moves on at once, not when the field's queue reaches it: the next keys go to the next field)."""
-        if self.early is not None:
-            self.early.append(event)
-            return True
+        """Called by the app for every key it hands on while the form is open, before it goes to the focused field:
+        enter moves the focus on at once (the next keys go to the next field)."""
         if event.key != "enter" or self.app.screen is not self:
             return False
         focused = self.focused
