@@ -905,14 +905,18 @@ class StemApp(App[int], inherit_bindings=False):
         self.show_tab("terminal")
         self._attach_terminal()
         terminal = self.query_one(TerminalView)
+        release = self.hold_keys()  # enter then text: the text is the agent's
 
         def focus() -> None:
-            if terminal.session is not None:
-                terminal.focus()
-            else:
-                self.notify(f"{name} has no agent running", severity="warning")
+            try:
+                if terminal.session is not None:
+                    self.screen.set_focus(terminal)
+                else:
+                    self.notify(f"{name} has no agent running", severity="warning")
+            finally:
+                release()
 
-        self.call_after_refresh(focus)
+        self.call_after_refresh(focus)  # shown and laid out first: a hidden widget takes no focus
 
     @on(TerminalView.Released)
     def _terminal_released(self, _message: TerminalView.Released) -> None:

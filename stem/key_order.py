@@ -136,14 +136,16 @@ class KeyOrder:
                 await self._run()
 
         # A round trip through the queues of the widget the event went to (or that has the focus) and of each of its
-        # ancestors up to the app, in turn: whatever the event started there, a message bubbling up to the handler
-        # that moves the focus (a field's Submitted) above all, is taken before the next event is handed on.
+        # ancestors up to the app, in turn, and then twice through the app's: whatever the event started there, a
+        # message bubbling up to the handler that moves the focus (a field's Submitted, the list's OpenTerminal
+        # for the app) above all, and the focus change that handler left in the app's queue, is taken before the
+        # next event is handed on.
         start = after if isinstance(after, Widget) else app.screen.focused or app.screen
         chain = [node for node in start.ancestors_with_self if node is not app]
 
         def step(at: int) -> None:
             if at == len(chain) or not chain[at].call_later(step, at + 1):
-                app.call_later(passed)
+                app.call_later(app.call_later, passed)
 
         step(0)
         app.set_timer(STUCK_WAIT, lambda: app.call_later(passed))

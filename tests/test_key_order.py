@@ -98,3 +98,12 @@ async def test_editing_keys_act_where_they_were_typed_in_a_field(hive_env: Any, 
         form = await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen, "the spawn form")
         name = form.query_one("#spawn-name", Input)
         await until(pilot, lambda: name.value == "axbd", "the name to read axbd", timeout=5)
+
+
+async def test_text_typed_right_after_enter_on_a_colony_is_its_agents(hive_env: Any, repo: Any) -> None:
+    # enter opens the colony's terminal a frame later: the first letters typed after it went to the list.
+    async with stem_app(hive_env, repo, "alpha") as (app, pilot, _hive):
+        burst(app, "enter", *typed("hello agent"), "enter")
+        await until(pilot, lambda: shows(app, "echo: hello agent"), "the agent to echo the whole line")
+        burst(app, "ctrl+right_square_bracket", "slash", "a")
+        await until(pilot, lambda: app.query_one("#colony-filter", Input).value == "a", "the filter to read a")
