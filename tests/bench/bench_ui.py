@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchlib import destroy_hive  # noqa: E402
 from helpers import make_repo  # noqa: E402
 from textual import events  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
@@ -156,13 +157,8 @@ async def latency_run(
                 for name in flooders[:count]:
                     hive.agent(name).write(b"\x03")  # type: ignore[union-attr]
     finally:
-        for name in names:
-            if hive.registry.find(name) is not None:
-                try:
-                    await hive.destroy(name, force=True)
-                except Exception as exc:
-                    log(f"destroying {name}: {exc}")
         await hive.close()
+        await destroy_hive(home, prefix, pool, log)  # its colonies, what gc finds, and its claim on the prefix
 
 
 class Frozen:
