@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import cgroups, firewall, netns, pids, procs, worktree
+from core import cgroups, claims, firewall, netns, pids, procs, worktree
 from core import lifecycle as lc
 from core.errors import StemError
 from core.locks import file_lock, holder, remove_unused
@@ -47,6 +47,7 @@ def collect(hive: Hive) -> GcReport:
         _forker(hive, report)  # after Caddy, which it may have adopted: see Hive._retire_forker
         _disk(hive, report)
         _registry(hive, report)
+    report.removed += [f"the claim of prefix {c.prefix} (its hive at {c.home} is gone)" for c in claims.forget_gone()]
     procs.reap_orphans()
     return report
 

@@ -61,6 +61,18 @@ def test_the_claim_of_a_hive_that_is_gone_is_taken_over(hive_env, other, tmp_pat
     assert claim["home"] == str(other.home.resolve())
 
 
+def test_gc_forgets_the_claims_of_hives_whose_home_is_gone(hive_env, other):
+    # A removed STEM_HOME (a benchmark's temporary hive) left its claim under /run/stem until a reboot.
+    assert run_stem(other.env, "ls").returncode == 0
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    shutil.rmtree(hive_env.home)
+    run = run_stem(other.env, "gc")  # another hive's gc: it sees every hive's claims
+    assert run.returncode == 0, run.stderr
+    assert f"the claim of prefix {hive_env.prefix} (its hive at {hive_env.home.resolve()} is gone)" in run.stdout
+    assert not (claims.CLAIMS_DIR / hive_env.prefix).exists()
+    assert (claims.CLAIMS_DIR / other.prefix).exists()
+
+
 @pytest.mark.parametrize(
     ("pool", "why"),
     [
