@@ -47,7 +47,7 @@ def collect(hive: Hive) -> GcReport:
         _forker(hive, report)  # after Caddy, which it may have adopted: see Hive._retire_forker
         _disk(hive, report)
         _registry(hive, report)
-    report.removed += [f"the claim of prefix {c.prefix} (its hive at {c.home} is gone)" for c in claims.forget_gone()]
+    claims.forget_gone()  # other hives' business, not this one's report: a gone hive's claim is a file in /run
     procs.reap_orphans()
     return report
 

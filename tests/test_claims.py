@@ -68,7 +68,7 @@ def test_gc_forgets_the_claims_of_hives_whose_home_is_gone(hive_env, other):
     shutil.rmtree(hive_env.home)
     run = run_stem(other.env, "gc")  # another hive's gc: it sees every hive's claims
     assert run.returncode == 0, run.stderr
-    assert f"the claim of prefix {hive_env.prefix} (its hive at {hive_env.home.resolve()} is gone)" in run.stdout
+    assert run.stdout.strip() == "nothing to clean"  # of its own
     assert not (claims.CLAIMS_DIR / hive_env.prefix).exists()
     assert (claims.CLAIMS_DIR / other.prefix).exists()
 
