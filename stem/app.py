@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -1093,6 +1093,18 @@ class StemApp(App[int], inherit_bindings=False):
     def hold_keys(self) -> Callable[[], None]:
         """The keys typed from now on wait until the function returned is called: a key's dialog is open."""
         return self._key_order.hold()
+
+    def holding_keys(self, work: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
+        """`work`, with the keys typed from now until it ends waiting for it (the dialog it opens)."""
+        release = self.hold_keys()
+
+        async def run() -> Any:
+            try:
+                return await work
+            finally:
+                release()
+
+        return run()
 
     @work(thread=True, group="destroy-check", exclusive=True, exit_on_error=False)
     def _prepare_destroy(self, rec: ColonyRecord, note: str = "", release: Callable[[], None] | None = None) -> None:

@@ -387,28 +387,25 @@ class LiveWork:
             self.app.notify("no colony selected", severity="warning")
             return
         name = rec.name
-        release = self.app.hold_keys()  # `m` then `y`: the `y` is the dialog's
 
         async def open_dialog() -> None:
             hive = self.app.hive
-            try:
-                diff, statuses, checkout = await asyncio.gather(
-                    hive.target_diff(name, text=False), hive.merge_statuses([name]), hive.checkout_problem(name)
-                )
-                status = next((s for s in statuses if s.colony == name), None)
-                if status is not None:
-                    self.merge[name] = status
-                    self.app._redraw_rows()
+            diff, statuses, checkout = await asyncio.gather(
+                hive.target_diff(name, text=False), hive.merge_statuses([name]), hive.checkout_problem(name)
+            )
+            status = next((s for s in statuses if s.colony == name), None)
+            if status is not None:
+                self.merge[name] = status
+                self.app._redraw_rows()
 
-                def chosen(choice: MergeChoice | None) -> None:
-                    if choice is not None:
-                        self._merge(name, choice)
+            def chosen(choice: MergeChoice | None) -> None:
+                if choice is not None:
+                    self._merge(name, choice)
 
-                self.app.push_screen(MergeDialog(name, diff, status, checkout), chosen)
-            finally:
-                release()
+            self.app.push_screen(MergeDialog(name, diff, status, checkout), chosen)
 
-        self.app._colony_work(name, open_dialog(), f"merge status of {name}")
+        # `m` then `y`: the `y` is the dialog's
+        self.app._colony_work(name, self.app.holding_keys(open_dialog()), f"merge status of {name}")
 
     def _merge(self, name: str, choice: MergeChoice) -> None:
         async def merge() -> None:
@@ -439,25 +436,22 @@ class LiveWork:
             self.app.notify("no colony selected", severity="warning")
             return
         name, branch = rec.name, rec.branch
-        release = self.app.hold_keys()  # the message typed right after `c` is the dialog's
 
         async def open_dialog() -> None:
-            try:
-                diff = await self.app.hive.target_diff(name, text=False)
-                files = sorted(diff.uncommitted)
-                if not files:
-                    self.app.notify(f"nothing to commit in {name}: its work is committed", severity="warning")
-                    return
+            diff = await self.app.hive.target_diff(name, text=False)
+            files = sorted(diff.uncommitted)
+            if not files:
+                self.app.notify(f"nothing to commit in {name}: its work is committed", severity="warning")
+                return
 
-                def chosen(message: str | None) -> None:
-                    if message:
-                        self._commit(name, message)
+            def chosen(message: str | None) -> None:
+                if message:
+                    self._commit(name, message)
 
-                self.app.push_screen(CommitDialog(name, branch, files), chosen)
-            finally:
-                release()
+            self.app.push_screen(CommitDialog(name, branch, files), chosen)
 
-        self.app._colony_work(name, open_dialog(), f"changes of {name}")
+        # the message typed right after `c` is the dialog's
+        self.app._colony_work(name, self.app.holding_keys(open_dialog()), f"changes of {name}")
 
     def _commit(self, name: str, message: str) -> None:
         async def commit() -> None:
@@ -477,15 +471,8 @@ class LiveWork:
             self.app.notify("no colony selected", severity="warning")
             return
         name = rec.name
-        release = self.app.hold_keys()  # `u` then `y`: the `y` is the dialog's
 
         async def ask() -> None:
-            try:
-                await dialog()
-            finally:
-                release()
-
-        async def dialog() -> None:
             """What the sync would bring and the conflicts it would leave, then a yes or no: a sync rewrites the
             worktree the agent is working in."""
             statuses = await self.app.hive.merge_statuses([name])
@@ -524,7 +511,8 @@ class LiveWork:
                     f"synced {plural(result.commits, 'commit')} of {result.target} into {name} ({result.how})"
                 )
 
-        self.app._colony_work(name, ask(), f"merge status of {name}")
+        # `u` then `y`: the `y` is the dialog's
+        self.app._colony_work(name, self.app.holding_keys(ask()), f"merge status of {name}")
 
     def toggle_diff_target(self) -> None:
         self.diff_vs_target = not self.diff_vs_target
