@@ -274,21 +274,15 @@ def release(prefix: str) -> None:
         (CLAIMS_DIR / prefix).unlink()
 
 
-def forget_gone() -> list[Claim]:
+def forget_gone() -> None:
     """Forget the claims of hives whose home is gone (a STEM_HOME removed, a benchmark's temporary hive): they hold
     nothing, yet their files stayed under /run/stem until a reboot. A home that is there without its registry yet
     (a hive being made) keeps its claim."""
-    forgotten: list[Claim] = []
-    try:
-        with file_lock(CLAIMS_DIR / ".lock"):
-            for name, found in _read_all().items():
-                if not Path(found.home).exists():
-                    with contextlib.suppress(FileNotFoundError):
-                        (CLAIMS_DIR / name).unlink()
-                        forgotten.append(found)
-    except OSError:  # no /run/stem (not root): no claims either
-        return []
-    return forgotten
+    with contextlib.suppress(OSError), file_lock(CLAIMS_DIR / ".lock"):  # OSError: no /run/stem (not root)
+        for name, found in _read_all().items():
+            if not Path(found.home).exists():
+                with contextlib.suppress(FileNotFoundError):
+                    (CLAIMS_DIR / name).unlink()
 
 
 def held() -> list[Claim]:
