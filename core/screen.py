@@ -502,7 +502,8 @@ class StemScreen(pyte.Screen):
         # were worked out in (`_env`); the screen they are worked out on.
         self._piece_effects: dict[str, Effect | int] = {}
         self._envs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._effects_elsewhere: dict[tuple[str, tuple[Any, ...]], Effect | int] = {}  # in other states than the first
+        # In other states than the first: (piece, state) and (piece, state, attributes, row, column) of its cursor.
+        self._effects_elsewhere: dict[tuple[Any, ...], Effect | int] = {}
         self._scratch: _Scratch | None = None
         # Reads in a row with many pieces none of which was applied, and reads until the next is looked at
         # (`_feed_pieces`). A screen starts as if pieces had not paid: cutting every read into pieces before any
@@ -1641,49 +1642,67 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
                 effect = other  # type: ignore[assignment]
+            if self._held:
+                start = end
+                continue
             cursor = self._cur
             attrs = effect[0]
-            if (
+            if not (
                 (attrs is cursor.attrs or attrs == cursor.attrs)
                 and (effect[2] < 0 or (effect[2] == cursor.y and (effect[1] < 0 or effect[1] == cursor.x)))
-                and not self._held
             ):
-                if effect[10] is not None:
-                    env = self._apply_steps(effect)
-                paints = self._paints
-                for y, op, whole in effect[4]:
-                    # `_add_paint` inlined (a call per row of every piece), but for a row with too many paints.
-                    known = paints.get(y)
-                    if known is None:
-                        paints[y] = (self._rows[y], [op], {op[0]: 0})  # the row comes into being now
-                        continue
-                    ops = known[1]
-                    at = known[2]
-                    x = op[0]
-                    if whole:
-                        ops[:] = [op]
-                        at.clear()
-                        at[x] = 0
-                    elif len(ops) < _MAX_PAINTS:
-                        i = at.get(x)
-                        if i is not None:
-                            old = ops[i]
-                            if op[5] is not None or (old[5] is None and 0 <= old[4] <= op[4]):  # type: ignore[index]
-                                ops[i] = None
-                        at[x] = len(ops)
-                        ops.append(op)
-                    else:
-                        self._add_paint(y, op, whole)
-                node = effect[7]
-                cursor.x = effect[5]
-                cursor.y = effect[6]
-                cursor.attrs = node.attrs
-                self._chars = node
-                self.dirty.update(effect[8])
-                if effect[9]:
-                    self._set_plain_modes(effect[9])
-                pending = end
-                applied += end - start
+                # Met from another cursor (Codex draws a row after one colour and then after another; Claude Code's
+                # pieces begin where the last one left the cursor): its effect from there, if that may recur.
+                y = cursor.y if effect[2] >= 0 else -1
+                start_key = (piece, env, cursor.attrs, y, cursor.x if effect[1] >= 0 else -1)
+                other = elsewhere.get(start_key)
+                if other is None:
+                    if len(elsewhere) >= _PIECES_LIMIT:
+                        elsewhere.clear()
+                    other = elsewhere[start_key] = _MET_ONCE
+                elif other is _MET_ONCE:
+                    other = self._piece_effect(piece, env)
+                    elsewhere[start_key] = _MET_ONCE if other is _MET_TWICE else other
+                if type(other) is not tuple:
+                    start = end
+                    continue
+                effect = other  # type: ignore[assignment]
+            if effect[10] is not None:
+                env = self._apply_steps(effect)
+            paints = self._paints
+            for y, op, whole in effect[4]:
+                # `_add_paint` inlined (a call per row of every piece), but for a row with too many paints.
+                known = paints.get(y)
+                if known is None:
+                    paints[y] = (self._rows[y], [op], {op[0]: 0})  # the row comes into being now
+                    continue
+                ops = known[1]
+                at = known[2]
+                x = op[0]
+                if whole:
+                    ops[:] = [op]
+                    at.clear()
+                    at[x] = 0
+                elif len(ops) < _MAX_PAINTS:
+                    i = at.get(x)
+                    if i is not None:
+                        old = ops[i]
+                        if op[5] is not None or (old[5] is None and 0 <= old[4] <= op[4]):  # type: ignore[index]
+                            ops[i] = None
+                    at[x] = len(ops)
+                    ops.append(op)
+                else:
+                    self._add_paint(y, op, whole)
+            node = effect[7]
+            cursor.x = effect[5]
+            cursor.y = effect[6]
+            cursor.attrs = node.attrs
+            self._chars = node
+            self.dirty.update(effect[8])
+            if effect[9]:
+                self._set_plain_modes(effect[9])
+            pending = end
+            applied += end - start
             start = end
         if pending < n:
             self._scan(text, pending, n, batch)

@@ -157,6 +157,35 @@ def test_pieces_that_scroll_erase_or_set_the_region_are_applied_in_every_region(
         assert actual._effects_elsewhere  # and in more than one region
 
 
+@pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize("read", [None, 4096, 61])
+def test_a_piece_met_after_other_attributes_or_from_other_rows_is_applied_from_there(read: int | None) -> None:
+    """Codex draws a row of its menu after one colour and then after another; Claude Code's pieces begin on whatever
+    row the one before left the cursor: each piece is worked out again from the cursor it is met from, applied from
+    there, and leaves pyte's screen and cells."""
+    screen_cells.clear_caches()
+    absolute = "\x1b[6;1H\x1b[2m     Usage included with Plus\x1b[22m\x1b[K"
+    relative = "\r\x1b[1B\x1b[K\x1b[1mmodel\x1b[22m"
+    frames = []
+    for k in range(24):
+        colour = ("\x1b[36m", "\x1b[m", "\x1b[44m")[k % 3]
+        frames.append(f"\x1b[5;1H{colour}> 1. Sign in{absolute}\x1b[{10 + k % 4};1H\r{relative}\r{relative}\x1b[m")
+    data = "".join(frames).encode()
+    expected = reference(data, None)
+    actual = stem(data, read)
+    assert_same_screen(expected, actual)
+    for y in range(ROWS):
+        assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    if read is None:
+        redone = {key[0] for key, effect in actual._effects_elsewhere.items() if type(effect) is tuple}
+        assert redone == {absolute}  # and the relative pieces in the feeds cut at CRs (below)
+        claude = "".join(f"\x1b[{10 + k % 4}B\x1b[{('36', '0')[k % 2]}m{relative}{relative}" for k in range(24))
+        actual = stem(claude.encode(), None)
+        assert_same_screen(reference(claude.encode(), None), actual)
+        redone = {key[0] for key, effect in actual._effects_elsewhere.items() if type(effect) is tuple}
+        assert relative in redone
+
+
 # Pieces of a program that places its runs relative to the cursor (Claude Code): no CUP, so a feed is cut before every
 # CR that does not begin a CR LF; such a piece is the same from any column, not from any row.
 _RELATIVE = [
