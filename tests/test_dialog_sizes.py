@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.app import App
 from textual.content import Content
-from textual.widgets import Button
+from textual.widgets import Button, Input
 from ui_support import screen_text, until
 
 import stem.app
@@ -115,3 +115,30 @@ async def test_the_spawn_form_opens_at_its_top_on_a_short_terminal():
         await pilot.pause()
         text = screen_text(app)
         assert "New colony" in text and "ctrl+s" in text and "Name" in text, text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(80, 24), (60, 15)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_tab_shows_each_field_of_the_spawn_form_in_order_on_a_short_terminal(size):
+    """At 80x24 Tab went from Agent to the buttons and Task came last, and the Agent field stayed under the buttons'
+    row, blank: the buttons were docked inside the part that scrolls. Each field Tab reaches is the next one down,
+    above the buttons, with its value on the screen."""
+    app = Bare()
+    async with app.run_test(size=size) as pilot:
+        app.push_screen(DIALOGS["spawn"][0]())
+        await until(pilot, lambda: isinstance(app.screen, SpawnForm) and app.screen.focused is not None, "the form")
+        form = app.screen
+        order = []
+        for _ in range(7):
+            await pilot.pause()
+            field = form.focused
+            order.append(field.id)
+            buttons = form.query_one(".dialog-buttons").region
+            if isinstance(field, Input):
+                region = field.region
+                assert region.height == 1 and region.bottom <= buttons.y, (field.id, region, buttons)
+                shown = field.value or field.placeholder
+                assert shown[:20] in screen_text(app), (field.id, screen_text(app))
+            await pilot.press("tab")
+        fields = ["spawn-name", "spawn-repo", "spawn-base", "spawn-agent", "spawn-task"]
+        assert order == [*fields, "spawn-submit", "spawn-cancel"]

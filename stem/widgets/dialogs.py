@@ -13,7 +13,16 @@ from textual.widgets import Button, Static
 
 from stem.keys import bind
 
-__all__ = ["ConfirmScreen", "HelpScreen"]
+__all__ = ["ConfirmScreen", "DialogBody", "HelpScreen"]
+
+
+class DialogBody(VerticalScroll, can_focus=False):
+    """What a dialog says and asks, above its buttons (docked below it, in the dialog): on a small terminal it
+    scrolls, the focused field scrolled into sight, and the buttons stay in sight. (Buttons docked inside the
+    scrolling part covered its last rows, a field there was never scrolled out from under them, and Tab went to
+    the buttons before the fields below their place.)"""
+
+    DEFAULT_CLASSES = "dialog-body"
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -34,8 +43,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog confirm"):
-            yield Static(self.title_text, classes="dialog-title")
-            yield Static(self.body, classes="confirm-body")
+            with DialogBody():
+                yield Static(self.title_text, classes="dialog-title")
+                yield Static(self.body, classes="confirm-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(
                     f"{self.confirm_label} (y)", variant="error" if self.danger else "primary", id="confirm-yes"

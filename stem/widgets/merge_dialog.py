@@ -19,6 +19,7 @@ from textual.widgets import Button, Checkbox, Input, Static
 from core.merge import ColonyDiff, MergeState, MergeStatus
 from core.words import plural
 from stem.keys import bind
+from stem.widgets.dialogs import DialogBody
 
 __all__ = ["CommitDialog", "MergeChoice", "MergeDialog"]
 
@@ -117,35 +118,36 @@ class MergeDialog(ModalScreen[MergeChoice | None]):
         added = sum(f.added for f in self.diff.files)
         removed = sum(f.removed for f in self.diff.files)
         with Vertical(classes="dialog merge"):
-            yield Static(
-                Content.assemble(
-                    "Merge ",
-                    Content.styled(self.colony, "bold"),
-                    " into ",
-                    Content.styled(self.target or "?", "bold $accent"),
-                ),
-                classes="dialog-title",
-            )
-            yield Static(self._summary(), id="merge-summary")
-            head = Content.assemble(
-                Content.styled(f"\n{plural(len(self.diff.files), 'file')}", "bold"),
-                "  ",
-                Content.styled(f"+{added}", "$success"),
-                " ",
-                Content.styled(f"-{removed}", "$error"),
-            )
-            body = (
-                [head, *_files(self.diff, conflicts)]
-                if self.diff.files
-                else [Content.styled("\nno changed files", "$text-muted")]
-            )
-            if conflicts:
-                body.append(Content.styled("\nConflicts with the target (merge-tree)", "bold $error"))
-                body += [Content.styled(f"  {path}", "$error") for path in sorted(conflicts)]
-            with VerticalScroll(id="merge-files"):
-                yield Static(Content("\n").join(body))
-            yield Checkbox("squash into one commit (s)", id="merge-squash")
-            yield Static(Content.styled(blocked, "$error") if blocked else "", id="merge-blocked")
+            with DialogBody():
+                yield Static(
+                    Content.assemble(
+                        "Merge ",
+                        Content.styled(self.colony, "bold"),
+                        " into ",
+                        Content.styled(self.target or "?", "bold $accent"),
+                    ),
+                    classes="dialog-title",
+                )
+                yield Static(self._summary(), id="merge-summary")
+                head = Content.assemble(
+                    Content.styled(f"\n{plural(len(self.diff.files), 'file')}", "bold"),
+                    "  ",
+                    Content.styled(f"+{added}", "$success"),
+                    " ",
+                    Content.styled(f"-{removed}", "$error"),
+                )
+                body = (
+                    [head, *_files(self.diff, conflicts)]
+                    if self.diff.files
+                    else [Content.styled("\nno changed files", "$text-muted")]
+                )
+                if conflicts:
+                    body.append(Content.styled("\nConflicts with the target (merge-tree)", "bold $error"))
+                    body += [Content.styled(f"  {path}", "$error") for path in sorted(conflicts)]
+                with VerticalScroll(id="merge-files"):
+                    yield Static(Content("\n").join(body))
+                yield Checkbox("squash into one commit (s)", id="merge-squash")
+                yield Static(Content.styled(blocked, "$error") if blocked else "", id="merge-blocked")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Merge (y)", variant="primary", id="merge-yes", disabled=bool(blocked))
                 yield Button("Cancel (esc)", id="merge-no")
@@ -190,19 +192,20 @@ class CommitDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         listed = ", ".join(self.files[:8]) + (f" and {len(self.files) - 8} more" if len(self.files) > 8 else "")
         with Vertical(classes="dialog commit"):
-            yield Static(
-                Content.assemble(
-                    "Commit ",
-                    Content.styled(self.colony, "bold"),
-                    "'s work on ",
-                    Content.styled(self.branch, "bold $accent"),
-                ),
-                classes="dialog-title",
-            )
-            yield Static(Content.styled(f"{plural(len(self.files), 'uncommitted file')}: {listed}", "$text-muted"))
-            yield Static("Message", classes="field-label")
-            yield Input(placeholder="what this work does", id="commit-message")
-            yield Static("", id="commit-error", classes="field-error")
+            with DialogBody():
+                yield Static(
+                    Content.assemble(
+                        "Commit ",
+                        Content.styled(self.colony, "bold"),
+                        "'s work on ",
+                        Content.styled(self.branch, "bold $accent"),
+                    ),
+                    classes="dialog-title",
+                )
+                yield Static(Content.styled(f"{plural(len(self.files), 'uncommitted file')}: {listed}", "$text-muted"))
+                yield Static("Message", classes="field-label")
+                yield Input(placeholder="what this work does", id="commit-message")
+                yield Static("", id="commit-error", classes="field-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Commit (enter)", variant="primary", id="commit-yes")
                 yield Button("Cancel (esc)", id="commit-no")

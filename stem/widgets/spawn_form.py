@@ -22,6 +22,7 @@ from core.names import check_name
 from core.settings import Settings, resolve_agent
 from stem.hive_view import shown_path
 from stem.keys import bind
+from stem.widgets.dialogs import DialogBody
 
 __all__ = ["NAME_POOL", "SpawnForm", "SpawnRequest", "suggest_name", "validate"]
 
@@ -130,29 +131,30 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
     def compose(self) -> ComposeResult:
         presets = sorted(self.settings.agents)
         with Vertical(id="spawn-form", classes="dialog"):
-            yield Static("New colony" if self.again is None else "Spawn again", classes="dialog-title")
-            yield Static(
-                Content.from_markup(
-                    "[b $accent]enter[/] next field   [b $accent]ctrl+s[/] spawn   [b $accent]esc[/] cancel"
-                ),
-                classes="dialog-hint",
-            )
-            again = self.again
-            name = again.name if again else suggest_name(self.taken)
-            repo = shown_path(again.repo) if again else shown_path(self.default_repo) if self.default_repo else ""
-            yield from self._field("name", "Name", name, "a DNS label: lowercase, digits, -")
-            yield from self._field("repo", "Repository", repo, "path to a git repository")
-            base = again.base if again else "HEAD"
-            yield from self._field("base", "Base ref", base, "branch, tag or commit to start from")
-            yield from self._field(
-                "agent",
-                "Agent",
-                (again.agent if again else None) or self.settings.default_agent,
-                f"preset ({', '.join(presets)}) or a command",
-                SuggestFromList(presets),
-            )
-            task = (again.task if again else None) or ""
-            yield from self._field("task", "Task", task, "what the agent should do (optional)")
+            with DialogBody(id="spawn-body"):
+                yield Static("New colony" if self.again is None else "Spawn again", classes="dialog-title")
+                yield Static(
+                    Content.from_markup(
+                        "[b $accent]enter[/] next field   [b $accent]ctrl+s[/] spawn   [b $accent]esc[/] cancel"
+                    ),
+                    classes="dialog-hint",
+                )
+                again = self.again
+                name = again.name if again else suggest_name(self.taken)
+                repo = shown_path(again.repo) if again else shown_path(self.default_repo) if self.default_repo else ""
+                yield from self._field("name", "Name", name, "a DNS label: lowercase, digits, -")
+                yield from self._field("repo", "Repository", repo, "path to a git repository")
+                base = again.base if again else "HEAD"
+                yield from self._field("base", "Base ref", base, "branch, tag or commit to start from")
+                yield from self._field(
+                    "agent",
+                    "Agent",
+                    (again.agent if again else None) or self.settings.default_agent,
+                    f"preset ({', '.join(presets)}) or a command",
+                    SuggestFromList(presets),
+                )
+                task = (again.task if again else None) or ""
+                yield from self._field("task", "Task", task, "what the agent should do (optional)")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Spawn", variant="primary", id="spawn-submit")
                 yield Button("Cancel", id="spawn-cancel")
@@ -167,7 +169,7 @@ class SpawnForm(ModalScreen[SpawnRequest | None]):
         """The name field has the focus: the keys typed meanwhile, waiting in the app, come to the form now."""
         # Not scrolled to: on a short terminal (80x24) that hid the form's title, hint and the name's label.
         self.set_focus(self.query_one("#spawn-name", Input), scroll_visible=False)
-        self.query_one("#spawn-form").scroll_home(animate=False)
+        self.query_one("#spawn-body").scroll_home(animate=False)
         self.keys_ready = True
 
     def takes_key(self, event: events.Key) -> bool:
