@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pyte
 import pytest
 from test_screen import COLS, ROWS, assert_same_screen, looked_at_between_reads, reference, stem
 
@@ -99,15 +100,23 @@ def test_repeated_pieces_equal_reference(seed: int) -> None:
     _assert_pytes_and_applied(_repeated_pieces(seed))
 
 
+def _fed_as_pyte(data: bytes, read: int | None, expected: pyte.Screen | None = None) -> StemScreen:
+    """Stem's screen of `data` fed in reads of `read` bytes (None: whole), checked to be pyte's (`expected`, or pyte
+    fed `data` whole): its screen, and the cells of every row (ED erases only the cells a row has)."""
+    expected = reference(data, None) if expected is None else expected
+    actual = stem(data, read)
+    assert_same_screen(expected, actual)
+    for y in range(ROWS):
+        assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    return actual
+
+
 def _assert_pytes_and_applied(data: bytes) -> None:
     """`data` leaves pyte's screen and cells, fed whole, in 4096- and 61-byte reads and looked at between reads, and
     some piece of it was applied from its effect."""
     expected = reference(data, None)
     for size in (None, 4096, 61):
-        actual = stem(data, size)
-        assert_same_screen(expected, actual)
-        for y in range(ROWS):
-            assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+        _fed_as_pyte(data, size, expected)
     assert_same_screen(reference(data, 512), looked_at_between_reads(data, 512, take_dirty=True))
     assert any(type(entry) is tuple for entry in stem(data, None)._piece_effects.values())
 
@@ -145,12 +154,8 @@ def test_pieces_that_scroll_erase_or_set_the_region_are_applied_in_every_region(
         region = ("\x1b[2;20r", "\x1b[21;39r", "\x1b[r")[k % 3]
         frames.append(f"{region}{pane}\x1b[{k % 40 + 1};1Hframe {k}")
     data = "".join(frames).encode()
-    expected = reference(data, None)
-    actual = stem(data, read)
-    assert_same_screen(expected, actual)
-    for y in range(ROWS):
-        assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
-    assert actual.margins == expected.margins
+    actual = _fed_as_pyte(data, read)
+    assert actual.margins == reference(data, None).margins
     applied = [e for e in (*actual._piece_effects.values(), *actual._effects_elsewhere.values()) if type(e) is tuple]
     assert any(effect[10] for effect in applied)  # pieces with steps were worked out
     if read is None:
@@ -170,18 +175,12 @@ def test_a_piece_met_after_other_attributes_or_from_other_rows_is_applied_from_t
     for k in range(24):
         colour = ("\x1b[36m", "\x1b[m", "\x1b[44m")[k % 3]
         frames.append(f"\x1b[5;1H{colour}> 1. Sign in{absolute}\x1b[{10 + k % 4};1H\r{relative}\r{relative}\x1b[m")
-    data = "".join(frames).encode()
-    expected = reference(data, None)
-    actual = stem(data, read)
-    assert_same_screen(expected, actual)
-    for y in range(ROWS):
-        assert set(actual.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
+    actual = _fed_as_pyte("".join(frames).encode(), read)
     if read is None:
         redone = {key[0] for key, effect in actual._effects_elsewhere.items() if type(effect) is tuple}
         assert redone == {absolute}  # and the relative pieces in the feeds cut at CRs (below)
         claude = "".join(f"\x1b[{10 + k % 4}B\x1b[{('36', '0')[k % 2]}m{relative}{relative}" for k in range(24))
-        actual = stem(claude.encode(), None)
-        assert_same_screen(reference(claude.encode(), None), actual)
+        actual = _fed_as_pyte(claude.encode(), None)
         redone = {key[0] for key, effect in actual._effects_elsewhere.items() if type(effect) is tuple}
         assert relative in redone
 
