@@ -739,3 +739,19 @@ async def test_a_notice_shows_a_programs_own_brackets(hive_env, tmp_path):
         await pilot.pause()
         told = [Toast(n).render().plain for n in notifications(app)]
         assert told == [f"alpha: service web crashed (exit 1): {detail}", "[b]copied[/b]"], told
+
+
+async def test_the_help_list_scrolls_from_the_keyboard_on_a_short_terminal(hive_env, repo):
+    """At 80x24 the help for the colony list has more keys than rows: the arrows and page keys scroll to the last,
+    as they would in any list (nothing had the focus, and only a mouse wheel scrolled it)."""
+    async with stem_app(hive_env, repo, "alpha", size=(80, 24)) as (app, pilot, _hive):
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        keys = app.screen.query_one("#help-keys")
+        await until(pilot, lambda: keys.max_scroll_y > 0, "a list longer than the dialog")
+        last = app.screen.rows[-1][2]
+        assert not shows(app, last)
+        await pilot.press("end")
+        await until(pilot, lambda: shows(app, last), f"the last key ({last}) scrolled into view")
+        await pilot.press("pageup")
+        await until(pilot, lambda: keys.scroll_y < keys.max_scroll_y, "page up to scroll back")

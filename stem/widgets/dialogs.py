@@ -103,5 +103,10 @@ class HelpScreen(ModalScreen[None]):
                 classes="help-foot",
             )
 
+    def on_mount(self) -> None:
+        # The list has the focus: on a short terminal (80x24) the arrows, page keys, home and end scroll it to the
+        # keys below its last row (with nothing focused they did nothing, and only a mouse wheel reached them).
+        self.query_one("#help-keys", VerticalScroll).focus()
+
     def action_close(self) -> None:
         self.dismiss(None)
