@@ -26,6 +26,7 @@ from stem.themes import SHIPPED_THEMES, load_themes
 from stem.widgets import spawn_form
 from stem.widgets.colonies import ColoniesList
 from stem.widgets.dialogs import ConfirmScreen, HelpScreen
+from stem.widgets.info import InfoView
 from stem.widgets.logs import LogLines
 from stem.widgets.main_view import MainView, TerminalPane
 from stem.widgets.spawn_form import SpawnForm
@@ -61,6 +62,11 @@ async def stem_app(
     finally:
         await hive.stop_all()  # colonies outlive the UI: end them, hosts included
         await hive.close()
+
+
+def info_facts(app: StemApp) -> str:
+    """The Info tab's text with each value that goes on under itself (a long path) joined back into one line."""
+    return str(app.query_one(InfoView).body.content).replace("\n" + " " * 13, "")
 
 
 def listed(app: StemApp) -> list[str]:
@@ -328,7 +334,8 @@ async def test_tabs_logs_diff_info(hive_env, tmp_path):
         await pilot.press("right_square_bracket")
         await until(pilot, lambda: shows(app, "+hello from the agent"), "the Diff tab")
         await pilot.press("right_square_bracket")
-        await until(pilot, lambda: shows(app, "Timeline", "provisioning", hive.get("alpha").worktree), "Info")
+        await until(pilot, lambda: shows(app, "Timeline", "provisioning"), "Info")
+        assert hive.get("alpha").worktree in info_facts(app)
         await pilot.press("left_square_bracket", "left_square_bracket")
         await until(pilot, lambda: shows(app, "installing the deps"), "[ back to Logs")
 
@@ -755,3 +762,20 @@ async def test_the_help_list_scrolls_from_the_keyboard_on_a_short_terminal(hive_
         await until(pilot, lambda: shows(app, last), f"the last key ({last}) scrolled into view")
         await pilot.press("pageup")
         await until(pilot, lambda: keys.scroll_y < keys.max_scroll_y, "page up to scroll back")
+
+
+async def test_info_values_too_long_for_the_panel_go_on_under_themselves(hive_env, repo):
+    """At 80x24 the Info panel is 40 columns: a worktree's path, too long for the room right of its label, went on
+    at the panel's left edge, under the labels. It goes on under itself, cut after a slash."""
+    async with stem_app(hive_env, repo, "alpha", size=(80, 24)) as (app, pilot, hive):
+        await pilot.press("1", "]", "]", "]")  # terminal → logs → diff → info
+        await until(pilot, lambda: shows(app, "worktree  /", "worktrees/alpha"), "the worktree in Info")
+        worktree = hive.registry.find("alpha").worktree
+        lines = screen_text(app).splitlines()
+        at = next(i for i, line in enumerate(lines) if "worktree  /" in line)
+        column = lines[at].index("worktree  /") + len("worktree  ")
+        shown = lines[at][column:].split("│")[0].rstrip()
+        assert worktree.startswith(shown) and len(shown) < len(worktree) and shown.endswith("/"), lines[at]
+        rest = lines[at + 1][column:].split("│")[0].rstrip()
+        assert lines[at + 1][:column].rstrip().endswith("│"), lines[at + 1]  # nothing under the label
+        assert worktree.startswith(shown + rest), (lines[at], lines[at + 1])

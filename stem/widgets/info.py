@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from textual import events
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
@@ -20,14 +22,36 @@ if TYPE_CHECKING:
 __all__ = ["InfoView"]
 
 
-def _facts(name: str, rows: Iterable[tuple[str, str]], reason: str) -> list[Content]:
-    """The name, then one labelled line a fact, then the reason (in the error colour) if there is one."""
+_LABEL = 13  # a fact's label column, with the two spaces after it
+
+
+def _facts(name: str, rows: Iterable[tuple[str, str]], reason: str, width: int) -> list[Content]:
+    """The name, then one labelled line a fact, then the reason (in the error colour) if there is one; a value
+    longer than the `width` left of a line goes on under itself, not under its label (a worktree's path in an
+    80-column terminal)."""
     parts = [Content.styled(name, "bold $primary"), Content("")]
     for label, value in rows:
-        parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), value))
+        parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), _hang(value, width)))
     if reason:
-        parts.append(Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (reason, "$error")))
+        parts.append(
+            Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (_hang(reason, width), "$error"))
+        )
     return parts
+
+
+def _hang(value: str, width: int) -> str:
+    """`value` cut into lines of the room right of the label column, each after the first indented to it."""
+    room = width - _LABEL - 2  # (and the scrollbar's columns, if the facts come to need one)
+    if room < 12 or len(value) <= room:
+        return value
+    lines: list[str] = []
+    for line in textwrap.wrap(value, room, break_long_words=False, break_on_hyphens=False) or [value]:
+        while len(line) > room:  # a path longer than the room: cut after a slash
+            cut = line.rfind("/", 0, room) + 1 or room
+            lines.append(line[:cut])
+            line = line[cut:]
+        lines.append(line)
+    return ("\n" + " " * _LABEL).join(lines)
 
 
 def _agent(choice: tuple[str, str, str]) -> str:
@@ -43,6 +67,9 @@ class InfoView(VerticalScroll, can_focus=True):
         super().__init__(id=id)
         self.clock = clock
         self.body = Static(id="info-body")
+        # What is shown: the name, its facts, its reason and what follows them, drawn again at another width.
+        self._shown: tuple[str, list[tuple[str, str]], str, list[Content]] | None = None
+        self._shown_width = 0
 
     def compose(self):  # type: ignore[no-untyped-def]
         yield self.body
@@ -62,6 +89,7 @@ class InfoView(VerticalScroll, can_focus=True):
         """`sections`: lines shown after the facts (work, resources); `preview`: service -> URL through the hive's
         preview port (None: not looked up, the colony's own address is shown); `agent`: the hive's agent_choice."""
         if rec is None:
+            self._shown = None
             self.body.update(Content.styled("no colony selected", "$text-muted"))
             return
         rows: list[tuple[str, str]] = [
@@ -77,9 +105,7 @@ class InfoView(VerticalScroll, can_focus=True):
         if rec.task:
             rows.append(("task", rec.task))
         rows.append(("created", self.clock.when(rec.created_at)))
-        parts = _facts(rec.name, rows, rec.reason)
-
-        parts += list(sections)
+        parts = list(sections)
         parts += [Content(""), Content.styled("Preview", "bold")]
         ported = [(name, view.port) for name, view in (services or {}).items() if view.port]
         for name, url in sorted((preview or {}).items()):
@@ -101,7 +127,7 @@ class InfoView(VerticalScroll, can_focus=True):
 
         parts += self._timeline(transitions)
         parts += self._errors(errors)
-        self.body.update(Content("\n").join(parts))
+        self._show_facts(rec.name, rows, rec.reason, parts)
 
     def show_failed(self, failed: FailedSpawn, errors: Iterable[tuple[float, str]] = ()) -> None:
         """A spawn that failed and was rolled back: what was asked, where it failed, and why."""
@@ -114,8 +140,7 @@ class InfoView(VerticalScroll, can_focus=True):
         if failed.task:
             rows.append(("task", failed.task))
         rows.append(("started", self.clock.when(failed.started)))
-        parts = _facts(failed.name, rows, failed.reason)
-        parts += [
+        parts = [
             Content(""),
             Content.assemble(
                 Content.styled("n", "bold $accent"),
@@ -126,7 +151,17 @@ class InfoView(VerticalScroll, can_focus=True):
         ]
         parts += self._timeline(failed.transitions)
         parts += self._errors(errors)
-        self.body.update(Content("\n").join(parts))
+        self._show_facts(failed.name, rows, failed.reason, parts)
+
+    def _show_facts(self, name: str, rows: list[tuple[str, str]], reason: str, after: list[Content]) -> None:
+        self._shown = (name, rows, reason, after)
+        width = self.scrollable_content_region.width
+        self._shown_width = width
+        self.body.update(Content("\n").join([*_facts(name, rows, reason, width), *after]))
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._shown is not None and self.scrollable_content_region.width != self._shown_width:
+            self._show_facts(*self._shown)
 
     def _timeline(self, transitions: Iterable[Transition]) -> list[Content]:
         parts = [Content(""), Content.styled("Timeline", "bold")]
