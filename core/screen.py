@@ -61,7 +61,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import reduce
-from itertools import accumulate, chain, compress, filterfalse, repeat
+from itertools import accumulate, chain, compress, filterfalse, pairwise, repeat
 from operator import add, attrgetter, floordiv, ge, itemgetter
 from typing import Any, cast
 
@@ -139,11 +139,10 @@ _CUP_START = re.compile(r"\x1b\[[0-9;]*+H")
 _CR_CUT = re.compile(r"\r(?!\n)")
 _MIN_CR_CUTS = 8  # in a feed
 # After this many reads in a row of more than `_IDLE_CUTS` pieces, less than a quarter of each applied, pieces are
-# looked for in one read of every `_PROBE_EVERY`, in a few places (`StemScreen._met_before`), until some are met again.
+# looked for in one read of every `_PROBE_EVERY` (`StemScreen._met_before`), until a quarter of one was met before.
 _IDLE_CUTS = 8
 _IDLE_AFTER = 16
 _PROBE_EVERY = 4
-_PROBE_SPACING = 1365  # text between two places a read is looked at in (`StemScreen._met_before`)
 
 _MATCH_START = re.Match.start
 _PIECE_MAX = 16384  # the longest piece remembered
@@ -1579,6 +1578,8 @@ class StemScreen(pyte.Screen):
             if not self._met_before(text, pos):
                 self._scan(text, pos, n, batch)
                 return
+            # Met again: the next few reads are cut into pieces too, so that what comes back is worked out.
+            self._pieces_missed = _IDLE_AFTER - _PROBE_EVERY
         # (The tests in C first: the regexes try every ESC [ of a read full of SGR.)
         cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
         if len(cuts) < 2 and "\r" in text:
@@ -1712,35 +1713,28 @@ class StemScreen(pyte.Screen):
             self._pieces_missed += 1
 
     def _met_before(self, text: str, pos: int) -> bool:
-        """Whether one of a few pieces of `text` (from `pos`, at its start and then evenly spread, three for every 4
-        KiB: a program's repeats are found as soon in 64 KiB reads as in 4 KiB ones), cut as `_feed_pieces` cuts
-        it, was met before; each is remembered (`_MET_ONCE`) if not."""
+        """Whether `text` (from `pos`), cut into pieces as `_feed_pieces` cuts it, holds pieces met before that make a
+        quarter of it, as the pieces path needs to pay; if not, each of its pieces is remembered (`_MET_ONCE`), so
+        that a program's repeats are found on their next pass whichever reads they fall in (cutting a read costs a
+        tenth of scanning it; sampling a few places of each read instead took a dozen passes of Claude Code's
+        repaints to meet one again)."""
         n = len(text)
+        cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
+        if len(cuts) < 2 and "\r" in text:
+            cuts = list(map(_MATCH_START, _CR_CUT.finditer(text, pos)))
+            if len(cuts) < _MIN_CR_CUTS:
+                return False
+        if len(cuts) < 2:
+            return False
         effects = self._piece_effects
-        met = False
-        places = max(3, (n - pos) // _PROBE_SPACING)
-        for cut in (_CUP_START, _CR_CUT) if "H" in text else (_CR_CUT,):
-            for at in [pos + k * (n - pos) // places for k in range(places)]:
-                first = cut.search(text, at)
-                if first is None:
-                    break
-                then = cut.search(text, first.end())
-                if then is None:
-                    break
-                piece = text[first.start() : then.start()]
-                if len(piece) > _PIECE_MAX:
-                    continue
-                if piece in effects:
-                    met = True
-                else:
-                    if len(effects) >= _PIECES_LIMIT:
-                        effects.clear()
-                    effects[piece] = _MET_ONCE
-            else:
-                return met
-            if at != pos:
-                return met
-        return met
+        pieces = [text[a:b] for a, b in pairwise(cuts) if b - a <= _PIECE_MAX]
+        if sum(len(piece) for piece in pieces if piece in effects) * 4 >= n - pos:
+            return True
+        if len(effects) + len(pieces) > _PIECES_LIMIT:
+            effects.clear()
+        for piece in pieces:
+            effects.setdefault(piece, _MET_ONCE)
+        return False
 
     def _forget_pieces(self) -> None:
         """Forget every piece's effect (the screen's size or contents were made anew)."""
