@@ -1594,7 +1594,12 @@ class StemScreen(pyte.Screen):
         effects = self._piece_effects
         get = effects.get
         elsewhere = self._effects_elsewhere
+        dirty = self.dirty
         env: tuple[Any, ...] | None = None
+        # What `_scan` and a piece's steps may replace, looked up again after them (not once per piece).
+        paints = self._paints
+        cursor = self._cur
+        held = bool(self._held)
         pending = pos  # where the text not handled yet starts
         applied = 0  # the length of the pieces applied
         start = cuts[0]
@@ -1618,6 +1623,7 @@ class StemScreen(pyte.Screen):
             if start > pending:
                 pending = self._scan(text, pending, start, batch)
                 env = None
+                paints, cursor, held = self._paints, self._cur, bool(self._held)
                 if pending > start:  # a line batch or pyte's parser went on into this piece
                     start = end
                     continue
@@ -1643,19 +1649,17 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
                 effect = other  # type: ignore[assignment]
-            if self._held:
+            if held:
                 start = end
                 continue
-            cursor = self._cur
-            attrs = effect[0]
+            attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _ = effect
             if not (
                 (attrs is cursor.attrs or attrs == cursor.attrs)
-                and (effect[2] < 0 or (effect[2] == cursor.y and (effect[1] < 0 or effect[1] == cursor.x)))
+                and (y0 < 0 or (y0 == cursor.y and (x0 < 0 or x0 == cursor.x)))
             ):
                 # Met from another cursor (Codex draws a row after one colour and then after another; Claude Code's
                 # pieces begin where the last one left the cursor): its effect from there, if that may recur.
-                y = cursor.y if effect[2] >= 0 else -1
-                start_key = (piece, env, cursor.attrs, y, cursor.x if effect[1] >= 0 else -1)
+                start_key = (piece, env, cursor.attrs, cursor.y if y0 >= 0 else -1, cursor.x if x0 >= 0 else -1)
                 other = elsewhere.get(start_key)
                 if other is None:
                     if len(elsewhere) >= _PIECES_LIMIT:
@@ -1668,40 +1672,40 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
                 effect = other  # type: ignore[assignment]
-            if effect[10] is not None:
+                attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _ = effect
+            if steps is not None:
                 env = self._apply_steps(effect)
-            paints = self._paints
-            for y, op, whole in effect[4]:
+                paints, cursor = self._paints, self._cur
+            for y, op, whole in ops:
                 # `_add_paint` inlined (a call per row of every piece), but for a row with too many paints.
                 known = paints.get(y)
                 if known is None:
                     paints[y] = (self._rows[y], [op], {op[0]: 0})  # the row comes into being now
                     continue
-                ops = known[1]
+                row_ops = known[1]
                 at = known[2]
                 x = op[0]
                 if whole:
-                    ops[:] = [op]
+                    row_ops[:] = [op]
                     at.clear()
                     at[x] = 0
-                elif len(ops) < _MAX_PAINTS:
+                elif len(row_ops) < _MAX_PAINTS:
                     i = at.get(x)
                     if i is not None:
-                        old = ops[i]
+                        old = row_ops[i]
                         if op[5] is not None or (old[5] is None and 0 <= old[4] <= op[4]):  # type: ignore[index]
-                            ops[i] = None
-                    at[x] = len(ops)
-                    ops.append(op)
+                            row_ops[i] = None
+                    at[x] = len(row_ops)
+                    row_ops.append(op)
                 else:
                     self._add_paint(y, op, whole)
-            node = effect[7]
-            cursor.x = effect[5]
-            cursor.y = effect[6]
+            cursor.x = x1
+            cursor.y = y1
             cursor.attrs = node.attrs
             self._chars = node
-            self.dirty.update(effect[8])
-            if effect[9]:
-                self._set_plain_modes(effect[9])
+            dirty.update(rows)
+            if modes:
+                self._set_plain_modes(modes)
             pending = end
             applied += end - start
             start = end
