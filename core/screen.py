@@ -197,6 +197,11 @@ class StemCursor(Cursor):
         super().__init__(x, y, attrs)  # type: ignore[arg-type]
         self.hidden = hidden
 
+    def __copy__(self) -> StemCursor:
+        # pyte's save and restore copy the cursor; `copy.copy` of a slotted object without this goes through
+        # `__reduce_ex__`, a fifth of vim's switch to the alternate screen and back.
+        return StemCursor(self.x, self.y, self.attrs, self.hidden)
+
 
 # Deferred paints kept per row before the row is written (see `StemScreen._paint`).
 _MAX_PAINTS = 32
