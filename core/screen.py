@@ -509,6 +509,9 @@ class StemScreen(pyte.Screen):
         # In other states than the first: (piece, state) and (piece, state, attributes, row, column) of its cursor.
         self._effects_elsewhere: dict[tuple[Any, ...], Effect | int] = {}
         self._scratch: _Scratch | None = None
+        # The last piece of the last read, cut by the read's end and scanned: its text, and the screen's state and
+        # cursor before it (`_feed_pieces` applies it whole with the rest of it from the next read, if met before).
+        self._cut_piece: tuple[str, tuple[Any, ...], int, int, Char] | None = None
         # Reads in a row with many pieces none of which was applied, and reads until the next is looked at
         # (`_feed_pieces`). A screen starts as if pieces had not paid: cutting every read into pieces before any
         # comes back cost a program's first pass 4-22% (vim, htop, Codex, tmux, each recording fed once to a new
@@ -1549,6 +1552,7 @@ class StemScreen(pyte.Screen):
             text = self._string_end(text)
         stream = self._stream
         pos, n = 0, len(text)
+        cut, self._cut_piece = self._cut_piece, None
         if not stream._taking_plain_text:
             pos = self._feed_slow(text, pos)  # finish a sequence split across feeds
         if batch and pos < n and self._cur.x == 0:
@@ -1556,15 +1560,18 @@ class StemScreen(pyte.Screen):
             if self._held:
                 pos = self._after_batch(text, pos)
         if pos < n:
-            self._feed_pieces(text, pos, batch)
+            self._feed_pieces(text, pos, batch, cut if pos == 0 else None)
 
-    def _feed_pieces(self, text: str, pos: int, batch: bool) -> None:
+    def _feed_pieces(
+        self, text: str, pos: int, batch: bool, cut: tuple[str, tuple[Any, ...], int, int, Char] | None = None
+    ) -> None:
         """`text` from `pos` on, cut into pieces before every CUP (or every CR, `_CR_CUT`): a piece met before, in the
         same state (the screen's, `_env`, and the cursor's), is applied whole from its effect (`_piece_effect`: the
         cells it writes on each row, as one deferred paint per row, and the cursor and modes after it), rather than
         token by token; full-screen programs repaint the same pieces of their rows over and over. The rest (and the
         text before the first cut) is scanned token by token (`_scan`), the pieces between two applied ones in one
-        go."""
+        go. `cut`: the last read's last piece, cut by its end (`_cut_piece`); joined to the text before the first
+        cut, it is applied whole if met before."""
         n = len(text)
         if mo.DECAWM not in self.mode:
             # Textual turns autowrap off: its pieces recur in other states, and one applied between pieces scanned
@@ -1608,6 +1615,9 @@ class StemScreen(pyte.Screen):
         pending = pos  # where the text not handled yet starts
         applied = 0  # the length of the pieces applied
         start = cuts[0]
+        if cut is not None and start > pos and not held:
+            pending = self._apply_cut_piece(cut, text[pos:start])
+            applied = pending - pos
         for end in cuts[1:]:
             if start < pending or end - start > _PIECE_MAX:
                 start = end
@@ -1715,7 +1725,17 @@ class StemScreen(pyte.Screen):
             applied += end - start
             start = end
         if pending < n:
-            self._scan(text, pending, n, batch)
+            last = cuts[-2]
+            if pending < last:
+                pending = self._scan(text, pending, last, batch)
+            if pending == last and n - last <= _PIECE_MAX:
+                cursor = self._cur
+                state = (text[last:], self._env(), cursor.x, cursor.y, cursor.attrs)
+                self._scan(text, last, n, batch)
+                if not (self._held or self._tail or self._in_string):
+                    self._cut_piece = state
+            elif pending < n:
+                self._scan(text, pending, n, batch)
         if applied * 4 >= n - pos:
             self._pieces_missed = 0
         elif len(cuts) > _IDLE_CUTS:
@@ -1745,10 +1765,38 @@ class StemScreen(pyte.Screen):
             effects.setdefault(piece, _MET_ONCE)
         return False
 
+    def _apply_cut_piece(self, cut: tuple[str, tuple[Any, ...], int, int, Char], rest: str) -> int:
+        """The last read's cut piece (`_cut_piece`: its start scanned already) joined to `rest`, the text before this
+        read's first cut: if that whole piece was met before, worked out from the state and cursor its start met, and
+        without steps (a scroll done twice would be two), its effect is applied now, over what its start drew (every
+        cell the piece leaves is in its effect). Returns how much of `rest` was handled: all of it, or none."""
+        start, env, x, y, attrs = cut
+        effect = self._piece_effects.get(start + rest)
+        if (
+            type(effect) is not tuple
+            or effect[3] is not env
+            or effect[10] is not None
+            or not (effect[0] is attrs or effect[0] == attrs)
+            or not (effect[2] < 0 or (effect[2] == y and (effect[1] < 0 or effect[1] == x)))
+            or self._env() is not env
+        ):
+            return 0
+        for row, op, whole in effect[4]:
+            self._add_paint(row, op, whole)
+        cursor = self._cur
+        node = effect[7]
+        cursor.x, cursor.y, cursor.attrs = effect[5], effect[6], node.attrs
+        self._chars = node
+        self.dirty.update(effect[8])
+        if effect[9]:
+            self._set_plain_modes(effect[9])
+        return len(rest)
+
     def _forget_pieces(self) -> None:
         """Forget every piece's effect (the screen's size or contents were made anew)."""
         self._piece_effects.clear()
         self._effects_elsewhere.clear()
+        self._cut_piece = None
 
     def _env_key(self) -> tuple[Any, ...]:
         """What a piece's effect depends on besides the cursor: the modes (but those set in place that change nothing

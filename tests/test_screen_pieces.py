@@ -71,8 +71,8 @@ _BETWEEN = [
 
 @pytest.fixture
 def pieces_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Screens that cut every read into pieces from the first (a new screen looks for them in a few places of one
-    read in four until some come back): what the equality tests below take apart."""
+    """Screens that cut every read into pieces from the first (a new screen cuts one read in four until some come
+    back): what the equality tests below take apart."""
     monkeypatch.setattr(StemScreen, "_missed_at_start", 0)
 
 
@@ -275,3 +275,37 @@ def test_a_new_screen_remembers_the_pieces_of_one_read_in_four_and_applies_a_rep
     assert_same_screen(reference(data, 4096), screen)
     assert screen._pieces_missed == 0
     assert any(type(entry) is tuple for entry in screen._piece_effects.values())
+
+
+@pytest.mark.usefixtures("pieces_at_once")
+def test_a_piece_cut_by_the_end_of_a_read_is_applied_whole_with_the_rest_of_it_from_the_next() -> None:
+    """A piece cut by the end of a read is scanned as far as it came; the next read's text before its first cut is
+    the rest of it, and if the whole piece was met before, that rest is applied from the piece's effect, over what
+    its start drew, not scanned (a repaint cut by reads paid a scan at every cut). Row 5's piece goes back over its
+    own text and erases the row from there; the read ends inside that text. The screen is pyte's after each read."""
+    rows = [f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)]
+    rows[4] = "\x1b[5;3H\x1b[44mrow 5 is drawn here\r\x1b[9C\x1b[K\x1b[m"
+    frame = "".join(rows)
+    data = frame.encode()
+    cut = data.index(b"drawn")
+    screen = StemScreen(COLS, ROWS)
+    for _ in range(3):
+        screen.feed(data)  # each piece met, met again, worked out
+    scanned: list[str] = []
+    scan = screen._scan
+
+    def recorded(text: str, pos: int, stop: int, batch: bool) -> int:
+        scanned.append(text[pos:stop])
+        return scan(text, pos, stop, batch)
+
+    screen._scan = recorded  # type: ignore[method-assign]
+    fed = data * 3
+    for _ in range(2):
+        screen.feed(data[:cut])
+        fed += data[:cut]
+        assert_same_screen(reference(fed, None), screen)
+        screen.feed(data[cut:])
+        fed += data[cut:]
+        assert_same_screen(reference(fed, None), screen)
+    assert "\x1b[5;3H\x1b[44mrow 5 is " in scanned  # the piece's start, as the read left it
+    assert not any(part.startswith("drawn") for part in scanned), scanned  # its rest, applied
