@@ -1742,11 +1742,12 @@ class StemScreen(pyte.Screen):
             self._pieces_missed += 1
 
     def _met_before(self, text: str, pos: int) -> bool:
-        """Whether `text` (from `pos`), cut into pieces as `_feed_pieces` cuts it, holds pieces met before that make a
-        quarter of it, as the pieces path needs to pay; if not, each of its pieces is remembered (`_MET_ONCE`), so
-        that a program's repeats are found on their next pass whichever reads they fall in (cutting a read costs a
-        tenth of scanning it; sampling a few places of each read instead took a dozen passes of Claude Code's
-        repaints to meet one again)."""
+        """Whether `text` (from `pos`), cut into pieces as `_feed_pieces` cuts it, holds pieces met before (in an
+        earlier read, or earlier in this one: a 64 KiB read of a program's repaints) that make a quarter of it, as
+        the pieces path needs to pay; if not, each of its pieces is remembered (`_MET_ONCE`), so that a program's
+        repeats are found on their next pass whichever reads they fall in (cutting a read costs a tenth of scanning
+        it; sampling a few places of each read instead took a dozen passes of Claude Code's repaints to meet one
+        again)."""
         n = len(text)
         cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
         if len(cuts) < 2 and "\r" in text:
@@ -1756,13 +1757,20 @@ class StemScreen(pyte.Screen):
         if len(cuts) < 2:
             return False
         effects = self._piece_effects
-        pieces = [text[a:b] for a, b in pairwise(cuts) if b - a <= _PIECE_MAX]
-        if sum(len(piece) for piece in pieces if piece in effects) * 4 >= n - pos:
-            return True
-        if len(effects) + len(pieces) > _PIECES_LIMIT:
+        new: dict[str, int] = {}  # (a dict: in the order met)
+        met = 0
+        for a, b in pairwise(cuts):
+            if b - a <= _PIECE_MAX:
+                piece = text[a:b]
+                if piece in effects or piece in new:
+                    met += b - a  # met in an earlier read, or earlier in this one (a 64 KiB read of repaints)
+                else:
+                    new[piece] = _MET_ONCE
+        if met * 4 >= n - pos:
+            return True  # (the pieces path remembers them)
+        if len(effects) + len(new) > _PIECES_LIMIT:
             effects.clear()
-        for piece in pieces:
-            effects.setdefault(piece, _MET_ONCE)
+        effects.update(new)
         return False
 
     def _apply_cut_piece(self, cut: tuple[str, tuple[Any, ...], int, int, Char], rest: str) -> int:

@@ -239,6 +239,19 @@ def test_pieces_are_looked_for_again_after_ever_new_text() -> None:
     assert any(type(entry) is tuple for entry in screen._piece_effects.values())
 
 
+def test_a_new_screen_s_first_read_of_repaints_is_applied_from_its_own_repeats() -> None:
+    """A 64 KiB read (what Stem's reader hands over when a program repaints fast) that repeats a frame is met
+    before by itself: a new screen's first read goes into pieces at once, its frames from the third on applied,
+    rather than four reads (a quarter of a megabyte) scanned before the first look back. The screen is pyte's."""
+    frame = "".join(f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)).encode()
+    data = (frame * (65536 // len(frame) + 1))[:65536]
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(data)
+    assert screen._pieces_missed == 0
+    assert sum(type(entry) is tuple for entry in screen._piece_effects.values()) >= ROWS - 1
+    assert_same_screen(reference(data, None), screen)
+
+
 @pytest.mark.parametrize("repaint", ["\x1b[5;1H" + "y" * COLS, "\x1b[5;1H\x1b[42mgreen\x1b[K"])
 def test_erase_in_display_deferred_with_a_row_s_paints_erases_the_cell_past_its_last_column(repaint: str) -> None:
     """ED on a row with a few deferred paints is deferred with them, and a paint of the whole row drops it; but a row
