@@ -177,6 +177,8 @@ Effect = tuple[
     tuple[tuple[int, bool], ...],
     "tuple[Step, ...] | None",
     tuple[Any, ...],
+    "tuple[Step, ...] | None",
+    bool,
 ]
 # A step of a piece's effect (`_Scratch`), done in order: paints (_STEP_PAINT, ops), a scroll of the region top..bottom
 # up count rows (_STEP_SCROLL, top, bottom, count), or an erase of the display from the cursor (_STEP_ERASE, how, x,
@@ -1667,7 +1669,7 @@ class StemScreen(pyte.Screen):
             if held:
                 start = end
                 continue
-            attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _ = effect
+            attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _, _ = effect
             if not (
                 (attrs is cursor.attrs or attrs == cursor.attrs)
                 and (y0 < 0 or (y0 == cursor.y and (x0 < 0 or x0 == cursor.x)))
@@ -1687,7 +1689,7 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
                 effect = other  # type: ignore[assignment]
-                attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _ = effect
+                attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _, _ = effect
             if steps is not None:
                 env = self._apply_steps(effect)
                 paints, cursor = self._paints, self._cur
@@ -1898,13 +1900,17 @@ class StemScreen(pyte.Screen):
             tuple(modes),
             tuple(steps) if steps or after is not env else None,
             after,
+            *_merged_scrolls(steps),
         )
 
     def _apply_steps(self, effect: Effect) -> tuple[Any, ...]:
-        """A piece's steps (`_Scratch`), done on this screen in order; then the scroll region it leaves. Returns the
-        screen's state after it."""
+        """A piece's steps (`_Scratch`), done on this screen in order (its scrolls merged, `_merged_scrolls`, where no
+        row they push out is kept); then the scroll region it leaves. Returns the screen's state after it."""
         cursor = self._cur
-        for step in effect[10]:  # type: ignore[union-attr]  # only called when it has steps
+        steps = effect[10]
+        if effect[12] is not None and (effect[13] or self._alt_active):
+            steps = effect[12]
+        for step in steps:  # type: ignore[union-attr]  # only called when it has steps
             kind = step[0]
             if kind == _STEP_PAINT:
                 for y, op, whole in step[1]:
@@ -3098,6 +3104,54 @@ class StemScreen(pyte.Screen):
             starts.append(start.attrs)
         if raws:
             scrollback.extend_drawn(raws, starts)
+
+
+def _merged_scrolls(steps: list[Step]) -> tuple[tuple[Step, ...] | None, bool]:
+    """A piece's steps with each run of scrolls of one region and the paints between them (a pager's lines fed at
+    the bottom of the screen: paint, scroll, paint, scroll, ...) done as one scroll of them all and then the paints,
+    each on the row it has been moved to by then (where the rows go, their paints go: `_move_paints`), those pushed
+    out of the region dropped. Scrolling the region row by row moved every row and paint of it once per line. A
+    paint dropped is a row that would be kept, as painted, if it left the top of the main screen: then the merged
+    steps are for the alternate screen only (the second value is False). None if no run has two scrolls."""
+    out: list[Step] = []
+    anywhere = True
+    merged = False
+    i, n = 0, len(steps)
+    while i < n:
+        step = steps[i]
+        if step[0] != _STEP_SCROLL:
+            out.append(step)
+            i += 1
+            continue
+        top, bottom = step[1], step[2]
+        j = i + 1
+        while j < n and (steps[j][0] == _STEP_PAINT or steps[j][:3] == (_STEP_SCROLL, top, bottom)):
+            j += 1
+        run = steps[i:j]
+        scrolls = [s[3] for s in run if s[0] == _STEP_SCROLL]
+        if len(scrolls) < 2:
+            out += run
+            i = j
+            continue
+        merged = True
+        later = sum(scrolls)  # the scrolls still to come after a step of the run
+        ops: list[tuple[int, Paint, bool]] = []
+        for s in run:
+            if s[0] == _STEP_SCROLL:
+                later -= s[3]
+                continue
+            for y, op, whole in s[1]:
+                if top <= y <= bottom:
+                    y -= later
+                    if y < top:
+                        anywhere = anywhere and top > 0  # a row it painted would be kept, as painted
+                        continue
+                ops.append((y, op, whole))
+        out.append((_STEP_SCROLL, top, bottom, min(sum(scrolls), bottom - top + 1)))
+        if ops:
+            out.append((_STEP_PAINT, tuple(ops)))
+        i = j
+    return (tuple(out) if merged else None), anywhere
 
 
 class _Impure(Exception):

@@ -8,10 +8,10 @@ import random
 
 import pyte
 import pytest
-from test_screen import COLS, ROWS, assert_same_screen, looked_at_between_reads, reference, stem
+from test_screen import COLS, ROWS, HistoryRef, RefStream, assert_same_screen, looked_at_between_reads, reference, stem
 
 from core import screen_cells
-from core.screen import StemScreen
+from core.screen import _STEP_SCROLL, StemScreen
 
 # What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
 # CR LF inside the screen and at its bottom, SU, ED and DECSTBM (steps of its effect: a scroll, an erase of the
@@ -322,3 +322,48 @@ def test_a_piece_cut_by_the_end_of_a_read_is_applied_whole_with_the_rest_of_it_f
         assert_same_screen(reference(fed, None), screen)
     assert "\x1b[5;3H\x1b[44mrow 5 is " in scanned  # the piece's start, as the read left it
     assert not any(part.startswith("drawn") for part in scanned), scanned  # its rest, applied
+
+
+@pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize(
+    ("setup", "bottom", "lines", "anywhere"),
+    [
+        ("\x1b[?1049h", ROWS, 5, True),
+        ("\x1b[?1049h", ROWS, 45, False),  # lines painted and pushed out by the same piece: dropped
+        ("\x1b[5;30r", 30, 45, True),
+        ("", ROWS, 5, True),
+        ("", ROWS, 45, False),  # the same, kept in the scrollback
+    ],
+)
+@pytest.mark.parametrize("read", [4096, 65536])
+def test_lines_a_pager_feeds_at_the_bottom_scroll_once_per_piece(
+    setup: str, bottom: int, lines: int, anywhere: bool, read: int
+) -> None:
+    """A pager's piece (less: to the bottom row, then lines with CR LF, each scrolling the screen) is applied as one
+    scroll of all its lines and then their paints, not the region scrolled row by row; but where lines the piece
+    painted leave the top of the main screen (kept in the scrollback as painted), row by row still. The screen is
+    pyte's, and the scrollback HistoryScreen's."""
+    pieces = [
+        f"\x1b[{bottom};1H\x1b[K"
+        + "".join(f"\x1b[3{(k + i) % 8}mline {k}.{i}\x1b[m text\x1b[K\r\n" for i in range(lines))
+        + f"\x1b[7m:{k}\x1b[m"
+        for k in range(3)
+    ]
+    data = (setup + "".join(pieces[f % 3] for f in range(60))).encode()
+    screen = StemScreen(COLS, ROWS)
+    for i in range(0, len(data), read):
+        screen.feed(data[i : i + read])
+    assert_same_screen(reference(data, None), screen)
+    effect = screen._piece_effects[pieces[1]]
+    assert type(effect) is tuple
+    top = 4 if bottom == 30 else 0
+    assert effect[12] is not None
+    assert (_STEP_SCROLL, top, bottom - 1, min(lines, bottom - top)) in effect[12]
+    assert effect[13] == anywhere
+    if not setup:
+        history = HistoryRef(COLS, ROWS, history=100_000)
+        RefStream(history).feed(data)
+        expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+        assert len(screen.scrollback) == len(expected) > 250
+        for i, want in enumerate(expected):
+            assert screen.scrollback.line(i) == want, f"scrollback line {i}"
