@@ -1601,7 +1601,8 @@ class StemScreen(pyte.Screen):
             if len(cuts) < _MIN_CR_CUTS:  # a few long pieces (rich's Live frames): rarely met again, not worth it
                 cuts = []
         if len(cuts) < 2:
-            self._pieces_missed += 1  # no pieces: they do not pay either
+            # No pieces: a read that says nothing of whether they pay (a pager's lines between its repaints); finding
+            # that out cost two searches in C.
             self._scan(text, pos, n, batch)
             return
         cuts.append(n)

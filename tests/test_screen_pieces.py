@@ -252,6 +252,33 @@ def test_a_new_screen_s_first_read_of_repaints_is_applied_from_its_own_repeats()
     assert_same_screen(reference(data, None), screen)
 
 
+def test_reads_without_pieces_do_not_stop_pieces_being_looked_for() -> None:
+    """A pager's lines between its repaints (reads with no cursor placement to cut at; overstruck bold, as man
+    writes it without colours, stops line batches) say nothing of whether pieces pay: a screen whose pieces paid
+    still applies the repaint that follows thirty such reads, rather than scanning it as if pieces had stopped coming
+    back. The screen is pyte's."""
+    frame = "".join(f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)).encode()
+    lines = "".join(f"line {i}: N\x08NA\x08AM\x08ME\x08E of a page\r\n" for i in range(150)).encode() * 30
+    screen = StemScreen(COLS, ROWS)
+    for _ in range(6):
+        screen.feed(frame)
+    assert screen._pieces_missed == 0
+    for i in range(0, 30 * 4096, 4096):
+        screen.feed(lines[i : i + 4096])
+    assert screen._pieces_missed == 0
+    scanned: list[str] = []
+    scan = screen._scan
+
+    def recorded(text: str, pos: int, stop: int, batch: bool) -> int:
+        scanned.append(text[pos:stop])
+        return scan(text, pos, stop, batch)
+
+    screen._scan = recorded  # type: ignore[method-assign]
+    screen.feed(frame)
+    assert not any("row 20" in part for part in scanned)  # the repaint's pieces applied
+    assert_same_screen(reference(frame * 6 + lines[: 30 * 4096] + frame, None), screen)
+
+
 @pytest.mark.parametrize("repaint", ["\x1b[5;1H" + "y" * COLS, "\x1b[5;1H\x1b[42mgreen\x1b[K"])
 def test_erase_in_display_deferred_with_a_row_s_paints_erases_the_cell_past_its_last_column(repaint: str) -> None:
     """ED on a row with a few deferred paints is deferred with them, and a paint of the whole row drops it; but a row
