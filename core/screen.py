@@ -154,15 +154,17 @@ _IMPURE = 1  # its entry: its effect depends on more than the screen's state (`_
 _ENV_FREE = frozenset(_PLAIN_PRIVATE_MODES.values()) - {mo.DECAWM}
 # CSI finals a piece may hold, beside SGR and private modes set in place: moves and erases within rows, which write
 # cells without reading any (CUP, HVP, CHA, HPA, VPA, CUF, CUB, CUU, CUD, CNL, CPL, EL, ECH); and the scroll up, the
-# erase of the display and the scroll region (SU, ED, DECSTBM), which are steps of its effect (`_Scratch`).
-_PIECE_CSI = frozenset("mHfG`dCDABEFKXSJr")
+# erase of the display, the scroll region and the cursor saved (SU, ED, DECSTBM, SCOSC: tmux saves it after each
+# update of a pane; with parameters, DECSLRM, ignored), which are steps of its effect (`_Scratch`).
+_PIECE_CSI = frozenset("mHfG`dCDABEFKXSJrs")
 # Controls a piece may hold: CR, LF (VT, FF) and BS, and NUL and DEL, which are ignored.
 _PIECE_CONTROLS = frozenset("\r\n\x0b\x0c\x08\x00\x7f")
 # A piece's effect: the attributes, column and row it must start with (-1: any), the screen's state it must start
 # in (`_env`), its paints ((row, paint, whole row) each), the cursor after it, the node of its attributes, the rows
 # it dirties, the private modes it sets in place, in order ((shifted mode, set), ...), its steps (`_Scratch`; None: it
-# paints and leaves the scroll region as it was) and the screen's state after it (the one it starts in but for the
-# scroll region).
+# paints and leaves the scroll region as it was), the screen's state after it (the one it starts in but for the
+# scroll region), and its steps with their scrolls merged (`_merged_scrolls`) and whether those are good on the main
+# screen.
 PieceOps = tuple[tuple[int, "Paint", bool], ...]
 Effect = tuple[
     Char,
@@ -181,12 +183,13 @@ Effect = tuple[
     bool,
 ]
 # A step of a piece's effect (`_Scratch`), done in order: paints (_STEP_PAINT, ops), a scroll of the region top..bottom
-# up count rows (_STEP_SCROLL, top, bottom, count), or an erase of the display from the cursor (_STEP_ERASE, how, x,
-# y, attributes).
+# up count rows (_STEP_SCROLL, top, bottom, count), an erase of the display from the cursor (_STEP_ERASE, how, x,
+# y, attributes), or the cursor saved (_STEP_SAVE, the savepoint, never changed: a restore copies its cursor).
 Step = tuple[Any, ...]
 _STEP_PAINT = 0
 _STEP_SCROLL = 1
 _STEP_ERASE = 2
+_STEP_SAVE = 3
 
 
 class StemCursor(Cursor):
@@ -1918,9 +1921,11 @@ class StemScreen(pyte.Screen):
                     self._add_paint(y, op, whole)
             elif kind == _STEP_SCROLL:
                 self._scroll_up(step[1], step[2], step[3])
-            else:
+            elif kind == _STEP_ERASE:
                 cursor.x, cursor.y, cursor.attrs = step[2], step[3], step[4]
                 self.erase_in_display(step[1])
+            else:
+                self.savepoints[:] = [step[1]]  # DECSC keeps one saved state (`save_cursor`)
         after = effect[11]
         self.margins = after[1]
         return after
@@ -3206,6 +3211,13 @@ class _Scratch(StemScreen):
             raise _Impure
         cursor = self._cur
         self._step((_STEP_ERASE, how, cursor.x, cursor.y, cursor.attrs))
+
+    def save_cursor_ansi(self, *params: int, private: bool = False) -> None:
+        if private:
+            raise _Impure  # XTSAVE
+        if params in ((), (0,)):
+            self.save_cursor()
+            self._step((_STEP_SAVE, self.savepoints[-1]))
 
     def _join(self, char: str) -> None:
         raise _Impure  # a zero-width character joins the cell before it

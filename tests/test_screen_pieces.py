@@ -17,7 +17,8 @@ from core.screen import _STEP_SCROLL, StemScreen
 # CR LF inside the screen and at its bottom, SU, ED and DECSTBM (steps of its effect: a scroll, an erase of the
 # display, the scroll region it leaves), wide characters, a run wrapping at the right edge, a combining mark (it joins
 # the cell before it), DECTCEM and 2026 set in place, DECAWM turned off, a run without SGR (drawn in whatever
-# attributes the piece starts with), a cursor move relative to where the piece starts.
+# attributes the piece starts with), a cursor move relative to where the piece starts, the cursor saved in a region
+# tmux sets for a pane's update (and DECSLRM, ignored).
 _PIECES = [
     "\x1b[{y};1H\x1b[31mred\x1b[m run\x1b[K",
     "\x1b[{y};{x}H\x1b[1;44mbold\x1b[m",
@@ -44,6 +45,7 @@ _PIECES = [
     "\x1b[{y};1H\x1b[2Jall erased\x1b[{y};9H\x1b[1J",
     "\x1b[{y};1H\x1b[3;20r\x1b[20;1Hin a region\r\nscrolls it\r\nagain\x1b[r",
     "\x1b[{y};1H\x1b[2;30r\x1b[30;1Hleaves a region\r\n",
+    "\x1b[{y};{x}H\x1b[35msaved\x1b[s\x1b[1;20r\x1b[62;120s\x1b[20;5H\n\x1b[r\x1b[m after",
 ]
 # Between frames: what changes the state pieces are worked out in (attributes, scroll region, insert mode, origin
 # mode, charsets, the alternate screen) or erases cells their paints made (ED, EL 1).
@@ -55,6 +57,7 @@ _BETWEEN = [
     "\x1b[?6l\x1b[r",  # (pyte fails an assertion on VPA in origin mode without a scroll region)
     "\x1b[4h",
     "\x1b[4l",
+    "\x1b[u",  # back to where a piece saved the cursor
     "\x1b[5;30r\x1b[?6h",
     "\x1b[?6l",
     "\x1b)0\x0e",
