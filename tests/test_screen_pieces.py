@@ -114,6 +114,19 @@ def _fed_as_pyte(data: bytes, read: int | None, expected: pyte.Screen | None = N
     return actual
 
 
+def _record_scans(screen: StemScreen) -> list[str]:
+    """From now on, the text `screen` scans token by token (not applied from pieces' effects), one entry a scan."""
+    scanned: list[str] = []
+    scan = screen._scan
+
+    def recorded(text: str, pos: int, stop: int, batch: bool) -> int:
+        scanned.append(text[pos:stop])
+        return scan(text, pos, stop, batch)
+
+    screen._scan = recorded  # type: ignore[method-assign]
+    return scanned
+
+
 def _assert_pytes_and_applied(data: bytes) -> None:
     """`data` leaves pyte's screen and cells, fed whole, in 4096- and 61-byte reads and looked at between reads, and
     some piece of it was applied from its effect."""
@@ -269,14 +282,7 @@ def test_reads_without_pieces_do_not_stop_pieces_being_looked_for() -> None:
     for i in range(0, 30 * 4096, 4096):
         screen.feed(lines[i : i + 4096])
     assert screen._pieces_missed == 0
-    scanned: list[str] = []
-    scan = screen._scan
-
-    def recorded(text: str, pos: int, stop: int, batch: bool) -> int:
-        scanned.append(text[pos:stop])
-        return scan(text, pos, stop, batch)
-
-    screen._scan = recorded  # type: ignore[method-assign]
+    scanned = _record_scans(screen)
     screen.feed(frame)
     assert not any("row 20" in part for part in scanned)  # the repaint's pieces applied
     assert_same_screen(reference(frame * 6 + lines[: 30 * 4096] + frame, None), screen)
@@ -334,14 +340,7 @@ def test_a_piece_cut_by_the_end_of_a_read_is_applied_whole_with_the_rest_of_it_f
     screen = StemScreen(COLS, ROWS)
     for _ in range(3):
         screen.feed(data)  # each piece met, met again, worked out
-    scanned: list[str] = []
-    scan = screen._scan
-
-    def recorded(text: str, pos: int, stop: int, batch: bool) -> int:
-        scanned.append(text[pos:stop])
-        return scan(text, pos, stop, batch)
-
-    screen._scan = recorded  # type: ignore[method-assign]
+    scanned = _record_scans(screen)
     fed = data * 3
     for _ in range(2):
         screen.feed(data[:cut])
