@@ -96,9 +96,10 @@ def repo_lock_path(lock_dir: Path, git_common_dir: Path) -> Path:
     return lock_dir / f"repo-{digest}.lock"
 
 
-def holder(path: Path) -> int | None:
+def holder(path: Path, byte: int | None = None) -> int | None:
     """The pid of the process holding `path`'s flock, as /proc/locks says; None if nobody does (or it cannot tell).
-    A line of a process waiting for a lock ("->") names no holder."""
+    With `byte`: of the process holding a POSIX write lock on that byte of it (SQLite's locks). A line of a process
+    waiting for a lock ("->") names no holder."""
     try:
         st = os.stat(path)
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
@@ -106,9 +107,16 @@ def holder(path: Path) -> int | None:
     except OSError:
         return None
     device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    kind, start = ("FLOCK", None) if byte is None else ("POSIX", str(byte))
     for line in text.splitlines():
         fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 22042 fe:00:2179257 0 EOF"
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+        if (
+            len(fields) >= 7
+            and fields[1] == kind
+            and fields[5] == device
+            and fields[4].isdigit()
+            and (start is None or (fields[3] == "WRITE" and fields[6] == start))
+        ):
             return int(fields[4])
     return None
 

@@ -506,8 +506,9 @@ class Peers:
         self.registry = registry
         self.layout = layout
         self.settings = settings
-        with registry.transaction() as db:
-            db.execute(PEERS_SCHEMA)
+        if not registry.read("SELECT 1 FROM sqlite_master WHERE name = 'peers'"):  # (not a write at every open)
+            with registry.transaction() as db:
+                db.execute(PEERS_SCHEMA)
 
     # queries -------------------------------------------------------------------------------------------
 
@@ -517,8 +518,7 @@ class Peers:
         if where:
             sql += " WHERE " + " AND ".join(f"{k}=?" for k, _ in where)
             args = [v for _, v in where]
-        with self.registry.transaction() as db:  # a read, but the same connection and lock as every other query
-            found = db.execute(sql + " ORDER BY created_at", args).fetchall()
+        found = self.registry.read(sql + " ORDER BY created_at", tuple(args))
         return [Peering(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in found]
 
     def info(self, name: str) -> PeerInfo:

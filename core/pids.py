@@ -81,5 +81,5 @@ def command_text(pid: int) -> str:
     argv = argv_of(pid)
     if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
         argv = [os.path.basename(argv[1]), *argv[2:]]
-    text = " ".join(argv) or "a process"
+    text = " ".join(" ".join(argv).split()) or "a process"  # one line: an argument may hold newlines (python3 -c)
     return text if len(text) <= 80 else text[:79] + "…"

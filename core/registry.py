@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from core.errors import NameTaken, NoSuchColony, PoolExhausted, WrongState, free_bytes
+from core import pids
+from core.errors import NameTaken, NoSuchColony, PoolExhausted, StemError, WrongState, free_bytes
 from core.lifecycle import ColonyState, allowed
+from core.locks import holder
 
 # Room kept for the registry's own writes on a disk that fills up: a file of this size next to hive.db, made while
 # there is plenty of space, given up the first time a write of stop, destroy or gc (which free space) is refused for
@@ -197,6 +200,16 @@ _COLONY_FIELDS = ", ".join(ColonyRecord.__slots__)
 _STATE = ColonyRecord.__slots__.index("state")
 
 
+def _busy_line(path: Path, pid: int | None, stopped: bool) -> str:
+    """Who holds the registry at `path` for writing, and what lets it go."""
+    if pid is None:
+        return f"the hive's registry ({path}) has been busy for {BUSY_GIVE_UP:.0f} s: another process writes to it"
+    what = f"pid {pid} ({pids.command_text(pid)})"
+    if stopped:
+        return f"the hive's registry ({path}) is held by {what}, which is stopped: kill -CONT {pid} lets it finish"
+    return f"the hive's registry ({path}) has been held by {what} for {BUSY_GIVE_UP:.0f} s"
+
+
 def _record(row: sqlite3.Row) -> ColonyRecord:
     values = list(row)
     values[_STATE] = ColonyState(values[_STATE])
@@ -204,16 +217,31 @@ def _record(row: sqlite3.Row) -> ColonyRecord:
 
 
 _ADDED_COLUMNS = (("egress", "TEXT NOT NULL DEFAULT ''"), ("target", "TEXT NOT NULL DEFAULT ''"))
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
 
 
 WAL_KEPT = 1 << 20  # bytes of hive.db-wal kept after a checkpoint
+# A write waits for another process's write this long (SQLite's busy handler) before it looks at who holds the
+# registry, and gives up after BUSY_GIVE_UP. The holder is found by the POSIX lock SQLite's WAL mode takes on this
+# byte of hive.db-shm for a write (WALINDEX_LOCK_OFFSET + WAL_WRITE_LOCK).
+BUSY_LOOK = 1.0
+BUSY_GIVE_UP = 30.0
+_WAL_WRITE_BYTE = 120
+
+
+class RegistryBusy(StemError):
+    """Another process holds the hive's registry for writing: stopped (ctrl+z, kill -STOP), or for too long."""
 
 
 class Registry:
     """Thread-safe access to hive.db. Writes are short transactions; callers run them off the event loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, waits_for_stopped: bool = False) -> None:
+        """`waits_for_stopped`: a write waits for a holder that is stopped as for any other (a colony host, which must
+        not give up a write it owes while a ctrl+z'd `stem` is brought back); otherwise it ends at once, in one line
+        naming it (`RegistryBusy`)."""
         self.path = path
+        self.waits_for_stopped = waits_for_stopped
         self.reserve_path = path.with_name(path.name + ".reserve")
         self._lock = threading.RLock()
         self._freeing = 0  # stops, destroys and gcs under way (`freeing`): only their writes may take the reserve
@@ -251,7 +279,7 @@ class Registry:
         path = self.path
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_GIVE_UP * 1000)}")
         self._wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         # The WAL file is cut back to this after each checkpoint that empties it: otherwise it keeps the largest size
@@ -259,6 +287,8 @@ class Registry:
         # hive's own journal filled the disk.
         self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_KEPT // 4096 // 2}")  # pages: checkpointed at half of it
+        if self._schema_current():
+            return  # (a write at every open would make every command wait for any other's write, even `stem ls`)
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -268,6 +298,14 @@ class Registry:
             for column, decl in _ADDED_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE colonies ADD COLUMN {column} {decl}")
+
+    def _schema_current(self) -> bool:
+        """Whether hive.db has every table, index and column of `SCHEMA` already: read, not written."""
+        names = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        if not names >= _SCHEMA_NAMES:
+            return False
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(colonies)")}
+        return all(column in have for column, _ in _ADDED_COLUMNS)
 
     def _keep_reserve(self) -> None:
         """Make the reserve if it is missing (new, or given up on a full disk) and the disk has room again."""
@@ -364,13 +402,43 @@ class Registry:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE takes the write lock up front, so read-then-write (slot allocation) cannot race."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write a second at a time. A holder that is stopped (ctrl+z on
+        a `stem` in the middle of a write, kill -STOP) would hold the registry for good: unless `waits_for_stopped`,
+        the wait ends with a line naming it, as it does after BUSY_GIVE_UP of a holder that runs (rather than
+        SQLite's "database is locked" after 30 s)."""
+        db = self._db
+        deadline = time.monotonic() + BUSY_GIVE_UP
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_LOOK * 1000)}")
+        try:
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc):
+                        raise
+                    pid = holder(Path(f"{self.path}-shm"), _WAL_WRITE_BYTE)
+                    stopped = pid is not None and pids.stopped(pid)
+                    if (stopped and not self.waits_for_stopped) or time.monotonic() >= deadline:
+                        if self.waits_for_stopped:
+                            raise
+                        raise RegistryBusy(_busy_line(self.path, pid, stopped)) from None
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_GIVE_UP * 1000)}")
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """The rows of a query, under the lock every other use of the connection takes. A read takes no write lock, so
+        another process's write (even one stopped halfway) does not hold it up."""
+        return self._query(sql, args)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

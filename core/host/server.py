@@ -117,7 +117,7 @@ class ColonyHost:
         self.name = name
         self.ready_fd = ready_fd
         self.paths = HostPaths(layout.colony_dir(name))
-        self.registry = Registry(layout.registry)
+        self.registry = Registry(layout.registry, waits_for_stopped=True)  # it owes its writes: see `_write`
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")  # one ordered writer
         self._unwritten: deque[Callable[[], object]] = deque(maxlen=UNWRITTEN_KEPT)  # see `_write`
         self.colony_log = ColonyLog(layout.colony_log(name))
