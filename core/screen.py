@@ -1597,12 +1597,7 @@ class StemScreen(pyte.Screen):
                 return
             # Met again: the next few reads are cut into pieces too, so that what comes back is worked out.
             self._pieces_missed = _IDLE_AFTER - _PROBE_EVERY
-        # (The tests in C first: the regexes try every ESC [ of a read full of SGR.)
-        cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
-        if len(cuts) < 2 and "\r" in text:
-            cuts = list(map(_MATCH_START, _CR_CUT.finditer(text, pos)))
-            if len(cuts) < _MIN_CR_CUTS:  # a few long pieces (rich's Live frames): rarely met again, not worth it
-                cuts = []
+        cuts = _cuts(text, pos)
         if len(cuts) < 2:
             # No pieces: a read that says nothing of whether they pay (a pager's lines between its repaints); finding
             # that out cost two searches in C.
@@ -1755,11 +1750,7 @@ class StemScreen(pyte.Screen):
         it; sampling a few places of each read instead took a dozen passes of Claude Code's repaints to meet one
         again)."""
         n = len(text)
-        cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
-        if len(cuts) < 2 and "\r" in text:
-            cuts = list(map(_MATCH_START, _CR_CUT.finditer(text, pos)))
-            if len(cuts) < _MIN_CR_CUTS:
-                return False
+        cuts = _cuts(text, pos)
         if len(cuts) < 2:
             return False
         effects = self._piece_effects
@@ -3110,6 +3101,18 @@ class StemScreen(pyte.Screen):
             starts.append(start.attrs)
         if raws:
             scrollback.extend_drawn(raws, starts)
+
+
+def _cuts(text: str, pos: int) -> list[int]:
+    """Where `text`'s pieces start, from `pos` on: at every CUP, or (with fewer than two) at every bare CR, but not a
+    few only (rich's Live frames, long pieces rarely met again, not worth it). (The tests in C first: the regexes
+    try every ESC [ of a read full of SGR.)"""
+    cuts = list(map(_MATCH_START, _CUP_START.finditer(text, pos))) if "H" in text else []
+    if len(cuts) < 2 and "\r" in text:
+        cuts = list(map(_MATCH_START, _CR_CUT.finditer(text, pos)))
+        if len(cuts) < _MIN_CR_CUTS:
+            return []
+    return cuts
 
 
 def _merged_scrolls(steps: list[Step]) -> tuple[tuple[Step, ...] | None, bool]:
