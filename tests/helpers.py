@@ -204,3 +204,34 @@ def use_fake_agent(env: dict[str, str]) -> Path:
         f'[hive]\ndefault_agent = "fake"\n\n[agents.fake]\ncommand = "{fake}"\nresume = "{fake} --continue"\n'
     )
     return config
+
+
+# What a `stem` stopped (ctrl+z, kill -STOP) in the middle of a write to the hive's registry leaves, or one slow to let
+# go: a process holding SQLite's write lock on hive.db, stopped or running.
+_HOLD_A_WRITE = """
+import os, signal, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE colonies SET name = name")
+print("holding", flush=True)
+if sys.argv[2] == "stop":
+    os.kill(os.getpid(), signal.SIGSTOP)  # let go on (SIGCONT), it ends and lets go of the write
+else:
+    time.sleep(60)
+"""
+
+
+def hold_a_registry_write(home: Path, how: str) -> subprocess.Popen[str]:
+    """A process holding a write to `home`'s hive.db, `hold_a_write.py hive.db HOW` as a line names it, once it holds
+    it: stopped (`how` "stop": it ends once let go on) or running ("run"). The caller ends it by its pid."""
+    script = home / "hold_a_write.py"
+    script.write_text(_HOLD_A_WRITE)
+    holder = subprocess.Popen(
+        [sys.executable, str(script), "hive.db", how], cwd=home, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+    if how == "stop":
+        wait_for(
+            lambda: Path(f"/proc/{holder.pid}/stat").read_text().split(") ")[1][0] == "T", 10, "the holder to stop"
+        )
+    return holder

@@ -9,11 +9,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_repo, run_stem, stem_popen, use_fake_agent, wait_for
+from helpers import hold_a_registry_write, make_repo, run_stem, stem_popen, use_fake_agent, wait_for
 from test_e2e_tmux import Tmux, stem_command
 from test_e2e_tmux_ui import stem_pid
 from test_host import SERVICE, host_pid
@@ -174,17 +173,6 @@ def test_a_command_waiting_on_a_colony_held_by_a_stopped_stem_command_says_so_an
     assert run_stem(hive_env.env, "ls").stdout.startswith("no colonies")
 
 
-# What a `stem` stopped (ctrl+z, kill -STOP) in the middle of a write to the registry leaves: SQLite's write lock held.
-HOLD_A_WRITE = """
-import os, signal, sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-db.execute("UPDATE colonies SET name = name")
-print("holding", flush=True)
-os.kill(os.getpid(), signal.SIGSTOP)
-"""
-
-
 def test_a_write_to_the_registry_stopped_halfway_does_not_hold_up_a_listing_and_turns_writers_away(hive_env, tmp_path):
     """A `stem` stopped in the middle of a write to the hive's registry holds SQLite's write lock for good: every
     other command waited 30 s and died in a traceback ("database is locked"), `stem ls` too, which wrote the schema
@@ -193,23 +181,15 @@ def test_a_write_to_the_registry_stopped_halfway_does_not_hold_up_a_listing_and_
     use_fake_agent(hive_env.env)
     repo = make_repo(tmp_path / "repo")
     assert run_stem(hive_env.env, "spawn", "first", "--repo", str(repo)).returncode == 0
-    script = tmp_path / "hold_a_write.py"
-    script.write_text(HOLD_A_WRITE)
-    holder = subprocess.Popen(
-        [sys.executable, str(script), "hive.db"], cwd=hive_env.home, stdout=subprocess.PIPE, text=True
-    )
+    holder = hold_a_registry_write(hive_env.home, "stop")
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
-        wait_for(
-            lambda: Path(f"/proc/{holder.pid}/stat").read_text().split(") ")[1][0] == "T", 10, "the holder to stop"
-        )
         assert [r["name"] for r in json.loads(run_stem(hive_env.env, "ls", "--json", timeout=20).stdout)] == ["first"]
         assert run_stem(hive_env.env, "ls", timeout=20).stdout.splitlines()[1].split()[:2] == ["first", "running"]
         spawn = run_stem(hive_env.env, "spawn", "second", "--repo", str(repo), timeout=20)
         assert spawn.returncode == 2, spawn
         assert spawn.stderr == (
             f"stem: the hive's registry ({hive_env.home / 'hive.db'}) is held by pid {holder.pid} (hold_a_write.py "
-            f"hive.db), which is stopped: kill -CONT {holder.pid} lets it finish\n"
+            f"hive.db stop), which is stopped: kill -CONT {holder.pid} lets it finish\n"
         ), spawn.stderr
         assert not (hive_env.home / "worktrees" / "second").exists()
         assert (

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import hold_a_registry_write
 
 from core import lifecycle as lc
 from core import registry as registry_module
@@ -104,18 +103,6 @@ def test_the_registry_journal_stays_small_while_other_processes_keep_it_open(tmp
     assert peak <= WAL_KEPT
 
 
-# Another process's write to the registry, held: `stop` it too, or let it run.
-_HOLD = """
-import os, signal, sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("holding", flush=True)
-if sys.argv[2] == "stop":
-    os.kill(os.getpid(), signal.SIGSTOP)
-time.sleep(60)
-"""
-
-
 @pytest.mark.parametrize("how", ["run", "stop"])
 def test_a_write_held_up_by_another_process_ends_in_a_line_naming_it_but_a_host_s_waits_for_a_stopped_one(
     tmp_path, monkeypatch, how
@@ -126,18 +113,14 @@ def test_a_write_held_up_by_another_process_ends_in_a_line_naming_it_but_a_host_
     monkeypatch.setattr(registry_module, "BUSY_GIVE_UP", 2.0)
     path = tmp_path / "hive.db"
     registry, host_registry = Registry(path), Registry(path, waits_for_stopped=True)
-    (tmp_path / "hold.py").write_text(_HOLD)
-    holder = subprocess.Popen(
-        [sys.executable, "hold.py", "hive.db", how], cwd=tmp_path, stdout=subprocess.PIPE, text=True
-    )
+    holder = hold_a_registry_write(tmp_path, how)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         with pytest.raises(RegistryBusy) as busy:
             registry.set_state("a", lc.RUNNING)
         if how == "stop":
             assert str(busy.value) == (
-                f"the hive's registry ({path}) is held by pid {holder.pid} (hold.py hive.db stop), which is stopped: "
-                f"kill -CONT {holder.pid} lets it finish"
+                f"the hive's registry ({path}) is held by pid {holder.pid} (hold_a_write.py hive.db stop), which is "
+                f"stopped: kill -CONT {holder.pid} lets it finish"
             )
             began = time.monotonic()
             with pytest.raises(sqlite3.OperationalError, match="locked"):
@@ -145,7 +128,7 @@ def test_a_write_held_up_by_another_process_ends_in_a_line_naming_it_but_a_host_
             assert time.monotonic() - began >= 1.9  # it waited, in case the holder was let go on meanwhile
         else:
             assert str(busy.value) == (
-                f"the hive's registry ({path}) has been held by pid {holder.pid} (hold.py hive.db run) for 2 s"
+                f"the hive's registry ({path}) has been held by pid {holder.pid} (hold_a_write.py hive.db run) for 2 s"
             )
     finally:
         os.kill(holder.pid, signal.SIGKILL)
