@@ -147,6 +147,7 @@ _PROBE_EVERY = 4
 _MATCH_START = re.Match.start
 _PIECE_MAX = 16384  # the longest piece remembered
 _PIECES_LIMIT = 4096  # pieces remembered per screen, met once or worked out
+_RUN_MAX = 16  # pieces in a run applied whole (`StemScreen._runs`)
 _MET_ONCE = 0  # a piece's entry: met once
 _MET_TWICE = 2  # met twice: worked out the next time (most pieces of a program that scrolls its output recur once)
 _IMPURE = 1  # its entry: its effect depends on more than the screen's state (`_piece_effect`), or cannot be applied
@@ -513,6 +514,8 @@ class StemScreen(pyte.Screen):
         self._envs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # In other states than the first: (piece, state) and (piece, state, attributes, row, column) of its cursor.
         self._effects_elsewhere: dict[tuple[Any, ...], Effect | int] = {}
+        # Runs of pieces applied one after another: the run's text and its effect, by its first piece (`_keep_run`).
+        self._runs: dict[str, tuple[str, Effect]] = {}
         self._scratch: _Scratch | None = None
         # The last piece of the last read, cut by the read's end and scanned: its text, and the screen's state and
         # cursor before it (`_feed_pieces` applies it whole with the rest of it from the next read, if met before).
@@ -1575,8 +1578,10 @@ class StemScreen(pyte.Screen):
         cells it writes on each row, as one deferred paint per row, and the cursor and modes after it), rather than
         token by token; full-screen programs repaint the same pieces of their rows over and over. The rest (and the
         text before the first cut) is scanned token by token (`_scan`), the pieces between two applied ones in one
-        go. `cut`: the last read's last piece, cut by its end (`_cut_piece`); joined to the text before the first
-        cut, it is applied whole if met before."""
+        go. Pieces applied back to back are remembered as a run (`_keep_run`), and a run met again is applied whole
+        from one effect, which saves the loop's work per piece (tmux draws its border in pieces of a CUP and one
+        character). `cut`: the last read's last piece, cut by its end (`_cut_piece`); joined to the text before the
+        first cut, it is applied whole if met before."""
         n = len(text)
         if mo.DECAWM not in self.mode:
             # Textual turns autowrap off: its pieces recur in other states, and one applied between pieces scanned
@@ -1613,8 +1618,13 @@ class StemScreen(pyte.Screen):
         paints = self._paints
         cursor = self._cur
         held = bool(self._held)
+        runs = self._runs
         pending = pos  # where the text not handled yet starts
         applied = 0  # the length of the pieces applied
+        # The pieces applied one by one, back to back, up to `run_end` (their effects, where the first starts and
+        # ends): remembered as a run (`_keep_run`), applied whole where it comes back.
+        run: list[Effect] = []
+        run_at = run_first = run_end = -1
         start = cuts[0]
         if cut is not None and start > pos and not held:
             pending = self._apply_cut_piece(cut, text[pos:start])
@@ -1624,7 +1634,30 @@ class StemScreen(pyte.Screen):
                 start = end
                 continue
             piece = text[start:end]
-            entry = get(piece)
+            stop = end  # where the piece ends: past `end` for a run met again
+            if runs and not held:
+                met = runs.get(piece)
+                if met is not None and text.startswith(met[0], start):
+                    # A run met again: taken whole if its effect holds from here, else piece by piece (below).
+                    if start > pending:
+                        pending = self._scan(text, pending, start, batch)
+                        env = None
+                        paints, cursor, held = self._paints, self._cur, bool(self._held)
+                        if pending > start:  # a line batch or pyte's parser went on into this piece
+                            start = end
+                            continue
+                    if env is None:
+                        env = self._env()
+                    joined = met[1]
+                    if (
+                        not held
+                        and joined[3] is env
+                        and (joined[0] is cursor.attrs or joined[0] == cursor.attrs)
+                        and (joined[2] < 0 or (joined[2] == cursor.y and (joined[1] < 0 or joined[1] == cursor.x)))
+                    ):
+                        piece = met[0]
+                        stop = start + len(piece)
+            entry = get(piece) if stop == end else joined
             if entry is None:
                 if len(effects) >= _PIECES_LIMIT:
                     effects.clear()
@@ -1722,9 +1755,20 @@ class StemScreen(pyte.Screen):
             dirty.update(rows)
             if modes:
                 self._set_plain_modes(modes)
-            pending = end
-            applied += end - start
+            if stop == end:
+                if run_end == start and len(run) < _RUN_MAX:
+                    run.append(effect)
+                else:
+                    if len(run) > 1:
+                        _keep_run(runs, text, run_at, run_first, run_end, run)
+                    run = [effect]
+                    run_at, run_first = start, end
+                run_end = end
+            pending = stop
+            applied += stop - start
             start = end
+        if len(run) > 1:
+            _keep_run(runs, text, run_at, run_first, run_end, run)
         if pending < n:
             last = cuts[-2]
             if pending < last:
@@ -1801,6 +1845,7 @@ class StemScreen(pyte.Screen):
         """Forget every piece's effect (the screen's size or contents were made anew)."""
         self._piece_effects.clear()
         self._effects_elsewhere.clear()
+        self._runs.clear()
         self._cut_piece = None
 
     def _env_key(self) -> tuple[Any, ...]:
@@ -3113,6 +3158,39 @@ def _cuts(text: str, pos: int) -> list[int]:
         if len(cuts) < _MIN_CR_CUTS:
             return []
     return cuts
+
+
+def _keep_run(runs: dict[str, tuple[str, Effect]], text: str, at: int, first: int, end: int, run: list[Effect]) -> None:
+    """Remember `text[at:end]`, pieces applied one after another with the effects `run`, as the run that starts with
+    the piece `text[at:first]`, unless the run remembered for that piece is this one or one this one is the start of
+    (cut by the read's end). Its effect is theirs in one: the first's start, their paints (and steps) in order, the
+    last's cursor and state. Each piece started where the one before left the cursor and the screen's state, so from
+    the first's start they all do again."""
+    if end - at > _PIECE_MAX:
+        return
+    head = text[at:first]
+    known = runs.get(head)
+    if known is not None and text.startswith(known[0][: len(text) - at], at):
+        return
+    if len(runs) >= _PIECES_LIMIT:
+        runs.clear()
+    a, z = run[0], run[-1]
+    effect: Effect
+    rows = tuple(set(chain.from_iterable([e[8] for e in run])))
+    modes = tuple(chain.from_iterable([e[9] for e in run]))
+    if all(e[10] is None for e in run):
+        ops = tuple(chain.from_iterable([e[4] for e in run]))
+        effect = (a[0], a[1], a[2], a[3], ops, z[5], z[6], z[7], rows, modes, None, a[3], None, True)
+    else:
+        steps: list[Step] = []
+        for e in run:
+            if e[10]:
+                steps += e[10]
+            if e[4]:  # (a piece's paints are its last step where it has steps, else these)
+                steps.append((_STEP_PAINT, e[4]))
+        merged, anywhere = _merged_scrolls(steps)
+        effect = (a[0], a[1], a[2], a[3], (), z[5], z[6], z[7], rows, modes, tuple(steps), z[11], merged, anywhere)
+    runs[head] = (text[at:end], effect)
 
 
 def _merged_scrolls(steps: list[Step]) -> tuple[tuple[Step, ...] | None, bool]:

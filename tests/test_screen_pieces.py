@@ -11,7 +11,7 @@ import pytest
 from test_screen import COLS, ROWS, HistoryRef, RefStream, assert_same_screen, looked_at_between_reads, reference, stem
 
 from core import screen_cells
-from core.screen import _STEP_SCROLL, StemScreen
+from core.screen import _IMPURE, _STEP_SCROLL, StemScreen
 
 # What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
 # CR LF inside the screen and at its bottom, SU, ED and DECSTBM (steps of its effect: a scroll, an erase of the
@@ -351,6 +351,65 @@ def test_a_piece_cut_by_the_end_of_a_read_is_applied_whole_with_the_rest_of_it_f
         assert_same_screen(reference(fed, None), screen)
     assert "\x1b[5;3H\x1b[44mrow 5 is " in scanned  # the piece's start, as the read left it
     assert not any(part.startswith("drawn") for part in scanned), scanned  # its rest, applied
+
+
+def test_a_run_of_pieces_met_again_is_applied_whole_and_a_changed_piece_breaks_only_its_run() -> None:
+    """Pieces applied one after another (a program repainting its rows; tmux's border, a CUP and one character each)
+    are remembered as a run, and where the run comes back whole it is applied from one effect, not piece by piece:
+    here the pieces on their own are no longer worked out, and the repaint is still not scanned (but the last piece,
+    which a read's end may cut). A repaint with one row changed breaks only the run that row is in: its pieces are
+    handled one by one, the other runs are applied. The screen is pyte's."""
+    rows = [f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)]
+    frame = "".join(rows).encode()
+    changed = frame.replace(b"row 7\x1b", b"ROW 7\x1b")
+    screen = StemScreen(COLS, ROWS)
+    for _ in range(10):  # a new screen's pieces are applied from its sixth read, a run is worked out when met thrice
+        screen.feed(frame)
+    effects = screen._piece_effects
+    for piece in effects:
+        if piece.count(";3H") == 1:
+            effects[piece] = _IMPURE  # a piece alone: scanned from now on
+    scanned = _record_scans(screen)
+    screen.feed(frame)
+    assert not any(f"row {y}\x1b" in part for part in scanned for y in range(1, ROWS)), scanned
+    screen.feed(changed)
+    assert any("ROW 7" in part for part in scanned)
+    assert not any(f"row {y}\x1b" in part for part in scanned for y in range(20, ROWS)), scanned
+    assert_same_screen(reference(frame * 11 + changed, None), screen)
+
+
+@pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "\x1b[6;1H\x1b[3;20rregion set, then painted at the top",
+        "\x1b[6;1H\x1b[44m\x1b[J\x1b[m",  # an erase of the display
+        "\x1b[20;1H\r\nscrolled\r\n\x1b[s",  # a scroll and the cursor saved
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_runs_that_hold_steps_or_are_broken_by_them_leave_pyte_s_screen(odd: str, seed: int) -> None:
+    """A run of pieces is applied as its pieces would be, whatever they do besides painting: set the scroll region
+    (and paint after it, a piece whose effect is paints and no steps but another state after it), erase the display,
+    scroll, save the cursor. Repaints of such frames, in reads of random sizes (runs end where reads do, and are met
+    again across other reads, their starts elsewhere), leave pyte's screen, looked at every few reads."""
+    rows = [f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, 11)]
+    frame = "".join(rows[:5]) + odd + "".join(rows[5:8]) + "\x1b[9;1H\x1b[r" + "".join(rows[8:])
+    data = (frame * 60).encode()
+    rng = random.Random(seed)
+    screen = StemScreen(COLS, ROWS)
+    expected = reference(b"", None)
+    fed = RefStream(expected)
+    at = 0
+    while at < len(data):
+        chunk = data[at : at + rng.choice((rng.randrange(1, 200), rng.randrange(200, 3000)))]
+        at += len(chunk)
+        screen.feed(chunk)
+        fed.feed(chunk)
+        if rng.random() < 0.3:
+            assert_same_screen(expected, screen)
+    assert_same_screen(expected, screen)
+    assert any(text.count("status") >= 3 for text, _ in screen._runs.values())  # runs were met (and applied)
 
 
 @pytest.mark.usefixtures("pieces_at_once")
