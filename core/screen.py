@@ -1634,30 +1634,7 @@ class StemScreen(pyte.Screen):
                 start = end
                 continue
             piece = text[start:end]
-            stop = end  # where the piece ends: past `end` for a run met again
-            if runs and not held:
-                met = runs.get(piece)
-                if met is not None and text.startswith(met[0], start):
-                    # A run met again: taken whole if its effect holds from here, else piece by piece (below).
-                    if start > pending:
-                        pending = self._scan(text, pending, start, batch)
-                        env = None
-                        paints, cursor, held = self._paints, self._cur, bool(self._held)
-                        if pending > start:  # a line batch or pyte's parser went on into this piece
-                            start = end
-                            continue
-                    if env is None:
-                        env = self._env()
-                    joined = met[1]
-                    if (
-                        not held
-                        and joined[3] is env
-                        and (joined[0] is cursor.attrs or joined[0] == cursor.attrs)
-                        and (joined[2] < 0 or (joined[2] == cursor.y and (joined[1] < 0 or joined[1] == cursor.x)))
-                    ):
-                        piece = met[0]
-                        stop = start + len(piece)
-            entry = get(piece) if stop == end else joined
+            entry = get(piece)
             if entry is None:
                 if len(effects) >= _PIECES_LIMIT:
                     effects.clear()
@@ -1678,6 +1655,20 @@ class StemScreen(pyte.Screen):
                     continue
             if env is None:
                 env = self._env()
+            stop = end  # where the piece ends: past `end` for a run met again
+            if runs and not held:
+                met = runs.get(piece)
+                if met is not None and text.startswith(met[0], start):
+                    # A run met again: taken whole if its effect holds from here, else piece by piece (below).
+                    joined = met[1]
+                    if (
+                        joined[3] is env
+                        and (joined[0] is cursor.attrs or joined[0] == cursor.attrs)
+                        and (joined[2] < 0 or (joined[2] == cursor.y and (joined[1] < 0 or joined[1] == cursor.x)))
+                    ):
+                        piece = met[0]
+                        stop = start + len(piece)
+                        entry = joined
             if entry is _MET_TWICE:
                 entry = effects[piece] = self._piece_effect(piece, env)
                 if entry is _IMPURE or entry is _MET_TWICE:
