@@ -357,8 +357,8 @@ def test_a_run_of_pieces_met_again_is_applied_whole_and_a_changed_piece_breaks_o
     """Pieces applied one after another (a program repainting its rows; tmux's border, a CUP and one character each)
     are remembered as a run, and where the run comes back whole it is applied from one effect, not piece by piece:
     here the pieces inside runs are no longer worked out on their own, and the repaint is still not scanned (but the
-    last piece, which a read's end may cut). A repaint with one row changed breaks only the run that row is in: its pieces are
-    handled one by one, the other runs are applied. The screen is pyte's."""
+    last piece, which a read's end may cut). A repaint with one row changed breaks only the run that row is in: its
+    pieces are handled one by one, the other runs are applied. The screen is pyte's."""
     rows = [f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)]
     frame = "".join(rows).encode()
     changed = frame.replace(b"row 7\x1b", b"ROW 7\x1b")
