@@ -1658,17 +1658,15 @@ class StemScreen(pyte.Screen):
             stop = end  # where the piece ends: past `end` for a run met again
             if runs and not held:
                 met = runs.get(piece)
-                if met is not None and text.startswith(met[0], start):
-                    # A run met again: taken whole if its effect holds from here, else piece by piece (below).
-                    joined = met[1]
-                    if (
-                        joined[3] is env
-                        and (joined[0] is cursor.attrs or joined[0] == cursor.attrs)
-                        and (joined[2] < 0 or (joined[2] == cursor.y and (joined[1] < 0 or joined[1] == cursor.x)))
-                    ):
-                        piece = met[0]
-                        stop = start + len(piece)
-                        entry = joined
+                # A run met again: taken whole if its effect holds from here, else piece by piece (below).
+                if (
+                    met is not None
+                    and text.startswith(met[0], start)
+                    and _holds_from(met[1], env, cursor.attrs, cursor.x, cursor.y)
+                ):
+                    piece = met[0]
+                    stop = start + len(piece)
+                    entry = met[1]
             if entry is _MET_TWICE:
                 entry = effects[piece] = self._piece_effect(piece, env)
                 if entry is _IMPURE or entry is _MET_TWICE:
@@ -1814,10 +1812,8 @@ class StemScreen(pyte.Screen):
         effect = self._piece_effects.get(start + rest)
         if (
             type(effect) is not tuple
-            or effect[3] is not env
             or effect[10] is not None
-            or not (effect[0] is attrs or effect[0] == attrs)
-            or not (effect[2] < 0 or (effect[2] == y and (effect[1] < 0 or effect[1] == x)))
+            or not _holds_from(effect, env, attrs, x, y)
             or self._env() is not env
         ):
             return 0
@@ -3149,6 +3145,16 @@ def _cuts(text: str, pos: int) -> list[int]:
         if len(cuts) < _MIN_CR_CUTS:
             return []
     return cuts
+
+
+def _holds_from(effect: Effect, env: tuple[Any, ...], attrs: Char, x: int, y: int) -> bool:
+    """Whether `effect` (a piece's or a run's) is what its text does from the screen's state `env` and a cursor at
+    (`x`, `y`) with `attrs`. (The pieces loop checks this inline, once per piece.)"""
+    return (
+        effect[3] is env
+        and (effect[0] is attrs or effect[0] == attrs)
+        and (effect[2] < 0 or (effect[2] == y and (effect[1] < 0 or effect[1] == x)))
+    )
 
 
 def _keep_run(runs: dict[str, tuple[str, Effect]], text: str, at: int, first: int, end: int, run: list[Effect]) -> None:

@@ -388,7 +388,7 @@ def test_a_run_of_pieces_met_again_is_applied_whole_and_a_changed_piece_breaks_o
     ],
 )
 @pytest.mark.parametrize("seed", range(3))
-def test_runs_that_hold_steps_or_are_broken_by_them_leave_pyte_s_screen(odd: str, seed: int) -> None:
+def test_runs_that_hold_steps_leave_pyte_s_screen_in_reads_of_any_size(odd: str, seed: int) -> None:
     """A run of pieces is applied as its pieces would be, whatever they do besides painting: set the scroll region
     (and paint after it, a piece whose effect is paints and no steps but another state after it), erase the display,
     scroll, save the cursor. Repaints of such frames, in reads of random sizes (runs end where reads do, and are met
