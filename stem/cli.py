@@ -96,7 +96,18 @@ def main(argv: list[str] | None = None, *, warm: bool = True) -> int:
     try:
         return _main(argv, warm)
     except KeyboardInterrupt:
-        return 130
+        return interrupted()
+
+
+def interrupted() -> int:
+    """The exit status of a command Ctrl-C ended, once nothing more is to be printed on the way out: what the
+    interrupt left half made (an event loop it landed in the making of, a coroutine never started) would complain
+    from its finalizer as it is dropped, a traceback after the user's own ^C."""
+    import warnings
+
+    sys.unraisablehook = lambda _unraisable: None
+    warnings.simplefilter("ignore")
+    return 130
 
 
 def _main(argv: list[str] | None, warm: bool) -> int:
@@ -153,7 +164,7 @@ def _main(argv: list[str] | None, warm: bool) -> int:
         print(f"stem: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return interrupted()
     except BrokenPipeError:
         # The reader went away (`stem ls | head`): what it did not read is nobody's error. Later writes (the
         # interpreter's last flush) go nowhere instead of printing a traceback.
