@@ -1345,6 +1345,20 @@ class StemScreen(pyte.Screen):
             # would make exist (`_erased_keys`).
             line = buffer[y]
             entry = paints.get(y) if paints else None
+            if columns not in line:
+                # The erase is deferred as one more paint (`_ERASE_CELLS`), so that a row painted whole before anyone
+                # looks is never erased cell by cell, and a screen cleared again and again (Codex at every start) is
+                # erased once. A row without paints has it as its only one; an empty row has nothing to erase.
+                if entry is None:
+                    if line:
+                        paints[y] = (line, [(0, None, None, None, _ERASE_CELLS, attrs)], {})
+                    continue
+                if len(line) == columns:
+                    # A cell in every column, whatever its paints write (they write inside the row): all erased, so
+                    # the erase is all that is left of them.
+                    entry[1][:] = [(0, None, None, None, _ERASE_CELLS, attrs)]
+                    entry[2].clear()
+                    continue
             if entry is not None and len(entry[1]) <= _DEFERRED_ERASE_OPS and columns not in line:
                 # A row with a few deferred paints: its erase is one more (`_ERASE_CELLS`), which the row's next paint
                 # of all of it drops (less and top clear their screen, then repaint every row). (A cell past the last
@@ -2471,7 +2485,10 @@ class StemScreen(pyte.Screen):
                     row.update(parts)  # type: ignore[arg-type]
                     continue
                 if width == _ERASE_CELLS:
-                    row.update(dict.fromkeys(row, erase))  # type: ignore[arg-type]
+                    if len(row) == columns and columns not in row:  # a cell in every column: the cached fill
+                        row.update(fill(erase, 0, columns))  # type: ignore[arg-type]
+                    else:
+                        row.update(dict.fromkeys(row, erase))  # type: ignore[arg-type]
                     continue
                 drawn = moves.rows[parts]  # type: ignore[union-attr,index]  # a line and its node (no cast: hot)
                 row.update(drawn)

@@ -10,6 +10,7 @@ import pyte
 import pytest
 from test_screen import COLS, ROWS, HistoryRef, RefStream, assert_same_screen, looked_at_between_reads, reference, stem
 
+from core import screen as screen_mod
 from core import screen_cells
 from core.screen import _IMPURE, _STEP_SCROLL, StemScreen
 
@@ -300,6 +301,36 @@ def test_erase_in_display_deferred_with_a_row_s_paints_erases_the_cell_past_its_
     assert_same_screen(expected, actual)
     assert set(actual.buffer[4]) == set(expected.buffer[4])
     assert actual.buffer[4][COLS] == expected.buffer[4][COLS]
+
+
+def test_a_screen_cleared_again_and_again_before_anyone_looks_makes_no_row_and_leaves_pyte_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ED over rows that have a cell in every column (with many deferred paints, as Codex's frames leave, or with
+    none) and over empty rows is deferred: a program that clears its screen and draws a little, again and again before
+    anyone looks, makes no row and writes no cell per clear. What a reader then sees is pyte's, with pyte's cells in
+    every row: the rows' cells, the erase's colour, what was drawn after it; also where a row has the cell past its
+    last column that ICH writes, or only some of its cells."""
+    full = "".join(f"\x1b[{y};1H" + "x" * COLS for y in range(1, ROWS + 1))
+    pieces = "".join(f"\x1b[{y};{x}H\x1b[3{x % 8}mp{x}\x1b[m" for y in range(2, 12) for x in range(1, 100, 12))
+    odd = "\x1b[20;1H\x1b[3@\x1b[21;1H\x1b[2K\x1b[21;5Hsome\x1b[22;1H\x1b[2K"
+    frame = "\x1b[{colour}m\x1b[1;1H\x1b[J\x1b[m\x1b[{y};3Hframe {y}" + pieces
+    made: list[object] = []
+    monkeypatch.setattr(
+        screen_mod, "new_row", lambda default: made.append(default) or pyte.screens.StaticDefaultDict(default)
+    )
+    screen = StemScreen(COLS, ROWS)
+    screen.feed((full + odd + pieces).encode())
+    screen.take_dirty()
+    _ = screen.buffer[0]  # looked at: every paint written
+    made.clear()
+    frames = "".join(frame.format(colour=40 + k % 8, y=5 + k) for k in range(8))
+    screen.feed(frames.encode())
+    assert made == []
+    expected = reference((full + odd + pieces + frames).encode(), None)
+    assert_same_screen(expected, screen)
+    for y in range(ROWS):
+        assert set(screen.buffer[y]) == set(expected.buffer[y]), f"row {y} has other cells than pyte's"
 
 
 @pytest.mark.parametrize("read", [4096, 65536])
