@@ -1545,11 +1545,14 @@ class StemScreen(pyte.Screen):
             return
         # One scroll at a time moves row y + 1 to y, row by row (a missing row coming into being as it is read) and
         # drops the bottom one; `count` of them leave row y + count at y and new rows below, the bottom one missing.
+        # (The rows are made here, not by the buffer's default factory: a tmux pane scrolls its region all the time.)
+        default = self.default_char
+        get = buffer.get
         for y in range(top, bottom - count + 1):
-            buffer[y] = buffer[y + count]
+            row = get(y + count)
+            buffer[y] = new_row(default) if row is None else row
         for y in range(bottom - count + 1, bottom):
-            buffer.pop(y, None)
-            buffer[y]  # comes into being, as the next scroll's read of it makes it
+            buffer[y] = new_row(default)  # comes into being, as the next scroll's read of it makes it
         buffer.pop(bottom, None)
 
     def _create_rows(self, bottom: int) -> None:
