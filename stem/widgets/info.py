@@ -31,12 +31,15 @@ def _facts(name: str, rows: Iterable[tuple[str, str]], reason: str, width: int) 
     80-column terminal)."""
     parts = [Content.styled(name, "bold $primary"), Content("")]
     for label, value in rows:
-        parts.append(Content.assemble(Content.styled(f"{label:>11}  ", "$text-muted"), _hang(value, width)))
+        parts.append(Content.assemble(_label(label), _hang(value, width)))
     if reason:
-        parts.append(
-            Content.assemble(Content.styled(f"{'reason':>11}  ", "$text-muted"), (_hang(reason, width), "$error"))
-        )
+        parts.append(Content.assemble(_label("reason"), (_hang(reason, width), "$error")))
     return parts
+
+
+def _label(label: str) -> Content:
+    """A fact's label, right-aligned in the label column (`_LABEL`, the two spaces after it included)."""
+    return Content.styled(f"{label:>{_LABEL - 2}}  ", "$text-muted")
 
 
 def _hang(value: str, width: int) -> str:
