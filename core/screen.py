@@ -1528,11 +1528,17 @@ class StemScreen(pyte.Screen):
         would, row for row: what leaves the top of the screen is kept. Deferred paints move with their rows
         (`_move_paints`) rather than being written first."""
         if top == 0 and not self._alt_active:
-            if count > 1:  # each row kept as it was when it left (a row never written: as the scroll before made it)
-                for _ in range(count):
-                    self._scroll_up(top, bottom)
-                return
-            self._sb.append_row(self._row(0) if 0 in self._paints else self._rows.get(0))
+            # Each row kept as it was when it left, with its paints written: the top one (None if it was never
+            # made), then those the same scroll line by line would have moved to the top, each made by the scroll
+            # before if it was missing (all in one go: Claude Code scrolls its output by several lines at once).
+            rows, paints = self._rows, self._paints
+            append = self._sb.append_row
+            append(self._row(0) if 0 in paints else rows.get(0))
+            if count > 1:
+                default = self.default_char
+                for y in range(1, count):
+                    row = self._row(y) if y in paints else rows.get(y)
+                    append(new_row(default) if row is None else row)
         if self._paints:
             self._move_paints(top, bottom, -count)
         buffer = self._rows

@@ -1386,6 +1386,36 @@ def test_scrollback_cells_equal_history_screen(make: Any) -> None:
             assert screen.scrollback.line(i) == want, f"scrollback line {i}, chunk {size}"
 
 
+@pytest.mark.parametrize("size", [7, 4096, None])
+def test_a_scroll_of_several_rows_keeps_each_row_as_it_left(size: int | None) -> None:
+    """SU of several rows on the main screen (and at the top of a scroll region that starts at the top), as Claude
+    Code's output scrolls: each row that leaves is kept as it was then, with what was painted on it and not yet
+    written, and a row never written as a blank one. The scrollback is pyte's HistoryScreen's, line by line, and
+    the screen pyte's."""
+    frames = []
+    for k in range(6):
+        rows = "".join(
+            f"\x1b[{y};{3 * y % 40 + 1}H\x1b[3{(y + k) % 8}mrow {y} frame {k}\x1b[m" for y in range(1, 40, 3)
+        )
+        frames.append(rows + f"\x1b[{k + 2}S")
+    data = (
+        "".join(frames)
+        + "\x1b[1;1Hfirst\x1b[3;1Hthird\x1b[7S"  # rows 2, 4, 5, 6, 7 never written
+        + "\x1b[1;20r\x1b[1;1Hin a region\x1b[2;1Hat its top\x1b[3S\x1b[r"
+        + "\x1b[5;1Hfifth\x1b[4S\x1b[1;1Hagain\x1b[3S"
+        + "\x1b[40;1H"
+        + "line\r\n" * 3
+    ).encode()
+    history = HistoryRef(COLS, ROWS, history=100_000)
+    RefStream(history).feed(data)
+    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    assert len(screen.scrollback) == len(expected) > 40
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
 def pyte_display_row(cells: list[Char]) -> str | None:
     """pyte's own `display` of one row of cells; None where pyte cannot render it: an orphaned stub (it raises), a
     wide character whose stub was drawn over (it drops the cell after it, where Stem shows a blank and that cell)."""
