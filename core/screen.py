@@ -2663,7 +2663,7 @@ class StemScreen(pyte.Screen):
         checked = check or not (self._plain_flood and self._held and text.isascii())
         if checked:
             if not self._batch_allowed():  # first: inside a scroll region (a tmux pane) the match would be for nothing
-                return pos
+                return self._region_lines(text, pos)
             m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
             if m is None:
                 return pos
@@ -2815,6 +2815,66 @@ class StemScreen(pyte.Screen):
             self._hold(rows, None)
         self._cur.attrs = nodes[-1].attrs
         return end
+
+    def _region_lines(self, text: str, pos: int) -> int:
+        """Whole lines from `pos` on in a scroll region that is not the whole screen (a tmux pane, the output above a
+        progress line that apt keeps at the screen's bottom), each of them at most a row of narrow characters: each
+        line is painted (`_paint`) on the row it lands on, the rows down to the region's bottom first (tmux repaints
+        a pane from its top), then each on the row the region's scrolls leave it on, and the region is scrolled once
+        for as many lines as it is high, not once a line. Returns the new pos (`pos` if the lines are not such
+        lines, or the cursor is below the region)."""
+        margins = self.margins
+        cursor = self._cur
+        if margins is None or cursor.y > margins.bottom or cursor.x != 0 or self._held:
+            return pos
+        mode = self.mode
+        if not (
+            mo.DECAWM in mode
+            and mode.isdisjoint(_NO_BATCH_MODES)
+            and self.charset == 0
+            and self.g0_charset is cs.LAT1_MAP
+        ):
+            return pos
+        m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
+        if m is None:
+            return pos
+        end = m.end()
+        segment = text[pos : end - 2]
+        if "\x1b(" in segment or not (segment.isascii() or narrow_text(segment)):
+            return pos
+        lines = segment.split("\r\n")
+        columns = self.columns
+        if max(map(len, lines)) > columns:  # (a line of more characters may still fit, and goes on as it would)
+            return pos
+        top, bottom = margins.top, margins.bottom
+        height = bottom - top + 1
+        y = cursor.y
+        down = min(bottom - y, len(lines))  # the lines that land above the bottom row: no scroll
+        for i in range(down):
+            self._region_line(lines[i], y + i)
+        # Line j of a chunk of k is painted on the bottom row and then scrolled k - j rows up: the first one over
+        # what the bottom row shows, the others on rows the scroll made.
+        for at in range(down, len(lines), height):
+            chunk = lines[at : at + height]
+            count = len(chunk)
+            self._region_line(chunk[0], bottom)
+            self._scroll_up(top, bottom, count)
+            for j in range(1, count):
+                self._region_line(chunk[j], bottom - count + j)
+        cursor.x, cursor.y = 0, y + down if down == len(lines) else bottom
+        return end
+
+    def _region_line(self, line: str, y: int) -> None:
+        """A line of `_region_lines` (text and SGR, perhaps an EL at its end) painted from column 0 of row `y`."""
+        cursor = self._cur
+        cursor.x, cursor.y = 0, y
+        erase = line.endswith(_EL_TAILS)
+        if erase:
+            line = line[: line.rindex("\x1b[")]
+        if not self._paint(line, erase):
+            self._draw_run(line)
+            if erase:
+                self.erase_in_line(0)
 
     def _check_batch(self, text: str, pos: int) -> int:
         """`_try_batch` with the regex, for lines taken unchecked that a check found not simple."""

@@ -749,6 +749,102 @@ def _scrolls(seed: int) -> bytes:
     return b"".join(out)
 
 
+_REGION_LINES = [
+    "plain text of a pane",
+    "\x1b[32m-rwxr-xr-x\x1b[m  1 root root  43888 \x1b[1;34march\x1b[m",
+    "ends with an erase\x1b[K",
+    "ends with the other erase\x1b[0K",
+    "\x1b[44mblue to the end of the row\x1b[K\x1b[m",
+    "\x1b[7mleaves reverse on for the next line",
+    "",
+    "\x1b[m",
+    "x" * COLS,
+    "y" * (COLS - 1) + "\x1b[K",
+    "longer than the row, so it wraps " * 5,
+    "\x1b[33m" + "z" * COLS + "\x1b[m",
+    "wide 中文 characters",
+    "a designation\x1b(B inside",
+    "e\u0301 combining",
+]
+
+
+def _region_lines(seed: int, top_only: bool) -> bytes:
+    """Lines that scroll a region (a tmux pane, the output above apt's progress line) from its bottom row, and from
+    rows above it, among what changes how they land: regions anywhere (or only from the top row, `top_only`) and the
+    whole screen, the alternate screen, autowrap off, insert and origin mode, the cursor placed elsewhere."""
+    rnd = random.Random(seed)
+    out = [b"\x1b[1;1H"]
+    for _ in range(60):
+        pick = rnd.random()
+        if pick < 0.2:
+            top = 1 if top_only else rnd.randint(1, ROWS - 1)
+            bottom = rnd.randint(top, ROWS)
+            out.append(b"\x1b[%d;%dr" % (top, bottom) if rnd.random() < 0.9 else b"\x1b[r")
+            out.append(b"\x1b[%d;1H" % (bottom if rnd.random() < 0.8 else rnd.randint(1, ROWS)))
+        elif pick < 0.8:
+            lines = [
+                rnd.choice(_REGION_LINES) + (f" {rnd.randrange(1000)}" if rnd.random() < 0.5 else "")
+                for _ in range(rnd.randint(1, 40))
+            ]
+            lines = [line[:COLS] if len(line) > COLS and rnd.random() < 0.7 else line for line in lines]
+            out.append("".join(line + "\r\n" for line in lines).encode())
+        elif pick < 0.86:
+            if not top_only:  # (HistoryScreen keeps what scrolls in the alternate screen too)
+                out.append(rnd.choice((b"\x1b[?1049h", b"\x1b[?1049l")))
+        elif pick < 0.95:
+            out.append(rnd.choice((b"\x1b[?7l", b"\x1b[?7h", b"\x1b[4h", b"\x1b[4l", b"\x1b[?6h", b"\x1b[?6l")))
+        else:
+            out.append(b"\x1b[%d;%dH" % (rnd.randint(1, ROWS), rnd.randint(1, COLS)))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lines_that_scroll_a_region_from_its_bottom_equal_reference(seed: int) -> None:
+    """Lines at the bottom of a region are painted where its scrolls leave them and the region scrolled once for
+    many (`_region_lines`): in a chunk size that cuts sequences, characters and lines, they must leave pyte's screen
+    and, where the regions start at the top row of the main screen, what HistoryScreen keeps."""
+    top_only = seed % 2 == 0
+    data = _region_lines(seed, top_only)
+    size = (1, 7, 64, 4096, None)[seed % 5]
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    if top_only:
+        history = HistoryRef(COLS, ROWS, history=100_000)
+        RefStream(history).feed(data)
+        expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+        assert len(screen.scrollback) == len(expected) > 0
+        for i, want in enumerate(expected):
+            assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (39, [1] + [19] * 5 + [4]),  # the first line, read after the cursor was placed, goes as any line does
+        (21, [19] * 4 + [6]),  # from the pane's top (tmux repaints a pane so): 18 lines land without a scroll
+    ],
+)
+def test_lines_in_a_pane_scroll_it_once_for_as_many_lines_as_it_is_high(
+    monkeypatch: pytest.MonkeyPatch, row: int, expected: list[int]
+) -> None:
+    """`ls -l` in a tmux pane (rows 21-39 of the screen), from its bottom row or its top: 100 lines scroll the pane
+    in a few scrolls of its height, not 100 (a scroll a line cost seven times the lines of the whole screen), and
+    the pane shows the last of them as pyte does."""
+    data = b"\x1b[?1049h\x1b[21;39r\x1b[%d;1H" % row + b"".join(
+        b"\x1b[32m-rwxr-xr-x\x1b[m  1 root root  %5d file%d\x1b[K\r\n" % (i * 37, i) for i in range(100)
+    )
+    screen = StemScreen(COLS, ROWS)
+    scrolls: list[int] = []
+    scroll_up = screen._scroll_up
+    monkeypatch.setattr(
+        screen, "_scroll_up", lambda top, bottom, count=1: scrolls.append(count) or scroll_up(top, bottom, count)
+    )
+    screen.feed(data)
+    assert scrolls == expected
+    assert_same_screen(reference(data, None), screen)
+    assert screen.text()[37].startswith("-rwxr-xr-x  1 root root   3663 file99")
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_region_scrolls_of_several_rows_equal_reference(seed: int) -> None:
     data = _scrolls(seed)
