@@ -537,6 +537,7 @@ STREAMS = {
     "tabs": streams.tabs,
     "autowrap": streams.autowrap,
     "fullscreen-redraw": lambda: streams.fullscreen_redraw(12),
+    "pane-flood": lambda: streams.pane_flood(300),
     "styled-runs": streams.styled_runs,
     "vim": lambda: recorded("vim.bin"),
     "vim-in-session-vs-stock": _vim_in_session,

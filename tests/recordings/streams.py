@@ -181,6 +181,29 @@ def fullscreen_redraw(frames: int, seed: int = 2) -> bytes:
     return "".join(out).encode()
 
 
+def pane_flood(count: int, seed: int = 3) -> bytes:
+    """`ls -l --color` in a terminal split in two as tmux splits it: a scroll region of the screen's lower half
+    (rows 21-39, the status line below it), the lines written from its bottom row, each ended with EL (tmux clears
+    a pane's row so), scrolling the region and not the screen; the region reset at the end."""
+    rng = random.Random(seed)
+    kinds = [
+        ("-rw-r--r--", ""),
+        ("-rwxr-xr-x", CSI + "1;32m"),
+        ("drwxr-xr-x", CSI + "1;34m"),
+        ("lrwxrwxrwx", CSI + "1;36m"),
+    ]
+    out = [CSI + "21;39r" + CSI + "39;1H"]
+    for i in range(count):
+        mode, colour = kinds[rng.randrange(len(kinds))]
+        name = f"{rng.choice(_WORDS)}_{i}.{rng.choice(('py', 'txt', 'json', 'so'))}"
+        shown = f"{colour}{name}{CSI}0m" if colour else name
+        out.append(
+            f"{mode}  1 root root {rng.randrange(1 << 20):8d} Nov {i % 28 + 1:2d} 12:{i % 60:02d} {shown}{CSI}K\r\n"
+        )
+    out.append(CSI + "r")
+    return "".join(out).encode()
+
+
 def cursor_movement() -> bytes:
     """Cursor addressing and editing: CUP/HVP, CUU/CUD/CUF/CUB/CNL/CPL/CHA/VPA/HPR/VPR (including zero
     and out-of-range counts), ED/EL in all forms with coloured backgrounds (pyte erases only cells that
