@@ -495,6 +495,20 @@ def stem(data: bytes, size: int | None, **kwargs: Any) -> StemScreen:
     return screen
 
 
+def history_rows(data: bytes, history: int = 100_000) -> list[list[Char]]:
+    """The rows pyte's HistoryScreen (with `XtermExtras`) keeps of `data`, oldest first, each as its cells."""
+    screen = HistoryRef(COLS, ROWS, history=history)
+    RefStream(screen).feed(data)
+    return [[row[x] for x in range(COLS)] for row in screen.history.top]
+
+
+def assert_scrollback(screen: StemScreen, expected: list[list[Char]], where: str = "") -> None:
+    """`screen`'s scrollback holds the rows `expected` (`history_rows`), line by line."""
+    assert len(screen.scrollback) == len(expected)
+    for i, want in enumerate(expected):
+        assert screen.scrollback.line(i) == want, f"scrollback line {i}{where}"
+
+
 def row_cells(screen: pyte.Screen, y: int) -> list[Char]:
     row = screen.buffer[y]
     return [row[x] for x in range(screen.columns)]
@@ -810,12 +824,9 @@ def test_lines_that_scroll_a_region_from_its_bottom_equal_reference(seed: int) -
     screen = stem(data, size)
     assert_same_screen(reference(data, size), screen)
     if top_only:
-        history = HistoryRef(COLS, ROWS, history=100_000)
-        RefStream(history).feed(data)
-        expected = [[row[x] for x in range(COLS)] for row in history.history.top]
-        assert len(screen.scrollback) == len(expected) > 0
-        for i, want in enumerate(expected):
-            assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+        expected = history_rows(data)
+        assert len(expected) > 0
+        assert_scrollback(screen, expected)
 
 
 @pytest.mark.parametrize(
@@ -884,13 +895,10 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
     data = streams.reset_lines(seed)
     size = (1, 7, 64, 4096, None)[seed % 5]
     assert_same_screen(reference(data, size), stem(data, size))
-    history = HistoryRef(COLS, ROWS, history=100_000)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data)
     screen = stem(data, size)
-    assert len(screen.scrollback) == len(expected) > 0
-    for i, want in enumerate(expected):
-        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+    assert len(expected) > 0
+    assert_scrollback(screen, expected)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -901,14 +909,11 @@ def test_flood_lines_with_controls_equal_history_screen(seed: int) -> None:
     screen_cells.clear_caches()
     data = streams.flood_with_controls(seed, colour=seed % 3 != 0)
     size = (64, 257, 1000, 4096, 4096, 9000)[seed]
-    history = HistoryRef(COLS, ROWS, history=100_000)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data)
     screen = stem(data, size)
     assert_same_screen(reference(data, size), screen)
-    assert len(screen.scrollback) == len(expected) > 1000
-    for i, want in enumerate(expected):
-        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+    assert len(expected) > 1000
+    assert_scrollback(screen, expected)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -920,14 +925,11 @@ def test_wrapped_lines_scrolled_away_in_a_batch_equal_history_screen(seed: int) 
     screen_cells.clear_caches()
     data = streams.wrapping_flood(seed)
     size = (7, 64, 4096, None)[seed % 4]
-    history = HistoryRef(COLS, ROWS, history=300)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data, history=300)
     screen = stem(data, size, scrollback=300)
     assert_same_screen(reference(data, size), screen)
-    assert len(screen.scrollback) == len(expected) == 300
-    for i, want in enumerate(expected):
-        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+    assert len(expected) == 300
+    assert_scrollback(screen, expected)
 
 
 def test_styled_runs_with_caches_forgotten_mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1345,14 +1347,11 @@ def test_pending_paints_moved_by_scrolls_and_drawn_over_equal_reference(seed: in
     assert_same_screen(reference(data, size), stem(data, size))
     assert_same_screen(reference(data, 256), looked_at_between_reads(data, 256))
     data = _painted_then_moved(seed, regions=False)
-    history = HistoryRef(COLS, ROWS, history=100_000)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data)
     screen = stem(data, size)
     assert_same_screen(reference(data, size), screen)
-    assert len(screen.scrollback) == len(expected) > 20
-    for i, want in enumerate(expected):
-        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+    assert len(expected) > 20
+    assert_scrollback(screen, expected)
 
 
 def _paged_back(seed: int) -> bytes:
@@ -1473,14 +1472,11 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:
     """Lines kept in compact form and rows kept as cells both materialise to what pyte's HistoryScreen kept."""
     data = make()
-    history = HistoryRef(COLS, ROWS, history=100_000)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data)
     for size in (7, 4096, None):
         screen = stem(data, size)
-        assert len(screen.scrollback) == len(expected) > 0
-        for i, want in enumerate(expected):
-            assert screen.scrollback.line(i) == want, f"scrollback line {i}, chunk {size}"
+        assert len(expected) > 0
+        assert_scrollback(screen, expected, f", chunk {size}")
 
 
 @pytest.mark.parametrize("size", [7, 4096, None])
@@ -1503,14 +1499,11 @@ def test_a_scroll_of_several_rows_keeps_each_row_as_it_left(size: int | None) ->
         + "\x1b[40;1H"
         + "line\r\n" * 3
     ).encode()
-    history = HistoryRef(COLS, ROWS, history=100_000)
-    RefStream(history).feed(data)
-    expected = [[row[x] for x in range(COLS)] for row in history.history.top]
+    expected = history_rows(data)
     screen = stem(data, size)
     assert_same_screen(reference(data, size), screen)
-    assert len(screen.scrollback) == len(expected) > 40
-    for i, want in enumerate(expected):
-        assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+    assert len(expected) > 40
+    assert_scrollback(screen, expected)
 
 
 def pyte_display_row(cells: list[Char]) -> str | None:

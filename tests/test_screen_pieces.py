@@ -8,7 +8,17 @@ import random
 
 import pyte
 import pytest
-from test_screen import COLS, ROWS, HistoryRef, RefStream, assert_same_screen, looked_at_between_reads, reference, stem
+from test_screen import (
+    COLS,
+    ROWS,
+    RefStream,
+    assert_same_screen,
+    assert_scrollback,
+    history_rows,
+    looked_at_between_reads,
+    reference,
+    stem,
+)
 
 from core import screen as screen_mod
 from core import screen_cells
@@ -480,9 +490,6 @@ def test_lines_a_pager_feeds_at_the_bottom_scroll_once_per_piece(
     assert (_STEP_SCROLL, top, bottom - 1, min(lines, bottom - top)) in effect[12]
     assert effect[13] == anywhere
     if not setup:
-        history = HistoryRef(COLS, ROWS, history=100_000)
-        RefStream(history).feed(data)
-        expected = [[row[x] for x in range(COLS)] for row in history.history.top]
-        assert len(screen.scrollback) == len(expected) > 250
-        for i, want in enumerate(expected):
-            assert screen.scrollback.line(i) == want, f"scrollback line {i}"
+        expected = history_rows(data)
+        assert len(expected) > 250
+        assert_scrollback(screen, expected)
