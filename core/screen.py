@@ -1347,35 +1347,31 @@ class StemScreen(pyte.Screen):
             entry = paints.get(y) if paints else None
             if columns not in line:
                 # The erase is deferred as one more paint (`_ERASE_CELLS`), so that a row painted whole before anyone
-                # looks is never erased cell by cell, and a screen cleared again and again (Codex at every start) is
-                # erased once. A row without paints has it as its only one; an empty row has nothing to erase.
+                # looks is never erased cell by cell (less and top clear their screen, then repaint every row), and a
+                # screen cleared again and again (Codex at every start) is erased once:
+                # - on a row without paints, as its only one (an empty row has nothing to erase);
+                # - on a row with a cell in every column, as all that is left of its paints (they write inside the
+                #   row, so the erase writes every cell whatever they wrote: Codex's rows, made whole by the erase
+                #   before);
+                # - on a row with a few paints, after them. (A row with more, which pieces of rows keep adding to, is
+                #   erased now: writing its paints when they are too many costs more.)
+                # A row with a cell past the last column, which only ICH writes, is erased now: a later paint of the
+                # whole row would not write that cell.
+                erase = (0, None, None, None, _ERASE_CELLS, attrs)
                 if entry is None:
                     if line:
-                        paints[y] = (line, [(0, None, None, None, _ERASE_CELLS, attrs)], {})
+                        paints[y] = (line, [erase], {})
                     continue
                 if len(line) == columns:
-                    # A cell in every column, whatever its paints write (they write inside the row): all erased, so
-                    # the erase is all that is left of them.
-                    entry[1][:] = [(0, None, None, None, _ERASE_CELLS, attrs)]
+                    entry[1][:] = [erase]
                     entry[2].clear()
                     continue
-            if entry is not None and len(entry[1]) <= _DEFERRED_ERASE_OPS and columns not in line:
-                # A row with a few deferred paints: its erase is one more (`_ERASE_CELLS`), which the row's next paint
-                # of all of it drops (less and top clear their screen, then repaint every row). (A cell past the last
-                # column, which only ICH writes, would not be written by that paint: such a row is erased now. A row
-                # with more paints, which pieces of rows keep adding to (Codex), is erased now too: writing its paints
-                # when they are too many costs more.)
-                entry[1].append((0, None, None, None, _ERASE_CELLS, attrs))
-                continue
+                if len(entry[1]) <= _DEFERRED_ERASE_OPS:
+                    entry[1].append(erase)
+                    continue
             if entry is not None:
                 del paints[y]
-            # A row with a cell in every column already has them all whatever its paints write (Codex's rows,
-            # made whole by the erase before).
-            keys = (
-                line
-                if entry is None or (len(line) == columns and columns not in line)
-                else self._erased_keys(line, entry[1])
-            )
+            keys = line if entry is None else self._erased_keys(line, entry[1])
             count = len(keys)
             if count == columns and columns not in keys:
                 cells = whole
@@ -2346,6 +2342,11 @@ class StemScreen(pyte.Screen):
             self.mode.isdisjoint(_NO_BATCH_MODES) and self.charset == 0 and self.g0_charset is cs.LAT1_MAP
         ):
             return False
+        return self._paint_run(run, erase)
+
+    def _paint_run(self, run: str, erase: bool) -> bool:
+        """`_paint` where what it checks first is known to hold: no lines held, no mode or charset that applies,
+        no designation in `run` (the lines of `_region_lines`)."""
         cursor = self._cur
         attrs = cursor.attrs
         node = self._chars
@@ -2871,7 +2872,7 @@ class StemScreen(pyte.Screen):
         erase = line.endswith(_EL_TAILS)
         if erase:
             line = line[: line.rindex("\x1b[")]
-        if not self._paint(line, erase):
+        if not self._paint_run(line, erase):
             self._draw_run(line)
             if erase:
                 self.erase_in_line(0)
