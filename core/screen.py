@@ -2345,8 +2345,8 @@ class StemScreen(pyte.Screen):
         return self._paint_run(run, erase)
 
     def _paint_run(self, run: str, erase: bool) -> bool:
-        """`_paint` where what it checks first is known to hold: no lines held, no mode or charset that applies,
-        no designation in `run` (the lines of `_region_lines`)."""
+        """`_paint` where what it checks first is known to hold (`_plain_paints`, and no designation in `run`: the
+        lines of `_region_lines`)."""
         cursor = self._cur
         attrs = cursor.attrs
         node = self._chars
@@ -2820,20 +2820,18 @@ class StemScreen(pyte.Screen):
     def _region_lines(self, text: str, pos: int) -> int:
         """Whole lines from `pos` on in a scroll region that is not the whole screen (a tmux pane, the output above a
         progress line that apt keeps at the screen's bottom), each of them at most a row of narrow characters: each
-        line is painted (`_paint`) on the row it lands on, the rows down to the region's bottom first (tmux repaints
+        line is painted (`_paint_run`) on the row it lands on, the rows down to the region's bottom first (tmux repaints
         a pane from its top), then each on the row the region's scrolls leave it on, and the region is scrolled once
         for as many lines as it is high, not once a line. Returns the new pos (`pos` if the lines are not such
         lines, or the cursor is below the region)."""
         margins = self.margins
         cursor = self._cur
-        if margins is None or cursor.y > margins.bottom or cursor.x != 0 or self._held:
-            return pos
-        mode = self.mode
-        if not (
-            mo.DECAWM in mode
-            and mode.isdisjoint(_NO_BATCH_MODES)
-            and self.charset == 0
-            and self.g0_charset is cs.LAT1_MAP
+        if (
+            margins is None
+            or cursor.y > margins.bottom
+            or cursor.x != 0
+            or mo.DECAWM not in self.mode
+            or not self._plain_paints()
         ):
             return pos
         m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
