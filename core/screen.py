@@ -2822,8 +2822,9 @@ class StemScreen(pyte.Screen):
         progress line that apt keeps at the screen's bottom), each of them at most a row of narrow characters: each
         line is painted (`_paint_run`) on the row it lands on, the rows down to the region's bottom first (tmux repaints
         a pane from its top), then each on the row the region's scrolls leave it on, and the region is scrolled once
-        for as many lines as it is high, not once a line. Returns the new pos (`pos` if the lines are not such
-        lines, or the cursor is below the region)."""
+        for as many lines as it is high, not once a line; below the main screen's top row (whose lines go to the
+        scrollback), lines that would scroll out of the region are not painted, and it is scrolled once. Returns the
+        new pos (`pos` if the first line is not such a line, or the cursor is below the region)."""
         margins = self.margins
         cursor = self._cur
         if (
@@ -2839,16 +2840,36 @@ class StemScreen(pyte.Screen):
             return pos
         end = m.end()
         segment = text[pos : end - 2]
-        if "\x1b(" in segment or not (segment.isascii() or narrow_text(segment)):
-            return pos
         lines = segment.split("\r\n")
         columns = self.columns
-        if max(map(len, lines)) > columns:  # (a line of more characters may still fit, and goes on as it would)
-            return pos
+        if "\x1b(" in segment or not (segment.isascii() or narrow_text(segment)) or max(map(len, lines)) > columns:
+            # Only the lines before the first that is not such a line (a line of more characters than the row may
+            # still fit, and goes on as it would): the rest is looked at again after it, which would cost a match of
+            # the whole rest per line if they were all refused for it.
+            k = next((i for i, line in enumerate(lines) if not self._region_line_fits(line)), len(lines))
+            if k == 0:
+                return pos
+            lines = lines[:k]
+            end = pos + sum(map(len, lines)) + 2 * k
         top, bottom = margins.top, margins.bottom
         height = bottom - top + 1
         y = cursor.y
-        down = min(bottom - y, len(lines))  # the lines that land above the bottom row: no scroll
+        count = len(lines)
+        down = min(bottom - y, count)  # the lines that land above the bottom row: no scroll
+        if down < count and (top > 0 or self._alt_active):
+            # What scrolls out of such a region is gone (only the main screen's top row goes to the scrollback): line i
+            # ends on row bottom - (count - i), and those that end above the region are never painted, only their SGR
+            # sequences followed for the attributes the next line starts with. The region is scrolled once.
+            gone = count - height + 1
+            if gone > 0:
+                self._follow_sgr("".join(lines[:gone]))
+            for i in range(max(gone, 0), down + 1):
+                self._region_line(lines[i], y + i)  # (line `down` over what the bottom row shows)
+            self._scroll_up(top, bottom, min(count - down, height))
+            for i in range(max(gone, down + 1), count):
+                self._region_line(lines[i], bottom - count + i)
+            cursor.x, cursor.y = 0, bottom
+            return end
         for i in range(down):
             self._region_line(lines[i], y + i)
         # Line j of a chunk of k is painted on the bottom row and then scrolled k - j rows up: the first one over
@@ -2862,6 +2883,23 @@ class StemScreen(pyte.Screen):
                 self._region_line(chunk[j], bottom - count + j)
         cursor.x, cursor.y = 0, y + down if down == len(lines) else bottom
         return end
+
+    def _region_line_fits(self, line: str) -> bool:
+        """Whether `line` may be one of `_region_lines`: narrow characters that fit on a row, no designation."""
+        return len(line) <= self.columns and "\x1b(" not in line and (line.isascii() or narrow_text(line))
+
+    def _follow_sgr(self, text: str) -> None:
+        """The cursor takes the attributes that `text`'s SGR sequences (its only sequences, but for EL) leave,
+        followed from the last reset in it."""
+        reset = max(text.rfind(_RESETS[0]), text.rfind(_RESETS[1]))
+        if reset < 0 and "\x1b[" not in text:
+            return
+        node = self._chars
+        if node.attrs is not self._cur.attrs:
+            node = chars_for(self._cur.attrs)
+        node = reduce(LOOKUP, _SGR_SEQ.findall(text, max(reset, 0)), node.moves).chars
+        self._cur.attrs = node.attrs
+        self._chars = node
 
     def _region_line(self, line: str, y: int) -> None:
         """A line of `_region_lines` (text and SGR, perhaps an EL at its end) painted from column 0 of row `y`."""

@@ -771,6 +771,8 @@ _REGION_LINES = [
     "ends with the other erase\x1b[0K",
     "\x1b[44mblue to the end of the row\x1b[K\x1b[m",
     "\x1b[7mleaves reverse on for the next line",
+    "\x1b[1;41mleaves bold on a red background\x1b[K",
+    "\x1b[m\x1b[4munderlined \x1b[38;5;208morange\x1b[24m and on",
     "",
     "\x1b[m",
     "x" * COLS,
@@ -783,23 +785,24 @@ _REGION_LINES = [
 ]
 
 
-def _region_lines(seed: int, top_only: bool) -> bytes:
+def _region_lines(seed: int, top_only: bool, flood: bool = False) -> bytes:
     """Lines that scroll a region (a tmux pane, the output above apt's progress line) from its bottom row, and from
-    rows above it, among what changes how they land: regions anywhere (or only from the top row, `top_only`) and the
-    whole screen, the alternate screen, autowrap off, insert and origin mode, the cursor placed elsewhere."""
+    rows above it, among what changes how they land: regions anywhere (or only from the top row, `top_only`; or, for
+    a `flood` of more lines than a region is high, never from it) and the whole screen, the alternate screen, autowrap
+    off, insert and origin mode, the cursor placed elsewhere."""
     rnd = random.Random(seed)
     out = [b"\x1b[1;1H"]
     for _ in range(60):
         pick = rnd.random()
         if pick < 0.2:
-            top = 1 if top_only else rnd.randint(1, ROWS - 1)
+            top = 1 if top_only else rnd.randint(2 if flood else 1, ROWS - 1)
             bottom = rnd.randint(top, ROWS)
             out.append(b"\x1b[%d;%dr" % (top, bottom) if rnd.random() < 0.9 else b"\x1b[r")
             out.append(b"\x1b[%d;1H" % (bottom if rnd.random() < 0.8 else rnd.randint(1, ROWS)))
         elif pick < 0.8:
             lines = [
                 rnd.choice(_REGION_LINES) + (f" {rnd.randrange(1000)}" if rnd.random() < 0.5 else "")
-                for _ in range(rnd.randint(1, 40))
+                for _ in range(rnd.randint(10, 150) if flood else rnd.randint(1, 40))
             ]
             lines = [line[:COLS] if len(line) > COLS and rnd.random() < 0.7 else line for line in lines]
             out.append("".join(line + "\r\n" for line in lines).encode())
@@ -807,7 +810,8 @@ def _region_lines(seed: int, top_only: bool) -> bytes:
             if not top_only:  # (HistoryScreen keeps what scrolls in the alternate screen too)
                 out.append(rnd.choice((b"\x1b[?1049h", b"\x1b[?1049l")))
         elif pick < 0.95:
-            out.append(rnd.choice((b"\x1b[?7l", b"\x1b[?7h", b"\x1b[4h", b"\x1b[4l", b"\x1b[?6h", b"\x1b[?6l")))
+            on, off = (b"\x1b[?7l", b"\x1b[4h", b"\x1b[?6h"), (b"\x1b[?7h", b"\x1b[4l", b"\x1b[?6l")
+            out.append(rnd.choice(on + off * (3 if flood else 1)))  # (a flood mostly in the usual modes)
         else:
             out.append(b"\x1b[%d;%dH" % (rnd.randint(1, ROWS), rnd.randint(1, COLS)))
     return b"".join(out)
@@ -829,22 +833,11 @@ def test_lines_that_scroll_a_region_from_its_bottom_equal_reference(seed: int) -
         assert_scrollback(screen, expected)
 
 
-@pytest.mark.parametrize(
-    ("row", "expected"),
-    [
-        (39, [1] + [19] * 5 + [4]),  # the first line, read after the cursor was placed, goes as any line does
-        (21, [19] * 4 + [6]),  # from the pane's top (tmux repaints a pane so): 18 lines land without a scroll
-    ],
-)
-def test_lines_in_a_pane_scroll_it_once_for_as_many_lines_as_it_is_high(
-    monkeypatch: pytest.MonkeyPatch, row: int, expected: list[int]
-) -> None:
-    """`ls -l` in a tmux pane (rows 21-39 of the screen), from its bottom row or its top: 100 lines scroll the pane
-    in a few scrolls of its height, not 100 (a scroll a line cost seven times the lines of the whole screen), and
-    the pane shows the last of them as pyte does."""
-    data = b"\x1b[?1049h\x1b[21;39r\x1b[%d;1H" % row + b"".join(
-        b"\x1b[32m-rwxr-xr-x\x1b[m  1 root root  %5d file%d\x1b[K\r\n" % (i * 37, i) for i in range(100)
-    )
+def test_a_line_that_a_pane_s_batch_cannot_take_ends_the_batch_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line of wide characters (or one longer than a row) goes on its own; the pane's lines before and after it are
+    still taken each in one batch (were they all refused for it, each would be a scroll and a match of the rest)."""
+    ls = [b"\x1b[1;34mdir%d\x1b[m\x1b[K\r\n" % i for i in range(120)]
+    data = b"\x1b[21;39r\x1b[39;1H" + b"".join(ls[:60]) + "wide 中文\r\n".encode() + b"".join(ls[60:])
     screen = StemScreen(COLS, ROWS)
     scrolls: list[int] = []
     scroll_up = screen._scroll_up
@@ -852,7 +845,50 @@ def test_lines_in_a_pane_scroll_it_once_for_as_many_lines_as_it_is_high(
         screen, "_scroll_up", lambda top, bottom, count=1: scrolls.append(count) or scroll_up(top, bottom, count)
     )
     screen.feed(data)
+    assert scrolls == [1, 19, 1, 19]  # (the first line, read with the cursor placement, goes as any line does)
+    assert_same_screen(reference(data, None), screen)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lines_that_scroll_out_of_a_pane_unseen_leave_pyte_s_screen(seed: int) -> None:
+    """More lines than a region below the top row is high (a tmux pane's flood): those that scroll out of it in the
+    same read are never painted, but the attributes they leave on are carried on to the lines after them. In read
+    sizes that hold many lines, the screen must be pyte's."""
+    data = _region_lines(seed, top_only=False, flood=True)
+    size = (256, 4096, 65536, None)[seed % 4]
+    assert_same_screen(reference(data, size), stem(data, size))
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (39, [1, 19]),  # the first line, read after the cursor was placed, goes as any line does
+        (21, [19]),  # from the pane's top (tmux repaints a pane so): 18 lines land without a scroll
+    ],
+)
+def test_lines_in_a_pane_scroll_it_once_and_only_those_left_in_it_are_painted(
+    monkeypatch: pytest.MonkeyPatch, row: int, expected: list[int]
+) -> None:
+    """`ls -l` in a tmux pane (rows 21-39 of the screen), from its bottom row or its top: 100 lines scroll the pane
+    once, not 100 times (a scroll a line cost seven times the lines of the whole screen), the 81 lines that scroll out
+    of it are never painted (what leaves a region below the top row is gone), and the pane shows the last of them as
+    pyte does, in the colours the lines carry on to each other."""
+    data = b"\x1b[?1049h\x1b[21;39r\x1b[%d;1H" % row + b"".join(
+        b"\x1b[32m-rwxr-xr-x\x1b[m  1 root root  %5d file%d\x1b[%dm\x1b[K\r\n" % (i * 37, i, 41 + i % 5)
+        for i in range(100)
+    )
+    screen = StemScreen(COLS, ROWS)
+    scrolls: list[int] = []
+    scroll_up = screen._scroll_up
+    monkeypatch.setattr(
+        screen, "_scroll_up", lambda top, bottom, count=1: scrolls.append(count) or scroll_up(top, bottom, count)
+    )
+    painted: list[int] = []
+    region_line = screen._region_line
+    monkeypatch.setattr(screen, "_region_line", lambda line, y: painted.append(y) or region_line(line, y))
+    screen.feed(data)
     assert scrolls == expected
+    assert len(painted) == 18  # the batch's last 18 lines (the first line was not in it)
     assert_same_screen(reference(data, None), screen)
     assert screen.text()[37].startswith("-rwxr-xr-x  1 root root   3663 file99")
 
