@@ -96,6 +96,7 @@ from core.screen_cells import (
     narrow_text,
     new_row,
     parse_params,
+    row_kind,
     row_text,
     run_cells,
     seen_twice,
@@ -1474,7 +1475,7 @@ class StemScreen(pyte.Screen):
         dirty.clear()
 
     def _new_buffer(self) -> dict[int, Row]:
-        return defaultdict(lambda: new_row(self.default_char))
+        return defaultdict(lambda: row_kind(self.default_char)())
 
     def _enter_alternate(self, mode: int) -> None:
         if self._alt_active:
@@ -1531,10 +1532,10 @@ class StemScreen(pyte.Screen):
             append = self._sb.append_row
             append(self._row(0) if 0 in paints else rows.get(0))
             if count > 1:
-                default = self.default_char
+                make = row_kind(self.default_char)
                 for y in range(1, count):
                     row = self._row(y) if y in paints else rows.get(y)
-                    append(new_row(default) if row is None else row)
+                    append(make() if row is None else row)
         if self._paints:
             self._move_paints(top, bottom, -count)
         buffer = self._rows
@@ -1548,13 +1549,13 @@ class StemScreen(pyte.Screen):
         # One scroll at a time moves row y + 1 to y, row by row (a missing row coming into being as it is read) and
         # drops the bottom one; `count` of them leave row y + count at y and new rows below, the bottom one missing.
         # (The rows are made here, not by the buffer's default factory: a tmux pane scrolls its region all the time.)
-        default = self.default_char
+        make = row_kind(self.default_char)
         get = buffer.get
         for y in range(top, bottom - count + 1):
             row = get(y + count)
-            buffer[y] = new_row(default) if row is None else row
+            buffer[y] = make() if row is None else row
         for y in range(bottom - count + 1, bottom):
-            buffer[y] = new_row(default)  # comes into being, as the next scroll's read of it makes it
+            buffer[y] = make()  # comes into being, as the next scroll's read of it makes it
         buffer.pop(bottom, None)
 
     def _create_rows(self, bottom: int) -> None:
@@ -1562,9 +1563,10 @@ class StemScreen(pyte.Screen):
         the row is created (reversed under DECSCNM), so rows must come into being when pyte's would."""
         buffer = self._rows  # a row with deferred paints exists already
         if len(buffer) < bottom:
+            make = row_kind(self.default_char)
             for y in range(bottom):
                 if y not in buffer:
-                    buffer[y] = new_row(self.default_char)
+                    buffer[y] = make()
 
     def _node(self) -> CharCache:
         """The shared cells (and their SGR moves, texts and runs) of the cursor's attributes."""
@@ -2252,8 +2254,9 @@ class StemScreen(pyte.Screen):
         rows = self._rows
         for y in range(bottom, count - 1, -1):
             rows[y] = rows[y - count]
+        make = row_kind(self.default_char)
         for y in range(1, count):
-            rows[y] = new_row(self.default_char)  # as pyte's lookup makes it
+            rows[y] = make()  # as pyte's lookup makes it
         rows.pop(0, None)
         self.dirty.update(range(self.lines))
         cursor = self._cur
@@ -3177,9 +3180,9 @@ class StemScreen(pyte.Screen):
         moved = {v - scrolls: row for v, row in buffer.items() if scrolls <= v <= bottom}
         # The rows the batch's last lines come onto (all but the bottom one, where the cursor ends) are new.
         first = max(0, bottom + 1 - scrolls)
-        default = self.default_char
+        make = row_kind(self.default_char)
         for r in range(first, bottom):
-            moved[r] = new_row(default)
+            moved[r] = make()
         buffer.clear()
         buffer.update(moved)
         paint(y - scrolls, first + scrolls - y, n)

@@ -63,9 +63,32 @@ def blank_of(attrs: Char, reversed_screen: bool) -> Char:
 SGR_SPLIT = re.compile(r"\x1b\[([0-9;]*)m")
 
 Row = StaticDefaultDict[int, Char]
-# A new row showing `default` where nothing is written: the class itself, since calling the subscripted generic
-# (`Row(...)`) costs twice as much and leaves an `__orig_class__` on every row.
-new_row: Callable[[Char], Row] = StaticDefaultDict
+
+# The kind of row of each default cell, by the cell's id (the kind holds the cell, so the id is not reused while the
+# entry is there). Bounded like the other caches.
+_ROW_KINDS: dict[int, Callable[[], Row]] = {}
+
+
+def row_kind(default: Char) -> Callable[[], Row]:
+    """What makes a new row showing `default` where nothing is written: pyte's row class with `default` as a class
+    attribute and dict's own `__init__`, so that a row is made in C, without pyte's `__init__` (a call in Python that
+    sets an attribute): three times as fast, and scrolls make a row a line (less paging, a tmux pane)."""
+    kind = _ROW_KINDS.get(id(default))
+    if kind is None or kind.default is not default:  # type: ignore[attr-defined]
+        if len(_ROW_KINDS) >= 64:
+            _ROW_KINDS.clear()
+        kind = _ROW_KINDS[id(default)] = type(
+            "Row", (StaticDefaultDict,), {"default": default, "__init__": dict.__init__, "__module__": __name__}
+        )
+    return kind
+
+
+def new_row(default: Char) -> Row:
+    """A new row showing `default` where nothing is written (`row_kind`; where many are made, call its result)."""
+    kind = _ROW_KINDS.get(id(default))
+    if kind is None or kind.default is not default:  # type: ignore[attr-defined]
+        kind = row_kind(default)
+    return kind()
 
 
 def mark_wrapped(row: Row, on: bool) -> None:

@@ -493,3 +493,21 @@ def test_lines_a_pager_feeds_at_the_bottom_scroll_once_per_piece(
         expected = history_rows(data)
         assert len(expected) > 250
         assert_scrollback(screen, expected)
+
+
+def test_a_kind_of_row_shows_its_own_default_cell_and_is_kept_per_cell() -> None:
+    """Rows made in numbers (a scroll's) come from a kind of row per default cell (`row_kind`): each row shows the
+    cell it was made with where nothing is written, a cell equal to another but not the same object gets its own,
+    and a row marked wrapped does not mark its kind's other rows."""
+    plain = screen_cells.DEFAULT_CHAR
+    reverse = plain._replace(reverse=True)
+    twin = screen_cells.Char(*plain)
+    assert twin == plain and twin is not plain
+    rows = [screen_cells.row_kind(plain)(), screen_cells.new_row(reverse), screen_cells.new_row(twin)]
+    assert [row[5] for row in rows] == [plain, reverse, twin]
+    assert rows[0][5] is plain and rows[1][0] is reverse and rows[2][7] is twin
+    assert screen_cells.row_kind(plain) is screen_cells.row_kind(plain)
+    assert screen_cells.row_kind(twin) is not screen_cells.row_kind(plain)
+    screen_cells.mark_wrapped(rows[0], True)
+    assert getattr(rows[0], "wrapped", False) and not getattr(screen_cells.new_row(plain), "wrapped", False)
+    assert isinstance(rows[1], pyte.screens.StaticDefaultDict) and dict(rows[1]) == {}
