@@ -1336,7 +1336,13 @@ class StemScreen(pyte.Screen):
         paints = self._paints
         columns = self.columns
         whole = fill(attrs, 0, columns)
+        get = buffer.get
+        make = row_kind(self.default_char)
         for y in interval:
+            line = get(y)
+            if line is None:  # it comes into being, as pyte's lookup makes it, with nothing to erase (a new screen)
+                buffer[y] = make()
+                continue
             # Like pyte, only cells that exist are erased: the sparse rows stay sparse. A row's cells are in columns
             # 0..columns (pyte's ICH writes the one past the last), so a row of `columns` cells without that one
             # has them all; a row of n cells the last of which is in column n - 1 has columns 0..n-1 (a row painted
@@ -1344,7 +1350,6 @@ class StemScreen(pyte.Screen):
             # than written over: an empty dict takes another's cells in one copy. A row's deferred paints are never
             # written here: the erase is deferred with them (below), or all that is left of them is which cells they
             # would make exist (`_erased_keys`).
-            line = buffer[y]
             entry = paints.get(y) if paints else None
             if columns not in line:
                 # The erase is deferred as one more paint (`_ERASE_CELLS`), so that a row painted whole before anyone
