@@ -2242,7 +2242,7 @@ class StemScreen(pyte.Screen):
         end = pos
         while len(steps) < bottom and (m := match(text, end)) is not None:
             run, erase = m.group(1, 2)
-            if run:
+            if run and not (run.isascii() and len(run) <= columns):  # (else it fits, whatever its SGR sequences)
                 shown = _SGR_SEQ.sub("", run).replace(_DESIGNATIONS[0], "") if "\x1b" in run else run
                 width = None if "\x1b" in shown else text_width(shown)  # None: a character not of one or two cells
                 if width is None or width > columns:

@@ -1392,7 +1392,8 @@ def test_pending_paints_moved_by_scrolls_and_drawn_over_equal_reference(seed: in
 
 def _paged_back(seed: int) -> bytes:
     """Rows painted and lines scrolled, then paging back as less and man do it (home, RI, a line, CR LF, again and
-    again): lines with SGR and EL, wide characters, `ESC ( B`, empty ones, one wider than the screen (it wraps), runs
+    again): lines with SGR and EL, wide characters, `ESC ( B`, empty ones, ones wider than the screen (they wrap, one
+    by a single character; another has more characters than the screen is wide but fits, its SGR taking no cells), runs
     of one step to more than a screenful; under a scroll region from the top row (and one that is not), origin
     mode, insert mode, the alternate screen; each followed by what less sends after it (its prompt, a clear)."""
     rng = random.Random(seed)
@@ -1403,6 +1404,8 @@ def _paged_back(seed: int) -> bytes:
         "中文 wide é \x1b[7mrev\x1b[27m",
         "\x1b(B\x1b[mncurses\x1b(B",
         "\x1b[44mblue to the end",
+        "\x1b[1m" + "y" * (COLS - 1) + "\x1b[0m",  # more characters than the row, but fits
+        "v" * (COLS + 1),  # wraps by one
         "w" * (COLS + 10),
         "x" * COLS,
     ]
@@ -1427,7 +1430,7 @@ def _paged_back(seed: int) -> bytes:
         count = rng.choice((1, 2, 3, 12, ROWS - 1, ROWS, ROWS + 1, 90))
         steps = []
         for _ in range(count):
-            line = rng.choice(lines) if rng.random() < 0.97 else rng.choice(lines[-2:])
+            line = rng.choice(lines) if rng.random() < 0.96 else rng.choice(lines[-4:])
             steps.append("\x1b[H\x1bM" + line + rng.choice(["", "\x1b[K", "\x1b[0K"]) + "\r\n")
         out.append(before + "".join(steps) + rng.choice(["", "\x1b[7m:\x1b[27m\x1b[K", "\x1b[H\x1b[2J"]) + after)
     out.append("".join(f"\x1b[H\x1bM\x1b[3{i % 8}m{i:04d}\x1b[0m back {i}\x1b[m\r\n" for i in range(90)))
