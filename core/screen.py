@@ -2737,26 +2737,33 @@ class StemScreen(pyte.Screen):
         ended = list(map(str.startswith, lines, repeat(_RESETS), last))  # that sequence is a reset
         reset_ended = len(lines) - last.count(-1) == sum(ended)
         resets = not reset_ended and True in ended
+        # ASCII lines the regex checked, none of more characters than the row (a pager's): each fits on a row whatever
+        # its SGR sequences, which need not be taken out to measure it.
+        shown: str | None = None
         if reset_ended or resets:
-            shown = _SGR_SEQ.sub("", segment)
+            if not (checked and ascii_ and max(map(len, lines)) <= columns):
+                shown = _SGR_SEQ.sub("", segment)
         else:
             parts = SGR_SEQ_SPLIT.split(segment)  # text, SGR sequence, text, ..., text
             shown = "".join(parts[::2])
+        # What is left besides text is EL, which the batch allows only at the end of a line.
+        erased = ("\x1b[K" in segment or "\x1b[0K" in segment) if shown is None else "\x1b" in shown
         if not checked:
-            if not _line_ends_only(shown, len(lines) - 1):
+            if not _line_ends_only(cast("str", shown), len(lines) - 1):
                 return self._check_batch(text, pos)  # EL, ESC ( B, other sequences or controls
-        elif not designated and "\x1b" not in shown:  # no EL either
+        elif not designated and not erased:
             self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
         else:
             self._plain_flood = False
         erases: list[bool] | None = None
-        if "\x1b" in shown:  # what is left besides text is EL, which the batch allows only at the end of a line
+        if erased:
             erases = list(map(str.endswith, lines, repeat(_EL_TAILS)))
             # The ELs dropped from the whole segment at once (each ends its line), the last line's by hand.
             lines = segment.replace("\x1b[K\r\n", "\r\n").replace("\x1b[0K\r\n", "\r\n").split("\r\n")
             if erases[-1]:
                 lines[-1] = lines[-1][: lines[-1].rindex("\x1b[")]
-            shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
+            if shown is not None:
+                shown = shown.replace("\x1b[K", "").replace("\x1b[0K", "")
         # A line starts with the attributes the line before left.
         nodes: list[CharCache]
         if reset_ended:
@@ -2785,6 +2792,10 @@ class StemScreen(pyte.Screen):
                 moves = list(accumulate(parts[1::2], LOOKUP, initial=self._node().moves))
                 starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
             nodes = list(map(_CHARS, map(moves.__getitem__, starts)))
+        if shown is None:  # every line fits (above)
+            self._hold(LineRows(lines, nodes, erases), None)
+            self._cur.attrs = nodes[-1].attrs
+            return end
         texts = shown.split("\r\n")  # what each line shows
         visible = list(map(len, texts))
         widths: list[int | None] = list(visible)

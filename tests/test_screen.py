@@ -1437,6 +1437,27 @@ def _paged_back(seed: int) -> bytes:
     return "".join(out).encode()
 
 
+@pytest.mark.parametrize("alternate", [False, True])
+@pytest.mark.parametrize("row", [1, ROWS])
+def test_ascii_lines_no_longer_than_a_row_fit_and_one_a_character_longer_wraps(alternate: bool, row: int) -> None:
+    """A batch of ASCII lines none of which has more characters than the row fits whatever their SGR sequences (they
+    are not taken out to measure the lines): a line of exactly a row, and one with more characters than the row that
+    fits because of its SGR. In batches of their own, lines a character longer than the row (plain, after a reset,
+    before one) wrap. From the top row (the lines land) and the bottom one (they scroll), in both screens, as pyte
+    shows them."""
+    bold = "\x1b[1mbold\x1b[0m " + "a" * 20
+    batches = [
+        [bold, "b" * COLS, "\x1b[32m" + "d" * (COLS - 1) + "\x1b[0m", "e\x1b[m"],
+        [bold, "c" * (COLS + 1)],
+        [bold, "\x1b[m" + "g" * (COLS + 1)],
+        ["h" * (COLS + 1) + "\x1b[m"],
+    ]
+    data = (b"\x1b[?1049h" if alternate else b"") + b"\x1b[%d;1H" % row
+    # Each batch after a line that a sequence ends (not a batch's line).
+    data += "".join("start\x1b[?25h\r\n" + "".join(line + "\r\n" for line in lines) for lines in batches).encode()
+    assert_same_screen(reference(data, None), stem(data, None))
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_paging_back_equals_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Paging back (`StemScreen._reverse_batch`: RI, a line, CR LF, home, again and again, as one scroll and its lines)
