@@ -2076,7 +2076,9 @@ class StemScreen(pyte.Screen):
                                             x == 0 and (erase is not None or end == self.columns),
                                         )
                                     continue
-                        if self._paint(run, erase is not None):
+                            if self._paint_run(run, erase is not None):  # `_paint`, whose checks hold (above)
+                                continue
+                        elif self._paint(run, erase is not None):
                             continue
                     self._draw_run(run)
                     if "\x1b(" in run:
@@ -2354,7 +2356,7 @@ class StemScreen(pyte.Screen):
 
     def _paint_run(self, run: str, erase: bool) -> bool:
         """`_paint` where what it checks first is known to hold (`_plain_paints`, and no designation in `run`: the
-        lines of `_region_lines`)."""
+        lines of `_region_lines`, the runs `_scan` has taken designations out of)."""
         cursor = self._cur
         attrs = cursor.attrs
         node = self._chars
