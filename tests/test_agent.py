@@ -504,14 +504,14 @@ def test_encode_key(key: str, app_cursor: bool, expected: bytes) -> None:
     assert encode_key(key, app_cursor) == expected
 
 
-def test_tmux_inside_a_colony_keeps_a_pane_beside_one_that_scrolls(hive_env, repo):
+def test_tmux_inside_a_colony_keeps_a_pane_beside_one_that_scrolls(hive_env, repo, tmp_path):
     # tmux takes a terminal that says it is a VT420 (secondary DA 41) to have left and right margins (DECSLRM) and
     # rectangle fills (DECFRA), and then scrolls one of two side-by-side panes inside them. Stem has neither: it
     # scrolled whole rows, and the pane beside the one that scrolled went blank, its divider with it.
-    server = f"stem-inner-{os.getpid()}"
+    server = str(tmp_path / "inner-tmux")  # its socket: a killed server leaves the file, removed with tmp_path
     left = "seq -f LEFT%g 1 5; exec sleep 600"
     right = "echo ready; read line; seq 1 100; exec sleep 600"  # scrolls once both panes are drawn
-    argv = ["tmux", "-L", server, "-f", "/dev/null", "new-session", left, ";", "split-window", "-h", right]
+    argv = ["tmux", "-S", server, "-f", "/dev/null", "new-session", left, ";", "split-window", "-h", right]
 
     def panes(rows: list[str]) -> tuple[list[str], list[str]]:
         column = rows[-2].find("│")
@@ -539,7 +539,7 @@ def test_tmux_inside_a_colony_keeps_a_pane_beside_one_that_scrolls(hive_env, rep
                 assert left_pane[:5] == [f"LEFT{i}" for i in range(1, 6)], session.screen.text()
                 assert all(row.startswith("│") for row in right_pane), session.screen.text()  # the divider
             finally:
-                ended = await world.hive.exec("alpha", ["tmux", "-L", server, "kill-server"])
+                ended = await world.hive.exec("alpha", ["tmux", "-S", server, "kill-server"])
                 await asyncio.to_thread(ended.proc.wait, 10)
                 world.hive.exec_finished(ended)
 
