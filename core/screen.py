@@ -2915,10 +2915,7 @@ class StemScreen(pyte.Screen):
         reset = max(text.rfind(_RESETS[0]), text.rfind(_RESETS[1]))
         if reset < 0 and "\x1b[" not in text:
             return
-        node = self._chars
-        if node.attrs is not self._cur.attrs:
-            node = chars_for(self._cur.attrs)
-        node = reduce(LOOKUP, _SGR_SEQ.findall(text, max(reset, 0)), node.moves).chars
+        node = reduce(LOOKUP, _SGR_SEQ.findall(text, max(reset, 0)), self._node().moves).chars
         self._cur.attrs = node.attrs
         self._chars = node
 

@@ -85,10 +85,7 @@ def row_kind(default: Char) -> Callable[[], Row]:
 
 def new_row(default: Char) -> Row:
     """A new row showing `default` where nothing is written (`row_kind`; where many are made, call its result)."""
-    kind = _ROW_KINDS.get(id(default))
-    if kind is None or kind.default is not default:  # type: ignore[attr-defined]
-        kind = row_kind(default)
-    return kind()
+    return row_kind(default)()
 
 
 def mark_wrapped(row: Row, on: bool) -> None:
