@@ -305,6 +305,16 @@ def _read_all() -> dict[str, Claim]:
     return claims
 
 
+def claimed(home: Path) -> bool:
+    """Whether a claim names the hive at `home`: one whose home was removed leaves its claim (and what its colonies
+    made in the kernel) until a gc."""
+    home_text = str(home.resolve())
+    try:
+        return any(c.home == home_text for c in _read_all().values())
+    except OSError:  # no /run/stem/hives: nothing was claimed
+        return False
+
+
 def _exists(home: str) -> bool:
     return (Path(home) / "hive.db").exists()
 

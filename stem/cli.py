@@ -57,8 +57,12 @@ def _quick_ls() -> int | None:
     a running colony's host is down, or a colony (or a merge) was left mid-way by a stem process that died: reviving
     it, or finishing that, is the core's job (`stem.subcommands.cmd_ls`)."""
     from core.listing import listing, open_hive, pool_from_environment
+    from core.locations import stem_home
     from core.settings import load_settings
 
+    if not stem_home().is_dir():
+        print_listing([])  # no hive here: none is made to list nothing (`stem.subcommands._NoHive`)
+        return 0
     settings = load_settings()
     hive = open_hive(pool=pool_from_environment(settings), settings=settings)
     try:

@@ -33,7 +33,52 @@ if TYPE_CHECKING:
 EXIT_CONFLICTS_LEFT = 1  # stem sync: the merge is in the colony's worktree with conflicts for its agent (as git merge)
 
 
-def _hive() -> HiveAPI:
+# The commands that make the hive when there is none yet; the others read one (`_NoHive`).
+MAKE_HIVE = frozenset({"spawn", "serve"})
+
+
+class _NoHive:
+    """The hive of a STEM_HOME that does not exist, for a command that only reads or changes colonies: it has none,
+    so `stem ls` lists none, `stem gc` has nothing to clean and a colony named is not in it (exit 2), and nothing is
+    made. Opening the hive would make the home and claim a prefix and an address pool for it: a typo in STEM_HOME
+    would leave a hive behind, and after a reboot (claims live in /run) it could take the default prefix, which the
+    user's own hive then finds taken."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        names = getattr(args, "names", None) or [getattr(args, "name", None)]
+        self._name = names[0]
+
+    def __getattr__(self, attr: str) -> object:
+        from core.errors import NoSuchColony
+
+        raise NoSuchColony(f"no colony named {self._name!r} in this hive (see `stem ls`)")
+
+    async def revive_dead_hosts(self) -> None:
+        pass
+
+    def listing(self) -> list[object]:
+        return []
+
+    def colonies(self) -> list[object]:
+        return []
+
+    async def gc(self) -> object:
+        from core.gc import GcReport
+
+        return GcReport()
+
+    async def close(self) -> None:
+        pass
+
+
+def _hive(args: argparse.Namespace) -> HiveAPI:
+    from core.claims import claimed
+    from core.locations import stem_home
+
+    home = stem_home()
+    # gc goes on for a hive whose home was removed while its claim (and its colonies' leftovers) stayed.
+    if args.command not in MAKE_HIVE and not home.is_dir() and (args.command != "gc" or not claimed(home)):
+        return _NoHive(args)  # type: ignore[return-value]  # what these commands ask of a hive
     from core.hive import Hive
 
     hive = Hive.from_environment()
@@ -75,6 +120,9 @@ async def cmd_ls(hive: HiveAPI, args: argparse.Namespace) -> int:
     listed = await asyncio.to_thread(hive.listing)
     if not args.json:
         print_listing(listed)
+        return 0
+    if not listed:
+        print("[]")
         return 0
     now = time.time()
     merging = {status.colony: status.as_dict() for status in await hive.merge_statuses()}
@@ -674,7 +722,7 @@ COMMANDS: dict[str, Callable[[HiveAPI, argparse.Namespace], Awaitable[int]]] = {
 
 
 async def _run(args: argparse.Namespace) -> int:
-    hive = _hive()
+    hive = _hive(args)
     # SIGHUP (the SSH connection dropped) and SIGTERM end a command as Ctrl-C does: cancelled, so that what it was
     # making is undone (a spawn rolls back) instead of left half made until the next gc. Commands that handle them
     # otherwise (exec and attach forward them, serve detaches) set their own handlers over these.

@@ -58,6 +58,8 @@ class HiveEnv:
 
     def __init__(self, tmp: Path) -> None:
         self.home = tmp / "stem-home"
+        # Made, as a user's STEM_HOME is: a command that only reads makes no hive where its home does not exist.
+        self.home.mkdir(parents=True, exist_ok=True)
         self.prefix = "t" + secrets.token_hex(3)[:5]
         self.pool = free_pool()
         self.env = dict(

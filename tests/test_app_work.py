@@ -273,7 +273,7 @@ async def test_stopping_on_a_full_disk_is_one_line_and_the_colony_runs_on(hive_e
     (not a worker's exception), and the colony is left running, not half-stopped."""
     import subprocess
 
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
     filler = hive_env.home / "filler"
     try:

@@ -368,7 +368,7 @@ def test_a_full_disk_is_one_line_for_every_command(hive_env, repo, tmp_path):
 def test_a_spawn_on_a_nearly_full_disk_is_refused_before_it_makes_anything(hive_env, repo, tmp_path):
     """A few hundred KB left under STEM_HOME: the spawn would fail half way and its rollback might find no room
     either (a row left 'starting', every later command refused). It is refused first, and the hive stays usable."""
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
     try:
         assert run_stem(hive_env.env, "ls").returncode == 0  # the hive's own files first
@@ -392,7 +392,7 @@ def test_a_worktree_the_disk_has_no_room_for_is_one_line_and_nothing_is_left(hiv
     (repo / "blob.bin").write_bytes(os.urandom(12 << 20))
     git(repo, "add", "blob.bin")
     git(repo, "commit", "-qm", "a big file")
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10M", "tmpfs", str(hive_env.home)], check=True)
     try:
         line = assert_refused(

@@ -73,6 +73,44 @@ def test_gc_forgets_the_claims_of_hives_whose_home_is_gone(hive_env, other):
     assert (claims.CLAIMS_DIR / other.prefix).exists()
 
 
+def test_commands_that_only_read_make_no_hive_where_stem_home_does_not_exist(hive_env, tmp_path):
+    """A typo in STEM_HOME: a command that only reads says what an empty hive would and makes nothing there; no home,
+    no claim. A hive made there would keep its prefix, and after a reboot (claims live in /run) could take the
+    default one from the user's own hive."""
+    typo = tmp_path / "no-such-home"
+    env = dict(hive_env.env, STEM_HOME=str(typo))
+    del env["STEM_PREFIX"], env["STEM_POOL"]  # as in a user's shell: a hive made would choose and claim its own
+    before = sorted(claims.CLAIMS_DIR.iterdir()) if claims.CLAIMS_DIR.exists() else []
+    for args, code, out in (
+        (("ls",), 0, "no colonies yet: stem spawn NAME --repo PATH"),
+        (("ls", "--json"), 0, "[]"),
+        (("gc",), 0, "nothing to clean"),
+        (("merge", "--all"), 0, ""),
+    ):
+        run = run_stem(env, *args)
+        assert (run.returncode, run.stdout.strip(), run.stderr) == (code, out, ""), args
+    for args in (("stop", "web"), ("destroy", "web", "api"), ("exec", "web", "--", "true"), ("logs", "web")):
+        assert_refused(run_stem(env, *args), "no colony named 'web' in this hive (see `stem ls`)")
+    assert not typo.exists()
+    assert (sorted(claims.CLAIMS_DIR.iterdir()) if claims.CLAIMS_DIR.exists() else []) == before
+
+
+def test_gc_cleans_up_after_a_hive_whose_home_was_removed(hive_env):
+    """The home is gone but its claim is not (the user removed the folder with colonies running): gc under that
+    STEM_HOME still finds the hive's prefix and removes what it left in the kernel."""
+    assert run_stem(hive_env.env, "ls").returncode == 0
+    left = f"{hive_env.prefix}-ghost"
+    subprocess.run(["ip", "netns", "add", left], check=True)
+    try:
+        shutil.rmtree(hive_env.home)
+        run = run_stem(hive_env.env, "gc")
+        assert run.returncode == 0, run.stderr
+        assert f"removed network namespace {left} (not in the registry)" in run.stdout.splitlines()
+        assert netns_names(hive_env.prefix) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", left], check=False, capture_output=True)
+
+
 @pytest.mark.parametrize(
     ("pool", "why"),
     [
@@ -159,7 +197,7 @@ def test_a_hand_edited_claim_file_is_chosen_again(tmp_path):
     hive = HiveEnv(tmp_path / "edited")
     try:
         del hive.env["STEM_PREFIX"], hive.env["STEM_POOL"]
-        hive.home.mkdir(parents=True)
+        hive.home.mkdir(parents=True, exist_ok=True)
         (hive.home / claims.REMEMBERED).write_text('{"prefix": "Not Valid!", "pool": "nonsense"}')
         result = run_stem(hive.env, "ls")
         remembered = json.loads((hive.home / claims.REMEMBERED).read_text())

@@ -124,7 +124,7 @@ def test_a_full_disk_keeps_a_colony_running_and_its_log_in_memory_until_there_is
 
     toml = '[services.talk]\ncommand = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"\n'
     repo = make_repo(tmp_path / "fullrepo", colony_toml=toml)
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
 
     async def scenario() -> None:
@@ -179,7 +179,7 @@ def test_a_colony_that_filled_the_disk_with_its_log_can_be_destroyed(hive_env, t
         ' exec sleep 1000"\n'
     )
     repo = make_repo(tmp_path / "chattyrepo", colony_toml=toml)
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
     try:
         env = hive_env.env
@@ -207,7 +207,7 @@ def test_on_a_full_disk_stop_and_start_still_work_from_the_registrys_reserve(hiv
     (another program's file, not the colony's): a spawn is refused and leaves the reserve, `stem stop` gives it up
     and is recorded; once there is room again, the next command makes the reserve again."""
     repo = make_repo(tmp_path / "quietrepo")
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(hive_env.home)], check=True)
     reserve = hive_env.home / "hive.db.reserve"
     try:
@@ -240,7 +240,7 @@ def test_on_a_full_disk_with_no_colony_running_the_hive_still_opens_to_make_room
     on a full disk every command failed ("disk I/O error"), the destroy and gc that would make room too. The
     reserve is given up for that, and the hive opens."""
     repo = make_repo(tmp_path / "quietrepo")
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M", "tmpfs", str(hive_env.home)], check=True)
     try:
         env = hive_env.env
@@ -369,7 +369,7 @@ def test_a_ui_and_stem_logs_that_come_after_the_log_file_stopped_being_written_a
 
     toml = '[services.talk]\ncommand = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"\n'
     repo = make_repo(tmp_path / "laterrepo", colony_toml=toml)
-    hive_env.home.mkdir()
+    hive_env.home.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(hive_env.home)], check=True)
     filler = hive_env.home / "filler"
 
