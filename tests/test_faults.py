@@ -40,7 +40,7 @@ pytestmark = pytest.mark.root
 @contextlib.contextmanager
 def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
     """A tmpfs of `size` at `path`, unmounted afterwards."""
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)  # (a hive's home is made already: `HiveEnv`)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
         yield path
