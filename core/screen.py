@@ -316,6 +316,17 @@ _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)
 # The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
 _UNFINISHED = re.compile(r"\x1b(?:\[[<=>?]?[0-9;:]*+[ -/]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
 _MAX_UNFINISHED = 4096
+# A read's last piece kept unparsed for the next read (`StemScreen._feed_pieces`): a CUP or CR, then text, controls
+# that move the cursor, ESC ( B / 0, ESC 7/8/M, and CSI sequences that draw, erase, move or scroll, or show or hide
+# the cursor; perhaps the start of one cut by the read's end. Nothing a program can be answered, nor a title, nor a
+# mode but DECTCEM and cursor blinking, which draw nothing and are set at once (`_KEPT_MODES`): what is read without
+# looking at the cells (`mode`, `_commit`) is the same before it is parsed as after.
+# (A piece starts with one or the other. Controls but BEL are parsed later as they would be now: what they change is
+# seen through the cells and the cursor only. Searched for what is not kept, an ESC at a time: a regex of what is
+# kept costs a step per run of text, and a screenful of lines in one piece (top) many.)
+_NOT_KEPT = re.compile(r"\x1b(?!\[[0-9;]*+[@A-HJKLMPSTXZ`adefmr]|\[\?(?:25|12)[hl]|[78M]|\([B0]|(?:\[[0-9;]*+|\()?\Z)")
+_C1 = re.compile("[\x80-\x9f]")  # C1 controls (CSI, OSC, ...), which pyte's parser takes as ESC [, ESC ], ...
+_KEPT_MODES = re.compile(r"\x1b\[\?(25|12)([hl])")
 # The longest start of a line kept unparsed after held batch rows while reads go on with it (see `feed`).
 _MAX_LINE = 65536
 # A whole batch line.
@@ -412,6 +423,9 @@ class LineRows:
 
 
 Held = list[str] | list[Spec] | LineRows
+# `_held` while a read's last piece is kept unparsed in `_tail` (`_feed_pieces`), with no batch rows held: every
+# reader of the cells, the cursor or the scrollback, and `take_dirty`, parse it first (`_release`).
+_PIECE_KEPT: list[str] = [""]
 
 # A deferred paint (`StemScreen._paint`): the column it starts at; its cells if known, else the run cut into text
 # and SGR sequences with the SGR moves of each text (an ASCII run: the run and the node it starts from); how many
@@ -564,7 +578,12 @@ class StemScreen(pyte.Screen):
         """Consume bytes from the child. UTF-8 sequences split across calls are joined, as in `ByteStream`."""
         stream = self._stream
         text = stream.utf8_decoder.decode(data) if stream.use_utf8 else data.decode("latin-1")
-        if self._tail:
+        if self._held is _PIECE_KEPT:
+            # The last read's last piece, kept unparsed: this read goes on with it, and the piece is whole again.
+            text = self._tail + text
+            self._tail = ""
+            self._held = []
+        elif self._tail:
             # Text kept unparsed at the end of the last feed (see `_after_batch` and `_feed_text`). After held
             # batch rows, the start of a line: if this feed ends the line, it goes on as a batch; if it only makes
             # the line longer (a line of many reads), it is kept too, as long as the reads are not small beside it
@@ -597,12 +616,17 @@ class StemScreen(pyte.Screen):
 
     def take_dirty(self) -> set[int]:
         """Rows changed since the last call (all of them after a scroll), then forget them."""
+        if self._held is _PIECE_KEPT:
+            self._release()
         self._commit()
         dirty, self._dirty = self._dirty, set()
         return dirty
 
     def row_version(self, y: int) -> int:
         """A number that changes whenever row `y` changes, so rendered rows can be cached by (row, version)."""
+        if self._held is _PIECE_KEPT:
+            self._release()
+            self._commit()
         return self._row_versions[y]
 
     def text(self) -> list[str]:
@@ -1453,7 +1477,11 @@ class StemScreen(pyte.Screen):
     def _commit(self) -> None:
         """Turn pyte's `dirty` rows into row versions and pending dirty rows; bump `version` on any change."""
         dirty = self.dirty
-        if self._held and not self._held_counted:
+        if self._held is _PIECE_KEPT:
+            # Which rows the kept piece changes is known once it is parsed (`take_dirty`, `row_version`): until then
+            # the version moves on (a cursor state never seen), so that whoever polls it looks.
+            self._seen = (-1, -1, False, "", False)
+        elif self._held and not self._held_counted:
             # Held batch rows (and the text after them) change the rows from the cursor's down, or every row
             # if they scroll. Counted now, they are not counted again when they are applied.
             y = self._cur.y
@@ -1606,8 +1634,11 @@ class StemScreen(pyte.Screen):
         text before the first cut) is scanned token by token (`_scan`), the pieces between two applied ones in one
         go. Pieces applied back to back are remembered as a run (`_keep_run`), and a run met again is applied whole
         from one effect, which saves the loop's work per piece (tmux draws its border in pieces of a CUP and one
-        character). `cut`: the last read's last piece, cut by its end (`_cut_piece`); joined to the text before the
-        first cut, it is applied whole if met before."""
+        character). A read's last piece, which its end usually cuts, is kept unparsed for the next read (`_tail`,
+        `_PIECE_KEPT`) when it holds nothing seen before the cells are looked at (`_NOT_KEPT`): the next read goes on
+        with it, and the whole piece is met. If someone looks between the reads, it is parsed then (`_release`) and
+        becomes `cut`: the last read's last piece, cut by its end (`_cut_piece`); joined to the text before the first
+        cut, it is applied whole if met before."""
         n = len(text)
         if mo.DECAWM not in self.mode:
             # Textual turns autowrap off: its pieces recur in other states, and one applied between pieces scanned
@@ -1788,7 +1819,27 @@ class StemScreen(pyte.Screen):
             last = cuts[-2]
             if pending < last:
                 pending = self._scan(text, pending, last, batch)
-            if pending == last and n - last <= _PIECE_MAX:
+            if (
+                pending == last
+                and batch
+                and n - last <= _PIECE_MAX
+                and not (self._held or self._tail or self._in_string)
+                and _NOT_KEPT.search(text, last) is None
+                and ((tail := text[last:]).isascii() or _C1.search(tail) is None)
+                and "\x07" not in tail  # a bell: counted now (`bells`)
+            ):
+                # Kept unparsed until the next read, which usually goes on with the rest of it (tmux, vim and pagers
+                # end a read mid-row): then the whole piece is met, and applied whole if met before.
+                self._tail = tail
+                self._held = _PIECE_KEPT
+                if "\x1b[?" in tail:
+                    mode = self.mode
+                    for m in _KEPT_MODES.finditer(tail):
+                        if m.group(2) == "h":
+                            mode.add(_PLAIN_PRIVATE_MODES[m.group(1)])
+                        else:
+                            mode.discard(_PLAIN_PRIVATE_MODES[m.group(1)])
+            elif pending == last and n - last <= _PIECE_MAX:
                 cursor = self._cur
                 state = (text[last:], self._env(), cursor.x, cursor.y, cursor.attrs)
                 self._scan(text, last, n, batch)
@@ -3030,6 +3081,17 @@ class StemScreen(pyte.Screen):
         """Apply the held batch rows, then draw the text held after them."""
         rows, plain = self._held, self._held_plain
         if not rows:
+            return
+        if rows is _PIECE_KEPT:
+            # Looked at between two reads: the piece is parsed as far as it came, and remembered as cut
+            # (`_cut_piece`), as a read's last piece not kept is, so that the rest of it may still be applied whole.
+            self._held = []
+            tail, self._tail = self._tail, ""
+            cursor = self._cur
+            state = (tail, self._env(), cursor.x, cursor.y, cursor.attrs)
+            self._scan(tail, 0, len(tail), False)
+            if not (self._held or self._tail or self._in_string):
+                self._cut_piece = state
             return
         self._held = []
         self._held_plain = None

@@ -8,6 +8,7 @@ import random
 
 import pyte
 import pytest
+from pyte import modes as mo
 from test_screen import (
     COLS,
     ROWS,
@@ -392,6 +393,67 @@ def test_a_piece_cut_by_the_end_of_a_read_is_applied_whole_with_the_rest_of_it_f
         assert_same_screen(reference(fed, None), screen)
     assert "\x1b[5;3H\x1b[44mrow 5 is " in scanned  # the piece's start, as the read left it
     assert not any(part.startswith("drawn") for part in scanned), scanned  # its rest, applied
+
+
+def test_a_read_s_last_piece_is_kept_for_the_next_and_applied_whole_when_nobody_looked_between(
+    pieces_at_once: None,
+) -> None:
+    """Nobody looks at the screen between two reads (a colony's host reads the PTY faster than it sends frames): the
+    last piece of a read, cut by its end, is kept unparsed, and the next read goes on with it, so that the whole
+    piece is met and applied from its effect. Neither part of row 5's piece is scanned, and the screen is pyte's."""
+    rows = [f"\x1b[{y};3H\x1b[1;32mrow {y}\x1b[m status\x1b[K" for y in range(1, ROWS + 1)]
+    rows[4] = "\x1b[5;3H\x1b[44mrow 5 is drawn here\r\x1b[9C\x1b[K\x1b[m"
+    data = "".join(rows).encode()
+    cut = data.index(b"drawn")
+    screen = StemScreen(COLS, ROWS)
+    for _ in range(3):
+        screen.feed(data)  # each piece met, met again, worked out
+    scanned = _record_scans(screen)
+    for _ in range(2):
+        screen.feed(data[:cut])
+        screen.feed(data[cut:])
+    assert_same_screen(reference(data * 5, None), screen)
+    assert not any("row 5 is" in part or part.startswith("drawn") for part in scanned), scanned
+
+
+@pytest.mark.parametrize(
+    ("last", "kept"),
+    [
+        ("\x1b[3;1Hhello\x1b[31m red\x1b[K\r\n\x1b[4Cmore", True),
+        ("\x1b[3;1Hhello\x1b[?25l", True),  # hidden at once: `mode` shows it before the piece is parsed
+        ("\x1b[3;1Hhello\x1b[38;5", True),  # a sequence cut by the read's end
+        ("\x1b[3;1Hhello\x1b[6n", False),  # a question: answered now
+        ("\x1b[3;1Hhello\x1b[?1h", False),  # a mode `mode` shows
+        ("\x1b[3;1Hhello\x1b]0;title\x07", False),  # the title
+        ("\x1b[3;1Hhello\x9b6n", False),  # a C1 CSI: a question too
+        ("\x1b[3;1Hhello\x07", False),  # a bell: counted at once (a colony's attention)
+    ],
+)
+def test_a_kept_piece_changes_nothing_seen_before_the_screen_is_looked_at(
+    last: str, kept: bool, pieces_at_once: None
+) -> None:
+    """A read's last piece is kept unparsed only if what is read of the screen without looking at its cells is the
+    same either way: the version moves on, the rows it changes are dirty and their versions new when asked, modes
+    show as they will be, and a question in it is not kept but answered at once."""
+    data = ("\x1b[1;1H" + last).encode()  # a first piece that changes nothing: all the change is in the kept one
+    for asked in ("dirty rows", "row version"):
+        answers: list[bytes] = []
+        screen = StemScreen(COLS, ROWS)
+        screen.set_responder(answers.append)
+        screen.take_dirty()
+        version, row = screen.version, screen.row_version(2)
+        screen.feed(data)
+        assert (screen._held is screen_mod._PIECE_KEPT) == kept
+        assert screen.version > version
+        assert (mo.DECTCEM in screen.mode) == ("?25l" not in last)
+        assert answers == ([b"\x1b[3;6R"] if "6n" in last else [])
+        assert screen.bells == last.endswith("hello\x07")  # (an OSC's BEL ends it: no bell)
+        if asked == "dirty rows":
+            assert 2 in screen.take_dirty()
+        else:
+            assert screen.row_version(2) > row
+        assert screen._held is not screen_mod._PIECE_KEPT
+        assert_same_screen(reference(data, None), screen)
 
 
 def test_a_run_of_pieces_met_again_is_applied_whole_and_a_changed_piece_breaks_only_its_run() -> None:
