@@ -3089,8 +3089,12 @@ class StemScreen(pyte.Screen):
             tail, self._tail = self._tail, ""
             cursor = self._cur
             state = (tail, self._env(), cursor.x, cursor.y, cursor.attrs)
-            self._scan(tail, 0, len(tail), False)
-            if not (self._held or self._tail or self._in_string):
+            # Its lines in batches, as when it was not kept (top's last piece is its screenful): rows a batch holds,
+            # and the start of a line it keeps, are applied at once, as whoever looks needs them.
+            self._scan(tail, 0, len(tail), True)
+            if self._held:
+                self._release()
+            elif not (self._tail or self._in_string):
                 self._cut_piece = state
             return
         self._held = []

@@ -24,6 +24,7 @@ from test_screen import (
 from core import screen as screen_mod
 from core import screen_cells
 from core.screen import _IMPURE, _STEP_SCROLL, StemScreen
+from core.screen_cells import row_text
 
 # What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
 # CR LF inside the screen and at its bottom, SU, ED and DECSTBM (steps of its effect: a scroll, an erase of the
@@ -453,6 +454,24 @@ def test_a_kept_piece_changes_nothing_seen_before_the_screen_is_looked_at(
         else:
             assert screen.row_version(2) > row
         assert screen._held is not screen_mod._PIECE_KEPT
+        assert_same_screen(reference(data, None), screen)
+
+
+def test_a_kept_piece_of_lines_is_all_drawn_when_the_screen_is_first_looked_at(pieces_at_once: None) -> None:
+    """A kept piece of whole lines (top's last piece is its screenful) is parsed with its lines in a batch when the
+    screen is looked at; the batch's rows, and the text after them, are drawn before the reader gets the rows or the
+    cursor, not held for a later look."""
+    lines = "".join(f"line {c}\x1b[K\r\n" for c in "abcdef")
+    data = f"\x1b[1;1Htop\x1b[3;1H{lines}tail".encode()
+    for look in ("rows", "cursor"):
+        screen = StemScreen(COLS, ROWS)
+        screen.feed(data)
+        assert screen._held is screen_mod._PIECE_KEPT
+        if look == "rows":
+            rows = screen.buffer  # one look: what it returns is read as it is
+            assert [row_text(rows[y], 10).rstrip() for y in range(2, 9)] == [*(f"line {c}" for c in "abcdef"), "tail"]
+        else:
+            assert (screen.cursor.x, screen.cursor.y) == (4, 8)
         assert_same_screen(reference(data, None), screen)
 
 
