@@ -352,7 +352,7 @@ def test_gc_removes_the_table_of_a_crashed_spawn_and_restores_forwarding(hive_en
 def test_two_hives_keep_their_own_tables(hive_env, tmp_path, world, forwarding):
     other = HiveEnv(tmp_path / "second")
     try:
-        (tmp_path / "second").mkdir()
+        (tmp_path / "second").mkdir(exist_ok=True)  # (HiveEnv made its home in it)
         configure(hive_env, tmp_path, f"nameserver {world.ip}\n")
         configure(other, tmp_path / "second", f"nameserver {world.ip}\n")
         repo = make_repo(tmp_path / "repo")
