@@ -24,6 +24,10 @@ class NameTaken(StemError):
 class NoSuchColony(StemError):
     """No colony of that name in this hive."""
 
+    @classmethod
+    def named(cls, name: str | None) -> NoSuchColony:
+        return cls(f"no colony named {name!r} in this hive (see `stem ls`)")
+
 
 class NotARepository(StemError):
     """A path that is not inside a git repository."""

@@ -471,7 +471,7 @@ class Registry:
     def get(self, name: str) -> ColonyRecord:
         rows = self._query(f"SELECT {_COLONY_FIELDS} FROM colonies WHERE name=?", (name,))
         if not rows:
-            raise NoSuchColony(f"no colony named {name!r} in this hive (see `stem ls`)")
+            raise NoSuchColony.named(name)
         return _record(rows[0])
 
     def find(self, name: str) -> ColonyRecord | None:

@@ -1819,38 +1819,41 @@ class StemScreen(pyte.Screen):
             last = cuts[-2]
             if pending < last:
                 pending = self._scan(text, pending, last, batch)
-            if (
-                pending == last
-                and batch
-                and n - last <= _PIECE_MAX
-                and not (self._held or self._tail or self._in_string)
-                and _NOT_KEPT.search(text, last) is None
-                and ((tail := text[last:]).isascii() or _C1.search(tail) is None)
-                and "\x07" not in tail  # a bell: counted now (`bells`)
-            ):
-                # Kept unparsed until the next read, which usually goes on with the rest of it (tmux, vim and pagers
-                # end a read mid-row): then the whole piece is met, and applied whole if met before.
-                self._tail = tail
-                self._held = _PIECE_KEPT
-                if "\x1b[?" in tail:
-                    mode = self.mode
-                    for m in _KEPT_MODES.finditer(tail):
-                        if m.group(2) == "h":
-                            mode.add(_PLAIN_PRIVATE_MODES[m.group(1)])
-                        else:
-                            mode.discard(_PLAIN_PRIVATE_MODES[m.group(1)])
-            elif pending == last and n - last <= _PIECE_MAX:
-                cursor = self._cur
-                state = (text[last:], self._env(), cursor.x, cursor.y, cursor.attrs)
-                self._scan(text, last, n, batch)
-                if not (self._held or self._tail or self._in_string):
-                    self._cut_piece = state
+            if pending == last and n - last <= _PIECE_MAX:
+                tail = text[last:]
+                if (
+                    batch
+                    and not (self._held or self._tail or self._in_string)
+                    and _NOT_KEPT.search(tail) is None
+                    and (tail.isascii() or _C1.search(tail) is None)
+                    and "\x07" not in tail  # a bell: counted now (`bells`)
+                ):
+                    # Kept unparsed until the next read, which usually goes on with the rest of it (tmux, vim and
+                    # pagers end a read mid-row): then the whole piece is met, and applied whole if met before.
+                    self._tail = tail
+                    self._held = _PIECE_KEPT
+                    if "\x1b[?" in tail:
+                        self._set_plain_modes(
+                            tuple((_PLAIN_PRIVATE_MODES[m[1]], m[2] == "h") for m in _KEPT_MODES.finditer(tail))
+                        )
+                else:
+                    self._scan_last_piece(tail, batch)
             elif pending < n:
                 self._scan(text, pending, n, batch)
         if applied * 4 >= n - pos:
             self._pieces_missed = 0
         elif len(cuts) > _IDLE_CUTS:
             self._pieces_missed += 1
+
+    def _scan_last_piece(self, piece: str, batch: bool) -> None:
+        """A read's last piece, which its end cut, scanned; remembered as cut (`_cut_piece`: its text and the state
+        and cursor it met) unless something of it is left pending, so that the next read's rest of it may be
+        applied whole."""
+        cursor = self._cur
+        state = (piece, self._env(), cursor.x, cursor.y, cursor.attrs)
+        self._scan(piece, 0, len(piece), batch)
+        if not (self._held or self._tail or self._in_string):
+            self._cut_piece = state
 
     def _met_before(self, text: str, pos: int) -> bool:
         """Whether `text` (from `pos`), cut into pieces as `_feed_pieces` cuts it, holds pieces met before (in an
@@ -3087,15 +3090,11 @@ class StemScreen(pyte.Screen):
             # (`_cut_piece`), as a read's last piece not kept is, so that the rest of it may still be applied whole.
             self._held = []
             tail, self._tail = self._tail, ""
-            cursor = self._cur
-            state = (tail, self._env(), cursor.x, cursor.y, cursor.attrs)
             # Its lines in batches, as when it was not kept (top's last piece is its screenful): rows a batch holds,
             # and the start of a line it keeps, are applied at once, as whoever looks needs them.
-            self._scan(tail, 0, len(tail), True)
+            self._scan_last_piece(tail, True)
             if self._held:
                 self._release()
-            elif not (self._tail or self._in_string):
-                self._cut_piece = state
             return
         self._held = []
         self._held_plain = None

@@ -55,14 +55,13 @@ def print_listing(listed: list[Listed]) -> None:
 def _quick_ls() -> int | None:
     """A plain `stem ls` without the orchestration core: the same checks of the hive, then the registry. None when
     a running colony's host is down, or a colony (or a merge) was left mid-way by a stem process that died: reviving
-    it, or finishing that, is the core's job (`stem.subcommands.cmd_ls`)."""
+    it, or finishing that, is the core's job (`stem.subcommands.cmd_ls`); and when STEM_HOME does not exist."""
     from core.listing import listing, open_hive, pool_from_environment
     from core.locations import stem_home
     from core.settings import load_settings
 
     if not stem_home().is_dir():
-        print_listing([])  # no hive here: none is made to list nothing (`stem.subcommands._NoHive`)
-        return 0
+        return None  # no hive here, and none is to be made for a listing (`stem.subcommands._NoHive` says so)
     settings = load_settings()
     hive = open_hive(pool=pool_from_environment(settings), settings=settings)
     try:

@@ -51,7 +51,7 @@ class _NoHive:
     def __getattr__(self, attr: str) -> object:
         from core.errors import NoSuchColony
 
-        raise NoSuchColony(f"no colony named {self._name!r} in this hive (see `stem ls`)")
+        raise NoSuchColony.named(self._name)
 
     async def revive_dead_hosts(self) -> None:
         pass
