@@ -310,9 +310,15 @@ _RESETS = tuple(RESET_SEQS)
 # The SGR sequences followed for a line that ends reset, and for one without SGR (`_try_batch`).
 _RESET_ONLY = ["\x1b[0m"]
 _NO_SEQS: list[str] = []
+# A row drawn from column 0 and erased whole at once: a pager's prompt between two pages (`:`, or less's status line
+# in reverse video, then CR EL before the next page's first line; see `StemScreen._after_batch`).
+_ERASED_ROW = re.compile("(" + _RUN + r")?(?:\x1b\[0?K)?\r\x1b\[0?K")
 # The start of a line left at the end of a feed after a batch (see `_after_batch`): a run, perhaps cut in an SGR
 # sequence, an EL or a CR LF by the end of the read.
 _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
+# Where a line's start kept after held rows is looked at again from (`feed`): after its last whole SGR sequence, or
+# after the EL that erased a prompt (the line starts there).
+_LINE_GOES_ON = re.compile(r"\x1b\[[0-9;]*+m|(?<=\r)\x1b\[0?K")
 # The start of a sequence Stem's tokenizer might take whole, cut by the end of a read (see `_feed_text`).
 _UNFINISHED = re.compile(r"\x1b(?:\[[<=>?]?[0-9;:]*+[ -/]*+|\][^\x07\x1b\x9c]*+\x1b?|[()])?")
 _MAX_UNFINISHED = 4096
@@ -461,6 +467,20 @@ def _line_ends_only(text: str, count: int) -> bool:
     return len(text) - len(text.encode("ascii").translate(None, _CONTROLS)) == 2 * count
 
 
+def _erased_first(erases: list[bool] | None, nodes: list[CharCache], count: int) -> list[bool] | None:
+    """The ELs after `count` batch lines (`erases`, None: none) with one after the first, whose row was erased whole
+    before it was drawn (a pager's prompt, `StemScreen._after_batch`); None if that EL would erase with another
+    background than the erase did (the line changes it and has no EL of its own)."""
+    if erases is None:
+        erases = [False] * count
+    elif erases[0]:
+        return erases
+    if nodes[1].blank != nodes[0].blank:
+        return None
+    erases[0] = True
+    return erases
+
+
 def _batch_line(line: str, node: CharCache) -> BatchLine | None:
     """A batch line (perhaps ending in EL) drawn from `node`'s attributes, worked out; None if a character in it is
     zero-width or unprintable (the general path)."""
@@ -588,14 +608,16 @@ class StemScreen(pyte.Screen):
             # batch rows, the start of a line: if this feed ends the line, it goes on as a batch; if it only makes
             # the line longer (a line of many reads), it is kept too, as long as the reads are not small beside it
             # (each read is looked at with the kept text, so the kept text is never many times what was read);
-            # otherwise the held rows and it are applied now (an unfinished sequence at its end stays unparsed).
+            # otherwise the held rows and it are applied now (an unfinished sequence at its end stays unparsed),
+            # unless it starts with a pager's prompt erased, with which the next page's lines may go on
+            # (`_after_batch`).
             # The kept text is a line's start (`_TAIL`): whole runs, then perhaps a sequence cut by the end of the
-            # read, or a CR. It is looked at again only from where that may begin (after its last whole SGR
-            # sequence), so that a line of many reads is not read again and again.
+            # read, or a CR; perhaps after a prompt erased. It is looked at again only from where that may begin
+            # (`_LINE_GOES_ON`), so that a line of many reads is not read again and again.
             tail = self._tail
             joined = tail + text
             redo = tail.rfind("\x1b")
-            whole = _SGR_SEQ.match(tail, redo) if redo >= 0 else None
+            whole = _LINE_GOES_ON.match(tail, redo) if redo >= 0 else None
             if redo < 0 or whole is not None:
                 redo = tail.find("\r", whole.end() if whole is not None else 0)
                 if redo < 0:
@@ -607,6 +629,8 @@ class StemScreen(pyte.Screen):
                 self._held_counted = False  # the line may reach more rows
                 self._commit()
                 return
+            elif _ERASED_ROW.match(joined) is not None:
+                text, self._tail = joined, ""
             else:
                 self._release()  # the held rows, then the tail (an unfinished sequence at its end stays unparsed)
                 text, self._tail = self._tail + text, ""
@@ -2718,17 +2742,18 @@ class StemScreen(pyte.Screen):
             and self._cur.x == 0
         )
 
-    def _try_batch(self, text: str, pos: int, check: bool = False) -> int:
+    def _try_batch(self, text: str, pos: int, check: bool = False, cleared: bool = False) -> int:
         """Apply the whole lines starting at `pos` in one go, if they are simple; returns the new pos. In a flood
         (lines held from the reads before) of ASCII whose lines had no EL or ESC ( B so far (`_plain_flood`), the
         rest of the read up to its last CR LF is taken for lines and checked only once its SGR sequences are out
         (`_line_ends_only`), which costs less than the regex; if that check fails (or `check`), the regex finds
         where the simple lines end, and so it does for the reads after, until a flood (a screenful of lines or
-        more) is simple again."""
+        more) is simple again. `cleared`: the row the first line lands on was erased whole (`_after_batch`), which
+        is the same as an EL after that line if the EL would erase with the same background."""
         checked = check or not (self._plain_flood and self._held and text.isascii())
         if checked:
             if not self._batch_allowed():  # first: inside a scroll region (a tmux pane) the match would be for nothing
-                return self._region_lines(text, pos)
+                return pos if cleared else self._region_lines(text, pos)
             m = (_BATCH_ASCII if text.isascii() else _BATCH).match(text, pos)
             if m is None:
                 return pos
@@ -2746,7 +2771,7 @@ class StemScreen(pyte.Screen):
             return pos  # a charset switched inside the lines: not a batch
         lines = segment.split("\r\n")
         columns = self.columns
-        if "\x1b" not in segment and (segment.isascii() or narrow_text(segment)):
+        if "\x1b" not in segment and not cleared and (segment.isascii() or narrow_text(segment)):
             if not (checked or _line_ends_only(segment, len(lines) - 1)):
                 return self._check_batch(text, pos)
             self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
@@ -2769,7 +2794,7 @@ class StemScreen(pyte.Screen):
         # program repainting its rows, as top does) lines met before (told by the middle and last lines, as a first
         # line is often a clock) are each one lookup; the first time, a line is remembered only. A flood's lines,
         # which scroll, are not looked at one by one.
-        if self._cur.y + len(self._held) + len(lines) < self.lines:  # the rows held land before these
+        if not cleared and self._cur.y + len(self._held) + len(lines) < self.lines:  # the rows held land before these
             seen = LINES_SEEN
             if lines[-1] in seen and lines[len(lines) // 2] in seen:
                 if self._known_batch(lines):
@@ -2807,7 +2832,7 @@ class StemScreen(pyte.Screen):
         if not checked:
             if not _line_ends_only(cast("str", shown), len(lines) - 1):
                 return self._check_batch(text, pos)  # EL, ESC ( B, other sequences or controls
-        elif not designated and not erased:
+        elif not (designated or erased or cleared):  # (a pager: its pages have prompts between them)
             self._plain_flood = self._plain_flood or len(self._held) + len(lines) >= self.lines
         else:
             self._plain_flood = False
@@ -2849,6 +2874,10 @@ class StemScreen(pyte.Screen):
                 starts = accumulate(map(str.count, lines, repeat("\x1b")), initial=0)
             nodes = list(map(_CHARS, map(moves.__getitem__, starts)))
         if shown is None:  # every line fits (above)
+            if cleared:
+                erases = _erased_first(erases, nodes, len(lines))
+                if erases is None:
+                    return pos
             self._hold(LineRows(lines, nodes, erases), None)
             self._cur.attrs = nodes[-1].attrs
             return end
@@ -2861,6 +2890,16 @@ class StemScreen(pyte.Screen):
                 # bars repainted); others are measured character by character.
                 found = nodes[i].runs.get(lines[i])
                 widths[i] = text_width(texts[i]) if found is None else len(found[0])
+        if cleared:
+            # The first line's row was erased: an EL after the line if it fits on it; if it is wider, its first piece
+            # draws over all of that row (a character per cell), and the erase did nothing.
+            width = widths[0]
+            if width is None or (width > columns and width != visible[0]):
+                return pos
+            if width <= columns:
+                erases = _erased_first(erases, nodes, len(lines))
+                if erases is None:
+                    return pos
         if None not in widths:
             if max(cast("list[int]", widths)) <= columns:
                 # The common case: every line fits on a row.
@@ -3115,14 +3154,48 @@ class StemScreen(pyte.Screen):
         """With batch rows held and `text` parsed up to `pos`: keep them held if the rest of the feed is
         nothing (the feed ended with a line) or only the start of the next line (text and SGR, kept unparsed
         for the next feed, which usually goes on with more whole lines); otherwise apply them now. Returns
-        where parsing goes on."""
+        where parsing goes on. A pager's prompt between two pages, drawn on the row after the lines and erased at
+        once (`_ERASED_ROW`), does not end the batch: the next page's lines go on with it, its first line erasing
+        its row (see `_erased_row_joins`), so that lines paged past unseen are never drawn (less, man)."""
         n = len(text)
-        if pos < n:
-            if _TAIL.fullmatch(text, pos) is None:
-                self._release()
-                return pos
-            self._tail = text[pos:]
-        return n
+        while pos < n:
+            if _TAIL.fullmatch(text, pos) is not None:
+                self._tail = text[pos:]
+                return n
+            m = _ERASED_ROW.match(text, pos)
+            if m is None or not self._erased_row_joins(m.group(1)):
+                break
+            if _TAIL.fullmatch(text, m.end()) is not None:  # the read ended in the next page's first line
+                self._tail = text[pos:]
+                return n
+            end = self._try_batch(text, m.end(), check=True, cleared=True)
+            if end == m.end():
+                break
+            pos = end
+        else:
+            return n
+        self._release()
+        return pos
+
+    def _erased_row_joins(self, run: str | None) -> bool:
+        """Whether a row drawn with `run` (if any) from column 0 after the held batch rows, then erased whole by CR
+        EL, is the same as an EL after the next batch line, with the attributes as they were: the run fits on the
+        row (it does not wrap, nor scroll) and leaves the attributes it found (less's status line in reverse video
+        turns it off). No row of the main screen is marked as wrapped (an EL from column 0 unmarks its row).
+        `_try_batch` (`cleared`) then checks that an EL after its first line erases with the same background."""
+        if self._wraps:
+            return False
+        if run is None:
+            return True
+        shown = run
+        if "\x1b" in run:
+            node = self._node()
+            seqs = _SGR_SEQ.findall(run)
+            if seqs and reduce(LOOKUP, seqs, node.moves).chars.attrs != node.attrs:
+                return False
+            shown = _SGR_SEQ.sub("", run).replace(_DESIGNATIONS[0], "")
+        width = len(shown) if shown.isascii() else text_width(shown)
+        return width is not None and width <= self.columns
 
     def _draw_spec(self, buffer: dict[int, Row], y: int, spec: Spec) -> None:
         """Draw a batch row on row `y` from column 0, then its EL. Like pyte, a row is not created for a line
@@ -3252,8 +3325,9 @@ class StemScreen(pyte.Screen):
             else:
                 self._paint_plain(cast("list[str]", rows), at, plain, start, stop)
 
-        paint(y, 0, min(n, bottom - y + 1))  # lines that land on existing rows, over what is there
         scrolls = y + n - bottom
+        # Lines that land on existing rows, over what is there, but for those the scroll takes away.
+        paint(y, max(scrolls - y, 0), min(n, bottom - y + 1))
         if self._paints:
             self._move_paints(0, bottom, -scrolls)
         buffer = self._rows

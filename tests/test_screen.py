@@ -937,6 +937,106 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
     assert_scrollback(screen, expected)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_pages_with_a_prompt_between_them_equal_reference(seed: int) -> None:
+    """A pager's pages go on as one batch across the prompt drawn and erased between them (`_ERASED_ROW`): prompts
+    that turn their attributes off again or leave them on, wider than the row, with wide or zero-width characters;
+    the next line ended reset, left coloured, with an EL and a background, empty, wider than the row; paging ended
+    otherwise; in the alternate screen and the main one (with rows marked wrapped). In a chunk size that cuts
+    sequences, characters and lines, they must leave pyte's screen and, in the main screen, what HistoryScreen
+    keeps. (Streams of a few pages, so that what each page's first line and its prompt leave is on the screen.)"""
+    screen_cells.clear_caches()
+    size = (1, 7, 64, 4096, None)[seed % 5]
+    main = 0
+    for k in range(20):
+        data = streams.pager_pages(seed * 100 + k, count=2 + k % 5)
+        screen = stem(data, size)
+        assert_same_screen(reference(data, size), screen)
+        if b"1049" not in data:
+            main += 1
+            assert_scrollback(screen, history_rows(data), f" of stream {k}")
+    assert main > 0
+
+
+@pytest.mark.parametrize("cut", ["none", "4096", "in the prompt", "after its erase", "in the next line"])
+def test_a_pager_s_pages_are_one_batch_and_lines_paged_past_are_never_drawn(
+    monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """man paging forward: 39 lines, its status line in reverse video, CR EL, the next 39. The prompt between pages
+    does not end the batch, so the pages' lines are held as one and only those left on the screen are painted, when
+    it is looked at (40 rows); the status lines are not drawn either. So also where a read ends in the first prompt,
+    right after its erase, or in the line after it. The screen is pyte's."""
+    pages = [
+        "".join(f"       page {p} line {i}: \x1b[1mgit log\x1b[0m shows the commit logs\x1b[m\r\n" for i in range(39))
+        for p in range(4)
+    ]
+    status = "\x1b[7m Manual page git-log(1) line %d (press h for help or q to quit)\x1b[27m\x1b[K\r\x1b[K"
+    # (The last status line is erased with the next key, which has not come.)
+    data = ("\x1b[?1049h" + "".join(page + status % (39 * p + 1) for p, page in enumerate(pages)))[:-4].encode()
+    screen = StemScreen(COLS, ROWS)
+    painted: list[int] = []
+    add_paint = screen._add_paint
+    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    first = data.index(b"\r\x1b[K") + 4
+    at = {"in the prompt": first - 30, "after its erase": first, "in the next line": first + 12}
+    reads = [data] if cut == "none" else chunks(data, 4096) if cut == "4096" else [data[: at[cut]], data[at[cut] :]]
+    for chunk in reads:
+        screen.feed(chunk)
+    assert painted == [0]  # the first line (read after the mode, as any line is); the rest are held
+    assert_same_screen(reference(data, None), screen)
+    assert len(painted) == 1 + ROWS  # then the 39 rows the last page's lines are left on and the status line
+    assert screen.text()[38].startswith("       page 3 line 38: git log shows")
+    assert screen.text()[39].startswith(" Manual page git-log(1) line 118 (press h")
+
+
+def test_a_prompt_erased_on_a_row_autowrap_went_on_from_leaves_it_a_line_of_its_own() -> None:
+    """In the main screen (less -X), a prompt erased on a row that a long line wrapped from: the erase from column 0
+    ends the wrap, so when the screen is made wider the next page's line on that row is not joined to the row below
+    it (a batch line's EL would not end it: such a prompt ends the batch)."""
+    data = "\x1b[3;1H" + "#" * 150 + "\x1b[H" + "a\r\nb\r\n" + "\x1b[7mprompt\x1b[27m\x1b[K\r\x1b[K" + "c\r\nd\r\n"
+    screen = stem(data.encode(), None)
+    assert_same_screen(reference(data.encode(), None), screen)
+    screen.resize(columns=160)
+    assert [line.rstrip() for line in screen.text()[:4]] == ["a", "b", "c", "d" + "#" * 29]
+
+
+def test_a_wrapping_line_after_a_prompt_erased_leaves_the_row_it_wraps_onto_as_it_was() -> None:
+    """A page's first line wider than the row after the prompt was erased: the erase was of the line's first row
+    only, which the line draws over; the row it wraps onto keeps what it showed past the line's end (an EL after the
+    line would erase that)."""
+    data = (
+        "\x1b[?1049h\x1b[H"
+        + "".join("%s\r\n" % ("=" * COLS) for _ in range(ROWS - 1))
+        + "\x1b[10;1Ha\r\nb\r\n:\x1b[K\r\x1b[K"
+        + "wraps " * 25
+        + "\r\nnext\r\n"
+    ).encode()
+    screen = stem(data, None)
+    assert_same_screen(reference(data, None), screen)
+    assert screen.text()[11] == "wraps " * 20
+    assert screen.text()[12] == "wraps " * 5 + "=" * (COLS - 30)
+
+
+@pytest.mark.parametrize(("row", "count"), [(0, 45), (5, 40), (5, 39), (20, 30), (39, 80), (3, 10)])
+def test_lines_that_scroll_the_alternate_screen_paint_only_the_rows_they_are_left_on(
+    monkeypatch: pytest.MonkeyPatch, row: int, count: int
+) -> None:
+    """A batch of lines from a row of the alternate screen that scroll it (a pager's page from where it placed the
+    cursor): the lines that leave the top are never painted, each of the others once, on the row it is left on."""
+    lines = "".join(f"\x1b[3{i % 8}mline {i}\x1b[m\r\n" for i in range(count))
+    data = (f"\x1b[?1049h\x1b[{row + 1};1Hfirst\r\n" + lines).encode()
+    screen = StemScreen(COLS, ROWS)
+    painted: list[int] = []
+    add_paint = screen._add_paint
+    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    screen.feed(data)
+    assert_same_screen(reference(data, None), screen)
+    y = row + 1  # the first line's row goes as any line does; the batch is the rest
+    kept = min(count, ROWS - 1)  # the batch's lines left on the screen (the cursor's row is left empty)
+    assert len(painted) == 1 + kept
+    assert screen.text()[ROWS - 2 if y + count > ROWS - 1 else y + count - 1].startswith(f"line {count - 1}")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_flood_lines_with_controls_equal_history_screen(seed: int) -> None:
     """In a flood, a read is taken for whole lines and checked only once its SGR sequences are out; a line the batch

@@ -791,3 +791,56 @@ def wrapping_flood(seed: int, count: int = 600) -> bytes:
             line = "".join(parts) + rng.choice(["", f"{CSI}m", f"{CSI}m", f"{CSI}31m"])
         out.append(line + "\r\n")
     return "".join(out).encode()
+
+
+def pager_pages(seed: int, count: int = 60) -> bytes:
+    """Pages of lines with a prompt between them, as less and man page forward: the prompt drawn on the row after
+    the page (less's status line in reverse video turned off again, `:`, nothing, one that leaves a colour or a
+    background on, one wider than the row, wide and zero-width characters in it), erased by CR EL (after an EL or
+    not, ESC [ K or ESC [ 0 K), then the next page's lines: coloured and ended reset, left coloured, ending in EL with
+    a background, empty, SGR alone, wider than the row (in ASCII, in wide characters), with a zero-width character; and what ends the paging instead (a search typed with
+    backspaces, the alternate screen left); pages from the screen's top or another row, over what is there; in the
+    main screen too (less -X), where long lines mark rows as wrapped."""
+    rng = random.Random(seed)
+    prompts = [
+        f"{CSI}7mfile.txt{CSI}27m",
+        f"{CSI}7m Manual page git-log(1) line {rng.randrange(2000)} (press h for help or q to quit){CSI}27m",
+        ":",
+        "",
+        f"{CSI}44mblue left on",
+        f"{CSI}1mbold left on",
+        f"{CSI}7m" + "p" * 130 + f"{CSI}27m",
+        f"{CSI}7m中文 wide{CSI}27m",
+        f"{CSI}7me\u0301 combining{CSI}27m",
+        f"{ESC}(B{CSI}m:",
+    ]
+    lines = [
+        f"{CSI}1mNAME{CSI}0m{CSI}m",
+        f"       git-log - Show commit logs{CSI}m",
+        f"{CSI}m",
+        "",
+        f"{CSI}3{rng.randrange(8)}m0042{CSI}0m {CSI}1mbold{CSI}0m line of coloured text {CSI}m",
+        f"{CSI}32mgreen left on",
+        f"{CSI}45mmagenta background{CSI}K{CSI}m",
+        f"{CSI}41mred background to the end{CSI}K",
+        f"{CSI}46mcyan background left on",
+        "x" + "中" * 70,
+        f"{CSI}44me\u0301 combining on blue",
+        "plain " * 25,
+        f"{CSI}4munderlined{CSI}24m and the rest’s quote",
+        f"{CSI}0K",
+    ]
+    out = [rng.choice([f"{CSI}?1049h", f"{CSI}?1049h", ""])]
+    for _ in range(count):
+        page = [rng.choice(lines) for _ in range(rng.randrange(1, 50))]
+        out.append(rng.choice(["", "", f"{CSI}{rng.randrange(1, 41)};1H"]))  # a page from a row (less redrawing)
+        out.append("".join(line + "\r\n" for line in page))
+        out.append(rng.choice(prompts) + rng.choice([f"{CSI}K", f"{CSI}0K", ""]))
+        pick = rng.random()
+        if pick < 0.8:
+            out.append("\r" + rng.choice([f"{CSI}K", f"{CSI}K", f"{CSI}0K"]))
+        elif pick < 0.9:
+            out.append(f"\r{CSI}K/{CSI}Kl\x08l{CSI}Ki\x08i\r{CSI}K")
+        else:
+            out.append(rng.choice([f"\r{CSI}K{CSI}?1049l", f"\r{CSI}K{CSI}?1049h", "\r"]))
+    return "".join(out).encode()
