@@ -18,6 +18,7 @@ from pyte import modes as mo
 from pyte.screens import StaticDefaultDict, wcwidth
 from recordings import streams
 
+from core import screen as screen_mod
 from core import screen_cells
 from core.screen import StemScreen
 from core.screen_cells import Char
@@ -935,6 +936,14 @@ def test_lines_followed_from_their_last_reset_equal_reference(seed: int) -> None
     screen = stem(data, size)
     assert len(expected) > 0
     assert_scrollback(screen, expected)
+
+
+def test_printable_is_every_character_but_the_controls() -> None:
+    """The runs, paints and batches take `_PRINTABLE` (two ranges, which the regex engine tests faster) for what is
+    not a C0 or C1 control nor DEL: exactly those, over every code point."""
+    every = "".join(map(chr, range(0x110000)))
+    left = re.sub(screen_mod._PRINTABLE, "", every)
+    assert left == "".join(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
 
 
 @pytest.mark.parametrize("seed", range(10))
