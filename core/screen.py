@@ -319,6 +319,11 @@ _ERASED_ROW = re.compile("(" + _RUN + r")?(?:\x1b\[0?K)?\r\x1b\[0?K")
 # The start of a line left at the end of a feed after a batch (see `_after_batch`): a run, perhaps cut in an SGR
 # sequence, an EL or a CR LF by the end of the read.
 _TAIL = re.compile("(?:" + _RUN + r")?(?:\x1b\[0?K\r?|\r|\x1b(?:\[[0-9;]*+|\()?)?")
+# What a full-screen program sends as it quits, after its last frame: modes that draw nothing (application cursor
+# keys and keypad, the cursor shown, mouse, paste and focus reports, synchronized output), SGR, then the alternate
+# screen left with the cursor restored (1049): the frame's rows and the cursor they leave are never seen
+# (`StemScreen._after_batch`). Nothing that answers, saves the cursor or leaves the screen otherwise.
+_QUITS = re.compile(r"(?:\x1b\[\?(?:1|12|25|100[0-6]|1015|2004|2026)[hl]|\x1b[=>]|\x1b\[[0-9;]*+m)*+\x1b\[\?1049l")
 # Where a line's start kept after held rows is looked at again from (`feed`): after its last whole SGR sequence, or
 # after the EL that erased a prompt (the line starts there).
 _LINE_GOES_ON = re.compile(r"\x1b\[[0-9;]*+m|(?<=\r)\x1b\[0?K")
@@ -3159,13 +3164,22 @@ class StemScreen(pyte.Screen):
         for the next feed, which usually goes on with more whole lines); otherwise apply them now. Returns
         where parsing goes on. A pager's prompt between two pages, drawn on the row after the lines and erased at
         once (`_ERASED_ROW`), does not end the batch: the next page's lines go on with it, its first line erasing
-        its row (see `_erased_row_joins`), so that lines paged past unseen are never drawn (less, man)."""
+        its row (see `_erased_row_joins`), so that lines paged past unseen are never drawn (less, man). Nor are they
+        if the program quits right after them (`_QUITS`)."""
         n = len(text)
         while pos < n:
             if _TAIL.fullmatch(text, pos) is not None:
                 self._tail = text[pos:]
                 return n
             m = _ERASED_ROW.match(text, pos)
+            if self._alt_savepoint is not None and _QUITS.match(text, pos if m is None else m.end()) is not None:
+                # The program quits (a pager's last page, its prompt erased): the alternate screen is left with the
+                # cursor 1049 saved, and what the held rows would draw and where they leave the cursor is dropped
+                # with it, never drawn.
+                self._held = []
+                self._held_plain = None
+                self._held_counted = False
+                return pos if m is None else m.end()
             if m is None or not self._erased_row_joins(m.group(1)):
                 break
             if _TAIL.fullmatch(text, m.end()) is not None:  # the read ended in the next page's first line

@@ -958,10 +958,10 @@ def test_pages_with_a_prompt_between_them_equal_reference(seed: int) -> None:
     size = (1, 7, 64, 4096, None)[seed % 5]
     main = 0
     for k in range(20):
-        data = streams.pager_pages(seed * 100 + k, count=2 + k % 5)
+        data = streams.pager_pages(seed * 100 + k, count=2 + k % 5, main=k % 4 == 0)
         screen = stem(data, size)
         assert_same_screen(reference(data, size), screen)
-        if b"1049" not in data:
+        if not uses_alternate_screen(data):
             main += 1
             assert_scrollback(screen, history_rows(data), f" of stream {k}")
     assert main > 0
@@ -996,6 +996,51 @@ def test_a_pager_s_pages_are_one_batch_and_lines_paged_past_are_never_drawn(
     assert len(painted) == 1 + ROWS  # then the 39 rows the last page's lines are left on and the status line
     assert screen.text()[38].startswith("       page 3 line 38: git log shows")
     assert screen.text()[39].startswith(" Manual page git-log(1) line 118 (press h")
+
+
+@pytest.mark.parametrize("cut", ["none", "4096"])
+def test_a_pager_s_last_page_is_never_drawn_when_it_quits(monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    """man at its last page and then `q`: the page's lines held, the END prompt erased, the keypad and cursor keys
+    reset and the alternate screen left (1049, which restores the cursor it saved). What the page would have drawn,
+    and where it would have left the cursor, goes with the alternate screen: its rows are never painted, and the
+    main screen is back as pyte shows it, the cursor where it was."""
+    page = "".join(f"       line {i}: \x1b[1mgit log\x1b[0m shows the commit logs\x1b[m\r\n" for i in range(39))
+    end = "\x1b[7m Manual page git-log(1) line 2227/2265 (END)\x1b[27m\x1b[K\r\x1b[K"
+    data = ("$ man git-log\r\n\x1b[?1049h\x1b[?1h\x1b=\r" + page + end + "\x1b[?1l\x1b>\x1b[?1049l$ ").encode()
+    screen = StemScreen(COLS, ROWS)
+    painted: list[int] = []
+    add_paint = screen._add_paint
+    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    for chunk in [data] if cut == "none" else chunks(data, 4096):
+        screen.feed(chunk)
+    assert_same_screen(reference(data, None), screen)
+    assert painted.count(0) == 1  # the page's first line (read after the modes, as any line is); the rest never
+    assert len(painted) == 3  # that line, and the main screen's two
+    assert (screen.cursor.x, screen.cursor.y) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("enter", "quit_"),
+    [
+        ("\x1b[?1049h", "\x1b[6n\x1b[?1049l"),  # a question first: answered from where the page left the cursor
+        ("\x1b[?47h", "\x1b[?1049l"),  # entered without saving the cursor: left where the page left it
+    ],
+)
+def test_a_page_before_the_alternate_screen_is_left_is_drawn_if_something_sees_it(enter: str, quit_: str) -> None:
+    """What the held page leaves is seen if the program asks where the cursor is before it leaves the alternate
+    screen, or if leaving it does not restore the cursor: the page is applied first, as anything else but the modes
+    of a quit applies it."""
+    page = "".join(f"line {i}\r\n" for i in range(20))
+    data = (enter + "\x1b[5;1Hfirst\r\n" + page + quit_).encode()
+    answers: list[bytes] = []
+    screen = StemScreen(COLS, ROWS)
+    screen.set_responder(answers.append)
+    screen.feed(data)
+    assert_same_screen(reference(data, None), screen)
+    if "6n" in quit_:
+        assert answers == [b"\x1b[26;1R"]
+    else:
+        assert (screen.cursor.x, screen.cursor.y) == (0, 25)
 
 
 def test_a_prompt_erased_on_a_row_autowrap_went_on_from_leaves_it_a_line_of_its_own() -> None:

@@ -793,14 +793,15 @@ def wrapping_flood(seed: int, count: int = 600) -> bytes:
     return "".join(out).encode()
 
 
-def pager_pages(seed: int, count: int = 60) -> bytes:
+def pager_pages(seed: int, count: int = 60, main: bool = False) -> bytes:
     """Pages of lines with a prompt between them, as less and man page forward: the prompt drawn on the row after
     the page (less's status line in reverse video turned off again, `:`, nothing, one that leaves a colour or a
     background on, one wider than the row, wide and zero-width characters in it), erased by CR EL (after an EL or
     not, ESC [ K or ESC [ 0 K), then the next page's lines: coloured and ended reset, left coloured, ending in EL with
     a background, empty, SGR alone, wider than the row (in ASCII, in wide characters), with a zero-width character; and what ends the paging instead (a search typed with
-    backspaces, the alternate screen left); pages from the screen's top or another row, over what is there; in the
-    main screen too (less -X), where long lines mark rows as wrapped."""
+    backspaces, the alternate screen left as a program quits, with the cursor saved by 1049 or not, after modes or a
+    save of the cursor); pages from the screen's top or another row, over what is there; in the main screen too
+    (less -X, `main`: there only), where long lines mark rows as wrapped."""
     rng = random.Random(seed)
     prompts = [
         f"{CSI}7mfile.txt{CSI}27m",
@@ -830,7 +831,21 @@ def pager_pages(seed: int, count: int = 60) -> bytes:
         f"{CSI}4munderlined{CSI}24m and the rest’s quote",
         f"{CSI}0K",
     ]
-    out = [rng.choice([f"{CSI}?1049h", f"{CSI}?1049h", ""])]
+    starts = [f"{CSI}?1049h", f"{CSI}?1049h", f"{CSI}?47h", f"{CSI}?1047h", ""]
+    quits = [
+        f"\r{CSI}K{CSI}?1049l",
+        f"\r{CSI}K{CSI}?1l{ESC}>{CSI}?1049l",
+        f"{CSI}?25h{CSI}m{CSI}?1049l",
+        f"\r{CSI}K{CSI}?1049l{CSI}?1049h",
+        f"\r{CSI}K{CSI}?1048h{CSI}?1049l",
+        f"\r{CSI}K{CSI}?47l",
+        f"{CSI}?1047l",
+        f"\r{CSI}K{CSI}?1049h",
+        "\r",
+    ]
+    if main:
+        starts, quits = [""], ["\r"]
+    out = [rng.choice(starts)]
     for _ in range(count):
         page = [rng.choice(lines) for _ in range(rng.randrange(1, 50))]
         out.append(rng.choice(["", "", f"{CSI}{rng.randrange(1, 41)};1H"]))  # a page from a row (less redrawing)
@@ -842,5 +857,5 @@ def pager_pages(seed: int, count: int = 60) -> bytes:
         elif pick < 0.9:
             out.append(f"\r{CSI}K/{CSI}Kl\x08l{CSI}Ki\x08i\r{CSI}K")
         else:
-            out.append(rng.choice([f"\r{CSI}K{CSI}?1049l", f"\r{CSI}K{CSI}?1049h", "\r"]))
+            out.append(rng.choice(quits))
     return "".join(out).encode()
