@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -76,9 +77,12 @@ def _hive(args: argparse.Namespace) -> HiveAPI:
     from core.locations import stem_home
 
     home = stem_home()
-    # gc goes on for a hive whose home was removed while its claim (and its colonies' leftovers) stayed.
-    if args.command not in MAKE_HIVE and not home.is_dir() and (args.command != "gc" or not claimed(home)):
-        return _NoHive(args)  # type: ignore[return-value]  # what these commands ask of a hive
+    # gc goes on for a hive whose home was removed while its claim (and its colonies' leftovers) stayed; the home it
+    # opens for that is removed again after it (`_run`), and the claim with it.
+    if args.command not in MAKE_HIVE and not home.is_dir():
+        if args.command != "gc" or not claimed(home):
+            return _NoHive(args)  # type: ignore[return-value]  # what these commands ask of a hive
+        args.gone_home = home
     from core.hive import Hive
 
     hive = Hive.from_environment()
@@ -747,6 +751,14 @@ async def _run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await hive.close()
+        gone = getattr(args, "gone_home", None)
+        if gone is not None:
+            # gc of a hive whose home was removed: what it left in the kernel is gone, and so is the hive (a home
+            # made again would hold the prefix and the pool until a reboot).
+            from core.claims import forget_gone
+
+            await asyncio.to_thread(shutil.rmtree, gone, True)
+            await asyncio.to_thread(forget_gone)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -97,7 +97,8 @@ def test_commands_that_only_read_make_no_hive_where_stem_home_does_not_exist(hiv
 
 def test_gc_cleans_up_after_a_hive_whose_home_was_removed(hive_env):
     """The home is gone but its claim is not (the user removed the folder with colonies running): gc under that
-    STEM_HOME still finds the hive's prefix and removes what it left in the kernel."""
+    STEM_HOME still finds the hive's prefix and removes what it left in the kernel, then forgets the hive: the home
+    it had to open for that is removed again, and the claim with it."""
     assert run_stem(hive_env.env, "ls").returncode == 0
     left = f"{hive_env.prefix}-ghost"
     subprocess.run(["ip", "netns", "add", left], check=True)
@@ -107,6 +108,12 @@ def test_gc_cleans_up_after_a_hive_whose_home_was_removed(hive_env):
         assert run.returncode == 0, run.stderr
         assert f"removed network namespace {left} (not in the registry)" in run.stdout.splitlines()
         assert netns_names(hive_env.prefix) == []
+        # and the hive is gone for good: no home made again, its claim forgotten (the prefix free for another)
+        assert not hive_env.home.exists()
+        assert hive_env.prefix not in [claim.prefix for claim in claims.held()]
+        again = run_stem(hive_env.env, "gc")
+        assert (again.returncode, again.stdout) == (0, "nothing to clean\n")
+        assert not hive_env.home.exists()
     finally:
         subprocess.run(["ip", "netns", "del", left], check=False, capture_output=True)
 
