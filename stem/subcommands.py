@@ -82,6 +82,8 @@ def _hive(args: argparse.Namespace) -> HiveAPI:
     if args.command not in MAKE_HIVE and not home.is_dir():
         if args.command != "gc" or not claimed(home):
             return _NoHive(args)  # type: ignore[return-value]  # what these commands ask of a hive
+        while not home.parent.exists():  # (the folders above it that opening it makes go with it)
+            home = home.parent
         args.gone_home = home
     from core.hive import Hive
 

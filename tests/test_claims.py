@@ -103,13 +103,13 @@ def test_gc_cleans_up_after_a_hive_whose_home_was_removed(hive_env):
     left = f"{hive_env.prefix}-ghost"
     subprocess.run(["ip", "netns", "add", left], check=True)
     try:
-        shutil.rmtree(hive_env.home)
+        shutil.rmtree(hive_env.home.parent)  # (the folder it was in too)
         run = run_stem(hive_env.env, "gc")
         assert run.returncode == 0, run.stderr
         assert f"removed network namespace {left} (not in the registry)" in run.stdout.splitlines()
         assert netns_names(hive_env.prefix) == []
         # and the hive is gone for good: no home made again, its claim forgotten (the prefix free for another)
-        assert not hive_env.home.exists()
+        assert not hive_env.home.parent.exists()
         assert hive_env.prefix not in [claim.prefix for claim in claims.held()]
         again = run_stem(hive_env.env, "gc")
         assert (again.returncode, again.stdout) == (0, "nothing to clean\n")
