@@ -475,12 +475,13 @@ def _line_ends_only(text: str, count: int) -> bool:
     return len(text) - len(text.encode("ascii").translate(None, _CONTROLS)) == 2 * count
 
 
-def _erased_first(erases: list[bool] | None, nodes: list[CharCache], count: int) -> list[bool] | None:
-    """The ELs after `count` batch lines (`erases`, None: none) with one after the first, whose row was erased whole
-    before it was drawn (a pager's prompt, `StemScreen._after_batch`); None if that EL would erase with another
-    background than the erase did (the line changes it and has no EL of its own)."""
+def _erased_first(erases: list[bool] | None, nodes: list[CharCache]) -> list[bool] | None:
+    """The ELs after batch lines (`erases`, None: none; `nodes`, the attributes each starts with and those after the
+    last) with one after the first, whose row was erased whole before it was drawn (a pager's prompt,
+    `StemScreen._after_batch`); None if that EL would erase with another background than the erase did (the line
+    changes it and has no EL of its own)."""
     if erases is None:
-        erases = [False] * count
+        erases = [False] * (len(nodes) - 1)
     elif erases[0]:
         return erases
     if nodes[1].blank != nodes[0].blank:
@@ -2883,7 +2884,7 @@ class StemScreen(pyte.Screen):
             nodes = list(map(_CHARS, map(moves.__getitem__, starts)))
         if shown is None:  # every line fits (above)
             if cleared:
-                erases = _erased_first(erases, nodes, len(lines))
+                erases = _erased_first(erases, nodes)
                 if erases is None:
                     return pos
             self._hold(LineRows(lines, nodes, erases), None)
@@ -2905,7 +2906,7 @@ class StemScreen(pyte.Screen):
             if width is None or (width > columns and width != visible[0]):
                 return pos
             if width <= columns:
-                erases = _erased_first(erases, nodes, len(lines))
+                erases = _erased_first(erases, nodes)
                 if erases is None:
                     return pos
         if None not in widths:
@@ -3204,15 +3205,9 @@ class StemScreen(pyte.Screen):
             return False
         if run is None:
             return True
-        shown = run
-        if "\x1b" in run:
-            node = self._node()
-            seqs = _SGR_SEQ.findall(run)
-            if seqs and reduce(LOOKUP, seqs, node.moves).chars.attrs != node.attrs:
-                return False
-            shown = _SGR_SEQ.sub("", run).replace(_DESIGNATIONS[0], "")
-        width = len(shown) if shown.isascii() else text_width(shown)
-        return width is not None and width <= self.columns
+        node = self._node()
+        known = _batch_line(run, node)  # (worked out as a batch line: the attributes after it, its width)
+        return known is not None and known[2].attrs == node.attrs and known[3] <= self.columns
 
     def _draw_spec(self, buffer: dict[int, Row], y: int, spec: Spec) -> None:
         """Draw a batch row on row `y` from column 0, then its EL. Like pyte, a row is not created for a line

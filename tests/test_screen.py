@@ -515,6 +515,14 @@ def row_cells(screen: pyte.Screen, y: int) -> list[Char]:
     return [row[x] for x in range(screen.columns)]
 
 
+def rows_painted(monkeypatch: pytest.MonkeyPatch, screen: StemScreen) -> list[int]:
+    """The rows of `screen`'s deferred paints (`_add_paint`), one entry per paint, in order, from now on."""
+    painted: list[int] = []
+    add_paint = screen._add_paint
+    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    return painted
+
+
 def assert_same_screen(expected: pyte.Screen, actual: StemScreen) -> None:
     """Every cell (character and all attributes), the cursor (position, visibility, attributes), the title."""
     for y in range(expected.lines):
@@ -983,9 +991,7 @@ def test_a_pager_s_pages_are_one_batch_and_lines_paged_past_are_never_drawn(
     # (The last status line is erased with the next key, which has not come.)
     data = ("\x1b[?1049h" + "".join(page + status % (39 * p + 1) for p, page in enumerate(pages)))[:-4].encode()
     screen = StemScreen(COLS, ROWS)
-    painted: list[int] = []
-    add_paint = screen._add_paint
-    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    painted = rows_painted(monkeypatch, screen)
     first = data.index(b"\r\x1b[K") + 4
     at = {"in the prompt": first - 30, "after its erase": first, "in the next line": first + 12}
     reads = [data] if cut == "none" else chunks(data, 4096) if cut == "4096" else [data[: at[cut]], data[at[cut] :]]
@@ -1008,9 +1014,7 @@ def test_a_pager_s_last_page_is_never_drawn_when_it_quits(monkeypatch: pytest.Mo
     end = "\x1b[7m Manual page git-log(1) line 2227/2265 (END)\x1b[27m\x1b[K\r\x1b[K"
     data = ("$ man git-log\r\n\x1b[?1049h\x1b[?1h\x1b=\r" + page + end + "\x1b[?1l\x1b>\x1b[?1049l$ ").encode()
     screen = StemScreen(COLS, ROWS)
-    painted: list[int] = []
-    add_paint = screen._add_paint
-    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    painted = rows_painted(monkeypatch, screen)
     for chunk in [data] if cut == "none" else chunks(data, 4096):
         screen.feed(chunk)
     assert_same_screen(reference(data, None), screen)
@@ -1080,9 +1084,7 @@ def test_lines_that_scroll_the_alternate_screen_paint_only_the_rows_they_are_lef
     lines = "".join(f"\x1b[3{i % 8}mline {i}\x1b[m\r\n" for i in range(count))
     data = (f"\x1b[?1049h\x1b[{row + 1};1Hfirst\r\n" + lines).encode()
     screen = StemScreen(COLS, ROWS)
-    painted: list[int] = []
-    add_paint = screen._add_paint
-    monkeypatch.setattr(screen, "_add_paint", lambda y, op, whole: painted.append(y) or add_paint(y, op, whole))
+    painted = rows_painted(monkeypatch, screen)
     screen.feed(data)
     assert_same_screen(reference(data, None), screen)
     y = row + 1  # the first line's row goes as any line does; the batch is the rest
