@@ -986,15 +986,14 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         columns = self.columns
         x = cursor.x
-        row_at = self._row  # only the rows drawn on have their deferred paints written
-        get = chars_for(cursor.attrs).__getitem__
         dirty = self.dirty
         if mo.DECAWM not in self.mode:
             # No autowrap: what does not fit is drawn over the last column in turn (pyte moves the cursor back
             # one cell per character), so the last character stays there, with the cursor past it.
+            get = chars_for(cursor.attrs).__getitem__
             n = len(data)
             room = columns - x
-            row = row_at(cursor.y)
+            row = self._row(cursor.y)  # only the row drawn on has its deferred paints written
             if n <= room:
                 row.update(enumerate(map(get, data), x))
                 cursor.x = x + n
@@ -1005,23 +1004,28 @@ class StemScreen(pyte.Screen):
                 cursor.x = columns
             dirty.add(cursor.y)
             return
+        # Each row's part is deferred as a paint (`_paint`): a line that wraps is often drawn over or erased before
+        # anyone looks (Codex prints a warning on the alternate screen, then clears it). A pending wrap (the cursor
+        # past the last column) goes to the next row first, as pyte's draw does: CR, then LF.
+        node = self._chars
+        if node.attrs is not cursor.attrs:
+            node = self._chars = chars_for(cursor.attrs)
+        add = self._add_paint
         i, n = 0, len(data)
         while True:
-            if x == columns:  # pending wrap, as pyte's draw: CR then LF, then draw
+            if x == columns:
                 dirty.add(cursor.y)
                 self._autowrap()
                 cursor = self._cur
                 x = 0
             room = columns - x
-            if n - i <= room:
-                part = data[i:] if i else data
-                end = x + len(part)
-                row_at(cursor.y).update(enumerate(map(get, part), x))
-                x = end
-                break
-            row_at(cursor.y).update(enumerate(map(get, data[i : i + room]), x))
-            x = columns
+            part = data[i : i + room] if i or n > room else data
+            end = x + len(part)
+            add(cursor.y, (x, None, part, node, end - x, None), x == 0 and end == columns)
+            x = end
             i += room
+            if i >= n:
+                break
         cursor.x = x
         dirty.add(cursor.y)
 

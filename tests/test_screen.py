@@ -1093,6 +1093,43 @@ def test_lines_that_scroll_the_alternate_screen_paint_only_the_rows_they_are_lef
     assert screen.text()[ROWS - 2 if y + count > ROWS - 1 else y + count - 1].startswith(f"line {count - 1}")
 
 
+@pytest.mark.parametrize("cut", ["none", "4096", "in the line"])
+def test_a_line_that_wraps_and_is_cleared_before_anyone_looks_is_never_written(
+    monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """Codex started again in a colony whose alternate screen shows its last frame (looked at): its warning, wider
+    than the row, is drawn from where the frame left the cursor and wraps; then Codex clears the screen and draws a
+    new frame. The warning's cells are never written to the rows (each row's part is a deferred paint that the clear
+    drops), and the screen is pyte's, also where a read ends inside the warning. Looked at before the clear, the
+    warning is there."""
+    warning = "WARNING: proceeding, even though we could not create PATH aliases: " + "#" * 150
+    frame = "\x1b[?1049h" + "".join(f"\x1b[{y + 1};1Hrow {y}\x1b[K" for y in range(ROWS)) + "\x1b[15;18H"
+    rest = (warning + "\r\n\x1b[?2004h\x1b[1;1H\x1b[J\x1b[3;3HWelcome to \x1b[1mCodex\x1b[22m").encode()
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(frame.encode())
+    assert screen.text()[14] == "row 14".ljust(COLS)
+    written: list[Char] = []
+    update = StaticDefaultDict.update
+
+    def spy(row: dict[int, Char], cells: Any) -> None:
+        cells = dict(cells)
+        written.extend(cells.values())
+        update(row, cells)
+
+    monkeypatch.setattr(StaticDefaultDict, "update", spy)
+    at = len(warning) - 40
+    for chunk in [rest] if cut == "none" else chunks(rest, 4096) if cut == "4096" else [rest[:at], rest[at:]]:
+        screen.feed(chunk)
+    assert screen.text()[2].startswith("  Welcome to Codex")
+    assert written and {cell.data for cell in written}.isdisjoint(":#")  # (which "row N" and "Welcome" do not have)
+    monkeypatch.undo()
+    assert_same_screen(reference(frame.encode() + rest, None), screen)
+    looked = StemScreen(COLS, ROWS)
+    looked.feed((frame + warning).encode())
+    assert looked.text()[14][17:] == warning[: COLS - 17]
+    assert looked.text()[15].startswith(warning[COLS - 17 :])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_flood_lines_with_controls_equal_history_screen(seed: int) -> None:
     """In a flood, a read is taken for whole lines and checked only once its SGR sequences are out; a line the batch
