@@ -122,9 +122,13 @@ _NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 # Private modes (by their parameter, shifted as pyte stores them) that pyte's `set_mode` and `reset_mode` only record
 # (DECTCEM also shows or hides the cursor, 2026 starts or ends a frame: `TerminalQueries.set_modes`) and Stem does not
 # act on: set or reset in place (`_feed_text`). Not DECCOLM, DECSCNM or DECOM (pyte acts on them), nor the alternate
-# screens.
+# screens. Beside the modes Stem's keys and mouse read, those agents set at every start that nothing here acts on:
+# autorepeat (8), the mouse's other encodings (9, 1001, 1016), alt and meta keys (1034, 1036, 1039), the wheel as
+# arrows on the alternate screen (1007: Codex), colour-scheme reports (2031: Claude Code) and tmux's 7727.
 _PLAIN_PRIVATE_MODES = {
-    str(m): m << 5 for m in (1, 7, 12, 25, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 2004, _SYNC_MODE)
+    str(m): m << 5
+    for m in (1, 7, 8, 9, 12, 25, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1015, 1016, 1034, 1036, 1039)
+    + (2004, 2031, _SYNC_MODE, 7727)
 }
 _SYNC_SHIFTED = _SYNC_MODE << 5
 _SYNC_MODES = (_SYNC_MODE,)

@@ -167,6 +167,35 @@ def test_a_piece_applied_dirties_its_rows_and_sets_its_modes() -> None:
 
 
 @pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize("mode", [8, 9, 1001, 1007, 1016, 1034, 1036, 1039, 2031, 7727])
+def test_modes_agents_set_at_every_start_are_set_in_place_and_leave_pyte_s_modes(mode: int) -> None:
+    """Codex sets the wheel-as-arrows mode (1007) at every start and screen, Claude Code colour-scheme reports (2031),
+    others autorepeat, meta keys and other mouse encodings: modes nothing in Stem acts on. A piece holding one is
+    applied from its effect (not scanned again each time), the mode set or reset as pyte records it, and DECRQM
+    still answers for it as before (X10 mouse, 9, is one of those it reports)."""
+    frames = "".join(
+        f"\x1b[{y};1H\x1b[?{mode}h\x1b[2mframe {y}\x1b[22m\x1b[K\x1b[{y + 1};3H\x1b[?{mode}l\x1b[1mnext\x1b[m"
+        for y in (3, 9, 3, 9, 3, 9, 3)
+    )
+    data = (frames + f"\x1b[1;1H\x1b[?{mode}h").encode()
+    _assert_pytes_and_applied(data)
+    screen = StemScreen(COLS, ROWS)
+    scanned = _record_scans(screen)
+    answers: list[bytes] = []
+    screen.set_responder(answers.append)
+    screen.feed(data)
+    piece = f"\x1b[3;1H\x1b[?{mode}h\x1b[2mframe 3\x1b[22m\x1b[K"
+    assert type(screen._piece_effects[piece]) is tuple
+    assert sum(text.count(piece) for text in scanned) < 4  # of the four times it is met
+    assert mode << 5 in screen.mode
+    screen.queries.feed(f"\x1b[?{mode}$p\x1b[?{mode}l\x1b[?{mode}$p".encode(), screen.feed)  # as AgentSession
+    assert answers == [
+        f"\x1b[?{mode};{1 if mode == 9 else 0}$y".encode(),
+        f"\x1b[?{mode};{2 if mode == 9 else 0}$y".encode(),
+    ]
+
+
+@pytest.mark.usefixtures("pieces_at_once")
 @pytest.mark.parametrize("read", [None, 4096, 61])
 def test_pieces_that_scroll_erase_or_set_the_region_are_applied_in_every_region(read: int | None) -> None:
     """tmux redraws a pane by scrolling a region and writing the rows that come in, and moves the region from pane to
