@@ -125,11 +125,10 @@ _NOT_PYTES = frozenset({*_ALT_MODES, _SAVE_CURSOR, _DECCOLM})
 # screens. Beside the modes Stem's keys and mouse read, those agents set at every start that nothing here acts on:
 # autorepeat (8), the mouse's other encodings (9, 1001, 1016), alt and meta keys (1034, 1036, 1039), the wheel as
 # arrows on the alternate screen (1007: Codex), colour-scheme reports (2031: Claude Code) and tmux's 7727.
-_PLAIN_PRIVATE_MODES = {
-    str(m): m << 5
-    for m in (1, 7, 8, 9, 12, 25, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1015, 1016, 1034, 1036, 1039)
-    + (2004, 2031, _SYNC_MODE, 7727)
-}
+_PLAIN_PRIVATE_MODES = {str(m): m << 5 for m in (
+    1, 7, 8, 9, 12, 25, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1015, 1016, 1034, 1036, 1039, 2004, 2031,
+    _SYNC_MODE, 7727,
+)}  # fmt: skip
 _SYNC_SHIFTED = _SYNC_MODE << 5
 _SYNC_MODES = (_SYNC_MODE,)
 
