@@ -1402,6 +1402,7 @@ class StemScreen(pyte.Screen):
         whole = fill(attrs, 0, columns)
         get = buffer.get
         make = row_kind(self.default_char)
+        erase = (0, None, None, None, _ERASE_CELLS, attrs)  # the erase deferred as a paint (below): one for every row
         for y in interval:
             line = get(y)
             if line is None:  # it comes into being, as pyte's lookup makes it, with nothing to erase (a new screen)
@@ -1427,7 +1428,6 @@ class StemScreen(pyte.Screen):
                 #   erased now: writing its paints when they are too many costs more.)
                 # A row with a cell past the last column, which only ICH writes, is erased now: a later paint of the
                 # whole row would not write that cell.
-                erase = (0, None, None, None, _ERASE_CELLS, attrs)
                 if entry is None:
                     if line:
                         paints[y] = (line, [erase], {})
