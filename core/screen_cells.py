@@ -381,8 +381,11 @@ _FIELDS = Char._fields
 # is reversed.
 _EFFECTS: dict[tuple[str | tuple[int, ...], bool], dict[str, Any]] = {}
 _RESET: dict[str, Any] = {}  # the effect of a reset alone
-# SGR parameters that set one truecolour foreground or background and nothing else.
-_TRUECOLOUR = re.compile(r"([34])8;2;([0-9]{1,4});([0-9]{1,4});([0-9]{1,4})")
+# SGR parameters that set one truecolour foreground or background, or one and then another (rich draws its colour
+# gradients a cell at a time, each with its own two), and nothing else.
+_TRUECOLOUR = re.compile(
+    r"([34])8;2;([0-9]{1,4});([0-9]{1,4});([0-9]{1,4})(?:;([34])8;2;([0-9]{1,4});([0-9]{1,4});([0-9]{1,4}))?"
+)
 # What a reset sets, on a normal and on a reversed screen (read only).
 _DEFAULT_FIELDS = DEFAULT_CHAR._asdict()
 _REVERSE_FIELDS = REVERSE_CHAR._asdict()
@@ -449,9 +452,11 @@ def _sgr_result(attrs: Char, params: str | tuple[int, ...], reverse_screen: bool
             _EFFECTS.clear()
         truecolour = _TRUECOLOUR.fullmatch(params) if isinstance(params, str) else None
         if truecolour is not None:
-            # One truecolour colour alone, as most are sent (and most are met once): what `_sgr_effect` gives.
-            kind, r, g, b = truecolour.groups()
+            # One truecolour colour or two, as most are sent (and most are met once): what `_sgr_effect` gives.
+            kind, r, g, b, kind2, r2, g2, b2 = truecolour.groups()
             effect = {"fg" if kind == "3" else "bg": f"{int(r):02x}{int(g):02x}{int(b):02x}"}
+            if kind2 is not None:  # (the same one twice: the second wins, as pyte reads them in turn)
+                effect["fg" if kind2 == "3" else "bg"] = f"{int(r2):02x}{int(g2):02x}{int(b2):02x}"
         else:
             ints = parse_params(params) if isinstance(params, str) else params
             # A reset alone (no parameter, or 0) gives pyte's default cell as it is.

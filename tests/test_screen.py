@@ -1212,6 +1212,30 @@ def test_sgr_is_pyte_s() -> None:
                 assert screen_cells.sgr_apply(start, tuple(params), reverse) == scratch.cursor.attrs
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        "38;2;255;128;0;48;2;0;0;128",  # rich's colour gradient: each cell's own two
+        "48;2;0;0;128;38;2;255;128;0",
+        "38;2;1;2;3;38;2;4;5;6",  # the same one twice: the second
+        "48;2;256;1000;9999;38;2;0;0;0",  # past 255, as pyte writes them
+        "38;2;10;20;30",
+    ],
+)
+def test_truecolour_colours_alone_are_pyte_s_without_the_general_sgr(
+    monkeypatch: pytest.MonkeyPatch, params: str
+) -> None:
+    """A truecolour foreground or background, or one and another, and nothing else (rich draws its colour boxes a cell
+    at a time, each a new pair met once) are worked out without the general SGR loop, and are what pyte leaves."""
+    screen_cells.clear_caches()
+    monkeypatch.setattr(screen_cells, "_sgr_effect", lambda *args: pytest.fail("the general SGR loop"))
+    for start in (Char(" "), Char(" ", "red", "blue", True)):
+        scratch = StockRef(1, 1)
+        scratch.cursor.attrs = start
+        scratch.select_graphic_rendition(*map(int, params.split(";")))
+        assert screen_cells.sgr_apply(start, params, False) == scratch.cursor.attrs
+
+
 # A colour of the 16 by its 256-colour index (ncurses under xterm-256color sends every colour so: htop, mc, vim; tmux
 # re-emits colours so), and the SGR of the same colour of the palette.
 PALETTE_BY_INDEX = [
