@@ -1010,9 +1010,7 @@ class StemScreen(pyte.Screen):
         # Each row's part is deferred as a paint (`_paint`): a line that wraps is often drawn over or erased before
         # anyone looks (Codex prints a warning on the alternate screen, then clears it). A pending wrap (the cursor
         # past the last column) goes to the next row first, as pyte's draw does: CR, then LF.
-        node = self._chars
-        if node.attrs is not cursor.attrs:
-            node = self._chars = chars_for(cursor.attrs)
+        node = self._node()
         add = self._add_paint
         i, n = 0, len(data)
         while True:
