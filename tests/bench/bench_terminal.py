@@ -24,8 +24,8 @@ about --rec-mb MB, so that tmux's fixed cost per run (start, marker polling) doe
 
 What is timed; MB/s is stream bytes (10^6) per second, the median of --runs runs, taken in rounds: every path once
 per round (in reverse order every other round), so a slow spell of the machine falls on Stem and its references
-alike. A ratio is the median of the rounds' ratios (each round's Stem and reference timed seconds apart, tmux right
-after Stem's 4 KiB reads), for stock pyte (one run) the ratio of the rates. "4k" paths are fed 4 KiB reads (what a
+alike. A ratio is the median of the rounds' ratios (each round's Stem and reference timed seconds apart, tmux next
+to Stem's 4 KiB reads), for stock pyte (one run) the ratio of the rates. "4k" paths are fed 4 KiB reads (what a
 PTY read usually returns), the others 64 KiB chunks, from memory:
   pyte, pyte_4k      pyte.Screen + pyte.ByteStream. Stock pyte is slow, so it gets only the first --pyte-kb KiB
                      of each stream, one run; the streams are uniform, so the rate carries over. Its screen
