@@ -493,6 +493,21 @@ def _erased_first(erases: list[bool] | None, nodes: list[CharCache]) -> list[boo
     return erases
 
 
+def _line_met(line: str, node: CharCache) -> BatchLine | None:
+    """A batch line not kept in `node.lines`, worked out (`_batch_line`); kept there the second time it is met (the
+    first time it is only remembered as met, in `LINES_SEEN`), so that a line repainted costs one lookup."""
+    known = _batch_line(line, node)
+    if known is not None:
+        if line in LINES_SEEN:
+            spend_runs(1 + len(line) // 8)
+            node.lines[line] = known
+        else:
+            if len(LINES_SEEN) >= _LINES_SEEN_LIMIT:
+                LINES_SEEN.clear()
+            LINES_SEEN.add(line)
+    return known
+
+
 def _batch_line(line: str, node: CharCache) -> BatchLine | None:
     """A batch line (perhaps ending in EL) drawn from `node`'s attributes, worked out; None if a character in it is
     zero-width or unprintable (the general path)."""
@@ -2358,15 +2373,34 @@ class StemScreen(pyte.Screen):
             rows[y] = make()  # as pyte's lookup makes it
         rows.pop(0, None)
         self.dirty.update(range(self.lines))
+        # Each line is a batch line (`_known_batch`: one lookup if met before) drawn on a new row, whose deferred
+        # paint is the row's only one (as `_paint_rows` makes it).
         cursor = self._cur
+        paints = self._paints
+        node = self._node()
         for i, (run, erase) in enumerate(steps):
-            cursor.x = 0
-            cursor.y = count - 1 - i
-            if not self._paint(run, erase):
-                self._draw_run(run)
-                if erase:
-                    self.erase_in_line(0)
+            y = count - 1 - i
+            known = node.lines.get(run) or (None if "\x1b(" in run else _line_met(run, node))
+            if known is None:  # a designation, or a character not of one or two cells: `_paint` or `_draw_run`
+                cursor.x = 0
+                cursor.y = y
+                cursor.attrs = node.attrs
+                self._chars = node
+                if not self._paint(run, erase):
+                    self._draw_run(run)
+                    if erase:
+                        self.erase_in_line(0)
+                node = self._node()
+                continue
+            after = known[2]
+            if erase:
+                paints[y] = (rows[y], [(0, None, run, node, -1, after.blank)], {0: 0})
+            elif known[3]:  # a line that draws nothing makes no row
+                paints[y] = (rows[y], [(0, None, run, node, -1, None)], {0: 0})
+            node = after
         cursor.x = cursor.y = 0
+        cursor.attrs = node.attrs
+        self._chars = node
         return end
 
     def _string_end(self, text: str) -> str:
@@ -3053,18 +3087,10 @@ class StemScreen(pyte.Screen):
         erases: list[bool] = []
         widths: list[int] = []
         visible: list[int] = []
-        seen = LINES_SEEN
         for line in lines:
-            known = node.lines.get(line)
+            known = node.lines.get(line) or _line_met(line, node)
             if known is None:
-                known = _batch_line(line, node)
-                if known is None:
-                    return False
-                if line in seen:
-                    spend_runs(1 + len(line) // 8)
-                    node.lines[line] = known
-                else:
-                    seen.add(line)
+                return False
             body, erase, node, width, shown = known
             out.append(body)
             nodes.append(node)

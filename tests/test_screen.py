@@ -1700,6 +1700,45 @@ def test_paging_back_equals_reference(seed: int, monkeypatch: pytest.MonkeyPatch
     assert max(taken) == ROWS - 1  # a screenful less one at most at a time (the 90 steps at the end)
 
 
+def test_lines_paged_back_are_batch_lines_one_lookup_each_once_met_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paging back (less: clear, then RI, a line, CR LF, home, from the page's last line up) draws each line as a
+    batch line (as `_known_batch` does), not run by run (`_paint_run`): a line met twice before is one lookup, its
+    cells worked out by no one (`_batch_line` not called for it). Lines with SGR, EL, wide characters, and ones that
+    need the general path (a designation, a combining character) changing the attributes the next line starts with;
+    the screen is pyte's after every page, in one read and in reads that cut the steps."""
+    screen_cells.clear_caches()
+    lines = [f"\x1b[3{i % 8}m{i:04d}\x1b[0m \x1b[1mbold\x1b[0m line {i} " + "~" * i + "\x1b[m" for i in range(ROWS - 4)]
+    lines[3] += "\x1b[K"
+    lines[5] = "\x1b[44m中文 wide, blue to the end\x1b[K"
+    lines[7] = "\x1b(B\x1b[1mncurses, bold on\x1b(B"  # (the lines drawn after these start with their attributes)
+    lines[9] = "e\u0301 combined, \x1b[4munderlined on"
+    page = "\x1b[H\x1b[2J" + "".join("\x1b[H\x1bM" + line + "\r\n" for line in reversed(lines)) + f"\x1b[{ROWS};1H:"
+    steps = [line.removesuffix("\x1b[K") for line in lines[1:]]  # drawn by the steps (the first line is not one)
+    general = {steps[6], steps[8]}
+    painted: list[str] = []
+    worked_out: list[str] = []
+    paint_run, batch_line = StemScreen._paint_run, screen_mod._batch_line
+    monkeypatch.setattr(
+        StemScreen, "_paint_run", lambda self, run, erase: painted.append(run) or paint_run(self, run, erase)
+    )
+    monkeypatch.setattr(screen_mod, "_batch_line", lambda line, node: worked_out.append(line) or batch_line(line, node))
+    data = b"\x1b[?1049h" + page.encode() * 3
+    screen = StemScreen(COLS, ROWS)
+    fed = b""
+    for i in range(3):
+        painted.clear()
+        worked_out.clear()
+        chunk = b"\x1b[?1049h" + page.encode() if i == 0 else page.encode()
+        screen.feed(chunk)
+        fed += chunk
+        assert_same_screen(reference(fed, None), screen)
+        assert not set(painted) & (set(steps) - general), f"page {i + 1}: lines painted run by run"
+        if i == 2:
+            assert not set(worked_out) & (set(steps) - general), "lines met twice worked out again"
+    assert_same_screen(reference(data, 61), stem(data, 61))
+    assert_same_screen(reference(data, 4096), looked_at_between_reads(data, 4096, take_dirty=True))
+
+
 def test_screen_text_matches_pyte_display() -> None:
     data = streams.wide_and_combining() + streams.tabs()
     expected = reference(data, None)
