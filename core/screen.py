@@ -2391,6 +2391,7 @@ class StemScreen(pyte.Screen):
                     if erase:
                         self.erase_in_line(0)
                 node = self._node()
+                paints = self._paints  # (anything that writes every row's paints makes a new dict of them)
                 continue
             after = known[2]
             if erase:
