@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import cast
 
 from core.screen_cells import (
@@ -54,13 +55,29 @@ WRAPPED_EMPTY = WrapText("")
 _END = -1  # the cursor past the end of its line (`rewrap`)
 
 
+# For each last column, what takes a row's cells up to it in one call (`compact_row`: half the time of a lookup per
+# cell from Python).
+_ROW_CELLS: dict[int, Callable[[Row], tuple[Char, ...]]] = {}
+
+
 def compact_row(row: Row | None) -> Entry:
     """The compact form of a row leaving the screen; cells never written are blanks, as in pyte. A row autowrap
     went on from (its `wrapped`, which the screen sets) stays marked so."""
     if not row:
         return WRAPPED_EMPTY if row is not None and getattr(row, "wrapped", False) else ""
-    cells = tuple(map(row.__getitem__, range(max(row) + 1)))
+    last = max(row)
+    cells_of = _ROW_CELLS.get(last)
+    if cells_of is None:
+        if len(_ROW_CELLS) >= 1024:
+            _ROW_CELLS.clear()
+        cells_of = _ROW_CELLS[last] = itemgetter(*range(last + 1)) if last else _first_cell
+    cells = cells_of(row)
     return WrapCells(cells) if getattr(row, "wrapped", False) else cells
+
+
+def _first_cell(row: Row) -> tuple[Char, ...]:
+    """A row's cells up to its first column (`itemgetter` of one key gives the item, not a tuple of it)."""
+    return (row[0],)
 
 
 def entry_wrapped(entry: Entry, counts: dict[tuple[str, Char, int], int]) -> bool:

@@ -1836,6 +1836,30 @@ def pyte_display_row(cells: list[Char]) -> str | None:
         return None
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_rows_written_anywhere_leave_for_the_scrollback_cell_for_cell(seed: int) -> None:
+    """Rows written as cells (cursor-placed characters, in any order, to any last column: only the first, with gaps,
+    up to the last column, wide characters, a row that autowrap goes on from) are kept in the scrollback, once
+    they scroll away, as pyte's HistoryScreen keeps them, cell for cell."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(3 * ROWS):
+        out.append(f"\x1b[{ROWS};1H")
+        last = rng.choice([1, 2, COLS // 2, COLS - 1, COLS, rng.randrange(1, COLS + 1)])
+        columns = {last, *rng.sample(range(1, last + 1), min(last, rng.randrange(0, 6)))}
+        for x in sorted(columns, key=lambda _: rng.random()):
+            text = rng.choice(["a", f"\x1b[1;3{rng.randrange(8)}mb\x1b[m", "中" if x < COLS else "c"])
+            out.append(f"\x1b[{ROWS};{x}H{text}")
+        if i % 7 == 0:
+            out.append(f"\x1b[{ROWS};{COLS - 2}Hwraps on")
+        out.append("\r\n")
+    data = "".join(out).encode()
+    expected = history_rows(data)
+    assert len(expected) >= 3 * ROWS
+    for size in (4096, None):
+        assert_scrollback(stem(data, size), expected, f", chunk {size}")
+
+
 def test_scrollback_text_is_pyte_display_of_the_line() -> None:
     data = streams.wide_and_combining() + streams.tabs() + streams.colored_logs(60)
     screen = stem(data, 7)
