@@ -2393,11 +2393,11 @@ class StemScreen(pyte.Screen):
                 node = self._node()
                 paints = self._paints  # (anything that writes every row's paints makes a new dict of them)
                 continue
-            after = known[2]
+            body, _, after, width, _ = known  # (the line met in a batch may hold ESC ( B, which its body has not)
             if erase:
-                paints[y] = (rows[y], [(0, None, run, node, -1, after.blank)], {0: 0})
-            elif known[3]:  # a line that draws nothing makes no row
-                paints[y] = (rows[y], [(0, None, run, node, -1, None)], {0: 0})
+                paints[y] = (rows[y], [(0, None, body, node, -1, after.blank)], {0: 0})
+            elif width:  # a line that draws nothing makes no row
+                paints[y] = (rows[y], [(0, None, body, node, -1, None)], {0: 0})
             node = after
         cursor.x = cursor.y = 0
         cursor.attrs = node.attrs

@@ -1836,6 +1836,19 @@ def pyte_display_row(cells: list[Char]) -> str | None:
         return None
 
 
+def test_a_line_with_esc_paren_b_paged_back_after_a_batch_met_it_draws_no_escape() -> None:
+    """ncurses sends `ESC ( B` before every attribute change. A line holding it, met twice in a batch of lines that
+    land without scrolling (kept with the designation taken out), then paged back (RI at the top) is drawn as that
+    batch drew it, not with the designation's characters as text: pyte's screen."""
+    screen_cells.clear_caches()
+    line = "\x1b(B\x1b[1mncurses, bold\x1b(B\x1b[m"
+    page = "\x1b[H" + "".join(line + "\r\n" for _ in range(5))
+    back = "\x1b[H\x1b[2J" + "".join("\x1b[H\x1bM" + text + "\r\n" for text in (line, line, "last")) + "\x1b[H"
+    data = ("\x1b[?1049h" + page * 3 + back).encode()
+    assert_same_screen(reference(data, None), stem(data, None))
+    assert_same_screen(reference(data, 4096), looked_at_between_reads(data, 61, take_dirty=True))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_rows_written_anywhere_leave_for_the_scrollback_cell_for_cell(seed: int) -> None:
     """Rows written as cells (cursor-placed characters, in any order, to any last column: only the first, with gaps,
