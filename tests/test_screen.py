@@ -570,6 +570,7 @@ STREAMS = {
     "rich-live": lambda: recorded("rich_live.bin"),
     "rich-demo": lambda: recorded("rich_demo.bin"),
     "git-log": lambda: recorded("git_log.bin"),
+    "git-pager": lambda: recorded("git_pager.bin"),
     "ls": lambda: recorded("ls.bin"),
     "top": lambda: recorded("top.bin"),
     "htop": lambda: recorded("htop.bin"),
@@ -713,6 +714,10 @@ def test_recordings_cover_what_they_claim() -> None:
     assert recorded("rich_live.bin").count(b"\x1b[2K\x1b[1A") > 500
     assert b"\x1b[38;2;" in recorded("rich_demo.bin") and recorded("git_log.bin").count(b"\x1b[32m+") > 1000
     assert recorded("ls.bin").count(b"\x1b[01;34m") > 100
+    # git's own pager (less -FRX): pages in the main screen, prompts erased between them, lines paged back with RI
+    git_pager = recorded("git_pager.bin")
+    assert b"\x1b[?1049h" not in git_pager and git_pager.count(b":\x1b[K\r\x1b[K") > 10
+    assert git_pager.count(b"\x1bM") > 100
     # The full-screen programs as users run them: each on the alternate screen (top on the main one), tmux with its
     # panes' scroll regions, vim with syntax colours
     for name in ("htop", "nano", "mc", "ncdu", "dialog", "vim_syntax", "less_chop", "man", "tmux"):
@@ -1772,6 +1777,7 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
         streams.wide_wrapping_lines,
         lambda: streams.repeated_lines(2),
         lambda: streams.agent_hints() * 30,
+        lambda: recorded("git_pager.bin") * 3,
     ],
     ids=[
         "coloured-logs",
@@ -1783,6 +1789,7 @@ def test_scrollback_after_flood_holds_the_lines_that_scrolled_away(size: int | N
         "wide-wrapping",
         "repeated",
         "agent-hints",
+        "git-pager-repeated",
     ],
 )
 def test_scrollback_cells_equal_history_screen(make: Any) -> None:

@@ -18,6 +18,8 @@ about --rec-mb MB, so that tmux's fixed cost per run (start, marker polling) doe
   top        `top`, 25 refreshes
   vim        vim on a generated file: move, search, set number, edit, undo, quit (alternate screen)
   less       `less -R` on coloured text: page down, search, go to the end, quit (alternate screen)
+  git_pager  `git log -p` in git's own pager (less with LESS=FRX: the main screen, pages scrolled into the
+             scrollback): page down, search, half pages, back, to the end and the start, quit
   curses     a small Python curses program: boxes, colours, a scroll region, a counter (alternate screen)
   htop, nano, mc, vim_syntax (syntax colours, split windows), man, tmux (tmux itself running vim and a shell in
              split panes): full-screen programs as users run them beside an agent (capture.py says how)
@@ -109,7 +111,7 @@ FRAME = 1 / 60  # core.agent.FRAME: a session's screen changes go out at most th
 MB = 1_000_000
 RECORDINGS = ROOT / "tests" / "recordings"
 RECORDED = (
-    *("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "curses"),
+    *("textual", "rich_live", "rich_demo", "git_log", "ls", "top", "vim", "less", "git_pager", "curses"),
     *("htop", "nano", "mc", "vim_syntax", "man", "tmux", "codex", "claude"),
 )
 SYNTHETIC = ("flood", "logs", "redraw", "pane")

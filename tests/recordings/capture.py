@@ -275,6 +275,14 @@ def main() -> int:
             "git_log.bin": lambda: capture(
                 ["git", "--no-pager", "log", "-p", "--color=always", "-n", "12", GIT_LOG_TIP], [], ROOT, home
             ),
+            # git's own pager as git starts it (less with LESS=FRX: no alternate screen, the pages scroll the
+            # main screen into the scrollback): paging down, a search, half pages, back, and to the end
+            "git_pager.bin": lambda: capture(
+                ["git", "log", "-p", "-n", "12", GIT_LOG_TIP],
+                [b" "] * 6 + [b"/def \r", b"n", b"n", b"d", b"d", b"b", b"b", b"u", b"G", b"g", b" ", b"q"],
+                ROOT,
+                home,
+            ),
             "ls.bin": lambda: capture(["ls", "-laR", "--color=always", "tree"], [], work, home),
             "top.bin": lambda: capture(["top", "-d", "0.2", "-n", "25"], [], work, home),
             # Full-screen programs as users run them beside an agent (htop, nano, mc, ncdu and dialog from Debian's
