@@ -168,8 +168,7 @@ _PIECE_CONTROLS = frozenset("\r\n\x0b\x0c\x08\x00\x7f")
 # in (`_env`), its paints ((row, paint, whole row) each), the cursor after it, the node of its attributes, the rows
 # it dirties, the private modes it sets in place, in order ((shifted mode, set), ...), its steps (`_Scratch`; None: it
 # paints and leaves the scroll region as it was), the screen's state after it (the one it starts in but for the
-# scroll region), and its steps with their scrolls merged (`_merged_scrolls`) and whether those are good on the main
-# screen.
+# scroll region), and its steps with their scrolls merged (`_merged_scrolls`).
 PieceOps = tuple[tuple[int, "Paint", bool], ...]
 Effect = tuple[
     Char,
@@ -185,16 +184,19 @@ Effect = tuple[
     "tuple[Step, ...] | None",
     tuple[Any, ...],
     "tuple[Step, ...] | None",
-    bool,
 ]
 # A step of a piece's effect (`_Scratch`), done in order: paints (_STEP_PAINT, ops), a scroll of the region top..bottom
 # up count rows (_STEP_SCROLL, top, bottom, count), an erase of the display from the cursor (_STEP_ERASE, how, x,
-# y, attributes), or the cursor saved (_STEP_SAVE, the savepoint, never changed: a restore copies its cursor).
+# y, attributes), or the cursor saved (_STEP_SAVE, the savepoint, never changed: a restore copies its cursor); and in
+# merged steps (`_merged_scrolls`) scrolls of a region at the top of the screen that keep the rows leaving it
+# (_STEP_KEEP, top, bottom, count, the paints on the rows that leave: (row counted from the first scroll's, paint,
+# whole row) each).
 Step = tuple[Any, ...]
 _STEP_PAINT = 0
 _STEP_SCROLL = 1
 _STEP_ERASE = 2
 _STEP_SAVE = 3
+_STEP_KEEP = 4
 
 
 class StemCursor(Cursor):
@@ -1800,7 +1802,7 @@ class StemScreen(pyte.Screen):
             if held:
                 start = end
                 continue
-            attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _, _ = effect
+            attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _ = effect
             if not (
                 (attrs is cursor.attrs or attrs == cursor.attrs)
                 and (y0 < 0 or (y0 == cursor.y and (x0 < 0 or x0 == cursor.x)))
@@ -1820,7 +1822,7 @@ class StemScreen(pyte.Screen):
                     start = end
                     continue
                 effect = other  # type: ignore[assignment]
-                attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _, _ = effect
+                attrs, x0, y0, _, ops, x1, y1, node, rows, modes, steps, _, _ = effect
             if steps is not None:
                 env = self._apply_steps(effect)
                 paints, cursor = self._paints, self._cur
@@ -2060,7 +2062,7 @@ class StemScreen(pyte.Screen):
             tuple(modes),
             tuple(steps) if steps or after is not env else None,
             after,
-            *_merged_scrolls(steps),
+            _merged_scrolls(steps),
         )
 
     def _apply_steps(self, effect: Effect) -> tuple[Any, ...]:
@@ -2068,7 +2070,7 @@ class StemScreen(pyte.Screen):
         row they push out is kept); then the scroll region it leaves. Returns the screen's state after it."""
         cursor = self._cur
         steps = effect[10]
-        if effect[12] is not None and (effect[13] or self._alt_active):
+        if effect[12] is not None:
             steps = effect[12]
         for step in steps:  # type: ignore[union-attr]  # only called when it has steps
             kind = step[0]
@@ -2077,6 +2079,8 @@ class StemScreen(pyte.Screen):
                     self._add_paint(y, op, whole)
             elif kind == _STEP_SCROLL:
                 self._scroll_up(step[1], step[2], step[3])
+            elif kind == _STEP_KEEP:
+                self._scroll_keeping(step[1], step[2], step[3], step[4])
             elif kind == _STEP_ERASE:
                 cursor.x, cursor.y, cursor.attrs = step[2], step[3], step[4]
                 self.erase_in_display(step[1])
@@ -2085,6 +2089,38 @@ class StemScreen(pyte.Screen):
         after = effect[11]
         self.margins = after[1]
         return after
+
+    def _scroll_keeping(self, top: int, bottom: int, count: int, kept: PieceOps) -> None:
+        """Scrolls of the region `top`..`bottom` (at its top, `top` 0) merged into one of `count` rows, with the paints
+        made between them on rows that leave (`kept`: each with its row counted from the region's top as the first
+        scroll starts): in the main screen, the rows that leave are kept in the scrollback as painted, those that
+        came into being at the bottom inside the run and left too (made blank, then painted) after the region's
+        own; in the alternate screen nothing is kept."""
+        height = bottom - top + 1
+        if top or self._alt_active:
+            self._scroll_up(top, bottom, min(count, height))
+            return
+        later: dict[int, list[Paint]] = {}
+        for v, op, whole in kept:
+            if v < height:
+                self._add_paint(v, op, whole)
+            else:
+                ops = later.setdefault(v, [])
+                if whole:
+                    ops.clear()
+                ops.append(op)
+        self._scroll_up(top, bottom, min(count, height))
+        if count > height:
+            make = row_kind(self.default_char)
+            scrollback = self._sb
+            for v in range(height, count):
+                painted = later.get(v)
+                if painted is None:
+                    scrollback.append_row(None)
+                else:
+                    row = make()
+                    self._write_paints(row, painted)  # type: ignore[arg-type]  # (no None in it)
+                    scrollback.append_row(row)
 
     def _set_plain_modes(self, modes: tuple[tuple[int, bool], ...]) -> None:
         """Private modes set or reset in place (`_PLAIN_PRIVATE_MODES`), in order, as `_scan` sets them."""
@@ -3501,7 +3537,7 @@ def _keep_run(runs: dict[str, tuple[str, Effect]], text: str, at: int, first: in
     modes = tuple(chain.from_iterable([e[9] for e in run]))
     if all(e[10] is None for e in run):
         ops = tuple(chain.from_iterable([e[4] for e in run]))
-        effect = (a[0], a[1], a[2], a[3], ops, z[5], z[6], z[7], rows, modes, None, a[3], None, True)
+        effect = (a[0], a[1], a[2], a[3], ops, z[5], z[6], z[7], rows, modes, None, a[3], None)
     else:
         steps: list[Step] = []
         for e in run:
@@ -3509,20 +3545,20 @@ def _keep_run(runs: dict[str, tuple[str, Effect]], text: str, at: int, first: in
                 steps += e[10]
             if e[4]:  # (a piece's paints are its last step where it has steps, else these)
                 steps.append((_STEP_PAINT, e[4]))
-        merged, anywhere = _merged_scrolls(steps)
-        effect = (a[0], a[1], a[2], a[3], (), z[5], z[6], z[7], rows, modes, tuple(steps), z[11], merged, anywhere)
+        merged = _merged_scrolls(steps)
+        effect = (a[0], a[1], a[2], a[3], (), z[5], z[6], z[7], rows, modes, tuple(steps), z[11], merged)
     runs[head] = (text[at:end], effect)
 
 
-def _merged_scrolls(steps: list[Step]) -> tuple[tuple[Step, ...] | None, bool]:
+def _merged_scrolls(steps: list[Step]) -> tuple[Step, ...] | None:
     """A piece's steps with each run of scrolls of one region and the paints between them (a pager's lines fed at
     the bottom of the screen: paint, scroll, paint, scroll, ...) done as one scroll of them all and then the paints,
-    each on the row it has been moved to by then (where the rows go, their paints go: `_move_paints`), those pushed
-    out of the region dropped. Scrolling the region row by row moved every row and paint of it once per line. A
-    paint dropped is a row that would be kept, as painted, if it left the top of the main screen: then the merged
-    steps are for the alternate screen only (the second value is False). None if no run has two scrolls."""
+    each on the row it has been moved to by then (where the rows go, their paints go: `_move_paints`). Scrolling the
+    region row by row moved every row and paint of it once per line. Paints pushed out of the region are dropped,
+    but for a region at the top of the screen, whose rows leave for the main screen's scrollback: there the scroll
+    keeps them (`_STEP_KEEP`), with the row each is on, so that every row that leaves is kept as painted (less -X's
+    lines after a search, Claude Code's output). None if no run has two scrolls."""
     out: list[Step] = []
-    anywhere = True
     merged = False
     i, n = 0, len(steps)
     while i < n:
@@ -3536,30 +3572,36 @@ def _merged_scrolls(steps: list[Step]) -> tuple[tuple[Step, ...] | None, bool]:
         while j < n and (steps[j][0] == _STEP_PAINT or steps[j][:3] == (_STEP_SCROLL, top, bottom)):
             j += 1
         run = steps[i:j]
-        scrolls = [s[3] for s in run if s[0] == _STEP_SCROLL]
+        height = bottom - top + 1
+        scrolls = [min(s[3], height) for s in run if s[0] == _STEP_SCROLL]  # (a scroll of more is one of all)
         if len(scrolls) < 2:
             out += run
             i = j
             continue
         merged = True
-        later = sum(scrolls)  # the scrolls still to come after a step of the run
+        total = later = sum(scrolls)  # `later`: the scrolls still to come after a step of the run
         ops: list[tuple[int, Paint, bool]] = []
+        kept: list[tuple[int, Paint, bool]] = []
         for s in run:
             if s[0] == _STEP_SCROLL:
-                later -= s[3]
+                later -= min(s[3], height)
                 continue
             for y, op, whole in s[1]:
                 if top <= y <= bottom:
                     y -= later
                     if y < top:
-                        anywhere = anywhere and top > 0  # a row it painted would be kept, as painted
+                        if top == 0:
+                            kept.append((y + total, op, whole))  # (the row it is on, counted as the run starts)
                         continue
                 ops.append((y, op, whole))
-        out.append((_STEP_SCROLL, top, bottom, min(sum(scrolls), bottom - top + 1)))
+        if top == 0:
+            out.append((_STEP_KEEP, top, bottom, total, tuple(kept)))
+        else:
+            out.append((_STEP_SCROLL, top, bottom, min(total, height)))
         if ops:
             out.append((_STEP_PAINT, tuple(ops)))
         i = j
-    return (tuple(out) if merged else None), anywhere
+    return tuple(out) if merged else None
 
 
 class _Impure(Exception):

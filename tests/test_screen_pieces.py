@@ -23,7 +23,7 @@ from test_screen import (
 
 from core import screen as screen_mod
 from core import screen_cells
-from core.screen import _IMPURE, _STEP_SCROLL, StemScreen
+from core.screen import _IMPURE, _STEP_KEEP, _STEP_SCROLL, StemScreen
 from core.screen_cells import row_text
 
 # What a piece may hold and what makes it impure (worked out to no effect): runs with SGR, EL, ECH, CUF, CUB, CHA,
@@ -565,23 +565,24 @@ def test_runs_that_hold_steps_leave_pyte_s_screen_in_reads_of_any_size(odd: str,
 
 @pytest.mark.usefixtures("pieces_at_once")
 @pytest.mark.parametrize(
-    ("setup", "bottom", "lines", "anywhere"),
+    ("setup", "bottom", "lines"),
     [
-        ("\x1b[?1049h", ROWS, 5, True),
-        ("\x1b[?1049h", ROWS, 45, False),  # lines painted and pushed out by the same piece: dropped
-        ("\x1b[5;30r", 30, 45, True),
-        ("", ROWS, 5, True),
-        ("", ROWS, 45, False),  # the same, kept in the scrollback
+        ("\x1b[?1049h", ROWS, 5),
+        ("\x1b[?1049h", ROWS, 45),  # lines painted and pushed out by the same piece: dropped
+        ("\x1b[5;30r", 30, 45),
+        ("", ROWS, 5),
+        ("", ROWS, 45),  # the same, kept in the scrollback as painted, after the rows that were on the screen
     ],
 )
 @pytest.mark.parametrize("read", [4096, 65536])
 def test_lines_a_pager_feeds_at_the_bottom_scroll_once_per_piece(
-    setup: str, bottom: int, lines: int, anywhere: bool, read: int
+    monkeypatch: pytest.MonkeyPatch, setup: str, bottom: int, lines: int, read: int
 ) -> None:
     """A pager's piece (less: to the bottom row, then lines with CR LF, each scrolling the screen) is applied as one
-    scroll of all its lines and then their paints, not the region scrolled row by row; but where lines the piece
-    painted leave the top of the main screen (kept in the scrollback as painted), row by row still. The screen is
-    pyte's, and the scrollback HistoryScreen's."""
+    scroll of all its lines and then their paints, not the region scrolled row by row; also where lines the piece
+    painted leave the top of the main screen (less -X after a search, Claude Code's output): those are kept in the
+    scrollback as painted, in order after the rows that were on the screen (which kept every one but five of them
+    row by row). The screen is pyte's, and the scrollback HistoryScreen's."""
     pieces = [
         f"\x1b[{bottom};1H\x1b[K"
         + "".join(f"\x1b[3{(k + i) % 8}mline {k}.{i}\x1b[m text\x1b[K\r\n" for i in range(lines))
@@ -590,19 +591,57 @@ def test_lines_a_pager_feeds_at_the_bottom_scroll_once_per_piece(
     ]
     data = (setup + "".join(pieces[f % 3] for f in range(60))).encode()
     screen = StemScreen(COLS, ROWS)
+    scrolls: list[int] = []
+    scroll_up = screen._scroll_up
+    monkeypatch.setattr(
+        screen, "_scroll_up", lambda top, bottom, count=1: scrolls.append(count) or scroll_up(top, bottom, count)
+    )
     for i in range(0, len(data), read):
         screen.feed(data[i : i + read])
     assert_same_screen(reference(data, None), screen)
     effect = screen._piece_effects[pieces[1]]
     assert type(effect) is tuple
     top = 4 if bottom == 30 else 0
+    height = bottom - top
     assert effect[12] is not None
-    assert (_STEP_SCROLL, top, bottom - 1, min(lines, bottom - top)) in effect[12]
-    assert effect[13] == anywhere
+    if top:
+        assert (_STEP_SCROLL, top, bottom - 1, min(lines, height)) in effect[12]
+    else:
+        keep = next(step for step in effect[12] if step[0] == _STEP_KEEP)
+        assert keep[1:4] == (0, bottom - 1, lines)
+        # The rows it painted that leave, but for its first line's (painted before the first scroll: by then that row
+        # is on the screen, and kept as it leaves).
+        assert len(keep[4]) == max(0, lines - height)
+    # Row by row for the pieces met the first two times, then once per piece (or per run of pieces met again), not
+    # once per line (60 pieces of `lines` lines).
+    assert len(scrolls) < 3 * lines + 60
     if not setup:
         expected = history_rows(data)
         assert len(expected) > 250
         assert_scrollback(screen, expected)
+
+
+@pytest.mark.usefixtures("pieces_at_once")
+@pytest.mark.parametrize("blank", [50, 39, 41, 120])
+@pytest.mark.parametrize("read", [1, 4096, 65536])
+def test_a_piece_that_scrolls_more_lines_than_the_screen_keeps_each_in_the_scrollback(blank: int, read: int) -> None:
+    """A piece whose lines scroll the main screen by more rows than it has (a pager's page of blank lines, a program
+    printing many empty lines after placing the cursor), met again and applied whole: every row that leaves is kept,
+    also those that came in blank at the bottom and left inside the piece, and those a line was painted on (its
+    scrolls merged into one kept 40 rows, and the rest of them were lost from the scrollback). The scrollback is
+    HistoryScreen's and the screen pyte's."""
+    pieces = [
+        f"\x1b[40;1H\x1b[3{k}mtop {k}\x1b[m" + "\r\n" * blank + f"middle {k}\r\n" + "\r\n" * (blank // 3) + f"end {k}"
+        for k in range(3)
+    ]
+    data = ("".join(f"row {i}\r\n" for i in range(40)) + "".join(pieces[f % 3] for f in range(12))).encode()
+    screen = StemScreen(COLS, ROWS)
+    for i in range(0, len(data), read):
+        screen.feed(data[i : i + read])
+    assert_same_screen(reference(data, None), screen)
+    expected = history_rows(data)
+    assert len(expected) == 1 + 12 * (blank + 1 + blank // 3)
+    assert_scrollback(screen, expected)
 
 
 def test_a_kind_of_row_shows_its_own_default_cell_and_is_kept_per_cell() -> None:
