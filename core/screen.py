@@ -1613,25 +1613,21 @@ class StemScreen(pyte.Screen):
         would, row for row: what leaves the top of the screen is kept. Deferred paints move with their rows
         (`_move_paints`) rather than being written first."""
         if top == 0 and not self._alt_active:
-            # Each row kept as it was when it left, with its paints written: the top one (None if it was never
-            # made), then those the same scroll line by line would have moved to the top, each made by the scroll
-            # before if it was missing (all in one go: Claude Code scrolls its output by several lines at once).
-            rows, paints = self._rows, self._paints
-            append = self._sb.append_row
-            append(self._row(0) if 0 in paints else rows.get(0))
-            if count > 1:
-                make = row_kind(self.default_char)
-                for y in range(1, count):
-                    row = self._row(y) if y in paints else rows.get(y)
-                    append(make() if row is None else row)
+            # Each row kept as it was when it left: the top one, then those the same scroll line by line would have
+            # moved to the top (all in one go: Claude Code scrolls its output by several lines at once).
+            self._keep_rows(min(count, bottom + 1))
         if self._paints:
             self._move_paints(top, bottom, -count)
         buffer = self._rows
         self.dirty.update(range(self.lines))
         if top == 0 and bottom == self.lines - 1:
-            moved = [(y - count, row) for y, row in buffer.items() if count <= y <= bottom]
+            # Rows `count`..`bottom` become rows 0.. (looked up and renumbered in C); those missing are made below.
+            moved: list[Row | None] = list(map(buffer.get, range(count, bottom + 1)))
             buffer.clear()
-            buffer.update(moved)
+            buffer.update(zip(range(bottom + 1 - count), cast("list[Row]", moved), strict=True))
+            if None in moved:
+                for y in [y for y, row in enumerate(moved) if row is None]:
+                    del buffer[y]
             self._create_rows(bottom)
             return
         # One scroll at a time moves row y + 1 to y, row by row (a missing row coming into being as it is read) and
@@ -1645,6 +1641,41 @@ class StemScreen(pyte.Screen):
         for y in range(bottom - count + 1, bottom):
             buffer[y] = make()  # comes into being, as the next scroll's read of it makes it
         buffer.pop(bottom, None)
+
+    def _keep_rows(self, count: int) -> None:
+        """Rows 0..`count` - 1 leave the top of the main screen: each is kept in the scrollback as it shows, its
+        paints written (a row never made is kept as one that was). A row that only a batch line was painted on (whole,
+        from column 0, onto a row nothing was written to, with no EL of a colour: the pages of less -X, lines fed at
+        the bottom of the screen) is kept as that line and the attributes it starts with, as a line that scrolls away
+        inside a batch is (`_scroll_away_lines`): never drawn as cells. Its paints are left for the scroll to drop
+        (`_move_paints`)."""
+        rows, paints, scrollback = self._rows, self._paints, self._sb
+        raws: list[str | Piece] = []
+        starts: list[Char] = []
+        for y in range(count):
+            entry = paints.get(y)
+            if entry is None:
+                row = rows.get(y)
+            else:
+                row, ops = entry[0], entry[1]
+                if len(ops) == 1 and not row:
+                    op = ops[0]
+                    if (
+                        op is not None
+                        and op[4] == -1
+                        and (op[5] is None or op[5] is DEFAULT_CHAR)
+                        and not getattr(row, "wrapped", False)
+                    ):
+                        raws.append(op[2])  # type: ignore[arg-type]  # a batch line: its text, its node
+                        starts.append(op[3].attrs)  # type: ignore[union-attr]
+                        continue
+                self._write_paints(row, ops)
+            if raws:
+                scrollback.extend_drawn(raws, starts)
+                raws, starts = [], []
+            scrollback.append_row(row)
+        if raws:
+            scrollback.extend_drawn(raws, starts)
 
     def _create_rows(self, bottom: int) -> None:
         """Create rows 0..bottom-1 where missing, as pyte's scroll does. A row's blank cell is fixed when
@@ -2637,6 +2668,9 @@ class StemScreen(pyte.Screen):
         """Rows `top`..`bottom` are about to move `by` rows (a scroll of that region): their deferred paints go with
         them (a paint holds its row, so it is written to the same cells wherever the row is), and those of rows pushed
         out of the region are dropped with the rows, never written."""
+        if top == 0 and by < 0 and bottom == self.lines - 1:  # the whole screen scrolled up (every paint is on it)
+            self._paints = {y + by: entry for y, entry in self._paints.items() if y >= -by}
+            return
         moved: dict[int, tuple[Row, list[Paint | None], dict[int, int]]] = {}
         for y, entry in self._paints.items():
             if top <= y <= bottom:
@@ -3267,9 +3301,12 @@ class StemScreen(pyte.Screen):
         """Whether a row drawn with `run` (if any) from column 0 after the held batch rows, then erased whole by CR
         EL, is the same as an EL after the next batch line, with the attributes as they were: the run fits on the
         row (it does not wrap, nor scroll) and leaves the attributes it found (less's status line in reverse video
-        turns it off). No row of the main screen is marked as wrapped (an EL from column 0 unmarks its row).
-        `_try_batch` (`cleared`) then checks that an EL after its first line erases with the same background."""
-        if self._wraps:
+        turns it off). The erase from column 0 ends a wrap of its row and of the row above (`_unwrap`), which a batch
+        line's EL does not: so neither may be marked, as they are not if the held rows scrolled the screen at least
+        twice (both are new rows then, and the last held row is its line's last, which no wrap goes on from: less -X
+        paging git's output in the main screen), or if no row of the main screen was ever marked. `_try_batch`
+        (`cleared`) then checks that an EL after its first line erases with the same background."""
+        if self._wraps and self._cur.y + len(self._held) - self.lines < 1:
             return False
         if run is None:
             return True
@@ -3315,7 +3352,7 @@ class StemScreen(pyte.Screen):
         y = cursor.y
         bottom = self.lines - 1
         if (plain is not None or (isinstance(rows, LineRows) and rows.pieces is None)) and (
-            y + n <= bottom or self._alt_active
+            y + n <= bottom or self._alt_active or self._blank_from(y, bottom)
         ):
             if y + n > bottom:
                 self._scroll_paint_rows(rows, plain, y, n, bottom)
@@ -3393,11 +3430,24 @@ class StemScreen(pyte.Screen):
         self.dirty.update(range(self.lines))
         self._pieces = None
 
+    def _blank_from(self, y: int, bottom: int) -> bool:
+        """Whether rows `y`..`bottom` show nothing and nothing is painted on them (nor marked as wrapped): batch lines
+        drawn onto them are then the same as lines drawn onto new rows."""
+        rows, paints = self._rows, self._paints
+        for v in range(y, bottom + 1):
+            row = rows.get(v)
+            if v in paints or (row is not None and (row or getattr(row, "wrapped", False))):
+                return False
+        return True
+
     def _scroll_paint_rows(self, rows: Held, plain: CharCache | None, y: int, n: int, bottom: int) -> None:
-        """`_apply_rows` in the alternate screen for whole lines (`LineRows` without pieces, or plain text) that
-        scroll it: what the rows show is left as deferred paints, which move with their rows (`_move_paints`), so
-        rows that scroll away before anyone looks (less and man paging) are never drawn. (In the main screen every
-        row that leaves is written to the scrollback, and drawing the rest at once costs less.)"""
+        """`_apply_rows` for whole lines (`LineRows` without pieces, or plain text) that scroll the screen: what the
+        rows show is left as deferred paints, which move with their rows (`_move_paints`), so rows that scroll away
+        before anyone looks (less and man paging) are never drawn. In the main screen (where the rows the lines land
+        on show nothing, `_blank_from`: the cursor on the bottom row after the page before), the rows that leave
+        through the top are kept in the scrollback, those painted by a batch line as the line (`_keep_rows`), and the
+        lines that leave as lines (`_scroll_away_lines`): less -X paging (git's pager), a flood looked at between
+        reads."""
 
         def paint(at: int, start: int, stop: int) -> None:
             if plain is None:
@@ -3406,6 +3456,21 @@ class StemScreen(pyte.Screen):
                 self._paint_plain(cast("list[str]", rows), at, plain, start, stop)
 
         scrolls = y + n - bottom
+        if not self._alt_active:
+            # Rows above the first line leave first, then the lines that land on the blank rows and leave (and those
+            # that scroll away inside the batch, never on a row), behind as many as the scrollback keeps.
+            self._keep_rows(min(y, scrolls))
+            hi = scrolls - y
+            if hi > 0:
+                scrollback = self._sb
+                lo = max(0, hi - scrollback.maxlen)
+                scrollback.skip(lo)
+                if lo >= hi:  # a scrollback that keeps no line
+                    pass
+                elif plain is None:
+                    self._scroll_away_lines(cast("LineRows", rows), lo, hi)
+                else:
+                    scrollback.extend_plain(cast("list[str]", rows)[lo:hi], plain.attrs)
         # Lines that land on existing rows, over what is there, but for those the scroll takes away.
         paint(y, max(scrolls - y, 0), min(n, bottom - y + 1))
         if self._paints:
@@ -3420,6 +3485,10 @@ class StemScreen(pyte.Screen):
         buffer.clear()
         buffer.update(moved)
         paint(y - scrolls, first + scrolls - y, n)
+        if self._wraps and plain is not None and not self._alt_active:
+            for i in range(max(scrolls - y, 0), n):
+                if type(rows[i]) is WrapText:
+                    mark_wrapped(buffer[y - scrolls + i], True)
         self._create_rows(bottom)
         self._cur.y = bottom
         self.dirty.update(range(self.lines))

@@ -1009,6 +1009,49 @@ def test_a_pager_s_pages_are_one_batch_and_lines_paged_past_are_never_drawn(
     assert screen.text()[39].startswith(" Manual page git-log(1) line 118 (press h")
 
 
+@pytest.mark.parametrize("cut", ["none", "4096", "61", "looked at after every page"])
+def test_git_s_pager_pages_in_the_main_screen_as_one_batch_kept_as_lines(
+    monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    """git's pager (less -FRX) pages in the main screen: 39 lines, its `:` prompt erased, the next 39, each page
+    scrolling the last into the scrollback. A command line that autowrap wrapped (a row marked as going on) does not
+    stop the prompt from joining the pages into one batch (its erase would end only the wraps of its row and the
+    one above, both new rows after a page), and the rows the pages leave are deferred paints: the lines paged past
+    are kept in the scrollback as their lines, not drawn as cells and then compacted (only the command's rows are
+    kept as cells). Looked at after every page, the screen is drawn each time. The screen is pyte's, the scrollback
+    HistoryScreen's."""
+    command = b"$ git log -p " + b"x" * 150 + b"\r\n"  # on the screen, seen, before git starts
+    pages = [
+        "".join(f"\x1b[3{(p + i) % 8}mpage {p} line {i}\x1b[m: {'+-'[i % 2]} text\x1b[m\r\n" for i in range(39))
+        for p in range(5)
+    ]
+    data = (":\x1b[K\r\x1b[K".join(pages) + ":\x1b[K").encode()
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(command)
+    screen.take_dirty()
+    as_cells: list[object] = []
+    append_row = screen._sb.append_row
+    monkeypatch.setattr(screen._sb, "append_row", lambda row: as_cells.append(row) or append_row(row))
+    if cut == "looked at after every page":
+        fed = command
+        for page in data.split(b"\r\x1b[K"):
+            screen.feed(page)
+            fed += page
+            screen.take_dirty()
+            assert_same_screen(reference(fed, None), screen)
+            screen.feed(b"\r\x1b[K")
+            fed += b"\r\x1b[K"
+        data = fed
+    else:
+        for chunk in chunks(data, None if cut == "none" else int(cut)):
+            screen.feed(chunk)
+        data = command + data
+        assert len(as_cells) <= 2
+    assert_same_screen(reference(data, None), screen)
+    assert_scrollback(screen, history_rows(data))
+    assert screen.text()[38].startswith("page 4 line 38: + text")
+
+
 @pytest.mark.parametrize("cut", ["none", "4096"])
 def test_a_pager_s_last_page_is_never_drawn_when_it_quits(monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """man at its last page and then `q`: the page's lines held, the END prompt erased, the keypad and cursor keys
@@ -1061,6 +1104,26 @@ def test_a_prompt_erased_on_a_row_autowrap_went_on_from_leaves_it_a_line_of_its_
     assert_same_screen(reference(data.encode(), None), screen)
     screen.resize(columns=160)
     assert [line.rstrip() for line in screen.text()[:4]] == ["a", "b", "c", "d" + "#" * 29]
+
+
+@pytest.mark.parametrize("size", [7, 4096, None])
+def test_a_long_line_a_flood_leaves_on_the_main_screen_is_joined_when_the_screen_widens(size: int | None) -> None:
+    """A flood's lines without SGR, one of them wider than the row, left on the main screen as deferred paints
+    (`_scroll_paint_rows`): the rows autowrap went on from are marked as such, so that when the screen is made
+    wider the line is one row again, as tmux rewraps it; and once it scrolls into the scrollback, it is joined
+    there too."""
+    data = b"".join(b"line %d\r\n" % i for i in range(45)) + b"y" * 200 + b"\r\n"
+    data += b"".join(b"after %d\r\n" % i for i in range(5))
+    screen = stem(data, size)
+    assert_same_screen(reference(data, size), screen)
+    screen.resize(columns=240)
+    shown = [line.rstrip() for line in screen.text()]
+    at = shown.index("y" * 200)
+    assert shown[at - 1 : at + 2] == ["line 44", "y" * 200, "after 0"]
+    screen.feed(b"".join(b"more %d\r\n" % i for i in range(60)))
+    history = [screen.scrollback.text(i).rstrip() for i in range(len(screen.scrollback))]
+    at = history.index("y" * 200)
+    assert history[at - 1 : at + 2] == ["line 44", "y" * 200, "after 0"]
 
 
 def test_a_wrapping_line_after_a_prompt_erased_leaves_the_row_it_wraps_onto_as_it_was() -> None:
