@@ -2097,8 +2097,8 @@ class StemScreen(pyte.Screen):
         )
 
     def _apply_steps(self, effect: Effect) -> tuple[Any, ...]:
-        """A piece's steps (`_Scratch`), done on this screen in order (its scrolls merged, `_merged_scrolls`, where no
-        row they push out is kept); then the scroll region it leaves. Returns the screen's state after it."""
+        """A piece's steps (`_Scratch`), done on this screen in order (its scrolls merged, `_merged_scrolls`); then
+        the scroll region it leaves. Returns the screen's state after it."""
         cursor = self._cur
         steps = effect[10]
         if effect[12] is not None:
