@@ -309,8 +309,13 @@ _NOT_ASCII = re.compile(r"[^ -~]")
 
 # A batch of whole lines: printable text, SGR sequences and ESC ( B, each line ended by CR LF, with an EL
 # (to its right) just before the CR LF allowed. The ASCII-only form is half again as fast for the regex engine
-# and is used when the whole feed is ASCII (an O(1) test).
-_BATCH_PATTERN = r"(?:T*+(?:(?:\x1b\[[0-9;]*+m|\x1b\(B)T*+)*+(?:\x1b\[0?K)?\r\n)++"
+# and is used when the whole feed is ASCII (an O(1) test). A space and BS before an ASCII character (after SGR, if
+# any) are allowed too: the character is drawn where the space was, so the two are nothing (`_try_batch` takes them
+# out). less writes the last column of a line wider than the row so (for terminals that wrap at once), and git's
+# pager shows every such line.
+_BATCH_PATTERN = (
+    r"(?:T*+(?:(?:\x1b\[[0-9;]*+m|\x1b\(B|(?<= )\x08(?=(?:\x1b\[[0-9;]*+m)*+[ -~]))T*+)*+(?:\x1b\[0?K)?\r\n)++"
+)
 _BATCH = re.compile(_BATCH_PATTERN.replace("T", _PRINTABLE))
 _BATCH_ASCII = re.compile(_BATCH_PATTERN.replace("T", "[ -~]"))
 _EL_TAILS = ("\x1b[K", "\x1b[0K")
@@ -2645,9 +2650,14 @@ class StemScreen(pyte.Screen):
         """Batch rows (`start` to `stop`, all by default), each a whole line from column 0, as deferred paints
         (`_paint`), row i on row `y + i`: a full-screen program that paints its rows with CR LF (top) repaints them
         before anyone looks, and then they are never drawn; nor are rows that scroll away unseen (less paging)."""
-        lines, nodes, erases = rows.lines, rows.nodes, rows.erases
+        lines, nodes, erases, pieces = rows.lines, rows.nodes, rows.erases, rows.pieces
         add = self._add_paint
         for i in range(start, len(lines) if stop is None else stop):
+            if pieces is not None and pieces[i] >= 0:
+                # A row of a line wider than the screen: drawn now, and marked as going on to the next row but for
+                # the line's last (only `_scroll_paint_rows` paints such rows, onto rows with nothing on them).
+                self._draw_spec(self._rows, y + i, rows[i])
+                continue
             line = lines[i]
             erase = erases is not None and erases[i]
             if erase:
@@ -2885,6 +2895,8 @@ class StemScreen(pyte.Screen):
             if y < self.lines and y + text.count("\r\n", pos, end) < self.lines:
                 return self._try_batch(text, pos, check=True)  # a few lines, that land without scrolling (below)
         segment = text[pos : end - 2]
+        if checked and "\x08" in segment:
+            segment = segment.replace(" \x08", "")  # (each before a character drawn over the space: the regex)
         designated = checked and "\x1b(" in segment  # unchecked, ESC ( B is left in what the lines show
         if designated and (not self._stream.use_utf8 or _DESIGNATIONS[1] in segment):
             return pos  # a charset switched inside the lines: not a batch
@@ -3351,7 +3363,12 @@ class StemScreen(pyte.Screen):
         cursor = self._cur
         y = cursor.y
         bottom = self.lines - 1
-        if (plain is not None or (isinstance(rows, LineRows) and rows.pieces is None)) and (
+        if isinstance(rows, LineRows) and rows.pieces is not None:
+            # Lines wider than the row (git's pager shows a few on most pages): rows that scroll the main screen.
+            if y + n > bottom and not self._alt_active and self._blank_from(y, bottom):
+                self._scroll_paint_rows(rows, plain, y, n, bottom)
+                return
+        elif (plain is not None or isinstance(rows, LineRows)) and (
             y + n <= bottom or self._alt_active or self._blank_from(y, bottom)
         ):
             if y + n > bottom:

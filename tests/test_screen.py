@@ -1052,6 +1052,85 @@ def test_git_s_pager_pages_in_the_main_screen_as_one_batch_kept_as_lines(
     assert screen.text()[38].startswith("page 4 line 38: + text")
 
 
+@pytest.mark.parametrize("size", [61, 4096, None])
+def test_pages_with_lines_wider_than_the_row_scroll_the_main_screen_without_drawing_what_leaves(
+    monkeypatch: pytest.MonkeyPatch, size: int | None
+) -> None:
+    """git's pager in the main screen, pages with lines wider than the row (two rows each, marked as going on): the
+    rows of the narrow lines are deferred paints there too, so those that leave are kept as their lines rather than
+    drawn as cells and compacted; the rows of the wide lines are drawn at once, marked. The screen is pyte's and
+    the scrollback HistoryScreen's, and made wider, the wide lines are one row again, on the screen and in the
+    scrollback."""
+    command = b"$ git log\r\n"
+    pages = [
+        "".join(
+            (
+                f"\x1b[3{i % 8}mwide {p}.{i} " + "w" * 190 + "\x1b[m"
+                if i % 9 == 4
+                else f"\x1b[3{i % 8}mline {p}.{i}\x1b[m"
+            )
+            + "\r\n"
+            for i in range(35)
+        )
+        for p in range(6)
+    ]
+    data = (":\x1b[K\r\x1b[K".join(pages) + ":\x1b[K").encode()
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(command)
+    screen.take_dirty()
+    as_cells: list[object] = []
+    append_row = screen._sb.append_row
+    monkeypatch.setattr(screen._sb, "append_row", lambda row: as_cells.append(row) or append_row(row))
+    for chunk in chunks(data, size):
+        screen.feed(chunk)
+    data = command + data
+    assert_same_screen(reference(data, size), screen)
+    assert_scrollback(screen, history_rows(data))
+    # The command's row, and the rows of wide lines a batch left on the screen (drawn), if a later one scrolled them
+    # away: at most a page's.
+    assert len(as_cells) <= 1 + 2 * 4
+    screen.resize(columns=240)
+    wide = [line.rstrip() for line in screen.text() if line.startswith("wide")]
+    wide += [screen.scrollback.text(i).rstrip() for i in range(len(screen.scrollback))]
+    assert sorted(line for line in wide if line.startswith("wide")) == sorted(
+        f"wide {p}.{i} " + "w" * 190 for p in range(6) for i in range(35) if i % 9 == 4
+    )
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096, None])
+def test_less_s_space_and_backspace_before_a_line_s_last_column_keep_its_page_one_batch(
+    monkeypatch: pytest.MonkeyPatch, size: int | None
+) -> None:
+    """less writes the last column of a line wider than the row as a space, BS and the character (the space after SGR
+    and the character after more): the character is drawn where the space was, so the pair is nothing and such lines
+    are batch lines like the others (they were drawn one token at a time, and ended the page's batch). Where the
+    pair is not nothing it is not taken out: at the end of a line (the space stays), before a wide character (which
+    wraps and leaves the space), and a BS without a space. The screen is pyte's and the scrollback HistoryScreen's."""
+    lines = []
+    for i in range(60):
+        text = f"\x1b[3{i % 8}m{i:02d}" + "x" * 115 + "\x1b[m"
+        lines.append(
+            [
+                text + ' \x08\x1b[31m"\x1b[m',  # a line of the row's width, its last character drawn over a space
+                text + " \x08s continued",  # wider: the rest wraps onto the next row
+                f"mid {i} \x08\x1b[1m\x1b[4m!\x1b[m done",
+                f"{i} plain",
+            ][i % 4]
+        )
+    page = "".join(line + "\r\n" for line in lines)
+    odd = "".join(line + "\r\n" for line in ["ends with space \x08", "x" * 119 + " \x08中", "no\x08space", "after odd"])
+    drawn: list[str] = []
+    draw_run = StemScreen._draw_run
+    monkeypatch.setattr(StemScreen, "_draw_run", lambda screen, run: drawn.append(run) or draw_run(screen, run))
+    for data in (page.encode(), (page + odd + page).encode()):
+        drawn.clear()
+        screen = stem(data, size)
+        assert_same_screen(reference(data, size), screen)
+        assert_scrollback(screen, history_rows(data))
+        if size is None and b"after odd" not in data:
+            assert drawn == []  # every line a batch line
+
+
 @pytest.mark.parametrize("cut", ["none", "4096"])
 def test_a_pager_s_last_page_is_never_drawn_when_it_quits(monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """man at its last page and then `q`: the page's lines held, the END prompt erased, the keypad and cursor keys
