@@ -1009,6 +1009,18 @@ def test_a_pager_s_pages_are_one_batch_and_lines_paged_past_are_never_drawn(
     assert screen.text()[39].startswith(" Manual page git-log(1) line 118 (press h")
 
 
+def _shown_then_kept_as_cells(monkeypatch: pytest.MonkeyPatch, shown: bytes) -> tuple[StemScreen, list[object]]:
+    """A screen that has shown `shown` (and been looked at), and the rows it keeps in its scrollback as cells
+    (`Scrollback.append_row`) from then on."""
+    screen = StemScreen(COLS, ROWS)
+    screen.feed(shown)
+    screen.take_dirty()
+    as_cells: list[object] = []
+    append_row = screen._sb.append_row
+    monkeypatch.setattr(screen._sb, "append_row", lambda row: as_cells.append(row) or append_row(row))
+    return screen, as_cells
+
+
 @pytest.mark.parametrize("cut", ["none", "4096", "61", "looked at after every page"])
 def test_git_s_pager_pages_in_the_main_screen_as_one_batch_kept_as_lines(
     monkeypatch: pytest.MonkeyPatch, cut: str
@@ -1026,12 +1038,7 @@ def test_git_s_pager_pages_in_the_main_screen_as_one_batch_kept_as_lines(
         for p in range(5)
     ]
     data = (":\x1b[K\r\x1b[K".join(pages) + ":\x1b[K").encode()
-    screen = StemScreen(COLS, ROWS)
-    screen.feed(command)
-    screen.take_dirty()
-    as_cells: list[object] = []
-    append_row = screen._sb.append_row
-    monkeypatch.setattr(screen._sb, "append_row", lambda row: as_cells.append(row) or append_row(row))
+    screen, as_cells = _shown_then_kept_as_cells(monkeypatch, command)
     if cut == "looked at after every page":
         fed = command
         for page in data.split(b"\r\x1b[K"):
@@ -1075,12 +1082,7 @@ def test_pages_with_lines_wider_than_the_row_scroll_the_main_screen_without_draw
         for p in range(6)
     ]
     data = (":\x1b[K\r\x1b[K".join(pages) + ":\x1b[K").encode()
-    screen = StemScreen(COLS, ROWS)
-    screen.feed(command)
-    screen.take_dirty()
-    as_cells: list[object] = []
-    append_row = screen._sb.append_row
-    monkeypatch.setattr(screen._sb, "append_row", lambda row: as_cells.append(row) or append_row(row))
+    screen, as_cells = _shown_then_kept_as_cells(monkeypatch, command)
     for chunk in chunks(data, size):
         screen.feed(chunk)
     data = command + data
