@@ -727,13 +727,21 @@ _CELLS_OK: set[str] = NARROW | _NOT_TEXT
 
 def text_width(text: str) -> int | None:
     """The cells `text` takes when drawn from column 0 without wrapping, if every character takes one or
-    two cells; None if any is zero-width or unprintable (those need pyte's character-by-character rules)."""
-    if text.isascii() or NARROW.issuperset(text):
+    two cells; None if any is zero-width or unprintable (those need pyte's character-by-character rules). Only the
+    characters that are not printable ASCII are looked at (found in C): a line of text with a quote mark or a
+    dash in it (`man`) is not measured character by character."""
+    if text.isascii():
         return len(text)
-    widths = list(map(WIDTHS.__getitem__, text))
+    odd = _NOT_PRINTABLE_ASCII.findall(text)
+    if NARROW.issuperset(odd):
+        return len(text)
+    widths = list(map(WIDTHS.__getitem__, odd))
     if not set(widths) <= {1, 2}:
         return None
-    return sum(widths)
+    return len(text) + widths.count(2)
+
+
+_NOT_PRINTABLE_ASCII = re.compile(r"[^ -~]")
 
 
 def clear_caches() -> None:

@@ -2249,6 +2249,25 @@ def test_dec_line_drawing_draws_boxes_in_utf8_as_xterm_does(size: int | None) ->
     assert rows[5].rstrip() == "plain lqqk"
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_text_s_width_is_the_sum_of_its_characters_widths_as_pyte_measures_them(seed: int) -> None:
+    """`text_width` looks only at the characters that are not printable ASCII (a quote mark in a line of `man`, a
+    dash in `git log`): what it gives is still each character's width as pyte measures it, summed, or None where one
+    takes no cell or is unprintable; mostly ASCII, mostly wide, with zero-width and combining marks, controls and
+    emoji, at every length."""
+    rng = random.Random(seed)
+    pool = "abc XYZ 0123\u2019\u2014\u201c\u201d\u00e9中文한글😀🎉\u0301\u200b\u200d\ufe0f\x07\t\x1b" + "".join(
+        chr(rng.randrange(0xA0, 0x3100)) for _ in range(60)
+    )
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randrange(0, 40)))
+        if rng.random() < 0.5:
+            text = "x" * rng.randrange(100) + text  # mostly ASCII
+        widths = [wcwidth(char) for char in text]
+        expected = len(text) if text.isascii() else sum(widths) if set(widths) <= {1, 2} else None
+        assert screen_cells.text_width(text) == expected, repr(text)
+
+
 @pytest.mark.parametrize("size", CHUNKS)
 def test_a_wide_character_that_does_not_fit_in_the_last_column_wraps_as_xterm_wraps_it(size: int | None) -> None:
     """Under autowrap, a two-cell character that would start in the last column goes to the start of the next row
