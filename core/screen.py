@@ -3419,17 +3419,7 @@ class StemScreen(pyte.Screen):
             for v in range(min(scrolls, bottom + 1)):
                 scrollback.append_row(buffer.get(v))
             if scrolls > bottom + 1:
-                hi = scrolls - y
-                lo = max(bottom + 1 - y, hi - scrollback.maxlen)
-                scrollback.skip(lo - (bottom + 1 - y))
-                if lo >= hi:  # a scrollback that keeps no line
-                    pass
-                elif isinstance(rows, LineRows):
-                    self._scroll_away_lines(rows, lo, hi)
-                elif plain is not None:
-                    scrollback.extend_plain(cast("list[str]", rows[lo:hi]), plain.attrs)
-                else:
-                    self._scroll_away(cast("list[Spec]", rows[lo:hi]))
+                self._lines_leave(rows, plain, bottom + 1 - y, scrolls - y)
         moved: dict[int, Row] = {}
         for r in range(bottom + 1):
             v = r + scrolls
@@ -3477,17 +3467,8 @@ class StemScreen(pyte.Screen):
             # Rows above the first line leave first, then the lines that land on the blank rows and leave (and those
             # that scroll away inside the batch, never on a row), behind as many as the scrollback keeps.
             self._keep_rows(min(y, scrolls))
-            hi = scrolls - y
-            if hi > 0:
-                scrollback = self._sb
-                lo = max(0, hi - scrollback.maxlen)
-                scrollback.skip(lo)
-                if lo >= hi:  # a scrollback that keeps no line
-                    pass
-                elif plain is None:
-                    self._scroll_away_lines(cast("LineRows", rows), lo, hi)
-                else:
-                    scrollback.extend_plain(cast("list[str]", rows)[lo:hi], plain.attrs)
+            if scrolls > y:
+                self._lines_leave(rows, plain, 0, scrolls - y)
         # Lines that land on existing rows, over what is there, but for those the scroll takes away.
         paint(y, max(scrolls - y, 0), min(n, bottom - y + 1))
         if self._paints:
@@ -3510,6 +3491,21 @@ class StemScreen(pyte.Screen):
         self._cur.y = bottom
         self.dirty.update(range(self.lines))
         self._pieces = None
+
+    def _lines_leave(self, rows: Held, plain: CharCache | None, first: int, hi: int) -> None:
+        """Batch rows `first`..`hi` - 1 leave through the top of the main screen without ever being on it: kept in the
+        scrollback in their compact form, but for those behind as many as it keeps, which are only counted."""
+        scrollback = self._sb
+        lo = max(first, hi - scrollback.maxlen)
+        scrollback.skip(lo - first)
+        if lo >= hi:  # a scrollback that keeps no line
+            return
+        if isinstance(rows, LineRows):
+            self._scroll_away_lines(rows, lo, hi)
+        elif plain is not None:
+            scrollback.extend_plain(cast("list[str]", rows[lo:hi]), plain.attrs)
+        else:
+            self._scroll_away(cast("list[Spec]", rows[lo:hi]))
 
     def _scroll_away_lines(self, rows: LineRows, lo: int, hi: int) -> None:
         """`_scroll_away` for rows `lo`..`hi - 1` of `LineRows`, column by column: only rows that must be kept as
